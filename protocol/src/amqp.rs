@@ -1,0 +1,259 @@
+//! How Warren maps onto AMQP 0.9.1: exchange, queue and routing-key names, and the
+//! headers the gateway and services exchange. The gateway, the service library and
+//! services in other languages all follow this module (documented in PROTOCOL.md).
+//!
+//! - Inbound exchange `warren.in` (topic): a client publish on channel `chat` is routed
+//!   with key `chat` or `chat.<subject>`; queue `IN_CHAT` is bound with `chat.#`.
+//! - Outbound exchange `warren.out` (topic): services publish with `chat.all`
+//!   (broadcast), `chat.group.<g>` (multicast), `chat.user.<u>` (direct) or
+//!   `chat.event.<name>` (topic subscriptions).
+//! - Each session owns queue `warren.session.<id>`, bound to `warren.out` with the keys
+//!   of its subscriptions; replies to requests are sent to it by the default exchange.
+//!
+//! Every name can carry a namespace prefix (`<ns>.warren.in`), so several deployments
+//! or parallel tests can share a vhost.
+
+/// Header: the session that sent the message.
+pub const H_SESSION: &str = "x-warren-session";
+/// Header: the user id of the session that sent the message.
+pub const H_USER: &str = "x-warren-user";
+/// Header: the gateway node that published the message.
+pub const H_GATEWAY: &str = "x-warren-gateway";
+/// Header: the channel the client published on.
+pub const H_CHANNEL: &str = "x-warren-channel";
+/// Header: the subject the client published with, if any.
+pub const H_SUBJECT: &str = "x-warren-subject";
+/// Header (bool): the client asked for a broadcast.
+pub const H_BROADCAST: &str = "x-warren-broadcast";
+/// Header (array of strings): groups the client addressed.
+pub const H_GROUPS: &str = "x-warren-groups";
+/// Header (array of strings): users the client addressed directly.
+pub const H_DIRECT: &str = "x-warren-direct";
+/// Header on a reply: the registry error code when the service refused the request.
+pub const H_ERROR: &str = "x-warren-error";
+/// Header: the exchange a POC client named in `publish_target`.
+pub const H_PUBLISH_TARGET: &str = "x-warren-publish-target";
+/// Header on a message a gateway publishes for a request: the request's frame id.
+pub const H_REQUEST_ID: &str = "x-warren-request-id";
+
+/// The AMQP names of one Warren deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    prefix: String,
+}
+
+impl Default for Names {
+    fn default() -> Self {
+        Names::new("")
+    }
+}
+
+impl Names {
+    /// Names under `namespace` (empty for none): `ns.warren.in`, `ns.IN_CHAT`, ...
+    pub fn new(namespace: &str) -> Self {
+        let prefix = if namespace.is_empty() {
+            String::new()
+        } else {
+            format!("{namespace}.")
+        };
+        Names { prefix }
+    }
+
+    /// The namespace prefix including its trailing dot (empty for none).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Inbound topic exchange (clients → services).
+    pub fn inbound_exchange(&self) -> String {
+        format!("{}warren.in", self.prefix)
+    }
+
+    /// Outbound topic exchange (services → clients).
+    pub fn outbound_exchange(&self) -> String {
+        format!("{}warren.out", self.prefix)
+    }
+
+    /// Fanout exchange on which gateways announce themselves.
+    pub fn gateways_exchange(&self) -> String {
+        format!("{}warren.gateways", self.prefix)
+    }
+
+    /// Topic exchange for `client.connected` / `client.disconnected` events.
+    pub fn presence_exchange(&self) -> String {
+        format!("{}warren.presence", self.prefix)
+    }
+
+    /// Dead-letter exchange for expired or rejected messages.
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}warren.dead", self.prefix)
+    }
+
+    /// Queue that collects dead-lettered messages for inspection.
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}warren.dead", self.prefix)
+    }
+
+    /// The inbound queue of a channel: `IN_CHAT` for `chat`.
+    pub fn channel_queue(&self, channel: &str) -> String {
+        format!("{}IN_{}", self.prefix, channel.to_ascii_uppercase())
+    }
+
+    /// The queue a session owns.
+    pub fn session_queue(&self, session: &str) -> String {
+        format!("{}warren.session.{session}", self.prefix)
+    }
+
+    /// The session id of a session queue name, if it is one.
+    pub fn session_of_queue<'a>(&self, queue: &'a str) -> Option<&'a str> {
+        queue
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix("warren.session.")
+    }
+}
+
+/// Routing keys.
+pub mod keys {
+    /// Inbound key for a client publish: `chat` or `chat.<subject>`.
+    pub fn inbound(channel: &str, subject: Option<&str>) -> String {
+        match subject {
+            Some(s) if !s.is_empty() => format!("{channel}.{s}"),
+            _ => channel.to_string(),
+        }
+    }
+
+    /// Binding of a channel's inbound queue: `chat.#` (matches `chat` too).
+    pub fn inbound_binding(channel: &str) -> String {
+        format!("{channel}.#")
+    }
+
+    /// Outbound broadcast key: `chat.all`.
+    pub fn broadcast(channel: &str) -> String {
+        format!("{channel}.all")
+    }
+
+    /// Outbound group key: `chat.group.<g>`.
+    pub fn group(channel: &str, group: &str) -> String {
+        format!("{channel}.group.{group}")
+    }
+
+    /// Outbound direct key: `chat.user.<u>`.
+    pub fn user(channel: &str, user: &str) -> String {
+        format!("{channel}.user.{user}")
+    }
+
+    /// Outbound event key or pattern: `chat.event.<name>`.
+    pub fn event(channel: &str, name: &str) -> String {
+        format!("{channel}.event.{name}")
+    }
+
+    /// The channel of an outbound routing key (its first segment).
+    pub fn channel_of(routing_key: &str) -> &str {
+        routing_key.split('.').next().unwrap_or(routing_key)
+    }
+}
+
+/// Why a name cannot be used in a routing key or queue name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// The name is empty.
+    #[error("{what} is empty")]
+    Empty {
+        /// Which name.
+        what: &'static str,
+    },
+    /// The name is longer than [`MAX_NAME_LEN`].
+    #[error("{what} is longer than {MAX_NAME_LEN} bytes")]
+    TooLong {
+        /// Which name.
+        what: &'static str,
+    },
+    /// The name holds a character other than letters, digits, `-`, `_`, `:`, `@`.
+    #[error("{what} `{value}` may hold only letters, digits, '-', '_', ':' and '@'")]
+    BadChar {
+        /// Which name.
+        what: &'static str,
+        /// The offending value.
+        value: String,
+    },
+}
+
+/// Longest channel, group, user, subject segment or session id accepted.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Checks a single routing-key segment (channel, group, user, session id).
+///
+/// # Errors
+/// When it is empty, too long, or holds `.`, `*`, `#`, spaces or other characters that
+/// would change routing.
+pub fn validate_segment(what: &'static str, value: &str) -> Result<(), NameError> {
+    if value.is_empty() {
+        return Err(NameError::Empty { what });
+    }
+    if value.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong { what });
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b':' | b'@'))
+    {
+        return Err(NameError::BadChar {
+            what,
+            value: value.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a dotted subject or topic pattern: segments as [`validate_segment`], and,
+/// when `pattern` is true, whole segments `*` or `#` as wildcards.
+///
+/// # Errors
+/// When a segment is invalid or the whole is too long.
+pub fn validate_dotted(what: &'static str, value: &str, pattern: bool) -> Result<(), NameError> {
+    if value.len() > 2 * MAX_NAME_LEN {
+        return Err(NameError::TooLong { what });
+    }
+    for seg in value.split('.') {
+        if pattern && (seg == "*" || seg == "#") {
+            continue;
+        }
+        validate_segment(what, seg)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_carry_the_namespace_prefix() {
+        let n = Names::new("t1");
+        assert_eq!(n.inbound_exchange(), "t1.warren.in");
+        assert_eq!(n.channel_queue("chat"), "t1.IN_CHAT");
+        assert_eq!(n.session_queue("abc"), "t1.warren.session.abc");
+        assert_eq!(n.session_of_queue("t1.warren.session.abc"), Some("abc"));
+        assert_eq!(Names::default().outbound_exchange(), "warren.out");
+    }
+
+    #[test]
+    fn routing_keys_follow_the_mapping() {
+        assert_eq!(keys::inbound("chat", None), "chat");
+        assert_eq!(keys::inbound("chat", Some("x")), "chat.x");
+        assert_eq!(keys::group("chat", "room-1"), "chat.group.room-1");
+        assert_eq!(keys::user("voice", "bob"), "voice.user.bob");
+        assert_eq!(keys::channel_of("voice.user.bob"), "voice");
+    }
+
+    #[test]
+    fn segments_that_would_change_routing_are_refused() {
+        assert!(validate_segment("group", "room-1").is_ok());
+        for bad in ["", "a.b", "#", "a*", "sp ace", &"x".repeat(200)] {
+            assert!(validate_segment("group", bad).is_err(), "{bad}");
+        }
+        assert!(validate_dotted("topic", "order.*.created", true).is_ok());
+        assert!(validate_dotted("topic", "order.#", true).is_ok());
+        assert!(validate_dotted("subject", "order.*", false).is_err());
+    }
+}

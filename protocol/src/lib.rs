@@ -1,0 +1,38 @@
+//! Warren's wire protocol (v1): the one contract between the browser SDK, the gateway
+//! and backend services.
+//!
+//! # Layout
+//!
+//! - [`frame`]: every JSON frame of the WebSocket protocol, generic over the opaque
+//!   application payload `M` (raw JSON bytes natively, a `JsValue` in the browser).
+//! - [`poc`]: the proof-of-concept packet (`packet_action: publish | consume`), accepted
+//!   as-is so POC clients keep working.
+//! - [`codec`]: text ⇄ frame, in two passes so the payload is never parsed or
+//!   re-serialised; decoding errors carry a registry code.
+//! - [`registry`]: the one table of error codes and WebSocket close codes, each saying
+//!   whether to retry and whether to reconnect.
+//! - [`correlator`]: sans-IO request correlation with deadlines (time is passed in).
+//! - [`amqp`]: how Warren maps onto AMQP: exchange, queue and routing-key names and the
+//!   headers the gateway and services exchange.
+//!
+//! This crate depends on serde only (no tokio, lapin or web-sys) and builds for the host
+//! and for `wasm32-unknown-unknown`.
+
+pub mod amqp;
+pub mod codec;
+pub mod correlator;
+pub mod frame;
+pub mod poc;
+pub mod registry;
+
+pub use codec::{decode_client, decode_server, encode, DecodeError};
+pub use correlator::Correlator;
+pub use frame::*;
+pub use poc::{PocAction, PocPacket};
+pub use registry::{CloseCode, ErrorCode};
+
+/// The WebSocket subprotocol every Warren connection negotiates.
+pub const SUBPROTOCOL: &str = "warren.v1";
+
+/// The protocol version carried in `hello` and `welcome`.
+pub const PROTOCOL_VERSION: u32 = 1;

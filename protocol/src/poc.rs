@@ -1,0 +1,64 @@
+//! The proof-of-concept packet, accepted as-is so a POC client keeps working:
+//!
+//! ```json
+//! { "distribution": { "broadcast": false, "multicast": ["a"], "direct": ["b"] },
+//!   "channel": { "voice": true, "chat": false, "tickets": false },
+//!   "packet_action": "publish", "publish_target": "exchange_name",
+//!   "consume_target": [], "message": {} }
+//! ```
+//!
+//! `publish` becomes a [`Publish`](crate::Publish) on every channel flagged `true`;
+//! `consume` becomes a [`Subscribe`](crate::Subscribe) on them (`consume_target: []`
+//! means everything of that channel). The packet has no `type` field; an optional `id`
+//! (a Warren extension) is echoed in the answer.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::frame::{Distribution, Raw};
+
+/// What the POC packet asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PocAction {
+    /// Send `message` on the flagged channels.
+    Publish,
+    /// Receive the flagged channels.
+    Consume,
+}
+
+/// The POC packet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PocPacket<M = Raw> {
+    /// Optional id echoed in `ack`/`error` (not part of the original POC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Targets: broadcast, multicast (groups) and direct (users).
+    #[serde(default)]
+    pub distribution: Distribution,
+    /// Channel flags, e.g. `{"voice": true, "chat": false}`.
+    pub channel: BTreeMap<String, bool>,
+    /// `publish` or `consume`.
+    pub packet_action: PocAction,
+    /// Exchange the POC published to; recorded in a header, the gateway always
+    /// publishes to its inbound exchange.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_target: Option<String>,
+    /// Topics to consume; empty means everything of the channel.
+    #[serde(default)]
+    pub consume_target: Vec<String>,
+    /// The application message (required for `publish`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<M>,
+}
+
+impl<M> PocPacket<M> {
+    /// The channels flagged `true`, in name order.
+    pub fn channels(&self) -> impl Iterator<Item = &str> {
+        self.channel
+            .iter()
+            .filter(|(_, on)| **on)
+            .map(|(name, _)| name.as_str())
+    }
+}
