@@ -1,1 +1,85 @@
-//! Placeholder: filled in by its issue.
+//! The Warren service library: what a backend service needs to serve browser clients
+//! through RabbitMQ — consume a channel's `IN_<CHANNEL>` queue, reply to requests,
+//! publish to clients by broadcast, group or user — plus the demo service.
+//!
+//! # Layout
+//!
+//! - [`service`]: [`Service`], one AMQP connection; `consume(channel, handler)` per
+//!   channel; graceful `stop`.
+//! - [`handler`]: the [`Handler`] trait (any async `Fn(Context, Incoming)`), the
+//!   [`Outcome`] it returns ([`Answer`] or refusal) and [`HandlerError`].
+//! - [`incoming`]: [`Incoming`], a received message: sender and distribution from the
+//!   `x-warren-*` headers, request addressing, the raw JSON bytes.
+//! - [`publisher`]: [`Publisher`] and [`Outgoing`]: publish to clients (one publish
+//!   with `CC` for many targets), reply through the default exchange; confirms.
+//! - [`target`]: [`Targets`] — broadcast, groups, users, events → routing keys + `CC`.
+//! - [`duplicate_window`]: [`DuplicateWindow`], suppression of duplicates by
+//!   `message_id` (time- and count-bounded, sans-IO).
+//! - [`consumer`]: the consume loop: duplicates, handler, reply, ack; retries and
+//!   dead-lettering.
+//! - [`topology`]: idempotent declarations of what a service consumes.
+//! - [`config`]: [`ServiceConfig`] and its defaults.
+//! - [`error`]: the error type, [`ServiceError`].
+//! - [`demo`]: the demo service (chat, tickets, voice, echo), run by the
+//!   `warren-demo-service` binary and in-process by tests.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use warren_protocol::amqp::Names;
+//! use warren_service::{Context, HandlerError, Incoming, Outcome, Outgoing, Service, Targets};
+//!
+//! # async fn run() -> Result<(), warren_service::ServiceError> {
+//! let service = Service::connect("amqp://127.0.0.1:5672/%2f", Names::default()).await?;
+//! // Relay every chat message to whoever its sender named, in one publish.
+//! service
+//!     .consume("chat", |ctx: Context, msg: Incoming| async move {
+//!         let targets = Targets::from_distribution(msg.channel.as_str(), &msg.distribution);
+//!         ctx.send(&Outgoing::relay(msg, targets)).await?;
+//!         Ok::<_, HandlerError>(Outcome::Done)
+//!     })
+//!     .await?;
+//! // Answer requests on `tickets`.
+//! service
+//!     .consume("tickets", |_ctx: Context, msg: Incoming| async move {
+//!         if msg.body.is_empty() {
+//!             return Ok(Outcome::refuse(warren_protocol::ErrorCode::Invalid, "empty"));
+//!         }
+//!         Ok::<_, HandlerError>(Outcome::json(&serde_json::json!({ "ok": true })).unwrap())
+//!     })
+//!     .await?;
+//! service.closed().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Delivery semantics
+//!
+//! At least once from RabbitMQ, effectively once for the handler: a message is
+//! acknowledged only after the handler returned and its reply was confirmed; a
+//! redelivered or re-sent message whose `message_id` was handled within the window is
+//! acknowledged without calling the handler again, and a request gets its remembered
+//! reply again. A handler error hands the message back (nack with requeue, after a
+//! backoff) until `max_attempts`, then it is published to `warren.dead` and a request
+//! is refused with `internal`.
+
+pub mod config;
+pub mod consumer;
+pub mod demo;
+pub mod duplicate_window;
+pub mod error;
+pub mod handler;
+pub mod incoming;
+pub mod publisher;
+pub mod service;
+pub mod target;
+pub mod topology;
+
+pub use config::ServiceConfig;
+pub use duplicate_window::DuplicateWindow;
+pub use error::{Result, ServiceError};
+pub use handler::{Answer, Context, Handler, HandlerError, Outcome};
+pub use incoming::Incoming;
+pub use publisher::{Outgoing, Publisher};
+pub use service::{Service, ServiceState};
+pub use target::Targets;

@@ -1,0 +1,164 @@
+//! `warren-demo-service`: the demo backend (chat, tickets, voice, echo) on a RabbitMQ.
+//! Prints `READY` on stdout once it consumes; SIGTERM or Ctrl-C stops it cleanly. When
+//! RabbitMQ is unreachable or the connection is lost, it retries with backoff (the
+//! tickets survive; unacknowledged messages were requeued by the broker).
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use clap::Parser;
+use tracing::{error, info, warn};
+use tracing_subscriber::EnvFilter;
+use warren_protocol::amqp::Names;
+use warren_service::demo::{self, DemoChannel, DemoHandle, DemoOptions};
+use warren_service::ServiceState;
+
+/// The Warren demo service: chat relay, ticket desk, voice signalling relay, echo.
+#[derive(Debug, Parser)]
+#[command(name = "warren-demo-service", version)]
+struct Args {
+    /// AMQP URI of the RabbitMQ to use.
+    #[arg(
+        long,
+        env = "WARREN_AMQP_URI",
+        default_value = "amqp://127.0.0.1:5672/%2f"
+    )]
+    amqp_uri: String,
+    /// Namespace prefix of every exchange and queue name (empty for none).
+    #[arg(long, env = "WARREN_NAMESPACE", default_value = "")]
+    namespace: String,
+    /// Wait this many milliseconds in every handler (simulates a slow or stuck worker).
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
+    /// Serve only this channel (repeatable): chat, tickets, voice, echo. Default: all.
+    #[arg(long = "only", value_name = "CHANNEL")]
+    only: Vec<DemoChannel>,
+    /// Messages handed to each consumer at a time (AMQP prefetch).
+    #[arg(long, default_value_t = 1)]
+    prefetch: u16,
+    /// `x-queue-type` of the IN_<CHANNEL> queues when this service declares them
+    /// first (an existing queue is used as it is).
+    #[arg(long, default_value = "quorum", value_parser = ["quorum", "classic"])]
+    queue_type: String,
+    /// Exit (status 1) when RabbitMQ is unreachable or lost, instead of retrying.
+    #[arg(long)]
+    no_reconnect: bool,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+/// Longest wait between two connection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    if args.log_json {
+        subscriber.json().init();
+    } else {
+        subscriber.init();
+    }
+
+    let mut options = DemoOptions {
+        delay: Duration::from_millis(args.delay_ms),
+        ..DemoOptions::default()
+    };
+    if !args.only.is_empty() {
+        options.channels = args.only.clone();
+    }
+    options.config = options
+        .config
+        .with_prefetch(args.prefetch)
+        .with_queue_type(args.queue_type.clone());
+    let names = Names::new(&args.namespace);
+
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut ready_printed = false;
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let started = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            started = demo::start_with(&args.amqp_uri, names.clone(), options.clone()) => started,
+        };
+        let handle = match started {
+            Ok(handle) => handle,
+            Err(e) if args.no_reconnect => {
+                anyhow::bail!("starting the demo service on {}: {e}", args.amqp_uri)
+            }
+            Err(e) => {
+                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot start; retrying");
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(250);
+        info!(queues = ?handle.queues(), delay_ms = args.delay_ms, "demo service ready");
+        if !ready_printed {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "READY")?;
+            out.flush()?;
+            ready_printed = true;
+        }
+        match serve(&handle, &mut shutdown).await {
+            None => {
+                info!("stopping");
+                handle.stop().await?;
+                return Ok(());
+            }
+            Some(reason) => {
+                error!(reason = %reason, "lost RabbitMQ");
+                let _ = handle.stop().await;
+                if args.no_reconnect {
+                    anyhow::bail!("lost RabbitMQ: {reason}");
+                }
+            }
+        }
+    }
+}
+
+/// Waits for a shutdown signal (`None`) or the loss of the service (`Some(reason)`).
+async fn serve(
+    handle: &DemoHandle,
+    shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Option<String> {
+    tokio::select! {
+        _ = shutdown.as_mut() => None,
+        state = handle.closed() => match state {
+            ServiceState::Failed(reason) => Some(reason),
+            ServiceState::Running | ServiceState::Stopped => None,
+        },
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,369 @@
+//! The consume loop of one channel: takes deliveries from `IN_<CHANNEL>` (at most
+//! `prefetch` at a time), suppresses duplicates, calls the handler, sends its reply,
+//! and only then acknowledges. A handler error hands the message back (nack with
+//! requeue, after a short backoff) until `max_attempts`, then the message is
+//! dead-lettered to `warren.dead` (and a request is refused with `internal`).
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{FutureExt, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Acker, BasicProperties, Channel, Connection, Consumer};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{debug, error, info, warn, Instrument};
+use warren_protocol::ErrorCode;
+
+use crate::config::ServiceConfig;
+use crate::duplicate_window::{DuplicateWindow, RememberedReply, Seen};
+use crate::handler::{Context, Handler, HandlerError, Outcome};
+use crate::incoming::Incoming;
+use crate::publisher::{fresh_message_id, Publisher};
+use crate::topology;
+
+/// Wait before handing back a message whose `message_id` is being handled right now
+/// by another delivery.
+const IN_FLIGHT_RETRY: Duration = Duration::from_millis(200);
+
+/// Header on a dead-lettered message: why it was parked.
+pub const H_DEAD_REASON: &str = "x-warren-dead-reason";
+/// Header on a dead-lettered message: the queue it came from.
+pub const H_DEAD_QUEUE: &str = "x-warren-dead-queue";
+/// Header on a dead-lettered message: how many attempts failed.
+pub const H_DEAD_ATTEMPTS: &str = "x-warren-dead-attempts";
+
+/// Delay before handing a failed message back, growing with the attempts: 100 ms,
+/// 200 ms, 400 ms, ... at most 5 s.
+pub fn retry_backoff(attempt: u32) -> Duration {
+    let exp = attempt.saturating_sub(1).min(6);
+    Duration::from_millis(100u64 << exp).min(Duration::from_secs(5))
+}
+
+/// Everything the tasks of one consumer share.
+pub(crate) struct Shared<H> {
+    pub(crate) queue: String,
+    pub(crate) handler: H,
+    pub(crate) context: Context,
+    pub(crate) publisher: Publisher,
+    pub(crate) connection: Arc<Connection>,
+    pub(crate) config: ServiceConfig,
+    pub(crate) window: Mutex<DuplicateWindow>,
+    pub(crate) dead_letter_declared: tokio::sync::OnceCell<()>,
+}
+
+/// How a consume loop ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LoopEnd {
+    /// Asked to stop.
+    Stopped,
+    /// The consumer stream ended or failed (connection or channel lost).
+    Lost(String),
+}
+
+/// Runs the consume loop until `stop` turns true or the consumer ends. On stop, the
+/// consumer is cancelled and in-flight handlers get `grace` to finish; then the
+/// channel is closed, so RabbitMQ requeues whatever was not acknowledged.
+pub(crate) async fn run<H: Handler>(
+    shared: Arc<Shared<H>>,
+    channel: Channel,
+    mut consumer: Consumer,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) -> LoopEnd {
+    let permits = Arc::new(Semaphore::new(usize::from(shared.config.prefetch)));
+    let mut tasks = JoinSet::new();
+    let tag = consumer.tag();
+    // Any change of `stop` (or its sender going away) means stop.
+    let end = loop {
+        if *stop.borrow() {
+            break LoopEnd::Stopped;
+        }
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
+            _ = stop.changed() => break LoopEnd::Stopped,
+        };
+        let next = tokio::select! {
+            next = consumer.next() => next,
+            _ = stop.changed() => break LoopEnd::Stopped,
+        };
+        match next {
+            Some(Ok(delivery)) => {
+                let shared = shared.clone();
+                tasks.spawn(process(shared, delivery, permit));
+            }
+            Some(Err(e)) => {
+                error!(queue = %shared.queue, error = %e, "consumer failed");
+                break LoopEnd::Lost(e.to_string());
+            }
+            None => {
+                warn!(queue = %shared.queue, "consumer ended");
+                break LoopEnd::Lost("the consumer was cancelled".into());
+            }
+        }
+        while tasks.try_join_next().is_some() {}
+    };
+    if end == LoopEnd::Stopped {
+        let _ = channel
+            .basic_cancel(tag.clone(), BasicCancelOptions::default())
+            .await;
+    }
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, drain).await.is_err() {
+        warn!(queue = %shared.queue, "handlers still running after the grace period; their messages go back to the queue");
+        tasks.abort_all();
+    }
+    let _ = channel.close(200, ShortString::from("stopping")).await;
+    info!(queue = %shared.queue, consumer = %tag, "consumer stopped");
+    end
+}
+
+/// Handles one delivery, from duplicate check to acknowledgement.
+async fn process<H: Handler>(
+    shared: Arc<Shared<H>>,
+    mut delivery: Delivery,
+    _permit: OwnedSemaphorePermit,
+) {
+    let body = Bytes::from(std::mem::take(&mut delivery.data));
+    let incoming = Incoming::from_parts(
+        &shared.queue,
+        delivery.routing_key.as_str(),
+        delivery.redelivered,
+        &delivery.properties,
+        body,
+    );
+    let span = tracing::info_span!(
+        "message",
+        queue = %shared.queue,
+        delivery_tag = delivery.delivery_tag,
+        message_id = incoming.message_id.as_deref().unwrap_or(""),
+        correlation_id = incoming.correlation_id.as_deref().unwrap_or(""),
+        user = incoming.user.as_deref().unwrap_or(""),
+        redelivered = incoming.redelivered,
+    );
+    handle(&shared, &delivery.acker, delivery.properties, incoming)
+        .instrument(span)
+        .await;
+}
+
+async fn handle<H: Handler>(
+    shared: &Shared<H>,
+    acker: &Acker,
+    properties: BasicProperties,
+    incoming: Incoming,
+) {
+    let id = incoming.message_id.clone();
+    let reply_to = incoming.reply_to.clone();
+    let correlation_id = incoming.correlation_id.clone();
+    let delivery_count = incoming.delivery_count;
+    let routing_key = incoming.routing_key.clone();
+    let body = incoming.body.clone();
+
+    let mut failures_here = 0;
+    if let Some(id) = &id {
+        let seen = shared
+            .window
+            .lock()
+            .expect("window lock")
+            .begin(id, Instant::now());
+        match seen {
+            Seen::New { failures } => failures_here = failures,
+            Seen::InFlight => {
+                debug!("same message_id in flight; handing this copy back");
+                tokio::time::sleep(IN_FLIGHT_RETRY).await;
+                nack(acker).await;
+                return;
+            }
+            Seen::Done(remembered) => {
+                info!(
+                    resend_reply = remembered.is_some(),
+                    "duplicate message_id; not handled again"
+                );
+                if let (Some(r), Some(to)) = (remembered, reply_to.as_deref()) {
+                    if let Err(e) = shared
+                        .publisher
+                        .reply(to, correlation_id.as_deref(), &r.answer, &r.message_id)
+                        .await
+                    {
+                        warn!(error = %e, "re-sending the remembered reply failed; handing the message back");
+                        nack(acker).await;
+                        return;
+                    }
+                }
+                ack(acker).await;
+                return;
+            }
+        }
+    }
+
+    let result = catch_panic(shared.handler.handle(shared.context.clone(), incoming)).await;
+    let outcome = match result {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            let failures = match &id {
+                Some(id) => shared
+                    .window
+                    .lock()
+                    .expect("window lock")
+                    .fail(id, Instant::now()),
+                None => failures_here + 1,
+            };
+            let attempts = failures.max(delivery_count + 1);
+            if attempts < shared.config.max_attempts {
+                let wait = retry_backoff(attempts);
+                warn!(error = %e, attempts, retry_in_ms = wait.as_millis() as u64, "handler failed; handing the message back");
+                tokio::time::sleep(wait).await;
+                nack(acker).await;
+                return;
+            }
+            error!(error = %e, attempts, "handler failed too often; dead-lettering the message");
+            if let Err(de) =
+                dead_letter(shared, &routing_key, properties, &body, &e, attempts).await
+            {
+                error!(error = %de, "dead-lettering failed; handing the message back");
+                tokio::time::sleep(retry_backoff(attempts)).await;
+                nack(acker).await;
+                return;
+            }
+            Outcome::refuse(
+                ErrorCode::Internal,
+                format!("the service failed to handle this message {attempts} times"),
+            )
+        }
+    };
+
+    let remembered = match (outcome, reply_to.as_deref()) {
+        (Outcome::Done, Some(_)) => {
+            warn!("handler answered a request with Done: no reply is sent");
+            None
+        }
+        (Outcome::Done, None) => None,
+        (Outcome::Reply(_), None) => {
+            debug!("handler replied to a message that is not a request; reply dropped");
+            None
+        }
+        (Outcome::Reply(answer), Some(to)) => {
+            let message_id = fresh_message_id();
+            if let Err(e) = shared
+                .publisher
+                .reply(to, correlation_id.as_deref(), &answer, &message_id)
+                .await
+            {
+                warn!(error = %e, "reply failed; handing the message back");
+                if let Some(id) = &id {
+                    shared
+                        .window
+                        .lock()
+                        .expect("window lock")
+                        .fail(id, Instant::now());
+                }
+                nack(acker).await;
+                return;
+            }
+            (answer.body.len() <= shared.config.remember_reply_bytes)
+                .then_some(RememberedReply { message_id, answer })
+        }
+    };
+    if let Some(id) = &id {
+        shared
+            .window
+            .lock()
+            .expect("window lock")
+            .finish(id, remembered, Instant::now());
+    }
+    ack(acker).await;
+}
+
+/// Runs the handler's future, turning a panic into [`HandlerError::Panicked`].
+async fn catch_panic<F>(future: F) -> Result<Outcome, HandlerError>
+where
+    F: Future<Output = Result<Outcome, HandlerError>>,
+{
+    match AssertUnwindSafe(future).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(HandlerError::Panicked(what))
+        }
+    }
+}
+
+/// Publishes the message to the dead-letter exchange with the reason in headers.
+async fn dead_letter<H>(
+    shared: &Shared<H>,
+    routing_key: &str,
+    properties: BasicProperties,
+    body: &[u8],
+    error: &HandlerError,
+    attempts: u32,
+) -> crate::error::Result<()> {
+    let names = shared.context.names().clone();
+    shared
+        .dead_letter_declared
+        .get_or_try_init(|| topology::declare_dead_letter(&shared.connection, &names))
+        .await?;
+    let mut headers: FieldTable = properties.headers().clone().unwrap_or_default();
+    let text = |s: String| AMQPValue::LongString(LongString::from(s));
+    headers.insert(H_DEAD_REASON.into(), text(error.to_string()));
+    headers.insert(H_DEAD_QUEUE.into(), text(shared.queue.clone()));
+    headers.insert(H_DEAD_ATTEMPTS.into(), AMQPValue::LongUInt(attempts));
+    // No expiration: the request may have had one, the parked copy must stay.
+    let properties = BasicProperties::default()
+        .with_headers(headers)
+        .with_delivery_mode(2)
+        .with_content_type(ShortString::from("application/json"))
+        .with_message_id(
+            properties
+                .message_id()
+                .clone()
+                .unwrap_or_else(|| ShortString::from(fresh_message_id())),
+        );
+    shared
+        .publisher
+        .publish_confirmed(&names.dead_letter_exchange(), routing_key, body, properties)
+        .await
+}
+
+async fn ack(acker: &Acker) {
+    if let Err(e) = acker.ack(BasicAckOptions::default()).await {
+        warn!(error = %e, "ack failed; RabbitMQ will redeliver the message");
+    }
+}
+
+async fn nack(acker: &Acker) {
+    let options = BasicNackOptions {
+        requeue: true,
+        ..BasicNackOptions::default()
+    };
+    if let Err(e) = acker.nack(options).await {
+        warn!(error = %e, "nack failed; RabbitMQ will redeliver the message when the channel closes");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_retry_backoff_grows_and_is_capped() {
+        assert_eq!(retry_backoff(1), Duration::from_millis(100));
+        assert_eq!(retry_backoff(2), Duration::from_millis(200));
+        assert_eq!(retry_backoff(4), Duration::from_millis(800));
+        assert_eq!(retry_backoff(50), Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_a_handler_error() {
+        let result = catch_panic(async { panic!("boom") }).await;
+        assert!(matches!(result, Err(HandlerError::Panicked(m)) if m == "boom"));
+    }
+}

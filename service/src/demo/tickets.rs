@@ -1,0 +1,243 @@
+//! Demo `tickets`: a ticket desk by request/response, kept in memory.
+//!
+//! Requests (`message`):
+//! - `{"op":"create","title":"..."}` → the new ticket `{"id":1,"title":"...","status":"open","created_by":"alice"}`
+//! - `{"op":"list"}` → `{"tickets":[...]}` (by id)
+//! - `{"op":"get","id":1}` → the ticket
+//! - `{"op":"close","id":1}` → the ticket, `"status":"closed"` (closing twice is fine)
+//!
+//! An unknown op or a malformed message is refused with `invalid`; a missing ticket
+//! with `rejected`. A plain publish (not a request) is applied all the same, without
+//! an answer.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+use warren_protocol::ErrorCode;
+
+use crate::handler::{BoxFuture, Context, Handler, HandlerError, Outcome};
+use crate::incoming::Incoming;
+
+/// Whether a ticket is open or closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TicketStatus {
+    /// Open.
+    Open,
+    /// Closed.
+    Closed,
+}
+
+/// A ticket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ticket {
+    /// Number, from 1.
+    pub id: u64,
+    /// Title given at creation.
+    pub title: String,
+    /// Open or closed.
+    pub status: TicketStatus,
+    /// The user who created it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+}
+
+/// A ticket id as clients send it: a number or a numeric string.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum TicketId {
+    Number(u64),
+    Text(String),
+}
+
+impl TicketId {
+    fn value(&self) -> Option<u64> {
+        match self {
+            TicketId::Number(n) => Some(*n),
+            TicketId::Text(s) => s.trim().parse().ok(),
+        }
+    }
+}
+
+/// A request to the desk.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Op {
+    Create { title: String },
+    List,
+    Get { id: TicketId },
+    Close { id: TicketId },
+}
+
+/// Why the desk refused a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// `invalid` or `rejected`.
+    pub code: ErrorCode,
+    /// Why.
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// The tickets, in memory. Sans-IO: takes a message, returns the answer.
+#[derive(Debug, Default)]
+pub struct TicketBook {
+    tickets: BTreeMap<u64, Ticket>,
+    next_id: u64,
+}
+
+impl TicketBook {
+    /// Applies one request (raw JSON) sent by `user`; returns the JSON answer.
+    ///
+    /// # Errors
+    /// A [`Refusal`]: `invalid` for malformed JSON, an unknown op or a missing field;
+    /// `rejected` for a ticket that does not exist.
+    pub fn apply(
+        &mut self,
+        message: &[u8],
+        user: Option<&str>,
+    ) -> Result<serde_json::Value, Refusal> {
+        let op: Op = serde_json::from_slice(message).map_err(|e| {
+            Refusal::new(
+                ErrorCode::Invalid,
+                format!("expected {{\"op\": \"create\"|\"list\"|\"get\"|\"close\", ...}}: {e}"),
+            )
+        })?;
+        let to_json = |t: &Ticket| serde_json::to_value(t).expect("a ticket serialises");
+        match op {
+            Op::Create { title } => {
+                if title.trim().is_empty() {
+                    return Err(Refusal::new(ErrorCode::Invalid, "a ticket needs a title"));
+                }
+                self.next_id += 1;
+                let ticket = Ticket {
+                    id: self.next_id,
+                    title,
+                    status: TicketStatus::Open,
+                    created_by: user.map(str::to_string),
+                };
+                info!(ticket = ticket.id, "ticket created");
+                let out = to_json(&ticket);
+                self.tickets.insert(ticket.id, ticket);
+                Ok(out)
+            }
+            Op::List => {
+                let list: Vec<&Ticket> = self.tickets.values().collect();
+                Ok(serde_json::json!({ "tickets": list }))
+            }
+            Op::Get { id } => self.find(&id).map(to_json),
+            Op::Close { id } => {
+                let n = self.find(&id)?.id;
+                let ticket = self.tickets.get_mut(&n).expect("found above");
+                ticket.status = TicketStatus::Closed;
+                info!(ticket = n, "ticket closed");
+                Ok(to_json(ticket))
+            }
+        }
+    }
+
+    fn find(&self, id: &TicketId) -> Result<&Ticket, Refusal> {
+        let n = id
+            .value()
+            .ok_or_else(|| Refusal::new(ErrorCode::Invalid, "a ticket id is a number"))?;
+        self.tickets
+            .get(&n)
+            .ok_or_else(|| Refusal::new(ErrorCode::Rejected, format!("ticket {n} not found")))
+    }
+}
+
+/// The tickets handler: a [`TicketBook`] shared by all deliveries.
+#[derive(Debug, Clone, Default)]
+pub struct Desk {
+    book: Arc<Mutex<TicketBook>>,
+}
+
+impl Handler for Desk {
+    fn handle(
+        &self,
+        _ctx: Context,
+        message: Incoming,
+    ) -> BoxFuture<'static, Result<Outcome, HandlerError>> {
+        let book = self.book.clone();
+        Box::pin(async move {
+            let result = book
+                .lock()
+                .map_err(|_| HandlerError::Failed("ticket book poisoned".into()))?
+                .apply(&message.body, message.user.as_deref());
+            match result {
+                Ok(value) => Outcome::json(&value).map_err(|e| HandlerError::Failed(e.to_string())),
+                Err(refusal) => {
+                    if !message.is_request() {
+                        warn!(reason = %refusal.message, "tickets publish refused");
+                    }
+                    Ok(Outcome::refuse(refusal.code, refusal.message))
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn apply(book: &mut TicketBook, msg: &str) -> Result<serde_json::Value, Refusal> {
+        book.apply(msg.as_bytes(), Some("alice"))
+    }
+
+    #[test]
+    fn tickets_are_created_listed_fetched_and_closed() {
+        let mut book = TicketBook::default();
+        let t = apply(&mut book, r#"{"op":"create","title":"printer"}"#).unwrap();
+        assert_eq!(t["id"], 1);
+        assert_eq!(t["status"], "open");
+        assert_eq!(t["created_by"], "alice");
+        apply(&mut book, r#"{"op":"create","title":"coffee"}"#).unwrap();
+        let list = apply(&mut book, r#"{"op":"list"}"#).unwrap();
+        assert_eq!(list["tickets"].as_array().unwrap().len(), 2);
+        let got = apply(&mut book, r#"{"op":"get","id":"2"}"#).unwrap();
+        assert_eq!(got["title"], "coffee");
+        let closed = apply(&mut book, r#"{"op":"close","id":1}"#).unwrap();
+        assert_eq!(closed["status"], "closed");
+        assert_eq!(
+            apply(&mut book, r#"{"op":"close","id":1}"#).unwrap()["status"],
+            "closed"
+        );
+    }
+
+    #[test]
+    fn an_unknown_op_or_a_bad_message_is_invalid() {
+        let mut book = TicketBook::default();
+        for bad in [
+            r#"{"op":"delete","id":1}"#,
+            r#"{"title":"x"}"#,
+            "not json",
+            r#"{"op":"create"}"#,
+            r#"{"op":"create","title":"  "}"#,
+            r#"{"op":"get","id":"x"}"#,
+        ] {
+            let r = apply(&mut book, bad).unwrap_err();
+            assert_eq!(r.code, ErrorCode::Invalid, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_missing_ticket_is_rejected() {
+        let mut book = TicketBook::default();
+        let r = apply(&mut book, r#"{"op":"get","id":7}"#).unwrap_err();
+        assert_eq!(r.code, ErrorCode::Rejected);
+        assert!(r.message.contains("7"));
+        let r = apply(&mut book, r#"{"op":"close","id":7}"#).unwrap_err();
+        assert_eq!(r.code, ErrorCode::Rejected);
+    }
+}

@@ -1,0 +1,51 @@
+//! The service library's error type: one enum for every way talking to RabbitMQ or
+//! building a message can fail.
+
+use warren_protocol::amqp::NameError;
+
+/// What can go wrong in the service library.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// The AMQP connection or channel failed, or the broker refused an operation.
+    #[error("AMQP: {0}")]
+    Amqp(#[from] lapin::Error),
+    /// The broker answered a publish with a negative confirm.
+    #[error("the broker refused (nacked) the message published to `{exchange}` with key `{routing_key}`")]
+    Nacked {
+        /// Exchange published to (`""` for the default exchange).
+        exchange: String,
+        /// Routing key of the publish.
+        routing_key: String,
+    },
+    /// A publish names no target at all (no broadcast, group, user or event).
+    #[error("the message names no target")]
+    NoTargets,
+    /// A channel, group, user or event name cannot be used in a routing key.
+    #[error("invalid target: {0}")]
+    InvalidTarget(#[from] NameError),
+    /// A reply was asked for a message that is not a request (no `reply_to`).
+    #[error("the message is not a request: it has no reply_to")]
+    NotARequest,
+    /// A message could not be serialised to JSON.
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The service was stopped while the operation was waiting.
+    #[error("the service is stopped")]
+    Stopped,
+}
+
+/// Result alias of the service library.
+pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+/// Whether a lapin error is the broker refusing a declaration whose arguments differ
+/// from the existing exchange or queue (406 PRECONDITION_FAILED).
+pub(crate) fn is_precondition_failed(err: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    match err.kind() {
+        lapin::ErrorKind::ProtocolError(e) => {
+            *e.kind() == AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,202 @@
+//! What a service implements: a [`Handler`] gets each [`Incoming`] message with a
+//! [`Context`] to publish to clients, and returns an [`Outcome`]: done, or a reply
+//! (an answer or a refusal) that the library sends before acknowledging the message.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use serde::Serialize;
+use warren_protocol::amqp::{Names, H_ERROR};
+use warren_protocol::ErrorCode;
+
+use crate::error::ServiceError;
+use crate::incoming::Incoming;
+use crate::publisher::{Outgoing, Publisher};
+use crate::target::Targets;
+
+/// A boxed, sendable future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The body and headers of a reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The reply message: JSON bytes.
+    pub body: Bytes,
+    /// String headers of the reply (`x-warren-error` for a refusal).
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Answer {
+    /// An answer whose body is these JSON bytes, sent as they are.
+    pub fn raw(body: impl Into<Bytes>) -> Self {
+        Answer {
+            body: body.into(),
+            headers: BTreeMap::new(),
+        }
+    }
+
+    /// An answer whose body is `value` serialised to JSON.
+    ///
+    /// # Errors
+    /// When `value` cannot be serialised.
+    pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
+        Ok(Answer::raw(serde_json::to_vec(value)?))
+    }
+
+    /// A refusal: header `x-warren-error` = the code's wire name and body
+    /// `{"message": ...}`. The gateway turns it into an `error` frame.
+    pub fn refusal(code: ErrorCode, message: impl Into<String>) -> Self {
+        let body = serde_json::json!({ "message": message.into() });
+        Answer::raw(body.to_string()).with_header(H_ERROR, code.as_str())
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    /// The refusal code, when this answer is a refusal.
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        self.headers.get(H_ERROR).map(|c| ErrorCode::parse(c))
+    }
+}
+
+/// What became of a message; the library acts on it, then acknowledges the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Handled; nothing to answer (for a request, no reply is sent: the client times
+    /// out, so handlers should answer requests).
+    Done,
+    /// Send this answer to the requester (ignored, with a log line, when the message
+    /// is not a request).
+    Reply(Answer),
+}
+
+impl Outcome {
+    /// A reply with `value` serialised to JSON.
+    ///
+    /// # Errors
+    /// When `value` cannot be serialised.
+    pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
+        Ok(Outcome::Reply(Answer::json(value)?))
+    }
+
+    /// A refusal with a registry code (usually `rejected` or `invalid`) and a reason.
+    pub fn refuse(code: ErrorCode, message: impl Into<String>) -> Self {
+        Outcome::Reply(Answer::refusal(code, message))
+    }
+}
+
+/// Why a handler failed. Any error makes the library hand the message back to
+/// RabbitMQ (nack with requeue) so it is tried again, until
+/// [`ServiceConfig::max_attempts`](crate::ServiceConfig::max_attempts); then it is
+/// dead-lettered.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandlerError {
+    /// The library failed on the handler's behalf (e.g. publishing to clients).
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    /// The handler failed for its own reason; worth trying again.
+    #[error("{0}")]
+    Failed(String),
+    /// The handler panicked.
+    #[error("the handler panicked: {0}")]
+    Panicked(String),
+}
+
+/// What a handler can use while handling a message.
+#[derive(Debug, Clone)]
+pub struct Context {
+    publisher: Publisher,
+    names: Names,
+}
+
+impl Context {
+    pub(crate) fn new(publisher: Publisher, names: Names) -> Self {
+        Context { publisher, names }
+    }
+
+    /// The publisher, for messages to clients.
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    /// The AMQP names of this deployment.
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// Publishes `body` (JSON bytes) to `targets` in one publish and waits for the
+    /// broker's confirm. Returns the `message_id` it carries.
+    ///
+    /// # Errors
+    /// As [`Publisher::publish`].
+    pub async fn publish(
+        &self,
+        targets: &Targets,
+        body: impl Into<bytes::Bytes>,
+    ) -> Result<String, ServiceError> {
+        self.publisher
+            .publish(&Outgoing::new(targets.clone(), body))
+            .await
+    }
+
+    /// Publishes a fully described message and waits for the confirm.
+    ///
+    /// # Errors
+    /// As [`Publisher::publish`].
+    pub async fn send(&self, message: &Outgoing) -> Result<String, ServiceError> {
+        self.publisher.publish(message).await
+    }
+}
+
+/// A message handler. Implemented for every
+/// `Fn(Context, Incoming) -> impl Future<Output = Result<Outcome, HandlerError>>`.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one message. The message is acknowledged after the returned future
+    /// resolves (and after the reply, if any, was confirmed by the broker).
+    fn handle(
+        &self,
+        ctx: Context,
+        message: Incoming,
+    ) -> BoxFuture<'static, Result<Outcome, HandlerError>>;
+}
+
+impl<F, Fut> Handler for F
+where
+    F: Fn(Context, Incoming) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Outcome, HandlerError>> + Send + 'static,
+{
+    fn handle(
+        &self,
+        ctx: Context,
+        message: Incoming,
+    ) -> BoxFuture<'static, Result<Outcome, HandlerError>> {
+        Box::pin(self(ctx, message))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_carries_the_error_header_and_a_message_body() {
+        let a = Answer::refusal(ErrorCode::Rejected, "no such ticket");
+        assert_eq!(a.error_code(), Some(ErrorCode::Rejected));
+        assert_eq!(a.headers.get(H_ERROR).map(String::as_str), Some("rejected"));
+        let body: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+        assert_eq!(body["message"], "no such ticket");
+    }
+
+    #[test]
+    fn a_raw_answer_keeps_its_bytes() {
+        let a = Answer::raw(&b"{ \"x\" :1 }"[..]);
+        assert_eq!(&a.body[..], b"{ \"x\" :1 }");
+        assert_eq!(a.error_code(), None);
+    }
+}

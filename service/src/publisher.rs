@@ -1,0 +1,296 @@
+//! Publishing from a service: messages to clients on `warren.out` (one publish for
+//! many targets, with the `CC` header) and replies to requests through the default
+//! exchange. Every publish is persistent, carries a unique `message_id`, and waits for
+//! the broker's confirm.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use tokio::sync::Mutex;
+use tracing::debug;
+use warren_protocol::amqp::{Names, H_CHANNEL, H_SESSION, H_SUBJECT, H_USER};
+
+use crate::error::{Result, ServiceError};
+use crate::handler::Answer;
+use crate::incoming::Incoming;
+use crate::target::{Targets, CC_HEADER};
+
+/// AMQP delivery mode of persistent messages.
+const PERSISTENT: u8 = 2;
+
+/// A message to clients: its targets, JSON body, headers and `message_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Who receives it.
+    pub targets: Targets,
+    /// JSON bytes, sent as they are.
+    pub body: Bytes,
+    /// String headers (the gateway shows them to clients, except `x-warren-*`
+    /// internals other than the sender's user and session).
+    pub headers: BTreeMap<String, String>,
+    /// The `message_id`; a fresh UUID when `None`. Set it to something stable when the
+    /// same message may be published again (a retry), so receivers drop the copy.
+    pub message_id: Option<String>,
+}
+
+impl Outgoing {
+    /// A message with these targets and JSON bytes.
+    pub fn new(targets: Targets, body: impl Into<Bytes>) -> Self {
+        Outgoing {
+            targets,
+            body: body.into(),
+            headers: BTreeMap::new(),
+            message_id: None,
+        }
+    }
+
+    /// Relays a client's message to `targets`: the body as it came, the client's own
+    /// headers, the sender (`x-warren-user`, `x-warren-session`, `x-warren-channel`,
+    /// `x-warren-subject`) in headers, and a `message_id` derived from the incoming one,
+    /// so a redelivered incoming message produces a relay with the same id.
+    pub fn relay(incoming: Incoming, targets: Targets) -> Self {
+        let mut headers = incoming.headers;
+        let sender = [
+            (H_USER, incoming.user),
+            (H_SESSION, incoming.session),
+            (H_CHANNEL, Some(incoming.channel)),
+            (H_SUBJECT, incoming.subject),
+        ];
+        for (name, value) in sender {
+            if let Some(value) = value {
+                headers.insert(name.to_string(), value);
+            }
+        }
+        Outgoing {
+            targets,
+            body: incoming.body,
+            headers,
+            message_id: incoming.message_id.map(|id| format!("{id}:relay")),
+        }
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    /// Sets the `message_id`.
+    pub fn with_message_id(mut self, id: impl Into<String>) -> Self {
+        self.message_id = Some(id.into());
+        self
+    }
+}
+
+/// A fresh unique `message_id`.
+pub fn fresh_message_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Publishes on one confirm-mode channel of the service's connection, reopened if the
+/// broker closed it. Cheap to clone; clones share the channel.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    connection: Arc<Connection>,
+    channel: Mutex<Option<Channel>>,
+    names: Names,
+    app_id: String,
+}
+
+impl Publisher {
+    pub(crate) fn new(connection: Arc<Connection>, names: Names, app_id: String) -> Self {
+        Publisher {
+            inner: Arc::new(Inner {
+                connection,
+                channel: Mutex::new(None),
+                names,
+                app_id,
+            }),
+        }
+    }
+
+    /// Publishes `message` to `warren.out`: ONE publish whose routing key is the first
+    /// target and whose `CC` header lists the others. Waits for the broker's confirm.
+    /// Returns the message's `message_id`.
+    ///
+    /// Not mandatory: a message no session is subscribed to is dropped by RabbitMQ, as
+    /// a broadcast nobody listens to should be.
+    ///
+    /// # Errors
+    /// [`ServiceError::NoTargets`] / [`ServiceError::InvalidTarget`] for bad targets,
+    /// [`ServiceError::Nacked`] on a negative confirm, [`ServiceError::Amqp`] when the
+    /// channel or connection fails.
+    pub async fn publish(&self, message: &Outgoing) -> Result<String> {
+        let (routing_key, cc) = message.targets.routing()?;
+        let message_id = message.message_id.clone().unwrap_or_else(fresh_message_id);
+        let mut headers = string_table(&message.headers);
+        if let Some(cc) = cc {
+            headers.insert(ShortString::from(CC_HEADER), cc);
+        }
+        let properties = self.properties(&message_id).with_headers(headers);
+        let exchange = self.inner.names.outbound_exchange();
+        self.publish_confirmed(&exchange, &routing_key, &message.body, properties)
+            .await?;
+        debug!(
+            exchange = %exchange,
+            routing_key = %routing_key,
+            message_id = %message_id,
+            "published to clients"
+        );
+        Ok(message_id)
+    }
+
+    /// Sends `answer` to the queue `reply_to` through the default exchange, with
+    /// `correlation_id` copied and `message_id` as given. Waits for the confirm.
+    ///
+    /// # Errors
+    /// [`ServiceError::Nacked`] on a negative confirm, [`ServiceError::Amqp`] when the
+    /// channel or connection fails.
+    pub async fn reply(
+        &self,
+        reply_to: &str,
+        correlation_id: Option<&str>,
+        answer: &Answer,
+        message_id: &str,
+    ) -> Result<()> {
+        let mut properties = self
+            .properties(message_id)
+            .with_headers(string_table(&answer.headers));
+        if let Some(id) = correlation_id {
+            properties = properties.with_correlation_id(ShortString::from(id));
+        }
+        self.publish_confirmed("", reply_to, &answer.body, properties)
+            .await?;
+        debug!(
+            reply_to = %reply_to,
+            correlation_id = correlation_id.unwrap_or(""),
+            message_id = %message_id,
+            refused = answer.error_code().map(|c| c.as_str()).unwrap_or(""),
+            "replied"
+        );
+        Ok(())
+    }
+
+    /// Publishes raw bytes to any exchange with the given properties and waits for
+    /// the confirm (used for dead-lettering; also handy for services that need
+    /// something the other methods do not offer).
+    ///
+    /// # Errors
+    /// [`ServiceError::Nacked`] on a negative confirm, [`ServiceError::Amqp`] when the
+    /// channel or connection fails.
+    pub async fn publish_confirmed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<()> {
+        let channel = self.channel().await?;
+        let confirm = channel
+            .basic_publish(
+                ShortString::from(exchange),
+                ShortString::from(routing_key),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await?
+            .await?;
+        match confirm {
+            Confirmation::Nack(_) => Err(ServiceError::Nacked {
+                exchange: exchange.to_string(),
+                routing_key: routing_key.to_string(),
+            }),
+            Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+        }
+    }
+
+    /// The properties every service message carries: persistent, JSON, `message_id`,
+    /// `timestamp`, `app_id`.
+    fn properties(&self, message_id: &str) -> BasicProperties {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        BasicProperties::default()
+            .with_delivery_mode(PERSISTENT)
+            .with_content_type(ShortString::from("application/json"))
+            .with_message_id(ShortString::from(message_id))
+            .with_timestamp(now)
+            .with_app_id(ShortString::from(self.inner.app_id.as_str()))
+    }
+
+    async fn channel(&self) -> Result<Channel> {
+        let mut guard = self.inner.channel.lock().await;
+        if let Some(channel) = guard.as_ref() {
+            if channel.status().connected() {
+                return Ok(channel.clone());
+            }
+        }
+        let channel = self.inner.connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        *guard = Some(channel.clone());
+        Ok(channel)
+    }
+
+    /// Closes the publishing channel (waiting for outstanding confirms first).
+    pub(crate) async fn close(&self) {
+        if let Some(channel) = self.inner.channel.lock().await.take() {
+            let _ = channel.wait_for_confirms().await;
+            let _ = channel.close(200, ShortString::from("bye")).await;
+        }
+    }
+}
+
+/// String headers as an AMQP field table of long strings.
+pub(crate) fn string_table(headers: &BTreeMap<String, String>) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (k, v) in headers {
+        table.insert(
+            ShortString::from(k.as_str()),
+            AMQPValue::LongString(LongString::from(v.as_str())),
+        );
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::BasicProperties;
+    use warren_protocol::amqp::H_USER;
+
+    #[test]
+    fn a_relay_keeps_the_body_and_names_the_sender() {
+        let mut table = FieldTable::default();
+        table.insert(H_USER.into(), AMQPValue::LongString("alice".into()));
+        table.insert("x-app".into(), AMQPValue::LongString("1".into()));
+        let props = BasicProperties::default()
+            .with_headers(table)
+            .with_message_id("alice:7".into());
+        let body = b"{ \"text\" : \"hi\" }".to_vec();
+        let incoming = Incoming::from_parts("IN_CHAT", "chat", false, &props, body.clone());
+        let out = Outgoing::relay(incoming, Targets::broadcast("chat"));
+        assert_eq!(&out.body[..], &body[..]);
+        assert_eq!(out.headers.get(H_USER).map(String::as_str), Some("alice"));
+        assert_eq!(out.headers.get(H_CHANNEL).map(String::as_str), Some("chat"));
+        assert_eq!(out.headers.get("x-app").map(String::as_str), Some("1"));
+        assert_eq!(out.message_id.as_deref(), Some("alice:7:relay"));
+    }
+
+    #[test]
+    fn fresh_message_ids_are_unique() {
+        assert_ne!(fresh_message_id(), fresh_message_id());
+    }
+}
