@@ -1,1 +1,154 @@
-//! Placeholder: filled in by its issue.
+//! Warren's gateway: serves WebSocket clients speaking protocol `warren.v1` and bridges
+//! them to RabbitMQ. Stateless: everything a client must not lose lives in RabbitMQ
+//! (its session queue), so any gateway can resume any session.
+//!
+//! # Layout
+//!
+//! - [`config`]: one serde struct with defaults, TOML file → `WARREN_*` env → flags.
+//! - [`topology`]: the exchanges and queues Warren declares, printable and idempotent.
+//! - [`broker`]: two AMQP connections, pooled publisher (confirm) and consumer channels.
+//! - [`session`]: session ids and queues, resume, subscriptions, seq/ack bookkeeping.
+//! - [`delivery`]: a session-queue message → `deliver` / `reply` / `error` frame.
+//! - `connection`: the per-WebSocket `select!` loop.
+//! - `server`: axum listeners (`/ws`, `/healthz`), shared state, announcements.
+//! - [`error`]: the gateway's error type, [`GatewayError`].
+//!
+//! [`Gateway::start`] connects, declares the topology and binds the listeners;
+//! [`Gateway::shutdown`] stops accepting, lets connections finish their pending
+//! confirms, and closes them with 1001 (going away).
+
+pub mod broker;
+pub mod config;
+mod connection;
+pub mod delivery;
+pub mod error;
+mod server;
+pub mod session;
+pub mod topology;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use config::{
+    AuthConfig, AuthMode, Cli, Command, Config, ListenerConfig, Overrides, QueueType,
+    TopologyAction,
+};
+pub use error::GatewayError;
+pub use topology::Topology;
+
+use crate::broker::Broker;
+use crate::server::Shared;
+
+/// A running gateway.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    shutdown_tx: watch::Sender<bool>,
+    listeners: Vec<(SocketAddr, Option<String>)>,
+    servers: Vec<JoinHandle<()>>,
+    announcer: JoinHandle<()>,
+}
+
+impl Gateway {
+    /// Validates the configuration, connects to RabbitMQ, declares the topology and
+    /// binds every listener.
+    ///
+    /// # Errors
+    /// [`GatewayError::Config`] for an invalid configuration, [`GatewayError::Connect`]
+    /// or [`GatewayError::Amqp`] when RabbitMQ cannot be reached or refuses the
+    /// topology, [`GatewayError::Bind`] when a listener address is taken.
+    pub async fn start(config: Config) -> Result<Gateway, GatewayError> {
+        config.validate()?;
+        let broker = Broker::connect(&config).await?;
+        Topology::from_config(&config)
+            .apply(&broker.control().await?)
+            .await?;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let mut bound = Vec::new();
+        for l in &config.listen {
+            let listener = tokio::net::TcpListener::bind(l.bind)
+                .await
+                .map_err(|source| GatewayError::Bind {
+                    addr: l.bind,
+                    source,
+                })?;
+            let addr = listener.local_addr().map_err(|source| GatewayError::Bind {
+                addr: l.bind,
+                source,
+            })?;
+            bound.push((listener, addr, l.channel.clone()));
+        }
+        let shared = Arc::new(Shared::new(config, broker, shutdown_rx));
+        let mut servers = Vec::new();
+        let mut listeners = Vec::new();
+        for (listener, addr, channel) in bound {
+            let app = server::router(shared.clone(), channel.clone());
+            let mut stop = shared.shutdown.clone();
+            servers.push(tokio::spawn(async move {
+                let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                });
+                if let Err(e) = serve.await {
+                    tracing::error!(%addr, error = %e, "listener failed");
+                }
+            }));
+            tracing::info!(%addr, channel = channel.as_deref().unwrap_or("*"), node = %shared.config.node, "listening");
+            listeners.push((addr, channel));
+        }
+        let announcer = tokio::spawn(server::announce(shared.clone(), listeners.clone()));
+        tokio::spawn(
+            shared
+                .broker
+                .clone()
+                .supervise(Duration::from_secs(2), shared.shutdown.clone()),
+        );
+        Ok(Gateway {
+            shared,
+            shutdown_tx,
+            listeners,
+            servers,
+            announcer,
+        })
+    }
+
+    /// The bound listener addresses (port 0 resolved) and the channel each is pinned
+    /// to (`None`: all channels).
+    pub fn listeners(&self) -> Vec<(SocketAddr, Option<String>)> {
+        self.listeners.clone()
+    }
+
+    /// The configuration the gateway runs with.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// Graceful shutdown: stop accepting, let every connection finish its pending
+    /// confirms (up to `shutdown_grace_ms`), requeue unacknowledged deliveries, close
+    /// the sockets with 1001 (going away), then close the AMQP connections.
+    pub async fn shutdown(self) {
+        tracing::info!(node = %self.shared.config.node, "shutting down");
+        let _ = self.shutdown_tx.send(true);
+        let grace =
+            Duration::from_millis(self.shared.config.shutdown_grace_ms) + Duration::from_secs(5);
+        if tokio::time::timeout(grace, self.shared.tracker.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = self.shared.tracker.active(),
+                "connections still open after the grace period"
+            );
+        }
+        for s in self.servers {
+            let _ = tokio::time::timeout(Duration::from_secs(2), s).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.announcer).await;
+        // Let the last announcement and presence events go out.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.shared.broker.close().await;
+        tracing::info!(node = %self.shared.config.node, "stopped");
+    }
+}

@@ -166,7 +166,8 @@ mod tests {
 
     #[test]
     fn publish_keeps_the_message_bytes_exactly() {
-        let text = r#"{"type":"publish","id":"1","channel":"chat","message":{"b": 1.50, "a":[1,  2]}}"#;
+        let text =
+            r#"{"type":"publish","id":"1","channel":"chat","message":{"b": 1.50, "a":[1,  2]}}"#;
         let ClientFrame::Publish(p) = decode_client(text).unwrap() else {
             panic!("not a publish")
         };
@@ -176,14 +177,21 @@ mod tests {
 
     #[test]
     fn not_json_is_malformed() {
-        assert_eq!(decode_client("{nope").unwrap_err().code, ErrorCode::Malformed);
+        assert_eq!(
+            decode_client("{nope").unwrap_err().code,
+            ErrorCode::Malformed
+        );
         assert_eq!(decode_client("").unwrap_err().code, ErrorCode::Malformed);
     }
 
     #[test]
     fn json_that_is_not_an_object_is_invalid() {
         for text in ["[1,2]", "\"hello\"", "42", "null"] {
-            assert_eq!(decode_client(text).unwrap_err().code, ErrorCode::Invalid, "{text}");
+            assert_eq!(
+                decode_client(text).unwrap_err().code,
+                ErrorCode::Invalid,
+                "{text}"
+            );
         }
     }
 
@@ -231,10 +239,10 @@ mod tests {
             panic!()
         };
         assert!(s.wants_broadcast());
-        let ClientFrame::Subscribe(s) = decode_client(
-            r#"{"type":"subscribe","id":"1","channel":"chat","groups":["room-1"]}"#,
-        )
-        .unwrap() else {
+        let ClientFrame::Subscribe(s) =
+            decode_client(r#"{"type":"subscribe","id":"1","channel":"chat","groups":["room-1"]}"#)
+                .unwrap()
+        else {
             panic!()
         };
         assert!(!s.wants_broadcast());
@@ -244,8 +252,8 @@ mod tests {
     fn server_frames_decode() {
         let f = decode_server(r#"{"type":"deliver","seq":3,"message_id":"m","channel":"chat","routing_key":"chat.all","message":[1]}"#).unwrap();
         assert_eq!(f.kind(), "deliver");
-        let f = decode_server(r#"{"type":"error","id":"4","code":"no_route","message":"x"}"#)
-            .unwrap();
+        let f =
+            decode_server(r#"{"type":"error","id":"4","code":"no_route","message":"x"}"#).unwrap();
         let ServerFrame::Error(e) = f else { panic!() };
         assert_eq!(e.code, ErrorCode::NoRoute);
     }

@@ -153,11 +153,7 @@ close_codes! {
 /// Unknown codes follow the range rule: 4000–4499 reconnect, 4500–4999 do not; other
 /// codes (abnormal closure 1006 included) reconnect, except 1000.
 pub fn should_reconnect(code: u16) -> bool {
-    match code {
-        1000 => false,
-        4500..=4999 => false,
-        _ => true,
-    }
+    !matches!(code, 1000 | 4500..=4999)
 }
 
 impl CloseCode {

@@ -1,0 +1,650 @@
+//! Configuration: one serde struct with documented defaults, read from a TOML file,
+//! overridden by `WARREN_*` environment variables and then by command-line flags
+//! (clap), and validated once at start-up.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
+use warren_protocol::amqp::validate_segment;
+
+use crate::error::GatewayError;
+
+/// Everything the gateway can be told. Every field has a default (see [`Default`]), so
+/// a TOML file only names what it changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Prefix of every exchange and queue name (`<ns>.warren.in`); empty for none.
+    pub namespace: String,
+    /// Name of this gateway node, in `welcome`, headers, logs and announcements.
+    /// Default: `gw-<8 random hex digits>`.
+    pub node: String,
+    /// RabbitMQ URIs, tried in order at connect and reconnect.
+    /// Default: `["amqp://127.0.0.1:5672/%2f"]`.
+    pub amqp_uri: Vec<String>,
+    /// WebSocket listeners. Default: one on `0.0.0.0:4000` serving every channel.
+    pub listen: Vec<ListenerConfig>,
+    /// The channels this deployment serves. Default: `chat`, `voice`, `tickets`, `echo`.
+    pub channels: Vec<String>,
+    /// Type of the `IN_<CHANNEL>` queues. Default: `quorum`.
+    pub queue_type: QueueType,
+    /// Publisher channels (in confirm mode) in the pool. Default: 4.
+    pub publisher_channels: usize,
+    /// Channels that carry session consumers, shared by all sessions. Default: 4.
+    pub consumer_channels: usize,
+    /// The gateway pings a connection silent for this long; a client heard from not at
+    /// all for 2.5× this long is closed with `heartbeat_timeout`. Default: 15000.
+    pub heartbeat_ms: u64,
+    /// Largest text frame accepted; larger ones get `too_large`. Frames beyond
+    /// `max(4 × this, 1 MiB)` close the connection with 1009. Default: 65536.
+    pub max_frame_bytes: usize,
+    /// Most subscriptions (binding keys) per session. Default: 256.
+    pub max_subscriptions: u32,
+    /// Unacknowledged deliveries in flight per session (consumer prefetch). Default: 256.
+    pub delivery_window: u16,
+    /// Request timeout when the `request` names none. Default: 10000.
+    pub request_timeout_ms: u64,
+    /// Longest request timeout a client may ask for. Default: 300000.
+    pub max_request_timeout_ms: u64,
+    /// Resume window: a session queue unused this long is deleted (`x-expires`).
+    /// Default: 60000.
+    pub session_expires_ms: u64,
+    /// Most messages a session queue holds (`x-max-length`, oldest dropped first).
+    /// Default: 10000.
+    pub session_max_length: u32,
+    /// How long a resume waits for the previous connection's consumer to go away.
+    /// Default: 3000.
+    pub session_takeover_ms: u64,
+    /// Consecutive bad frames after which the connection is closed with
+    /// `too_many_errors`. Default: 32.
+    pub max_consecutive_errors: u32,
+    /// On shutdown, how long connections may take to finish pending confirms.
+    /// Default: 5000.
+    pub shutdown_grace_ms: u64,
+    /// Period of the gateway's announcement on `warren.gateways`; 0 turns it off.
+    /// Default: 5000.
+    pub announce_interval_ms: u64,
+    /// Publish `client.connected` / `client.disconnected` on `warren.presence`.
+    /// Default: true.
+    pub presence: bool,
+    /// How tokens become user ids.
+    pub auth: AuthConfig,
+}
+
+/// A WebSocket listener: an address, serving every channel or pinned to one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Address to bind; port 0 picks a free port.
+    pub bind: SocketAddr,
+    /// The one channel this listener serves; `None` serves all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+}
+
+impl FromStr for ListenerConfig {
+    type Err = String;
+
+    /// Parses `ADDR` or `ADDR=CHANNEL`, e.g. `127.0.0.1:4001=voice`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, channel) = match s.split_once('=') {
+            Some((a, c)) => (a, Some(c.trim().to_string())),
+            None => (s, None),
+        };
+        let bind = addr
+            .trim()
+            .parse()
+            .map_err(|e| format!("`{addr}` is not an address like 127.0.0.1:4000: {e}"))?;
+        Ok(ListenerConfig { bind, channel })
+    }
+}
+
+/// Queue type of the inbound channel queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueType {
+    /// Replicated, durable (`x-queue-type=quorum`); the production choice.
+    Quorum,
+    /// A classic queue (`x-queue-type=classic`).
+    Classic,
+}
+
+impl QueueType {
+    /// The `x-queue-type` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Quorum => "quorum",
+            QueueType::Classic => "classic",
+        }
+    }
+}
+
+/// How a `hello` token becomes a user id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `none`: the token, if given, is the user id; without one the user is the session.
+    pub mode: AuthMode,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: AuthMode::None,
+        }
+    }
+}
+
+/// Authentication modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// Development: trust the token as the user id.
+    None,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            namespace: String::new(),
+            node: format!("gw-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            amqp_uri: vec!["amqp://127.0.0.1:5672/%2f".to_string()],
+            listen: vec![ListenerConfig {
+                bind: SocketAddr::from(([0, 0, 0, 0], 4000)),
+                channel: None,
+            }],
+            channels: ["chat", "voice", "tickets", "echo"]
+                .map(String::from)
+                .to_vec(),
+            queue_type: QueueType::Quorum,
+            publisher_channels: 4,
+            consumer_channels: 4,
+            heartbeat_ms: 15_000,
+            max_frame_bytes: 64 * 1024,
+            max_subscriptions: 256,
+            delivery_window: 256,
+            request_timeout_ms: 10_000,
+            max_request_timeout_ms: 300_000,
+            session_expires_ms: 60_000,
+            session_max_length: 10_000,
+            session_takeover_ms: 3_000,
+            max_consecutive_errors: 32,
+            shutdown_grace_ms: 5_000,
+            announce_interval_ms: 5_000,
+            presence: true,
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses a TOML document; fields it does not name keep their defaults.
+    ///
+    /// # Errors
+    /// [`GatewayError::ConfigParse`] when the text is not valid TOML or names an
+    /// unknown option.
+    pub fn from_toml(text: &str, path: &str) -> Result<Config, GatewayError> {
+        toml::from_str(text).map_err(|e| GatewayError::ConfigParse {
+            path: path.to_string(),
+            source: Box::new(e),
+        })
+    }
+
+    /// Reads a TOML file.
+    ///
+    /// # Errors
+    /// [`GatewayError::ConfigFile`] when it cannot be read, or as [`Config::from_toml`].
+    pub fn from_file(path: &std::path::Path) -> Result<Config, GatewayError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| GatewayError::ConfigFile {
+            path: shown.clone(),
+            source,
+        })?;
+        Config::from_toml(&text, &shown)
+    }
+
+    /// The hard cap handed to the WebSocket library: beyond it a frame closes the
+    /// connection with 1009 instead of getting a `too_large` error frame.
+    pub fn hard_frame_bytes(&self) -> usize {
+        (self.max_frame_bytes.saturating_mul(4)).max(1024 * 1024)
+    }
+
+    /// Whether `channel` is one this deployment serves.
+    pub fn has_channel(&self, channel: &str) -> bool {
+        self.channels.iter().any(|c| c == channel)
+    }
+
+    /// Checks the configuration once, at start-up.
+    ///
+    /// # Errors
+    /// [`GatewayError::Config`] naming the first problem found.
+    pub fn validate(&self) -> Result<(), GatewayError> {
+        let bad = |m: String| Err(GatewayError::Config(m));
+        if !self.namespace.is_empty() {
+            for seg in self.namespace.split('.') {
+                if let Err(e) = validate_segment("namespace", seg) {
+                    return bad(e.to_string());
+                }
+            }
+        }
+        if let Err(e) = validate_segment("node", &self.node) {
+            return bad(e.to_string());
+        }
+        if self.amqp_uri.is_empty() {
+            return bad("at least one amqp_uri is needed".into());
+        }
+        for uri in &self.amqp_uri {
+            if let Err(e) = uri.parse::<lapin::uri::AMQPUri>() {
+                return bad(format!("amqp_uri `{}`: {e}", redact(uri)));
+            }
+        }
+        if self.channels.is_empty() {
+            return bad("at least one channel is needed".into());
+        }
+        for (i, ch) in self.channels.iter().enumerate() {
+            if let Err(e) = validate_segment("channel", ch) {
+                return bad(e.to_string());
+            }
+            if self.channels[..i].contains(ch) {
+                return bad(format!("channel `{ch}` is listed twice"));
+            }
+        }
+        if self.listen.is_empty() {
+            return bad("at least one listener is needed".into());
+        }
+        for l in &self.listen {
+            if let Some(ch) = &l.channel {
+                if !self.has_channel(ch) {
+                    return bad(format!(
+                        "listener {} is pinned to `{ch}`, which is not in channels {:?}",
+                        l.bind, self.channels
+                    ));
+                }
+            }
+        }
+        if self.publisher_channels == 0 || self.consumer_channels == 0 {
+            return bad("publisher_channels and consumer_channels must be at least 1".into());
+        }
+        if self.heartbeat_ms < 100 {
+            return bad("heartbeat_ms must be at least 100".into());
+        }
+        if self.max_frame_bytes < 1024 {
+            return bad("max_frame_bytes must be at least 1024".into());
+        }
+        if self.delivery_window == 0 {
+            return bad("delivery_window must be at least 1".into());
+        }
+        if self.request_timeout_ms == 0 || self.request_timeout_ms > self.max_request_timeout_ms {
+            return bad("request_timeout_ms must be in 1..=max_request_timeout_ms".into());
+        }
+        if self.session_expires_ms == 0 || self.session_expires_ms > u32::MAX as u64 {
+            return bad("session_expires_ms must be in 1..=4294967295".into());
+        }
+        if self.session_max_length == 0 {
+            return bad("session_max_length must be at least 1".into());
+        }
+        if self.max_consecutive_errors == 0 {
+            return bad("max_consecutive_errors must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Applies flag and environment overrides (clap already merged those two, flags
+    /// winning) on top of this configuration.
+    pub fn apply(&mut self, o: &Overrides) {
+        if let Some(v) = &o.namespace {
+            self.namespace = v.clone();
+        }
+        if let Some(v) = &o.node {
+            self.node = v.clone();
+        }
+        if !o.amqp_uri.is_empty() {
+            self.amqp_uri = o.amqp_uri.clone();
+        }
+        if !o.listen.is_empty() {
+            self.listen = o.listen.clone();
+        }
+        if !o.channels.is_empty() {
+            self.channels = o.channels.clone();
+        }
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = o.$f { self.$f = v; } )* };
+        }
+        set!(
+            queue_type,
+            publisher_channels,
+            consumer_channels,
+            heartbeat_ms,
+            max_frame_bytes,
+            max_subscriptions,
+            delivery_window,
+            request_timeout_ms,
+            max_request_timeout_ms,
+            session_expires_ms,
+            session_max_length,
+            session_takeover_ms,
+            max_consecutive_errors,
+            shutdown_grace_ms,
+            announce_interval_ms,
+            presence
+        );
+    }
+
+    /// Builds the configuration from the command line: defaults, then the TOML file
+    /// (`--config` / `WARREN_CONFIG`), then environment and flags; then validates.
+    ///
+    /// # Errors
+    /// As [`Config::from_file`] and [`Config::validate`].
+    pub fn load(o: &Overrides) -> Result<Config, GatewayError> {
+        let mut config = match &o.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        config.apply(o);
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// A URI with its password replaced, for logs and errors.
+pub fn redact(uri: &str) -> String {
+    match (uri.find("://"), uri.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &uri[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &uri[..s + 3], &uri[at..]),
+                None => uri.to_string(),
+            }
+        }
+        _ => uri.to_string(),
+    }
+}
+
+/// The `warren-gateway` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "warren-gateway",
+    version,
+    about = "Warren gateway: WebSocket clients bridged to RabbitMQ",
+    long_about = "Warren gateway: serves WebSocket clients (protocol warren.v1 at /ws, \
+                  health at /healthz) and bridges them to RabbitMQ.\n\n\
+                  Settings come from defaults, then the TOML file (--config), then \
+                  WARREN_* environment variables, then flags."
+)]
+pub struct Cli {
+    /// What to do (default: run).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Settings that override the configuration file.
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve WebSocket clients (the default).
+    Run,
+    /// Show or declare the AMQP topology.
+    Topology {
+        /// `print` or `apply`.
+        #[command(subcommand)]
+        action: TopologyAction,
+    },
+}
+
+/// `topology` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TopologyAction {
+    /// Print what would be declared, without connecting.
+    Print,
+    /// Connect and declare the topology, then exit.
+    Apply,
+}
+
+/// Flags and environment variables; each overrides the configuration file.
+#[derive(Debug, Default, Clone, Args)]
+pub struct Overrides {
+    /// TOML configuration file.
+    #[arg(long, env = "WARREN_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Namespace prefix of every exchange and queue name [default: none].
+    #[arg(long, env = "WARREN_NAMESPACE", global = true)]
+    pub namespace: Option<String>,
+    /// Node name [default: gw-<random>].
+    #[arg(long, env = "WARREN_NODE", global = true)]
+    pub node: Option<String>,
+    /// RabbitMQ URI; repeat (or comma-separate in the env) for fallbacks
+    /// [default: amqp://127.0.0.1:5672/%2f].
+    #[arg(long, env = "WARREN_AMQP_URI", value_delimiter = ',', global = true)]
+    pub amqp_uri: Vec<String>,
+    /// Listener `ADDR` or `ADDR=CHANNEL` (pinned to one channel); repeatable
+    /// [default: 0.0.0.0:4000].
+    #[arg(long, env = "WARREN_LISTEN", value_delimiter = ',', global = true)]
+    pub listen: Vec<ListenerConfig>,
+    /// Channels served [default: chat,voice,tickets,echo].
+    #[arg(long, env = "WARREN_CHANNELS", value_delimiter = ',', global = true)]
+    pub channels: Vec<String>,
+    /// Type of the IN_<CHANNEL> queues [default: quorum].
+    #[arg(long, env = "WARREN_QUEUE_TYPE", global = true)]
+    pub queue_type: Option<QueueType>,
+    /// Publisher channels in the pool [default: 4].
+    #[arg(long, env = "WARREN_PUBLISHER_CHANNELS", global = true)]
+    pub publisher_channels: Option<usize>,
+    /// Channels shared by session consumers [default: 4].
+    #[arg(long, env = "WARREN_CONSUMER_CHANNELS", global = true)]
+    pub consumer_channels: Option<usize>,
+    /// Idle time before the gateway pings, in ms [default: 15000].
+    #[arg(long, env = "WARREN_HEARTBEAT_MS", global = true)]
+    pub heartbeat_ms: Option<u64>,
+    /// Largest text frame accepted, in bytes [default: 65536].
+    #[arg(long, env = "WARREN_MAX_FRAME_BYTES", global = true)]
+    pub max_frame_bytes: Option<usize>,
+    /// Most subscriptions per session [default: 256].
+    #[arg(long, env = "WARREN_MAX_SUBSCRIPTIONS", global = true)]
+    pub max_subscriptions: Option<u32>,
+    /// Unacknowledged deliveries per session [default: 256].
+    #[arg(long, env = "WARREN_DELIVERY_WINDOW", global = true)]
+    pub delivery_window: Option<u16>,
+    /// Default request timeout, in ms [default: 10000].
+    #[arg(long, env = "WARREN_REQUEST_TIMEOUT_MS", global = true)]
+    pub request_timeout_ms: Option<u64>,
+    /// Longest request timeout a client may ask for, in ms [default: 300000].
+    #[arg(long, env = "WARREN_MAX_REQUEST_TIMEOUT_MS", global = true)]
+    pub max_request_timeout_ms: Option<u64>,
+    /// Resume window (session queue x-expires), in ms [default: 60000].
+    #[arg(long, env = "WARREN_SESSION_EXPIRES_MS", global = true)]
+    pub session_expires_ms: Option<u64>,
+    /// Session queue x-max-length [default: 10000].
+    #[arg(long, env = "WARREN_SESSION_MAX_LENGTH", global = true)]
+    pub session_max_length: Option<u32>,
+    /// How long a resume waits for the previous consumer to go, in ms [default: 3000].
+    #[arg(long, env = "WARREN_SESSION_TAKEOVER_MS", global = true)]
+    pub session_takeover_ms: Option<u64>,
+    /// Consecutive bad frames before closing with too_many_errors [default: 32].
+    #[arg(long, env = "WARREN_MAX_CONSECUTIVE_ERRORS", global = true)]
+    pub max_consecutive_errors: Option<u32>,
+    /// Time to finish pending confirms on shutdown, in ms [default: 5000].
+    #[arg(long, env = "WARREN_SHUTDOWN_GRACE_MS", global = true)]
+    pub shutdown_grace_ms: Option<u64>,
+    /// Announcement period on warren.gateways, in ms; 0 = off [default: 5000].
+    #[arg(long, env = "WARREN_ANNOUNCE_INTERVAL_MS", global = true)]
+    pub announce_interval_ms: Option<u64>,
+    /// Publish presence events on warren.presence [default: true].
+    #[arg(long, env = "WARREN_PRESENCE", global = true)]
+    pub presence: Option<bool>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("warren-gateway").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_serve_the_four_channels_on_port_4000() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.channels, ["chat", "voice", "tickets", "echo"]);
+        assert_eq!(c.listen[0].bind.port(), 4000);
+        assert_eq!(c.max_frame_bytes, 65536);
+        assert_eq!(c.hard_frame_bytes(), 1024 * 1024);
+    }
+
+    #[test]
+    fn a_toml_file_changes_only_what_it_names() {
+        let c = Config::from_toml(
+            r#"
+            namespace = "prod"
+            channels = ["chat", "voice"]
+            [[listen]]
+            bind = "127.0.0.1:4001"
+            channel = "voice"
+            [[listen]]
+            bind = "127.0.0.1:4000"
+            "#,
+            "test.toml",
+        )
+        .unwrap();
+        assert_eq!(c.namespace, "prod");
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.listen[0].channel.as_deref(), Some("voice"));
+        assert_eq!(c.listen[1].channel, None);
+        assert_eq!(c.heartbeat_ms, 15_000);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn the_example_config_in_the_repo_is_valid() {
+        let c =
+            Config::from_toml(include_str!("../warren-gateway.example.toml"), "example").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.listen.len(), 4);
+    }
+
+    #[test]
+    fn every_config_option_has_a_flag_documented_in_help() {
+        use clap::CommandFactory;
+        let table = toml::Value::try_from(Config::default()).unwrap();
+        let flags: Vec<String> = Cli::command()
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(str::to_string))
+            .collect();
+        let help = Cli::command().render_long_help().to_string();
+        for key in table.as_table().unwrap().keys() {
+            if key == "auth" {
+                continue;
+            }
+            let flag = key.replace('_', "-");
+            assert!(flags.contains(&flag), "no --{flag} flag");
+            assert!(
+                help.contains(&format!("WARREN_{}", key.to_uppercase())),
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_toml_options_are_refused() {
+        assert!(Config::from_toml("heartbeat = 3", "x.toml").is_err());
+    }
+
+    #[test]
+    fn flags_override_the_file_and_listen_parses_a_pinned_channel() {
+        let mut c = Config::from_toml("namespace = \"file\"\nheartbeat_ms = 500", "x").unwrap();
+        let o = cli(&[
+            "--namespace",
+            "flag",
+            "--listen",
+            "127.0.0.1:4001=voice",
+            "--listen",
+            "127.0.0.1:0",
+            "--channels",
+            "chat,voice",
+            "--queue-type",
+            "classic",
+        ])
+        .overrides;
+        c.apply(&o);
+        assert_eq!(c.namespace, "flag");
+        assert_eq!(c.heartbeat_ms, 500);
+        assert_eq!(c.channels, ["chat", "voice"]);
+        assert_eq!(c.queue_type, QueueType::Classic);
+        assert_eq!(
+            c.listen,
+            vec![
+                ListenerConfig {
+                    bind: "127.0.0.1:4001".parse().unwrap(),
+                    channel: Some("voice".into())
+                },
+                ListenerConfig {
+                    bind: "127.0.0.1:0".parse().unwrap(),
+                    channel: None
+                },
+            ]
+        );
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_flags_override_the_environment() {
+        // Variables no other test looks at, so parallel tests are not disturbed.
+        std::env::set_var("WARREN_SESSION_MAX_LENGTH", "77");
+        std::env::set_var("WARREN_MAX_SUBSCRIPTIONS", "5");
+        let o = cli(&["--max-subscriptions", "9"]).overrides;
+        std::env::remove_var("WARREN_SESSION_MAX_LENGTH");
+        std::env::remove_var("WARREN_MAX_SUBSCRIPTIONS");
+        let mut c =
+            Config::from_toml("session_max_length = 10\nmax_subscriptions = 3", "x").unwrap();
+        c.apply(&o);
+        assert_eq!(c.session_max_length, 77, "env beats the file");
+        assert_eq!(c.max_subscriptions, 9, "the flag beats env");
+    }
+
+    #[test]
+    fn topology_subcommands_accept_global_flags_after_them() {
+        let c = cli(&["topology", "print", "--namespace", "x"]);
+        assert!(matches!(
+            c.command,
+            Some(Command::Topology {
+                action: TopologyAction::Print
+            })
+        ));
+        assert_eq!(c.overrides.namespace.as_deref(), Some("x"));
+        assert!(cli(&[]).command.is_none());
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let mut c = Config::default();
+        c.listen[0].channel = Some("nope".into());
+        assert!(c.validate().unwrap_err().to_string().contains("nope"));
+        let mut c = Config::default();
+        c.channels.push("chat".into());
+        assert!(c.validate().is_err());
+        let c = Config {
+            channels: vec!["a.b".into()],
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        let c = Config {
+            amqp_uri: vec!["http://nope".into()],
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn passwords_are_redacted_in_uris() {
+        assert_eq!(
+            redact("amqp://guest:secret@host:5672/%2f"),
+            "amqp://guest:***@host:5672/%2f"
+        );
+        assert_eq!(redact("amqp://host"), "amqp://host");
+    }
+}

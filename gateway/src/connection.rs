@@ -1,0 +1,1056 @@
+//! One WebSocket connection: a `tokio::select!` loop over the socket, the session
+//! queue's deliveries, publisher-confirm results, request deadlines, the heartbeat
+//! timer, session takeover and gateway shutdown. Every client frame is answered; bad
+//! input becomes an `error` frame with a registry code, never a panic.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicPublishOptions};
+use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+use lapin::{Acker, BasicProperties, Channel, Confirmation, Consumer, PublisherConfirm};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use warren_protocol::amqp::{self, keys, validate_dotted, validate_segment};
+use warren_protocol::{
+    decode_client, encode, ClientFrame, CloseCode, Correlator, Distribution, Drain, ErrorCode,
+    Headers, Hello, Limits, Ping, PocAction, PocPacket, ServerFrame, Subscribe, Welcome,
+    PROTOCOL_VERSION,
+};
+
+use crate::delivery::{self, Incoming};
+use crate::server::Shared;
+use crate::session::{self, ConsumeError, Inflight, Subscriptions, Takeover};
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Upgraded; no frame yet.
+    AwaitingHello,
+    /// A session is open.
+    Open,
+    /// Finishing confirms before closing (gateway shutdown).
+    Draining,
+    /// The peer went away or the socket failed; only cleanup is left.
+    Closed,
+}
+
+/// What a frame handler tells the loop.
+enum Flow {
+    Continue,
+    Close(CloseCode, String),
+}
+
+/// What kind of frame a publisher confirm answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Publish,
+    Request,
+}
+
+/// The broker's verdict on one client frame's publish(es).
+#[derive(Debug)]
+enum Outcome {
+    Acked,
+    Returned,
+    Nacked,
+    Failed(String),
+}
+
+#[derive(Debug)]
+struct Confirmed {
+    id: String,
+    origin: Origin,
+    outcome: Outcome,
+}
+
+/// A frame-level failure: the `error` frame to send.
+struct Refusal {
+    code: ErrorCode,
+    message: String,
+}
+
+impl Refusal {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// The open session of a connection.
+struct Session {
+    id: String,
+    user: String,
+    queue: String,
+    channel: Channel,
+    consumer: Consumer,
+    tag: String,
+    inflight: Inflight<Acker>,
+    subs: Subscriptions,
+}
+
+/// Serves one upgraded WebSocket until it closes.
+pub(crate) async fn serve(ws: WebSocket, shared: Arc<Shared>, pinned: Option<String>) {
+    let id = shared.next_connection_id();
+    let (confirms_tx, confirms_rx) = mpsc::unbounded_channel();
+    let (takeover_tx, takeover_rx) = mpsc::channel(1);
+    let now = Instant::now();
+    let mut conn = Conn {
+        shared,
+        pinned,
+        id,
+        ws,
+        phase: Phase::AwaitingHello,
+        started: now,
+        last_heard: now,
+        last_sent: now,
+        last_ping: now,
+        consecutive_errors: 0,
+        confirms_tx,
+        confirms_rx,
+        pending_confirms: 0,
+        requests: Correlator::new(),
+        takeover_tx,
+        takeover_rx,
+        session: None,
+    };
+    let shared = conn.shared.clone();
+    let _guard = shared.tracker.enter();
+    let (code, reason) = conn.run().await;
+    conn.cleanup().await;
+    if let Some((code, reason)) = code.map(|c| (c, reason)) {
+        let frame = CloseFrame {
+            code: code.code(),
+            reason: Utf8Bytes::from(if reason.is_empty() {
+                code.as_str().to_string()
+            } else {
+                truncate(&reason, 120)
+            }),
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            conn.ws.send(Message::Close(Some(frame))),
+        )
+        .await;
+        // Let the client's close reply arrive so the close handshake completes.
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            while let Some(Ok(m)) = conn.ws.recv().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    tracing::debug!(conn = id, "connection finished");
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+fn now_ms_epoch() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+async fn next_delivery(session: Option<&mut Session>) -> Option<lapin::Result<Delivery>> {
+    match session {
+        Some(s) => s.consumer.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Conn {
+    shared: Arc<Shared>,
+    pinned: Option<String>,
+    id: u64,
+    ws: WebSocket,
+    phase: Phase,
+    started: Instant,
+    last_heard: Instant,
+    last_sent: Instant,
+    last_ping: Instant,
+    consecutive_errors: u32,
+    confirms_tx: mpsc::UnboundedSender<Confirmed>,
+    confirms_rx: mpsc::UnboundedReceiver<Confirmed>,
+    pending_confirms: usize,
+    requests: Correlator<String, ()>,
+    takeover_tx: mpsc::Sender<Takeover>,
+    takeover_rx: mpsc::Receiver<Takeover>,
+    session: Option<Session>,
+}
+
+impl Conn {
+    fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.shared.config.heartbeat_ms)
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// The loop. Returns the close code to send, if the gateway closes.
+    async fn run(&mut self) -> (Option<CloseCode>, String) {
+        let mut shutdown = self.shared.shutdown.clone();
+        if *shutdown.borrow() {
+            return (Some(CloseCode::GoingAway), String::new());
+        }
+        let hb = self.heartbeat();
+        let mut ticker = tokio::time::interval((hb / 4).max(Duration::from_millis(25)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let request_deadline = self
+                .requests
+                .next_deadline()
+                .map(|d| self.started + Duration::from_millis(d));
+            let flow = tokio::select! {
+                _ = shutdown.changed() => {
+                    return self.drain().await;
+                }
+                Some(Takeover) = self.takeover_rx.recv() => {
+                    tracing::info!(conn = self.id, "session taken over by a newer connection");
+                    Flow::Close(CloseCode::SessionTaken, String::new())
+                }
+                msg = self.ws.recv() => self.on_message(msg).await,
+                d = next_delivery(self.session.as_mut()) => self.on_delivery(d).await,
+                Some(c) = self.confirms_rx.recv() => self.on_confirm(c).await,
+                _ = sleep_opt(request_deadline) => self.on_deadlines().await,
+                _ = ticker.tick() => self.on_tick().await,
+            };
+            if let Flow::Close(code, reason) = flow {
+                return (Some(code), reason);
+            }
+            if self.phase == Phase::Closed {
+                return (None, String::new());
+            }
+        }
+    }
+
+    /// Gateway shutdown: stop reading, finish pending confirms (bounded), close 1001.
+    async fn drain(&mut self) -> (Option<CloseCode>, String) {
+        self.phase = Phase::Draining;
+        let grace = self.shared.config.shutdown_grace_ms;
+        if self.session.is_some() {
+            let drain = ServerFrame::Drain(Drain {
+                reason: "gateway shutting down".into(),
+                deadline_ms: Some(grace),
+            });
+            let _ = self.send(&drain).await;
+        }
+        let deadline = Instant::now() + Duration::from_millis(grace);
+        while self.pending_confirms > 0 {
+            match tokio::time::timeout_at(deadline, self.confirms_rx.recv()).await {
+                Ok(Some(c)) => {
+                    let _ = self.on_confirm(c).await;
+                }
+                _ => break,
+            }
+        }
+        (Some(CloseCode::GoingAway), "gateway shutting down".into())
+    }
+
+    async fn send(&mut self, frame: &ServerFrame) -> Flow {
+        let text = encode(frame);
+        // A client that stops reading fills its TCP window; do not wait for it forever.
+        let limit = (self.heartbeat() * 5 / 2).max(Duration::from_secs(1));
+        let sent = tokio::time::timeout(limit, self.ws.send(Message::Text(Utf8Bytes::from(text))));
+        match sent.await {
+            Err(_) => {
+                tracing::info!(conn = self.id, "client does not read; closing");
+                Flow::Close(CloseCode::SlowConsumer, String::new())
+            }
+            Ok(Ok(())) => {
+                self.last_sent = Instant::now();
+                Flow::Continue
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(conn = self.id, error = %e, "send failed");
+                self.phase = Phase::Closed;
+                Flow::Continue
+            }
+        }
+    }
+
+    /// Answers a bad frame; closes after too many in a row.
+    async fn bad(
+        &mut self,
+        id: Option<String>,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) -> Flow {
+        self.consecutive_errors += 1;
+        let message = message.into();
+        tracing::debug!(conn = self.id, %code, %message, "bad frame");
+        if let Flow::Close(c, r) = self.send(&ServerFrame::error(id, code, message)).await {
+            return Flow::Close(c, r);
+        }
+        if self.consecutive_errors >= self.shared.config.max_consecutive_errors {
+            return Flow::Close(CloseCode::TooManyErrors, String::new());
+        }
+        Flow::Continue
+    }
+
+    async fn on_message(&mut self, msg: Option<Result<Message, axum::Error>>) -> Flow {
+        self.last_heard = Instant::now();
+        match msg {
+            None | Some(Ok(Message::Close(_))) => {
+                self.phase = Phase::Closed;
+                Flow::Continue
+            }
+            Some(Err(e)) => {
+                let text = e.to_string();
+                if text.contains("too long") || text.contains("Space limit") {
+                    tracing::info!(conn = self.id, error = %text, "frame beyond the hard cap");
+                    Flow::Close(CloseCode::MessageTooBig, String::new())
+                } else {
+                    tracing::debug!(conn = self.id, error = %text, "read failed");
+                    self.phase = Phase::Closed;
+                    Flow::Continue
+                }
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
+            Some(Ok(Message::Binary(_))) => {
+                if let Flow::Close(c, r) = self.ensure_session(None).await {
+                    return Flow::Close(c, r);
+                }
+                self.bad(
+                    None,
+                    ErrorCode::Unsupported,
+                    "binary frames are not supported; send JSON text frames",
+                )
+                .await
+            }
+            Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Flow {
+        let max = self.shared.config.max_frame_bytes;
+        if text.len() > max {
+            if let Flow::Close(c, r) = self.ensure_session(None).await {
+                return Flow::Close(c, r);
+            }
+            return self
+                .bad(
+                    None,
+                    ErrorCode::TooLarge,
+                    format!(
+                        "frame of {} bytes exceeds max_frame_bytes {max}",
+                        text.len()
+                    ),
+                )
+                .await;
+        }
+        match decode_client(text) {
+            Err(e) => {
+                if let Flow::Close(c, r) = self.ensure_session(None).await {
+                    return Flow::Close(c, r);
+                }
+                self.bad(e.id, e.code, e.message).await
+            }
+            Ok(ClientFrame::Hello(h)) if self.session.is_none() => {
+                self.ensure_session(Some(h)).await
+            }
+            Ok(frame) => {
+                if let Flow::Close(c, r) = self.ensure_session(None).await {
+                    return Flow::Close(c, r);
+                }
+                self.on_frame(frame).await
+            }
+        }
+    }
+
+    /// Opens the session if none is open yet: the one `hello` names, or a fresh one.
+    async fn ensure_session(&mut self, hello: Option<Hello>) -> Flow {
+        if self.session.is_some() {
+            return Flow::Continue;
+        }
+        let hello = hello.unwrap_or_default();
+        let config = &self.shared.config;
+        if let Some(v) = hello.protocol {
+            if v != PROTOCOL_VERSION {
+                return Flow::Close(
+                    CloseCode::UnsupportedProtocol,
+                    format!(
+                        "protocol {v} is not supported; this gateway speaks {PROTOCOL_VERSION}"
+                    ),
+                );
+            }
+        }
+        if let Some(token) = &hello.token {
+            if validate_segment("token", token).is_err() {
+                return Flow::Close(CloseCode::Unauthorized, "token refused".into());
+            }
+        }
+        let names = &self.shared.names;
+        let broker = self.shared.broker.clone();
+        let mut notice = None;
+        let mut resumed = false;
+        let mut id = None;
+        if let Some(requested) = &hello.session {
+            if validate_segment("session", requested).is_ok() {
+                let queue = names.session_queue(requested);
+                // A connection of this gateway may still hold it: ask it to let go.
+                if let Some(old) =
+                    self.shared
+                        .registry
+                        .claim(requested, self.id, self.takeover_tx.clone())
+                {
+                    let _ = old.try_send(Takeover);
+                }
+                match session::lookup(&broker, &queue).await {
+                    Ok(Some(_)) => {
+                        resumed = true;
+                        id = Some(requested.clone());
+                    }
+                    Ok(None) => {
+                        self.shared.registry.release(requested, self.id);
+                        notice = Some(ErrorCode::SessionExpired);
+                    }
+                    Err(e) => {
+                        self.shared.registry.release(requested, self.id);
+                        tracing::warn!(conn = self.id, error = %e, "session lookup failed");
+                        return Flow::Close(CloseCode::BrokerUnavailable, String::new());
+                    }
+                }
+            } else {
+                notice = Some(ErrorCode::SessionExpired);
+            }
+        }
+        let id = match id {
+            Some(id) => id,
+            None => {
+                let id = session::new_session_id();
+                self.shared
+                    .registry
+                    .claim(&id, self.id, self.takeover_tx.clone());
+                if let Err(e) = session::declare(&broker, &names.session_queue(&id), config).await {
+                    self.shared.registry.release(&id, self.id);
+                    tracing::warn!(conn = self.id, error = %e, "session declare failed");
+                    return Flow::Close(CloseCode::BrokerUnavailable, String::new());
+                }
+                id
+            }
+        };
+        let queue = names.session_queue(&id);
+        let tag = format!("{}.{}.{}", config.node, self.id, &id);
+        let takeover = Duration::from_millis(config.session_takeover_ms);
+        let (channel, consumer) = match session::consume(&broker, &queue, &tag, !resumed, takeover)
+            .await
+        {
+            Ok(x) => x,
+            Err(e) => {
+                self.shared.registry.release(&id, self.id);
+                tracing::warn!(conn = self.id, session = %id, error = %e, "cannot consume the session queue");
+                let code = match e {
+                    ConsumeError::Busy => CloseCode::InternalError,
+                    _ => CloseCode::BrokerUnavailable,
+                };
+                return Flow::Close(code, e.to_string());
+            }
+        };
+        let user = hello.token.clone().unwrap_or_else(|| id.clone());
+        tracing::info!(conn = self.id, session = %id, user = %user, resumed, client = ?hello.client, "session open");
+        self.session = Some(Session {
+            id: id.clone(),
+            user: user.clone(),
+            queue,
+            channel,
+            consumer,
+            tag,
+            inflight: Inflight::default(),
+            subs: Subscriptions::default(),
+        });
+        self.phase = Phase::Open;
+        self.shared
+            .presence("client.connected", &id, &user, self.pinned.as_deref());
+        let config = &self.shared.config;
+        let welcome = ServerFrame::Welcome(Welcome {
+            session: id,
+            resumed,
+            user,
+            node: config.node.clone(),
+            heartbeat_ms: config.heartbeat_ms,
+            limits: Limits {
+                max_frame_bytes: config.max_frame_bytes as u64,
+                max_subscriptions: config.max_subscriptions,
+                delivery_window: u32::from(config.delivery_window),
+            },
+            protocol: PROTOCOL_VERSION,
+            notice,
+        });
+        self.send(&welcome).await
+    }
+
+    async fn on_frame(&mut self, frame: ClientFrame) -> Flow {
+        match frame {
+            ClientFrame::Hello(_) => {
+                self.bad(None, ErrorCode::Invalid, "the session is already open")
+                    .await
+            }
+            ClientFrame::Publish(p) => {
+                let res = self
+                    .publish(
+                        &p.id,
+                        &p.channel,
+                        p.subject.as_deref(),
+                        p.distribution.as_ref(),
+                        &p.headers,
+                        p.message.get().as_bytes(),
+                        None,
+                        None,
+                    )
+                    .await;
+                match res {
+                    Ok(confirm) => {
+                        self.consecutive_errors = 0;
+                        self.await_confirms(p.id, Origin::Publish, vec![confirm]);
+                        Flow::Continue
+                    }
+                    Err(r) => self.refuse(Some(p.id), r).await,
+                }
+            }
+            ClientFrame::Request(r) => {
+                let config = &self.shared.config;
+                let timeout = r.timeout_ms.unwrap_or(config.request_timeout_ms);
+                if timeout == 0 || timeout > config.max_request_timeout_ms {
+                    let max = config.max_request_timeout_ms;
+                    return self
+                        .bad(
+                            Some(r.id),
+                            ErrorCode::Invalid,
+                            format!("timeout_ms must be in 1..={max}"),
+                        )
+                        .await;
+                }
+                if self.requests.contains(&r.id) {
+                    return self
+                        .bad(
+                            Some(r.id),
+                            ErrorCode::Invalid,
+                            "a request with this id is pending",
+                        )
+                        .await;
+                }
+                let res = self
+                    .publish(
+                        &r.id,
+                        &r.channel,
+                        r.subject.as_deref(),
+                        None,
+                        &r.headers,
+                        r.message.get().as_bytes(),
+                        Some(timeout),
+                        None,
+                    )
+                    .await;
+                match res {
+                    Ok(confirm) => {
+                        self.consecutive_errors = 0;
+                        let deadline = self.elapsed_ms() + timeout;
+                        let _ = self.requests.insert(r.id.clone(), deadline, ());
+                        self.await_confirms(r.id, Origin::Request, vec![confirm]);
+                        Flow::Continue
+                    }
+                    Err(e) => self.refuse(Some(r.id), e).await,
+                }
+            }
+            ClientFrame::Subscribe(s) => self.subscribe(s, true).await,
+            ClientFrame::Unsubscribe(s) => self.subscribe(s, false).await,
+            ClientFrame::AckDeliveries(a) => {
+                self.consecutive_errors = 0;
+                if let Some(s) = self.session.as_mut() {
+                    for acker in s.inflight.ack_upto(a.seq) {
+                        if let Err(e) = acker.ack(BasicAckOptions { multiple: false }).await {
+                            tracing::warn!(conn = self.id, error = %e, "basic.ack failed");
+                        }
+                    }
+                }
+                Flow::Continue
+            }
+            ClientFrame::Ping(p) => {
+                self.consecutive_errors = 0;
+                self.send(&ServerFrame::Pong(p)).await
+            }
+            ClientFrame::Pong(_) => Flow::Continue,
+            ClientFrame::Poc(p) => self.poc(p).await,
+        }
+    }
+
+    /// Sends the `error` for a refused frame; input problems count towards
+    /// `too_many_errors`, broker problems do not.
+    async fn refuse(&mut self, id: Option<String>, r: Refusal) -> Flow {
+        match r.code {
+            ErrorCode::BrokerUnavailable | ErrorCode::Internal | ErrorCode::Overloaded => {
+                self.send(&ServerFrame::error(id, r.code, r.message)).await
+            }
+            _ => self.bad(id, r.code, r.message).await,
+        }
+    }
+
+    fn check_channel(&self, channel: &str) -> Result<(), Refusal> {
+        let served = self.shared.config.has_channel(channel)
+            && self.pinned.as_deref().is_none_or(|p| p == channel);
+        if served {
+            return Ok(());
+        }
+        let msg = match &self.pinned {
+            Some(p) if self.shared.config.has_channel(channel) => {
+                format!("this port serves channel `{p}` only, not `{channel}`")
+            }
+            _ => format!("channel `{}` is not served here", truncate(channel, 64)),
+        };
+        Err(Refusal::new(ErrorCode::UnknownChannel, msg))
+    }
+
+    /// Validates and publishes one message to the inbound exchange; returns the
+    /// pending confirm.
+    #[allow(clippy::too_many_arguments)]
+    async fn publish(
+        &mut self,
+        id: &str,
+        channel: &str,
+        subject: Option<&str>,
+        distribution: Option<&Distribution>,
+        client_headers: &Headers,
+        body: &[u8],
+        request_timeout: Option<u64>,
+        publish_target: Option<&str>,
+    ) -> Result<PublisherConfirm, Refusal> {
+        let session = self
+            .session
+            .as_ref()
+            .ok_or_else(|| Refusal::new(ErrorCode::Internal, "no session"))?;
+        if id.is_empty() || id.len() > amqp::MAX_NAME_LEN {
+            return Err(Refusal::new(
+                ErrorCode::Invalid,
+                format!("id must be 1..={} bytes", amqp::MAX_NAME_LEN),
+            ));
+        }
+        self.check_channel(channel)?;
+        if let Some(s) = subject {
+            validate_dotted("subject", s, false)
+                .map_err(|e| Refusal::new(ErrorCode::Invalid, e.to_string()))?;
+        }
+        let mut headers = FieldTable::default();
+        for (k, v) in client_headers {
+            let lower = k.to_ascii_lowercase();
+            if lower.starts_with("x-warren-") || lower == "cc" || lower == "bcc" {
+                return Err(Refusal::new(
+                    ErrorCode::Forbidden,
+                    format!("header `{}` is reserved", truncate(k, 64)),
+                ));
+            }
+            if k.is_empty() || k.len() > 128 {
+                return Err(Refusal::new(
+                    ErrorCode::Invalid,
+                    "header names must be 1..=128 bytes",
+                ));
+            }
+            headers.insert(
+                ShortString::from(k.as_str()),
+                AMQPValue::LongString(LongString::from(v.as_str())),
+            );
+        }
+        let text = |s: &str| AMQPValue::LongString(LongString::from(s));
+        headers.insert(amqp::H_SESSION.into(), text(&session.id));
+        headers.insert(amqp::H_USER.into(), text(&session.user));
+        headers.insert(amqp::H_GATEWAY.into(), text(&self.shared.config.node));
+        headers.insert(amqp::H_CHANNEL.into(), text(channel));
+        if let Some(s) = subject {
+            headers.insert(amqp::H_SUBJECT.into(), text(s));
+        }
+        if let Some(d) = distribution {
+            for g in d.groups.iter().chain(&d.direct) {
+                validate_segment("distribution target", g)
+                    .map_err(|e| Refusal::new(ErrorCode::Invalid, e.to_string()))?;
+            }
+            headers.insert(amqp::H_BROADCAST.into(), AMQPValue::Boolean(d.broadcast));
+            let list = |v: &[String]| {
+                AMQPValue::FieldArray(FieldArray::from(
+                    v.iter().map(|s| text(s)).collect::<Vec<_>>(),
+                ))
+            };
+            if !d.groups.is_empty() {
+                headers.insert(amqp::H_GROUPS.into(), list(&d.groups));
+            }
+            if !d.direct.is_empty() {
+                headers.insert(amqp::H_DIRECT.into(), list(&d.direct));
+            }
+        }
+        if let Some(t) = publish_target {
+            headers.insert(amqp::H_PUBLISH_TARGET.into(), text(t));
+        }
+        let mut props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_app_id("warren-gateway".into())
+            .with_message_id(ShortString::from(format!("{}:{id}", session.user)))
+            .with_timestamp(now_ms_epoch() / 1000);
+        if let Some(timeout) = request_timeout {
+            headers.insert(amqp::H_REQUEST_ID.into(), text(id));
+            props = props
+                .with_correlation_id(ShortString::from(id))
+                .with_reply_to(ShortString::from(session.queue.as_str()))
+                .with_expiration(ShortString::from(timeout.to_string()));
+        }
+        let props = props.with_headers(headers);
+        let key = keys::inbound(channel, subject);
+        let exchange = self.shared.names.inbound_exchange();
+        let unavailable = |e: String| Refusal::new(ErrorCode::BrokerUnavailable, e);
+        let ch = self
+            .shared
+            .broker
+            .publisher()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        ch.basic_publish(
+            ShortString::from(exchange),
+            ShortString::from(key),
+            BasicPublishOptions {
+                mandatory: true,
+                immediate: false,
+            },
+            body,
+            props,
+        )
+        .await
+        .map_err(|e| unavailable(e.to_string()))
+    }
+
+    /// Awaits the confirms of one frame's publishes in a task of its own, so confirms
+    /// are pipelined: many frames are in flight at once on the pooled channels.
+    fn await_confirms(&mut self, id: String, origin: Origin, confirms: Vec<PublisherConfirm>) {
+        self.pending_confirms += 1;
+        let tx = self.confirms_tx.clone();
+        tokio::spawn(async move {
+            let mut outcome = Outcome::Acked;
+            for res in futures_util::future::join_all(confirms).await {
+                let this = match res {
+                    Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => Outcome::Acked,
+                    Ok(Confirmation::Ack(Some(_))) => Outcome::Returned,
+                    Ok(Confirmation::Nack(Some(_))) => Outcome::Returned,
+                    Ok(Confirmation::Nack(None)) => Outcome::Nacked,
+                    Err(e) => Outcome::Failed(e.to_string()),
+                };
+                if matches!(outcome, Outcome::Acked) {
+                    outcome = this;
+                }
+            }
+            let _ = tx.send(Confirmed {
+                id,
+                origin,
+                outcome,
+            });
+        });
+    }
+
+    async fn on_confirm(&mut self, c: Confirmed) -> Flow {
+        self.pending_confirms = self.pending_confirms.saturating_sub(1);
+        let error = |code, msg: &str| ServerFrame::error(Some(c.id.clone()), code, msg);
+        let frame = match (&c.outcome, c.origin) {
+            (Outcome::Acked, Origin::Publish) => ServerFrame::ack(c.id.clone()),
+            (Outcome::Acked, Origin::Request) => return Flow::Continue,
+            (Outcome::Returned, _) => error(
+                ErrorCode::NoRoute,
+                "no queue is bound for this message; it was not delivered",
+            ),
+            (Outcome::Nacked, _) => error(ErrorCode::Nacked, "the broker refused the message"),
+            (Outcome::Failed(e), _) => error(ErrorCode::BrokerUnavailable, e),
+        };
+        if c.origin == Origin::Request {
+            self.requests.resolve(&c.id);
+        }
+        tracing::debug!(conn = self.id, id = %c.id, outcome = ?c.outcome, "confirm");
+        self.send(&frame).await
+    }
+
+    async fn on_deadlines(&mut self) -> Flow {
+        for (id, ()) in self.requests.expire(self.elapsed_ms()) {
+            let frame =
+                ServerFrame::error(Some(id), ErrorCode::Timeout, "no reply before the deadline");
+            if let Flow::Close(c, r) = self.send(&frame).await {
+                return Flow::Close(c, r);
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn on_tick(&mut self) -> Flow {
+        let hb = self.heartbeat();
+        let now = Instant::now();
+        if now.duration_since(self.last_heard) >= hb * 5 / 2 {
+            return Flow::Close(CloseCode::HeartbeatTimeout, String::new());
+        }
+        let idle =
+            now.duration_since(self.last_heard) >= hb || now.duration_since(self.last_sent) >= hb;
+        // Before the session opens nothing may precede `welcome`: no ping then.
+        if idle && self.phase == Phase::Open && now.duration_since(self.last_ping) >= hb {
+            self.last_ping = now;
+            return self
+                .send(&ServerFrame::Ping(Ping {
+                    ts: Some(now_ms_epoch()),
+                }))
+                .await;
+        }
+        Flow::Continue
+    }
+
+    async fn on_delivery(&mut self, d: Option<lapin::Result<Delivery>>) -> Flow {
+        let delivery = match d {
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                tracing::warn!(conn = self.id, error = %e, "session consumer failed");
+                return Flow::Close(CloseCode::BrokerUnavailable, String::new());
+            }
+            None => {
+                tracing::warn!(conn = self.id, "session consumer cancelled by the broker");
+                return Flow::Close(CloseCode::BrokerUnavailable, String::new());
+            }
+        };
+        let Some(s) = self.session.as_mut() else {
+            return Flow::Continue;
+        };
+        let seq = s.inflight.push(delivery.acker.clone());
+        let frame = delivery::to_frame(
+            Incoming {
+                exchange: delivery.exchange.as_str(),
+                routing_key: delivery.routing_key.as_str(),
+                redelivered: delivery.redelivered,
+                properties: &delivery.properties,
+                body: &delivery.data,
+            },
+            seq,
+        );
+        if let ServerFrame::Reply(r) = &frame {
+            self.requests.resolve(&r.id);
+        }
+        if let ServerFrame::Error(e) = &frame {
+            if let Some(id) = &e.id {
+                self.requests.resolve(id);
+            }
+        }
+        self.send(&frame).await
+    }
+
+    /// Binding keys of a subscription on this session.
+    fn subscription_keys(&self, s: &Subscribe, user: &str) -> Result<Vec<String>, Refusal> {
+        self.check_channel(&s.channel)?;
+        let mut out = Vec::new();
+        if s.wants_broadcast() {
+            out.push(keys::broadcast(&s.channel));
+        }
+        for g in &s.groups {
+            validate_segment("group", g)
+                .map_err(|e| Refusal::new(ErrorCode::Invalid, e.to_string()))?;
+            out.push(keys::group(&s.channel, g));
+        }
+        if s.direct {
+            out.push(keys::user(&s.channel, user));
+        }
+        if let Some(t) = &s.topic {
+            validate_dotted("topic", t, true)
+                .map_err(|e| Refusal::new(ErrorCode::Invalid, e.to_string()))?;
+            out.push(keys::event(&s.channel, t));
+        }
+        out.dedup();
+        Ok(out)
+    }
+
+    async fn subscribe(&mut self, s: Subscribe, on: bool) -> Flow {
+        let Some(user) = self.session.as_ref().map(|x| x.user.clone()) else {
+            return Flow::Continue;
+        };
+        match self.apply_subscription(&s, &user, on).await {
+            Ok(()) => {
+                self.consecutive_errors = 0;
+                self.send(&ServerFrame::ack(s.id)).await
+            }
+            Err(r) => self.refuse(Some(s.id), r).await,
+        }
+    }
+
+    async fn apply_subscription(
+        &mut self,
+        s: &Subscribe,
+        user: &str,
+        on: bool,
+    ) -> Result<(), Refusal> {
+        let keys = self.subscription_keys(s, user)?;
+        let exchange = self.shared.names.outbound_exchange();
+        let max = self.shared.config.max_subscriptions as usize;
+        let broker = self.shared.broker.clone();
+        let session = self
+            .session
+            .as_mut()
+            .ok_or_else(|| Refusal::new(ErrorCode::Internal, "no session"))?;
+        if on {
+            let new = keys.iter().filter(|k| !session.subs.contains(k)).count();
+            if session.subs.len() + new > max {
+                return Err(Refusal::new(
+                    ErrorCode::Forbidden,
+                    format!("a session may hold at most {max} subscriptions"),
+                ));
+            }
+            for k in &keys {
+                if session.subs.add(k) {
+                    if let Err(e) = session::bind(&broker, &session.queue, &exchange, k).await {
+                        session.subs.remove(k);
+                        return Err(Refusal::new(ErrorCode::BrokerUnavailable, e.to_string()));
+                    }
+                }
+            }
+        } else {
+            for k in &keys {
+                if session.subs.remove(k) {
+                    session::unbind(&broker, &session.queue, &exchange, k)
+                        .await
+                        .map_err(|e| Refusal::new(ErrorCode::BrokerUnavailable, e.to_string()))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The proof-of-concept packet: `publish` → a publish on each flagged channel,
+    /// `consume` → a subscription on each.
+    async fn poc(&mut self, p: PocPacket) -> Flow {
+        let id =
+            p.id.clone()
+                .unwrap_or_else(|| format!("poc-{}", uuid::Uuid::new_v4().simple()));
+        let channels: Vec<String> = p.channels().map(str::to_string).collect();
+        if channels.is_empty() {
+            return self
+                .bad(Some(id), ErrorCode::Invalid, "no channel is flagged true")
+                .await;
+        }
+        match p.packet_action {
+            PocAction::Publish => {
+                let Some(message) = p.message.as_ref() else {
+                    return self
+                        .bad(
+                            Some(id),
+                            ErrorCode::Invalid,
+                            "a publish packet needs `message`",
+                        )
+                        .await;
+                };
+                let mut confirms = Vec::new();
+                for ch in &channels {
+                    match self
+                        .publish(
+                            &id,
+                            ch,
+                            None,
+                            Some(&p.distribution),
+                            &Headers::new(),
+                            message.get().as_bytes(),
+                            None,
+                            p.publish_target.as_deref(),
+                        )
+                        .await
+                    {
+                        Ok(c) => confirms.push(c),
+                        Err(r) => {
+                            // Already-sent copies still get confirmed; the client is told
+                            // the packet failed as a whole.
+                            return self.refuse(Some(id), r).await;
+                        }
+                    }
+                }
+                self.consecutive_errors = 0;
+                self.await_confirms(id, Origin::Publish, confirms);
+                Flow::Continue
+            }
+            PocAction::Consume => {
+                let Some(user) = self.session.as_ref().map(|x| x.user.clone()) else {
+                    return Flow::Continue;
+                };
+                for ch in &channels {
+                    let topics: Vec<Option<String>> = if p.consume_target.is_empty() {
+                        vec![None]
+                    } else {
+                        p.consume_target.iter().cloned().map(Some).collect()
+                    };
+                    for topic in topics {
+                        let everything = topic.is_none();
+                        let s = Subscribe {
+                            id: id.clone(),
+                            channel: ch.clone(),
+                            broadcast: Some(everything || p.distribution.broadcast),
+                            groups: p.distribution.groups.clone(),
+                            direct: true,
+                            topic,
+                        };
+                        if let Err(r) = self.apply_subscription(&s, &user, true).await {
+                            return self.refuse(Some(id), r).await;
+                        }
+                    }
+                }
+                self.consecutive_errors = 0;
+                self.send(&ServerFrame::ack(id)).await
+            }
+        }
+    }
+
+    /// Gives the session back to RabbitMQ: cancel the consumer, requeue everything the
+    /// client did not acknowledge (in sequence order), leave the registry.
+    async fn cleanup(&mut self) {
+        let Some(mut s) = self.session.take() else {
+            return;
+        };
+        if let Err(e) = s
+            .channel
+            .basic_cancel(
+                ShortString::from(s.tag.as_str()),
+                BasicCancelOptions::default(),
+            )
+            .await
+        {
+            tracing::debug!(conn = self.id, error = %e, "basic.cancel failed");
+        }
+        let mut unacked = s.inflight.drain();
+        // Deliveries already prefetched into the consumer's buffer.
+        while let Ok(Some(Ok(d))) =
+            tokio::time::timeout(Duration::from_millis(200), s.consumer.next()).await
+        {
+            unacked.push(d.acker);
+        }
+        let n = unacked.len();
+        for acker in unacked {
+            let _ = acker
+                .nack(BasicNackOptions {
+                    multiple: false,
+                    requeue: true,
+                })
+                .await;
+        }
+        self.shared.registry.release(&s.id, self.id);
+        self.shared.presence(
+            "client.disconnected",
+            &s.id,
+            &s.user,
+            self.pinned.as_deref(),
+        );
+        tracing::info!(conn = self.id, session = %s.id, requeued = n, "session closed");
+    }
+}

@@ -1,0 +1,298 @@
+//! What a message taken from a session queue becomes on the wire: a `reply` (or an
+//! `error`) when it answers a request, a `deliver` otherwise. Pure functions, so the
+//! mapping (stable message ids, header rendering, raw bodies) is unit-tested.
+
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::BasicProperties;
+use serde_json::value::RawValue;
+use warren_protocol::amqp::{keys, H_ERROR, H_SESSION, H_USER};
+use warren_protocol::{Deliver, Error as ErrorFrame, ErrorCode, Headers, Raw, Reply, ServerFrame};
+
+/// The parts of an AMQP delivery the mapping needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Incoming<'a> {
+    /// Exchange it was published to (`""` for the default exchange).
+    pub exchange: &'a str,
+    /// Routing key.
+    pub routing_key: &'a str,
+    /// Whether the broker delivered it before.
+    pub redelivered: bool,
+    /// AMQP properties.
+    pub properties: &'a BasicProperties,
+    /// Body bytes.
+    pub body: &'a [u8],
+}
+
+/// Builds the frame for one message with sequence number `seq`.
+pub fn to_frame(m: Incoming<'_>, seq: u64) -> ServerFrame {
+    let headers = render_headers(m.properties.headers().as_ref());
+    let message = raw_body(m.body);
+    let correlation = m
+        .properties
+        .correlation_id()
+        .as_ref()
+        .map(|c| c.to_string());
+    match correlation {
+        Some(id) if m.exchange.is_empty() => {
+            let error = m
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get(H_ERROR))
+                .map(value_text);
+            match error {
+                Some(code) => ServerFrame::Error(ErrorFrame {
+                    id: Some(id),
+                    code: match ErrorCode::parse(&code) {
+                        ErrorCode::Unknown => ErrorCode::Rejected,
+                        c => c,
+                    },
+                    message: error_message(m.body),
+                    seq: Some(seq),
+                }),
+                None => ServerFrame::Reply(Reply {
+                    id,
+                    seq,
+                    headers,
+                    message,
+                }),
+            }
+        }
+        _ => ServerFrame::Deliver(Deliver {
+            seq,
+            message_id: m
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.to_string())
+                .unwrap_or_else(|| stable_id(m.routing_key, m.body)),
+            channel: keys::channel_of(m.routing_key).to_string(),
+            routing_key: m.routing_key.to_string(),
+            redelivered: m.redelivered,
+            headers,
+            message,
+        }),
+    }
+}
+
+/// The body as raw JSON when it is JSON, else as a JSON string (lossy UTF-8).
+pub fn raw_body(body: &[u8]) -> Raw {
+    if let Ok(text) = std::str::from_utf8(body) {
+        if let Ok(raw) = serde_json::from_str::<Raw>(text) {
+            return raw;
+        }
+        return RawValue::from_string(serde_json::to_string(text).expect("strings serialise"))
+            .expect("a JSON string is valid JSON");
+    }
+    let text = String::from_utf8_lossy(body);
+    RawValue::from_string(serde_json::to_string(&text).expect("strings serialise"))
+        .expect("a JSON string is valid JSON")
+}
+
+/// The human message of a service's refusal: a JSON string, `{"message": ...}`, or
+/// the body as text.
+fn error_message(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Refusal {
+        Text(String),
+        Object { message: String },
+    }
+    match serde_json::from_slice::<Refusal>(body) {
+        Ok(Refusal::Text(t)) | Ok(Refusal::Object { message: t }) => t,
+        Err(_) => String::from_utf8_lossy(body).into_owned(),
+    }
+}
+
+/// A stable id for a message published without `message_id`: FNV-1a over the routing
+/// key and the body, so a redelivery carries the same id.
+pub fn stable_id(routing_key: &str, body: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in routing_key
+        .as_bytes()
+        .iter()
+        .chain(std::iter::once(&0u8))
+        .chain(body)
+    {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("h:{h:016x}")
+}
+
+/// AMQP headers as strings. Internal `x-warren-*` headers are dropped except the
+/// sender's user and session; the `CC`/`BCC` routing headers are dropped too.
+pub fn render_headers(table: Option<&FieldTable>) -> Headers {
+    let mut out = Headers::new();
+    let Some(table) = table else { return out };
+    for (k, v) in table.inner() {
+        let k = k.as_str();
+        if (k.starts_with("x-warren-") && k != H_USER && k != H_SESSION)
+            || k.eq_ignore_ascii_case("cc")
+            || k.eq_ignore_ascii_case("bcc")
+        {
+            continue;
+        }
+        out.insert(k.to_string(), value_text(v));
+    }
+    out
+}
+
+/// One AMQP value as text: strings as they are, numbers and booleans in decimal,
+/// arrays and tables as JSON.
+pub fn value_text(v: &AMQPValue) -> String {
+    match v {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.to_string(),
+        AMQPValue::Boolean(b) => b.to_string(),
+        AMQPValue::ShortShortInt(n) => n.to_string(),
+        AMQPValue::ShortShortUInt(n) => n.to_string(),
+        AMQPValue::ShortInt(n) => n.to_string(),
+        AMQPValue::ShortUInt(n) => n.to_string(),
+        AMQPValue::LongInt(n) => n.to_string(),
+        AMQPValue::LongUInt(n) => n.to_string(),
+        AMQPValue::LongLongInt(n) => n.to_string(),
+        AMQPValue::Float(n) => n.to_string(),
+        AMQPValue::Double(n) => n.to_string(),
+        AMQPValue::Timestamp(n) => n.to_string(),
+        AMQPValue::Void => String::new(),
+        other => value_json(other).to_string(),
+    }
+}
+
+fn value_json(v: &AMQPValue) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(value_json).collect()),
+        AMQPValue::FieldTable(t) => Value::Object(
+            t.inner()
+                .iter()
+                .map(|(k, v)| (k.to_string(), value_json(v)))
+                .collect(),
+        ),
+        AMQPValue::Boolean(b) => Value::Bool(*b),
+        AMQPValue::LongLongInt(n) => Value::from(*n),
+        AMQPValue::LongInt(n) => Value::from(*n),
+        AMQPValue::Double(n) => Value::from(*n),
+        AMQPValue::Void => Value::Null,
+        other => Value::String(value_text(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::{LongString, ShortString};
+
+    fn props() -> BasicProperties {
+        BasicProperties::default()
+    }
+
+    #[test]
+    fn a_message_without_id_gets_the_same_stable_id_each_time() {
+        let a = stable_id("chat.all", b"{\"x\":1}");
+        assert_eq!(a, stable_id("chat.all", b"{\"x\":1}"));
+        assert_ne!(a, stable_id("chat.all", b"{\"x\":2}"));
+        assert_ne!(a, stable_id("chat.al", b"l{\"x\":1}"));
+    }
+
+    #[test]
+    fn a_json_body_passes_through_byte_for_byte_and_text_becomes_a_string() {
+        assert_eq!(raw_body(b"{ \"a\" : 1.50 }").get(), "{ \"a\" : 1.50 }");
+        assert_eq!(raw_body(b"not json").get(), "\"not json\"");
+        assert_eq!(raw_body(&[0xff, b'a']).get(), "\"\u{fffd}a\"");
+    }
+
+    #[test]
+    fn internal_headers_are_dropped_except_user_and_session() {
+        let mut t = FieldTable::default();
+        t.insert(
+            H_USER.into(),
+            AMQPValue::LongString(LongString::from("bob")),
+        );
+        t.insert(
+            "x-warren-gateway".into(),
+            AMQPValue::LongString(LongString::from("gw")),
+        );
+        t.insert("CC".into(), AMQPValue::FieldArray(vec![].into()));
+        t.insert("n".into(), AMQPValue::LongInt(7));
+        t.insert("flag".into(), AMQPValue::Boolean(true));
+        let h = render_headers(Some(&t));
+        assert_eq!(h.get(H_USER).map(String::as_str), Some("bob"));
+        assert_eq!(h.get("n").map(String::as_str), Some("7"));
+        assert_eq!(h.get("flag").map(String::as_str), Some("true"));
+        assert!(!h.contains_key("x-warren-gateway"));
+        assert!(!h.contains_key("CC"));
+    }
+
+    #[test]
+    fn a_default_exchange_message_with_correlation_id_is_a_reply() {
+        let p = props().with_correlation_id(ShortString::from("r1"));
+        let f = to_frame(
+            Incoming {
+                exchange: "",
+                routing_key: "warren.session.s",
+                redelivered: false,
+                properties: &p,
+                body: b"{\"ok\":true}",
+            },
+            4,
+        );
+        let ServerFrame::Reply(r) = f else {
+            panic!("{f:?}")
+        };
+        assert_eq!((r.id.as_str(), r.seq), ("r1", 4));
+        assert_eq!(r.message.get(), "{\"ok\":true}");
+    }
+
+    #[test]
+    fn a_refused_request_becomes_an_error_with_the_service_code_and_seq() {
+        let mut t = FieldTable::default();
+        t.insert(
+            H_ERROR.into(),
+            AMQPValue::LongString(LongString::from("rejected")),
+        );
+        let p = props()
+            .with_correlation_id(ShortString::from("r2"))
+            .with_headers(t);
+        let f = to_frame(
+            Incoming {
+                exchange: "",
+                routing_key: "q",
+                redelivered: false,
+                properties: &p,
+                body: b"{\"message\":\"no such ticket\"}",
+            },
+            9,
+        );
+        let ServerFrame::Error(e) = f else {
+            panic!("{f:?}")
+        };
+        assert_eq!(e.code, ErrorCode::Rejected);
+        assert_eq!(e.message, "no such ticket");
+        assert_eq!(e.seq, Some(9));
+        assert_eq!(e.id.as_deref(), Some("r2"));
+    }
+
+    #[test]
+    fn an_outbound_message_is_a_deliver_with_its_channel_and_message_id() {
+        let p = props().with_message_id(ShortString::from("m-1"));
+        let f = to_frame(
+            Incoming {
+                exchange: "ns.warren.out",
+                routing_key: "chat.group.room-1",
+                redelivered: true,
+                properties: &p,
+                body: b"[1,2]",
+            },
+            1,
+        );
+        let ServerFrame::Deliver(d) = f else {
+            panic!("{f:?}")
+        };
+        assert_eq!(d.message_id, "m-1");
+        assert_eq!(d.channel, "chat");
+        assert!(d.redelivered);
+        assert_eq!(d.message.get(), "[1,2]");
+    }
+}

@@ -1,0 +1,87 @@
+//! The gateway's error type: one enum for everything that can fail while starting,
+//! configuring or talking to RabbitMQ. Per-frame problems are not errors of this kind:
+//! they become `error` frames with a registry code (see `connection.rs`).
+
+use std::net::SocketAddr;
+
+/// Why the gateway (or one of its operations) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    /// The configuration is inconsistent or holds a value that cannot work.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The configuration file could not be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    ConfigFile {
+        /// The file.
+        path: String,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The configuration file is not valid TOML for [`crate::Config`].
+    #[error("cannot parse configuration file {path}: {source}")]
+    ConfigParse {
+        /// The file.
+        path: String,
+        /// The TOML error.
+        source: Box<toml::de::Error>,
+    },
+    /// No configured RabbitMQ URI accepted a connection.
+    #[error("cannot connect to RabbitMQ ({uris}): {source}")]
+    Connect {
+        /// The URIs that were tried (credentials removed).
+        uris: String,
+        /// The last error.
+        source: lapin::Error,
+    },
+    /// An AMQP operation failed.
+    #[error("AMQP {op} failed: {source}")]
+    Amqp {
+        /// What was attempted, e.g. `queue.declare warren.in`.
+        op: String,
+        /// The broker's or lapin's error.
+        source: lapin::Error,
+    },
+    /// The broker link was closed by shutdown.
+    #[error("the gateway is shutting down")]
+    Closed,
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The IO error.
+        source: std::io::Error,
+    },
+}
+
+impl GatewayError {
+    /// Wraps a lapin error with the name of the operation that failed.
+    pub(crate) fn amqp(op: impl Into<String>, source: lapin::Error) -> Self {
+        GatewayError::Amqp {
+            op: op.into(),
+            source,
+        }
+    }
+
+    /// True when the broker answered 404 NOT_FOUND (e.g. a passive declare of a queue
+    /// that does not exist).
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            GatewayError::Amqp { source, .. } => is_not_found(source),
+            _ => false,
+        }
+    }
+}
+
+/// True when a lapin error is the broker's 404 NOT_FOUND.
+pub(crate) fn is_not_found(e: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => {
+            matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
+        }
+        _ => false,
+    }
+}

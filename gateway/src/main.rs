@@ -1,0 +1,78 @@
+//! `warren-gateway`: parses the command line, sets up logging, and runs the gateway
+//! (or prints/applies the topology) until SIGTERM or Ctrl-C.
+
+use anyhow::Context;
+use clap::Parser;
+use std::io::{IsTerminal, Write};
+use warren_gateway::broker::Broker;
+use warren_gateway::{Cli, Command, Config, Gateway, Topology, TopologyAction};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,lapin=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let config = Config::load(&cli.overrides).context("configuration")?;
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Topology {
+            action: TopologyAction::Print,
+        } => {
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let _ = write!(std::io::stdout(), "{}", Topology::from_config(&config));
+        }
+        Command::Topology {
+            action: TopologyAction::Apply,
+        } => {
+            let broker = Broker::connect(&config).await?;
+            let topology = Topology::from_config(&config);
+            topology.apply(&broker.control().await?).await?;
+            broker.close().await;
+            let _ = writeln!(std::io::stdout(), "{topology}applied");
+        }
+        Command::Run => run(config).await?,
+    }
+    Ok(())
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let gateway = Gateway::start(config)
+        .await
+        .context("starting the gateway")?;
+    {
+        let mut out = std::io::stdout().lock();
+        for (addr, channel) in gateway.listeners() {
+            writeln!(
+                out,
+                "LISTENING {addr} {}",
+                channel.as_deref().unwrap_or("*")
+            )?;
+        }
+        writeln!(out, "READY")?;
+        out.flush()?;
+    }
+    wait_for_signal().await;
+    gateway.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

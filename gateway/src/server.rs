@@ -1,0 +1,230 @@
+//! The HTTP side: axum routers (`/ws` upgrading to the `warren.v1` subprotocol,
+//! `/healthz`), one per listener, each serving every channel or pinned to one; the
+//! state shared by all connections; the tracker that lets shutdown wait for them.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use lapin::options::BasicPublishOptions;
+use lapin::types::ShortString;
+use lapin::BasicProperties;
+use tokio::sync::{watch, Notify};
+use warren_protocol::amqp::Names;
+use warren_protocol::SUBPROTOCOL;
+
+use crate::broker::{Broker, BrokerState};
+use crate::config::Config;
+use crate::session::Registry;
+
+/// Counts live connections so shutdown can wait for every one to finish.
+#[derive(Debug, Default)]
+pub(crate) struct Tracker {
+    active: AtomicUsize,
+    idle: Notify,
+}
+
+/// Held by a connection task while it runs.
+pub(crate) struct TrackerGuard<'a>(&'a Tracker);
+
+impl Tracker {
+    pub(crate) fn enter(&self) -> TrackerGuard<'_> {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        TrackerGuard(self)
+    }
+
+    pub(crate) fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Waits until no connection is left.
+    pub(crate) async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.active() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for TrackerGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// State shared by every connection of a gateway.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) names: Names,
+    pub(crate) broker: Arc<Broker>,
+    pub(crate) registry: Registry,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) tracker: Tracker,
+    next_conn: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        config: Config,
+        broker: Arc<Broker>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Shared {
+            names: Names::new(&config.namespace),
+            config,
+            broker,
+            registry: Registry::default(),
+            shutdown,
+            tracker: Tracker::default(),
+            next_conn: AtomicU64::new(1),
+        }
+    }
+
+    pub(crate) fn next_connection_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Publishes a presence event (`client.connected` / `client.disconnected`), in the
+    /// background; losing one is harmless.
+    pub(crate) fn presence(
+        &self,
+        event: &'static str,
+        session: &str,
+        user: &str,
+        channel: Option<&str>,
+    ) {
+        if !self.config.presence {
+            return;
+        }
+        let body = serde_json::json!({
+            "event": event,
+            "session": session,
+            "user": user,
+            "node": self.config.node,
+            "channel": channel,
+        })
+        .to_string();
+        self.fire(self.names.presence_exchange(), event.to_string(), body);
+    }
+
+    /// Publishes a small JSON message without waiting for its confirm.
+    pub(crate) fn fire(&self, exchange: String, key: String, body: String) {
+        let broker = self.broker.clone();
+        tokio::spawn(async move {
+            let Ok(ch) = broker.publisher().await else {
+                return;
+            };
+            let props = BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_app_id("warren-gateway".into())
+                .with_message_id(ShortString::from(uuid::Uuid::new_v4().simple().to_string()));
+            match ch
+                .basic_publish(
+                    ShortString::from(exchange),
+                    ShortString::from(key),
+                    BasicPublishOptions::default(),
+                    body.as_bytes(),
+                    props,
+                )
+                .await
+            {
+                Ok(confirm) => {
+                    let _ = confirm.await;
+                }
+                Err(e) => tracing::debug!(error = %e, "event publish failed"),
+            }
+        });
+    }
+}
+
+/// Per-listener router state.
+#[derive(Clone)]
+struct ListenerState {
+    shared: Arc<Shared>,
+    pinned: Option<String>,
+}
+
+/// The router of one listener.
+pub(crate) fn router(shared: Arc<Shared>, pinned: Option<String>) -> Router {
+    Router::new()
+        .route("/ws", get(upgrade))
+        .route("/healthz", get(healthz))
+        .with_state(ListenerState { shared, pinned })
+}
+
+async fn upgrade(State(st): State<ListenerState>, ws: WebSocketUpgrade) -> Response {
+    if *st.shared.shutdown.borrow() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    let config = &st.shared.config;
+    ws.protocols([SUBPROTOCOL])
+        .max_message_size(config.hard_frame_bytes())
+        .max_frame_size(config.hard_frame_bytes())
+        .on_upgrade(move |socket| crate::connection::serve(socket, st.shared, st.pinned))
+}
+
+async fn healthz(State(st): State<ListenerState>) -> Response {
+    let broker = st.shared.broker.state();
+    let shutting_down = *st.shared.shutdown.borrow();
+    let ok = broker == BrokerState::Connected && !shutting_down;
+    let body = serde_json::json!({
+        "status": if ok { "ok" } else if shutting_down { "draining" } else { "degraded" },
+        "node": st.shared.config.node,
+        "namespace": st.shared.config.namespace,
+        "broker": broker.as_str(),
+        "connections": st.shared.tracker.active(),
+        "sessions": st.shared.registry.len(),
+        "channel": st.pinned,
+        "channels": st.shared.config.channels,
+        "protocol": SUBPROTOCOL,
+    });
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+/// Announces the gateway on `warren.gateways` every `announce_interval_ms`.
+pub(crate) async fn announce(shared: Arc<Shared>, listeners: Vec<(SocketAddr, Option<String>)>) {
+    let period = shared.config.announce_interval_ms;
+    if period == 0 {
+        return;
+    }
+    let mut shutdown = shared.shutdown.clone();
+    let mut tick = tokio::time::interval(Duration::from_millis(period));
+    let listeners: Vec<_> = listeners
+        .iter()
+        .map(|(a, c)| serde_json::json!({"addr": a.to_string(), "channel": c}))
+        .collect();
+    loop {
+        let state = tokio::select! {
+            _ = tick.tick() => "up",
+            _ = shutdown.changed() => "down",
+        };
+        let body = serde_json::json!({
+            "node": shared.config.node,
+            "state": state,
+            "listeners": listeners,
+            "connections": shared.tracker.active(),
+        })
+        .to_string();
+        shared.fire(shared.names.gateways_exchange(), String::new(), body);
+        if state == "down" {
+            return;
+        }
+    }
+}

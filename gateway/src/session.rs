@@ -1,0 +1,429 @@
+//! Sessions: ids, the session queue (declared, checked for a resume, bound for
+//! subscriptions, consumed exclusively), and the pure bookkeeping a connection keeps
+//! for its session — sequence numbers of unacknowledged deliveries and ref-counted
+//! subscriptions — plus the gateway-local registry used to hand a session over when a
+//! client reconnects before its previous connection noticed it was gone.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, Consumer};
+use tokio::sync::mpsc;
+
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::error::{is_not_found, GatewayError};
+
+/// A fresh session id: 32 lower-case hex digits (a valid routing-key segment).
+pub fn new_session_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Arguments of a session queue: it outlives its connection for the resume window
+/// and holds at most `session_max_length` messages, dropping the oldest.
+pub fn queue_args(config: &Config) -> FieldTable {
+    let mut t = FieldTable::default();
+    t.insert(
+        "x-expires".into(),
+        AMQPValue::LongLongInt(config.session_expires_ms as i64),
+    );
+    t.insert(
+        "x-max-length".into(),
+        AMQPValue::LongLongInt(i64::from(config.session_max_length)),
+    );
+    t.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString(LongString::from("drop-head")),
+    );
+    t
+}
+
+/// Declares a session queue: durable, not exclusive, not auto-delete.
+///
+/// # Errors
+/// When the broker refuses.
+pub async fn declare(broker: &Broker, queue: &str, config: &Config) -> Result<(), GatewayError> {
+    let ch = broker.control().await?;
+    ch.queue_declare(
+        ShortString::from(queue),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        queue_args(config),
+    )
+    .await
+    .map_err(|e| GatewayError::amqp(format!("queue.declare {queue}"), e))?;
+    Ok(())
+}
+
+/// Looks a queue up without creating it (a passive declare on a scratch channel,
+/// since a missing queue closes the channel). `None` when it does not exist, else its
+/// consumer count.
+///
+/// # Errors
+/// When RabbitMQ cannot be reached.
+pub async fn lookup(broker: &Broker, queue: &str) -> Result<Option<u32>, GatewayError> {
+    let ch = broker.scratch().await?;
+    let res = ch
+        .queue_declare(
+            ShortString::from(queue),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    let out = match res {
+        Ok(q) => Ok(Some(q.consumer_count())),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(GatewayError::amqp(
+            format!("queue.declare passive {queue}"),
+            e,
+        )),
+    };
+    if ch.status().connected() {
+        let _ = ch.close(200, "done".into()).await;
+    }
+    out
+}
+
+/// Binds the session queue to the outbound exchange with `key`.
+///
+/// # Errors
+/// When the broker refuses.
+pub async fn bind(
+    broker: &Broker,
+    queue: &str,
+    exchange: &str,
+    key: &str,
+) -> Result<(), GatewayError> {
+    broker
+        .control()
+        .await?
+        .queue_bind(
+            ShortString::from(queue),
+            ShortString::from(exchange),
+            ShortString::from(key),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| GatewayError::amqp(format!("queue.bind {queue} {key}"), e))
+}
+
+/// Removes the binding `key` of the session queue.
+///
+/// # Errors
+/// When the broker refuses.
+pub async fn unbind(
+    broker: &Broker,
+    queue: &str,
+    exchange: &str,
+    key: &str,
+) -> Result<(), GatewayError> {
+    broker
+        .control()
+        .await?
+        .queue_unbind(
+            ShortString::from(queue),
+            ShortString::from(exchange),
+            ShortString::from(key),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| GatewayError::amqp(format!("queue.unbind {queue} {key}"), e))
+}
+
+/// Why a session queue could not be consumed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    /// Another connection still consumes it after the takeover window.
+    #[error("session is still consumed by another connection")]
+    Busy,
+    /// The queue is gone (expired between lookup and consume).
+    #[error("session queue is gone")]
+    Gone,
+    /// The broker failed.
+    #[error(transparent)]
+    Broker(#[from] GatewayError),
+}
+
+/// Starts the exclusive consumer of a session queue on a shared consumer channel
+/// (manual ack, the channel's prefetch window). For a resumed session (`fresh` false),
+/// when a previous consumer is still there (its connection has not been cleaned up
+/// yet), retries for the takeover window first.
+///
+/// # Errors
+/// [`ConsumeError::Busy`] when the previous consumer stays, [`ConsumeError::Gone`] when
+/// the queue does not exist.
+pub async fn consume(
+    broker: &Broker,
+    queue: &str,
+    tag: &str,
+    fresh: bool,
+    takeover: Duration,
+) -> Result<(Channel, Consumer), ConsumeError> {
+    if !fresh {
+        wait_for_no_consumer(broker, queue, takeover).await?;
+    }
+    let ch = broker.consumer_channel().await?;
+    let consumer = ch
+        .basic_consume(
+            ShortString::from(queue),
+            ShortString::from(tag),
+            BasicConsumeOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| GatewayError::amqp(format!("basic.consume {queue}"), e))?;
+    Ok((ch, consumer))
+}
+
+/// Waits until `queue` has no consumer (the previous connection of the session let go).
+async fn wait_for_no_consumer(
+    broker: &Broker,
+    queue: &str,
+    takeover: Duration,
+) -> Result<(), ConsumeError> {
+    let deadline = tokio::time::Instant::now() + takeover;
+    loop {
+        match lookup(broker, queue).await? {
+            None => return Err(ConsumeError::Gone),
+            Some(0) => return Ok(()),
+            Some(n) => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(ConsumeError::Busy);
+                }
+                tracing::debug!(
+                    queue,
+                    consumers = n,
+                    "previous consumer still there; waiting"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Unacknowledged deliveries of one connection, by sequence number (1, 2, 3, ...).
+/// `T` is whatever acknowledges the delivery to RabbitMQ (a lapin `Acker`).
+#[derive(Debug)]
+pub struct Inflight<T> {
+    last_seq: u64,
+    pending: BTreeMap<u64, T>,
+}
+
+impl<T> Default for Inflight<T> {
+    fn default() -> Self {
+        Inflight {
+            last_seq: 0,
+            pending: BTreeMap::new(),
+        }
+    }
+}
+
+impl<T> Inflight<T> {
+    /// Records a delivery and gives it the next sequence number.
+    pub fn push(&mut self, item: T) -> u64 {
+        self.last_seq += 1;
+        self.pending.insert(self.last_seq, item);
+        self.last_seq
+    }
+
+    /// Takes out every delivery with sequence number ≤ `seq` (cumulative ack), in order.
+    pub fn ack_upto(&mut self, seq: u64) -> Vec<T> {
+        let rest = self.pending.split_off(&seq.saturating_add(1));
+        std::mem::replace(&mut self.pending, rest)
+            .into_values()
+            .collect()
+    }
+
+    /// Takes out everything not acknowledged (on disconnect), in order.
+    pub fn drain(&mut self) -> Vec<T> {
+        std::mem::take(&mut self.pending).into_values().collect()
+    }
+
+    /// How many deliveries await acknowledgement.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Whether nothing awaits acknowledgement.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// The last sequence number handed out.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+}
+
+/// The binding keys a session holds, ref-counted: two subscriptions asking for the
+/// same key bind it once, and it is unbound when the last one goes.
+#[derive(Debug, Default)]
+pub struct Subscriptions {
+    counts: HashMap<String, u32>,
+}
+
+impl Subscriptions {
+    /// Adds a reference to `key`; true when the key must now be bound.
+    pub fn add(&mut self, key: &str) -> bool {
+        let n = self.counts.entry(key.to_string()).or_insert(0);
+        *n += 1;
+        *n == 1
+    }
+
+    /// Drops a reference to `key`; true when the key must now be unbound (also when it
+    /// was not known here: it may have been bound by an earlier connection).
+    pub fn remove(&mut self, key: &str) -> bool {
+        match self.counts.get_mut(key) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                self.counts.remove(key);
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// Whether `key` is held.
+    pub fn contains(&self, key: &str) -> bool {
+        self.counts.contains_key(key)
+    }
+
+    /// How many distinct keys are held.
+    pub fn len(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+}
+
+/// A request to a connection to give its session up.
+#[derive(Debug)]
+pub struct Takeover;
+
+/// Sessions served by this gateway: session id → (connection id, takeover sender).
+#[derive(Debug, Default)]
+pub struct Registry {
+    sessions: Mutex<HashMap<String, (u64, mpsc::Sender<Takeover>)>>,
+}
+
+impl Registry {
+    /// Records that connection `conn` serves `session`; returns the takeover sender of
+    /// the connection that served it before, if any.
+    pub fn claim(
+        &self,
+        session: &str,
+        conn: u64,
+        tx: mpsc::Sender<Takeover>,
+    ) -> Option<mpsc::Sender<Takeover>> {
+        let mut map = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(session.to_string(), (conn, tx))
+            .map(|(_, tx)| tx)
+    }
+
+    /// Forgets `session` if connection `conn` still holds it.
+    pub fn release(&self, session: &str, conn: u64) {
+        let mut map = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(session).is_some_and(|(c, _)| *c == conn) {
+            map.remove(session);
+        }
+    }
+
+    /// How many sessions this gateway serves.
+    pub fn len(&self) -> usize {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// Whether this gateway serves no session.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_numbers_start_at_one_and_increase() {
+        let mut f = Inflight::default();
+        assert_eq!(f.push('a'), 1);
+        assert_eq!(f.push('b'), 2);
+        assert_eq!(f.last_seq(), 2);
+    }
+
+    #[test]
+    fn cumulative_ack_takes_exactly_the_deliveries_up_to_seq() {
+        let mut f = Inflight::default();
+        for c in ['a', 'b', 'c', 'd'] {
+            f.push(c);
+        }
+        assert_eq!(f.ack_upto(2), vec!['a', 'b']);
+        assert_eq!(f.ack_upto(2), Vec::<char>::new());
+        assert_eq!(f.len(), 2);
+        assert_eq!(f.drain(), vec!['c', 'd']);
+        assert!(f.is_empty());
+        assert_eq!(f.push('e'), 5, "sequence numbers are never reused");
+    }
+
+    #[test]
+    fn ack_beyond_the_last_seq_takes_everything_and_ack_of_zero_nothing() {
+        let mut f = Inflight::default();
+        f.push(1);
+        assert!(f.ack_upto(0).is_empty());
+        assert_eq!(f.ack_upto(u64::MAX), vec![1]);
+    }
+
+    #[test]
+    fn a_key_is_bound_once_and_unbound_when_its_last_subscription_goes() {
+        let mut s = Subscriptions::default();
+        assert!(s.add("chat.all"));
+        assert!(!s.add("chat.all"));
+        assert_eq!(s.len(), 1);
+        assert!(!s.remove("chat.all"));
+        assert!(s.contains("chat.all"));
+        assert!(s.remove("chat.all"));
+        assert!(s.is_empty());
+        assert!(s.remove("chat.group.x"), "unknown keys are unbound anyway");
+    }
+
+    #[test]
+    fn the_registry_hands_back_the_previous_holder_and_releases_only_its_own() {
+        let r = Registry::default();
+        let (tx1, _rx1) = mpsc::channel(1);
+        let (tx2, _rx2) = mpsc::channel(1);
+        assert!(r.claim("s", 1, tx1).is_none());
+        assert!(r.claim("s", 2, tx2).is_some());
+        r.release("s", 1);
+        assert_eq!(r.len(), 1);
+        r.release("s", 2);
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn session_ids_are_valid_routing_segments() {
+        let id = new_session_id();
+        assert!(warren_protocol::amqp::validate_segment("session", &id).is_ok());
+        assert_ne!(id, new_session_id());
+    }
+}
