@@ -1,1 +1,18 @@
-//! Placeholder: filled in by its issue.
+//! End-to-end test support for Warren: everything runs against the real RabbitMQ at
+//! `AMQP_ADDR`, each test under its own namespace so tests run in parallel.
+//!
+//! # Layout
+//!
+//! - [`env`]: a test's namespace, raw AMQP access (a stand-in for "some service"),
+//!   cleanup of what the test declared.
+//! - [`client`]: a tokio-tungstenite WebSocket client speaking protocol v1.
+//! - [`gateway`]: starts an in-process gateway on `127.0.0.1:0`.
+//! - [`service`]: starts the demo service in-process or as a child process (to
+//!   SIGKILL it), and a raw-lapin stand-in gateway for service tests.
+
+pub mod broker_node;
+pub mod client;
+pub mod env;
+pub mod gateway;
+
+pub mod service;

@@ -1,0 +1,364 @@
+//! A WebSocket test client standing in for the browser: tokio-tungstenite speaking
+//! protocol v1 through `warren_protocol::{encode, decode_server}`. Server `ping`s are
+//! answered automatically; frames that arrive while a test waits for another one are
+//! kept, in order, for later `recv` calls.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::value::RawValue;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use warren_protocol::{
+    decode_server, encode, AckDeliveries, ClientFrame, Deliver, Error, ErrorCode, Hello, Ping,
+    Publish, Raw, Reply, Request, ServerFrame, Subscribe, Welcome, SUBPROTOCOL,
+};
+
+/// How long `recv` waits by default.
+pub const RECV_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Raw JSON from a `serde_json::Value` (test convenience).
+pub fn raw(v: serde_json::Value) -> Raw {
+    RawValue::from_string(v.to_string()).expect("valid JSON")
+}
+
+/// A connected test client.
+pub struct TestClient {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    kept: VecDeque<ServerFrame>,
+    /// The `welcome` of this connection, once received.
+    pub welcome: Option<Welcome>,
+    /// How the connection was closed by the gateway, once it was.
+    pub close_code: Option<u16>,
+}
+
+impl TestClient {
+    /// Opens the WebSocket (subprotocol `warren.v1`) without sending anything.
+    ///
+    /// # Panics
+    /// When the connection fails.
+    pub async fn connect_raw(url: &str) -> TestClient {
+        let mut req = url.into_client_request().expect("url");
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
+        let (ws, resp) = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async(req),
+        )
+        .await
+        .expect("connect in time")
+        .expect("websocket connect");
+        assert_eq!(
+            resp.headers()
+                .get("sec-websocket-protocol")
+                .and_then(|v| v.to_str().ok()),
+            Some(SUBPROTOCOL),
+            "the gateway selects the warren.v1 subprotocol"
+        );
+        TestClient {
+            ws,
+            kept: VecDeque::new(),
+            welcome: None,
+            close_code: None,
+        }
+    }
+
+    /// Connects and opens a new session with `hello`.
+    pub async fn connect(url: &str) -> TestClient {
+        Self::connect_with(url, Hello::default()).await
+    }
+
+    /// Connects and sends `hello`; waits for the `welcome`.
+    ///
+    /// # Panics
+    /// When the first frame is not `welcome`.
+    pub async fn connect_with(url: &str, hello: Hello) -> TestClient {
+        let mut c = Self::connect_raw(url).await;
+        c.send(&ClientFrame::Hello(hello)).await;
+        match c.recv().await {
+            ServerFrame::Welcome(w) => c.welcome = Some(w),
+            other => panic!("expected welcome, got {other:?}"),
+        }
+        c
+    }
+
+    /// The session id from `welcome`.
+    pub fn session(&self) -> &str {
+        &self.welcome.as_ref().expect("welcome received").session
+    }
+
+    /// Sends a client frame.
+    pub async fn send(&mut self, frame: &ClientFrame) {
+        self.send_text(&encode(frame)).await;
+    }
+
+    /// Sends raw text (for malformed-input tests).
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::Text(text.to_string().into()))
+            .await
+            .expect("send");
+    }
+
+    /// Sends a binary frame.
+    pub async fn send_binary(&mut self, bytes: &[u8]) {
+        self.ws
+            .send(Message::Binary(bytes.to_vec().into()))
+            .await
+            .expect("send");
+    }
+
+    /// Sends `publish`.
+    pub async fn publish(&mut self, id: &str, channel: &str, message: serde_json::Value) {
+        self.send(&ClientFrame::Publish(Publish {
+            id: id.into(),
+            channel: channel.into(),
+            subject: None,
+            distribution: None,
+            headers: Default::default(),
+            message: raw(message),
+        }))
+        .await;
+    }
+
+    /// Sends `request` with a timeout.
+    pub async fn request(
+        &mut self,
+        id: &str,
+        channel: &str,
+        timeout_ms: Option<u64>,
+        message: serde_json::Value,
+    ) {
+        self.send(&ClientFrame::Request(Request {
+            id: id.into(),
+            channel: channel.into(),
+            subject: None,
+            headers: Default::default(),
+            timeout_ms,
+            message: raw(message),
+        }))
+        .await;
+    }
+
+    /// Sends `subscribe` and waits for its `ack`.
+    pub async fn subscribe(&mut self, s: Subscribe) {
+        let id = s.id.clone();
+        self.send(&ClientFrame::Subscribe(s)).await;
+        self.expect_ack(&id).await;
+    }
+
+    /// Sends `ack_deliveries` up to `seq`.
+    pub async fn ack_deliveries(&mut self, seq: u64) {
+        self.send(&ClientFrame::AckDeliveries(AckDeliveries { seq }))
+            .await;
+    }
+
+    /// Sends `ping`.
+    pub async fn ping(&mut self, ts: u64) {
+        self.send(&ClientFrame::Ping(Ping { ts: Some(ts) })).await;
+    }
+
+    /// The next frame within `within`; `None` on timeout or close. Answers `ping`.
+    pub async fn recv_within(&mut self, within: Duration) -> Option<ServerFrame> {
+        if let Some(f) = self.kept.pop_front() {
+            return Some(f);
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let msg = match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return None,
+                Ok(None) => return None,
+                Ok(Some(Err(_))) => return None,
+                Ok(Some(Ok(m))) => m,
+            };
+            match msg {
+                Message::Text(t) => {
+                    let frame = decode_server(t.as_str())
+                        .unwrap_or_else(|e| panic!("gateway sent an undecodable frame {t}: {e}"));
+                    if let ServerFrame::Ping(p) = frame {
+                        self.send(&ClientFrame::Pong(p)).await;
+                        continue;
+                    }
+                    return Some(frame);
+                }
+                Message::Close(c) => {
+                    self.close_code = Some(c.map(|c| u16::from(c.code)).unwrap_or(1005));
+                    return None;
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next text frame as it came, without answering pings; `None` on timeout or
+    /// close (the close code is recorded).
+    pub async fn recv_raw(&mut self, within: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => return Some(t.as_str().to_string()),
+                Ok(Some(Ok(Message::Close(c)))) => {
+                    self.close_code = Some(c.map(|c| u16::from(c.code)).unwrap_or(1005));
+                    return None;
+                }
+                Ok(Some(Ok(_))) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next frame.
+    ///
+    /// # Panics
+    /// When nothing arrives within [`RECV_TIMEOUT`].
+    pub async fn recv(&mut self) -> ServerFrame {
+        self.recv_within(RECV_TIMEOUT)
+            .await
+            .expect("a frame from the gateway in time")
+    }
+
+    /// Waits for the first frame `pick` accepts, keeping the others for later.
+    ///
+    /// # Panics
+    /// When no such frame arrives within [`RECV_TIMEOUT`].
+    pub async fn expect<T>(
+        &mut self,
+        what: &str,
+        mut pick: impl FnMut(&ServerFrame) -> Option<T>,
+    ) -> T {
+        if let Some(pos) = self.kept.iter().position(|f| pick(f).is_some()) {
+            let f = self.kept.remove(pos).expect("position is valid");
+            return pick(&f).expect("picked before");
+        }
+        let deadline = tokio::time::Instant::now() + RECV_TIMEOUT;
+        let mut skipped = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(f) = self.recv_within(left).await else {
+                panic!(
+                    "expected {what}; got only {skipped:?} (close: {:?})",
+                    self.close_code
+                );
+            };
+            if let Some(t) = pick(&f) {
+                for s in skipped.into_iter().rev() {
+                    self.kept.push_front(s);
+                }
+                return t;
+            }
+            skipped.push(f);
+        }
+    }
+
+    /// Waits for `ack {id}`.
+    pub async fn expect_ack(&mut self, id: &str) {
+        let want = id.to_string();
+        let got = self
+            .expect(&format!("ack {id} or error {id}"), |f| match f {
+                ServerFrame::Ack(a) if a.id == want => Some(Ok(())),
+                ServerFrame::Error(e) if e.id.as_deref() == Some(&want) => Some(Err(e.clone())),
+                _ => None,
+            })
+            .await;
+        if let Err(e) = got {
+            panic!("expected ack {id}, got error {e:?}");
+        }
+    }
+
+    /// Waits for an `error` answering `id` (`None`: an error without id).
+    pub async fn expect_error(&mut self, id: Option<&str>) -> Error {
+        let want = id.map(str::to_string);
+        self.expect(&format!("error {id:?}"), |f| match f {
+            ServerFrame::Error(e) if e.id == want => Some(e.clone()),
+            ServerFrame::Ack(a) if Some(&a.id) == want.as_ref() => {
+                panic!("expected error {want:?}, got ack")
+            }
+            _ => None,
+        })
+        .await
+    }
+
+    /// Waits for an `error` with this code answering `id`.
+    pub async fn expect_error_code(&mut self, id: Option<&str>, code: ErrorCode) -> Error {
+        let e = self.expect_error(id).await;
+        assert_eq!(e.code, code, "error for {id:?}: {e:?}");
+        e
+    }
+
+    /// Waits for the next `deliver`.
+    pub async fn expect_deliver(&mut self) -> Deliver {
+        self.expect("deliver", |f| match f {
+            ServerFrame::Deliver(d) => Some(d.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Waits for the `reply` to request `id`.
+    pub async fn expect_reply(&mut self, id: &str) -> Reply {
+        let want = id.to_string();
+        self.expect(&format!("reply {id}"), |f| match f {
+            ServerFrame::Reply(r) if r.id == want => Some(r.clone()),
+            ServerFrame::Error(e) if e.id.as_deref() == Some(&want) => {
+                panic!("expected reply {want}, got error {e:?}")
+            }
+            _ => None,
+        })
+        .await
+    }
+
+    /// Asserts that no `deliver` arrives within `within` (other frames are kept).
+    pub async fn expect_no_deliver(&mut self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(d) = self
+                .kept
+                .iter()
+                .find(|f| matches!(f, ServerFrame::Deliver(_)))
+            {
+                panic!("expected no delivery, got {d:?}");
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.recv_within(left).await {
+                None => return,
+                Some(ServerFrame::Deliver(d)) => panic!("expected no delivery, got {d:?}"),
+                Some(other) => self.kept.push_back(other),
+            }
+        }
+    }
+
+    /// Waits until the gateway closes the connection; returns the close code.
+    pub async fn expect_close(&mut self, within: Duration) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.close_code.is_none() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            if self.recv_within(left).await.is_none() && self.close_code.is_none() {
+                break;
+            }
+        }
+        self.close_code
+    }
+
+    /// Closes the connection from the client side (normal closure).
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
+    }
+
+    /// Drops the TCP connection without a close handshake (a crashed client).
+    pub fn abort(self) {
+        drop(self);
+    }
+}

@@ -1,0 +1,279 @@
+//! A test's environment: its own namespace prefix for every exchange and queue, a raw
+//! lapin connection standing in for an AMQP service, and cleanup of the names the test
+//! declared.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
+    ConfirmSelectOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use warren_protocol::amqp::Names;
+
+/// The broker the tests use: `AMQP_ADDR`, default `amqp://127.0.0.1:5672/%2f`.
+pub fn amqp_addr() -> String {
+    std::env::var("AMQP_ADDR").unwrap_or_else(|_| "amqp://127.0.0.1:5672/%2f".to_string())
+}
+
+/// The channels test gateways serve by default.
+pub const CHANNELS: &[&str] = &["chat", "voice", "tickets", "echo"];
+
+/// One test's namespace and raw AMQP access.
+pub struct TestEnv {
+    /// The namespace prefix, `t-<label>-<random>`.
+    pub namespace: String,
+    /// AMQP names under that namespace.
+    pub names: Names,
+    conn: Connection,
+    channel: Channel,
+    extra_queues: Vec<String>,
+}
+
+impl TestEnv {
+    /// A fresh namespace; `label` names the test in broker listings.
+    ///
+    /// # Panics
+    /// When RabbitMQ cannot be reached.
+    pub async fn new(label: &str) -> TestEnv {
+        let rand = uuid::Uuid::new_v4().simple().to_string();
+        let label: String = label
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .take(24)
+            .collect();
+        let namespace = format!("t-{label}-{}", &rand[..8]);
+        let conn = Connection::connect(&amqp_addr(), ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ at AMQP_ADDR");
+        let channel = conn.create_channel().await.expect("channel");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm.select");
+        TestEnv {
+            names: Names::new(&namespace),
+            namespace,
+            conn,
+            channel,
+            extra_queues: Vec::new(),
+        }
+    }
+
+    /// The raw channel (confirm mode) for ad-hoc AMQP calls.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// A new raw channel (e.g. for a consumer that a test wants to drop).
+    pub async fn new_channel(&self) -> Channel {
+        self.conn.create_channel().await.expect("channel")
+    }
+
+    /// Publishes `body` to `warren.out` with `key`, as a service would, and waits for
+    /// the broker's confirm.
+    pub async fn publish_out(&self, key: &str, message_id: &str, body: &str) {
+        self.publish(
+            &self.names.outbound_exchange(),
+            key,
+            message_id,
+            body,
+            FieldTable::default(),
+        )
+        .await;
+    }
+
+    /// Publishes to any exchange with headers, waiting for the confirm.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        key: &str,
+        message_id: &str,
+        body: &str,
+        headers: FieldTable,
+    ) {
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id(ShortString::from(message_id))
+            .with_content_type("application/json".into())
+            .with_headers(headers);
+        let confirm = self
+            .channel
+            .basic_publish(
+                ShortString::from(exchange),
+                ShortString::from(key),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                props,
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack(), "broker refused a test publish");
+    }
+
+    /// Publishes a service's reply to a request delivery (`reply_to`, correlation id).
+    pub async fn reply_to(&self, request: &Delivery, body: &str, error: Option<&str>) {
+        let reply_to = request
+            .properties
+            .reply_to()
+            .clone()
+            .expect("request carries reply_to");
+        let mut headers = FieldTable::default();
+        if let Some(code) = error {
+            headers.insert(
+                warren_protocol::amqp::H_ERROR.into(),
+                AMQPValue::LongString(LongString::from(code)),
+            );
+        }
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_correlation_id(
+                request
+                    .properties
+                    .correlation_id()
+                    .clone()
+                    .expect("correlation id"),
+            )
+            .with_message_id(ShortString::from(uuid::Uuid::new_v4().simple().to_string()))
+            .with_headers(headers);
+        self.channel
+            .basic_publish(
+                ShortString::from(""),
+                reply_to,
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                props,
+            )
+            .await
+            .expect("publish reply")
+            .await
+            .expect("reply confirm");
+    }
+
+    /// Starts consuming the inbound queue of `channel` (`IN_<CHANNEL>`) on a channel of
+    /// its own, manual ack.
+    pub async fn consume_inbound(&self, channel: &str) -> Consumer {
+        let ch = self.new_channel().await;
+        ch.basic_consume(
+            ShortString::from(self.names.channel_queue(channel)),
+            ShortString::from(""),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume inbound")
+    }
+
+    /// Takes one message from a queue with basic.get (auto-ack), if there is one.
+    pub async fn get(&self, queue: &str) -> Option<Delivery> {
+        self.channel
+            .basic_get(ShortString::from(queue), BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get")
+            .map(|m| m.delivery)
+    }
+
+    /// How many messages a queue holds (passive declare on a scratch channel).
+    pub async fn message_count(&self, queue: &str) -> Option<u32> {
+        let ch = self.new_channel().await;
+        let q = ch
+            .queue_declare(
+                ShortString::from(queue),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .ok()?;
+        let _ = ch.close(200, "done".into()).await;
+        Some(q.message_count())
+    }
+
+    /// Declares a queue of the test's own (deleted at cleanup) bound to `exchange`.
+    pub async fn bind_queue(&mut self, queue: &str, exchange: &str, key: &str) {
+        self.channel
+            .queue_declare(
+                ShortString::from(queue),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare");
+        self.channel
+            .queue_bind(
+                ShortString::from(queue),
+                ShortString::from(exchange),
+                ShortString::from(key),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind");
+        self.extra_queues.push(queue.to_string());
+    }
+
+    /// Records a queue (e.g. a session queue) to delete at cleanup.
+    pub fn track_queue(&mut self, queue: impl Into<String>) {
+        self.extra_queues.push(queue.into());
+    }
+
+    /// Deletes the exchanges and queues of the namespace that the gateway's topology
+    /// declares, plus tracked queues. Session queues not tracked expire on their own.
+    pub async fn cleanup(self) {
+        let ch = match self.conn.create_channel().await {
+            Ok(c) => c,
+            Err(_) => return,
+        };
+        let mut queues = vec![self.names.dead_letter_queue()];
+        queues.extend(CHANNELS.iter().map(|c| self.names.channel_queue(c)));
+        queues.extend(self.extra_queues.iter().cloned());
+        for q in queues {
+            if !ch.status().connected() {
+                break;
+            }
+            let _ = ch
+                .queue_delete(ShortString::from(q), QueueDeleteOptions::default())
+                .await;
+        }
+        for x in [
+            self.names.inbound_exchange(),
+            self.names.outbound_exchange(),
+            self.names.gateways_exchange(),
+            self.names.presence_exchange(),
+            self.names.dead_letter_exchange(),
+        ] {
+            if !ch.status().connected() {
+                break;
+            }
+            let _ = ch
+                .exchange_delete(ShortString::from(x), ExchangeDeleteOptions::default())
+                .await;
+        }
+        let _ = self.conn.close(200, "test done".into()).await;
+    }
+}
+
+/// Waits for the next delivery of a raw consumer, bounded in time.
+///
+/// # Panics
+/// When nothing arrives within `within`.
+pub async fn next_delivery(consumer: &mut Consumer, within: Duration) -> Delivery {
+    tokio::time::timeout(within, consumer.next())
+        .await
+        .expect("a delivery in time")
+        .expect("consumer open")
+        .expect("delivery ok")
+}
+
+/// Acks a raw delivery.
+pub async fn ack(d: &Delivery) {
+    d.acker.ack(BasicAckOptions::default()).await.expect("ack");
+}

@@ -1,0 +1,123 @@
+//! Starts an in-process gateway for a test: bound to `127.0.0.1:0`, under the test's
+//! namespace, with short timers so tests stay quick.
+
+use std::net::SocketAddr;
+
+use warren_gateway::{Config, Gateway, ListenerConfig, QueueType};
+
+use crate::env::{amqp_addr, TestEnv, CHANNELS};
+
+/// A configuration for tests: the test's namespace, one listener on `127.0.0.1:0`
+/// serving every channel, quorum inbound queues as in production, short timers.
+pub fn test_config(env: &TestEnv) -> Config {
+    Config {
+        namespace: env.namespace.clone(),
+        node: format!("gw-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+        amqp_uri: vec![amqp_addr()],
+        listen: vec![ListenerConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            channel: None,
+        }],
+        channels: CHANNELS.iter().map(|c| c.to_string()).collect(),
+        queue_type: QueueType::Quorum,
+        publisher_channels: 2,
+        consumer_channels: 2,
+        session_expires_ms: 30_000,
+        session_takeover_ms: 3_000,
+        shutdown_grace_ms: 2_000,
+        announce_interval_ms: 0,
+        presence: false,
+        ..Config::default()
+    }
+}
+
+/// A running test gateway.
+pub struct TestGateway {
+    gateway: Option<Gateway>,
+    listeners: Vec<(SocketAddr, Option<String>)>,
+}
+
+impl TestGateway {
+    /// Starts a gateway with [`test_config`].
+    pub async fn start(env: &TestEnv) -> TestGateway {
+        Self::start_with(env, |_| {}).await
+    }
+
+    /// Starts a gateway with [`test_config`] changed by `tweak`.
+    ///
+    /// # Panics
+    /// When the gateway cannot start.
+    pub async fn start_with(env: &TestEnv, tweak: impl FnOnce(&mut Config)) -> TestGateway {
+        let mut config = test_config(env);
+        tweak(&mut config);
+        let gateway = Gateway::start(config).await.expect("gateway starts");
+        let listeners = gateway.listeners();
+        TestGateway {
+            gateway: Some(gateway),
+            listeners,
+        }
+    }
+
+    /// Starts a gateway with one listener pinned to each of `channels` and one more
+    /// serving all channels (the POC's per-channel ports plus a shared one).
+    pub async fn start_pinned(env: &TestEnv, channels: &[&str]) -> TestGateway {
+        let pinned: Vec<String> = channels.iter().map(|c| c.to_string()).collect();
+        Self::start_with(env, move |c| {
+            let any = SocketAddr::from(([127, 0, 0, 1], 0));
+            c.listen = pinned
+                .into_iter()
+                .map(|ch| ListenerConfig {
+                    bind: any,
+                    channel: Some(ch),
+                })
+                .chain(std::iter::once(ListenerConfig {
+                    bind: any,
+                    channel: None,
+                }))
+                .collect();
+        })
+        .await
+    }
+
+    /// Bound listeners and their pinned channel.
+    pub fn listeners(&self) -> &[(SocketAddr, Option<String>)] {
+        &self.listeners
+    }
+
+    /// The WebSocket URL of the first listener serving every channel.
+    pub fn url(&self) -> String {
+        let (addr, _) = self
+            .listeners
+            .iter()
+            .find(|(_, c)| c.is_none())
+            .expect("a listener serving all channels");
+        format!("ws://{addr}/ws")
+    }
+
+    /// The WebSocket URL of the listener pinned to `channel`.
+    pub fn url_for(&self, channel: &str) -> String {
+        let (addr, _) = self
+            .listeners
+            .iter()
+            .find(|(_, c)| c.as_deref() == Some(channel))
+            .expect("a listener pinned to the channel");
+        format!("ws://{addr}/ws")
+    }
+
+    /// The `/healthz` URL of the first listener.
+    pub fn health_addr(&self) -> SocketAddr {
+        self.listeners[0].0
+    }
+
+    /// The gateway itself.
+    pub fn gateway(&self) -> &Gateway {
+        self.gateway.as_ref().expect("running")
+    }
+
+    /// Graceful shutdown.
+    pub async fn shutdown(mut self) {
+        if let Some(g) = self.gateway.take() {
+            g.shutdown().await;
+        }
+    }
+}

@@ -1,0 +1,634 @@
+//! Test helpers for the service side: start the demo service in-process for a test
+//! namespace, spawn the `warren-demo-service` binary as a child process (so a test can
+//! SIGKILL it), and a raw-lapin stand-in gateway that publishes to `warren.in` with the
+//! contract's headers and reads replies and relays the way a gateway would.
+//!
+//! Helpers panic with a clear message instead of returning errors: they run in tests.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use warren_protocol::amqp::{
+    keys, Names, H_BROADCAST, H_CHANNEL, H_DIRECT, H_ERROR, H_GATEWAY, H_GROUPS, H_REQUEST_ID,
+    H_SESSION, H_SUBJECT, H_USER,
+};
+use warren_protocol::Distribution;
+use warren_service::demo::{self, DemoHandle, DemoOptions};
+
+/// The RabbitMQ the tests use: `AMQP_ADDR`, default `amqp://127.0.0.1:5672/%2f`.
+pub fn amqp_uri() -> String {
+    std::env::var("AMQP_ADDR").unwrap_or_else(|_| "amqp://127.0.0.1:5672/%2f".to_string())
+}
+
+/// A fresh namespace for one test: `t-<8 hex digits>`.
+pub fn test_namespace() -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("t-{}", &id[..8])
+}
+
+/// Starts the demo service (all channels) in-process for `namespace`; it consumes
+/// when this returns.
+pub async fn start_demo(namespace: &str) -> DemoHandle {
+    start_demo_with(namespace, DemoOptions::default()).await
+}
+
+/// Starts the demo service in-process with options.
+pub async fn start_demo_with(namespace: &str, options: DemoOptions) -> DemoHandle {
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        demo::start_with(&amqp_uri(), Names::new(namespace), options),
+    )
+    .await
+    .expect("the demo service started within 20 s")
+    .expect("the demo service starts")
+}
+
+/// Deletes what a test namespace declared on the broker: the channel queues, the
+/// dead-letter queue and the three exchanges. Best effort.
+pub async fn delete_namespace(namespace: &str) {
+    let names = Names::new(namespace);
+    let Ok(connection) = Connection::connect(&amqp_uri(), ConnectionProperties::default()).await
+    else {
+        return;
+    };
+    let mut queues: Vec<String> = ["chat", "tickets", "voice", "echo"]
+        .iter()
+        .map(|c| names.channel_queue(c))
+        .collect();
+    queues.push(names.dead_letter_queue());
+    for queue in queues {
+        if let Ok(ch) = connection.create_channel().await {
+            let _ = ch
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+    }
+    for exchange in [
+        names.inbound_exchange(),
+        names.outbound_exchange(),
+        names.dead_letter_exchange(),
+    ] {
+        if let Ok(ch) = connection.create_channel().await {
+            let _ = ch
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+    }
+    let _ = connection.close(200, "cleanup".into()).await;
+}
+
+/// Messages ready (not delivered to a consumer) in `queue`, and its consumers, read
+/// with a passive declare (no management plugin needed).
+pub async fn queue_counts(queue: &str) -> (u32, u32) {
+    let connection = Connection::connect(&amqp_uri(), ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ at AMQP_ADDR");
+    let counts = queue_counts_on(&connection, queue).await;
+    let _ = connection.close(200, "ok".into()).await;
+    counts
+}
+
+async fn queue_counts_on(connection: &Connection, queue: &str) -> (u32, u32) {
+    let ch = connection.create_channel().await.expect("channel");
+    let q = ch
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions::durable().passive(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("the queue exists");
+    let _ = ch.close(200, "ok".into()).await;
+    (q.message_count(), q.consumer_count())
+}
+
+/// Waits (at most `within`) until a consumer of `queue` holds every message: none
+/// ready, exactly `consumers` consumers. Panics when that does not happen in time.
+pub async fn wait_until_held(queue: &str, consumers: u32, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let (ready, now) = queue_counts(queue).await;
+        if ready == 0 && now == consumers {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{queue}: {ready} ready, {now} consumers after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The path of the `warren-demo-service` binary: `WARREN_DEMO_SERVICE_BIN` (or
+/// `WARREN_SERVICE_BIN`, as `./dev` exports it) when set and present, else built once
+/// per test process with `cargo build` next to the test binary.
+pub fn demo_service_binary() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        for var in ["WARREN_DEMO_SERVICE_BIN", "WARREN_SERVICE_BIN"] {
+            if let Some(path) = std::env::var_os(var).map(PathBuf::from) {
+                if path.exists() {
+                    return path;
+                }
+            }
+        }
+        let exe = std::env::current_exe().expect("the test binary path");
+        // target/<profile>/deps/<test> → target/<profile>
+        let profile_dir = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .expect("the test binary lives in target/<profile>/deps")
+            .to_path_buf();
+        let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("tests/ lives in the workspace")
+            .to_path_buf();
+        let cargo = option_env!("CARGO").unwrap_or("cargo");
+        let mut build = std::process::Command::new(cargo);
+        build.current_dir(&workspace).args([
+            "build",
+            "--quiet",
+            "-p",
+            "warren-service",
+            "--bin",
+            "warren-demo-service",
+        ]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("cargo runs");
+        assert!(status.success(), "building warren-demo-service failed");
+        let path = profile_dir.join("warren-demo-service");
+        assert!(path.exists(), "{} exists after the build", path.display());
+        path
+    })
+    .clone()
+}
+
+/// The demo service running as a child process.
+#[derive(Debug)]
+pub struct DemoProcess {
+    child: Child,
+    pid: u32,
+}
+
+impl DemoProcess {
+    /// Spawns `warren-demo-service --namespace <ns> <args>` and waits (at most 30 s)
+    /// until it prints `READY`. Its log goes to the test's stderr, filtered by
+    /// `WARREN_TEST_SERVICE_LOG` (default `warn`).
+    pub async fn spawn(namespace: &str, args: &[&str]) -> DemoProcess {
+        let binary = tokio::task::spawn_blocking(demo_service_binary)
+            .await
+            .expect("binary lookup");
+        let mut child = Command::new(&binary)
+            .arg("--amqp-uri")
+            .arg(amqp_uri())
+            .arg("--namespace")
+            .arg(namespace)
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("WARREN_TEST_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", binary.display()));
+        let pid = child.id().expect("the child has a pid");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.trim() == "READY" {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert!(
+            matches!(ready, Ok(true)),
+            "warren-demo-service printed READY within 30 s"
+        );
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        DemoProcess { child, pid }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// SIGKILL: the process dies at once, acknowledging nothing more.
+    pub async fn kill(&mut self) {
+        self.child.start_kill().expect("SIGKILL sent");
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+    }
+
+    /// SIGTERM, then waits (at most 20 s) for the exit; returns whether it exited 0.
+    pub async fn terminate(&mut self) -> bool {
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "SIGTERM sent");
+        match tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await {
+            Ok(Ok(status)) => status.success(),
+            _ => false,
+        }
+    }
+}
+
+/// A reply read from the stand-in gateway's reply queue.
+#[derive(Debug, Clone)]
+pub struct AmqpReply {
+    /// The `correlation_id` (the request's frame id).
+    pub correlation_id: Option<String>,
+    /// The reply's `message_id`.
+    pub message_id: Option<String>,
+    /// The `x-warren-error` code of a refusal.
+    pub error: Option<String>,
+    /// Headers as strings.
+    pub headers: BTreeMap<String, String>,
+    /// The raw body.
+    pub body: Vec<u8>,
+}
+
+impl AmqpReply {
+    /// The body parsed as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("the reply body is JSON")
+    }
+}
+
+/// A message read from `warren.out` by an [`Observer`].
+#[derive(Debug, Clone)]
+pub struct Observed {
+    /// Routing key of the publish.
+    pub routing_key: String,
+    /// The `message_id`.
+    pub message_id: Option<String>,
+    /// Headers as strings (the `CC` array is in [`Observed::cc`]).
+    pub headers: BTreeMap<String, String>,
+    /// The `CC` header's routing keys.
+    pub cc: Vec<String>,
+    /// The raw body.
+    pub body: Vec<u8>,
+}
+
+/// A queue bound to `warren.out` with some keys, standing in for a client's session
+/// queue.
+pub struct Observer {
+    consumer: Consumer,
+}
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observer").finish_non_exhaustive()
+    }
+}
+
+impl Observer {
+    /// The next message, or `None` when none arrives within `wait`.
+    pub async fn next(&mut self, wait: Duration) -> Option<Observed> {
+        let delivery = tokio::time::timeout(wait, self.consumer.next())
+            .await
+            .ok()??
+            .expect("observer delivery");
+        let mut headers = BTreeMap::new();
+        let mut cc = Vec::new();
+        if let Some(table) = delivery.properties.headers() {
+            for (k, v) in table.inner() {
+                if k.as_str() == "CC" {
+                    if let AMQPValue::FieldArray(a) = v {
+                        cc = a.as_slice().iter().filter_map(text).collect();
+                    }
+                } else if let Some(v) = text(v) {
+                    headers.insert(k.to_string(), v);
+                }
+            }
+        }
+        Some(Observed {
+            routing_key: delivery.routing_key.to_string(),
+            message_id: delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.to_string()),
+            headers,
+            cc,
+            body: delivery.data,
+        })
+    }
+
+    /// Every message arriving within `wait`.
+    pub async fn drain(&mut self, wait: Duration) -> Vec<Observed> {
+        let mut out = Vec::new();
+        while let Some(m) = self.next(wait).await {
+            out.push(m);
+        }
+        out
+    }
+}
+
+fn text(v: &AMQPValue) -> Option<String> {
+    match v {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        AMQPValue::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// A raw-lapin stand-in for a gateway: publishes to `warren.in` with the contract's
+/// properties and headers, for one user and session, and reads replies from its own
+/// reply queue (named like a session queue).
+pub struct StandInGateway {
+    /// The names of the test namespace.
+    pub names: Names,
+    /// The user id put in `x-warren-user` and in `message_id`s.
+    pub user: String,
+    /// The session id put in `x-warren-session`.
+    pub session: String,
+    /// The reply queue (`<ns>.warren.session.<session>`).
+    pub reply_queue: String,
+    connection: Connection,
+    channel: Channel,
+    replies: Consumer,
+}
+
+impl std::fmt::Debug for StandInGateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StandInGateway")
+            .field("user", &self.user)
+            .field("session", &self.session)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StandInGateway {
+    /// Connects as `user` with a fresh session and an exclusive reply queue.
+    pub async fn connect(namespace: &str, user: &str) -> StandInGateway {
+        let names = Names::new(namespace);
+        let connection = Connection::connect(&amqp_uri(), ConnectionProperties::default())
+            .await
+            .expect("stand-in gateway connects");
+        let channel = connection.create_channel().await.expect("channel");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm mode");
+        let session = uuid::Uuid::new_v4().simple().to_string();
+        let reply_queue = names.session_queue(&session);
+        channel
+            .queue_declare(
+                reply_queue.as_str().into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("reply queue");
+        let replies = channel
+            .basic_consume(
+                reply_queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume replies");
+        StandInGateway {
+            names,
+            user: user.to_string(),
+            session,
+            reply_queue,
+            connection,
+            channel,
+            replies,
+        }
+    }
+
+    fn properties(
+        &self,
+        channel: &str,
+        frame_id: &str,
+        distribution: Option<&Distribution>,
+        subject: Option<&str>,
+    ) -> BasicProperties {
+        let mut h = FieldTable::default();
+        let s = |v: &str| AMQPValue::LongString(LongString::from(v));
+        let list = |items: &[String]| {
+            AMQPValue::FieldArray(FieldArray::from(
+                items.iter().map(|i| s(i)).collect::<Vec<_>>(),
+            ))
+        };
+        h.insert(H_SESSION.into(), s(&self.session));
+        h.insert(H_USER.into(), s(&self.user));
+        h.insert(H_GATEWAY.into(), s("stand-in"));
+        h.insert(H_CHANNEL.into(), s(channel));
+        if let Some(subject) = subject {
+            h.insert(H_SUBJECT.into(), s(subject));
+        }
+        if let Some(d) = distribution {
+            if d.broadcast {
+                h.insert(H_BROADCAST.into(), AMQPValue::Boolean(true));
+            }
+            if !d.groups.is_empty() {
+                h.insert(H_GROUPS.into(), list(&d.groups));
+            }
+            if !d.direct.is_empty() {
+                h.insert(H_DIRECT.into(), list(&d.direct));
+            }
+        }
+        BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_app_id("warren-gateway".into())
+            .with_message_id(ShortString::from(format!("{}:{frame_id}", self.user)))
+            .with_headers(h)
+    }
+
+    async fn publish_in(&self, channel: &str, body: &[u8], properties: BasicProperties) {
+        let confirm = self
+            .channel
+            .basic_publish(
+                self.names.inbound_exchange().into(),
+                keys::inbound(channel, None).into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                properties,
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        match confirm {
+            Confirmation::Ack(None) => {}
+            Confirmation::Ack(Some(returned)) => {
+                panic!(
+                    "no_route: nothing bound for {channel} ({})",
+                    returned.reply_text
+                )
+            }
+            other => panic!("the broker did not accept the publish: {other:?}"),
+        }
+    }
+
+    /// A client `publish` on `channel` with frame id `frame_id`, as a gateway sends it.
+    pub async fn publish(
+        &self,
+        channel: &str,
+        frame_id: &str,
+        message: &str,
+        distribution: &Distribution,
+    ) {
+        let props = self.properties(channel, frame_id, Some(distribution), None);
+        self.publish_in(channel, message.as_bytes(), props).await;
+    }
+
+    /// A client `request` on `channel`: `reply_to` = the reply queue,
+    /// `correlation_id` = `frame_id`, `expiration` = `timeout`.
+    pub async fn send_request(
+        &self,
+        channel: &str,
+        frame_id: &str,
+        message: &str,
+        timeout: Duration,
+    ) {
+        let mut props = self
+            .properties(channel, frame_id, None, None)
+            .with_reply_to(self.reply_queue.as_str().into())
+            .with_correlation_id(frame_id.into())
+            .with_expiration(timeout.as_millis().to_string().into());
+        let mut headers = props.headers().clone().unwrap_or_default();
+        headers.insert(
+            H_REQUEST_ID.into(),
+            AMQPValue::LongString(LongString::from(frame_id)),
+        );
+        props = props.with_headers(headers);
+        self.publish_in(channel, message.as_bytes(), props).await;
+    }
+
+    /// Sends a request and waits (at most 10 s) for its reply.
+    pub async fn request(&mut self, channel: &str, frame_id: &str, message: &str) -> AmqpReply {
+        self.send_request(channel, frame_id, message, Duration::from_secs(10))
+            .await;
+        let reply = self
+            .next_reply(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("a reply to {frame_id} within 10 s"));
+        assert_eq!(reply.correlation_id.as_deref(), Some(frame_id));
+        reply
+    }
+
+    /// The next reply, or `None` when none arrives within `wait`.
+    pub async fn next_reply(&mut self, wait: Duration) -> Option<AmqpReply> {
+        let delivery = tokio::time::timeout(wait, self.replies.next())
+            .await
+            .ok()??
+            .expect("reply delivery");
+        let headers: BTreeMap<String, String> = delivery
+            .properties
+            .headers()
+            .as_ref()
+            .map(|t| {
+                t.inner()
+                    .iter()
+                    .filter_map(|(k, v)| text(v).map(|v| (k.to_string(), v)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(AmqpReply {
+            correlation_id: delivery
+                .properties
+                .correlation_id()
+                .as_ref()
+                .map(|s| s.to_string()),
+            message_id: delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.to_string()),
+            error: headers.get(H_ERROR).cloned(),
+            headers,
+            body: delivery.data,
+        })
+    }
+
+    /// A queue bound to `warren.out` with `routing_keys`, like a session subscribed to
+    /// them.
+    pub async fn observe(&self, routing_keys: &[String]) -> Observer {
+        let ch = self.connection.create_channel().await.expect("channel");
+        let queue = ch
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("observer queue");
+        for key in routing_keys {
+            ch.queue_bind(
+                queue.name().clone(),
+                self.names.outbound_exchange().into(),
+                key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind observer");
+        }
+        let consumer = ch
+            .basic_consume(
+                queue.name().clone(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume observer");
+        Observer { consumer }
+    }
+
+    /// Messages ready (not delivered to a consumer) in `queue`, and its consumers.
+    pub async fn queue_counts(&self, queue: &str) -> (u32, u32) {
+        queue_counts_on(&self.connection, queue).await
+    }
+
+    /// Closes the connection (the exclusive queues go with it).
+    pub async fn close(self) {
+        let _ = self.connection.close(200, "bye".into()).await;
+    }
+}

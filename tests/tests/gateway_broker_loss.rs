@@ -1,0 +1,105 @@
+//! Losing RabbitMQ connections: the gateway closes affected WebSockets with
+//! `broker_unavailable` (4002, reconnect), re-establishes its connections on next use,
+//! and the client resumes its session. The connections are closed from the broker side
+//! with `rabbitmqctl`; the test is skipped where that tool is not usable.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::json;
+use warren_e2e::client::TestClient;
+use warren_e2e::env::TestEnv;
+use warren_e2e::gateway::TestGateway;
+use warren_protocol::{Hello, Subscribe};
+
+/// Closes the broker connections whose client-provided name mentions `node`; returns
+/// how many were closed, or `None` when rabbitmqctl is not usable here.
+fn close_connections_of(node: &str) -> Option<usize> {
+    let out = Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "--no-table-headers",
+            "-q",
+            "pid",
+            "client_properties",
+        ])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let pids: Vec<String> = text
+        .lines()
+        .filter(|l| l.contains(&format!("warren-gateway {node} ")))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    for pid in &pids {
+        let ok = Command::new("rabbitmqctl")
+            .args(["close_connection", pid, "test: broker connection lost"])
+            .output()
+            .ok()?
+            .status
+            .success();
+        if !ok {
+            return None;
+        }
+    }
+    Some(pids.len())
+}
+
+#[tokio::test]
+async fn after_losing_its_rabbitmq_connections_the_gateway_reconnects_and_sessions_resume() {
+    let env = TestEnv::new("broker-loss").await;
+    let gw = TestGateway::start(&env).await;
+    let node = gw.gateway().config().node.clone();
+    let mut c = TestClient::connect(&gw.url()).await;
+    let session = c.session().to_string();
+    c.subscribe(Subscribe {
+        id: "s".into(),
+        channel: "chat".into(),
+        ..Default::default()
+    })
+    .await;
+    env.publish_out("chat.all", "before", "1").await;
+    c.expect_deliver().await;
+
+    let closed = tokio::task::spawn_blocking(move || close_connections_of(&node))
+        .await
+        .unwrap();
+    match closed {
+        None => {
+            eprintln!("skipped: rabbitmqctl is not usable here");
+            gw.shutdown().await;
+            env.cleanup().await;
+            return;
+        }
+        Some(n) => assert_eq!(n, 2, "one publishing and one consuming connection"),
+    }
+    assert_eq!(c.expect_close(Duration::from_secs(10)).await, Some(4002));
+
+    let mut c = TestClient::connect_with(
+        &gw.url(),
+        Hello {
+            session: Some(session.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(c.welcome.as_ref().unwrap().resumed);
+    let d = c.expect_deliver().await;
+    assert_eq!(
+        d.message_id, "before",
+        "the unacknowledged delivery comes again"
+    );
+    c.ack_deliveries(d.seq).await;
+    c.publish("p", "chat", json!(1)).await;
+    c.expect_ack("p").await;
+    env.publish_out("chat.all", "after", "2").await;
+    assert_eq!(c.expect_deliver().await.message_id, "after");
+    c.close().await;
+    gw.shutdown().await;
+    let mut env = env;
+    env.track_queue(env.names.session_queue(&session));
+    env.cleanup().await;
+}

@@ -1,0 +1,203 @@
+//! Messages a service publishes on `warren.out` reach exactly the sessions subscribed:
+//! broadcast to every subscriber, a group to its members only, a direct message to its
+//! target user only. Raw lapin stands in for the service.
+
+use std::time::Duration;
+
+use warren_e2e::client::TestClient;
+use warren_e2e::env::TestEnv;
+use warren_e2e::gateway::TestGateway;
+use warren_protocol::amqp::keys;
+use warren_protocol::{Hello, Subscribe};
+
+const QUIET: Duration = Duration::from_millis(400);
+
+async fn user(url: &str, name: &str) -> TestClient {
+    TestClient::connect_with(
+        url,
+        Hello {
+            token: Some(name.into()),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+fn sub(id: &str, channel: &str) -> Subscribe {
+    Subscribe {
+        id: id.into(),
+        channel: channel.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_broadcast_reaches_every_subscriber() {
+    let env = TestEnv::new("broadcast").await;
+    let gw = TestGateway::start(&env).await;
+    let mut clients = Vec::new();
+    for name in ["a", "b", "c"] {
+        let mut c = user(&gw.url(), name).await;
+        c.subscribe(sub("s", "chat")).await;
+        clients.push(c);
+    }
+    let mut other = user(&gw.url(), "d").await;
+    other.subscribe(sub("s", "voice")).await;
+    env.publish_out(&keys::broadcast("chat"), "b-1", r#"{"text":"to all"}"#)
+        .await;
+    for c in &mut clients {
+        let d = c.expect_deliver().await;
+        assert_eq!(d.message_id, "b-1");
+        assert_eq!(d.channel, "chat");
+        assert_eq!(d.routing_key, "chat.all");
+        assert_eq!(d.seq, 1);
+        assert_eq!(d.message.get(), r#"{"text":"to all"}"#);
+    }
+    other.expect_no_deliver(QUIET).await;
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_group_message_reaches_exactly_that_groups_members() {
+    let env = TestEnv::new("group").await;
+    let gw = TestGateway::start(&env).await;
+    let mut members = Vec::new();
+    for name in ["m1", "m2"] {
+        let mut c = user(&gw.url(), name).await;
+        c.subscribe(Subscribe {
+            groups: vec!["room-1".into()],
+            ..sub("g", "chat")
+        })
+        .await;
+        members.push(c);
+    }
+    let mut outsider = user(&gw.url(), "x").await;
+    outsider
+        .subscribe(Subscribe {
+            groups: vec!["room-2".into()],
+            ..sub("g", "chat")
+        })
+        .await;
+    let mut broadcast_only = user(&gw.url(), "y").await;
+    broadcast_only.subscribe(sub("b", "chat")).await;
+
+    env.publish_out(&keys::group("chat", "room-1"), "g-1", r#""hello room 1""#)
+        .await;
+    for c in &mut members {
+        let d = c.expect_deliver().await;
+        assert_eq!(d.message_id, "g-1");
+        assert_eq!(d.routing_key, "chat.group.room-1");
+    }
+    outsider.expect_no_deliver(QUIET).await;
+    broadcast_only
+        .expect_no_deliver(Duration::from_millis(50))
+        .await;
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_direct_message_reaches_exactly_its_target_user() {
+    let env = TestEnv::new("direct").await;
+    let gw = TestGateway::start(&env).await;
+    let mut bob = user(&gw.url(), "bob").await;
+    let mut carol = user(&gw.url(), "carol").await;
+    for c in [&mut bob, &mut carol] {
+        c.subscribe(Subscribe {
+            direct: true,
+            ..sub("d", "voice")
+        })
+        .await;
+    }
+    env.publish_out(&keys::user("voice", "bob"), "d-1", r#"{"sdp":"offer"}"#)
+        .await;
+    let d = bob.expect_deliver().await;
+    assert_eq!(d.message_id, "d-1");
+    assert_eq!(d.channel, "voice");
+    carol.expect_no_deliver(QUIET).await;
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_cc_publish_reaches_several_groups_in_one_message() {
+    let env = TestEnv::new("cc").await;
+    let gw = TestGateway::start(&env).await;
+    let mut a = user(&gw.url(), "a").await;
+    a.subscribe(Subscribe {
+        groups: vec!["g1".into()],
+        ..sub("s", "chat")
+    })
+    .await;
+    let mut b = user(&gw.url(), "b").await;
+    b.subscribe(Subscribe {
+        groups: vec!["g2".into()],
+        ..sub("s", "chat")
+    })
+    .await;
+    let mut headers = lapin::types::FieldTable::default();
+    headers.insert(
+        "CC".into(),
+        lapin::types::AMQPValue::FieldArray(
+            vec![lapin::types::AMQPValue::LongString(
+                keys::group("chat", "g2").into(),
+            )]
+            .into(),
+        ),
+    );
+    env.publish(
+        &env.names.outbound_exchange(),
+        &keys::group("chat", "g1"),
+        "cc-1",
+        "1",
+        headers,
+    )
+    .await;
+    assert_eq!(a.expect_deliver().await.message_id, "cc-1");
+    let d = b.expect_deliver().await;
+    assert_eq!(d.message_id, "cc-1");
+    assert!(
+        !d.headers.contains_key("CC"),
+        "routing headers are not passed to clients"
+    );
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn unsubscribing_stops_deliveries_but_a_shared_key_stays_until_its_last_subscription() {
+    let env = TestEnv::new("unsubscribe").await;
+    let gw = TestGateway::start(&env).await;
+    let mut c = user(&gw.url(), "u").await;
+    c.subscribe(sub("s1", "chat")).await;
+    c.subscribe(Subscribe {
+        broadcast: Some(true),
+        groups: vec!["g".into()],
+        ..sub("s2", "chat")
+    })
+    .await;
+    c.send(&warren_protocol::ClientFrame::Unsubscribe(sub(
+        "u1", "chat",
+    )))
+    .await;
+    c.expect_ack("u1").await;
+    env.publish_out("chat.all", "m1", "1").await;
+    assert_eq!(
+        c.expect_deliver().await.message_id,
+        "m1",
+        "s2 still holds chat.all"
+    );
+    c.send(&warren_protocol::ClientFrame::Unsubscribe(Subscribe {
+        broadcast: Some(true),
+        groups: vec!["g".into()],
+        ..sub("u2", "chat")
+    }))
+    .await;
+    c.expect_ack("u2").await;
+    env.publish_out("chat.all", "m2", "2").await;
+    env.publish_out("chat.group.g", "m3", "3").await;
+    c.expect_no_deliver(QUIET).await;
+    gw.shutdown().await;
+    env.cleanup().await;
+}

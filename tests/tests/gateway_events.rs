@@ -1,0 +1,83 @@
+//! What a gateway tells the rest of the system: periodic announcements on
+//! `warren.gateways` and `client.connected` / `client.disconnected` presence events on
+//! `warren.presence`.
+
+use std::time::Duration;
+
+use lapin::options::BasicConsumeOptions;
+use lapin::types::{FieldTable, ShortString};
+use warren_e2e::client::TestClient;
+use warren_e2e::env::{next_delivery, TestEnv};
+use warren_e2e::gateway::TestGateway;
+use warren_protocol::Hello;
+
+async fn listen(env: &mut TestEnv, queue: &str, exchange: &str, key: &str) -> lapin::Consumer {
+    env.bind_queue(queue, exchange, key).await;
+    env.new_channel()
+        .await
+        .basic_consume(
+            ShortString::from(queue),
+            ShortString::from(""),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume")
+}
+
+fn json(d: &lapin::message::Delivery) -> serde_json::Value {
+    serde_json::from_slice(&d.data).expect("JSON event")
+}
+
+#[tokio::test]
+async fn connecting_and_disconnecting_clients_are_announced_as_presence_events() {
+    let mut env = TestEnv::new("presence").await;
+    let gw = TestGateway::start_with(&env, |c| c.presence = true).await;
+    let queue = format!("{}.test-presence", env.namespace);
+    let exchange = env.names.presence_exchange();
+    let mut events = listen(&mut env, &queue, &exchange, "client.*").await;
+    let c = TestClient::connect_with(
+        &gw.url(),
+        Hello {
+            token: Some("zoe".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let session = c.session().to_string();
+    let d = next_delivery(&mut events, Duration::from_secs(5)).await;
+    assert_eq!(d.routing_key.as_str(), "client.connected");
+    let v = json(&d);
+    assert_eq!(v["user"], "zoe");
+    assert_eq!(v["session"], session.as_str());
+    c.close().await;
+    let d = next_delivery(&mut events, Duration::from_secs(5)).await;
+    assert_eq!(d.routing_key.as_str(), "client.disconnected");
+    assert_eq!(json(&d)["session"], session.as_str());
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_gateway_announces_itself_periodically_and_when_it_stops() {
+    let mut env = TestEnv::new("announce").await;
+    let gw = TestGateway::start_with(&env, |c| c.announce_interval_ms = 100).await;
+    let node = gw.gateway().config().node.clone();
+    let queue = format!("{}.test-gateways", env.namespace);
+    let exchange = env.names.gateways_exchange();
+    let mut events = listen(&mut env, &queue, &exchange, "").await;
+    let v = json(&next_delivery(&mut events, Duration::from_secs(5)).await);
+    assert_eq!(v["node"], node.as_str());
+    assert_eq!(v["state"], "up");
+    assert!(v["listeners"].as_array().is_some_and(|l| !l.is_empty()));
+    gw.shutdown().await;
+    let mut last = v;
+    while last["state"] == "up" {
+        last = json(&next_delivery(&mut events, Duration::from_secs(5)).await);
+    }
+    assert_eq!(last["state"], "down");
+    env.cleanup().await;
+}

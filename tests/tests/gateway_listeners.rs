@@ -1,0 +1,156 @@
+//! Listeners: one connection serving every channel, and the POC's per-channel ports
+//! (a listener pinned to one channel refuses frames for another with
+//! `unknown_channel`); `/healthz`; graceful shutdown closing sockets with 1001.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use warren_e2e::client::TestClient;
+use warren_e2e::env::TestEnv;
+use warren_e2e::gateway::TestGateway;
+use warren_protocol::{ErrorCode, Subscribe};
+
+#[tokio::test]
+async fn one_connection_serves_every_channel() {
+    let env = TestEnv::new("all-channels").await;
+    let gw = TestGateway::start(&env).await;
+    let mut c = TestClient::connect(&gw.url()).await;
+    for ch in ["chat", "voice", "tickets", "echo"] {
+        c.publish(&format!("p-{ch}"), ch, json!({ "on": ch })).await;
+        c.expect_ack(&format!("p-{ch}")).await;
+        assert!(
+            env.get(&env.names.channel_queue(ch)).await.is_some(),
+            "{ch}"
+        );
+    }
+    c.close().await;
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_port_pinned_to_a_channel_serves_only_that_channel() {
+    let env = TestEnv::new("pinned").await;
+    let gw = TestGateway::start_pinned(&env, &["voice", "chat", "tickets"]).await;
+    assert_eq!(gw.listeners().len(), 4);
+    let mut voice = TestClient::connect(&gw.url_for("voice")).await;
+    voice.publish("v", "voice", json!({"sdp": 1})).await;
+    voice.expect_ack("v").await;
+    voice.publish("c", "chat", json!("wrong port")).await;
+    voice
+        .expect_error_code(Some("c"), ErrorCode::UnknownChannel)
+        .await;
+    voice
+        .send(&warren_protocol::ClientFrame::Subscribe(Subscribe {
+            id: "s".into(),
+            channel: "tickets".into(),
+            ..Default::default()
+        }))
+        .await;
+    voice
+        .expect_error_code(Some("s"), ErrorCode::UnknownChannel)
+        .await;
+    // Still usable afterwards, and subscriptions on its own channel work.
+    voice
+        .subscribe(Subscribe {
+            id: "s2".into(),
+            channel: "voice".into(),
+            ..Default::default()
+        })
+        .await;
+    env.publish_out("voice.all", "vb", "1").await;
+    assert_eq!(voice.expect_deliver().await.message_id, "vb");
+
+    let mut chat = TestClient::connect(&gw.url_for("chat")).await;
+    chat.publish("c2", "chat", json!("right port")).await;
+    chat.expect_ack("c2").await;
+    assert_eq!(
+        env.message_count(&env.names.channel_queue("voice")).await,
+        Some(1)
+    );
+    assert_eq!(
+        env.message_count(&env.names.channel_queue("chat")).await,
+        Some(1)
+    );
+    voice.close().await;
+    chat.close().await;
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .expect("response in time")
+        .expect("read");
+    out
+}
+
+#[tokio::test]
+async fn healthz_reports_the_broker_status_as_json() {
+    let env = TestEnv::new("healthz").await;
+    let gw = TestGateway::start(&env).await;
+    let resp = http_get(gw.health_addr(), "/healthz").await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let body = resp.split("\r\n\r\n").nth(1).expect("body");
+    let v: serde_json::Value = serde_json::from_str(body).expect("JSON");
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["broker"], "connected");
+    assert_eq!(v["namespace"], env.namespace.as_str());
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_closes_sockets_with_going_away() {
+    let env = TestEnv::new("shutdown").await;
+    let gw = TestGateway::start(&env).await;
+    let url = gw.url();
+    let mut a = TestClient::connect(&url).await;
+    let mut b = TestClient::connect(&url).await;
+    // A publish in flight when shutdown starts is still answered.
+    a.publish("last", "chat", json!(1)).await;
+    a.expect_ack("last").await;
+    let stop = tokio::spawn(gw.shutdown());
+    assert_eq!(a.expect_close(Duration::from_secs(10)).await, Some(1001));
+    assert_eq!(b.expect_close(Duration::from_secs(10)).await, Some(1001));
+    tokio::time::timeout(Duration::from_secs(15), stop)
+        .await
+        .expect("shutdown finishes")
+        .expect("no panic");
+    // Nothing listens any more.
+    assert!(tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .is_err());
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_client_that_asks_for_no_subprotocol_is_served_too() {
+    use futures_util::{SinkExt, StreamExt};
+    let env = TestEnv::new("no-subprotocol").await;
+    let gw = TestGateway::start(&env).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(gw.url().as_str())
+        .await
+        .expect("connect");
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        r#"{"type":"hello"}"#.into(),
+    ))
+    .await
+    .expect("send");
+    let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("in time")
+        .expect("open")
+        .expect("ok");
+    let frame = warren_protocol::decode_server(msg.to_text().expect("text")).expect("frame");
+    assert_eq!(frame.kind(), "welcome");
+    gw.shutdown().await;
+    env.cleanup().await;
+}

@@ -1,0 +1,79 @@
+//! The proof-of-concept packet is accepted as-is: `packet_action: publish` publishes
+//! on every flagged channel, `consume` subscribes to them.
+
+use std::time::Duration;
+
+use serde_json::json;
+use warren_e2e::client::TestClient;
+use warren_e2e::env::TestEnv;
+use warren_e2e::gateway::TestGateway;
+use warren_protocol::amqp::{H_BROADCAST, H_GROUPS, H_PUBLISH_TARGET};
+use warren_protocol::Hello;
+
+#[tokio::test]
+async fn a_poc_publish_packet_lands_in_each_flagged_channel_queue() {
+    let env = TestEnv::new("poc-publish").await;
+    let gw = TestGateway::start(&env).await;
+    let mut c = TestClient::connect_raw(&gw.url()).await;
+    let packet = json!({
+        "id": "poc-1",
+        "distribution": { "broadcast": false, "multicast": ["312423dsa", "312423dsb"], "direct": ["312423dsa"] },
+        "channel": { "voice": true, "chat": true, "tickets": false },
+        "packet_action": "publish",
+        "publish_target": "exchange_name",
+        "consume_target": [],
+        "message": { "hello": "poc" }
+    });
+    c.send_text(&packet.to_string()).await;
+    c.expect_ack("poc-1").await;
+    for ch in ["voice", "chat"] {
+        let d = env.get(&env.names.channel_queue(ch)).await.expect(ch);
+        assert_eq!(d.data, br#"{"hello":"poc"}"#.to_vec());
+        let h = d.properties.headers().clone().unwrap();
+        assert!(
+            h.contains_key(H_GROUPS)
+                && h.contains_key(H_BROADCAST)
+                && h.contains_key(H_PUBLISH_TARGET)
+        );
+    }
+    assert!(env.get(&env.names.channel_queue("tickets")).await.is_none());
+    c.close().await;
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_poc_consume_packet_receives_broadcasts_groups_and_direct_messages() {
+    let env = TestEnv::new("poc-consume").await;
+    let gw = TestGateway::start(&env).await;
+    let mut c = TestClient::connect_with(
+        &gw.url(),
+        Hello {
+            token: Some("312423dsa".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let packet = json!({
+        "id": "poc-c",
+        "distribution": { "broadcast": true, "multicast": ["room"], "direct": [] },
+        "channel": { "chat": true },
+        "packet_action": "consume",
+        "consume_target": []
+    });
+    c.send_text(&packet.to_string()).await;
+    c.expect_ack("poc-c").await;
+    env.publish_out("chat.all", "a", "1").await;
+    env.publish_out("chat.group.room", "b", "2").await;
+    env.publish_out("chat.user.312423dsa", "c", "3").await;
+    env.publish_out("chat.group.other", "d", "4").await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(c.expect_deliver().await.message_id);
+    }
+    assert_eq!(ids, ["a", "b", "c"]);
+    c.expect_no_deliver(Duration::from_millis(400)).await;
+    c.close().await;
+    gw.shutdown().await;
+    env.cleanup().await;
+}

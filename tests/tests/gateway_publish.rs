@@ -1,0 +1,181 @@
+//! Publish and request through the gateway: acks only after the broker confirm,
+//! unroutable publishes refused with `no_route`, request/reply and timeouts.
+
+use std::time::Duration;
+
+use lapin::options::QueueDeleteOptions;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use serde_json::json;
+use warren_e2e::client::{raw, TestClient};
+use warren_e2e::env::{ack, next_delivery, TestEnv};
+use warren_e2e::gateway::TestGateway;
+use warren_protocol::amqp::{H_CHANNEL, H_GROUPS, H_SESSION, H_USER};
+use warren_protocol::{ClientFrame, Distribution, ErrorCode, Hello, Publish};
+
+#[tokio::test]
+async fn a_publish_is_acked_only_once_the_message_is_in_the_channel_queue() {
+    let env = TestEnv::new("publish-ack").await;
+    let gw = TestGateway::start(&env).await;
+    let mut c = TestClient::connect_with(
+        &gw.url(),
+        Hello {
+            token: Some("alice".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    c.send(&ClientFrame::Publish(Publish {
+        id: "p1".into(),
+        channel: "chat".into(),
+        subject: None,
+        distribution: Some(Distribution {
+            broadcast: false,
+            groups: vec!["room-1".into()],
+            direct: vec![],
+        }),
+        headers: [("lang".to_string(), "en".to_string())].into(),
+        message: raw(json!({"text": "hi"})),
+    }))
+    .await;
+    c.expect_ack("p1").await;
+    // The ack came after the confirm: the message is already in IN_CHAT.
+    let queue = env.names.channel_queue("chat");
+    let d = env
+        .get(&queue)
+        .await
+        .expect("the message is in IN_CHAT when the ack arrives");
+    assert_eq!(
+        d.data,
+        br#"{"text":"hi"}"#.to_vec(),
+        "payload passed through byte for byte"
+    );
+    let p = &d.properties;
+    assert_eq!(
+        p.message_id().as_ref().map(|s| s.as_str()),
+        Some("alice:p1")
+    );
+    assert_eq!(*p.delivery_mode(), Some(2), "persistent");
+    assert_eq!(d.routing_key.as_str(), "chat");
+    let h = p.headers().as_ref().expect("headers").inner();
+    let text = |k: &str| match h.get(k) {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        other => panic!("{k}: {other:?}"),
+    };
+    assert_eq!(text(H_USER), "alice");
+    assert_eq!(text(H_SESSION), c.session());
+    assert_eq!(text(H_CHANNEL), "chat");
+    assert_eq!(text("lang"), "en");
+    assert!(matches!(h.get(H_GROUPS), Some(AMQPValue::FieldArray(a)) if a.as_slice().len() == 1));
+    c.close().await;
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_publish_nothing_is_bound_to_gets_no_route() {
+    let env = TestEnv::new("no-route").await;
+    let gw = TestGateway::start(&env).await;
+    // A channel configured but whose queue binding is gone.
+    env.channel()
+        .queue_unbind(
+            ShortString::from(env.names.channel_queue("voice")),
+            ShortString::from(env.names.inbound_exchange()),
+            ShortString::from("voice.#"),
+            FieldTable::default(),
+        )
+        .await
+        .expect("unbind");
+    // A channel whose IN_ queue was deleted.
+    env.channel()
+        .queue_delete(
+            ShortString::from(env.names.channel_queue("echo")),
+            QueueDeleteOptions::default(),
+        )
+        .await
+        .expect("delete");
+    let mut c = TestClient::connect(&gw.url()).await;
+    c.publish("v1", "voice", json!({"sdp": "x"})).await;
+    c.expect_error_code(Some("v1"), ErrorCode::NoRoute).await;
+    c.publish("e1", "echo", json!(1)).await;
+    c.expect_error_code(Some("e1"), ErrorCode::NoRoute).await;
+    c.request("r1", "echo", Some(5_000), json!(1)).await;
+    c.expect_error_code(Some("r1"), ErrorCode::NoRoute).await;
+    // The connection is fine: a routable publish still works.
+    c.publish("c1", "chat", json!("ok")).await;
+    c.expect_ack("c1").await;
+    c.close().await;
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_request_is_answered_by_the_reply_a_service_sends_to_reply_to() {
+    let env = TestEnv::new("request-reply").await;
+    let gw = TestGateway::start(&env).await;
+    let mut inbound = env.consume_inbound("tickets").await;
+    let mut c = TestClient::connect(&gw.url()).await;
+    c.request("q1", "tickets", Some(5_000), json!({"op": "create"}))
+        .await;
+    let req = next_delivery(&mut inbound, Duration::from_secs(5)).await;
+    let p = &req.properties;
+    assert_eq!(p.correlation_id().as_ref().map(|s| s.as_str()), Some("q1"));
+    assert_eq!(
+        p.reply_to().as_ref().map(|s| s.to_string()),
+        Some(env.names.session_queue(c.session()))
+    );
+    assert_eq!(p.expiration().as_ref().map(|s| s.as_str()), Some("5000"));
+    env.reply_to(&req, r#"{"ticket": 7}"#, None).await;
+    ack(&req).await;
+    let reply = c.expect_reply("q1").await;
+    assert_eq!(reply.message.get(), r#"{"ticket": 7}"#);
+    c.ack_deliveries(reply.seq).await;
+
+    // A refusal comes back as an error with the service's code.
+    c.request("q2", "tickets", Some(5_000), json!({"op": "get"}))
+        .await;
+    let req = next_delivery(&mut inbound, Duration::from_secs(5)).await;
+    env.reply_to(&req, r#"{"message": "no such ticket"}"#, Some("rejected"))
+        .await;
+    ack(&req).await;
+    let e = c.expect_error_code(Some("q2"), ErrorCode::Rejected).await;
+    assert_eq!(e.message, "no such ticket");
+    assert!(e.seq.is_some());
+    c.close().await;
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_request_nobody_answers_gets_timeout() {
+    let env = TestEnv::new("request-timeout").await;
+    let gw = TestGateway::start(&env).await;
+    let mut c = TestClient::connect(&gw.url()).await;
+    let started = std::time::Instant::now();
+    c.request("slow", "tickets", Some(300), json!({})).await;
+    c.expect_error_code(Some("slow"), ErrorCode::Timeout).await;
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    c.close().await;
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn many_publishes_in_flight_are_all_acked() {
+    let env = TestEnv::new("pipelined").await;
+    let gw = TestGateway::start(&env).await;
+    let mut c = TestClient::connect(&gw.url()).await;
+    for i in 0..200 {
+        c.publish(&format!("m{i}"), "chat", json!({ "i": i })).await;
+    }
+    for i in 0..200 {
+        c.expect_ack(&format!("m{i}")).await;
+    }
+    assert_eq!(
+        env.message_count(&env.names.channel_queue("chat")).await,
+        Some(200)
+    );
+    c.close().await;
+    gw.shutdown().await;
+    env.cleanup().await;
+}

@@ -1,0 +1,209 @@
+//! Sessions: deliveries are acked to RabbitMQ only when the client acknowledges them,
+//! so a session resumed after a disconnect receives again what it had not acked;
+//! expired sessions are reported; an implicit session opens when the first frame is
+//! not `hello`; a second connection takes a session over from the first.
+
+use std::time::Duration;
+
+use warren_e2e::client::TestClient;
+use warren_e2e::env::TestEnv;
+use warren_e2e::gateway::TestGateway;
+use warren_protocol::{ErrorCode, Hello, ServerFrame, Subscribe};
+
+fn resume(session: &str) -> Hello {
+    Hello {
+        session: Some(session.into()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn unacked_deliveries_come_again_after_a_resume_and_acked_ones_do_not() {
+    let env = TestEnv::new("resume").await;
+    let gw = TestGateway::start(&env).await;
+    let mut c = TestClient::connect(&gw.url()).await;
+    let session = c.session().to_string();
+    assert!(!c.welcome.as_ref().unwrap().resumed);
+    c.subscribe(Subscribe {
+        id: "s".into(),
+        channel: "chat".into(),
+        ..Default::default()
+    })
+    .await;
+    for i in 1..=3 {
+        env.publish_out("chat.all", &format!("m{i}"), &i.to_string())
+            .await;
+    }
+    let mut first = Vec::new();
+    for _ in 0..3 {
+        first.push(c.expect_deliver().await);
+    }
+    assert_eq!(first.iter().map(|d| d.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    // Disconnect without acking anything.
+    c.abort();
+
+    let mut c = TestClient::connect_with(&gw.url(), resume(&session)).await;
+    let w = c.welcome.clone().unwrap();
+    assert!(w.resumed, "{w:?}");
+    assert_eq!(w.session, session);
+    let mut again = Vec::new();
+    for _ in 0..3 {
+        again.push(c.expect_deliver().await);
+    }
+    assert_eq!(
+        again
+            .iter()
+            .map(|d| d.message_id.as_str())
+            .collect::<Vec<_>>(),
+        ["m1", "m2", "m3"],
+        "the same messages, in order"
+    );
+    assert!(again.iter().all(|d| d.redelivered));
+    assert_eq!(again[0].seq, 1, "seq restarts per connection");
+    // Acknowledge the first two only.
+    c.ack_deliveries(again[1].seq).await;
+    // Let the acks reach the broker before disconnecting.
+    c.ping(1).await;
+    c.expect("pong", |f| matches!(f, ServerFrame::Pong(_)).then_some(()))
+        .await;
+    c.close().await;
+
+    let mut c = TestClient::connect_with(&gw.url(), resume(&session)).await;
+    assert!(c.welcome.as_ref().unwrap().resumed);
+    let d = c.expect_deliver().await;
+    assert_eq!(
+        d.message_id, "m3",
+        "only the unacknowledged message comes again"
+    );
+    c.ack_deliveries(d.seq).await;
+    c.expect_no_deliver(Duration::from_millis(400)).await;
+    c.close().await;
+
+    let mut c = TestClient::connect_with(&gw.url(), resume(&session)).await;
+    c.expect_no_deliver(Duration::from_millis(400)).await;
+    c.close().await;
+    gw.shutdown().await;
+    let mut env = env;
+    env.track_queue(env.names.session_queue(&session));
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn resuming_a_session_that_no_longer_exists_opens_a_fresh_one_with_a_notice() {
+    let env = TestEnv::new("expired").await;
+    let gw = TestGateway::start(&env).await;
+    let c = TestClient::connect_with(&gw.url(), resume("gone0000")).await;
+    let w = c.welcome.clone().unwrap();
+    assert!(!w.resumed);
+    assert_ne!(w.session, "gone0000");
+    assert_eq!(w.notice, Some(ErrorCode::SessionExpired));
+    c.close().await;
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_first_frame_other_than_hello_opens_an_implicit_session() {
+    let env = TestEnv::new("implicit").await;
+    let gw = TestGateway::start(&env).await;
+    let mut c = TestClient::connect_raw(&gw.url()).await;
+    c.publish("p1", "chat", serde_json::json!("hi")).await;
+    let ServerFrame::Welcome(w) = c.recv().await else {
+        panic!("welcome comes first")
+    };
+    assert_eq!(w.user, w.session, "without a token the user is the session");
+    c.expect_ack("p1").await;
+    c.close().await;
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_second_connection_resuming_a_session_takes_it_over_from_the_first() {
+    let env = TestEnv::new("takeover").await;
+    let gw = TestGateway::start(&env).await;
+    let mut first = TestClient::connect(&gw.url()).await;
+    let session = first.session().to_string();
+    let mut second = TestClient::connect_with(&gw.url(), resume(&session)).await;
+    assert!(second.welcome.as_ref().unwrap().resumed);
+    assert_eq!(first.expect_close(Duration::from_secs(5)).await, Some(4502));
+    second.publish("p", "chat", serde_json::json!(1)).await;
+    second.expect_ack("p").await;
+    second.close().await;
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_delivery_window_bounds_unacknowledged_deliveries() {
+    let env = TestEnv::new("window").await;
+    let gw = TestGateway::start_with(&env, |c| c.delivery_window = 2).await;
+    let mut c = TestClient::connect(&gw.url()).await;
+    assert_eq!(c.welcome.as_ref().unwrap().limits.delivery_window, 2);
+    c.subscribe(Subscribe {
+        id: "s".into(),
+        channel: "chat".into(),
+        ..Default::default()
+    })
+    .await;
+    for i in 0..4 {
+        env.publish_out("chat.all", &format!("w{i}"), "0").await;
+    }
+    c.expect_deliver().await;
+    let second = c.expect_deliver().await;
+    c.expect_no_deliver(Duration::from_millis(400)).await;
+    c.ack_deliveries(second.seq).await;
+    assert_eq!(c.expect_deliver().await.message_id, "w2");
+    assert_eq!(c.expect_deliver().await.message_id, "w3");
+    c.close().await;
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_session_resumes_on_another_gateway_with_what_it_had_not_acknowledged() {
+    let env = TestEnv::new("failover").await;
+    let primary = TestGateway::start(&env).await;
+    let failover = TestGateway::start(&env).await;
+    let mut c = TestClient::connect(&primary.url()).await;
+    let session = c.session().to_string();
+    c.subscribe(Subscribe {
+        id: "s".into(),
+        channel: "chat".into(),
+        ..Default::default()
+    })
+    .await;
+    env.publish_out("chat.all", "f1", "1").await;
+    env.publish_out("chat.all", "f2", "2").await;
+    let d1 = c.expect_deliver().await;
+    c.expect_deliver().await;
+    c.ack_deliveries(d1.seq).await;
+    c.ping(1).await;
+    c.expect("pong", |f| matches!(f, ServerFrame::Pong(_)).then_some(()))
+        .await;
+    // A request whose reply arrives while the client moves.
+    c.request("r", "tickets", Some(10_000), serde_json::json!({}))
+        .await;
+    let mut inbound = env.consume_inbound("tickets").await;
+    let req = warren_e2e::env::next_delivery(&mut inbound, Duration::from_secs(5)).await;
+
+    primary.shutdown().await;
+    assert_eq!(c.expect_close(Duration::from_secs(5)).await, Some(1001));
+    env.reply_to(&req, "\"done\"", None).await;
+
+    let mut c = TestClient::connect_with(&failover.url(), resume(&session)).await;
+    assert!(c.welcome.as_ref().unwrap().resumed);
+    let d = c.expect_deliver().await;
+    assert_eq!(
+        d.message_id, "f2",
+        "only the unacknowledged delivery comes again"
+    );
+    let reply = c.expect_reply("r").await;
+    assert_eq!(reply.message.get(), "\"done\"");
+    c.ack_deliveries(reply.seq.max(d.seq)).await;
+    c.close().await;
+    failover.shutdown().await;
+    let mut env = env;
+    env.track_queue(env.names.session_queue(&session));
+    env.cleanup().await;
+}

@@ -1,0 +1,108 @@
+//! Handler failures in the service library, over real RabbitMQ: a failed message is
+//! handed back and handled again; after `max_attempts` it is dead-lettered to
+//! `warren.dead` and the request is refused with `internal`.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::BasicGetOptions;
+use lapin::{Connection, ConnectionProperties};
+use warren_e2e::service::{amqp_uri, delete_namespace, test_namespace, StandInGateway};
+use warren_protocol::amqp::Names;
+use warren_service::{Answer, Context, HandlerError, Incoming, Outcome, Service, ServiceConfig};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn a_failing_handler_gets_the_message_again_and_the_request_still_resolves() {
+    let ns = test_namespace();
+    tokio::time::timeout(LIMIT, async {
+        let calls = Arc::new(AtomicU32::new(0));
+        let service = Service::connect(&amqp_uri(), Names::new(&ns))
+            .await
+            .unwrap();
+        let seen = calls.clone();
+        service
+            .consume("echo", move |_ctx: Context, m: Incoming| {
+                let seen = seen.clone();
+                async move {
+                    if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                        return Err(HandlerError::Failed("first attempt fails".into()));
+                    }
+                    Ok(Outcome::Reply(Answer::raw(m.body)))
+                }
+            })
+            .await
+            .unwrap();
+        let mut gw = StandInGateway::connect(&ns, "alice").await;
+        let reply = gw.request("echo", "r1", r#"{"n":1}"#).await;
+        assert_eq!(reply.error, None);
+        assert_eq!(reply.body, br#"{"n":1}"#);
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "handled twice: failed, then ok"
+        );
+        gw.close().await;
+        service.stop().await.unwrap();
+    })
+    .await
+    .expect("the test finished in time");
+    delete_namespace(&ns).await;
+}
+
+#[tokio::test]
+async fn a_message_failing_max_attempts_times_is_dead_lettered_and_the_request_refused() {
+    let ns = test_namespace();
+    tokio::time::timeout(LIMIT, async {
+        let calls = Arc::new(AtomicU32::new(0));
+        let config = ServiceConfig::default().with_max_attempts(3);
+        let names = Names::new(&ns);
+        let service = Service::connect_with(&amqp_uri(), names.clone(), config)
+            .await
+            .unwrap();
+        let seen = calls.clone();
+        service
+            .consume("echo", move |_ctx: Context, _m: Incoming| {
+                let seen = seen.clone();
+                async move {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    Err::<Outcome, _>(HandlerError::Failed("always fails".into()))
+                }
+            })
+            .await
+            .unwrap();
+        let mut gw = StandInGateway::connect(&ns, "alice").await;
+        let reply = gw.request("echo", "r1", r#"{"poison":true}"#).await;
+        assert_eq!(reply.error.as_deref(), Some("internal"));
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+        let conn = Connection::connect(&amqp_uri(), ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let parked = ch
+            .basic_get(
+                names.dead_letter_queue().as_str().into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+            .expect("the message waits in warren.dead");
+        assert_eq!(parked.delivery.data, br#"{"poison":true}"#);
+        let headers = parked
+            .delivery
+            .properties
+            .headers()
+            .clone()
+            .unwrap_or_default();
+        assert!(headers.contains_key("x-warren-dead-reason"));
+        let _ = conn.close(200, "bye".into()).await;
+        gw.close().await;
+        service.stop().await.unwrap();
+    })
+    .await
+    .expect("the test finished in time");
+    delete_namespace(&ns).await;
+}
