@@ -1,0 +1,594 @@
+// Browser end-to-end tests of the demo page against a real stack.
+//
+// Starts `warren-stack --layout ephemeral` (WARREN_STACK_BIN, default
+// ../target/debug/warren-stack), builds the page and serves it with `vite preview`,
+// drives Debian's Chromium with playwright-core, and stops everything at the end.
+// Screenshots of every step land in artifacts/screenshots/ at the repository root;
+// process logs in artifacts/e2e-logs/. Prints `N passed, N failed` and exits non-zero
+// on any failure. Bounded: E2E_TIMEOUT_MS (default 10 min) for the whole run.
+// E2E_ONLY=<part of a test name> runs only the matching tests.
+import { resolve } from "node:path";
+import {
+  LOGS_DIR,
+  SHOTS_DIR,
+  WEB_DIR,
+  assert,
+  buildPage,
+  control,
+  launchBrowser,
+  log,
+  resetScreenshots,
+  runTests,
+  screenshot,
+  sleep,
+  startStack,
+  startVite,
+  waitFor,
+} from "./harness.mjs";
+
+const STACK_BIN = resolve(WEB_DIR, process.env.WARREN_STACK_BIN || "../target/debug/warren-stack");
+const TOTAL_TIMEOUT_MS = Number(process.env.E2E_TIMEOUT_MS || 600_000);
+const RUN = Math.random().toString(36).slice(2, 7);
+
+// Records, inside each page, every data-testid that ever appeared and every status a
+// chat message went through, so tests can assert on short-lived states ("sending…",
+// spinners) without racing them.
+const RECORDER = () => {
+  window.__seen = new Set();
+  window.__statuses = {};
+  window.__states = [];
+  const note = (el) => {
+    if (!(el instanceof Element)) return;
+    const visit = (e) => {
+      const id = e.getAttribute("data-testid");
+      if (id) window.__seen.add(id);
+      if (id === "status-state") {
+        const st = e.getAttribute("data-state");
+        if (st && window.__states[window.__states.length - 1] !== st) window.__states.push(st);
+      }
+      if (id === "chat-message") {
+        const cid = e.getAttribute("data-cid");
+        const st = e.getAttribute("data-status");
+        if (cid && st) (window.__statuses[cid] ??= []).includes(st) || window.__statuses[cid].push(st);
+      }
+    };
+    visit(el);
+    el.querySelectorAll("[data-testid]").forEach(visit);
+  };
+  new MutationObserver((records) => {
+    for (const r of records) {
+      if (r.type === "attributes") note(r.target);
+      r.addedNodes.forEach(note);
+    }
+  }).observe(document, { subtree: true, childList: true, attributes: true, attributeFilter: ["data-status", "data-state", "data-testid"] });
+};
+
+/** One signed-in person: a browser context with one page. */
+class User {
+  constructor(name, context, page) {
+    this.name = name;
+    this.context = context;
+    this.page = page;
+    this.sockets = [];
+    this.socketObjects = [];
+    this.errors = [];
+  }
+
+  static async open(world, name, { viaForm = false, viewport = { width: 1280, height: 800 }, base } = {}) {
+    const context = await world.browser.newContext({ viewport });
+    const page = await context.newPage();
+    const user = new User(name, context, page);
+    page.setDefaultTimeout(15_000);
+    await page.addInitScript(RECORDER);
+    page.on("websocket", (ws) => {
+      user.sockets.push(ws.url());
+      user.socketObjects.push(ws);
+    });
+    page.on("pageerror", (err) => user.errors.push(`pageerror: ${err.message}`));
+    page.on("console", (msg) => {
+      // Refused sockets are expected: the tests kill gateways on purpose.
+      if (msg.type() === "error" && !/WebSocket connection to .* failed/.test(msg.text())) {
+        user.errors.push(`console: ${msg.text()}`);
+      }
+    });
+    const params = new URLSearchParams({ urls: world.urls.join(","), control: world.control });
+    if (!viaForm) params.set("user", name);
+    await page.goto(`${base ?? world.pageUrl}/?${params}`);
+    if (viaForm) {
+      await page.getByTestId("signin-name").fill(name);
+      await page.getByTestId("signin-submit").click();
+    }
+    world.users.push(user);
+    await page.locator('[data-testid="workspace"], [data-testid="sdk-error"]').first().waitFor();
+    if (await page.getByTestId("sdk-error").count()) {
+      throw new Error(`the SDK did not start: ${await page.getByTestId("sdk-error").textContent()}`);
+    }
+    return user;
+  }
+
+  testId(id) {
+    return this.page.getByTestId(id);
+  }
+
+  async connectionState() {
+    return this.testId("status-state").getAttribute("data-state");
+  }
+
+  async gatewayUrl() {
+    return (await this.testId("status-url").textContent())?.trim();
+  }
+
+  async waitConnected(url, timeoutMs = 20_000) {
+    await waitFor(
+      `${this.name} connected${url ? ` to ${url}` : ""}`,
+      async () => (await this.connectionState()) === "connected" && (!url || (await this.gatewayUrl()) === url),
+      timeoutMs,
+    );
+  }
+
+  /** Texts of the messages in the open conversation. */
+  async messageTexts() {
+    return this.page.evaluate(() =>
+      Array.from(document.querySelectorAll('[data-testid="chat-message-text"]')).map((e) => e.textContent ?? ""),
+    );
+  }
+
+  async bodyText() {
+    return this.page.evaluate(() => document.body.innerText);
+  }
+
+  async send(text) {
+    const input = this.testId("chat-input");
+    await input.fill(text);
+    await input.press("Enter");
+  }
+
+  message(text) {
+    return this.page.locator('[data-testid="chat-message"]', {
+      has: this.page.locator('[data-testid="chat-message-text"]', { hasText: text }),
+    });
+  }
+
+  /** Sends and waits until the message is acked and came back from the service. */
+  async sendAndConfirm(text) {
+    await this.send(text);
+    await waitFor(
+      `${this.name}'s "${text}" to be sent and echoed`,
+      async () => {
+        const m = this.message(text).first();
+        return (await m.getAttribute("data-status")) === "sent" && (await m.getAttribute("data-echoed")) === "true";
+      },
+      15_000,
+    );
+  }
+
+  async waitForText(text, timeoutMs = 15_000) {
+    await waitFor(`"${text}" on ${this.name}'s page`, async () => (await this.messageTexts()).includes(text), timeoutMs);
+  }
+
+  async seen(testId) {
+    return this.page.evaluate((id) => window.__seen.has(id), testId);
+  }
+
+  /** Every connection state the status bar showed, in order, without repeats. */
+  async stateHistory() {
+    return this.page.evaluate(() => window.__states.slice());
+  }
+
+  async statusesOf(text) {
+    const cid = await this.message(text).first().getAttribute("data-cid");
+    return this.page.evaluate((c) => window.__statuses[c] ?? [], cid);
+  }
+
+  async shot(step) {
+    return screenshot(this.page, `${step}-${this.name}`);
+  }
+
+  async joinGroup(group) {
+    await this.testId("group-join-input").fill(group);
+    await this.testId("group-join-submit").click();
+    await this.testId(`room-group-${group}`).waitFor();
+  }
+
+  async openRoom(testId) {
+    await this.testId(testId).click();
+  }
+}
+
+// ------------------------------------------------------------------------------ tests
+
+/** The users an earlier test opened; fails clearly when that test did not get so far. */
+function need(w, ...names) {
+  const missing = names.filter((n) => !w[n]);
+  if (missing.length > 0) throw new Error(`needs ${missing.join(", ")} from an earlier test, which failed`);
+  return names.map((n) => w[n]);
+}
+
+const tests = [
+  {
+    name: "two users chat in the broadcast room, each message showing sending then sent",
+    timeoutMs: 60_000,
+    async fn(w) {
+      const ada = await User.open(w, "ada", { viaForm: true });
+      const bob = await User.open(w, "bob", { viaForm: true });
+      w.ada = ada;
+      w.bob = bob;
+      await ada.waitConnected(w.urls[0]);
+      await bob.waitConnected(w.urls[0]);
+      await ada.shot("broadcast-connected");
+      const hello = `hello everyone from ada ${RUN}`;
+      await ada.sendAndConfirm(hello);
+      const statuses = await ada.statusesOf(hello);
+      assert(statuses[0] === "sending" && statuses.includes("sent"), `ada's message went sending → sent (saw ${statuses})`);
+      const hi = `hi ada, bob here ${RUN}`;
+      await bob.sendAndConfirm(hi);
+      await ada.waitForText(hi);
+      const again = `nice to see you bob ${RUN}`;
+      await ada.sendAndConfirm(again);
+      await bob.waitForText(again);
+      const row = bob.message(again).first();
+      assert((await row.getAttribute("data-from")) === "ada", "bob sees the message as from ada");
+      await ada.shot("broadcast");
+      await bob.shot("broadcast");
+      for (const u of [ada, bob]) {
+        const own = u.sockets.filter((s) => w.urls.includes(s));
+        assert(own.length === 1, `${u.name}'s page opened one gateway WebSocket (saw ${own.length}: ${own})`);
+      }
+    },
+  },
+  {
+    name: "a group room message reaches its members and not a non-member",
+    timeoutMs: 60_000,
+    async fn(w) {
+      const [ada, bob] = need(w, "ada", "bob");
+      const carol = await User.open(w, "carol");
+      w.carol = carol;
+      await carol.waitConnected();
+      const room = `ops-${RUN}`;
+      await ada.joinGroup(room);
+      await ada.sendAndConfirm(`ada joined ${room}`);
+      await bob.joinGroup(room);
+      await bob.sendAndConfirm(`bob joined ${room}`);
+      const secret = `group only: deploy at noon ${RUN}`;
+      await ada.sendAndConfirm(secret);
+      await bob.waitForText(secret);
+      await sleep(1500);
+      assert(!(await carol.bodyText()).includes(secret), "carol (not a member) does not see the group message");
+      assert((await carol.testId(`room-group-${room}`).count()) === 0, "carol has no such room");
+      await carol.testId("room-all").click();
+      assert(!(await carol.messageTexts()).includes(secret), "the group message is not in carol's broadcast room");
+      await ada.shot("group");
+      await bob.shot("group");
+      await carol.shot("group-nonmember");
+      // Leaving unsubscribes: bob no longer gets the room.
+      await bob.testId("group-leave").click();
+      assert((await bob.testId(`room-group-${room}`).count()) === 0, "bob left the room");
+    },
+  },
+  {
+    name: "a direct message reaches its recipient only",
+    timeoutMs: 60_000,
+    async fn(w) {
+      const [ada, bob, carol] = need(w, "ada", "bob", "carol");
+      await ada.testId("dm-start-input").fill("bob");
+      await ada.testId("dm-start-submit").click();
+      const psst = `psst bob, direct ${RUN}`;
+      await ada.send(psst);
+      await waitFor("ada's DM to be sent", async () => (await ada.message(psst).first().getAttribute("data-status")) === "sent");
+      await bob.testId("room-dm-ada").waitFor();
+      await bob.shot("dm-unread");
+      await bob.openRoom("room-dm-ada");
+      await bob.waitForText(psst);
+      const reply = `got it ada ${RUN}`;
+      await bob.send(reply);
+      await ada.waitForText(reply);
+      await sleep(1000);
+      assert(!(await carol.bodyText()).includes(psst), "carol does not see the direct message");
+      assert((await carol.testId("room-dm-ada").count()) === 0, "carol has no conversation with ada");
+      await ada.shot("dm");
+      await bob.shot("dm");
+    },
+  },
+  {
+    name: "a ticket is created, listed, opened and closed through writeAndWait",
+    timeoutMs: 60_000,
+    async fn(w) {
+      const [ada, bob] = need(w, "ada", "bob");
+      const title = `Printer on fire ${RUN}`;
+      await ada.testId("ticket-title").fill(title);
+      await ada.testId("ticket-create").click();
+      await ada.testId("ticket-result").waitFor();
+      assert(await ada.seen("ticket-spinner"), "a spinner showed while the request was in flight");
+      const id = await ada.testId("ticket-result").getAttribute("data-ticket-id");
+      assert(id, "the reply names the ticket id");
+      const row = ada.page.locator(`[data-testid="ticket-row"][data-ticket-id="${id}"]`);
+      await row.waitFor();
+      assert((await row.getByTestId("ticket-row-title").textContent()) === title, "the list shows the new ticket");
+      await ada.shot("ticket-created");
+      // Another user lists the same desk.
+      await bob.testId("ticket-refresh").click();
+      await bob.page.locator(`[data-testid="ticket-row"][data-ticket-id="${id}"]`).waitFor();
+      await row.getByTestId("ticket-open").click();
+      const detail = ada.testId("ticket-detail");
+      await detail.getByTestId("ticket-close").waitFor();
+      await detail.getByTestId("ticket-close").click();
+      await waitFor("the ticket to be closed", async () => (await detail.getByTestId("ticket-status").textContent()) === "closed");
+      await waitFor("the list to show it closed", async () => (await row.getByTestId("ticket-status").textContent()) === "closed");
+      await ada.shot("ticket-closed");
+    },
+  },
+  {
+    name: "a ticket request fails with timeout while the demo service is stopped",
+    timeoutMs: 90_000,
+    async fn(w) {
+      const [ada] = need(w, "ada");
+      await control(w.control, "/service/kill");
+      try {
+        await ada.testId("ticket-timeout").selectOption("1000");
+        await ada.testId("ticket-title").fill(`Nobody home ${RUN}`);
+        await ada.testId("ticket-create").click();
+        const err = ada.testId("ticket-create-error");
+        await err.waitFor({ timeout: 15_000 });
+        const code = await err.getAttribute("data-code");
+        assert(code === "timeout", `the error code is timeout (got ${code})`);
+        await ada.shot("ticket-timeout");
+      } finally {
+        await control(w.control, "/service/start");
+        await waitFor("the demo service to run again", async () => (await control(w.control, "/state")).service?.alive, 60_000, 500);
+      }
+      await ada.testId("ticket-timeout").selectOption("10000");
+      await ada.testId("ticket-title").fill(`Back in business ${RUN}`);
+      await ada.testId("ticket-create").click();
+      await ada.testId("ticket-result").waitFor({ timeout: 20_000 });
+    },
+  },
+  {
+    name: "voice signalling: a call rings, is answered and hung up",
+    timeoutMs: 60_000,
+    async fn(w) {
+      const [ada, bob] = need(w, "ada", "bob");
+      const phase = (u) => u.testId("voice-call-card").getAttribute("data-phase");
+      await ada.testId("voice-peer").fill("bob");
+      await ada.testId("voice-call").click();
+      await waitFor("bob's phone to ring", async () => (await phase(bob)) === "incoming");
+      await waitFor("ada to hear the ring", async () => (await phase(ada)) === "ringing");
+      await ada.shot("voice-ringing");
+      await bob.shot("voice-incoming");
+      await bob.testId("voice-answer").click();
+      await waitFor("ada to be in the call", async () => (await phase(ada)) === "active");
+      assert((await phase(bob)) === "active", "bob is in the call");
+      await ada.shot("voice-active");
+      await ada.testId("voice-hangup").click();
+      await waitFor("bob to see the hang-up", async () => (await phase(bob)) === "ended");
+      const kinds = await bob.page.evaluate(() =>
+        Array.from(document.querySelectorAll('[data-testid="voice-log-entry"]')).map(
+          (e) => `${e.getAttribute("data-dir")}:${e.getAttribute("data-kind")}`,
+        ),
+      );
+      for (const k of ["in:call", "out:ring", "out:answer", "in:hangup"]) assert(kinds.includes(k), `bob's log has ${k} (${kinds})`);
+      await bob.shot("voice-ended");
+    },
+  },
+  {
+    name: "the primary gateway is killed while messages are sent and every message arrives exactly once",
+    timeoutMs: 120_000,
+    async fn(w) {
+      const [ada, bob] = need(w, "ada", "bob");
+      await ada.openRoom("room-all");
+      await bob.openRoom("room-all");
+      await ada.waitConnected(w.urls[0]);
+      await bob.waitConnected(w.urls[0]);
+      const kill = ada.testId("kill-gateway");
+      await waitFor("the kill button to be ready", () => kill.isEnabled(), 10_000);
+      const total = 30;
+      const killAt = 10;
+      const texts = Array.from({ length: total }, (_, i) => `failover ${RUN} #${String(i + 1).padStart(2, "0")}`);
+      await ada.shot("failover-before");
+      for (let i = 0; i < total; i++) {
+        await ada.send(texts[i]);
+        if (i + 1 === killAt) {
+          await kill.click();
+          log(`  killed the primary gateway after message ${killAt}`);
+          await sleep(150);
+          await ada.shot("failover-during");
+          await bob.shot("failover-during");
+        }
+        await sleep(100);
+      }
+      await ada.waitConnected(w.urls[1], 20_000);
+      await bob.waitConnected(w.urls[1], 20_000);
+      await waitFor(
+        "every message of ada to be sent",
+        async () => {
+          const statuses = await Promise.all(texts.map((t) => ada.message(t).first().getAttribute("data-status")));
+          return statuses.every((s) => s === "sent");
+        },
+        30_000,
+        250,
+      );
+      await waitFor(
+        "bob to receive every message",
+        async () => {
+          const seen = await bob.messageTexts();
+          return texts.every((t) => seen.includes(t));
+        },
+        30_000,
+        250,
+      );
+      await sleep(2000); // late duplicates would show up now
+      for (const u of [bob, ada]) {
+        const seen = await u.messageTexts();
+        const counts = texts.map((t) => seen.filter((s) => s === t).length);
+        const wrong = texts.filter((_, i) => counts[i] !== 1).map((t, i) => `${t}×${counts[i]}`);
+        assert(wrong.length === 0, `${u.name} shows each message exactly once (off: ${wrong.join(", ")})`);
+      }
+      const history = (await ada.stateHistory()).join(" → ");
+      assert(/connected → connecting.* → connected/.test(history), `ada's status bar showed the reconnection (${history})`);
+      log(`  ada's status bar went: ${history}`);
+      const role = await bob.testId("status-gateway-role").textContent();
+      assert(role?.startsWith("failover"), `bob's status bar names the failover gateway (${role})`);
+      assert(Number(await bob.testId("status-reconnects").textContent()) >= 1, "bob's reconnect count went up");
+      await ada.shot("failover-after");
+      await bob.shot("failover-after");
+      const primary = w.gatewayNames[0];
+      await control(w.control, `/gateways/${primary}/start`);
+    },
+  },
+  {
+    name: "while every gateway is down the page shows it is offline, queues a message and delivers it once a gateway is back",
+    timeoutMs: 120_000,
+    async fn(w) {
+      const [ada, bob] = need(w, "ada", "bob");
+      const [primary, failover] = w.gatewayNames;
+      await waitFor("the primary gateway to run again", async () => (await control(w.control, "/state")).gateways.find((g) => g.name === primary)?.alive, 60_000, 500);
+      await ada.waitConnected();
+      await bob.waitConnected();
+      await control(w.control, `/gateways/${primary}/kill`);
+      await control(w.control, `/gateways/${failover}/kill`);
+      try {
+        const banner = ada.testId("connection-banner");
+        await banner.waitFor({ timeout: 15_000 });
+        assert((await ada.connectionState()) !== "connected", "ada's status bar does not claim to be connected");
+        await ada.shot("offline");
+        const queued = `sent while offline ${RUN}`;
+        await ada.send(queued);
+        await sleep(1000);
+        assert((await ada.message(queued).first().getAttribute("data-status")) === "sending", "the message waits as sending… while offline");
+        await ada.shot("offline-queued");
+        await control(w.control, `/gateways/${primary}/start`);
+        await ada.waitConnected(w.urls[0], 30_000);
+        await bob.waitConnected(w.urls[0], 30_000);
+        await waitFor("the queued message to be sent", async () => (await ada.message(queued).first().getAttribute("data-status")) === "sent", 20_000);
+        await bob.waitForText(queued, 20_000);
+        await sleep(1500);
+        const count = (await bob.messageTexts()).filter((t) => t === queued).length;
+        assert(count === 1, `bob sees the queued message exactly once (saw ${count})`);
+        assert((await ada.testId("connection-banner").count()) === 0, "the banner is gone once connected");
+        await ada.shot("back-online");
+        await bob.shot("back-online");
+      } finally {
+        const st = await control(w.control, "/state");
+        for (const g of st.gateways) if (!g.alive) await control(w.control, `/gateways/${g.name}/start`);
+      }
+    },
+  },
+  {
+    name: "the page fits a phone screen with tabs for chat, tickets and voice",
+    timeoutMs: 60_000,
+    async fn(w) {
+      const dora = await User.open(w, "dora", { viewport: { width: 390, height: 844 } });
+      await dora.waitConnected();
+      const fits = () =>
+        dora.page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth + 1);
+      await dora.send(`hello from a phone ${RUN}`);
+      await waitFor("dora's message to be sent", async () => (await dora.message(`hello from a phone ${RUN}`).first().getAttribute("data-status")) === "sent");
+      assert(await fits(), "no horizontal scrolling on the chat tab");
+      await dora.shot("phone-chat");
+      await dora.testId("tab-tickets").click();
+      await dora.testId("tickets-panel").waitFor();
+      assert(await fits(), "no horizontal scrolling on the tickets tab");
+      await dora.shot("phone-tickets");
+      await dora.testId("tab-voice").click();
+      await dora.testId("voice-panel").waitFor();
+      assert(await fits(), "no horizontal scrolling on the voice tab");
+      await dora.shot("phone-voice");
+    },
+  },
+  {
+    name: "under React StrictMode in development the page opens a single WebSocket",
+    timeoutMs: 90_000,
+    async fn(w) {
+      const dev = await startVite("dev");
+      w.cleanups.push(() => dev.proc.stop());
+      const erin = await User.open(w, "erin", { base: dev.url });
+      await erin.waitConnected(undefined, 30_000);
+      await sleep(1500);
+      const own = erin.sockets.filter((s) => w.urls.includes(s));
+      assert(own.length === 1, `one gateway WebSocket under StrictMode (saw ${own.length})`);
+      await erin.shot("strictmode-dev");
+      // Sign out and in again (the wasm module is loaded by now): the old client closes,
+      // exactly one new one opens.
+      await erin.testId("signout").click();
+      await erin.testId("signin-name").fill("erin2");
+      await erin.testId("signin-submit").click();
+      await erin.waitConnected(undefined, 30_000);
+      await sleep(1500);
+      const gatewaySockets = erin.socketObjects.filter((s) => w.urls.includes(s.url()));
+      assert(gatewaySockets.length === 2, `one more WebSocket after signing in again (saw ${gatewaySockets.length} in all)`);
+      assert(gatewaySockets[0].isClosed() && !gatewaySockets[1].isClosed(), "the first client was closed, the second is open");
+      await erin.context.close();
+      await dev.proc.stop();
+    },
+  },
+];
+
+// ------------------------------------------------------------------------------- main
+
+async function main() {
+  const world = { users: [], cleanups: [] };
+  let summary = { passed: 0, failed: 0, results: [] };
+  const watchdog = setTimeout(async () => {
+    log(`the whole run exceeded ${TOTAL_TIMEOUT_MS} ms: stopping`);
+    for (const c of world.cleanups.reverse()) await c().catch(() => {});
+    console.log(`\ne2e: ${summary.passed} passed, ${tests.length - summary.passed} failed (timed out)`);
+    process.exit(1);
+  }, TOTAL_TIMEOUT_MS);
+  const cleanup = async () => {
+    for (const c of world.cleanups.splice(0).reverse()) await c().catch((e) => log(`cleanup: ${e.message}`));
+  };
+  for (const sig of ["SIGINT", "SIGTERM"]) {
+    process.on(sig, async () => {
+      await cleanup();
+      process.exit(130);
+    });
+  }
+  try {
+    resetScreenshots();
+    log(`run ${RUN}; screenshots in ${SHOTS_DIR}, logs in ${LOGS_DIR}`);
+    log(`starting ${STACK_BIN} --layout ephemeral`);
+    const stack = await startStack(STACK_BIN);
+    world.cleanups.push(() => stack.proc.stop());
+    const gateways = stack.state.gateways;
+    const order = ["primary", "failover"].map((n) => gateways.find((g) => g.name === n)).filter(Boolean);
+    const ordered = order.length === 2 ? order : gateways;
+    world.gatewayNames = ordered.map((g) => g.name);
+    world.urls = ordered.map((g) => g.urls.all);
+    world.control = stack.state.control;
+    log(`stack up: ${world.urls.join(" , ")}; control ${world.control}`);
+    log("building the page (vite build)");
+    await buildPage();
+    const preview = await startVite("preview");
+    world.cleanups.push(() => preview.proc.stop());
+    world.pageUrl = preview.url;
+    log(`page at ${preview.url}`);
+    world.browser = await launchBrowser();
+    world.cleanups.push(() => world.browser.close());
+    const only = process.env.E2E_ONLY;
+    const selected = only ? tests.filter((t) => t.name.includes(only)) : tests;
+    if (only) log(`E2E_ONLY=${only}: running ${selected.length} of ${tests.length} tests`);
+    summary = await runTests(selected, world, {
+      async onFailure(test) {
+        const slug = test.name.replace(/[^a-z0-9]+/gi, "-").slice(0, 40);
+        for (const u of world.users) {
+          if (!u.page.isClosed()) await screenshot(u.page, `FAILED-${slug}-${u.name}`).catch(() => {});
+        }
+      },
+    });
+  } catch (err) {
+    log(`setup failed: ${err.stack ?? err}`);
+    summary.failed = Math.max(1, tests.length - summary.passed);
+  } finally {
+    for (const u of world.users) {
+      if (u.errors.length > 0) log(`${u.name}'s page reported:\n    ${u.errors.slice(0, 10).join("\n    ")}`);
+    }
+    await cleanup();
+    clearTimeout(watchdog);
+  }
+  console.log("");
+  for (const r of summary.results) console.log(`  ${r.ok ? "PASS" : "FAIL"}  ${r.name}  (${r.ms} ms)`);
+  console.log(`\ne2e: ${summary.passed} passed, ${summary.failed} failed`);
+  console.log(`screenshots: ${SHOTS_DIR}`);
+  process.exit(summary.failed > 0 ? 1 : 0);
+}
+
+await main();

@@ -1,0 +1,134 @@
+/**
+ * React bindings for the Warren SDK (`warren-sdk/react`).
+ *
+ * ```tsx
+ * import { WarrenProvider, useClient, useSubscription, useConnectionState } from "warren-sdk/react";
+ *
+ * <WarrenProvider options={{ urls: ["ws://localhost:4000/ws", "ws://localhost:5000/ws"], token: "ada" }}
+ *                 fallback={<p>Loading…</p>}>
+ *   <Chat />
+ * </WarrenProvider>
+ * ```
+ *
+ * Safe under `React.StrictMode`: one client per configuration and one SDK subscription
+ * per spec, shared and reference-counted, closed shortly after the last user unmounts.
+ */
+import type { ReactNode } from "react";
+import type { Client } from "./warren_sdk.js";
+
+/** The options `new Client(options)` takes. */
+export type WarrenClientOptions = ConstructorParameters<typeof Client>[0];
+/** What `client.subscribe(spec, handler)` takes as `spec`. */
+export type WarrenSubscriptionSpec = Parameters<Client["subscribe"]>[0];
+/** The handler `client.subscribe(spec, handler)` calls for each delivery. */
+export type WarrenDeliveryHandler = Parameters<Client["subscribe"]>[1];
+/** One delivery as the SDK hands it to a subscription handler. */
+export type WarrenDelivery = Parameters<WarrenDeliveryHandler>[0];
+
+/**
+ * Connection state as the hooks report it. `connecting | connected | disconnected` come
+ * from the SDK's `state` event; `idle` (not mounted yet), `loading` (wasm initialising),
+ * `failed` (the client could not be created) and `closed` (disposed) are added by the
+ * bindings.
+ */
+export type WarrenConnectionState =
+  | "idle"
+  | "loading"
+  | "connecting"
+  | "connected"
+  | "disconnected"
+  | "failed"
+  | "closed";
+
+/** An error as the bindings record it. */
+export interface WarrenErrorInfo {
+  /** Stable error code (`timeout`, `no_route`, `disconnected`, ...), or `unknown`. */
+  code: string;
+  /** Human-readable message. */
+  message: string;
+  /** When it happened (ms since the epoch). */
+  at: number;
+}
+
+/** What `useConnectionState()` returns. */
+export interface WarrenConnectionStatus {
+  /** Current state. */
+  state: WarrenConnectionState;
+  /** Gateway URL of the current (or last) connection, once known. */
+  url: string | null;
+  /** How many times the client connected again after its first connection. */
+  reconnects: number;
+  /** The last error the client reported, if any. */
+  lastError: WarrenErrorInfo | null;
+  /** When `state` last changed (ms since the epoch). */
+  since: number;
+}
+
+/** Status of the client before children render, passed to a `fallback` function. */
+export interface WarrenProviderStatus extends WarrenConnectionStatus {
+  /** The client, once created. */
+  client: Client | null;
+}
+
+/** Props of {@link WarrenProvider}. */
+export interface WarrenProviderProps {
+  /**
+   * Options for `new Client(options)`. Providers with equal options (compared as JSON)
+   * share one client, so an inline object literal is fine.
+   */
+  options?: WarrenClientOptions;
+  /** Use this client instead of creating one; the provider neither connects nor closes it. */
+  client?: Client;
+  /** How long an unused client is kept before it is closed; default 200 ms. */
+  closeDelayMs?: number;
+  /** Rendered until the client exists (wasm loading, or failed). */
+  fallback?: ReactNode | ((status: WarrenProviderStatus) => ReactNode);
+  children?: ReactNode;
+}
+
+/**
+ * Creates (or reuses) one client for `options`, connects it, and provides it to the
+ * hooks below. Children render once the client exists.
+ */
+export declare function WarrenProvider(props: WarrenProviderProps): ReactNode;
+
+/**
+ * The provider's client.
+ *
+ * # Errors
+ * Throws when used outside a `<WarrenProvider>`.
+ */
+export declare function useClient(): Client;
+
+/**
+ * Connection state, current gateway URL, reconnect count and last error; re-renders on
+ * every change.
+ *
+ * # Errors
+ * Throws when used outside a `<WarrenProvider>`.
+ */
+export declare function useConnectionState(): WarrenConnectionStatus;
+
+/** What `useSubscription()` returns. */
+export interface WarrenSubscriptionStatus {
+  /** `pending` until the SDK accepted the subscription, `error` if it refused it. */
+  status: "pending" | "active" | "error";
+  /** Why it was refused. */
+  error: WarrenErrorInfo | null;
+}
+
+/**
+ * Subscribes while the component is mounted and calls `handler` for each delivery.
+ * `handler` may change on every render (the latest is called); `spec` is compared as
+ * JSON; pass `null` to not subscribe.
+ *
+ * # Errors
+ * Throws when used outside a `<WarrenProvider>`.
+ */
+export declare function useSubscription(
+  spec: WarrenSubscriptionSpec | null | undefined,
+  handler: (delivery: WarrenDelivery) => void,
+): WarrenSubscriptionStatus;
+
+/** Initialises the wasm module once per page; later calls return the same promise. */
+export declare function initWarren(): Promise<void>;
