@@ -1,0 +1,510 @@
+//! The JavaScript `Client` and `Subscription` classes: bindings over [`ClientCore`] and
+//! nothing else. Every app call and every socket or timer event goes into the core, then
+//! `pump` performs the core's actions in order (open/send/close sockets, settle
+//! promises, call handlers, arm the one timer).
+
+use std::cell::{Cell, RefCell};
+use std::rc::{Rc, Weak};
+
+use js_sys::{Array, Function, Object, Promise};
+use warren_protocol::{Deliver, SUBPROTOCOL};
+use wasm_bindgen::prelude::*;
+
+use super::codec::{Js, JsCodec};
+use super::error::{invalid, to_js};
+use super::object::{get, opt_bool, opt_str, opt_u64, req_str, set, str_array};
+use super::socket::{Callback, Socket, SocketEvent};
+use super::types::{ClientOptions, EnvelopeJs, SubscribeOptionsJs, WaitOptionsJs};
+use crate::action::{Action, StateChange};
+use crate::backoff::Backoff;
+use crate::client::ClientCore;
+use crate::config::Config;
+use crate::envelope::Envelope;
+use crate::id_map::IdMap;
+use crate::subscription::SubscribeOptions;
+
+#[wasm_bindgen(
+    inline_js = "export function deferred() { let r, j; const p = new Promise((a, b) => { r = a; j = b; }); return [p, r, j]; }"
+)]
+extern "C" {
+    /// `[promise, resolve, reject]` (a JS helper: smaller than a Rust executor closure).
+    fn deferred() -> Array;
+}
+
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(js_namespace = console, js_name = error)]
+    fn console_error(value: &JsValue);
+
+    #[wasm_bindgen(js_name = setTimeout)]
+    fn set_timeout(callback: &Function, ms: f64) -> JsValue;
+
+    #[wasm_bindgen(js_name = clearTimeout)]
+    fn clear_timeout(id: &JsValue);
+}
+
+/// The one armed `setTimeout`; dropping it clears the timeout.
+struct Timer {
+    id: JsValue,
+    _callback: Callback,
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        clear_timeout(&self.id);
+    }
+}
+
+/// Which event a listener is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Event {
+    State,
+    Error,
+    Drain,
+}
+
+impl Event {
+    fn parse(name: &str) -> Result<Event, JsValue> {
+        match name {
+            "state" => Ok(Event::State),
+            "error" => Ok(Event::Error),
+            "drain" => Ok(Event::Drain),
+            other => Err(invalid(format!(
+                "unknown event `{other}` (expected state, error or drain)"
+            ))),
+        }
+    }
+}
+
+/// Everything the bindings hold besides the core: JS-side resources only.
+struct Inner {
+    core: ClientCore<JsCodec>,
+    socket: Option<Socket>,
+    timer: Option<Timer>,
+    /// Promise settlers by operation id: (resolve, reject).
+    ops: IdMap<(Function, Function)>,
+    /// Delivery handlers by subscription id.
+    handlers: IdMap<Function>,
+    listeners: Vec<(Event, Function)>,
+}
+
+struct Shared {
+    inner: RefCell<Inner>,
+    /// Set while [`pump`] runs, so a handler that calls back into the client does not
+    /// perform actions out of order.
+    pumping: Cell<bool>,
+}
+
+fn now() -> u64 {
+    js_sys::Date::now() as u64
+}
+
+/// A Warren client: one session over one WebSocket at a time, moving along `urls` when
+/// a gateway fails.
+#[wasm_bindgen]
+pub struct Client {
+    shared: Rc<Shared>,
+}
+
+/// A live subscription, returned by `client.subscribe(...)`.
+#[wasm_bindgen]
+pub struct Subscription {
+    shared: Weak<Shared>,
+    id: u64,
+}
+
+#[wasm_bindgen]
+impl Client {
+    /// Creates a client; nothing is opened until `connect()`.
+    ///
+    /// @throws {WarrenError} `invalid` when `urls` is missing or empty, or an option has
+    /// the wrong type.
+    #[wasm_bindgen(constructor)]
+    pub fn new(options: ClientOptions) -> Result<Client, JsValue> {
+        let config =
+            parse_options(&options).map_err(|e| invalid(format!("invalid client options: {e}")))?;
+        let seed = (js_sys::Math::random() * 9_007_199_254_740_992.0) as u64 ^ now();
+        let inner = Inner {
+            core: ClientCore::new(config, JsCodec, seed),
+            socket: None,
+            timer: None,
+            ops: IdMap::default(),
+            handlers: IdMap::default(),
+            listeners: Vec::new(),
+        };
+        Ok(Client {
+            shared: Rc::new(Shared {
+                inner: RefCell::new(inner),
+                pumping: Cell::new(false),
+            }),
+        })
+    }
+
+    /// Connects (to the first URL, then along the list on failure) and resolves once the
+    /// session is open. Reconnection after that is automatic; calling `connect()` again
+    /// only waits for the connection.
+    #[wasm_bindgen(unchecked_return_type = "Promise<void>")]
+    pub fn connect(&self) -> Promise {
+        settle_with(&self.shared, |core, now| {
+            core.connect(now);
+            core.ready(now)
+        })
+    }
+
+    /// Resolves when the client is connected (at once if it is); rejects with `closed`
+    /// after `close()`.
+    #[wasm_bindgen(unchecked_return_type = "Promise<void>")]
+    pub fn ready(&self) -> Promise {
+        settle_with(&self.shared, |core, now| core.ready(now))
+    }
+
+    /// Closes the client for good: the socket is closed, pending writes and requests are
+    /// rejected with `closed`, and the state becomes `disconnected`.
+    pub fn close(&self) {
+        self.shared.inner.borrow_mut().core.close(now());
+        pump(&self.shared);
+    }
+
+    /// Sends a message and resolves once the gateway confirms RabbitMQ has it (`ack`).
+    /// Written while disconnected, it waits in the outbox and is sent after reconnecting.
+    /// Rejects with a `WarrenError`: `no_route` (nothing would receive it), `timeout`
+    /// (no ack within `requestTimeoutMs`), `disconnected` (outbox full), `closed`, ...
+    #[wasm_bindgen(unchecked_return_type = "Promise<void>")]
+    pub fn write(&self, envelope: EnvelopeJs) -> Promise {
+        match parse_envelope(envelope.into()) {
+            Ok(env) => settle_with(&self.shared, |core, now| core.write(env, now)),
+            Err(e) => Promise::reject(&e),
+        }
+    }
+
+    /// See the TypeScript declaration (generic).
+    #[wasm_bindgen(js_name = writeAndWait, skip_typescript)]
+    pub fn write_and_wait(&self, envelope: JsValue, options: Option<WaitOptionsJs>) -> Promise {
+        let timeout = match options.map(|o| opt_u64(&o, "timeoutMs")).transpose() {
+            Ok(t) => t.flatten(),
+            Err(e) => return Promise::reject(&invalid(e)),
+        };
+        match parse_envelope(envelope) {
+            Ok(env) => settle_with(&self.shared, |core, now| core.request(env, timeout, now)),
+            Err(e) => Promise::reject(&e),
+        }
+    }
+
+    /// See the TypeScript declaration (generic).
+    #[wasm_bindgen(skip_typescript)]
+    pub fn subscribe(
+        &self,
+        options: SubscribeOptionsJs,
+        handler: Function,
+    ) -> Result<Subscription, JsValue> {
+        let options = parse_subscribe(&options)
+            .map_err(|e| invalid(format!("invalid subscribe options: {e}")))?;
+        let id = {
+            let mut inner = self.shared.inner.borrow_mut();
+            let id = inner
+                .core
+                .subscribe(options, now())
+                .map_err(|e| to_js(&e))?;
+            inner.handlers.insert(id, handler);
+            id
+        };
+        pump(&self.shared);
+        Ok(Subscription {
+            shared: Rc::downgrade(&self.shared),
+            id,
+        })
+    }
+
+    /// See the TypeScript declaration (generic).
+    #[wasm_bindgen(skip_typescript)]
+    pub fn on(&self, event: &str, handler: Function) -> Result<(), JsValue> {
+        let event = Event::parse(event)?;
+        self.shared
+            .inner
+            .borrow_mut()
+            .listeners
+            .push((event, handler));
+        Ok(())
+    }
+
+    /// See the TypeScript declaration (generic).
+    #[wasm_bindgen(skip_typescript)]
+    pub fn off(&self, event: &str, handler: Function) -> Result<(), JsValue> {
+        let event = Event::parse(event)?;
+        self.shared
+            .inner
+            .borrow_mut()
+            .listeners
+            .retain(|(e, f)| !(*e == event && JsValue::from(f) == JsValue::from(&handler)));
+        Ok(())
+    }
+
+    /// The connection state now.
+    #[wasm_bindgen(getter, unchecked_return_type = "ConnectionState")]
+    pub fn state(&self) -> String {
+        self.shared.inner.borrow().core.state().as_str().to_string()
+    }
+
+    /// The session id, once a gateway opened one.
+    #[wasm_bindgen(getter)]
+    pub fn session(&self) -> Option<String> {
+        self.shared
+            .inner
+            .borrow()
+            .core
+            .session()
+            .map(str::to_string)
+    }
+
+    /// The gateway URL in use (or tried next).
+    #[wasm_bindgen(getter)]
+    pub fn url(&self) -> Option<String> {
+        self.shared.inner.borrow().core.url().map(str::to_string)
+    }
+}
+
+#[wasm_bindgen]
+impl Subscription {
+    /// Stops this subscription. Bindings another subscription still needs stay.
+    pub fn unsubscribe(&self) {
+        if let Some(shared) = self.shared.upgrade() {
+            {
+                let mut inner = shared.inner.borrow_mut();
+                inner.handlers.remove(self.id);
+                inner.core.unsubscribe(self.id, now());
+            }
+            pump(&shared);
+        }
+    }
+}
+
+fn parse_options(o: &JsValue) -> Result<Config, String> {
+    if !o.is_object() {
+        return Err("expected an object".into());
+    }
+    let urls = str_array(o, "urls")?;
+    if urls.is_empty() {
+        return Err("`urls` must name at least one gateway".into());
+    }
+    let mut config = Config::new(urls);
+    config.token = opt_str(o, "token")?;
+    let reconnect = get(o, "reconnect");
+    let d = config.backoff;
+    config.backoff = Backoff::new(
+        opt_u64(&reconnect, "minDelayMs")?.unwrap_or(d.min_ms),
+        opt_u64(&reconnect, "maxDelayMs")?.unwrap_or(d.max_ms),
+    );
+    config.request_timeout_ms =
+        opt_u64(o, "requestTimeoutMs")?.unwrap_or(config.request_timeout_ms);
+    config.connect_timeout_ms =
+        opt_u64(o, "connectTimeoutMs")?.unwrap_or(config.connect_timeout_ms);
+    config.channels = str_array(o, "channels")?;
+    config.outbox_limit = opt_u64(o, "outboxLimit")?.map_or(config.outbox_limit, |n| n as usize);
+    Ok(config)
+}
+
+fn parse_subscribe(o: &JsValue) -> Result<SubscribeOptions, String> {
+    if !o.is_object() {
+        return Err("expected an object".into());
+    }
+    Ok(SubscribeOptions {
+        channel: req_str(o, "channel")?,
+        broadcast: opt_bool(o, "broadcast")?,
+        groups: str_array(o, "groups")?,
+        direct: opt_bool(o, "direct")?.unwrap_or(false),
+        topic: opt_str(o, "topic")?,
+    })
+}
+
+/// Reads `channel` and `subject`; the whole object travels on as the payload.
+fn parse_envelope(value: JsValue) -> Result<Envelope<Js>, JsValue> {
+    let read = || -> Result<Envelope<Js>, String> {
+        if !value.is_object() {
+            return Err("expected an object".into());
+        }
+        if !js_sys::Reflect::has(&value, &JsValue::from_str("message")).unwrap_or(false) {
+            return Err("`message` is required".into());
+        }
+        Ok(Envelope {
+            channel: req_str(&value, "channel")?,
+            subject: opt_str(&value, "subject")?,
+            distribution: None,
+            headers: Default::default(),
+            message: Js(value.clone()),
+        })
+    };
+    read().map_err(|e| invalid(format!("invalid envelope: {e}")))
+}
+
+/// The one promise helper: registers the settlers of a new promise under the operation
+/// id the core returns, then performs the core's actions.
+fn settle_with(
+    shared: &Rc<Shared>,
+    op: impl FnOnce(&mut ClientCore<JsCodec>, u64) -> u64,
+) -> Promise {
+    let d = deferred();
+    {
+        let mut inner = shared.inner.borrow_mut();
+        let id = op(&mut inner.core, now());
+        inner
+            .ops
+            .insert(id, (d.get(1).unchecked_into(), d.get(2).unchecked_into()));
+    }
+    pump(shared);
+    d.get(0).unchecked_into()
+}
+
+/// Feeds a socket event into the core.
+fn feed(shared: &Rc<Shared>, conn: u64, event: SocketEvent) {
+    {
+        let mut inner = shared.inner.borrow_mut();
+        let t = now();
+        match event {
+            SocketEvent::Open => inner.core.on_open(conn, t),
+            SocketEvent::Text(text) => inner.core.on_text(conn, &text, t),
+            SocketEvent::Close(code) => inner.core.on_close(conn, code, t),
+        }
+    }
+    pump(shared);
+}
+
+/// Performs the core's actions in order until none is left.
+fn pump(shared: &Rc<Shared>) {
+    if shared.pumping.replace(true) {
+        return;
+    }
+    loop {
+        let action = shared.inner.borrow_mut().core.poll_action();
+        match action {
+            Some(action) => perform(shared, action),
+            None => break,
+        }
+    }
+    shared.pumping.set(false);
+}
+
+fn perform(shared: &Rc<Shared>, action: Action<Js>) {
+    match action {
+        Action::Open { conn, url } => {
+            let weak = Rc::downgrade(shared);
+            let report = move |event| {
+                if let Some(shared) = weak.upgrade() {
+                    feed(&shared, conn, event);
+                }
+            };
+            let old = shared.inner.borrow_mut().socket.take();
+            drop(old);
+            match Socket::open(&url, SUBPROTOCOL, report) {
+                Ok(socket) => shared.inner.borrow_mut().socket = Some(socket),
+                Err(_) => shared.inner.borrow_mut().core.on_close(conn, 1006, now()),
+            }
+        }
+        Action::Send(text) => {
+            if let Some(socket) = &shared.inner.borrow().socket {
+                socket.send(&text);
+            }
+        }
+        Action::Close => {
+            let old = shared.inner.borrow_mut().socket.take();
+            drop(old);
+        }
+        Action::Resolve(op) => settle(shared, op, Ok(JsValue::UNDEFINED)),
+        Action::Reply(op, frame) => settle(shared, op, Ok(frame.message())),
+        Action::Reject(op, err) => settle(shared, op, Err(to_js(&err))),
+        Action::Deliver {
+            subscriptions,
+            delivery,
+        } => {
+            let delivery = delivery_js(delivery);
+            for sub in subscriptions {
+                let handler = shared.inner.borrow().handlers.get(sub).cloned();
+                if let Some(handler) = handler {
+                    call(&handler, &delivery);
+                }
+            }
+        }
+        Action::StateChanged(change) => emit(shared, Event::State, &state_js(&change)),
+        Action::Error(err) => emit(shared, Event::Error, &to_js(&err)),
+        Action::Drain(d) => {
+            let o = Object::new();
+            set(&o, "reason", &d.reason.into());
+            set(
+                &o,
+                "deadlineMs",
+                &d.deadline_ms.map_or(JsValue::NULL, |ms| (ms as f64).into()),
+            );
+            emit(shared, Event::Drain, &o);
+        }
+        Action::SetTimer(at) => {
+            let timer = at.map(|at| {
+                let weak = Rc::downgrade(shared);
+                let callback = Callback::new(move |_| {
+                    if let Some(shared) = weak.upgrade() {
+                        shared.inner.borrow_mut().core.tick(now());
+                        pump(&shared);
+                    }
+                });
+                let delay = at.saturating_sub(now()) as f64;
+                Timer {
+                    id: set_timeout(callback.as_ref().unchecked_ref(), delay),
+                    _callback: callback,
+                }
+            });
+            let old = std::mem::replace(&mut shared.inner.borrow_mut().timer, timer);
+            drop(old);
+        }
+    }
+}
+
+fn settle(shared: &Rc<Shared>, op: u64, outcome: Result<JsValue, JsValue>) {
+    let settlers = shared.inner.borrow_mut().ops.remove(op);
+    if let Some((resolve, reject)) = settlers {
+        let _ = match outcome {
+            Ok(v) => resolve.call1(&JsValue::UNDEFINED, &v),
+            Err(e) => reject.call1(&JsValue::UNDEFINED, &e),
+        };
+    }
+}
+
+/// Calls an app handler; an exception is logged, never allowed to break the client.
+fn call(handler: &Function, arg: &JsValue) {
+    if let Err(e) = handler.call1(&JsValue::UNDEFINED, arg) {
+        console_error(&e);
+    }
+}
+
+fn emit(shared: &Rc<Shared>, event: Event, value: &JsValue) {
+    let listeners: Vec<Function> = shared
+        .inner
+        .borrow()
+        .listeners
+        .iter()
+        .filter(|(e, _)| *e == event)
+        .map(|(_, f)| f.clone())
+        .collect();
+    for listener in listeners {
+        call(&listener, value);
+    }
+}
+
+fn delivery_js(d: Deliver<Js>) -> JsValue {
+    let o = Object::new();
+    set(&o, "message", &d.message.message());
+    set(&o, "channel", &d.channel.into());
+    set(&o, "routingKey", &d.routing_key.into());
+    set(&o, "messageId", &d.message_id.into());
+    set(&o, "headers", &d.message.headers());
+    set(&o, "redelivered", &d.redelivered.into());
+    o.into()
+}
+
+fn state_js(c: &StateChange) -> JsValue {
+    let o = Object::new();
+    set(&o, "oldState", &c.old.as_str().into());
+    set(&o, "newState", &c.new.as_str().into());
+    let opt = |s: &Option<String>| s.as_deref().map_or(JsValue::NULL, JsValue::from_str);
+    set(&o, "url", &opt(&c.url));
+    set(&o, "session", &opt(&c.session));
+    set(&o, "resumed", &c.resumed.into());
+    o.into()
+}

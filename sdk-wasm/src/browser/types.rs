@@ -1,0 +1,161 @@
+//! Precise TypeScript types for the option, envelope and event objects, emitted into
+//! the package's `.d.ts` next to the generated classes. Generic methods (`on`, `off`,
+//! `writeAndWait`, `subscribe`) are declared here and merged into `class Client`.
+
+use wasm_bindgen::prelude::*;
+
+#[wasm_bindgen(typescript_custom_section)]
+const TS_TYPES: &'static str = r#"
+/** The connection state: `connecting` (opening, greeting or waiting to retry), `connected`, `disconnected`. */
+export type ConnectionState = "connecting" | "connected" | "disconnected";
+
+/**
+ * Stable error codes from Warren's registry. `retry` on the error says whether the same
+ * operation can succeed later.
+ */
+export type ErrorCode =
+  | "malformed" | "unknown_type" | "invalid" | "too_large" | "unknown_channel"
+  | "forbidden" | "unauthorized" | "no_route" | "no_service" | "timeout"
+  | "broker_unavailable" | "overloaded" | "session_expired" | "rejected"
+  | "unsupported" | "nacked" | "internal" | "disconnected" | "closed" | "unknown";
+
+/** Every rejection and `error` event is an `Error` named `WarrenError` with a registry code. */
+export interface WarrenError extends Error {
+  name: "WarrenError";
+  /** Registry code, stable across versions. */
+  code: ErrorCode;
+  /** Whether retrying the same operation later can succeed. */
+  retry: boolean;
+}
+
+/** Options of `new Client(...)`. */
+export interface ClientOptions {
+  /** Gateway WebSocket URLs (`ws://host:port/ws`), tried in order and rotated on failure. */
+  urls: string[];
+  /** Credential sent in `hello` (with the gateway's `auth.mode = "none"`, it is the user id). */
+  token?: string;
+  /** Reconnection delays: full-jitter exponential backoff. Defaults: 250 ms / 10 000 ms. */
+  reconnect?: { minDelayMs?: number; maxDelayMs?: number };
+  /** Deadline of `write` acks and default deadline of `writeAndWait`. Default: 10 000 ms. */
+  requestTimeoutMs?: number;
+  /** Deadline for a socket to open and the gateway to say `welcome`. Default: 5 000 ms. */
+  connectTimeoutMs?: number;
+  /** Channels this client may use (e.g. one client per channel port); others are refused
+   *  locally with `unknown_channel`. Default: any. */
+  channels?: string[];
+  /** Most writes that may wait while disconnected; more are refused with `disconnected`. Default: 1000. */
+  outboxLimit?: number;
+}
+
+/** Who the service should relay a message to. */
+export interface Distribution {
+  broadcast?: boolean;
+  groups?: string[];
+  direct?: string[];
+}
+
+/** A message to send on a channel. */
+export interface Envelope<M = unknown> {
+  /** Channel, e.g. `"chat"`. */
+  channel: string;
+  /** Optional subject: routed with key `<channel>.<subject>`. */
+  subject?: string;
+  /** Who the service should relay this to. */
+  distribution?: Distribution;
+  /** Extra string headers passed to the service. */
+  headers?: Record<string, string>;
+  /** The application message (any JSON value). */
+  message: M;
+}
+
+/** Options of `writeAndWait`. */
+export interface WaitOptions {
+  /** How long to wait for the reply. Default: the client's `requestTimeoutMs`. */
+  timeoutMs?: number;
+}
+
+/** What to receive on one channel. With none of `broadcast`, `groups`, `direct`, `topic`: the broadcast. */
+export interface SubscribeOptions {
+  channel: string;
+  broadcast?: boolean;
+  groups?: string[];
+  /** Messages sent directly to this session's user. */
+  direct?: boolean;
+  /** Events matching this AMQP topic pattern (`order.*`, `a.#`). */
+  topic?: string;
+}
+
+/** A message delivered to a subscription (duplicates already removed). */
+export interface Delivery<M = unknown> {
+  message: M;
+  channel: string;
+  routingKey: string;
+  /** Stable id: a redelivered message carries the same id. */
+  messageId: string;
+  headers: Record<string, string>;
+  /** The broker delivered this message before (the SDK already dropped exact repeats). */
+  redelivered: boolean;
+}
+
+/** The `state` event. */
+export interface StateEvent {
+  oldState: ConnectionState;
+  newState: ConnectionState;
+  /** The gateway URL being tried or used. */
+  url: string | null;
+  /** The session id (once connected). */
+  session: string | null;
+  /** Whether the session was resumed; `false` on a fresh session (e.g. after `session_expired`). */
+  resumed: boolean;
+}
+
+/** The `drain` event: the gateway is going away; the client already moves to the next URL. */
+export interface DrainEvent {
+  reason: string;
+  deadlineMs: number | null;
+}
+
+/** Events of `client.on(...)`. */
+export interface ClientEvents {
+  state: StateEvent;
+  error: WarrenError;
+  drain: DrainEvent;
+}
+
+export interface Client {
+  /**
+   * Sends a request and resolves with the service's reply message. Rejects with a
+   * `WarrenError`: `timeout` when `timeoutMs` passes (the pending entry is removed),
+   * `rejected` when the service refused, `no_route`, `closed`, ...
+   */
+  writeAndWait<R = unknown, M = unknown>(envelope: Envelope<M>, options?: WaitOptions): Promise<R>;
+  /**
+   * Receives messages of a channel. The subscription survives reconnects (it is sent
+   * again after every reconnect); call `unsubscribe()` to stop.
+   */
+  subscribe<M = unknown>(options: SubscribeOptions, handler: (delivery: Delivery<M>) => void): Subscription;
+  /** Listens to `state`, `error` or `drain`. */
+  on<K extends keyof ClientEvents>(event: K, handler: (event: ClientEvents[K]) => void): void;
+  /** Removes a listener added with `on`. */
+  off<K extends keyof ClientEvents>(event: K, handler: (event: ClientEvents[K]) => void): void;
+}
+"#;
+
+#[wasm_bindgen]
+extern "C" {
+    /// `ClientOptions` in TypeScript.
+    #[wasm_bindgen(typescript_type = "ClientOptions")]
+    pub type ClientOptions;
+
+    /// `Envelope` in TypeScript.
+    #[wasm_bindgen(typescript_type = "Envelope")]
+    pub type EnvelopeJs;
+
+    /// `SubscribeOptions` in TypeScript.
+    #[wasm_bindgen(typescript_type = "SubscribeOptions")]
+    pub type SubscribeOptionsJs;
+
+    /// `WaitOptions` in TypeScript.
+    #[wasm_bindgen(typescript_type = "WaitOptions")]
+    pub type WaitOptionsJs;
+}

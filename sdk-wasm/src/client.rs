@@ -1,0 +1,753 @@
+//! The sans-IO client core: connection state machine, request correlation with
+//! deadlines, reconnection over the URL list with backoff, session resume and
+//! re-subscription, the outbox, duplicate suppression, batched acknowledgements and
+//! heartbeat-based detection of a dead connection.
+//!
+//! "Methods only modify state, no network operations" (rumqtt): every input (`connect`,
+//! `on_open`, `on_text`, `on_close`, `tick` and the app calls) takes the current time in
+//! milliseconds and queues [`Action`]s, which the driver takes with
+//! [`ClientCore::poll_action`] and performs in order.
+
+use std::collections::VecDeque;
+
+use warren_protocol::registry::should_reconnect;
+use warren_protocol::{
+    AckDeliveries, ClientFrame, CloseCode, Deliver, ErrorCode, Hello, Publish, Request,
+    ServerFrame, Welcome, PROTOCOL_VERSION,
+};
+
+use crate::action::{Action, State, StateChange};
+use crate::codec::Codec;
+use crate::config::{Config, DEAD_AFTER_TENTHS, STABLE_AFTER_MS};
+use crate::deadlines::Deadlines;
+use crate::duplicate_filter::DuplicateFilter;
+use crate::envelope::Envelope;
+use crate::error::ClientError;
+use crate::id_map::IdMap;
+use crate::outbox::Outbox;
+use crate::rng::Rng;
+use crate::subscription::{SubscribeOptions, Subscriptions};
+
+/// Where the connection is. Internal: the app sees [`State`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    /// `connect()` was never called.
+    Idle,
+    /// Socket `conn` is opening; give up at `deadline`.
+    Opening { conn: u64, deadline: u64 },
+    /// `hello` sent on socket `conn`; waiting for `welcome` until `deadline`.
+    Greeting { conn: u64, deadline: u64 },
+    /// Session open on socket `conn` since `since`.
+    Connected { conn: u64, since: u64 },
+    /// Waiting to try the next URL at `until`.
+    Waiting { until: u64 },
+    /// Gave up: the gateway closed with a code that forbids reconnecting.
+    Disconnected,
+    /// `close()` was called: closed for good.
+    Closed,
+}
+
+impl Phase {
+    fn state(&self) -> State {
+        match self {
+            Phase::Opening { .. } | Phase::Greeting { .. } | Phase::Waiting { .. } => {
+                State::Connecting
+            }
+            Phase::Connected { .. } => State::Connected,
+            Phase::Idle | Phase::Disconnected | Phase::Closed => State::Disconnected,
+        }
+    }
+
+    /// The socket currently in use, if any.
+    fn conn(&self) -> Option<u64> {
+        match self {
+            Phase::Opening { conn, .. }
+            | Phase::Greeting { conn, .. }
+            | Phase::Connected { conn, .. } => Some(*conn),
+            _ => None,
+        }
+    }
+}
+
+/// What kind of answer an outstanding operation waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    /// A `publish`, resolved by `ack`.
+    Write,
+    /// A `request`, resolved by `reply`.
+    Request,
+}
+
+/// Handled-but-unacknowledged deliveries of the current connection.
+#[derive(Debug, Default, Clone, Copy)]
+struct Acks {
+    /// Highest `seq` handled.
+    handled: u64,
+    /// Highest `seq` acknowledged to the gateway.
+    sent: u64,
+    /// When the pending acknowledgement must go out at the latest.
+    due: Option<u64>,
+}
+
+/// The client state machine, generic over the frame codec.
+#[derive(Debug)]
+pub struct ClientCore<C: Codec> {
+    config: Config,
+    codec: C,
+    rng: Rng,
+    /// Random prefix of every frame id, unique per client instance, so ids (and the
+    /// gateway's `message_id = <user>:<id>`) never repeat across page loads.
+    prefix: String,
+    next_op: u64,
+    phase: Phase,
+    /// Last state reported to the app.
+    reported: State,
+    next_conn: u64,
+    url_index: usize,
+    /// Consecutive failed attempts since the last stable connection.
+    failures: u32,
+    session: Option<String>,
+    user: String,
+    heartbeat_ms: u64,
+    last_heard: u64,
+    ack_batch: u64,
+    outbox: Outbox,
+    pending: Deadlines<Pending>,
+    subscriptions: Subscriptions,
+    /// `subscribe` frames awaiting their ack: frame op → subscription id.
+    subscribe_frames: IdMap<u64>,
+    ready_waiters: Vec<u64>,
+    duplicates: DuplicateFilter,
+    acks: Acks,
+    actions: VecDeque<Action<C::Payload>>,
+    /// The timer the driver has armed.
+    armed: Option<u64>,
+}
+
+impl<C: Codec> ClientCore<C> {
+    /// A client that has not connected yet. `seed` feeds backoff jitter and the id
+    /// prefix (pass `Math.random()` bits in the browser).
+    pub fn new(config: Config, codec: C, seed: u64) -> Self {
+        let mut rng = Rng::new(seed);
+        let prefix = format!("{}-", rng.base36(8));
+        ClientCore {
+            outbox: Outbox::new(config.outbox_limit),
+            duplicates: DuplicateFilter::new(config.duplicate_window),
+            ack_batch: config.ack_batch.max(1),
+            config,
+            codec,
+            rng,
+            prefix,
+            next_op: 0,
+            phase: Phase::Idle,
+            reported: State::Disconnected,
+            next_conn: 0,
+            url_index: 0,
+            failures: 0,
+            session: None,
+            user: String::new(),
+            heartbeat_ms: 0,
+            last_heard: 0,
+            pending: Deadlines::default(),
+            subscriptions: Subscriptions::default(),
+            subscribe_frames: IdMap::default(),
+            ready_waiters: Vec::new(),
+            acks: Acks::default(),
+            actions: VecDeque::new(),
+            armed: None,
+        }
+    }
+
+    /// The next action for the driver, in order.
+    pub fn poll_action(&mut self) -> Option<Action<C::Payload>> {
+        self.actions.pop_front()
+    }
+
+    /// The connection state the app sees.
+    pub fn state(&self) -> State {
+        self.phase.state()
+    }
+
+    /// Whether `close()` was called.
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// The session id, once a `welcome` named it.
+    pub fn session(&self) -> Option<&str> {
+        self.session.as_deref()
+    }
+
+    /// The URL of the current (or next) attempt.
+    pub fn url(&self) -> Option<&str> {
+        self.config.urls.get(self.url_index).map(String::as_str)
+    }
+
+    /// The id prefix of this client's frames (`<prefix><op>`).
+    pub fn id_prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Starts connecting (no-op when already connecting or connected, or closed).
+    pub fn connect(&mut self, now: u64) {
+        match self.phase {
+            Phase::Idle | Phase::Disconnected => {
+                self.failures = 0;
+                if self.config.urls.is_empty() {
+                    self.actions.push_back(Action::Error(ClientError::new(
+                        ErrorCode::Invalid,
+                        "no gateway URL configured",
+                    )));
+                } else {
+                    self.attempt(now);
+                }
+            }
+            _ => {}
+        }
+        self.finish();
+    }
+
+    /// Closes the client for good: the socket is closed and every outstanding operation
+    /// is rejected with `closed`.
+    pub fn close(&mut self, _now: u64) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        if matches!(self.phase, Phase::Connected { .. }) {
+            self.flush_acks();
+        }
+        if self.phase.conn().is_some() {
+            self.actions.push_back(Action::Close);
+        }
+        self.phase = Phase::Closed;
+        self.report(true);
+        let err = ClientError::new(ErrorCode::Closed, "the client was closed");
+        self.fail_everything(&err);
+        self.subscriptions.clear();
+        self.subscribe_frames.clear();
+        self.finish();
+    }
+
+    /// Operation that resolves once connected (at once when already connected); it is
+    /// rejected when the client is closed or gives up.
+    pub fn ready(&mut self, _now: u64) -> u64 {
+        let op = self.next_op();
+        match self.phase {
+            Phase::Connected { .. } => self.actions.push_back(Action::Resolve(op)),
+            Phase::Closed => self.reject(op, ErrorCode::Closed, "the client was closed"),
+            _ => self.ready_waiters.push(op),
+        }
+        self.finish();
+        op
+    }
+
+    /// Sends a `publish`; the returned operation resolves on the gateway's `ack` or is
+    /// rejected with its error, `timeout` after the request timeout, `disconnected` when
+    /// the outbox is full, `closed` after `close()`.
+    pub fn write(&mut self, envelope: Envelope<C::Payload>, now: u64) -> u64 {
+        let op = self.next_op();
+        if let Some(frame) = self.admit(op, &envelope.channel) {
+            let frame = ClientFrame::Publish(Publish {
+                id: frame,
+                channel: envelope.channel,
+                subject: envelope.subject,
+                distribution: envelope.distribution,
+                headers: envelope.headers,
+                message: envelope.message,
+            });
+            let deadline = now.saturating_add(self.config.request_timeout_ms);
+            self.enqueue(op, deadline, Pending::Write, &frame);
+        }
+        self.finish();
+        op
+    }
+
+    /// Sends a `request`; the returned operation resolves with the reply, or is rejected
+    /// as [`write`](Self::write) is (`timeout` when `timeout_ms`, default the request
+    /// timeout, passes).
+    pub fn request(
+        &mut self,
+        envelope: Envelope<C::Payload>,
+        timeout_ms: Option<u64>,
+        now: u64,
+    ) -> u64 {
+        let op = self.next_op();
+        let timeout = timeout_ms.unwrap_or(self.config.request_timeout_ms);
+        if let Some(frame) = self.admit(op, &envelope.channel) {
+            let frame = ClientFrame::Request(Request {
+                id: frame,
+                channel: envelope.channel,
+                subject: envelope.subject,
+                headers: envelope.headers,
+                timeout_ms: Some(timeout),
+                message: envelope.message,
+            });
+            self.enqueue(op, now.saturating_add(timeout), Pending::Request, &frame);
+        }
+        self.finish();
+        op
+    }
+
+    /// Adds a subscription (sent now when connected, and again after every reconnect).
+    ///
+    /// # Errors
+    /// `closed` after `close()`, `unknown_channel` for a channel this client may not use,
+    /// `invalid` for an empty channel.
+    pub fn subscribe(&mut self, options: SubscribeOptions, _now: u64) -> Result<u64, ClientError> {
+        if self.phase == Phase::Closed {
+            return Err(ClientError::new(ErrorCode::Closed, "the client was closed"));
+        }
+        if options.channel.is_empty() {
+            return Err(ClientError::new(
+                ErrorCode::Invalid,
+                "`channel` is required",
+            ));
+        }
+        if !self.config.allows(&options.channel) {
+            return Err(unknown_channel(&options.channel));
+        }
+        let id = self.next_op();
+        if matches!(self.phase, Phase::Connected { .. }) {
+            self.send_subscribe(id, &options);
+        }
+        self.subscriptions.insert(id, options);
+        self.finish();
+        Ok(id)
+    }
+
+    /// Removes a subscription; bindings no other subscription needs are unbound.
+    pub fn unsubscribe(&mut self, id: u64, _now: u64) {
+        if let Some(options) = self.subscriptions.remove(id) {
+            if matches!(self.phase, Phase::Connected { .. }) {
+                let op = self.next_op();
+                let frame = options.frame(self.frame_id(op));
+                self.send(&ClientFrame::Unsubscribe(frame));
+            }
+        }
+        self.subscribe_frames.retain(|_, sub| *sub != id);
+        self.finish();
+    }
+
+    /// The socket of connection `conn` opened: say `hello`.
+    pub fn on_open(&mut self, conn: u64, now: u64) {
+        if let Phase::Opening { conn: c, .. } = self.phase {
+            if c == conn {
+                self.phase = Phase::Greeting {
+                    conn,
+                    deadline: now.saturating_add(self.config.connect_timeout_ms),
+                };
+                self.last_heard = now;
+                self.send(&ClientFrame::Hello(Hello {
+                    session: self.session.clone(),
+                    token: self.config.token.clone(),
+                    client: Some(self.config.client_name.clone()),
+                    protocol: Some(PROTOCOL_VERSION),
+                }));
+            }
+        }
+        self.finish();
+    }
+
+    /// A text frame arrived on connection `conn`.
+    pub fn on_text(&mut self, conn: u64, text: &str, now: u64) {
+        if self.phase.conn() == Some(conn) {
+            self.last_heard = now;
+            match self.codec.decode(text) {
+                Ok(frame) => self.on_frame(frame, now),
+                Err(e) => self
+                    .actions
+                    .push_back(Action::Error(ClientError::new(e.code, e.message))),
+            }
+        }
+        self.finish();
+    }
+
+    /// Connection `conn` closed with WebSocket close `code` (1006 when it broke).
+    pub fn on_close(&mut self, conn: u64, code: u16, now: u64) {
+        if self.phase.conn() == Some(conn) {
+            if should_reconnect(code) {
+                self.lost(now);
+            } else {
+                self.give_up(code);
+            }
+        }
+        self.finish();
+    }
+
+    /// Time passed: fire deadlines (request timeouts, connect and heartbeat deadlines,
+    /// backoff, batched acks). Call it at the time of the last `SetTimer`.
+    pub fn tick(&mut self, now: u64) {
+        self.armed = None;
+        for (op, _) in self.pending.expire(now) {
+            self.outbox.remove(op);
+            self.reject(op, ErrorCode::Timeout, "no answer before the deadline");
+        }
+        match self.phase {
+            Phase::Waiting { until } if now >= until => self.attempt(now),
+            Phase::Opening { deadline, .. } | Phase::Greeting { deadline, .. }
+                if now >= deadline =>
+            {
+                self.actions.push_back(Action::Close);
+                self.lost(now);
+            }
+            Phase::Connected { .. } => {
+                if self.dead_at().is_some_and(|at| now >= at) {
+                    self.actions.push_back(Action::Close);
+                    self.lost(now);
+                } else if self.acks.due.is_some_and(|due| now >= due) {
+                    self.flush_acks();
+                }
+            }
+            _ => {}
+        }
+        self.finish();
+    }
+
+    // ----- frames -----
+
+    fn on_frame(&mut self, frame: ServerFrame<C::Payload>, now: u64) {
+        match frame {
+            ServerFrame::Welcome(w) => self.on_welcome(w, now),
+            ServerFrame::Ack(a) => {
+                if let Some(op) = self.op_of(&a.id) {
+                    if self.pending.resolve(op).is_some() {
+                        self.outbox.remove(op);
+                        self.actions.push_back(Action::Resolve(op));
+                    }
+                    self.subscribe_frames.remove(op);
+                }
+            }
+            ServerFrame::Error(e) => {
+                if let Some(seq) = e.seq {
+                    self.handled(seq, now);
+                }
+                let err = ClientError::new(e.code, e.message);
+                match e.id.as_deref().map(|id| (id, self.op_of(id))) {
+                    Some((_, Some(op))) if self.pending.resolve(op).is_some() => {
+                        self.outbox.remove(op);
+                        self.actions.push_back(Action::Reject(op, err));
+                    }
+                    Some((_, Some(op))) if self.subscribe_frames.remove(op).is_some() => {
+                        self.actions.push_back(Action::Error(err));
+                    }
+                    Some(_) => {}
+                    None => self.actions.push_back(Action::Error(err)),
+                }
+            }
+            ServerFrame::Reply(r) => {
+                if let Some(op) = self.op_of(&r.id) {
+                    if self.pending.resolve(op).is_some() {
+                        self.outbox.remove(op);
+                        self.actions.push_back(Action::Reply(op, r.message));
+                    }
+                }
+                self.handled(r.seq, now);
+            }
+            ServerFrame::Deliver(d) => {
+                let seq = d.seq;
+                self.deliver(d);
+                self.handled(seq, now);
+            }
+            ServerFrame::Ping(p) => self.send(&ClientFrame::Pong(p)),
+            ServerFrame::Pong(_) => {}
+            ServerFrame::Drain(d) => {
+                self.actions.push_back(Action::Drain(d));
+                self.flush_acks();
+                self.actions.push_back(Action::Close);
+                // Move at once: the gateway is going away, not failing.
+                self.failures = 0;
+                self.lost(now);
+            }
+            ServerFrame::Overflow(o) => self.actions.push_back(Action::Error(ClientError::new(
+                ErrorCode::Overloaded,
+                format!(
+                    "the gateway dropped {} messages: the client fell behind",
+                    o.dropped
+                ),
+            ))),
+        }
+    }
+
+    fn on_welcome(&mut self, w: Welcome, now: u64) {
+        let Phase::Greeting { conn, .. } = self.phase else {
+            return;
+        };
+        let asked = self.session.is_some();
+        self.session = Some(w.session);
+        self.user = w.user;
+        self.heartbeat_ms = w.heartbeat_ms;
+        self.ack_batch = self
+            .config
+            .ack_batch
+            .min(u64::from(w.limits.delivery_window / 2))
+            .max(1);
+        self.acks = Acks::default();
+        self.phase = Phase::Connected { conn, since: now };
+        let resumed = w.resumed && asked;
+        self.report(resumed);
+        if asked && !w.resumed {
+            let why = w.notice.unwrap_or(ErrorCode::SessionExpired);
+            self.actions.push_back(Action::Error(ClientError::new(
+                why,
+                "the session could not be resumed: a fresh session was opened",
+            )));
+        }
+        let subs: Vec<(u64, SubscribeOptions)> = self
+            .subscriptions
+            .iter()
+            .map(|(id, s)| (id, s.clone()))
+            .collect();
+        self.subscribe_frames.clear();
+        for (id, options) in subs {
+            self.send_subscribe(id, &options);
+        }
+        let frames: Vec<String> = self.outbox.frames().map(str::to_string).collect();
+        for text in frames {
+            self.actions.push_back(Action::Send(text));
+        }
+        for op in std::mem::take(&mut self.ready_waiters) {
+            self.actions.push_back(Action::Resolve(op));
+        }
+    }
+
+    fn deliver(&mut self, d: Deliver<C::Payload>) {
+        if !self.duplicates.first_time(&d.message_id) {
+            return;
+        }
+        let subscriptions = self
+            .subscriptions
+            .targets(&d.channel, &d.routing_key, &self.user);
+        if !subscriptions.is_empty() {
+            self.actions.push_back(Action::Deliver {
+                subscriptions,
+                delivery: d,
+            });
+        }
+    }
+
+    // ----- acknowledgements -----
+
+    fn handled(&mut self, seq: u64, now: u64) {
+        self.acks.handled = self.acks.handled.max(seq);
+        if self.acks.handled - self.acks.sent >= self.ack_batch {
+            self.flush_acks();
+        } else if self.acks.due.is_none() && self.acks.handled > self.acks.sent {
+            self.acks.due = Some(now.saturating_add(self.config.ack_delay_ms));
+        }
+    }
+
+    fn flush_acks(&mut self) {
+        if self.acks.handled > self.acks.sent {
+            self.acks.sent = self.acks.handled;
+            let seq = self.acks.sent;
+            self.send(&ClientFrame::AckDeliveries(AckDeliveries { seq }));
+        }
+        self.acks.due = None;
+    }
+
+    // ----- connection -----
+
+    fn attempt(&mut self, now: u64) {
+        self.next_conn += 1;
+        let conn = self.next_conn;
+        let url = self.config.urls[self.url_index].clone();
+        self.phase = Phase::Opening {
+            conn,
+            deadline: now.saturating_add(self.config.connect_timeout_ms),
+        };
+        self.actions.push_back(Action::Open { conn, url });
+        self.report(false);
+    }
+
+    /// The connection broke (or was abandoned): try the next URL, at once the first
+    /// time, then with backoff.
+    fn lost(&mut self, now: u64) {
+        if let Phase::Connected { since, .. } = self.phase {
+            if now.saturating_sub(since) >= STABLE_AFTER_MS {
+                self.failures = 0;
+            }
+        }
+        self.acks = Acks::default();
+        self.subscribe_frames.clear();
+        self.url_index = (self.url_index + 1) % self.config.urls.len().max(1);
+        let delay = match self.failures {
+            0 => 0,
+            n => self.config.backoff.delay(n - 1, &mut self.rng),
+        };
+        self.failures = self.failures.saturating_add(1);
+        if delay == 0 {
+            self.attempt(now);
+        } else {
+            self.phase = Phase::Waiting {
+                until: now.saturating_add(delay),
+            };
+            self.report(false);
+        }
+    }
+
+    /// The gateway closed with a code that forbids reconnecting.
+    fn give_up(&mut self, code: u16) {
+        self.phase = Phase::Disconnected;
+        self.report(false);
+        let (error, name) = match CloseCode::from_code(code) {
+            Some(CloseCode::Unauthorized) => (ErrorCode::Unauthorized, "unauthorized"),
+            Some(CloseCode::UnsupportedProtocol) => {
+                (ErrorCode::Unsupported, "unsupported_protocol")
+            }
+            Some(c) => (ErrorCode::Disconnected, c.as_str()),
+            None => (ErrorCode::Disconnected, "unknown"),
+        };
+        let err = ClientError::new(
+            error,
+            format!(
+                "the gateway closed the connection with {} ({name}); not reconnecting",
+                u64::from(code)
+            ),
+        );
+        self.actions.push_back(Action::Error(err.clone()));
+        self.fail_everything(&err);
+    }
+
+    fn fail_everything(&mut self, err: &ClientError) {
+        for (op, _) in self.pending.drain_all() {
+            self.actions.push_back(Action::Reject(op, err.clone()));
+        }
+        self.outbox.clear();
+        for op in std::mem::take(&mut self.ready_waiters) {
+            self.actions.push_back(Action::Reject(op, err.clone()));
+        }
+    }
+
+    /// When silence means the connection is dead: 2.5 heartbeat intervals after the
+    /// last frame heard (never when the gateway announced no heartbeat).
+    fn dead_at(&self) -> Option<u64> {
+        (self.heartbeat_ms > 0)
+            .then(|| self.last_heard + self.heartbeat_ms * DEAD_AFTER_TENTHS / 10)
+    }
+
+    // ----- helpers -----
+
+    fn next_op(&mut self) -> u64 {
+        self.next_op += 1;
+        self.next_op
+    }
+
+    fn frame_id(&self, op: u64) -> String {
+        format!("{}{op}", self.prefix)
+    }
+
+    fn op_of(&self, id: &str) -> Option<u64> {
+        id.strip_prefix(self.prefix.as_str())?.parse().ok()
+    }
+
+    /// Checks a new write; returns its frame id, or rejects it.
+    fn admit(&mut self, op: u64, channel: &str) -> Option<String> {
+        let refusal = if self.phase == Phase::Closed {
+            Some(ClientError::new(ErrorCode::Closed, "the client was closed"))
+        } else if channel.is_empty() {
+            Some(ClientError::new(
+                ErrorCode::Invalid,
+                "`channel` is required",
+            ))
+        } else if !self.config.allows(channel) {
+            Some(unknown_channel(channel))
+        } else if !matches!(self.phase, Phase::Connected { .. }) && !self.outbox.has_room() {
+            Some(ClientError::new(
+                ErrorCode::Disconnected,
+                format!(
+                    "not connected and {} writes already wait for the connection",
+                    self.outbox.len()
+                ),
+            ))
+        } else {
+            None
+        };
+        match refusal {
+            Some(err) => {
+                self.actions.push_back(Action::Reject(op, err));
+                None
+            }
+            None => Some(self.frame_id(op)),
+        }
+    }
+
+    fn enqueue(&mut self, op: u64, deadline: u64, kind: Pending, frame: &ClientFrame<C::Payload>) {
+        let text = match self.codec.encode(frame) {
+            Ok(text) => text,
+            Err(err) => return self.actions.push_back(Action::Reject(op, err)),
+        };
+        self.pending.insert(op, deadline, kind);
+        if matches!(self.phase, Phase::Connected { .. }) {
+            self.actions.push_back(Action::Send(text.clone()));
+        }
+        self.outbox.push(op, text);
+    }
+
+    fn send_subscribe(&mut self, sub: u64, options: &SubscribeOptions) {
+        let op = self.next_op();
+        self.subscribe_frames.insert(op, sub);
+        let frame = options.frame(self.frame_id(op));
+        self.send(&ClientFrame::Subscribe(frame));
+    }
+
+    /// Sends a frame of the core's own (never carrying app data, so it always encodes).
+    fn send(&mut self, frame: &ClientFrame<C::Payload>) {
+        match self.codec.encode(frame) {
+            Ok(text) => self.actions.push_back(Action::Send(text)),
+            Err(err) => self.actions.push_back(Action::Error(err)),
+        }
+    }
+
+    fn reject(&mut self, op: u64, code: ErrorCode, message: &str) {
+        self.actions
+            .push_back(Action::Reject(op, ClientError::new(code, message)));
+    }
+
+    /// Emits `state` when the public state changed.
+    fn report(&mut self, resumed: bool) {
+        let new = self.phase.state();
+        if new != self.reported {
+            let change = StateChange {
+                old: self.reported,
+                new,
+                url: self.url().map(str::to_string),
+                session: self.session.clone(),
+                resumed,
+            };
+            self.reported = new;
+            self.actions.push_back(Action::StateChanged(change));
+        }
+    }
+
+    /// Re-arms the driver's timer when the next deadline moved.
+    fn finish(&mut self) {
+        let phase_at = match self.phase {
+            Phase::Opening { deadline, .. } | Phase::Greeting { deadline, .. } => Some(deadline),
+            Phase::Waiting { until } => Some(until),
+            Phase::Connected { .. } => match (self.dead_at(), self.acks.due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            _ => None,
+        };
+        let next = match (phase_at, self.pending.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if next != self.armed {
+            self.armed = next;
+            self.actions.push_back(Action::SetTimer(next));
+        }
+    }
+}
+
+fn unknown_channel(channel: &str) -> ClientError {
+    ClientError::new(
+        ErrorCode::UnknownChannel,
+        format!("channel `{channel}` is not served by this client"),
+    )
+}
+
+#[cfg(test)]
+#[path = "client_tests.rs"]
+mod tests;

@@ -1,0 +1,797 @@
+//! Unit tests of the client core, driven like the facade drives it: inputs with a fake
+//! clock, outputs read back as actions and frames (no socket, no browser).
+
+use serde_json::{json, Value};
+use warren_protocol::{Distribution, ErrorCode, Raw};
+
+use super::*;
+use crate::codec::JsonCodec;
+
+const URLS: [&str; 3] = ["ws://a/ws", "ws://b/ws", "ws://c/ws"];
+
+fn raw(v: Value) -> Raw {
+    serde_json::value::to_raw_value(&v).unwrap()
+}
+
+fn envelope(channel: &str, message: Value) -> Envelope<Raw> {
+    Envelope {
+        channel: channel.into(),
+        subject: None,
+        distribution: Some(Distribution {
+            broadcast: true,
+            ..Distribution::default()
+        }),
+        headers: Default::default(),
+        message: raw(message),
+    }
+}
+
+/// The core plus the fake gateway side of the test.
+struct Harness {
+    core: ClientCore<JsonCodec>,
+    now: u64,
+    conn: u64,
+    log: Vec<Action<Raw>>,
+}
+
+impl Harness {
+    fn new(urls: &[&str]) -> Self {
+        Self::with(Config::new(urls.iter().map(|u| u.to_string()).collect()))
+    }
+
+    fn with(config: Config) -> Self {
+        Harness {
+            core: ClientCore::new(config, JsonCodec, 1234),
+            now: 1_000,
+            conn: 0,
+            log: Vec::new(),
+        }
+    }
+
+    /// Every action queued since the last call.
+    fn take(&mut self) -> Vec<Action<Raw>> {
+        let mut out = Vec::new();
+        while let Some(a) = self.core.poll_action() {
+            if let Action::Open { conn, .. } = &a {
+                self.conn = *conn;
+            }
+            out.push(a);
+        }
+        self.log.extend(out.iter().cloned());
+        out
+    }
+
+    /// The frames sent since the last call, parsed.
+    fn sent(&mut self) -> Vec<Value> {
+        self.take()
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Send(t) => Some(serde_json::from_str(&t).unwrap()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn opens(actions: &[Action<Raw>]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Open { url, .. } => Some(url.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn advance(&mut self, ms: u64) {
+        self.now += ms;
+        self.core.tick(self.now);
+    }
+
+    fn frame(&mut self, v: Value) {
+        self.core.on_text(self.conn, &v.to_string(), self.now);
+    }
+
+    fn welcome(&mut self, session: &str, resumed: bool) {
+        self.frame(json!({"type": "welcome", "session": session, "resumed": resumed,
+            "user": "u1", "node": "gw", "heartbeat_ms": 1000, "protocol": 1,
+            "limits": {"max_frame_bytes": 1000000, "max_subscriptions": 100, "delivery_window": 256}}));
+    }
+
+    /// `connect()` (when idle), socket open, `welcome`; returns the frames sent after
+    /// the `hello`.
+    fn connect(&mut self, session: &str, resumed: bool) -> Vec<Value> {
+        self.core.connect(self.now);
+        let conn = self.conn_after_take();
+        self.core.on_open(conn, self.now);
+        self.welcome(session, resumed);
+        self.sent()
+            .into_iter()
+            .filter(|f| f["type"] != "hello")
+            .collect()
+    }
+
+    fn conn_after_take(&mut self) -> u64 {
+        self.take();
+        self.conn
+    }
+
+    /// The socket broke; returns the actions the core took.
+    fn drop_connection(&mut self) -> Vec<Action<Raw>> {
+        self.core.on_close(self.conn, 1006, self.now);
+        self.take()
+    }
+
+    /// Open + welcome on the socket the core just asked for.
+    fn reopen(&mut self, session: &str, resumed: bool) -> Vec<Value> {
+        self.core.on_open(self.conn, self.now);
+        self.welcome(session, resumed);
+        self.sent()
+            .into_iter()
+            .filter(|f| f["type"] != "hello")
+            .collect()
+    }
+
+    fn rejections(actions: &[Action<Raw>]) -> Vec<(u64, ErrorCode)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Reject(op, e) => Some((*op, e.code)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn resolved(actions: &[Action<Raw>], op: u64) -> bool {
+    actions
+        .iter()
+        .any(|a| matches!(a, Action::Resolve(o) if *o == op))
+}
+
+fn types(frames: &[Value]) -> Vec<&str> {
+    frames.iter().map(|f| f["type"].as_str().unwrap()).collect()
+}
+
+// ----- connection and URL rotation -----
+
+#[test]
+fn connecting_says_hello_and_becomes_connected_on_welcome() {
+    let mut h = Harness::new(&URLS);
+    h.core.connect(h.now);
+    let actions = h.take();
+    assert_eq!(Harness::opens(&actions), vec!["ws://a/ws"]);
+    assert_eq!(h.core.state(), State::Connecting);
+    h.core.on_open(h.conn, h.now);
+    let hello = h.sent();
+    assert_eq!(types(&hello), vec!["hello"]);
+    assert!(hello[0].get("session").is_none());
+    assert_eq!(hello[0]["protocol"], 1);
+    h.welcome("s1", false);
+    let actions = h.take();
+    assert!(actions.iter().any(|a| matches!(a, Action::StateChanged(c)
+        if c.old == State::Connecting && c.new == State::Connected
+            && c.session.as_deref() == Some("s1") && c.url.as_deref() == Some("ws://a/ws"))));
+    assert_eq!(h.core.state(), State::Connected);
+}
+
+#[test]
+fn a_lost_connection_moves_to_the_next_url_at_once_then_backs_off() {
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    let actions = h.drop_connection();
+    assert_eq!(
+        Harness::opens(&actions),
+        vec!["ws://b/ws"],
+        "first retry is immediate"
+    );
+    assert!(actions.iter().any(|a| matches!(a, Action::StateChanged(c)
+        if c.old == State::Connected && c.new == State::Connecting)));
+    // The second URL fails too: now the core waits between min and 2×min.
+    let actions = h.drop_connection();
+    assert!(Harness::opens(&actions).is_empty());
+    let at = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::SetTimer(Some(at)) => Some(*at),
+            _ => None,
+        })
+        .expect("a timer for the next attempt");
+    assert!((h.now + 250..=h.now + 500).contains(&at), "{at}");
+    h.advance(at - h.now);
+    assert_eq!(Harness::opens(&h.take()), vec!["ws://c/ws"]);
+}
+
+#[test]
+fn failed_attempts_rotate_through_every_url_in_order_and_wrap_around() {
+    let mut h = Harness::new(&URLS);
+    h.core.connect(h.now);
+    let mut tried = Harness::opens(&h.take());
+    for _ in 0..5 {
+        h.core.on_close(h.conn, 1006, h.now);
+        h.advance(20_000);
+        tried.extend(Harness::opens(&h.take()));
+    }
+    assert_eq!(
+        tried,
+        vec![
+            "ws://a/ws",
+            "ws://b/ws",
+            "ws://c/ws",
+            "ws://a/ws",
+            "ws://b/ws",
+            "ws://c/ws"
+        ]
+    );
+}
+
+#[test]
+fn a_connect_attempt_without_welcome_is_abandoned_after_the_connect_timeout() {
+    let mut h = Harness::new(&URLS);
+    h.core.connect(h.now);
+    let conn = h.conn_after_take();
+    h.core.on_open(conn, h.now);
+    h.take();
+    h.advance(5_000);
+    let actions = h.take();
+    assert!(actions.iter().any(|a| matches!(a, Action::Close)));
+    assert_eq!(Harness::opens(&actions), vec!["ws://b/ws"]);
+}
+
+#[test]
+fn events_of_an_abandoned_socket_are_ignored() {
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    let old = h.conn;
+    h.drop_connection();
+    h.core.on_text(old, r#"{"type":"ack","id":"x"}"#, h.now);
+    h.core.on_close(old, 1006, h.now);
+    assert!(Harness::opens(&h.take()).is_empty());
+    assert_eq!(h.core.state(), State::Connecting);
+}
+
+#[test]
+fn silence_for_two_and_a_half_heartbeats_declares_the_connection_dead() {
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    h.advance(2_000);
+    h.frame(json!({"type": "ping", "ts": 5}));
+    let pong = h.sent();
+    assert_eq!(
+        pong,
+        vec![json!({"type": "pong", "ts": 5})],
+        "a ping is answered"
+    );
+    h.advance(2_499);
+    assert_eq!(
+        h.core.state(),
+        State::Connected,
+        "2.499 s of silence is fine"
+    );
+    h.advance(1);
+    let actions = h.take();
+    assert!(actions.iter().any(|a| matches!(a, Action::Close)));
+    assert_eq!(Harness::opens(&actions), vec!["ws://b/ws"]);
+}
+
+#[test]
+fn a_drain_emits_the_event_and_moves_to_the_next_url_at_once() {
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    h.frame(json!({"type": "drain", "reason": "shutdown", "deadline_ms": 5000}));
+    let actions = h.take();
+    assert!(matches!(actions[0], Action::Drain(ref d) if d.reason == "shutdown"));
+    assert!(actions.iter().any(|a| matches!(a, Action::Close)));
+    assert_eq!(Harness::opens(&actions), vec!["ws://b/ws"]);
+    h.core.on_open(h.conn, h.now);
+    assert_eq!(h.sent()[0]["session"], "s1");
+}
+
+#[test]
+fn a_close_code_that_forbids_reconnecting_stops_and_rejects_pending_writes() {
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    let op = h.core.write(envelope("chat", json!(1)), h.now);
+    h.take();
+    h.core.on_close(h.conn, 4501, h.now);
+    let actions = h.take();
+    assert!(Harness::opens(&actions).is_empty());
+    assert_eq!(
+        Harness::rejections(&actions),
+        vec![(op, ErrorCode::Unauthorized)]
+    );
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, Action::Error(e) if e.code == ErrorCode::Unauthorized)));
+    assert_eq!(h.core.state(), State::Disconnected);
+}
+
+#[test]
+fn the_going_away_close_code_reconnects() {
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    h.core.on_close(h.conn, 1001, h.now);
+    assert_eq!(Harness::opens(&h.take()), vec!["ws://b/ws"]);
+}
+
+#[test]
+fn close_rejects_everything_with_closed_and_stays_closed() {
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    let w = h.core.write(envelope("chat", json!(1)), h.now);
+    let r = h.core.request(envelope("tickets", json!(2)), None, h.now);
+    h.take();
+    h.core.close(h.now);
+    let actions = h.take();
+    assert!(actions.iter().any(|a| matches!(a, Action::Close)));
+    assert_eq!(
+        Harness::rejections(&actions),
+        vec![(w, ErrorCode::Closed), (r, ErrorCode::Closed)]
+    );
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, Action::StateChanged(c) if c.new == State::Disconnected)));
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::SetTimer(None))),
+        "no timer left behind"
+    );
+    h.core.connect(h.now);
+    let later = h.core.write(envelope("chat", json!(3)), h.now);
+    let actions = h.take();
+    assert!(Harness::opens(&actions).is_empty(), "closed for good");
+    assert_eq!(
+        Harness::rejections(&actions),
+        vec![(later, ErrorCode::Closed)]
+    );
+    assert!(h.core.is_closed());
+}
+
+#[test]
+fn ready_resolves_once_connected_and_at_once_when_already_connected() {
+    let mut h = Harness::new(&URLS);
+    let early = h.core.ready(h.now);
+    assert!(!resolved(&h.take(), early));
+    h.connect("s1", false);
+    assert!(resolved(&h.log, early));
+    let late = h.core.ready(h.now);
+    assert!(resolved(&h.take(), late));
+}
+
+// ----- writes, requests, timeouts -----
+
+#[test]
+fn a_write_resolves_on_the_gateway_ack() {
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    let op = h.core.write(envelope("chat", json!({"text": "hi"})), h.now);
+    let frames = h.sent();
+    assert_eq!(types(&frames), vec!["publish"]);
+    assert_eq!(frames[0]["message"], json!({"text": "hi"}));
+    assert_eq!(frames[0]["distribution"], json!({"broadcast": true}));
+    let id = frames[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(id, format!("{}{op}", h.core.id_prefix()));
+    h.frame(json!({"type": "ack", "id": id}));
+    assert!(resolved(&h.take(), op));
+}
+
+#[test]
+fn a_gateway_error_rejects_the_write_with_its_code() {
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    let op = h.core.write(envelope("chat", json!(1)), h.now);
+    let id = h.sent()[0]["id"].clone();
+    h.frame(json!({"type": "error", "id": id, "code": "no_route", "message": "nobody listens"}));
+    assert_eq!(
+        Harness::rejections(&h.take()),
+        vec![(op, ErrorCode::NoRoute)]
+    );
+}
+
+#[test]
+fn a_request_resolves_with_its_reply_and_its_deadline_is_cleared() {
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    let op = h.core.request(
+        envelope("tickets", json!({"op": "create"})),
+        Some(3_000),
+        h.now,
+    );
+    let frames = h.sent();
+    assert_eq!(frames[0]["type"], "request");
+    assert_eq!(frames[0]["timeout_ms"], 3000);
+    h.frame(json!({"type": "reply", "id": frames[0]["id"], "seq": 1, "message": {"ticket": 7}}));
+    let actions = h.take();
+    let reply = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Reply(o, m) if *o == op => Some(m.get().to_string()),
+            _ => None,
+        })
+        .expect("reply");
+    assert_eq!(reply, r#"{"ticket":7}"#);
+    h.advance(10_000);
+    assert!(Harness::rejections(&h.take()).is_empty(), "no late timeout");
+}
+
+#[test]
+fn a_request_without_answer_is_rejected_with_timeout_at_its_own_deadline() {
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    let op = h
+        .core
+        .request(envelope("tickets", json!(1)), Some(500), h.now);
+    let actions = h.take();
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, Action::SetTimer(Some(at)) if *at == h.now + 500)));
+    h.advance(499);
+    assert!(Harness::rejections(&h.take()).is_empty());
+    h.advance(1);
+    assert_eq!(
+        Harness::rejections(&h.take()),
+        vec![(op, ErrorCode::Timeout)]
+    );
+}
+
+#[test]
+fn a_timed_out_write_is_cleaned_up_and_never_sent_again() {
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    let op = h.core.write(envelope("chat", json!("lost")), h.now);
+    h.take();
+    h.advance(10_000);
+    assert_eq!(
+        Harness::rejections(&h.take()),
+        vec![(op, ErrorCode::Timeout)]
+    );
+    h.frame(json!({"type": "ping"}));
+    h.drop_connection();
+    let frames = h.reopen("s1", true);
+    assert_eq!(types(&frames), Vec::<&str>::new(), "nothing re-sent");
+}
+
+#[test]
+fn a_late_answer_after_the_timeout_is_ignored_but_acknowledged() {
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    let _op = h
+        .core
+        .request(envelope("tickets", json!(1)), Some(100), h.now);
+    let id = h.sent()[0]["id"].clone();
+    h.advance(100);
+    h.take();
+    h.frame(json!({"type": "reply", "id": id, "seq": 1, "message": 1}));
+    assert!(!h.take().iter().any(|a| matches!(a, Action::Reply(..))));
+    h.advance(100);
+    assert_eq!(h.sent(), vec![json!({"type": "ack_deliveries", "seq": 1})]);
+}
+
+#[test]
+fn a_service_refusal_rejects_the_request_and_its_seq_is_acknowledged() {
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    let op = h.core.request(envelope("tickets", json!(1)), None, h.now);
+    let id = h.sent()[0]["id"].clone();
+    h.frame(json!({"type": "error", "id": id, "code": "rejected", "message": "no", "seq": 4}));
+    assert_eq!(
+        Harness::rejections(&h.take()),
+        vec![(op, ErrorCode::Rejected)]
+    );
+    h.advance(100);
+    assert_eq!(h.sent(), vec![json!({"type": "ack_deliveries", "seq": 4})]);
+}
+
+#[test]
+fn a_channel_outside_the_configured_list_is_refused_locally() {
+    let mut config = Config::new(vec![URLS[0].into()]);
+    config.channels = vec!["voice".into()];
+    let mut h = Harness::with(config);
+    h.connect("s1", false);
+    let op = h.core.write(envelope("chat", json!(1)), h.now);
+    assert_eq!(
+        Harness::rejections(&h.take()),
+        vec![(op, ErrorCode::UnknownChannel)]
+    );
+    let err = h
+        .core
+        .subscribe(
+            SubscribeOptions {
+                channel: "chat".into(),
+                ..Default::default()
+            },
+            h.now,
+        )
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::UnknownChannel);
+    h.core.write(envelope("voice", json!(1)), h.now);
+    assert_eq!(types(&h.sent()), vec!["publish"]);
+}
+
+// ----- outbox -----
+
+#[test]
+fn writes_made_while_disconnected_are_sent_in_order_after_connecting_with_the_same_ids() {
+    let mut h = Harness::new(&URLS);
+    let ops: Vec<u64> = (0..3)
+        .map(|i| h.core.write(envelope("chat", json!(i)), h.now))
+        .collect();
+    let r = h.core.request(envelope("tickets", json!("q")), None, h.now);
+    assert!(h.sent().is_empty(), "nothing is sent before connecting");
+    let frames = h.connect("s1", false);
+    assert_eq!(
+        types(&frames),
+        vec!["publish", "publish", "publish", "request"]
+    );
+    let ids: Vec<String> = frames
+        .iter()
+        .map(|f| f["id"].as_str().unwrap().to_string())
+        .collect();
+    let want: Vec<String> = ops
+        .iter()
+        .chain([&r])
+        .map(|op| format!("{}{op}", h.core.id_prefix()))
+        .collect();
+    assert_eq!(ids, want);
+    assert_eq!(
+        frames
+            .iter()
+            .take(3)
+            .map(|f| f["message"].clone())
+            .collect::<Vec<_>>(),
+        vec![json!(0), json!(1), json!(2)]
+    );
+}
+
+#[test]
+fn the_outbox_refuses_writes_beyond_its_limit_with_disconnected() {
+    let mut config = Config::new(vec![URLS[0].into()]);
+    config.outbox_limit = 2;
+    let mut h = Harness::with(config);
+    let a = h.core.write(envelope("chat", json!(1)), h.now);
+    let b = h.core.write(envelope("chat", json!(2)), h.now);
+    let c = h.core.write(envelope("chat", json!(3)), h.now);
+    let rejected = Harness::rejections(&h.take());
+    assert_eq!(rejected, vec![(c, ErrorCode::Disconnected)]);
+    let frames = h.connect("s1", false);
+    let ids: Vec<&str> = frames.iter().map(|f| f["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        vec![
+            format!("{}{a}", h.core.id_prefix()),
+            format!("{}{b}", h.core.id_prefix())
+        ]
+    );
+}
+
+#[test]
+fn writes_not_acked_when_the_connection_dropped_are_sent_again_with_the_same_ids() {
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    let a = h.core.write(envelope("chat", json!("a")), h.now);
+    let _b = h.core.write(envelope("chat", json!("b")), h.now);
+    let first = h.sent();
+    h.frame(json!({"type": "ack", "id": first[0]["id"]}));
+    assert!(resolved(&h.take(), a));
+    h.drop_connection();
+    let c = h.core.write(envelope("chat", json!("c")), h.now);
+    let frames = h.reopen("s1", true);
+    assert_eq!(types(&frames), vec!["publish", "publish"]);
+    assert_eq!(frames[0], first[1], "b again, byte for byte");
+    assert_eq!(frames[1]["id"], format!("{}{c}", h.core.id_prefix()));
+}
+
+// ----- deliveries -----
+
+fn deliver(seq: u64, id: &str) -> Value {
+    json!({"type": "deliver", "seq": seq, "message_id": id, "channel": "chat",
+        "routing_key": "chat.all", "message": {"n": seq}})
+}
+
+fn delivered(actions: &[Action<Raw>]) -> Vec<(u64, String)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Deliver {
+                subscriptions,
+                delivery,
+            } => Some(
+                subscriptions
+                    .iter()
+                    .map(|s| (*s, delivery.message_id.clone()))
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn a_redelivered_message_reaches_the_app_once_and_is_still_acknowledged() {
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    let sub = h
+        .core
+        .subscribe(
+            SubscribeOptions {
+                channel: "chat".into(),
+                ..Default::default()
+            },
+            h.now,
+        )
+        .unwrap();
+    h.take();
+    h.frame(deliver(1, "m1"));
+    assert_eq!(delivered(&h.take()), vec![(sub, "m1".to_string())]);
+    // The gateway died before our ack reached RabbitMQ: the next connection gets m1 again.
+    h.drop_connection();
+    h.reopen("s1", true);
+    h.frame(
+        json!({"type": "deliver", "seq": 1, "message_id": "m1", "channel": "chat",
+        "routing_key": "chat.all", "redelivered": true, "message": {"n": 1}}),
+    );
+    h.frame(deliver(2, "m2"));
+    assert_eq!(delivered(&h.take()), vec![(sub, "m2".to_string())]);
+    h.advance(100);
+    assert_eq!(h.sent(), vec![json!({"type": "ack_deliveries", "seq": 2})]);
+}
+
+#[test]
+fn deliveries_are_acknowledged_cumulatively_in_batches_and_after_a_short_delay() {
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    h.core
+        .subscribe(
+            SubscribeOptions {
+                channel: "chat".into(),
+                ..Default::default()
+            },
+            h.now,
+        )
+        .unwrap();
+    h.take();
+    for seq in 1..=31 {
+        h.frame(deliver(seq, &format!("m{seq}")));
+    }
+    assert!(h.sent().is_empty(), "31 < batch of 32: wait");
+    h.frame(deliver(32, "m32"));
+    assert_eq!(h.sent(), vec![json!({"type": "ack_deliveries", "seq": 32})]);
+    h.frame(deliver(33, "m33"));
+    h.advance(99);
+    assert!(h.sent().is_empty());
+    h.advance(1);
+    assert_eq!(h.sent(), vec![json!({"type": "ack_deliveries", "seq": 33})]);
+}
+
+#[test]
+fn a_delivery_is_routed_to_the_subscription_whose_binding_matches() {
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    let all = h
+        .core
+        .subscribe(
+            SubscribeOptions {
+                channel: "chat".into(),
+                ..Default::default()
+            },
+            h.now,
+        )
+        .unwrap();
+    let room = h
+        .core
+        .subscribe(
+            SubscribeOptions {
+                channel: "chat".into(),
+                groups: vec!["r1".into()],
+                ..Default::default()
+            },
+            h.now,
+        )
+        .unwrap();
+    let frames = h.sent();
+    assert_eq!(types(&frames), vec!["subscribe", "subscribe"]);
+    assert_eq!(frames[1]["groups"], json!(["r1"]));
+    h.frame(
+        json!({"type": "deliver", "seq": 1, "message_id": "g", "channel": "chat",
+        "routing_key": "chat.group.r1", "message": 1}),
+    );
+    h.frame(deliver(2, "b"));
+    assert_eq!(
+        delivered(&h.take()),
+        vec![(room, "g".to_string()), (all, "b".to_string())]
+    );
+    h.core.unsubscribe(room, h.now);
+    let frames = h.sent();
+    assert_eq!(frames[0]["type"], "unsubscribe");
+    assert_eq!(frames[0]["groups"], json!(["r1"]));
+    assert_eq!(frames[0]["broadcast"], json!(false));
+}
+
+// ----- resume -----
+
+#[test]
+fn reconnect_resumes_the_session_and_subscribes_again_before_flushing_writes() {
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    h.core
+        .subscribe(
+            SubscribeOptions {
+                channel: "chat".into(),
+                groups: vec!["room-1".into()],
+                ..Default::default()
+            },
+            h.now,
+        )
+        .unwrap();
+    h.core
+        .subscribe(
+            SubscribeOptions {
+                channel: "voice".into(),
+                direct: true,
+                ..Default::default()
+            },
+            h.now,
+        )
+        .unwrap();
+    h.take();
+    h.drop_connection();
+    let w = h.core.write(envelope("chat", json!("offline")), h.now);
+    h.core.on_open(h.conn, h.now);
+    let hello = h.sent();
+    assert_eq!(hello[0]["type"], "hello");
+    assert_eq!(hello[0]["session"], "s1", "names the session to resume");
+    h.welcome("s1", true);
+    let actions = h.take();
+    assert!(actions.iter().any(|a| matches!(a, Action::StateChanged(c)
+        if c.new == State::Connected && c.resumed && c.url.as_deref() == Some("ws://b/ws"))));
+    let frames: Vec<Value> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send(t) => Some(serde_json::from_str(t).unwrap()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(types(&frames), vec!["subscribe", "subscribe", "publish"]);
+    assert_eq!(frames[0]["groups"], json!(["room-1"]));
+    assert_eq!(frames[1]["direct"], json!(true));
+    assert_eq!(frames[2]["id"], format!("{}{w}", h.core.id_prefix()));
+}
+
+#[test]
+fn an_expired_session_is_reported_as_a_fresh_session_in_the_state_event() {
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    h.drop_connection();
+    h.core.on_open(h.conn, h.now);
+    h.frame(
+        json!({"type": "welcome", "session": "s2", "resumed": false, "notice": "session_expired",
+        "user": "u1", "node": "gw", "heartbeat_ms": 1000, "protocol": 1,
+        "limits": {"max_frame_bytes": 1000000, "max_subscriptions": 100, "delivery_window": 256}}),
+    );
+    let actions = h.take();
+    assert!(actions.iter().any(|a| matches!(a, Action::StateChanged(c)
+        if c.new == State::Connected && !c.resumed && c.session.as_deref() == Some("s2"))));
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, Action::Error(e) if e.code == ErrorCode::SessionExpired)));
+    assert_eq!(h.core.session(), Some("s2"));
+}
+
+#[test]
+fn a_connection_that_stayed_up_resets_the_backoff() {
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    // Fail twice so that a wait is needed...
+    h.drop_connection();
+    h.drop_connection();
+    h.advance(20_000);
+    h.take();
+    h.reopen("s1", true);
+    // ...then stay connected long enough: the next loss retries at once again.
+    h.frame(json!({"type": "ping"}));
+    for _ in 0..6 {
+        h.now += 1_000;
+        h.frame(json!({"type": "ping"}));
+    }
+    h.take();
+    assert_eq!(Harness::opens(&h.drop_connection()).len(), 1);
+}

@@ -1,0 +1,225 @@
+//! Subscriptions: what the app asked to receive, the gateway bindings that serves, and
+//! which subscription a delivery belongs to. Two subscriptions may share a binding (two
+//! components listening to the same room): unsubscribing one unbinds only what no other
+//! subscription still needs.
+
+use warren_protocol::amqp::keys;
+use warren_protocol::Subscribe;
+
+use crate::id_map::IdMap;
+
+/// What to receive on one channel (the JS `subscribe({ channel, groups?, direct?, topic? })`).
+///
+/// When none of `broadcast`, `groups`, `direct` and `topic` is given, the subscription
+/// is to the channel's broadcast.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    /// Channel, e.g. `chat`.
+    pub channel: String,
+    /// Receive the channel's broadcast (default: only when nothing else is asked).
+    pub broadcast: Option<bool>,
+    /// Receive these groups' messages.
+    pub groups: Vec<String>,
+    /// Receive messages sent directly to this session's user.
+    pub direct: bool,
+    /// Receive events matching this AMQP topic pattern (`order.*`, `a.#`).
+    pub topic: Option<String>,
+}
+
+/// One gateway binding of a channel.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Binding {
+    /// `<channel>.all`.
+    Broadcast,
+    /// `<channel>.group.<g>`.
+    Group(String),
+    /// `<channel>.user.<this user>`.
+    Direct,
+    /// `<channel>.event.<pattern>`.
+    Topic(String),
+}
+
+impl SubscribeOptions {
+    /// The bindings this subscription needs.
+    pub fn bindings(&self) -> Vec<Binding> {
+        let frame = self.frame(String::new());
+        let mut out = Vec::new();
+        if frame.wants_broadcast() {
+            out.push(Binding::Broadcast);
+        }
+        out.extend(self.groups.iter().cloned().map(Binding::Group));
+        if self.direct {
+            out.push(Binding::Direct);
+        }
+        out.extend(self.topic.iter().cloned().map(Binding::Topic));
+        out
+    }
+
+    /// The `subscribe` frame body with frame id `id`.
+    pub fn frame(&self, id: String) -> Subscribe {
+        Subscribe {
+            id,
+            channel: self.channel.clone(),
+            broadcast: self.broadcast,
+            groups: self.groups.clone(),
+            direct: self.direct,
+            topic: self.topic.clone(),
+        }
+    }
+
+    /// Whether a delivery with `routing_key` matches one of this subscription's bindings
+    /// (`user` is this session's user id, for direct messages).
+    pub fn matches(&self, routing_key: &str, user: &str) -> bool {
+        let ch = self.channel.as_str();
+        self.bindings().iter().any(|b| match b {
+            Binding::Broadcast => routing_key == keys::broadcast(ch),
+            Binding::Group(g) => routing_key == keys::group(ch, g),
+            Binding::Direct => routing_key == keys::user(ch, user),
+            Binding::Topic(p) => topic_matches(&keys::event(ch, p), routing_key),
+        })
+    }
+}
+
+/// AMQP topic matching: `*` is exactly one word, `#` zero or more words.
+pub fn topic_matches(pattern: &str, key: &str) -> bool {
+    fn go(p: &[&str], k: &[&str]) -> bool {
+        match (p.first(), k.first()) {
+            (None, None) => true,
+            (Some(&"#"), _) => go(&p[1..], k) || (!k.is_empty() && go(p, &k[1..])),
+            (Some(&"*"), Some(_)) => go(&p[1..], &k[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &k[1..]),
+            _ => false,
+        }
+    }
+    let p: Vec<&str> = pattern.split('.').collect();
+    let k: Vec<&str> = key.split('.').collect();
+    go(&p, &k)
+}
+
+/// The app's live subscriptions, by id.
+#[derive(Debug, Default)]
+pub struct Subscriptions {
+    by_id: IdMap<SubscribeOptions>,
+}
+
+impl Subscriptions {
+    /// Adds subscription `id`.
+    pub fn insert(&mut self, id: u64, options: SubscribeOptions) {
+        self.by_id.insert(id, options);
+    }
+
+    /// Removes subscription `id`, returning the `unsubscribe` options that drop only the
+    /// bindings no remaining subscription needs (`None` when nothing is to unbind).
+    pub fn remove(&mut self, id: u64) -> Option<SubscribeOptions> {
+        let gone = self.by_id.remove(id)?;
+        let still: Vec<Binding> = self
+            .by_id
+            .iter()
+            .map(|(_, s)| s)
+            .filter(|s| s.channel == gone.channel)
+            .flat_map(SubscribeOptions::bindings)
+            .collect();
+        let mut out = SubscribeOptions {
+            channel: gone.channel.clone(),
+            broadcast: Some(false),
+            ..SubscribeOptions::default()
+        };
+        let mut any = false;
+        for b in gone.bindings().into_iter().filter(|b| !still.contains(b)) {
+            any = true;
+            match b {
+                Binding::Broadcast => out.broadcast = Some(true),
+                Binding::Group(g) => out.groups.push(g),
+                Binding::Direct => out.direct = true,
+                Binding::Topic(t) => out.topic = Some(t),
+            }
+        }
+        any.then_some(out)
+    }
+
+    /// Every subscription, in creation order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &SubscribeOptions)> {
+        self.by_id.iter()
+    }
+
+    /// The subscriptions a delivery is for: those whose bindings match its routing key,
+    /// or, when none does (a service used a `CC` list), every subscription of its channel.
+    pub fn targets(&self, channel: &str, routing_key: &str, user: &str) -> Vec<u64> {
+        let exact: Vec<u64> = self
+            .iter()
+            .filter(|(_, s)| s.channel == channel && s.matches(routing_key, user))
+            .map(|(id, _)| id)
+            .collect();
+        if !exact.is_empty() {
+            return exact;
+        }
+        self.iter()
+            .filter(|(_, s)| s.channel == channel)
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// Forgets every subscription.
+    pub fn clear(&mut self) {
+        self.by_id.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(channel: &str, groups: &[&str]) -> SubscribeOptions {
+        SubscribeOptions {
+            channel: channel.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            ..SubscribeOptions::default()
+        }
+    }
+
+    #[test]
+    fn topic_patterns_follow_amqp_wildcards() {
+        assert!(topic_matches(
+            "chat.event.order.*",
+            "chat.event.order.created"
+        ));
+        assert!(!topic_matches("chat.event.order.*", "chat.event.order.a.b"));
+        assert!(topic_matches("chat.event.#", "chat.event"));
+        assert!(topic_matches("chat.event.#", "chat.event.a.b.c"));
+        assert!(topic_matches("a.#.z", "a.z"));
+        assert!(!topic_matches("a.b", "a.c"));
+    }
+
+    #[test]
+    fn a_delivery_goes_to_the_subscription_whose_binding_matches() {
+        let mut subs = Subscriptions::default();
+        subs.insert(1, sub("chat", &[]));
+        subs.insert(2, sub("chat", &["room-1"]));
+        subs.insert(
+            3,
+            SubscribeOptions {
+                direct: true,
+                ..sub("chat", &[])
+            },
+        );
+        assert_eq!(subs.targets("chat", "chat.all", "u"), vec![1]);
+        assert_eq!(subs.targets("chat", "chat.group.room-1", "u"), vec![2]);
+        assert_eq!(subs.targets("chat", "chat.user.u", "u"), vec![3]);
+        assert_eq!(subs.targets("chat", "chat.other", "u"), vec![1, 2, 3]);
+        assert!(subs.targets("voice", "voice.all", "u").is_empty());
+    }
+
+    #[test]
+    fn unsubscribing_keeps_bindings_another_subscription_still_needs() {
+        let mut subs = Subscriptions::default();
+        subs.insert(1, sub("chat", &["a", "b"]));
+        subs.insert(2, sub("chat", &["b"]));
+        let un = subs.remove(1).unwrap();
+        assert_eq!(un.groups, vec!["a".to_string()]);
+        assert_eq!(un.broadcast, Some(false));
+        assert!(subs.remove(2).is_some());
+        subs.insert(3, sub("chat", &[]));
+        subs.insert(4, sub("chat", &[]));
+        assert_eq!(subs.remove(3), None, "the broadcast is still needed by 4");
+    }
+}

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Runs every test of the browser SDK:
+#   1. native unit tests of the sans-IO core (cargo test -p warren-sdk);
+#   2. the npm package build (build.sh, which prints the gzipped size);
+#   3. wasm-bindgen-test in headless Chromium against a REAL stack (two gateways, the demo
+#      service, RabbitMQ at AMQP_ADDR) started here with `warren-stack`;
+#   4. a Node test that imports the built package as an app does and calls it.
+# The stack gets an extra channel `silent` that no service consumes (timeout test).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+say() { printf '\033[1m[sdk-wasm test]\033[0m %s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+# --- tools -----------------------------------------------------------------------------
+if ! command -v chromedriver >/dev/null || ! { command -v chromium >/dev/null || command -v chromium-browser >/dev/null; }; then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    say "installing chromium and chromium-driver with apt-get"
+    { apt-get install -y chromium chromium-driver || { apt-get update && apt-get install -y chromium chromium-driver; }; } >/dev/null \
+      || die "cannot install chromium"
+  else
+    die "chromium and chromedriver are required (apt-get install chromium chromium-driver)"
+  fi
+fi
+command -v node >/dev/null && command -v npm >/dev/null || die "node and npm are required"
+
+# --- 1. native core ----------------------------------------------------------------------
+say "native unit tests of the core"
+(cd "$root" && cargo test -p warren-sdk)
+
+# --- 2. package -------------------------------------------------------------------------
+"$here/build.sh"
+
+# --- 3. stack ---------------------------------------------------------------------------
+say "building the gateway, the demo service and warren-stack"
+(cd "$root" && cargo build -p warren-gateway -p warren-service -p warren-e2e --bins)
+work="$(mktemp -d)"
+state="$work/stack.json"
+stack_pid=""
+cleanup() {
+  if [[ -n "$stack_pid" ]] && kill -0 "$stack_pid" 2>/dev/null; then
+    kill -TERM "$stack_pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$stack_pid" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$stack_pid" 2>/dev/null || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+say "starting warren-stack (ephemeral ports, own namespace)"
+"$root/target/debug/warren-stack" --layout ephemeral --state-file "$state" \
+  --channels chat,voice,tickets,echo,silent > "$work/stack.log" 2>&1 &
+stack_pid=$!
+for _ in $(seq 1 300); do
+  [[ -s "$state" ]] && break
+  kill -0 "$stack_pid" 2>/dev/null || { cat "$work/stack.log" >&2; die "warren-stack exited (is RabbitMQ running at ${AMQP_ADDR:-amqp://127.0.0.1:5672/%2f}?)"; }
+  sleep 0.2
+done
+[[ -s "$state" ]] || { cat "$work/stack.log" >&2; die "warren-stack did not write its state within 60 s"; }
+
+# --- 4. browser tests -----------------------------------------------------------------------
+say "wasm-bindgen-test in headless Chromium against the stack"
+(cd "$here" && \
+  WARREN_STACK_STATE_JSON="$(cat "$state")" \
+  CHROMEDRIVER="${CHROMEDRIVER:-$(command -v chromedriver)}" \
+  WASM_BINDGEN_TEST_TIMEOUT="${WASM_BINDGEN_TEST_TIMEOUT:-120}" \
+  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+  cargo test -p warren-sdk --target wasm32-unknown-unknown --test browser) \
+  || { tail -n 50 "$work/stack.log" >&2; die "browser tests failed"; }
+
+# --- 5. the package as an app imports it -------------------------------------------------------
+say "Node: import the built package and call it"
+node_flags=()
+if [[ "$(node -e 'process.stdout.write(typeof WebSocket)')" != "function" ]]; then
+  node_flags+=(--experimental-websocket) # Node 20: WebSocket is behind a flag
+fi
+(cd "$here/tests/node" && npm install --no-audit --no-fund --no-package-lock >/dev/null \
+  && WARREN_STACK_STATE="$state" node "${node_flags[@]}" --test import.test.mjs) \
+  || { tail -n 50 "$work/stack.log" >&2; die "node import test failed"; }
+say "all SDK tests passed"

@@ -1,0 +1,307 @@
+//! Browser tests (wasm-bindgen-test in headless Chromium) of the JS `Client` against a
+//! REAL stack: two gateways, the demo service and RabbitMQ, started by `sdk-wasm/test.sh`
+//! with `warren-stack`, whose state JSON (URLs, control API) is compiled in through
+//! `WARREN_STACK_STATE_JSON`. The stack runs with an extra channel `silent` that no
+//! service consumes, for the timeout test.
+#![cfg(target_arch = "wasm32")]
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use js_sys::{Array, Function, Promise, Reflect, JSON};
+use warren_sdk::browser::Client;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::JsFuture;
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(js_name = setTimeout)]
+    fn set_timeout(callback: &Function, ms: f64);
+}
+
+/// The stack's state, as `warren-stack --state-file` wrote it.
+fn stack() -> JsValue {
+    // Compiled in by test.sh; without it the tests fail with this message (the file
+    // still compiles, so `cargo clippy --all-targets` works without a stack).
+    let Some(text) = option_env!("WARREN_STACK_STATE_JSON") else {
+        panic!("run through sdk-wasm/test.sh: WARREN_STACK_STATE_JSON is not set");
+    };
+    JSON::parse(text).expect("state JSON")
+}
+
+fn path(v: &JsValue, keys: &[&str]) -> JsValue {
+    keys.iter().fold(v.clone(), |v, k| {
+        Reflect::get(&v, &JsValue::from_str(k)).unwrap_or(JsValue::UNDEFINED)
+    })
+}
+
+/// The URL of gateway `index` (0 primary, 1 failover) for `listener` (`all`, `tickets`, ...).
+fn url(index: u32, listener: &str) -> String {
+    let gateways = path(&stack(), &["gateways"]);
+    path(&Array::from(&gateways).get(index), &["urls", listener])
+        .as_string()
+        .expect("a gateway URL")
+}
+
+fn control() -> String {
+    path(&stack(), &["control"])
+        .as_string()
+        .expect("control URL")
+}
+
+fn json(text: &str) -> JsValue {
+    JSON::parse(text).expect("test JSON")
+}
+
+fn client(options: &str) -> Client {
+    Client::new(json(options).unchecked_into()).expect("client")
+}
+
+fn both(listener: &str) -> String {
+    format!(r#"["{}", "{}"]"#, url(0, listener), url(1, listener))
+}
+
+async fn wait(p: Promise) -> Result<JsValue, JsValue> {
+    JsFuture::from(p).await
+}
+
+async fn sleep(ms: u32) {
+    let p = Promise::new(&mut |resolve, _| set_timeout(&resolve, f64::from(ms)));
+    let _ = wait(p).await;
+}
+
+/// A JS function that records its argument.
+fn recorder() -> (Function, Rc<RefCell<Vec<JsValue>>>) {
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let s = seen.clone();
+    let f = Closure::<dyn FnMut(JsValue)>::new(move |v| s.borrow_mut().push(v));
+    let function = f.as_ref().unchecked_ref::<Function>().clone();
+    f.forget();
+    (function, seen)
+}
+
+async fn post(url: &str) {
+    let init = web_sys::RequestInit::new();
+    init.set_method("POST");
+    let window = web_sys::window().expect("window");
+    let response = wait(window.fetch_with_str_and_init(url, &init))
+        .await
+        .expect("control API reachable");
+    let response: web_sys::Response = response.unchecked_into();
+    assert!(response.ok(), "POST {url}: {}", response.status());
+}
+
+fn code_of(err: &JsValue) -> String {
+    path(err, &["code"]).as_string().unwrap_or_default()
+}
+
+#[wasm_bindgen_test]
+async fn connect_opens_a_session_and_write_resolves_on_the_gateway_ack() {
+    let c = client(&format!(r#"{{"urls": {}}}"#, both("all")));
+    wait(c.connect()).await.expect("connect");
+    assert_eq!(c.state(), "connected");
+    assert!(c.session().is_some());
+    wait(c.write(json(r#"{"channel": "echo", "message": {"hello": "browser"}}"#).unchecked_into()))
+        .await
+        .expect("write acked");
+    c.close();
+}
+
+#[wasm_bindgen_test]
+async fn write_and_wait_resolves_with_the_reply_of_the_echo_and_tickets_services() {
+    let c = client(&format!(r#"{{"urls": {}}}"#, both("all")));
+    wait(c.connect()).await.expect("connect");
+    let reply = wait(c.write_and_wait(
+        json(r#"{"channel": "echo", "message": {"n": 42, "s": "x"}}"#),
+        Some(json(r#"{"timeoutMs": 5000}"#).unchecked_into()),
+    ))
+    .await
+    .expect("echo reply");
+    assert_eq!(JSON::stringify(&reply).unwrap(), r#"{"n":42,"s":"x"}"#);
+    let ticket = wait(c.write_and_wait(
+        json(r#"{"channel": "tickets", "message": {"op": "create", "title": "wasm"}}"#),
+        None,
+    ))
+    .await
+    .expect("ticket");
+    assert_eq!(
+        path(&ticket, &["title"]).as_string().as_deref(),
+        Some("wasm")
+    );
+    assert_eq!(
+        path(&ticket, &["status"]).as_string().as_deref(),
+        Some("open")
+    );
+    c.close();
+}
+
+#[wasm_bindgen_test]
+async fn a_subscription_receives_a_chat_broadcast_relayed_by_the_service() {
+    let c = client(&format!(r#"{{"urls": {}}}"#, both("all")));
+    wait(c.connect()).await.expect("connect");
+    let (handler, seen) = recorder();
+    let _sub = c
+        .subscribe(json(r#"{"channel": "chat"}"#).unchecked_into(), handler)
+        .expect("subscribe");
+    sleep(200).await; // the subscribe frame is bound before the relay is published
+    let text = format!("hi-{}", js_sys::Math::random());
+    let envelope = format!(
+        r#"{{"channel": "chat", "distribution": {{"broadcast": true}}, "message": {{"text": "{text}"}}}}"#
+    );
+    wait(c.write(json(&envelope).unchecked_into()))
+        .await
+        .expect("write");
+    for _ in 0..50 {
+        if seen
+            .borrow()
+            .iter()
+            .any(|d| path(d, &["message", "text"]).as_string().as_deref() == Some(text.as_str()))
+        {
+            break;
+        }
+        sleep(100).await;
+    }
+    let got = seen.borrow().clone();
+    let delivery = got
+        .iter()
+        .find(|d| path(d, &["message", "text"]).as_string().as_deref() == Some(text.as_str()))
+        .expect("the broadcast was delivered");
+    assert_eq!(
+        path(delivery, &["channel"]).as_string().as_deref(),
+        Some("chat")
+    );
+    assert_eq!(
+        path(delivery, &["routingKey"]).as_string().as_deref(),
+        Some("chat.all")
+    );
+    assert!(path(delivery, &["messageId"]).as_string().is_some());
+    c.close();
+}
+
+#[wasm_bindgen_test]
+async fn write_and_wait_rejects_with_timeout_when_no_service_answers() {
+    let c = client(&format!(r#"{{"urls": {}}}"#, both("all")));
+    wait(c.connect()).await.expect("connect");
+    let started = js_sys::Date::now();
+    let err = wait(c.write_and_wait(
+        json(r#"{"channel": "silent", "message": {"anyone": "there?"}}"#),
+        Some(json(r#"{"timeoutMs": 300}"#).unchecked_into()),
+    ))
+    .await
+    .expect_err("nobody answers on `silent`");
+    let elapsed = js_sys::Date::now() - started;
+    assert_eq!(code_of(&err), "timeout");
+    assert_eq!(
+        path(&err, &["name"]).as_string().as_deref(),
+        Some("WarrenError")
+    );
+    assert_eq!(path(&err, &["retry"]).as_bool(), Some(true));
+    assert!(
+        (250.0..3_000.0).contains(&elapsed),
+        "rejected after {elapsed} ms"
+    );
+    // The pending entry is gone: the client still works and has nothing to time out.
+    wait(c.write(json(r#"{"channel": "echo", "message": 1}"#).unchecked_into()))
+        .await
+        .expect("still usable");
+    c.close();
+}
+
+#[wasm_bindgen_test]
+async fn one_client_per_channel_port_serves_its_channel_and_refuses_others_locally() {
+    let c = client(&format!(
+        r#"{{"urls": {}, "channels": ["tickets"]}}"#,
+        both("tickets")
+    ));
+    wait(c.connect())
+        .await
+        .expect("connect to the tickets port");
+    let list = wait(c.write_and_wait(
+        json(r#"{"channel": "tickets", "message": {"op": "list"}}"#),
+        None,
+    ))
+    .await
+    .expect("tickets answer on their own port");
+    assert!(Array::is_array(&path(&list, &["tickets"])));
+    let err = wait(c.write(json(r#"{"channel": "chat", "message": 1}"#).unchecked_into()))
+        .await
+        .expect_err("chat is not served by this client");
+    assert_eq!(code_of(&err), "unknown_channel");
+    c.close();
+}
+
+#[wasm_bindgen_test]
+async fn when_the_first_gateway_is_killed_the_client_continues_on_the_second_url() {
+    let primary = url(0, "all");
+    let failover = url(1, "all");
+    let c = client(&format!(
+        r#"{{"urls": ["{primary}", "{failover}"], "reconnect": {{"minDelayMs": 100, "maxDelayMs": 1000}}}}"#
+    ));
+    let (on_state, states) = recorder();
+    c.on("state", on_state).expect("on");
+    wait(c.connect()).await.expect("connect");
+    assert_eq!(c.url().as_deref(), Some(primary.as_str()));
+    let (handler, seen) = recorder();
+    let _sub = c
+        .subscribe(json(r#"{"channel": "chat"}"#).unchecked_into(), handler)
+        .expect("subscribe");
+    sleep(200).await;
+
+    post(&format!("{}/gateways/primary/kill", control())).await;
+    let killed_at = js_sys::Date::now();
+    for _ in 0..100 {
+        if c.state() == "connected" && c.url().as_deref() == Some(failover.as_str()) {
+            break;
+        }
+        sleep(50).await;
+    }
+    let moved_after = js_sys::Date::now() - killed_at;
+    assert_eq!(
+        c.url().as_deref(),
+        Some(failover.as_str()),
+        "moved to the second URL"
+    );
+    assert_eq!(c.state(), "connected");
+    assert!(moved_after < 3_000.0, "failover took {moved_after} ms");
+    let news: Vec<String> = states
+        .borrow()
+        .iter()
+        .filter_map(|e| path(e, &["newState"]).as_string())
+        .collect();
+    assert_eq!(
+        news,
+        vec!["connecting", "connected", "connecting", "connected"]
+    );
+
+    // The session goes on: requests resolve and the subscription was renewed.
+    let reply = wait(c.write_and_wait(json(r#"{"channel": "echo", "message": "after"}"#), None))
+        .await
+        .expect("request after failover");
+    assert_eq!(reply.as_string().as_deref(), Some("after"));
+    let text = format!("after-failover-{}", js_sys::Math::random());
+    let envelope = format!(r#"{{"channel": "chat", "message": {{"text": "{text}"}}}}"#);
+    wait(c.write(json(&envelope).unchecked_into()))
+        .await
+        .expect("write");
+    for _ in 0..50 {
+        if seen
+            .borrow()
+            .iter()
+            .any(|d| path(d, &["message", "text"]).as_string().as_deref() == Some(text.as_str()))
+        {
+            break;
+        }
+        sleep(100).await;
+    }
+    assert!(
+        seen.borrow()
+            .iter()
+            .any(|d| path(d, &["message", "text"]).as_string().as_deref() == Some(text.as_str())),
+        "the re-subscribed broadcast arrives on the second gateway"
+    );
+    c.close();
+    post(&format!("{}/gateways/primary/start", control())).await;
+}
