@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Builds the npm package `warren-sdk` into sdk-wasm/pkg/:
-#   cargo (wasm32, profile wasm-release) → wasm-bindgen --target web → wasm-opt -Oz
+#   cargo (wasm32, profile wasm-release, std rebuilt with panic=immediate-abort)
+#   → wasm-bindgen --target web → wasm-opt -Oz → esbuild (JS glue bundled + minified)
 #   → package.json, README and every file of sdk-wasm/npm/ copied in.
-# Installs what it needs (the wasm32 target, wasm-bindgen-cli pinned to the crate's
-# wasm-bindgen version, wasm-opt from binaryen's npm package) or fails saying what is
-# missing. Needs node/npm.
-# Prints the gzipped size of wasm + JS glue and fails over the 30 KB budget.
+# Installs what it needs (the wasm32 target and rust-src with rustup, wasm-bindgen-cli
+# pinned to the crate's wasm-bindgen version, wasm-opt and esbuild from npm into
+# target/sdk-wasm-tools/) or fails saying what is missing. Needs node/npm.
+# Prints the gzipped size of wasm + JS glue and FAILS over the 30 KB budget.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -25,28 +26,49 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknow
   say "installing the wasm32-unknown-unknown target"
   rustup target add wasm32-unknown-unknown || die "cannot add the wasm32-unknown-unknown target"
 fi
+# std is rebuilt from source (below), which needs the standard library's source.
+sysroot="$(rustc --print sysroot)"
+if [[ ! -f "$sysroot/lib/rustlib/src/rust/library/Cargo.lock" ]]; then
+  say "installing the rust-src component (to rebuild std for the wasm)"
+  rustup component add rust-src || die "cannot add the rust-src component (rustup component add rust-src)"
+fi
 if [[ "$(wasm-bindgen --version 2>/dev/null || true)" != "wasm-bindgen $wasm_bindgen_version" ]]; then
   say "installing wasm-bindgen-cli $wasm_bindgen_version (cargo install, a few minutes)"
   cargo install --locked wasm-bindgen-cli --version "$wasm_bindgen_version" \
     || die "cannot install wasm-bindgen-cli $wasm_bindgen_version"
 fi
 # wasm-opt from binaryen's npm package (a recent release: Debian's binaryen 108 corrupts
-# the externref table that wasm-bindgen 0.2.130 emits). Installed once into target/.
+# the externref table that wasm-bindgen 0.2.130 emits) and esbuild (minifies the JS
+# glue), pinned, installed once into target/.
 binaryen_version="132.0.0"
+esbuild_version="0.28.2"
 tools="$root/target/sdk-wasm-tools"
 wasm_opt="$tools/node_modules/binaryen/bin/wasm-opt"
+esbuild="$tools/node_modules/esbuild" # used through its JS API (works without install scripts)
 command -v node >/dev/null || die "node (>= 18) is required"
-if [[ "$(node "$wasm_opt" --version 2>/dev/null || true)" != *"version ${binaryen_version%%.*}"* ]]; then
-  say "installing binaryen $binaryen_version (wasm-opt) from npm into $tools"
+if [[ "$(node "$wasm_opt" --version 2>/dev/null || true)" != *"version ${binaryen_version%%.*}"* ]] \
+  || [[ "$(node -p "require(process.argv[1]).version" "$esbuild" 2>/dev/null || true)" != "$esbuild_version" ]]; then
+  say "installing binaryen $binaryen_version (wasm-opt) and esbuild $esbuild_version from npm into $tools"
   mkdir -p "$tools"
-  (cd "$tools" && npm install --no-audit --no-fund --no-save --prefix "$tools" "binaryen@$binaryen_version" >/dev/null) \
-    || die "cannot install binaryen@$binaryen_version with npm"
+  (cd "$tools" && npm install --no-audit --no-fund --no-save --prefix "$tools" \
+    "binaryen@$binaryen_version" "esbuild@$esbuild_version" >/dev/null) \
+    || die "cannot install binaryen@$binaryen_version and esbuild@$esbuild_version with npm"
 fi
 
 # --- build -----------------------------------------------------------------------------
-say "cargo build (wasm32, profile wasm-release)"
-(cd "$root" && cargo build -p warren-sdk --target wasm32-unknown-unknown --profile wasm-release)
-wasm="$root/target/wasm32-unknown-unknown/wasm-release/warren_sdk.wasm"
+# std is rebuilt with the package (`-Z build-std`, allowed on the stable toolchain by
+# RUSTC_BOOTSTRAP, for this one command only) so that a panic is a bare `unreachable`
+# (`-C panic=immediate-abort`): no panic messages, locations or `core::fmt` in the
+# wasm, about 3 KB gzipped. The SDK never panics on purpose (errors are values); a
+# panic would be a bug either way. Its own target dir (target/sdk-wasm-std), since
+# these flags would otherwise invalidate the shared wasm32 build of the tests.
+say "cargo build (wasm32, profile wasm-release, -Z build-std, panic=immediate-abort)"
+(cd "$root" && env -u CARGO_ENCODED_RUSTFLAGS RUSTC_BOOTSTRAP=1 \
+  RUSTFLAGS="-Zunstable-options -Cpanic=immediate-abort -Zlocation-detail=none -Zfmt-debug=none" \
+  cargo build -p warren-sdk --target wasm32-unknown-unknown --profile wasm-release \
+    -Zbuild-std=std,panic_abort -Zbuild-std-features=optimize_for_size \
+    --target-dir "$root/target/sdk-wasm-std")
+wasm="$root/target/sdk-wasm-std/wasm32-unknown-unknown/wasm-release/warren_sdk.wasm"
 
 say "wasm-bindgen --target web"
 rm -rf "$pkg"
@@ -55,19 +77,31 @@ rm -f "$pkg/.gitignore"
 
 say "wasm-opt -Oz ($(node "$wasm_opt" --version))"
 # The features rustc enables by default for wasm32, named for wasm-opt.
-node "$wasm_opt" -Oz --strip-debug --strip-producers \
+# --flatten --rereloop: binaryen re-derives the control flow before -Oz (about 0.3 KB
+# gzipped); --converge: repeat -Oz while it still shrinks (0.1 KB); --low-memory-unused:
+# loads and stores may fold constant offsets, valid because rustc links the stack first
+# (addresses below 1 KB are the far end of the 1 MB stack), about 0.3 KB gzipped.
+node "$wasm_opt" --flatten --rereloop -Oz --converge --low-memory-unused \
+  --strip-debug --strip-producers \
   --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
   --enable-nontrapping-float-to-int --enable-reference-types --enable-multivalue \
   "$pkg/warren_sdk_bg.wasm" -o "$pkg/warren_sdk_bg.wasm.opt"
 mv "$pkg/warren_sdk_bg.wasm.opt" "$pkg/warren_sdk_bg.wasm"
 
-# The JSDoc that wasm-bindgen copies into the JS glue is also in warren_sdk.d.ts, which
-# is what editors read: drop it from the .js (about 0.8 KB gzipped).
+# The JS glue ships minified, with the JS snippets of `#[wasm_bindgen(inline_js)]`
+# bundled in (one file, no snippets/ folder). The JSDoc stays in warren_sdk.d.ts,
+# which is what editors read. `new URL("warren_sdk_bg.wasm", import.meta.url)` is
+# kept as is, so bundlers (Vite) still find the wasm.
+say "esbuild: bundle and minify the JS glue"
 node -e '
-const fs = require("fs"), f = process.argv[1];
-fs.writeFileSync(f, fs.readFileSync(f, "utf8").replace(/^[ \t]*\/\*\*[\s\S]*?\*\/[ \t]*\n/gm, ""));
-' "$pkg/warren_sdk.js"
-node --check "$pkg/warren_sdk.js" || die "the JS glue no longer parses after stripping comments"
+const [esbuild, input, outfile] = process.argv.slice(1);
+require(esbuild).buildSync({ entryPoints: [input], outfile, bundle: true, minify: true,
+  format: "esm", target: "es2020", logLevel: "error" });
+' "$esbuild" "$pkg/warren_sdk.js" "$pkg/warren_sdk.min.js" || die "esbuild could not minify the JS glue"
+mv "$pkg/warren_sdk.min.js" "$pkg/warren_sdk.js"
+rm -rf "$pkg/snippets"
+grep -q 'new URL("warren_sdk_bg.wasm",import.meta.url)' "$pkg/warren_sdk.js" \
+  || die "the minified glue lost new URL(\"warren_sdk_bg.wasm\", import.meta.url)"
 
 # --- package ---------------------------------------------------------------------------
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -n1)"
@@ -80,17 +114,19 @@ for f in "$here"/npm/*; do
 done
 
 # --- size ------------------------------------------------------------------------------
+# What `import init, { Client } from "warren-sdk"` loads: the wasm and the JS glue (each
+# gzipped on its own, as a server sends them). The React bindings (`warren-sdk/react`)
+# are a separate, optional entry point and are reported apart.
 gz() { gzip -9 -c "$1" | wc -c; }
+wasm_raw=$(wc -c < "$pkg/warren_sdk_bg.wasm")
+js_raw=$(wc -c < "$pkg/warren_sdk.js")
 wasm_gz=$(gz "$pkg/warren_sdk_bg.wasm")
 js_gz=$(gz "$pkg/warren_sdk.js")
 total=$((wasm_gz + js_gz))
-printf 'warren-sdk %s: wasm %d B (%d B gzipped) + JS glue %d B (%d B gzipped) = %d B gzipped (%.1f KB; budget 30 KB)\n' \
-  "$version" "$(wc -c < "$pkg/warren_sdk_bg.wasm")" "$wasm_gz" "$(wc -c < "$pkg/warren_sdk.js")" "$js_gz" \
-  "$total" "$(awk "BEGIN { print $total / 1024 }")"
-if (( total > budget )); then
-  if [[ "${WARREN_SIZE_STRICT:-0}" == 1 ]]; then
-    die "over the size budget: $total B gzipped > $budget B"
-  fi
-  say "WARNING: over the size budget ($total B gzipped > $budget B); WARREN_SIZE_STRICT=1 makes this fatal"
+printf 'SDK size: wasm %d B (%d B gz) + js %d B (%d B gz) = %d B gzipped (budget %d)\n' \
+  "$wasm_raw" "$wasm_gz" "$js_raw" "$js_gz" "$total" "$budget"
+if [[ -f "$pkg/react.js" ]]; then
+  say "optional entry warren-sdk/react: react.js $(wc -c < "$pkg/react.js") B ($(gz "$pkg/react.js") B gz), not in the budget"
 fi
-say "package ready in $pkg"
+(( total <= budget )) || die "over the size budget: $total B gzipped > $budget B (issue 3: at most 30 KB gzipped)"
+say "warren-sdk $version ready in $pkg"

@@ -8,8 +8,6 @@
 //! milliseconds and queues [`Action`]s, which the driver takes with
 //! [`ClientCore::poll_action`] and performs in order.
 
-use std::collections::VecDeque;
-
 use warren_protocol::registry::should_reconnect;
 use warren_protocol::{
     AckDeliveries, ClientFrame, CloseCode, Deliver, ErrorCode, Hello, Publish, Request,
@@ -27,6 +25,7 @@ use crate::id_map::IdMap;
 use crate::outbox::Outbox;
 use crate::rng::Rng;
 use crate::subscription::{SubscribeOptions, Subscriptions};
+use crate::text::{concat, decimal};
 
 /// Where the connection is. Internal: the app sees [`State`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,7 +118,9 @@ pub struct ClientCore<C: Codec> {
     ready_waiters: Vec<u64>,
     duplicates: DuplicateFilter,
     acks: Acks,
-    actions: VecDeque<Action<C::Payload>>,
+    /// Actions not taken yet, oldest first (a `Vec`: smaller wasm than a `VecDeque`,
+    /// and the queue rarely holds more than a few).
+    actions: Vec<Action<C::Payload>>,
     /// The timer the driver has armed.
     armed: Option<u64>,
 }
@@ -129,7 +130,8 @@ impl<C: Codec> ClientCore<C> {
     /// prefix (pass `Math.random()` bits in the browser).
     pub fn new(config: Config, codec: C, seed: u64) -> Self {
         let mut rng = Rng::new(seed);
-        let prefix = format!("{}-", rng.base36(8));
+        let mut prefix = rng.base36(8);
+        prefix.push('-');
         ClientCore {
             outbox: Outbox::new(config.outbox_limit),
             duplicates: DuplicateFilter::new(config.duplicate_window),
@@ -153,14 +155,14 @@ impl<C: Codec> ClientCore<C> {
             subscribe_frames: IdMap::default(),
             ready_waiters: Vec::new(),
             acks: Acks::default(),
-            actions: VecDeque::new(),
+            actions: Vec::new(),
             armed: None,
         }
     }
 
     /// The next action for the driver, in order.
     pub fn poll_action(&mut self) -> Option<Action<C::Payload>> {
-        self.actions.pop_front()
+        (!self.actions.is_empty()).then(|| self.actions.remove(0))
     }
 
     /// The connection state the app sees.
@@ -194,7 +196,7 @@ impl<C: Codec> ClientCore<C> {
             Phase::Idle | Phase::Disconnected => {
                 self.failures = 0;
                 if self.config.urls.is_empty() {
-                    self.actions.push_back(Action::Error(ClientError::new(
+                    self.actions.push(Action::Error(ClientError::new(
                         ErrorCode::Invalid,
                         "no gateway URL configured",
                     )));
@@ -217,7 +219,7 @@ impl<C: Codec> ClientCore<C> {
             self.flush_acks();
         }
         if self.phase.conn().is_some() {
-            self.actions.push_back(Action::Close);
+            self.actions.push(Action::Close);
         }
         self.phase = Phase::Closed;
         self.report(true);
@@ -233,7 +235,7 @@ impl<C: Codec> ClientCore<C> {
     pub fn ready(&mut self, _now: u64) -> u64 {
         let op = self.next_op();
         match self.phase {
-            Phase::Connected { .. } => self.actions.push_back(Action::Resolve(op)),
+            Phase::Connected { .. } => self.actions.push(Action::Resolve(op)),
             Phase::Closed => self.reject(op, ErrorCode::Closed, "the client was closed"),
             _ => self.ready_waiters.push(op),
         }
@@ -356,7 +358,7 @@ impl<C: Codec> ClientCore<C> {
                 Ok(frame) => self.on_frame(frame, now),
                 Err(e) => self
                     .actions
-                    .push_back(Action::Error(ClientError::new(e.code, e.message))),
+                    .push(Action::Error(ClientError::new(e.code, e.message))),
             }
         }
         self.finish();
@@ -387,12 +389,12 @@ impl<C: Codec> ClientCore<C> {
             Phase::Opening { deadline, .. } | Phase::Greeting { deadline, .. }
                 if now >= deadline =>
             {
-                self.actions.push_back(Action::Close);
+                self.actions.push(Action::Close);
                 self.lost(now);
             }
             Phase::Connected { .. } => {
                 if self.dead_at().is_some_and(|at| now >= at) {
-                    self.actions.push_back(Action::Close);
+                    self.actions.push(Action::Close);
                     self.lost(now);
                 } else if self.acks.due.is_some_and(|due| now >= due) {
                     self.flush_acks();
@@ -412,7 +414,7 @@ impl<C: Codec> ClientCore<C> {
                 if let Some(op) = self.op_of(&a.id) {
                     if self.pending.resolve(op).is_some() {
                         self.outbox.remove(op);
-                        self.actions.push_back(Action::Resolve(op));
+                        self.actions.push(Action::Resolve(op));
                     }
                     self.subscribe_frames.remove(op);
                 }
@@ -425,20 +427,20 @@ impl<C: Codec> ClientCore<C> {
                 match e.id.as_deref().map(|id| (id, self.op_of(id))) {
                     Some((_, Some(op))) if self.pending.resolve(op).is_some() => {
                         self.outbox.remove(op);
-                        self.actions.push_back(Action::Reject(op, err));
+                        self.actions.push(Action::Reject(op, err));
                     }
                     Some((_, Some(op))) if self.subscribe_frames.remove(op).is_some() => {
-                        self.actions.push_back(Action::Error(err));
+                        self.actions.push(Action::Error(err));
                     }
                     Some(_) => {}
-                    None => self.actions.push_back(Action::Error(err)),
+                    None => self.actions.push(Action::Error(err)),
                 }
             }
             ServerFrame::Reply(r) => {
                 if let Some(op) = self.op_of(&r.id) {
                     if self.pending.resolve(op).is_some() {
                         self.outbox.remove(op);
-                        self.actions.push_back(Action::Reply(op, r.message));
+                        self.actions.push(Action::Reply(op, r.message));
                     }
                 }
                 self.handled(r.seq, now);
@@ -451,19 +453,20 @@ impl<C: Codec> ClientCore<C> {
             ServerFrame::Ping(p) => self.send(&ClientFrame::Pong(p)),
             ServerFrame::Pong(_) => {}
             ServerFrame::Drain(d) => {
-                self.actions.push_back(Action::Drain(d));
+                self.actions.push(Action::Drain(d));
                 self.flush_acks();
-                self.actions.push_back(Action::Close);
+                self.actions.push(Action::Close);
                 // Move at once: the gateway is going away, not failing.
                 self.failures = 0;
                 self.lost(now);
             }
-            ServerFrame::Overflow(o) => self.actions.push_back(Action::Error(ClientError::new(
+            ServerFrame::Overflow(o) => self.actions.push(Action::Error(ClientError::new(
                 ErrorCode::Overloaded,
-                format!(
-                    "the gateway dropped {} messages: the client fell behind",
-                    o.dropped
-                ),
+                concat(&[
+                    "the gateway dropped ",
+                    &decimal(o.dropped),
+                    " messages: the client fell behind",
+                ]),
             ))),
         }
     }
@@ -487,7 +490,7 @@ impl<C: Codec> ClientCore<C> {
         self.report(resumed);
         if asked && !w.resumed {
             let why = w.notice.unwrap_or(ErrorCode::SessionExpired);
-            self.actions.push_back(Action::Error(ClientError::new(
+            self.actions.push(Action::Error(ClientError::new(
                 why,
                 "the session could not be resumed: a fresh session was opened",
             )));
@@ -503,10 +506,10 @@ impl<C: Codec> ClientCore<C> {
         }
         let frames: Vec<String> = self.outbox.frames().map(str::to_string).collect();
         for text in frames {
-            self.actions.push_back(Action::Send(text));
+            self.actions.push(Action::Send(text));
         }
         for op in std::mem::take(&mut self.ready_waiters) {
-            self.actions.push_back(Action::Resolve(op));
+            self.actions.push(Action::Resolve(op));
         }
     }
 
@@ -518,7 +521,7 @@ impl<C: Codec> ClientCore<C> {
             .subscriptions
             .targets(&d.channel, &d.routing_key, &self.user);
         if !subscriptions.is_empty() {
-            self.actions.push_back(Action::Deliver {
+            self.actions.push(Action::Deliver {
                 subscriptions,
                 delivery: d,
             });
@@ -550,12 +553,12 @@ impl<C: Codec> ClientCore<C> {
     fn attempt(&mut self, now: u64) {
         self.next_conn += 1;
         let conn = self.next_conn;
-        let url = self.config.urls[self.url_index].clone();
+        let url = self.url().unwrap_or_default().to_string();
         self.phase = Phase::Opening {
             conn,
             deadline: now.saturating_add(self.config.connect_timeout_ms),
         };
-        self.actions.push_back(Action::Open { conn, url });
+        self.actions.push(Action::Open { conn, url });
         self.report(false);
     }
 
@@ -599,22 +602,25 @@ impl<C: Codec> ClientCore<C> {
         };
         let err = ClientError::new(
             error,
-            format!(
-                "the gateway closed the connection with {} ({name}); not reconnecting",
-                u64::from(code)
-            ),
+            concat(&[
+                "the gateway closed the connection with ",
+                &decimal(code.into()),
+                " (",
+                name,
+                "); not reconnecting",
+            ]),
         );
-        self.actions.push_back(Action::Error(err.clone()));
+        self.actions.push(Action::Error(err.clone()));
         self.fail_everything(&err);
     }
 
     fn fail_everything(&mut self, err: &ClientError) {
         for (op, _) in self.pending.drain_all() {
-            self.actions.push_back(Action::Reject(op, err.clone()));
+            self.actions.push(Action::Reject(op, err.clone()));
         }
         self.outbox.clear();
         for op in std::mem::take(&mut self.ready_waiters) {
-            self.actions.push_back(Action::Reject(op, err.clone()));
+            self.actions.push(Action::Reject(op, err.clone()));
         }
     }
 
@@ -633,7 +639,7 @@ impl<C: Codec> ClientCore<C> {
     }
 
     fn frame_id(&self, op: u64) -> String {
-        format!("{}{op}", self.prefix)
+        concat(&[&self.prefix, &decimal(op)])
     }
 
     fn op_of(&self, id: &str) -> Option<u64> {
@@ -654,17 +660,18 @@ impl<C: Codec> ClientCore<C> {
         } else if !matches!(self.phase, Phase::Connected { .. }) && !self.outbox.has_room() {
             Some(ClientError::new(
                 ErrorCode::Disconnected,
-                format!(
-                    "not connected and {} writes already wait for the connection",
-                    self.outbox.len()
-                ),
+                concat(&[
+                    "not connected and ",
+                    &decimal(self.outbox.len() as u64),
+                    " writes already wait for the connection",
+                ]),
             ))
         } else {
             None
         };
         match refusal {
             Some(err) => {
-                self.actions.push_back(Action::Reject(op, err));
+                self.actions.push(Action::Reject(op, err));
                 None
             }
             None => Some(self.frame_id(op)),
@@ -674,11 +681,11 @@ impl<C: Codec> ClientCore<C> {
     fn enqueue(&mut self, op: u64, deadline: u64, kind: Pending, frame: &ClientFrame<C::Payload>) {
         let text = match self.codec.encode(frame) {
             Ok(text) => text,
-            Err(err) => return self.actions.push_back(Action::Reject(op, err)),
+            Err(err) => return self.actions.push(Action::Reject(op, err)),
         };
         self.pending.insert(op, deadline, kind);
         if matches!(self.phase, Phase::Connected { .. }) {
-            self.actions.push_back(Action::Send(text.clone()));
+            self.actions.push(Action::Send(text.clone()));
         }
         self.outbox.push(op, text);
     }
@@ -693,14 +700,14 @@ impl<C: Codec> ClientCore<C> {
     /// Sends a frame of the core's own (never carrying app data, so it always encodes).
     fn send(&mut self, frame: &ClientFrame<C::Payload>) {
         match self.codec.encode(frame) {
-            Ok(text) => self.actions.push_back(Action::Send(text)),
-            Err(err) => self.actions.push_back(Action::Error(err)),
+            Ok(text) => self.actions.push(Action::Send(text)),
+            Err(err) => self.actions.push(Action::Error(err)),
         }
     }
 
     fn reject(&mut self, op: u64, code: ErrorCode, message: &str) {
         self.actions
-            .push_back(Action::Reject(op, ClientError::new(code, message)));
+            .push(Action::Reject(op, ClientError::new(code, message)));
     }
 
     /// Emits `state` when the public state changed.
@@ -715,7 +722,7 @@ impl<C: Codec> ClientCore<C> {
                 resumed,
             };
             self.reported = new;
-            self.actions.push_back(Action::StateChanged(change));
+            self.actions.push(Action::StateChanged(change));
         }
     }
 
@@ -736,7 +743,7 @@ impl<C: Codec> ClientCore<C> {
         };
         if next != self.armed {
             self.armed = next;
-            self.actions.push_back(Action::SetTimer(next));
+            self.actions.push(Action::SetTimer(next));
         }
     }
 }
@@ -744,7 +751,7 @@ impl<C: Codec> ClientCore<C> {
 fn unknown_channel(channel: &str) -> ClientError {
     ClientError::new(
         ErrorCode::UnknownChannel,
-        format!("channel `{channel}` is not served by this client"),
+        concat(&["channel `", channel, "` is not served by this client"]),
     )
 }
 

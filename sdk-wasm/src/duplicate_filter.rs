@@ -1,14 +1,15 @@
 //! Duplicate suppression for deliveries: remembers the last `capacity` message ids (as
 //! 64-bit FNV-1a hashes, so nothing is allocated per id), so a message redelivered
-//! after a reconnect (same `message_id`) reaches the app once.
-
-use std::collections::VecDeque;
+//! after a reconnect (same `message_id`) reaches the app once. The window is a ring
+//! over a `Vec` (smaller wasm than a `VecDeque`).
 
 /// A bounded window of recently seen message ids; the oldest is forgotten first.
 #[derive(Debug)]
 pub struct DuplicateFilter {
     capacity: usize,
-    seen: VecDeque<u64>,
+    seen: Vec<u64>,
+    /// The slot the next id goes to once the window is full (the oldest id).
+    next: usize,
 }
 
 fn fnv1a(id: &str) -> u64 {
@@ -22,7 +23,8 @@ impl DuplicateFilter {
     pub fn new(capacity: usize) -> Self {
         DuplicateFilter {
             capacity: capacity.max(1),
-            seen: VecDeque::new(),
+            seen: Vec::new(),
+            next: 0,
         }
     }
 
@@ -32,10 +34,11 @@ impl DuplicateFilter {
         if self.seen.contains(&h) {
             return false;
         }
-        if self.seen.len() == self.capacity {
-            self.seen.pop_front();
+        match self.seen.get_mut(self.next) {
+            Some(oldest) => *oldest = h,
+            None => self.seen.push(h),
         }
-        self.seen.push_back(h);
+        self.next = (self.next + 1) % self.capacity;
         true
     }
 

@@ -17,6 +17,7 @@
 //! - [`subscription`]: subscriptions, their bindings and delivery routing.
 //! - [`envelope`]: what the app writes; [`error`]: [`ClientError`] (registry code +
 //!   message); [`codec`]: text ⇄ frame, `serde_json` natively.
+//! - [`text`]: strings and decimals built without `core::fmt` (wasm size).
 //!
 //! The facade (`wasm32` only, module `browser`): the JS `Client` class over the
 //! browser `WebSocket`, `setTimeout` and promises, with the browser's `JSON` as codec.
@@ -39,6 +40,7 @@ pub mod id_map;
 pub mod outbox;
 pub mod rng;
 pub mod subscription;
+pub mod text;
 
 #[cfg(target_arch = "wasm32")]
 pub mod browser;

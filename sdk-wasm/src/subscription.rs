@@ -3,10 +3,10 @@
 //! components listening to the same room): unsubscribing one unbinds only what no other
 //! subscription still needs.
 
-use warren_protocol::amqp::keys;
 use warren_protocol::Subscribe;
 
 use crate::id_map::IdMap;
+use crate::text::concat;
 
 /// What to receive on one channel (the JS `subscribe({ channel, groups?, direct?, topic? })`).
 ///
@@ -69,31 +69,49 @@ impl SubscribeOptions {
 
     /// Whether a delivery with `routing_key` matches one of this subscription's bindings
     /// (`user` is this session's user id, for direct messages).
+    ///
+    /// The keys are those of `warren_protocol::amqp::keys` (`<channel>.all`,
+    /// `<channel>.group.<g>`, `<channel>.user.<u>`, `<channel>.event.<p>`), compared
+    /// piece by piece instead of formatted (no `core::fmt` in the wasm).
     pub fn matches(&self, routing_key: &str, user: &str) -> bool {
         let ch = self.channel.as_str();
+        let rest = routing_key
+            .strip_prefix(ch)
+            .and_then(|r| r.strip_prefix('.'))
+            .unwrap_or_default();
         self.bindings().iter().any(|b| match b {
-            Binding::Broadcast => routing_key == keys::broadcast(ch),
-            Binding::Group(g) => routing_key == keys::group(ch, g),
-            Binding::Direct => routing_key == keys::user(ch, user),
-            Binding::Topic(p) => topic_matches(&keys::event(ch, p), routing_key),
+            Binding::Broadcast => rest == "all",
+            Binding::Group(g) => rest.strip_prefix("group.") == Some(g.as_str()),
+            Binding::Direct => rest.strip_prefix("user.") == Some(user),
+            Binding::Topic(p) => topic_matches(&concat(&[ch, ".event.", p]), routing_key),
         })
     }
 }
 
 /// AMQP topic matching: `*` is exactly one word, `#` zero or more words.
 pub fn topic_matches(pattern: &str, key: &str) -> bool {
-    fn go(p: &[&str], k: &[&str]) -> bool {
-        match (p.first(), k.first()) {
-            (None, None) => true,
-            (Some(&"#"), _) => go(&p[1..], k) || (!k.is_empty() && go(p, &k[1..])),
-            (Some(&"*"), Some(_)) => go(&p[1..], &k[1..]),
-            (Some(a), Some(b)) if a == b => go(&p[1..], &k[1..]),
-            _ => false,
+    // Words are walked in place (no `split` and no `Vec`: smaller wasm). A list of words
+    // is `Some("w1.w2...")`, or `None` once every word is consumed.
+    fn first_word(words: &str) -> (&str, Option<&str>) {
+        match words.bytes().position(|b| b == b'.') {
+            Some(i) => (words.get(..i).unwrap_or_default(), words.get(i + 1..)),
+            None => (words, None),
         }
     }
-    let p: Vec<&str> = pattern.split('.').collect();
-    let k: Vec<&str> = key.split('.').collect();
-    go(&p, &k)
+    fn go(p: Option<&str>, k: Option<&str>) -> bool {
+        let Some(p) = p else {
+            return k.is_none();
+        };
+        let (word, p_rest) = first_word(p);
+        if word == "#" {
+            return go(p_rest, k) || k.is_some_and(|k| go(Some(p), first_word(k).1));
+        }
+        match k.map(first_word) {
+            Some((k_word, k_rest)) => (word == "*" || word == k_word) && go(p_rest, k_rest),
+            None => false,
+        }
+    }
+    go(Some(pattern), Some(key))
 }
 
 /// The app's live subscriptions, by id.
@@ -188,6 +206,11 @@ mod tests {
         assert!(topic_matches("chat.event.#", "chat.event.a.b.c"));
         assert!(topic_matches("a.#.z", "a.z"));
         assert!(!topic_matches("a.b", "a.c"));
+        assert!(topic_matches("a.*.c", "a.b.c"));
+        assert!(!topic_matches("a.*", "a"));
+        assert!(!topic_matches("a", "a.b"));
+        assert!(topic_matches("#", ""));
+        assert!(topic_matches("a..b", "a..b"));
     }
 
     #[test]
@@ -207,6 +230,26 @@ mod tests {
         assert_eq!(subs.targets("chat", "chat.user.u", "u"), vec![3]);
         assert_eq!(subs.targets("chat", "chat.other", "u"), vec![1, 2, 3]);
         assert!(subs.targets("voice", "voice.all", "u").is_empty());
+    }
+
+    #[test]
+    fn matching_agrees_with_the_protocol_routing_keys() {
+        use warren_protocol::amqp::keys;
+        let s = SubscribeOptions {
+            groups: vec!["room-1".into()],
+            direct: true,
+            topic: Some("order.*".into()),
+            broadcast: Some(true),
+            ..sub("chat", &[])
+        };
+        assert!(s.matches(&keys::broadcast("chat"), "u"));
+        assert!(s.matches(&keys::group("chat", "room-1"), "u"));
+        assert!(s.matches(&keys::user("chat", "u"), "u"));
+        assert!(s.matches(&keys::event("chat", "order.created"), "u"));
+        assert!(!s.matches(&keys::group("chat", "room-2"), "u"));
+        assert!(!s.matches(&keys::user("chat", "v"), "u"));
+        assert!(!s.matches(&keys::broadcast("chatter"), "u"));
+        assert!(!s.matches(&keys::broadcast("voice"), "u"));
     }
 
     #[test]

@@ -6,14 +6,14 @@
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 
-use js_sys::{Array, Function, Object, Promise};
+use js_sys::{Function, Object, Promise};
 use warren_protocol::{Deliver, SUBPROTOCOL};
 use wasm_bindgen::prelude::*;
 
 use super::codec::{Js, JsCodec};
 use super::error::{invalid, to_js};
 use super::object::{get, opt_bool, opt_str, opt_u64, req_str, set, str_array};
-use super::socket::{Callback, Socket, SocketEvent};
+use super::socket::{deferred, log_error, Dispatch, Socket, Timer, CLOSE, OPEN, TEXT, TICK};
 use super::types::{ClientOptions, EnvelopeJs, SubscribeOptionsJs, WaitOptionsJs};
 use crate::action::{Action, StateChange};
 use crate::backoff::Backoff;
@@ -22,38 +22,7 @@ use crate::config::Config;
 use crate::envelope::Envelope;
 use crate::id_map::IdMap;
 use crate::subscription::SubscribeOptions;
-
-#[wasm_bindgen(
-    inline_js = "export function deferred() { let r, j; const p = new Promise((a, b) => { r = a; j = b; }); return [p, r, j]; }"
-)]
-extern "C" {
-    /// `[promise, resolve, reject]` (a JS helper: smaller than a Rust executor closure).
-    fn deferred() -> Array;
-}
-
-#[wasm_bindgen]
-extern "C" {
-    #[wasm_bindgen(js_namespace = console, js_name = error)]
-    fn console_error(value: &JsValue);
-
-    #[wasm_bindgen(js_name = setTimeout)]
-    fn set_timeout(callback: &Function, ms: f64) -> JsValue;
-
-    #[wasm_bindgen(js_name = clearTimeout)]
-    fn clear_timeout(id: &JsValue);
-}
-
-/// The one armed `setTimeout`; dropping it clears the timeout.
-struct Timer {
-    id: JsValue,
-    _callback: Callback,
-}
-
-impl Drop for Timer {
-    fn drop(&mut self) {
-        clear_timeout(&self.id);
-    }
-}
+use crate::text::concat;
 
 /// Which event a listener is for.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -69,9 +38,11 @@ impl Event {
             "state" => Ok(Event::State),
             "error" => Ok(Event::Error),
             "drain" => Ok(Event::Drain),
-            other => Err(invalid(format!(
-                "unknown event `{other}` (expected state, error or drain)"
-            ))),
+            other => Err(invalid(concat(&[
+                "unknown event `",
+                other,
+                "` (expected state, error or drain)",
+            ]))),
         }
     }
 }
@@ -90,6 +61,8 @@ struct Inner {
 
 struct Shared {
     inner: RefCell<Inner>,
+    /// The one JS function every socket and timer event of this client goes to.
+    dispatch: Dispatch,
     /// Set while [`pump`] runs, so a handler that calls back into the client does not
     /// perform actions out of order.
     pumping: Cell<bool>,
@@ -121,8 +94,8 @@ impl Client {
     /// the wrong type.
     #[wasm_bindgen(constructor)]
     pub fn new(options: ClientOptions) -> Result<Client, JsValue> {
-        let config =
-            parse_options(&options).map_err(|e| invalid(format!("invalid client options: {e}")))?;
+        let config = parse_options(&options)
+            .map_err(|e| invalid(concat(&["invalid client options: ", &e])))?;
         let seed = (js_sys::Math::random() * 9_007_199_254_740_992.0) as u64 ^ now();
         let inner = Inner {
             core: ClientCore::new(config, JsCodec, seed),
@@ -133,9 +106,17 @@ impl Client {
             listeners: Vec::new(),
         };
         Ok(Client {
-            shared: Rc::new(Shared {
-                inner: RefCell::new(inner),
-                pumping: Cell::new(false),
+            shared: Rc::new_cyclic(|weak: &Weak<Shared>| {
+                let weak = weak.clone();
+                Shared {
+                    inner: RefCell::new(inner),
+                    dispatch: Dispatch::new(move |kind, conn, data: JsValue| {
+                        if let Some(shared) = weak.upgrade() {
+                            feed(&shared, kind, conn as u64, data);
+                        }
+                    }),
+                    pumping: Cell::new(false),
+                }
             }),
         })
     }
@@ -198,7 +179,7 @@ impl Client {
         handler: Function,
     ) -> Result<Subscription, JsValue> {
         let options = parse_subscribe(&options)
-            .map_err(|e| invalid(format!("invalid subscribe options: {e}")))?;
+            .map_err(|e| invalid(concat(&["invalid subscribe options: ", &e])))?;
         let id = {
             let mut inner = self.shared.inner.borrow_mut();
             let id = inner
@@ -241,26 +222,26 @@ impl Client {
 
     /// The connection state now.
     #[wasm_bindgen(getter, unchecked_return_type = "ConnectionState")]
-    pub fn state(&self) -> String {
-        self.shared.inner.borrow().core.state().as_str().to_string()
+    pub fn state(&self) -> JsValue {
+        JsValue::from_str(self.shared.inner.borrow().core.state().as_str())
     }
 
     /// The session id, once a gateway opened one.
-    #[wasm_bindgen(getter)]
-    pub fn session(&self) -> Option<String> {
-        self.shared
-            .inner
-            .borrow()
-            .core
-            .session()
-            .map(str::to_string)
+    #[wasm_bindgen(getter, unchecked_return_type = "string | undefined")]
+    pub fn session(&self) -> JsValue {
+        optional(self.shared.inner.borrow().core.session())
     }
 
     /// The gateway URL in use (or tried next).
-    #[wasm_bindgen(getter)]
-    pub fn url(&self) -> Option<String> {
-        self.shared.inner.borrow().core.url().map(str::to_string)
+    #[wasm_bindgen(getter, unchecked_return_type = "string | undefined")]
+    pub fn url(&self) -> JsValue {
+        optional(self.shared.inner.borrow().core.url())
     }
+}
+
+/// A JS string, or `undefined` (JS values rather than `String`s: smaller glue).
+fn optional(s: Option<&str>) -> JsValue {
+    s.map_or(JsValue::UNDEFINED, JsValue::from_str)
 }
 
 #[wasm_bindgen]
@@ -333,7 +314,7 @@ fn parse_envelope(value: JsValue) -> Result<Envelope<Js>, JsValue> {
             message: Js(value.clone()),
         })
     };
-    read().map_err(|e| invalid(format!("invalid envelope: {e}")))
+    read().map_err(|e| invalid(concat(&["invalid envelope: ", &e])))
 }
 
 /// The one promise helper: registers the settlers of a new promise under the operation
@@ -354,15 +335,21 @@ fn settle_with(
     d.get(0).unchecked_into()
 }
 
-/// Feeds a socket event into the core.
-fn feed(shared: &Rc<Shared>, conn: u64, event: SocketEvent) {
+/// Feeds a socket or timer event (see [`Dispatch`]) into the core.
+fn feed(shared: &Rc<Shared>, kind: u32, conn: u64, data: JsValue) {
     {
         let mut inner = shared.inner.borrow_mut();
         let t = now();
-        match event {
-            SocketEvent::Open => inner.core.on_open(conn, t),
-            SocketEvent::Text(text) => inner.core.on_text(conn, &text, t),
-            SocketEvent::Close(code) => inner.core.on_close(conn, code, t),
+        match kind {
+            OPEN => inner.core.on_open(conn, t),
+            TEXT => inner
+                .core
+                .on_text(conn, &data.as_string().unwrap_or_default(), t),
+            CLOSE => inner
+                .core
+                .on_close(conn, data.as_f64().unwrap_or(1006.0) as u16, t),
+            TICK => inner.core.tick(t),
+            _ => {}
         }
     }
     pump(shared);
@@ -386,17 +373,11 @@ fn pump(shared: &Rc<Shared>) {
 fn perform(shared: &Rc<Shared>, action: Action<Js>) {
     match action {
         Action::Open { conn, url } => {
-            let weak = Rc::downgrade(shared);
-            let report = move |event| {
-                if let Some(shared) = weak.upgrade() {
-                    feed(&shared, conn, event);
-                }
-            };
             let old = shared.inner.borrow_mut().socket.take();
             drop(old);
-            match Socket::open(&url, SUBPROTOCOL, report) {
-                Ok(socket) => shared.inner.borrow_mut().socket = Some(socket),
-                Err(_) => shared.inner.borrow_mut().core.on_close(conn, 1006, now()),
+            match Socket::open(&url, SUBPROTOCOL, conn, &shared.dispatch) {
+                Some(socket) => shared.inner.borrow_mut().socket = Some(socket),
+                None => shared.inner.borrow_mut().core.on_close(conn, 1006, now()),
             }
         }
         Action::Send(text) => {
@@ -436,20 +417,7 @@ fn perform(shared: &Rc<Shared>, action: Action<Js>) {
             emit(shared, Event::Drain, &o);
         }
         Action::SetTimer(at) => {
-            let timer = at.map(|at| {
-                let weak = Rc::downgrade(shared);
-                let callback = Callback::new(move |_| {
-                    if let Some(shared) = weak.upgrade() {
-                        shared.inner.borrow_mut().core.tick(now());
-                        pump(&shared);
-                    }
-                });
-                let delay = at.saturating_sub(now()) as f64;
-                Timer {
-                    id: set_timeout(callback.as_ref().unchecked_ref(), delay),
-                    _callback: callback,
-                }
-            });
+            let timer = at.map(|at| Timer::arm(at.saturating_sub(now()), &shared.dispatch));
             let old = std::mem::replace(&mut shared.inner.borrow_mut().timer, timer);
             drop(old);
         }
@@ -469,7 +437,7 @@ fn settle(shared: &Rc<Shared>, op: u64, outcome: Result<JsValue, JsValue>) {
 /// Calls an app handler; an exception is logged, never allowed to break the client.
 fn call(handler: &Function, arg: &JsValue) {
     if let Err(e) = handler.call1(&JsValue::UNDEFINED, arg) {
-        console_error(&e);
+        log_error(&e);
     }
 }
 

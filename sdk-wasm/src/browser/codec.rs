@@ -17,6 +17,7 @@ use wasm_bindgen::JsValue;
 use super::object::{get, set, set_defined, to_array};
 use crate::codec::Codec;
 use crate::error::ClientError;
+use crate::text::concat;
 
 /// A JavaScript object carrying a frame's app data, passed through untouched.
 #[derive(Debug, Clone)]
@@ -139,13 +140,13 @@ impl Codec for JsCodec {
         if !SERVER_TYPES.contains(&kind.as_str()) {
             return Err(fail(
                 ErrorCode::UnknownType,
-                format!("unknown frame type `{kind}`"),
+                concat(&["unknown frame type `", &kind, "`"]),
             ));
         }
         decode_fields(&kind, v).ok_or_else(|| {
             fail(
                 ErrorCode::Invalid,
-                format!("`{kind}` frame with missing or mistyped fields"),
+                concat(&["`", &kind, "` frame with missing or mistyped fields"]),
             )
         })
     }

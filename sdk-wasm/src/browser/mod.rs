@@ -2,7 +2,8 @@
 //! browser `WebSocket`, `setTimeout` and promises. It holds no logic of its own.
 //!
 //! - [`client`]: the `Client` and `Subscription` classes and the action pump.
-//! - [`socket`]: one `WebSocket` and its event closures.
+//! - [`socket`]: `WebSocket`, `setTimeout` and promise helpers (a small JS snippet), all
+//!   reporting to one dispatch closure per client.
 //! - [`codec`]: frames ⇄ text with the browser's `JSON` (no serde, no `serde_json` in
 //!   the wasm).
 //! - [`error`]: `WarrenError` objects.

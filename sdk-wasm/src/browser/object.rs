@@ -5,6 +5,8 @@
 use js_sys::{Array, Object, Reflect};
 use wasm_bindgen::JsValue;
 
+use crate::text::concat;
+
 /// `target[key]` (`undefined` when absent or `target` is not an object).
 pub fn get(target: &JsValue, key: &str) -> JsValue {
     if target.is_object() {
@@ -29,6 +31,11 @@ pub fn set_defined(target: &Object, key: &str, value: &JsValue) {
 /// Why a field could not be read: names the field.
 pub type FieldError = String;
 
+/// "`key`" followed by `problem` (which starts with the closing backtick).
+fn field(key: &str, problem: &str) -> FieldError {
+    concat(&["`", key, problem])
+}
+
 fn absent(v: &JsValue) -> bool {
     v.is_undefined() || v.is_null()
 }
@@ -44,7 +51,7 @@ pub fn opt_str(target: &JsValue, key: &str) -> Result<Option<String>, FieldError
     }
     v.as_string()
         .map(Some)
-        .ok_or_else(|| format!("`{key}` must be a string"))
+        .ok_or_else(|| field(key, "` must be a string"))
 }
 
 /// A required string field.
@@ -52,7 +59,7 @@ pub fn opt_str(target: &JsValue, key: &str) -> Result<Option<String>, FieldError
 /// # Errors
 /// When absent or not a string.
 pub fn req_str(target: &JsValue, key: &str) -> Result<String, FieldError> {
-    opt_str(target, key)?.ok_or_else(|| format!("`{key}` is required"))
+    opt_str(target, key)?.ok_or_else(|| field(key, "` is required"))
 }
 
 /// An optional non-negative integer field (milliseconds, counts, sequence numbers).
@@ -66,7 +73,7 @@ pub fn opt_u64(target: &JsValue, key: &str) -> Result<Option<u64>, FieldError> {
     }
     match v.as_f64() {
         Some(n) if n >= 0.0 && n.is_finite() => Ok(Some(n as u64)),
-        _ => Err(format!("`{key}` must be a non-negative number")),
+        _ => Err(field(key, "` must be a non-negative number")),
     }
 }
 
@@ -81,7 +88,7 @@ pub fn opt_bool(target: &JsValue, key: &str) -> Result<Option<bool>, FieldError>
     }
     v.as_bool()
         .map(Some)
-        .ok_or_else(|| format!("`{key}` must be a boolean"))
+        .ok_or_else(|| field(key, "` must be a boolean"))
 }
 
 /// An optional array-of-strings field (empty when absent).
@@ -93,7 +100,7 @@ pub fn str_array(target: &JsValue, key: &str) -> Result<Vec<String>, FieldError>
     if absent(&v) {
         return Ok(Vec::new());
     }
-    let bad = || format!("`{key}` must be an array of strings");
+    let bad = || field(key, "` must be an array of strings");
     if !Array::is_array(&v) {
         return Err(bad());
     }

@@ -1,73 +1,111 @@
-//! One browser `WebSocket` with its event handlers. Dropping it detaches the handlers
-//! and closes the socket, so a replaced connection never reports into the core again.
+//! The browser side of sockets, timers and promises: a few lines of JavaScript (an
+//! inline snippet of the package) behind typed Rust handles. Every socket and timer
+//! event goes to ONE JS function per client, the [`Dispatch`] closure, so wasm-bindgen
+//! emits one closure shim for the whole facade (wasm size). Dropping a [`Socket`]
+//! detaches its handlers and closes it, so a replaced connection never reports into the
+//! core again; dropping a [`Timer`] clears it.
 
+use js_sys::{Array, Function};
 use wasm_bindgen::prelude::*;
-use web_sys::{BinaryType, CloseEvent, MessageEvent, WebSocket};
 
-/// What a socket reports to its owner.
-pub enum SocketEvent {
-    /// The socket opened.
-    Open,
-    /// A text frame arrived.
-    Text(String),
-    /// The socket closed with this code.
-    Close(u16),
+#[wasm_bindgen(inline_js = r#"
+export function deferred() { let r, j; const p = new Promise((a, b) => { r = a; j = b; }); return [p, r, j]; }
+export function openSocket(url, protocol, conn, dispatch) {
+  let ws;
+  try { ws = new WebSocket(url, protocol); } catch (_) { return null; }
+  ws.binaryType = "arraybuffer";
+  ws.onopen = () => dispatch(0, conn);
+  ws.onmessage = (e) => { if (typeof e.data == "string") dispatch(1, conn, e.data); };
+  ws.onclose = (e) => dispatch(2, conn, e.code);
+  return ws;
+}
+export function closeSocket(ws) { ws.onopen = ws.onmessage = ws.onclose = null; try { ws.close(1000); } catch (_) {} }
+export function sendText(ws, text) { try { ws.send(text); } catch (_) {} }
+export function arm(ms, dispatch) { return setTimeout(() => dispatch(3, 0), ms); }
+export function disarm(id) { clearTimeout(id); }
+export function logError(e) { console.error(e); }
+"#)]
+extern "C" {
+    /// `[promise, resolve, reject]` (smaller than a Rust executor closure).
+    pub fn deferred() -> Array;
+
+    /// A `WebSocket` reporting to `dispatch`; `null` when the constructor threw.
+    #[wasm_bindgen(js_name = openSocket)]
+    fn open_socket(url: &str, protocol: &str, conn: f64, dispatch: &Function) -> JsValue;
+
+    #[wasm_bindgen(js_name = closeSocket)]
+    fn close_socket(ws: &JsValue);
+
+    #[wasm_bindgen(js_name = sendText)]
+    fn send_text(ws: &JsValue, text: &str);
+
+    fn arm(ms: f64, dispatch: &Function) -> JsValue;
+
+    fn disarm(id: &JsValue);
+
+    /// `console.error(value)`.
+    #[wasm_bindgen(js_name = logError)]
+    pub fn log_error(value: &JsValue);
 }
 
-/// Every JS callback of the facade has this one type, so wasm-bindgen emits one set
-/// of closure shims instead of one per event type (wasm size).
-pub type Callback = Closure<dyn FnMut(JsValue)>;
+/// What a socket or the timer reports: `kind` ([`OPEN`], [`TEXT`], [`CLOSE`] or
+/// [`TICK`]), the connection number, and the text or close code.
+pub type Dispatch = Closure<dyn FnMut(u32, f64, JsValue)>;
 
-/// A WebSocket and the closures that feed its events to the owner.
+/// `kind` of a socket that opened.
+pub const OPEN: u32 = 0;
+/// `kind` of a text frame (`data` is the text; binary frames are not reported).
+pub const TEXT: u32 = 1;
+/// `kind` of a closed socket (`data` is the close code).
+pub const CLOSE: u32 = 2;
+/// `kind` of the timer firing.
+pub const TICK: u32 = 3;
+
+fn function(dispatch: &Dispatch) -> &Function {
+    dispatch.as_ref().unchecked_ref()
+}
+
+/// An open (or opening) WebSocket.
 pub struct Socket {
-    ws: WebSocket,
-    _handlers: [Callback; 3],
+    ws: JsValue,
 }
 
 impl Socket {
-    /// Opens `url` with `protocol`; `report` receives the socket's events.
-    ///
-    /// # Errors
-    /// The `WebSocket` constructor's exception (an invalid URL).
-    pub fn open(
-        url: &str,
-        protocol: &str,
-        report: impl Fn(SocketEvent) + Clone + 'static,
-    ) -> Result<Socket, JsValue> {
-        let ws = WebSocket::new_with_str(url, protocol)?;
-        ws.set_binary_type(BinaryType::Arraybuffer);
-        let r = report.clone();
-        let on_open = Callback::new(move |_| r(SocketEvent::Open));
-        let r = report.clone();
-        let on_message = Callback::new(move |e: JsValue| {
-            // Binary frames are not part of the protocol: ignored.
-            if let Some(text) = e.unchecked_into::<MessageEvent>().data().as_string() {
-                r(SocketEvent::Text(text));
-            }
-        });
-        let on_close = Callback::new(move |e: JsValue| {
-            report(SocketEvent::Close(e.unchecked_into::<CloseEvent>().code()))
-        });
-        ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
-        ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
-        ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
-        Ok(Socket {
-            ws,
-            _handlers: [on_open, on_message, on_close],
-        })
+    /// Opens `url` with `protocol`, reporting to `dispatch` as connection `conn`;
+    /// `None` when the URL is invalid.
+    pub fn open(url: &str, protocol: &str, conn: u64, dispatch: &Dispatch) -> Option<Socket> {
+        let ws = open_socket(url, protocol, conn as f64, function(dispatch));
+        (!ws.is_null()).then_some(Socket { ws })
     }
 
     /// Sends a text frame (dropped when the socket is not open: its close event follows).
     pub fn send(&self, text: &str) {
-        let _ = self.ws.send_with_str(text);
+        send_text(&self.ws, text);
     }
 }
 
 impl Drop for Socket {
     fn drop(&mut self) {
-        self.ws.set_onopen(None);
-        self.ws.set_onmessage(None);
-        self.ws.set_onclose(None);
-        let _ = self.ws.close_with_code(1000);
+        close_socket(&self.ws);
+    }
+}
+
+/// The one armed `setTimeout`.
+pub struct Timer {
+    id: JsValue,
+}
+
+impl Timer {
+    /// Reports [`TICK`] to `dispatch` after `ms`.
+    pub fn arm(ms: u64, dispatch: &Dispatch) -> Timer {
+        Timer {
+            id: arm(ms as f64, function(dispatch)),
+        }
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        disarm(&self.id);
     }
 }
