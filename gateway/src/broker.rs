@@ -1,22 +1,32 @@
 //! The gateway's link to RabbitMQ: two AMQP connections per gateway (one for
 //! publishing, one for consuming, so that broker flow control on publishers never
 //! stalls deliveries), a pool of publisher channels in confirm mode, a few channels
-//! shared by every session's consumer, and a control channel for bindings. Never one
+//! shared by every session's consumer, and control channels for declarations and
+//! bindings (as many as publisher channels, so sessions do not queue behind one). Never one
 //! connection (or channel) per client.
 //!
-//! Channels or connections the broker closed are replaced on next use; a lost
-//! connection is re-established from the configured URIs, in order.
+//! Failures are noticed from lapin's connection events (errors, `connection.blocked`)
+//! and by polling the connection status. Only the supervisor task reconnects: it opens
+//! the replacement of whichever connection is down, trying the NEXT configured URI
+//! first and then the others in turn, swaps it in, re-declares the topology, and
+//! announces the new state on a watch channel. Callers never reconnect themselves and
+//! never queue behind a reconnect: they wait on that watch channel, bounded by
+//! `broker_wait_ms`, and then fail with [`GatewayError::Unavailable`].
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use futures_util::StreamExt;
 use lapin::options::{BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::LongString;
-use lapin::{Channel, Connection, ConnectionProperties};
-use tokio::sync::Mutex;
+use lapin::{Channel, Connection, ConnectionProperties, Event};
+use tokio::sync::{watch, Mutex, Notify};
 
 use crate::config::{redact, Config};
 use crate::error::GatewayError;
+use crate::metrics::{self, Metrics};
+use crate::topology::Topology;
 
 /// Whether the gateway currently has its RabbitMQ connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,11 +58,17 @@ enum Pool {
 }
 
 struct Links {
-    publish_conn: Connection,
-    consume_conn: Connection,
+    publish_conn: Arc<Connection>,
+    consume_conn: Arc<Connection>,
     publishers: Vec<Channel>,
     consumers: Vec<Channel>,
-    control: Channel,
+    controls: Vec<Channel>,
+}
+
+impl Links {
+    fn intact(&self) -> bool {
+        self.publish_conn.status().connected() && self.consume_conn.status().connected()
+    }
 }
 
 /// The pooled AMQP connections and channels of one gateway.
@@ -62,12 +78,23 @@ pub struct Broker {
     publisher_channels: usize,
     consumer_channels: usize,
     delivery_window: u16,
+    wait: Duration,
+    metrics: Arc<Metrics>,
+    /// Held only briefly (to take or replace a channel), never across a reconnect.
     links: Mutex<Option<Links>>,
-    closed: std::sync::atomic::AtomicBool,
-    /// Set while a reconnect is under way (then `state()` cannot look at the links).
-    reconnecting: std::sync::atomic::AtomicBool,
+    /// The topology re-declared after every reconnect.
+    topology: std::sync::Mutex<Option<Topology>>,
+    state_tx: watch::Sender<BrokerState>,
+    /// Wakes the supervisor when a failure is noticed.
+    kick: Notify,
+    /// Index of the URI the last connection was made to.
+    current_uri: AtomicUsize,
+    closed: AtomicBool,
+    /// Set while RabbitMQ blocks the publishing connection (resource alarm).
+    blocked: AtomicBool,
     next_publisher: AtomicUsize,
     next_consumer: AtomicUsize,
+    next_control: AtomicUsize,
 }
 
 impl Broker {
@@ -76,34 +103,60 @@ impl Broker {
     /// # Errors
     /// [`GatewayError::Connect`] when no URI accepts, [`GatewayError::Amqp`] when a
     /// channel cannot be opened.
-    pub async fn connect(config: &Config) -> Result<Arc<Broker>, GatewayError> {
+    pub async fn connect(
+        config: &Config,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Broker>, GatewayError> {
+        let (state_tx, _) = watch::channel(BrokerState::Disconnected);
         let broker = Arc::new(Broker {
             uris: config.amqp_uri.clone(),
             node: config.node.clone(),
             publisher_channels: config.publisher_channels,
             consumer_channels: config.consumer_channels,
             delivery_window: config.delivery_window,
+            wait: Duration::from_millis(config.broker_wait_ms),
+            metrics,
             links: Mutex::new(None),
-            closed: std::sync::atomic::AtomicBool::new(false),
-            reconnecting: std::sync::atomic::AtomicBool::new(false),
+            topology: std::sync::Mutex::new(None),
+            state_tx,
+            kick: Notify::new(),
+            current_uri: AtomicUsize::new(config.amqp_uri.len().saturating_sub(1)),
+            closed: AtomicBool::new(false),
+            blocked: AtomicBool::new(false),
             next_publisher: AtomicUsize::new(0),
             next_consumer: AtomicUsize::new(0),
+            next_control: AtomicUsize::new(0),
         });
-        let mut guard = broker.links.lock().await;
-        *guard = Some(broker.open().await?);
-        drop(guard);
+        let links = broker.open().await?;
+        *broker.links.lock().await = Some(links);
+        broker.state_tx.send_replace(BrokerState::Connected);
         Ok(broker)
     }
 
-    async fn open_connection(&self, role: &str) -> Result<Connection, GatewayError> {
+    /// Remembers the topology to re-declare after every reconnect.
+    pub fn set_topology(&self, topology: Topology) {
+        *self.topology.lock().unwrap_or_else(|e| e.into_inner()) = Some(topology);
+    }
+
+    /// Connects to the URI after the current one, then the others in turn.
+    async fn open_connection(
+        self: &Arc<Self>,
+        role: &'static str,
+    ) -> Result<Connection, GatewayError> {
         let mut last = None;
-        for uri in &self.uris {
+        let n = self.uris.len();
+        let first = (self.current_uri.load(Ordering::Acquire) + 1) % n;
+        for k in 0..n {
+            let index = (first + k) % n;
+            let uri = &self.uris[index];
             let props = ConnectionProperties::default().with_connection_name(LongString::from(
                 format!("warren-gateway {} {role}", self.node),
             ));
             match Connection::connect(uri, props).await {
                 Ok(conn) => {
                     tracing::info!(uri = %redact(uri), role, node = %self.node, "connected to RabbitMQ");
+                    self.current_uri.store(index, Ordering::Release);
+                    self.watch_events(&conn, role);
                     return Ok(conn);
                 }
                 Err(e) => {
@@ -123,32 +176,67 @@ impl Broker {
         })
     }
 
-    async fn open(&self) -> Result<Links, GatewayError> {
-        let (publish_conn, publishers, control) = self.open_publishing().await?;
+    /// Follows a connection's events: errors wake the supervisor, `connection.blocked`
+    /// is logged, counted and makes publishers wait.
+    fn watch_events(self: &Arc<Self>, conn: &Connection, role: &'static str) {
+        let mut events = conn.events_listener();
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(ev) = events.next().await {
+                let Some(broker) = me.upgrade() else { return };
+                match ev {
+                    Event::Error(e) => {
+                        tracing::warn!(role, node = %broker.node, error = %e, "AMQP connection failed");
+                        broker.state_tx.send_replace(BrokerState::Disconnected);
+                        broker.kick.notify_one();
+                    }
+                    Event::ConnectionBlocked(reason) if role == "publish" => {
+                        tracing::warn!(role, node = %broker.node, %reason, "RabbitMQ blocked publishing");
+                        metrics::add(&broker.metrics.broker_blocked, 1);
+                        broker.blocked.store(true, Ordering::Release);
+                        broker.state_tx.send_modify(|_| {});
+                    }
+                    Event::ConnectionUnblocked if role == "publish" => {
+                        tracing::info!(role, node = %broker.node, "RabbitMQ unblocked publishing");
+                        broker.blocked.store(false, Ordering::Release);
+                        broker.state_tx.send_modify(|_| {});
+                    }
+                    _ => {}
+                }
+            }
+        });
+    }
+
+    async fn open(self: &Arc<Self>) -> Result<Links, GatewayError> {
+        let (publish_conn, publishers, controls) = self.open_publishing().await?;
         let (consume_conn, consumers) = self.open_consuming().await?;
         Ok(Links {
-            publish_conn,
-            consume_conn,
+            publish_conn: Arc::new(publish_conn),
+            consume_conn: Arc::new(consume_conn),
             publishers,
             consumers,
-            control,
+            controls,
         })
     }
 
-    async fn open_publishing(&self) -> Result<(Connection, Vec<Channel>, Channel), GatewayError> {
+    async fn open_publishing(
+        self: &Arc<Self>,
+    ) -> Result<(Connection, Vec<Channel>, Vec<Channel>), GatewayError> {
         let conn = self.open_connection("publish").await?;
         let mut publishers = Vec::with_capacity(self.publisher_channels);
+        let mut controls = Vec::with_capacity(self.publisher_channels);
         for _ in 0..self.publisher_channels {
             publishers.push(self.new_channel(&conn, Pool::Publisher).await?);
+            controls.push(
+                conn.create_channel()
+                    .await
+                    .map_err(|e| GatewayError::amqp("channel.open", e))?,
+            );
         }
-        let control = conn
-            .create_channel()
-            .await
-            .map_err(|e| GatewayError::amqp("channel.open", e))?;
-        Ok((conn, publishers, control))
+        Ok((conn, publishers, controls))
     }
 
-    async fn open_consuming(&self) -> Result<(Connection, Vec<Channel>), GatewayError> {
+    async fn open_consuming(self: &Arc<Self>) -> Result<(Connection, Vec<Channel>), GatewayError> {
         let conn = self.open_connection("consume").await?;
         let mut consumers = Vec::with_capacity(self.consumer_channels);
         for _ in 0..self.consumer_channels {
@@ -177,76 +265,94 @@ impl Broker {
         Ok(ch)
     }
 
-    /// Locks the links, re-establishing first whichever connection is down (only that
-    /// one: losing the publishing connection does not disturb session consumers).
+    /// Locks the links (briefly: callers copy what they need and let go before any
+    /// round trip to the broker) when both connections are up; otherwise wakes the supervisor
+    /// and waits (at most `broker_wait_ms`) for it to bring them back.
     async fn healthy(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Links>>, GatewayError> {
-        let mut guard = self.links.lock().await;
-        if self.closed.load(Ordering::Acquire) {
-            return Err(GatewayError::Closed);
+        let deadline = tokio::time::Instant::now() + self.wait;
+        let mut state = self.state_tx.subscribe();
+        loop {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(GatewayError::Closed);
+            }
+            {
+                let guard = self.links.lock().await;
+                if guard.as_ref().is_some_and(Links::intact) {
+                    return Ok(guard);
+                }
+            }
+            self.state_tx.send_if_modified(|s| {
+                let changed = *s == BrokerState::Connected;
+                *s = BrokerState::Disconnected;
+                changed
+            });
+            self.kick.notify_one();
+            state.borrow_and_update();
+            let woke = tokio::time::timeout_at(deadline, state.changed()).await;
+            if woke.is_err() {
+                return Err(GatewayError::Unavailable);
+            }
         }
-        let intact = guard.as_ref().is_some_and(|l| {
-            l.publish_conn.status().connected() && l.consume_conn.status().connected()
-        });
-        if !intact {
-            self.reconnecting.store(true, Ordering::Release);
-            let res = self.repair(&mut guard).await;
-            self.reconnecting.store(false, Ordering::Release);
-            res?;
-        }
-        Ok(guard)
     }
 
-    async fn repair(&self, guard: &mut Option<Links>) -> Result<(), GatewayError> {
-        match guard.as_mut() {
-            None => *guard = Some(self.open().await?),
-            Some(links) => {
-                if !links.publish_conn.status().connected() {
-                    tracing::warn!(node = %self.node, "publishing connection lost; reconnecting");
-                    let _ = links.publish_conn.close(320, "reconnecting".into()).await;
-                    let (conn, publishers, control) = self.open_publishing().await?;
-                    links.publish_conn = conn;
-                    links.publishers = publishers;
-                    links.control = control;
-                }
-                if !links.consume_conn.status().connected() {
-                    tracing::warn!(node = %self.node, "consuming connection lost; reconnecting");
-                    let _ = links.consume_conn.close(320, "reconnecting".into()).await;
-                    let (conn, consumers) = self.open_consuming().await?;
-                    links.consume_conn = conn;
-                    links.consumers = consumers;
-                }
+    async fn pick(&self, pool: Pool) -> Result<Channel, GatewayError> {
+        if pool == Pool::Publisher && self.blocked.load(Ordering::Acquire) {
+            self.wait_unblocked().await?;
+        }
+        let counter = match pool {
+            Pool::Publisher => &self.next_publisher,
+            Pool::Consumer => &self.next_consumer,
+        };
+        let (i, conn) = {
+            let guard = self.healthy().await?;
+            let links = guard.as_ref().expect("healthy() leaves links in place");
+            let (conn, channels) = match pool {
+                Pool::Publisher => (&links.publish_conn, &links.publishers),
+                Pool::Consumer => (&links.consume_conn, &links.consumers),
+            };
+            let i = counter.fetch_add(1, Ordering::Relaxed) % channels.len();
+            if channels[i].status().connected() {
+                return Ok(channels[i].clone());
+            }
+            (i, conn.clone())
+        };
+        // Replace the closed channel without holding the links.
+        tracing::debug!(?pool, index = i, "replacing a closed channel");
+        let fresh = self.new_channel(&conn, pool).await?;
+        let mut guard = self.links.lock().await;
+        if let Some(links) = guard.as_mut() {
+            let (current, channels) = match pool {
+                Pool::Publisher => (&links.publish_conn, &mut links.publishers),
+                Pool::Consumer => (&links.consume_conn, &mut links.consumers),
+            };
+            if Arc::ptr_eq(current, &conn) && !channels[i].status().connected() {
+                channels[i] = fresh.clone();
+            }
+        }
+        Ok(fresh)
+    }
+
+    /// While RabbitMQ blocks publishing, waits (bounded) for it to unblock.
+    async fn wait_unblocked(&self) -> Result<(), GatewayError> {
+        let mut state = self.state_tx.subscribe();
+        let deadline = tokio::time::Instant::now() + self.wait;
+        while self.blocked.load(Ordering::Acquire) {
+            state.borrow_and_update();
+            if tokio::time::timeout_at(deadline, state.changed())
+                .await
+                .is_err()
+            {
+                return Err(GatewayError::Blocked);
             }
         }
         Ok(())
     }
 
-    async fn pick(&self, pool: Pool) -> Result<Channel, GatewayError> {
-        let mut guard = self.healthy().await?;
-        let links = guard.as_mut().expect("healthy() leaves links in place");
-        let (counter, conn, channels) = match pool {
-            Pool::Publisher => (
-                &self.next_publisher,
-                &links.publish_conn,
-                &mut links.publishers,
-            ),
-            Pool::Consumer => (
-                &self.next_consumer,
-                &links.consume_conn,
-                &mut links.consumers,
-            ),
-        };
-        let i = counter.fetch_add(1, Ordering::Relaxed) % channels.len();
-        if !channels[i].status().connected() {
-            tracing::debug!(?pool, index = i, "replacing a closed channel");
-            channels[i] = self.new_channel(conn, pool).await?;
-        }
-        Ok(channels[i].clone())
-    }
-
     /// A publisher channel (confirm mode) from the pool, round robin.
     ///
     /// # Errors
-    /// When RabbitMQ cannot be reached.
+    /// [`GatewayError::Unavailable`] or [`GatewayError::Blocked`] when RabbitMQ cannot
+    /// take publishes within `broker_wait_ms`.
     pub async fn publisher(&self) -> Result<Channel, GatewayError> {
         self.pick(Pool::Publisher).await
     }
@@ -254,40 +360,51 @@ impl Broker {
     /// A channel to start a session consumer on, shared with other sessions.
     ///
     /// # Errors
-    /// When RabbitMQ cannot be reached.
+    /// When RabbitMQ cannot be reached within `broker_wait_ms`.
     pub async fn consumer_channel(&self) -> Result<Channel, GatewayError> {
         self.pick(Pool::Consumer).await
     }
 
-    /// The control channel, for declarations and bindings that cannot fail in normal
-    /// operation.
+    /// A control channel (round robin), for declarations and bindings that cannot
+    /// fail in normal operation.
     ///
     /// # Errors
-    /// When RabbitMQ cannot be reached.
+    /// When RabbitMQ cannot be reached within `broker_wait_ms`.
     pub async fn control(&self) -> Result<Channel, GatewayError> {
-        let mut guard = self.healthy().await?;
-        let links = guard.as_mut().expect("healthy() leaves links in place");
-        if !links.control.status().connected() {
-            links.control = links
-                .publish_conn
-                .create_channel()
-                .await
-                .map_err(|e| GatewayError::amqp("channel.open", e))?;
+        let (i, conn) = {
+            let guard = self.healthy().await?;
+            let links = guard.as_ref().expect("healthy() leaves links in place");
+            let i = self.next_control.fetch_add(1, Ordering::Relaxed) % links.controls.len();
+            if links.controls[i].status().connected() {
+                return Ok(links.controls[i].clone());
+            }
+            (i, links.publish_conn.clone())
+        };
+        let fresh = conn
+            .create_channel()
+            .await
+            .map_err(|e| GatewayError::amqp("channel.open", e))?;
+        let mut guard = self.links.lock().await;
+        if let Some(links) = guard.as_mut() {
+            if Arc::ptr_eq(&links.publish_conn, &conn) && !links.controls[i].status().connected() {
+                links.controls[i] = fresh.clone();
+            }
         }
-        Ok(links.control.clone())
+        Ok(fresh)
     }
 
     /// A fresh channel for one operation that may fail with a channel error (a passive
     /// declare of a queue that may be gone). The caller closes it.
     ///
     /// # Errors
-    /// When RabbitMQ cannot be reached.
+    /// When RabbitMQ cannot be reached within `broker_wait_ms`.
     pub async fn scratch(&self) -> Result<Channel, GatewayError> {
-        let guard = self.healthy().await?;
-        let links = guard.as_ref().expect("healthy() leaves links in place");
-        links
-            .consume_conn
-            .create_channel()
+        let conn = {
+            let guard = self.healthy().await?;
+            let links = guard.as_ref().expect("healthy() leaves links in place");
+            links.consume_conn.clone()
+        };
+        conn.create_channel()
             .await
             .map_err(|e| GatewayError::amqp("channel.open", e))
     }
@@ -298,46 +415,133 @@ impl Broker {
             return BrokerState::Closed;
         }
         match self.links.try_lock() {
-            Ok(guard) => match guard.as_ref() {
-                Some(l)
-                    if l.publish_conn.status().connected()
-                        && l.consume_conn.status().connected() =>
-                {
-                    BrokerState::Connected
-                }
-                _ => BrokerState::Disconnected,
-            },
-            // Someone is using (or repairing) the links right now.
-            Err(_) if self.reconnecting.load(Ordering::Acquire) => BrokerState::Disconnected,
-            Err(_) => BrokerState::Connected,
+            Ok(guard) if guard.as_ref().is_some_and(Links::intact) => BrokerState::Connected,
+            Ok(_) => BrokerState::Disconnected,
+            // Someone is taking a channel right now: trust the last announced state.
+            Err(_) => *self.state_tx.borrow(),
         }
     }
 
-    /// Re-establishes lost connections in the background (every `period`) even when no
-    /// client uses them, so `/healthz` recovers on its own; ends at shutdown.
+    /// Whether RabbitMQ currently blocks the publishing connection.
+    pub fn is_blocked(&self) -> bool {
+        self.blocked.load(Ordering::Acquire)
+    }
+
+    /// The supervisor: re-establishes lost connections — woken by connection errors
+    /// and callers that found a connection down, and every `period` anyway — and
+    /// re-declares the topology after each reconnect. Ends at shutdown.
     pub async fn supervise(
         self: Arc<Self>,
-        period: std::time::Duration,
+        period: Duration,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failures: u32 = 0;
         loop {
+            let pause = if failures == 0 {
+                period
+            } else {
+                Duration::from_millis((100u64 << failures.min(5)).min(2_000))
+            };
             tokio::select! {
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.kick.notified(), if failures == 0 => {}
                 _ = shutdown.wait_for(|s| *s) => return,
             }
-            if self.state() == BrokerState::Disconnected {
-                if let Err(e) = self.control().await {
+            if self.closed.load(Ordering::Acquire) {
+                return;
+            }
+            match self.repair().await {
+                Ok(true) => {
+                    failures = 0;
+                    metrics::add(&self.metrics.broker_reconnects, 1);
+                    let topology = self
+                        .topology
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone();
+                    if let Some(t) = topology {
+                        if let Err(e) = t.apply(&self).await {
+                            tracing::warn!(node = %self.node, error = %e, "re-declaring the topology failed");
+                        }
+                    }
+                    self.state_tx.send_replace(BrokerState::Connected);
+                    tracing::info!(node = %self.node, "RabbitMQ connections re-established");
+                }
+                Ok(false) => {
+                    failures = 0;
+                    self.state_tx.send_if_modified(|s| {
+                        let changed = *s != BrokerState::Connected;
+                        *s = BrokerState::Connected;
+                        changed
+                    });
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
                     tracing::warn!(node = %self.node, error = %e, "RabbitMQ still unreachable");
                 }
             }
         }
     }
 
+    /// Replaces whichever connection is down (only that one: losing the publishing
+    /// connection does not disturb session consumers). The links are locked only to
+    /// look and to swap, not while connecting. `Ok(true)` when something was replaced.
+    async fn repair(self: &Arc<Self>) -> Result<bool, GatewayError> {
+        let (publish_ok, consume_ok) = {
+            let guard = self.links.lock().await;
+            match guard.as_ref() {
+                Some(l) => (
+                    l.publish_conn.status().connected(),
+                    l.consume_conn.status().connected(),
+                ),
+                None => (false, false),
+            }
+        };
+        if publish_ok && consume_ok {
+            return Ok(false);
+        }
+        self.state_tx.send_replace(BrokerState::Disconnected);
+        let publishing = if publish_ok {
+            None
+        } else {
+            tracing::warn!(node = %self.node, "publishing connection lost; reconnecting");
+            Some(self.open_publishing().await?)
+        };
+        let consuming = if consume_ok {
+            None
+        } else {
+            tracing::warn!(node = %self.node, "consuming connection lost; reconnecting");
+            Some(self.open_consuming().await?)
+        };
+        let mut guard = self.links.lock().await;
+        match guard.as_mut() {
+            Some(links) => {
+                if let Some((conn, publishers, controls)) = publishing {
+                    let old = std::mem::replace(&mut links.publish_conn, Arc::new(conn));
+                    links.publishers = publishers;
+                    links.controls = controls;
+                    tokio::spawn(async move {
+                        let _ = old.close(320, "reconnecting".into()).await;
+                    });
+                }
+                if let Some((conn, consumers)) = consuming {
+                    let old = std::mem::replace(&mut links.consume_conn, Arc::new(conn));
+                    links.consumers = consumers;
+                    tokio::spawn(async move {
+                        let _ = old.close(320, "reconnecting".into()).await;
+                    });
+                }
+            }
+            None => return Err(GatewayError::Closed),
+        }
+        self.blocked.store(false, Ordering::Release);
+        Ok(true)
+    }
+
     /// Closes both connections (after the connections' own cleanup).
     pub async fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        self.state_tx.send_replace(BrokerState::Closed);
         if let Some(links) = self.links.lock().await.take() {
             let _ = links
                 .publish_conn

@@ -70,8 +70,37 @@ pub struct Config {
     /// Publish `client.connected` / `client.disconnected` on `warren.presence`.
     /// Default: true.
     pub presence: bool,
+    /// Most publishes of one connection awaiting their broker confirm; at this many the
+    /// gateway stops reading that client's socket until confirms come back. Default: 1024.
+    pub max_pending_confirms: usize,
+    /// How often a session whose delivery window is full (or that has not been checked
+    /// for a third of the resume window) is checked for messages its queue dropped
+    /// (`overflow`). Default: 1000.
+    pub overflow_check_ms: u64,
+    /// Most dropped messages recorded per session between two checks (`x-max-length` of
+    /// the session's `.dropped` queue); beyond it `overflow` reports "at least" this
+    /// many. Default: 100000.
+    pub overflow_record_max: u32,
+    /// How long a publish waits for RabbitMQ to come back before it fails with
+    /// `broker_unavailable`. Default: 5000.
+    pub broker_wait_ms: u64,
+    /// Message TTL of every `IN_<CHANNEL>` queue (`x-message-ttl`) in ms; 0 = none.
+    /// Expired messages are dead-lettered to `warren.dead`. Default: 0.
+    pub message_ttl_ms: u64,
+    /// Per-channel settings (`[channel_options.<name>]`), e.g. `message_ttl_ms`.
+    pub channel_options: std::collections::BTreeMap<String, ChannelOptions>,
     /// How tokens become user ids.
     pub auth: AuthConfig,
+}
+
+/// Settings of one channel (`[channel_options.chat]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChannelOptions {
+    /// Message TTL of this channel's `IN_<CHANNEL>` queue in ms, overriding the global
+    /// `message_ttl_ms`; 0 = none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_ttl_ms: Option<u64>,
 }
 
 /// A WebSocket listener: an address, serving every channel or pinned to one.
@@ -175,6 +204,12 @@ impl Default for Config {
             shutdown_grace_ms: 5_000,
             announce_interval_ms: 5_000,
             presence: true,
+            max_pending_confirms: 1024,
+            overflow_check_ms: 1_000,
+            overflow_record_max: 100_000,
+            broker_wait_ms: 5_000,
+            message_ttl_ms: 0,
+            channel_options: std::collections::BTreeMap::new(),
             auth: AuthConfig::default(),
         }
     }
@@ -215,6 +250,16 @@ impl Config {
     /// Whether `channel` is one this deployment serves.
     pub fn has_channel(&self, channel: &str) -> bool {
         self.channels.iter().any(|c| c == channel)
+    }
+
+    /// The message TTL of `channel`'s inbound queue, if any.
+    pub fn message_ttl_of(&self, channel: &str) -> Option<u64> {
+        let ttl = self
+            .channel_options
+            .get(channel)
+            .and_then(|o| o.message_ttl_ms)
+            .unwrap_or(self.message_ttl_ms);
+        (ttl > 0).then_some(ttl)
     }
 
     /// Checks the configuration once, at start-up.
@@ -286,6 +331,17 @@ impl Config {
         if self.session_max_length == 0 {
             return bad("session_max_length must be at least 1".into());
         }
+        for name in self.channel_options.keys() {
+            if !self.has_channel(name) {
+                return bad(format!("channel_options.{name}: not a configured channel"));
+            }
+        }
+        if self.max_pending_confirms == 0 || self.overflow_check_ms == 0 {
+            return bad("max_pending_confirms and overflow_check_ms must be at least 1".into());
+        }
+        if self.overflow_record_max == 0 {
+            return bad("overflow_record_max must be at least 1".into());
+        }
         if self.max_consecutive_errors == 0 {
             return bad("max_consecutive_errors must be at least 1".into());
         }
@@ -329,7 +385,12 @@ impl Config {
             max_consecutive_errors,
             shutdown_grace_ms,
             announce_interval_ms,
-            presence
+            presence,
+            max_pending_confirms,
+            overflow_check_ms,
+            overflow_record_max,
+            broker_wait_ms,
+            message_ttl_ms
         );
     }
 
@@ -476,6 +537,23 @@ pub struct Overrides {
     /// Publish presence events on warren.presence [default: true].
     #[arg(long, env = "WARREN_PRESENCE", global = true)]
     pub presence: Option<bool>,
+    /// Unconfirmed publishes per connection before its socket is no longer read
+    /// [default: 1024].
+    #[arg(long, env = "WARREN_MAX_PENDING_CONFIRMS", global = true)]
+    pub max_pending_confirms: Option<usize>,
+    /// Period of the dropped-message check of a saturated session, in ms [default: 1000].
+    #[arg(long, env = "WARREN_OVERFLOW_CHECK_MS", global = true)]
+    pub overflow_check_ms: Option<u64>,
+    /// Most dropped messages recorded per session between checks [default: 100000].
+    #[arg(long, env = "WARREN_OVERFLOW_RECORD_MAX", global = true)]
+    pub overflow_record_max: Option<u32>,
+    /// How long a publish waits for RabbitMQ to come back, in ms [default: 5000].
+    #[arg(long, env = "WARREN_BROKER_WAIT_MS", global = true)]
+    pub broker_wait_ms: Option<u64>,
+    /// Message TTL of the IN_<CHANNEL> queues in ms, 0 = none; per channel in the
+    /// file's [channel_options.<name>] [default: 0].
+    #[arg(long, env = "WARREN_MESSAGE_TTL_MS", global = true)]
+    pub message_ttl_ms: Option<u64>,
 }
 
 #[cfg(test)]
@@ -537,7 +615,7 @@ mod tests {
             .collect();
         let help = Cli::command().render_long_help().to_string();
         for key in table.as_table().unwrap().keys() {
-            if key == "auth" {
+            if key == "auth" || key == "channel_options" {
                 continue;
             }
             let flag = key.replace('_', "-");
@@ -636,6 +714,21 @@ mod tests {
             amqp_uri: vec!["http://nope".into()],
             ..Config::default()
         };
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn a_channel_ttl_overrides_the_global_one_and_must_name_a_served_channel() {
+        let c = Config::from_toml(
+            "message_ttl_ms = 1000\n[channel_options.echo]\nmessage_ttl_ms = 300\n",
+            "x",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.message_ttl_of("echo"), Some(300));
+        assert_eq!(c.message_ttl_of("chat"), Some(1000));
+        assert_eq!(Config::default().message_ttl_of("chat"), None);
+        let c = Config::from_toml("[channel_options.nope]\nmessage_ttl_ms = 1\n", "x").unwrap();
         assert!(c.validate().is_err());
     }
 

@@ -17,11 +17,12 @@ use tokio::time::Instant;
 use warren_protocol::amqp::{self, keys, validate_dotted, validate_segment};
 use warren_protocol::{
     decode_client, encode, ClientFrame, CloseCode, Correlator, Distribution, Drain, ErrorCode,
-    Headers, Hello, Limits, Ping, PocAction, PocPacket, ServerFrame, Subscribe, Welcome,
+    Headers, Hello, Limits, Overflow, Ping, PocAction, PocPacket, ServerFrame, Subscribe, Welcome,
     PROTOCOL_VERSION,
 };
 
 use crate::delivery::{self, Incoming};
+use crate::metrics;
 use crate::server::Shared;
 use crate::session::{self, ConsumeError, Inflight, Subscriptions, Takeover};
 
@@ -92,6 +93,12 @@ struct Session {
     tag: String,
     inflight: Inflight<Acker>,
     subs: Subscriptions,
+    /// The delivery window filled up since the last overflow check.
+    saturated: bool,
+    /// When the session's `.dropped` queue was last checked (and its lease renewed).
+    last_overflow_check: Instant,
+    /// The consumer was cancelled already (drain).
+    cancelled: bool,
 }
 
 /// Serves one upgraded WebSocket until it closes.
@@ -118,11 +125,15 @@ pub(crate) async fn serve(ws: WebSocket, shared: Arc<Shared>, pinned: Option<Str
         takeover_tx,
         takeover_rx,
         session: None,
+        released: None,
     };
     let shared = conn.shared.clone();
     let _guard = shared.tracker.enter();
     let (code, reason) = conn.run().await;
     conn.cleanup().await;
+    if let Some(released) = conn.released.take() {
+        let _ = released.send(());
+    }
     if let Some((code, reason)) = code.map(|c| (c, reason)) {
         let frame = CloseFrame {
             code: code.code(),
@@ -197,6 +208,8 @@ struct Conn {
     takeover_tx: mpsc::Sender<Takeover>,
     takeover_rx: mpsc::Receiver<Takeover>,
     session: Option<Session>,
+    /// Completed after cleanup when a newer connection took the session over.
+    released: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Conn {
@@ -215,7 +228,9 @@ impl Conn {
             return (Some(CloseCode::GoingAway), String::new());
         }
         let hb = self.heartbeat();
-        let mut ticker = tokio::time::interval((hb / 4).max(Duration::from_millis(25)));
+        let overflow = Duration::from_millis(self.shared.config.overflow_check_ms);
+        let mut ticker =
+            tokio::time::interval((hb / 4).min(overflow).max(Duration::from_millis(25)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let request_deadline = self
@@ -226,11 +241,16 @@ impl Conn {
                 _ = shutdown.changed() => {
                     return self.drain().await;
                 }
-                Some(Takeover) = self.takeover_rx.recv() => {
+                Some(t) = self.takeover_rx.recv() => {
+                    self.released = t.released;
                     tracing::info!(conn = self.id, "session taken over by a newer connection");
                     Flow::Close(CloseCode::SessionTaken, String::new())
                 }
-                msg = self.ws.recv() => self.on_message(msg).await,
+                // Backpressure: a client with too many unconfirmed publishes is not read
+                // until confirms come back.
+                msg = self.ws.recv(), if self.pending_confirms < self.shared.config.max_pending_confirms => {
+                    self.on_message(msg).await
+                }
                 d = next_delivery(self.session.as_mut()) => self.on_delivery(d).await,
                 Some(c) = self.confirms_rx.recv() => self.on_confirm(c).await,
                 _ = sleep_opt(request_deadline) => self.on_deadlines().await,
@@ -245,25 +265,57 @@ impl Conn {
         }
     }
 
-    /// Gateway shutdown: stop reading, finish pending confirms (bounded), close 1001.
+    /// Gateway shutdown: stop taking deliveries, tell the client to move (`drain`),
+    /// then keep serving its acknowledgements and publishes until it has left, or has
+    /// acknowledged every delivery and every confirm is in — bounded by
+    /// `shutdown_grace_ms`; the caller then requeues what is left and closes with 1001.
     async fn drain(&mut self) -> (Option<CloseCode>, String) {
         self.phase = Phase::Draining;
         let grace = self.shared.config.shutdown_grace_ms;
-        if self.session.is_some() {
+        let deadline = Instant::now() + Duration::from_millis(grace);
+        if let Some(s) = self.session.as_mut() {
+            if let Err(e) = s
+                .channel
+                .basic_cancel(
+                    ShortString::from(s.tag.as_str()),
+                    BasicCancelOptions::default(),
+                )
+                .await
+            {
+                tracing::debug!(conn = self.id, error = %e, "basic.cancel failed");
+            }
+            s.cancelled = true;
             let drain = ServerFrame::Drain(Drain {
                 reason: "gateway shutting down".into(),
                 deadline_ms: Some(grace),
             });
             let _ = self.send(&drain).await;
         }
-        let deadline = Instant::now() + Duration::from_millis(grace);
-        while self.pending_confirms > 0 {
-            match tokio::time::timeout_at(deadline, self.confirms_rx.recv()).await {
-                Ok(Some(c)) => {
-                    let _ = self.on_confirm(c).await;
-                }
-                _ => break,
+        loop {
+            let settled = self.pending_confirms == 0
+                && self.session.as_ref().is_none_or(|s| s.inflight.is_empty());
+            if settled || self.phase == Phase::Closed {
+                break;
             }
+            let flow = tokio::select! {
+                msg = self.ws.recv() => self.on_message(msg).await,
+                Some(c) = self.confirms_rx.recv() => self.on_confirm(c).await,
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::info!(
+                        conn = self.id,
+                        pending_confirms = self.pending_confirms,
+                        unacked = self.session.as_ref().map_or(0, |s| s.inflight.len()),
+                        "drain deadline passed"
+                    );
+                    break;
+                }
+            };
+            if let Flow::Close(..) = flow {
+                break;
+            }
+        }
+        if self.phase == Phase::Closed {
+            return (None, String::new());
         }
         (Some(CloseCode::GoingAway), "gateway shutting down".into())
     }
@@ -410,15 +462,27 @@ impl Conn {
             if validate_segment("session", requested).is_ok() {
                 let queue = names.session_queue(requested);
                 // A connection of this gateway may still hold it: ask it to let go.
-                if let Some(old) =
+                let local =
                     self.shared
                         .registry
-                        .claim(requested, self.id, self.takeover_tx.clone())
-                {
-                    let _ = old.try_send(Takeover);
+                        .claim(requested, self.id, self.takeover_tx.clone());
+                if let Some(old) = &local {
+                    // Wait (bounded) until the previous connection has requeued what it
+                    // held, so nothing newer overtakes the requeued deliveries.
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let asked = old.try_send(Takeover { released: Some(tx) }).is_ok();
+                    if asked {
+                        let window = Duration::from_millis(config.session_takeover_ms);
+                        let _ = tokio::time::timeout(window, rx).await;
+                    }
                 }
                 match session::lookup(&broker, &queue).await {
-                    Ok(Some(_)) => {
+                    Ok(Some(consumers)) => {
+                        if consumers > 0 && local.is_none() {
+                            // Another gateway still consumes it (its client is gone
+                            // but it has not noticed yet): ask it to let go.
+                            self.shared.request_takeover(requested);
+                        }
                         resumed = true;
                         id = Some(requested.clone());
                     }
@@ -479,6 +543,9 @@ impl Conn {
             tag,
             inflight: Inflight::default(),
             subs: Subscriptions::default(),
+            saturated: false,
+            last_overflow_check: Instant::now(),
+            cancelled: false,
         });
         self.phase = Phase::Open;
         self.shared
@@ -498,7 +565,40 @@ impl Conn {
             protocol: PROTOCOL_VERSION,
             notice,
         });
-        self.send(&welcome).await
+        if let Flow::Close(c, r) = self.send(&welcome).await {
+            return Flow::Close(c, r);
+        }
+        if resumed {
+            // What the queue dropped while the client was away.
+            return self.check_overflow().await;
+        }
+        Flow::Continue
+    }
+
+    /// Counts what the session queue's overflow policy dropped since the last check
+    /// and, when anything was, tells the client with `overflow {dropped}`.
+    async fn check_overflow(&mut self) -> Flow {
+        let Some(s) = self.session.as_mut() else {
+            return Flow::Continue;
+        };
+        s.saturated = false;
+        s.last_overflow_check = Instant::now();
+        let (session, queue) = (s.id.clone(), s.queue.clone());
+        match session::take_dropped(&self.shared.broker, &queue, &self.shared.config).await {
+            Ok(0) => Flow::Continue,
+            Ok(dropped) => {
+                let m = &self.shared.metrics;
+                metrics::add(&m.overflow_dropped, dropped);
+                metrics::add(&m.overflow_reports, 1);
+                tracing::warn!(conn = self.id, %session, dropped, "session queue overflowed; client told");
+                self.send(&ServerFrame::Overflow(Overflow { dropped }))
+                    .await
+            }
+            Err(e) => {
+                tracing::debug!(conn = self.id, %session, error = %e, "overflow check failed");
+                Flow::Continue
+            }
+        }
     }
 
     async fn on_frame(&mut self, frame: ClientFrame) -> Flow {
@@ -579,7 +679,9 @@ impl Conn {
             ClientFrame::AckDeliveries(a) => {
                 self.consecutive_errors = 0;
                 if let Some(s) = self.session.as_mut() {
-                    for acker in s.inflight.ack_upto(a.seq) {
+                    let acked = s.inflight.ack_upto(a.seq);
+                    metrics::add(&self.shared.metrics.client_acks, acked.len() as u64);
+                    for acker in acked {
                         if let Err(e) = acker.ack(BasicAckOptions { multiple: false }).await {
                             tracing::warn!(conn = self.id, error = %e, "basic.ack failed");
                         }
@@ -741,6 +843,10 @@ impl Conn {
     /// are pipelined: many frames are in flight at once on the pooled channels.
     fn await_confirms(&mut self, id: String, origin: Origin, confirms: Vec<PublisherConfirm>) {
         self.pending_confirms += 1;
+        let m = &self.shared.metrics;
+        metrics::add(&m.publishes, confirms.len() as u64);
+        m.confirms_pending
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tx = self.confirms_tx.clone();
         tokio::spawn(async move {
             let mut outcome = Outcome::Acked;
@@ -766,6 +872,10 @@ impl Conn {
 
     async fn on_confirm(&mut self, c: Confirmed) -> Flow {
         self.pending_confirms = self.pending_confirms.saturating_sub(1);
+        self.shared
+            .metrics
+            .confirms_pending
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let error = |code, msg: &str| ServerFrame::error(Some(c.id.clone()), code, msg);
         let frame = match (&c.outcome, c.origin) {
             (Outcome::Acked, Origin::Publish) => ServerFrame::ack(c.id.clone()),
@@ -804,6 +914,19 @@ impl Conn {
         let idle =
             now.duration_since(self.last_heard) >= hb || now.duration_since(self.last_sent) >= hb;
         // Before the session opens nothing may precede `welcome`: no ping then.
+        let config = &self.shared.config;
+        let overflow_due = self.session.as_ref().is_some_and(|s| {
+            let since = now.duration_since(s.last_overflow_check);
+            since >= Duration::from_millis(config.overflow_check_ms)
+                && (s.saturated
+                    || s.inflight.len() >= usize::from(config.delivery_window)
+                    || since >= Duration::from_millis(config.session_expires_ms / 3))
+        });
+        if overflow_due && self.phase == Phase::Open {
+            if let Flow::Close(c, r) = self.check_overflow().await {
+                return Flow::Close(c, r);
+            }
+        }
         if idle && self.phase == Phase::Open && now.duration_since(self.last_ping) >= hb {
             self.last_ping = now;
             return self
@@ -831,6 +954,10 @@ impl Conn {
             return Flow::Continue;
         };
         let seq = s.inflight.push(delivery.acker.clone());
+        if s.inflight.len() >= usize::from(self.shared.config.delivery_window) {
+            s.saturated = true;
+        }
+        metrics::add(&self.shared.metrics.deliveries, 1);
         let frame = delivery::to_frame(
             Incoming {
                 exchange: delivery.exchange.as_str(),
@@ -1018,15 +1145,17 @@ impl Conn {
         let Some(mut s) = self.session.take() else {
             return;
         };
-        if let Err(e) = s
-            .channel
-            .basic_cancel(
-                ShortString::from(s.tag.as_str()),
-                BasicCancelOptions::default(),
-            )
-            .await
-        {
-            tracing::debug!(conn = self.id, error = %e, "basic.cancel failed");
+        if !s.cancelled {
+            if let Err(e) = s
+                .channel
+                .basic_cancel(
+                    ShortString::from(s.tag.as_str()),
+                    BasicCancelOptions::default(),
+                )
+                .await
+            {
+                tracing::debug!(conn = self.id, error = %e, "basic.cancel failed");
+            }
         }
         let mut unacked = s.inflight.drain();
         // Deliveries already prefetched into the consumer's buffer.
@@ -1036,6 +1165,7 @@ impl Conn {
             unacked.push(d.acker);
         }
         let n = unacked.len();
+        metrics::add(&self.shared.metrics.requeued, n as u64);
         for acker in unacked {
             let _ = acker
                 .nack(BasicNackOptions {

@@ -46,6 +46,12 @@ pub enum GatewayError {
     /// The broker link was closed by shutdown.
     #[error("the gateway is shutting down")]
     Closed,
+    /// RabbitMQ stayed unreachable for `broker_wait_ms`; the gateway keeps reconnecting.
+    #[error("RabbitMQ is unreachable; the gateway is reconnecting")]
+    Unavailable,
+    /// RabbitMQ kept publishing blocked (resource alarm) for `broker_wait_ms`.
+    #[error("RabbitMQ blocks publishing (resource alarm)")]
+    Blocked,
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -81,6 +87,21 @@ pub(crate) fn is_not_found(e: &lapin::Error) -> bool {
     match e.kind() {
         lapin::ErrorKind::ProtocolError(amqp) => {
             matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
+        }
+        _ => false,
+    }
+}
+
+/// True when a lapin error is the broker's 406 PRECONDITION_FAILED (e.g. a queue
+/// declared again with other arguments).
+pub(crate) fn is_precondition_failed(e: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => {
+            matches!(
+                amqp.kind(),
+                AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+            )
         }
         _ => false,
     }

@@ -11,17 +11,20 @@
 //! - [`delivery`]: a session-queue message → `deliver` / `reply` / `error` frame.
 //! - `connection`: the per-WebSocket `select!` loop.
 //! - `server`: axum listeners (`/ws`, `/healthz`), shared state, announcements.
+//! - [`metrics`]: counters rendered at `/metrics` (Prometheus text format).
 //! - [`error`]: the gateway's error type, [`GatewayError`].
 //!
 //! [`Gateway::start`] connects, declares the topology and binds the listeners;
-//! [`Gateway::shutdown`] stops accepting, lets connections finish their pending
-//! confirms, and closes them with 1001 (going away).
+//! [`Gateway::shutdown`] drains: stops accepting, tells clients to move, waits
+//! (bounded) for their acknowledgements and pending confirms, requeues the rest and
+//! closes them with 1001 (going away).
 
 pub mod broker;
 pub mod config;
 mod connection;
 pub mod delivery;
 pub mod error;
+pub mod metrics;
 mod server;
 pub mod session;
 pub mod topology;
@@ -62,10 +65,11 @@ impl Gateway {
     /// topology, [`GatewayError::Bind`] when a listener address is taken.
     pub async fn start(config: Config) -> Result<Gateway, GatewayError> {
         config.validate()?;
-        let broker = Broker::connect(&config).await?;
-        Topology::from_config(&config)
-            .apply(&broker.control().await?)
-            .await?;
+        let metrics = Arc::new(metrics::Metrics::default());
+        let broker = Broker::connect(&config, metrics.clone()).await?;
+        let topology = Topology::from_config(&config);
+        topology.apply(&broker).await?;
+        broker.set_topology(topology);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut bound = Vec::new();
         for l in &config.listen {
@@ -81,7 +85,7 @@ impl Gateway {
             })?;
             bound.push((listener, addr, l.channel.clone()));
         }
-        let shared = Arc::new(Shared::new(config, broker, shutdown_rx));
+        let shared = Arc::new(Shared::new(config, broker, metrics, shutdown_rx));
         let mut servers = Vec::new();
         let mut listeners = Vec::new();
         for (listener, addr, channel) in bound {
@@ -99,11 +103,12 @@ impl Gateway {
             listeners.push((addr, channel));
         }
         let announcer = tokio::spawn(server::announce(shared.clone(), listeners.clone()));
+        tokio::spawn(server::listen_for_takeovers(shared.clone()));
         tokio::spawn(
             shared
                 .broker
                 .clone()
-                .supervise(Duration::from_secs(2), shared.shutdown.clone()),
+                .supervise(Duration::from_secs(1), shared.shutdown.clone()),
         );
         Ok(Gateway {
             shared,
@@ -125,9 +130,10 @@ impl Gateway {
         &self.shared.config
     }
 
-    /// Graceful shutdown: stop accepting, let every connection finish its pending
-    /// confirms (up to `shutdown_grace_ms`), requeue unacknowledged deliveries, close
-    /// the sockets with 1001 (going away), then close the AMQP connections.
+    /// Graceful shutdown (drain): stop accepting, cancel session consumers, send
+    /// `drain`, let every client leave or acknowledge its deliveries while pending
+    /// confirms finish (up to `shutdown_grace_ms`), requeue what is unacknowledged,
+    /// close the sockets with 1001 (going away), then close the AMQP connections.
     pub async fn shutdown(self) {
         tracing::info!(node = %self.shared.config.node, "shutting down");
         let _ = self.shutdown_tx.send(true);

@@ -29,9 +29,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Topology {
             action: TopologyAction::Apply,
         } => {
-            let broker = Broker::connect(&config).await?;
+            let broker = Broker::connect(&config, std::sync::Arc::new(Default::default())).await?;
             let topology = Topology::from_config(&config);
-            topology.apply(&broker.control().await?).await?;
+            topology.apply(&broker).await?;
             broker.close().await;
             let _ = writeln!(std::io::stdout(), "{topology}applied");
         }

@@ -22,6 +22,7 @@ use warren_protocol::SUBPROTOCOL;
 
 use crate::broker::{Broker, BrokerState};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::session::Registry;
 
 /// Counts live connections so shutdown can wait for every one to finish.
@@ -72,6 +73,7 @@ pub(crate) struct Shared {
     pub(crate) registry: Registry,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) tracker: Tracker,
+    pub(crate) metrics: Arc<Metrics>,
     next_conn: AtomicU64,
 }
 
@@ -79,6 +81,7 @@ impl Shared {
     pub(crate) fn new(
         config: Config,
         broker: Arc<Broker>,
+        metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Shared {
@@ -88,6 +91,7 @@ impl Shared {
             registry: Registry::default(),
             shutdown,
             tracker: Tracker::default(),
+            metrics,
             next_conn: AtomicU64::new(1),
         }
     }
@@ -161,6 +165,7 @@ pub(crate) fn router(shared: Arc<Shared>, pinned: Option<String>) -> Router {
     Router::new()
         .route("/ws", get(upgrade))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .with_state(ListenerState { shared, pinned })
 }
 
@@ -184,8 +189,11 @@ async fn healthz(State(st): State<ListenerState>) -> Response {
         "node": st.shared.config.node,
         "namespace": st.shared.config.namespace,
         "broker": broker.as_str(),
+        "broker_blocked": st.shared.broker.is_blocked(),
         "connections": st.shared.tracker.active(),
         "sessions": st.shared.registry.len(),
+        "overflow_dropped": st.shared.metrics.overflow_dropped.load(std::sync::atomic::Ordering::Relaxed),
+        "confirms_pending": st.shared.metrics.confirms_pending.load(std::sync::atomic::Ordering::Relaxed).max(0),
         "channel": st.pinned,
         "channels": st.shared.config.channels,
         "protocol": SUBPROTOCOL,
@@ -196,6 +204,115 @@ async fn healthz(State(st): State<ListenerState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(body)).into_response()
+}
+
+async fn metrics(State(st): State<ListenerState>) -> Response {
+    let s = &st.shared;
+    let text = s.metrics.render(
+        &s.config.node,
+        s.tracker.active(),
+        s.registry.len(),
+        s.broker.state() == BrokerState::Connected,
+    );
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// A request, sent on `warren.gateways`, that whichever gateway serves `takeover`
+/// lets it go: a client resumed it on gateway `node`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct TakeoverRequest {
+    pub(crate) takeover: String,
+    pub(crate) node: String,
+}
+
+impl Shared {
+    /// Asks every other gateway to release `session` (its consumer is still there
+    /// while a client resumes it here).
+    pub(crate) fn request_takeover(&self, session: &str) {
+        let body = serde_json::to_string(&TakeoverRequest {
+            takeover: session.to_string(),
+            node: self.config.node.clone(),
+        })
+        .expect("a takeover request serialises");
+        self.fire(self.names.gateways_exchange(), String::new(), body);
+    }
+}
+
+/// Listens on `warren.gateways` (an exclusive, server-named queue, no ack) for takeover
+/// requests of other gateways and hands them to the local connection serving the
+/// session. Re-subscribes after a broker reconnect; ends at shutdown.
+pub(crate) async fn listen_for_takeovers(shared: Arc<Shared>) {
+    use futures_util::StreamExt;
+    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let listen = async {
+            let ch = shared.broker.consumer_channel().await?;
+            let q = ch
+                .queue_declare(
+                    ShortString::from(""),
+                    QueueDeclareOptions {
+                        exclusive: true,
+                        auto_delete: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| crate::GatewayError::amqp("queue.declare takeover", e))?;
+            ch.queue_bind(
+                q.name().clone(),
+                ShortString::from(shared.names.gateways_exchange()),
+                ShortString::from(""),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| crate::GatewayError::amqp("queue.bind takeover", e))?;
+            let mut consumer = ch
+                .basic_consume(
+                    q.name().clone(),
+                    ShortString::from(format!("{}.takeover", shared.config.node)),
+                    BasicConsumeOptions {
+                        no_ack: true,
+                        exclusive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| crate::GatewayError::amqp("basic.consume takeover", e))?;
+            while let Some(Ok(d)) = consumer.next().await {
+                let Ok(req) = serde_json::from_slice::<TakeoverRequest>(&d.data) else {
+                    continue; // an announcement
+                };
+                if req.node != shared.config.node && shared.registry.ask_to_release(&req.takeover) {
+                    tracing::info!(session = %req.takeover, by = %req.node, "session resumed on another gateway; releasing it");
+                }
+            }
+            Ok::<(), crate::GatewayError>(())
+        };
+        tokio::select! {
+            res = listen => {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "takeover listener failed; retrying");
+                }
+            }
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 /// Announces the gateway on `warren.gateways` every `announce_interval_ms`.

@@ -22,9 +22,17 @@ pub fn new_session_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-/// Arguments of a session queue: it outlives its connection for the resume window
-/// and holds at most `session_max_length` messages, dropping the oldest.
-pub fn queue_args(config: &Config) -> FieldTable {
+/// The queue that records what a session queue's overflow policy dropped:
+/// `<session queue>.dropped`.
+pub fn dropped_queue(queue: &str) -> String {
+    format!("{queue}.dropped")
+}
+
+/// Arguments of a session queue: it outlives its connection for the resume window and
+/// holds at most `session_max_length` messages, dropping the oldest; what it drops (or
+/// what expires in it) is dead-lettered through the default exchange to its
+/// [`dropped_queue`], where the gateway counts it for `overflow`.
+pub fn queue_args(config: &Config, queue: &str) -> FieldTable {
     let mut t = FieldTable::default();
     t.insert(
         "x-expires".into(),
@@ -38,26 +46,103 @@ pub fn queue_args(config: &Config) -> FieldTable {
         "x-overflow".into(),
         AMQPValue::LongString(LongString::from("drop-head")),
     );
+    t.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(LongString::from("")),
+    );
+    t.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(LongString::from(dropped_queue(queue))),
+    );
     t
 }
 
-/// Declares a session queue: durable, not exclusive, not auto-delete.
+/// Arguments of a [`dropped_queue`]: it expires with the session, keeps its messages on
+/// disk (only their number matters), and holds at most `overflow_record_max`.
+pub fn dropped_args(config: &Config) -> FieldTable {
+    let mut t = FieldTable::default();
+    t.insert(
+        "x-expires".into(),
+        AMQPValue::LongLongInt(config.session_expires_ms as i64),
+    );
+    t.insert(
+        "x-max-length".into(),
+        AMQPValue::LongLongInt(i64::from(config.overflow_record_max)),
+    );
+    t.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString(LongString::from("drop-head")),
+    );
+    t.insert(
+        "x-queue-mode".into(),
+        AMQPValue::LongString(LongString::from("lazy")),
+    );
+    t
+}
+
+/// Declares a session queue (durable, not exclusive, not auto-delete) and its
+/// [`dropped_queue`].
 ///
 /// # Errors
 /// When the broker refuses.
 pub async fn declare(broker: &Broker, queue: &str, config: &Config) -> Result<(), GatewayError> {
     let ch = broker.control().await?;
+    let dropped = dropped_queue(queue);
+    ch.queue_declare(
+        ShortString::from(dropped.as_str()),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        dropped_args(config),
+    )
+    .await
+    .map_err(|e| GatewayError::amqp(format!("queue.declare {dropped}"), e))?;
     ch.queue_declare(
         ShortString::from(queue),
         QueueDeclareOptions {
             durable: true,
             ..Default::default()
         },
-        queue_args(config),
+        queue_args(config, queue),
     )
     .await
     .map_err(|e| GatewayError::amqp(format!("queue.declare {queue}"), e))?;
     Ok(())
+}
+
+/// Takes the count of messages the session queue dropped since the last call: declares
+/// its [`dropped_queue`] (creating it if needed and renewing its `x-expires` lease)
+/// and, when it holds messages, purges it; the purge's count is the answer.
+///
+/// # Errors
+/// When the broker refuses.
+pub async fn take_dropped(
+    broker: &Broker,
+    queue: &str,
+    config: &Config,
+) -> Result<u64, GatewayError> {
+    let ch = broker.control().await?;
+    let dropped = dropped_queue(queue);
+    let q = ch
+        .queue_declare(
+            ShortString::from(dropped.as_str()),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            dropped_args(config),
+        )
+        .await
+        .map_err(|e| GatewayError::amqp(format!("queue.declare {dropped}"), e))?;
+    if q.message_count() == 0 {
+        return Ok(0);
+    }
+    let purged = ch
+        .queue_purge(ShortString::from(dropped.as_str()), Default::default())
+        .await
+        .map_err(|e| GatewayError::amqp(format!("queue.purge {dropped}"), e))?;
+    Ok(u64::from(purged))
 }
 
 /// Looks a queue up without creating it (a passive declare on a scratch channel,
@@ -316,7 +401,12 @@ impl Subscriptions {
 
 /// A request to a connection to give its session up.
 #[derive(Debug)]
-pub struct Takeover;
+pub struct Takeover {
+    /// Completed once the connection has given the session back to RabbitMQ (its
+    /// consumer cancelled and its unacknowledged deliveries requeued), so the next
+    /// consumer does not see newer messages before the requeued ones.
+    pub released: Option<tokio::sync::oneshot::Sender<()>>,
+}
 
 /// Sessions served by this gateway: session id → (connection id, takeover sender).
 #[derive(Debug, Default)]
@@ -343,6 +433,16 @@ impl Registry {
         let mut map = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         if map.get(session).is_some_and(|(c, _)| *c == conn) {
             map.remove(session);
+        }
+    }
+
+    /// Asks the connection serving `session` here, if any, to give it up (a client
+    /// resumed it on another gateway). True when one was asked.
+    pub fn ask_to_release(&self, session: &str) -> bool {
+        let map = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(session) {
+            Some((_, tx)) => tx.try_send(Takeover { released: None }).is_ok(),
+            None => false,
         }
     }
 
@@ -418,6 +518,35 @@ mod tests {
         assert_eq!(r.len(), 1);
         r.release("s", 2);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn a_session_queue_dead_letters_what_it_drops_to_its_dropped_queue() {
+        let config = Config::default();
+        let args = queue_args(&config, "warren.session.x");
+        let get = |k: &str| args.inner().get(k).cloned();
+        assert_eq!(
+            get("x-overflow"),
+            Some(AMQPValue::LongString(LongString::from("drop-head")))
+        );
+        assert_eq!(
+            get("x-dead-letter-exchange"),
+            Some(AMQPValue::LongString(LongString::from("")))
+        );
+        assert_eq!(
+            get("x-dead-letter-routing-key"),
+            Some(AMQPValue::LongString(LongString::from(
+                "warren.session.x.dropped"
+            )))
+        );
+        assert_eq!(
+            dropped_queue("warren.session.x"),
+            "warren.session.x.dropped"
+        );
+        assert_eq!(
+            dropped_args(&config).inner().get("x-max-length").cloned(),
+            Some(AMQPValue::LongLongInt(100_000))
+        );
     }
 
     #[test]

@@ -7,10 +7,11 @@ use std::fmt;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
-use warren_protocol::amqp::{keys, Names};
+use warren_protocol::amqp::{inbound_queue_args, keys, Names, QueueArg};
 
+use crate::broker::Broker;
 use crate::config::Config;
-use crate::error::GatewayError;
+use crate::error::{is_precondition_failed, GatewayError};
 
 /// One thing to declare.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,8 +27,8 @@ pub enum Declaration {
     Queue {
         /// Its name.
         name: String,
-        /// String-valued `x-` arguments (e.g. `x-queue-type`).
-        args: Vec<(String, String)>,
+        /// `x-` arguments (e.g. `x-queue-type`, `x-dead-letter-exchange`).
+        args: Vec<(String, QueueArg)>,
     },
     /// A queue bound to an exchange.
     Binding {
@@ -110,10 +111,14 @@ impl Topology {
         for ch in &config.channels {
             d.push(Declaration::Queue {
                 name: names.channel_queue(ch),
-                args: vec![(
-                    "x-queue-type".to_string(),
-                    config.queue_type.as_str().to_string(),
-                )],
+                args: inbound_queue_args(
+                    &names,
+                    config.queue_type.as_str(),
+                    config.message_ttl_of(ch),
+                )
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
             });
             d.push(Declaration::Binding {
                 queue: names.channel_queue(ch),
@@ -124,14 +129,28 @@ impl Topology {
         Topology { declarations: d }
     }
 
-    /// Declares everything on `channel`. Idempotent: declaring what exists with the
-    /// same arguments changes nothing.
+    /// Declares everything on the broker's control channel. Idempotent: declaring what
+    /// exists with the same arguments changes nothing. A queue that already exists with
+    /// other arguments (406 PRECONDITION_FAILED, e.g. an `IN_*` queue declared before
+    /// TTLs were configured) is kept as it is, with a warning, and the rest goes on.
     ///
     /// # Errors
-    /// [`GatewayError::Amqp`] naming the declaration the broker refused (e.g. a queue
-    /// that exists with other arguments: 406 PRECONDITION_FAILED).
-    pub async fn apply(&self, channel: &Channel) -> Result<(), GatewayError> {
+    /// [`GatewayError::Amqp`] naming the declaration the broker refused.
+    pub async fn apply(&self, broker: &Broker) -> Result<(), GatewayError> {
         for decl in &self.declarations {
+            let channel = broker.control().await?;
+            match self.declare(&channel, decl).await {
+                Err(GatewayError::Amqp { op, source }) if is_precondition_failed(&source) => {
+                    tracing::warn!(%op, error = %source, "kept an existing queue with other arguments");
+                }
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    async fn declare(&self, channel: &Channel, decl: &Declaration) -> Result<(), GatewayError> {
+        {
             match decl {
                 Declaration::Exchange { name, kind } => channel
                     .exchange_declare(
@@ -148,10 +167,7 @@ impl Topology {
                 Declaration::Queue { name, args } => {
                     let mut table = FieldTable::default();
                     for (k, v) in args {
-                        table.insert(
-                            ShortString::from(k.as_str()),
-                            AMQPValue::LongString(LongString::from(v.as_str())),
-                        );
+                        table.insert(ShortString::from(k.as_str()), arg_value(v));
                     }
                     channel
                         .queue_declare(
@@ -198,7 +214,10 @@ impl fmt::Display for Topology {
                 Declaration::Queue { name, args } => {
                     write!(f, "queue     {name:<32} durable")?;
                     for (k, v) in args {
-                        write!(f, " {k}={v}")?;
+                        match v {
+                            QueueArg::Text(t) => write!(f, " {k}={t}")?,
+                            QueueArg::Int(i) => write!(f, " {k}={i}")?,
+                        }
                     }
                     writeln!(f)?
                 }
@@ -212,20 +231,19 @@ impl fmt::Display for Topology {
         writeln!(
             f,
             "# per session: queue <ns.>warren.session.<id> durable x-expires x-max-length \
-             x-overflow=drop-head, bound to warren.out by its subscriptions"
-        )?;
-        writeln!(
-            f,
-            "# to dead-letter expired requests, add a policy: dead-letter-exchange = {}",
-            self.declarations
-                .iter()
-                .find_map(|d| match d {
-                    Declaration::Exchange { name, .. } if name.ends_with("warren.dead") =>
-                        Some(name.as_str()),
-                    _ => None,
-                })
-                .unwrap_or("warren.dead")
+             x-overflow=drop-head x-dead-letter-exchange=\"\" \
+             x-dead-letter-routing-key=<its name>.dropped, bound to warren.out by its \
+             subscriptions; queue <ns.>warren.session.<id>.dropped (lazy) records what \
+             the overflow policy dropped"
         )
+    }
+}
+
+/// A queue argument as an AMQP field value.
+pub(crate) fn arg_value(v: &QueueArg) -> AMQPValue {
+    match v {
+        QueueArg::Text(t) => AMQPValue::LongString(LongString::from(t.as_str())),
+        QueueArg::Int(i) => AMQPValue::LongLongInt(*i),
     }
 }
 
@@ -238,7 +256,13 @@ mod tests {
         let t = Topology::from_config(&Config::default());
         assert!(t.declarations.contains(&Declaration::Queue {
             name: "IN_CHAT".into(),
-            args: vec![("x-queue-type".into(), "quorum".into())],
+            args: vec![
+                ("x-queue-type".into(), QueueArg::Text("quorum".into())),
+                (
+                    "x-dead-letter-exchange".into(),
+                    QueueArg::Text("warren.dead".into())
+                ),
+            ],
         }));
         assert!(t.declarations.contains(&Declaration::Binding {
             queue: "IN_VOICE".into(),
@@ -254,6 +278,28 @@ mod tests {
         ] {
             assert!(printed.contains(name), "{name} missing from\n{printed}");
         }
+    }
+
+    #[test]
+    fn a_channel_with_a_ttl_gets_x_message_ttl_on_its_inbound_queue() {
+        let mut config = Config::default();
+        config.channel_options.insert(
+            "echo".into(),
+            crate::config::ChannelOptions {
+                message_ttl_ms: Some(500),
+            },
+        );
+        let t = Topology::from_config(&config);
+        let args = t
+            .declarations
+            .iter()
+            .find_map(|d| match d {
+                Declaration::Queue { name, args } if name == "IN_ECHO" => Some(args.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert!(args.contains(&("x-message-ttl".into(), QueueArg::Int(500))));
+        assert!(t.to_string().contains("x-message-ttl=500"));
     }
 
     #[test]

@@ -223,9 +223,63 @@ pub fn validate_dotted(what: &'static str, value: &str, pattern: bool) -> Result
     Ok(())
 }
 
+/// The value of a queue argument, as plain data (turned into an AMQP field value by
+/// whoever declares the queue).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueArg {
+    /// A string (`x-queue-type`, `x-dead-letter-exchange`, ...).
+    Text(String),
+    /// A signed integer (`x-message-ttl`, `x-max-length`, ...): send it as a long-long.
+    Int(i64),
+}
+
+/// The arguments of an inbound channel queue (`IN_<CHANNEL>`): its type (`quorum` or
+/// `classic`), dead-lettering of expired and rejected messages to `warren.dead`, and
+/// the channel's message TTL when it has one. The gateway and the service library both
+/// declare these queues with exactly this list, so neither meets the other's
+/// declaration with different arguments (406 PRECONDITION_FAILED).
+pub fn inbound_queue_args(
+    names: &Names,
+    queue_type: &str,
+    message_ttl_ms: Option<u64>,
+) -> Vec<(&'static str, QueueArg)> {
+    let mut args = vec![
+        ("x-queue-type", QueueArg::Text(queue_type.to_string())),
+        (
+            "x-dead-letter-exchange",
+            QueueArg::Text(names.dead_letter_exchange()),
+        ),
+    ];
+    if let Some(ttl) = message_ttl_ms {
+        args.push((
+            "x-message-ttl",
+            QueueArg::Int(i64::try_from(ttl).unwrap_or(i64::MAX)),
+        ));
+    }
+    args
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inbound_queues_dead_letter_to_warren_dead_and_carry_a_ttl_only_when_set() {
+        let names = Names::new("ns");
+        let args = inbound_queue_args(&names, "quorum", None);
+        assert_eq!(
+            args,
+            vec![
+                ("x-queue-type", QueueArg::Text("quorum".into())),
+                (
+                    "x-dead-letter-exchange",
+                    QueueArg::Text("ns.warren.dead".into())
+                ),
+            ]
+        );
+        let args = inbound_queue_args(&names, "classic", Some(500));
+        assert!(args.contains(&("x-message-ttl", QueueArg::Int(500))));
+    }
 
     #[test]
     fn names_carry_the_namespace_prefix() {

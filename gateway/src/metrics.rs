@@ -1,0 +1,150 @@
+//! Counters of one gateway, rendered at `GET /metrics` in the Prometheus text format:
+//! connections and sessions (gauges), deliveries, client acknowledgements, publishes,
+//! pending confirms, messages the session queues dropped (overflow), requeues and
+//! broker reconnects.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// The gateway's counters; every field is updated lock-free by connection tasks.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Frames `deliver`/`reply` sent to clients.
+    pub deliveries: AtomicU64,
+    /// Deliveries acknowledged by clients (and so to RabbitMQ).
+    pub client_acks: AtomicU64,
+    /// Messages published to RabbitMQ for clients.
+    pub publishes: AtomicU64,
+    /// Client frames whose broker confirm is awaited.
+    pub confirms_pending: AtomicI64,
+    /// Messages dropped by session queues' overflow policy (reported as `overflow`).
+    pub overflow_dropped: AtomicU64,
+    /// `overflow` frames sent.
+    pub overflow_reports: AtomicU64,
+    /// Unacknowledged deliveries given back to RabbitMQ when a connection ended.
+    pub requeued: AtomicU64,
+    /// Times an AMQP connection was re-established.
+    pub broker_reconnects: AtomicU64,
+    /// Times RabbitMQ blocked a connection (resource alarm).
+    pub broker_blocked: AtomicU64,
+}
+
+/// Adds `n` to a counter.
+pub(crate) fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+impl Metrics {
+    /// The Prometheus text exposition, with the gauges passed in.
+    pub fn render(
+        &self,
+        node: &str,
+        connections: usize,
+        sessions: usize,
+        broker_up: bool,
+    ) -> String {
+        let mut out = String::new();
+        let label = format!("{{node=\"{node}\"}}");
+        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(out, "# HELP warren_gateway_{name} {help}");
+            let _ = writeln!(out, "# TYPE warren_gateway_{name} {kind}");
+            let _ = writeln!(out, "warren_gateway_{name}{label} {value}");
+        };
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed).to_string();
+        metric(
+            "connections",
+            "gauge",
+            "Open WebSocket connections.",
+            connections.to_string(),
+        );
+        metric(
+            "sessions",
+            "gauge",
+            "Sessions served by this gateway.",
+            sessions.to_string(),
+        );
+        metric(
+            "broker_up",
+            "gauge",
+            "1 when both AMQP connections are open.",
+            u8::from(broker_up).to_string(),
+        );
+        metric(
+            "deliveries_total",
+            "counter",
+            "Messages sent to clients (deliver and reply frames).",
+            get(&self.deliveries),
+        );
+        metric(
+            "client_acks_total",
+            "counter",
+            "Deliveries acknowledged by clients.",
+            get(&self.client_acks),
+        );
+        metric(
+            "publishes_total",
+            "counter",
+            "Messages published to RabbitMQ for clients.",
+            get(&self.publishes),
+        );
+        metric(
+            "confirms_pending",
+            "gauge",
+            "Client frames awaiting their broker confirm.",
+            self.confirms_pending
+                .load(Ordering::Relaxed)
+                .max(0)
+                .to_string(),
+        );
+        metric(
+            "overflow_dropped_total",
+            "counter",
+            "Messages dropped by session queues' overflow policy.",
+            get(&self.overflow_dropped),
+        );
+        metric(
+            "overflow_reports_total",
+            "counter",
+            "overflow frames sent to clients.",
+            get(&self.overflow_reports),
+        );
+        metric(
+            "requeued_total",
+            "counter",
+            "Unacknowledged deliveries requeued when a connection ended.",
+            get(&self.requeued),
+        );
+        metric(
+            "broker_reconnects_total",
+            "counter",
+            "AMQP connections re-established.",
+            get(&self.broker_reconnects),
+        );
+        metric(
+            "broker_blocked_total",
+            "counter",
+            "Times RabbitMQ blocked a connection (resource alarm).",
+            get(&self.broker_blocked),
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_names_every_counter_with_help_type_and_node_label() {
+        let m = Metrics::default();
+        add(&m.overflow_dropped, 7);
+        let text = m.render("gw-1", 2, 1, true);
+        assert!(text.contains("warren_gateway_overflow_dropped_total{node=\"gw-1\"} 7"));
+        assert!(text.contains("# TYPE warren_gateway_sessions gauge"));
+        assert!(text.contains("warren_gateway_broker_up{node=\"gw-1\"} 1"));
+        assert_eq!(
+            text.matches("# HELP").count(),
+            text.matches("# TYPE").count()
+        );
+    }
+}
