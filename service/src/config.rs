@@ -1,6 +1,8 @@
-//! How a service consumes: prefetch, retries, the duplicate window. One struct with
-//! documented defaults.
+//! How a service consumes and stays connected: prefetch, retries, the duplicate
+//! window, message TTLs, reconnection and publish timeouts. One struct with documented
+//! defaults.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Settings of a [`Service`](crate::Service). `ServiceConfig::default()` gives the
@@ -31,6 +33,31 @@ pub struct ServiceConfig {
     /// declare them: `quorum` (default, as the gateway) or `classic`. A queue that
     /// exists already is used as it is.
     pub queue_type: String,
+    /// Per-channel message TTL of the `IN_<CHANNEL>` queue the service declares first
+    /// (`x-message-ttl`; the queue dead-letters to `warren.dead`, so an expired message
+    /// is parked in the `warren.dead` queue, not silently gone). Must match the
+    /// gateways' `message_ttl_ms` for the channel (a queue that exists is used as it
+    /// is). Default: none.
+    pub message_ttls: BTreeMap<String, Duration>,
+    /// Re-establish a lost connection (to the next URI of the list, with backoff), then
+    /// re-declare the topology and restart the consumers. When `false`, a lost
+    /// connection turns the service [`Failed`](crate::ServiceState::Failed). Default
+    /// `true`.
+    pub reconnect: bool,
+    /// Longest pause between two connection attempts while reconnecting (the pause
+    /// starts at 100 ms and doubles). Default 2 s.
+    pub max_reconnect_backoff: Duration,
+    /// Bound on one connection attempt (TCP, AMQP handshake, exchange declarations).
+    /// Default 5 s.
+    pub connect_timeout: Duration,
+    /// How long a publish (or a reply) may wait for a connection and the broker's
+    /// confirm, retrying across reconnects with the same `message_id`, before it fails
+    /// with [`ServiceError::BrokerUnavailable`](crate::ServiceError::BrokerUnavailable).
+    /// Default 10 s.
+    pub publish_timeout: Duration,
+    /// A connection the broker keeps blocked (resource alarm) this long is given up
+    /// for the next URI. Default 30 s.
+    pub blocked_timeout: Duration,
 }
 
 impl Default for ServiceConfig {
@@ -43,6 +70,12 @@ impl Default for ServiceConfig {
             remember_reply_bytes: 64 * 1024,
             app_id: "warren-service".to_string(),
             queue_type: "quorum".to_string(),
+            message_ttls: BTreeMap::new(),
+            reconnect: true,
+            max_reconnect_backoff: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(5),
+            publish_timeout: Duration::from_secs(10),
+            blocked_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -76,6 +109,31 @@ impl ServiceConfig {
     /// Sets the `app_id` of published messages.
     pub fn with_app_id(mut self, app_id: impl Into<String>) -> Self {
         self.app_id = app_id.into();
+        self
+    }
+
+    /// Sets the message TTL of `channel`'s inbound queue (see
+    /// [`ServiceConfig::message_ttls`]).
+    pub fn with_message_ttl(mut self, channel: impl Into<String>, ttl: Duration) -> Self {
+        self.message_ttls.insert(channel.into(), ttl);
+        self
+    }
+
+    /// Turns reconnection on or off.
+    pub fn with_reconnect(mut self, reconnect: bool) -> Self {
+        self.reconnect = reconnect;
+        self
+    }
+
+    /// Sets how long a publish may wait for a connection and its confirm.
+    pub fn with_publish_timeout(mut self, timeout: Duration) -> Self {
+        self.publish_timeout = timeout;
+        self
+    }
+
+    /// Sets the longest pause between connection attempts.
+    pub fn with_max_reconnect_backoff(mut self, backoff: Duration) -> Self {
+        self.max_reconnect_backoff = backoff;
         self
     }
 }

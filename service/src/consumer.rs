@@ -3,6 +3,13 @@
 //! and only then acknowledges. A handler error hands the message back (nack with
 //! requeue, after a short backoff) until `max_attempts`, then the message is
 //! dead-lettered to `warren.dead` (and a request is refused with `internal`).
+//!
+//! [`keep_consuming`] runs that loop for the life of the service: when the consumer is
+//! lost with its connection, it waits for the link's next connection, re-declares the
+//! queue and consumes again, with the same handler and duplicate window (so a message
+//! redelivered after the reconnect is recognised). Handlers still running on the lost
+//! channel finish in the background; their acks fail and RabbitMQ redelivers, and the
+//! duplicate window answers the copy.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -12,9 +19,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
+use lapin::options::BasicQosOptions;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Acker, BasicProperties, Channel, Connection, Consumer};
+use lapin::{Acker, BasicProperties, Channel, Consumer};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn, Instrument};
@@ -24,7 +32,9 @@ use crate::config::ServiceConfig;
 use crate::duplicate_window::{DuplicateWindow, RememberedReply, Seen};
 use crate::handler::{Context, Handler, HandlerError, Outcome};
 use crate::incoming::Incoming;
+use crate::link::{Epoch, Link};
 use crate::publisher::{fresh_message_id, Publisher};
+use crate::service::ServiceState;
 use crate::topology;
 
 /// Wait before handing back a message whose `message_id` is being handled right now
@@ -45,16 +55,214 @@ pub fn retry_backoff(attempt: u32) -> Duration {
     Duration::from_millis(100u64 << exp).min(Duration::from_secs(5))
 }
 
-/// Everything the tasks of one consumer share.
+/// Everything the tasks of one consumer share, across reconnects.
 pub(crate) struct Shared<H> {
+    pub(crate) channel: String,
     pub(crate) queue: String,
     pub(crate) handler: H,
     pub(crate) context: Context,
     pub(crate) publisher: Publisher,
-    pub(crate) connection: Arc<Connection>,
+    pub(crate) link: Arc<Link>,
     pub(crate) config: ServiceConfig,
     pub(crate) window: Mutex<DuplicateWindow>,
-    pub(crate) dead_letter_declared: tokio::sync::OnceCell<()>,
+    /// The connection generation on which the dead-letter topology was declared.
+    pub(crate) dead_letter_declared: tokio::sync::Mutex<Option<u64>>,
+}
+
+/// A consumer started on one connection.
+pub(crate) struct Started {
+    pub(crate) channel: Channel,
+    pub(crate) consumer: Consumer,
+    pub(crate) generation: u64,
+}
+
+/// Opens a channel on `epoch`'s connection with the configured prefetch and consumes
+/// `queue` with a fresh consumer tag.
+pub(crate) async fn start(
+    epoch: &Epoch,
+    queue: &str,
+    channel_name: &str,
+    config: &ServiceConfig,
+) -> crate::error::Result<Started> {
+    let channel = epoch.connection.create_channel().await?;
+    channel
+        .basic_qos(config.prefetch, BasicQosOptions::default())
+        .await?;
+    let tag = format!(
+        "{}-{}-{}",
+        config.app_id,
+        channel_name,
+        uuid::Uuid::new_v4()
+    );
+    let consumer = channel
+        .basic_consume(
+            ShortString::from(queue),
+            ShortString::from(tag.as_str()),
+            lapin::options::BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    info!(channel = channel_name, queue, consumer = %tag, prefetch = config.prefetch, generation = epoch.generation, "consuming");
+    Ok(Started {
+        channel,
+        consumer,
+        generation: epoch.generation,
+    })
+}
+
+/// Why a consumer could not be started again.
+enum Restart {
+    /// The queue is gone while the connection stayed up: deleted on purpose.
+    QueueGone,
+    /// Anything else (connection lost meanwhile, broker refusal): try again later.
+    Failed(crate::error::ServiceError),
+}
+
+/// Starts the consumer again on `epoch`. On a new connection the queue is declared
+/// again (the broker may have lost it); on the same connection it is only checked,
+/// so a queue deleted on purpose is not re-created. "Gone" is only believed when a
+/// second check a second later agrees and the connection is still up (a node that is
+/// shutting down may briefly answer 404 for a queue it cannot reach).
+async fn restart<H>(
+    shared: &Shared<H>,
+    epoch: &Epoch,
+    same_connection: bool,
+) -> Result<Started, Restart> {
+    let names = shared.context.names();
+    if same_connection {
+        let mut misses = 0;
+        loop {
+            match topology::channel_queue_exists(&epoch.connection, names, &shared.channel).await {
+                Ok(true) => break,
+                Ok(false) if misses == 0 => {
+                    misses += 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Ok(false) if epoch.connection.status().connected() => {
+                    return Err(Restart::QueueGone)
+                }
+                Ok(false) => {
+                    return Err(Restart::Failed(
+                        crate::error::ServiceError::BrokerUnavailable {
+                            waited: Duration::from_secs(1),
+                            reason: "the connection was lost while checking the queue".into(),
+                        },
+                    ))
+                }
+                Err(e) => return Err(Restart::Failed(e)),
+            }
+        }
+    } else {
+        topology::declare_channel_queue_with(
+            &epoch.connection,
+            names,
+            &shared.channel,
+            &shared.config,
+        )
+        .await
+        .map_err(Restart::Failed)?;
+    }
+    start(epoch, &shared.queue, &shared.channel, &shared.config)
+        .await
+        .map_err(Restart::Failed)
+}
+
+/// Runs the consume loop for the life of the service: on a lost consumer, waits for
+/// the link to be up (on a newer connection when the old one died), starts again,
+/// and goes on. Returns when `stop` turns true, the link is closed, or the queue was
+/// deleted (then the service turns [`ServiceState::Failed`]).
+pub(crate) async fn keep_consuming<H: Handler>(
+    shared: Arc<Shared<H>>,
+    first: Started,
+    mut stop: watch::Receiver<bool>,
+    state: watch::Sender<ServiceState>,
+    grace: Duration,
+) {
+    let mut next = Some(first);
+    let mut generation = 0;
+    let mut min_generation = 0;
+    let mut failures = 0u32;
+    loop {
+        let started = match next.take() {
+            Some(started) => started,
+            None => {
+                let epoch = tokio::select! {
+                    epoch = shared.link.up(min_generation, None) => match epoch {
+                        Ok(epoch) => epoch,
+                        Err(_) => return,
+                    },
+                    _ = stop.changed() => return,
+                };
+                if *stop.borrow() {
+                    return;
+                }
+                match restart(&shared, &epoch, epoch.generation == generation).await {
+                    Ok(started) => started,
+                    Err(Restart::QueueGone) => {
+                        let reason = format!("the queue {} was deleted", shared.queue);
+                        error!(queue = %shared.queue, "{reason}; not consuming any more");
+                        state.send_if_modified(|s| {
+                            if matches!(s, ServiceState::Running | ServiceState::Reconnecting(_)) {
+                                *s = ServiceState::Failed(reason);
+                                true
+                            } else {
+                                false
+                            }
+                        });
+                        return;
+                    }
+                    Err(Restart::Failed(e)) => {
+                        failures += 1;
+                        if !epoch.connection.status().connected() {
+                            shared.link.report_lost(epoch.generation);
+                            min_generation = epoch.generation + 1;
+                        }
+                        let wait = retry_backoff(failures);
+                        warn!(queue = %shared.queue, error = %e, retry_in_ms = wait.as_millis() as u64, "restarting the consumer failed");
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = stop.changed() => return,
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
+        generation = started.generation;
+        let connection = shared.link.current().filter(|e| e.generation == generation);
+        let since = tokio::time::Instant::now();
+        match run(
+            shared.clone(),
+            started.channel,
+            started.consumer,
+            stop.clone(),
+            grace,
+        )
+        .await
+        {
+            LoopEnd::Stopped => return,
+            LoopEnd::Lost(reason) => {
+                // A consumer lost again right after it started: slow down.
+                if since.elapsed() < Duration::from_secs(1) {
+                    failures += 1;
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry_backoff(failures)) => {}
+                        _ = stop.changed() => return,
+                    }
+                } else {
+                    failures = 0;
+                }
+                let connection_up = connection.is_some_and(|e| e.connection.status().connected());
+                if connection_up {
+                    min_generation = generation;
+                } else {
+                    shared.link.report_lost(generation);
+                    min_generation = generation + 1;
+                }
+                warn!(queue = %shared.queue, reason = %reason, connection_up, "consumer lost; consuming again once RabbitMQ is back");
+            }
+        }
+    }
 }
 
 /// How a consume loop ended.
@@ -108,18 +316,34 @@ pub(crate) async fn run<H: Handler>(
         }
         while tasks.try_join_next().is_some() {}
     };
+    let queue = shared.queue.clone();
+    let cancel = (channel.clone(), tag.clone());
+    let finish = async move {
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace, drain).await.is_err() {
+            warn!(queue = %queue, "handlers still running after the grace period; their messages go back to the queue");
+            tasks.abort_all();
+        }
+        if channel.status().connected() {
+            let close = channel.close(200, ShortString::from("stopping"));
+            let _ = tokio::time::timeout(Duration::from_secs(5), close).await;
+        }
+        info!(queue = %queue, consumer = %tag, "consumer stopped");
+    };
     if end == LoopEnd::Stopped {
-        let _ = channel
-            .basic_cancel(tag.clone(), BasicCancelOptions::default())
-            .await;
+        let (channel, tag) = cancel;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            channel.basic_cancel(tag, BasicCancelOptions::default()),
+        )
+        .await;
+        finish.await;
+    } else {
+        // Lost: consume again at once; the handlers still running finish in the
+        // background (their acks go to a dead channel, RabbitMQ redelivers, and the
+        // duplicate window answers the copy).
+        tokio::spawn(finish);
     }
-    let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(grace, drain).await.is_err() {
-        warn!(queue = %shared.queue, "handlers still running after the grace period; their messages go back to the queue");
-        tasks.abort_all();
-    }
-    let _ = channel.close(200, ShortString::from("stopping")).await;
-    info!(queue = %shared.queue, consumer = %tag, "consumer stopped");
     end
 }
 
@@ -249,24 +473,34 @@ async fn handle<H: Handler>(
         }
         (Outcome::Reply(answer), Some(to)) => {
             let message_id = fresh_message_id();
+            let rememberable = answer.body.len() <= shared.config.remember_reply_bytes;
             if let Err(e) = shared
                 .publisher
                 .reply(to, correlation_id.as_deref(), &answer, &message_id)
                 .await
             {
-                warn!(error = %e, "reply failed; handing the message back");
                 if let Some(id) = &id {
-                    shared
-                        .window
-                        .lock()
-                        .expect("window lock")
-                        .fail(id, Instant::now());
+                    let mut window = shared.window.lock().expect("window lock");
+                    if rememberable {
+                        // The handler ran: keep its answer, so the redelivered message
+                        // re-sends it instead of running the handler a second time.
+                        warn!(error = %e, "reply failed; handing the message back (its answer is kept)");
+                        window.finish(
+                            id,
+                            Some(RememberedReply { message_id, answer }),
+                            Instant::now(),
+                        );
+                    } else {
+                        warn!(error = %e, "reply failed; handing the message back");
+                        window.fail(id, Instant::now());
+                    }
+                } else {
+                    warn!(error = %e, "reply failed; handing the message back");
                 }
                 nack(acker).await;
                 return;
             }
-            (answer.body.len() <= shared.config.remember_reply_bytes)
-                .then_some(RememberedReply { message_id, answer })
+            rememberable.then_some(RememberedReply { message_id, answer })
         }
     };
     if let Some(id) = &id {
@@ -307,10 +541,25 @@ async fn dead_letter<H>(
     attempts: u32,
 ) -> crate::error::Result<()> {
     let names = shared.context.names().clone();
-    shared
-        .dead_letter_declared
-        .get_or_try_init(|| topology::declare_dead_letter(&shared.connection, &names))
-        .await?;
+    {
+        let mut declared = shared.dead_letter_declared.lock().await;
+        let epoch = shared
+            .link
+            .up(
+                0,
+                Some(tokio::time::Instant::now() + shared.config.publish_timeout),
+            )
+            .await?;
+        if *declared != Some(epoch.generation) {
+            topology::declare_dead_letter_with(
+                &epoch.connection,
+                &names,
+                &shared.config.queue_type,
+            )
+            .await?;
+            *declared = Some(epoch.generation);
+        }
+    }
     let mut headers: FieldTable = properties.headers().clone().unwrap_or_default();
     let text = |s: String| AMQPValue::LongString(LongString::from(s));
     headers.insert(H_DEAD_REASON.into(), text(error.to_string()));

@@ -10,7 +10,8 @@ pub enum ServiceError {
     /// The AMQP connection or channel failed, or the broker refused an operation.
     #[error("AMQP: {0}")]
     Amqp(#[from] lapin::Error),
-    /// The broker answered a publish with a negative confirm.
+    /// The broker answered a publish with a negative confirm, and still did when it was
+    /// published again until the publish timeout.
     #[error("the broker refused (nacked) the message published to `{exchange}` with key `{routing_key}`")]
     Nacked {
         /// Exchange published to (`""` for the default exchange).
@@ -33,6 +34,19 @@ pub enum ServiceError {
     /// The service was stopped while the operation was waiting.
     #[error("the service is stopped")]
     Stopped,
+    /// No AMQP URI was given.
+    #[error("no AMQP URI given")]
+    NoUri,
+    /// No connection to RabbitMQ (lost and not re-established, or blocked, or no
+    /// confirm) within the publish timeout. The message may or may not have reached
+    /// the broker: publishing it again with the same `message_id` is safe.
+    #[error("RabbitMQ unavailable after waiting {waited:?}: {reason}")]
+    BrokerUnavailable {
+        /// How long the operation waited.
+        waited: std::time::Duration,
+        /// Why: the last connection error, or what was still missing.
+        reason: String,
+    },
 }
 
 /// Result alias of the service library.

@@ -4,8 +4,10 @@
 //!
 //! # Layout
 //!
-//! - [`service`]: [`Service`], one AMQP connection; `consume(channel, handler)` per
-//!   channel; graceful `stop`.
+//! - [`service`]: [`Service`]: `consume(channel, handler)` per channel; graceful
+//!   `stop`; its state (running, reconnecting, failed, stopped).
+//! - [`link`]: the link to RabbitMQ: one connection at a time from a list of URIs,
+//!   watched, re-established with backoff, exchanges re-declared.
 //! - [`handler`]: the [`Handler`] trait (any async `Fn(Context, Incoming)`), the
 //!   [`Outcome`] it returns ([`Answer`] or refusal) and [`HandlerError`].
 //! - [`incoming`]: [`Incoming`], a received message: sender and distribution from the
@@ -62,6 +64,16 @@
 //! reply again. A handler error hands the message back (nack with requeue, after a
 //! backoff) until `max_attempts`, then it is published to `warren.dead` and a request
 //! is refused with `internal`.
+//!
+//! # Broker loss
+//!
+//! A service is given one AMQP URI or several (the nodes of a cluster). When its
+//! connection dies (or the broker keeps it blocked), it reconnects to the next URI
+//! with backoff, declares the exchanges and its `IN_<CHANNEL>` queues again and
+//! consumes again, keeping its duplicate window. Meanwhile publishes wait (at most
+//! `publish_timeout`), and a publish whose confirm was lost with the connection is
+//! published again with the same `message_id`; past the timeout it fails with
+//! [`ServiceError::BrokerUnavailable`] — never silently.
 
 pub mod config;
 pub mod consumer;
@@ -70,6 +82,7 @@ pub mod duplicate_window;
 pub mod error;
 pub mod handler;
 pub mod incoming;
+pub mod link;
 pub mod publisher;
 pub mod service;
 pub mod target;
@@ -80,6 +93,7 @@ pub use duplicate_window::DuplicateWindow;
 pub use error::{Result, ServiceError};
 pub use handler::{Answer, Context, Handler, HandlerError, Outcome};
 pub use incoming::Incoming;
+pub use link::split_uris;
 pub use publisher::{Outgoing, Publisher};
 pub use service::{Service, ServiceState};
 pub use target::Targets;

@@ -1,23 +1,26 @@
 //! Publishing from a service: messages to clients on `warren.out` (one publish for
 //! many targets, with the `CC` header) and replies to requests through the default
 //! exchange. Every publish is persistent, carries a unique `message_id`, and waits for
-//! the broker's confirm.
+//! the broker's confirm. While the connection is down the publisher waits for the
+//! link (bounded by `publish_timeout`) and publishes again — same `message_id` — when
+//! a confirm was lost with the connection; it never drops a message silently.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use lapin::{BasicProperties, Channel, Confirmation, ErrorKind};
 use tokio::sync::Mutex;
-use tracing::debug;
+use tracing::{debug, warn};
 use warren_protocol::amqp::{Names, H_CHANNEL, H_SESSION, H_SUBJECT, H_USER};
 
 use crate::error::{Result, ServiceError};
 use crate::handler::Answer;
 use crate::incoming::Incoming;
+use crate::link::{Epoch, Link};
 use crate::target::{Targets, CC_HEADER};
 
 /// AMQP delivery mode of persistent messages.
@@ -92,8 +95,9 @@ pub fn fresh_message_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-/// Publishes on one confirm-mode channel of the service's connection, reopened if the
-/// broker closed it. Cheap to clone; clones share the channel.
+/// Publishes on one confirm-mode channel of the service's current connection,
+/// reopened when the broker closed it or the link moved to a new connection. Cheap to
+/// clone; clones share the channel.
 #[derive(Debug, Clone)]
 pub struct Publisher {
     inner: Arc<Inner>,
@@ -101,20 +105,23 @@ pub struct Publisher {
 
 #[derive(Debug)]
 struct Inner {
-    connection: Arc<Connection>,
-    channel: Mutex<Option<Channel>>,
+    link: Arc<Link>,
+    /// The channel and the generation of the connection it belongs to.
+    channel: Mutex<Option<(Channel, u64)>>,
     names: Names,
     app_id: String,
+    timeout: Duration,
 }
 
 impl Publisher {
-    pub(crate) fn new(connection: Arc<Connection>, names: Names, app_id: String) -> Self {
+    pub(crate) fn new(link: Arc<Link>, names: Names, app_id: String, timeout: Duration) -> Self {
         Publisher {
             inner: Arc::new(Inner {
-                connection,
+                link,
                 channel: Mutex::new(None),
                 names,
                 app_id,
+                timeout,
             }),
         }
     }
@@ -128,8 +135,8 @@ impl Publisher {
     ///
     /// # Errors
     /// [`ServiceError::NoTargets`] / [`ServiceError::InvalidTarget`] for bad targets,
-    /// [`ServiceError::Nacked`] on a negative confirm, [`ServiceError::Amqp`] when the
-    /// channel or connection fails.
+    /// As [`Publisher::publish_confirmed`] (which waits for the broker within the
+    /// publish timeout).
     pub async fn publish(&self, message: &Outgoing) -> Result<String> {
         let (routing_key, cc) = message.targets.routing()?;
         let message_id = message.message_id.clone().unwrap_or_else(fresh_message_id);
@@ -154,8 +161,8 @@ impl Publisher {
     /// `correlation_id` copied and `message_id` as given. Waits for the confirm.
     ///
     /// # Errors
-    /// [`ServiceError::Nacked`] on a negative confirm, [`ServiceError::Amqp`] when the
-    /// channel or connection fails.
+    /// As [`Publisher::publish_confirmed`] (which waits for the broker within the
+    /// publish timeout).
     pub async fn reply(
         &self,
         reply_to: &str,
@@ -185,9 +192,19 @@ impl Publisher {
     /// the confirm (used for dead-lettering; also handy for services that need
     /// something the other methods do not offer).
     ///
+    /// While the connection is down, waits for the link; when the connection is lost
+    /// before the confirm arrived, publishes again on the next connection (the broker
+    /// may then hold two copies with the same `message_id`, which receivers drop); a
+    /// negative confirm (the broker could not take the message, e.g. a quorum queue
+    /// electing a new leader while a node shuts down) is published again after a pause
+    /// (100 ms doubling, at most 1 s). All of it within the configured
+    /// `publish_timeout`.
+    ///
     /// # Errors
-    /// [`ServiceError::Nacked`] on a negative confirm, [`ServiceError::Amqp`] when the
-    /// channel or connection fails.
+    /// [`ServiceError::Nacked`] when the broker still nacks at the deadline;
+    /// [`ServiceError::BrokerUnavailable`] when no confirm came within the timeout;
+    /// [`ServiceError::Amqp`] when the broker refused the publish itself (e.g. the
+    /// exchange does not exist); [`ServiceError::Stopped`] once the service stopped.
     pub async fn publish_confirmed(
         &self,
         exchange: &str,
@@ -195,8 +212,82 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<()> {
-        let channel = self.channel().await?;
-        let confirm = channel
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.inner.timeout;
+        let mut min_generation = 0;
+        let mut attempt = 0u32;
+        let mut nacks = 0u32;
+        loop {
+            attempt += 1;
+            let epoch = self.inner.link.up(min_generation, Some(deadline)).await?;
+            let once = self.publish_once(&epoch, exchange, routing_key, body, properties.clone());
+            let result = match tokio::time::timeout_at(deadline, once).await {
+                Ok(result) => result,
+                Err(_) => {
+                    return Err(ServiceError::BrokerUnavailable {
+                        waited: started.elapsed(),
+                        reason: self.inner.link.describe(),
+                    })
+                }
+            };
+            match result {
+                Ok(Confirmation::Nack(_)) => {
+                    // The broker could not take it (e.g. a quorum queue whose leader's
+                    // node is shutting down): publish again after a pause, while the
+                    // deadline allows.
+                    nacks += 1;
+                    let wait = retry_pause(nacks);
+                    if tokio::time::Instant::now() + wait >= deadline {
+                        return Err(ServiceError::Nacked {
+                            exchange: exchange.to_string(),
+                            routing_key: routing_key.to_string(),
+                        });
+                    }
+                    warn!(
+                        exchange,
+                        routing_key,
+                        nacks,
+                        retry_in_ms = wait.as_millis() as u64,
+                        "the broker nacked the publish; publishing again"
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+                Ok(Confirmation::Ack(_) | Confirmation::NotRequested) => {
+                    if attempt > 1 {
+                        debug!(
+                            exchange,
+                            routing_key, attempt, "published after a reconnect"
+                        );
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    let connection_up = epoch.connection.status().connected();
+                    if !retryable(&e, connection_up) {
+                        return Err(e.into());
+                    }
+                    warn!(exchange, routing_key, attempt, error = %e, "publish lost with its channel or connection; publishing again");
+                    if !connection_up {
+                        self.inner.link.report_lost(epoch.generation);
+                        min_generation = epoch.generation + 1;
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn publish_once(
+        &self,
+        epoch: &Epoch,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> std::result::Result<Confirmation, lapin::Error> {
+        let channel = self.channel(epoch).await?;
+        channel
             .basic_publish(
                 ShortString::from(exchange),
                 ShortString::from(routing_key),
@@ -205,14 +296,7 @@ impl Publisher {
                 properties,
             )
             .await?
-            .await?;
-        match confirm {
-            Confirmation::Nack(_) => Err(ServiceError::Nacked {
-                exchange: exchange.to_string(),
-                routing_key: routing_key.to_string(),
-            }),
-            Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
-        }
+            .await
     }
 
     /// The properties every service message carries: persistent, JSON, `message_id`,
@@ -229,28 +313,57 @@ impl Publisher {
             .with_app_id(ShortString::from(self.inner.app_id.as_str()))
     }
 
-    async fn channel(&self) -> Result<Channel> {
+    /// The confirm-mode channel on `epoch`'s connection, opened when there is none
+    /// yet, the broker closed it, or it belongs to an earlier connection.
+    async fn channel(&self, epoch: &Epoch) -> std::result::Result<Channel, lapin::Error> {
         let mut guard = self.inner.channel.lock().await;
-        if let Some(channel) = guard.as_ref() {
-            if channel.status().connected() {
+        if let Some((channel, generation)) = guard.as_ref() {
+            if *generation == epoch.generation && channel.status().connected() {
                 return Ok(channel.clone());
             }
         }
-        let channel = self.inner.connection.create_channel().await?;
+        let channel = epoch.connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        *guard = Some(channel.clone());
+        *guard = Some((channel.clone(), epoch.generation));
         Ok(channel)
     }
 
-    /// Closes the publishing channel (waiting for outstanding confirms first).
+    /// Closes the publishing channel (waiting, at most 5 s, for outstanding confirms
+    /// first).
     pub(crate) async fn close(&self) {
-        if let Some(channel) = self.inner.channel.lock().await.take() {
-            let _ = channel.wait_for_confirms().await;
-            let _ = channel.close(200, ShortString::from("bye")).await;
+        if let Some((channel, _)) = self.inner.channel.lock().await.take() {
+            if channel.status().connected() {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), channel.wait_for_confirms()).await;
+                let _ = channel.close(200, ShortString::from("bye")).await;
+            }
         }
     }
+}
+
+/// Pause before publishing again after the `n`-th negative confirm: 100 ms doubling,
+/// at most 1 s.
+fn retry_pause(n: u32) -> Duration {
+    Duration::from_millis(100u64 << n.saturating_sub(1).min(4)).min(Duration::from_secs(1))
+}
+
+/// Whether a failed publish is worth publishing again: the connection is gone, or
+/// the channel was closed under it (by the broker or by another publish's error).
+/// A broker refusal of this very publish (unknown exchange, access refused) is not.
+fn retryable(error: &lapin::Error, connection_up: bool) -> bool {
+    if !connection_up {
+        return true;
+    }
+    matches!(
+        error.kind(),
+        ErrorKind::InvalidChannelState(..)
+            | ErrorKind::InvalidChannel(_)
+            | ErrorKind::InvalidConnectionState(_)
+            | ErrorKind::IOError(_)
+            | ErrorKind::MissingHeartbeatError
+    ) || error.is_amqp_hard_error()
 }
 
 /// String headers as an AMQP field table of long strings.
@@ -287,6 +400,40 @@ mod tests {
         assert_eq!(out.headers.get(H_CHANNEL).map(String::as_str), Some("chat"));
         assert_eq!(out.headers.get("x-app").map(String::as_str), Some("1"));
         assert_eq!(out.message_id.as_deref(), Some("alice:7:relay"));
+    }
+
+    #[test]
+    fn a_publish_lost_with_its_connection_or_channel_is_retried_a_refused_one_is_not() {
+        use lapin::protocol::{AMQPError, AMQPErrorKind, AMQPHardError, AMQPSoftError};
+        use lapin::ChannelState;
+        let soft: lapin::Error = ErrorKind::ProtocolError(AMQPError::new(
+            AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND),
+            "NOT_FOUND - no exchange".into(),
+        ))
+        .into();
+        let hard: lapin::Error = ErrorKind::ProtocolError(AMQPError::new(
+            AMQPErrorKind::Hard(AMQPHardError::CONNECTIONFORCED),
+            "CONNECTION_FORCED - shutdown".into(),
+        ))
+        .into();
+        let closed: lapin::Error =
+            ErrorKind::InvalidChannelState(ChannelState::Closed, "publish").into();
+        let io: lapin::Error = std::io::Error::from(std::io::ErrorKind::ConnectionReset).into();
+        assert!(!retryable(&soft, true), "the broker refused this publish");
+        assert!(
+            retryable(&soft, false),
+            "the connection went away meanwhile"
+        );
+        assert!(retryable(&hard, true));
+        assert!(retryable(&closed, true), "the channel was closed under it");
+        assert!(retryable(&io, true));
+    }
+
+    #[test]
+    fn nacked_publishes_are_retried_after_a_growing_capped_pause() {
+        assert_eq!(retry_pause(1), Duration::from_millis(100));
+        assert_eq!(retry_pause(3), Duration::from_millis(400));
+        assert_eq!(retry_pause(20), Duration::from_secs(1));
     }
 
     #[test]

@@ -1,23 +1,22 @@
-//! A running service: one AMQP connection, a publisher, and one consumer per channel
-//! it serves. Start with [`Service::connect`], add handlers with [`Service::consume`],
+//! A running service: a link to RabbitMQ (one connection at a time, from a list of
+//! URIs, re-established when lost), a publisher, and one consumer per channel it
+//! serves. Start with [`Service::connect`], add handlers with [`Service::consume`],
 //! stop with [`Service::stop`].
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lapin::options::{BasicConsumeOptions, BasicQosOptions};
-use lapin::types::{FieldTable, LongString, ShortString};
-use lapin::{Connection, ConnectionProperties};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 use warren_protocol::amqp::Names;
 
 use crate::config::ServiceConfig;
-use crate::consumer::{self, LoopEnd, Shared};
+use crate::consumer::{self, Shared};
 use crate::duplicate_window::DuplicateWindow;
 use crate::error::{Result, ServiceError};
 use crate::handler::{Context, Handler};
+use crate::link::{self, Link};
 use crate::publisher::Publisher;
 use crate::topology;
 
@@ -30,8 +29,12 @@ pub const STOP_GRACE: Duration = Duration::from_secs(10);
 pub enum ServiceState {
     /// Connected; consumers run.
     Running,
-    /// A consumer lost its channel or the connection; the reason. The process should
-    /// restart (or reconnect) the service.
+    /// The connection was lost (the reason); the service is connecting again, to the
+    /// next URI of its list, and will re-declare its queues and consume again.
+    /// Publishes wait meanwhile (bounded by `publish_timeout`).
+    Reconnecting(String),
+    /// The service cannot go on (connection lost with reconnection disabled, or a
+    /// consumed queue deleted); the reason. The process should restart the service.
     Failed(String),
     /// Stopped on request.
     Stopped,
@@ -40,44 +43,75 @@ pub enum ServiceState {
 /// A service connected to RabbitMQ.
 #[derive(Debug)]
 pub struct Service {
-    connection: Arc<Connection>,
+    link: Arc<Link>,
     names: Names,
     config: ServiceConfig,
     publisher: Publisher,
     stop: watch::Sender<bool>,
     state: watch::Sender<ServiceState>,
     consumers: Mutex<Vec<JoinHandle<()>>>,
+    supervisor: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Service {
-    /// Connects to `amqp_uri` with the default [`ServiceConfig`] and declares the
-    /// `warren.in` / `warren.out` exchanges of `names`.
+    /// Connects with the default [`ServiceConfig`] and declares the `warren.in` /
+    /// `warren.out` exchanges of `names`. `amqp_uri` is one AMQP URI or several
+    /// separated by commas (cluster nodes, tried in order; see
+    /// [`Service::connect_to`]).
     ///
     /// # Errors
-    /// When the connection or a declaration fails.
+    /// When no URI accepts a connection, or a declaration fails.
     pub async fn connect(amqp_uri: &str, names: Names) -> Result<Self> {
         Service::connect_with(amqp_uri, names, ServiceConfig::default()).await
     }
 
-    /// Connects with the given configuration.
+    /// Connects with the given configuration; `amqp_uri` as in [`Service::connect`].
     ///
     /// # Errors
-    /// When the connection or a declaration fails.
+    /// When no URI accepts a connection, or a declaration fails.
     pub async fn connect_with(amqp_uri: &str, names: Names, config: ServiceConfig) -> Result<Self> {
-        let properties = ConnectionProperties::default()
-            .with_connection_name(LongString::from(config.app_id.as_str()));
-        let connection = Arc::new(Connection::connect(amqp_uri, properties).await?);
-        topology::declare_exchanges(&connection, &names).await?;
-        let publisher = Publisher::new(connection.clone(), names.clone(), config.app_id.clone());
-        info!(namespace = %names.prefix(), app_id = %config.app_id, "service connected");
+        Service::connect_to(&link::split_uris(amqp_uri), names, config).await
+    }
+
+    /// Connects to the first of `uris` that accepts (each tried once, in order). When
+    /// that connection is lost later, the service reconnects to the next URIs in turn
+    /// with backoff (unless [`ServiceConfig::reconnect`] is off), declares the
+    /// exchanges and its queues again and resumes consuming, keeping its duplicate
+    /// window.
+    ///
+    /// # Errors
+    /// [`ServiceError::NoUri`] for an empty list; the last connection error when no
+    /// URI accepts; a declaration the broker refused.
+    pub async fn connect_to<S: AsRef<str>>(
+        uris: &[S],
+        names: Names,
+        config: ServiceConfig,
+    ) -> Result<Self> {
+        let uris: Vec<String> = uris.iter().map(|u| u.as_ref().to_string()).collect();
+        let (link, events) = Link::connect(uris, names.clone(), config.clone()).await?;
+        let publisher = Publisher::new(
+            link.clone(),
+            names.clone(),
+            config.app_id.clone(),
+            config.publish_timeout,
+        );
+        let stop = watch::Sender::new(false);
+        let state = watch::Sender::new(ServiceState::Running);
+        let supervisor = tokio::spawn(link.clone().supervise(
+            events,
+            stop.subscribe(),
+            state.clone(),
+        ));
+        info!(namespace = %names.prefix(), app_id = %config.app_id, uris = link.uris().len(), "service connected");
         Ok(Service {
-            connection,
+            link,
             names,
             config,
             publisher,
-            stop: watch::Sender::new(false),
-            state: watch::Sender::new(ServiceState::Running),
+            stop,
+            state,
             consumers: Mutex::new(Vec::new()),
+            supervisor: Mutex::new(Some(supervisor)),
         })
     }
 
@@ -102,80 +136,72 @@ impl Service {
         self.state.borrow().clone()
     }
 
-    /// Resolves when the service leaves [`ServiceState::Running`], with the new state.
+    /// Resolves when the service is [`ServiceState::Failed`] or
+    /// [`ServiceState::Stopped`], with that state. A lost connection that is being
+    /// re-established ([`ServiceState::Reconnecting`]) does not resolve it.
     pub async fn closed(&self) -> ServiceState {
         let mut rx = self.state.subscribe();
-        let state = match rx.wait_for(|s| *s != ServiceState::Running).await {
+        let state = match rx
+            .wait_for(|s| matches!(s, ServiceState::Failed(_) | ServiceState::Stopped))
+            .await
+        {
             Ok(state) => state.clone(),
             Err(_) => ServiceState::Stopped,
         };
         state
     }
 
+    /// A receiver of the service's state: `changed()` wakes on every transition
+    /// (e.g. `Running` → `Reconnecting` → `Running` across a broker loss).
+    pub fn state_receiver(&self) -> watch::Receiver<ServiceState> {
+        self.state.subscribe()
+    }
+
     /// Declares the `IN_<CHANNEL>` queue of `channel` (bound to `warren.in` with
-    /// `<channel>.#`) and consumes it with `handler`, `prefetch` messages at a time,
-    /// acknowledging each after the handler returned. Returns the queue name.
+    /// `<channel>.#`, with the channel's TTL when configured) and consumes it with
+    /// `handler`, `prefetch` messages at a time, acknowledging each after the handler
+    /// returned. After a reconnect the queue is declared again and consumed again.
+    /// Returns the queue name.
     ///
     /// # Errors
-    /// When the channel name is invalid, or a declaration or `basic.consume` fails.
+    /// When the channel name is invalid, the service has no connection within the
+    /// publish timeout, or a declaration or `basic.consume` fails.
     pub async fn consume<H: Handler>(&self, channel: &str, handler: H) -> Result<String> {
         if *self.stop.borrow() {
             return Err(ServiceError::Stopped);
         }
-        let queue = topology::declare_channel_queue(
-            &self.connection,
+        let deadline = tokio::time::Instant::now() + self.config.publish_timeout;
+        let epoch = self.link.up(0, Some(deadline)).await?;
+        let queue = topology::declare_channel_queue_with(
+            &epoch.connection,
             &self.names,
             channel,
-            &self.config.queue_type,
+            &self.config,
         )
         .await?;
-        let amqp = self.connection.create_channel().await?;
-        amqp.basic_qos(self.config.prefetch, BasicQosOptions::default())
-            .await?;
-        let tag = format!(
-            "{}-{}-{}",
-            self.config.app_id,
-            channel,
-            uuid::Uuid::new_v4()
-        );
-        let stream = amqp
-            .basic_consume(
-                ShortString::from(queue.as_str()),
-                ShortString::from(tag.as_str()),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let started = consumer::start(&epoch, &queue, channel, &self.config).await?;
         let shared = Arc::new(Shared {
+            channel: channel.to_string(),
             queue: queue.clone(),
             handler,
             context: Context::new(self.publisher.clone(), self.names.clone()),
             publisher: self.publisher.clone(),
-            connection: self.connection.clone(),
+            link: self.link.clone(),
             config: self.config.clone(),
             window: std::sync::Mutex::new(DuplicateWindow::new(
                 self.config.duplicate_ttl,
                 self.config.duplicate_capacity,
             )),
-            dead_letter_declared: tokio::sync::OnceCell::new(),
+            dead_letter_declared: tokio::sync::Mutex::new(None),
         });
-        let stop = self.stop.subscribe();
-        let state = self.state.clone();
-        let task = tokio::spawn(async move {
-            let end = consumer::run(shared, amqp, stream, stop, STOP_GRACE).await;
-            if let LoopEnd::Lost(reason) = end {
-                state.send_if_modified(|s| {
-                    if *s == ServiceState::Running {
-                        *s = ServiceState::Failed(reason);
-                        true
-                    } else {
-                        false
-                    }
-                });
-            }
-        });
+        let task = tokio::spawn(consumer::keep_consuming(
+            shared,
+            started,
+            self.stop.subscribe(),
+            self.state.clone(),
+            STOP_GRACE,
+        ));
         self.consumers.lock().expect("consumers lock").push(task);
-        info!(channel, queue = %queue, consumer = %tag, prefetch = self.config.prefetch, "consuming");
         Ok(queue)
     }
 
@@ -183,7 +209,7 @@ impl Service {
     /// not acknowledged goes back to the queue), then closes the connection.
     ///
     /// # Errors
-    /// When closing the connection fails.
+    /// None today (closing is best effort); kept for compatibility.
     pub async fn stop(self) -> Result<()> {
         let _ = self.stop.send(true);
         let tasks = std::mem::take(&mut *self.consumers.lock().expect("consumers lock"));
@@ -194,10 +220,10 @@ impl Service {
         }
         self.state.send_replace(ServiceState::Stopped);
         self.publisher.close().await;
-        if self.connection.status().connected() {
-            self.connection
-                .close(200, ShortString::from("service stopping"))
-                .await?;
+        self.link.close().await;
+        let supervisor = self.supervisor.lock().expect("supervisor lock").take();
+        if let Some(task) = supervisor {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
         info!("service stopped");
         Ok(())

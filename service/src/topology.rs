@@ -2,15 +2,24 @@
 //! can start before or after the gateways: the `warren.in` and `warren.out` topic
 //! exchanges and the `IN_<CHANNEL>` quorum queue of each consumed channel, bound to
 //! `warren.in` with `<channel>.#`. Declarations match the gateway's; when an object
-//! already exists with other arguments (a deployment that tuned them), the service
-//! accepts it as it is instead of failing.
+//! already exists with other arguments (a deployment that tuned them, or a gateway that
+//! declared a TTL this service was not told about), the service accepts it as it is
+//! instead of failing.
+//!
+//! The arguments of an `IN_<CHANNEL>` queue ([`channel_queue_arguments`]) come from
+//! `warren_protocol::amqp::inbound_queue_args`, shared with the gateway:
+//! `x-queue-type` (`quorum` by default), `x-dead-letter-exchange` = the namespace's
+//! `warren.dead` (expired messages are parked in the `warren.dead` queue) and, for a
+//! channel with a message TTL, `x-message-ttl` (integer milliseconds). Given the same
+//! TTLs, the service and the gateways declare identical queues.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection, ExchangeKind};
 use tracing::{debug, warn};
-use warren_protocol::amqp::{keys, validate_segment, Names};
+use warren_protocol::amqp::{inbound_queue_args, keys, validate_segment, Names, QueueArg};
 
+use crate::config::ServiceConfig;
 use crate::error::{is_precondition_failed, Result};
 
 /// Declares the inbound and outbound topic exchanges.
@@ -36,13 +45,54 @@ pub async fn declare_channel_queue(
     channel: &str,
     queue_type: &str,
 ) -> Result<String> {
+    let config = ServiceConfig::default().with_queue_type(queue_type);
+    declare_channel_queue_with(connection, names, channel, &config).await
+}
+
+/// The arguments the service declares `channel`'s `IN_<CHANNEL>` queue with: exactly
+/// [`warren_protocol::amqp::inbound_queue_args`] — the list the gateway declares too —
+/// for the configured queue type and the channel's TTL: `x-queue-type`,
+/// `x-dead-letter-exchange` = `names`' `warren.dead`, and `x-message-ttl`
+/// (milliseconds, a 64-bit integer) when the channel has a TTL.
+pub fn channel_queue_arguments(names: &Names, channel: &str, config: &ServiceConfig) -> FieldTable {
+    let ttl_ms = config
+        .message_ttls
+        .get(channel)
+        .map(|ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+    let mut arguments = FieldTable::default();
+    for (key, value) in inbound_queue_args(names, &config.queue_type, ttl_ms) {
+        let value = match value {
+            QueueArg::Text(text) => AMQPValue::LongString(LongString::from(text)),
+            QueueArg::Int(int) => AMQPValue::LongLongInt(int),
+        };
+        arguments.insert(ShortString::from(key), value);
+    }
+    arguments
+}
+
+/// Declares `channel`'s `IN_<CHANNEL>` queue with [`channel_queue_arguments`] (and the
+/// dead-letter exchange and queue first, best effort), binds it to
+/// `warren.in` with `<channel>.#`. A queue that exists with other arguments is used
+/// as it is. Returns the queue name.
+///
+/// # Errors
+/// [`ServiceError::InvalidTarget`](crate::ServiceError::InvalidTarget) for a channel
+/// name that would change routing; AMQP errors when the broker refuses.
+pub async fn declare_channel_queue_with(
+    connection: &Connection,
+    names: &Names,
+    channel: &str,
+    config: &ServiceConfig,
+) -> Result<String> {
     validate_segment("channel", channel)?;
     let queue = names.channel_queue(channel);
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        ShortString::from("x-queue-type"),
-        AMQPValue::LongString(LongString::from(queue_type)),
-    );
+    // Expired (and rejected) messages go there: make sure it exists first. Not fatal:
+    // a classic `warren.dead` whose node is down answers 404 to any declaration, and
+    // that must not keep the service from consuming on the surviving nodes.
+    if let Err(e) = declare_dead_letter_with(connection, names, &config.queue_type).await {
+        warn!(queue = %names.dead_letter_queue(), error = %e, "cannot declare the dead-letter queue; consuming anyway");
+    }
+    let arguments = channel_queue_arguments(names, channel, config);
     declare_queue(connection, &queue, arguments).await?;
     let ch = connection.create_channel().await?;
     ch.queue_bind(
@@ -59,27 +109,90 @@ pub async fn declare_channel_queue(
 }
 
 /// Declares the dead-letter exchange (fanout) and queue, where messages a handler
-/// failed on too often are parked for inspection. Accepts them as they are when they
-/// exist already.
+/// failed on too often, and expired messages, are parked for inspection. The queue is
+/// a quorum queue, so what is parked survives the loss of a node (a classic queue
+/// would also stop every re-declaration with 404 while its node is down). Accepts
+/// them as they are when they exist already (e.g. declared classic by a gateway).
 ///
 /// # Errors
 /// When the broker refuses or the connection fails.
 pub async fn declare_dead_letter(connection: &Connection, names: &Names) -> Result<()> {
+    declare_dead_letter_with(connection, names, "quorum").await
+}
+
+/// [`declare_dead_letter`] with the queue's `x-queue-type` (the service uses its
+/// configured inbound queue type).
+///
+/// # Errors
+/// When the broker refuses or the connection fails.
+pub async fn declare_dead_letter_with(
+    connection: &Connection,
+    names: &Names,
+    queue_type: &str,
+) -> Result<()> {
     let exchange = names.dead_letter_exchange();
     let queue = names.dead_letter_queue();
     declare_exchange(connection, &exchange, ExchangeKind::Fanout).await?;
-    declare_queue(connection, &queue, FieldTable::default()).await?;
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        ShortString::from("x-queue-type"),
+        AMQPValue::LongString(LongString::from(queue_type)),
+    );
+    declare_queue(connection, &queue, arguments).await?;
     let ch = connection.create_channel().await?;
     ch.queue_bind(
         ShortString::from(queue.as_str()),
         ShortString::from(exchange.as_str()),
-        ShortString::from("#"),
+        // Fanout: the key is ignored; "" as the gateway binds it, so there is one binding.
+        ShortString::from(""),
         QueueBindOptions::default(),
         FieldTable::default(),
     )
     .await?;
     close(ch).await;
     Ok(())
+}
+
+/// Whether `channel`'s `IN_<CHANNEL>` queue exists (a passive declare): used when a
+/// consumer restarts on a connection that stayed up, so that a queue deleted on
+/// purpose is not re-created.
+///
+/// # Errors
+/// AMQP errors other than 404 NOT_FOUND.
+pub async fn channel_queue_exists(
+    connection: &Connection,
+    names: &Names,
+    channel: &str,
+) -> Result<bool> {
+    queue_exists(connection, &names.channel_queue(channel)).await
+}
+
+/// A passive declare of `queue`: `true` when it exists, `false` on 404 NOT_FOUND.
+async fn queue_exists(connection: &Connection, queue: &str) -> Result<bool> {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    let ch = connection.create_channel().await?;
+    match ch
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions::durable().passive(),
+            FieldTable::default(),
+        )
+        .await
+    {
+        Ok(_) => {
+            close(ch).await;
+            Ok(true)
+        }
+        Err(e) => match e.kind() {
+            lapin::ErrorKind::ProtocolError(p)
+                if *p.kind() == AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)
+                    && !p.get_message().as_str().contains("down or inaccessible") =>
+            {
+                Ok(false)
+            }
+            _ => Err(e.into()),
+        },
+    }
 }
 
 async fn declare_exchange(connection: &Connection, name: &str, kind: ExchangeKind) -> Result<()> {
@@ -112,7 +225,14 @@ async fn declare_exchange(connection: &Connection, name: &str, kind: ExchangeKin
     }
 }
 
+/// Declares a durable queue with `arguments` unless it exists: a passive declare
+/// first, so a queue the gateway declared (perhaps with arguments this service was
+/// not told about) is used as it is without a 406 closing a channel.
 async fn declare_queue(connection: &Connection, name: &str, arguments: FieldTable) -> Result<()> {
+    if queue_exists(connection, name).await? {
+        debug!(queue = name, "queue exists; used as it is");
+        return Ok(());
+    }
     let ch = connection.create_channel().await?;
     match ch
         .queue_declare(name.into(), QueueDeclareOptions::durable(), arguments)
@@ -140,4 +260,32 @@ async fn declare_queue(connection: &Connection, name: &str, arguments: FieldTabl
 
 async fn close(channel: Channel) {
     let _ = channel.close(200, ShortString::from("declared")).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn inbound_queue_arguments_carry_the_type_the_dead_letter_exchange_and_the_ttl() {
+        let names = Names::new("t-1");
+        let config = ServiceConfig::default().with_message_ttl("chat", Duration::from_secs(30));
+        let chat = channel_queue_arguments(&names, "chat", &config);
+        let get = |table: &FieldTable, key: &str| table.inner().get(key).cloned();
+        assert_eq!(
+            get(&chat, "x-queue-type"),
+            Some(AMQPValue::LongString("quorum".into()))
+        );
+        assert_eq!(
+            get(&chat, "x-dead-letter-exchange"),
+            Some(AMQPValue::LongString("t-1.warren.dead".into()))
+        );
+        assert_eq!(
+            get(&chat, "x-message-ttl"),
+            Some(AMQPValue::LongLongInt(30_000))
+        );
+        let voice = channel_queue_arguments(&names, "voice", &config);
+        assert_eq!(get(&voice, "x-message-ttl"), None, "no TTL for voice");
+    }
 }

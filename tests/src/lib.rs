@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //!
+//! - [`broker_node`]: private RabbitMQ nodes (one, or a three-node cluster) for
+//!   fault-injection tests: start, stop, kill, restart; removed on Drop.
 //! - [`env`]: a test's namespace, raw AMQP access (a stand-in for "some service"),
 //!   cleanup of what the test declared.
 //! - [`client`]: a tokio-tungstenite WebSocket client speaking protocol v1.
@@ -14,5 +16,6 @@ pub mod broker_node;
 pub mod client;
 pub mod env;
 pub mod gateway;
+pub mod sdk_driver;
 
 pub mod service;

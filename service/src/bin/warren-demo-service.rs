@@ -1,7 +1,9 @@
 //! `warren-demo-service`: the demo backend (chat, tickets, voice, echo) on a RabbitMQ.
-//! Prints `READY` on stdout once it consumes; SIGTERM or Ctrl-C stops it cleanly. When
-//! RabbitMQ is unreachable or the connection is lost, it retries with backoff (the
-//! tickets survive; unacknowledged messages were requeued by the broker).
+//! Prints `READY` on stdout once it consumes; SIGTERM or Ctrl-C stops it cleanly. Given
+//! several AMQP URIs (a cluster), it fails over between them: when the connection is
+//! lost the library reconnects to the next URI with backoff and consumes again (the
+//! tickets and the duplicate window survive; unacknowledged messages were requeued by
+//! the broker). When RabbitMQ is unreachable at start, it retries with backoff.
 
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
@@ -17,13 +19,15 @@ use warren_service::ServiceState;
 #[derive(Debug, Parser)]
 #[command(name = "warren-demo-service", version)]
 struct Args {
-    /// AMQP URI of the RabbitMQ to use.
+    /// AMQP URI of the RabbitMQ to use; repeat it, or separate URIs with commas, to
+    /// give every node of a cluster (tried in order, failed over in turn).
     #[arg(
         long,
         env = "WARREN_AMQP_URI",
+        value_delimiter = ',',
         default_value = "amqp://127.0.0.1:5672/%2f"
     )]
-    amqp_uri: String,
+    amqp_uri: Vec<String>,
     /// Namespace prefix of every exchange and queue name (empty for none).
     #[arg(long, env = "WARREN_NAMESPACE", default_value = "")]
     namespace: String,
@@ -40,6 +44,15 @@ struct Args {
     /// first (an existing queue is used as it is).
     #[arg(long, default_value = "quorum", value_parser = ["quorum", "classic"])]
     queue_type: String,
+    /// Message TTL of a channel's inbound queue when this service declares it first,
+    /// as CHANNEL=MILLISECONDS (repeatable); expired messages are dead-lettered to
+    /// `warren.dead`. Must match the gateways' setting.
+    #[arg(long = "message-ttl", value_name = "CHANNEL=MS", value_parser = parse_ttl)]
+    message_ttl: Vec<(String, u64)>,
+    /// How long a publish or reply may wait for RabbitMQ (reconnect + confirm) before
+    /// it fails, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    publish_timeout_ms: u64,
     /// Exit (status 1) when RabbitMQ is unreachable or lost, instead of retrying.
     #[arg(long)]
     no_reconnect: bool,
@@ -75,8 +88,29 @@ async fn main() -> anyhow::Result<()> {
     options.config = options
         .config
         .with_prefetch(args.prefetch)
-        .with_queue_type(args.queue_type.clone());
+        .with_queue_type(args.queue_type.clone())
+        .with_publish_timeout(Duration::from_millis(args.publish_timeout_ms))
+        .with_reconnect(!args.no_reconnect);
+    for (channel, ms) in &args.message_ttl {
+        options.config = options
+            .config
+            .with_message_ttl(channel.clone(), Duration::from_millis(*ms));
+    }
     let names = Names::new(&args.namespace);
+    let uris = args
+        .amqp_uri
+        .iter()
+        .flat_map(|u| warren_service::split_uris(u))
+        .collect::<Vec<_>>()
+        .join(",");
+    if uris.is_empty() {
+        anyhow::bail!("--amqp-uri names no URI");
+    }
+    let shown = uris
+        .split(',')
+        .map(warren_service::link::redact)
+        .collect::<Vec<_>>()
+        .join(",");
 
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -85,12 +119,12 @@ async fn main() -> anyhow::Result<()> {
     loop {
         let started = tokio::select! {
             _ = &mut shutdown => return Ok(()),
-            started = demo::start_with(&args.amqp_uri, names.clone(), options.clone()) => started,
+            started = demo::start_with(&uris, names.clone(), options.clone()) => started,
         };
         let handle = match started {
             Ok(handle) => handle,
             Err(e) if args.no_reconnect => {
-                anyhow::bail!("starting the demo service on {}: {e}", args.amqp_uri)
+                anyhow::bail!("starting the demo service on {shown}: {e}")
             }
             Err(e) => {
                 warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot start; retrying");
@@ -117,7 +151,7 @@ async fn main() -> anyhow::Result<()> {
                 return Ok(());
             }
             Some(reason) => {
-                error!(reason = %reason, "lost RabbitMQ");
+                error!(reason = %reason, "the service failed; starting it again");
                 let _ = handle.stop().await;
                 if args.no_reconnect {
                     anyhow::bail!("lost RabbitMQ: {reason}");
@@ -136,9 +170,20 @@ async fn serve(
         _ = shutdown.as_mut() => None,
         state = handle.closed() => match state {
             ServiceState::Failed(reason) => Some(reason),
-            ServiceState::Running | ServiceState::Stopped => None,
+            ServiceState::Running | ServiceState::Reconnecting(_) | ServiceState::Stopped => None,
         },
     }
+}
+
+/// Parses `CHANNEL=MILLISECONDS`.
+fn parse_ttl(s: &str) -> Result<(String, u64), String> {
+    let (channel, ms) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected CHANNEL=MILLISECONDS, got `{s}`"))?;
+    let ms = ms
+        .parse::<u64>()
+        .map_err(|e| format!("`{ms}` is not a number of milliseconds: {e}"))?;
+    Ok((channel.to_string(), ms))
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -121,7 +121,8 @@ impl DemoHandle {
         &self.queues
     }
 
-    /// Resolves when the service stops running (connection lost), with its state.
+    /// Resolves when the service fails for good (connection lost with reconnection
+    /// disabled, queue deleted) or is stopped, with its state.
     pub async fn closed(&self) -> ServiceState {
         self.service.closed().await
     }
@@ -135,7 +136,8 @@ impl DemoHandle {
     }
 }
 
-/// Starts the demo on all channels, consuming once this returns.
+/// Starts the demo on all channels, consuming once this returns. `amqp_uri` is one
+/// AMQP URI or several separated by commas (the service fails over between them).
 ///
 /// # Errors
 /// When connecting, declaring or consuming fails.
@@ -143,7 +145,7 @@ pub async fn start(amqp_uri: &str, names: Names) -> Result<DemoHandle> {
     start_with(amqp_uri, names, DemoOptions::default()).await
 }
 
-/// Starts the demo with options.
+/// Starts the demo with options; `amqp_uri` as in [`start`].
 ///
 /// # Errors
 /// When connecting, declaring or consuming fails.
@@ -176,10 +178,7 @@ pub async fn start_with(amqp_uri: &str, names: Names, options: DemoOptions) -> R
             }
             DemoChannel::Tickets => {
                 service
-                    .consume(
-                        channel.name(),
-                        Delayed::new(delay, tickets::Desk::default()),
-                    )
+                    .consume(channel.name(), Delayed::new(delay, options.desk.clone()))
                     .await
             }
         };

@@ -1,0 +1,1073 @@
+//! A native driver around the SDK's sans-IO core ([`warren_sdk::ClientCore`]): tokio
+//! tasks and tokio-tungstenite perform the core's actions (open, send, close, timers)
+//! exactly as the wasm facade does with the browser's `WebSocket`, so fault tests
+//! exercise the SDK's real failover logic — URL list, session resume, re-subscription,
+//! re-sent writes with their original ids, duplicate suppression by `message_id`,
+//! cumulative acknowledgements. Also [`GatewayProcess`], the `warren-gateway` binary
+//! as a child process, so a test can SIGKILL or SIGTERM a gateway the clients are on.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use warren_protocol::{Raw, SUBPROTOCOL};
+use warren_sdk::{
+    Action, ClientCore, ClientError, Config, Envelope, JsonCodec, State, SubscribeOptions,
+};
+
+use crate::env::amqp_addr;
+
+type Sink = SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>;
+
+/// What the app saw, for a test to count.
+#[derive(Debug, Default)]
+pub struct ClientStats {
+    /// Every delivery handed to the app (after the SDK's duplicate filter): its
+    /// `message_id` and when it arrived.
+    pub deliveries: Vec<(String, Instant)>,
+    /// Every `state` event: the new state, when, and the URL.
+    pub states: Vec<(State, Instant, Option<String>)>,
+    /// `error` events (not tied to one operation).
+    pub errors: Vec<ClientError>,
+    /// `drain` events.
+    pub drains: usize,
+    /// Sessions the client was welcomed into, in order (a resume repeats the id).
+    pub sessions: Vec<String>,
+}
+
+impl ClientStats {
+    /// When the client was last connected, at or after `since`.
+    pub fn connected_after(&self, since: Instant) -> Option<Instant> {
+        self.states
+            .iter()
+            .find(|(s, at, _)| *s == State::Connected && *at >= since)
+            .map(|(_, at, _)| *at)
+    }
+
+    /// The URL of the last `connected` state.
+    pub fn connected_url(&self) -> Option<String> {
+        self.states
+            .iter()
+            .rev()
+            .find(|(s, _, _)| *s == State::Connected)
+            .and_then(|(_, _, u)| u.clone())
+    }
+}
+
+enum Waiter {
+    Done(oneshot::Sender<Result<(), ClientError>>),
+    Reply(oneshot::Sender<Result<Raw, ClientError>>),
+}
+
+enum Cmd {
+    Connect,
+    Write(Envelope<Raw>, oneshot::Sender<Result<(), ClientError>>),
+    Request(
+        Envelope<Raw>,
+        Option<u64>,
+        oneshot::Sender<Result<Raw, ClientError>>,
+    ),
+    Subscribe(SubscribeOptions),
+    Ready(oneshot::Sender<Result<(), ClientError>>),
+    Close(oneshot::Sender<()>),
+}
+
+enum SocketEvent {
+    Opened(u64, Box<WebSocketStream<MaybeTlsStream<TcpStream>>>),
+    Text(u64, String),
+    Closed(u64, u16),
+}
+
+/// One SDK client driven by tokio.
+pub struct SdkClient {
+    commands: mpsc::UnboundedSender<Cmd>,
+    /// What the app saw.
+    pub stats: Arc<Mutex<ClientStats>>,
+    task: JoinHandle<()>,
+}
+
+impl SdkClient {
+    /// Starts the driver and connects (the core walks `config.urls`).
+    pub fn start(config: Config, seed: u64) -> SdkClient {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(Mutex::new(ClientStats::default()));
+        let core = ClientCore::new(config, JsonCodec, seed);
+        let task = tokio::spawn(drive(core, rx, stats.clone()));
+        let _ = tx.send(Cmd::Connect);
+        SdkClient {
+            commands: tx,
+            stats,
+            task,
+        }
+    }
+
+    /// Waits until connected.
+    ///
+    /// # Errors
+    /// The SDK's error, or `timeout` after `within`.
+    pub async fn ready(&self, within: Duration) -> Result<(), ClientError> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.commands.send(Cmd::Ready(tx));
+        wait(rx, within).await
+    }
+
+    /// `write`: resolves on the gateway's ack (the returned receiver).
+    pub fn write(&self, envelope: Envelope<Raw>) -> oneshot::Receiver<Result<(), ClientError>> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.commands.send(Cmd::Write(envelope, tx));
+        rx
+    }
+
+    /// `writeAndWait`: resolves with the reply (the returned receiver).
+    pub fn request(
+        &self,
+        envelope: Envelope<Raw>,
+        timeout_ms: Option<u64>,
+    ) -> oneshot::Receiver<Result<Raw, ClientError>> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.commands.send(Cmd::Request(envelope, timeout_ms, tx));
+        rx
+    }
+
+    /// `subscribe`.
+    pub fn subscribe(&self, options: SubscribeOptions) {
+        let _ = self.commands.send(Cmd::Subscribe(options));
+    }
+
+    /// The `message_id`s delivered to the app so far.
+    pub fn delivered(&self) -> Vec<String> {
+        let s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        s.deliveries.iter().map(|(id, _)| id.clone()).collect()
+    }
+
+    /// `close()`, then stops the driver.
+    pub async fn close(self) {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.commands.send(Cmd::Close(tx));
+        let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
+        self.task.abort();
+    }
+}
+
+async fn wait<T>(
+    rx: oneshot::Receiver<Result<T, ClientError>>,
+    within: Duration,
+) -> Result<T, ClientError> {
+    match tokio::time::timeout(within, rx).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Err(ClientError::new(
+            warren_protocol::ErrorCode::Closed,
+            "driver stopped",
+        )),
+        Err(_) => Err(ClientError::new(
+            warren_protocol::ErrorCode::Timeout,
+            "not in time",
+        )),
+    }
+}
+
+/// The driver loop: feeds commands, socket events and timers into the core and
+/// performs its actions.
+async fn drive(
+    mut core: ClientCore<JsonCodec>,
+    mut commands: mpsc::UnboundedReceiver<Cmd>,
+    stats: Arc<Mutex<ClientStats>>,
+) {
+    let start = Instant::now();
+    let now = move || start.elapsed().as_millis() as u64;
+    let (events_tx, mut events) = mpsc::unbounded_channel::<SocketEvent>();
+    let mut waiters: HashMap<u64, Waiter> = HashMap::new();
+    let mut sink: Option<(u64, Sink)> = None;
+    let mut reader: Option<JoinHandle<()>> = None;
+    let mut wanted: Option<u64> = None;
+    let mut timer: Option<Instant> = None;
+    let mut closing: Option<oneshot::Sender<()>> = None;
+    loop {
+        while let Some(action) = core.poll_action() {
+            match action {
+                Action::Open { conn, url } => {
+                    wanted = Some(conn);
+                    let tx = events_tx.clone();
+                    tokio::spawn(async move {
+                        match open(&url).await {
+                            Some(ws) => {
+                                let _ = tx.send(SocketEvent::Opened(conn, Box::new(ws)));
+                            }
+                            None => {
+                                let _ = tx.send(SocketEvent::Closed(conn, 1006));
+                            }
+                        }
+                    });
+                }
+                Action::Send(text) => {
+                    if let Some((_, s)) = sink.as_mut() {
+                        let sent = tokio::time::timeout(
+                            Duration::from_secs(5),
+                            s.send(Message::Text(text.into())),
+                        )
+                        .await;
+                        if !matches!(sent, Ok(Ok(()))) {
+                            // The reader reports the close; the core re-sends after resume.
+                            tracing::debug!("sdk driver: send failed");
+                        }
+                    }
+                }
+                Action::Close => {
+                    wanted = None;
+                    if let Some(r) = reader.take() {
+                        r.abort();
+                    }
+                    if let Some((_, mut s)) = sink.take() {
+                        tokio::spawn(async move {
+                            let _ = tokio::time::timeout(Duration::from_secs(1), s.close()).await;
+                        });
+                    }
+                }
+                Action::Resolve(op) => match waiters.remove(&op) {
+                    Some(Waiter::Done(tx)) => {
+                        let _ = tx.send(Ok(()));
+                    }
+                    Some(Waiter::Reply(tx)) => {
+                        let _ = tx.send(Err(ClientError::new(
+                            warren_protocol::ErrorCode::Internal,
+                            "resolved without a reply",
+                        )));
+                    }
+                    None => {}
+                },
+                Action::Reply(op, m) => {
+                    if let Some(Waiter::Reply(tx)) = waiters.remove(&op) {
+                        let _ = tx.send(Ok(m));
+                    }
+                }
+                Action::Reject(op, e) => match waiters.remove(&op) {
+                    Some(Waiter::Done(tx)) => {
+                        let _ = tx.send(Err(e));
+                    }
+                    Some(Waiter::Reply(tx)) => {
+                        let _ = tx.send(Err(e));
+                    }
+                    None => {}
+                },
+                Action::Deliver { delivery, .. } => {
+                    let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
+                    s.deliveries.push((delivery.message_id, Instant::now()));
+                }
+                Action::StateChanged(change) => {
+                    let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
+                    if change.new == State::Connected {
+                        if let Some(id) = &change.session {
+                            s.sessions.push(id.clone());
+                        }
+                    }
+                    s.states.push((change.new, Instant::now(), change.url));
+                }
+                Action::Error(e) => {
+                    let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
+                    s.errors.push(e);
+                }
+                Action::Drain(_) => {
+                    let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
+                    s.drains += 1;
+                }
+                Action::SetTimer(at) => {
+                    timer = at.map(|ms| start + Duration::from_millis(ms));
+                }
+            }
+        }
+        if let Some(tx) = closing.take() {
+            let _ = tx.send(());
+            return;
+        }
+        tokio::select! {
+            cmd = commands.recv() => {
+                let Some(cmd) = cmd else { return };
+                let t = now();
+                match cmd {
+                    Cmd::Connect => core.connect(t),
+                    Cmd::Write(env, tx) => {
+                        let op = core.write(env, t);
+                        waiters.insert(op, Waiter::Done(tx));
+                    }
+                    Cmd::Request(env, timeout, tx) => {
+                        let op = core.request(env, timeout, t);
+                        waiters.insert(op, Waiter::Reply(tx));
+                    }
+                    Cmd::Subscribe(options) => {
+                        if let Err(e) = core.subscribe(options, t) {
+                            stats.lock().unwrap_or_else(|e| e.into_inner()).errors.push(e);
+                        }
+                    }
+                    Cmd::Ready(tx) => {
+                        let op = core.ready(t);
+                        waiters.insert(op, Waiter::Done(tx));
+                    }
+                    Cmd::Close(tx) => {
+                        core.close(t);
+                        closing = Some(tx);
+                    }
+                }
+            }
+            Some(ev) = events.recv() => {
+                let t = now();
+                match ev {
+                    SocketEvent::Opened(conn, ws) => {
+                        if wanted == Some(conn) {
+                            let (s, mut stream) = (*ws).split();
+                            sink = Some((conn, s));
+                            let tx = events_tx.clone();
+                            if let Some(r) = reader.take() {
+                                r.abort();
+                            }
+                            reader = Some(tokio::spawn(async move {
+                                let mut code = 1006;
+                                while let Some(msg) = stream.next().await {
+                                    match msg {
+                                        Ok(Message::Text(text)) => {
+                                            let _ = tx.send(SocketEvent::Text(conn, text.to_string()));
+                                        }
+                                        Ok(Message::Close(frame)) => {
+                                            code = frame.map(|f| u16::from(f.code)).unwrap_or(1005);
+                                            break;
+                                        }
+                                        Ok(_) => {}
+                                        Err(_) => break,
+                                    }
+                                }
+                                let _ = tx.send(SocketEvent::Closed(conn, code));
+                            }));
+                            core.on_open(conn, t);
+                        }
+                    }
+                    SocketEvent::Text(conn, text) => core.on_text(conn, &text, t),
+                    SocketEvent::Closed(conn, code) => {
+                        if sink.as_ref().is_some_and(|(c, _)| *c == conn) {
+                            sink = None;
+                        }
+                        core.on_close(conn, code, t);
+                    }
+                }
+            }
+            _ = async {
+                match timer {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                timer = None;
+                core.tick(now());
+            }
+        }
+    }
+}
+
+async fn open(url: &str) -> Option<WebSocketStream<MaybeTlsStream<TcpStream>>> {
+    let mut req = url.into_client_request().ok()?;
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static(SUBPROTOCOL),
+    );
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::connect_async(req),
+    )
+    .await
+    {
+        Ok(Ok((ws, _))) => Some(ws),
+        _ => None,
+    }
+}
+
+/// Raw JSON text as an SDK payload.
+pub fn payload(json: &str) -> Raw {
+    serde_json::value::RawValue::from_string(json.to_string()).expect("valid JSON")
+}
+
+/// A write on `channel` with `message`.
+pub fn envelope(channel: &str, message: Raw) -> Envelope<Raw> {
+    Envelope {
+        channel: channel.to_string(),
+        subject: None,
+        distribution: None,
+        headers: Default::default(),
+        message,
+    }
+}
+
+/// Percentile `p` (0–100) of `values` (sorted here), 0 when empty.
+pub fn percentile(values: &mut [u64], p: f64) -> u64 {
+    if values.is_empty() {
+        return 0;
+    }
+    values.sort_unstable();
+    let rank = ((p / 100.0) * (values.len() as f64 - 1.0)).round() as usize;
+    values[rank.min(values.len() - 1)]
+}
+
+/// The path of the `warren-gateway` binary: `WARREN_GATEWAY_BIN` when set and present,
+/// else built once per test process with `cargo build` next to the test binary.
+pub fn gateway_binary() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        if let Some(path) = std::env::var_os("WARREN_GATEWAY_BIN").map(PathBuf::from) {
+            if path.exists() {
+                return path;
+            }
+        }
+        let exe = std::env::current_exe().expect("the test binary path");
+        let profile_dir = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .expect("the test binary lives in target/<profile>/deps")
+            .to_path_buf();
+        let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("tests/ lives in the workspace")
+            .to_path_buf();
+        let cargo = option_env!("CARGO").unwrap_or("cargo");
+        let mut build = std::process::Command::new(cargo);
+        build.current_dir(&workspace).args([
+            "build",
+            "--quiet",
+            "-p",
+            "warren-gateway",
+            "--bin",
+            "warren-gateway",
+        ]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("cargo runs");
+        assert!(status.success(), "building warren-gateway failed");
+        let path = profile_dir.join("warren-gateway");
+        assert!(path.exists(), "{} exists after the build", path.display());
+        path
+    })
+    .clone()
+}
+
+/// The `warren-gateway` binary running as a child process.
+#[derive(Debug)]
+pub struct GatewayProcess {
+    child: Child,
+    pid: u32,
+    /// The address of its one listener (all channels).
+    pub addr: SocketAddr,
+    /// Its node name.
+    pub node: String,
+}
+
+impl GatewayProcess {
+    /// Spawns `warren-gateway --namespace <ns> --listen 127.0.0.1:0 <args>` and waits
+    /// (at most 60 s) for `READY`. Its log goes to the test's stderr, filtered by
+    /// `WARREN_TEST_GATEWAY_LOG` (default `warn`).
+    pub async fn spawn(namespace: &str, node: &str, args: &[&str]) -> GatewayProcess {
+        let binary = tokio::task::spawn_blocking(gateway_binary)
+            .await
+            .expect("binary lookup");
+        let mut child = Command::new(&binary)
+            .arg("--amqp-uri")
+            .arg(amqp_addr())
+            .args(["--namespace", namespace, "--node", node])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(["--announce-interval-ms", "0", "--presence", "false"])
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("WARREN_TEST_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", binary.display()));
+        let pid = child.id().expect("the child has a pid");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = tokio::time::timeout(Duration::from_secs(60), async {
+            let mut addr = None;
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut words = line.split_whitespace();
+                match words.next() {
+                    Some("LISTENING") => addr = words.next().and_then(|a| a.parse().ok()),
+                    Some("READY") => return addr,
+                    _ => {}
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .expect("warren-gateway printed LISTENING and READY within 60 s");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        GatewayProcess {
+            child,
+            pid,
+            addr,
+            node: node.to_string(),
+        }
+    }
+
+    /// The WebSocket URL.
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Resident memory of the process in KiB (`VmRSS` of /proc/<pid>/status).
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
+    /// SIGKILL: the process dies at once.
+    pub async fn kill(&mut self) {
+        self.child.start_kill().expect("SIGKILL sent");
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn signal_term(&self) {
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "SIGTERM sent");
+    }
+
+    /// Waits (at most `within`) for the exit; returns whether it exited 0.
+    pub async fn wait_exit(&mut self, within: Duration) -> bool {
+        match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(Ok(status)) => status.success(),
+            _ => false,
+        }
+    }
+}
+
+/// The fault a [`failover_under_load`] run injects into the gateway most clients are on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// SIGKILL: the process dies without a word.
+    Kill,
+    /// SIGTERM: the gateway drains.
+    Terminate,
+}
+
+/// What a [`failover_under_load`] run measured.
+#[derive(Debug, Default, Clone)]
+pub struct Figures {
+    /// Client writes started.
+    pub writes_sent: usize,
+    /// Client writes acknowledged by a gateway.
+    pub writes_acked: usize,
+    /// Distinct client writes that reached the inbound queue.
+    pub writes_delivered: usize,
+    /// Client writes that never reached the inbound queue.
+    pub writes_lost: usize,
+    /// Copies at the inbound queue beyond the first (re-sent writes with the same
+    /// `message_id`; a service's duplicate filter drops them).
+    pub writes_resent_copies: usize,
+    /// Distinct writes that reached the inbound queue under two different ids (real
+    /// duplicates; must be 0).
+    pub writes_duplicated: usize,
+    /// Deliveries published to clients (per recipient).
+    pub deliveries_sent: usize,
+    /// Distinct deliveries that reached the app.
+    pub deliveries_delivered: usize,
+    /// Deliveries that never reached the app.
+    pub deliveries_lost: usize,
+    /// Deliveries that reached the app more than once (after the SDK's filter).
+    pub deliveries_duplicated: usize,
+    /// Clients that were on the faulty gateway.
+    pub moved: usize,
+    /// Of those, clients connected again (to the other gateway) afterwards.
+    pub recovered: usize,
+    /// Time from the fault to the client's next `connected`, p50 / p99 / max, in ms.
+    pub recovery_ms: (u64, u64, u64),
+    /// `writeAndWait` requests started (a stand-in service replies 300 ms after it
+    /// takes each one, so many are pending at the fault).
+    pub requests_sent: usize,
+    /// Requests resolved with their own reply.
+    pub requests_resolved: usize,
+    /// Wall time of the whole run, in ms.
+    pub total_ms: u64,
+}
+
+impl std::fmt::Display for Figures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "writes: sent {} acked {} delivered {} lost {} duplicated {} (re-sent copies suppressed by message_id: {}); \
+             deliveries: sent {} delivered {} lost {} duplicated {}; \
+             requests: sent {} resolved {}; \
+             clients moved {} recovered {}; recovery p50 {} ms p99 {} ms max {} ms; run {} ms",
+            self.writes_sent,
+            self.writes_acked,
+            self.writes_delivered,
+            self.writes_lost,
+            self.writes_duplicated,
+            self.writes_resent_copies,
+            self.deliveries_sent,
+            self.deliveries_delivered,
+            self.deliveries_lost,
+            self.deliveries_duplicated,
+            self.requests_sent,
+            self.requests_resolved,
+            self.moved,
+            self.recovered,
+            self.recovery_ms.0,
+            self.recovery_ms.1,
+            self.recovery_ms.2,
+            self.total_ms,
+        )
+    }
+}
+
+/// What the stand-in service saw on `IN_CHAT`.
+#[derive(Debug, Default)]
+struct InboundTally {
+    /// Copies per `message_id`.
+    copies: HashMap<String, usize>,
+    /// The `message_id`s each body arrived under.
+    bodies: HashMap<String, std::collections::HashSet<String>>,
+}
+
+/// Publishes to `exchange` as a service would (persistent, with a message id); the
+/// confirm is awaited by the caller, so publishes are pipelined.
+async fn publish_out(
+    ch: lapin::Channel,
+    exchange: String,
+    key: String,
+    id: String,
+    body: String,
+) -> lapin::PublisherConfirm {
+    let props = lapin::BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_message_id(lapin::types::ShortString::from(id))
+        .with_content_type("application/json".into());
+    ch.basic_publish(
+        lapin::types::ShortString::from(exchange),
+        lapin::types::ShortString::from(key),
+        lapin::options::BasicPublishOptions::default(),
+        body.as_bytes(),
+        props,
+    )
+    .await
+    .expect("publish")
+}
+
+/// Shape of a [`failover_under_load`] run.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    /// Clients (3/4 start on the faulty gateway, 1/4 on the other).
+    pub clients: usize,
+    /// Writes per client.
+    pub writes_per_client: usize,
+    /// Direct messages per client.
+    pub directs_per_client: usize,
+    /// Broadcasts (each reaches every client).
+    pub broadcasts: usize,
+    /// `writeAndWait` requests per client (on `tickets`).
+    pub requests_per_client: usize,
+    /// How long the writes and publishes are spread over, in ms.
+    pub spread_ms: u64,
+    /// When the fault is injected, in ms after the load starts.
+    pub fault_at_ms: u64,
+}
+
+impl Default for Load {
+    fn default() -> Self {
+        Load {
+            clients: 60,
+            writes_per_client: 100,
+            directs_per_client: 100,
+            broadcasts: 20,
+            requests_per_client: 5,
+            spread_ms: 3_000,
+            fault_at_ms: 1_000,
+        }
+    }
+}
+
+/// Two `warren-gateway` processes, `load.clients` SDK clients (most on the first
+/// gateway, every one with both URLs), a raw AMQP service counting client writes on
+/// `IN_CHAT` and publishing direct and broadcast messages to the clients; `fault` hits
+/// the first gateway `fault_at_ms` into the load. Returns the figures once every
+/// message arrived or 40 s passed.
+pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figures {
+    use lapin::options::{BasicAckOptions, ConfirmSelectOptions};
+    use std::collections::HashSet;
+
+    let run_start = Instant::now();
+    let mut env = crate::env::TestEnv::new(label).await;
+    let tag = env.namespace[env.namespace.len() - 8..].to_string();
+    let (node_a, node_b) = (format!("gwa-{tag}"), format!("gwb-{tag}"));
+    let (a, b) = tokio::join!(
+        GatewayProcess::spawn(&env.namespace, &node_a, &[]),
+        GatewayProcess::spawn(&env.namespace, &node_b, &[]),
+    );
+    let (mut a, mut b) = (a, b);
+    let on_a = load.clients * 3 / 4;
+    let clients: Vec<SdkClient> = (0..load.clients)
+        .map(|i| {
+            let urls = if i < on_a {
+                vec![a.url(), b.url()]
+            } else {
+                vec![b.url(), a.url()]
+            };
+            let mut config = Config::new(urls);
+            config.token = Some(format!("u{i}"));
+            config.backoff = warren_sdk::Backoff::new(50, 1_000);
+            config.request_timeout_ms = 30_000;
+            config.connect_timeout_ms = 3_000;
+            config.outbox_limit = 10_000;
+            config.duplicate_window = 10_000;
+            let c = SdkClient::start(config, 0x5eed + i as u64);
+            c.subscribe(SubscribeOptions {
+                channel: "chat".into(),
+                broadcast: Some(true),
+                direct: true,
+                ..Default::default()
+            });
+            c
+        })
+        .collect();
+    for c in &clients {
+        c.ready(Duration::from_secs(20))
+            .await
+            .expect("every client connects");
+    }
+
+    // The stand-in service: counts client writes by message id and body.
+    let mut inbound = env.consume_inbound("chat").await;
+    let seen: Arc<Mutex<InboundTally>> = Arc::default();
+    let seen_in = seen.clone();
+    let counter = tokio::spawn(async move {
+        while let Some(Ok(d)) = inbound.next().await {
+            let id = d
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            let body = String::from_utf8_lossy(&d.data).to_string();
+            {
+                let mut s = seen_in.lock().unwrap_or_else(|e| e.into_inner());
+                *s.copies.entry(id.clone()).or_insert(0) += 1;
+                s.bodies.entry(body).or_default().insert(id);
+            }
+            let _ = d.acker.ack(BasicAckOptions::default()).await;
+        }
+    });
+
+    // The stand-in request handler: replies 300 ms after taking a request, then acks.
+    let responder_ch = env.new_channel().await;
+    let mut requests_in = responder_ch
+        .basic_consume(
+            lapin::types::ShortString::from(env.names.channel_queue("tickets")),
+            lapin::types::ShortString::from("responder"),
+            lapin::options::BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("consume IN_TICKETS");
+    let responder = tokio::spawn(async move {
+        while let Some(Ok(d)) = requests_in.next().await {
+            let ch = responder_ch.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                if let (Some(reply_to), Some(corr)) = (
+                    d.properties.reply_to().clone(),
+                    d.properties.correlation_id().clone(),
+                ) {
+                    let props = lapin::BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_correlation_id(corr)
+                        .with_message_id(lapin::types::ShortString::from(
+                            uuid::Uuid::new_v4().simple().to_string(),
+                        ));
+                    let _ = ch
+                        .basic_publish(
+                            lapin::types::ShortString::from(""),
+                            reply_to,
+                            lapin::options::BasicPublishOptions::default(),
+                            &d.data,
+                            props,
+                        )
+                        .await;
+                }
+                let _ = d.acker.ack(BasicAckOptions::default()).await;
+            });
+        }
+    });
+
+    // Make sure every client's bindings exist: a probe each, until it arrives.
+    let out = env.new_channel().await;
+    out.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    let exchange = env.names.outbound_exchange();
+    let publish = |key: String, id: String, body: String| {
+        publish_out(out.clone(), exchange.clone(), key, id, body)
+    };
+    let probe_deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let missing: Vec<usize> = clients
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| !c.delivered().contains(&format!("probe-{i}")))
+            .map(|(i, _)| i)
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < probe_deadline,
+            "{} clients never got their probe",
+            missing.len()
+        );
+        for i in missing {
+            let _ = publish(format!("chat.user.u{i}"), format!("probe-{i}"), "0".into())
+                .await
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The load.
+    let rounds = load.writes_per_client.max(load.directs_per_client).max(1);
+    let pause = Duration::from_millis(load.spread_ms / rounds as u64);
+    let mut write_results = Vec::new();
+    let mut writer_states: Vec<_> = clients
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (i, c, Vec::new()))
+        .collect();
+    let service = {
+        let clients_n = load.clients;
+        let publish = &publish;
+        async move {
+            let mut confirms = Vec::new();
+            let every = (rounds / load.broadcasts.max(1)).max(1);
+            for k in 0..rounds {
+                if k < load.directs_per_client {
+                    for i in 0..clients_n {
+                        confirms.push(
+                            publish(
+                                format!("chat.user.u{i}"),
+                                format!("d-{i}-{k}"),
+                                format!("{{\"d\":{k}}}"),
+                            )
+                            .await,
+                        );
+                    }
+                }
+                if k % every == 0 && k / every < load.broadcasts {
+                    confirms.push(
+                        publish(
+                            "chat.all".into(),
+                            format!("b-{k}"),
+                            format!("{{\"b\":{k}}}"),
+                        )
+                        .await,
+                    );
+                }
+                tokio::time::sleep(pause).await;
+            }
+            for c in confirms {
+                assert!(
+                    c.await.expect("confirm").is_ack(),
+                    "broker took the message"
+                );
+            }
+        }
+    };
+    let mut request_results = Vec::new();
+    let request_every = (rounds / load.requests_per_client.max(1)).max(1);
+    let clients_side = async {
+        for k in 0..rounds {
+            if k % request_every == 0 && k / request_every < load.requests_per_client {
+                for (i, c, _) in writer_states.iter() {
+                    let body = format!("{{\"r\":{i},\"k\":{k}}}");
+                    request_results.push((
+                        body.clone(),
+                        c.request(envelope("tickets", payload(&body)), Some(30_000)),
+                    ));
+                }
+            }
+            if k < load.writes_per_client {
+                for (i, c, pending) in writer_states.iter_mut() {
+                    pending.push(c.write(envelope(
+                        "chat",
+                        payload(&format!("{{\"c\":{i},\"k\":{k}}}")),
+                    )));
+                }
+            }
+            tokio::time::sleep(pause).await;
+        }
+    };
+    let mut fault_at = None;
+    let faulty = async {
+        tokio::time::sleep(Duration::from_millis(load.fault_at_ms)).await;
+        let at = Instant::now();
+        tracing::info!(?fault, "injecting the fault");
+        if std::env::var_os("WARREN_TEST_TRACE_FAULT").is_some() {
+            eprintln!("fault {fault:?} at {:?}", std::time::SystemTime::now());
+        }
+        match fault {
+            Fault::Kill => a.kill().await,
+            Fault::Terminate => a.signal_term(),
+        }
+        fault_at = Some(at);
+    };
+    // Which clients were on the faulty gateway right before the fault.
+    tokio::join!(service, clients_side, faulty);
+    let fault_at = fault_at.expect("the fault happened");
+    for (_, _, pending) in writer_states.iter_mut() {
+        for rx in pending.drain(..) {
+            write_results.push(rx);
+        }
+    }
+    let writes_sent = write_results.len();
+    let mut writes_acked = 0;
+    for rx in write_results {
+        if let Ok(Ok(Ok(()))) = tokio::time::timeout(Duration::from_secs(40), rx).await {
+            writes_acked += 1;
+        }
+    }
+    let requests_sent = request_results.len();
+    let mut requests_resolved = 0;
+    for (body, rx) in request_results {
+        if let Ok(Ok(Ok(reply))) = tokio::time::timeout(Duration::from_secs(40), rx).await {
+            if reply.get() == body {
+                requests_resolved += 1;
+            }
+        }
+    }
+    if fault == Fault::Terminate {
+        assert!(
+            a.wait_exit(Duration::from_secs(20)).await,
+            "the drained gateway exits 0"
+        );
+    }
+
+    // Wait for every message to arrive (bounded).
+    let expected_per_client = load.directs_per_client + load.broadcasts + 1;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let writes_in = seen.lock().unwrap_or_else(|e| e.into_inner()).bodies.len();
+        let all_in = clients.iter().all(|c| {
+            let d = c.delivered();
+            d.iter().collect::<HashSet<_>>().len() >= expected_per_client
+        });
+        if (all_in && writes_in >= writes_sent) || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Late redeliveries would show up as duplicates: give them a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut figures = Figures {
+        writes_sent,
+        writes_acked,
+        requests_sent,
+        requests_resolved,
+        ..Figures::default()
+    };
+    {
+        let s = seen.lock().unwrap_or_else(|e| e.into_inner());
+        let copies: usize = s.copies.values().sum();
+        figures.writes_delivered = s.bodies.len();
+        figures.writes_lost = writes_sent.saturating_sub(s.bodies.len());
+        figures.writes_resent_copies = copies - s.copies.len();
+        figures.writes_duplicated = s.bodies.values().filter(|ids| ids.len() > 1).count();
+    }
+    figures.deliveries_sent = load.clients * (load.directs_per_client + load.broadcasts);
+    let mut recovery = Vec::new();
+    for c in &clients {
+        let st = c.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let ids: Vec<&String> = st
+            .deliveries
+            .iter()
+            .map(|(id, _)| id)
+            .filter(|id| !id.starts_with("probe-"))
+            .collect();
+        let distinct: HashSet<&&String> = ids.iter().collect();
+        figures.deliveries_delivered += distinct.len();
+        figures.deliveries_duplicated += ids.len() - distinct.len();
+        // Was this client on the faulty gateway at the fault?
+        let before = st
+            .states
+            .iter()
+            .rev()
+            .find(|(s, at, _)| *s == State::Connected && *at < fault_at);
+        if before.is_some_and(|(_, _, url)| url.as_deref() == Some(a.url().as_str())) {
+            figures.moved += 1;
+            if let Some(at) = st.connected_after(fault_at) {
+                figures.recovered += 1;
+                recovery.push(at.duration_since(fault_at).as_millis() as u64);
+            }
+        }
+    }
+    figures.deliveries_lost = figures
+        .deliveries_sent
+        .saturating_sub(figures.deliveries_delivered);
+    let max = recovery.iter().copied().max().unwrap_or(0);
+    figures.recovery_ms = (
+        percentile(&mut recovery, 50.0),
+        percentile(&mut recovery, 99.0),
+        max,
+    );
+    figures.total_ms = run_start.elapsed().as_millis() as u64;
+
+    // Cleanup.
+    let mut sessions = HashSet::new();
+    for c in clients {
+        sessions.extend(
+            c.stats
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .sessions
+                .clone(),
+        );
+        c.close().await;
+    }
+    counter.abort();
+    responder.abort();
+    b.signal_term();
+    let _ = b.wait_exit(Duration::from_secs(10)).await;
+    for s in sessions {
+        env.track_queue(env.names.session_queue(&s));
+        env.track_queue(format!("{}.dropped", env.names.session_queue(&s)));
+    }
+    env.cleanup().await;
+    figures
+}

@@ -1,0 +1,170 @@
+//! The gateway's RabbitMQ node is SIGKILLed and started again while an SDK client
+//! writes steadily. The gateway notices, reconnects (its supervisor, not the client
+//! requests), re-declares the topology and serves the client's session again; every
+//! write resolves — acknowledged, or refused with the retryable `broker_unavailable` —
+//! none vanishes, and every acknowledged write is in the (quorum) `IN_CHAT` queue
+//! afterwards. Runs on a private node (`warren_e2e::broker_node`), never on the
+//! shared broker; skipped where RabbitMQ's server scripts are not installed.
+
+use std::collections::HashSet;
+use std::time::Duration;
+use tokio::time::Instant;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Connection, ConnectionProperties};
+use warren_e2e::broker_node::BrokerCluster;
+use warren_e2e::env::TestEnv;
+use warren_e2e::gateway::TestGateway;
+use warren_e2e::sdk_driver::{envelope, payload, percentile, SdkClient};
+use warren_protocol::ErrorCode;
+use warren_sdk::Config;
+
+/// Writes in the run (one every 20 ms).
+const WRITES: usize = 600;
+/// The node is killed after this many writes were started.
+const FAULT_AFTER: usize = 150;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_killed_and_restarted_under_writes_loses_no_acknowledged_write() {
+    if !BrokerCluster::available() {
+        println!("fault_gateway_broker_restart: skipped, RabbitMQ server scripts not installed");
+        return;
+    }
+    tokio::time::timeout(Duration::from_secs(240), run())
+        .await
+        .expect("the test finished within its limit");
+}
+
+async fn run() {
+    let started = Instant::now();
+    let mut cluster = BrokerCluster::single().await.expect("a private node boots");
+    let uri = cluster.uri(0);
+    // The shared broker only lends the namespace here; everything runs on the node.
+    let env = TestEnv::new("gw-broker-restart").await;
+    let gw = TestGateway::start_with(&env, |c| {
+        c.amqp_uri = vec![uri.clone()];
+        c.broker_wait_ms = 2_000;
+    })
+    .await;
+    let mut config = Config::new(vec![gw.url()]);
+    config.token = Some("writer".into());
+    config.backoff = warren_sdk::Backoff::new(100, 1_000);
+    config.request_timeout_ms = 60_000;
+    config.outbox_limit = 10_000;
+    let client = SdkClient::start(config, 7);
+    client
+        .ready(Duration::from_secs(10))
+        .await
+        .expect("the client connects");
+
+    let mut pending = Vec::new();
+    let mut killed_at = None;
+    let mut restarted_at = None;
+    for k in 0..WRITES {
+        pending.push((
+            k,
+            client.write(envelope("chat", payload(&format!("{{\"k\":{k}}}")))),
+        ));
+        if k == FAULT_AFTER {
+            cluster.kill_node(0).await.expect("node killed");
+            killed_at = Some(Instant::now());
+            cluster.start_node(0).await.expect("node restarted");
+            restarted_at = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (killed_at, restarted_at) = (killed_at.unwrap(), restarted_at.unwrap());
+    let mut acked = Vec::new();
+    let mut refused = Vec::new();
+    let mut vanished = 0;
+    let mut acked_after_restart = Vec::new();
+    for (k, rx) in pending {
+        match tokio::time::timeout(Duration::from_secs(60), rx).await {
+            Ok(Ok(Ok(()))) => {
+                acked.push(k);
+                if k > FAULT_AFTER {
+                    acked_after_restart.push(k);
+                }
+            }
+            Ok(Ok(Err(e))) => refused.push((k, e.code)),
+            _ => vanished += 1,
+        }
+    }
+
+    // What reached IN_CHAT on the node.
+    let conn = Connection::connect(&uri, ConnectionProperties::default())
+        .await
+        .expect("connect to the node");
+    let ch = conn.create_channel().await.expect("channel");
+    let mut consumer = ch
+        .basic_consume(
+            ShortString::from(env.names.channel_queue("chat")),
+            ShortString::from("counter"),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume IN_CHAT");
+    let mut seen = HashSet::new();
+    while let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_secs(2), consumer.next()).await
+    {
+        let v: serde_json::Value = serde_json::from_slice(&d.data).unwrap_or_default();
+        if let Some(k) = v.get("k").and_then(|k| k.as_u64()) {
+            seen.insert(k as usize);
+        }
+        let _ = d.acker.ack(BasicAckOptions::default()).await;
+    }
+    let lost: Vec<usize> = acked
+        .iter()
+        .copied()
+        .filter(|k| !seen.contains(k))
+        .collect();
+    let stats = client.stats.lock().unwrap().sessions.clone();
+    let reconnect_ms: Vec<u64> = client
+        .stats
+        .lock()
+        .unwrap()
+        .connected_after(killed_at)
+        .map(|at| at.duration_since(killed_at).as_millis() as u64)
+        .into_iter()
+        .collect();
+    let mut r = reconnect_ms.clone();
+    println!(
+        "fault_gateway_broker_restart: writes sent {WRITES} acked {} refused {} ({:?}) vanished {vanished}; \
+         acked and in IN_CHAT {} lost {}; node down {} ms; client connected again {} ms after the kill; \
+         sessions {:?}; run {} ms",
+        acked.len(),
+        refused.len(),
+        refused.iter().map(|(_, c)| c.as_str()).collect::<HashSet<_>>(),
+        acked.len() - lost.len(),
+        lost.len(),
+        restarted_at.duration_since(killed_at).as_millis(),
+        percentile(&mut r, 50.0),
+        stats.iter().collect::<HashSet<_>>().len(),
+        started.elapsed().as_millis(),
+    );
+    assert_eq!(vanished, 0, "every write resolves");
+    assert!(
+        refused
+            .iter()
+            .all(|(_, c)| *c == ErrorCode::BrokerUnavailable),
+        "refusals are broker_unavailable: {refused:?}"
+    );
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    assert!(
+        !acked_after_restart.is_empty(),
+        "writes are acknowledged again after the restart"
+    );
+    assert_eq!(
+        stats.iter().collect::<HashSet<_>>().len(),
+        1,
+        "the client kept its session"
+    );
+    client.close().await;
+    gw.shutdown().await;
+    let _ = conn.close(200, "done".into()).await;
+    cluster.shutdown().await;
+    env.cleanup().await;
+}

@@ -1,0 +1,31 @@
+//! SIGTERM the gateway most clients are on, under the same load as
+//! `fault_gateway_kill`: it drains (stops accepting, tells clients to move, finishes
+//! confirms and client acks, requeues the rest) and nothing is lost or duplicated.
+
+use warren_e2e::sdk_driver::{failover_under_load, Fault, Load};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_a_gateway_under_load_loses_nothing() {
+    let figures = failover_under_load("gw-drain", Fault::Terminate, Load::default()).await;
+    println!("fault_gateway_drain: {figures}");
+    assert!(figures.writes_sent >= 5_000 && figures.deliveries_sent >= 5_000);
+    assert_eq!(figures.writes_lost, 0, "no client write is lost");
+    assert_eq!(
+        figures.writes_duplicated, 0,
+        "no write arrives under two ids"
+    );
+    assert_eq!(
+        figures.writes_acked, figures.writes_sent,
+        "every write is acked"
+    );
+    assert_eq!(figures.deliveries_lost, 0, "no delivery is lost");
+    assert_eq!(
+        figures.deliveries_duplicated, 0,
+        "no duplicate reaches the app"
+    );
+    assert_eq!(
+        figures.requests_resolved, figures.requests_sent,
+        "every pending writeAndWait resolves with its reply"
+    );
+    assert_eq!(figures.recovered, figures.moved, "every client moved");
+}

@@ -1,0 +1,94 @@
+//! Message TTLs: a channel's `message_ttl_ms` (`[channel_options.<name>]`) and a
+//! request's own expiration (its timeout) make messages no service consumed in time
+//! expire; they are dead-lettered to the inspectable `warren.dead` queue, not silently
+//! gone.
+
+use std::time::{Duration, Instant};
+
+use lapin::types::AMQPValue;
+use serde_json::json;
+use warren_e2e::client::TestClient;
+use warren_e2e::env::TestEnv;
+use warren_e2e::gateway::TestGateway;
+use warren_gateway::config::ChannelOptions;
+use warren_protocol::ErrorCode;
+
+/// Takes messages from `warren.dead` until one with `message_id` arrives (bounded).
+async fn dead_lettered(env: &TestEnv, message_id: &str, within: Duration) -> Option<String> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        while let Some(d) = env.get(&env.names.dead_letter_queue()).await {
+            let id = d.properties.message_id().as_ref().map(|s| s.to_string());
+            if id.as_deref() == Some(message_id) {
+                let reason = d
+                    .properties
+                    .headers()
+                    .as_ref()
+                    .and_then(|h| match h.inner().get("x-death") {
+                        Some(AMQPValue::FieldArray(a)) => a.as_slice().first().cloned(),
+                        _ => None,
+                    })
+                    .and_then(|v| match v {
+                        AMQPValue::FieldTable(t) => t.inner().get("reason").cloned(),
+                        _ => None,
+                    })
+                    .map(|r| match r {
+                        AMQPValue::LongString(s) => s.to_string(),
+                        other => format!("{other:?}"),
+                    });
+                return Some(reason.unwrap_or_default());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+#[tokio::test]
+async fn expired_messages_of_a_channel_with_a_ttl_and_expired_requests_land_in_warren_dead() {
+    let env = TestEnv::new("msg-ttl").await;
+    let gw = TestGateway::start_with(&env, |c| {
+        c.channel_options.insert(
+            "echo".into(),
+            ChannelOptions {
+                message_ttl_ms: Some(300),
+            },
+        );
+    })
+    .await;
+    let mut c = TestClient::connect_with(
+        &gw.url(),
+        warren_protocol::Hello {
+            token: Some("ttl".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+
+    // A publish on a channel with a 300 ms TTL that no service consumes.
+    let started = Instant::now();
+    c.publish("p1", "echo", json!({"n": 1})).await;
+    c.expect_ack("p1").await;
+    let reason = dead_lettered(&env, "ttl:p1", Duration::from_secs(10)).await;
+    println!(
+        "fault_gateway_message_ttl: channel TTL 300 ms → in warren.dead after {} ms (reason {reason:?})",
+        started.elapsed().as_millis()
+    );
+    assert_eq!(reason.as_deref(), Some("expired"));
+
+    // A request on a channel without a TTL expires with its own timeout.
+    let started = Instant::now();
+    c.request("r1", "tickets", Some(300), json!({"op": "list"}))
+        .await;
+    c.expect_error_code(Some("r1"), ErrorCode::Timeout).await;
+    let reason = dead_lettered(&env, "ttl:r1", Duration::from_secs(10)).await;
+    println!(
+        "fault_gateway_message_ttl: request timeout 300 ms → in warren.dead after {} ms (reason {reason:?})",
+        started.elapsed().as_millis()
+    );
+    assert_eq!(reason.as_deref(), Some("expired"));
+
+    c.close().await;
+    gw.shutdown().await;
+    env.cleanup().await;
+}

@@ -1,0 +1,112 @@
+//! A client whose old connection is still open on gateway A (A has not noticed it is
+//! gone: a half-open socket, a switched network) resumes its session on gateway B.
+//! B asks A on `warren.gateways` to release the session; A closes the stale
+//! connection with `session_taken` and requeues what it held, so the resume completes
+//! at once instead of waiting `session_takeover_ms` and failing.
+
+use std::time::{Duration, Instant};
+
+use warren_e2e::client::TestClient;
+use warren_e2e::env::TestEnv;
+use warren_e2e::gateway::TestGateway;
+use warren_protocol::{CloseCode, Hello, Subscribe};
+
+#[tokio::test]
+async fn resuming_on_another_gateway_releases_the_session_held_by_a_stale_connection() {
+    let mut env = TestEnv::new("gw-takeover").await;
+    let a = TestGateway::start(&env).await;
+    let b = TestGateway::start(&env).await;
+    let mut stale = TestClient::connect(&a.url()).await;
+    let session = stale.session().to_string();
+    stale
+        .subscribe(Subscribe {
+            id: "s".into(),
+            channel: "chat".into(),
+            ..Default::default()
+        })
+        .await;
+    env.publish_out("chat.all", "held", "1").await;
+    let held = stale.expect_deliver().await;
+    assert_eq!(held.message_id, "held");
+    // `stale` never acknowledges and never closes.
+
+    let asked = Instant::now();
+    let mut fresh = TestClient::connect_with(
+        &b.url(),
+        Hello {
+            session: Some(session.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let took = asked.elapsed();
+    println!(
+        "fault_gateway_takeover: resumed on the other gateway in {} ms",
+        took.as_millis()
+    );
+    assert!(fresh.welcome.as_ref().unwrap().resumed);
+    assert!(
+        took < Duration::from_millis(1_500),
+        "the resume does not wait for the takeover window ({took:?})"
+    );
+    let again = fresh.expect_deliver().await;
+    assert_eq!(again.message_id, "held", "the held delivery comes again");
+    assert_eq!(
+        stale.expect_close(Duration::from_secs(5)).await,
+        Some(CloseCode::SessionTaken.code())
+    );
+    fresh.ack_deliveries(again.seq).await;
+    fresh.close().await;
+    a.shutdown().await;
+    b.shutdown().await;
+    env.track_queue(env.names.session_queue(&session));
+    env.track_queue(format!("{}.dropped", env.names.session_queue(&session)));
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_takeover_on_the_same_gateway_delivers_the_requeued_messages_before_newer_ones() {
+    let mut env = TestEnv::new("gw-takeover-order").await;
+    let gw = TestGateway::start(&env).await;
+    let mut old = TestClient::connect(&gw.url()).await;
+    let session = old.session().to_string();
+    old.subscribe(Subscribe {
+        id: "s".into(),
+        channel: "chat".into(),
+        ..Default::default()
+    })
+    .await;
+    for i in 1..=3 {
+        env.publish_out("chat.all", &format!("m{i}"), &i.to_string())
+            .await;
+    }
+    for _ in 1..=3 {
+        old.expect_deliver().await;
+    }
+    // Newer messages arrive while the old connection still holds m1..m3.
+    for i in 4..=6 {
+        env.publish_out("chat.all", &format!("m{i}"), &i.to_string())
+            .await;
+    }
+    let mut new = TestClient::connect_with(
+        &gw.url(),
+        Hello {
+            session: Some(session.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(new.welcome.as_ref().unwrap().resumed);
+    let mut order = Vec::new();
+    for _ in 1..=6 {
+        let d = new.expect_deliver().await;
+        order.push(d.message_id.clone());
+        new.ack_deliveries(d.seq).await;
+    }
+    assert_eq!(order, ["m1", "m2", "m3", "m4", "m5", "m6"]);
+    new.close().await;
+    gw.shutdown().await;
+    env.track_queue(env.names.session_queue(&session));
+    env.track_queue(format!("{}.dropped", env.names.session_queue(&session)));
+    env.cleanup().await;
+}

@@ -1,0 +1,199 @@
+//! A slow client: it stops reading while a fast producer floods its session with
+//! 20,000 messages of 1 KiB. The gateway (a `warren-gateway` process) holds at most its
+//! delivery window for the session, so its resident memory stays under a stated bound;
+//! the session queue's overflow policy (`x-max-length` + `drop-head`) drops the
+//! oldest, and when the client reads again it is told how many with `overflow`:
+//! delivered + dropped = sent, exactly.
+
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::ShortString;
+use lapin::BasicProperties;
+use warren_e2e::client::TestClient;
+use warren_e2e::env::TestEnv;
+use warren_e2e::sdk_driver::GatewayProcess;
+use warren_protocol::{Hello, ServerFrame, Subscribe};
+
+/// Messages the producer sends.
+const SENT: usize = 20_000;
+/// The session queue's `x-max-length`.
+const MAX_LENGTH: usize = 1_000;
+/// The delivery window (prefetch) of the session.
+const WINDOW: usize = 64;
+/// The bound on the gateway's resident memory while the client does not read.
+const RSS_BOUND_KIB: u64 = 64 * 1024;
+
+/// A plain HTTP/1.0 GET; the response body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("response");
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_cannot_grow_the_gateway_and_is_told_what_was_dropped() {
+    let started = std::time::Instant::now();
+    let mut env = TestEnv::new("slow-client").await;
+    let node = format!("gws-{}", &env.namespace[env.namespace.len() - 8..]);
+    let mut gw = GatewayProcess::spawn(
+        &env.namespace,
+        &node,
+        &[
+            "--session-max-length",
+            &MAX_LENGTH.to_string(),
+            "--delivery-window",
+            &WINDOW.to_string(),
+            "--overflow-check-ms",
+            "200",
+            "--heartbeat-ms",
+            "60000",
+        ],
+    )
+    .await;
+    let mut c = TestClient::connect_with(
+        &gw.url(),
+        Hello {
+            token: Some("slow".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let session = c.session().to_string();
+    c.subscribe(Subscribe {
+        id: "s".into(),
+        channel: "chat".into(),
+        broadcast: Some(false),
+        direct: true,
+        ..Default::default()
+    })
+    .await;
+    let baseline = gw.rss_kib().expect("the gateway's VmRSS");
+    eprintln!(
+        "fault_slow_client: ready after {} ms",
+        started.elapsed().as_millis()
+    );
+
+    // Sample the gateway's memory while the producer floods the session.
+    let pid_gw = gw.pid();
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let sampling = tokio::spawn(async move {
+        let mut max = 0;
+        while stop_rx.try_recv().is_err() {
+            let status =
+                std::fs::read_to_string(format!("/proc/{pid_gw}/status")).unwrap_or_default();
+            if let Some(kib) = status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                max = max.max(kib);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        max
+    });
+    let ch = env.new_channel().await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(1000));
+    let flood = std::time::Instant::now();
+    for batch in 0..SENT / 500 {
+        let mut confirms = Vec::new();
+        for k in 0..500 {
+            let id = format!("m-{}", batch * 500 + k);
+            confirms.push(
+                ch.basic_publish(
+                    ShortString::from(env.names.outbound_exchange()),
+                    ShortString::from("chat.user.slow"),
+                    BasicPublishOptions::default(),
+                    body.as_bytes(),
+                    BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_message_id(ShortString::from(id)),
+                )
+                .await
+                .expect("publish"),
+            );
+        }
+        for confirm in confirms {
+            assert!(confirm.await.expect("confirm").is_ack());
+        }
+    }
+    let flood_ms = flood.elapsed().as_millis();
+    // Let the gateway notice the drops while the client still does not read.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let _ = stop_tx.send(());
+    let max_rss = sampling.await.expect("sampler");
+
+    eprintln!(
+        "fault_slow_client: flooded after {} ms",
+        started.elapsed().as_millis()
+    );
+    // The client reads again, acknowledging as it goes.
+    let mut delivered = 0usize;
+    let mut dropped = 0u64;
+    let mut overflow_frames = 0;
+    let mut ids = std::collections::HashSet::new();
+    while let Some(frame) = c.recv_within(Duration::from_secs(3)).await {
+        match frame {
+            ServerFrame::Deliver(d) => {
+                delivered += 1;
+                ids.insert(d.message_id);
+                c.ack_deliveries(d.seq).await;
+            }
+            ServerFrame::Overflow(o) => {
+                overflow_frames += 1;
+                dropped += o.dropped;
+            }
+            _ => {}
+        }
+    }
+    let elapsed = started.elapsed().as_millis();
+    println!(
+        "fault_slow_client: sent {SENT} (flood {flood_ms} ms) delivered {delivered} distinct {} \
+         dropped {dropped} in {overflow_frames} overflow frames, lost unreported {}; gateway RSS \
+         baseline {baseline} KiB max {max_rss} KiB (bound {RSS_BOUND_KIB} KiB); run {elapsed} ms",
+        ids.len(),
+        SENT as i64 - delivered as i64 - dropped as i64,
+    );
+    let metrics = http_get(gw.addr, "/metrics").await;
+    let counted = metrics
+        .lines()
+        .find(|l| l.starts_with("warren_gateway_overflow_dropped_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<u64>().ok());
+    println!("fault_slow_client: /metrics overflow_dropped_total = {counted:?}");
+    assert_eq!(counted, Some(dropped), "the drops are counted in /metrics");
+    assert!(overflow_frames > 0, "the client is told about the overflow");
+    assert_eq!(ids.len(), delivered, "no duplicate deliveries");
+    assert_eq!(
+        delivered as u64 + dropped,
+        SENT as u64,
+        "every message is either delivered or reported dropped"
+    );
+    assert!(
+        delivered <= MAX_LENGTH + WINDOW + 1,
+        "the queue held at most its max length"
+    );
+    assert!(
+        max_rss < RSS_BOUND_KIB,
+        "gateway RSS {max_rss} KiB stays under {RSS_BOUND_KIB} KiB"
+    );
+    c.close().await;
+    gw.signal_term();
+    let _ = gw.wait_exit(Duration::from_secs(10)).await;
+    let queue = env.names.session_queue(&session);
+    env.track_queue(format!("{queue}.dropped"));
+    env.track_queue(queue);
+    env.cleanup().await;
+}
