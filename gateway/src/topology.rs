@@ -7,7 +7,7 @@ use std::fmt;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
-use warren_protocol::amqp::{inbound_queue_args, keys, Names, QueueArg};
+use warren_protocol::amqp::{dead_letter_queue_args, inbound_queue_args, keys, Names, QueueArg};
 
 use crate::broker::Broker;
 use crate::config::Config;
@@ -100,7 +100,10 @@ impl Topology {
             },
             Declaration::Queue {
                 name: names.dead_letter_queue(),
-                args: vec![],
+                args: dead_letter_queue_args(config.queue_type.as_str())
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
             },
             Declaration::Binding {
                 queue: names.dead_letter_queue(),

@@ -259,6 +259,14 @@ pub fn inbound_queue_args(
     args
 }
 
+/// The arguments of the `warren.dead` queue, declared alike by gateways and services:
+/// the same queue type as the inbound queues, so a quorum deployment keeps what is
+/// parked there when a node is lost (a classic queue on a lost node would also answer
+/// every re-declaration with 404).
+pub fn dead_letter_queue_args(queue_type: &str) -> Vec<(&'static str, QueueArg)> {
+    vec![("x-queue-type", QueueArg::Text(queue_type.to_string()))]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

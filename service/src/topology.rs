@@ -17,7 +17,9 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection, ExchangeKind};
 use tracing::{debug, warn};
-use warren_protocol::amqp::{inbound_queue_args, keys, validate_segment, Names, QueueArg};
+use warren_protocol::amqp::{
+    dead_letter_queue_args, inbound_queue_args, keys, validate_segment, Names, QueueArg,
+};
 
 use crate::config::ServiceConfig;
 use crate::error::{is_precondition_failed, Result};
@@ -59,8 +61,13 @@ pub fn channel_queue_arguments(names: &Names, channel: &str, config: &ServiceCon
         .message_ttls
         .get(channel)
         .map(|ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+    field_table(inbound_queue_args(names, &config.queue_type, ttl_ms))
+}
+
+/// Turns the protocol crate's plain-data queue arguments into an AMQP field table.
+fn field_table(args: Vec<(&'static str, QueueArg)>) -> FieldTable {
     let mut arguments = FieldTable::default();
-    for (key, value) in inbound_queue_args(names, &config.queue_type, ttl_ms) {
+    for (key, value) in args {
         let value = match value {
             QueueArg::Text(text) => AMQPValue::LongString(LongString::from(text)),
             QueueArg::Int(int) => AMQPValue::LongLongInt(int),
@@ -133,12 +140,12 @@ pub async fn declare_dead_letter_with(
     let exchange = names.dead_letter_exchange();
     let queue = names.dead_letter_queue();
     declare_exchange(connection, &exchange, ExchangeKind::Fanout).await?;
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        ShortString::from("x-queue-type"),
-        AMQPValue::LongString(LongString::from(queue_type)),
-    );
-    declare_queue(connection, &queue, arguments).await?;
+    declare_queue(
+        connection,
+        &queue,
+        field_table(dead_letter_queue_args(queue_type)),
+    )
+    .await?;
     let ch = connection.create_channel().await?;
     ch.queue_bind(
         ShortString::from(queue.as_str()),
