@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# bench/run.sh — the standard benchmark set (what `./dev bench` runs).
+#
+# Builds the gateway, the demo service and warren-bench in release mode, then runs every
+# scenario (idle with 10,000 sessions; publish, rpc and fanout with 1, 4, 16 and 64
+# clients; each against the gateway and against raw AMQP; median of 3 runs) and writes
+# bench/results/{report.json,table.md,chart.svg}. Takes about 10 minutes on 2 cores.
+# Run it on a quiet machine: other load skews every figure.
+#
+# Extra arguments go to warren-bench, e.g. `bench/run.sh --clients 1,8 --runs 5`.
+# RabbitMQ must be running (AMQP_ADDR, default amqp://127.0.0.1:5672/%2f, guest/guest).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+export AMQP_ADDR=${AMQP_ADDR:-amqp://127.0.0.1:5672/%2f}
+OUT=${BENCH_OUT:-bench/results}
+mkdir -p "$OUT" target/warren-bench
+
+cargo build --release -p warren-gateway -p warren-service -p warren-bench
+
+# 10,000 sessions need 10,000+ descriptors in warren-bench and in the gateway it starts
+# (which inherits the limit); warren-bench raises its soft limit to the hard one too.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [[ $(ulimit -n) != unlimited && $(ulimit -n) -lt 20500 ]]; then
+  echo "note: open-file limit is $(ulimit -n); the idle scenario needs ~10,100 per process" >&2
+fi
+
+exec target/release/warren-bench \
+  --amqp-uri "$AMQP_ADDR" \
+  --gateway-bin target/release/warren-gateway \
+  --service-bin target/release/warren-demo-service \
+  --stack-log target/warren-bench/stack.log \
+  --json "$OUT/report.json" \
+  --markdown "$OUT/table.md" \
+  --chart "$OUT/chart.svg" \
+  "$@"

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# bench/smoke.sh — a tiny run of every warren-bench scenario, so the tool cannot rot
+# (part of `./dev test`). Debug builds, 2 clients, one 1-second run per scenario and
+# target, 50 idle sessions: about 20 s once built. Fails when any run fails or
+# completes nothing; the figures themselves are not judged (debug builds, tiny runs).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+export AMQP_ADDR=${AMQP_ADDR:-amqp://127.0.0.1:5672/%2f}
+mkdir -p target/warren-bench
+
+cargo build -p warren-gateway -p warren-service -p warren-bench
+
+timeout 120 target/debug/warren-bench \
+  --amqp-uri "$AMQP_ADDR" \
+  --gateway-bin target/debug/warren-gateway \
+  --service-bin target/debug/warren-demo-service \
+  --stack-log target/warren-bench/smoke-stack.log \
+  --scenarios idle,publish,rpc,fanout \
+  --clients 2 --runs 1 --duration 1s --warmup 200ms \
+  --idle-sessions 50 --idle-window 1s \
+  --json target/warren-bench/smoke.json \
+  --chart target/warren-bench/smoke.svg \
+  --strict

@@ -1,0 +1,178 @@
+//! Raw AMQP (lapin) plumbing shared by the baseline and the fanout publisher: connecting,
+//! making sure the Warren topology exists, message properties like the gateway's, and
+//! cleaning up what a run declared.
+
+use futures_util::future::join_all;
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use warren_protocol::amqp::{keys, Names, H_CHANNEL, H_GATEWAY, H_SESSION, H_USER};
+
+use crate::error::Result;
+
+/// Opens one AMQP connection named `name` (visible in the management UI).
+///
+/// # Errors
+/// `Amqp` when RabbitMQ cannot be reached or refuses the credentials.
+pub async fn connect(uri: &str, name: &str) -> Result<Connection> {
+    let props = ConnectionProperties::default().with_connection_name(name.to_string().into());
+    Ok(Connection::connect(uri, props).await?)
+}
+
+/// Declares a durable topic exchange unless it already exists (whatever its flags).
+///
+/// # Errors
+/// `Amqp` when neither the passive nor the active declaration works.
+pub async fn ensure_exchange(conn: &Connection, name: &str) -> Result<()> {
+    let probe = conn.create_channel().await?;
+    let passive = ExchangeDeclareOptions {
+        passive: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    if probe
+        .exchange_declare(
+            name.into(),
+            ExchangeKind::Topic,
+            passive,
+            FieldTable::default(),
+        )
+        .await
+        .is_ok()
+    {
+        let _ = probe.close(200, "ok".into()).await;
+        return Ok(());
+    }
+    let ch = conn.create_channel().await?;
+    let opts = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    ch.exchange_declare(
+        name.into(),
+        ExchangeKind::Topic,
+        opts,
+        FieldTable::default(),
+    )
+    .await?;
+    let _ = ch.close(200, "ok".into()).await;
+    Ok(())
+}
+
+/// Makes sure `IN_<CHANNEL>` exists and is bound (quorum, durable, as the gateway and
+/// services declare it); an existing queue is left as it is.
+///
+/// # Errors
+/// `Amqp` when the queue can neither be found nor declared.
+pub async fn ensure_channel_queue(conn: &Connection, names: &Names, channel: &str) -> Result<()> {
+    ensure_exchange(conn, &names.inbound_exchange()).await?;
+    let queue = names.channel_queue(channel);
+    let probe = conn.create_channel().await?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    if probe
+        .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+        .await
+        .is_ok()
+    {
+        let _ = probe.close(200, "ok".into()).await;
+        return Ok(());
+    }
+    let ch = conn.create_channel().await?;
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args)
+        .await?;
+    ch.queue_bind(
+        queue.as_str().into(),
+        names.inbound_exchange().into(),
+        keys::inbound_binding(channel).into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    let _ = ch.close(200, "ok".into()).await;
+    Ok(())
+}
+
+/// Arguments of a queue that behaves like a Warren session queue (bounded, expiring).
+pub fn session_queue_args() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-expires".into(), AMQPValue::LongInt(60_000));
+    args.insert("x-max-length".into(), AMQPValue::LongInt(10_000));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("drop-head".into()),
+    );
+    args
+}
+
+/// Properties like those the gateway sets on a client's publish: persistent, a message
+/// id, timestamp, app id, content type and the session/user/gateway/channel headers.
+pub fn client_like_properties(client: &str, message_id: String, channel: &str) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    let s = |v: &str| AMQPValue::LongString(v.into());
+    headers.insert(H_SESSION.into(), s(client));
+    headers.insert(H_USER.into(), s(client));
+    headers.insert(H_GATEWAY.into(), s("warren-bench-raw"));
+    headers.insert(H_CHANNEL.into(), s(channel));
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_message_id(ShortString::from(message_id))
+        .with_timestamp(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        )
+        .with_app_id("warren-bench".into())
+        .with_content_type("application/json".into())
+        .with_headers(headers)
+}
+
+/// Deletes queues, many at once; missing queues are fine. Returns how many went.
+pub async fn delete_queues(conn: &Connection, queues: &[String]) -> usize {
+    let mut deleted = 0;
+    for chunk in queues.chunks(256) {
+        let Ok(ch) = conn.create_channel().await else {
+            break;
+        };
+        let results = join_all(
+            chunk
+                .iter()
+                .map(|q| ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())),
+        )
+        .await;
+        deleted += results.iter().filter(|r| r.is_ok()).count();
+        let _ = ch.close(200, "ok".into()).await;
+    }
+    deleted
+}
+
+/// Deletes the exchanges and channel queues of a namespace the benchmark made up.
+pub async fn delete_namespace(conn: &Connection, names: &Names, channels: &[&str]) {
+    let mut queues: Vec<String> = channels.iter().map(|c| names.channel_queue(c)).collect();
+    queues.push(names.dead_letter_queue());
+    delete_queues(conn, &queues).await;
+    let exchanges = [
+        names.inbound_exchange(),
+        names.outbound_exchange(),
+        names.gateways_exchange(),
+        names.presence_exchange(),
+        names.dead_letter_exchange(),
+    ];
+    for x in exchanges {
+        if let Ok(ch) = conn.create_channel().await {
+            let _ = ch
+                .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+            let _ = ch.close(200, "ok".into()).await;
+        }
+    }
+}

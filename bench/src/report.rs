@@ -1,0 +1,538 @@
+//! The results of a benchmark: per scenario, target and client count the runs and
+//! their medians, the gateway/raw ratios, and the targets met or not; printed as a
+//! table and written as JSON.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::config::{Config, ScenarioKind};
+use crate::error::Result;
+use crate::measurement::Figures;
+use crate::process_stats::Machine;
+use crate::scenario::idle::IdleFigures;
+use crate::scenario::Target;
+
+/// Every run of one scenario against one target with one client count.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioResult {
+    /// The scenario.
+    pub scenario: ScenarioKind,
+    /// Gateway or raw AMQP.
+    pub target: Target,
+    /// Clients (subscribers for fanout).
+    pub clients: usize,
+    /// Each successful run.
+    pub runs: Vec<Figures>,
+    /// The figure-by-figure median of the runs.
+    pub median: Option<Figures>,
+    /// Why runs failed, if any did.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<String>,
+}
+
+/// Every run of the idle scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdleResult {
+    /// Each successful run.
+    pub runs: Vec<IdleFigures>,
+    /// The figure-by-figure median of the runs.
+    pub median: Option<IdleFigures>,
+    /// Why runs failed, if any did.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<String>,
+}
+
+/// Gateway figure divided by the raw-AMQP figure for one scenario and client count.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Ratio {
+    /// The scenario.
+    pub scenario: ScenarioKind,
+    /// Clients.
+    pub clients: usize,
+    /// Gateway throughput / raw throughput (higher is better, 1 = no cost).
+    pub throughput: f64,
+    /// Gateway p99 / raw p99 (lower is better, 1 = no cost).
+    pub p99: f64,
+}
+
+/// Whether a target was met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// The measured figure meets the target.
+    Met,
+    /// It does not.
+    NotMet,
+    /// There is nothing (or not enough) to judge by in this run.
+    NotEvaluated,
+}
+
+impl Verdict {
+    fn label(self) -> &'static str {
+        match self {
+            Verdict::Met => "MET",
+            Verdict::NotMet => "NOT MET",
+            Verdict::NotEvaluated => "not evaluated",
+        }
+    }
+}
+
+/// One target of issue 6 and how this run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetCheck {
+    /// What is required.
+    pub requirement: String,
+    /// What was measured.
+    pub measured: String,
+    /// Met or not.
+    pub verdict: Verdict,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// `warren-bench <version>`.
+    pub tool: String,
+    /// Seconds since the Unix epoch when the run started.
+    pub started_unix: u64,
+    /// The machine.
+    pub machine: Machine,
+    /// The options of the run.
+    pub config: Config,
+    /// Namespace used.
+    pub namespace: String,
+    /// How the fanout publisher publishes.
+    pub fanout_publisher: String,
+    /// publish, rpc and fanout results.
+    pub results: Vec<ScenarioResult>,
+    /// idle results.
+    pub idle: Option<IdleResult>,
+    /// Gateway/raw ratios.
+    pub ratios: Vec<Ratio>,
+    /// The targets.
+    pub targets: Vec<TargetCheck>,
+}
+
+impl Report {
+    /// Fills in ratios and target verdicts from the results.
+    pub fn conclude(&mut self) {
+        self.ratios = self.compute_ratios();
+        self.targets = self.check_targets();
+    }
+
+    fn median_of(&self, s: ScenarioKind, t: Target, clients: usize) -> Option<Figures> {
+        self.results
+            .iter()
+            .find(|r| r.scenario == s && r.target == t && r.clients == clients)
+            .and_then(|r| r.median)
+    }
+
+    fn compute_ratios(&self) -> Vec<Ratio> {
+        let mut out = Vec::new();
+        for r in self.results.iter().filter(|r| r.target == Target::Gateway) {
+            if let (Some(g), Some(raw)) =
+                (r.median, self.median_of(r.scenario, Target::Raw, r.clients))
+            {
+                out.push(Ratio {
+                    scenario: r.scenario,
+                    clients: r.clients,
+                    throughput: g.throughput / raw.throughput,
+                    p99: g.p99_ms / raw.p99_ms,
+                });
+            }
+        }
+        out
+    }
+
+    fn check_targets(&self) -> Vec<TargetCheck> {
+        let mut checks = Vec::new();
+        for s in [ScenarioKind::Rpc, ScenarioKind::Fanout] {
+            let ratios: Vec<&Ratio> = self.ratios.iter().filter(|r| r.scenario == s).collect();
+            let judge = |ok: &dyn Fn(&Ratio) -> bool| {
+                if ratios.is_empty() {
+                    Verdict::NotEvaluated
+                } else if ratios.iter().all(|r| ok(r)) {
+                    Verdict::Met
+                } else {
+                    Verdict::NotMet
+                }
+            };
+            let list = |f: &dyn Fn(&Ratio) -> f64| {
+                ratios
+                    .iter()
+                    .map(|r| format!("{}c: {:.2}x", r.clients, f(r)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            checks.push(TargetCheck {
+                requirement: format!("{} throughput >= 0.5 x raw AMQP", s.name()),
+                measured: list(&|r| r.throughput),
+                verdict: judge(&|r| r.throughput >= 0.5),
+            });
+            checks.push(TargetCheck {
+                requirement: format!("{} p99 latency <= 2 x raw AMQP", s.name()),
+                measured: list(&|r| r.p99),
+                verdict: judge(&|r| r.p99 <= 2.0),
+            });
+        }
+        let idle = self.idle.as_ref().and_then(|i| i.median);
+        checks.push(match idle {
+            Some(m) if m.opened > 0 => TargetCheck {
+                requirement: "gateway memory <= 16 KiB per idle session".into(),
+                measured: format!(
+                    "{:.1} KiB per session ({} sessions)",
+                    m.rss_per_session_bytes / 1024.0,
+                    m.opened
+                ),
+                verdict: if m.rss_per_session_bytes <= 16.0 * 1024.0 {
+                    Verdict::Met
+                } else {
+                    Verdict::NotMet
+                },
+            },
+            _ => TargetCheck {
+                requirement: "gateway memory <= 16 KiB per idle session".into(),
+                measured: "no idle run".into(),
+                verdict: Verdict::NotEvaluated,
+            },
+        });
+        checks.push(match idle {
+            Some(m) => TargetCheck {
+                requirement: "10,000 idle sessions held with the gateway < 5 % of one core".into(),
+                measured: format!("{} sessions held, {:.2} % CPU", m.held, m.idle_cpu_pct),
+                verdict: if m.requested < 10_000 {
+                    Verdict::NotEvaluated
+                } else if m.held >= 10_000 && m.idle_cpu_pct < 5.0 {
+                    Verdict::Met
+                } else {
+                    Verdict::NotMet
+                },
+            },
+            None => TargetCheck {
+                requirement: "10,000 idle sessions held with the gateway < 5 % of one core".into(),
+                measured: "no idle run".into(),
+                verdict: Verdict::NotEvaluated,
+            },
+        });
+        checks
+    }
+
+    /// The report as plain-text tables (also used in BENCHMARKS.md).
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{:<8} {:>7}  {:<9} {:>11} {:>9} {:>9} {:>7} {:>8}",
+            "scenario", "clients", "target", "ops/s", "p50 ms", "p99 ms", "errors", "gw cpu%"
+        );
+        let mut rows: Vec<&ScenarioResult> = self.results.iter().collect();
+        rows.sort_by_key(|r| (r.scenario, r.clients, r.target));
+        for r in rows {
+            match r.median {
+                Some(m) => {
+                    let _ = writeln!(
+                        out,
+                        "{:<8} {:>7}  {:<9} {:>11.0} {:>9.2} {:>9.2} {:>7} {:>8}",
+                        r.scenario.name(),
+                        r.clients,
+                        r.target.name(),
+                        m.throughput,
+                        m.p50_ms,
+                        m.p99_ms,
+                        m.errors,
+                        m.gateway_cpu_pct.map_or("-".into(), |c| format!("{c:.0}")),
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "{:<8} {:>7}  {:<9} failed: {}",
+                        r.scenario.name(),
+                        r.clients,
+                        r.target.name(),
+                        r.failures.first().map_or("", |s| s.as_str())
+                    );
+                }
+            }
+            if r.target == Target::Raw {
+                if let Some(x) = self
+                    .ratios
+                    .iter()
+                    .find(|x| x.scenario == r.scenario && x.clients == r.clients)
+                {
+                    let _ = writeln!(
+                        out,
+                        "{:<8} {:>7}  {:<9} {:>10.2}x {:>9} {:>8.2}x",
+                        "", "", "gw/raw", x.throughput, "", x.p99
+                    );
+                }
+            }
+        }
+        if let Some(idle) = &self.idle {
+            let _ = writeln!(out);
+            match idle.median {
+                Some(m) => {
+                    let _ = writeln!(
+                        out,
+                        "idle: {} of {} sessions opened, {} held; set-up {:.0} sessions/s; \
+                         gateway RSS {:.1} MiB -> {:.1} MiB ({:.1} KiB/session), {:.1} MiB after close; \
+                         idle CPU {:.2} % of one core",
+                        m.opened,
+                        m.requested,
+                        m.held,
+                        m.setup_rate,
+                        m.rss_before_kib as f64 / 1024.0,
+                        m.rss_after_kib as f64 / 1024.0,
+                        m.rss_per_session_bytes / 1024.0,
+                        m.rss_closed_kib as f64 / 1024.0,
+                        m.idle_cpu_pct
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "idle: failed: {}",
+                        idle.failures.first().map_or("", |s| s.as_str())
+                    );
+                }
+            }
+        }
+        let _ = writeln!(out);
+        for t in &self.targets {
+            let _ = writeln!(
+                out,
+                "[{:^13}] {} — {}",
+                t.verdict.label(),
+                t.requirement,
+                t.measured
+            );
+        }
+        out
+    }
+
+    /// Failures worth a non-zero exit in `--strict` mode: failed runs, and runs that
+    /// completed no operation at all.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for r in &self.results {
+            let what = format!("{} {} {}c", r.scenario.name(), r.target.name(), r.clients);
+            out.extend(r.failures.iter().map(|f| format!("{what}: {f}")));
+            if r.runs.iter().any(|f| f.ops == 0) {
+                out.push(format!("{what}: a run completed no operation"));
+            }
+        }
+        if let Some(idle) = &self.idle {
+            out.extend(idle.failures.iter().map(|f| format!("idle: {f}")));
+            if idle.runs.iter().any(|f| f.opened < f.requested) {
+                out.push("idle: not every session opened".into());
+            }
+        }
+        out
+    }
+
+    /// The report as Markdown tables, for BENCHMARKS.md.
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let c = &self.config;
+        let _ = writeln!(
+            out,
+            "Machine: {} × {} ({:.1} GiB), Linux {}. Each figure is the median of {} run(s) \
+             of {:.0} s (after {:.1} s warm-up); messages of {} B; publish window {}, \
+             fanout window {}; rpc responder: {:?}.\n",
+            self.machine.cores,
+            self.machine.cpu,
+            self.machine.memory_gib,
+            self.machine.kernel,
+            c.runs,
+            c.duration.as_secs_f64(),
+            c.warmup.as_secs_f64(),
+            c.size,
+            c.window,
+            c.fanout_window,
+            c.responder,
+        );
+        let _ = writeln!(
+            out,
+            "| scenario | clients | gateway ops/s | raw ops/s | ratio | gateway p50 / p99 ms | raw p50 / p99 ms | p99 ratio | gateway CPU |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let mut keys: Vec<(ScenarioKind, usize)> = self
+            .results
+            .iter()
+            .map(|r| (r.scenario, r.clients))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        let num = |v: Option<f64>, fmt: &dyn Fn(f64) -> String| v.map_or("–".into(), fmt);
+        for (s, n) in keys {
+            let g = self.median_of(s, Target::Gateway, n);
+            let r = self.median_of(s, Target::Raw, n);
+            let ratio = self
+                .ratios
+                .iter()
+                .find(|x| x.scenario == s && x.clients == n);
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                s.name(),
+                n,
+                num(g.map(|f| f.throughput), &|v| format!("{v:.0}")),
+                num(r.map(|f| f.throughput), &|v| format!("{v:.0}")),
+                num(ratio.map(|x| x.throughput), &|v| format!("{v:.2}×")),
+                g.map_or("–".into(), |f| format!(
+                    "{:.2} / {:.2}",
+                    f.p50_ms, f.p99_ms
+                )),
+                r.map_or("–".into(), |f| format!(
+                    "{:.2} / {:.2}",
+                    f.p50_ms, f.p99_ms
+                )),
+                num(ratio.map(|x| x.p99), &|v| format!("{v:.2}×")),
+                num(g.and_then(|f| f.gateway_cpu_pct), &|v| format!("{v:.0} %")),
+            );
+        }
+        if let Some(m) = self.idle.as_ref().and_then(|i| i.median) {
+            let _ = writeln!(
+                out,
+                "\n| idle sessions | opened | held | set-up rate | gateway RSS before → after | per session | after close | idle CPU |"
+            );
+            let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {:.0} /s | {:.1} → {:.1} MiB | {:.1} KiB | {:.1} MiB | {:.2} % of one core |",
+                m.requested,
+                m.opened,
+                m.held,
+                m.setup_rate,
+                m.rss_before_kib as f64 / 1024.0,
+                m.rss_after_kib as f64 / 1024.0,
+                m.rss_per_session_bytes / 1024.0,
+                m.rss_closed_kib as f64 / 1024.0,
+                m.idle_cpu_pct
+            );
+        }
+        let _ = writeln!(out, "\n| target | measured | verdict |\n|---|---|---|");
+        for t in &self.targets {
+            let _ = writeln!(
+                out,
+                "| {} | {} | **{}** |",
+                t.requirement,
+                t.measured,
+                t.verdict.label()
+            );
+        }
+        out
+    }
+
+    /// Writes the report as pretty JSON.
+    ///
+    /// # Errors
+    /// `Io` or `Json` when the file cannot be written.
+    pub fn write_json(&self, path: &Path) -> Result<()> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, serde_json::to_string_pretty(self)?)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn figures(throughput: f64, p99_ms: f64) -> Figures {
+        Figures {
+            ops: 100,
+            throughput,
+            p99_ms,
+            ..Figures::default()
+        }
+    }
+
+    fn result(
+        scenario: ScenarioKind,
+        target: Target,
+        clients: usize,
+        f: Figures,
+    ) -> ScenarioResult {
+        ScenarioResult {
+            scenario,
+            target,
+            clients,
+            runs: vec![f],
+            median: Some(f),
+            failures: Vec::new(),
+        }
+    }
+
+    fn report(results: Vec<ScenarioResult>, idle: Option<IdleFigures>) -> Report {
+        let mut r = Report {
+            tool: "t".into(),
+            started_unix: 0,
+            machine: Machine::describe(),
+            config: Config::parse_from(["warren-bench"]),
+            namespace: "ns".into(),
+            fanout_publisher: String::new(),
+            results,
+            idle: idle.map(|m| IdleResult {
+                runs: vec![m],
+                median: Some(m),
+                failures: Vec::new(),
+            }),
+            ratios: Vec::new(),
+            targets: Vec::new(),
+        };
+        r.conclude();
+        r
+    }
+
+    #[test]
+    fn targets_are_met_only_when_every_client_count_meets_them() {
+        let r = report(
+            vec![
+                result(ScenarioKind::Rpc, Target::Gateway, 1, figures(600.0, 3.0)),
+                result(ScenarioKind::Rpc, Target::Raw, 1, figures(1000.0, 2.0)),
+                result(ScenarioKind::Rpc, Target::Gateway, 4, figures(400.0, 5.0)),
+                result(ScenarioKind::Rpc, Target::Raw, 4, figures(1000.0, 2.0)),
+            ],
+            None,
+        );
+        assert_eq!(r.ratios.len(), 2);
+        assert!((r.ratios[0].throughput - 0.6).abs() < 1e-9);
+        assert_eq!(r.targets[0].verdict, Verdict::NotMet, "0.4x at 4 clients");
+        assert_eq!(
+            r.targets[1].verdict,
+            Verdict::NotMet,
+            "2.5x p99 at 4 clients"
+        );
+        assert_eq!(r.targets[2].verdict, Verdict::NotEvaluated, "no fanout");
+        assert!(r.table().contains("gw/raw"));
+        assert!(r.markdown().contains("| rpc | 4 | 400 | 1000 | 0.40× |"));
+    }
+
+    #[test]
+    fn idle_targets_need_ten_thousand_sessions_and_little_memory() {
+        let idle = IdleFigures {
+            requested: 10_000,
+            opened: 10_000,
+            held: 10_000,
+            rss_per_session_bytes: 12.0 * 1024.0,
+            idle_cpu_pct: 1.5,
+            ..IdleFigures::default()
+        };
+        let r = report(Vec::new(), Some(idle));
+        assert_eq!(r.targets[4].verdict, Verdict::Met);
+        assert_eq!(r.targets[5].verdict, Verdict::Met);
+        let small = IdleFigures {
+            requested: 50,
+            ..idle
+        };
+        let r = report(Vec::new(), Some(small));
+        assert_eq!(r.targets[5].verdict, Verdict::NotEvaluated);
+        assert!(r.problems().is_empty());
+    }
+}

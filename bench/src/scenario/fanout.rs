@@ -1,0 +1,301 @@
+//! fanout: one publisher, N subscribers of a channel's broadcast. The publisher is a raw
+//! AMQP (lapin) client publishing to `<ns>.warren.out` with key `<channel>.all`, as a
+//! backend service would, in both modes. Through the gateway each subscriber is a
+//! WebSocket client subscribed to the broadcast (its session queue is bound by the
+//! gateway); raw, each subscriber is a lapin consumer of its own bound queue with the
+//! same bounds as a session queue. The publisher stays at most `--fanout-window`
+//! messages ahead of the slowest subscriber (closed loop), so the figures measure
+//! sustained delivery rather than queue build-up. Latency is end to end: the publish
+//! time is stamped in the message.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
+use tokio::sync::{mpsc, Notify};
+use warren_protocol::amqp::keys;
+use warren_protocol::{ClientFrame, ServerFrame, Subscribe};
+
+use super::{join_workers, message, stamp_of, watch_cpu, SharedEnv, Target, WorkerOutcome};
+use crate::client::{source_ip, GatewayClient};
+use crate::error::{BenchError, Result};
+use crate::measurement::{now_us, Figures, MeasureWindow, Tally};
+
+/// Prefetch of a raw subscriber: the gateway's default delivery window.
+const RAW_PREFETCH: u16 = 256;
+
+/// How far the subscribers have got, shared with the publisher.
+struct Progress {
+    received: Vec<AtomicU64>,
+    /// Wakes the publisher when a subscriber moved on.
+    moved: Notify,
+    /// Total published, final once `done` is set.
+    published: AtomicU64,
+    done: AtomicBool,
+    window: OnceLock<MeasureWindow>,
+}
+
+impl Progress {
+    fn slowest(&self) -> u64 {
+        self.received
+            .iter()
+            .map(|r| r.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Whether subscriber `i`, having received `n`, has everything there will be.
+    fn finished(&self, n: u64) -> bool {
+        self.done.load(Ordering::Acquire) && n >= self.published.load(Ordering::Acquire)
+    }
+}
+
+/// Runs the fanout scenario once with `subscribers` subscribers.
+///
+/// # Errors
+/// When a subscriber cannot subscribe, or the publisher cannot publish.
+pub async fn run(env: &SharedEnv, target: Target, subscribers: usize) -> Result<Figures> {
+    let cfg = &env.config;
+    crate::amqp::ensure_exchange(&env.amqp, &env.names.outbound_exchange()).await?;
+    let progress = Arc::new(Progress {
+        received: (0..subscribers).map(|_| AtomicU64::new(0)).collect(),
+        moved: Notify::new(),
+        published: AtomicU64::new(0),
+        done: AtomicBool::new(false),
+        window: OnceLock::new(),
+    });
+    let (ready_tx, mut ready_rx) = mpsc::channel::<()>(subscribers);
+    let handles = (0..subscribers)
+        .map(|i| {
+            let (env, progress, ready) = (env.clone(), progress.clone(), ready_tx.clone());
+            tokio::spawn(async move {
+                let r = match target {
+                    Target::Gateway => gateway_subscriber(&env, i, &progress, ready).await,
+                    Target::Raw => raw_subscriber(&env, i, &progress, ready).await,
+                };
+                if r.is_err() {
+                    // Let the publisher stop instead of waiting for this one.
+                    progress.received[i].store(u64::MAX, Ordering::Release);
+                    progress.moved.notify_one();
+                }
+                r
+            })
+        })
+        .collect::<Vec<_>>();
+    drop(ready_tx);
+    let mut ready = 0;
+    let setup_deadline = tokio::time::Instant::now() + cfg.op_timeout * 3;
+    while ready < subscribers {
+        match tokio::time::timeout_at(setup_deadline, ready_rx.recv()).await {
+            Ok(Some(())) => ready += 1,
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let window = env.window();
+    let _ = progress.window.set(window);
+    let cpu = watch_cpu(
+        (target == Target::Gateway)
+            .then_some(env.gateway_pid)
+            .flatten(),
+        window,
+    );
+    let published = if ready == subscribers {
+        publish(env, &progress, window).await
+    } else {
+        Ok(0)
+    };
+    progress.done.store(true, Ordering::Release);
+    let (tally, sessions) = join_workers(handles).await;
+    env.forget_sessions(&sessions).await;
+    published?;
+    if ready < subscribers {
+        tally?;
+        return Err(BenchError::Timeout("subscribers to be ready"));
+    }
+    let mut figures = Figures::from_tally(tally?, &window);
+    figures.gateway_cpu_pct = cpu.await.ok().flatten();
+    Ok(figures)
+}
+
+/// The raw AMQP publisher: stamps each message, keeps at most `--fanout-window` ahead of
+/// the slowest subscriber. Returns how many it published.
+async fn publish(env: &SharedEnv, progress: &Progress, window: MeasureWindow) -> Result<u64> {
+    let cfg = &env.config;
+    let conn = crate::amqp::connect(&cfg.amqp_uri, "warren-bench-fanout-publisher").await?;
+    let ch = conn.create_channel().await?;
+    let exchange = env.names.outbound_exchange();
+    let key = keys::broadcast(&cfg.fanout_channel);
+    let mut n = 0u64;
+    let result = async {
+        while window.may_issue(n) {
+            while n.saturating_sub(progress.slowest()) >= cfg.fanout_window as u64 {
+                if !window.may_issue(n) {
+                    return Ok(());
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(50), progress.moved.notified())
+                    .await;
+            }
+            n += 1;
+            let body = message(cfg.size, Some(now_us()));
+            let props = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_message_id(format!("fanout-{n}").into())
+                .with_content_type("application/json".into());
+            ch.basic_publish(
+                exchange.as_str().into(),
+                key.as_str().into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                props,
+            )
+            .await?;
+            progress.published.store(n, Ordering::Release);
+        }
+        Ok::<(), BenchError>(())
+    }
+    .await;
+    progress.published.store(n, Ordering::Release);
+    let _ = conn.close(200, "done".into()).await;
+    result.map(|()| n)
+}
+
+/// The hard end of a subscriber's wait for the last messages.
+fn give_up_at(env: &SharedEnv, progress: &Progress) -> u64 {
+    progress.window.get().map_or(u64::MAX, |w| {
+        w.end_us + env.config.op_timeout.as_micros() as u64
+    })
+}
+
+async fn gateway_subscriber(
+    env: &SharedEnv,
+    i: usize,
+    progress: &Progress,
+    ready: mpsc::Sender<()>,
+) -> Result<WorkerOutcome> {
+    let cfg = &env.config;
+    let mut c =
+        GatewayClient::connect(env.gateway()?, source_ip(i, cfg.source_ips), cfg.op_timeout)
+            .await?;
+    c.send(&ClientFrame::<()>::Subscribe(Subscribe {
+        id: "sub".into(),
+        channel: cfg.fanout_channel.clone(),
+        broadcast: Some(true),
+        ..Subscribe::default()
+    }))
+    .await?;
+    loop {
+        match tokio::time::timeout(cfg.op_timeout, c.recv()).await?? {
+            ServerFrame::Ack(a) if a.id == "sub" => break,
+            ServerFrame::Error(e) if e.id.as_deref() == Some("sub") => {
+                return Err(BenchError::Unexpected(format!(
+                    "subscribe refused: {}",
+                    e.message
+                )))
+            }
+            _ => {}
+        }
+    }
+    let _ = ready.send(()).await;
+    let mut tally = Tally::default();
+    let mut n = 0u64;
+    while !progress.finished(n) && now_us() < give_up_at(env, progress) {
+        let frame = match tokio::time::timeout(Duration::from_millis(200), c.recv()).await {
+            Ok(f) => f?,
+            Err(_) => continue,
+        };
+        if let ServerFrame::Deliver(d) = frame {
+            let done = now_us();
+            n += 1;
+            progress.received[i].store(n, Ordering::Release);
+            progress.moved.notify_one();
+            if let (Some(w), Some(t)) =
+                (progress.window.get(), stamp_of(d.message.get().as_bytes()))
+            {
+                tally.record(w, t, done);
+            }
+            c.ack_if_due(cfg.ack_every, true).await?;
+        }
+    }
+    let session = c.session().to_string();
+    c.close().await;
+    Ok(WorkerOutcome {
+        tally,
+        session: Some(session),
+    })
+}
+
+async fn raw_subscriber(
+    env: &SharedEnv,
+    i: usize,
+    progress: &Progress,
+    ready: mpsc::Sender<()>,
+) -> Result<WorkerOutcome> {
+    let cfg = &env.config;
+    let conn = crate::amqp::connect(&cfg.amqp_uri, &format!("warren-bench-fanout-{i}")).await?;
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(RAW_PREFETCH, BasicQosOptions::default())
+        .await?;
+    let queue = format!(
+        "{}bench.fanout.{i}-{}",
+        env.names.prefix(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    ch.queue_declare(
+        queue.as_str().into(),
+        QueueDeclareOptions::durable(),
+        crate::amqp::session_queue_args(),
+    )
+    .await?;
+    ch.queue_bind(
+        queue.as_str().into(),
+        env.names.outbound_exchange().into(),
+        keys::broadcast(&cfg.fanout_channel).into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    let mut deliveries = ch
+        .basic_consume(
+            queue.as_str().into(),
+            format!("fanout-{i}").into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let _ = ready.send(()).await;
+    let mut tally = Tally::default();
+    let (mut n, mut unacked) = (0u64, 0u64);
+    while !progress.finished(n) && now_us() < give_up_at(env, progress) {
+        let d = match tokio::time::timeout(Duration::from_millis(200), deliveries.next()).await {
+            Ok(Some(d)) => d?,
+            Ok(None) => return Err(BenchError::Closed),
+            Err(_) => continue,
+        };
+        let done = now_us();
+        n += 1;
+        progress.received[i].store(n, Ordering::Release);
+        progress.moved.notify_one();
+        if let (Some(w), Some(t)) = (progress.window.get(), stamp_of(&d.data)) {
+            tally.record(w, t, done);
+        }
+        unacked += 1;
+        if unacked >= cfg.ack_every {
+            ch.basic_ack(d.delivery_tag, BasicAckOptions { multiple: true })
+                .await?;
+            unacked = 0;
+        }
+    }
+    crate::amqp::delete_queues(&conn, &[queue]).await;
+    let _ = conn.close(200, "done".into()).await;
+    Ok(WorkerOutcome {
+        tally,
+        session: None,
+    })
+}

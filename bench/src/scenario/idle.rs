@@ -1,0 +1,154 @@
+//! idle: open many sessions, hold them, and measure what they cost the gateway: resident
+//! memory per session (`VmRSS` before and after), how fast sessions are set up, and the
+//! gateway's CPU while every session sits idle. Client sockets are spread over several
+//! loopback source addresses so ports do not run out.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use super::SharedEnv;
+use crate::client::{source_ip, GatewayClient};
+use crate::error::{BenchError, Result};
+use crate::process_stats::{rss_kib, CpuMeter};
+
+/// The figures of one idle run.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct IdleFigures {
+    /// Sessions asked for.
+    pub requested: usize,
+    /// Sessions that got a `welcome`.
+    pub opened: usize,
+    /// Sessions still open at the end of the CPU window.
+    pub held: usize,
+    /// Sessions opened per second.
+    pub setup_rate: f64,
+    /// Gateway RSS before opening, KiB.
+    pub rss_before_kib: u64,
+    /// Gateway RSS with every session open, KiB.
+    pub rss_after_kib: u64,
+    /// Gateway RSS after every session closed again, KiB.
+    pub rss_closed_kib: u64,
+    /// (after − before) / opened, bytes.
+    pub rss_per_session_bytes: f64,
+    /// Gateway CPU while idle, percent of one core.
+    pub idle_cpu_pct: f64,
+}
+
+impl IdleFigures {
+    /// The median of each figure over several runs.
+    pub fn median(runs: &[IdleFigures]) -> IdleFigures {
+        use crate::measurement::median;
+        let med = |f: fn(&IdleFigures) -> f64| median(runs.iter().map(f).collect());
+        IdleFigures {
+            requested: med(|r| r.requested as f64) as usize,
+            opened: med(|r| r.opened as f64) as usize,
+            held: med(|r| r.held as f64) as usize,
+            setup_rate: med(|r| r.setup_rate),
+            rss_before_kib: med(|r| r.rss_before_kib as f64) as u64,
+            rss_after_kib: med(|r| r.rss_after_kib as f64) as u64,
+            rss_closed_kib: med(|r| r.rss_closed_kib as f64) as u64,
+            rss_per_session_bytes: med(|r| r.rss_per_session_bytes),
+            idle_cpu_pct: med(|r| r.idle_cpu_pct),
+        }
+    }
+}
+
+/// Opens `sessions` sessions, holds them for the CPU window, then closes them.
+///
+/// # Errors
+/// `Config` without a gateway pid (nothing to measure), `Io` when `/proc` cannot be read.
+pub async fn run(env: &SharedEnv, sessions: usize) -> Result<IdleFigures> {
+    let cfg = &env.config;
+    let pid = env
+        .gateway_pid
+        .ok_or_else(|| BenchError::Config("the idle scenario needs --gateway-pid".into()))?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_before_kib = rss_kib(pid)?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (opened_tx, mut opened_rx) = mpsc::unbounded_channel::<Option<String>>();
+    let open = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(cfg.idle_concurrency.max(1)));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(sessions);
+    for i in 0..sessions {
+        let permit = gate.clone().acquire_owned().await.expect("never closed");
+        let (gateway, opened_tx, mut stop_rx, open) = (
+            env.gateway()?.clone(),
+            opened_tx.clone(),
+            stop_rx.clone(),
+            open.clone(),
+        );
+        let (spread, timeout) = (cfg.source_ips, cfg.op_timeout);
+        tasks.push(tokio::spawn(async move {
+            let client = GatewayClient::connect(&gateway, source_ip(i, spread), timeout).await;
+            drop(permit);
+            let mut client = match client {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "idle session failed to open");
+                    let _ = opened_tx.send(None);
+                    return;
+                }
+            };
+            open.fetch_add(1, Ordering::AcqRel);
+            let _ = opened_tx.send(Some(client.session().to_string()));
+            loop {
+                tokio::select! {
+                    r = client.recv() => if r.is_err() { break },
+                    _ = stop_rx.changed() => break,
+                }
+            }
+            open.fetch_sub(1, Ordering::AcqRel);
+            client.close().await;
+        }));
+    }
+    drop(opened_tx);
+    let mut ids = Vec::with_capacity(sessions);
+    let mut failed = 0usize;
+    while ids.len() + failed < sessions {
+        match opened_rx.recv().await {
+            Some(Some(id)) => ids.push(id),
+            Some(None) => failed += 1,
+            None => break,
+        }
+    }
+    let setup = started.elapsed();
+    if failed > 0 {
+        tracing::warn!(failed, "some idle sessions did not open");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after_kib = rss_kib(pid)?;
+    let meter = CpuMeter::start(pid)?;
+    tokio::time::sleep(cfg.idle_window).await;
+    let idle_cpu_pct = meter.percent()?;
+    let held = open.load(Ordering::Acquire);
+
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    env.forget_sessions(&ids).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_closed_kib = rss_kib(pid).unwrap_or(0);
+    let opened = ids.len();
+    Ok(IdleFigures {
+        requested: sessions,
+        opened,
+        held,
+        setup_rate: opened as f64 / setup.as_secs_f64(),
+        rss_before_kib,
+        rss_after_kib,
+        rss_closed_kib,
+        rss_per_session_bytes: if opened > 0 {
+            (rss_after_kib.saturating_sub(rss_before_kib) * 1024) as f64 / opened as f64
+        } else {
+            f64::NAN
+        },
+        idle_cpu_pct,
+    })
+}

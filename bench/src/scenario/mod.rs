@@ -1,0 +1,184 @@
+//! The load scenarios. Each runs once against one target (the gateway or raw AMQP) with
+//! a given number of clients and returns that run's [`Figures`]; the runner repeats
+//! runs and takes medians.
+//!
+//! - [`publish`]: pipelined publishes answered by acks (broker confirms).
+//! - [`rpc`]: sequential requests answered by an echo service.
+//! - [`fanout`]: one raw AMQP publisher, N subscribers of a broadcast.
+//! - [`idle`]: many sessions opened and held.
+
+pub mod fanout;
+pub mod idle;
+pub mod publish;
+pub mod rpc;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::Connection;
+use serde::Serialize;
+use tokio::task::JoinHandle;
+use warren_protocol::amqp::Names;
+
+use crate::client::GatewayAddr;
+use crate::config::Config;
+use crate::error::{BenchError, Result};
+use crate::measurement::{now_us, MeasureWindow, Tally};
+use crate::process_stats::CpuMeter;
+
+/// What a scenario loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// Clients speak protocol v1 to the gateway over WebSockets.
+    Gateway,
+    /// The same work done by lapin clients straight against RabbitMQ.
+    Raw,
+}
+
+impl Target {
+    /// The target's name as printed.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Gateway => "gateway",
+            Target::Raw => "raw amqp",
+        }
+    }
+}
+
+/// Everything a scenario needs: options, where the gateway is, the namespace, and an
+/// AMQP connection for set-up and clean-up.
+pub struct Env {
+    /// The command line.
+    pub config: Config,
+    /// Where the gateway listens (none when only raw AMQP is loaded).
+    pub gateway: Option<GatewayAddr>,
+    /// The gateway's process id, for CPU and memory figures.
+    pub gateway_pid: Option<u32>,
+    /// AMQP names of this run's namespace.
+    pub names: Names,
+    /// Connection used for set-up and clean-up (not for load).
+    pub amqp: Arc<Connection>,
+}
+
+/// Shared handle to the environment.
+pub type SharedEnv = Arc<Env>;
+
+impl Env {
+    /// A fresh measurement window per the options.
+    pub fn window(&self) -> MeasureWindow {
+        MeasureWindow::starting_in(
+            self.config.warmup,
+            self.config.duration,
+            self.config.messages,
+        )
+    }
+
+    /// Where the gateway listens.
+    ///
+    /// # Errors
+    /// `Config` when no gateway is loaded in this run.
+    pub fn gateway(&self) -> Result<&GatewayAddr> {
+        self.gateway
+            .as_ref()
+            .ok_or_else(|| BenchError::Config("no gateway in this run (--targets)".into()))
+    }
+
+    /// Deletes the session queues of clients that have gone.
+    pub async fn forget_sessions(&self, sessions: &[String]) {
+        let queues: Vec<String> = sessions
+            .iter()
+            .filter(|s| !s.is_empty())
+            .map(|s| self.names.session_queue(s))
+            .collect();
+        crate::amqp::delete_queues(&self.amqp, &queues).await;
+    }
+}
+
+/// A JSON message of about `size` bytes; with `stamp`, it carries `"t"`, the microseconds
+/// since the benchmark's time origin when it was made (for end-to-end latency).
+pub fn message(size: usize, stamp: Option<u64>) -> String {
+    let head = match stamp {
+        Some(t) => format!("{{\"t\":{t},\"pad\":\""),
+        None => "{\"pad\":\"".to_string(),
+    };
+    let pad = size.saturating_sub(head.len() + 2);
+    let mut s = String::with_capacity(head.len() + pad + 2);
+    s.push_str(&head);
+    s.extend(std::iter::repeat_n('x', pad));
+    s.push_str("\"}");
+    s
+}
+
+/// Reads the `"t"` stamp of a message made by [`message`].
+pub fn stamp_of(body: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Stamp {
+        t: u64,
+    }
+    serde_json::from_slice::<Stamp>(body).ok().map(|s| s.t)
+}
+
+/// Measures the gateway's CPU over the window (percent of one core), in the background.
+pub fn watch_cpu(pid: Option<u32>, window: MeasureWindow) -> JoinHandle<Option<f64>> {
+    tokio::spawn(async move {
+        let pid = pid?;
+        let until = |t: u64| Duration::from_micros(t.saturating_sub(now_us()));
+        tokio::time::sleep(until(window.start_us)).await;
+        let meter = CpuMeter::start(pid).ok()?;
+        tokio::time::sleep(until(window.end_us)).await;
+        meter.percent().ok()
+    })
+}
+
+/// What a worker hands back: its tally and the session it used (if any).
+pub struct WorkerOutcome {
+    /// Operations counted.
+    pub tally: Tally,
+    /// The gateway session id, for clean-up.
+    pub session: Option<String>,
+}
+
+/// Waits for every worker; a failed worker fails the run with its error.
+///
+/// # Errors
+/// The first worker error, or `Unexpected` when a worker panicked.
+pub async fn join_workers(
+    handles: Vec<JoinHandle<Result<WorkerOutcome>>>,
+) -> (Result<Tally>, Vec<String>) {
+    let mut total = Tally::default();
+    let mut sessions = Vec::new();
+    let mut first_err = None;
+    for h in handles {
+        match h.await {
+            Ok(Ok(o)) => {
+                total.merge(o.tally);
+                sessions.extend(o.session);
+            }
+            Ok(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            Err(e) => {
+                first_err.get_or_insert(BenchError::Unexpected(format!("worker panicked: {e}")));
+            }
+        }
+    }
+    match first_err {
+        Some(e) => (Err(e), sessions),
+        None => (Ok(total), sessions),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_have_the_asked_size_and_carry_their_stamp() {
+        let m = message(128, Some(42));
+        assert_eq!(m.len(), 128);
+        assert_eq!(stamp_of(m.as_bytes()), Some(42));
+        assert_eq!(message(64, None).len(), 64);
+        assert!(serde_json::from_str::<serde_json::Value>(&message(3, None)).is_ok());
+    }
+}

@@ -1,0 +1,186 @@
+//! publish: N clients publish as fast as acknowledgements allow, each keeping
+//! `--window` publishes in flight. Through the gateway a publish is answered by `ack`
+//! after the broker confirm; raw, each client has its own AMQP connection with publisher
+//! confirms and the same window. Figures: acked writes/s, ack latency.
+
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use serde_json::value::RawValue;
+use warren_protocol::{ClientFrame, Publish, ServerFrame};
+
+use super::{join_workers, message, watch_cpu, SharedEnv, Target, WorkerOutcome};
+use crate::client::{source_ip, GatewayClient};
+use crate::error::{BenchError, Result};
+use crate::measurement::{now_us, Figures, MeasureWindow, Tally};
+
+/// Runs the publish scenario once.
+///
+/// # Errors
+/// When a client cannot connect or an answer does not come within `--op-timeout`.
+pub async fn run(env: &SharedEnv, target: Target, clients: usize) -> Result<Figures> {
+    crate::amqp::ensure_channel_queue(&env.amqp, &env.names, &env.config.publish_channel).await?;
+    let window = env.window();
+    let cpu = watch_cpu(
+        (target == Target::Gateway)
+            .then_some(env.gateway_pid)
+            .flatten(),
+        window,
+    );
+    let handles = (0..clients)
+        .map(|i| {
+            let env = env.clone();
+            tokio::spawn(async move {
+                match target {
+                    Target::Gateway => gateway_client(&env, i, window).await,
+                    Target::Raw => raw_client(&env, i, window).await,
+                }
+            })
+        })
+        .collect();
+    let (tally, sessions) = join_workers(handles).await;
+    env.forget_sessions(&sessions).await;
+    purge(env).await;
+    let mut figures = Figures::from_tally(tally?, &window);
+    figures.gateway_cpu_pct = cpu.await.ok().flatten();
+    Ok(figures)
+}
+
+/// Empties the channel queue the publishes went to, so RabbitMQ stays lean.
+async fn purge(env: &SharedEnv) {
+    if let Ok(ch) = env.amqp.create_channel().await {
+        let q = env.names.channel_queue(&env.config.publish_channel);
+        let _ = ch
+            .queue_purge(
+                q.as_str().into(),
+                lapin::options::QueuePurgeOptions::default(),
+            )
+            .await;
+        let _ = ch.close(200, "ok".into()).await;
+    }
+}
+
+async fn gateway_client(env: &SharedEnv, i: usize, window: MeasureWindow) -> Result<WorkerOutcome> {
+    let cfg = &env.config;
+    let mut c =
+        GatewayClient::connect(env.gateway()?, source_ip(i, cfg.source_ips), cfg.op_timeout)
+            .await?;
+    let body = RawValue::from_string(message(cfg.size, None))?;
+    let mut tally = Tally::default();
+    let (mut issued, mut inflight) = (0u64, 0usize);
+    loop {
+        while inflight < cfg.window && window.may_issue(issued) {
+            issued += 1;
+            // The id carries the send time, so acks need no lookup table.
+            let frame = ClientFrame::Publish(Publish {
+                id: format!("{issued}-{}", now_us()),
+                channel: cfg.publish_channel.clone(),
+                subject: None,
+                distribution: None,
+                headers: Default::default(),
+                message: &*body,
+            });
+            c.feed(&frame).await?;
+            inflight += 1;
+        }
+        c.flush().await?;
+        if inflight == 0 {
+            break;
+        }
+        let frame = tokio::time::timeout(cfg.op_timeout, c.recv())
+            .await
+            .map_err(|_| BenchError::Timeout("a publish ack"))??;
+        let done = now_us();
+        match frame {
+            ServerFrame::Ack(a) => {
+                inflight -= 1;
+                if let Some(sent) = sent_us(&a.id) {
+                    tally.record(&window, sent, done);
+                }
+            }
+            ServerFrame::Error(e) if e.id.is_some() => {
+                inflight -= 1;
+                tally.errors += 1;
+                if tally.errors == 1 {
+                    tracing::warn!(code = %e.code, message = %e.message, "publish refused");
+                }
+            }
+            _ => {}
+        }
+    }
+    let session = c.session().to_string();
+    c.close().await;
+    Ok(WorkerOutcome {
+        tally,
+        session: Some(session),
+    })
+}
+
+/// The send time encoded in a frame id `<n>-<micros>`.
+fn sent_us(id: &str) -> Option<u64> {
+    id.rsplit_once('-').and_then(|(_, t)| t.parse().ok())
+}
+
+async fn raw_client(env: &SharedEnv, i: usize, window: MeasureWindow) -> Result<WorkerOutcome> {
+    let cfg = &env.config;
+    let conn = crate::amqp::connect(&cfg.amqp_uri, &format!("warren-bench-publish-{i}")).await?;
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let exchange = env.names.inbound_exchange();
+    let client = format!("raw-{i}");
+    let body = message(cfg.size, None).into_bytes();
+    let opts = BasicPublishOptions {
+        mandatory: true,
+        ..BasicPublishOptions::default()
+    };
+    let mut tally = Tally::default();
+    let mut issued = 0u64;
+    let mut pending = FuturesUnordered::new();
+    loop {
+        while pending.len() < cfg.window && window.may_issue(issued) {
+            issued += 1;
+            let props = crate::amqp::client_like_properties(
+                &client,
+                format!("{client}:{issued}"),
+                &cfg.publish_channel,
+            );
+            let sent = now_us();
+            let confirm = ch
+                .basic_publish(
+                    exchange.as_str().into(),
+                    cfg.publish_channel.as_str().into(),
+                    opts,
+                    &body,
+                    props,
+                )
+                .await?;
+            pending.push(async move { (sent, confirm.await) });
+        }
+        let Some((sent, confirmation)) = tokio::time::timeout(cfg.op_timeout, pending.next())
+            .await
+            .map_err(|_| BenchError::Timeout("a publisher confirm"))?
+        else {
+            break;
+        };
+        match confirmation {
+            Ok(lapin::Confirmation::Ack(None)) => tally.record(&window, sent, now_us()),
+            _ => tally.errors += 1,
+        }
+    }
+    let _ = conn.close(200, "done".into()).await;
+    Ok(WorkerOutcome {
+        tally,
+        session: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_send_time_is_read_back_from_the_frame_id() {
+        assert_eq!(sent_us("17-123456"), Some(123456));
+        assert_eq!(sent_us("nope"), None);
+    }
+}

@@ -1,0 +1,180 @@
+//! rpc: N clients each doing sequential requests on the echo channel. Through the
+//! gateway a `request` is answered by `reply` (the reply travels via the session queue);
+//! raw, each client has its own AMQP connection and an exclusive reply queue, publishes
+//! to `warren.in` with `reply_to` + `correlation_id`, and the same echo service answers.
+//! Figures: requests/s, round-trip latency.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use serde_json::value::RawValue;
+use warren_protocol::{ClientFrame, Request, ServerFrame};
+
+use super::{join_workers, message, watch_cpu, SharedEnv, Target, WorkerOutcome};
+use crate::client::{source_ip, GatewayClient};
+use crate::error::{BenchError, Result};
+use crate::measurement::{now_us, Figures, MeasureWindow, Tally};
+
+/// Runs the rpc scenario once.
+///
+/// # Errors
+/// When a client cannot connect or a reply does not come within `--op-timeout`.
+pub async fn run(env: &SharedEnv, target: Target, clients: usize) -> Result<Figures> {
+    let window = env.window();
+    let cpu = watch_cpu(
+        (target == Target::Gateway)
+            .then_some(env.gateway_pid)
+            .flatten(),
+        window,
+    );
+    let handles = (0..clients)
+        .map(|i| {
+            let env = env.clone();
+            tokio::spawn(async move {
+                match target {
+                    Target::Gateway => gateway_client(&env, i, window).await,
+                    Target::Raw => raw_client(&env, i, window).await,
+                }
+            })
+        })
+        .collect();
+    let (tally, sessions) = join_workers(handles).await;
+    env.forget_sessions(&sessions).await;
+    let mut figures = Figures::from_tally(tally?, &window);
+    figures.gateway_cpu_pct = cpu.await.ok().flatten();
+    Ok(figures)
+}
+
+async fn gateway_client(env: &SharedEnv, i: usize, window: MeasureWindow) -> Result<WorkerOutcome> {
+    let cfg = &env.config;
+    let mut c =
+        GatewayClient::connect(env.gateway()?, source_ip(i, cfg.source_ips), cfg.op_timeout)
+            .await?;
+    let body = RawValue::from_string(message(cfg.size, None))?;
+    let mut tally = Tally::default();
+    let mut issued = 0u64;
+    while window.may_issue(issued) {
+        issued += 1;
+        let id = issued.to_string();
+        c.ack_if_due(cfg.ack_every, false).await?;
+        let sent = now_us();
+        c.send(&ClientFrame::Request(Request {
+            id: id.clone(),
+            channel: cfg.rpc_channel.clone(),
+            subject: None,
+            headers: Default::default(),
+            timeout_ms: Some(cfg.op_timeout.as_millis() as u64),
+            message: &*body,
+        }))
+        .await?;
+        loop {
+            let frame = tokio::time::timeout(cfg.op_timeout + Duration::from_secs(1), c.recv())
+                .await
+                .map_err(|_| BenchError::Timeout("a reply"))??;
+            match frame {
+                ServerFrame::Reply(r) if r.id == id => {
+                    tally.record(&window, sent, now_us());
+                    break;
+                }
+                ServerFrame::Error(e) if e.id.as_deref() == Some(id.as_str()) => {
+                    tally.errors += 1;
+                    if tally.errors == 1 {
+                        tracing::warn!(code = %e.code, message = %e.message, "request failed");
+                    }
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+    let session = c.session().to_string();
+    c.close().await;
+    Ok(WorkerOutcome {
+        tally,
+        session: Some(session),
+    })
+}
+
+async fn raw_client(env: &SharedEnv, i: usize, window: MeasureWindow) -> Result<WorkerOutcome> {
+    let cfg = &env.config;
+    let conn = crate::amqp::connect(&cfg.amqp_uri, &format!("warren-bench-rpc-{i}")).await?;
+    let ch = conn.create_channel().await?;
+    let reply_queue = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let reply_to = reply_queue.name().clone();
+    let mut replies = ch
+        .basic_consume(
+            reply_to.clone(),
+            format!("rpc-{i}").into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let exchange = env.names.inbound_exchange();
+    let client = format!("raw-{i}");
+    let body = message(cfg.size, None).into_bytes();
+    let opts = BasicPublishOptions {
+        mandatory: true,
+        ..BasicPublishOptions::default()
+    };
+    let mut tally = Tally::default();
+    let (mut issued, mut unacked) = (0u64, 0u64);
+    while window.may_issue(issued) {
+        issued += 1;
+        let id = issued.to_string();
+        let props = crate::amqp::client_like_properties(
+            &client,
+            format!("{client}:{issued}"),
+            &cfg.rpc_channel,
+        )
+        .with_correlation_id(id.as_str().into())
+        .with_reply_to(reply_to.clone())
+        .with_expiration(cfg.op_timeout.as_millis().to_string().into());
+        let sent = now_us();
+        // Not waiting for the confirm: the reply is what the client waits for.
+        let _confirm = ch
+            .basic_publish(
+                exchange.as_str().into(),
+                cfg.rpc_channel.as_str().into(),
+                opts,
+                &body,
+                props,
+            )
+            .await?;
+        loop {
+            let delivery = tokio::time::timeout(cfg.op_timeout, replies.next())
+                .await
+                .map_err(|_| BenchError::Timeout("a raw reply"))?
+                .ok_or(BenchError::Closed)??;
+            unacked += 1;
+            if unacked >= cfg.ack_every {
+                ch.basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: true })
+                    .await?;
+                unacked = 0;
+            }
+            let correlation = delivery.properties.correlation_id().as_ref();
+            if correlation.map(|c| c.as_str()) == Some(id.as_str()) {
+                tally.record(&window, sent, now_us());
+                break;
+            }
+        }
+    }
+    let _ = conn.close(200, "done".into()).await;
+    Ok(WorkerOutcome {
+        tally,
+        session: None,
+    })
+}
