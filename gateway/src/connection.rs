@@ -666,7 +666,9 @@ impl Conn {
                 match res {
                     Ok(confirm) => {
                         self.consecutive_errors = 0;
-                        let deadline = self.elapsed_ms() + timeout;
+                        // elapsed_ms() truncates: add 1 ms so a request never times out
+                        // before its full timeout has passed.
+                        let deadline = self.elapsed_ms() + timeout + 1;
                         let _ = self.requests.insert(r.id.clone(), deadline, ());
                         self.await_confirms(r.id, Origin::Request, vec![confirm]);
                         Flow::Continue
