@@ -86,6 +86,7 @@ fn server_encode(c: &mut Criterion) {
         });
     }
     let ack: ServerFrame = ServerFrame::Ack(Ack { id: "1234".into() });
+    g.throughput(Throughput::Bytes(encode(&ack).len() as u64));
     g.bench_function("ack", |b| b.iter(|| encode(std::hint::black_box(&ack))));
     g.finish();
 }
