@@ -227,12 +227,10 @@ impl Conn {
         if *shutdown.borrow() {
             return (Some(CloseCode::GoingAway), String::new());
         }
-        let hb = self.heartbeat();
-        let overflow = Duration::from_millis(self.shared.config.overflow_check_ms);
-        let mut ticker =
-            tokio::time::interval((hb / 4).min(overflow).max(Duration::from_millis(25)));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_tick = Instant::now();
         loop {
+            // Recomputed every turn: the period shortens as soon as the window fills.
+            let next_tick = last_tick + self.tick_period();
             let request_deadline = self
                 .requests
                 .next_deadline()
@@ -254,7 +252,10 @@ impl Conn {
                 d = next_delivery(self.session.as_mut()) => self.on_delivery(d).await,
                 Some(c) = self.confirms_rx.recv() => self.on_confirm(c).await,
                 _ = sleep_opt(request_deadline) => self.on_deadlines().await,
-                _ = ticker.tick() => self.on_tick().await,
+                _ = tokio::time::sleep_until(next_tick) => {
+                    last_tick = Instant::now();
+                    self.on_tick().await
+                }
             };
             if let Flow::Close(code, reason) = flow {
                 return (Some(code), reason);
@@ -907,6 +908,24 @@ impl Conn {
         Flow::Continue
     }
 
+    /// How often the housekeeping tick runs: a quarter heartbeat for an idle session
+    /// (pings, heartbeat timeout), `overflow_check_ms` while the session's delivery
+    /// window is full (that is when the session queue can overflow). Idle sessions thus
+    /// wake rarely, which is what lets one gateway hold many of them.
+    fn tick_period(&self) -> Duration {
+        let hb = self.heartbeat() / 4;
+        let config = &self.shared.config;
+        let saturated = self.session.as_ref().is_some_and(|s| {
+            s.saturated || s.inflight.len() >= usize::from(config.delivery_window)
+        });
+        let period = if saturated {
+            hb.min(Duration::from_millis(config.overflow_check_ms))
+        } else {
+            hb
+        };
+        period.max(Duration::from_millis(25))
+    }
+
     async fn on_tick(&mut self) -> Flow {
         let hb = self.heartbeat();
         let now = Instant::now();
@@ -919,10 +938,11 @@ impl Conn {
         let config = &self.shared.config;
         let overflow_due = self.session.as_ref().is_some_and(|s| {
             let since = now.duration_since(s.last_overflow_check);
+            // Heads are dropped only while the client is behind (its window full);
+            // anything else that lands in the dropped queue (expired service messages)
+            // is reported at the next resume or the next time the window fills.
             since >= Duration::from_millis(config.overflow_check_ms)
-                && (s.saturated
-                    || s.inflight.len() >= usize::from(config.delivery_window)
-                    || since >= Duration::from_millis(config.session_expires_ms / 3))
+                && (s.saturated || s.inflight.len() >= usize::from(config.delivery_window))
         });
         if overflow_due && self.phase == Phase::Open {
             if let Flow::Close(c, r) = self.check_overflow().await {

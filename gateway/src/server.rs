@@ -174,7 +174,11 @@ async fn upgrade(State(st): State<ListenerState>, ws: WebSocketUpgrade) -> Respo
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
     let config = &st.shared.config;
+    // Small socket buffers: tungstenite's 128 KiB default read buffer (zero-filled on
+    // every read) was most of an idle session's memory and CPU (BENCHMARKS.md). Larger
+    // frames still work: the buffer grows for them.
     ws.protocols([SUBPROTOCOL])
+        .read_buffer_size(4 * 1024)
         .max_message_size(config.hard_frame_bytes())
         .max_frame_size(config.hard_frame_bytes())
         .on_upgrade(move |socket| crate::connection::serve(socket, st.shared, st.pinned))
