@@ -64,6 +64,20 @@ impl TestEnv {
         }
     }
 
+    /// Runs `test` in a fresh environment labelled `label` ([`TestEnv::new`]),
+    /// bounded by `limit`, then [`TestEnv::cleanup`]s it.
+    ///
+    /// # Panics
+    /// When RabbitMQ cannot be reached, or `test` panics or does not finish within
+    /// `limit` (then the namespace is left behind, as a panicking test leaves it).
+    pub async fn run(label: &str, limit: Duration, test: impl AsyncFnOnce(&TestEnv)) {
+        let env = TestEnv::new(label).await;
+        tokio::time::timeout(limit, test(&env))
+            .await
+            .expect("the test finished in time");
+        env.cleanup().await;
+    }
+
     /// The raw channel (confirm mode) for ad-hoc AMQP calls.
     pub fn channel(&self) -> &Channel {
         &self.channel

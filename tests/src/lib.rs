@@ -3,19 +3,24 @@
 //!
 //! # Layout
 //!
+//! - [`binary`]: finds (or builds) a workspace binary and the command that runs it
+//!   as a child process.
 //! - [`broker_node`]: private RabbitMQ nodes (one, or a three-node cluster) for
 //!   fault-injection tests: start, stop, kill, restart; removed on Drop.
 //! - [`env`]: a test's namespace, raw AMQP access (a stand-in for "some service"),
 //!   cleanup of what the test declared.
 //! - [`client`]: a tokio-tungstenite WebSocket client speaking protocol v1.
+//! - [`load`]: confirmed publish load, state logs and figures for fault tests.
 //! - [`gateway`]: starts an in-process gateway on `127.0.0.1:0`.
 //! - [`service`]: starts the demo service in-process or as a child process (to
 //!   SIGKILL it), and a raw-lapin stand-in gateway for service tests.
 
+pub mod binary;
 pub mod broker_node;
 pub mod client;
 pub mod env;
 pub mod gateway;
+pub mod load;
 pub mod sdk_driver;
 
 pub mod service;

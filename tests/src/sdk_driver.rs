@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -30,6 +29,7 @@ use warren_sdk::{
     Action, ClientCore, ClientError, Config, Envelope, JsonCodec, State, SubscribeOptions,
 };
 
+use crate::binary::{child_command, workspace_binary};
 use crate::env::amqp_addr;
 
 type Sink = SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>;
@@ -424,39 +424,7 @@ pub fn percentile(values: &mut [u64], p: f64) -> u64 {
 pub fn gateway_binary() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
-        if let Some(path) = std::env::var_os("WARREN_GATEWAY_BIN").map(PathBuf::from) {
-            if path.exists() {
-                return path;
-            }
-        }
-        let exe = std::env::current_exe().expect("the test binary path");
-        let profile_dir = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .expect("the test binary lives in target/<profile>/deps")
-            .to_path_buf();
-        let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("tests/ lives in the workspace")
-            .to_path_buf();
-        let cargo = option_env!("CARGO").unwrap_or("cargo");
-        let mut build = std::process::Command::new(cargo);
-        build.current_dir(&workspace).args([
-            "build",
-            "--quiet",
-            "-p",
-            "warren-gateway",
-            "--bin",
-            "warren-gateway",
-        ]);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("cargo runs");
-        assert!(status.success(), "building warren-gateway failed");
-        let path = profile_dir.join("warren-gateway");
-        assert!(path.exists(), "{} exists after the build", path.display());
-        path
+        workspace_binary("warren-gateway", "warren-gateway", &["WARREN_GATEWAY_BIN"])
     })
     .clone()
 }
@@ -480,21 +448,13 @@ impl GatewayProcess {
         let binary = tokio::task::spawn_blocking(gateway_binary)
             .await
             .expect("binary lookup");
-        let mut child = Command::new(&binary)
+        let mut child = child_command(&binary, "WARREN_TEST_GATEWAY_LOG")
             .arg("--amqp-uri")
             .arg(amqp_addr())
             .args(["--namespace", namespace, "--node", node])
             .args(["--listen", "127.0.0.1:0"])
             .args(["--announce-interval-ms", "0", "--presence", "false"])
             .args(args)
-            .env(
-                "RUST_LOG",
-                std::env::var("WARREN_TEST_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {}: {e}", binary.display()));
         let pid = child.id().expect("the child has a pid");
@@ -618,6 +578,27 @@ pub struct Figures {
     pub requests_resolved: usize,
     /// Wall time of the whole run, in ms.
     pub total_ms: u64,
+}
+
+impl Figures {
+    /// Asserts what every failover run guarantees: the load was real (at least 5,000
+    /// writes and 5,000 deliveries), no write was lost, duplicated or left unacked, and
+    /// no delivery was lost or reached the app twice.
+    ///
+    /// # Panics
+    ///
+    /// When any of those does not hold.
+    pub fn assert_nothing_lost_or_duplicated(&self) {
+        assert!(self.writes_sent >= 5_000 && self.deliveries_sent >= 5_000);
+        assert_eq!(self.writes_lost, 0, "no client write is lost");
+        assert_eq!(self.writes_duplicated, 0, "no write arrives under two ids");
+        assert_eq!(self.writes_acked, self.writes_sent, "every write is acked");
+        assert_eq!(self.deliveries_lost, 0, "no delivery is lost");
+        assert_eq!(
+            self.deliveries_duplicated, 0,
+            "no duplicate reaches the app"
+        );
+    }
 }
 
 impl std::fmt::Display for Figures {

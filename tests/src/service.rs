@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -19,13 +18,15 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use warren_protocol::amqp::{
     keys, Names, H_BROADCAST, H_CHANNEL, H_DIRECT, H_ERROR, H_GATEWAY, H_GROUPS, H_REQUEST_ID,
     H_SESSION, H_SUBJECT, H_USER,
 };
 use warren_protocol::Distribution;
 use warren_service::demo::{self, DemoHandle, DemoOptions};
+
+use crate::binary::{child_command, workspace_binary};
 
 /// The RabbitMQ the tests use: `AMQP_ADDR`, default `amqp://127.0.0.1:5672/%2f`.
 pub fn amqp_uri() -> String {
@@ -36,6 +37,25 @@ pub fn amqp_uri() -> String {
 pub fn test_namespace() -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();
     format!("t-{}", &id[..8])
+}
+
+/// Runs `test` with a fresh [`test_namespace`], bounded by `limit`, then deletes
+/// what the namespace declared ([`delete_namespace`]).
+///
+/// # Panics
+///
+/// When `test` panics or does not finish within `limit` (then the namespace is left
+/// behind, as a panicking test leaves it).
+pub async fn in_fresh_namespace<F, Fut>(limit: Duration, test: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let ns = test_namespace();
+    tokio::time::timeout(limit, test(ns.clone()))
+        .await
+        .expect("the test finished in time");
+    delete_namespace(&ns).await;
 }
 
 /// Starts the demo service (all channels) in-process for `namespace`; it consumes
@@ -137,42 +157,11 @@ pub async fn wait_until_held(queue: &str, consumers: u32, within: Duration) {
 pub fn demo_service_binary() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
-        for var in ["WARREN_DEMO_SERVICE_BIN", "WARREN_SERVICE_BIN"] {
-            if let Some(path) = std::env::var_os(var).map(PathBuf::from) {
-                if path.exists() {
-                    return path;
-                }
-            }
-        }
-        let exe = std::env::current_exe().expect("the test binary path");
-        // target/<profile>/deps/<test> → target/<profile>
-        let profile_dir = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .expect("the test binary lives in target/<profile>/deps")
-            .to_path_buf();
-        let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("tests/ lives in the workspace")
-            .to_path_buf();
-        let cargo = option_env!("CARGO").unwrap_or("cargo");
-        let mut build = std::process::Command::new(cargo);
-        build.current_dir(&workspace).args([
-            "build",
-            "--quiet",
-            "-p",
+        workspace_binary(
             "warren-service",
-            "--bin",
             "warren-demo-service",
-        ]);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("cargo runs");
-        assert!(status.success(), "building warren-demo-service failed");
-        let path = profile_dir.join("warren-demo-service");
-        assert!(path.exists(), "{} exists after the build", path.display());
-        path
+            &["WARREN_DEMO_SERVICE_BIN", "WARREN_SERVICE_BIN"],
+        )
     })
     .clone()
 }
@@ -185,27 +174,25 @@ pub struct DemoProcess {
 }
 
 impl DemoProcess {
-    /// Spawns `warren-demo-service --namespace <ns> <args>` and waits (at most 30 s)
-    /// until it prints `READY`. Its log goes to the test's stderr, filtered by
-    /// `WARREN_TEST_SERVICE_LOG` (default `warn`).
+    /// Spawns `warren-demo-service --namespace <ns> <args>` on the tests' RabbitMQ
+    /// ([`amqp_uri`]) and waits (at most 30 s) until it prints `READY`. Its log goes to
+    /// the test's stderr, filtered by `WARREN_TEST_SERVICE_LOG` (default `warn`).
     pub async fn spawn(namespace: &str, args: &[&str]) -> DemoProcess {
+        DemoProcess::spawn_on(&amqp_uri(), namespace, args).await
+    }
+
+    /// Like [`DemoProcess::spawn`], on `amqp_uri` (one URI, or several separated by
+    /// commas to fail over between).
+    pub async fn spawn_on(amqp_uri: &str, namespace: &str, args: &[&str]) -> DemoProcess {
         let binary = tokio::task::spawn_blocking(demo_service_binary)
             .await
             .expect("binary lookup");
-        let mut child = Command::new(&binary)
+        let mut child = child_command(&binary, "WARREN_TEST_SERVICE_LOG")
             .arg("--amqp-uri")
-            .arg(amqp_uri())
+            .arg(amqp_uri)
             .arg("--namespace")
             .arg(namespace)
             .args(args)
-            .env(
-                "RUST_LOG",
-                std::env::var("WARREN_TEST_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {}: {e}", binary.display()));
         let pid = child.id().expect("the child has a pid");
@@ -252,6 +239,48 @@ impl DemoProcess {
             _ => false,
         }
     }
+}
+
+/// Declares an exclusive, auto-delete queue `name` on `channel` (`""`: the broker
+/// names it); its name.
+///
+/// # Panics
+/// When the broker refuses; the message starts with `what`.
+pub async fn declare_exclusive(channel: &Channel, name: &str, what: &str) -> String {
+    channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e:?}"))
+        .name()
+        .to_string()
+}
+
+/// Consumes `queue` on `channel` without acks (the broker forgets each delivery once
+/// sent).
+///
+/// # Panics
+/// When the broker refuses; the message starts with `what`.
+pub async fn consume_no_ack(channel: &Channel, queue: &str, what: &str) -> Consumer {
+    channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e:?}"))
 }
 
 /// A reply read from the stand-in gateway's reply queue.
@@ -395,30 +424,8 @@ impl StandInGateway {
             .expect("confirm mode");
         let session = uuid::Uuid::new_v4().simple().to_string();
         let reply_queue = names.session_queue(&session);
-        channel
-            .queue_declare(
-                reply_queue.as_str().into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("reply queue");
-        let replies = channel
-            .basic_consume(
-                reply_queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("consume replies");
+        declare_exclusive(&channel, &reply_queue, "reply queue").await;
+        let replies = consume_no_ack(&channel, &reply_queue, "consume replies").await;
         StandInGateway {
             names,
             user: user.to_string(),
@@ -584,21 +591,10 @@ impl StandInGateway {
     /// them.
     pub async fn observe(&self, routing_keys: &[String]) -> Observer {
         let ch = self.connection.create_channel().await.expect("channel");
-        let queue = ch
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("observer queue");
+        let queue = declare_exclusive(&ch, "", "observer queue").await;
         for key in routing_keys {
             ch.queue_bind(
-                queue.name().clone(),
+                queue.as_str().into(),
                 self.names.outbound_exchange().into(),
                 key.as_str().into(),
                 QueueBindOptions::default(),
@@ -607,18 +603,7 @@ impl StandInGateway {
             .await
             .expect("bind observer");
         }
-        let consumer = ch
-            .basic_consume(
-                queue.name().clone(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("consume observer");
+        let consumer = consume_no_ack(&ch, &queue, "consume observer").await;
         Observer { consumer }
     }
 

@@ -63,9 +63,8 @@ async fn receive(client: &mut TestClient, text: &str) -> Deliver {
 
 #[tokio::test]
 async fn chat_broadcast_group_and_direct_messages_reach_exactly_their_recipients() {
-    let env = TestEnv::new("e2e-chat").await;
-    tokio::time::timeout(LIMIT, async {
-        let gateway = TestGateway::start(&env).await;
+    TestEnv::run("e2e-chat", LIMIT, async |env| {
+        let gateway = TestGateway::start(env).await;
         let demo = start_demo(&env.namespace).await;
         let url = gateway.url();
         let mut alice = connect(&url, "alice").await;
@@ -121,16 +120,13 @@ async fn chat_broadcast_group_and_direct_messages_reach_exactly_their_recipients
         demo.stop().await.unwrap();
         gateway.shutdown().await;
     })
-    .await
-    .expect("the test finished in time");
-    env.cleanup().await;
+    .await;
 }
 
 #[tokio::test]
 async fn voice_signalling_relayed_by_the_demo_reaches_only_the_called_user() {
-    let env = TestEnv::new("e2e-voice").await;
-    tokio::time::timeout(LIMIT, async {
-        let gateway = TestGateway::start(&env).await;
+    TestEnv::run("e2e-voice", LIMIT, async |env| {
+        let gateway = TestGateway::start(env).await;
         let demo = start_demo(&env.namespace).await;
         let url = gateway.url();
         let mut alice = connect(&url, "alice").await;
@@ -174,7 +170,5 @@ async fn voice_signalling_relayed_by_the_demo_reaches_only_the_called_user() {
         demo.stop().await.unwrap();
         gateway.shutdown().await;
     })
-    .await
-    .expect("the test finished in time");
-    env.cleanup().await;
+    .await;
 }

@@ -14,9 +14,8 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 #[tokio::test]
 async fn write_and_wait_round_trips_through_the_gateway_and_the_demo_tickets_service() {
-    let env = TestEnv::new("e2e-tickets").await;
-    tokio::time::timeout(LIMIT, async {
-        let gateway = TestGateway::start(&env).await;
+    TestEnv::run("e2e-tickets", LIMIT, async |env| {
+        let gateway = TestGateway::start(env).await;
         let demo = start_demo(&env.namespace).await;
         let hello = Hello {
             token: Some("alice".into()),
@@ -94,16 +93,13 @@ async fn write_and_wait_round_trips_through_the_gateway_and_the_demo_tickets_ser
         demo.stop().await.unwrap();
         gateway.shutdown().await;
     })
-    .await
-    .expect("the test finished in time");
-    env.cleanup().await;
+    .await;
 }
 
 #[tokio::test]
 async fn echo_answers_a_write_and_wait_with_the_same_message() {
-    let env = TestEnv::new("e2e-echo").await;
-    tokio::time::timeout(LIMIT, async {
-        let gateway = TestGateway::start(&env).await;
+    TestEnv::run("e2e-echo", LIMIT, async |env| {
+        let gateway = TestGateway::start(env).await;
         let demo = start_demo(&env.namespace).await;
         let mut client = TestClient::connect(&gateway.url()).await;
         let message = json!({"n": 7, "nested": {"list": [1, 2, 3]}});
@@ -118,7 +114,5 @@ async fn echo_answers_a_write_and_wait_with_the_same_message() {
         demo.stop().await.unwrap();
         gateway.shutdown().await;
     })
-    .await
-    .expect("the test finished in time");
-    env.cleanup().await;
+    .await;
 }

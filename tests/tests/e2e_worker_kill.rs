@@ -16,9 +16,8 @@ const LIMIT: Duration = Duration::from_secs(120);
 
 #[tokio::test]
 async fn a_worker_killed_before_acking_is_replaced_and_the_clients_request_still_resolves() {
-    let env = TestEnv::new("e2e-worker-kill").await;
-    tokio::time::timeout(LIMIT, async {
-        let gateway = TestGateway::start(&env).await;
+    TestEnv::run("e2e-worker-kill", LIMIT, async |env| {
+        let gateway = TestGateway::start(env).await;
         let mut stuck = DemoProcess::spawn(
             &env.namespace,
             &["--delay-ms", "60000", "--only", "tickets"],
@@ -65,7 +64,5 @@ async fn a_worker_killed_before_acking_is_replaced_and_the_clients_request_still
         demo.stop().await.unwrap();
         gateway.shutdown().await;
     })
-    .await
-    .expect("the test finished in time");
-    env.cleanup().await;
+    .await;
 }

@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 use lapin::types::ShortString;
 use lapin::BasicProperties;
 use warren_e2e::broker_node::BrokerCluster;
+use warren_e2e::load::{
+    longest_gap_after, lost, publish_load, wait_handled, watch_states, LoadPlan, Sent,
+};
 use warren_protocol::amqp::Names;
 use warren_service::{Context, HandlerError, Incoming, Outcome, Service, ServiceConfig};
 
@@ -42,14 +45,6 @@ enum Fault {
 #[derive(Debug, Default)]
 struct Tally {
     handled: Mutex<HashMap<String, u32>>,
-}
-
-/// What the producers saw.
-#[derive(Debug, Default)]
-struct Sent {
-    confirmed: Mutex<Vec<String>>,
-    failed: Mutex<Vec<(String, String)>>,
-    confirm_times: Mutex<Vec<Instant>>,
 }
 
 #[tokio::test]
@@ -87,21 +82,7 @@ async fn blocked_run() {
     let names = Names::new(&ns);
     let config = ServiceConfig::default().with_publish_timeout(Duration::from_secs(2));
     let tally = Arc::new(Tally::default());
-    let worker = Service::connect_with(&broker.uri(0), names.clone(), config.clone())
-        .await
-        .expect("the worker connects");
-    let seen = tally.clone();
-    worker
-        .consume("chat", move |_ctx: Context, msg: Incoming| {
-            let seen = seen.clone();
-            async move {
-                let id = msg.message_id.clone().unwrap_or_default();
-                *seen.handled.lock().unwrap().entry(id).or_default() += 1;
-                Ok::<_, HandlerError>(Outcome::Done)
-            }
-        })
-        .await
-        .expect("the worker consumes");
+    let worker = start_worker(&broker.uri(0), &names, &config, &tally).await;
     let publisher = worker.publisher();
     let exchange = names.inbound_exchange();
     let publish = |id: &str| {
@@ -145,7 +126,7 @@ async fn blocked_run() {
     if after.is_ok() {
         confirmed.push("after".into());
     }
-    let all_handled = wait_handled(&tally, &confirmed, Duration::from_secs(20)).await;
+    let all_handled = wait_handled(&tally.handled, &confirmed, Duration::from_secs(20)).await;
     println!(
         "fault_broker_restart[Blocked]: the publish during the alarm {} after {:.1} s; \
          after clearing it publishes were confirmed again within {:.1} s; confirmed {:?} all handled: {all_handled}",
@@ -193,30 +174,23 @@ async fn restart_run(fault: Fault) {
         .with_prefetch(16);
 
     let tally = Arc::new(Tally::default());
-    let worker = Service::connect_with(&uri, names.clone(), config.clone())
-        .await
-        .expect("the worker connects");
-    let seen = tally.clone();
-    worker
-        .consume("chat", move |_ctx: Context, msg: Incoming| {
-            let seen = seen.clone();
-            async move {
-                let id = msg.message_id.clone().unwrap_or_default();
-                *seen.handled.lock().unwrap().entry(id).or_default() += 1;
-                Ok::<_, HandlerError>(Outcome::Done)
-            }
-        })
-        .await
-        .expect("the worker consumes");
+    let worker = start_worker(&uri, &names, &config, &tally).await;
     let worker_states = watch_states(&worker);
     let producer = Service::connect_with(&uri, names.clone(), config.clone())
         .await
         .expect("the producer connects");
 
     let sent = Arc::new(Sent::default());
+    let plan = LoadPlan {
+        messages: MESSAGES,
+        tasks: PUBLISHERS,
+        rate_per_sec: RATE_PER_SEC,
+        id_prefix: "m",
+    };
     let load = tokio::spawn(publish_load(
         producer.publisher(),
-        names.clone(),
+        names.inbound_exchange(),
+        plan,
         sent.clone(),
     ));
 
@@ -236,13 +210,10 @@ async fn restart_run(fault: Fault) {
     load.await.expect("the load task ends");
     let confirmed: Vec<String> = sent.confirmed.lock().unwrap().clone();
     let failed = sent.failed.lock().unwrap().clone();
-    let all_handled = wait_handled(&tally, &confirmed, Duration::from_secs(60)).await;
+    let all_handled = wait_handled(&tally.handled, &confirmed, Duration::from_secs(60)).await;
 
     let handled = tally.handled.lock().unwrap().clone();
-    let lost: Vec<&String> = confirmed
-        .iter()
-        .filter(|id| !handled.contains_key(*id))
-        .collect();
+    let lost = lost(&confirmed, &handled);
     let duplicated: u32 = handled.values().map(|n| n - 1).sum();
     let stall = longest_gap_after(&sent.confirm_times.lock().unwrap(), fault_at);
     let back = worker_states
@@ -297,92 +268,27 @@ async fn restart_run(fault: Fault) {
     broker.shutdown().await;
 }
 
-/// Publishes [`MESSAGES`] to `warren.in` (`chat.load`) from [`PUBLISHERS`] tasks at
-/// [`RATE_PER_SEC`] in total, each waiting for its confirm.
-async fn publish_load(publisher: warren_service::Publisher, names: Names, sent: Arc<Sent>) {
-    let per_task = MESSAGES / PUBLISHERS;
-    let interval = Duration::from_micros(1_000_000 * PUBLISHERS as u64 / RATE_PER_SEC);
-    let mut tasks = Vec::new();
-    for task in 0..PUBLISHERS {
-        let publisher = publisher.clone();
-        let exchange = names.inbound_exchange();
-        let sent = sent.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            for seq in 0..per_task {
-                tick.tick().await;
-                let id = format!("m{task}-{seq}");
-                let properties = BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_content_type(ShortString::from("application/json"))
-                    .with_message_id(ShortString::from(id.as_str()));
-                let body = format!("{{\"task\":{task},\"seq\":{seq}}}");
-                match publisher
-                    .publish_confirmed(&exchange, "chat.load", body.as_bytes(), properties)
-                    .await
-                {
-                    Ok(()) => {
-                        sent.confirmed.lock().unwrap().push(id);
-                        sent.confirm_times.lock().unwrap().push(Instant::now());
-                    }
-                    Err(e) => sent.failed.lock().unwrap().push((id, e.to_string())),
-                }
+/// A service on `uri` consuming `chat`, counting every message it handles in `tally`.
+async fn start_worker(
+    uri: &str,
+    names: &Names,
+    config: &ServiceConfig,
+    tally: &Arc<Tally>,
+) -> Service {
+    let worker = Service::connect_with(uri, names.clone(), config.clone())
+        .await
+        .expect("the worker connects");
+    let seen = tally.clone();
+    worker
+        .consume("chat", move |_ctx: Context, msg: Incoming| {
+            let seen = seen.clone();
+            async move {
+                let id = msg.message_id.clone().unwrap_or_default();
+                *seen.handled.lock().unwrap().entry(id).or_default() += 1;
+                Ok::<_, HandlerError>(Outcome::Done)
             }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("publisher task");
-    }
-}
-
-/// Records every state the service goes through, with when.
-fn watch_states(service: &Service) -> Arc<Mutex<Vec<(Instant, String)>>> {
-    use warren_service::ServiceState;
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let out = log.clone();
-    let mut states = service.state_receiver();
-    tokio::spawn(async move {
-        while states.changed().await.is_ok() {
-            let name = match &*states.borrow_and_update() {
-                ServiceState::Running => "running",
-                ServiceState::Reconnecting(_) => "reconnecting",
-                ServiceState::Failed(_) => "failed",
-                ServiceState::Stopped => "stopped",
-            };
-            out.lock().unwrap().push((Instant::now(), name.to_string()));
-        }
-    });
-    log
-}
-
-/// Waits until every id of `confirmed` was handled; whether that happened in time.
-async fn wait_handled(tally: &Tally, confirmed: &[String], within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        let done = {
-            let handled = tally.handled.lock().unwrap();
-            confirmed.iter().all(|id| handled.contains_key(id))
-        };
-        if done {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The longest time without any confirm, from `from` on.
-fn longest_gap_after(times: &[Instant], from: Instant) -> Duration {
-    let mut sorted: Vec<Instant> = times.to_vec();
-    sorted.sort();
-    let mut last = from;
-    let mut longest = Duration::ZERO;
-    for t in sorted.into_iter().filter(|t| *t >= from) {
-        longest = longest.max(t.duration_since(last));
-        last = t;
-    }
-    longest
+        })
+        .await
+        .expect("the worker consumes");
+    worker
 }

@@ -21,16 +21,18 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lapin::types::ShortString;
 use lapin::BasicProperties;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use warren_e2e::broker_node::BrokerCluster;
 use warren_e2e::client::TestClient;
+use warren_e2e::load::{
+    longest_gap_after, lost, publish_load, wait_handled, watch_states, LoadPlan, Sent, StateLog,
+};
+use warren_e2e::service::{consume_no_ack, declare_exclusive, DemoProcess};
 use warren_gateway::{Config, Gateway, ListenerConfig, QueueType};
 use warren_protocol::amqp::Names;
 use warren_protocol::ServerFrame;
@@ -56,14 +58,6 @@ const VICTIM: usize = 2;
 #[derive(Debug, Default)]
 struct Tally {
     handled: Mutex<HashMap<String, Vec<(&'static str, Instant)>>>,
-}
-
-/// What one producer saw.
-#[derive(Debug, Default)]
-struct Sent {
-    confirmed: Mutex<Vec<String>>,
-    failed: Mutex<Vec<(String, String)>>,
-    confirm_times: Mutex<Vec<Instant>>,
 }
 
 #[tokio::test]
@@ -121,7 +115,12 @@ async fn cluster_run() {
 
     // The demo service binary on every node's URI, node 3 first; a ticket made before
     // the fault.
-    let mut demo = spawn_demo(&cluster.uris_from(VICTIM), &ns).await;
+    let mut demo = DemoProcess::spawn_on(
+        &cluster.uris_from(VICTIM).join(","),
+        &ns,
+        &["--only", "tickets"],
+    )
+    .await;
     let mut requester = Requester::connect(&cluster.uri(0), &names).await;
     let created = requester
         .request("tickets", r#"{"op":"create","title":"survives node 3"}"#)
@@ -137,14 +136,14 @@ async fn cluster_run() {
     let sent_ws = Arc::new(Sent::default());
     let load_p3 = tokio::spawn(publish_load(
         p3.publisher(),
-        names.clone(),
-        "p3",
+        names.inbound_exchange(),
+        producer_plan("p3-"),
         sent_p3.clone(),
     ));
     let load_p1 = tokio::spawn(publish_load(
         p1.publisher(),
-        names.clone(),
-        "p1",
+        names.inbound_exchange(),
+        producer_plan("p1-"),
         sent_p1.clone(),
     ));
     let load_ws = tokio::spawn(ws_load(ws_url, sent_ws.clone()));
@@ -166,7 +165,7 @@ async fn cluster_run() {
         confirmed.extend(sent.confirmed.lock().unwrap().iter().cloned());
         failed.extend(sent.failed.lock().unwrap().iter().cloned());
     }
-    let all_handled = wait_handled(&tally, &confirmed, Duration::from_secs(90)).await;
+    let all_handled = wait_handled(&tally.handled, &confirmed, Duration::from_secs(90)).await;
     let asked = Instant::now();
     let fetched = requester
         .request(
@@ -179,10 +178,7 @@ async fn cluster_run() {
         asked.elapsed().as_secs_f64()
     );
     let handled = tally.handled.lock().unwrap().clone();
-    let lost: Vec<&String> = confirmed
-        .iter()
-        .filter(|id| !handled.contains_key(*id))
-        .collect();
+    let lost = lost(&confirmed, &handled);
     let duplicated: usize = handled.values().map(|v| v.len() - 1).sum();
     let after_fault = |worker: &str| {
         handled
@@ -191,7 +187,7 @@ async fn cluster_run() {
             .filter(|(w, at)| *w == worker && *at > fault_at)
             .count()
     };
-    let back = |log: &Arc<Mutex<Vec<(Instant, String)>>>| {
+    let back = |log: &StateLog| {
         let log = log.lock().unwrap();
         let went_down = log
             .iter()
@@ -276,63 +272,6 @@ async fn cluster_run() {
     cluster.shutdown().await;
 }
 
-/// The `warren-demo-service` binary serving `tickets`, given `uris` as one
-/// comma-separated `--amqp-uri`; waits for its `READY`.
-async fn spawn_demo(uris: &[String], namespace: &str) -> DemoChild {
-    let binary = tokio::task::spawn_blocking(warren_e2e::service::demo_service_binary)
-        .await
-        .expect("binary lookup");
-    let mut child = tokio::process::Command::new(&binary)
-        .arg("--amqp-uri")
-        .arg(uris.join(","))
-        .args(["--namespace", namespace, "--only", "tickets"])
-        .env(
-            "RUST_LOG",
-            std::env::var("WARREN_TEST_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the demo binary starts");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let ready = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.trim() == "READY" {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert!(matches!(ready, Ok(true)), "the demo binary printed READY");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    DemoChild { child }
-}
-
-/// The demo binary as a child process (killed on drop).
-struct DemoChild {
-    child: tokio::process::Child,
-}
-
-impl DemoChild {
-    /// SIGTERM by pid, then waits (at most 20 s); whether it exited 0.
-    async fn terminate(&mut self) -> bool {
-        let Some(pid) = self.child.id() else {
-            return false;
-        };
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
-        matches!(
-            tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await,
-            Ok(Ok(status)) if status.success()
-        )
-    }
-}
-
 /// Sends requests to `warren.in` as a gateway would, on one node, and reads the
 /// replies from its own exclusive queue.
 struct Requester {
@@ -346,7 +285,7 @@ struct Requester {
 
 impl Requester {
     async fn connect(uri: &str, names: &Names) -> Requester {
-        use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions, QueueDeclareOptions};
+        use lapin::options::ConfirmSelectOptions;
         let connection = lapin::Connection::connect(uri, lapin::ConnectionProperties::default())
             .await
             .expect("the requester connects");
@@ -355,32 +294,10 @@ impl Requester {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .expect("confirm mode");
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                lapin::types::FieldTable::default(),
-            )
-            .await
-            .expect("reply queue");
-        let replies = channel
-            .basic_consume(
-                queue.name().clone(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                lapin::types::FieldTable::default(),
-            )
-            .await
-            .expect("consume replies");
+        let queue = declare_exclusive(&channel, "", "reply queue").await;
+        let replies = consume_no_ack(&channel, &queue, "consume replies").await;
         Requester {
-            queue: queue.name().to_string(),
+            queue,
             _connection: connection,
             channel,
             replies,
@@ -436,6 +353,17 @@ impl Requester {
                 return serde_json::from_slice(&delivery.data).map_err(|e| e.to_string());
             }
         }
+    }
+}
+
+/// A service-library producer's load: [`PER_PRODUCER`] messages from [`TASKS`] tasks
+/// at [`RATE_PER_SEC`] in total, ids `<id_prefix><task>-<seq>`.
+fn producer_plan(id_prefix: &'static str) -> LoadPlan {
+    LoadPlan {
+        messages: PER_PRODUCER,
+        tasks: TASKS,
+        rate_per_sec: RATE_PER_SEC,
+        id_prefix,
     }
 }
 
@@ -500,50 +428,6 @@ fn gateway_addr(gateway: &Gateway) -> SocketAddr {
         .expect("a listener serving every channel")
 }
 
-/// Publishes [`PER_PRODUCER`] messages to `warren.in` (`chat.load`) from [`TASKS`]
-/// tasks at [`RATE_PER_SEC`] in total, each waiting for its confirm.
-async fn publish_load(
-    publisher: warren_service::Publisher,
-    names: Names,
-    label: &'static str,
-    sent: Arc<Sent>,
-) {
-    let per_task = PER_PRODUCER / TASKS;
-    let interval = Duration::from_micros(1_000_000 * TASKS as u64 / RATE_PER_SEC);
-    let mut tasks = Vec::new();
-    for task in 0..TASKS {
-        let publisher = publisher.clone();
-        let exchange = names.inbound_exchange();
-        let sent = sent.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            for seq in 0..per_task {
-                tick.tick().await;
-                let id = format!("{label}-{task}-{seq}");
-                let properties = BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_content_type(ShortString::from("application/json"))
-                    .with_message_id(ShortString::from(id.as_str()));
-                let body = format!("{{\"task\":{task},\"seq\":{seq}}}");
-                match publisher
-                    .publish_confirmed(&exchange, "chat.load", body.as_bytes(), properties)
-                    .await
-                {
-                    Ok(()) => {
-                        sent.confirmed.lock().unwrap().push(id);
-                        sent.confirm_times.lock().unwrap().push(Instant::now());
-                    }
-                    Err(e) => sent.failed.lock().unwrap().push((id, e.to_string())),
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("publisher task");
-    }
-}
-
 /// [`WS_CLIENTS`] WebSocket clients each publish [`PER_WS_CLIENT`] messages through the
 /// gateway, one at a time, waiting for the `ack` (confirmed) or an `error` (counted as
 /// failed: the SDK would send it again). A client whose connection the gateway closes
@@ -563,10 +447,7 @@ async fn ws_load(url: String, sent: Arc<Sent>) -> Vec<String> {
                 let run = tokio::spawn(ws_session(url.clone(), c, progress.clone(), sent.clone()));
                 let outcome = run.await;
                 if let Some(id) = progress.pending.lock().unwrap().take() {
-                    sent.failed
-                        .lock()
-                        .unwrap()
-                        .push((format!("ws:{id}"), "connection lost".into()));
+                    sent.fail(format!("ws:{id}"), "connection lost".into());
                     progress.next.fetch_add(1, Ordering::SeqCst);
                 }
                 match outcome {
@@ -620,11 +501,8 @@ async fn ws_session(
             .await;
         let answer = wait_answer(&mut client, &frame_id, Duration::from_secs(40)).await;
         match answer {
-            Answer::Ack => {
-                sent.confirmed.lock().unwrap().push(id);
-                sent.confirm_times.lock().unwrap().push(Instant::now());
-            }
-            Answer::Error(why) => sent.failed.lock().unwrap().push((format!("ws:{id}"), why)),
+            Answer::Ack => sent.confirm(id),
+            Answer::Error(why) => sent.fail(format!("ws:{id}"), why),
             Answer::Closed => return Some(client.close_code.unwrap_or(0)),
         }
         progress.pending.lock().unwrap().take();
@@ -654,51 +532,4 @@ async fn wait_answer(client: &mut TestClient, id: &str, within: Duration) -> Ans
             None => return Answer::Error("no answer in time".into()),
         }
     }
-}
-
-/// Records every state the service goes through, with when.
-fn watch_states(service: &Service) -> Arc<Mutex<Vec<(Instant, String)>>> {
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let out = log.clone();
-    let mut states = service.state_receiver();
-    tokio::spawn(async move {
-        while states.changed().await.is_ok() {
-            let name = match &*states.borrow_and_update() {
-                ServiceState::Running => "running",
-                ServiceState::Reconnecting(_) => "reconnecting",
-                ServiceState::Failed(_) => "failed",
-                ServiceState::Stopped => "stopped",
-            };
-            out.lock().unwrap().push((Instant::now(), name.to_string()));
-        }
-    });
-    log
-}
-
-/// Waits until every id of `confirmed` was handled; whether that happened in time.
-async fn wait_handled(tally: &Tally, confirmed: &[String], within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        let done = {
-            let handled = tally.handled.lock().unwrap();
-            confirmed.iter().all(|id| handled.contains_key(id))
-        };
-        if done || Instant::now() > deadline {
-            return done;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The longest time without any confirm, from `from` on.
-fn longest_gap_after(times: &[Instant], from: Instant) -> Duration {
-    let mut sorted: Vec<Instant> = times.to_vec();
-    sorted.sort();
-    let mut last = from;
-    let mut longest = Duration::ZERO;
-    for t in sorted.into_iter().filter(|t| *t >= from) {
-        longest = longest.max(t.duration_since(last));
-        last = t;
-    }
-    longest
 }

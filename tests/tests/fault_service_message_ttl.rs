@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use warren_e2e::service::{amqp_uri, delete_namespace, test_namespace};
+use warren_e2e::service::{amqp_uri, in_fresh_namespace};
 use warren_protocol::amqp::Names;
 use warren_service::{Context, HandlerError, Incoming, Outcome, Service, ServiceConfig};
 
@@ -19,8 +19,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 #[tokio::test]
 async fn an_inbound_message_older_than_the_channel_ttl_is_dead_lettered_not_lost() {
-    let ns = test_namespace();
-    tokio::time::timeout(LIMIT, async {
+    in_fresh_namespace(LIMIT, |ns| async move {
         let names = Names::new(&ns);
         let config = ServiceConfig::default()
             .with_prefetch(1)
@@ -128,7 +127,5 @@ async fn an_inbound_message_older_than_the_channel_ttl_is_dead_lettered_not_lost
         let _ = connection.close(200, "done".into()).await;
         service.stop().await.expect("the service stops");
     })
-    .await
-    .expect("the test finished in time");
-    delete_namespace(&ns).await;
+    .await;
 }

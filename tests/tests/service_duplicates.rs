@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use warren_e2e::service::{delete_namespace, start_demo, test_namespace, StandInGateway};
+use warren_e2e::service::{in_fresh_namespace, start_demo, StandInGateway};
 use warren_protocol::amqp::keys;
 use warren_protocol::Distribution;
 
@@ -12,8 +12,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 #[tokio::test]
 async fn a_request_sent_twice_with_one_message_id_is_handled_once_and_answered_twice_alike() {
-    let ns = test_namespace();
-    tokio::time::timeout(LIMIT, async {
+    in_fresh_namespace(LIMIT, |ns| async move {
         let demo = start_demo(&ns).await;
         let mut gw = StandInGateway::connect(&ns, "alice").await;
         let create = r#"{"op":"create","title":"once"}"#;
@@ -39,15 +38,12 @@ async fn a_request_sent_twice_with_one_message_id_is_handled_once_and_answered_t
         gw.close().await;
         demo.stop().await.unwrap();
     })
-    .await
-    .expect("the test finished in time");
-    delete_namespace(&ns).await;
+    .await;
 }
 
 #[tokio::test]
 async fn a_chat_message_sent_twice_with_one_message_id_is_relayed_once() {
-    let ns = test_namespace();
-    tokio::time::timeout(LIMIT, async {
+    in_fresh_namespace(LIMIT, |ns| async move {
         let demo = start_demo(&ns).await;
         let gw = StandInGateway::connect(&ns, "alice").await;
         let mut all = gw.observe(&[keys::broadcast("chat")]).await;
@@ -70,7 +66,5 @@ async fn a_chat_message_sent_twice_with_one_message_id_is_relayed_once() {
         gw.close().await;
         demo.stop().await.unwrap();
     })
-    .await
-    .expect("the test finished in time");
-    delete_namespace(&ns).await;
+    .await;
 }

@@ -3,15 +3,14 @@
 
 use std::time::Duration;
 
-use warren_e2e::service::{delete_namespace, start_demo, test_namespace, StandInGateway};
+use warren_e2e::service::{in_fresh_namespace, start_demo, StandInGateway};
 use warren_protocol::Distribution;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
 #[tokio::test]
 async fn echo_answers_a_request_with_the_same_bytes() {
-    let ns = test_namespace();
-    tokio::time::timeout(LIMIT, async {
+    in_fresh_namespace(LIMIT, |ns| async move {
         let demo = start_demo(&ns).await;
         let mut gw = StandInGateway::connect(&ns, "alice").await;
         // Odd spacing and key order: the bytes must come back untouched.
@@ -23,15 +22,12 @@ async fn echo_answers_a_request_with_the_same_bytes() {
         gw.close().await;
         demo.stop().await.unwrap();
     })
-    .await
-    .expect("the test finished in time");
-    delete_namespace(&ns).await;
+    .await;
 }
 
 #[tokio::test]
 async fn echo_acknowledges_a_plain_publish_without_replying() {
-    let ns = test_namespace();
-    tokio::time::timeout(LIMIT, async {
+    in_fresh_namespace(LIMIT, |ns| async move {
         let demo = start_demo(&ns).await;
         let mut gw = StandInGateway::connect(&ns, "alice").await;
         gw.publish("echo", "p1", r#"{"x":1}"#, &Distribution::default())
@@ -57,7 +53,5 @@ async fn echo_acknowledges_a_plain_publish_without_replying() {
         gw.close().await;
         demo.stop().await.unwrap();
     })
-    .await
-    .expect("the test finished in time");
-    delete_namespace(&ns).await;
+    .await;
 }

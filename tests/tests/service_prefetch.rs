@@ -4,17 +4,14 @@
 
 use std::time::Duration;
 
-use warren_e2e::service::{
-    delete_namespace, queue_counts, start_demo_with, test_namespace, StandInGateway,
-};
+use warren_e2e::service::{in_fresh_namespace, queue_counts, start_demo_with, StandInGateway};
 use warren_service::demo::{DemoChannel, DemoOptions};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
 #[tokio::test]
 async fn a_slow_worker_with_prefetch_one_holds_one_message_at_a_time() {
-    let ns = test_namespace();
-    tokio::time::timeout(LIMIT, async {
+    in_fresh_namespace(LIMIT, |ns| async move {
         let demo = start_demo_with(
             &ns,
             DemoOptions {
@@ -60,7 +57,5 @@ async fn a_slow_worker_with_prefetch_one_holds_one_message_at_a_time() {
         gw.close().await;
         demo.stop().await.unwrap();
     })
-    .await
-    .expect("the test finished in time");
-    delete_namespace(&ns).await;
+    .await;
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use warren_e2e::service::{delete_namespace, start_demo, test_namespace, StandInGateway};
+use warren_e2e::service::{in_fresh_namespace, start_demo, StandInGateway};
 use warren_protocol::amqp::{keys, H_SESSION, H_USER};
 use warren_protocol::Distribution;
 
@@ -20,8 +20,7 @@ fn groups(gs: &[&str]) -> Distribution {
 
 #[tokio::test]
 async fn a_relay_to_two_groups_is_one_publish_reaching_both_bindings() {
-    let ns = test_namespace();
-    tokio::time::timeout(LIMIT, async {
+    in_fresh_namespace(LIMIT, |ns| async move {
         let demo = start_demo(&ns).await;
         let gw = StandInGateway::connect(&ns, "alice").await;
         let mut only_a = gw.observe(&[keys::group("chat", "a")]).await;
@@ -67,15 +66,12 @@ async fn a_relay_to_two_groups_is_one_publish_reaching_both_bindings() {
         gw.close().await;
         demo.stop().await.unwrap();
     })
-    .await
-    .expect("the test finished in time");
-    delete_namespace(&ns).await;
+    .await;
 }
 
 #[tokio::test]
 async fn a_broadcast_and_a_direct_relay_reach_only_their_bindings() {
-    let ns = test_namespace();
-    tokio::time::timeout(LIMIT, async {
+    in_fresh_namespace(LIMIT, |ns| async move {
         let demo = start_demo(&ns).await;
         let gw = StandInGateway::connect(&ns, "alice").await;
         let mut all = gw.observe(&[keys::broadcast("chat")]).await;
@@ -109,15 +105,12 @@ async fn a_broadcast_and_a_direct_relay_reach_only_their_bindings() {
         gw.close().await;
         demo.stop().await.unwrap();
     })
-    .await
-    .expect("the test finished in time");
-    delete_namespace(&ns).await;
+    .await;
 }
 
 #[tokio::test]
 async fn voice_signalling_reaches_only_the_direct_targets() {
-    let ns = test_namespace();
-    tokio::time::timeout(LIMIT, async {
+    in_fresh_namespace(LIMIT, |ns| async move {
         let demo = start_demo(&ns).await;
         let gw = StandInGateway::connect(&ns, "alice").await;
         let mut bob = gw.observe(&[keys::user("voice", "bob")]).await;
@@ -155,7 +148,5 @@ async fn voice_signalling_reaches_only_the_direct_targets() {
         gw.close().await;
         demo.stop().await.unwrap();
     })
-    .await
-    .expect("the test finished in time");
-    delete_namespace(&ns).await;
+    .await;
 }

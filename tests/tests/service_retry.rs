@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use lapin::options::BasicGetOptions;
 use lapin::{Connection, ConnectionProperties};
-use warren_e2e::service::{amqp_uri, delete_namespace, test_namespace, StandInGateway};
+use warren_e2e::service::{amqp_uri, in_fresh_namespace, StandInGateway};
 use warren_protocol::amqp::Names;
 use warren_service::{Answer, Context, HandlerError, Incoming, Outcome, Service, ServiceConfig};
 
@@ -16,8 +16,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 #[tokio::test]
 async fn a_failing_handler_gets_the_message_again_and_the_request_still_resolves() {
-    let ns = test_namespace();
-    tokio::time::timeout(LIMIT, async {
+    in_fresh_namespace(LIMIT, |ns| async move {
         let calls = Arc::new(AtomicU32::new(0));
         let service = Service::connect(&amqp_uri(), Names::new(&ns))
             .await
@@ -47,15 +46,12 @@ async fn a_failing_handler_gets_the_message_again_and_the_request_still_resolves
         gw.close().await;
         service.stop().await.unwrap();
     })
-    .await
-    .expect("the test finished in time");
-    delete_namespace(&ns).await;
+    .await;
 }
 
 #[tokio::test]
 async fn a_message_failing_max_attempts_times_is_dead_lettered_and_the_request_refused() {
-    let ns = test_namespace();
-    tokio::time::timeout(LIMIT, async {
+    in_fresh_namespace(LIMIT, |ns| async move {
         let calls = Arc::new(AtomicU32::new(0));
         let config = ServiceConfig::default().with_max_attempts(3);
         let names = Names::new(&ns);
@@ -102,7 +98,5 @@ async fn a_message_failing_max_attempts_times_is_dead_lettered_and_the_request_r
         gw.close().await;
         service.stop().await.unwrap();
     })
-    .await
-    .expect("the test finished in time");
-    delete_namespace(&ns).await;
+    .await;
 }

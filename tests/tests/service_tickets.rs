@@ -3,14 +3,13 @@
 
 use std::time::Duration;
 
-use warren_e2e::service::{delete_namespace, start_demo, test_namespace, StandInGateway};
+use warren_e2e::service::{in_fresh_namespace, start_demo, StandInGateway};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
 #[tokio::test]
 async fn tickets_are_created_listed_fetched_and_closed_by_request_and_reply() {
-    let ns = test_namespace();
-    tokio::time::timeout(LIMIT, async {
+    in_fresh_namespace(LIMIT, |ns| async move {
         let demo = start_demo(&ns).await;
         let mut gw = StandInGateway::connect(&ns, "alice").await;
 
@@ -60,15 +59,12 @@ async fn tickets_are_created_listed_fetched_and_closed_by_request_and_reply() {
         gw.close().await;
         demo.stop().await.unwrap();
     })
-    .await
-    .expect("the test finished in time");
-    delete_namespace(&ns).await;
+    .await;
 }
 
 #[tokio::test]
 async fn an_unknown_op_is_refused_as_invalid_and_a_missing_ticket_as_rejected() {
-    let ns = test_namespace();
-    tokio::time::timeout(LIMIT, async {
+    in_fresh_namespace(LIMIT, |ns| async move {
         let demo = start_demo(&ns).await;
         let mut gw = StandInGateway::connect(&ns, "bob").await;
 
@@ -90,7 +86,5 @@ async fn an_unknown_op_is_refused_as_invalid_and_a_missing_ticket_as_rejected() 
         gw.close().await;
         demo.stop().await.unwrap();
     })
-    .await
-    .expect("the test finished in time");
-    delete_namespace(&ns).await;
+    .await;
 }

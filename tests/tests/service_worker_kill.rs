@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use warren_e2e::service::{
-    delete_namespace, start_demo_with, test_namespace, wait_until_held, DemoProcess, StandInGateway,
+    in_fresh_namespace, start_demo_with, wait_until_held, DemoProcess, StandInGateway,
 };
 use warren_service::demo::{DemoChannel, DemoOptions};
 
@@ -14,8 +14,7 @@ const LIMIT: Duration = Duration::from_secs(120);
 
 #[tokio::test]
 async fn a_worker_killed_before_acking_has_its_request_redelivered_and_answered_by_the_next() {
-    let ns = test_namespace();
-    tokio::time::timeout(LIMIT, async {
+    in_fresh_namespace(LIMIT, |ns| async move {
         let mut stuck =
             DemoProcess::spawn(&ns, &["--delay-ms", "60000", "--only", "tickets"]).await;
         let mut gw = StandInGateway::connect(&ns, "alice").await;
@@ -55,15 +54,12 @@ async fn a_worker_killed_before_acking_has_its_request_redelivered_and_answered_
         gw.close().await;
         demo.stop().await.unwrap();
     })
-    .await
-    .expect("the test finished in time");
-    delete_namespace(&ns).await;
+    .await;
 }
 
 #[tokio::test]
 async fn the_demo_binary_serves_after_ready_and_exits_cleanly_on_sigterm() {
-    let ns = test_namespace();
-    tokio::time::timeout(LIMIT, async {
+    in_fresh_namespace(LIMIT, |ns| async move {
         let mut process = DemoProcess::spawn(&ns, &["--only", "echo"]).await;
         let mut gw = StandInGateway::connect(&ns, "alice").await;
         let reply = gw.request("echo", "e1", r#"{"ping":1}"#).await;
@@ -71,7 +67,5 @@ async fn the_demo_binary_serves_after_ready_and_exits_cleanly_on_sigterm() {
         assert!(process.terminate().await, "exit status 0 after SIGTERM");
         gw.close().await;
     })
-    .await
-    .expect("the test finished in time");
-    delete_namespace(&ns).await;
+    .await;
 }

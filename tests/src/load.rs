@@ -1,0 +1,150 @@
+//! Load for the fault-injection tests: confirmed publishes from many tasks at a fixed
+//! rate, what the producers saw, the states a service went through, and the figures
+//! the tests print (stalls, messages handled).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lapin::types::ShortString;
+use lapin::BasicProperties;
+use warren_service::{Publisher, Service, ServiceState};
+
+/// What a producer saw: the `message_id`s confirmed (and when), and those that failed
+/// with why.
+#[derive(Debug, Default)]
+pub struct Sent {
+    /// Confirmed `message_id`s, in confirm order.
+    pub confirmed: Mutex<Vec<String>>,
+    /// Failed `message_id`s with the error.
+    pub failed: Mutex<Vec<(String, String)>>,
+    /// When each confirm arrived.
+    pub confirm_times: Mutex<Vec<Instant>>,
+}
+
+impl Sent {
+    /// Records `id` as confirmed now.
+    pub fn confirm(&self, id: String) {
+        self.confirmed.lock().unwrap().push(id);
+        self.confirm_times.lock().unwrap().push(Instant::now());
+    }
+
+    /// Records `id` as failed with `why`.
+    pub fn fail(&self, id: String, why: String) {
+        self.failed.lock().unwrap().push((id, why));
+    }
+}
+
+/// How much [`publish_load`] publishes, how fast, and under which ids.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadPlan {
+    /// Messages in all (split evenly over the tasks).
+    pub messages: usize,
+    /// Concurrent publishing tasks; each waits for its confirm before the next publish.
+    pub tasks: usize,
+    /// Total publish rate.
+    pub rate_per_sec: u64,
+    /// Each `message_id` is `<id_prefix><task>-<seq>`.
+    pub id_prefix: &'static str,
+}
+
+/// Publishes `plan.messages` to `exchange` (routing key `chat.load`, persistent, a JSON
+/// body) from `plan.tasks` tasks at `plan.rate_per_sec` in total, each waiting for its
+/// confirm; records every outcome in `sent`. Returns when every task is done.
+pub async fn publish_load(publisher: Publisher, exchange: String, plan: LoadPlan, sent: Arc<Sent>) {
+    let per_task = plan.messages / plan.tasks;
+    let interval = Duration::from_micros(1_000_000 * plan.tasks as u64 / plan.rate_per_sec);
+    let mut tasks = Vec::new();
+    for task in 0..plan.tasks {
+        let publisher = publisher.clone();
+        let exchange = exchange.clone();
+        let sent = sent.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            for seq in 0..per_task {
+                tick.tick().await;
+                let id = format!("{}{task}-{seq}", plan.id_prefix);
+                let properties = BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type(ShortString::from("application/json"))
+                    .with_message_id(ShortString::from(id.as_str()));
+                let body = format!("{{\"task\":{task},\"seq\":{seq}}}");
+                match publisher
+                    .publish_confirmed(&exchange, "chat.load", body.as_bytes(), properties)
+                    .await
+                {
+                    Ok(()) => sent.confirm(id),
+                    Err(e) => sent.fail(id, e.to_string()),
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("publisher task");
+    }
+}
+
+/// The states a service went through, each with when it entered it.
+pub type StateLog = Arc<Mutex<Vec<(Instant, String)>>>;
+
+/// Records every state `service` goes through from now on (`running`,
+/// `reconnecting`, `failed`, `stopped`), with when.
+pub fn watch_states(service: &Service) -> StateLog {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let out = log.clone();
+    let mut states = service.state_receiver();
+    tokio::spawn(async move {
+        while states.changed().await.is_ok() {
+            let name = match &*states.borrow_and_update() {
+                ServiceState::Running => "running",
+                ServiceState::Reconnecting(_) => "reconnecting",
+                ServiceState::Failed(_) => "failed",
+                ServiceState::Stopped => "stopped",
+            };
+            out.lock().unwrap().push((Instant::now(), name.to_string()));
+        }
+    });
+    log
+}
+
+/// Waits (polling every 100 ms) until every id of `confirmed` is a key of `handled`;
+/// whether that happened within `within`.
+pub async fn wait_handled<V>(
+    handled: &Mutex<HashMap<String, V>>,
+    confirmed: &[String],
+    within: Duration,
+) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        let done = {
+            let handled = handled.lock().unwrap();
+            confirmed.iter().all(|id| handled.contains_key(id))
+        };
+        if done || Instant::now() > deadline {
+            return done;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The ids of `confirmed` that `handled` never saw.
+pub fn lost<'a, V>(confirmed: &'a [String], handled: &HashMap<String, V>) -> Vec<&'a String> {
+    confirmed
+        .iter()
+        .filter(|id| !handled.contains_key(*id))
+        .collect()
+}
+
+/// The longest time without any confirm, from `from` on.
+pub fn longest_gap_after(times: &[Instant], from: Instant) -> Duration {
+    let mut sorted: Vec<Instant> = times.to_vec();
+    sorted.sort();
+    let mut last = from;
+    let mut longest = Duration::ZERO;
+    for t in sorted.into_iter().filter(|t| *t >= from) {
+        longest = longest.max(t.duration_since(last));
+        last = t;
+    }
+    longest
+}
