@@ -71,6 +71,10 @@ impl Links {
     }
 }
 
+/// Uses of a control channel before it is replaced by a fresh one (see
+/// [`Broker::control`]).
+const CONTROL_CHANNEL_USES: usize = 256;
+
 /// The pooled AMQP connections and channels of one gateway.
 pub struct Broker {
     uris: Vec<String>,
@@ -368,17 +372,26 @@ impl Broker {
     /// A control channel (round robin), for declarations and bindings that cannot
     /// fail in normal operation.
     ///
+    /// Every [`CONTROL_CHANNEL_USES`] uses a control channel is replaced by a fresh
+    /// one: lapin records each queue declared or bound on a channel (for its topology
+    /// recovery) until that channel closes, and session queues are never deleted by
+    /// the gateway (they expire), so a long-lived channel would keep a record of every
+    /// session ever opened. The replaced channel closes once its last user drops it.
+    ///
     /// # Errors
     /// When RabbitMQ cannot be reached within `broker_wait_ms`.
     pub async fn control(&self) -> Result<Channel, GatewayError> {
-        let (i, conn) = {
+        let n = self.next_control.fetch_add(1, Ordering::Relaxed);
+        let (i, conn, recycle) = {
             let guard = self.healthy().await?;
             let links = guard.as_ref().expect("healthy() leaves links in place");
-            let i = self.next_control.fetch_add(1, Ordering::Relaxed) % links.controls.len();
-            if links.controls[i].status().connected() {
+            let len = links.controls.len();
+            let i = n % len;
+            let recycle = (n / len) % CONTROL_CHANNEL_USES == CONTROL_CHANNEL_USES - 1;
+            if !recycle && links.controls[i].status().connected() {
                 return Ok(links.controls[i].clone());
             }
-            (i, links.publish_conn.clone())
+            (i, links.publish_conn.clone(), recycle)
         };
         let fresh = conn
             .create_channel()
@@ -386,7 +399,9 @@ impl Broker {
             .map_err(|e| GatewayError::amqp("channel.open", e))?;
         let mut guard = self.links.lock().await;
         if let Some(links) = guard.as_mut() {
-            if Arc::ptr_eq(&links.publish_conn, &conn) && !links.controls[i].status().connected() {
+            if Arc::ptr_eq(&links.publish_conn, &conn)
+                && (recycle || !links.controls[i].status().connected())
+            {
                 links.controls[i] = fresh.clone();
             }
         }
