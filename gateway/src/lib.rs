@@ -33,6 +33,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -91,6 +92,14 @@ impl Gateway {
         for (listener, addr, channel) in bound {
             let app = server::router(shared.clone(), channel.clone());
             let mut stop = shared.shutdown.clone();
+            // TCP_NODELAY: frames are written whole (batched where several are ready),
+            // so Nagle's algorithm would only hold the last one back, waiting for the
+            // client's delayed ACK (up to 40 ms on Linux).
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+            });
             servers.push(tokio::spawn(async move {
                 let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
                     let _ = stop.wait_for(|s| *s).await;
