@@ -3,11 +3,11 @@
 //! timer, session takeover and gateway shutdown. Every client frame is answered; bad
 //! input becomes an `error` frame with a registry code, never a panic.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
@@ -24,7 +24,11 @@ use warren_protocol::{
 use crate::delivery::{self, Incoming};
 use crate::metrics;
 use crate::server::Shared;
-use crate::session::{self, ConsumeError, Inflight, Subscriptions, Takeover};
+use crate::session::{self, ConsumeError, Inflight, Subscriptions, Takeover, TakeoverSignal};
+
+/// Deliveries already buffered by the session consumer that are written to the socket
+/// together, with one flush (one `write` to the kernel) at the end.
+const MAX_WRITE_BATCH: usize = 64;
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,8 +108,6 @@ struct Session {
 /// Serves one upgraded WebSocket until it closes.
 pub(crate) async fn serve(ws: WebSocket, shared: Arc<Shared>, pinned: Option<String>) {
     let id = shared.next_connection_id();
-    let (confirms_tx, confirms_rx) = mpsc::unbounded_channel();
-    let (takeover_tx, takeover_rx) = mpsc::channel(1);
     let now = Instant::now();
     let mut conn = Conn {
         shared,
@@ -118,12 +120,10 @@ pub(crate) async fn serve(ws: WebSocket, shared: Arc<Shared>, pinned: Option<Str
         last_sent: now,
         last_ping: now,
         consecutive_errors: 0,
-        confirms_tx,
-        confirms_rx,
+        confirms: None,
         pending_confirms: 0,
         requests: Correlator::new(),
-        takeover_tx,
-        takeover_rx,
+        takeover: Arc::default(),
         session: None,
         released: None,
     };
@@ -183,11 +183,32 @@ async fn next_delivery(session: Option<&mut Session>) -> Option<lapin::Result<De
     }
 }
 
-async fn sleep_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
+async fn next_confirm(confirms: Option<&mut Confirms>) -> Option<Confirmed> {
+    match confirms {
+        Some(c) => c.rx.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// Rounds a housekeeping deadline up to a grid of `heartbeat / 32` (at most 1 s), so
+/// that the pings and checks of many idle connections fall due together and the
+/// runtime wakes once for a batch of them rather than once for each.
+fn coarse(at: Instant, heartbeat: Duration) -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    let grain = (heartbeat / 32)
+        .clamp(Duration::from_millis(1), Duration::from_secs(1))
+        .as_nanos();
+    let since = at.saturating_duration_since(epoch).as_nanos();
+    let slots = since.div_ceil(grain);
+    epoch + Duration::from_nanos(u64::try_from(slots * grain).unwrap_or(u64::MAX / 2))
+}
+
+/// Publisher-confirm results of a connection's publishes; created with the first
+/// publish, so connections that never publish do not carry a channel.
+struct Confirms {
+    tx: mpsc::UnboundedSender<Confirmed>,
+    rx: mpsc::UnboundedReceiver<Confirmed>,
 }
 
 struct Conn {
@@ -201,12 +222,11 @@ struct Conn {
     last_sent: Instant,
     last_ping: Instant,
     consecutive_errors: u32,
-    confirms_tx: mpsc::UnboundedSender<Confirmed>,
-    confirms_rx: mpsc::UnboundedReceiver<Confirmed>,
+    confirms: Option<Confirms>,
     pending_confirms: usize,
     requests: Correlator<String, ()>,
-    takeover_tx: mpsc::Sender<Takeover>,
-    takeover_rx: mpsc::Receiver<Takeover>,
+    /// Set by a newer connection (or gateway) that resumes this session.
+    takeover: Arc<TakeoverSignal>,
     session: Option<Session>,
     /// Completed after cleanup when a newer connection took the session over.
     released: Option<tokio::sync::oneshot::Sender<()>>,
@@ -222,24 +242,30 @@ impl Conn {
     }
 
     /// The loop. Returns the close code to send, if the gateway closes.
+    ///
+    /// Handlers are boxed: the task of an idle connection then holds only this loop's
+    /// small state, not the largest handler's (which is what a connection costs while
+    /// idle, times thousands of connections).
     async fn run(&mut self) -> (Option<CloseCode>, String) {
         let mut shutdown = self.shared.shutdown.clone();
         if *shutdown.borrow() {
             return (Some(CloseCode::GoingAway), String::new());
         }
-        let mut last_tick = Instant::now();
+        let takeover = self.takeover.clone();
+        // One timer for heartbeats, overflow checks and request deadlines, moved only
+        // when its deadline changes.
+        let timer = tokio::time::sleep_until(self.next_wake());
+        tokio::pin!(timer);
         loop {
-            // Recomputed every turn: the period shortens as soon as the window fills.
-            let next_tick = last_tick + self.tick_period();
-            let request_deadline = self
-                .requests
-                .next_deadline()
-                .map(|d| self.started + Duration::from_millis(d));
+            let wake = self.next_wake();
+            if timer.deadline() != wake {
+                timer.as_mut().reset(wake);
+            }
             let flow = tokio::select! {
                 _ = shutdown.changed() => {
-                    return self.drain().await;
+                    return Box::pin(self.drain()).await;
                 }
-                Some(t) = self.takeover_rx.recv() => {
+                t = takeover.asked() => {
                     self.released = t.released;
                     tracing::info!(conn = self.id, "session taken over by a newer connection");
                     Flow::Close(CloseCode::SessionTaken, String::new())
@@ -247,15 +273,11 @@ impl Conn {
                 // Backpressure: a client with too many unconfirmed publishes is not read
                 // until confirms come back.
                 msg = self.ws.recv(), if self.pending_confirms < self.shared.config.max_pending_confirms => {
-                    self.on_message(msg).await
+                    Box::pin(self.on_message(msg)).await
                 }
-                d = next_delivery(self.session.as_mut()) => self.on_delivery(d).await,
-                Some(c) = self.confirms_rx.recv() => self.on_confirm(c).await,
-                _ = sleep_opt(request_deadline) => self.on_deadlines().await,
-                _ = tokio::time::sleep_until(next_tick) => {
-                    last_tick = Instant::now();
-                    self.on_tick().await
-                }
+                d = next_delivery(self.session.as_mut()) => Box::pin(self.on_delivery(d)).await,
+                Some(c) = next_confirm(self.confirms.as_mut()) => Box::pin(self.on_confirm(c)).await,
+                () = timer.as_mut() => Box::pin(self.on_timer()).await,
             };
             if let Flow::Close(code, reason) = flow {
                 return (Some(code), reason);
@@ -264,6 +286,39 @@ impl Conn {
                 return (None, String::new());
             }
         }
+    }
+
+    /// When the timer must fire next: the heartbeat timeout, the next ping (only once
+    /// the connection has been quiet one way for a heartbeat), the overflow check of a
+    /// full delivery window, or the earliest request deadline. Heartbeat work is
+    /// rounded to a coarse grid ([`coarse`]); request deadlines are exact.
+    fn next_wake(&self) -> Instant {
+        let hb = self.heartbeat();
+        let mut at = self.last_heard + hb * 5 / 2;
+        // Before the session opens nothing may precede `welcome`: no ping then.
+        if self.phase == Phase::Open {
+            let quiet_since = self.last_heard.min(self.last_sent);
+            at = at.min((self.last_ping + hb).max(quiet_since + hb));
+        }
+        let mut at = coarse(at, hb);
+        let config = &self.shared.config;
+        if let Some(s) = &self.session {
+            if s.saturated || s.inflight.len() >= usize::from(config.delivery_window) {
+                at =
+                    at.min(s.last_overflow_check + Duration::from_millis(config.overflow_check_ms));
+            }
+        }
+        if let Some(d) = self.requests.next_deadline() {
+            at = at.min(self.started + Duration::from_millis(d));
+        }
+        at
+    }
+
+    async fn on_timer(&mut self) -> Flow {
+        if let Flow::Close(c, r) = self.on_deadlines().await {
+            return Flow::Close(c, r);
+        }
+        self.on_tick().await
     }
 
     /// Gateway shutdown: stop taking deliveries, tell the client to move (`drain`),
@@ -300,7 +355,7 @@ impl Conn {
             }
             let flow = tokio::select! {
                 msg = self.ws.recv() => self.on_message(msg).await,
-                Some(c) = self.confirms_rx.recv() => self.on_confirm(c).await,
+                Some(c) = next_confirm(self.confirms.as_mut()) => self.on_confirm(c).await,
                 _ = tokio::time::sleep_until(deadline) => {
                     tracing::info!(
                         conn = self.id,
@@ -322,11 +377,38 @@ impl Conn {
     }
 
     async fn send(&mut self, frame: &ServerFrame) -> Flow {
-        let text = encode(frame);
+        let message = Message::Text(Utf8Bytes::from(encode(frame)));
         // A client that stops reading fills its TCP window; do not wait for it forever.
-        let limit = (self.heartbeat() * 5 / 2).max(Duration::from_secs(1));
-        let sent = tokio::time::timeout(limit, self.ws.send(Message::Text(Utf8Bytes::from(text))));
-        match sent.await {
+        let limit = self.send_limit();
+        let sent = tokio::time::timeout(limit, self.ws.send(message)).await;
+        self.sent(sent)
+    }
+
+    /// Queues a frame in the socket's write buffer without flushing it; see
+    /// [`Conn::flush`]. Writes out only if the buffer is full.
+    async fn feed(&mut self, frame: &ServerFrame) -> Flow {
+        let message = Message::Text(Utf8Bytes::from(encode(frame)));
+        let limit = self.send_limit();
+        let sent = tokio::time::timeout(limit, self.ws.feed(message)).await;
+        self.sent(sent)
+    }
+
+    /// Writes out what [`Conn::feed`] queued.
+    async fn flush(&mut self) -> Flow {
+        let limit = self.send_limit();
+        let sent = tokio::time::timeout(limit, SinkExt::flush(&mut self.ws)).await;
+        self.sent(sent)
+    }
+
+    fn send_limit(&self) -> Duration {
+        (self.heartbeat() * 5 / 2).max(Duration::from_secs(1))
+    }
+
+    fn sent(
+        &mut self,
+        result: Result<Result<(), axum::Error>, tokio::time::error::Elapsed>,
+    ) -> Flow {
+        match result {
             Err(_) => {
                 tracing::info!(conn = self.id, "client does not read; closing");
                 Flow::Close(CloseCode::SlowConsumer, String::new())
@@ -463,15 +545,15 @@ impl Conn {
             if validate_segment("session", requested).is_ok() {
                 let queue = names.session_queue(requested);
                 // A connection of this gateway may still hold it: ask it to let go.
-                let local =
-                    self.shared
-                        .registry
-                        .claim(requested, self.id, self.takeover_tx.clone());
+                let local = self
+                    .shared
+                    .registry
+                    .claim(requested, self.id, self.takeover.clone());
                 if let Some(old) = &local {
                     // Wait (bounded) until the previous connection has requeued what it
                     // held, so nothing newer overtakes the requeued deliveries.
                     let (tx, rx) = tokio::sync::oneshot::channel();
-                    let asked = old.try_send(Takeover { released: Some(tx) }).is_ok();
+                    let asked = old.ask(Takeover { released: Some(tx) });
                     if asked {
                         let window = Duration::from_millis(config.session_takeover_ms);
                         let _ = tokio::time::timeout(window, rx).await;
@@ -507,7 +589,7 @@ impl Conn {
                 let id = session::new_session_id();
                 self.shared
                     .registry
-                    .claim(&id, self.id, self.takeover_tx.clone());
+                    .claim(&id, self.id, self.takeover.clone());
                 if let Err(e) = session::declare(&broker, &names.session_queue(&id), config).await {
                     self.shared.registry.release(&id, self.id);
                     tracing::warn!(conn = self.id, error = %e, "session declare failed");
@@ -856,7 +938,14 @@ impl Conn {
         metrics::add(&m.publishes, confirms.len() as u64);
         m.confirms_pending
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tx = self.confirms_tx.clone();
+        let tx = self
+            .confirms
+            .get_or_insert_with(|| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                Confirms { tx, rx }
+            })
+            .tx
+            .clone();
         tokio::spawn(async move {
             let mut outcome = Outcome::Acked;
             for res in futures_util::future::join_all(confirms).await {
@@ -914,24 +1003,7 @@ impl Conn {
         Flow::Continue
     }
 
-    /// How often the housekeeping tick runs: a quarter heartbeat for an idle session
-    /// (pings, heartbeat timeout), `overflow_check_ms` while the session's delivery
-    /// window is full (that is when the session queue can overflow). Idle sessions thus
-    /// wake rarely, which is what lets one gateway hold many of them.
-    fn tick_period(&self) -> Duration {
-        let hb = self.heartbeat() / 4;
-        let config = &self.shared.config;
-        let saturated = self.session.as_ref().is_some_and(|s| {
-            s.saturated || s.inflight.len() >= usize::from(config.delivery_window)
-        });
-        let period = if saturated {
-            hb.min(Duration::from_millis(config.overflow_check_ms))
-        } else {
-            hb
-        };
-        period.max(Duration::from_millis(25))
-    }
-
+    /// Heartbeat and overflow housekeeping, when the timer fires ([`Conn::next_wake`]).
     async fn on_tick(&mut self) -> Flow {
         let hb = self.heartbeat();
         let now = Instant::now();
@@ -966,21 +1038,52 @@ impl Conn {
         Flow::Continue
     }
 
-    async fn on_delivery(&mut self, d: Option<lapin::Result<Delivery>>) -> Flow {
-        let delivery = match d {
-            Some(Ok(d)) => d,
-            Some(Err(e)) => {
-                tracing::warn!(conn = self.id, error = %e, "session consumer failed");
-                return Flow::Close(CloseCode::BrokerUnavailable, String::new());
+    /// Sends a delivery and whatever further deliveries the consumer has buffered
+    /// already (up to [`MAX_WRITE_BATCH`]) with one flush: under load the client gets
+    /// them in one write instead of a system call each.
+    async fn on_delivery(&mut self, first: Option<lapin::Result<Delivery>>) -> Flow {
+        let mut next = first;
+        let mut batch = 0;
+        loop {
+            let delivery = match next {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => {
+                    tracing::warn!(conn = self.id, error = %e, "session consumer failed");
+                    return Flow::Close(CloseCode::BrokerUnavailable, String::new());
+                }
+                None => {
+                    tracing::warn!(conn = self.id, "session consumer cancelled by the broker");
+                    return Flow::Close(CloseCode::BrokerUnavailable, String::new());
+                }
+            };
+            let Some(frame) = self.delivery_frame(&delivery) else {
+                return Flow::Continue;
+            };
+            if let Flow::Close(c, r) = self.feed(&frame).await {
+                return Flow::Close(c, r);
             }
-            None => {
-                tracing::warn!(conn = self.id, "session consumer cancelled by the broker");
-                return Flow::Close(CloseCode::BrokerUnavailable, String::new());
+            batch += 1;
+            if self.phase == Phase::Closed || batch >= MAX_WRITE_BATCH {
+                break;
             }
-        };
-        let Some(s) = self.session.as_mut() else {
+            match self
+                .session
+                .as_mut()
+                .and_then(|s| s.consumer.next().now_or_never())
+            {
+                Some(d) => next = d,
+                None => break,
+            }
+        }
+        if self.phase == Phase::Closed {
             return Flow::Continue;
-        };
+        }
+        self.flush().await
+    }
+
+    /// Records a delivery as unacknowledged under the next `seq` and builds its frame.
+    fn delivery_frame(&mut self, delivery: &Delivery) -> Option<ServerFrame> {
+        let s = self.session.as_mut()?;
         let seq = s.inflight.push(delivery.acker.clone());
         if s.inflight.len() >= usize::from(self.shared.config.delivery_window) {
             s.saturated = true;
@@ -1004,7 +1107,7 @@ impl Conn {
                 self.requests.resolve(id);
             }
         }
-        self.send(&frame).await
+        Some(frame)
     }
 
     /// Binding keys of a subscription on this session.

@@ -5,13 +5,13 @@
 //! client reconnects before its previous connection noticed it was gone.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Consumer};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use crate::broker::Broker;
 use crate::config::Config;
@@ -408,24 +408,58 @@ pub struct Takeover {
     pub released: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
-/// Sessions served by this gateway: session id → (connection id, takeover sender).
+/// Where a connection is asked to give its session up: at most one request is held
+/// (a second one, while the first is pending, is refused, as the connection is leaving
+/// anyway). Much smaller than a channel, which matters with one per idle connection.
+#[derive(Debug, Default)]
+pub struct TakeoverSignal {
+    asked: Mutex<Option<Takeover>>,
+    notify: Notify,
+}
+
+impl TakeoverSignal {
+    /// Asks the connection to give the session up; false when it was asked already.
+    pub fn ask(&self, takeover: Takeover) -> bool {
+        let mut asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
+        if asked.is_some() {
+            return false;
+        }
+        *asked = Some(takeover);
+        self.notify.notify_one();
+        true
+    }
+
+    /// Resolves with the request once the connection is asked.
+    pub async fn asked(&self) -> Takeover {
+        loop {
+            if let Some(t) = self.asked.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                return t;
+            }
+            // notify_one() stores a permit when nobody waits, so a request made
+            // between the check above and this await is not missed.
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// Sessions served by this gateway: session id → (connection id, takeover signal).
 #[derive(Debug, Default)]
 pub struct Registry {
-    sessions: Mutex<HashMap<String, (u64, mpsc::Sender<Takeover>)>>,
+    sessions: Mutex<HashMap<String, (u64, Arc<TakeoverSignal>)>>,
 }
 
 impl Registry {
-    /// Records that connection `conn` serves `session`; returns the takeover sender of
+    /// Records that connection `conn` serves `session`; returns the takeover signal of
     /// the connection that served it before, if any.
     pub fn claim(
         &self,
         session: &str,
         conn: u64,
-        tx: mpsc::Sender<Takeover>,
-    ) -> Option<mpsc::Sender<Takeover>> {
+        signal: Arc<TakeoverSignal>,
+    ) -> Option<Arc<TakeoverSignal>> {
         let mut map = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        map.insert(session.to_string(), (conn, tx))
-            .map(|(_, tx)| tx)
+        map.insert(session.to_string(), (conn, signal))
+            .map(|(_, signal)| signal)
     }
 
     /// Forgets `session` if connection `conn` still holds it.
@@ -441,7 +475,7 @@ impl Registry {
     pub fn ask_to_release(&self, session: &str) -> bool {
         let map = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         match map.get(session) {
-            Some((_, tx)) => tx.try_send(Takeover { released: None }).is_ok(),
+            Some((_, signal)) => signal.ask(Takeover { released: None }),
             None => false,
         }
     }
@@ -510,14 +544,38 @@ mod tests {
     #[test]
     fn the_registry_hands_back_the_previous_holder_and_releases_only_its_own() {
         let r = Registry::default();
-        let (tx1, _rx1) = mpsc::channel(1);
-        let (tx2, _rx2) = mpsc::channel(1);
-        assert!(r.claim("s", 1, tx1).is_none());
-        assert!(r.claim("s", 2, tx2).is_some());
+        assert!(r.claim("s", 1, Arc::default()).is_none());
+        assert!(r.claim("s", 2, Arc::default()).is_some());
         r.release("s", 1);
         assert_eq!(r.len(), 1);
         r.release("s", 2);
         assert!(r.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_takeover_signal_holds_one_request_until_the_connection_takes_it() {
+        let signal = TakeoverSignal::default();
+        assert!(signal.ask(Takeover { released: None }));
+        assert!(
+            !signal.ask(Takeover { released: None }),
+            "a second request while one is pending is refused"
+        );
+        // Asked before anyone waited: the request is still there.
+        let t = tokio::time::timeout(Duration::from_secs(1), signal.asked()).await;
+        assert!(t.is_ok_and(|t| t.released.is_none()));
+        // Nothing pending now: waiting does not resolve.
+        let none = tokio::time::timeout(Duration::from_millis(50), signal.asked()).await;
+        assert!(none.is_err());
+        // Asked while waiting: resolves.
+        let signal = Arc::new(signal);
+        let waiter = tokio::spawn({
+            let signal = signal.clone();
+            async move { signal.asked().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(signal.ask(Takeover { released: None }));
+        let got = tokio::time::timeout(Duration::from_secs(1), waiter).await;
+        assert!(got.is_ok_and(|r| r.is_ok()));
     }
 
     #[test]
