@@ -1315,3 +1315,34 @@ impl Conn {
         tracing::info!(conn = self.id, session = %s.id, requeued = n, "session closed");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn housekeeping_deadlines_round_up_to_a_shared_grid_of_a_32nd_heartbeat() {
+        let hb = Duration::from_millis(3_200);
+        let grain = Duration::from_millis(100);
+        let base = Instant::now();
+        for offset_ms in [0, 1, 37, 99, 100, 101, 250, 5_000] {
+            let at = base + Duration::from_millis(offset_ms);
+            let rounded = coarse(at, hb);
+            assert!(rounded >= at, "never earlier than asked");
+            assert!(rounded < at + grain, "at most one grain later");
+        }
+        // Deadlines within one grain of each other fall due together.
+        let a = coarse(base + Duration::from_millis(1_010), hb);
+        let b = coarse(
+            base + Duration::from_millis(1_010) + Duration::from_micros(1),
+            hb,
+        );
+        let c = coarse(a + Duration::from_millis(1), hb);
+        assert!(b == a || b == a + grain);
+        assert_eq!(c, a + grain);
+        // The grain is capped at one second for long heartbeats.
+        let long = Duration::from_secs(120);
+        let at = base + Duration::from_millis(10);
+        assert!(coarse(at, long) < at + Duration::from_secs(1));
+    }
+}

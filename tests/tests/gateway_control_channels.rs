@@ -1,0 +1,98 @@
+//! The broker's control channels are replaced after a bounded number of uses, and a
+//! replaced channel closes once its last user drops it. lapin keeps a record of every
+//! queue declared or bound on a channel until the channel closes; session queues are
+//! never deleted by the gateway (they expire), so without this a gateway's memory grew
+//! with every session it ever opened.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use warren_e2e::env::amqp_addr;
+use warren_gateway::broker::Broker;
+use warren_gateway::metrics::Metrics;
+use warren_gateway::Config;
+
+/// Open channels of the broker connections whose client name mentions `node`, or
+/// `None` when rabbitmqctl is not usable here.
+fn channels_of(node: &str) -> Option<usize> {
+    let run = |args: &[&str]| {
+        let out = Command::new("rabbitmqctl").args(args).output().ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let connections = run(&[
+        "list_connections",
+        "--no-table-headers",
+        "-q",
+        "pid",
+        "client_properties",
+    ])?;
+    let ours: Vec<&str> = connections
+        .lines()
+        .filter(|l| l.contains(&format!("warren-gateway {node} ")))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    if ours.is_empty() {
+        return None;
+    }
+    let channels = run(&["list_channels", "--no-table-headers", "-q", "connection"])?;
+    Some(
+        channels
+            .lines()
+            .filter(|l| ours.contains(&l.trim()))
+            .count(),
+    )
+}
+
+#[tokio::test]
+async fn a_control_channel_is_replaced_after_its_uses_and_the_old_one_closes() {
+    let config = Config {
+        amqp_uri: vec![amqp_addr()],
+        node: "t-control-channels".into(),
+        publisher_channels: 1,
+        ..Config::default()
+    };
+    let broker = Broker::connect(&config, Arc::new(Metrics::default()))
+        .await
+        .expect("RabbitMQ at AMQP_ADDR");
+    let first = broker.control().await.expect("control channel");
+    let first_id = first.id();
+    // With one control channel, every use is of the same channel until it is replaced.
+    let mut replaced_after = None;
+    for uses in 2..=2_000 {
+        let ch = broker.control().await.expect("control channel");
+        if ch.id() != first_id {
+            replaced_after = Some(uses);
+            break;
+        }
+    }
+    let replaced_after = replaced_after.expect("the control channel is replaced within 2,000 uses");
+    assert!(
+        replaced_after > 100,
+        "replaced after {replaced_after} uses: too often to be cheap"
+    );
+    // The pool let go of the old channel: it closes once its last user drops it, so
+    // the gateway's connections are back to the channels they had before.
+    let Some(before) = channels_of(&config.node) else {
+        eprintln!("rabbitmqctl is not usable here; not checking that the old channel closes");
+        return;
+    };
+    drop(first);
+    let mut after = before;
+    for _ in 0..50 {
+        after = channels_of(&config.node).unwrap_or(before);
+        if after < before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(after, before - 1, "the replaced channel is closed");
+    // The fresh channel serves, and later uses keep the same one for a while.
+    let next = broker.control().await.expect("control channel");
+    let again = broker.control().await.expect("control channel");
+    assert_eq!(next.id(), again.id());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    broker.close().await;
+}
