@@ -47,7 +47,9 @@ pub enum Responder {
 /// `warren-bench`: loads a Warren gateway the way real traffic would and measures the
 /// same work done by raw AMQP clients against RabbitMQ in the same run.
 #[derive(Debug, Clone, Parser, Serialize)]
-#[command(name = "warren-bench", version, about)]
+// A later flag overrides an earlier one, so `bench/run.sh --runs 3` overrides the
+// script's own `--runs 5`.
+#[command(name = "warren-bench", version, about, args_override_self = true)]
 pub struct Config {
     /// Scenarios to run, comma-separated (idle runs first: it restarts the gateway).
     #[arg(long, value_delimiter = ',', default_value = "idle,publish,rpc,fanout")]
@@ -266,5 +268,11 @@ mod tests {
         assert!(Config::parse_from(["warren-bench", "--runs", "0"])
             .validate()
             .is_err());
+    }
+
+    #[test]
+    fn a_later_flag_overrides_an_earlier_one() {
+        let c = Config::parse_from(["warren-bench", "--runs", "5", "--runs", "2"]);
+        assert_eq!(c.runs, 2);
     }
 }
