@@ -4,12 +4,12 @@
 # Builds the gateway, the demo service and warren-bench in release mode, then runs every
 # scenario (idle with 10,000 sessions; publish, rpc and fanout with 1, 4, 16 and 64
 # clients; each against the gateway and against raw AMQP; median of 5 runs) and writes
-# bench/results/{report.json,table.md,chart.svg}. Takes about 16 minutes on 2 cores.
+# bench/results/{report.json,table.md,chart.svg}. Takes about 20 minutes on 2 cores.
 # Run it on a quiet machine: other load skews every figure.
 #
 # Extra arguments go to warren-bench, e.g. `bench/run.sh --clients 1,8 --runs 3`.
-# Five runs per figure: RabbitMQ's quorum queues stall now and then for a few hundred
-# ms, which moves one run's p99 a lot; the median of five is steadier than of three.
+# Five runs per figure: a stall of a few hundred ms now and then (it hits the raw-AMQP
+# runs too) moves one run's p99 a lot; the median of five is steadier than of three.
 # RabbitMQ must be running (AMQP_ADDR, default amqp://127.0.0.1:5672/%2f, guest/guest).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
