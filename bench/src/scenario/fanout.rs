@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, Notify};
 use warren_protocol::amqp::keys;
 use warren_protocol::{ClientFrame, ServerFrame, Subscribe};
 
-use super::{join_workers, message, stamp_of, watch_cpu, SharedEnv, Target, WorkerOutcome};
+use super::{join_workers, message, stamp_of, watch_gateway_cpu, SharedEnv, Target, WorkerOutcome};
 use crate::client::{source_ip, GatewayClient};
 use crate::error::{BenchError, Result};
 use crate::measurement::{now_us, Figures, MeasureWindow, Tally};
@@ -100,12 +100,7 @@ pub async fn run(env: &SharedEnv, target: Target, subscribers: usize) -> Result<
     }
     let window = env.window();
     let _ = progress.window.set(window);
-    let cpu = watch_cpu(
-        (target == Target::Gateway)
-            .then_some(env.gateway_pid)
-            .flatten(),
-        window,
-    );
+    let cpu = watch_gateway_cpu(env, target, window);
     let published = if ready == subscribers {
         publish(env, &progress, window).await
     } else {

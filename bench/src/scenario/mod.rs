@@ -12,6 +12,7 @@ pub mod idle;
 pub mod publish;
 pub mod rpc;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +24,7 @@ use warren_protocol::amqp::Names;
 use crate::client::GatewayAddr;
 use crate::config::Config;
 use crate::error::{BenchError, Result};
-use crate::measurement::{now_us, MeasureWindow, Tally};
+use crate::measurement::{now_us, Figures, MeasureWindow, Tally};
 use crate::process_stats::CpuMeter;
 
 /// What a scenario loads.
@@ -129,6 +130,54 @@ pub fn watch_cpu(pid: Option<u32>, window: MeasureWindow) -> JoinHandle<Option<f
         tokio::time::sleep(until(window.end_us)).await;
         meter.percent().ok()
     })
+}
+
+/// Watches the gateway's CPU over `window` when the gateway is the target.
+pub fn watch_gateway_cpu(
+    env: &SharedEnv,
+    target: Target,
+    window: MeasureWindow,
+) -> JoinHandle<Option<f64>> {
+    watch_cpu(
+        (target == Target::Gateway)
+            .then_some(env.gateway_pid)
+            .flatten(),
+        window,
+    )
+}
+
+/// Runs one worker per client (the publish and rpc scenarios): `gateway` or `raw`,
+/// spawned with the client's index and the measured window, joined, their sessions
+/// forgotten, and the figures of the window taken, with the gateway's CPU.
+///
+/// # Errors
+/// The first worker's error.
+pub async fn run_workers<G, GF, R, RF>(
+    env: &SharedEnv,
+    target: Target,
+    clients: usize,
+    gateway: G,
+    raw: R,
+) -> Result<Figures>
+where
+    G: Fn(SharedEnv, usize, MeasureWindow) -> GF,
+    GF: Future<Output = Result<WorkerOutcome>> + Send + 'static,
+    R: Fn(SharedEnv, usize, MeasureWindow) -> RF,
+    RF: Future<Output = Result<WorkerOutcome>> + Send + 'static,
+{
+    let window = env.window();
+    let cpu = watch_gateway_cpu(env, target, window);
+    let handles = (0..clients)
+        .map(|i| match target {
+            Target::Gateway => tokio::spawn(gateway(env.clone(), i, window)),
+            Target::Raw => tokio::spawn(raw(env.clone(), i, window)),
+        })
+        .collect();
+    let (tally, sessions) = join_workers(handles).await;
+    env.forget_sessions(&sessions).await;
+    let mut figures = Figures::from_tally(tally?, &window);
+    figures.gateway_cpu_pct = cpu.await.ok().flatten();
+    Ok(figures)
 }
 
 /// What a worker hands back: its tally and the session it used (if any).

@@ -9,7 +9,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use serde_json::value::RawValue;
 use warren_protocol::{ClientFrame, Publish, ServerFrame};
 
-use super::{join_workers, message, watch_cpu, SharedEnv, Target, WorkerOutcome};
+use super::{message, run_workers, SharedEnv, Target, WorkerOutcome};
 use crate::client::{source_ip, GatewayClient};
 use crate::error::{BenchError, Result};
 use crate::measurement::{now_us, Figures, MeasureWindow, Tally};
@@ -20,30 +20,9 @@ use crate::measurement::{now_us, Figures, MeasureWindow, Tally};
 /// When a client cannot connect or an answer does not come within `--op-timeout`.
 pub async fn run(env: &SharedEnv, target: Target, clients: usize) -> Result<Figures> {
     crate::amqp::ensure_channel_queue(&env.amqp, &env.names, &env.config.publish_channel).await?;
-    let window = env.window();
-    let cpu = watch_cpu(
-        (target == Target::Gateway)
-            .then_some(env.gateway_pid)
-            .flatten(),
-        window,
-    );
-    let handles = (0..clients)
-        .map(|i| {
-            let env = env.clone();
-            tokio::spawn(async move {
-                match target {
-                    Target::Gateway => gateway_client(&env, i, window).await,
-                    Target::Raw => raw_client(&env, i, window).await,
-                }
-            })
-        })
-        .collect();
-    let (tally, sessions) = join_workers(handles).await;
-    env.forget_sessions(&sessions).await;
+    let figures = run_workers(env, target, clients, gateway_client, raw_client).await;
     purge(env).await;
-    let mut figures = Figures::from_tally(tally?, &window);
-    figures.gateway_cpu_pct = cpu.await.ok().flatten();
-    Ok(figures)
+    figures
 }
 
 /// Empties the channel queue the publishes went to, so RabbitMQ stays lean.
@@ -60,7 +39,7 @@ async fn purge(env: &SharedEnv) {
     }
 }
 
-async fn gateway_client(env: &SharedEnv, i: usize, window: MeasureWindow) -> Result<WorkerOutcome> {
+async fn gateway_client(env: SharedEnv, i: usize, window: MeasureWindow) -> Result<WorkerOutcome> {
     let cfg = &env.config;
     let mut c =
         GatewayClient::connect(env.gateway()?, source_ip(i, cfg.source_ips), cfg.op_timeout)
@@ -121,7 +100,7 @@ fn sent_us(id: &str) -> Option<u64> {
     id.rsplit_once('-').and_then(|(_, t)| t.parse().ok())
 }
 
-async fn raw_client(env: &SharedEnv, i: usize, window: MeasureWindow) -> Result<WorkerOutcome> {
+async fn raw_client(env: SharedEnv, i: usize, window: MeasureWindow) -> Result<WorkerOutcome> {
     let cfg = &env.config;
     let conn = crate::amqp::connect(&cfg.amqp_uri, &format!("warren-bench-publish-{i}")).await?;
     let ch = conn.create_channel().await?;

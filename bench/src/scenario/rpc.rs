@@ -14,7 +14,7 @@ use lapin::types::FieldTable;
 use serde_json::value::RawValue;
 use warren_protocol::{ClientFrame, Request, ServerFrame};
 
-use super::{join_workers, message, watch_cpu, SharedEnv, Target, WorkerOutcome};
+use super::{message, run_workers, SharedEnv, Target, WorkerOutcome};
 use crate::client::{source_ip, GatewayClient};
 use crate::error::{BenchError, Result};
 use crate::measurement::{now_us, Figures, MeasureWindow, Tally};
@@ -24,32 +24,10 @@ use crate::measurement::{now_us, Figures, MeasureWindow, Tally};
 /// # Errors
 /// When a client cannot connect or a reply does not come within `--op-timeout`.
 pub async fn run(env: &SharedEnv, target: Target, clients: usize) -> Result<Figures> {
-    let window = env.window();
-    let cpu = watch_cpu(
-        (target == Target::Gateway)
-            .then_some(env.gateway_pid)
-            .flatten(),
-        window,
-    );
-    let handles = (0..clients)
-        .map(|i| {
-            let env = env.clone();
-            tokio::spawn(async move {
-                match target {
-                    Target::Gateway => gateway_client(&env, i, window).await,
-                    Target::Raw => raw_client(&env, i, window).await,
-                }
-            })
-        })
-        .collect();
-    let (tally, sessions) = join_workers(handles).await;
-    env.forget_sessions(&sessions).await;
-    let mut figures = Figures::from_tally(tally?, &window);
-    figures.gateway_cpu_pct = cpu.await.ok().flatten();
-    Ok(figures)
+    run_workers(env, target, clients, gateway_client, raw_client).await
 }
 
-async fn gateway_client(env: &SharedEnv, i: usize, window: MeasureWindow) -> Result<WorkerOutcome> {
+async fn gateway_client(env: SharedEnv, i: usize, window: MeasureWindow) -> Result<WorkerOutcome> {
     let cfg = &env.config;
     let mut c =
         GatewayClient::connect(env.gateway()?, source_ip(i, cfg.source_ips), cfg.op_timeout)
@@ -99,7 +77,7 @@ async fn gateway_client(env: &SharedEnv, i: usize, window: MeasureWindow) -> Res
     })
 }
 
-async fn raw_client(env: &SharedEnv, i: usize, window: MeasureWindow) -> Result<WorkerOutcome> {
+async fn raw_client(env: SharedEnv, i: usize, window: MeasureWindow) -> Result<WorkerOutcome> {
     let cfg = &env.config;
     let conn = crate::amqp::connect(&cfg.amqp_uri, &format!("warren-bench-rpc-{i}")).await?;
     let ch = conn.create_channel().await?;
