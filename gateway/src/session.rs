@@ -9,13 +9,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Consumer};
 use tokio::sync::Notify;
+use warren_protocol::amqp::QueueArg;
 
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::error::{is_not_found, GatewayError};
+use crate::topology::field_table;
 
 /// A fresh session id: 32 lower-case hex digits (a valid routing-key segment).
 pub fn new_session_id() -> String {
@@ -33,51 +35,33 @@ pub fn dropped_queue(queue: &str) -> String {
 /// what expires in it) is dead-lettered through the default exchange to its
 /// [`dropped_queue`], where the gateway counts it for `overflow`.
 pub fn queue_args(config: &Config, queue: &str) -> FieldTable {
-    let mut t = FieldTable::default();
-    t.insert(
-        "x-expires".into(),
-        AMQPValue::LongLongInt(config.session_expires_ms as i64),
-    );
-    t.insert(
-        "x-max-length".into(),
-        AMQPValue::LongLongInt(i64::from(config.session_max_length)),
-    );
-    t.insert(
-        "x-overflow".into(),
-        AMQPValue::LongString(LongString::from("drop-head")),
-    );
-    t.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString(LongString::from("")),
-    );
-    t.insert(
-        "x-dead-letter-routing-key".into(),
-        AMQPValue::LongString(LongString::from(dropped_queue(queue))),
-    );
-    t
+    field_table(&[
+        ("x-expires", QueueArg::Int(config.session_expires_ms as i64)),
+        (
+            "x-max-length",
+            QueueArg::Int(i64::from(config.session_max_length)),
+        ),
+        ("x-overflow", QueueArg::Text("drop-head".into())),
+        ("x-dead-letter-exchange", QueueArg::Text(String::new())),
+        (
+            "x-dead-letter-routing-key",
+            QueueArg::Text(dropped_queue(queue)),
+        ),
+    ])
 }
 
 /// Arguments of a [`dropped_queue`]: it expires with the session, keeps its messages on
 /// disk (only their number matters), and holds at most `overflow_record_max`.
 pub fn dropped_args(config: &Config) -> FieldTable {
-    let mut t = FieldTable::default();
-    t.insert(
-        "x-expires".into(),
-        AMQPValue::LongLongInt(config.session_expires_ms as i64),
-    );
-    t.insert(
-        "x-max-length".into(),
-        AMQPValue::LongLongInt(i64::from(config.overflow_record_max)),
-    );
-    t.insert(
-        "x-overflow".into(),
-        AMQPValue::LongString(LongString::from("drop-head")),
-    );
-    t.insert(
-        "x-queue-mode".into(),
-        AMQPValue::LongString(LongString::from("lazy")),
-    );
-    t
+    field_table(&[
+        ("x-expires", QueueArg::Int(config.session_expires_ms as i64)),
+        (
+            "x-max-length",
+            QueueArg::Int(i64::from(config.overflow_record_max)),
+        ),
+        ("x-overflow", QueueArg::Text("drop-head".into())),
+        ("x-queue-mode", QueueArg::Text("lazy".into())),
+    ])
 }
 
 /// Declares a session queue (durable, not exclusive, not auto-delete) and its
@@ -497,6 +481,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lapin::types::{AMQPValue, LongString};
 
     #[test]
     fn sequence_numbers_start_at_one_and_increase() {

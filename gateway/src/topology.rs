@@ -168,10 +168,7 @@ impl Topology {
                     .await
                     .map_err(|e| GatewayError::amqp(format!("exchange.declare {name}"), e))?,
                 Declaration::Queue { name, args } => {
-                    let mut table = FieldTable::default();
-                    for (k, v) in args {
-                        table.insert(ShortString::from(k.as_str()), arg_value(v));
-                    }
+                    let table = field_table(args);
                     channel
                         .queue_declare(
                             ShortString::from(name.as_str()),
@@ -242,12 +239,18 @@ impl fmt::Display for Topology {
     }
 }
 
-/// A queue argument as an AMQP field value.
-pub(crate) fn arg_value(v: &QueueArg) -> AMQPValue {
-    match v {
-        QueueArg::Text(t) => AMQPValue::LongString(LongString::from(t.as_str())),
-        QueueArg::Int(i) => AMQPValue::LongLongInt(*i),
+/// Queue arguments as an AMQP field table (text as long strings, numbers as
+/// long-long integers).
+pub(crate) fn field_table<K: AsRef<str>>(args: &[(K, QueueArg)]) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (k, v) in args {
+        let value = match v {
+            QueueArg::Text(t) => AMQPValue::LongString(LongString::from(t.as_str())),
+            QueueArg::Int(i) => AMQPValue::LongLongInt(*i),
+        };
+        table.insert(ShortString::from(k.as_ref()), value);
     }
+    table
 }
 
 #[cfg(test)]
