@@ -89,7 +89,30 @@ pub struct Config {
     pub message_ttl_ms: u64,
     /// Per-channel settings (`[channel_options.<name>]`), e.g. `message_ttl_ms`.
     pub channel_options: std::collections::BTreeMap<String, ChannelOptions>,
-    /// How tokens become user ids.
+    /// A connection that has not sent `hello` (or another first frame) this long
+    /// after the upgrade is closed. Default: 10000.
+    pub hello_timeout_ms: u64,
+    /// Open connections per client IP address; more are refused with HTTP 429.
+    /// 0 = no limit. Default: 1000.
+    pub max_connections_per_ip: u32,
+    /// New connections per client IP address per second (bursts of twice this); more
+    /// are refused with HTTP 429. 0 = no limit. Default: 100.
+    pub max_new_connections_per_ip_per_s: u32,
+    /// Whether the per-IP limits also count loopback addresses (a reverse proxy, or
+    /// tests and benchmarks on the same machine, all connect from loopback). Default:
+    /// false.
+    pub ip_limits_on_loopback: bool,
+    /// Open sessions per user; one more gets `error overloaded` and a close with
+    /// `4005 rate_limited`. 0 = no limit. Default: 100.
+    pub max_connections_per_user: u32,
+    /// Frames one connection may send per second (bursts of twice this); beyond it the
+    /// gateway reads that socket more slowly (nothing is refused, other connections are
+    /// unaffected). 0 = no limit. Default: 10000.
+    pub max_frames_per_s: u32,
+    /// Requests one connection may have waiting for their reply; one more is answered
+    /// `overloaded`. Default: 1000.
+    pub max_pending_requests: usize,
+    /// Tokens, identities, allowed origins.
     pub auth: AuthConfig,
 }
 
@@ -151,18 +174,81 @@ impl QueueType {
     }
 }
 
-/// How a `hello` token becomes a user id.
+/// Who a connection is, and where it may come from (README, "Authentication and
+/// permissions").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
-    /// `none`: the token, if given, is the user id; without one the user is the session.
+    /// `none` (development: the token, if given, is the user id, who may do
+    /// everything) or `jwt` (a signed token; see [`JwtConfig`]). Default: `none`.
     pub mode: AuthMode,
+    /// Settings of `jwt` mode.
+    pub jwt: JwtConfig,
+    /// `Origin`s allowed to open a WebSocket: exact origins (`https://app.example.com`)
+    /// or patterns with a leading `*.` host label (`https://*.example.com`); an upgrade
+    /// from anywhere else is refused with HTTP 403. Requests without `Origin` (not from
+    /// a browser) are allowed. Default: empty, which allows every origin.
+    pub allowed_origins: Vec<String>,
+    /// Name of a cookie whose value is taken as the token when `hello` carries none
+    /// (for same-site apps). An `Authorization: Bearer` header on the upgrade is
+    /// always read. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_cookie: Option<String>,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             mode: AuthMode::None,
+            jwt: JwtConfig::default(),
+            allowed_origins: Vec::new(),
+            token_cookie: None,
+        }
+    }
+}
+
+/// `[auth.jwt]`: how tokens are verified in `jwt` mode. At least one key is needed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwtConfig {
+    /// Accepted algorithms (`HS256`, `HS384`, `HS512`, `RS256`, ..., `PS512`, `ES256`,
+    /// `ES384`, `EdDSA`). A token whose header names another is refused.
+    /// Default: `["HS256"]`.
+    pub algorithms: Vec<String>,
+    /// The shared HMAC secret (at least 32 bytes). Prefer `secret_file` or the
+    /// `WARREN_AUTH_JWT_SECRET` environment variable to keep it out of config files.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// A file holding the HMAC secret (trailing white space is ignored).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
+    /// PEM files of RSA, EC (P-256/P-384) or Ed25519 public keys.
+    pub public_key_files: Vec<PathBuf>,
+    /// A JWKS document (`{"keys": [...]}`); a token's `kid` picks the key, and a `kid`
+    /// not in the document is refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<PathBuf>,
+    /// Required `iss`, if set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Required `aud`, if set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds. Default: 30.
+    pub leeway_s: u64,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            algorithms: vec!["HS256".into()],
+            secret: None,
+            secret_file: None,
+            public_key_files: Vec::new(),
+            jwks_file: None,
+            issuer: None,
+            audience: None,
+            leeway_s: 30,
         }
     }
 }
@@ -173,6 +259,8 @@ impl Default for AuthConfig {
 pub enum AuthMode {
     /// Development: trust the token as the user id.
     None,
+    /// A JSON Web Token signed by the app's backend.
+    Jwt,
 }
 
 impl Default for Config {
@@ -210,6 +298,13 @@ impl Default for Config {
             broker_wait_ms: 5_000,
             message_ttl_ms: 0,
             channel_options: std::collections::BTreeMap::new(),
+            hello_timeout_ms: 10_000,
+            max_connections_per_ip: 1000,
+            max_new_connections_per_ip_per_s: 100,
+            ip_limits_on_loopback: false,
+            max_connections_per_user: 100,
+            max_frames_per_s: 10_000,
+            max_pending_requests: 1000,
             auth: AuthConfig::default(),
         }
     }
@@ -345,6 +440,17 @@ impl Config {
         if self.max_consecutive_errors == 0 {
             return bad("max_consecutive_errors must be at least 1".into());
         }
+        if self.hello_timeout_ms == 0 || self.max_pending_requests == 0 {
+            return bad("hello_timeout_ms and max_pending_requests must be at least 1".into());
+        }
+        for origin in &self.auth.allowed_origins {
+            if !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                return bad(format!(
+                    "auth.allowed_origins: `{origin}` must start with http:// or https://"
+                ));
+            }
+        }
+        crate::auth::Verifier::from_config(&self.auth)?;
         Ok(())
     }
 
@@ -390,8 +496,27 @@ impl Config {
             overflow_check_ms,
             overflow_record_max,
             broker_wait_ms,
-            message_ttl_ms
+            message_ttl_ms,
+            hello_timeout_ms,
+            max_connections_per_ip,
+            max_new_connections_per_ip_per_s,
+            ip_limits_on_loopback,
+            max_connections_per_user,
+            max_frames_per_s,
+            max_pending_requests
         );
+        if let Some(mode) = o.auth_mode {
+            self.auth.mode = mode;
+        }
+        if let Some(secret) = &o.auth_jwt_secret {
+            self.auth.jwt.secret = Some(secret.clone());
+        }
+        if let Some(path) = &o.auth_jwt_secret_file {
+            self.auth.jwt.secret_file = Some(path.clone());
+        }
+        if !o.allowed_origins.is_empty() {
+            self.auth.allowed_origins = o.allowed_origins.clone();
+        }
     }
 
     /// Builds the configuration from the command line: defaults, then the TOML file
@@ -554,6 +679,51 @@ pub struct Overrides {
     /// file's [channel_options.<name>] [default: 0].
     #[arg(long, env = "WARREN_MESSAGE_TTL_MS", global = true)]
     pub message_ttl_ms: Option<u64>,
+    /// Close a connection that sends no first frame within this many ms [default: 10000].
+    #[arg(long, env = "WARREN_HELLO_TIMEOUT_MS", global = true)]
+    pub hello_timeout_ms: Option<u64>,
+    /// Open connections per client IP address, 0 = no limit [default: 1000].
+    #[arg(long, env = "WARREN_MAX_CONNECTIONS_PER_IP", global = true)]
+    pub max_connections_per_ip: Option<u32>,
+    /// New connections per IP address per second, 0 = no limit [default: 100].
+    #[arg(long, env = "WARREN_MAX_NEW_CONNECTIONS_PER_IP_PER_S", global = true)]
+    pub max_new_connections_per_ip_per_s: Option<u32>,
+    /// Apply the per-IP limits to loopback addresses too [default: false].
+    #[arg(long, env = "WARREN_IP_LIMITS_ON_LOOPBACK", global = true)]
+    pub ip_limits_on_loopback: Option<bool>,
+    /// Open sessions per user, 0 = no limit [default: 100].
+    #[arg(long, env = "WARREN_MAX_CONNECTIONS_PER_USER", global = true)]
+    pub max_connections_per_user: Option<u32>,
+    /// Frames per connection per second before its socket is read more slowly,
+    /// 0 = no limit [default: 10000].
+    #[arg(long, env = "WARREN_MAX_FRAMES_PER_S", global = true)]
+    pub max_frames_per_s: Option<u32>,
+    /// Requests per connection awaiting their reply [default: 1000].
+    #[arg(long, env = "WARREN_MAX_PENDING_REQUESTS", global = true)]
+    pub max_pending_requests: Option<usize>,
+    /// Authentication mode: none (development only) or jwt [default: none].
+    #[arg(long, env = "WARREN_AUTH_MODE", global = true)]
+    pub auth_mode: Option<AuthMode>,
+    /// HMAC secret of jwt mode (at least 32 bytes); the file's auth.jwt.secret.
+    #[arg(
+        long,
+        env = "WARREN_AUTH_JWT_SECRET",
+        global = true,
+        hide_env_values = true
+    )]
+    pub auth_jwt_secret: Option<String>,
+    /// File holding the HMAC secret of jwt mode.
+    #[arg(long, env = "WARREN_AUTH_JWT_SECRET_FILE", global = true)]
+    pub auth_jwt_secret_file: Option<PathBuf>,
+    /// Origins allowed to open a WebSocket (exact, or https://*.example.com);
+    /// repeatable [default: any].
+    #[arg(
+        long,
+        env = "WARREN_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub allowed_origins: Vec<String>,
 }
 
 #[cfg(test)]

@@ -1,8 +1,10 @@
 //! One WebSocket connection: a `tokio::select!` loop over the socket, the session
 //! queue's deliveries, publisher-confirm results, request deadlines, the heartbeat
 //! timer, session takeover and gateway shutdown. Every client frame is answered; bad
-//! input becomes an `error` frame with a registry code, never a panic.
+//! input becomes an `error` frame with a registry code. A panic (a bug) is caught: the
+//! session is still cleaned up and the socket closed with 1011.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,14 +16,19 @@ use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use lapin::{Acker, BasicProperties, Channel, Confirmation, Consumer, PublisherConfirm};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use warren_protocol::amqp::{self, keys, validate_dotted, validate_segment};
+use warren_protocol::amqp::{
+    self, keys, validate_client_headers, validate_dotted, validate_segment, validate_short,
+    HeaderError,
+};
 use warren_protocol::{
     decode_client, encode, ClientFrame, CloseCode, Correlator, Distribution, Drain, ErrorCode,
-    Headers, Hello, Limits, Overflow, Ping, PocAction, PocPacket, ServerFrame, Subscribe, Welcome,
-    PROTOCOL_VERSION,
+    Headers, Hello, Limits, Overflow, Ping, PocAction, PocPacket, Refresh, ServerFrame, Subscribe,
+    Welcome, PROTOCOL_VERSION,
 };
 
+use crate::auth::{Action, AuthError, Identity};
 use crate::delivery::{self, Incoming};
+use crate::limits::{Slot, TokenBucket};
 use crate::metrics;
 use crate::server::Shared;
 use crate::session::{self, ConsumeError, Inflight, Subscriptions, Takeover, TakeoverSignal};
@@ -90,7 +97,12 @@ impl Refusal {
 /// The open session of a connection.
 struct Session {
     id: String,
-    user: String,
+    /// Who the verified token says the user is, and what it may do.
+    identity: Identity,
+    /// When the token expires (its `exp` plus the configured leeway).
+    expires: Option<Instant>,
+    /// This session's place in the per-user count (`max_connections_per_user`).
+    _user_slot: Option<Slot>,
     queue: String,
     channel: Channel,
     consumer: Consumer,
@@ -106,9 +118,22 @@ struct Session {
 }
 
 /// Serves one upgraded WebSocket until it closes.
-pub(crate) async fn serve(ws: WebSocket, shared: Arc<Shared>, pinned: Option<String>) {
+pub(crate) async fn serve(
+    ws: WebSocket,
+    shared: Arc<Shared>,
+    pinned: Option<String>,
+    upgrade_token: Option<String>,
+) {
     let id = shared.next_connection_id();
     let now = Instant::now();
+    let frames = match shared.config.max_frames_per_s {
+        0 => None,
+        rate => Some(TokenBucket::new(
+            rate,
+            rate.saturating_mul(2),
+            now.into_std(),
+        )),
+    };
     let mut conn = Conn {
         shared,
         pinned,
@@ -126,22 +151,44 @@ pub(crate) async fn serve(ws: WebSocket, shared: Arc<Shared>, pinned: Option<Str
         takeover: Arc::default(),
         session: None,
         released: None,
+        upgrade_token,
+        frames,
     };
     let shared = conn.shared.clone();
     let _guard = shared.tracker.enter();
-    let (code, reason) = conn.run().await;
-    conn.cleanup().await;
+    // A panic in a handler is a bug; it must not skip the cleanup (requeue what the
+    // client held, leave the registry, publish `client.disconnected`).
+    let (code, reason) = match AssertUnwindSafe(conn.run()).catch_unwind().await {
+        Ok(done) => done,
+        Err(panic) => {
+            metrics::add(&shared.metrics.connection_panics, 1);
+            tracing::error!(
+                conn = id,
+                panic = panic_text(&panic),
+                "connection task panicked; cleaning up"
+            );
+            (Some(CloseCode::InternalError), String::new())
+        }
+    };
+    if let Err(panic) = AssertUnwindSafe(conn.cleanup()).catch_unwind().await {
+        metrics::add(&shared.metrics.connection_panics, 1);
+        tracing::error!(
+            conn = id,
+            panic = panic_text(&panic),
+            "connection cleanup panicked"
+        );
+    }
     if let Some(released) = conn.released.take() {
         let _ = released.send(());
     }
-    if let Some((code, reason)) = code.map(|c| (c, reason)) {
+    if let Some(code) = code {
+        // The close reason is the registry name (PROTOCOL.md); the sentence is logged.
+        if !reason.is_empty() {
+            tracing::info!(conn = id, code = code.code(), %reason, "closing");
+        }
         let frame = CloseFrame {
             code: code.code(),
-            reason: Utf8Bytes::from(if reason.is_empty() {
-                code.as_str().to_string()
-            } else {
-                truncate(&reason, 120)
-            }),
+            reason: Utf8Bytes::from_static(code.as_str()),
         };
         let _ = tokio::time::timeout(
             Duration::from_secs(2),
@@ -159,6 +206,25 @@ pub(crate) async fn serve(ws: WebSocket, shared: Arc<Shared>, pinned: Option<Str
         .await;
     }
     tracing::debug!(conn = id, "connection finished");
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// An AMQP short string composed from client input, or `invalid` if it is too long.
+fn short(what: &'static str, value: String) -> Result<ShortString, Refusal> {
+    validate_short(what, &value).map_err(|e| Refusal::new(ErrorCode::Invalid, e.to_string()))?;
+    Ok(ShortString::from(value))
+}
+
+/// Seconds since the epoch.
+fn now_epoch_s() -> u64 {
+    now_ms_epoch() / 1000
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -230,6 +296,10 @@ struct Conn {
     session: Option<Session>,
     /// Completed after cleanup when a newer connection took the session over.
     released: Option<tokio::sync::oneshot::Sender<()>>,
+    /// A token the upgrade request carried (`Authorization: Bearer` or cookie).
+    upgrade_token: Option<String>,
+    /// `max_frames_per_s`; `None` when off.
+    frames: Option<TokenBucket>,
 }
 
 impl Conn {
@@ -302,6 +372,12 @@ impl Conn {
         }
         let mut at = coarse(at, hb);
         let config = &self.shared.config;
+        if self.phase == Phase::AwaitingHello {
+            at = at.min(self.started + Duration::from_millis(config.hello_timeout_ms));
+        }
+        if let Some(expires) = self.session.as_ref().and_then(|s| s.expires) {
+            at = at.min(expires);
+        }
         if let Some(s) = &self.session {
             if s.saturated || s.inflight.len() >= usize::from(config.delivery_window) {
                 at =
@@ -432,12 +508,20 @@ impl Conn {
         code: ErrorCode,
         message: impl Into<String>,
     ) -> Flow {
-        self.consecutive_errors += 1;
         let message = message.into();
         tracing::debug!(conn = self.id, %code, %message, "bad frame");
+        if code == ErrorCode::Forbidden {
+            metrics::add(&self.shared.metrics.refused_forbidden, 1);
+        }
         if let Flow::Close(c, r) = self.send(&ServerFrame::error(id, code, message)).await {
             return Flow::Close(c, r);
         }
+        self.bad_counted()
+    }
+
+    /// Counts one bad frame (already answered); closes after too many in a row.
+    fn bad_counted(&mut self) -> Flow {
+        self.consecutive_errors += 1;
         if self.consecutive_errors >= self.shared.config.max_consecutive_errors {
             return Flow::Close(CloseCode::TooManyErrors, String::new());
         }
@@ -446,6 +530,15 @@ impl Conn {
 
     async fn on_message(&mut self, msg: Option<Result<Message, axum::Error>>) -> Flow {
         self.last_heard = Instant::now();
+        if let Some(wait) = self
+            .frames
+            .as_mut()
+            .and_then(|b| b.take_or_wait(std::time::Instant::now()))
+        {
+            // Over max_frames_per_s: this connection waits, nobody else does.
+            metrics::add(&self.shared.metrics.throttled, 1);
+            tokio::time::sleep(wait).await;
+        }
         match msg {
             None | Some(Ok(Message::Close(_))) => {
                 self.phase = Phase::Closed;
@@ -456,6 +549,9 @@ impl Conn {
                 if text.contains("too long") || text.contains("Space limit") {
                     tracing::info!(conn = self.id, error = %text, "frame beyond the hard cap");
                     Flow::Close(CloseCode::MessageTooBig, String::new())
+                } else if text.contains("UTF-8") || text.contains("utf-8") {
+                    tracing::info!(conn = self.id, error = %text, "text frame is not UTF-8");
+                    Flow::Close(CloseCode::InvalidPayload, String::new())
                 } else {
                     tracing::debug!(conn = self.id, error = %text, "read failed");
                     self.phase = Phase::Closed;
@@ -531,18 +627,51 @@ impl Conn {
                 );
             }
         }
-        if let Some(token) = &hello.token {
-            if validate_segment("token", token).is_err() {
-                return Flow::Close(CloseCode::Unauthorized, "token refused".into());
-            }
+        // Nothing is declared on the broker before the token is verified.
+        let token = hello.token.clone().or_else(|| self.upgrade_token.take());
+        let anonymous = token.is_none();
+        let mut identity = match self.shared.verifier.verify(token.as_deref(), "anonymous") {
+            Ok(identity) => identity,
+            Err(e) => return self.unauthorized(None, e).await,
+        };
+        // Development mode without a token: the user is the session (set below), and
+        // any anonymous client may resume an anonymous session, as before.
+        let owner = if anonymous {
+            ""
+        } else {
+            identity.user.as_str()
         }
+        .to_string();
+        // Sessions per user, before anything is declared for this one. Anonymous
+        // development sessions are each their own user.
+        let user_slot = if anonymous {
+            None
+        } else {
+            match self.shared.limiter.admit_user(&identity.user) {
+                Ok(slot) => Some(slot),
+                Err(refused) => {
+                    metrics::add(&self.shared.metrics.refused_limit, 1);
+                    let message = refused.message(config.max_connections_per_user);
+                    let frame = ServerFrame::error(None, ErrorCode::Overloaded, message.clone());
+                    let _ = self.send(&frame).await;
+                    return Flow::Close(CloseCode::RateLimited, message);
+                }
+            }
+        };
         let names = &self.shared.names;
         let broker = self.shared.broker.clone();
         let mut notice = None;
         let mut resumed = false;
         let mut id = None;
         if let Some(requested) = &hello.session {
-            if validate_segment("session", requested).is_ok() {
+            if validate_segment("session", requested).is_ok()
+                && !session::owned_by(requested, &owner)
+            {
+                // Another user's session (or one of an older format): left untouched.
+                tracing::info!(conn = self.id, session = %requested, "resume refused: not this user's session");
+                metrics::add(&self.shared.metrics.refused_forbidden, 1);
+                notice = Some(ErrorCode::Forbidden);
+            } else if validate_segment("session", requested).is_ok() {
                 let queue = names.session_queue(requested);
                 // A connection of this gateway may still hold it: ask it to let go.
                 let local = self
@@ -586,7 +715,7 @@ impl Conn {
         let id = match id {
             Some(id) => id,
             None => {
-                let id = session::new_session_id();
+                let id = session::new_session_id(&owner);
                 self.shared
                     .registry
                     .claim(&id, self.id, self.takeover.clone());
@@ -615,11 +744,17 @@ impl Conn {
                 return Flow::Close(code, e.to_string());
             }
         };
-        let user = hello.token.clone().unwrap_or_else(|| id.clone());
+        if anonymous {
+            identity.user = id.clone();
+        }
+        let user = identity.user.clone();
+        let expires = self.expiry_of(&identity);
         tracing::info!(conn = self.id, session = %id, user = %user, resumed, client = ?hello.client, "session open");
         self.session = Some(Session {
             id: id.clone(),
-            user: user.clone(),
+            identity,
+            expires,
+            _user_slot: user_slot,
             queue,
             channel,
             consumer,
@@ -691,6 +826,10 @@ impl Conn {
                     .await
             }
             ClientFrame::Publish(p) => {
+                #[cfg(feature = "fault-injection")]
+                if p.id == "__warren_test_panic__" {
+                    panic!("fault injection: a handler panics");
+                }
                 let res = self
                     .publish(
                         &p.id,
@@ -724,6 +863,18 @@ impl Conn {
                             format!("timeout_ms must be in 1..={max}"),
                         )
                         .await;
+                }
+                if self.requests.len() >= config.max_pending_requests {
+                    metrics::add(&self.shared.metrics.refused_limit, 1);
+                    let max = config.max_pending_requests;
+                    let frame = ServerFrame::error(
+                        Some(r.id),
+                        ErrorCode::Overloaded,
+                        format!(
+                            "at most {max} requests may await their reply (max_pending_requests)"
+                        ),
+                    );
+                    return self.send(&frame).await;
                 }
                 if self.requests.contains(&r.id) {
                     return self
@@ -762,7 +913,6 @@ impl Conn {
             ClientFrame::Subscribe(s) => self.subscribe(s, true).await,
             ClientFrame::Unsubscribe(s) => self.subscribe(s, false).await,
             ClientFrame::AckDeliveries(a) => {
-                self.consecutive_errors = 0;
                 if let Some(s) = self.session.as_mut() {
                     let acked = s.inflight.ack_upto(a.seq);
                     metrics::add(&self.shared.metrics.client_acks, acked.len() as u64);
@@ -780,13 +930,64 @@ impl Conn {
                 }
                 Flow::Continue
             }
-            ClientFrame::Ping(p) => {
-                self.consecutive_errors = 0;
-                self.send(&ServerFrame::Pong(p)).await
-            }
+            // Neither resets the count of bad frames in a row: a flood of pings
+            // between bad frames must not keep a misbehaving client connected.
+            ClientFrame::Ping(p) => self.send(&ServerFrame::Pong(p)).await,
             ClientFrame::Pong(_) => Flow::Continue,
+            ClientFrame::Refresh(r) => self.refresh(r).await,
             ClientFrame::Poc(p) => self.poc(p).await,
         }
+    }
+
+    /// When an identity's token stops being valid, as a deadline of this connection.
+    fn expiry_of(&self, identity: &Identity) -> Option<Instant> {
+        let exp = identity.expires_at? + self.shared.config.auth.jwt.leeway_s;
+        Some(Instant::now() + Duration::from_secs(exp.saturating_sub(now_epoch_s())))
+    }
+
+    /// Answers a refused token with `unauthorized`: an `error` frame naming `id` at
+    /// `refresh`; at `hello`, an `error` frame then a close with 4501.
+    async fn unauthorized(&mut self, id: Option<String>, e: AuthError) -> Flow {
+        metrics::add(&self.shared.metrics.refused_token, 1);
+        tracing::info!(conn = self.id, reason = %e, "token refused");
+        let at_hello = self.session.is_none();
+        let frame = ServerFrame::error(id, ErrorCode::Unauthorized, e.to_string());
+        if let Flow::Close(c, r) = self.send(&frame).await {
+            return Flow::Close(c, r);
+        }
+        if at_hello {
+            return Flow::Close(CloseCode::Unauthorized, e.to_string());
+        }
+        self.bad_counted()
+    }
+
+    /// `refresh`: a new token for the same user replaces the session's identity
+    /// (groups, permissions and expiry) without touching the connection or session.
+    async fn refresh(&mut self, r: Refresh) -> Flow {
+        let Some(current) = self.session.as_ref().map(|s| s.identity.user.clone()) else {
+            return Flow::Continue;
+        };
+        let identity = match self.shared.verifier.verify(Some(&r.token), &current) {
+            Ok(identity) => identity,
+            Err(e) => return self.unauthorized(Some(r.id), e).await,
+        };
+        if identity.user != current {
+            let message = format!(
+                "the new token names user `{}`, this session belongs to `{current}`",
+                truncate(&identity.user, 64)
+            );
+            return self
+                .refuse(Some(r.id), Refusal::new(ErrorCode::Forbidden, message))
+                .await;
+        }
+        let expires = self.expiry_of(&identity);
+        if let Some(s) = self.session.as_mut() {
+            s.identity = identity;
+            s.expires = expires;
+        }
+        self.consecutive_errors = 0;
+        tracing::debug!(conn = self.id, "token refreshed");
+        self.send(&ServerFrame::ack(r.id)).await
     }
 
     /// Sends the `error` for a refused frame; input problems count towards
@@ -840,25 +1041,46 @@ impl Conn {
             ));
         }
         self.check_channel(channel)?;
+        let action = if request_timeout.is_some() {
+            Action::Request
+        } else {
+            Action::Publish
+        };
+        let identity = &session.identity;
+        if !identity.may(action, channel) {
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                identity.refusal(action, channel),
+            ));
+        }
         if let Some(s) = subject {
             validate_dotted("subject", s, false)
                 .map_err(|e| Refusal::new(ErrorCode::Invalid, e.to_string()))?;
         }
-        let mut headers = FieldTable::default();
-        for (k, v) in client_headers {
-            let lower = k.to_ascii_lowercase();
-            if lower.starts_with("x-warren-") || lower == "cc" || lower == "bcc" {
+        if let Some(d) = distribution {
+            for g in d.groups.iter().chain(&d.direct) {
+                validate_segment("distribution target", g)
+                    .map_err(|e| Refusal::new(ErrorCode::Invalid, e.to_string()))?;
+            }
+            if let Some(g) = d.groups.iter().find(|g| !identity.may_group(g)) {
                 return Err(Refusal::new(
                     ErrorCode::Forbidden,
-                    format!("header `{}` is reserved", truncate(k, 64)),
+                    format!("user `{}` may not address group `{g}`", identity.user),
                 ));
             }
-            if k.is_empty() || k.len() > 128 {
-                return Err(Refusal::new(
-                    ErrorCode::Invalid,
-                    "header names must be 1..=128 bytes",
-                ));
-            }
+        }
+        let key = short("routing key", keys::inbound(channel, subject))?;
+        let message_id = short("message id", format!("{}:{id}", identity.user))?;
+        validate_client_headers(client_headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .map_err(|e| {
+                let code = match e {
+                    HeaderError::Reserved(_) => ErrorCode::Forbidden,
+                    _ => ErrorCode::Invalid,
+                };
+                Refusal::new(code, e.to_string())
+            })?;
+        let mut headers = FieldTable::default();
+        for (k, v) in client_headers {
             headers.insert(
                 ShortString::from(k.as_str()),
                 AMQPValue::LongString(LongString::from(v.as_str())),
@@ -866,17 +1088,13 @@ impl Conn {
         }
         let text = |s: &str| AMQPValue::LongString(LongString::from(s));
         headers.insert(amqp::H_SESSION.into(), text(&session.id));
-        headers.insert(amqp::H_USER.into(), text(&session.user));
+        headers.insert(amqp::H_USER.into(), text(&identity.user));
         headers.insert(amqp::H_GATEWAY.into(), text(&self.shared.config.node));
         headers.insert(amqp::H_CHANNEL.into(), text(channel));
         if let Some(s) = subject {
             headers.insert(amqp::H_SUBJECT.into(), text(s));
         }
         if let Some(d) = distribution {
-            for g in d.groups.iter().chain(&d.direct) {
-                validate_segment("distribution target", g)
-                    .map_err(|e| Refusal::new(ErrorCode::Invalid, e.to_string()))?;
-            }
             headers.insert(amqp::H_BROADCAST.into(), AMQPValue::Boolean(d.broadcast));
             let list = |v: &[String]| {
                 AMQPValue::FieldArray(FieldArray::from(
@@ -897,7 +1115,7 @@ impl Conn {
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
             .with_app_id("warren-gateway".into())
-            .with_message_id(ShortString::from(format!("{}:{id}", session.user)))
+            .with_message_id(message_id)
             .with_timestamp(now_ms_epoch() / 1000);
         if let Some(timeout) = request_timeout {
             headers.insert(amqp::H_REQUEST_ID.into(), text(id));
@@ -907,7 +1125,6 @@ impl Conn {
                 .with_expiration(ShortString::from(timeout.to_string()));
         }
         let props = props.with_headers(headers);
-        let key = keys::inbound(channel, subject);
         let exchange = self.shared.names.inbound_exchange();
         let unavailable = |e: String| Refusal::new(ErrorCode::BrokerUnavailable, e);
         let ch = self
@@ -918,7 +1135,7 @@ impl Conn {
             .map_err(|e| unavailable(e.to_string()))?;
         ch.basic_publish(
             ShortString::from(exchange),
-            ShortString::from(key),
+            key,
             BasicPublishOptions {
                 mandatory: true,
                 immediate: false,
@@ -1007,6 +1224,31 @@ impl Conn {
     async fn on_tick(&mut self) -> Flow {
         let hb = self.heartbeat();
         let now = Instant::now();
+        let config = &self.shared.config;
+        if self.phase == Phase::AwaitingHello
+            && now.duration_since(self.started) >= Duration::from_millis(config.hello_timeout_ms)
+        {
+            return Flow::Close(
+                CloseCode::ProtocolViolation,
+                "no hello within hello_timeout_ms".into(),
+            );
+        }
+        if self
+            .session
+            .as_ref()
+            .and_then(|s| s.expires)
+            .is_some_and(|e| now >= e)
+        {
+            metrics::add(&self.shared.metrics.token_expired, 1);
+            let _ = self
+                .send(&ServerFrame::error(
+                    None,
+                    ErrorCode::Unauthorized,
+                    "the token expired without a refresh; reconnect with a new token",
+                ))
+                .await;
+            return Flow::Close(CloseCode::TokenExpired, String::new());
+        }
         if now.duration_since(self.last_heard) >= hb * 5 / 2 {
             return Flow::Close(CloseCode::HeartbeatTimeout, String::new());
         }
@@ -1110,35 +1352,56 @@ impl Conn {
         Some(frame)
     }
 
-    /// Binding keys of a subscription on this session.
-    fn subscription_keys(&self, s: &Subscribe, user: &str) -> Result<Vec<String>, Refusal> {
+    /// Binding keys of a subscription on this session, if its identity may hold it:
+    /// the channel's subscribe right, granted groups only, topics within granted
+    /// patterns, and direct messages of its own user only (the only key `direct` makes).
+    fn subscription_keys(
+        &self,
+        s: &Subscribe,
+        identity: &Identity,
+    ) -> Result<Vec<String>, Refusal> {
         self.check_channel(&s.channel)?;
+        let invalid = |e: amqp::NameError| Refusal::new(ErrorCode::Invalid, e.to_string());
+        let forbidden = |m: String| Err(Refusal::new(ErrorCode::Forbidden, m));
+        if !identity.may(Action::Subscribe, &s.channel) {
+            return forbidden(identity.refusal(Action::Subscribe, &s.channel));
+        }
         let mut out = Vec::new();
         if s.wants_broadcast() {
             out.push(keys::broadcast(&s.channel));
         }
         for g in &s.groups {
-            validate_segment("group", g)
-                .map_err(|e| Refusal::new(ErrorCode::Invalid, e.to_string()))?;
+            validate_segment("group", g).map_err(invalid)?;
+            if !identity.may_group(g) {
+                return forbidden(format!("user `{}` is not in group `{g}`", identity.user));
+            }
             out.push(keys::group(&s.channel, g));
         }
         if s.direct {
-            out.push(keys::user(&s.channel, user));
+            out.push(keys::user(&s.channel, &identity.user));
         }
         if let Some(t) = &s.topic {
-            validate_dotted("topic", t, true)
-                .map_err(|e| Refusal::new(ErrorCode::Invalid, e.to_string()))?;
+            validate_dotted("topic", t, true).map_err(invalid)?;
+            if !identity.may_topic(t) {
+                return forbidden(format!(
+                    "user `{}` may not subscribe to topic `{t}`",
+                    identity.user
+                ));
+            }
             out.push(keys::event(&s.channel, t));
+        }
+        for k in &out {
+            validate_short("binding key", k).map_err(invalid)?;
         }
         out.dedup();
         Ok(out)
     }
 
     async fn subscribe(&mut self, s: Subscribe, on: bool) -> Flow {
-        let Some(user) = self.session.as_ref().map(|x| x.user.clone()) else {
+        if self.session.is_none() {
             return Flow::Continue;
-        };
-        match self.apply_subscription(&s, &user, on).await {
+        }
+        match self.apply_subscription(&s, on).await {
             Ok(()) => {
                 self.consecutive_errors = 0;
                 self.send(&ServerFrame::ack(s.id)).await
@@ -1147,13 +1410,17 @@ impl Conn {
         }
     }
 
-    async fn apply_subscription(
-        &mut self,
-        s: &Subscribe,
-        user: &str,
-        on: bool,
-    ) -> Result<(), Refusal> {
-        let keys = self.subscription_keys(s, user)?;
+    async fn apply_subscription(&mut self, s: &Subscribe, on: bool) -> Result<(), Refusal> {
+        let session = self
+            .session
+            .as_ref()
+            .ok_or_else(|| Refusal::new(ErrorCode::Internal, "no session"))?;
+        let keys = if on {
+            self.subscription_keys(s, &session.identity)?
+        } else {
+            // Unsubscribing needs no permission: it only ever removes.
+            self.subscription_keys(s, &Identity::unrestricted(session.identity.user.clone()))?
+        };
         let exchange = self.shared.names.outbound_exchange();
         let max = self.shared.config.max_subscriptions as usize;
         let broker = self.shared.broker.clone();
@@ -1240,9 +1507,9 @@ impl Conn {
                 Flow::Continue
             }
             PocAction::Consume => {
-                let Some(user) = self.session.as_ref().map(|x| x.user.clone()) else {
+                if self.session.is_none() {
                     return Flow::Continue;
-                };
+                }
                 for ch in &channels {
                     let topics: Vec<Option<String>> = if p.consume_target.is_empty() {
                         vec![None]
@@ -1259,7 +1526,7 @@ impl Conn {
                             direct: true,
                             topic,
                         };
-                        if let Err(r) = self.apply_subscription(&s, &user, true).await {
+                        if let Err(r) = self.apply_subscription(&s, true).await {
                             return self.refuse(Some(id), r).await;
                         }
                     }
@@ -1309,7 +1576,7 @@ impl Conn {
         self.shared.presence(
             "client.disconnected",
             &s.id,
-            &s.user,
+            &s.identity.user,
             self.pinned.as_deref(),
         );
         tracing::info!(conn = self.id, session = %s.id, requeued = n, "session closed");

@@ -5,7 +5,7 @@
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use serde_json::value::RawValue;
-use warren_protocol::amqp::{keys, H_ERROR, H_SESSION, H_USER};
+use warren_protocol::amqp::{keys, H_ERROR, H_USER};
 use warren_protocol::{Deliver, Error as ErrorFrame, ErrorCode, Headers, Raw, Reply, ServerFrame};
 
 /// The parts of an AMQP delivery the mapping needs.
@@ -121,13 +121,14 @@ pub fn stable_id(routing_key: &str, body: &[u8]) -> String {
 }
 
 /// AMQP headers as strings. Internal `x-warren-*` headers are dropped except the
-/// sender's user and session; the `CC`/`BCC` routing headers are dropped too.
+/// sender's user (the sender's session id is not shown: it is the sender's alone);
+/// the `CC`/`BCC` routing headers are dropped too.
 pub fn render_headers(table: Option<&FieldTable>) -> Headers {
     let mut out = Headers::new();
     let Some(table) = table else { return out };
     for (k, v) in table.inner() {
         let k = k.as_str();
-        if (k.starts_with("x-warren-") && k != H_USER && k != H_SESSION)
+        if (k.starts_with("x-warren-") && k != H_USER)
             || k.eq_ignore_ascii_case("cc")
             || k.eq_ignore_ascii_case("bcc")
         {
@@ -204,11 +205,15 @@ mod tests {
     }
 
     #[test]
-    fn internal_headers_are_dropped_except_user_and_session() {
+    fn internal_headers_are_dropped_except_the_sender_user() {
         let mut t = FieldTable::default();
         t.insert(
             H_USER.into(),
             AMQPValue::LongString(LongString::from("bob")),
+        );
+        t.insert(
+            warren_protocol::amqp::H_SESSION.into(),
+            AMQPValue::LongString(LongString::from("bobs-session")),
         );
         t.insert(
             "x-warren-gateway".into(),
@@ -222,6 +227,10 @@ mod tests {
         assert_eq!(h.get("n").map(String::as_str), Some("7"));
         assert_eq!(h.get("flag").map(String::as_str), Some("true"));
         assert!(!h.contains_key("x-warren-gateway"));
+        assert!(
+            !h.contains_key(warren_protocol::amqp::H_SESSION),
+            "a session id is its owner's alone"
+        );
         assert!(!h.contains_key("CC"));
     }
 

@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //!
+//! - [`auth`]: tokens verified into identities (`none`, `jwt`), permission checks.
 //! - [`config`]: one serde struct with defaults, TOML file → `WARREN_*` env → flags.
 //! - [`topology`]: the exchanges and queues Warren declares, printable and idempotent.
 //! - [`broker`]: two AMQP connections, pooled publisher (confirm) and consumer channels.
@@ -11,6 +12,7 @@
 //! - [`delivery`]: a session-queue message → `deliver` / `reply` / `error` frame.
 //! - `connection`: the per-WebSocket `select!` loop.
 //! - `server`: axum listeners (`/ws`, `/healthz`), shared state, announcements.
+//! - [`limits`]: connections per IP and per user, new connections and frames per second.
 //! - [`metrics`]: counters rendered at `/metrics` (Prometheus text format).
 //! - [`error`]: the gateway's error type, [`GatewayError`].
 //!
@@ -19,11 +21,13 @@
 //! (bounded) for their acknowledgements and pending confirms, requeues the rest and
 //! closes them with 1001 (going away).
 
+pub mod auth;
 pub mod broker;
 pub mod config;
 mod connection;
 pub mod delivery;
 pub mod error;
+pub mod limits;
 pub mod metrics;
 mod server;
 pub mod session;
@@ -38,7 +42,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use config::{
-    AuthConfig, AuthMode, Cli, Command, Config, ListenerConfig, Overrides, QueueType,
+    AuthConfig, AuthMode, Cli, Command, Config, JwtConfig, ListenerConfig, Overrides, QueueType,
     TopologyAction,
 };
 pub use error::GatewayError;
@@ -66,6 +70,16 @@ impl Gateway {
     /// topology, [`GatewayError::Bind`] when a listener address is taken.
     pub async fn start(config: Config) -> Result<Gateway, GatewayError> {
         config.validate()?;
+        let verifier = auth::Verifier::from_config(&config.auth)?;
+        if config.auth.mode == AuthMode::None
+            && config.listen.iter().any(|l| !l.bind.ip().is_loopback())
+        {
+            tracing::warn!(
+                "AUTH IS OFF: auth.mode = \"none\" trusts any token as the user id and lets \
+                 every client do everything, and this gateway listens beyond loopback. \
+                 Use auth.mode = \"jwt\" anywhere but a development machine."
+            );
+        }
         let metrics = Arc::new(metrics::Metrics::default());
         let broker = Broker::connect(&config, metrics.clone()).await?;
         let topology = Topology::from_config(&config);
@@ -86,7 +100,7 @@ impl Gateway {
             })?;
             bound.push((listener, addr, l.channel.clone()));
         }
-        let shared = Arc::new(Shared::new(config, broker, metrics, shutdown_rx));
+        let shared = Arc::new(Shared::new(config, verifier, broker, metrics, shutdown_rx));
         let mut servers = Vec::new();
         let mut listeners = Vec::new();
         for (listener, addr, channel) in bound {
@@ -101,6 +115,7 @@ impl Gateway {
                 }
             });
             servers.push(tokio::spawn(async move {
+                let app = app.into_make_service_with_connect_info::<SocketAddr>();
                 let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
                     let _ = stop.wait_for(|s| *s).await;
                 });

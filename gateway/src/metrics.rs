@@ -27,6 +27,22 @@ pub struct Metrics {
     pub broker_reconnects: AtomicU64,
     /// Times RabbitMQ blocked a connection (resource alarm).
     pub broker_blocked: AtomicU64,
+    /// WebSocket upgrades refused for their `Origin` (HTTP 403).
+    pub refused_origin: AtomicU64,
+    /// Tokens refused (`unauthorized`) at `hello` or `refresh`.
+    pub refused_token: AtomicU64,
+    /// Frames refused with `forbidden` (the identity may not do this).
+    pub refused_forbidden: AtomicU64,
+    /// Connections closed because their token expired without a `refresh`.
+    pub token_expired: AtomicU64,
+    /// Connections or sessions refused by a limit (`max_connections_per_ip`,
+    /// `max_new_connections_per_ip_per_s`, `max_connections_per_user`,
+    /// `max_pending_requests`).
+    pub refused_limit: AtomicU64,
+    /// Times a connection's reading was slowed by `max_frames_per_s`.
+    pub throttled: AtomicU64,
+    /// Connection tasks that panicked (a bug); their cleanup ran all the same.
+    pub connection_panics: AtomicU64,
 }
 
 /// Adds `n` to a counter.
@@ -125,6 +141,48 @@ impl Metrics {
             "counter",
             "Times RabbitMQ blocked a connection (resource alarm).",
             get(&self.broker_blocked),
+        );
+        metric(
+            "refused_origin_total",
+            "counter",
+            "WebSocket upgrades refused for their Origin.",
+            get(&self.refused_origin),
+        );
+        metric(
+            "refused_token_total",
+            "counter",
+            "Tokens refused with unauthorized.",
+            get(&self.refused_token),
+        );
+        metric(
+            "refused_forbidden_total",
+            "counter",
+            "Frames refused with forbidden.",
+            get(&self.refused_forbidden),
+        );
+        metric(
+            "token_expired_total",
+            "counter",
+            "Connections closed with token_expired.",
+            get(&self.token_expired),
+        );
+        metric(
+            "refused_limit_total",
+            "counter",
+            "Connections, sessions or requests refused by a limit against abuse.",
+            get(&self.refused_limit),
+        );
+        metric(
+            "throttled_total",
+            "counter",
+            "Times a connection's reading was slowed by max_frames_per_s.",
+            get(&self.throttled),
+        );
+        metric(
+            "connection_panics_total",
+            "counter",
+            "Connection tasks that panicked; their cleanup ran all the same.",
+            get(&self.connection_panics),
         );
         out
     }

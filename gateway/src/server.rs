@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, State};
+use axum::http::header::{AUTHORIZATION, COOKIE, ORIGIN};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -20,9 +21,11 @@ use tokio::sync::{watch, Notify};
 use warren_protocol::amqp::Names;
 use warren_protocol::SUBPROTOCOL;
 
+use crate::auth::Verifier;
 use crate::broker::{Broker, BrokerState};
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::limits::{LimitSettings, Limiter};
+use crate::metrics::{self, Metrics};
 use crate::session::Registry;
 
 /// Counts live connections so shutdown can wait for every one to finish.
@@ -68,6 +71,8 @@ impl Drop for TrackerGuard<'_> {
 /// State shared by every connection of a gateway.
 pub(crate) struct Shared {
     pub(crate) config: Config,
+    pub(crate) verifier: Verifier,
+    pub(crate) limiter: Limiter,
     pub(crate) names: Names,
     pub(crate) broker: Arc<Broker>,
     pub(crate) registry: Registry,
@@ -80,13 +85,20 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(
         config: Config,
+        verifier: Verifier,
         broker: Arc<Broker>,
         metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Shared {
             names: Names::new(&config.namespace),
+            limiter: Limiter::new(LimitSettings {
+                connections_per_ip: config.max_connections_per_ip,
+                new_connections_per_ip_per_s: config.max_new_connections_per_ip_per_s,
+                connections_per_user: config.max_connections_per_user,
+            }),
             config,
+            verifier,
             broker,
             registry: Registry::default(),
             shutdown,
@@ -169,11 +181,47 @@ pub(crate) fn router(shared: Arc<Shared>, pinned: Option<String>) -> Router {
         .with_state(ListenerState { shared, pinned })
 }
 
-async fn upgrade(State(st): State<ListenerState>, ws: WebSocketUpgrade) -> Response {
+async fn upgrade(
+    State(st): State<ListenerState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
     if *st.shared.shutdown.borrow() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
     let config = &st.shared.config;
+    let origin = headers
+        .get(ORIGIN)
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    if let Some(origin) = origin {
+        if !origin_allowed(&config.auth.allowed_origins, origin) {
+            metrics::add(&st.shared.metrics.refused_origin, 1);
+            tracing::info!(origin, "upgrade refused: origin not allowed");
+            return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+        }
+    }
+    let ip_slot = if config.ip_limits_on_loopback || !peer.ip().is_loopback() {
+        match st
+            .shared
+            .limiter
+            .admit_ip(peer.ip(), std::time::Instant::now())
+        {
+            Ok(slot) => Some(slot),
+            Err(refused) => {
+                metrics::add(&st.shared.metrics.refused_limit, 1);
+                let limit = match refused {
+                    crate::limits::Refused::ConnectionsPerIp => config.max_connections_per_ip,
+                    _ => config.max_new_connections_per_ip_per_s,
+                };
+                tracing::info!(peer = %peer.ip(), "upgrade refused: {}", refused.message(limit));
+                return (StatusCode::TOO_MANY_REQUESTS, refused.message(limit)).into_response();
+            }
+        }
+    } else {
+        None
+    };
+    let token = upgrade_token(&headers, config.auth.token_cookie.as_deref());
     // Small socket buffers: tungstenite's 128 KiB default read buffer (zero-filled on
     // every read) was most of an idle session's memory and CPU (BENCHMARKS.md). Larger
     // frames still work: the buffer grows for them.
@@ -181,7 +229,60 @@ async fn upgrade(State(st): State<ListenerState>, ws: WebSocketUpgrade) -> Respo
         .read_buffer_size(4 * 1024)
         .max_message_size(config.hard_frame_bytes())
         .max_frame_size(config.hard_frame_bytes())
-        .on_upgrade(move |socket| crate::connection::serve(socket, st.shared, st.pinned))
+        .on_upgrade(move |socket| async move {
+            let _ip_slot = ip_slot;
+            crate::connection::serve(socket, st.shared, st.pinned, token).await
+        })
+}
+
+/// Whether `origin` may open a WebSocket: `allowed` empty allows all; otherwise an
+/// exact entry, or an entry `scheme://*.domain[:port]` that matches any subdomain of
+/// `domain` (not `domain` itself).
+pub(crate) fn origin_allowed(allowed: &[String], origin: &str) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+    allowed.iter().any(|a| {
+        let a = a.trim_end_matches('/').to_ascii_lowercase();
+        if a == origin {
+            return true;
+        }
+        let Some((scheme, rest)) = a.split_once("://*.") else {
+            return false;
+        };
+        let Some(host) = origin
+            .strip_prefix(scheme)
+            .and_then(|o| o.strip_prefix("://"))
+        else {
+            return false;
+        };
+        host.strip_suffix(rest)
+            .and_then(|sub| sub.strip_suffix('.'))
+            .is_some_and(|sub| !sub.is_empty() && !sub.contains('/') && !sub.contains(':'))
+    })
+}
+
+/// A token carried by the upgrade request itself: `Authorization: Bearer <token>`, or
+/// the configured cookie. `hello.token` takes precedence over both.
+fn upgrade_token(headers: &HeaderMap, cookie: Option<&str>) -> Option<String> {
+    if let Some(v) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        if let Some(t) = v.strip_prefix("Bearer ").map(str::trim) {
+            if !t.is_empty() {
+                return Some(t.to_string());
+            }
+        }
+    }
+    let name = cookie?;
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim().to_string())
+        .filter(|v| !v.is_empty())
 }
 
 async fn healthz(State(st): State<ListenerState>) -> Response {

@@ -19,9 +19,28 @@ use crate::config::Config;
 use crate::error::{is_not_found, GatewayError};
 use crate::topology::field_table;
 
-/// A fresh session id: 32 lower-case hex digits (a valid routing-key segment).
-pub fn new_session_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
+/// A fresh session id for `owner` (the verified user id; empty for anonymous
+/// development sessions): 32 random lower-case hex digits, `-`, and 16 hex digits of
+/// the owner's digest ([`owned_by`]). A valid routing-key segment.
+pub fn new_session_id(owner: &str) -> String {
+    format!("{}-{}", uuid::Uuid::new_v4().simple(), owner_tag(owner))
+}
+
+/// Whether session id `id` was opened by `owner`: only its owner may resume a session,
+/// so a session id seen elsewhere is no key to another user's messages. The check
+/// needs no state: the id carries a digest of its owner's user id.
+pub fn owned_by(id: &str, owner: &str) -> bool {
+    id.rsplit_once('-')
+        .is_some_and(|(random, tag)| random.len() == 32 && tag == owner_tag(owner))
+}
+
+fn owner_tag(owner: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"warren-session-owner\0")
+        .chain_update(owner.as_bytes())
+        .finalize();
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The queue that records what a session queue's overflow policy dropped:
@@ -594,8 +613,23 @@ mod tests {
 
     #[test]
     fn session_ids_are_valid_routing_segments() {
-        let id = new_session_id();
+        let id = new_session_id("ada");
         assert!(warren_protocol::amqp::validate_segment("session", &id).is_ok());
-        assert_ne!(id, new_session_id());
+        assert_ne!(id, new_session_id("ada"));
+    }
+
+    #[test]
+    fn a_session_id_is_owned_by_the_user_that_opened_it_and_no_other() {
+        let id = new_session_id("ada");
+        assert!(owned_by(&id, "ada"));
+        assert!(!owned_by(&id, "bob"));
+        assert!(!owned_by(&id, ""));
+        let anonymous = new_session_id("");
+        assert!(owned_by(&anonymous, ""));
+        assert!(!owned_by(&anonymous, "ada"));
+        // Forged or older-format ids belong to nobody.
+        assert!(!owned_by("0123456789abcdef0123456789abcdef", "ada"));
+        let (random, _) = id.rsplit_once('-').unwrap();
+        assert!(!owned_by(&format!("{random}-0000000000000000"), "ada"));
     }
 }

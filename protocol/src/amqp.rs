@@ -168,6 +168,15 @@ pub enum NameError {
         /// Which name.
         what: &'static str,
     },
+    /// A name composed from client input (routing key, message id, binding key) is
+    /// longer than an AMQP short string can be.
+    #[error("{what} would be {len} bytes; AMQP allows at most {MAX_SHORT_STRING}")]
+    TooLongForAmqp {
+        /// Which name.
+        what: &'static str,
+        /// Its length in bytes.
+        len: usize,
+    },
     /// The name holds a character other than letters, digits, `-`, `_`, `:`, `@`.
     #[error("{what} `{value}` may hold only letters, digits, '-', '_', ':' and '@'")]
     BadChar {
@@ -180,6 +189,107 @@ pub enum NameError {
 
 /// Longest channel, group, user, subject segment or session id accepted.
 pub const MAX_NAME_LEN: usize = 128;
+
+/// Longest AMQP short string (routing keys, message ids, correlation ids, queue names).
+pub const MAX_SHORT_STRING: usize = 255;
+
+/// Checks that a name composed from client input (e.g. `chat.<subject>` or
+/// `<user>:<id>`) fits in an AMQP short string, so it can be sent to RabbitMQ.
+///
+/// # Errors
+/// [`NameError::TooLongForAmqp`] when it is longer than [`MAX_SHORT_STRING`] bytes.
+pub fn validate_short(what: &'static str, value: &str) -> Result<(), NameError> {
+    if value.len() > MAX_SHORT_STRING {
+        return Err(NameError::TooLongForAmqp {
+            what,
+            len: value.len(),
+        });
+    }
+    Ok(())
+}
+
+/// Most headers a client may attach to one message.
+pub const MAX_CLIENT_HEADERS: usize = 32;
+/// Longest header name a client may use.
+pub const MAX_CLIENT_HEADER_NAME: usize = 64;
+/// Longest header value a client may use, in bytes.
+pub const MAX_CLIENT_HEADER_VALUE: usize = 4096;
+
+/// Header names a client may not use besides `x-*`: the routing headers and the names
+/// of AMQP message properties, which a service could mistake for the real ones.
+pub const RESERVED_HEADER_NAMES: &[&str] = &[
+    "cc",
+    "bcc",
+    "reply_to",
+    "reply-to",
+    "correlation_id",
+    "correlation-id",
+    "message_id",
+    "message-id",
+    "user_id",
+    "user-id",
+    "app_id",
+    "app-id",
+    "expiration",
+    "timestamp",
+    "priority",
+    "delivery_mode",
+    "content_type",
+    "content_encoding",
+];
+
+/// Why a client header is not passed on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    /// The name belongs to RabbitMQ (`x-...`, `CC`, `BCC`) or to Warren (`x-warren-...`).
+    #[error("header `{0}` is reserved")]
+    Reserved(String),
+    /// The name is empty, too long, or has characters outside `a-z 0-9 - _ .`.
+    #[error("header name `{0}` must be 1..=64 characters of a-z, A-Z, 0-9, '-', '_', '.'")]
+    BadName(String),
+    /// The value is longer than [`MAX_CLIENT_HEADER_VALUE`].
+    #[error("header `{0}` has a value over 4096 bytes")]
+    ValueTooLong(String),
+    /// More than [`MAX_CLIENT_HEADERS`] headers.
+    #[error("at most 32 headers per message")]
+    TooMany,
+}
+
+/// The allow-list for headers a client sets on a message: at most
+/// [`MAX_CLIENT_HEADERS`], names of ASCII letters, digits, `-`, `_` and `.`, not
+/// starting with `x-` (RabbitMQ's and Warren's namespace: `x-death`, `x-delay`,
+/// `x-match`, `x-delivery-count`, `x-warren-user`, ...) and not the routing headers
+/// `CC` / `BCC`; values up to [`MAX_CLIENT_HEADER_VALUE`] bytes. Services can trust
+/// every `x-` header they read: only the gateway or the broker set it.
+///
+/// # Errors
+/// The first header that breaks a rule.
+pub fn validate_client_headers<'a>(
+    headers: impl ExactSizeIterator<Item = (&'a str, &'a str)>,
+) -> Result<(), HeaderError> {
+    if headers.len() > MAX_CLIENT_HEADERS {
+        return Err(HeaderError::TooMany);
+    }
+    for (name, value) in headers {
+        let shown = || name.chars().take(64).collect::<String>();
+        if name.is_empty()
+            || name.len() > MAX_CLIENT_HEADER_NAME
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err(HeaderError::BadName(shown()));
+        }
+        let lower = name.to_ascii_lowercase();
+        if lower.starts_with("x-") || RESERVED_HEADER_NAMES.contains(&lower.as_str()) {
+            return Err(HeaderError::Reserved(shown()));
+        }
+        if value.len() > MAX_CLIENT_HEADER_VALUE {
+            return Err(HeaderError::ValueTooLong(shown()));
+        }
+    }
+    Ok(())
+}
 
 /// Checks a single routing-key segment (channel, group, user, session id).
 ///
@@ -270,6 +380,69 @@ pub fn dead_letter_queue_args(queue_type: &str) -> Vec<(&'static str, QueueArg)>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn composed_names_longer_than_an_amqp_short_string_are_refused() {
+        assert!(validate_short("routing key", &"a".repeat(255)).is_ok());
+        let e = validate_short("routing key", &"a".repeat(256)).unwrap_err();
+        assert_eq!(
+            e,
+            NameError::TooLongForAmqp {
+                what: "routing key",
+                len: 256
+            }
+        );
+    }
+
+    #[test]
+    fn client_headers_outside_the_allow_list_are_refused() {
+        let check = |pairs: &[(&str, &str)]| {
+            validate_client_headers(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (*k, *v))
+                    .collect::<Vec<_>>()
+                    .into_iter(),
+            )
+        };
+        assert!(check(&[("trace-id", "abc"), ("App.Version", "1.2")]).is_ok());
+        for reserved in [
+            "x-death",
+            "x-delay",
+            "x-match",
+            "X-Delivery-Count",
+            "x-warren-user",
+            "CC",
+            "bcc",
+            "reply_to",
+            "Correlation-Id",
+        ] {
+            assert!(
+                matches!(check(&[(reserved, "v")]), Err(HeaderError::Reserved(_))),
+                "{reserved}"
+            );
+        }
+        for bad in [
+            "",
+            "reply_to ",
+            "x-warren\u{200b}-user",
+            "a/b",
+            &"n".repeat(65),
+        ] {
+            assert!(
+                matches!(check(&[(bad, "v")]), Err(HeaderError::BadName(_))),
+                "{bad:?}"
+            );
+        }
+        let big = "v".repeat(MAX_CLIENT_HEADER_VALUE + 1);
+        assert!(matches!(
+            check(&[("big", &big)]),
+            Err(HeaderError::ValueTooLong(_))
+        ));
+        let names: Vec<String> = (0..=MAX_CLIENT_HEADERS).map(|i| format!("h{i}")).collect();
+        let many: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+        assert_eq!(check(&many), Err(HeaderError::TooMany));
+    }
 
     #[test]
     fn inbound_queues_dead_letter_to_warren_dead_and_carry_a_ttl_only_when_set() {

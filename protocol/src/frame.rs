@@ -171,6 +171,17 @@ impl Subscribe {
     }
 }
 
+/// `refresh`: a renewed token for the open session, answered by `ack` (the new token is
+/// in force) or `error` (`unauthorized` when it is refused, `forbidden` when it names
+/// another user). The connection and the session stay as they are either way.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refresh {
+    /// Client-chosen id, echoed in the `ack` or `error`.
+    pub id: String,
+    /// The new token.
+    pub token: String,
+}
+
 /// `ack_deliveries`: the client has handled every delivery (and reply) up to `seq`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AckDeliveries {
@@ -281,6 +292,8 @@ pub enum ClientFrame<M = Raw> {
     Ping(Ping),
     /// Answer to the gateway's `ping`.
     Pong(Ping),
+    /// A renewed token for the open session.
+    Refresh(Refresh),
     /// A proof-of-concept packet, which has no `type` field.
     #[serde(untagged)]
     Poc(PocPacket<M>),
@@ -320,6 +333,7 @@ pub const CLIENT_TYPES: &[&str] = &[
     "ack_deliveries",
     "ping",
     "pong",
+    "refresh",
 ];
 
 /// The `type` names of server frames.
@@ -350,6 +364,7 @@ impl<M> ClientFrame<M> {
             Some("ack_deliveries") => ClientFrame::AckDeliveries(AckDeliveries::deserialize(de)?),
             Some("ping") => ClientFrame::Ping(Ping::deserialize(de)?),
             Some("pong") => ClientFrame::Pong(Ping::deserialize(de)?),
+            Some("refresh") => ClientFrame::Refresh(Refresh::deserialize(de)?),
             Some(_) => return Ok(None),
         }))
     }
@@ -365,6 +380,7 @@ impl<M> ClientFrame<M> {
             ClientFrame::AckDeliveries(_) => "ack_deliveries",
             ClientFrame::Ping(_) => "ping",
             ClientFrame::Pong(_) => "pong",
+            ClientFrame::Refresh(_) => "refresh",
             ClientFrame::Poc(_) => "poc",
         }
     }

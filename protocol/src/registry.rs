@@ -126,6 +126,8 @@ close_codes! {
     Normal = 1000, "normal";
     /// The gateway is shutting down; reconnect (to another gateway) and resume.
     GoingAway = 1001, "going_away";
+    /// A text frame was not valid UTF-8 (RFC 6455's "invalid frame payload data").
+    InvalidPayload = 1007, "invalid_payload";
     /// A frame exceeded the hard size cap, beyond what can be answered with `too_large`.
     MessageTooBig = 1009, "message_too_big";
     /// The gateway hit an unexpected condition.
@@ -138,6 +140,10 @@ close_codes! {
     BrokerUnavailable = 4002, "broker_unavailable";
     /// Too many invalid frames in a row.
     TooManyErrors = 4003, "too_many_errors";
+    /// The session's token expired without a `refresh`: reconnect with a new token.
+    TokenExpired = 4004, "token_expired";
+    /// A limit against abuse was reached (e.g. sessions per user); reconnect later.
+    RateLimited = 4005, "rate_limited";
     /// The stream cannot be understood (e.g. binary frames when text is required).
     ProtocolViolation = 4500, "protocol_violation";
     /// The token was refused.

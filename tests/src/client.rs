@@ -42,18 +42,42 @@ impl TestClient {
     /// # Panics
     /// When the connection fails.
     pub async fn connect_raw(url: &str) -> TestClient {
+        Self::try_connect_with_headers(url, &[])
+            .await
+            .unwrap_or_else(|status| panic!("websocket connect refused with HTTP {status}"))
+    }
+
+    /// Opens the WebSocket with extra upgrade headers (`Origin`, `Authorization`,
+    /// `Cookie`); the HTTP status when the gateway refuses the upgrade.
+    ///
+    /// # Panics
+    /// When the connection fails other than by an HTTP refusal.
+    pub async fn try_connect_with_headers(
+        url: &str,
+        headers: &[(&'static str, &str)],
+    ) -> Result<TestClient, u16> {
         let mut req = url.into_client_request().expect("url");
         req.headers_mut().insert(
             "Sec-WebSocket-Protocol",
             HeaderValue::from_static(SUBPROTOCOL),
         );
-        let (ws, resp) = tokio::time::timeout(
+        for (name, value) in headers {
+            req.headers_mut()
+                .insert(*name, HeaderValue::from_str(value).expect("header value"));
+        }
+        let connected = tokio::time::timeout(
             Duration::from_secs(10),
             tokio_tungstenite::connect_async(req),
         )
         .await
-        .expect("connect in time")
-        .expect("websocket connect");
+        .expect("connect in time");
+        let (ws, resp) = match connected {
+            Ok(x) => x,
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                return Err(resp.status().as_u16())
+            }
+            Err(e) => panic!("websocket connect: {e}"),
+        };
         assert_eq!(
             resp.headers()
                 .get("sec-websocket-protocol")
@@ -61,12 +85,12 @@ impl TestClient {
             Some(SUBPROTOCOL),
             "the gateway selects the warren.v1 subprotocol"
         );
-        TestClient {
+        Ok(TestClient {
             ws,
             kept: VecDeque::new(),
             welcome: None,
             close_code: None,
-        }
+        })
     }
 
     /// Connects and opens a new session with `hello`.
@@ -104,6 +128,14 @@ impl TestClient {
             .send(Message::Text(text.to_string().into()))
             .await
             .expect("send");
+    }
+
+    /// Sends a text frame whose payload is not valid UTF-8 (a protocol violation).
+    pub async fn send_invalid_utf8_text(&mut self, bytes: &[u8]) {
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+        let frame = Frame::message(bytes.to_vec(), OpCode::Data(Data::Text), true);
+        self.ws.send(Message::Frame(frame)).await.expect("send");
     }
 
     /// Sends a binary frame.

@@ -121,3 +121,20 @@ impl TestGateway {
         }
     }
 }
+
+/// `GET path` on a gateway listener (HTTP/1.0); the response body.
+///
+/// # Panics
+/// When the listener cannot be reached.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("response");
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or(out)
+}

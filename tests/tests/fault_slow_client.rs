@@ -12,6 +12,7 @@ use lapin::types::ShortString;
 use lapin::BasicProperties;
 use warren_e2e::client::TestClient;
 use warren_e2e::env::TestEnv;
+use warren_e2e::gateway::http_get;
 use warren_e2e::sdk_driver::GatewayProcess;
 use warren_protocol::{Hello, ServerFrame, Subscribe};
 
@@ -25,19 +26,6 @@ const WINDOW: usize = 64;
 const RSS_BOUND_KIB: u64 = 64 * 1024;
 
 /// A plain HTTP/1.0 GET; the response body.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .expect("request");
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.expect("response");
-    out.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or(out)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_does_not_read_cannot_grow_the_gateway_and_is_told_what_was_dropped() {
     let started = std::time::Instant::now();

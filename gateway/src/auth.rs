@@ -1,0 +1,748 @@
+//! Who a connection is and what it may do: a `hello` (or `refresh`) token verified into
+//! an [`Identity`] by the configured [`AuthMode`], and the permission checks every frame
+//! that names a target goes through. Pure: no IO after start-up (key files are read
+//! once by [`Verifier::from_config`]), so every rule is unit-tested here.
+//!
+//! - `none` (development): the token, if any, is the user id, and that user may do
+//!   everything. The gateway warns loudly when it runs like this on a non-loopback
+//!   address.
+//! - `jwt`: the token is a JSON Web Token signed by the app's backend (HS256/384/512
+//!   with a shared secret, RS*/PS*/ES256/ES384/EdDSA with public keys from PEM files or
+//!   a JWKS file). `exp` is required; `nbf`, `iss` and `aud` are checked when present or
+//!   configured, with a leeway. `alg: none` and algorithm confusion (an HMAC token
+//!   checked against a public key) are refused. The claims (PROTOCOL.md, "Tokens"):
+//!
+//! ```json
+//! { "sub": "ada", "exp": 1767225600,
+//!   "groups": ["room-1"], "topics": ["orders.*"],
+//!   "channels": { "chat": ["publish", "subscribe"], "tickets": ["request"] },
+//!   "tenant": "acme" }
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use warren_protocol::amqp::validate_segment;
+
+use crate::config::{AuthConfig, AuthMode, JwtConfig};
+use crate::error::GatewayError;
+
+/// What a session may do on one channel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rights {
+    /// `publish` (the SDK's `write`).
+    pub publish: bool,
+    /// `request` (the SDK's `writeAndWait`).
+    pub request: bool,
+    /// `subscribe` (broadcast, granted groups, own direct messages, granted topics).
+    pub subscribe: bool,
+}
+
+impl Rights {
+    /// Every right.
+    pub const ALL: Rights = Rights {
+        publish: true,
+        request: true,
+        subscribe: true,
+    };
+}
+
+/// Something a frame asks to do on a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// `publish` or a POC publish packet.
+    Publish,
+    /// `request`.
+    Request,
+    /// `subscribe` or a POC consume packet.
+    Subscribe,
+}
+
+impl Action {
+    fn as_str(self) -> &'static str {
+        match self {
+            Action::Publish => "publish",
+            Action::Request => "request",
+            Action::Subscribe => "subscribe",
+        }
+    }
+}
+
+/// A verified identity: who the session's user is and what it may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The user id (`sub`); direct messages to this user reach this session.
+    pub user: String,
+    /// Groups the user may subscribe to and address; `*` grants every group.
+    pub groups: Vec<String>,
+    /// Per-channel rights; `None` grants every right on every channel. A `*` key
+    /// applies to channels not named.
+    pub channels: Option<BTreeMap<String, Rights>>,
+    /// Topic patterns the user may subscribe within (AMQP topic syntax).
+    pub topics: Vec<String>,
+    /// The tenant the user belongs to, if the token names one.
+    pub tenant: Option<String>,
+    /// When the token stops being valid (seconds since the epoch); `None` never.
+    pub expires_at: Option<u64>,
+}
+
+impl Identity {
+    /// Development mode (`auth.mode = "none"`): `user` may do everything.
+    pub fn unrestricted(user: impl Into<String>) -> Identity {
+        Identity {
+            user: user.into(),
+            groups: vec!["*".into()],
+            channels: None,
+            topics: vec!["#".into()],
+            tenant: None,
+            expires_at: None,
+        }
+    }
+
+    /// Whether this identity may do `action` on `channel`.
+    pub fn may(&self, action: Action, channel: &str) -> bool {
+        let Some(map) = &self.channels else {
+            return true;
+        };
+        let rights = map.get(channel).or_else(|| map.get("*"));
+        rights.is_some_and(|r| match action {
+            Action::Publish => r.publish,
+            Action::Request => r.request,
+            Action::Subscribe => r.subscribe,
+        })
+    }
+
+    /// Whether this identity may subscribe to or address `group`.
+    pub fn may_group(&self, group: &str) -> bool {
+        self.groups.iter().any(|g| g == "*" || g == group)
+    }
+
+    /// Whether every routing key `pattern` can match is matched by one granted topic
+    /// pattern: `orders.*` may subscribe `orders.created` and `orders.*`, not
+    /// `orders.#` or `#`.
+    pub fn may_topic(&self, pattern: &str) -> bool {
+        let wanted: Vec<&str> = pattern.split('.').collect();
+        self.topics.iter().any(|granted| {
+            let granted: Vec<&str> = granted.split('.').collect();
+            covers(&granted, &wanted)
+        })
+    }
+
+    /// The refusal message for `action` on `channel`.
+    pub fn refusal(&self, action: Action, channel: &str) -> String {
+        format!(
+            "user `{}` may not {} on channel `{channel}`",
+            self.user,
+            action.as_str()
+        )
+    }
+}
+
+/// Whether topic pattern `granted` matches every key that pattern `wanted` matches.
+/// `*` is one word, `#` zero or more; a wildcard in `wanted` stands for any word(s),
+/// so only an equal or wider wildcard in `granted` covers it.
+fn covers(granted: &[&str], wanted: &[&str]) -> bool {
+    match (granted.first(), wanted.first()) {
+        (None, None) => true,
+        (Some(&"#"), _) => {
+            covers(&granted[1..], wanted) || (!wanted.is_empty() && covers(granted, &wanted[1..]))
+        }
+        (None, Some(_)) | (Some(_), None) => false,
+        (Some(&"*"), Some(w)) => *w != "#" && covers(&granted[1..], &wanted[1..]),
+        (Some(g), Some(w)) => g == w && covers(&granted[1..], &wanted[1..]),
+    }
+}
+
+/// Why a token was refused (sent to the client as `unauthorized`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No token came with `hello` (nor in the upgrade's `Authorization` header or
+    /// cookie).
+    #[error("a token is required")]
+    Missing,
+    /// The token is past its `exp`.
+    #[error("the token has expired")]
+    Expired,
+    /// The token's `nbf` is in the future.
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    /// The token names a key this gateway does not know.
+    #[error("the token's key id `{0}` is not known")]
+    UnknownKey(String),
+    /// The token's algorithm is not one the gateway accepts.
+    #[error("the token's algorithm is not accepted")]
+    Algorithm,
+    /// Anything else: bad signature, wrong `iss`/`aud`, bad claims, not a JWT.
+    #[error("the token is invalid: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    channels: Option<BTreeMap<String, Vec<ClaimRight>>>,
+    #[serde(default)]
+    topics: Vec<String>,
+    #[serde(default)]
+    tenant: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ClaimRight {
+    Publish,
+    Request,
+    Subscribe,
+}
+
+/// One verification key.
+struct Key {
+    kid: Option<String>,
+    key: DecodingKey,
+    /// The algorithms this key may verify (its family ∩ the configured ones).
+    algorithms: Vec<Algorithm>,
+}
+
+/// Turns tokens into identities, as configured.
+pub struct Verifier {
+    mode: AuthMode,
+    keys: Vec<Key>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    leeway_s: u64,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("mode", &self.mode)
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
+const HMAC: &[Algorithm] = &[Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
+const RSA: &[Algorithm] = &[
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+];
+const EC: &[Algorithm] = &[Algorithm::ES256, Algorithm::ES384];
+const ED: &[Algorithm] = &[Algorithm::EdDSA];
+
+impl Verifier {
+    /// Reads the keys the configuration names (once, at start-up).
+    ///
+    /// # Errors
+    /// [`GatewayError::Config`] when `jwt` mode has no usable key, a key file cannot be
+    /// read or parsed, or an algorithm name is unknown.
+    pub fn from_config(config: &AuthConfig) -> Result<Verifier, GatewayError> {
+        let mut v = Verifier {
+            mode: config.mode,
+            keys: Vec::new(),
+            issuer: config.jwt.issuer.clone(),
+            audience: config.jwt.audience.clone(),
+            leeway_s: config.jwt.leeway_s,
+        };
+        if config.mode == AuthMode::Jwt {
+            v.keys = load_keys(&config.jwt)?;
+        }
+        Ok(v)
+    }
+
+    /// The mode in force.
+    pub fn mode(&self) -> AuthMode {
+        self.mode
+    }
+
+    /// Verifies `token` into an identity. In `none` mode the token (or, without one,
+    /// `anonymous`) is the user id.
+    ///
+    /// # Errors
+    /// [`AuthError`] saying why the token was refused.
+    pub fn verify(&self, token: Option<&str>, anonymous: &str) -> Result<Identity, AuthError> {
+        match self.mode {
+            AuthMode::None => {
+                let user = token.unwrap_or(anonymous);
+                validate_segment("token", user).map_err(|e| AuthError::Invalid(e.to_string()))?;
+                Ok(Identity::unrestricted(user))
+            }
+            AuthMode::Jwt => self.verify_jwt(token.ok_or(AuthError::Missing)?),
+        }
+    }
+
+    fn verify_jwt(&self, token: &str) -> Result<Identity, AuthError> {
+        if token.len() > 16 * 1024 {
+            return Err(AuthError::Invalid("longer than 16 KiB".into()));
+        }
+        // Refuses `alg: none` (not an Algorithm) and malformed headers.
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let candidates: Vec<&Key> = self
+            .keys
+            .iter()
+            .filter(|k| match (&header.kid, &k.kid) {
+                (Some(want), Some(have)) => want == have,
+                (Some(_), None) => true,
+                (None, _) => true,
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Err(AuthError::UnknownKey(
+                header
+                    .kid
+                    .clone()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(64)
+                    .collect(),
+            ));
+        }
+        // Only keys whose family matches the header's algorithm: an HS256 token is
+        // never checked against an RSA public key used as an HMAC secret.
+        let usable: Vec<&Key> = candidates
+            .into_iter()
+            .filter(|k| k.algorithms.contains(&header.alg))
+            .collect();
+        if usable.is_empty() {
+            return Err(AuthError::Algorithm);
+        }
+        let mut validation = Validation::new(header.alg);
+        validation.algorithms = vec![header.alg];
+        validation.leeway = self.leeway_s;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        match &self.issuer {
+            Some(iss) => validation.set_issuer(&[iss]),
+            None => validation.iss = None,
+        }
+        match &self.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        let mut last = AuthError::Invalid("no key verified the signature".into());
+        for key in usable {
+            match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
+                Ok(data) => return identity_of(data.claims),
+                Err(e) => {
+                    use jsonwebtoken::errors::ErrorKind as K;
+                    last = match e.kind() {
+                        K::ExpiredSignature => return Err(AuthError::Expired),
+                        K::ImmatureSignature => return Err(AuthError::NotYetValid),
+                        K::InvalidSignature => {
+                            AuthError::Invalid("the signature does not verify".into())
+                        }
+                        _ => AuthError::Invalid(e.to_string()),
+                    };
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+fn identity_of(c: Claims) -> Result<Identity, AuthError> {
+    let bad = |what: &str, e: String| AuthError::Invalid(format!("claim `{what}`: {e}"));
+    validate_segment("sub", &c.sub).map_err(|e| bad("sub", e.to_string()))?;
+    for g in &c.groups {
+        if g != "*" {
+            validate_segment("group", g).map_err(|e| bad("groups", e.to_string()))?;
+        }
+    }
+    for t in &c.topics {
+        warren_protocol::amqp::validate_dotted("topic", t, true)
+            .map_err(|e| bad("topics", e.to_string()))?;
+    }
+    if let Some(t) = &c.tenant {
+        validate_segment("tenant", t).map_err(|e| bad("tenant", e.to_string()))?;
+    }
+    let channels = c.channels.map(|map| {
+        map.into_iter()
+            .map(|(channel, rights)| {
+                let mut r = Rights::default();
+                for right in rights {
+                    match right {
+                        ClaimRight::Publish => r.publish = true,
+                        ClaimRight::Request => r.request = true,
+                        ClaimRight::Subscribe => r.subscribe = true,
+                    }
+                }
+                (channel, r)
+            })
+            .collect()
+    });
+    Ok(Identity {
+        user: c.sub,
+        groups: c.groups,
+        channels,
+        topics: c.topics,
+        tenant: c.tenant,
+        expires_at: Some(c.exp),
+    })
+}
+
+fn parse_algorithm(name: &str) -> Result<Algorithm, GatewayError> {
+    name.parse::<Algorithm>().map_err(|_| {
+        GatewayError::Config(format!("auth.jwt.algorithms: unknown algorithm `{name}`"))
+    })
+}
+
+fn read(path: &Path, what: &str) -> Result<Vec<u8>, GatewayError> {
+    std::fs::read(path)
+        .map_err(|e| GatewayError::Config(format!("auth.jwt.{what} `{}`: {e}", path.display())))
+}
+
+/// The keys of `jwt` mode: the secret, the PEM files and the JWKS file.
+fn load_keys(c: &JwtConfig) -> Result<Vec<Key>, GatewayError> {
+    let allowed: Vec<Algorithm> = c
+        .algorithms
+        .iter()
+        .map(|a| parse_algorithm(a))
+        .collect::<Result<_, _>>()?;
+    let within = |family: &[Algorithm]| -> Vec<Algorithm> {
+        family
+            .iter()
+            .copied()
+            .filter(|a| allowed.contains(a))
+            .collect()
+    };
+    let config_err = |m: String| GatewayError::Config(m);
+    let mut keys = Vec::new();
+    let secret = match (&c.secret, &c.secret_file) {
+        (Some(s), _) => Some(s.as_bytes().to_vec()),
+        (None, Some(path)) => {
+            let mut bytes = read(path, "secret_file")?;
+            while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
+                bytes.pop();
+            }
+            Some(bytes)
+        }
+        (None, None) => None,
+    };
+    if let Some(secret) = secret {
+        if secret.len() < 32 {
+            return Err(config_err(
+                "auth.jwt.secret must be at least 32 bytes (256 bits)".into(),
+            ));
+        }
+        keys.push(Key {
+            kid: None,
+            key: DecodingKey::from_secret(&secret),
+            algorithms: within(HMAC),
+        });
+    }
+    for path in &c.public_key_files {
+        let pem = read(path, "public_key_files")?;
+        let text = String::from_utf8_lossy(&pem);
+        let attempt = if text.contains("BEGIN RSA PUBLIC KEY") {
+            DecodingKey::from_rsa_pem(&pem).map(|k| (k, within(RSA)))
+        } else {
+            DecodingKey::from_rsa_pem(&pem)
+                .map(|k| (k, within(RSA)))
+                .or_else(|_| DecodingKey::from_ec_pem(&pem).map(|k| (k, within(EC))))
+                .or_else(|_| DecodingKey::from_ed_pem(&pem).map(|k| (k, within(ED))))
+        };
+        let (key, algorithms) = attempt.map_err(|e| {
+            config_err(format!(
+                "auth.jwt.public_key_files `{}`: not an RSA, EC or Ed25519 public key in PEM: {e}",
+                path.display()
+            ))
+        })?;
+        keys.push(Key {
+            kid: None,
+            key,
+            algorithms,
+        });
+    }
+    if let Some(path) = &c.jwks_file {
+        let text = read(path, "jwks_file")?;
+        let set: JwkSet = serde_json::from_slice(&text)
+            .map_err(|e| config_err(format!("auth.jwt.jwks_file `{}`: {e}", path.display())))?;
+        for jwk in &set.keys {
+            let key = DecodingKey::from_jwk(jwk)
+                .map_err(|e| config_err(format!("auth.jwt.jwks_file `{}`: {e}", path.display())))?;
+            let algorithms = match &jwk.algorithm {
+                jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => within(RSA),
+                jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => within(EC),
+                jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(_) => within(ED),
+                jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_) => within(HMAC),
+            };
+            keys.push(Key {
+                kid: jwk.common.key_id.clone(),
+                key,
+                algorithms,
+            });
+        }
+    }
+    if keys.is_empty() {
+        return Err(config_err(
+            "auth.mode = \"jwt\" needs a key: auth.jwt.secret (or secret_file), \
+             public_key_files or jwks_file"
+                .into(),
+        ));
+    }
+    if keys.iter().all(|k| k.algorithms.is_empty()) {
+        return Err(config_err(format!(
+            "auth.jwt.algorithms {:?} fit none of the configured keys",
+            c.algorithms
+        )));
+    }
+    Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde_json::json;
+
+    const SECRET: &str = "a-development-secret-of-32-bytes!!";
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn jwt_config() -> AuthConfig {
+        AuthConfig {
+            mode: AuthMode::Jwt,
+            jwt: JwtConfig {
+                secret: Some(SECRET.into()),
+                issuer: Some("warren-tests".into()),
+                audience: Some("warren".into()),
+                ..JwtConfig::default()
+            },
+            ..AuthConfig::default()
+        }
+    }
+
+    fn sign(claims: serde_json::Value) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn good(extra: serde_json::Value) -> serde_json::Value {
+        let mut c =
+            json!({"sub": "ada", "exp": now() + 600, "iss": "warren-tests", "aud": "warren"});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    }
+
+    #[test]
+    fn a_signed_token_becomes_its_claims() {
+        let v = Verifier::from_config(&jwt_config()).unwrap();
+        let token = sign(good(json!({
+            "groups": ["room-1"],
+            "topics": ["orders.*"],
+            "channels": {"chat": ["publish", "subscribe"], "tickets": ["request"]},
+            "tenant": "acme"
+        })));
+        let id = v.verify(Some(&token), "anon").unwrap();
+        assert_eq!(id.user, "ada");
+        assert_eq!(id.tenant.as_deref(), Some("acme"));
+        assert!(id.may(Action::Publish, "chat"));
+        assert!(id.may(Action::Subscribe, "chat"));
+        assert!(!id.may(Action::Request, "chat"));
+        assert!(id.may(Action::Request, "tickets"));
+        assert!(!id.may(Action::Publish, "voice"), "unnamed channel");
+        assert!(id.may_group("room-1"));
+        assert!(!id.may_group("room-2"));
+        assert!(id.expires_at.is_some());
+    }
+
+    #[test]
+    fn tokens_that_must_not_pass_are_refused_with_their_reason() {
+        let v = Verifier::from_config(&jwt_config()).unwrap();
+        let expired = sign(good(json!({"exp": now() - 3600})));
+        assert_eq!(v.verify(Some(&expired), "x"), Err(AuthError::Expired));
+        let early = sign(good(json!({"nbf": now() + 3600})));
+        assert_eq!(v.verify(Some(&early), "x"), Err(AuthError::NotYetValid));
+        let wrong_aud = sign(good(json!({"aud": "someone-else"})));
+        assert!(matches!(
+            v.verify(Some(&wrong_aud), "x"),
+            Err(AuthError::Invalid(_))
+        ));
+        let wrong_iss = sign(good(json!({"iss": "mallory"})));
+        assert!(matches!(
+            v.verify(Some(&wrong_iss), "x"),
+            Err(AuthError::Invalid(_))
+        ));
+        let no_exp = sign(json!({"sub": "ada", "iss": "warren-tests", "aud": "warren"}));
+        assert!(matches!(
+            v.verify(Some(&no_exp), "x"),
+            Err(AuthError::Invalid(_))
+        ));
+        // Tampered: the payload of one token with the signature of another.
+        let a = sign(good(json!({})));
+        let b = sign(good(json!({"sub": "bob"})));
+        let parts_a: Vec<&str> = a.split('.').collect();
+        let parts_b: Vec<&str> = b.split('.').collect();
+        let tampered = format!("{}.{}.{}", parts_a[0], parts_b[1], parts_a[2]);
+        assert!(matches!(
+            v.verify(Some(&tampered), "x"),
+            Err(AuthError::Invalid(_))
+        ));
+        // Signed with another secret.
+        let forged = encode(
+            &Header::new(Algorithm::HS256),
+            &good(json!({})),
+            &EncodingKey::from_secret(b"another-secret-that-is-32-bytes-long"),
+        )
+        .unwrap();
+        assert!(matches!(
+            v.verify(Some(&forged), "x"),
+            Err(AuthError::Invalid(_))
+        ));
+        // `alg: none`.
+        let b64 = |s: &str| {
+            use base64::Engine;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+        };
+        let none = format!(
+            "{}.{}.",
+            b64(r#"{"alg":"none","typ":"JWT"}"#),
+            b64(&good(json!({})).to_string())
+        );
+        assert!(matches!(
+            v.verify(Some(&none), "x"),
+            Err(AuthError::Invalid(_))
+        ));
+        // An algorithm the gateway does not accept (HS512 with HS256 configured).
+        let hs512 = encode(
+            &Header::new(Algorithm::HS512),
+            &good(json!({})),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(v.verify(Some(&hs512), "x"), Err(AuthError::Algorithm));
+        assert_eq!(v.verify(None, "x"), Err(AuthError::Missing));
+        assert!(matches!(
+            v.verify(Some("not-a-jwt"), "x"),
+            Err(AuthError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn a_jwks_key_is_chosen_by_kid_and_an_unknown_kid_is_refused() {
+        let dir = std::env::temp_dir().join(format!("warren-jwks-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("jwks.json");
+        use base64::Engine;
+        let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(SECRET);
+        std::fs::write(
+            &path,
+            json!({"keys": [{"kty": "oct", "kid": "k1", "k": k, "alg": "HS256"}]}).to_string(),
+        )
+        .unwrap();
+        let mut config = jwt_config();
+        config.jwt.secret = None;
+        config.jwt.jwks_file = Some(path);
+        let v = Verifier::from_config(&config).unwrap();
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("k1".into());
+        let key = EncodingKey::from_secret(SECRET.as_bytes());
+        let token = encode(&header, &good(json!({})), &key).unwrap();
+        assert_eq!(v.verify(Some(&token), "x").unwrap().user, "ada");
+        header.kid = Some("k2".into());
+        let token = encode(&header, &good(json!({})), &key).unwrap();
+        assert_eq!(
+            v.verify(Some(&token), "x"),
+            Err(AuthError::UnknownKey("k2".into()))
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn jwt_mode_without_a_key_or_with_a_short_secret_does_not_start() {
+        let mut c = jwt_config();
+        c.jwt.secret = None;
+        assert!(Verifier::from_config(&c).is_err());
+        c.jwt.secret = Some("short".into());
+        assert!(Verifier::from_config(&c).is_err());
+        c.jwt.secret = Some(SECRET.into());
+        c.jwt.algorithms = vec!["HS999".into()];
+        assert!(Verifier::from_config(&c).is_err());
+    }
+
+    #[test]
+    fn none_mode_trusts_the_token_as_the_user_and_grants_everything() {
+        let v = Verifier::from_config(&AuthConfig::default()).unwrap();
+        let id = v.verify(Some("bob"), "s1").unwrap();
+        assert_eq!(id.user, "bob");
+        assert!(id.may(Action::Request, "anything"));
+        assert!(id.may_group("room-9"));
+        assert!(id.may_topic("#"));
+        assert_eq!(v.verify(None, "s1").unwrap().user, "s1");
+        assert!(v.verify(Some("a b"), "s1").is_err());
+    }
+
+    #[test]
+    fn a_topic_pattern_is_allowed_only_within_a_granted_one() {
+        let id = Identity {
+            topics: vec!["orders.*".into(), "audit.#".into(), "a.*.c".into()],
+            ..Identity::unrestricted("u")
+        };
+        for ok in [
+            "orders.created",
+            "orders.*",
+            "audit",
+            "audit.x.y",
+            "audit.#",
+            "audit.*.z",
+            "a.b.c",
+            "a.*.c",
+        ] {
+            assert!(id.may_topic(ok), "{ok}");
+        }
+        for no in [
+            "#",
+            "orders.#",
+            "orders",
+            "orders.a.b",
+            "*.created",
+            "a.#.c",
+            "b.c",
+            "audits",
+        ] {
+            assert!(!id.may_topic(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn a_star_channel_entry_applies_to_channels_not_named() {
+        let mut map = BTreeMap::new();
+        map.insert(
+            "*".to_string(),
+            Rights {
+                subscribe: true,
+                ..Rights::default()
+            },
+        );
+        map.insert("chat".to_string(), Rights::ALL);
+        let id = Identity {
+            channels: Some(map),
+            ..Identity::unrestricted("u")
+        };
+        assert!(id.may(Action::Publish, "chat"));
+        assert!(id.may(Action::Subscribe, "voice"));
+        assert!(!id.may(Action::Publish, "voice"));
+    }
+}

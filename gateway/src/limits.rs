@@ -1,0 +1,315 @@
+//! Limits against abuse: connections per IP address and per user, new connections per
+//! IP address per second, and frames per connection per second, so that one abusive
+//! client cannot exhaust the gateway or the broker while everyone else is unaffected.
+//!
+//! [`TokenBucket`] is pure (time is passed in) and unit-tested; [`Limiter`] keeps the
+//! per-IP and per-user counts, released by RAII [`Slot`]s when a connection ends.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A token bucket: `rate` tokens a second, holding at most `burst`.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(rate: u32, burst: u32, now: Instant) -> TokenBucket {
+        TokenBucket {
+            rate: f64::from(rate),
+            burst: f64::from(burst.max(1)),
+            tokens: f64::from(burst.max(1)),
+            at: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.at = now;
+    }
+
+    /// Takes one token if there is one.
+    pub fn take(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Takes one token, or says how long until one is there (the token is then
+    /// already spoken for: the caller waits that long and goes on).
+    pub fn take_or_wait(&mut self, now: Instant) -> Option<Duration> {
+        self.refill(now);
+        self.tokens -= 1.0;
+        if self.tokens >= 0.0 {
+            return None;
+        }
+        if self.rate <= 0.0 {
+            return Some(Duration::from_secs(1));
+        }
+        Some(Duration::from_secs_f64(-self.tokens / self.rate))
+    }
+
+    /// Whether the bucket is full (nothing to remember about it).
+    fn full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= self.burst
+    }
+}
+
+/// What the limiter is configured with (from [`crate::Config`]); 0 turns a limit off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitSettings {
+    /// Open connections per client IP address.
+    pub connections_per_ip: u32,
+    /// New connections per client IP address per second (bursts of twice this).
+    pub new_connections_per_ip_per_s: u32,
+    /// Open sessions per user.
+    pub connections_per_user: u32,
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Too many open connections from this IP address.
+    ConnectionsPerIp,
+    /// Too many new connections from this IP address in the last second.
+    NewConnectionsPerIp,
+    /// Too many open sessions of this user.
+    ConnectionsPerUser,
+}
+
+impl Refused {
+    /// A sentence for logs and error frames.
+    pub fn message(self, limit: u32) -> String {
+        match self {
+            Refused::ConnectionsPerIp => {
+                format!("at most {limit} connections from one address (max_connections_per_ip)")
+            }
+            Refused::NewConnectionsPerIp => format!(
+                "at most {limit} new connections per second from one address \
+                 (max_new_connections_per_ip_per_s)"
+            ),
+            Refused::ConnectionsPerUser => {
+                format!("at most {limit} sessions of one user (max_connections_per_user)")
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct IpState {
+    open: u32,
+    bucket: TokenBucket,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    ips: HashMap<IpAddr, IpState>,
+    users: HashMap<String, u32>,
+}
+
+/// The per-IP and per-user counts of one gateway.
+#[derive(Debug)]
+pub struct Limiter {
+    settings: LimitSettings,
+    counts: Arc<Mutex<Counts>>,
+}
+
+/// Holds one connection's place in a count; gives it back when dropped.
+#[derive(Debug)]
+pub struct Slot {
+    counts: Arc<Mutex<Counts>>,
+    key: SlotKey,
+}
+
+#[derive(Debug)]
+enum SlotKey {
+    Ip(IpAddr),
+    User(String),
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        match &self.key {
+            SlotKey::Ip(ip) => {
+                if let Some(state) = counts.ips.get_mut(ip) {
+                    state.open = state.open.saturating_sub(1);
+                    if state.open == 0 && state.bucket.full(Instant::now()) {
+                        counts.ips.remove(ip);
+                    }
+                }
+            }
+            SlotKey::User(user) => {
+                if let Some(n) = counts.users.get_mut(user) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        counts.users.remove(user);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Limiter {
+    /// A limiter with these settings.
+    pub fn new(settings: LimitSettings) -> Limiter {
+        Limiter {
+            settings,
+            counts: Arc::default(),
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> LimitSettings {
+        self.settings
+    }
+
+    /// Admits a new connection from `ip`, or says which limit refuses it.
+    ///
+    /// # Errors
+    /// [`Refused::ConnectionsPerIp`] or [`Refused::NewConnectionsPerIp`].
+    pub fn admit_ip(&self, ip: IpAddr, now: Instant) -> Result<Slot, Refused> {
+        let s = self.settings;
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget addresses with no connection and a full bucket once the map grows.
+        if counts.ips.len() > 10_000 {
+            counts
+                .ips
+                .retain(|_, st| st.open > 0 || !st.bucket.full(now));
+        }
+        let rate = s.new_connections_per_ip_per_s;
+        let state = counts.ips.entry(ip).or_insert_with(|| IpState {
+            open: 0,
+            bucket: TokenBucket::new(rate, rate.saturating_mul(2), now),
+        });
+        if s.connections_per_ip > 0 && state.open >= s.connections_per_ip {
+            return Err(Refused::ConnectionsPerIp);
+        }
+        if rate > 0 && !state.bucket.take(now) {
+            return Err(Refused::NewConnectionsPerIp);
+        }
+        state.open += 1;
+        Ok(Slot {
+            counts: self.counts.clone(),
+            key: SlotKey::Ip(ip),
+        })
+    }
+
+    /// Admits a new session of `user`, or refuses it.
+    ///
+    /// # Errors
+    /// [`Refused::ConnectionsPerUser`].
+    pub fn admit_user(&self, user: &str) -> Result<Slot, Refused> {
+        let limit = self.settings.connections_per_user;
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = counts.users.entry(user.to_string()).or_insert(0);
+        if limit > 0 && *n >= limit {
+            return Err(Refused::ConnectionsPerUser);
+        }
+        *n += 1;
+        Ok(Slot {
+            counts: self.counts.clone(),
+            key: SlotKey::User(user.to_string()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(per_ip: u32, rate: u32, per_user: u32) -> LimitSettings {
+        LimitSettings {
+            connections_per_ip: per_ip,
+            new_connections_per_ip_per_s: rate,
+            connections_per_user: per_user,
+        }
+    }
+
+    #[test]
+    fn a_token_bucket_allows_its_burst_then_its_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10, 20, t0);
+        assert_eq!((0..25).filter(|_| b.take(t0)).count(), 20);
+        assert!(!b.take(t0));
+        assert!(
+            b.take(t0 + Duration::from_millis(100)),
+            "one token after 1/10 s"
+        );
+        assert!(!b.take(t0 + Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn a_throttled_bucket_says_how_long_to_wait() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(100, 2, t0);
+        assert_eq!(b.take_or_wait(t0), None);
+        assert_eq!(b.take_or_wait(t0), None);
+        let wait = b.take_or_wait(t0).expect("throttled");
+        assert!(
+            wait > Duration::from_millis(9) && wait <= Duration::from_millis(11),
+            "{wait:?}"
+        );
+    }
+
+    #[test]
+    fn connections_per_ip_are_counted_until_their_slots_drop_and_other_ips_are_unaffected() {
+        let l = Limiter::new(settings(2, 0, 0));
+        let now = Instant::now();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let s1 = l.admit_ip(a, now).unwrap();
+        let _s2 = l.admit_ip(a, now).unwrap();
+        assert_eq!(l.admit_ip(a, now).unwrap_err(), Refused::ConnectionsPerIp);
+        assert!(l.admit_ip(b, now).is_ok(), "another address is unaffected");
+        drop(s1);
+        assert!(
+            l.admit_ip(a, now).is_ok(),
+            "a closed connection frees its place"
+        );
+    }
+
+    #[test]
+    fn new_connections_per_ip_are_rate_limited() {
+        let l = Limiter::new(settings(0, 5, 0));
+        let now = Instant::now();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let admitted = (0..20).filter(|_| l.admit_ip(a, now).is_ok()).count();
+        assert_eq!(admitted, 10, "a burst of twice the rate");
+        assert_eq!(
+            l.admit_ip(a, now).unwrap_err(),
+            Refused::NewConnectionsPerIp
+        );
+        assert!(l.admit_ip(a, now + Duration::from_millis(250)).is_ok());
+    }
+
+    #[test]
+    fn sessions_per_user_are_limited_and_zero_means_no_limit() {
+        let l = Limiter::new(settings(0, 0, 1));
+        let s = l.admit_user("ada").unwrap();
+        assert_eq!(
+            l.admit_user("ada").unwrap_err(),
+            Refused::ConnectionsPerUser
+        );
+        assert!(l.admit_user("bob").is_ok());
+        drop(s);
+        assert!(l.admit_user("ada").is_ok());
+        let open = Limiter::new(settings(0, 0, 0));
+        let slots: Vec<Slot> = (0..100).map(|_| open.admit_user("ada").unwrap()).collect();
+        assert_eq!(slots.len(), 100);
+    }
+}

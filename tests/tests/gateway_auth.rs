@@ -1,0 +1,550 @@
+//! Identity and permissions against a real RabbitMQ: a gateway in `jwt` mode refuses
+//! every attack in the table below with its documented code and delivers nothing to
+//! the attacker; a token is renewed on the live connection without a gap and an
+//! expired one closes with `4004 token_expired`; inputs that used to panic the
+//! connection task are answered with `invalid`, and a panic that does happen still
+//! cleans up.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use warren_e2e::client::{raw, TestClient};
+use warren_e2e::env::TestEnv;
+use warren_e2e::gateway::{http_get, TestGateway};
+use warren_gateway::{AuthMode, Config};
+use warren_protocol::amqp::keys;
+use warren_protocol::{ClientFrame, ErrorCode, Hello, Publish, Refresh, ServerFrame, Subscribe};
+
+const SECRET: &str = "warren-tests-secret-of-at-least-32-bytes";
+const QUIET: Duration = Duration::from_millis(400);
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn jwt(c: &mut Config) {
+    c.auth.mode = AuthMode::Jwt;
+    c.auth.jwt.secret = Some(SECRET.into());
+    c.auth.jwt.issuer = Some("warren-tests".into());
+    c.auth.jwt.audience = Some("warren".into());
+    c.auth.jwt.leeway_s = 0;
+    c.auth.allowed_origins = vec![
+        "https://app.example.com".into(),
+        "https://*.example.org".into(),
+    ];
+}
+
+/// Claims for `user` valid for ten minutes, with `extra` merged in.
+fn claims(user: &str, extra: Value) -> Value {
+    let mut c = json!({
+        "sub": user, "exp": now() + 600, "iss": "warren-tests", "aud": "warren",
+        "groups": ["room-1"], "topics": ["orders.*"],
+        "channels": {"chat": ["publish", "subscribe"], "tickets": ["request"], "voice": ["subscribe"]}
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    c
+}
+
+fn sign_with(claims: &Value, alg: Algorithm, secret: &[u8]) -> String {
+    encode(&Header::new(alg), claims, &EncodingKey::from_secret(secret)).unwrap()
+}
+
+fn token(user: &str, extra: Value) -> String {
+    sign_with(&claims(user, extra), Algorithm::HS256, SECRET.as_bytes())
+}
+
+fn hello(token: &str) -> Hello {
+    Hello {
+        token: Some(token.into()),
+        ..Default::default()
+    }
+}
+
+async fn login(url: &str, user: &str) -> TestClient {
+    TestClient::connect_with(url, hello(&token(user, json!({})))).await
+}
+
+/// Sends `hello` with `token`; the gateway must answer `error unauthorized` and close
+/// with 4501, never `welcome`.
+async fn expect_refused_hello(url: &str, token: Option<String>, what: &str) {
+    let mut c = TestClient::connect_raw(url).await;
+    c.send(&ClientFrame::Hello(Hello {
+        token,
+        ..Default::default()
+    }))
+    .await;
+    match c.recv_within(Duration::from_secs(5)).await {
+        Some(ServerFrame::Error(e)) => {
+            assert_eq!(e.code, ErrorCode::Unauthorized, "{what}: {e:?}");
+            assert!(!e.message.is_empty(), "{what}: the error says why");
+        }
+        other => panic!("{what}: expected error unauthorized, got {other:?}"),
+    }
+    assert_eq!(
+        c.expect_close(Duration::from_secs(5)).await,
+        Some(4501),
+        "{what}: closed with 4501 unauthorized"
+    );
+}
+
+fn sub(id: &str, channel: &str) -> Subscribe {
+    Subscribe {
+        id: id.into(),
+        channel: channel.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn forged_expired_and_malformed_tokens_are_refused_before_any_session_exists() {
+    TestEnv::run("auth-tokens", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, jwt).await;
+        let url = gw.url();
+        let b64 = |s: &str| {
+            use base64::Engine;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+        };
+        let good = claims("bob", json!({}));
+        let a = token("eve", json!({}));
+        let b = token("bob", json!({}));
+        let (pa, pb): (Vec<&str>, Vec<&str>) = (a.split('.').collect(), b.split('.').collect());
+        let table: Vec<(&str, Option<String>)> = vec![
+            ("no token", None),
+            (
+                "a bare user id (impersonation as in auth none)",
+                Some("bob".into()),
+            ),
+            (
+                "signed with another secret (impersonation)",
+                Some(sign_with(
+                    &good,
+                    Algorithm::HS256,
+                    b"a-secret-the-gateway-does-not-know!!",
+                )),
+            ),
+            ("expired", Some(token("bob", json!({"exp": now() - 120})))),
+            (
+                "not yet valid",
+                Some(token("bob", json!({"nbf": now() + 3600}))),
+            ),
+            (
+                "tampered payload",
+                Some(format!("{}.{}.{}", pa[0], pb[1], pa[2])),
+            ),
+            (
+                "alg none",
+                Some(format!(
+                    "{}.{}.",
+                    b64(r#"{"alg":"none","typ":"JWT"}"#),
+                    b64(&good.to_string())
+                )),
+            ),
+            (
+                "wrong aud",
+                Some(token("bob", json!({"aud": "another-app"}))),
+            ),
+            ("wrong iss", Some(token("bob", json!({"iss": "mallory"})))),
+            (
+                "an algorithm not accepted",
+                Some(sign_with(&good, Algorithm::HS512, SECRET.as_bytes())),
+            ),
+            ("not a JWT", Some("definitely.not.a-jwt".into())),
+        ];
+        assert!(table.len() >= 10);
+        for (what, t) in table {
+            expect_refused_hello(&url, t, what).await;
+        }
+        // A first frame other than hello: no implicit session without a token.
+        let mut c = TestClient::connect_raw(&url).await;
+        c.publish("p1", "chat", json!(1)).await;
+        let e = c.expect_error_code(None, ErrorCode::Unauthorized).await;
+        assert!(e.message.contains("token"), "{e:?}");
+        assert_eq!(c.expect_close(Duration::from_secs(5)).await, Some(4501));
+        // The token from the upgrade's Authorization header.
+        let auth = format!("Bearer {}", token("ada", json!({})));
+        let mut c = TestClient::try_connect_with_headers(&url, &[("Authorization", &auth)])
+            .await
+            .expect("upgrade");
+        c.send(&ClientFrame::Hello(Hello::default())).await;
+        match c.recv().await {
+            ServerFrame::Welcome(w) => assert_eq!(w.user, "ada"),
+            other => panic!("expected welcome, got {other:?}"),
+        }
+        let m = http_get(gw.health_addr(), "/metrics").await;
+        assert!(
+            m.lines()
+                .any(|l| l.starts_with("warren_gateway_refused_token_total") && l.ends_with(" 12")),
+            "every refusal counted: {m}"
+        );
+        c.close().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_cross_origin_upgrade_is_refused_with_403_and_allowed_origins_connect() {
+    TestEnv::run("auth-origin", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, jwt).await;
+        let url = gw.url();
+        for origin in [
+            "https://evil.example.net",
+            "https://example.org",
+            "https://app.example.com.evil.net",
+            "http://app.example.com",
+        ] {
+            let r = TestClient::try_connect_with_headers(&url, &[("Origin", origin)]).await;
+            assert_eq!(r.err(), Some(403), "{origin} refused");
+        }
+        for origin in ["https://app.example.com", "https://chat.example.org"] {
+            let mut c = TestClient::try_connect_with_headers(&url, &[("Origin", origin)])
+                .await
+                .unwrap_or_else(|s| panic!("{origin} allowed, got {s}"));
+            c.send(&ClientFrame::Hello(hello(&token("ada", json!({})))))
+                .await;
+            assert!(
+                matches!(c.recv().await, ServerFrame::Welcome(_)),
+                "{origin}"
+            );
+            c.close().await;
+        }
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn another_users_direct_messages_groups_topics_and_channels_are_forbidden_and_nothing_is_delivered(
+) {
+    TestEnv::run("auth-targets", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, jwt).await;
+        let url = gw.url();
+        let mut bob = login(&url, "bob").await;
+        bob.subscribe(Subscribe {
+            direct: true,
+            groups: vec!["room-1".into()],
+            ..sub("b1", "chat")
+        })
+        .await;
+        let mut eve = login(&url, "eve").await;
+        // Eve's own direct messages only: `direct` binds her user, never bob's.
+        eve.subscribe(Subscribe {
+            direct: true,
+            ..sub("e0", "chat")
+        })
+        .await;
+        // (what, frame as the client sends it, its id): each is `forbidden`.
+        let forbidden: Vec<(&str, Value, &str)> = vec![
+            ("an ungranted group", json!({"type": "subscribe", "id": "e1", "channel": "chat", "groups": ["staff"]}), "e1"),
+            ("topic #", json!({"type": "subscribe", "id": "e2", "channel": "chat", "topic": "#"}), "e2"),
+            ("a topic wider than granted", json!({"type": "subscribe", "id": "e3", "channel": "chat", "topic": "orders.#"}), "e3"),
+            ("subscribe without the right", json!({"type": "subscribe", "id": "e4", "channel": "tickets"}), "e4"),
+            ("publish to a channel without the right", json!({"type": "publish", "id": "e5", "channel": "voice", "message": 1}), "e5"),
+            ("request without the right", json!({"type": "request", "id": "e6", "channel": "chat", "timeout_ms": 1000, "message": 1}), "e6"),
+            ("publish addressed to an ungranted group", json!({"type": "publish", "id": "e7", "channel": "chat", "distribution": {"groups": ["staff"]}, "message": 1}), "e7"),
+            ("a POC publish to a channel without the right", json!({"id": "e8", "channel": {"voice": true}, "packet_action": "publish", "message": {}}), "e8"),
+            ("a POC consume of an ungranted group", json!({"id": "e9", "channel": {"chat": true}, "packet_action": "consume", "distribution": {"multicast": ["staff"]}, "consume_target": ["x"]}), "e9"),
+        ];
+        for (what, frame, id) in &forbidden {
+            eve.send_text(&frame.to_string()).await;
+            let e = eve.expect_error(Some(id)).await;
+            assert_eq!(e.code, ErrorCode::Forbidden, "{what}: {e:?}");
+        }
+        // Allowed: a topic within the granted pattern, a granted group.
+        eve.subscribe(Subscribe {
+            topic: Some("orders.created".into()),
+            ..sub("ok1", "chat")
+        })
+        .await;
+        // What the attacker reached for is published; only bob receives it.
+        env.publish_out(&keys::user("chat", "bob"), "d-bob", r#""for bob""#)
+            .await;
+        env.publish_out(&keys::group("chat", "staff"), "g-staff", r#""staff""#)
+            .await;
+        env.publish_out(&keys::group("chat", "room-1"), "g-room", r#""room""#)
+            .await;
+        env.publish_out(&keys::event("chat", "orders.deleted"), "ev", r#""ev""#)
+            .await;
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            got.push(bob.expect_deliver().await.message_id);
+        }
+        got.sort();
+        assert_eq!(got, ["d-bob", "g-room"]);
+        eve.expect_no_deliver(QUIET).await;
+        // Nothing reached the services either.
+        for ch in ["voice", "chat"] {
+            assert_eq!(
+                env.message_count(&env.names.channel_queue(ch)).await,
+                Some(0),
+                "{ch}: the refused publishes never reached RabbitMQ"
+            );
+        }
+        bob.close().await;
+        eve.close().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_session_can_be_resumed_only_by_its_owner_and_stays_untouched() {
+    TestEnv::run("auth-takeover", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, jwt).await;
+        let url = gw.url();
+        let mut bob = login(&url, "bob").await;
+        bob.subscribe(Subscribe {
+            direct: true,
+            ..sub("b1", "chat")
+        })
+        .await;
+        let bobs = bob.session().to_string();
+        let mut eve = TestClient::connect_with(
+            &url,
+            Hello {
+                session: Some(bobs.clone()),
+                ..hello(&token("eve", json!({})))
+            },
+        )
+        .await;
+        let w = eve.welcome.clone().unwrap();
+        assert!(!w.resumed, "not resumed");
+        assert_ne!(w.session, bobs, "a fresh session of her own");
+        assert_eq!(w.notice, Some(ErrorCode::Forbidden));
+        assert_eq!(w.user, "eve");
+        // Bob's connection and session are untouched.
+        env.publish_out(&keys::user("chat", "bob"), "d1", r#""hi bob""#)
+            .await;
+        assert_eq!(bob.expect_deliver().await.message_id, "d1");
+        eve.expect_no_deliver(QUIET).await;
+        // Bob himself resumes it (after a drop) and gets what was not acknowledged.
+        bob.abort();
+        let mut again = TestClient::connect_with(
+            &url,
+            Hello {
+                session: Some(bobs.clone()),
+                ..hello(&token("bob", json!({})))
+            },
+        )
+        .await;
+        assert!(again.welcome.as_ref().unwrap().resumed);
+        assert_eq!(again.expect_deliver().await.message_id, "d1");
+        again.close().await;
+        eve.close().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_refreshed_token_keeps_the_connection_and_session_and_an_expired_one_closes_with_4004() {
+    TestEnv::run("auth-refresh", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, jwt).await;
+        let url = gw.url();
+        let mut c =
+            TestClient::connect_with(&url, hello(&token("ada", json!({"exp": now() + 3})))).await;
+        c.subscribe(sub("s", "chat")).await;
+        env.publish_out(&keys::broadcast("chat"), "m1", "1").await;
+        assert_eq!(c.expect_deliver().await.seq, 1);
+        // Refused refreshes leave everything as it was.
+        let refresh = |id: &str, t: String| {
+            ClientFrame::Refresh(Refresh {
+                id: id.into(),
+                token: t,
+            })
+        };
+        c.send(&refresh("r-bad", "nope".into())).await;
+        assert_eq!(
+            c.expect_error(Some("r-bad")).await.code,
+            ErrorCode::Unauthorized
+        );
+        c.send(&refresh("r-other", token("bob", json!({})))).await;
+        assert_eq!(
+            c.expect_error(Some("r-other")).await.code,
+            ErrorCode::Forbidden
+        );
+        c.send(&refresh("r1", token("ada", json!({"exp": now() + 600}))))
+            .await;
+        c.expect_ack("r1").await;
+        // Past the first token's expiry: still open, same session, no redelivery.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        env.publish_out(&keys::broadcast("chat"), "m2", "2").await;
+        let d = c.expect_deliver().await;
+        assert_eq!(
+            (d.message_id.as_str(), d.seq, d.redelivered),
+            ("m2", 2, false)
+        );
+        assert_eq!(c.close_code, None);
+        c.close().await;
+
+        // Without a refresh, the connection closes at exp with 4004.
+        let started = std::time::Instant::now();
+        let mut c =
+            TestClient::connect_with(&url, hello(&token("ada", json!({"exp": now() + 2})))).await;
+        let e = c.expect_error_code(None, ErrorCode::Unauthorized).await;
+        assert!(e.message.contains("expired"), "{e:?}");
+        assert_eq!(c.expect_close(Duration::from_secs(5)).await, Some(4004));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn composed_names_past_amqp_limits_are_invalid_and_headers_outside_the_allow_list_refused() {
+    TestEnv::run("auth-inputs", LIMIT, async |env| {
+        // auth none: the probe's inputs (a 128-byte token as user id) are possible there.
+        let gw = TestGateway::start(env).await;
+        let user = "u".repeat(128);
+        let mut c = TestClient::connect_with(&gw.url(), hello(&user)).await;
+        let long_id = "i".repeat(127);
+        let publish = |id: &str, subject: Option<String>, headers: &[(&str, &str)]| {
+            ClientFrame::Publish(Publish {
+                id: id.into(),
+                channel: "chat".into(),
+                subject,
+                distribution: None,
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                message: raw(json!(1)),
+            })
+        };
+        let many: Vec<(String, String)> = (0..33).map(|i| (format!("h{i}"), "v".into())).collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let table: Vec<(&str, ClientFrame, &str, ErrorCode)> = vec![
+            (
+                "128-byte user + 127-byte id",
+                publish(&long_id, None, &[]),
+                long_id.as_str(),
+                ErrorCode::Invalid,
+            ),
+            (
+                "251-byte subject",
+                publish(
+                    "s1",
+                    Some(format!("{}.{}", "a".repeat(125), "b".repeat(125))),
+                    &[],
+                ),
+                "s1",
+                ErrorCode::Invalid,
+            ),
+            (
+                "x-death",
+                publish("h1", None, &[("x-death", "v")]),
+                "h1",
+                ErrorCode::Forbidden,
+            ),
+            (
+                "x-delay",
+                publish("h2", None, &[("x-delay", "1")]),
+                "h2",
+                ErrorCode::Forbidden,
+            ),
+            (
+                "x-match",
+                publish("h3", None, &[("x-match", "any")]),
+                "h3",
+                ErrorCode::Forbidden,
+            ),
+            (
+                "x-delivery-count",
+                publish("h4", None, &[("x-delivery-count", "0")]),
+                "h4",
+                ErrorCode::Forbidden,
+            ),
+            (
+                "reply_to",
+                publish("h5", None, &[("reply_to", "q")]),
+                "h5",
+                ErrorCode::Forbidden,
+            ),
+            (
+                "a lookalike x-warren-user",
+                publish("h6", None, &[("x-warren\u{200b}-user", "bob")]),
+                "h6",
+                ErrorCode::Invalid,
+            ),
+            (
+                "33 headers",
+                publish("h7", None, &many),
+                "h7",
+                ErrorCode::Invalid,
+            ),
+        ];
+        for (what, frame, id, code) in &table {
+            c.send(frame).await;
+            let e = c.expect_error(Some(id)).await;
+            assert_eq!(e.code, *code, "{what}: {e:?}");
+        }
+        // A 245-byte topic pattern composes a binding key past 255 bytes.
+        let topic = format!("{}.{}", "t".repeat(122), "u".repeat(122));
+        c.send(&ClientFrame::Subscribe(Subscribe {
+            topic: Some(topic),
+            ..sub("t1", "chat")
+        }))
+        .await;
+        assert_eq!(c.expect_error(Some("t1")).await.code, ErrorCode::Invalid);
+        // The connection was never hurt: it still publishes, with allowed headers.
+        c.send(&publish("ok", None, &[("trace-id", "abc")])).await;
+        c.expect_ack("ok").await;
+        // Invalid UTF-8 in a text frame closes with 1007.
+        c.send_invalid_utf8_text(&[0x7b, 0xff, 0xfe, 0x7d]).await;
+        assert_eq!(c.expect_close(Duration::from_secs(5)).await, Some(1007));
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_panicking_connection_task_still_requeues_cleans_up_and_counts_the_panic() {
+    TestEnv::run("auth-panic", LIMIT, async |env| {
+        let gw = TestGateway::start(env).await;
+        let url = gw.url();
+        let mut c = TestClient::connect_with(&url, hello("ada")).await;
+        let session = c.session().to_string();
+        c.subscribe(sub("s", "chat")).await;
+        env.publish_out(&keys::broadcast("chat"), "held", "1").await;
+        assert_eq!(c.expect_deliver().await.message_id, "held");
+        // Not acknowledged; now the handler panics (fault-injection build).
+        c.publish("__warren_test_panic__", "chat", json!(1)).await;
+        assert_eq!(c.expect_close(Duration::from_secs(5)).await, Some(1011));
+        // Cleanup ran: the session was released (no takeover wait) and the held
+        // delivery requeued, so a resume gets it at once.
+        let started = std::time::Instant::now();
+        let mut again = TestClient::connect_with(
+            &url,
+            Hello {
+                session: Some(session),
+                ..hello("ada")
+            },
+        )
+        .await;
+        assert!(again.welcome.as_ref().unwrap().resumed);
+        let d = again.expect_deliver().await;
+        assert_eq!(d.message_id, "held");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "resumed without waiting for a takeover: {:?}",
+            started.elapsed()
+        );
+        let m = http_get(gw.health_addr(), "/metrics").await;
+        assert!(
+            m.lines()
+                .any(|l| l.starts_with("warren_gateway_connection_panics_total")
+                    && l.ends_with(" 1")),
+            "{m}"
+        );
+        again.close().await;
+        gw.shutdown().await;
+    })
+    .await;
+}

@@ -1,0 +1,196 @@
+//! Limits against abuse, against a real RabbitMQ: connections per IP address and per
+//! user, new connections per second, frames per second, pending requests; pings do not
+//! excuse bad frames. Each is refused (or throttled) for the offender only: another
+//! client goes on as before.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use warren_e2e::client::TestClient;
+use warren_e2e::env::TestEnv;
+use warren_e2e::gateway::{http_get, TestGateway};
+use warren_protocol::{ErrorCode, Hello, ServerFrame};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn as_user(name: &str) -> Hello {
+    Hello {
+        token: Some(name.into()),
+        ..Default::default()
+    }
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(&format!("warren_gateway_{name}{{")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+#[tokio::test]
+async fn connections_per_ip_are_refused_with_429_until_one_closes() {
+    TestEnv::run("limit-ip", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| {
+            c.ip_limits_on_loopback = true;
+            c.max_connections_per_ip = 3;
+            c.max_new_connections_per_ip_per_s = 0;
+        })
+        .await;
+        let url = gw.url();
+        let mut open = Vec::new();
+        for i in 0..3 {
+            open.push(TestClient::connect_with(&url, as_user(&format!("u{i}"))).await);
+        }
+        let r = TestClient::try_connect_with_headers(&url, &[]).await;
+        assert_eq!(r.err(), Some(429), "the fourth connection is refused");
+        open.pop().unwrap().close().await;
+        // The slot is given back when the connection task ends.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut again = loop {
+            match TestClient::try_connect_with_headers(&url, &[]).await {
+                Ok(c) => break c,
+                Err(429) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(s) => panic!("HTTP {s}"),
+            }
+        };
+        again.publish("p", "chat", json!(1)).await;
+        again.expect_ack("p").await;
+        let m = http_get(gw.health_addr(), "/metrics").await;
+        assert_eq!(metric(&m, "refused_limit_total"), 1);
+        for c in open {
+            c.close().await;
+        }
+        again.close().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn new_connections_per_ip_per_second_are_rate_limited() {
+    TestEnv::run("limit-rate", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| {
+            c.ip_limits_on_loopback = true;
+            c.max_new_connections_per_ip_per_s = 2;
+        })
+        .await;
+        let url = gw.url();
+        let mut statuses = Vec::new();
+        let mut kept = Vec::new();
+        for _ in 0..8 {
+            match TestClient::try_connect_with_headers(&url, &[]).await {
+                Ok(c) => {
+                    statuses.push(101);
+                    kept.push(c);
+                }
+                Err(s) => statuses.push(s),
+            }
+        }
+        let admitted = statuses.iter().filter(|s| **s == 101).count();
+        // A burst of twice the rate, plus what refilled while the loop ran.
+        assert!((4..8).contains(&admitted), "{statuses:?}");
+        assert!(statuses.contains(&429), "{statuses:?}");
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sessions_per_user_are_limited_and_other_users_are_unaffected() {
+    TestEnv::run("limit-user", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| c.max_connections_per_user = 2).await;
+        let url = gw.url();
+        let a1 = TestClient::connect_with(&url, as_user("ada")).await;
+        let a2 = TestClient::connect_with(&url, as_user("ada")).await;
+        let mut a3 = TestClient::connect_raw(&url).await;
+        a3.send(&warren_protocol::ClientFrame::Hello(as_user("ada")))
+            .await;
+        match a3.recv_within(Duration::from_secs(5)).await {
+            Some(ServerFrame::Error(e)) => assert_eq!(e.code, ErrorCode::Overloaded, "{e:?}"),
+            other => panic!("expected error overloaded, got {other:?}"),
+        }
+        assert_eq!(a3.expect_close(Duration::from_secs(5)).await, Some(4005));
+        let mut bob = TestClient::connect_with(&url, as_user("bob")).await;
+        bob.publish("b", "chat", json!(1)).await;
+        bob.expect_ack("b").await;
+        a1.close().await;
+        a2.close().await;
+        bob.close().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_frame_flood_is_throttled_for_the_flooder_only() {
+    TestEnv::run("limit-frames", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| c.max_frames_per_s = 100).await;
+        let url = gw.url();
+        let mut flooder = TestClient::connect_with(&url, as_user("eve")).await;
+        let mut other = TestClient::connect_with(&url, as_user("ada")).await;
+        let started = Instant::now();
+        for i in 0..400 {
+            flooder.ping(i).await;
+        }
+        // The other client is answered while the flooder waits its turn.
+        let t = Instant::now();
+        other.ping(7).await;
+        loop {
+            match other.recv().await {
+                ServerFrame::Pong(p) if p.ts == Some(7) => break,
+                _ => continue,
+            }
+        }
+        let other_rtt = t.elapsed();
+        let mut pongs = 0;
+        while pongs < 400 {
+            if let ServerFrame::Pong(_) = flooder.recv().await {
+                pongs += 1;
+            }
+        }
+        let flood_took = started.elapsed();
+        println!("gateway_limits: 400 pings at max_frames_per_s = 100 took {flood_took:?}; another client's ping {other_rtt:?}");
+        // 400 frames at 100/s with a burst of 200: at least 2 s (a lower bound, which a
+        // busy machine can only lengthen).
+        assert!(flood_took >= Duration::from_secs(2), "{flood_took:?}");
+        assert!(other_rtt < flood_took, "the other client did not wait for the flood");
+        let m = http_get(gw.health_addr(), "/metrics").await;
+        assert!(metric(&m, "throttled_total") >= 100);
+        flooder.close().await;
+        other.close().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn pending_requests_are_bounded_and_pings_do_not_excuse_bad_frames() {
+    TestEnv::run("limit-requests", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| {
+            c.max_pending_requests = 2;
+            c.max_consecutive_errors = 3;
+        })
+        .await;
+        let url = gw.url();
+        let mut c = TestClient::connect_with(&url, as_user("ada")).await;
+        // Nothing consumes IN_TICKETS: requests stay pending.
+        c.request("r1", "tickets", Some(30_000), json!(1)).await;
+        c.request("r2", "tickets", Some(30_000), json!(2)).await;
+        c.request("r3", "tickets", Some(30_000), json!(3)).await;
+        assert_eq!(c.expect_error(Some("r3")).await.code, ErrorCode::Overloaded);
+        // bad, ping, bad, ping, bad: three bad frames in a row despite the pings.
+        for i in 0..3 {
+            c.send_text("{nope").await;
+            c.expect_error_code(None, ErrorCode::Malformed).await;
+            if i < 2 {
+                c.ping(i).await;
+            }
+        }
+        assert_eq!(c.expect_close(Duration::from_secs(5)).await, Some(4003));
+        gw.shutdown().await;
+    })
+    .await;
+}
