@@ -14,7 +14,7 @@ extern "C" {
     type JsWarrenError;
 
     #[wasm_bindgen(constructor, js_class = "WarrenError")]
-    fn new(message: &str, code: &str, retry: bool, id: Option<String>) -> JsWarrenError;
+    fn new(message: &str, code: &str, retry: bool, id: &JsValue) -> JsWarrenError;
 
     /// `value instanceof WarrenError` (the package's `isWarrenError`).
     #[wasm_bindgen(js_name = isWarrenError)]
@@ -23,7 +23,11 @@ extern "C" {
 
 /// Builds the JS `WarrenError` for `err`.
 pub fn to_js(err: &ClientError) -> JsValue {
-    JsWarrenError::new(&err.message, err.code.as_str(), err.retry(), err.id.clone()).into()
+    let id = err
+        .id
+        .as_deref()
+        .map_or(JsValue::UNDEFINED, JsValue::from_str);
+    JsWarrenError::new(&err.message, err.code.as_str(), err.retry(), &id).into()
 }
 
 /// A `WarrenError` with code `invalid`, for bad arguments.
