@@ -457,16 +457,23 @@ impl<C: Codec> ClientCore<C> {
                     self.handled(seq, now);
                 }
                 let err = ClientError::new(e.code, e.message);
-                match e.id.as_deref().map(|id| (id, self.op_of(id))) {
-                    Some((_, Some(op))) if self.pending.resolve(op).is_some() => {
+                match e.id.as_deref().map(|id| self.op_of(id)) {
+                    Some(Some(op)) if self.pending.resolve(op).is_some() => {
                         // Rejected for whatever reason: out of the outbox, never re-sent.
                         self.outbox.remove(op);
                         self.reject_op(op, err);
                     }
-                    Some((_, Some(op))) if self.subscribe_frames.remove(op).is_some() => {
-                        self.actions.push(Action::Error(err));
+                    Some(Some(op)) => {
+                        if let Some(sub) = self.subscribe_frames.remove(op) {
+                            // A refusal that retrying cannot fix is not sent again after
+                            // reconnecting: the subscription is dropped.
+                            if !err.retry() {
+                                self.subscriptions.forget(sub);
+                            }
+                            self.actions.push(Action::Error(err));
+                        }
                     }
-                    Some(_) => {}
+                    Some(None) => {}
                     None => self.actions.push(Action::Error(err)),
                 }
             }

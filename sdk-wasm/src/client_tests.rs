@@ -1029,3 +1029,34 @@ fn the_give_up_deadline_ends_once_connected() {
         "reconnects go on after a loss"
     );
 }
+
+#[test]
+fn a_subscription_the_gateway_refused_for_good_is_not_sent_again_after_reconnecting() {
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    let refused = SubscribeOptions {
+        channel: "chat".into(),
+        groups: vec!["secret".into()],
+        ..SubscribeOptions::default()
+    };
+    let transient = SubscribeOptions {
+        channel: "voice".into(),
+        direct: true,
+        ..SubscribeOptions::default()
+    };
+    h.core.subscribe(refused, h.now).unwrap();
+    h.core.subscribe(transient, h.now).unwrap();
+    let sent = h.sent();
+    assert_eq!(types(&sent), vec!["subscribe", "subscribe"]);
+    h.frame(json!({"type": "error", "id": sent[0]["id"], "code": "forbidden", "message": "no"}));
+    h.frame(
+        json!({"type": "error", "id": sent[1]["id"], "code": "overloaded", "message": "later"}),
+    );
+    let events = errors(&h.take());
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].code, ErrorCode::Forbidden);
+    h.drop_connection();
+    let again = h.reopen("s1", true);
+    assert_eq!(types(&again), vec!["subscribe"], "only the retryable one");
+    assert_eq!(again[0]["channel"], "voice");
+}
