@@ -261,8 +261,10 @@ impl<C: Codec> ClientCore<C> {
     }
 
     /// Sends a `publish`; the returned operation resolves on the gateway's `ack` or is
-    /// rejected with its error, `timeout` after the request timeout, `disconnected` when
-    /// the outbox is full, `closed` after `close()`.
+    /// rejected with its error, `too_large` at once when the frame is over the gateway's
+    /// `max_frame_bytes` (nothing sent), `timeout` after the request timeout,
+    /// `disconnected` when the outbox is full, `closed` after `close()`. Rejections name
+    /// the frame id; a rejected write is never sent (again).
     pub fn write(&mut self, envelope: Envelope<C::Payload>, now: u64) -> u64 {
         let op = self.next_op();
         if let Some(frame) = self.admit(op, &envelope.channel) {
