@@ -469,3 +469,19 @@ async fn a_two_megabyte_write_is_never_sent_and_the_connection_stays_up() {
     assert_eq!(reply.as_f64(), Some(2.0));
     c.close();
 }
+
+#[wasm_bindgen_test]
+async fn freeing_the_client_closes_it_and_rejects_what_is_pending() {
+    let c = client(&format!(r#"{{"urls": {}}}"#, both("all")));
+    wait(c.connect()).await.expect("connect");
+    let (on_state, states) = recorder();
+    c.on("state", on_state).expect("on");
+    let pending = c.write_and_wait(
+        json(r#"{"channel": "silent", "message": "nobody answers"}"#),
+        Some(json(r#"{"timeoutMs": 60000}"#).unchecked_into()),
+    );
+    drop(c); // what `client.free()` and `[Symbol.dispose]()` do from JS
+    let err = wait(pending).await.expect_err("rejected by the close");
+    assert_eq!(code_of(&err), "closed");
+    assert_eq!(states_of(&states), vec!["disconnected"]);
+}

@@ -39,6 +39,14 @@ test("a write after close rejects with the closed code", async () => {
   await assert.rejects(client.write({ message: 1 }), (e) => e.code === "invalid");
 });
 
+test("disposing a client closes it: what waits is rejected with closed", async () => {
+  const client = new Client({ urls: ["ws://127.0.0.1:9/ws"] });
+  const pending = client.write({ channel: "chat", message: "queued" });
+  if (typeof Symbol.dispose === "symbol") client[Symbol.dispose]();
+  else client.free();
+  await assert.rejects(pending, (e) => e instanceof WarrenError && e.code === "closed");
+});
+
 test("a client connects to a real gateway, writes, and gets the echo reply", live, async () => {
   const client = new Client({ urls: [stack.gateways[0].urls.all, stack.gateways[1].urls.all] });
   const states = [];
