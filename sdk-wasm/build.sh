@@ -11,6 +11,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
+target="${CARGO_TARGET_DIR:-$root/target}"
 pkg="$here/pkg"
 budget=$((30 * 1024))
 wasm_bindgen_version="0.2.130" # keep equal to `wasm-bindgen = "=…"` in sdk-wasm/Cargo.toml
@@ -42,7 +43,7 @@ fi
 # glue), pinned, installed once into target/.
 binaryen_version="132.0.0"
 esbuild_version="0.28.2"
-tools="$root/target/sdk-wasm-tools"
+tools="$target/sdk-wasm-tools"
 wasm_opt="$tools/node_modules/binaryen/bin/wasm-opt"
 esbuild="$tools/node_modules/esbuild" # used through its JS API (works without install scripts)
 command -v node >/dev/null || die "node (>= 18) is required"
@@ -62,13 +63,14 @@ fi
 # wasm, about 3 KB gzipped. The SDK never panics on purpose (errors are values); a
 # panic would be a bug either way. Its own target dir (target/sdk-wasm-std), since
 # these flags would otherwise invalidate the shared wasm32 build of the tests.
+std_target="$target/sdk-wasm-std"
 say "cargo build (wasm32, profile wasm-release, -Z build-std, panic=immediate-abort)"
 (cd "$root" && env -u CARGO_ENCODED_RUSTFLAGS RUSTC_BOOTSTRAP=1 \
   RUSTFLAGS="-Zunstable-options -Cpanic=immediate-abort -Zlocation-detail=none -Zfmt-debug=none" \
   cargo build -p warren-sdk --target wasm32-unknown-unknown --profile wasm-release \
     -Zbuild-std=std,panic_abort -Zbuild-std-features=optimize_for_size \
-    --target-dir "$root/target/sdk-wasm-std")
-wasm="$root/target/sdk-wasm-std/wasm32-unknown-unknown/wasm-release/warren_sdk.wasm"
+    --target-dir "$std_target")
+wasm="$std_target/wasm32-unknown-unknown/wasm-release/warren_sdk.wasm"
 
 say "wasm-bindgen --target web"
 rm -rf "$pkg"
@@ -87,6 +89,20 @@ node "$wasm_opt" --flatten --rereloop -Oz --converge --low-memory-unused \
   --enable-nontrapping-float-to-int --enable-reference-types --enable-multivalue \
   "$pkg/warren_sdk_bg.wasm" -o "$pkg/warren_sdk_bg.wasm.opt"
 mv "$pkg/warren_sdk_bg.wasm.opt" "$pkg/warren_sdk_bg.wasm"
+
+# The `WarrenError` class and `isWarrenError` live in a JS module the glue imports
+# (src/browser/warren_error.js); the package entry re-exports them, so the class apps
+# test with `instanceof` is the one the SDK throws (one copy, bundled below).
+error_module="$(cd "$pkg" && find snippets -name warren_error.js | head -n1)"
+[[ -n "$error_module" ]] || die "wasm-bindgen did not emit snippets/**/warren_error.js"
+printf '\nexport { WarrenError, isWarrenError } from "./%s";\n' "$error_module" >> "$pkg/warren_sdk.js"
+
+# TypeScript: wasm-bindgen declares `[Symbol.dispose](): void` on its classes, which
+# needs lib `esnext.disposable` (TS2550 under `lib: ["ES2023", "DOM"]`). The method
+# stays in the JS (it calls `free()`, which calls `close()`); the declaration goes, so
+# the types compile under any lib from ES2020 on (test.sh checks it with tsc).
+sed -i '/\[Symbol\.dispose\]/d' "$pkg/warren_sdk.d.ts"
+! grep -q 'Symbol.dispose' "$pkg/warren_sdk.d.ts" || die "Symbol.dispose is still declared in warren_sdk.d.ts"
 
 # The JS glue ships minified, with the JS snippets of `#[wasm_bindgen(inline_js)]`
 # bundled in (one file, no snippets/ folder). The JSDoc stays in warren_sdk.d.ts,

@@ -4,12 +4,15 @@
 #   2. the npm package build (build.sh, which prints the gzipped size);
 #   3. wasm-bindgen-test in headless Chromium against a REAL stack (two gateways, the demo
 #      service, RabbitMQ at AMQP_ADDR) started here with `warren-stack`;
-#   4. a Node test that imports the built package as an app does and calls it.
+#   4. a Node test that imports the built package as an app does and calls it;
+#   5. tsc --strict over an app's use of the shipped .d.ts (skipLibCheck false,
+#      lib ES2023 + DOM), with TypeScript and @types/react from npm (tests/types/).
 # The stack gets an extra channel `silent` that no service consumes (timeout test).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
+target="${CARGO_TARGET_DIR:-$root/target}"
 say() { printf '\033[1m[sdk-wasm test]\033[0m %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
@@ -48,7 +51,7 @@ cleanup() {
 }
 trap cleanup EXIT
 say "starting warren-stack (ephemeral ports, own namespace)"
-"$root/target/debug/warren-stack" --layout ephemeral --state-file "$state" \
+"$target/debug/warren-stack" --layout ephemeral --state-file "$state" \
   --channels chat,voice,tickets,echo,silent > "$work/stack.log" 2>&1 &
 stack_pid=$!
 for _ in $(seq 1 300); do
@@ -77,4 +80,9 @@ fi
 (cd "$here/tests/node" && npm install --no-audit --no-fund --no-package-lock >/dev/null \
   && WARREN_STACK_STATE="$state" node "${node_flags[@]}" --test import.test.mjs) \
   || { tail -n 50 "$work/stack.log" >&2; die "node import test failed"; }
+# --- 6. the shipped TypeScript declarations ----------------------------------------------
+say "tsc: the shipped .d.ts under strict, skipLibCheck false, lib ES2023 + DOM"
+(cd "$here/tests/types" && npm install --no-audit --no-fund --no-package-lock >/dev/null \
+  && node node_modules/typescript/bin/tsc -p tsconfig.json) \
+  || die "the package's TypeScript declarations do not compile (sdk-wasm/tests/types)"
 say "all SDK tests passed"

@@ -14,16 +14,16 @@
  * per spec, shared and reference-counted, closed shortly after the last user unmounts.
  */
 import type { ReactNode } from "react";
-import type { Client } from "./warren_sdk.js";
+import type { Client, Delivery, ErrorCode } from "./warren_sdk.js";
 
 /** The options `new Client(options)` takes. */
 export type WarrenClientOptions = ConstructorParameters<typeof Client>[0];
 /** What `client.subscribe(spec, handler)` takes as `spec`. */
 export type WarrenSubscriptionSpec = Parameters<Client["subscribe"]>[0];
 /** The handler `client.subscribe(spec, handler)` calls for each delivery. */
-export type WarrenDeliveryHandler = Parameters<Client["subscribe"]>[1];
-/** One delivery as the SDK hands it to a subscription handler. */
-export type WarrenDelivery = Parameters<WarrenDeliveryHandler>[0];
+export type WarrenDeliveryHandler<M = unknown> = (delivery: Delivery<M>) => void;
+/** One delivery as the SDK hands it to a subscription handler (`M`: the message type). */
+export type WarrenDelivery<M = unknown> = Delivery<M>;
 
 /**
  * Connection state as the hooks report it. `connecting | connected | disconnected` come
@@ -42,8 +42,8 @@ export type WarrenConnectionState =
 
 /** An error as the bindings record it. */
 export interface WarrenErrorInfo {
-  /** Stable error code (`timeout`, `no_route`, `disconnected`, ...), or `unknown`. */
-  code: string;
+  /** Registry code (`timeout`, `no_route`, `disconnected`, ...), or `drain` for a gateway's drain notice. */
+  code: ErrorCode | "drain";
   /** Human-readable message. */
   message: string;
   /** When it happened (ms since the epoch). */
@@ -118,16 +118,17 @@ export interface WarrenSubscriptionStatus {
 }
 
 /**
- * Subscribes while the component is mounted and calls `handler` for each delivery.
+ * Subscribes while the component is mounted and calls `handler` for each delivery;
+ * `M` is the type of `delivery.message` (the SDK does not check it at run time).
  * `handler` may change on every render (the latest is called); `spec` is compared as
  * JSON; pass `null` to not subscribe.
  *
  * # Errors
  * Throws when used outside a `<WarrenProvider>`.
  */
-export declare function useSubscription(
+export declare function useSubscription<M = unknown>(
   spec: WarrenSubscriptionSpec | null | undefined,
-  handler: (delivery: WarrenDelivery) => void,
+  handler: (delivery: WarrenDelivery<M>) => void,
 ): WarrenSubscriptionStatus;
 
 /** Initialises the wasm module once per page; later calls return the same promise. */

@@ -108,6 +108,13 @@ pub struct ClientCore<C: Codec> {
     session: Option<String>,
     user: String,
     heartbeat_ms: u64,
+    /// The gateway's `limits.max_frame_bytes` from the last `welcome` (0: not known
+    /// yet). Larger frames are refused locally with `too_large`, never sent.
+    max_frame_bytes: u64,
+    /// When `connect()` gives up (its `give_up_after_ms`), while not connected.
+    give_up_at: Option<u64>,
+    /// Why the last connection attempt failed, for the give-up error.
+    last_failure: Option<String>,
     last_heard: u64,
     ack_batch: u64,
     outbox: Outbox,
@@ -149,6 +156,9 @@ impl<C: Codec> ClientCore<C> {
             session: None,
             user: String::new(),
             heartbeat_ms: 0,
+            max_frame_bytes: 0,
+            give_up_at: None,
+            last_failure: None,
             last_heard: 0,
             pending: Deadlines::default(),
             subscriptions: Subscriptions::default(),
@@ -190,7 +200,10 @@ impl<C: Codec> ClientCore<C> {
         &self.prefix
     }
 
-    /// Starts connecting (no-op when already connecting or connected, or closed).
+    /// Starts connecting (only arms the give-up deadline when already connecting; no-op
+    /// when connected or closed). Every failed attempt is reported as an `error` event
+    /// naming the URL and why; with `give_up_after_ms` the client stops trying after
+    /// that long and rejects `ready()`, writes and requests with `timeout`.
     pub fn connect(&mut self, now: u64) {
         match self.phase {
             Phase::Idle | Phase::Disconnected => {
@@ -201,8 +214,12 @@ impl<C: Codec> ClientCore<C> {
                         "no gateway URL configured",
                     )));
                 } else {
+                    self.arm_give_up(now);
                     self.attempt(now);
                 }
+            }
+            Phase::Opening { .. } | Phase::Greeting { .. } | Phase::Waiting { .. } => {
+                self.arm_give_up(now)
             }
             _ => {}
         }
@@ -244,8 +261,10 @@ impl<C: Codec> ClientCore<C> {
     }
 
     /// Sends a `publish`; the returned operation resolves on the gateway's `ack` or is
-    /// rejected with its error, `timeout` after the request timeout, `disconnected` when
-    /// the outbox is full, `closed` after `close()`.
+    /// rejected with its error, `too_large` at once when the frame is over the gateway's
+    /// `max_frame_bytes` (nothing sent), `timeout` after the request timeout,
+    /// `disconnected` when the outbox is full, `closed` after `close()`. Rejections name
+    /// the frame id; a rejected write is never sent (again).
     pub fn write(&mut self, envelope: Envelope<C::Payload>, now: u64) -> u64 {
         let op = self.next_op();
         if let Some(frame) = self.admit(op, &envelope.channel) {
@@ -368,6 +387,16 @@ impl<C: Codec> ClientCore<C> {
     pub fn on_close(&mut self, conn: u64, code: u16, now: u64) {
         if self.phase.conn() == Some(conn) {
             if should_reconnect(code) {
+                let when = match self.phase {
+                    Phase::Opening { .. } => {
+                        " before it opened (refused, unreachable or no WebSocket there)"
+                    }
+                    Phase::Greeting { .. } => " before welcome",
+                    _ => "",
+                };
+                if !when.is_empty() {
+                    self.attempt_failed("closed with code ", &decimal(code.into()), when);
+                }
                 self.lost(now);
             } else {
                 self.give_up(code);
@@ -382,7 +411,11 @@ impl<C: Codec> ClientCore<C> {
         self.armed = None;
         for (op, _) in self.pending.expire(now) {
             self.outbox.remove(op);
-            self.reject(op, ErrorCode::Timeout, "no answer before the deadline");
+            let err = ClientError::new(ErrorCode::Timeout, "no answer before the deadline");
+            self.reject_op(op, err);
+        }
+        if self.give_up_at.is_some_and(|at| now >= at) && self.state() == State::Connecting {
+            self.stop_trying();
         }
         match self.phase {
             Phase::Waiting { until } if now >= until => self.attempt(now),
@@ -390,6 +423,8 @@ impl<C: Codec> ClientCore<C> {
                 if now >= deadline =>
             {
                 self.actions.push(Action::Close);
+                let ms = decimal(self.config.connect_timeout_ms);
+                self.attempt_failed("no welcome within ", &ms, " ms (handshake timeout)");
                 self.lost(now);
             }
             Phase::Connected { .. } => {
@@ -424,15 +459,23 @@ impl<C: Codec> ClientCore<C> {
                     self.handled(seq, now);
                 }
                 let err = ClientError::new(e.code, e.message);
-                match e.id.as_deref().map(|id| (id, self.op_of(id))) {
-                    Some((_, Some(op))) if self.pending.resolve(op).is_some() => {
+                match e.id.as_deref().map(|id| self.op_of(id)) {
+                    Some(Some(op)) if self.pending.resolve(op).is_some() => {
+                        // Rejected for whatever reason: out of the outbox, never re-sent.
                         self.outbox.remove(op);
-                        self.actions.push(Action::Reject(op, err));
+                        self.reject_op(op, err);
                     }
-                    Some((_, Some(op))) if self.subscribe_frames.remove(op).is_some() => {
-                        self.actions.push(Action::Error(err));
+                    Some(Some(op)) => {
+                        if let Some(sub) = self.subscribe_frames.remove(op) {
+                            // A refusal that retrying cannot fix is not sent again after
+                            // reconnecting: the subscription is dropped.
+                            if !err.retry() {
+                                self.subscriptions.forget(sub);
+                            }
+                            self.actions.push(Action::Error(err));
+                        }
                     }
-                    Some(_) => {}
+                    Some(None) => {}
                     None => self.actions.push(Action::Error(err)),
                 }
             }
@@ -479,6 +522,9 @@ impl<C: Codec> ClientCore<C> {
         self.session = Some(w.session);
         self.user = w.user;
         self.heartbeat_ms = w.heartbeat_ms;
+        self.max_frame_bytes = w.limits.max_frame_bytes;
+        self.give_up_at = None;
+        self.last_failure = None;
         self.ack_batch = self
             .config
             .ack_batch
@@ -504,9 +550,21 @@ impl<C: Codec> ClientCore<C> {
         for (id, options) in subs {
             self.send_subscribe(id, &options);
         }
-        let frames: Vec<String> = self.outbox.frames().map(str::to_string).collect();
-        for text in frames {
-            self.actions.push(Action::Send(text));
+        // Writes made before this gateway's limit was known are checked against it now.
+        let frames: Vec<(u64, String)> = self
+            .outbox
+            .entries()
+            .map(|(op, f)| (op, f.to_string()))
+            .collect();
+        for (op, text) in frames {
+            match self.oversized(&text) {
+                Some(err) => {
+                    self.outbox.remove(op);
+                    self.pending.resolve(op);
+                    self.reject_op(op, err);
+                }
+                None => self.actions.push(Action::Send(text)),
+            }
         }
         for op in std::mem::take(&mut self.ready_waiters) {
             self.actions.push(Action::Resolve(op));
@@ -588,6 +646,50 @@ impl<C: Codec> ClientCore<C> {
         }
     }
 
+    /// Arms the give-up deadline of `connect()`, unless one is armed.
+    fn arm_give_up(&mut self, now: u64) {
+        if self.give_up_at.is_none() {
+            self.give_up_at = self
+                .config
+                .give_up_after_ms
+                .map(|ms| now.saturating_add(ms));
+        }
+    }
+
+    /// Reports the failure of the current connection attempt as an `error` event:
+    /// "cannot connect to <url>: <a><b><c>".
+    fn attempt_failed(&mut self, a: &str, b: &str, c: &str) {
+        let url = self.url().unwrap_or_default();
+        let message = concat(&["cannot connect to ", url, ": ", a, b, c]);
+        self.last_failure = Some(message.clone());
+        self.actions.push(Action::Error(ClientError::new(
+            ErrorCode::Disconnected,
+            message,
+        )));
+    }
+
+    /// `connect()` tried for `give_up_after_ms` without a session: stop, and reject what
+    /// waits for the connection with `timeout`.
+    fn stop_trying(&mut self) {
+        if self.phase.conn().is_some() {
+            self.actions.push(Action::Close);
+        }
+        self.give_up_at = None;
+        self.phase = Phase::Disconnected;
+        self.report(false);
+        let err = ClientError::new(
+            ErrorCode::Timeout,
+            concat(&[
+                "gave up after ",
+                &decimal(self.config.give_up_after_ms.unwrap_or_default()),
+                " ms (connectTimeoutMs); last: ",
+                self.last_failure.as_deref().unwrap_or("none"),
+            ]),
+        );
+        self.actions.push(Action::Error(err.clone()));
+        self.fail_everything(&err);
+    }
+
     /// The gateway closed with a code that forbids reconnecting.
     fn give_up(&mut self, code: u16) {
         self.phase = Phase::Disconnected;
@@ -615,8 +717,9 @@ impl<C: Codec> ClientCore<C> {
     }
 
     fn fail_everything(&mut self, err: &ClientError) {
+        self.give_up_at = None;
         for (op, _) in self.pending.drain_all() {
-            self.actions.push(Action::Reject(op, err.clone()));
+            self.reject_op(op, err.clone());
         }
         self.outbox.clear();
         for op in std::mem::take(&mut self.ready_waiters) {
@@ -671,7 +774,7 @@ impl<C: Codec> ClientCore<C> {
         };
         match refusal {
             Some(err) => {
-                self.actions.push(Action::Reject(op, err));
+                self.reject_op(op, err);
                 None
             }
             None => Some(self.frame_id(op)),
@@ -681,8 +784,11 @@ impl<C: Codec> ClientCore<C> {
     fn enqueue(&mut self, op: u64, deadline: u64, kind: Pending, frame: &ClientFrame<C::Payload>) {
         let text = match self.codec.encode(frame) {
             Ok(text) => text,
-            Err(err) => return self.actions.push(Action::Reject(op, err)),
+            Err(err) => return self.reject_op(op, err),
         };
+        if let Some(err) = self.oversized(&text) {
+            return self.reject_op(op, err);
+        }
         self.pending.insert(op, deadline, kind);
         if matches!(self.phase, Phase::Connected { .. }) {
             self.actions.push(Action::Send(text.clone()));
@@ -703,6 +809,28 @@ impl<C: Codec> ClientCore<C> {
             Ok(text) => self.actions.push(Action::Send(text)),
             Err(err) => self.actions.push(Action::Error(err)),
         }
+    }
+
+    /// `too_large` when `text` exceeds the gateway's known `max_frame_bytes`.
+    fn oversized(&self, text: &str) -> Option<ClientError> {
+        let (len, max) = (text.len() as u64, self.max_frame_bytes);
+        (max > 0 && len > max).then(|| {
+            ClientError::new(
+                ErrorCode::TooLarge,
+                concat(&[
+                    "frame of ",
+                    &decimal(len),
+                    " B > the gateway's max_frame_bytes ",
+                    &decimal(max),
+                ]),
+            )
+        })
+    }
+
+    /// Rejects write or request `op`, naming its frame id.
+    fn reject_op(&mut self, op: u64, err: ClientError) {
+        let err = err.with_id(self.frame_id(op));
+        self.actions.push(Action::Reject(op, err));
     }
 
     fn reject(&mut self, op: u64, code: ErrorCode, message: &str) {
@@ -731,20 +859,25 @@ impl<C: Codec> ClientCore<C> {
         let phase_at = match self.phase {
             Phase::Opening { deadline, .. } | Phase::Greeting { deadline, .. } => Some(deadline),
             Phase::Waiting { until } => Some(until),
-            Phase::Connected { .. } => match (self.dead_at(), self.acks.due) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            },
+            Phase::Connected { .. } => earliest(self.dead_at(), self.acks.due),
             _ => None,
         };
-        let next = match (phase_at, self.pending.next_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let next = earliest(
+            earliest(phase_at, self.give_up_at),
+            self.pending.next_deadline(),
+        );
         if next != self.armed {
             self.armed = next;
             self.actions.push(Action::SetTimer(next));
         }
+    }
+}
+
+/// The earlier of two optional times.
+fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

@@ -32,6 +32,8 @@ struct Harness {
     now: u64,
     conn: u64,
     log: Vec<Action<Raw>>,
+    /// `limits.max_frame_bytes` of the fake gateway's `welcome`.
+    max_frame_bytes: u64,
 }
 
 impl Harness {
@@ -45,6 +47,7 @@ impl Harness {
             now: 1_000,
             conn: 0,
             log: Vec::new(),
+            max_frame_bytes: 1_000_000,
         }
     }
 
@@ -92,9 +95,12 @@ impl Harness {
     }
 
     fn welcome(&mut self, session: &str, resumed: bool) {
-        self.frame(json!({"type": "welcome", "session": session, "resumed": resumed,
+        self.frame(
+            json!({"type": "welcome", "session": session, "resumed": resumed,
             "user": "u1", "node": "gw", "heartbeat_ms": 1000, "protocol": 1,
-            "limits": {"max_frame_bytes": 1000000, "max_subscriptions": 100, "delivery_window": 256}}));
+            "limits": {"max_frame_bytes": self.max_frame_bytes, "max_subscriptions": 100,
+                "delivery_window": 256}}),
+        );
     }
 
     /// `connect()` (when idle), socket open, `welcome`; returns the frames sent after
@@ -794,4 +800,263 @@ fn a_connection_that_stayed_up_resets_the_backoff() {
     }
     h.take();
     assert_eq!(Harness::opens(&h.drop_connection()).len(), 1);
+}
+
+// ----- oversized and refused writes -----
+
+fn errors(actions: &[Action<Raw>]) -> Vec<ClientError> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Error(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn rejection(actions: &[Action<Raw>], op: u64) -> Option<ClientError> {
+    actions.iter().find_map(|a| match a {
+        Action::Reject(o, e) if *o == op => Some(e.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_write_over_the_gateways_max_frame_bytes_is_rejected_at_once_with_too_large_and_never_sent() {
+    let mut h = Harness::new(&URLS);
+    h.max_frame_bytes = 1_024;
+    h.connect("s1", false);
+    let big = h
+        .core
+        .write(envelope("chat", json!("x".repeat(2_000))), h.now);
+    let request = h
+        .core
+        .request(envelope("echo", json!("y".repeat(2_000))), None, h.now);
+    let actions = h.take();
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Send(_))),
+        "nothing sent"
+    );
+    for op in [big, request] {
+        let err = rejection(&actions, op).expect("rejected at once");
+        assert_eq!(err.code, ErrorCode::TooLarge);
+        assert!(err.message.contains("1024"), "{}", err.message);
+        assert_eq!(err.id, Some(format!("{}{op}", h.core.id_prefix())));
+    }
+    // Other traffic goes on; the refused frames are in no outbox and no deadline list.
+    let small = h.core.write(envelope("chat", json!("ok")), h.now);
+    assert_eq!(types(&h.sent()), vec!["publish"]);
+    h.drop_connection();
+    let again = h.reopen("s1", true);
+    assert_eq!(
+        types(&again),
+        vec!["publish"],
+        "only the small write is re-sent"
+    );
+    assert_eq!(again[0]["id"], format!("{}{small}", h.core.id_prefix()));
+    h.advance(60_000);
+    let later = h.take();
+    assert!(rejection(&later, big).is_none() && rejection(&later, request).is_none());
+}
+
+#[test]
+fn writes_queued_before_the_limit_was_known_are_checked_against_it_on_welcome() {
+    let mut h = Harness::new(&URLS);
+    h.max_frame_bytes = 1_024;
+    let big = h
+        .core
+        .write(envelope("chat", json!("x".repeat(5_000))), h.now);
+    let small = h.core.write(envelope("chat", json!("small")), h.now);
+    let frames = h.connect("s1", false);
+    assert_eq!(types(&frames), vec!["publish"]);
+    assert_eq!(frames[0]["id"], format!("{}{small}", h.core.id_prefix()));
+    let err = rejection(&h.log, big).expect("the big write is rejected on welcome");
+    assert_eq!(err.code, ErrorCode::TooLarge);
+    h.drop_connection();
+    assert_eq!(
+        types(&h.reopen("s1", true)),
+        vec!["publish"],
+        "never re-sent"
+    );
+}
+
+#[test]
+fn a_write_the_gateway_answered_with_an_error_is_rejected_and_never_sent_again() {
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    let refused = h.core.write(envelope("chat", json!("a")), h.now);
+    let transient = h.core.write(envelope("chat", json!("b")), h.now);
+    let kept = h.core.write(envelope("chat", json!("c")), h.now);
+    let sent = h.sent();
+    h.frame(json!({"type": "error", "id": sent[0]["id"], "code": "no_route", "message": "none"}));
+    h.frame(
+        json!({"type": "error", "id": sent[1]["id"], "code": "broker_unavailable",
+        "message": "later"}),
+    );
+    let actions = h.take();
+    let err = rejection(&actions, refused).expect("no_route rejects the write");
+    assert_eq!((err.code, err.retry()), (ErrorCode::NoRoute, false));
+    assert_eq!(err.id.as_deref(), sent[0]["id"].as_str());
+    assert_eq!(
+        rejection(&actions, transient).map(|e| e.code),
+        Some(ErrorCode::BrokerUnavailable)
+    );
+    assert!(errors(&actions).is_empty(), "no separate error event");
+    h.drop_connection();
+    let again = h.reopen("s1", true);
+    assert_eq!(types(&again), vec!["publish"]);
+    assert_eq!(again[0]["id"], format!("{}{kept}", h.core.id_prefix()));
+}
+
+// ----- connection failures -----
+
+#[test]
+fn every_failed_attempt_emits_an_error_naming_the_url_and_why() {
+    let mut h = Harness::new(&URLS);
+    h.core.connect(h.now);
+    h.take();
+    // a: refused (closed before it opened)
+    h.core.on_close(h.conn, 1006, h.now);
+    let first = errors(&h.take());
+    // b: opened, then closed with 1011 before welcome
+    h.core.on_open(h.conn, h.now);
+    h.core.on_close(h.conn, 1011, h.now);
+    let second = errors(&h.take());
+    // c: opened, no welcome until the handshake timeout
+    let at = h.now + 10_000;
+    while h.core.state() == State::Connecting && h.now < at && Harness::opens(&h.log).len() < 3 {
+        h.advance(100);
+        h.take();
+    }
+    h.core.on_open(h.conn, h.now);
+    h.take();
+    h.advance(5_000);
+    let third = errors(&h.take());
+    let messages: Vec<String> = [first, second, third]
+        .iter()
+        .map(|e| {
+            assert_eq!(e.len(), 1, "{e:?}");
+            assert_eq!(e[0].code, ErrorCode::Disconnected);
+            e[0].message.clone()
+        })
+        .collect();
+    assert!(messages[0].contains("ws://a/ws") && messages[0].contains("1006 before it opened"));
+    assert!(messages[1].contains("ws://b/ws") && messages[1].contains("code 1011"));
+    assert!(messages[2].contains("ws://c/ws") && messages[2].contains("handshake timeout"));
+}
+
+#[test]
+fn a_connection_lost_after_welcome_moves_on_without_an_error_event() {
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    assert!(errors(&h.drop_connection()).is_empty());
+}
+
+#[test]
+fn without_a_give_up_deadline_connect_keeps_trying_and_ready_stays_pending() {
+    let mut h = Harness::new(&URLS);
+    h.core.connect(h.now);
+    let ready = h.core.ready(h.now);
+    h.take();
+    for _ in 0..60 {
+        h.core.on_close(h.conn, 1006, h.now);
+        h.advance(10_000);
+    }
+    h.take();
+    assert!(
+        errors(&h.log).len() >= 30,
+        "one error event per failed attempt"
+    );
+    assert!(rejection(&h.log, ready).is_none());
+    assert_eq!(h.core.state(), State::Connecting);
+}
+
+#[test]
+fn connect_gives_up_after_the_deadline_and_rejects_what_waits_with_timeout() {
+    let mut config = Config::new(URLS.iter().map(|u| u.to_string()).collect());
+    config.give_up_after_ms = Some(3_000);
+    let mut h = Harness::with(config);
+    let start = h.now;
+    h.core.connect(h.now);
+    let ready = h.core.ready(h.now);
+    let write = h.core.write(envelope("chat", json!(1)), h.now);
+    h.take();
+    while rejection(&h.log, ready).is_none() && h.now < start + 10_000 {
+        if h.core.state() == State::Connecting {
+            h.core.on_close(h.conn, 1006, h.now);
+        }
+        h.advance(50);
+        h.take();
+    }
+    let err = rejection(&h.log, ready).expect("connect() rejected");
+    assert_eq!(err.code, ErrorCode::Timeout);
+    assert!(
+        (start + 3_000..start + 3_100).contains(&h.now),
+        "at {}",
+        h.now - start
+    );
+    assert!(err.message.contains("3000") && err.message.contains("cannot connect to ws://"));
+    assert_eq!(
+        rejection(&h.log, write).map(|e| e.code),
+        Some(ErrorCode::Timeout)
+    );
+    assert_eq!(h.core.state(), State::Disconnected);
+    // It stopped trying; a new connect() starts again.
+    let opened = Harness::opens(&h.log).len();
+    h.advance(60_000);
+    assert_eq!(Harness::opens(&h.take()).len(), 0);
+    h.core.connect(h.now);
+    assert_eq!(Harness::opens(&h.take()).len(), 1);
+    assert!(opened >= 3);
+}
+
+#[test]
+fn the_give_up_deadline_ends_once_connected() {
+    let mut config = Config::new(URLS.iter().map(|u| u.to_string()).collect());
+    config.give_up_after_ms = Some(3_000);
+    let mut h = Harness::with(config);
+    let ready = h.core.ready(h.now);
+    h.connect("s1", false);
+    assert!(resolved(&h.log, ready));
+    h.drop_connection();
+    for _ in 0..20 {
+        h.core.on_close(h.conn, 1006, h.now);
+        h.advance(1_000);
+    }
+    assert_eq!(
+        h.core.state(),
+        State::Connecting,
+        "reconnects go on after a loss"
+    );
+}
+
+#[test]
+fn a_subscription_the_gateway_refused_for_good_is_not_sent_again_after_reconnecting() {
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    let refused = SubscribeOptions {
+        channel: "chat".into(),
+        groups: vec!["secret".into()],
+        ..SubscribeOptions::default()
+    };
+    let transient = SubscribeOptions {
+        channel: "voice".into(),
+        direct: true,
+        ..SubscribeOptions::default()
+    };
+    h.core.subscribe(refused, h.now).unwrap();
+    h.core.subscribe(transient, h.now).unwrap();
+    let sent = h.sent();
+    assert_eq!(types(&sent), vec!["subscribe", "subscribe"]);
+    h.frame(json!({"type": "error", "id": sent[0]["id"], "code": "forbidden", "message": "no"}));
+    h.frame(
+        json!({"type": "error", "id": sent[1]["id"], "code": "overloaded", "message": "later"}),
+    );
+    let events = errors(&h.take());
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].code, ErrorCode::Forbidden);
+    h.drop_connection();
+    let again = h.reopen("s1", true);
+    assert_eq!(types(&again), vec!["subscribe"], "only the retryable one");
+    assert_eq!(again[0]["channel"], "voice");
 }

@@ -12,11 +12,14 @@
 //! - [`deadlines`]: pending operations with deadlines (request correlation).
 //! - [`backoff`]: full-jitter exponential backoff; [`rng`]: its seeded generator.
 //! - [`id_map`]: a small sorted-`Vec` map (smaller wasm than `BTreeMap`).
-//! - [`outbox`]: unanswered writes, re-sent in order with the same ids after reconnect.
+//! - [`outbox`]: unanswered writes, re-sent in order with the same ids after reconnect;
+//!   a write rejected for any reason (`too_large` before sending, an `error` frame, its
+//!   deadline) leaves it.
 //! - [`duplicate_filter`]: drops deliveries whose `message_id` was already seen.
 //! - [`subscription`]: subscriptions, their bindings and delivery routing.
-//! - [`envelope`]: what the app writes; [`error`]: [`ClientError`] (registry code +
-//!   message); [`codec`]: text ⇄ frame, `serde_json` natively.
+//! - [`envelope`]: what the app writes; [`error`]: [`ClientError`] (registry code,
+//!   message, the failed operation's frame id); [`codec`]: text ⇄ frame, `serde_json`
+//!   natively.
 //! - [`text`]: strings and decimals built without `core::fmt` (wasm size).
 //!
 //! The facade (`wasm32` only, module `browser`): the JS `Client` class over the

@@ -40,6 +40,11 @@ impl Outbox {
         self.frames.iter().map(|(_, f)| f.as_str())
     }
 
+    /// Every waiting frame with its operation number, oldest first.
+    pub fn entries(&self) -> impl Iterator<Item = (u64, &str)> {
+        self.frames.iter().map(|(op, f)| (op, f.as_str()))
+    }
+
     /// Forgets everything.
     pub fn clear(&mut self) {
         self.frames.clear();

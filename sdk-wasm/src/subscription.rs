@@ -126,6 +126,12 @@ impl Subscriptions {
         self.by_id.insert(id, options);
     }
 
+    /// Forgets subscription `id` without computing what to unbind (the gateway refused
+    /// it, so nothing is bound for it).
+    pub fn forget(&mut self, id: u64) {
+        self.by_id.remove(id);
+    }
+
     /// Removes subscription `id`, returning the `unsubscribe` options that drop only the
     /// bindings no remaining subscription needs (`None` when nothing is to unbind).
     pub fn remove(&mut self, id: u64) -> Option<SubscribeOptions> {

@@ -9,6 +9,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use js_sys::{Array, Function, Promise, Reflect, JSON};
+use warren_sdk::browser::error::is_warren_error;
 use warren_sdk::browser::Client;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
@@ -304,4 +305,183 @@ async fn when_the_first_gateway_is_killed_the_client_continues_on_the_second_url
     );
     c.close();
     post(&format!("{}/gateways/primary/start", control())).await;
+}
+
+// ----- errors as classes, oversized writes, connection failures -----
+
+/// A JSON string literal of `n` bytes of `x` (a message far over the gateway's limit).
+fn big_envelope(channel: &str, n: usize) -> JsValue {
+    json(&format!(
+        r#"{{"channel": "{channel}", "message": "{}"}}"#,
+        "x".repeat(n)
+    ))
+}
+
+fn states_of(seen: &Rc<RefCell<Vec<JsValue>>>) -> Vec<String> {
+    seen.borrow()
+        .iter()
+        .filter_map(|e| path(e, &["newState"]).as_string())
+        .collect()
+}
+
+fn messages_of(seen: &Rc<RefCell<Vec<JsValue>>>) -> Vec<String> {
+    seen.borrow()
+        .iter()
+        .filter_map(|e| path(e, &["message"]).as_string())
+        .collect()
+}
+
+#[wasm_bindgen_test]
+fn new_client_refuses_invalid_urls_synchronously_with_invalid() {
+    for options in [
+        r#"{"urls": ["not a url"]}"#,
+        r#"{"urls": ["http://127.0.0.1:4000/ws"]}"#,
+        r#"{"urls": ["ws://127.0.0.1:4000/ws", "localhost:4000"]}"#,
+        r#"{"urls": []}"#,
+        r#"{}"#,
+    ] {
+        let err = Client::new(json(options).unchecked_into())
+            .err()
+            .unwrap_or_else(|| panic!("accepted {options}"));
+        assert!(is_warren_error(&err), "{options}: a WarrenError");
+        assert!(err.is_instance_of::<js_sys::Error>());
+        assert_eq!(code_of(&err), "invalid", "{options}");
+        assert_eq!(path(&err, &["retry"]).as_bool(), Some(false));
+    }
+}
+
+#[wasm_bindgen_test]
+async fn a_refused_port_is_reported_as_an_error_event_and_connect_rejects_after_connect_timeout_ms()
+{
+    let refused = "ws://127.0.0.1:1/ws";
+    let c = client(&format!(
+        r#"{{"urls": ["{refused}"], "connectTimeoutMs": 1500,
+             "reconnect": {{"minDelayMs": 100, "maxDelayMs": 300}}}}"#
+    ));
+    let (on_error, errors) = recorder();
+    c.on("error", on_error).expect("on");
+    let started = js_sys::Date::now();
+    let err = wait(c.connect())
+        .await
+        .expect_err("nothing answers on port 1");
+    let elapsed = js_sys::Date::now() - started;
+    assert!(is_warren_error(&err));
+    assert_eq!(code_of(&err), "timeout");
+    assert!(
+        (1_400.0..3_000.0).contains(&elapsed),
+        "connect() rejected after {elapsed} ms (connectTimeoutMs 1500)"
+    );
+    let messages = messages_of(&errors);
+    assert!(
+        messages.iter().filter(|m| m.contains(refused)).count() >= 2,
+        "every failed attempt names the URL: {messages:?}"
+    );
+    assert!(path(&err, &["message"])
+        .as_string()
+        .unwrap_or_default()
+        .contains(refused));
+    assert_eq!(code_of(&c.last_error()), "timeout");
+    assert_eq!(c.state(), "disconnected");
+    c.close();
+}
+
+#[wasm_bindgen_test]
+async fn a_wrong_path_is_reported_with_its_url_and_the_client_moves_on_to_the_next_url() {
+    let good = url(0, "all");
+    let wrong = good.replace("/ws", "/no-such-path");
+    let c = client(&format!(r#"{{"urls": ["{wrong}", "{good}"]}}"#));
+    let (on_error, errors) = recorder();
+    c.on("error", on_error).expect("on");
+    wait(c.connect()).await.expect("the second URL works");
+    assert_eq!(c.url().as_string().as_deref(), Some(good.as_str()));
+    let messages = messages_of(&errors);
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert!(messages[0].contains(&wrong), "{messages:?}");
+    assert!(is_warren_error(&c.last_error()));
+    c.close();
+}
+
+#[wasm_bindgen_test]
+async fn an_oversized_write_is_rejected_at_once_with_too_large_while_other_traffic_goes_on() {
+    let c = client(&format!(r#"{{"urls": {}}}"#, both("all")));
+    let (on_error, errors) = recorder();
+    c.on("error", on_error).expect("on");
+    wait(c.connect()).await.expect("connect");
+    let echo = c.write_and_wait(
+        json(r#"{"channel": "echo", "message": "still here"}"#),
+        None,
+    );
+    let started = js_sys::Date::now();
+    let err = wait(c.write(big_envelope("chat", 100 * 1024).unchecked_into()))
+        .await
+        .expect_err("100 KB is over max_frame_bytes");
+    let elapsed = js_sys::Date::now() - started;
+    assert!(is_warren_error(&err));
+    assert_eq!(code_of(&err), "too_large");
+    assert_eq!(path(&err, &["retry"]).as_bool(), Some(false));
+    assert!(
+        path(&err, &["id"]).is_string(),
+        "names the write's frame id"
+    );
+    assert!(elapsed < 200.0, "rejected after {elapsed} ms");
+    let err = wait(c.write_and_wait(big_envelope("echo", 100 * 1024), None))
+        .await
+        .expect_err("requests too");
+    assert_eq!(code_of(&err), "too_large");
+    let reply = wait(echo).await.expect("the other request resolves");
+    assert_eq!(reply.as_string().as_deref(), Some("still here"));
+    wait(c.write(json(r#"{"channel": "echo", "message": 1}"#).unchecked_into()))
+        .await
+        .expect("writes go on");
+    assert!(
+        messages_of(&errors).is_empty(),
+        "no separate error event: {:?}",
+        messages_of(&errors)
+    );
+    c.close();
+}
+
+#[wasm_bindgen_test]
+async fn a_two_megabyte_write_is_never_sent_and_the_connection_stays_up() {
+    // Written before connecting (the gateway's limit is not known yet) and after.
+    let c = client(&format!(r#"{{"urls": {}}}"#, both("all")));
+    let (on_state, states) = recorder();
+    c.on("state", on_state).expect("on");
+    let early = c.write(big_envelope("chat", 2 * 1024 * 1024).unchecked_into());
+    wait(c.connect()).await.expect("connect");
+    let err = wait(early)
+        .await
+        .expect_err("refused once welcome named the limit");
+    assert_eq!(code_of(&err), "too_large");
+    let err = wait(c.write(big_envelope("chat", 2 * 1024 * 1024).unchecked_into()))
+        .await
+        .expect_err("refused at once");
+    assert_eq!(code_of(&err), "too_large");
+    sleep(1_500).await;
+    assert_eq!(
+        states_of(&states),
+        vec!["connecting", "connected"],
+        "no close, no reconnect, nothing re-sent"
+    );
+    let reply = wait(c.write_and_wait(json(r#"{"channel": "echo", "message": 2}"#), None))
+        .await
+        .expect("the session is intact");
+    assert_eq!(reply.as_f64(), Some(2.0));
+    c.close();
+}
+
+#[wasm_bindgen_test]
+async fn freeing_the_client_closes_it_and_rejects_what_is_pending() {
+    let c = client(&format!(r#"{{"urls": {}}}"#, both("all")));
+    wait(c.connect()).await.expect("connect");
+    let (on_state, states) = recorder();
+    c.on("state", on_state).expect("on");
+    let pending = c.write_and_wait(
+        json(r#"{"channel": "silent", "message": "nobody answers"}"#),
+        Some(json(r#"{"timeoutMs": 60000}"#).unchecked_into()),
+    );
+    drop(c); // what `client.free()` and `[Symbol.dispose]()` do from JS
+    let err = wait(pending).await.expect_err("rejected by the close");
+    assert_eq!(code_of(&err), "closed");
+    assert_eq!(states_of(&states), vec!["disconnected"]);
 }

@@ -57,6 +57,8 @@ struct Inner {
     /// Delivery handlers by subscription id.
     handlers: IdMap<Function>,
     listeners: Vec<(Event, Function)>,
+    /// The last `error` event (`null` before the first).
+    last_error: JsValue,
 }
 
 struct Shared {
@@ -90,12 +92,13 @@ pub struct Subscription {
 impl Client {
     /// Creates a client; nothing is opened until `connect()`.
     ///
-    /// @throws {WarrenError} `invalid` when `urls` is missing or empty, or an option has
-    /// the wrong type.
+    /// @throws {WarrenError} `invalid` when `urls` is missing or empty, a URL is not a
+    /// `ws://` / `wss://` URL, or an option has the wrong type.
     #[wasm_bindgen(constructor)]
     pub fn new(options: ClientOptions) -> Result<Client, JsValue> {
         let config = parse_options(&options)
             .map_err(|e| invalid(concat(&["invalid client options: ", &e])))?;
+        config.validate().map_err(|e| to_js(&e))?;
         let seed = (js_sys::Math::random() * 9_007_199_254_740_992.0) as u64 ^ now();
         let inner = Inner {
             core: ClientCore::new(config, JsCodec, seed),
@@ -104,6 +107,7 @@ impl Client {
             ops: IdMap::default(),
             handlers: IdMap::default(),
             listeners: Vec::new(),
+            last_error: JsValue::NULL,
         };
         Ok(Client {
             shared: Rc::new_cyclic(|weak: &Weak<Shared>| {
@@ -122,8 +126,11 @@ impl Client {
     }
 
     /// Connects (to the first URL, then along the list on failure) and resolves once the
-    /// session is open. Reconnection after that is automatic; calling `connect()` again
-    /// only waits for the connection.
+    /// session is open. Every failed attempt emits an `error` event naming the URL and
+    /// why. Without `connectTimeoutMs` it keeps trying (the promise stays pending);
+    /// with it, it stops after that long and rejects with `timeout`, as do the writes
+    /// and requests waiting for the connection. Reconnection after a session opened is
+    /// automatic; calling `connect()` again only waits for the connection.
     #[wasm_bindgen(unchecked_return_type = "Promise<void>")]
     pub fn connect(&self) -> Promise {
         settle_with(&self.shared, |core, now| {
@@ -139,8 +146,9 @@ impl Client {
         settle_with(&self.shared, |core, now| core.ready(now))
     }
 
-    /// Closes the client for good: the socket is closed, pending writes and requests are
-    /// rejected with `closed`, and the state becomes `disconnected`.
+    /// Closes the client for good and releases everything: the socket and the timer are
+    /// closed, pending writes and requests are rejected with `closed`, and the state
+    /// becomes `disconnected`. `free()` and `[Symbol.dispose]()` call it.
     pub fn close(&self) {
         self.shared.inner.borrow_mut().core.close(now());
         pump(&self.shared);
@@ -148,8 +156,10 @@ impl Client {
 
     /// Sends a message and resolves once the gateway confirms RabbitMQ has it (`ack`).
     /// Written while disconnected, it waits in the outbox and is sent after reconnecting.
-    /// Rejects with a `WarrenError`: `no_route` (nothing would receive it), `timeout`
-    /// (no ack within `requestTimeoutMs`), `disconnected` (outbox full), `closed`, ...
+    /// Rejects with a `WarrenError` whose `id` is the frame id: `too_large` at once
+    /// (over the gateway's `max_frame_bytes`; nothing is sent), `no_route` (nothing
+    /// would receive it), `timeout` (no ack within `requestTimeoutMs`), `disconnected`
+    /// (outbox full), `closed`, ... A rejected write is never sent again.
     #[wasm_bindgen(unchecked_return_type = "Promise<void>")]
     pub fn write(&self, envelope: EnvelopeJs) -> Promise {
         match parse_envelope(envelope.into()) {
@@ -226,22 +236,35 @@ impl Client {
         JsValue::from_str(self.shared.inner.borrow().core.state().as_str())
     }
 
-    /// The session id, once a gateway opened one.
-    #[wasm_bindgen(getter, unchecked_return_type = "string | undefined")]
+    /// The session id, once a gateway opened one (`null` before).
+    #[wasm_bindgen(getter, unchecked_return_type = "string | null")]
     pub fn session(&self) -> JsValue {
         optional(self.shared.inner.borrow().core.session())
     }
 
-    /// The gateway URL in use (or tried next).
-    #[wasm_bindgen(getter, unchecked_return_type = "string | undefined")]
+    /// The gateway URL in use (or tried next); `null` only without URLs.
+    #[wasm_bindgen(getter, unchecked_return_type = "string | null")]
     pub fn url(&self) -> JsValue {
         optional(self.shared.inner.borrow().core.url())
     }
+
+    /// The last `error` event (`null` before the first), e.g. why connecting fails.
+    #[wasm_bindgen(getter, js_name = lastError, unchecked_return_type = "WarrenError | null")]
+    pub fn last_error(&self) -> JsValue {
+        self.shared.inner.borrow().last_error.clone()
+    }
 }
 
-/// A JS string, or `undefined` (JS values rather than `String`s: smaller glue).
+impl Drop for Client {
+    /// `free()` / `[Symbol.dispose]()` close the client first.
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// A JS string, or `null` (JS values rather than `String`s: smaller glue).
 fn optional(s: Option<&str>) -> JsValue {
-    s.map_or(JsValue::UNDEFINED, JsValue::from_str)
+    s.map_or(JsValue::NULL, JsValue::from_str)
 }
 
 #[wasm_bindgen]
@@ -263,11 +286,7 @@ fn parse_options(o: &JsValue) -> Result<Config, String> {
     if !o.is_object() {
         return Err("expected an object".into());
     }
-    let urls = str_array(o, "urls")?;
-    if urls.is_empty() {
-        return Err("`urls` must name at least one gateway".into());
-    }
-    let mut config = Config::new(urls);
+    let mut config = Config::new(str_array(o, "urls")?);
     config.token = opt_str(o, "token")?;
     let reconnect = get(o, "reconnect");
     let d = config.backoff;
@@ -278,7 +297,8 @@ fn parse_options(o: &JsValue) -> Result<Config, String> {
     config.request_timeout_ms =
         opt_u64(o, "requestTimeoutMs")?.unwrap_or(config.request_timeout_ms);
     config.connect_timeout_ms =
-        opt_u64(o, "connectTimeoutMs")?.unwrap_or(config.connect_timeout_ms);
+        opt_u64(o, "handshakeTimeoutMs")?.unwrap_or(config.connect_timeout_ms);
+    config.give_up_after_ms = opt_u64(o, "connectTimeoutMs")?;
     config.channels = str_array(o, "channels")?;
     config.outbox_limit = opt_u64(o, "outboxLimit")?.map_or(config.outbox_limit, |n| n as usize);
     Ok(config)
@@ -405,7 +425,11 @@ fn perform(shared: &Rc<Shared>, action: Action<Js>) {
             }
         }
         Action::StateChanged(change) => emit(shared, Event::State, &state_js(&change)),
-        Action::Error(err) => emit(shared, Event::Error, &to_js(&err)),
+        Action::Error(err) => {
+            let err = to_js(&err);
+            shared.inner.borrow_mut().last_error = err.clone();
+            emit(shared, Event::Error, &err);
+        }
         Action::Drain(d) => {
             let o = Object::new();
             set(&o, "reason", &d.reason.into());

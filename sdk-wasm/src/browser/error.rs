@@ -1,19 +1,33 @@
-//! Errors as JavaScript sees them: a real `Error` (stack, console rendering) named
-//! `WarrenError`, with the registry `code` and the `retry` flag.
+//! Errors as JavaScript sees them: instances of the `WarrenError` class (a real `Error`:
+//! stack, console rendering) with the registry `code`, the `retry` flag and, for writes
+//! and requests, the frame `id`. The class lives in `warren_error.js`, which build.sh
+//! re-exports from the package entry with `isWarrenError`.
 
-use js_sys::Reflect;
 use warren_protocol::ErrorCode;
-use wasm_bindgen::JsValue;
+use wasm_bindgen::prelude::*;
 
 use crate::error::ClientError;
 
+#[wasm_bindgen(module = "/src/browser/warren_error.js")]
+extern "C" {
+    #[wasm_bindgen(js_name = WarrenError)]
+    type JsWarrenError;
+
+    #[wasm_bindgen(constructor, js_class = "WarrenError")]
+    fn new(message: &str, code: &str, retry: bool, id: &JsValue) -> JsWarrenError;
+
+    /// `value instanceof WarrenError` (the package's `isWarrenError`).
+    #[wasm_bindgen(js_name = isWarrenError)]
+    pub fn is_warren_error(value: &JsValue) -> bool;
+}
+
 /// Builds the JS `WarrenError` for `err`.
 pub fn to_js(err: &ClientError) -> JsValue {
-    let e = js_sys::Error::new(&err.message);
-    e.set_name("WarrenError");
-    let _ = Reflect::set(&e, &"code".into(), &err.code.as_str().into());
-    let _ = Reflect::set(&e, &"retry".into(), &JsValue::from_bool(err.retry()));
-    e.into()
+    let id = err
+        .id
+        .as_deref()
+        .map_or(JsValue::UNDEFINED, JsValue::from_str);
+    JsWarrenError::new(&err.message, err.code.as_str(), err.retry(), &id).into()
 }
 
 /// A `WarrenError` with code `invalid`, for bad arguments.

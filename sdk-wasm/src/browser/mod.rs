@@ -6,7 +6,8 @@
 //!   reporting to one dispatch closure per client.
 //! - [`codec`]: frames ⇄ text with the browser's `JSON` (no serde, no `serde_json` in
 //!   the wasm).
-//! - [`error`]: `WarrenError` objects.
+//! - [`error`]: `WarrenError` instances (the class is `warren_error.js`, which the
+//!   package entry re-exports with `isWarrenError`).
 //! - [`object`]: typed reads and writes of plain JS objects.
 //! - [`types`]: TypeScript declarations of options, envelopes and events.
 

@@ -10,8 +10,9 @@ const TS_TYPES: &'static str = r#"
 export type ConnectionState = "connecting" | "connected" | "disconnected";
 
 /**
- * Stable error codes from Warren's registry. `retry` on the error says whether the same
- * operation can succeed later.
+ * Stable error codes from Warren's registry (`protocol/src/registry.rs`; a unit test of
+ * the SDK fails when this list and the registry differ). `retry` on the error says
+ * whether the same operation can succeed later. `unknown`: a code from a newer gateway.
  */
 export type ErrorCode =
   | "malformed" | "unknown_type" | "invalid" | "too_large" | "unknown_channel"
@@ -19,14 +20,24 @@ export type ErrorCode =
   | "broker_unavailable" | "overloaded" | "session_expired" | "rejected"
   | "unsupported" | "nacked" | "internal" | "disconnected" | "closed" | "unknown";
 
-/** Every rejection and `error` event is an `Error` named `WarrenError` with a registry code. */
-export interface WarrenError extends Error {
-  name: "WarrenError";
+/**
+ * Every promise rejection, every `error` event and every exception of the SDK is a
+ * `WarrenError`: an `Error` with a registry `code`, `retry`, and the failed operation's
+ * `id`. The SDK creates them; apps only test for them (`instanceof` or `isWarrenError`).
+ */
+export declare class WarrenError extends Error {
+  private constructor();
+  readonly name: "WarrenError";
   /** Registry code, stable across versions. */
-  code: ErrorCode;
-  /** Whether retrying the same operation later can succeed. */
-  retry: boolean;
+  readonly code: ErrorCode;
+  /** Whether retrying the same operation later can succeed (from the registry). */
+  readonly retry: boolean;
+  /** The frame id of the failed `write` / `writeAndWait` (absent for errors not tied to one). */
+  readonly id?: string;
 }
+
+/** Whether `e` is a `WarrenError` (narrows `unknown` in a `catch`). */
+export declare function isWarrenError(e: unknown): e is WarrenError;
 
 /** Options of `new Client(...)`. */
 export interface ClientOptions {
@@ -38,8 +49,14 @@ export interface ClientOptions {
   reconnect?: { minDelayMs?: number; maxDelayMs?: number };
   /** Deadline of `write` acks and default deadline of `writeAndWait`. Default: 10 000 ms. */
   requestTimeoutMs?: number;
-  /** Deadline for a socket to open and the gateway to say `welcome`. Default: 5 000 ms. */
+  /**
+   * How long `connect()` keeps trying the URL list before it gives up: the client stops,
+   * and `connect()`, `ready()` and waiting writes reject with `timeout`. Default: never
+   * (it keeps trying; each failed attempt is an `error` event naming the URL).
+   */
   connectTimeoutMs?: number;
+  /** Deadline of one attempt: the socket opens and the gateway says `welcome`; then the next URL. Default: 5 000 ms. */
+  handshakeTimeoutMs?: number;
   /** Channels this client may use (e.g. one client per channel port); others are refused
    *  locally with `unknown_channel`. Default: any. */
   channels?: string[];
@@ -101,7 +118,7 @@ export interface Delivery<M = unknown> {
 export interface StateEvent {
   oldState: ConnectionState;
   newState: ConnectionState;
-  /** The gateway URL being tried or used. */
+  /** The gateway URL being tried or used (same value as `client.url`). */
   url: string | null;
   /** The session id (once connected). */
   session: string | null;
@@ -122,11 +139,13 @@ export interface ClientEvents {
   drain: DrainEvent;
 }
 
+/* Merged into the generated `class Client`. */
 export interface Client {
   /**
    * Sends a request and resolves with the service's reply message. Rejects with a
-   * `WarrenError`: `timeout` when `timeoutMs` passes (the pending entry is removed),
-   * `rejected` when the service refused, `no_route`, `closed`, ...
+   * `WarrenError` whose `id` is the frame id: `too_large` at once (nothing sent),
+   * `timeout` when `timeoutMs` passes (the pending entry is removed), `rejected` when
+   * the service refused, `no_route`, `closed`, ...
    */
   writeAndWait<R = unknown, M = unknown>(envelope: Envelope<M>, options?: WaitOptions): Promise<R>;
   /**

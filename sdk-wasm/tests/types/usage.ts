@@ -1,0 +1,75 @@
+// An app's use of the package, compiled by sdk-wasm/test.sh with tsc (strict,
+// skipLibCheck false, lib ES2023 + DOM). Every `@ts-expect-error` is a check that the
+// types are precise: when a type loosens (e.g. `code` becomes `string`), tsc fails.
+import init, {
+  Client,
+  WarrenError,
+  isWarrenError,
+  type ErrorCode,
+  type StateEvent,
+  type Delivery,
+} from "warren-sdk";
+import { useSubscription, type WarrenDelivery } from "warren-sdk/react";
+
+await init();
+
+const client = new Client({ urls: ["ws://localhost:4000/ws"], connectTimeoutMs: 10_000 });
+
+// client.url and StateEvent.url: the same type, string | null.
+const url: string | null = client.url;
+client.on("state", (e: StateEvent) => {
+  const same: typeof url = e.url;
+  void same;
+});
+const session: string | null = client.session;
+const last: WarrenError | null = client.lastError;
+void session;
+void last;
+
+client.on("error", (e) => {
+  const code: ErrorCode = e.code;
+  const retry: boolean = e.retry;
+  const id: string | undefined = e.id;
+  void code;
+  void retry;
+  void id;
+});
+
+try {
+  await client.writeAndWait<{ id: number }>({ channel: "tickets", message: { op: "create" } });
+} catch (e: unknown) {
+  if (isWarrenError(e)) {
+    if (e.code === "too_large" || e.code === "timeout") console.log(e.retry, e.id, e.message);
+    // @ts-expect-error: not a registry code
+    if (e.code === "no_such_code") console.log("unreachable");
+  }
+  if (e instanceof WarrenError) {
+    const code: ErrorCode = e.code;
+    void code;
+  }
+}
+
+// @ts-expect-error: apps do not construct WarrenError
+new WarrenError();
+
+// @ts-expect-error: not a registry code
+const wrong: ErrorCode = "nope";
+void wrong;
+
+// React: useSubscription is generic over the message type.
+interface Chat {
+  text: string;
+}
+export function useChat(onText: (text: string) => void) {
+  return useSubscription<Chat>({ channel: "chat" }, (d) => onText(d.message.text));
+}
+export function useChatLoose() {
+  // @ts-expect-error: `d.message` is `Chat`, which has no `nope`
+  return useSubscription<Chat>({ channel: "chat" }, (d) => d.message.nope);
+}
+const delivery: WarrenDelivery<Chat> | Delivery<Chat> | null = null;
+void delivery;
+
+// Disposal: close() releases everything; free() calls it.
+client.close();
+client.free();
