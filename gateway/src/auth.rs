@@ -178,6 +178,12 @@ pub enum AuthError {
     /// Anything else: bad signature, wrong `iss`/`aud`, bad claims, not a JWT.
     #[error("the token is invalid: {0}")]
     Invalid(String),
+    /// The auth service refused the token (`auth.mode = "service"`).
+    #[error("the auth service refused the token: {0}")]
+    Denied(String),
+    /// The auth service did not answer in time, or none is running: retry later.
+    #[error("the auth service is unavailable: {0}")]
+    Unavailable(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -278,6 +284,10 @@ impl Verifier {
                 Ok(Identity::unrestricted(user))
             }
             AuthMode::Jwt => self.verify_jwt(token.ok_or(AuthError::Missing)?),
+            // Asked over RabbitMQ by `auth_service::AuthClient`, not here.
+            AuthMode::Service => Err(AuthError::Unavailable(
+                "service mode is answered by the auth client".into(),
+            )),
         }
     }
 
@@ -349,6 +359,49 @@ impl Verifier {
         }
         Err(last)
     }
+}
+
+/// The identity an auth service's reply grants.
+///
+/// # Errors
+/// [`AuthError::Denied`] for a refusal, [`AuthError::Invalid`] for a reply that
+/// accepts without a valid user or names an unknown right.
+pub fn identity_of_reply(reply: warren_protocol::auth::AuthReply) -> Result<Identity, AuthError> {
+    if !reply.allow {
+        return Err(AuthError::Denied(
+            reply.reason.unwrap_or_else(|| "no reason given".into()),
+        ));
+    }
+    let user = reply
+        .user
+        .ok_or_else(|| AuthError::Invalid("the auth service accepted without a user".into()))?;
+    let channels = match reply.channels {
+        None => None,
+        Some(map) => {
+            let mut out = BTreeMap::new();
+            for (channel, rights) in map {
+                let rights = rights
+                    .iter()
+                    .map(|r| serde_json::from_value(serde_json::Value::String(r.clone())))
+                    .collect::<Result<Vec<ClaimRight>, _>>()
+                    .map_err(|e| AuthError::Invalid(format!("channels.{channel}: {e}")))?;
+                out.insert(channel, rights);
+            }
+            Some(out)
+        }
+    };
+    identity_of(Claims {
+        sub: user,
+        exp: reply.expires_at.unwrap_or(0),
+        groups: reply.groups,
+        channels,
+        topics: reply.topics,
+        tenant: reply.tenant,
+    })
+    .map(|mut identity| {
+        identity.expires_at = reply.expires_at;
+        identity
+    })
 }
 
 fn identity_of(c: Claims) -> Result<Identity, AuthError> {

@@ -184,6 +184,8 @@ pub struct AuthConfig {
     pub mode: AuthMode,
     /// Settings of `jwt` mode.
     pub jwt: JwtConfig,
+    /// Settings of `service` mode.
+    pub service: AuthServiceConfig,
     /// `Origin`s allowed to open a WebSocket: exact origins (`https://app.example.com`)
     /// or patterns with a leading `*.` host label (`https://*.example.com`); an upgrade
     /// from anywhere else is refused with HTTP 403. Requests without `Origin` (not from
@@ -201,6 +203,7 @@ impl Default for AuthConfig {
         AuthConfig {
             mode: AuthMode::None,
             jwt: JwtConfig::default(),
+            service: AuthServiceConfig::default(),
             allowed_origins: Vec::new(),
             token_cookie: None,
         }
@@ -253,6 +256,31 @@ impl Default for JwtConfig {
     }
 }
 
+/// `[auth.service]`: the auth worker on RabbitMQ (`auth.mode = "service"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthServiceConfig {
+    /// The channel auth requests travel on: key `<channel>.client.auth` on `warren.in`,
+    /// queue `IN_<CHANNEL>` (declared by the auth service). It must not be one of
+    /// the client channels. Default: `auth`.
+    pub channel: String,
+    /// How long the gateway waits for the answer before `auth_unavailable`.
+    /// Default: 3000.
+    pub timeout_ms: u64,
+    /// Most answers cached (by token, until their `expires_at`). Default: 10000.
+    pub cache_entries: usize,
+}
+
+impl Default for AuthServiceConfig {
+    fn default() -> Self {
+        AuthServiceConfig {
+            channel: "auth".into(),
+            timeout_ms: 3000,
+            cache_entries: 10_000,
+        }
+    }
+}
+
 /// Authentication modes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -261,6 +289,9 @@ pub enum AuthMode {
     None,
     /// A JSON Web Token signed by the app's backend.
     Jwt,
+    /// An auth service on RabbitMQ answers `client.auth` (the source system's auth
+    /// worker).
+    Service,
 }
 
 impl Default for Config {
@@ -451,6 +482,21 @@ impl Config {
             }
         }
         crate::auth::Verifier::from_config(&self.auth)?;
+        if self.auth.mode == AuthMode::Service {
+            let svc = &self.auth.service;
+            if let Err(e) = validate_segment("auth.service.channel", &svc.channel) {
+                return bad(e.to_string());
+            }
+            if self.has_channel(&svc.channel) {
+                return bad(format!(
+                    "auth.service.channel `{}` is a client channel; pick another name",
+                    svc.channel
+                ));
+            }
+            if svc.timeout_ms == 0 {
+                return bad("auth.service.timeout_ms must be at least 1".into());
+            }
+        }
         Ok(())
     }
 

@@ -30,7 +30,7 @@ use crate::auth::{Action, AuthError, Identity};
 use crate::delivery::{self, Incoming};
 use crate::limits::{Slot, TokenBucket};
 use crate::metrics;
-use crate::server::Shared;
+use crate::server::{Shared, Upgrade};
 use crate::session::{self, ConsumeError, Inflight, Subscriptions, Takeover, TakeoverSignal};
 
 /// Deliveries already buffered by the session consumer that are written to the socket
@@ -122,7 +122,7 @@ pub(crate) async fn serve(
     ws: WebSocket,
     shared: Arc<Shared>,
     pinned: Option<String>,
-    upgrade_token: Option<String>,
+    upgrade: Upgrade,
 ) {
     let id = shared.next_connection_id();
     let now = Instant::now();
@@ -151,7 +151,7 @@ pub(crate) async fn serve(
         takeover: Arc::default(),
         session: None,
         released: None,
-        upgrade_token,
+        upgrade,
         frames,
     };
     let shared = conn.shared.clone();
@@ -296,8 +296,8 @@ struct Conn {
     session: Option<Session>,
     /// Completed after cleanup when a newer connection took the session over.
     released: Option<tokio::sync::oneshot::Sender<()>>,
-    /// A token the upgrade request carried (`Authorization: Bearer` or cookie).
-    upgrade_token: Option<String>,
+    /// What the upgrade request said: peer address, `Origin`, a token.
+    upgrade: Upgrade,
     /// `max_frames_per_s`; `None` when off.
     frames: Option<TokenBucket>,
 }
@@ -628,9 +628,18 @@ impl Conn {
             }
         }
         // Nothing is declared on the broker before the token is verified.
-        let token = hello.token.clone().or_else(|| self.upgrade_token.take());
+        let token = hello.token.clone().or_else(|| self.upgrade.token.take());
         let anonymous = token.is_none();
-        let mut identity = match self.shared.verifier.verify(token.as_deref(), "anonymous") {
+        let shared = self.shared.clone();
+        let verified = shared
+            .authenticate(
+                token.as_deref(),
+                "anonymous",
+                hello.session.as_deref(),
+                &self.upgrade,
+            )
+            .await;
+        let mut identity = match verified {
             Ok(identity) => identity,
             Err(e) => return self.unauthorized(None, e).await,
         };
@@ -667,10 +676,16 @@ impl Conn {
             if validate_segment("session", requested).is_ok()
                 && !session::owned_by(requested, &owner)
             {
-                // Another user's session (or one of an older format): left untouched.
-                tracing::info!(conn = self.id, session = %requested, "resume refused: not this user's session");
-                metrics::add(&self.shared.metrics.refused_forbidden, 1);
-                notice = Some(ErrorCode::Forbidden);
+                // Not this user's: left untouched (a passive look, nothing claimed).
+                let queue = names.session_queue(requested);
+                notice = Some(match session::lookup(&broker, &queue).await {
+                    Ok(Some(_)) => {
+                        tracing::info!(conn = self.id, session = %requested, "resume refused: another user's session");
+                        metrics::add(&self.shared.metrics.refused_forbidden, 1);
+                        ErrorCode::Forbidden
+                    }
+                    _ => ErrorCode::SessionExpired,
+                });
             } else if validate_segment("session", requested).is_ok() {
                 let queue = names.session_queue(requested);
                 // A connection of this gateway may still hold it: ask it to let go.
@@ -947,10 +962,23 @@ impl Conn {
 
     /// Answers a refused token with `unauthorized`: an `error` frame naming `id` at
     /// `refresh`; at `hello`, an `error` frame then a close with 4501.
+    /// An auth service that did not answer is `auth_unavailable` (retryable; at
+    /// `hello`, a close with 4006), not a refusal.
     async fn unauthorized(&mut self, id: Option<String>, e: AuthError) -> Flow {
+        let at_hello = self.session.is_none();
+        if let AuthError::Unavailable(why) = &e {
+            tracing::warn!(conn = self.id, reason = %why, "auth service unavailable");
+            let frame = ServerFrame::error(id, ErrorCode::AuthUnavailable, e.to_string());
+            if let Flow::Close(c, r) = self.send(&frame).await {
+                return Flow::Close(c, r);
+            }
+            if at_hello {
+                return Flow::Close(CloseCode::AuthUnavailable, e.to_string());
+            }
+            return Flow::Continue;
+        }
         metrics::add(&self.shared.metrics.refused_token, 1);
         tracing::info!(conn = self.id, reason = %e, "token refused");
-        let at_hello = self.session.is_none();
         let frame = ServerFrame::error(id, ErrorCode::Unauthorized, e.to_string());
         if let Flow::Close(c, r) = self.send(&frame).await {
             return Flow::Close(c, r);
@@ -964,10 +992,18 @@ impl Conn {
     /// `refresh`: a new token for the same user replaces the session's identity
     /// (groups, permissions and expiry) without touching the connection or session.
     async fn refresh(&mut self, r: Refresh) -> Flow {
-        let Some(current) = self.session.as_ref().map(|s| s.identity.user.clone()) else {
+        let Some((current, session)) = self
+            .session
+            .as_ref()
+            .map(|s| (s.identity.user.clone(), s.id.clone()))
+        else {
             return Flow::Continue;
         };
-        let identity = match self.shared.verifier.verify(Some(&r.token), &current) {
+        let shared = self.shared.clone();
+        let verified = shared
+            .authenticate(Some(&r.token), &current, Some(&session), &self.upgrade)
+            .await;
+        let identity = match verified {
             Ok(identity) => identity,
             Err(e) => return self.unauthorized(Some(r.id), e).await,
         };

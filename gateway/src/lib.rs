@@ -5,6 +5,7 @@
 //! # Layout
 //!
 //! - [`auth`]: tokens verified into identities (`none`, `jwt`), permission checks.
+//! - [`auth_service`]: `auth.mode = "service"`, the auth worker asked over RabbitMQ.
 //! - [`config`]: one serde struct with defaults, TOML file → `WARREN_*` env → flags.
 //! - [`topology`]: the exchanges and queues Warren declares, printable and idempotent.
 //! - [`broker`]: two AMQP connections, pooled publisher (confirm) and consumer channels.
@@ -22,6 +23,7 @@
 //! closes them with 1001 (going away).
 
 pub mod auth;
+pub mod auth_service;
 pub mod broker;
 pub mod config;
 mod connection;
@@ -42,8 +44,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use config::{
-    AuthConfig, AuthMode, Cli, Command, Config, JwtConfig, ListenerConfig, Overrides, QueueType,
-    TopologyAction,
+    AuthConfig, AuthMode, AuthServiceConfig, Cli, Command, Config, JwtConfig, ListenerConfig,
+    Overrides, QueueType, TopologyAction,
 };
 pub use error::GatewayError;
 pub use topology::Topology;

@@ -21,8 +21,10 @@ use tokio::sync::{watch, Notify};
 use warren_protocol::amqp::Names;
 use warren_protocol::SUBPROTOCOL;
 
-use crate::auth::Verifier;
+use crate::auth::{AuthError, Identity, Verifier};
+use crate::auth_service::AuthClient;
 use crate::broker::{Broker, BrokerState};
+use crate::config::AuthMode;
 use crate::config::Config;
 use crate::limits::{LimitSettings, Limiter};
 use crate::metrics::{self, Metrics};
@@ -73,6 +75,8 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) verifier: Verifier,
     pub(crate) limiter: Limiter,
+    /// The auth service link, in `auth.mode = "service"`.
+    pub(crate) auth_client: Option<AuthClient>,
     pub(crate) names: Names,
     pub(crate) broker: Arc<Broker>,
     pub(crate) registry: Registry,
@@ -97,6 +101,13 @@ impl Shared {
                 new_connections_per_ip_per_s: config.max_new_connections_per_ip_per_s,
                 connections_per_user: config.max_connections_per_user,
             }),
+            auth_client: (config.auth.mode == AuthMode::Service).then(|| {
+                AuthClient::new(
+                    broker.clone(),
+                    &Names::new(&config.namespace),
+                    &config.auth.service,
+                )
+            }),
             config,
             verifier,
             broker,
@@ -106,6 +117,30 @@ impl Shared {
             metrics,
             next_conn: AtomicU64::new(1),
         }
+    }
+
+    /// Turns a token into an identity as `auth.mode` says: verified here (`none`,
+    /// `jwt`) or asked of the auth service (`service`).
+    pub(crate) async fn authenticate(
+        &self,
+        token: Option<&str>,
+        anonymous: &str,
+        session: Option<&str>,
+        upgrade: &Upgrade,
+    ) -> Result<Identity, AuthError> {
+        let Some(client) = &self.auth_client else {
+            return self.verifier.verify(token, anonymous);
+        };
+        let token = token.ok_or(AuthError::Missing)?;
+        client
+            .ask(warren_protocol::auth::AuthRequest {
+                token: token.to_string(),
+                session: session.map(str::to_string),
+                remote_addr: Some(upgrade.peer.to_string()),
+                origin: upgrade.origin.clone(),
+                node: self.config.node.clone(),
+            })
+            .await
     }
 
     pub(crate) fn next_connection_id(&self) -> u64 {
@@ -165,6 +200,17 @@ impl Shared {
     }
 }
 
+/// What the WebSocket upgrade request told about the client.
+#[derive(Debug, Clone)]
+pub(crate) struct Upgrade {
+    /// The peer's address.
+    pub(crate) peer: SocketAddr,
+    /// The `Origin` header, if any.
+    pub(crate) origin: Option<String>,
+    /// A token from `Authorization: Bearer` or the configured cookie.
+    pub(crate) token: Option<String>,
+}
+
 /// Per-listener router state.
 #[derive(Clone)]
 struct ListenerState {
@@ -221,7 +267,11 @@ async fn upgrade(
     } else {
         None
     };
-    let token = upgrade_token(&headers, config.auth.token_cookie.as_deref());
+    let upgrade = Upgrade {
+        peer,
+        origin: origin.map(str::to_string),
+        token: upgrade_token(&headers, config.auth.token_cookie.as_deref()),
+    };
     // Small socket buffers: tungstenite's 128 KiB default read buffer (zero-filled on
     // every read) was most of an idle session's memory and CPU (BENCHMARKS.md). Larger
     // frames still work: the buffer grows for them.
@@ -231,7 +281,7 @@ async fn upgrade(
         .max_frame_size(config.hard_frame_bytes())
         .on_upgrade(move |socket| async move {
             let _ip_slot = ip_slot;
-            crate::connection::serve(socket, st.shared, st.pinned, token).await
+            crate::connection::serve(socket, st.shared, st.pinned, upgrade).await
         })
 }
 

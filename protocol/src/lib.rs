@@ -12,6 +12,8 @@
 //! - [`registry`]: the one table of error codes and WebSocket close codes, each saying
 //!   whether to retry and whether to reconnect.
 //! - [`correlator`]: sans-IO request correlation with deadlines (time is passed in).
+//! - [`auth`]: the auth worker's `client.auth` request and reply (gateway
+//!   `auth.mode = "service"`).
 //! - [`amqp`]: how Warren maps onto AMQP: exchange, queue and routing-key names and the
 //!   headers the gateway and services exchange.
 //!
@@ -19,6 +21,7 @@
 //! and for `wasm32-unknown-unknown`.
 
 pub mod amqp;
+pub mod auth;
 pub mod codec;
 pub mod correlator;
 pub mod frame;

@@ -58,6 +58,9 @@ error_codes! {
     Forbidden = "forbidden", retry: false;
     /// The token was missing or refused.
     Unauthorized = "unauthorized", retry: false;
+    /// The auth service did not answer in time, or none is running
+    /// (`auth.mode = "service"`); try again later.
+    AuthUnavailable = "auth_unavailable", retry: true;
     /// No queue is bound for this message: it would have been lost, so it was refused.
     NoRoute = "no_route", retry: false;
     /// No service answered: nothing consumes the channel's queue.
@@ -144,6 +147,8 @@ close_codes! {
     TokenExpired = 4004, "token_expired";
     /// A limit against abuse was reached (e.g. sessions per user); reconnect later.
     RateLimited = 4005, "rate_limited";
+    /// The auth service did not answer the `hello`'s token in time; reconnect later.
+    AuthUnavailable = 4006, "auth_unavailable";
     /// The stream cannot be understood (e.g. binary frames when text is required).
     ProtocolViolation = 4500, "protocol_violation";
     /// The token was refused.

@@ -15,7 +15,7 @@ use crate::config::ServiceConfig;
 use crate::consumer::{self, Shared};
 use crate::duplicate_window::DuplicateWindow;
 use crate::error::{Result, ServiceError};
-use crate::handler::{Context, Handler};
+use crate::handler::{Context, Handler, Outcome};
 use crate::link::{self, Link};
 use crate::publisher::Publisher;
 use crate::topology;
@@ -203,6 +203,44 @@ impl Service {
         ));
         self.consumers.lock().expect("consumers lock").push(task);
         Ok(queue)
+    }
+
+    /// Serves the gateways' `client.auth` requests (gateway `auth.mode = "service"`,
+    /// `auth.service.channel` = `channel`): each [`AuthRequest`] is decided by
+    /// `authenticator` and its [`AuthReply`] sent back. A message on the channel with
+    /// another routing key is refused (`invalid`), as the source system's auth worker
+    /// rejected unknown keys. Returns the queue name (`IN_<CHANNEL>`).
+    ///
+    /// [`AuthRequest`]: warren_protocol::auth::AuthRequest
+    /// [`AuthReply`]: warren_protocol::auth::AuthReply
+    ///
+    /// # Errors
+    /// As [`Service::consume`].
+    pub async fn authenticate<F, Fut>(&self, channel: &str, authenticator: F) -> Result<String>
+    where
+        F: Fn(warren_protocol::auth::AuthRequest) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = warren_protocol::auth::AuthReply> + Send + 'static,
+    {
+        use warren_protocol::auth::{AuthReply, AuthRequest, AUTH_SUBJECT};
+        let authenticator = Arc::new(authenticator);
+        self.consume(channel, move |_ctx: Context, msg: crate::Incoming| {
+            let authenticator = authenticator.clone();
+            async move {
+                if msg.subject.as_deref() != Some(AUTH_SUBJECT) {
+                    let key = msg.routing_key.clone();
+                    return Ok::<_, crate::HandlerError>(Outcome::refuse(
+                        warren_protocol::ErrorCode::Invalid,
+                        format!("unknown routing key `{key}`"),
+                    ));
+                }
+                let reply = match serde_json::from_slice::<AuthRequest>(&msg.body) {
+                    Ok(request) => authenticator(request).await,
+                    Err(e) => AuthReply::deny(format!("not an auth request: {e}")),
+                };
+                Outcome::json(&reply).map_err(|e| crate::HandlerError::Failed(e.to_string()))
+            }
+        })
+        .await
     }
 
     /// Stops every consumer (in-flight handlers get [`STOP_GRACE`] to finish; what is

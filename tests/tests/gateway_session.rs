@@ -91,11 +91,34 @@ async fn unacked_deliveries_come_again_after_a_resume_and_acked_ones_do_not() {
 #[tokio::test]
 async fn resuming_a_session_that_no_longer_exists_opens_a_fresh_one_with_a_notice() {
     let env = TestEnv::new("expired").await;
-    let gw = TestGateway::start(&env).await;
+    // A real session that really expires: its queue is deleted after 500 ms unused.
+    let gw = TestGateway::start_with(&env, |c| c.session_expires_ms = 500).await;
+    let c = TestClient::connect(&gw.url()).await;
+    let old = c.session().to_string();
+    c.close().await;
+    let queue = env.names.session_queue(&old);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    // A passive declare renews the queue's lease, so look only every 1.5 s.
+    loop {
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        if env.message_count(&queue).await.is_none() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session queue expires"
+        );
+    }
+    let c = TestClient::connect_with(&gw.url(), resume(&old)).await;
+    let w = c.welcome.clone().unwrap();
+    assert!(!w.resumed);
+    assert_ne!(w.session, old);
+    assert_eq!(w.notice, Some(ErrorCode::SessionExpired));
+    c.close().await;
+    // An id that never existed gets the same answer.
     let c = TestClient::connect_with(&gw.url(), resume("gone0000")).await;
     let w = c.welcome.clone().unwrap();
     assert!(!w.resumed);
-    assert_ne!(w.session, "gone0000");
     assert_eq!(w.notice, Some(ErrorCode::SessionExpired));
     c.close().await;
     gw.shutdown().await;

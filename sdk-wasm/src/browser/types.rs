@@ -16,7 +16,7 @@ export type ConnectionState = "connecting" | "connected" | "disconnected";
  */
 export type ErrorCode =
   | "malformed" | "unknown_type" | "invalid" | "too_large" | "unknown_channel"
-  | "forbidden" | "unauthorized" | "no_route" | "no_service" | "timeout"
+  | "forbidden" | "unauthorized" | "auth_unavailable" | "no_route" | "no_service" | "timeout"
   | "broker_unavailable" | "overloaded" | "session_expired" | "rejected"
   | "unsupported" | "nacked" | "internal" | "disconnected" | "closed" | "unknown";
 

@@ -53,6 +53,11 @@ struct Args {
     /// it fails, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     publish_timeout_ms: u64,
+    /// Also answer the gateways' `client.auth` requests (gateway `auth.mode =
+    /// "service"`) on this channel with the demo authenticator: tokens `user:<name>`
+    /// are accepted, `user:blocked` and anything else refused. Development only.
+    #[arg(long, value_name = "CHANNEL")]
+    auth_channel: Option<String>,
     /// Exit (status 1) when RabbitMQ is unreachable or lost, instead of retrying.
     #[arg(long)]
     no_reconnect: bool,
@@ -85,6 +90,7 @@ async fn main() -> anyhow::Result<()> {
     if !args.only.is_empty() {
         options.channels = args.only.clone();
     }
+    options.auth_channel = args.auth_channel.clone();
     options.config = options
         .config
         .with_prefetch(args.prefetch)

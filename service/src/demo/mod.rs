@@ -4,6 +4,7 @@
 //! (answers a request with the same message). Run by the `warren-demo-service`
 //! binary, and in-process by tests with [`start`].
 
+pub mod auth;
 pub mod chat;
 pub mod echo;
 pub mod tickets;
@@ -90,6 +91,9 @@ pub struct DemoOptions {
     /// The ticket desk. Clones share the tickets, so a demo restarted with the same
     /// options (e.g. after reconnecting to RabbitMQ) keeps them.
     pub desk: tickets::Desk,
+    /// Also answer the gateways' `client.auth` requests on this channel with the demo
+    /// authenticator ([`auth::authenticate`]). Default: none.
+    pub auth_channel: Option<String>,
 }
 
 impl Default for DemoOptions {
@@ -99,6 +103,7 @@ impl Default for DemoOptions {
             delay: Duration::ZERO,
             config: ServiceConfig::default().with_app_id("warren-demo-service"),
             desk: tickets::Desk::default(),
+            auth_channel: None,
         }
     }
 }
@@ -183,6 +188,15 @@ pub async fn start_with(amqp_uri: &str, names: Names, options: DemoOptions) -> R
             }
         };
         match queue {
+            Ok(q) => queues.push(q),
+            Err(e) => {
+                let _ = service.stop().await;
+                return Err(e);
+            }
+        }
+    }
+    if let Some(channel) = &options.auth_channel {
+        match service.authenticate(channel, auth::authenticate).await {
             Ok(q) => queues.push(q),
             Err(e) => {
                 let _ = service.stop().await;

@@ -1,0 +1,236 @@
+//! `auth.mode = "service"`: the gateway asks an auth service on RabbitMQ (the source
+//! system's auth worker) whether a token is good, as a `client.auth` request, and waits
+//! for the answer — bounded by `auth.service.timeout_ms`, after which the client is told
+//! `auth_unavailable` (retry later), never left hanging.
+//!
+//! Requests go to `warren.in` with key `<channel>.client.auth`, `mandatory` (with no
+//! auth service ever started, nothing is bound and the answer is `auth_unavailable` at
+//! once), `expiration` = the timeout (an unanswered request does not linger), and
+//! `reply_to` = RabbitMQ's direct reply-to pseudo-queue `amq.rabbitmq.reply-to`, so no
+//! queue is declared for the answers. Accepted answers are cached by token until their
+//! `expires_at`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation};
+use tokio::sync::oneshot;
+use warren_protocol::amqp::{keys, Names};
+use warren_protocol::auth::{AuthReply, AuthRequest, AUTH_SUBJECT};
+
+use crate::auth::{identity_of_reply, AuthError, Identity};
+use crate::broker::Broker;
+use crate::config::AuthServiceConfig;
+
+const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+type Waiting = Arc<Mutex<HashMap<String, oneshot::Sender<AuthReply>>>>;
+
+/// The link to the auth service: one channel that publishes requests and consumes their
+/// answers (direct reply-to requires both on one channel), re-opened when it dies.
+pub struct AuthClient {
+    broker: Arc<Broker>,
+    exchange: String,
+    key: String,
+    timeout: Duration,
+    cache_entries: usize,
+    channel: tokio::sync::Mutex<Option<Channel>>,
+    waiting: Waiting,
+    cache: Mutex<HashMap<String, Identity>>,
+}
+
+impl std::fmt::Debug for AuthClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthClient")
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl AuthClient {
+    /// A client for the auth service configured in `config`.
+    pub fn new(broker: Arc<Broker>, names: &Names, config: &AuthServiceConfig) -> AuthClient {
+        AuthClient {
+            broker,
+            exchange: names.inbound_exchange(),
+            key: keys::inbound(&config.channel, Some(AUTH_SUBJECT)),
+            timeout: Duration::from_millis(config.timeout_ms),
+            cache_entries: config.cache_entries,
+            channel: tokio::sync::Mutex::new(None),
+            waiting: Arc::default(),
+            cache: Mutex::default(),
+        }
+    }
+
+    /// Asks the auth service about `request.token` (or answers from the cache).
+    ///
+    /// # Errors
+    /// [`AuthError::Denied`] when the service refuses, [`AuthError::Unavailable`] when
+    /// it does not answer within the timeout or none is running, [`AuthError::Invalid`]
+    /// for an answer that cannot be used.
+    pub async fn ask(&self, request: AuthRequest) -> Result<Identity, AuthError> {
+        if let Some(hit) = self.cached(&request.token) {
+            return Ok(hit);
+        }
+        let token = request.token.clone();
+        let reply = tokio::time::timeout(self.timeout, self.round_trip(request))
+            .await
+            .map_err(|_| {
+                AuthError::Unavailable(format!("no answer within {} ms", self.timeout.as_millis()))
+            })??;
+        let identity = identity_of_reply(reply)?;
+        if identity.expires_at.is_some_and(|e| e <= now_s()) {
+            return Err(AuthError::Expired);
+        }
+        self.remember(token, &identity);
+        Ok(identity)
+    }
+
+    fn cached(&self, token: &str) -> Option<Identity> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let hit = cache.get(token)?.clone();
+        if hit.expires_at.is_some_and(|e| e > now_s()) {
+            return Some(hit);
+        }
+        cache.remove(token);
+        None
+    }
+
+    fn remember(&self, token: String, identity: &Identity) {
+        if identity.expires_at.is_none() || self.cache_entries == 0 {
+            return; // without an expiry an answer is not reused
+        }
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= self.cache_entries {
+            let now = now_s();
+            cache.retain(|_, id| id.expires_at.is_some_and(|e| e > now));
+            if cache.len() >= self.cache_entries {
+                cache.clear();
+            }
+        }
+        cache.insert(token, identity.clone());
+    }
+
+    async fn round_trip(&self, request: AuthRequest) -> Result<AuthReply, AuthError> {
+        let unavailable = |e: String| AuthError::Unavailable(e);
+        let channel = self.channel().await.map_err(unavailable)?;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let (tx, rx) = oneshot::channel();
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), tx);
+        let _forget = Forget {
+            waiting: &self.waiting,
+            id: &id,
+        };
+        let body = serde_json::to_vec(&request).map_err(|e| unavailable(e.to_string()))?;
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_app_id("warren-gateway".into())
+            .with_message_id(ShortString::from(format!("auth:{id}")))
+            .with_correlation_id(ShortString::from(id.as_str()))
+            .with_reply_to(ShortString::from(DIRECT_REPLY_TO))
+            .with_expiration(ShortString::from(self.timeout.as_millis().to_string()));
+        let confirm = channel
+            .basic_publish(
+                ShortString::from(self.exchange.as_str()),
+                ShortString::from(self.key.as_str()),
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
+                &body,
+                props,
+            )
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        match confirm.await {
+            Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => {}
+            Ok(Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_))) => {
+                return Err(unavailable("no auth service is running".into()))
+            }
+            Ok(Confirmation::Nack(None)) => {
+                return Err(unavailable("the broker refused the request".into()))
+            }
+            Err(e) => return Err(unavailable(e.to_string())),
+        }
+        rx.await
+            .map_err(|_| unavailable("the answer channel closed".into()))
+    }
+
+    /// The request/answer channel, opened (with its reply consumer) when missing or
+    /// dead.
+    async fn channel(&self) -> Result<Channel, String> {
+        let mut guard = self.channel.lock().await;
+        if let Some(ch) = guard.as_ref() {
+            if ch.status().connected() {
+                return Ok(ch.clone());
+            }
+        }
+        let ch = self.broker.scratch().await.map_err(|e| e.to_string())?;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut answers = ch
+            .basic_consume(
+                ShortString::from(DIRECT_REPLY_TO),
+                ShortString::from(""),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let waiting = self.waiting.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(d)) = answers.next().await {
+                let Some(id) = d.properties.correlation_id().as_ref() else {
+                    continue;
+                };
+                let tx = waiting
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(id.as_str());
+                let reply = serde_json::from_slice::<AuthReply>(&d.data).unwrap_or_else(|e| {
+                    AuthReply::deny(format!("the auth service's answer is not valid: {e}"))
+                });
+                if let Some(tx) = tx {
+                    let _ = tx.send(reply);
+                }
+            }
+            tracing::debug!("auth answer consumer ended");
+        });
+        *guard = Some(ch.clone());
+        Ok(ch)
+    }
+}
+
+/// Removes a request's waiting entry however `round_trip` ends (answer, timeout,
+/// error), so the map holds only requests still in flight.
+struct Forget<'a> {
+    waiting: &'a Waiting,
+    id: &'a str,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(self.id);
+    }
+}

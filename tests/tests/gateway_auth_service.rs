@@ -1,0 +1,142 @@
+//! `auth.mode = "service"` against a real RabbitMQ: the gateway asks an auth service
+//! (`client.auth`) built on the service library — the demo authenticator, or a slow
+//! one — and admits, refuses, or answers `auth_unavailable` (never hangs) when no auth
+//! service runs or it is too slow. Accepted answers are cached for their lifetime.
+
+use std::time::{Duration, Instant};
+
+use warren_e2e::client::TestClient;
+use warren_e2e::env::{amqp_addr, TestEnv};
+use warren_e2e::gateway::TestGateway;
+use warren_gateway::{AuthMode, Config};
+use warren_protocol::auth::AuthReply;
+use warren_protocol::{ClientFrame, ErrorCode, Hello, ServerFrame, Subscribe};
+use warren_service::demo::auth::authenticate;
+use warren_service::Service;
+
+const TIMEOUT_MS: u64 = 800;
+
+fn service_mode(c: &mut Config) {
+    c.auth.mode = AuthMode::Service;
+    c.auth.service.timeout_ms = TIMEOUT_MS;
+}
+
+/// Sends `hello` with `token`; returns the `error` frame and the close code, and how
+/// long the gateway took to answer.
+async fn refused(url: &str, token: &str) -> (warren_protocol::Error, Option<u16>, Duration) {
+    let mut c = TestClient::connect_raw(url).await;
+    let started = Instant::now();
+    c.send(&ClientFrame::Hello(Hello {
+        token: Some(token.into()),
+        ..Default::default()
+    }))
+    .await;
+    let e = match c.recv_within(Duration::from_secs(10)).await {
+        Some(ServerFrame::Error(e)) => e,
+        other => panic!("{token}: expected an error, got {other:?}"),
+    };
+    let took = started.elapsed();
+    (e, c.expect_close(Duration::from_secs(5)).await, took)
+}
+
+async fn admitted(url: &str, token: &str) -> TestClient {
+    TestClient::connect_with(
+        url,
+        Hello {
+            token: Some(token.into()),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn the_auth_service_admits_refuses_and_its_absence_or_slowness_is_auth_unavailable() {
+    let mut env = TestEnv::new("auth-service").await;
+    env.track_queue(env.names.channel_queue("auth"));
+    let gw = TestGateway::start_with(&env, service_mode).await;
+    let url = gw.url();
+
+    // No auth service has ever run: nothing is bound, the answer is immediate.
+    let (e, close, took) = refused(&url, "user:ada").await;
+    assert_eq!(e.code, ErrorCode::AuthUnavailable, "{e:?}");
+    assert_eq!(close, Some(4006));
+    assert!(
+        took < Duration::from_millis(TIMEOUT_MS),
+        "at once: {took:?}"
+    );
+
+    // The demo authenticator, on the service library.
+    let auth = Service::connect(&amqp_addr(), env.names.clone())
+        .await
+        .unwrap();
+    auth.authenticate("auth", authenticate).await.unwrap();
+    let mut ada = admitted(&url, "user:ada").await;
+    assert_eq!(ada.welcome.as_ref().unwrap().user, "ada");
+    ada.subscribe(Subscribe {
+        id: "g".into(),
+        channel: "chat".into(),
+        groups: vec!["room-1".into()],
+        ..Default::default()
+    })
+    .await;
+    ada.send(&ClientFrame::Subscribe(Subscribe {
+        id: "staff".into(),
+        channel: "chat".into(),
+        groups: vec!["staff".into()],
+        ..Default::default()
+    }))
+    .await;
+    assert_eq!(
+        ada.expect_error(Some("staff")).await.code,
+        ErrorCode::Forbidden,
+        "the groups come from the auth service's answer"
+    );
+    let (e, close, _) = refused(&url, "user:blocked").await;
+    assert_eq!(e.code, ErrorCode::Unauthorized);
+    assert!(e.message.contains("blocked"), "{e:?}");
+    assert_eq!(close, Some(4501));
+    let (e, _, _) = refused(&url, "not-a-demo-token").await;
+    assert_eq!(e.code, ErrorCode::Unauthorized);
+
+    // The auth service stops: its queue stays, nobody answers. A cached answer still
+    // admits; a new token waits the timeout, no longer, and is told to retry.
+    auth.stop().await.unwrap();
+    let again = admitted(&url, "user:ada").await;
+    assert_eq!(
+        again.welcome.as_ref().unwrap().user,
+        "ada",
+        "from the cache"
+    );
+    let (e, close, took) = refused(&url, "user:bob").await;
+    assert_eq!(e.code, ErrorCode::AuthUnavailable, "{e:?}");
+    assert!(e.code.retry());
+    assert_eq!(close, Some(4006));
+    assert!(
+        took >= Duration::from_millis(TIMEOUT_MS - 100) && took < Duration::from_secs(5),
+        "bounded by the timeout: {took:?}"
+    );
+
+    // A slow auth service (3 s per answer against an 800 ms timeout): the same.
+    let slow = Service::connect(&amqp_addr(), env.names.clone())
+        .await
+        .unwrap();
+    slow.authenticate("auth", |_req| async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        AuthReply::allow("late")
+    })
+    .await
+    .unwrap();
+    let (e, _, took) = refused(&url, "user:carol").await;
+    assert_eq!(e.code, ErrorCode::AuthUnavailable, "{e:?}");
+    assert!(
+        took < Duration::from_secs(3),
+        "not held for the slow answer: {took:?}"
+    );
+    slow.stop().await.unwrap();
+
+    ada.close().await;
+    again.close().await;
+    gw.shutdown().await;
+    env.cleanup().await;
+}
