@@ -92,6 +92,12 @@ pub struct Config {
     /// A connection that has not sent `hello` (or another first frame) this long
     /// after the upgrade is closed. Default: 10000.
     pub hello_timeout_ms: u64,
+    /// Pending connections the kernel queues per listener (`listen(2)` backlog, capped
+    /// by `net.core.somaxconn`). Default: 4096.
+    pub listen_backlog: u32,
+    /// A client must finish its HTTP request headers (the WebSocket upgrade) this long
+    /// after connecting, or it is disconnected (slowloris). Default: 10000.
+    pub header_read_timeout_ms: u64,
     /// Open connections per client IP address; more are refused with HTTP 429.
     /// 0 = no limit. Default: 1000.
     pub max_connections_per_ip: u32,
@@ -330,6 +336,8 @@ impl Default for Config {
             message_ttl_ms: 0,
             channel_options: std::collections::BTreeMap::new(),
             hello_timeout_ms: 10_000,
+            listen_backlog: 4096,
+            header_read_timeout_ms: 10_000,
             max_connections_per_ip: 1000,
             max_new_connections_per_ip_per_s: 100,
             ip_limits_on_loopback: false,
@@ -471,8 +479,16 @@ impl Config {
         if self.max_consecutive_errors == 0 {
             return bad("max_consecutive_errors must be at least 1".into());
         }
-        if self.hello_timeout_ms == 0 || self.max_pending_requests == 0 {
-            return bad("hello_timeout_ms and max_pending_requests must be at least 1".into());
+        if self.hello_timeout_ms == 0
+            || self.max_pending_requests == 0
+            || self.header_read_timeout_ms == 0
+            || self.listen_backlog == 0
+        {
+            return bad(
+                "hello_timeout_ms, header_read_timeout_ms, listen_backlog and \
+                 max_pending_requests must be at least 1"
+                    .into(),
+            );
         }
         for origin in &self.auth.allowed_origins {
             if !(origin.starts_with("http://") || origin.starts_with("https://")) {
@@ -544,6 +560,8 @@ impl Config {
             broker_wait_ms,
             message_ttl_ms,
             hello_timeout_ms,
+            listen_backlog,
+            header_read_timeout_ms,
             max_connections_per_ip,
             max_new_connections_per_ip_per_s,
             ip_limits_on_loopback,
@@ -728,6 +746,12 @@ pub struct Overrides {
     /// Close a connection that sends no first frame within this many ms [default: 10000].
     #[arg(long, env = "WARREN_HELLO_TIMEOUT_MS", global = true)]
     pub hello_timeout_ms: Option<u64>,
+    /// listen(2) backlog of each listener [default: 4096].
+    #[arg(long, env = "WARREN_LISTEN_BACKLOG", global = true)]
+    pub listen_backlog: Option<u32>,
+    /// Time for a client to send its request headers, in ms [default: 10000].
+    #[arg(long, env = "WARREN_HEADER_READ_TIMEOUT_MS", global = true)]
+    pub header_read_timeout_ms: Option<u64>,
     /// Open connections per client IP address, 0 = no limit [default: 1000].
     #[arg(long, env = "WARREN_MAX_CONNECTIONS_PER_IP", global = true)]
     pub max_connections_per_ip: Option<u32>,

@@ -204,6 +204,10 @@ pub(crate) async fn serve(
             }
         })
         .await;
+    } else {
+        // The client closed: the WebSocket library queued the echo of its close frame
+        // (RFC 6455 §5.5.1); write it out, or the client sees 1006 for its own 1000.
+        let _ = tokio::time::timeout(Duration::from_secs(2), SinkExt::flush(&mut conn.ws)).await;
     }
     tracing::debug!(conn = id, "connection finished");
 }

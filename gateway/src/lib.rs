@@ -14,6 +14,7 @@
 //! - `connection`: the per-WebSocket `select!` loop.
 //! - `server`: axum listeners (`/ws`, `/healthz`), shared state, announcements.
 //! - [`limits`]: connections per IP and per user, new connections and frames per second.
+//! - [`listener`]: TCP listeners with a backlog, TCP_NODELAY and a header deadline.
 //! - [`metrics`]: counters rendered at `/metrics` (Prometheus text format).
 //! - [`error`]: the gateway's error type, [`GatewayError`].
 //!
@@ -30,6 +31,7 @@ mod connection;
 pub mod delivery;
 pub mod error;
 pub mod limits;
+pub mod listener;
 pub mod metrics;
 mod server;
 pub mod session;
@@ -39,7 +41,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -90,12 +91,12 @@ impl Gateway {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut bound = Vec::new();
         for l in &config.listen {
-            let listener = tokio::net::TcpListener::bind(l.bind)
-                .await
-                .map_err(|source| GatewayError::Bind {
+            let listener = listener::bind(l.bind, config.listen_backlog).map_err(|source| {
+                GatewayError::Bind {
                     addr: l.bind,
                     source,
-                })?;
+                }
+            })?;
             let addr = listener.local_addr().map_err(|source| GatewayError::Bind {
                 addr: l.bind,
                 source,
@@ -108,16 +109,10 @@ impl Gateway {
         for (listener, addr, channel) in bound {
             let app = server::router(shared.clone(), channel.clone());
             let mut stop = shared.shutdown.clone();
-            // TCP_NODELAY: frames are written whole (batched where several are ready),
-            // so Nagle's algorithm would only hold the last one back, waiting for the
-            // client's delayed ACK (up to 40 ms on Linux).
-            let listener = listener.tap_io(|tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-                }
-            });
+            let header_timeout = Duration::from_millis(shared.config.header_read_timeout_ms);
+            let listener = listener::Deadlined::new(listener, header_timeout);
             servers.push(tokio::spawn(async move {
-                let app = app.into_make_service_with_connect_info::<SocketAddr>();
+                let app = app.into_make_service_with_connect_info::<listener::PeerAddr>();
                 let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
                     let _ = stop.wait_for(|s| *s).await;
                 });

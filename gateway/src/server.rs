@@ -27,6 +27,7 @@ use crate::broker::{Broker, BrokerState};
 use crate::config::AuthMode;
 use crate::config::Config;
 use crate::limits::{LimitSettings, Limiter};
+use crate::listener::PeerAddr;
 use crate::metrics::{self, Metrics};
 use crate::session::Registry;
 
@@ -229,7 +230,7 @@ pub(crate) fn router(shared: Arc<Shared>, pinned: Option<String>) -> Router {
 
 async fn upgrade(
     State(st): State<ListenerState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {

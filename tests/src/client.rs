@@ -389,6 +389,30 @@ impl TestClient {
         .await;
     }
 
+    /// Closes with 1000 and returns the close code the gateway echoes (RFC 6455), if
+    /// it answers with a close frame within 2 s.
+    pub async fn close_expecting_echo(mut self) -> Option<u16> {
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as Code;
+        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+        let frame = CloseFrame {
+            code: Code::Normal,
+            reason: "bye".into(),
+        };
+        self.ws.send(Message::Close(Some(frame))).await.ok()?;
+        tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(m) = self.ws.next().await {
+                if let Ok(Message::Close(c)) = m {
+                    return c.map(|c| u16::from(c.code));
+                }
+                m.ok()?;
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
     /// Drops the TCP connection without a close handshake (a crashed client).
     pub fn abort(self) {
         drop(self);

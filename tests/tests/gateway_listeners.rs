@@ -154,3 +154,110 @@ async fn a_client_that_asks_for_no_subprotocol_is_served_too() {
     gw.shutdown().await;
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_client_close_is_echoed_with_its_code() {
+    let env = TestEnv::new("close-echo").await;
+    let gw = TestGateway::start(&env).await;
+    let c = TestClient::connect(&gw.url()).await;
+    assert_eq!(
+        c.close_expecting_echo().await,
+        Some(1000),
+        "RFC 6455: the gateway answers a close frame with one of its own"
+    );
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    let env = TestEnv::new("slowloris").await;
+    let gw = TestGateway::start_with(&env, |c| c.header_read_timeout_ms = 500).await;
+    let mut s = tokio::net::TcpStream::connect(gw.health_addr())
+        .await
+        .expect("connect");
+    let started = std::time::Instant::now();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")
+        .await
+        .expect("write");
+    // Keep trickling a header byte now and then, as a slowloris client does.
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            tokio::select! {
+                r = s.read(&mut buf) => break r,
+                () = tokio::time::sleep(Duration::from_millis(100)) => {
+                    if s.write_all(b"X").await.is_err() {
+                        break Ok(0);
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .expect("the gateway disconnects the client in time");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "not before the deadline: {:?}",
+        started.elapsed()
+    );
+    // A client that sends its headers promptly is served as before.
+    let mut c = TestClient::connect(&gw.url()).await;
+    c.publish("ok", "chat", json!(1)).await;
+    c.expect_ack("ok").await;
+    c.close().await;
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn topology_print_shows_and_topology_apply_declares_what_the_gateway_declares() {
+    use warren_e2e::binary::workspace_binary;
+    let env = TestEnv::new("topology-cli").await;
+    let bin = tokio::task::spawn_blocking(|| {
+        workspace_binary("warren-gateway", "warren-gateway", &["WARREN_GATEWAY_BIN"])
+    })
+    .await
+    .expect("binary");
+    let run = |action: &'static str| {
+        let bin = bin.clone();
+        let ns = env.namespace.clone();
+        async move {
+            tokio::process::Command::new(bin)
+                .args(["--namespace", &ns, "--amqp-uri"])
+                .arg(warren_e2e::env::amqp_addr())
+                .args(["topology", action])
+                .output()
+                .await
+                .expect("run warren-gateway")
+        }
+    };
+    let printed = run("print").await;
+    assert!(printed.status.success());
+    let text = String::from_utf8_lossy(&printed.stdout).to_string();
+    for name in [
+        env.names.inbound_exchange(),
+        env.names.outbound_exchange(),
+        env.names.channel_queue("chat"),
+    ] {
+        assert!(text.contains(&name), "print names {name}: {text}");
+    }
+    // print does not connect: nothing exists yet.
+    assert_eq!(
+        env.message_count(&env.names.channel_queue("chat")).await,
+        None
+    );
+    let applied = run("apply").await;
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    assert_eq!(
+        env.message_count(&env.names.channel_queue("chat")).await,
+        Some(0),
+        "apply declared IN_CHAT"
+    );
+    env.cleanup().await;
+}

@@ -1,0 +1,230 @@
+//! The gateway's TCP listeners: bound with a configurable `listen(2)` backlog (the
+//! default 1,024 overflowed when 5,000–10,000 clients reconnected at once), with
+//! `TCP_NODELAY` on every accepted socket, and a deadline for the request headers so a
+//! client that sends them slowly (slowloris) cannot hold a connection open.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::time::Sleep;
+
+/// Binds `addr` with `backlog` pending connections allowed (the kernel caps it at
+/// `net.core.somaxconn`).
+///
+/// # Errors
+/// When the address cannot be bound.
+pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
+/// A listener whose connections must finish their first request's headers within a
+/// deadline.
+pub struct Deadlined {
+    inner: TcpListener,
+    header_timeout: Duration,
+}
+
+impl Deadlined {
+    /// Wraps `inner`; `header_timeout` bounds the time to the end of the first request's
+    /// headers.
+    pub fn new(inner: TcpListener, header_timeout: Duration) -> Deadlined {
+        Deadlined {
+            inner,
+            header_timeout,
+        }
+    }
+}
+
+impl axum::serve::Listener for Deadlined {
+    type Io = HeaderDeadline<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.inner.accept().await {
+                Ok((stream, addr)) => {
+                    // Frames are written whole (batched where several are ready), so
+                    // Nagle's algorithm would only hold the last one back, waiting for
+                    // the client's delayed ACK (up to 40 ms on Linux).
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                    }
+                    return (HeaderDeadline::new(stream, self.header_timeout), addr);
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little, as axum's
+                    // own TcpListener does, rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// The client's address, as handlers extract it (`ConnectInfo<PeerAddr>`).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Deadlined>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, Deadlined>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
+/// A stream that fails its reads once `deadline` passes before the bytes read so far
+/// contain the end of an HTTP header block (`\r\n\r\n`); after that it is the plain
+/// stream.
+pub struct HeaderDeadline<T> {
+    inner: T,
+    deadline: Option<Pin<Box<Sleep>>>,
+    /// How many bytes of `\r\n\r\n` the bytes read so far end with.
+    matched: u8,
+}
+
+impl<T> HeaderDeadline<T> {
+    fn new(inner: T, timeout: Duration) -> Self {
+        HeaderDeadline {
+            inner,
+            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+            matched: 0,
+        }
+    }
+
+    /// Advances the `\r\n\r\n` matcher over `bytes`; true when the sequence is complete.
+    fn scan(&mut self, bytes: &[u8]) -> bool {
+        const END: &[u8; 4] = b"\r\n\r\n";
+        for &b in bytes {
+            self.matched = if b == END[usize::from(self.matched)] {
+                self.matched + 1
+            } else if b == b'\r' {
+                1
+            } else {
+                0
+            };
+            if self.matched == 4 {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for HeaderDeadline<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(deadline) = this.deadline.as_mut() {
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "request headers not complete within header_read_timeout_ms",
+                )));
+            }
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if this.deadline.is_some() && polled.is_ready() {
+            let fresh = buf.filled()[before..].to_vec();
+            if this.scan(&fresh) {
+                this.deadline = None;
+            }
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for HeaderDeadline<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_end_of_the_headers_is_found_across_reads() {
+        let mut d = HeaderDeadline::new((), Duration::from_secs(1));
+        assert!(!d.scan(b"GET /ws HTTP/1.1\r\nHost: x\r"));
+        assert!(!d.scan(b"\n"));
+        assert!(d.scan(b"\r\nrest"));
+        let mut d = HeaderDeadline::new((), Duration::from_secs(1));
+        assert!(!d.scan(b"a\r\n\r"));
+        assert!(!d.scan(b"x\r\n"));
+        assert!(d.scan(b"\r\r\n\r\n"));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_never_finishes_its_headers_is_cut_off_at_the_deadline() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (client, server) = tokio::io::duplex(64);
+        let mut server = HeaderDeadline::new(server, Duration::from_millis(100));
+        let mut client = client;
+        client
+            .write_all(b"GET /ws HTTP/1.1\r\nHost:")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let n = server.read(&mut buf).await.unwrap();
+        assert_eq!(n, 23);
+        let err = server.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        // Once the headers are complete, there is no deadline any more.
+        let (client, server) = tokio::io::duplex(64);
+        let mut server = HeaderDeadline::new(server, Duration::from_millis(100));
+        let mut client = client;
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let _ = server.read(&mut buf).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        client.write_all(b"later").await.unwrap();
+        assert_eq!(server.read(&mut buf).await.unwrap(), 5);
+    }
+}
