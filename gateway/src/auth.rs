@@ -21,6 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -216,10 +217,21 @@ struct Key {
     algorithms: Vec<Algorithm>,
 }
 
+/// Keys from `auth.jwt.jwks_url`, fetched again on an unknown `kid` (rate-limited).
+struct RemoteJwks {
+    url: String,
+    allowed: Vec<Algorithm>,
+    min_interval: std::time::Duration,
+    keys: std::sync::RwLock<Arc<Vec<Key>>>,
+    last_fetch: std::sync::Mutex<Option<std::time::Instant>>,
+    fetches: std::sync::atomic::AtomicU64,
+}
+
 /// Turns tokens into identities, as configured.
 pub struct Verifier {
     mode: AuthMode,
     keys: Vec<Key>,
+    remote: Option<RemoteJwks>,
     issuer: Option<String>,
     audience: Option<String>,
     leeway_s: u64,
@@ -256,14 +268,78 @@ impl Verifier {
         let mut v = Verifier {
             mode: config.mode,
             keys: Vec::new(),
+            remote: None,
             issuer: config.jwt.issuer.clone(),
             audience: config.jwt.audience.clone(),
             leeway_s: config.jwt.leeway_s,
         };
         if config.mode == AuthMode::Jwt {
             v.keys = load_keys(&config.jwt)?;
+            if let Some(url) = &config.jwt.jwks_url {
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    return Err(GatewayError::Config(format!(
+                        "auth.jwt.jwks_url `{url}` must be an http(s) URL"
+                    )));
+                }
+                v.remote = Some(RemoteJwks {
+                    url: url.clone(),
+                    allowed: allowed_algorithms(&config.jwt)?,
+                    min_interval: std::time::Duration::from_secs(config.jwt.jwks_refresh_min_s),
+                    keys: std::sync::RwLock::default(),
+                    last_fetch: std::sync::Mutex::default(),
+                    fetches: std::sync::atomic::AtomicU64::new(0),
+                });
+            }
         }
         Ok(v)
+    }
+
+    /// Fetches `auth.jwt.jwks_url` now (at start), if configured; a failure is logged
+    /// and the keys are fetched again when a token needs them.
+    pub async fn fetch_remote_keys(&self) {
+        if let Some(remote) = &self.remote {
+            *remote.last_fetch.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(std::time::Instant::now());
+            if let Err(e) = remote.fetch().await {
+                tracing::warn!(url = %remote.url, error = %e, "cannot fetch the JWKS document");
+            }
+        }
+    }
+
+    /// How often `jwks_url` was fetched (for tests and metrics).
+    pub fn remote_fetches(&self) -> u64 {
+        self.remote
+            .as_ref()
+            .map_or(0, |r| r.fetches.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// As [`Verifier::verify`], but a token naming a key id that no key has makes the
+    /// gateway fetch `jwks_url` again (at most once per `jwks_refresh_min_s`) and try
+    /// once more: keys rotate without a restart.
+    ///
+    /// # Errors
+    /// As [`Verifier::verify`].
+    pub async fn verify_fetching(
+        &self,
+        token: Option<&str>,
+        anonymous: &str,
+    ) -> Result<Identity, AuthError> {
+        match self.verify(token, anonymous) {
+            Err(AuthError::UnknownKey(kid)) => {
+                let Some(remote) = &self.remote else {
+                    return Err(AuthError::UnknownKey(kid));
+                };
+                if !remote.may_fetch() {
+                    return Err(AuthError::UnknownKey(kid));
+                }
+                if let Err(e) = remote.fetch().await {
+                    tracing::warn!(url = %remote.url, error = %e, "cannot fetch the JWKS document");
+                    return Err(AuthError::UnknownKey(kid));
+                }
+                self.verify(token, anonymous)
+            }
+            other => other,
+        }
     }
 
     /// The mode in force.
@@ -298,9 +374,15 @@ impl Verifier {
         // Refuses `alg: none` (not an Algorithm) and malformed headers.
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let remote = self
+            .remote
+            .as_ref()
+            .map(|r| r.keys.read().unwrap_or_else(|e| e.into_inner()).clone())
+            .unwrap_or_default();
         let candidates: Vec<&Key> = self
             .keys
             .iter()
+            .chain(remote.iter())
             .filter(|k| match (&header.kid, &k.kid) {
                 (Some(want), Some(have)) => want == have,
                 (Some(_), None) => true,
@@ -455,20 +537,85 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>, GatewayError> {
         .map_err(|e| GatewayError::Config(format!("auth.jwt.{what} `{}`: {e}", path.display())))
 }
 
+fn allowed_algorithms(c: &JwtConfig) -> Result<Vec<Algorithm>, GatewayError> {
+    c.algorithms.iter().map(|a| parse_algorithm(a)).collect()
+}
+
+/// The algorithms of `family` that are also `allowed`.
+fn within(family: &[Algorithm], allowed: &[Algorithm]) -> Vec<Algorithm> {
+    family
+        .iter()
+        .copied()
+        .filter(|a| allowed.contains(a))
+        .collect()
+}
+
+/// The keys of a JWKS document, each with the algorithms its type allows.
+fn jwks_keys(text: &[u8], allowed: &[Algorithm]) -> Result<Vec<Key>, String> {
+    use jsonwebtoken::jwk::AlgorithmParameters as P;
+    let set: JwkSet = serde_json::from_slice(text).map_err(|e| e.to_string())?;
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
+        let family = match &jwk.algorithm {
+            P::RSA(_) => RSA,
+            P::EllipticCurve(_) => EC,
+            P::OctetKeyPair(_) => ED,
+            P::OctetKey(_) => HMAC,
+        };
+        keys.push(Key {
+            kid: jwk.common.key_id.clone(),
+            key,
+            algorithms: within(family, allowed),
+        });
+    }
+    Ok(keys)
+}
+
+impl RemoteJwks {
+    /// Whether a fetch may start now (none within `min_interval`); records it if so.
+    fn may_fetch(&self) -> bool {
+        let mut last = self.last_fetch.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < self.min_interval) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+
+    async fn fetch(&self) -> Result<(), String> {
+        self.fetches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let url = self.url.clone();
+        let body = tokio::task::spawn_blocking(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .timeout_global(Some(std::time::Duration::from_secs(5)))
+                .build()
+                .into();
+            agent
+                .get(&url)
+                .call()
+                .map_err(|e| e.to_string())?
+                .body_mut()
+                .with_config()
+                .limit(1024 * 1024)
+                .read_to_vec()
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let keys = jwks_keys(&body, &self.allowed)?;
+        tracing::info!(url = %self.url, keys = keys.len(), "JWKS document fetched");
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+        Ok(())
+    }
+}
+
 /// The keys of `jwt` mode: the secret, the PEM files and the JWKS file.
 fn load_keys(c: &JwtConfig) -> Result<Vec<Key>, GatewayError> {
-    let allowed: Vec<Algorithm> = c
-        .algorithms
-        .iter()
-        .map(|a| parse_algorithm(a))
-        .collect::<Result<_, _>>()?;
-    let within = |family: &[Algorithm]| -> Vec<Algorithm> {
-        family
-            .iter()
-            .copied()
-            .filter(|a| allowed.contains(a))
-            .collect()
-    };
+    let allowed = allowed_algorithms(c)?;
+    let within = |family: &[Algorithm]| within(family, &allowed);
     let config_err = |m: String| GatewayError::Config(m);
     let mut keys = Vec::new();
     let secret = match (&c.secret, &c.secret_file) {
@@ -519,28 +666,17 @@ fn load_keys(c: &JwtConfig) -> Result<Vec<Key>, GatewayError> {
     }
     if let Some(path) = &c.jwks_file {
         let text = read(path, "jwks_file")?;
-        let set: JwkSet = serde_json::from_slice(&text)
+        let found = jwks_keys(&text, &allowed)
             .map_err(|e| config_err(format!("auth.jwt.jwks_file `{}`: {e}", path.display())))?;
-        for jwk in &set.keys {
-            let key = DecodingKey::from_jwk(jwk)
-                .map_err(|e| config_err(format!("auth.jwt.jwks_file `{}`: {e}", path.display())))?;
-            let algorithms = match &jwk.algorithm {
-                jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => within(RSA),
-                jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => within(EC),
-                jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(_) => within(ED),
-                jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_) => within(HMAC),
-            };
-            keys.push(Key {
-                kid: jwk.common.key_id.clone(),
-                key,
-                algorithms,
-            });
-        }
+        keys.extend(found);
+    }
+    if keys.is_empty() && c.jwks_url.is_some() {
+        return Ok(keys); // all from the URL, fetched at start and on unknown kids
     }
     if keys.is_empty() {
         return Err(config_err(
             "auth.mode = \"jwt\" needs a key: auth.jwt.secret (or secret_file), \
-             public_key_files or jwks_file"
+             public_key_files, jwks_file or jwks_url"
                 .into(),
         ));
     }

@@ -237,6 +237,14 @@ pub struct JwtConfig {
     /// not in the document is refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwks_file: Option<PathBuf>,
+    /// A JWKS document fetched over HTTP(S) at start and fetched again when a token
+    /// names a `kid` it does not hold (at most once per `jwks_refresh_min_s`), so the
+    /// issuer can rotate keys without a gateway restart. Bodies over 1 MiB and fetches
+    /// over 5 s fail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    /// Least time between two fetches of `jwks_url`, in seconds. Default: 60.
+    pub jwks_refresh_min_s: u64,
     /// Required `iss`, if set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
@@ -255,6 +263,8 @@ impl Default for JwtConfig {
             secret_file: None,
             public_key_files: Vec::new(),
             jwks_file: None,
+            jwks_url: None,
+            jwks_refresh_min_s: 60,
             issuer: None,
             audience: None,
             leeway_s: 30,

@@ -74,6 +74,7 @@ impl Gateway {
     pub async fn start(config: Config) -> Result<Gateway, GatewayError> {
         config.validate()?;
         let verifier = auth::Verifier::from_config(&config.auth)?;
+        verifier.fetch_remote_keys().await;
         if config.auth.mode == AuthMode::None
             && config.listen.iter().any(|l| !l.bind.ip().is_loopback())
         {

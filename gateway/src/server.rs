@@ -130,7 +130,7 @@ impl Shared {
         upgrade: &Upgrade,
     ) -> Result<Identity, AuthError> {
         let Some(client) = &self.auth_client else {
-            return self.verifier.verify(token, anonymous);
+            return self.verifier.verify_fetching(token, anonymous).await;
         };
         let token = token.ok_or(AuthError::Missing)?;
         client

@@ -1,0 +1,128 @@
+//! `auth.jwt.jwks_url`: the gateway fetches the issuer's JWKS document at start and
+//! again when a token names a key id it does not know — at most once per
+//! `jwks_refresh_min_s`, so a flood of unknown key ids cannot make it hammer the
+//! issuer — and keys rotate without a restart. A small HTTP server on loopback plays
+//! the issuer.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use warren_e2e::client::TestClient;
+use warren_e2e::env::TestEnv;
+use warren_e2e::gateway::TestGateway;
+use warren_gateway::AuthMode;
+use warren_protocol::{ClientFrame, ErrorCode, Hello, ServerFrame};
+
+#[derive(Clone, Default)]
+struct Issuer {
+    keys: Arc<Mutex<Vec<Value>>>,
+    fetches: Arc<AtomicU64>,
+}
+
+async fn jwks(State(issuer): State<Issuer>) -> Json<Value> {
+    issuer.fetches.fetch_add(1, Ordering::SeqCst);
+    Json(json!({ "keys": *issuer.keys.lock().unwrap() }))
+}
+
+fn secret(kid: &str) -> String {
+    format!("rotating-secret-{kid}-padded-to-32-bytes!")
+}
+
+fn jwk(kid: &str) -> Value {
+    let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret(kid));
+    json!({ "kty": "oct", "kid": kid, "alg": "HS256", "k": k })
+}
+
+fn token(kid: &str, user: &str) -> String {
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some(kid.into());
+    encode(
+        &header,
+        &json!({ "sub": user, "exp": exp }),
+        &EncodingKey::from_secret(secret(kid).as_bytes()),
+    )
+    .unwrap()
+}
+
+/// `hello` with `token`: the user on `welcome`, or the error code.
+async fn hello(url: &str, token: String) -> Result<String, ErrorCode> {
+    let mut c = TestClient::connect_raw(url).await;
+    c.send(&ClientFrame::Hello(Hello {
+        token: Some(token),
+        ..Default::default()
+    }))
+    .await;
+    match c.recv().await {
+        ServerFrame::Welcome(w) => {
+            c.close().await;
+            Ok(w.user)
+        }
+        ServerFrame::Error(e) => Err(e.code),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn keys_rotate_through_the_jwks_url_and_unknown_kids_fetch_at_most_once_per_interval() {
+    TestEnv::run("jwks-url", Duration::from_secs(60), async |env| {
+        let issuer = Issuer::default();
+        issuer.keys.lock().unwrap().push(jwk("k1"));
+        let app = Router::new()
+            .route("/.well-known/jwks.json", get(jwks))
+            .with_state(issuer.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let gw = TestGateway::start_with(env, |c| {
+            c.auth.mode = AuthMode::Jwt;
+            c.auth.jwt.jwks_url = Some(format!("http://{addr}/.well-known/jwks.json"));
+            c.auth.jwt.jwks_refresh_min_s = 2;
+        })
+        .await;
+        let url = gw.url();
+        assert_eq!(issuer.fetches.load(Ordering::SeqCst), 1, "fetched at start");
+        assert_eq!(hello(&url, token("k1", "ada")).await, Ok("ada".into()));
+        assert_eq!(
+            issuer.fetches.load(Ordering::SeqCst),
+            1,
+            "a known kid fetches nothing"
+        );
+
+        // The issuer rotates to k2 after the gateway last looked.
+        tokio::time::sleep(Duration::from_millis(2_100)).await;
+        issuer.keys.lock().unwrap().push(jwk("k2"));
+        assert_eq!(hello(&url, token("k2", "bob")).await, Ok("bob".into()));
+        assert_eq!(
+            issuer.fetches.load(Ordering::SeqCst),
+            2,
+            "one fetch for the new kid"
+        );
+
+        // A flood of unknown kids: refused, and at most one more fetch in the interval.
+        for i in 0..20 {
+            assert_eq!(
+                hello(&url, token(&format!("bogus{i}"), "eve")).await,
+                Err(ErrorCode::Unauthorized)
+            );
+        }
+        assert!(
+            issuer.fetches.load(Ordering::SeqCst) <= 3,
+            "rate-limited fetches"
+        );
+        gw.shutdown().await;
+        server.abort();
+    })
+    .await;
+}
