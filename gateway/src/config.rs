@@ -98,6 +98,13 @@ pub struct Config {
     /// A client must finish its HTTP request headers (the WebSocket upgrade) this long
     /// after connecting, or it is disconnected (slowloris). Default: 10000.
     pub header_read_timeout_ms: u64,
+    /// Most messages an `IN_<CHANNEL>` queue holds (`x-max-length`); beyond it a
+    /// publish is answered `overloaded` (`x-overflow: reject-publish`). 0 = no bound.
+    /// Services declare the same default. Default: 100000.
+    pub inbound_max_length: u64,
+    /// Most bytes an `IN_<CHANNEL>` queue holds (`x-max-length-bytes`), likewise.
+    /// Default: 1073741824 (1 GiB).
+    pub inbound_max_bytes: u64,
     /// Open connections per client IP address; more are refused with HTTP 429.
     /// 0 = no limit. Default: 1000.
     pub max_connections_per_ip: u32,
@@ -346,6 +353,8 @@ impl Default for Config {
             message_ttl_ms: 0,
             channel_options: std::collections::BTreeMap::new(),
             hello_timeout_ms: 10_000,
+            inbound_max_length: warren_protocol::amqp::QueueBounds::INBOUND.max_length,
+            inbound_max_bytes: warren_protocol::amqp::QueueBounds::INBOUND.max_bytes,
             listen_backlog: 4096,
             header_read_timeout_ms: 10_000,
             max_connections_per_ip: 1000,
@@ -570,6 +579,8 @@ impl Config {
             broker_wait_ms,
             message_ttl_ms,
             hello_timeout_ms,
+            inbound_max_length,
+            inbound_max_bytes,
             listen_backlog,
             header_read_timeout_ms,
             max_connections_per_ip,
@@ -756,6 +767,12 @@ pub struct Overrides {
     /// Close a connection that sends no first frame within this many ms [default: 10000].
     #[arg(long, env = "WARREN_HELLO_TIMEOUT_MS", global = true)]
     pub hello_timeout_ms: Option<u64>,
+    /// Most messages per IN_<CHANNEL> queue, 0 = no bound [default: 100000].
+    #[arg(long, env = "WARREN_INBOUND_MAX_LENGTH", global = true)]
+    pub inbound_max_length: Option<u64>,
+    /// Most bytes per IN_<CHANNEL> queue, 0 = no bound [default: 1073741824].
+    #[arg(long, env = "WARREN_INBOUND_MAX_BYTES", global = true)]
+    pub inbound_max_bytes: Option<u64>,
     /// listen(2) backlog of each listener [default: 4096].
     #[arg(long, env = "WARREN_LISTEN_BACKLOG", global = true)]
     pub listen_backlog: Option<u32>,

@@ -1239,7 +1239,12 @@ impl Conn {
                 ErrorCode::NoRoute,
                 "no queue is bound for this message; it was not delivered",
             ),
-            (Outcome::Nacked, _) => error(ErrorCode::Nacked, "the broker refused the message"),
+            // With `x-overflow: reject-publish` a full inbound queue nacks.
+            (Outcome::Nacked, _) => error(
+                ErrorCode::Overloaded,
+                "RabbitMQ refused the message: the channel's queue is full \
+                 (inbound_max_length / inbound_max_bytes); retry later",
+            ),
             (Outcome::Failed(e), _) => error(ErrorCode::BrokerUnavailable, e),
         };
         if c.origin == Origin::Request {

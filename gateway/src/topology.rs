@@ -7,7 +7,9 @@ use std::fmt;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
-use warren_protocol::amqp::{dead_letter_queue_args, inbound_queue_args, keys, Names, QueueArg};
+use warren_protocol::amqp::{
+    dead_letter_queue_args, inbound_queue_args, keys, Names, QueueArg, QueueBounds,
+};
 
 use crate::broker::Broker;
 use crate::config::Config;
@@ -118,6 +120,10 @@ impl Topology {
                     &names,
                     config.queue_type.as_str(),
                     config.message_ttl_of(ch),
+                    QueueBounds {
+                        max_length: config.inbound_max_length,
+                        max_bytes: config.inbound_max_bytes,
+                    },
                 )
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))

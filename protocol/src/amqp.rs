@@ -352,6 +352,7 @@ pub fn inbound_queue_args(
     names: &Names,
     queue_type: &str,
     message_ttl_ms: Option<u64>,
+    bounds: QueueBounds,
 ) -> Vec<(&'static str, QueueArg)> {
     let mut args = vec![
         ("x-queue-type", QueueArg::Text(queue_type.to_string())),
@@ -366,7 +367,47 @@ pub fn inbound_queue_args(
             QueueArg::Int(i64::try_from(ttl).unwrap_or(i64::MAX)),
         ));
     }
+    bounds.push_args(&mut args, "reject-publish");
     args
+}
+
+/// How much an `IN_<CHANNEL>` queue (or `warren.dead`) holds at most. A full inbound
+/// queue refuses new messages (`x-overflow: reject-publish`: the publisher gets a
+/// negative confirm, which the gateway answers with `overloaded`) instead of growing
+/// until the broker's memory alarm stops every publisher; `warren.dead` drops its
+/// oldest (`drop-head`). 0 turns a bound off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueBounds {
+    /// `x-max-length`: messages.
+    pub max_length: u64,
+    /// `x-max-length-bytes`: bytes of message bodies.
+    pub max_bytes: u64,
+}
+
+impl QueueBounds {
+    /// The inbound queues' defaults: 100,000 messages, 1 GiB.
+    pub const INBOUND: QueueBounds = QueueBounds {
+        max_length: 100_000,
+        max_bytes: 1024 * 1024 * 1024,
+    };
+    /// `warren.dead`'s bounds: 100,000 messages, 256 MiB.
+    pub const DEAD_LETTERS: QueueBounds = QueueBounds {
+        max_length: 100_000,
+        max_bytes: 256 * 1024 * 1024,
+    };
+
+    fn push_args(self, args: &mut Vec<(&'static str, QueueArg)>, overflow: &str) {
+        let int = |n: u64| QueueArg::Int(i64::try_from(n).unwrap_or(i64::MAX));
+        if self.max_length > 0 {
+            args.push(("x-max-length", int(self.max_length)));
+        }
+        if self.max_bytes > 0 {
+            args.push(("x-max-length-bytes", int(self.max_bytes)));
+        }
+        if self.max_length > 0 || self.max_bytes > 0 {
+            args.push(("x-overflow", QueueArg::Text(overflow.to_string())));
+        }
+    }
 }
 
 /// The arguments of the `warren.dead` queue, declared alike by gateways and services:
@@ -374,7 +415,9 @@ pub fn inbound_queue_args(
 /// parked there when a node is lost (a classic queue on a lost node would also answer
 /// every re-declaration with 404).
 pub fn dead_letter_queue_args(queue_type: &str) -> Vec<(&'static str, QueueArg)> {
-    vec![("x-queue-type", QueueArg::Text(queue_type.to_string()))]
+    let mut args = vec![("x-queue-type", QueueArg::Text(queue_type.to_string()))];
+    QueueBounds::DEAD_LETTERS.push_args(&mut args, "drop-head");
+    args
 }
 
 #[cfg(test)]
@@ -447,7 +490,11 @@ mod tests {
     #[test]
     fn inbound_queues_dead_letter_to_warren_dead_and_carry_a_ttl_only_when_set() {
         let names = Names::new("ns");
-        let args = inbound_queue_args(&names, "quorum", None);
+        let unbounded = QueueBounds {
+            max_length: 0,
+            max_bytes: 0,
+        };
+        let args = inbound_queue_args(&names, "quorum", None, unbounded);
         assert_eq!(
             args,
             vec![
@@ -458,8 +505,13 @@ mod tests {
                 ),
             ]
         );
-        let args = inbound_queue_args(&names, "classic", Some(500));
+        let args = inbound_queue_args(&names, "classic", Some(500), unbounded);
         assert!(args.contains(&("x-message-ttl", QueueArg::Int(500))));
+        let args = inbound_queue_args(&names, "quorum", None, QueueBounds::INBOUND);
+        assert!(args.contains(&("x-max-length", QueueArg::Int(100_000))));
+        assert!(args.contains(&("x-overflow", QueueArg::Text("reject-publish".into()))));
+        let dead = dead_letter_queue_args("quorum");
+        assert!(dead.contains(&("x-overflow", QueueArg::Text("drop-head".into()))));
     }
 
     #[test]

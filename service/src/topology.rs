@@ -61,7 +61,12 @@ pub fn channel_queue_arguments(names: &Names, channel: &str, config: &ServiceCon
         .message_ttls
         .get(channel)
         .map(|ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
-    field_table(inbound_queue_args(names, &config.queue_type, ttl_ms))
+    field_table(inbound_queue_args(
+        names,
+        &config.queue_type,
+        ttl_ms,
+        config.inbound_bounds,
+    ))
 }
 
 /// Turns the protocol crate's plain-data queue arguments into an AMQP field table.

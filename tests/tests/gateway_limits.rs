@@ -194,3 +194,42 @@ async fn pending_requests_are_bounded_and_pings_do_not_excuse_bad_frames() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_full_inbound_queue_answers_overloaded_and_other_channels_go_on() {
+    TestEnv::run("limit-inbound", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| c.inbound_max_length = 3).await;
+        let mut c = TestClient::connect_with(&gw.url(), as_user("ada")).await;
+        // Nothing consumes IN_CHAT: it fills up. A quorum queue notices it is over
+        // its bound as it applies a message, so the message past the bound may still
+        // be taken; the one after it is refused.
+        let mut refused = None;
+        for i in 0..10 {
+            let id = format!("p{i}");
+            c.publish(&id, "chat", json!(i)).await;
+            match c.recv().await {
+                ServerFrame::Ack(a) => assert_eq!(a.id, id),
+                ServerFrame::Error(e) => {
+                    assert_eq!(e.id.as_deref(), Some(id.as_str()));
+                    refused = Some((i, e));
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let (at, e) = refused.expect("a publish past the bound is refused");
+        assert_eq!(e.code, ErrorCode::Overloaded, "{e:?}");
+        assert!(e.code.retry());
+        assert!((3..=4).contains(&at), "refused at message {at}");
+        let held = env.message_count(&env.names.channel_queue("chat")).await;
+        assert!(
+            held.is_some_and(|n| (3..=4).contains(&n)),
+            "bounded: {held:?}"
+        );
+        c.publish("v", "voice", json!(1)).await;
+        c.expect_ack("v").await;
+        c.close().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
