@@ -466,9 +466,13 @@ impl<C: Codec> ClientCore<C> {
                     let id = self.frame_id(op);
                     self.send(&ClientFrame::Refresh(Refresh { id, token }));
                 }
-                Err(why) => {
-                    self.renewal_failed(ErrorCode::Unauthorized, "getToken failed: ", &why, now)
-                }
+                Err(why) => self.renewal_failed(
+                    ErrorCode::Unauthorized,
+                    "getToken failed: ",
+                    &why,
+                    true,
+                    now,
+                ),
             }
         }
         self.finish();
@@ -554,6 +558,7 @@ impl<C: Codec> ClientCore<C> {
                             err.code,
                             "the gateway refused the new token: ",
                             &err.message,
+                            err.retry(),
                             now,
                         )
                     }
@@ -775,10 +780,12 @@ impl<C: Codec> ClientCore<C> {
         };
     }
 
-    /// A renewal failed: an `error` event, and another try after the backoff delay,
-    /// unless that is past the token's expiry (then the gateway closes with 4004 and
-    /// the reconnect asks `getToken` again).
-    fn renewal_failed(&mut self, code: ErrorCode, what: &str, why: &str, now: u64) {
+    /// A renewal failed: an `error` event and, when trying `again` can help, another
+    /// try after the backoff delay. None past the token's expiry, nor after a refusal
+    /// the registry calls final (`unauthorized`, `forbidden`: the gateway counts
+    /// refused frames): the gateway then closes with 4004 at expiry, and the reconnect
+    /// asks `getToken` again.
+    fn renewal_failed(&mut self, code: ErrorCode, what: &str, why: &str, again: bool, now: u64) {
         let message = concat(&["token renewal: ", what, why]);
         self.actions
             .push(Action::Error(ClientError::new(code, message)));
@@ -790,6 +797,7 @@ impl<C: Codec> ClientCore<C> {
         self.renew_failures = self.renew_failures.saturating_add(1);
         self.renewal = match self.token_exp {
             Some(exp) if at >= exp => Renewal::Idle,
+            _ if !again => Renewal::Idle,
             _ => Renewal::At(at),
         };
     }

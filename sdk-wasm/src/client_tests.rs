@@ -1211,7 +1211,7 @@ fn the_token_is_renewed_at_three_quarters_of_its_lifetime_with_a_refresh_on_the_
 }
 
 #[test]
-fn a_refused_refresh_is_reported_as_an_error_event_and_retried_before_expiry() {
+fn a_refused_refresh_is_reported_and_not_repeated_and_expiry_then_reconnects_with_a_fresh_token() {
     let mut h = Harness::with_get_token();
     h.connect_with_token(101);
     h.idle(75_000);
@@ -1233,7 +1233,27 @@ fn a_refused_refresh_is_reported_as_an_error_event_and_retried_before_expiry() {
         events[0].message
     );
     assert_eq!(h.core.state(), State::Connected, "the connection stays");
-    // Tried again after the backoff (100..200 ms), before the token expires.
+    // Not sent again (the gateway counts refused frames) until the token expires...
+    for _ in 0..24 {
+        h.idle(1_000);
+    }
+    assert!(fetches(&h.take()).is_empty(), "no new getToken call");
+    // ...then the gateway closes with 4004 and the reconnect gets a fresh token.
+    h.core.on_close(h.conn, 4004, h.now);
+    let actions = h.take();
+    assert_eq!(h.give_token(&actions, &jwt(500))["token"], jwt(500));
+}
+
+#[test]
+fn a_transient_refresh_error_is_retried_with_backoff() {
+    let mut h = Harness::with_get_token();
+    h.connect_with_token(101);
+    h.idle(75_000);
+    let asked = fetches(&h.take());
+    h.core.on_token(asked[0], Ok(jwt(200)), h.now);
+    let sent = h.sent();
+    h.frame(json!({"type": "error", "id": sent[0]["id"], "code": "overloaded", "message": "busy"}));
+    assert_eq!(errors(&h.take()).len(), 1);
     h.idle(200);
     assert_eq!(fetches(&h.take()).len(), 1, "getToken asked again");
 }
