@@ -90,6 +90,51 @@ node "$wasm_opt" --flatten --rereloop -Oz --converge --low-memory-unused \
   "$pkg/warren_sdk_bg.wasm" -o "$pkg/warren_sdk_bg.wasm.opt"
 mv "$pkg/warren_sdk_bg.wasm.opt" "$pkg/warren_sdk_bg.wasm"
 
+# Short names for everything the wasm imports and exports (about 1.5 KB gzipped):
+# wasm-bindgen names imports `__wbg_<name>_<16 hex digits>` under module
+# "./warren_sdk_bg.js" or its snippets' paths, and exports `client_new`, ...; random hex
+# compresses badly, and each name is in the wasm and in the glue. wasm-opt renames them
+# (one module, one- or two-letter names) and prints the map; the glue is patched to
+# match: its import object is rebuilt under the new module name, every `wasm.<export>`
+# renamed. The patch checks itself against the module's real import and export lists.
+names="$std_target/warren_sdk_names.json"
+node "$wasm_opt" --minify-imports-and-exports-and-modules \
+  --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+  --enable-nontrapping-float-to-int --enable-reference-types --enable-multivalue \
+  "$pkg/warren_sdk_bg.wasm" -o "$pkg/warren_sdk_bg.wasm.opt" > "$names"
+mv "$pkg/warren_sdk_bg.wasm.opt" "$pkg/warren_sdk_bg.wasm"
+node -e '
+const fs = require("fs");
+const [glueFile, namesFile, wasmFile] = process.argv.slice(1);
+const fail = (m) => { console.error("[sdk-wasm] error: short names: " + m); process.exit(1); };
+const map = JSON.parse(fs.readFileSync(namesFile, "utf8"));
+const mod = new WebAssembly.Module(fs.readFileSync(wasmFile));
+const modules = [...new Set(WebAssembly.Module.imports(mod).map((i) => i.module))];
+if (modules.length !== 1) fail("expected one import module, found " + modules);
+const exported = new Set(WebAssembly.Module.exports(mod).map((e) => e.name));
+let js = fs.readFileSync(glueFile, "utf8");
+const word = (n) => new RegExp("(?<![\\w$])" + n.replace(/\$/g, "\\$") + "(?![\\w$])", "g");
+const BG = "./warren_sdk_bg.js";
+const others = [];
+for (const [m, n, s] of map.imports) {
+  if (m === BG) js = js.replace(word(n), s);
+  else others.push([m, n, s]);
+}
+for (const [n, s] of map.exports) js = js.replace(word("wasm." + n), "wasm." + s);
+for (const [, used] of js.matchAll(/(?<![\w$])wasm\.([\w$]+)/g)) {
+  if (!exported.has(used)) fail("the glue uses wasm." + used + ", which the module does not export");
+}
+if (!/function __wbg_get_imports\(\) \{/.test(js)) fail("no __wbg_get_imports() in the glue");
+js = js.replace("function __wbg_get_imports() {", "function __wbg_get_imports_full() {") + `
+function __wbg_get_imports() {
+    const full = __wbg_get_imports_full(), merged = full[${JSON.stringify(BG)}];
+    for (const [m, n, s] of ${JSON.stringify(others)}) merged[s] = full[m][n];
+    return { ${JSON.stringify(modules[0])}: merged };
+}
+`;
+fs.writeFileSync(glueFile, js);
+' "$pkg/warren_sdk.js" "$names" "$pkg/warren_sdk_bg.wasm" || die "could not give the imports and exports short names"
+
 # The `WarrenError` class and `isWarrenError` live in a JS module the glue imports
 # (src/browser/warren_error.js); the package entry re-exports them, so the class apps
 # test with `instanceof` is the one the SDK throws (one copy, bundled below).

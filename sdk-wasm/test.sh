@@ -7,7 +7,9 @@
 #   4. a Node test that imports the built package as an app does and calls it;
 #   5. tsc --strict over an app's use of the shipped .d.ts (skipLibCheck false,
 #      lib ES2023 + DOM), with TypeScript and @types/react from npm (tests/types/).
-# The stack gets an extra channel `silent` that no service consumes (timeout test).
+# The stack gets an extra channel `silent` that no service consumes (timeout test). A
+# second stack runs in jwt mode (`--auth jwt`, no leeway, no demo service) for the token
+# tests: getToken, renewal on the live connection, expiry with 4004.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -40,36 +42,50 @@ say "building the gateway, the demo service and warren-stack"
 (cd "$root" && cargo build -p warren-gateway -p warren-service -p warren-e2e --bins)
 work="$(mktemp -d)"
 state="$work/stack.json"
-stack_pid=""
+jwt_state="$work/jwt-stack.json"
+stack_pids=()
 cleanup() {
-  if [[ -n "$stack_pid" ]] && kill -0 "$stack_pid" 2>/dev/null; then
-    kill -TERM "$stack_pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do kill -0 "$stack_pid" 2>/dev/null || break; sleep 0.2; done
-    kill -KILL "$stack_pid" 2>/dev/null || true
-  fi
+  for pid in "${stack_pids[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid" 2>/dev/null || true
+      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
+# start_stack STATE_FILE LOG ARGS...: starts warren-stack in the background and waits for
+# its state file.
+start_stack() {
+  local file="$1" logfile="$2"
+  shift 2
+  "$target/debug/warren-stack" --layout ephemeral --state-file "$file" "$@" > "$logfile" 2>&1 &
+  local pid=$!
+  stack_pids+=("$pid")
+  for _ in $(seq 1 300); do
+    [[ -s "$file" ]] && return 0
+    kill -0 "$pid" 2>/dev/null || { cat "$logfile" >&2; die "warren-stack exited (is RabbitMQ running at ${AMQP_ADDR:-amqp://127.0.0.1:5672/%2f}?)"; }
+    sleep 0.2
+  done
+  cat "$logfile" >&2
+  die "warren-stack did not write its state within 60 s"
+}
 say "starting warren-stack (ephemeral ports, own namespace)"
-"$target/debug/warren-stack" --layout ephemeral --state-file "$state" \
-  --channels chat,voice,tickets,echo,silent > "$work/stack.log" 2>&1 &
-stack_pid=$!
-for _ in $(seq 1 300); do
-  [[ -s "$state" ]] && break
-  kill -0 "$stack_pid" 2>/dev/null || { cat "$work/stack.log" >&2; die "warren-stack exited (is RabbitMQ running at ${AMQP_ADDR:-amqp://127.0.0.1:5672/%2f}?)"; }
-  sleep 0.2
-done
-[[ -s "$state" ]] || { cat "$work/stack.log" >&2; die "warren-stack did not write its state within 60 s"; }
+start_stack "$state" "$work/stack.log" --channels chat,voice,tickets,echo,silent
+say "starting a second warren-stack in jwt mode (development secret, no leeway)"
+start_stack "$jwt_state" "$work/jwt-stack.log" --auth jwt --jwt-leeway-s 0 --no-service
 
 # --- 4. browser tests -----------------------------------------------------------------------
 say "wasm-bindgen-test in headless Chromium against the stack"
 (cd "$here" && \
   WARREN_STACK_STATE_JSON="$(cat "$state")" \
+  WARREN_JWT_STACK_STATE_JSON="$(cat "$jwt_state")" \
   CHROMEDRIVER="${CHROMEDRIVER:-$(command -v chromedriver)}" \
   WASM_BINDGEN_TEST_TIMEOUT="${WASM_BINDGEN_TEST_TIMEOUT:-120}" \
   CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
   cargo test -p warren-sdk --target wasm32-unknown-unknown --test browser) \
-  || { tail -n 50 "$work/stack.log" >&2; die "browser tests failed"; }
+  || { tail -n 50 "$work/stack.log" "$work/jwt-stack.log" >&2; die "browser tests failed"; }
 
 # --- 5. the package as an app imports it -------------------------------------------------------
 say "Node: import the built package and call it"

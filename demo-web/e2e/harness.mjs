@@ -129,8 +129,8 @@ export class Proc {
   }
 }
 
-/** Starts warren-stack with the ephemeral layout and returns its state. */
-export async function startStack(bin) {
+/** Starts warren-stack with the ephemeral layout (and `args`) and returns its state. */
+export async function startStack(bin, args = []) {
   if (!existsSync(bin)) {
     throw new Error(
       `warren-stack not found at ${bin}: build it with \`cargo build -p warren-e2e --bin warren-stack\` (and the gateway and demo service), or set WARREN_STACK_BIN`,
@@ -139,7 +139,7 @@ export async function startStack(bin) {
   const stateFile = join(LOGS_DIR, `stack-state-${process.pid}.json`);
   mkdirSync(LOGS_DIR, { recursive: true });
   rmSync(stateFile, { force: true });
-  const proc = new Proc("warren-stack", bin, ["--layout", "ephemeral", "--state-file", stateFile]);
+  const proc = new Proc("warren-stack", bin, ["--layout", "ephemeral", "--state-file", stateFile, ...args]);
   const state = await waitFor(
     "warren-stack to write its state file",
     async () => {

@@ -1,7 +1,10 @@
 // Browser end-to-end tests of the demo page against a real stack.
 //
-// Starts `warren-stack --layout ephemeral` (WARREN_STACK_BIN, default
-// ../target/debug/warren-stack), builds the page and serves it with `vite preview`,
+// Starts `warren-stack --layout ephemeral --auth jwt` (WARREN_STACK_BIN, default
+// ../target/debug/warren-stack): the gateways verify JWTs and the page signs in with a
+// token from the stack's development endpoint (`POST /token`, lifetime
+// TOKEN_LIFETIME_S so renewal happens during the run). Builds the page and serves it
+// with `vite preview`,
 // drives Debian's Chromium with playwright-core, and stops everything at the end.
 // Screenshots of every step land in artifacts/screenshots/ at the repository root;
 // process logs in artifacts/e2e-logs/. Prints `N passed, N failed` and exits non-zero
@@ -29,6 +32,8 @@ import {
 const STACK_BIN = resolve(WEB_DIR, process.env.WARREN_STACK_BIN || "../target/debug/warren-stack");
 const TOTAL_TIMEOUT_MS = Number(process.env.E2E_TIMEOUT_MS || 600_000);
 const RUN = Math.random().toString(36).slice(2, 7);
+// Short-lived development tokens, so the SDK renews them while the tests run.
+const TOKEN_LIFETIME_S = 20;
 
 // Records, inside each page, every data-testid that ever appeared and every status a
 // chat message went through, so tests can assert on short-lived states ("sending…",
@@ -93,6 +98,8 @@ class User {
     this.sockets = [];
     this.socketObjects = [];
     this.errors = [];
+    /** Requests the page made to the stack's token endpoint. */
+    this.tokenRequests = 0;
   }
 
   static async open(world, name, { viaForm = false, viewport = { width: 1280, height: 800 }, base } = {}) {
@@ -102,6 +109,9 @@ class User {
     page.setDefaultTimeout(15_000);
     await page.addInitScript(RECORDER);
     await page.addInitScript(SOCKET_COUNTER);
+    page.on("request", (req) => {
+      if (req.method() === "POST" && req.url() === `${world.control}/token`) user.tokenRequests += 1;
+    });
     page.on("websocket", (ws) => {
       user.sockets.push(ws.url());
       user.socketObjects.push(ws);
@@ -265,6 +275,39 @@ const tests = [
     },
   },
   {
+    name: "signing in fetches a token, the token is renewed on the live connection, and the private group staff is refused",
+    timeoutMs: 60_000,
+    async fn(w) {
+      const dave = await User.open(w, "dave", { viaForm: true });
+      await dave.waitConnected();
+      assert(dave.tokenRequests >= 2, `sign-in and connect fetched tokens (saw ${dave.tokenRequests})`);
+      const before = dave.tokenRequests;
+      await dave.testId("staff-join").click();
+      await dave.testId("refusal").waitFor();
+      const code = await dave.testId("refusal").getAttribute("data-code");
+      const text = (await dave.testId("refusal").textContent()) ?? "";
+      assert(code === "forbidden", `the gateway refused the group staff with forbidden (saw ${code}: ${text})`);
+      assert(/staff/.test(text), `the refusal names the group (saw ${text})`);
+      await dave.shot("refusal-forbidden");
+      // 20 s tokens are renewed at 75 % of their lifetime, on the same WebSocket.
+      await waitFor(
+        "dave's token to be renewed",
+        async () => dave.tokenRequests > before,
+        (TOKEN_LIFETIME_S + 5) * 1000,
+        250,
+      );
+      await sleep(1000);
+      assert((await dave.connectionState()) === "connected", "still connected after the renewal");
+      const sockets = dave.sockets.filter((s) => w.urls.includes(s));
+      assert(sockets.length === 1, `the renewal did not reconnect (saw ${sockets.length} gateway WebSockets)`);
+      const history = await dave.stateHistory();
+      const after = history.slice(history.indexOf("connected"));
+      assert(after.every((st) => st === "connected"), `no state change after connecting (saw ${history.join(" → ")})`);
+      await dave.context.close();
+      w.users.splice(w.users.indexOf(dave), 1);
+    },
+  },
+  {
     name: "a group room message reaches its members and not a non-member",
     timeoutMs: 60_000,
     async fn(w) {
@@ -272,7 +315,8 @@ const tests = [
       const carol = await User.open(w, "carol");
       w.carol = carol;
       await carol.waitConnected();
-      const room = `ops-${RUN}`;
+      // A group the development tokens grant (room-1, room-2).
+      const room = "room-1";
       await ada.joinGroup(room);
       await ada.sendAndConfirm(`ada joined ${room}`);
       await bob.joinGroup(room);
@@ -588,8 +632,9 @@ async function main() {
   try {
     resetScreenshots();
     log(`run ${RUN}; screenshots in ${SHOTS_DIR}, logs in ${LOGS_DIR}`);
-    log(`starting ${STACK_BIN} --layout ephemeral`);
-    const stack = await startStack(STACK_BIN);
+    const stackArgs = ["--auth", "jwt", "--token-lifetime-s", String(TOKEN_LIFETIME_S)];
+    log(`starting ${STACK_BIN} --layout ephemeral ${stackArgs.join(" ")}`);
+    const stack = await startStack(STACK_BIN, stackArgs);
     world.cleanups.push(() => stack.proc.stop());
     const gateways = stack.state.gateways;
     const order = ["primary", "failover"].map((n) => gateways.find((g) => g.name === n)).filter(Boolean);

@@ -4,6 +4,7 @@ import { WarrenProvider, type WarrenProviderStatus } from "warren-sdk/react";
 import { readConfig } from "./lib/config";
 import { SignIn } from "./components/SignIn";
 import { Workspace } from "./components/Workspace";
+import { fetchToken } from "./lib/token";
 
 const config = readConfig();
 const USER_KEY = "warren.demo.user";
@@ -64,12 +65,21 @@ export function Logo() {
 
 export function App() {
   const [user, setUser] = useState<string | null>(initialUser);
-  const options = useMemo(
+  const options = useMemo(() => {
+    if (!user) return null;
     // Reconnect quickly in the demo (SDK defaults: 250 ms to 10 s).
-    () => (user ? { urls: config.urls, token: user, reconnect: { minDelayMs: 100, maxDelayMs: 2000 } } : null),
-    [user],
-  );
-  const signIn = useCallback((name: string) => {
+    const reconnect = { minDelayMs: 100, maxDelayMs: 2000 };
+    const control = config.control;
+    // With the stack's control API, tokens come from its development endpoint: the SDK
+    // calls getToken before connecting, on every reconnect and ahead of expiry.
+    // Without it, the name is the token (a gateway in auth mode none).
+    return control
+      ? { urls: config.urls, getToken: () => fetchToken(control, user), reconnect }
+      : { urls: config.urls, token: user, reconnect };
+  }, [user]);
+  const signIn = useCallback(async (name: string) => {
+    // Sign-in asks for a token first, so a refusal shows on the form.
+    if (config.control) await fetchToken(config.control, name);
     try {
       sessionStorage.setItem(USER_KEY, name);
     } catch {
@@ -86,7 +96,7 @@ export function App() {
     setUser(null);
   }, []);
 
-  if (!user || !options) return <SignIn urls={config.urls} onSignIn={signIn} />;
+  if (!user || !options) return <SignIn urls={config.urls} control={config.control} onSignIn={signIn} />;
   return (
     <WarrenProvider key={user} options={options} fallback={(s) => <Loading status={s} />}>
       <Workspace user={user} config={config} onSignOut={signOut} />

@@ -6,6 +6,9 @@
  *
  * <WarrenProvider options={{ urls: ["ws://localhost:4000/ws", "ws://localhost:5000/ws"], token: "ada" }}
  *                 fallback={<p>Loading…</p>}>
+ * // or, with tokens from your backend (renewed before they expire):
+ * const getToken = useCallback(() => fetch("/api/warren-token").then((r) => r.text()), []);
+ * <WarrenProvider options={{ urls, getToken }}>
  *   <Chat />
  * </WarrenProvider>
  * ```
@@ -74,7 +77,10 @@ export interface WarrenProviderStatus extends WarrenConnectionStatus {
 export interface WarrenProviderProps {
   /**
    * Options for `new Client(options)`. Providers with equal options (compared as JSON)
-   * share one client, so an inline object literal is fine.
+   * share one client, so an inline object literal is fine. `getToken` (passed through
+   * to the client: called before every connection and ahead of expiry) is compared by
+   * identity: keep it stable (module scope, `useCallback` or `useMemo`), since another
+   * function means another client.
    */
   options?: WarrenClientOptions;
   /** Use this client instead of creating one; the provider neither connects nor closes it. */

@@ -78,7 +78,7 @@ function listen(client, event, fn) {
 // Client cache
 // ---------------------------------------------------------------------------------------
 
-/** Entries by configuration key (JSON of the options). */
+/** Entries by configuration key (JSON of the options, and which `getToken`). */
 const clients = new Map();
 
 const INITIAL_STATUS = Object.freeze({
@@ -232,7 +232,15 @@ function keyOf(options, client) {
     if (!externalIds.has(client)) externalIds.set(client, nextExternalId++);
     return `external:${externalIds.get(client)}`;
   }
-  return `options:${JSON.stringify(options ?? {})}`;
+  // JSON drops functions: `getToken` counts by identity, so a provider for another
+  // user (another getToken) never shares a client with the previous one.
+  const getToken = options?.getToken;
+  let fn = "";
+  if (typeof getToken === "function") {
+    if (!externalIds.has(getToken)) externalIds.set(getToken, nextExternalId++);
+    fn = `getToken:${externalIds.get(getToken)}:`;
+  }
+  return `options:${fn}${JSON.stringify(options ?? {})}`;
 }
 
 function entryFor(options, client, closeDelayMs) {

@@ -77,6 +77,8 @@ pub enum Action<M> {
     Error(ClientError),
     /// Emit the `drain` event: the gateway asked clients to move.
     Drain(Drain),
+    /// Call the app's `getToken` and report its outcome with `on_token(fetch, ...)`.
+    FetchToken(u64),
     /// Call `tick` at this time (ms); `None` cancels the timer.
     SetTimer(Option<u64>),
 }

@@ -10,13 +10,13 @@
 
 use warren_protocol::registry::should_reconnect;
 use warren_protocol::{
-    AckDeliveries, ClientFrame, CloseCode, Deliver, ErrorCode, Hello, Publish, Request,
+    AckDeliveries, ClientFrame, CloseCode, Deliver, ErrorCode, Hello, Publish, Refresh, Request,
     ServerFrame, Welcome, PROTOCOL_VERSION,
 };
 
 use crate::action::{Action, State, StateChange};
 use crate::codec::Codec;
-use crate::config::{Config, DEAD_AFTER_TENTHS, STABLE_AFTER_MS};
+use crate::config::{Config, DEAD_AFTER_TENTHS, RENEW_AT_PERCENT, RENEW_MIN_MS, STABLE_AFTER_MS};
 use crate::deadlines::Deadlines;
 use crate::duplicate_filter::DuplicateFilter;
 use crate::envelope::Envelope;
@@ -32,6 +32,8 @@ use crate::text::{concat, decimal};
 enum Phase {
     /// `connect()` was never called.
     Idle,
+    /// Waiting for `getToken` call `fetch` before opening a socket; give up at `deadline`.
+    Fetching { fetch: u64, deadline: u64 },
     /// Socket `conn` is opening; give up at `deadline`.
     Opening { conn: u64, deadline: u64 },
     /// `hello` sent on socket `conn`; waiting for `welcome` until `deadline`.
@@ -49,9 +51,10 @@ enum Phase {
 impl Phase {
     fn state(&self) -> State {
         match self {
-            Phase::Opening { .. } | Phase::Greeting { .. } | Phase::Waiting { .. } => {
-                State::Connecting
-            }
+            Phase::Fetching { .. }
+            | Phase::Opening { .. }
+            | Phase::Greeting { .. }
+            | Phase::Waiting { .. } => State::Connecting,
             Phase::Connected { .. } => State::Connected,
             Phase::Idle | Phase::Disconnected | Phase::Closed => State::Disconnected,
         }
@@ -75,6 +78,19 @@ enum Pending {
     Write,
     /// A `request`, resolved by `reply`.
     Request,
+}
+
+/// Where the renewal of the token in force is (with `getToken`, while connected).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Renewal {
+    /// Nothing scheduled: no `getToken`, a token without `exp`, or not connected.
+    Idle,
+    /// Ask `getToken` for a new token at this time.
+    At(u64),
+    /// `getToken` call `fetch` is under way.
+    Fetching(u64),
+    /// `refresh` frame `op` is sent; its token expires at `exp` (ms), if it says.
+    Sent { op: u64, exp: Option<u64> },
 }
 
 /// Handled-but-unacknowledged deliveries of the current connection.
@@ -106,6 +122,13 @@ pub struct ClientCore<C: Codec> {
     /// Consecutive failed attempts since the last stable connection.
     failures: u32,
     session: Option<String>,
+    /// The token sent in `hello`: the `token` option, or the last one from `getToken`.
+    token: Option<String>,
+    /// When the token in force expires (its `exp`, in ms), if it says.
+    token_exp: Option<u64>,
+    renewal: Renewal,
+    /// Consecutive failed renewals (backoff between them).
+    renew_failures: u32,
     user: String,
     heartbeat_ms: u64,
     /// The gateway's `limits.max_frame_bytes` from the last `welcome` (0: not known
@@ -143,6 +166,7 @@ impl<C: Codec> ClientCore<C> {
             outbox: Outbox::new(config.outbox_limit),
             duplicates: DuplicateFilter::new(config.duplicate_window),
             ack_batch: config.ack_batch.max(1),
+            token: config.token.clone(),
             config,
             codec,
             rng,
@@ -154,6 +178,9 @@ impl<C: Codec> ClientCore<C> {
             url_index: 0,
             failures: 0,
             session: None,
+            token_exp: None,
+            renewal: Renewal::Idle,
+            renew_failures: 0,
             user: String::new(),
             heartbeat_ms: 0,
             max_frame_bytes: 0,
@@ -360,7 +387,7 @@ impl<C: Codec> ClientCore<C> {
                 self.last_heard = now;
                 self.send(&ClientFrame::Hello(Hello {
                     session: self.session.clone(),
-                    token: self.config.token.clone(),
+                    token: self.token.clone(),
                     client: Some(self.config.client_name.clone()),
                     protocol: Some(PROTOCOL_VERSION),
                 }));
@@ -386,7 +413,11 @@ impl<C: Codec> ClientCore<C> {
     /// Connection `conn` closed with WebSocket close `code` (1006 when it broke).
     pub fn on_close(&mut self, conn: u64, code: u16, now: u64) {
         if self.phase.conn() == Some(conn) {
-            if should_reconnect(code) {
+            // A token refused once it expired: `getToken` gives a fresh one.
+            let expired = code == CloseCode::Unauthorized.code()
+                && self.config.fetch_token
+                && self.token_exp.is_some_and(|exp| now >= exp);
+            if should_reconnect(code) || expired {
                 let when = match self.phase {
                     Phase::Opening { .. } => {
                         " before it opened (refused, unreachable or no WebSocket there)"
@@ -400,6 +431,48 @@ impl<C: Codec> ClientCore<C> {
                 self.lost(now);
             } else {
                 self.give_up(code);
+            }
+        }
+        self.finish();
+    }
+
+    /// The app's `getToken` call `fetch` (from [`Action::FetchToken`]) resolved with a
+    /// token or failed (`Err` with the reason). Before a connection attempt the socket
+    /// opens with the token, or the failure is reported as an `error` event and retried
+    /// with backoff; while connected the token is sent in a `refresh`, or renewal is
+    /// retried with backoff (until the token expires: the gateway then closes with
+    /// `4004 token_expired` and the reconnect fetches a new one).
+    pub fn on_token(&mut self, fetch: u64, token: Result<String, String>, now: u64) {
+        if matches!(self.phase, Phase::Fetching { fetch: f, .. } if f == fetch) {
+            match token {
+                Ok(token) => {
+                    self.token_exp = self.expiry_ms(&token);
+                    self.token = Some(token);
+                    self.open(now);
+                }
+                Err(why) => {
+                    self.attempt_failed("getToken failed: ", &why, "");
+                    self.lost(now);
+                }
+            }
+        } else if self.renewal == Renewal::Fetching(fetch) {
+            match token {
+                Ok(token) => {
+                    let op = self.next_op();
+                    self.renewal = Renewal::Sent {
+                        op,
+                        exp: self.expiry_ms(&token),
+                    };
+                    let id = self.frame_id(op);
+                    self.send(&ClientFrame::Refresh(Refresh { id, token }));
+                }
+                Err(why) => self.renewal_failed(
+                    ErrorCode::Unauthorized,
+                    "getToken failed: ",
+                    &why,
+                    true,
+                    now,
+                ),
             }
         }
         self.finish();
@@ -419,6 +492,11 @@ impl<C: Codec> ClientCore<C> {
         }
         match self.phase {
             Phase::Waiting { until } if now >= until => self.attempt(now),
+            Phase::Fetching { deadline, .. } if now >= deadline => {
+                let ms = decimal(self.config.connect_timeout_ms);
+                self.attempt_failed("getToken did not answer within ", &ms, " ms");
+                self.lost(now);
+            }
             Phase::Opening { deadline, .. } | Phase::Greeting { deadline, .. }
                 if now >= deadline =>
             {
@@ -431,8 +509,15 @@ impl<C: Codec> ClientCore<C> {
                 if self.dead_at().is_some_and(|at| now >= at) {
                     self.actions.push(Action::Close);
                     self.lost(now);
-                } else if self.acks.due.is_some_and(|due| now >= due) {
-                    self.flush_acks();
+                } else {
+                    if self.acks.due.is_some_and(|due| now >= due) {
+                        self.flush_acks();
+                    }
+                    if matches!(self.renewal, Renewal::At(at) if now >= at) {
+                        let fetch = self.next_op();
+                        self.renewal = Renewal::Fetching(fetch);
+                        self.actions.push(Action::FetchToken(fetch));
+                    }
                 }
             }
             _ => {}
@@ -447,6 +532,14 @@ impl<C: Codec> ClientCore<C> {
             ServerFrame::Welcome(w) => self.on_welcome(w, now),
             ServerFrame::Ack(a) => {
                 if let Some(op) = self.op_of(&a.id) {
+                    if let Renewal::Sent { op: sent, exp } = self.renewal {
+                        if sent == op {
+                            // The new token is in force: renew it in its turn.
+                            self.token_exp = exp;
+                            self.renew_failures = 0;
+                            self.schedule_renewal(now);
+                        }
+                    }
                     if self.pending.resolve(op).is_some() {
                         self.outbox.remove(op);
                         self.actions.push(Action::Resolve(op));
@@ -460,6 +553,15 @@ impl<C: Codec> ClientCore<C> {
                 }
                 let err = ClientError::new(e.code, e.message);
                 match e.id.as_deref().map(|id| self.op_of(id)) {
+                    Some(Some(op)) if matches!(self.renewal, Renewal::Sent { op: o, .. } if o == op) => {
+                        self.renewal_failed(
+                            err.code,
+                            "the gateway refused the new token: ",
+                            &err.message,
+                            err.retry(),
+                            now,
+                        )
+                    }
                     Some(Some(op)) if self.pending.resolve(op).is_some() => {
                         // Rejected for whatever reason: out of the outbox, never re-sent.
                         self.outbox.remove(op);
@@ -532,6 +634,8 @@ impl<C: Codec> ClientCore<C> {
             .max(1);
         self.acks = Acks::default();
         self.phase = Phase::Connected { conn, since: now };
+        self.renew_failures = 0;
+        self.schedule_renewal(now);
         let resumed = w.resumed && asked;
         self.report(resumed);
         if asked && !w.resumed {
@@ -608,7 +712,24 @@ impl<C: Codec> ClientCore<C> {
 
     // ----- connection -----
 
+    /// A new connection attempt: ask `getToken` first, when the app gave one.
     fn attempt(&mut self, now: u64) {
+        if self.config.fetch_token {
+            let fetch = self.next_op();
+            self.phase = Phase::Fetching {
+                fetch,
+                deadline: now.saturating_add(self.config.connect_timeout_ms),
+            };
+            // The state event first: the app sees `connecting` before getToken runs.
+            self.report(false);
+            self.actions.push(Action::FetchToken(fetch));
+        } else {
+            self.open(now);
+        }
+    }
+
+    /// Opens a socket to the current URL.
+    fn open(&mut self, now: u64) {
         self.next_conn += 1;
         let conn = self.next_conn;
         let url = self.url().unwrap_or_default().to_string();
@@ -629,6 +750,7 @@ impl<C: Codec> ClientCore<C> {
             }
         }
         self.acks = Acks::default();
+        self.renewal = Renewal::Idle;
         self.subscribe_frames.clear();
         self.url_index = (self.url_index + 1) % self.config.urls.len().max(1);
         let delay = match self.failures {
@@ -644,6 +766,47 @@ impl<C: Codec> ClientCore<C> {
             };
             self.report(false);
         }
+    }
+
+    /// Schedules the renewal of the token in force at [`RENEW_AT_PERCENT`] of its
+    /// remaining lifetime (with `getToken` and a token that names its `exp`).
+    fn schedule_renewal(&mut self, now: u64) {
+        self.renewal = match self.token_exp {
+            Some(exp) if self.config.fetch_token => {
+                let wait = exp.saturating_sub(now) * RENEW_AT_PERCENT / 100;
+                Renewal::At(now.saturating_add(wait.max(RENEW_MIN_MS)))
+            }
+            _ => Renewal::Idle,
+        };
+    }
+
+    /// A renewal failed: an `error` event and, when trying `again` can help, another
+    /// try after the backoff delay. None past the token's expiry, nor after a refusal
+    /// the registry calls final (`unauthorized`, `forbidden`: the gateway counts
+    /// refused frames): the gateway then closes with 4004 at expiry, and the reconnect
+    /// asks `getToken` again.
+    fn renewal_failed(&mut self, code: ErrorCode, what: &str, why: &str, again: bool, now: u64) {
+        let message = concat(&["token renewal: ", what, why]);
+        self.actions
+            .push(Action::Error(ClientError::new(code, message)));
+        let at = now.saturating_add(
+            self.config
+                .backoff
+                .delay(self.renew_failures, &mut self.rng),
+        );
+        self.renew_failures = self.renew_failures.saturating_add(1);
+        self.renewal = match self.token_exp {
+            Some(exp) if at >= exp => Renewal::Idle,
+            _ if !again => Renewal::Idle,
+            _ => Renewal::At(at),
+        };
+    }
+
+    /// When `token` expires, in ms since the epoch (its `exp` claim).
+    fn expiry_ms(&self, token: &str) -> Option<u64> {
+        self.codec
+            .token_expiry_s(token)
+            .map(|s| s.saturating_mul(1000))
     }
 
     /// Arms the give-up deadline of `connect()`, unless one is armed.
@@ -857,9 +1020,17 @@ impl<C: Codec> ClientCore<C> {
     /// Re-arms the driver's timer when the next deadline moved.
     fn finish(&mut self) {
         let phase_at = match self.phase {
-            Phase::Opening { deadline, .. } | Phase::Greeting { deadline, .. } => Some(deadline),
+            Phase::Fetching { deadline, .. }
+            | Phase::Opening { deadline, .. }
+            | Phase::Greeting { deadline, .. } => Some(deadline),
             Phase::Waiting { until } => Some(until),
-            Phase::Connected { .. } => earliest(self.dead_at(), self.acks.due),
+            Phase::Connected { .. } => {
+                let renew_at = match self.renewal {
+                    Renewal::At(at) => Some(at),
+                    _ => None,
+                };
+                earliest(earliest(self.dead_at(), self.acks.due), renew_at)
+            }
             _ => None,
         };
         let next = earliest(

@@ -1060,3 +1060,319 @@ fn a_subscription_the_gateway_refused_for_good_is_not_sent_again_after_reconnect
     assert_eq!(types(&again), vec!["subscribe"], "only the retryable one");
     assert_eq!(again[0]["channel"], "voice");
 }
+
+// ----- tokens: getToken, renewal, expiry -----
+
+/// A JWT for `u1` that expires at `exp_s` (seconds).
+fn jwt(exp_s: u64) -> String {
+    crate::token::test_jwt(&format!(r#"{{"sub":"u1","exp":{exp_s}}}"#))
+}
+
+/// The `getToken` calls among `actions`.
+fn fetches(actions: &[Action<Raw>]) -> Vec<u64> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::FetchToken(f) => Some(*f),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Harness {
+    /// A client with `getToken` (`reconnect` delays 100..1000 ms).
+    fn with_get_token() -> Self {
+        let mut config = Config::new(URLS.iter().map(|u| u.to_string()).collect());
+        config.fetch_token = true;
+        config.backoff = crate::Backoff::new(100, 1_000);
+        Harness::with(config)
+    }
+
+    /// Answers the one `getToken` call among `actions` with `token`; returns the hello.
+    fn give_token(&mut self, actions: &[Action<Raw>], token: &str) -> Value {
+        let asked = fetches(actions);
+        assert_eq!(asked.len(), 1, "one getToken call: {actions:?}");
+        self.core.on_token(asked[0], Ok(token.into()), self.now);
+        let actions = self.take();
+        assert_eq!(
+            Harness::opens(&actions).len(),
+            1,
+            "the socket opens with the token"
+        );
+        self.core.on_open(self.conn, self.now);
+        let hello = self.sent();
+        assert_eq!(types(&hello), vec!["hello"]);
+        hello[0].clone()
+    }
+
+    /// `ms` pass; the gateway's ping arrives just before the timer fires (so the
+    /// connection is not declared dead).
+    fn idle(&mut self, ms: u64) {
+        self.now += ms;
+        self.frame(json!({"type": "ping"}));
+        self.core.tick(self.now);
+    }
+
+    /// `connect()` with a token from `getToken` expiring at `exp_s`, up to `welcome`.
+    fn connect_with_token(&mut self, exp_s: u64) {
+        self.core.connect(self.now);
+        let actions = self.take();
+        let hello = self.give_token(&actions, &jwt(exp_s));
+        assert_eq!(hello["token"], jwt(exp_s));
+        self.welcome("s1", false);
+        self.take();
+        assert_eq!(self.core.state(), State::Connected);
+    }
+}
+
+#[test]
+fn get_token_is_asked_before_the_first_socket_opens_and_its_token_goes_in_hello() {
+    let mut h = Harness::with_get_token();
+    h.core.connect(h.now);
+    let actions = h.take();
+    assert_eq!(fetches(&actions).len(), 1);
+    assert!(
+        Harness::opens(&actions).is_empty(),
+        "no socket before the token"
+    );
+    assert_eq!(h.core.state(), State::Connecting);
+    let hello = h.give_token(&actions, "tok-1");
+    assert_eq!(hello["token"], "tok-1");
+    h.welcome("s1", false);
+    assert_eq!(h.core.state(), State::Connected);
+}
+
+#[test]
+fn without_get_token_no_token_is_asked_for_and_the_static_token_goes_in_hello() {
+    let mut config = Config::new(vec!["ws://a/ws".into()]);
+    config.token = Some(jwt(2));
+    let mut h = Harness::with(config);
+    h.core.connect(h.now);
+    let actions = h.take();
+    assert!(fetches(&actions).is_empty());
+    h.core.on_open(h.conn, h.now);
+    assert_eq!(h.sent()[0]["token"], jwt(2));
+    h.welcome("s1", false);
+    h.advance(10_000);
+    assert!(fetches(&h.take()).is_empty(), "nothing to renew with");
+}
+
+#[test]
+fn the_token_is_renewed_at_three_quarters_of_its_lifetime_with_a_refresh_on_the_live_connection() {
+    let mut h = Harness::with_get_token();
+    // now = 1 s; the token expires at 101 s: renewal at 1 s + 75 s.
+    h.connect_with_token(101);
+    h.idle(74_999);
+    let early = h.take();
+    assert!(
+        fetches(&early).is_empty(),
+        "not before 75 % of the lifetime"
+    );
+    h.idle(1);
+    let actions = h.take();
+    let asked = fetches(&actions);
+    assert_eq!(asked.len(), 1, "getToken at 76 s");
+    h.core.on_token(asked[0], Ok(jwt(301)), h.now);
+    let actions = h.take();
+    let refresh: Vec<Value> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send(t) => Some(serde_json::from_str(t).unwrap()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(types(&refresh), vec!["refresh"]);
+    assert_eq!(refresh[0]["token"], jwt(301));
+    let id = refresh[0]["id"].as_str().unwrap().to_string();
+    assert!(Harness::opens(&actions).is_empty(), "same connection");
+    h.frame(json!({"type": "ack", "id": id}));
+    let actions = h.take();
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::StateChanged(_))),
+        "no state change: {actions:?}"
+    );
+    assert!(errors(&actions).is_empty());
+    assert_eq!(h.core.state(), State::Connected);
+    assert_eq!(h.core.session(), Some("s1"));
+    // The new token (expiring at 301 s) is renewed in its turn, at 76 s + 75 % of 225 s.
+    let next = 76_000 + 225_000 * 3 / 4;
+    let timers: Vec<Option<u64>> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::SetTimer(t) => Some(*t),
+            _ => None,
+        })
+        .collect();
+    assert!(timers.is_empty() || timers.iter().all(|t| t.is_some_and(|t| t <= next)));
+    h.idle(next - h.now - 1);
+    assert!(fetches(&h.take()).is_empty());
+    h.idle(1);
+    assert_eq!(fetches(&h.take()).len(), 1, "the next renewal at {next}");
+}
+
+#[test]
+fn a_refused_refresh_is_reported_and_not_repeated_and_expiry_then_reconnects_with_a_fresh_token() {
+    let mut h = Harness::with_get_token();
+    h.connect_with_token(101);
+    h.idle(75_000);
+    let asked = fetches(&h.take());
+    h.core.on_token(asked[0], Ok("not-accepted".into()), h.now);
+    let sent = h.sent();
+    assert_eq!(types(&sent), vec!["refresh"]);
+    h.frame(
+        json!({"type": "error", "id": sent[0]["id"], "code": "unauthorized",
+        "message": "the token is malformed"}),
+    );
+    let actions = h.take();
+    let events = errors(&actions);
+    assert_eq!(events.len(), 1, "{actions:?}");
+    assert_eq!(events[0].code, ErrorCode::Unauthorized);
+    assert!(
+        events[0].message.contains("the token is malformed"),
+        "{}",
+        events[0].message
+    );
+    assert_eq!(h.core.state(), State::Connected, "the connection stays");
+    // Not sent again (the gateway counts refused frames) until the token expires...
+    for _ in 0..24 {
+        h.idle(1_000);
+    }
+    assert!(fetches(&h.take()).is_empty(), "no new getToken call");
+    // ...then the gateway closes with 4004 and the reconnect gets a fresh token.
+    h.core.on_close(h.conn, 4004, h.now);
+    let actions = h.take();
+    assert_eq!(h.give_token(&actions, &jwt(500))["token"], jwt(500));
+}
+
+#[test]
+fn a_transient_refresh_error_is_retried_with_backoff() {
+    let mut h = Harness::with_get_token();
+    h.connect_with_token(101);
+    h.idle(75_000);
+    let asked = fetches(&h.take());
+    h.core.on_token(asked[0], Ok(jwt(200)), h.now);
+    let sent = h.sent();
+    h.frame(json!({"type": "error", "id": sent[0]["id"], "code": "overloaded", "message": "busy"}));
+    assert_eq!(errors(&h.take()).len(), 1);
+    h.idle(200);
+    assert_eq!(fetches(&h.take()).len(), 1, "getToken asked again");
+}
+
+#[test]
+fn a_failed_get_token_during_renewal_is_reported_and_retried() {
+    let mut h = Harness::with_get_token();
+    h.connect_with_token(101);
+    h.idle(75_000);
+    let asked = fetches(&h.take());
+    h.core.on_token(asked[0], Err("backend down".into()), h.now);
+    let events = errors(&h.take());
+    assert_eq!(events.len(), 1);
+    assert!(events[0].message.contains("getToken failed: backend down"));
+    h.idle(200);
+    assert_eq!(fetches(&h.take()).len(), 1, "getToken asked again");
+}
+
+#[test]
+fn a_close_with_token_expired_reconnects_with_a_fresh_token_from_get_token_and_resumes() {
+    let mut h = Harness::with_get_token();
+    h.connect_with_token(101);
+    h.frame(json!({"type": "error", "code": "unauthorized", "message": "the token has expired"}));
+    h.core.on_close(h.conn, 4004, h.now);
+    let actions = h.take();
+    assert_eq!(
+        fetches(&actions).len(),
+        1,
+        "a fresh token for the reconnect"
+    );
+    assert!(Harness::opens(&actions).is_empty());
+    let hello = h.give_token(&actions, &jwt(500));
+    assert_eq!(hello["token"], jwt(500));
+    assert_eq!(hello["session"], "s1", "resumes");
+    h.welcome("s1", true);
+    assert_eq!(h.core.state(), State::Connected);
+}
+
+#[test]
+fn every_reconnect_asks_get_token_again() {
+    let mut h = Harness::with_get_token();
+    h.connect_with_token(101);
+    let actions = h.drop_connection();
+    let hello = h.give_token(&actions, &jwt(102));
+    assert_eq!(hello["token"], jwt(102));
+}
+
+#[test]
+fn unauthorized_at_hello_after_the_token_expired_reconnects_with_a_fresh_token() {
+    let mut h = Harness::with_get_token();
+    h.core.connect(h.now);
+    let actions = h.take();
+    // A token that expired at 0.5 s (now is 1 s): the gateway refuses it.
+    h.give_token(&actions, &jwt(0));
+    h.core.on_close(h.conn, 4501, h.now);
+    let actions = h.take();
+    assert_eq!(
+        fetches(&actions).len(),
+        1,
+        "asks for a fresh token: {actions:?}"
+    );
+    // A token that is still valid but refused: the client stops.
+    h.give_token(&actions, &jwt(1_000));
+    h.core.on_close(h.conn, 4501, h.now);
+    let actions = h.take();
+    assert!(fetches(&actions).is_empty());
+    assert_eq!(h.core.state(), State::Disconnected);
+}
+
+#[test]
+fn a_failed_get_token_is_an_error_event_and_is_retried_with_backoff() {
+    let mut h = Harness::with_get_token();
+    let ready = h.core.ready(h.now);
+    h.core.connect(h.now);
+    let first = fetches(&h.take());
+    h.core.on_token(first[0], Err("offline".into()), h.now);
+    let actions = h.take();
+    let events = errors(&actions);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].code, ErrorCode::Disconnected);
+    assert!(
+        events[0].message.contains("getToken failed: offline"),
+        "{}",
+        events[0].message
+    );
+    let second = fetches(&actions);
+    assert_eq!(second.len(), 1, "the first retry is immediate");
+    h.core.on_token(second[0], Err("offline".into()), h.now);
+    let actions = h.take();
+    assert!(fetches(&actions).is_empty(), "then the backoff waits");
+    assert!(Harness::opens(&actions).is_empty());
+    assert_eq!(h.core.state(), State::Connecting);
+    h.advance(200);
+    let actions = h.take();
+    let hello = h.give_token(&actions, "tok");
+    assert_eq!(hello["token"], "tok");
+    h.welcome("s1", false);
+    assert!(resolved(&h.take(), ready));
+}
+
+#[test]
+fn a_get_token_that_never_answers_fails_the_attempt_and_a_late_answer_is_ignored() {
+    let mut h = Harness::with_get_token();
+    h.core.connect(h.now);
+    let first = fetches(&h.take());
+    h.advance(5_000);
+    let actions = h.take();
+    let events = errors(&actions);
+    assert!(
+        events[0].message.contains("getToken did not answer"),
+        "{events:?}"
+    );
+    let second = fetches(&actions);
+    assert_eq!(second.len(), 1);
+    h.core.on_token(first[0], Ok("late".into()), h.now);
+    assert!(
+        Harness::opens(&h.take()).is_empty(),
+        "the late answer opens nothing"
+    );
+    h.core.on_token(second[0], Ok("tok".into()), h.now);
+    assert_eq!(Harness::opens(&h.take()).len(), 1);
+}

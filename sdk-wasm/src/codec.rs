@@ -6,6 +6,7 @@
 use warren_protocol::{decode_server, encode, ClientFrame, DecodeError, Raw, ServerFrame};
 
 use crate::error::ClientError;
+use crate::token::expiry_s;
 
 /// Text ⇄ frame for one payload representation.
 pub trait Codec {
@@ -23,6 +24,13 @@ pub trait Codec {
     /// # Errors
     /// A [`DecodeError`] with a registry code when the text is not a known server frame.
     fn decode(&self, text: &str) -> Result<ServerFrame<Self::Payload>, DecodeError>;
+
+    /// The `exp` claim (seconds since the epoch) of a JWT, read without checking its
+    /// signature (to renew it ahead of time); `None` for other tokens. Natively Rust
+    /// ([`expiry_s`]); the browser codec asks the browser (`atob`, `JSON`), smaller.
+    fn token_expiry_s(&self, token: &str) -> Option<u64> {
+        expiry_s(token)
+    }
 }
 
 /// The native codec: `serde_json`, payloads kept as raw JSON text.

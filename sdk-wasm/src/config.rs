@@ -23,14 +23,22 @@ pub const DEFAULT_ACK_DELAY_MS: u64 = 100;
 pub const DEAD_AFTER_TENTHS: u64 = 25;
 /// A connection that lasted this long resets the backoff: 5 s.
 pub const STABLE_AFTER_MS: u64 = 5_000;
+/// With `getToken`, a token is renewed after this share (%) of its remaining lifetime...
+pub const RENEW_AT_PERCENT: u64 = 75;
+/// ...but never sooner than this after it came into force: 1 s.
+pub const RENEW_MIN_MS: u64 = 1_000;
 
 /// Everything a client is configured with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Gateway WebSocket URLs, tried in order and rotated on failure.
     pub urls: Vec<String>,
-    /// Credential sent in `hello`.
+    /// Credential sent in `hello` (the static `token` option).
     pub token: Option<String>,
+    /// The app gave a `getToken` function: the core asks for a fresh token
+    /// ([`Action::FetchToken`](crate::Action::FetchToken)) before every connection
+    /// attempt and ahead of the token's expiry.
+    pub fetch_token: bool,
     /// Reconnection delays.
     pub backoff: Backoff,
     /// Default deadline of writes and requests.
@@ -63,6 +71,7 @@ impl Config {
         Config {
             urls,
             token: None,
+            fetch_token: false,
             backoff: Backoff::default(),
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
             connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,

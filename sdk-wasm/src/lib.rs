@@ -21,6 +21,7 @@
 //!   message, the failed operation's frame id); [`codec`]: text ⇄ frame, `serde_json`
 //!   natively.
 //! - [`text`]: strings and decimals built without `core::fmt` (wasm size).
+//! - [`token`]: a token's `exp`, read to renew it ahead of time (`getToken`).
 //!
 //! The facade (`wasm32` only, module `browser`): the JS `Client` class over the
 //! browser `WebSocket`, `setTimeout` and promises, with the browser's `JSON` as codec.
@@ -44,6 +45,7 @@ pub mod outbox;
 pub mod rng;
 pub mod subscription;
 pub mod text;
+pub mod token;
 
 #[cfg(target_arch = "wasm32")]
 pub mod browser;

@@ -485,3 +485,203 @@ async fn freeing_the_client_closes_it_and_rejects_what_is_pending() {
     assert_eq!(code_of(&err), "closed");
     assert_eq!(states_of(&states), vec!["disconnected"]);
 }
+
+// ----- tokens: getToken, renewal on the live connection, expiry -----
+//
+// Against a second stack in jwt mode (`warren-stack --auth jwt --jwt-leeway-s 0`, no
+// demo service), whose state test.sh compiles in as `WARREN_JWT_STACK_STATE_JSON`;
+// tokens come from its development endpoint `POST /token`.
+
+fn jwt_stack() -> JsValue {
+    let Some(text) = option_env!("WARREN_JWT_STACK_STATE_JSON") else {
+        panic!("run through sdk-wasm/test.sh: WARREN_JWT_STACK_STATE_JSON is not set");
+    };
+    JSON::parse(text).expect("jwt stack state JSON")
+}
+
+fn jwt_urls() -> String {
+    let gateways = Array::from(&path(&jwt_stack(), &["gateways"]));
+    let url = |i| {
+        path(&gateways.get(i), &["urls", "all"])
+            .as_string()
+            .expect("URL")
+    };
+    format!(r#"["{}", "{}"]"#, url(0), url(1))
+}
+
+/// A `getToken` for `user` that fetches tokens living `lifetime_s` from the jwt stack's
+/// `POST /token`, counting its calls in `globalThis.__tokenCalls[user]`; while
+/// `globalThis.__refuseRenewal[user]` is true it rejects (renewal disabled).
+fn get_token(user: &str, lifetime_s: u32) -> Function {
+    let control = path(&jwt_stack(), &["control"])
+        .as_string()
+        .expect("control");
+    Function::new_no_args(&format!(
+        r#"
+        const calls = (globalThis.__tokenCalls ??= {{}});
+        calls["{user}"] = (calls["{user}"] ?? 0) + 1;
+        if ((globalThis.__refuseRenewal ?? {{}})["{user}"]) {{
+          return Promise.reject(new Error("renewal disabled by the test"));
+        }}
+        return fetch("{control}/token", {{
+          method: "POST",
+          headers: {{ "content-type": "application/json" }},
+          body: JSON.stringify({{ user: "{user}", lifetime_s: {lifetime_s} }}),
+        }}).then((r) => r.json()).then((j) => j.token);
+        "#
+    ))
+}
+
+fn token_calls(user: &str) -> u32 {
+    let calls = Reflect::get(&js_sys::global(), &"__tokenCalls".into()).unwrap_or_default();
+    path(&calls, &[user]).as_f64().unwrap_or(0.0) as u32
+}
+
+fn refuse_renewal(user: &str, refuse: bool) {
+    let global = js_sys::global();
+    let mut map = Reflect::get(&global, &"__refuseRenewal".into()).unwrap_or_default();
+    if !map.is_object() {
+        map = js_sys::Object::new().into();
+        Reflect::set(&global, &"__refuseRenewal".into(), &map).unwrap();
+    }
+    Reflect::set(&map, &user.into(), &refuse.into()).unwrap();
+}
+
+/// Records the close code of every WebSocket the page opens from now on, by URL
+/// (`globalThis.__closes`: `[url, code]` pairs).
+fn record_close_codes() {
+    let _ = js_sys::eval(
+        r#"
+        if (!globalThis.__closes) {
+          globalThis.__closes = [];
+          const Native = globalThis.WebSocket;
+          globalThis.WebSocket = class extends Native {
+            constructor(...args) {
+              super(...args);
+              this.addEventListener("close", (e) => globalThis.__closes.push([String(args[0]), e.code]));
+            }
+          };
+        }
+        "#,
+    );
+}
+
+fn close_codes() -> Vec<u16> {
+    let closes = Reflect::get(&js_sys::global(), &"__closes".into()).unwrap_or_default();
+    Array::from(&closes)
+        .iter()
+        .filter_map(|pair| Array::from(&pair).get(1).as_f64())
+        .map(|c| c as u16)
+        .collect()
+}
+
+fn jwt_client(user: &str, lifetime_s: u32) -> Client {
+    let options = json(&format!(
+        r#"{{"urls": {}, "reconnect": {{"minDelayMs": 100, "maxDelayMs": 500}}}}"#,
+        jwt_urls()
+    ));
+    Reflect::set(&options, &"getToken".into(), &get_token(user, lifetime_s)).unwrap();
+    Client::new(options.unchecked_into()).expect("client")
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", (js_sys::Math::random() * 1e9) as u64)
+}
+
+#[wasm_bindgen_test]
+async fn a_short_lived_token_is_renewed_on_the_live_connection_without_reconnecting() {
+    let user = unique("renew");
+    // 4 s tokens and no leeway: without renewal the gateway closes within 4 s.
+    let c = jwt_client(&user, 4);
+    let (on_state, states) = recorder();
+    c.on("state", on_state).expect("on");
+    let (on_error, errors) = recorder();
+    c.on("error", on_error).expect("on");
+    wait(c.connect())
+        .await
+        .expect("connect with a token from getToken");
+    assert_eq!(token_calls(&user), 1, "getToken before connecting");
+    let session = c.session();
+    sleep(10_000).await;
+    assert!(
+        token_calls(&user) >= 3,
+        "renewed at least twice in 10 s (getToken called {} times)",
+        token_calls(&user)
+    );
+    assert_eq!(
+        states_of(&states),
+        vec!["connecting", "connected"],
+        "no reconnect"
+    );
+    assert_eq!(c.session(), session, "same session");
+    assert!(
+        errors.borrow().is_empty(),
+        "no error: {:?}",
+        messages_of(&errors)
+    );
+    wait(c.write(json(r#"{"channel": "echo", "message": "still here"}"#).unchecked_into()))
+        .await
+        .expect("the renewed session publishes");
+    c.close();
+}
+
+#[wasm_bindgen_test]
+async fn without_renewal_the_token_expires_with_4004_and_the_client_reconnects_with_a_fresh_token()
+{
+    record_close_codes();
+    let user = unique("expire");
+    // Renewals are refused while connected; the reconnect gets a fresh token.
+    let c = jwt_client(&user, 3);
+    let (on_state, states) = recorder();
+    c.on("state", on_state).expect("on");
+    let (on_error, errors) = recorder();
+    c.on("error", on_error).expect("on");
+    wait(c.connect()).await.expect("connect");
+    let session = c.session();
+    refuse_renewal(&user, true);
+    // Allow the renewal again once the gateway closed the connection.
+    let allow = Closure::<dyn FnMut(JsValue)>::new({
+        let user = user.clone();
+        move |ev: JsValue| {
+            if path(&ev, &["newState"]).as_string().as_deref() == Some("connecting") {
+                refuse_renewal(&user, false);
+            }
+        }
+    });
+    c.on("state", allow.as_ref().unchecked_ref::<Function>().clone())
+        .expect("on");
+    allow.forget();
+    let mut reconnected = false;
+    for _ in 0..100 {
+        sleep(100).await;
+        if states_of(&states).len() >= 4 && c.state() == "connected" {
+            reconnected = true;
+            break;
+        }
+    }
+    assert!(reconnected, "states: {:?}", states_of(&states));
+    assert_eq!(
+        states_of(&states),
+        vec!["connecting", "connected", "connecting", "connected"]
+    );
+    assert!(
+        close_codes().contains(&4004),
+        "closed with 4004 token_expired (close codes seen: {:?})",
+        close_codes()
+    );
+    let events = messages_of(&errors);
+    assert!(
+        events
+            .iter()
+            .any(|m| m.contains("renewal disabled by the test")),
+        "the failed renewal was an error event: {events:?}"
+    );
+    assert!(token_calls(&user) >= 3, "connect, renewal, reconnect");
+    let resumed = states.borrow().last().map(|e| path(e, &["resumed"]));
+    assert_eq!(resumed, Some(JsValue::TRUE), "the session was resumed");
+    assert_eq!(c.session(), session);
+    wait(c.write(json(r#"{"channel": "echo", "message": "back"}"#).unchecked_into()))
+        .await
+        .expect("the fresh token works");
+    c.close();
+}

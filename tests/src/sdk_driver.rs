@@ -227,6 +227,8 @@ async fn drive(
                         }
                     }
                 }
+                // Never asked: this driver's configs carry a static token, no getToken.
+                Action::FetchToken(_) => {}
                 Action::Close => {
                     wanted = None;
                     if let Some(r) = reader.take() {

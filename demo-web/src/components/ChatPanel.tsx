@@ -7,6 +7,7 @@
 // us too; they are matched to the local copy by the `cid` the page puts in each message.
 import { useCallback, useEffect, useReducer, useRef, useState, type FormEvent } from "react";
 import { useClient, useSubscription, type WarrenDelivery } from "warren-sdk/react";
+import { PrivateGroup } from "./PrivateGroup";
 import { checkName } from "../lib/config";
 import { clock, header, newId } from "../lib/ids";
 import { toShownError, type ShownError } from "../lib/errors";
@@ -438,6 +439,8 @@ export function ChatPanel({ user, onUnread }: { user: string; onUnread: (n: numb
           kind="room name"
           onSubmit={(g) => dispatch({ type: "join", group: g })}
         />
+        <h3 className="side-title">Private group</h3>
+        <PrivateGroup />
         <h3 className="side-title">Direct messages</h3>
         <ul className="rooms">
           {state.dms.map((u) => (

@@ -1,11 +1,21 @@
-// The sign-in screen: a name becomes the user id (the gateway runs with auth mode none).
+// The sign-in screen: the stack's development endpoint signs a token for the name (with
+// no control API, the name itself is the token, for a gateway in auth mode none).
 import { useState, type FormEvent } from "react";
 import { checkName } from "../lib/config";
 import { Logo } from "../App";
 
-export function SignIn({ urls, onSignIn }: { urls: string[]; onSignIn: (name: string) => void }) {
+export function SignIn({
+  urls,
+  control,
+  onSignIn,
+}: {
+  urls: string[];
+  control: string | null;
+  onSignIn: (name: string) => Promise<void>;
+}) {
   const [name, setName] = useState("");
   const [error, setError] = useState<string | null>(null);
+  const [busy, setBusy] = useState(false);
   const submit = (e: FormEvent) => {
     e.preventDefault();
     const value = name.trim();
@@ -14,7 +24,11 @@ export function SignIn({ urls, onSignIn }: { urls: string[]; onSignIn: (name: st
       setError(problem);
       return;
     }
-    onSignIn(value);
+    setBusy(true);
+    onSignIn(value).catch((err: unknown) => {
+      setBusy(false);
+      setError(err instanceof Error ? err.message : String(err));
+    });
   };
   return (
     <div className="splash">
@@ -46,9 +60,16 @@ export function SignIn({ urls, onSignIn }: { urls: string[]; onSignIn: (name: st
             {error}
           </p>
         )}
-        <button className="btn btn-primary btn-block" type="submit" data-testid="signin-submit">
-          Sign in
+        <button className="btn btn-primary btn-block" type="submit" data-testid="signin-submit" disabled={busy}>
+          {busy ? "Signing in…" : "Sign in"}
         </button>
+        {control && (
+          <p className="fineprint" data-testid="signin-token-note">
+            Signing in fetches a short-lived token from the demo's development endpoint{" "}
+            <code>{control}/token</code> (a development secret, never for production); the
+            client renews it before it expires.
+          </p>
+        )}
         <p className="fineprint">
           Gateways: {urls.map((u, i) => (
             <code key={u}>

@@ -13,7 +13,10 @@ use wasm_bindgen::prelude::*;
 use super::codec::{Js, JsCodec};
 use super::error::{invalid, to_js};
 use super::object::{get, opt_bool, opt_str, opt_u64, req_str, set, str_array};
-use super::socket::{deferred, log_error, Dispatch, Socket, Timer, CLOSE, OPEN, TEXT, TICK};
+use super::socket::{
+    deferred, emit_event, get_token, listen, listeners, log_error, Dispatch, Socket, Timer, CLOSE,
+    OPEN, TEXT, TICK, TOKEN, TOKEN_FAILED,
+};
 use super::types::{ClientOptions, EnvelopeJs, SubscribeOptionsJs, WaitOptionsJs};
 use crate::action::{Action, StateChange};
 use crate::backoff::Backoff;
@@ -24,39 +27,19 @@ use crate::id_map::IdMap;
 use crate::subscription::SubscribeOptions;
 use crate::text::concat;
 
-/// Which event a listener is for.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Event {
-    State,
-    Error,
-    Drain,
-}
-
-impl Event {
-    fn parse(name: &str) -> Result<Event, JsValue> {
-        match name {
-            "state" => Ok(Event::State),
-            "error" => Ok(Event::Error),
-            "drain" => Ok(Event::Drain),
-            other => Err(invalid(concat(&[
-                "unknown event `",
-                other,
-                "` (expected state, error or drain)",
-            ]))),
-        }
-    }
-}
-
 /// Everything the bindings hold besides the core: JS-side resources only.
 struct Inner {
     core: ClientCore<JsCodec>,
+    /// The app's `getToken`, if it gave one.
+    get_token: Option<Function>,
     socket: Option<Socket>,
     timer: Option<Timer>,
     /// Promise settlers by operation id: (resolve, reject).
     ops: IdMap<(Function, Function)>,
     /// Delivery handlers by subscription id.
     handlers: IdMap<Function>,
-    listeners: Vec<(Event, Function)>,
+    /// `{ state: [...], error: [...], drain: [...] }`: the listeners, kept in JS.
+    listeners: JsValue,
     /// The last `error` event (`null` before the first).
     last_error: JsValue,
 }
@@ -101,12 +84,13 @@ impl Client {
         config.validate().map_err(|e| to_js(&e))?;
         let seed = (js_sys::Math::random() * 9_007_199_254_740_992.0) as u64 ^ now();
         let inner = Inner {
+            get_token: get(&options, "getToken").dyn_into().ok(),
             core: ClientCore::new(config, JsCodec, seed),
             socket: None,
             timer: None,
             ops: IdMap::default(),
             handlers: IdMap::default(),
-            listeners: Vec::new(),
+            listeners: listeners(),
             last_error: JsValue::NULL,
         };
         Ok(Client {
@@ -209,25 +193,13 @@ impl Client {
     /// See the TypeScript declaration (generic).
     #[wasm_bindgen(skip_typescript)]
     pub fn on(&self, event: &str, handler: Function) -> Result<(), JsValue> {
-        let event = Event::parse(event)?;
-        self.shared
-            .inner
-            .borrow_mut()
-            .listeners
-            .push((event, handler));
-        Ok(())
+        self.listen(event, &handler, true)
     }
 
     /// See the TypeScript declaration (generic).
     #[wasm_bindgen(skip_typescript)]
     pub fn off(&self, event: &str, handler: Function) -> Result<(), JsValue> {
-        let event = Event::parse(event)?;
-        self.shared
-            .inner
-            .borrow_mut()
-            .listeners
-            .retain(|(e, f)| !(*e == event && JsValue::from(f) == JsValue::from(&handler)));
-        Ok(())
+        self.listen(event, &handler, false)
     }
 
     /// The connection state now.
@@ -252,6 +224,22 @@ impl Client {
     #[wasm_bindgen(getter, js_name = lastError, unchecked_return_type = "WarrenError | null")]
     pub fn last_error(&self) -> JsValue {
         self.shared.inner.borrow().last_error.clone()
+    }
+}
+
+impl Client {
+    /// Adds (`on`) or removes a listener of `state`, `error` or `drain`.
+    fn listen(&self, event: &str, handler: &Function, on: bool) -> Result<(), JsValue> {
+        let listeners = self.shared.inner.borrow().listeners.clone();
+        if listen(&listeners, event, handler, on) {
+            Ok(())
+        } else {
+            Err(invalid(concat(&[
+                "unknown event `",
+                event,
+                "` (expected state, error or drain)",
+            ])))
+        }
     }
 }
 
@@ -288,6 +276,11 @@ fn parse_options(o: &JsValue) -> Result<Config, String> {
     }
     let mut config = Config::new(str_array(o, "urls")?);
     config.token = opt_str(o, "token")?;
+    let get_token = get(o, "getToken");
+    config.fetch_token = get_token.is_function();
+    if !config.fetch_token && !get_token.is_undefined() {
+        return Err("`getToken` must be a function".into());
+    }
     let reconnect = get(o, "reconnect");
     let d = config.backoff;
     config.backoff = Backoff::new(
@@ -369,6 +362,11 @@ fn feed(shared: &Rc<Shared>, kind: u32, conn: u64, data: JsValue) {
                 .core
                 .on_close(conn, data.as_f64().unwrap_or(1006.0) as u16, t),
             TICK => inner.core.tick(t),
+            TOKEN | TOKEN_FAILED => {
+                let text = data.as_string().unwrap_or_default();
+                let result = if kind == TOKEN { Ok(text) } else { Err(text) };
+                inner.core.on_token(conn, result, t)
+            }
             _ => {}
         }
     }
@@ -424,11 +422,11 @@ fn perform(shared: &Rc<Shared>, action: Action<Js>) {
                 }
             }
         }
-        Action::StateChanged(change) => emit(shared, Event::State, &state_js(&change)),
+        Action::StateChanged(change) => emit(shared, "state", &state_js(&change)),
         Action::Error(err) => {
             let err = to_js(&err);
             shared.inner.borrow_mut().last_error = err.clone();
-            emit(shared, Event::Error, &err);
+            emit(shared, "error", &err);
         }
         Action::Drain(d) => {
             let o = Object::new();
@@ -438,7 +436,13 @@ fn perform(shared: &Rc<Shared>, action: Action<Js>) {
                 "deadlineMs",
                 &d.deadline_ms.map_or(JsValue::NULL, |ms| (ms as f64).into()),
             );
-            emit(shared, Event::Drain, &o);
+            emit(shared, "drain", &o);
+        }
+        Action::FetchToken(fetch) => {
+            let get = shared.inner.borrow().get_token.clone();
+            if let Some(get) = get {
+                get_token(&get, fetch, &shared.dispatch);
+            }
         }
         Action::SetTimer(at) => {
             let timer = at.map(|at| Timer::arm(at.saturating_sub(now()), &shared.dispatch));
@@ -465,18 +469,11 @@ fn call(handler: &Function, arg: &JsValue) {
     }
 }
 
-fn emit(shared: &Rc<Shared>, event: Event, value: &JsValue) {
-    let listeners: Vec<Function> = shared
-        .inner
-        .borrow()
-        .listeners
-        .iter()
-        .filter(|(e, _)| *e == event)
-        .map(|(_, f)| f.clone())
-        .collect();
-    for listener in listeners {
-        call(&listener, value);
-    }
+/// Calls the listeners of `event` (an exception is logged, never allowed to break the
+/// client).
+fn emit(shared: &Rc<Shared>, event: &str, value: &JsValue) {
+    let listeners = shared.inner.borrow().listeners.clone();
+    emit_event(&listeners, event, value);
 }
 
 fn delivery_js(d: Deliver<Js>) -> JsValue {

@@ -12,7 +12,7 @@ use warren_protocol::{
     Ack, ClientFrame, DecodeError, Deliver, Drain, Error, ErrorCode, Headers, Limits, Overflow,
     Ping, Reply, ServerFrame, Welcome, SERVER_TYPES,
 };
-use wasm_bindgen::JsValue;
+use wasm_bindgen::prelude::*;
 
 use super::object::{get, set, set_defined, to_array};
 use crate::codec::Codec;
@@ -109,6 +109,10 @@ impl Codec for JsCodec {
                 }
                 set_defined(&o, "topic", &opt_value(&s.topic));
             }
+            ClientFrame::Refresh(r) => {
+                set(&o, "id", &str_value(&r.id));
+                set(&o, "token", &str_value(&r.token));
+            }
             ClientFrame::AckDeliveries(a) => set(&o, "seq", &num(a.seq)),
             ClientFrame::Ping(p) | ClientFrame::Pong(p) => {
                 set_defined(&o, "ts", &p.ts.map_or(JsValue::UNDEFINED, num));
@@ -150,6 +154,25 @@ impl Codec for JsCodec {
             )
         })
     }
+
+    fn token_expiry_s(&self, token: &str) -> Option<u64> {
+        let exp = token_exp(token);
+        (exp >= 0.0).then_some(exp as u64)
+    }
+}
+
+#[wasm_bindgen(inline_js = r#"
+export function tokenExp(t) {
+  try {
+    const e = JSON.parse(atob(t.split(".")[1].replace(/-/g, "+").replace(/_/g, "/"))).exp;
+    return typeof e == "number" && e >= 0 ? Math.floor(e) : -1;
+  } catch (_) { return -1; }
+}
+"#)]
+extern "C" {
+    /// The `exp` claim of a JWT's payload (base64url JSON), `-1` when there is none.
+    #[wasm_bindgen(js_name = tokenExp)]
+    fn token_exp(token: &str) -> f64;
 }
 
 /// A string field (`None` when absent or not a string).

@@ -1,6 +1,6 @@
 //! The browser side of sockets, timers and promises: a few lines of JavaScript (an
 //! inline snippet of the package) behind typed Rust handles. Every socket and timer
-//! event goes to ONE JS function per client, the [`Dispatch`] closure, so wasm-bindgen
+//! event (and every `getToken` outcome) goes to ONE JS function per client, the [`Dispatch`] closure, so wasm-bindgen
 //! emits one closure shim for the whole facade (wasm size). Dropping a [`Socket`]
 //! detaches its handlers and closes it, so a replaced connection never reports into the
 //! core again; dropping a [`Timer`] clears it.
@@ -24,6 +24,21 @@ export function sendText(ws, text) { try { ws.send(text); } catch (_) {} }
 export function arm(ms, dispatch) { return setTimeout(() => dispatch(3, 0), ms); }
 export function disarm(id) { clearTimeout(id); }
 export function logError(e) { console.error(e); }
+export function listeners() { return { state: [], error: [], drain: [] }; }
+export function listen(l, name, f, on) {
+  if (!Array.isArray(l[name])) return false;
+  l[name] = on ? [...l[name], f] : l[name].filter((g) => g !== f);
+  return true;
+}
+export function emitEvent(l, name, v) {
+  for (const f of l[name]) { try { f(v); } catch (e) { console.error(e); } }
+}
+export function fetchToken(get, fetch, dispatch) {
+  const report = (kind, value) => { try { dispatch(kind, fetch, value); } catch (_) {} };
+  new Promise((r) => r(get()))
+    .then((t) => (typeof t == "string" ? t : Promise.reject(Error("it resolved to " + typeof t))))
+    .then((t) => report(4, t), (e) => report(5, String(e?.message ?? e)));
+}
 "#)]
 extern "C" {
     /// `[promise, resolve, reject]` (smaller than a Rust executor closure).
@@ -43,6 +58,19 @@ extern "C" {
 
     fn disarm(id: &JsValue);
 
+    /// A client's listeners: `{ state: [], error: [], drain: [] }`.
+    pub fn listeners() -> JsValue;
+
+    /// Adds (`on`) or removes `f` as a listener of `name`; `false` for an unknown event.
+    pub fn listen(listeners: &JsValue, name: &str, f: &Function, on: bool) -> bool;
+
+    /// Calls every listener of `name` with `value`; exceptions are logged.
+    #[wasm_bindgen(js_name = emitEvent)]
+    pub fn emit_event(listeners: &JsValue, name: &str, value: &JsValue);
+
+    #[wasm_bindgen(js_name = fetchToken)]
+    fn fetch_token(get: &Function, fetch: f64, dispatch: &Function);
+
     /// `console.error(value)`.
     #[wasm_bindgen(js_name = logError)]
     pub fn log_error(value: &JsValue);
@@ -60,6 +88,15 @@ pub const TEXT: u32 = 1;
 pub const CLOSE: u32 = 2;
 /// `kind` of the timer firing.
 pub const TICK: u32 = 3;
+/// `kind` of a `getToken` call that resolved (`conn` is the call, `data` the token).
+pub const TOKEN: u32 = 4;
+/// `kind` of a `getToken` call that failed (`data` says why).
+pub const TOKEN_FAILED: u32 = 5;
+
+/// Calls the app's `getToken` and reports call `fetch` as [`TOKEN`] or [`TOKEN_FAILED`].
+pub fn get_token(get: &Function, fetch: u64, dispatch: &Dispatch) {
+    fetch_token(get, fetch as f64, function(dispatch));
+}
 
 fn function(dispatch: &Dispatch) -> &Function {
     dispatch.as_ref().unchecked_ref()

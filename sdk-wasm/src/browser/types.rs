@@ -45,6 +45,14 @@ export interface ClientOptions {
   urls: string[];
   /** Credential sent in `hello` (with the gateway's `auth.mode = "none"`, it is the user id). */
   token?: string;
+  /**
+   * Fetches a fresh token (e.g. a JWT from your backend). Called before the first
+   * connection attempt, before every reconnect, and ahead of expiry: at 75 % of the
+   * remaining lifetime of a token whose payload names its `exp`, the new token is sent
+   * on the live connection (`refresh`), without reconnecting. A rejection is an `error`
+   * event; the SDK tries again with the reconnect backoff. Used instead of `token`.
+   */
+  getToken?: () => Promise<string>;
   /** Reconnection delays: full-jitter exponential backoff. Defaults: 250 ms / 10 000 ms. */
   reconnect?: { minDelayMs?: number; maxDelayMs?: number };
   /** Deadline of `write` acks and default deadline of `writeAndWait`. Default: 10 000 ms. */

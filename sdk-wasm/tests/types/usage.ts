@@ -15,6 +15,15 @@ await init();
 
 const client = new Client({ urls: ["ws://localhost:4000/ws"], connectTimeoutMs: 10_000 });
 
+// Tokens from the app's backend, renewed by the SDK; getToken returns a promise of a string.
+const renewing = new Client({
+  urls: ["ws://localhost:4000/ws"],
+  getToken: () => fetch("/api/warren-token").then((r) => r.text()),
+});
+void renewing;
+// @ts-expect-error getToken must return a promise of a string, not a string
+new Client({ urls: ["ws://localhost:4000/ws"], getToken: () => "plain" });
+
 // client.url and StateEvent.url: the same type, string | null.
 const url: string | null = client.url;
 client.on("state", (e: StateEvent) => {

@@ -9,7 +9,14 @@
 //! POST /gateways/{name}/stop       SIGTERM it (graceful drain) and wait for it to exit
 //! POST /gateways/{name}/start      start it again on the same ports
 //! POST /service/kill|stop|start    the same for the demo service
+//! POST /token {"user": "ada"}      {"token": "..."}: a development token for that user
 //! ```
+//!
+//! With `--auth jwt` the gateways verify HS256 tokens signed with a DEVELOPMENT secret
+//! (`warren-development-secret-change-me!` unless `--jwt-secret` says otherwise, public
+//! in this repository: never use it for anything real), and `POST /token` signs them
+//! (`sub`, `exp` = now + `--token-lifetime-s`, `groups` `room-1` and `room-2`, never the
+//! private `staff`). With `--auth none` it answers the user name itself as the token.
 //!
 //! Every response is the new state. CORS allows any origin: the demo page and the wasm
 //! test pages call this API from the browser. This is dev tooling, not product.
@@ -27,7 +34,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use clap::{Parser, ValueEnum};
-use serde::Serialize;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, Mutex};
@@ -36,6 +44,22 @@ use tokio::sync::{mpsc, Mutex};
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a SIGTERM'd child may take to exit before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The HMAC secret `--auth jwt` uses unless `--jwt-secret` names another: a
+/// DEVELOPMENT secret, published in this repository.
+const DEV_SECRET: &str = "warren-development-secret-change-me!";
+/// Groups every development token grants (`staff` is left out on purpose: the demo page
+/// shows the gateway refusing it).
+const DEV_GROUPS: [&str; 2] = ["room-1", "room-2"];
+
+/// How the gateways check tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Auth {
+    /// `auth.mode = "none"`: the token is the user id.
+    None,
+    /// `auth.mode = "jwt"`: HS256 tokens signed with `--jwt-secret`, from `POST /token`.
+    Jwt,
+}
 
 /// Which ports the gateways listen on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -86,6 +110,21 @@ struct Cli {
     /// Channels the gateways serve.
     #[arg(long, default_value = "chat,voice,tickets,echo")]
     channels: String,
+    /// How the gateways check tokens: `none` (the token is the user id) or `jwt` (HS256
+    /// tokens from `POST /token`; the gateways get a generated `--config` file).
+    #[arg(long, value_enum, default_value = "none")]
+    auth: Auth,
+    /// HMAC secret of `--auth jwt` (at least 32 bytes). The default is a DEVELOPMENT
+    /// secret, public in this repository.
+    #[arg(long, env = "WARREN_STACK_JWT_SECRET", default_value = DEV_SECRET, hide_env_values = true)]
+    jwt_secret: String,
+    /// Lifetime of the tokens `POST /token` signs, in seconds (a body's `lifetime_s`
+    /// may ask for another).
+    #[arg(long, default_value_t = 120)]
+    token_lifetime_s: u64,
+    /// Clock skew the gateways allow on `exp` with `--auth jwt` (`auth.jwt.leeway_s`).
+    #[arg(long, default_value_t = 30)]
+    jwt_leeway_s: u64,
 }
 
 /// The channels that get their own port in both layouts, in port order.
@@ -224,6 +263,8 @@ struct Stack {
     state_file: Option<PathBuf>,
     gateways: Vec<Proc>,
     service: Option<Proc>,
+    /// The signing key of `POST /token` (`--auth jwt`), and the tokens' lifetime.
+    tokens: Option<(EncodingKey, u64)>,
 }
 
 #[derive(Serialize)]
@@ -245,6 +286,8 @@ struct ServiceState {
 struct StackState {
     namespace: String,
     control: String,
+    /// `none` or `jwt`.
+    auth: &'static str,
     gateways: Vec<GatewayState>,
     service: Option<ServiceState>,
 }
@@ -254,6 +297,7 @@ impl Stack {
         StackState {
             namespace: self.namespace.clone(),
             control: self.control.clone(),
+            auth: if self.tokens.is_some() { "jwt" } else { "none" },
             gateways: self
                 .gateways
                 .iter_mut()
@@ -402,6 +446,71 @@ async fn service_action(State(stack): State<Shared>, UrlPath(action): UrlPath<St
     apply(&mut *stack.lock().await, None, action).await
 }
 
+/// Body of `POST /token`.
+#[derive(Deserialize)]
+struct TokenRequest {
+    user: String,
+    /// Another lifetime than `--token-lifetime-s` (tests of expiry and renewal).
+    lifetime_s: Option<u64>,
+}
+
+/// The claims of a development token.
+#[derive(Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    iat: u64,
+    exp: u64,
+    groups: [&'a str; 2],
+}
+
+/// `POST /token`: a development token for `user` (`--auth jwt`), or the user name itself
+/// (`--auth none`, where the token is the user id).
+async fn token(State(stack): State<Shared>, Json(request): Json<TokenRequest>) -> Response {
+    let user = request.user.trim();
+    let valid = !user.is_empty()
+        && user.len() <= 64
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-:@".contains(&b));
+    if !valid {
+        let message = "`user`: 1 to 64 letters, digits, `_`, `-`, `:` or `@`\n";
+        return (StatusCode::BAD_REQUEST, message).into_response();
+    }
+    let Some((key, lifetime_s)) = stack.lock().await.tokens.clone() else {
+        return Json(serde_json::json!({ "token": user })).into_response();
+    };
+    let iat = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let exp = iat + request.lifetime_s.unwrap_or(lifetime_s);
+    let claims = Claims {
+        sub: user,
+        iat,
+        exp,
+        groups: DEV_GROUPS,
+    };
+    match encode(&Header::new(Algorithm::HS256), &claims, &key) {
+        Ok(token) => Json(serde_json::json!({ "token": token, "exp": exp })).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+/// Writes the gateways' config file of `--auth jwt` (mode, secret, leeway) into the
+/// temporary directory; returns its path.
+fn write_auth_config(cli: &Cli) -> Result<PathBuf> {
+    if cli.jwt_secret.len() < 32 {
+        bail!("--jwt-secret must be at least 32 bytes");
+    }
+    let path = std::env::temp_dir().join(format!("warren-stack-{}-auth.toml", std::process::id()));
+    let toml = format!(
+        "# Written by warren-stack --auth jwt (development secret).\n\
+         [auth]\nmode = \"jwt\"\n\n[auth.jwt]\nsecret = {:?}\nleeway_s = {}\n",
+        cli.jwt_secret, cli.jwt_leeway_s
+    );
+    std::fs::write(&path, toml).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
 /// Allows any origin, and answers CORS preflight requests.
 async fn cors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let preflight = request.method() == Method::OPTIONS;
@@ -433,6 +542,7 @@ fn sibling(name: &str) -> Result<PathBuf> {
 
 fn gateway_proc(
     cli: &Cli,
+    auth_config: Option<&Path>,
     program: &Path,
     name: &str,
     base_port: Option<u16>,
@@ -456,6 +566,9 @@ fn gateway_proc(
     // Always explicit, even when empty, so a WARREN_NAMESPACE in the environment
     // cannot split the gateways and the service into two deployments.
     args.extend(["--namespace".into(), namespace.to_string()]);
+    if let Some(path) = auth_config {
+        args.extend(["--config".into(), path.display().to_string()]);
+    }
     args.extend(cli.gateway_arg.iter().cloned());
     Proc {
         name: name.into(),
@@ -510,9 +623,20 @@ async fn run(cli: Cli) -> Result<()> {
         Layout::Demo => (Some(4000), Some(5000)),
         Layout::Ephemeral => (None, None),
     };
+    let auth_config = match cli.auth {
+        Auth::Jwt => Some(write_auth_config(&cli)?),
+        Auth::None => None,
+    };
+    let tokens = auth_config.is_some().then(|| {
+        (
+            EncodingKey::from_secret(cli.jwt_secret.as_bytes()),
+            cli.token_lifetime_s,
+        )
+    });
+    let config = auth_config.as_deref();
     let gateways = vec![
-        gateway_proc(&cli, &gateway_bin, "primary", primary, &namespace),
-        gateway_proc(&cli, &gateway_bin, "failover", failover, &namespace),
+        gateway_proc(&cli, config, &gateway_bin, "primary", primary, &namespace),
+        gateway_proc(&cli, config, &gateway_bin, "failover", failover, &namespace),
     ];
     let service = (!cli.no_service).then(|| {
         let mut args = vec![
@@ -542,6 +666,7 @@ async fn run(cli: Cli) -> Result<()> {
         state_file: cli.state_file.clone(),
         gateways,
         service,
+        tokens,
     }));
 
     let started = async {
@@ -563,6 +688,7 @@ async fn run(cli: Cli) -> Result<()> {
     if let Err(e) = result {
         stack.lock().await.shutdown().await;
         delete_topology(&cli, &stack).await;
+        remove(auth_config.as_deref());
         return Err(e);
     }
 
@@ -570,6 +696,7 @@ async fn run(cli: Cli) -> Result<()> {
         .route("/state", get(get_state))
         .route("/gateways/{name}/{action}", post(gateway_action))
         .route("/service/{action}", post(service_action))
+        .route("/token", post(token))
         .layer(axum::middleware::from_fn(cors))
         .with_state(stack.clone());
     {
@@ -585,7 +712,15 @@ async fn run(cli: Cli) -> Result<()> {
     eprintln!("[stack] stopping");
     stack.lock().await.shutdown().await;
     delete_topology(&cli, &stack).await;
+    remove(auth_config.as_deref());
     Ok(())
+}
+
+/// Removes the generated gateway config file, if any.
+fn remove(path: Option<&Path>) {
+    if let Some(path) = path {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// Deletes the exchanges and channel queues of a namespace made up by this run, so
