@@ -26,6 +26,16 @@ pub fn raw(v: serde_json::Value) -> Raw {
     RawValue::from_string(v.to_string()).expect("valid JSON")
 }
 
+/// A `subscribe` frame for `channel` with id `id` and nothing else set (the channel's
+/// broadcast); set more fields with struct update syntax.
+pub fn sub(id: &str, channel: &str) -> Subscribe {
+    Subscribe {
+        id: id.into(),
+        channel: channel.into(),
+        ..Default::default()
+    }
+}
+
 /// A connected test client.
 pub struct TestClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use warren_e2e::client::{raw, TestClient};
+use warren_e2e::client::{raw, sub, TestClient};
 use warren_e2e::env::TestEnv;
 use warren_e2e::gateway::{http_get, TestGateway};
 use warren_gateway::{AuthMode, Config};
@@ -37,6 +37,7 @@ fn jwt(c: &mut Config) {
         "https://app.example.com".into(),
         "https://*.example.org".into(),
     ];
+    c.auth.token_cookie = Some("warren_token".into());
 }
 
 /// Claims for `user` valid for ten minutes, with `extra` merged in.
@@ -92,14 +93,6 @@ async fn expect_refused_hello(url: &str, token: Option<String>, what: &str) {
         Some(4501),
         "{what}: closed with 4501 unauthorized"
     );
-}
-
-fn sub(id: &str, channel: &str) -> Subscribe {
-    Subscribe {
-        id: id.into(),
-        channel: channel.into(),
-        ..Default::default()
-    }
 }
 
 #[tokio::test]
@@ -175,6 +168,17 @@ async fn forged_expired_and_malformed_tokens_are_refused_before_any_session_exis
         c.send(&ClientFrame::Hello(Hello::default())).await;
         match c.recv().await {
             ServerFrame::Welcome(w) => assert_eq!(w.user, "ada"),
+            other => panic!("expected welcome, got {other:?}"),
+        }
+        c.close().await;
+        // The token from the configured cookie (same-site apps).
+        let cookie = format!("theme=dark; warren_token={}", token("cy", json!({})));
+        let mut c = TestClient::try_connect_with_headers(&url, &[("Cookie", &cookie)])
+            .await
+            .expect("upgrade");
+        c.send(&ClientFrame::Hello(Hello::default())).await;
+        match c.recv().await {
+            ServerFrame::Welcome(w) => assert_eq!(w.user, "cy"),
             other => panic!("expected welcome, got {other:?}"),
         }
         let m = http_get(gw.health_addr(), "/metrics").await;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use warren_e2e::client::TestClient;
+use warren_e2e::client::{sub, TestClient};
 use warren_e2e::env::TestEnv;
 use warren_e2e::gateway::TestGateway;
 use warren_protocol::amqp::keys;
@@ -21,14 +21,6 @@ async fn user(url: &str, name: &str) -> TestClient {
         },
     )
     .await
-}
-
-fn sub(id: &str, channel: &str) -> Subscribe {
-    Subscribe {
-        id: id.into(),
-        channel: channel.into(),
-        ..Default::default()
-    }
 }
 
 #[tokio::test]
