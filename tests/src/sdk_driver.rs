@@ -584,8 +584,9 @@ pub struct Figures {
 
 impl Figures {
     /// Asserts what every failover run guarantees: the load was real (at least 5,000
-    /// writes and 5,000 deliveries), no write was lost, duplicated or left unacked, and
-    /// no delivery was lost or reached the app twice.
+    /// writes and 5,000 deliveries), no write was lost, duplicated or left unacked, no
+    /// delivery was lost or reached the app twice, and every `writeAndWait` in flight
+    /// resolved with its reply.
     ///
     /// # Panics
     ///
@@ -599,6 +600,11 @@ impl Figures {
         assert_eq!(
             self.deliveries_duplicated, 0,
             "no duplicate reaches the app"
+        );
+        assert!(self.requests_sent > 0, "requests were in flight");
+        assert_eq!(
+            self.requests_resolved, self.requests_sent,
+            "every pending writeAndWait resolves with its reply"
         );
     }
 }
