@@ -106,7 +106,7 @@ say "tsc: the shipped .d.ts under strict, skipLibCheck false, lib ES2023 + DOM"
   && node node_modules/typescript/bin/tsc -p tsconfig.json) \
   || die "the package's TypeScript declarations do not compile (sdk-wasm/tests/types)"
 # --- 7. installed in a fresh app, as a link and from a tarball ------------------------------
-say "install routes: a fresh Vite + React app outside the repo (link, tarball; tsc, build, dev, Chromium, Node)"
+say "install routes: a fresh Vite + React app outside the repo (link, tarball, registry; tsc, build, dev, Chromium, Node)"
 CHROMIUM_PATH="${CHROMIUM_PATH:-$(command -v chromium || command -v chromium-browser)}" \
   "$here/tests/install/run.sh" "$here/pkg" "$state" \
   || { tail -n 50 "$work/stack.log" >&2; die "an install route failed (sdk-wasm/tests/install)"; }

@@ -172,4 +172,4 @@ done
 for line in "${results[@]}"; do printf '  %s\n' "$line" >&2; done
 printf 'warren-sdk adds %d B gzipped to a fresh Vite + React app build: wasm %d B + JS %d B (warren-sdk and warren-sdk/react, bundled into the app chunk; gzip -9 per file)\n' \
   "$((wasm_gz + js_gz))" "$wasm_gz" "$js_gz"
-say "every install route works"
+say "every install route works (${SECONDS} s)"

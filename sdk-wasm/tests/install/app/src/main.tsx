@@ -2,7 +2,7 @@
 // the query string (?urls=ws://…,ws://…) and the page shows the connection state.
 import { StrictMode } from "react";
 import { createRoot } from "react-dom/client";
-import { isWarrenError, type Client } from "warren-sdk";
+import { WarrenError, type Client } from "warren-sdk";
 import { WarrenProvider, useClient, useConnectionState } from "warren-sdk/react";
 
 function Status() {
@@ -10,11 +10,13 @@ function Status() {
   const { state, url, lastError } = useConnectionState();
   return (
     <p id="status" data-state={state} data-url={url ?? ""}>
-      {state} {client.session ?? ""} {lastError && isWarrenError(lastError) ? lastError.code : ""}
+      {state} {client.session ?? ""} {lastError?.code ?? ""}
     </p>
   );
 }
 
+// Both entry points' runtime exports resolve (the class the SDK throws is exported).
+if (typeof WarrenError !== "function") throw new Error("warren-sdk exports no WarrenError");
 const urls = (new URLSearchParams(location.search).get("urls") ?? "").split(",").filter(Boolean);
 createRoot(document.getElementById("root")!).render(
   <StrictMode>
