@@ -6,7 +6,11 @@
 #      service, RabbitMQ at AMQP_ADDR) started here with `warren-stack`;
 #   4. a Node test that imports the built package as an app does and calls it;
 #   5. tsc --strict over an app's use of the shipped .d.ts (skipLibCheck false,
-#      lib ES2023 + DOM), with TypeScript and @types/react from npm (tests/types/).
+#      lib ES2023 + DOM), with TypeScript and @types/react from npm (tests/types/);
+#   6. the install routes (tests/install/run.sh): a fresh Vite + React + TypeScript app
+#      in a temp dir installs the package as a link and from a tarball, then tsc, vite
+#      build, the built app and the dev server in headless Chromium (connect to the
+#      stack), and Node; prints what the SDK adds to the app's build, gzipped.
 # The stack gets an extra channel `silent` that no service consumes (timeout test). A
 # second stack runs in jwt mode (`--auth jwt`, no leeway, no demo service) for the token
 # tests: getToken, renewal on the live connection, expiry with 4004.
@@ -101,4 +105,9 @@ say "tsc: the shipped .d.ts under strict, skipLibCheck false, lib ES2023 + DOM"
 (cd "$here/tests/types" && npm install --no-audit --no-fund --no-package-lock >/dev/null \
   && node node_modules/typescript/bin/tsc -p tsconfig.json) \
   || die "the package's TypeScript declarations do not compile (sdk-wasm/tests/types)"
+# --- 7. installed in a fresh app, as a link and from a tarball ------------------------------
+say "install routes: a fresh Vite + React app outside the repo (link, tarball, registry; tsc, build, dev, Chromium, Node)"
+CHROMIUM_PATH="${CHROMIUM_PATH:-$(command -v chromium || command -v chromium-browser)}" \
+  "$here/tests/install/run.sh" "$here/pkg" "$state" \
+  || { tail -n 50 "$work/stack.log" >&2; die "an install route failed (sdk-wasm/tests/install)"; }
 say "all SDK tests passed"

@@ -16,7 +16,11 @@
  * Safe under `React.StrictMode`: one client per configuration and one SDK subscription
  * per spec, shared and reference-counted, closed shortly after the last user unmounts.
  */
-import type { ReactNode } from "react";
+/// <reference types="react" />
+// `React` below is @types/react's global namespace, found through the app's type roots
+// (node_modules/@types): an `import ... from "react"` would be resolved from this file's
+// real folder, which has no node_modules when the package is installed as a link
+// (`npm install ./sdk-wasm/pkg`), and the types would fail with TS2307.
 import type { Client, Delivery, ErrorCode } from "./warren_sdk.js";
 
 /** The options `new Client(options)` takes. */
@@ -88,15 +92,15 @@ export interface WarrenProviderProps {
   /** How long an unused client is kept before it is closed; default 200 ms. */
   closeDelayMs?: number;
   /** Rendered until the client exists (wasm loading, or failed). */
-  fallback?: ReactNode | ((status: WarrenProviderStatus) => ReactNode);
-  children?: ReactNode;
+  fallback?: React.ReactNode | ((status: WarrenProviderStatus) => React.ReactNode);
+  children?: React.ReactNode;
 }
 
 /**
  * Creates (or reuses) one client for `options`, connects it, and provides it to the
  * hooks below. Children render once the client exists.
  */
-export declare function WarrenProvider(props: WarrenProviderProps): ReactNode;
+export declare function WarrenProvider(props: WarrenProviderProps): React.ReactNode;
 
 /**
  * The provider's client.

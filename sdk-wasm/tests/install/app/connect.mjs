@@ -1,0 +1,55 @@
+// Opens the fresh app in headless Chromium and waits until the page shows `connected`
+// (the app writes the state of warren-sdk/react's useConnectionState into #status).
+// Fails on any HTTP error the page meets (e.g. a 403 for the .wasm from Vite's dev
+// server) and prints the page's console. Usage: node connect.mjs URL [TIMEOUT_MS]
+// A fresh profile each run. Run from the app's folder (playwright-core is one of its dev dependencies).
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const [url, timeoutArg] = process.argv.slice(2);
+const timeoutMs = Number(timeoutArg ?? 30000);
+const profile = mkdtempSync(join(tmpdir(), "warren-install-chromium-"));
+const context = await chromium.launchPersistentContext(profile, {
+  executablePath: process.env.CHROMIUM_PATH || "/usr/bin/chromium",
+  headless: true,
+  args: [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+  ],
+});
+const problems = [];
+const consoleLines = [];
+let ok = false;
+try {
+  const page = await context.newPage();
+  page.on("console", (m) => consoleLines.push(`[${m.type()}] ${m.text()}`));
+  page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
+  page.on("response", (r) => {
+    if (r.status() >= 400) problems.push(`HTTP ${r.status()} for ${r.url()}`);
+  });
+  await page.goto(url);
+  await page
+    .waitForSelector('#status[data-state="connected"]', { timeout: timeoutMs })
+    .catch(() => {});
+  const state = await page.getAttribute("#status", "data-state").catch(() => null);
+  ok = state === "connected" && problems.length === 0;
+  const gateway = await page.getAttribute("#status", "data-url").catch(() => null);
+  console.log(`page state: ${state}${gateway ? ` (${gateway})` : ""}`);
+} finally {
+  await context.close();
+  rmSync(profile, { recursive: true, force: true });
+}
+if (!ok) {
+  for (const p of problems) console.error(p);
+  for (const l of consoleLines) console.error(`console ${l}`);
+  console.error(`FAIL: the page did not reach "connected" cleanly (${url})`);
+  process.exit(1);
+}
