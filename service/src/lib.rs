@@ -19,6 +19,9 @@
 //!   `message_id` (time- and count-bounded, sans-IO).
 //! - [`consumer`]: the consume loop: duplicates, handler, reply, ack; retries and
 //!   dead-lettering.
+//! - [`ladder`]: [`Ladder`], the sans-IO core of priority consumption: which queues of
+//!   an ordered list to consume, which delivery to handle next.
+//! - [`priority`]: the IO loop of [`Service::consume_queues`] around the ladder.
 //! - [`topology`]: idempotent declarations of what a service consumes.
 //! - [`config`]: [`ServiceConfig`] and its defaults.
 //! - [`error`]: the error type, [`ServiceError`].
@@ -82,7 +85,9 @@ pub mod duplicate_window;
 pub mod error;
 pub mod handler;
 pub mod incoming;
+pub mod ladder;
 pub mod link;
+pub mod priority;
 pub mod publisher;
 pub mod service;
 pub mod target;
@@ -93,6 +98,7 @@ pub use duplicate_window::DuplicateWindow;
 pub use error::{Result, ServiceError};
 pub use handler::{Answer, Context, Handler, HandlerError, Outcome};
 pub use incoming::Incoming;
+pub use ladder::Ladder;
 pub use link::split_uris;
 pub use publisher::{Outgoing, Publisher};
 pub use service::{Service, ServiceState};
