@@ -8,12 +8,15 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use warren_e2e::service::{amqp_uri, in_fresh_namespace, queue_counts};
+use warren_e2e::service::{
+    amqp_uri, consume_no_ack, declare_exclusive, in_fresh_namespace, queue_counts, DemoProcess,
+};
 use warren_protocol::amqp::Names;
 use warren_service::{topology, Context, HandlerError, Incoming, Outcome, Service, ServiceConfig};
 
@@ -61,6 +64,28 @@ impl Producer {
     async fn publish(&self, queue: &str, body: &str) {
         let properties = BasicProperties::default()
             .with_message_id(ShortString::from(body))
+            .with_delivery_mode(2);
+        self.channel
+            .basic_publish(
+                ShortString::from(""),
+                ShortString::from(queue),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                properties,
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirmed");
+    }
+
+    /// Publishes a request `body` (also its `message_id` and `correlation_id`) to
+    /// `queue`, answered to `reply_to`.
+    async fn request(&self, queue: &str, body: &str, reply_to: &str) {
+        let properties = BasicProperties::default()
+            .with_message_id(ShortString::from(body))
+            .with_correlation_id(ShortString::from(body))
+            .with_reply_to(ShortString::from(reply_to))
             .with_delivery_mode(2);
         self.channel
             .basic_publish(
@@ -333,6 +358,66 @@ async fn a_worker_stopped_in_the_middle_of_a_switch_loses_nothing_and_handles_no
             );
         }
         second.stop().await.unwrap();
+        producer.delete(&queues).await;
+    })
+    .await;
+}
+
+/// The next reply: its `correlation_id` and the queue it says it came from.
+async fn next_reply(replies: &mut lapin::Consumer) -> (String, String) {
+    let delivery = tokio::time::timeout(Duration::from_secs(20), replies.next())
+        .await
+        .expect("a reply within 20 s")
+        .expect("reply stream")
+        .expect("reply");
+    let json: serde_json::Value = serde_json::from_slice(&delivery.data).expect("JSON");
+    let id = delivery
+        .properties
+        .correlation_id()
+        .as_ref()
+        .map(|c| c.to_string())
+        .expect("correlation_id");
+    (id, json["queue"].as_str().unwrap_or_default().to_string())
+}
+
+#[tokio::test]
+async fn a_demo_worker_killed_in_the_middle_of_a_switch_loses_nothing_and_answers_once() {
+    in_fresh_namespace(LIMIT, |ns| async move {
+        let queues = queue_list(&ns);
+        let producer = Producer::connect(&ns, &queues).await;
+        let replies_channel = producer.connection.create_channel().await.expect("channel");
+        let reply_queue = declare_exclusive(&replies_channel, "", "reply queue").await;
+        let mut replies = consume_no_ack(&replies_channel, &reply_queue, "replies").await;
+        for body in ["low1", "low2", "low3"] {
+            producer.request(&queues[2], body, &reply_queue).await;
+        }
+        let list = queues.join(" ");
+        let args = ["--queue-priority", list.as_str(), "--delay-ms", "1500"];
+        let mut first = DemoProcess::spawn(&ns, &args).await;
+        // `low1` answered: `low2` is in progress (1.5 s) when higher requests arrive
+        // (pushed to the standing consumers) and the worker is killed.
+        assert_eq!(
+            next_reply(&mut replies).await,
+            ("low1".to_string(), queues[2].clone())
+        );
+        producer.request(&queues[0], "delta1", &reply_queue).await;
+        producer.request(&queues[1], "full1", &reply_queue).await;
+        first.kill().await;
+
+        let mut second = DemoProcess::spawn(&ns, &["--queue-priority", list.as_str()]).await;
+        let mut answered = Vec::new();
+        for _ in 0..4 {
+            answered.push(next_reply(&mut replies).await.0);
+        }
+        assert_eq!(
+            answered,
+            strings(&["delta1", "full1", "low2", "low3"]),
+            "nothing lost, by priority after the kill"
+        );
+        // No second answer to anything.
+        let extra = tokio::time::timeout(Duration::from_millis(800), replies.next()).await;
+        assert!(extra.is_err(), "no further reply: {extra:?}");
+        assert!(second.terminate().await, "the worker stops cleanly");
         producer.delete(&queues).await;
     })
     .await;
