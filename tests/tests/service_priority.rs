@@ -271,6 +271,20 @@ async fn a_message_arriving_in_an_empty_higher_queue_is_taken_right_after_the_cu
         producer.publish(&queues[1], "full1").await;
         // Busy on the middle one: a message enters the empty top queue.
         started(&mut rx, "full1").await;
+        // Only one lower queue at a time: the lowest one's consumer is gone and it
+        // holds nothing (both remaining messages ready for other workers).
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            let counts = queue_counts(&queues[2]).await;
+            if counts == (2, 0) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the lowest queue released: (ready, consumers) = {counts:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         producer.publish(&queues[0], "delta1").await;
         recorder.wait_for(5, Duration::from_secs(30)).await;
         assert_eq!(
