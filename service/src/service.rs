@@ -225,9 +225,12 @@ impl Service {
     /// dead-lettering. After a reconnect the queues are declared again and
     /// consumption starts from the top. Returns the queue names.
     ///
-    /// Note: a quorum queue counts a delivery handed back by a switch in
-    /// `x-delivery-count` only if the broker version counts returns; the retry limit
-    /// ([`ServiceConfig::max_attempts`]) reads that header.
+    /// Limit: a quorum queue counts a delivery handed back by a switch (or by a stop)
+    /// in `x-delivery-count`, as a failed attempt: it uses up the queue's delivery
+    /// limit and [`ServiceConfig::max_attempts`] (which reads that header) as a
+    /// handler failure would. Hand-backs are rare — only a lower delivery that arrived
+    /// together with a higher one, or was held at a stop — but a message handed back
+    /// `max_attempts - 1` times is dead-lettered at its first handler failure.
     ///
     /// # Errors
     /// [`ServiceError::InvalidQueueList`] for an empty list, a blank name or a queue
