@@ -4,7 +4,8 @@
 //!
 //! # Layout
 //!
-//! - [`service`]: [`Service`]: `consume(channel, handler)` per channel; graceful
+//! - [`service`]: [`Service`]: `consume(channel, handler)` per channel,
+//!   `consume_queues(queues, handler)` by priority over an ordered list; graceful
 //!   `stop`; its state (running, reconnecting, failed, stopped).
 //! - [`link`]: the link to RabbitMQ: one connection at a time from a list of URIs,
 //!   watched, re-established with backoff, exchanges re-declared.
