@@ -222,8 +222,10 @@ impl Service {
     /// when it is empty (ready counts read after a message, while idle) the worker
     /// moves down. Each message goes through the same path as [`Service::consume`]:
     /// duplicate window (one per queue), handler, reply, ack, retries,
-    /// dead-lettering. After a reconnect the queues are declared again and
-    /// consumption starts from the top. Returns the queue names.
+    /// dead-lettering. After a reconnect (or a lost channel) the queues are declared
+    /// again and consumption starts from the top; unlike [`Service::consume`], a queue
+    /// deleted on purpose is declared again rather than failing the service. Returns
+    /// the queue names.
     ///
     /// Limit: a quorum queue counts a delivery handed back by a switch (or by a stop)
     /// in `x-delivery-count`, as a failed attempt: it uses up the queue's delivery
