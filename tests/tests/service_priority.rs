@@ -1,8 +1,9 @@
 //! Priority consumption in the service library (`Service::consume_queues`), over real
 //! RabbitMQ: the highest-priority non-empty queue is always served first, a message
 //! arriving in a higher queue while a lower one is handled is taken next (pushed to a
-//! standing consumer, not found by polling), and a worker stopped in the middle of a
-//! switch loses nothing and has nothing handled twice.
+//! standing consumer, not found by polling), and a worker stopped, SIGKILLed or cut
+//! off from RabbitMQ in the middle of a switch loses nothing and has nothing handled
+//! twice.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -432,6 +433,109 @@ async fn a_demo_worker_killed_in_the_middle_of_a_switch_loses_nothing_and_answer
         let extra = tokio::time::timeout(Duration::from_millis(800), replies.next()).await;
         assert!(extra.is_err(), "no further reply: {extra:?}");
         assert!(second.terminate().await, "the worker stops cleanly");
+        producer.delete(&queues).await;
+    })
+    .await;
+}
+
+/// A TCP proxy in front of RabbitMQ whose connections can be cut, as a network
+/// failure would: the service's connection drops while RabbitMQ stays up.
+struct CuttableProxy {
+    uri: String,
+    links: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl CuttableProxy {
+    async fn start() -> CuttableProxy {
+        let upstream_uri = amqp_uri();
+        let (scheme, rest) = upstream_uri.split_once("://").expect("an AMQP URI");
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (credentials, host_port) = match authority.rsplit_once('@') {
+            Some((c, h)) => (format!("{c}@"), h.to_string()),
+            None => (String::new(), authority.to_string()),
+        };
+        let upstream = if host_port.contains(':') {
+            host_port
+        } else {
+            format!("{host_port}:5672")
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let links: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let accept = {
+            let links = links.clone();
+            tokio::spawn(async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    let upstream = upstream.clone();
+                    let link = tokio::spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    links.lock().unwrap().push(link);
+                }
+            })
+        };
+        CuttableProxy {
+            uri: format!("{scheme}://{credentials}127.0.0.1:{port}/{path}"),
+            links,
+            accept,
+        }
+    }
+
+    /// Drops every proxied connection (new ones are still accepted).
+    fn cut(&self) {
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+}
+
+impl Drop for CuttableProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_worker_whose_connection_drops_mid_switch_consumes_again_by_priority_and_loses_nothing() {
+    in_fresh_namespace(LIMIT, |ns| async move {
+        let queues = queue_list(&ns);
+        let producer = Producer::connect(&ns, &queues).await;
+        for body in ["low1", "low2", "low3"] {
+            producer.publish(&queues[2], body).await;
+        }
+        let proxy = CuttableProxy::start().await;
+        let (recorder, mut rx) = Recorder::new();
+        let service = Service::connect(&proxy.uri, Names::new(&ns))
+            .await
+            .expect("service connects through the proxy");
+        service
+            .consume_queues(&queues, recorder.handler(Duration::from_millis(400)))
+            .await
+            .expect("consume by priority");
+        started(&mut rx, "low1").await;
+        producer.publish(&queues[0], "delta1").await;
+        producer.publish(&queues[1], "full1").await;
+        // The connection drops while `low1` is handled and `delta1` is held.
+        proxy.cut();
+        recorder.wait_for(5, Duration::from_secs(30)).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert_eq!(
+            recorder.bodies(),
+            strings(&["low1", "delta1", "full1", "low2", "low3"]),
+            "consuming again from the top; `low1`, redelivered, is recognised, not handled twice"
+        );
+        for queue in &queues {
+            assert_eq!(queue_counts(queue).await.0, 0, "{queue}: all acknowledged");
+        }
+        service.stop().await.unwrap();
+        drop(proxy);
         producer.delete(&queues).await;
     })
     .await;
