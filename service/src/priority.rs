@@ -264,6 +264,9 @@ async fn run<H: Handler>(
         let first = tokio::select! {
             biased;
             _ = stop.changed() => break LoopEnd::Stopped,
+            // Deliveries before the end of the message in progress: a higher one that
+            // came meanwhile is known before the ladder considers moving down.
+            next = std::future::poll_fn(|cx| poll_deliveries(&mut rungs, cx)) => next,
             result = async { (&mut busy.as_mut().expect("busy").1).await }, if busy.is_some() => {
                 let (level, _) = busy.take().expect("busy");
                 if let Err(e) = result {
@@ -272,7 +275,6 @@ async fn run<H: Handler>(
                 pending.extend(ladder.handled(level));
                 continue;
             }
-            next = std::future::poll_fn(|cx| poll_deliveries(&mut rungs, cx)) => next,
             _ = sleep_until(probe_at), if probe_at.is_some() => {
                 probe_at = None;
                 pending.extend(ladder.probe_due());
