@@ -348,7 +348,7 @@ pub(crate) async fn run<H: Handler>(
 }
 
 /// Handles one delivery, from duplicate check to acknowledgement.
-async fn process<H: Handler>(
+pub(crate) async fn process<H: Handler>(
     shared: Arc<Shared<H>>,
     mut delivery: Delivery,
     _permit: OwnedSemaphorePermit,

@@ -37,6 +37,10 @@ pub enum ServiceError {
     /// No AMQP URI was given.
     #[error("no AMQP URI given")]
     NoUri,
+    /// A priority list of queues that cannot be consumed: empty, a blank name, or a
+    /// queue named twice.
+    #[error("invalid priority queue list: {0}")]
+    InvalidQueueList(String),
     /// No connection to RabbitMQ (lost and not re-established, or blocked, or no
     /// confirm) within the publish timeout. The message may or may not have reached
     /// the broker: publishing it again with the same `message_id` is safe.

@@ -4,7 +4,8 @@
 //!
 //! # Layout
 //!
-//! - [`service`]: [`Service`]: `consume(channel, handler)` per channel; graceful
+//! - [`service`]: [`Service`]: `consume(channel, handler)` per channel,
+//!   `consume_queues(queues, handler)` by priority over an ordered list; graceful
 //!   `stop`; its state (running, reconnecting, failed, stopped).
 //! - [`link`]: the link to RabbitMQ: one connection at a time from a list of URIs,
 //!   watched, re-established with backoff, exchanges re-declared.
@@ -19,6 +20,9 @@
 //!   `message_id` (time- and count-bounded, sans-IO).
 //! - [`consumer`]: the consume loop: duplicates, handler, reply, ack; retries and
 //!   dead-lettering.
+//! - [`ladder`]: [`Ladder`], the sans-IO core of priority consumption: which queues of
+//!   an ordered list to consume, which delivery to handle next.
+//! - [`priority`]: the IO loop of [`Service::consume_queues`] around the ladder.
 //! - [`topology`]: idempotent declarations of what a service consumes.
 //! - [`config`]: [`ServiceConfig`] and its defaults.
 //! - [`error`]: the error type, [`ServiceError`].
@@ -82,7 +86,9 @@ pub mod duplicate_window;
 pub mod error;
 pub mod handler;
 pub mod incoming;
+pub mod ladder;
 pub mod link;
+pub mod priority;
 pub mod publisher;
 pub mod service;
 pub mod target;
@@ -93,6 +99,7 @@ pub use duplicate_window::DuplicateWindow;
 pub use error::{Result, ServiceError};
 pub use handler::{Answer, Context, Handler, HandlerError, Outcome};
 pub use incoming::Incoming;
+pub use ladder::Ladder;
 pub use link::split_uris;
 pub use publisher::{Outgoing, Publisher};
 pub use service::{Service, ServiceState};

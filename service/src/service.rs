@@ -17,6 +17,7 @@ use crate::duplicate_window::DuplicateWindow;
 use crate::error::{Result, ServiceError};
 use crate::handler::{Context, Handler, Outcome};
 use crate::link::{self, Link};
+use crate::priority::{self, SharedHandler};
 use crate::publisher::Publisher;
 use crate::topology;
 
@@ -203,6 +204,84 @@ impl Service {
         ));
         self.consumers.lock().expect("consumers lock").push(task);
         Ok(queue)
+    }
+
+    /// Consumes an ordered list of work queues by priority, the first the highest:
+    /// the handler always gets a message of the highest-priority non-empty queue, one
+    /// message at a time, and a message arriving in a higher queue while a lower one
+    /// is handled is taken next (the message in progress finishes first). Queues are
+    /// plain names (not namespaced, producers publish to them through the default
+    /// exchange), declared durable with `x-queue-type` = the configured queue type
+    /// (quorum by default) and `x-dead-letter-exchange` = `warren.dead` unless they
+    /// exist, in which case they are used as they are.
+    ///
+    /// Switching is event-driven: every queue above the one being worked on keeps a
+    /// consumer (prefetch 1), so a message arriving there is pushed at once; the lower
+    /// consumers are then cancelled and what they held unhandled goes back to its
+    /// queue unacknowledged. Only one queue below the top ones is consumed at a time;
+    /// when it is empty (ready counts read after a message, while idle) the worker
+    /// moves down. Each message goes through the same path as [`Service::consume`]:
+    /// duplicate window (one per queue), handler, reply, ack, retries,
+    /// dead-lettering. After a reconnect (or a lost channel) the queues are declared
+    /// again and consumption starts from the top; unlike [`Service::consume`], a queue
+    /// deleted on purpose is declared again rather than failing the service. Returns
+    /// the queue names.
+    ///
+    /// Limit: a quorum queue counts a delivery handed back by a switch (or by a stop)
+    /// in `x-delivery-count`, as a failed attempt: it uses up the queue's delivery
+    /// limit and [`ServiceConfig::max_attempts`] (which reads that header) as a
+    /// handler failure would. Hand-backs are rare — only a lower delivery that arrived
+    /// together with a higher one, or was held at a stop — but a message handed back
+    /// `max_attempts - 1` times is dead-lettered at its first handler failure.
+    ///
+    /// # Errors
+    /// [`ServiceError::InvalidQueueList`] for an empty list, a blank name or a queue
+    /// named twice; as [`Service::consume`] when there is no connection or a
+    /// declaration fails.
+    pub async fn consume_queues<S: AsRef<str>, H: Handler>(
+        &self,
+        queues: &[S],
+        handler: H,
+    ) -> Result<Vec<String>> {
+        if *self.stop.borrow() {
+            return Err(ServiceError::Stopped);
+        }
+        let queues = priority::validate_queue_list(queues)?;
+        let deadline = tokio::time::Instant::now() + self.config.publish_timeout;
+        let epoch = self.link.up(0, Some(deadline)).await?;
+        for queue in &queues {
+            topology::declare_work_queue(&epoch.connection, &self.names, queue, &self.config)
+                .await?;
+        }
+        let handler = Arc::new(handler);
+        let config = self.config.clone().with_prefetch(1);
+        let levels = queues
+            .iter()
+            .map(|queue| {
+                Arc::new(Shared {
+                    channel: queue.clone(),
+                    queue: queue.clone(),
+                    handler: SharedHandler(handler.clone()),
+                    context: Context::new(self.publisher.clone(), self.names.clone()),
+                    publisher: self.publisher.clone(),
+                    link: self.link.clone(),
+                    config: config.clone(),
+                    window: std::sync::Mutex::new(DuplicateWindow::new(
+                        self.config.duplicate_ttl,
+                        self.config.duplicate_capacity,
+                    )),
+                    dead_letter_declared: tokio::sync::Mutex::new(None),
+                })
+            })
+            .collect();
+        let task = tokio::spawn(priority::keep_consuming(
+            levels,
+            epoch,
+            self.stop.subscribe(),
+            STOP_GRACE,
+        ));
+        self.consumers.lock().expect("consumers lock").push(task);
+        Ok(queues)
     }
 
     /// Serves the gateways' `client.auth` requests (gateway `auth.mode = "service"`,

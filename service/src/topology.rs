@@ -165,6 +165,67 @@ pub async fn declare_dead_letter_with(
     Ok(())
 }
 
+/// The arguments of a work queue consumed by priority
+/// ([`Service::consume_queues`](crate::Service::consume_queues)): `x-queue-type` =
+/// the configured queue type (`quorum` by default) and `x-dead-letter-exchange` =
+/// `names`' `warren.dead`, so a message the broker drops (delivery limit, TTL set by
+/// policy) is parked, not lost.
+pub fn work_queue_arguments(names: &Names, config: &ServiceConfig) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        ShortString::from("x-queue-type"),
+        AMQPValue::LongString(LongString::from(config.queue_type.as_str())),
+    );
+    arguments.insert(
+        ShortString::from("x-dead-letter-exchange"),
+        AMQPValue::LongString(LongString::from(names.dead_letter_exchange())),
+    );
+    arguments
+}
+
+/// Declares the work queue `queue` (a plain name, not namespaced, not bound to any
+/// exchange: producers publish to it through the default exchange) with
+/// [`work_queue_arguments`], and the dead-letter exchange and queue first (best
+/// effort). A queue that exists is used as it is.
+///
+/// # Errors
+/// AMQP errors when the broker refuses or the connection fails.
+pub async fn declare_work_queue(
+    connection: &Connection,
+    names: &Names,
+    queue: &str,
+    config: &ServiceConfig,
+) -> Result<()> {
+    if let Err(e) = declare_dead_letter_with(connection, names, &config.queue_type).await {
+        warn!(queue = %names.dead_letter_queue(), error = %e, "cannot declare the dead-letter queue; consuming anyway");
+    }
+    declare_queue(connection, queue, work_queue_arguments(names, config)).await?;
+    debug!(queue, "declared work queue");
+    Ok(())
+}
+
+/// The ready messages (not delivered to any consumer) of each of `queues`, in
+/// order, by passive declares on one channel.
+///
+/// # Errors
+/// AMQP errors, among them 404 NOT_FOUND for a queue that does not exist.
+pub async fn ready_counts(connection: &Connection, queues: &[String]) -> Result<Vec<u32>> {
+    let ch = connection.create_channel().await?;
+    let mut counts = Vec::with_capacity(queues.len());
+    for queue in queues {
+        let declared = ch
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions::durable().passive(),
+                FieldTable::default(),
+            )
+            .await?;
+        counts.push(declared.message_count());
+    }
+    close(ch).await;
+    Ok(counts)
+}
+
 /// Whether `channel`'s `IN_<CHANNEL>` queue exists (a passive declare): used when a
 /// consumer restarts on a connection that stayed up, so that a queue deleted on
 /// purpose is not re-created.

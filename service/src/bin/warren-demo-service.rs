@@ -58,6 +58,13 @@ struct Args {
     /// are accepted, `user:blocked` and anything else refused. Development only.
     #[arg(long, value_name = "CHANNEL")]
     auth_channel: Option<String>,
+    /// Run a priority worker over these work queues, highest priority first,
+    /// separated by spaces or commas (e.g. `"conversions_delta conversions_full
+    /// os2ds_conversions"`): it always takes a message from the highest-priority
+    /// non-empty queue and switches as soon as a higher queue receives one. Without
+    /// `--only`, the demo channels are then not served.
+    #[arg(long, env = "QUEUE_PRIORITY", value_name = "QUEUES")]
+    queue_priority: Option<String>,
     /// Exit (status 1) when RabbitMQ is unreachable or lost, instead of retrying.
     #[arg(long)]
     no_reconnect: bool,
@@ -91,6 +98,15 @@ async fn main() -> anyhow::Result<()> {
         options.channels = args.only.clone();
     }
     options.auth_channel = args.auth_channel.clone();
+    if let Some(list) = &args.queue_priority {
+        options.priority_queues = parse_queue_list(list);
+        if options.priority_queues.is_empty() {
+            anyhow::bail!("--queue-priority names no queue");
+        }
+        if args.only.is_empty() {
+            options.channels.clear();
+        }
+    }
     options.config = options
         .config
         .with_prefetch(args.prefetch)
@@ -179,6 +195,14 @@ async fn serve(
             ServiceState::Running | ServiceState::Reconnecting(_) | ServiceState::Stopped => None,
         },
     }
+}
+
+/// Splits a `QUEUE_PRIORITY` list on spaces and commas.
+fn parse_queue_list(list: &str) -> Vec<String> {
+    list.split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|q| !q.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// Parses `CHANNEL=MILLISECONDS`.

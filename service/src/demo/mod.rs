@@ -1,11 +1,13 @@
 //! The demo service: `chat` (relays a client's publish to the broadcast, groups or
 //! users it names), `tickets` (create / list / get / close by request-response, kept
 //! in memory), `voice` (relays signalling messages to direct targets) and `echo`
-//! (answers a request with the same message). Run by the `warren-demo-service`
+//! (answers a request with the same message), and optionally a priority worker over
+//! an ordered list of work queues ([`conversion`]). Run by the `warren-demo-service`
 //! binary, and in-process by tests with [`start`].
 
 pub mod auth;
 pub mod chat;
+pub mod conversion;
 pub mod echo;
 pub mod tickets;
 pub mod voice;
@@ -94,6 +96,9 @@ pub struct DemoOptions {
     /// Also answer the gateways' `client.auth` requests on this channel with the demo
     /// authenticator ([`auth::authenticate`]). Default: none.
     pub auth_channel: Option<String>,
+    /// Also run a priority worker ([`conversion::convert`]) over these work queues,
+    /// highest priority first (the source system's `QUEUE_PRIORITY`). Default: none.
+    pub priority_queues: Vec<String>,
 }
 
 impl Default for DemoOptions {
@@ -104,6 +109,7 @@ impl Default for DemoOptions {
             config: ServiceConfig::default().with_app_id("warren-demo-service"),
             desk: tickets::Desk::default(),
             auth_channel: None,
+            priority_queues: Vec::new(),
         }
     }
 }
@@ -198,6 +204,19 @@ pub async fn start_with(amqp_uri: &str, names: Names, options: DemoOptions) -> R
     if let Some(channel) = &options.auth_channel {
         match service.authenticate(channel, auth::authenticate).await {
             Ok(q) => queues.push(q),
+            Err(e) => {
+                let _ = service.stop().await;
+                return Err(e);
+            }
+        }
+    }
+    if !options.priority_queues.is_empty() {
+        let worker = Delayed::new(delay, conversion::convert);
+        match service
+            .consume_queues(&options.priority_queues, worker)
+            .await
+        {
+            Ok(q) => queues.extend(q),
             Err(e) => {
                 let _ = service.stop().await;
                 return Err(e);

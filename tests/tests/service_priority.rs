@@ -1,0 +1,542 @@
+//! Priority consumption in the service library (`Service::consume_queues`), over real
+//! RabbitMQ: the highest-priority non-empty queue is always served first, a message
+//! arriving in a higher queue while a lower one is handled is taken next (pushed to a
+//! standing consumer, not found by polling), and a worker stopped, SIGKILLed or cut
+//! off from RabbitMQ in the middle of a switch loses nothing and has nothing handled
+//! twice.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
+use lapin::types::ShortString;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use warren_e2e::service::{
+    amqp_uri, consume_no_ack, declare_exclusive, in_fresh_namespace, queue_counts, DemoProcess,
+};
+use warren_protocol::amqp::Names;
+use warren_service::{topology, Context, HandlerError, Incoming, Outcome, Service, ServiceConfig};
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+/// The three queues of a test, highest priority first (plain names, unique per
+/// namespace).
+fn queue_list(ns: &str) -> Vec<String> {
+    ["conversions_delta", "conversions_full", "os2ds_conversions"]
+        .iter()
+        .map(|q| format!("{ns}.{q}"))
+        .collect()
+}
+
+/// A producer publishing to the work queues through the default exchange, with
+/// confirms.
+struct Producer {
+    connection: Connection,
+    channel: Channel,
+}
+
+impl Producer {
+    async fn connect(ns: &str, queues: &[String]) -> Producer {
+        let connection = Connection::connect(&amqp_uri(), ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ at AMQP_ADDR");
+        let names = Names::new(ns);
+        for queue in queues {
+            topology::declare_work_queue(&connection, &names, queue, &ServiceConfig::default())
+                .await
+                .expect("declare the work queue");
+        }
+        let channel = connection.create_channel().await.expect("channel");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
+        Producer {
+            connection,
+            channel,
+        }
+    }
+
+    /// Publishes `body` (also its `message_id`) to `queue`, confirmed.
+    async fn publish(&self, queue: &str, body: &str) {
+        let properties = BasicProperties::default()
+            .with_message_id(ShortString::from(body))
+            .with_delivery_mode(2);
+        self.channel
+            .basic_publish(
+                ShortString::from(""),
+                ShortString::from(queue),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                properties,
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirmed");
+    }
+
+    /// Publishes a request `body` (also its `message_id` and `correlation_id`) to
+    /// `queue`, answered to `reply_to`.
+    async fn request(&self, queue: &str, body: &str, reply_to: &str) {
+        let properties = BasicProperties::default()
+            .with_message_id(ShortString::from(body))
+            .with_correlation_id(ShortString::from(body))
+            .with_reply_to(ShortString::from(reply_to))
+            .with_delivery_mode(2);
+        self.channel
+            .basic_publish(
+                ShortString::from(""),
+                ShortString::from(queue),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                properties,
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirmed");
+    }
+
+    /// Deletes the work queues and closes.
+    async fn delete(self, queues: &[String]) {
+        for queue in queues {
+            let _ = self
+                .channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = self.connection.close(200, "done".into()).await;
+    }
+}
+
+/// What the handler saw: every message body in the order handled (its start), and a
+/// signal per handler start.
+#[derive(Clone)]
+struct Recorder {
+    handled: Arc<Mutex<Vec<(String, Instant)>>>,
+    started: mpsc::UnboundedSender<String>,
+}
+
+impl Recorder {
+    fn new() -> (Recorder, mpsc::UnboundedReceiver<String>) {
+        let (started, rx) = mpsc::unbounded_channel();
+        (
+            Recorder {
+                handled: Arc::default(),
+                started,
+            },
+            rx,
+        )
+    }
+
+    /// A handler that records the message, then works `delay`.
+    fn handler(
+        &self,
+        delay: Duration,
+    ) -> impl Fn(
+        Context,
+        Incoming,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Outcome, HandlerError>> + Send>,
+    > + Send
+           + Sync
+           + 'static {
+        let recorder = self.clone();
+        move |_ctx: Context, msg: Incoming| {
+            let recorder = recorder.clone();
+            Box::pin(async move {
+                let body = String::from_utf8_lossy(&msg.body).to_string();
+                recorder
+                    .handled
+                    .lock()
+                    .unwrap()
+                    .push((body.clone(), Instant::now()));
+                let _ = recorder.started.send(body);
+                tokio::time::sleep(delay).await;
+                Ok(Outcome::Done)
+            })
+        }
+    }
+
+    fn bodies(&self) -> Vec<String> {
+        self.handled
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(b, _)| b.clone())
+            .collect()
+    }
+
+    /// Waits until `n` messages were handled (started), at most `within`.
+    async fn wait_for(&self, n: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.handled.lock().unwrap().len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "{n} messages handled within {within:?}; handled {:?}",
+                self.bodies()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Waits for the handler start of `body`.
+async fn started(rx: &mut mpsc::UnboundedReceiver<String>, body: &str) {
+    loop {
+        let got = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{body} handled within 20 s"))
+            .expect("recorder alive");
+        if got == body {
+            return;
+        }
+    }
+}
+
+async fn connect(ns: &str) -> Service {
+    Service::connect(&amqp_uri(), Names::new(ns))
+        .await
+        .expect("service connects")
+}
+
+fn strings(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test]
+async fn higher_priority_messages_present_are_handled_before_any_lower_one() {
+    in_fresh_namespace(LIMIT, |ns| async move {
+        let queues = queue_list(&ns);
+        let producer = Producer::connect(&ns, &queues).await;
+        // Mixed load present before the worker starts: lowest queue first.
+        for body in ["low1", "low2", "low3"] {
+            producer.publish(&queues[2], body).await;
+        }
+        for body in ["full1", "full2", "full3"] {
+            producer.publish(&queues[1], body).await;
+        }
+        for body in ["delta1", "delta2"] {
+            producer.publish(&queues[0], body).await;
+        }
+        let (recorder, mut rx) = Recorder::new();
+        let service = connect(&ns).await;
+        service
+            .consume_queues(&queues, recorder.handler(Duration::from_millis(150)))
+            .await
+            .expect("consume by priority");
+        // While the second `full` message is handled, a `delta` one arrives: it goes
+        // before the third `full`.
+        started(&mut rx, "full2").await;
+        producer.publish(&queues[0], "delta3").await;
+        recorder.wait_for(9, Duration::from_secs(30)).await;
+        assert_eq!(
+            recorder.bodies(),
+            strings(&[
+                "delta1", "delta2", "full1", "full2", "delta3", "full3", "low1", "low2", "low3"
+            ]),
+            "always the highest-priority non-empty queue, FIFO within a queue"
+        );
+        // Everything was acknowledged.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for queue in &queues {
+            assert_eq!(queue_counts(queue).await.0, 0, "{queue} is empty");
+        }
+        service.stop().await.unwrap();
+        producer.delete(&queues).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_message_arriving_in_an_empty_higher_queue_is_taken_right_after_the_current_one() {
+    in_fresh_namespace(LIMIT, |ns| async move {
+        let queues = queue_list(&ns);
+        let producer = Producer::connect(&ns, &queues).await;
+        for body in ["low1", "low2", "low3"] {
+            producer.publish(&queues[2], body).await;
+        }
+        let (recorder, mut rx) = Recorder::new();
+        let service = connect(&ns).await;
+        service
+            .consume_queues(&queues, recorder.handler(Duration::from_millis(600)))
+            .await
+            .expect("consume by priority");
+        // Busy on the lowest queue: a message enters the empty middle queue.
+        started(&mut rx, "low1").await;
+        producer.publish(&queues[1], "full1").await;
+        // Busy on the middle one: a message enters the empty top queue.
+        started(&mut rx, "full1").await;
+        // Only one lower queue at a time: the lowest one's consumer is gone and it
+        // holds nothing (both remaining messages ready for other workers).
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            let counts = queue_counts(&queues[2]).await;
+            if counts == (2, 0) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the lowest queue released: (ready, consumers) = {counts:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        producer.publish(&queues[0], "delta1").await;
+        recorder.wait_for(5, Duration::from_secs(30)).await;
+        assert_eq!(
+            recorder.bodies(),
+            strings(&["low1", "full1", "delta1", "low2", "low3"]),
+            "each higher message is taken next, before the next lower one"
+        );
+        // Taken as soon as the current message was done, not at a poll 5 s later:
+        // the start of `full1` follows the start of `low1` by about one handling
+        // time (600 ms).
+        let handled = recorder.handled.lock().unwrap().clone();
+        let gap = handled[1].1 - handled[0].1;
+        assert!(
+            gap < Duration::from_millis(3000),
+            "the switch waited {gap:?}, like a polling worker"
+        );
+        service.stop().await.unwrap();
+        producer.delete(&queues).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_worker_stopped_in_the_middle_of_a_switch_loses_nothing_and_handles_nothing_twice() {
+    in_fresh_namespace(LIMIT, |ns| async move {
+        let queues = queue_list(&ns);
+        let producer = Producer::connect(&ns, &queues).await;
+        for body in ["low1", "low2", "low3", "low4"] {
+            producer.publish(&queues[2], body).await;
+        }
+        let (recorder, mut rx) = Recorder::new();
+        let first = connect(&ns).await;
+        first
+            .consume_queues(&queues, recorder.handler(Duration::from_millis(500)))
+            .await
+            .expect("consume by priority");
+        started(&mut rx, "low1").await;
+        // Higher messages arrive (pushed to the standing consumers, held), and the
+        // worker is stopped while `low1` is still in progress.
+        for body in ["delta1", "delta2"] {
+            producer.publish(&queues[0], body).await;
+        }
+        for body in ["full1", "full2"] {
+            producer.publish(&queues[1], body).await;
+        }
+        first.stop().await.unwrap();
+        let after_first = recorder.bodies().len();
+
+        let second = connect(&ns).await;
+        second
+            .consume_queues(&queues, recorder.handler(Duration::from_millis(50)))
+            .await
+            .expect("consume by priority");
+        recorder.wait_for(8, Duration::from_secs(30)).await;
+        // Nothing more comes (no copy of any message).
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let bodies = recorder.bodies();
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for body in &bodies {
+            *counts.entry(body.clone()).or_default() += 1;
+        }
+        let all = [
+            "delta1", "delta2", "full1", "full2", "low1", "low2", "low3", "low4",
+        ];
+        for body in all {
+            assert_eq!(
+                counts.get(body),
+                Some(&1),
+                "{body} handled once: {bodies:?}"
+            );
+        }
+        assert_eq!(bodies.len(), all.len(), "nothing else: {bodies:?}");
+        // And the second worker served by priority what the first handed back.
+        let rest: Vec<&str> = bodies[after_first..].iter().map(String::as_str).collect();
+        let expected: Vec<&str> = ["delta1", "delta2", "full1", "full2", "low2", "low3", "low4"]
+            .into_iter()
+            .filter(|b| rest.contains(b))
+            .collect();
+        assert_eq!(rest, expected, "by priority after the restart");
+        for queue in &queues {
+            assert_eq!(
+                queue_counts(queue).await,
+                (0, 1),
+                "{queue}: all acknowledged, consumed"
+            );
+        }
+        second.stop().await.unwrap();
+        producer.delete(&queues).await;
+    })
+    .await;
+}
+
+/// The next reply: its `correlation_id` and the queue it says it came from.
+async fn next_reply(replies: &mut lapin::Consumer) -> (String, String) {
+    let delivery = tokio::time::timeout(Duration::from_secs(20), replies.next())
+        .await
+        .expect("a reply within 20 s")
+        .expect("reply stream")
+        .expect("reply");
+    let json: serde_json::Value = serde_json::from_slice(&delivery.data).expect("JSON");
+    let id = delivery
+        .properties
+        .correlation_id()
+        .as_ref()
+        .map(|c| c.to_string())
+        .expect("correlation_id");
+    (id, json["queue"].as_str().unwrap_or_default().to_string())
+}
+
+#[tokio::test]
+async fn a_demo_worker_killed_in_the_middle_of_a_switch_loses_nothing_and_answers_once() {
+    in_fresh_namespace(LIMIT, |ns| async move {
+        let queues = queue_list(&ns);
+        let producer = Producer::connect(&ns, &queues).await;
+        let replies_channel = producer.connection.create_channel().await.expect("channel");
+        let reply_queue = declare_exclusive(&replies_channel, "", "reply queue").await;
+        let mut replies = consume_no_ack(&replies_channel, &reply_queue, "replies").await;
+        for body in ["low1", "low2", "low3"] {
+            producer.request(&queues[2], body, &reply_queue).await;
+        }
+        let list = queues.join(" ");
+        let args = ["--queue-priority", list.as_str(), "--delay-ms", "1500"];
+        let mut first = DemoProcess::spawn(&ns, &args).await;
+        // `low1` answered: `low2` is in progress (1.5 s) when higher requests arrive
+        // (pushed to the standing consumers) and the worker is killed.
+        assert_eq!(
+            next_reply(&mut replies).await,
+            ("low1".to_string(), queues[2].clone())
+        );
+        producer.request(&queues[0], "delta1", &reply_queue).await;
+        producer.request(&queues[1], "full1", &reply_queue).await;
+        first.kill().await;
+
+        let mut second = DemoProcess::spawn(&ns, &["--queue-priority", list.as_str()]).await;
+        let mut answered = Vec::new();
+        for _ in 0..4 {
+            answered.push(next_reply(&mut replies).await.0);
+        }
+        assert_eq!(
+            answered,
+            strings(&["delta1", "full1", "low2", "low3"]),
+            "nothing lost, by priority after the kill"
+        );
+        // No second answer to anything.
+        let extra = tokio::time::timeout(Duration::from_millis(800), replies.next()).await;
+        assert!(extra.is_err(), "no further reply: {extra:?}");
+        assert!(second.terminate().await, "the worker stops cleanly");
+        producer.delete(&queues).await;
+    })
+    .await;
+}
+
+/// A TCP proxy in front of RabbitMQ whose connections can be cut, as a network
+/// failure would: the service's connection drops while RabbitMQ stays up.
+struct CuttableProxy {
+    uri: String,
+    links: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl CuttableProxy {
+    async fn start() -> CuttableProxy {
+        let upstream_uri = amqp_uri();
+        let (scheme, rest) = upstream_uri.split_once("://").expect("an AMQP URI");
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (credentials, host_port) = match authority.rsplit_once('@') {
+            Some((c, h)) => (format!("{c}@"), h.to_string()),
+            None => (String::new(), authority.to_string()),
+        };
+        let upstream = if host_port.contains(':') {
+            host_port
+        } else {
+            format!("{host_port}:5672")
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let links: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let accept = {
+            let links = links.clone();
+            tokio::spawn(async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    let upstream = upstream.clone();
+                    let link = tokio::spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    links.lock().unwrap().push(link);
+                }
+            })
+        };
+        CuttableProxy {
+            uri: format!("{scheme}://{credentials}127.0.0.1:{port}/{path}"),
+            links,
+            accept,
+        }
+    }
+
+    /// Drops every proxied connection (new ones are still accepted).
+    fn cut(&self) {
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+}
+
+impl Drop for CuttableProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_worker_whose_connection_drops_mid_switch_consumes_again_by_priority_and_loses_nothing() {
+    in_fresh_namespace(LIMIT, |ns| async move {
+        let queues = queue_list(&ns);
+        let producer = Producer::connect(&ns, &queues).await;
+        for body in ["low1", "low2", "low3"] {
+            producer.publish(&queues[2], body).await;
+        }
+        let proxy = CuttableProxy::start().await;
+        let (recorder, mut rx) = Recorder::new();
+        let service = Service::connect(&proxy.uri, Names::new(&ns))
+            .await
+            .expect("service connects through the proxy");
+        service
+            .consume_queues(&queues, recorder.handler(Duration::from_millis(400)))
+            .await
+            .expect("consume by priority");
+        started(&mut rx, "low1").await;
+        producer.publish(&queues[0], "delta1").await;
+        producer.publish(&queues[1], "full1").await;
+        // The connection drops while `low1` is handled and `delta1` is held.
+        proxy.cut();
+        recorder.wait_for(5, Duration::from_secs(30)).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert_eq!(
+            recorder.bodies(),
+            strings(&["low1", "delta1", "full1", "low2", "low3"]),
+            "consuming again from the top; `low1`, redelivered, is recognised, not handled twice"
+        );
+        for queue in &queues {
+            assert_eq!(queue_counts(queue).await.0, 0, "{queue}: all acknowledged");
+        }
+        service.stop().await.unwrap();
+        drop(proxy);
+        producer.delete(&queues).await;
+    })
+    .await;
+}
