@@ -100,12 +100,10 @@ pub struct Config {
     pub header_read_timeout_ms: u64,
     /// Most messages an `IN_<CHANNEL>` queue holds (`x-max-length`); beyond it a
     /// publish is answered `overloaded` (`x-overflow: reject-publish`). 0 = no bound.
-    /// Services must be told the same (`ServiceConfig::inbound_bounds`). Off by
-    /// default: see `warren_protocol::amqp::QueueBounds::NONE`. Suggested: 100000.
-    /// Default: 0.
+    /// Services declare the same default. Default: 100000.
     pub inbound_max_length: u64,
     /// Most bytes an `IN_<CHANNEL>` queue holds (`x-max-length-bytes`), likewise.
-    /// Suggested: 1073741824 (1 GiB). Default: 0.
+    /// Default: 1073741824 (1 GiB).
     pub inbound_max_bytes: u64,
     /// Open connections per client IP address; more are refused with HTTP 429.
     /// 0 = no limit. Default: 1000.
@@ -355,8 +353,8 @@ impl Default for Config {
             message_ttl_ms: 0,
             channel_options: std::collections::BTreeMap::new(),
             hello_timeout_ms: 10_000,
-            inbound_max_length: 0,
-            inbound_max_bytes: 0,
+            inbound_max_length: warren_protocol::amqp::QueueBounds::INBOUND.max_length,
+            inbound_max_bytes: warren_protocol::amqp::QueueBounds::INBOUND.max_bytes,
             listen_backlog: 4096,
             header_read_timeout_ms: 10_000,
             max_connections_per_ip: 1000,
@@ -769,10 +767,10 @@ pub struct Overrides {
     /// Close a connection that sends no first frame within this many ms [default: 10000].
     #[arg(long, env = "WARREN_HELLO_TIMEOUT_MS", global = true)]
     pub hello_timeout_ms: Option<u64>,
-    /// Most messages per IN_<CHANNEL> queue, 0 = no bound [default: 0].
+    /// Most messages per IN_<CHANNEL> queue, 0 = no bound [default: 100000].
     #[arg(long, env = "WARREN_INBOUND_MAX_LENGTH", global = true)]
     pub inbound_max_length: Option<u64>,
-    /// Most bytes per IN_<CHANNEL> queue, 0 = no bound [default: 0].
+    /// Most bytes per IN_<CHANNEL> queue, 0 = no bound [default: 1073741824].
     #[arg(long, env = "WARREN_INBOUND_MAX_BYTES", global = true)]
     pub inbound_max_bytes: Option<u64>,
     /// listen(2) backlog of each listener [default: 4096].

@@ -274,6 +274,12 @@ mod tests {
                     "x-dead-letter-exchange".into(),
                     QueueArg::Text("warren.dead".into())
                 ),
+                ("x-max-length".into(), QueueArg::Int(100_000)),
+                (
+                    "x-max-length-bytes".into(),
+                    QueueArg::Int(1024 * 1024 * 1024)
+                ),
+                ("x-overflow".into(), QueueArg::Text("reject-publish".into())),
             ],
         }));
         assert!(t.declarations.contains(&Declaration::Binding {

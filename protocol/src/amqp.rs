@@ -385,16 +385,7 @@ pub struct QueueBounds {
 }
 
 impl QueueBounds {
-    /// No bound: the inbound queues' default. `reject-publish` on a quorum queue made
-    /// RabbitMQ 3.10 nack publishes while the queue's leader moved (the 3-node fault
-    /// test lost 4 of 2,000 service publishes that way, past 30 s of retries), so
-    /// bounds are opt-in until that is understood.
-    pub const NONE: QueueBounds = QueueBounds {
-        max_length: 0,
-        max_bytes: 0,
-    };
-    /// Suggested inbound bounds where a full queue should refuse rather than grow:
-    /// 100,000 messages, 1 GiB.
+    /// The inbound queues' defaults: 100,000 messages, 1 GiB.
     pub const INBOUND: QueueBounds = QueueBounds {
         max_length: 100_000,
         max_bytes: 1024 * 1024 * 1024,

@@ -35,7 +35,7 @@ pub struct ServiceConfig {
     pub queue_type: String,
     /// Bounds of the `IN_<CHANNEL>` queues the service declares first (`x-max-length`,
     /// `x-max-length-bytes`, `reject-publish`); the gateway's defaults, so both declare
-    /// the same queue. Default: none ([`QueueBounds::NONE`]).
+    /// the same queue. Default: [`QueueBounds::INBOUND`].
     pub inbound_bounds: warren_protocol::amqp::QueueBounds,
     /// Per-channel message TTL of the `IN_<CHANNEL>` queue the service declares first
     /// (`x-message-ttl`; the queue dead-letters to `warren.dead`, so an expired message
@@ -74,7 +74,7 @@ impl Default for ServiceConfig {
             remember_reply_bytes: 64 * 1024,
             app_id: "warren-service".to_string(),
             queue_type: "quorum".to_string(),
-            inbound_bounds: warren_protocol::amqp::QueueBounds::NONE,
+            inbound_bounds: warren_protocol::amqp::QueueBounds::INBOUND,
             message_ttls: BTreeMap::new(),
             reconnect: true,
             max_reconnect_backoff: Duration::from_secs(2),

@@ -60,6 +60,16 @@ async fn an_inbound_message_older_than_the_channel_ttl_is_dead_lettered_not_lost
             AMQPValue::LongString(names.dead_letter_exchange().into()),
         );
         expected.insert("x-message-ttl".into(), AMQPValue::LongLongInt(300));
+        // The shared bounds (warren_protocol::amqp::QueueBounds::INBOUND).
+        expected.insert("x-max-length".into(), AMQPValue::LongLongInt(100_000));
+        expected.insert(
+            "x-max-length-bytes".into(),
+            AMQPValue::LongLongInt(1024 * 1024 * 1024),
+        );
+        expected.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
         channel
             .queue_declare(
                 names.channel_queue("chat").into(),
