@@ -55,25 +55,6 @@ pub fn retry_backoff(attempt: u32) -> Duration {
     Duration::from_millis(100u64 << exp).min(Duration::from_secs(5))
 }
 
-/// After a consume loop was lost: when it had run less than a second (lost again right
-/// after it started), waits the growing [`retry_backoff`] before the next try, else
-/// resets the count. Returns false when the service was stopped meanwhile.
-pub(crate) async fn pause_after_loss(
-    since: tokio::time::Instant,
-    failures: &mut u32,
-    stop: &mut watch::Receiver<bool>,
-) -> bool {
-    if since.elapsed() >= Duration::from_secs(1) {
-        *failures = 0;
-        return true;
-    }
-    *failures += 1;
-    tokio::select! {
-        _ = tokio::time::sleep(retry_backoff(*failures)) => true,
-        _ = stop.changed() => false,
-    }
-}
-
 /// Everything the tasks of one consumer share, across reconnects.
 pub(crate) struct Shared<H> {
     pub(crate) channel: String,
@@ -262,8 +243,14 @@ pub(crate) async fn keep_consuming<H: Handler>(
             LoopEnd::Stopped => return,
             LoopEnd::Lost(reason) => {
                 // A consumer lost again right after it started: slow down.
-                if !pause_after_loss(since, &mut failures, &mut stop).await {
-                    return;
+                if since.elapsed() < Duration::from_secs(1) {
+                    failures += 1;
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry_backoff(failures)) => {}
+                        _ = stop.changed() => return,
+                    }
+                } else {
+                    failures = 0;
                 }
                 let connection_up = connection.is_some_and(|e| e.connection.status().connected());
                 if connection_up {

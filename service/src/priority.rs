@@ -162,8 +162,14 @@ pub(crate) async fn keep_consuming<H: Handler>(
         match run(&levels, &epoch, &mut ladder, stop.clone(), grace).await {
             LoopEnd::Stopped => return,
             LoopEnd::Lost(reason) => {
-                if !consumer::pause_after_loss(since, &mut failures, &mut stop).await {
-                    return;
+                if since.elapsed() < Duration::from_secs(1) {
+                    failures += 1;
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry_backoff(failures)) => {}
+                        _ = stop.changed() => return,
+                    }
+                } else {
+                    failures = 0;
                 }
                 let connection_up = epoch.connection.status().connected();
                 if connection_up {

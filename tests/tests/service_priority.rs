@@ -63,8 +63,21 @@ impl Producer {
 
     /// Publishes `body` (also its `message_id`) to `queue`, confirmed.
     async fn publish(&self, queue: &str, body: &str) {
-        let properties = BasicProperties::default().with_message_id(ShortString::from(body));
-        self.send(queue, body, properties).await;
+        let properties = BasicProperties::default()
+            .with_message_id(ShortString::from(body))
+            .with_delivery_mode(2);
+        self.channel
+            .basic_publish(
+                ShortString::from(""),
+                ShortString::from(queue),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                properties,
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirmed");
     }
 
     /// Publishes a request `body` (also its `message_id` and `correlation_id`) to
@@ -73,20 +86,15 @@ impl Producer {
         let properties = BasicProperties::default()
             .with_message_id(ShortString::from(body))
             .with_correlation_id(ShortString::from(body))
-            .with_reply_to(ShortString::from(reply_to));
-        self.send(queue, body, properties).await;
-    }
-
-    /// Publishes `body` persistently to `queue` through the default exchange and
-    /// waits for the confirm.
-    async fn send(&self, queue: &str, body: &str, properties: BasicProperties) {
+            .with_reply_to(ShortString::from(reply_to))
+            .with_delivery_mode(2);
         self.channel
             .basic_publish(
                 ShortString::from(""),
                 ShortString::from(queue),
                 BasicPublishOptions::default(),
                 body.as_bytes(),
-                properties.with_delivery_mode(2),
+                properties,
             )
             .await
             .expect("publish")
