@@ -125,8 +125,34 @@ pub struct Config {
     /// Requests one connection may have waiting for their reply; one more is answered
     /// `overloaded`. Default: 1000.
     pub max_pending_requests: usize,
+    /// Where what services send to clients travels. `queues`: a durable queue per
+    /// session, bound per subscription (the first design). `stream`: one replicated
+    /// RabbitMQ stream that each gateway reads once and fans out in memory; sessions
+    /// hold no broker state and resume by stream position (README, "Outbound").
+    /// Default: `queues`.
+    pub outbound: OutboundMode,
+    /// Retention of the outbound stream by age (`x-max-age`: `Y`, `M`, `D`, `h`, `m`,
+    /// `s` units): the resume window of `stream` mode. Default: `24h`.
+    pub stream_max_age: String,
+    /// Retention of the outbound stream by size (`x-max-length-bytes`). Default:
+    /// 2147483648 (2 GiB).
+    pub stream_max_bytes: u64,
+    /// Newest outbound-stream messages a gateway keeps in memory (`stream` mode):
+    /// resumes and slow clients within them are served without reading the broker.
+    /// Default: 100000.
+    pub hub_buffer_messages: usize,
     /// Tokens, identities, allowed origins.
     pub auth: AuthConfig,
+}
+
+/// Where outbound messages travel (see [`Config::outbound`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboundMode {
+    /// A durable queue per session.
+    Queues,
+    /// One outbound stream, fanned out by each gateway.
+    Stream,
 }
 
 /// Settings of one channel (`[channel_options.chat]`).
@@ -165,6 +191,15 @@ impl FromStr for ListenerConfig {
             .map_err(|e| format!("`{addr}` is not an address like 127.0.0.1:4000: {e}"))?;
         Ok(ListenerConfig { bind, channel })
     }
+}
+
+/// Whether `age` is a stream `x-max-age`: digits and one unit letter.
+fn valid_max_age(age: &str) -> bool {
+    let Some(unit) = age.chars().last() else {
+        return false;
+    };
+    let digits = &age[..age.len() - unit.len_utf8()];
+    "YMDhms".contains(unit) && !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Queue type of the inbound channel queues.
@@ -363,6 +398,10 @@ impl Default for Config {
             max_connections_per_user: 100,
             max_frames_per_s: 10_000,
             max_pending_requests: 1000,
+            outbound: OutboundMode::Queues,
+            stream_max_age: "24h".to_string(),
+            stream_max_bytes: 2 * 1024 * 1024 * 1024,
+            hub_buffer_messages: 100_000,
             auth: AuthConfig::default(),
         }
     }
@@ -481,6 +520,15 @@ impl Config {
         if self.session_expires_ms == 0 || self.session_expires_ms > u32::MAX as u64 {
             return bad("session_expires_ms must be in 1..=4294967295".into());
         }
+        if !valid_max_age(&self.stream_max_age) {
+            return bad(format!(
+                "stream_max_age `{}` is not a number followed by Y, M, D, h, m or s (e.g. `24h`)",
+                self.stream_max_age
+            ));
+        }
+        if self.hub_buffer_messages == 0 {
+            return bad("hub_buffer_messages must be at least 1".into());
+        }
         if self.session_max_length == 0 {
             return bad("session_max_length must be at least 1".into());
         }
@@ -588,8 +636,14 @@ impl Config {
             ip_limits_on_loopback,
             max_connections_per_user,
             max_frames_per_s,
-            max_pending_requests
+            max_pending_requests,
+            outbound,
+            stream_max_bytes,
+            hub_buffer_messages
         );
+        if let Some(v) = &o.stream_max_age {
+            self.stream_max_age = v.clone();
+        }
         if let Some(mode) = o.auth_mode {
             self.auth.mode = mode;
         }
@@ -702,6 +756,19 @@ pub struct Overrides {
     /// Type of the IN_<CHANNEL> queues [default: quorum].
     #[arg(long, env = "WARREN_QUEUE_TYPE", global = true)]
     pub queue_type: Option<QueueType>,
+    /// Outbound path: a queue per session, or one stream fanned out by the gateway
+    /// [default: queues].
+    #[arg(long, env = "WARREN_OUTBOUND", global = true)]
+    pub outbound: Option<OutboundMode>,
+    /// Outbound stream retention by age, the resume window (x-max-age) [default: 24h].
+    #[arg(long, env = "WARREN_STREAM_MAX_AGE", global = true)]
+    pub stream_max_age: Option<String>,
+    /// Outbound stream retention by size, in bytes [default: 2147483648].
+    #[arg(long, env = "WARREN_STREAM_MAX_BYTES", global = true)]
+    pub stream_max_bytes: Option<u64>,
+    /// Newest outbound-stream messages kept in memory per gateway [default: 100000].
+    #[arg(long, env = "WARREN_HUB_BUFFER_MESSAGES", global = true)]
+    pub hub_buffer_messages: Option<usize>,
     /// Publisher channels in the pool [default: 4].
     #[arg(long, env = "WARREN_PUBLISHER_CHANNELS", global = true)]
     pub publisher_channels: Option<usize>,

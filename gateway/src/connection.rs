@@ -28,6 +28,7 @@ use warren_protocol::{
 
 use crate::auth::{Action, AuthError, Identity};
 use crate::delivery::{self, Incoming};
+use crate::hub::{CatchUp, Hub, Membership, Message as HubMessage, Reader};
 use crate::limits::{Slot, TokenBucket};
 use crate::metrics;
 use crate::server::{Shared, Upgrade};
@@ -103,11 +104,13 @@ struct Session {
     expires: Option<Instant>,
     /// This session's place in the per-user count (`max_connections_per_user`).
     _user_slot: Option<Slot>,
-    queue: String,
-    channel: Channel,
-    consumer: Consumer,
-    tag: String,
-    inflight: Inflight<Acker>,
+    /// `outbound = "queues"`: the session queue and its consumer.
+    queue: Option<QueueOut>,
+    /// `outbound = "stream"`: the session's place in the hub.
+    stream: Option<StreamOut>,
+    /// Deliveries not yet acknowledged by the client (with their broker acker in
+    /// `queues` mode).
+    inflight: Inflight<Option<Acker>>,
     subs: Subscriptions,
     /// The delivery window filled up since the last overflow check.
     saturated: bool,
@@ -115,6 +118,51 @@ struct Session {
     last_overflow_check: Instant,
     /// The consumer was cancelled already (drain).
     cancelled: bool,
+}
+
+/// The session queue a session consumes (`outbound = "queues"`).
+struct QueueOut {
+    queue: String,
+    channel: Channel,
+    consumer: Consumer,
+    tag: String,
+}
+
+/// A session's outbound state in `outbound = "stream"`: its hub membership, where it
+/// reads from, and the position it has reached.
+struct StreamOut {
+    member: Membership,
+    read: Read,
+    /// The position after the last message sent (or skipped as not this session's);
+    /// `None` until the first.
+    cursor: Option<u64>,
+    /// The next message of a just-opened reader shows whether retention dropped
+    /// positions the session needed.
+    check_gap: bool,
+}
+
+/// Where a stream session's messages come from.
+enum Read {
+    /// Pushed by the hub.
+    Live,
+    /// Pulled from the hub's ring (a resume, or the live backlog filled up).
+    Ring,
+    /// Its own stream reader: its position is older than the ring.
+    Stream(Box<Reader>),
+}
+
+/// The next outbound event of a session.
+enum Outbound {
+    /// A delivery from the session queue (`queues` mode).
+    Queue(Option<lapin::Result<Delivery>>),
+    /// A live message from the hub.
+    Live(Arc<HubMessage>),
+    /// The hub stopped pushing: the live backlog filled up.
+    Lagged,
+    /// Catching up from the ring: pull the next batch.
+    Pull,
+    /// A message from the session's own stream reader (`None`: it failed).
+    Read(Option<HubMessage>),
 }
 
 /// Serves one upgraded WebSocket until it closes.
@@ -246,10 +294,34 @@ fn now_ms_epoch() -> u64 {
         .unwrap_or(0)
 }
 
-async fn next_delivery(session: Option<&mut Session>) -> Option<lapin::Result<Delivery>> {
-    match session {
-        Some(s) => s.consumer.next().await,
-        None => std::future::pending().await,
+/// The next outbound event of the session; pending while the delivery window is full
+/// (stream mode: the queue's prefetch does that in queues mode) or after a drain.
+async fn next_outbound(session: Option<&mut Session>, window: usize) -> Outbound {
+    let Some(s) = session else {
+        return std::future::pending().await;
+    };
+    if let Some(q) = s.queue.as_mut() {
+        return Outbound::Queue(q.consumer.next().await);
+    }
+    let Some(out) = s.stream.as_mut() else {
+        return std::future::pending().await;
+    };
+    if s.cancelled || s.inflight.len() >= window {
+        return std::future::pending().await;
+    }
+    match &mut out.read {
+        Read::Live => {
+            tokio::select! {
+                biased;
+                m = out.member.rx.recv() => match m {
+                    Some(m) => Outbound::Live(m),
+                    None => std::future::pending().await,
+                },
+                () = out.member.lagged.notified() => Outbound::Lagged,
+            }
+        }
+        Read::Ring => Outbound::Pull,
+        Read::Stream(r) => Outbound::Read(r.next().await),
     }
 }
 
@@ -349,7 +421,10 @@ impl Conn {
                 msg = self.ws.recv(), if self.pending_confirms < self.shared.config.max_pending_confirms => {
                     Box::pin(self.on_message(msg)).await
                 }
-                d = next_delivery(self.session.as_mut()) => Box::pin(self.on_delivery(d)).await,
+                o = next_outbound(self.session.as_mut(), usize::from(self.shared.config.delivery_window)) => match o {
+                    Outbound::Queue(d) => Box::pin(self.on_delivery(d)).await,
+                    o => Box::pin(self.on_stream(o)).await,
+                },
                 Some(c) = next_confirm(self.confirms.as_mut()) => Box::pin(self.on_confirm(c)).await,
                 () = timer.as_mut() => Box::pin(self.on_timer()).await,
             };
@@ -382,7 +457,7 @@ impl Conn {
         if let Some(expires) = self.session.as_ref().and_then(|s| s.expires) {
             at = at.min(expires);
         }
-        if let Some(s) = &self.session {
+        if let Some(s) = self.session.as_ref().filter(|s| s.queue.is_some()) {
             if s.saturated || s.inflight.len() >= usize::from(config.delivery_window) {
                 at =
                     at.min(s.last_overflow_check + Duration::from_millis(config.overflow_check_ms));
@@ -410,15 +485,17 @@ impl Conn {
         let grace = self.shared.config.shutdown_grace_ms;
         let deadline = Instant::now() + Duration::from_millis(grace);
         if let Some(s) = self.session.as_mut() {
-            if let Err(e) = s
-                .channel
-                .basic_cancel(
-                    ShortString::from(s.tag.as_str()),
-                    BasicCancelOptions::default(),
-                )
-                .await
-            {
-                tracing::debug!(conn = self.id, error = %e, "basic.cancel failed");
+            if let Some(q) = &s.queue {
+                if let Err(e) = q
+                    .channel
+                    .basic_cancel(
+                        ShortString::from(q.tag.as_str()),
+                        BasicCancelOptions::default(),
+                    )
+                    .await
+                {
+                    tracing::debug!(conn = self.id, error = %e, "basic.cancel failed");
+                }
             }
             s.cancelled = true;
             let drain = ServerFrame::Drain(Drain {
@@ -428,8 +505,13 @@ impl Conn {
             let _ = self.send(&drain).await;
         }
         loop {
+            // With a stream, what the client has not acknowledged is replayed from its
+            // position wherever it resumes: only confirms are waited for.
             let settled = self.pending_confirms == 0
-                && self.session.as_ref().is_none_or(|s| s.inflight.is_empty());
+                && self
+                    .session
+                    .as_ref()
+                    .is_none_or(|s| s.stream.is_some() || s.inflight.is_empty());
             if settled || self.phase == Phase::Closed {
                 break;
             }
@@ -671,6 +753,11 @@ impl Conn {
                 }
             }
         };
+        if let Some(hub) = self.shared.hub.clone() {
+            return self
+                .open_stream_session(hub, hello, identity, owner, anonymous, user_slot)
+                .await;
+        }
         let names = &self.shared.names;
         let broker = self.shared.broker.clone();
         let mut notice = None;
@@ -774,10 +861,13 @@ impl Conn {
             identity,
             expires,
             _user_slot: user_slot,
-            queue,
-            channel,
-            consumer,
-            tag,
+            queue: Some(QueueOut {
+                queue,
+                channel,
+                consumer,
+                tag,
+            }),
+            stream: None,
             inflight: Inflight::default(),
             subs: Subscriptions::default(),
             saturated: false,
@@ -801,6 +891,7 @@ impl Conn {
             },
             protocol: PROTOCOL_VERSION,
             notice,
+            position: None,
         });
         if let Flow::Close(c, r) = self.send(&welcome).await {
             return Flow::Close(c, r);
@@ -812,15 +903,124 @@ impl Conn {
         Flow::Continue
     }
 
+    /// Opens or resumes a session in `outbound = "stream"`: nothing is declared on the
+    /// broker. A resume names its last position and its subscriptions; the session
+    /// joins the hub catching up from there, so what was published while the client
+    /// was away is replayed (filtered by these subscriptions and this identity) before
+    /// the live flow.
+    async fn open_stream_session(
+        &mut self,
+        hub: Arc<Hub>,
+        hello: Hello,
+        mut identity: Identity,
+        owner: String,
+        anonymous: bool,
+        user_slot: Option<Slot>,
+    ) -> Flow {
+        let mut notice = None;
+        let mut resumed = false;
+        let mut id = None;
+        if let Some(requested) = &hello.session {
+            if validate_segment("session", requested).is_err() {
+                notice = Some(ErrorCode::SessionExpired);
+            } else if !session::owned_by(requested, &owner) {
+                tracing::info!(conn = self.id, session = %requested, "resume refused: another user's session");
+                metrics::add(&self.shared.metrics.refused_forbidden, 1);
+                notice = Some(ErrorCode::Forbidden);
+            } else {
+                // A connection of this gateway may still hold it (its client is gone but
+                // it has not noticed yet): it is closed; one of another gateway is asked
+                // to close. Neither holds anything the client needs.
+                let local = self
+                    .shared
+                    .registry
+                    .claim(requested, self.id, self.takeover.clone());
+                match local {
+                    Some(old) => {
+                        let _ = old.ask(Takeover { released: None });
+                    }
+                    None => self.shared.request_takeover(requested),
+                }
+                resumed = true;
+                id = Some(requested.clone());
+            }
+        }
+        let id = id.unwrap_or_else(|| {
+            let id = session::new_session_id(&owner);
+            self.shared
+                .registry
+                .claim(&id, self.id, self.takeover.clone());
+            id
+        });
+        // A resume without a position (the stream was empty when the session opened)
+        // replays from the stream's start.
+        let from = resumed.then(|| hello.position.map_or(0, |p| p + 1));
+        let (member, head) = hub.join(self.id, &id, from);
+        if anonymous {
+            identity.user = id.clone();
+        }
+        let user = identity.user.clone();
+        let expires = self.expiry_of(&identity);
+        tracing::info!(conn = self.id, session = %id, user = %user, resumed, from = ?from, client = ?hello.client, "session open");
+        self.session = Some(Session {
+            id: id.clone(),
+            identity,
+            expires,
+            _user_slot: user_slot,
+            queue: None,
+            stream: Some(StreamOut {
+                member,
+                read: if resumed { Read::Ring } else { Read::Live },
+                cursor: from,
+                check_gap: false,
+            }),
+            inflight: Inflight::default(),
+            subs: Subscriptions::default(),
+            saturated: false,
+            last_overflow_check: Instant::now(),
+            cancelled: false,
+        });
+        // The subscriptions the client held, before anything is replayed; refusals are
+        // reported when the client sends them again as `subscribe` frames.
+        for s in &hello.subscriptions {
+            if let Err(r) = self.apply_subscription(s, true).await {
+                tracing::debug!(conn = self.id, code = %r.code.as_str(), "a resumed subscription was refused");
+            }
+        }
+        self.phase = Phase::Open;
+        self.shared
+            .presence("client.connected", &id, &user, self.pinned.as_deref());
+        let config = &self.shared.config;
+        let welcome = ServerFrame::Welcome(Welcome {
+            session: id,
+            resumed,
+            user,
+            node: config.node.clone(),
+            heartbeat_ms: config.heartbeat_ms,
+            limits: Limits {
+                max_frame_bytes: config.max_frame_bytes as u64,
+                max_subscriptions: config.max_subscriptions,
+                delivery_window: u32::from(config.delivery_window),
+            },
+            protocol: PROTOCOL_VERSION,
+            notice,
+            position: if resumed { None } else { head },
+        });
+        self.send(&welcome).await
+    }
+
     /// Counts what the session queue's overflow policy dropped since the last check
     /// and, when anything was, tells the client with `overflow {dropped}`.
     async fn check_overflow(&mut self) -> Flow {
         let Some(s) = self.session.as_mut() else {
             return Flow::Continue;
         };
+        let Some(queue) = s.queue.as_ref().map(|q| q.queue.clone()) else {
+            return Flow::Continue;
+        };
         s.saturated = false;
         s.last_overflow_check = Instant::now();
-        let (session, queue) = (s.id.clone(), s.queue.clone());
+        let session = s.id.clone();
         match session::take_dropped(&self.shared.broker, &queue, &self.shared.config).await {
             Ok(0) => Flow::Continue,
             Ok(dropped) => {
@@ -940,6 +1140,7 @@ impl Conn {
                     let results = futures_util::future::join_all(
                         acked
                             .iter()
+                            .flatten()
                             .map(|acker| acker.ack(BasicAckOptions { multiple: false })),
                     )
                     .await;
@@ -1159,9 +1360,21 @@ impl Conn {
             .with_timestamp(now_ms_epoch() / 1000);
         if let Some(timeout) = request_timeout {
             headers.insert(amqp::H_REQUEST_ID.into(), text(id));
+            // Replies come back through the session queue, or through the outbound
+            // stream with the session in the correlation id.
+            let (correlation, reply_to) = match &session.queue {
+                Some(q) => (ShortString::from(id), ShortString::from(q.queue.as_str())),
+                None => (
+                    short(
+                        "session and request id",
+                        delivery::stream_correlation(&session.id, id),
+                    )?,
+                    ShortString::from(self.shared.names.outbound_stream()),
+                ),
+            };
             props = props
-                .with_correlation_id(ShortString::from(id))
-                .with_reply_to(ShortString::from(session.queue.as_str()))
+                .with_correlation_id(correlation)
+                .with_reply_to(reply_to)
                 .with_expiration(ShortString::from(timeout.to_string()));
         }
         let props = props.with_headers(headers);
@@ -1301,14 +1514,18 @@ impl Conn {
             now.duration_since(self.last_heard) >= hb || now.duration_since(self.last_sent) >= hb;
         // Before the session opens nothing may precede `welcome`: no ping then.
         let config = &self.shared.config;
-        let overflow_due = self.session.as_ref().is_some_and(|s| {
-            let since = now.duration_since(s.last_overflow_check);
-            // Heads are dropped only while the client is behind (its window full);
-            // anything else that lands in the dropped queue (expired service messages)
-            // is reported at the next resume or the next time the window fills.
-            since >= Duration::from_millis(config.overflow_check_ms)
-                && (s.saturated || s.inflight.len() >= usize::from(config.delivery_window))
-        });
+        let overflow_due = self
+            .session
+            .as_ref()
+            .filter(|s| s.queue.is_some())
+            .is_some_and(|s| {
+                let since = now.duration_since(s.last_overflow_check);
+                // Heads are dropped only while the client is behind (its window full);
+                // anything else that lands in the dropped queue (expired service messages)
+                // is reported at the next resume or the next time the window fills.
+                since >= Duration::from_millis(config.overflow_check_ms)
+                    && (s.saturated || s.inflight.len() >= usize::from(config.delivery_window))
+            });
         if overflow_due && self.phase == Phase::Open {
             if let Flow::Close(c, r) = self.check_overflow().await {
                 return Flow::Close(c, r);
@@ -1356,7 +1573,8 @@ impl Conn {
             match self
                 .session
                 .as_mut()
-                .and_then(|s| s.consumer.next().now_or_never())
+                .and_then(|s| s.queue.as_mut())
+                .and_then(|q| q.consumer.next().now_or_never())
             {
                 Some(d) => next = d,
                 None => break,
@@ -1368,24 +1586,190 @@ impl Conn {
         self.flush().await
     }
 
+    /// Stream mode: sends live messages, switches to catching up when the hub stopped
+    /// pushing, pulls the next batch from the ring, or takes what the session's own
+    /// stream reader read — and writes what it has with one flush.
+    async fn on_stream(&mut self, event: Outbound) -> Flow {
+        let window = usize::from(self.shared.config.delivery_window);
+        let (Some(hub), Some(s)) = (self.shared.hub.clone(), self.session.as_mut()) else {
+            return Flow::Continue;
+        };
+        let Some(out) = s.stream.as_mut() else {
+            return Flow::Continue;
+        };
+        let room = window.saturating_sub(s.inflight.len()).max(1);
+        let mut batch: Vec<Arc<HubMessage>> = Vec::new();
+        let mut next_cursor = None;
+        match event {
+            Outbound::Queue(_) => return Flow::Continue,
+            Outbound::Live(m) => {
+                batch.push(m);
+                while batch.len() < room.min(MAX_WRITE_BATCH) {
+                    match out.member.rx.try_recv() {
+                        Ok(m) => batch.push(m),
+                        Err(_) => break,
+                    }
+                }
+            }
+            Outbound::Lagged => {
+                metrics::add(&self.shared.metrics.stream_lagged, 1);
+                tracing::debug!(
+                    conn = self.id,
+                    "live backlog full; catching up from the ring"
+                );
+                out.read = Read::Ring;
+                return Flow::Continue;
+            }
+            Outbound::Pull => {
+                // What the hub pushed before it stopped comes first.
+                while batch.len() < room.min(MAX_WRITE_BATCH) {
+                    match out.member.rx.try_recv() {
+                        Ok(m) => batch.push(m),
+                        Err(_) => break,
+                    }
+                }
+                if batch.is_empty() {
+                    let from = out.cursor.unwrap_or(0);
+                    match hub.catch_up(self.id, from, room.min(MAX_WRITE_BATCH)) {
+                        CatchUp::Batch(ms, next) => {
+                            batch = ms;
+                            next_cursor = Some(next);
+                        }
+                        CatchUp::Live => out.read = Read::Live,
+                        CatchUp::Behind { from } => {
+                            let names = &self.shared.names;
+                            let tag = format!("{}.{}.replay", self.shared.config.node, self.id);
+                            let prefetch = self.shared.config.delivery_window;
+                            match Reader::open(
+                                &self.shared.broker,
+                                &names.outbound_stream(),
+                                tag,
+                                from,
+                                prefetch,
+                            )
+                            .await
+                            {
+                                Ok(r) => {
+                                    metrics::add(&self.shared.metrics.stream_readers, 1);
+                                    out.read = Read::Stream(Box::new(r));
+                                    out.cursor = Some(from);
+                                    out.check_gap = true;
+                                }
+                                Err(e) => {
+                                    tracing::warn!(conn = self.id, error = %e, "cannot read the outbound stream");
+                                    return Flow::Close(
+                                        CloseCode::BrokerUnavailable,
+                                        e.to_string(),
+                                    );
+                                }
+                            }
+                            return Flow::Continue;
+                        }
+                    }
+                }
+            }
+            Outbound::Read(None) => {
+                tracing::warn!(conn = self.id, "outbound stream reader failed");
+                return Flow::Close(CloseCode::BrokerUnavailable, String::new());
+            }
+            Outbound::Read(Some(m)) => {
+                let from = out.cursor.unwrap_or(0);
+                if m.offset < from {
+                    return Flow::Continue;
+                }
+                // The reader starts where it was asked unless retention dropped that.
+                let missed = if std::mem::take(&mut out.check_gap) {
+                    m.offset - from
+                } else {
+                    0
+                };
+                out.cursor = Some(m.offset + 1);
+                let to_ring = hub.holds(m.offset);
+                if to_ring {
+                    // The ring has everything from here on: the reader is done.
+                    if let Read::Stream(r) = std::mem::replace(&mut out.read, Read::Ring) {
+                        tokio::spawn(r.close());
+                    }
+                    out.cursor = Some(m.offset);
+                }
+                if missed > 0 {
+                    metrics::add(&self.shared.metrics.stream_missed, missed);
+                    let frame = ServerFrame::error(
+                        None,
+                        ErrorCode::SessionExpired,
+                        format!(
+                            "{missed} stream positions after position {} aged out of the \
+                             outbound stream's retention before they were replayed; any \
+                             messages for this session among them were missed",
+                            from.saturating_sub(1)
+                        ),
+                    );
+                    if let Flow::Close(c, r) = self.send(&frame).await {
+                        return Flow::Close(c, r);
+                    }
+                }
+                if to_ring || !hub.wants(self.id, &m) {
+                    return Flow::Continue;
+                }
+                batch.push(Arc::new(m));
+            }
+        }
+        let mut last = None;
+        for m in &batch {
+            last = Some(m.offset);
+            let Some(frame) = self.frame_of(
+                Incoming {
+                    exchange: m.exchange.as_str(),
+                    routing_key: m.routing_key.as_str(),
+                    redelivered: false,
+                    properties: &m.properties,
+                    body: &m.body,
+                    position: Some(m.offset),
+                },
+                None,
+            ) else {
+                return Flow::Continue;
+            };
+            if let Flow::Close(c, r) = self.feed(&frame).await {
+                return Flow::Close(c, r);
+            }
+        }
+        if let Some(out) = self.session.as_mut().and_then(|s| s.stream.as_mut()) {
+            let cursor = next_cursor.or(last.map(|o| o + 1));
+            if let Some(c) = cursor {
+                out.cursor = Some(out.cursor.map_or(c, |old| old.max(c)));
+            }
+        }
+        if batch.is_empty() || self.phase == Phase::Closed {
+            return Flow::Continue;
+        }
+        self.flush().await
+    }
+
     /// Records a delivery as unacknowledged under the next `seq` and builds its frame.
     fn delivery_frame(&mut self, delivery: &Delivery) -> Option<ServerFrame> {
-        let s = self.session.as_mut()?;
-        let seq = s.inflight.push(delivery.acker.clone());
-        if s.inflight.len() >= usize::from(self.shared.config.delivery_window) {
-            s.saturated = true;
-        }
-        metrics::add(&self.shared.metrics.deliveries, 1);
-        let frame = delivery::to_frame(
+        self.frame_of(
             Incoming {
                 exchange: delivery.exchange.as_str(),
                 routing_key: delivery.routing_key.as_str(),
                 redelivered: delivery.redelivered,
                 properties: &delivery.properties,
                 body: &delivery.data,
+                position: None,
             },
-            seq,
-        );
+            Some(delivery.acker.clone()),
+        )
+    }
+
+    /// Records a message as unacknowledged under the next `seq` and builds its frame.
+    fn frame_of(&mut self, m: Incoming<'_>, acker: Option<Acker>) -> Option<ServerFrame> {
+        let s = self.session.as_mut()?;
+        let seq = s.inflight.push(acker);
+        if s.inflight.len() >= usize::from(self.shared.config.delivery_window) {
+            s.saturated = true;
+        }
+        metrics::add(&self.shared.metrics.deliveries, 1);
+        let frame = delivery::to_frame(m, seq);
         if let ServerFrame::Reply(r) = &frame {
             self.requests.resolve(&r.id);
         }
@@ -1483,7 +1867,13 @@ impl Conn {
             }
             for k in &keys {
                 if session.subs.add(k) {
-                    if let Err(e) = session::bind(&broker, &session.queue, &exchange, k).await {
+                    let Some(q) = &session.queue else {
+                        if let Some(hub) = &self.shared.hub {
+                            hub.subscribe(self.id, std::slice::from_ref(k));
+                        }
+                        continue;
+                    };
+                    if let Err(e) = session::bind(&broker, &q.queue, &exchange, k).await {
                         session.subs.remove(k);
                         return Err(Refusal::new(ErrorCode::BrokerUnavailable, e.to_string()));
                     }
@@ -1492,7 +1882,13 @@ impl Conn {
         } else {
             for k in &keys {
                 if session.subs.remove(k) {
-                    session::unbind(&broker, &session.queue, &exchange, k)
+                    let Some(q) = &session.queue else {
+                        if let Some(hub) = &self.shared.hub {
+                            hub.unsubscribe(self.id, std::slice::from_ref(k));
+                        }
+                        continue;
+                    };
+                    session::unbind(&broker, &q.queue, &exchange, k)
                         .await
                         .map_err(|e| Refusal::new(ErrorCode::BrokerUnavailable, e.to_string()))?;
                 }
@@ -1588,24 +1984,33 @@ impl Conn {
         let Some(mut s) = self.session.take() else {
             return;
         };
-        if !s.cancelled {
-            if let Err(e) = s
-                .channel
-                .basic_cancel(
-                    ShortString::from(s.tag.as_str()),
-                    BasicCancelOptions::default(),
-                )
-                .await
-            {
-                tracing::debug!(conn = self.id, error = %e, "basic.cancel failed");
+        if let Some(out) = s.stream.take() {
+            // Nothing to give back: the client resumes from its position anywhere.
+            if let Read::Stream(r) = out.read {
+                tokio::spawn(r.close());
             }
+            drop(out.member);
         }
-        let mut unacked = s.inflight.drain();
-        // Deliveries already prefetched into the consumer's buffer.
-        while let Ok(Some(Ok(d))) =
-            tokio::time::timeout(Duration::from_millis(200), s.consumer.next()).await
-        {
-            unacked.push(d.acker);
+        let mut unacked: Vec<Acker> = s.inflight.drain().into_iter().flatten().collect();
+        if let Some(q) = s.queue.as_mut() {
+            if !s.cancelled {
+                if let Err(e) = q
+                    .channel
+                    .basic_cancel(
+                        ShortString::from(q.tag.as_str()),
+                        BasicCancelOptions::default(),
+                    )
+                    .await
+                {
+                    tracing::debug!(conn = self.id, error = %e, "basic.cancel failed");
+                }
+            }
+            // Deliveries already prefetched into the consumer's buffer.
+            while let Ok(Some(Ok(d))) =
+                tokio::time::timeout(Duration::from_millis(200), q.consumer.next()).await
+            {
+                unacked.push(d.acker);
+            }
         }
         let n = unacked.len();
         metrics::add(&self.shared.metrics.requeued, n as u64);

@@ -21,17 +21,23 @@ pub struct Incoming<'a> {
     pub properties: &'a BasicProperties,
     /// Body bytes.
     pub body: &'a [u8],
+    /// Its position in the outbound stream (stream outbound only). Replies in the
+    /// stream carry `<session>/<request id>` as correlation id; the frame gets the
+    /// request id alone.
+    pub position: Option<u64>,
 }
 
 /// Builds the frame for one message with sequence number `seq`.
 pub fn to_frame(m: Incoming<'_>, seq: u64) -> ServerFrame {
     let headers = render_headers(m.properties.headers().as_ref());
     let message = raw_body(m.body);
-    let correlation = m
-        .properties
-        .correlation_id()
-        .as_ref()
-        .map(|c| c.to_string());
+    let correlation = m.properties.correlation_id().as_ref().map(|c| {
+        let c = c.as_str();
+        match m.position {
+            Some(_) => stream_reply_id(c).map_or(c, |(_, id)| id).to_string(),
+            None => c.to_string(),
+        }
+    });
     match correlation {
         Some(id) if m.exchange.is_empty() => {
             let error = m
@@ -49,10 +55,12 @@ pub fn to_frame(m: Incoming<'_>, seq: u64) -> ServerFrame {
                     },
                     message: error_message(m.body),
                     seq: Some(seq),
+                    position: m.position,
                 }),
                 None => ServerFrame::Reply(Reply {
                     id,
                     seq,
+                    position: m.position,
                     headers,
                     message,
                 }),
@@ -60,6 +68,7 @@ pub fn to_frame(m: Incoming<'_>, seq: u64) -> ServerFrame {
         }
         _ => ServerFrame::Deliver(Deliver {
             seq,
+            position: m.position,
             message_id: m
                 .properties
                 .message_id()
@@ -73,6 +82,18 @@ pub fn to_frame(m: Incoming<'_>, seq: u64) -> ServerFrame {
             message,
         }),
     }
+}
+
+/// The correlation id a request carries when replies travel through the outbound
+/// stream: `<session>/<request id>` (session ids hold no `/`), so every gateway reading
+/// the stream knows whose reply it is.
+pub fn stream_correlation(session: &str, request: &str) -> String {
+    format!("{session}/{request}")
+}
+
+/// The session and the request id of a [`stream_correlation`].
+pub fn stream_reply_id(correlation: &str) -> Option<(&str, &str)> {
+    correlation.split_once('/')
 }
 
 /// The body as raw JSON when it is JSON, else as a JSON string (lossy UTF-8).
@@ -244,6 +265,7 @@ mod tests {
                 redelivered: false,
                 properties: &p,
                 body: b"{\"ok\":true}",
+                position: None,
             },
             4,
         );
@@ -271,6 +293,7 @@ mod tests {
                 redelivered: false,
                 properties: &p,
                 body: b"{\"message\":\"no such ticket\"}",
+                position: None,
             },
             9,
         );
@@ -293,6 +316,7 @@ mod tests {
                 redelivered: true,
                 properties: &p,
                 body: b"[1,2]",
+                position: None,
             },
             1,
         );
@@ -303,5 +327,28 @@ mod tests {
         assert_eq!(d.channel, "chat");
         assert!(d.redelivered);
         assert_eq!(d.message.get(), "[1,2]");
+        assert_eq!(d.position, None);
+    }
+
+    #[test]
+    fn a_reply_read_from_the_stream_carries_its_position_and_the_bare_request_id() {
+        let corr = stream_correlation("s1-abc", "r/7");
+        assert_eq!(stream_reply_id(&corr), Some(("s1-abc", "r/7")));
+        let p = props().with_correlation_id(ShortString::from(corr));
+        let f = to_frame(
+            Incoming {
+                exchange: "",
+                routing_key: "warren.out.stream",
+                redelivered: false,
+                properties: &p,
+                body: b"1",
+                position: Some(42),
+            },
+            3,
+        );
+        let ServerFrame::Reply(r) = f else {
+            panic!("{f:?}")
+        };
+        assert_eq!((r.id.as_str(), r.seq, r.position), ("r/7", 3, Some(42)));
     }
 }

@@ -10,6 +10,7 @@
 //! - [`topology`]: the exchanges and queues Warren declares, printable and idempotent.
 //! - [`broker`]: two AMQP connections, pooled publisher (confirm) and consumer channels.
 //! - [`session`]: session ids and queues, resume, subscriptions, seq/ack bookkeeping.
+//! - [`hub`]: `outbound = "stream"`: the stream read once, fanned out in memory.
 //! - [`delivery`]: a session-queue message → `deliver` / `reply` / `error` frame.
 //! - `connection`: the per-WebSocket `select!` loop.
 //! - `server`: axum listeners (`/ws`, `/healthz`), shared state, announcements.
@@ -30,6 +31,7 @@ pub mod config;
 mod connection;
 pub mod delivery;
 pub mod error;
+pub mod hub;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
@@ -43,10 +45,11 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use warren_protocol::amqp::Names;
 
 pub use config::{
     AuthConfig, AuthMode, AuthServiceConfig, Cli, Command, Config, JwtConfig, ListenerConfig,
-    Overrides, QueueType, TopologyAction,
+    OutboundMode, Overrides, QueueType, TopologyAction,
 };
 pub use error::GatewayError;
 pub use topology::Topology;
@@ -104,7 +107,30 @@ impl Gateway {
             })?;
             bound.push((listener, addr, l.channel.clone()));
         }
-        let shared = Arc::new(Shared::new(config, verifier, broker, metrics, shutdown_rx));
+        let hub = (config.outbound == OutboundMode::Stream).then(|| {
+            let hub = hub::Hub::new(config.hub_buffer_messages);
+            tokio::spawn(hub::run_reader(
+                hub.clone(),
+                broker.clone(),
+                Names::new(&config.namespace).outbound_stream(),
+                config.node.clone(),
+                shutdown_rx.clone(),
+            ));
+            hub
+        });
+        if let Some(hub) = &hub {
+            // Sessions opened before the reader knows the stream's tail would have no
+            // position to resume from.
+            hub.wait_ready(Duration::from_secs(3)).await;
+        }
+        let shared = Arc::new(Shared::new(
+            config,
+            verifier,
+            broker,
+            metrics,
+            shutdown_rx,
+            hub,
+        ));
         let mut servers = Vec::new();
         let mut listeners = Vec::new();
         for (listener, addr, channel) in bound {

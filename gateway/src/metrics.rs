@@ -43,6 +43,14 @@ pub struct Metrics {
     pub throttled: AtomicU64,
     /// Connection tasks that panicked (a bug); their cleanup ran all the same.
     pub connection_panics: AtomicU64,
+    /// Stream outbound: times a session's live backlog filled and it fell back to
+    /// catching up from the ring.
+    pub stream_lagged: AtomicU64,
+    /// Stream outbound: stream readers opened for sessions whose position was older
+    /// than the ring.
+    pub stream_readers: AtomicU64,
+    /// Stream outbound: positions that aged out of retention before a session read them.
+    pub stream_missed: AtomicU64,
 }
 
 /// Adds `n` to a counter.
@@ -123,6 +131,24 @@ impl Metrics {
             "counter",
             "overflow frames sent to clients.",
             get(&self.overflow_reports),
+        );
+        metric(
+            "stream_lagged_total",
+            "counter",
+            "Sessions whose live backlog filled; they caught up from the ring.",
+            get(&self.stream_lagged),
+        );
+        metric(
+            "stream_readers_total",
+            "counter",
+            "Stream readers opened for sessions behind the ring.",
+            get(&self.stream_readers),
+        );
+        metric(
+            "stream_missed_total",
+            "counter",
+            "Stream positions that aged out before a session read them.",
+            get(&self.stream_missed),
         );
         metric(
             "requeued_total",

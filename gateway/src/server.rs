@@ -84,6 +84,8 @@ pub(crate) struct Shared {
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) tracker: Tracker,
     pub(crate) metrics: Arc<Metrics>,
+    /// The outbound fan-out, in `outbound = "stream"`.
+    pub(crate) hub: Option<Arc<crate::hub::Hub>>,
     next_conn: AtomicU64,
 }
 
@@ -94,8 +96,10 @@ impl Shared {
         broker: Arc<Broker>,
         metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
+        hub: Option<Arc<crate::hub::Hub>>,
     ) -> Self {
         Shared {
+            hub,
             names: Names::new(&config.namespace),
             limiter: Limiter::new(LimitSettings {
                 connections_per_ip: config.max_connections_per_ip,

@@ -12,7 +12,7 @@ use warren_protocol::amqp::{
 };
 
 use crate::broker::Broker;
-use crate::config::Config;
+use crate::config::{Config, OutboundMode};
 use crate::error::{is_precondition_failed, GatewayError};
 
 /// One thing to declare.
@@ -73,6 +73,8 @@ impl ExchangeType {
 pub struct Topology {
     /// The declarations.
     pub declarations: Vec<Declaration>,
+    /// Where outbound messages travel (what sessions declare, if anything).
+    pub outbound: OutboundMode,
 }
 
 impl Topology {
@@ -135,7 +137,40 @@ impl Topology {
                 key: keys::inbound_binding(ch),
             });
         }
-        Topology { declarations: d }
+        if config.outbound == OutboundMode::Stream {
+            let stream = names.outbound_stream();
+            d.push(Declaration::Queue {
+                name: stream.clone(),
+                args: vec![
+                    ("x-queue-type".into(), QueueArg::Text("stream".into())),
+                    (
+                        "x-max-age".into(),
+                        QueueArg::Text(config.stream_max_age.clone()),
+                    ),
+                    (
+                        "x-max-length-bytes".into(),
+                        QueueArg::Int(i64::try_from(config.stream_max_bytes).unwrap_or(i64::MAX)),
+                    ),
+                    // Retention drops whole segments: keep them a fraction of the size.
+                    (
+                        "x-stream-max-segment-size-bytes".into(),
+                        QueueArg::Int(
+                            i64::try_from((config.stream_max_bytes / 8).clamp(1 << 20, 500 << 20))
+                                .unwrap_or(500 << 20),
+                        ),
+                    ),
+                ],
+            });
+            d.push(Declaration::Binding {
+                queue: stream,
+                exchange: names.outbound_exchange(),
+                key: "#".into(),
+            });
+        }
+        Topology {
+            declarations: d,
+            outbound: config.outbound,
+        }
     }
 
     /// Declares everything on the broker's control channel. Idempotent: declaring what
@@ -233,6 +268,14 @@ impl fmt::Display for Topology {
                     key,
                 } => writeln!(f, "binding   {queue:<32} <- {exchange} key `{key}`")?,
             }
+        }
+        if self.outbound == OutboundMode::Stream {
+            return writeln!(
+                f,
+                "# per session: nothing (outbound = \"stream\": every gateway reads \
+                 the outbound stream and fans out in memory; replies reach the stream \
+                 through the default exchange)"
+            );
         }
         writeln!(
             f,

@@ -58,6 +58,7 @@ fn deliver(size: usize) -> ServerFrame {
     headers.insert("x-warren-session".to_string(), "3f2a9c1e".to_string());
     ServerFrame::Deliver(Deliver {
         seq: 98765,
+        position: Some(1_234_567),
         message_id: "alice:1234".into(),
         channel: "chat".into(),
         routing_key: "chat.group.room-1".into(),
@@ -78,6 +79,7 @@ fn server_encode(c: &mut Criterion) {
         let reply = ServerFrame::Reply(Reply {
             id: "1234".into(),
             seq: 98765,
+            position: Some(1_234_568),
             headers: BTreeMap::new(),
             message: RawValue::from_string(payload(size)).unwrap(),
         });

@@ -104,6 +104,13 @@ impl Names {
         format!("{}warren.session.{session}", self.prefix)
     }
 
+    /// The outbound stream (`outbound = "stream"`): bound to the outbound exchange
+    /// with `#`, and the `reply_to` of requests (replies reach it through the default
+    /// exchange).
+    pub fn outbound_stream(&self) -> String {
+        format!("{}warren.out.stream", self.prefix)
+    }
+
     /// The session id of a session queue name, if it is one.
     pub fn session_of_queue<'a>(&self, queue: &'a str) -> Option<&'a str> {
         queue
@@ -151,6 +158,32 @@ pub mod keys {
     pub fn channel_of(routing_key: &str) -> &str {
         routing_key.split('.').next().unwrap_or(routing_key)
     }
+}
+
+/// AMQP topic matching: `*` is exactly one word, `#` zero or more words.
+pub fn topic_matches(pattern: &str, key: &str) -> bool {
+    // Words are walked in place (no `split` and no `Vec`: smaller wasm). A list of words
+    // is `Some("w1.w2...")`, or `None` once every word is consumed.
+    fn first_word(words: &str) -> (&str, Option<&str>) {
+        match words.bytes().position(|b| b == b'.') {
+            Some(i) => (words.get(..i).unwrap_or_default(), words.get(i + 1..)),
+            None => (words, None),
+        }
+    }
+    fn go(p: Option<&str>, k: Option<&str>) -> bool {
+        let Some(p) = p else {
+            return k.is_none();
+        };
+        let (word, p_rest) = first_word(p);
+        if word == "#" {
+            return go(p_rest, k) || k.is_some_and(|k| go(Some(p), first_word(k).1));
+        }
+        match k.map(first_word) {
+            Some((k_word, k_rest)) => (word == "*" || word == k_word) && go(p_rest, k_rest),
+            None => false,
+        }
+    }
+    go(Some(pattern), Some(key))
 }
 
 /// Why a name cannot be used in a routing key or queue name.

@@ -38,6 +38,16 @@ pub struct Hello {
     /// Protocol version the client speaks; absent means 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<u32>,
+    /// Resuming on a gateway whose outbound path is a stream: the stream position of
+    /// the last `deliver`/`reply` the client received. The gateway replays what this
+    /// session may receive after it, then joins the live flow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
+    /// The session's subscriptions, re-established before the replay (so nothing
+    /// published while the client was away is filtered out). The client sends them as
+    /// `subscribe` frames again after `welcome`, which is where refusals are reported.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscriptions: Vec<Subscribe>,
 }
 
 /// Limits the gateway enforces on this connection, announced in `welcome`.
@@ -73,6 +83,11 @@ pub struct Welcome {
     /// Why a requested resume did not happen (`session_expired`), when it did not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notice: Option<ErrorCode>,
+    /// Stream outbound, a new session: the stream position it starts after (name it in
+    /// `hello.position` until a `deliver` brings a newer one). Absent when the stream is
+    /// empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
 }
 
 /// Who receives a message: everyone on the channel, some groups, some users.
@@ -218,6 +233,9 @@ pub struct Error {
     /// (a service rejecting a request).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+    /// Stream position of that refusal (stream outbound only); see `Deliver::position`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
 }
 
 /// `reply`: the answer to a `request`.
@@ -227,6 +245,9 @@ pub struct Reply<M = Raw> {
     pub id: String,
     /// Sequence number to acknowledge with `ack_deliveries`.
     pub seq: u64,
+    /// Stream position (stream outbound only); see `Deliver::position`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
     /// String headers the service set.
     #[serde(default, skip_serializing_if = "Headers::is_empty")]
     pub headers: Headers,
@@ -239,6 +260,11 @@ pub struct Reply<M = Raw> {
 pub struct Deliver<M = Raw> {
     /// Per-connection sequence number, acknowledged with `ack_deliveries`.
     pub seq: u64,
+    /// Position of the message in the gateway's outbound stream, when the outbound
+    /// path is a stream: positions only grow, and a client that names the last one it
+    /// received in `hello.position` is sent everything after it on reconnect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
     /// Stable id: the same message redelivered carries the same id.
     pub message_id: String,
     /// Channel the message was published on.
@@ -435,6 +461,7 @@ impl ServerFrame {
             code,
             message: message.into(),
             seq: None,
+            position: None,
         })
     }
 

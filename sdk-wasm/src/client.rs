@@ -122,6 +122,9 @@ pub struct ClientCore<C: Codec> {
     /// Consecutive failed attempts since the last stable connection.
     failures: u32,
     session: Option<String>,
+    /// Stream outbound: the position of the newest message received (or the one the
+    /// session started after), named in `hello` to resume from there.
+    position: Option<u64>,
     /// The token sent in `hello`: the `token` option, or the last one from `getToken`.
     token: Option<String>,
     /// When the token in force expires (its `exp`, in ms), if it says.
@@ -178,6 +181,7 @@ impl<C: Codec> ClientCore<C> {
             url_index: 0,
             failures: 0,
             session: None,
+            position: None,
             token_exp: None,
             renewal: Renewal::Idle,
             renew_failures: 0,
@@ -385,11 +389,24 @@ impl<C: Codec> ClientCore<C> {
                     deadline: now.saturating_add(self.config.connect_timeout_ms),
                 };
                 self.last_heard = now;
+                // A resume names the last position and the subscriptions, so that a
+                // stream gateway replays what they match before the live flow.
+                let resuming = self.session.is_some();
+                let subscriptions = if resuming {
+                    self.subscriptions
+                        .iter()
+                        .map(|(id, o)| o.frame(concat(&["r", &decimal(id)])))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
                 self.send(&ClientFrame::Hello(Hello {
                     session: self.session.clone(),
                     token: self.token.clone(),
                     client: Some(self.config.client_name.clone()),
                     protocol: Some(PROTOCOL_VERSION),
+                    position: self.position.filter(|_| resuming),
+                    subscriptions,
                 }));
             }
         }
@@ -548,6 +565,7 @@ impl<C: Codec> ClientCore<C> {
                 }
             }
             ServerFrame::Error(e) => {
+                self.reached(e.position);
                 if let Some(seq) = e.seq {
                     self.handled(seq, now);
                 }
@@ -582,6 +600,7 @@ impl<C: Codec> ClientCore<C> {
                 }
             }
             ServerFrame::Reply(r) => {
+                self.reached(r.position);
                 if let Some(op) = self.op_of(&r.id) {
                     if self.pending.resolve(op).is_some() {
                         self.outbox.remove(op);
@@ -591,6 +610,7 @@ impl<C: Codec> ClientCore<C> {
                 self.handled(r.seq, now);
             }
             ServerFrame::Deliver(d) => {
+                self.reached(d.position);
                 let seq = d.seq;
                 self.deliver(d);
                 self.handled(seq, now);
@@ -637,6 +657,10 @@ impl<C: Codec> ClientCore<C> {
         self.renew_failures = 0;
         self.schedule_renewal(now);
         let resumed = w.resumed && asked;
+        if !resumed {
+            // A new session starts after the position the gateway names.
+            self.position = w.position;
+        }
         self.report(resumed);
         if asked && !w.resumed {
             let why = w.notice.unwrap_or(ErrorCode::SessionExpired);
@@ -673,6 +697,18 @@ impl<C: Codec> ClientCore<C> {
         for op in std::mem::take(&mut self.ready_waiters) {
             self.actions.push(Action::Resolve(op));
         }
+    }
+
+    /// Records the stream position of a frame just received.
+    fn reached(&mut self, position: Option<u64>) {
+        if let Some(p) = position {
+            self.position = Some(self.position.map_or(p, |old| old.max(p)));
+        }
+    }
+
+    /// The stream position the client would resume from, if it has one.
+    pub fn position(&self) -> Option<u64> {
+        self.position
     }
 
     fn deliver(&mut self, d: Deliver<C::Payload>) {

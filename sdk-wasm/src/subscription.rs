@@ -88,31 +88,7 @@ impl SubscribeOptions {
     }
 }
 
-/// AMQP topic matching: `*` is exactly one word, `#` zero or more words.
-pub fn topic_matches(pattern: &str, key: &str) -> bool {
-    // Words are walked in place (no `split` and no `Vec`: smaller wasm). A list of words
-    // is `Some("w1.w2...")`, or `None` once every word is consumed.
-    fn first_word(words: &str) -> (&str, Option<&str>) {
-        match words.bytes().position(|b| b == b'.') {
-            Some(i) => (words.get(..i).unwrap_or_default(), words.get(i + 1..)),
-            None => (words, None),
-        }
-    }
-    fn go(p: Option<&str>, k: Option<&str>) -> bool {
-        let Some(p) = p else {
-            return k.is_none();
-        };
-        let (word, p_rest) = first_word(p);
-        if word == "#" {
-            return go(p_rest, k) || k.is_some_and(|k| go(Some(p), first_word(k).1));
-        }
-        match k.map(first_word) {
-            Some((k_word, k_rest)) => (word == "*" || word == k_word) && go(p_rest, k_rest),
-            None => false,
-        }
-    }
-    go(Some(pattern), Some(key))
-}
+pub use warren_protocol::amqp::topic_matches;
 
 /// The app's live subscriptions, by id.
 #[derive(Debug, Default)]

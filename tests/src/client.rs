@@ -122,6 +122,11 @@ impl TestClient {
         c
     }
 
+    /// The `welcome` the gateway answered `hello` with.
+    pub fn welcome(&self) -> &Welcome {
+        self.welcome.as_ref().expect("welcome received")
+    }
+
     /// The session id from `welcome`.
     pub fn session(&self) -> &str {
         &self.welcome.as_ref().expect("welcome received").session

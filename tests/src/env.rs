@@ -246,7 +246,7 @@ impl TestEnv {
             Ok(c) => c,
             Err(_) => return,
         };
-        let mut queues = vec![self.names.dead_letter_queue()];
+        let mut queues = vec![self.names.dead_letter_queue(), self.names.outbound_stream()];
         queues.extend(CHANNELS.iter().map(|c| self.names.channel_queue(c)));
         queues.extend(self.extra_queues.iter().cloned());
         for q in queues {

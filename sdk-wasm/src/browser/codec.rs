@@ -40,6 +40,24 @@ impl Js {
     }
 }
 
+/// The fields of a `subscribe` (also inside `hello.subscriptions`).
+fn subscribe_fields(o: &Object, s: &warren_protocol::Subscribe) {
+    set(o, "id", &str_value(&s.id));
+    set(o, "channel", &str_value(&s.channel));
+    set_defined(
+        o,
+        "broadcast",
+        &s.broadcast.map_or(JsValue::UNDEFINED, JsValue::from_bool),
+    );
+    if !s.groups.is_empty() {
+        set(o, "groups", &to_array(&s.groups));
+    }
+    if s.direct {
+        set(o, "direct", &JsValue::TRUE);
+    }
+    set_defined(o, "topic", &opt_value(&s.topic));
+}
+
 /// The codec of the wasm build: `JSON.stringify` / `JSON.parse`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct JsCodec;
@@ -72,6 +90,16 @@ impl Codec for JsCodec {
                     "protocol",
                     &h.protocol.map_or(JsValue::UNDEFINED, |p| num(p.into())),
                 );
+                set_defined(&o, "position", &h.position.map_or(JsValue::UNDEFINED, num));
+                if !h.subscriptions.is_empty() {
+                    let subs = js_sys::Array::new();
+                    for s in &h.subscriptions {
+                        let so = Object::new();
+                        subscribe_fields(&so, s);
+                        subs.push(&so);
+                    }
+                    set(&o, "subscriptions", &subs);
+                }
             }
             ClientFrame::Publish(p) => {
                 set(&o, "id", &str_value(&p.id));
@@ -93,22 +121,7 @@ impl Codec for JsCodec {
                 );
                 set(&o, "message", &r.message.message());
             }
-            ClientFrame::Subscribe(s) | ClientFrame::Unsubscribe(s) => {
-                set(&o, "id", &str_value(&s.id));
-                set(&o, "channel", &str_value(&s.channel));
-                set_defined(
-                    &o,
-                    "broadcast",
-                    &s.broadcast.map_or(JsValue::UNDEFINED, JsValue::from_bool),
-                );
-                if !s.groups.is_empty() {
-                    set(&o, "groups", &to_array(&s.groups));
-                }
-                if s.direct {
-                    set(&o, "direct", &JsValue::TRUE);
-                }
-                set_defined(&o, "topic", &opt_value(&s.topic));
-            }
+            ClientFrame::Subscribe(s) | ClientFrame::Unsubscribe(s) => subscribe_fields(&o, s),
             ClientFrame::Refresh(r) => {
                 set(&o, "id", &str_value(&r.id));
                 set(&o, "token", &str_value(&r.token));
@@ -208,6 +221,7 @@ fn decode_fields(kind: &str, v: JsValue) -> Option<ServerFrame<Js>> {
                 },
                 protocol: n("protocol").unwrap_or(1) as u32,
                 notice: s("notice").map(|c| ErrorCode::parse(&c)),
+                position: n("position"),
             })
         }
         "ack" => ServerFrame::Ack(Ack { id: s("id")? }),
@@ -216,15 +230,18 @@ fn decode_fields(kind: &str, v: JsValue) -> Option<ServerFrame<Js>> {
             code: ErrorCode::parse(&s("code").unwrap_or_default()),
             message: s("message").unwrap_or_default(),
             seq: n("seq"),
+            position: n("position"),
         }),
         "reply" => ServerFrame::Reply(Reply {
             id: s("id")?,
             seq: n("seq")?,
+            position: n("position"),
             headers: Headers::new(),
             message: Js(v.clone()),
         }),
         "deliver" => ServerFrame::Deliver(Deliver {
             seq: n("seq")?,
+            position: n("position"),
             message_id: s("message_id")?,
             channel: s("channel")?,
             routing_key: s("routing_key")?,

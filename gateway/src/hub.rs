@@ -1,0 +1,790 @@
+//! The outbound hub (`outbound = "stream"`): each gateway reads the outbound stream
+//! once and fans every message out in memory to the sessions whose subscriptions
+//! match it, as centrifuge's hub does. Nothing is declared on the broker per session
+//! or per subscription.
+//!
+//! The hub keeps the newest `hub_buffer_messages` messages (the *ring*). A session is
+//! either **live** — the hub pushes what it wants into its small bounded channel — or
+//! **catching up** from a position: it pulls from the ring at its own pace (a resume,
+//! or a slow client whose channel filled), or, when its position is older than the
+//! ring, from a stream reader of its own ([`Reader`]) until it reaches the ring. The
+//! switch back to live happens under the hub's lock at the ring's end, and a session
+//! never accepts a position below the one it asked to start from, so nothing is lost
+//! and nothing is sent twice: positions only grow.
+//!
+//! Everything here but [`run_reader`] and [`Reader`] is pure and unit-tested without a
+//! broker.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Consumer};
+use tokio::sync::{mpsc, watch, Notify};
+use warren_protocol::amqp::topic_matches;
+
+use crate::broker::Broker;
+use crate::delivery::stream_reply_id;
+use crate::error::GatewayError;
+
+/// Messages a live session may have waiting between the hub and its socket; when they
+/// are full the session falls back to catching up from the ring.
+pub const LIVE_BACKLOG: usize = 64;
+
+/// The hub's reader acknowledges (for credit) once per this many messages; its
+/// prefetch is [`HUB_PREFETCH`].
+const ACK_EVERY: u32 = 200;
+
+/// Unacknowledged messages the hub's reader may hold.
+const HUB_PREFETCH: u16 = 2000;
+
+/// Bytes of message bodies the ring holds at most, whatever `hub_buffer_messages` says.
+pub const RING_MAX_BYTES: usize = 256 * 1024 * 1024;
+
+/// One message of the outbound stream.
+#[derive(Debug)]
+pub struct Message {
+    /// Its offset in the stream: the position a `deliver` carries.
+    pub offset: u64,
+    /// Exchange it was published to (`""`: a reply, sent to the stream by name).
+    pub exchange: String,
+    /// Its routing key.
+    pub routing_key: String,
+    /// AMQP properties.
+    pub properties: BasicProperties,
+    /// Body.
+    pub body: Vec<u8>,
+    /// What routes it to sessions: its routing key and the `CC` header's keys, or
+    /// for a reply the key of the session it answers ([`reply_key`]).
+    keys: Vec<String>,
+}
+
+/// The index key that routes a reply to its session: not a valid routing key of any
+/// channel (it starts with a NUL), so no subscription can ask for it.
+pub fn reply_key(session: &str) -> String {
+    format!("\0reply.{session}")
+}
+
+fn is_pattern(key: &str) -> bool {
+    key.split('.').any(|w| w == "*" || w == "#")
+}
+
+impl Message {
+    /// A message read at `offset`, with the keys that route it.
+    pub fn new(
+        offset: u64,
+        exchange: String,
+        routing_key: String,
+        properties: BasicProperties,
+        body: Vec<u8>,
+    ) -> Message {
+        let mut keys = Vec::new();
+        if exchange.is_empty() {
+            if let Some(c) = properties.correlation_id() {
+                if let Some((session, _)) = stream_reply_id(c.as_str()) {
+                    keys.push(reply_key(session));
+                }
+            }
+        } else {
+            keys.push(routing_key.clone());
+            if let Some(AMQPValue::FieldArray(cc)) = properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get("CC"))
+            {
+                for v in cc.as_slice() {
+                    match v {
+                        AMQPValue::LongString(s) => keys.push(s.to_string()),
+                        AMQPValue::ShortString(s) => keys.push(s.to_string()),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Message {
+            offset,
+            exchange,
+            routing_key,
+            properties,
+            body,
+            keys,
+        }
+    }
+
+    /// A delivery of the outbound stream, if it carries its offset.
+    pub fn from_delivery(d: &Delivery) -> Option<Message> {
+        let offset = stream_offset(d.properties.headers().as_ref())?;
+        Some(Message::new(
+            offset,
+            d.exchange.to_string(),
+            d.routing_key.to_string(),
+            d.properties.clone(),
+            d.data.clone(),
+        ))
+    }
+
+    fn size(&self) -> usize {
+        self.body.len() + self.routing_key.len() + 64
+    }
+}
+
+/// The `x-stream-offset` header RabbitMQ puts on every stream delivery.
+pub fn stream_offset(headers: Option<&FieldTable>) -> Option<u64> {
+    match headers?.inner().get("x-stream-offset")? {
+        AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongUInt(n) => Some(u64::from(*n)),
+        AMQPValue::Timestamp(n) => Some(*n),
+        _ => None,
+    }
+}
+
+/// A session as the hub knows it.
+#[derive(Debug)]
+struct Member {
+    /// Where live messages go.
+    tx: mpsc::Sender<Arc<Message>>,
+    /// Woken when the hub stops pushing (the channel filled).
+    lagged: Arc<Notify>,
+    /// Pushed to (true) or catching up (false).
+    live: bool,
+    /// Positions below this are never given to it (it has them already).
+    from: u64,
+    /// Its index keys, ref-counted (two subscriptions may share one).
+    keys: HashMap<String, u32>,
+}
+
+impl Member {
+    fn wants(&self, m: &Message) -> bool {
+        m.offset >= self.from
+            && m.keys.iter().any(|k| {
+                self.keys.contains_key(k)
+                    || self
+                        .keys
+                        .keys()
+                        .any(|p| is_pattern(p) && topic_matches(p, k))
+            })
+    }
+}
+
+/// The hub's state, behind one lock.
+#[derive(Debug, Default)]
+struct State {
+    ring: VecDeque<Arc<Message>>,
+    ring_bytes: usize,
+    /// The offset after the newest message read (`None` before the first).
+    next: Option<u64>,
+    members: HashMap<u64, Member>,
+    /// Exact key → members holding it.
+    exact: HashMap<String, HashSet<u64>>,
+    /// Pattern key → members holding it.
+    patterns: HashMap<String, HashSet<u64>>,
+}
+
+/// What a catching-up session gets from [`Hub::catch_up`].
+#[derive(Debug)]
+pub enum CatchUp {
+    /// Messages for it (possibly none), and the position to ask from next time.
+    Batch(Vec<Arc<Message>>, u64),
+    /// Its position is older than the ring: read the stream from `from` until the
+    /// ring's first position, `ring_first` (`None`: the ring is empty).
+    Behind {
+        /// Where to read from.
+        from: u64,
+    },
+    /// It is at the ring's end and live again.
+    Live,
+}
+
+/// The in-memory fan-out of the outbound stream.
+#[derive(Debug)]
+pub struct Hub {
+    state: Mutex<State>,
+    max_messages: usize,
+    /// Whether the reader has caught up with the stream's tail once (start-up).
+    ready: watch::Sender<bool>,
+}
+
+/// A session's membership in the hub; leaves it when dropped.
+#[derive(Debug)]
+pub struct Membership {
+    hub: Arc<Hub>,
+    conn: u64,
+    /// Live messages.
+    pub rx: mpsc::Receiver<Arc<Message>>,
+    /// Woken when the hub stops pushing to this session.
+    pub lagged: Arc<Notify>,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.hub.leave(self.conn);
+    }
+}
+
+impl Hub {
+    /// A hub keeping the newest `max_messages` messages.
+    pub fn new(max_messages: usize) -> Arc<Hub> {
+        Arc::new(Hub {
+            state: Mutex::new(State::default()),
+            max_messages: max_messages.max(1),
+            ready: watch::channel(false).0,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The offset after the newest message read, if any was.
+    pub fn next_offset(&self) -> Option<u64> {
+        self.lock().next
+    }
+
+    /// Members (sessions) in the hub.
+    pub fn members(&self) -> usize {
+        self.lock().members.len()
+    }
+
+    /// Adds connection `conn` for `session`, replying to it from now on. With `from`
+    /// (a resume: the position after the last one the client has) it starts catching
+    /// up; without, it is live at once. Returns the membership and the position of the
+    /// newest message read before it joined (what a fresh client names on resume).
+    pub fn join(
+        self: &Arc<Self>,
+        conn: u64,
+        session: &str,
+        from: Option<u64>,
+    ) -> (Membership, Option<u64>) {
+        let (tx, rx) = mpsc::channel(LIVE_BACKLOG);
+        let lagged = Arc::new(Notify::new());
+        let mut st = self.lock();
+        let head = st.next;
+        let member = Member {
+            tx,
+            lagged: lagged.clone(),
+            live: from.is_none(),
+            from: from.or(head).unwrap_or(0),
+            keys: HashMap::new(),
+        };
+        st.members.insert(conn, member);
+        add_key(&mut st, conn, &reply_key(session));
+        drop(st);
+        (
+            Membership {
+                hub: self.clone(),
+                conn,
+                rx,
+                lagged,
+            },
+            head.and_then(|n| n.checked_sub(1)),
+        )
+    }
+
+    fn leave(&self, conn: u64) {
+        let mut st = self.lock();
+        if let Some(m) = st.members.remove(&conn) {
+            for k in m.keys.keys() {
+                unindex(&mut st, conn, k);
+            }
+        }
+    }
+
+    /// Adds index keys for `conn` (ref-counted).
+    pub fn subscribe(&self, conn: u64, keys: &[String]) {
+        let mut st = self.lock();
+        for k in keys {
+            add_key(&mut st, conn, k);
+        }
+    }
+
+    /// Drops one reference to each of `keys` for `conn`.
+    pub fn unsubscribe(&self, conn: u64, keys: &[String]) {
+        let mut st = self.lock();
+        for k in keys {
+            let gone = match st.members.get_mut(&conn).and_then(|m| m.keys.get_mut(k)) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => true,
+                None => false,
+            };
+            if gone {
+                if let Some(m) = st.members.get_mut(&conn) {
+                    m.keys.remove(k);
+                }
+                unindex(&mut st, conn, k);
+            }
+        }
+    }
+
+    /// Appends a message read from the stream and pushes it to the live members that
+    /// want it. A member whose channel is full stops being live and is told so.
+    pub fn publish(&self, m: Message) {
+        let m = Arc::new(m);
+        let mut st = self.lock();
+        if st.next.is_some_and(|n| m.offset < n) {
+            return; // read again after a reconnect: the ring has it
+        }
+        st.next = Some(m.offset + 1);
+        st.ring_bytes += m.size();
+        st.ring.push_back(m.clone());
+        while st.ring.len() > self.max_messages || st.ring_bytes > RING_MAX_BYTES {
+            match st.ring.pop_front() {
+                Some(old) => st.ring_bytes -= old.size(),
+                None => break,
+            }
+        }
+        let mut targets: HashSet<u64> = HashSet::new();
+        for k in &m.keys {
+            if let Some(set) = st.exact.get(k) {
+                targets.extend(set);
+            }
+            for (p, set) in &st.patterns {
+                if topic_matches(p, k) {
+                    targets.extend(set);
+                }
+            }
+        }
+        for conn in targets {
+            let Some(member) = st.members.get_mut(&conn) else {
+                continue;
+            };
+            if !member.live || m.offset < member.from {
+                continue;
+            }
+            if member.tx.try_send(m.clone()).is_err() {
+                member.live = false;
+                member.lagged.notify_one();
+            }
+        }
+    }
+
+    /// For a catching-up `conn` at position `from`: up to `max` messages it wants from
+    /// the ring, or [`CatchUp::Behind`] when the ring starts later, or
+    /// [`CatchUp::Live`] (and it is live again) when it has reached the ring's end.
+    pub fn catch_up(&self, conn: u64, from: u64, max: usize) -> CatchUp {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let Some(member) = st.members.get(&conn) else {
+            return CatchUp::Batch(Vec::new(), from);
+        };
+        let from = from.max(member.from);
+        let first = st.ring.front().map(|m| m.offset);
+        match (first, st.next) {
+            (Some(first), _) if from < first => return CatchUp::Behind { from },
+            (None, Some(next)) if from < next => return CatchUp::Behind { from },
+            (None, None) => {
+                if let Some(m) = st.members.get_mut(&conn) {
+                    m.live = true;
+                    m.from = from;
+                }
+                return CatchUp::Live;
+            }
+            _ => {}
+        }
+        let start = st.ring.partition_point(|m| m.offset < from);
+        let mut out = Vec::new();
+        let mut next = from;
+        for m in st.ring.iter().skip(start) {
+            next = m.offset + 1;
+            if member.wants(m) {
+                out.push(m.clone());
+                if out.len() >= max {
+                    return CatchUp::Batch(out, next);
+                }
+            }
+        }
+        if out.is_empty() {
+            if let Some(m) = st.members.get_mut(&conn) {
+                m.live = true;
+                m.from = next;
+            }
+            return CatchUp::Live;
+        }
+        CatchUp::Batch(out, next)
+    }
+
+    /// Whether `conn` wants `m` (a message its own stream reader read).
+    pub fn wants(&self, conn: u64, m: &Message) -> bool {
+        self.lock()
+            .members
+            .get(&conn)
+            .is_some_and(|member| member.wants(m))
+    }
+
+    /// Whether position `offset` is in the ring (a reader can hand over to it).
+    pub fn holds(&self, offset: u64) -> bool {
+        let st = self.lock();
+        st.ring.front().is_some_and(|m| m.offset <= offset)
+    }
+
+    /// Waits (bounded) until the reader has read the stream's tail once.
+    pub async fn wait_ready(&self, within: Duration) {
+        let mut rx = self.ready.subscribe();
+        let _ = tokio::time::timeout(within, rx.wait_for(|r| *r)).await;
+    }
+}
+
+fn add_key(st: &mut State, conn: u64, key: &str) {
+    let Some(m) = st.members.get_mut(&conn) else {
+        return;
+    };
+    let n = m.keys.entry(key.to_string()).or_insert(0);
+    *n += 1;
+    if *n == 1 {
+        let index = if is_pattern(key) {
+            &mut st.patterns
+        } else {
+            &mut st.exact
+        };
+        index.entry(key.to_string()).or_default().insert(conn);
+    }
+}
+
+fn unindex(st: &mut State, conn: u64, key: &str) {
+    let index = if is_pattern(key) {
+        &mut st.patterns
+    } else {
+        &mut st.exact
+    };
+    if let Some(set) = index.get_mut(key) {
+        set.remove(&conn);
+        if set.is_empty() {
+            index.remove(key);
+        }
+    }
+}
+
+/// The argument of a stream consumer starting at `offset` (`None`: the last chunk).
+fn offset_arg(offset: Option<u64>) -> FieldTable {
+    let mut t = FieldTable::default();
+    let v = match offset {
+        Some(n) => AMQPValue::LongLongInt(i64::try_from(n).unwrap_or(i64::MAX)),
+        None => AMQPValue::LongString("last".into()),
+    };
+    t.insert(ShortString::from("x-stream-offset"), v);
+    t
+}
+
+async fn consume_stream(
+    broker: &Broker,
+    stream: &str,
+    tag: &str,
+    offset: Option<u64>,
+    prefetch: u16,
+) -> Result<(Channel, Consumer), GatewayError> {
+    let ch = broker.scratch().await?;
+    ch.basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .map_err(|e| GatewayError::amqp("basic.qos", e))?;
+    let consumer = ch
+        .basic_consume(
+            ShortString::from(stream),
+            ShortString::from(tag),
+            BasicConsumeOptions::default(),
+            offset_arg(offset),
+        )
+        .await
+        .map_err(|e| GatewayError::amqp(format!("basic.consume {stream}"), e))?;
+    Ok((ch, consumer))
+}
+
+/// Reads the outbound stream into the hub until shutdown: from its last chunk at
+/// start, and after a lost connection from the position after the newest message
+/// read, so the ring has no gap.
+pub async fn run_reader(
+    hub: Arc<Hub>,
+    broker: Arc<Broker>,
+    stream: String,
+    node: String,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut attempt = 0u32;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let from = hub.next_offset();
+        let tag = format!("{node}.hub");
+        let (ch, mut consumer) =
+            match consume_stream(&broker, &stream, &tag, from, HUB_PREFETCH).await {
+                Ok(x) => x,
+                Err(e) => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "outbound stream reader cannot start");
+                    let wait = Duration::from_millis((100u64 << attempt.min(5)).min(3000));
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => continue,
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            };
+        tracing::info!(stream = %stream, from = ?from, "outbound stream reader started");
+        attempt = 0;
+        // An empty stream sends nothing for `last`: ready once nothing came for a bit.
+        let quiet = tokio::time::sleep(Duration::from_millis(300));
+        tokio::pin!(quiet);
+        let mut unacked = 0u32;
+        loop {
+            tokio::select! {
+                d = consumer.next() => {
+                    let Some(Ok(d)) = d else {
+                        tracing::warn!("outbound stream reader stopped; restarting");
+                        break;
+                    };
+                    if let Some(m) = Message::from_delivery(&d) {
+                        hub.publish(m);
+                    }
+                    unacked += 1;
+                    // A stream consumer acks only to get more credit: one ack for many.
+                    if unacked >= ACK_EVERY {
+                        let _ = d.acker.ack(BasicAckOptions { multiple: true }).await;
+                        unacked = 0;
+                    }
+                    if !*hub.ready.borrow() {
+                        hub.ready.send_replace(true);
+                    }
+                }
+                () = &mut quiet, if !*hub.ready.borrow() => {
+                    hub.ready.send_replace(true);
+                }
+                _ = shutdown.changed() => {
+                    let _ = ch.basic_cancel(ShortString::from(tag.as_str()), BasicCancelOptions::default()).await;
+                    return;
+                }
+            }
+        }
+        let _ = ch.close(200, "restart".into()).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A session's own reader of the stream, for a position older than the ring.
+pub struct Reader {
+    channel: Channel,
+    consumer: Consumer,
+    tag: String,
+}
+
+impl Reader {
+    /// Starts reading `stream` at `from`.
+    ///
+    /// # Errors
+    /// When RabbitMQ cannot be reached or refuses.
+    pub async fn open(
+        broker: &Broker,
+        stream: &str,
+        tag: String,
+        from: u64,
+        prefetch: u16,
+    ) -> Result<Reader, GatewayError> {
+        let (channel, consumer) =
+            consume_stream(broker, stream, &tag, Some(from), prefetch).await?;
+        Ok(Reader {
+            channel,
+            consumer,
+            tag,
+        })
+    }
+
+    /// The next message (acknowledged for credit), `None` when the reader failed.
+    pub async fn next(&mut self) -> Option<Message> {
+        loop {
+            let d = self.consumer.next().await?.ok()?;
+            let _ = d.acker.ack(BasicAckOptions::default()).await;
+            if let Some(m) = Message::from_delivery(&d) {
+                return Some(m);
+            }
+        }
+    }
+
+    /// Stops reading and closes its channel.
+    pub async fn close(self) {
+        let _ = self
+            .channel
+            .basic_cancel(
+                ShortString::from(self.tag.as_str()),
+                BasicCancelOptions::default(),
+            )
+            .await;
+        let _ = self.channel.close(200, "done".into()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(offset: u64, key: &str) -> Message {
+        Message::new(
+            offset,
+            "warren.out".into(),
+            key.into(),
+            BasicProperties::default(),
+            b"{}".to_vec(),
+        )
+    }
+
+    fn keys(k: &[&str]) -> Vec<String> {
+        k.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_live_member_gets_what_its_keys_and_patterns_match_once() {
+        let hub = Hub::new(100);
+        let (mut a, _) = hub.join(1, "s1", None);
+        hub.subscribe(1, &keys(&["chat.all", "chat.event.order.*"]));
+        hub.publish(msg(0, "chat.all"));
+        hub.publish(msg(1, "chat.group.g"));
+        hub.publish(msg(2, "chat.event.order.created"));
+        hub.publish(msg(3, "chat.event.user.created"));
+        let got: Vec<u64> = std::iter::from_fn(|| a.rx.try_recv().ok())
+            .map(|m| m.offset)
+            .collect();
+        assert_eq!(got, vec![0, 2]);
+    }
+
+    #[test]
+    fn a_cc_header_routes_one_message_to_every_named_key() {
+        let hub = Hub::new(100);
+        let (mut a, _) = hub.join(1, "s1", None);
+        let (mut b, _) = hub.join(2, "s2", None);
+        hub.subscribe(1, &keys(&["chat.user.a"]));
+        hub.subscribe(2, &keys(&["chat.user.b"]));
+        let mut h = FieldTable::default();
+        h.insert(
+            "CC".into(),
+            AMQPValue::FieldArray(vec![AMQPValue::LongString("chat.user.b".into())].into()),
+        );
+        hub.publish(Message::new(
+            7,
+            "warren.out".into(),
+            "chat.user.a".into(),
+            BasicProperties::default().with_headers(h),
+            b"1".to_vec(),
+        ));
+        assert_eq!(a.rx.try_recv().unwrap().offset, 7);
+        assert_eq!(b.rx.try_recv().unwrap().offset, 7);
+    }
+
+    #[test]
+    fn a_reply_reaches_only_the_session_it_answers() {
+        let hub = Hub::new(100);
+        let (mut a, _) = hub.join(1, "s1", None);
+        let (mut b, _) = hub.join(2, "s2", None);
+        let p = BasicProperties::default().with_correlation_id("s2/r1".into());
+        hub.publish(Message::new(
+            0,
+            String::new(),
+            "warren.out.stream".into(),
+            p,
+            b"1".to_vec(),
+        ));
+        assert!(a.rx.try_recv().is_err());
+        assert_eq!(b.rx.try_recv().unwrap().offset, 0);
+    }
+
+    #[test]
+    fn a_full_member_stops_being_live_and_catches_up_from_the_ring_without_gap_or_duplicate() {
+        let hub = Hub::new(10_000);
+        let (mut a, head) = hub.join(1, "s1", None);
+        assert_eq!(head, None);
+        hub.subscribe(1, &keys(&["chat.all"]));
+        let total = LIVE_BACKLOG as u64 + 50;
+        for i in 0..total {
+            hub.publish(msg(i, "chat.all"));
+        }
+        let mut got: Vec<u64> = std::iter::from_fn(|| a.rx.try_recv().ok())
+            .map(|m| m.offset)
+            .collect();
+        assert_eq!(got.len(), LIVE_BACKLOG, "the channel holds its bound");
+        let mut from = got.last().unwrap() + 1;
+        loop {
+            match hub.catch_up(1, from, 16) {
+                CatchUp::Batch(ms, next) => {
+                    got.extend(ms.iter().map(|m| m.offset));
+                    from = next;
+                }
+                CatchUp::Live => break,
+                CatchUp::Behind { .. } => panic!("the ring holds everything"),
+            }
+        }
+        hub.publish(msg(total, "chat.all"));
+        got.extend(std::iter::from_fn(|| a.rx.try_recv().ok()).map(|m| m.offset));
+        assert_eq!(got, (0..=total).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_resume_from_before_the_ring_is_sent_to_the_stream_and_one_from_inside_is_served() {
+        let hub = Hub::new(5);
+        for i in 0..20 {
+            hub.publish(msg(i, "chat.all"));
+        }
+        let (_a, head) = hub.join(1, "s1", Some(3));
+        assert_eq!(head, Some(19));
+        hub.subscribe(1, &keys(&["chat.all"]));
+        assert!(matches!(
+            hub.catch_up(1, 3, 10),
+            CatchUp::Behind { from: 3 }
+        ));
+        assert!(hub.holds(15) && !hub.holds(14));
+        let CatchUp::Batch(ms, next) = hub.catch_up(1, 17, 10) else {
+            panic!()
+        };
+        assert_eq!(
+            ms.iter().map(|m| m.offset).collect::<Vec<_>>(),
+            vec![17, 18, 19]
+        );
+        assert!(matches!(hub.catch_up(1, next, 10), CatchUp::Live));
+    }
+
+    #[test]
+    fn a_member_is_never_given_a_position_below_where_it_started() {
+        let hub = Hub::new(100);
+        for i in 0..5 {
+            hub.publish(msg(i, "chat.all"));
+        }
+        // A client that got up to 9 from a gateway ahead of this one.
+        let (mut a, _) = hub.join(1, "s1", Some(10));
+        hub.subscribe(1, &keys(&["chat.all"]));
+        assert!(matches!(hub.catch_up(1, 10, 10), CatchUp::Live));
+        for i in 5..12 {
+            hub.publish(msg(i, "chat.all"));
+        }
+        let got: Vec<u64> = std::iter::from_fn(|| a.rx.try_recv().ok())
+            .map(|m| m.offset)
+            .collect();
+        assert_eq!(got, vec![10, 11]);
+    }
+
+    #[test]
+    fn leaving_removes_the_member_from_the_index() {
+        let hub = Hub::new(10);
+        let (a, _) = hub.join(1, "s1", None);
+        hub.subscribe(1, &keys(&["chat.all", "chat.all"]));
+        hub.unsubscribe(1, &keys(&["chat.all"]));
+        assert_eq!(hub.lock().exact.get("chat.all").map(HashSet::len), Some(1));
+        drop(a);
+        assert_eq!(hub.members(), 0);
+        assert!(hub.lock().exact.is_empty());
+    }
+
+    #[test]
+    fn the_ring_keeps_the_newest_messages_and_the_offset_header_is_read() {
+        let hub = Hub::new(3);
+        for i in 0..10 {
+            hub.publish(msg(i, "x"));
+        }
+        assert_eq!(hub.lock().ring.len(), 3);
+        assert_eq!(hub.next_offset(), Some(10));
+        let mut h = FieldTable::default();
+        h.insert("x-stream-offset".into(), AMQPValue::LongLongInt(42));
+        assert_eq!(stream_offset(Some(&h)), Some(42));
+    }
+}

@@ -1,0 +1,328 @@
+//! `outbound = "stream"`: what services publish lands in one RabbitMQ stream that each
+//! gateway reads once and fans out in memory. Sessions hold no broker state: a client
+//! resumes — on any gateway — by naming its last stream position, and gets what it
+//! missed, in order, once; replies travel the same way; a slow client catches up from
+//! its position; positions older than the stream's retention are reported.
+
+use std::time::Duration;
+
+use lapin::options::QueueDeclareOptions;
+use lapin::types::{FieldTable, ShortString};
+use warren_e2e::client::{sub, TestClient};
+use warren_e2e::env::{ack, next_delivery, TestEnv};
+use warren_e2e::gateway::TestGateway;
+use warren_gateway::{Config, OutboundMode};
+use warren_protocol::{Deliver, ErrorCode, Hello, ServerFrame, Subscribe};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn stream(c: &mut Config) {
+    c.outbound = OutboundMode::Stream;
+}
+
+fn resume(session: &str, position: Option<u64>, subscriptions: Vec<Subscribe>) -> Hello {
+    Hello {
+        session: Some(session.into()),
+        position,
+        subscriptions,
+        ..Default::default()
+    }
+}
+
+async fn delivers(c: &mut TestClient, n: usize) -> Vec<Deliver> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(c.expect_deliver().await);
+    }
+    out
+}
+
+fn texts(ds: &[Deliver]) -> Vec<String> {
+    ds.iter().map(|d| d.message.get().to_string()).collect()
+}
+
+/// A counter of the gateway's `/metrics`.
+async fn metric(gw: &TestGateway, name: &str) -> u64 {
+    let text = warren_e2e::gateway::http_get(gw.health_addr(), "/metrics").await;
+    let prefix = format!("warren_gateway_{name}{{");
+    text.lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// Whether a queue exists (a passive declare on a scratch channel).
+async fn queue_exists(env: &TestEnv, queue: &str) -> bool {
+    let ch = env.new_channel().await;
+    let found = ch
+        .queue_declare(
+            ShortString::from(queue),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .is_ok();
+    let _ = ch.close(200, "done".into()).await;
+    found
+}
+
+#[tokio::test]
+async fn fan_out_follows_subscriptions_and_identity_and_declares_nothing_per_session() {
+    TestEnv::run("stream-fanout", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, stream).await;
+        let mut a = TestClient::connect_with(
+            &gw.url(),
+            Hello {
+                token: Some("alice".into()),
+                ..Default::default()
+            },
+        )
+        .await;
+        let mut b = TestClient::connect_with(
+            &gw.url(),
+            Hello {
+                token: Some("bob".into()),
+                ..Default::default()
+            },
+        )
+        .await;
+        for c in [&mut a, &mut b] {
+            c.subscribe(sub("all", "chat")).await;
+            c.subscribe(Subscribe {
+                id: "me".into(),
+                channel: "chat".into(),
+                direct: true,
+                ..Default::default()
+            })
+            .await;
+        }
+        a.subscribe(Subscribe {
+            id: "orders".into(),
+            channel: "chat".into(),
+            topic: Some("order.*".into()),
+            ..Default::default()
+        })
+        .await;
+        env.publish_out("chat.all", "m1", "1").await;
+        env.publish_out("chat.user.bob", "m2", "2").await;
+        env.publish_out("chat.event.order.created", "m3", "3").await;
+        env.publish_out("chat.group.secret", "m4", "4").await;
+        env.publish_out("chat.user.alice", "m5", "5").await;
+        let got_a = delivers(&mut a, 3).await;
+        assert_eq!(texts(&got_a), ["1", "3", "5"]);
+        let got_b = delivers(&mut b, 2).await;
+        assert_eq!(texts(&got_b), ["1", "2"]);
+        a.expect_no_deliver(Duration::from_millis(300)).await;
+        b.expect_no_deliver(Duration::from_millis(300)).await;
+        // One broadcast, one position, the same on both sockets; positions grow.
+        assert_eq!(got_a[0].position, got_b[0].position);
+        assert!(got_a.windows(2).all(|w| w[0].position < w[1].position));
+        // Nothing on the broker for either session.
+        for c in [&a, &b] {
+            assert!(!queue_exists(env, &env.names.session_queue(c.session())).await);
+        }
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_reply_travels_through_the_stream_to_the_session_that_asked() {
+    TestEnv::run("stream-reply", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, stream).await;
+        let mut inbound = env.consume_inbound("echo").await;
+        let mut a = TestClient::connect(&gw.url()).await;
+        let mut b = TestClient::connect(&gw.url()).await;
+        a.request("q1", "echo", Some(5000), serde_json::json!({"n": 1}))
+            .await;
+        let req = next_delivery(&mut inbound, Duration::from_secs(5)).await;
+        assert_eq!(
+            req.properties.reply_to().as_ref().map(|r| r.to_string()),
+            Some(env.names.outbound_stream()),
+            "replies are addressed to the outbound stream"
+        );
+        env.reply_to(&req, "{\"ok\":1}", None).await;
+        ack(&req).await;
+        let r = a.expect_reply("q1").await;
+        assert_eq!(r.message.get(), "{\"ok\":1}");
+        assert!(r.position.is_some());
+        b.expect_no_deliver(Duration::from_millis(300)).await;
+        // A refusal comes back the same way, as an error with the service's code.
+        a.request("q2", "echo", Some(5000), serde_json::json!({"n": 2}))
+            .await;
+        let req = next_delivery(&mut inbound, Duration::from_secs(5)).await;
+        env.reply_to(&req, "{\"message\":\"no\"}", Some("rejected"))
+            .await;
+        ack(&req).await;
+        a.expect_error_code(Some("q2"), ErrorCode::Rejected).await;
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_client_resumes_on_another_gateway_from_its_position_and_misses_nothing() {
+    TestEnv::run("stream-resume", LIMIT, async |env| {
+        let gw1 = TestGateway::start_with(env, stream).await;
+        let gw2 = TestGateway::start_with(env, stream).await;
+        let subs = vec![sub("all", "chat")];
+        let mut c = TestClient::connect(&gw1.url()).await;
+        let session = c.session().to_string();
+        c.subscribe(subs[0].clone()).await;
+        env.publish_out("chat.all", "m1", "1").await;
+        let first = c.expect_deliver().await;
+        let position = first.position.expect("a position");
+        // Gone without a goodbye; messages keep coming.
+        c.abort();
+        for i in 2..=4 {
+            env.publish_out("chat.all", &format!("m{i}"), &i.to_string())
+                .await;
+        }
+        let mut c =
+            TestClient::connect_with(&gw2.url(), resume(&session, Some(position), subs.clone()))
+                .await;
+        assert!(c.welcome().resumed);
+        assert_eq!(c.session(), session);
+        let replayed = delivers(&mut c, 3).await;
+        assert_eq!(
+            texts(&replayed),
+            ["2", "3", "4"],
+            "in order, from the position on"
+        );
+        env.publish_out("chat.all", "m5", "5").await;
+        let live = c.expect_deliver().await;
+        assert_eq!(live.message.get(), "5");
+        c.expect_no_deliver(Duration::from_millis(300)).await;
+        gw1.shutdown().await;
+        gw2.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_position_older_than_the_gateways_memory_is_replayed_from_the_stream() {
+    TestEnv::run("stream-old", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| {
+            stream(c);
+            c.hub_buffer_messages = 3;
+        })
+        .await;
+        let subs = vec![sub("all", "chat")];
+        let mut c = TestClient::connect(&gw.url()).await;
+        let session = c.session().to_string();
+        let start = c.welcome().position;
+        c.subscribe(subs[0].clone()).await;
+        c.abort();
+        for i in 1..=20 {
+            env.publish_out("chat.all", &format!("m{i}"), &i.to_string())
+                .await;
+            // Not this session's: filtered out of the replay.
+            env.publish_out("chat.group.x", &format!("g{i}"), "0").await;
+        }
+        let mut c =
+            TestClient::connect_with(&gw.url(), resume(&session, start, subs.clone())).await;
+        let replayed = delivers(&mut c, 20).await;
+        let want: Vec<String> = (1..=20).map(|i| i.to_string()).collect();
+        assert_eq!(texts(&replayed), want);
+        env.publish_out("chat.all", "m21", "21").await;
+        assert_eq!(c.expect_deliver().await.message.get(), "21");
+        c.expect_no_deliver(Duration::from_millis(300)).await;
+        assert!(
+            metric(&gw, "stream_readers_total").await >= 1,
+            "read from the stream"
+        );
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_slow_client_catches_up_from_its_position_without_loss_or_duplicate() {
+    TestEnv::run("stream-slow", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| {
+            stream(c);
+            c.delivery_window = 8;
+        })
+        .await;
+        let mut c = TestClient::connect(&gw.url()).await;
+        c.subscribe(sub("all", "chat")).await;
+        let n = 400;
+        for i in 0..n {
+            env.publish_out("chat.all", &format!("m{i}"), &i.to_string())
+                .await;
+        }
+        // The client reads slowly, a window at a time.
+        let mut got = Vec::new();
+        while got.len() < n {
+            let d = c.expect_deliver().await;
+            got.push(d.message.get().to_string());
+            if got.len() % 8 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                c.ack_deliveries(d.seq).await;
+            }
+        }
+        let want: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+        assert_eq!(got, want);
+        c.expect_no_deliver(Duration::from_millis(300)).await;
+        let lagged = metric(&gw, "stream_lagged_total").await;
+        assert!(
+            lagged >= 1,
+            "the live backlog filled and it caught up: {lagged}"
+        );
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_position_that_aged_out_of_retention_is_reported_with_how_much_was_missed() {
+    TestEnv::run("stream-aged", LIMIT, async |env| {
+        // 2 MiB of retention in 1 MiB segments: 4 MiB of traffic drops the oldest.
+        let gw = TestGateway::start_with(env, |c| {
+            stream(c);
+            c.stream_max_bytes = 2 * 1024 * 1024;
+            c.hub_buffer_messages = 10;
+        })
+        .await;
+        let subs = vec![sub("all", "chat")];
+        let mut c = TestClient::connect(&gw.url()).await;
+        let session = c.session().to_string();
+        c.subscribe(subs[0].clone()).await;
+        env.publish_out("chat.all", "first", "0").await;
+        let position = c.expect_deliver().await.position;
+        c.abort();
+        let body = format!("\"{}\"", "x".repeat(16 * 1024));
+        for i in 0..300 {
+            env.publish_out("chat.all", &format!("b{i}"), &body).await;
+        }
+        let mut c = TestClient::connect_with(&gw.url(), resume(&session, position, subs)).await;
+        let e = c
+            .expect("session_expired notice", |f| match f {
+                ServerFrame::Error(e) if e.code == ErrorCode::SessionExpired => Some(e.clone()),
+                _ => None,
+            })
+            .await;
+        assert!(e.message.contains("aged out"), "{e:?}");
+        let missed: u64 = e
+            .message
+            .split(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("the count comes first");
+        assert!(missed > 0 && missed < 300, "{missed}");
+        // What is still retained follows, ending with the newest.
+        let mut last = None;
+        while let Some(f) = c.recv_within(Duration::from_secs(2)).await {
+            if let ServerFrame::Deliver(d) = f {
+                last = Some(d.message_id.clone());
+            }
+        }
+        assert_eq!(last.as_deref(), Some("b299"));
+        gw.shutdown().await;
+    })
+    .await;
+}
