@@ -129,7 +129,7 @@ pub struct Config {
     /// session, bound per subscription (the first design). `stream`: one replicated
     /// RabbitMQ stream that each gateway reads once and fans out in memory; sessions
     /// hold no broker state and resume by stream position (README, "Outbound").
-    /// Default: `queues`.
+    /// Default: `stream`.
     pub outbound: OutboundMode,
     /// Retention of the outbound stream by age (`x-max-age`: `Y`, `M`, `D`, `h`, `m`,
     /// `s` units): the resume window of `stream` mode. Default: `24h`.
@@ -398,7 +398,7 @@ impl Default for Config {
             max_connections_per_user: 100,
             max_frames_per_s: 10_000,
             max_pending_requests: 1000,
-            outbound: OutboundMode::Queues,
+            outbound: OutboundMode::Stream,
             stream_max_age: "24h".to_string(),
             stream_max_bytes: 2 * 1024 * 1024 * 1024,
             hub_buffer_messages: 100_000,
@@ -756,8 +756,8 @@ pub struct Overrides {
     /// Type of the IN_<CHANNEL> queues [default: quorum].
     #[arg(long, env = "WARREN_QUEUE_TYPE", global = true)]
     pub queue_type: Option<QueueType>,
-    /// Outbound path: a queue per session, or one stream fanned out by the gateway
-    /// [default: queues].
+    /// Outbound path: one stream fanned out by the gateway, or a queue per session
+    /// [default: stream].
     #[arg(long, env = "WARREN_OUTBOUND", global = true)]
     pub outbound: Option<OutboundMode>,
     /// Outbound stream retention by age, the resume window (x-max-age) [default: 24h].

@@ -139,6 +139,9 @@ struct StreamOut {
     /// The next message of a just-opened reader shows whether retention dropped
     /// positions the session needed.
     check_gap: bool,
+    /// A resume: positions below this were read before the client came back, so the
+    /// client may have had them already (`redelivered`).
+    replay_until: Option<u64>,
 }
 
 /// Where a stream session's messages come from.
@@ -921,7 +924,8 @@ impl Conn {
         let mut resumed = false;
         let mut id = None;
         if let Some(requested) = &hello.session {
-            if validate_segment("session", requested).is_err() {
+            if validate_segment("session", requested).is_err() || !session::well_formed(requested) {
+                // Not an id this gateway could have issued.
                 notice = Some(ErrorCode::SessionExpired);
             } else if !session::owned_by(requested, &owner) {
                 tracing::info!(conn = self.id, session = %requested, "resume refused: another user's session");
@@ -973,6 +977,7 @@ impl Conn {
                 read: if resumed { Read::Ring } else { Read::Live },
                 cursor: from,
                 check_gap: false,
+                replay_until: if resumed { head.map(|h| h + 1) } else { None },
             }),
             inflight: Inflight::default(),
             subs: Subscriptions::default(),
@@ -1597,6 +1602,7 @@ impl Conn {
         let Some(out) = s.stream.as_mut() else {
             return Flow::Continue;
         };
+        let replay_until = out.replay_until;
         let room = window.saturating_sub(s.inflight.len()).max(1);
         let mut batch: Vec<Arc<HubMessage>> = Vec::new();
         let mut next_cursor = None;
@@ -1673,6 +1679,9 @@ impl Conn {
                 return Flow::Close(CloseCode::BrokerUnavailable, String::new());
             }
             Outbound::Read(Some(m)) => {
+                if let Read::Stream(r) = &mut out.read {
+                    r.settle().await;
+                }
                 let from = out.cursor.unwrap_or(0);
                 if m.offset < from {
                     return Flow::Continue;
@@ -1721,7 +1730,7 @@ impl Conn {
                 Incoming {
                     exchange: m.exchange.as_str(),
                     routing_key: m.routing_key.as_str(),
-                    redelivered: false,
+                    redelivered: replay_until.is_some_and(|r| m.offset < r),
                     properties: &m.properties,
                     body: &m.body,
                     position: Some(m.offset),

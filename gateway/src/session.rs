@@ -34,6 +34,15 @@ pub fn owned_by(id: &str, owner: &str) -> bool {
         .is_some_and(|(random, tag)| random.len() == 32 && tag == owner_tag(owner))
 }
 
+/// Whether `id` has the shape of an id [`new_session_id`] issues.
+pub fn well_formed(id: &str) -> bool {
+    id.split_once('-').is_some_and(|(random, tag)| {
+        random.len() == 32
+            && tag.len() == 16
+            && (random.bytes().chain(tag.bytes())).all(|b| b.is_ascii_hexdigit())
+    })
+}
+
 fn owner_tag(owner: &str) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::new()
@@ -616,6 +625,15 @@ mod tests {
         let id = new_session_id("ada");
         assert!(warren_protocol::amqp::validate_segment("session", &id).is_ok());
         assert_ne!(id, new_session_id("ada"));
+    }
+
+    #[test]
+    fn issued_ids_are_well_formed_and_others_are_not() {
+        assert!(well_formed(&new_session_id("bob")));
+        assert!(well_formed(&new_session_id("")));
+        for bad in ["gone0000", "", "-", "x-y", &"a".repeat(49)] {
+            assert!(!well_formed(bad), "{bad}");
+        }
     }
 
     #[test]

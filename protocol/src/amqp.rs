@@ -35,6 +35,10 @@ pub const H_ERROR: &str = "x-warren-error";
 pub const H_PUBLISH_TARGET: &str = "x-warren-publish-target";
 /// Header on a message a gateway publishes for a request: the request's frame id.
 pub const H_REQUEST_ID: &str = "x-warren-request-id";
+/// The extra routing keys of a multi-target publish (the `CC` header's keys) as one
+/// space-separated string: a stream keeps only simple header values, so the `CC`
+/// array does not survive it and a gateway reading the outbound stream reads this.
+pub const H_CC: &str = "x-warren-cc";
 
 /// The AMQP names of one Warren deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -763,6 +763,57 @@ fn reconnect_resumes_the_session_and_subscribes_again_before_flushing_writes() {
 }
 
 #[test]
+fn a_resume_names_the_newest_stream_position_and_the_subscriptions() {
+    let mut h = Harness::new(&URLS);
+    h.core.connect(h.now);
+    let conn = h.conn_after_take();
+    h.core.on_open(conn, h.now);
+    let hello = h.sent();
+    assert!(
+        hello[0].get("position").is_none(),
+        "a new session names none"
+    );
+    // A stream gateway says where the new session starts.
+    let mut w = json!({"type": "welcome", "session": "s1", "resumed": false,
+        "user": "u1", "node": "gw", "heartbeat_ms": 1000, "protocol": 1, "position": 41,
+        "limits": {"max_frame_bytes": 100000, "max_subscriptions": 100, "delivery_window": 256}});
+    h.frame(w.clone());
+    assert_eq!(h.core.position(), Some(41));
+    h.core
+        .subscribe(
+            SubscribeOptions {
+                channel: "chat".into(),
+                groups: vec!["room-1".into()],
+                ..Default::default()
+            },
+            h.now,
+        )
+        .unwrap();
+    h.take();
+    let mut d = deliver(1, "m1");
+    d["position"] = json!(57);
+    h.frame(d);
+    let mut older = deliver(2, "m0");
+    older["position"] = json!(50);
+    h.frame(older);
+    assert_eq!(h.core.position(), Some(57), "the newest position counts");
+    h.take();
+    h.drop_connection();
+    h.core.on_open(h.conn, h.now);
+    let hello = h.sent();
+    assert_eq!(hello[0]["session"], "s1");
+    assert_eq!(hello[0]["position"], 57);
+    assert_eq!(hello[0]["subscriptions"][0]["channel"], "chat");
+    assert_eq!(hello[0]["subscriptions"][0]["groups"], json!(["room-1"]));
+    // The gateway could not resume it: the fresh session's position replaces the old.
+    w["session"] = json!("s2");
+    w["position"] = json!(90);
+    w["notice"] = json!("session_expired");
+    h.frame(w);
+    assert_eq!(h.core.position(), Some(90));
+}
+
+#[test]
 fn an_expired_session_is_reported_as_a_fresh_session_in_the_state_event() {
     let mut h = Harness::new(&URLS);
     h.connect("s1", false);

@@ -15,13 +15,13 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, ErrorKind};
 use tokio::sync::Mutex;
 use tracing::{debug, warn};
-use warren_protocol::amqp::{Names, H_CHANNEL, H_SESSION, H_SUBJECT, H_USER};
+use warren_protocol::amqp::{Names, H_CC, H_CHANNEL, H_SESSION, H_SUBJECT, H_USER};
 
 use crate::error::{Result, ServiceError};
 use crate::handler::Answer;
 use crate::incoming::Incoming;
 use crate::link::{Epoch, Link};
-use crate::target::{Targets, CC_HEADER};
+use crate::target::{cc_value, Targets, CC_HEADER};
 
 /// AMQP delivery mode of persistent messages.
 const PERSISTENT: u8 = 2;
@@ -138,11 +138,17 @@ impl Publisher {
     /// As [`Publisher::publish_confirmed`] (which waits for the broker within the
     /// publish timeout).
     pub async fn publish(&self, message: &Outgoing) -> Result<String> {
-        let (routing_key, cc) = message.targets.routing()?;
+        let mut keys = message.targets.routing_keys()?;
+        let routing_key = keys.remove(0);
         let message_id = message.message_id.clone().unwrap_or_else(fresh_message_id);
         let mut headers = string_table(&message.headers);
-        if let Some(cc) = cc {
+        if let Some(cc) = cc_value(&keys) {
             headers.insert(ShortString::from(CC_HEADER), cc);
+            // The same keys as a string, which survives the gateway's outbound stream.
+            headers.insert(
+                ShortString::from(H_CC),
+                AMQPValue::LongString(keys.join(" ").into()),
+            );
         }
         let properties = self.properties(&message_id).with_headers(headers);
         let exchange = self.inner.names.outbound_exchange();

@@ -44,6 +44,12 @@ pub struct TestClient {
     pub welcome: Option<Welcome>,
     /// How the connection was closed by the gateway, once it was.
     pub close_code: Option<u16>,
+    /// Stream positions of the frames received, by `seq` (stream outbound only).
+    positions: std::collections::BTreeMap<u64, u64>,
+    /// The stream position up to which the client acknowledged what it received.
+    acked_position: Option<u64>,
+    /// The subscriptions this client made, to name again when it resumes.
+    subscriptions: Vec<Subscribe>,
 }
 
 impl TestClient {
@@ -100,6 +106,9 @@ impl TestClient {
             kept: VecDeque::new(),
             welcome: None,
             close_code: None,
+            positions: Default::default(),
+            acked_position: None,
+            subscriptions: Vec::new(),
         })
     }
 
@@ -114,6 +123,9 @@ impl TestClient {
     /// When the first frame is not `welcome`.
     pub async fn connect_with(url: &str, hello: Hello) -> TestClient {
         let mut c = Self::connect_raw(url).await;
+        // A resuming client keeps what it knew: its position and subscriptions.
+        c.acked_position = hello.position;
+        c.subscriptions = hello.subscriptions.clone();
         c.send(&ClientFrame::Hello(hello)).await;
         match c.recv().await {
             ServerFrame::Welcome(w) => c.welcome = Some(w),
@@ -196,14 +208,33 @@ impl TestClient {
     /// Sends `subscribe` and waits for its `ack`.
     pub async fn subscribe(&mut self, s: Subscribe) {
         let id = s.id.clone();
+        self.subscriptions.push(s.clone());
         self.send(&ClientFrame::Subscribe(s)).await;
         self.expect_ack(&id).await;
     }
 
     /// Sends `ack_deliveries` up to `seq`.
     pub async fn ack_deliveries(&mut self, seq: u64) {
+        let acked = self.positions.range(..=seq).map(|(_, p)| *p).max();
+        if acked > self.acked_position {
+            self.acked_position = acked;
+        }
         self.send(&ClientFrame::AckDeliveries(AckDeliveries { seq }))
             .await;
+    }
+
+    /// The `hello` that resumes this client's session as a client that processed
+    /// exactly what it acknowledged would send it: the session, and — for a stream
+    /// gateway — the position of the last acknowledged delivery (or where the session
+    /// started) and the subscriptions. A queue gateway ignores the last two.
+    pub fn resume_hello(&self) -> Hello {
+        let started = self.welcome.as_ref().and_then(|w| w.position);
+        Hello {
+            session: Some(self.session().to_string()),
+            position: self.acked_position.or(started),
+            subscriptions: self.subscriptions.clone(),
+            ..Default::default()
+        }
     }
 
     /// Sends `ping`.
@@ -231,6 +262,15 @@ impl TestClient {
                     if let ServerFrame::Ping(p) = frame {
                         self.send(&ClientFrame::Pong(p)).await;
                         continue;
+                    }
+                    let seq_position = match &frame {
+                        ServerFrame::Deliver(d) => d.position.map(|p| (d.seq, p)),
+                        ServerFrame::Reply(r) => r.position.map(|p| (r.seq, p)),
+                        ServerFrame::Error(e) => e.seq.zip(e.position),
+                        _ => None,
+                    };
+                    if let Some((seq, p)) = seq_position {
+                        self.positions.insert(seq, p);
                     }
                     return Some(frame);
                 }

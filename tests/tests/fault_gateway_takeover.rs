@@ -1,15 +1,16 @@
 //! A client whose old connection is still open on gateway A (A has not noticed it is
 //! gone: a half-open socket, a switched network) resumes its session on gateway B.
 //! B asks A on `warren.gateways` to release the session; A closes the stale
-//! connection with `session_taken` and requeues what it held, so the resume completes
-//! at once instead of waiting `session_takeover_ms` and failing.
+//! connection with `session_taken` and requeues what it held (with a session queue;
+//! with the outbound stream B replays from the client's position), so the resume
+//! completes at once instead of waiting `session_takeover_ms` and failing.
 
 use std::time::{Duration, Instant};
 
 use warren_e2e::client::TestClient;
 use warren_e2e::env::TestEnv;
 use warren_e2e::gateway::TestGateway;
-use warren_protocol::{CloseCode, Hello, Subscribe};
+use warren_protocol::{CloseCode, Subscribe};
 
 #[tokio::test]
 async fn resuming_on_another_gateway_releases_the_session_held_by_a_stale_connection() {
@@ -31,14 +32,7 @@ async fn resuming_on_another_gateway_releases_the_session_held_by_a_stale_connec
     // `stale` never acknowledges and never closes.
 
     let asked = Instant::now();
-    let mut fresh = TestClient::connect_with(
-        &b.url(),
-        Hello {
-            session: Some(session.clone()),
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut fresh = TestClient::connect_with(&b.url(), stale.resume_hello()).await;
     let took = asked.elapsed();
     println!(
         "fault_gateway_takeover: resumed on the other gateway in {} ms",
@@ -88,14 +82,7 @@ async fn a_takeover_on_the_same_gateway_delivers_the_requeued_messages_before_ne
         env.publish_out("chat.all", &format!("m{i}"), &i.to_string())
             .await;
     }
-    let mut new = TestClient::connect_with(
-        &gw.url(),
-        Hello {
-            session: Some(session.clone()),
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut new = TestClient::connect_with(&gw.url(), old.resume_hello()).await;
     assert!(new.welcome.as_ref().unwrap().resumed);
     let mut order = Vec::new();
     for _ in 1..=6 {

@@ -329,12 +329,13 @@ async fn a_session_can_be_resumed_only_by_its_owner_and_stays_untouched() {
         assert_eq!(bob.expect_deliver().await.message_id, "d1");
         eve.expect_no_deliver(QUIET).await;
         // Bob himself resumes it (after a drop) and gets what was not acknowledged.
+        let resume = bob.resume_hello();
         bob.abort();
         let mut again = TestClient::connect_with(
             &url,
             Hello {
-                session: Some(bobs.clone()),
-                ..hello(&token("bob", json!({})))
+                token: hello(&token("bob", json!({}))).token,
+                ..resume
             },
         )
         .await;
@@ -514,11 +515,11 @@ async fn a_panicking_connection_task_still_requeues_cleans_up_and_counts_the_pan
         let gw = TestGateway::start(env).await;
         let url = gw.url();
         let mut c = TestClient::connect_with(&url, hello("ada")).await;
-        let session = c.session().to_string();
         c.subscribe(sub("s", "chat")).await;
         env.publish_out(&keys::broadcast("chat"), "held", "1").await;
         assert_eq!(c.expect_deliver().await.message_id, "held");
         // Not acknowledged; now the handler panics (fault-injection build).
+        let resume = c.resume_hello();
         c.publish("__warren_test_panic__", "chat", json!(1)).await;
         assert_eq!(c.expect_close(Duration::from_secs(5)).await, Some(1011));
         // Cleanup ran: the session was released (no takeover wait) and the held
@@ -527,8 +528,8 @@ async fn a_panicking_connection_task_still_requeues_cleans_up_and_counts_the_pan
         let mut again = TestClient::connect_with(
             &url,
             Hello {
-                session: Some(session),
-                ..hello("ada")
+                token: hello("ada").token,
+                ..resume
             },
         )
         .await;

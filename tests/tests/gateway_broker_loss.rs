@@ -1,6 +1,9 @@
-//! Losing RabbitMQ connections: the gateway closes affected WebSockets with
-//! `broker_unavailable` (4002, reconnect), re-establishes its connections on next use,
-//! and the client resumes its session. The connections are closed from the broker side
+//! Losing RabbitMQ connections. With a session queue per session (`outbound =
+//! "queues"`) the gateway closes affected WebSockets with `broker_unavailable` (4002,
+//! reconnect), re-establishes its connections on next use, and the client resumes its
+//! session. With the outbound stream, sessions hold nothing on the broker: they stay
+//! connected while the gateway reconnects and its stream reader carries on from the
+//! position after the last message it read, so nothing is lost. The connections are closed from the broker side
 //! with `rabbitmqctl`; the test is skipped where that tool is not usable.
 
 use std::process::Command;
@@ -10,7 +13,8 @@ use serde_json::json;
 use warren_e2e::client::TestClient;
 use warren_e2e::env::TestEnv;
 use warren_e2e::gateway::TestGateway;
-use warren_protocol::{Hello, Subscribe};
+use warren_gateway::OutboundMode;
+use warren_protocol::Subscribe;
 
 /// Closes the broker connections whose client-provided name mentions `node`; returns
 /// how many were closed, or `None` when rabbitmqctl is not usable here.
@@ -51,7 +55,7 @@ fn close_connections_of(node: &str) -> Option<usize> {
 #[tokio::test]
 async fn after_losing_its_rabbitmq_connections_the_gateway_reconnects_and_sessions_resume() {
     let env = TestEnv::new("broker-loss").await;
-    let gw = TestGateway::start(&env).await;
+    let gw = TestGateway::start_with(&env, |c| c.outbound = OutboundMode::Queues).await;
     let node = gw.gateway().config().node.clone();
     let mut c = TestClient::connect(&gw.url()).await;
     let session = c.session().to_string();
@@ -78,14 +82,7 @@ async fn after_losing_its_rabbitmq_connections_the_gateway_reconnects_and_sessio
     }
     assert_eq!(c.expect_close(Duration::from_secs(10)).await, Some(4002));
 
-    let mut c = TestClient::connect_with(
-        &gw.url(),
-        Hello {
-            session: Some(session.clone()),
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut c = TestClient::connect_with(&gw.url(), c.resume_hello()).await;
     assert!(c.welcome.as_ref().unwrap().resumed);
     let d = c.expect_deliver().await;
     assert_eq!(
@@ -101,5 +98,48 @@ async fn after_losing_its_rabbitmq_connections_the_gateway_reconnects_and_sessio
     gw.shutdown().await;
     let mut env = env;
     env.track_queue(env.names.session_queue(&session));
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn with_the_outbound_stream_sessions_stay_connected_through_a_broker_connection_loss() {
+    let env = TestEnv::new("broker-loss-stream").await;
+    let gw = TestGateway::start_with(&env, |c| c.outbound = OutboundMode::Stream).await;
+    let node = gw.gateway().config().node.clone();
+    let mut c = TestClient::connect(&gw.url()).await;
+    c.subscribe(Subscribe {
+        id: "s".into(),
+        channel: "chat".into(),
+        ..Default::default()
+    })
+    .await;
+    env.publish_out("chat.all", "before", "1").await;
+    assert_eq!(c.expect_deliver().await.message_id, "before");
+
+    let closed = tokio::task::spawn_blocking(move || close_connections_of(&node))
+        .await
+        .unwrap();
+    match closed {
+        None => {
+            eprintln!("skipped: rabbitmqctl is not usable here");
+            gw.shutdown().await;
+            env.cleanup().await;
+            return;
+        }
+        Some(n) => assert_eq!(n, 2, "one publishing and one consuming connection"),
+    }
+    // Published while the gateway has no broker connection.
+    env.publish_out("chat.all", "during", "2").await;
+    // The client publishes through the reconnected gateway, and receives what was
+    // published meanwhile and after, once each, without reconnecting.
+    c.publish("p", "chat", json!(1)).await;
+    c.expect_ack("p").await;
+    env.publish_out("chat.all", "after", "3").await;
+    assert_eq!(c.expect_deliver().await.message_id, "during");
+    assert_eq!(c.expect_deliver().await.message_id, "after");
+    c.expect_no_deliver(Duration::from_millis(400)).await;
+    assert_eq!(c.close_code, None, "never closed");
+    c.close().await;
+    gw.shutdown().await;
     env.cleanup().await;
 }

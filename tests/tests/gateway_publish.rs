@@ -9,6 +9,7 @@ use serde_json::json;
 use warren_e2e::client::{raw, TestClient};
 use warren_e2e::env::{ack, next_delivery, TestEnv};
 use warren_e2e::gateway::TestGateway;
+use warren_gateway::OutboundMode;
 use warren_protocol::amqp::{H_CHANNEL, H_GROUPS, H_SESSION, H_USER};
 use warren_protocol::{ClientFrame, Distribution, ErrorCode, Hello, Publish};
 
@@ -118,11 +119,17 @@ async fn a_request_is_answered_by_the_reply_a_service_sends_to_reply_to() {
         .await;
     let req = next_delivery(&mut inbound, Duration::from_secs(5)).await;
     let p = &req.properties;
-    assert_eq!(p.correlation_id().as_ref().map(|s| s.as_str()), Some("q1"));
+    // Replies go to the session queue, or to the outbound stream with the session
+    // named in the correlation id.
+    let (correlation, reply_to) = match gw.gateway().config().outbound {
+        OutboundMode::Queues => ("q1".to_string(), env.names.session_queue(c.session())),
+        OutboundMode::Stream => (format!("{}/q1", c.session()), env.names.outbound_stream()),
+    };
     assert_eq!(
-        p.reply_to().as_ref().map(|s| s.to_string()),
-        Some(env.names.session_queue(c.session()))
+        p.correlation_id().as_ref().map(|s| s.to_string()),
+        Some(correlation)
     );
+    assert_eq!(p.reply_to().as_ref().map(|s| s.to_string()), Some(reply_to));
     assert_eq!(p.expiration().as_ref().map(|s| s.as_str()), Some("5000"));
     env.reply_to(&req, r#"{"ticket": 7}"#, None).await;
     ack(&req).await;

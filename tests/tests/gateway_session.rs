@@ -8,6 +8,7 @@ use std::time::Duration;
 use warren_e2e::client::TestClient;
 use warren_e2e::env::TestEnv;
 use warren_e2e::gateway::TestGateway;
+use warren_gateway::OutboundMode;
 use warren_protocol::{ErrorCode, Hello, ServerFrame, Subscribe};
 
 fn resume(session: &str) -> Hello {
@@ -40,9 +41,10 @@ async fn unacked_deliveries_come_again_after_a_resume_and_acked_ones_do_not() {
     }
     assert_eq!(first.iter().map(|d| d.seq).collect::<Vec<_>>(), [1, 2, 3]);
     // Disconnect without acking anything.
+    let again_hello = c.resume_hello();
     c.abort();
 
-    let mut c = TestClient::connect_with(&gw.url(), resume(&session)).await;
+    let mut c = TestClient::connect_with(&gw.url(), again_hello).await;
     let w = c.welcome.clone().unwrap();
     assert!(w.resumed, "{w:?}");
     assert_eq!(w.session, session);
@@ -66,9 +68,10 @@ async fn unacked_deliveries_come_again_after_a_resume_and_acked_ones_do_not() {
     c.ping(1).await;
     c.expect("pong", |f| matches!(f, ServerFrame::Pong(_)).then_some(()))
         .await;
+    let again_hello = c.resume_hello();
     c.close().await;
 
-    let mut c = TestClient::connect_with(&gw.url(), resume(&session)).await;
+    let mut c = TestClient::connect_with(&gw.url(), again_hello).await;
     assert!(c.welcome.as_ref().unwrap().resumed);
     let d = c.expect_deliver().await;
     assert_eq!(
@@ -77,9 +80,10 @@ async fn unacked_deliveries_come_again_after_a_resume_and_acked_ones_do_not() {
     );
     c.ack_deliveries(d.seq).await;
     c.expect_no_deliver(Duration::from_millis(400)).await;
+    let again_hello = c.resume_hello();
     c.close().await;
 
-    let mut c = TestClient::connect_with(&gw.url(), resume(&session)).await;
+    let mut c = TestClient::connect_with(&gw.url(), again_hello).await;
     c.expect_no_deliver(Duration::from_millis(400)).await;
     c.close().await;
     gw.shutdown().await;
@@ -92,7 +96,13 @@ async fn unacked_deliveries_come_again_after_a_resume_and_acked_ones_do_not() {
 async fn resuming_a_session_that_no_longer_exists_opens_a_fresh_one_with_a_notice() {
     let env = TestEnv::new("expired").await;
     // A real session that really expires: its queue is deleted after 500 ms unused.
-    let gw = TestGateway::start_with(&env, |c| c.session_expires_ms = 500).await;
+    // (With a stream, a session is over only when its position ages out of the
+    // retention: `gateway_stream` tests that.)
+    let gw = TestGateway::start_with(&env, |c| {
+        c.outbound = OutboundMode::Queues;
+        c.session_expires_ms = 500;
+    })
+    .await;
     let c = TestClient::connect(&gw.url()).await;
     let old = c.session().to_string();
     c.close().await;
@@ -214,7 +224,7 @@ async fn a_session_resumes_on_another_gateway_with_what_it_had_not_acknowledged(
     assert_eq!(c.expect_close(Duration::from_secs(5)).await, Some(1001));
     env.reply_to(&req, "\"done\"", None).await;
 
-    let mut c = TestClient::connect_with(&failover.url(), resume(&session)).await;
+    let mut c = TestClient::connect_with(&failover.url(), c.resume_hello()).await;
     assert!(c.welcome.as_ref().unwrap().resumed);
     let d = c.expect_deliver().await;
     assert_eq!(

@@ -326,3 +326,47 @@ async fn a_position_that_aged_out_of_retention_is_reported_with_how_much_was_mis
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_session_id_never_issued_or_of_another_user_gets_a_fresh_session_with_a_notice() {
+    TestEnv::run("stream-unknown", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, stream).await;
+        let c = TestClient::connect_with(&gw.url(), resume("gone0000", Some(3), vec![])).await;
+        let w = c.welcome().clone();
+        assert!(!w.resumed);
+        assert_ne!(w.session, "gone0000");
+        assert_eq!(w.notice, Some(ErrorCode::SessionExpired));
+        c.close().await;
+        let mut bob = TestClient::connect_with(
+            &gw.url(),
+            Hello {
+                token: Some("bob".into()),
+                ..Default::default()
+            },
+        )
+        .await;
+        bob.subscribe(Subscribe {
+            id: "me".into(),
+            channel: "chat".into(),
+            direct: true,
+            ..Default::default()
+        })
+        .await;
+        let mut eve = TestClient::connect_with(
+            &gw.url(),
+            Hello {
+                token: Some("eve".into()),
+                ..bob.resume_hello()
+            },
+        )
+        .await;
+        let w = eve.welcome().clone();
+        assert!(!w.resumed);
+        assert_eq!(w.notice, Some(ErrorCode::Forbidden));
+        env.publish_out("chat.user.bob", "d1", "1").await;
+        assert_eq!(bob.expect_deliver().await.message_id, "d1");
+        eve.expect_no_deliver(Duration::from_millis(300)).await;
+        gw.shutdown().await;
+    })
+    .await;
+}
