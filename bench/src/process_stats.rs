@@ -18,6 +18,26 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
         .ok_or_else(|| BenchError::Unexpected(format!("no VmRSS in /proc/{pid}/status")))
 }
 
+/// The RabbitMQ node's process on this machine: `WARREN_BENCH_BROKER_PID` when set,
+/// else the oldest `beam.smp` (the extra nodes of cluster tests start later). `None`
+/// when RabbitMQ runs elsewhere.
+pub fn broker_pid() -> Option<u32> {
+    if let Some(pid) = std::env::var("WARREN_BENCH_BROKER_PID")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return Some(pid);
+    }
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "beam.smp")
+        })
+        .min()
+}
+
 /// CPU time `pid` has used (user + system), in clock ticks.
 ///
 /// # Errors

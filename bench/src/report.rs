@@ -278,7 +278,7 @@ impl Report {
                         out,
                         "idle: {} of {} sessions opened, {} held; set-up {:.0} sessions/s; \
                          gateway RSS {:.1} MiB -> {:.1} MiB ({:.1} KiB/session), {:.1} MiB after close; \
-                         idle CPU {:.2} % of one core",
+                         idle CPU {:.2} % of one core; RabbitMQ RSS {:.2} KiB/session",
                         m.opened,
                         m.requested,
                         m.held,
@@ -287,7 +287,8 @@ impl Report {
                         m.rss_after_kib as f64 / 1024.0,
                         m.rss_per_session_bytes / 1024.0,
                         m.rss_closed_kib as f64 / 1024.0,
-                        m.idle_cpu_pct
+                        m.idle_cpu_pct,
+                        m.broker_rss_per_session_bytes / 1024.0
                     );
                 }
                 None => {
@@ -396,12 +397,12 @@ impl Report {
         if let Some(m) = self.idle.as_ref().and_then(|i| i.median) {
             let _ = writeln!(
                 out,
-                "\n| idle sessions | opened | held | set-up rate | gateway RSS before → after | per session | after close | idle CPU |"
+                "\n| idle sessions | opened | held | set-up rate | gateway RSS before → after | per session | after close | idle CPU | RabbitMQ RSS per session |"
             );
-            let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+            let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {:.0} /s | {:.1} → {:.1} MiB | {:.1} KiB | {:.1} MiB | {:.2} % of one core |",
+                "| {} | {} | {} | {:.0} /s | {:.1} → {:.1} MiB | {:.1} KiB | {:.1} MiB | {:.2} % of one core | {:.2} KiB |",
                 m.requested,
                 m.opened,
                 m.held,
@@ -410,7 +411,8 @@ impl Report {
                 m.rss_after_kib as f64 / 1024.0,
                 m.rss_per_session_bytes / 1024.0,
                 m.rss_closed_kib as f64 / 1024.0,
-                m.idle_cpu_pct
+                m.idle_cpu_pct,
+                m.broker_rss_per_session_bytes / 1024.0
             );
         }
         let _ = writeln!(out, "\n| target | measured | verdict |\n|---|---|---|");

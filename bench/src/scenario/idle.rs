@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use super::SharedEnv;
 use crate::client::{source_ip, GatewayClient};
 use crate::error::{BenchError, Result};
-use crate::process_stats::{rss_kib, CpuMeter};
+use crate::process_stats::{broker_pid, rss_kib, CpuMeter};
 
 /// The figures of one idle run.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -36,6 +36,8 @@ pub struct IdleFigures {
     pub rss_per_session_bytes: f64,
     /// Gateway CPU while idle, percent of one core.
     pub idle_cpu_pct: f64,
+    /// RabbitMQ's RSS growth per open session, bytes (when RabbitMQ is local).
+    pub broker_rss_per_session_bytes: f64,
 }
 
 impl IdleFigures {
@@ -53,6 +55,7 @@ impl IdleFigures {
             rss_closed_kib: med(|r| r.rss_closed_kib as f64) as u64,
             rss_per_session_bytes: med(|r| r.rss_per_session_bytes),
             idle_cpu_pct: med(|r| r.idle_cpu_pct),
+            broker_rss_per_session_bytes: med(|r| r.broker_rss_per_session_bytes),
         }
     }
 }
@@ -68,6 +71,8 @@ pub async fn run(env: &SharedEnv, sessions: usize) -> Result<IdleFigures> {
         .ok_or_else(|| BenchError::Config("the idle scenario needs --gateway-pid".into()))?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before_kib = rss_kib(pid)?;
+    let broker = broker_pid();
+    let broker_before_kib = broker.and_then(|b| rss_kib(b).ok());
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (opened_tx, mut opened_rx) = mpsc::unbounded_channel::<Option<String>>();
@@ -123,6 +128,7 @@ pub async fn run(env: &SharedEnv, sessions: usize) -> Result<IdleFigures> {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_after_kib = rss_kib(pid)?;
+    let broker_after_kib = broker.and_then(|b| rss_kib(b).ok());
     let meter = CpuMeter::start(pid)?;
     tokio::time::sleep(cfg.idle_window).await;
     let idle_cpu_pct = meter.percent()?;
@@ -150,5 +156,11 @@ pub async fn run(env: &SharedEnv, sessions: usize) -> Result<IdleFigures> {
             f64::NAN
         },
         idle_cpu_pct,
+        broker_rss_per_session_bytes: match (broker_before_kib, broker_after_kib) {
+            (Some(before), Some(after)) if opened > 0 => {
+                (after as f64 - before as f64) * 1024.0 / opened as f64
+            }
+            _ => f64::NAN,
+        },
     })
 }
