@@ -103,6 +103,10 @@ pub struct Config {
     /// (raw alone needs no gateway and skips idle).
     #[arg(long, value_delimiter = ',', default_value = "gateway,raw")]
     pub targets: Vec<crate::scenario::Target>,
+    /// RabbitMQ Web-STOMP endpoint for the `web-stomp` target (plugin
+    /// `rabbitmq_web_stomp`; `./dev` enables it).
+    #[arg(long, default_value = "ws://127.0.0.1:15674/ws")]
+    pub web_stomp_url: String,
     /// RabbitMQ, for the stack and the baseline.
     #[arg(long, env = "AMQP_ADDR", default_value = "amqp://127.0.0.1:5672/%2f")]
     pub amqp_uri: String,

@@ -256,6 +256,23 @@ impl Report {
                     );
                 }
             }
+            if r.target == Target::WebStomp {
+                if let (Some(g), Some(w)) = (
+                    self.median_of(r.scenario, Target::Gateway, r.clients),
+                    r.median,
+                ) {
+                    let _ = writeln!(
+                        out,
+                        "{:<8} {:>7}  {:<9} {:>10.2}x {:>9} {:>8.2}x",
+                        "",
+                        "",
+                        "gw/stomp",
+                        g.throughput / w.throughput,
+                        "",
+                        g.p99_ms / w.p99_ms
+                    );
+                }
+            }
             if r.target == Target::Raw {
                 if let Some(x) = self
                     .ratios
@@ -414,6 +431,38 @@ impl Report {
                 m.idle_cpu_pct,
                 m.broker_rss_per_session_bytes / 1024.0
             );
+        }
+        let stomp: Vec<&ScenarioResult> = self
+            .results
+            .iter()
+            .filter(|r| r.target == Target::WebStomp)
+            .collect();
+        if !stomp.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n| fanout subscribers | gateway deliveries/s | Web-STOMP deliveries/s | ratio | gateway p50 / p99 ms | Web-STOMP p50 / p99 ms |"
+            );
+            let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|");
+            for r in stomp {
+                let (Some(g), Some(w)) = (
+                    self.median_of(r.scenario, Target::Gateway, r.clients),
+                    r.median,
+                ) else {
+                    continue;
+                };
+                let _ = writeln!(
+                    out,
+                    "| {} | {:.0} | {:.0} | {:.2}× | {:.2} / {:.2} | {:.2} / {:.2} |",
+                    r.clients,
+                    g.throughput,
+                    w.throughput,
+                    g.throughput / w.throughput,
+                    g.p50_ms,
+                    g.p99_ms,
+                    w.p50_ms,
+                    w.p99_ms
+                );
+            }
         }
         let _ = writeln!(out, "\n| target | measured | verdict |\n|---|---|---|");
         for t in &self.targets {

@@ -86,9 +86,10 @@ pub async fn run(config: Config) -> Result<Report> {
             continue;
         }
         let env = env_of(&stack);
-        let targets: Vec<Target> = [Target::Gateway, Target::Raw]
+        let targets: Vec<Target> = [Target::Gateway, Target::Raw, Target::WebStomp]
             .into_iter()
             .filter(|t| config.targets.contains(t))
+            .filter(|t| *t != Target::WebStomp || scenario == ScenarioKind::Fanout)
             .collect();
         for &clients in &config.clients {
             let mut results: Vec<ScenarioResult> = targets

@@ -191,6 +191,9 @@ impl Member {
 struct State {
     ring: VecDeque<Arc<Message>>,
     ring_bytes: usize,
+    /// The ring's positions by routing key (each message under each of its keys), so
+    /// catching up costs what the session wants, not the ring's length.
+    ring_keys: HashMap<String, VecDeque<u64>>,
     /// The offset after the newest message read (`None` before the first).
     next: Option<u64>,
     members: HashMap<u64, Member>,
@@ -349,10 +352,26 @@ impl Hub {
         st.next = Some(m.offset + 1);
         st.ring_bytes += m.size();
         st.ring.push_back(m.clone());
+        for k in &m.keys {
+            st.ring_keys
+                .entry(k.clone())
+                .or_default()
+                .push_back(m.offset);
+        }
         while st.ring.len() > self.max_messages || st.ring_bytes > RING_MAX_BYTES {
-            match st.ring.pop_front() {
-                Some(old) => st.ring_bytes -= old.size(),
-                None => break,
+            let Some(old) = st.ring.pop_front() else {
+                break;
+            };
+            st.ring_bytes -= old.size();
+            for k in &old.keys {
+                if let Some(list) = st.ring_keys.get_mut(k) {
+                    if list.front() == Some(&old.offset) {
+                        list.pop_front();
+                    }
+                    if list.is_empty() {
+                        st.ring_keys.remove(k);
+                    }
+                }
             }
         }
         let mut targets: HashSet<u64> = HashSet::new();
@@ -403,10 +422,45 @@ impl Hub {
             }
             _ => {}
         }
+        if !member.keys.keys().any(|k| is_pattern(k)) {
+            // Exact keys only: the ring's index by key gives the positions at once.
+            let mut offsets: Vec<u64> = Vec::new();
+            for k in member.keys.keys() {
+                if let Some(list) = st.ring_keys.get(k) {
+                    let i = list.partition_point(|o| *o < from);
+                    offsets.extend(list.range(i..).take(max));
+                }
+            }
+            offsets.sort_unstable();
+            offsets.dedup();
+            offsets.truncate(max);
+            if offsets.is_empty() {
+                let end = st.next.unwrap_or(from).max(from);
+                if let Some(m) = st.members.get_mut(&conn) {
+                    m.live = true;
+                    m.from = end;
+                }
+                return CatchUp::Live;
+            }
+            let out: Vec<Arc<Message>> = offsets
+                .iter()
+                .filter_map(|o| {
+                    let i = st.ring.partition_point(|m| m.offset < *o);
+                    st.ring.get(i).filter(|m| m.offset == *o).cloned()
+                })
+                .collect();
+            let next = if offsets.len() >= max {
+                offsets[offsets.len() - 1] + 1
+            } else {
+                // Everything it wants in the ring: the next call finds it at the end.
+                st.next.unwrap_or(from).max(from)
+            };
+            return CatchUp::Batch(out, next);
+        }
         let start = st.ring.partition_point(|m| m.offset < from);
         let mut out = Vec::new();
         let mut next = from;
-        for m in st.ring.iter().skip(start) {
+        for m in st.ring.range(start..) {
             next = m.offset + 1;
             if member.wants(m) {
                 out.push(m.clone());
@@ -809,6 +863,48 @@ mod tests {
             .map(|m| m.offset)
             .collect();
         assert_eq!(got, vec![10, 11]);
+    }
+
+    #[test]
+    fn catching_up_by_key_and_by_pattern_gives_the_same_messages_once_in_order() {
+        let hub = Hub::new(50);
+        let (_a, _) = hub.join(1, "s1", Some(0));
+        let (_b, _) = hub.join(2, "s2", Some(0));
+        hub.subscribe(1, &keys(&["chat.user.a", "chat.all"]));
+        hub.subscribe(2, &keys(&["chat.user.a", "chat.#"]));
+        for i in 0..200u64 {
+            let key = match i % 4 {
+                0 => "chat.all",
+                1 => "chat.user.a",
+                2 => "chat.user.b",
+                _ => "voice.all",
+            };
+            hub.publish(msg(i, key));
+        }
+        let drain = |conn: u64| {
+            let mut got = Vec::new();
+            let mut from = 150;
+            loop {
+                match hub.catch_up(conn, from, 7) {
+                    CatchUp::Batch(ms, next) => {
+                        got.extend(ms.iter().map(|m| m.offset));
+                        from = next;
+                    }
+                    CatchUp::Live => return got,
+                    CatchUp::Behind { .. } => panic!("in the ring"),
+                }
+            }
+        };
+        let want_a: Vec<u64> = (150..200).filter(|i| i % 4 < 2).collect();
+        let want_b: Vec<u64> = (150..200).filter(|i| i % 4 < 3).collect();
+        assert_eq!(drain(1), want_a, "exact keys: the index");
+        assert_eq!(drain(2), want_b, "a pattern: the scan");
+        // Evicted positions left the key index too.
+        assert!(hub
+            .lock()
+            .ring_keys
+            .values()
+            .all(|l| l.iter().all(|o| *o >= 150)));
     }
 
     #[test]

@@ -79,6 +79,7 @@ pub async fn run(env: &SharedEnv, target: Target, subscribers: usize) -> Result<
                 let r = match target {
                     Target::Gateway => gateway_subscriber(&env, i, &progress, ready).await,
                     Target::Raw => raw_subscriber(&env, i, &progress, ready).await,
+                    Target::WebStomp => stomp_subscriber(&env, i, &progress, ready).await,
                 };
                 if r.is_err() {
                     // Let the publisher stop instead of waiting for this one.
@@ -223,6 +224,106 @@ async fn gateway_subscriber(
     Ok(WorkerOutcome {
         tally,
         session: Some(session),
+    })
+}
+
+/// A Web-STOMP subscriber: STOMP 1.2 over RabbitMQ's WebSocket endpoint, subscribed
+/// to the broadcast key on the outbound exchange (the plugin declares an exclusive
+/// queue per subscription), `ack:auto` as Web-STOMP apps usually run it.
+async fn stomp_subscriber(
+    env: &SharedEnv,
+    i: usize,
+    progress: &Progress,
+    ready: mpsc::Sender<()>,
+) -> Result<WorkerOutcome> {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message as Ws;
+    let cfg = &env.config;
+    let mut request = cfg
+        .web_stomp_url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| BenchError::Config(format!("--web-stomp-url: {e}")))?;
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        tokio_tungstenite::tungstenite::http::HeaderValue::from_static("v12.stomp"),
+    );
+    let (mut ws, _) =
+        tokio::time::timeout(cfg.op_timeout, tokio_tungstenite::connect_async(request))
+            .await?
+            .map_err(|e| {
+                BenchError::Unexpected(format!(
+                    "web-stomp connect (is rabbitmq_web_stomp enabled?): {e}"
+                ))
+            })?;
+    let send = |text: String| Ws::Text(text.into());
+    ws.send(send(
+        "CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\nheart-beat:0,0\n\n\0"
+            .into(),
+    ))
+    .await
+    .map_err(|e| BenchError::Unexpected(format!("web-stomp: {e}")))?;
+    let destination = format!(
+        "/exchange/{}/{}",
+        env.names.outbound_exchange(),
+        keys::broadcast(&cfg.fanout_channel)
+    );
+    ws.send(send(format!(
+        "SUBSCRIBE\nid:sub-{i}\ndestination:{destination}\nack:auto\nreceipt:ready\n\n\0"
+    )))
+    .await
+    .map_err(|e| BenchError::Unexpected(format!("web-stomp: {e}")))?;
+    // STOMP frames: COMMAND\nheaders\n\nbody\0 (a WebSocket message may hold several).
+    let mut subscribed = false;
+    let mut tally = Tally::default();
+    let mut n = 0u64;
+    while !progress.finished(n) && now_us() < give_up_at(env, progress) {
+        let wait = if subscribed {
+            Duration::from_millis(200)
+        } else {
+            cfg.op_timeout
+        };
+        let msg = match tokio::time::timeout(wait, ws.next()).await {
+            Ok(Some(Ok(m))) => m,
+            Ok(_) => return Err(BenchError::Unexpected("web-stomp socket closed".into())),
+            Err(_) if subscribed => continue,
+            Err(_) => return Err(BenchError::Timeout("the web-stomp subscription")),
+        };
+        let text = match msg {
+            Ws::Text(t) => t.to_string(),
+            Ws::Binary(b) => String::from_utf8_lossy(&b).into_owned(),
+            _ => continue,
+        };
+        for frame in text.split('\0').filter(|f| !f.trim().is_empty()) {
+            let frame = frame.trim_start_matches('\n');
+            let (head, body) = frame.split_once("\n\n").unwrap_or((frame, ""));
+            match head.lines().next().unwrap_or("") {
+                "RECEIPT" if !subscribed => {
+                    subscribed = true;
+                    let _ = ready.send(()).await;
+                }
+                "MESSAGE" => {
+                    let done = now_us();
+                    n += 1;
+                    progress.received[i].store(n, Ordering::Release);
+                    progress.moved.notify_one();
+                    if let (Some(w), Some(t)) = (progress.window.get(), stamp_of(body.as_bytes())) {
+                        tally.record(w, t, done);
+                    }
+                }
+                "ERROR" => {
+                    return Err(BenchError::Unexpected(format!("web-stomp ERROR: {head}")));
+                }
+                _ => {}
+            }
+        }
+    }
+    let _ = ws.send(send("DISCONNECT\n\n\0".into())).await;
+    let _ = ws.close(None).await;
+    Ok(WorkerOutcome {
+        tally,
+        session: None,
     })
 }
 

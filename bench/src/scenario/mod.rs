@@ -35,6 +35,9 @@ pub enum Target {
     Gateway,
     /// The same work done by lapin clients straight against RabbitMQ.
     Raw,
+    /// RabbitMQ's own Web-STOMP plugin (fanout only): STOMP over WebSocket, each
+    /// subscriber on `/exchange/<ns>.warren.out/<channel>.all`.
+    WebStomp,
 }
 
 impl Target {
@@ -43,6 +46,7 @@ impl Target {
         match self {
             Target::Gateway => "gateway",
             Target::Raw => "raw amqp",
+            Target::WebStomp => "web-stomp",
         }
     }
 }
@@ -171,6 +175,11 @@ where
         .map(|i| match target {
             Target::Gateway => tokio::spawn(gateway(env.clone(), i, window)),
             Target::Raw => tokio::spawn(raw(env.clone(), i, window)),
+            Target::WebStomp => tokio::spawn(async {
+                Err(BenchError::Config(
+                    "the web-stomp target runs the fanout scenario only".into(),
+                ))
+            }),
         })
         .collect();
     let (tally, sessions) = join_workers(handles).await;
