@@ -877,25 +877,7 @@ impl Conn {
             last_overflow_check: Instant::now(),
             cancelled: false,
         });
-        self.phase = Phase::Open;
-        self.shared
-            .presence("client.connected", &id, &user, self.pinned.as_deref());
-        let config = &self.shared.config;
-        let welcome = ServerFrame::Welcome(Welcome {
-            session: id,
-            resumed,
-            user,
-            node: config.node.clone(),
-            heartbeat_ms: config.heartbeat_ms,
-            limits: Limits {
-                max_frame_bytes: config.max_frame_bytes as u64,
-                max_subscriptions: config.max_subscriptions,
-                delivery_window: u32::from(config.delivery_window),
-            },
-            protocol: PROTOCOL_VERSION,
-            notice,
-            position: None,
-        });
+        let welcome = self.opened(id, resumed, user, notice, None);
         if let Flow::Close(c, r) = self.send(&welcome).await {
             return Flow::Close(c, r);
         }
@@ -992,12 +974,26 @@ impl Conn {
                 tracing::debug!(conn = self.id, code = %r.code.as_str(), "a resumed subscription was refused");
             }
         }
+        let welcome = self.opened(id, resumed, user, notice, if resumed { None } else { head });
+        self.send(&welcome).await
+    }
+
+    /// The session is open: the phase moves on, `client.connected` goes out, and the
+    /// `welcome` to send is built.
+    fn opened(
+        &mut self,
+        session: String,
+        resumed: bool,
+        user: String,
+        notice: Option<ErrorCode>,
+        position: Option<u64>,
+    ) -> ServerFrame {
         self.phase = Phase::Open;
         self.shared
-            .presence("client.connected", &id, &user, self.pinned.as_deref());
+            .presence("client.connected", &session, &user, self.pinned.as_deref());
         let config = &self.shared.config;
-        let welcome = ServerFrame::Welcome(Welcome {
-            session: id,
+        ServerFrame::Welcome(Welcome {
+            session,
             resumed,
             user,
             node: config.node.clone(),
@@ -1009,9 +1005,8 @@ impl Conn {
             },
             protocol: PROTOCOL_VERSION,
             notice,
-            position: if resumed { None } else { head },
-        });
-        self.send(&welcome).await
+            position,
+        })
     }
 
     /// Counts what the session queue's overflow policy dropped since the last check

@@ -52,13 +52,12 @@ fn close_connections_of(node: &str) -> Option<usize> {
     Some(pids.len())
 }
 
-#[tokio::test]
-async fn after_losing_its_rabbitmq_connections_the_gateway_reconnects_and_sessions_resume() {
-    let env = TestEnv::new("broker-loss").await;
-    let gw = TestGateway::start_with(&env, |c| c.outbound = OutboundMode::Queues).await;
+/// A client subscribed to the chat broadcast that received one message (`before`),
+/// then the gateway's broker connections closed from the broker side; `None` when
+/// rabbitmqctl is not usable here (the test is skipped).
+async fn subscribed_then_cut(env: &TestEnv, gw: &TestGateway) -> Option<TestClient> {
     let node = gw.gateway().config().node.clone();
     let mut c = TestClient::connect(&gw.url()).await;
-    let session = c.session().to_string();
     c.subscribe(Subscribe {
         id: "s".into(),
         channel: "chat".into(),
@@ -66,20 +65,32 @@ async fn after_losing_its_rabbitmq_connections_the_gateway_reconnects_and_sessio
     })
     .await;
     env.publish_out("chat.all", "before", "1").await;
-    c.expect_deliver().await;
-
+    assert_eq!(c.expect_deliver().await.message_id, "before");
     let closed = tokio::task::spawn_blocking(move || close_connections_of(&node))
         .await
         .unwrap();
     match closed {
         None => {
             eprintln!("skipped: rabbitmqctl is not usable here");
-            gw.shutdown().await;
-            env.cleanup().await;
-            return;
+            None
         }
-        Some(n) => assert_eq!(n, 2, "one publishing and one consuming connection"),
+        Some(n) => {
+            assert_eq!(n, 2, "one publishing and one consuming connection");
+            Some(c)
+        }
     }
+}
+
+#[tokio::test]
+async fn after_losing_its_rabbitmq_connections_the_gateway_reconnects_and_sessions_resume() {
+    let env = TestEnv::new("broker-loss").await;
+    let gw = TestGateway::start_with(&env, |c| c.outbound = OutboundMode::Queues).await;
+    let Some(mut c) = subscribed_then_cut(&env, &gw).await else {
+        gw.shutdown().await;
+        env.cleanup().await;
+        return;
+    };
+    let session = c.session().to_string();
     assert_eq!(c.expect_close(Duration::from_secs(10)).await, Some(4002));
 
     let mut c = TestClient::connect_with(&gw.url(), c.resume_hello()).await;
@@ -105,29 +116,11 @@ async fn after_losing_its_rabbitmq_connections_the_gateway_reconnects_and_sessio
 async fn with_the_outbound_stream_sessions_stay_connected_through_a_broker_connection_loss() {
     let env = TestEnv::new("broker-loss-stream").await;
     let gw = TestGateway::start_with(&env, |c| c.outbound = OutboundMode::Stream).await;
-    let node = gw.gateway().config().node.clone();
-    let mut c = TestClient::connect(&gw.url()).await;
-    c.subscribe(Subscribe {
-        id: "s".into(),
-        channel: "chat".into(),
-        ..Default::default()
-    })
-    .await;
-    env.publish_out("chat.all", "before", "1").await;
-    assert_eq!(c.expect_deliver().await.message_id, "before");
-
-    let closed = tokio::task::spawn_blocking(move || close_connections_of(&node))
-        .await
-        .unwrap();
-    match closed {
-        None => {
-            eprintln!("skipped: rabbitmqctl is not usable here");
-            gw.shutdown().await;
-            env.cleanup().await;
-            return;
-        }
-        Some(n) => assert_eq!(n, 2, "one publishing and one consuming connection"),
-    }
+    let Some(mut c) = subscribed_then_cut(&env, &gw).await else {
+        gw.shutdown().await;
+        env.cleanup().await;
+        return;
+    };
     // Published while the gateway has no broker connection.
     env.publish_out("chat.all", "during", "2").await;
     // The client publishes through the reconnected gateway, and receives what was
