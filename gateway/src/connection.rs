@@ -128,6 +128,22 @@ struct QueueOut {
     tag: String,
 }
 
+impl QueueOut {
+    /// Cancels the session queue's consumer (nothing new is delivered).
+    async fn cancel(&self, conn: u64) {
+        if let Err(e) = self
+            .channel
+            .basic_cancel(
+                ShortString::from(self.tag.as_str()),
+                BasicCancelOptions::default(),
+            )
+            .await
+        {
+            tracing::debug!(conn, error = %e, "basic.cancel failed");
+        }
+    }
+}
+
 /// A session's outbound state in `outbound = "stream"`: its hub membership, where it
 /// reads from, and the position it has reached.
 struct StreamOut {
@@ -489,16 +505,7 @@ impl Conn {
         let deadline = Instant::now() + Duration::from_millis(grace);
         if let Some(s) = self.session.as_mut() {
             if let Some(q) = &s.queue {
-                if let Err(e) = q
-                    .channel
-                    .basic_cancel(
-                        ShortString::from(q.tag.as_str()),
-                        BasicCancelOptions::default(),
-                    )
-                    .await
-                {
-                    tracing::debug!(conn = self.id, error = %e, "basic.cancel failed");
-                }
+                q.cancel(self.id).await;
             }
             s.cancelled = true;
             let drain = ServerFrame::Drain(Drain {
@@ -1998,16 +2005,7 @@ impl Conn {
         let mut unacked: Vec<Acker> = s.inflight.drain().into_iter().flatten().collect();
         if let Some(q) = s.queue.as_mut() {
             if !s.cancelled {
-                if let Err(e) = q
-                    .channel
-                    .basic_cancel(
-                        ShortString::from(q.tag.as_str()),
-                        BasicCancelOptions::default(),
-                    )
-                    .await
-                {
-                    tracing::debug!(conn = self.id, error = %e, "basic.cancel failed");
-                }
+                q.cancel(self.id).await;
             }
             // Deliveries already prefetched into the consumer's buffer.
             while let Ok(Some(Ok(d))) =
