@@ -94,13 +94,30 @@ impl Harness {
         self.core.on_text(self.conn, &v.to_string(), self.now);
     }
 
+    fn welcome_frame(&self, session: &str, resumed: bool) -> Value {
+        json!({"type": "welcome", "session": session, "resumed": resumed,
+        "user": "u1", "node": "gw", "heartbeat_ms": 1000, "protocol": 1,
+        "limits": {"max_frame_bytes": self.max_frame_bytes, "max_subscriptions": 100,
+            "delivery_window": 256}})
+    }
+
     fn welcome(&mut self, session: &str, resumed: bool) {
-        self.frame(
-            json!({"type": "welcome", "session": session, "resumed": resumed,
-            "user": "u1", "node": "gw", "heartbeat_ms": 1000, "protocol": 1,
-            "limits": {"max_frame_bytes": self.max_frame_bytes, "max_subscriptions": 100,
-                "delivery_window": 256}}),
-        );
+        let w = self.welcome_frame(session, resumed);
+        self.frame(w);
+    }
+
+    /// Subscribes to the `room-1` group of `chat`.
+    fn join_room(&mut self) {
+        self.core
+            .subscribe(
+                SubscribeOptions {
+                    channel: "chat".into(),
+                    groups: vec!["room-1".into()],
+                    ..Default::default()
+                },
+                self.now,
+            )
+            .unwrap();
     }
 
     /// `connect()` (when idle), socket open, `welcome`; returns the frames sent after
@@ -718,16 +735,7 @@ fn a_delivery_is_routed_to_the_subscription_whose_binding_matches() {
 fn reconnect_resumes_the_session_and_subscribes_again_before_flushing_writes() {
     let mut h = Harness::new(&URLS);
     h.connect("s1", false);
-    h.core
-        .subscribe(
-            SubscribeOptions {
-                channel: "chat".into(),
-                groups: vec!["room-1".into()],
-                ..Default::default()
-            },
-            h.now,
-        )
-        .unwrap();
+    h.join_room();
     h.core
         .subscribe(
             SubscribeOptions {
@@ -774,21 +782,11 @@ fn a_resume_names_the_newest_stream_position_and_the_subscriptions() {
         "a new session names none"
     );
     // A stream gateway says where the new session starts.
-    let mut w = json!({"type": "welcome", "session": "s1", "resumed": false,
-        "user": "u1", "node": "gw", "heartbeat_ms": 1000, "protocol": 1, "position": 41,
-        "limits": {"max_frame_bytes": 100000, "max_subscriptions": 100, "delivery_window": 256}});
+    let mut w = h.welcome_frame("s1", false);
+    w["position"] = json!(41);
     h.frame(w.clone());
     assert_eq!(h.core.position(), Some(41));
-    h.core
-        .subscribe(
-            SubscribeOptions {
-                channel: "chat".into(),
-                groups: vec!["room-1".into()],
-                ..Default::default()
-            },
-            h.now,
-        )
-        .unwrap();
+    h.join_room();
     h.take();
     let mut d = deliver(1, "m1");
     d["position"] = json!(57);
