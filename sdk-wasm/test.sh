@@ -11,7 +11,8 @@
 #      in a temp dir installs the package as a link and from a tarball, then tsc, vite
 #      build, the built app and the dev server in headless Chromium (connect to the
 #      stack), and Node; prints what the SDK adds to the app's build, gzipped.
-# The stack gets an extra channel `silent` that no service consumes (timeout test). A
+# The stack gets two extra channels: `silent`, which the demo service consumes and never
+# answers (timeout test), and `nobody`, which no service consumes (no_service test). A
 # second stack runs in jwt mode (`--auth jwt`, no leeway, no demo service) for the token
 # tests: getToken, renewal on the live connection, expiry with 4004.
 set -euo pipefail
@@ -76,7 +77,8 @@ start_stack() {
   die "warren-stack did not write its state within 60 s"
 }
 say "starting warren-stack (ephemeral ports, own namespace)"
-start_stack "$state" "$work/stack.log" --channels chat,voice,tickets,echo,silent
+start_stack "$state" "$work/stack.log" --channels chat,voice,tickets,echo,silent,nobody \
+  --service-arg=--unanswered=silent
 say "starting a second warren-stack in jwt mode (development secret, no leeway)"
 start_stack "$jwt_state" "$work/jwt-stack.log" --auth jwt --jwt-leeway-s 0 --no-service
 

@@ -390,20 +390,25 @@ const tests = [
     },
   },
   {
-    name: "a ticket request fails with timeout while the demo service is stopped",
+    name: "a ticket request fails with no_service at once while the demo service is stopped",
     timeoutMs: 90_000,
     async fn(w) {
       const [ada] = need(w, "ada");
-      await control(w.control, "/service/kill");
+      // A clean stop: the service's leave reaches the gateways' registry, so a request
+      // is refused at once rather than after its timeout.
+      await control(w.control, "/service/stop");
       try {
-        await ada.testId("ticket-timeout").selectOption("1000");
+        await ada.testId("ticket-timeout").selectOption("10000");
         await ada.testId("ticket-title").fill(`Nobody home ${RUN}`);
+        const clicked = Date.now();
         await ada.testId("ticket-create").click();
         const err = ada.testId("ticket-create-error");
         await err.waitFor({ timeout: 15_000 });
+        const took = Date.now() - clicked;
         const code = await err.getAttribute("data-code");
-        assert(code === "timeout", `the error code is timeout (got ${code})`);
-        await ada.shot("ticket-timeout");
+        assert(code === "no_service", `the error code is no_service (got ${code})`);
+        assert(took < 5_000, `no_service came at once, not after the 10 s timeout (${took} ms)`);
+        await ada.shot("ticket-no-service");
       } finally {
         await control(w.control, "/service/start");
         await waitFor("the demo service to run again", async () => (await control(w.control, "/state")).service?.alive, 60_000, 500);

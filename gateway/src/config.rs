@@ -141,8 +141,26 @@ pub struct Config {
     /// resumes and slow clients within them are served without reading the broker.
     /// Default: 100000.
     pub hub_buffer_messages: usize,
+    /// Which client frames are answered `no_service` at once when their channel has
+    /// nobody to answer: no live instance in the service registry (`warren.services`)
+    /// and no consumer on the channel's `IN_<CHANNEL>` queue. `requests` (a request
+    /// would only wait for its timeout), `all` (publishes too: they would wait in the
+    /// queue for a service to come back), `off`. Default: `requests`.
+    pub no_service: NoServiceMode,
     /// Tokens, identities, allowed origins.
     pub auth: AuthConfig,
+}
+
+/// Which frames get `no_service` (see [`Config::no_service`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum NoServiceMode {
+    /// Never: requests wait for their timeout, publishes wait in the queue.
+    Off,
+    /// Requests only; publishes wait in the queue for a service to come back.
+    Requests,
+    /// Requests and publishes.
+    All,
 }
 
 /// Where outbound messages travel (see [`Config::outbound`]).
@@ -399,6 +417,7 @@ impl Default for Config {
             max_frames_per_s: 10_000,
             max_pending_requests: 1000,
             outbound: OutboundMode::Stream,
+            no_service: NoServiceMode::Requests,
             stream_max_age: "24h".to_string(),
             stream_max_bytes: 2 * 1024 * 1024 * 1024,
             hub_buffer_messages: 100_000,
@@ -639,7 +658,8 @@ impl Config {
             max_pending_requests,
             outbound,
             stream_max_bytes,
-            hub_buffer_messages
+            hub_buffer_messages,
+            no_service
         );
         if let Some(v) = &o.stream_max_age {
             self.stream_max_age = v.clone();
@@ -769,6 +789,10 @@ pub struct Overrides {
     /// Newest outbound-stream messages kept in memory per gateway [default: 100000].
     #[arg(long, env = "WARREN_HUB_BUFFER_MESSAGES", global = true)]
     pub hub_buffer_messages: Option<usize>,
+    /// Frames answered `no_service` at once when no service consumes their channel:
+    /// requests, all (publishes too) or off [default: requests].
+    #[arg(long, env = "WARREN_NO_SERVICE", global = true)]
+    pub no_service: Option<NoServiceMode>,
     /// Publisher channels in the pool [default: 4].
     #[arg(long, env = "WARREN_PUBLISHER_CHANNELS", global = true)]
     pub publisher_channels: Option<usize>,

@@ -27,6 +27,7 @@ use warren_protocol::{
 };
 
 use crate::auth::{Action, AuthError, Identity};
+use crate::config::NoServiceMode;
 use crate::delivery::{self, Incoming};
 use crate::hub::{CatchUp, Hub, Membership, Message as HubMessage, Reader};
 use crate::limits::{Slot, TokenBucket};
@@ -349,6 +350,35 @@ async fn next_confirm(confirms: Option<&mut Confirms>) -> Option<Confirmed> {
         Some(c) => c.rx.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// Refuses with `no_service` a frame on a channel nobody can answer, as
+/// `no_service` in the configuration says (see [`crate::services`]).
+async fn check_service(shared: &Shared, channel: &str, action: Action) -> Result<(), Refusal> {
+    let check = match shared.config.no_service {
+        NoServiceMode::Off => false,
+        NoServiceMode::Requests => action == Action::Request,
+        NoServiceMode::All => true,
+    };
+    if !check {
+        return Ok(());
+    }
+    let queue = shared.names.channel_queue(channel);
+    if shared
+        .services
+        .answerable(&shared.broker, channel, &queue)
+        .await
+    {
+        return Ok(());
+    }
+    metrics::add(&shared.metrics.no_service, 1);
+    Err(Refusal::new(
+        ErrorCode::NoService,
+        format!(
+            "no service answers on channel `{channel}`: none announced on {}, no consumer on {queue}",
+            shared.names.services_exchange()
+        ),
+    ))
 }
 
 /// Rounds a housekeeping deadline up to a grid of `heartbeat / 32` (at most 1 s), so
@@ -1305,6 +1335,7 @@ impl Conn {
             validate_dotted("subject", s, false)
                 .map_err(|e| Refusal::new(ErrorCode::Invalid, e.to_string()))?;
         }
+        check_service(&self.shared.clone(), channel, action).await?;
         if let Some(d) = distribution {
             for g in d.groups.iter().chain(&d.direct) {
                 validate_segment("distribution target", g)

@@ -9,11 +9,13 @@
 //! - [`config`]: one serde struct with defaults, TOML file → `WARREN_*` env → flags.
 //! - [`topology`]: the exchanges and queues Warren declares, printable and idempotent.
 //! - [`broker`]: two AMQP connections, pooled publisher (confirm) and consumer channels.
+//! - [`services`]: the service registry's live view; `no_service` at once.
 //! - [`session`]: session ids and queues, resume, subscriptions, seq/ack bookkeeping.
 //! - [`hub`]: `outbound = "stream"`: the stream read once, fanned out in memory.
 //! - [`delivery`]: a session-queue message → `deliver` / `reply` / `error` frame.
 //! - `connection`: the per-WebSocket `select!` loop.
-//! - `server`: axum listeners (`/ws`, `/healthz`), shared state, announcements.
+//! - `server`: axum listeners (`/ws`, `/healthz`, `/metrics`, `/services`), shared
+//!   state, announcements.
 //! - [`limits`]: connections per IP and per user, new connections and frames per second.
 //! - [`listener`]: TCP listeners with a backlog, TCP_NODELAY and a header deadline.
 //! - [`metrics`]: counters rendered at `/metrics` (Prometheus text format).
@@ -36,6 +38,7 @@ pub mod limits;
 pub mod listener;
 pub mod metrics;
 mod server;
+pub mod services;
 pub mod session;
 pub mod topology;
 
@@ -49,7 +52,7 @@ use warren_protocol::amqp::Names;
 
 pub use config::{
     AuthConfig, AuthMode, AuthServiceConfig, Cli, Command, Config, JwtConfig, ListenerConfig,
-    OutboundMode, Overrides, QueueType, TopologyAction,
+    NoServiceMode, OutboundMode, Overrides, QueueType, TopologyAction,
 };
 pub use error::GatewayError;
 pub use topology::Topology;
@@ -152,6 +155,7 @@ impl Gateway {
         }
         let announcer = tokio::spawn(server::announce(shared.clone(), listeners.clone()));
         tokio::spawn(server::listen_for_takeovers(shared.clone()));
+        tokio::spawn(server::listen_for_services(shared.clone()));
         tokio::spawn(
             shared
                 .broker

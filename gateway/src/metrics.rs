@@ -43,6 +43,8 @@ pub struct Metrics {
     pub throttled: AtomicU64,
     /// Connection tasks that panicked (a bug); their cleanup ran all the same.
     pub connection_panics: AtomicU64,
+    /// Frames answered `no_service` (nobody answers on their channel).
+    pub no_service: AtomicU64,
     /// Stream outbound: times a session's live backlog filled and it fell back to
     /// catching up from the ring.
     pub stream_lagged: AtomicU64,
@@ -209,6 +211,12 @@ impl Metrics {
             "counter",
             "Connection tasks that panicked; their cleanup ran all the same.",
             get(&self.connection_panics),
+        );
+        metric(
+            "no_service_total",
+            "counter",
+            "Frames answered no_service: no live service and no consumer on the channel.",
+            get(&self.no_service),
         );
         out
     }

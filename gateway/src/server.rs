@@ -86,6 +86,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     /// The outbound fan-out, in `outbound = "stream"`.
     pub(crate) hub: Option<Arc<crate::hub::Hub>>,
+    /// The service registry's live view (`warren.services`).
+    pub(crate) services: crate::services::Services,
     next_conn: AtomicU64,
 }
 
@@ -120,6 +122,7 @@ impl Shared {
             shutdown,
             tracker: Tracker::default(),
             metrics,
+            services: crate::services::Services::default(),
             next_conn: AtomicU64::new(1),
         }
     }
@@ -229,6 +232,7 @@ pub(crate) fn router(shared: Arc<Shared>, pinned: Option<String>) -> Router {
         .route("/ws", get(upgrade))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/services", get(services))
         .with_state(ListenerState { shared, pinned })
 }
 
@@ -340,6 +344,15 @@ fn upgrade_token(headers: &HeaderMap, cookie: Option<&str>) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
+/// The service registry's live view: instances by service name, with their channels.
+async fn services(State(st): State<ListenerState>) -> Response {
+    let body = serde_json::json!({
+        "node": st.shared.config.node,
+        "services": st.shared.services.live(),
+    });
+    Json(body).into_response()
+}
+
 async fn healthz(State(st): State<ListenerState>) -> Response {
     let broker = st.shared.broker.state();
     let shutting_down = *st.shared.shutdown.borrow();
@@ -405,10 +418,41 @@ impl Shared {
     }
 }
 
-/// Listens on `warren.gateways` (an exclusive, server-named queue, no ack) for takeover
-/// requests of other gateways and hands them to the local connection serving the
-/// session. Re-subscribes after a broker reconnect; ends at shutdown.
+/// Listens on `warren.gateways` for takeover requests of other gateways and hands
+/// them to the local connection serving the session.
 pub(crate) async fn listen_for_takeovers(shared: Arc<Shared>) {
+    let exchange = shared.names.gateways_exchange();
+    let on = shared.clone();
+    listen_fanout(shared, exchange, "takeover", move |body| {
+        let Ok(req) = serde_json::from_slice::<TakeoverRequest>(body) else {
+            return; // an announcement
+        };
+        if req.node != on.config.node && on.registry.ask_to_release(&req.takeover) {
+            tracing::info!(session = %req.takeover, by = %req.node, "session resumed on another gateway; releasing it");
+        }
+    })
+    .await;
+}
+
+/// Keeps the service registry's view from the announcements on `warren.services`.
+pub(crate) async fn listen_for_services(shared: Arc<Shared>) {
+    let exchange = shared.names.services_exchange();
+    let on = shared.clone();
+    listen_fanout(shared, exchange, "services", move |body| {
+        on.services.on_message(body)
+    })
+    .await;
+}
+
+/// Consumes fanout exchange `exchange` through an exclusive, server-named queue (no
+/// ack), handing each message's body to `on`. Subscribes again after a broker
+/// reconnect; ends at shutdown.
+pub(crate) async fn listen_fanout(
+    shared: Arc<Shared>,
+    exchange: String,
+    what: &'static str,
+    mut on: impl FnMut(&[u8]) + Send,
+) {
     use futures_util::StreamExt;
     use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
     use lapin::types::FieldTable;
@@ -427,20 +471,20 @@ pub(crate) async fn listen_for_takeovers(shared: Arc<Shared>) {
                     FieldTable::default(),
                 )
                 .await
-                .map_err(|e| crate::GatewayError::amqp("queue.declare takeover", e))?;
+                .map_err(|e| crate::GatewayError::amqp("queue.declare listener", e))?;
             ch.queue_bind(
                 q.name().clone(),
-                ShortString::from(shared.names.gateways_exchange()),
+                ShortString::from(exchange.as_str()),
                 ShortString::from(""),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| crate::GatewayError::amqp("queue.bind takeover", e))?;
+            .map_err(|e| crate::GatewayError::amqp("queue.bind listener", e))?;
             let mut consumer = ch
                 .basic_consume(
                     q.name().clone(),
-                    ShortString::from(format!("{}.takeover", shared.config.node)),
+                    ShortString::from(format!("{}.{what}", shared.config.node)),
                     BasicConsumeOptions {
                         no_ack: true,
                         exclusive: true,
@@ -449,21 +493,16 @@ pub(crate) async fn listen_for_takeovers(shared: Arc<Shared>) {
                     FieldTable::default(),
                 )
                 .await
-                .map_err(|e| crate::GatewayError::amqp("basic.consume takeover", e))?;
+                .map_err(|e| crate::GatewayError::amqp("basic.consume listener", e))?;
             while let Some(Ok(d)) = consumer.next().await {
-                let Ok(req) = serde_json::from_slice::<TakeoverRequest>(&d.data) else {
-                    continue; // an announcement
-                };
-                if req.node != shared.config.node && shared.registry.ask_to_release(&req.takeover) {
-                    tracing::info!(session = %req.takeover, by = %req.node, "session resumed on another gateway; releasing it");
-                }
+                on(&d.data);
             }
             Ok::<(), crate::GatewayError>(())
         };
         tokio::select! {
             res = listen => {
                 if let Err(e) = res {
-                    tracing::debug!(error = %e, "takeover listener failed; retrying");
+                    tracing::debug!(error = %e, what, "listener failed; retrying");
                 }
             }
             _ = shutdown.wait_for(|s| *s) => return,

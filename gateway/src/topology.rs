@@ -95,6 +95,10 @@ impl Topology {
                 kind: ExchangeType::Fanout,
             },
             Declaration::Exchange {
+                name: names.services_exchange(),
+                kind: ExchangeType::Fanout,
+            },
+            Declaration::Exchange {
                 name: names.presence_exchange(),
                 kind: ExchangeType::Topic,
             },
@@ -335,6 +339,7 @@ mod tests {
             "warren.in",
             "warren.out",
             "warren.gateways",
+            "warren.services",
             "warren.presence",
         ] {
             assert!(printed.contains(name), "{name} missing from\n{printed}");

@@ -83,6 +83,12 @@ impl Names {
         format!("{}warren.gateways", self.prefix)
     }
 
+    /// Fanout exchange on which service instances announce themselves (the service
+    /// registry, [`crate::services`]).
+    pub fn services_exchange(&self) -> String {
+        format!("{}warren.services", self.prefix)
+    }
+
     /// Topic exchange for `client.connected` / `client.disconnected` events.
     pub fn presence_exchange(&self) -> String {
         format!("{}warren.presence", self.prefix)

@@ -14,6 +14,7 @@
 //! - [`correlator`]: sans-IO request correlation with deadlines (time is passed in).
 //! - [`auth`]: the auth worker's `client.auth` request and reply (gateway
 //!   `auth.mode = "service"`).
+//! - [`services`]: the service registry's announcement (`warren.services`).
 //! - [`amqp`]: how Warren maps onto AMQP: exchange, queue and routing-key names and the
 //!   headers the gateway and services exchange.
 //!
@@ -27,6 +28,7 @@ pub mod correlator;
 pub mod frame;
 pub mod poc;
 pub mod registry;
+pub mod services;
 
 pub use codec::{decode_client, decode_server, encode, DecodeError};
 pub use correlator::Correlator;

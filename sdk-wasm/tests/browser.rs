@@ -471,6 +471,31 @@ async fn a_two_megabyte_write_is_never_sent_and_the_connection_stays_up() {
 }
 
 #[wasm_bindgen_test]
+async fn write_and_wait_rejects_with_no_service_at_once_when_no_service_runs() {
+    let c = client(&format!(r#"{{"urls": {}}}"#, both("all")));
+    wait(c.connect()).await.expect("connect");
+    let started = js_sys::Date::now();
+    let err = wait(c.write_and_wait(
+        json(r#"{"channel": "nobody", "message": {"anyone": "there?"}}"#),
+        Some(json(r#"{"timeoutMs": 30000}"#).unchecked_into()),
+    ))
+    .await
+    .expect_err("no service consumes `nobody`");
+    let elapsed = js_sys::Date::now() - started;
+    assert_eq!(code_of(&err), "no_service");
+    assert_eq!(
+        path(&err, &["retry"]).as_bool(),
+        Some(true),
+        "no_service is retryable"
+    );
+    assert!(
+        elapsed < 2_000.0,
+        "no_service comes at once, not after the 30 s timeout ({elapsed} ms)"
+    );
+    c.close();
+}
+
+#[wasm_bindgen_test]
 async fn freeing_the_client_closes_it_and_rejects_what_is_pending() {
     let c = client(&format!(r#"{{"urls": {}}}"#, both("all")));
     wait(c.connect()).await.expect("connect");

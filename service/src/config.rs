@@ -62,6 +62,15 @@ pub struct ServiceConfig {
     /// A connection the broker keeps blocked (resource alarm) this long is given up
     /// for the next URI. Default 30 s.
     pub blocked_timeout: Duration,
+    /// Period of the instance's heartbeat on `warren.services` (the service registry:
+    /// a `join` at start and whenever [`Service::consume`](crate::Service::consume)
+    /// adds a channel, a `heartbeat` every period, a `leave` on
+    /// [`Service::stop`](crate::Service::stop)). Gateways count the instance gone
+    /// after three missed heartbeats. `None` turns announcing off (gateways then fall
+    /// back on the inbound queue's consumer count). Default 2 s.
+    pub announce_interval: Option<Duration>,
+    /// The version the instance announces. Default: the service library's version.
+    pub version: String,
 }
 
 impl Default for ServiceConfig {
@@ -81,6 +90,8 @@ impl Default for ServiceConfig {
             connect_timeout: Duration::from_secs(5),
             publish_timeout: Duration::from_secs(10),
             blocked_timeout: Duration::from_secs(30),
+            announce_interval: Some(Duration::from_secs(2)),
+            version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }
 }
@@ -133,6 +144,18 @@ impl ServiceConfig {
     /// Sets how long a publish may wait for a connection and its confirm.
     pub fn with_publish_timeout(mut self, timeout: Duration) -> Self {
         self.publish_timeout = timeout;
+        self
+    }
+
+    /// Sets the registry heartbeat period (`None`: do not announce).
+    pub fn with_announce_interval(mut self, interval: Option<Duration>) -> Self {
+        self.announce_interval = interval.filter(|d| !d.is_zero());
+        self
+    }
+
+    /// Sets the version the instance announces.
+    pub fn with_version(mut self, version: impl Into<String>) -> Self {
+        self.version = version.into();
         self
     }
 

@@ -23,6 +23,8 @@
 //! - [`ladder`]: [`Ladder`], the sans-IO core of priority consumption: which queues of
 //!   an ordered list to consume, which delivery to handle next.
 //! - [`priority`]: the IO loop of [`Service::consume_queues`] around the ladder.
+//! - `announce`: the instance's announcements on `warren.services` (the service
+//!   registry gateways answer `no_service` from).
 //! - [`topology`]: idempotent declarations of what a service consumes.
 //! - [`config`]: [`ServiceConfig`] and its defaults.
 //! - [`error`]: the error type, [`ServiceError`].
@@ -79,6 +81,7 @@
 //! published again with the same `message_id`; past the timeout it fails with
 //! [`ServiceError::BrokerUnavailable`] — never silently.
 
+mod announce;
 pub mod config;
 pub mod consumer;
 pub mod demo;

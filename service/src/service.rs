@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 use warren_protocol::amqp::Names;
 
+use crate::announce::Announcer;
 use crate::config::ServiceConfig;
 use crate::consumer::{self, Shared};
 use crate::duplicate_window::DuplicateWindow;
@@ -52,6 +53,8 @@ pub struct Service {
     state: watch::Sender<ServiceState>,
     consumers: Mutex<Vec<JoinHandle<()>>>,
     supervisor: Mutex<Option<JoinHandle<()>>>,
+    announcer: Arc<Announcer>,
+    announcing: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Service {
@@ -103,7 +106,9 @@ impl Service {
             stop.subscribe(),
             state.clone(),
         ));
-        info!(namespace = %names.prefix(), app_id = %config.app_id, uris = link.uris().len(), "service connected");
+        let announcer = Arc::new(Announcer::new(publisher.clone(), &names, &config));
+        let announcing = tokio::spawn(announcer.clone().run(stop.subscribe()));
+        info!(namespace = %names.prefix(), app_id = %config.app_id, instance = %announcer.instance(), uris = link.uris().len(), "service connected");
         Ok(Service {
             link,
             names,
@@ -113,6 +118,8 @@ impl Service {
             state,
             consumers: Mutex::new(Vec::new()),
             supervisor: Mutex::new(Some(supervisor)),
+            announcer,
+            announcing: Mutex::new(Some(announcing)),
         })
     }
 
@@ -130,6 +137,11 @@ impl Service {
     /// handler.
     pub fn publisher(&self) -> Publisher {
         self.publisher.clone()
+    }
+
+    /// This instance's id in the service registry (`<app_id>-<random>`).
+    pub fn instance(&self) -> &str {
+        self.announcer.instance()
     }
 
     /// The current state.
@@ -203,6 +215,7 @@ impl Service {
             STOP_GRACE,
         ));
         self.consumers.lock().expect("consumers lock").push(task);
+        self.announcer.add_channel(channel);
         Ok(queue)
     }
 
@@ -323,7 +336,9 @@ impl Service {
     }
 
     /// Stops every consumer (in-flight handlers get [`STOP_GRACE`] to finish; what is
-    /// not acknowledged goes back to the queue), then closes the connection.
+    /// not acknowledged goes back to the queue), announces the instance's `leave` on
+    /// `warren.services` (so gateways answer `no_service` at once when it was the
+    /// channel's last instance), then closes the connection.
     ///
     /// # Errors
     /// None today (closing is best effort); kept for compatibility.
@@ -335,6 +350,11 @@ impl Service {
                 warn!(error = %e, "consumer task ended abnormally");
             }
         }
+        let announcing = self.announcing.lock().expect("announcer lock").take();
+        if let Some(task) = announcing {
+            let _ = task.await;
+        }
+        self.announcer.leave().await;
         self.state.send_replace(ServiceState::Stopped);
         self.publisher.close().await;
         self.link.close().await;

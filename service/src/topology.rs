@@ -24,7 +24,8 @@ use warren_protocol::amqp::{
 use crate::config::ServiceConfig;
 use crate::error::{is_precondition_failed, Result};
 
-/// Declares the inbound and outbound topic exchanges.
+/// Declares the inbound and outbound topic exchanges and the service registry's
+/// fanout exchange.
 ///
 /// # Errors
 /// When the broker refuses or the connection fails.
@@ -32,7 +33,7 @@ pub async fn declare_exchanges(connection: &Connection, names: &Names) -> Result
     for exchange in [names.inbound_exchange(), names.outbound_exchange()] {
         declare_exchange(connection, &exchange, ExchangeKind::Topic).await?;
     }
-    Ok(())
+    declare_exchange(connection, &names.services_exchange(), ExchangeKind::Fanout).await
 }
 
 /// Declares the queue `IN_<CHANNEL>` (`x-queue-type` = `queue_type`, normally

@@ -261,6 +261,7 @@ impl TestEnv {
             self.names.inbound_exchange(),
             self.names.outbound_exchange(),
             self.names.gateways_exchange(),
+            self.names.services_exchange(),
             self.names.presence_exchange(),
             self.names.dead_letter_exchange(),
         ] {

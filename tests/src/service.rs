@@ -98,6 +98,7 @@ pub async fn delete_namespace(namespace: &str) {
     for exchange in [
         names.inbound_exchange(),
         names.outbound_exchange(),
+        names.services_exchange(),
         names.dead_letter_exchange(),
     ] {
         if let Ok(ch) = connection.create_channel().await {

@@ -48,6 +48,9 @@ async fn dead_lettered(env: &TestEnv, message_id: &str, within: Duration) -> Opt
 async fn expired_messages_of_a_channel_with_a_ttl_and_expired_requests_land_in_warren_dead() {
     let env = TestEnv::new("msg-ttl").await;
     let gw = TestGateway::start_with(&env, |c| {
+        // The request below must reach the queue nobody consumes (and expire there),
+        // not be answered `no_service` at once.
+        c.no_service = warren_gateway::NoServiceMode::Off;
         c.channel_options.insert(
             "echo".into(),
             ChannelOptions {

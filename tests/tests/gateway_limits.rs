@@ -176,7 +176,8 @@ async fn pending_requests_are_bounded_and_pings_do_not_excuse_bad_frames() {
         .await;
         let url = gw.url();
         let mut c = TestClient::connect_with(&url, as_user("ada")).await;
-        // Nothing consumes IN_TICKETS: requests stay pending.
+        // A consumer that never answers: requests stay pending.
+        let _stuck = env.consume_inbound("tickets").await;
         c.request("r1", "tickets", Some(30_000), json!(1)).await;
         c.request("r2", "tickets", Some(30_000), json!(2)).await;
         c.request("r3", "tickets", Some(30_000), json!(3)).await;

@@ -156,9 +156,13 @@ async fn a_request_is_answered_by_the_reply_a_service_sends_to_reply_to() {
 async fn a_request_nobody_answers_gets_timeout() {
     let env = TestEnv::new("request-timeout").await;
     let gw = TestGateway::start(&env).await;
+    // A consumer that takes the request and never answers: a stuck service. (With
+    // nothing consuming the channel the answer would be `no_service`, at once.)
+    let mut stuck = env.consume_inbound("tickets").await;
     let mut c = TestClient::connect(&gw.url()).await;
     let started = std::time::Instant::now();
     c.request("slow", "tickets", Some(300), json!({})).await;
+    let _taken = next_delivery(&mut stuck, Duration::from_secs(5)).await;
     c.expect_error_code(Some("slow"), ErrorCode::Timeout).await;
     assert!(started.elapsed() >= Duration::from_millis(300));
     assert!(started.elapsed() < Duration::from_secs(5));

@@ -215,9 +215,9 @@ async fn a_session_resumes_on_another_gateway_with_what_it_had_not_acknowledged(
     c.expect("pong", |f| matches!(f, ServerFrame::Pong(_)).then_some(()))
         .await;
     // A request whose reply arrives while the client moves.
+    let mut inbound = env.consume_inbound("tickets").await;
     c.request("r", "tickets", Some(10_000), serde_json::json!({}))
         .await;
-    let mut inbound = env.consume_inbound("tickets").await;
     let req = warren_e2e::env::next_delivery(&mut inbound, Duration::from_secs(5)).await;
 
     primary.shutdown().await;

@@ -58,6 +58,10 @@ struct Args {
     /// are accepted, `user:blocked` and anything else refused. Development only.
     #[arg(long, value_name = "CHANNEL")]
     auth_channel: Option<String>,
+    /// Also consume this channel (repeatable) and never answer: requests on it time
+    /// out. A stuck service, for timeout tests.
+    #[arg(long, value_name = "CHANNEL")]
+    unanswered: Vec<String>,
     /// Run a priority worker over these work queues, highest priority first,
     /// separated by spaces or commas (e.g. `"conversions_delta conversions_full
     /// os2ds_conversions"`): it always takes a message from the highest-priority
@@ -98,6 +102,7 @@ async fn main() -> anyhow::Result<()> {
         options.channels = args.only.clone();
     }
     options.auth_channel = args.auth_channel.clone();
+    options.unanswered = args.unanswered.clone();
     if let Some(list) = &args.queue_priority {
         options.priority_queues = parse_queue_list(list);
         if options.priority_queues.is_empty() {

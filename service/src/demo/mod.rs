@@ -99,6 +99,10 @@ pub struct DemoOptions {
     /// Also run a priority worker ([`conversion::convert`]) over these work queues,
     /// highest priority first (the source system's `QUEUE_PRIORITY`). Default: none.
     pub priority_queues: Vec<String>,
+    /// Also consume these channels and never answer (requests on them time out,
+    /// publishes are acknowledged and dropped): a stuck service, for timeout tests.
+    /// Default: none.
+    pub unanswered: Vec<String>,
 }
 
 impl Default for DemoOptions {
@@ -110,8 +114,17 @@ impl Default for DemoOptions {
             desk: tickets::Desk::default(),
             auth_channel: None,
             priority_queues: Vec::new(),
+            unanswered: Vec::new(),
         }
     }
+}
+
+/// The handler of [`DemoOptions::unanswered`]: takes the message, answers nothing.
+async fn unanswered(
+    _ctx: Context,
+    _message: Incoming,
+) -> std::result::Result<Outcome, HandlerError> {
+    Ok(Outcome::Done)
 }
 
 /// A running demo service.
@@ -194,6 +207,15 @@ pub async fn start_with(amqp_uri: &str, names: Names, options: DemoOptions) -> R
             }
         };
         match queue {
+            Ok(q) => queues.push(q),
+            Err(e) => {
+                let _ = service.stop().await;
+                return Err(e);
+            }
+        }
+    }
+    for channel in &options.unanswered {
+        match service.consume(channel, unanswered).await {
             Ok(q) => queues.push(q),
             Err(e) => {
                 let _ = service.stop().await;

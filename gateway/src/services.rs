@@ -1,0 +1,250 @@
+//! The service registry as a gateway sees it: which service instances are live and
+//! which channels they consume, from their announcements on `warren.services`
+//! ([`warren_protocol::services`]). A request on a channel nobody can answer is
+//! refused with `no_service` at once instead of waiting for its timeout.
+//!
+//! "Nobody can answer" takes two witnesses, so a service that does not announce still
+//! counts: no live instance in the registry **and** no consumer on the channel's
+//! `IN_<CHANNEL>` queue (read with a passive declare, at most once per
+//! [`CONSUMER_CHECK_TTL`] per channel, and only when the registry has nobody).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lapin::options::QueueDeclareOptions;
+use lapin::types::{FieldTable, ShortString};
+use serde::Serialize;
+use warren_protocol::services::{AnnounceEvent, Announcement};
+
+use crate::broker::Broker;
+
+/// How long a consumer count read from the broker is trusted.
+pub const CONSUMER_CHECK_TTL: Duration = Duration::from_millis(250);
+
+/// Live service instances, from their announcements. Pure: time is passed in.
+#[derive(Debug, Default)]
+pub struct ServiceView {
+    instances: HashMap<String, Entry>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    announcement: Announcement,
+    first_seen: Instant,
+    last_seen: Instant,
+}
+
+/// One live instance, as `GET /services` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LiveInstance {
+    /// The instance id.
+    pub instance: String,
+    /// The channels it consumes.
+    pub channels: Vec<String>,
+    /// Its version.
+    pub version: String,
+    /// Milliseconds since its first announcement this gateway saw.
+    pub up_ms: u64,
+    /// Milliseconds since its last announcement.
+    pub last_seen_ms: u64,
+}
+
+impl ServiceView {
+    /// Takes one announcement in: a `leave` removes the instance, anything else
+    /// (re)records it with its channels.
+    pub fn apply(&mut self, announcement: Announcement, now: Instant) {
+        if announcement.event == AnnounceEvent::Leave {
+            self.instances.remove(&announcement.instance);
+            return;
+        }
+        let first_seen = self
+            .instances
+            .get(&announcement.instance)
+            .map_or(now, |e| e.first_seen);
+        self.instances.insert(
+            announcement.instance.clone(),
+            Entry {
+                announcement,
+                first_seen,
+                last_seen: now,
+            },
+        );
+    }
+
+    /// Forgets instances whose last announcement is older than its lifetime (three
+    /// heartbeat intervals).
+    pub fn expire(&mut self, now: Instant) {
+        self.instances.retain(|_, e| alive(e, now));
+    }
+
+    /// Whether a live instance consumes `channel`.
+    pub fn serves(&self, channel: &str, now: Instant) -> bool {
+        self.instances
+            .values()
+            .any(|e| alive(e, now) && e.announcement.channels.iter().any(|c| c == channel))
+    }
+
+    /// The live instances by service name, sorted.
+    pub fn live(&self, now: Instant) -> BTreeMap<String, Vec<LiveInstance>> {
+        let mut by_name: BTreeMap<String, Vec<LiveInstance>> = BTreeMap::new();
+        for e in self.instances.values().filter(|e| alive(e, now)) {
+            let a = &e.announcement;
+            by_name
+                .entry(a.name.clone())
+                .or_default()
+                .push(LiveInstance {
+                    instance: a.instance.clone(),
+                    channels: a.channels.clone(),
+                    version: a.version.clone(),
+                    up_ms: now.duration_since(e.first_seen).as_millis() as u64,
+                    last_seen_ms: now.duration_since(e.last_seen).as_millis() as u64,
+                });
+        }
+        for list in by_name.values_mut() {
+            list.sort_by(|a, b| a.instance.cmp(&b.instance));
+        }
+        by_name
+    }
+}
+
+fn alive(e: &Entry, now: Instant) -> bool {
+    now.duration_since(e.last_seen) < Duration::from_millis(e.announcement.lifetime_ms())
+}
+
+/// The registry view and the consumer-count cache of one gateway.
+#[derive(Debug, Default)]
+pub struct Services {
+    view: Mutex<ServiceView>,
+    consumers: Mutex<HashMap<String, (Instant, u32)>>,
+}
+
+impl Services {
+    /// Takes in the body of a message from `warren.services`; anything that is not an
+    /// announcement is ignored.
+    pub fn on_message(&self, body: &[u8]) {
+        match serde_json::from_slice::<Announcement>(body) {
+            Ok(a) => {
+                let now = Instant::now();
+                let mut view = self.view.lock().expect("service view lock");
+                view.expire(now);
+                view.apply(a, now);
+            }
+            Err(e) => tracing::debug!(error = %e, "not a service announcement; ignored"),
+        }
+    }
+
+    /// The live instances by service name.
+    pub fn live(&self) -> BTreeMap<String, Vec<LiveInstance>> {
+        self.view
+            .lock()
+            .expect("service view lock")
+            .live(Instant::now())
+    }
+
+    /// Whether anything can answer on `channel`: a live instance in the registry, or
+    /// else a consumer on `queue` (a broker that cannot be asked counts as yes: the
+    /// publish itself then reports what is wrong).
+    pub async fn answerable(&self, broker: &Arc<Broker>, channel: &str, queue: &str) -> bool {
+        let now = Instant::now();
+        if self
+            .view
+            .lock()
+            .expect("service view lock")
+            .serves(channel, now)
+        {
+            return true;
+        }
+        if let Some((at, count)) = self
+            .consumers
+            .lock()
+            .expect("consumer cache lock")
+            .get(queue)
+        {
+            if now.duration_since(*at) < CONSUMER_CHECK_TTL {
+                return *count > 0;
+            }
+        }
+        let Some(count) = consumer_count(broker, queue).await else {
+            return true;
+        };
+        self.consumers
+            .lock()
+            .expect("consumer cache lock")
+            .insert(queue.to_string(), (Instant::now(), count));
+        count > 0
+    }
+}
+
+/// The consumer count of `queue` by a passive declare on a control channel; `None`
+/// when the broker cannot say.
+async fn consumer_count(broker: &Arc<Broker>, queue: &str) -> Option<u32> {
+    let ch = broker.control().await.ok()?;
+    let q = ch
+        .queue_declare(
+            ShortString::from(queue),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    match q {
+        Ok(q) => Some(q.consumer_count()),
+        Err(e) => {
+            tracing::debug!(queue, error = %e, "consumer count not read");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ann(event: AnnounceEvent, instance: &str, channels: &[&str]) -> Announcement {
+        Announcement {
+            event,
+            name: "tickets".into(),
+            instance: instance.into(),
+            channels: channels.iter().map(|c| c.to_string()).collect(),
+            version: "1".into(),
+            interval_ms: 1_000,
+        }
+    }
+
+    #[test]
+    fn an_instance_serves_its_channels_until_it_leaves() {
+        let t0 = Instant::now();
+        let mut v = ServiceView::default();
+        assert!(!v.serves("tickets", t0));
+        v.apply(ann(AnnounceEvent::Join, "a", &["tickets", "chat"]), t0);
+        v.apply(ann(AnnounceEvent::Join, "b", &["tickets"]), t0);
+        assert!(v.serves("tickets", t0) && v.serves("chat", t0));
+        assert!(!v.serves("voice", t0));
+        v.apply(ann(AnnounceEvent::Leave, "a", &[]), t0);
+        assert!(!v.serves("chat", t0), "a leave removes at once");
+        assert!(v.serves("tickets", t0), "b still serves tickets");
+        assert_eq!(v.live(t0)["tickets"].len(), 1);
+    }
+
+    #[test]
+    fn an_instance_is_gone_after_three_missed_heartbeats() {
+        let t0 = Instant::now();
+        let mut v = ServiceView::default();
+        v.apply(ann(AnnounceEvent::Join, "a", &["tickets"]), t0);
+        v.apply(
+            ann(AnnounceEvent::Heartbeat, "a", &["tickets"]),
+            t0 + Duration::from_millis(900),
+        );
+        let live_until = t0 + Duration::from_millis(900 + 3_000);
+        assert!(v.serves("tickets", live_until - Duration::from_millis(1)));
+        assert!(!v.serves("tickets", live_until));
+        let l = v.live(t0 + Duration::from_millis(1_000));
+        assert_eq!(l["tickets"][0].up_ms, 1_000);
+        assert_eq!(l["tickets"][0].last_seen_ms, 100);
+        v.expire(live_until);
+        assert!(v.live(live_until).is_empty());
+    }
+}

@@ -1,0 +1,125 @@
+//! The instance's part in the service registry: announcements on `warren.services`
+//! (a `join` at start and whenever the consumed channels change, a `heartbeat` every
+//! [`ServiceConfig::announce_interval`], a `leave` on a clean stop), from which the
+//! gateways know at once that a channel has nobody to answer (`no_service`).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use lapin::types::ShortString;
+use lapin::BasicProperties;
+use tokio::sync::watch;
+use tracing::debug;
+use warren_protocol::amqp::Names;
+use warren_protocol::services::{AnnounceEvent, Announcement};
+
+use crate::config::ServiceConfig;
+use crate::publisher::Publisher;
+
+/// How long one announcement may wait for the broker before it is skipped (the next
+/// heartbeat tries again).
+const ANNOUNCE_WAIT: Duration = Duration::from_secs(2);
+
+/// Announces one service instance.
+#[derive(Debug)]
+pub(crate) struct Announcer {
+    publisher: Publisher,
+    exchange: String,
+    name: String,
+    instance: String,
+    version: String,
+    interval: Option<Duration>,
+    /// The channels the instance consumes; a change is announced with a `join`.
+    channels: watch::Sender<BTreeSet<String>>,
+}
+
+impl Announcer {
+    pub(crate) fn new(publisher: Publisher, names: &Names, config: &ServiceConfig) -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        Announcer {
+            publisher,
+            exchange: names.services_exchange(),
+            name: config.app_id.clone(),
+            instance: format!("{}-{}", config.app_id, &id[..12]),
+            version: config.version.clone(),
+            interval: config.announce_interval,
+            channels: watch::Sender::new(BTreeSet::new()),
+        }
+    }
+
+    /// This instance's id in the registry.
+    pub(crate) fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Adds a consumed channel (announced at once with a `join`).
+    pub(crate) fn add_channel(&self, channel: &str) {
+        self.channels
+            .send_if_modified(|set| set.insert(channel.to_string()));
+    }
+
+    /// Announces `join` now and whenever the channels change, `heartbeat` every
+    /// interval, until `stop` turns true. Does nothing when announcing is off.
+    pub(crate) async fn run(self: std::sync::Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let Some(interval) = self.interval else {
+            return;
+        };
+        let mut channels = self.channels.subscribe();
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut event = AnnounceEvent::Join;
+        loop {
+            tokio::select! {
+                _ = self.announce(event) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            event = tokio::select! {
+                _ = tick.tick() => AnnounceEvent::Heartbeat,
+                changed = channels.changed() => match changed {
+                    Ok(()) => AnnounceEvent::Join,
+                    Err(_) => return,
+                },
+                _ = stop.wait_for(|s| *s) => return,
+            };
+        }
+    }
+
+    /// Announces `leave` (on a clean stop), waiting at most a moment for the broker.
+    pub(crate) async fn leave(&self) {
+        if self.interval.is_some() {
+            self.announce(AnnounceEvent::Leave).await;
+        }
+    }
+
+    /// The announcement of `event` with the instance's current channels.
+    pub(crate) fn announcement(&self, event: AnnounceEvent) -> Announcement {
+        Announcement {
+            event,
+            name: self.name.clone(),
+            instance: self.instance.clone(),
+            channels: self.channels.borrow().iter().cloned().collect(),
+            version: self.version.clone(),
+            interval_ms: self.interval.map_or(0, |d| d.as_millis() as u64),
+        }
+    }
+
+    async fn announce(&self, event: AnnounceEvent) {
+        let announcement = self.announcement(event);
+        let body = serde_json::to_vec(&announcement).expect("an announcement serialises");
+        let properties = BasicProperties::default()
+            .with_content_type(ShortString::from("application/json"))
+            .with_app_id(ShortString::from(self.name.as_str()))
+            .with_expiration(ShortString::from(announcement.lifetime_ms().to_string()));
+        let publish = self.publisher.publish_confirmed(
+            &self.exchange,
+            event.routing_key(),
+            &body,
+            properties,
+        );
+        match tokio::time::timeout(ANNOUNCE_WAIT, publish).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => debug!(error = %e, ?event, "announcement not published"),
+            Err(_) => debug!(?event, "announcement not confirmed in time; skipped"),
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! The service registry end to end: a service built on the service library announces
+//! itself on `warren.services`; the gateway's view (`GET /services`) follows its join,
+//! heartbeats and leave; a request on a channel nobody answers gets `no_service` at
+//! once (measured), and succeeds again when the service is back. An instance that
+//! stops announcing is gone after three missed heartbeats; a consumer that never
+//! announces still counts; publishes wait in the queue unless `no_service = "all"`.
+
+use std::time::{Duration, Instant};
+
+use lapin::options::BasicPublishOptions;
+use lapin::types::ShortString;
+use lapin::BasicProperties;
+use serde_json::json;
+use warren_e2e::client::TestClient;
+use warren_e2e::env::{next_delivery, TestEnv};
+use warren_e2e::gateway::{http_get, TestGateway};
+use warren_e2e::service::amqp_uri;
+use warren_gateway::NoServiceMode;
+use warren_protocol::services::{AnnounceEvent, Announcement};
+use warren_protocol::ErrorCode;
+use warren_service::{Answer, Context, HandlerError, Incoming, Outcome, Service, ServiceConfig};
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+async fn echo(_ctx: Context, m: Incoming) -> Result<Outcome, HandlerError> {
+    Ok(Outcome::Reply(Answer::raw(m.body)))
+}
+
+/// A tickets service on the test's namespace, heartbeat every `interval`.
+async fn tickets_service(env: &TestEnv, interval: Duration) -> Service {
+    let config = ServiceConfig::default()
+        .with_app_id("tickets-svc")
+        .with_version("9.9.9")
+        .with_announce_interval(Some(interval));
+    let service = Service::connect_with(&amqp_uri(), env.names.clone(), config)
+        .await
+        .expect("service connects");
+    service.consume("tickets", echo).await.expect("consume");
+    service
+}
+
+/// The gateway's registry view.
+async fn view(gw: &TestGateway) -> serde_json::Value {
+    let body = http_get(gw.health_addr(), "/services").await;
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET /services: {e}: {body}"))
+}
+
+/// Waits (bounded) until the view's `services` satisfies `ok`; how long it took.
+async fn wait_view(
+    gw: &TestGateway,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let v = view(gw).await;
+        if ok(&v["services"]) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{what}: the view is still {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Sends a request and returns what came back (reply or error code) and how long it took.
+async fn ask(
+    c: &mut TestClient,
+    id: &str,
+    channel: &str,
+    timeout_ms: u64,
+) -> (Result<(), ErrorCode>, Duration) {
+    let started = Instant::now();
+    c.request(id, channel, Some(timeout_ms), json!({"q": id}))
+        .await;
+    let outcome = c
+        .expect(&format!("reply or error for {id}"), |f| match f {
+            warren_protocol::ServerFrame::Reply(r) if r.id == id => Some(Ok(())),
+            warren_protocol::ServerFrame::Error(e) if e.id.as_deref() == Some(id) => {
+                Some(Err(e.code))
+            }
+            _ => None,
+        })
+        .await;
+    (outcome, started.elapsed())
+}
+
+#[tokio::test]
+async fn a_stopped_service_gives_no_service_at_once_and_its_return_answers_again() {
+    TestEnv::run("registry", LIMIT, async |env| {
+        let gw = TestGateway::start(env).await;
+        let mut c = TestClient::connect(&gw.url()).await;
+
+        // No service at all: no_service at once, not after the 10 s timeout.
+        let (outcome, took) = ask(&mut c, "before", "tickets", 10_000).await;
+        assert_eq!(outcome, Err(ErrorCode::NoService));
+        println!(
+            "gateway_services: no_service with nothing ever started: {} ms",
+            took.as_millis()
+        );
+        assert!(
+            took < Duration::from_millis(100),
+            "no_service took {took:?}"
+        );
+
+        let service = tickets_service(env, Duration::from_millis(500)).await;
+        let instance = service.instance().to_string();
+        let joined = wait_view(&gw, "join", |s| {
+            s["tickets-svc"][0]["instance"] == instance.as_str()
+                && s["tickets-svc"][0]["channels"] == json!(["tickets"])
+        })
+        .await;
+        println!(
+            "gateway_services: join seen after {} ms",
+            joined.as_millis()
+        );
+        let v = view(&gw).await;
+        let entry = &v["services"]["tickets-svc"][0];
+        assert_eq!(entry["channels"], json!(["tickets"]));
+        assert_eq!(entry["version"], "9.9.9");
+        assert_eq!(v["node"], gw.gateway().config().node.as_str());
+        let (outcome, _) = ask(&mut c, "live", "tickets", 10_000).await;
+        assert_eq!(outcome, Ok(()), "the live service answers");
+
+        // The only service stops cleanly: its leave empties the view, and the next
+        // request is refused at once.
+        let stopped_at = Instant::now();
+        service.stop().await.expect("stop");
+        let left = wait_view(&gw, "leave", |s| s.get("tickets-svc").is_none()).await;
+        println!(
+            "gateway_services: stop() took {} ms; leave seen {} ms after stop() returned",
+            (stopped_at.elapsed() - left).as_millis(),
+            left.as_millis()
+        );
+        let mut latencies = Vec::new();
+        for i in 0..5 {
+            let (outcome, took) = ask(&mut c, &format!("gone{i}"), "tickets", 10_000).await;
+            assert_eq!(outcome, Err(ErrorCode::NoService));
+            latencies.push(took);
+        }
+        latencies.sort();
+        println!(
+            "gateway_services: no_service after the only service stopped: median {} ms, max {} ms",
+            latencies[2].as_millis(),
+            latencies[4].as_millis()
+        );
+        assert!(latencies[4] < Duration::from_millis(100), "{latencies:?}");
+
+        // The service comes back: requests are answered again as soon as it joined.
+        let service = tickets_service(env, Duration::from_millis(500)).await;
+        let back = Instant::now();
+        let (outcome, _) = ask(&mut c, "back", "tickets", 10_000).await;
+        assert_eq!(
+            outcome,
+            Ok(()),
+            "answered again {} ms after the restart",
+            back.elapsed().as_millis()
+        );
+
+        // A plain publish is not refused: it waits in the queue (no_service = requests).
+        service.stop().await.expect("stop");
+        wait_view(&gw, "second leave", |s| s.get("tickets-svc").is_none()).await;
+        c.publish("p1", "tickets", json!({"later": true})).await;
+        c.expect_ack("p1").await;
+        c.close().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_instance_that_stops_announcing_is_gone_after_three_missed_heartbeats() {
+    TestEnv::run("registry-expiry", LIMIT, async |env| {
+        let gw = TestGateway::start(env).await;
+        // An instance of another language announces `voice` by hand (and consumes
+        // nothing), then falls silent as a killed process would.
+        let announcement = Announcement {
+            event: AnnounceEvent::Join,
+            name: "voice-py".into(),
+            instance: "voice-py-1".into(),
+            channels: vec!["voice".into()],
+            version: "0.1".into(),
+            interval_ms: 200,
+        };
+        // Announced until the gateway's listener (bound in the background at start)
+        // has it, as heartbeats would.
+        let first = Instant::now();
+        let mut announced;
+        loop {
+            env.channel()
+                .basic_publish(
+                    ShortString::from(env.names.services_exchange()),
+                    ShortString::from("service.join"),
+                    BasicPublishOptions::default(),
+                    &serde_json::to_vec(&announcement).unwrap(),
+                    BasicProperties::default(),
+                )
+                .await
+                .expect("publish")
+                .await
+                .expect("confirm");
+            announced = Instant::now();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if view(&gw).await["services"]["voice-py"][0]["instance"] == "voice-py-1" {
+                break;
+            }
+            assert!(first.elapsed() < Duration::from_secs(10), "never seen");
+        }
+        let mut c = TestClient::connect(&gw.url()).await;
+        // While it counts as live, a request goes to the queue (and times out).
+        let (outcome, _) = ask(&mut c, "v1", "voice", 200).await;
+        assert_eq!(outcome, Err(ErrorCode::Timeout));
+        let gone = wait_view(&gw, "expiry", |s| s.get("voice-py").is_none()).await;
+        let after = announced.elapsed();
+        println!(
+            "gateway_services: silent instance gone {} ms after its last announcement (lifetime: 3 × 200 ms, at least 1 s)",
+            after.as_millis()
+        );
+        assert!(
+            after >= Duration::from_millis(1_000),
+            "gone too early: {after:?} ({gone:?})"
+        );
+        let (outcome, took) = ask(&mut c, "v2", "voice", 10_000).await;
+        assert_eq!(outcome, Err(ErrorCode::NoService));
+        assert!(took < Duration::from_millis(100), "{took:?}");
+        c.close().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_consumer_that_never_announces_still_counts_and_all_refuses_publishes_too() {
+    TestEnv::run("registry-consumer", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| c.no_service = NoServiceMode::All).await;
+        let mut c = TestClient::connect(&gw.url()).await;
+        // no_service = all: a publish on a channel nobody consumes is refused too.
+        c.publish("p0", "echo", json!(0)).await;
+        assert_eq!(c.expect_error(Some("p0")).await.code, ErrorCode::NoService);
+        // A plain AMQP consumer on IN_ECHO, announcing nothing: the request reaches it.
+        let mut inbound = env.consume_inbound("echo").await;
+        tokio::time::sleep(warren_gateway::services::CONSUMER_CHECK_TTL).await;
+        c.request("r1", "echo", Some(5_000), json!(1)).await;
+        let req = next_delivery(&mut inbound, Duration::from_secs(5)).await;
+        env.reply_to(&req, "1", None).await;
+        c.expect_reply("r1").await;
+        c.publish("p1", "echo", json!(1)).await;
+        c.expect_ack("p1").await;
+        let metrics = http_get(gw.health_addr(), "/metrics").await;
+        let line = format!(
+            "warren_gateway_no_service_total{{node=\"{}\"}} 1",
+            gw.gateway().config().node
+        );
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+        c.close().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
