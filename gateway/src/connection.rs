@@ -32,6 +32,7 @@ use crate::delivery::{self, Incoming};
 use crate::hub::{CatchUp, Hub, Membership, Message as HubMessage, Reader};
 use crate::limits::{Slot, TokenBucket};
 use crate::metrics;
+use crate::presence::PresenceEvent;
 use crate::server::{Shared, Upgrade};
 use crate::session::{self, ConsumeError, Inflight, Subscriptions, Takeover, TakeoverSignal};
 
@@ -219,6 +220,8 @@ pub(crate) async fn serve(
         takeover: Arc::default(),
         session: None,
         released: None,
+        taken_over: false,
+        goodbye: false,
         upgrade,
         frames,
     };
@@ -421,6 +424,12 @@ struct Conn {
     session: Option<Session>,
     /// Completed after cleanup when a newer connection took the session over.
     released: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The session was taken over by a newer connection (here or on a peer): its
+    /// presence goes on there.
+    taken_over: bool,
+    /// The client closed the WebSocket itself (a close frame), not after a `drain`:
+    /// its session ends now (`client.disconnected` at once).
+    goodbye: bool,
     /// What the upgrade request said: peer address, `Origin`, a token.
     upgrade: Upgrade,
     /// `max_frames_per_s`; `None` when off.
@@ -462,6 +471,7 @@ impl Conn {
                 }
                 t = takeover.asked() => {
                     self.released = t.released;
+                    self.taken_over = true;
                     tracing::info!(conn = self.id, "session taken over by a newer connection");
                     Flow::Close(CloseCode::SessionTaken, String::new())
                 }
@@ -666,7 +676,12 @@ impl Conn {
             tokio::time::sleep(wait).await;
         }
         match msg {
-            None | Some(Ok(Message::Close(_))) => {
+            Some(Ok(Message::Close(_))) => {
+                self.goodbye = self.phase != Phase::Draining;
+                self.phase = Phase::Closed;
+                Flow::Continue
+            }
+            None => {
                 self.phase = Phase::Closed;
                 Flow::Continue
             }
@@ -1026,8 +1041,20 @@ impl Conn {
         position: Option<u64>,
     ) -> ServerFrame {
         self.phase = Phase::Open;
-        self.shared
-            .presence("client.connected", &session, &user, self.pinned.as_deref());
+        let pinned = self.pinned.as_deref();
+        let fresh = self.shared.presence_view().opened(&session, &user, pinned);
+        if fresh {
+            self.shared.presence(PresenceEvent {
+                event: "client.connected".into(),
+                session: session.clone(),
+                user: user.clone(),
+                node: self.shared.config.node.clone(),
+                channel: pinned.map(str::to_string),
+                reason: None,
+                by: None,
+                keys: None,
+            });
+        }
         let config = &self.shared.config;
         ServerFrame::Welcome(Welcome {
             session,
@@ -1936,6 +1963,11 @@ impl Conn {
                 }
             }
         }
+        self.shared.subscriptions_changed(
+            &session.id,
+            &session.identity.user,
+            session.subs.keys().cloned().collect(),
+        );
         Ok(())
     }
 
@@ -2056,12 +2088,15 @@ impl Conn {
                 .await;
         }
         self.shared.registry.release(&s.id, self.id);
-        self.shared.presence(
-            "client.disconnected",
-            &s.id,
-            &s.identity.user,
-            self.pinned.as_deref(),
-        );
+        if !self.taken_over {
+            let ended =
+                self.shared
+                    .presence_view()
+                    .ended(&s.id, self.goodbye, std::time::Instant::now());
+            if let Some(held) = ended {
+                self.shared.disconnected(&s.id, held, "closed");
+            }
+        }
         tracing::info!(conn = self.id, session = %s.id, requeued = n, "session closed");
     }
 }

@@ -9,6 +9,7 @@
 //! - [`config`]: one serde struct with defaults, TOML file → `WARREN_*` env → flags.
 //! - [`topology`]: the exchanges and queues Warren declares, printable and idempotent.
 //! - [`broker`]: two AMQP connections, pooled publisher (confirm) and consumer channels.
+//! - [`presence`]: who is online across gateways; `client.disconnected` exactly once.
 //! - [`services`]: the service registry's live view; `no_service` at once.
 //! - [`session`]: session ids and queues, resume, subscriptions, seq/ack bookkeeping.
 //! - [`hub`]: `outbound = "stream"`: the stream read once, fanned out in memory.
@@ -37,6 +38,7 @@ pub mod hub;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
+pub mod presence;
 mod server;
 pub mod services;
 pub mod session;
@@ -156,6 +158,7 @@ impl Gateway {
         let announcer = tokio::spawn(server::announce(shared.clone(), listeners.clone()));
         tokio::spawn(server::listen_for_takeovers(shared.clone()));
         tokio::spawn(server::listen_for_services(shared.clone()));
+        tokio::spawn(server::keep_presence(shared.clone()));
         tokio::spawn(
             shared
                 .broker

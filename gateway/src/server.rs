@@ -88,6 +88,8 @@ pub(crate) struct Shared {
     pub(crate) hub: Option<Arc<crate::hub::Hub>>,
     /// The service registry's live view (`warren.services`).
     pub(crate) services: crate::services::Services,
+    /// Who is online across the gateways, and whose `client.disconnected` is due.
+    presence: std::sync::Mutex<crate::presence::PresenceView>,
     next_conn: AtomicU64,
 }
 
@@ -102,6 +104,10 @@ impl Shared {
     ) -> Self {
         Shared {
             hub,
+            presence: std::sync::Mutex::new(crate::presence::PresenceView::new(
+                &config.node,
+                Duration::from_millis(config.session_expires_ms),
+            )),
             names: Names::new(&config.namespace),
             limiter: Limiter::new(LimitSettings {
                 connections_per_ip: config.max_connections_per_ip,
@@ -123,6 +129,7 @@ impl Shared {
             tracker: Tracker::default(),
             metrics,
             services: crate::services::Services::default(),
+
             next_conn: AtomicU64::new(1),
         }
     }
@@ -155,27 +162,52 @@ impl Shared {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Publishes a presence event (`client.connected` / `client.disconnected`), in the
-    /// background; losing one is harmless.
-    pub(crate) fn presence(
-        &self,
-        event: &'static str,
-        session: &str,
-        user: &str,
-        channel: Option<&str>,
-    ) {
+    /// The presence view (locked briefly; never held across an await).
+    pub(crate) fn presence_view(&self) -> std::sync::MutexGuard<'_, crate::presence::PresenceView> {
+        self.presence.lock().expect("presence view lock")
+    }
+
+    /// Publishes a presence event on `warren.presence` (routing key = its name), in the
+    /// background, when `presence` is on.
+    pub(crate) fn presence(&self, event: crate::presence::PresenceEvent) {
         if !self.config.presence {
             return;
         }
-        let body = serde_json::json!({
-            "event": event,
-            "session": session,
-            "user": user,
-            "node": self.config.node,
-            "channel": channel,
-        })
-        .to_string();
-        self.fire(self.names.presence_exchange(), event.to_string(), body);
+        let body = serde_json::to_string(&event).expect("a presence event serialises");
+        self.fire(self.names.presence_exchange(), event.event, body);
+    }
+
+    /// Publishes `client.disconnected` for `session`, which `held` says where it was.
+    pub(crate) fn disconnected(&self, session: &str, held: crate::presence::Held, reason: &str) {
+        let by = (held.node != self.config.node).then(|| self.config.node.clone());
+        tracing::info!(session, user = %held.user, node = %held.node, reason, "client.disconnected");
+        self.presence(crate::presence::PresenceEvent {
+            event: "client.disconnected".into(),
+            session: session.to_string(),
+            user: held.user,
+            node: held.node,
+            channel: held.channel,
+            reason: Some(reason.to_string()),
+            by,
+            keys: None,
+        });
+    }
+
+    /// A session's subscriptions changed: the view and the peers learn it
+    /// (`client.subscriptions`).
+    pub(crate) fn subscriptions_changed(&self, session: &str, user: &str, keys: Vec<String>) {
+        self.presence_view()
+            .subscriptions(session, keys.iter().cloned().collect());
+        self.presence(crate::presence::PresenceEvent {
+            event: "client.subscriptions".into(),
+            session: session.to_string(),
+            user: user.to_string(),
+            node: self.config.node.clone(),
+            channel: None,
+            reason: None,
+            by: None,
+            keys: Some(keys),
+        });
     }
 
     /// Publishes a small JSON message without waiting for its confirm.
@@ -233,6 +265,7 @@ pub(crate) fn router(shared: Arc<Shared>, pinned: Option<String>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/services", get(services))
+        .route("/presence", get(presence))
         .with_state(ListenerState { shared, pinned })
 }
 
@@ -344,6 +377,40 @@ fn upgrade_token(headers: &HeaderMap, cookie: Option<&str>) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
+/// Query of `GET /presence`.
+#[derive(Debug, serde::Deserialize)]
+struct PresenceQuery {
+    channel: Option<String>,
+    group: Option<String>,
+}
+
+/// Who is online across the gateways (as this one's view has it), optionally in one
+/// channel and/or group: `{"node", "users", "sessions": [{"session","user","node"}],
+/// "per_node"}`.
+async fn presence(
+    State(st): State<ListenerState>,
+    axum::extract::Query(q): axum::extract::Query<PresenceQuery>,
+) -> Response {
+    let (online, per_node) = {
+        let view = st.shared.presence_view();
+        (
+            view.online(q.channel.as_deref(), q.group.as_deref()),
+            view.per_node(),
+        )
+    };
+    let mut users: Vec<&str> = online.iter().map(|o| o.user.as_str()).collect();
+    users.dedup();
+    let body = serde_json::json!({
+        "node": st.shared.config.node,
+        "channel": q.channel,
+        "group": q.group,
+        "users": users,
+        "sessions": online,
+        "per_node": per_node,
+    });
+    Json(body).into_response()
+}
+
 /// The service registry's live view: instances by service name, with their channels.
 async fn services(State(st): State<ListenerState>) -> Response {
     let body = serde_json::json!({
@@ -425,13 +492,63 @@ pub(crate) async fn listen_for_takeovers(shared: Arc<Shared>) {
     let on = shared.clone();
     listen_fanout(shared, exchange, "takeover", move |body| {
         let Ok(req) = serde_json::from_slice::<TakeoverRequest>(body) else {
-            return; // an announcement
+            if let Ok(a) = serde_json::from_slice::<GatewayAnnouncement>(body) {
+                let interval = Duration::from_millis(a.interval_ms.unwrap_or(5_000).max(1));
+                on.presence_view()
+                    .on_gateway(&a.node, a.state == "up", interval, std::time::Instant::now());
+            }
+            return;
         };
+        on.presence_view().taken_over(&req.takeover, &req.node);
         if req.node != on.config.node && on.registry.ask_to_release(&req.takeover) {
             tracing::info!(session = %req.takeover, by = %req.node, "session resumed on another gateway; releasing it");
         }
     })
     .await;
+}
+
+/// A gateway's announcement on `warren.gateways`, as peers read it.
+#[derive(Debug, serde::Deserialize)]
+struct GatewayAnnouncement {
+    node: String,
+    state: String,
+    #[serde(default)]
+    interval_ms: Option<u64>,
+}
+
+/// Keeps the presence view from the events on `warren.presence` (its own included),
+/// and publishes the `client.disconnected` events that fall due here (sessions not
+/// resumed in time, and those of a dead gateway when this one is elected).
+pub(crate) async fn keep_presence(shared: Arc<Shared>) {
+    let exchange = shared.names.presence_exchange();
+    let on = shared.clone();
+    let listen = listen_exchange(
+        shared.clone(),
+        exchange,
+        "client.*",
+        "presence",
+        move |body| match serde_json::from_slice::<crate::presence::PresenceEvent>(body) {
+            Ok(e) => on.presence_view().on_event(e),
+            Err(e) => tracing::debug!(error = %e, "not a presence event; ignored"),
+        },
+    );
+    let mut shutdown = shared.shutdown.clone();
+    let tick = async {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            let due = shared.presence_view().due(std::time::Instant::now());
+            for (session, held, reason) in due {
+                shared.disconnected(&session, held, reason);
+            }
+        }
+    };
+    tokio::select! {
+        _ = listen => {}
+        _ = tick => {}
+        // A gateway that stops leaves its sessions to its peers (after its `down`).
+        _ = shutdown.wait_for(|s| *s) => {}
+    }
 }
 
 /// Keeps the service registry's view from the announcements on `warren.services`.
@@ -444,12 +561,23 @@ pub(crate) async fn listen_for_services(shared: Arc<Shared>) {
     .await;
 }
 
-/// Consumes fanout exchange `exchange` through an exclusive, server-named queue (no
-/// ack), handing each message's body to `on`. Subscribes again after a broker
-/// reconnect; ends at shutdown.
+/// Consumes fanout exchange `exchange`; see [`listen_exchange`].
 pub(crate) async fn listen_fanout(
     shared: Arc<Shared>,
     exchange: String,
+    what: &'static str,
+    on: impl FnMut(&[u8]) + Send,
+) {
+    listen_exchange(shared, exchange, "", what, on).await;
+}
+
+/// Consumes `exchange` (bound with `key`) through an exclusive, server-named queue (no
+/// ack), handing each message's body to `on`. Subscribes again after a broker
+/// reconnect; ends at shutdown.
+pub(crate) async fn listen_exchange(
+    shared: Arc<Shared>,
+    exchange: String,
+    key: &'static str,
     what: &'static str,
     mut on: impl FnMut(&[u8]) + Send,
 ) {
@@ -475,7 +603,7 @@ pub(crate) async fn listen_fanout(
             ch.queue_bind(
                 q.name().clone(),
                 ShortString::from(exchange.as_str()),
-                ShortString::from(""),
+                ShortString::from(key),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
@@ -534,6 +662,7 @@ pub(crate) async fn announce(shared: Arc<Shared>, listeners: Vec<(SocketAddr, Op
         let body = serde_json::json!({
             "node": shared.config.node,
             "state": state,
+            "interval_ms": period,
             "listeners": listeners,
             "connections": shared.tracker.active(),
         })

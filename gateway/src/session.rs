@@ -409,6 +409,11 @@ impl Subscriptions {
     pub fn is_empty(&self) -> bool {
         self.counts.is_empty()
     }
+
+    /// The keys held.
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.counts.keys()
+    }
 }
 
 /// A request to a connection to give its session up.

@@ -443,7 +443,8 @@ pub struct GatewayProcess {
 }
 
 impl GatewayProcess {
-    /// Spawns `warren-gateway --namespace <ns> --listen 127.0.0.1:0 <args>` and waits
+    /// Spawns `warren-gateway --namespace <ns> --listen 127.0.0.1:0 <args>` (without
+    /// announcements and presence events unless `args` name them) and waits
     /// (at most 60 s) for `READY`. Its log goes to the test's stderr, filtered by
     /// `WARREN_TEST_GATEWAY_LOG` (default `warn`).
     pub async fn spawn(namespace: &str, node: &str, args: &[&str]) -> GatewayProcess {
@@ -455,7 +456,12 @@ impl GatewayProcess {
             .arg(amqp_addr())
             .args(["--namespace", namespace, "--node", node])
             .args(["--listen", "127.0.0.1:0"])
-            .args(["--announce-interval-ms", "0", "--presence", "false"])
+            .args(
+                [("--announce-interval-ms", "0"), ("--presence", "false")]
+                    .into_iter()
+                    .filter(|(flag, _)| !args.contains(flag))
+                    .flat_map(|(flag, value)| [flag, value]),
+            )
             .args(args)
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {}: {e}", binary.display()));

@@ -1,0 +1,428 @@
+//! Presence that survives crashes: which sessions are online, on which gateway, with
+//! which subscriptions — kept by every gateway from the presence events on
+//! `warren.presence`, the takeover requests and the gateway announcements on
+//! `warren.gateways` — and the decision of who publishes a session's
+//! `client.disconnected`, so that it goes out exactly once:
+//!
+//! - a client that closes its WebSocket (a close frame, not after a `drain`): its
+//!   gateway, at once;
+//! - a connection lost otherwise (network, heartbeat, drain): its gateway, when the
+//!   session was not resumed anywhere within `session_expires_ms` (the session
+//!   expired);
+//! - a gateway that died (three missed announcements, or its `down`): the live gateway
+//!   with the smallest node name publishes, for each session it held that was not
+//!   resumed elsewhere within `session_expires_ms`.
+//!
+//! A resume does not publish `client.connected` again — unless the session had been
+//! announced gone (it came back after its `client.disconnected`), so the events of a
+//! session always alternate. Pure: time is passed in.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// Announcement periods a gateway may miss before its peers count it as dead.
+pub const MISSED_ANNOUNCEMENTS: u32 = 3;
+
+/// A presence event as published on `warren.presence` (routing key = `event`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceEvent {
+    /// `client.connected`, `client.disconnected` or `client.subscriptions`.
+    pub event: String,
+    /// The session.
+    pub session: String,
+    /// Its user.
+    pub user: String,
+    /// The gateway holding the session (for a disconnect: the one that held it last).
+    pub node: String,
+    /// The channel of the listener it connected to (`None`: all channels).
+    #[serde(default)]
+    pub channel: Option<String>,
+    /// `client.disconnected`: `closed` (by the client), `expired` (not resumed in
+    /// time) or `gateway_lost` (its gateway died and it was not resumed elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// `client.disconnected` for a dead gateway: the node that published it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// `client.subscriptions`: the session's subscription keys (`chat.group.lobby`...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<Vec<String>>,
+}
+
+/// A session as the presence view holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// The user.
+    pub user: String,
+    /// The gateway holding it.
+    pub node: String,
+    /// The channel of its listener.
+    pub channel: Option<String>,
+    /// Its subscription keys.
+    pub keys: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Peer {
+    last_seen: Instant,
+    lifetime: Duration,
+    down: bool,
+}
+
+/// The cluster's sessions and gateways as one gateway sees them.
+#[derive(Debug)]
+pub struct PresenceView {
+    me: String,
+    grace: Duration,
+    sessions: HashMap<String, Held>,
+    /// Sessions whose connection ended without a goodbye: when their
+    /// `client.disconnected` is due unless they are resumed first.
+    away: HashMap<String, Instant>,
+    peers: HashMap<String, Peer>,
+}
+
+/// One online session in a presence answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Online {
+    /// The session.
+    pub session: String,
+    /// Its user.
+    pub user: String,
+    /// Its gateway.
+    pub node: String,
+}
+
+impl PresenceView {
+    /// The view of gateway `me`; sessions not resumed within `grace` are gone.
+    pub fn new(me: &str, grace: Duration) -> Self {
+        PresenceView {
+            me: me.to_string(),
+            grace,
+            sessions: HashMap::new(),
+            away: HashMap::new(),
+            peers: HashMap::new(),
+        }
+    }
+
+    /// A session opened or was resumed here. Returns whether `client.connected` is to
+    /// be published: for a new session, or one the view counts as gone.
+    pub fn opened(&mut self, session: &str, user: &str, channel: Option<&str>) -> bool {
+        self.away.remove(session);
+        match self.sessions.get_mut(session) {
+            Some(h) => {
+                h.node = self.me.clone();
+                false
+            }
+            None => {
+                self.sessions.insert(
+                    session.to_string(),
+                    Held {
+                        user: user.to_string(),
+                        node: self.me.clone(),
+                        channel: channel.map(str::to_string),
+                        keys: BTreeSet::new(),
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// The connection of a session held here ended. `goodbye`: the client closed it
+    /// (publish `client.disconnected` now: returns it). Otherwise the session is away
+    /// until resumed or `grace` passed ([`PresenceView::due`]).
+    pub fn ended(&mut self, session: &str, goodbye: bool, now: Instant) -> Option<Held> {
+        let held = self.sessions.get(session)?;
+        if held.node != self.me {
+            return None; // resumed elsewhere already
+        }
+        if goodbye {
+            self.away.remove(session);
+            return self.sessions.remove(session);
+        }
+        self.away.insert(session.to_string(), now + self.grace);
+        None
+    }
+
+    /// The session's subscription keys changed (here or on a peer).
+    pub fn subscriptions(&mut self, session: &str, keys: BTreeSet<String>) {
+        if let Some(h) = self.sessions.get_mut(session) {
+            h.keys = keys;
+        }
+    }
+
+    /// A takeover request: `node` resumed `session`.
+    pub fn taken_over(&mut self, session: &str, node: &str) {
+        self.away.remove(session);
+        if let Some(h) = self.sessions.get_mut(session) {
+            h.node = node.to_string();
+        }
+    }
+
+    /// A presence event from the bus (this gateway's own included).
+    pub fn on_event(&mut self, e: PresenceEvent) {
+        match e.event.as_str() {
+            "client.connected" => {
+                // What the view knows already (a resume seen first) is newer.
+                self.sessions.entry(e.session).or_insert_with(|| Held {
+                    user: e.user,
+                    node: e.node,
+                    channel: e.channel,
+                    keys: BTreeSet::new(),
+                });
+            }
+            "client.disconnected" => {
+                // Unless it is back here already (a resume raced the event).
+                let here = self
+                    .sessions
+                    .get(&e.session)
+                    .is_some_and(|h| h.node == self.me)
+                    && !self.away.contains_key(&e.session);
+                if !here || e.node == self.me {
+                    self.sessions.remove(&e.session);
+                    self.away.remove(&e.session);
+                }
+            }
+            "client.subscriptions" if e.node != self.me => {
+                self.subscriptions(&e.session, e.keys.unwrap_or_default().into_iter().collect());
+            }
+            _ => {}
+        }
+    }
+
+    /// A gateway announcement: `node` is up (next one due within `interval`) or down.
+    pub fn on_gateway(&mut self, node: &str, up: bool, interval: Duration, now: Instant) {
+        if node == self.me {
+            return;
+        }
+        self.peers.insert(
+            node.to_string(),
+            Peer {
+                last_seen: now,
+                lifetime: interval * MISSED_ANNOUNCEMENTS,
+                down: !up,
+            },
+        );
+    }
+
+    fn peer_alive(&self, node: &str, now: Instant) -> bool {
+        node == self.me
+            || self
+                .peers
+                .get(node)
+                .is_some_and(|p| !p.down && now.duration_since(p.last_seen) < p.lifetime)
+    }
+
+    /// Moves on to `now`: sessions of gateways found dead become away (gone after
+    /// `grace` unless resumed), and returns the `client.disconnected` events this
+    /// gateway is to publish — its own sessions not resumed in time, and a dead
+    /// gateway's when this gateway is the live one with the smallest node name — as
+    /// (session, what was held, reason). Dead gateways with nothing left are forgotten.
+    pub fn due(&mut self, now: Instant) -> Vec<(String, Held, &'static str)> {
+        let dead: BTreeSet<String> = self
+            .peers
+            .keys()
+            .filter(|n| !self.peer_alive(n, now))
+            .cloned()
+            .collect();
+        for (session, h) in &self.sessions {
+            if dead.contains(&h.node) && !self.away.contains_key(session) {
+                self.away.insert(session.clone(), now + self.grace);
+            }
+        }
+        let elected = self
+            .peers
+            .keys()
+            .filter(|n| self.peer_alive(n, now))
+            .all(|n| *n > self.me);
+        let mut out = Vec::new();
+        let due: Vec<String> = self
+            .away
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(s, _)| s.clone())
+            .collect();
+        for session in due {
+            let Some(h) = self.sessions.get(&session) else {
+                self.away.remove(&session);
+                continue;
+            };
+            let reason = if h.node == self.me {
+                "expired"
+            } else if dead.contains(&h.node) {
+                "gateway_lost"
+            } else {
+                // Held by a live peer now (resumed there): not ours.
+                self.away.remove(&session);
+                continue;
+            };
+            if reason == "gateway_lost" && !elected {
+                // The elected peer publishes; the event removes it here too.
+                continue;
+            }
+            self.away.remove(&session);
+            if let Some(h) = self.sessions.remove(&session) {
+                out.push((session, h, reason));
+            }
+        }
+        let holding: BTreeSet<&String> = self.sessions.values().map(|h| &h.node).collect();
+        self.peers.retain(|n, p| {
+            holding.contains(n) || !p.down && now.duration_since(p.last_seen) < p.lifetime * 4
+        });
+        out
+    }
+
+    /// The online sessions, filtered by `channel` (subscribed to anything on it, or
+    /// connected to its listener) and `group` (subscribed to `<channel>.group.<g>`,
+    /// on any channel when no channel is given), sorted by user.
+    pub fn online(&self, channel: Option<&str>, group: Option<&str>) -> Vec<Online> {
+        let mut out: Vec<Online> = self
+            .sessions
+            .iter()
+            .filter(|(s, _)| !self.away.contains_key(*s))
+            .filter(|(_, h)| {
+                let on_channel = |c: &str| {
+                    h.channel.as_deref() == Some(c)
+                        || h.keys
+                            .iter()
+                            .any(|k| warren_protocol::amqp::keys::channel_of(k) == c)
+                };
+                let in_group = |g: &str| {
+                    h.keys.iter().any(|k| {
+                        let c = warren_protocol::amqp::keys::channel_of(k);
+                        channel.is_none_or(|want| want == c)
+                            && k.strip_prefix(c).and_then(|r| r.strip_prefix(".group.")) == Some(g)
+                    })
+                };
+                channel.is_none_or(on_channel) && group.is_none_or(in_group)
+            })
+            .map(|(s, h)| Online {
+                session: s.clone(),
+                user: h.user.clone(),
+                node: h.node.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.user, &a.session).cmp(&(&b.user, &b.session)));
+        out
+    }
+
+    /// Sessions per gateway (for `GET /presence`).
+    pub fn per_node(&self) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for h in self.sessions.values() {
+            *m.entry(h.node.clone()).or_default() += 1;
+        }
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GRACE: Duration = Duration::from_secs(10);
+
+    fn connected(session: &str, user: &str, node: &str) -> PresenceEvent {
+        PresenceEvent {
+            event: "client.connected".into(),
+            session: session.into(),
+            user: user.into(),
+            node: node.into(),
+            channel: None,
+            reason: None,
+            by: None,
+            keys: None,
+        }
+    }
+
+    #[test]
+    fn a_goodbye_is_published_at_once_and_a_lost_connection_after_the_grace() {
+        let t0 = Instant::now();
+        let mut v = PresenceView::new("a", GRACE);
+        assert!(v.opened("s1", "ada", None));
+        assert!(v.opened("s2", "bob", None));
+        assert_eq!(v.ended("s1", true, t0).unwrap().user, "ada");
+        assert!(v.ended("s2", false, t0).is_none());
+        assert!(v.due(t0 + GRACE - Duration::from_millis(1)).is_empty());
+        let due = v.due(t0 + GRACE);
+        assert_eq!(due.len(), 1);
+        assert_eq!((due[0].0.as_str(), due[0].2), ("s2", "expired"));
+        assert!(v.due(t0 + GRACE * 2).is_empty(), "once");
+    }
+
+    #[test]
+    fn a_resume_within_the_grace_publishes_nothing_here_or_there() {
+        let t0 = Instant::now();
+        let mut v = PresenceView::new("a", GRACE);
+        assert!(v.opened("s1", "ada", None));
+        v.ended("s1", false, t0);
+        assert!(
+            !v.opened("s1", "ada", None),
+            "a resume here is no new connect"
+        );
+        v.ended("s1", false, t0);
+        v.taken_over("s1", "b");
+        v.on_gateway("b", true, Duration::from_secs(5), t0);
+        assert!(v.due(t0 + GRACE).is_empty());
+        // The client closes on b: b's event removes it everywhere.
+        v.on_event(PresenceEvent {
+            event: "client.disconnected".into(),
+            node: "b".into(),
+            ..connected("s1", "ada", "b")
+        });
+        assert!(v.online(None, None).is_empty());
+        // It comes back after that: a new connect.
+        assert!(v.opened("s1", "ada", None));
+    }
+
+    #[test]
+    fn the_sessions_of_a_dead_gateway_are_published_once_by_the_smallest_live_peer() {
+        let t0 = Instant::now();
+        let period = Duration::from_millis(100);
+        let mut a = PresenceView::new("a", GRACE);
+        let mut c = PresenceView::new("c", GRACE);
+        for v in [&mut a, &mut c] {
+            v.on_gateway("b", true, period, t0);
+            v.on_event(connected("s1", "ada", "b"));
+            v.on_event(connected("s2", "bob", "b"));
+        }
+        a.on_gateway("c", true, Duration::from_secs(60), t0);
+        c.on_gateway("a", true, Duration::from_secs(60), t0);
+        // b misses three announcements; s2 is resumed on c meanwhile.
+        let dead_at = t0 + period * 3;
+        assert!(a.due(dead_at).is_empty() && c.due(dead_at).is_empty());
+        for v in [&mut a, &mut c] {
+            v.taken_over("s2", "c");
+        }
+        let later = dead_at + GRACE;
+        let from_a = a.due(later);
+        let from_c = c.due(later);
+        assert_eq!(from_a.len(), 1, "a (smallest live node) publishes s1");
+        assert_eq!((from_a[0].0.as_str(), from_a[0].2), ("s1", "gateway_lost"));
+        assert!(from_c.is_empty(), "c leaves it to a");
+        assert!(
+            c.online(None, None).iter().all(|o| o.session == "s2"),
+            "s1 is away"
+        );
+    }
+
+    #[test]
+    fn presence_by_channel_and_group_follows_subscriptions() {
+        let mut v = PresenceView::new("a", GRACE);
+        v.opened("s1", "ada", None);
+        v.opened("s2", "bob", Some("voice"));
+        v.subscriptions(
+            "s1",
+            ["chat.group.lobby".to_string(), "chat.all".to_string()].into(),
+        );
+        v.subscriptions("s2", ["chat.group.kitchen".to_string()].into());
+        let users = |o: Vec<Online>| o.into_iter().map(|o| o.user).collect::<Vec<_>>();
+        assert_eq!(users(v.online(Some("chat"), None)), ["ada", "bob"]);
+        assert_eq!(users(v.online(Some("chat"), Some("lobby"))), ["ada"]);
+        assert_eq!(users(v.online(None, Some("kitchen"))), ["bob"]);
+        assert_eq!(users(v.online(Some("voice"), None)), ["bob"]);
+        assert!(v.online(Some("tickets"), None).is_empty());
+    }
+}

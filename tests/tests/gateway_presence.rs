@@ -1,0 +1,331 @@
+//! Presence that survives crashes: `client.connected` / `client.disconnected` exactly
+//! once per session — across a clean close, a lost connection resumed in time, a
+//! session that expires, and a gateway SIGKILLed (a peer publishes the leaves of its
+//! sessions that were not resumed elsewhere) — and the presence query
+//! (`GET /presence?channel=&group=`).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use lapin::options::BasicConsumeOptions;
+use lapin::types::{FieldTable, ShortString};
+use warren_e2e::client::{sub, TestClient};
+use warren_e2e::env::TestEnv;
+use warren_e2e::gateway::{http_get, TestGateway};
+use warren_e2e::sdk_driver::GatewayProcess;
+use warren_protocol::{ClientFrame, Hello};
+
+const LIMIT: Duration = Duration::from_secs(90);
+/// `session_expires_ms` of the tests' gateways: the grace before an unresumed session
+/// is announced gone.
+const GRACE_MS: u64 = 1_500;
+/// `announce_interval_ms` of the tests' gateways.
+const ANNOUNCE_MS: u64 = 200;
+
+/// Presence events (connected / disconnected only) as they arrive.
+struct Events {
+    consumer: lapin::Consumer,
+    seen: Vec<(String, serde_json::Value, Instant)>,
+}
+
+impl Events {
+    async fn listen(env: &mut TestEnv) -> Events {
+        let queue = format!("{}.test-presence", env.namespace);
+        let exchange = env.names.presence_exchange();
+        env.bind_queue(&queue, &exchange, "client.connected").await;
+        env.bind_queue(&queue, &exchange, "client.disconnected")
+            .await;
+        let consumer = env
+            .new_channel()
+            .await
+            .basic_consume(
+                ShortString::from(queue),
+                ShortString::from(""),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume");
+        Events {
+            consumer,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Collects events for `wait`.
+    async fn collect(&mut self, wait: Duration) {
+        use futures_util::StreamExt;
+        let until = tokio::time::Instant::now() + wait;
+        while let Ok(Some(Ok(d))) = tokio::time::timeout_at(until, self.consumer.next()).await {
+            let v: serde_json::Value = serde_json::from_slice(&d.data).expect("JSON event");
+            self.seen
+                .push((d.routing_key.to_string(), v, Instant::now()));
+        }
+    }
+
+    /// Waits (bounded) for `event` of `session`; when it arrived.
+    async fn wait_for(
+        &mut self,
+        event: &str,
+        session: &str,
+        within: Duration,
+    ) -> (serde_json::Value, Instant) {
+        let started = Instant::now();
+        loop {
+            if let Some((_, v, at)) = self
+                .seen
+                .iter()
+                .find(|(k, v, _)| k == event && v["session"] == session)
+            {
+                return (v.clone(), *at);
+            }
+            assert!(
+                started.elapsed() < within,
+                "no {event} for {session} within {within:?}; seen {:?}",
+                self.seen
+                    .iter()
+                    .map(|(k, v, _)| (k, &v["session"]))
+                    .collect::<Vec<_>>()
+            );
+            self.collect(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// How many of each event every session got.
+    fn counts(&self) -> BTreeMap<(String, String), usize> {
+        let mut m = BTreeMap::new();
+        for (k, v, _) in &self.seen {
+            *m.entry((v["session"].as_str().unwrap_or("").to_string(), k.clone()))
+                .or_default() += 1;
+        }
+        m
+    }
+}
+
+fn as_user(user: &str) -> Hello {
+    Hello {
+        token: Some(user.into()),
+        ..Default::default()
+    }
+}
+
+fn presence_config(c: &mut warren_gateway::Config) {
+    c.presence = true;
+    c.announce_interval_ms = ANNOUNCE_MS;
+    c.session_expires_ms = GRACE_MS;
+}
+
+#[tokio::test]
+async fn each_session_is_announced_once_across_a_close_a_resume_and_an_expiry() {
+    let mut env = TestEnv::new("presence-once").await;
+    let gw = TestGateway::start_with(&env, presence_config).await;
+    let mut events = Events::listen(&mut env).await;
+
+    // A clean close: connected, then disconnected at once.
+    let a = TestClient::connect_with(&gw.url(), as_user("ada")).await;
+    let sa = a.session().to_string();
+    events
+        .wait_for("client.connected", &sa, Duration::from_secs(5))
+        .await;
+    let closed = Instant::now();
+    a.close().await;
+    let (v, at) = events
+        .wait_for("client.disconnected", &sa, Duration::from_secs(5))
+        .await;
+    assert_eq!(v["reason"], "closed");
+    assert!(
+        at.duration_since(closed) < Duration::from_millis(GRACE_MS),
+        "at once, not after the grace"
+    );
+
+    // A lost connection resumed within the grace: no event at all.
+    let b = TestClient::connect_with(&gw.url(), as_user("bob")).await;
+    let sb = b.session().to_string();
+    let resume = Hello {
+        token: Some("bob".into()),
+        ..b.resume_hello()
+    };
+    b.abort();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let b = TestClient::connect_with(&gw.url(), resume).await;
+    assert!(b.welcome().resumed);
+
+    // A lost connection never resumed: disconnected (expired) after the grace.
+    let c = TestClient::connect_with(&gw.url(), as_user("cyd")).await;
+    let sc = c.session().to_string();
+    events
+        .wait_for("client.connected", &sc, Duration::from_secs(5))
+        .await;
+    let lost = Instant::now();
+    c.abort();
+    let (v, at) = events
+        .wait_for(
+            "client.disconnected",
+            &sc,
+            Duration::from_millis(GRACE_MS + 3_000),
+        )
+        .await;
+    let after = at.duration_since(lost);
+    println!("gateway_presence: an unresumed session announced gone {} ms after its connection was lost (grace {GRACE_MS} ms)", after.as_millis());
+    assert_eq!(v["reason"], "expired");
+    assert!(after >= Duration::from_millis(GRACE_MS), "{after:?}");
+
+    b.close().await;
+    events
+        .wait_for("client.disconnected", &sb, Duration::from_secs(5))
+        .await;
+    events.collect(Duration::from_millis(GRACE_MS + 500)).await;
+    let counts = events.counts();
+    for s in [&sa, &sb, &sc] {
+        for e in ["client.connected", "client.disconnected"] {
+            assert_eq!(
+                counts.get(&(s.clone(), e.to_string())),
+                Some(&1),
+                "{e} of {s}: {counts:?}"
+            );
+        }
+    }
+    assert_eq!(counts.len(), 6, "{counts:?}");
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn presence_answers_who_is_online_in_a_channel_and_a_group() {
+    TestEnv::run("presence-query", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, presence_config).await;
+        let mut ada = TestClient::connect_with(&gw.url(), as_user("ada")).await;
+        let mut bob = TestClient::connect_with(&gw.url(), as_user("bob")).await;
+        let mut s = sub("s1", "chat");
+        s.groups = vec!["lobby".into()];
+        ada.send(&ClientFrame::Subscribe(s)).await;
+        ada.expect_ack("s1").await;
+        let mut s = sub("s2", "chat");
+        s.groups = vec!["kitchen".into()];
+        bob.send(&ClientFrame::Subscribe(s)).await;
+        bob.expect_ack("s2").await;
+        let users = |path: &'static str| {
+            let addr = gw.health_addr();
+            async move {
+                let body = http_get(addr, path).await;
+                let v: serde_json::Value = serde_json::from_str(&body).expect(&body);
+                v["users"].clone()
+            }
+        };
+        assert_eq!(
+            users("/presence?channel=chat&group=lobby").await,
+            serde_json::json!(["ada"])
+        );
+        assert_eq!(
+            users("/presence?group=kitchen").await,
+            serde_json::json!(["bob"])
+        );
+        assert_eq!(
+            users("/presence?channel=chat").await,
+            serde_json::json!(["ada", "bob"])
+        );
+        assert_eq!(
+            users("/presence?channel=voice").await,
+            serde_json::json!([])
+        );
+        ada.close().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            users("/presence?channel=chat").await,
+            serde_json::json!(["bob"])
+        );
+        bob.close().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_peer_announces_the_sessions_of_a_killed_gateway_gone_once() {
+    let mut env = TestEnv::new("presence-kill").await;
+    let peer = TestGateway::start_with(&env, presence_config).await;
+    let mut events = Events::listen(&mut env).await;
+    let announce = ANNOUNCE_MS.to_string();
+    let grace = GRACE_MS.to_string();
+    let mut doomed = GatewayProcess::spawn(
+        &env.namespace,
+        "gw-doomed",
+        &[
+            "--presence",
+            "true",
+            "--announce-interval-ms",
+            &announce,
+            "--session-expires-ms",
+            &grace,
+        ],
+    )
+    .await;
+    // The peer must have seen the doomed gateway announce itself.
+    tokio::time::sleep(Duration::from_millis(ANNOUNCE_MS * 3)).await;
+    let stays = TestClient::connect_with(&doomed.url(), as_user("ada")).await;
+    let moves = TestClient::connect_with(&doomed.url(), as_user("bob")).await;
+    let (s_stays, s_moves) = (stays.session().to_string(), moves.session().to_string());
+    events
+        .wait_for("client.connected", &s_stays, Duration::from_secs(5))
+        .await;
+    events
+        .wait_for("client.connected", &s_moves, Duration::from_secs(5))
+        .await;
+    let resume = Hello {
+        token: Some("bob".into()),
+        ..moves.resume_hello()
+    };
+
+    let killed = Instant::now();
+    doomed.kill().await;
+    stays.abort();
+    moves.abort();
+    // bob's client moves to the peer and resumes; ada's never comes back.
+    let moved = TestClient::connect_with(&peer.url(), resume).await;
+    assert!(moved.welcome().resumed);
+
+    let bound = Duration::from_millis(ANNOUNCE_MS * 3 + GRACE_MS + 3_000);
+    let (v, at) = events
+        .wait_for("client.disconnected", &s_stays, bound)
+        .await;
+    let delay = at.duration_since(killed);
+    println!(
+        "gateway_presence: a SIGKILLed gateway's unresumed session announced gone by its peer {} ms after the kill (3 × {ANNOUNCE_MS} ms missed announcements + {GRACE_MS} ms grace)",
+        delay.as_millis()
+    );
+    assert_eq!(v["reason"], "gateway_lost");
+    assert_eq!(v["node"], "gw-doomed");
+    assert_eq!(v["by"], peer.gateway().config().node.as_str());
+
+    events.collect(Duration::from_millis(GRACE_MS + 500)).await;
+    let counts = events.counts();
+    let n = |s: &str, e: &str| {
+        counts
+            .get(&(s.to_string(), e.to_string()))
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(n(&s_stays, "client.connected"), 1, "{counts:?}");
+    assert_eq!(n(&s_stays, "client.disconnected"), 1, "{counts:?}");
+    assert_eq!(
+        n(&s_moves, "client.connected"),
+        1,
+        "the resume is not a new connect: {counts:?}"
+    );
+    assert_eq!(
+        n(&s_moves, "client.disconnected"),
+        0,
+        "bob is still online: {counts:?}"
+    );
+    let body = http_get(peer.health_addr(), "/presence").await;
+    assert!(
+        body.contains(&s_moves) && !body.contains(&s_stays),
+        "{body}"
+    );
+    moved.close().await;
+    peer.shutdown().await;
+    env.cleanup().await;
+}
