@@ -567,11 +567,70 @@ async fn consume_stream(
 /// Reads the outbound stream into the hub until shutdown: from its last chunk at
 /// start, and after a lost connection from the position after the newest message
 /// read, so the ring has no gap.
+/// A message to users that its publisher wants to hear about when nobody gets it: it
+/// names a `reply_to` (the service library's returns queue).
+#[derive(Debug, Clone)]
+pub struct Addressed {
+    /// The users its keys name (`<channel>.user.<u>`).
+    pub users: Vec<String>,
+    /// Its keys to users.
+    pub keys: Vec<String>,
+    /// Where to report.
+    pub reply_to: String,
+    /// Its `message_id`, if any.
+    pub message_id: Option<String>,
+    /// Its position in the stream.
+    pub offset: u64,
+}
+
+impl Message {
+    /// The message as [`Addressed`], when it is one (not a reply, has a `reply_to`,
+    /// names users).
+    pub fn addressed(&self) -> Option<Addressed> {
+        if self.exchange.is_empty() {
+            return None;
+        }
+        let reply_to = self.properties.reply_to().as_ref()?.to_string();
+        let keys: Vec<String> = self
+            .keys
+            .iter()
+            .filter(|k| user_of_key(k).is_some())
+            .cloned()
+            .collect();
+        if keys.is_empty() {
+            return None;
+        }
+        let mut users: Vec<String> = keys
+            .iter()
+            .filter_map(|k| user_of_key(k).map(str::to_string))
+            .collect();
+        users.sort();
+        users.dedup();
+        Some(Addressed {
+            users,
+            keys,
+            reply_to,
+            message_id: self.properties.message_id().as_ref().map(|m| m.to_string()),
+            offset: self.offset,
+        })
+    }
+}
+
+/// The user a routing key `<channel>.user.<u>` addresses.
+pub fn user_of_key(key: &str) -> Option<&str> {
+    let (_, rest) = key.split_once('.')?;
+    rest.strip_prefix("user.")
+        .filter(|u| !u.is_empty() && !u.contains('.'))
+}
+
+/// Reads the outbound stream into `hub`; messages to users with a `reply_to` also go
+/// to `addressed` (dropped, with a log line, when it is full).
 pub async fn run_reader(
     hub: Arc<Hub>,
     broker: Arc<Broker>,
     stream: String,
     node: String,
+    addressed: Option<tokio::sync::mpsc::Sender<Addressed>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut attempt = 0u32;
@@ -608,6 +667,11 @@ pub async fn run_reader(
                         break;
                     };
                     if let Some(m) = Message::from_delivery(&d) {
+                        if let (Some(tx), Some(a)) = (&addressed, m.addressed()) {
+                            if tx.try_send(a).is_err() {
+                                tracing::warn!(offset = m.offset, "undelivered-report queue full; not checked");
+                            }
+                        }
                         hub.publish(m);
                     }
                     unacked += 1;

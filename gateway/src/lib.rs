@@ -112,6 +112,7 @@ impl Gateway {
             })?;
             bound.push((listener, addr, l.channel.clone()));
         }
+        let (addressed_tx, addressed_rx) = tokio::sync::mpsc::channel(10_000);
         let hub = (config.outbound == OutboundMode::Stream).then(|| {
             let hub = hub::Hub::new(config.hub_buffer_messages);
             tokio::spawn(hub::run_reader(
@@ -119,6 +120,7 @@ impl Gateway {
                 broker.clone(),
                 Names::new(&config.namespace).outbound_stream(),
                 config.node.clone(),
+                config.presence.then_some(addressed_tx),
                 shutdown_rx.clone(),
             ));
             hub
@@ -159,6 +161,7 @@ impl Gateway {
         tokio::spawn(server::listen_for_takeovers(shared.clone()));
         tokio::spawn(server::listen_for_services(shared.clone()));
         tokio::spawn(server::keep_presence(shared.clone()));
+        tokio::spawn(server::report_undelivered(shared.clone(), addressed_rx));
         tokio::spawn(
             shared
                 .broker

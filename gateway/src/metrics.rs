@@ -45,6 +45,8 @@ pub struct Metrics {
     pub connection_panics: AtomicU64,
     /// Frames answered `no_service` (nobody answers on their channel).
     pub no_service: AtomicU64,
+    /// Messages to users with no session anywhere, reported to their publisher.
+    pub undelivered: AtomicU64,
     /// Stream outbound: times a session's live backlog filled and it fell back to
     /// catching up from the ring.
     pub stream_lagged: AtomicU64,
@@ -217,6 +219,12 @@ impl Metrics {
             "counter",
             "Frames answered no_service: no live service and no consumer on the channel.",
             get(&self.no_service),
+        );
+        metric(
+            "undelivered_total",
+            "counter",
+            "Messages to users with no session anywhere, reported to their publisher's reply_to.",
+            get(&self.undelivered),
         );
         out
     }

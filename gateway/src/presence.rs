@@ -215,6 +215,21 @@ impl PresenceView {
                 .is_some_and(|p| !p.down && now.duration_since(p.last_seen) < p.lifetime)
     }
 
+    /// Whether this gateway is the live one with the smallest node name: the one that
+    /// speaks for the cluster (leaves of dead gateways, undelivered reports).
+    pub fn elected(&self, now: Instant) -> bool {
+        self.peers
+            .keys()
+            .filter(|n| self.peer_alive(n, now))
+            .all(|n| *n > self.me)
+    }
+
+    /// Whether `user` has a session anywhere (one whose connection was lost but may
+    /// still be resumed counts: it gets what it missed on resume).
+    pub fn user_online(&self, user: &str) -> bool {
+        self.sessions.values().any(|h| h.user == user)
+    }
+
     /// Moves on to `now`: sessions of gateways found dead become away (gone after
     /// `grace` unless resumed), and returns the `client.disconnected` events this
     /// gateway is to publish — its own sessions not resumed in time, and a dead
@@ -232,11 +247,7 @@ impl PresenceView {
                 self.away.insert(session.clone(), now + self.grace);
             }
         }
-        let elected = self
-            .peers
-            .keys()
-            .filter(|n| self.peer_alive(n, now))
-            .all(|n| *n > self.me);
+        let elected = self.elected(now);
         let mut out = Vec::new();
         let due: Vec<String> = self
             .away
@@ -402,6 +413,8 @@ mod tests {
         assert_eq!(from_a.len(), 1, "a (smallest live node) publishes s1");
         assert_eq!((from_a[0].0.as_str(), from_a[0].2), ("s1", "gateway_lost"));
         assert!(from_c.is_empty(), "c leaves it to a");
+        assert!(a.elected(later) && !c.elected(later));
+        assert!(c.user_online("bob") && !a.user_online("cyd"));
         assert!(
             c.online(None, None).iter().all(|o| o.session == "s2"),
             "s1 is away"

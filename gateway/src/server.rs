@@ -507,6 +507,63 @@ pub(crate) async fn listen_for_takeovers(shared: Arc<Shared>) {
     .await;
 }
 
+/// Reports messages to users that nobody received (no session of the user anywhere)
+/// to their publisher's `reply_to`, when this gateway is the elected one: JSON
+/// `{"undelivered": true, "message_id", "users", "keys", "position", "node"}` through
+/// the default exchange, `correlation_id` = the message's `message_id`, header
+/// `x-warren-undelivered`.
+pub(crate) async fn report_undelivered(
+    shared: Arc<Shared>,
+    mut addressed: tokio::sync::mpsc::Receiver<crate::hub::Addressed>,
+) {
+    while let Some(a) = addressed.recv().await {
+        let offline: Vec<&String> = {
+            let view = shared.presence_view();
+            if !view.elected(std::time::Instant::now()) {
+                continue;
+            }
+            a.users.iter().filter(|u| !view.user_online(u)).collect()
+        };
+        if offline.is_empty() {
+            continue;
+        }
+        crate::metrics::add(&shared.metrics.undelivered, 1);
+        tracing::info!(users = ?offline, message_id = ?a.message_id, "message to users with no session; reported to its publisher");
+        let body = serde_json::to_string(&warren_protocol::services::Undelivered {
+            undelivered: true,
+            message_id: a.message_id.clone(),
+            users: offline.into_iter().cloned().collect(),
+            keys: a.keys,
+            position: Some(a.offset),
+            node: shared.config.node.clone(),
+        })
+        .expect("a report serialises");
+        let mut headers = lapin::types::FieldTable::default();
+        headers.insert(
+            ShortString::from(warren_protocol::amqp::H_UNDELIVERED),
+            lapin::types::AMQPValue::Boolean(true),
+        );
+        let mut props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_app_id("warren-gateway".into())
+            .with_headers(headers);
+        if let Some(id) = &a.message_id {
+            props = props.with_correlation_id(ShortString::from(id.as_str()));
+        }
+        if let Ok(ch) = shared.broker.publisher().await {
+            let _ = ch
+                .basic_publish(
+                    ShortString::from(""),
+                    ShortString::from(a.reply_to.as_str()),
+                    BasicPublishOptions::default(),
+                    body.as_bytes(),
+                    props,
+                )
+                .await;
+        }
+    }
+}
+
 /// A gateway's announcement on `warren.gateways`, as peers read it.
 #[derive(Debug, serde::Deserialize)]
 struct GatewayAnnouncement {

@@ -40,6 +40,10 @@ pub const H_REQUEST_ID: &str = "x-warren-request-id";
 /// array does not survive it and a gateway reading the outbound stream reads this.
 pub const H_CC: &str = "x-warren-cc";
 
+/// Header (boolean) of a gateway's report that a message to users reached none of
+/// them (no session anywhere), sent to the message's `reply_to`.
+pub const H_UNDELIVERED: &str = "x-warren-undelivered";
+
 /// The AMQP names of one Warren deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {

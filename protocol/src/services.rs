@@ -7,7 +7,8 @@
 //! a JSON [`Announcement`] with the routing key `service.<event>`. A gateway counts
 //! the instance as live from its first announcement until its `leave`, or until
 //! [`MISSED_HEARTBEATS`] intervals passed without one. Any AMQP client can announce
-//! (see PROTOCOL.md, "Service registry").
+//! (see PROTOCOL.md, "Service registry"). [`Undelivered`] is the gateways' report of
+//! a message to users none of whom has a session.
 
 use serde::{Deserialize, Serialize};
 
@@ -65,6 +66,30 @@ impl Announcement {
             .saturating_mul(MISSED_HEARTBEATS)
             .max(1_000)
     }
+}
+
+/// A gateway's report that a message to users reached none of them: no session of
+/// those users anywhere. Sent to the message's `reply_to` (the service library's
+/// returns queue) through the default exchange, `correlation_id` = the message's
+/// `message_id`, header [`H_UNDELIVERED`](crate::amqp::H_UNDELIVERED).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Undelivered {
+    /// Always `true` (tells the report from other messages).
+    pub undelivered: bool,
+    /// The message's `message_id`.
+    #[serde(default)]
+    pub message_id: Option<String>,
+    /// The addressed users that have no session.
+    pub users: Vec<String>,
+    /// The message's routing keys to users.
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// The message's position in the outbound stream.
+    #[serde(default)]
+    pub position: Option<u64>,
+    /// The gateway that reported it.
+    #[serde(default)]
+    pub node: String,
 }
 
 #[cfg(test)]

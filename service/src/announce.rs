@@ -34,13 +34,17 @@ pub(crate) struct Announcer {
 }
 
 impl Announcer {
-    pub(crate) fn new(publisher: Publisher, names: &Names, config: &ServiceConfig) -> Self {
-        let id = uuid::Uuid::new_v4().simple().to_string();
+    pub(crate) fn new(
+        publisher: Publisher,
+        names: &Names,
+        config: &ServiceConfig,
+        instance: String,
+    ) -> Self {
         Announcer {
             publisher,
             exchange: names.services_exchange(),
             name: config.app_id.clone(),
-            instance: format!("{}-{}", config.app_id, &id[..12]),
+            instance,
             version: config.version.clone(),
             interval: config.announce_interval,
             channels: watch::Sender::new(BTreeSet::new()),
@@ -50,6 +54,12 @@ impl Announcer {
     /// This instance's id in the registry.
     pub(crate) fn instance(&self) -> &str {
         &self.instance
+    }
+
+    /// A new instance id: `<app_id>-<12 random hex digits>`.
+    pub(crate) fn new_instance_id(config: &ServiceConfig) -> String {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        format!("{}-{}", config.app_id, &id[..12])
     }
 
     /// Adds a consumed channel (announced at once with a `join`).

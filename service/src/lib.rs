@@ -25,6 +25,8 @@
 //! - [`priority`]: the IO loop of [`Service::consume_queues`] around the ladder.
 //! - `announce`: the instance's announcements on `warren.services` (the service
 //!   registry gateways answer `no_service` from).
+//! - `returns`: the returns queue where gateways report messages to users that
+//!   none of them received ([`Service::undelivered`]).
 //! - [`topology`]: idempotent declarations of what a service consumes.
 //! - [`config`]: [`ServiceConfig`] and its defaults.
 //! - [`error`]: the error type, [`ServiceError`].
@@ -93,6 +95,7 @@ pub mod ladder;
 pub mod link;
 pub mod priority;
 pub mod publisher;
+mod returns;
 pub mod service;
 pub mod target;
 pub mod topology;

@@ -111,10 +111,19 @@ struct Inner {
     names: Names,
     app_id: String,
     timeout: Duration,
+    /// The service's returns queue: the `reply_to` of messages to users, where
+    /// gateways report the ones no user received ([`crate::Service::undelivered`]).
+    returns: Option<String>,
 }
 
 impl Publisher {
-    pub(crate) fn new(link: Arc<Link>, names: Names, app_id: String, timeout: Duration) -> Self {
+    pub(crate) fn new(
+        link: Arc<Link>,
+        names: Names,
+        app_id: String,
+        timeout: Duration,
+        returns: Option<String>,
+    ) -> Self {
         Publisher {
             inner: Arc::new(Inner {
                 link,
@@ -122,6 +131,7 @@ impl Publisher {
                 names,
                 app_id,
                 timeout,
+                returns,
             }),
         }
     }
@@ -131,7 +141,9 @@ impl Publisher {
     /// Returns the message's `message_id`.
     ///
     /// Not mandatory: a message no session is subscribed to is dropped by RabbitMQ, as
-    /// a broadcast nobody listens to should be.
+    /// a broadcast nobody listens to should be. A message to users is not silently
+    /// lost, though: when none of its users has a session anywhere, a gateway reports
+    /// it on [`Service::undelivered`](crate::Service::undelivered).
     ///
     /// # Errors
     /// [`ServiceError::NoTargets`] / [`ServiceError::InvalidTarget`] for bad targets,
@@ -150,7 +162,13 @@ impl Publisher {
                 AMQPValue::LongString(keys.join(" ").into()),
             );
         }
-        let properties = self.properties(&message_id).with_headers(headers);
+        let mut properties = self.properties(&message_id).with_headers(headers);
+        if let Some(returns) = &self.inner.returns {
+            if message.targets.has_users() {
+                // Gateways report here a message none of its users received.
+                properties = properties.with_reply_to(ShortString::from(returns.as_str()));
+            }
+        }
         let exchange = self.inner.names.outbound_exchange();
         self.publish_confirmed(&exchange, &routing_key, &message.body, properties)
             .await?;

@@ -6,10 +6,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 use warren_protocol::amqp::Names;
+use warren_protocol::services::Undelivered;
 
 use crate::announce::Announcer;
 use crate::config::ServiceConfig;
@@ -20,6 +21,7 @@ use crate::handler::{Context, Handler, Outcome};
 use crate::link::{self, Link};
 use crate::priority::{self, SharedHandler};
 use crate::publisher::Publisher;
+use crate::returns;
 use crate::topology;
 
 /// How long [`Service::stop`] lets in-flight handlers finish before their messages
@@ -55,6 +57,8 @@ pub struct Service {
     supervisor: Mutex<Option<JoinHandle<()>>>,
     announcer: Arc<Announcer>,
     announcing: Mutex<Option<JoinHandle<()>>>,
+    undelivered: broadcast::Sender<Undelivered>,
+    returning: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Service {
@@ -93,11 +97,14 @@ impl Service {
     ) -> Result<Self> {
         let uris: Vec<String> = uris.iter().map(|u| u.as_ref().to_string()).collect();
         let (link, events) = Link::connect(uris, names.clone(), config.clone()).await?;
+        let instance = Announcer::new_instance_id(&config);
+        let returns_queue = returns::queue_name(names.prefix(), &instance);
         let publisher = Publisher::new(
             link.clone(),
             names.clone(),
             config.app_id.clone(),
             config.publish_timeout,
+            Some(returns_queue.clone()),
         );
         let stop = watch::Sender::new(false);
         let state = watch::Sender::new(ServiceState::Running);
@@ -106,8 +113,15 @@ impl Service {
             stop.subscribe(),
             state.clone(),
         ));
-        let announcer = Arc::new(Announcer::new(publisher.clone(), &names, &config));
+        let announcer = Arc::new(Announcer::new(publisher.clone(), &names, &config, instance));
         let announcing = tokio::spawn(announcer.clone().run(stop.subscribe()));
+        let (undelivered, _) = broadcast::channel(1024);
+        let returning = tokio::spawn(returns::run(
+            link.clone(),
+            returns_queue,
+            undelivered.clone(),
+            stop.subscribe(),
+        ));
         info!(namespace = %names.prefix(), app_id = %config.app_id, instance = %announcer.instance(), uris = link.uris().len(), "service connected");
         Ok(Service {
             link,
@@ -120,6 +134,8 @@ impl Service {
             supervisor: Mutex::new(Some(supervisor)),
             announcer,
             announcing: Mutex::new(Some(announcing)),
+            undelivered,
+            returning: Mutex::new(Some(returning)),
         })
     }
 
@@ -142,6 +158,15 @@ impl Service {
     /// This instance's id in the service registry (`<app_id>-<random>`).
     pub fn instance(&self) -> &str {
         self.announcer.instance()
+    }
+
+    /// Reports of messages to users that none of their users received: when a
+    /// message published to users ([`Targets::with_user`](crate::Targets)) reaches no
+    /// session of any of them anywhere, a gateway sends the report back (the message is
+    /// still in the outbound stream; nobody was there to get it). Subscribe before
+    /// publishing; reports are kept for slow receivers up to 1024 behind.
+    pub fn undelivered(&self) -> broadcast::Receiver<Undelivered> {
+        self.undelivered.subscribe()
     }
 
     /// The current state.
@@ -351,7 +376,8 @@ impl Service {
             }
         }
         let announcing = self.announcing.lock().expect("announcer lock").take();
-        if let Some(task) = announcing {
+        let returning = self.returning.lock().expect("returns lock").take();
+        for task in announcing.into_iter().chain(returning) {
             let _ = task.await;
         }
         self.announcer.leave().await;

@@ -33,6 +33,11 @@ impl Targets {
         }
     }
 
+    /// Whether the targets name users (direct messages).
+    pub fn has_users(&self) -> bool {
+        !self.users.is_empty()
+    }
+
     /// Everyone subscribed to the broadcast of `channel` (`<channel>.all`).
     pub fn broadcast(channel: impl Into<String>) -> Self {
         Targets::on(channel).with_broadcast()

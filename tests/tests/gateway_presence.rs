@@ -329,3 +329,68 @@ async fn a_peer_announces_the_sessions_of_a_killed_gateway_gone_once() {
     peer.shutdown().await;
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_direct_message_to_a_user_with_no_session_is_reported_to_the_service() {
+    use warren_service::{Outgoing, Service, Targets};
+    TestEnv::run("presence-undelivered", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, presence_config).await;
+        let service = Service::connect(&warren_e2e::service::amqp_uri(), env.names.clone())
+            .await
+            .expect("service");
+        let mut reports = service.undelivered();
+        let mut ada = TestClient::connect_with(&gw.url(), as_user("ada")).await;
+        let mut s = sub("d", "chat");
+        s.direct = true;
+        ada.send(&ClientFrame::Subscribe(s)).await;
+        ada.expect_ack("d").await;
+        let publisher = service.publisher();
+        let send = |users: &[&str]| {
+            let mut t = Targets::on("chat");
+            for u in users {
+                t = t.with_user(*u);
+            }
+            Outgoing::new(t, serde_json::to_vec(&users).unwrap())
+        };
+
+        // To ada, who is online: delivered, nothing reported.
+        publisher.publish(&send(&["ada"])).await.expect("publish");
+        ada.expect_deliver().await;
+        // To zed, who has no session: reported back, with its message id.
+        let sent = Instant::now();
+        let id = publisher.publish(&send(&["zed"])).await.expect("publish");
+        let report = tokio::time::timeout(Duration::from_secs(10), reports.recv())
+            .await
+            .expect("a report within 10 s")
+            .expect("report");
+        println!(
+            "gateway_presence: a direct message to an offline user reported back in {} ms",
+            sent.elapsed().as_millis()
+        );
+        assert_eq!(report.message_id.as_deref(), Some(id.as_str()));
+        assert_eq!(report.users, ["zed"]);
+        assert_eq!(report.keys, ["chat.user.zed"]);
+        // To ada and zed: ada gets it, only zed is reported.
+        let id = publisher
+            .publish(&send(&["ada", "zed"]))
+            .await
+            .expect("publish");
+        ada.expect_deliver().await;
+        let report = tokio::time::timeout(Duration::from_secs(10), reports.recv())
+            .await
+            .expect("a report within 10 s")
+            .expect("report");
+        assert_eq!(report.message_id.as_deref(), Some(id.as_str()));
+        assert_eq!(report.users, ["zed"]);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), reports.recv())
+                .await
+                .is_err(),
+            "one report per message"
+        );
+        ada.close().await;
+        service.stop().await.expect("stop");
+        gw.shutdown().await;
+    })
+    .await;
+}

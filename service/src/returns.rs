@@ -1,0 +1,90 @@
+//! The service's returns queue: gateways report there the messages to users that none
+//! of their users received (no session anywhere); the service hands each report to
+//! whoever listens on [`Service::undelivered`](crate::Service::undelivered).
+//!
+//! The queue (`<ns>.warren.returns.<instance>`) is the `reply_to` of every message the
+//! service publishes to users. It outlives a reconnect (it expires 10 minutes after
+//! its consumer is gone), so reports in flight across a broker loss are not lost.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use tokio::sync::{broadcast, watch};
+use tracing::{debug, warn};
+use warren_protocol::services::Undelivered;
+
+use crate::link::Link;
+
+/// How long the returns queue lives without a consumer.
+const RETURNS_EXPIRE_MS: i64 = 600_000;
+
+/// The returns queue name of `instance` under `prefix` (the namespace prefix).
+pub(crate) fn queue_name(prefix: &str, instance: &str) -> String {
+    format!("{prefix}warren.returns.{instance}")
+}
+
+/// Consumes `queue` (declaring it again after every reconnect) and sends each report
+/// to `out`, until `stop` turns true.
+pub(crate) async fn run(
+    link: Arc<Link>,
+    queue: String,
+    out: broadcast::Sender<Undelivered>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let consume = async {
+            let epoch = link.up(0, None).await?;
+            let ch = epoch.connection.create_channel().await?;
+            let mut args = FieldTable::default();
+            args.insert(
+                "x-expires".into(),
+                AMQPValue::LongLongInt(RETURNS_EXPIRE_MS),
+            );
+            ch.queue_declare(
+                ShortString::from(queue.as_str()),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                args,
+            )
+            .await?;
+            let mut consumer = ch
+                .basic_consume(
+                    ShortString::from(queue.as_str()),
+                    ShortString::from(""),
+                    BasicConsumeOptions {
+                        no_ack: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            while let Some(Ok(d)) = consumer.next().await {
+                match serde_json::from_slice::<Undelivered>(&d.data) {
+                    Ok(report) => {
+                        warn!(users = ?report.users, message_id = ?report.message_id, "a message to users reached none of them");
+                        let _ = out.send(report);
+                    }
+                    Err(e) => debug!(error = %e, "not an undelivered report; ignored"),
+                }
+            }
+            Ok::<(), crate::ServiceError>(())
+        };
+        tokio::select! {
+            res = consume => {
+                if let Err(e) = res {
+                    debug!(error = %e, "returns queue consumer stopped; starting again");
+                }
+            }
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
