@@ -9,8 +9,11 @@ use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
-use axum::http::header::{AUTHORIZATION, COOKIE, ORIGIN};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::header::{
+    HeaderName, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, AUTHORIZATION, COOKIE, ORIGIN, VARY,
+};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -264,8 +267,8 @@ pub(crate) fn router(shared: Arc<Shared>, pinned: Option<String>) -> Router {
         .route("/ws", get(upgrade))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .route("/services", get(services))
-        .route("/presence", get(presence))
+        .route("/services", get(services).options(preflight))
+        .route("/presence", get(presence).options(preflight))
         .with_state(ListenerState { shared, pinned })
 }
 
@@ -384,13 +387,118 @@ struct PresenceQuery {
     group: Option<String>,
 }
 
+/// `Access-Control-*` headers for a browser page on an allowed origin (the demo page
+/// polls `/presence` and `/services`); `Err` with a 403 for an origin not allowed.
+fn cors(shared: &Shared, headers: &HeaderMap) -> Result<Vec<(HeaderName, String)>, Response> {
+    let Some(origin) = headers
+        .get(ORIGIN)
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"))
+    else {
+        return Ok(Vec::new());
+    };
+    if !origin_allowed(&shared.config.auth.allowed_origins, origin) {
+        metrics::add(&shared.metrics.refused_origin, 1);
+        return Err((StatusCode::FORBIDDEN, "origin not allowed").into_response());
+    }
+    Ok(vec![
+        (ACCESS_CONTROL_ALLOW_ORIGIN, origin.to_string()),
+        (VARY, "Origin".to_string()),
+    ])
+}
+
+/// The CORS preflight of `/presence` and `/services` (a page sending `Authorization`).
+async fn preflight(State(st): State<ListenerState>, headers: HeaderMap) -> Response {
+    match cors(&st.shared, &headers) {
+        Ok(mut h) => {
+            h.push((ACCESS_CONTROL_ALLOW_METHODS, "GET".into()));
+            h.push((ACCESS_CONTROL_ALLOW_HEADERS, "authorization".into()));
+            h.push((ACCESS_CONTROL_MAX_AGE, "600".into()));
+            (StatusCode::NO_CONTENT, with_headers(h)).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+fn with_headers(h: Vec<(HeaderName, String)>) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (k, v) in h {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            map.insert(k, v);
+        }
+    }
+    map
+}
+
+/// A JSON error body with a registry code.
+fn refusal(status: StatusCode, code: warren_protocol::ErrorCode, message: String) -> Response {
+    (
+        status,
+        Json(serde_json::json!({"code": code.as_str(), "message": message})),
+    )
+        .into_response()
+}
+
 /// Who is online across the gateways (as this one's view has it), optionally in one
 /// channel and/or group: `{"node", "users", "sessions": [{"session","user","node"}],
-/// "per_node"}`.
+/// "per_node"}`. The caller proves who it is as a WebSocket client does (token in
+/// `Authorization: Bearer` or the token cookie) and may ask only about a channel it
+/// may subscribe to and a group it is granted.
 async fn presence(
     State(st): State<ListenerState>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    headers: HeaderMap,
     axum::extract::Query(q): axum::extract::Query<PresenceQuery>,
 ) -> Response {
+    use warren_protocol::ErrorCode;
+    let cors = match cors(&st.shared, &headers) {
+        Ok(h) => with_headers(h),
+        Err(r) => return r,
+    };
+    let token = upgrade_token(&headers, st.shared.config.auth.token_cookie.as_deref());
+    let upgrade = Upgrade {
+        peer,
+        origin: headers
+            .get(ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        token: token.clone(),
+    };
+    let identity = match st
+        .shared
+        .authenticate(token.as_deref(), "anonymous", None, &upgrade)
+        .await
+    {
+        Ok(i) => i,
+        Err(e) => {
+            metrics::add(&st.shared.metrics.refused_token, 1);
+            return (
+                cors,
+                refusal(
+                    StatusCode::UNAUTHORIZED,
+                    ErrorCode::Unauthorized,
+                    e.to_string(),
+                ),
+            )
+                .into_response();
+        }
+    };
+    let forbidden = |m: String| {
+        (
+            cors.clone(),
+            refusal(StatusCode::FORBIDDEN, ErrorCode::Forbidden, m),
+        )
+            .into_response()
+    };
+    if let Some(c) = &q.channel {
+        if !identity.may(crate::auth::Action::Subscribe, c) {
+            return forbidden(identity.refusal(crate::auth::Action::Subscribe, c));
+        }
+    }
+    if let Some(g) = &q.group {
+        if !identity.may_group(g) {
+            return forbidden(format!("user `{}` may not see group `{g}`", identity.user));
+        }
+    }
     let (online, per_node) = {
         let view = st.shared.presence_view();
         (
@@ -408,16 +516,20 @@ async fn presence(
         "sessions": online,
         "per_node": per_node,
     });
-    Json(body).into_response()
+    (cors, Json(body)).into_response()
 }
 
 /// The service registry's live view: instances by service name, with their channels.
-async fn services(State(st): State<ListenerState>) -> Response {
+async fn services(State(st): State<ListenerState>, headers: HeaderMap) -> Response {
+    let cors = match cors(&st.shared, &headers) {
+        Ok(h) => with_headers(h),
+        Err(r) => return r,
+    };
     let body = serde_json::json!({
         "node": st.shared.config.node,
         "services": st.shared.services.live(),
     });
-    Json(body).into_response()
+    (cors, Json(body)).into_response()
 }
 
 async fn healthz(State(st): State<ListenerState>) -> Response {

@@ -194,6 +194,76 @@ async fn forged_expired_and_malformed_tokens_are_refused_before_any_session_exis
 }
 
 #[tokio::test]
+async fn presence_is_answered_only_for_a_valid_token_and_what_it_grants() {
+    use warren_e2e::gateway::http_get_with;
+    TestEnv::run("auth-presence", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, jwt).await;
+        let mut ada = login(&gw.url(), "ada").await;
+        let mut s = sub("s", "chat");
+        s.groups = vec!["room-1".into()];
+        ada.send(&ClientFrame::Subscribe(s)).await;
+        ada.expect_ack("s").await;
+        let addr = gw.health_addr();
+        let bob = format!("Bearer {}", token("bob", json!({})));
+        let origin = ("Origin", "https://app.example.com");
+        let (status, headers, body) = http_get_with(
+            addr,
+            "/presence?channel=chat&group=room-1",
+            &[("Authorization", &bob), origin],
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["users"], json!(["ada"]));
+        assert!(headers.contains(&(
+            "access-control-allow-origin".into(),
+            "https://app.example.com".into()
+        )));
+        let cases: [(&str, Vec<(&str, &str)>, u16, &str); 5] = [
+            ("/presence?channel=chat", vec![], 401, "unauthorized"),
+            (
+                "/presence?channel=chat",
+                vec![("Authorization", "Bearer ada")],
+                401,
+                "unauthorized",
+            ),
+            (
+                "/presence?group=room-2",
+                vec![("Authorization", &bob)],
+                403,
+                "forbidden",
+            ),
+            (
+                "/presence?channel=echo",
+                vec![("Authorization", &bob)],
+                403,
+                "forbidden",
+            ),
+            (
+                "/presence?channel=chat",
+                vec![
+                    ("Authorization", &bob),
+                    ("Origin", "https://evil.example.net"),
+                ],
+                403,
+                "",
+            ),
+        ];
+        for (path, headers, want, code) in cases {
+            let (status, _, body) = http_get_with(addr, path, &headers).await;
+            assert_eq!(status, want, "{path} {headers:?}: {body}");
+            if !code.is_empty() {
+                let v: Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(v["code"], code, "{path}");
+            }
+        }
+        ada.close().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_cross_origin_upgrade_is_refused_with_403_and_allowed_origins_connect() {
     TestEnv::run("auth-origin", LIMIT, async |env| {
         let gw = TestGateway::start_with(env, jwt).await;
