@@ -388,35 +388,38 @@ struct PresenceQuery {
 }
 
 /// `Access-Control-*` headers for a browser page on an allowed origin (the demo page
-/// polls `/presence` and `/services`); `Err` with a 403 for an origin not allowed.
-fn cors(shared: &Shared, headers: &HeaderMap) -> Result<Vec<(HeaderName, String)>, Response> {
+/// polls `/presence` and `/services`); `None` for an origin not allowed (answer
+/// [`origin_refused`]).
+fn cors(shared: &Shared, headers: &HeaderMap) -> Option<Vec<(HeaderName, String)>> {
     let Some(origin) = headers
         .get(ORIGIN)
         .map(|v| v.to_str().unwrap_or("\u{fffd}"))
     else {
-        return Ok(Vec::new());
+        return Some(Vec::new());
     };
     if !origin_allowed(&shared.config.auth.allowed_origins, origin) {
         metrics::add(&shared.metrics.refused_origin, 1);
-        return Err((StatusCode::FORBIDDEN, "origin not allowed").into_response());
+        return None;
     }
-    Ok(vec![
+    Some(vec![
         (ACCESS_CONTROL_ALLOW_ORIGIN, origin.to_string()),
         (VARY, "Origin".to_string()),
     ])
 }
 
+fn origin_refused() -> Response {
+    (StatusCode::FORBIDDEN, "origin not allowed").into_response()
+}
+
 /// The CORS preflight of `/presence` and `/services` (a page sending `Authorization`).
 async fn preflight(State(st): State<ListenerState>, headers: HeaderMap) -> Response {
-    match cors(&st.shared, &headers) {
-        Ok(mut h) => {
-            h.push((ACCESS_CONTROL_ALLOW_METHODS, "GET".into()));
-            h.push((ACCESS_CONTROL_ALLOW_HEADERS, "authorization".into()));
-            h.push((ACCESS_CONTROL_MAX_AGE, "600".into()));
-            (StatusCode::NO_CONTENT, with_headers(h)).into_response()
-        }
-        Err(r) => r,
-    }
+    let Some(mut h) = cors(&st.shared, &headers) else {
+        return origin_refused();
+    };
+    h.push((ACCESS_CONTROL_ALLOW_METHODS, "GET".into()));
+    h.push((ACCESS_CONTROL_ALLOW_HEADERS, "authorization".into()));
+    h.push((ACCESS_CONTROL_MAX_AGE, "600".into()));
+    (StatusCode::NO_CONTENT, with_headers(h)).into_response()
 }
 
 fn with_headers(h: Vec<(HeaderName, String)>) -> HeaderMap {
@@ -450,9 +453,8 @@ async fn presence(
     axum::extract::Query(q): axum::extract::Query<PresenceQuery>,
 ) -> Response {
     use warren_protocol::ErrorCode;
-    let cors = match cors(&st.shared, &headers) {
-        Ok(h) => with_headers(h),
-        Err(r) => return r,
+    let Some(cors) = cors(&st.shared, &headers).map(with_headers) else {
+        return origin_refused();
     };
     let token = upgrade_token(&headers, st.shared.config.auth.token_cookie.as_deref());
     let upgrade = Upgrade {
@@ -521,9 +523,8 @@ async fn presence(
 
 /// The service registry's live view: instances by service name, with their channels.
 async fn services(State(st): State<ListenerState>, headers: HeaderMap) -> Response {
-    let cors = match cors(&st.shared, &headers) {
-        Ok(h) => with_headers(h),
-        Err(r) => return r,
+    let Some(cors) = cors(&st.shared, &headers).map(with_headers) else {
+        return origin_refused();
     };
     let body = serde_json::json!({
         "node": st.shared.config.node,

@@ -219,7 +219,8 @@ async fn presence_is_answered_only_for_a_valid_token_and_what_it_grants() {
             "access-control-allow-origin".into(),
             "https://app.example.com".into()
         )));
-        let cases: [(&str, Vec<(&str, &str)>, u16, &str); 5] = [
+        type Headers<'a> = Vec<(&'a str, &'a str)>;
+        let cases: [(&str, Headers, u16, &str); 5] = [
             ("/presence?channel=chat", vec![], 401, "unauthorized"),
             (
                 "/presence?channel=chat",
