@@ -321,6 +321,10 @@ const tests = [
       await ada.sendAndConfirm(`ada joined ${room}`);
       await bob.joinGroup(room);
       await bob.sendAndConfirm(`bob joined ${room}`);
+      // Who's online in the room, from the gateways' presence view: its members only.
+      const online = async (u) =>
+        u.page.evaluate(() => Array.from(document.querySelectorAll('[data-testid="online-user"]')).map((e) => e.getAttribute("data-user")).sort());
+      await waitFor("ada to see ada and bob online in the room", async () => (await online(ada)).join(",") === "ada,bob");
       const secret = `group only: deploy at noon ${RUN}`;
       await ada.sendAndConfirm(secret);
       await bob.waitForText(secret);
@@ -335,6 +339,20 @@ const tests = [
       // Leaving unsubscribes: bob no longer gets the room.
       await bob.testId("group-leave").click();
       assert((await bob.testId(`room-group-${room}`).count()) === 0, "bob left the room");
+      await waitFor("ada to see bob gone from the room", async () => (await online(ada)).join(",") === "ada");
+    },
+  },
+  {
+    name: "the status bar lists the live services from the gateways' registry",
+    timeoutMs: 60_000,
+    async fn(w) {
+      const [ada] = need(w, "ada");
+      const row = ada.page.locator('[data-testid="service-row"][data-name="warren-demo-service"]');
+      await waitFor("the demo service in the registry", async () => (await row.count()) === 1);
+      const channels = (await row.getAttribute("data-channels")).split(",");
+      for (const c of ["chat", "tickets", "voice", "echo"]) assert(channels.includes(c), `the demo service serves ${c} (${channels})`);
+      await ada.testId("status-services").click();
+      await ada.shot("services");
     },
   },
   {

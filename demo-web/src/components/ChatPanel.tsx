@@ -7,6 +7,7 @@
 // us too; they are matched to the local copy by the `cid` the page puts in each message.
 import { useCallback, useEffect, useReducer, useRef, useState, type FormEvent } from "react";
 import { useClient, useSubscription, type WarrenDelivery } from "warren-sdk/react";
+import { OnlineList } from "./Online";
 import { PrivateGroup } from "./PrivateGroup";
 import { checkName } from "../lib/config";
 import { clock, header, newId } from "../lib/ids";
@@ -472,6 +473,9 @@ export function ChatPanel({ user, onUnread }: { user: string; onUnread: (n: numb
               {liveNote === "left" && <span className="pill pill-muted">not a member</span>}
             </h2>
             <p className="muted small">{subtitle}</p>
+            {active.kind !== "dm" && (
+              <OnlineList user={user} channel="chat" group={active.kind === "group" ? active.name : undefined} />
+            )}
           </div>
           {active.kind === "group" && state.groups.includes(active.name) && (
             <button

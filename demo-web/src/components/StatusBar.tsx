@@ -5,6 +5,7 @@ import { useCallback, useEffect, useState } from "react";
 import { useConnectionState } from "warren-sdk/react";
 import type { PageConfig } from "../lib/config";
 import { clock } from "../lib/ids";
+import { ServicesStatus } from "./Services";
 
 interface StackGateway {
   name: string;
@@ -86,7 +87,7 @@ function useStack(control: string | null) {
   return { stack, error, post };
 }
 
-export function StatusBar({ config }: { config: PageConfig }) {
+export function StatusBar({ config, user }: { config: PageConfig; user: string }) {
   const { state, url, reconnects, lastError } = useConnectionState();
   const everConnected = useEverConnected(state);
   const { stack, error: controlError, post } = useStack(config.control);
@@ -127,6 +128,7 @@ export function StatusBar({ config }: { config: PageConfig }) {
           </span>
         )}
       </div>
+      <ServicesStatus user={user} />
       <div className="status-item">
         <span className="muted">reconnects</span> <strong data-testid="status-reconnects">{reconnects}</strong>
       </div>

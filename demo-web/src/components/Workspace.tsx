@@ -107,7 +107,7 @@ export function Workspace({
           </section>
         </div>
       </main>
-      <StatusBar config={config} />
+      <StatusBar config={config} user={user} />
     </div>
   );
 }
