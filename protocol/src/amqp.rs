@@ -160,9 +160,10 @@ pub mod keys {
 
     /// The event name of an outbound event key: its last segment
     /// (`tickets.event.ticket.created` → `created`), as the source system's cache
-    /// worker took it; `None` when the key is not `<channel>.event.<...>`.
+    /// worker took it; `None` when the key is not `<channel>.event.<...>`. (The
+    /// browser SDK derives the same in JS, `sdk-wasm/src/browser/delivery.js`: cheaper
+    /// in its size budget than this function in the wasm.)
     pub fn event_name(routing_key: &str) -> Option<&str> {
-        // Byte positions, no `split`: this runs in the SDK's wasm too.
         let dot = routing_key.bytes().position(|b| b == b'.')?;
         let path = routing_key.get(dot + 1..)?.strip_prefix("event.")?;
         let last = path.bytes().rposition(|b| b == b'.').map_or(0, |i| i + 1);
