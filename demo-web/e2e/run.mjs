@@ -408,6 +408,43 @@ const tests = [
     },
   },
   {
+    name: "a ticket change shows on another user's tickets panel at once, without a refresh (topic events)",
+    timeoutMs: 60_000,
+    async fn(w) {
+      const [ada, bob] = need(w, "ada", "bob");
+      await waitFor("bob's live ticket subscription", async () => (await bob.testId("ticket-live").getAttribute("data-status")) === "active");
+      // Every `list` request bob's page sends from now on: there must be none.
+      let bobLists = 0;
+      const countLists = (frame) => {
+        if (String(frame.payload).includes('"op":"list"')) bobLists += 1;
+      };
+      for (const ws of bob.socketObjects) ws.on("framesent", countLists);
+      const title = `Coffee machine leaking ${RUN}`;
+      await ada.testId("ticket-title").fill(title);
+      await ada.testId("ticket-create").click();
+      await ada.testId("ticket-result").waitFor();
+      const id = await ada.testId("ticket-result").getAttribute("data-ticket-id");
+      const bobRow = bob.page.locator(`[data-testid="ticket-row"][data-ticket-id="${id}"]`);
+      await bobRow.waitFor({ timeout: 10_000 });
+      assert((await bobRow.getByTestId("ticket-row-title").textContent()) === title, "bob's list shows ada's new ticket");
+      const live = bob.testId("ticket-live");
+      assert((await live.getAttribute("data-event")) === "created", `bob's page got the event name created (saw ${await live.getAttribute("data-event")})`);
+      assert(
+        (await live.getAttribute("data-key")) === "tickets.event.ticket.created",
+        `bob's page got the full key (saw ${await live.getAttribute("data-key")})`,
+      );
+      await bob.shot("ticket-event-created");
+      // Ada closes it; bob's row turns closed by itself.
+      const adaRow = ada.page.locator(`[data-testid="ticket-row"][data-ticket-id="${id}"]`);
+      await adaRow.getByTestId("ticket-open").click();
+      await ada.testId("ticket-detail").getByTestId("ticket-close").click();
+      await waitFor("bob's row to show the ticket closed", async () => (await bobRow.getByTestId("ticket-status").textContent()) === "closed", 10_000);
+      assert((await live.getAttribute("data-event")) === "closed", "bob's page got the event closed");
+      assert(bobLists === 0, `bob's page asked for the list ${bobLists} times: the updates came as events`);
+      await bob.shot("ticket-event-closed");
+    },
+  },
+  {
     name: "a ticket request fails with no_service at once while the demo service is stopped",
     timeoutMs: 90_000,
     async fn(w) {

@@ -1971,6 +1971,24 @@ impl Conn {
         Ok(())
     }
 
+    /// A POC packet's `publish_target`: absent or empty, or the gateway's own inbound exchange
+    /// (where it publishes every client message), else refused with `unsupported` —
+    /// never silently published somewhere the client did not name.
+    fn check_publish_target(&self, target: Option<&str>) -> Result<(), Refusal> {
+        let inbound = self.shared.names.inbound_exchange();
+        match target {
+            Some(t) if !t.is_empty() && t != inbound => Err(Refusal::new(
+                ErrorCode::Unsupported,
+                format!(
+                    "publish_target `{}` is not supported: this gateway publishes only to \
+                     its inbound exchange `{inbound}` (omit publish_target or name that exchange)",
+                    truncate(t, 64)
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The proof-of-concept packet: `publish` → a publish on each flagged channel,
     /// `consume` → a subscription on each.
     async fn poc(&mut self, p: PocPacket) -> Flow {
@@ -1994,6 +2012,9 @@ impl Conn {
                         )
                         .await;
                 };
+                if let Err(r) = self.check_publish_target(p.publish_target.as_deref()) {
+                    return self.refuse(Some(id), r).await;
+                }
                 let mut confirms = Vec::new();
                 for ch in &channels {
                     match self

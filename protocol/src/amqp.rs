@@ -168,6 +168,18 @@ pub mod keys {
         format!("{channel}.event.{name}")
     }
 
+    /// The event name of an outbound event key: its last segment
+    /// (`tickets.event.ticket.created` → `created`), as the source system's cache
+    /// worker took it; `None` when the key is not `<channel>.event.<...>`. (The
+    /// browser SDK derives the same in JS, `sdk-wasm/src/browser/delivery.js`: cheaper
+    /// in its size budget than this function in the wasm.)
+    pub fn event_name(routing_key: &str) -> Option<&str> {
+        let dot = routing_key.bytes().position(|b| b == b'.')?;
+        let path = routing_key.get(dot + 1..)?.strip_prefix("event.")?;
+        let last = path.bytes().rposition(|b| b == b'.').map_or(0, |i| i + 1);
+        path.get(last..).filter(|name| !name.is_empty())
+    }
+
     /// The channel of an outbound routing key (its first segment).
     pub fn channel_of(routing_key: &str) -> &str {
         routing_key.split('.').next().unwrap_or(routing_key)
@@ -470,6 +482,25 @@ pub fn dead_letter_queue_args(queue_type: &str) -> Vec<(&'static str, QueueArg)>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_event_name_is_the_last_segment_of_an_event_key_only() {
+        assert_eq!(
+            keys::event_name("tickets.event.ticket.created"),
+            Some("created")
+        );
+        assert_eq!(keys::event_name("tickets.event.renamed"), Some("renamed"));
+        assert_eq!(keys::event_name(&keys::event("t", "a.b.c.d")), Some("d"));
+        for not_an_event in [
+            "tickets.all",
+            "tickets.user.event",
+            "tickets",
+            "event.a",
+            "t.event.",
+        ] {
+            assert_eq!(keys::event_name(not_an_event), None, "{not_an_event}");
+        }
+    }
 
     #[test]
     fn composed_names_longer_than_an_amqp_short_string_are_refused() {

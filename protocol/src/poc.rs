@@ -41,8 +41,9 @@ pub struct PocPacket<M = Raw> {
     pub channel: BTreeMap<String, bool>,
     /// `publish` or `consume`.
     pub packet_action: PocAction,
-    /// Exchange the POC published to; recorded in a header, the gateway always
-    /// publishes to its inbound exchange.
+    /// Exchange the POC published to. A gateway publishes only to its inbound
+    /// exchange: naming that one (or nothing) is accepted and recorded in a header,
+    /// any other is refused with `unsupported`. Ignored by `consume`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish_target: Option<String>,
     /// Topics to consume; empty means everything of the channel.

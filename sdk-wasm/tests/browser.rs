@@ -182,6 +182,67 @@ async fn a_subscription_receives_a_chat_broadcast_relayed_by_the_service() {
     c.close();
 }
 
+/// Waits (up to 5 s) for the delivery of ticket `title` announced as event `event`.
+async fn ticket_event(seen: &Rc<RefCell<Vec<JsValue>>>, title: &str, event: &str) -> JsValue {
+    let find = || {
+        seen.borrow()
+            .iter()
+            .find(|d| {
+                path(d, &["message", "title"]).as_string().as_deref() == Some(title)
+                    && path(d, &["event"]).as_string().as_deref() == Some(event)
+            })
+            .cloned()
+    };
+    for _ in 0..50 {
+        if let Some(d) = find() {
+            return d;
+        }
+        sleep(100).await;
+    }
+    find().unwrap_or_else(|| panic!("ticket `{title}` was not announced as event `{event}`"))
+}
+
+#[wasm_bindgen_test]
+async fn a_wildcard_topic_subscription_hands_the_app_the_event_name_and_the_full_key() {
+    let c = client(&format!(r#"{{"urls": {}}}"#, both("all")));
+    wait(c.connect()).await.expect("connect");
+    let (handler, seen) = recorder();
+    let _sub = c
+        .subscribe(
+            json(r#"{"channel": "tickets", "topic": "ticket.*"}"#).unchecked_into(),
+            handler,
+        )
+        .expect("subscribe");
+    sleep(200).await; // the subscription is in place before the ticket changes
+                      // The demo desk announces every change as `tickets.event.ticket.<change>`.
+    let title = format!("topic-{}", js_sys::Math::random());
+    let create =
+        format!(r#"{{"channel": "tickets", "message": {{"op": "create", "title": "{title}"}}}}"#);
+    let ticket = wait(c.write_and_wait(json(&create), None))
+        .await
+        .expect("ticket created");
+    let created = ticket_event(&seen, &title, "created").await;
+    assert_eq!(
+        path(&created, &["routingKey"]).as_string().as_deref(),
+        Some("tickets.event.ticket.created")
+    );
+    assert_eq!(
+        path(&created, &["channel"]).as_string().as_deref(),
+        Some("tickets")
+    );
+    let id = path(&ticket, &["id"]).as_f64().expect("a ticket id");
+    let close = format!(r#"{{"channel": "tickets", "message": {{"op": "close", "id": {id}}}}}"#);
+    wait(c.write_and_wait(json(&close), None))
+        .await
+        .expect("ticket closed");
+    let closed = ticket_event(&seen, &title, "closed").await;
+    assert_eq!(
+        path(&closed, &["routingKey"]).as_string().as_deref(),
+        Some("tickets.event.ticket.closed")
+    );
+    c.close();
+}
+
 #[wasm_bindgen_test]
 async fn write_and_wait_rejects_with_timeout_when_no_service_answers() {
     let c = client(&format!(r#"{{"urls": {}}}"#, both("all")));

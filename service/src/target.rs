@@ -75,6 +75,14 @@ impl Targets {
             .fold(Targets::on(channel), Targets::with_user)
     }
 
+    /// A topic event (`<channel>.event.<name>`): `name` is dotted, e.g.
+    /// `ticket.created`; clients subscribed with a matching `topic` pattern
+    /// (`ticket.*`, `#`, `*.created`) receive it, and the SDK hands them the last
+    /// segment (`created`) as the event name.
+    pub fn event(channel: impl Into<String>, name: impl Into<String>) -> Self {
+        Targets::on(channel).with_event(name)
+    }
+
     /// The targets a client named in its distribution (broadcast, groups, direct).
     pub fn from_distribution(channel: impl Into<String>, distribution: &Distribution) -> Self {
         let mut t = Targets::on(channel);
@@ -226,11 +234,14 @@ mod tests {
 
     #[test]
     fn events_may_be_dotted() {
-        let keys = Targets::on("tickets")
-            .with_event("ticket.created")
+        let keys = Targets::event("tickets", "ticket.created")
             .routing_keys()
             .unwrap();
         assert_eq!(keys, vec!["tickets.event.ticket.created"]);
+        assert!(matches!(
+            Targets::event("tickets", "ticket.*").routing_keys(),
+            Err(ServiceError::InvalidTarget(_))
+        ));
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The proof-of-concept packet is accepted as-is: `packet_action: publish` publishes
-//! on every flagged channel, `consume` subscribes to them.
+//! on every flagged channel, `consume` subscribes to them. A `publish_target` other
+//! than the gateway's inbound exchange is refused with `unsupported`, never ignored.
+//! (`consume_target` topics: `gateway_topics.rs`.)
 
 use std::time::Duration;
 
@@ -8,7 +10,7 @@ use warren_e2e::client::TestClient;
 use warren_e2e::env::TestEnv;
 use warren_e2e::gateway::TestGateway;
 use warren_protocol::amqp::{H_BROADCAST, H_GROUPS, H_PUBLISH_TARGET};
-use warren_protocol::Hello;
+use warren_protocol::{ErrorCode, Hello};
 
 #[tokio::test]
 async fn a_poc_publish_packet_lands_in_each_flagged_channel_queue() {
@@ -20,7 +22,7 @@ async fn a_poc_publish_packet_lands_in_each_flagged_channel_queue() {
         "distribution": { "broadcast": false, "multicast": ["312423dsa", "312423dsb"], "direct": ["312423dsa"] },
         "channel": { "voice": true, "chat": true, "tickets": false },
         "packet_action": "publish",
-        "publish_target": "exchange_name",
+        "publish_target": env.names.inbound_exchange(),
         "consume_target": [],
         "message": { "hello": "poc" }
     });
@@ -43,6 +45,40 @@ async fn a_poc_publish_packet_lands_in_each_flagged_channel_queue() {
 }
 
 #[tokio::test]
+async fn a_poc_publish_packet_naming_another_exchange_is_refused_with_unsupported() {
+    let env = TestEnv::new("poc-target").await;
+    let gw = TestGateway::start(&env).await;
+    let mut c = TestClient::connect_raw(&gw.url()).await;
+    let packet = json!({
+        "id": "poc-2",
+        "channel": { "chat": true },
+        "packet_action": "publish",
+        "publish_target": "exchange_name",
+        "message": { "hello": "poc" }
+    });
+    c.send_text(&packet.to_string()).await;
+    let e = c
+        .expect_error_code(Some("poc-2"), ErrorCode::Unsupported)
+        .await;
+    assert!(
+        e.message.contains("publish_target `exchange_name`")
+            && e.message.contains(&env.names.inbound_exchange()),
+        "{e:?}"
+    );
+    assert!(env.get(&env.names.channel_queue("chat")).await.is_none());
+    // The connection goes on: the same packet without the target is published.
+    let mut packet = packet;
+    packet["id"] = json!("poc-3");
+    packet.as_object_mut().unwrap().remove("publish_target");
+    c.send_text(&packet.to_string()).await;
+    c.expect_ack("poc-3").await;
+    assert!(env.get(&env.names.channel_queue("chat")).await.is_some());
+    c.close().await;
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
 async fn a_poc_consume_packet_receives_broadcasts_groups_and_direct_messages() {
     let env = TestEnv::new("poc-consume").await;
     let gw = TestGateway::start(&env).await;
@@ -59,6 +95,7 @@ async fn a_poc_consume_packet_receives_broadcasts_groups_and_direct_messages() {
         "distribution": { "broadcast": true, "multicast": ["room"], "direct": [] },
         "channel": { "chat": true },
         "packet_action": "consume",
+        "publish_target": "exchange_name",
         "consume_target": []
     });
     c.send_text(&packet.to_string()).await;

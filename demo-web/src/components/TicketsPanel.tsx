@@ -2,8 +2,11 @@
 //
 // Every request shows a spinner while it is in flight, then its result or its error
 // (e.g. `timeout` when the demo service is stopped), and how long the round trip took.
+// The list stays current for everyone: the desk announces each change as a topic event
+// (`tickets.event.ticket.created`, `...closed`, the ticket as the message), which the
+// panel receives with a `ticket.*` subscription and applies in place.
 import { useCallback, useEffect, useRef, useState, type FormEvent } from "react";
-import { useClient, useConnectionState } from "warren-sdk/react";
+import { useClient, useConnectionState, useSubscription, type WarrenDelivery } from "warren-sdk/react";
 import { explain, toShownError, type ShownError } from "../lib/errors";
 import { clock } from "../lib/ids";
 
@@ -60,6 +63,21 @@ function toTicketList(body: unknown): Ticket[] {
       ? (body as { tickets: unknown[] }).tickets
       : [];
   return list.map(toTicket).filter((t): t is Ticket => t !== null);
+}
+
+/** `list` with `ticket` in it (replaced when its id is there, else added), by id. */
+function upsert(list: Ticket[], ticket: Ticket): Ticket[] {
+  const others = list.filter((t) => t.id !== ticket.id);
+  return [...others, ticket].sort((a, b) => Number(a.id) - Number(b.id) || a.id.localeCompare(b.id));
+}
+
+/** The last ticket event this page received. */
+interface LiveEvent {
+  /** The event name, e.g. `created` (the last segment of the key). */
+  name: string;
+  /** The full routing key, e.g. `tickets.event.ticket.created`. */
+  key: string;
+  ticket: string;
 }
 
 function useOp<T>() {
@@ -131,6 +149,7 @@ export function TicketsPanel() {
   const [listOp, runList] = useOp<unknown>();
   const [detailOp, runDetail] = useOp<unknown>();
   const [closeOp, runClose] = useOp<unknown>();
+  const [live, setLive] = useState<LiveEvent | null>(null);
 
   const ask = useCallback(
     async (message: Record<string, unknown>) =>
@@ -161,6 +180,17 @@ export function TicketsPanel() {
       document.removeEventListener("visibilitychange", onFocus);
     };
   }, []);
+
+  // Someone (maybe this page) changed a ticket: apply it to the list and the open
+  // detail. Before the list is loaded there is nothing to patch: the load brings it.
+  const onTicketEvent = useCallback((d: WarrenDelivery) => {
+    const t = toTicket(d.message);
+    if (!t) return;
+    setTickets((list) => (list === null ? list : upsert(list, t)));
+    setDetail((shown) => (shown && shown.id === t.id ? t : shown));
+    setLive({ name: d.event ?? d.routingKey, key: d.routingKey, ticket: t.id });
+  }, []);
+  const liveSub = useSubscription({ channel: "tickets", topic: "ticket.*" }, onTicketEvent);
 
   const open = useCallback(
     async (id: string) => {
@@ -241,6 +271,15 @@ export function TicketsPanel() {
           {listOp.status === "pending" ? <span className="spinner" /> : "↻"} Refresh
         </button>
       </div>
+      <p className="small muted" data-testid="ticket-live" data-status={liveSub.status} data-event={live?.name ?? ""} data-key={live?.key ?? ""}>
+        {liveSub.status === "error"
+          ? `live updates off: ${liveSub.error?.code ?? "refused"}`
+          : live
+            ? `live: #${live.ticket} ${live.name} (${live.key})`
+            : liveSub.status === "active"
+              ? "live: waiting for changes"
+              : "live: subscribing…"}
+      </p>
       <OpLine op={listOp} what="Loading tickets" testId="ticket-list" />
       {tickets && tickets.length === 0 && <p className="empty">No tickets yet.</p>}
       {tickets && tickets.length > 0 && (

@@ -476,15 +476,29 @@ fn emit(shared: &Rc<Shared>, event: &str, value: &JsValue) {
     emit_event(&listeners, event, value);
 }
 
+#[wasm_bindgen(module = "/src/browser/delivery.js")]
+extern "C" {
+    /// `{ message, channel, routingKey, event?, messageId, headers, redelivered }`.
+    #[wasm_bindgen(js_name = delivery)]
+    fn new_delivery(
+        message: JsValue,
+        channel: &str,
+        routing_key: &str,
+        message_id: &str,
+        headers: JsValue,
+        redelivered: bool,
+    ) -> JsValue;
+}
+
 fn delivery_js(d: Deliver<Js>) -> JsValue {
-    let o = Object::new();
-    set(&o, "message", &d.message.message());
-    set(&o, "channel", &d.channel.into());
-    set(&o, "routingKey", &d.routing_key.into());
-    set(&o, "messageId", &d.message_id.into());
-    set(&o, "headers", &d.message.headers());
-    set(&o, "redelivered", &d.redelivered.into());
-    o.into()
+    new_delivery(
+        d.message.message(),
+        &d.channel,
+        &d.routing_key,
+        &d.message_id,
+        d.message.headers(),
+        d.redelivered,
+    )
 }
 
 fn state_js(c: &StateChange) -> JsValue {

@@ -1,7 +1,8 @@
 //! The wasm-bindgen facade (compiled for `wasm32` only): the JS `Client` over the
 //! browser `WebSocket`, `setTimeout` and promises. It holds no logic of its own.
 //!
-//! - [`client`]: the `Client` and `Subscription` classes and the action pump.
+//! - [`client`]: the `Client` and `Subscription` classes and the action pump; the
+//!   delivery object handlers get is built by `delivery.js` (with a topic event's name).
 //! - [`socket`]: `WebSocket`, `setTimeout` and promise helpers (a small JS snippet), all
 //!   reporting to one dispatch closure per client.
 //! - [`codec`]: frames ⇄ text with the browser's `JSON` (no serde, no `serde_json` in

@@ -114,7 +114,10 @@ export interface SubscribeOptions {
 export interface Delivery<M = unknown> {
   message: M;
   channel: string;
+  /** The full routing key, e.g. `tickets.event.ticket.created`. */
   routingKey: string;
+  /** For a topic event (`<channel>.event.<a>.<b>…`): its name, the key's last segment (`created`); `undefined` otherwise. */
+  event?: string;
   /** Stable id: a redelivered message carries the same id. */
   messageId: string;
   headers: Record<string, string>;

@@ -78,6 +78,13 @@ export function useChatLoose() {
 }
 const delivery: WarrenDelivery<Chat> | Delivery<Chat> | null = null;
 void delivery;
+// Topic events: the event name (optional: only events have one) and the full key.
+export function useTicketEvents(onEvent: (name: string, key: string) => void) {
+  return useSubscription({ channel: "tickets", topic: "ticket.*" }, (d) => {
+    const name: string | undefined = d.event;
+    onEvent(name ?? "", d.routingKey);
+  });
+}
 
 // Disposal: close() releases everything; free() calls it.
 client.close();

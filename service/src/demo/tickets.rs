@@ -9,6 +9,11 @@
 //! An unknown op or a malformed message is refused with `invalid`; a missing ticket
 //! with `rejected`. A plain publish (not a request) is applied all the same, without
 //! an answer.
+//!
+//! Every change is also announced to clients as a topic event whose message is the
+//! ticket: `tickets.event.ticket.created` and `tickets.event.ticket.closed`
+//! ([`EVENT_CREATED`], [`EVENT_CLOSED`]), so a page subscribed with `ticket.*` updates
+//! its list without asking.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -19,6 +24,15 @@ use warren_protocol::ErrorCode;
 
 use crate::handler::{BoxFuture, Context, Handler, HandlerError, Outcome};
 use crate::incoming::Incoming;
+use crate::publisher::Outgoing;
+use crate::target::Targets;
+
+use super::DemoChannel;
+
+/// The event announcing a new ticket (`tickets.event.ticket.created`).
+pub const EVENT_CREATED: &str = "ticket.created";
+/// The event announcing a closed ticket (`tickets.event.ticket.closed`).
+pub const EVENT_CLOSED: &str = "ticket.closed";
 
 /// Whether a ticket is open or closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,7 +103,33 @@ impl Refusal {
     }
 }
 
-/// The tickets, in memory. Sans-IO: takes a message, returns the answer.
+/// What applying a request gave: the answer, and the event announcing the change
+/// (`None` for a read).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    /// The JSON answer (for a change: the ticket, which is also the event's message).
+    pub answer: serde_json::Value,
+    /// The event name to publish, e.g. [`EVENT_CREATED`].
+    pub event: Option<&'static str>,
+}
+
+impl Applied {
+    fn read(answer: serde_json::Value) -> Self {
+        Applied {
+            answer,
+            event: None,
+        }
+    }
+
+    fn changed(answer: serde_json::Value, event: &'static str) -> Self {
+        Applied {
+            answer,
+            event: Some(event),
+        }
+    }
+}
+
+/// The tickets, in memory. Sans-IO: takes a message, returns the answer and the event.
 #[derive(Debug, Default)]
 pub struct TicketBook {
     tickets: BTreeMap<u64, Ticket>,
@@ -97,16 +137,13 @@ pub struct TicketBook {
 }
 
 impl TicketBook {
-    /// Applies one request (raw JSON) sent by `user`; returns the JSON answer.
+    /// Applies one request (raw JSON) sent by `user`; returns the JSON answer and, for
+    /// a change, the event to announce it with.
     ///
     /// # Errors
     /// A [`Refusal`]: `invalid` for malformed JSON, an unknown op or a missing field;
     /// `rejected` for a ticket that does not exist.
-    pub fn apply(
-        &mut self,
-        message: &[u8],
-        user: Option<&str>,
-    ) -> Result<serde_json::Value, Refusal> {
+    pub fn apply(&mut self, message: &[u8], user: Option<&str>) -> Result<Applied, Refusal> {
         let op: Op = serde_json::from_slice(message).map_err(|e| {
             Refusal::new(
                 ErrorCode::Invalid,
@@ -129,19 +166,19 @@ impl TicketBook {
                 info!(ticket = ticket.id, "ticket created");
                 let out = to_json(&ticket);
                 self.tickets.insert(ticket.id, ticket);
-                Ok(out)
+                Ok(Applied::changed(out, EVENT_CREATED))
             }
             Op::List => {
                 let list: Vec<&Ticket> = self.tickets.values().collect();
-                Ok(serde_json::json!({ "tickets": list }))
+                Ok(Applied::read(serde_json::json!({ "tickets": list })))
             }
-            Op::Get { id } => self.find(&id).map(to_json),
+            Op::Get { id } => self.find(&id).map(to_json).map(Applied::read),
             Op::Close { id } => {
                 let n = self.find(&id)?.id;
                 let ticket = self.tickets.get_mut(&n).expect("found above");
                 ticket.status = TicketStatus::Closed;
                 info!(ticket = n, "ticket closed");
-                Ok(to_json(ticket))
+                Ok(Applied::changed(to_json(ticket), EVENT_CLOSED))
             }
         }
     }
@@ -156,7 +193,9 @@ impl TicketBook {
     }
 }
 
-/// The tickets handler: a [`TicketBook`] shared by all deliveries.
+/// The tickets handler: a [`TicketBook`] shared by all deliveries. After a change it
+/// publishes the change's event (best effort: the change stands when the event cannot
+/// be published, and clients reload the list when they reconnect).
 #[derive(Debug, Clone, Default)]
 pub struct Desk {
     book: Arc<Mutex<TicketBook>>,
@@ -165,7 +204,7 @@ pub struct Desk {
 impl Handler for Desk {
     fn handle(
         &self,
-        _ctx: Context,
+        ctx: Context,
         message: Incoming,
     ) -> BoxFuture<'static, Result<Outcome, HandlerError>> {
         let book = self.book.clone();
@@ -175,7 +214,12 @@ impl Handler for Desk {
                 .map_err(|_| HandlerError::Failed("ticket book poisoned".into()))?
                 .apply(&message.body, message.user.as_deref());
             match result {
-                Ok(value) => Outcome::json(&value).map_err(|e| HandlerError::Failed(e.to_string())),
+                Ok(applied) => {
+                    if let Some(event) = applied.event {
+                        announce(&ctx, event, &applied.answer, message.message_id.as_deref()).await;
+                    }
+                    Outcome::json(&applied.answer).map_err(|e| HandlerError::Failed(e.to_string()))
+                }
                 Err(refusal) => {
                     if !message.is_request() {
                         warn!(reason = %refusal.message, "tickets publish refused");
@@ -187,12 +231,51 @@ impl Handler for Desk {
     }
 }
 
+/// Publishes `event` with the ticket as its message. Its `message_id` derives from the
+/// request's, so a redelivered request announces with the same id (clients drop the
+/// copy). A failure is logged, not retried: retrying the handler would apply the
+/// change twice.
+async fn announce(
+    ctx: &Context,
+    event: &str,
+    ticket: &serde_json::Value,
+    request_id: Option<&str>,
+) {
+    let mut out = Outgoing::new(
+        Targets::event(DemoChannel::Tickets.name(), event),
+        ticket.to_string(),
+    );
+    if let Some(id) = request_id {
+        out = out.with_message_id(format!("{id}:{event}"));
+    }
+    if let Err(e) = ctx.send(&out).await {
+        warn!(event, error = %e, "tickets event not published");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn apply(book: &mut TicketBook, msg: &str) -> Result<serde_json::Value, Refusal> {
-        book.apply(msg.as_bytes(), Some("alice"))
+        book.apply(msg.as_bytes(), Some("alice")).map(|a| a.answer)
+    }
+
+    #[test]
+    fn changes_name_their_event_and_reads_name_none() {
+        let mut book = TicketBook::default();
+        let event =
+            |book: &mut TicketBook, msg: &str| book.apply(msg.as_bytes(), None).unwrap().event;
+        assert_eq!(
+            event(&mut book, r#"{"op":"create","title":"x"}"#),
+            Some(EVENT_CREATED)
+        );
+        assert_eq!(
+            event(&mut book, r#"{"op":"close","id":1}"#),
+            Some(EVENT_CLOSED)
+        );
+        assert_eq!(event(&mut book, r#"{"op":"list"}"#), None);
+        assert_eq!(event(&mut book, r#"{"op":"get","id":1}"#), None);
     }
 
     #[test]

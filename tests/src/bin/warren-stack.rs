@@ -16,7 +16,7 @@
 //! (`warren-development-secret-change-me!` unless `--jwt-secret` says otherwise, public
 //! in this repository: never use it for anything real), and `POST /token` signs them
 //! (`sub`, `exp` = now + `--token-lifetime-s`, `groups` `room-1` and `room-2`, never the
-//! private `staff`). With `--auth none` it answers the user name itself as the token.
+//! private `staff`, and `topics` `ticket.*` for the demo desk's events). With `--auth none` it answers the user name itself as the token.
 //!
 //! Every response is the new state. CORS allows any origin: the demo page and the wasm
 //! test pages call this API from the browser. This is dev tooling, not product.
@@ -51,6 +51,9 @@ const DEV_SECRET: &str = "warren-development-secret-change-me!";
 /// Groups every development token grants (`staff` is left out on purpose: the demo page
 /// shows the gateway refusing it).
 const DEV_GROUPS: [&str; 2] = ["room-1", "room-2"];
+/// Topic patterns every development token grants: the demo desk's ticket events
+/// (`tickets.event.ticket.created`, `...closed`), which the demo page subscribes to.
+const DEV_TOPICS: [&str; 1] = ["ticket.*"];
 
 /// How the gateways check tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -461,6 +464,7 @@ struct Claims<'a> {
     iat: u64,
     exp: u64,
     groups: [&'a str; 2],
+    topics: [&'a str; 1],
 }
 
 /// `POST /token`: a development token for `user` (`--auth jwt`), or the user name itself
@@ -488,6 +492,7 @@ async fn token(State(stack): State<Shared>, Json(request): Json<TokenRequest>) -
         iat,
         exp,
         groups: DEV_GROUPS,
+        topics: DEV_TOPICS,
     };
     match encode(&Header::new(Algorithm::HS256), &claims, &key) {
         Ok(token) => Json(serde_json::json!({ "token": token, "exp": exp })).into_response(),
