@@ -12,6 +12,8 @@
 //! - [`session`]: session ids and queues, resume, subscriptions, seq/ack bookkeeping.
 //! - [`hub`]: `outbound = "stream"`: the stream read once, fanned out in memory.
 //! - [`delivery`]: a session-queue message → `deliver` / `reply` / `error` frame.
+//! - `inbound`: the checks and AMQP properties of every client write, shared by the
+//!   WebSocket connection and the HTTP API.
 //! - `connection`: the per-WebSocket `select!` loop.
 //! - `server`: axum listeners (`/ws`, `/healthz`), shared state, announcements.
 //! - [`limits`]: connections per IP and per user, new connections and frames per second.
@@ -32,6 +34,7 @@ mod connection;
 pub mod delivery;
 pub mod error;
 pub mod hub;
+mod inbound;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
