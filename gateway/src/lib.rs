@@ -6,6 +6,8 @@
 //!
 //! - [`auth`]: tokens verified into identities (`none`, `jwt`), permission checks.
 //! - [`auth_service`]: `auth.mode = "service"`, the auth worker asked over RabbitMQ.
+//! - `direct_reply`: request/reply over RabbitMQ's direct reply-to (auth service,
+//!   HTTP API requests).
 //! - [`config`]: one serde struct with defaults, TOML file → `WARREN_*` env → flags.
 //! - [`topology`]: the exchanges and queues Warren declares, printable and idempotent.
 //! - [`broker`]: two AMQP connections, pooled publisher (confirm) and consumer channels.
@@ -32,6 +34,7 @@ pub mod broker;
 pub mod config;
 mod connection;
 pub mod delivery;
+mod direct_reply;
 pub mod error;
 pub mod hub;
 mod inbound;
