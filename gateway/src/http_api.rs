@@ -27,7 +27,8 @@ use lapin::options::BasicPublishOptions;
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, PublisherConfirm};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use warren_protocol::amqp::{self, cc_header, keys, validate_client_headers, HeaderError};
 use warren_protocol::{Distribution, ErrorCode, Headers, Raw, ServerFrame};
@@ -188,6 +189,35 @@ struct ToServices {
     message: Raw,
 }
 
+impl ToServices {
+    /// The inbound message this body describes: a publish, or with `request` a
+    /// request (which has no `distribution`).
+    fn inbound<'a>(
+        &'a self,
+        id: &'a str,
+        channel: &'a str,
+        request: Option<inbound::ReplyTo>,
+    ) -> inbound::Message<'a> {
+        inbound::Message {
+            id,
+            channel,
+            subject: self.subject.as_deref(),
+            distribution: self.distribution.as_ref().filter(|_| request.is_none()),
+            headers: &self.headers,
+            publish_target: None,
+            request,
+        }
+    }
+}
+
+/// The `200` body of `POST /request/{channel}`.
+#[derive(Serialize)]
+struct Answer<'a> {
+    id: &'a str,
+    headers: &'a Headers,
+    message: &'a RawValue,
+}
+
 /// The body of `POST /publish`.
 #[derive(Deserialize)]
 struct ToClients {
@@ -247,21 +277,13 @@ async fn external(
     body: Body,
 ) -> Result<Response, Refusal> {
     let (caller, m) = to_services(&shared, &channel, &headers, body).await?;
-    let id = m.id.unwrap_or_else(fresh_id);
+    let id = m.id.clone().unwrap_or_else(fresh_id);
     let session = format!("http-{}", fresh_id());
     let sender = inbound::Sender {
         identity: &caller.identity,
         session: &session,
     };
-    let message = inbound::Message {
-        id: &id,
-        channel: &channel,
-        subject: m.subject.as_deref(),
-        distribution: m.distribution.as_ref(),
-        headers: &m.headers,
-        publish_target: None,
-        request: None,
-    };
+    let message = m.inbound(&id, &channel, None);
     let confirm =
         inbound::send(&shared, None, &sender, &message, m.message.get().as_bytes()).await?;
     confirmed(&shared, confirm).await?;
@@ -278,26 +300,19 @@ async fn request(
     let (caller, m) = to_services(&shared, &channel, &headers, body).await?;
     let timeout = inbound::request_timeout(&shared.config, m.timeout_ms)?;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout);
-    let id = m.id.unwrap_or_else(fresh_id);
+    let id = m.id.clone().unwrap_or_else(fresh_id);
     let call_id = fresh_id();
     let session = format!("http-{call_id}");
     let sender = inbound::Sender {
         identity: &caller.identity,
         session: &session,
     };
-    let message = inbound::Message {
-        id: &id,
-        channel: &channel,
-        subject: m.subject.as_deref(),
-        distribution: None,
-        headers: &m.headers,
-        publish_target: None,
-        request: Some(inbound::ReplyTo {
-            reply_to: DIRECT_REPLY_TO.to_string(),
-            correlation_id: call_id.clone(),
-            timeout_ms: timeout,
-        }),
+    let reply_to = inbound::ReplyTo {
+        reply_to: DIRECT_REPLY_TO.to_string(),
+        correlation_id: call_id.clone(),
+        timeout_ms: timeout,
     };
+    let message = m.inbound(&id, &channel, Some(reply_to));
     let prepared = inbound::prepare(&shared, None, &sender, &message)?;
     let call = shared
         .http_replies
@@ -335,7 +350,12 @@ async fn request(
         ServerFrame::Deliver(d) => (d.headers, d.message),
         _ => return Err(Refusal::new(ErrorCode::Internal, "an unexpected answer")),
     };
-    let reply = serde_json::json!({ "id": id, "headers": headers, "message": message });
+    // Serialised from the raw value: the service's bytes pass through unchanged.
+    let reply = Answer {
+        id: &id,
+        headers: &headers,
+        message: &message,
+    };
     Ok((StatusCode::OK, Json(reply)).into_response())
 }
 
@@ -370,7 +390,7 @@ async fn publish(
         },
     )?;
     let routing_key = short("routing key", targets.remove(0))?;
-    let id = m.id.unwrap_or_else(fresh_id);
+    let id = m.id.clone().unwrap_or_else(fresh_id);
     let message_id = format!("{API_USER}:{id}");
     let mut table = FieldTable::default();
     for (k, v) in &m.headers {

@@ -149,6 +149,20 @@ pub async fn http_post(
     token: Option<&str>,
     body: &[u8],
 ) -> (u16, serde_json::Value) {
+    let (status, body) = http_post_text(addr, path, token, body).await;
+    (status, serde_json::from_str(&body).unwrap_or_default())
+}
+
+/// As [`http_post`], with the response body as it came.
+///
+/// # Panics
+/// When the listener cannot be reached.
+pub async fn http_post_text(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> (u16, String) {
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
@@ -157,8 +171,7 @@ pub async fn http_post(
          {auth}Content-Length: {}\r\n\r\n",
         body.len()
     );
-    let (status, body) = http_exchange(addr, &head, body).await;
-    (status, serde_json::from_str(&body).unwrap_or_default())
+    http_exchange(addr, &head, body).await
 }
 
 /// Sends one HTTP/1.0 request and reads the response until the server closes; the

@@ -11,7 +11,7 @@ use lapin::types::AMQPValue;
 use serde_json::{json, Value};
 use warren_e2e::client::{sub, TestClient};
 use warren_e2e::env::TestEnv;
-use warren_e2e::gateway::{http_post, TestGateway};
+use warren_e2e::gateway::{http_post, http_post_text, TestGateway};
 use warren_e2e::service::start_demo;
 use warren_gateway::Config;
 use warren_protocol::amqp::{H_CHANNEL, H_GATEWAY, H_SESSION, H_SUBJECT, H_USER};
@@ -199,6 +199,13 @@ async fn request_returns_the_services_reply_or_refusal_and_times_out_when_nothin
         assert_eq!(status, 200, "{answer}");
         assert_eq!(answer["id"], "e1");
         assert_eq!(answer["message"], message);
+        // The reply's bytes pass through: odd spacing and key order survive.
+        let odd = r#"{ "b" : [1, 2 ,3], "a":"\u00e9" }"#;
+        let body = format!(r#"{{"timeout_ms": 10000, "message": {odd}}}"#);
+        let (status, text) =
+            http_post_text(addr, "/request/echo", Some(KEY), body.as_bytes()).await;
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains(&format!(r#""message":{odd}"#)), "{text}");
 
         let (status, answer) = post(
             addr,
@@ -401,6 +408,90 @@ async fn bad_requests_get_a_4xx_status_and_the_registry_code() {
         }
         // Nothing of it reached a queue.
         assert!(env.get(&env.names.channel_queue("chat")).await.is_none());
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn with_accept_jwt_a_token_calls_with_its_user_and_permissions_but_may_not_publish_to_clients(
+) {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    const SECRET: &str = "warren-tests-secret-of-at-least-32-bytes";
+    TestEnv::run("http-jwt", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| {
+            api_on(false)(c);
+            c.auth.mode = warren_gateway::AuthMode::Jwt;
+            c.auth.jwt.secret = Some(SECRET.into());
+            c.http_api.accept_jwt = true;
+        })
+        .await;
+        let addr = api_addr(&gw);
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 600;
+        let claims = json!({"sub": "ada", "exp": exp, "channels": {"chat": ["publish"]}});
+        let token = encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        let call = |path: &'static str, body: Value| {
+            let token = token.clone();
+            async move { http_post(addr, path, Some(&token), body.to_string().as_bytes()).await }
+        };
+        let (status, answer) = call("/external/chat", json!({"id": "j1", "message": 1})).await;
+        assert_eq!(status, 202, "{answer}");
+        assert_eq!(answer["message_id"], "ada:j1", "the token's user");
+        let d = env
+            .get(&env.names.channel_queue("chat"))
+            .await
+            .expect("in IN_CHAT");
+        let user = d
+            .properties
+            .headers()
+            .as_ref()
+            .unwrap()
+            .inner()
+            .get(H_USER)
+            .cloned();
+        assert_eq!(user, Some(AMQPValue::LongString("ada".into())));
+        let refused = [
+            ("/external/tickets", json!({"message": 1}), 403, "forbidden"),
+            ("/request/chat", json!({"message": 1}), 403, "forbidden"),
+            (
+                "/publish",
+                json!({"channel": "chat", "broadcast": true, "message": 1}),
+                403,
+                "forbidden",
+            ),
+        ];
+        for (path, body, status, code) in refused {
+            let (got, answer) = call(path, body).await;
+            assert_eq!(
+                (got, answer["code"].as_str()),
+                (status, Some(code)),
+                "{path}: {answer}"
+            );
+        }
+        let (got, answer) = http_post(
+            addr,
+            "/external/chat",
+            Some("not.a.token"),
+            b"{\"message\":1}",
+        )
+        .await;
+        assert_eq!(
+            (got, answer["code"].as_str()),
+            (401, Some("unauthorized")),
+            "{answer}"
+        );
+        // The API key still works beside tokens.
+        let (status, _) = post(addr, "/external/chat", json!({"message": 2})).await;
+        assert_eq!(status, 202);
         gw.shutdown().await;
     })
     .await;
