@@ -14,32 +14,25 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation};
-use tokio::sync::oneshot;
+use lapin::options::BasicPublishOptions;
+use lapin::types::ShortString;
+use lapin::BasicProperties;
 use warren_protocol::amqp::{keys, Names};
 use warren_protocol::auth::{AuthReply, AuthRequest, AUTH_SUBJECT};
 
 use crate::auth::{identity_of_reply, AuthError, Identity};
 use crate::broker::Broker;
 use crate::config::AuthServiceConfig;
+use crate::direct_reply::{DirectReply, DIRECT_REPLY_TO};
+use crate::inbound::Outcome;
 
-const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
-
-type Waiting = Arc<Mutex<HashMap<String, oneshot::Sender<AuthReply>>>>;
-
-/// The link to the auth service: one channel that publishes requests and consumes their
-/// answers (direct reply-to requires both on one channel), re-opened when it dies.
+/// The link to the auth service: requests and their answers over direct reply-to.
 pub struct AuthClient {
-    broker: Arc<Broker>,
     exchange: String,
     key: String,
     timeout: Duration,
     cache_entries: usize,
-    channel: tokio::sync::Mutex<Option<Channel>>,
-    waiting: Waiting,
+    replies: DirectReply,
     cache: Mutex<HashMap<String, Identity>>,
 }
 
@@ -62,13 +55,11 @@ impl AuthClient {
     /// A client for the auth service configured in `config`.
     pub fn new(broker: Arc<Broker>, names: &Names, config: &AuthServiceConfig) -> AuthClient {
         AuthClient {
-            broker,
             exchange: names.inbound_exchange(),
             key: keys::inbound(&config.channel, Some(AUTH_SUBJECT)),
             timeout: Duration::from_millis(config.timeout_ms),
             cache_entries: config.cache_entries,
-            channel: tokio::sync::Mutex::new(None),
-            waiting: Arc::default(),
+            replies: DirectReply::new(broker),
             cache: Mutex::default(),
         }
     }
@@ -124,26 +115,18 @@ impl AuthClient {
 
     async fn round_trip(&self, request: AuthRequest) -> Result<AuthReply, AuthError> {
         let unavailable = |e: String| AuthError::Unavailable(e);
-        let channel = self.channel().await.map_err(unavailable)?;
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let (tx, rx) = oneshot::channel();
-        self.waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.clone(), tx);
-        let _forget = Forget {
-            waiting: &self.waiting,
-            id: &id,
-        };
+        let call = self.replies.begin(id).await.map_err(unavailable)?;
         let body = serde_json::to_vec(&request).map_err(|e| unavailable(e.to_string()))?;
         let props = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_app_id("warren-gateway".into())
-            .with_message_id(ShortString::from(format!("auth:{id}")))
-            .with_correlation_id(ShortString::from(id.as_str()))
+            .with_message_id(ShortString::from(format!("auth:{}", call.id)))
+            .with_correlation_id(ShortString::from(call.id.as_str()))
             .with_reply_to(ShortString::from(DIRECT_REPLY_TO))
             .with_expiration(ShortString::from(self.timeout.as_millis().to_string()));
-        let confirm = channel
+        let confirm = call
+            .channel
             .basic_publish(
                 ShortString::from(self.exchange.as_str()),
                 ShortString::from(self.key.as_str()),
@@ -156,81 +139,17 @@ impl AuthClient {
             )
             .await
             .map_err(|e| unavailable(e.to_string()))?;
-        match confirm.await {
-            Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => {}
-            Ok(Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_))) => {
-                return Err(unavailable("no auth service is running".into()))
-            }
-            Ok(Confirmation::Nack(None)) => {
-                return Err(unavailable("the broker refused the request".into()))
-            }
-            Err(e) => return Err(unavailable(e.to_string())),
+        match Outcome::of(confirm.await) {
+            Outcome::Acked => {}
+            Outcome::Returned => return Err(unavailable("no auth service is running".into())),
+            Outcome::Nacked => return Err(unavailable("the broker refused the request".into())),
+            Outcome::Failed(e) => return Err(unavailable(e)),
         }
-        rx.await
-            .map_err(|_| unavailable("the answer channel closed".into()))
-    }
-
-    /// The request/answer channel, opened (with its reply consumer) when missing or
-    /// dead.
-    async fn channel(&self) -> Result<Channel, String> {
-        let mut guard = self.channel.lock().await;
-        if let Some(ch) = guard.as_ref() {
-            if ch.status().connected() {
-                return Ok(ch.clone());
-            }
-        }
-        let ch = self.broker.scratch().await.map_err(|e| e.to_string())?;
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut answers = ch
-            .basic_consume(
-                ShortString::from(DIRECT_REPLY_TO),
-                ShortString::from(""),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        let waiting = self.waiting.clone();
-        tokio::spawn(async move {
-            while let Some(Ok(d)) = answers.next().await {
-                let Some(id) = d.properties.correlation_id().as_ref() else {
-                    continue;
-                };
-                let tx = waiting
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(id.as_str());
-                let reply = serde_json::from_slice::<AuthReply>(&d.data).unwrap_or_else(|e| {
-                    AuthReply::deny(format!("the auth service's answer is not valid: {e}"))
-                });
-                if let Some(tx) = tx {
-                    let _ = tx.send(reply);
-                }
-            }
-            tracing::debug!("auth answer consumer ended");
-        });
-        *guard = Some(ch.clone());
-        Ok(ch)
-    }
-}
-
-/// Removes a request's waiting entry however `round_trip` ends (answer, timeout,
-/// error), so the map holds only requests still in flight.
-struct Forget<'a> {
-    waiting: &'a Waiting,
-    id: &'a str,
-}
-
-impl Drop for Forget<'_> {
-    fn drop(&mut self) {
-        self.waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(self.id);
+        let answer = call.answer().await.map_err(unavailable)?;
+        Ok(
+            serde_json::from_slice::<AuthReply>(&answer.data).unwrap_or_else(|e| {
+                AuthReply::deny(format!("the auth service's answer is not valid: {e}"))
+            }),
+        )
     }
 }

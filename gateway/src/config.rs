@@ -149,6 +149,43 @@ pub struct Config {
     pub no_service: NoServiceMode,
     /// Tokens, identities, allowed origins.
     pub auth: AuthConfig,
+    /// The external HTTP API (`/external`, `/publish`, `/request`); off by default.
+    pub http_api: HttpApiConfig,
+}
+
+/// `[http_api]`: the external HTTP API for backends that do not speak AMQP
+/// (README, "HTTP API").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpApiConfig {
+    /// Serve it. Default: false.
+    pub enabled: bool,
+    /// An address of its own. Without one the API is served beside `/ws` on every
+    /// WebSocket listener that serves all channels. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Keys a caller sends as `Authorization: Bearer <key>` (compared in constant
+    /// time); it then acts as user `http-api`, which may do everything. Prefer the
+    /// `WARREN_HTTP_API_KEYS` environment variable to a config file. Default: none.
+    pub api_keys: Vec<String>,
+    /// Also accept a token verified as `auth.mode = "jwt"` verifies them, with the
+    /// token's user and channel permissions (not for `POST /publish`). Default: false.
+    pub accept_jwt: bool,
+    /// Largest request body, in bytes; a larger one gets 413 `too_large`.
+    /// Default: 65536.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpApiConfig {
+    fn default() -> Self {
+        HttpApiConfig {
+            enabled: false,
+            listen: None,
+            api_keys: Vec::new(),
+            accept_jwt: false,
+            max_body_bytes: 64 * 1024,
+        }
+    }
 }
 
 /// Which frames get `no_service` (see [`Config::no_service`]).
@@ -422,6 +459,7 @@ impl Default for Config {
             stream_max_bytes: 2 * 1024 * 1024 * 1024,
             hub_buffer_messages: 100_000,
             auth: AuthConfig::default(),
+            http_api: HttpApiConfig::default(),
         }
     }
 }
@@ -599,7 +637,45 @@ impl Config {
                 return bad("auth.service.timeout_ms must be at least 1".into());
             }
         }
-        Ok(())
+        self.validate_http_api()
+    }
+
+    fn validate_http_api(&self) -> Result<(), GatewayError> {
+        let bad = |m: &str| Err(GatewayError::Config(format!("http_api: {m}")));
+        let api = &self.http_api;
+        if !api.enabled {
+            return Ok(());
+        }
+        if api.api_keys.is_empty() && !api.accept_jwt {
+            return bad("enabled without api_keys or accept_jwt: nobody could call it");
+        }
+        if api
+            .api_keys
+            .iter()
+            .any(|k| k.is_empty() || k.chars().any(char::is_whitespace))
+        {
+            return bad("an api_keys entry is empty or holds white space");
+        }
+        if api.accept_jwt && self.auth.mode != AuthMode::Jwt {
+            return bad("accept_jwt needs auth.mode = \"jwt\"");
+        }
+        if api.max_body_bytes < 1024 {
+            return bad("max_body_bytes must be at least 1024");
+        }
+        match api.listen {
+            Some(addr)
+                if self
+                    .listen
+                    .iter()
+                    .any(|l| l.bind == addr && addr.port() != 0) =>
+            {
+                bad("listen is a WebSocket listener's address; leave it out to serve the API there")
+            }
+            None if self.listen.iter().all(|l| l.channel.is_some()) => bad(
+                "no listen address and no WebSocket listener serving all channels to serve it on",
+            ),
+            _ => Ok(()),
+        }
     }
 
     /// Applies flag and environment overrides (clap already merged those two, flags
@@ -675,6 +751,22 @@ impl Config {
         }
         if !o.allowed_origins.is_empty() {
             self.auth.allowed_origins = o.allowed_origins.clone();
+        }
+        let api = &mut self.http_api;
+        if let Some(v) = o.http_api_enabled {
+            api.enabled = v;
+        }
+        if let Some(v) = o.http_api_listen {
+            api.listen = Some(v);
+        }
+        if !o.http_api_keys.is_empty() {
+            api.api_keys = o.http_api_keys.clone();
+        }
+        if let Some(v) = o.http_api_accept_jwt {
+            api.accept_jwt = v;
+        }
+        if let Some(v) = o.http_api_max_body_bytes {
+            api.max_body_bytes = v;
         }
     }
 
@@ -912,6 +1004,31 @@ pub struct Overrides {
         global = true
     )]
     pub allowed_origins: Vec<String>,
+    /// Serve the external HTTP API (POST /external/{channel}, /publish,
+    /// /request/{channel}) [default: false].
+    #[arg(long, env = "WARREN_HTTP_API_ENABLED", global = true)]
+    pub http_api_enabled: Option<bool>,
+    /// Address of the HTTP API's own listener [default: beside /ws on every listener
+    /// serving all channels].
+    #[arg(long, env = "WARREN_HTTP_API_LISTEN", global = true)]
+    pub http_api_listen: Option<SocketAddr>,
+    /// HTTP API keys (Authorization: Bearer <key>); repeatable, comma-separated in the
+    /// environment, which keeps them out of the process list [default: none].
+    #[arg(
+        long,
+        env = "WARREN_HTTP_API_KEYS",
+        value_delimiter = ',',
+        global = true,
+        hide_env_values = true
+    )]
+    pub http_api_keys: Vec<String>,
+    /// Accept tokens verified as auth.mode = "jwt" does on the HTTP API, with their
+    /// permissions [default: false].
+    #[arg(long, env = "WARREN_HTTP_API_ACCEPT_JWT", global = true)]
+    pub http_api_accept_jwt: Option<bool>,
+    /// Largest HTTP API request body, in bytes [default: 65536].
+    #[arg(long, env = "WARREN_HTTP_API_MAX_BODY_BYTES", global = true)]
+    pub http_api_max_body_bytes: Option<usize>,
 }
 
 #[cfg(test)]
@@ -972,8 +1089,25 @@ mod tests {
             .filter_map(|a| a.get_long().map(str::to_string))
             .collect();
         let help = Cli::command().render_long_help().to_string();
-        for key in table.as_table().unwrap().keys() {
-            if key == "auth" || key == "channel_options" {
+        let mut keys: Vec<String> = table.as_table().unwrap().keys().cloned().collect();
+        // `[http_api]` options are flags of their own: `--http-api-<option>` (the
+        // `api_` of `api_keys` left out).
+        let api = Config {
+            http_api: HttpApiConfig {
+                listen: Some(SocketAddr::from(([127, 0, 0, 1], 4100))),
+                ..HttpApiConfig::default()
+            },
+            ..Config::default()
+        };
+        let api = toml::Value::try_from(api.http_api).unwrap();
+        keys.extend(
+            api.as_table()
+                .unwrap()
+                .keys()
+                .map(|k| format!("http_api_{}", k.strip_prefix("api_").unwrap_or(k))),
+        );
+        for key in keys {
+            if key == "auth" || key == "channel_options" || key == "http_api" {
                 continue;
             }
             let flag = key.replace('_', "-");
@@ -983,6 +1117,28 @@ mod tests {
                 "{key}"
             );
         }
+    }
+
+    #[test]
+    fn the_http_api_is_off_by_default_and_needs_a_key_and_a_place_when_on() {
+        assert!(!Config::default().http_api.enabled);
+        let mut c = Config::default();
+        c.http_api.enabled = true;
+        assert!(c.validate().unwrap_err().to_string().contains("api_keys"));
+        c.http_api.api_keys = vec!["k-1".into()];
+        c.validate().unwrap();
+        c.http_api.accept_jwt = true;
+        assert!(c.validate().unwrap_err().to_string().contains("jwt"));
+        c.http_api.accept_jwt = false;
+        c.listen[0].channel = Some("chat".into());
+        assert!(c.validate().is_err(), "no listener serves all channels");
+        c.http_api.listen = Some(SocketAddr::from(([127, 0, 0, 1], 4100)));
+        c.validate().unwrap();
+        let o = cli(&["--http-api-enabled", "true", "--http-api-keys", "a,b"]).overrides;
+        let mut c = Config::default();
+        c.apply(&o);
+        assert!(c.http_api.enabled);
+        assert_eq!(c.http_api.api_keys, ["a", "b"]);
     }
 
     #[test]

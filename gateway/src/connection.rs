@@ -6,20 +6,17 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicPublishOptions};
-use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
-use lapin::{Acker, BasicProperties, Channel, Confirmation, Consumer, PublisherConfirm};
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions};
+use lapin::types::ShortString;
+use lapin::{Acker, Channel, Consumer, PublisherConfirm};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use warren_protocol::amqp::{
-    self, keys, validate_client_headers, validate_dotted, validate_segment, validate_short,
-    HeaderError,
-};
+use warren_protocol::amqp::{self, keys, validate_dotted, validate_segment, validate_short};
 use warren_protocol::{
     decode_client, encode, ClientFrame, CloseCode, Correlator, Distribution, Drain, ErrorCode,
     Headers, Hello, Limits, Overflow, Ping, PocAction, PocPacket, Refresh, ServerFrame, Subscribe,
@@ -27,9 +24,9 @@ use warren_protocol::{
 };
 
 use crate::auth::{Action, AuthError, Identity};
-use crate::config::NoServiceMode;
 use crate::delivery::{self, Incoming};
 use crate::hub::{CatchUp, Hub, Membership, Message as HubMessage, Reader};
+use crate::inbound::{self, now_ms_epoch, truncate, Outcome, Refusal};
 use crate::limits::{Slot, TokenBucket};
 use crate::metrics;
 use crate::presence::PresenceEvent;
@@ -66,35 +63,11 @@ enum Origin {
     Request,
 }
 
-/// The broker's verdict on one client frame's publish(es).
-#[derive(Debug)]
-enum Outcome {
-    Acked,
-    Returned,
-    Nacked,
-    Failed(String),
-}
-
 #[derive(Debug)]
 struct Confirmed {
     id: String,
     origin: Origin,
     outcome: Outcome,
-}
-
-/// A frame-level failure: the `error` frame to send.
-struct Refusal {
-    code: ErrorCode,
-    message: String,
-}
-
-impl Refusal {
-    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Refusal {
-            code,
-            message: message.into(),
-        }
-    }
 }
 
 /// The open session of a connection.
@@ -291,30 +264,9 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
-/// An AMQP short string composed from client input, or `invalid` if it is too long.
-fn short(what: &'static str, value: String) -> Result<ShortString, Refusal> {
-    validate_short(what, &value).map_err(|e| Refusal::new(ErrorCode::Invalid, e.to_string()))?;
-    Ok(ShortString::from(value))
-}
-
 /// Seconds since the epoch.
 fn now_epoch_s() -> u64 {
     now_ms_epoch() / 1000
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
-}
-
-fn now_ms_epoch() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The next outbound event of the session; pending while the delivery window is full
@@ -353,35 +305,6 @@ async fn next_confirm(confirms: Option<&mut Confirms>) -> Option<Confirmed> {
         Some(c) => c.rx.recv().await,
         None => std::future::pending().await,
     }
-}
-
-/// Refuses with `no_service` a frame on a channel nobody can answer, as
-/// `no_service` in the configuration says (see [`crate::services`]).
-async fn check_service(shared: &Shared, channel: &str, action: Action) -> Result<(), Refusal> {
-    let check = match shared.config.no_service {
-        NoServiceMode::Off => false,
-        NoServiceMode::Requests => action == Action::Request,
-        NoServiceMode::All => true,
-    };
-    if !check {
-        return Ok(());
-    }
-    let queue = shared.names.channel_queue(channel);
-    if shared
-        .services
-        .answerable(&shared.broker, channel, &queue)
-        .await
-    {
-        return Ok(());
-    }
-    metrics::add(&shared.metrics.no_service, 1);
-    Err(Refusal::new(
-        ErrorCode::NoService,
-        format!(
-            "no service answers on channel `{channel}`: none announced on {}, no consumer on {queue}",
-            shared.names.services_exchange()
-        ),
-    ))
 }
 
 /// Rounds a housekeeping deadline up to a grid of `heartbeat / 32` (at most 1 s), so
@@ -1136,17 +1059,10 @@ impl Conn {
             }
             ClientFrame::Request(r) => {
                 let config = &self.shared.config;
-                let timeout = r.timeout_ms.unwrap_or(config.request_timeout_ms);
-                if timeout == 0 || timeout > config.max_request_timeout_ms {
-                    let max = config.max_request_timeout_ms;
-                    return self
-                        .bad(
-                            Some(r.id),
-                            ErrorCode::Invalid,
-                            format!("timeout_ms must be in 1..={max}"),
-                        )
-                        .await;
-                }
+                let timeout = match inbound::request_timeout(config, r.timeout_ms) {
+                    Ok(timeout) => timeout,
+                    Err(e) => return self.bad(Some(r.id), e.code, e.message).await,
+                };
                 if self.requests.len() >= config.max_pending_requests {
                     metrics::add(&self.shared.metrics.refused_limit, 1);
                     let max = config.max_pending_requests;
@@ -1307,22 +1223,11 @@ impl Conn {
     }
 
     fn check_channel(&self, channel: &str) -> Result<(), Refusal> {
-        let served = self.shared.config.has_channel(channel)
-            && self.pinned.as_deref().is_none_or(|p| p == channel);
-        if served {
-            return Ok(());
-        }
-        let msg = match &self.pinned {
-            Some(p) if self.shared.config.has_channel(channel) => {
-                format!("this port serves channel `{p}` only, not `{channel}`")
-            }
-            _ => format!("channel `{}` is not served here", truncate(channel, 64)),
-        };
-        Err(Refusal::new(ErrorCode::UnknownChannel, msg))
+        inbound::check_channel(&self.shared.config, self.pinned.as_deref(), channel)
     }
 
-    /// Validates and publishes one message to the inbound exchange; returns the
-    /// pending confirm.
+    /// Validates and publishes one message to the inbound exchange ([`inbound::send`]);
+    /// returns the pending confirm.
     #[allow(clippy::too_many_arguments)]
     async fn publish(
         &mut self,
@@ -1339,130 +1244,41 @@ impl Conn {
             .session
             .as_ref()
             .ok_or_else(|| Refusal::new(ErrorCode::Internal, "no session"))?;
-        if id.is_empty() || id.len() > amqp::MAX_NAME_LEN {
-            return Err(Refusal::new(
-                ErrorCode::Invalid,
-                format!("id must be 1..={} bytes", amqp::MAX_NAME_LEN),
-            ));
-        }
-        self.check_channel(channel)?;
-        let action = if request_timeout.is_some() {
-            Action::Request
-        } else {
-            Action::Publish
-        };
-        let identity = &session.identity;
-        if !identity.may(action, channel) {
-            return Err(Refusal::new(
-                ErrorCode::Forbidden,
-                identity.refusal(action, channel),
-            ));
-        }
-        if let Some(s) = subject {
-            validate_dotted("subject", s, false)
-                .map_err(|e| Refusal::new(ErrorCode::Invalid, e.to_string()))?;
-        }
-        check_service(&self.shared.clone(), channel, action).await?;
-        if let Some(d) = distribution {
-            for g in d.groups.iter().chain(&d.direct) {
-                validate_segment("distribution target", g)
-                    .map_err(|e| Refusal::new(ErrorCode::Invalid, e.to_string()))?;
-            }
-            if let Some(g) = d.groups.iter().find(|g| !identity.may_group(g)) {
-                return Err(Refusal::new(
-                    ErrorCode::Forbidden,
-                    format!("user `{}` may not address group `{g}`", identity.user),
-                ));
-            }
-        }
-        let key = short("routing key", keys::inbound(channel, subject))?;
-        let message_id = short("message id", format!("{}:{id}", identity.user))?;
-        validate_client_headers(client_headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .map_err(|e| {
-                let code = match e {
-                    HeaderError::Reserved(_) => ErrorCode::Forbidden,
-                    _ => ErrorCode::Invalid,
-                };
-                Refusal::new(code, e.to_string())
-            })?;
-        let mut headers = FieldTable::default();
-        for (k, v) in client_headers {
-            headers.insert(
-                ShortString::from(k.as_str()),
-                AMQPValue::LongString(LongString::from(v.as_str())),
-            );
-        }
-        let text = |s: &str| AMQPValue::LongString(LongString::from(s));
-        headers.insert(amqp::H_SESSION.into(), text(&session.id));
-        headers.insert(amqp::H_USER.into(), text(&identity.user));
-        headers.insert(amqp::H_GATEWAY.into(), text(&self.shared.config.node));
-        headers.insert(amqp::H_CHANNEL.into(), text(channel));
-        if let Some(s) = subject {
-            headers.insert(amqp::H_SUBJECT.into(), text(s));
-        }
-        if let Some(d) = distribution {
-            headers.insert(amqp::H_BROADCAST.into(), AMQPValue::Boolean(d.broadcast));
-            let list = |v: &[String]| {
-                AMQPValue::FieldArray(FieldArray::from(
-                    v.iter().map(|s| text(s)).collect::<Vec<_>>(),
-                ))
-            };
-            if !d.groups.is_empty() {
-                headers.insert(amqp::H_GROUPS.into(), list(&d.groups));
-            }
-            if !d.direct.is_empty() {
-                headers.insert(amqp::H_DIRECT.into(), list(&d.direct));
-            }
-        }
-        if let Some(t) = publish_target {
-            headers.insert(amqp::H_PUBLISH_TARGET.into(), text(t));
-        }
-        let mut props = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into())
-            .with_app_id("warren-gateway".into())
-            .with_message_id(message_id)
-            .with_timestamp(now_ms_epoch() / 1000);
-        if let Some(timeout) = request_timeout {
-            headers.insert(amqp::H_REQUEST_ID.into(), text(id));
-            // Replies come back through the session queue, or through the outbound
-            // stream with the session in the correlation id.
-            let (correlation, reply_to) = match &session.queue {
-                Some(q) => (ShortString::from(id), ShortString::from(q.queue.as_str())),
-                None => (
-                    short(
-                        "session and request id",
-                        delivery::stream_correlation(&session.id, id),
-                    )?,
-                    ShortString::from(self.shared.names.outbound_stream()),
-                ),
-            };
-            props = props
-                .with_correlation_id(correlation)
-                .with_reply_to(reply_to)
-                .with_expiration(ShortString::from(timeout.to_string()));
-        }
-        let props = props.with_headers(headers);
-        let exchange = self.shared.names.inbound_exchange();
-        let unavailable = |e: String| Refusal::new(ErrorCode::BrokerUnavailable, e);
-        let ch = self
-            .shared
-            .broker
-            .publisher()
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
-        ch.basic_publish(
-            ShortString::from(exchange),
-            key,
-            BasicPublishOptions {
-                mandatory: true,
-                immediate: false,
+        // Replies come back through the session queue, or through the outbound
+        // stream with the session in the correlation id.
+        let request = request_timeout.map(|timeout_ms| match &session.queue {
+            Some(q) => inbound::ReplyTo {
+                reply_to: q.queue.clone(),
+                correlation_id: id.to_string(),
+                timeout_ms,
             },
+            None => inbound::ReplyTo {
+                reply_to: self.shared.names.outbound_stream(),
+                correlation_id: delivery::stream_correlation(&session.id, id),
+                timeout_ms,
+            },
+        });
+        let message = inbound::Message {
+            id,
+            channel,
+            subject,
+            distribution,
+            headers: client_headers,
+            publish_target,
+            request,
+        };
+        let sender = inbound::Sender {
+            identity: &session.identity,
+            session: &session.id,
+        };
+        inbound::send(
+            &self.shared,
+            self.pinned.as_deref(),
+            &sender,
+            &message,
             body,
-            props,
         )
         .await
-        .map_err(|e| unavailable(e.to_string()))
     }
 
     /// Awaits the confirms of one frame's publishes in a task of its own, so confirms
@@ -1484,13 +1300,7 @@ impl Conn {
         tokio::spawn(async move {
             let mut outcome = Outcome::Acked;
             for res in futures_util::future::join_all(confirms).await {
-                let this = match res {
-                    Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => Outcome::Acked,
-                    Ok(Confirmation::Ack(Some(_))) => Outcome::Returned,
-                    Ok(Confirmation::Nack(Some(_))) => Outcome::Returned,
-                    Ok(Confirmation::Nack(None)) => Outcome::Nacked,
-                    Err(e) => Outcome::Failed(e.to_string()),
-                };
+                let this = Outcome::of(res);
                 if matches!(outcome, Outcome::Acked) {
                     outcome = this;
                 }
@@ -1509,21 +1319,10 @@ impl Conn {
             .metrics
             .confirms_pending
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        let error = |code, msg: &str| ServerFrame::error(Some(c.id.clone()), code, msg);
-        let frame = match (&c.outcome, c.origin) {
-            (Outcome::Acked, Origin::Publish) => ServerFrame::ack(c.id.clone()),
-            (Outcome::Acked, Origin::Request) => return Flow::Continue,
-            (Outcome::Returned, _) => error(
-                ErrorCode::NoRoute,
-                "no queue is bound for this message; it was not delivered",
-            ),
-            // With `x-overflow: reject-publish` a full inbound queue nacks.
-            (Outcome::Nacked, _) => error(
-                ErrorCode::Overloaded,
-                "RabbitMQ refused the message: the channel's queue is full \
-                 (inbound_max_length / inbound_max_bytes); retry later",
-            ),
-            (Outcome::Failed(e), _) => error(ErrorCode::BrokerUnavailable, e),
+        let frame = match (c.outcome.refusal(), c.origin) {
+            (None, Origin::Publish) => ServerFrame::ack(c.id.clone()),
+            (None, Origin::Request) => return Flow::Continue,
+            (Some(r), _) => ServerFrame::error(Some(c.id.clone()), r.code, r.message),
         };
         if c.origin == Origin::Request {
             self.requests.resolve(&c.id);

@@ -6,14 +6,19 @@
 //!
 //! - [`auth`]: tokens verified into identities (`none`, `jwt`), permission checks.
 //! - [`auth_service`]: `auth.mode = "service"`, the auth worker asked over RabbitMQ.
+//! - `direct_reply`: request/reply over RabbitMQ's direct reply-to (auth service,
+//!   HTTP API requests).
 //! - [`config`]: one serde struct with defaults, TOML file → `WARREN_*` env → flags.
 //! - [`topology`]: the exchanges and queues Warren declares, printable and idempotent.
 //! - [`broker`]: two AMQP connections, pooled publisher (confirm) and consumer channels.
 //! - [`presence`]: who is online across gateways; `client.disconnected` exactly once.
 //! - [`services`]: the service registry's live view; `no_service` at once.
 //! - [`session`]: session ids and queues, resume, subscriptions, seq/ack bookkeeping.
+//! - [`http_api`]: the external HTTP API (`/external`, `/publish`, `/request`).
 //! - [`hub`]: `outbound = "stream"`: the stream read once, fanned out in memory.
 //! - [`delivery`]: a session-queue message → `deliver` / `reply` / `error` frame.
+//! - `inbound`: the checks and AMQP properties of every client write, shared by the
+//!   WebSocket connection and the HTTP API.
 //! - `connection`: the per-WebSocket `select!` loop.
 //! - `server`: axum listeners (`/ws`, `/healthz`, `/metrics`, `/services`), shared
 //!   state, announcements.
@@ -33,8 +38,11 @@ pub mod broker;
 pub mod config;
 mod connection;
 pub mod delivery;
+mod direct_reply;
 pub mod error;
+pub mod http_api;
 pub mod hub;
+mod inbound;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
@@ -53,8 +61,8 @@ use tokio::task::JoinHandle;
 use warren_protocol::amqp::Names;
 
 pub use config::{
-    AuthConfig, AuthMode, AuthServiceConfig, Cli, Command, Config, JwtConfig, ListenerConfig,
-    NoServiceMode, OutboundMode, Overrides, QueueType, TopologyAction,
+    AuthConfig, AuthMode, AuthServiceConfig, Cli, Command, Config, HttpApiConfig, JwtConfig,
+    ListenerConfig, NoServiceMode, OutboundMode, Overrides, QueueType, TopologyAction,
 };
 pub use error::GatewayError;
 pub use topology::Topology;
@@ -67,6 +75,7 @@ pub struct Gateway {
     shared: Arc<Shared>,
     shutdown_tx: watch::Sender<bool>,
     listeners: Vec<(SocketAddr, Option<String>)>,
+    http_api: Option<SocketAddr>,
     servers: Vec<JoinHandle<()>>,
     announcer: JoinHandle<()>,
 }
@@ -112,6 +121,15 @@ impl Gateway {
             })?;
             bound.push((listener, addr, l.channel.clone()));
         }
+        let api_listener = match config.http_api.listen.filter(|_| config.http_api.enabled) {
+            Some(bind) => {
+                let bind_error = |source| GatewayError::Bind { addr: bind, source };
+                let listener = listener::bind(bind, config.listen_backlog).map_err(bind_error)?;
+                let addr = listener.local_addr().map_err(bind_error)?;
+                Some((listener, addr))
+            }
+            None => None,
+        };
         let (addressed_tx, addressed_rx) = tokio::sync::mpsc::channel(10_000);
         let hub = (config.outbound == OutboundMode::Stream).then(|| {
             let hub = hub::Hub::new(config.hub_buffer_messages);
@@ -142,20 +160,28 @@ impl Gateway {
         let mut listeners = Vec::new();
         for (listener, addr, channel) in bound {
             let app = server::router(shared.clone(), channel.clone());
-            let mut stop = shared.shutdown.clone();
-            let header_timeout = Duration::from_millis(shared.config.header_read_timeout_ms);
-            let listener = listener::Deadlined::new(listener, header_timeout);
-            servers.push(tokio::spawn(async move {
-                let app = app.into_make_service_with_connect_info::<listener::PeerAddr>();
-                let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                });
-                if let Err(e) = serve.await {
-                    tracing::error!(%addr, error = %e, "listener failed");
-                }
-            }));
+            servers.push(serve(&shared, listener, addr, app));
             tracing::info!(%addr, channel = channel.as_deref().unwrap_or("*"), node = %shared.config.node, "listening");
             listeners.push((addr, channel));
+        }
+        let http_api = match api_listener {
+            Some((listener, addr)) => {
+                servers.push(serve(
+                    &shared,
+                    listener,
+                    addr,
+                    http_api::router(shared.clone()),
+                ));
+                Some(addr)
+            }
+            None if shared.config.http_api.enabled => listeners
+                .iter()
+                .find(|(_, channel)| channel.is_none())
+                .map(|(addr, _)| *addr),
+            None => None,
+        };
+        if let Some(addr) = http_api {
+            tracing::info!(%addr, "HTTP API listening");
         }
         let announcer = tokio::spawn(server::announce(shared.clone(), listeners.clone()));
         tokio::spawn(server::listen_for_takeovers(shared.clone()));
@@ -172,6 +198,7 @@ impl Gateway {
             shared,
             shutdown_tx,
             listeners,
+            http_api,
             servers,
             announcer,
         })
@@ -181,6 +208,12 @@ impl Gateway {
     /// to (`None`: all channels).
     pub fn listeners(&self) -> Vec<(SocketAddr, Option<String>)> {
         self.listeners.clone()
+    }
+
+    /// Where the HTTP API is served (its own listener, or the first WebSocket listener
+    /// serving all channels); `None` when it is off.
+    pub fn http_api_addr(&self) -> Option<SocketAddr> {
+        self.http_api
     }
 
     /// The configuration the gateway runs with.
@@ -215,4 +248,25 @@ impl Gateway {
         self.shared.broker.close().await;
         tracing::info!(node = %self.shared.config.node, "stopped");
     }
+}
+
+/// Serves `app` on `listener` (with the header deadline) until shutdown.
+fn serve(
+    shared: &Arc<Shared>,
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    app: axum::Router,
+) -> JoinHandle<()> {
+    let mut stop = shared.shutdown.clone();
+    let header_timeout = Duration::from_millis(shared.config.header_read_timeout_ms);
+    let listener = listener::Deadlined::new(listener, header_timeout);
+    tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<listener::PeerAddr>();
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(%addr, error = %e, "listener failed");
+        }
+    })
 }

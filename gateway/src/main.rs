@@ -53,6 +53,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 channel.as_deref().unwrap_or("*")
             )?;
         }
+        if let Some(addr) = gateway.http_api_addr() {
+            writeln!(out, "HTTP_API {addr}")?;
+        }
         writeln!(out, "READY")?;
         out.flush()?;
     }

@@ -1,5 +1,5 @@
 //! The HTTP side: axum routers (`/ws` upgrading to the `warren.v1` subprotocol,
-//! `/healthz`), one per listener, each serving every channel or pinned to one; the
+//! `/healthz`, `/metrics`, and the HTTP API when it is on), one per listener, each serving every channel or pinned to one; the
 //! state shared by all connections; the tracker that lets shutdown wait for them.
 
 use std::net::SocketAddr;
@@ -29,6 +29,7 @@ use crate::auth_service::AuthClient;
 use crate::broker::{Broker, BrokerState};
 use crate::config::AuthMode;
 use crate::config::Config;
+use crate::direct_reply::DirectReply;
 use crate::limits::{LimitSettings, Limiter};
 use crate::listener::PeerAddr;
 use crate::metrics::{self, Metrics};
@@ -93,6 +94,8 @@ pub(crate) struct Shared {
     pub(crate) services: crate::services::Services,
     /// Who is online across the gateways, and whose `client.disconnected` is due.
     presence: std::sync::Mutex<crate::presence::PresenceView>,
+    /// Replies to the HTTP API's requests (direct reply-to; opened at the first).
+    pub(crate) http_replies: DirectReply,
     next_conn: AtomicU64,
 }
 
@@ -124,6 +127,7 @@ impl Shared {
                     &config.auth.service,
                 )
             }),
+            http_replies: DirectReply::new(broker.clone()),
             config,
             verifier,
             broker,
@@ -261,15 +265,26 @@ struct ListenerState {
     pinned: Option<String>,
 }
 
-/// The router of one listener.
+/// The router of one listener; one serving all channels also serves the HTTP API when
+/// it is on and has no listener of its own.
 pub(crate) fn router(shared: Arc<Shared>, pinned: Option<String>) -> Router {
-    Router::new()
+    let api = &shared.config.http_api;
+    let with_api = api.enabled && api.listen.is_none() && pinned.is_none();
+    let router = Router::new()
         .route("/ws", get(upgrade))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/services", get(services).options(preflight))
         .route("/presence", get(presence).options(preflight))
-        .with_state(ListenerState { shared, pinned })
+        .with_state(ListenerState {
+            shared: shared.clone(),
+            pinned,
+        });
+    if with_api {
+        router.merge(crate::http_api::router(shared))
+    } else {
+        router
+    }
 }
 
 async fn upgrade(

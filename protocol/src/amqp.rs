@@ -44,6 +44,11 @@ pub const H_CC: &str = "x-warren-cc";
 /// them (no session anywhere), sent to the message's `reply_to`.
 pub const H_UNDELIVERED: &str = "x-warren-undelivered";
 
+/// The value of [`H_CC`] for the extra routing keys of one publish.
+pub fn cc_header(extra_keys: &[String]) -> String {
+    extra_keys.join(" ")
+}
+
 /// The AMQP names of one Warren deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
@@ -178,6 +183,48 @@ pub mod keys {
         let path = routing_key.get(dot + 1..)?.strip_prefix("event.")?;
         let last = path.bytes().rposition(|b| b == b'.').map_or(0, |i| i + 1);
         path.get(last..).filter(|name| !name.is_empty())
+    }
+
+    /// The outbound keys of one message to clients of `channel`: its broadcast, groups,
+    /// users and events, without duplicates, broadcast first. One publish carries them
+    /// all: the first as its routing key, the others in `CC` and in
+    /// [`H_CC`](super::H_CC) ([`cc_header`](super::cc_header)). Empty when no target is
+    /// named.
+    ///
+    /// # Errors
+    /// [`NameError`](super::NameError) when the channel, a group, a user or an event
+    /// name would change routing (dots, wildcards, spaces...); events may be dotted.
+    pub fn outbound(
+        channel: &str,
+        broadcast: bool,
+        groups: &[String],
+        users: &[String],
+        events: &[String],
+    ) -> Result<Vec<String>, super::NameError> {
+        use super::{validate_dotted, validate_segment};
+        validate_segment("channel", channel)?;
+        let mut out: Vec<String> = Vec::new();
+        let mut push = |key: String| {
+            if !out.contains(&key) {
+                out.push(key);
+            }
+        };
+        if broadcast {
+            push(self::broadcast(channel));
+        }
+        for g in groups {
+            validate_segment("group", g)?;
+            push(group(channel, g));
+        }
+        for u in users {
+            validate_segment("user", u)?;
+            push(user(channel, u));
+        }
+        for e in events {
+            validate_dotted("event", e, false)?;
+            push(event(channel, e));
+        }
+        Ok(out)
     }
 
     /// The channel of an outbound routing key (its first segment).

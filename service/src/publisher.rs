@@ -15,7 +15,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, ErrorKind};
 use tokio::sync::Mutex;
 use tracing::{debug, warn};
-use warren_protocol::amqp::{Names, H_CC, H_CHANNEL, H_SESSION, H_SUBJECT, H_USER};
+use warren_protocol::amqp::{cc_header, Names, H_CC, H_CHANNEL, H_SESSION, H_SUBJECT, H_USER};
 
 use crate::error::{Result, ServiceError};
 use crate::handler::Answer;
@@ -159,7 +159,7 @@ impl Publisher {
             // The same keys as a string, which survives the gateway's outbound stream.
             headers.insert(
                 ShortString::from(H_CC),
-                AMQPValue::LongString(keys.join(" ").into()),
+                AMQPValue::LongString(cc_header(&keys).into()),
             );
         }
         let mut properties = self.properties(&message_id).with_headers(headers);

@@ -5,7 +5,7 @@
 //! still receives the message once.
 
 use lapin::types::{AMQPValue, FieldArray, LongString};
-use warren_protocol::amqp::{keys, validate_dotted, validate_segment};
+use warren_protocol::amqp::{keys, validate_segment};
 use warren_protocol::Distribution;
 
 use crate::error::{Result, ServiceError};
@@ -137,28 +137,13 @@ impl Targets {
         if self.is_empty() {
             return Err(ServiceError::NoTargets);
         }
-        let mut out: Vec<String> = Vec::new();
-        let mut push = |key: String| {
-            if !out.contains(&key) {
-                out.push(key);
-            }
-        };
-        if self.broadcast {
-            push(keys::broadcast(&self.channel));
-        }
-        for g in &self.groups {
-            validate_segment("group", g)?;
-            push(keys::group(&self.channel, g));
-        }
-        for u in &self.users {
-            validate_segment("user", u)?;
-            push(keys::user(&self.channel, u));
-        }
-        for e in &self.events {
-            validate_dotted("event", e, false)?;
-            push(keys::event(&self.channel, e));
-        }
-        Ok(out)
+        Ok(keys::outbound(
+            &self.channel,
+            self.broadcast,
+            &self.groups,
+            &self.users,
+            &self.events,
+        )?)
     }
 
     /// The routing key of the one publish and the `CC` header value carrying the

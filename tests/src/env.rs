@@ -13,7 +13,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
-use warren_protocol::amqp::Names;
+use warren_protocol::amqp::{keys, Names};
 
 /// The broker the tests use: `AMQP_ADDR`, default `amqp://127.0.0.1:5672/%2f`.
 pub fn amqp_addr() -> String {
@@ -232,6 +232,21 @@ impl TestEnv {
             .await
             .expect("bind");
         self.extra_queues.push(queue.to_string());
+    }
+
+    /// Removes the binding of `channel`'s inbound queue (`IN_<CHANNEL>` from
+    /// `warren.in` with `<channel>.#`): nothing receives that channel's messages any
+    /// more, so a publish on it is `no_route`.
+    pub async fn unbind_inbound(&self, channel: &str) {
+        self.channel
+            .queue_unbind(
+                ShortString::from(self.names.channel_queue(channel)),
+                ShortString::from(self.names.inbound_exchange()),
+                ShortString::from(keys::inbound_binding(channel)),
+                FieldTable::default(),
+            )
+            .await
+            .expect("unbind");
     }
 
     /// Records a queue (e.g. a session queue) to delete at cleanup.

@@ -168,14 +168,65 @@ pub async fn http_get_with(
 /// # Panics
 /// When the listener cannot be reached.
 pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    let head = format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
+    http_exchange(addr, &head, b"").await.1
+}
+
+/// `POST path` with `body` (JSON) and, when given, `Authorization: Bearer <token>`
+/// (HTTP/1.0); the status and the body as JSON (`null` when it is not JSON).
+///
+/// # Panics
+/// When the listener cannot be reached.
+pub async fn http_post(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> (u16, serde_json::Value) {
+    let (status, body) = http_post_text(addr, path, token, body).await;
+    (status, serde_json::from_str(&body).unwrap_or_default())
+}
+
+/// As [`http_post`], with the response body as it came.
+///
+/// # Panics
+/// When the listener cannot be reached.
+pub async fn http_post_text(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> (u16, String) {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "POST {path} HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\n\
+         {auth}Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    http_exchange(addr, &head, body).await
+}
+
+/// Sends one HTTP/1.0 request and reads the response until the server closes; the
+/// status and the body. A server that answers before reading the whole body (413)
+/// may reset the connection: what was read by then is the response.
+async fn http_exchange(addr: SocketAddr, head: &str, body: &[u8]) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .expect("request");
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.expect("response");
-    out.split_once("\r\n\r\n")
+    s.write_all(head.as_bytes()).await.expect("request");
+    let _ = s.write_all(body).await;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    let out = String::from_utf8_lossy(&out).into_owned();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
-        .unwrap_or(out)
+        .unwrap_or(out);
+    (status, body)
 }

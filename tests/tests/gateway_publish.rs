@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use lapin::options::QueueDeleteOptions;
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::types::{AMQPValue, ShortString};
 use serde_json::json;
 use warren_e2e::client::{raw, TestClient};
 use warren_e2e::env::{ack, next_delivery, TestEnv};
@@ -77,15 +77,7 @@ async fn a_publish_nothing_is_bound_to_gets_no_route() {
     let env = TestEnv::new("no-route").await;
     let gw = TestGateway::start(&env).await;
     // A channel configured but whose queue binding is gone.
-    env.channel()
-        .queue_unbind(
-            ShortString::from(env.names.channel_queue("voice")),
-            ShortString::from(env.names.inbound_exchange()),
-            ShortString::from("voice.#"),
-            FieldTable::default(),
-        )
-        .await
-        .expect("unbind");
+    env.unbind_inbound("voice").await;
     // A channel whose IN_ queue was deleted.
     env.channel()
         .queue_delete(

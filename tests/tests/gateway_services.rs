@@ -148,9 +148,18 @@ async fn a_stopped_service_gives_no_service_at_once_and_its_return_answers_again
         );
         assert!(latencies[4] < Duration::from_millis(100), "{latencies:?}");
 
-        // The service comes back: requests are answered again as soon as it joined.
+        // The service comes back: requests are answered again as soon as the gateway
+        // saw it join (its join follows its consume by a few ms).
         let service = tickets_service(env, Duration::from_millis(500)).await;
         let back = Instant::now();
+        let rejoined = wait_view(&gw, "rejoin", |s| {
+            s["tickets-svc"][0]["channels"] == json!(["tickets"])
+        })
+        .await;
+        println!(
+            "gateway_services: the restarted service seen {} ms after its consume returned",
+            rejoined.as_millis()
+        );
         let (outcome, _) = ask(&mut c, "back", "tickets", 10_000).await;
         assert_eq!(
             outcome,

@@ -48,6 +48,10 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// The HMAC secret `--auth jwt` uses unless `--jwt-secret` names another: a
 /// DEVELOPMENT secret, published in this repository.
 const DEV_SECRET: &str = "warren-development-secret-change-me!";
+/// The HTTP API key every gateway of the stack accepts
+/// (`Authorization: Bearer warren-demo-key`): a DEVELOPMENT key, published in this
+/// repository.
+const DEV_API_KEY: &str = "warren-demo-key";
 /// Groups every development token grants (`staff` is left out on purpose: the demo page
 /// shows the gateway refusing it).
 const DEV_GROUPS: [&str; 2] = ["room-1", "room-2"];
@@ -568,6 +572,14 @@ fn gateway_proc(
         args.push("--listen".into());
         args.push(format!("127.0.0.1:{}={channel}", port(i as u16 + 1)));
     }
+    // The external HTTP API beside /ws on the all-channels port (4000 in the demo
+    // layout), with the development key.
+    args.extend([
+        "--http-api-enabled".into(),
+        "true".into(),
+        "--http-api-keys".into(),
+        DEV_API_KEY.into(),
+    ]);
     // Always explicit, even when empty, so a WARREN_NAMESPACE in the environment
     // cannot split the gateways and the service into two deployments.
     args.extend(["--namespace".into(), namespace.to_string()]);

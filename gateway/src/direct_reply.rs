@@ -1,0 +1,148 @@
+//! Request/reply over RabbitMQ's direct reply-to: a request carries
+//! `reply_to = amq.rabbitmq.reply-to` and a fresh `correlation_id`, and the answer a
+//! service publishes to the default exchange with that key comes straight back to the
+//! channel that published it, so no queue is declared for answers. Direct reply-to needs
+//! the publish and the answer consumer on one channel: [`DirectReply`] holds that
+//! channel (re-opened when it dies) and hands each answer to the caller waiting for its
+//! correlation id. Used by the auth service client and the HTTP API's
+//! `POST /request/{channel}`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::Channel;
+use tokio::sync::oneshot;
+
+use crate::broker::Broker;
+
+/// The pseudo-queue a request names as `reply_to`.
+pub(crate) const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+type Waiting = Arc<Mutex<HashMap<String, oneshot::Sender<Delivery>>>>;
+
+/// One confirm-mode channel consuming `amq.rabbitmq.reply-to`, and the calls waiting
+/// for their answers.
+pub(crate) struct DirectReply {
+    broker: Arc<Broker>,
+    channel: tokio::sync::Mutex<Option<Channel>>,
+    waiting: Waiting,
+}
+
+/// A call in flight: publish the request on `channel` with `correlation_id` = `id` and
+/// `reply_to` = [`DIRECT_REPLY_TO`], then wait for [`Call::answer`]. Dropping it
+/// forgets the call (a late answer is dropped).
+pub(crate) struct Call<'a> {
+    pub(crate) id: String,
+    pub(crate) channel: Channel,
+    answer: oneshot::Receiver<Delivery>,
+    _forget: Forget<'a>,
+}
+
+impl Call<'_> {
+    /// The answer, when it comes (bound it with a timeout).
+    ///
+    /// # Errors
+    /// When the answer consumer ended (the channel died) before the answer came.
+    pub(crate) async fn answer(self) -> Result<Delivery, String> {
+        self.answer
+            .await
+            .map_err(|_| "the answer channel closed".to_string())
+    }
+}
+
+impl DirectReply {
+    pub(crate) fn new(broker: Arc<Broker>) -> DirectReply {
+        DirectReply {
+            broker,
+            channel: tokio::sync::Mutex::new(None),
+            waiting: Arc::default(),
+        }
+    }
+
+    /// Registers a call with correlation id `id` (unique among calls in flight).
+    ///
+    /// # Errors
+    /// When the channel cannot be opened (RabbitMQ is unreachable).
+    pub(crate) async fn begin(&self, id: String) -> Result<Call<'_>, String> {
+        let channel = self.channel().await?;
+        let (tx, rx) = oneshot::channel();
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), tx);
+        Ok(Call {
+            _forget: Forget {
+                waiting: &self.waiting,
+                id: id.clone(),
+            },
+            id,
+            channel,
+            answer: rx,
+        })
+    }
+
+    /// The request/answer channel, opened (with its answer consumer) when missing or
+    /// dead.
+    async fn channel(&self) -> Result<Channel, String> {
+        let mut guard = self.channel.lock().await;
+        if let Some(ch) = guard.as_ref() {
+            if ch.status().connected() {
+                return Ok(ch.clone());
+            }
+        }
+        let ch = self.broker.scratch().await.map_err(|e| e.to_string())?;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut answers = ch
+            .basic_consume(
+                ShortString::from(DIRECT_REPLY_TO),
+                ShortString::from(""),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let waiting = self.waiting.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(d)) = answers.next().await {
+                let Some(id) = d.properties.correlation_id().as_ref() else {
+                    continue;
+                };
+                let tx = waiting
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(id.as_str());
+                if let Some(tx) = tx {
+                    let _ = tx.send(d);
+                }
+            }
+            tracing::debug!("direct reply-to consumer ended");
+        });
+        *guard = Some(ch.clone());
+        Ok(ch)
+    }
+}
+
+/// Removes a call's waiting entry however it ends (answer, timeout, error), so the map
+/// holds only calls still in flight.
+struct Forget<'a> {
+    waiting: &'a Waiting,
+    id: String,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+}

@@ -1,0 +1,468 @@
+//! The external HTTP API (`[http_api]`, off by default), for backends that do not speak
+//! AMQP, as the source system's port-4000 API was:
+//!
+//! - `POST /external/{channel}`: publishes to the channel's services as a client's
+//!   `publish` does (the same checks and headers, [`inbound::prepare`]); `202` once
+//!   RabbitMQ confirmed it.
+//! - `POST /publish`: a message to clients (broadcast, groups, users, events) on
+//!   `warren.out`, as a service publishes; `202` once confirmed.
+//! - `POST /request/{channel}`: a request to the channel's services; `200` with the
+//!   service's reply, which comes back over RabbitMQ's direct reply-to.
+//!
+//! Callers authenticate with `Authorization: Bearer <key>` (an API key, or with
+//! `accept_jwt` a token the gateway's verifier accepts). Every refusal is a JSON body
+//! `{"code": "<registry code>", "message": "..."}` with the status of [`status_of`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use lapin::options::BasicPublishOptions;
+use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, PublisherConfirm};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+use warren_protocol::amqp::{self, cc_header, keys, validate_client_headers, HeaderError};
+use warren_protocol::{Distribution, ErrorCode, Headers, Raw, ServerFrame};
+
+use crate::auth::Identity;
+use crate::delivery::{self, Incoming};
+use crate::direct_reply::DIRECT_REPLY_TO;
+use crate::inbound::{self, now_ms_epoch, short, text, text_array, Outcome, Refusal};
+use crate::metrics;
+use crate::server::Shared;
+
+/// The user an API key acts as (`x-warren-user`).
+pub const API_USER: &str = "http-api";
+
+/// The HTTP status of a refusal with `code`.
+pub fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::Malformed | ErrorCode::Invalid | ErrorCode::UnknownType => {
+            StatusCode::BAD_REQUEST
+        }
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::UnknownChannel => StatusCode::NOT_FOUND,
+        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        // Well-formed, but nothing would receive it / the service said no.
+        ErrorCode::NoRoute | ErrorCode::Rejected => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::Unsupported => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ErrorCode::NoService
+        | ErrorCode::BrokerUnavailable
+        | ErrorCode::AuthUnavailable
+        | ErrorCode::Nacked => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "code": self.code.as_str(), "message": self.message });
+        let mut response = (status_of(self.code), Json(body)).into_response();
+        if self.code == ErrorCode::Unauthorized {
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, "Bearer".parse().expect("a header value"));
+        }
+        response
+    }
+}
+
+/// The API's routes (served on a listener of its own, or merged into a WebSocket
+/// listener's router).
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/external/{channel}", post(external))
+        .route("/publish", post(publish))
+        .route("/request/{channel}", post(request))
+        .with_state(shared)
+}
+
+/// Who called: an API key holder, or the user of a verified token.
+struct Caller {
+    identity: Identity,
+    by_key: bool,
+}
+
+/// Whether `a` and `b` are equal, in time that does not depend on where they differ
+/// (or on their lengths: both are hashed first).
+fn same_key(a: &str, b: &str) -> bool {
+    let (a, b) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+/// Authenticates a call by its `Authorization: Bearer` header.
+async fn caller(shared: &Shared, headers: &HeaderMap) -> Result<Caller, Refusal> {
+    let unauthorized = |m: &str| Refusal::new(ErrorCode::Unauthorized, m);
+    if *shared.shutdown.borrow() {
+        return Err(Refusal::new(
+            ErrorCode::BrokerUnavailable,
+            "the gateway is shutting down",
+        ));
+    }
+    let token = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| unauthorized("an API key is required: Authorization: Bearer <key>"))?;
+    let api = &shared.config.http_api;
+    // Every key is compared, matching or not.
+    let known = api
+        .api_keys
+        .iter()
+        .fold(false, |found, key| same_key(key, token) | found);
+    if known {
+        return Ok(Caller {
+            identity: Identity::unrestricted(API_USER),
+            by_key: true,
+        });
+    }
+    if !api.accept_jwt {
+        metrics::add(&shared.metrics.refused_token, 1);
+        return Err(unauthorized("the API key is not valid"));
+    }
+    match shared.verifier.verify_fetching(Some(token), "").await {
+        Ok(identity) => Ok(Caller {
+            identity,
+            by_key: false,
+        }),
+        Err(e) => {
+            metrics::add(&shared.metrics.refused_token, 1);
+            Err(unauthorized(&format!(
+                "neither an API key nor a valid token: {e}"
+            )))
+        }
+    }
+}
+
+/// Reads the body (at most `max_body_bytes`) and decodes it.
+async fn read_json<T: DeserializeOwned>(shared: &Shared, body: Body) -> Result<T, Refusal> {
+    let max = shared.config.http_api.max_body_bytes;
+    let bytes = axum::body::to_bytes(body, max).await.map_err(|_| {
+        Refusal::new(
+            ErrorCode::TooLarge,
+            format!("the body is larger than {max} bytes (http_api.max_body_bytes)"),
+        )
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        let code = match e.classify() {
+            serde_json::error::Category::Data => ErrorCode::Invalid,
+            _ => ErrorCode::Malformed,
+        };
+        Refusal::new(code, e.to_string())
+    })
+}
+
+/// The body of `POST /external/{channel}` and `POST /request/{channel}`.
+#[derive(Deserialize)]
+struct ToServices {
+    /// Makes `message_id` = `<user>:<id>` stable across retries; a fresh one when
+    /// absent.
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    subject: Option<String>,
+    /// `/external` only.
+    #[serde(default)]
+    distribution: Option<Distribution>,
+    #[serde(default)]
+    headers: Headers,
+    /// `/request` only.
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+    message: Raw,
+}
+
+impl ToServices {
+    /// The inbound message this body describes: a publish, or with `request` a
+    /// request (which has no `distribution`).
+    fn inbound<'a>(
+        &'a self,
+        id: &'a str,
+        channel: &'a str,
+        request: Option<inbound::ReplyTo>,
+    ) -> inbound::Message<'a> {
+        inbound::Message {
+            id,
+            channel,
+            subject: self.subject.as_deref(),
+            distribution: self.distribution.as_ref().filter(|_| request.is_none()),
+            headers: &self.headers,
+            publish_target: None,
+            request,
+        }
+    }
+}
+
+/// The `200` body of `POST /request/{channel}`.
+#[derive(Serialize)]
+struct Answer<'a> {
+    id: &'a str,
+    headers: &'a Headers,
+    message: &'a RawValue,
+}
+
+/// The body of `POST /publish`.
+#[derive(Deserialize)]
+struct ToClients {
+    channel: String,
+    #[serde(default)]
+    broadcast: bool,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    users: Vec<String>,
+    #[serde(default)]
+    events: Vec<String>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    headers: Headers,
+    message: Raw,
+}
+
+fn fresh_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// The caller and the body of a call to a channel's services (`/external`,
+/// `/request`).
+async fn to_services(
+    shared: &Shared,
+    channel: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Caller, ToServices), Refusal> {
+    let caller = caller(shared, headers).await?;
+    inbound::check_channel(&shared.config, None, channel)?;
+    Ok((caller, read_json(shared, body).await?))
+}
+
+/// Waits for a publish's confirm; a refusal unless RabbitMQ took the message.
+async fn confirmed(shared: &Shared, confirm: PublisherConfirm) -> Result<(), Refusal> {
+    metrics::add(&shared.metrics.publishes, 1);
+    match Outcome::of(confirm.await).refusal() {
+        Some(r) => Err(r),
+        None => Ok(()),
+    }
+}
+
+/// `202` naming the call's id and the `message_id` it was published with.
+fn accepted(id: &str, message_id: &str) -> Response {
+    let body = serde_json::json!({ "id": id, "message_id": message_id });
+    (StatusCode::ACCEPTED, Json(body)).into_response()
+}
+
+/// `POST /external/{channel}`: a `publish` from outside.
+async fn external(
+    State(shared): State<Arc<Shared>>,
+    Path(channel): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Refusal> {
+    let (caller, m) = to_services(&shared, &channel, &headers, body).await?;
+    let id = m.id.clone().unwrap_or_else(fresh_id);
+    let session = format!("http-{}", fresh_id());
+    let sender = inbound::Sender {
+        identity: &caller.identity,
+        session: &session,
+    };
+    let message = m.inbound(&id, &channel, None);
+    let confirm =
+        inbound::send(&shared, None, &sender, &message, m.message.get().as_bytes()).await?;
+    confirmed(&shared, confirm).await?;
+    Ok(accepted(&id, &format!("{}:{id}", caller.identity.user)))
+}
+
+/// `POST /request/{channel}`: a `request` from outside, answered with the reply.
+async fn request(
+    State(shared): State<Arc<Shared>>,
+    Path(channel): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Refusal> {
+    let (caller, m) = to_services(&shared, &channel, &headers, body).await?;
+    let timeout = inbound::request_timeout(&shared.config, m.timeout_ms)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout);
+    let id = m.id.clone().unwrap_or_else(fresh_id);
+    let call_id = fresh_id();
+    let session = format!("http-{call_id}");
+    let sender = inbound::Sender {
+        identity: &caller.identity,
+        session: &session,
+    };
+    let reply_to = inbound::ReplyTo {
+        reply_to: DIRECT_REPLY_TO.to_string(),
+        correlation_id: call_id.clone(),
+        timeout_ms: timeout,
+    };
+    let message = m.inbound(&id, &channel, Some(reply_to));
+    let prepared = inbound::prepare(&shared, None, &sender, &message)?;
+    inbound::check_service(&shared, &channel, crate::auth::Action::Request).await?;
+    let call = shared
+        .http_replies
+        .begin(call_id)
+        .await
+        .map_err(|e| Refusal::new(ErrorCode::BrokerUnavailable, e))?;
+    let confirm = prepared
+        .publish(&call.channel, &shared, m.message.get().as_bytes())
+        .await?;
+    confirmed(&shared, confirm).await?;
+    let answer = match tokio::time::timeout_at(deadline, call.answer()).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => return Err(Refusal::new(ErrorCode::BrokerUnavailable, e)),
+        Err(_) => {
+            return Err(Refusal::new(
+                ErrorCode::Timeout,
+                format!("no reply within {timeout} ms"),
+            ))
+        }
+    };
+    let frame = delivery::to_frame(
+        Incoming {
+            exchange: "",
+            routing_key: answer.routing_key.as_str(),
+            redelivered: false,
+            properties: &answer.properties,
+            body: &answer.data,
+            position: None,
+        },
+        0,
+    );
+    let (headers, message) = match frame {
+        ServerFrame::Reply(r) => (r.headers, r.message),
+        ServerFrame::Error(e) => return Err(Refusal::new(e.code, e.message)),
+        ServerFrame::Deliver(d) => (d.headers, d.message),
+        _ => return Err(Refusal::new(ErrorCode::Internal, "an unexpected answer")),
+    };
+    // Serialised from the raw value: the service's bytes pass through unchanged.
+    let reply = Answer {
+        id: &id,
+        headers: &headers,
+        message: &message,
+    };
+    Ok((StatusCode::OK, Json(reply)).into_response())
+}
+
+/// `POST /publish`: a message to clients, as a service publishes it (API keys only: a
+/// token's user may not speak for a service).
+async fn publish(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Refusal> {
+    let caller = caller(&shared, &headers).await?;
+    if !caller.by_key {
+        return Err(Refusal::new(
+            ErrorCode::Forbidden,
+            "POST /publish needs an API key; a user token may not publish to clients",
+        ));
+    }
+    let m: ToClients = read_json(&shared, body).await?;
+    inbound::check_channel(&shared.config, None, &m.channel)?;
+    let invalid = |e: String| Refusal::new(ErrorCode::Invalid, e);
+    let mut targets = keys::outbound(&m.channel, m.broadcast, &m.groups, &m.users, &m.events)
+        .map_err(|e| invalid(e.to_string()))?;
+    if targets.is_empty() {
+        return Err(invalid(
+            "no target: name broadcast, groups, users or events".into(),
+        ));
+    }
+    validate_client_headers(m.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()))).map_err(
+        |e| match e {
+            HeaderError::Reserved(_) => Refusal::new(ErrorCode::Forbidden, e.to_string()),
+            _ => invalid(e.to_string()),
+        },
+    )?;
+    let routing_key = short("routing key", targets.remove(0))?;
+    let id = m.id.clone().unwrap_or_else(fresh_id);
+    let message_id = format!("{API_USER}:{id}");
+    let mut table = FieldTable::default();
+    for (k, v) in &m.headers {
+        table.insert(ShortString::from(k.as_str()), text(v));
+    }
+    table.insert(amqp::H_USER.into(), text(API_USER));
+    if !targets.is_empty() {
+        // `CC` for queue bindings, the same keys as a string for the outbound stream.
+        table.insert(ShortString::from("CC"), text_array(&targets));
+        table.insert(amqp::H_CC.into(), text(&cc_header(&targets)));
+    }
+    let properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_app_id("warren-gateway".into())
+        .with_message_id(short("message id", message_id.clone())?)
+        .with_timestamp(now_ms_epoch() / 1000)
+        .with_headers(table);
+    let unavailable = |e: String| Refusal::new(ErrorCode::BrokerUnavailable, e);
+    let channel = shared
+        .broker
+        .publisher()
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    // Not mandatory: a message no client is subscribed to is dropped, as a broadcast
+    // nobody listens to should be.
+    let confirm = channel
+        .basic_publish(
+            ShortString::from(shared.names.outbound_exchange()),
+            routing_key,
+            BasicPublishOptions::default(),
+            m.message.get().as_bytes(),
+            properties,
+        )
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    confirmed(&shared, confirm).await?;
+    Ok(accepted(&id, &message_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_compared_whole() {
+        assert!(same_key("warren-demo-key", "warren-demo-key"));
+        assert!(!same_key("warren-demo-key", "warren-demo-ke"));
+        assert!(!same_key("warren-demo-key", "warren-demo-kez"));
+        assert!(!same_key("", "x"));
+    }
+
+    #[test]
+    fn refusals_map_to_the_documented_statuses() {
+        let table = [
+            (ErrorCode::Malformed, 400),
+            (ErrorCode::Invalid, 400),
+            (ErrorCode::Unauthorized, 401),
+            (ErrorCode::Forbidden, 403),
+            (ErrorCode::UnknownChannel, 404),
+            (ErrorCode::TooLarge, 413),
+            (ErrorCode::NoRoute, 422),
+            (ErrorCode::Rejected, 422),
+            (ErrorCode::Overloaded, 429),
+            (ErrorCode::BrokerUnavailable, 503),
+            (ErrorCode::NoService, 503),
+            (ErrorCode::Timeout, 504),
+            (ErrorCode::Internal, 500),
+        ];
+        for (code, status) in table {
+            assert_eq!(status_of(code).as_u16(), status, "{code}");
+        }
+    }
+}

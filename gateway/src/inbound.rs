@@ -1,0 +1,382 @@
+//! What a client's write becomes on RabbitMQ: the checks every inbound message passes
+//! (channel served, permissions, names, headers) and the routing key and properties it
+//! is published with on `warren.in` (PROTOCOL.md, "What the gateway publishes"), and
+//! what the broker's confirm means for it. The WebSocket connection and the HTTP API
+//! both go through [`prepare`], so they check and label messages alike: a check that
+//! applies to every publish and request (e.g. `no_service` for a channel nothing
+//! consumes) belongs there.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use lapin::options::BasicPublishOptions;
+use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
+use warren_protocol::amqp::{
+    self, keys, validate_client_headers, validate_dotted, validate_segment, validate_short,
+    HeaderError,
+};
+use warren_protocol::{Distribution, ErrorCode, Headers};
+
+use crate::auth::{Action, Identity};
+use crate::config::{Config, NoServiceMode};
+use crate::metrics;
+use crate::server::Shared;
+
+/// A refused message or frame: the registry code and why.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub(crate) code: ErrorCode,
+    pub(crate) message: String,
+}
+
+impl Refusal {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Who sends an inbound message: the verified identity and the session it speaks for
+/// (`x-warren-session`; the HTTP API names each call).
+pub(crate) struct Sender<'a> {
+    pub(crate) identity: &'a Identity,
+    pub(crate) session: &'a str,
+}
+
+/// Where the answer to a request goes, and how long it may take.
+pub(crate) struct ReplyTo {
+    pub(crate) reply_to: String,
+    pub(crate) correlation_id: String,
+    pub(crate) timeout_ms: u64,
+}
+
+/// One inbound message as a `publish` / `request` frame, a POC packet or an HTTP call
+/// describes it; the body travels separately.
+pub(crate) struct Message<'a> {
+    /// The frame id (`message_id` = `<user>:<id>`).
+    pub(crate) id: &'a str,
+    pub(crate) channel: &'a str,
+    pub(crate) subject: Option<&'a str>,
+    pub(crate) distribution: Option<&'a Distribution>,
+    /// The client's own headers (allow-listed here).
+    pub(crate) headers: &'a Headers,
+    /// A POC packet's `publish_target`.
+    pub(crate) publish_target: Option<&'a str>,
+    /// Set for a request.
+    pub(crate) request: Option<ReplyTo>,
+}
+
+/// A checked message: its routing key on `warren.in` and its properties.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    key: ShortString,
+    properties: BasicProperties,
+}
+
+/// Whether `channel` is served here (by this gateway, and by the listener if it is
+/// pinned to one channel).
+///
+/// # Errors
+/// `unknown_channel`, naming the pinned channel when that is the reason.
+pub(crate) fn check_channel(
+    config: &Config,
+    pinned: Option<&str>,
+    channel: &str,
+) -> Result<(), Refusal> {
+    let served = config.has_channel(channel) && pinned.is_none_or(|p| p == channel);
+    if served {
+        return Ok(());
+    }
+    let msg = match pinned {
+        Some(p) if config.has_channel(channel) => {
+            format!("this port serves channel `{p}` only, not `{channel}`")
+        }
+        _ => format!("channel `{}` is not served here", truncate(channel, 64)),
+    };
+    Err(Refusal::new(ErrorCode::UnknownChannel, msg))
+}
+
+/// The timeout of a request: the one asked for, or `request_timeout_ms`.
+///
+/// # Errors
+/// `invalid` outside `1..=max_request_timeout_ms`.
+pub(crate) fn request_timeout(config: &Config, asked: Option<u64>) -> Result<u64, Refusal> {
+    let timeout = asked.unwrap_or(config.request_timeout_ms);
+    let max = config.max_request_timeout_ms;
+    if timeout == 0 || timeout > max {
+        return Err(Refusal::new(
+            ErrorCode::Invalid,
+            format!("timeout_ms must be in 1..={max}"),
+        ));
+    }
+    Ok(timeout)
+}
+
+/// Refuses with `no_service` a frame on a channel nobody can answer, as
+/// `no_service` in the configuration says (see [`crate::services`]).
+pub(crate) async fn check_service(
+    shared: &Shared,
+    channel: &str,
+    action: Action,
+) -> Result<(), Refusal> {
+    let check = match shared.config.no_service {
+        NoServiceMode::Off => false,
+        NoServiceMode::Requests => action == Action::Request,
+        NoServiceMode::All => true,
+    };
+    if !check {
+        return Ok(());
+    }
+    let queue = shared.names.channel_queue(channel);
+    if shared
+        .services
+        .answerable(&shared.broker, channel, &queue)
+        .await
+    {
+        return Ok(());
+    }
+    metrics::add(&shared.metrics.no_service, 1);
+    Err(Refusal::new(
+        ErrorCode::NoService,
+        format!(
+            "no service answers on channel `{channel}`: none announced on {}, no consumer on {queue}",
+            shared.names.services_exchange()
+        ),
+    ))
+}
+
+/// Checks one inbound message and builds what it is published with: the one place
+/// every publish and request passes, from a WebSocket or the HTTP API.
+///
+/// # Errors
+/// `invalid` (id, subject, targets, headers, names too long), `unknown_channel`,
+/// `forbidden` (the identity may not, or a reserved header).
+pub(crate) fn prepare(
+    shared: &Shared,
+    pinned: Option<&str>,
+    sender: &Sender<'_>,
+    m: &Message<'_>,
+) -> Result<Prepared, Refusal> {
+    let id = m.id;
+    if id.is_empty() || id.len() > amqp::MAX_NAME_LEN {
+        return Err(Refusal::new(
+            ErrorCode::Invalid,
+            format!("id must be 1..={} bytes", amqp::MAX_NAME_LEN),
+        ));
+    }
+    check_channel(&shared.config, pinned, m.channel)?;
+    let action = if m.request.is_some() {
+        Action::Request
+    } else {
+        Action::Publish
+    };
+    let identity = sender.identity;
+    if !identity.may(action, m.channel) {
+        return Err(Refusal::new(
+            ErrorCode::Forbidden,
+            identity.refusal(action, m.channel),
+        ));
+    }
+    if let Some(s) = m.subject {
+        validate_dotted("subject", s, false)
+            .map_err(|e| Refusal::new(ErrorCode::Invalid, e.to_string()))?;
+    }
+    if let Some(d) = m.distribution {
+        for g in d.groups.iter().chain(&d.direct) {
+            validate_segment("distribution target", g)
+                .map_err(|e| Refusal::new(ErrorCode::Invalid, e.to_string()))?;
+        }
+        if let Some(g) = d.groups.iter().find(|g| !identity.may_group(g)) {
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                format!("user `{}` may not address group `{g}`", identity.user),
+            ));
+        }
+    }
+    let key = short("routing key", keys::inbound(m.channel, m.subject))?;
+    let message_id = short("message id", format!("{}:{id}", identity.user))?;
+    validate_client_headers(m.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()))).map_err(
+        |e| {
+            let code = match e {
+                HeaderError::Reserved(_) => ErrorCode::Forbidden,
+                _ => ErrorCode::Invalid,
+            };
+            Refusal::new(code, e.to_string())
+        },
+    )?;
+    let mut headers = FieldTable::default();
+    for (k, v) in m.headers {
+        headers.insert(ShortString::from(k.as_str()), text(v));
+    }
+    headers.insert(amqp::H_SESSION.into(), text(sender.session));
+    headers.insert(amqp::H_USER.into(), text(&identity.user));
+    headers.insert(amqp::H_GATEWAY.into(), text(&shared.config.node));
+    headers.insert(amqp::H_CHANNEL.into(), text(m.channel));
+    if let Some(s) = m.subject {
+        headers.insert(amqp::H_SUBJECT.into(), text(s));
+    }
+    if let Some(d) = m.distribution {
+        headers.insert(amqp::H_BROADCAST.into(), AMQPValue::Boolean(d.broadcast));
+        if !d.groups.is_empty() {
+            headers.insert(amqp::H_GROUPS.into(), text_array(&d.groups));
+        }
+        if !d.direct.is_empty() {
+            headers.insert(amqp::H_DIRECT.into(), text_array(&d.direct));
+        }
+    }
+    if let Some(t) = m.publish_target {
+        headers.insert(amqp::H_PUBLISH_TARGET.into(), text(t));
+    }
+    let mut properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_app_id("warren-gateway".into())
+        .with_message_id(message_id)
+        .with_timestamp(now_ms_epoch() / 1000);
+    if let Some(r) = &m.request {
+        headers.insert(amqp::H_REQUEST_ID.into(), text(id));
+        properties = properties
+            .with_correlation_id(short("session and request id", r.correlation_id.clone())?)
+            .with_reply_to(short("reply_to", r.reply_to.clone())?)
+            .with_expiration(ShortString::from(r.timeout_ms.to_string()));
+    }
+    Ok(Prepared {
+        key,
+        properties: properties.with_headers(headers),
+    })
+}
+
+impl Prepared {
+    /// Publishes `body` on `warren.in` through `channel` (a confirm-mode channel),
+    /// `mandatory`: an unroutable message comes back as [`Outcome::Returned`].
+    ///
+    /// # Errors
+    /// `broker_unavailable` when the channel cannot take the publish.
+    pub(crate) async fn publish(
+        self,
+        channel: &Channel,
+        shared: &Shared,
+        body: &[u8],
+    ) -> Result<PublisherConfirm, Refusal> {
+        channel
+            .basic_publish(
+                ShortString::from(shared.names.inbound_exchange()),
+                self.key,
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
+                body,
+                self.properties,
+            )
+            .await
+            .map_err(|e| Refusal::new(ErrorCode::BrokerUnavailable, e.to_string()))
+    }
+}
+
+/// Checks `m` ([`prepare`], [`check_service`]) and publishes it on a pooled publisher
+/// channel; returns the pending confirm.
+///
+/// # Errors
+/// As [`prepare`]; `broker_unavailable` when RabbitMQ does not come back within
+/// `broker_wait_ms` or refuses the publish.
+pub(crate) async fn send(
+    shared: &Shared,
+    pinned: Option<&str>,
+    sender: &Sender<'_>,
+    m: &Message<'_>,
+    body: &[u8],
+) -> Result<PublisherConfirm, Refusal> {
+    let prepared = prepare(shared, pinned, sender, m)?;
+    let action = if m.request.is_some() {
+        Action::Request
+    } else {
+        Action::Publish
+    };
+    check_service(shared, m.channel, action).await?;
+    let channel = shared
+        .broker
+        .publisher()
+        .await
+        .map_err(|e| Refusal::new(ErrorCode::BrokerUnavailable, e.to_string()))?;
+    prepared.publish(&channel, shared, body).await
+}
+
+/// The broker's verdict on a publish.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Acked,
+    /// `mandatory` and nothing bound: returned.
+    Returned,
+    /// Negative confirm (a full `reject-publish` queue).
+    Nacked,
+    /// The channel or connection went away before the confirm.
+    Failed(String),
+}
+
+impl Outcome {
+    /// The outcome of one publisher confirm.
+    pub(crate) fn of(confirm: lapin::Result<Confirmation>) -> Outcome {
+        match confirm {
+            Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => Outcome::Acked,
+            Ok(Confirmation::Ack(Some(_))) | Ok(Confirmation::Nack(Some(_))) => Outcome::Returned,
+            Ok(Confirmation::Nack(None)) => Outcome::Nacked,
+            Err(e) => Outcome::Failed(e.to_string()),
+        }
+    }
+
+    /// What to tell the client; `None` when the broker took the message.
+    pub(crate) fn refusal(&self) -> Option<Refusal> {
+        Some(match self {
+            Outcome::Acked => return None,
+            Outcome::Returned => Refusal::new(
+                ErrorCode::NoRoute,
+                "no queue is bound for this message; it was not delivered",
+            ),
+            // With `x-overflow: reject-publish` a full inbound queue nacks.
+            Outcome::Nacked => Refusal::new(
+                ErrorCode::Overloaded,
+                "RabbitMQ refused the message: the channel's queue is full \
+                 (inbound_max_length / inbound_max_bytes); retry later",
+            ),
+            Outcome::Failed(e) => Refusal::new(ErrorCode::BrokerUnavailable, e.clone()),
+        })
+    }
+}
+
+/// An AMQP short string composed from client input, or `invalid` if it is too long.
+pub(crate) fn short(what: &'static str, value: String) -> Result<ShortString, Refusal> {
+    validate_short(what, &value).map_err(|e| Refusal::new(ErrorCode::Invalid, e.to_string()))?;
+    Ok(ShortString::from(value))
+}
+
+/// A header value: a long string.
+pub(crate) fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+/// A header value: an array of long strings.
+pub(crate) fn text_array(items: &[String]) -> AMQPValue {
+    AMQPValue::FieldArray(FieldArray::from(
+        items.iter().map(|s| text(s)).collect::<Vec<_>>(),
+    ))
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+pub(crate) fn truncate(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// Milliseconds since the epoch.
+pub(crate) fn now_ms_epoch() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

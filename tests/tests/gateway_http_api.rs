@@ -1,0 +1,520 @@
+//! The external HTTP API against the real RabbitMQ: `POST /external/{channel}` lands in
+//! `IN_<CHANNEL>` with the gateway's headers before its `202`, `POST /publish` reaches
+//! exactly the WebSocket clients it names, `POST /request/{channel}` returns a real
+//! service's reply or `504`, and a table of bad requests gets the documented status and
+//! registry code.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use lapin::types::AMQPValue;
+use serde_json::{json, Value};
+use warren_e2e::client::{sub, TestClient};
+use warren_e2e::env::TestEnv;
+use warren_e2e::gateway::{http_post, http_post_text, TestGateway};
+use warren_e2e::service::start_demo;
+use warren_gateway::Config;
+use warren_protocol::amqp::{H_CHANNEL, H_GATEWAY, H_SESSION, H_SUBJECT, H_USER};
+use warren_protocol::{Hello, Subscribe};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A bad request: what it is, path, credential, body, expected status and code.
+type Case<'a> = (&'a str, &'a str, Option<&'a str>, &'a str, u16, &'a str);
+const KEY: &str = "test-http-api-key";
+
+/// The HTTP API on, with one key; on its own listener when `own_listener`.
+fn api_on(own_listener: bool) -> impl FnOnce(&mut Config) {
+    move |c: &mut Config| {
+        c.http_api.enabled = true;
+        c.http_api.api_keys = vec![KEY.into()];
+        c.http_api.max_body_bytes = 4096;
+        if own_listener {
+            c.http_api.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        }
+    }
+}
+
+fn api_addr(gw: &TestGateway) -> SocketAddr {
+    gw.gateway().http_api_addr().expect("the HTTP API is on")
+}
+
+async fn post(addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {
+    http_post(addr, path, Some(KEY), body.to_string().as_bytes()).await
+}
+
+#[tokio::test]
+async fn an_external_publish_is_in_the_channel_queue_with_the_gateways_headers_when_accepted() {
+    TestEnv::run("http-external", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, api_on(true)).await;
+        let addr = api_addr(&gw);
+        assert!(
+            gw.listeners().iter().all(|(a, _)| *a != addr),
+            "a listener of its own"
+        );
+        let body = json!({
+            "id": "x1",
+            "subject": "room-1",
+            "distribution": {"groups": ["room-1"]},
+            "headers": {"lang": "en"},
+            "message": {"text": "hi"},
+        });
+        let (status, answer) = post(addr, "/external/chat", body).await;
+        assert_eq!(status, 202, "{answer}");
+        assert_eq!(answer, json!({"id": "x1", "message_id": "http-api:x1"}));
+        // Accepted after the confirm: the message is already in IN_CHAT.
+        let d = env
+            .get(&env.names.channel_queue("chat"))
+            .await
+            .expect("the message is in IN_CHAT when the 202 arrives");
+        assert_eq!(d.data, br#"{"text":"hi"}"#.to_vec());
+        assert_eq!(d.routing_key.as_str(), "chat.room-1");
+        let p = &d.properties;
+        assert_eq!(
+            p.message_id().as_ref().map(|s| s.as_str()),
+            Some("http-api:x1")
+        );
+        assert_eq!(*p.delivery_mode(), Some(2), "persistent");
+        let h = p.headers().as_ref().expect("headers").inner();
+        let text = |k: &str| match h.get(k) {
+            Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+            other => panic!("{k}: {other:?}"),
+        };
+        assert_eq!(text(H_USER), "http-api");
+        assert_eq!(text(H_CHANNEL), "chat");
+        assert_eq!(text(H_SUBJECT), "room-1");
+        assert_eq!(text(H_GATEWAY), gw.gateway().config().node);
+        assert!(text(H_SESSION).starts_with("http-"), "{}", text(H_SESSION));
+        assert_eq!(text("lang"), "en");
+        // Without an id: a fresh one, in the answer.
+        let (status, answer) = post(addr, "/external/chat", json!({"message": 1})).await;
+        assert_eq!(status, 202);
+        assert!(answer["id"].as_str().is_some_and(|id| !id.is_empty()));
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn publish_reaches_the_broadcast_a_group_and_a_user_it_names_and_nobody_else() {
+    TestEnv::run("http-publish", LIMIT, async |env| {
+        // Served beside /ws on the WebSocket listener.
+        let gw = TestGateway::start_with(env, api_on(false)).await;
+        let addr = api_addr(&gw);
+        assert_eq!(format!("ws://{addr}/ws"), gw.url());
+        let connect = |user: &'static str| {
+            let url = gw.url();
+            async move {
+                let hello = Hello {
+                    token: Some(user.into()),
+                    ..Hello::default()
+                };
+                TestClient::connect_with(&url, hello).await
+            }
+        };
+        let mut alice = connect("alice").await;
+        let mut bob = connect("bob").await;
+        let mut carol = connect("carol").await;
+        alice.subscribe(sub("s", "chat")).await;
+        bob.subscribe(Subscribe {
+            broadcast: Some(false),
+            groups: vec!["room-1".into()],
+            ..sub("s", "chat")
+        })
+        .await;
+        carol
+            .subscribe(Subscribe {
+                broadcast: Some(false),
+                direct: true,
+                ..sub("s", "chat")
+            })
+            .await;
+        // Each publish, and who must get it (alice: broadcast, bob: room-1, carol:
+        // her direct messages); the others must not.
+        let mut clients = [alice, bob, carol];
+        let cases = [
+            (json!({"broadcast": true}), [true, false, false]),
+            (json!({"groups": ["room-1"]}), [false, true, false]),
+            (json!({"users": ["carol"]}), [false, false, true]),
+            // Two targets in one publish (CC / x-warren-cc): each once.
+            (
+                json!({"groups": ["room-1"], "users": ["carol"]}),
+                [false, true, true],
+            ),
+        ];
+        for (n, (targets, receivers)) in cases.into_iter().enumerate() {
+            let mut body = targets.clone();
+            body["channel"] = json!("chat");
+            body["id"] = json!(format!("m{n}"));
+            body["message"] = json!({"n": n});
+            let (status, answer) = post(addr, "/publish", body).await;
+            assert_eq!(status, 202, "{targets}: {answer}");
+            assert_eq!(answer["message_id"], format!("http-api:m{n}"));
+            for (client, receives) in clients.iter_mut().zip(receivers) {
+                if receives {
+                    let d = client.expect_deliver().await;
+                    let message: Value = serde_json::from_str(d.message.get()).unwrap();
+                    assert_eq!(message, json!({"n": n}), "{targets}");
+                    assert_eq!(d.message_id, format!("http-api:m{n}"));
+                    assert_eq!(d.headers.get(H_USER).map(String::as_str), Some("http-api"));
+                }
+            }
+            for client in &mut clients {
+                client.expect_no_deliver(Duration::from_millis(300)).await;
+            }
+        }
+        for client in clients {
+            client.close().await;
+        }
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn request_returns_the_services_reply_or_refusal_and_times_out_when_nothing_answers() {
+    TestEnv::run("http-request", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, api_on(false)).await;
+        let addr = api_addr(&gw);
+        // Nothing consumes IN_VOICE yet: 503 no_service at once.
+        let started = tokio::time::Instant::now();
+        let (status, answer) = post(addr, "/request/voice", json!({"message": {"sdp": "x"}})).await;
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (503, Some("no_service")),
+            "{answer}"
+        );
+        assert!(started.elapsed() < Duration::from_millis(500));
+        // A consumer that never answers: 504 once the timeout passed.
+        let _stuck = env.consume_inbound("voice").await;
+        tokio::time::sleep(warren_gateway::services::CONSUMER_CHECK_TTL).await;
+        let started = tokio::time::Instant::now();
+        let (status, answer) = post(
+            addr,
+            "/request/voice",
+            json!({"timeout_ms": 300, "message": {"sdp": "x"}}),
+        )
+        .await;
+        assert_eq!(status, 504, "{answer}");
+        assert_eq!(answer["code"], "timeout");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+
+        let demo = start_demo(&env.namespace).await;
+        let message = json!({"n": 7, "nested": {"list": [1, 2, 3]}});
+        let (status, answer) = post(
+            addr,
+            "/request/echo",
+            json!({"id": "e1", "timeout_ms": 10_000, "message": message}),
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["id"], "e1");
+        assert_eq!(answer["message"], message);
+        // The reply's bytes pass through: odd spacing and key order survive.
+        let odd = r#"{ "b" : [1, 2 ,3], "a":"\u00e9" }"#;
+        let body = format!(r#"{{"timeout_ms": 10000, "message": {odd}}}"#);
+        let (status, text) =
+            http_post_text(addr, "/request/echo", Some(KEY), body.as_bytes()).await;
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains(&format!(r#""message":{odd}"#)), "{text}");
+
+        let (status, answer) = post(
+            addr,
+            "/request/tickets",
+            json!({"message": {"op": "create", "title": "printer"}}),
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["message"]["created_by"], "http-api");
+        // A refusal by the service keeps its registry code.
+        let (status, answer) = post(
+            addr,
+            "/request/tickets",
+            json!({"message": {"op": "get", "id": 999}}),
+        )
+        .await;
+        assert_eq!(status, 422, "{answer}");
+        assert_eq!(answer["code"], "rejected");
+        demo.stop().await.unwrap();
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_a_4xx_status_and_the_registry_code() {
+    TestEnv::run("http-bad", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, api_on(false)).await;
+        let addr = api_addr(&gw);
+        // IN_VOICE with its binding gone: nothing would receive a voice message.
+        env.unbind_inbound("voice").await;
+        // Something consumes IN_VOICE (unbound), so a request there is routed, not
+        // answered no_service; nothing consumes IN_TICKETS.
+        let _voice = env.consume_inbound("voice").await;
+        let ok = json!({"message": {"text": "hi"}}).to_string();
+        let oversized = json!({"message": "x".repeat(6000)}).to_string();
+        let cases: &[Case] = &[
+            ("no key", "/external/chat", None, &ok, 401, "unauthorized"),
+            (
+                "wrong key",
+                "/external/chat",
+                Some("nope"),
+                &ok,
+                401,
+                "unauthorized",
+            ),
+            (
+                "wrong key, publish",
+                "/publish",
+                Some("test-http-api-kez"),
+                &ok,
+                401,
+                "unauthorized",
+            ),
+            (
+                "not JSON",
+                "/external/chat",
+                Some(KEY),
+                "{\"message\":",
+                400,
+                "malformed",
+            ),
+            (
+                "no message",
+                "/external/chat",
+                Some(KEY),
+                "{\"id\":\"a\"}",
+                400,
+                "invalid",
+            ),
+            (
+                "not an object",
+                "/external/chat",
+                Some(KEY),
+                "[1]",
+                400,
+                "invalid",
+            ),
+            (
+                "mistyped field",
+                "/external/chat",
+                Some(KEY),
+                "{\"message\":1,\"headers\":\"x\"}",
+                400,
+                "invalid",
+            ),
+            (
+                "bad subject",
+                "/external/chat",
+                Some(KEY),
+                "{\"subject\":\"a b\",\"message\":1}",
+                400,
+                "invalid",
+            ),
+            (
+                "empty id",
+                "/external/chat",
+                Some(KEY),
+                "{\"id\":\"\",\"message\":1}",
+                400,
+                "invalid",
+            ),
+            (
+                "reserved header",
+                "/external/chat",
+                Some(KEY),
+                "{\"headers\":{\"x-warren-user\":\"eve\"},\"message\":1}",
+                403,
+                "forbidden",
+            ),
+            (
+                "oversized",
+                "/external/chat",
+                Some(KEY),
+                &oversized,
+                413,
+                "too_large",
+            ),
+            (
+                "unknown channel",
+                "/external/nope",
+                Some(KEY),
+                &ok,
+                404,
+                "unknown_channel",
+            ),
+            (
+                "unknown channel, request",
+                "/request/nope",
+                Some(KEY),
+                &ok,
+                404,
+                "unknown_channel",
+            ),
+            (
+                "no route",
+                "/external/voice",
+                Some(KEY),
+                &ok,
+                422,
+                "no_route",
+            ),
+            (
+                "no route, request",
+                "/request/voice",
+                Some(KEY),
+                &ok,
+                422,
+                "no_route",
+            ),
+            (
+                "no service, request",
+                "/request/tickets",
+                Some(KEY),
+                &ok,
+                503,
+                "no_service",
+            ),
+            (
+                "timeout 0",
+                "/request/echo",
+                Some(KEY),
+                "{\"timeout_ms\":0,\"message\":1}",
+                400,
+                "invalid",
+            ),
+            (
+                "publish, no channel",
+                "/publish",
+                Some(KEY),
+                "{\"broadcast\":true,\"message\":1}",
+                400,
+                "invalid",
+            ),
+            (
+                "publish, unknown channel",
+                "/publish",
+                Some(KEY),
+                "{\"channel\":\"nope\",\"broadcast\":true,\"message\":1}",
+                404,
+                "unknown_channel",
+            ),
+            (
+                "publish, no target",
+                "/publish",
+                Some(KEY),
+                "{\"channel\":\"chat\",\"message\":1}",
+                400,
+                "invalid",
+            ),
+            (
+                "publish, bad group",
+                "/publish",
+                Some(KEY),
+                "{\"channel\":\"chat\",\"groups\":[\"a.b\"],\"message\":1}",
+                400,
+                "invalid",
+            ),
+        ];
+        for (what, path, key, body, status, code) in cases {
+            let (got, answer) = http_post(addr, path, *key, body.as_bytes()).await;
+            assert_eq!(
+                (got, answer["code"].as_str()),
+                (*status, Some(*code)),
+                "{what}: {answer}"
+            );
+            assert!(
+                answer["message"].as_str().is_some_and(|m| !m.is_empty()),
+                "{what}"
+            );
+        }
+        // Nothing of it reached a queue.
+        assert!(env.get(&env.names.channel_queue("chat")).await.is_none());
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn with_accept_jwt_a_token_calls_with_its_user_and_permissions_but_may_not_publish_to_clients(
+) {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    const SECRET: &str = "warren-tests-secret-of-at-least-32-bytes";
+    TestEnv::run("http-jwt", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| {
+            api_on(false)(c);
+            c.auth.mode = warren_gateway::AuthMode::Jwt;
+            c.auth.jwt.secret = Some(SECRET.into());
+            c.http_api.accept_jwt = true;
+        })
+        .await;
+        let addr = api_addr(&gw);
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 600;
+        let claims = json!({"sub": "ada", "exp": exp, "channels": {"chat": ["publish"]}});
+        let token = encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        let call = |path: &'static str, body: Value| {
+            let token = token.clone();
+            async move { http_post(addr, path, Some(&token), body.to_string().as_bytes()).await }
+        };
+        let (status, answer) = call("/external/chat", json!({"id": "j1", "message": 1})).await;
+        assert_eq!(status, 202, "{answer}");
+        assert_eq!(answer["message_id"], "ada:j1", "the token's user");
+        let d = env
+            .get(&env.names.channel_queue("chat"))
+            .await
+            .expect("in IN_CHAT");
+        let user = d
+            .properties
+            .headers()
+            .as_ref()
+            .unwrap()
+            .inner()
+            .get(H_USER)
+            .cloned();
+        assert_eq!(user, Some(AMQPValue::LongString("ada".into())));
+        let refused = [
+            ("/external/tickets", json!({"message": 1}), 403, "forbidden"),
+            ("/request/chat", json!({"message": 1}), 403, "forbidden"),
+            (
+                "/publish",
+                json!({"channel": "chat", "broadcast": true, "message": 1}),
+                403,
+                "forbidden",
+            ),
+        ];
+        for (path, body, status, code) in refused {
+            let (got, answer) = call(path, body).await;
+            assert_eq!(
+                (got, answer["code"].as_str()),
+                (status, Some(code)),
+                "{path}: {answer}"
+            );
+        }
+        let (got, answer) = http_post(
+            addr,
+            "/external/chat",
+            Some("not.a.token"),
+            b"{\"message\":1}",
+        )
+        .await;
+        assert_eq!(
+            (got, answer["code"].as_str()),
+            (401, Some("unauthorized")),
+            "{answer}"
+        );
+        // The API key still works beside tokens.
+        let (status, _) = post(addr, "/external/chat", json!({"message": 2})).await;
+        assert_eq!(status, 202);
+        gw.shutdown().await;
+    })
+    .await;
+}
