@@ -105,6 +105,17 @@ fn same_key(a: &str, b: &str) -> bool {
         == 0
 }
 
+/// Whether `token` is one of the API keys (with the API on). Every key is compared,
+/// matching or not.
+pub(crate) fn is_api_key(shared: &Shared, token: &str) -> bool {
+    let api = &shared.config.http_api;
+    api.enabled
+        && api
+            .api_keys
+            .iter()
+            .fold(false, |found, key| same_key(key, token) | found)
+}
+
 /// Authenticates a call by its `Authorization: Bearer` header.
 async fn caller(shared: &Shared, headers: &HeaderMap) -> Result<Caller, Refusal> {
     let unauthorized = |m: &str| Refusal::new(ErrorCode::Unauthorized, m);
@@ -122,12 +133,7 @@ async fn caller(shared: &Shared, headers: &HeaderMap) -> Result<Caller, Refusal>
         .filter(|t| !t.is_empty())
         .ok_or_else(|| unauthorized("an API key is required: Authorization: Bearer <key>"))?;
     let api = &shared.config.http_api;
-    // Every key is compared, matching or not.
-    let known = api
-        .api_keys
-        .iter()
-        .fold(false, |found, key| same_key(key, token) | found);
-    if known {
+    if is_api_key(shared, token) {
         return Ok(Caller {
             identity: Identity::unrestricted(API_USER),
             by_key: true,

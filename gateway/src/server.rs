@@ -460,7 +460,8 @@ fn refusal(status: StatusCode, code: warren_protocol::ErrorCode, message: String
 /// channel and/or group: `{"node", "users", "sessions": [{"session","user","node"}],
 /// "per_node"}`. The caller proves who it is as a WebSocket client does (token in
 /// `Authorization: Bearer` or the token cookie) and may ask only about a channel it
-/// may subscribe to and a group it is granted.
+/// may subscribe to and a group it is granted; a backend sends an HTTP API key
+/// (`http_api.api_keys`) and may ask about anything.
 async fn presence(
     State(st): State<ListenerState>,
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
@@ -480,11 +481,19 @@ async fn presence(
             .map(str::to_string),
         token: token.clone(),
     };
-    let identity = match st
-        .shared
-        .authenticate(token.as_deref(), "anonymous", None, &upgrade)
-        .await
-    {
+    let by_key = token
+        .as_deref()
+        .is_some_and(|t| crate::http_api::is_api_key(&st.shared, t));
+    let identity = match by_key {
+        // A backend with an HTTP API key may ask about anyone.
+        true => Ok(Identity::unrestricted(crate::http_api::API_USER)),
+        false => {
+            st.shared
+                .authenticate(token.as_deref(), "anonymous", None, &upgrade)
+                .await
+        }
+    };
+    let identity = match identity {
         Ok(i) => i,
         Err(e) => {
             metrics::add(&st.shared.metrics.refused_token, 1);

@@ -5,15 +5,13 @@
 //!
 //! "Nobody can answer" takes two witnesses, so a service that does not announce still
 //! counts: no live instance in the registry **and** no consumer on the channel's
-//! `IN_<CHANNEL>` queue (read with a passive declare, at most once per
+//! `IN_<CHANNEL>` queue (read with a passive declare on a scratch channel, at most once per
 //! [`CONSUMER_CHECK_TTL`] per channel, and only when the registry has nobody).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lapin::options::QueueDeclareOptions;
-use lapin::types::{FieldTable, ShortString};
 use serde::Serialize;
 use warren_protocol::services::{AnnounceEvent, Announcement};
 
@@ -176,22 +174,11 @@ impl Services {
     }
 }
 
-/// The consumer count of `queue` by a passive declare on a control channel; `None`
-/// when the broker cannot say.
+/// The consumer count of `queue` ([`crate::session::lookup`]); `None` when the broker
+/// cannot say or the queue does not exist (the publish then reports what is wrong).
 async fn consumer_count(broker: &Arc<Broker>, queue: &str) -> Option<u32> {
-    let ch = broker.control().await.ok()?;
-    let q = ch
-        .queue_declare(
-            ShortString::from(queue),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await;
-    match q {
-        Ok(q) => Some(q.consumer_count()),
+    match crate::session::lookup(broker, queue).await {
+        Ok(count) => count,
         Err(e) => {
             tracing::debug!(queue, error = %e, "consumer count not read");
             None

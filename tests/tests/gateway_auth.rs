@@ -197,7 +197,12 @@ async fn forged_expired_and_malformed_tokens_are_refused_before_any_session_exis
 async fn presence_is_answered_only_for_a_valid_token_and_what_it_grants() {
     use warren_e2e::gateway::http_get_with;
     TestEnv::run("auth-presence", LIMIT, async |env| {
-        let gw = TestGateway::start_with(env, jwt).await;
+        let gw = TestGateway::start_with(env, |c| {
+            jwt(c);
+            c.http_api.enabled = true;
+            c.http_api.api_keys = vec!["backend-key-for-tests".into()];
+        })
+        .await;
         let mut ada = login(&gw.url(), "ada").await;
         let mut s = sub("s", "chat");
         s.groups = vec!["room-1".into()];
@@ -250,6 +255,15 @@ async fn presence_is_answered_only_for_a_valid_token_and_what_it_grants() {
                 "",
             ),
         ];
+        // A backend with an HTTP API key may ask about any group.
+        let (status, _, body) = http_get_with(
+            addr,
+            "/presence?group=room-1",
+            &[("Authorization", "Bearer backend-key-for-tests")],
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("\"ada\""), "{body}");
         for (path, headers, want, code) in cases {
             let (status, _, body) = http_get_with(addr, path, &headers).await;
             assert_eq!(status, want, "{path} {headers:?}: {body}");
