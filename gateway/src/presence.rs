@@ -64,11 +64,13 @@ pub struct Held {
     pub keys: BTreeSet<String>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Peer {
     last_seen: Instant,
     lifetime: Duration,
     down: bool,
+    /// The process behind the node name: a new one means the node restarted.
+    instance: String,
 }
 
 /// The cluster's sessions and gateways as one gateway sees them.
@@ -192,10 +194,35 @@ impl PresenceView {
         }
     }
 
-    /// A gateway announcement: `node` is up (next one due within `interval`) or down.
-    pub fn on_gateway(&mut self, node: &str, up: bool, interval: Duration, now: Instant) {
+    /// A gateway announcement: `node` (process `instance`) is up (next one due within
+    /// `interval`) or down. When the node name comes back as another process (a
+    /// restart), the sessions the earlier process held are that process's, and it is
+    /// dead: they are treated as a lost gateway's.
+    pub fn on_gateway(
+        &mut self,
+        node: &str,
+        instance: &str,
+        up: bool,
+        interval: Duration,
+        now: Instant,
+    ) {
         if node == self.me {
             return;
+        }
+        if let Some(old) = self.peers.get(node) {
+            if !old.instance.is_empty() && old.instance != instance {
+                let gone = format!("{node}#{}", old.instance);
+                for h in self.sessions.values_mut().filter(|h| h.node == node) {
+                    h.node = gone.clone();
+                }
+                self.peers.insert(
+                    gone,
+                    Peer {
+                        down: true,
+                        ..old.clone()
+                    },
+                );
+            }
         }
         self.peers.insert(
             node.to_string(),
@@ -203,8 +230,41 @@ impl PresenceView {
                 last_seen: now,
                 lifetime: interval * MISSED_ANNOUNCEMENTS,
                 down: !up,
+                instance: instance.to_string(),
             },
         );
+    }
+
+    /// What this view knows of the cluster's sessions, for a gateway that just started
+    /// ([`PresenceView::merge`]).
+    pub fn snapshot(&self) -> Vec<PresenceEvent> {
+        self.sessions
+            .iter()
+            .filter(|(s, _)| !self.away.contains_key(*s))
+            .map(|(session, h)| PresenceEvent {
+                event: "client.connected".into(),
+                session: session.clone(),
+                user: h.user.clone(),
+                node: h.node.clone(),
+                channel: h.channel.clone(),
+                reason: None,
+                by: None,
+                keys: Some(h.keys.iter().cloned().collect()),
+            })
+            .collect()
+    }
+
+    /// Takes in a peer's [`PresenceView::snapshot`]: sessions this view does not know
+    /// yet (what it knows is as new or newer).
+    pub fn merge(&mut self, snapshot: Vec<PresenceEvent>) {
+        for e in snapshot {
+            self.sessions.entry(e.session).or_insert_with(|| Held {
+                user: e.user,
+                node: e.node,
+                channel: e.channel,
+                keys: e.keys.unwrap_or_default().into_iter().collect(),
+            });
+        }
     }
 
     fn peer_alive(&self, node: &str, now: Instant) -> bool {
@@ -375,7 +435,7 @@ mod tests {
         );
         v.ended("s1", false, t0);
         v.taken_over("s1", "b");
-        v.on_gateway("b", true, Duration::from_secs(5), t0);
+        v.on_gateway("b", "1", true, Duration::from_secs(5), t0);
         assert!(v.due(t0 + GRACE).is_empty());
         // The client closes on b: b's event removes it everywhere.
         v.on_event(PresenceEvent {
@@ -395,12 +455,12 @@ mod tests {
         let mut a = PresenceView::new("a", GRACE);
         let mut c = PresenceView::new("c", GRACE);
         for v in [&mut a, &mut c] {
-            v.on_gateway("b", true, period, t0);
+            v.on_gateway("b", "1", true, period, t0);
             v.on_event(connected("s1", "ada", "b"));
             v.on_event(connected("s2", "bob", "b"));
         }
-        a.on_gateway("c", true, Duration::from_secs(60), t0);
-        c.on_gateway("a", true, Duration::from_secs(60), t0);
+        a.on_gateway("c", "1", true, Duration::from_secs(60), t0);
+        c.on_gateway("a", "1", true, Duration::from_secs(60), t0);
         // b misses three announcements; s2 is resumed on c meanwhile.
         let dead_at = t0 + period * 3;
         assert!(a.due(dead_at).is_empty() && c.due(dead_at).is_empty());
@@ -418,6 +478,29 @@ mod tests {
         assert!(
             c.online(None, None).iter().all(|o| o.session == "s2"),
             "s1 is away"
+        );
+    }
+
+    #[test]
+    fn a_restarted_gateways_old_sessions_are_lost_and_a_new_gateway_learns_from_a_snapshot() {
+        let t0 = Instant::now();
+        let minute = Duration::from_secs(60);
+        let mut a = PresenceView::new("a", GRACE);
+        a.on_gateway("b", "first", true, minute, t0);
+        a.on_event(connected("s1", "ada", "b"));
+        // b restarts under the same name: s1 was the first process's.
+        a.on_gateway("b", "second", true, minute, t0);
+        assert!(a.due(t0).is_empty(), "not resumed within the grace yet");
+        let due = a.due(t0 + GRACE);
+        assert_eq!(due.len(), 1);
+        assert_eq!((due[0].0.as_str(), due[0].2), ("s1", "gateway_lost"));
+        // A gateway that starts learns the sessions its peers know.
+        a.opened("s2", "bob", None);
+        let mut fresh = PresenceView::new("c", GRACE);
+        fresh.merge(a.snapshot());
+        assert!(
+            !fresh.opened("s2", "bob", None),
+            "s2 resumed on c is no new connect"
         );
     }
 

@@ -94,6 +94,8 @@ pub(crate) struct Shared {
     pub(crate) services: crate::services::Services,
     /// Who is online across the gateways, and whose `client.disconnected` is due.
     presence: std::sync::Mutex<crate::presence::PresenceView>,
+    /// This process, in announcements: peers tell a restart of the same node by it.
+    pub(crate) instance: String,
     /// Replies to the HTTP API's requests (direct reply-to; opened at the first).
     pub(crate) http_replies: DirectReply,
     next_conn: AtomicU64,
@@ -136,6 +138,7 @@ impl Shared {
             tracker: Tracker::default(),
             metrics,
             services: crate::services::Services::default(),
+            instance: uuid::Uuid::new_v4().simple().to_string(),
 
             next_conn: AtomicU64::new(1),
         }
@@ -622,23 +625,61 @@ impl Shared {
     }
 }
 
-/// Listens on `warren.gateways` for takeover requests of other gateways and hands
-/// them to the local connection serving the session.
+/// What else travels on `warren.gateways` besides takeovers and announcements: a
+/// starting gateway asks its peers what they know of the cluster's sessions, and each
+/// answers with its presence view.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub(crate) enum PresenceSync {
+    Request {
+        presence_snapshot_for: String,
+    },
+    Snapshot {
+        presence_snapshot: Vec<crate::presence::PresenceEvent>,
+        to: String,
+    },
+}
+
+/// Listens on `warren.gateways`: takeover requests of other gateways (handed to the
+/// local connection serving the session), their announcements and presence snapshots
+/// (for the presence view).
 pub(crate) async fn listen_for_takeovers(shared: Arc<Shared>) {
     let exchange = shared.names.gateways_exchange();
     let on = shared.clone();
     listen_fanout(shared, exchange, "takeover", move |body| {
-        let Ok(req) = serde_json::from_slice::<TakeoverRequest>(body) else {
-            if let Ok(a) = serde_json::from_slice::<GatewayAnnouncement>(body) {
-                let interval = Duration::from_millis(a.interval_ms.unwrap_or(5_000).max(1));
-                on.presence_view()
-                    .on_gateway(&a.node, a.state == "up", interval, std::time::Instant::now());
+        if let Ok(req) = serde_json::from_slice::<TakeoverRequest>(body) {
+            on.presence_view().taken_over(&req.takeover, &req.node);
+            if req.node != on.config.node && on.registry.ask_to_release(&req.takeover) {
+                tracing::info!(session = %req.takeover, by = %req.node, "session resumed on another gateway; releasing it");
             }
-            return;
-        };
-        on.presence_view().taken_over(&req.takeover, &req.node);
-        if req.node != on.config.node && on.registry.ask_to_release(&req.takeover) {
-            tracing::info!(session = %req.takeover, by = %req.node, "session resumed on another gateway; releasing it");
+        } else if let Ok(a) = serde_json::from_slice::<GatewayAnnouncement>(body) {
+            let interval = Duration::from_millis(a.interval_ms.unwrap_or(5_000).max(1));
+            on.presence_view().on_gateway(
+                &a.node,
+                &a.instance,
+                a.state == "up",
+                interval,
+                std::time::Instant::now(),
+            );
+        } else if let Ok(sync) = serde_json::from_slice::<PresenceSync>(body) {
+            match sync {
+                PresenceSync::Request { presence_snapshot_for: node } if node != on.config.node => {
+                    let snapshot = on.presence_view().snapshot();
+                    if !snapshot.is_empty() {
+                        let body = serde_json::to_string(&PresenceSync::Snapshot {
+                            presence_snapshot: snapshot,
+                            to: node,
+                        })
+                        .expect("a snapshot serialises");
+                        on.fire(on.names.gateways_exchange(), String::new(), body);
+                    }
+                }
+                PresenceSync::Snapshot { presence_snapshot, to } if to == on.config.node => {
+                    tracing::info!(sessions = presence_snapshot.len(), "presence snapshot from a peer");
+                    on.presence_view().merge(presence_snapshot);
+                }
+                _ => {}
+            }
         }
     })
     .await;
@@ -705,6 +746,8 @@ pub(crate) async fn report_undelivered(
 #[derive(Debug, serde::Deserialize)]
 struct GatewayAnnouncement {
     node: String,
+    #[serde(default)]
+    instance: String,
     state: String,
     #[serde(default)]
     interval_ms: Option<u64>,
@@ -728,6 +771,14 @@ pub(crate) async fn keep_presence(shared: Arc<Shared>) {
     );
     let mut shutdown = shared.shutdown.clone();
     let tick = async {
+        // What the peers know of sessions opened before this gateway started (once its
+        // listener on warren.gateways is likely bound).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let ask = serde_json::to_string(&PresenceSync::Request {
+            presence_snapshot_for: shared.config.node.clone(),
+        })
+        .expect("a request serialises");
+        shared.fire(shared.names.gateways_exchange(), String::new(), ask);
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
             tick.tick().await;
@@ -855,6 +906,7 @@ pub(crate) async fn announce(shared: Arc<Shared>, listeners: Vec<(SocketAddr, Op
         };
         let body = serde_json::json!({
             "node": shared.config.node,
+            "instance": shared.instance,
             "state": state,
             "interval_ms": period,
             "listeners": listeners,

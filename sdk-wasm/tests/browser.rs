@@ -447,6 +447,79 @@ async fn a_refused_port_is_reported_as_an_error_event_and_connect_rejects_after_
 }
 
 #[wasm_bindgen_test]
+async fn a_gateway_down_at_start_is_reported_and_connect_resolves_once_it_is_up() {
+    let failover = url(1, "all");
+    post(&format!("{}/gateways/failover/kill", control())).await;
+    let c = client(&format!(
+        r#"{{"urls": ["{failover}"], "reconnect": {{"minDelayMs": 100, "maxDelayMs": 300}}}}"#
+    ));
+    let (on_error, errors) = recorder();
+    c.on("error", on_error).expect("on");
+    let connected = c.connect();
+    // A write made while nothing answers waits in the outbox.
+    let written =
+        c.write(json(r#"{"channel": "chat", "message": {"text": "queued"}}"#).unchecked_into());
+    for _ in 0..100 {
+        if messages_of(&errors).len() >= 2 {
+            break;
+        }
+        sleep(50).await;
+    }
+    let messages = messages_of(&errors);
+    assert!(
+        messages.len() >= 2 && messages.iter().all(|m| m.contains(&failover)),
+        "every failed attempt is an error event naming the URL: {messages:?}"
+    );
+    assert_ne!(c.state(), "connected");
+    post(&format!("{}/gateways/failover/start", control())).await;
+    let up = js_sys::Date::now();
+    wait(connected)
+        .await
+        .expect("connect() resolves once the gateway is up");
+    let after = js_sys::Date::now() - up;
+    assert!(
+        after < 5_000.0,
+        "connected {after} ms after the gateway was up"
+    );
+    wait(written)
+        .await
+        .expect("the queued write goes out and is acknowledged");
+    assert_eq!(c.state(), "connected");
+    c.close();
+}
+
+#[wasm_bindgen_test]
+async fn a_gateway_that_never_answers_the_handshake_times_out_and_the_next_url_is_used() {
+    let silent = path(&stack(), &["silent"]).as_string().expect("silent URL");
+    let good = url(0, "all");
+    let c = client(&format!(
+        r#"{{"urls": ["{silent}", "{good}"], "handshakeTimeoutMs": 800}}"#
+    ));
+    let (on_error, errors) = recorder();
+    c.on("error", on_error).expect("on");
+    let started = js_sys::Date::now();
+    wait(c.connect()).await.expect("the second URL works");
+    let elapsed = js_sys::Date::now() - started;
+    assert_eq!(c.url().as_string().as_deref(), Some(good.as_str()));
+    let messages = messages_of(&errors);
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains(&silent) && m.contains("handshake timeout")),
+        "{messages:?}"
+    );
+    assert!(
+        (700.0..5_000.0).contains(&elapsed),
+        "connected {elapsed} ms after the start (handshakeTimeoutMs 800)"
+    );
+    let reply = wait(c.write_and_wait(json(r#"{"channel": "echo", "message": 1}"#), None))
+        .await
+        .expect("traffic on the good gateway");
+    assert_eq!(reply.as_f64(), Some(1.0));
+    c.close();
+}
+
+#[wasm_bindgen_test]
 async fn a_wrong_path_is_reported_with_its_url_and_the_client_moves_on_to_the_next_url() {
     let good = url(0, "all");
     let wrong = good.replace("/ws", "/no-such-path");

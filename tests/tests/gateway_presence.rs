@@ -394,3 +394,55 @@ async fn a_direct_message_to_a_user_with_no_session_is_reported_to_the_service()
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_gateway_started_later_learns_the_sessions_from_its_peers() {
+    let mut env = TestEnv::new("presence-snapshot").await;
+    let first = TestGateway::start_with(&env, presence_config).await;
+    let mut events = Events::listen(&mut env).await;
+    let ada = TestClient::connect_with(&first.url(), as_user("ada")).await;
+    let session = ada.session().to_string();
+    events
+        .wait_for("client.connected", &session, Duration::from_secs(5))
+        .await;
+    // A second gateway starts after the session opened, and asks its peers.
+    let later = TestGateway::start_with(&env, presence_config).await;
+    let started = Instant::now();
+    loop {
+        let body = http_get(later.health_addr(), "/presence").await;
+        if body.contains(&session) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "never learnt: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "gateway_presence: a gateway started later knew the session {} ms after it started",
+        started.elapsed().as_millis()
+    );
+    // The client moves there: a resume, not a new connect.
+    let resume = Hello {
+        token: Some("ada".into()),
+        ..ada.resume_hello()
+    };
+    ada.abort();
+    let moved = TestClient::connect_with(&later.url(), resume).await;
+    assert!(moved.welcome().resumed);
+    events.collect(Duration::from_millis(500)).await;
+    let counts = events.counts();
+    assert_eq!(
+        counts.get(&(session.clone(), "client.connected".into())),
+        Some(&1),
+        "{counts:?}"
+    );
+    moved.close().await;
+    events
+        .wait_for("client.disconnected", &session, Duration::from_secs(5))
+        .await;
+    later.shutdown().await;
+    first.shutdown().await;
+    env.cleanup().await;
+}

@@ -18,6 +18,10 @@
 //! (`sub`, `exp` = now + `--token-lifetime-s`, `groups` `room-1` and `room-2`, never the
 //! private `staff`, and `topics` `ticket.*` for the demo desk's events). With `--auth none` it answers the user name itself as the token.
 //!
+//! The state also names `silent`: a WebSocket URL whose port accepts TCP connections
+//! and never answers (a gateway stuck before its handshake), for handshake-timeout
+//! tests; each connection is dropped after 60 s.
+//!
 //! Every response is the new state. CORS allows any origin: the demo page and the wasm
 //! test pages call this API from the browser. This is dev tooling, not product.
 
@@ -263,6 +267,7 @@ fn forward(
 
 /// Everything the control API manages.
 struct Stack {
+    silent: String,
     namespace: String,
     /// Whether the namespace was made up here (and its topology is deleted at exit).
     own_namespace: bool,
@@ -293,6 +298,8 @@ struct ServiceState {
 struct StackState {
     namespace: String,
     control: String,
+    /// A port that accepts and never answers, as a WebSocket URL.
+    silent: String,
     /// `none` or `jwt`.
     auth: &'static str,
     gateways: Vec<GatewayState>,
@@ -304,6 +311,7 @@ impl Stack {
         StackState {
             namespace: self.namespace.clone(),
             control: self.control.clone(),
+            silent: self.silent.clone(),
             auth: if self.tokens.is_some() { "jwt" } else { "none" },
             gateways: self
                 .gateways
@@ -520,6 +528,24 @@ fn write_auth_config(cli: &Cli) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Binds a port on `ip` that accepts TCP connections and never answers, each held
+/// 60 s; its WebSocket URL.
+async fn silent_port(ip: std::net::IpAddr) -> Result<String> {
+    let listener = tokio::net::TcpListener::bind((ip, 0))
+        .await
+        .context("binding the silent port")?;
+    let url = format!("ws://{}/ws", listener.local_addr()?);
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                drop(socket);
+            });
+        }
+    });
+    Ok(url)
+}
+
 /// Allows any origin, and answers CORS preflight requests.
 async fn cors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let preflight = request.method() == Method::OPTIONS;
@@ -676,7 +702,9 @@ async fn run(cli: Cli) -> Result<()> {
         .await
         .with_context(|| format!("binding the control API on {}", cli.control))?;
     let control = format!("http://{}", listener.local_addr()?);
+    let silent = silent_port(listener.local_addr()?.ip()).await?;
     let stack: Shared = Arc::new(Mutex::new(Stack {
+        silent,
         namespace,
         own_namespace,
         control: control.clone(),
