@@ -511,8 +511,16 @@ impl Conn {
         (Some(CloseCode::GoingAway), "gateway shutting down".into())
     }
 
+    /// The WebSocket message of `frame`; an `error` is counted by code (`/metrics`).
+    fn message(&self, frame: &ServerFrame) -> Message {
+        if let ServerFrame::Error(e) = frame {
+            self.shared.metrics.count_error(e.code);
+        }
+        Message::Text(Utf8Bytes::from(encode(frame)))
+    }
+
     async fn send(&mut self, frame: &ServerFrame) -> Flow {
-        let message = Message::Text(Utf8Bytes::from(encode(frame)));
+        let message = self.message(frame);
         // A client that stops reading fills its TCP window; do not wait for it forever.
         let limit = self.send_limit();
         let sent = tokio::time::timeout(limit, self.ws.send(message)).await;
@@ -522,7 +530,7 @@ impl Conn {
     /// Queues a frame in the socket's write buffer without flushing it; see
     /// [`Conn::flush`]. Writes out only if the buffer is full.
     async fn feed(&mut self, frame: &ServerFrame) -> Flow {
-        let message = Message::Text(Utf8Bytes::from(encode(frame)));
+        let message = self.message(frame);
         let limit = self.send_limit();
         let sent = tokio::time::timeout(limit, self.ws.feed(message)).await;
         self.sent(sent)

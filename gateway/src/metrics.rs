@@ -6,6 +6,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
+use warren_protocol::ErrorCode;
+
 /// The gateway's counters; every field is updated lock-free by connection tasks.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -55,6 +57,30 @@ pub struct Metrics {
     pub stream_readers: AtomicU64,
     /// Stream outbound: positions that aged out of retention before a session read them.
     pub stream_missed: AtomicU64,
+    /// `error` frames sent to clients, by code (in [`ErrorCode::ALL`] order).
+    errors: [AtomicU64; ERROR_SLOTS],
+}
+
+/// One counter per registry code, and one for codes this version does not know.
+const ERROR_SLOTS: usize = ErrorCode::ALL.len() + 1;
+
+impl Metrics {
+    /// Counts one `error` frame with `code`.
+    pub fn count_error(&self, code: ErrorCode) {
+        let slot = ErrorCode::ALL
+            .iter()
+            .position(|c| *c == code)
+            .unwrap_or(ERROR_SLOTS - 1);
+        add(&self.errors[slot], 1);
+    }
+
+    /// `error` frames sent with `code` so far.
+    pub fn errors_sent(&self, code: ErrorCode) -> u64 {
+        ErrorCode::ALL
+            .iter()
+            .position(|c| *c == code)
+            .map_or(0, |i| self.errors[i].load(Ordering::Relaxed))
+    }
 }
 
 /// Adds `n` to a counter.
@@ -226,6 +252,19 @@ impl Metrics {
             "Messages to users with no session anywhere, reported to their publisher's reply_to.",
             get(&self.undelivered),
         );
+        let _ = writeln!(
+            out,
+            "# HELP warren_gateway_errors_total Error frames sent to clients, by registry code."
+        );
+        let _ = writeln!(out, "# TYPE warren_gateway_errors_total counter");
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "warren_gateway_errors_total{{node=\"{node}\",code=\"{}\"}} {}",
+                code.as_str(),
+                get(&self.errors[i])
+            );
+        }
         out
     }
 }
@@ -246,5 +285,11 @@ mod tests {
             text.matches("# HELP").count(),
             text.matches("# TYPE").count()
         );
+        m.count_error(ErrorCode::NoRoute);
+        m.count_error(ErrorCode::NoRoute);
+        let text = m.render("gw-1", 0, 0, true);
+        assert!(text.contains("warren_gateway_errors_total{node=\"gw-1\",code=\"no_route\"} 2"));
+        assert!(text.contains("warren_gateway_errors_total{node=\"gw-1\",code=\"forbidden\"} 0"));
+        assert_eq!(m.errors_sent(ErrorCode::NoRoute), 2);
     }
 }

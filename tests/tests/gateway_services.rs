@@ -263,6 +263,11 @@ async fn a_consumer_that_never_announces_still_counts_and_all_refuses_publishes_
             gw.gateway().config().node
         );
         assert!(metrics.contains(&line), "{line} in\n{metrics}");
+        let by_code = format!(
+            "warren_gateway_errors_total{{node=\"{}\",code=\"no_service\"}} 1",
+            gw.gateway().config().node
+        );
+        assert!(metrics.contains(&by_code), "{by_code} in\n{metrics}");
         c.close().await;
         gw.shutdown().await;
     })
