@@ -972,6 +972,9 @@ impl Conn {
         position: Option<u64>,
     ) -> ServerFrame {
         self.phase = Phase::Open;
+        if let Some(cap) = &self.upgrade.pre_hello {
+            cap.opened();
+        }
         let pinned = self.pinned.as_deref();
         let fresh = self.shared.presence_view().opened(&session, &user, pinned);
         if fresh {

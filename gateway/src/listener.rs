@@ -7,6 +7,8 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -35,16 +37,60 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
 pub struct Deadlined {
     inner: TcpListener,
     header_timeout: Duration,
+    pre_hello_cap: usize,
 }
 
 impl Deadlined {
     /// Wraps `inner`; `header_timeout` bounds the time to the end of the first request's
-    /// headers.
-    pub fn new(inner: TcpListener, header_timeout: Duration) -> Deadlined {
+    /// headers, and a WebSocket may send at most `pre_hello_cap` bytes before its
+    /// session opens ([`PreHello`]).
+    pub fn new(inner: TcpListener, header_timeout: Duration, pre_hello_cap: usize) -> Deadlined {
         Deadlined {
             inner,
             header_timeout,
+            pre_hello_cap,
         }
+    }
+}
+
+/// The bytes a WebSocket may send before its `hello` opened a session: counted from the
+/// upgrade ([`PreHello::watch`]) until [`PreHello::opened`]; past the cap the socket's
+/// reads fail and the connection is dropped, so half-sent large frames cannot pin
+/// memory before anyone authenticated.
+#[derive(Debug)]
+pub struct PreHello {
+    cap: usize,
+    watching: AtomicBool,
+    opened: AtomicBool,
+    read: AtomicUsize,
+}
+
+impl PreHello {
+    fn new(cap: usize) -> Arc<PreHello> {
+        Arc::new(PreHello {
+            cap,
+            watching: AtomicBool::new(false),
+            opened: AtomicBool::new(false),
+            read: AtomicUsize::new(0),
+        })
+    }
+
+    /// The connection was upgraded to a WebSocket: count from now.
+    pub fn watch(&self) {
+        self.watching.store(true, Ordering::Release);
+    }
+
+    /// Its session is open: no cap beyond the frame limits from now.
+    pub fn opened(&self) {
+        self.opened.store(true, Ordering::Release);
+    }
+
+    /// Counts `n` bytes read; false when they take the connection past the cap.
+    fn admit(&self, n: usize) -> bool {
+        if !self.watching.load(Ordering::Acquire) || self.opened.load(Ordering::Acquire) {
+            return true;
+        }
+        self.read.fetch_add(n, Ordering::AcqRel) + n <= self.cap
     }
 }
 
@@ -62,7 +108,9 @@ impl axum::serve::Listener for Deadlined {
                     if let Err(e) = stream.set_nodelay(true) {
                         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                     }
-                    return (HeaderDeadline::new(stream, self.header_timeout), addr);
+                    let mut io = HeaderDeadline::new(stream, self.header_timeout);
+                    io.pre_hello = PreHello::new(self.pre_hello_cap);
+                    return (io, addr);
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: wait a little, as axum's
@@ -80,14 +128,14 @@ impl axum::serve::Listener for Deadlined {
 }
 
 /// The client's address, as handlers extract it (`ConnectInfo<PeerAddr>`).
-#[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub SocketAddr);
+#[derive(Debug, Clone)]
+pub struct PeerAddr(pub SocketAddr, pub Arc<PreHello>);
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Deadlined>>
     for PeerAddr
 {
     fn connect_info(stream: axum::serve::IncomingStream<'_, Deadlined>) -> Self {
-        PeerAddr(*stream.remote_addr())
+        PeerAddr(*stream.remote_addr(), stream.io().pre_hello.clone())
     }
 }
 
@@ -99,6 +147,8 @@ pub struct HeaderDeadline<T> {
     deadline: Option<Pin<Box<Sleep>>>,
     /// How many bytes of `\r\n\r\n` the bytes read so far end with.
     matched: u8,
+    /// The pre-`hello` cap of a WebSocket on this connection.
+    pre_hello: Arc<PreHello>,
 }
 
 impl<T> HeaderDeadline<T> {
@@ -107,6 +157,7 @@ impl<T> HeaderDeadline<T> {
             inner,
             deadline: Some(Box::pin(tokio::time::sleep(timeout))),
             matched: 0,
+            pre_hello: PreHello::new(usize::MAX),
         }
     }
 
@@ -152,6 +203,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeaderDeadline<T> {
                 this.deadline = None;
             }
         }
+        if let Poll::Ready(Ok(())) = &polled {
+            if !this.pre_hello.admit(buf.filled().len() - before) {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "more bytes before hello than the pre-hello cap",
+                )));
+            }
+        }
         polled
     }
 }
@@ -189,6 +248,20 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeaderDeadline<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pre_hello_cap_counts_only_a_websocket_before_its_session_opens() {
+        let cap = PreHello::new(100);
+        assert!(cap.admit(1_000), "an HTTP request is not counted");
+        cap.watch();
+        assert!(cap.admit(60) && cap.admit(40));
+        assert!(!cap.admit(1), "past the cap");
+        let cap = PreHello::new(100);
+        cap.watch();
+        assert!(cap.admit(90));
+        cap.opened();
+        assert!(cap.admit(1_000_000), "no cap once the session is open");
+    }
 
     #[tokio::test]
     async fn the_end_of_the_headers_is_found_across_reads() {

@@ -259,6 +259,8 @@ pub(crate) struct Upgrade {
     pub(crate) origin: Option<String>,
     /// A token from `Authorization: Bearer` or the configured cookie.
     pub(crate) token: Option<String>,
+    /// The connection's pre-`hello` byte cap, told when the session opened.
+    pub(crate) pre_hello: Option<Arc<crate::listener::PreHello>>,
 }
 
 /// Per-listener router state.
@@ -292,7 +294,7 @@ pub(crate) fn router(shared: Arc<Shared>, pinned: Option<String>) -> Router {
 
 async fn upgrade(
     State(st): State<ListenerState>,
-    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    ConnectInfo(PeerAddr(peer, pre_hello)): ConnectInfo<PeerAddr>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
@@ -330,10 +332,12 @@ async fn upgrade(
     } else {
         None
     };
+    pre_hello.watch();
     let upgrade = Upgrade {
         peer,
         origin: origin.map(str::to_string),
         token: upgrade_token(&headers, config.auth.token_cookie.as_deref()),
+        pre_hello: Some(pre_hello),
     };
     // Small socket buffers: tungstenite's 128 KiB default read buffer (zero-filled on
     // every read) was most of an idle session's memory and CPU (BENCHMARKS.md). Larger
@@ -467,7 +471,7 @@ fn refusal(status: StatusCode, code: warren_protocol::ErrorCode, message: String
 /// (`http_api.api_keys`) and may ask about anything.
 async fn presence(
     State(st): State<ListenerState>,
-    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    ConnectInfo(PeerAddr(peer, _)): ConnectInfo<PeerAddr>,
     headers: HeaderMap,
     axum::extract::Query(q): axum::extract::Query<PresenceQuery>,
 ) -> Response {
@@ -483,6 +487,7 @@ async fn presence(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
         token: token.clone(),
+        pre_hello: None,
     };
     let by_key = token
         .as_deref()

@@ -170,6 +170,69 @@ async fn a_client_close_is_echoed_with_its_code() {
 }
 
 #[tokio::test]
+async fn a_large_frame_half_sent_before_hello_is_cut_off_at_the_pre_hello_cap() {
+    let env = TestEnv::new("pre-hello-cap").await;
+    // hello_timeout_ms is 10 s: only the cap can end this connection sooner.
+    let gw = TestGateway::start_with(&env, |c| c.hello_timeout_ms = 10_000).await;
+    let mut s = tokio::net::TcpStream::connect(gw.health_addr())
+        .await
+        .expect("connect");
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+          Sec-WebSocket-Protocol: warren.v1\r\n\r\n",
+    )
+    .await
+    .expect("handshake");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.expect("response");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    // A text frame announcing 1 MB (masked), of which 200 KB are sent, and no hello.
+    let started = std::time::Instant::now();
+    let mut frame = vec![0x81, 0xFF];
+    frame.extend_from_slice(&1_000_000u64.to_be_bytes());
+    frame.extend_from_slice(&[1, 2, 3, 4]);
+    let _ = s.write_all(&frame).await;
+    let chunk = vec![b'x'; 4096];
+    for _ in 0..50 {
+        if s.write_all(&chunk).await.is_err() {
+            break;
+        }
+    }
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    println!(
+        "gateway_listeners: a half-sent 1 MB frame before hello cut off after {} ms",
+        started.elapsed().as_millis()
+    );
+    assert!(closed.is_ok(), "the connection is still open after 5 s");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // A client with a proper hello is served, large frames and all.
+    let mut c = TestClient::connect(&gw.url()).await;
+    c.publish("big", "chat", json!("y".repeat(60_000))).await;
+    c.expect_ack("big").await;
+    c.close().await;
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
 async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     let env = TestEnv::new("slowloris").await;
     let gw = TestGateway::start_with(&env, |c| c.header_read_timeout_ms = 500).await;
