@@ -98,6 +98,11 @@ pub struct Config {
     /// A client must finish its HTTP request headers (the WebSocket upgrade) this long
     /// after connecting, or it is disconnected (slowloris). Default: 10000.
     pub header_read_timeout_ms: u64,
+    /// An admin listener (e.g. `127.0.0.1:9090`, loopback for operators and scrapers):
+    /// when set, `/healthz`, `/metrics` and `/services` are served there and no longer
+    /// on the WebSocket listeners. Default: none (served on every listener).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<SocketAddr>,
     /// Most messages an `IN_<CHANNEL>` queue holds (`x-max-length`); beyond it a
     /// publish is answered `overloaded` (`x-overflow: reject-publish`). 0 = no bound.
     /// Services declare the same default. Default: 100000.
@@ -447,6 +452,7 @@ impl Default for Config {
             inbound_max_bytes: warren_protocol::amqp::QueueBounds::INBOUND.max_bytes,
             listen_backlog: 4096,
             header_read_timeout_ms: 10_000,
+            admin_listen: None,
             max_connections_per_ip: 1000,
             max_new_connections_per_ip_per_s: 100,
             ip_limits_on_loopback: false,
@@ -695,6 +701,9 @@ impl Config {
         }
         if !o.channels.is_empty() {
             self.channels = o.channels.clone();
+        }
+        if let Some(a) = o.admin_listen {
+            self.admin_listen = Some(a);
         }
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = o.$f { self.$f = v; } )* };
@@ -962,6 +971,10 @@ pub struct Overrides {
     /// Time for a client to send its request headers, in ms [default: 10000].
     #[arg(long, env = "WARREN_HEADER_READ_TIMEOUT_MS", global = true)]
     pub header_read_timeout_ms: Option<u64>,
+    /// Admin listener for /healthz, /metrics and /services (then not on the WebSocket
+    /// listeners), e.g. 127.0.0.1:9090 [default: none].
+    #[arg(long, env = "WARREN_ADMIN_LISTEN", global = true)]
+    pub admin_listen: Option<SocketAddr>,
     /// Open connections per client IP address, 0 = no limit [default: 1000].
     #[arg(long, env = "WARREN_MAX_CONNECTIONS_PER_IP", global = true)]
     pub max_connections_per_ip: Option<u32>,

@@ -76,6 +76,7 @@ pub struct Gateway {
     shutdown_tx: watch::Sender<bool>,
     listeners: Vec<(SocketAddr, Option<String>)>,
     http_api: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
     servers: Vec<JoinHandle<()>>,
     announcer: JoinHandle<()>,
 }
@@ -122,6 +123,15 @@ impl Gateway {
             bound.push((listener, addr, l.channel.clone()));
         }
         let api_listener = match config.http_api.listen.filter(|_| config.http_api.enabled) {
+            Some(bind) => {
+                let bind_error = |source| GatewayError::Bind { addr: bind, source };
+                let listener = listener::bind(bind, config.listen_backlog).map_err(bind_error)?;
+                let addr = listener.local_addr().map_err(bind_error)?;
+                Some((listener, addr))
+            }
+            None => None,
+        };
+        let admin_listener = match config.admin_listen {
             Some(bind) => {
                 let bind_error = |source| GatewayError::Bind { addr: bind, source };
                 let listener = listener::bind(bind, config.listen_backlog).map_err(bind_error)?;
@@ -183,6 +193,16 @@ impl Gateway {
         if let Some(addr) = http_api {
             tracing::info!(%addr, "HTTP API listening");
         }
+        let admin = admin_listener.map(|(listener, addr)| {
+            servers.push(serve(
+                &shared,
+                listener,
+                addr,
+                server::admin_router(shared.clone()),
+            ));
+            tracing::info!(%addr, "admin listener (/healthz, /metrics, /services)");
+            addr
+        });
         let announcer = tokio::spawn(server::announce(shared.clone(), listeners.clone()));
         tokio::spawn(server::listen_for_takeovers(shared.clone()));
         tokio::spawn(server::listen_for_services(shared.clone()));
@@ -199,6 +219,7 @@ impl Gateway {
             shutdown_tx,
             listeners,
             http_api,
+            admin,
             servers,
             announcer,
         })
@@ -208,6 +229,11 @@ impl Gateway {
     /// to (`None`: all channels).
     pub fn listeners(&self) -> Vec<(SocketAddr, Option<String>)> {
         self.listeners.clone()
+    }
+
+    /// The admin listener's address (`admin_listen`), if any.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
     }
 
     /// Where the HTTP API is served (its own listener, or the first WebSocket listener

@@ -56,6 +56,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         if let Some(addr) = gateway.http_api_addr() {
             writeln!(out, "HTTP_API {addr}")?;
         }
+        if let Some(addr) = gateway.admin_addr() {
+            writeln!(out, "ADMIN {addr}")?;
+        }
         writeln!(out, "READY")?;
         out.flush()?;
     }

@@ -275,21 +275,36 @@ struct ListenerState {
 pub(crate) fn router(shared: Arc<Shared>, pinned: Option<String>) -> Router {
     let api = &shared.config.http_api;
     let with_api = api.enabled && api.listen.is_none() && pinned.is_none();
-    let router = Router::new()
+    let mut router = Router::new()
         .route("/ws", get(upgrade))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
         .route("/services", get(services).options(preflight))
-        .route("/presence", get(presence).options(preflight))
-        .with_state(ListenerState {
-            shared: shared.clone(),
-            pinned,
-        });
+        .route("/presence", get(presence).options(preflight));
+    if shared.config.admin_listen.is_none() {
+        router = router
+            .route("/healthz", get(healthz))
+            .route("/metrics", get(metrics));
+    }
+    let router = router.with_state(ListenerState {
+        shared: shared.clone(),
+        pinned,
+    });
     if with_api {
         router.merge(crate::http_api::router(shared))
     } else {
         router
     }
+}
+
+/// The admin listener's router (`admin_listen`): `/healthz`, `/metrics`, `/services`.
+pub(crate) fn admin_router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/services", get(services))
+        .with_state(ListenerState {
+            shared,
+            pinned: None,
+        })
 }
 
 async fn upgrade(

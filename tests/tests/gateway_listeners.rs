@@ -8,7 +8,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warren_e2e::client::TestClient;
 use warren_e2e::env::TestEnv;
-use warren_e2e::gateway::TestGateway;
+use warren_e2e::gateway::{http_get_with, TestGateway};
 use warren_protocol::{ErrorCode, Subscribe};
 
 #[tokio::test]
@@ -227,6 +227,33 @@ async fn a_large_frame_half_sent_before_hello_is_cut_off_at_the_pre_hello_cap() 
     let mut c = TestClient::connect(&gw.url()).await;
     c.publish("big", "chat", json!("y".repeat(60_000))).await;
     c.expect_ack("big").await;
+    c.close().await;
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn with_an_admin_listener_metrics_and_health_move_off_the_websocket_listeners() {
+    let env = TestEnv::new("admin-listener").await;
+    let gw = TestGateway::start_with(&env, |c| {
+        c.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let admin = gw.gateway().admin_addr().expect("an admin listener");
+    let (status, _, body) = http_get_with(admin, "/metrics", &[]).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("warren_gateway_connections"), "{body}");
+    let (status, _, body) = http_get_with(admin, "/healthz", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((http_get_with(admin, "/services", &[]).await).0, 200);
+    for path in ["/metrics", "/healthz"] {
+        let (status, _, _) = http_get_with(gw.health_addr(), path, &[]).await;
+        assert_eq!(status, 404, "{path} is not on the WebSocket listener");
+    }
+    // Clients are served on the WebSocket listener as before.
+    let mut c = TestClient::connect(&gw.url()).await;
+    c.publish("ok", "chat", json!(1)).await;
+    c.expect_ack("ok").await;
     c.close().await;
     gw.shutdown().await;
     env.cleanup().await;
