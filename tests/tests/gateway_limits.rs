@@ -234,3 +234,61 @@ async fn a_full_inbound_queue_answers_overloaded_and_other_channels_go_on() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn subscriptions_are_bounded_per_session_also_across_resumes() {
+    use warren_e2e::client::sub;
+    use warren_protocol::ClientFrame;
+    TestEnv::run("limit-subscriptions", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| c.max_subscriptions = 8).await;
+        let group = |id: &str, g: &str| {
+            let mut s = sub(id, "chat");
+            s.groups = vec![g.to_string()];
+            s
+        };
+        let mut c = TestClient::connect_with(&gw.url(), as_user("ada")).await;
+        for i in 0..8 {
+            c.subscribe(group(&format!("s{i}"), &format!("g{i}"))).await;
+        }
+        c.send(&ClientFrame::Subscribe(group("over", "g8"))).await;
+        c.expect_error_code(Some("over"), ErrorCode::Forbidden)
+            .await;
+        // Ten resumes, each naming its subscriptions again and trying one more: the
+        // bound holds for the session, not per connection.
+        for round in 0..10 {
+            let hello = Hello {
+                token: Some("ada".into()),
+                ..c.resume_hello()
+            };
+            c.abort();
+            c = TestClient::connect_with(&gw.url(), hello).await;
+            assert!(c.welcome().resumed, "round {round}");
+            let id = format!("more{round}");
+            c.send(&ClientFrame::Subscribe(group(&id, &format!("x{round}"))))
+                .await;
+            c.expect_error_code(Some(&id), ErrorCode::Forbidden).await;
+        }
+        // A resume that names no subscriptions starts from none: nothing accumulated.
+        let hello = Hello {
+            token: Some("ada".into()),
+            subscriptions: Vec::new(),
+            ..c.resume_hello()
+        };
+        c.abort();
+        let mut c = TestClient::connect_with(&gw.url(), hello).await;
+        for i in 0..8 {
+            c.subscribe(group(&format!("h{i}"), &format!("h{i}"))).await;
+        }
+        c.send(&ClientFrame::Subscribe(group("over2", "h8"))).await;
+        c.expect_error_code(Some("over2"), ErrorCode::Forbidden)
+            .await;
+        env.publish_out("chat.group.g0", "old", "\"old\"").await;
+        env.publish_out("chat.group.h0", "new", "\"new\"").await;
+        let d = c.expect_deliver().await;
+        assert_eq!(d.message_id, "new", "the dropped group g0 delivers nothing");
+        c.expect_no_deliver(Duration::from_millis(300)).await;
+        c.close().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
