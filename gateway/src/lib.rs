@@ -285,8 +285,9 @@ fn serve(
 ) -> JoinHandle<()> {
     let mut stop = shared.shutdown.clone();
     let header_timeout = Duration::from_millis(shared.config.header_read_timeout_ms);
-    // A hello is one frame: at most max_frame_bytes before the session opens.
-    let pre_hello_cap = shared.config.max_frame_bytes;
+    // A hello (or a POC client's first packet) is one frame: at most max_frame_bytes,
+    // plus room for WebSocket framing, before the session opens.
+    let pre_hello_cap = shared.config.max_frame_bytes + 4096;
     let listener = listener::Deadlined::new(listener, header_timeout, pre_hello_cap);
     tokio::spawn(async move {
         let app = app.into_make_service_with_connect_info::<listener::PeerAddr>();
