@@ -367,6 +367,10 @@ async fn a_direct_message_to_a_user_with_no_session_is_reported_to_the_service()
             "gateway_presence: a direct message to an offline user reported back in {} ms",
             sent.elapsed().as_millis()
         );
+        assert!(
+            sent.elapsed() < Duration::from_secs(1),
+            "reported within 1 s"
+        );
         assert_eq!(report.message_id.as_deref(), Some(id.as_str()));
         assert_eq!(report.users, ["zed"]);
         assert_eq!(report.keys, ["chat.user.zed"]);

@@ -134,6 +134,10 @@ async fn a_stopped_service_gives_no_service_at_once_and_its_return_answers_again
             (stopped_at.elapsed() - left).as_millis(),
             left.as_millis()
         );
+        assert!(
+            left < Duration::from_millis(500),
+            "the leave took {left:?} to arrive"
+        );
         let mut latencies = Vec::new();
         for i in 0..5 {
             let (outcome, took) = ask(&mut c, &format!("gone{i}"), "tickets", 10_000).await;
