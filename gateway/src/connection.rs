@@ -958,6 +958,9 @@ impl Conn {
             }
         }
         let welcome = self.opened(id, resumed, user, notice, if resumed { None } else { head });
+        if !hello.subscriptions.is_empty() {
+            self.subscriptions_changed();
+        }
         self.send(&welcome).await
     }
 
@@ -1709,7 +1712,9 @@ impl Conn {
         if self.session.is_none() {
             return Flow::Continue;
         }
-        match self.apply_subscription(&s, on).await {
+        let applied = self.apply_subscription(&s, on).await;
+        self.subscriptions_changed();
+        match applied {
             Ok(()) => {
                 self.consecutive_errors = 0;
                 self.send(&ServerFrame::ack(s.id)).await
@@ -1773,12 +1778,19 @@ impl Conn {
                 }
             }
         }
-        self.shared.subscriptions_changed(
-            &session.id,
-            &session.identity.user,
-            session.subs.keys().cloned().collect(),
-        );
         Ok(())
+    }
+
+    /// Tells the presence view and the peers the session's subscriptions (once per
+    /// frame, not per key: a resume naming 256 subscriptions is one event).
+    fn subscriptions_changed(&self) {
+        if let Some(session) = &self.session {
+            self.shared.subscriptions_changed(
+                &session.id,
+                &session.identity.user,
+                session.subs.keys().cloned().collect(),
+            );
+        }
     }
 
     /// A POC packet's `publish_target`: absent or empty, or the gateway's own inbound exchange
@@ -1873,10 +1885,12 @@ impl Conn {
                             topic,
                         };
                         if let Err(r) = self.apply_subscription(&s, true).await {
+                            self.subscriptions_changed();
                             return self.refuse(Some(id), r).await;
                         }
                     }
                 }
+                self.subscriptions_changed();
                 self.consecutive_errors = 0;
                 self.send(&ServerFrame::ack(id)).await
             }

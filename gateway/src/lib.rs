@@ -122,24 +122,17 @@ impl Gateway {
             })?;
             bound.push((listener, addr, l.channel.clone()));
         }
-        let api_listener = match config.http_api.listen.filter(|_| config.http_api.enabled) {
+        let bind_own = |bind: Option<SocketAddr>| match bind {
             Some(bind) => {
                 let bind_error = |source| GatewayError::Bind { addr: bind, source };
                 let listener = listener::bind(bind, config.listen_backlog).map_err(bind_error)?;
                 let addr = listener.local_addr().map_err(bind_error)?;
-                Some((listener, addr))
+                Ok(Some((listener, addr)))
             }
-            None => None,
+            None => Ok::<_, GatewayError>(None),
         };
-        let admin_listener = match config.admin_listen {
-            Some(bind) => {
-                let bind_error = |source| GatewayError::Bind { addr: bind, source };
-                let listener = listener::bind(bind, config.listen_backlog).map_err(bind_error)?;
-                let addr = listener.local_addr().map_err(bind_error)?;
-                Some((listener, addr))
-            }
-            None => None,
-        };
+        let api_listener = bind_own(config.http_api.listen.filter(|_| config.http_api.enabled))?;
+        let admin_listener = bind_own(config.admin_listen)?;
         let (addressed_tx, addressed_rx) = tokio::sync::mpsc::channel(10_000);
         let hub = (config.outbound == OutboundMode::Stream).then(|| {
             let hub = hub::Hub::new(config.hub_buffer_messages);
