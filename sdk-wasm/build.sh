@@ -149,6 +149,39 @@ printf '\nexport { WarrenError, isWarrenError } from "./%s";\n' "$error_module" 
 sed -i '/\[Symbol\.dispose\]/d' "$pkg/warren_sdk.d.ts"
 ! grep -q 'Symbol.dispose' "$pkg/warren_sdk.d.ts" || die "Symbol.dispose is still declared in warren_sdk.d.ts"
 
+# Shorter wording for wasm-bindgen's three console warnings (about 0.1 KB gzipped: their
+# long sentences are the least compressible part of the glue; same meaning), and no
+# polyfill of `TextEncoder.encodeInto`, which every browser of the ES2020 target and
+# Node >= 12 have. The build fails when a wasm-bindgen upgrade changes these lines, so
+# they are looked at again.
+node -e '
+const fs = require("fs");
+const file = process.argv[1];
+let js = fs.readFileSync(file, "utf8");
+for (const [from, to] of [
+  ["\"`WebAssembly.instantiateStreaming` failed because your server does not serve Wasm with `application/wasm` MIME type. Falling back to `WebAssembly.instantiate` which is slower. Original error:\\n\"",
+   "\"warren-sdk: the .wasm is not served as application/wasm; loading it the slower way:\""],
+  ["\x27using deprecated parameters for `initSync()`; pass a single object instead\x27",
+   "\"warren-sdk: pass initSync({ module })\""],
+  ["\x27using deprecated parameters for the initialization function; pass a single object instead\x27",
+   "\"warren-sdk: pass init({ module_or_path })\""],
+  [`if (!(\x27encodeInto\x27 in cachedTextEncoder)) {
+    cachedTextEncoder.encodeInto = function (arg, view) {
+        const buf = cachedTextEncoder.encode(arg);
+        view.set(buf);
+        return {
+            read: arg.length,
+            written: buf.length
+        };
+    };
+}`, ""],
+]) {
+  if (!js.includes(from)) { console.error("[sdk-wasm] error: the glue has no " + from); process.exit(1); }
+  js = js.replace(from, to);
+}
+fs.writeFileSync(file, js);
+' "$pkg/warren_sdk.js" || die "could not shorten wasm-bindgen's warnings in the glue"
+
 # The JS glue ships minified, with the JS snippets of `#[wasm_bindgen(inline_js)]`
 # bundled in (one file, no snippets/ folder). The JSDoc stays in warren_sdk.d.ts,
 # which is what editors read. `new URL("warren_sdk_bg.wasm", import.meta.url)` is

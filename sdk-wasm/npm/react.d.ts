@@ -121,7 +121,12 @@ export declare function useConnectionState(): WarrenConnectionStatus;
 
 /** What `useSubscription()` returns. */
 export interface WarrenSubscriptionStatus {
-  /** `pending` until the SDK accepted the subscription, `error` if it refused it. */
+  /**
+   * `pending` until the gateway acknowledged the subscription (the SDK's
+   * `subscription.ready`; while the client is not connected it stays pending), then
+   * `active`; `error` when the SDK or the gateway refused it for good (`forbidden`,
+   * `unknown_channel`, ...) or the client closed first.
+   */
   status: "pending" | "active" | "error";
   /** Why it was refused. */
   error: WarrenErrorInfo | null;

@@ -58,11 +58,13 @@ pub enum Action<M> {
     Send(String),
     /// Close the current socket and forget it (its later events are ignored).
     Close,
-    /// Resolve operation `op` (a write's ack, or `ready`).
+    /// Resolve operation `op` (a write's ack, `ready`, or a subscription in force: the
+    /// gateway acknowledged its first `subscribe`).
     Resolve(u64),
     /// Resolve request `op` with the service's reply.
     Reply(u64, M),
-    /// Reject operation `op`.
+    /// Reject operation `op` (also a subscription the gateway refused for good, or one
+    /// not yet in force when the client closed).
     Reject(u64, ClientError),
     /// Hand a delivery to the handlers of these subscriptions (usually one).
     Deliver {

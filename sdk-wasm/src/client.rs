@@ -272,6 +272,10 @@ impl<C: Codec> ClientCore<C> {
         self.phase = Phase::Closed;
         self.report(true);
         let err = ClientError::new(ErrorCode::Closed, "the client was closed");
+        // Subscriptions not yet in force are rejected too (a no-op for the others).
+        for (sub, _) in self.subscriptions.iter() {
+            self.ready_waiters.push(sub);
+        }
         self.fail_everything(&err);
         self.subscriptions.clear();
         self.subscribe_frames.clear();
@@ -561,7 +565,11 @@ impl<C: Codec> ClientCore<C> {
                         self.outbox.remove(op);
                         self.actions.push(Action::Resolve(op));
                     }
-                    self.subscribe_frames.remove(op);
+                    if let Some(sub) = self.subscribe_frames.remove(op) {
+                        // The subscription is in force: its readiness resolves (the
+                        // first time; later acks after reconnecting are no-ops).
+                        self.actions.push(Action::Resolve(sub));
+                    }
                 }
             }
             ServerFrame::Error(e) => {
@@ -591,6 +599,7 @@ impl<C: Codec> ClientCore<C> {
                             // reconnecting: the subscription is dropped.
                             if !err.retry() {
                                 self.subscriptions.forget(sub);
+                                self.actions.push(Action::Reject(sub, err.clone()));
                             }
                             self.actions.push(Action::Error(err));
                         }

@@ -1425,3 +1425,80 @@ fn a_get_token_that_never_answers_fails_the_attempt_and_a_late_answer_is_ignored
     h.core.on_token(second[0], Ok("tok".into()), h.now);
     assert_eq!(Harness::opens(&h.take()).len(), 1);
 }
+
+#[test]
+fn a_subscription_is_in_force_only_once_the_gateway_acknowledged_it() {
+    let mut h = Harness::new(&URLS);
+    let chat = SubscribeOptions {
+        channel: "chat".into(),
+        ..SubscribeOptions::default()
+    };
+    // Subscribed before connecting: nothing is sent, nothing resolves.
+    let early = h.core.subscribe(chat.clone(), h.now).unwrap();
+    assert!(!resolved(&h.take(), early));
+    let sent = h.connect("s1", false);
+    let subscribe = sent
+        .iter()
+        .find(|f| f["type"] == "subscribe")
+        .unwrap()
+        .clone();
+    assert!(!resolved(&h.take(), early), "sent is not in force");
+    h.frame(json!({"type": "ack", "id": subscribe["id"]}));
+    assert!(resolved(&h.take(), early), "the ack puts it in force");
+
+    // Refused for good: rejected with the gateway's code (and the error event).
+    let secret = h
+        .core
+        .subscribe(
+            SubscribeOptions {
+                groups: vec!["secret".into()],
+                ..chat.clone()
+            },
+            h.now,
+        )
+        .unwrap();
+    let sent = h.sent();
+    h.frame(json!({"type": "error", "id": sent[0]["id"], "code": "forbidden", "message": "no"}));
+    let actions = h.take();
+    assert_eq!(
+        rejection(&actions, secret).map(|e| e.code),
+        Some(ErrorCode::Forbidden)
+    );
+    assert_eq!(errors(&actions).len(), 1);
+
+    // Refused for now: stays pending, and is in force after the next connection's ack.
+    let later = h
+        .core
+        .subscribe(
+            SubscribeOptions {
+                channel: "voice".into(),
+                ..SubscribeOptions::default()
+            },
+            h.now,
+        )
+        .unwrap();
+    let sent = h.sent();
+    h.frame(
+        json!({"type": "error", "id": sent[0]["id"], "code": "overloaded", "message": "later"}),
+    );
+    let actions = h.take();
+    assert_eq!(rejection(&actions, later), None);
+    assert!(!resolved(&actions, later));
+    h.drop_connection();
+    let again = h.reopen("s1", true);
+    let voice = again
+        .iter()
+        .find(|f| f["channel"] == "voice")
+        .unwrap()
+        .clone();
+    h.frame(json!({"type": "ack", "id": voice["id"]}));
+    assert!(resolved(&h.take(), later));
+
+    // Not yet in force when the client closes: rejected with `closed`.
+    let last = h.core.subscribe(chat, h.now).unwrap();
+    h.core.close(h.now);
+    assert_eq!(
+        rejection(&h.take(), last).map(|e| e.code),
+        Some(ErrorCode::Closed)
+    );
+}

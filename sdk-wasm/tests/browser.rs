@@ -182,6 +182,91 @@ async fn a_subscription_receives_a_chat_broadcast_relayed_by_the_service() {
     c.close();
 }
 
+/// Records how `p` settles (`None` while pending).
+fn watch(p: &Promise) -> Rc<RefCell<Option<Result<JsValue, JsValue>>>> {
+    let out = Rc::new(RefCell::new(None));
+    let (ok, err) = (out.clone(), out.clone());
+    let on_ok = Closure::<dyn FnMut(JsValue)>::new(move |v| *ok.borrow_mut() = Some(Ok(v)));
+    let on_err = Closure::<dyn FnMut(JsValue)>::new(move |e| *err.borrow_mut() = Some(Err(e)));
+    let _ = p.then2(&on_ok, &on_err);
+    on_ok.forget();
+    on_err.forget();
+    out
+}
+
+#[wasm_bindgen_test]
+async fn a_subscription_is_ready_once_the_gateway_acknowledged_it_and_refusals_reject_it() {
+    // Subscribed before connecting: not in force, so `ready` stays pending.
+    let c = client(&format!(r#"{{"urls": {}}}"#, both("all")));
+    let (handler, seen) = recorder();
+    let sub = c
+        .subscribe(json(r#"{"channel": "chat"}"#).unchecked_into(), handler)
+        .expect("subscribe");
+    let ready = watch(&sub.ready());
+    sleep(300).await;
+    assert!(ready.borrow().is_none(), "ready before any connection");
+    let started = js_sys::Date::now();
+    wait(c.connect()).await.expect("connect");
+    wait(sub.ready()).await.expect("ready resolves");
+    let settle_ms = js_sys::Date::now() - started;
+    assert!(settle_ms < 5000.0, "ready {settle_ms} ms after connect()");
+    // In force means bound: a broadcast published right after `ready` arrives (no sleep).
+    let text = format!("ready-{}", js_sys::Math::random());
+    let envelope = format!(
+        r#"{{"channel": "chat", "distribution": {{"broadcast": true}}, "message": {{"text": "{text}"}}}}"#
+    );
+    wait(c.write(json(&envelope).unchecked_into()))
+        .await
+        .expect("write");
+    let mut delivered = false;
+    for _ in 0..50 {
+        delivered = seen
+            .borrow()
+            .iter()
+            .any(|d| path(d, &["message", "text"]).as_string().as_deref() == Some(text.as_str()));
+        if delivered {
+            break;
+        }
+        sleep(100).await;
+    }
+    assert!(
+        delivered,
+        "the broadcast published after ready was delivered"
+    );
+    c.close();
+
+    // Refused by the gateway for good (this port serves only `tickets`): rejected with
+    // the gateway's code, and the `error` event says it too.
+    let t = client(&format!(r#"{{"urls": {}}}"#, both("tickets")));
+    let (on_error, errors) = recorder();
+    t.on("error", on_error).expect("on");
+    wait(t.connect())
+        .await
+        .expect("connect to the tickets port");
+    let (noop, _) = recorder();
+    let refused = t
+        .subscribe(json(r#"{"channel": "chat"}"#).unchecked_into(), noop)
+        .expect("subscribe");
+    let err = wait(refused.ready()).await.expect_err("refused");
+    assert!(is_warren_error(&err), "a WarrenError");
+    assert_eq!(code_of(&err), "unknown_channel");
+    assert!(errors
+        .borrow()
+        .iter()
+        .any(|e| code_of(e) == "unknown_channel"));
+    t.close();
+
+    // Not yet in force when the client closes: rejected with `closed`.
+    let n = client(&format!(r#"{{"urls": {}}}"#, both("all")));
+    let (noop, _) = recorder();
+    let never = n
+        .subscribe(json(r#"{"channel": "chat"}"#).unchecked_into(), noop)
+        .expect("subscribe");
+    n.close();
+    let err = wait(never.ready()).await.expect_err("closed");
+    assert_eq!(code_of(&err), "closed");
+}
+
 /// Waits (up to 5 s) for the delivery of ticket `title` announced as event `event`.
 async fn ticket_event(seen: &Rc<RefCell<Vec<JsValue>>>, title: &str, event: &str) -> JsValue {
     let find = || {

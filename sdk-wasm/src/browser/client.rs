@@ -69,6 +69,7 @@ pub struct Client {
 pub struct Subscription {
     shared: Weak<Shared>,
     id: u64,
+    ready: Promise,
 }
 
 #[wasm_bindgen]
@@ -174,6 +175,7 @@ impl Client {
     ) -> Result<Subscription, JsValue> {
         let options = parse_subscribe(&options)
             .map_err(|e| invalid(concat(&["invalid subscribe options: ", &e])))?;
+        let d = deferred(true);
         let id = {
             let mut inner = self.shared.inner.borrow_mut();
             let id = inner
@@ -181,12 +183,16 @@ impl Client {
                 .subscribe(options, now())
                 .map_err(|e| to_js(&e))?;
             inner.handlers.insert(id, handler);
+            inner
+                .ops
+                .insert(id, (d.get(1).unchecked_into(), d.get(2).unchecked_into()));
             id
         };
         pump(&self.shared);
         Ok(Subscription {
             shared: Rc::downgrade(&self.shared),
             id,
+            ready: d.get(0).unchecked_into(),
         })
     }
 
@@ -257,12 +263,19 @@ fn optional(s: Option<&str>) -> JsValue {
 
 #[wasm_bindgen]
 impl Subscription {
+    /// See the TypeScript declaration.
+    #[wasm_bindgen(getter, skip_typescript)]
+    pub fn ready(&self) -> Promise {
+        self.ready.clone()
+    }
+
     /// Stops this subscription. Bindings another subscription still needs stay.
     pub fn unsubscribe(&self) {
         if let Some(shared) = self.shared.upgrade() {
             {
                 let mut inner = shared.inner.borrow_mut();
                 inner.handlers.remove(self.id);
+                inner.ops.remove(self.id);
                 inner.core.unsubscribe(self.id, now());
             }
             pump(&shared);
@@ -336,7 +349,7 @@ fn settle_with(
     shared: &Rc<Shared>,
     op: impl FnOnce(&mut ClientCore<JsCodec>, u64) -> u64,
 ) -> Promise {
-    let d = deferred();
+    let d = deferred(false);
     {
         let mut inner = shared.inner.borrow_mut();
         let id = op(&mut inner.core, now());

@@ -9,7 +9,7 @@ use js_sys::{Array, Function};
 use wasm_bindgen::prelude::*;
 
 #[wasm_bindgen(inline_js = r#"
-export function deferred() { let r, j; const p = new Promise((a, b) => { r = a; j = b; }); return [p, r, j]; }
+export function deferred(q) { let r, j; const p = new Promise((a, b) => { r = a; j = b; }); if (q) p.catch(() => {}); return [p, r, j]; }
 export function openSocket(url, protocol, conn, dispatch) {
   let ws;
   try { ws = new WebSocket(url, protocol); } catch (_) { return null; }
@@ -41,8 +41,9 @@ export function fetchToken(get, fetch, dispatch) {
 }
 "#)]
 extern "C" {
-    /// `[promise, resolve, reject]` (smaller than a Rust executor closure).
-    pub fn deferred() -> Array;
+    /// `[promise, resolve, reject]` (smaller than a Rust executor closure); `quiet`: a
+    /// rejection nobody waits for is not reported as unhandled (a subscription's `ready`).
+    pub fn deferred(quiet: bool) -> Array;
 
     /// A `WebSocket` reporting to `dispatch`; `null` when the constructor threw.
     #[wasm_bindgen(js_name = openSocket)]

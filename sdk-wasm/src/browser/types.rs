@@ -161,13 +161,27 @@ export interface Client {
   writeAndWait<R = unknown, M = unknown>(envelope: Envelope<M>, options?: WaitOptions): Promise<R>;
   /**
    * Receives messages of a channel. The subscription survives reconnects (it is sent
-   * again after every reconnect); call `unsubscribe()` to stop.
+   * again after every reconnect); `ready` resolves once the gateway acknowledged it;
+   * call `unsubscribe()` to stop.
    */
   subscribe<M = unknown>(options: SubscribeOptions, handler: (delivery: Delivery<M>) => void): Subscription;
   /** Listens to `state`, `error` or `drain`. */
   on<K extends keyof ClientEvents>(event: K, handler: (event: ClientEvents[K]) => void): void;
   /** Removes a listener added with `on`. */
   off<K extends keyof ClientEvents>(event: K, handler: (event: ClientEvents[K]) => void): void;
+}
+
+/* Merged into the generated `class Subscription`. */
+export interface Subscription {
+  /**
+   * Resolves once the gateway acknowledged the subscription (it is in force; deliveries
+   * from then on reach the handler). Stays pending while the client is not connected.
+   * Rejects with the gateway's refusal when retrying cannot help (`forbidden`,
+   * `unknown_channel`, `invalid`, ...; the subscription is then dropped), and with
+   * `closed` when the client closes first. Never settles after `unsubscribe()`. A
+   * rejection nobody awaits is not reported as unhandled (the `error` event has it too).
+   */
+  readonly ready: Promise<void>;
 }
 "#;
 

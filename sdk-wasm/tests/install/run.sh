@@ -13,8 +13,9 @@
 #            in Chromium reaching `connected` with no HTTP error (e.g. a 403 for the
 #            .wasm), and Node importing the package and connecting.
 #
-# Also prints what the SDK adds to the app's build, gzipped (the same app built with and
-# without warren-sdk). The app's dependencies (pinned, app/package-lock.json) are
+# Also prints what the SDK adds to an app's build, gzipped: the baseline page built
+# without warren-sdk, with it and its React bindings, and with the package alone, which
+# must stay within the 30 KB budget there too (app/baseline/*.tsx). The app's dependencies (pinned, app/package-lock.json) are
 # installed once with `npm ci` (npm's own cache); routes swap only warren-sdk.
 #
 # Usage: run.sh PKG_DIR STACK_STATE_JSON   (sdk-wasm/test.sh calls it with its stack)
@@ -163,8 +164,20 @@ for route in link tarball registry; do
   result "$route" node "connected"
 
   if [[ "$route" == tarball ]]; then
-    wasm_gz="$(gz_total dist '\.wasm$')"
-    js_gz=$(( $(gz_total dist '\.js$') - baseline_js_gz ))
+    # Sizes: the baseline page plus the least use of warren-sdk with its React bindings
+    # (baseline/react.tsx) and without them (baseline/core.tsx: the package alone, what
+    # the 30 KB budget covers).
+    cp src/main.tsx "$work/main-full.tsx"
+    for variant in react core; do
+      cp "baseline/$variant.tsx" src/main.tsx
+      node node_modules/vite/bin/vite.js build --logLevel error --outDir "$work/dist-$variant" >/dev/null \
+        || die "vite build of the size variant baseline/$variant.tsx failed"
+    done
+    cp "$work/main-full.tsx" src/main.tsx
+    wasm_gz="$(gz_total "$work/dist-react" '\.wasm$')"
+    js_gz=$(( $(gz_total "$work/dist-react" '\.js$') - baseline_js_gz ))
+    core_js_gz=$(( $(gz_total "$work/dist-core" '\.js$') - baseline_js_gz ))
+    core_gz=$(( $(gz_total "$work/dist-core" '\.wasm$') + core_js_gz ))
   fi
 done
 
@@ -172,4 +185,7 @@ done
 for line in "${results[@]}"; do printf '  %s\n' "$line" >&2; done
 printf 'warren-sdk adds %d B gzipped to a fresh Vite + React app build: wasm %d B + JS %d B (warren-sdk and warren-sdk/react, bundled into the app chunk; gzip -9 per file)\n' \
   "$((wasm_gz + js_gz))" "$wasm_gz" "$js_gz"
+printf 'of which the package alone (wasm + JS glue, no warren-sdk/react) %d B (JS %d B), budget %d B; warren-sdk/react %d B\n' \
+  "$core_gz" "$core_js_gz" "$((30 * 1024))" "$((wasm_gz + js_gz - core_gz))"
+(( core_gz <= 30 * 1024 )) || die "warren-sdk adds $core_gz B gzipped to the fresh app, over the 30 KB budget"
 say "every install route works (${SECONDS} s)"

@@ -1,5 +1,7 @@
 // Opens the fresh app in headless Chromium and waits until the page shows `connected`
-// (the app writes the state of warren-sdk/react's useConnectionState into #status).
+// (the app writes the state of warren-sdk/react's useConnectionState into #status), and
+// checks the useSubscription statuses (#sub: pending, then active only once connected;
+// #refused: error with unknown_channel).
 // Fails on any HTTP error the page meets (e.g. a 403 for the .wasm from Vite's dev
 // server) and prints the page's console. Usage: node connect.mjs URL [TIMEOUT_MS]
 // A fresh profile each run. Run from the app's folder (playwright-core is one of its dev dependencies).
@@ -40,7 +42,27 @@ try {
     .waitForSelector('#status[data-state="connected"]', { timeout: timeoutMs })
     .catch(() => {});
   const state = await page.getAttribute("#status", "data-state").catch(() => null);
+  // useSubscription: `pending` until the gateway acknowledged the subscribe, so `active`
+  // is only ever seen while connected; a channel the gateway does not serve ends in
+  // `error` with its code.
+  await page.waitForSelector('#sub[data-status="active"]', { timeout: timeoutMs }).catch(() => {});
+  await page.waitForSelector('#refused[data-status="error"]', { timeout: timeoutMs }).catch(() => {});
+  const history = (await page.getAttribute("#sub", "data-history").catch(() => null)) ?? "";
+  const refused = [
+    await page.getAttribute("#refused", "data-status").catch(() => null),
+    await page.getAttribute("#refused", "data-code").catch(() => null),
+  ];
+  const entries = history.split(",").filter(Boolean);
+  if (!entries[0]?.startsWith("pending@")) problems.push(`subscription history starts with ${entries[0]} (${history})`);
+  if (!entries.some((e) => e.startsWith("active@"))) problems.push(`the subscription never became active (${history})`);
+  for (const e of entries.filter((e) => e.startsWith("active@"))) {
+    if (e !== "active@connected") problems.push(`active while not connected: ${e} (${history})`);
+  }
+  if (refused[0] !== "error" || refused[1] !== "unknown_channel") {
+    problems.push(`the refused subscription is ${refused[0]} / ${refused[1]}, expected error / unknown_channel`);
+  }
   ok = state === "connected" && problems.length === 0;
+  console.log(`subscription: ${history}; refused: ${refused.join(" / ")}`);
   const gateway = await page.getAttribute("#status", "data-url").catch(() => null);
   console.log(`page state: ${state}${gateway ? ` (${gateway})` : ""}`);
 } finally {
