@@ -180,20 +180,20 @@ impl Report {
         let idle = self.idle.as_ref().and_then(|i| i.median);
         checks.push(match idle {
             Some(m) if m.opened > 0 => TargetCheck {
-                requirement: "gateway memory <= 16 KiB per idle session".into(),
+                requirement: "gateway memory <= 8 KiB per idle session".into(),
                 measured: format!(
                     "{:.1} KiB per session ({} sessions)",
                     m.rss_per_session_bytes / 1024.0,
                     m.opened
                 ),
-                verdict: if m.rss_per_session_bytes <= 16.0 * 1024.0 {
+                verdict: if m.rss_per_session_bytes <= 8.0 * 1024.0 {
                     Verdict::Met
                 } else {
                     Verdict::NotMet
                 },
             },
             _ => TargetCheck {
-                requirement: "gateway memory <= 16 KiB per idle session".into(),
+                requirement: "gateway memory <= 8 KiB per idle session".into(),
                 measured: "no idle run".into(),
                 verdict: Verdict::NotEvaluated,
             },

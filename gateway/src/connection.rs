@@ -80,7 +80,9 @@ struct Session {
     /// This session's place in the per-user count (`max_connections_per_user`).
     _user_slot: Option<Slot>,
     /// `outbound = "queues"`: the session queue and its consumer.
-    queue: Option<QueueOut>,
+    /// Boxed: it is empty in the default stream mode, and every byte of `Session` is
+    /// held by every idle connection.
+    queue: Option<Box<QueueOut>>,
     /// `outbound = "stream"`: the session's place in the hub.
     stream: Option<StreamOut>,
     /// Deliveries not yet acknowledged by the client (with their broker acker in
@@ -159,13 +161,20 @@ enum Outbound {
     Read(Option<HubMessage>),
 }
 
-/// Serves one upgraded WebSocket until it closes.
-pub(crate) async fn serve(
+/// Serves one upgraded WebSocket until it closes; `slot` (the peer IP's connection
+/// count) is released when it does.
+///
+/// Not an `async fn`: the connection's state is built here, and the returned future
+/// captures only that state and `slot`. An `async fn` would also keep its arguments
+/// (the socket among them) for the whole life of the connection, and an idle session's
+/// memory is mostly this future (BENCHMARKS.md, "Gateway memory per idle session").
+pub(crate) fn serve<S: Send + 'static>(
     ws: WebSocket,
     shared: Arc<Shared>,
     pinned: Option<String>,
     upgrade: Upgrade,
-) {
+    slot: S,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     let id = shared.next_connection_id();
     let now = Instant::now();
     let frames = match shared.config.max_frames_per_s {
@@ -198,62 +207,66 @@ pub(crate) async fn serve(
         upgrade,
         frames,
     };
-    let shared = conn.shared.clone();
-    let _guard = shared.tracker.enter();
-    // A panic in a handler is a bug; it must not skip the cleanup (requeue what the
-    // client held, leave the registry, publish `client.disconnected`).
-    let (code, reason) = match AssertUnwindSafe(conn.run()).catch_unwind().await {
-        Ok(done) => done,
-        Err(panic) => {
+    async move {
+        let shared = conn.shared.clone();
+        let _guard = shared.tracker.enter();
+        // A panic in a handler is a bug; it must not skip the cleanup (requeue what the
+        // client held, leave the registry, publish `client.disconnected`).
+        let (code, reason) = match AssertUnwindSafe(conn.run()).catch_unwind().await {
+            Ok(done) => done,
+            Err(panic) => {
+                metrics::add(&shared.metrics.connection_panics, 1);
+                tracing::error!(
+                    conn = id,
+                    panic = panic_text(&panic),
+                    "connection task panicked; cleaning up"
+                );
+                (Some(CloseCode::InternalError), String::new())
+            }
+        };
+        if let Err(panic) = AssertUnwindSafe(conn.cleanup()).catch_unwind().await {
             metrics::add(&shared.metrics.connection_panics, 1);
             tracing::error!(
                 conn = id,
                 panic = panic_text(&panic),
-                "connection task panicked; cleaning up"
+                "connection cleanup panicked"
             );
-            (Some(CloseCode::InternalError), String::new())
         }
-    };
-    if let Err(panic) = AssertUnwindSafe(conn.cleanup()).catch_unwind().await {
-        metrics::add(&shared.metrics.connection_panics, 1);
-        tracing::error!(
-            conn = id,
-            panic = panic_text(&panic),
-            "connection cleanup panicked"
-        );
-    }
-    if let Some(released) = conn.released.take() {
-        let _ = released.send(());
-    }
-    if let Some(code) = code {
-        // The close reason is the registry name (PROTOCOL.md); the sentence is logged.
-        if !reason.is_empty() {
-            tracing::info!(conn = id, code = code.code(), %reason, "closing");
+        if let Some(released) = conn.released.take() {
+            let _ = released.send(());
         }
-        let frame = CloseFrame {
-            code: code.code(),
-            reason: Utf8Bytes::from_static(code.as_str()),
-        };
-        let _ = tokio::time::timeout(
-            Duration::from_secs(2),
-            conn.ws.send(Message::Close(Some(frame))),
-        )
-        .await;
-        // Let the client's close reply arrive so the close handshake completes.
-        let _ = tokio::time::timeout(Duration::from_millis(500), async {
-            while let Some(Ok(m)) = conn.ws.recv().await {
-                if matches!(m, Message::Close(_)) {
-                    break;
-                }
+        if let Some(code) = code {
+            // The close reason is the registry name (PROTOCOL.md); the sentence is logged.
+            if !reason.is_empty() {
+                tracing::info!(conn = id, code = code.code(), %reason, "closing");
             }
-        })
-        .await;
-    } else {
-        // The client closed: the WebSocket library queued the echo of its close frame
-        // (RFC 6455 §5.5.1); write it out, or the client sees 1006 for its own 1000.
-        let _ = tokio::time::timeout(Duration::from_secs(2), SinkExt::flush(&mut conn.ws)).await;
+            let frame = CloseFrame {
+                code: code.code(),
+                reason: Utf8Bytes::from_static(code.as_str()),
+            };
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                conn.ws.send(Message::Close(Some(frame))),
+            )
+            .await;
+            // Let the client's close reply arrive so the close handshake completes.
+            let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                while let Some(Ok(m)) = conn.ws.recv().await {
+                    if matches!(m, Message::Close(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        } else {
+            // The client closed: the WebSocket library queued the echo of its close frame
+            // (RFC 6455 §5.5.1); write it out, or the client sees 1006 for its own 1000.
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), SinkExt::flush(&mut conn.ws)).await;
+        }
+        tracing::debug!(conn = id, "connection finished");
+        drop(slot);
     }
-    tracing::debug!(conn = id, "connection finished");
 }
 
 fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
@@ -847,12 +860,12 @@ impl Conn {
             identity,
             expires,
             _user_slot: user_slot,
-            queue: Some(QueueOut {
+            queue: Some(Box::new(QueueOut {
                 queue,
                 channel,
                 consumer,
                 tag,
-            }),
+            })),
             stream: None,
             inflight: Inflight::default(),
             subs: Subscriptions::default(),

@@ -355,15 +355,15 @@ async fn upgrade(
         pre_hello: Some(pre_hello),
     };
     // Small socket buffers: tungstenite's 128 KiB default read buffer (zero-filled on
-    // every read) was most of an idle session's memory and CPU (BENCHMARKS.md). Larger
-    // frames still work: the buffer grows for them.
+    // every read) was most of an idle session's memory and CPU, and 4 KiB still was a
+    // third of it (heaptrack, BENCHMARKS.md). 1 KiB holds a few ordinary frames per
+    // read; larger frames still work: the buffer grows for them.
     ws.protocols([SUBPROTOCOL])
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .max_message_size(config.hard_frame_bytes())
         .max_frame_size(config.hard_frame_bytes())
-        .on_upgrade(move |socket| async move {
-            let _ip_slot = ip_slot;
-            crate::connection::serve(socket, st.shared, st.pinned, upgrade).await
+        .on_upgrade(move |socket| {
+            crate::connection::serve(socket, st.shared, st.pinned, upgrade, ip_slot)
         })
 }
 
