@@ -12,6 +12,11 @@
 //! never accepts a position below the one it asked to start from, so nothing is lost
 //! and nothing is sent twice: positions only grow.
 //!
+//! In tenant mode ([`Hub::with_tenants`]) a session joins with its tenant and receives
+//! only messages whose `x-warren-tenant` header names that tenant (a message without
+//! one reaches only sessions without a tenant); replies, addressed to one session,
+//! are exempt.
+//!
 //! Everything here but [`run_reader`] and [`Reader`] is pure and unit-tested without a
 //! broker.
 
@@ -25,7 +30,7 @@ use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, B
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Consumer};
 use tokio::sync::{mpsc, watch, Notify};
-use warren_protocol::amqp::{topic_matches, H_CC};
+use warren_protocol::amqp::{topic_matches, H_CC, H_TENANT};
 
 use crate::broker::Broker;
 use crate::delivery::stream_reply_id;
@@ -61,6 +66,8 @@ pub struct Message {
     /// What routes it to sessions: its routing key and the `CC` header's keys, or
     /// for a reply the key of the session it answers ([`reply_key`]).
     keys: Vec<String>,
+    /// Its `x-warren-tenant` header, if any.
+    tenant: Option<String>,
 }
 
 /// The index key that routes a reply to its session: not a valid routing key of any
@@ -114,6 +121,15 @@ impl Message {
                 }
             }
         }
+        let tenant = match properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get(H_TENANT))
+        {
+            Some(AMQPValue::LongString(t)) => Some(String::from_utf8_lossy(t.as_bytes()).into_owned()),
+            Some(AMQPValue::ShortString(t)) => Some(t.to_string()),
+            _ => None,
+        };
         Message {
             offset,
             exchange,
@@ -121,6 +137,7 @@ impl Message {
             properties,
             body,
             keys,
+            tenant,
         }
     }
 
@@ -171,11 +188,24 @@ struct Member {
     from: u64,
     /// Its index keys, ref-counted (two subscriptions may share one).
     keys: HashMap<String, u32>,
+    /// Tenant mode: the only tenant whose messages it receives (`None`: only
+    /// messages without a tenant). `None` outside tenant mode: no filter.
+    tenant: Option<Option<String>>,
 }
 
 impl Member {
+    /// Whether tenant mode lets it have `m`: always outside tenant mode and for a
+    /// reply; else when the message names its tenant (or neither names one).
+    fn admits(&self, m: &Message) -> bool {
+        match &self.tenant {
+            None => true,
+            Some(t) => m.exchange.is_empty() || *t == m.tenant,
+        }
+    }
+
     fn wants(&self, m: &Message) -> bool {
         m.offset >= self.from
+            && self.admits(m)
             && m.keys.iter().any(|k| {
                 self.keys.contains_key(k)
                     || self
@@ -225,6 +255,8 @@ pub struct Hub {
     max_messages: usize,
     /// Whether the reader has caught up with the stream's tail once (start-up).
     ready: watch::Sender<bool>,
+    /// Tenant mode: members receive only their tenant's messages.
+    tenants: bool,
 }
 
 /// A session's membership in the hub; leaves it when dropped.
@@ -251,6 +283,18 @@ impl Hub {
             state: Mutex::new(State::default()),
             max_messages: max_messages.max(1),
             ready: watch::channel(false).0,
+            tenants: false,
+        })
+    }
+
+    /// A hub in tenant mode (`tenants = true`): each session receives only the
+    /// messages of the tenant it joined with ([`Hub::join_tenant`]).
+    pub fn with_tenants(max_messages: usize, tenants: bool) -> Arc<Hub> {
+        Arc::new(Hub {
+            state: Mutex::new(State::default()),
+            max_messages: max_messages.max(1),
+            ready: watch::channel(false).0,
+            tenants,
         })
     }
 
@@ -278,6 +322,18 @@ impl Hub {
         session: &str,
         from: Option<u64>,
     ) -> (Membership, Option<u64>) {
+        self.join_tenant(conn, session, None, from)
+    }
+
+    /// As [`Hub::join`], for a session of `tenant` (ignored outside tenant mode; in
+    /// tenant mode `None` receives only messages without a tenant).
+    pub fn join_tenant(
+        self: &Arc<Self>,
+        conn: u64,
+        session: &str,
+        tenant: Option<&str>,
+        from: Option<u64>,
+    ) -> (Membership, Option<u64>) {
         let (tx, rx) = mpsc::channel(LIVE_BACKLOG);
         let lagged = Arc::new(Notify::new());
         let mut st = self.lock();
@@ -288,6 +344,7 @@ impl Hub {
             live: from.is_none(),
             from: from.or(head).unwrap_or(0),
             keys: HashMap::new(),
+            tenant: self.tenants.then(|| tenant.map(str::to_string)),
         };
         st.members.insert(conn, member);
         add_key(&mut st, conn, &reply_key(session));
@@ -389,7 +446,7 @@ impl Hub {
             let Some(member) = st.members.get_mut(&conn) else {
                 continue;
             };
-            if !member.live || m.offset < member.from {
+            if !member.live || m.offset < member.from || !member.admits(&m) {
                 continue;
             }
             if member.tx.try_send(m.clone()).is_err() {
@@ -446,7 +503,10 @@ impl Hub {
                 .iter()
                 .filter_map(|o| {
                     let i = st.ring.partition_point(|m| m.offset < *o);
-                    st.ring.get(i).filter(|m| m.offset == *o).cloned()
+                    st.ring
+                        .get(i)
+                        .filter(|m| m.offset == *o && member.admits(m))
+                        .cloned()
                 })
                 .collect();
             let next = if offsets.len() >= max {
