@@ -1216,6 +1216,21 @@ impl Conn {
                 .refuse(Some(r.id), Refusal::new(ErrorCode::Forbidden, message))
                 .await;
         }
+        // Tenant mode: the hub admitted this session as its first tenant; a token of
+        // another tenant needs a new session.
+        let tenant_now = self
+            .session
+            .as_ref()
+            .and_then(|s| inbound::tenant_of(&shared.config, &s.identity));
+        let tenant_new = inbound::tenant_of(&shared.config, &identity);
+        if tenant_now != tenant_new {
+            let message = format!(
+                "the new token names tenant {tenant_new:?}, this session belongs to {tenant_now:?}"
+            );
+            return self
+                .refuse(Some(r.id), Refusal::new(ErrorCode::Forbidden, message))
+                .await;
+        }
         let expires = self.expiry_of(&identity);
         if let Some(s) = self.session.as_mut() {
             s.identity = identity;
