@@ -735,7 +735,10 @@ impl Config {
         }
         for ch in &t.channels {
             if !self.has_channel(ch) {
-                return bad(format!("channel `{ch}` is not in channels {:?}", self.channels));
+                return bad(format!(
+                    "channel `{ch}` is not in channels {:?}",
+                    self.channels
+                ));
             }
         }
         if let Some(d) = &t.default {
@@ -959,7 +962,8 @@ pub enum TopologyAction {
     /// Connect and declare the topology, then exit.
     Apply,
     /// Compare the configuration's topology with a live broker, creating nothing.
-    #[command(long_about = "Compare the configuration's topology with a live broker, \
+    #[command(
+        long_about = "Compare the configuration's topology with a live broker, \
         creating nothing.\n\n\
         Every exchange and queue the configuration declares (with [tenants] enabled, \
         every tenant's exchange and queues too) is looked up passively; one that \
@@ -972,7 +976,8 @@ pub enum TopologyAction {
         `MISMATCH <object>: <difference>`) and a summary line.\n\n\
         Exit status: 0 when everything matches, 1 when anything is missing or \
         different, 2 when the broker cannot be reached or the configuration is \
-        invalid.")]
+        invalid."
+    )]
     Check,
 }
 
@@ -1262,6 +1267,39 @@ mod tests {
                 "{key}"
             );
         }
+    }
+
+    #[test]
+    fn the_tenants_demo_config_is_valid_and_routes_two_tenants_with_two_types() {
+        let c = Config::from_toml(
+            include_str!("../warren-gateway.tenants-demo.toml"),
+            "tenants demo",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let r = c.tenants.routing();
+        assert_eq!(r.channels, ["scan"]);
+        assert_eq!(r.tenants.len(), 2);
+        assert!(r.tenants.iter().all(|t| t.types == ["delta", "full"]));
+        assert!(!Config::default().tenants.enabled, "off by default");
+    }
+
+    #[test]
+    fn tenant_mode_refuses_a_routed_channel_that_is_not_served_and_bad_names() {
+        let mut c = Config::default();
+        c.tenants.enabled = true;
+        c.tenants.channels = vec!["scan".into()];
+        assert!(c.validate().unwrap_err().to_string().contains("scan"));
+        c.tenants.channels = vec!["chat".into()];
+        c.tenants
+            .tenant
+            .insert("a.b".into(), TenantOptions::default());
+        assert!(c.validate().is_err());
+        c.tenants.tenant.clear();
+        c.tenants.default = Some("x y".into());
+        assert!(c.validate().is_err());
+        c.tenants.default = Some("acme".into());
+        c.validate().unwrap();
     }
 
     #[test]

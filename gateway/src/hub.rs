@@ -126,7 +126,9 @@ impl Message {
             .as_ref()
             .and_then(|h| h.inner().get(H_TENANT))
         {
-            Some(AMQPValue::LongString(t)) => Some(String::from_utf8_lossy(t.as_bytes()).into_owned()),
+            Some(AMQPValue::LongString(t)) => {
+                Some(String::from_utf8_lossy(t.as_bytes()).into_owned())
+            }
             Some(AMQPValue::ShortString(t)) => Some(t.to_string()),
             _ => None,
         };

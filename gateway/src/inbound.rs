@@ -275,11 +275,9 @@ pub(crate) fn prepare(
             queue = tenants.tenant.get(tenant).and_then(|t| {
                 let typed = !kind.is_empty();
                 (!typed || t.types.iter().any(|k| k == kind)).then(|| {
-                    shared.names.tenant_queue(
-                        m.channel,
-                        tenant,
-                        typed.then_some(kind),
-                    )
+                    shared
+                        .names
+                        .tenant_queue(m.channel, tenant, typed.then_some(kind))
                 })
             });
         }

@@ -61,8 +61,9 @@ use tokio::task::JoinHandle;
 use warren_protocol::amqp::Names;
 
 pub use config::{
-    AuthConfig, AuthMode, AuthServiceConfig, Cli, Command, Config, HttpApiConfig, JwtConfig, TenantOptions, TenantsConfig,
-    ListenerConfig, NoServiceMode, OutboundMode, Overrides, QueueType, TopologyAction,
+    AuthConfig, AuthMode, AuthServiceConfig, Cli, Command, Config, HttpApiConfig, JwtConfig,
+    ListenerConfig, NoServiceMode, OutboundMode, Overrides, QueueType, TenantOptions,
+    TenantsConfig, TopologyAction,
 };
 pub use error::GatewayError;
 pub use topology::Topology;

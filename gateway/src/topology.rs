@@ -290,12 +290,11 @@ impl Topology {
             let _ = channel.close(200, "checked".into()).await;
             match same {
                 Ok(()) => {}
-                Err(GatewayError::Amqp { source, .. }) if is_precondition_failed(&source) => {
-                    out.push(Mismatch {
+                Err(GatewayError::Amqp { source, .. }) if is_precondition_failed(&source) => out
+                    .push(Mismatch {
                         object,
                         difference: broker_text(&source),
-                    })
-                }
+                    }),
                 Err(e) => return Err(e),
             }
         }
@@ -679,7 +678,10 @@ mod tests {
         let pdf = printed.find("IN_CHAT.acme.pdf").unwrap();
         assert!(acme < pdf && pdf < globex, "{printed}");
         assert!(printed.contains("x-warren-type=\"\""), "{printed}");
-        assert!(printed.contains("e-binding warren.tenant.globex"), "{printed}");
+        assert!(
+            printed.contains("e-binding warren.tenant.globex"),
+            "{printed}"
+        );
     }
 
     #[test]
@@ -692,8 +694,9 @@ mod tests {
         for d in &t.declarations {
             let name = match d {
                 Declaration::Exchange { name, .. } | Declaration::Queue { name, .. } => name,
-                Declaration::Binding { queue, .. }
-                | Declaration::HeadersBinding { queue, .. } => queue,
+                Declaration::Binding { queue, .. } | Declaration::HeadersBinding { queue, .. } => {
+                    queue
+                }
                 Declaration::ExchangeBinding { destination, .. } => destination,
                 Declaration::Tenant { name } => name,
             };

@@ -370,7 +370,10 @@ pub async fn declare_tenant_topology(
             .iter()
             .filter_map(|c| {
                 let ttl = config.message_ttls.get(c)?;
-                Some((c.clone(), u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)))
+                Some((
+                    c.clone(),
+                    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+                ))
             })
             .collect(),
         bounds: config.inbound_bounds,
@@ -419,7 +422,11 @@ pub async fn declare_tenant_topology(
             }
         }
     }
-    debug!(tenants = routing.tenants.len(), queues = queues.len(), "declared the tenant topology");
+    debug!(
+        tenants = routing.tenants.len(),
+        queues = queues.len(),
+        "declared the tenant topology"
+    );
     Ok(queues)
 }
 
