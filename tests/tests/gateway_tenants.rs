@@ -175,10 +175,8 @@ async fn tenant_service(env: &TestEnv) -> Service {
         let queue = env.names.tenant_queue(ROUTED, tenant, None);
         service
             .consume_queues(&[queue], |_ctx: Context, m: Incoming| async move {
-                Ok::<_, HandlerError>(
-                    Outcome::json(&json!({ "tenant": m.tenant(), "queue": m.queue }))
-                        .map_err(|e| HandlerError::Failed(e.to_string()))?,
-                )
+                Outcome::json(&json!({ "tenant": m.tenant(), "queue": m.queue }))
+                    .map_err(|e| HandlerError::Failed(e.to_string()))
             })
             .await
             .expect("consume the tenant queue");
