@@ -385,7 +385,9 @@ pub async fn declare_tenant_topology(
                 declare_exchange(connection, &name, ExchangeKind::Headers).await?
             }
             Object::Queue { name, args } => {
-                declare_queue(connection, &name, field_table(args)).await?;
+                let arguments = field_table(args);
+                declare_queue(connection, &name, arguments.clone()).await?;
+                report_difference(connection, &name, arguments).await;
                 queues.push(name);
             }
             Object::QueueBinding {
@@ -428,6 +430,30 @@ pub async fn declare_tenant_topology(
         "declared the tenant topology"
     );
     Ok(queues)
+}
+
+/// Declares `queue` again with the expected `arguments` on a scratch channel and logs
+/// the broker's exact difference when it has the queue with others (a 406 closes only
+/// that channel). Start-up reporting for the tenant topology; the queue is used as it
+/// is either way.
+async fn report_difference(connection: &Connection, queue: &str, arguments: FieldTable) {
+    let Ok(ch) = connection.create_channel().await else {
+        return;
+    };
+    match ch
+        .queue_declare(queue.into(), QueueDeclareOptions::durable(), arguments)
+        .await
+    {
+        Ok(_) => close(ch).await,
+        Err(e) if is_precondition_failed(&e) => {
+            let difference = match e.kind() {
+                lapin::ErrorKind::ProtocolError(p) => p.get_message().to_string(),
+                _ => e.to_string(),
+            };
+            warn!(queue, %difference, "the broker has this tenant queue with other arguments; using it as it is");
+        }
+        Err(e) => debug!(queue, error = %e, "could not compare the queue's arguments"),
+    }
 }
 
 async fn close(channel: Channel) {
