@@ -866,6 +866,65 @@ mod tests {
         assert_eq!(got, vec![0, 2]);
     }
 
+    fn tenant_msg(offset: u64, key: &str, tenant: Option<&str>) -> Message {
+        let mut h = FieldTable::default();
+        if let Some(t) = tenant {
+            h.insert(H_TENANT.into(), AMQPValue::LongString(t.into()));
+        }
+        Message::new(
+            offset,
+            "warren.out".into(),
+            key.into(),
+            BasicProperties::default().with_headers(h),
+            b"{}".to_vec(),
+        )
+    }
+
+    #[test]
+    fn in_tenant_mode_a_member_gets_only_its_tenants_messages_live_and_catching_up() {
+        let hub = Hub::with_tenants(100, true);
+        let (mut acme, _) = hub.join_tenant(1, "s1", Some("acme"), None);
+        let (mut globex, _) = hub.join_tenant(2, "s2", Some("globex"), None);
+        let (mut none, _) = hub.join_tenant(3, "s3", None, None);
+        for conn in 1..=3 {
+            hub.subscribe(conn, &keys(&["chat.all", "chat.event.#"]));
+        }
+        hub.publish(tenant_msg(0, "chat.all", Some("acme")));
+        hub.publish(tenant_msg(1, "chat.event.x", Some("globex")));
+        hub.publish(tenant_msg(2, "chat.all", None));
+        let got = |rx: &mut Membership| -> Vec<u64> {
+            std::iter::from_fn(|| rx.rx.try_recv().ok())
+                .map(|m| m.offset)
+                .collect()
+        };
+        assert_eq!(got(&mut acme), vec![0]);
+        assert_eq!(got(&mut globex), vec![1]);
+        assert_eq!(got(&mut none), vec![2]);
+        // A resume catching up from the ring is filtered alike (exact keys and patterns).
+        let (_late, _) = hub.join_tenant(4, "s4", Some("acme"), Some(0));
+        hub.subscribe(4, &keys(&["chat.all"]));
+        match hub.catch_up(4, 0, 10) {
+            CatchUp::Batch(b, _) => {
+                assert_eq!(b.iter().map(|m| m.offset).collect::<Vec<_>>(), vec![0])
+            }
+            other => panic!("{other:?}"),
+        }
+        let (_late, _) = hub.join_tenant(5, "s5", Some("globex"), Some(0));
+        hub.subscribe(5, &keys(&["chat.#"]));
+        match hub.catch_up(5, 0, 10) {
+            CatchUp::Batch(b, _) => {
+                assert_eq!(b.iter().map(|m| m.offset).collect::<Vec<_>>(), vec![1])
+            }
+            other => panic!("{other:?}"),
+        }
+        // Outside tenant mode nobody is filtered.
+        let open = Hub::new(100);
+        let (mut any, _) = open.join_tenant(1, "s1", Some("acme"), None);
+        open.subscribe(1, &keys(&["chat.all"]));
+        open.publish(tenant_msg(0, "chat.all", Some("globex")));
+        assert_eq!(got(&mut any), vec![0]);
+    }
+
     #[test]
     fn a_cc_header_routes_one_message_to_every_named_key() {
         let hub = Hub::new(100);
