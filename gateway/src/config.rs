@@ -745,6 +745,13 @@ impl Config {
             if let Err(e) = validate_segment("tenants.default", d) {
                 return bad(e.to_string());
             }
+            // Every routed write of such a session would be answered no_route.
+            if !t.channels.is_empty() && !t.tenant.contains_key(d) {
+                return bad(format!(
+                    "default `{d}` is not one of the tenants ([tenants.tenant.<name>]): {:?}",
+                    t.tenant.keys().collect::<Vec<_>>()
+                ));
+            }
         }
         if t.type_header.is_empty() {
             return bad("type_header is empty".into());
@@ -1299,6 +1306,14 @@ mod tests {
         c.tenants.default = Some("x y".into());
         assert!(c.validate().is_err());
         c.tenants.default = Some("acme".into());
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("not one of the tenants"));
+        c.tenants
+            .tenant
+            .insert("acme".into(), TenantOptions::default());
         c.validate().unwrap();
     }
 
