@@ -156,6 +156,82 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The external HTTP API (`/external`, `/publish`, `/request`); off by default.
     pub http_api: HttpApiConfig,
+    /// Multi-tenant routing (README, "Multi-tenant deployments"); off by default.
+    pub tenants: TenantsConfig,
+}
+
+/// `[tenants]`: multi-tenant routing. When enabled, every session has the tenant of
+/// its verified identity (the token's `tenant` claim; with `auth.mode = "none"`,
+/// `default`), never one a client chooses; writes carry it in `x-warren-tenant`, the
+/// routed channels' writes go through the `<ns>.warren.tenants` headers exchange to the
+/// tenant's queues, and outbound messages reach only sessions of the tenant named in
+/// their `x-warren-tenant` header (a message without one reaches only sessions
+/// without a tenant).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantsConfig {
+    /// Turn tenant mode on. Default: false (nothing changes).
+    pub enabled: bool,
+    /// The tenant of every session when `auth.mode = "none"` (development); ignored
+    /// in the other modes, where the identity names it. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+    /// The channels whose writes are routed per tenant (`IN_<CHANNEL>.<tenant>` and
+    /// `IN_<CHANNEL>.<tenant>.<type>` instead of `IN_<CHANNEL>`). The other channels
+    /// keep `warren.in` and `IN_<CHANNEL>`, with the tenant header on every message.
+    /// Default: none.
+    pub channels: Vec<String>,
+    /// The client header (`headers` of a `publish` / `request`) naming the message
+    /// type that picks a specialised queue; absent or empty = the general queue.
+    /// Default: `type`.
+    pub type_header: String,
+    /// The tenants (`[tenants.tenant.<name>]`) and their message types.
+    pub tenant: std::collections::BTreeMap<String, TenantOptions>,
+}
+
+/// `[tenants.tenant.<name>]`: one tenant.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantOptions {
+    /// Message types with a specialised queue each; a write naming another type is
+    /// answered `no_route`.
+    pub types: Vec<String>,
+}
+
+impl Default for TenantsConfig {
+    fn default() -> Self {
+        TenantsConfig {
+            enabled: false,
+            default: None,
+            channels: Vec::new(),
+            type_header: "type".into(),
+            tenant: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+impl TenantsConfig {
+    /// Whether a session with `tenant` may receive a message for `message_tenant` (the
+    /// `x-warren-tenant` of an outbound message): always with tenant mode off; in
+    /// tenant mode only when both name the same tenant, or neither names one.
+    pub fn admits(&self, tenant: Option<&str>, message_tenant: Option<&str>) -> bool {
+        !self.enabled || tenant == message_tenant
+    }
+
+    /// The tenant routing as the protocol crate describes it (tenants in name order).
+    pub fn routing(&self) -> warren_protocol::tenants::TenantRouting {
+        warren_protocol::tenants::TenantRouting {
+            channels: self.channels.clone(),
+            tenants: self
+                .tenant
+                .iter()
+                .map(|(name, o)| warren_protocol::tenants::Tenant {
+                    name: name.clone(),
+                    types: o.types.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// `[http_api]`: the external HTTP API for backends that do not speak AMQP
@@ -466,6 +542,7 @@ impl Default for Config {
             hub_buffer_messages: 100_000,
             auth: AuthConfig::default(),
             http_api: HttpApiConfig::default(),
+            tenants: TenantsConfig::default(),
         }
     }
 }
@@ -643,7 +720,43 @@ impl Config {
                 return bad("auth.service.timeout_ms must be at least 1".into());
             }
         }
+        self.validate_tenants()?;
         self.validate_http_api()
+    }
+
+    fn validate_tenants(&self) -> Result<(), GatewayError> {
+        let bad = |m: String| Err(GatewayError::Config(format!("tenants: {m}")));
+        let t = &self.tenants;
+        if !t.enabled {
+            return Ok(());
+        }
+        if let Err(e) = t.routing().validate() {
+            return bad(e.to_string());
+        }
+        for ch in &t.channels {
+            if !self.has_channel(ch) {
+                return bad(format!(
+                    "channel `{ch}` is not in channels {:?}",
+                    self.channels
+                ));
+            }
+        }
+        if let Some(d) = &t.default {
+            if let Err(e) = validate_segment("tenants.default", d) {
+                return bad(e.to_string());
+            }
+            // Every routed write of such a session would be answered no_route.
+            if !t.channels.is_empty() && !t.tenant.contains_key(d) {
+                return bad(format!(
+                    "default `{d}` is not one of the tenants ([tenants.tenant.<name>]): {:?}",
+                    t.tenant.keys().collect::<Vec<_>>()
+                ));
+            }
+        }
+        if t.type_header.is_empty() {
+            return bad("type_header is empty".into());
+        }
+        Ok(())
     }
 
     fn validate_http_api(&self) -> Result<(), GatewayError> {
@@ -761,6 +874,12 @@ impl Config {
         if !o.allowed_origins.is_empty() {
             self.auth.allowed_origins = o.allowed_origins.clone();
         }
+        if let Some(v) = o.tenants {
+            self.tenants.enabled = v;
+        }
+        if let Some(v) = &o.tenants_default {
+            self.tenants.default = Some(v.clone());
+        }
         let api = &mut self.http_api;
         if let Some(v) = o.http_api_enabled {
             api.enabled = v;
@@ -849,6 +968,24 @@ pub enum TopologyAction {
     Print,
     /// Connect and declare the topology, then exit.
     Apply,
+    /// Compare the configuration's topology with a live broker, creating nothing.
+    #[command(
+        long_about = "Compare the configuration's topology with a live broker, \
+        creating nothing.\n\n\
+        Every exchange and queue the configuration declares (with [tenants] enabled, \
+        every tenant's exchange and queues too) is looked up passively; one that \
+        exists is declared again with the expected kind and arguments on a scratch \
+        channel, so the broker itself names any difference (its PRECONDITION_FAILED \
+        text, e.g. \"inequivalent arg 'x-queue-type' for queue 'IN_CHAT' in vhost \
+        '/': received 'classic' but current is 'quorum'\"). Bindings cannot be read \
+        over AMQP 0.9.1 and are not compared.\n\n\
+        Prints one line per mismatch (`MISMATCH <object>: missing` or \
+        `MISMATCH <object>: <difference>`) and a summary line.\n\n\
+        Exit status: 0 when everything matches, 1 when anything is missing or \
+        different, 2 when the broker cannot be reached or the configuration is \
+        invalid."
+    )]
+    Check,
 }
 
 /// Flags and environment variables; each overrides the configuration file.
@@ -939,6 +1076,13 @@ pub struct Overrides {
     /// Publish presence events on warren.presence [default: true].
     #[arg(long, env = "WARREN_PRESENCE", global = true)]
     pub presence: Option<bool>,
+    /// Multi-tenant routing on or off (`[tenants] enabled`; the tenants, their types
+    /// and the routed channels are set in the file) [default: false].
+    #[arg(long, env = "WARREN_TENANTS", global = true)]
+    pub tenants: Option<bool>,
+    /// The tenant of every session with auth mode `none` (`[tenants] default`).
+    #[arg(long, env = "WARREN_TENANTS_DEFAULT", global = true)]
+    pub tenants_default: Option<String>,
     /// Unconfirmed publishes per connection before its socket is no longer read
     /// [default: 1024].
     #[arg(long, env = "WARREN_MAX_PENDING_CONFIRMS", global = true)]
@@ -1130,6 +1274,47 @@ mod tests {
                 "{key}"
             );
         }
+    }
+
+    #[test]
+    fn the_tenants_demo_config_is_valid_and_routes_two_tenants_with_two_types() {
+        let c = Config::from_toml(
+            include_str!("../warren-gateway.tenants-demo.toml"),
+            "tenants demo",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let r = c.tenants.routing();
+        assert_eq!(r.channels, ["scan"]);
+        assert_eq!(r.tenants.len(), 2);
+        assert!(r.tenants.iter().all(|t| t.types == ["delta", "full"]));
+        assert!(!Config::default().tenants.enabled, "off by default");
+    }
+
+    #[test]
+    fn tenant_mode_refuses_a_routed_channel_that_is_not_served_and_bad_names() {
+        let mut c = Config::default();
+        c.tenants.enabled = true;
+        c.tenants.channels = vec!["scan".into()];
+        assert!(c.validate().unwrap_err().to_string().contains("scan"));
+        c.tenants.channels = vec!["chat".into()];
+        c.tenants
+            .tenant
+            .insert("a.b".into(), TenantOptions::default());
+        assert!(c.validate().is_err());
+        c.tenants.tenant.clear();
+        c.tenants.default = Some("x y".into());
+        assert!(c.validate().is_err());
+        c.tenants.default = Some("acme".into());
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("not one of the tenants"));
+        c.tenants
+            .tenant
+            .insert("acme".into(), TenantOptions::default());
+        c.validate().unwrap();
     }
 
     #[test]

@@ -937,7 +937,8 @@ impl Conn {
         // A resume without a position (the stream was empty when the session opened)
         // replays from the stream's start.
         let from = resumed.then(|| hello.position.map_or(0, |p| p + 1));
-        let (member, head) = hub.join(self.id, &id, from);
+        let tenant = inbound::tenant_of(&self.shared.config, &identity);
+        let (member, head) = hub.join_tenant(self.id, &id, tenant, from);
         if anonymous {
             identity.user = id.clone();
         }
@@ -1228,6 +1229,21 @@ impl Conn {
                 .refuse(Some(r.id), Refusal::new(ErrorCode::Forbidden, message))
                 .await;
         }
+        // Tenant mode: the hub admitted this session as its first tenant; a token of
+        // another tenant needs a new session.
+        let tenant_now = self
+            .session
+            .as_ref()
+            .and_then(|s| inbound::tenant_of(&shared.config, &s.identity));
+        let tenant_new = inbound::tenant_of(&shared.config, &identity);
+        if tenant_now != tenant_new {
+            let message = format!(
+                "the new token names tenant {tenant_new:?}, this session belongs to {tenant_now:?}"
+            );
+            return self
+                .refuse(Some(r.id), Refusal::new(ErrorCode::Forbidden, message))
+                .await;
+        }
         let expires = self.expiry_of(&identity);
         if let Some(s) = self.session.as_mut() {
             s.identity = identity;
@@ -1451,6 +1467,23 @@ impl Conn {
                     return Flow::Close(CloseCode::BrokerUnavailable, String::new());
                 }
             };
+            if !self.admits(&delivery) {
+                // Tenant mode: another tenant's message bound to this session's queue
+                // by a shared routing key; it is not this client's.
+                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                match self
+                    .session
+                    .as_mut()
+                    .and_then(|s| s.queue.as_mut())
+                    .and_then(|q| q.consumer.next().now_or_never())
+                {
+                    Some(d) => {
+                        next = d;
+                        continue;
+                    }
+                    None => break,
+                }
+            }
             let Some(frame) = self.delivery_frame(&delivery) else {
                 return Flow::Continue;
             };
@@ -1639,6 +1672,31 @@ impl Conn {
             return Flow::Continue;
         }
         self.flush().await
+    }
+
+    /// Tenant mode (`outbound = "queues"`): whether this session may have `delivery`
+    /// — a reply, or a message whose `x-warren-tenant` names the session's tenant (or
+    /// neither names one). Always outside tenant mode.
+    fn admits(&self, delivery: &Delivery) -> bool {
+        let config = &self.shared.config;
+        if !config.tenants.enabled || delivery.exchange.as_str().is_empty() {
+            return true;
+        }
+        let Some(s) = self.session.as_ref() else {
+            return true;
+        };
+        let mine = inbound::tenant_of(config, &s.identity);
+        let theirs = match delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get(amqp::H_TENANT))
+        {
+            Some(lapin::types::AMQPValue::LongString(t)) => std::str::from_utf8(t.as_bytes()).ok(),
+            Some(lapin::types::AMQPValue::ShortString(t)) => Some(t.as_str()),
+            _ => None,
+        };
+        config.tenants.admits(mine, theirs)
     }
 
     /// Records a delivery as unacknowledged under the next `seq` and builds its frame.

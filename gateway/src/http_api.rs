@@ -320,14 +320,16 @@ async fn request(
     };
     let message = m.inbound(&id, &channel, Some(reply_to));
     let prepared = inbound::prepare(&shared, None, &sender, &message)?;
-    inbound::check_service(&shared, &channel, crate::auth::Action::Request).await?;
+    if let Some(queue) = prepared.queue() {
+        inbound::check_service(&shared, &channel, queue, crate::auth::Action::Request).await?;
+    }
     let call = shared
         .http_replies
         .begin(call_id)
         .await
         .map_err(|e| Refusal::new(ErrorCode::BrokerUnavailable, e))?;
     let confirm = prepared
-        .publish(&call.channel, &shared, m.message.get().as_bytes())
+        .publish(&call.channel, m.message.get().as_bytes())
         .await?;
     confirmed(&shared, confirm).await?;
     let answer = match tokio::time::timeout_at(deadline, call.answer()).await {

@@ -12,6 +12,11 @@
 //! never accepts a position below the one it asked to start from, so nothing is lost
 //! and nothing is sent twice: positions only grow.
 //!
+//! In tenant mode ([`Hub::with_tenants`]) a session joins with its tenant and receives
+//! only messages whose `x-warren-tenant` header names that tenant (a message without
+//! one reaches only sessions without a tenant); replies, addressed to one session,
+//! are exempt.
+//!
 //! Everything here but [`run_reader`] and [`Reader`] is pure and unit-tested without a
 //! broker.
 
@@ -25,7 +30,7 @@ use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, B
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Consumer};
 use tokio::sync::{mpsc, watch, Notify};
-use warren_protocol::amqp::{topic_matches, H_CC};
+use warren_protocol::amqp::{topic_matches, H_CC, H_TENANT};
 
 use crate::broker::Broker;
 use crate::delivery::stream_reply_id;
@@ -61,6 +66,8 @@ pub struct Message {
     /// What routes it to sessions: its routing key and the `CC` header's keys, or
     /// for a reply the key of the session it answers ([`reply_key`]).
     keys: Vec<String>,
+    /// Its `x-warren-tenant` header, if any.
+    tenant: Option<String>,
 }
 
 /// The index key that routes a reply to its session: not a valid routing key of any
@@ -114,6 +121,17 @@ impl Message {
                 }
             }
         }
+        let tenant = match properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get(H_TENANT))
+        {
+            Some(AMQPValue::LongString(t)) => {
+                Some(String::from_utf8_lossy(t.as_bytes()).into_owned())
+            }
+            Some(AMQPValue::ShortString(t)) => Some(t.to_string()),
+            _ => None,
+        };
         Message {
             offset,
             exchange,
@@ -121,6 +139,7 @@ impl Message {
             properties,
             body,
             keys,
+            tenant,
         }
     }
 
@@ -171,11 +190,24 @@ struct Member {
     from: u64,
     /// Its index keys, ref-counted (two subscriptions may share one).
     keys: HashMap<String, u32>,
+    /// Tenant mode: the only tenant whose messages it receives (`None`: only
+    /// messages without a tenant). `None` outside tenant mode: no filter.
+    tenant: Option<Option<String>>,
 }
 
 impl Member {
+    /// Whether tenant mode lets it have `m`: always outside tenant mode and for a
+    /// reply; else when the message names its tenant (or neither names one).
+    fn admits(&self, m: &Message) -> bool {
+        match &self.tenant {
+            None => true,
+            Some(t) => m.exchange.is_empty() || *t == m.tenant,
+        }
+    }
+
     fn wants(&self, m: &Message) -> bool {
         m.offset >= self.from
+            && self.admits(m)
             && m.keys.iter().any(|k| {
                 self.keys.contains_key(k)
                     || self
@@ -225,6 +257,8 @@ pub struct Hub {
     max_messages: usize,
     /// Whether the reader has caught up with the stream's tail once (start-up).
     ready: watch::Sender<bool>,
+    /// Tenant mode: members receive only their tenant's messages.
+    tenants: bool,
 }
 
 /// A session's membership in the hub; leaves it when dropped.
@@ -251,6 +285,18 @@ impl Hub {
             state: Mutex::new(State::default()),
             max_messages: max_messages.max(1),
             ready: watch::channel(false).0,
+            tenants: false,
+        })
+    }
+
+    /// A hub in tenant mode (`tenants = true`): each session receives only the
+    /// messages of the tenant it joined with ([`Hub::join_tenant`]).
+    pub fn with_tenants(max_messages: usize, tenants: bool) -> Arc<Hub> {
+        Arc::new(Hub {
+            state: Mutex::new(State::default()),
+            max_messages: max_messages.max(1),
+            ready: watch::channel(false).0,
+            tenants,
         })
     }
 
@@ -278,6 +324,18 @@ impl Hub {
         session: &str,
         from: Option<u64>,
     ) -> (Membership, Option<u64>) {
+        self.join_tenant(conn, session, None, from)
+    }
+
+    /// As [`Hub::join`], for a session of `tenant` (ignored outside tenant mode; in
+    /// tenant mode `None` receives only messages without a tenant).
+    pub fn join_tenant(
+        self: &Arc<Self>,
+        conn: u64,
+        session: &str,
+        tenant: Option<&str>,
+        from: Option<u64>,
+    ) -> (Membership, Option<u64>) {
         let (tx, rx) = mpsc::channel(LIVE_BACKLOG);
         let lagged = Arc::new(Notify::new());
         let mut st = self.lock();
@@ -288,6 +346,7 @@ impl Hub {
             live: from.is_none(),
             from: from.or(head).unwrap_or(0),
             keys: HashMap::new(),
+            tenant: self.tenants.then(|| tenant.map(str::to_string)),
         };
         st.members.insert(conn, member);
         add_key(&mut st, conn, &reply_key(session));
@@ -389,7 +448,7 @@ impl Hub {
             let Some(member) = st.members.get_mut(&conn) else {
                 continue;
             };
-            if !member.live || m.offset < member.from {
+            if !member.live || m.offset < member.from || !member.admits(&m) {
                 continue;
             }
             if member.tx.try_send(m.clone()).is_err() {
@@ -446,7 +505,10 @@ impl Hub {
                 .iter()
                 .filter_map(|o| {
                     let i = st.ring.partition_point(|m| m.offset < *o);
-                    st.ring.get(i).filter(|m| m.offset == *o).cloned()
+                    st.ring
+                        .get(i)
+                        .filter(|m| m.offset == *o && member.admits(m))
+                        .cloned()
                 })
                 .collect();
             let next = if offsets.len() >= max {
@@ -802,6 +864,65 @@ mod tests {
             .map(|m| m.offset)
             .collect();
         assert_eq!(got, vec![0, 2]);
+    }
+
+    fn tenant_msg(offset: u64, key: &str, tenant: Option<&str>) -> Message {
+        let mut h = FieldTable::default();
+        if let Some(t) = tenant {
+            h.insert(H_TENANT.into(), AMQPValue::LongString(t.into()));
+        }
+        Message::new(
+            offset,
+            "warren.out".into(),
+            key.into(),
+            BasicProperties::default().with_headers(h),
+            b"{}".to_vec(),
+        )
+    }
+
+    #[test]
+    fn in_tenant_mode_a_member_gets_only_its_tenants_messages_live_and_catching_up() {
+        let hub = Hub::with_tenants(100, true);
+        let (mut acme, _) = hub.join_tenant(1, "s1", Some("acme"), None);
+        let (mut globex, _) = hub.join_tenant(2, "s2", Some("globex"), None);
+        let (mut none, _) = hub.join_tenant(3, "s3", None, None);
+        for conn in 1..=3 {
+            hub.subscribe(conn, &keys(&["chat.all", "chat.event.#"]));
+        }
+        hub.publish(tenant_msg(0, "chat.all", Some("acme")));
+        hub.publish(tenant_msg(1, "chat.event.x", Some("globex")));
+        hub.publish(tenant_msg(2, "chat.all", None));
+        let got = |rx: &mut Membership| -> Vec<u64> {
+            std::iter::from_fn(|| rx.rx.try_recv().ok())
+                .map(|m| m.offset)
+                .collect()
+        };
+        assert_eq!(got(&mut acme), vec![0]);
+        assert_eq!(got(&mut globex), vec![1]);
+        assert_eq!(got(&mut none), vec![2]);
+        // A resume catching up from the ring is filtered alike (exact keys and patterns).
+        let (_late, _) = hub.join_tenant(4, "s4", Some("acme"), Some(0));
+        hub.subscribe(4, &keys(&["chat.all"]));
+        match hub.catch_up(4, 0, 10) {
+            CatchUp::Batch(b, _) => {
+                assert_eq!(b.iter().map(|m| m.offset).collect::<Vec<_>>(), vec![0])
+            }
+            other => panic!("{other:?}"),
+        }
+        let (_late, _) = hub.join_tenant(5, "s5", Some("globex"), Some(0));
+        hub.subscribe(5, &keys(&["chat.#"]));
+        match hub.catch_up(5, 0, 10) {
+            CatchUp::Batch(b, _) => {
+                assert_eq!(b.iter().map(|m| m.offset).collect::<Vec<_>>(), vec![1])
+            }
+            other => panic!("{other:?}"),
+        }
+        // Outside tenant mode nobody is filtered.
+        let open = Hub::new(100);
+        let (mut any, _) = open.join_tenant(1, "s1", Some("acme"), None);
+        open.subscribe(1, &keys(&["chat.all"]));
+        open.publish(tenant_msg(0, "chat.all", Some("globex")));
+        assert_eq!(got(&mut any), vec![0]);
     }
 
     #[test]

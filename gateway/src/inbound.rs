@@ -5,6 +5,11 @@
 //! both go through [`prepare`], so they check and label messages alike: a check that
 //! applies to every publish and request (e.g. `no_service` for a channel nothing
 //! consumes) belongs there.
+//!
+//! In tenant mode (`[tenants] enabled`) every message also carries the sender's tenant
+//! (`x-warren-tenant`, from the verified identity) and type (`x-warren-type`, from the
+//! configured client header), and the tenant-routed channels are published to the
+//! `warren.tenants` headers exchange instead of `warren.in` (`warren_protocol::tenants`).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -68,11 +73,27 @@ pub(crate) struct Message<'a> {
     pub(crate) request: Option<ReplyTo>,
 }
 
-/// A checked message: its routing key on `warren.in` and its properties.
+/// A checked message: the exchange it goes to (`warren.in`, or `warren.tenants` for a
+/// tenant-routed channel), its routing key and its properties, and the queue it should
+/// land in (for the `no_service` check; `None` when no queue is configured for it).
 #[derive(Debug)]
 pub(crate) struct Prepared {
+    exchange: String,
     key: ShortString,
     properties: BasicProperties,
+    queue: Option<String>,
+}
+
+/// The tenant of a session in tenant mode: the identity's, or with `auth.mode = "none"`
+/// `tenants.default`; `None` with tenant mode off. Never anything the client chose.
+pub(crate) fn tenant_of<'a>(config: &'a Config, identity: &'a Identity) -> Option<&'a str> {
+    if !config.tenants.enabled {
+        return None;
+    }
+    match config.auth.mode {
+        crate::config::AuthMode::None => config.tenants.default.as_deref(),
+        _ => identity.tenant.as_deref(),
+    }
 }
 
 /// Whether `channel` is served here (by this gateway, and by the listener if it is
@@ -119,6 +140,7 @@ pub(crate) fn request_timeout(config: &Config, asked: Option<u64>) -> Result<u64
 pub(crate) async fn check_service(
     shared: &Shared,
     channel: &str,
+    queue: &str,
     action: Action,
 ) -> Result<(), Refusal> {
     let check = match shared.config.no_service {
@@ -129,10 +151,9 @@ pub(crate) async fn check_service(
     if !check {
         return Ok(());
     }
-    let queue = shared.names.channel_queue(channel);
     if shared
         .services
-        .answerable(&shared.broker, channel, &queue)
+        .answerable(&shared.broker, channel, queue)
         .await
     {
         return Ok(());
@@ -229,6 +250,38 @@ pub(crate) fn prepare(
     if let Some(t) = m.publish_target {
         headers.insert(amqp::H_PUBLISH_TARGET.into(), text(t));
     }
+    let mut exchange = shared.names.inbound_exchange();
+    let mut queue = Some(shared.names.channel_queue(m.channel));
+    if shared.config.tenants.enabled {
+        let tenants = &shared.config.tenants;
+        let Some(tenant) = tenant_of(&shared.config, identity) else {
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "user `{}` has no tenant, and this deployment routes by tenant",
+                    identity.user
+                ),
+            ));
+        };
+        let kind = m
+            .headers
+            .get(&tenants.type_header)
+            .map(String::as_str)
+            .unwrap_or("");
+        headers.insert(amqp::H_TENANT.into(), text(tenant));
+        headers.insert(amqp::H_TYPE.into(), text(kind));
+        if tenants.channels.iter().any(|c| c == m.channel) {
+            exchange = shared.names.tenants_exchange();
+            queue = tenants.tenant.get(tenant).and_then(|t| {
+                let typed = !kind.is_empty();
+                (!typed || t.types.iter().any(|k| k == kind)).then(|| {
+                    shared
+                        .names
+                        .tenant_queue(m.channel, tenant, typed.then_some(kind))
+                })
+            });
+        }
+    }
     let mut properties = BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into())
@@ -243,13 +296,20 @@ pub(crate) fn prepare(
             .with_expiration(ShortString::from(r.timeout_ms.to_string()));
     }
     Ok(Prepared {
+        exchange,
         key,
         properties: properties.with_headers(headers),
+        queue,
     })
 }
 
 impl Prepared {
-    /// Publishes `body` on `warren.in` through `channel` (a confirm-mode channel),
+    /// The queue the message should land in, if one is configured for it.
+    pub(crate) fn queue(&self) -> Option<&str> {
+        self.queue.as_deref()
+    }
+
+    /// Publishes `body` on its exchange through `channel` (a confirm-mode channel),
     /// `mandatory`: an unroutable message comes back as [`Outcome::Returned`].
     ///
     /// # Errors
@@ -257,12 +317,11 @@ impl Prepared {
     pub(crate) async fn publish(
         self,
         channel: &Channel,
-        shared: &Shared,
         body: &[u8],
     ) -> Result<PublisherConfirm, Refusal> {
         channel
             .basic_publish(
-                ShortString::from(shared.names.inbound_exchange()),
+                ShortString::from(self.exchange),
                 self.key,
                 BasicPublishOptions {
                     mandatory: true,
@@ -295,13 +354,15 @@ pub(crate) async fn send(
     } else {
         Action::Publish
     };
-    check_service(shared, m.channel, action).await?;
+    if let Some(queue) = &prepared.queue {
+        check_service(shared, m.channel, queue, action).await?;
+    }
     let channel = shared
         .broker
         .publisher()
         .await
         .map_err(|e| Refusal::new(ErrorCode::BrokerUnavailable, e.to_string()))?;
-    prepared.publish(&channel, shared, body).await
+    prepared.publish(&channel, body).await
 }
 
 /// The broker's verdict on a publish.

@@ -62,7 +62,8 @@ use warren_protocol::amqp::Names;
 
 pub use config::{
     AuthConfig, AuthMode, AuthServiceConfig, Cli, Command, Config, HttpApiConfig, JwtConfig,
-    ListenerConfig, NoServiceMode, OutboundMode, Overrides, QueueType, TopologyAction,
+    ListenerConfig, NoServiceMode, OutboundMode, Overrides, QueueType, TenantOptions,
+    TenantsConfig, TopologyAction,
 };
 pub use error::GatewayError;
 pub use topology::Topology;
@@ -135,7 +136,7 @@ impl Gateway {
         let admin_listener = bind_own(config.admin_listen)?;
         let (addressed_tx, addressed_rx) = tokio::sync::mpsc::channel(10_000);
         let hub = (config.outbound == OutboundMode::Stream).then(|| {
-            let hub = hub::Hub::new(config.hub_buffer_messages);
+            let hub = hub::Hub::with_tenants(config.hub_buffer_messages, config.tenants.enabled);
             tokio::spawn(hub::run_reader(
                 hub.clone(),
                 broker.clone(),

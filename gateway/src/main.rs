@@ -18,7 +18,20 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let config = Config::load(&cli.overrides).context("configuration")?;
+    let checking = matches!(
+        cli.command,
+        Some(Command::Topology {
+            action: TopologyAction::Check
+        })
+    );
+    let config = match Config::load(&cli.overrides).context("configuration") {
+        Ok(config) => config,
+        Err(e) if checking => {
+            eprintln!("error: {e:#}");
+            std::process::exit(2);
+        }
+        Err(e) => return Err(e),
+    };
     match cli.command.unwrap_or(Command::Run) {
         Command::Topology {
             action: TopologyAction::Print,
@@ -35,9 +48,56 @@ async fn main() -> anyhow::Result<()> {
             broker.close().await;
             let _ = writeln!(std::io::stdout(), "{topology}applied");
         }
+        Command::Topology {
+            action: TopologyAction::Check,
+        } => {
+            let topology = Topology::from_config(&config);
+            let mismatches = match check(&config, &topology).await {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    std::process::exit(2);
+                }
+            };
+            let mut out = std::io::stdout().lock();
+            for m in &mismatches {
+                let _ = writeln!(out, "MISMATCH {m}");
+            }
+            let checked = topology
+                .declarations
+                .iter()
+                .filter(|d| {
+                    matches!(
+                        d,
+                        warren_gateway::topology::Declaration::Exchange { .. }
+                            | warren_gateway::topology::Declaration::Queue { .. }
+                    )
+                })
+                .count();
+            let _ = writeln!(
+                out,
+                "{} of {checked} exchanges and queues differ from the broker",
+                mismatches.len()
+            );
+            let _ = out.flush();
+            if !mismatches.is_empty() {
+                std::process::exit(1);
+            }
+        }
         Command::Run => run(config).await?,
     }
     Ok(())
+}
+
+/// `topology check`: the mismatches between `topology` and the broker.
+async fn check(
+    config: &Config,
+    topology: &Topology,
+) -> anyhow::Result<Vec<warren_gateway::topology::Mismatch>> {
+    let broker = Broker::connect(config, std::sync::Arc::new(Default::default())).await?;
+    let mismatches = topology.check(&broker).await;
+    broker.close().await;
+    Ok(mismatches?)
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

@@ -1,15 +1,20 @@
 //! The AMQP topology Warren needs, as data: built from the configuration, printed by
 //! `warren-gateway topology print`, and declared idempotently at every start (and by
-//! `topology apply`). Per-session queues are declared by `session.rs` instead.
+//! `topology apply`), and compared with a live broker by `topology check`. Per-session
+//! queues are declared by `session.rs` instead. In tenant mode the tenant topology of
+//! `warren_protocol::tenants` is added, tenant by tenant.
 
 use std::fmt;
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 use warren_protocol::amqp::{
     dead_letter_queue_args, inbound_queue_args, keys, Names, QueueArg, QueueBounds,
 };
+use warren_protocol::tenants::{self, Object, QueueSettings};
 
 use crate::broker::Broker;
 use crate::config::{Config, OutboundMode};
@@ -41,6 +46,30 @@ pub enum Declaration {
         /// The binding key.
         key: String,
     },
+    /// Tenant mode: a queue bound to a headers exchange by `x-match` arguments.
+    HeadersBinding {
+        /// The queue.
+        queue: String,
+        /// The headers exchange.
+        exchange: String,
+        /// `x-match` and the headers to match.
+        args: Vec<(String, QueueArg)>,
+    },
+    /// Tenant mode: an exchange bound to another by `x-match` arguments.
+    ExchangeBinding {
+        /// Where matching messages go.
+        destination: String,
+        /// The headers exchange they come from.
+        source: String,
+        /// `x-match` and the headers to match.
+        args: Vec<(String, QueueArg)>,
+    },
+    /// Tenant mode: the declarations that follow belong to this tenant (a heading in
+    /// `topology print`; nothing is declared).
+    Tenant {
+        /// The tenant.
+        name: String,
+    },
 }
 
 /// The exchange types Warren uses.
@@ -50,6 +79,8 @@ pub enum ExchangeType {
     Topic,
     /// Routes to every bound queue.
     Fanout,
+    /// Routes by message headers (tenant mode).
+    Headers,
 }
 
 impl ExchangeType {
@@ -57,6 +88,7 @@ impl ExchangeType {
         match self {
             ExchangeType::Topic => "topic",
             ExchangeType::Fanout => "fanout",
+            ExchangeType::Headers => "headers",
         }
     }
 
@@ -64,6 +96,7 @@ impl ExchangeType {
         match self {
             ExchangeType::Topic => ExchangeKind::Topic,
             ExchangeType::Fanout => ExchangeKind::Fanout,
+            ExchangeType::Headers => ExchangeKind::Headers,
         }
     }
 }
@@ -171,6 +204,9 @@ impl Topology {
                 key: "#".into(),
             });
         }
+        if config.tenants.enabled {
+            push_tenant_topology(&mut d, config, &names);
+        }
         Topology {
             declarations: d,
             outbound: config.outbound,
@@ -186,10 +222,18 @@ impl Topology {
     /// [`GatewayError::Amqp`] naming the declaration the broker refused.
     pub async fn apply(&self, broker: &Broker) -> Result<(), GatewayError> {
         for decl in &self.declarations {
+            if matches!(decl, Declaration::Tenant { .. }) {
+                continue;
+            }
             let channel = broker.control().await?;
             match self.declare(&channel, decl).await {
                 Err(GatewayError::Amqp { op, source }) if is_precondition_failed(&source) => {
-                    tracing::warn!(%op, error = %source, "kept an existing queue with other arguments");
+                    tracing::warn!(
+                        %op,
+                        difference = %broker_text(&source),
+                        "the broker has this object with other arguments or another kind; \
+                         kept it as it is (`warren-gateway topology check` lists every difference)"
+                    );
                 }
                 other => other?,
             }
@@ -197,15 +241,87 @@ impl Topology {
         Ok(())
     }
 
+    /// Compares the topology with what the broker has, without creating anything:
+    /// each exchange and queue is declared passively (missing → reported) and, when
+    /// it exists, declared again with the expected kind and arguments on a scratch
+    /// channel (a 406 PRECONDITION_FAILED → reported with the broker's text, e.g.
+    /// `inequivalent arg 'x-queue-type' for queue 'IN_CHAT' in vhost '/': received
+    /// 'classic' but current is 'quorum'`). Bindings cannot be read over AMQP 0.9.1
+    /// and are not checked (a write they would have routed is answered `no_route`).
+    ///
+    /// # Errors
+    /// [`GatewayError`] when the broker cannot be reached or fails otherwise.
+    pub async fn check(&self, broker: &Broker) -> Result<Vec<Mismatch>, GatewayError> {
+        let mut out = Vec::new();
+        for decl in &self.declarations {
+            let (object, passive) = match decl {
+                Declaration::Exchange { name, kind } => (
+                    format!("exchange {name}"),
+                    Declaration::Exchange {
+                        name: name.clone(),
+                        kind: *kind,
+                    },
+                ),
+                Declaration::Queue { name, .. } => (
+                    format!("queue {name}"),
+                    Declaration::Queue {
+                        name: name.clone(),
+                        args: Vec::new(),
+                    },
+                ),
+                _ => continue,
+            };
+            let channel = broker.scratch().await?;
+            let exists = self.declare_with(&channel, &passive, true).await;
+            let _ = channel.close(200, "checked".into()).await;
+            match exists {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {
+                    out.push(Mismatch {
+                        object,
+                        difference: "missing".into(),
+                    });
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            let channel = broker.scratch().await?;
+            let same = self.declare_with(&channel, decl, false).await;
+            let _ = channel.close(200, "checked".into()).await;
+            match same {
+                Ok(()) => {}
+                Err(GatewayError::Amqp { source, .. }) if is_precondition_failed(&source) => out
+                    .push(Mismatch {
+                        object,
+                        difference: broker_text(&source),
+                    }),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
     async fn declare(&self, channel: &Channel, decl: &Declaration) -> Result<(), GatewayError> {
+        self.declare_with(channel, decl, false).await
+    }
+
+    /// Declares `decl` (`passive`: only asks whether the exchange or queue exists).
+    async fn declare_with(
+        &self,
+        channel: &Channel,
+        decl: &Declaration,
+        passive: bool,
+    ) -> Result<(), GatewayError> {
         {
             match decl {
+                Declaration::Tenant { .. } => {}
                 Declaration::Exchange { name, kind } => channel
                     .exchange_declare(
                         ShortString::from(name.as_str()),
                         kind.kind(),
                         ExchangeDeclareOptions {
                             durable: true,
+                            passive,
                             ..Default::default()
                         },
                         FieldTable::default(),
@@ -219,6 +335,7 @@ impl Topology {
                             ShortString::from(name.as_str()),
                             QueueDeclareOptions {
                                 durable: true,
+                                passive,
                                 ..Default::default()
                             },
                             table,
@@ -241,6 +358,36 @@ impl Topology {
                     .await
                     .map_err(|e| {
                         GatewayError::amqp(format!("queue.bind {queue} {exchange} {key}"), e)
+                    })?,
+                Declaration::HeadersBinding {
+                    queue,
+                    exchange,
+                    args,
+                } => channel
+                    .queue_bind(
+                        ShortString::from(queue.as_str()),
+                        ShortString::from(exchange.as_str()),
+                        ShortString::from(""),
+                        QueueBindOptions::default(),
+                        field_table(args),
+                    )
+                    .await
+                    .map_err(|e| GatewayError::amqp(format!("queue.bind {queue} {exchange}"), e))?,
+                Declaration::ExchangeBinding {
+                    destination,
+                    source,
+                    args,
+                } => channel
+                    .exchange_bind(
+                        ShortString::from(destination.as_str()),
+                        ShortString::from(source.as_str()),
+                        ShortString::from(""),
+                        ExchangeBindOptions::default(),
+                        field_table(args),
+                    )
+                    .await
+                    .map_err(|e| {
+                        GatewayError::amqp(format!("exchange.bind {destination} {source}"), e)
                     })?,
             }
         }
@@ -271,6 +418,21 @@ impl fmt::Display for Topology {
                     exchange,
                     key,
                 } => writeln!(f, "binding   {queue:<32} <- {exchange} key `{key}`")?,
+                Declaration::HeadersBinding {
+                    queue,
+                    exchange,
+                    args,
+                } => writeln!(f, "binding   {queue:<32} <- {exchange} {}", show_args(args))?,
+                Declaration::ExchangeBinding {
+                    destination,
+                    source,
+                    args,
+                } => writeln!(
+                    f,
+                    "e-binding {destination:<32} <- {source} {}",
+                    show_args(args)
+                )?,
+                Declaration::Tenant { name } => writeln!(f, "# tenant {name}")?,
             }
         }
         if self.outbound == OutboundMode::Stream {
@@ -289,6 +451,112 @@ impl fmt::Display for Topology {
              subscriptions; queue <ns.>warren.session.<id>.dropped (lazy) records what \
              the overflow policy dropped"
         )
+    }
+}
+
+/// `k=v` pairs of binding arguments (an empty text as `""`).
+fn show_args(args: &[(String, QueueArg)]) -> String {
+    args.iter()
+        .map(|(k, v)| match v {
+            QueueArg::Text(t) if t.is_empty() => format!("{k}=\"\""),
+            QueueArg::Text(t) => format!("{k}={t}"),
+            QueueArg::Int(i) => format!("{k}={i}"),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// One difference between the topology and the broker ([`Topology::check`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    /// `exchange <name>` or `queue <name>`.
+    pub object: String,
+    /// `missing`, or the broker's PRECONDITION_FAILED text naming the difference.
+    pub difference: String,
+}
+
+impl fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.object, self.difference)
+    }
+}
+
+/// The broker's own text of a channel error (e.g. `PRECONDITION_FAILED - inequivalent
+/// arg 'x-queue-type' for queue 'X' in vhost '/': received 'classic' but current is
+/// 'quorum'`), or lapin's description of another error.
+pub(crate) fn broker_text(e: &lapin::Error) -> String {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => amqp.get_message().to_string(),
+        _ => e.to_string(),
+    }
+}
+
+/// Appends the tenant topology ([`warren_protocol::tenants`]) of `config`: the root
+/// headers exchange, then each tenant's exchange, binding, queues and bindings under
+/// a [`Declaration::Tenant`] heading.
+fn push_tenant_topology(d: &mut Vec<Declaration>, config: &Config, names: &Names) {
+    let routing = config.tenants.routing();
+    let settings = QueueSettings {
+        queue_type: config.queue_type.as_str().to_string(),
+        message_ttl_ms: routing
+            .channels
+            .iter()
+            .filter_map(|c| config.message_ttl_of(c).map(|ms| (c.clone(), ms)))
+            .collect(),
+        bounds: QueueBounds {
+            max_length: config.inbound_max_length,
+            max_bytes: config.inbound_max_bytes,
+        },
+    };
+    for o in routing.root_objects(names) {
+        d.push(declaration_of(o));
+    }
+    for t in &routing.tenants {
+        d.push(Declaration::Tenant {
+            name: t.name.clone(),
+        });
+        for o in routing.tenant_objects(names, t, &settings) {
+            d.push(declaration_of(o));
+        }
+    }
+}
+
+/// The gateway's declaration of one object of the protocol crate's tenant topology.
+fn declaration_of(o: Object) -> Declaration {
+    let owned = |args: Vec<(&'static str, QueueArg)>| -> Vec<(String, QueueArg)> {
+        args.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    };
+    {
+        match o {
+            Object::Exchange { name, kind } => Declaration::Exchange {
+                name,
+                kind: match kind {
+                    tenants::ExchangeKind::Headers => ExchangeType::Headers,
+                },
+            },
+            Object::Queue { name, args } => Declaration::Queue {
+                name,
+                args: owned(args),
+            },
+            Object::QueueBinding {
+                queue,
+                exchange,
+                args,
+            } => Declaration::HeadersBinding {
+                queue,
+                exchange,
+                args: owned(args),
+            },
+            Object::ExchangeBinding {
+                destination,
+                source,
+                args,
+            } => Declaration::ExchangeBinding {
+                destination,
+                source,
+                args: owned(args),
+            },
+        }
     }
 }
 
@@ -369,6 +637,54 @@ mod tests {
     }
 
     #[test]
+    fn tenant_mode_adds_the_tenant_topology_per_tenant_and_nothing_without_it() {
+        let plain = Topology::from_config(&Config::default());
+        assert!(!plain.to_string().contains("tenant"));
+        let mut config = Config::default();
+        config.tenants.enabled = true;
+        config.tenants.channels = vec!["chat".into()];
+        config.tenants.tenant.insert(
+            "acme".into(),
+            crate::config::TenantOptions {
+                types: vec!["pdf".into()],
+            },
+        );
+        config
+            .tenants
+            .tenant
+            .insert("globex".into(), Default::default());
+        let t = Topology::from_config(&config);
+        assert_eq!(
+            t.declarations[..plain.declarations.len()],
+            plain.declarations[..],
+            "the untenanted topology is unchanged"
+        );
+        assert!(t.declarations.contains(&Declaration::Exchange {
+            name: "warren.tenants".into(),
+            kind: ExchangeType::Headers,
+        }));
+        assert!(t.declarations.contains(&Declaration::HeadersBinding {
+            queue: "IN_CHAT.acme.pdf".into(),
+            exchange: "warren.tenant.acme".into(),
+            args: vec![
+                ("x-match".into(), QueueArg::Text("all-with-x".into())),
+                ("x-warren-channel".into(), QueueArg::Text("chat".into())),
+                ("x-warren-type".into(), QueueArg::Text("pdf".into())),
+            ],
+        }));
+        let printed = t.to_string();
+        let acme = printed.find("# tenant acme").expect("acme heading");
+        let globex = printed.find("# tenant globex").expect("globex heading");
+        let pdf = printed.find("IN_CHAT.acme.pdf").unwrap();
+        assert!(acme < pdf && pdf < globex, "{printed}");
+        assert!(printed.contains("x-warren-type=\"\""), "{printed}");
+        assert!(
+            printed.contains("e-binding warren.tenant.globex"),
+            "{printed}"
+        );
+    }
+
+    #[test]
     fn namespace_prefixes_every_name() {
         let config = Config {
             namespace: "t-1".into(),
@@ -378,7 +694,11 @@ mod tests {
         for d in &t.declarations {
             let name = match d {
                 Declaration::Exchange { name, .. } | Declaration::Queue { name, .. } => name,
-                Declaration::Binding { queue, .. } => queue,
+                Declaration::Binding { queue, .. } | Declaration::HeadersBinding { queue, .. } => {
+                    queue
+                }
+                Declaration::ExchangeBinding { destination, .. } => destination,
+                Declaration::Tenant { name } => name,
             };
             assert!(name.starts_with("t-1."), "{name}");
         }

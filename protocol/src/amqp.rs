@@ -40,6 +40,16 @@ pub const H_REQUEST_ID: &str = "x-warren-request-id";
 /// array does not survive it and a gateway reading the outbound stream reads this.
 pub const H_CC: &str = "x-warren-cc";
 
+/// Header (tenant mode, [`crate::tenants`]): the tenant of the client that sent the
+/// message — set by the gateway from the verified identity, overwriting anything a
+/// client sent — and, on what services publish to clients, the tenant whose sessions
+/// may receive it.
+pub const H_TENANT: &str = "x-warren-tenant";
+/// Header (tenant mode): the message type that picks a tenant's specialised queue;
+/// `""` for the tenant's general queue. Set by the gateway on every write in tenant
+/// mode.
+pub const H_TYPE: &str = "x-warren-type";
+
 /// Header (boolean) of a gateway's report that a message to users reached none of
 /// them (no session anywhere), sent to the message's `reply_to`.
 pub const H_UNDELIVERED: &str = "x-warren-undelivered";
@@ -128,6 +138,27 @@ impl Names {
     /// exchange).
     pub fn outbound_stream(&self) -> String {
         format!("{}warren.out.stream", self.prefix)
+    }
+
+    /// Tenant mode: the root **headers** exchange every client write goes to; it
+    /// routes by [`H_TENANT`] to the tenant's exchange.
+    pub fn tenants_exchange(&self) -> String {
+        format!("{}warren.tenants", self.prefix)
+    }
+
+    /// Tenant mode: the **headers** exchange of one tenant; it routes by
+    /// [`H_CHANNEL`] and [`H_TYPE`] to the tenant's queues.
+    pub fn tenant_exchange(&self, tenant: &str) -> String {
+        format!("{}warren.tenant.{tenant}", self.prefix)
+    }
+
+    /// Tenant mode: a tenant's general queue of a channel (`IN_SCAN.acme`), or with a
+    /// type its specialised queue (`IN_SCAN.acme.delta`).
+    pub fn tenant_queue(&self, channel: &str, tenant: &str, kind: Option<&str>) -> String {
+        match kind {
+            Some(t) => format!("{}.{tenant}.{t}", self.channel_queue(channel)),
+            None => format!("{}.{tenant}", self.channel_queue(channel)),
+        }
     }
 
     /// The session id of a session queue name, if it is one.

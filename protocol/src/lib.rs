@@ -17,6 +17,9 @@
 //! - [`services`]: the service registry's announcement (`warren.services`).
 //! - [`amqp`]: how Warren maps onto AMQP: exchange, queue and routing-key names and the
 //!   headers the gateway and services exchange.
+//! - [`tenants`]: the multi-tenant topology (root headers exchange, per-tenant
+//!   exchanges, general and per-type queues) as plain data, declared alike by the
+//!   gateway and the service library.
 //!
 //! This crate depends on serde only (no tokio, lapin or web-sys) and builds for the host
 //! and for `wasm32-unknown-unknown`.
@@ -29,6 +32,7 @@ pub mod frame;
 pub mod poc;
 pub mod registry;
 pub mod services;
+pub mod tenants;
 
 pub use codec::{decode_client, decode_server, encode, DecodeError};
 pub use correlator::Correlator;

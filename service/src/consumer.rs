@@ -425,7 +425,8 @@ async fn handle<H: Handler>(
         }
     }
 
-    let result = catch_panic(shared.handler.handle(shared.context.clone(), incoming)).await;
+    let context = shared.context.for_message(&incoming);
+    let result = catch_panic(shared.handler.handle(context, incoming)).await;
     let outcome = match result {
         Ok(outcome) => outcome,
         Err(e) => {

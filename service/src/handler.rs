@@ -8,7 +8,7 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 use serde::Serialize;
-use warren_protocol::amqp::{Names, H_ERROR};
+use warren_protocol::amqp::{Names, H_ERROR, H_TENANT};
 use warren_protocol::ErrorCode;
 
 use crate::error::ServiceError;
@@ -113,11 +113,44 @@ pub enum HandlerError {
 pub struct Context {
     publisher: Publisher,
     names: Names,
+    /// The tenant of the message being handled (its `x-warren-tenant`), if any.
+    tenant: Option<String>,
 }
 
 impl Context {
     pub(crate) fn new(publisher: Publisher, names: Names) -> Self {
-        Context { publisher, names }
+        Context {
+            publisher,
+            names,
+            tenant: None,
+        }
+    }
+
+    /// This context while handling `message`: what it publishes carries the message's
+    /// tenant.
+    pub(crate) fn for_message(&self, message: &Incoming) -> Self {
+        Context {
+            publisher: self.publisher.clone(),
+            names: self.names.clone(),
+            tenant: message.tenant().map(str::to_string),
+        }
+    }
+
+    /// The tenant of the message being handled (tenant mode: `x-warren-tenant`, set by
+    /// the gateway from the sender's verified identity), if any.
+    pub fn tenant(&self) -> Option<&str> {
+        self.tenant.as_deref()
+    }
+
+    /// `message` with the handled message's tenant in `x-warren-tenant`, unless it
+    /// names one already: in tenant mode the gateways deliver it only to that
+    /// tenant's clients.
+    fn confined(&self, message: &Outgoing) -> Option<Outgoing> {
+        let tenant = self.tenant.as_ref()?;
+        if message.headers.contains_key(H_TENANT) {
+            return None;
+        }
+        Some(message.clone().with_header(H_TENANT, tenant.clone()))
     }
 
     /// The publisher, for messages to clients.
@@ -131,7 +164,8 @@ impl Context {
     }
 
     /// Publishes `body` (JSON bytes) to `targets` in one publish and waits for the
-    /// broker's confirm. Returns the `message_id` it carries.
+    /// broker's confirm. Returns the `message_id` it carries. In tenant mode it carries
+    /// the handled message's tenant, so only that tenant's clients receive it.
     ///
     /// # Errors
     /// As [`Publisher::publish`].
@@ -140,17 +174,19 @@ impl Context {
         targets: &Targets,
         body: impl Into<bytes::Bytes>,
     ) -> Result<String, ServiceError> {
-        self.publisher
-            .publish(&Outgoing::new(targets.clone(), body))
-            .await
+        self.send(&Outgoing::new(targets.clone(), body)).await
     }
 
-    /// Publishes a fully described message and waits for the confirm.
+    /// Publishes a fully described message and waits for the confirm; with the handled
+    /// message's tenant in `x-warren-tenant` unless `message` names one.
     ///
     /// # Errors
     /// As [`Publisher::publish`].
     pub async fn send(&self, message: &Outgoing) -> Result<String, ServiceError> {
-        self.publisher.publish(message).await
+        match self.confined(message) {
+            Some(confined) => self.publisher.publish(&confined).await,
+            None => self.publisher.publish(message).await,
+        }
     }
 }
 

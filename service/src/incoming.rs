@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use warren_protocol::amqp::{
     keys, H_BROADCAST, H_CHANNEL, H_DIRECT, H_GATEWAY, H_GROUPS, H_REQUEST_ID, H_SESSION,
-    H_SUBJECT, H_USER,
+    H_SUBJECT, H_TENANT, H_TYPE, H_USER,
 };
 use warren_protocol::Distribution;
 
@@ -127,6 +127,19 @@ impl Incoming {
                 .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
             body: body.into(),
         }
+    }
+
+    /// The sender's tenant (tenant mode: header `x-warren-tenant`, set by the gateway
+    /// from the verified identity), if any. [`Outgoing::relay`](crate::Outgoing::relay)
+    /// keeps it, so a relay reaches only that tenant's clients.
+    pub fn tenant(&self) -> Option<&str> {
+        self.headers.get(H_TENANT).map(String::as_str)
+    }
+
+    /// The message type that routed it (tenant mode: header `x-warren-type`; `""` for
+    /// a tenant's general queue), if any.
+    pub fn message_type(&self) -> Option<&str> {
+        self.headers.get(H_TYPE).map(String::as_str)
     }
 
     /// True for a request: it names a `reply_to` queue (and normally a

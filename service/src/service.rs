@@ -322,6 +322,28 @@ impl Service {
         Ok(queues)
     }
 
+    /// Declares the tenant topology of `routing` (README, "Multi-tenant deployments";
+    /// [`topology::declare_tenant_topology`]): the same objects a gateway with the same
+    /// `[tenants]` section declares, from the one definition in
+    /// `warren_protocol::tenants`. Returns the tenant queues, e.g. to pass (in the
+    /// worker's own priority order) to [`Service::consume_queues`].
+    ///
+    /// # Errors
+    /// [`ServiceError::InvalidTarget`] for a bad tenant, channel or type name; as
+    /// [`Service::consume`] when there is no connection or a declaration fails.
+    pub async fn declare_tenants(
+        &self,
+        routing: &warren_protocol::tenants::TenantRouting,
+    ) -> Result<Vec<String>> {
+        if *self.stop.borrow() {
+            return Err(ServiceError::Stopped);
+        }
+        let deadline = tokio::time::Instant::now() + self.config.publish_timeout;
+        let epoch = self.link.up(0, Some(deadline)).await?;
+        topology::declare_tenant_topology(&epoch.connection, &self.names, routing, &self.config)
+            .await
+    }
+
     /// Serves the gateways' `client.auth` requests (gateway `auth.mode = "service"`,
     /// `auth.service.channel` = `channel`): each [`AuthRequest`] is decided by
     /// `authenticator` and its [`AuthReply`] sent back. A message on the channel with

@@ -12,14 +12,22 @@
 //! `warren.dead` (expired messages are parked in the `warren.dead` queue) and, for a
 //! channel with a message TTL, `x-message-ttl` (integer milliseconds). Given the same
 //! TTLs, the service and the gateways declare identical queues.
+//!
+//! In a multi-tenant deployment [`declare_tenant_topology`] declares the tenant
+//! topology of `warren_protocol::tenants` — the same objects, from the same
+//! definition, as the gateway's `[tenants]` section.
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection, ExchangeKind};
 use tracing::{debug, warn};
 use warren_protocol::amqp::{
     dead_letter_queue_args, inbound_queue_args, keys, validate_segment, Names, QueueArg,
 };
+
+use warren_protocol::tenants::{Object, QueueSettings, TenantRouting};
 
 use crate::config::ServiceConfig;
 use crate::error::{is_precondition_failed, Result};
@@ -329,6 +337,122 @@ async fn declare_queue(connection: &Connection, name: &str, arguments: FieldTabl
             Ok(())
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Declares the tenant topology of `routing` ([`warren_protocol::tenants`]): the root
+/// headers exchange `warren.tenants`, each tenant's headers exchange bound to it by
+/// `x-warren-tenant`, and each tenant's general and per-type queues of the routed
+/// channels, bound by `x-warren-channel` and `x-warren-type` — exactly what a gateway
+/// with the same `[tenants]` section declares (queues as the `IN_<CHANNEL>` queues,
+/// [`channel_queue_arguments`]' list). Objects that exist are used as they are (a
+/// difference is logged with the broker's text). Returns the queue names, tenant by
+/// tenant: what a priority worker ([`Service::consume_queues`](crate::Service::consume_queues))
+/// may consume.
+///
+/// # Errors
+/// [`ServiceError::InvalidTarget`](crate::ServiceError::InvalidTarget) for a name
+/// that would change routing; AMQP errors when the broker refuses.
+pub async fn declare_tenant_topology(
+    connection: &Connection,
+    names: &Names,
+    routing: &TenantRouting,
+    config: &ServiceConfig,
+) -> Result<Vec<String>> {
+    routing.validate()?;
+    if let Err(e) = declare_dead_letter_with(connection, names, &config.queue_type).await {
+        warn!(queue = %names.dead_letter_queue(), error = %e, "cannot declare the dead-letter queue; declaring the tenant topology anyway");
+    }
+    let settings = QueueSettings {
+        queue_type: config.queue_type.clone(),
+        message_ttl_ms: routing
+            .channels
+            .iter()
+            .filter_map(|c| {
+                let ttl = config.message_ttls.get(c)?;
+                Some((
+                    c.clone(),
+                    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+                ))
+            })
+            .collect(),
+        bounds: config.inbound_bounds,
+    };
+    let mut queues = Vec::new();
+    for object in routing.objects(names, &settings) {
+        match object {
+            Object::Exchange { name, .. } => {
+                declare_exchange(connection, &name, ExchangeKind::Headers).await?
+            }
+            Object::Queue { name, args } => {
+                let arguments = field_table(args);
+                declare_queue(connection, &name, arguments.clone()).await?;
+                report_difference(connection, &name, arguments).await;
+                queues.push(name);
+            }
+            Object::QueueBinding {
+                queue,
+                exchange,
+                args,
+            } => {
+                let ch = connection.create_channel().await?;
+                ch.queue_bind(
+                    ShortString::from(queue.as_str()),
+                    ShortString::from(exchange.as_str()),
+                    ShortString::from(""),
+                    QueueBindOptions::default(),
+                    field_table(args),
+                )
+                .await?;
+                close(ch).await;
+            }
+            Object::ExchangeBinding {
+                destination,
+                source,
+                args,
+            } => {
+                let ch = connection.create_channel().await?;
+                ch.exchange_bind(
+                    ShortString::from(destination.as_str()),
+                    ShortString::from(source.as_str()),
+                    ShortString::from(""),
+                    ExchangeBindOptions::default(),
+                    field_table(args),
+                )
+                .await?;
+                close(ch).await;
+            }
+        }
+    }
+    debug!(
+        tenants = routing.tenants.len(),
+        queues = queues.len(),
+        "declared the tenant topology"
+    );
+    Ok(queues)
+}
+
+/// Declares `queue` again with the expected `arguments` on a scratch channel and logs
+/// the broker's exact difference when it has the queue with others (a 406 closes only
+/// that channel). Start-up reporting for the tenant topology; the queue is used as it
+/// is either way.
+async fn report_difference(connection: &Connection, queue: &str, arguments: FieldTable) {
+    let Ok(ch) = connection.create_channel().await else {
+        return;
+    };
+    match ch
+        .queue_declare(queue.into(), QueueDeclareOptions::durable(), arguments)
+        .await
+    {
+        Ok(_) => close(ch).await,
+        Err(e) if is_precondition_failed(&e) => {
+            let difference = match e.kind() {
+                lapin::ErrorKind::ProtocolError(p) => p.get_message().to_string(),
+                _ => e.to_string(),
+            };
+            warn!(queue, %difference, "the broker has this tenant queue with other arguments; using it as it is");
+        }
+        Err(e) => debug!(queue, error = %e, "could not compare the queue's arguments"),
     }
 }
 

@@ -12,6 +12,7 @@ use clap::Parser;
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 use warren_protocol::amqp::Names;
+use warren_protocol::tenants::{Tenant, TenantRouting};
 use warren_service::demo::{self, DemoChannel, DemoHandle, DemoOptions};
 use warren_service::ServiceState;
 
@@ -69,6 +70,14 @@ struct Args {
     /// `--only`, the demo channels are then not served.
     #[arg(long, env = "QUEUE_PRIORITY", value_name = "QUEUES")]
     queue_priority: Option<String>,
+    /// A gateway configuration file whose `[tenants]` section (routed channels,
+    /// tenants and their message types) this service declares at start — the file the
+    /// gateways read, so the two cannot drift. With it, a `--queue-priority` entry
+    /// `TENANT/TYPE` names that tenant's queue of that type and `TENANT/` its general
+    /// queue (on the one routed channel; `CHANNEL/TENANT/TYPE` when there are several),
+    /// and an entry the section does not define stops the start-up.
+    #[arg(long, env = "WARREN_TENANTS_FILE", value_name = "PATH")]
+    tenants_file: Option<std::path::PathBuf>,
     /// Exit (status 1) when RabbitMQ is unreachable or lost, instead of retrying.
     #[arg(long)]
     no_reconnect: bool,
@@ -124,6 +133,16 @@ async fn main() -> anyhow::Result<()> {
             .with_message_ttl(channel.clone(), Duration::from_millis(*ms));
     }
     let names = Names::new(&args.namespace);
+    if let Some(path) = &args.tenants_file {
+        let routing = read_tenants(path)?;
+        options.priority_queues = options
+            .priority_queues
+            .iter()
+            .map(|entry| resolve_queue(entry, &routing, &names, path))
+            .collect::<anyhow::Result<_>>()?;
+        info!(tenants = routing.tenants.len(), queues = ?options.priority_queues, "tenant topology from {}", path.display());
+        options.tenants = Some(routing);
+    }
     let uris = args
         .amqp_uri
         .iter()
@@ -200,6 +219,90 @@ async fn serve(
             ServiceState::Running | ServiceState::Reconnecting(_) | ServiceState::Stopped => None,
         },
     }
+}
+
+/// The `[tenants]` section of a gateway configuration file, as far as a service needs
+/// it (the rest of the file is ignored).
+#[derive(Debug, Default, serde::Deserialize)]
+struct TenantsFile {
+    #[serde(default)]
+    tenants: TenantsSection,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct TenantsSection {
+    #[serde(default)]
+    channels: Vec<String>,
+    #[serde(default)]
+    tenant: std::collections::BTreeMap<String, TenantTypes>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct TenantTypes {
+    #[serde(default)]
+    types: Vec<String>,
+}
+
+/// Reads the tenant routing of a gateway configuration file (tenants in name order,
+/// as the gateway declares them).
+fn read_tenants(path: &std::path::Path) -> anyhow::Result<TenantRouting> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    let file: TenantsFile =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let routing = TenantRouting {
+        channels: file.tenants.channels,
+        tenants: file
+            .tenants
+            .tenant
+            .into_iter()
+            .map(|(name, t)| Tenant {
+                name,
+                types: t.types,
+            })
+            .collect(),
+    };
+    routing
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{}: [tenants]: {e}", path.display()))?;
+    if routing.channels.is_empty() || routing.tenants.is_empty() {
+        anyhow::bail!(
+            "{}: [tenants] names no routed channel or no tenant",
+            path.display()
+        );
+    }
+    Ok(routing)
+}
+
+/// A `--queue-priority` entry as a queue name: `TENANT/TYPE`, `TENANT/` or
+/// `CHANNEL/TENANT/TYPE` resolved in `routing`, anything else as it is.
+fn resolve_queue(
+    entry: &str,
+    routing: &TenantRouting,
+    names: &Names,
+    path: &std::path::Path,
+) -> anyhow::Result<String> {
+    let parts: Vec<&str> = entry.split('/').collect();
+    let (channel, tenant, kind) = match parts.as_slice() {
+        [_] => return Ok(entry.to_string()),
+        [tenant, kind] => match routing.channels.as_slice() {
+            [channel] => (channel.as_str(), *tenant, *kind),
+            _ => anyhow::bail!(
+                "`{entry}`: {} routes several channels; write CHANNEL/TENANT/TYPE",
+                path.display()
+            ),
+        },
+        [channel, tenant, kind] => (*channel, *tenant, *kind),
+        _ => anyhow::bail!("`{entry}` is not TENANT/TYPE or CHANNEL/TENANT/TYPE"),
+    };
+    routing
+        .queue_for(names, tenant, channel, kind)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "`{entry}`: {} defines no queue for tenant `{tenant}`, type `{kind}` on channel `{channel}`",
+                path.display()
+            )
+        })
 }
 
 /// Splits a `QUEUE_PRIORITY` list on spaces and commas.

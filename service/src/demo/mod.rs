@@ -103,6 +103,10 @@ pub struct DemoOptions {
     /// publishes are acknowledged and dropped): a stuck service, for timeout tests.
     /// Default: none.
     pub unanswered: Vec<String>,
+    /// Declare this tenant topology at start ([`Service::declare_tenants`]), before the
+    /// priority worker consumes (its queues are then the tenants' queues, with the
+    /// gateways' arguments). Default: none.
+    pub tenants: Option<warren_protocol::tenants::TenantRouting>,
 }
 
 impl Default for DemoOptions {
@@ -115,6 +119,7 @@ impl Default for DemoOptions {
             auth_channel: None,
             priority_queues: Vec::new(),
             unanswered: Vec::new(),
+            tenants: None,
         }
     }
 }
@@ -230,6 +235,12 @@ pub async fn start_with(amqp_uri: &str, names: Names, options: DemoOptions) -> R
                 let _ = service.stop().await;
                 return Err(e);
             }
+        }
+    }
+    if let Some(routing) = &options.tenants {
+        if let Err(e) = service.declare_tenants(routing).await {
+            let _ = service.stop().await;
+            return Err(e);
         }
     }
     if !options.priority_queues.is_empty() {

@@ -1,0 +1,505 @@
+//! Multi-tenant routing against a real RabbitMQ (README, "Multi-tenant deployments"):
+//! a gateway in tenant mode takes each session's tenant from its verified token, routes
+//! the tenant-routed channel's writes through the `warren.tenants` headers exchange to
+//! the tenant's general or per-type queue, answers `no_route` for a tenant or type
+//! with no queue, and delivers a tenant's broadcasts only to that tenant's clients;
+//! replies never cross tenants. `warren-gateway topology check` passes on a broker
+//! declared by `topology apply`, lists planted differences (missing objects, another
+//! queue type, another exchange kind) and exits non-zero, and creates nothing.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use lapin::ExchangeKind;
+use serde_json::json;
+use warren_e2e::client::{raw, sub, TestClient};
+use warren_e2e::env::{amqp_addr, TestEnv};
+use warren_e2e::gateway::TestGateway;
+use warren_gateway::{AuthMode, Config, NoServiceMode, TenantOptions};
+use warren_protocol::amqp::Names;
+use warren_protocol::tenants::{Tenant, TenantRouting};
+use warren_protocol::{ClientFrame, ErrorCode, Hello, Publish};
+use warren_service::{Context, HandlerError, Incoming, Outcome, Service, Targets};
+
+const SECRET: &str = "warren-tests-secret-of-at-least-32-bytes";
+const LIMIT: Duration = Duration::from_secs(90);
+/// How long a client waits to be sure nothing (more) arrives.
+const QUIET: Duration = Duration::from_millis(700);
+
+/// The tenant-routed channel of these tests.
+const ROUTED: &str = "tickets";
+
+/// The tenant routing of these tests: `acme` with a `pdf` queue, `globex` with only
+/// its general queue.
+fn routing() -> TenantRouting {
+    TenantRouting {
+        channels: vec![ROUTED.into()],
+        tenants: vec![
+            Tenant {
+                name: "acme".into(),
+                types: vec!["pdf".into()],
+            },
+            Tenant {
+                name: "globex".into(),
+                types: vec![],
+            },
+        ],
+    }
+}
+
+/// Tenant mode as in [`routing`], tokens verified as `jwt`.
+fn tenant_mode(c: &mut Config) {
+    c.auth.mode = AuthMode::Jwt;
+    c.auth.jwt.secret = Some(SECRET.into());
+    c.tenants.enabled = true;
+    c.tenants.channels = vec![ROUTED.into()];
+    for t in routing().tenants {
+        c.tenants
+            .tenant
+            .insert(t.name, TenantOptions { types: t.types });
+    }
+}
+
+/// A token of `user` in `tenant` (no claim when `None`) that may publish and
+/// subscribe on chat and publish and request on the routed channel.
+fn token(user: &str, tenant: Option<&str>) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut claims = json!({
+        "sub": user, "exp": now + 600,
+        "channels": {"chat": ["publish", "subscribe"], ROUTED: ["publish", "request"]}
+    });
+    if let Some(t) = tenant {
+        claims["tenant"] = json!(t);
+    }
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+async fn login(gateway: &TestGateway, user: &str, tenant: Option<&str>) -> TestClient {
+    let hello = Hello {
+        token: Some(token(user, tenant)),
+        ..Hello::default()
+    };
+    TestClient::connect_with(&gateway.url(), hello).await
+}
+
+/// Publishes on `channel` with client headers.
+async fn publish_with(client: &mut TestClient, id: &str, channel: &str, headers: &[(&str, &str)]) {
+    client
+        .send(&ClientFrame::Publish(Publish {
+            id: id.into(),
+            channel: channel.into(),
+            subject: None,
+            distribution: None,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+            message: raw(json!({ "id": id })),
+        }))
+        .await;
+}
+
+/// Deletes what the tenant topology of [`routing`] declared under `names`.
+async fn delete_tenant_topology(env: &TestEnv) {
+    let ch = env.new_channel().await;
+    let names = &env.names;
+    for t in routing().tenants {
+        let kinds = std::iter::once(None).chain(t.types.iter().map(|k| Some(k.as_str())));
+        for kind in kinds {
+            let q = names.tenant_queue(ROUTED, &t.name, kind);
+            let _ = ch
+                .queue_delete(ShortString::from(q), QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = ch
+            .exchange_delete(
+                ShortString::from(names.tenant_exchange(&t.name)),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
+    }
+    let _ = ch
+        .exchange_delete(
+            ShortString::from(names.tenants_exchange()),
+            ExchangeDeleteOptions::default(),
+        )
+        .await;
+    let _ = ch.close(200, "cleaned".into()).await;
+}
+
+/// The ids (`{"id": ...}` bodies) of the messages in `queue`, taken off it (auto-ack).
+async fn drain_ids(env: &TestEnv, queue: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Some(d) = env.get(queue).await {
+        let v: serde_json::Value = serde_json::from_slice(&d.data).unwrap();
+        out.push(v["id"].as_str().unwrap_or_default().to_string());
+    }
+    out
+}
+
+/// Relays what a client publishes on chat to every chat subscriber (its tenant is
+/// carried by the service library), and answers a request on the routed channel with
+/// the tenant and queue it came from.
+async fn tenant_service(env: &TestEnv) -> Service {
+    let service = Service::connect(&amqp_addr(), env.names.clone())
+        .await
+        .expect("the service connects");
+    let queues = service
+        .declare_tenants(&routing())
+        .await
+        .expect("the service declares the tenant topology");
+    assert!(queues.contains(&env.names.tenant_queue(ROUTED, "acme", Some("pdf"))));
+    service
+        .consume("chat", |ctx: Context, m: Incoming| async move {
+            ctx.publish(&Targets::broadcast("chat"), m.body.clone())
+                .await?;
+            Ok::<_, HandlerError>(Outcome::Done)
+        })
+        .await
+        .expect("consume chat");
+    // One worker per tenant queue, so each always has a consumer.
+    for tenant in ["acme", "globex"] {
+        let queue = env.names.tenant_queue(ROUTED, tenant, None);
+        service
+            .consume_queues(&[queue], |_ctx: Context, m: Incoming| async move {
+                Outcome::json(&json!({ "tenant": m.tenant(), "queue": m.queue }))
+                    .map_err(|e| HandlerError::Failed(e.to_string()))
+            })
+            .await
+            .expect("consume the tenant queue");
+    }
+    service
+}
+
+#[tokio::test]
+async fn two_tenants_never_see_each_others_broadcasts_or_replies() {
+    TestEnv::run("tenant-isolation", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, tenant_mode).await;
+        let service = tenant_service(env).await;
+        let mut a1 = login(&gw, "anna", Some("acme")).await;
+        let mut a2 = login(&gw, "arne", Some("acme")).await;
+        let mut g1 = login(&gw, "gus", Some("globex")).await;
+        for c in [&mut a1, &mut a2, &mut g1] {
+            c.subscribe(sub("s", "chat")).await;
+        }
+
+        // A broadcast relayed for acme reaches acme's clients only...
+        a1.publish("hello-acme", "chat", json!({ "id": "hello-acme" }))
+            .await;
+        a1.expect_ack("hello-acme").await;
+        for c in [&mut a1, &mut a2] {
+            let d = c.expect_deliver().await;
+            assert!(d.message.get().contains("hello-acme"), "{d:?}");
+        }
+        g1.expect_no_deliver(QUIET).await;
+        // ...and one for globex reaches globex's only.
+        g1.publish("hello-globex", "chat", json!({ "id": "hello-globex" }))
+            .await;
+        g1.expect_ack("hello-globex").await;
+        let d = g1.expect_deliver().await;
+        assert!(d.message.get().contains("hello-globex"), "{d:?}");
+        a1.expect_no_deliver(QUIET).await;
+        a2.expect_no_deliver(QUIET).await;
+
+        // A service message naming no tenant reaches no tenant's client.
+        env.publish_out("chat.all", "untenanted", "{\"id\":\"untenanted\"}")
+            .await;
+        for c in [&mut a1, &mut a2, &mut g1] {
+            c.expect_no_deliver(QUIET).await;
+        }
+
+        // Requests of both tenants at once: each reply goes to the session that asked,
+        // from its own tenant's queue.
+        a1.request("ra", ROUTED, Some(10_000), json!({})).await;
+        g1.request("rg", ROUTED, Some(10_000), json!({})).await;
+        let ra = a1.expect_reply("ra").await;
+        let rg = g1.expect_reply("rg").await;
+        let ra: serde_json::Value = serde_json::from_str(ra.message.get()).unwrap();
+        let rg: serde_json::Value = serde_json::from_str(rg.message.get()).unwrap();
+        assert_eq!(ra["tenant"], "acme");
+        assert_eq!(ra["queue"], env.names.tenant_queue(ROUTED, "acme", None));
+        assert_eq!(rg["tenant"], "globex");
+        assert_eq!(rg["queue"], env.names.tenant_queue(ROUTED, "globex", None));
+        for c in [&mut a1, &mut a2, &mut g1] {
+            c.expect_no_deliver(QUIET).await;
+        }
+
+        for c in [a1, a2, g1] {
+            c.close().await;
+        }
+        service.stop().await.expect("the service stops");
+        gw.shutdown().await;
+        delete_tenant_topology(env).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn per_type_queues_get_only_their_type_and_unrouted_writes_get_no_route() {
+    TestEnv::run("tenant-types", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| {
+            tenant_mode(c);
+            // Nothing consumes the tenant queues here: publishes are not refused for it.
+            c.no_service = NoServiceMode::Off;
+        })
+        .await;
+        let mut anna = login(&gw, "anna", Some("acme")).await;
+        let mut gus = login(&gw, "gus", Some("globex")).await;
+        let mut ivan = login(&gw, "ivan", Some("initech")).await;
+        let mut nobody = login(&gw, "nobody", None).await;
+
+        publish_with(&mut anna, "a-general", ROUTED, &[]).await;
+        anna.expect_ack("a-general").await;
+        publish_with(&mut anna, "a-pdf-1", ROUTED, &[("type", "pdf")]).await;
+        anna.expect_ack("a-pdf-1").await;
+        publish_with(&mut anna, "a-pdf-2", ROUTED, &[("type", "pdf")]).await;
+        anna.expect_ack("a-pdf-2").await;
+        publish_with(&mut gus, "g-general", ROUTED, &[]).await;
+        gus.expect_ack("g-general").await;
+
+        // A type acme has no queue for, a type only acme has, an unconfigured tenant.
+        publish_with(&mut anna, "a-zip", ROUTED, &[("type", "zip")]).await;
+        anna.expect_error_code(Some("a-zip"), ErrorCode::NoRoute)
+            .await;
+        publish_with(&mut gus, "g-pdf", ROUTED, &[("type", "pdf")]).await;
+        gus.expect_error_code(Some("g-pdf"), ErrorCode::NoRoute)
+            .await;
+        publish_with(&mut ivan, "i-general", ROUTED, &[]).await;
+        ivan.expect_error_code(Some("i-general"), ErrorCode::NoRoute)
+            .await;
+        // No tenant at all, or a client naming a tenant itself: refused.
+        publish_with(&mut nobody, "n", ROUTED, &[]).await;
+        nobody
+            .expect_error_code(Some("n"), ErrorCode::Forbidden)
+            .await;
+        publish_with(&mut gus, "forged", ROUTED, &[("x-warren-tenant", "acme")]).await;
+        gus.expect_error_code(Some("forged"), ErrorCode::Forbidden)
+            .await;
+
+        let names = &env.names;
+        assert_eq!(
+            drain_ids(env, &names.tenant_queue(ROUTED, "acme", Some("pdf"))).await,
+            ["a-pdf-1", "a-pdf-2"]
+        );
+        assert_eq!(
+            drain_ids(env, &names.tenant_queue(ROUTED, "acme", None)).await,
+            ["a-general"]
+        );
+        assert_eq!(
+            drain_ids(env, &names.tenant_queue(ROUTED, "globex", None)).await,
+            ["g-general"]
+        );
+        // Nothing of the routed channel went to its untenanted queue.
+        assert_eq!(
+            env.message_count(&names.channel_queue(ROUTED)).await,
+            Some(0)
+        );
+
+        for c in [anna, gus, ivan, nobody] {
+            c.close().await;
+        }
+        gw.shutdown().await;
+        delete_tenant_topology(env).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn with_auth_none_every_session_has_the_default_tenant() {
+    TestEnv::run("tenant-default", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| {
+            tenant_mode(c);
+            c.auth.mode = AuthMode::None;
+            c.auth.jwt.secret = None;
+            c.tenants.default = Some("globex".into());
+            c.no_service = NoServiceMode::Off;
+        })
+        .await;
+        let hello = Hello {
+            token: Some("dev-user".into()),
+            ..Hello::default()
+        };
+        let mut c = TestClient::connect_with(&gw.url(), hello).await;
+        publish_with(&mut c, "d-1", ROUTED, &[]).await;
+        c.expect_ack("d-1").await;
+        publish_with(&mut c, "d-pdf", ROUTED, &[("type", "pdf")]).await;
+        c.expect_error_code(Some("d-pdf"), ErrorCode::NoRoute).await;
+        assert_eq!(
+            drain_ids(env, &env.names.tenant_queue(ROUTED, "globex", None)).await,
+            ["d-1"]
+        );
+        c.close().await;
+        gw.shutdown().await;
+        delete_tenant_topology(env).await;
+    })
+    .await;
+}
+
+/// Runs `warren-gateway --config <file> topology <action>` for the tenant topology
+/// of [`routing`] under the test's namespace.
+async fn topology_cli(env: &TestEnv, action: &str) -> std::process::Output {
+    use warren_e2e::binary::workspace_binary;
+    let bin = tokio::task::spawn_blocking(|| {
+        workspace_binary("warren-gateway", "warren-gateway", &["WARREN_GATEWAY_BIN"])
+    })
+    .await
+    .expect("binary");
+    let config = std::env::temp_dir().join(format!("{}.toml", env.namespace));
+    std::fs::write(
+        &config,
+        format!(
+            "[tenants]\nenabled = true\nchannels = [\"{ROUTED}\"]\n\
+             [tenants.tenant.acme]\ntypes = [\"pdf\"]\n[tenants.tenant.globex]\n"
+        ),
+    )
+    .expect("write the config");
+    let out = tokio::process::Command::new(bin)
+        .args(["--namespace", &env.namespace, "--amqp-uri"])
+        .arg(amqp_addr())
+        .arg("--config")
+        .arg(&config)
+        .args(["topology", action])
+        .output()
+        .await
+        .expect("run warren-gateway");
+    let _ = std::fs::remove_file(&config);
+    out
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn exchange_exists(env: &TestEnv, name: &str) -> bool {
+    let ch = env.new_channel().await;
+    let found = ch
+        .exchange_declare(
+            ShortString::from(name),
+            ExchangeKind::Headers,
+            ExchangeDeclareOptions {
+                passive: true,
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .is_ok();
+    let _ = ch.close(200, "checked".into()).await;
+    found
+}
+
+#[tokio::test]
+async fn topology_check_lists_planted_differences_and_passes_on_a_matching_broker() {
+    TestEnv::run("tenant-check", LIMIT, async |env| {
+        let names: &Names = &env.names;
+
+        // Nothing declared yet: everything is missing, and checking creates nothing.
+        let out = topology_cli(env, "check").await;
+        assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+        let text = stdout(&out);
+        assert!(
+            text.contains(&format!(
+                "MISMATCH exchange {}: missing",
+                names.tenants_exchange()
+            )),
+            "{text}"
+        );
+        assert!(!exchange_exists(env, &names.tenants_exchange()).await);
+
+        let out = topology_cli(env, "apply").await;
+        assert!(out.status.success(), "{}", stdout(&out));
+        assert!(stdout(&out).contains("# tenant globex"));
+        let out = topology_cli(env, "check").await;
+        assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+        assert!(stdout(&out).starts_with("0 of "), "{}", stdout(&out));
+
+        // Plant: globex's queue as a classic queue, acme's exchange as a fanout,
+        // acme's pdf queue gone.
+        let ch = env.new_channel().await;
+        let globex = names.tenant_queue(ROUTED, "globex", None);
+        let pdf = names.tenant_queue(ROUTED, "acme", Some("pdf"));
+        for q in [&globex, &pdf] {
+            ch.queue_delete(ShortString::from(q.as_str()), QueueDeleteOptions::default())
+                .await
+                .expect("delete a queue");
+        }
+        ch.queue_declare(
+            ShortString::from(globex.as_str()),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare a classic queue");
+        let acme = names.tenant_exchange("acme");
+        ch.exchange_delete(
+            ShortString::from(acme.as_str()),
+            ExchangeDeleteOptions::default(),
+        )
+        .await
+        .expect("delete the exchange");
+        ch.exchange_declare(
+            ShortString::from(acme.as_str()),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare a fanout");
+        let _ = ch.close(200, "planted".into()).await;
+
+        let out = topology_cli(env, "check").await;
+        let text = stdout(&out);
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        let line = |object: &str| {
+            text.lines()
+                .find(|l| l.starts_with(&format!("MISMATCH {object}:")))
+                .unwrap_or_else(|| panic!("no mismatch for {object} in\n{text}"))
+                .to_string()
+        };
+        // The broker names the first argument that differs.
+        assert!(
+            line(&format!("queue {globex}")).contains(&format!(
+                "inequivalent arg 'x-dead-letter-exchange' for queue '{globex}'"
+            )),
+            "{text}"
+        );
+        assert!(
+            line(&format!("exchange {acme}")).contains("inequivalent arg 'type' for exchange")
+                && line(&format!("exchange {acme}"))
+                    .contains("received 'headers' but current is 'fanout'"),
+            "{text}"
+        );
+        assert!(
+            line(&format!("queue {pdf}")).ends_with(": missing"),
+            "{text}"
+        );
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("MISMATCH")).count(),
+            3,
+            "{text}"
+        );
+        assert!(text.contains("3 of "), "{text}");
+        // The missing queue is still missing.
+        assert_eq!(env.message_count(&pdf).await, None);
+
+        delete_tenant_topology(env).await;
+    })
+    .await;
+}

@@ -1,0 +1,197 @@
+//! The multi-tenant demo configuration (`gateway/warren-gateway.tenants-demo.toml`)
+//! against a real RabbitMQ: two priority workers with opposite preferences over both
+//! tenants' delta and full queues (`warren-demo-service --tenants-file ...
+//! --queue-priority "acme/delta globex/delta acme/full globex/full"`, and the mirror
+//! order) start from the same file the gateway reads; the topology they declare is
+//! exactly the gateway's (`Topology::check` finds no difference in it); each tenant's
+//! requests are answered from that tenant's queue of the type it named; and a worker
+//! whose priority list names a queue the file does not define does not start.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::types::ShortString;
+use serde_json::json;
+use warren_e2e::client::{raw, TestClient};
+use warren_e2e::env::TestEnv;
+use warren_e2e::gateway::{test_config, TestGateway};
+use warren_e2e::service::{amqp_uri, demo_service_binary, DemoProcess};
+use warren_gateway::broker::Broker;
+use warren_gateway::{AuthMode, Config, Topology};
+use warren_protocol::{ClientFrame, Hello, Request};
+
+const SECRET: &str = "warren-tests-secret-of-at-least-32-bytes";
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// Worker A's and worker B's priority orders, as in the demo file's comments.
+const WORKER_A: &str = "acme/delta globex/delta acme/full globex/full";
+const WORKER_B: &str = "globex/delta acme/delta globex/full acme/full";
+
+fn demo_file() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../gateway/warren-gateway.tenants-demo.toml")
+        .canonicalize()
+        .expect("the tenants demo file exists")
+}
+
+/// The test gateway's configuration with the demo file's channels and tenants, tokens
+/// verified as `jwt`.
+fn demo_config(env: &TestEnv) -> Config {
+    let text = std::fs::read_to_string(demo_file()).expect("read the demo file");
+    let demo = Config::from_toml(&text, "tenants demo").expect("the demo file parses");
+    let mut c = test_config(env);
+    c.channels = demo.channels;
+    c.no_service = demo.no_service;
+    c.tenants = demo.tenants;
+    c.auth.mode = AuthMode::Jwt;
+    c.auth.jwt.secret = Some(SECRET.into());
+    c
+}
+
+fn token(user: &str, tenant: &str) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = json!({ "sub": user, "exp": now + 600, "tenant": tenant });
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Asks on `scan` with type `kind` and returns the worker's answer.
+async fn ask(client: &mut TestClient, id: &str, kind: &str) -> serde_json::Value {
+    client
+        .send(&ClientFrame::Request(Request {
+            id: id.into(),
+            channel: "scan".into(),
+            subject: None,
+            timeout_ms: Some(20_000),
+            headers: [("type".to_string(), kind.to_string())].into(),
+            message: raw(json!({ "id": id })),
+        }))
+        .await;
+    let reply = client.expect_reply(id).await;
+    serde_json::from_str(reply.message.get()).unwrap()
+}
+
+async fn delete_tenant_topology(env: &TestEnv, config: &Config) {
+    let ch = env.new_channel().await;
+    for decl in Topology::from_config(config).declarations {
+        use warren_gateway::topology::Declaration;
+        match decl {
+            Declaration::Queue { name, .. } if name.contains("IN_SCAN") => {
+                let _ = ch
+                    .queue_delete(ShortString::from(name), QueueDeleteOptions::default())
+                    .await;
+            }
+            Declaration::Exchange { name, .. } if name.contains("warren.tenant") => {
+                let _ = ch
+                    .exchange_delete(ShortString::from(name), ExchangeDeleteOptions::default())
+                    .await;
+            }
+            _ => {}
+        }
+    }
+    let _ = ch.close(200, "cleaned".into()).await;
+}
+
+#[tokio::test]
+async fn two_workers_share_two_tenants_from_the_gateways_own_tenant_file() {
+    TestEnv::run("tenant-workers", LIMIT, async |env| {
+        let file = demo_file();
+        let file = file.to_str().unwrap();
+        let config = demo_config(env);
+
+        // A worker naming a queue the file does not define does not start.
+        let refused = tokio::process::Command::new(
+            tokio::task::spawn_blocking(demo_service_binary)
+                .await
+                .unwrap(),
+        )
+        .args(["--amqp-uri", &amqp_uri(), "--namespace", &env.namespace])
+        .args([
+            "--tenants-file",
+            file,
+            "--queue-priority",
+            "acme/delta initech/delta",
+        ])
+        .output()
+        .await
+        .expect("run warren-demo-service");
+        assert!(!refused.status.success());
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains("initech/delta"), "{stderr}");
+
+        // The workers start first: they declare the tenant topology themselves, and it
+        // is exactly the gateway's definition.
+        let mut a = DemoProcess::spawn(
+            &env.namespace,
+            &["--tenants-file", file, "--queue-priority", WORKER_A],
+        )
+        .await;
+        let mut b = DemoProcess::spawn(
+            &env.namespace,
+            &["--tenants-file", file, "--queue-priority", WORKER_B],
+        )
+        .await;
+        let broker = Broker::connect(&config, Arc::new(Default::default()))
+            .await
+            .expect("connect");
+        let mismatches = Topology::from_config(&config)
+            .check(&broker)
+            .await
+            .expect("check");
+        broker.close().await;
+        let tenant_mismatches: Vec<_> = mismatches
+            .iter()
+            .filter(|m| m.object.contains("warren.tenant") || m.object.contains("IN_SCAN."))
+            .collect();
+        assert!(
+            tenant_mismatches.is_empty(),
+            "the workers declared another tenant topology: {tenant_mismatches:?}"
+        );
+        assert!(
+            mismatches.iter().any(|m| m.object.contains("IN_CHAT")),
+            "the check can see a difference (no gateway declared IN_CHAT yet): {mismatches:?}"
+        );
+
+        let gw = TestGateway::start_with(env, |c| *c = config.clone()).await;
+        let url = gw.url();
+        let connect = |user: &str, tenant: &str| {
+            let hello = Hello {
+                token: Some(token(user, tenant)),
+                ..Hello::default()
+            };
+            TestClient::connect_with(&url, hello)
+        };
+        let mut anna = connect("anna", "acme").await;
+        let mut gus = connect("gus", "globex").await;
+        let names = &env.names;
+        for (client, tenant) in [(&mut anna, "acme"), (&mut gus, "globex")] {
+            for kind in ["delta", "full"] {
+                let answer = ask(client, &format!("{tenant}-{kind}"), kind).await;
+                assert_eq!(answer["tenant"], tenant, "{answer}");
+                assert_eq!(
+                    answer["queue"],
+                    names.tenant_queue("scan", tenant, Some(kind)),
+                    "{answer}"
+                );
+            }
+        }
+
+        anna.close().await;
+        gus.close().await;
+        assert!(a.terminate().await, "worker A stops cleanly");
+        assert!(b.terminate().await, "worker B stops cleanly");
+        gw.shutdown().await;
+        delete_tenant_topology(env, &config).await;
+    })
+    .await;
+}
