@@ -993,7 +993,15 @@ impl Conn {
             cap.opened();
         }
         let pinned = self.pinned.as_deref();
-        let fresh = self.shared.presence_view().opened(&session, &user, pinned);
+        let tenant = self
+            .session
+            .as_ref()
+            .and_then(|s| inbound::tenant_of(&self.shared.config, &s.identity))
+            .map(str::to_string);
+        let fresh = self
+            .shared
+            .presence_view()
+            .opened(&session, &user, pinned, tenant.as_deref());
         if fresh {
             self.shared.presence(PresenceEvent {
                 event: "client.connected".into(),
@@ -1004,6 +1012,7 @@ impl Conn {
                 reason: None,
                 by: None,
                 keys: None,
+                tenant,
             });
         }
         let config = &self.shared.config;

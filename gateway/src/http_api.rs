@@ -240,6 +240,10 @@ struct ToClients {
     id: Option<String>,
     #[serde(default)]
     headers: Headers,
+    /// In tenant mode, the tenant whose sessions receive it (`x-warren-tenant`);
+    /// without it, only sessions without a tenant do.
+    #[serde(default)]
+    tenant: Option<String>,
     message: Raw,
 }
 
@@ -406,6 +410,24 @@ async fn publish(
         table.insert(ShortString::from(k.as_str()), text(v));
     }
     table.insert(amqp::H_USER.into(), text(API_USER));
+    if let Some(tenant) = &m.tenant {
+        let tenants = &shared.config.tenants;
+        if !tenants.enabled {
+            return Err(invalid(
+                "`tenant` needs tenant mode ([tenants] enabled)".into(),
+            ));
+        }
+        if !tenants.tenant.contains_key(tenant) {
+            return Err(Refusal::new(
+                ErrorCode::NoRoute,
+                format!(
+                    "tenant `{}` is not configured",
+                    crate::inbound::truncate(tenant, 64)
+                ),
+            ));
+        }
+        table.insert(amqp::H_TENANT.into(), text(tenant));
+    }
     if !targets.is_empty() {
         // `CC` for queue bindings, the same keys as a string for the outbound stream.
         table.insert(ShortString::from("CC"), text_array(&targets));

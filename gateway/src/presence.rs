@@ -49,6 +49,9 @@ pub struct PresenceEvent {
     /// `client.subscriptions`: the session's subscription keys (`chat.group.lobby`...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<Vec<String>>,
+    /// In tenant mode, the session's tenant (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// A session as the presence view holds it.
@@ -62,6 +65,8 @@ pub struct Held {
     pub channel: Option<String>,
     /// Its subscription keys.
     pub keys: BTreeSet<String>,
+    /// Its tenant (tenant mode).
+    pub tenant: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -110,7 +115,13 @@ impl PresenceView {
 
     /// A session opened or was resumed here. Returns whether `client.connected` is to
     /// be published: for a new session, or one the view counts as gone.
-    pub fn opened(&mut self, session: &str, user: &str, channel: Option<&str>) -> bool {
+    pub fn opened(
+        &mut self,
+        session: &str,
+        user: &str,
+        channel: Option<&str>,
+        tenant: Option<&str>,
+    ) -> bool {
         self.away.remove(session);
         match self.sessions.get_mut(session) {
             Some(h) => {
@@ -125,6 +136,7 @@ impl PresenceView {
                         node: self.me.clone(),
                         channel: channel.map(str::to_string),
                         keys: BTreeSet::new(),
+                        tenant: tenant.map(str::to_string),
                     },
                 );
                 true
@@ -173,6 +185,7 @@ impl PresenceView {
                     node: e.node,
                     channel: e.channel,
                     keys: BTreeSet::new(),
+                    tenant: e.tenant,
                 });
             }
             "client.disconnected" => {
@@ -235,6 +248,11 @@ impl PresenceView {
         );
     }
 
+    /// The tenant of `session`, as far as the view knows.
+    pub fn tenant_of(&self, session: &str) -> Option<String> {
+        self.sessions.get(session).and_then(|h| h.tenant.clone())
+    }
+
     /// What this view knows of the cluster's sessions, for a gateway that just started
     /// ([`PresenceView::merge`]).
     pub fn snapshot(&self) -> Vec<PresenceEvent> {
@@ -250,6 +268,7 @@ impl PresenceView {
                 reason: None,
                 by: None,
                 keys: Some(h.keys.iter().cloned().collect()),
+                tenant: h.tenant.clone(),
             })
             .collect()
     }
@@ -263,6 +282,7 @@ impl PresenceView {
                 node: e.node,
                 channel: e.channel,
                 keys: e.keys.unwrap_or_default().into_iter().collect(),
+                tenant: e.tenant,
             });
         }
     }
@@ -345,14 +365,21 @@ impl PresenceView {
         out
     }
 
-    /// The online sessions, filtered by `channel` (subscribed to anything on it, or
-    /// connected to its listener) and `group` (subscribed to `<channel>.group.<g>`,
-    /// on any channel when no channel is given), sorted by user.
-    pub fn online(&self, channel: Option<&str>, group: Option<&str>) -> Vec<Online> {
+    /// The online sessions of `tenant` (sessions without a tenant for `None`: with
+    /// tenant mode off, every session), filtered by `channel` (subscribed to anything
+    /// on it, or connected to its listener) and `group` (subscribed to
+    /// `<channel>.group.<g>`, on any channel when no channel is given), sorted by user.
+    pub fn online(
+        &self,
+        channel: Option<&str>,
+        group: Option<&str>,
+        tenant: Option<&str>,
+    ) -> Vec<Online> {
         let mut out: Vec<Online> = self
             .sessions
             .iter()
             .filter(|(s, _)| !self.away.contains_key(*s))
+            .filter(|(_, h)| h.tenant.as_deref() == tenant)
             .filter(|(_, h)| {
                 let on_channel = |c: &str| {
                     h.channel.as_deref() == Some(c)
@@ -405,6 +432,7 @@ mod tests {
             reason: None,
             by: None,
             keys: None,
+            tenant: None,
         }
     }
 
@@ -412,8 +440,8 @@ mod tests {
     fn a_goodbye_is_published_at_once_and_a_lost_connection_after_the_grace() {
         let t0 = Instant::now();
         let mut v = PresenceView::new("a", GRACE);
-        assert!(v.opened("s1", "ada", None));
-        assert!(v.opened("s2", "bob", None));
+        assert!(v.opened("s1", "ada", None, None));
+        assert!(v.opened("s2", "bob", None, None));
         assert_eq!(v.ended("s1", true, t0).unwrap().user, "ada");
         assert!(v.ended("s2", false, t0).is_none());
         assert!(v.due(t0 + GRACE - Duration::from_millis(1)).is_empty());
@@ -427,10 +455,10 @@ mod tests {
     fn a_resume_within_the_grace_publishes_nothing_here_or_there() {
         let t0 = Instant::now();
         let mut v = PresenceView::new("a", GRACE);
-        assert!(v.opened("s1", "ada", None));
+        assert!(v.opened("s1", "ada", None, None));
         v.ended("s1", false, t0);
         assert!(
-            !v.opened("s1", "ada", None),
+            !v.opened("s1", "ada", None, None),
             "a resume here is no new connect"
         );
         v.ended("s1", false, t0);
@@ -443,9 +471,9 @@ mod tests {
             node: "b".into(),
             ..connected("s1", "ada", "b")
         });
-        assert!(v.online(None, None).is_empty());
+        assert!(v.online(None, None, None).is_empty());
         // It comes back after that: a new connect.
-        assert!(v.opened("s1", "ada", None));
+        assert!(v.opened("s1", "ada", None, None));
     }
 
     #[test]
@@ -476,7 +504,7 @@ mod tests {
         assert!(a.elected(later) && !c.elected(later));
         assert!(c.user_online("bob") && !a.user_online("cyd"));
         assert!(
-            c.online(None, None).iter().all(|o| o.session == "s2"),
+            c.online(None, None, None).iter().all(|o| o.session == "s2"),
             "s1 is away"
         );
     }
@@ -495,11 +523,11 @@ mod tests {
         assert_eq!(due.len(), 1);
         assert_eq!((due[0].0.as_str(), due[0].2), ("s1", "gateway_lost"));
         // A gateway that starts learns the sessions its peers know.
-        a.opened("s2", "bob", None);
+        a.opened("s2", "bob", None, None);
         let mut fresh = PresenceView::new("c", GRACE);
         fresh.merge(a.snapshot());
         assert!(
-            !fresh.opened("s2", "bob", None),
+            !fresh.opened("s2", "bob", None, None),
             "s2 resumed on c is no new connect"
         );
     }
@@ -507,18 +535,41 @@ mod tests {
     #[test]
     fn presence_by_channel_and_group_follows_subscriptions() {
         let mut v = PresenceView::new("a", GRACE);
-        v.opened("s1", "ada", None);
-        v.opened("s2", "bob", Some("voice"));
+        v.opened("s1", "ada", None, None);
+        v.opened("s2", "bob", Some("voice"), None);
         v.subscriptions(
             "s1",
             ["chat.group.lobby".to_string(), "chat.all".to_string()].into(),
         );
         v.subscriptions("s2", ["chat.group.kitchen".to_string()].into());
         let users = |o: Vec<Online>| o.into_iter().map(|o| o.user).collect::<Vec<_>>();
-        assert_eq!(users(v.online(Some("chat"), None)), ["ada", "bob"]);
-        assert_eq!(users(v.online(Some("chat"), Some("lobby"))), ["ada"]);
-        assert_eq!(users(v.online(None, Some("kitchen"))), ["bob"]);
-        assert_eq!(users(v.online(Some("voice"), None)), ["bob"]);
-        assert!(v.online(Some("tickets"), None).is_empty());
+        assert_eq!(users(v.online(Some("chat"), None, None)), ["ada", "bob"]);
+        assert_eq!(users(v.online(Some("chat"), Some("lobby"), None)), ["ada"]);
+        assert_eq!(users(v.online(None, Some("kitchen"), None)), ["bob"]);
+        assert_eq!(users(v.online(Some("voice"), None, None)), ["bob"]);
+        assert!(v.online(Some("tickets"), None, None).is_empty());
+    }
+
+    #[test]
+    fn a_tenant_sees_only_its_own_sessions_also_through_events_and_snapshots() {
+        let mut v = PresenceView::new("gw-a", Duration::from_secs(60));
+        assert!(v.opened("s1", "anna", None, Some("acme")));
+        assert!(v.opened("s2", "gus", None, Some("globex")));
+        v.on_event(PresenceEvent {
+            tenant: Some("acme".into()),
+            ..connected("s3", "arne", "gw-b")
+        });
+        let users = |o: Vec<Online>| o.into_iter().map(|o| o.user).collect::<Vec<_>>();
+        assert_eq!(users(v.online(None, None, Some("acme"))), ["anna", "arne"]);
+        assert_eq!(users(v.online(None, None, Some("globex"))), ["gus"]);
+        assert!(
+            v.online(None, None, None).is_empty(),
+            "no session without a tenant"
+        );
+        // A gateway that starts learns the tenants from the snapshot.
+        let mut fresh = PresenceView::new("gw-c", Duration::from_secs(60));
+        fresh.merge(v.snapshot());
+        assert_eq!(users(fresh.online(None, None, Some("globex"))), ["gus"]);
+        assert_eq!(fresh.tenant_of("s3").as_deref(), Some("acme"));
     }
 }

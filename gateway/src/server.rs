@@ -200,14 +200,18 @@ impl Shared {
             reason: Some(reason.to_string()),
             by,
             keys: None,
+            tenant: held.tenant,
         });
     }
 
     /// A session's subscriptions changed: the view and the peers learn it
     /// (`client.subscriptions`).
     pub(crate) fn subscriptions_changed(&self, session: &str, user: &str, keys: Vec<String>) {
-        self.presence_view()
-            .subscriptions(session, keys.iter().cloned().collect());
+        let tenant = {
+            let mut view = self.presence_view();
+            view.subscriptions(session, keys.iter().cloned().collect());
+            view.tenant_of(session)
+        };
         self.presence(crate::presence::PresenceEvent {
             event: "client.subscriptions".into(),
             session: session.to_string(),
@@ -217,6 +221,7 @@ impl Shared {
             reason: None,
             by: None,
             keys: Some(keys),
+            tenant,
         });
     }
 
@@ -422,6 +427,9 @@ fn upgrade_token(headers: &HeaderMap, cookie: Option<&str>) -> Option<String> {
 struct PresenceQuery {
     channel: Option<String>,
     group: Option<String>,
+    /// In tenant mode, the tenant a backend (HTTP API key) asks about; a token's
+    /// holder always sees its own tenant only.
+    tenant: Option<String>,
 }
 
 /// `Access-Control-*` headers for a browser page on an allowed origin (the demo page
@@ -548,10 +556,17 @@ async fn presence(
             return forbidden(format!("user `{}` may not see group `{g}`", identity.user));
         }
     }
+    let tenant = match by_key {
+        true => q
+            .tenant
+            .clone()
+            .filter(|_| st.shared.config.tenants.enabled),
+        false => crate::inbound::tenant_of(&st.shared.config, &identity).map(str::to_string),
+    };
     let (online, per_node) = {
         let view = st.shared.presence_view();
         (
-            view.online(q.channel.as_deref(), q.group.as_deref()),
+            view.online(q.channel.as_deref(), q.group.as_deref(), tenant.as_deref()),
             view.per_node(),
         )
     };

@@ -503,3 +503,90 @@ async fn topology_check_lists_planted_differences_and_passes_on_a_matching_broke
     })
     .await;
 }
+
+/// The HTTP API key of [`presence_and_http_api_publishes_stay_within_a_tenant`].
+const KEY: &str = "tenant-test-key";
+
+#[tokio::test]
+async fn presence_and_http_api_publishes_stay_within_a_tenant() {
+    TestEnv::run("tenant-presence", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| {
+            tenant_mode(c);
+            c.presence = true;
+            c.http_api.enabled = true;
+            c.http_api.api_keys = vec![KEY.into()];
+        })
+        .await;
+        let addr = gw.listeners()[0].0;
+        let mut a1 = login(&gw, "anna", Some("acme")).await;
+        let mut g1 = login(&gw, "gus", Some("globex")).await;
+        for c in [&mut a1, &mut g1] {
+            c.subscribe(sub("s", "chat")).await;
+        }
+        let users = |body: &str| -> Vec<String> {
+            let v: serde_json::Value = serde_json::from_str(body).expect("JSON");
+            serde_json::from_value(v["users"].clone()).expect("a user list")
+        };
+        let ask = async |auth: String, query: &str| {
+            let (status, _, body) = warren_e2e::gateway::http_get_with(
+                addr,
+                &format!("/presence?channel=chat{query}"),
+                &[("Authorization", auth.as_str())],
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+            users(&body)
+        };
+
+        // A token's holder sees its own tenant only.
+        let anna = format!("Bearer {}", token("anna", Some("acme")));
+        let gus = format!("Bearer {}", token("gus", Some("globex")));
+        assert_eq!(ask(anna.clone(), "").await, ["anna"]);
+        assert_eq!(ask(gus.clone(), "").await, ["gus"]);
+        // Naming another tenant changes nothing for a token.
+        assert_eq!(ask(anna, "&tenant=globex").await, ["anna"]);
+        // A backend names the tenant it asks about; without one it sees the sessions
+        // without a tenant (none here).
+        let key = format!("Bearer {KEY}");
+        assert_eq!(ask(key.clone(), "&tenant=globex").await, ["gus"]);
+        assert!(ask(key, "").await.is_empty());
+
+        // `POST /publish` for a tenant reaches that tenant's clients only.
+        let (status, answer) = warren_e2e::gateway::http_post(
+            addr,
+            "/publish",
+            Some(KEY),
+            json!({"channel": "chat", "broadcast": true, "tenant": "acme",
+                   "message": {"id": "api-acme"}})
+            .to_string()
+            .as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 202, "{answer}");
+        let d = a1.expect_deliver().await;
+        assert!(d.message.get().contains("api-acme"), "{d:?}");
+        g1.expect_no_deliver(QUIET).await;
+        // An unconfigured tenant is no route.
+        let (status, answer) = warren_e2e::gateway::http_post(
+            addr,
+            "/publish",
+            Some(KEY),
+            json!({"channel": "chat", "broadcast": true, "tenant": "initech", "message": 1})
+                .to_string()
+                .as_bytes(),
+        )
+        .await;
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (422, Some("no_route")),
+            "{answer}"
+        );
+
+        for c in [a1, g1] {
+            c.close().await;
+        }
+        gw.shutdown().await;
+        delete_tenant_topology(env).await;
+    })
+    .await;
+}
