@@ -978,14 +978,23 @@ pub enum TopologyAction {
         channel, so the broker itself names any difference (its PRECONDITION_FAILED \
         text, e.g. \"inequivalent arg 'x-queue-type' for queue 'IN_CHAT' in vhost \
         '/': received 'classic' but current is 'quorum'\"). Bindings cannot be read \
-        over AMQP 0.9.1 and are not compared.\n\n\
+        over AMQP 0.9.1: with --management-url they are read from RabbitMQ's \
+        management HTTP API (plugin rabbitmq_management, with the user, password and \
+        virtual host of the first AMQP URI) and each one the configuration declares \
+        and the broker lacks is a mismatch; without it they are not compared (the \
+        summary says so).\n\n\
         Prints one line per mismatch (`MISMATCH <object>: missing` or \
         `MISMATCH <object>: <difference>`) and a summary line.\n\n\
         Exit status: 0 when everything matches, 1 when anything is missing or \
-        different, 2 when the broker cannot be reached or the configuration is \
-        invalid."
+        different, 2 when the broker or the management API cannot be reached or the \
+        configuration is invalid."
     )]
-    Check,
+    Check {
+        /// RabbitMQ's management API, e.g. `http://127.0.0.1:15672`, to compare the
+        /// bindings too [default: bindings are not compared].
+        #[arg(long, env = "WARREN_MANAGEMENT_URL")]
+        management_url: Option<String>,
+    },
 }
 
 /// Flags and environment variables; each overrides the configuration file.

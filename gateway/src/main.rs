@@ -21,7 +21,7 @@ async fn main() -> anyhow::Result<()> {
     let checking = matches!(
         cli.command,
         Some(Command::Topology {
-            action: TopologyAction::Check
+            action: TopologyAction::Check { .. }
         })
     );
     let config = match Config::load(&cli.overrides).context("configuration") {
@@ -49,38 +49,60 @@ async fn main() -> anyhow::Result<()> {
             let _ = writeln!(std::io::stdout(), "{topology}applied");
         }
         Command::Topology {
-            action: TopologyAction::Check,
+            action: TopologyAction::Check { management_url },
         } => {
+            use warren_gateway::topology::{Declaration, Management};
             let topology = Topology::from_config(&config);
-            let mismatches = match check(&config, &topology).await {
-                Ok(m) => m,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    std::process::exit(2);
+            let fail = |e: &dyn std::fmt::Display| -> ! {
+                eprintln!("error: {e:#}");
+                std::process::exit(2);
+            };
+            let mismatches = check(&config, &topology).await.unwrap_or_else(|e| fail(&e));
+            let missing_bindings = match &management_url {
+                Some(url) => {
+                    let uri = config.amqp_uri.first().cloned().unwrap_or_default();
+                    let management = Management::new(url, &uri).unwrap_or_else(|e| fail(&e));
+                    let topology = topology.clone();
+                    let found =
+                        tokio::task::spawn_blocking(move || topology.check_bindings(&management))
+                            .await
+                            .unwrap_or_else(|e| fail(&e));
+                    Some(found.unwrap_or_else(|e| fail(&e)))
                 }
+                None => None,
             };
             let mut out = std::io::stdout().lock();
-            for m in &mismatches {
+            for m in mismatches.iter().chain(missing_bindings.iter().flatten()) {
                 let _ = writeln!(out, "MISMATCH {m}");
             }
-            let checked = topology
-                .declarations
-                .iter()
-                .filter(|d| {
-                    matches!(
-                        d,
-                        warren_gateway::topology::Declaration::Exchange { .. }
-                            | warren_gateway::topology::Declaration::Queue { .. }
-                    )
-                })
-                .count();
+            let count =
+                |f: fn(&Declaration) -> bool| topology.declarations.iter().filter(|d| f(d)).count();
+            let objects =
+                count(|d| matches!(d, Declaration::Exchange { .. } | Declaration::Queue { .. }));
+            let bindings = count(|d| {
+                matches!(
+                    d,
+                    Declaration::Binding { .. }
+                        | Declaration::HeadersBinding { .. }
+                        | Declaration::ExchangeBinding { .. }
+                )
+            });
             let _ = writeln!(
                 out,
-                "{} of {checked} exchanges and queues differ from the broker",
+                "{} of {objects} exchanges and queues differ from the broker",
                 mismatches.len()
             );
+            let _ = match &missing_bindings {
+                Some(missing) => {
+                    writeln!(out, "{} of {bindings} bindings are missing", missing.len())
+                }
+                None => writeln!(
+                    out,
+                    "{bindings} bindings not compared (pass --management-url to read them)"
+                ),
+            };
             let _ = out.flush();
-            if !mismatches.is_empty() {
+            if !mismatches.is_empty() || missing_bindings.is_some_and(|m| !m.is_empty()) {
                 std::process::exit(1);
             }
         }

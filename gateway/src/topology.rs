@@ -704,3 +704,163 @@ mod tests {
         }
     }
 }
+
+/// Where `topology check` reads bindings: RabbitMQ's management HTTP API (AMQP 0-9-1
+/// cannot list them), with the user, password and virtual host of the AMQP URI.
+#[derive(Debug, Clone)]
+pub struct Management {
+    /// E.g. `http://127.0.0.1:15672`.
+    pub base_url: String,
+    /// The virtual host.
+    pub vhost: String,
+    /// User name.
+    pub user: String,
+    /// Password.
+    pub password: String,
+}
+
+impl Management {
+    /// The management API at `base_url`, with the credentials and virtual host of
+    /// `amqp_uri`.
+    ///
+    /// # Errors
+    /// [`GatewayError::Config`] for an AMQP URI lapin cannot parse.
+    pub fn new(base_url: &str, amqp_uri: &str) -> Result<Management, GatewayError> {
+        let uri: lapin::uri::AMQPUri = amqp_uri
+            .parse()
+            .map_err(|e| GatewayError::Config(format!("amqp_uri: {e}")))?;
+        Ok(Management {
+            base_url: base_url.trim_end_matches('/').to_string(),
+            vhost: uri.vhost,
+            user: uri.authority.userinfo.username,
+            password: uri.authority.userinfo.password,
+        })
+    }
+
+    /// The bindings from exchange `source` to `destination` (`q`: a queue, `e`: an
+    /// exchange): each binding's routing key and arguments. Blocking.
+    fn bindings(
+        &self,
+        source: &str,
+        kind: &str,
+        destination: &str,
+    ) -> Result<Vec<(String, serde_json::Map<String, serde_json::Value>)>, GatewayError> {
+        let url = format!(
+            "{}/api/bindings/{}/e/{}/{kind}/{}",
+            self.base_url,
+            percent_encode(&self.vhost),
+            percent_encode(source),
+            percent_encode(destination)
+        );
+        let failed = |e: String| GatewayError::Config(format!("management API ({url}): {e}"));
+        let basic = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("{}:{}", self.user, self.password),
+        );
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(std::time::Duration::from_secs(10)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut response = agent
+            .get(&url)
+            .header("Authorization", &format!("Basic {basic}"))
+            .call()
+            .map_err(|e| failed(e.to_string()))?;
+        match response.status().as_u16() {
+            200 => {}
+            // The exchange or the destination does not exist: no binding (the missing
+            // object is reported on its own).
+            404 => return Ok(Vec::new()),
+            status => return Err(failed(format!("HTTP {status}"))),
+        }
+        let text = response
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| failed(e.to_string()))?;
+        let body: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| failed(e.to_string()))?;
+        Ok(body
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .map(|b| {
+                        let key = b["routing_key"].as_str().unwrap_or_default().to_string();
+                        let args = b["arguments"].as_object().cloned().unwrap_or_default();
+                        (key, args)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}
+
+/// `s` with every byte outside RFC 3986's unreserved set percent-encoded (a path
+/// segment of the management API: `/` as a vhost is `%2F`).
+fn percent_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Topology {
+    /// The bindings of the topology that the broker does not have, read through the
+    /// management API (`MISMATCH binding <source> -> <destination> (<key or
+    /// arguments>): missing`). Blocking: call it off the async runtime.
+    ///
+    /// # Errors
+    /// [`GatewayError::Config`] when the management API cannot be asked.
+    pub fn check_bindings(&self, management: &Management) -> Result<Vec<Mismatch>, GatewayError> {
+        let mut out = Vec::new();
+        for decl in &self.declarations {
+            let (source, kind, destination, key, args) = match decl {
+                Declaration::Binding {
+                    queue,
+                    exchange,
+                    key,
+                } => (exchange, "q", queue, Some(key), &Vec::new()),
+                Declaration::HeadersBinding {
+                    queue,
+                    exchange,
+                    args,
+                } => (exchange, "q", queue, None, args),
+                Declaration::ExchangeBinding {
+                    destination,
+                    source,
+                    args,
+                } => (source, "e", destination, None, args),
+                _ => continue,
+            };
+            let found = management.bindings(source, kind, destination)?;
+            let wanted = |(k, a): &(String, serde_json::Map<String, serde_json::Value>)| {
+                key.is_none_or(|key| key == k)
+                    && args.iter().all(|(name, value)| {
+                        let have = a.get(name);
+                        match value {
+                            QueueArg::Text(t) => have.and_then(|v| v.as_str()) == Some(t.as_str()),
+                            QueueArg::Int(i) => {
+                                have.and_then(serde_json::Value::as_i64) == Some(*i)
+                            }
+                        }
+                    })
+            };
+            if !found.iter().any(wanted) {
+                let what = match key {
+                    Some(k) => k.clone(),
+                    None => show_args(args),
+                };
+                out.push(Mismatch {
+                    object: format!("binding {source} -> {destination} ({what})"),
+                    difference: "missing".into(),
+                });
+            }
+        }
+        Ok(out)
+    }
+}

@@ -12,16 +12,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use lapin::options::{
-    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+    ExchangeDeclareOptions, ExchangeDeleteOptions, ExchangeUnbindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::ExchangeKind;
 use serde_json::json;
 use warren_e2e::client::{raw, sub, TestClient};
 use warren_e2e::env::{amqp_addr, TestEnv};
 use warren_e2e::gateway::TestGateway;
 use warren_gateway::{AuthMode, Config, NoServiceMode, TenantOptions};
-use warren_protocol::amqp::Names;
+use warren_protocol::amqp::{Names, QueueArg};
 use warren_protocol::tenants::{Tenant, TenantRouting};
 use warren_protocol::{ClientFrame, ErrorCode, Hello, Publish};
 use warren_service::{Context, HandlerError, Incoming, Outcome, Service, Targets};
@@ -351,6 +352,23 @@ async fn with_auth_none_every_session_has_the_default_tenant() {
 /// Runs `warren-gateway --config <file> topology <action>` for the tenant topology
 /// of [`routing`] under the test's namespace.
 async fn topology_cli(env: &TestEnv, action: &str) -> std::process::Output {
+    topology_cli_with(env, action, &[]).await
+}
+
+/// The tenant configuration of [`topology_cli`].
+fn tenant_config_toml() -> String {
+    format!(
+        "[tenants]\nenabled = true\nchannels = [\"{ROUTED}\"]\n\
+         [tenants.tenant.acme]\ntypes = [\"pdf\"]\n[tenants.tenant.globex]\n"
+    )
+}
+
+/// RabbitMQ's management API (`./dev` enables the plugin).
+fn management_url() -> String {
+    std::env::var("WARREN_MANAGEMENT_URL").unwrap_or_else(|_| "http://127.0.0.1:15672".into())
+}
+
+async fn topology_cli_with(env: &TestEnv, action: &str, extra: &[&str]) -> std::process::Output {
     use warren_e2e::binary::workspace_binary;
     let bin = tokio::task::spawn_blocking(|| {
         workspace_binary("warren-gateway", "warren-gateway", &["WARREN_GATEWAY_BIN"])
@@ -358,20 +376,14 @@ async fn topology_cli(env: &TestEnv, action: &str) -> std::process::Output {
     .await
     .expect("binary");
     let config = std::env::temp_dir().join(format!("{}.toml", env.namespace));
-    std::fs::write(
-        &config,
-        format!(
-            "[tenants]\nenabled = true\nchannels = [\"{ROUTED}\"]\n\
-             [tenants.tenant.acme]\ntypes = [\"pdf\"]\n[tenants.tenant.globex]\n"
-        ),
-    )
-    .expect("write the config");
+    std::fs::write(&config, tenant_config_toml()).expect("write the config");
     let out = tokio::process::Command::new(bin)
         .args(["--namespace", &env.namespace, "--amqp-uri"])
         .arg(amqp_addr())
         .arg("--config")
         .arg(&config)
         .args(["topology", action])
+        .args(extra)
         .output()
         .await
         .expect("run warren-gateway");
@@ -426,6 +438,100 @@ async fn topology_check_lists_planted_differences_and_passes_on_a_matching_broke
         let out = topology_cli(env, "check").await;
         assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
         assert!(stdout(&out).starts_with("0 of "), "{}", stdout(&out));
+        assert!(
+            stdout(&out).contains("bindings not compared"),
+            "{}",
+            stdout(&out)
+        );
+
+        // Bindings, read through the management API: all there after `apply`; then one
+        // queue binding and the acme exchange's binding to the root headers exchange
+        // removed, and both named.
+        let mgmt = management_url();
+        let with_bindings = ["--management-url", mgmt.as_str()];
+        let out = topology_cli_with(env, "check", &with_bindings).await;
+        assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+        assert!(stdout(&out).contains("\n0 of "), "{}", stdout(&out));
+        // The same topology as the file of `topology_cli` (`tenant_config_toml`).
+        let mut config = Config {
+            namespace: env.namespace.clone(),
+            ..Config::default()
+        };
+        tenant_mode(&mut config);
+        let declarations = warren_gateway::Topology::from_config(&config).declarations;
+        let (queue, exchange, key) = declarations
+            .iter()
+            .find_map(|d| match d {
+                warren_gateway::topology::Declaration::Binding {
+                    queue,
+                    exchange,
+                    key,
+                } => Some((queue.clone(), exchange.clone(), key.clone())),
+                _ => None,
+            })
+            .expect("a queue binding");
+        let (destination, source, args) = declarations
+            .iter()
+            .find_map(|d| match d {
+                warren_gateway::topology::Declaration::ExchangeBinding {
+                    destination,
+                    source,
+                    args,
+                } => Some((destination.clone(), source.clone(), args.clone())),
+                _ => None,
+            })
+            .expect("an exchange binding");
+        let ch = env.new_channel().await;
+        ch.queue_unbind(
+            ShortString::from(queue.as_str()),
+            ShortString::from(exchange.as_str()),
+            ShortString::from(key.as_str()),
+            FieldTable::default(),
+        )
+        .await
+        .expect("unbind the queue");
+        let mut table = FieldTable::default();
+        for (k, v) in &args {
+            let v = match v {
+                QueueArg::Text(t) => AMQPValue::LongString(t.as_str().into()),
+                QueueArg::Int(i) => AMQPValue::LongLongInt(*i),
+            };
+            table.insert(ShortString::from(k.as_str()), v);
+        }
+        ch.exchange_unbind(
+            ShortString::from(destination.as_str()),
+            ShortString::from(source.as_str()),
+            ShortString::from(""),
+            ExchangeUnbindOptions::default(),
+            table,
+        )
+        .await
+        .expect("unbind the exchange");
+        let _ = ch.close(200, "unbound".into()).await;
+        let out = topology_cli_with(env, "check", &with_bindings).await;
+        let text = stdout(&out);
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        let missing: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("MISMATCH binding "))
+            .collect();
+        assert_eq!(missing.len(), 2, "{text}");
+        assert!(
+            missing.contains(
+                &format!("MISMATCH binding {exchange} -> {queue} ({key}): missing").as_str()
+            ),
+            "{text}"
+        );
+        assert!(
+            missing
+                .iter()
+                .any(|l| l.starts_with(&format!("MISMATCH binding {source} -> {destination} ("))),
+            "{text}"
+        );
+        assert!(text.contains("\n2 of "), "{text}");
+        // Without the management API the same broker passes the object check.
+        let out = topology_cli(env, "check").await;
+        assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
 
         // Plant: globex's queue as a classic queue, acme's exchange as a fanout,
         // acme's pdf queue gone.
