@@ -705,6 +705,9 @@ mod tests {
     }
 }
 
+/// A binding as the management API lists it: its routing key and arguments.
+type FoundBinding = (String, serde_json::Map<String, serde_json::Value>);
+
 /// Where `topology check` reads bindings: RabbitMQ's management HTTP API (AMQP 0-9-1
 /// cannot list them), with the user, password and virtual host of the AMQP URI.
 #[derive(Debug, Clone)]
@@ -744,7 +747,7 @@ impl Management {
         source: &str,
         kind: &str,
         destination: &str,
-    ) -> Result<Vec<(String, serde_json::Map<String, serde_json::Value>)>, GatewayError> {
+    ) -> Result<Vec<FoundBinding>, GatewayError> {
         let url = format!(
             "{}/api/bindings/{}/e/{}/{kind}/{}",
             self.base_url,
@@ -838,7 +841,7 @@ impl Topology {
                 _ => continue,
             };
             let found = management.bindings(source, kind, destination)?;
-            let wanted = |(k, a): &(String, serde_json::Map<String, serde_json::Value>)| {
+            let wanted = |(k, a): &FoundBinding| {
                 key.is_none_or(|key| key == k)
                     && args.iter().all(|(name, value)| {
                         let have = a.get(name);
