@@ -45,8 +45,10 @@ try {
   // useSubscription: `pending` until the gateway acknowledged the subscribe, so `active`
   // is only ever seen while connected; a channel the gateway does not serve ends in
   // `error` with its code.
-  await page.waitForSelector('#sub[data-status="active"]', { timeout: timeoutMs }).catch(() => {});
-  await page.waitForSelector('#refused[data-status="error"]', { timeout: timeoutMs }).catch(() => {});
+  // (`attached`: the elements have no text, so they are never "visible".)
+  for (const selector of ['#sub[data-status="active"]', '#refused[data-status="error"]']) {
+    await page.waitForSelector(selector, { state: "attached", timeout: timeoutMs }).catch(() => {});
+  }
   const history = (await page.getAttribute("#sub", "data-history").catch(() => null)) ?? "";
   const refused = [
     await page.getAttribute("#refused", "data-status").catch(() => null),
