@@ -144,11 +144,36 @@ async fn a_subscription_receives_a_chat_broadcast_relayed_by_the_service() {
     let c = client(&format!(r#"{{"urls": {}}}"#, both("all")));
     wait(c.connect()).await.expect("connect");
     let (handler, seen) = recorder();
-    let _sub = c
+    let sub = c
         .subscribe(json(r#"{"channel": "chat"}"#).unchecked_into(), handler)
         .expect("subscribe");
-    sleep(200).await; // the subscribe frame is bound before the relay is published
-    let text = format!("hi-{}", js_sys::Math::random());
+    wait(sub.ready())
+        .await
+        .expect("the subscription is in force");
+    let delivery = broadcast_and_wait(&c, &seen, "hi")
+        .await
+        .expect("the broadcast was delivered");
+    assert_eq!(
+        path(&delivery, &["channel"]).as_string().as_deref(),
+        Some("chat")
+    );
+    assert_eq!(
+        path(&delivery, &["routingKey"]).as_string().as_deref(),
+        Some("chat.all")
+    );
+    assert!(path(&delivery, &["messageId"]).as_string().is_some());
+    c.close();
+}
+
+/// Writes a chat broadcast through `c` with a fresh text starting with `prefix` (the
+/// demo service relays it to the channel) and waits up to 5 s for its delivery among
+/// `seen`.
+async fn broadcast_and_wait(
+    c: &Client,
+    seen: &Rc<RefCell<Vec<JsValue>>>,
+    prefix: &str,
+) -> Option<JsValue> {
+    let text = format!("{prefix}-{}", js_sys::Math::random());
     let envelope = format!(
         r#"{{"channel": "chat", "distribution": {{"broadcast": true}}, "message": {{"text": "{text}"}}}}"#
     );
@@ -156,30 +181,17 @@ async fn a_subscription_receives_a_chat_broadcast_relayed_by_the_service() {
         .await
         .expect("write");
     for _ in 0..50 {
-        if seen
+        let found = seen
             .borrow()
             .iter()
-            .any(|d| path(d, &["message", "text"]).as_string().as_deref() == Some(text.as_str()))
-        {
-            break;
+            .find(|d| path(d, &["message", "text"]).as_string().as_deref() == Some(text.as_str()))
+            .cloned();
+        if found.is_some() {
+            return found;
         }
         sleep(100).await;
     }
-    let got = seen.borrow().clone();
-    let delivery = got
-        .iter()
-        .find(|d| path(d, &["message", "text"]).as_string().as_deref() == Some(text.as_str()))
-        .expect("the broadcast was delivered");
-    assert_eq!(
-        path(delivery, &["channel"]).as_string().as_deref(),
-        Some("chat")
-    );
-    assert_eq!(
-        path(delivery, &["routingKey"]).as_string().as_deref(),
-        Some("chat.all")
-    );
-    assert!(path(delivery, &["messageId"]).as_string().is_some());
-    c.close();
+    None
 }
 
 /// Records how `p` settles (`None` while pending).
@@ -211,26 +223,8 @@ async fn a_subscription_is_ready_once_the_gateway_acknowledged_it_and_refusals_r
     let settle_ms = js_sys::Date::now() - started;
     assert!(settle_ms < 5000.0, "ready {settle_ms} ms after connect()");
     // In force means bound: a broadcast published right after `ready` arrives (no sleep).
-    let text = format!("ready-{}", js_sys::Math::random());
-    let envelope = format!(
-        r#"{{"channel": "chat", "distribution": {{"broadcast": true}}, "message": {{"text": "{text}"}}}}"#
-    );
-    wait(c.write(json(&envelope).unchecked_into()))
-        .await
-        .expect("write");
-    let mut delivered = false;
-    for _ in 0..50 {
-        delivered = seen
-            .borrow()
-            .iter()
-            .any(|d| path(d, &["message", "text"]).as_string().as_deref() == Some(text.as_str()));
-        if delivered {
-            break;
-        }
-        sleep(100).await;
-    }
     assert!(
-        delivered,
+        broadcast_and_wait(&c, &seen, "ready").await.is_some(),
         "the broadcast published after ready was delivered"
     );
     c.close();
