@@ -161,6 +161,17 @@ impl Names {
         }
     }
 
+    /// The channel whose writes a queue of this namespace receives: `chat` for
+    /// `IN_CHAT` and for the tenant queues `IN_CHAT.<tenant>[.<type>]` (channel names
+    /// are lower case); `None` for another queue.
+    pub fn channel_of_queue(&self, queue: &str) -> Option<String> {
+        let rest = queue
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix("IN_")?;
+        let upper = rest.split('.').next().unwrap_or_default();
+        (!upper.is_empty()).then(|| upper.to_ascii_lowercase())
+    }
+
     /// The session id of a session queue name, if it is one.
     pub fn session_of_queue<'a>(&self, queue: &'a str) -> Option<&'a str> {
         queue
@@ -559,6 +570,24 @@ pub fn dead_letter_queue_args(queue_type: &str) -> Vec<(&'static str, QueueArg)>
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_channel_of_a_gateway_fed_queue_is_found_and_no_other() {
+        let n = Names::new("ns");
+        assert_eq!(
+            n.channel_of_queue(&n.channel_queue("chat")).as_deref(),
+            Some("chat")
+        );
+        let typed = n.tenant_queue("scan", "acme", Some("pdf"));
+        assert_eq!(n.channel_of_queue(&typed).as_deref(), Some("scan"));
+        assert_eq!(n.channel_of_queue("IN_CHAT"), None, "another namespace");
+        assert_eq!(
+            n.channel_of_queue(&format!("{}conversions_delta", n.prefix())),
+            None
+        );
+        assert_eq!(n.channel_of_queue(&format!("{}IN_", n.prefix())), None);
+    }
+
     use super::*;
 
     #[test]

@@ -285,6 +285,15 @@ impl Service {
             return Err(ServiceError::Stopped);
         }
         let queues = priority::validate_queue_list(queues)?;
+        // Queues the gateway fills (`IN_<CHANNEL>`, a tenant's `IN_<CHANNEL>.<t>[.<type>]`)
+        // are announced as their channel: a lower queue has no consumer while a higher
+        // one is busy, and without the announcement the gateway would answer a
+        // request for it `no_service`.
+        for queue in &queues {
+            if let Some(channel) = self.names.channel_of_queue(queue) {
+                self.announcer.add_channel(&channel);
+            }
+        }
         let deadline = tokio::time::Instant::now() + self.config.publish_timeout;
         let epoch = self.link.up(0, Some(deadline)).await?;
         for queue in &queues {

@@ -277,3 +277,38 @@ async fn a_consumer_that_never_announces_still_counts_and_all_refuses_publishes_
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_priority_worker_announces_the_channels_of_the_gateways_queues_it_works_through() {
+    TestEnv::run("registry-priority", LIMIT, async |env| {
+        let gw = TestGateway::start(env).await;
+        let config = ServiceConfig::default()
+            .with_app_id("priority-svc")
+            .with_announce_interval(Some(Duration::from_millis(500)));
+        let service = Service::connect_with(&amqp_uri(), env.names.clone(), config)
+            .await
+            .expect("service connects");
+        // A private work queue first, then the gateway's `IN_TICKETS`: while the
+        // worker is busy on the first, `IN_TICKETS` has no consumer at all.
+        let work = format!("{}priority-work", env.names.prefix());
+        let tickets = env.names.channel_queue("tickets");
+        service
+            .consume_queues(&[work.as_str(), tickets.as_str()], echo)
+            .await
+            .expect("consume_queues");
+        let instance = service.instance().to_string();
+        wait_view(&gw, "the worker's join", |s| {
+            s["priority-svc"][0]["instance"] == instance.as_str()
+                && s["priority-svc"][0]["channels"] == json!(["tickets"])
+        })
+        .await;
+        // So a request is let through (and answered) rather than refused `no_service`.
+        let mut c = TestClient::connect(&gw.url()).await;
+        let (outcome, _) = ask(&mut c, "through", "tickets", 10_000).await;
+        assert_eq!(outcome, Ok(()));
+        c.close().await;
+        service.stop().await.expect("stop");
+        gw.shutdown().await;
+    })
+    .await;
+}
