@@ -566,18 +566,25 @@ mod tests {
     }
 
     #[test]
-    fn idle_targets_need_ten_thousand_sessions_and_little_memory() {
+    fn idle_targets_need_ten_thousand_sessions_and_at_most_8_kib_each() {
         let idle = IdleFigures {
             requested: 10_000,
             opened: 10_000,
             held: 10_000,
-            rss_per_session_bytes: 12.0 * 1024.0,
+            rss_per_session_bytes: 7.5 * 1024.0,
             idle_cpu_pct: 1.5,
             ..IdleFigures::default()
         };
         let r = report(Vec::new(), Some(idle));
         assert_eq!(r.targets[4].verdict, Verdict::Met);
         assert_eq!(r.targets[5].verdict, Verdict::Met);
+        // Issue 13's bound: 8 KiB per idle session (the 12 KiB of before is over it).
+        let heavier = IdleFigures {
+            rss_per_session_bytes: 12.0 * 1024.0,
+            ..idle
+        };
+        let r = report(Vec::new(), Some(heavier));
+        assert_eq!(r.targets[4].verdict, Verdict::NotMet);
         let small = IdleFigures {
             requested: 50,
             ..idle
