@@ -52,18 +52,6 @@ pub struct LoadPlan {
 /// body) from `plan.tasks` tasks at `plan.rate_per_sec` in total, each waiting for its
 /// confirm; records every outcome in `sent`. Returns when every task is done.
 pub async fn publish_load(publisher: Publisher, exchange: String, plan: LoadPlan, sent: Arc<Sent>) {
-    publish_load_to(publisher, exchange, "chat.load", plan, sent).await;
-}
-
-/// [`publish_load`] with routing key `key` (e.g. `chat.all` on `warren.out`: a
-/// broadcast to clients).
-pub async fn publish_load_to(
-    publisher: Publisher,
-    exchange: String,
-    key: &'static str,
-    plan: LoadPlan,
-    sent: Arc<Sent>,
-) {
     let per_task = plan.messages / plan.tasks;
     let interval = Duration::from_micros(1_000_000 * plan.tasks as u64 / plan.rate_per_sec);
     let mut tasks = Vec::new();
@@ -83,7 +71,7 @@ pub async fn publish_load_to(
                     .with_message_id(ShortString::from(id.as_str()));
                 let body = format!("{{\"task\":{task},\"seq\":{seq}}}");
                 match publisher
-                    .publish_confirmed(&exchange, key, body.as_bytes(), properties)
+                    .publish_confirmed(&exchange, "chat.load", body.as_bytes(), properties)
                     .await
                 {
                     Ok(()) => sent.confirm(id),

@@ -16,12 +16,6 @@
 //! The demo binary's ticket desk is asked for a ticket created before the fault: it
 //! survives, because the binary kept running and only its connection moved.
 //!
-//! The outbound path too: producer P1 (on node 1) publishes broadcasts to `warren.out`
-//! (the replicated outbound stream) through the fault, and WebSocket subscribers of the
-//! gateway (whose AMQP connection was on node 3) receive every confirmed one, once.
-//! The stream's leader is on node 3 (the gateway declared it there first); the gateway
-//! reads the stream again from where it was once its connection moved.
-//!
 //! Prints its figures: sent, confirmed, failed, delivered, lost, duplicated, time to
 //! recover. About a minute in all, most of it booting the cluster.
 
@@ -34,10 +28,9 @@ use std::time::{Duration, Instant};
 use lapin::types::ShortString;
 use lapin::BasicProperties;
 use warren_e2e::broker_node::BrokerCluster;
-use warren_e2e::client::{sub, TestClient};
+use warren_e2e::client::TestClient;
 use warren_e2e::load::{
-    longest_gap_after, lost, publish_load, publish_load_to, wait_handled, watch_states, LoadPlan,
-    Sent, StateLog,
+    longest_gap_after, lost, publish_load, wait_handled, watch_states, LoadPlan, Sent, StateLog,
 };
 use warren_e2e::service::{consume_no_ack, declare_exclusive, DemoProcess};
 use warren_gateway::{Config, Gateway, ListenerConfig, QueueType};
@@ -61,14 +54,6 @@ const WS_CLIENTS: usize = 4;
 const PER_WS_CLIENT: usize = 150;
 /// The node stopped (0-based): node 3.
 const VICTIM: usize = 2;
-/// WebSocket subscribers of the chat broadcast, and broadcasts published to them
-/// (through the fault: 400 at 80/s take 5 s).
-const SUBSCRIBERS: usize = 3;
-const BROADCASTS: usize = 400;
-const BROADCAST_RATE: u64 = 80;
-
-/// What each subscriber received, by subscriber: the `message_id`s in order.
-type Received = Arc<Mutex<Vec<Vec<String>>>>;
 
 /// Per `message_id`: which workers handled it, and when.
 #[derive(Debug, Default)]
@@ -147,37 +132,9 @@ async fn cluster_run() {
     let gateway = start_gateway(&ns, cluster.uris_from(VICTIM)).await;
     let ws_url = format!("ws://{}/ws", gateway_addr(&gateway));
 
-    // Subscribers of the chat broadcast on the gateway, subscribed before any load.
-    let received: Received = Arc::new(Mutex::new(vec![Vec::new(); SUBSCRIBERS]));
-    let (stop_subscribers, stop) = tokio::sync::watch::channel(false);
-    let mut subscribers = Vec::new();
-    for i in 0..SUBSCRIBERS {
-        let client = subscribed(&ws_url).await;
-        subscribers.push(tokio::spawn(subscriber(
-            client,
-            ws_url.clone(),
-            i,
-            received.clone(),
-            stop.clone(),
-        )));
-    }
-
     let sent_p3 = Arc::new(Sent::default());
     let sent_p1 = Arc::new(Sent::default());
     let sent_ws = Arc::new(Sent::default());
-    let sent_out = Arc::new(Sent::default());
-    let load_out = tokio::spawn(publish_load_to(
-        p1.publisher(),
-        names.outbound_exchange(),
-        "chat.all",
-        LoadPlan {
-            messages: BROADCASTS,
-            tasks: 4,
-            rate_per_sec: BROADCAST_RATE,
-            id_prefix: "out-",
-        },
-        sent_out.clone(),
-    ));
     let load_p3 = tokio::spawn(publish_load(
         p3.publisher(),
         names.inbound_exchange(),
@@ -210,40 +167,6 @@ async fn cluster_run() {
         failed.extend(sent.failed.lock().unwrap().iter().cloned());
     }
     let all_handled = wait_handled(&tally.handled, &confirmed, Duration::from_secs(90)).await;
-
-    // Outbound: every confirmed broadcast reaches every subscriber, once.
-    load_out.await.expect("broadcast load");
-    let out_confirmed = sent_out.confirmed.lock().unwrap().clone();
-    let out_failed = sent_out.failed.lock().unwrap().len();
-    let out_deadline = Instant::now() + Duration::from_secs(60);
-    let missing = |received: &Received| -> Vec<usize> {
-        let r = received.lock().unwrap();
-        r.iter()
-            .map(|got| out_confirmed.iter().filter(|id| !got.contains(id)).count())
-            .collect()
-    };
-    while missing(&received).iter().any(|m| *m > 0) && Instant::now() < out_deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let _ = stop_subscribers.send(true);
-    let mut resumes = Vec::new();
-    for s in subscribers {
-        resumes.push(s.await.expect("subscriber task"));
-    }
-    let out_missing = missing(&received);
-    let out_duplicated: Vec<usize> = received
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|got| got.len() - got.iter().collect::<std::collections::HashSet<_>>().len())
-        .collect();
-    println!(
-        "fault_cluster: outbound: {BROADCASTS} broadcasts published through the fault, {} confirmed, \
-         {out_failed} failed; per subscriber missing {out_missing:?}, duplicated {out_duplicated:?}, \
-         resumes {resumes:?}; stall {:.2} s",
-        out_confirmed.len(),
-        longest_gap_after(&sent_out.confirm_times.lock().unwrap(), fault_at).as_secs_f64(),
-    );
     let asked = Instant::now();
     let fetched = requester
         .request(
@@ -336,20 +259,6 @@ async fn cluster_run() {
         "worker A handled messages after the fault"
     );
 
-    assert!(
-        out_confirmed.len() >= BROADCASTS / 2,
-        "most broadcasts are confirmed ({} of {BROADCASTS})",
-        out_confirmed.len()
-    );
-    assert!(
-        out_missing.iter().all(|m| *m == 0),
-        "every confirmed broadcast reached every subscriber (missing per subscriber: {out_missing:?})"
-    );
-    assert!(
-        out_duplicated.iter().all(|d| *d == 0),
-        "no subscriber received a broadcast twice ({out_duplicated:?})"
-    );
-
     let fetched = fetched.expect("the demo binary answers after the fault");
     assert_eq!(fetched["title"], "survives node 3", "the ticket survived");
     assert!(
@@ -362,46 +271,6 @@ async fn cluster_run() {
         service.stop().await.expect("service stops");
     }
     cluster.shutdown().await;
-}
-
-/// A client of `url` subscribed to the chat broadcast.
-async fn subscribed(url: &str) -> TestClient {
-    let mut client = TestClient::connect(url).await;
-    client.subscribe(sub("broadcast", "chat")).await;
-    client
-}
-
-/// Records the `message_id` of every delivery `client` gets (acknowledging each) until
-/// `stop`; when the connection ends it resumes the session from its last acknowledged
-/// position, as the SDK would. Returns how many times it resumed.
-async fn subscriber(
-    mut client: TestClient,
-    url: String,
-    index: usize,
-    received: Received,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> usize {
-    let mut resumes = 0;
-    while !*stop.borrow_and_update() {
-        let asked = Instant::now();
-        match client.recv_within(Duration::from_millis(500)).await {
-            Some(ServerFrame::Deliver(d)) => {
-                received.lock().unwrap()[index].push(d.message_id.clone());
-                client.ack_deliveries(d.seq).await;
-            }
-            Some(_) => {}
-            // A timeout takes the whole 500 ms; anything sooner is a closed connection.
-            None if client.close_code.is_none()
-                && asked.elapsed() >= Duration::from_millis(450) => {}
-            None => {
-                resumes += 1;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                client = TestClient::connect_with(&url, client.resume_hello()).await;
-            }
-        }
-    }
-    client.close().await;
-    resumes
 }
 
 /// Sends requests to `warren.in` as a gateway would, on one node, and reads the
