@@ -1695,17 +1695,8 @@ impl Conn {
             return true;
         };
         let mine = inbound::tenant_of(config, &s.identity);
-        let theirs = match delivery
-            .properties
-            .headers()
-            .as_ref()
-            .and_then(|h| h.inner().get(amqp::H_TENANT))
-        {
-            Some(lapin::types::AMQPValue::LongString(t)) => std::str::from_utf8(t.as_bytes()).ok(),
-            Some(lapin::types::AMQPValue::ShortString(t)) => Some(t.as_str()),
-            _ => None,
-        };
-        config.tenants.admits(mine, theirs)
+        let theirs = crate::delivery::text_header(&delivery.properties, amqp::H_TENANT);
+        config.tenants.admits(mine, theirs.as_deref())
     }
 
     /// Records a delivery as unacknowledged under the next `seq` and builds its frame.

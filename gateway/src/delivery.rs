@@ -8,6 +8,15 @@ use serde_json::value::RawValue;
 use warren_protocol::amqp::{keys, H_ERROR, H_USER};
 use warren_protocol::{Deliver, Error as ErrorFrame, ErrorCode, Headers, Raw, Reply, ServerFrame};
 
+/// A text header of `properties` (a long or short string), e.g. `x-warren-tenant`.
+pub(crate) fn text_header(properties: &BasicProperties, name: &str) -> Option<String> {
+    match properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(t) => Some(String::from_utf8_lossy(t.as_bytes()).into_owned()),
+        AMQPValue::ShortString(t) => Some(t.to_string()),
+        _ => None,
+    }
+}
+
 /// The parts of an AMQP delivery the mapping needs.
 #[derive(Debug, Clone, Copy)]
 pub struct Incoming<'a> {

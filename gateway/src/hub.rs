@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use warren_protocol::amqp::{topic_matches, H_CC, H_TENANT};
 
 use crate::broker::Broker;
-use crate::delivery::stream_reply_id;
+use crate::delivery::{stream_reply_id, text_header};
 use crate::error::GatewayError;
 
 /// Messages a live session may have waiting between the hub and its socket; when they
@@ -121,17 +121,7 @@ impl Message {
                 }
             }
         }
-        let tenant = match properties
-            .headers()
-            .as_ref()
-            .and_then(|h| h.inner().get(H_TENANT))
-        {
-            Some(AMQPValue::LongString(t)) => {
-                Some(String::from_utf8_lossy(t.as_bytes()).into_owned())
-            }
-            Some(AMQPValue::ShortString(t)) => Some(t.to_string()),
-            _ => None,
-        };
+        let tenant = text_header(&properties, H_TENANT);
         Message {
             offset,
             exchange,
@@ -281,12 +271,7 @@ impl Drop for Membership {
 impl Hub {
     /// A hub keeping the newest `max_messages` messages.
     pub fn new(max_messages: usize) -> Arc<Hub> {
-        Arc::new(Hub {
-            state: Mutex::new(State::default()),
-            max_messages: max_messages.max(1),
-            ready: watch::channel(false).0,
-            tenants: false,
-        })
+        Hub::with_tenants(max_messages, false)
     }
 
     /// A hub in tenant mode (`tenants = true`): each session receives only the

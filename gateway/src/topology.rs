@@ -720,6 +720,8 @@ pub struct Management {
     pub user: String,
     /// Password.
     pub password: String,
+    /// One HTTP agent for every request of a check.
+    agent: ureq::Agent,
 }
 
 impl Management {
@@ -737,6 +739,11 @@ impl Management {
             vhost: uri.vhost,
             user: uri.authority.userinfo.username,
             password: uri.authority.userinfo.password,
+            agent: ureq::Agent::config_builder()
+                .timeout_global(Some(std::time::Duration::from_secs(10)))
+                .http_status_as_error(false)
+                .build()
+                .into(),
         })
     }
 
@@ -760,12 +767,8 @@ impl Management {
             &base64::engine::general_purpose::STANDARD,
             format!("{}:{}", self.user, self.password),
         );
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(std::time::Duration::from_secs(10)))
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let mut response = agent
+        let mut response = self
+            .agent
             .get(&url)
             .header("Authorization", &format!("Basic {basic}"))
             .call()
