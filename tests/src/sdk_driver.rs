@@ -42,12 +42,15 @@ pub struct ClientStats {
     pub deliveries: Vec<(String, Instant)>,
     /// Every `state` event: the new state, when, and the URL.
     pub states: Vec<(State, Instant, Option<String>)>,
-    /// `error` events (not tied to one operation).
-    pub errors: Vec<ClientError>,
+    /// `error` events (not tied to one operation) and when they came.
+    pub errors: Vec<(ClientError, Instant)>,
     /// `drain` events.
     pub drains: usize,
     /// Sessions the client was welcomed into, in order (a resume repeats the id).
     pub sessions: Vec<String>,
+    /// Each socket the core asked for: when it was asked for and when its WebSocket
+    /// upgrade completed (`None` if it never did).
+    pub sockets: Vec<(Instant, Option<Instant>)>,
 }
 
 impl ClientStats {
@@ -202,6 +205,11 @@ async fn drive(
             match action {
                 Action::Open { conn, url } => {
                     wanted = Some(conn);
+                    stats
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .sockets
+                        .push((Instant::now(), None));
                     let tx = events_tx.clone();
                     tokio::spawn(async move {
                         match open(&url).await {
@@ -281,7 +289,7 @@ async fn drive(
                 }
                 Action::Error(e) => {
                     let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
-                    s.errors.push(e);
+                    s.errors.push((e, Instant::now()));
                 }
                 Action::Drain(_) => {
                     let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
@@ -312,7 +320,7 @@ async fn drive(
                     }
                     Cmd::Subscribe(options) => {
                         if let Err(e) = core.subscribe(options, t) {
-                            stats.lock().unwrap_or_else(|e| e.into_inner()).errors.push(e);
+                            stats.lock().unwrap_or_else(|e| e.into_inner()).errors.push((e, Instant::now()));
                         }
                     }
                     Cmd::Ready(tx) => {
@@ -330,6 +338,9 @@ async fn drive(
                 match ev {
                     SocketEvent::Opened(conn, ws) => {
                         if wanted == Some(conn) {
+                            if let Some(last) = stats.lock().unwrap_or_else(|e| e.into_inner()).sockets.last_mut() {
+                                last.1 = Some(Instant::now());
+                            }
                             let (s, mut stream) = (*ws).split();
                             sink = Some((conn, s));
                             let tx = events_tx.clone();
@@ -584,13 +595,39 @@ pub struct Figures {
     pub requests_sent: usize,
     /// Requests resolved with their own reply.
     pub requests_resolved: usize,
+    /// Requests that did not resolve with their own reply, by outcome (the SDK's
+    /// error code, `wrong reply` or `no outcome`).
+    pub request_failures: Vec<(String, usize)>,
     /// Wall time of the whole run, in ms.
     pub total_ms: u64,
+    /// Writes and requests the load asked for (clients × per client).
+    pub writes_expected: usize,
+    /// See `writes_expected`.
+    pub requests_expected: usize,
+    /// Connection attempts each moved client made after the fault until it was
+    /// connected again, p50 / p99 / max (1 = the first attempt worked).
+    pub attempts: (u64, u64, u64),
+    /// For the attempt that resumed each moved client: ms from asking for the socket to
+    /// the WebSocket upgrade, and from the upgrade to `welcome` (p50 / p99 each).
+    pub upgrade_ms: (u64, u64),
+    /// See `upgrade_ms`.
+    pub welcome_ms: (u64, u64),
+    /// For each moved client, ms from the fault to: its state leaving `connected` (it
+    /// noticed), its first socket asked for, and the socket of the attempt that
+    /// resumed it asked for (p50 / p99 each).
+    pub noticed_ms: (u64, u64),
+    /// See `noticed_ms`.
+    pub first_asked_ms: (u64, u64),
+    /// See `noticed_ms`.
+    pub last_asked_ms: (u64, u64),
+    /// `error` events the moved clients got after the fault, by message, most
+    /// frequent first (at most five kinds).
+    pub errors_after_fault: Vec<(String, usize)>,
 }
 
 impl Figures {
     /// Asserts what every failover run guarantees: the load was real (at least 5,000
-    /// writes and 5,000 deliveries), no write was lost, duplicated or left unacked, no
+    /// deliveries, and 5,000 writes and some requests unless the load has none), no write was lost, duplicated or left unacked, no
     /// delivery was lost or reached the app twice, and every `writeAndWait` in flight
     /// resolved with its reply.
     ///
@@ -598,7 +635,9 @@ impl Figures {
     ///
     /// When any of those does not hold.
     pub fn assert_nothing_lost_or_duplicated(&self) {
-        assert!(self.writes_sent >= 5_000 && self.deliveries_sent >= 5_000);
+        assert!(self.deliveries_sent >= 5_000, "the load was real");
+        assert_eq!(self.writes_sent, self.writes_expected, "every write was started");
+        assert!(self.writes_expected == 0 || self.writes_sent >= 5_000);
         assert_eq!(self.writes_lost, 0, "no client write is lost");
         assert_eq!(self.writes_duplicated, 0, "no write arrives under two ids");
         assert_eq!(self.writes_acked, self.writes_sent, "every write is acked");
@@ -607,7 +646,11 @@ impl Figures {
             self.deliveries_duplicated, 0,
             "no duplicate reaches the app"
         );
-        assert!(self.requests_sent > 0, "requests were in flight");
+        assert_eq!(self.requests_sent, self.requests_expected);
+        assert!(
+            self.requests_expected == 0 || self.requests_sent > 0,
+            "requests were in flight"
+        );
         assert_eq!(
             self.requests_resolved, self.requests_sent,
             "every pending writeAndWait resolves with its reply"
@@ -621,8 +664,11 @@ impl std::fmt::Display for Figures {
             f,
             "writes: sent {} acked {} delivered {} lost {} duplicated {} (re-sent copies suppressed by message_id: {}); \
              deliveries: sent {} delivered {} lost {} duplicated {}; \
-             requests: sent {} resolved {}; \
-             clients moved {} recovered {}; recovery p50 {} ms p99 {} ms max {} ms; run {} ms",
+             requests: sent {} resolved {} (failed: {:?}); \
+             clients moved {} recovered {}; recovery p50 {} ms p99 {} ms max {} ms; \
+             attempts p50 {} p99 {} max {}; from the fault: noticed p50 {} p99 {} ms, \
+             first socket asked p50 {} p99 {} ms, last socket asked p50 {} p99 {} ms; \
+             last attempt: upgrade p50 {} ms p99 {} ms, welcome p50 {} ms p99 {} ms; errors after the fault {:?}; run {} ms",
             self.writes_sent,
             self.writes_acked,
             self.writes_delivered,
@@ -635,11 +681,26 @@ impl std::fmt::Display for Figures {
             self.deliveries_duplicated,
             self.requests_sent,
             self.requests_resolved,
+            self.request_failures,
             self.moved,
             self.recovered,
             self.recovery_ms.0,
             self.recovery_ms.1,
             self.recovery_ms.2,
+            self.attempts.0,
+            self.attempts.1,
+            self.attempts.2,
+            self.noticed_ms.0,
+            self.noticed_ms.1,
+            self.first_asked_ms.0,
+            self.first_asked_ms.1,
+            self.last_asked_ms.0,
+            self.last_asked_ms.1,
+            self.upgrade_ms.0,
+            self.upgrade_ms.1,
+            self.welcome_ms.0,
+            self.welcome_ms.1,
+            self.errors_after_fault,
             self.total_ms,
         )
     }
@@ -695,6 +756,10 @@ pub struct Load {
     pub spread_ms: u64,
     /// When the fault is injected, in ms after the load starts.
     pub fault_at_ms: u64,
+    /// Clients reconnect with the SDK's default backoff and connect timeout
+    /// (250–10,000 ms, 5,000 ms) instead of the quicker 50–1,000 ms and 3,000 ms the
+    /// smaller failover tests use to keep their run short.
+    pub sdk_reconnect_defaults: bool,
 }
 
 impl Default for Load {
@@ -707,6 +772,7 @@ impl Default for Load {
             requests_per_client: 5,
             spread_ms: 3_000,
             fault_at_ms: 1_000,
+            sdk_reconnect_defaults: false,
         }
     }
 }
@@ -739,9 +805,11 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
             };
             let mut config = Config::new(urls);
             config.token = Some(format!("u{i}"));
-            config.backoff = warren_sdk::Backoff::new(50, 1_000);
+            if !load.sdk_reconnect_defaults {
+                config.backoff = warren_sdk::Backoff::new(50, 1_000);
+                config.connect_timeout_ms = 3_000;
+            }
             config.request_timeout_ms = 30_000;
-            config.connect_timeout_ms = 3_000;
             config.outbox_limit = 10_000;
             config.duplicate_window = 10_000;
             let c = SdkClient::start(config, 0x5eed + i as u64);
@@ -959,12 +1027,18 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
     }
     let requests_sent = request_results.len();
     let mut requests_resolved = 0;
+    let mut request_failures: HashMap<String, usize> = HashMap::new();
     for (body, rx) in request_results {
-        if let Ok(Ok(Ok(reply))) = tokio::time::timeout(Duration::from_secs(40), rx).await {
-            if reply.get() == body {
+        let failure = match tokio::time::timeout(Duration::from_secs(40), rx).await {
+            Ok(Ok(Ok(reply))) if reply.get() == body => {
                 requests_resolved += 1;
+                continue;
             }
-        }
+            Ok(Ok(Ok(_))) => "wrong reply".to_string(),
+            Ok(Ok(Err(e))) => e.code.as_str().to_string(),
+            Ok(Err(_)) | Err(_) => "no outcome".to_string(),
+        };
+        *request_failures.entry(failure).or_insert(0) += 1;
     }
     if fault == Fault::Terminate {
         assert!(
@@ -995,6 +1069,9 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
         writes_acked,
         requests_sent,
         requests_resolved,
+        request_failures: request_failures.into_iter().collect(),
+        writes_expected: load.clients * load.writes_per_client,
+        requests_expected: load.clients * load.requests_per_client,
         ..Figures::default()
     };
     {
@@ -1007,6 +1084,10 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
     }
     figures.deliveries_sent = load.clients * (load.directs_per_client + load.broadcasts);
     let mut recovery = Vec::new();
+    let mut attempts = Vec::new();
+    let (mut upgrades, mut welcomes) = (Vec::new(), Vec::new());
+    let (mut noticed, mut first_asked, mut last_asked) = (Vec::new(), Vec::new(), Vec::new());
+    let mut errors: HashMap<String, usize> = HashMap::new();
     for c in &clients {
         let st = c.stats.lock().unwrap_or_else(|e| e.into_inner());
         let ids: Vec<&String> = st
@@ -1029,6 +1110,40 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
             if let Some(at) = st.connected_after(fault_at) {
                 figures.recovered += 1;
                 recovery.push(at.duration_since(fault_at).as_millis() as u64);
+                // Each failed attempt is an `error` event naming its URL.
+                let failed = st
+                    .errors
+                    .iter()
+                    .filter(|(_, t)| *t >= fault_at && *t <= at)
+                    .count();
+                attempts.push(failed as u64 + 1);
+                let since = |t: Instant| t.saturating_duration_since(fault_at).as_millis() as u64;
+                if let Some((_, t, _)) = st.states.iter().find(|(_, t, _)| *t >= fault_at) {
+                    noticed.push(since(*t));
+                }
+                if let Some((t, _)) = st.sockets.iter().find(|(t, _)| *t >= fault_at) {
+                    first_asked.push(since(*t));
+                }
+                if let Some((asked, Some(upgraded))) =
+                    st.sockets.iter().rev().find(|(asked, _)| *asked <= at)
+                {
+                    last_asked.push(since(*asked));
+                    upgrades.push(upgraded.duration_since(*asked).as_millis() as u64);
+                    welcomes.push(at.saturating_duration_since(*upgraded).as_millis() as u64);
+                }
+            }
+            for (e, t) in &st.errors {
+                if *t < fault_at {
+                    continue;
+                }
+                // The URL and numbers vary; the kind of failure is what counts.
+                let kind: String = e
+                    .message
+                    .chars()
+                    .filter(|c| !c.is_ascii_digit())
+                    .take(80)
+                    .collect();
+                *errors.entry(kind).or_insert(0) += 1;
             }
         }
     }
@@ -1042,6 +1157,22 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
         max,
     );
     figures.total_ms = run_start.elapsed().as_millis() as u64;
+    let max_attempts = attempts.iter().copied().max().unwrap_or(0);
+    figures.attempts = (
+        percentile(&mut attempts, 50.0),
+        percentile(&mut attempts, 99.0),
+        max_attempts,
+    );
+    let mut errors: Vec<(String, usize)> = errors.into_iter().collect();
+    errors.sort_by(|a, b| b.1.cmp(&a.1));
+    errors.truncate(5);
+    figures.errors_after_fault = errors;
+    let p50_p99 = |v: &mut Vec<u64>| (percentile(v, 50.0), percentile(v, 99.0));
+    figures.noticed_ms = p50_p99(&mut noticed);
+    figures.first_asked_ms = p50_p99(&mut first_asked);
+    figures.last_asked_ms = p50_p99(&mut last_asked);
+    figures.upgrade_ms = (percentile(&mut upgrades, 50.0), percentile(&mut upgrades, 99.0));
+    figures.welcome_ms = (percentile(&mut welcomes, 50.0), percentile(&mut welcomes, 99.0));
 
     // Cleanup.
     let mut sessions = HashSet::new();
