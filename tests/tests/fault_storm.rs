@@ -23,12 +23,14 @@ async fn a_gateway_killed_under_a_thousand_sessions_all_resume_on_the_other_with
     let clients = env("STORM_CLIENTS", 1_000);
     let load = Load {
         clients,
-        // STORM_WRITES=0 STORM_REQUESTS=0 leaves the issue's own scenario: only the
-        // broadcast and the direct messages (BENCHMARKS.md reports both).
+        // STORM_WRITES=0 STORM_REQUESTS=0 STORM_DIRECTS=2 STORM_BROADCASTS=2 is the
+        // issue's own scenario: a broadcast and a direct message per user before the
+        // kill (t = 0) and another of each 0.5 s after it, while the clients resume;
+        // no writes or requests (BENCHMARKS.md reports both).
         writes_per_client: env("STORM_WRITES", 5),
         // One broadcast per round at most: rounds = max(writes, directs).
-        directs_per_client: 5,
-        broadcasts: 5,
+        directs_per_client: env("STORM_DIRECTS", 5),
+        broadcasts: env("STORM_BROADCASTS", 5),
         requests_per_client: env("STORM_REQUESTS", 1),
         spread_ms: 4_000,
         fault_at_ms: 1_500,
