@@ -990,7 +990,8 @@ impl Conn {
     ) -> ServerFrame {
         self.phase = Phase::Open;
         if let Some(cap) = &self.upgrade.pre_hello {
-            cap.opened();
+            let waited = cap.opened();
+            self.shared.metrics.session_open.observe(waited);
         }
         let pinned = self.pinned.as_deref();
         let tenant = self

@@ -59,6 +59,8 @@ impl Deadlined {
 /// memory before anyone authenticated.
 #[derive(Debug)]
 pub struct PreHello {
+    /// When the TCP connection was accepted.
+    accepted: std::time::Instant,
     cap: usize,
     watching: AtomicBool,
     opened: AtomicBool,
@@ -68,6 +70,7 @@ pub struct PreHello {
 impl PreHello {
     fn new(cap: usize) -> Arc<PreHello> {
         Arc::new(PreHello {
+            accepted: std::time::Instant::now(),
             cap,
             watching: AtomicBool::new(false),
             opened: AtomicBool::new(false),
@@ -80,9 +83,11 @@ impl PreHello {
         self.watching.store(true, Ordering::Release);
     }
 
-    /// Its session is open: no cap beyond the frame limits from now.
-    pub fn opened(&self) {
+    /// Its session is open: no cap beyond the frame limits from now. Returns the time
+    /// since the TCP connection was accepted.
+    pub fn opened(&self) -> Duration {
         self.opened.store(true, Ordering::Release);
+        self.accepted.elapsed()
     }
 
     /// Counts `n` bytes read; false when they take the connection past the cap.

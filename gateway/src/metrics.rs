@@ -1,7 +1,7 @@
 //! Counters of one gateway, rendered at `GET /metrics` in the Prometheus text format:
 //! connections and sessions (gauges), deliveries, client acknowledgements, publishes,
 //! pending confirms, messages the session queues dropped (overflow), requeues and
-//! broker reconnects.
+//! broker reconnects, and a histogram of the time from accept to `welcome`.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -59,6 +59,64 @@ pub struct Metrics {
     pub stream_missed: AtomicU64,
     /// `error` frames sent to clients, by code (in [`ErrorCode::ALL`] order).
     errors: [AtomicU64; ERROR_SLOTS],
+    /// Time from a connection's TCP accept to its `welcome` (sessions opened or
+    /// resumed): what a client waits for on this gateway's side, queueing included.
+    pub session_open: Histogram,
+}
+
+/// Upper bounds (seconds) of [`Histogram`]'s buckets; a last one is `+Inf`.
+pub const OPEN_BUCKETS_S: [f64; 12] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A Prometheus histogram with the fixed buckets [`OPEN_BUCKETS_S`], updated lock-free.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative), the last one above every bound.
+    buckets: [AtomicU64; OPEN_BUCKETS_S.len() + 1],
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: std::time::Duration) {
+        let s = d.as_secs_f64();
+        let i = OPEN_BUCKETS_S
+            .iter()
+            .position(|b| s <= *b)
+            .unwrap_or(OPEN_BUCKETS_S.len());
+        add(&self.buckets[i], 1);
+        add(
+            &self.sum_us,
+            u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
+        );
+        add(&self.count, 1);
+    }
+
+    /// Writes the `_bucket` (cumulative), `_sum` and `_count` lines of `name`.
+    fn render(&self, out: &mut String, name: &str, help: &str, node: &str) {
+        let _ = writeln!(out, "# HELP warren_gateway_{name} {help}");
+        let _ = writeln!(out, "# TYPE warren_gateway_{name} histogram");
+        let mut cumulative = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            cumulative += b.load(Ordering::Relaxed);
+            let le = OPEN_BUCKETS_S
+                .get(i)
+                .map_or_else(|| "+Inf".to_string(), |b| b.to_string());
+            let _ = writeln!(
+                out,
+                "warren_gateway_{name}_bucket{{node=\"{node}\",le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "warren_gateway_{name}_sum{{node=\"{node}\"}} {sum}");
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "warren_gateway_{name}_count{{node=\"{node}\"}} {count}"
+        );
+    }
 }
 
 /// One counter per registry code, and one for codes this version does not know.
@@ -265,6 +323,12 @@ impl Metrics {
                 get(&self.errors[i])
             );
         }
+        self.session_open.render(
+            &mut out,
+            "session_open_seconds",
+            "Time from TCP accept to welcome, per session opened or resumed.",
+            node,
+        );
         out
     }
 }
@@ -291,5 +355,34 @@ mod tests {
         assert!(text.contains("warren_gateway_errors_total{node=\"gw-1\",code=\"no_route\"} 2"));
         assert!(text.contains("warren_gateway_errors_total{node=\"gw-1\",code=\"forbidden\"} 0"));
         assert_eq!(m.errors_sent(ErrorCode::NoRoute), 2);
+    }
+
+    #[test]
+    fn the_session_open_histogram_is_cumulative_with_sum_and_count() {
+        let m = Metrics::default();
+        for ms in [0, 3, 3, 40, 700, 60_000] {
+            m.session_open.observe(std::time::Duration::from_millis(ms));
+        }
+        let text = m.render("gw-1", 0, 0, true);
+        let line = |le: &str| {
+            format!("warren_gateway_session_open_seconds_bucket{{node=\"gw-1\",le=\"{le}\"}} ")
+        };
+        assert!(text.contains("# TYPE warren_gateway_session_open_seconds histogram"));
+        for (le, n) in [
+            ("0.001", 1),
+            ("0.005", 3),
+            ("0.05", 4),
+            ("0.5", 4),
+            ("1", 5),
+            ("10", 5),
+            ("+Inf", 6),
+        ] {
+            assert!(
+                text.contains(&format!("{}{n}\n", line(le))),
+                "le={le} counts {n}:\n{text}"
+            );
+        }
+        assert!(text.contains("warren_gateway_session_open_seconds_count{node=\"gw-1\"} 6\n"));
+        assert!(text.contains("warren_gateway_session_open_seconds_sum{node=\"gw-1\"} 60.746\n"));
     }
 }

@@ -406,6 +406,71 @@ async fn open(url: &str) -> Option<WebSocketStream<MaybeTlsStream<TcpStream>>> {
     }
 }
 
+/// User + system CPU time of process `pid` in ms (`/proc/<pid>/stat`), 0 if unknown.
+fn cpu_ms(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|t| t.parse::<u64>().ok())
+        .sum();
+    // Linux reports clock ticks of 1/100 s (USER_HZ) to user space.
+    ticks * 10
+}
+
+/// The cumulative buckets of a gateway's `session_open_seconds` histogram, read from
+/// its `/metrics` (served on the main listener without `admin_listen`): `(le, count)`,
+/// empty when it cannot be read.
+async fn session_open_buckets(addr: SocketAddr) -> Vec<(String, u64)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let read = async {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.ok()?;
+        Some(body)
+    };
+    let Ok(Some(text)) = tokio::time::timeout(Duration::from_secs(10), read).await else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter(|l| l.starts_with("warren_gateway_session_open_seconds_bucket"))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?.to_string();
+            let n = l.rsplit(' ').next()?.parse().ok()?;
+            Some((le, n))
+        })
+        .collect()
+}
+
+/// Sessions opened between two readings of [`session_open_buckets`], and the bucket
+/// bounds that hold their p50 and p99.
+fn open_quantiles(before: &[(String, u64)], after: &[(String, u64)]) -> (u64, String, String) {
+    let delta: Vec<(String, u64)> = after
+        .iter()
+        .map(|(le, n)| {
+            let was = before.iter().find(|(l, _)| l == le).map_or(0, |(_, n)| *n);
+            (le.clone(), n.saturating_sub(was))
+        })
+        .collect();
+    let total = delta.last().map_or(0, |(_, n)| *n);
+    let bound = |q: f64| {
+        let rank = (q * total as f64).ceil() as u64;
+        delta
+            .iter()
+            .find(|(_, n)| *n >= rank.max(1))
+            .map_or_else(|| "?".to_string(), |(le, _)| le.clone())
+    };
+    (total, bound(0.5), bound(0.99))
+}
+
 /// Raw JSON text as an SDK payload.
 pub fn payload(json: &str) -> Raw {
     serde_json::value::RawValue::from_string(json.to_string()).expect("valid JSON")
@@ -620,6 +685,13 @@ pub struct Figures {
     pub first_asked_ms: (u64, u64),
     /// See `noticed_ms`.
     pub last_asked_ms: (u64, u64),
+    /// The surviving gateway's own accept → `welcome` time for the sessions opened
+    /// from the fault on (its `session_open_seconds` histogram, read before the fault
+    /// and at the end): sessions counted, and the bucket bounds holding p50 and p99.
+    pub gateway_open: (u64, String, String),
+    /// CPU time (user + system, ms) the surviving gateway used from the fault until the
+    /// end of the run's wait for every message.
+    pub gateway_cpu_ms: u64,
     /// `error` events the moved clients got after the fault, by message, most
     /// frequent first (at most five kinds).
     pub errors_after_fault: Vec<(String, usize)>,
@@ -636,7 +708,10 @@ impl Figures {
     /// When any of those does not hold.
     pub fn assert_nothing_lost_or_duplicated(&self) {
         assert!(self.deliveries_sent >= 5_000, "the load was real");
-        assert_eq!(self.writes_sent, self.writes_expected, "every write was started");
+        assert_eq!(
+            self.writes_sent, self.writes_expected,
+            "every write was started"
+        );
         assert!(self.writes_expected == 0 || self.writes_sent >= 5_000);
         assert_eq!(self.writes_lost, 0, "no client write is lost");
         assert_eq!(self.writes_duplicated, 0, "no write arrives under two ids");
@@ -668,7 +743,9 @@ impl std::fmt::Display for Figures {
              clients moved {} recovered {}; recovery p50 {} ms p99 {} ms max {} ms; \
              attempts p50 {} p99 {} max {}; from the fault: noticed p50 {} p99 {} ms, \
              first socket asked p50 {} p99 {} ms, last socket asked p50 {} p99 {} ms; \
-             last attempt: upgrade p50 {} ms p99 {} ms, welcome p50 {} ms p99 {} ms; errors after the fault {:?}; run {} ms",
+             last attempt: upgrade p50 {} ms p99 {} ms, welcome p50 {} ms p99 {} ms; \
+             surviving gateway, accept → welcome of {} sessions: p50 ≤ {} s, p99 ≤ {} s, \
+             CPU from the fault on {} ms; errors after the fault {:?}; run {} ms",
             self.writes_sent,
             self.writes_acked,
             self.writes_delivered,
@@ -700,6 +777,10 @@ impl std::fmt::Display for Figures {
             self.upgrade_ms.1,
             self.welcome_ms.0,
             self.welcome_ms.1,
+            self.gateway_open.0,
+            self.gateway_open.1,
+            self.gateway_open.2,
+            self.gateway_cpu_ms,
             self.errors_after_fault,
             self.total_ms,
         )
@@ -997,8 +1078,12 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
         }
     };
     let mut fault_at = None;
+    let mut open_before = Vec::new();
+    let mut cpu_before = 0;
     let faulty = async {
         tokio::time::sleep(Duration::from_millis(load.fault_at_ms)).await;
+        open_before = session_open_buckets(b.addr).await;
+        cpu_before = cpu_ms(b.pid);
         let at = Instant::now();
         tracing::info!(?fault, "injecting the fault");
         if std::env::var_os("WARREN_TEST_TRACE_FAULT").is_some() {
@@ -1063,6 +1148,8 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
     }
     // Late redeliveries would show up as duplicates: give them a moment.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let open_after = session_open_buckets(b.addr).await;
+    let cpu_after = cpu_ms(b.pid);
 
     let mut figures = Figures {
         writes_sent,
@@ -1171,8 +1258,16 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
     figures.noticed_ms = p50_p99(&mut noticed);
     figures.first_asked_ms = p50_p99(&mut first_asked);
     figures.last_asked_ms = p50_p99(&mut last_asked);
-    figures.upgrade_ms = (percentile(&mut upgrades, 50.0), percentile(&mut upgrades, 99.0));
-    figures.welcome_ms = (percentile(&mut welcomes, 50.0), percentile(&mut welcomes, 99.0));
+    figures.gateway_open = open_quantiles(&open_before, &open_after);
+    figures.gateway_cpu_ms = cpu_after.saturating_sub(cpu_before);
+    figures.upgrade_ms = (
+        percentile(&mut upgrades, 50.0),
+        percentile(&mut upgrades, 99.0),
+    );
+    figures.welcome_ms = (
+        percentile(&mut welcomes, 50.0),
+        percentile(&mut welcomes, 99.0),
+    );
 
     // Cleanup.
     let mut sessions = HashSet::new();

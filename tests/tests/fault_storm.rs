@@ -41,6 +41,11 @@ async fn a_gateway_killed_under_a_thousand_sessions_all_resume_on_the_other_with
     figures.assert_nothing_lost_or_duplicated();
     assert!(figures.moved > 0, "clients were on the killed gateway");
     assert_eq!(figures.recovered, figures.moved, "every client recovered");
+    assert!(
+        figures.gateway_open.0 >= figures.moved as u64,
+        "the surviving gateway's accept → welcome histogram counted every resume ({})",
+        figures.gateway_open.0
+    );
     // The 5 s target is measured with release builds (BENCHMARKS.md); here debug
     // builds of both gateways and 1,000 clients share two cores with RabbitMQ.
     assert!(
