@@ -374,9 +374,9 @@ impl Broker {
     ///
     /// Every [`CONTROL_CHANNEL_USES`] uses a control channel is replaced by a fresh
     /// one: lapin records each queue declared or bound on a channel (for its topology
-    /// recovery) until that channel closes, and session queues are never deleted by
-    /// the gateway (they expire), so a long-lived channel would keep a record of every
-    /// session ever opened. The replaced channel closes once its last user drops it.
+    /// recovery) until that channel closes, so a long-lived channel would keep a record
+    /// of everything it ever declared. The replaced channel closes once its last user
+    /// drops it.
     ///
     /// # Errors
     /// When RabbitMQ cannot be reached within `broker_wait_ms`.
