@@ -1,8 +1,8 @@
 //! One WebSocket connection: a `tokio::select!` loop over the socket, the session's
-//! messages from the outbound stream (via the hub), publisher-confirm results, request deadlines, the heartbeat
-//! timer, session takeover and gateway shutdown. Every client frame is answered; bad
-//! input becomes an `error` frame with a registry code. A panic (a bug) is caught: the
-//! session is still cleaned up and the socket closed with 1011.
+//! messages from the outbound stream (via the hub), publisher-confirm results, request
+//! deadlines, the heartbeat timer, session takeover and gateway shutdown. Every client
+//! frame is answered; bad input becomes an `error` frame with a registry code. A panic (a
+//! bug) is caught: the session is still cleaned up and the socket closed with 1011.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, OnceLock};
@@ -694,10 +694,10 @@ impl Conn {
             .await
     }
 
-    /// Opens or resumes a session: nothing is declared on the broker. A resume names its last position and its subscriptions; the session
-    /// joins the hub catching up from there, so what was published while the client
-    /// was away is replayed (filtered by these subscriptions and this identity) before
-    /// the live flow.
+    /// Opens or resumes a session: nothing is declared on the broker. A resume names its
+    /// last position and its subscriptions; the session joins the hub catching up from
+    /// there, so what was published while the client was away is replayed (filtered by
+    /// these subscriptions and this identity) before the live flow.
     async fn open_session(
         &mut self,
         hello: Hello,

@@ -237,10 +237,10 @@ impl Gateway {
         &self.shared.config
     }
 
-    /// Graceful shutdown (drain): stop accepting, cancel session consumers, send
-    /// `drain`, let every client leave or acknowledge its deliveries while pending
-    /// confirms finish (up to `shutdown_grace_ms`), requeue what is unacknowledged,
-    /// close the sockets with 1001 (going away), then close the AMQP connections.
+    /// Graceful shutdown (drain): stop accepting, stop sending deliveries, send
+    /// `drain`, let every client leave while pending confirms finish (up to
+    /// `shutdown_grace_ms`), close the sockets with 1001 (going away), then close the
+    /// AMQP connections. Clients resume elsewhere from their stream position.
     pub async fn shutdown(self) {
         tracing::info!(node = %self.shared.config.node, "shutting down");
         let _ = self.shutdown_tx.send(true);

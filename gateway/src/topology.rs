@@ -1,8 +1,8 @@
 //! The AMQP topology Warren needs, as data: built from the configuration, printed by
 //! `warren-gateway topology print`, and declared idempotently at every start (and by
 //! `topology apply`), and compared with a live broker by `topology check`. Nothing is
-//! declared per session: every gateway reads the outbound stream. In tenant mode the tenant topology of
-//! `warren_protocol::tenants` is added, tenant by tenant.
+//! declared per session: every gateway reads the outbound stream. In tenant mode the
+//! tenant topology of `warren_protocol::tenants` is added, tenant by tenant.
 
 use std::fmt;
 
