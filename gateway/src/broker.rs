@@ -260,7 +260,7 @@ impl Broker {
                 .await
                 .map_err(|e| GatewayError::amqp("confirm.select", e))?,
             // global=false: RabbitMQ applies the prefetch to each consumer started on
-            // the channel afterwards, so every session gets its own delivery window.
+            // the channel afterwards.
             Pool::Consumer => ch
                 .basic_qos(self.delivery_window, BasicQosOptions { global: false })
                 .await
@@ -499,7 +499,7 @@ impl Broker {
     }
 
     /// Replaces whichever connection is down (only that one: losing the publishing
-    /// connection does not disturb session consumers). The links are locked only to
+    /// connection does not disturb the consumers). The links are locked only to
     /// look and to swap, not while connecting. `Ok(true)` when something was replaced.
     async fn repair(self: &Arc<Self>) -> Result<bool, GatewayError> {
         let (publish_ok, consume_ok) = {

@@ -33,7 +33,8 @@ pub struct Config {
     pub queue_type: QueueType,
     /// Publisher channels (in confirm mode) in the pool. Default: 4.
     pub publisher_channels: usize,
-    /// Channels that carry session consumers, shared by all sessions. Default: 4.
+    /// Channels that carry the gateway's own consumers (registry, presence,
+    /// announcements). Default: 4.
     pub consumer_channels: usize,
     /// The gateway pings a connection silent for this long; a client heard from not at
     /// all for 2.5× this long is closed with `heartbeat_timeout`. Default: 15000.
@@ -43,7 +44,8 @@ pub struct Config {
     pub max_frame_bytes: usize,
     /// Most subscriptions (binding keys) per session. Default: 256.
     pub max_subscriptions: u32,
-    /// Unacknowledged deliveries in flight per session (consumer prefetch). Default: 256.
+    /// Unacknowledged deliveries in flight per session: the gateway sends no more until
+    /// the client acknowledges. Default: 256.
     pub delivery_window: u16,
     /// Request timeout when the `request` names none. Default: 10000.
     pub request_timeout_ms: u64,
@@ -1054,7 +1056,7 @@ pub struct Overrides {
     /// Publisher channels in the pool [default: 4].
     #[arg(long, env = "WARREN_PUBLISHER_CHANNELS", global = true)]
     pub publisher_channels: Option<usize>,
-    /// Channels shared by session consumers [default: 4].
+    /// Channels carrying the gateway's own consumers [default: 4].
     #[arg(long, env = "WARREN_CONSUMER_CHANNELS", global = true)]
     pub consumer_channels: Option<usize>,
     /// Idle time before the gateway pings, in ms [default: 15000].
