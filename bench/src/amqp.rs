@@ -102,8 +102,9 @@ pub async fn ensure_channel_queue(conn: &Connection, names: &Names, channel: &st
     Ok(())
 }
 
-/// Arguments of a queue that behaves like a Warren session queue (bounded, expiring).
-pub fn session_queue_args() -> FieldTable {
+/// Arguments of a raw subscriber's queue (fanout baseline): bounded and expiring, as
+/// the per-session queues of the gateway's removed `outbound = "queues"` mode were.
+pub fn subscriber_queue_args() -> FieldTable {
     let mut args = FieldTable::default();
     args.insert("x-expires".into(), AMQPValue::LongInt(60_000));
     args.insert("x-max-length".into(), AMQPValue::LongInt(10_000));

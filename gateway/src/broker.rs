@@ -260,7 +260,7 @@ impl Broker {
                 .await
                 .map_err(|e| GatewayError::amqp("confirm.select", e))?,
             // global=false: RabbitMQ applies the prefetch to each consumer started on
-            // the channel afterwards, so every session gets its own delivery window.
+            // the channel afterwards.
             Pool::Consumer => ch
                 .basic_qos(self.delivery_window, BasicQosOptions { global: false })
                 .await
@@ -374,9 +374,9 @@ impl Broker {
     ///
     /// Every [`CONTROL_CHANNEL_USES`] uses a control channel is replaced by a fresh
     /// one: lapin records each queue declared or bound on a channel (for its topology
-    /// recovery) until that channel closes, and session queues are never deleted by
-    /// the gateway (they expire), so a long-lived channel would keep a record of every
-    /// session ever opened. The replaced channel closes once its last user drops it.
+    /// recovery) until that channel closes, so a long-lived channel would keep a record
+    /// of everything it ever declared. The replaced channel closes once its last user
+    /// drops it.
     ///
     /// # Errors
     /// When RabbitMQ cannot be reached within `broker_wait_ms`.
@@ -499,7 +499,7 @@ impl Broker {
     }
 
     /// Replaces whichever connection is down (only that one: losing the publishing
-    /// connection does not disturb session consumers). The links are locked only to
+    /// connection does not disturb the consumers). The links are locked only to
     /// look and to swap, not while connecting. `Ok(true)` when something was replaced.
     async fn repair(self: &Arc<Self>) -> Result<bool, GatewayError> {
         let (publish_ok, consume_ok) = {

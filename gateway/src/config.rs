@@ -33,7 +33,8 @@ pub struct Config {
     pub queue_type: QueueType,
     /// Publisher channels (in confirm mode) in the pool. Default: 4.
     pub publisher_channels: usize,
-    /// Channels that carry session consumers, shared by all sessions. Default: 4.
+    /// Channels that carry the gateway's own consumers (registry, presence,
+    /// announcements). Default: 4.
     pub consumer_channels: usize,
     /// The gateway pings a connection silent for this long; a client heard from not at
     /// all for 2.5× this long is closed with `heartbeat_timeout`. Default: 15000.
@@ -43,21 +44,18 @@ pub struct Config {
     pub max_frame_bytes: usize,
     /// Most subscriptions (binding keys) per session. Default: 256.
     pub max_subscriptions: u32,
-    /// Unacknowledged deliveries in flight per session (consumer prefetch). Default: 256.
+    /// Unacknowledged deliveries in flight per session: the gateway sends no more until
+    /// the client acknowledges. Default: 256.
     pub delivery_window: u16,
     /// Request timeout when the `request` names none. Default: 10000.
     pub request_timeout_ms: u64,
     /// Longest request timeout a client may ask for. Default: 300000.
     pub max_request_timeout_ms: u64,
-    /// Resume window: a session queue unused this long is deleted (`x-expires`).
+    /// How long a session whose client went away may be resumed before presence
+    /// reports it ended (`client.disconnected` with `expired`). What it missed is
+    /// replayed from the outbound stream, whose retention is `stream_max_age`.
     /// Default: 60000.
     pub session_expires_ms: u64,
-    /// Most messages a session queue holds (`x-max-length`, oldest dropped first).
-    /// Default: 10000.
-    pub session_max_length: u32,
-    /// How long a resume waits for the previous connection's consumer to go away.
-    /// Default: 3000.
-    pub session_takeover_ms: u64,
     /// Consecutive bad frames after which the connection is closed with
     /// `too_many_errors`. Default: 32.
     pub max_consecutive_errors: u32,
@@ -73,14 +71,6 @@ pub struct Config {
     /// Most publishes of one connection awaiting their broker confirm; at this many the
     /// gateway stops reading that client's socket until confirms come back. Default: 1024.
     pub max_pending_confirms: usize,
-    /// How often a session whose delivery window is full (or that has not been checked
-    /// for a third of the resume window) is checked for messages its queue dropped
-    /// (`overflow`). Default: 1000.
-    pub overflow_check_ms: u64,
-    /// Most dropped messages recorded per session between two checks (`x-max-length` of
-    /// the session's `.dropped` queue); beyond it `overflow` reports "at least" this
-    /// many. Default: 100000.
-    pub overflow_record_max: u32,
     /// How long a publish waits for RabbitMQ to come back before it fails with
     /// `broker_unavailable`. Default: 5000.
     pub broker_wait_ms: u64,
@@ -130,19 +120,16 @@ pub struct Config {
     /// Requests one connection may have waiting for their reply; one more is answered
     /// `overloaded`. Default: 1000.
     pub max_pending_requests: usize,
-    /// Where what services send to clients travels. `queues`: a durable queue per
-    /// session, bound per subscription (the first design). `stream`: one replicated
-    /// RabbitMQ stream that each gateway reads once and fans out in memory; sessions
-    /// hold no broker state and resume by stream position (README, "Outbound").
-    /// Default: `stream`.
-    pub outbound: OutboundMode,
     /// Retention of the outbound stream by age (`x-max-age`: `Y`, `M`, `D`, `h`, `m`,
-    /// `s` units): the resume window of `stream` mode. Default: `24h`.
+    /// `s` units): how far back a resuming client is replayed. What services send to
+    /// clients lands in this one replicated stream, which each gateway reads once and
+    /// fans out in memory; sessions hold no broker state (README, "Outbound").
+    /// Default: `24h`.
     pub stream_max_age: String,
     /// Retention of the outbound stream by size (`x-max-length-bytes`). Default:
     /// 2147483648 (2 GiB).
     pub stream_max_bytes: u64,
-    /// Newest outbound-stream messages a gateway keeps in memory (`stream` mode):
+    /// Newest outbound-stream messages a gateway keeps in memory:
     /// resumes and slow clients within them are served without reading the broker.
     /// Default: 100000.
     pub hub_buffer_messages: usize,
@@ -281,16 +268,6 @@ pub enum NoServiceMode {
     All,
 }
 
-/// Where outbound messages travel (see [`Config::outbound`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum OutboundMode {
-    /// A durable queue per session.
-    Queues,
-    /// One outbound stream, fanned out by each gateway.
-    Stream,
-}
-
 /// Settings of one channel (`[channel_options.chat]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -337,6 +314,32 @@ fn valid_max_age(age: &str) -> bool {
     let digits = &age[..age.len() - unit.len_utf8()];
     "YMDhms".contains(unit) && !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
 }
+
+/// Options of the `outbound = "queues"` mode (a durable queue per session), removed
+/// with that mode: a configuration that still sets one is refused at start-up rather
+/// than silently ignored. `outbound = "stream"` alone is accepted (a no-op).
+pub const REMOVED_OPTIONS: &[(&str, &str)] = &[
+    (
+        "outbound",
+        "the `queues` outbound mode (a queue per session) was removed",
+    ),
+    (
+        "session_max_length",
+        "session queues were removed with `outbound = \"queues\"`",
+    ),
+    (
+        "session_takeover_ms",
+        "session queues were removed with `outbound = \"queues\"`",
+    ),
+    (
+        "overflow_check_ms",
+        "session queues (and their overflow) were removed with `outbound = \"queues\"`",
+    ),
+    (
+        "overflow_record_max",
+        "session queues (and their overflow) were removed with `outbound = \"queues\"`",
+    ),
+];
 
 /// Queue type of the inbound channel queues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
@@ -511,15 +514,11 @@ impl Default for Config {
             request_timeout_ms: 10_000,
             max_request_timeout_ms: 300_000,
             session_expires_ms: 60_000,
-            session_max_length: 10_000,
-            session_takeover_ms: 3_000,
             max_consecutive_errors: 32,
             shutdown_grace_ms: 5_000,
             announce_interval_ms: 5_000,
             presence: true,
             max_pending_confirms: 1024,
-            overflow_check_ms: 1_000,
-            overflow_record_max: 100_000,
             broker_wait_ms: 5_000,
             message_ttl_ms: 0,
             channel_options: std::collections::BTreeMap::new(),
@@ -535,7 +534,6 @@ impl Default for Config {
             max_connections_per_user: 100,
             max_frames_per_s: 10_000,
             max_pending_requests: 1000,
-            outbound: OutboundMode::Stream,
             no_service: NoServiceMode::Requests,
             stream_max_age: "24h".to_string(),
             stream_max_bytes: 2 * 1024 * 1024 * 1024,
@@ -553,11 +551,33 @@ impl Config {
     /// # Errors
     /// [`GatewayError::ConfigParse`] when the text is not valid TOML or names an
     /// unknown option.
+    ///
+    /// Options of the removed `outbound = "queues"` mode are refused with
+    /// [`GatewayError::Config`] naming the key (see [`REMOVED_OPTIONS`]); `outbound =
+    /// "stream"`, what every gateway now does, is accepted and ignored.
     pub fn from_toml(text: &str, path: &str) -> Result<Config, GatewayError> {
-        toml::from_str(text).map_err(|e| GatewayError::ConfigParse {
+        let parse_error = |e| GatewayError::ConfigParse {
             path: path.to_string(),
             source: Box::new(e),
-        })
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(parse_error)?;
+        for (key, why) in REMOVED_OPTIONS {
+            if table.contains_key(*key)
+                && !(*key == "outbound" && table[*key].as_str() == Some("stream"))
+            {
+                let value = &table[*key];
+                return Err(GatewayError::Config(format!(
+                    "{path}: `{key} = {value}` is no longer supported: {why}; remove it \
+                     (the gateway always uses the outbound stream)"
+                )));
+            }
+        }
+        if table.remove("outbound").is_some() {
+            // `outbound = "stream"`: the only mode left; read without the key (the
+            // document's line numbers are lost in errors, so only then).
+            return toml::Value::Table(table).try_into().map_err(parse_error);
+        }
+        toml::from_str(text).map_err(parse_error)
     }
 
     /// Reads a TOML file.
@@ -669,19 +689,13 @@ impl Config {
         if self.hub_buffer_messages == 0 {
             return bad("hub_buffer_messages must be at least 1".into());
         }
-        if self.session_max_length == 0 {
-            return bad("session_max_length must be at least 1".into());
-        }
         for name in self.channel_options.keys() {
             if !self.has_channel(name) {
                 return bad(format!("channel_options.{name}: not a configured channel"));
             }
         }
-        if self.max_pending_confirms == 0 || self.overflow_check_ms == 0 {
-            return bad("max_pending_confirms and overflow_check_ms must be at least 1".into());
-        }
-        if self.overflow_record_max == 0 {
-            return bad("overflow_record_max must be at least 1".into());
+        if self.max_pending_confirms == 0 {
+            return bad("max_pending_confirms must be at least 1".into());
         }
         if self.max_consecutive_errors == 0 {
             return bad("max_consecutive_errors must be at least 1".into());
@@ -832,15 +846,11 @@ impl Config {
             request_timeout_ms,
             max_request_timeout_ms,
             session_expires_ms,
-            session_max_length,
-            session_takeover_ms,
             max_consecutive_errors,
             shutdown_grace_ms,
             announce_interval_ms,
             presence,
             max_pending_confirms,
-            overflow_check_ms,
-            overflow_record_max,
             broker_wait_ms,
             message_ttl_ms,
             hello_timeout_ms,
@@ -854,7 +864,6 @@ impl Config {
             max_connections_per_user,
             max_frames_per_s,
             max_pending_requests,
-            outbound,
             stream_max_bytes,
             hub_buffer_messages,
             no_service
@@ -904,6 +913,14 @@ impl Config {
     /// # Errors
     /// As [`Config::from_file`] and [`Config::validate`].
     pub fn load(o: &Overrides) -> Result<Config, GatewayError> {
+        if let Ok(v) = std::env::var("WARREN_OUTBOUND") {
+            if v != "stream" {
+                return Err(GatewayError::Config(format!(
+                    "WARREN_OUTBOUND={v} is no longer supported: the `queues` outbound mode \
+                     was removed; unset it (the gateway always uses the outbound stream)"
+                )));
+            }
+        }
         let mut config = match &o.config {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
@@ -1023,10 +1040,6 @@ pub struct Overrides {
     /// Type of the IN_<CHANNEL> queues [default: quorum].
     #[arg(long, env = "WARREN_QUEUE_TYPE", global = true)]
     pub queue_type: Option<QueueType>,
-    /// Outbound path: one stream fanned out by the gateway, or a queue per session
-    /// [default: stream].
-    #[arg(long, env = "WARREN_OUTBOUND", global = true)]
-    pub outbound: Option<OutboundMode>,
     /// Outbound stream retention by age, the resume window (x-max-age) [default: 24h].
     #[arg(long, env = "WARREN_STREAM_MAX_AGE", global = true)]
     pub stream_max_age: Option<String>,
@@ -1043,7 +1056,7 @@ pub struct Overrides {
     /// Publisher channels in the pool [default: 4].
     #[arg(long, env = "WARREN_PUBLISHER_CHANNELS", global = true)]
     pub publisher_channels: Option<usize>,
-    /// Channels shared by session consumers [default: 4].
+    /// Channels carrying the gateway's own consumers [default: 4].
     #[arg(long, env = "WARREN_CONSUMER_CHANNELS", global = true)]
     pub consumer_channels: Option<usize>,
     /// Idle time before the gateway pings, in ms [default: 15000].
@@ -1064,15 +1077,9 @@ pub struct Overrides {
     /// Longest request timeout a client may ask for, in ms [default: 300000].
     #[arg(long, env = "WARREN_MAX_REQUEST_TIMEOUT_MS", global = true)]
     pub max_request_timeout_ms: Option<u64>,
-    /// Resume window (session queue x-expires), in ms [default: 60000].
+    /// How long an unresumed session is kept in presence, in ms [default: 60000].
     #[arg(long, env = "WARREN_SESSION_EXPIRES_MS", global = true)]
     pub session_expires_ms: Option<u64>,
-    /// Session queue x-max-length [default: 10000].
-    #[arg(long, env = "WARREN_SESSION_MAX_LENGTH", global = true)]
-    pub session_max_length: Option<u32>,
-    /// How long a resume waits for the previous consumer to go, in ms [default: 3000].
-    #[arg(long, env = "WARREN_SESSION_TAKEOVER_MS", global = true)]
-    pub session_takeover_ms: Option<u64>,
     /// Consecutive bad frames before closing with too_many_errors [default: 32].
     #[arg(long, env = "WARREN_MAX_CONSECUTIVE_ERRORS", global = true)]
     pub max_consecutive_errors: Option<u32>,
@@ -1096,12 +1103,6 @@ pub struct Overrides {
     /// [default: 1024].
     #[arg(long, env = "WARREN_MAX_PENDING_CONFIRMS", global = true)]
     pub max_pending_confirms: Option<usize>,
-    /// Period of the dropped-message check of a saturated session, in ms [default: 1000].
-    #[arg(long, env = "WARREN_OVERFLOW_CHECK_MS", global = true)]
-    pub overflow_check_ms: Option<u64>,
-    /// Most dropped messages recorded per session between checks [default: 100000].
-    #[arg(long, env = "WARREN_OVERFLOW_RECORD_MAX", global = true)]
-    pub overflow_record_max: Option<u32>,
     /// How long a publish waits for RabbitMQ to come back, in ms [default: 5000].
     #[arg(long, env = "WARREN_BROKER_WAIT_MS", global = true)]
     pub broker_wait_ms: Option<u64>,
@@ -1393,16 +1394,46 @@ mod tests {
     #[test]
     fn environment_overrides_the_file_and_flags_override_the_environment() {
         // Variables no other test looks at, so parallel tests are not disturbed.
-        std::env::set_var("WARREN_SESSION_MAX_LENGTH", "77");
+        std::env::set_var("WARREN_HUB_BUFFER_MESSAGES", "77");
         std::env::set_var("WARREN_MAX_SUBSCRIPTIONS", "5");
         let o = cli(&["--max-subscriptions", "9"]).overrides;
-        std::env::remove_var("WARREN_SESSION_MAX_LENGTH");
+        std::env::remove_var("WARREN_HUB_BUFFER_MESSAGES");
         std::env::remove_var("WARREN_MAX_SUBSCRIPTIONS");
         let mut c =
-            Config::from_toml("session_max_length = 10\nmax_subscriptions = 3", "x").unwrap();
+            Config::from_toml("hub_buffer_messages = 10\nmax_subscriptions = 3", "x").unwrap();
         c.apply(&o);
-        assert_eq!(c.session_max_length, 77, "env beats the file");
+        assert_eq!(c.hub_buffer_messages, 77, "env beats the file");
         assert_eq!(c.max_subscriptions, 9, "the flag beats env");
+    }
+
+    #[test]
+    fn the_removed_queues_mode_is_refused_by_name_and_stream_is_accepted() {
+        let e = Config::from_toml("outbound = \"queues\"\n", "gw.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gw.toml"), "{e}");
+        assert!(e.contains("outbound"), "{e}");
+        assert!(e.contains("removed"), "{e}");
+        for key in [
+            "session_max_length = 10",
+            "session_takeover_ms = 1",
+            "overflow_check_ms = 1",
+            "overflow_record_max = 1",
+            "outbound = \"other\"",
+        ] {
+            let e = Config::from_toml(key, "x").unwrap_err().to_string();
+            assert!(e.contains(key.split(' ').next().unwrap()), "{e}");
+            assert!(e.contains("removed"), "{e}");
+        }
+        let c = Config::from_toml("outbound = \"stream\"\nmax_subscriptions = 3\n", "x").unwrap();
+        assert_eq!(c.max_subscriptions, 3);
+        // Other errors keep their usual form.
+        assert!(matches!(
+            Config::from_toml("outbound = \"stream\"\nnope = 1\n", "x"),
+            Err(GatewayError::ConfigParse { .. })
+        ));
+        let flag = Cli::try_parse_from(["warren-gateway", "--outbound", "queues"]);
+        assert!(flag.is_err(), "the flag is gone");
     }
 
     #[test]

@@ -1,40 +1,37 @@
-//! One WebSocket connection: a `tokio::select!` loop over the socket, the session
-//! queue's deliveries, publisher-confirm results, request deadlines, the heartbeat
-//! timer, session takeover and gateway shutdown. Every client frame is answered; bad
-//! input becomes an `error` frame with a registry code. A panic (a bug) is caught: the
-//! session is still cleaned up and the socket closed with 1011.
+//! One WebSocket connection: a `tokio::select!` loop over the socket, the session's
+//! messages from the outbound stream (via the hub), publisher-confirm results, request
+//! deadlines, the heartbeat timer, session takeover and gateway shutdown. Every client
+//! frame is answered; bad input becomes an `error` frame with a registry code. A panic (a
+//! bug) is caught: the session is still cleaned up and the socket closed with 1011.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::{FutureExt, SinkExt, StreamExt};
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions};
-use lapin::types::ShortString;
-use lapin::{Acker, Channel, Consumer, PublisherConfirm};
+use futures_util::{FutureExt, SinkExt};
+use lapin::PublisherConfirm;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use warren_protocol::amqp::{self, keys, validate_dotted, validate_segment, validate_short};
 use warren_protocol::{
     decode_client, encode, ClientFrame, CloseCode, Correlator, Distribution, Drain, ErrorCode,
-    Headers, Hello, Limits, Overflow, Ping, PocAction, PocPacket, Refresh, ServerFrame, Subscribe,
-    Welcome, PROTOCOL_VERSION,
+    Headers, Hello, Limits, Ping, PocAction, PocPacket, Refresh, ServerFrame, Subscribe, Welcome,
+    PROTOCOL_VERSION,
 };
 
 use crate::auth::{Action, AuthError, Identity};
 use crate::delivery::{self, Incoming};
-use crate::hub::{CatchUp, Hub, Membership, Message as HubMessage, Reader};
+use crate::hub::{CatchUp, Membership, Message as HubMessage, Reader};
 use crate::inbound::{self, now_ms_epoch, truncate, Outcome, Refusal};
 use crate::limits::{Slot, TokenBucket};
 use crate::metrics;
 use crate::presence::PresenceEvent;
 use crate::server::{Shared, Upgrade};
-use crate::session::{self, ConsumeError, Inflight, Subscriptions, Takeover, TakeoverSignal};
+use crate::session::{self, Inflight, Subscriptions, Takeover, TakeoverSignal};
 
-/// Deliveries already buffered by the session consumer that are written to the socket
-/// together, with one flush (one `write` to the kernel) at the end.
+/// Most messages written to the socket together, with one flush (one `write` to the
+/// kernel) at the end.
 const MAX_WRITE_BATCH: usize = 64;
 
 /// Where a connection is in its life.
@@ -79,49 +76,16 @@ struct Session {
     expires: Option<Instant>,
     /// This session's place in the per-user count (`max_connections_per_user`).
     _user_slot: Option<Slot>,
-    /// `outbound = "queues"`: the session queue and its consumer.
-    /// Boxed: it is empty in the default stream mode, and every byte of `Session` is
-    /// held by every idle connection.
-    queue: Option<Box<QueueOut>>,
-    /// `outbound = "stream"`: the session's place in the hub.
+    /// The session's place in the hub (`None` once cleanup took it).
     stream: Option<StreamOut>,
-    /// Deliveries not yet acknowledged by the client (with their broker acker in
-    /// `queues` mode).
-    inflight: Inflight<Option<Acker>>,
+    /// Deliveries not yet acknowledged by the client.
+    inflight: Inflight<()>,
     subs: Subscriptions,
-    /// The delivery window filled up since the last overflow check.
-    saturated: bool,
-    /// When the session's `.dropped` queue was last checked (and its lease renewed).
-    last_overflow_check: Instant,
-    /// The consumer was cancelled already (drain).
+    /// Nothing more is sent (drain).
     cancelled: bool,
 }
 
-/// The session queue a session consumes (`outbound = "queues"`).
-struct QueueOut {
-    queue: String,
-    channel: Channel,
-    consumer: Consumer,
-    tag: String,
-}
-
-impl QueueOut {
-    /// Cancels the session queue's consumer (nothing new is delivered).
-    async fn cancel(&self, conn: u64) {
-        if let Err(e) = self
-            .channel
-            .basic_cancel(
-                ShortString::from(self.tag.as_str()),
-                BasicCancelOptions::default(),
-            )
-            .await
-        {
-            tracing::debug!(conn, error = %e, "basic.cancel failed");
-        }
-    }
-}
-
-/// A session's outbound state in `outbound = "stream"`: its hub membership, where it
+/// A session's outbound state: its hub membership, where it
 /// reads from, and the position it has reached.
 struct StreamOut {
     member: Membership,
@@ -149,8 +113,6 @@ enum Read {
 
 /// The next outbound event of a session.
 enum Outbound {
-    /// A delivery from the session queue (`queues` mode).
-    Queue(Option<lapin::Result<Delivery>>),
     /// A live message from the hub.
     Live(Arc<HubMessage>),
     /// The hub stopped pushing: the live backlog filled up.
@@ -158,7 +120,7 @@ enum Outbound {
     /// Catching up from the ring: pull the next batch.
     Pull,
     /// A message from the session's own stream reader (`None`: it failed).
-    Read(Option<HubMessage>),
+    Read(Option<Box<HubMessage>>),
 }
 
 /// Serves one upgraded WebSocket until it closes; `slot` (the peer IP's connection
@@ -201,7 +163,6 @@ pub(crate) fn serve<S: Send + 'static>(
         requests: Correlator::new(),
         takeover: Arc::default(),
         session: None,
-        released: None,
         taken_over: false,
         goodbye: false,
         upgrade,
@@ -210,8 +171,8 @@ pub(crate) fn serve<S: Send + 'static>(
     async move {
         let shared = conn.shared.clone();
         let _guard = shared.tracker.enter();
-        // A panic in a handler is a bug; it must not skip the cleanup (requeue what the
-        // client held, leave the registry, publish `client.disconnected`).
+        // A panic in a handler is a bug; it must not skip the cleanup (leave the hub and
+        // the registry, publish `client.disconnected`).
         let (code, reason) = match AssertUnwindSafe(conn.run()).catch_unwind().await {
             Ok(done) => done,
             Err(panic) => {
@@ -231,9 +192,6 @@ pub(crate) fn serve<S: Send + 'static>(
                 panic = panic_text(&panic),
                 "connection cleanup panicked"
             );
-        }
-        if let Some(released) = conn.released.take() {
-            let _ = released.send(());
         }
         if let Some(code) = code {
             // The close reason is the registry name (PROTOCOL.md); the sentence is logged.
@@ -283,14 +241,11 @@ fn now_epoch_s() -> u64 {
 }
 
 /// The next outbound event of the session; pending while the delivery window is full
-/// (stream mode: the queue's prefetch does that in queues mode) or after a drain.
+/// or after a drain.
 async fn next_outbound(session: Option<&mut Session>, window: usize) -> Outbound {
     let Some(s) = session else {
         return std::future::pending().await;
     };
-    if let Some(q) = s.queue.as_mut() {
-        return Outbound::Queue(q.consumer.next().await);
-    }
     let Some(out) = s.stream.as_mut() else {
         return std::future::pending().await;
     };
@@ -309,7 +264,7 @@ async fn next_outbound(session: Option<&mut Session>, window: usize) -> Outbound
             }
         }
         Read::Ring => Outbound::Pull,
-        Read::Stream(r) => Outbound::Read(r.next().await),
+        Read::Stream(r) => Outbound::Read(r.next().await.map(Box::new)),
     }
 }
 
@@ -358,8 +313,6 @@ struct Conn {
     /// Set by a newer connection (or gateway) that resumes this session.
     takeover: Arc<TakeoverSignal>,
     session: Option<Session>,
-    /// Completed after cleanup when a newer connection took the session over.
-    released: Option<tokio::sync::oneshot::Sender<()>>,
     /// The session was taken over by a newer connection (here or on a peer): its
     /// presence goes on there.
     taken_over: bool,
@@ -392,7 +345,7 @@ impl Conn {
             return (Some(CloseCode::GoingAway), String::new());
         }
         let takeover = self.takeover.clone();
-        // One timer for heartbeats, overflow checks and request deadlines, moved only
+        // One timer for heartbeats and request deadlines, moved only
         // when its deadline changes.
         let timer = tokio::time::sleep_until(self.next_wake());
         tokio::pin!(timer);
@@ -405,8 +358,7 @@ impl Conn {
                 _ = shutdown.changed() => {
                     return Box::pin(self.drain()).await;
                 }
-                t = takeover.asked() => {
-                    self.released = t.released;
+                Takeover = takeover.asked() => {
                     self.taken_over = true;
                     tracing::info!(conn = self.id, "session taken over by a newer connection");
                     Flow::Close(CloseCode::SessionTaken, String::new())
@@ -416,10 +368,9 @@ impl Conn {
                 msg = self.ws.recv(), if self.pending_confirms < self.shared.config.max_pending_confirms => {
                     Box::pin(self.on_message(msg)).await
                 }
-                o = next_outbound(self.session.as_mut(), usize::from(self.shared.config.delivery_window)) => match o {
-                    Outbound::Queue(d) => Box::pin(self.on_delivery(d)).await,
-                    o => Box::pin(self.on_stream(o)).await,
-                },
+                o = next_outbound(self.session.as_mut(), usize::from(self.shared.config.delivery_window)) => {
+                    Box::pin(self.on_stream(o)).await
+                }
                 Some(c) = next_confirm(self.confirms.as_mut()) => Box::pin(self.on_confirm(c)).await,
                 () = timer.as_mut() => Box::pin(self.on_timer()).await,
             };
@@ -433,8 +384,8 @@ impl Conn {
     }
 
     /// When the timer must fire next: the heartbeat timeout, the next ping (only once
-    /// the connection has been quiet one way for a heartbeat), the overflow check of a
-    /// full delivery window, or the earliest request deadline. Heartbeat work is
+    /// the connection has been quiet one way for a heartbeat), or the earliest request
+    /// deadline. Heartbeat work is
     /// rounded to a coarse grid ([`coarse`]); request deadlines are exact.
     fn next_wake(&self) -> Instant {
         let hb = self.heartbeat();
@@ -452,12 +403,6 @@ impl Conn {
         if let Some(expires) = self.session.as_ref().and_then(|s| s.expires) {
             at = at.min(expires);
         }
-        if let Some(s) = self.session.as_ref().filter(|s| s.queue.is_some()) {
-            if s.saturated || s.inflight.len() >= usize::from(config.delivery_window) {
-                at =
-                    at.min(s.last_overflow_check + Duration::from_millis(config.overflow_check_ms));
-            }
-        }
         if let Some(d) = self.requests.next_deadline() {
             at = at.min(self.started + Duration::from_millis(d));
         }
@@ -471,18 +416,15 @@ impl Conn {
         self.on_tick().await
     }
 
-    /// Gateway shutdown: stop taking deliveries, tell the client to move (`drain`),
-    /// then keep serving its acknowledgements and publishes until it has left, or has
-    /// acknowledged every delivery and every confirm is in — bounded by
-    /// `shutdown_grace_ms`; the caller then requeues what is left and closes with 1001.
+    /// Gateway shutdown: stop sending deliveries, tell the client to move (`drain`),
+    /// then keep serving its publishes until it has left or every confirm is in —
+    /// bounded by `shutdown_grace_ms`; the caller then closes with 1001. What the
+    /// client did not acknowledge is replayed from its position wherever it resumes.
     async fn drain(&mut self) -> (Option<CloseCode>, String) {
         self.phase = Phase::Draining;
         let grace = self.shared.config.shutdown_grace_ms;
         let deadline = Instant::now() + Duration::from_millis(grace);
         if let Some(s) = self.session.as_mut() {
-            if let Some(q) = &s.queue {
-                q.cancel(self.id).await;
-            }
             s.cancelled = true;
             let drain = ServerFrame::Drain(Drain {
                 reason: "gateway shutting down".into(),
@@ -493,11 +435,7 @@ impl Conn {
         loop {
             // With a stream, what the client has not acknowledged is replayed from its
             // position wherever it resumes: only confirms are waited for.
-            let settled = self.pending_confirms == 0
-                && self
-                    .session
-                    .as_ref()
-                    .is_none_or(|s| s.stream.is_some() || s.inflight.is_empty());
+            let settled = self.pending_confirms == 0;
             if settled || self.phase == Phase::Closed {
                 break;
             }
@@ -724,7 +662,7 @@ impl Conn {
                 &self.upgrade,
             )
             .await;
-        let mut identity = match verified {
+        let identity = match verified {
             Ok(identity) => identity,
             Err(e) => return self.unauthorized(None, e).await,
         };
@@ -752,146 +690,16 @@ impl Conn {
                 }
             }
         };
-        if let Some(hub) = self.shared.hub.clone() {
-            return self
-                .open_stream_session(hub, hello, identity, owner, anonymous, user_slot)
-                .await;
-        }
-        let names = &self.shared.names;
-        let broker = self.shared.broker.clone();
-        let mut notice = None;
-        let mut resumed = false;
-        let mut id = None;
-        if let Some(requested) = &hello.session {
-            if validate_segment("session", requested).is_ok()
-                && !session::owned_by(requested, &owner)
-            {
-                // Not this user's: left untouched (a passive look, nothing claimed).
-                let queue = names.session_queue(requested);
-                notice = Some(match session::lookup(&broker, &queue).await {
-                    Ok(Some(_)) => {
-                        tracing::info!(conn = self.id, session = %requested, "resume refused: another user's session");
-                        metrics::add(&self.shared.metrics.refused_forbidden, 1);
-                        ErrorCode::Forbidden
-                    }
-                    _ => ErrorCode::SessionExpired,
-                });
-            } else if validate_segment("session", requested).is_ok() {
-                let queue = names.session_queue(requested);
-                // A connection of this gateway may still hold it: ask it to let go.
-                let local = self
-                    .shared
-                    .registry
-                    .claim(requested, self.id, self.takeover.clone());
-                if let Some(old) = &local {
-                    // Wait (bounded) until the previous connection has requeued what it
-                    // held, so nothing newer overtakes the requeued deliveries.
-                    let (tx, rx) = tokio::sync::oneshot::channel();
-                    let asked = old.ask(Takeover { released: Some(tx) });
-                    if asked {
-                        let window = Duration::from_millis(config.session_takeover_ms);
-                        let _ = tokio::time::timeout(window, rx).await;
-                    }
-                }
-                match session::lookup(&broker, &queue).await {
-                    Ok(Some(consumers)) => {
-                        if consumers > 0 && local.is_none() {
-                            // Another gateway still consumes it (its client is gone
-                            // but it has not noticed yet): ask it to let go.
-                            self.shared.request_takeover(requested);
-                        }
-                        resumed = true;
-                        id = Some(requested.clone());
-                    }
-                    Ok(None) => {
-                        self.shared.registry.release(requested, self.id);
-                        notice = Some(ErrorCode::SessionExpired);
-                    }
-                    Err(e) => {
-                        self.shared.registry.release(requested, self.id);
-                        tracing::warn!(conn = self.id, error = %e, "session lookup failed");
-                        return Flow::Close(CloseCode::BrokerUnavailable, String::new());
-                    }
-                }
-            } else {
-                notice = Some(ErrorCode::SessionExpired);
-            }
-        }
-        let id = match id {
-            Some(id) => id,
-            None => {
-                let id = session::new_session_id(&owner);
-                self.shared
-                    .registry
-                    .claim(&id, self.id, self.takeover.clone());
-                if let Err(e) = session::declare(&broker, &names.session_queue(&id), config).await {
-                    self.shared.registry.release(&id, self.id);
-                    tracing::warn!(conn = self.id, error = %e, "session declare failed");
-                    return Flow::Close(CloseCode::BrokerUnavailable, String::new());
-                }
-                id
-            }
-        };
-        let queue = names.session_queue(&id);
-        let tag = format!("{}.{}.{}", config.node, self.id, &id);
-        let takeover = Duration::from_millis(config.session_takeover_ms);
-        let (channel, consumer) = match session::consume(&broker, &queue, &tag, !resumed, takeover)
+        self.open_session(hello, identity, owner, anonymous, user_slot)
             .await
-        {
-            Ok(x) => x,
-            Err(e) => {
-                self.shared.registry.release(&id, self.id);
-                tracing::warn!(conn = self.id, session = %id, error = %e, "cannot consume the session queue");
-                let code = match e {
-                    ConsumeError::Busy => CloseCode::InternalError,
-                    _ => CloseCode::BrokerUnavailable,
-                };
-                return Flow::Close(code, e.to_string());
-            }
-        };
-        if anonymous {
-            identity.user = id.clone();
-        }
-        let user = identity.user.clone();
-        let expires = self.expiry_of(&identity);
-        tracing::info!(conn = self.id, session = %id, user = %user, resumed, client = ?hello.client, "session open");
-        self.session = Some(Session {
-            id: id.clone(),
-            identity,
-            expires,
-            _user_slot: user_slot,
-            queue: Some(Box::new(QueueOut {
-                queue,
-                channel,
-                consumer,
-                tag,
-            })),
-            stream: None,
-            inflight: Inflight::default(),
-            subs: Subscriptions::default(),
-            saturated: false,
-            last_overflow_check: Instant::now(),
-            cancelled: false,
-        });
-        let welcome = self.opened(id, resumed, user, notice, None);
-        if let Flow::Close(c, r) = self.send(&welcome).await {
-            return Flow::Close(c, r);
-        }
-        if resumed {
-            // What the queue dropped while the client was away.
-            return self.check_overflow().await;
-        }
-        Flow::Continue
     }
 
-    /// Opens or resumes a session in `outbound = "stream"`: nothing is declared on the
-    /// broker. A resume names its last position and its subscriptions; the session
-    /// joins the hub catching up from there, so what was published while the client
-    /// was away is replayed (filtered by these subscriptions and this identity) before
-    /// the live flow.
-    async fn open_stream_session(
+    /// Opens or resumes a session: nothing is declared on the broker. A resume names its
+    /// last position and its subscriptions; the session joins the hub catching up from
+    /// there, so what was published while the client was away is replayed (filtered by
+    /// these subscriptions and this identity) before the live flow.
+    async fn open_session(
         &mut self,
-        hub: Arc<Hub>,
         hello: Hello,
         mut identity: Identity,
         owner: String,
@@ -919,7 +727,7 @@ impl Conn {
                     .claim(requested, self.id, self.takeover.clone());
                 match local {
                     Some(old) => {
-                        let _ = old.ask(Takeover { released: None });
+                        let _ = old.ask(Takeover);
                     }
                     None => self.shared.request_takeover(requested),
                 }
@@ -938,7 +746,7 @@ impl Conn {
         // replays from the stream's start.
         let from = resumed.then(|| hello.position.map_or(0, |p| p + 1));
         let tenant = inbound::tenant_of(&self.shared.config, &identity);
-        let (member, head) = hub.join_tenant(self.id, &id, tenant, from);
+        let (member, head) = self.shared.hub.join_tenant(self.id, &id, tenant, from);
         if anonymous {
             identity.user = id.clone();
         }
@@ -950,7 +758,6 @@ impl Conn {
             identity,
             expires,
             _user_slot: user_slot,
-            queue: None,
             stream: Some(StreamOut {
                 member,
                 read: if resumed { Read::Ring } else { Read::Live },
@@ -960,8 +767,6 @@ impl Conn {
             }),
             inflight: Inflight::default(),
             subs: Subscriptions::default(),
-            saturated: false,
-            last_overflow_check: Instant::now(),
             cancelled: false,
         });
         // The subscriptions the client held, before anything is replayed; refusals are
@@ -1032,35 +837,6 @@ impl Conn {
             notice,
             position,
         })
-    }
-
-    /// Counts what the session queue's overflow policy dropped since the last check
-    /// and, when anything was, tells the client with `overflow {dropped}`.
-    async fn check_overflow(&mut self) -> Flow {
-        let Some(s) = self.session.as_mut() else {
-            return Flow::Continue;
-        };
-        let Some(queue) = s.queue.as_ref().map(|q| q.queue.clone()) else {
-            return Flow::Continue;
-        };
-        s.saturated = false;
-        s.last_overflow_check = Instant::now();
-        let session = s.id.clone();
-        match session::take_dropped(&self.shared.broker, &queue, &self.shared.config).await {
-            Ok(0) => Flow::Continue,
-            Ok(dropped) => {
-                let m = &self.shared.metrics;
-                metrics::add(&m.overflow_dropped, dropped);
-                metrics::add(&m.overflow_reports, 1);
-                tracing::warn!(conn = self.id, %session, dropped, "session queue overflowed; client told");
-                self.send(&ServerFrame::Overflow(Overflow { dropped }))
-                    .await
-            }
-            Err(e) => {
-                tracing::debug!(conn = self.id, %session, error = %e, "overflow check failed");
-                Flow::Continue
-            }
-        }
     }
 
     async fn on_frame(&mut self, frame: ClientFrame) -> Flow {
@@ -1153,18 +929,6 @@ impl Conn {
                 if let Some(s) = self.session.as_mut() {
                     let acked = s.inflight.ack_upto(a.seq);
                     metrics::add(&self.shared.metrics.client_acks, acked.len() as u64);
-                    // Issued together rather than one await each: the acks of a batch go
-                    // out back to back instead of a task switch per delivery.
-                    let results = futures_util::future::join_all(
-                        acked
-                            .iter()
-                            .flatten()
-                            .map(|acker| acker.ack(BasicAckOptions { multiple: false })),
-                    )
-                    .await;
-                    for e in results.into_iter().filter_map(Result::err) {
-                        tracing::warn!(conn = self.id, error = %e, "basic.ack failed");
-                    }
                 }
                 Flow::Continue
             }
@@ -1297,19 +1061,12 @@ impl Conn {
             .session
             .as_ref()
             .ok_or_else(|| Refusal::new(ErrorCode::Internal, "no session"))?;
-        // Replies come back through the session queue, or through the outbound
-        // stream with the session in the correlation id.
-        let request = request_timeout.map(|timeout_ms| match &session.queue {
-            Some(q) => inbound::ReplyTo {
-                reply_to: q.queue.clone(),
-                correlation_id: id.to_string(),
-                timeout_ms,
-            },
-            None => inbound::ReplyTo {
-                reply_to: self.shared.names.outbound_stream(),
-                correlation_id: delivery::stream_correlation(&session.id, id),
-                timeout_ms,
-            },
+        // Replies come back through the outbound stream with the session in the
+        // correlation id.
+        let request = request_timeout.map(|timeout_ms| inbound::ReplyTo {
+            reply_to: self.shared.names.outbound_stream(),
+            correlation_id: delivery::stream_correlation(&session.id, id),
+            timeout_ms,
         });
         let message = inbound::Message {
             id,
@@ -1430,24 +1187,6 @@ impl Conn {
         let idle =
             now.duration_since(self.last_heard) >= hb || now.duration_since(self.last_sent) >= hb;
         // Before the session opens nothing may precede `welcome`: no ping then.
-        let config = &self.shared.config;
-        let overflow_due = self
-            .session
-            .as_ref()
-            .filter(|s| s.queue.is_some())
-            .is_some_and(|s| {
-                let since = now.duration_since(s.last_overflow_check);
-                // Heads are dropped only while the client is behind (its window full);
-                // anything else that lands in the dropped queue (expired service messages)
-                // is reported at the next resume or the next time the window fills.
-                since >= Duration::from_millis(config.overflow_check_ms)
-                    && (s.saturated || s.inflight.len() >= usize::from(config.delivery_window))
-            });
-        if overflow_due && self.phase == Phase::Open {
-            if let Flow::Close(c, r) = self.check_overflow().await {
-                return Flow::Close(c, r);
-            }
-        }
         if idle && self.phase == Phase::Open && now.duration_since(self.last_ping) >= hb {
             self.last_ping = now;
             return self
@@ -1459,73 +1198,13 @@ impl Conn {
         Flow::Continue
     }
 
-    /// Sends a delivery and whatever further deliveries the consumer has buffered
-    /// already (up to [`MAX_WRITE_BATCH`]) with one flush: under load the client gets
-    /// them in one write instead of a system call each.
-    async fn on_delivery(&mut self, first: Option<lapin::Result<Delivery>>) -> Flow {
-        let mut next = first;
-        let mut batch = 0;
-        loop {
-            let delivery = match next {
-                Some(Ok(d)) => d,
-                Some(Err(e)) => {
-                    tracing::warn!(conn = self.id, error = %e, "session consumer failed");
-                    return Flow::Close(CloseCode::BrokerUnavailable, String::new());
-                }
-                None => {
-                    tracing::warn!(conn = self.id, "session consumer cancelled by the broker");
-                    return Flow::Close(CloseCode::BrokerUnavailable, String::new());
-                }
-            };
-            if !self.admits(&delivery) {
-                // Tenant mode: another tenant's message bound to this session's queue
-                // by a shared routing key; it is not this client's.
-                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
-                match self
-                    .session
-                    .as_mut()
-                    .and_then(|s| s.queue.as_mut())
-                    .and_then(|q| q.consumer.next().now_or_never())
-                {
-                    Some(d) => {
-                        next = d;
-                        continue;
-                    }
-                    None => break,
-                }
-            }
-            let Some(frame) = self.delivery_frame(&delivery) else {
-                return Flow::Continue;
-            };
-            if let Flow::Close(c, r) = self.feed(&frame).await {
-                return Flow::Close(c, r);
-            }
-            batch += 1;
-            if self.phase == Phase::Closed || batch >= MAX_WRITE_BATCH {
-                break;
-            }
-            match self
-                .session
-                .as_mut()
-                .and_then(|s| s.queue.as_mut())
-                .and_then(|q| q.consumer.next().now_or_never())
-            {
-                Some(d) => next = d,
-                None => break,
-            }
-        }
-        if self.phase == Phase::Closed {
-            return Flow::Continue;
-        }
-        self.flush().await
-    }
-
-    /// Stream mode: sends live messages, switches to catching up when the hub stopped
+    /// Sends live messages, switches to catching up when the hub stopped
     /// pushing, pulls the next batch from the ring, or takes what the session's own
     /// stream reader read — and writes what it has with one flush.
     async fn on_stream(&mut self, event: Outbound) -> Flow {
         let window = usize::from(self.shared.config.delivery_window);
-        let (Some(hub), Some(s)) = (self.shared.hub.clone(), self.session.as_mut()) else {
+        let hub = self.shared.hub.clone();
+        let Some(s) = self.session.as_mut() else {
             return Flow::Continue;
         };
         let Some(out) = s.stream.as_mut() else {
@@ -1536,7 +1215,6 @@ impl Conn {
         let mut batch: Vec<Arc<HubMessage>> = Vec::new();
         let mut next_cursor = None;
         match event {
-            Outbound::Queue(_) => return Flow::Continue,
             Outbound::Live(m) => {
                 batch.push(m);
                 while batch.len() < room.min(MAX_WRITE_BATCH) {
@@ -1649,23 +1327,20 @@ impl Conn {
                 if to_ring || !hub.wants(self.id, &m) {
                     return Flow::Continue;
                 }
-                batch.push(Arc::new(m));
+                batch.push(Arc::new(*m));
             }
         }
         let mut last = None;
         for m in &batch {
             last = Some(m.offset);
-            let Some(frame) = self.frame_of(
-                Incoming {
-                    exchange: m.exchange.as_str(),
-                    routing_key: m.routing_key.as_str(),
-                    redelivered: replay_until.is_some_and(|r| m.offset < r),
-                    properties: &m.properties,
-                    body: &m.body,
-                    position: Some(m.offset),
-                },
-                None,
-            ) else {
+            let Some(frame) = self.frame_of(Incoming {
+                exchange: m.exchange.as_str(),
+                routing_key: m.routing_key.as_str(),
+                redelivered: replay_until.is_some_and(|r| m.offset < r),
+                properties: &m.properties,
+                body: &m.body,
+                position: Some(m.offset),
+            }) else {
                 return Flow::Continue;
             };
             if let Flow::Close(c, r) = self.feed(&frame).await {
@@ -1684,44 +1359,10 @@ impl Conn {
         self.flush().await
     }
 
-    /// Tenant mode (`outbound = "queues"`): whether this session may have `delivery`
-    /// — a reply, or a message whose `x-warren-tenant` names the session's tenant (or
-    /// neither names one). Always outside tenant mode.
-    fn admits(&self, delivery: &Delivery) -> bool {
-        let config = &self.shared.config;
-        if !config.tenants.enabled || delivery.exchange.as_str().is_empty() {
-            return true;
-        }
-        let Some(s) = self.session.as_ref() else {
-            return true;
-        };
-        let mine = inbound::tenant_of(config, &s.identity);
-        let theirs = crate::delivery::text_header(&delivery.properties, amqp::H_TENANT);
-        config.tenants.admits(mine, theirs.as_deref())
-    }
-
-    /// Records a delivery as unacknowledged under the next `seq` and builds its frame.
-    fn delivery_frame(&mut self, delivery: &Delivery) -> Option<ServerFrame> {
-        self.frame_of(
-            Incoming {
-                exchange: delivery.exchange.as_str(),
-                routing_key: delivery.routing_key.as_str(),
-                redelivered: delivery.redelivered,
-                properties: &delivery.properties,
-                body: &delivery.data,
-                position: None,
-            },
-            Some(delivery.acker.clone()),
-        )
-    }
-
     /// Records a message as unacknowledged under the next `seq` and builds its frame.
-    fn frame_of(&mut self, m: Incoming<'_>, acker: Option<Acker>) -> Option<ServerFrame> {
+    fn frame_of(&mut self, m: Incoming<'_>) -> Option<ServerFrame> {
         let s = self.session.as_mut()?;
-        let seq = s.inflight.push(acker);
-        if s.inflight.len() >= usize::from(self.shared.config.delivery_window) {
-            s.saturated = true;
-        }
+        let seq = s.inflight.push(());
         metrics::add(&self.shared.metrics.deliveries, 1);
         let frame = delivery::to_frame(m, seq);
         if let ServerFrame::Reply(r) = &frame {
@@ -1806,9 +1447,7 @@ impl Conn {
             // Unsubscribing needs no permission: it only ever removes.
             self.subscription_keys(s, &Identity::unrestricted(session.identity.user.clone()))?
         };
-        let exchange = self.shared.names.outbound_exchange();
         let max = self.shared.config.max_subscriptions as usize;
-        let broker = self.shared.broker.clone();
         let session = self
             .session
             .as_mut()
@@ -1823,30 +1462,15 @@ impl Conn {
             }
             for k in &keys {
                 if session.subs.add(k) {
-                    let Some(q) = &session.queue else {
-                        if let Some(hub) = &self.shared.hub {
-                            hub.subscribe(self.id, std::slice::from_ref(k));
-                        }
-                        continue;
-                    };
-                    if let Err(e) = session::bind(&broker, &q.queue, &exchange, k).await {
-                        session.subs.remove(k);
-                        return Err(Refusal::new(ErrorCode::BrokerUnavailable, e.to_string()));
-                    }
+                    self.shared.hub.subscribe(self.id, std::slice::from_ref(k));
                 }
             }
         } else {
             for k in &keys {
                 if session.subs.remove(k) {
-                    let Some(q) = &session.queue else {
-                        if let Some(hub) = &self.shared.hub {
-                            hub.unsubscribe(self.id, std::slice::from_ref(k));
-                        }
-                        continue;
-                    };
-                    session::unbind(&broker, &q.queue, &exchange, k)
-                        .await
-                        .map_err(|e| Refusal::new(ErrorCode::BrokerUnavailable, e.to_string()))?;
+                    self.shared
+                        .hub
+                        .unsubscribe(self.id, std::slice::from_ref(k));
                 }
             }
         }
@@ -1969,8 +1593,9 @@ impl Conn {
         }
     }
 
-    /// Gives the session back to RabbitMQ: cancel the consumer, requeue everything the
-    /// client did not acknowledge (in sequence order), leave the registry.
+    /// Ends the session here: leave the hub and the registry. Nothing is given back to
+    /// RabbitMQ: what the client did not acknowledge is replayed from its position
+    /// wherever it resumes.
     async fn cleanup(&mut self) {
         let Some(mut s) = self.session.take() else {
             return;
@@ -1982,28 +1607,7 @@ impl Conn {
             }
             drop(out.member);
         }
-        let mut unacked: Vec<Acker> = s.inflight.drain().into_iter().flatten().collect();
-        if let Some(q) = s.queue.as_mut() {
-            if !s.cancelled {
-                q.cancel(self.id).await;
-            }
-            // Deliveries already prefetched into the consumer's buffer.
-            while let Ok(Some(Ok(d))) =
-                tokio::time::timeout(Duration::from_millis(200), q.consumer.next()).await
-            {
-                unacked.push(d.acker);
-            }
-        }
-        let n = unacked.len();
-        metrics::add(&self.shared.metrics.requeued, n as u64);
-        for acker in unacked {
-            let _ = acker
-                .nack(BasicNackOptions {
-                    multiple: false,
-                    requeue: true,
-                })
-                .await;
-        }
+        let unacked = s.inflight.len();
         self.shared.registry.release(&s.id, self.id);
         if !self.taken_over {
             let ended =
@@ -2014,7 +1618,7 @@ impl Conn {
                 self.shared.disconnected(&s.id, held, "closed");
             }
         }
-        tracing::info!(conn = self.id, session = %s.id, requeued = n, "session closed");
+        tracing::info!(conn = self.id, session = %s.id, unacked, "session closed");
     }
 }
 

@@ -1,5 +1,6 @@
-//! What a message taken from a session queue becomes on the wire: a `reply` (or an
-//! `error`) when it answers a request, a `deliver` otherwise. Pure functions, so the
+//! What a message read from the outbound stream (or a direct reply to the HTTP API)
+//! becomes on the wire: a `reply` (or an `error`) when it answers a request, a
+//! `deliver` otherwise. Pure functions, so the
 //! mapping (stable message ids, header rendering, raw bodies) is unit-tested.
 
 use lapin::types::{AMQPValue, FieldTable};
@@ -30,7 +31,7 @@ pub struct Incoming<'a> {
     pub properties: &'a BasicProperties,
     /// Body bytes.
     pub body: &'a [u8],
-    /// Its position in the outbound stream (stream outbound only). Replies in the
+    /// Its position in the outbound stream (`None` for a direct reply). Replies in the
     /// stream carry `<session>/<request id>` as correlation id; the frame gets the
     /// request id alone.
     pub position: Option<u64>,

@@ -1,4 +1,4 @@
-//! The outbound hub (`outbound = "stream"`): each gateway reads the outbound stream
+//! The outbound hub: each gateway reads the outbound stream
 //! once and fans every message out in memory to the sessions whose subscriptions
 //! match it, as centrifuge's hub does. Nothing is declared on the broker per session
 //! or per subscription.

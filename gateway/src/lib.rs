@@ -1,6 +1,7 @@
 //! Warren's gateway: serves WebSocket clients speaking protocol `warren.v1` and bridges
-//! them to RabbitMQ. Stateless: everything a client must not lose lives in RabbitMQ
-//! (its session queue), so any gateway can resume any session.
+//! them to RabbitMQ. Stateless: what services send to clients lives in one RabbitMQ
+//! stream that every gateway reads, and a client resumes by its position in it, so
+//! any gateway can resume any session.
 //!
 //! # Layout
 //!
@@ -13,10 +14,10 @@
 //! - [`broker`]: two AMQP connections, pooled publisher (confirm) and consumer channels.
 //! - [`presence`]: who is online across gateways; `client.disconnected` exactly once.
 //! - [`services`]: the service registry's live view; `no_service` at once.
-//! - [`session`]: session ids and queues, resume, subscriptions, seq/ack bookkeeping.
+//! - [`session`]: session ids and ownership, takeover, subscriptions, seq/ack bookkeeping.
 //! - [`http_api`]: the external HTTP API (`/external`, `/publish`, `/request`).
-//! - [`hub`]: `outbound = "stream"`: the stream read once, fanned out in memory.
-//! - [`delivery`]: a session-queue message → `deliver` / `reply` / `error` frame.
+//! - [`hub`]: the outbound stream read once, fanned out in memory.
+//! - [`delivery`]: an outbound-stream message → `deliver` / `reply` / `error` frame.
 //! - `inbound`: the checks and AMQP properties of every client write, shared by the
 //!   WebSocket connection and the HTTP API.
 //! - `connection`: the per-WebSocket `select!` loop.
@@ -29,8 +30,8 @@
 //!
 //! [`Gateway::start`] connects, declares the topology and binds the listeners;
 //! [`Gateway::shutdown`] drains: stops accepting, tells clients to move, waits
-//! (bounded) for their acknowledgements and pending confirms, requeues the rest and
-//! closes them with 1001 (going away).
+//! (bounded) for their pending confirms and closes them with 1001 (going away); what
+//! a client did not acknowledge is replayed from its position wherever it resumes.
 
 pub mod auth;
 pub mod auth_service;
@@ -62,8 +63,8 @@ use warren_protocol::amqp::Names;
 
 pub use config::{
     AuthConfig, AuthMode, AuthServiceConfig, Cli, Command, Config, HttpApiConfig, JwtConfig,
-    ListenerConfig, NoServiceMode, OutboundMode, Overrides, QueueType, TenantOptions,
-    TenantsConfig, TopologyAction,
+    ListenerConfig, NoServiceMode, Overrides, QueueType, TenantOptions, TenantsConfig,
+    TopologyAction,
 };
 pub use error::GatewayError;
 pub use topology::Topology;
@@ -135,23 +136,18 @@ impl Gateway {
         let api_listener = bind_own(config.http_api.listen.filter(|_| config.http_api.enabled))?;
         let admin_listener = bind_own(config.admin_listen)?;
         let (addressed_tx, addressed_rx) = tokio::sync::mpsc::channel(10_000);
-        let hub = (config.outbound == OutboundMode::Stream).then(|| {
-            let hub = hub::Hub::with_tenants(config.hub_buffer_messages, config.tenants.enabled);
-            tokio::spawn(hub::run_reader(
-                hub.clone(),
-                broker.clone(),
-                Names::new(&config.namespace).outbound_stream(),
-                config.node.clone(),
-                config.presence.then_some(addressed_tx),
-                shutdown_rx.clone(),
-            ));
-            hub
-        });
-        if let Some(hub) = &hub {
-            // Sessions opened before the reader knows the stream's tail would have no
-            // position to resume from.
-            hub.wait_ready(Duration::from_secs(3)).await;
-        }
+        let hub = hub::Hub::with_tenants(config.hub_buffer_messages, config.tenants.enabled);
+        tokio::spawn(hub::run_reader(
+            hub.clone(),
+            broker.clone(),
+            Names::new(&config.namespace).outbound_stream(),
+            config.node.clone(),
+            config.presence.then_some(addressed_tx),
+            shutdown_rx.clone(),
+        ));
+        // Sessions opened before the reader knows the stream's tail would have no
+        // position to resume from.
+        hub.wait_ready(Duration::from_secs(3)).await;
         let shared = Arc::new(Shared::new(
             config,
             verifier,
@@ -241,10 +237,10 @@ impl Gateway {
         &self.shared.config
     }
 
-    /// Graceful shutdown (drain): stop accepting, cancel session consumers, send
-    /// `drain`, let every client leave or acknowledge its deliveries while pending
-    /// confirms finish (up to `shutdown_grace_ms`), requeue what is unacknowledged,
-    /// close the sockets with 1001 (going away), then close the AMQP connections.
+    /// Graceful shutdown (drain): stop accepting, stop sending deliveries, send
+    /// `drain`, let every client leave while pending confirms finish (up to
+    /// `shutdown_grace_ms`), close the sockets with 1001 (going away), then close the
+    /// AMQP connections. Clients resume elsewhere from their stream position.
     pub async fn shutdown(self) {
         tracing::info!(node = %self.shared.config.node, "shutting down");
         let _ = self.shutdown_tx.send(true);

@@ -1,7 +1,7 @@
 //! Counters of one gateway, rendered at `GET /metrics` in the Prometheus text format:
 //! connections and sessions (gauges), deliveries, client acknowledgements, publishes,
-//! pending confirms, messages the session queues dropped (overflow), requeues and
-//! broker reconnects, and a histogram of the time from accept to `welcome`.
+//! pending confirms, the outbound stream's slow and resuming sessions, broker
+//! reconnects, and a histogram of the time from accept to `welcome`.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -19,12 +19,6 @@ pub struct Metrics {
     pub publishes: AtomicU64,
     /// Client frames whose broker confirm is awaited.
     pub confirms_pending: AtomicI64,
-    /// Messages dropped by session queues' overflow policy (reported as `overflow`).
-    pub overflow_dropped: AtomicU64,
-    /// `overflow` frames sent.
-    pub overflow_reports: AtomicU64,
-    /// Unacknowledged deliveries given back to RabbitMQ when a connection ended.
-    pub requeued: AtomicU64,
     /// Times an AMQP connection was re-established.
     pub broker_reconnects: AtomicU64,
     /// Times RabbitMQ blocked a connection (resource alarm).
@@ -209,18 +203,6 @@ impl Metrics {
                 .to_string(),
         );
         metric(
-            "overflow_dropped_total",
-            "counter",
-            "Messages dropped by session queues' overflow policy.",
-            get(&self.overflow_dropped),
-        );
-        metric(
-            "overflow_reports_total",
-            "counter",
-            "overflow frames sent to clients.",
-            get(&self.overflow_reports),
-        );
-        metric(
             "stream_lagged_total",
             "counter",
             "Sessions whose live backlog filled; they caught up from the ring.",
@@ -237,12 +219,6 @@ impl Metrics {
             "counter",
             "Stream positions that aged out before a session read them.",
             get(&self.stream_missed),
-        );
-        metric(
-            "requeued_total",
-            "counter",
-            "Unacknowledged deliveries requeued when a connection ended.",
-            get(&self.requeued),
         );
         metric(
             "broker_reconnects_total",
@@ -340,9 +316,9 @@ mod tests {
     #[test]
     fn the_exposition_names_every_counter_with_help_type_and_node_label() {
         let m = Metrics::default();
-        add(&m.overflow_dropped, 7);
+        add(&m.stream_lagged, 7);
         let text = m.render("gw-1", 2, 1, true);
-        assert!(text.contains("warren_gateway_overflow_dropped_total{node=\"gw-1\"} 7"));
+        assert!(text.contains("warren_gateway_stream_lagged_total{node=\"gw-1\"} 7"));
         assert!(text.contains("# TYPE warren_gateway_sessions gauge"));
         assert!(text.contains("warren_gateway_broker_up{node=\"gw-1\"} 1"));
         assert_eq!(

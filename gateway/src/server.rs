@@ -88,8 +88,8 @@ pub(crate) struct Shared {
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) tracker: Tracker,
     pub(crate) metrics: Arc<Metrics>,
-    /// The outbound fan-out, in `outbound = "stream"`.
-    pub(crate) hub: Option<Arc<crate::hub::Hub>>,
+    /// The outbound fan-out: the outbound stream read once, shared by the sessions.
+    pub(crate) hub: Arc<crate::hub::Hub>,
     /// The service registry's live view (`warren.services`).
     pub(crate) services: crate::services::Services,
     /// Who is online across the gateways, and whose `client.disconnected` is due.
@@ -108,7 +108,7 @@ impl Shared {
         broker: Arc<Broker>,
         metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
-        hub: Option<Arc<crate::hub::Hub>>,
+        hub: Arc<crate::hub::Hub>,
     ) -> Self {
         Shared {
             hub,
@@ -607,7 +607,6 @@ async fn healthz(State(st): State<ListenerState>) -> Response {
         "broker_blocked": st.shared.broker.is_blocked(),
         "connections": st.shared.tracker.active(),
         "sessions": st.shared.registry.len(),
-        "overflow_dropped": st.shared.metrics.overflow_dropped.load(std::sync::atomic::Ordering::Relaxed),
         "confirms_pending": st.shared.metrics.confirms_pending.load(std::sync::atomic::Ordering::Relaxed).max(0),
         "channel": st.pinned,
         "channels": st.shared.config.channels,

@@ -16,6 +16,7 @@ use serde::Serialize;
 use warren_protocol::services::{AnnounceEvent, Announcement};
 
 use crate::broker::Broker;
+use crate::error::GatewayError;
 
 /// How long a consumer count read from the broker is trusted.
 pub const CONSUMER_CHECK_TTL: Duration = Duration::from_millis(250);
@@ -174,16 +175,50 @@ impl Services {
     }
 }
 
-/// The consumer count of `queue` ([`crate::session::lookup`]); `None` when the broker
-/// cannot say or the queue does not exist (the publish then reports what is wrong).
+/// The consumer count of `queue` ([`lookup`]); `None` when the broker cannot say or
+/// the queue does not exist (the publish then reports what is wrong).
 async fn consumer_count(broker: &Arc<Broker>, queue: &str) -> Option<u32> {
-    match crate::session::lookup(broker, queue).await {
+    match lookup(broker, queue).await {
         Ok(count) => count,
         Err(e) => {
             tracing::debug!(queue, error = %e, "consumer count not read");
             None
         }
     }
+}
+
+/// Looks a queue up without creating it (a passive declare on a scratch channel,
+/// since a missing queue closes the channel). `None` when it does not exist, else its
+/// consumer count.
+///
+/// # Errors
+/// When RabbitMQ cannot be reached.
+async fn lookup(broker: &Broker, queue: &str) -> Result<Option<u32>, GatewayError> {
+    use lapin::options::QueueDeclareOptions;
+    use lapin::types::{FieldTable, ShortString};
+    let ch = broker.scratch().await?;
+    let res = ch
+        .queue_declare(
+            ShortString::from(queue),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    let out = match res {
+        Ok(q) => Ok(Some(q.consumer_count())),
+        Err(e) if crate::error::is_not_found(&e) => Ok(None),
+        Err(e) => Err(GatewayError::amqp(
+            format!("queue.declare passive {queue}"),
+            e,
+        )),
+    };
+    if ch.status().connected() {
+        let _ = ch.close(200, "done".into()).await;
+    }
+    out
 }
 
 #[cfg(test)]

@@ -1,23 +1,14 @@
-//! Sessions: ids, the session queue (declared, checked for a resume, bound for
-//! subscriptions, consumed exclusively), and the pure bookkeeping a connection keeps
-//! for its session — sequence numbers of unacknowledged deliveries and ref-counted
-//! subscriptions — plus the gateway-local registry used to hand a session over when a
-//! client reconnects before its previous connection noticed it was gone.
+//! Sessions: ids (and the owner each carries), and the pure bookkeeping a connection
+//! keeps for its session — sequence numbers of unacknowledged deliveries and
+//! ref-counted subscriptions — plus the gateway-local registry used to hand a session
+//! over when a client reconnects before its previous connection noticed it was gone.
+//! Nothing is declared on the broker per session: what a session receives comes from
+//! the outbound stream (`hub.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::{FieldTable, ShortString};
-use lapin::{Channel, Consumer};
 use tokio::sync::Notify;
-use warren_protocol::amqp::QueueArg;
-
-use crate::broker::Broker;
-use crate::config::Config;
-use crate::error::{is_not_found, GatewayError};
-use crate::topology::field_table;
 
 /// A fresh session id for `owner` (the verified user id; empty for anonymous
 /// development sessions): 32 random lower-case hex digits, `-`, and 16 hex digits of
@@ -52,266 +43,8 @@ fn owner_tag(owner: &str) -> String {
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The queue that records what a session queue's overflow policy dropped:
-/// `<session queue>.dropped`.
-pub fn dropped_queue(queue: &str) -> String {
-    format!("{queue}.dropped")
-}
-
-/// Arguments of a session queue: it outlives its connection for the resume window and
-/// holds at most `session_max_length` messages, dropping the oldest; what it drops (or
-/// what expires in it) is dead-lettered through the default exchange to its
-/// [`dropped_queue`], where the gateway counts it for `overflow`.
-pub fn queue_args(config: &Config, queue: &str) -> FieldTable {
-    field_table(&[
-        ("x-expires", QueueArg::Int(config.session_expires_ms as i64)),
-        (
-            "x-max-length",
-            QueueArg::Int(i64::from(config.session_max_length)),
-        ),
-        ("x-overflow", QueueArg::Text("drop-head".into())),
-        ("x-dead-letter-exchange", QueueArg::Text(String::new())),
-        (
-            "x-dead-letter-routing-key",
-            QueueArg::Text(dropped_queue(queue)),
-        ),
-    ])
-}
-
-/// Arguments of a [`dropped_queue`]: it expires with the session, keeps its messages on
-/// disk (only their number matters), and holds at most `overflow_record_max`.
-pub fn dropped_args(config: &Config) -> FieldTable {
-    field_table(&[
-        ("x-expires", QueueArg::Int(config.session_expires_ms as i64)),
-        (
-            "x-max-length",
-            QueueArg::Int(i64::from(config.overflow_record_max)),
-        ),
-        ("x-overflow", QueueArg::Text("drop-head".into())),
-        ("x-queue-mode", QueueArg::Text("lazy".into())),
-    ])
-}
-
-/// Declares a session queue (durable, not exclusive, not auto-delete) and its
-/// [`dropped_queue`].
-///
-/// # Errors
-/// When the broker refuses.
-pub async fn declare(broker: &Broker, queue: &str, config: &Config) -> Result<(), GatewayError> {
-    let ch = broker.control().await?;
-    let dropped = dropped_queue(queue);
-    ch.queue_declare(
-        ShortString::from(dropped.as_str()),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        dropped_args(config),
-    )
-    .await
-    .map_err(|e| GatewayError::amqp(format!("queue.declare {dropped}"), e))?;
-    ch.queue_declare(
-        ShortString::from(queue),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        queue_args(config, queue),
-    )
-    .await
-    .map_err(|e| GatewayError::amqp(format!("queue.declare {queue}"), e))?;
-    Ok(())
-}
-
-/// Takes the count of messages the session queue dropped since the last call: declares
-/// its [`dropped_queue`] (creating it if needed and renewing its `x-expires` lease)
-/// and, when it holds messages, purges it; the purge's count is the answer.
-///
-/// # Errors
-/// When the broker refuses.
-pub async fn take_dropped(
-    broker: &Broker,
-    queue: &str,
-    config: &Config,
-) -> Result<u64, GatewayError> {
-    let ch = broker.control().await?;
-    let dropped = dropped_queue(queue);
-    let q = ch
-        .queue_declare(
-            ShortString::from(dropped.as_str()),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            dropped_args(config),
-        )
-        .await
-        .map_err(|e| GatewayError::amqp(format!("queue.declare {dropped}"), e))?;
-    if q.message_count() == 0 {
-        return Ok(0);
-    }
-    let purged = ch
-        .queue_purge(ShortString::from(dropped.as_str()), Default::default())
-        .await
-        .map_err(|e| GatewayError::amqp(format!("queue.purge {dropped}"), e))?;
-    Ok(u64::from(purged))
-}
-
-/// Looks a queue up without creating it (a passive declare on a scratch channel,
-/// since a missing queue closes the channel). `None` when it does not exist, else its
-/// consumer count.
-///
-/// # Errors
-/// When RabbitMQ cannot be reached.
-pub async fn lookup(broker: &Broker, queue: &str) -> Result<Option<u32>, GatewayError> {
-    let ch = broker.scratch().await?;
-    let res = ch
-        .queue_declare(
-            ShortString::from(queue),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await;
-    let out = match res {
-        Ok(q) => Ok(Some(q.consumer_count())),
-        Err(e) if is_not_found(&e) => Ok(None),
-        Err(e) => Err(GatewayError::amqp(
-            format!("queue.declare passive {queue}"),
-            e,
-        )),
-    };
-    if ch.status().connected() {
-        let _ = ch.close(200, "done".into()).await;
-    }
-    out
-}
-
-/// Binds the session queue to the outbound exchange with `key`.
-///
-/// # Errors
-/// When the broker refuses.
-pub async fn bind(
-    broker: &Broker,
-    queue: &str,
-    exchange: &str,
-    key: &str,
-) -> Result<(), GatewayError> {
-    broker
-        .control()
-        .await?
-        .queue_bind(
-            ShortString::from(queue),
-            ShortString::from(exchange),
-            ShortString::from(key),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| GatewayError::amqp(format!("queue.bind {queue} {key}"), e))
-}
-
-/// Removes the binding `key` of the session queue.
-///
-/// # Errors
-/// When the broker refuses.
-pub async fn unbind(
-    broker: &Broker,
-    queue: &str,
-    exchange: &str,
-    key: &str,
-) -> Result<(), GatewayError> {
-    broker
-        .control()
-        .await?
-        .queue_unbind(
-            ShortString::from(queue),
-            ShortString::from(exchange),
-            ShortString::from(key),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| GatewayError::amqp(format!("queue.unbind {queue} {key}"), e))
-}
-
-/// Why a session queue could not be consumed.
-#[derive(Debug, thiserror::Error)]
-pub enum ConsumeError {
-    /// Another connection still consumes it after the takeover window.
-    #[error("session is still consumed by another connection")]
-    Busy,
-    /// The queue is gone (expired between lookup and consume).
-    #[error("session queue is gone")]
-    Gone,
-    /// The broker failed.
-    #[error(transparent)]
-    Broker(#[from] GatewayError),
-}
-
-/// Starts the exclusive consumer of a session queue on a shared consumer channel
-/// (manual ack, the channel's prefetch window). For a resumed session (`fresh` false),
-/// when a previous consumer is still there (its connection has not been cleaned up
-/// yet), retries for the takeover window first.
-///
-/// # Errors
-/// [`ConsumeError::Busy`] when the previous consumer stays, [`ConsumeError::Gone`] when
-/// the queue does not exist.
-pub async fn consume(
-    broker: &Broker,
-    queue: &str,
-    tag: &str,
-    fresh: bool,
-    takeover: Duration,
-) -> Result<(Channel, Consumer), ConsumeError> {
-    if !fresh {
-        wait_for_no_consumer(broker, queue, takeover).await?;
-    }
-    let ch = broker.consumer_channel().await?;
-    let consumer = ch
-        .basic_consume(
-            ShortString::from(queue),
-            ShortString::from(tag),
-            BasicConsumeOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| GatewayError::amqp(format!("basic.consume {queue}"), e))?;
-    Ok((ch, consumer))
-}
-
-/// Waits until `queue` has no consumer (the previous connection of the session let go).
-async fn wait_for_no_consumer(
-    broker: &Broker,
-    queue: &str,
-    takeover: Duration,
-) -> Result<(), ConsumeError> {
-    let deadline = tokio::time::Instant::now() + takeover;
-    loop {
-        match lookup(broker, queue).await? {
-            None => return Err(ConsumeError::Gone),
-            Some(0) => return Ok(()),
-            Some(n) => {
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(ConsumeError::Busy);
-                }
-                tracing::debug!(
-                    queue,
-                    consumers = n,
-                    "previous consumer still there; waiting"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
 /// Unacknowledged deliveries of one connection, by sequence number (1, 2, 3, ...).
-/// `T` is whatever acknowledges the delivery to RabbitMQ (a lapin `Acker`).
+/// `T` is whatever is kept per delivery until the client acknowledges it.
 #[derive(Debug)]
 pub struct Inflight<T> {
     last_seq: u64,
@@ -416,14 +149,9 @@ impl Subscriptions {
     }
 }
 
-/// A request to a connection to give its session up.
+/// A request to a connection to give its session up (a newer connection resumed it).
 #[derive(Debug)]
-pub struct Takeover {
-    /// Completed once the connection has given the session back to RabbitMQ (its
-    /// consumer cancelled and its unacknowledged deliveries requeued), so the next
-    /// consumer does not see newer messages before the requeued ones.
-    pub released: Option<tokio::sync::oneshot::Sender<()>>,
-}
+pub struct Takeover;
 
 /// Where a connection is asked to give its session up: at most one request is held
 /// (a second one, while the first is pending, is refused, as the connection is leaving
@@ -492,7 +220,7 @@ impl Registry {
     pub fn ask_to_release(&self, session: &str) -> bool {
         let map = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         match map.get(session) {
-            Some((_, signal)) => signal.ask(Takeover { released: None }),
+            Some((_, signal)) => signal.ask(Takeover),
             None => false,
         }
     }
@@ -514,7 +242,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lapin::types::{AMQPValue, LongString};
+    use std::time::Duration;
 
     #[test]
     fn sequence_numbers_start_at_one_and_increase() {
@@ -573,14 +301,14 @@ mod tests {
     #[tokio::test]
     async fn a_takeover_signal_holds_one_request_until_the_connection_takes_it() {
         let signal = TakeoverSignal::default();
-        assert!(signal.ask(Takeover { released: None }));
+        assert!(signal.ask(Takeover));
         assert!(
-            !signal.ask(Takeover { released: None }),
+            !signal.ask(Takeover),
             "a second request while one is pending is refused"
         );
         // Asked before anyone waited: the request is still there.
         let t = tokio::time::timeout(Duration::from_secs(1), signal.asked()).await;
-        assert!(t.is_ok_and(|t| t.released.is_none()));
+        assert!(t.is_ok());
         // Nothing pending now: waiting does not resolve.
         let none = tokio::time::timeout(Duration::from_millis(50), signal.asked()).await;
         assert!(none.is_err());
@@ -591,38 +319,9 @@ mod tests {
             async move { signal.asked().await }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(signal.ask(Takeover { released: None }));
+        assert!(signal.ask(Takeover));
         let got = tokio::time::timeout(Duration::from_secs(1), waiter).await;
         assert!(got.is_ok_and(|r| r.is_ok()));
-    }
-
-    #[test]
-    fn a_session_queue_dead_letters_what_it_drops_to_its_dropped_queue() {
-        let config = Config::default();
-        let args = queue_args(&config, "warren.session.x");
-        let get = |k: &str| args.inner().get(k).cloned();
-        assert_eq!(
-            get("x-overflow"),
-            Some(AMQPValue::LongString(LongString::from("drop-head")))
-        );
-        assert_eq!(
-            get("x-dead-letter-exchange"),
-            Some(AMQPValue::LongString(LongString::from("")))
-        );
-        assert_eq!(
-            get("x-dead-letter-routing-key"),
-            Some(AMQPValue::LongString(LongString::from(
-                "warren.session.x.dropped"
-            )))
-        );
-        assert_eq!(
-            dropped_queue("warren.session.x"),
-            "warren.session.x.dropped"
-        );
-        assert_eq!(
-            dropped_args(&config).inner().get("x-max-length").cloned(),
-            Some(AMQPValue::LongLongInt(100_000))
-        );
     }
 
     #[test]

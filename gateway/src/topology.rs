@@ -1,8 +1,8 @@
 //! The AMQP topology Warren needs, as data: built from the configuration, printed by
 //! `warren-gateway topology print`, and declared idempotently at every start (and by
-//! `topology apply`), and compared with a live broker by `topology check`. Per-session
-//! queues are declared by `session.rs` instead. In tenant mode the tenant topology of
-//! `warren_protocol::tenants` is added, tenant by tenant.
+//! `topology apply`), and compared with a live broker by `topology check`. Nothing is
+//! declared per session: every gateway reads the outbound stream. In tenant mode the
+//! tenant topology of `warren_protocol::tenants` is added, tenant by tenant.
 
 use std::fmt;
 
@@ -17,7 +17,7 @@ use warren_protocol::amqp::{
 use warren_protocol::tenants::{self, Object, QueueSettings};
 
 use crate::broker::Broker;
-use crate::config::{Config, OutboundMode};
+use crate::config::Config;
 use crate::error::{is_precondition_failed, GatewayError};
 
 /// One thing to declare.
@@ -106,8 +106,6 @@ impl ExchangeType {
 pub struct Topology {
     /// The declarations.
     pub declarations: Vec<Declaration>,
-    /// Where outbound messages travel (what sessions declare, if anything).
-    pub outbound: OutboundMode,
 }
 
 impl Topology {
@@ -174,43 +172,38 @@ impl Topology {
                 key: keys::inbound_binding(ch),
             });
         }
-        if config.outbound == OutboundMode::Stream {
-            let stream = names.outbound_stream();
-            d.push(Declaration::Queue {
-                name: stream.clone(),
-                args: vec![
-                    ("x-queue-type".into(), QueueArg::Text("stream".into())),
-                    (
-                        "x-max-age".into(),
-                        QueueArg::Text(config.stream_max_age.clone()),
+        let stream = names.outbound_stream();
+        d.push(Declaration::Queue {
+            name: stream.clone(),
+            args: vec![
+                ("x-queue-type".into(), QueueArg::Text("stream".into())),
+                (
+                    "x-max-age".into(),
+                    QueueArg::Text(config.stream_max_age.clone()),
+                ),
+                (
+                    "x-max-length-bytes".into(),
+                    QueueArg::Int(i64::try_from(config.stream_max_bytes).unwrap_or(i64::MAX)),
+                ),
+                // Retention drops whole segments: keep them a fraction of the size.
+                (
+                    "x-stream-max-segment-size-bytes".into(),
+                    QueueArg::Int(
+                        i64::try_from((config.stream_max_bytes / 8).clamp(1 << 20, 500 << 20))
+                            .unwrap_or(500 << 20),
                     ),
-                    (
-                        "x-max-length-bytes".into(),
-                        QueueArg::Int(i64::try_from(config.stream_max_bytes).unwrap_or(i64::MAX)),
-                    ),
-                    // Retention drops whole segments: keep them a fraction of the size.
-                    (
-                        "x-stream-max-segment-size-bytes".into(),
-                        QueueArg::Int(
-                            i64::try_from((config.stream_max_bytes / 8).clamp(1 << 20, 500 << 20))
-                                .unwrap_or(500 << 20),
-                        ),
-                    ),
-                ],
-            });
-            d.push(Declaration::Binding {
-                queue: stream,
-                exchange: names.outbound_exchange(),
-                key: "#".into(),
-            });
-        }
+                ),
+            ],
+        });
+        d.push(Declaration::Binding {
+            queue: stream,
+            exchange: names.outbound_exchange(),
+            key: "#".into(),
+        });
         if config.tenants.enabled {
             push_tenant_topology(&mut d, config, &names);
         }
-        Topology {
-            declarations: d,
-            outbound: config.outbound,
-        }
+        Topology { declarations: d }
     }
 
     /// Declares everything on the broker's control channel. Idempotent: declaring what
@@ -435,21 +428,10 @@ impl fmt::Display for Topology {
                 Declaration::Tenant { name } => writeln!(f, "# tenant {name}")?,
             }
         }
-        if self.outbound == OutboundMode::Stream {
-            return writeln!(
-                f,
-                "# per session: nothing (outbound = \"stream\": every gateway reads \
-                 the outbound stream and fans out in memory; replies reach the stream \
-                 through the default exchange)"
-            );
-        }
         writeln!(
             f,
-            "# per session: queue <ns.>warren.session.<id> durable x-expires x-max-length \
-             x-overflow=drop-head x-dead-letter-exchange=\"\" \
-             x-dead-letter-routing-key=<its name>.dropped, bound to warren.out by its \
-             subscriptions; queue <ns.>warren.session.<id>.dropped (lazy) records what \
-             the overflow policy dropped"
+            "# per session: nothing (every gateway reads the outbound stream and fans \
+             out in memory; replies reach the stream through the default exchange)"
         )
     }
 }

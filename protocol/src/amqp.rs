@@ -128,12 +128,7 @@ impl Names {
         format!("{}IN_{}", self.prefix, channel.to_ascii_uppercase())
     }
 
-    /// The queue a session owns.
-    pub fn session_queue(&self, session: &str) -> String {
-        format!("{}warren.session.{session}", self.prefix)
-    }
-
-    /// The outbound stream (`outbound = "stream"`): bound to the outbound exchange
+    /// The outbound stream: bound to the outbound exchange
     /// with `#`, and the `reply_to` of requests (replies reach it through the default
     /// exchange).
     pub fn outbound_stream(&self) -> String {
@@ -170,13 +165,6 @@ impl Names {
             .strip_prefix("IN_")?;
         let upper = rest.split('.').next().unwrap_or_default();
         (!upper.is_empty()).then(|| upper.to_ascii_lowercase())
-    }
-
-    /// The session id of a session queue name, if it is one.
-    pub fn session_of_queue<'a>(&self, queue: &'a str) -> Option<&'a str> {
-        queue
-            .strip_prefix(self.prefix.as_str())?
-            .strip_prefix("warren.session.")
     }
 }
 
@@ -704,8 +692,6 @@ mod tests {
         let n = Names::new("t1");
         assert_eq!(n.inbound_exchange(), "t1.warren.in");
         assert_eq!(n.channel_queue("chat"), "t1.IN_CHAT");
-        assert_eq!(n.session_queue("abc"), "t1.warren.session.abc");
-        assert_eq!(n.session_of_queue("t1.warren.session.abc"), Some("abc"));
         assert_eq!(Names::default().outbound_exchange(), "warren.out");
     }
 

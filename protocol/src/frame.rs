@@ -229,7 +229,7 @@ pub struct Error {
     pub code: ErrorCode,
     /// Human-readable explanation.
     pub message: String,
-    /// Sequence number to acknowledge, when the error came from the session queue
+    /// Sequence number to acknowledge, when the error came from the outbound stream
     /// (a service rejecting a request).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
@@ -291,7 +291,9 @@ pub struct Drain {
     pub deadline_ms: Option<u64>,
 }
 
-/// `overflow`: the session queue dropped messages because the client fell behind.
+/// `overflow`: messages were dropped because the client fell behind. Sent only by the
+/// removed `outbound = "queues"` mode (its session queue dropped them); the outbound
+/// stream drops nothing. Kept so clients still parse it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Overflow {
     /// How many messages were dropped (at least).

@@ -122,7 +122,7 @@ pub struct ClientCore<C: Codec> {
     /// Consecutive failed attempts since the last stable connection.
     failures: u32,
     session: Option<String>,
-    /// Stream outbound: the position of the newest message received (or the one the
+    /// The outbound stream's position of the newest message received (or the one the
     /// session started after), named in `hello` to resume from there.
     position: Option<u64>,
     /// The token sent in `hello`: the `token` option, or the last one from `getToken`.

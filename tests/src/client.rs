@@ -44,7 +44,7 @@ pub struct TestClient {
     pub welcome: Option<Welcome>,
     /// How the connection was closed by the gateway, once it was.
     pub close_code: Option<u16>,
-    /// Stream positions of the frames received, by `seq` (stream outbound only).
+    /// Stream positions of the frames received, by `seq`.
     positions: std::collections::BTreeMap<u64, u64>,
     /// The stream position up to which the client acknowledged what it received.
     acked_position: Option<u64>,
@@ -224,9 +224,9 @@ impl TestClient {
     }
 
     /// The `hello` that resumes this client's session as a client that processed
-    /// exactly what it acknowledged would send it: the session, and — for a stream
-    /// gateway — the position of the last acknowledged delivery (or where the session
-    /// started) and the subscriptions. A queue gateway ignores the last two.
+    /// exactly what it acknowledged would send it: the session, the position of the
+    /// last acknowledged delivery (or where the session started) and the
+    /// subscriptions.
     pub fn resume_hello(&self) -> Hello {
         let started = self.welcome.as_ref().and_then(|w| w.position);
         Hello {

@@ -249,7 +249,7 @@ impl TestEnv {
             .expect("unbind");
     }
 
-    /// Records a queue (e.g. a session queue) to delete at cleanup.
+    /// Records a queue (e.g. one a test declared itself) to delete at cleanup.
     pub fn track_queue(&mut self, queue: impl Into<String>) {
         self.extra_queues.push(queue.into());
     }

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use warren_gateway::{Config, Gateway, ListenerConfig, OutboundMode, QueueType};
+use warren_gateway::{Config, Gateway, ListenerConfig, QueueType};
 
 use crate::env::{amqp_addr, TestEnv, CHANNELS};
 
@@ -23,17 +23,9 @@ pub fn test_config(env: &TestEnv) -> Config {
         publisher_channels: 2,
         consumer_channels: 2,
         session_expires_ms: 30_000,
-        session_takeover_ms: 3_000,
         shutdown_grace_ms: 2_000,
         announce_interval_ms: 0,
         presence: false,
-        // `WARREN_OUTBOUND` runs the suite against either outbound path, as it does
-        // the gateway binaries that fault tests start.
-        outbound: match std::env::var("WARREN_OUTBOUND").as_deref() {
-            Ok("stream") => OutboundMode::Stream,
-            Ok("queues") => OutboundMode::Queues,
-            _ => Config::default().outbound,
-        },
         ..Config::default()
     }
 }

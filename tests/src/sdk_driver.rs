@@ -868,7 +868,7 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
     use std::collections::HashSet;
 
     let run_start = Instant::now();
-    let mut env = crate::env::TestEnv::new(label).await;
+    let env = crate::env::TestEnv::new(label).await;
     let tag = env.namespace[env.namespace.len() - 8..].to_string();
     let (node_a, node_b) = (format!("gwa-{tag}"), format!("gwb-{tag}"));
     let (a, b) = tokio::join!(
@@ -1251,7 +1251,7 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
         max_attempts,
     );
     let mut errors: Vec<(String, usize)> = errors.into_iter().collect();
-    errors.sort_by(|a, b| b.1.cmp(&a.1));
+    errors.sort_by_key(|b| std::cmp::Reverse(b.1));
     errors.truncate(5);
     figures.errors_after_fault = errors;
     let p50_p99 = |v: &mut Vec<u64>| (percentile(v, 50.0), percentile(v, 99.0));
@@ -1270,25 +1270,13 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
     );
 
     // Cleanup.
-    let mut sessions = HashSet::new();
     for c in clients {
-        sessions.extend(
-            c.stats
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .sessions
-                .clone(),
-        );
         c.close().await;
     }
     counter.abort();
     responder.abort();
     b.signal_term();
     let _ = b.wait_exit(Duration::from_secs(10)).await;
-    for s in sessions {
-        env.track_queue(env.names.session_queue(&s));
-        env.track_queue(format!("{}.dropped", env.names.session_queue(&s)));
-    }
     env.cleanup().await;
     figures
 }

@@ -387,7 +387,7 @@ fn text(v: &AMQPValue) -> Option<String> {
 
 /// A raw-lapin stand-in for a gateway: publishes to `warren.in` with the contract's
 /// properties and headers, for one user and session, and reads replies from its own
-/// reply queue (named like a session queue).
+/// exclusive reply queue.
 pub struct StandInGateway {
     /// The names of the test namespace.
     pub names: Names,
@@ -395,7 +395,7 @@ pub struct StandInGateway {
     pub user: String,
     /// The session id put in `x-warren-session`.
     pub session: String,
-    /// The reply queue (`<ns>.warren.session.<session>`).
+    /// The reply queue (`<ns>.test.reply.<session>`).
     pub reply_queue: String,
     connection: Connection,
     channel: Channel,
@@ -424,7 +424,7 @@ impl StandInGateway {
             .await
             .expect("confirm mode");
         let session = uuid::Uuid::new_v4().simple().to_string();
-        let reply_queue = names.session_queue(&session);
+        let reply_queue = format!("{}test.reply.{session}", names.prefix());
         declare_exclusive(&channel, &reply_queue, "reply queue").await;
         let replies = consume_no_ack(&channel, &reply_queue, "consume replies").await;
         StandInGateway {

@@ -1,6 +1,7 @@
 //! SIGTERM the gateway most clients are on, under the same load as
 //! `fault_gateway_kill`: it drains (stops accepting, tells clients to move, finishes
-//! confirms and client acks, requeues the rest) and nothing is lost or duplicated.
+//! confirms; clients resume elsewhere from their position) and nothing is lost or
+//! duplicated.
 
 use warren_e2e::sdk_driver::{failover_under_load, Fault, Load};
 

@@ -1,9 +1,8 @@
-//! Losing RabbitMQ connections. With a session queue per session (`outbound =
-//! "queues"`) the gateway closes affected WebSockets with `broker_unavailable` (4002,
-//! reconnect), re-establishes its connections on next use, and the client resumes its
-//! session. With the outbound stream, sessions hold nothing on the broker: they stay
-//! connected while the gateway reconnects and its stream reader carries on from the
-//! position after the last message it read, so nothing is lost. The connections are closed from the broker side
+//! Losing RabbitMQ connections. Sessions hold nothing on the broker (the outbound
+//! stream): they stay connected while the gateway re-establishes its connections, and
+//! its stream reader carries on from the position after the last message it read, so
+//! nothing is lost; a client that went away meanwhile resumes its session from its
+//! position and gets what it had not acknowledged and what was published meanwhile. The connections are closed from the broker side
 //! with `rabbitmqctl`; the test is skipped where that tool is not usable.
 
 use std::process::Command;
@@ -13,7 +12,6 @@ use serde_json::json;
 use warren_e2e::client::TestClient;
 use warren_e2e::env::TestEnv;
 use warren_e2e::gateway::TestGateway;
-use warren_gateway::OutboundMode;
 use warren_protocol::Subscribe;
 
 /// Closes the broker connections whose client-provided name mentions `node`; returns
@@ -84,38 +82,46 @@ async fn subscribed_then_cut(env: &TestEnv, gw: &TestGateway) -> Option<TestClie
 #[tokio::test]
 async fn after_losing_its_rabbitmq_connections_the_gateway_reconnects_and_sessions_resume() {
     let env = TestEnv::new("broker-loss").await;
-    let gw = TestGateway::start_with(&env, |c| c.outbound = OutboundMode::Queues).await;
-    let Some(mut c) = subscribed_then_cut(&env, &gw).await else {
+    let gw = TestGateway::start(&env).await;
+    let Some(c) = subscribed_then_cut(&env, &gw).await else {
         gw.shutdown().await;
         env.cleanup().await;
         return;
     };
-    let session = c.session().to_string();
-    assert_eq!(c.expect_close(Duration::from_secs(10)).await, Some(4002));
-
-    let mut c = TestClient::connect_with(&gw.url(), c.resume_hello()).await;
+    // Published while the gateway has no broker connection.
+    env.publish_out("chat.all", "during", "2").await;
+    // The client goes away without acknowledging `before`, and resumes from its
+    // position on the gateway, which reconnects.
+    let hello = c.resume_hello();
+    c.close().await;
+    let mut c = TestClient::connect_with(&gw.url(), hello).await;
     assert!(c.welcome.as_ref().unwrap().resumed);
     let d = c.expect_deliver().await;
     assert_eq!(
         d.message_id, "before",
         "the unacknowledged delivery comes again"
     );
+    assert!(d.redelivered, "marked as possibly seen before");
+    let d = c.expect_deliver().await;
+    assert_eq!(
+        d.message_id, "during",
+        "what was published meanwhile follows"
+    );
     c.ack_deliveries(d.seq).await;
     c.publish("p", "chat", json!(1)).await;
     c.expect_ack("p").await;
-    env.publish_out("chat.all", "after", "2").await;
+    env.publish_out("chat.all", "after", "3").await;
     assert_eq!(c.expect_deliver().await.message_id, "after");
+    c.expect_no_deliver(Duration::from_millis(400)).await;
     c.close().await;
     gw.shutdown().await;
-    let mut env = env;
-    env.track_queue(env.names.session_queue(&session));
     env.cleanup().await;
 }
 
 #[tokio::test]
 async fn with_the_outbound_stream_sessions_stay_connected_through_a_broker_connection_loss() {
     let env = TestEnv::new("broker-loss-stream").await;
-    let gw = TestGateway::start_with(&env, |c| c.outbound = OutboundMode::Stream).await;
+    let gw = TestGateway::start(&env).await;
     let Some(mut c) = subscribed_then_cut(&env, &gw).await else {
         gw.shutdown().await;
         env.cleanup().await;

@@ -1,8 +1,8 @@
 //! The broker's control channels are replaced after a bounded number of uses, and a
 //! replaced channel closes once its last user drops it. lapin keeps a record of every
-//! queue declared or bound on a channel until the channel closes; session queues are
-//! never deleted by the gateway (they expire), so without this a gateway's memory grew
-//! with every session it ever opened.
+//! queue declared or bound on a channel until the channel closes, so without this a
+//! long-lived channel's record grows with everything declared on it (it grew with
+//! every session when the removed `outbound = "queues"` mode declared a queue each).
 
 use std::process::Command;
 use std::sync::Arc;

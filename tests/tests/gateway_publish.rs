@@ -9,7 +9,6 @@ use serde_json::json;
 use warren_e2e::client::{raw, TestClient};
 use warren_e2e::env::{ack, next_delivery, TestEnv};
 use warren_e2e::gateway::TestGateway;
-use warren_gateway::OutboundMode;
 use warren_protocol::amqp::{H_CHANNEL, H_GROUPS, H_SESSION, H_USER};
 use warren_protocol::{ClientFrame, Distribution, ErrorCode, Hello, Publish};
 
@@ -111,12 +110,8 @@ async fn a_request_is_answered_by_the_reply_a_service_sends_to_reply_to() {
         .await;
     let req = next_delivery(&mut inbound, Duration::from_secs(5)).await;
     let p = &req.properties;
-    // Replies go to the session queue, or to the outbound stream with the session
-    // named in the correlation id.
-    let (correlation, reply_to) = match gw.gateway().config().outbound {
-        OutboundMode::Queues => ("q1".to_string(), env.names.session_queue(c.session())),
-        OutboundMode::Stream => (format!("{}/q1", c.session()), env.names.outbound_stream()),
-    };
+    // Replies go to the outbound stream with the session named in the correlation id.
+    let (correlation, reply_to) = (format!("{}/q1", c.session()), env.names.outbound_stream());
     assert_eq!(
         p.correlation_id().as_ref().map(|s| s.to_string()),
         Some(correlation)

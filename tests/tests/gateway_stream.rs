@@ -1,4 +1,4 @@
-//! `outbound = "stream"`: what services publish lands in one RabbitMQ stream that each
+//! The outbound stream: what services publish lands in one RabbitMQ stream that each
 //! gateway reads once and fans out in memory. Sessions hold no broker state: a client
 //! resumes — on any gateway — by naming its last stream position, and gets what it
 //! missed, in order, once; replies travel the same way; a slow client catches up from
@@ -9,14 +9,9 @@ use std::time::Duration;
 use warren_e2e::client::{sub, TestClient};
 use warren_e2e::env::{ack, next_delivery, TestEnv};
 use warren_e2e::gateway::TestGateway;
-use warren_gateway::{Config, OutboundMode};
 use warren_protocol::{Deliver, ErrorCode, Hello, ServerFrame, Subscribe};
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-fn stream(c: &mut Config) {
-    c.outbound = OutboundMode::Stream;
-}
 
 fn resume(session: &str, position: Option<u64>, subscriptions: Vec<Subscribe>) -> Hello {
     Hello {
@@ -53,7 +48,7 @@ async fn metric(gw: &TestGateway, name: &str) -> u64 {
 #[tokio::test]
 async fn fan_out_follows_subscriptions_and_identity_and_declares_nothing_per_session() {
     TestEnv::run("stream-fanout", LIMIT, async |env| {
-        let gw = TestGateway::start_with(env, stream).await;
+        let gw = TestGateway::start(env).await;
         let mut a = TestClient::connect_with(
             &gw.url(),
             Hello {
@@ -103,7 +98,8 @@ async fn fan_out_follows_subscriptions_and_identity_and_declares_nothing_per_ses
         assert!(got_a.windows(2).all(|w| w[0].position < w[1].position));
         // Nothing on the broker for either session.
         for c in [&a, &b] {
-            let queue = env.names.session_queue(c.session());
+            // The per-session queue of the removed `outbound = "queues"` mode.
+            let queue = format!("{}warren.session.{}", env.names.prefix(), c.session());
             assert_eq!(env.message_count(&queue).await, None, "no {queue}");
         }
         gw.shutdown().await;
@@ -114,7 +110,7 @@ async fn fan_out_follows_subscriptions_and_identity_and_declares_nothing_per_ses
 #[tokio::test]
 async fn a_reply_travels_through_the_stream_to_the_session_that_asked() {
     TestEnv::run("stream-reply", LIMIT, async |env| {
-        let gw = TestGateway::start_with(env, stream).await;
+        let gw = TestGateway::start(env).await;
         let mut inbound = env.consume_inbound("echo").await;
         let mut a = TestClient::connect(&gw.url()).await;
         let mut b = TestClient::connect(&gw.url()).await;
@@ -148,8 +144,8 @@ async fn a_reply_travels_through_the_stream_to_the_session_that_asked() {
 #[tokio::test]
 async fn a_client_resumes_on_another_gateway_from_its_position_and_misses_nothing() {
     TestEnv::run("stream-resume", LIMIT, async |env| {
-        let gw1 = TestGateway::start_with(env, stream).await;
-        let gw2 = TestGateway::start_with(env, stream).await;
+        let gw1 = TestGateway::start(env).await;
+        let gw2 = TestGateway::start(env).await;
         let subs = vec![sub("all", "chat")];
         let mut c = TestClient::connect(&gw1.url()).await;
         let session = c.session().to_string();
@@ -188,7 +184,6 @@ async fn a_client_resumes_on_another_gateway_from_its_position_and_misses_nothin
 async fn a_position_older_than_the_gateways_memory_is_replayed_from_the_stream() {
     TestEnv::run("stream-old", LIMIT, async |env| {
         let gw = TestGateway::start_with(env, |c| {
-            stream(c);
             c.hub_buffer_messages = 3;
         })
         .await;
@@ -225,7 +220,6 @@ async fn a_position_older_than_the_gateways_memory_is_replayed_from_the_stream()
 async fn a_slow_client_catches_up_from_its_position_without_loss_or_duplicate() {
     TestEnv::run("stream-slow", LIMIT, async |env| {
         let gw = TestGateway::start_with(env, |c| {
-            stream(c);
             c.delivery_window = 8;
         })
         .await;
@@ -264,7 +258,6 @@ async fn a_position_that_aged_out_of_retention_is_reported_with_how_much_was_mis
     TestEnv::run("stream-aged", LIMIT, async |env| {
         // 2 MiB of retention in 1 MiB segments: 4 MiB of traffic drops the oldest.
         let gw = TestGateway::start_with(env, |c| {
-            stream(c);
             c.stream_max_bytes = 2 * 1024 * 1024;
             c.hub_buffer_messages = 10;
         })
@@ -311,7 +304,7 @@ async fn a_position_that_aged_out_of_retention_is_reported_with_how_much_was_mis
 #[tokio::test]
 async fn a_session_id_never_issued_or_of_another_user_gets_a_fresh_session_with_a_notice() {
     TestEnv::run("stream-unknown", LIMIT, async |env| {
-        let gw = TestGateway::start_with(env, stream).await;
+        let gw = TestGateway::start(env).await;
         let c = TestClient::connect_with(&gw.url(), resume("gone0000", Some(3), vec![])).await;
         let w = c.welcome().clone();
         assert!(!w.resumed);

@@ -1,9 +1,9 @@
 //! fanout: one publisher, N subscribers of a channel's broadcast. The publisher is a raw
 //! AMQP (lapin) client publishing to `<ns>.warren.out` with key `<channel>.all`, as a
 //! backend service would, in both modes. Through the gateway each subscriber is a
-//! WebSocket client subscribed to the broadcast (its session queue is bound by the
-//! gateway); raw, each subscriber is a lapin consumer of its own bound queue with the
-//! same bounds as a session queue. The publisher stays at most `--fanout-window`
+//! WebSocket client subscribed to the broadcast (the gateway fans the outbound stream
+//! out to it); raw, each subscriber is a lapin consumer of its own bound queue, bounded
+//! and expiring. The publisher stays at most `--fanout-window`
 //! messages ahead of the slowest subscriber (closed loop), so the figures measure
 //! sustained delivery rather than queue build-up. Latency is end to end: the publish
 //! time is stamped in the message.
@@ -108,8 +108,7 @@ pub async fn run(env: &SharedEnv, target: Target, subscribers: usize) -> Result<
         Ok(0)
     };
     progress.done.store(true, Ordering::Release);
-    let (tally, sessions) = join_workers(handles).await;
-    env.forget_sessions(&sessions).await;
+    let (tally, _sessions) = join_workers(handles).await;
     published?;
     if ready < subscribers {
         tally?;
@@ -346,7 +345,7 @@ async fn raw_subscriber(
     ch.queue_declare(
         queue.as_str().into(),
         QueueDeclareOptions::durable(),
-        crate::amqp::session_queue_args(),
+        crate::amqp::subscriber_queue_args(),
     )
     .await?;
     ch.queue_bind(

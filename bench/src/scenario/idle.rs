@@ -138,7 +138,6 @@ pub async fn run(env: &SharedEnv, sessions: usize) -> Result<IdleFigures> {
     for t in tasks {
         let _ = t.await;
     }
-    env.forget_sessions(&ids).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_closed_kib = rss_kib(pid).unwrap_or(0);
     let opened = ids.len();

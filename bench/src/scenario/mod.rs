@@ -88,16 +88,6 @@ impl Env {
             .as_ref()
             .ok_or_else(|| BenchError::Config("no gateway in this run (--targets)".into()))
     }
-
-    /// Deletes the session queues of clients that have gone.
-    pub async fn forget_sessions(&self, sessions: &[String]) {
-        let queues: Vec<String> = sessions
-            .iter()
-            .filter(|s| !s.is_empty())
-            .map(|s| self.names.session_queue(s))
-            .collect();
-        crate::amqp::delete_queues(&self.amqp, &queues).await;
-    }
 }
 
 /// A JSON message of about `size` bytes; with `stamp`, it carries `"t"`, the microseconds
@@ -182,8 +172,7 @@ where
             }),
         })
         .collect();
-    let (tally, sessions) = join_workers(handles).await;
-    env.forget_sessions(&sessions).await;
+    let (tally, _sessions) = join_workers(handles).await;
     let mut figures = Figures::from_tally(tally?, &window);
     figures.gateway_cpu_pct = cpu.await.ok().flatten();
     Ok(figures)

@@ -1,5 +1,5 @@
 //! rpc: N clients each doing sequential requests on the echo channel. Through the
-//! gateway a `request` is answered by `reply` (the reply travels via the session queue);
+//! gateway a `request` is answered by `reply` (the reply travels via the outbound stream);
 //! raw, each client has its own AMQP connection and an exclusive reply queue, publishes
 //! to `warren.in` with `reply_to` + `correlation_id`, and the same echo service answers.
 //! Figures: requests/s, round-trip latency.
