@@ -99,6 +99,9 @@ pub(crate) struct Shared {
     /// Replies to the HTTP API's requests (direct reply-to; opened at the first).
     pub(crate) http_replies: DirectReply,
     next_conn: AtomicU64,
+    /// Sessions resumed here whose takeover request waits to go out with others
+    /// ([`Shared::request_takeover`]).
+    takeovers: std::sync::Mutex<Vec<String>>,
 }
 
 impl Shared {
@@ -130,6 +133,7 @@ impl Shared {
                 )
             }),
             http_replies: DirectReply::new(broker.clone()),
+            takeovers: std::sync::Mutex::default(),
             config,
             verifier,
             broker,
@@ -646,16 +650,75 @@ pub(crate) struct TakeoverRequest {
     pub(crate) node: String,
 }
 
+/// Several takeover requests of one gateway in one message (a reconnect storm resumes
+/// thousands of sessions at once; one broker message each was most of its broker work).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct TakeoverBatch {
+    pub(crate) takeovers: Vec<String>,
+    pub(crate) node: String,
+}
+
+/// How long a takeover request waits for others to go out with.
+const TAKEOVER_BATCH_WAIT: Duration = Duration::from_millis(5);
+/// Most sessions in one takeover message (~50 bytes each).
+const TAKEOVER_BATCH_MAX: usize = 1_000;
+
+/// The sessions a `warren.gateways` message asks to release and the node asking, if
+/// it is a takeover request (one session or a batch).
+pub(crate) fn takeovers_in(body: &[u8]) -> Option<(Vec<String>, String)> {
+    if let Ok(req) = serde_json::from_slice::<TakeoverRequest>(body) {
+        return Some((vec![req.takeover], req.node));
+    }
+    serde_json::from_slice::<TakeoverBatch>(body)
+        .ok()
+        .map(|b| (b.takeovers, b.node))
+}
+
+/// The message bodies for `sessions` asked by `node`: a single session is sent as a
+/// [`TakeoverRequest`] (what every gateway version reads), more as batches.
+pub(crate) fn takeover_bodies(sessions: Vec<String>, node: &str) -> Vec<String> {
+    if sessions.len() == 1 {
+        let takeover = sessions.into_iter().next().unwrap_or_default();
+        let req = TakeoverRequest {
+            takeover,
+            node: node.to_string(),
+        };
+        return vec![serde_json::to_string(&req).expect("a takeover request serialises")];
+    }
+    sessions
+        .chunks(TAKEOVER_BATCH_MAX)
+        .map(|chunk| {
+            let batch = TakeoverBatch {
+                takeovers: chunk.to_vec(),
+                node: node.to_string(),
+            };
+            serde_json::to_string(&batch).expect("a takeover batch serialises")
+        })
+        .collect()
+}
+
 impl Shared {
     /// Asks every other gateway to release `session` (its consumer is still there
-    /// while a client resumes it here).
-    pub(crate) fn request_takeover(&self, session: &str) {
-        let body = serde_json::to_string(&TakeoverRequest {
-            takeover: session.to_string(),
-            node: self.config.node.clone(),
-        })
-        .expect("a takeover request serialises");
-        self.fire(self.names.gateways_exchange(), String::new(), body);
+    /// while a client resumes it here). Requests made within
+    /// [`TAKEOVER_BATCH_WAIT`] of each other go out together.
+    pub(crate) fn request_takeover(self: &Arc<Self>, session: &str) {
+        let first = {
+            let mut pending = self.takeovers.lock().unwrap_or_else(|e| e.into_inner());
+            pending.push(session.to_string());
+            pending.len() == 1
+        };
+        if !first {
+            return;
+        }
+        let shared = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(TAKEOVER_BATCH_WAIT).await;
+            let sessions =
+                std::mem::take(&mut *shared.takeovers.lock().unwrap_or_else(|e| e.into_inner()));
+            for body in takeover_bodies(sessions, &shared.config.node) {
+                shared.fire(shared.names.gateways_exchange(), String::new(), body);
+            }
+        });
     }
 }
 
@@ -681,10 +744,12 @@ pub(crate) async fn listen_for_takeovers(shared: Arc<Shared>) {
     let exchange = shared.names.gateways_exchange();
     let on = shared.clone();
     listen_fanout(shared, exchange, "takeover", move |body| {
-        if let Ok(req) = serde_json::from_slice::<TakeoverRequest>(body) {
-            on.presence_view().taken_over(&req.takeover, &req.node);
-            if req.node != on.config.node && on.registry.ask_to_release(&req.takeover) {
-                tracing::info!(session = %req.takeover, by = %req.node, "session resumed on another gateway; releasing it");
+        if let Some((sessions, node)) = takeovers_in(body) {
+            for session in &sessions {
+                on.presence_view().taken_over(session, &node);
+                if node != on.config.node && on.registry.ask_to_release(session) {
+                    tracing::info!(session = %session, by = %node, "session resumed on another gateway; releasing it");
+                }
             }
         } else if let Ok(a) = serde_json::from_slice::<GatewayAnnouncement>(body) {
             let interval = Duration::from_millis(a.interval_ms.unwrap_or(5_000).max(1));
@@ -951,5 +1016,32 @@ pub(crate) async fn announce(shared: Arc<Shared>, listeners: Vec<(SocketAddr, Op
         if state == "down" {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_takeover_keeps_the_single_form_and_many_go_out_in_batches_every_gateway_reads() {
+        let one = takeover_bodies(vec!["s1".into()], "gw-a");
+        assert_eq!(one, vec![r#"{"takeover":"s1","node":"gw-a"}"#.to_string()]);
+        assert_eq!(
+            takeovers_in(one[0].as_bytes()),
+            Some((vec!["s1".to_string()], "gw-a".to_string()))
+        );
+        let many: Vec<String> = (0..2_500).map(|i| format!("s{i}")).collect();
+        let bodies = takeover_bodies(many.clone(), "gw-b");
+        assert_eq!(bodies.len(), 3, "at most 1,000 sessions a message");
+        let mut back = Vec::new();
+        for b in &bodies {
+            let (sessions, node) = takeovers_in(b.as_bytes()).expect("a batch is read");
+            assert_eq!(node, "gw-b");
+            back.extend(sessions);
+        }
+        assert_eq!(back, many, "every session once, in order");
+        assert!(takeovers_in(br#"{"node":"gw-a","instance":"i","state":"up"}"#).is_none());
+        assert!(takeover_bodies(Vec::new(), "gw-a").is_empty());
     }
 }

@@ -91,3 +91,42 @@ async fn a_takeover_on_the_same_gateway_delivers_the_held_messages_before_newer_
     gw.shutdown().await;
     env.cleanup().await;
 }
+
+/// A burst of resumes (a reconnect storm) sends its takeover requests together, as
+/// batches: every stale connection on the other gateway is still released.
+#[tokio::test]
+async fn a_burst_of_resumes_on_another_gateway_releases_every_stale_connection() {
+    const CLIENTS: usize = 40;
+    let env = TestEnv::new("gw-takeover-burst").await;
+    let a = TestGateway::start(&env).await;
+    let b = TestGateway::start(&env).await;
+    let mut stale = Vec::new();
+    for _ in 0..CLIENTS {
+        stale.push(TestClient::connect(&a.url()).await);
+    }
+    // All at once, so their takeover requests fall within one batching window.
+    let hellos: Vec<_> = stale.iter().map(|c| c.resume_hello()).collect();
+    let url = b.url();
+    let fresh = futures_util::future::join_all(
+        hellos
+            .into_iter()
+            .map(|h| TestClient::connect_with(&url, h)),
+    )
+    .await;
+    assert!(fresh
+        .iter()
+        .all(|c| c.welcome.as_ref().is_some_and(|w| w.resumed)));
+    for (i, s) in stale.iter_mut().enumerate() {
+        assert_eq!(
+            s.expect_close(Duration::from_secs(5)).await,
+            Some(CloseCode::SessionTaken.code()),
+            "stale connection {i} released"
+        );
+    }
+    for c in fresh {
+        c.close().await;
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+    env.cleanup().await;
+}
