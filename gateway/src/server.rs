@@ -745,8 +745,14 @@ pub(crate) async fn listen_for_takeovers(shared: Arc<Shared>) {
     let on = shared.clone();
     listen_fanout(shared, exchange, "takeover", move |body| {
         if let Some((sessions, node)) = takeovers_in(body) {
+            {
+                // One lock for the whole batch.
+                let mut view = on.presence_view();
+                for session in &sessions {
+                    view.taken_over(session, &node);
+                }
+            }
             for session in &sessions {
-                on.presence_view().taken_over(session, &node);
                 if node != on.config.node && on.registry.ask_to_release(session) {
                     tracing::info!(session = %session, by = %node, "session resumed on another gateway; releasing it");
                 }

@@ -425,21 +425,12 @@ fn cpu_ms(pid: u32) -> u64 {
 
 /// The cumulative buckets of a gateway's `session_open_seconds` histogram, read from
 /// its `/metrics` (served on the main listener without `admin_listen`): `(le, count)`,
-/// empty when it cannot be read.
+/// empty when it does not answer within 10 s.
 async fn session_open_buckets(addr: SocketAddr) -> Vec<(String, u64)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let read = async {
-        let mut s = TcpStream::connect(addr).await.ok()?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n")
-            .await
-            .ok()?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).await.ok()?;
-        Some(body)
-    };
-    let Ok(Some(text)) = tokio::time::timeout(Duration::from_secs(10), read).await else {
-        return Vec::new();
-    };
+    let read = crate::gateway::http_get(addr, "/metrics");
+    let text = tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .unwrap_or_default();
     text.lines()
         .filter(|l| l.starts_with("warren_gateway_session_open_seconds_bucket"))
         .filter_map(|l| {
@@ -678,11 +669,9 @@ pub struct Figures {
     /// See `upgrade_ms`.
     pub welcome_ms: (u64, u64),
     /// For each moved client, ms from the fault to: its state leaving `connected` (it
-    /// noticed), its first socket asked for, and the socket of the attempt that
-    /// resumed it asked for (p50 / p99 each).
+    /// noticed; the SDK asks for its next socket at once), and the socket of the
+    /// attempt that resumed it asked for (p50 / p99 each).
     pub noticed_ms: (u64, u64),
-    /// See `noticed_ms`.
-    pub first_asked_ms: (u64, u64),
     /// See `noticed_ms`.
     pub last_asked_ms: (u64, u64),
     /// The surviving gateway's own accept → `welcome` time for the sessions opened
@@ -742,7 +731,7 @@ impl std::fmt::Display for Figures {
              requests: sent {} resolved {} (failed: {:?}); \
              clients moved {} recovered {}; recovery p50 {} ms p99 {} ms max {} ms; \
              attempts p50 {} p99 {} max {}; from the fault: noticed p50 {} p99 {} ms, \
-             first socket asked p50 {} p99 {} ms, last socket asked p50 {} p99 {} ms; \
+             last socket asked p50 {} p99 {} ms; \
              last attempt: upgrade p50 {} ms p99 {} ms, welcome p50 {} ms p99 {} ms; \
              surviving gateway, accept → welcome of {} sessions: p50 ≤ {} s, p99 ≤ {} s, \
              CPU from the fault on {} ms; errors after the fault {:?}; run {} ms",
@@ -769,8 +758,6 @@ impl std::fmt::Display for Figures {
             self.attempts.2,
             self.noticed_ms.0,
             self.noticed_ms.1,
-            self.first_asked_ms.0,
-            self.first_asked_ms.1,
             self.last_asked_ms.0,
             self.last_asked_ms.1,
             self.upgrade_ms.0,
@@ -1173,7 +1160,7 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
     let mut recovery = Vec::new();
     let mut attempts = Vec::new();
     let (mut upgrades, mut welcomes) = (Vec::new(), Vec::new());
-    let (mut noticed, mut first_asked, mut last_asked) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut noticed, mut last_asked) = (Vec::new(), Vec::new());
     let mut errors: HashMap<String, usize> = HashMap::new();
     for c in &clients {
         let st = c.stats.lock().unwrap_or_else(|e| e.into_inner());
@@ -1207,9 +1194,6 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
                 let since = |t: Instant| t.saturating_duration_since(fault_at).as_millis() as u64;
                 if let Some((_, t, _)) = st.states.iter().find(|(_, t, _)| *t >= fault_at) {
                     noticed.push(since(*t));
-                }
-                if let Some((t, _)) = st.sockets.iter().find(|(t, _)| *t >= fault_at) {
-                    first_asked.push(since(*t));
                 }
                 if let Some((asked, Some(upgraded))) =
                     st.sockets.iter().rev().find(|(asked, _)| *asked <= at)
@@ -1256,18 +1240,11 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
     figures.errors_after_fault = errors;
     let p50_p99 = |v: &mut Vec<u64>| (percentile(v, 50.0), percentile(v, 99.0));
     figures.noticed_ms = p50_p99(&mut noticed);
-    figures.first_asked_ms = p50_p99(&mut first_asked);
     figures.last_asked_ms = p50_p99(&mut last_asked);
     figures.gateway_open = open_quantiles(&open_before, &open_after);
     figures.gateway_cpu_ms = cpu_after.saturating_sub(cpu_before);
-    figures.upgrade_ms = (
-        percentile(&mut upgrades, 50.0),
-        percentile(&mut upgrades, 99.0),
-    );
-    figures.welcome_ms = (
-        percentile(&mut welcomes, 50.0),
-        percentile(&mut welcomes, 99.0),
-    );
+    figures.upgrade_ms = p50_p99(&mut upgrades);
+    figures.welcome_ms = p50_p99(&mut welcomes);
 
     // Cleanup.
     for c in clients {
