@@ -3,9 +3,13 @@
 //! deadlines, the heartbeat timer, session takeover and gateway shutdown. Every client
 //! frame is answered; bad input becomes an `error` frame with a registry code. A panic (a
 //! bug) is caught: the session is still cleaned up and the socket closed with 1011.
+//!
+//! The decisions (what is valid, what a session may receive, positions, the delivery
+//! window, heartbeats) are [`crate::session_core`]'s, pure and unit-tested there; this
+//! loop does the IO around them: the socket, the hub, the broker and the metrics.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -13,51 +17,27 @@ use futures_util::{FutureExt, SinkExt};
 use lapin::PublisherConfirm;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use warren_protocol::amqp::{self, keys, validate_dotted, validate_segment, validate_short};
 use warren_protocol::{
     decode_client, encode, ClientFrame, CloseCode, Correlator, Distribution, Drain, ErrorCode,
     Headers, Hello, Limits, Ping, PocAction, PocPacket, Refresh, ServerFrame, Subscribe, Welcome,
     PROTOCOL_VERSION,
 };
 
-use crate::auth::{Action, AuthError, Identity};
+use crate::auth::{AuthError, Identity};
 use crate::delivery::{self, Incoming};
 use crate::hub::{CatchUp, Membership, Message as HubMessage, Reader};
-use crate::inbound::{self, now_ms_epoch, truncate, Outcome, Refusal};
+use crate::inbound::{self, now_ms_epoch, Outcome, Refusal};
 use crate::limits::{Slot, TokenBucket};
 use crate::metrics;
 use crate::presence::PresenceEvent;
 use crate::server::{Shared, Upgrade};
 use crate::session::{self, Inflight, Subscriptions, Takeover, TakeoverSignal};
-
-/// Most messages written to the socket together, with one flush (one `write` to the
-/// kernel) at the end.
-const MAX_WRITE_BATCH: usize = 64;
-
-/// Where a connection is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Upgraded; no frame yet.
-    AwaitingHello,
-    /// A session is open.
-    Open,
-    /// Finishing confirms before closing (gateway shutdown).
-    Draining,
-    /// The peer went away or the socket failed; only cleanup is left.
-    Closed,
-}
+use crate::session_core::{self as core_, Clock, Due, Errors, Origin, Phase, Positions, Resume};
 
 /// What a frame handler tells the loop.
 enum Flow {
     Continue,
     Close(CloseCode, String),
-}
-
-/// What kind of frame a publisher confirm answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Origin {
-    Publish,
-    Request,
 }
 
 #[derive(Debug)]
@@ -90,15 +70,7 @@ struct Session {
 struct StreamOut {
     member: Membership,
     read: Read,
-    /// The position after the last message sent (or skipped as not this session's);
-    /// `None` until the first.
-    cursor: Option<u64>,
-    /// The next message of a just-opened reader shows whether retention dropped
-    /// positions the session needed.
-    check_gap: bool,
-    /// A resume: positions below this were read before the client came back, so the
-    /// client may have had them already (`redelivered`).
-    replay_until: Option<u64>,
+    positions: Positions,
 }
 
 /// Where a stream session's messages come from.
@@ -147,17 +119,19 @@ pub(crate) fn serve<S: Send + 'static>(
             now.into_std(),
         )),
     };
+    let clock = Clock::new(
+        Duration::from_millis(shared.config.heartbeat_ms),
+        Duration::from_millis(shared.config.hello_timeout_ms),
+        now,
+    );
     let mut conn = Conn {
         shared,
         pinned,
         id,
         ws,
         phase: Phase::AwaitingHello,
-        started: now,
-        last_heard: now,
-        last_sent: now,
-        last_ping: now,
-        consecutive_errors: 0,
+        clock,
+        errors: Errors::default(),
         confirms: None,
         pending_confirms: 0,
         requests: Correlator::new(),
@@ -249,7 +223,7 @@ async fn next_outbound(session: Option<&mut Session>, window: usize) -> Outbound
     let Some(out) = s.stream.as_mut() else {
         return std::future::pending().await;
     };
-    if s.cancelled || s.inflight.len() >= window {
+    if !core_::may_deliver(s.cancelled, s.inflight.len(), window) {
         return std::future::pending().await;
     }
     match &mut out.read {
@@ -275,20 +249,6 @@ async fn next_confirm(confirms: Option<&mut Confirms>) -> Option<Confirmed> {
     }
 }
 
-/// Rounds a housekeeping deadline up to a grid of `heartbeat / 32` (at most 1 s), so
-/// that the pings and checks of many idle connections fall due together and the
-/// runtime wakes once for a batch of them rather than once for each.
-fn coarse(at: Instant, heartbeat: Duration) -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    let grain = (heartbeat / 32)
-        .clamp(Duration::from_millis(1), Duration::from_secs(1))
-        .as_nanos();
-    let since = at.saturating_duration_since(epoch).as_nanos();
-    let slots = since.div_ceil(grain);
-    epoch + Duration::from_nanos(u64::try_from(slots * grain).unwrap_or(u64::MAX / 2))
-}
-
 /// Publisher-confirm results of a connection's publishes; created with the first
 /// publish, so connections that never publish do not carry a channel.
 struct Confirms {
@@ -302,11 +262,10 @@ struct Conn {
     id: u64,
     ws: WebSocket,
     phase: Phase,
-    started: Instant,
-    last_heard: Instant,
-    last_sent: Instant,
-    last_ping: Instant,
-    consecutive_errors: u32,
+    /// Heartbeats and deadlines.
+    clock: Clock,
+    /// Bad frames in a row.
+    errors: Errors,
     confirms: Option<Confirms>,
     pending_confirms: usize,
     requests: Correlator<String, ()>,
@@ -326,12 +285,8 @@ struct Conn {
 }
 
 impl Conn {
-    fn heartbeat(&self) -> Duration {
-        Duration::from_millis(self.shared.config.heartbeat_ms)
-    }
-
     fn elapsed_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        self.clock.elapsed_ms(Instant::now())
     }
 
     /// The loop. Returns the close code to send, if the gateway closes.
@@ -383,30 +338,11 @@ impl Conn {
         }
     }
 
-    /// When the timer must fire next: the heartbeat timeout, the next ping (only once
-    /// the connection has been quiet one way for a heartbeat), or the earliest request
-    /// deadline. Heartbeat work is
-    /// rounded to a coarse grid ([`coarse`]); request deadlines are exact.
+    /// When the timer must fire next ([`Clock::next_wake`]).
     fn next_wake(&self) -> Instant {
-        let hb = self.heartbeat();
-        let mut at = self.last_heard + hb * 5 / 2;
-        // Before the session opens nothing may precede `welcome`: no ping then.
-        if self.phase == Phase::Open {
-            let quiet_since = self.last_heard.min(self.last_sent);
-            at = at.min((self.last_ping + hb).max(quiet_since + hb));
-        }
-        let mut at = coarse(at, hb);
-        let config = &self.shared.config;
-        if self.phase == Phase::AwaitingHello {
-            at = at.min(self.started + Duration::from_millis(config.hello_timeout_ms));
-        }
-        if let Some(expires) = self.session.as_ref().and_then(|s| s.expires) {
-            at = at.min(expires);
-        }
-        if let Some(d) = self.requests.next_deadline() {
-            at = at.min(self.started + Duration::from_millis(d));
-        }
-        at
+        let expires = self.session.as_ref().and_then(|s| s.expires);
+        self.clock
+            .next_wake(self.phase, expires, self.requests.next_deadline())
     }
 
     async fn on_timer(&mut self) -> Flow {
@@ -495,7 +431,7 @@ impl Conn {
     }
 
     fn send_limit(&self) -> Duration {
-        (self.heartbeat() * 5 / 2).max(Duration::from_secs(1))
+        self.clock.send_limit()
     }
 
     fn sent(
@@ -508,7 +444,7 @@ impl Conn {
                 Flow::Close(CloseCode::SlowConsumer, String::new())
             }
             Ok(Ok(())) => {
-                self.last_sent = Instant::now();
+                self.clock.sent(Instant::now());
                 Flow::Continue
             }
             Ok(Err(e)) => {
@@ -539,15 +475,14 @@ impl Conn {
 
     /// Counts one bad frame (already answered); closes after too many in a row.
     fn bad_counted(&mut self) -> Flow {
-        self.consecutive_errors += 1;
-        if self.consecutive_errors >= self.shared.config.max_consecutive_errors {
+        if self.errors.bad(self.shared.config.max_consecutive_errors) {
             return Flow::Close(CloseCode::TooManyErrors, String::new());
         }
         Flow::Continue
     }
 
     async fn on_message(&mut self, msg: Option<Result<Message, axum::Error>>) -> Flow {
-        self.last_heard = Instant::now();
+        self.clock.heard(Instant::now());
         if let Some(wait) = self
             .frames
             .as_mut()
@@ -569,16 +504,16 @@ impl Conn {
             }
             Some(Err(e)) => {
                 let text = e.to_string();
-                if text.contains("too long") || text.contains("Space limit") {
-                    tracing::info!(conn = self.id, error = %text, "frame beyond the hard cap");
-                    Flow::Close(CloseCode::MessageTooBig, String::new())
-                } else if text.contains("UTF-8") || text.contains("utf-8") {
-                    tracing::info!(conn = self.id, error = %text, "text frame is not UTF-8");
-                    Flow::Close(CloseCode::InvalidPayload, String::new())
-                } else {
-                    tracing::debug!(conn = self.id, error = %text, "read failed");
-                    self.phase = Phase::Closed;
-                    Flow::Continue
+                match core_::read_failure(&text) {
+                    Some(code) => {
+                        tracing::info!(conn = self.id, error = %text, "frame refused by the WebSocket layer");
+                        Flow::Close(code, String::new())
+                    }
+                    None => {
+                        tracing::debug!(conn = self.id, error = %text, "read failed");
+                        self.phase = Phase::Closed;
+                        Flow::Continue
+                    }
                 }
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
@@ -640,15 +575,8 @@ impl Conn {
         }
         let hello = hello.unwrap_or_default();
         let config = &self.shared.config;
-        if let Some(v) = hello.protocol {
-            if v != PROTOCOL_VERSION {
-                return Flow::Close(
-                    CloseCode::UnsupportedProtocol,
-                    format!(
-                        "protocol {v} is not supported; this gateway speaks {PROTOCOL_VERSION}"
-                    ),
-                );
-            }
+        if let Err((code, why)) = core_::check_protocol(hello.protocol) {
+            return Flow::Close(code, why);
         }
         // Nothing is declared on the broker before the token is verified.
         let token = hello.token.clone().or_else(|| self.upgrade.token.take());
@@ -709,15 +637,15 @@ impl Conn {
         let mut notice = None;
         let mut resumed = false;
         let mut id = None;
-        if let Some(requested) = &hello.session {
-            if validate_segment("session", requested).is_err() || !session::well_formed(requested) {
-                // Not an id this gateway could have issued.
-                notice = Some(ErrorCode::SessionExpired);
-            } else if !session::owned_by(requested, &owner) {
-                tracing::info!(conn = self.id, session = %requested, "resume refused: another user's session");
-                metrics::add(&self.shared.metrics.refused_forbidden, 1);
-                notice = Some(ErrorCode::Forbidden);
-            } else {
+        match core_::resume_of(hello.session.as_deref(), &owner) {
+            Resume::Fresh { notice: why } => {
+                if why == Some(ErrorCode::Forbidden) {
+                    tracing::info!(conn = self.id, session = ?hello.session, "resume refused: another user's session");
+                    metrics::add(&self.shared.metrics.refused_forbidden, 1);
+                }
+                notice = why;
+            }
+            Resume::Resume(requested) => {
                 // A connection of this gateway may still hold it (its client is gone but
                 // it has not noticed yet): it is closed; one of another gateway is asked
                 // to close. Neither holds anything the client needs.
@@ -732,7 +660,7 @@ impl Conn {
                     None => self.shared.request_takeover(requested),
                 }
                 resumed = true;
-                id = Some(requested.clone());
+                id = Some(requested.to_string());
             }
         }
         let id = id.unwrap_or_else(|| {
@@ -744,15 +672,15 @@ impl Conn {
         });
         // A resume without a position (the stream was empty when the session opened)
         // replays from the stream's start.
-        let from = resumed.then(|| hello.position.map_or(0, |p| p + 1));
+        let resume_at = resumed.then(|| Positions::resumed(hello.position, None).next());
         let tenant = inbound::tenant_of(&self.shared.config, &identity);
-        let (member, head) = self.shared.hub.join_tenant(self.id, &id, tenant, from);
+        let (member, head) = self.shared.hub.join_tenant(self.id, &id, tenant, resume_at);
         if anonymous {
             identity.user = id.clone();
         }
         let user = identity.user.clone();
         let expires = self.expiry_of(&identity);
-        tracing::info!(conn = self.id, session = %id, user = %user, resumed, from = ?from, client = ?hello.client, "session open");
+        tracing::info!(conn = self.id, session = %id, user = %user, resumed, from = ?resume_at, client = ?hello.client, "session open");
         self.session = Some(Session {
             id: id.clone(),
             identity,
@@ -761,9 +689,11 @@ impl Conn {
             stream: Some(StreamOut {
                 member,
                 read: if resumed { Read::Ring } else { Read::Live },
-                cursor: from,
-                check_gap: false,
-                replay_until: if resumed { head.map(|h| h + 1) } else { None },
+                positions: if resumed {
+                    Positions::resumed(hello.position, head)
+                } else {
+                    Positions::fresh()
+                },
             }),
             inflight: Inflight::default(),
             subs: Subscriptions::default(),
@@ -772,7 +702,7 @@ impl Conn {
         // The subscriptions the client held, before anything is replayed; refusals are
         // reported when the client sends them again as `subscribe` frames.
         for s in &hello.subscriptions {
-            if let Err(r) = self.apply_subscription(s, true).await {
+            if let Err(r) = self.apply_subscription(s, true) {
                 tracing::debug!(conn = self.id, code = %r.code.as_str(), "a resumed subscription was refused");
             }
         }
@@ -864,7 +794,7 @@ impl Conn {
                     .await;
                 match res {
                     Ok(confirm) => {
-                        self.consecutive_errors = 0;
+                        self.errors.good();
                         self.await_confirms(p.id, Origin::Publish, vec![confirm]);
                         Flow::Continue
                     }
@@ -877,26 +807,16 @@ impl Conn {
                     Ok(timeout) => timeout,
                     Err(e) => return self.bad(Some(r.id), e.code, e.message).await,
                 };
-                if self.requests.len() >= config.max_pending_requests {
-                    metrics::add(&self.shared.metrics.refused_limit, 1);
-                    let max = config.max_pending_requests;
-                    let frame = ServerFrame::error(
-                        Some(r.id),
-                        ErrorCode::Overloaded,
-                        format!(
-                            "at most {max} requests may await their reply (max_pending_requests)"
-                        ),
-                    );
-                    return self.send(&frame).await;
-                }
-                if self.requests.contains(&r.id) {
-                    return self
-                        .bad(
-                            Some(r.id),
-                            ErrorCode::Invalid,
-                            "a request with this id is pending",
-                        )
-                        .await;
+                let admitted = core_::admit_request(
+                    self.requests.len(),
+                    config.max_pending_requests,
+                    self.requests.contains(&r.id),
+                );
+                if let Err(refused) = admitted {
+                    if refused.code == ErrorCode::Overloaded {
+                        metrics::add(&self.shared.metrics.refused_limit, 1);
+                    }
+                    return self.refuse(Some(r.id), refused).await;
                 }
                 let res = self
                     .publish(
@@ -912,10 +832,8 @@ impl Conn {
                     .await;
                 match res {
                     Ok(confirm) => {
-                        self.consecutive_errors = 0;
-                        // elapsed_ms() truncates: add 1 ms so a request never times out
-                        // before its full timeout has passed.
-                        let deadline = self.elapsed_ms() + timeout + 1;
+                        self.errors.good();
+                        let deadline = self.clock.request_deadline(Instant::now(), timeout);
                         let _ = self.requests.insert(r.id.clone(), deadline, ());
                         self.await_confirms(r.id, Origin::Request, vec![confirm]);
                         Flow::Continue
@@ -943,8 +861,8 @@ impl Conn {
 
     /// When an identity's token stops being valid, as a deadline of this connection.
     fn expiry_of(&self, identity: &Identity) -> Option<Instant> {
-        let exp = identity.expires_at? + self.shared.config.auth.jwt.leeway_s;
-        Some(Instant::now() + Duration::from_secs(exp.saturating_sub(now_epoch_s())))
+        let leeway = self.shared.config.auth.jwt.leeway_s;
+        core_::expiry(identity.expires_at, leeway, now_epoch_s(), Instant::now())
     }
 
     /// Answers a refused token with `unauthorized`: an `error` frame naming `id` at
@@ -994,15 +912,6 @@ impl Conn {
             Ok(identity) => identity,
             Err(e) => return self.unauthorized(Some(r.id), e).await,
         };
-        if identity.user != current {
-            let message = format!(
-                "the new token names user `{}`, this session belongs to `{current}`",
-                truncate(&identity.user, 64)
-            );
-            return self
-                .refuse(Some(r.id), Refusal::new(ErrorCode::Forbidden, message))
-                .await;
-        }
         // Tenant mode: the hub admitted this session as its first tenant; a token of
         // another tenant needs a new session.
         let tenant_now = self
@@ -1010,20 +919,16 @@ impl Conn {
             .as_ref()
             .and_then(|s| inbound::tenant_of(&shared.config, &s.identity));
         let tenant_new = inbound::tenant_of(&shared.config, &identity);
-        if tenant_now != tenant_new {
-            let message = format!(
-                "the new token names tenant {tenant_new:?}, this session belongs to {tenant_now:?}"
-            );
-            return self
-                .refuse(Some(r.id), Refusal::new(ErrorCode::Forbidden, message))
-                .await;
+        if let Err(refused) = core_::check_refresh(&current, tenant_now, &identity.user, tenant_new)
+        {
+            return self.refuse(Some(r.id), refused).await;
         }
         let expires = self.expiry_of(&identity);
         if let Some(s) = self.session.as_mut() {
             s.identity = identity;
             s.expires = expires;
         }
-        self.consecutive_errors = 0;
+        self.errors.good();
         tracing::debug!(conn = self.id, "token refreshed");
         self.send(&ServerFrame::ack(r.id)).await
     }
@@ -1031,16 +936,11 @@ impl Conn {
     /// Sends the `error` for a refused frame; input problems count towards
     /// `too_many_errors`, broker problems do not.
     async fn refuse(&mut self, id: Option<String>, r: Refusal) -> Flow {
-        match r.code {
-            ErrorCode::BrokerUnavailable | ErrorCode::Internal | ErrorCode::Overloaded => {
-                self.send(&ServerFrame::error(id, r.code, r.message)).await
-            }
-            _ => self.bad(id, r.code, r.message).await,
+        if core_::counts_as_bad(r.code) {
+            self.bad(id, r.code, r.message).await
+        } else {
+            self.send(&ServerFrame::error(id, r.code, r.message)).await
         }
-    }
-
-    fn check_channel(&self, channel: &str) -> Result<(), Refusal> {
-        inbound::check_channel(&self.shared.config, self.pinned.as_deref(), channel)
     }
 
     /// Validates and publishes one message to the inbound exchange ([`inbound::send`]);
@@ -1129,10 +1029,8 @@ impl Conn {
             .metrics
             .confirms_pending
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        let frame = match (c.outcome.refusal(), c.origin) {
-            (None, Origin::Publish) => ServerFrame::ack(c.id.clone()),
-            (None, Origin::Request) => return Flow::Continue,
-            (Some(r), _) => ServerFrame::error(Some(c.id.clone()), r.code, r.message),
+        let Some(frame) = core_::confirm_answer(&c.id, c.origin, &c.outcome) else {
+            return Flow::Continue;
         };
         if c.origin == Origin::Request {
             self.requests.resolve(&c.id);
@@ -1152,50 +1050,31 @@ impl Conn {
         Flow::Continue
     }
 
-    /// Heartbeat and overflow housekeeping, when the timer fires ([`Conn::next_wake`]).
+    /// Heartbeats, the `hello` wait and the token's expiry, when the timer fires
+    /// ([`Clock::due`]).
     async fn on_tick(&mut self) -> Flow {
-        let hb = self.heartbeat();
-        let now = Instant::now();
-        let config = &self.shared.config;
-        if self.phase == Phase::AwaitingHello
-            && now.duration_since(self.started) >= Duration::from_millis(config.hello_timeout_ms)
-        {
-            return Flow::Close(
-                CloseCode::ProtocolViolation,
-                "no hello within hello_timeout_ms".into(),
-            );
-        }
-        if self
-            .session
-            .as_ref()
-            .and_then(|s| s.expires)
-            .is_some_and(|e| now >= e)
-        {
-            metrics::add(&self.shared.metrics.token_expired, 1);
-            let _ = self
-                .send(&ServerFrame::error(
-                    None,
-                    ErrorCode::Unauthorized,
-                    "the token expired without a refresh; reconnect with a new token",
-                ))
-                .await;
-            return Flow::Close(CloseCode::TokenExpired, String::new());
-        }
-        if now.duration_since(self.last_heard) >= hb * 5 / 2 {
-            return Flow::Close(CloseCode::HeartbeatTimeout, String::new());
-        }
-        let idle =
-            now.duration_since(self.last_heard) >= hb || now.duration_since(self.last_sent) >= hb;
-        // Before the session opens nothing may precede `welcome`: no ping then.
-        if idle && self.phase == Phase::Open && now.duration_since(self.last_ping) >= hb {
-            self.last_ping = now;
-            return self
-                .send(&ServerFrame::Ping(Ping {
+        let expires = self.session.as_ref().and_then(|s| s.expires);
+        match self.clock.due(Instant::now(), self.phase, expires) {
+            Due::Nothing => Flow::Continue,
+            Due::Ping => {
+                self.send(&ServerFrame::Ping(Ping {
                     ts: Some(now_ms_epoch()),
                 }))
-                .await;
+                .await
+            }
+            Due::TokenExpired => {
+                metrics::add(&self.shared.metrics.token_expired, 1);
+                let _ = self
+                    .send(&ServerFrame::error(
+                        None,
+                        ErrorCode::Unauthorized,
+                        "the token expired without a refresh; reconnect with a new token",
+                    ))
+                    .await;
+                Flow::Close(CloseCode::TokenExpired, String::new())
+            }
+            Due::Close(code, why) => Flow::Close(code, why.to_string()),
         }
-        Flow::Continue
     }
 
     /// Sends live messages, switches to catching up when the hub stopped
@@ -1210,14 +1089,13 @@ impl Conn {
         let Some(out) = s.stream.as_mut() else {
             return Flow::Continue;
         };
-        let replay_until = out.replay_until;
-        let room = window.saturating_sub(s.inflight.len()).max(1);
+        let room = core_::batch_room(s.inflight.len(), window);
         let mut batch: Vec<Arc<HubMessage>> = Vec::new();
         let mut next_cursor = None;
         match event {
             Outbound::Live(m) => {
                 batch.push(m);
-                while batch.len() < room.min(MAX_WRITE_BATCH) {
+                while batch.len() < room {
                     match out.member.rx.try_recv() {
                         Ok(m) => batch.push(m),
                         Err(_) => break,
@@ -1235,15 +1113,15 @@ impl Conn {
             }
             Outbound::Pull => {
                 // What the hub pushed before it stopped comes first.
-                while batch.len() < room.min(MAX_WRITE_BATCH) {
+                while batch.len() < room {
                     match out.member.rx.try_recv() {
                         Ok(m) => batch.push(m),
                         Err(_) => break,
                     }
                 }
                 if batch.is_empty() {
-                    let from = out.cursor.unwrap_or(0);
-                    match hub.catch_up(self.id, from, room.min(MAX_WRITE_BATCH)) {
+                    let from = out.positions.next();
+                    match hub.catch_up(self.id, from, room) {
                         CatchUp::Batch(ms, next) => {
                             batch = ms;
                             next_cursor = Some(next);
@@ -1265,8 +1143,7 @@ impl Conn {
                                 Ok(r) => {
                                     metrics::add(&self.shared.metrics.stream_readers, 1);
                                     out.read = Read::Stream(Box::new(r));
-                                    out.cursor = Some(from);
-                                    out.check_gap = true;
+                                    out.positions.reader_opened(from);
                                 }
                                 Err(e) => {
                                     tracing::warn!(conn = self.id, error = %e, "cannot read the outbound stream");
@@ -1289,37 +1166,21 @@ impl Conn {
                 if let Read::Stream(r) = &mut out.read {
                     r.settle().await;
                 }
-                let from = out.cursor.unwrap_or(0);
-                if m.offset < from {
+                let from = out.positions.next();
+                let core_::Read::Next { missed, to_ring } =
+                    out.positions.read(m.offset, hub.holds(m.offset))
+                else {
                     return Flow::Continue;
-                }
-                // The reader starts where it was asked unless retention dropped that.
-                let missed = if std::mem::take(&mut out.check_gap) {
-                    m.offset - from
-                } else {
-                    0
                 };
-                out.cursor = Some(m.offset + 1);
-                let to_ring = hub.holds(m.offset);
                 if to_ring {
                     // The ring has everything from here on: the reader is done.
                     if let Read::Stream(r) = std::mem::replace(&mut out.read, Read::Ring) {
                         tokio::spawn(r.close());
                     }
-                    out.cursor = Some(m.offset);
                 }
                 if missed > 0 {
                     metrics::add(&self.shared.metrics.stream_missed, missed);
-                    let frame = ServerFrame::error(
-                        None,
-                        ErrorCode::SessionExpired,
-                        format!(
-                            "{missed} stream positions after position {} aged out of the \
-                             outbound stream's retention before they were replayed; any \
-                             messages for this session among them were missed",
-                            from.saturating_sub(1)
-                        ),
-                    );
+                    let frame = core_::missed_notice(missed, from);
                     if let Flow::Close(c, r) = self.send(&frame).await {
                         return Flow::Close(c, r);
                     }
@@ -1333,10 +1194,15 @@ impl Conn {
         let mut last = None;
         for m in &batch {
             last = Some(m.offset);
+            let redelivered = self
+                .session
+                .as_ref()
+                .and_then(|s| s.stream.as_ref())
+                .is_some_and(|out| out.positions.redelivered(m.offset));
             let Some(frame) = self.frame_of(Incoming {
                 exchange: m.exchange.as_str(),
                 routing_key: m.routing_key.as_str(),
-                redelivered: replay_until.is_some_and(|r| m.offset < r),
+                redelivered,
                 properties: &m.properties,
                 body: &m.body,
                 position: Some(m.offset),
@@ -1348,9 +1214,8 @@ impl Conn {
             }
         }
         if let Some(out) = self.session.as_mut().and_then(|s| s.stream.as_mut()) {
-            let cursor = next_cursor.or(last.map(|o| o + 1));
-            if let Some(c) = cursor {
-                out.cursor = Some(out.cursor.map_or(c, |old| old.max(c)));
+            if let Some(next) = next_cursor.or(last.map(|o| o + 1)) {
+                out.positions.advance(next);
             }
         }
         if batch.is_empty() || self.phase == Phase::Closed {
@@ -1376,103 +1241,46 @@ impl Conn {
         Some(frame)
     }
 
-    /// Binding keys of a subscription on this session, if its identity may hold it:
-    /// the channel's subscribe right, granted groups only, topics within granted
-    /// patterns, and direct messages of its own user only (the only key `direct` makes).
-    fn subscription_keys(
-        &self,
-        s: &Subscribe,
-        identity: &Identity,
-    ) -> Result<Vec<String>, Refusal> {
-        self.check_channel(&s.channel)?;
-        let invalid = |e: amqp::NameError| Refusal::new(ErrorCode::Invalid, e.to_string());
-        let forbidden = |m: String| Err(Refusal::new(ErrorCode::Forbidden, m));
-        if !identity.may(Action::Subscribe, &s.channel) {
-            return forbidden(identity.refusal(Action::Subscribe, &s.channel));
-        }
-        let mut out = Vec::new();
-        if s.wants_broadcast() {
-            out.push(keys::broadcast(&s.channel));
-        }
-        for g in &s.groups {
-            validate_segment("group", g).map_err(invalid)?;
-            if !identity.may_group(g) {
-                return forbidden(format!("user `{}` is not in group `{g}`", identity.user));
-            }
-            out.push(keys::group(&s.channel, g));
-        }
-        if s.direct {
-            out.push(keys::user(&s.channel, &identity.user));
-        }
-        if let Some(t) = &s.topic {
-            validate_dotted("topic", t, true).map_err(invalid)?;
-            if !identity.may_topic(t) {
-                return forbidden(format!(
-                    "user `{}` may not subscribe to topic `{t}`",
-                    identity.user
-                ));
-            }
-            out.push(keys::event(&s.channel, t));
-        }
-        for k in &out {
-            validate_short("binding key", k).map_err(invalid)?;
-        }
-        out.dedup();
-        Ok(out)
-    }
-
     async fn subscribe(&mut self, s: Subscribe, on: bool) -> Flow {
         if self.session.is_none() {
             return Flow::Continue;
         }
-        let applied = self.apply_subscription(&s, on).await;
+        let applied = self.apply_subscription(&s, on);
         self.subscriptions_changed();
         match applied {
             Ok(()) => {
-                self.consecutive_errors = 0;
+                self.errors.good();
                 self.send(&ServerFrame::ack(s.id)).await
             }
             Err(r) => self.refuse(Some(s.id), r).await,
         }
     }
 
-    async fn apply_subscription(&mut self, s: &Subscribe, on: bool) -> Result<(), Refusal> {
-        let session = self
-            .session
-            .as_ref()
-            .ok_or_else(|| Refusal::new(ErrorCode::Internal, "no session"))?;
-        let keys = if on {
-            self.subscription_keys(s, &session.identity)?
-        } else {
-            // Unsubscribing needs no permission: it only ever removes.
-            self.subscription_keys(s, &Identity::unrestricted(session.identity.user.clone()))?
-        };
-        let max = self.shared.config.max_subscriptions as usize;
+    /// Adds (`on`) or removes a subscription, if the session's identity may hold it
+    /// ([`core_::subscription_keys`]); the hub learns the keys that changed.
+    fn apply_subscription(&mut self, s: &Subscribe, on: bool) -> Result<(), Refusal> {
+        let config = &self.shared.config;
+        let pinned = self.pinned.as_deref();
         let session = self
             .session
             .as_mut()
             .ok_or_else(|| Refusal::new(ErrorCode::Internal, "no session"))?;
-        if on {
-            let new = keys.iter().filter(|k| !session.subs.contains(k)).count();
-            if session.subs.len() + new > max {
-                return Err(Refusal::new(
-                    ErrorCode::Forbidden,
-                    format!("a session may hold at most {max} subscriptions"),
-                ));
-            }
-            for k in &keys {
-                if session.subs.add(k) {
-                    self.shared.hub.subscribe(self.id, std::slice::from_ref(k));
-                }
-            }
+        let keys = if on {
+            core_::subscription_keys(config, pinned, s, &session.identity)?
         } else {
-            for k in &keys {
-                if session.subs.remove(k) {
-                    self.shared
-                        .hub
-                        .unsubscribe(self.id, std::slice::from_ref(k));
-                }
-            }
+            // Unsubscribing needs no permission: it only ever removes.
+            let anyone = Identity::unrestricted(session.identity.user.clone());
+            core_::subscription_keys(config, pinned, s, &anyone)?
+        };
+        let max = config.max_subscriptions as usize;
+        let changed = core_::change_subscriptions(&mut session.subs, &keys, on, max)?;
+        if changed.is_empty() {
+            return Ok(());
+        }
+        if on {
+            self.shared.hub.subscribe(self.id, &changed);
+        } else {
+            self.shared.hub.unsubscribe(self.id, &changed);
         }
         Ok(())
     }
@@ -1486,24 +1294,6 @@ impl Conn {
                 &session.identity.user,
                 session.subs.keys().cloned().collect(),
             );
-        }
-    }
-
-    /// A POC packet's `publish_target`: absent or empty, or the gateway's own inbound exchange
-    /// (where it publishes every client message), else refused with `unsupported` —
-    /// never silently published somewhere the client did not name.
-    fn check_publish_target(&self, target: Option<&str>) -> Result<(), Refusal> {
-        let inbound = self.shared.names.inbound_exchange();
-        match target {
-            Some(t) if !t.is_empty() && t != inbound => Err(Refusal::new(
-                ErrorCode::Unsupported,
-                format!(
-                    "publish_target `{}` is not supported: this gateway publishes only to \
-                     its inbound exchange `{inbound}` (omit publish_target or name that exchange)",
-                    truncate(t, 64)
-                ),
-            )),
-            _ => Ok(()),
         }
     }
 
@@ -1530,7 +1320,8 @@ impl Conn {
                         )
                         .await;
                 };
-                if let Err(r) = self.check_publish_target(p.publish_target.as_deref()) {
+                let inbound = self.shared.names.inbound_exchange();
+                if let Err(r) = core_::check_publish_target(&inbound, p.publish_target.as_deref()) {
                     return self.refuse(Some(id), r).await;
                 }
                 let mut confirms = Vec::new();
@@ -1556,7 +1347,7 @@ impl Conn {
                         }
                     }
                 }
-                self.consecutive_errors = 0;
+                self.errors.good();
                 self.await_confirms(id, Origin::Publish, confirms);
                 Flow::Continue
             }
@@ -1564,30 +1355,14 @@ impl Conn {
                 if self.session.is_none() {
                     return Flow::Continue;
                 }
-                for ch in &channels {
-                    let topics: Vec<Option<String>> = if p.consume_target.is_empty() {
-                        vec![None]
-                    } else {
-                        p.consume_target.iter().cloned().map(Some).collect()
-                    };
-                    for topic in topics {
-                        let everything = topic.is_none();
-                        let s = Subscribe {
-                            id: id.clone(),
-                            channel: ch.clone(),
-                            broadcast: Some(everything || p.distribution.broadcast),
-                            groups: p.distribution.groups.clone(),
-                            direct: true,
-                            topic,
-                        };
-                        if let Err(r) = self.apply_subscription(&s, true).await {
-                            self.subscriptions_changed();
-                            return self.refuse(Some(id), r).await;
-                        }
+                for s in core_::poc_subscriptions(&p, &id) {
+                    if let Err(r) = self.apply_subscription(&s, true) {
+                        self.subscriptions_changed();
+                        return self.refuse(Some(id), r).await;
                     }
                 }
                 self.subscriptions_changed();
-                self.consecutive_errors = 0;
+                self.errors.good();
                 self.send(&ServerFrame::ack(id)).await
             }
         }
@@ -1619,36 +1394,5 @@ impl Conn {
             }
         }
         tracing::info!(conn = self.id, session = %s.id, unacked, "session closed");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn housekeeping_deadlines_round_up_to_a_shared_grid_of_a_32nd_heartbeat() {
-        let hb = Duration::from_millis(3_200);
-        let grain = Duration::from_millis(100);
-        let base = Instant::now();
-        for offset_ms in [0, 1, 37, 99, 100, 101, 250, 5_000] {
-            let at = base + Duration::from_millis(offset_ms);
-            let rounded = coarse(at, hb);
-            assert!(rounded >= at, "never earlier than asked");
-            assert!(rounded < at + grain, "at most one grain later");
-        }
-        // Deadlines within one grain of each other fall due together.
-        let a = coarse(base + Duration::from_millis(1_010), hb);
-        let b = coarse(
-            base + Duration::from_millis(1_010) + Duration::from_micros(1),
-            hb,
-        );
-        let c = coarse(a + Duration::from_millis(1), hb);
-        assert!(b == a || b == a + grain);
-        assert_eq!(c, a + grain);
-        // The grain is capped at one second for long heartbeats.
-        let long = Duration::from_secs(120);
-        let at = base + Duration::from_millis(10);
-        assert!(coarse(at, long) < at + Duration::from_secs(1));
     }
 }

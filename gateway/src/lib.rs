@@ -20,7 +20,10 @@
 //! - [`delivery`]: an outbound-stream message → `deliver` / `reply` / `error` frame.
 //! - `inbound`: the checks and AMQP properties of every client write, shared by the
 //!   WebSocket connection and the HTTP API.
-//! - `connection`: the per-WebSocket `select!` loop.
+//! - `session_core`: a session's decisions, pure: validation, positions, flow control,
+//!   heartbeats; unit-tested without a socket or a broker.
+//! - `connection`: the per-WebSocket `select!` loop around `session_core`: socket IO,
+//!   the hub, publishes and their confirms.
 //! - `server`: axum listeners (`/ws`, `/healthz`, `/metrics`, `/services`), shared
 //!   state, announcements.
 //! - [`limits`]: connections per IP and per user, new connections and frames per second.
@@ -51,6 +54,7 @@ pub mod presence;
 mod server;
 pub mod services;
 pub mod session;
+mod session_core;
 pub mod topology;
 
 use std::net::SocketAddr;

@@ -1,0 +1,1066 @@
+//! The pure core of a connection: every decision about a session that needs neither
+//! the socket nor the broker. Validation (protocol version, resume, subscriptions,
+//! requests, token refresh, POC targets), positions (where a session reads from, what
+//! counts as redelivered, what retention made it miss), flow control (the delivery
+//! window, bad frames in a row) and heartbeats (when to ping, when to give up, when
+//! the token or the `hello` wait runs out).
+//!
+//! Everything here takes its inputs, the time among them, as arguments and returns a
+//! decision; nothing awaits, logs or counts. The tests below exercise it without a
+//! broker, the way the SDK's core is tested. `connection.rs` is the loop around it: it
+//! reads the socket and the hub, asks the core, and does what the answer says.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use warren_protocol::amqp::{self, keys, validate_dotted, validate_segment, validate_short};
+use warren_protocol::{
+    CloseCode, ErrorCode, PocAction, PocPacket, ServerFrame, Subscribe, PROTOCOL_VERSION,
+};
+
+use crate::auth::{Action, Identity};
+use crate::config::Config;
+use crate::inbound::{self, truncate, Outcome, Refusal};
+use crate::session::{self, Subscriptions};
+
+/// Most messages written to the socket together, with one flush (one `write` to the
+/// kernel) at the end.
+pub(crate) const MAX_WRITE_BATCH: usize = 64;
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Upgraded; no frame yet.
+    AwaitingHello,
+    /// A session is open.
+    Open,
+    /// Finishing confirms before closing (gateway shutdown).
+    Draining,
+    /// The peer went away or the socket failed; only cleanup is left.
+    Closed,
+}
+
+/// What kind of frame a publisher confirm answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    Publish,
+    Request,
+}
+
+// ---------------------------------------------------------------------------------
+// Heartbeats and deadlines
+// ---------------------------------------------------------------------------------
+
+/// What is due when the connection's timer fires.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Due {
+    Nothing,
+    /// Send a `ping` (the connection has been quiet one way for a heartbeat).
+    Ping,
+    /// The token expired without a `refresh`: say so, then close with 4xxx.
+    TokenExpired,
+    /// Close with this code; the sentence is for the log.
+    Close(CloseCode, &'static str),
+}
+
+/// A connection's clock: when it started, last heard from and wrote to the client, and
+/// last pinged it. Decides the heartbeat and the `hello` timeout.
+#[derive(Debug)]
+pub(crate) struct Clock {
+    heartbeat: Duration,
+    hello_timeout: Duration,
+    started: Instant,
+    last_heard: Instant,
+    last_sent: Instant,
+    last_ping: Instant,
+}
+
+impl Clock {
+    pub(crate) fn new(heartbeat: Duration, hello_timeout: Duration, now: Instant) -> Clock {
+        Clock {
+            heartbeat,
+            hello_timeout,
+            started: now,
+            last_heard: now,
+            last_sent: now,
+            last_ping: now,
+        }
+    }
+
+    /// A frame (any frame) came from the client.
+    pub(crate) fn heard(&mut self, now: Instant) {
+        self.last_heard = now;
+    }
+
+    /// Something was written to the client.
+    pub(crate) fn sent(&mut self, now: Instant) {
+        self.last_sent = now;
+    }
+
+    /// Milliseconds since the connection started: the time base of request deadlines.
+    pub(crate) fn elapsed_ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.started).as_millis() as u64
+    }
+
+    /// The deadline, on [`Clock::elapsed_ms`]'s base, of a request sent now with
+    /// `timeout_ms`. `elapsed_ms` truncates: 1 ms more, so a request never times out
+    /// before its full timeout has passed.
+    pub(crate) fn request_deadline(&self, now: Instant, timeout_ms: u64) -> u64 {
+        self.elapsed_ms(now) + timeout_ms + 1
+    }
+
+    /// How long one write to the client may take before it counts as not reading.
+    pub(crate) fn send_limit(&self) -> Duration {
+        (self.heartbeat * 5 / 2).max(Duration::from_secs(1))
+    }
+
+    /// When the timer must fire next: the heartbeat timeout, the next ping (only once
+    /// the connection has been quiet one way for a heartbeat), the `hello` timeout, the
+    /// token's expiry or the earliest request deadline (`request_deadline_ms`, on
+    /// [`Clock::elapsed_ms`]'s base). Heartbeat work is rounded to a coarse grid
+    /// ([`coarse`]); the other deadlines are exact.
+    pub(crate) fn next_wake(
+        &self,
+        phase: Phase,
+        expires: Option<Instant>,
+        request_deadline_ms: Option<u64>,
+    ) -> Instant {
+        let hb = self.heartbeat;
+        let mut at = self.last_heard + hb * 5 / 2;
+        // Before the session opens nothing may precede `welcome`: no ping then.
+        if phase == Phase::Open {
+            let quiet_since = self.last_heard.min(self.last_sent);
+            at = at.min((self.last_ping + hb).max(quiet_since + hb));
+        }
+        let mut at = coarse(at, hb);
+        if phase == Phase::AwaitingHello {
+            at = at.min(self.started + self.hello_timeout);
+        }
+        if let Some(expires) = expires {
+            at = at.min(expires);
+        }
+        if let Some(d) = request_deadline_ms {
+            at = at.min(self.started + Duration::from_millis(d));
+        }
+        at
+    }
+
+    /// What is due at `now`, in order: the `hello` timeout, the token's expiry, the
+    /// heartbeat timeout (nothing heard for 2.5 heartbeats), a ping. A ping is recorded
+    /// as sent.
+    pub(crate) fn due(&mut self, now: Instant, phase: Phase, expires: Option<Instant>) -> Due {
+        let hb = self.heartbeat;
+        if phase == Phase::AwaitingHello && now.duration_since(self.started) >= self.hello_timeout {
+            return Due::Close(
+                CloseCode::ProtocolViolation,
+                "no hello within hello_timeout_ms",
+            );
+        }
+        if expires.is_some_and(|e| now >= e) {
+            return Due::TokenExpired;
+        }
+        if now.duration_since(self.last_heard) >= hb * 5 / 2 {
+            return Due::Close(CloseCode::HeartbeatTimeout, "");
+        }
+        let idle =
+            now.duration_since(self.last_heard) >= hb || now.duration_since(self.last_sent) >= hb;
+        if idle && phase == Phase::Open && now.duration_since(self.last_ping) >= hb {
+            self.last_ping = now;
+            return Due::Ping;
+        }
+        Due::Nothing
+    }
+}
+
+/// Rounds a housekeeping deadline up to a grid of `heartbeat / 32` (at most 1 s), so
+/// that the pings and checks of many idle connections fall due together and the
+/// runtime wakes once for a batch of them rather than once for each.
+pub(crate) fn coarse(at: Instant, heartbeat: Duration) -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    let grain = (heartbeat / 32)
+        .clamp(Duration::from_millis(1), Duration::from_secs(1))
+        .as_nanos();
+    let since = at.saturating_duration_since(epoch).as_nanos();
+    let slots = since.div_ceil(grain);
+    epoch + Duration::from_nanos(u64::try_from(slots * grain).unwrap_or(u64::MAX / 2))
+}
+
+/// When a token valid until `expires_at` (seconds since the epoch) plus `leeway_s`
+/// stops being valid, as an instant; `now_epoch_s` and `now` are the same moment.
+pub(crate) fn expiry(
+    expires_at: Option<u64>,
+    leeway_s: u64,
+    now_epoch_s: u64,
+    now: Instant,
+) -> Option<Instant> {
+    let exp = expires_at? + leeway_s;
+    Some(now + Duration::from_secs(exp.saturating_sub(now_epoch_s)))
+}
+
+// ---------------------------------------------------------------------------------
+// Flow control
+// ---------------------------------------------------------------------------------
+
+/// Bad frames in a row: the connection closes with `too_many_errors` at `max`.
+#[derive(Debug, Default)]
+pub(crate) struct Errors {
+    in_a_row: u32,
+}
+
+impl Errors {
+    /// Counts one bad frame; true when the connection must now close.
+    pub(crate) fn bad(&mut self, max: u32) -> bool {
+        self.in_a_row += 1;
+        self.in_a_row >= max
+    }
+
+    /// A frame was accepted. (Pings and pongs are not: a flood of them between bad
+    /// frames must not keep a misbehaving client connected.)
+    pub(crate) fn good(&mut self) {
+        self.in_a_row = 0;
+    }
+}
+
+/// Whether a refusal counts towards `too_many_errors`: input problems do, problems of
+/// the broker or the gateway (and limits the client may retry) do not.
+pub(crate) fn counts_as_bad(code: ErrorCode) -> bool {
+    !matches!(
+        code,
+        ErrorCode::BrokerUnavailable | ErrorCode::Internal | ErrorCode::Overloaded
+    )
+}
+
+/// Whether the session may be given more deliveries: not after a drain, and not while
+/// `window` of them await acknowledgement.
+pub(crate) fn may_deliver(cancelled: bool, unacked: usize, window: usize) -> bool {
+    !cancelled && unacked < window
+}
+
+/// How many deliveries to write in one batch: what the window has room for (at least
+/// one, as the loop only asks when there is room), at most [`MAX_WRITE_BATCH`].
+pub(crate) fn batch_room(unacked: usize, window: usize) -> usize {
+    window.saturating_sub(unacked).clamp(1, MAX_WRITE_BATCH)
+}
+
+/// The close code of a failed socket read, by the WebSocket library's error text;
+/// `None`: the peer is simply gone.
+pub(crate) fn read_failure(text: &str) -> Option<CloseCode> {
+    if text.contains("too long") || text.contains("Space limit") {
+        Some(CloseCode::MessageTooBig)
+    } else if text.contains("UTF-8") || text.contains("utf-8") {
+        Some(CloseCode::InvalidPayload)
+    } else {
+        None
+    }
+}
+
+/// What to tell the client when a frame's publisher confirms are in: `ack` for a
+/// publish, nothing for a request (its `reply` answers it), `error` when the broker did
+/// not take it.
+pub(crate) fn confirm_answer(id: &str, origin: Origin, outcome: &Outcome) -> Option<ServerFrame> {
+    match (outcome.refusal(), origin) {
+        (None, Origin::Publish) => Some(ServerFrame::ack(id.to_string())),
+        (None, Origin::Request) => None,
+        (Some(r), _) => Some(ServerFrame::error(Some(id.to_string()), r.code, r.message)),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Opening, resuming and refreshing a session
+// ---------------------------------------------------------------------------------
+
+/// Refuses a `hello` that asks for a protocol version this gateway does not speak.
+pub(crate) fn check_protocol(asked: Option<u32>) -> Result<(), (CloseCode, String)> {
+    match asked {
+        Some(v) if v != PROTOCOL_VERSION => Err((
+            CloseCode::UnsupportedProtocol,
+            format!("protocol {v} is not supported; this gateway speaks {PROTOCOL_VERSION}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// What a `hello` naming `requested` opens for `owner` (the verified user; empty for
+/// an anonymous development session).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Resume<'a> {
+    /// A fresh session; `notice` says why the one asked for is not resumed.
+    Fresh { notice: Option<ErrorCode> },
+    /// The session `requested`, resumed.
+    Resume(&'a str),
+}
+
+pub(crate) fn resume_of<'a>(requested: Option<&'a str>, owner: &str) -> Resume<'a> {
+    let Some(requested) = requested else {
+        return Resume::Fresh { notice: None };
+    };
+    if validate_segment("session", requested).is_err() || !session::well_formed(requested) {
+        // Not an id this gateway could have issued.
+        Resume::Fresh {
+            notice: Some(ErrorCode::SessionExpired),
+        }
+    } else if !session::owned_by(requested, owner) {
+        Resume::Fresh {
+            notice: Some(ErrorCode::Forbidden),
+        }
+    } else {
+        Resume::Resume(requested)
+    }
+}
+
+/// A `refresh` keeps the session's user and tenant: a token naming another needs a new
+/// session.
+pub(crate) fn check_refresh(
+    user_now: &str,
+    tenant_now: Option<&str>,
+    user_new: &str,
+    tenant_new: Option<&str>,
+) -> Result<(), Refusal> {
+    if user_new != user_now {
+        return Err(Refusal::new(
+            ErrorCode::Forbidden,
+            format!(
+                "the new token names user `{}`, this session belongs to `{user_now}`",
+                truncate(user_new, 64)
+            ),
+        ));
+    }
+    if tenant_now != tenant_new {
+        return Err(Refusal::new(
+            ErrorCode::Forbidden,
+            format!(
+                "the new token names tenant {tenant_new:?}, this session belongs to {tenant_now:?}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether another request may await its reply: at most `max` at once, ids unique.
+pub(crate) fn admit_request(pending: usize, max: usize, duplicate: bool) -> Result<(), Refusal> {
+    if pending >= max {
+        return Err(Refusal::new(
+            ErrorCode::Overloaded,
+            format!("at most {max} requests may await their reply (max_pending_requests)"),
+        ));
+    }
+    if duplicate {
+        return Err(Refusal::new(
+            ErrorCode::Invalid,
+            "a request with this id is pending",
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// What a session may receive
+// ---------------------------------------------------------------------------------
+
+/// Binding keys of a subscription, if `identity` may hold it on this listener
+/// (`pinned` to one channel or not): the channel's subscribe right, granted groups
+/// only, topics within granted patterns, and direct messages of its own user only (the
+/// only key `direct` makes).
+pub(crate) fn subscription_keys(
+    config: &Config,
+    pinned: Option<&str>,
+    s: &Subscribe,
+    identity: &Identity,
+) -> Result<Vec<String>, Refusal> {
+    inbound::check_channel(config, pinned, &s.channel)?;
+    let invalid = |e: amqp::NameError| Refusal::new(ErrorCode::Invalid, e.to_string());
+    let forbidden = |m: String| Err(Refusal::new(ErrorCode::Forbidden, m));
+    if !identity.may(Action::Subscribe, &s.channel) {
+        return forbidden(identity.refusal(Action::Subscribe, &s.channel));
+    }
+    let mut out = Vec::new();
+    if s.wants_broadcast() {
+        out.push(keys::broadcast(&s.channel));
+    }
+    for g in &s.groups {
+        validate_segment("group", g).map_err(invalid)?;
+        if !identity.may_group(g) {
+            return forbidden(format!("user `{}` is not in group `{g}`", identity.user));
+        }
+        out.push(keys::group(&s.channel, g));
+    }
+    if s.direct {
+        out.push(keys::user(&s.channel, &identity.user));
+    }
+    if let Some(t) = &s.topic {
+        validate_dotted("topic", t, true).map_err(invalid)?;
+        if !identity.may_topic(t) {
+            return forbidden(format!(
+                "user `{}` may not subscribe to topic `{t}`",
+                identity.user
+            ));
+        }
+        out.push(keys::event(&s.channel, t));
+    }
+    for k in &out {
+        validate_short("binding key", k).map_err(invalid)?;
+    }
+    out.dedup();
+    Ok(out)
+}
+
+/// Applies `keys` (from [`subscription_keys`]) to the session's subscriptions: adds
+/// them (`on`) within `max` distinct keys, or removes them. Returns the keys whose
+/// first reference was added or last one removed: those the hub must learn.
+pub(crate) fn change_subscriptions(
+    subs: &mut Subscriptions,
+    keys: &[String],
+    on: bool,
+    max: usize,
+) -> Result<Vec<String>, Refusal> {
+    if on {
+        let new = keys.iter().filter(|k| !subs.contains(k)).count();
+        if subs.len() + new > max {
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                format!("a session may hold at most {max} subscriptions"),
+            ));
+        }
+        Ok(keys.iter().filter(|k| subs.add(k)).cloned().collect())
+    } else {
+        Ok(keys.iter().filter(|k| subs.remove(k)).cloned().collect())
+    }
+}
+
+/// A POC packet's `publish_target`: absent or empty, or the gateway's own inbound
+/// exchange (where it publishes every client message), else refused with
+/// `unsupported` — never silently published somewhere the client did not name.
+pub(crate) fn check_publish_target(inbound: &str, target: Option<&str>) -> Result<(), Refusal> {
+    match target {
+        Some(t) if !t.is_empty() && t != inbound => Err(Refusal::new(
+            ErrorCode::Unsupported,
+            format!(
+                "publish_target `{}` is not supported: this gateway publishes only to \
+                 its inbound exchange `{inbound}` (omit publish_target or name that exchange)",
+                truncate(t, 64)
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The subscriptions a POC `consume` packet asks for, one per flagged channel and
+/// consume target (the whole channel when it names none); each includes the user's
+/// direct messages.
+pub(crate) fn poc_subscriptions(p: &PocPacket, id: &str) -> Vec<Subscribe> {
+    debug_assert!(matches!(p.packet_action, PocAction::Consume));
+    let topics: Vec<Option<String>> = if p.consume_target.is_empty() {
+        vec![None]
+    } else {
+        p.consume_target.iter().cloned().map(Some).collect()
+    };
+    let mut out = Vec::new();
+    for ch in p.channels() {
+        for topic in &topics {
+            let everything = topic.is_none();
+            out.push(Subscribe {
+                id: id.to_string(),
+                channel: ch.to_string(),
+                broadcast: Some(everything || p.distribution.broadcast),
+                groups: p.distribution.groups.clone(),
+                direct: true,
+                topic: topic.clone(),
+            });
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------
+// Positions
+// ---------------------------------------------------------------------------------
+
+/// Where a session has reached in the outbound stream.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Positions {
+    /// The position after the last message sent (or skipped as not this session's);
+    /// `None` until the first.
+    cursor: Option<u64>,
+    /// The next message of a just-opened reader shows whether retention dropped
+    /// positions the session needed.
+    check_gap: bool,
+    /// A resume: positions below this were read before the client came back, so the
+    /// client may have had them already (`redelivered`).
+    replay_until: Option<u64>,
+}
+
+/// What a message read by the session's own stream reader means.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Read {
+    /// Before the session's position (the reader starts a little early): skip it.
+    Stale,
+    /// The session's next message.
+    Next {
+        /// How many positions retention dropped between where the session asked to
+        /// read from and this message (0 when none).
+        missed: u64,
+        /// The ring has this message and everything after: leave the reader and
+        /// catch up from the ring, starting with this message.
+        to_ring: bool,
+    },
+}
+
+impl Positions {
+    /// A fresh session: it starts at the live flow.
+    pub(crate) fn fresh() -> Positions {
+        Positions::default()
+    }
+
+    /// A resume from the position after `last` (from the stream's start when the
+    /// client never had one), when the stream's newest position is `head`.
+    pub(crate) fn resumed(last: Option<u64>, head: Option<u64>) -> Positions {
+        Positions {
+            cursor: Some(last.map_or(0, |p| p + 1)),
+            check_gap: false,
+            replay_until: head.map(|h| h + 1),
+        }
+    }
+
+    /// Where the session reads next.
+    pub(crate) fn next(&self) -> u64 {
+        self.cursor.unwrap_or(0)
+    }
+
+    /// Whether the message at `offset` may have reached the client before it came
+    /// back: it was published before the resume.
+    pub(crate) fn redelivered(&self, offset: u64) -> bool {
+        self.replay_until.is_some_and(|r| offset < r)
+    }
+
+    /// The session's own stream reader was opened at `from` (older than the ring).
+    pub(crate) fn reader_opened(&mut self, from: u64) {
+        self.cursor = Some(from);
+        self.check_gap = true;
+    }
+
+    /// A message at `offset` came from the session's own reader; `ring_holds`: the
+    /// hub's ring has that position.
+    pub(crate) fn read(&mut self, offset: u64, ring_holds: bool) -> Read {
+        let from = self.next();
+        if offset < from {
+            return Read::Stale;
+        }
+        // The reader starts where it was asked unless retention dropped that.
+        let missed = if std::mem::take(&mut self.check_gap) {
+            offset - from
+        } else {
+            0
+        };
+        // From the ring the session reads this message again.
+        self.cursor = Some(if ring_holds { offset } else { offset + 1 });
+        Read::Next {
+            missed,
+            to_ring: ring_holds,
+        }
+    }
+
+    /// Messages up to the position before `next` were sent (or skipped); positions
+    /// never go back.
+    pub(crate) fn advance(&mut self, next: u64) {
+        self.cursor = Some(self.cursor.map_or(next, |old| old.max(next)));
+    }
+}
+
+/// The `error` telling a session that retention dropped `missed` positions after the
+/// one it had reached (`from` is the first it asked for).
+pub(crate) fn missed_notice(missed: u64, from: u64) -> ServerFrame {
+    ServerFrame::error(
+        None,
+        ErrorCode::SessionExpired,
+        format!(
+            "{missed} stream positions after position {} aged out of the \
+             outbound stream's retention before they were replayed; any \
+             messages for this session among them were missed",
+            from.saturating_sub(1)
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use warren_protocol::Distribution;
+
+    use crate::auth::Rights;
+
+    const HB: Duration = Duration::from_millis(1_000);
+    const HELLO: Duration = Duration::from_millis(5_000);
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn housekeeping_deadlines_round_up_to_a_shared_grid_of_a_32nd_heartbeat() {
+        let hb = Duration::from_millis(3_200);
+        let grain = Duration::from_millis(100);
+        let base = Instant::now();
+        for offset_ms in [0, 1, 37, 99, 100, 101, 250, 5_000] {
+            let at = base + Duration::from_millis(offset_ms);
+            let rounded = coarse(at, hb);
+            assert!(rounded >= at, "never earlier than asked");
+            assert!(rounded < at + grain, "at most one grain later");
+        }
+        // Deadlines within one grain of each other fall due together.
+        let a = coarse(base + Duration::from_millis(1_010), hb);
+        let b = coarse(
+            base + Duration::from_millis(1_010) + Duration::from_micros(1),
+            hb,
+        );
+        let c = coarse(a + Duration::from_millis(1), hb);
+        assert!(b == a || b == a + grain);
+        assert_eq!(c, a + grain);
+        // The grain is capped at one second for long heartbeats.
+        let long = Duration::from_secs(120);
+        let at = base + Duration::from_millis(10);
+        assert!(coarse(at, long) < at + Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_connection_without_hello_closes_at_the_hello_timeout_and_is_never_pinged() {
+        let t0 = Instant::now();
+        let mut clock = Clock::new(HB, HELLO, t0);
+        // The wake is the hello timeout, exactly (it is shorter than 2.5 heartbeats
+        // here only if configured so; take the earlier of the two).
+        let wake = clock.next_wake(Phase::AwaitingHello, None, None);
+        assert!(wake <= t0 + HELLO);
+        // Quiet for two heartbeats while waiting for hello: no ping (nothing may
+        // precede `welcome`), and the client keeps talking so no heartbeat timeout.
+        clock.heard(t0 + ms(1_900));
+        assert_eq!(
+            clock.due(t0 + ms(2_000), Phase::AwaitingHello, None),
+            Due::Nothing
+        );
+        clock.heard(t0 + ms(4_000));
+        assert_eq!(
+            clock.due(t0 + HELLO, Phase::AwaitingHello, None),
+            Due::Close(
+                CloseCode::ProtocolViolation,
+                "no hello within hello_timeout_ms"
+            )
+        );
+        // Once open, the hello timeout no longer applies.
+        assert_ne!(
+            clock.due(t0 + HELLO, Phase::Open, None),
+            Due::Close(
+                CloseCode::ProtocolViolation,
+                "no hello within hello_timeout_ms"
+            )
+        );
+    }
+
+    #[test]
+    fn an_open_session_is_pinged_once_per_heartbeat_of_quiet_and_closed_after_two_and_a_half_silent(
+    ) {
+        let t0 = Instant::now();
+        let mut clock = Clock::new(HB, HELLO, t0);
+        // Traffic both ways: nothing due.
+        clock.heard(t0 + ms(600));
+        clock.sent(t0 + ms(600));
+        assert_eq!(clock.due(t0 + ms(900), Phase::Open, None), Due::Nothing);
+        // The next wake is a heartbeat after the connection went quiet, on the grid.
+        let wake = clock.next_wake(Phase::Open, None, None);
+        assert!(wake >= t0 + ms(1_600) && wake < t0 + ms(1_600) + HB / 32 + ms(1));
+        // Quiet one way (the client sends, the gateway does not): a ping, once.
+        clock.heard(t0 + ms(1_500));
+        assert_eq!(clock.due(t0 + ms(1_650), Phase::Open, None), Due::Ping);
+        assert_eq!(clock.due(t0 + ms(1_700), Phase::Open, None), Due::Nothing);
+        // Another heartbeat later, still quiet: another ping.
+        assert_eq!(clock.due(t0 + ms(2_650), Phase::Open, None), Due::Ping);
+        // Nothing heard for 2.5 heartbeats: closed.
+        assert_eq!(
+            clock.due(t0 + ms(1_500) + HB * 5 / 2, Phase::Open, None),
+            Due::Close(CloseCode::HeartbeatTimeout, "")
+        );
+        // A draining connection is not pinged.
+        let mut draining = Clock::new(HB, HELLO, t0);
+        assert_eq!(
+            draining.due(t0 + ms(1_200), Phase::Draining, None),
+            Due::Nothing
+        );
+    }
+
+    #[test]
+    fn the_token_expiry_and_request_deadlines_wake_the_connection_exactly() {
+        let t0 = Instant::now();
+        let mut clock = Clock::new(HB, HELLO, t0);
+        let expires = expiry(Some(1_000), 2, 999, t0);
+        assert_eq!(expires, Some(t0 + Duration::from_secs(3)));
+        assert_eq!(expiry(None, 2, 999, t0), None);
+        // A token already past its expiry (and leeway) expires now.
+        assert_eq!(expiry(Some(10), 2, 999, t0), Some(t0));
+        let soon = t0 + ms(300);
+        assert_eq!(clock.next_wake(Phase::Open, Some(soon), None), soon);
+        // A request sent at 100 ms with a 50 ms timeout: deadline 151 ms, exact.
+        let d = clock.request_deadline(t0 + ms(100), 50);
+        assert_eq!(d, 151);
+        assert_eq!(
+            clock.next_wake(Phase::Open, Some(soon), Some(d)),
+            t0 + ms(151)
+        );
+        assert_eq!(clock.due(soon, Phase::Open, Some(soon)), Due::TokenExpired);
+        // The send limit: 2.5 heartbeats, at least a second.
+        assert_eq!(clock.send_limit(), ms(2_500));
+        assert_eq!(Clock::new(ms(100), HELLO, t0).send_limit(), ms(1_000));
+    }
+
+    #[test]
+    fn bad_frames_in_a_row_close_the_connection_and_an_accepted_frame_resets_the_count() {
+        let mut errors = Errors::default();
+        assert!(!errors.bad(3));
+        assert!(!errors.bad(3));
+        errors.good();
+        assert!(!errors.bad(3));
+        assert!(!errors.bad(3));
+        assert!(errors.bad(3));
+        // Broker trouble and limits do not count; bad input does.
+        assert!(!counts_as_bad(ErrorCode::BrokerUnavailable));
+        assert!(!counts_as_bad(ErrorCode::Overloaded));
+        assert!(!counts_as_bad(ErrorCode::Internal));
+        assert!(counts_as_bad(ErrorCode::Invalid));
+        assert!(counts_as_bad(ErrorCode::Forbidden));
+        assert!(counts_as_bad(ErrorCode::NoRoute));
+    }
+
+    #[test]
+    fn deliveries_stop_at_a_full_window_or_a_drain_and_batches_fit_the_window() {
+        assert!(may_deliver(false, 0, 256));
+        assert!(may_deliver(false, 255, 256));
+        assert!(!may_deliver(false, 256, 256));
+        assert!(!may_deliver(true, 0, 256));
+        assert_eq!(batch_room(0, 256), MAX_WRITE_BATCH);
+        assert_eq!(batch_room(250, 256), 6);
+        assert_eq!(batch_room(256, 256), 1);
+        assert_eq!(batch_room(0, 8), 8);
+    }
+
+    #[test]
+    fn read_failures_map_to_the_registry_close_codes() {
+        assert_eq!(
+            read_failure("Space limit exceeded: Message too long: 2000000 > 1048576"),
+            Some(CloseCode::MessageTooBig)
+        );
+        assert_eq!(
+            read_failure("Could not decode a text frame as UTF-8."),
+            Some(CloseCode::InvalidPayload)
+        );
+        assert_eq!(
+            read_failure("Connection reset without closing handshake"),
+            None
+        );
+    }
+
+    #[test]
+    fn confirms_answer_publishes_with_ack_requests_with_nothing_and_refusals_with_their_code() {
+        let ack = confirm_answer("p1", Origin::Publish, &Outcome::Acked);
+        assert!(matches!(ack, Some(ServerFrame::Ack(a)) if a.id == "p1"));
+        assert!(confirm_answer("r1", Origin::Request, &Outcome::Acked).is_none());
+        for (outcome, code) in [
+            (Outcome::Returned, ErrorCode::NoRoute),
+            (Outcome::Nacked, ErrorCode::Overloaded),
+            (Outcome::Failed("gone".into()), ErrorCode::BrokerUnavailable),
+        ] {
+            for origin in [Origin::Publish, Origin::Request] {
+                match confirm_answer("x", origin, &outcome) {
+                    Some(ServerFrame::Error(e)) => {
+                        assert_eq!(e.code, code);
+                        assert_eq!(e.id.as_deref(), Some("x"));
+                    }
+                    other => panic!("{outcome:?}: {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn hello_checks_the_protocol_version_and_resumes_only_well_formed_sessions_of_their_owner() {
+        assert!(check_protocol(None).is_ok());
+        assert!(check_protocol(Some(PROTOCOL_VERSION)).is_ok());
+        let (code, why) = check_protocol(Some(PROTOCOL_VERSION + 1)).unwrap_err();
+        assert_eq!(code, CloseCode::UnsupportedProtocol);
+        assert!(why.contains("is not supported"), "{why}");
+
+        let alice = session::new_session_id("alice");
+        assert_eq!(resume_of(None, "alice"), Resume::Fresh { notice: None });
+        assert_eq!(resume_of(Some(&alice), "alice"), Resume::Resume(&alice));
+        assert_eq!(
+            resume_of(Some(&alice), "mallory"),
+            Resume::Fresh {
+                notice: Some(ErrorCode::Forbidden)
+            }
+        );
+        for invented in ["s1", "", "a.b", &"f".repeat(300)] {
+            assert_eq!(
+                resume_of(Some(invented), "alice"),
+                Resume::Fresh {
+                    notice: Some(ErrorCode::SessionExpired)
+                },
+                "{invented}"
+            );
+        }
+        // Anonymous development sessions resume among anonymous clients only.
+        let anon = session::new_session_id("");
+        assert_eq!(resume_of(Some(&anon), ""), Resume::Resume(&anon));
+        assert!(matches!(
+            resume_of(Some(&anon), "alice"),
+            Resume::Fresh { .. }
+        ));
+    }
+
+    #[test]
+    fn a_refresh_keeps_user_and_tenant_and_requests_are_bounded_and_unique() {
+        assert!(check_refresh("alice", Some("t1"), "alice", Some("t1")).is_ok());
+        let r = check_refresh("alice", None, "bob", None).unwrap_err();
+        assert_eq!(r.code, ErrorCode::Forbidden);
+        assert!(r.message.contains("`bob`") && r.message.contains("`alice`"));
+        let r = check_refresh("alice", Some("t1"), "alice", Some("t2")).unwrap_err();
+        assert_eq!(r.code, ErrorCode::Forbidden);
+
+        assert!(admit_request(0, 2, false).is_ok());
+        let full = admit_request(2, 2, false).unwrap_err();
+        assert_eq!(full.code, ErrorCode::Overloaded);
+        assert!(
+            !counts_as_bad(full.code),
+            "a full request table may be retried"
+        );
+        let dup = admit_request(1, 2, true).unwrap_err();
+        assert_eq!(dup.code, ErrorCode::Invalid);
+        assert!(counts_as_bad(dup.code));
+    }
+
+    fn sub(channel: &str) -> Subscribe {
+        Subscribe {
+            id: "s".into(),
+            channel: channel.into(),
+            broadcast: None,
+            groups: vec![],
+            direct: false,
+            topic: None,
+        }
+    }
+
+    #[test]
+    fn a_session_may_receive_only_what_its_identity_grants_on_channels_served_here() {
+        let config = Config::default();
+        let mut alice = Identity::unrestricted("alice");
+        alice.groups = vec!["ops".into()];
+        alice.topics = vec!["orders.*".into()];
+
+        // The broadcast by default; groups, own direct messages and topics on request.
+        let keys = subscription_keys(&config, None, &sub("chat"), &alice).unwrap();
+        assert_eq!(keys, vec![keys::broadcast("chat")]);
+        let s = Subscribe {
+            groups: vec!["ops".into()],
+            direct: true,
+            topic: Some("orders.new".into()),
+            ..sub("chat")
+        };
+        let keys = subscription_keys(&config, None, &s, &alice).unwrap();
+        assert_eq!(
+            keys,
+            vec![
+                keys::group("chat", "ops"),
+                keys::user("chat", "alice"),
+                keys::event("chat", "orders.new"),
+            ]
+        );
+
+        let refused = |s: &Subscribe, pinned: Option<&str>, who: &Identity| {
+            subscription_keys(&config, pinned, s, who).unwrap_err().code
+        };
+        // A group the user is not in; a topic outside its patterns.
+        let other_group = Subscribe {
+            groups: vec!["admins".into()],
+            ..sub("chat")
+        };
+        assert_eq!(refused(&other_group, None, &alice), ErrorCode::Forbidden);
+        let other_topic = Subscribe {
+            topic: Some("payments.new".into()),
+            ..sub("chat")
+        };
+        assert_eq!(refused(&other_topic, None, &alice), ErrorCode::Forbidden);
+        // A channel without the subscribe right.
+        let mut no_subscribe = Identity::unrestricted("bob");
+        let mut rights = BTreeMap::new();
+        rights.insert(
+            "chat".to_string(),
+            Rights {
+                subscribe: false,
+                ..Rights::ALL
+            },
+        );
+        no_subscribe.channels = Some(rights);
+        assert_eq!(
+            refused(&sub("chat"), None, &no_subscribe),
+            ErrorCode::Forbidden
+        );
+        // A channel not served, or not on this pinned port.
+        let unknown = refused(&sub("nope"), None, &alice);
+        assert_eq!(unknown, ErrorCode::UnknownChannel);
+        assert_eq!(refused(&sub("voice"), Some("chat"), &alice), unknown);
+        // Bad names are `invalid`, not a panic.
+        let bad_group = Subscribe {
+            groups: vec!["a.b".into()],
+            ..sub("chat")
+        };
+        let mut everyone = alice.clone();
+        everyone.groups = vec!["*".into()];
+        assert_eq!(refused(&bad_group, None, &everyone), ErrorCode::Invalid);
+        let bad_topic = Subscribe {
+            topic: Some("..".into()),
+            ..sub("chat")
+        };
+        let mut any_topic = alice.clone();
+        any_topic.topics = vec!["#".into()];
+        assert_eq!(refused(&bad_topic, None, &any_topic), ErrorCode::Invalid);
+    }
+
+    #[test]
+    fn subscriptions_are_ref_counted_and_bounded_and_the_hub_learns_only_changes() {
+        let mut subs = Subscriptions::default();
+        let ab = vec!["a".to_string(), "b".to_string()];
+        assert_eq!(change_subscriptions(&mut subs, &ab, true, 3).unwrap(), ab);
+        // Held already: nothing new for the hub, but one more reference.
+        let b = vec!["b".to_string()];
+        assert!(change_subscriptions(&mut subs, &b, true, 3)
+            .unwrap()
+            .is_empty());
+        // Over the limit: refused whole, nothing changed.
+        let cd = vec!["c".to_string(), "d".to_string()];
+        let over = change_subscriptions(&mut subs, &cd, true, 3).unwrap_err();
+        assert_eq!(over.code, ErrorCode::Forbidden);
+        assert_eq!(subs.len(), 2);
+        // `b` is held twice: the first removal keeps it.
+        assert!(change_subscriptions(&mut subs, &b, false, 3)
+            .unwrap()
+            .is_empty());
+        assert_eq!(change_subscriptions(&mut subs, &b, false, 3).unwrap(), b);
+        assert!(!subs.contains("b") && subs.contains("a"));
+    }
+
+    #[test]
+    fn poc_packets_name_only_the_inbound_exchange_and_consume_each_flagged_channel() {
+        assert!(check_publish_target("ns.warren.in", None).is_ok());
+        assert!(check_publish_target("ns.warren.in", Some("")).is_ok());
+        assert!(check_publish_target("ns.warren.in", Some("ns.warren.in")).is_ok());
+        let r = check_publish_target("ns.warren.in", Some("amq.topic")).unwrap_err();
+        assert_eq!(r.code, ErrorCode::Unsupported);
+
+        let mut channels = BTreeMap::new();
+        channels.insert("chat".to_string(), true);
+        channels.insert("voice".to_string(), false);
+        channels.insert("tickets".to_string(), true);
+        let p = PocPacket {
+            id: None,
+            packet_action: PocAction::Consume,
+            channel: channels,
+            distribution: Distribution {
+                broadcast: false,
+                groups: vec!["ops".into()],
+                direct: vec![],
+            },
+            consume_target: vec!["a.b".into(), "c".into()],
+            publish_target: None,
+            message: None,
+        };
+        let subs = poc_subscriptions(&p, "id1");
+        assert_eq!(subs.len(), 4, "two channels × two targets");
+        assert!(subs
+            .iter()
+            .all(|s| s.direct && s.id == "id1" && s.groups == ["ops"]));
+        assert!(subs.iter().all(|s| s.broadcast == Some(false)));
+        assert!(subs.iter().all(|s| s.channel != "voice"));
+        // No consume target: the whole channel, broadcast included.
+        let whole = PocPacket {
+            consume_target: vec![],
+            ..p
+        };
+        let subs = poc_subscriptions(&whole, "id2");
+        assert_eq!(subs.len(), 2);
+        assert!(subs
+            .iter()
+            .all(|s| s.topic.is_none() && s.broadcast == Some(true)));
+    }
+
+    #[test]
+    fn a_resume_replays_from_the_position_after_the_last_and_marks_what_came_before_as_redelivered()
+    {
+        // A fresh session starts at the live flow; nothing is redelivered.
+        let fresh = Positions::fresh();
+        assert_eq!(fresh.next(), 0);
+        assert!(!fresh.redelivered(0));
+        // The client had position 41; the stream's head was 50 when it came back.
+        let mut p = Positions::resumed(Some(41), Some(50));
+        assert_eq!(p.next(), 42);
+        assert!(p.redelivered(42) && p.redelivered(50));
+        assert!(!p.redelivered(51));
+        // A client that never had a position replays from the stream's start.
+        assert_eq!(Positions::resumed(None, Some(3)).next(), 0);
+        // An empty stream: nothing before the resume.
+        assert!(!Positions::resumed(None, None).redelivered(0));
+        // Positions never go back.
+        p.advance(60);
+        p.advance(55);
+        assert_eq!(p.next(), 60);
+    }
+
+    #[test]
+    fn a_reader_older_than_the_ring_reports_what_retention_dropped_once_and_hands_over_to_the_ring()
+    {
+        let mut p = Positions::resumed(Some(9), None);
+        p.reader_opened(10);
+        // The reader begins at the start of the segment, before the position: skipped.
+        assert_eq!(p.read(7, false), Read::Stale);
+        // Retention dropped 10..=14: the first message says how many were missed.
+        assert_eq!(
+            p.read(15, false),
+            Read::Next {
+                missed: 5,
+                to_ring: false
+            }
+        );
+        assert_eq!(p.next(), 16);
+        // Only once.
+        assert_eq!(
+            p.read(16, false),
+            Read::Next {
+                missed: 0,
+                to_ring: false
+            }
+        );
+        // The ring holds 17: hand over, and read 17 again from the ring.
+        assert_eq!(
+            p.read(17, true),
+            Read::Next {
+                missed: 0,
+                to_ring: true
+            }
+        );
+        assert_eq!(p.next(), 17);
+        // Nothing dropped: no gap reported.
+        let mut q = Positions::fresh();
+        q.reader_opened(100);
+        assert_eq!(
+            q.read(100, false),
+            Read::Next {
+                missed: 0,
+                to_ring: false
+            }
+        );
+        match missed_notice(5, 10) {
+            ServerFrame::Error(e) => {
+                assert_eq!(e.code, ErrorCode::SessionExpired);
+                assert!(e.message.starts_with("5 stream positions after position 9"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
