@@ -68,6 +68,7 @@ pub async fn run(config: Config) -> Result<Report> {
         ratios: Vec::new(),
         targets: Vec::new(),
     };
+    let setup = Arc::new(tokio::sync::Semaphore::new(config.setup_concurrency));
     let env_of = |stack: &Stack| -> SharedEnv {
         Arc::new(Env {
             config: config.clone(),
@@ -75,6 +76,7 @@ pub async fn run(config: Config) -> Result<Report> {
             gateway_pid: stack.gateway_pid,
             names: names.clone(),
             amqp: amqp.clone(),
+            setup: setup.clone(),
         })
     };
     for &scenario in &config.scenarios {
@@ -165,7 +167,7 @@ pub async fn run(config: Config) -> Result<Report> {
         )
         .await;
     }
-    let _ = amqp.close(200, "done".into()).await;
+    crate::amqp::close(&amqp, Duration::from_secs(10)).await;
     report.conclude();
     Ok(report)
 }

@@ -18,12 +18,13 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::BasicProperties;
-use tokio::sync::{mpsc, Notify};
+use lapin::{BasicProperties, Connection};
+use tokio::sync::{mpsc, Notify, SemaphorePermit};
 use warren_protocol::amqp::keys;
 use warren_protocol::{ClientFrame, ServerFrame, Subscribe};
 
 use super::{join_workers, message, stamp_of, watch_gateway_cpu, SharedEnv, Target, WorkerOutcome};
+use crate::amqp::{bounded, load_frame_max};
 use crate::client::{source_ip, GatewayClient};
 use crate::error::{BenchError, Result};
 use crate::measurement::{now_us, Figures, MeasureWindow, Tally};
@@ -63,7 +64,13 @@ impl Progress {
 /// When a subscriber cannot subscribe, or the publisher cannot publish.
 pub async fn run(env: &SharedEnv, target: Target, subscribers: usize) -> Result<Figures> {
     let cfg = &env.config;
-    crate::amqp::ensure_exchange(&env.amqp, &env.names.outbound_exchange()).await?;
+    let outbound = env.names.outbound_exchange();
+    tokio::time::timeout(
+        cfg.op_timeout,
+        crate::amqp::ensure_exchange(&env.amqp, &outbound),
+    )
+    .await
+    .map_err(|_| BenchError::Timeout("the outbound exchange"))??;
     let progress = Arc::new(Progress {
         received: (0..subscribers).map(|_| AtomicU64::new(0)).collect(),
         moved: Notify::new(),
@@ -108,7 +115,7 @@ pub async fn run(env: &SharedEnv, target: Target, subscribers: usize) -> Result<
         Ok(0)
     };
     progress.done.store(true, Ordering::Release);
-    let (tally, _sessions) = join_workers(handles).await;
+    let (tally, _sessions) = join_workers(handles, env.join_deadline(&window)).await;
     published?;
     if ready < subscribers {
         tally?;
@@ -123,12 +130,19 @@ pub async fn run(env: &SharedEnv, target: Target, subscribers: usize) -> Result<
 /// the slowest subscriber. Returns how many it published.
 async fn publish(env: &SharedEnv, progress: &Progress, window: MeasureWindow) -> Result<u64> {
     let cfg = &env.config;
-    let conn = crate::amqp::connect(&cfg.amqp_uri, "warren-bench-fanout-publisher").await?;
-    let ch = conn.create_channel().await?;
+    let t = cfg.op_timeout;
+    let conn = crate::amqp::connect_load(
+        &cfg.amqp_uri,
+        "warren-bench-fanout-publisher",
+        load_frame_max(cfg.size),
+        t,
+    )
+    .await?;
     let exchange = env.names.outbound_exchange();
     let key = keys::broadcast(&cfg.fanout_channel);
     let mut n = 0u64;
     let result = async {
+        let ch = bounded(t, "a channel", conn.create_channel()).await?;
         while window.may_issue(n) {
             while n.saturating_sub(progress.slowest()) >= cfg.fanout_window as u64 {
                 if !window.may_issue(n) {
@@ -143,21 +157,21 @@ async fn publish(env: &SharedEnv, progress: &Progress, window: MeasureWindow) ->
                 .with_delivery_mode(2)
                 .with_message_id(format!("fanout-{n}").into())
                 .with_content_type("application/json".into());
-            ch.basic_publish(
+            let publish = ch.basic_publish(
                 exchange.as_str().into(),
                 key.as_str().into(),
                 BasicPublishOptions::default(),
                 body.as_bytes(),
                 props,
-            )
-            .await?;
+            );
+            bounded(t, "the fanout publisher's publish", publish).await?;
             progress.published.store(n, Ordering::Release);
         }
         Ok::<(), BenchError>(())
     }
     .await;
     progress.published.store(n, Ordering::Release);
-    let _ = conn.close(200, "done".into()).await;
+    crate::amqp::close(&conn, t).await;
     result.map(|()| n)
 }
 
@@ -175,6 +189,7 @@ async fn gateway_subscriber(
     ready: mpsc::Sender<()>,
 ) -> Result<WorkerOutcome> {
     let cfg = &env.config;
+    let setup = env.setup_permit().await;
     let mut c =
         GatewayClient::connect(env.gateway()?, source_ip(i, cfg.source_ips), cfg.op_timeout)
             .await?;
@@ -197,6 +212,7 @@ async fn gateway_subscriber(
             _ => {}
         }
     }
+    drop(setup);
     let _ = ready.send(()).await;
     let mut tally = Tally::default();
     let mut n = 0u64;
@@ -239,6 +255,8 @@ async fn stomp_subscriber(
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::Message as Ws;
     let cfg = &env.config;
+    // Set-up ends with the subscription's receipt.
+    let mut setup = Some(env.setup_permit().await);
     let mut request = cfg
         .web_stomp_url
         .as_str()
@@ -300,6 +318,7 @@ async fn stomp_subscriber(
             match head.lines().next().unwrap_or("") {
                 "RECEIPT" if !subscribed => {
                     subscribed = true;
+                    setup.take();
                     let _ = ready.send(()).await;
                 }
                 "MESSAGE" => {
@@ -333,37 +352,65 @@ async fn raw_subscriber(
     ready: mpsc::Sender<()>,
 ) -> Result<WorkerOutcome> {
     let cfg = &env.config;
-    let conn = crate::amqp::connect(&cfg.amqp_uri, &format!("warren-bench-fanout-{i}")).await?;
-    let ch = conn.create_channel().await?;
-    ch.basic_qos(RAW_PREFETCH, BasicQosOptions::default())
-        .await?;
+    let setup = env.setup_permit().await;
+    let conn = crate::amqp::connect_load(
+        &cfg.amqp_uri,
+        &format!("warren-bench-fanout-{i}"),
+        load_frame_max(cfg.size),
+        cfg.op_timeout,
+    )
+    .await?;
     let queue = format!(
         "{}bench.fanout.{i}-{}",
         env.names.prefix(),
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
-    ch.queue_declare(
-        queue.as_str().into(),
-        QueueDeclareOptions::durable(),
-        crate::amqp::subscriber_queue_args(),
+    let outcome = raw_deliveries(env, &conn, &queue, i, progress, ready, setup).await;
+    crate::amqp::delete_queues(&conn, &[queue]).await;
+    crate::amqp::close(&conn, cfg.op_timeout).await;
+    outcome
+}
+
+async fn raw_deliveries(
+    env: &SharedEnv,
+    conn: &Connection,
+    queue: &str,
+    i: usize,
+    progress: &Progress,
+    ready: mpsc::Sender<()>,
+    setup: SemaphorePermit<'_>,
+) -> Result<WorkerOutcome> {
+    let cfg = &env.config;
+    let t = cfg.op_timeout;
+    let ch = bounded(t, "a channel", conn.create_channel()).await?;
+    bounded(
+        t,
+        "the subscriber's prefetch",
+        ch.basic_qos(RAW_PREFETCH, BasicQosOptions::default()),
     )
     .await?;
-    ch.queue_bind(
-        queue.as_str().into(),
+    let declare = ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions::durable(),
+        crate::amqp::subscriber_queue_args(),
+    );
+    bounded(t, "the subscriber's queue", declare).await?;
+    let bind = ch.queue_bind(
+        queue.into(),
         env.names.outbound_exchange().into(),
         keys::broadcast(&cfg.fanout_channel).into(),
         QueueBindOptions::default(),
         FieldTable::default(),
-    )
-    .await?;
-    let mut deliveries = ch
-        .basic_consume(
-            queue.as_str().into(),
-            format!("fanout-{i}").into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    );
+    bounded(t, "the subscriber's binding", bind).await?;
+    let consume = ch.basic_consume(
+        queue.into(),
+        format!("fanout-{i}").into(),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    );
+    let mut deliveries = bounded(t, "the subscriber's consumer", consume).await?;
+    drop(setup);
     let _ = ready.send(()).await;
     let mut tally = Tally::default();
     let (mut n, mut unacked) = (0u64, 0u64);
@@ -377,18 +424,16 @@ async fn raw_subscriber(
         n += 1;
         progress.received[i].store(n, Ordering::Release);
         progress.moved.notify_one();
-        if let (Some(w), Some(t)) = (progress.window.get(), stamp_of(&d.data)) {
-            tally.record(w, t, done);
+        if let (Some(w), Some(stamp)) = (progress.window.get(), stamp_of(&d.data)) {
+            tally.record(w, stamp, done);
         }
         unacked += 1;
         if unacked >= cfg.ack_every {
-            ch.basic_ack(d.delivery_tag, BasicAckOptions { multiple: true })
-                .await?;
+            let ack = ch.basic_ack(d.delivery_tag, BasicAckOptions { multiple: true });
+            bounded(t, "a raw ack", ack).await?;
             unacked = 0;
         }
     }
-    crate::amqp::delete_queues(&conn, &[queue]).await;
-    let _ = conn.close(200, "done".into()).await;
     Ok(WorkerOutcome {
         tally,
         session: None,

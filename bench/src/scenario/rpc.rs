@@ -11,10 +11,12 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
+use lapin::Connection;
 use serde_json::value::RawValue;
 use warren_protocol::{ClientFrame, Request, ServerFrame};
 
 use super::{message, run_workers, SharedEnv, Target, WorkerOutcome};
+use crate::amqp::{bounded, load_frame_max};
 use crate::client::{source_ip, GatewayClient};
 use crate::error::{BenchError, Result};
 use crate::measurement::{now_us, Figures, MeasureWindow, Tally};
@@ -24,14 +26,22 @@ use crate::measurement::{now_us, Figures, MeasureWindow, Tally};
 /// # Errors
 /// When a client cannot connect or a reply does not come within `--op-timeout`.
 pub async fn run(env: &SharedEnv, target: Target, clients: usize) -> Result<Figures> {
-    run_workers(env, target, clients, gateway_client, raw_client).await
+    match target {
+        Target::Gateway => run_workers(env, target, clients, gateway_client).await,
+        Target::Raw => run_workers(env, target, clients, raw_client).await,
+        Target::WebStomp => Err(BenchError::Config(
+            "the web-stomp target runs the fanout scenario only".into(),
+        )),
+    }
 }
 
 async fn gateway_client(env: SharedEnv, i: usize, window: MeasureWindow) -> Result<WorkerOutcome> {
     let cfg = &env.config;
+    let setup = env.setup_permit().await;
     let mut c =
         GatewayClient::connect(env.gateway()?, source_ip(i, cfg.source_ips), cfg.op_timeout)
             .await?;
+    drop(setup);
     let body = RawValue::from_string(message(cfg.size, None))?;
     let mut tally = Tally::default();
     let mut issued = 0u64;
@@ -79,10 +89,33 @@ async fn gateway_client(env: SharedEnv, i: usize, window: MeasureWindow) -> Resu
 
 async fn raw_client(env: SharedEnv, i: usize, window: MeasureWindow) -> Result<WorkerOutcome> {
     let cfg = &env.config;
-    let conn = crate::amqp::connect(&cfg.amqp_uri, &format!("warren-bench-rpc-{i}")).await?;
-    let ch = conn.create_channel().await?;
-    let reply_queue = ch
-        .queue_declare(
+    let setup = env.setup_permit().await;
+    let conn = crate::amqp::connect_load(
+        &cfg.amqp_uri,
+        &format!("warren-bench-rpc-{i}"),
+        load_frame_max(cfg.size),
+        cfg.op_timeout,
+    )
+    .await?;
+    let outcome = raw_requests(&env, &conn, i, window, setup).await;
+    crate::amqp::close(&conn, cfg.op_timeout).await;
+    outcome
+}
+
+async fn raw_requests(
+    env: &SharedEnv,
+    conn: &Connection,
+    i: usize,
+    window: MeasureWindow,
+    setup: tokio::sync::SemaphorePermit<'_>,
+) -> Result<WorkerOutcome> {
+    let cfg = &env.config;
+    let t = cfg.op_timeout;
+    let ch = bounded(t, "a channel", conn.create_channel()).await?;
+    let reply_queue = bounded(
+        t,
+        "the reply queue",
+        ch.queue_declare(
             "".into(),
             QueueDeclareOptions {
                 exclusive: true,
@@ -90,17 +123,22 @@ async fn raw_client(env: SharedEnv, i: usize, window: MeasureWindow) -> Result<W
                 ..QueueDeclareOptions::default()
             },
             FieldTable::default(),
-        )
-        .await?;
+        ),
+    )
+    .await?;
     let reply_to = reply_queue.name().clone();
-    let mut replies = ch
-        .basic_consume(
+    let mut replies = bounded(
+        t,
+        "the reply consumer",
+        ch.basic_consume(
             reply_to.clone(),
             format!("rpc-{i}").into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
-        )
-        .await?;
+        ),
+    )
+    .await?;
+    drop(setup);
     let exchange = env.names.inbound_exchange();
     let client = format!("raw-{i}");
     let body = message(cfg.size, None).into_bytes();
@@ -120,27 +158,34 @@ async fn raw_client(env: SharedEnv, i: usize, window: MeasureWindow) -> Result<W
         )
         .with_correlation_id(id.as_str().into())
         .with_reply_to(reply_to.clone())
-        .with_expiration(cfg.op_timeout.as_millis().to_string().into());
+        .with_expiration(t.as_millis().to_string().into());
         let sent = now_us();
         // Not waiting for the confirm: the reply is what the client waits for.
-        let _confirm = ch
-            .basic_publish(
+        let _confirm = bounded(
+            t,
+            "a raw publish",
+            ch.basic_publish(
                 exchange.as_str().into(),
                 cfg.rpc_channel.as_str().into(),
                 opts,
                 &body,
                 props,
-            )
-            .await?;
+            ),
+        )
+        .await?;
         loop {
-            let delivery = tokio::time::timeout(cfg.op_timeout, replies.next())
+            let delivery = tokio::time::timeout(t, replies.next())
                 .await
                 .map_err(|_| BenchError::Timeout("a raw reply"))?
                 .ok_or(BenchError::Closed)??;
             unacked += 1;
             if unacked >= cfg.ack_every {
-                ch.basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: true })
-                    .await?;
+                bounded(
+                    t,
+                    "a raw ack",
+                    ch.basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: true }),
+                )
+                .await?;
                 unacked = 0;
             }
             let correlation = delivery.properties.correlation_id().as_ref();
@@ -150,7 +195,6 @@ async fn raw_client(env: SharedEnv, i: usize, window: MeasureWindow) -> Result<W
             }
         }
     }
-    let _ = conn.close(200, "done".into()).await;
     Ok(WorkerOutcome {
         tally,
         session: None,
