@@ -105,8 +105,9 @@ pub struct Config {
     /// Spread client sockets over 127.0.0.1 .. 127.0.0.N (so ports do not run out).
     #[arg(long, default_value_t = 8)]
     pub source_ips: u8,
-    /// What to load, comma-separated: the gateway, the raw-AMQP baseline, or both
-    /// (raw alone needs no gateway and skips idle).
+    /// What to load, comma-separated: the gateway, the raw-AMQP baseline, RabbitMQ's
+    /// Web-STOMP plugin (rpc and fanout only), or several (without the gateway none is
+    /// started and idle is skipped).
     #[arg(long, value_delimiter = ',', default_value = "gateway,raw")]
     pub targets: Vec<crate::scenario::Target>,
     /// RabbitMQ Web-STOMP endpoint for the `web-stomp` target (plugin
@@ -217,7 +218,7 @@ impl Config {
             return Err(Bad("windows and --ack-every must be at least 1".into()));
         }
         if self.targets.is_empty() {
-            return Err(Bad("--targets needs gateway, raw or both".into()));
+            return Err(Bad("--targets needs gateway, raw or web-stomp".into()));
         }
         if self.setup_concurrency == 0 || self.idle_concurrency == 0 {
             return Err(Bad(

@@ -91,7 +91,7 @@ pub async fn run(config: Config) -> Result<Report> {
         let targets: Vec<Target> = [Target::Gateway, Target::Raw, Target::WebStomp]
             .into_iter()
             .filter(|t| config.targets.contains(t))
-            .filter(|t| *t != Target::WebStomp || scenario == ScenarioKind::Fanout)
+            .filter(|t| t.serves(scenario))
             .collect();
         for &clients in &config.clients {
             let mut results: Vec<ScenarioResult> = targets

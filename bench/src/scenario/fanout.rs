@@ -28,6 +28,7 @@ use crate::amqp::{bounded, load_frame_max};
 use crate::client::{source_ip, GatewayClient};
 use crate::error::{BenchError, Result};
 use crate::measurement::{now_us, Figures, MeasureWindow, Tally};
+use crate::stomp::StompClient;
 
 /// Prefetch of a raw subscriber: the gateway's default delivery window.
 const RAW_PREFETCH: u16 = 256;
@@ -251,94 +252,54 @@ async fn stomp_subscriber(
     progress: &Progress,
     ready: mpsc::Sender<()>,
 ) -> Result<WorkerOutcome> {
-    use futures_util::SinkExt;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    use tokio_tungstenite::tungstenite::Message as Ws;
     let cfg = &env.config;
-    // Set-up ends with the subscription's receipt.
-    let mut setup = Some(env.setup_permit().await);
-    let mut request = cfg
-        .web_stomp_url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| BenchError::Config(format!("--web-stomp-url: {e}")))?;
-    request.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        tokio_tungstenite::tungstenite::http::HeaderValue::from_static("v12.stomp"),
-    );
-    let (mut ws, _) =
-        tokio::time::timeout(cfg.op_timeout, tokio_tungstenite::connect_async(request))
-            .await?
-            .map_err(|e| {
-                BenchError::Unexpected(format!(
-                    "web-stomp connect (is rabbitmq_web_stomp enabled?): {e}"
-                ))
-            })?;
-    let send = |text: String| Ws::Text(text.into());
-    ws.send(send(
-        "CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\nheart-beat:0,0\n\n\0"
-            .into(),
-    ))
-    .await
-    .map_err(|e| BenchError::Unexpected(format!("web-stomp: {e}")))?;
+    let setup = env.setup_permit().await;
+    let mut c = StompClient::connect(&cfg.web_stomp_url, cfg.op_timeout).await?;
     let destination = format!(
         "/exchange/{}/{}",
         env.names.outbound_exchange(),
         keys::broadcast(&cfg.fanout_channel)
     );
-    ws.send(send(format!(
-        "SUBSCRIBE\nid:sub-{i}\ndestination:{destination}\nack:auto\nreceipt:ready\n\n\0"
-    )))
-    .await
-    .map_err(|e| BenchError::Unexpected(format!("web-stomp: {e}")))?;
-    // STOMP frames: COMMAND\nheaders\n\nbody\0 (a WebSocket message may hold several).
-    let mut subscribed = false;
+    let id = format!("sub-{i}");
+    c.send(
+        "SUBSCRIBE",
+        &[
+            ("id", id.as_str()),
+            ("destination", destination.as_str()),
+            ("ack", "auto"),
+            ("receipt", "ready"),
+        ],
+        b"",
+    )
+    .await?;
+    loop {
+        let frame = tokio::time::timeout(cfg.op_timeout, c.recv())
+            .await
+            .map_err(|_| BenchError::Timeout("the web-stomp subscription"))??;
+        if frame.command == "RECEIPT" {
+            break;
+        }
+    }
+    drop(setup);
+    let _ = ready.send(()).await;
     let mut tally = Tally::default();
     let mut n = 0u64;
     while !progress.finished(n) && now_us() < give_up_at(env, progress) {
-        let wait = if subscribed {
-            Duration::from_millis(200)
-        } else {
-            cfg.op_timeout
+        let frame = match tokio::time::timeout(Duration::from_millis(200), c.recv()).await {
+            Ok(f) => f?,
+            Err(_) => continue,
         };
-        let msg = match tokio::time::timeout(wait, ws.next()).await {
-            Ok(Some(Ok(m))) => m,
-            Ok(_) => return Err(BenchError::Unexpected("web-stomp socket closed".into())),
-            Err(_) if subscribed => continue,
-            Err(_) => return Err(BenchError::Timeout("the web-stomp subscription")),
-        };
-        let text = match msg {
-            Ws::Text(t) => t.to_string(),
-            Ws::Binary(b) => String::from_utf8_lossy(&b).into_owned(),
-            _ => continue,
-        };
-        for frame in text.split('\0').filter(|f| !f.trim().is_empty()) {
-            let frame = frame.trim_start_matches('\n');
-            let (head, body) = frame.split_once("\n\n").unwrap_or((frame, ""));
-            match head.lines().next().unwrap_or("") {
-                "RECEIPT" if !subscribed => {
-                    subscribed = true;
-                    setup.take();
-                    let _ = ready.send(()).await;
-                }
-                "MESSAGE" => {
-                    let done = now_us();
-                    n += 1;
-                    progress.received[i].store(n, Ordering::Release);
-                    progress.moved.notify_one();
-                    if let (Some(w), Some(t)) = (progress.window.get(), stamp_of(body.as_bytes())) {
-                        tally.record(w, t, done);
-                    }
-                }
-                "ERROR" => {
-                    return Err(BenchError::Unexpected(format!("web-stomp ERROR: {head}")));
-                }
-                _ => {}
+        if frame.command == "MESSAGE" {
+            let done = now_us();
+            n += 1;
+            progress.received[i].store(n, Ordering::Release);
+            progress.moved.notify_one();
+            if let (Some(w), Some(t)) = (progress.window.get(), stamp_of(&frame.body)) {
+                tally.record(w, t, done);
             }
         }
     }
-    let _ = ws.send(send("DISCONNECT\n\n\0".into())).await;
-    let _ = ws.close(None).await;
+    c.close().await;
     Ok(WorkerOutcome {
         tally,
         session: None,

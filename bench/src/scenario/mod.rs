@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use warren_protocol::amqp::Names;
 
 use crate::client::GatewayAddr;
-use crate::config::Config;
+use crate::config::{Config, ScenarioKind};
 use crate::error::{BenchError, Result};
 use crate::measurement::{now_us, Figures, MeasureWindow, Tally};
 use crate::process_stats::CpuMeter;
@@ -36,8 +36,9 @@ pub enum Target {
     Gateway,
     /// The same work done by lapin clients straight against RabbitMQ.
     Raw,
-    /// RabbitMQ's own Web-STOMP plugin (fanout only): STOMP over WebSocket, each
-    /// subscriber on `/exchange/<ns>.warren.out/<channel>.all`.
+    /// RabbitMQ's own Web-STOMP plugin (rpc and fanout): STOMP 1.2 over WebSocket;
+    /// fanout subscribers on `/exchange/<ns>.warren.out/<channel>.all`, rpc requests
+    /// sent to `/exchange/<ns>.warren.in/<channel>` with a `/temp-queue/` reply-to.
     WebStomp,
 }
 
@@ -48,6 +49,14 @@ impl Target {
             Target::Gateway => "gateway",
             Target::Raw => "raw amqp",
             Target::WebStomp => "web-stomp",
+        }
+    }
+
+    /// Whether this target has a client for `scenario` (Web-STOMP: rpc and fanout).
+    pub fn serves(self, scenario: ScenarioKind) -> bool {
+        match self {
+            Target::Gateway | Target::Raw => true,
+            Target::WebStomp => matches!(scenario, ScenarioKind::Rpc | ScenarioKind::Fanout),
         }
     }
 }

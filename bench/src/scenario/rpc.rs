@@ -2,7 +2,12 @@
 //! gateway a `request` is answered by `reply` (the reply travels via the outbound stream);
 //! raw, each client has its own AMQP connection and an exclusive reply queue, publishes
 //! to `warren.in` with `reply_to` + `correlation_id`, and the same echo service answers.
-//! Figures: requests/s, round-trip latency.
+//! Web-STOMP, each client is a STOMP 1.2 session on RabbitMQ's WebSocket endpoint that
+//! SENDs to `/exchange/<ns>.warren.in/<channel>` (so the request lands in the same
+//! `IN_<CHANNEL>` queue) with `persistent:true`, a `/temp-queue/` reply-to and a
+//! `correlation-id`; the plugin turns the reply-to into a queue of its own and
+//! delivers the echo service's reply as a `MESSAGE`. Figures: requests/s, round-trip
+//! latency.
 
 use std::time::Duration;
 
@@ -13,6 +18,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::Connection;
 use serde_json::value::RawValue;
+use warren_protocol::amqp::{H_CHANNEL, H_GATEWAY, H_SESSION, H_USER};
 use warren_protocol::{ClientFrame, Request, ServerFrame};
 
 use super::{message, run_workers, SharedEnv, Target, WorkerOutcome};
@@ -20,6 +26,7 @@ use crate::amqp::{bounded, load_frame_max};
 use crate::client::{source_ip, GatewayClient};
 use crate::error::{BenchError, Result};
 use crate::measurement::{now_us, Figures, MeasureWindow, Tally};
+use crate::stomp::StompClient;
 
 /// Runs the rpc scenario once.
 ///
@@ -29,9 +36,7 @@ pub async fn run(env: &SharedEnv, target: Target, clients: usize) -> Result<Figu
     match target {
         Target::Gateway => run_workers(env, target, clients, gateway_client).await,
         Target::Raw => run_workers(env, target, clients, raw_client).await,
-        Target::WebStomp => Err(BenchError::Config(
-            "the web-stomp target runs the fanout scenario only".into(),
-        )),
+        Target::WebStomp => run_workers(env, target, clients, stomp_client).await,
     }
 }
 
@@ -196,6 +201,74 @@ async fn raw_requests(
         }
     }
     Ok(WorkerOutcome {
+        tally,
+        session: None,
+    })
+}
+
+/// A Web-STOMP client: sequential persistent SENDs to the channel's queue, each
+/// answered on the session's temp queue. The headers are those the raw client's
+/// requests carry (`x-warren-session`, `-user`, `-gateway`, `-channel`, a message id,
+/// an expiration); the echo service needs only reply-to and correlation-id.
+async fn stomp_client(env: SharedEnv, i: usize, window: MeasureWindow) -> Result<WorkerOutcome> {
+    let cfg = &env.config;
+    let t = cfg.op_timeout;
+    let setup = env.setup_permit().await;
+    let mut c = StompClient::connect(&cfg.web_stomp_url, t).await?;
+    drop(setup);
+    let destination = format!(
+        "/exchange/{}/{}",
+        env.names.inbound_exchange(),
+        cfg.rpc_channel
+    );
+    let reply_to = format!("/temp-queue/rpc-{i}");
+    // Message ids unique to this run: the service's duplicate window remembers ids.
+    let client = format!(
+        "stomp-{i}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let expiration = t.as_millis().to_string();
+    let body = message(cfg.size, None);
+    let mut tally = Tally::default();
+    let mut issued = 0u64;
+    let outcome = async {
+        while window.may_issue(issued) {
+            issued += 1;
+            let id = issued.to_string();
+            let message_id = format!("{client}:{issued}");
+            let headers = [
+                ("destination", destination.as_str()),
+                ("persistent", "true"),
+                ("reply-to", reply_to.as_str()),
+                ("correlation-id", id.as_str()),
+                ("content-type", "application/json"),
+                ("amqp-message-id", message_id.as_str()),
+                ("expiration", expiration.as_str()),
+                (H_SESSION, client.as_str()),
+                (H_USER, client.as_str()),
+                (H_GATEWAY, "warren-bench-web-stomp"),
+                (H_CHANNEL, cfg.rpc_channel.as_str()),
+            ];
+            let sent = now_us();
+            tokio::time::timeout(t, c.send("SEND", &headers, body.as_bytes()))
+                .await
+                .map_err(|_| BenchError::Timeout("a web-stomp send"))??;
+            loop {
+                let frame = tokio::time::timeout(t, c.recv())
+                    .await
+                    .map_err(|_| BenchError::Timeout("a web-stomp reply"))??;
+                if frame.command == "MESSAGE" && frame.header("correlation-id") == Some(id.as_str())
+                {
+                    tally.record(&window, sent, now_us());
+                    break;
+                }
+            }
+        }
+        Ok::<(), BenchError>(())
+    }
+    .await;
+    c.close().await;
+    outcome.map(|()| WorkerOutcome {
         tally,
         session: None,
     })
