@@ -61,8 +61,13 @@ fn main() -> anyhow::Result<()> {
         eprintln!("wrote {}", path.display());
     }
     if let Some(path) = chart {
-        chart::draw(&report, &path).with_context(|| format!("drawing {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
+        if report.results.iter().any(|r| r.median.is_some()) {
+            chart::draw(&report, &path).with_context(|| format!("drawing {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        } else {
+            // Every run failed: say so through the table and --strict, not a chart error.
+            eprintln!("no figures to draw: {} not written", path.display());
+        }
     }
     if let Some(path) = markdown {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

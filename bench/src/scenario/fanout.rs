@@ -99,10 +99,12 @@ pub async fn run(env: &SharedEnv, target: Target, subscribers: usize) -> Result<
         })
         .collect::<Vec<_>>();
     drop(ready_tx);
+    // Set-up may take minutes for thousands of subscribers (RabbitMQ declares a queue
+    // per raw subscriber, `--setup-concurrency` at a time); it fails when no subscriber
+    // became ready for 3 × `--op-timeout`.
     let mut ready = 0;
-    let setup_deadline = tokio::time::Instant::now() + cfg.op_timeout * 3;
     while ready < subscribers {
-        match tokio::time::timeout_at(setup_deadline, ready_rx.recv()).await {
+        match tokio::time::timeout(cfg.op_timeout * 3, ready_rx.recv()).await {
             Ok(Some(())) => ready += 1,
             Ok(None) | Err(_) => break,
         }
