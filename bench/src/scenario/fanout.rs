@@ -9,7 +9,7 @@
 //! time is stamped in the message.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -20,6 +20,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection};
 use tokio::sync::{mpsc, Notify, SemaphorePermit};
+use tokio::task::JoinHandle;
 use warren_protocol::amqp::keys;
 use warren_protocol::{ClientFrame, ServerFrame, Subscribe};
 
@@ -33,6 +34,10 @@ use crate::stomp::StompClient;
 /// Prefetch of a raw subscriber: the gateway's default delivery window.
 const RAW_PREFETCH: u16 = 256;
 
+/// Time for the raw subscribers' clean-up beyond 3 × `--op-timeout` (5,000 queues
+/// deleted and connections closed at once keep a two-core RabbitMQ busy for a while).
+const CLEANUP_WAIT: Duration = Duration::from_secs(120);
+
 /// How far the subscribers have got, shared with the publisher.
 struct Progress {
     received: Vec<AtomicU64>,
@@ -42,6 +47,9 @@ struct Progress {
     published: AtomicU64,
     done: AtomicBool,
     window: OnceLock<MeasureWindow>,
+    /// Raw subscribers' clean-up (queue deletion, connection close), which is not
+    /// measured: it runs on after a subscriber hands in its tally.
+    cleanups: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Progress {
@@ -78,6 +86,7 @@ pub async fn run(env: &SharedEnv, target: Target, subscribers: usize) -> Result<
         published: AtomicU64::new(0),
         done: AtomicBool::new(false),
         window: OnceLock::new(),
+        cleanups: Mutex::new(Vec::new()),
     });
     let (ready_tx, mut ready_rx) = mpsc::channel::<()>(subscribers);
     let handles = (0..subscribers)
@@ -119,6 +128,7 @@ pub async fn run(env: &SharedEnv, target: Target, subscribers: usize) -> Result<
     };
     progress.done.store(true, Ordering::Release);
     let (tally, _sessions) = join_workers(handles, env.join_deadline(&window)).await;
+    clean_up(&progress, cfg.op_timeout * 3 + CLEANUP_WAIT).await;
     published?;
     if ready < subscribers {
         tally?;
@@ -127,6 +137,31 @@ pub async fn run(env: &SharedEnv, target: Target, subscribers: usize) -> Result<
     let mut figures = Figures::from_tally(tally?, &window);
     figures.gateway_cpu_pct = cpu.await.ok().flatten();
     Ok(figures)
+}
+
+/// Waits at most `wait` for the raw subscribers' clean-up, so the next run starts on a
+/// broker that has finished it; what is left then is aborted (the queues expire after
+/// a minute of disuse) and only logged: the run's figures are complete by then.
+async fn clean_up(progress: &Progress, wait: Duration) {
+    let handles = std::mem::take(&mut *progress.cleanups.lock().expect("clean-up list"));
+    if handles.is_empty() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut left = 0usize;
+    for mut h in handles {
+        if tokio::time::timeout_at(deadline, &mut h).await.is_err() {
+            h.abort();
+            left += 1;
+        }
+    }
+    if left > 0 {
+        tracing::warn!(
+            left,
+            wait_s = wait.as_secs(),
+            "raw subscribers' clean-up took too long; aborted"
+        );
+    }
 }
 
 /// The raw AMQP publisher: stamps each message, keeps at most `--fanout-window` ahead of
@@ -329,8 +364,18 @@ async fn raw_subscriber(
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
     let outcome = raw_deliveries(env, &conn, &queue, i, progress, ready, setup).await;
-    crate::amqp::delete_queues(&conn, &[queue]).await;
-    crate::amqp::close(&conn, cfg.op_timeout).await;
+    // 5,000 subscribers deleting their queues and closing at once keep RabbitMQ busy
+    // for longer than the run may take to end: clean-up goes on after the tally.
+    let t = cfg.op_timeout;
+    let cleanup = tokio::spawn(async move {
+        crate::amqp::delete_queues(&conn, &[queue]).await;
+        crate::amqp::close(&conn, t).await;
+    });
+    progress
+        .cleanups
+        .lock()
+        .expect("clean-up list")
+        .push(cleanup);
     outcome
 }
 
