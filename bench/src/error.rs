@@ -20,6 +20,9 @@ pub enum BenchError {
     /// The gateway answered with a frame the scenario did not expect.
     #[error("unexpected frame from the gateway: {0}")]
     Unexpected(String),
+    /// The Web-STOMP endpoint refused, closed, or sent something that is not STOMP.
+    #[error("web-stomp: {0}")]
+    Stomp(String),
     /// The gateway closed the WebSocket.
     #[error("the gateway closed the connection")]
     Closed,

@@ -7,8 +7,10 @@
 //! - [`stack`]: the gateway and demo service under test (started, or external).
 //! - [`client`]: a protocol-v1 WebSocket client built on `warren_protocol`.
 //! - [`amqp`]: raw lapin plumbing for the baseline and the fanout publisher.
+//! - [`stomp`]: a STOMP 1.2 over WebSocket client for the Web-STOMP baseline.
 //! - [`responder`]: a builtin raw-AMQP echo service (`--responder builtin`).
-//! - [`scenario`]: publish, rpc, fanout and idle, each against the gateway or raw AMQP.
+//! - [`scenario`]: publish, rpc, fanout and idle, each against the gateway or raw AMQP
+//!   (rpc and fanout also against Web-STOMP).
 //! - [`measurement`]: measured windows, tallies, percentiles, medians.
 //! - [`process_stats`]: the gateway's memory and CPU from `/proc`.
 //! - [`runner`]: sweeps, repetitions, medians, clean-up.
@@ -26,6 +28,7 @@ mod responder;
 mod runner;
 mod scenario;
 mod stack;
+mod stomp;
 
 use anyhow::Context;
 use clap::Parser;
@@ -58,8 +61,13 @@ fn main() -> anyhow::Result<()> {
         eprintln!("wrote {}", path.display());
     }
     if let Some(path) = chart {
-        chart::draw(&report, &path).with_context(|| format!("drawing {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
+        if report.results.iter().any(|r| r.median.is_some()) {
+            chart::draw(&report, &path).with_context(|| format!("drawing {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        } else {
+            // Every run failed: say so through the table and --strict, not a chart error.
+            eprintln!("no figures to draw: {} not written", path.display());
+        }
     }
     if let Some(path) = markdown {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -79,7 +79,7 @@ impl Verdict {
     }
 }
 
-/// One target of issue 6 and how this run did.
+/// One target (issues 6 and 13) and how this run did.
 #[derive(Debug, Clone, Serialize)]
 pub struct TargetCheck {
     /// What is required.
@@ -216,6 +216,33 @@ impl Report {
                 verdict: Verdict::NotEvaluated,
             },
         });
+        // Issue 13: rpc at least as fast as Web-STOMP, fan-out at least twice as fast.
+        for (s, factor) in [(ScenarioKind::Rpc, 1.0), (ScenarioKind::Fanout, 2.0)] {
+            let ratios: Vec<(usize, f64)> = self
+                .results
+                .iter()
+                .filter(|r| r.scenario == s && r.target == Target::WebStomp)
+                .filter_map(|r| {
+                    let g = self.median_of(s, Target::Gateway, r.clients)?;
+                    Some((r.clients, g.throughput / r.median?.throughput))
+                })
+                .collect();
+            checks.push(TargetCheck {
+                requirement: format!("{} throughput >= {factor} x Web-STOMP", s.name()),
+                measured: ratios
+                    .iter()
+                    .map(|(c, x)| format!("{c}c: {x:.2}x"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                verdict: if ratios.is_empty() {
+                    Verdict::NotEvaluated
+                } else if ratios.iter().all(|(_, x)| *x >= factor) {
+                    Verdict::Met
+                } else {
+                    Verdict::NotMet
+                },
+            });
+        }
         checks
     }
 
@@ -432,28 +459,32 @@ impl Report {
                 m.broker_rss_per_session_bytes / 1024.0
             );
         }
-        let stomp: Vec<&ScenarioResult> = self
-            .results
-            .iter()
-            .filter(|r| r.target == Target::WebStomp)
-            .collect();
-        if !stomp.is_empty() {
+        for (scenario, who, what) in [
+            (ScenarioKind::Rpc, "rpc clients", "requests/s"),
+            (ScenarioKind::Fanout, "fanout subscribers", "deliveries/s"),
+        ] {
+            let pairs: Vec<(usize, Figures, Figures)> = self
+                .results
+                .iter()
+                .filter(|r| r.scenario == scenario && r.target == Target::WebStomp)
+                .filter_map(|r| {
+                    let g = self.median_of(scenario, Target::Gateway, r.clients)?;
+                    Some((r.clients, g, r.median?))
+                })
+                .collect();
+            if pairs.is_empty() {
+                continue;
+            }
             let _ = writeln!(
                 out,
-                "\n| fanout subscribers | gateway deliveries/s | Web-STOMP deliveries/s | ratio | gateway p50 / p99 ms | Web-STOMP p50 / p99 ms |"
+                "\n| {who} | gateway {what} | Web-STOMP {what} | ratio | gateway p50 / p99 ms | Web-STOMP p50 / p99 ms |"
             );
             let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|");
-            for r in stomp {
-                let (Some(g), Some(w)) = (
-                    self.median_of(r.scenario, Target::Gateway, r.clients),
-                    r.median,
-                ) else {
-                    continue;
-                };
+            for (clients, g, w) in pairs {
                 let _ = writeln!(
                     out,
                     "| {} | {:.0} | {:.0} | {:.2}× | {:.2} / {:.2} | {:.2} / {:.2} |",
-                    r.clients,
+                    clients,
                     g.throughput,
                     w.throughput,
                     g.throughput / w.throughput,
@@ -563,6 +594,51 @@ mod tests {
         assert_eq!(r.targets[2].verdict, Verdict::NotEvaluated, "no fanout");
         assert!(r.table().contains("gw/raw"));
         assert!(r.markdown().contains("| rpc | 4 | 400 | 1000 | 0.40× |"));
+    }
+
+    #[test]
+    fn rpc_against_web_stomp_is_judged_at_one_times_and_fanout_at_two() {
+        let r = report(
+            vec![
+                result(ScenarioKind::Rpc, Target::Gateway, 16, figures(900.0, 3.0)),
+                result(
+                    ScenarioKind::Rpc,
+                    Target::WebStomp,
+                    16,
+                    figures(1000.0, 2.0),
+                ),
+                result(
+                    ScenarioKind::Fanout,
+                    Target::Gateway,
+                    16,
+                    figures(3000.0, 3.0),
+                ),
+                result(
+                    ScenarioKind::Fanout,
+                    Target::WebStomp,
+                    16,
+                    figures(1000.0, 2.0),
+                ),
+            ],
+            None,
+        );
+        let rpc = r
+            .targets
+            .iter()
+            .find(|t| t.requirement == "rpc throughput >= 1 x Web-STOMP")
+            .unwrap();
+        assert_eq!(rpc.verdict, Verdict::NotMet, "0.9x");
+        assert_eq!(rpc.measured, "16c: 0.90x");
+        let fanout = r
+            .targets
+            .iter()
+            .find(|t| t.requirement == "fanout throughput >= 2 x Web-STOMP")
+            .unwrap();
+        assert_eq!(fanout.verdict, Verdict::Met, "3x");
+        let md = r.markdown();
+        assert!(md.contains("| rpc clients | gateway requests/s | Web-STOMP requests/s |"));
+        assert!(md.contains("| 16 | 900 | 1000 | 0.90× |"));
+        assert!(r.table().contains("gw/stomp"));
     }
 
     #[test]

@@ -75,9 +75,9 @@ impl EchoResponder {
         Ok(EchoResponder { conn, tasks })
     }
 
-    /// Stops the consumers and closes their connection.
+    /// Stops the consumers and closes their connection (waiting at most 10 s).
     pub async fn stop(self) {
-        let _ = self.conn.close(200, "done".into()).await;
+        crate::amqp::close(&self.conn, std::time::Duration::from_secs(10)).await;
         for t in self.tasks {
             t.abort();
         }

@@ -68,6 +68,7 @@ pub async fn run(config: Config) -> Result<Report> {
         ratios: Vec::new(),
         targets: Vec::new(),
     };
+    let setup = Arc::new(tokio::sync::Semaphore::new(config.setup_concurrency));
     let env_of = |stack: &Stack| -> SharedEnv {
         Arc::new(Env {
             config: config.clone(),
@@ -75,6 +76,7 @@ pub async fn run(config: Config) -> Result<Report> {
             gateway_pid: stack.gateway_pid,
             names: names.clone(),
             amqp: amqp.clone(),
+            setup: setup.clone(),
         })
     };
     for &scenario in &config.scenarios {
@@ -89,7 +91,7 @@ pub async fn run(config: Config) -> Result<Report> {
         let targets: Vec<Target> = [Target::Gateway, Target::Raw, Target::WebStomp]
             .into_iter()
             .filter(|t| config.targets.contains(t))
-            .filter(|t| *t != Target::WebStomp || scenario == ScenarioKind::Fanout)
+            .filter(|t| t.serves(scenario))
             .collect();
         for &clients in &config.clients {
             let mut results: Vec<ScenarioResult> = targets
@@ -165,7 +167,7 @@ pub async fn run(config: Config) -> Result<Report> {
         )
         .await;
     }
-    let _ = amqp.close(200, "done".into()).await;
+    crate::amqp::close(&amqp, Duration::from_secs(10)).await;
     report.conclude();
     Ok(report)
 }

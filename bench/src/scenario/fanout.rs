@@ -9,7 +9,7 @@
 //! time is stamped in the message.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -18,18 +18,25 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::BasicProperties;
-use tokio::sync::{mpsc, Notify};
+use lapin::{BasicProperties, Connection};
+use tokio::sync::{mpsc, Notify, SemaphorePermit};
+use tokio::task::JoinHandle;
 use warren_protocol::amqp::keys;
 use warren_protocol::{ClientFrame, ServerFrame, Subscribe};
 
 use super::{join_workers, message, stamp_of, watch_gateway_cpu, SharedEnv, Target, WorkerOutcome};
+use crate::amqp::{bounded, load_frame_max};
 use crate::client::{source_ip, GatewayClient};
 use crate::error::{BenchError, Result};
 use crate::measurement::{now_us, Figures, MeasureWindow, Tally};
+use crate::stomp::StompClient;
 
 /// Prefetch of a raw subscriber: the gateway's default delivery window.
 const RAW_PREFETCH: u16 = 256;
+
+/// Time for the raw subscribers' clean-up beyond 3 × `--op-timeout` (5,000 queues
+/// deleted and connections closed at once keep a two-core RabbitMQ busy for a while).
+const CLEANUP_WAIT: Duration = Duration::from_secs(120);
 
 /// How far the subscribers have got, shared with the publisher.
 struct Progress {
@@ -40,6 +47,9 @@ struct Progress {
     published: AtomicU64,
     done: AtomicBool,
     window: OnceLock<MeasureWindow>,
+    /// Raw subscribers' clean-up (queue deletion, connection close), which is not
+    /// measured: it runs on after a subscriber hands in its tally.
+    cleanups: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Progress {
@@ -63,13 +73,20 @@ impl Progress {
 /// When a subscriber cannot subscribe, or the publisher cannot publish.
 pub async fn run(env: &SharedEnv, target: Target, subscribers: usize) -> Result<Figures> {
     let cfg = &env.config;
-    crate::amqp::ensure_exchange(&env.amqp, &env.names.outbound_exchange()).await?;
+    let outbound = env.names.outbound_exchange();
+    tokio::time::timeout(
+        cfg.op_timeout,
+        crate::amqp::ensure_exchange(&env.amqp, &outbound),
+    )
+    .await
+    .map_err(|_| BenchError::Timeout("the outbound exchange"))??;
     let progress = Arc::new(Progress {
         received: (0..subscribers).map(|_| AtomicU64::new(0)).collect(),
         moved: Notify::new(),
         published: AtomicU64::new(0),
         done: AtomicBool::new(false),
         window: OnceLock::new(),
+        cleanups: Mutex::new(Vec::new()),
     });
     let (ready_tx, mut ready_rx) = mpsc::channel::<()>(subscribers);
     let handles = (0..subscribers)
@@ -91,10 +108,12 @@ pub async fn run(env: &SharedEnv, target: Target, subscribers: usize) -> Result<
         })
         .collect::<Vec<_>>();
     drop(ready_tx);
+    // Set-up may take minutes for thousands of subscribers (RabbitMQ declares a queue
+    // per raw subscriber, `--setup-concurrency` at a time); it fails when no subscriber
+    // became ready for 3 × `--op-timeout`.
     let mut ready = 0;
-    let setup_deadline = tokio::time::Instant::now() + cfg.op_timeout * 3;
     while ready < subscribers {
-        match tokio::time::timeout_at(setup_deadline, ready_rx.recv()).await {
+        match tokio::time::timeout(cfg.op_timeout * 3, ready_rx.recv()).await {
             Ok(Some(())) => ready += 1,
             Ok(None) | Err(_) => break,
         }
@@ -108,7 +127,8 @@ pub async fn run(env: &SharedEnv, target: Target, subscribers: usize) -> Result<
         Ok(0)
     };
     progress.done.store(true, Ordering::Release);
-    let (tally, _sessions) = join_workers(handles).await;
+    let (tally, _sessions) = join_workers(handles, env.join_deadline(&window)).await;
+    clean_up(&progress, cfg.op_timeout * 3 + CLEANUP_WAIT).await;
     published?;
     if ready < subscribers {
         tally?;
@@ -119,16 +139,48 @@ pub async fn run(env: &SharedEnv, target: Target, subscribers: usize) -> Result<
     Ok(figures)
 }
 
+/// Waits at most `wait` for the raw subscribers' clean-up, so the next run starts on a
+/// broker that has finished it; what is left then is aborted (the queues expire after
+/// a minute of disuse) and only logged: the run's figures are complete by then.
+async fn clean_up(progress: &Progress, wait: Duration) {
+    let handles = std::mem::take(&mut *progress.cleanups.lock().expect("clean-up list"));
+    if handles.is_empty() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut left = 0usize;
+    for mut h in handles {
+        if tokio::time::timeout_at(deadline, &mut h).await.is_err() {
+            h.abort();
+            left += 1;
+        }
+    }
+    if left > 0 {
+        tracing::warn!(
+            left,
+            wait_s = wait.as_secs(),
+            "raw subscribers' clean-up took too long; aborted"
+        );
+    }
+}
+
 /// The raw AMQP publisher: stamps each message, keeps at most `--fanout-window` ahead of
 /// the slowest subscriber. Returns how many it published.
 async fn publish(env: &SharedEnv, progress: &Progress, window: MeasureWindow) -> Result<u64> {
     let cfg = &env.config;
-    let conn = crate::amqp::connect(&cfg.amqp_uri, "warren-bench-fanout-publisher").await?;
-    let ch = conn.create_channel().await?;
+    let t = cfg.op_timeout;
+    let conn = crate::amqp::connect_load(
+        &cfg.amqp_uri,
+        "warren-bench-fanout-publisher",
+        load_frame_max(cfg.size),
+        t,
+    )
+    .await?;
     let exchange = env.names.outbound_exchange();
     let key = keys::broadcast(&cfg.fanout_channel);
     let mut n = 0u64;
     let result = async {
+        let ch = bounded(t, "a channel", conn.create_channel()).await?;
         while window.may_issue(n) {
             while n.saturating_sub(progress.slowest()) >= cfg.fanout_window as u64 {
                 if !window.may_issue(n) {
@@ -143,21 +195,21 @@ async fn publish(env: &SharedEnv, progress: &Progress, window: MeasureWindow) ->
                 .with_delivery_mode(2)
                 .with_message_id(format!("fanout-{n}").into())
                 .with_content_type("application/json".into());
-            ch.basic_publish(
+            let publish = ch.basic_publish(
                 exchange.as_str().into(),
                 key.as_str().into(),
                 BasicPublishOptions::default(),
                 body.as_bytes(),
                 props,
-            )
-            .await?;
+            );
+            bounded(t, "the fanout publisher's publish", publish).await?;
             progress.published.store(n, Ordering::Release);
         }
         Ok::<(), BenchError>(())
     }
     .await;
     progress.published.store(n, Ordering::Release);
-    let _ = conn.close(200, "done".into()).await;
+    crate::amqp::close(&conn, t).await;
     result.map(|()| n)
 }
 
@@ -175,6 +227,7 @@ async fn gateway_subscriber(
     ready: mpsc::Sender<()>,
 ) -> Result<WorkerOutcome> {
     let cfg = &env.config;
+    let setup = env.setup_permit().await;
     let mut c =
         GatewayClient::connect(env.gateway()?, source_ip(i, cfg.source_ips), cfg.op_timeout)
             .await?;
@@ -197,6 +250,7 @@ async fn gateway_subscriber(
             _ => {}
         }
     }
+    drop(setup);
     let _ = ready.send(()).await;
     let mut tally = Tally::default();
     let mut n = 0u64;
@@ -235,91 +289,54 @@ async fn stomp_subscriber(
     progress: &Progress,
     ready: mpsc::Sender<()>,
 ) -> Result<WorkerOutcome> {
-    use futures_util::SinkExt;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    use tokio_tungstenite::tungstenite::Message as Ws;
     let cfg = &env.config;
-    let mut request = cfg
-        .web_stomp_url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| BenchError::Config(format!("--web-stomp-url: {e}")))?;
-    request.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        tokio_tungstenite::tungstenite::http::HeaderValue::from_static("v12.stomp"),
-    );
-    let (mut ws, _) =
-        tokio::time::timeout(cfg.op_timeout, tokio_tungstenite::connect_async(request))
-            .await?
-            .map_err(|e| {
-                BenchError::Unexpected(format!(
-                    "web-stomp connect (is rabbitmq_web_stomp enabled?): {e}"
-                ))
-            })?;
-    let send = |text: String| Ws::Text(text.into());
-    ws.send(send(
-        "CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\nheart-beat:0,0\n\n\0"
-            .into(),
-    ))
-    .await
-    .map_err(|e| BenchError::Unexpected(format!("web-stomp: {e}")))?;
+    let setup = env.setup_permit().await;
+    let mut c = StompClient::connect(&cfg.web_stomp_url, cfg.op_timeout).await?;
     let destination = format!(
         "/exchange/{}/{}",
         env.names.outbound_exchange(),
         keys::broadcast(&cfg.fanout_channel)
     );
-    ws.send(send(format!(
-        "SUBSCRIBE\nid:sub-{i}\ndestination:{destination}\nack:auto\nreceipt:ready\n\n\0"
-    )))
-    .await
-    .map_err(|e| BenchError::Unexpected(format!("web-stomp: {e}")))?;
-    // STOMP frames: COMMAND\nheaders\n\nbody\0 (a WebSocket message may hold several).
-    let mut subscribed = false;
+    let id = format!("sub-{i}");
+    c.send(
+        "SUBSCRIBE",
+        &[
+            ("id", id.as_str()),
+            ("destination", destination.as_str()),
+            ("ack", "auto"),
+            ("receipt", "ready"),
+        ],
+        b"",
+    )
+    .await?;
+    loop {
+        let frame = tokio::time::timeout(cfg.op_timeout, c.recv())
+            .await
+            .map_err(|_| BenchError::Timeout("the web-stomp subscription"))??;
+        if frame.command == "RECEIPT" {
+            break;
+        }
+    }
+    drop(setup);
+    let _ = ready.send(()).await;
     let mut tally = Tally::default();
     let mut n = 0u64;
     while !progress.finished(n) && now_us() < give_up_at(env, progress) {
-        let wait = if subscribed {
-            Duration::from_millis(200)
-        } else {
-            cfg.op_timeout
+        let frame = match tokio::time::timeout(Duration::from_millis(200), c.recv()).await {
+            Ok(f) => f?,
+            Err(_) => continue,
         };
-        let msg = match tokio::time::timeout(wait, ws.next()).await {
-            Ok(Some(Ok(m))) => m,
-            Ok(_) => return Err(BenchError::Unexpected("web-stomp socket closed".into())),
-            Err(_) if subscribed => continue,
-            Err(_) => return Err(BenchError::Timeout("the web-stomp subscription")),
-        };
-        let text = match msg {
-            Ws::Text(t) => t.to_string(),
-            Ws::Binary(b) => String::from_utf8_lossy(&b).into_owned(),
-            _ => continue,
-        };
-        for frame in text.split('\0').filter(|f| !f.trim().is_empty()) {
-            let frame = frame.trim_start_matches('\n');
-            let (head, body) = frame.split_once("\n\n").unwrap_or((frame, ""));
-            match head.lines().next().unwrap_or("") {
-                "RECEIPT" if !subscribed => {
-                    subscribed = true;
-                    let _ = ready.send(()).await;
-                }
-                "MESSAGE" => {
-                    let done = now_us();
-                    n += 1;
-                    progress.received[i].store(n, Ordering::Release);
-                    progress.moved.notify_one();
-                    if let (Some(w), Some(t)) = (progress.window.get(), stamp_of(body.as_bytes())) {
-                        tally.record(w, t, done);
-                    }
-                }
-                "ERROR" => {
-                    return Err(BenchError::Unexpected(format!("web-stomp ERROR: {head}")));
-                }
-                _ => {}
+        if frame.command == "MESSAGE" {
+            let done = now_us();
+            n += 1;
+            progress.received[i].store(n, Ordering::Release);
+            progress.moved.notify_one();
+            if let (Some(w), Some(t)) = (progress.window.get(), stamp_of(&frame.body)) {
+                tally.record(w, t, done);
             }
         }
     }
-    let _ = ws.send(send("DISCONNECT\n\n\0".into())).await;
-    let _ = ws.close(None).await;
+    c.close().await;
     Ok(WorkerOutcome {
         tally,
         session: None,
@@ -333,37 +350,75 @@ async fn raw_subscriber(
     ready: mpsc::Sender<()>,
 ) -> Result<WorkerOutcome> {
     let cfg = &env.config;
-    let conn = crate::amqp::connect(&cfg.amqp_uri, &format!("warren-bench-fanout-{i}")).await?;
-    let ch = conn.create_channel().await?;
-    ch.basic_qos(RAW_PREFETCH, BasicQosOptions::default())
-        .await?;
+    let setup = env.setup_permit().await;
+    let conn = crate::amqp::connect_load(
+        &cfg.amqp_uri,
+        &format!("warren-bench-fanout-{i}"),
+        load_frame_max(cfg.size),
+        cfg.op_timeout,
+    )
+    .await?;
     let queue = format!(
         "{}bench.fanout.{i}-{}",
         env.names.prefix(),
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
-    ch.queue_declare(
-        queue.as_str().into(),
-        QueueDeclareOptions::durable(),
-        crate::amqp::subscriber_queue_args(),
+    let outcome = raw_deliveries(env, &conn, &queue, i, progress, ready, setup).await;
+    // 5,000 subscribers deleting their queues and closing at once keep RabbitMQ busy
+    // for longer than the run may take to end: clean-up goes on after the tally.
+    let t = cfg.op_timeout;
+    let cleanup = tokio::spawn(async move {
+        crate::amqp::delete_queues(&conn, &[queue]).await;
+        crate::amqp::close(&conn, t).await;
+    });
+    progress
+        .cleanups
+        .lock()
+        .expect("clean-up list")
+        .push(cleanup);
+    outcome
+}
+
+async fn raw_deliveries(
+    env: &SharedEnv,
+    conn: &Connection,
+    queue: &str,
+    i: usize,
+    progress: &Progress,
+    ready: mpsc::Sender<()>,
+    setup: SemaphorePermit<'_>,
+) -> Result<WorkerOutcome> {
+    let cfg = &env.config;
+    let t = cfg.op_timeout;
+    let ch = bounded(t, "a channel", conn.create_channel()).await?;
+    bounded(
+        t,
+        "the subscriber's prefetch",
+        ch.basic_qos(RAW_PREFETCH, BasicQosOptions::default()),
     )
     .await?;
-    ch.queue_bind(
-        queue.as_str().into(),
+    let declare = ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions::durable(),
+        crate::amqp::subscriber_queue_args(),
+    );
+    bounded(t, "the subscriber's queue", declare).await?;
+    let bind = ch.queue_bind(
+        queue.into(),
         env.names.outbound_exchange().into(),
         keys::broadcast(&cfg.fanout_channel).into(),
         QueueBindOptions::default(),
         FieldTable::default(),
-    )
-    .await?;
-    let mut deliveries = ch
-        .basic_consume(
-            queue.as_str().into(),
-            format!("fanout-{i}").into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    );
+    bounded(t, "the subscriber's binding", bind).await?;
+    let consume = ch.basic_consume(
+        queue.into(),
+        format!("fanout-{i}").into(),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    );
+    let mut deliveries = bounded(t, "the subscriber's consumer", consume).await?;
+    drop(setup);
     let _ = ready.send(()).await;
     let mut tally = Tally::default();
     let (mut n, mut unacked) = (0u64, 0u64);
@@ -377,18 +432,16 @@ async fn raw_subscriber(
         n += 1;
         progress.received[i].store(n, Ordering::Release);
         progress.moved.notify_one();
-        if let (Some(w), Some(t)) = (progress.window.get(), stamp_of(&d.data)) {
-            tally.record(w, t, done);
+        if let (Some(w), Some(stamp)) = (progress.window.get(), stamp_of(&d.data)) {
+            tally.record(w, stamp, done);
         }
         unacked += 1;
         if unacked >= cfg.ack_every {
-            ch.basic_ack(d.delivery_tag, BasicAckOptions { multiple: true })
-                .await?;
+            let ack = ch.basic_ack(d.delivery_tag, BasicAckOptions { multiple: true });
+            bounded(t, "a raw ack", ack).await?;
             unacked = 0;
         }
     }
-    crate::amqp::delete_queues(&conn, &[queue]).await;
-    let _ = conn.close(200, "done".into()).await;
     Ok(WorkerOutcome {
         tally,
         session: None,

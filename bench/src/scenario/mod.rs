@@ -18,11 +18,12 @@ use std::time::Duration;
 
 use lapin::Connection;
 use serde::Serialize;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::task::JoinHandle;
 use warren_protocol::amqp::Names;
 
 use crate::client::GatewayAddr;
-use crate::config::Config;
+use crate::config::{Config, ScenarioKind};
 use crate::error::{BenchError, Result};
 use crate::measurement::{now_us, Figures, MeasureWindow, Tally};
 use crate::process_stats::CpuMeter;
@@ -35,8 +36,9 @@ pub enum Target {
     Gateway,
     /// The same work done by lapin clients straight against RabbitMQ.
     Raw,
-    /// RabbitMQ's own Web-STOMP plugin (fanout only): STOMP over WebSocket, each
-    /// subscriber on `/exchange/<ns>.warren.out/<channel>.all`.
+    /// RabbitMQ's own Web-STOMP plugin (rpc and fanout): STOMP 1.2 over WebSocket;
+    /// fanout subscribers on `/exchange/<ns>.warren.out/<channel>.all`, rpc requests
+    /// sent to `/exchange/<ns>.warren.in/<channel>` with a `/temp-queue/` reply-to.
     WebStomp,
 }
 
@@ -47,6 +49,14 @@ impl Target {
             Target::Gateway => "gateway",
             Target::Raw => "raw amqp",
             Target::WebStomp => "web-stomp",
+        }
+    }
+
+    /// Whether this target has a client for `scenario` (Web-STOMP: rpc and fanout).
+    pub fn serves(self, scenario: ScenarioKind) -> bool {
+        match self {
+            Target::Gateway | Target::Raw => true,
+            Target::WebStomp => matches!(scenario, ScenarioKind::Rpc | ScenarioKind::Fanout),
         }
     }
 }
@@ -64,6 +74,8 @@ pub struct Env {
     pub names: Names,
     /// Connection used for set-up and clean-up (not for load).
     pub amqp: Arc<Connection>,
+    /// Permits of clients setting up at once (`--setup-concurrency`).
+    pub setup: Arc<Semaphore>,
 }
 
 /// Shared handle to the environment.
@@ -77,6 +89,22 @@ impl Env {
             self.config.duration,
             self.config.messages,
         )
+    }
+
+    /// Waits for a turn to set a client up (`--setup-concurrency`); set-up ends when
+    /// the permit is dropped.
+    pub async fn setup_permit(&self) -> SemaphorePermit<'_> {
+        self.setup
+            .acquire()
+            .await
+            .expect("the set-up semaphore is never closed")
+    }
+
+    /// When the workers of a run measured over `window` must have finished: the end
+    /// of the window plus `--op-timeout` × 3 (the last answer, then closing).
+    pub fn join_deadline(&self, window: &MeasureWindow) -> tokio::time::Instant {
+        let left = Duration::from_micros(window.end_us.saturating_sub(now_us()));
+        tokio::time::Instant::now() + left + self.config.op_timeout * 3
     }
 
     /// Where the gateway listens.
@@ -140,39 +168,30 @@ pub fn watch_gateway_cpu(
     )
 }
 
-/// Runs one worker per client (the publish and rpc scenarios): `gateway` or `raw`,
-/// spawned with the client's index and the measured window, joined, their sessions
-/// forgotten, and the figures of the window taken, with the gateway's CPU.
+/// Runs one worker per client (the publish and rpc scenarios, each worker the
+/// scenario's client for `target`), spawned with the client's index and the measured
+/// window, joined (each at most `--op-timeout` × 3 after the window: see
+/// [`join_workers`]), their sessions forgotten, and the figures of the window taken,
+/// with the gateway's CPU.
 ///
 /// # Errors
-/// The first worker's error.
-pub async fn run_workers<G, GF, R, RF>(
+/// The first worker's error, or `Timeout` when workers were still running at the end.
+pub async fn run_workers<W, F>(
     env: &SharedEnv,
     target: Target,
     clients: usize,
-    gateway: G,
-    raw: R,
+    worker: W,
 ) -> Result<Figures>
 where
-    G: Fn(SharedEnv, usize, MeasureWindow) -> GF,
-    GF: Future<Output = Result<WorkerOutcome>> + Send + 'static,
-    R: Fn(SharedEnv, usize, MeasureWindow) -> RF,
-    RF: Future<Output = Result<WorkerOutcome>> + Send + 'static,
+    W: Fn(SharedEnv, usize, MeasureWindow) -> F,
+    F: Future<Output = Result<WorkerOutcome>> + Send + 'static,
 {
     let window = env.window();
     let cpu = watch_gateway_cpu(env, target, window);
     let handles = (0..clients)
-        .map(|i| match target {
-            Target::Gateway => tokio::spawn(gateway(env.clone(), i, window)),
-            Target::Raw => tokio::spawn(raw(env.clone(), i, window)),
-            Target::WebStomp => tokio::spawn(async {
-                Err(BenchError::Config(
-                    "the web-stomp target runs the fanout scenario only".into(),
-                ))
-            }),
-        })
+        .map(|i| tokio::spawn(worker(env.clone(), i, window)))
         .collect();
-    let (tally, _sessions) = join_workers(handles).await;
+    let (tally, _sessions) = join_workers(handles, env.join_deadline(&window)).await;
     let mut figures = Figures::from_tally(tally?, &window);
     figures.gateway_cpu_pct = cpu.await.ok().flatten();
     Ok(figures)
@@ -186,18 +205,32 @@ pub struct WorkerOutcome {
     pub session: Option<String>,
 }
 
-/// Waits for every worker; a failed worker fails the run with its error.
+/// Waits for every worker until `deadline`; a failed worker fails the run with its
+/// error, and workers still running at the deadline are aborted and fail it with
+/// `Timeout` (every wait inside a worker is bounded too: this is the backstop for
+/// one that is not, e.g. inside lapin).
 ///
 /// # Errors
-/// The first worker error, or `Unexpected` when a worker panicked.
+/// The first worker error, `Unexpected` when a worker panicked, `Timeout` when a
+/// worker was still running at `deadline`.
 pub async fn join_workers(
     handles: Vec<JoinHandle<Result<WorkerOutcome>>>,
+    deadline: tokio::time::Instant,
 ) -> (Result<Tally>, Vec<String>) {
     let mut total = Tally::default();
     let mut sessions = Vec::new();
     let mut first_err = None;
-    for h in handles {
-        match h.await {
+    let mut stuck = 0usize;
+    for mut h in handles {
+        let joined = match tokio::time::timeout_at(deadline, &mut h).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                h.abort();
+                stuck += 1;
+                continue;
+            }
+        };
+        match joined {
             Ok(Ok(o)) => {
                 total.merge(o.tally);
                 sessions.extend(o.session);
@@ -209,6 +242,10 @@ pub async fn join_workers(
                 first_err.get_or_insert(BenchError::Unexpected(format!("worker panicked: {e}")));
             }
         }
+    }
+    if stuck > 0 {
+        tracing::warn!(stuck, "workers still running at the deadline were aborted");
+        first_err.get_or_insert(BenchError::Timeout("workers to finish (some were aborted)"));
     }
     match first_err {
         Some(e) => (Err(e), sessions),

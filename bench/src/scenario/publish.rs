@@ -6,10 +6,12 @@
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::Connection;
 use serde_json::value::RawValue;
 use warren_protocol::{ClientFrame, Publish, ServerFrame};
 
 use super::{message, run_workers, SharedEnv, Target, WorkerOutcome};
+use crate::amqp::{bounded, load_frame_max};
 use crate::client::{source_ip, GatewayClient};
 use crate::error::{BenchError, Result};
 use crate::measurement::{now_us, Figures, MeasureWindow, Tally};
@@ -19,31 +21,44 @@ use crate::measurement::{now_us, Figures, MeasureWindow, Tally};
 /// # Errors
 /// When a client cannot connect or an answer does not come within `--op-timeout`.
 pub async fn run(env: &SharedEnv, target: Target, clients: usize) -> Result<Figures> {
-    crate::amqp::ensure_channel_queue(&env.amqp, &env.names, &env.config.publish_channel).await?;
-    let figures = run_workers(env, target, clients, gateway_client, raw_client).await;
+    let ensure =
+        crate::amqp::ensure_channel_queue(&env.amqp, &env.names, &env.config.publish_channel);
+    tokio::time::timeout(env.config.op_timeout, ensure)
+        .await
+        .map_err(|_| BenchError::Timeout("the publish channel's queue"))??;
+    let figures = match target {
+        Target::Gateway => run_workers(env, target, clients, gateway_client).await,
+        Target::Raw => run_workers(env, target, clients, raw_client).await,
+        Target::WebStomp => Err(BenchError::Config(
+            "the web-stomp target has no publish client (rpc and fanout only)".into(),
+        )),
+    };
     purge(env).await;
     figures
 }
 
-/// Empties the channel queue the publishes went to, so RabbitMQ stays lean.
+/// Empties the channel queue the publishes went to, so RabbitMQ stays lean (each step
+/// waits at most `--op-timeout`).
 async fn purge(env: &SharedEnv) {
-    if let Ok(ch) = env.amqp.create_channel().await {
+    let t = env.config.op_timeout;
+    if let Ok(ch) = bounded(t, "a channel", env.amqp.create_channel()).await {
         let q = env.names.channel_queue(&env.config.publish_channel);
-        let _ = ch
-            .queue_purge(
-                q.as_str().into(),
-                lapin::options::QueuePurgeOptions::default(),
-            )
-            .await;
-        let _ = ch.close(200, "ok".into()).await;
+        let purge = ch.queue_purge(
+            q.as_str().into(),
+            lapin::options::QueuePurgeOptions::default(),
+        );
+        let _ = tokio::time::timeout(t, purge).await;
+        let _ = tokio::time::timeout(t, ch.close(200, "ok".into())).await;
     }
 }
 
 async fn gateway_client(env: SharedEnv, i: usize, window: MeasureWindow) -> Result<WorkerOutcome> {
     let cfg = &env.config;
+    let setup = env.setup_permit().await;
     let mut c =
         GatewayClient::connect(env.gateway()?, source_ip(i, cfg.source_ips), cfg.op_timeout)
             .await?;
+    drop(setup);
     let body = RawValue::from_string(message(cfg.size, None))?;
     let mut tally = Tally::default();
     let (mut issued, mut inflight) = (0u64, 0usize);
@@ -102,9 +117,36 @@ fn sent_us(id: &str) -> Option<u64> {
 
 async fn raw_client(env: SharedEnv, i: usize, window: MeasureWindow) -> Result<WorkerOutcome> {
     let cfg = &env.config;
-    let conn = crate::amqp::connect(&cfg.amqp_uri, &format!("warren-bench-publish-{i}")).await?;
-    let ch = conn.create_channel().await?;
-    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let setup = env.setup_permit().await;
+    let conn = crate::amqp::connect_load(
+        &cfg.amqp_uri,
+        &format!("warren-bench-publish-{i}"),
+        load_frame_max(cfg.size),
+        cfg.op_timeout,
+    )
+    .await?;
+    let outcome = raw_publishes(&env, &conn, window, i, setup).await;
+    crate::amqp::close(&conn, cfg.op_timeout).await;
+    outcome
+}
+
+async fn raw_publishes(
+    env: &SharedEnv,
+    conn: &Connection,
+    window: MeasureWindow,
+    i: usize,
+    setup: tokio::sync::SemaphorePermit<'_>,
+) -> Result<WorkerOutcome> {
+    let cfg = &env.config;
+    let t = cfg.op_timeout;
+    let ch = bounded(t, "a channel", conn.create_channel()).await?;
+    bounded(
+        t,
+        "confirm mode",
+        ch.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await?;
+    drop(setup);
     let exchange = env.names.inbound_exchange();
     let client = format!("raw-{i}");
     let body = message(cfg.size, None).into_bytes();
@@ -124,15 +166,18 @@ async fn raw_client(env: SharedEnv, i: usize, window: MeasureWindow) -> Result<W
                 &cfg.publish_channel,
             );
             let sent = now_us();
-            let confirm = ch
-                .basic_publish(
+            let confirm = bounded(
+                t,
+                "a raw publish",
+                ch.basic_publish(
                     exchange.as_str().into(),
                     cfg.publish_channel.as_str().into(),
                     opts,
                     &body,
                     props,
-                )
-                .await?;
+                ),
+            )
+            .await?;
             pending.push(async move { (sent, confirm.await) });
         }
         let Some((sent, confirmation)) = tokio::time::timeout(cfg.op_timeout, pending.next())
@@ -146,7 +191,6 @@ async fn raw_client(env: SharedEnv, i: usize, window: MeasureWindow) -> Result<W
             _ => tally.errors += 1,
         }
     }
-    let _ = conn.close(200, "done".into()).await;
     Ok(WorkerOutcome {
         tally,
         session: None,
