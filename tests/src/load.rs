@@ -52,6 +52,30 @@ pub struct LoadPlan {
 /// body) from `plan.tasks` tasks at `plan.rate_per_sec` in total, each waiting for its
 /// confirm; records every outcome in `sent`. Returns when every task is done.
 pub async fn publish_load(publisher: Publisher, exchange: String, plan: LoadPlan, sent: Arc<Sent>) {
+    publish_load_to(publisher, exchange, "chat.load", plan, None, sent).await;
+}
+
+/// Bounds on a load's waits, for a broker that may never answer a publish.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadBounds {
+    /// A publish whose confirm has not come within this is recorded as failed
+    /// (`"no confirm within …"`); the task goes on with the next one.
+    pub confirm_within: Duration,
+    /// No publish starts after this; the rest are recorded as failed (`"not
+    /// published"`).
+    pub stop_at: Instant,
+}
+
+/// [`publish_load`] with routing key `key` (e.g. `chat.all` on `warren.out`: a
+/// broadcast to clients) and, with `bounds`, every wait bounded.
+pub async fn publish_load_to(
+    publisher: Publisher,
+    exchange: String,
+    key: &'static str,
+    plan: LoadPlan,
+    bounds: Option<LoadBounds>,
+    sent: Arc<Sent>,
+) {
     let per_task = plan.messages / plan.tasks;
     let interval = Duration::from_micros(1_000_000 * plan.tasks as u64 / plan.rate_per_sec);
     let mut tasks = Vec::new();
@@ -64,18 +88,31 @@ pub async fn publish_load(publisher: Publisher, exchange: String, plan: LoadPlan
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             for seq in 0..per_task {
                 tick.tick().await;
+                if bounds.is_some_and(|b| Instant::now() >= b.stop_at) {
+                    for rest in seq..per_task {
+                        let id = format!("{}{task}-{rest}", plan.id_prefix);
+                        sent.fail(id, "not published: the load's deadline passed".into());
+                    }
+                    break;
+                }
                 let id = format!("{}{task}-{seq}", plan.id_prefix);
                 let properties = BasicProperties::default()
                     .with_delivery_mode(2)
                     .with_content_type(ShortString::from("application/json"))
                     .with_message_id(ShortString::from(id.as_str()));
                 let body = format!("{{\"task\":{task},\"seq\":{seq}}}");
-                match publisher
-                    .publish_confirmed(&exchange, "chat.load", body.as_bytes(), properties)
-                    .await
-                {
+                let publish =
+                    publisher.publish_confirmed(&exchange, key, body.as_bytes(), properties);
+                let outcome = match bounds {
+                    Some(b) => match tokio::time::timeout(b.confirm_within, publish).await {
+                        Ok(outcome) => outcome.map_err(|e| e.to_string()),
+                        Err(_) => Err(format!("no confirm within {:?}", b.confirm_within)),
+                    },
+                    None => publish.await.map_err(|e| e.to_string()),
+                };
+                match outcome {
                     Ok(()) => sent.confirm(id),
-                    Err(e) => sent.fail(id, e.to_string()),
+                    Err(why) => sent.fail(id, why),
                 }
             }
         }));

@@ -16,10 +16,19 @@
 //! The demo binary's ticket desk is asked for a ticket created before the fault: it
 //! survives, because the binary kept running and only its connection moved.
 //!
+//! The outbound path too, in a second test not run by default (it reproduces a loss
+//! that is not understood yet): a service on node 1 publishes broadcasts to
+//! `warren.out` through the fault, and [`SUBSCRIBERS`] WebSocket subscribers of the
+//! gateway must receive every confirmed one exactly once (an unconfirmed one at most
+//! once). The outbound stream's leader is on node 3 (the gateway declared it there:
+//! RabbitMQ places a stream's leader on the declaring client's node); the test checks
+//! that before the stop. Every wait of that part is bounded: a confirm by
+//! [`BROADCAST_CONFIRM`], the whole part by [`OUTBOUND_LIMIT`] from the fault on.
+//!
 //! Prints its figures: sent, confirmed, failed, delivered, lost, duplicated, time to
 //! recover. About a minute in all, most of it booting the cluster.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,10 +36,12 @@ use std::time::{Duration, Instant};
 
 use lapin::types::ShortString;
 use lapin::BasicProperties;
+use tokio::sync::watch;
 use warren_e2e::broker_node::BrokerCluster;
-use warren_e2e::client::TestClient;
+use warren_e2e::client::{sub, TestClient};
 use warren_e2e::load::{
-    longest_gap_after, lost, publish_load, wait_handled, watch_states, LoadPlan, Sent, StateLog,
+    longest_gap_after, lost, publish_load_to, wait_handled, watch_states, LoadBounds, LoadPlan,
+    Sent, StateLog,
 };
 use warren_e2e::service::{consume_no_ack, declare_exclusive, DemoProcess};
 use warren_gateway::{Config, Gateway, ListenerConfig, QueueType};
@@ -54,6 +65,22 @@ const WS_CLIENTS: usize = 4;
 const PER_WS_CLIENT: usize = 150;
 /// The node stopped (0-based): node 3.
 const VICTIM: usize = 2;
+/// WebSocket subscribers of the chat broadcast.
+const SUBSCRIBERS: usize = 3;
+/// Broadcasts published to `warren.out` through the fault, from [`BROADCAST_TASKS`]
+/// tasks at [`BROADCAST_RATE`] in all (300 at 60/s: 5 s; the stop comes about 2 s in).
+const BROADCASTS: usize = 300;
+const BROADCAST_TASKS: usize = 3;
+const BROADCAST_RATE: u64 = 60;
+/// A broadcast not confirmed within this counts as unconfirmed (it may or may not
+/// reach the subscribers, but never twice), and its task goes on.
+const BROADCAST_CONFIRM: Duration = Duration::from_secs(10);
+/// The outbound part from the fault on — publishing, delivery, the subscribers'
+/// end — well inside [`LIMIT`].
+const OUTBOUND_LIMIT: Duration = Duration::from_secs(90);
+
+/// What each subscriber received, by subscriber: the `message_id`s in order.
+type Received = Arc<Mutex<Vec<Vec<String>>>>;
 
 /// Per `message_id`: which workers handled it, and when.
 #[derive(Debug, Default)]
@@ -63,12 +90,26 @@ struct Tally {
 
 #[tokio::test]
 async fn stopping_one_node_of_three_loses_no_confirmed_message_and_services_continue() {
-    tokio::time::timeout(LIMIT, cluster_run())
+    tokio::time::timeout(LIMIT, cluster_run(false))
         .await
         .expect("the test finished within its limit");
 }
 
-async fn cluster_run() {
+/// The same run with the outbound part ([`Broadcast`]). Not run by default: in 1 of 6
+/// runs on the development VM (2026-11-30) 4 confirmed broadcasts — the last ones,
+/// confirmed after a 10 s confirm stall while node 3 stopped — reached no subscriber
+/// within 90 s; the cause is not found (that run could not tell whether they were in
+/// the stream; a failure now says). Run it with `--ignored` to reproduce.
+#[tokio::test]
+#[ignore = "reproduces a loss of confirmed broadcasts through a node loss (1 run in 6)"]
+async fn stopping_one_node_of_three_during_fan_out_loses_no_confirmed_broadcast() {
+    tokio::time::timeout(LIMIT, cluster_run(true))
+        .await
+        .expect("the test finished within its limit");
+}
+
+/// The run; with `outbound`, also [`Broadcast`] through the fault.
+async fn cluster_run(outbound: bool) {
     let began = Instant::now();
     let mut cluster = BrokerCluster::start(3)
         .await
@@ -128,31 +169,77 @@ async fn cluster_run() {
         .await
         .expect("a ticket is created before the fault");
 
-    // A gateway given every node, node 3 first.
+    // A gateway given every node, node 3 first. It declares the outbound stream there.
     let gateway = start_gateway(&ns, cluster.uris_from(VICTIM)).await;
     let ws_url = format!("ws://{}/ws", gateway_addr(&gateway));
-
     let sent_p3 = Arc::new(Sent::default());
     let sent_p1 = Arc::new(Sent::default());
     let sent_ws = Arc::new(Sent::default());
-    let load_p3 = tokio::spawn(publish_load(
+    let broadcast = if outbound {
+        Some(Broadcast::start(&cluster, &names, &config, &ws_url).await)
+    } else {
+        None
+    };
+    // A producer's publish waits at most `publish_timeout` (30 s) for the failover; the
+    // bound only keeps a broker that never confirms from holding the test to LIMIT.
+    let producer_bounds = Some(LoadBounds {
+        confirm_within: Duration::from_secs(35),
+        stop_at: Instant::now() + Duration::from_secs(150),
+    });
+    let load_p3 = tokio::spawn(publish_load_to(
         p3.publisher(),
         names.inbound_exchange(),
+        "chat.load",
         producer_plan("p3-"),
+        producer_bounds,
         sent_p3.clone(),
     ));
-    let load_p1 = tokio::spawn(publish_load(
+    let load_p1 = tokio::spawn(publish_load_to(
         p1.publisher(),
         names.inbound_exchange(),
+        "chat.load",
         producer_plan("p1-"),
+        producer_bounds,
         sent_p1.clone(),
     ));
     let load_ws = tokio::spawn(ws_load(ws_url, sent_ws.clone()));
 
+    let loaded_by = Instant::now() + Duration::from_secs(60);
     while sent_p3.confirmed.lock().unwrap().len() < PER_PRODUCER / 3 {
+        assert!(Instant::now() < loaded_by, "P3 publishes before the fault");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let fault_at = Instant::now();
+    let progress = {
+        let sents = [
+            ("P3", sent_p3.clone()),
+            ("P1", sent_p1.clone()),
+            ("WebSocket", sent_ws.clone()),
+        ]
+        .into_iter()
+        .chain(broadcast.as_ref().map(|b| ("broadcast", b.sent.clone())))
+        .collect::<Vec<_>>();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                let counts: Vec<String> = sents
+                    .iter()
+                    .map(|(who, s)| {
+                        format!(
+                            "{who} {}/{}",
+                            s.confirmed.lock().unwrap().len(),
+                            s.failed.lock().unwrap().len()
+                        )
+                    })
+                    .collect();
+                println!(
+                    "fault_cluster: {:.0} s after the stop: confirmed/failed {}",
+                    fault_at.elapsed().as_secs_f64(),
+                    counts.join(", ")
+                );
+            }
+        })
+    };
     cluster.stop_node(VICTIM).await.expect("node 3 stops");
     let stopped = fault_at.elapsed();
 
@@ -167,6 +254,15 @@ async fn cluster_run() {
         failed.extend(sent.failed.lock().unwrap().iter().cloned());
     }
     let all_handled = wait_handled(&tally.handled, &confirmed, Duration::from_secs(90)).await;
+    println!(
+        "fault_cluster: inbound done {:.1} s after the stop",
+        fault_at.elapsed().as_secs_f64()
+    );
+    let outbound = match broadcast {
+        Some(b) => Some(b.finish(fault_at, &cluster, &names).await),
+        None => None,
+    };
+    progress.abort();
     let asked = Instant::now();
     let fetched = requester
         .request(
@@ -259,6 +355,14 @@ async fn cluster_run() {
         "worker A handled messages after the fault"
     );
 
+    if let Some((outbound, stream_before)) = &outbound {
+        assert!(
+            stream_before.contains(&format!("leader {}", cluster.node_name(VICTIM))),
+            "the outbound stream's leader was on the stopped node ({stream_before})"
+        );
+        outbound.check();
+    }
+
     let fetched = fetched.expect("the demo binary answers after the fault");
     assert_eq!(fetched["title"], "survives node 3", "the ticket survived");
     assert!(
@@ -271,6 +375,380 @@ async fn cluster_run() {
         service.stop().await.expect("service stops");
     }
     cluster.shutdown().await;
+}
+
+/// `<leader> … members …` of the outbound stream as node `i` lists it (the error, if
+/// the listing fails; at most 20 s).
+async fn stream_status(cluster: &BrokerCluster, i: usize, names: &Names) -> String {
+    let listing = tokio::time::timeout(
+        Duration::from_secs(20),
+        cluster.ctl(i, &["list_queues", "-p", "/", "name", "leader", "members"]),
+    )
+    .await;
+    let text = match listing {
+        Ok(Ok(text)) => text,
+        Ok(Err(e)) => return format!("not listed: {e}"),
+        Err(_) => return "not listed within 20 s".into(),
+    };
+    let stream = names.outbound_stream();
+    text.lines()
+        .find_map(|line| {
+            let mut fields = line.splitn(3, '\t');
+            (fields.next() == Some(stream.as_str())).then(|| {
+                let leader = fields.next().unwrap_or("?");
+                let members = fields.next().unwrap_or("?");
+                format!("leader {leader} members {members}")
+            })
+        })
+        .unwrap_or_else(|| format!("{stream} not listed:\n{text}"))
+}
+
+/// The `message_id`s in `stream`, read from its start on the node at `uri` until
+/// nothing came for 3 s (at most 30 s in all).
+async fn read_stream_ids(uri: &str, stream: &str) -> Result<HashSet<String>, String> {
+    use futures_util::StreamExt;
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    let read = async {
+        let connection =
+            lapin::Connection::connect(uri, lapin::ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        channel.basic_qos(1_000, BasicQosOptions::default()).await?;
+        let mut from_start = FieldTable::default();
+        from_start.insert("x-stream-offset".into(), AMQPValue::LongLongInt(0));
+        let mut consumer = channel
+            .basic_consume(
+                stream.into(),
+                "fault-cluster-check".into(),
+                BasicConsumeOptions::default(),
+                from_start,
+            )
+            .await?;
+        let mut ids = HashSet::new();
+        while let Ok(Some(delivery)) =
+            tokio::time::timeout(Duration::from_secs(3), consumer.next()).await
+        {
+            let delivery = delivery?;
+            if let Some(id) = delivery.properties.message_id() {
+                ids.insert(id.to_string());
+            }
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+        }
+        let _ = connection.close(200, "done".into()).await;
+        Ok::<_, lapin::Error>(ids)
+    };
+    match tokio::time::timeout(Duration::from_secs(30), read).await {
+        Ok(Ok(ids)) => Ok(ids),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("not read within 30 s".into()),
+    }
+}
+
+/// A client of `url` subscribed to the chat broadcast.
+async fn subscribed(url: &str) -> TestClient {
+    let mut client = TestClient::connect(url).await;
+    client.subscribe(sub("broadcast", "chat")).await;
+    client
+}
+
+/// Records the `message_id` of every delivery `client` gets (acknowledging each) until
+/// `stop` or `give_up`; when the connection ends it resumes the session from its last
+/// acknowledged position, as the SDK would. Returns how many times it resumed.
+async fn subscriber(
+    mut client: TestClient,
+    url: String,
+    index: usize,
+    received: Received,
+    mut stop: watch::Receiver<bool>,
+    give_up: Instant,
+) -> usize {
+    let mut resumes = 0;
+    while !*stop.borrow_and_update() && Instant::now() < give_up {
+        let asked = Instant::now();
+        match client.recv_within(Duration::from_millis(500)).await {
+            Some(ServerFrame::Deliver(d)) => {
+                received.lock().unwrap()[index].push(d.message_id.clone());
+                client.ack_deliveries(d.seq).await;
+            }
+            Some(_) => {}
+            // A timeout takes the whole 500 ms; anything sooner is a closed connection.
+            None if client.close_code.is_none()
+                && asked.elapsed() >= Duration::from_millis(450) => {}
+            None => {
+                resumes += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                // Connecting is bounded by the client (10 s, then a panic).
+                client = TestClient::connect_with(&url, client.resume_hello()).await;
+            }
+        }
+    }
+    client.close().await;
+    resumes
+}
+
+/// The outbound part: [`SUBSCRIBERS`] WebSocket subscribers of the chat broadcast on
+/// the gateway, and a service on node 1 publishing [`BROADCASTS`] broadcasts to them.
+struct Broadcast {
+    broadcaster: Service,
+    /// The outbound stream's leader and members before the fault.
+    stream_before: String,
+    sent: Arc<Sent>,
+    load: tokio::task::JoinHandle<()>,
+    received: Received,
+    stop: watch::Sender<bool>,
+    subscribers: Vec<tokio::task::JoinHandle<usize>>,
+}
+
+impl Broadcast {
+    /// Subscribes the subscribers, then starts the broadcast load.
+    async fn start(
+        cluster: &BrokerCluster,
+        names: &Names,
+        config: &ServiceConfig,
+        ws_url: &str,
+    ) -> Broadcast {
+        let stream_before = stream_status(cluster, 0, names).await;
+        println!("fault_cluster: the outbound stream before the fault: {stream_before}");
+        let received: Received = Arc::new(Mutex::new(vec![Vec::new(); SUBSCRIBERS]));
+        let (stop, stopped) = watch::channel(false);
+        let give_up = Instant::now() + OUTBOUND_LIMIT + Duration::from_secs(30);
+        let mut subscribers = Vec::new();
+        for i in 0..SUBSCRIBERS {
+            let client = subscribed(ws_url).await;
+            subscribers.push(tokio::spawn(subscriber(
+                client,
+                ws_url.to_string(),
+                i,
+                received.clone(),
+                stopped.clone(),
+                give_up,
+            )));
+        }
+        let broadcaster = Service::connect_to(
+            &cluster.uris_from(0),
+            names.clone(),
+            config.clone().with_publish_timeout(BROADCAST_CONFIRM),
+        )
+        .await
+        .expect("the broadcasting service connects");
+        let sent = Arc::new(Sent::default());
+        let load = tokio::spawn(publish_load_to(
+            broadcaster.publisher(),
+            names.outbound_exchange(),
+            "chat.all",
+            LoadPlan {
+                messages: BROADCASTS,
+                tasks: BROADCAST_TASKS,
+                rate_per_sec: BROADCAST_RATE,
+                id_prefix: "out-",
+            },
+            Some(LoadBounds {
+                confirm_within: BROADCAST_CONFIRM,
+                stop_at: Instant::now() + OUTBOUND_LIMIT / 2,
+            }),
+            sent.clone(),
+        ));
+        Broadcast {
+            broadcaster,
+            stream_before,
+            sent,
+            load,
+            received,
+            stop,
+            subscribers,
+        }
+    }
+
+    /// Waits — until [`OUTBOUND_LIMIT`] after `fault_at` at most — for the load, then
+    /// for every confirmed broadcast to reach every subscriber; stops the subscribers
+    /// and the broadcaster, prints the figures. Returns them with the stream's status
+    /// before the fault.
+    async fn finish(
+        self,
+        fault_at: Instant,
+        cluster: &BrokerCluster,
+        names: &Names,
+    ) -> (Outbound, String) {
+        let deadline = fault_at + OUTBOUND_LIMIT;
+        let left = || deadline.saturating_duration_since(Instant::now());
+        if tokio::time::timeout(left(), self.load).await.is_err() {
+            println!("fault_cluster: outbound: the broadcast load did not end in time");
+        }
+        let confirmed: HashSet<String> = self
+            .sent
+            .confirmed
+            .lock()
+            .unwrap()
+            .iter()
+            .cloned()
+            .collect();
+        let unconfirmed = self.sent.failed.lock().unwrap().clone();
+        let missing = |received: &Received| -> Vec<Vec<String>> {
+            received
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|got| {
+                    let got: HashSet<&String> = got.iter().collect();
+                    let mut m: Vec<String> = confirmed
+                        .iter()
+                        .filter(|id| !got.contains(id))
+                        .cloned()
+                        .collect();
+                    m.sort();
+                    m
+                })
+                .collect()
+        };
+        while missing(&self.received).iter().any(|m| !m.is_empty()) && !left().is_zero() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // A duplicate arriving late would still show up: a moment more.
+        tokio::time::sleep(Duration::from_secs(1).min(left())).await;
+        let _ = self.stop.send(true);
+        let mut resumes = Vec::new();
+        let mut subscribers_ended = true;
+        // A subscriber notices `stop` within its 500 ms read and closes within 2 s.
+        let join_by = Instant::now() + Duration::from_secs(15);
+        for mut s in self.subscribers {
+            let left = join_by.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, &mut s).await {
+                Ok(Ok(n)) => resumes.push(n),
+                Ok(Err(e)) => panic!("a subscriber failed: {e}"),
+                Err(_) => {
+                    s.abort();
+                    subscribers_ended = false;
+                }
+            }
+        }
+        let missing = missing(&self.received);
+        // Where a lost broadcast was lost: in RabbitMQ (not in the stream) or in the
+        // gateway (in the stream, never delivered).
+        let in_stream = if missing.iter().any(|m| !m.is_empty()) {
+            read_stream_ids(&cluster.uri(0), &names.outbound_stream()).await
+        } else {
+            Ok(HashSet::new())
+        };
+        let missing_from_stream = match &in_stream {
+            Ok(ids) => format!(
+                "{} of them absent from the stream itself",
+                missing
+                    .iter()
+                    .flatten()
+                    .collect::<HashSet<_>>()
+                    .into_iter()
+                    .filter(|id| !ids.contains(*id))
+                    .count()
+            ),
+            Err(e) => format!("the stream could not be read: {e}"),
+        };
+        let outbound = {
+            let received = self.received.lock().unwrap();
+            Outbound {
+                confirmed: confirmed.len(),
+                missing_sample: missing.iter().flatten().take(5).cloned().collect(),
+                missing_from_stream,
+                missing: missing.iter().map(Vec::len).collect(),
+                duplicated: received
+                    .iter()
+                    .map(|got| got.len() - got.iter().collect::<HashSet<_>>().len())
+                    .collect(),
+                unconfirmed_received: received
+                    .iter()
+                    .map(|got| {
+                        got.iter()
+                            .collect::<HashSet<_>>()
+                            .into_iter()
+                            .filter(|id| !confirmed.contains(*id))
+                            .count()
+                    })
+                    .collect(),
+                unconfirmed,
+                resumes,
+                subscribers_ended,
+            }
+        };
+        let stall = longest_gap_after(&self.sent.confirm_times.lock().unwrap(), fault_at);
+        let stream_after = stream_status(cluster, 0, names).await;
+        println!(
+            "fault_cluster: outbound: {BROADCASTS} broadcasts published through the fault, \
+             {} confirmed, {} unconfirmed; per subscriber: missing confirmed {:?}, \
+             duplicated {:?}, received unconfirmed {:?}, resumed {:?}; confirm stall {:.2} s; \
+             the stream after the fault: {}",
+            outbound.confirmed,
+            outbound.unconfirmed.len(),
+            outbound.missing,
+            outbound.duplicated,
+            outbound.unconfirmed_received,
+            outbound.resumes,
+            stall.as_secs_f64(),
+            stream_after,
+        );
+        if !outbound.unconfirmed.is_empty() {
+            println!(
+                "fault_cluster: outbound: first unconfirmed: {:?}",
+                &outbound.unconfirmed[..outbound.unconfirmed.len().min(5)]
+            );
+        }
+        self.broadcaster
+            .stop()
+            .await
+            .expect("the broadcaster stops");
+        (outbound, self.stream_before)
+    }
+}
+
+/// What the outbound part saw.
+#[derive(Debug)]
+struct Outbound {
+    /// Broadcasts confirmed.
+    confirmed: usize,
+    /// Broadcasts not confirmed, with why.
+    unconfirmed: Vec<(String, String)>,
+    /// Per subscriber: confirmed broadcasts it never received.
+    missing: Vec<usize>,
+    /// A few of them.
+    missing_sample: Vec<String>,
+    /// How many of those missing are not in the outbound stream either.
+    missing_from_stream: String,
+    /// Per subscriber: deliveries of a broadcast it had already received.
+    duplicated: Vec<usize>,
+    /// Per subscriber: unconfirmed broadcasts it received (allowed, once).
+    unconfirmed_received: Vec<usize>,
+    /// Per subscriber: times it resumed its session.
+    resumes: Vec<usize>,
+    /// Whether every subscriber task ended in time.
+    subscribers_ended: bool,
+}
+
+impl Outbound {
+    /// Every confirmed broadcast reached every subscriber, and none twice.
+    fn check(&self) {
+        assert!(
+            self.subscribers_ended,
+            "the subscribers ended within the outbound limit (resumed {:?})",
+            self.resumes
+        );
+        assert!(
+            self.confirmed >= BROADCASTS / 2,
+            "most broadcasts are confirmed ({} of {BROADCASTS}; first unconfirmed {:?})",
+            self.confirmed,
+            &self.unconfirmed[..self.unconfirmed.len().min(5)]
+        );
+        assert!(
+            self.missing.iter().all(|m| *m == 0),
+            "every confirmed broadcast reached every subscriber (missing per subscriber: \
+             {:?}, e.g. {:?}; {})",
+            self.missing,
+            self.missing_sample,
+            self.missing_from_stream
+        );
+        assert!(
+            self.duplicated.iter().all(|d| *d == 0),
+            "no subscriber received a broadcast twice ({:?})",
+            self.duplicated
+        );
+    }
 }
 
 /// Sends requests to `warren.in` as a gateway would, on one node, and reads the
