@@ -148,7 +148,12 @@ async fn raw_publishes(
     .await?;
     drop(setup);
     let exchange = env.names.inbound_exchange();
-    let client = format!("raw-{i}");
+    // Message ids unique to this run: the service's duplicate window remembers ids, and
+    // a reused one would be answered from that memory instead of handled again.
+    let client = format!(
+        "raw-{i}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
     let body = message(cfg.size, None).into_bytes();
     let opts = BasicPublishOptions {
         mandatory: true,
