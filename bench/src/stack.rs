@@ -77,9 +77,10 @@ impl Stack {
                 config: config.clone(),
             });
         }
-        let namespace = config.namespace.clone().unwrap_or_else(|| {
-            format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
-        });
+        let namespace = config
+            .namespace
+            .clone()
+            .unwrap_or_else(|| format!("bench-{}", crate::scenario::run_tag()));
         if let Some(dir) = config.stack_log.parent() {
             std::fs::create_dir_all(dir)?;
         }

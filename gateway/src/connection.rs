@@ -672,7 +672,7 @@ impl Conn {
         });
         // A resume without a position (the stream was empty when the session opened)
         // replays from the stream's start.
-        let resume_at = resumed.then(|| Positions::resumed(hello.position, None).next());
+        let resume_at = resumed.then(|| core_::resume_from(hello.position));
         let tenant = inbound::tenant_of(&self.shared.config, &identity);
         let (member, head) = self.shared.hub.join_tenant(self.id, &id, tenant, resume_at);
         if anonymous {
@@ -1090,6 +1090,7 @@ impl Conn {
             return Flow::Continue;
         };
         let room = core_::batch_room(s.inflight.len(), window);
+        let positions = out.positions;
         let mut batch: Vec<Arc<HubMessage>> = Vec::new();
         let mut next_cursor = None;
         match event {
@@ -1194,15 +1195,10 @@ impl Conn {
         let mut last = None;
         for m in &batch {
             last = Some(m.offset);
-            let redelivered = self
-                .session
-                .as_ref()
-                .and_then(|s| s.stream.as_ref())
-                .is_some_and(|out| out.positions.redelivered(m.offset));
             let Some(frame) = self.frame_of(Incoming {
                 exchange: m.exchange.as_str(),
                 routing_key: m.routing_key.as_str(),
-                redelivered,
+                redelivered: positions.redelivered(m.offset),
                 properties: &m.properties,
                 body: &m.body,
                 position: Some(m.offset),

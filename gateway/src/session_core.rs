@@ -478,7 +478,7 @@ pub(crate) fn poc_subscriptions(p: &PocPacket, id: &str) -> Vec<Subscribe> {
 // ---------------------------------------------------------------------------------
 
 /// Where a session has reached in the outbound stream.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Positions {
     /// The position after the last message sent (or skipped as not this session's);
     /// `None` until the first.
@@ -489,6 +489,12 @@ pub(crate) struct Positions {
     /// A resume: positions below this were read before the client came back, so the
     /// client may have had them already (`redelivered`).
     replay_until: Option<u64>,
+}
+
+/// Where a session that had position `last` resumes: the position after it, or the
+/// stream's start when the client never had one (the stream was empty).
+pub(crate) fn resume_from(last: Option<u64>) -> u64 {
+    last.map_or(0, |p| p + 1)
 }
 
 /// What a message read by the session's own stream reader means.
@@ -517,7 +523,7 @@ impl Positions {
     /// client never had one), when the stream's newest position is `head`.
     pub(crate) fn resumed(last: Option<u64>, head: Option<u64>) -> Positions {
         Positions {
-            cursor: Some(last.map_or(0, |p| p + 1)),
+            cursor: Some(resume_from(last)),
             check_gap: false,
             replay_until: head.map(|h| h + 1),
         }

@@ -25,7 +25,7 @@ use warren_protocol::amqp::keys;
 use warren_protocol::{ClientFrame, ServerFrame, Subscribe};
 
 use super::{join_workers, message, stamp_of, watch_gateway_cpu, SharedEnv, Target, WorkerOutcome};
-use crate::amqp::{bounded, load_frame_max};
+use crate::amqp::bounded;
 use crate::client::{source_ip, GatewayClient};
 use crate::error::{BenchError, Result};
 use crate::measurement::{now_us, Figures, MeasureWindow, Tally};
@@ -169,13 +169,7 @@ async fn clean_up(progress: &Progress, wait: Duration) {
 async fn publish(env: &SharedEnv, progress: &Progress, window: MeasureWindow) -> Result<u64> {
     let cfg = &env.config;
     let t = cfg.op_timeout;
-    let conn = crate::amqp::connect_load(
-        &cfg.amqp_uri,
-        "warren-bench-fanout-publisher",
-        load_frame_max(cfg.size),
-        t,
-    )
-    .await?;
+    let conn = env.connect_load("warren-bench-fanout-publisher").await?;
     let exchange = env.names.outbound_exchange();
     let key = keys::broadcast(&cfg.fanout_channel);
     let mut n = 0u64;
@@ -351,17 +345,13 @@ async fn raw_subscriber(
 ) -> Result<WorkerOutcome> {
     let cfg = &env.config;
     let setup = env.setup_permit().await;
-    let conn = crate::amqp::connect_load(
-        &cfg.amqp_uri,
-        &format!("warren-bench-fanout-{i}"),
-        load_frame_max(cfg.size),
-        cfg.op_timeout,
-    )
-    .await?;
+    let conn = env
+        .connect_load(&format!("warren-bench-fanout-{i}"))
+        .await?;
     let queue = format!(
         "{}bench.fanout.{i}-{}",
         env.names.prefix(),
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
+        super::run_tag()
     );
     let outcome = raw_deliveries(env, &conn, &queue, i, progress, ready, setup).await;
     // 5,000 subscribers deleting their queues and closing at once keep RabbitMQ busy

@@ -78,6 +78,12 @@ pub struct Env {
     pub setup: Arc<Semaphore>,
 }
 
+/// Eight random hex digits: makes message ids and queue names unique to one run (the
+/// demo service remembers message ids for 10 minutes).
+pub fn run_tag() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
+}
+
 /// Shared handle to the environment.
 pub type SharedEnv = Arc<Env>;
 
@@ -89,6 +95,19 @@ impl Env {
             self.config.duration,
             self.config.messages,
         )
+    }
+
+    /// Opens one load connection named `name` ([`crate::amqp::connect_load`] with this
+    /// run's URI, frame size and `--op-timeout`).
+    pub async fn connect_load(&self, name: &str) -> crate::error::Result<lapin::Connection> {
+        let cfg = &self.config;
+        crate::amqp::connect_load(
+            &cfg.amqp_uri,
+            name,
+            crate::amqp::load_frame_max(cfg.size),
+            cfg.op_timeout,
+        )
+        .await
     }
 
     /// Waits for a turn to set a client up (`--setup-concurrency`); set-up ends when

@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use warren_protocol::{ClientFrame, Publish, ServerFrame};
 
 use super::{message, run_workers, SharedEnv, Target, WorkerOutcome};
-use crate::amqp::{bounded, load_frame_max};
+use crate::amqp::bounded;
 use crate::client::{source_ip, GatewayClient};
 use crate::error::{BenchError, Result};
 use crate::measurement::{now_us, Figures, MeasureWindow, Tally};
@@ -118,13 +118,9 @@ fn sent_us(id: &str) -> Option<u64> {
 async fn raw_client(env: SharedEnv, i: usize, window: MeasureWindow) -> Result<WorkerOutcome> {
     let cfg = &env.config;
     let setup = env.setup_permit().await;
-    let conn = crate::amqp::connect_load(
-        &cfg.amqp_uri,
-        &format!("warren-bench-publish-{i}"),
-        load_frame_max(cfg.size),
-        cfg.op_timeout,
-    )
-    .await?;
+    let conn = env
+        .connect_load(&format!("warren-bench-publish-{i}"))
+        .await?;
     let outcome = raw_publishes(&env, &conn, window, i, setup).await;
     crate::amqp::close(&conn, cfg.op_timeout).await;
     outcome
@@ -150,10 +146,7 @@ async fn raw_publishes(
     let exchange = env.names.inbound_exchange();
     // Message ids unique to this run: the service's duplicate window remembers ids, and
     // a reused one would be answered from that memory instead of handled again.
-    let client = format!(
-        "raw-{i}-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
+    let client = format!("raw-{i}-{}", super::run_tag());
     let body = message(cfg.size, None).into_bytes();
     let opts = BasicPublishOptions {
         mandatory: true,

@@ -22,7 +22,7 @@ use warren_protocol::amqp::{H_CHANNEL, H_GATEWAY, H_SESSION, H_USER};
 use warren_protocol::{ClientFrame, Request, ServerFrame};
 
 use super::{message, run_workers, SharedEnv, Target, WorkerOutcome};
-use crate::amqp::{bounded, load_frame_max};
+use crate::amqp::bounded;
 use crate::client::{source_ip, GatewayClient};
 use crate::error::{BenchError, Result};
 use crate::measurement::{now_us, Figures, MeasureWindow, Tally};
@@ -95,13 +95,7 @@ async fn gateway_client(env: SharedEnv, i: usize, window: MeasureWindow) -> Resu
 async fn raw_client(env: SharedEnv, i: usize, window: MeasureWindow) -> Result<WorkerOutcome> {
     let cfg = &env.config;
     let setup = env.setup_permit().await;
-    let conn = crate::amqp::connect_load(
-        &cfg.amqp_uri,
-        &format!("warren-bench-rpc-{i}"),
-        load_frame_max(cfg.size),
-        cfg.op_timeout,
-    )
-    .await?;
+    let conn = env.connect_load(&format!("warren-bench-rpc-{i}")).await?;
     let outcome = raw_requests(&env, &conn, i, window, setup).await;
     crate::amqp::close(&conn, cfg.op_timeout).await;
     outcome
@@ -147,10 +141,7 @@ async fn raw_requests(
     let exchange = env.names.inbound_exchange();
     // Message ids unique to this run: the service's duplicate window remembers ids, and
     // a reused one would be answered from that memory instead of handled again.
-    let client = format!(
-        "raw-{i}-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
+    let client = format!("raw-{i}-{}", super::run_tag());
     let body = message(cfg.size, None).into_bytes();
     let opts = BasicPublishOptions {
         mandatory: true,
@@ -228,10 +219,7 @@ async fn stomp_client(env: SharedEnv, i: usize, window: MeasureWindow) -> Result
     );
     let reply_to = format!("/temp-queue/rpc-{i}");
     // Message ids unique to this run: the service's duplicate window remembers ids.
-    let client = format!(
-        "stomp-{i}-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
+    let client = format!("stomp-{i}-{}", super::run_tag());
     let expiration = t.as_millis().to_string();
     let body = message(cfg.size, None);
     let mut tally = Tally::default();
