@@ -913,14 +913,11 @@ impl Config {
     /// # Errors
     /// As [`Config::from_file`] and [`Config::validate`].
     pub fn load(o: &Overrides) -> Result<Config, GatewayError> {
-        if let Ok(v) = std::env::var("WARREN_OUTBOUND") {
-            if v != "stream" {
-                return Err(GatewayError::Config(format!(
-                    "WARREN_OUTBOUND={v} is no longer supported: the `queues` outbound mode \
-                     was removed; unset it (the gateway always uses the outbound stream)"
-                )));
-            }
-        }
+        refuse_removed_env(
+            std::env::vars_os().filter_map(|(k, v)| {
+                Some((k.into_string().ok()?, v.to_string_lossy().into_owned()))
+            }),
+        )?;
         let mut config = match &o.config {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
@@ -929,6 +926,32 @@ impl Config {
         config.validate()?;
         Ok(config)
     }
+}
+
+/// Refuses the environment variables of [`REMOVED_OPTIONS`] (`WARREN_<KEY>`), as a
+/// configuration file naming them is refused: set, they would otherwise be ignored
+/// without a word. `WARREN_OUTBOUND=stream` is accepted.
+///
+/// # Errors
+/// [`GatewayError::Config`] naming the first such variable set.
+fn refuse_removed_env(vars: impl Iterator<Item = (String, String)>) -> Result<(), GatewayError> {
+    for (name, value) in vars {
+        let Some(key) = name.strip_prefix("WARREN_") else {
+            continue;
+        };
+        let key = key.to_ascii_lowercase();
+        let Some((_, why)) = REMOVED_OPTIONS.iter().find(|(k, _)| *k == key) else {
+            continue;
+        };
+        if key == "outbound" && value == "stream" {
+            continue;
+        }
+        return Err(GatewayError::Config(format!(
+            "{name}={value} is no longer supported: {why}; unset it (the gateway always \
+             uses the outbound stream)"
+        )));
+    }
+    Ok(())
 }
 
 /// A URI with its password replaced, for logs and errors.
@@ -1404,6 +1427,34 @@ mod tests {
         c.apply(&o);
         assert_eq!(c.hub_buffer_messages, 77, "env beats the file");
         assert_eq!(c.max_subscriptions, 9, "the flag beats env");
+    }
+
+    #[test]
+    fn environment_variables_of_removed_options_are_refused_by_name() {
+        let env = |pairs: &[(&str, &str)]| {
+            refuse_removed_env(
+                pairs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                    .collect::<Vec<_>>()
+                    .into_iter(),
+            )
+        };
+        for name in [
+            "WARREN_SESSION_MAX_LENGTH",
+            "WARREN_SESSION_TAKEOVER_MS",
+            "WARREN_OVERFLOW_CHECK_MS",
+            "WARREN_OVERFLOW_RECORD_MAX",
+            "WARREN_OUTBOUND",
+        ] {
+            let e = env(&[("PATH", "/bin"), (name, "10")])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("{name}=10")), "{e}");
+            assert!(e.contains("removed"), "{e}");
+        }
+        env(&[("WARREN_OUTBOUND", "stream"), ("WARREN_NAMESPACE", "x")]).unwrap();
+        env(&[("SESSION_MAX_LENGTH", "1"), ("WARREN_HEARTBEAT_MS", "1")]).unwrap();
     }
 
     #[test]
