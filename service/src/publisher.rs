@@ -244,14 +244,25 @@ impl Publisher {
         loop {
             attempt += 1;
             let epoch = self.inner.link.up(min_generation, Some(deadline)).await?;
-            let once = self.publish_once(&epoch, exchange, routing_key, body, properties.clone());
+            let mut used = None;
+            let once = self.publish_once(
+                &epoch,
+                &mut used,
+                exchange,
+                routing_key,
+                body,
+                properties.clone(),
+            );
             let result = match tokio::time::timeout_at(deadline, once).await {
                 Ok(result) => result,
                 Err(_) => {
+                    if let Some(id) = used {
+                        self.retire(id, epoch.generation).await;
+                    }
                     return Err(ServiceError::BrokerUnavailable {
                         waited: started.elapsed(),
                         reason: self.inner.link.describe(),
-                    })
+                    });
                 }
             };
             match result {
@@ -302,15 +313,18 @@ impl Publisher {
         }
     }
 
+    /// One publish and its confirm; `used` names the channel it went out on.
     async fn publish_once(
         &self,
         epoch: &Epoch,
+        used: &mut Option<u16>,
         exchange: &str,
         routing_key: &str,
         body: &[u8],
         properties: BasicProperties,
     ) -> std::result::Result<Confirmation, lapin::Error> {
         let channel = self.channel(epoch).await?;
+        *used = Some(channel.id());
         channel
             .basic_publish(
                 ShortString::from(exchange),
@@ -352,6 +366,43 @@ impl Publisher {
             .await?;
         *guard = Some((channel.clone(), epoch.generation));
         Ok(channel)
+    }
+
+    /// Stops publishing on channel `id` of connection `generation` after a publish on
+    /// it got no confirm in time: later publishes open a fresh channel, and this one
+    /// is closed once its outstanding confirms came (or after another timeout).
+    ///
+    /// Why: with RabbitMQ 3.10.8, a channel that published to a stream while the
+    /// stream's leader node stopped went on *confirming* later publishes that never
+    /// reached the stream (`fault_cluster`'s fan-out test: 4 of 900 broadcasts,
+    /// absent from the stream yet confirmed, all sent after a 10 s confirm stall on the
+    /// same channel). A channel that left a publish unconfirmed for `publish_timeout`
+    /// is not trusted with more.
+    async fn retire(&self, id: u16, generation: u64) {
+        let mut guard = self.inner.channel.lock().await;
+        let same = guard
+            .as_ref()
+            .is_some_and(|(channel, g)| channel.id() == id && *g == generation);
+        if !same {
+            return; // already replaced
+        }
+        let Some((channel, _)) = guard.take() else {
+            return;
+        };
+        drop(guard);
+        warn!(
+            channel = id,
+            timeout_ms = self.inner.timeout.as_millis() as u64,
+            "a publish got no confirm in time; publishing on a new channel from now on"
+        );
+        let wait = self.inner.timeout;
+        tokio::spawn(async move {
+            // Publishes still waiting on it keep their confirms (or their timeouts).
+            let _ = tokio::time::timeout(wait, channel.wait_for_confirms()).await;
+            let _ = channel
+                .close(200, ShortString::from("no confirm in time"))
+                .await;
+        });
     }
 
     /// Closes the publishing channel (waiting, at most 5 s, for outstanding confirms
