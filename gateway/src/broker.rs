@@ -361,6 +361,57 @@ impl Broker {
         self.pick(Pool::Publisher).await
     }
 
+    /// Takes publisher channel `channel` out of the pool after a publish on it got no
+    /// confirm in time: a fresh channel takes its place, and it closes once its
+    /// outstanding confirms came (at most `wait` later). Whoever still waits on it
+    /// keeps their confirm or their own timeout.
+    ///
+    /// Why: RabbitMQ 3.10.8 was seen confirming publishes to a stream that it never
+    /// stored, sent on a channel that had a publish stuck through the stream leader's
+    /// change (BENCHMARKS.md, "Fan-out through the loss of one node of three").
+    pub async fn retire_publisher(&self, channel: &Channel, wait: Duration) {
+        if !channel.status().connected() {
+            return; // closed already: the pool replaces it on its next use
+        }
+        let conn = {
+            let guard = self.links.lock().await;
+            let Some(links) = guard.as_ref() else {
+                return;
+            };
+            if !links.publishers.iter().any(|c| c.id() == channel.id()) {
+                return; // already replaced
+            }
+            links.publish_conn.clone()
+        };
+        let fresh = match self.new_channel(&conn, Pool::Publisher).await {
+            Ok(fresh) => Some(fresh),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open a publisher channel to replace one");
+                None
+            }
+        };
+        {
+            let mut guard = self.links.lock().await;
+            if let (Some(links), Some(fresh)) = (guard.as_mut(), fresh) {
+                if Arc::ptr_eq(&links.publish_conn, &conn) {
+                    if let Some(slot) = links.publishers.iter_mut().find(|c| c.id() == channel.id())
+                    {
+                        *slot = fresh;
+                    }
+                }
+            }
+        }
+        tracing::warn!(
+            channel = channel.id(),
+            "a publish got no confirm in time; its channel leaves the pool"
+        );
+        let old = channel.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(wait, old.wait_for_confirms()).await;
+            let _ = old.close(200, "no confirm in time".into()).await;
+        });
+    }
+
     /// A channel to start a session consumer on, shared with other sessions.
     ///
     /// # Errors

@@ -5,7 +5,8 @@
 //!   `publish` does (the same checks and headers, [`inbound::prepare`]); `202` once
 //!   RabbitMQ confirmed it.
 //! - `POST /publish`: a message to clients (broadcast, groups, users, events) on
-//!   `warren.out`, as a service publishes; `202` once confirmed.
+//!   `warren.out`, as a service publishes; `202` once confirmed, `503` when no confirm
+//!   came within [`PUBLISH_CONFIRM_WAIT`] (the message may still arrive).
 //! - `POST /request/{channel}`: a request to the channel's services; `200` with the
 //!   service's reply, which comes back over RabbitMQ's direct reply-to.
 //!
@@ -42,6 +43,12 @@ use crate::server::Shared;
 
 /// The user an API key acts as (`x-warren-user`).
 pub const API_USER: &str = "http-api";
+
+/// How long `POST /publish` waits for RabbitMQ's confirm before answering `503
+/// broker_unavailable` and taking the channel out of the pool
+/// ([`crate::broker::Broker::retire_publisher`]); the service library's default
+/// `publish_timeout` too.
+pub const PUBLISH_CONFIRM_WAIT: Duration = Duration::from_secs(10);
 
 /// The HTTP status of a refusal with `code`.
 pub fn status_of(code: ErrorCode) -> StatusCode {
@@ -458,7 +465,20 @@ async fn publish(
         )
         .await
         .map_err(|e| unavailable(e.to_string()))?;
-    confirmed(&shared, confirm).await?;
+    match tokio::time::timeout(PUBLISH_CONFIRM_WAIT, confirmed(&shared, confirm)).await {
+        Ok(outcome) => outcome?,
+        Err(_) => {
+            shared
+                .broker
+                .retire_publisher(&channel, PUBLISH_CONFIRM_WAIT)
+                .await;
+            return Err(unavailable(format!(
+                "RabbitMQ did not confirm within {} s; the message may still be \
+                 delivered (publish again with the same id: clients drop the copy)",
+                PUBLISH_CONFIRM_WAIT.as_secs()
+            )));
+        }
+    }
     Ok(accepted(&id, &message_id))
 }
 

@@ -96,3 +96,52 @@ async fn a_control_channel_is_replaced_after_its_uses_and_the_old_one_closes() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     broker.close().await;
 }
+
+/// A publisher channel that left a publish unconfirmed is taken out of the pool
+/// (`Broker::retire_publisher`, what `POST /publish` does after its confirm wait): the
+/// pool hands out a fresh channel in its place, and the old one closes once its
+/// outstanding confirms are in, within the wait it was given.
+#[tokio::test]
+async fn a_retired_publisher_channel_leaves_the_pool_and_closes() {
+    let config = Config {
+        amqp_uri: vec![amqp_addr()],
+        node: "t-retired-publisher".into(),
+        publisher_channels: 2,
+        ..Config::default()
+    };
+    let broker = Broker::connect(&config, Arc::new(Metrics::default()))
+        .await
+        .expect("RabbitMQ at AMQP_ADDR");
+    let pool: Vec<u16> = {
+        let a = broker.publisher().await.expect("publisher channel");
+        let b = broker.publisher().await.expect("publisher channel");
+        vec![a.id(), b.id()]
+    };
+    let stuck = broker.publisher().await.expect("publisher channel");
+    assert!(pool.contains(&stuck.id()), "round robin over the pool");
+    broker
+        .retire_publisher(&stuck, Duration::from_secs(2))
+        .await;
+    for _ in 0..6 {
+        let ch = broker.publisher().await.expect("publisher channel");
+        assert_ne!(ch.id(), stuck.id(), "the retired channel is not handed out");
+        assert!(ch.status().connected());
+    }
+    // Retiring it again (a second publish timing out on it) changes nothing.
+    broker
+        .retire_publisher(&stuck, Duration::from_secs(2))
+        .await;
+    let mut closed = false;
+    for _ in 0..50 {
+        if !stuck.status().connected() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        closed,
+        "the retired channel closes (no confirm was outstanding)"
+    );
+    broker.close().await;
+}
