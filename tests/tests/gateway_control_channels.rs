@@ -46,17 +46,23 @@ fn channels_of(node: &str) -> Option<usize> {
     )
 }
 
-#[tokio::test]
-async fn a_control_channel_is_replaced_after_its_uses_and_the_old_one_closes() {
+/// A gateway's broker connections as `node`, with `publisher_channels` in its pool.
+async fn connect(node: &str, publisher_channels: usize) -> (Config, Arc<Broker>) {
     let config = Config {
         amqp_uri: vec![amqp_addr()],
-        node: "t-control-channels".into(),
-        publisher_channels: 1,
+        node: node.into(),
+        publisher_channels,
         ..Config::default()
     };
     let broker = Broker::connect(&config, Arc::new(Metrics::default()))
         .await
         .expect("RabbitMQ at AMQP_ADDR");
+    (config, broker)
+}
+
+#[tokio::test]
+async fn a_control_channel_is_replaced_after_its_uses_and_the_old_one_closes() {
+    let (config, broker) = connect("t-control-channels", 1).await;
     let first = broker.control().await.expect("control channel");
     let first_id = first.id();
     // With one control channel, every use is of the same channel until it is replaced.
@@ -103,15 +109,7 @@ async fn a_control_channel_is_replaced_after_its_uses_and_the_old_one_closes() {
 /// outstanding confirms are in, within the wait it was given.
 #[tokio::test]
 async fn a_retired_publisher_channel_leaves_the_pool_and_closes() {
-    let config = Config {
-        amqp_uri: vec![amqp_addr()],
-        node: "t-retired-publisher".into(),
-        publisher_channels: 2,
-        ..Config::default()
-    };
-    let broker = Broker::connect(&config, Arc::new(Metrics::default()))
-        .await
-        .expect("RabbitMQ at AMQP_ADDR");
+    let (_, broker) = connect("t-retired-publisher", 2).await;
     let pool: Vec<u16> = {
         let a = broker.publisher().await.expect("publisher channel");
         let b = broker.publisher().await.expect("publisher channel");
