@@ -323,17 +323,41 @@ impl Broker {
         // Replace the closed channel without holding the links.
         tracing::debug!(?pool, index = i, "replacing a closed channel");
         let fresh = self.new_channel(&conn, pool).await?;
-        let mut guard = self.links.lock().await;
-        if let Some(links) = guard.as_mut() {
-            let (current, channels) = match pool {
-                Pool::Publisher => (&links.publish_conn, &mut links.publishers),
-                Pool::Consumer => (&links.consume_conn, &mut links.consumers),
-            };
-            if Arc::ptr_eq(current, &conn) && !channels[i].status().connected() {
-                channels[i] = fresh.clone();
-            }
-        }
+        self.put_in_pool(pool, &conn, fresh.clone(), |j, c| {
+            j == i && !c.status().connected()
+        })
+        .await;
         Ok(fresh)
+    }
+
+    /// Puts `fresh` in the place of the first channel of `pool` that `stale` picks (by
+    /// index and channel), unless the pool now belongs to another connection than
+    /// `conn`.
+    async fn put_in_pool(
+        &self,
+        pool: Pool,
+        conn: &Arc<Connection>,
+        fresh: Channel,
+        stale: impl Fn(usize, &Channel) -> bool,
+    ) {
+        let mut guard = self.links.lock().await;
+        let Some(links) = guard.as_mut() else {
+            return;
+        };
+        let (current, channels) = match pool {
+            Pool::Publisher => (&links.publish_conn, &mut links.publishers),
+            Pool::Consumer => (&links.consume_conn, &mut links.consumers),
+        };
+        if !Arc::ptr_eq(current, conn) {
+            return;
+        }
+        if let Some(slot) = channels
+            .iter_mut()
+            .enumerate()
+            .find_map(|(j, c)| stale(j, c).then_some(c))
+        {
+            *slot = fresh;
+        }
     }
 
     /// While RabbitMQ blocks publishing, waits (bounded) for it to unblock.
@@ -383,23 +407,12 @@ impl Broker {
             }
             links.publish_conn.clone()
         };
-        let fresh = match self.new_channel(&conn, Pool::Publisher).await {
-            Ok(fresh) => Some(fresh),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot open a publisher channel to replace one");
-                None
+        match self.new_channel(&conn, Pool::Publisher).await {
+            Ok(fresh) => {
+                self.put_in_pool(Pool::Publisher, &conn, fresh, |_, c| c.id() == channel.id())
+                    .await;
             }
-        };
-        {
-            let mut guard = self.links.lock().await;
-            if let (Some(links), Some(fresh)) = (guard.as_mut(), fresh) {
-                if Arc::ptr_eq(&links.publish_conn, &conn) {
-                    if let Some(slot) = links.publishers.iter_mut().find(|c| c.id() == channel.id())
-                    {
-                        *slot = fresh;
-                    }
-                }
-            }
+            Err(e) => tracing::warn!(error = %e, "cannot open a publisher channel to replace one"),
         }
         tracing::warn!(
             channel = channel.id(),

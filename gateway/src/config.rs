@@ -561,11 +561,8 @@ impl Config {
             source: Box::new(e),
         };
         let mut table: toml::Table = toml::from_str(text).map_err(parse_error)?;
-        for (key, why) in REMOVED_OPTIONS {
-            if table.contains_key(*key)
-                && !(*key == "outbound" && table[*key].as_str() == Some("stream"))
-            {
-                let value = &table[*key];
+        for (key, value) in &table {
+            if let Some(why) = refused(key, value.as_str()) {
                 return Err(GatewayError::Config(format!(
                     "{path}: `{key} = {value}` is no longer supported: {why}; remove it \
                      (the gateway always uses the outbound stream)"
@@ -928,6 +925,13 @@ impl Config {
     }
 }
 
+/// Why option `key` set to `value` is refused, if it is one of [`REMOVED_OPTIONS`]
+/// (`outbound = "stream"`, what every gateway does, is accepted).
+fn refused(key: &str, value: Option<&str>) -> Option<&'static str> {
+    let (_, why) = REMOVED_OPTIONS.iter().find(|(k, _)| *k == key)?;
+    (!(key == "outbound" && value == Some("stream"))).then_some(*why)
+}
+
 /// Refuses the environment variables of [`REMOVED_OPTIONS`] (`WARREN_<KEY>`), as a
 /// configuration file naming them is refused: set, they would otherwise be ignored
 /// without a word. `WARREN_OUTBOUND=stream` is accepted.
@@ -939,13 +943,9 @@ fn refuse_removed_env(vars: impl Iterator<Item = (String, String)>) -> Result<()
         let Some(key) = name.strip_prefix("WARREN_") else {
             continue;
         };
-        let key = key.to_ascii_lowercase();
-        let Some((_, why)) = REMOVED_OPTIONS.iter().find(|(k, _)| *k == key) else {
+        let Some(why) = refused(&key.to_ascii_lowercase(), Some(&value)) else {
             continue;
         };
-        if key == "outbound" && value == "stream" {
-            continue;
-        }
         return Err(GatewayError::Config(format!(
             "{name}={value} is no longer supported: {why}; unset it (the gateway always \
              uses the outbound stream)"
@@ -1435,9 +1435,7 @@ mod tests {
             refuse_removed_env(
                 pairs
                     .iter()
-                    .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
-                    .collect::<Vec<_>>()
-                    .into_iter(),
+                    .map(|(k, v)| ((*k).to_string(), (*v).to_string())),
             )
         };
         for name in [
