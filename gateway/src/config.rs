@@ -110,6 +110,13 @@ pub struct Config {
     /// tests and benchmarks on the same machine, all connect from loopback). Default:
     /// false.
     pub ip_limits_on_loopback: bool,
+    /// Whether WebSocket compression (permessage-deflate, RFC 7692) is negotiated with
+    /// clients that offer it (browsers do). Compression keeps no context between
+    /// messages, with deflate state shared across connections, so an idle connection
+    /// costs no more than without; frames under 64 bytes go out uncompressed. It costs
+    /// CPU per frame and per connection: fan-out compresses each delivery once per
+    /// socket. Default: false.
+    pub permessage_deflate: bool,
     /// Open sessions per user; one more gets `error overloaded` and a close with
     /// `4005 rate_limited`. 0 = no limit. Default: 100.
     pub max_connections_per_user: u32,
@@ -531,6 +538,7 @@ impl Default for Config {
             max_connections_per_ip: 1000,
             max_new_connections_per_ip_per_s: 100,
             ip_limits_on_loopback: false,
+            permessage_deflate: false,
             max_connections_per_user: 100,
             max_frames_per_s: 10_000,
             max_pending_requests: 1000,
@@ -858,6 +866,7 @@ impl Config {
             max_connections_per_ip,
             max_new_connections_per_ip_per_s,
             ip_limits_on_loopback,
+            permessage_deflate,
             max_connections_per_user,
             max_frames_per_s,
             max_pending_requests,
@@ -1161,6 +1170,10 @@ pub struct Overrides {
     /// Apply the per-IP limits to loopback addresses too [default: false].
     #[arg(long, env = "WARREN_IP_LIMITS_ON_LOOPBACK", global = true)]
     pub ip_limits_on_loopback: Option<bool>,
+    /// Negotiate WebSocket compression (permessage-deflate) with clients that offer it;
+    /// no context is kept between messages [default: false].
+    #[arg(long, env = "WARREN_PERMESSAGE_DEFLATE", global = true)]
+    pub permessage_deflate: Option<bool>,
     /// Open sessions per user, 0 = no limit [default: 100].
     #[arg(long, env = "WARREN_MAX_CONNECTIONS_PER_USER", global = true)]
     pub max_connections_per_user: Option<u32>,

@@ -12,8 +12,8 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::{FutureExt, SinkExt};
+use axum::extract::ws::Utf8Bytes;
+use futures_util::FutureExt;
 use lapin::PublisherConfirm;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -33,6 +33,7 @@ use crate::presence::PresenceEvent;
 use crate::server::{Shared, Upgrade};
 use crate::session::{self, Inflight, Subscriptions, Takeover, TakeoverSignal};
 use crate::session_core::{self as core_, Clock, Due, Errors, Origin, Phase, Positions, Resume};
+use crate::socket::{Received, Socket, SocketError};
 
 /// What a frame handler tells the loop.
 enum Flow {
@@ -103,7 +104,7 @@ enum Outbound {
 /// (the socket among them) for the whole life of the connection, and an idle session's
 /// memory is mostly this future (BENCHMARKS.md, "Gateway memory per idle session").
 pub(crate) fn serve<S: Send + 'static>(
-    ws: WebSocket,
+    ws: Socket,
     shared: Arc<Shared>,
     pinned: Option<String>,
     upgrade: Upgrade,
@@ -172,19 +173,15 @@ pub(crate) fn serve<S: Send + 'static>(
             if !reason.is_empty() {
                 tracing::info!(conn = id, code = code.code(), %reason, "closing");
             }
-            let frame = CloseFrame {
-                code: code.code(),
-                reason: Utf8Bytes::from_static(code.as_str()),
-            };
             let _ = tokio::time::timeout(
                 Duration::from_secs(2),
-                conn.ws.send(Message::Close(Some(frame))),
+                conn.ws.close(code.code(), code.as_str()),
             )
             .await;
             // Let the client's close reply arrive so the close handshake completes.
             let _ = tokio::time::timeout(Duration::from_millis(500), async {
                 while let Some(Ok(m)) = conn.ws.recv().await {
-                    if matches!(m, Message::Close(_)) {
+                    if matches!(m, Received::Close) {
                         break;
                     }
                 }
@@ -193,8 +190,7 @@ pub(crate) fn serve<S: Send + 'static>(
         } else {
             // The client closed: the WebSocket library queued the echo of its close frame
             // (RFC 6455 §5.5.1); write it out, or the client sees 1006 for its own 1000.
-            let _ =
-                tokio::time::timeout(Duration::from_secs(2), SinkExt::flush(&mut conn.ws)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.ws.flush()).await;
         }
         tracing::debug!(conn = id, "connection finished");
         drop(slot);
@@ -260,7 +256,7 @@ struct Conn {
     shared: Arc<Shared>,
     pinned: Option<String>,
     id: u64,
-    ws: WebSocket,
+    ws: Socket,
     phase: Phase,
     /// Heartbeats and deadlines.
     clock: Clock,
@@ -398,12 +394,12 @@ impl Conn {
         (Some(CloseCode::GoingAway), "gateway shutting down".into())
     }
 
-    /// The WebSocket message of `frame`; an `error` is counted by code (`/metrics`).
-    fn message(&self, frame: &ServerFrame) -> Message {
+    /// The WebSocket text of `frame`; an `error` is counted by code (`/metrics`).
+    fn message(&self, frame: &ServerFrame) -> Utf8Bytes {
         if let ServerFrame::Error(e) = frame {
             self.shared.metrics.count_error(e.code);
         }
-        Message::Text(Utf8Bytes::from(encode(frame)))
+        Utf8Bytes::from(encode(frame))
     }
 
     async fn send(&mut self, frame: &ServerFrame) -> Flow {
@@ -426,7 +422,7 @@ impl Conn {
     /// Writes out what [`Conn::feed`] queued.
     async fn flush(&mut self) -> Flow {
         let limit = self.send_limit();
-        let sent = tokio::time::timeout(limit, SinkExt::flush(&mut self.ws)).await;
+        let sent = tokio::time::timeout(limit, self.ws.flush()).await;
         self.sent(sent)
     }
 
@@ -436,7 +432,7 @@ impl Conn {
 
     fn sent(
         &mut self,
-        result: Result<Result<(), axum::Error>, tokio::time::error::Elapsed>,
+        result: Result<Result<(), SocketError>, tokio::time::error::Elapsed>,
     ) -> Flow {
         match result {
             Err(_) => {
@@ -481,7 +477,7 @@ impl Conn {
         Flow::Continue
     }
 
-    async fn on_message(&mut self, msg: Option<Result<Message, axum::Error>>) -> Flow {
+    async fn on_message(&mut self, msg: Option<Result<Received, SocketError>>) -> Flow {
         self.clock.heard(Instant::now());
         if let Some(wait) = self
             .frames
@@ -493,7 +489,7 @@ impl Conn {
             tokio::time::sleep(wait).await;
         }
         match msg {
-            Some(Ok(Message::Close(_))) => {
+            Some(Ok(Received::Close)) => {
                 self.goodbye = self.phase != Phase::Draining;
                 self.phase = Phase::Closed;
                 Flow::Continue
@@ -516,8 +512,8 @@ impl Conn {
                     }
                 }
             }
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
-            Some(Ok(Message::Binary(_))) => {
+            Some(Ok(Received::Control)) => Flow::Continue,
+            Some(Ok(Received::Binary)) => {
                 if let Flow::Close(c, r) = self.ensure_session(None).await {
                     return Flow::Close(c, r);
                 }
@@ -528,7 +524,7 @@ impl Conn {
                 )
                 .await
             }
-            Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
+            Some(Ok(Received::Text(text))) => self.on_text(text.as_str()).await,
         }
     }
 

@@ -55,6 +55,7 @@ mod server;
 pub mod services;
 pub mod session;
 mod session_core;
+mod socket;
 pub mod topology;
 
 use std::net::SocketAddr;

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub broker_reconnects: AtomicU64,
     /// Times RabbitMQ blocked a connection (resource alarm).
     pub broker_blocked: AtomicU64,
+    /// WebSockets opened with permessage-deflate (`permessage_deflate`).
+    pub deflate_connections: AtomicU64,
     /// WebSocket upgrades refused for their `Origin` (HTTP 403).
     pub refused_origin: AtomicU64,
     /// Tokens refused (`unauthorized`) at `hello` or `refresh`.
@@ -231,6 +233,12 @@ impl Metrics {
             "counter",
             "Times RabbitMQ blocked a connection (resource alarm).",
             get(&self.broker_blocked),
+        );
+        metric(
+            "deflate_connections_total",
+            "counter",
+            "WebSockets opened with permessage-deflate.",
+            get(&self.deflate_connections),
         );
         metric(
             "refused_origin_total",

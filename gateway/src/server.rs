@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::header::{
     HeaderName, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
     ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, AUTHORIZATION, COOKIE, ORIGIN, VARY,
@@ -92,6 +92,9 @@ pub(crate) struct Shared {
     pub(crate) hub: Arc<crate::hub::Hub>,
     /// The service registry's live view (`warren.services`).
     pub(crate) services: crate::services::Services,
+    /// The options of a permessage-deflate socket (with the gateway's one deflate
+    /// pool), when `permessage_deflate` is on.
+    pub(crate) deflate: Option<yawc::Options>,
     /// Who is online across the gateways, and whose `client.disconnected` is due.
     presence: std::sync::Mutex<crate::presence::PresenceView>,
     /// This process, in announcements: peers tell a restart of the same node by it.
@@ -133,6 +136,9 @@ impl Shared {
                 )
             }),
             http_replies: DirectReply::new(broker.clone()),
+            deflate: config
+                .permessage_deflate
+                .then(|| crate::socket::deflate_options(config.hard_frame_bytes())),
             takeovers: std::sync::Mutex::default(),
             config,
             verifier,
@@ -319,9 +325,25 @@ pub(crate) fn admin_router(shared: Arc<Shared>) -> Router {
 async fn upgrade(
     State(st): State<ListenerState>,
     ConnectInfo(PeerAddr(peer, pre_hello)): ConnectInfo<PeerAddr>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    request: Request,
 ) -> Response {
+    let (mut parts, _body) = request.into_parts();
+    // The WebSocket library that answers: yawc when the client offers permessage-deflate
+    // and it is on (crate::socket), axum's otherwise.
+    let upgrader = match st.shared.deflate.as_ref() {
+        Some(options) if offers_deflate(&parts.headers) => {
+            let protocol = offers_subprotocol(&parts.headers);
+            match yawc::IncomingUpgrade::from_request_parts(&mut parts, &()).await {
+                Ok(incoming) => Upgrader::Deflate(incoming, options.clone(), protocol),
+                Err(status) => return (status, "not a WebSocket upgrade").into_response(),
+            }
+        }
+        _ => match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+            Ok(ws) => Upgrader::Plain(ws),
+            Err(rejection) => return rejection.into_response(),
+        },
+    };
+    let headers = &parts.headers;
     if *st.shared.shutdown.borrow() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
@@ -360,8 +382,14 @@ async fn upgrade(
     let upgrade = Upgrade {
         peer,
         origin: origin.map(str::to_string),
-        token: upgrade_token(&headers, config.auth.token_cookie.as_deref()),
+        token: upgrade_token(headers, config.auth.token_cookie.as_deref()),
         pre_hello: Some(pre_hello),
+    };
+    let ws = match upgrader {
+        Upgrader::Plain(ws) => ws,
+        Upgrader::Deflate(incoming, options, protocol) => {
+            return upgrade_deflate(st, incoming, options, protocol, upgrade, ip_slot)
+        }
     };
     // Small socket buffers: tungstenite's 128 KiB default read buffer (zero-filled on
     // every read) was most of an idle session's memory and CPU, and 4 KiB still was a
@@ -372,8 +400,77 @@ async fn upgrade(
         .max_message_size(config.hard_frame_bytes())
         .max_frame_size(config.hard_frame_bytes())
         .on_upgrade(move |socket| {
+            let socket = crate::socket::Socket::Plain(socket);
             crate::connection::serve(socket, st.shared, st.pinned, upgrade, ip_slot)
         })
+}
+
+/// The two WebSocket libraries' upgrades ([`crate::socket`]).
+enum Upgrader {
+    Plain(WebSocketUpgrade),
+    /// With the options to answer with and whether the client asked for `warren.v1`.
+    Deflate(yawc::IncomingUpgrade, yawc::Options, bool),
+}
+
+/// Answers an upgrade offering permessage-deflate with yawc, which negotiates it, and
+/// serves the connection once upgraded.
+fn upgrade_deflate(
+    st: ListenerState,
+    incoming: yawc::IncomingUpgrade,
+    options: yawc::Options,
+    protocol: bool,
+    upgrade: Upgrade,
+    ip_slot: Option<crate::limits::Slot>,
+) -> Response {
+    let (mut response, socket) = match incoming.upgrade(options) {
+        Ok(upgraded) => upgraded,
+        Err(e) => {
+            tracing::info!(error = %e, "permessage-deflate upgrade refused");
+            return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
+        }
+    };
+    if protocol {
+        response.headers_mut().insert(
+            axum::http::header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
+    }
+    tokio::spawn(async move {
+        match socket.await {
+            Ok(ws) => {
+                metrics::add(&st.shared.metrics.deflate_connections, 1);
+                let socket = crate::socket::Socket::Deflate(Box::new(ws));
+                crate::connection::serve(socket, st.shared, st.pinned, upgrade, ip_slot).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+    response.map(axum::body::Body::new).into_response()
+}
+
+/// Whether the upgrade request offers permessage-deflate (RFC 7692).
+fn offers_deflate(headers: &HeaderMap) -> bool {
+    header_lists(headers, axum::http::header::SEC_WEBSOCKET_EXTENSIONS).any(|offer| {
+        offer
+            .split(';')
+            .next()
+            .is_some_and(|name| name.trim().eq_ignore_ascii_case("permessage-deflate"))
+    })
+}
+
+/// Whether the upgrade request asks for the `warren.v1` subprotocol.
+fn offers_subprotocol(headers: &HeaderMap) -> bool {
+    header_lists(headers, axum::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .any(|p| p.trim() == SUBPROTOCOL)
+}
+
+/// The comma-separated entries of every `name` header.
+fn header_lists(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(name)
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
 }
 
 /// Whether `origin` may open a WebSocket: `allowed` empty allows all; otherwise an

@@ -247,7 +247,8 @@ pub(crate) fn batch_room(unacked: usize, window: usize) -> usize {
 /// The close code of a failed socket read, by the WebSocket library's error text;
 /// `None`: the peer is simply gone.
 pub(crate) fn read_failure(text: &str) -> Option<CloseCode> {
-    if text.contains("too long") || text.contains("Space limit") {
+    // tungstenite says "Space limit exceeded: Message too long", yawc "Frame too large".
+    if text.contains("too long") || text.contains("Space limit") || text == "Frame too large" {
         Some(CloseCode::MessageTooBig)
     } else if text.contains("UTF-8") || text.contains("utf-8") {
         Some(CloseCode::InvalidPayload)
@@ -756,6 +757,14 @@ mod tests {
         );
         assert_eq!(
             read_failure("Could not decode a text frame as UTF-8."),
+            Some(CloseCode::InvalidPayload)
+        );
+        assert_eq!(
+            read_failure("Frame too large"),
+            Some(CloseCode::MessageTooBig)
+        );
+        assert_eq!(
+            read_failure("Invalid UTF-8"),
             Some(CloseCode::InvalidPayload)
         );
         assert_eq!(

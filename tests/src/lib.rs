@@ -10,6 +10,7 @@
 //! - [`env`]: a test's namespace, raw AMQP access (a stand-in for "some service"),
 //!   cleanup of what the test declared.
 //! - [`client`]: a tokio-tungstenite WebSocket client speaking protocol v1.
+//! - [`raw_ws`]: a WebSocket client framed by hand, to see RSV1 and compressed bytes.
 //! - [`load`]: confirmed publish load, state logs and figures for fault tests.
 //! - [`gateway`]: starts an in-process gateway on `127.0.0.1:0`.
 //! - [`service`]: starts the demo service in-process or as a child process (to
@@ -21,6 +22,7 @@ pub mod client;
 pub mod env;
 pub mod gateway;
 pub mod load;
+pub mod raw_ws;
 pub mod sdk_driver;
 
 pub mod service;
