@@ -3,8 +3,10 @@
 // Starts `warren-stack --layout ephemeral --auth jwt` (WARREN_STACK_BIN, default
 // ../target/debug/warren-stack): the gateways verify JWTs and the page signs in with a
 // token from the stack's development endpoint (`POST /token`, lifetime
-// TOKEN_LIFETIME_S so renewal happens during the run). Builds the page and serves it
-// with `vite preview`,
+// TOKEN_LIFETIME_S so renewal happens during the run), and offer WebSocket compression
+// (`--permessage-deflate=true`), which Chromium takes: every test here runs over
+// compressed sockets (the SDK's own browser tests, sdk-wasm/test.sh, run over plain
+// ones). Builds the page and serves it with `vite preview`,
 // drives Debian's Chromium with playwright-core, and stops everything at the end.
 // Screenshots of every step land in artifacts/screenshots/ at the repository root;
 // process logs in artifacts/e2e-logs/. Prints `N passed, N failed` and exits non-zero
@@ -80,8 +82,11 @@ const SOCKET_COUNTER = () => {
   window.WebSocket = class WebSocket extends Native {
     constructor(...args) {
       super(...args);
-      const entry = { url: String(args[0]), at: performance.now(), closed: false };
+      const entry = { url: String(args[0]), at: performance.now(), closed: false, extensions: null };
       created.push(entry);
+      this.addEventListener("open", () => {
+        entry.extensions = this.extensions;
+      });
       this.addEventListener("close", () => {
         entry.closed = true;
       });
@@ -244,7 +249,7 @@ function need(w, ...names) {
 
 const tests = [
   {
-    name: "two users chat in the broadcast room, each message showing sending then sent",
+    name: "two users chat in the broadcast room over compressed WebSockets, each message showing sending then sent",
     timeoutMs: 60_000,
     async fn(w) {
       const ada = await User.open(w, "ada", { viaForm: true });
@@ -271,6 +276,11 @@ const tests = [
       for (const u of [ada, bob]) {
         const own = u.sockets.filter((s) => w.urls.includes(s));
         assert(own.length === 1, `${u.name}'s page opened one gateway WebSocket (saw ${own.length}: ${own})`);
+        const [socket] = await u.constructedSockets(w.urls);
+        assert(
+          !socket.closed && /^permessage-deflate\b/.test(socket.extensions ?? ""),
+          `${u.name}'s WebSocket negotiated permessage-deflate (extensions: ${JSON.stringify(socket.extensions)})`,
+        );
       }
     },
   },
@@ -692,7 +702,7 @@ async function main() {
   try {
     resetScreenshots();
     log(`run ${RUN}; screenshots in ${SHOTS_DIR}, logs in ${LOGS_DIR}`);
-    const stackArgs = ["--auth", "jwt", "--token-lifetime-s", String(TOKEN_LIFETIME_S)];
+    const stackArgs = ["--auth", "jwt", "--token-lifetime-s", String(TOKEN_LIFETIME_S), "--gateway-arg=--permessage-deflate=true"];
     log(`starting ${STACK_BIN} --layout ephemeral ${stackArgs.join(" ")}`);
     const stack = await startStack(STACK_BIN, stackArgs);
     world.cleanups.push(() => stack.proc.stop());
