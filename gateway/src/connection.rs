@@ -30,6 +30,7 @@ use crate::inbound::{self, now_ms_epoch, Outcome, Refusal};
 use crate::limits::{Slot, TokenBucket};
 use crate::metrics;
 use crate::presence::PresenceEvent;
+use crate::replay::{Handle, Taken};
 use crate::server::{Shared, Upgrade};
 use crate::session::{self, Inflight, Subscriptions, Takeover, TakeoverSignal};
 use crate::session_core::{self as core_, Clock, Due, Errors, Origin, Phase, Positions, Resume};
@@ -80,7 +81,9 @@ enum Read {
     Live,
     /// Pulled from the hub's ring (a resume, or the live backlog filled up).
     Ring,
-    /// Its own stream reader: its position is older than the ring.
+    /// A stream reader shared with other sessions behind the ring (crate::replay).
+    Replay(Handle),
+    /// Its own stream reader: it fell behind its shared reader's window.
     Stream(Box<Reader>),
 }
 
@@ -93,7 +96,9 @@ enum Outbound {
     /// Catching up from the ring: pull the next batch.
     Pull,
     /// A message from the session's own stream reader (`None`: it failed).
-    Read(Option<Box<HubMessage>>),
+    Read(Option<Arc<HubMessage>>),
+    /// What the session's shared stream reader gave.
+    Replayed(Taken),
 }
 
 /// Serves one upgraded WebSocket until it closes; `slot` (the peer IP's connection
@@ -234,7 +239,8 @@ async fn next_outbound(session: Option<&mut Session>, window: usize) -> Outbound
             }
         }
         Read::Ring => Outbound::Pull,
-        Read::Stream(r) => Outbound::Read(r.next().await.map(Box::new)),
+        Read::Replay(h) => Outbound::Replayed(h.next().await),
+        Read::Stream(r) => Outbound::Read(r.next().await.map(Arc::new)),
     }
 }
 
@@ -1125,41 +1131,46 @@ impl Conn {
                         }
                         CatchUp::Live => out.read = Read::Live,
                         CatchUp::Behind { from } => {
-                            let names = &self.shared.names;
-                            let tag = format!("{}.{}.replay", self.shared.config.node, self.id);
-                            let prefetch = self.shared.config.delivery_window;
-                            match Reader::open(
-                                &self.shared.broker,
-                                &names.outbound_stream(),
-                                tag,
-                                from,
-                                prefetch,
-                            )
-                            .await
-                            {
-                                Ok(r) => {
-                                    metrics::add(&self.shared.metrics.stream_readers, 1);
-                                    out.read = Read::Stream(Box::new(r));
-                                    out.positions.reader_opened(from);
-                                }
-                                Err(e) => {
-                                    tracing::warn!(conn = self.id, error = %e, "cannot read the outbound stream");
-                                    return Flow::Close(
-                                        CloseCode::BrokerUnavailable,
-                                        e.to_string(),
-                                    );
-                                }
-                            }
+                            out.read = Read::Replay(self.shared.replays.join(self.id, from));
+                            out.positions.reader_opened(from);
                             return Flow::Continue;
                         }
                     }
                 }
             }
-            Outbound::Read(None) => {
+            Outbound::Read(None) | Outbound::Replayed(Taken::Failed | Taken::Wait) => {
                 tracing::warn!(conn = self.id, "outbound stream reader failed");
                 return Flow::Close(CloseCode::BrokerUnavailable, String::new());
             }
-            Outbound::Read(Some(m)) => {
+            Outbound::Replayed(Taken::Behind(_)) => {
+                // The shared reader's window moved past this session (it read too
+                // slowly): read on with a reader of its own.
+                let from = out.positions.next();
+                let names = &self.shared.names;
+                let tag = format!("{}.{}.replay", self.shared.config.node, self.id);
+                let prefetch = self.shared.config.delivery_window;
+                match Reader::open(
+                    &self.shared.broker,
+                    &names.outbound_stream(),
+                    tag,
+                    from,
+                    prefetch,
+                )
+                .await
+                {
+                    Ok(r) => {
+                        metrics::add(&self.shared.metrics.stream_readers, 1);
+                        out.read = Read::Stream(Box::new(r));
+                        out.positions.reader_opened(from);
+                    }
+                    Err(e) => {
+                        tracing::warn!(conn = self.id, error = %e, "cannot read the outbound stream");
+                        return Flow::Close(CloseCode::BrokerUnavailable, e.to_string());
+                    }
+                }
+                return Flow::Continue;
+            }
+            Outbound::Read(Some(m)) | Outbound::Replayed(Taken::Message(m)) => {
                 if let Read::Stream(r) = &mut out.read {
                     r.settle().await;
                 }
@@ -1170,7 +1181,8 @@ impl Conn {
                     return Flow::Continue;
                 };
                 if to_ring {
-                    // The ring has everything from here on: the reader is done.
+                    // The ring has everything from here on: the reader is done (a
+                    // shared one is left when its handle drops).
                     if let Read::Stream(r) = std::mem::replace(&mut out.read, Read::Ring) {
                         tokio::spawn(r.close());
                     }
@@ -1185,7 +1197,7 @@ impl Conn {
                 if to_ring || !hub.wants(self.id, &m) {
                     return Flow::Continue;
                 }
-                batch.push(Arc::new(*m));
+                batch.push(m);
             }
         }
         let mut last = None;

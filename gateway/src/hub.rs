@@ -7,7 +7,9 @@
 //! either **live** — the hub pushes what it wants into its small bounded channel — or
 //! **catching up** from a position: it pulls from the ring at its own pace (a resume,
 //! or a slow client whose channel filled), or, when its position is older than the
-//! ring, from a stream reader of its own ([`Reader`]) until it reaches the ring. The
+//! ring, from a stream reader shared with other sessions behind the ring
+//! ([`crate::replay`]; one of its own, [`Reader`], when it falls out of the shared
+//! one's window) until it reaches the ring. The
 //! switch back to live happens under the hub's lock at the ring's end, and a session
 //! never accepts a position below the one it asked to start from, so nothing is lost
 //! and nothing is sent twice: positions only grow.
@@ -147,7 +149,7 @@ impl Message {
 
     /// What it costs in memory, roughly: the body, the keys, and the properties with
     /// their headers (measured at about 1 KiB for a message of a gateway's publish).
-    fn size(&self) -> usize {
+    pub(crate) fn size(&self) -> usize {
         self.body.len()
             + self.routing_key.len()
             + self.keys.iter().map(String::len).sum::<usize>()
@@ -588,7 +590,7 @@ fn offset_arg(offset: Option<u64>) -> FieldTable {
     t
 }
 
-async fn consume_stream(
+pub(crate) async fn consume_stream(
     broker: &Broker,
     stream: &str,
     tag: &str,

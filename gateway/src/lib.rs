@@ -51,6 +51,7 @@ pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod presence;
+pub mod replay;
 mod server;
 pub mod services;
 pub mod session;

@@ -95,6 +95,8 @@ pub(crate) struct Shared {
     /// The options of a permessage-deflate socket (with the gateway's one deflate
     /// pool), when `permessage_deflate` is on.
     pub(crate) deflate: Option<yawc::Options>,
+    /// Stream readers shared by the sessions behind the ring (crate::replay).
+    pub(crate) replays: Arc<crate::replay::Replays>,
     /// Who is online across the gateways, and whose `client.disconnected` is due.
     presence: std::sync::Mutex<crate::presence::PresenceView>,
     /// This process, in announcements: peers tell a restart of the same node by it.
@@ -136,6 +138,12 @@ impl Shared {
                 )
             }),
             http_replies: DirectReply::new(broker.clone()),
+            replays: Arc::new(crate::replay::Replays::new(
+                broker.clone(),
+                Names::new(&config.namespace).outbound_stream(),
+                config.node.clone(),
+                metrics.clone(),
+            )),
             deflate: config
                 .permessage_deflate
                 .then(|| crate::socket::deflate_options(config.hard_frame_bytes())),

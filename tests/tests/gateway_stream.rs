@@ -217,6 +217,117 @@ async fn a_position_older_than_the_gateways_memory_is_replayed_from_the_stream()
 }
 
 #[tokio::test]
+async fn sessions_resuming_from_before_the_ring_share_stream_readers() {
+    TestEnv::run("stream-shared-readers", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| {
+            c.hub_buffer_messages = 3;
+        })
+        .await;
+        let subs = vec![sub("all", "chat")];
+        let sessions = 30;
+        let mut away = Vec::new();
+        for _ in 0..sessions {
+            let mut c = TestClient::connect(&gw.url()).await;
+            c.subscribe(subs[0].clone()).await;
+            away.push((c.session().to_string(), c.welcome().position));
+            c.abort();
+        }
+        let n = 40;
+        for i in 1..=n {
+            env.publish_out("chat.all", &format!("m{i}"), &i.to_string())
+                .await;
+        }
+        let before = metric(&gw, "stream_readers_total").await;
+        // All come back at once, from positions the ring no longer holds.
+        let back = away.iter().map(|(session, start)| {
+            let url = gw.url();
+            let hello = resume(session, *start, subs.clone());
+            async move {
+                let mut c = TestClient::connect_with(&url, hello).await;
+                let got = delivers(&mut c, n).await;
+                c.expect_no_deliver(Duration::from_millis(200)).await;
+                texts(&got)
+            }
+        });
+        let want: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
+        for got in futures_util::future::join_all(back).await {
+            assert_eq!(got, want, "every message, in order, once");
+        }
+        let readers = metric(&gw, "stream_readers_total").await - before;
+        assert!(
+            (1..=3).contains(&readers),
+            "{sessions} sessions read the stream through {readers} readers"
+        );
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_session_too_slow_for_its_shared_reader_reads_on_with_its_own_without_loss() {
+    TestEnv::run("stream-replay-behind", LIMIT, async |env| {
+        let window = 8;
+        let gw = TestGateway::start_with(env, |c| {
+            c.hub_buffer_messages = 3;
+            c.delivery_window = window;
+        })
+        .await;
+        let subs = vec![sub("all", "chat")];
+        let mut away = Vec::new();
+        for _ in 0..2 {
+            let mut c = TestClient::connect(&gw.url()).await;
+            c.subscribe(subs[0].clone()).await;
+            away.push((c.session().to_string(), c.welcome().position));
+            c.abort();
+        }
+        // More than a shared reader's window holds.
+        let n = warren_gateway::replay::WINDOW_MESSAGES + 200;
+        for i in 0..n {
+            env.publish_out("chat.all", &format!("m{i}"), &i.to_string())
+                .await;
+        }
+        let before = metric(&gw, "stream_readers_total").await;
+        let want: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+        let read_all = async |c: &mut TestClient| {
+            let mut got = Vec::new();
+            while got.len() < n {
+                let d = c.expect_deliver().await;
+                got.push(d.message.get().to_string());
+                if got.len() % usize::from(window) == 0 {
+                    c.ack_deliveries(d.seq).await;
+                }
+            }
+            got
+        };
+        let mut fast =
+            TestClient::connect_with(&gw.url(), resume(&away[0].0, away[0].1, subs.clone())).await;
+        // This one takes its first window of deliveries and then reads nothing.
+        let slow =
+            TestClient::connect_with(&gw.url(), resume(&away[1].0, away[1].1, subs.clone())).await;
+        assert_eq!(
+            read_all(&mut fast).await,
+            want,
+            "the fast session is not held back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut slow = slow;
+        assert_eq!(
+            read_all(&mut slow).await,
+            want,
+            "the slow one misses nothing"
+        );
+        slow.expect_no_deliver(Duration::from_millis(200)).await;
+        let readers = metric(&gw, "stream_readers_total").await - before;
+        assert_eq!(
+            readers, 2,
+            "one shared reader, then one of the slow session's own"
+        );
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_slow_client_catches_up_from_its_position_without_loss_or_duplicate() {
     TestEnv::run("stream-slow", LIMIT, async |env| {
         let gw = TestGateway::start_with(env, |c| {

@@ -1,0 +1,513 @@
+//! Stream readers shared by the sessions that resume from positions older than the
+//! hub's ring.
+//!
+//! Without them, a storm of resumes from before the ring (clients back after a long
+//! absence, or a gateway with a small ring) would open one RabbitMQ stream consumer per
+//! session. Here a session behind the ring joins a [`Replay`] whose window holds its
+//! position — or one that is about to read it — and only when none does is a new
+//! replay (one consumer) started at its position. Each replay reads the stream once
+//! into a bounded window ([`Window`]); every session takes the messages at or after its
+//! own cursor at its own pace. The window keeps what it read, like the hub's ring, so
+//! sessions that resume a little later join it too; when it is full, the messages
+//! every session has passed make room. When the window is full and the slowest
+//! session makes no progress for [`STALL`], the replay drops the older half anyway:
+//! sessions left behind get
+//! [`Taken::Behind`] and read on with a reader of their own ([`crate::hub::Reader`]),
+//! so one slow client cannot hold the others back. A session leaves its replay when it
+//! reaches the ring, as before; a replay with no session left stops.
+//!
+//! [`Window`] is pure and unit-tested without a broker.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::BasicAckOptions;
+use tokio::sync::Notify;
+
+use crate::broker::Broker;
+use crate::hub::Message;
+use crate::metrics::{self, Metrics};
+
+/// Messages a replay's window holds at most.
+pub const WINDOW_MESSAGES: usize = 2048;
+/// Bytes (roughly, [`Message::size`]) a replay's window holds at most.
+pub const WINDOW_BYTES: usize = 16 * 1024 * 1024;
+/// How long a full window waits for its slowest session before dropping its oldest
+/// half.
+pub const STALL: Duration = Duration::from_secs(1);
+/// Unacknowledged messages a replay's consumer may hold; it acknowledges (for credit)
+/// every half of it.
+const PREFETCH: u16 = 1000;
+
+/// What a session gets from its replay.
+#[derive(Debug)]
+pub enum Taken {
+    /// Its next message (at or after its cursor).
+    Message(Arc<Message>),
+    /// Nothing yet.
+    Wait,
+    /// The window dropped messages it still needed: read on from this position with
+    /// a reader of its own.
+    Behind(u64),
+    /// The replay's consumer failed.
+    Failed,
+}
+
+/// A replay's window over the stream: the messages read, where reading goes on, and
+/// each session's cursor. Pure.
+#[derive(Debug)]
+pub struct Window {
+    messages: VecDeque<Arc<Message>>,
+    /// Every message the stream holds from here up to `next` is in `messages`.
+    base: u64,
+    /// The position after the newest message read (where the replay started, before).
+    next: u64,
+    bytes: usize,
+    max_messages: usize,
+    max_bytes: usize,
+    /// Each session's next position.
+    cursors: HashMap<u64, u64>,
+    failed: bool,
+    /// The replay stopped: nobody may join.
+    closed: bool,
+}
+
+impl Window {
+    /// A window starting at position `start`.
+    pub fn new(start: u64, max_messages: usize, max_bytes: usize) -> Window {
+        Window {
+            messages: VecDeque::new(),
+            base: start,
+            next: start,
+            bytes: 0,
+            max_messages: max_messages.max(1),
+            max_bytes,
+            cursors: HashMap::new(),
+            failed: false,
+            closed: false,
+        }
+    }
+
+    /// Adds session `id` reading from `from`, if this window can serve it: it holds
+    /// `from`, or will read it within half a window.
+    pub fn join(&mut self, id: u64, from: u64) -> bool {
+        let near = self.next.saturating_add(self.max_messages as u64 / 2);
+        if self.closed || self.failed || from < self.base || from > near {
+            return false;
+        }
+        self.cursors.insert(id, from);
+        true
+    }
+
+    /// Removes session `id`.
+    pub fn leave(&mut self, id: u64) {
+        self.cursors.remove(&id);
+    }
+
+    /// Sessions reading from this window.
+    pub fn sessions(&self) -> usize {
+        self.cursors.len()
+    }
+
+    /// Where the replay reads next.
+    pub fn next(&self) -> u64 {
+        self.next
+    }
+
+    /// The next message of session `id` at or after its cursor.
+    pub fn take(&mut self, id: u64) -> Taken {
+        let Some(&cursor) = self.cursors.get(&id) else {
+            return Taken::Failed;
+        };
+        if cursor < self.base {
+            return Taken::Behind(cursor);
+        }
+        let at = self.messages.partition_point(|m| m.offset < cursor);
+        match self.messages.get(at) {
+            Some(m) => {
+                let m = m.clone();
+                self.cursors.insert(id, m.offset + 1);
+                Taken::Message(m)
+            }
+            None if self.failed => Taken::Failed,
+            None => Taken::Wait,
+        }
+    }
+
+    /// Adds a message the replay read; one below where it reads (a stream consumer
+    /// starts at the beginning of the chunk holding its offset) is skipped.
+    pub fn push(&mut self, m: Arc<Message>) {
+        if m.offset < self.next {
+            return;
+        }
+        self.next = m.offset + 1;
+        self.bytes += m.size();
+        self.messages.push_back(m);
+    }
+
+    /// Whether the window has no room for another message, once the messages every
+    /// session has passed made what room they can.
+    pub fn full(&mut self) -> bool {
+        // Sessions the window already left behind hold nothing back.
+        let slowest = (self.cursors.values().copied())
+            .filter(|&c| c >= self.base)
+            .min()
+            .unwrap_or(self.next);
+        while self.at_capacity() && self.messages.front().is_some_and(|m| m.offset < slowest) {
+            self.drop_oldest();
+        }
+        self.at_capacity()
+    }
+
+    fn at_capacity(&self) -> bool {
+        self.messages.len() >= self.max_messages || self.bytes >= self.max_bytes
+    }
+
+    /// Drops the oldest message.
+    fn drop_oldest(&mut self) {
+        if let Some(m) = self.messages.pop_front() {
+            self.base = m.offset + 1;
+            self.bytes -= m.size();
+        }
+    }
+
+    /// The window stayed full for [`STALL`]: drops its older half though sessions
+    /// still need it. They get [`Taken::Behind`] and no longer hold the window.
+    pub fn stalled(&mut self) {
+        for _ in 0..self.messages.len().div_ceil(2) {
+            self.drop_oldest();
+        }
+    }
+
+    /// The consumer failed: sessions get what was read, then [`Taken::Failed`].
+    pub fn fail(&mut self) {
+        self.failed = true;
+    }
+}
+
+/// One shared reader of the stream.
+pub struct Replay {
+    window: Mutex<Window>,
+    /// A message was added (or the replay failed): sessions waiting may take.
+    added: Notify,
+    /// A session moved on or left: the reader may have room, or nobody to read for.
+    moved: Notify,
+}
+
+impl Replay {
+    fn lock(&self) -> MutexGuard<'_, Window> {
+        self.window.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The gateway's replays.
+pub struct Replays {
+    replays: Mutex<Vec<Arc<Replay>>>,
+    broker: Arc<Broker>,
+    stream: String,
+    node: String,
+    metrics: Arc<Metrics>,
+}
+
+impl Replays {
+    /// No replays yet; they read `stream` through `broker`.
+    pub fn new(
+        broker: Arc<Broker>,
+        stream: String,
+        node: String,
+        metrics: Arc<Metrics>,
+    ) -> Replays {
+        Replays {
+            replays: Mutex::new(Vec::new()),
+            broker,
+            stream,
+            node,
+            metrics,
+        }
+    }
+
+    /// Session `id` reads from position `from`: it joins a replay that holds or will
+    /// soon read `from`, or starts one there.
+    pub fn join(self: &Arc<Self>, id: u64, from: u64) -> Handle {
+        let mut replays = self.replays.lock().unwrap_or_else(|e| e.into_inner());
+        for r in replays.iter() {
+            if r.lock().join(id, from) {
+                return Handle {
+                    replay: r.clone(),
+                    id,
+                };
+            }
+        }
+        let mut window = Window::new(from, WINDOW_MESSAGES, WINDOW_BYTES);
+        window.join(id, from);
+        let replay = Arc::new(Replay {
+            window: Mutex::new(window),
+            added: Notify::new(),
+            moved: Notify::new(),
+        });
+        replays.push(replay.clone());
+        metrics::add(&self.metrics.stream_readers, 1);
+        tokio::spawn(self.clone().read(replay.clone(), from));
+        Handle { replay, id }
+    }
+
+    /// Replays running now.
+    pub fn running(&self) -> usize {
+        self.replays.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Reads the stream from `from` into `replay` while any session reads from it.
+    async fn read(self: Arc<Self>, replay: Arc<Replay>, from: u64) {
+        let tag = format!("{}.replay.{from}", self.node);
+        match crate::hub::consume_stream(&self.broker, &self.stream, &tag, Some(from), PREFETCH)
+            .await
+        {
+            Ok((channel, mut consumer)) => {
+                let mut unacked = 0u16;
+                loop {
+                    // Created before looking, so a session moving on meanwhile wakes it.
+                    let moved = replay.moved.notified();
+                    if replay.lock().sessions() == 0 && self.stop_if_unused(&replay) {
+                        break;
+                    }
+                    if replay.lock().full() {
+                        if tokio::time::timeout(STALL, moved).await.is_err() {
+                            let mut w = replay.lock();
+                            if w.full() {
+                                w.stalled();
+                            }
+                            drop(w);
+                            // The sessions it left behind learn it at their next take.
+                            replay.added.notify_waiters();
+                        }
+                        continue;
+                    }
+                    let delivery = tokio::select! {
+                        d = consumer.next() => d,
+                        () = moved => continue,
+                    };
+                    let Some(Ok(d)) = delivery else {
+                        tracing::warn!(%tag, "replay reader of the outbound stream failed");
+                        self.stop(&replay);
+                        break;
+                    };
+                    unacked += 1;
+                    if unacked >= PREFETCH / 2 {
+                        unacked = 0;
+                        let _ = d.acker.ack(BasicAckOptions { multiple: true }).await;
+                    }
+                    if let Some(m) = Message::from_delivery(&d) {
+                        replay.lock().push(Arc::new(m));
+                        replay.added.notify_waiters();
+                    }
+                }
+                let _ = channel.close(200, "replay done".into()).await;
+            }
+            Err(e) => {
+                tracing::warn!(%tag, error = %e, "cannot read the outbound stream");
+                self.stop(&replay);
+            }
+        }
+    }
+
+    /// Stops `replay` if no session reads from it (checked under the list's lock, so
+    /// nobody joins it meanwhile); whether it stopped.
+    fn stop_if_unused(&self, replay: &Arc<Replay>) -> bool {
+        let mut replays = self.replays.lock().unwrap_or_else(|e| e.into_inner());
+        let mut w = replay.lock();
+        if w.sessions() > 0 {
+            return false;
+        }
+        w.closed = true;
+        replays.retain(|r| !Arc::ptr_eq(r, replay));
+        true
+    }
+
+    /// Stops `replay` after its consumer failed: its sessions get what it read, then
+    /// [`Taken::Failed`].
+    fn stop(&self, replay: &Arc<Replay>) {
+        {
+            let mut replays = self.replays.lock().unwrap_or_else(|e| e.into_inner());
+            let mut w = replay.lock();
+            w.closed = true;
+            w.fail();
+            replays.retain(|r| !Arc::ptr_eq(r, replay));
+        }
+        replay.added.notify_waiters();
+    }
+}
+
+/// A session's place in a replay; leaves it when dropped.
+pub struct Handle {
+    replay: Arc<Replay>,
+    id: u64,
+}
+
+impl Handle {
+    /// The session's next message, or why there is none.
+    ///
+    /// Cancel-safe (it is raced against the socket in the connection's `select!`): the
+    /// cursor moves only when a message is returned.
+    pub async fn next(&mut self) -> Taken {
+        loop {
+            let added = self.replay.added.notified();
+            tokio::pin!(added);
+            added.as_mut().enable();
+            let taken = self.replay.lock().take(self.id);
+            match taken {
+                Taken::Wait => added.await,
+                Taken::Message(m) => {
+                    self.replay.moved.notify_waiters();
+                    return Taken::Message(m);
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.replay.lock().leave(self.id);
+        self.replay.moved.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::BasicProperties;
+
+    fn msg(offset: u64) -> Arc<Message> {
+        Arc::new(Message::new(
+            offset,
+            "warren.out".into(),
+            "chat.all".into(),
+            BasicProperties::default(),
+            b"{}".to_vec(),
+        ))
+    }
+
+    fn offset(t: Taken) -> u64 {
+        match t {
+            Taken::Message(m) => m.offset,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sessions_share_one_window_each_at_its_own_pace_in_order_once() {
+        let mut w = Window::new(10, 100, usize::MAX);
+        assert!(w.join(1, 10));
+        // A chunk starts before the asked position: those are skipped.
+        for o in 8..20 {
+            w.push(msg(o));
+        }
+        assert!(w.join(2, 15), "a position the window holds");
+        assert_eq!(
+            (10..20).map(|_| offset(w.take(1))).collect::<Vec<_>>(),
+            (10..20).collect::<Vec<_>>()
+        );
+        assert!(matches!(w.take(1), Taken::Wait));
+        assert_eq!(offset(w.take(2)), 15);
+        w.push(msg(20));
+        assert_eq!(offset(w.take(1)), 20);
+        assert_eq!(
+            (16..21).map(|_| offset(w.take(2))).collect::<Vec<_>>(),
+            (16..21).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn the_window_keeps_what_it_read_for_later_sessions_until_room_is_needed() {
+        let mut w = Window::new(0, 5, usize::MAX);
+        w.join(1, 0);
+        for o in 0..5 {
+            w.push(msg(o));
+        }
+        for _ in 0..5 {
+            w.take(1);
+        }
+        // Session 1 passed everything; a session resuming at 0 a little later still
+        // finds it.
+        assert!(w.join(2, 0));
+        assert!(w.full(), "session 2 needs all five");
+        w.take(2);
+        w.take(2);
+        assert!(!w.full(), "room once nobody needs the oldest");
+        assert_eq!(
+            w.messages.len(),
+            4,
+            "only as much room as one message needs"
+        );
+        assert!(!w.join(3, 0), "below the window: a replay of its own");
+        assert!(w.join(3, 1));
+    }
+
+    #[test]
+    fn joining_needs_the_position_inside_the_window_or_just_ahead_of_it() {
+        let mut w = Window::new(100, 10, usize::MAX);
+        assert!(!w.join(1, 99));
+        assert!(w.join(1, 100));
+        assert!(w.join(2, 105), "within half a window ahead");
+        assert!(!w.join(3, 106));
+        for o in 100..104 {
+            w.push(msg(o));
+        }
+        assert!(
+            matches!(w.take(2), Taken::Wait),
+            "its position is not read yet"
+        );
+        w.push(msg(104));
+        w.push(msg(105));
+        assert_eq!(offset(w.take(2)), 105);
+    }
+
+    #[test]
+    fn a_full_window_drops_its_oldest_and_a_session_left_behind_is_told_where_it_was() {
+        let mut w = Window::new(0, 4, usize::MAX);
+        w.join(1, 0);
+        w.join(2, 0);
+        for o in 0..4 {
+            w.push(msg(o));
+        }
+        assert!(w.full());
+        for _ in 0..4 {
+            w.take(1);
+        }
+        assert!(w.full(), "session 2 still needs all four");
+        w.stalled();
+        assert_eq!(w.messages.len(), 2, "the older half went");
+        assert!(!w.full());
+        assert!(matches!(w.take(2), Taken::Behind(0)));
+        for o in 4..6 {
+            w.push(msg(o));
+        }
+        assert!(!w.full(), "session 2, left behind, holds nothing back");
+        assert_eq!(offset(w.take(1)), 4);
+    }
+
+    #[test]
+    fn a_failed_replay_gives_what_it_read_then_failed_and_takes_nobody_new() {
+        let mut w = Window::new(0, 10, usize::MAX);
+        w.join(1, 0);
+        w.push(msg(0));
+        w.fail();
+        assert!(!w.join(2, 0));
+        assert_eq!(offset(w.take(1)), 0);
+        assert!(matches!(w.take(1), Taken::Failed));
+    }
+
+    #[test]
+    fn the_byte_bound_fills_the_window_too() {
+        let one = msg(0).size();
+        let mut w = Window::new(0, 100, one * 2);
+        w.join(1, 0);
+        w.push(msg(0));
+        assert!(!w.full());
+        w.push(msg(1));
+        assert!(w.full());
+    }
+}
