@@ -34,6 +34,19 @@ fn texts(ds: &[Deliver]) -> Vec<String> {
     ds.iter().map(|d| d.message.get().to_string()).collect()
 }
 
+/// `n` sessions that subscribed to `s` and lost their connection: each one's id and
+/// the position it started at.
+async fn gone(gw: &TestGateway, n: usize, s: &Subscribe) -> Vec<(String, Option<u64>)> {
+    let mut away = Vec::new();
+    for _ in 0..n {
+        let mut c = TestClient::connect(&gw.url()).await;
+        c.subscribe(s.clone()).await;
+        away.push((c.session().to_string(), c.welcome().position));
+        c.abort();
+    }
+    away
+}
+
 /// A counter of the gateway's `/metrics`.
 async fn metric(gw: &TestGateway, name: &str) -> u64 {
     let text = warren_e2e::gateway::http_get(gw.health_addr(), "/metrics").await;
@@ -188,11 +201,7 @@ async fn a_position_older_than_the_gateways_memory_is_replayed_from_the_stream()
         })
         .await;
         let subs = vec![sub("all", "chat")];
-        let mut c = TestClient::connect(&gw.url()).await;
-        let session = c.session().to_string();
-        let start = c.welcome().position;
-        c.subscribe(subs[0].clone()).await;
-        c.abort();
+        let (session, start) = gone(&gw, 1, &subs[0]).await.remove(0);
         for i in 1..=20 {
             env.publish_out("chat.all", &format!("m{i}"), &i.to_string())
                 .await;
@@ -225,13 +234,7 @@ async fn sessions_resuming_from_before_the_ring_share_stream_readers() {
         .await;
         let subs = vec![sub("all", "chat")];
         let sessions = 30;
-        let mut away = Vec::new();
-        for _ in 0..sessions {
-            let mut c = TestClient::connect(&gw.url()).await;
-            c.subscribe(subs[0].clone()).await;
-            away.push((c.session().to_string(), c.welcome().position));
-            c.abort();
-        }
+        let away = gone(&gw, sessions, &subs[0]).await;
         let n = 40;
         for i in 1..=n {
             env.publish_out("chat.all", &format!("m{i}"), &i.to_string())
@@ -273,13 +276,7 @@ async fn a_session_too_slow_for_its_shared_reader_reads_on_with_its_own_without_
         })
         .await;
         let subs = vec![sub("all", "chat")];
-        let mut away = Vec::new();
-        for _ in 0..2 {
-            let mut c = TestClient::connect(&gw.url()).await;
-            c.subscribe(subs[0].clone()).await;
-            away.push((c.session().to_string(), c.welcome().position));
-            c.abort();
-        }
+        let away = gone(&gw, 2, &subs[0]).await;
         // More than a shared reader's window holds.
         let n = warren_gateway::replay::WINDOW_MESSAGES + 200;
         for i in 0..n {
