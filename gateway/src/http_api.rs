@@ -26,7 +26,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use lapin::options::BasicPublishOptions;
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, PublisherConfirm};
+use lapin::{BasicProperties, Channel, PublisherConfirm};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -44,8 +44,8 @@ use crate::server::Shared;
 /// The user an API key acts as (`x-warren-user`).
 pub const API_USER: &str = "http-api";
 
-/// How long `POST /publish` waits for RabbitMQ's confirm before answering `503
-/// broker_unavailable` and taking the channel out of the pool
+/// How long `POST /publish` and `POST /external` wait for RabbitMQ's confirm before
+/// answering `503 broker_unavailable` and taking the channel out of the pool
 /// ([`crate::broker::Broker::retire_publisher`]); the service library's default
 /// `publish_timeout` too.
 pub const PUBLISH_CONFIRM_WAIT: Duration = Duration::from_secs(10);
@@ -280,6 +280,36 @@ async fn confirmed(shared: &Shared, confirm: PublisherConfirm) -> Result<(), Ref
     }
 }
 
+/// Waits up to [`PUBLISH_CONFIRM_WAIT`] for the confirm of a publish on pooled
+/// publisher `channel`. Without one, the channel leaves the pool — in the background:
+/// under a resource alarm opening its replacement waits for the alarm to clear — and
+/// the caller gets `broker_unavailable` (HTTP 503) at once.
+async fn confirmed_on_pool(
+    shared: &Shared,
+    channel: Channel,
+    confirm: PublisherConfirm,
+) -> Result<(), Refusal> {
+    if let Ok(outcome) =
+        tokio::time::timeout(PUBLISH_CONFIRM_WAIT, confirmed(shared, confirm)).await
+    {
+        return outcome;
+    }
+    let broker = shared.broker.clone();
+    tokio::spawn(async move {
+        broker
+            .retire_publisher(&channel, PUBLISH_CONFIRM_WAIT)
+            .await
+    });
+    Err(Refusal::new(
+        ErrorCode::BrokerUnavailable,
+        format!(
+            "RabbitMQ did not confirm within {} s; the message may still be delivered \
+             (send it again with the same id: the copy is dropped)",
+            PUBLISH_CONFIRM_WAIT.as_secs()
+        ),
+    ))
+}
+
 /// `202` naming the call's id and the `message_id` it was published with.
 fn accepted(id: &str, message_id: &str) -> Response {
     let body = serde_json::json!({ "id": id, "message_id": message_id });
@@ -301,9 +331,9 @@ async fn external(
         session: &session,
     };
     let message = m.inbound(&id, &channel, None);
-    let confirm =
-        inbound::send(&shared, None, &sender, &message, m.message.get().as_bytes()).await?;
-    confirmed(&shared, confirm).await?;
+    let (channel, confirm) =
+        inbound::send_pooled(&shared, None, &sender, &message, m.message.get().as_bytes()).await?;
+    confirmed_on_pool(&shared, channel, confirm).await?;
     Ok(accepted(&id, &format!("{}:{id}", caller.identity.user)))
 }
 
@@ -342,7 +372,16 @@ async fn request(
     let confirm = prepared
         .publish(&call.channel, m.message.get().as_bytes())
         .await?;
-    confirmed(&shared, confirm).await?;
+    // The request's timeout bounds its confirm too.
+    match tokio::time::timeout_at(deadline, confirmed(&shared, confirm)).await {
+        Ok(outcome) => outcome?,
+        Err(_) => {
+            return Err(Refusal::new(
+                ErrorCode::Timeout,
+                format!("RabbitMQ did not confirm the request within {timeout} ms"),
+            ))
+        }
+    }
     let answer = match tokio::time::timeout_at(deadline, call.answer()).await {
         Ok(Ok(answer)) => answer,
         Ok(Err(e)) => return Err(Refusal::new(ErrorCode::BrokerUnavailable, e)),
@@ -465,20 +504,7 @@ async fn publish(
         )
         .await
         .map_err(|e| unavailable(e.to_string()))?;
-    match tokio::time::timeout(PUBLISH_CONFIRM_WAIT, confirmed(&shared, confirm)).await {
-        Ok(outcome) => outcome?,
-        Err(_) => {
-            shared
-                .broker
-                .retire_publisher(&channel, PUBLISH_CONFIRM_WAIT)
-                .await;
-            return Err(unavailable(format!(
-                "RabbitMQ did not confirm within {} s; the message may still be \
-                 delivered (publish again with the same id: clients drop the copy)",
-                PUBLISH_CONFIRM_WAIT.as_secs()
-            )));
-        }
-    }
+    confirmed_on_pool(&shared, channel, confirm).await?;
     Ok(accepted(&id, &message_id))
 }
 

@@ -348,6 +348,21 @@ pub(crate) async fn send(
     m: &Message<'_>,
     body: &[u8],
 ) -> Result<PublisherConfirm, Refusal> {
+    Ok(send_pooled(shared, pinned, sender, m, body).await?.1)
+}
+
+/// As [`send`], with the pooled channel the message went out on (to take it out of
+/// the pool when its confirm does not come).
+///
+/// # Errors
+/// As [`send`].
+pub(crate) async fn send_pooled(
+    shared: &Shared,
+    pinned: Option<&str>,
+    sender: &Sender<'_>,
+    m: &Message<'_>,
+    body: &[u8],
+) -> Result<(Channel, PublisherConfirm), Refusal> {
     let prepared = prepare(shared, pinned, sender, m)?;
     let action = if m.request.is_some() {
         Action::Request
@@ -362,7 +377,8 @@ pub(crate) async fn send(
         .publisher()
         .await
         .map_err(|e| Refusal::new(ErrorCode::BrokerUnavailable, e.to_string()))?;
-    prepared.publish(&channel, body).await
+    let confirm = prepared.publish(&channel, body).await?;
+    Ok((channel, confirm))
 }
 
 /// The broker's verdict on a publish.

@@ -1,0 +1,96 @@
+//! A RabbitMQ resource alarm blocks the gateway's publishing connection: RabbitMQ stops
+//! reading it, so no confirm comes while the alarm lasts. The HTTP API's
+//! `POST /external/{channel}` and `POST /publish` answer `503 broker_unavailable` after
+//! their 10 s confirm wait instead of hanging until the alarm clears (the channel's
+//! replacement, which also waits for the alarm, is opened in the background), and
+//! once the alarm clears the same calls are accepted again. Runs on a private node
+//! (`warren_e2e::broker_node`), never on the shared broker; skipped where RabbitMQ's
+//! server scripts are not installed.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::time::Instant;
+use warren_e2e::broker_node::BrokerCluster;
+use warren_e2e::env::TestEnv;
+use warren_e2e::gateway::{http_post, TestGateway};
+
+const KEY: &str = "test-http-api-key";
+
+async fn post(addr: SocketAddr, path: &str, body: Value) -> (u16, Value, Duration) {
+    let started = Instant::now();
+    let (status, answer) = http_post(addr, path, Some(KEY), body.to_string().as_bytes()).await;
+    (status, answer, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_resource_alarm_http_publishes_get_a_503_in_bounded_time_and_work_after_it() {
+    if !BrokerCluster::available() {
+        println!("fault_gateway_alarm: skipped, RabbitMQ server scripts not installed");
+        return;
+    }
+    tokio::time::timeout(Duration::from_secs(180), run())
+        .await
+        .expect("the test finished within its limit");
+}
+
+async fn run() {
+    let cluster = BrokerCluster::single().await.expect("a private node boots");
+    let uri = cluster.uri(0);
+    // The shared broker only lends the namespace here; everything runs on the node.
+    let env = TestEnv::new("gw-alarm").await;
+    let gw = TestGateway::start_with(&env, |c| {
+        c.amqp_uri = vec![uri.clone()];
+        c.http_api.enabled = true;
+        c.http_api.api_keys = vec![KEY.into()];
+        c.http_api.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    })
+    .await;
+    let addr = gw.gateway().http_api_addr().expect("the HTTP API is on");
+    let external = |id: &str| json!({"id": id, "message": {"text": id}});
+    let broadcast =
+        |id: &str| json!({"id": id, "channel": "chat", "broadcast": true, "message": {"n": 1}});
+
+    let (status, answer, _) = post(addr, "/external/chat", external("before")).await;
+    assert_eq!(status, 202, "before the alarm: {answer}");
+
+    // A memory alarm: RabbitMQ blocks every connection that publishes.
+    cluster
+        .ctl(0, &["set_vm_memory_high_watermark", "0"])
+        .await
+        .expect("alarm set");
+    for (path, body) in [
+        ("/external/chat", external("during")),
+        ("/publish", broadcast("during-broadcast")),
+    ] {
+        let (status, answer, took) = post(addr, path, body).await;
+        println!("fault_gateway_alarm: {path} during the alarm: {status} after {took:?}: {answer}");
+        assert_eq!(status, 503, "{path} during the alarm: {answer}");
+        assert_eq!(answer["code"], "broker_unavailable", "{path}: {answer}");
+        assert!(
+            took < Duration::from_secs(15),
+            "{path} answered in bounded time, not when the alarm clears: {took:?}"
+        );
+    }
+
+    cluster
+        .ctl(0, &["set_vm_memory_high_watermark", "0.4"])
+        .await
+        .expect("alarm cleared");
+    let cleared = Instant::now();
+    for (path, body) in [
+        ("/external/chat", external("after")),
+        ("/publish", broadcast("after-broadcast")),
+    ] {
+        let (status, answer, _) = post(addr, path, body).await;
+        assert_eq!(status, 202, "{path} after the alarm: {answer}");
+    }
+    println!(
+        "fault_gateway_alarm: accepted again {:?} after the alarm cleared",
+        cleared.elapsed()
+    );
+    gw.shutdown().await;
+    env.cleanup().await;
+    cluster.shutdown().await;
+}
