@@ -196,9 +196,6 @@ impl GatewayClient {
     /// Connects to `gateway` (from `source` when given), says `hello` and waits for
     /// `welcome`.
     ///
-    /// # Errors
-    /// `Io`/`Ws` when the connection fails, `Timeout` when no welcome comes within
-    /// `timeout`, `Unexpected` when the first frame is not a welcome.
     /// With [`Compression::Deflate`] the client offers permessage-deflate and fails
     /// with `DeflateRefused` when the gateway's answer does not agree to it (a gateway
     /// without `--permessage-deflate=true`), or does not choose `warren.v1`.
