@@ -17,7 +17,7 @@ timeout 120 target/debug/warren-bench \
   --service-bin target/debug/warren-demo-service \
   --stack-log target/warren-bench/smoke-stack.log \
   --scenarios idle,publish,rpc,fanout \
-  --targets "gateway,raw$( (exec 3<>/dev/tcp/127.0.0.1/15674) 2>/dev/null && echo ,web-stomp)" \
+  --targets "gateway,gateway-deflate,raw$( (exec 3<>/dev/tcp/127.0.0.1/15674) 2>/dev/null && echo ,web-stomp)" \
   --clients 2 --runs 1 --duration 1s --warmup 200ms \
   --idle-sessions 50 --idle-window 1s \
   --json target/warren-bench/smoke.json \

@@ -1,5 +1,5 @@
 //! The SVG chart: for each of publish, rpc and fanout, throughput and p99 latency
-//! against client count, gateway next to raw AMQP. Drawn with plotters' SVG backend,
+//! against client count, gateway next to raw AMQP (and gateway+deflate, when it ran). Drawn with plotters' SVG backend,
 //! which writes text as SVG `<text>`, so no system fonts are needed.
 
 use std::path::Path;
@@ -15,6 +15,7 @@ use crate::scenario::Target;
 
 const GATEWAY: RGBColor = RGBColor(0xd9, 0x48, 0x1b);
 const RAW: RGBColor = RGBColor(0x1f, 0x5f, 0xa8);
+const GATEWAY_DEFLATE: RGBColor = RGBColor(0x2e, 0x8b, 0x57);
 
 /// Draws the chart of `report` into `path` (SVG).
 ///
@@ -48,9 +49,17 @@ pub fn draw(report: &Report, path: &Path) -> Result<()> {
     let root = SVGBackend::new(path, (1000, height)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
     let (title, body) = root.split_vertically(40);
+    let deflate = report
+        .results
+        .iter()
+        .any(|r| r.target == Target::GatewayDeflate && r.median.is_some());
     title
         .titled(
-            "warren-bench: gateway vs raw AMQP (median of runs)",
+            if deflate {
+                "warren-bench: gateway and gateway+deflate vs raw AMQP (median of runs)"
+            } else {
+                "warren-bench: gateway vs raw AMQP (median of runs)"
+            },
             ("sans-serif", 20),
         )
         .map_err(|e| fail(e.to_string()))?;
@@ -95,7 +104,8 @@ fn panel(
 ) -> std::result::Result<(), Box<dyn std::error::Error>> {
     let gw = series(report, s, Target::Gateway, f);
     let raw = series(report, s, Target::Raw, f);
-    let all = gw.iter().chain(raw.iter());
+    let deflate = series(report, s, Target::GatewayDeflate, f);
+    let all = gw.iter().chain(raw.iter()).chain(deflate.iter());
     let x_max = all.clone().map(|p| p.0).fold(1.0, f64::max);
     let y_max = all.map(|p| p.1).fold(0.0, f64::max).max(1e-3) * 1.15;
     let mut chart = ChartBuilder::on(area)
@@ -119,7 +129,11 @@ fn panel(
             }
         })
         .draw()?;
-    for (name, pts, color) in [("gateway", gw, GATEWAY), ("raw AMQP", raw, RAW)] {
+    for (name, pts, color) in [
+        ("gateway", gw, GATEWAY),
+        ("gateway+deflate", deflate, GATEWAY_DEFLATE),
+        ("raw AMQP", raw, RAW),
+    ] {
         if pts.is_empty() {
             continue;
         }

@@ -1,13 +1,23 @@
 //! A minimal Warren client speaking protocol v1 over a WebSocket, built on the protocol
 //! crate: connect (optionally from a chosen local address), `hello` → `welcome`, send
 //! frames, read frames (answering the gateway's `ping`), acknowledge deliveries.
+//!
+//! A plain client speaks through tokio-tungstenite. A deflate client (the
+//! `gateway-deflate` target) offers permessage-deflate (RFC 7692) and speaks through
+//! [yawc](https://docs.rs/yawc), as the gateway does for such clients; it fails to
+//! connect unless the gateway agreed to compression.
 
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::OnceLock;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -22,6 +32,17 @@ use crate::error::{BenchError, Result};
 
 /// Read buffer of each client's WebSocket; larger frames still arrive whole.
 const READ_BUFFER: usize = 16 * 1024;
+
+/// Write buffer of a deflate client's WebSocket (yawc's; it grows for larger frames).
+const DEFLATE_WRITE_BUFFER: usize = 4 * 1024;
+
+/// Deflate states kept for reuse by every deflate client of this process (each
+/// direction): without context takeover a client borrows one only while it compresses
+/// or inflates a message, so 10,000 idle clients do not hold 10,000 of them.
+const DEFLATE_POOL: usize = 64;
+
+/// The longest HTTP response head a deflate client reads through [`Tap`].
+const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 
 /// Where a gateway listens: the WebSocket URL and the socket address behind it.
 #[derive(Debug, Clone)]
@@ -57,9 +78,112 @@ impl GatewayAddr {
     }
 }
 
+/// How a client's WebSocket speaks to the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// No extension offered: tokio-tungstenite, as before.
+    #[default]
+    None,
+    /// permessage-deflate offered (no context takeover either way, as the gateway
+    /// imposes) and required: yawc.
+    Deflate,
+}
+
+/// The WebSocket of one client: tungstenite's, or yawc's when it offered deflate. The
+/// plain one stays inline, as it was before deflate clients existed.
+#[allow(clippy::large_enum_variant)]
+enum Ws {
+    Plain(WebSocketStream<TcpStream>),
+    Deflate(Box<yawc::WebSocket<Tap>>),
+}
+
+impl Ws {
+    async fn send(&mut self, text: String) -> Result<()> {
+        match self {
+            Ws::Plain(ws) => ws.send(Message::text(text)).await?,
+            Ws::Deflate(ws) => ws.send(yawc::Frame::text(text)).await?,
+        }
+        Ok(())
+    }
+
+    async fn feed(&mut self, text: String) -> Result<()> {
+        match self {
+            Ws::Plain(ws) => ws.feed(Message::text(text)).await?,
+            Ws::Deflate(ws) => ws.feed(yawc::Frame::text(text)).await?,
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        match self {
+            Ws::Plain(ws) => ws.flush().await?,
+            Ws::Deflate(ws) => {
+                // yawc writes what it owes the peer (a pong, a close echo) when polled
+                // for room to send, not on a flush (as in the gateway's socket.rs).
+                std::future::poll_fn(|cx| ws.as_mut().poll_ready_unpin(cx)).await?;
+                ws.flush().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The next text message; `Closed` when the gateway closed.
+    async fn next_text(&mut self) -> Result<Text> {
+        match self {
+            Ws::Plain(ws) => loop {
+                match ws.next().await {
+                    Some(Ok(Message::Text(t))) => return Ok(Text::Plain(t)),
+                    Some(Ok(Message::Close(_))) | None => return Err(BenchError::Closed),
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Err(e.into()),
+                }
+            },
+            Ws::Deflate(ws) => loop {
+                let frame = match ws.next_frame().await {
+                    Ok(f) => f,
+                    Err(yawc::WebSocketError::ConnectionClosed) => return Err(BenchError::Closed),
+                    Err(e) => return Err(e.into()),
+                };
+                match frame.opcode() {
+                    yawc::OpCode::Text => return Ok(Text::Deflate(frame)),
+                    yawc::OpCode::Close => return Err(BenchError::Closed),
+                    _ => continue,
+                }
+            },
+        }
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        match self {
+            Ws::Plain(ws) => ws.close(None).await?,
+            Ws::Deflate(ws) => {
+                ws.send(yawc::Frame::close(yawc::close::CloseCode::Normal, ""))
+                    .await?
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A text message as either library hands it over (not copied).
+enum Text {
+    Plain(tokio_tungstenite::tungstenite::Utf8Bytes),
+    Deflate(yawc::Frame),
+}
+
+impl Text {
+    fn as_str(&self) -> Result<&str> {
+        match self {
+            Text::Plain(t) => Ok(t.as_str()),
+            Text::Deflate(f) => std::str::from_utf8(f.payload())
+                .map_err(|e| BenchError::Unexpected(format!("a text frame is not UTF-8: {e}"))),
+        }
+    }
+}
+
 /// One connected client session.
 pub struct GatewayClient {
-    ws: WebSocketStream<TcpStream>,
+    ws: Ws,
     /// The gateway's `welcome`.
     pub welcome: Welcome,
     /// Highest delivery/reply sequence number received.
@@ -72,20 +196,30 @@ impl GatewayClient {
     /// Connects to `gateway` (from `source` when given), says `hello` and waits for
     /// `welcome`.
     ///
+    /// With [`Compression::Deflate`] the client offers permessage-deflate and fails
+    /// with `DeflateRefused` when the gateway's answer does not agree to it (a gateway
+    /// without `--permessage-deflate=true`), or does not choose `warren.v1`.
+    ///
     /// # Errors
-    /// `Io`/`Ws` when the connection fails, `Timeout` when no welcome comes within
-    /// `timeout`, `Unexpected` when the first frame is not a welcome.
+    /// `Io`/`Ws`/`Yawc` when the connection fails, `DeflateRefused` as above, `Timeout`
+    /// when no welcome comes within `timeout`, `Unexpected` when the first frame is not
+    /// a welcome.
     pub async fn connect(
         gateway: &GatewayAddr,
         source: Option<IpAddr>,
         timeout: Duration,
+        compression: Compression,
     ) -> Result<Self> {
-        tokio::time::timeout(timeout, Self::connect_inner(gateway, source))
+        tokio::time::timeout(timeout, Self::connect_inner(gateway, source, compression))
             .await
             .map_err(|_| BenchError::Timeout("welcome"))?
     }
 
-    async fn connect_inner(gateway: &GatewayAddr, source: Option<IpAddr>) -> Result<Self> {
+    async fn connect_inner(
+        gateway: &GatewayAddr,
+        source: Option<IpAddr>,
+        compression: Compression,
+    ) -> Result<Self> {
         let socket = if gateway.addr.is_ipv4() {
             TcpSocket::new_v4()?
         } else {
@@ -96,21 +230,30 @@ impl GatewayClient {
         }
         let stream = socket.connect(gateway.addr).await?;
         stream.set_nodelay(true)?;
-        let mut req = gateway.url.as_str().into_client_request()?;
-        req.headers_mut().insert(
-            "Sec-WebSocket-Protocol",
-            HeaderValue::from_static(SUBPROTOCOL),
-        );
-        // tungstenite zero-fills its read buffer up to its size (128 KiB by default):
-        // 10,000 idle clients would hold 1.3 GB in this process for nothing.
-        let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
-        let (mut ws, _) =
-            tokio_tungstenite::client_async_with_config(req, stream, Some(config)).await?;
+        let mut ws = match compression {
+            Compression::None => {
+                let mut req = gateway.url.as_str().into_client_request()?;
+                req.headers_mut().insert(
+                    "Sec-WebSocket-Protocol",
+                    HeaderValue::from_static(SUBPROTOCOL),
+                );
+                // tungstenite zero-fills its read buffer up to its size (128 KiB by
+                // default): 10,000 idle clients would hold 1.3 GB in this process for
+                // nothing.
+                let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
+                let (ws, _) =
+                    tokio_tungstenite::client_async_with_config(req, stream, Some(config)).await?;
+                Ws::Plain(ws)
+            }
+            Compression::Deflate => {
+                Ws::Deflate(Box::new(deflate_handshake(gateway, stream).await?))
+            }
+        };
         let hello = ClientFrame::<()>::Hello(Hello {
             client: Some(concat!("warren-bench/", env!("CARGO_PKG_VERSION")).into()),
             ..Hello::default()
         });
-        ws.send(Message::text(encode(&hello))).await?;
+        ws.send(encode(&hello)).await?;
         let welcome = match next_frame(&mut ws).await? {
             ServerFrame::Welcome(w) => w,
             other => return Err(BenchError::Unexpected(encode(&other))),
@@ -133,8 +276,7 @@ impl GatewayClient {
     /// # Errors
     /// `Ws` when the connection is broken.
     pub async fn send<F: Serialize>(&mut self, frame: &F) -> Result<()> {
-        self.ws.send(Message::text(encode(frame))).await?;
-        Ok(())
+        self.ws.send(encode(frame)).await
     }
 
     /// Queues one frame without flushing (pipelining); see [`flush`](Self::flush).
@@ -142,8 +284,7 @@ impl GatewayClient {
     /// # Errors
     /// `Ws` when the connection is broken.
     pub async fn feed<F: Serialize>(&mut self, frame: &F) -> Result<()> {
-        self.ws.feed(Message::text(encode(frame))).await?;
-        Ok(())
+        self.ws.feed(encode(frame)).await
     }
 
     /// Writes every queued frame.
@@ -151,8 +292,7 @@ impl GatewayClient {
     /// # Errors
     /// `Ws` when the connection is broken.
     pub async fn flush(&mut self) -> Result<()> {
-        self.ws.flush().await?;
-        Ok(())
+        self.ws.flush().await
     }
 
     /// Reads the next server frame. The gateway's `ping` is answered with `pong` and not
@@ -201,26 +341,179 @@ impl GatewayClient {
     /// Acknowledges everything received and closes the WebSocket politely.
     pub async fn close(mut self) {
         let _ = self.ack_if_due(1, true).await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.ws.close(None)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.ws.close()).await;
     }
 }
 
 /// Reads the next server frame, answering (and skipping) the gateway's `ping`.
-async fn next_frame(ws: &mut WebSocketStream<TcpStream>) -> Result<ServerFrame> {
+async fn next_frame(ws: &mut Ws) -> Result<ServerFrame> {
     loop {
-        let text = match ws.next().await {
-            Some(Ok(Message::Text(t))) => t,
-            Some(Ok(Message::Close(_))) | None => return Err(BenchError::Closed),
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(e.into()),
-        };
-        match decode_server(text.as_str())? {
+        let text = ws.next_text().await?;
+        match decode_server(text.as_str()?)? {
             ServerFrame::Ping(Ping { ts }) => {
-                ws.send(Message::text(encode(&ClientFrame::<()>::Pong(Ping { ts }))))
+                ws.send(encode(&ClientFrame::<()>::Pong(Ping { ts })))
                     .await?;
             }
             frame => return Ok(frame),
         }
+    }
+}
+
+/// The deflate state pool of every deflate client of this process.
+fn deflate_pool() -> yawc::DeflatePool {
+    static POOL: OnceLock<yawc::DeflatePool> = OnceLock::new();
+    POOL.get_or_init(|| yawc::DeflatePool::new(DEFLATE_POOL))
+        .clone()
+}
+
+/// The yawc options of a deflate client: compression offered with no context takeover
+/// either way (what the gateway imposes; a browser accepts it), every message
+/// compressed (as browsers do), small buffers like the plain client's.
+fn deflate_options() -> yawc::Options {
+    yawc::Options::default()
+        .with_low_latency_compression()
+        .client_no_context_takeover()
+        .server_no_context_takeover()
+        .with_deflate_pool(deflate_pool())
+        .with_read_buffer_capacity(READ_BUFFER)
+        .with_write_buffer_capacity(DEFLATE_WRITE_BUFFER)
+}
+
+/// The WebSocket handshake of a deflate client, by yawc over `stream`, asking for
+/// `warren.v1`. yawc hands back neither the response nor what was negotiated, so the
+/// response head is read off the socket as it passes ([`Tap`]) and checked here.
+async fn deflate_handshake(
+    gateway: &GatewayAddr,
+    stream: TcpStream,
+) -> Result<yawc::WebSocket<Tap>> {
+    let url = gateway
+        .url
+        .parse()
+        .map_err(|e| BenchError::Config(format!("gateway url `{}`: {e}", gateway.url)))?;
+    let (tap, head) = Tap::new(stream);
+    let request = yawc::HttpRequest::builder().header("Sec-WebSocket-Protocol", SUBPROTOCOL);
+    let ws = yawc::WebSocket::handshake_with_request(url, tap, deflate_options(), request).await?;
+    let head = head.await.map_err(|_| {
+        BenchError::DeflateRefused("no complete HTTP response head was seen".into())
+    })?;
+    check_deflate_response(&head).map_err(BenchError::DeflateRefused)?;
+    Ok(ws)
+}
+
+/// Checks a handshake response head (status line and headers): it must agree to
+/// permessage-deflate and choose the `warren.v1` subprotocol. Returns what is missing.
+fn check_deflate_response(head: &[u8]) -> std::result::Result<(), String> {
+    let head = String::from_utf8_lossy(head);
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap_or("");
+    if status.split_whitespace().nth(1) != Some("101") {
+        return Err(format!("the upgrade was answered `{status}`"));
+    }
+    let headers: Vec<(&str, &str)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(name, value)| (name.trim(), value.trim()))
+        .collect();
+    let values = |wanted: &'static str| {
+        headers
+            .iter()
+            .filter(move |(name, _)| name.eq_ignore_ascii_case(wanted))
+            .flat_map(|(_, value)| value.split(','))
+            .map(str::trim)
+    };
+    let deflate = values("sec-websocket-extensions").any(|ext| {
+        ext.split(';')
+            .next()
+            .is_some_and(|name| name.trim().eq_ignore_ascii_case("permessage-deflate"))
+    });
+    if !deflate {
+        return Err("its answer has no `Sec-WebSocket-Extensions: permessage-deflate`".into());
+    }
+    if !values("sec-websocket-protocol").any(|p| p == SUBPROTOCOL) {
+        return Err(format!(
+            "its answer does not choose subprotocol `{SUBPROTOCOL}`"
+        ));
+    }
+    Ok(())
+}
+
+/// A TCP stream that hands a copy of the first bytes it reads, up to the end of the
+/// HTTP response head, to whoever awaits it; after that it only passes bytes through.
+pub(crate) struct Tap {
+    inner: TcpStream,
+    head: Option<(Vec<u8>, oneshot::Sender<Vec<u8>>)>,
+}
+
+impl Tap {
+    fn new(inner: TcpStream) -> (Self, oneshot::Receiver<Vec<u8>>) {
+        let (tx, rx) = oneshot::channel();
+        let tap = Tap {
+            inner,
+            head: Some((Vec::with_capacity(512), tx)),
+        };
+        (tap, rx)
+    }
+}
+
+/// Where the HTTP head in `bytes` ends (after its blank line), if it has.
+fn head_end(bytes: &[u8]) -> Option<usize> {
+    bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4)
+}
+
+impl AsyncRead for Tap {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        if let Some((seen, _)) = this.head.as_mut() {
+            seen.extend_from_slice(&buf.filled()[before..]);
+            if let Some(end) = head_end(seen) {
+                if let Some((mut seen, tx)) = this.head.take() {
+                    seen.truncate(end);
+                    let _ = tx.send(seen);
+                }
+            } else if seen.len() > MAX_RESPONSE_HEAD || buf.filled().len() == before {
+                // Too long or the end of the stream: the receiver sees no head.
+                this.head = None;
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Tap {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
@@ -237,6 +530,48 @@ pub fn source_ip(i: usize, spread: u8) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const AGREED: &str = "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\n\
+        upgrade: websocket\r\nsec-websocket-accept: x\r\n\
+        sec-websocket-extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n\
+        sec-websocket-protocol: warren.v1\r\n\r\n";
+
+    #[test]
+    fn a_deflate_client_insists_on_deflate_and_its_subprotocol() {
+        assert_eq!(check_deflate_response(AGREED.as_bytes()), Ok(()));
+        let plain = AGREED.replace(
+            "sec-websocket-extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n",
+            "",
+        );
+        let err = check_deflate_response(plain.as_bytes()).unwrap_err();
+        assert!(err.contains("permessage-deflate"), "{err}");
+        let other = AGREED.replace("permessage-deflate;", "x-webkit-deflate-frame;");
+        assert!(check_deflate_response(other.as_bytes()).is_err());
+        let no_protocol = AGREED.replace("sec-websocket-protocol: warren.v1\r\n", "");
+        let err = check_deflate_response(no_protocol.as_bytes()).unwrap_err();
+        assert!(err.contains("warren.v1"), "{err}");
+        let refused = "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+        assert!(check_deflate_response(refused.as_bytes())
+            .unwrap_err()
+            .contains("400"));
+        // Header names in any case; extensions listed in one header or several.
+        let listed = AGREED
+            .replace(
+                "sec-websocket-extensions:",
+                "Sec-WebSocket-Extensions: foo, ",
+            )
+            .replace("sec-websocket-protocol", "Sec-WebSocket-Protocol");
+        assert_eq!(check_deflate_response(listed.as_bytes()), Ok(()));
+    }
+
+    #[test]
+    fn the_head_ends_after_its_blank_line() {
+        assert_eq!(
+            head_end(b"HTTP/1.1 101 x\r\na: b\r\n\r\n\x81\x01"),
+            Some(24)
+        );
+        assert_eq!(head_end(b"HTTP/1.1 101 x\r\na: b\r\n"), None);
+    }
 
     #[test]
     fn sources_cycle_over_the_loopback_range() {

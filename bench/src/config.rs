@@ -105,9 +105,12 @@ pub struct Config {
     /// Spread client sockets over 127.0.0.1 .. 127.0.0.N (so ports do not run out).
     #[arg(long, default_value_t = 8)]
     pub source_ips: u8,
-    /// What to load, comma-separated: the gateway, the raw-AMQP baseline, RabbitMQ's
-    /// Web-STOMP plugin (rpc and fanout only), or several (without the gateway none is
-    /// started and idle is skipped).
+    /// What to load, comma-separated: the gateway, the gateway with clients offering
+    /// permessage-deflate (`gateway-deflate`: the started gateway then runs with
+    /// `--permessage-deflate=true`; plain `gateway` clients stay uncompressed), the
+    /// raw-AMQP baseline, RabbitMQ's Web-STOMP plugin (rpc and fanout only), or several
+    /// (without a gateway target none is started and idle is skipped; idle runs once per
+    /// gateway target).
     #[arg(long, value_delimiter = ',', default_value = "gateway,raw")]
     pub targets: Vec<crate::scenario::Target>,
     /// RabbitMQ Web-STOMP endpoint for the `web-stomp` target (plugin
@@ -179,9 +182,17 @@ pub struct Config {
 }
 
 impl Config {
-    /// Whether the gateway is loaded at all (otherwise none is started).
+    /// Whether the gateway is loaded at all, plain or with deflate (otherwise none is
+    /// started).
     pub fn loads_gateway(&self) -> bool {
-        self.targets.contains(&crate::scenario::Target::Gateway)
+        self.targets.iter().any(|t| t.is_gateway())
+    }
+
+    /// Whether clients offering permessage-deflate are among the targets (the started
+    /// gateway must then accept it).
+    pub fn loads_deflate(&self) -> bool {
+        self.targets
+            .contains(&crate::scenario::Target::GatewayDeflate)
     }
 
     /// Every channel the gateway must serve: the defaults and the scenarios' channels.
@@ -218,7 +229,9 @@ impl Config {
             return Err(Bad("windows and --ack-every must be at least 1".into()));
         }
         if self.targets.is_empty() {
-            return Err(Bad("--targets needs gateway, raw or web-stomp".into()));
+            return Err(Bad(
+                "--targets needs gateway, gateway-deflate, raw or web-stomp".into(),
+            ));
         }
         if self.setup_concurrency == 0 || self.idle_concurrency == 0 {
             return Err(Bad(
@@ -284,6 +297,22 @@ mod tests {
         assert!(Config::parse_from(["warren-bench", "--runs", "0"])
             .validate()
             .is_err());
+    }
+
+    #[test]
+    fn either_gateway_target_loads_the_gateway() {
+        let only = |t: &str| Config::parse_from(["warren-bench", "--targets", t]);
+        assert!(only("gateway").loads_gateway() && !only("gateway").loads_deflate());
+        let deflate = only("gateway-deflate");
+        assert!(deflate.loads_gateway() && deflate.loads_deflate());
+        assert!(deflate.validate().is_ok());
+        assert!(!only("raw,web-stomp").loads_gateway());
+        let both = only("gateway,gateway-deflate,raw");
+        assert!(both.loads_gateway() && both.loads_deflate());
+        let mut none = only("raw");
+        none.targets.clear();
+        let err = none.validate().unwrap_err().to_string();
+        assert!(err.contains("gateway-deflate"), "{err}");
     }
 
     #[test]

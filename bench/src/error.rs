@@ -8,6 +8,16 @@ pub enum BenchError {
     /// The WebSocket connection to the gateway failed.
     #[error("websocket: {0}")]
     Ws(Box<tokio_tungstenite::tungstenite::Error>),
+    /// The WebSocket connection of a deflate client (yawc) failed.
+    #[error("websocket (deflate): {0}")]
+    Yawc(Box<yawc::WebSocketError>),
+    /// A deflate client's upgrade was not answered with permessage-deflate (and
+    /// `warren.v1`).
+    #[error(
+        "the gateway did not agree to permessage-deflate: {0} \
+         (does it run with --permessage-deflate=true?)"
+    )]
+    DeflateRefused(String),
     /// An AMQP operation against RabbitMQ failed.
     #[error("amqp: {0}")]
     Amqp(Box<lapin::Error>),
@@ -56,6 +66,12 @@ pub enum BenchError {
 impl From<tokio_tungstenite::tungstenite::Error> for BenchError {
     fn from(e: tokio_tungstenite::tungstenite::Error) -> Self {
         BenchError::Ws(Box::new(e))
+    }
+}
+
+impl From<yawc::WebSocketError> for BenchError {
+    fn from(e: yawc::WebSocketError) -> Self {
+        BenchError::Yawc(Box::new(e))
     }
 }
 

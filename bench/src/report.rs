@@ -1,6 +1,6 @@
 //! The results of a benchmark: per scenario, target and client count the runs and
-//! their medians, the gateway/raw ratios, and the targets met or not; printed as a
-//! table and written as JSON.
+//! their medians, the gateway/raw ratios (and gateway+deflate/gateway, when both ran),
+//! and the targets met or not; printed as a table and written as JSON.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -19,7 +19,7 @@ use crate::scenario::Target;
 pub struct ScenarioResult {
     /// The scenario.
     pub scenario: ScenarioKind,
-    /// Gateway or raw AMQP.
+    /// Gateway (plain or deflate), raw AMQP or Web-STOMP.
     pub target: Target,
     /// Clients (subscribers for fanout).
     pub clients: usize,
@@ -32,9 +32,11 @@ pub struct ScenarioResult {
     pub failures: Vec<String>,
 }
 
-/// Every run of the idle scenario.
+/// Every run of the idle scenario for one gateway target.
 #[derive(Debug, Clone, Serialize)]
 pub struct IdleResult {
+    /// Whose sessions: plain (`gateway`) or deflate (`gateway_deflate`) clients.
+    pub target: Target,
     /// Each successful run.
     pub runs: Vec<IdleFigures>,
     /// The figure-by-figure median of the runs.
@@ -107,8 +109,8 @@ pub struct Report {
     pub fanout_publisher: String,
     /// publish, rpc and fanout results.
     pub results: Vec<ScenarioResult>,
-    /// idle results.
-    pub idle: Option<IdleResult>,
+    /// idle results, one per gateway target loaded.
+    pub idle: Vec<IdleResult>,
     /// Gateway/raw ratios.
     pub ratios: Vec<Ratio>,
     /// The targets.
@@ -127,6 +129,26 @@ impl Report {
             .iter()
             .find(|r| r.scenario == s && r.target == t && r.clients == clients)
             .and_then(|r| r.median)
+    }
+
+    /// The idle median of `target`'s sessions, if that ran.
+    fn idle_median(&self, target: Target) -> Option<IdleFigures> {
+        self.idle
+            .iter()
+            .find(|i| i.target == target)
+            .and_then(|i| i.median)
+    }
+
+    /// gateway+deflate figure / plain gateway figure for one scenario and client count.
+    fn deflate_ratio(&self, s: ScenarioKind, clients: usize) -> Option<Ratio> {
+        let plain = self.median_of(s, Target::Gateway, clients)?;
+        let deflate = self.median_of(s, Target::GatewayDeflate, clients)?;
+        Some(Ratio {
+            scenario: s,
+            clients,
+            throughput: deflate.throughput / plain.throughput,
+            p99: deflate.p99_ms / plain.p99_ms,
+        })
     }
 
     fn compute_ratios(&self) -> Vec<Ratio> {
@@ -177,7 +199,8 @@ impl Report {
                 verdict: judge(&|r| r.p99 <= 2.0),
             });
         }
-        let idle = self.idle.as_ref().and_then(|i| i.median);
+        // The targets are the plain gateway's (deflate sessions are reported beside it).
+        let idle = self.idle_median(Target::Gateway);
         checks.push(match idle {
             Some(m) if m.opened > 0 => TargetCheck {
                 requirement: "gateway memory <= 8 KiB per idle session".into(),
@@ -251,7 +274,7 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:<8} {:>7}  {:<9} {:>11} {:>9} {:>9} {:>7} {:>8}",
+            "{:<8} {:>7}  {:<15} {:>11} {:>9} {:>9} {:>7} {:>8}",
             "scenario", "clients", "target", "ops/s", "p50 ms", "p99 ms", "errors", "gw cpu%"
         );
         let mut rows: Vec<&ScenarioResult> = self.results.iter().collect();
@@ -261,7 +284,7 @@ impl Report {
                 Some(m) => {
                     let _ = writeln!(
                         out,
-                        "{:<8} {:>7}  {:<9} {:>11.0} {:>9.2} {:>9.2} {:>7} {:>8}",
+                        "{:<8} {:>7}  {:<15} {:>11.0} {:>9.2} {:>9.2} {:>7} {:>8}",
                         r.scenario.name(),
                         r.clients,
                         r.target.name(),
@@ -275,11 +298,20 @@ impl Report {
                 None => {
                     let _ = writeln!(
                         out,
-                        "{:<8} {:>7}  {:<9} failed: {}",
+                        "{:<8} {:>7}  {:<15} failed: {}",
                         r.scenario.name(),
                         r.clients,
                         r.target.name(),
                         r.failures.first().map_or("", |s| s.as_str())
+                    );
+                }
+            }
+            if r.target == Target::GatewayDeflate {
+                if let Some(x) = self.deflate_ratio(r.scenario, r.clients) {
+                    let _ = writeln!(
+                        out,
+                        "{:<8} {:>7}  {:<15} {:>10.2}x {:>9} {:>8.2}x",
+                        "", "", "deflate/gw", x.throughput, "", x.p99
                     );
                 }
             }
@@ -290,7 +322,7 @@ impl Report {
                 ) {
                     let _ = writeln!(
                         out,
-                        "{:<8} {:>7}  {:<9} {:>10.2}x {:>9} {:>8.2}x",
+                        "{:<8} {:>7}  {:<15} {:>10.2}x {:>9} {:>8.2}x",
                         "",
                         "",
                         "gw/stomp",
@@ -308,21 +340,24 @@ impl Report {
                 {
                     let _ = writeln!(
                         out,
-                        "{:<8} {:>7}  {:<9} {:>10.2}x {:>9} {:>8.2}x",
+                        "{:<8} {:>7}  {:<15} {:>10.2}x {:>9} {:>8.2}x",
                         "", "", "gw/raw", x.throughput, "", x.p99
                     );
                 }
             }
         }
-        if let Some(idle) = &self.idle {
+        if !self.idle.is_empty() {
             let _ = writeln!(out);
+        }
+        for idle in &self.idle {
             match idle.median {
                 Some(m) => {
                     let _ = writeln!(
                         out,
-                        "idle: {} of {} sessions opened, {} held; set-up {:.0} sessions/s; \
+                        "idle ({}): {} of {} sessions opened, {} held; set-up {:.0} sessions/s; \
                          gateway RSS {:.1} MiB -> {:.1} MiB ({:.1} KiB/session), {:.1} MiB after close; \
                          idle CPU {:.2} % of one core; RabbitMQ RSS {:.2} KiB/session",
+                        idle.target.name(),
                         m.opened,
                         m.requested,
                         m.held,
@@ -338,7 +373,8 @@ impl Report {
                 None => {
                     let _ = writeln!(
                         out,
-                        "idle: failed: {}",
+                        "idle ({}): failed: {}",
+                        idle.target.name(),
                         idle.failures.first().map_or("", |s| s.as_str())
                     );
                 }
@@ -368,10 +404,11 @@ impl Report {
                 out.push(format!("{what}: a run completed no operation"));
             }
         }
-        if let Some(idle) = &self.idle {
-            out.extend(idle.failures.iter().map(|f| format!("idle: {f}")));
+        for idle in &self.idle {
+            let what = format!("idle {}", idle.target.name());
+            out.extend(idle.failures.iter().map(|f| format!("{what}: {f}")));
             if idle.runs.iter().any(|f| f.opened < f.requested) {
-                out.push("idle: not every session opened".into());
+                out.push(format!("{what}: not every session opened"));
             }
         }
         out
@@ -438,15 +475,23 @@ impl Report {
                 num(g.and_then(|f| f.gateway_cpu_pct), &|v| format!("{v:.0} %")),
             );
         }
-        if let Some(m) = self.idle.as_ref().and_then(|i| i.median) {
+        let idle: Vec<(Target, IdleFigures)> = self
+            .idle
+            .iter()
+            .filter_map(|i| Some((i.target, i.median?)))
+            .collect();
+        if !idle.is_empty() {
             let _ = writeln!(
                 out,
-                "\n| idle sessions | opened | held | set-up rate | gateway RSS before → after | per session | after close | idle CPU | RabbitMQ RSS per session |"
+                "\n| sessions of | idle sessions | opened | held | set-up rate | gateway RSS before → after | per session | after close | idle CPU | RabbitMQ RSS per session |"
             );
-            let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        }
+        for (target, m) in idle {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {:.0} /s | {:.1} → {:.1} MiB | {:.1} KiB | {:.1} MiB | {:.2} % of one core | {:.2} KiB |",
+                "| {} | {} | {} | {} | {:.0} /s | {:.1} → {:.1} MiB | {:.1} KiB | {:.1} MiB | {:.2} % of one core | {:.2} KiB |",
+                target.name(),
                 m.requested,
                 m.opened,
                 m.held,
@@ -457,6 +502,44 @@ impl Report {
                 m.rss_closed_kib as f64 / 1024.0,
                 m.idle_cpu_pct,
                 m.broker_rss_per_session_bytes / 1024.0
+            );
+        }
+        let deflate: Vec<&ScenarioResult> = self
+            .results
+            .iter()
+            .filter(|r| r.target == Target::GatewayDeflate)
+            .collect();
+        if !deflate.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n| scenario | clients | gateway ops/s | gateway+deflate ops/s | ratio | gateway p50 / p99 ms | gateway+deflate p50 / p99 ms | p99 ratio | gateway CPU | gateway+deflate CPU |"
+            );
+            let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        }
+        for d in deflate {
+            let (s, n) = (d.scenario, d.clients);
+            let g = self.median_of(s, Target::Gateway, n);
+            let ratio = self.deflate_ratio(s, n);
+            let lat = |f: Option<Figures>| {
+                f.map_or("–".into(), |f| {
+                    format!("{:.2} / {:.2}", f.p50_ms, f.p99_ms)
+                })
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                s.name(),
+                n,
+                num(g.map(|f| f.throughput), &|v| format!("{v:.0}")),
+                num(d.median.map(|f| f.throughput), &|v| format!("{v:.0}")),
+                num(ratio.map(|x| x.throughput), &|v| format!("{v:.2}×")),
+                lat(g),
+                lat(d.median),
+                num(ratio.map(|x| x.p99), &|v| format!("{v:.2}×")),
+                num(g.and_then(|f| f.gateway_cpu_pct), &|v| format!("{v:.0} %")),
+                num(d.median.and_then(|f| f.gateway_cpu_pct), &|v| format!(
+                    "{v:.0} %"
+                )),
             );
         }
         for (scenario, who, what) in [
@@ -560,11 +643,15 @@ mod tests {
             namespace: "ns".into(),
             fanout_publisher: String::new(),
             results,
-            idle: idle.map(|m| IdleResult {
-                runs: vec![m],
-                median: Some(m),
-                failures: Vec::new(),
-            }),
+            idle: idle
+                .into_iter()
+                .map(|m| IdleResult {
+                    target: Target::Gateway,
+                    runs: vec![m],
+                    median: Some(m),
+                    failures: Vec::new(),
+                })
+                .collect(),
             ratios: Vec::new(),
             targets: Vec::new(),
         };
@@ -639,6 +726,68 @@ mod tests {
         assert!(md.contains("| rpc clients | gateway requests/s | Web-STOMP requests/s |"));
         assert!(md.contains("| 16 | 900 | 1000 | 0.90× |"));
         assert!(r.table().contains("gw/stomp"));
+    }
+
+    #[test]
+    fn deflate_is_set_beside_the_plain_gateway() {
+        let mut r = report(
+            vec![
+                result(
+                    ScenarioKind::Fanout,
+                    Target::Gateway,
+                    4,
+                    figures(1000.0, 2.0),
+                ),
+                result(
+                    ScenarioKind::Fanout,
+                    Target::GatewayDeflate,
+                    4,
+                    figures(800.0, 3.0),
+                ),
+                result(ScenarioKind::Fanout, Target::Raw, 4, figures(1000.0, 2.0)),
+            ],
+            None,
+        );
+        // gw/raw stays the plain gateway's; deflate/gw sets deflate against it.
+        assert_eq!(r.ratios.len(), 1);
+        assert!((r.ratios[0].throughput - 1.0).abs() < 1e-9);
+        let x = r.deflate_ratio(ScenarioKind::Fanout, 4).unwrap();
+        assert!((x.throughput - 0.8).abs() < 1e-9 && (x.p99 - 1.5).abs() < 1e-9);
+        let table = r.table();
+        assert!(table.contains("gateway+deflate") && table.contains("deflate/gw"));
+        assert!(r
+            .markdown()
+            .contains("| fanout | 4 | 1000 | 800 | 0.80× | 0.00 / 2.00 | 0.00 / 3.00 | 1.50× |"));
+        // An idle entry per gateway target; the targets judge the plain one's.
+        let plain = IdleFigures {
+            requested: 100,
+            opened: 100,
+            rss_per_session_bytes: 7.0 * 1024.0,
+            ..IdleFigures::default()
+        };
+        let deflate = IdleFigures {
+            rss_per_session_bytes: 9.0 * 1024.0,
+            opened: 99,
+            ..plain
+        };
+        for (target, m) in [(Target::Gateway, plain), (Target::GatewayDeflate, deflate)] {
+            r.idle.push(IdleResult {
+                target,
+                runs: vec![m],
+                median: Some(m),
+                failures: Vec::new(),
+            });
+        }
+        r.conclude();
+        assert_eq!(r.targets[4].verdict, Verdict::Met, "7 KiB plain");
+        assert!(r.table().contains("idle (gateway+deflate): 99 of 100"));
+        assert!(r.markdown().contains("| gateway+deflate | 100 | 99 |"));
+        assert_eq!(
+            r.problems(),
+            vec!["idle gateway+deflate: not every session opened".to_string()]
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["idle"][1]["target"], "gateway_deflate");
     }
 
     #[test]

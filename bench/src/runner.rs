@@ -64,7 +64,7 @@ pub async fn run(config: Config) -> Result<Report> {
             config.fanout_channel
         ),
         results: Vec::new(),
-        idle: None,
+        idle: Vec::new(),
         ratios: Vec::new(),
         targets: Vec::new(),
     };
@@ -81,18 +81,26 @@ pub async fn run(config: Config) -> Result<Report> {
     };
     for &scenario in &config.scenarios {
         if scenario == ScenarioKind::Idle {
-            if !config.loads_gateway() {
-                continue;
+            // Once per gateway target loaded (none without one).
+            for target in [Target::Gateway, Target::GatewayDeflate] {
+                if config.targets.contains(&target) {
+                    let idle = run_idle(&config, target, &mut stack, &env_of).await;
+                    report.idle.push(idle);
+                }
             }
-            report.idle = Some(run_idle(&config, &mut stack, &env_of).await);
             continue;
         }
         let env = env_of(&stack);
-        let targets: Vec<Target> = [Target::Gateway, Target::Raw, Target::WebStomp]
-            .into_iter()
-            .filter(|t| config.targets.contains(t))
-            .filter(|t| t.serves(scenario))
-            .collect();
+        let targets: Vec<Target> = [
+            Target::Gateway,
+            Target::GatewayDeflate,
+            Target::Raw,
+            Target::WebStomp,
+        ]
+        .into_iter()
+        .filter(|t| config.targets.contains(t))
+        .filter(|t| t.serves(scenario))
+        .collect();
         for &clients in &config.clients {
             let mut results: Vec<ScenarioResult> = targets
                 .iter()
@@ -187,9 +195,11 @@ async fn run_once(
 }
 
 /// Each idle run starts from a freshly started gateway (when the benchmark owns it), so
-/// memory freed by earlier runs does not hide what sessions cost.
+/// memory freed by earlier runs does not hide what sessions cost. `target` is which
+/// gateway clients the sessions are: plain or deflate.
 async fn run_idle(
     config: &Config,
+    target: Target,
     stack: &mut Stack,
     env_of: &impl Fn(&Stack) -> SharedEnv,
 ) -> IdleResult {
@@ -201,9 +211,10 @@ async fn run_idle(
             break;
         }
         let env = env_of(stack);
-        match idle::run(&env, config.idle_sessions).await {
+        match idle::run(&env, target, config.idle_sessions).await {
             Ok(f) => {
                 tracing::info!(
+                    target = target.name(),
                     run,
                     opened = f.opened,
                     held = f.held,
@@ -215,7 +226,7 @@ async fn run_idle(
                 runs.push(f);
             }
             Err(e) => {
-                tracing::warn!(run, error = %e, "idle run failed");
+                tracing::warn!(target = target.name(), run, error = %e, "idle run failed");
                 failures.push(e.to_string());
             }
         }
@@ -226,6 +237,7 @@ async fn run_idle(
         failures.push(e.to_string());
     }
     IdleResult {
+        target,
         median: (!runs.is_empty()).then(|| IdleFigures::median(&runs)),
         runs,
         failures,

@@ -170,6 +170,11 @@ async fn start_gateway(config: &Config, namespace: &str) -> Result<(Process, Gat
         .args(["--listen", "127.0.0.1:0"])
         .args(["--channels", &config.channels().join(",")])
         .args(&config.gateway_args);
+    if config.loads_deflate() {
+        // Only clients that offer it get compression: plain `gateway` clients of the
+        // same run stay on the uncompressed socket.
+        cmd.arg("--permessage-deflate=true");
+    }
     let mut child = cmd.spawn().map_err(|e| BenchError::Stack {
         what,
         why: format!("{}: {e}", config.gateway_bin.display()),

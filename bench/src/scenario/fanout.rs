@@ -94,7 +94,9 @@ pub async fn run(env: &SharedEnv, target: Target, subscribers: usize) -> Result<
             let (env, progress, ready) = (env.clone(), progress.clone(), ready_tx.clone());
             tokio::spawn(async move {
                 let r = match target {
-                    Target::Gateway => gateway_subscriber(&env, i, &progress, ready).await,
+                    Target::Gateway | Target::GatewayDeflate => {
+                        gateway_subscriber(&env, target, i, &progress, ready).await
+                    }
                     Target::Raw => raw_subscriber(&env, i, &progress, ready).await,
                     Target::WebStomp => stomp_subscriber(&env, i, &progress, ready).await,
                 };
@@ -216,15 +218,20 @@ fn give_up_at(env: &SharedEnv, progress: &Progress) -> u64 {
 
 async fn gateway_subscriber(
     env: &SharedEnv,
+    target: Target,
     i: usize,
     progress: &Progress,
     ready: mpsc::Sender<()>,
 ) -> Result<WorkerOutcome> {
     let cfg = &env.config;
     let setup = env.setup_permit().await;
-    let mut c =
-        GatewayClient::connect(env.gateway()?, source_ip(i, cfg.source_ips), cfg.op_timeout)
-            .await?;
+    let mut c = GatewayClient::connect(
+        env.gateway()?,
+        source_ip(i, cfg.source_ips),
+        cfg.op_timeout,
+        target.compression(),
+    )
+    .await?;
     c.send(&ClientFrame::<()>::Subscribe(Subscribe {
         id: "sub".into(),
         channel: cfg.fanout_channel.clone(),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use super::SharedEnv;
+use super::{SharedEnv, Target};
 use crate::client::{source_ip, GatewayClient};
 use crate::error::{BenchError, Result};
 use crate::process_stats::{broker_pid, rss_kib, CpuMeter};
@@ -60,11 +60,20 @@ impl IdleFigures {
     }
 }
 
-/// Opens `sessions` sessions, holds them for the CPU window, then closes them.
+/// Opens `sessions` sessions of `target` (plain or deflate clients of the gateway),
+/// holds them for the CPU window, then closes them.
 ///
 /// # Errors
-/// `Config` without a gateway pid (nothing to measure), `Io` when `/proc` cannot be read.
-pub async fn run(env: &SharedEnv, sessions: usize) -> Result<IdleFigures> {
+/// `Config` without a gateway pid (nothing to measure) or for a target that is not the
+/// gateway, `Io` when `/proc` cannot be read.
+pub async fn run(env: &SharedEnv, target: Target, sessions: usize) -> Result<IdleFigures> {
+    if !target.is_gateway() {
+        return Err(BenchError::Config(format!(
+            "the idle scenario loads the gateway, not {}",
+            target.name()
+        )));
+    }
+    let compression = target.compression();
     let cfg = &env.config;
     let pid = env
         .gateway_pid
@@ -75,7 +84,8 @@ pub async fn run(env: &SharedEnv, sessions: usize) -> Result<IdleFigures> {
     let broker_before_kib = broker.and_then(|b| rss_kib(b).ok());
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (opened_tx, mut opened_rx) = mpsc::unbounded_channel::<Option<String>>();
+    let (opened_tx, mut opened_rx) =
+        mpsc::unbounded_channel::<std::result::Result<String, String>>();
     let open = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(Semaphore::new(cfg.idle_concurrency.max(1)));
     let started = Instant::now();
@@ -90,18 +100,19 @@ pub async fn run(env: &SharedEnv, sessions: usize) -> Result<IdleFigures> {
         );
         let (spread, timeout) = (cfg.source_ips, cfg.op_timeout);
         tasks.push(tokio::spawn(async move {
-            let client = GatewayClient::connect(&gateway, source_ip(i, spread), timeout).await;
+            let client =
+                GatewayClient::connect(&gateway, source_ip(i, spread), timeout, compression).await;
             drop(permit);
             let mut client = match client {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::debug!(error = %e, "idle session failed to open");
-                    let _ = opened_tx.send(None);
+                    let _ = opened_tx.send(Err(e.to_string()));
                     return;
                 }
             };
             open.fetch_add(1, Ordering::AcqRel);
-            let _ = opened_tx.send(Some(client.session().to_string()));
+            let _ = opened_tx.send(Ok(client.session().to_string()));
             loop {
                 tokio::select! {
                     r = client.recv() => if r.is_err() { break },
@@ -115,16 +126,25 @@ pub async fn run(env: &SharedEnv, sessions: usize) -> Result<IdleFigures> {
     drop(opened_tx);
     let mut ids = Vec::with_capacity(sessions);
     let mut failed = 0usize;
+    let mut first_error = None;
     while ids.len() + failed < sessions {
         match opened_rx.recv().await {
-            Some(Some(id)) => ids.push(id),
-            Some(None) => failed += 1,
+            Some(Ok(id)) => ids.push(id),
+            Some(Err(e)) => {
+                failed += 1;
+                first_error.get_or_insert(e);
+            }
             None => break,
         }
     }
     let setup = started.elapsed();
-    if failed > 0 {
-        tracing::warn!(failed, "some idle sessions did not open");
+    if let Some(first_error) = first_error {
+        tracing::warn!(
+            failed,
+            target = target.name(),
+            first_error,
+            "some idle sessions did not open"
+        );
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_after_kib = rss_kib(pid)?;

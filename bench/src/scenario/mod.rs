@@ -1,4 +1,5 @@
-//! The load scenarios. Each runs once against one target (the gateway or raw AMQP) with
+//! The load scenarios. Each runs once against one target (the gateway, with plain or
+//! compressed sockets, raw AMQP or Web-STOMP) with
 //! a given number of clients and returns that run's [`Figures`]; the runner repeats
 //! runs and takes medians.
 //!
@@ -22,7 +23,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::task::JoinHandle;
 use warren_protocol::amqp::Names;
 
-use crate::client::GatewayAddr;
+use crate::client::{Compression, GatewayAddr};
 use crate::config::{Config, ScenarioKind};
 use crate::error::{BenchError, Result};
 use crate::measurement::{now_us, Figures, MeasureWindow, Tally};
@@ -34,6 +35,10 @@ use crate::process_stats::CpuMeter;
 pub enum Target {
     /// Clients speak protocol v1 to the gateway over WebSockets.
     Gateway,
+    /// The same clients offering permessage-deflate (RFC 7692), which they require the
+    /// gateway to accept; the started gateway gets `--permessage-deflate=true` (plain
+    /// `gateway` clients offer nothing, so they stay uncompressed in the same run).
+    GatewayDeflate,
     /// The same work done by lapin clients straight against RabbitMQ.
     Raw,
     /// RabbitMQ's own Web-STOMP plugin (rpc and fanout): STOMP 1.2 over WebSocket;
@@ -47,15 +52,29 @@ impl Target {
     pub fn name(self) -> &'static str {
         match self {
             Target::Gateway => "gateway",
+            Target::GatewayDeflate => "gateway+deflate",
             Target::Raw => "raw amqp",
             Target::WebStomp => "web-stomp",
+        }
+    }
+
+    /// Whether clients of this target go through the gateway.
+    pub fn is_gateway(self) -> bool {
+        matches!(self, Target::Gateway | Target::GatewayDeflate)
+    }
+
+    /// What the gateway clients of this target offer.
+    pub fn compression(self) -> Compression {
+        match self {
+            Target::GatewayDeflate => Compression::Deflate,
+            _ => Compression::None,
         }
     }
 
     /// Whether this target has a client for `scenario` (Web-STOMP: rpc and fanout).
     pub fn serves(self, scenario: ScenarioKind) -> bool {
         match self {
-            Target::Gateway | Target::Raw => true,
+            Target::Gateway | Target::GatewayDeflate | Target::Raw => true,
             Target::WebStomp => matches!(scenario, ScenarioKind::Rpc | ScenarioKind::Fanout),
         }
     }
@@ -173,16 +192,14 @@ pub fn watch_cpu(pid: Option<u32>, window: MeasureWindow) -> JoinHandle<Option<f
     })
 }
 
-/// Watches the gateway's CPU over `window` when the gateway is the target.
+/// Watches the gateway's CPU over `window` when a gateway target is loaded.
 pub fn watch_gateway_cpu(
     env: &SharedEnv,
     target: Target,
     window: MeasureWindow,
 ) -> JoinHandle<Option<f64>> {
     watch_cpu(
-        (target == Target::Gateway)
-            .then_some(env.gateway_pid)
-            .flatten(),
+        target.is_gateway().then_some(env.gateway_pid).flatten(),
         window,
     )
 }
@@ -275,6 +292,28 @@ pub async fn join_workers(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn both_gateway_targets_serve_every_scenario_and_only_one_offers_deflate() {
+        use clap::ValueEnum;
+        for s in [
+            ScenarioKind::Publish,
+            ScenarioKind::Rpc,
+            ScenarioKind::Fanout,
+            ScenarioKind::Idle,
+        ] {
+            assert!(Target::Gateway.serves(s) && Target::GatewayDeflate.serves(s));
+        }
+        assert!(Target::Gateway.is_gateway() && Target::GatewayDeflate.is_gateway());
+        assert!(!Target::Raw.is_gateway() && !Target::WebStomp.is_gateway());
+        assert_eq!(Target::Gateway.compression(), Compression::None);
+        assert_eq!(Target::GatewayDeflate.compression(), Compression::Deflate);
+        assert_eq!(
+            Target::from_str("gateway-deflate", false),
+            Ok(Target::GatewayDeflate)
+        );
+        assert_eq!(Target::GatewayDeflate.name(), "gateway+deflate");
+    }
 
     #[test]
     fn messages_have_the_asked_size_and_carry_their_stamp() {

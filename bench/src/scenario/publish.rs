@@ -27,7 +27,10 @@ pub async fn run(env: &SharedEnv, target: Target, clients: usize) -> Result<Figu
         .await
         .map_err(|_| BenchError::Timeout("the publish channel's queue"))??;
     let figures = match target {
-        Target::Gateway => run_workers(env, target, clients, gateway_client).await,
+        Target::Gateway | Target::GatewayDeflate => {
+            let client = move |env, i, window| gateway_client(env, target, i, window);
+            run_workers(env, target, clients, client).await
+        }
         Target::Raw => run_workers(env, target, clients, raw_client).await,
         Target::WebStomp => Err(BenchError::Config(
             "the web-stomp target has no publish client (rpc and fanout only)".into(),
@@ -52,12 +55,21 @@ async fn purge(env: &SharedEnv) {
     }
 }
 
-async fn gateway_client(env: SharedEnv, i: usize, window: MeasureWindow) -> Result<WorkerOutcome> {
+async fn gateway_client(
+    env: SharedEnv,
+    target: Target,
+    i: usize,
+    window: MeasureWindow,
+) -> Result<WorkerOutcome> {
     let cfg = &env.config;
     let setup = env.setup_permit().await;
-    let mut c =
-        GatewayClient::connect(env.gateway()?, source_ip(i, cfg.source_ips), cfg.op_timeout)
-            .await?;
+    let mut c = GatewayClient::connect(
+        env.gateway()?,
+        source_ip(i, cfg.source_ips),
+        cfg.op_timeout,
+        target.compression(),
+    )
+    .await?;
     drop(setup);
     let body = RawValue::from_string(message(cfg.size, None))?;
     let mut tally = Tally::default();
