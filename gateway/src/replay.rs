@@ -269,10 +269,12 @@ impl Replays {
                 loop {
                     // Created before looking, so a session moving on meanwhile wakes it.
                     let moved = replay.moved.notified();
-                    if replay.lock().sessions() == 0 && self.stop_if_unused(&replay) {
+                    let unused = replay.lock().sessions() == 0;
+                    if unused && self.stop_if_unused(&replay) {
                         break;
                     }
-                    if replay.lock().full() {
+                    let full = replay.lock().full();
+                    if full {
                         if tokio::time::timeout(STALL, moved).await.is_err() {
                             let mut w = replay.lock();
                             if w.full() {
