@@ -26,7 +26,6 @@ use warren_protocol::{ClientFrame, ServerFrame, Subscribe};
 
 use super::{join_workers, message, stamp_of, watch_gateway_cpu, SharedEnv, Target, WorkerOutcome};
 use crate::amqp::bounded;
-use crate::client::{source_ip, GatewayClient};
 use crate::error::{BenchError, Result};
 use crate::measurement::{now_us, Figures, MeasureWindow, Tally};
 use crate::stomp::StompClient;
@@ -224,14 +223,7 @@ async fn gateway_subscriber(
     ready: mpsc::Sender<()>,
 ) -> Result<WorkerOutcome> {
     let cfg = &env.config;
-    let setup = env.setup_permit().await;
-    let mut c = GatewayClient::connect(
-        env.gateway()?,
-        source_ip(i, cfg.source_ips),
-        cfg.op_timeout,
-        target.compression(),
-    )
-    .await?;
+    let (mut c, setup) = env.gateway_client(target, i).await?;
     c.send(&ClientFrame::<()>::Subscribe(Subscribe {
         id: "sub".into(),
         channel: cfg.fanout_channel.clone(),

@@ -23,7 +23,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::task::JoinHandle;
 use warren_protocol::amqp::Names;
 
-use crate::client::{Compression, GatewayAddr};
+use crate::client::{source_ip, Compression, GatewayAddr, GatewayClient};
 use crate::config::{Config, ScenarioKind};
 use crate::error::{BenchError, Result};
 use crate::measurement::{now_us, Figures, MeasureWindow, Tally};
@@ -136,6 +136,28 @@ impl Env {
             .acquire()
             .await
             .expect("the set-up semaphore is never closed")
+    }
+
+    /// Connects the `i`-th client of `target` to the gateway during a set-up turn
+    /// ([`Env::setup_permit`], returned: set-up ends when it is dropped).
+    ///
+    /// # Errors
+    /// As [`GatewayClient::connect`]; `Config` without a gateway.
+    pub async fn gateway_client(
+        &self,
+        target: Target,
+        i: usize,
+    ) -> Result<(GatewayClient, SemaphorePermit<'_>)> {
+        let setup = self.setup_permit().await;
+        let cfg = &self.config;
+        let client = GatewayClient::connect(
+            self.gateway()?,
+            source_ip(i, cfg.source_ips),
+            cfg.op_timeout,
+            target.compression(),
+        )
+        .await?;
+        Ok((client, setup))
     }
 
     /// When the workers of a run measured over `window` must have finished: the end

@@ -23,7 +23,6 @@ use warren_protocol::{ClientFrame, Request, ServerFrame};
 
 use super::{message, run_workers, SharedEnv, Target, WorkerOutcome};
 use crate::amqp::bounded;
-use crate::client::{source_ip, GatewayClient};
 use crate::error::{BenchError, Result};
 use crate::measurement::{now_us, Figures, MeasureWindow, Tally};
 use crate::stomp::StompClient;
@@ -50,14 +49,7 @@ async fn gateway_client(
     window: MeasureWindow,
 ) -> Result<WorkerOutcome> {
     let cfg = &env.config;
-    let setup = env.setup_permit().await;
-    let mut c = GatewayClient::connect(
-        env.gateway()?,
-        source_ip(i, cfg.source_ips),
-        cfg.op_timeout,
-        target.compression(),
-    )
-    .await?;
+    let (mut c, setup) = env.gateway_client(target, i).await?;
     drop(setup);
     let body = RawValue::from_string(message(cfg.size, None))?;
     let mut tally = Tally::default();
