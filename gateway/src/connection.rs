@@ -983,14 +983,15 @@ impl Conn {
             identity: &session.identity,
             session: &session.id,
         };
-        inbound::send(
+        let (_, confirm) = inbound::send(
             &self.shared,
             self.pinned.as_deref(),
             &sender,
             &message,
             body,
         )
-        .await
+        .await?;
+        Ok(confirm)
     }
 
     /// Awaits the confirms of one frame's publishes in a task of its own, so confirms

@@ -332,7 +332,7 @@ async fn external(
     };
     let message = m.inbound(&id, &channel, None);
     let (channel, confirm) =
-        inbound::send_pooled(&shared, None, &sender, &message, m.message.get().as_bytes()).await?;
+        inbound::send(&shared, None, &sender, &message, m.message.get().as_bytes()).await?;
     confirmed_on_pool(&shared, channel, confirm).await?;
     Ok(accepted(&id, &format!("{}:{id}", caller.identity.user)))
 }

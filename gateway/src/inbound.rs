@@ -336,27 +336,13 @@ impl Prepared {
 }
 
 /// Checks `m` ([`prepare`], [`check_service`]) and publishes it on a pooled publisher
-/// channel; returns the pending confirm.
+/// channel; returns that channel (to take it out of the pool when the confirm does
+/// not come) and the pending confirm.
 ///
 /// # Errors
 /// As [`prepare`]; `broker_unavailable` when RabbitMQ does not come back within
 /// `broker_wait_ms` or refuses the publish.
 pub(crate) async fn send(
-    shared: &Shared,
-    pinned: Option<&str>,
-    sender: &Sender<'_>,
-    m: &Message<'_>,
-    body: &[u8],
-) -> Result<PublisherConfirm, Refusal> {
-    Ok(send_pooled(shared, pinned, sender, m, body).await?.1)
-}
-
-/// As [`send`], with the pooled channel the message went out on (to take it out of
-/// the pool when its confirm does not come).
-///
-/// # Errors
-/// As [`send`].
-pub(crate) async fn send_pooled(
     shared: &Shared,
     pinned: Option<&str>,
     sender: &Sender<'_>,

@@ -253,11 +253,6 @@ impl Replays {
         Handle { replay, id }
     }
 
-    /// Replays running now.
-    pub fn running(&self) -> usize {
-        self.replays.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
     /// Reads the stream from `from` into `replay` while any session reads from it.
     async fn read(self: Arc<Self>, replay: Arc<Replay>, from: u64) {
         let tag = format!("{}.replay.{from}", self.node);

@@ -118,29 +118,25 @@ impl Shared {
         shutdown: watch::Receiver<bool>,
         hub: Arc<crate::hub::Hub>,
     ) -> Self {
+        let names = Names::new(&config.namespace);
         Shared {
             hub,
             presence: std::sync::Mutex::new(crate::presence::PresenceView::new(
                 &config.node,
                 Duration::from_millis(config.session_expires_ms),
             )),
-            names: Names::new(&config.namespace),
+            names: names.clone(),
             limiter: Limiter::new(LimitSettings {
                 connections_per_ip: config.max_connections_per_ip,
                 new_connections_per_ip_per_s: config.max_new_connections_per_ip_per_s,
                 connections_per_user: config.max_connections_per_user,
             }),
-            auth_client: (config.auth.mode == AuthMode::Service).then(|| {
-                AuthClient::new(
-                    broker.clone(),
-                    &Names::new(&config.namespace),
-                    &config.auth.service,
-                )
-            }),
+            auth_client: (config.auth.mode == AuthMode::Service)
+                .then(|| AuthClient::new(broker.clone(), &names, &config.auth.service)),
             http_replies: DirectReply::new(broker.clone()),
             replays: Arc::new(crate::replay::Replays::new(
                 broker.clone(),
-                Names::new(&config.namespace).outbound_stream(),
+                names.outbound_stream(),
                 config.node.clone(),
                 metrics.clone(),
             )),
