@@ -142,7 +142,10 @@ impl AuthClient {
         match Outcome::of(confirm.await) {
             Outcome::Acked => {}
             Outcome::Returned => return Err(unavailable("no auth service is running".into())),
-            Outcome::Nacked => return Err(unavailable("the broker refused the request".into())),
+            Outcome::Nacked => {
+                self.replies.retire(&call.channel, self.timeout).await;
+                return Err(unavailable("the broker refused the request".into()));
+            }
             Outcome::Failed(e) => return Err(unavailable(e)),
         }
         let answer = call.answer().await.map_err(unavailable)?;

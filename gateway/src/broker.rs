@@ -386,14 +386,19 @@ impl Broker {
     }
 
     /// Takes publisher channel `channel` out of the pool after a publish on it got no
-    /// confirm in time: a fresh channel takes its place, and it closes once its
-    /// outstanding confirms came (at most `wait` later). Whoever still waits on it
-    /// keeps their confirm or their own timeout.
+    /// confirm in time or a negative one (`reason` says which): a fresh channel takes
+    /// its place, and it closes once its outstanding confirms came (at most `wait`
+    /// later). Whoever still waits on it keeps their confirm or their own timeout.
     ///
-    /// Why: RabbitMQ 3.10.8 was seen confirming publishes to a stream that it never
-    /// stored, sent on a channel that had a publish stuck through the stream leader's
-    /// change (BENCHMARKS.md, "Fan-out through the loss of one node of three").
-    pub async fn retire_publisher(&self, channel: &Channel, wait: Duration) {
+    /// Why, with RabbitMQ 3.10.8:
+    /// - no confirm: it was seen confirming publishes to a stream that it never
+    ///   stored, sent on a channel that had a publish stuck through the stream leader's
+    ///   change (BENCHMARKS.md, "Fan-out through the loss of one node of three");
+    /// - a nack: a channel whose first publish to a quorum queue came while the
+    ///   queue's record still named a leader on a node that is gone nacks every
+    ///   publish to that queue for as long as the node stays down
+    ///   (`fault_quorum_leader`); a fresh channel reads the record again.
+    pub async fn retire_publisher(&self, channel: &Channel, wait: Duration, reason: &'static str) {
         if !channel.status().connected() {
             return; // closed already: the pool replaces it on its next use
         }
@@ -416,12 +421,13 @@ impl Broker {
         }
         tracing::warn!(
             channel = channel.id(),
-            "a publish got no confirm in time; its channel leaves the pool"
+            reason,
+            "a publisher channel leaves the pool"
         );
         let old = channel.clone();
         tokio::spawn(async move {
             let _ = tokio::time::timeout(wait, old.wait_for_confirms()).await;
-            let _ = old.close(200, "no confirm in time".into()).await;
+            let _ = old.close(200, reason.into()).await;
         });
     }
 

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use futures_util::FutureExt;
-use lapin::PublisherConfirm;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use warren_protocol::{
@@ -946,7 +945,7 @@ impl Conn {
     }
 
     /// Validates and publishes one message to the inbound exchange ([`inbound::send`]);
-    /// returns the pending confirm.
+    /// returns the publish with its confirm to come.
     #[allow(clippy::too_many_arguments)]
     async fn publish(
         &mut self,
@@ -958,7 +957,7 @@ impl Conn {
         body: &[u8],
         request_timeout: Option<u64>,
         publish_target: Option<&str>,
-    ) -> Result<PublisherConfirm, Refusal> {
+    ) -> Result<inbound::Pending, Refusal> {
         let session = self
             .session
             .as_ref()
@@ -983,20 +982,19 @@ impl Conn {
             identity: &session.identity,
             session: &session.id,
         };
-        let (_, confirm) = inbound::send(
+        inbound::send(
             &self.shared,
             self.pinned.as_deref(),
             &sender,
             &message,
             body,
         )
-        .await?;
-        Ok(confirm)
+        .await
     }
 
     /// Awaits the confirms of one frame's publishes in a task of its own, so confirms
     /// are pipelined: many frames are in flight at once on the pooled channels.
-    fn await_confirms(&mut self, id: String, origin: Origin, confirms: Vec<PublisherConfirm>) {
+    fn await_confirms(&mut self, id: String, origin: Origin, confirms: Vec<inbound::Pending>) {
         self.pending_confirms += 1;
         let m = &self.shared.metrics;
         metrics::add(&m.publishes, confirms.len() as u64);
@@ -1010,10 +1008,11 @@ impl Conn {
             })
             .tx
             .clone();
+        let broker = self.shared.broker.clone();
         tokio::spawn(async move {
             let mut outcome = Outcome::Acked;
-            for res in futures_util::future::join_all(confirms).await {
-                let this = Outcome::of(res);
+            let outcomes = confirms.into_iter().map(|c| c.outcome(&broker));
+            for this in futures_util::future::join_all(outcomes).await {
                 if matches!(outcome, Outcome::Acked) {
                     outcome = this;
                 }

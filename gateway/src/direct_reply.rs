@@ -85,6 +85,30 @@ impl DirectReply {
         })
     }
 
+    /// Stops sending calls on `channel` after a request on it was nacked: the next
+    /// call opens a fresh channel, and this one closes after `linger` (the answers
+    /// still due on it come in until then). Why: a nack can mean the channel is stuck
+    /// on a quorum queue whose leader's node is gone
+    /// ([`Broker::retire_publisher`](crate::broker::Broker::retire_publisher)).
+    pub(crate) async fn retire(&self, channel: &Channel, linger: std::time::Duration) {
+        let mut guard = self.channel.lock().await;
+        if guard.as_ref().is_none_or(|c| c.id() != channel.id()) {
+            return; // already replaced
+        }
+        let old = guard.take();
+        drop(guard);
+        tracing::warn!(
+            channel = channel.id(),
+            "a request was nacked; requests go out on a new channel from now on"
+        );
+        if let Some(old) = old {
+            tokio::spawn(async move {
+                tokio::time::sleep(linger).await;
+                let _ = old.close(200, "a request was nacked".into()).await;
+            });
+        }
+    }
+
     /// The request/answer channel, opened (with its answer consumer) when missing or
     /// dead.
     async fn channel(&self) -> Result<Channel, String> {

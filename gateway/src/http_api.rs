@@ -26,7 +26,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use lapin::options::BasicPublishOptions;
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, PublisherConfirm};
+use lapin::BasicProperties;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -271,33 +271,35 @@ async fn to_services(
     Ok((caller, read_json(shared, body).await?))
 }
 
-/// Waits for a publish's confirm; a refusal unless RabbitMQ took the message.
-async fn confirmed(shared: &Shared, confirm: PublisherConfirm) -> Result<(), Refusal> {
+/// A refusal unless RabbitMQ took the message.
+fn taken(shared: &Shared, outcome: Outcome) -> Result<(), Refusal> {
     metrics::add(&shared.metrics.publishes, 1);
-    match Outcome::of(confirm.await).refusal() {
+    match outcome.refusal() {
         Some(r) => Err(r),
         None => Ok(()),
     }
 }
 
-/// Waits up to [`PUBLISH_CONFIRM_WAIT`] for the confirm of a publish on pooled
-/// publisher `channel`. Without one, the channel leaves the pool — in the background:
-/// under a resource alarm opening its replacement waits for the alarm to clear — and
-/// the caller gets `broker_unavailable` (HTTP 503) at once.
-async fn confirmed_on_pool(
-    shared: &Shared,
-    channel: Channel,
-    confirm: PublisherConfirm,
-) -> Result<(), Refusal> {
+/// Waits up to [`PUBLISH_CONFIRM_WAIT`] for the confirm of a publish on a pooled
+/// publisher channel (a nack takes the channel out of the pool:
+/// [`inbound::Pending::outcome`]). Without a confirm, the channel leaves the pool too —
+/// in the background: under a resource alarm opening its replacement waits for the
+/// alarm to clear — and the caller gets `broker_unavailable` (HTTP 503) at once.
+async fn confirmed_on_pool(shared: &Shared, pending: inbound::Pending) -> Result<(), Refusal> {
+    let channel = pending.channel.clone();
     if let Ok(outcome) =
-        tokio::time::timeout(PUBLISH_CONFIRM_WAIT, confirmed(shared, confirm)).await
+        tokio::time::timeout(PUBLISH_CONFIRM_WAIT, pending.outcome(&shared.broker)).await
     {
-        return outcome;
+        return taken(shared, outcome);
     }
     let broker = shared.broker.clone();
     tokio::spawn(async move {
         broker
-            .retire_publisher(&channel, PUBLISH_CONFIRM_WAIT)
+            .retire_publisher(
+                &channel,
+                PUBLISH_CONFIRM_WAIT,
+                "a publish got no confirm in time",
+            )
             .await
     });
     Err(Refusal::new(
@@ -331,9 +333,9 @@ async fn external(
         session: &session,
     };
     let message = m.inbound(&id, &channel, None);
-    let (channel, confirm) =
+    let pending =
         inbound::send(&shared, None, &sender, &message, m.message.get().as_bytes()).await?;
-    confirmed_on_pool(&shared, channel, confirm).await?;
+    confirmed_on_pool(&shared, pending).await?;
     Ok(accepted(&id, &format!("{}:{id}", caller.identity.user)))
 }
 
@@ -373,15 +375,23 @@ async fn request(
         .publish(&call.channel, m.message.get().as_bytes())
         .await?;
     // The request's timeout bounds its confirm too.
-    match tokio::time::timeout_at(deadline, confirmed(&shared, confirm)).await {
-        Ok(outcome) => outcome?,
-        Err(_) => {
-            return Err(Refusal::new(
-                ErrorCode::Timeout,
-                format!("RabbitMQ did not confirm the request within {timeout} ms"),
-            ))
-        }
+    let Ok(confirm) = tokio::time::timeout_at(deadline, confirm).await else {
+        return Err(Refusal::new(
+            ErrorCode::Timeout,
+            format!("RabbitMQ did not confirm the request within {timeout} ms"),
+        ));
+    };
+    let outcome = Outcome::of(confirm);
+    if matches!(outcome, Outcome::Nacked) {
+        shared
+            .http_replies
+            .retire(
+                &call.channel,
+                Duration::from_millis(shared.config.max_request_timeout_ms),
+            )
+            .await;
     }
+    taken(&shared, outcome)?;
     let answer = match tokio::time::timeout_at(deadline, call.answer()).await {
         Ok(Ok(answer)) => answer,
         Ok(Err(e)) => return Err(Refusal::new(ErrorCode::BrokerUnavailable, e)),
@@ -504,7 +514,7 @@ async fn publish(
         )
         .await
         .map_err(|e| unavailable(e.to_string()))?;
-    confirmed_on_pool(&shared, channel, confirm).await?;
+    confirmed_on_pool(&shared, inbound::Pending::new(channel, confirm)).await?;
     Ok(accepted(&id, &message_id))
 }
 

@@ -11,7 +11,8 @@
 //! configured client header), and the tenant-routed channels are published to the
 //! `warren.tenants` headers exchange instead of `warren.in` (`warren_protocol::tenants`).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
@@ -23,6 +24,7 @@ use warren_protocol::amqp::{
 use warren_protocol::{Distribution, ErrorCode, Headers};
 
 use crate::auth::{Action, Identity};
+use crate::broker::Broker;
 use crate::config::{Config, NoServiceMode};
 use crate::metrics;
 use crate::server::Shared;
@@ -335,9 +337,44 @@ impl Prepared {
     }
 }
 
+/// How long a publisher channel taken out of the pool stays open for the confirms
+/// still due on it.
+const RETIRED_CHANNEL_WAIT: Duration = Duration::from_secs(10);
+
+/// A publish on a pooled publisher channel, its confirm still to come.
+pub(crate) struct Pending {
+    /// The channel it went out on (taken out of the pool when the confirm is negative
+    /// or does not come).
+    pub(crate) channel: Channel,
+    confirm: PublisherConfirm,
+}
+
+impl Pending {
+    /// `confirm`, of a publish on pooled publisher channel `channel`.
+    pub(crate) fn new(channel: Channel, confirm: PublisherConfirm) -> Pending {
+        Pending { channel, confirm }
+    }
+
+    /// The broker's verdict. A negative confirm also takes the channel out of the pool
+    /// (in the background; [`Broker::retire_publisher`] says why), so the client's
+    /// next try goes out on a fresh one.
+    pub(crate) async fn outcome(self, broker: &Arc<Broker>) -> Outcome {
+        let outcome = Outcome::of(self.confirm.await);
+        if matches!(outcome, Outcome::Nacked) {
+            let broker = broker.clone();
+            let channel = self.channel;
+            tokio::spawn(async move {
+                broker
+                    .retire_publisher(&channel, RETIRED_CHANNEL_WAIT, "a publish was nacked")
+                    .await
+            });
+        }
+        outcome
+    }
+}
+
 /// Checks `m` ([`prepare`], [`check_service`]) and publishes it on a pooled publisher
-/// channel; returns that channel (to take it out of the pool when the confirm does
-/// not come) and the pending confirm.
+/// channel.
 ///
 /// # Errors
 /// As [`prepare`]; `broker_unavailable` when RabbitMQ does not come back within
@@ -348,7 +385,7 @@ pub(crate) async fn send(
     sender: &Sender<'_>,
     m: &Message<'_>,
     body: &[u8],
-) -> Result<(Channel, PublisherConfirm), Refusal> {
+) -> Result<Pending, Refusal> {
     let prepared = prepare(shared, pinned, sender, m)?;
     let action = if m.request.is_some() {
         Action::Request
@@ -364,7 +401,7 @@ pub(crate) async fn send(
         .await
         .map_err(|e| Refusal::new(ErrorCode::BrokerUnavailable, e.to_string()))?;
     let confirm = prepared.publish(&channel, body).await?;
-    Ok((channel, confirm))
+    Ok(Pending { channel, confirm })
 }
 
 /// The broker's verdict on a publish.
@@ -373,7 +410,8 @@ pub(crate) enum Outcome {
     Acked,
     /// `mandatory` and nothing bound: returned.
     Returned,
-    /// Negative confirm (a full `reject-publish` queue).
+    /// Negative confirm: a full `reject-publish` queue, or a quorum queue without a
+    /// leader it can reach (a node lost).
     Nacked,
     /// The channel or connection went away before the confirm.
     Failed(String),
@@ -398,11 +436,13 @@ impl Outcome {
                 ErrorCode::NoRoute,
                 "no queue is bound for this message; it was not delivered",
             ),
-            // With `x-overflow: reject-publish` a full inbound queue nacks.
+            // With `x-overflow: reject-publish` a full inbound queue nacks; so does a
+            // quorum queue that lost its leader's node, until a new leader is known.
             Outcome::Nacked => Refusal::new(
                 ErrorCode::Overloaded,
                 "RabbitMQ refused the message: the channel's queue is full \
-                 (inbound_max_length / inbound_max_bytes); retry later",
+                 (inbound_max_length / inbound_max_bytes) or is failing over to a new \
+                 leader; retry later",
             ),
             Outcome::Failed(e) => Refusal::new(ErrorCode::BrokerUnavailable, e.clone()),
         })

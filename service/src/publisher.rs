@@ -221,8 +221,8 @@ impl Publisher {
     /// may then hold two copies with the same `message_id`, which receivers drop); a
     /// negative confirm (the broker could not take the message, e.g. a quorum queue
     /// electing a new leader while a node shuts down) is published again after a pause
-    /// (100 ms doubling, at most 1 s). All of it within the configured
-    /// `publish_timeout`.
+    /// (100 ms doubling, at most 1 s) on a fresh channel. All of it within the
+    /// configured `publish_timeout`.
     ///
     /// # Errors
     /// [`ServiceError::Nacked`] when the broker still nacks at the deadline;
@@ -257,7 +257,7 @@ impl Publisher {
                 Ok(result) => result,
                 Err(_) => {
                     if let Some(id) = used {
-                        self.retire(id, epoch.generation).await;
+                        self.retire(id, epoch.generation, Retire::NoConfirm).await;
                     }
                     return Err(ServiceError::BrokerUnavailable {
                         waited: started.elapsed(),
@@ -267,9 +267,13 @@ impl Publisher {
             };
             match result {
                 Ok(Confirmation::Nack(_)) => {
-                    // The broker could not take it (e.g. a quorum queue whose leader's
-                    // node is shutting down): publish again after a pause, while the
-                    // deadline allows.
+                    // The broker could not take it (a full `reject-publish` queue, or a
+                    // quorum queue whose leader's node is gone): publish again after a
+                    // pause, while the deadline allows, on a fresh channel
+                    // ([`Retire::Nacked`] says why).
+                    if let Some(id) = used {
+                        self.retire(id, epoch.generation, Retire::Nacked).await;
+                    }
                     nacks += 1;
                     let wait = retry_pause(nacks);
                     if tokio::time::Instant::now() + wait >= deadline {
@@ -368,17 +372,10 @@ impl Publisher {
         Ok(channel)
     }
 
-    /// Stops publishing on channel `id` of connection `generation` after a publish on
-    /// it got no confirm in time: later publishes open a fresh channel, and this one
-    /// is closed once its outstanding confirms came (or after another timeout).
-    ///
-    /// Why: with RabbitMQ 3.10.8, a channel that published to a stream while the
-    /// stream's leader node stopped went on *confirming* later publishes that never
-    /// reached the stream (`fault_cluster`'s fan-out test: 4–5 of 900 broadcasts in
-    /// each of 5 runs, absent from the stream yet confirmed, all sent after a 10 s
-    /// confirm stall on the same channel; none in 13 runs since this). A channel that
-    /// left a publish unconfirmed for `publish_timeout` is not trusted with more.
-    async fn retire(&self, id: u16, generation: u64) {
+    /// Stops publishing on channel `id` of connection `generation` (see [`Retire`] for
+    /// when and why): later publishes open a fresh channel, and this one is closed
+    /// once its outstanding confirms came (or after another `publish_timeout`).
+    async fn retire(&self, id: u16, generation: u64, why: Retire) {
         let mut guard = self.inner.channel.lock().await;
         let same = guard
             .as_ref()
@@ -392,16 +389,14 @@ impl Publisher {
         drop(guard);
         warn!(
             channel = id,
-            timeout_ms = self.inner.timeout.as_millis() as u64,
-            "a publish got no confirm in time; publishing on a new channel from now on"
+            reason = why.reason(),
+            "publishing on a new channel from now on"
         );
         let wait = self.inner.timeout;
         tokio::spawn(async move {
             // Publishes still waiting on it keep their confirms (or their timeouts).
             let _ = tokio::time::timeout(wait, channel.wait_for_confirms()).await;
-            let _ = channel
-                .close(200, ShortString::from("no confirm in time"))
-                .await;
+            let _ = channel.close(200, ShortString::from(why.reason())).await;
         });
     }
 
@@ -414,6 +409,36 @@ impl Publisher {
                     tokio::time::timeout(Duration::from_secs(5), channel.wait_for_confirms()).await;
                 let _ = channel.close(200, ShortString::from("bye")).await;
             }
+        }
+    }
+}
+
+/// Why the publishing channel is left for a fresh one. Both are RabbitMQ 3.10.8
+/// behaviours seen in `fault_cluster` and `fault_quorum_leader`: a channel that
+/// shows either is not trusted with more publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retire {
+    /// A publish got no confirm within `publish_timeout`. A channel that published to
+    /// a stream while the stream's leader node stopped went on *confirming* later
+    /// publishes that never reached the stream (4–5 of 900 broadcasts in each of 5
+    /// runs, all sent after a 10 s confirm stall on the same channel; none in 13 runs
+    /// since this).
+    NoConfirm,
+    /// A publish was nacked. A channel's quorum-queue client is set up from the
+    /// queue's record the first time the channel routes to that queue; if that
+    /// happens while the record still names a leader whose node is gone (for about
+    /// 300 ms after a kill here), the client never learns the new leader and nacks
+    /// every publish to that queue for as long as the node stays down. A fresh
+    /// channel reads the record again.
+    Nacked,
+}
+
+impl Retire {
+    /// The log's and the channel close's reason.
+    fn reason(self) -> &'static str {
+        match self {
+            Retire::NoConfirm => "a publish got no confirm in time",
+            Retire::Nacked => "a publish was nacked",
         }
     }
 }

@@ -118,7 +118,11 @@ async fn a_retired_publisher_channel_leaves_the_pool_and_closes() {
     let stuck = broker.publisher().await.expect("publisher channel");
     assert!(pool.contains(&stuck.id()), "round robin over the pool");
     broker
-        .retire_publisher(&stuck, Duration::from_secs(2))
+        .retire_publisher(
+            &stuck,
+            Duration::from_secs(2),
+            "a publish got no confirm in time",
+        )
         .await;
     for _ in 0..6 {
         let ch = broker.publisher().await.expect("publisher channel");
@@ -127,7 +131,11 @@ async fn a_retired_publisher_channel_leaves_the_pool_and_closes() {
     }
     // Retiring it again (a second publish timing out on it) changes nothing.
     broker
-        .retire_publisher(&stuck, Duration::from_secs(2))
+        .retire_publisher(
+            &stuck,
+            Duration::from_secs(2),
+            "a publish got no confirm in time",
+        )
         .await;
     let mut closed = false;
     for _ in 0..50 {
