@@ -99,6 +99,8 @@ pub struct Broker {
     next_publisher: AtomicUsize,
     next_consumer: AtomicUsize,
     next_control: AtomicUsize,
+    /// The channel for publishes to the outbound stream ([`Broker::stream_publisher`]).
+    stream_publisher: Mutex<Option<Channel>>,
 }
 
 impl Broker {
@@ -130,6 +132,7 @@ impl Broker {
             next_publisher: AtomicUsize::new(0),
             next_consumer: AtomicUsize::new(0),
             next_control: AtomicUsize::new(0),
+            stream_publisher: Mutex::new(None),
         });
         let links = broker.open().await?;
         *broker.links.lock().await = Some(links);
@@ -385,22 +388,64 @@ impl Broker {
         self.pick(Pool::Publisher).await
     }
 
-    /// Takes publisher channel `channel` out of the pool after a publish on it got no
-    /// confirm in time or a negative one (`reason` says which): a fresh channel takes
-    /// its place, and it closes once its outstanding confirms came (at most `wait`
+    /// The confirm-mode channel for publishes to the outbound stream (`POST /publish`),
+    /// on which nothing else is published; opened when there is none or it closed.
+    ///
+    /// Why its own: when a stream's leader changes, RabbitMQ 3.10.8 publishes a
+    /// channel's unconfirmed stream messages again numbered by the channel's publish
+    /// sequence instead of the stream writer's, so on a channel that also publishes
+    /// elsewhere the stream takes that many later messages for copies: confirmed,
+    /// never stored (`warren_service`'s `Lane` has the story). On a channel that
+    /// publishes only to the stream the two numbers agree.
+    ///
+    /// # Errors
+    /// [`GatewayError::Unavailable`] or [`GatewayError::Blocked`] when RabbitMQ cannot
+    /// take publishes within `broker_wait_ms`.
+    pub async fn stream_publisher(&self) -> Result<Channel, GatewayError> {
+        if self.blocked.load(Ordering::Acquire) {
+            self.wait_unblocked().await?;
+        }
+        let conn = {
+            let guard = self.healthy().await?;
+            let links = guard.as_ref().expect("healthy() leaves links in place");
+            links.publish_conn.clone()
+        };
+        let mut slot = self.stream_publisher.lock().await;
+        if let Some(ch) = slot.as_ref().filter(|c| c.status().connected()) {
+            return Ok(ch.clone());
+        }
+        let fresh = self.new_channel(&conn, Pool::Publisher).await?;
+        *slot = Some(fresh.clone());
+        Ok(fresh)
+    }
+
+    /// Takes publisher channel `channel` (a pooled one or the stream publisher) out of
+    /// use after a publish on it got no confirm in time or a negative one (`reason`
+    /// says which): a fresh channel takes its place, and it closes once its outstanding confirms came (at most `wait`
     /// later). Whoever still waits on it keeps their confirm or their own timeout.
     ///
     /// Why, with RabbitMQ 3.10.8:
-    /// - no confirm: it was seen confirming publishes to a stream that it never
-    ///   stored, sent on a channel that had a publish stuck through the stream leader's
-    ///   change (BENCHMARKS.md, "Fan-out through the loss of one node of three");
+    /// - no confirm: whatever holds it up may hold up the channel's later publishes
+    ///   too (introduced against broadcasts confirmed and never stored after a stream
+    ///   leader change, whose cause turned out to be the one
+    ///   [`Broker::stream_publisher`] avoids; BENCHMARKS.md, "Fan-out through the loss
+    ///   of one node of three");
     /// - a nack: a channel whose first publish to a quorum queue came while the
     ///   queue's record still named a leader on a node that is gone nacks every
     ///   publish to that queue for as long as the node stays down
-    ///   (`fault_quorum_leader`); a fresh channel reads the record again.
+    ///   (`fault_leader_change`); a fresh channel reads the record again.
     pub async fn retire_publisher(&self, channel: &Channel, wait: Duration, reason: &'static str) {
         if !channel.status().connected() {
             return; // closed already: the pool replaces it on its next use
+        }
+        if self.take_stream_publisher(channel).await {
+            tracing::warn!(
+                channel = channel.id(),
+                reason,
+                "the stream publisher channel is replaced"
+            );
+            Self::close_after_confirms(channel.clone(), wait, reason);
+            return;
         }
         let conn = {
             let guard = self.links.lock().await;
@@ -424,10 +469,24 @@ impl Broker {
             reason,
             "a publisher channel leaves the pool"
         );
-        let old = channel.clone();
+        Self::close_after_confirms(channel.clone(), wait, reason);
+    }
+
+    /// Whether `channel` is the stream publisher; if so, it is one no more.
+    async fn take_stream_publisher(&self, channel: &Channel) -> bool {
+        let mut slot = self.stream_publisher.lock().await;
+        let same = slot.as_ref().is_some_and(|c| c.id() == channel.id());
+        if same {
+            *slot = None;
+        }
+        same
+    }
+
+    /// Closes `channel` once its outstanding confirms came, at most `wait` from now.
+    fn close_after_confirms(channel: Channel, wait: Duration, reason: &'static str) {
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(wait, old.wait_for_confirms()).await;
-            let _ = old.close(200, reason.into()).await;
+            let _ = tokio::time::timeout(wait, channel.wait_for_confirms()).await;
+            let _ = channel.close(200, reason.into()).await;
         });
     }
 

@@ -280,9 +280,9 @@ fn taken(shared: &Shared, outcome: Outcome) -> Result<(), Refusal> {
     }
 }
 
-/// Waits up to [`PUBLISH_CONFIRM_WAIT`] for the confirm of a publish on a pooled
-/// publisher channel (a nack takes the channel out of the pool:
-/// [`inbound::Pending::outcome`]). Without a confirm, the channel leaves the pool too —
+/// Waits up to [`PUBLISH_CONFIRM_WAIT`] for the confirm of a publish on a publisher
+/// channel (a nack takes the channel out of use: [`inbound::Pending::outcome`]).
+/// Without a confirm, the channel leaves too —
 /// in the background: under a resource alarm opening its replacement waits for the
 /// alarm to clear — and the caller gets `broker_unavailable` (HTTP 503) at once.
 async fn confirmed_on_pool(shared: &Shared, pending: inbound::Pending) -> Result<(), Refusal> {
@@ -499,7 +499,7 @@ async fn publish(
     let unavailable = |e: String| Refusal::new(ErrorCode::BrokerUnavailable, e);
     let channel = shared
         .broker
-        .publisher()
+        .stream_publisher()
         .await
         .map_err(|e| unavailable(e.to_string()))?;
     // Not mandatory: a message no client is subscribed to is dropped, as a broadcast

@@ -341,16 +341,17 @@ impl Prepared {
 /// still due on it.
 const RETIRED_CHANNEL_WAIT: Duration = Duration::from_secs(10);
 
-/// A publish on a pooled publisher channel, its confirm still to come.
+/// A publish on a publisher channel (pooled, or the stream publisher), its confirm
+/// still to come.
 pub(crate) struct Pending {
-    /// The channel it went out on (taken out of the pool when the confirm is negative
-    /// or does not come).
+    /// The channel it went out on (taken out of use when the confirm is negative or
+    /// does not come).
     pub(crate) channel: Channel,
     confirm: PublisherConfirm,
 }
 
 impl Pending {
-    /// `confirm`, of a publish on pooled publisher channel `channel`.
+    /// `confirm`, of a publish on publisher channel `channel`.
     pub(crate) fn new(channel: Channel, confirm: PublisherConfirm) -> Pending {
         Pending { channel, confirm }
     }

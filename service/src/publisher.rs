@@ -95,9 +95,10 @@ pub fn fresh_message_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-/// Publishes on one confirm-mode channel of the service's current connection,
-/// reopened when the broker closed it or the link moved to a new connection. Cheap to
-/// clone; clones share the channel.
+/// Publishes on confirm-mode channels of the service's current connection, reopened
+/// when the broker closed them or the link moved to a new connection: one for what
+/// goes to the outbound stream (`warren.out`, replies to the stream), one for
+/// everything else ([`Lane`] says why). Cheap to clone; clones share the channels.
 #[derive(Debug, Clone)]
 pub struct Publisher {
     inner: Arc<Inner>,
@@ -106,8 +107,8 @@ pub struct Publisher {
 #[derive(Debug)]
 struct Inner {
     link: Arc<Link>,
-    /// The channel and the generation of the connection it belongs to.
-    channel: Mutex<Option<(Channel, u64)>>,
+    /// Per [`Lane`]: the channel and the generation of the connection it belongs to.
+    channels: [Mutex<Option<(Channel, u64)>>; 2],
     names: Names,
     app_id: String,
     timeout: Duration,
@@ -127,7 +128,7 @@ impl Publisher {
         Publisher {
             inner: Arc::new(Inner {
                 link,
-                channel: Mutex::new(None),
+                channels: [Mutex::new(None), Mutex::new(None)],
                 names,
                 app_id,
                 timeout,
@@ -244,9 +245,11 @@ impl Publisher {
         loop {
             attempt += 1;
             let epoch = self.inner.link.up(min_generation, Some(deadline)).await?;
+            let lane = self.lane(exchange, routing_key);
             let mut used = None;
             let once = self.publish_once(
                 &epoch,
+                lane,
                 &mut used,
                 exchange,
                 routing_key,
@@ -257,7 +260,8 @@ impl Publisher {
                 Ok(result) => result,
                 Err(_) => {
                     if let Some(id) = used {
-                        self.retire(id, epoch.generation, Retire::NoConfirm).await;
+                        self.retire(lane, id, epoch.generation, Retire::NoConfirm)
+                            .await;
                     }
                     return Err(ServiceError::BrokerUnavailable {
                         waited: started.elapsed(),
@@ -272,7 +276,8 @@ impl Publisher {
                     // pause, while the deadline allows, on a fresh channel
                     // ([`Retire::Nacked`] says why).
                     if let Some(id) = used {
-                        self.retire(id, epoch.generation, Retire::Nacked).await;
+                        self.retire(lane, id, epoch.generation, Retire::Nacked)
+                            .await;
                     }
                     nacks += 1;
                     let wait = retry_pause(nacks);
@@ -317,17 +322,19 @@ impl Publisher {
         }
     }
 
-    /// One publish and its confirm; `used` names the channel it went out on.
+    /// One publish and its confirm on `lane`; `used` names the channel it went out on.
+    #[allow(clippy::too_many_arguments)]
     async fn publish_once(
         &self,
         epoch: &Epoch,
+        lane: Lane,
         used: &mut Option<u16>,
         exchange: &str,
         routing_key: &str,
         body: &[u8],
         properties: BasicProperties,
     ) -> std::result::Result<Confirmation, lapin::Error> {
-        let channel = self.channel(epoch).await?;
+        let channel = self.channel(epoch, lane).await?;
         *used = Some(channel.id());
         channel
             .basic_publish(
@@ -355,10 +362,26 @@ impl Publisher {
             .with_app_id(ShortString::from(self.inner.app_id.as_str()))
     }
 
-    /// The confirm-mode channel on `epoch`'s connection, opened when there is none
-    /// yet, the broker closed it, or it belongs to an earlier connection.
-    async fn channel(&self, epoch: &Epoch) -> std::result::Result<Channel, lapin::Error> {
-        let mut guard = self.inner.channel.lock().await;
+    /// The lane a publish to `exchange` with `routing_key` goes out on.
+    fn lane(&self, exchange: &str, routing_key: &str) -> Lane {
+        let names = &self.inner.names;
+        let to_stream = exchange == names.outbound_exchange()
+            || (exchange.is_empty() && routing_key == names.outbound_stream());
+        if to_stream {
+            Lane::Stream
+        } else {
+            Lane::Other
+        }
+    }
+
+    /// `lane`'s confirm-mode channel on `epoch`'s connection, opened when there is
+    /// none yet, the broker closed it, or it belongs to an earlier connection.
+    async fn channel(
+        &self,
+        epoch: &Epoch,
+        lane: Lane,
+    ) -> std::result::Result<Channel, lapin::Error> {
+        let mut guard = self.inner.channels[lane as usize].lock().await;
         if let Some((channel, generation)) = guard.as_ref() {
             if *generation == epoch.generation && channel.status().connected() {
                 return Ok(channel.clone());
@@ -375,8 +398,8 @@ impl Publisher {
     /// Stops publishing on channel `id` of connection `generation` (see [`Retire`] for
     /// when and why): later publishes open a fresh channel, and this one is closed
     /// once its outstanding confirms came (or after another `publish_timeout`).
-    async fn retire(&self, id: u16, generation: u64, why: Retire) {
-        let mut guard = self.inner.channel.lock().await;
+    async fn retire(&self, lane: Lane, id: u16, generation: u64, why: Retire) {
+        let mut guard = self.inner.channels[lane as usize].lock().await;
         let same = guard
             .as_ref()
             .is_some_and(|(channel, g)| channel.id() == id && *g == generation);
@@ -400,29 +423,52 @@ impl Publisher {
         });
     }
 
-    /// Closes the publishing channel (waiting, at most 5 s, for outstanding confirms
-    /// first).
+    /// Closes the publishing channels (waiting, at most 5 s each, for outstanding
+    /// confirms first).
     pub(crate) async fn close(&self) {
-        if let Some((channel, _)) = self.inner.channel.lock().await.take() {
-            if channel.status().connected() {
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(5), channel.wait_for_confirms()).await;
-                let _ = channel.close(200, ShortString::from("bye")).await;
+        for slot in &self.inner.channels {
+            if let Some((channel, _)) = slot.lock().await.take() {
+                if channel.status().connected() {
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(5), channel.wait_for_confirms())
+                            .await;
+                    let _ = channel.close(200, ShortString::from("bye")).await;
+                }
             }
         }
     }
 }
 
-/// Why the publishing channel is left for a fresh one. Both are RabbitMQ 3.10.8
-/// behaviours seen in `fault_cluster` and `fault_quorum_leader`: a channel that
-/// shows either is not trusted with more publishes.
+/// Which channel a publish goes out on. What goes to the outbound stream has a
+/// channel of its own, on which nothing else is published.
+///
+/// Why: RabbitMQ 3.10.8, when a stream's leader changes, publishes a channel's
+/// unconfirmed stream messages again to the new leader numbered by the *channel's*
+/// publish sequence (`rabbit_stream_queue:resend_all/1`) instead of the stream writer's
+/// own sequence. On a channel that also published elsewhere (the service's
+/// announcements on `warren.services`, requests to `warren.in`), the channel's number
+/// is ahead of the writer's by that many publishes, so the stream's de-duplication
+/// takes the next that many new messages for copies of messages it has. After a
+/// graceful stop it confirmed them and stored nothing (`fault_cluster`: 3–4 broadcasts
+/// lost in 2 of 5 runs and in CI, one per announcement before the stop); after a kill
+/// it never confirmed them (`fault_leader_change`: broadcasting stalled). On a
+/// channel that publishes only to the stream the two numbers are the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    /// Everything not for the outbound stream.
+    Other = 0,
+    /// `warren.out`, and replies addressed to the outbound stream.
+    Stream = 1,
+}
+
+/// Why the publishing channel is left for a fresh one: a channel that shows either
+/// is not trusted with more publishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Retire {
-    /// A publish got no confirm within `publish_timeout`. A channel that published to
-    /// a stream while the stream's leader node stopped went on *confirming* later
-    /// publishes that never reached the stream (4–5 of 900 broadcasts in each of 5
-    /// runs, all sent after a 10 s confirm stall on the same channel; none in 13 runs
-    /// since this).
+    /// A publish got no confirm within `publish_timeout`: whatever holds it up may
+    /// hold up the channel's later publishes too. (Introduced against broadcasts that
+    /// RabbitMQ 3.10.8 confirmed and never stored after a stream leader change; their
+    /// cause turned out to be the one [`Lane`] describes.)
     NoConfirm,
     /// A publish was nacked. A channel's quorum-queue client is set up from the
     /// queue's record the first time the channel routes to that queue; if that

@@ -185,3 +185,44 @@ pub fn longest_gap_after(times: &[Instant], from: Instant) -> Duration {
     }
     longest
 }
+
+/// The `message_id`s in `stream` with the number of copies of each, read from its
+/// start on the node at `uri` until nothing came for 3 s (at most 30 s in all).
+pub async fn read_stream_ids(uri: &str, stream: &str) -> Result<HashMap<String, usize>, String> {
+    use futures_util::StreamExt;
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    let read = async {
+        let connection =
+            lapin::Connection::connect(uri, lapin::ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        channel.basic_qos(1_000, BasicQosOptions::default()).await?;
+        let mut from_start = FieldTable::default();
+        from_start.insert("x-stream-offset".into(), AMQPValue::LongLongInt(0));
+        let mut consumer = channel
+            .basic_consume(
+                stream.into(),
+                "warren-e2e-check".into(),
+                BasicConsumeOptions::default(),
+                from_start,
+            )
+            .await?;
+        let mut ids = HashMap::new();
+        while let Ok(Some(delivery)) =
+            tokio::time::timeout(Duration::from_secs(3), consumer.next()).await
+        {
+            let delivery = delivery?;
+            if let Some(id) = delivery.properties.message_id() {
+                *ids.entry(id.to_string()).or_insert(0) += 1;
+            }
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+        }
+        let _ = connection.close(200, "done".into()).await;
+        Ok::<_, lapin::Error>(ids)
+    };
+    match tokio::time::timeout(Duration::from_secs(30), read).await {
+        Ok(Ok(ids)) => Ok(ids),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("not read within 30 s".into()),
+    }
+}

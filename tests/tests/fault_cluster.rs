@@ -43,8 +43,8 @@ use tokio::sync::watch;
 use warren_e2e::broker_node::BrokerCluster;
 use warren_e2e::client::{sub, TestClient};
 use warren_e2e::load::{
-    longest_gap_after, lost, publish_load_to, wait_handled, watch_states, LoadBounds, LoadPlan,
-    Sent, StateLog,
+    longest_gap_after, lost, publish_load_to, read_stream_ids, wait_handled, watch_states,
+    LoadBounds, LoadPlan, Sent, StateLog,
 };
 use warren_e2e::service::{consume_no_ack, declare_exclusive, DemoProcess};
 use warren_gateway::{Config, Gateway, ListenerConfig, QueueType};
@@ -393,47 +393,6 @@ async fn stream_status(cluster: &BrokerCluster, i: usize, names: &Names) -> Stri
             })
         })
         .unwrap_or_else(|| format!("{stream} not listed:\n{text}"))
-}
-
-/// The `message_id`s in `stream` with the number of copies of each, read from its
-/// start on the node at `uri` until nothing came for 3 s (at most 30 s in all).
-async fn read_stream_ids(uri: &str, stream: &str) -> Result<HashMap<String, usize>, String> {
-    use futures_util::StreamExt;
-    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
-    use lapin::types::{AMQPValue, FieldTable};
-    let read = async {
-        let connection =
-            lapin::Connection::connect(uri, lapin::ConnectionProperties::default()).await?;
-        let channel = connection.create_channel().await?;
-        channel.basic_qos(1_000, BasicQosOptions::default()).await?;
-        let mut from_start = FieldTable::default();
-        from_start.insert("x-stream-offset".into(), AMQPValue::LongLongInt(0));
-        let mut consumer = channel
-            .basic_consume(
-                stream.into(),
-                "fault-cluster-check".into(),
-                BasicConsumeOptions::default(),
-                from_start,
-            )
-            .await?;
-        let mut ids = HashMap::new();
-        while let Ok(Some(delivery)) =
-            tokio::time::timeout(Duration::from_secs(3), consumer.next()).await
-        {
-            let delivery = delivery?;
-            if let Some(id) = delivery.properties.message_id() {
-                *ids.entry(id.to_string()).or_insert(0) += 1;
-            }
-            delivery.acker.ack(BasicAckOptions::default()).await?;
-        }
-        let _ = connection.close(200, "done".into()).await;
-        Ok::<_, lapin::Error>(ids)
-    };
-    match tokio::time::timeout(Duration::from_secs(30), read).await {
-        Ok(Ok(ids)) => Ok(ids),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("not read within 30 s".into()),
-    }
 }
 
 /// A client of `url` subscribed to the chat broadcast.
