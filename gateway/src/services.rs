@@ -6,7 +6,8 @@
 //! "Nobody can answer" takes two witnesses, so a service that does not announce still
 //! counts: no live instance in the registry **and** no consumer on the channel's
 //! `IN_<CHANNEL>` queue (read with a passive declare on a scratch channel, at most once per
-//! [`CONSUMER_CHECK_TTL`] per channel, and only when the registry has nobody).
+//! [`CONSUMER_CHECK_TTL`] per channel, and only when the registry has nobody). A
+//! count of zero RabbitMQ was slow to give is not a witness ([`QueueCount::consumers`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -20,6 +21,34 @@ use crate::error::GatewayError;
 
 /// How long a consumer count read from the broker is trusted.
 pub const CONSUMER_CHECK_TTL: Duration = Duration::from_millis(250);
+
+/// RabbitMQ 3.10.8 asks a quorum queue's leader for its counts with a 250 ms timeout
+/// and, when that passes, answers a passive declare with 0 messages and 0 consumers
+/// (`rabbit_quorum_queue:stat/2`). An empty answer that took this long may be that.
+const SLOW_EMPTY_ANSWER: Duration = Duration::from_millis(200);
+
+/// What a passive declare said about a queue, and how long it took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueCount {
+    /// `declare-ok`'s message count.
+    pub messages: u32,
+    /// `declare-ok`'s consumer count.
+    pub consumers: u32,
+    /// From asking to the answer.
+    pub took: Duration,
+}
+
+impl QueueCount {
+    /// The consumer count, if it can be believed: `None` for an answer of no messages
+    /// and no consumers that took [`SLOW_EMPTY_ANSWER`] or more, which is what
+    /// RabbitMQ says when a busy quorum queue did not answer it in time (a storm of
+    /// resumes made the gateway refuse requests with a false `no_service`).
+    pub fn consumers(&self) -> Option<u32> {
+        let maybe_timed_out =
+            self.messages == 0 && self.consumers == 0 && self.took >= SLOW_EMPTY_ANSWER;
+        (!maybe_timed_out).then_some(self.consumers)
+    }
+}
 
 /// Live service instances, from their announcements. Pure: time is passed in.
 #[derive(Debug, Default)]
@@ -175,11 +204,23 @@ impl Services {
     }
 }
 
-/// The consumer count of `queue` ([`lookup`]); `None` when the broker cannot say or
-/// the queue does not exist (the publish then reports what is wrong).
+/// The consumer count of `queue` ([`lookup`]); `None` when the broker cannot say (or
+/// said it too slowly to be believed: [`QueueCount::consumers`]) or the queue does not
+/// exist (the publish then reports what is wrong).
 async fn consumer_count(broker: &Arc<Broker>, queue: &str) -> Option<u32> {
     match lookup(broker, queue).await {
-        Ok(count) => count,
+        Ok(Some(count)) => {
+            let consumers = count.consumers();
+            if consumers.is_none() {
+                tracing::debug!(
+                    queue,
+                    took_ms = count.took.as_millis() as u64,
+                    "a slow empty answer: consumers unknown"
+                );
+            }
+            consumers
+        }
+        Ok(None) => None,
         Err(e) => {
             tracing::debug!(queue, error = %e, "consumer count not read");
             None
@@ -189,14 +230,15 @@ async fn consumer_count(broker: &Arc<Broker>, queue: &str) -> Option<u32> {
 
 /// Looks a queue up without creating it (a passive declare on a scratch channel,
 /// since a missing queue closes the channel). `None` when it does not exist, else its
-/// consumer count.
+/// counts.
 ///
 /// # Errors
 /// When RabbitMQ cannot be reached.
-async fn lookup(broker: &Broker, queue: &str) -> Result<Option<u32>, GatewayError> {
+async fn lookup(broker: &Broker, queue: &str) -> Result<Option<QueueCount>, GatewayError> {
     use lapin::options::QueueDeclareOptions;
     use lapin::types::{FieldTable, ShortString};
     let ch = broker.scratch().await?;
+    let asked = Instant::now();
     let res = ch
         .queue_declare(
             ShortString::from(queue),
@@ -208,7 +250,11 @@ async fn lookup(broker: &Broker, queue: &str) -> Result<Option<u32>, GatewayErro
         )
         .await;
     let out = match res {
-        Ok(q) => Ok(Some(q.consumer_count())),
+        Ok(q) => Ok(Some(QueueCount {
+            messages: q.message_count(),
+            consumers: q.consumer_count(),
+            took: asked.elapsed(),
+        })),
         Err(e) if crate::error::is_not_found(&e) => Ok(None),
         Err(e) => Err(GatewayError::amqp(
             format!("queue.declare passive {queue}"),
@@ -234,6 +280,29 @@ mod tests {
             version: "1".into(),
             interval_ms: 1_000,
         }
+    }
+
+    #[test]
+    fn a_slow_answer_of_nothing_is_not_believed_a_quick_one_or_a_non_empty_one_is() {
+        let count = |messages, consumers, took_ms| QueueCount {
+            messages,
+            consumers,
+            took: Duration::from_millis(took_ms),
+        };
+        assert_eq!(count(0, 0, 5).consumers(), Some(0), "quick: no consumer");
+        assert_eq!(
+            count(0, 0, 250).consumers(),
+            None,
+            "RabbitMQ's timeout answer"
+        );
+        assert_eq!(count(0, 0, 200).consumers(), None);
+        assert_eq!(count(0, 0, 199).consumers(), Some(0));
+        assert_eq!(
+            count(3, 0, 900).consumers(),
+            Some(0),
+            "messages: a real answer"
+        );
+        assert_eq!(count(0, 2, 900).consumers(), Some(2));
     }
 
     #[test]
