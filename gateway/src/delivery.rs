@@ -9,6 +9,9 @@ use serde_json::value::RawValue;
 use warren_protocol::amqp::{keys, H_ERROR, H_USER};
 use warren_protocol::{Deliver, Error as ErrorFrame, ErrorCode, Headers, Raw, Reply, ServerFrame};
 
+/// The header RabbitMQ puts on every stream delivery: the message's offset.
+pub(crate) const STREAM_OFFSET: &str = "x-stream-offset";
+
 /// A text header of `properties` (a long or short string), e.g. `x-warren-tenant`.
 pub(crate) fn text_header(properties: &BasicProperties, name: &str) -> Option<String> {
     match properties.headers().as_ref()?.inner().get(name)? {
@@ -153,7 +156,8 @@ pub fn stable_id(routing_key: &str, body: &[u8]) -> String {
 
 /// AMQP headers as strings. Internal `x-warren-*` headers are dropped except the
 /// sender's user (the sender's session id is not shown: it is the sender's alone);
-/// the `CC`/`BCC` routing headers are dropped too.
+/// the `CC`/`BCC` routing headers are dropped too, and so is the `x-stream-offset`
+/// RabbitMQ adds to stream deliveries (the frame's `position` carries it).
 pub fn render_headers(table: Option<&FieldTable>) -> Headers {
     let mut out = Headers::new();
     let Some(table) = table else { return out };
@@ -162,6 +166,7 @@ pub fn render_headers(table: Option<&FieldTable>) -> Headers {
         if (k.starts_with("x-warren-") && k != H_USER)
             || k.eq_ignore_ascii_case("cc")
             || k.eq_ignore_ascii_case("bcc")
+            || k == STREAM_OFFSET
         {
             continue;
         }
@@ -251,6 +256,7 @@ mod tests {
             AMQPValue::LongString(LongString::from("gw")),
         );
         t.insert("CC".into(), AMQPValue::FieldArray(vec![].into()));
+        t.insert(STREAM_OFFSET.into(), AMQPValue::LongLongInt(42));
         t.insert("n".into(), AMQPValue::LongInt(7));
         t.insert("flag".into(), AMQPValue::Boolean(true));
         let h = render_headers(Some(&t));
@@ -263,6 +269,7 @@ mod tests {
             "a session id is its owner's alone"
         );
         assert!(!h.contains_key("CC"));
+        assert!(!h.contains_key(STREAM_OFFSET), "the position says it");
     }
 
     #[test]

@@ -160,7 +160,7 @@ impl Message {
 
 /// The `x-stream-offset` header RabbitMQ puts on every stream delivery.
 pub fn stream_offset(headers: Option<&FieldTable>) -> Option<u64> {
-    match headers?.inner().get("x-stream-offset")? {
+    match headers?.inner().get(crate::delivery::STREAM_OFFSET)? {
         AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
         AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
         AMQPValue::LongUInt(n) => Some(u64::from(*n)),
@@ -586,7 +586,7 @@ fn offset_arg(offset: Option<u64>) -> FieldTable {
         Some(n) => AMQPValue::LongLongInt(i64::try_from(n).unwrap_or(i64::MAX)),
         None => AMQPValue::LongString("last".into()),
     };
-    t.insert(ShortString::from("x-stream-offset"), v);
+    t.insert(ShortString::from(crate::delivery::STREAM_OFFSET), v);
     t
 }
 
