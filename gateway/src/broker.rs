@@ -13,9 +13,10 @@
 //! never queue behind a reconnect: they wait on that watch channel, bounded by
 //! `broker_wait_ms`, and then fail with [`GatewayError::Unavailable`].
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::options::{BasicQosOptions, ConfirmSelectOptions};
@@ -101,7 +102,12 @@ pub struct Broker {
     next_control: AtomicUsize,
     /// The channel for publishes to the outbound stream ([`Broker::stream_publisher`]).
     stream_publisher: Mutex<Option<Channel>>,
+    /// When each publisher channel (by id) was opened ([`Broker::retire_nacked`]).
+    opened: std::sync::Mutex<HashMap<u16, Instant>>,
 }
+
+/// A nacked publisher channel younger than this is kept ([`Broker::retire_nacked`]).
+pub(crate) const NACKED_CHANNEL_MIN_AGE: Duration = Duration::from_secs(1);
 
 impl Broker {
     /// Connects to the first URI that accepts and opens the channel pools.
@@ -133,6 +139,7 @@ impl Broker {
             next_consumer: AtomicUsize::new(0),
             next_control: AtomicUsize::new(0),
             stream_publisher: Mutex::new(None),
+            opened: std::sync::Mutex::new(HashMap::new()),
         });
         let links = broker.open().await?;
         *broker.links.lock().await = Some(links);
@@ -258,10 +265,15 @@ impl Broker {
             .await
             .map_err(|e| GatewayError::amqp("channel.open", e))?;
         match pool {
-            Pool::Publisher => ch
-                .confirm_select(ConfirmSelectOptions::default())
-                .await
-                .map_err(|e| GatewayError::amqp("confirm.select", e))?,
+            Pool::Publisher => {
+                ch.confirm_select(ConfirmSelectOptions::default())
+                    .await
+                    .map_err(|e| GatewayError::amqp("confirm.select", e))?;
+                self.opened
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(ch.id(), Instant::now());
+            }
             // global=false: RabbitMQ applies the prefetch to each consumer started on
             // the channel afterwards.
             Pool::Consumer => ch
@@ -421,8 +433,9 @@ impl Broker {
 
     /// Takes publisher channel `channel` (a pooled one or the stream publisher) out of
     /// use after a publish on it got no confirm in time or a negative one (`reason`
-    /// says which): a fresh channel takes its place, and it closes once its outstanding confirms came (at most `wait`
-    /// later). Whoever still waits on it keeps their confirm or their own timeout.
+    /// says which): a fresh channel takes its place, and it closes once its outstanding
+    /// confirms came (at most `wait` later). Whoever still waits on it keeps their
+    /// confirm or their own timeout.
     ///
     /// Why, with RabbitMQ 3.10.8:
     /// - no confirm: whatever holds it up may hold up the channel's later publishes
@@ -444,7 +457,7 @@ impl Broker {
                 reason,
                 "the stream publisher channel is replaced"
             );
-            Self::close_after_confirms(channel.clone(), wait, reason);
+            self.close_after_confirms(channel.clone(), wait, reason);
             return;
         }
         let conn = {
@@ -469,7 +482,25 @@ impl Broker {
             reason,
             "a publisher channel leaves the pool"
         );
-        Self::close_after_confirms(channel.clone(), wait, reason);
+        self.close_after_confirms(channel.clone(), wait, reason);
+    }
+
+    /// [`Broker::retire_publisher`] for a publish that was nacked, unless the channel
+    /// was opened less than [`NACKED_CHANNEL_MIN_AGE`] ago. A full `reject-publish`
+    /// queue nacks every publish, and replacing a channel per nack would churn
+    /// channels at the rate of the refusals; a channel stuck on a lost leader keeps
+    /// being nacked, so it is replaced on its first nack once it is a second old.
+    pub async fn retire_nacked(&self, channel: &Channel, wait: Duration) {
+        let young = self
+            .opened
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&channel.id())
+            .is_some_and(|at| at.elapsed() < NACKED_CHANNEL_MIN_AGE);
+        if !young {
+            self.retire_publisher(channel, wait, "a publish was nacked")
+                .await;
+        }
     }
 
     /// Whether `channel` is the stream publisher; if so, it is one no more.
@@ -483,7 +514,8 @@ impl Broker {
     }
 
     /// Closes `channel` once its outstanding confirms came, at most `wait` from now.
-    fn close_after_confirms(channel: Channel, wait: Duration, reason: &'static str) {
+    fn close_after_confirms(&self, channel: Channel, wait: Duration, reason: &'static str) {
+        metrics::add(&self.metrics.publisher_channels_replaced, 1);
         tokio::spawn(async move {
             let _ = tokio::time::timeout(wait, channel.wait_for_confirms()).await;
             let _ = channel.close(200, reason.into()).await;

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
@@ -17,7 +18,7 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::Channel;
 use tokio::sync::oneshot;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, NACKED_CHANNEL_MIN_AGE};
 
 /// The pseudo-queue a request names as `reply_to`.
 pub(crate) const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -28,7 +29,8 @@ type Waiting = Arc<Mutex<HashMap<String, oneshot::Sender<Delivery>>>>;
 /// for their answers.
 pub(crate) struct DirectReply {
     broker: Arc<Broker>,
-    channel: tokio::sync::Mutex<Option<Channel>>,
+    /// The channel, and when it was opened.
+    channel: tokio::sync::Mutex<Option<(Channel, Instant)>>,
     waiting: Waiting,
 }
 
@@ -85,17 +87,22 @@ impl DirectReply {
         })
     }
 
-    /// Stops sending calls on `channel` after a request on it was nacked: the next
-    /// call opens a fresh channel, and this one closes after `linger` (the answers
-    /// still due on it come in until then). Why: a nack can mean the channel is stuck
-    /// on a quorum queue whose leader's node is gone
+    /// Stops sending calls on `channel` after a request on it was nacked, unless it
+    /// was opened less than a second ago (as
+    /// [`Broker::retire_nacked`](crate::broker::Broker::retire_nacked)): the next call
+    /// opens a fresh channel, and this one closes after `linger` (the answers still due
+    /// on it come in until then). Why: a nack can mean the channel is stuck on a
+    /// quorum queue whose leader's node is gone
     /// ([`Broker::retire_publisher`](crate::broker::Broker::retire_publisher)).
     pub(crate) async fn retire(&self, channel: &Channel, linger: std::time::Duration) {
         let mut guard = self.channel.lock().await;
-        if guard.as_ref().is_none_or(|c| c.id() != channel.id()) {
-            return; // already replaced
+        let keep = guard.as_ref().is_none_or(|(c, opened)| {
+            c.id() != channel.id() || opened.elapsed() < NACKED_CHANNEL_MIN_AGE
+        });
+        if keep {
+            return; // already replaced, or too young to tell
         }
-        let old = guard.take();
+        let old = guard.take().map(|(c, _)| c);
         drop(guard);
         tracing::warn!(
             channel = channel.id(),
@@ -113,7 +120,7 @@ impl DirectReply {
     /// dead.
     async fn channel(&self) -> Result<Channel, String> {
         let mut guard = self.channel.lock().await;
-        if let Some(ch) = guard.as_ref() {
+        if let Some((ch, _)) = guard.as_ref() {
             if ch.status().connected() {
                 return Ok(ch.clone());
             }
@@ -150,7 +157,7 @@ impl DirectReply {
             }
             tracing::debug!("direct reply-to consumer ended");
         });
-        *guard = Some(ch.clone());
+        *guard = Some((ch.clone(), Instant::now()));
         Ok(ch)
     }
 }

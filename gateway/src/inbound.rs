@@ -356,19 +356,15 @@ impl Pending {
         Pending { channel, confirm }
     }
 
-    /// The broker's verdict. A negative confirm also takes the channel out of the pool
-    /// (in the background; [`Broker::retire_publisher`] says why), so the client's
-    /// next try goes out on a fresh one.
+    /// The broker's verdict. A negative confirm also takes the channel out of use (in
+    /// the background; [`Broker::retire_nacked`] says when, [`Broker::retire_publisher`]
+    /// why), so the client's next try goes out on a fresh one.
     pub(crate) async fn outcome(self, broker: &Arc<Broker>) -> Outcome {
         let outcome = Outcome::of(self.confirm.await);
         if matches!(outcome, Outcome::Nacked) {
             let broker = broker.clone();
             let channel = self.channel;
-            tokio::spawn(async move {
-                broker
-                    .retire_publisher(&channel, RETIRED_CHANNEL_WAIT, "a publish was nacked")
-                    .await
-            });
+            tokio::spawn(async move { broker.retire_nacked(&channel, RETIRED_CHANNEL_WAIT).await });
         }
         outcome
     }

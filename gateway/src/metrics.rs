@@ -25,6 +25,8 @@ pub struct Metrics {
     pub broker_blocked: AtomicU64,
     /// WebSockets opened with permessage-deflate (`permessage_deflate`).
     pub deflate_connections: AtomicU64,
+    /// Publisher channels taken out of use after a nack or a missing confirm.
+    pub publisher_channels_replaced: AtomicU64,
     /// WebSocket upgrades refused for their `Origin` (HTTP 403).
     pub refused_origin: AtomicU64,
     /// Tokens refused (`unauthorized`) at `hello` or `refresh`.
@@ -239,6 +241,12 @@ impl Metrics {
             "counter",
             "WebSockets opened with permessage-deflate.",
             get(&self.deflate_connections),
+        );
+        metric(
+            "publisher_channels_replaced_total",
+            "counter",
+            "Publisher channels taken out of use after a nack or a missing confirm.",
+            get(&self.publisher_channels_replaced),
         );
         metric(
             "refused_origin_total",

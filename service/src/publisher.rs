@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -107,8 +107,9 @@ pub struct Publisher {
 #[derive(Debug)]
 struct Inner {
     link: Arc<Link>,
-    /// Per [`Lane`]: the channel and the generation of the connection it belongs to.
-    channels: [Mutex<Option<(Channel, u64)>>; 2],
+    /// Per [`Lane`]: the channel, the generation of the connection it belongs to, and
+    /// when it was opened.
+    channels: [Mutex<Option<(Channel, u64, Instant)>>; 2],
     names: Names,
     app_id: String,
     timeout: Duration,
@@ -382,7 +383,7 @@ impl Publisher {
         lane: Lane,
     ) -> std::result::Result<Channel, lapin::Error> {
         let mut guard = self.inner.channels[lane as usize].lock().await;
-        if let Some((channel, generation)) = guard.as_ref() {
+        if let Some((channel, generation, _)) = guard.as_ref() {
             if *generation == epoch.generation && channel.status().connected() {
                 return Ok(channel.clone());
             }
@@ -391,7 +392,7 @@ impl Publisher {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        *guard = Some((channel.clone(), epoch.generation));
+        *guard = Some((channel.clone(), epoch.generation, Instant::now()));
         Ok(channel)
     }
 
@@ -400,13 +401,15 @@ impl Publisher {
     /// once its outstanding confirms came (or after another `publish_timeout`).
     async fn retire(&self, lane: Lane, id: u16, generation: u64, why: Retire) {
         let mut guard = self.inner.channels[lane as usize].lock().await;
-        let same = guard
-            .as_ref()
-            .is_some_and(|(channel, g)| channel.id() == id && *g == generation);
+        let same = guard.as_ref().is_some_and(|(channel, g, opened)| {
+            channel.id() == id
+                && *g == generation
+                && (why != Retire::Nacked || opened.elapsed() >= NACKED_CHANNEL_MIN_AGE)
+        });
         if !same {
-            return; // already replaced
+            return; // already replaced, or too young to tell (Retire::Nacked)
         }
-        let Some((channel, _)) = guard.take() else {
+        let Some((channel, _, _)) = guard.take() else {
             return;
         };
         drop(guard);
@@ -427,7 +430,7 @@ impl Publisher {
     /// confirms first).
     pub(crate) async fn close(&self) {
         for slot in &self.inner.channels {
-            if let Some((channel, _)) = slot.lock().await.take() {
+            if let Some((channel, _, _)) = slot.lock().await.take() {
                 if channel.status().connected() {
                     let _ =
                         tokio::time::timeout(Duration::from_secs(5), channel.wait_for_confirms())
@@ -475,7 +478,9 @@ enum Retire {
     /// happens while the record still names a leader whose node is gone (for about
     /// 300 ms after a kill here), the client never learns the new leader and nacks
     /// every publish to that queue for as long as the node stays down. A fresh
-    /// channel reads the record again.
+    /// channel reads the record again. Only a channel at least
+    /// [`NACKED_CHANNEL_MIN_AGE`] old is left: a full `reject-publish` queue nacks
+    /// everything, and a new channel per nack would churn channels at that rate.
     Nacked,
 }
 
@@ -488,6 +493,9 @@ impl Retire {
         }
     }
 }
+
+/// A nacked channel younger than this is kept ([`Retire::Nacked`]).
+const NACKED_CHANNEL_MIN_AGE: Duration = Duration::from_secs(1);
 
 /// Pause before publishing again after the `n`-th negative confirm: 100 ms doubling,
 /// at most 1 s.

@@ -13,7 +13,7 @@
 //!    window and another 5 s later: both nacked); service-library publishes started in
 //!    the same window are all confirmed, and two WebSocket clients publishing through a
 //!    gateway from the moment of the kill get `overloaded` only in the first seconds:
-//!    both leave a channel that got a nack for a fresh one.
+//!    both leave a channel that got a nack, once it is a second old, for a fresh one.
 //! 2. **A stream's resend.** When a stream's leader changes, a channel publishes its
 //!    unconfirmed stream messages again numbered by the *channel's* publish sequence,
 //!    not the stream writer's. On a channel that also published elsewhere that number

@@ -227,6 +227,31 @@ async fn a_full_inbound_queue_answers_overloaded_and_other_channels_go_on() {
             held.is_some_and(|n| (3..=4).contains(&n)),
             "bounded: {held:?}"
         );
+        // More refusals do not churn publisher channels: a nacked channel is replaced
+        // only once it is a second old (a channel stuck on a lost quorum leader keeps
+        // being nacked), so 30 refusals replace at most the pool's 2 channels.
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        for i in 0..30 {
+            let id = format!("q{i}");
+            c.publish(&id, "chat", json!(i)).await;
+            match c.recv().await {
+                ServerFrame::Error(e) if e.id.as_deref() == Some(id.as_str()) => {
+                    assert_eq!(e.code, ErrorCode::Overloaded, "{e:?}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let metrics = warren_e2e::gateway::http_get(gw.health_addr(), "/metrics").await;
+        let replaced = metrics
+            .lines()
+            .find(|l| l.starts_with("warren_gateway_publisher_channels_replaced_total"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .expect("the replaced-channels counter");
+        assert!(
+            (1..=2).contains(&replaced),
+            "30 refusals replaced {replaced} publisher channels"
+        );
         c.publish("v", "voice", json!(1)).await;
         c.expect_ack("v").await;
         c.close().await;
