@@ -147,6 +147,8 @@ impl AuthClient {
                 return Err(unavailable("the broker refused the request".into()));
             }
             Outcome::Failed(e) => return Err(unavailable(e)),
+            // Not produced by `Outcome::of`; the call's own timeout bounds the wait.
+            Outcome::Unconfirmed => return Err(unavailable("no confirm in time".into())),
         }
         let answer = call.answer().await.map_err(unavailable)?;
         Ok(

@@ -1011,7 +1011,7 @@ impl Conn {
         let broker = self.shared.broker.clone();
         tokio::spawn(async move {
             let mut outcome = Outcome::Acked;
-            let outcomes = confirms.into_iter().map(|c| c.outcome(&broker));
+            let outcomes = confirms.into_iter().map(|c| c.outcome_within(&broker));
             for this in futures_util::future::join_all(outcomes).await {
                 if matches!(outcome, Outcome::Acked) {
                     outcome = this;

@@ -48,7 +48,7 @@ pub const API_USER: &str = "http-api";
 /// answering `503 broker_unavailable` and taking the channel out of the pool
 /// ([`crate::broker::Broker::retire_publisher`]); the service library's default
 /// `publish_timeout` too.
-pub const PUBLISH_CONFIRM_WAIT: Duration = Duration::from_secs(10);
+pub const PUBLISH_CONFIRM_WAIT: Duration = inbound::CONFIRM_WAIT;
 
 /// The HTTP status of a refusal with `code`.
 pub fn status_of(code: ErrorCode) -> StatusCode {
@@ -281,35 +281,11 @@ fn taken(shared: &Shared, outcome: Outcome) -> Result<(), Refusal> {
 }
 
 /// Waits up to [`PUBLISH_CONFIRM_WAIT`] for the confirm of a publish on a publisher
-/// channel (a nack takes the channel out of use: [`inbound::Pending::outcome`]).
-/// Without a confirm, the channel leaves too —
-/// in the background: under a resource alarm opening its replacement waits for the
-/// alarm to clear — and the caller gets `broker_unavailable` (HTTP 503) at once.
+/// channel ([`inbound::Pending::outcome_within`]: without one, or with a nack, the
+/// channel is taken out of use and the caller gets `broker_unavailable` (HTTP 503) at
+/// once).
 async fn confirmed_on_pool(shared: &Shared, pending: inbound::Pending) -> Result<(), Refusal> {
-    let channel = pending.channel.clone();
-    if let Ok(outcome) =
-        tokio::time::timeout(PUBLISH_CONFIRM_WAIT, pending.outcome(&shared.broker)).await
-    {
-        return taken(shared, outcome);
-    }
-    let broker = shared.broker.clone();
-    tokio::spawn(async move {
-        broker
-            .retire_publisher(
-                &channel,
-                PUBLISH_CONFIRM_WAIT,
-                "a publish got no confirm in time",
-            )
-            .await
-    });
-    Err(Refusal::new(
-        ErrorCode::BrokerUnavailable,
-        format!(
-            "RabbitMQ did not confirm within {} s; the message may still be delivered \
-             (send it again with the same id: the copy is dropped)",
-            PUBLISH_CONFIRM_WAIT.as_secs()
-        ),
-    ))
+    taken(shared, pending.outcome_within(&shared.broker).await)
 }
 
 /// `202` naming the call's id and the `message_id` it was published with.

@@ -337,9 +337,11 @@ impl Prepared {
     }
 }
 
-/// How long a publisher channel taken out of the pool stays open for the confirms
-/// still due on it.
-const RETIRED_CHANNEL_WAIT: Duration = Duration::from_secs(10);
+/// How long a publish waits for RabbitMQ's confirm before it is answered
+/// `broker_unavailable` and its channel is taken out of use; also how long a channel
+/// taken out of use stays open for the confirms still due on it. The service
+/// library's default `publish_timeout` too.
+pub(crate) const CONFIRM_WAIT: Duration = Duration::from_secs(10);
 
 /// A publish on a publisher channel (pooled, or the stream publisher), its confirm
 /// still to come.
@@ -364,9 +366,27 @@ impl Pending {
         if matches!(outcome, Outcome::Nacked) {
             let broker = broker.clone();
             let channel = self.channel;
-            tokio::spawn(async move { broker.retire_nacked(&channel, RETIRED_CHANNEL_WAIT).await });
+            tokio::spawn(async move { broker.retire_nacked(&channel, CONFIRM_WAIT).await });
         }
         outcome
+    }
+
+    /// [`Pending::outcome`] within [`CONFIRM_WAIT`]. Without a confirm by then the
+    /// channel is taken out of use too — in the background: under a resource alarm
+    /// opening its replacement waits for the alarm to clear — and the outcome is
+    /// [`Outcome::Unconfirmed`].
+    pub(crate) async fn outcome_within(self, broker: &Arc<Broker>) -> Outcome {
+        let channel = self.channel.clone();
+        if let Ok(outcome) = tokio::time::timeout(CONFIRM_WAIT, self.outcome(broker)).await {
+            return outcome;
+        }
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            broker
+                .retire_publisher(&channel, CONFIRM_WAIT, "a publish got no confirm in time")
+                .await
+        });
+        Outcome::Unconfirmed
     }
 }
 
@@ -412,6 +432,8 @@ pub(crate) enum Outcome {
     Nacked,
     /// The channel or connection went away before the confirm.
     Failed(String),
+    /// No confirm within [`CONFIRM_WAIT`].
+    Unconfirmed,
 }
 
 impl Outcome {
@@ -442,6 +464,14 @@ impl Outcome {
                  leader; retry later",
             ),
             Outcome::Failed(e) => Refusal::new(ErrorCode::BrokerUnavailable, e.clone()),
+            Outcome::Unconfirmed => Refusal::new(
+                ErrorCode::BrokerUnavailable,
+                format!(
+                    "RabbitMQ did not confirm within {} s; the message may still be \
+                     delivered (send it again with the same id: the copy is dropped)",
+                    CONFIRM_WAIT.as_secs()
+                ),
+            ),
         })
     }
 }

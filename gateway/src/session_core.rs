@@ -782,6 +782,7 @@ mod tests {
             (Outcome::Returned, ErrorCode::NoRoute),
             (Outcome::Nacked, ErrorCode::Overloaded),
             (Outcome::Failed("gone".into()), ErrorCode::BrokerUnavailable),
+            (Outcome::Unconfirmed, ErrorCode::BrokerUnavailable),
         ] {
             for origin in [Origin::Publish, Origin::Request] {
                 match confirm_answer("x", origin, &outcome) {

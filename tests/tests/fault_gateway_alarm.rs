@@ -3,7 +3,8 @@
 //! `POST /external/{channel}` and `POST /publish` answer `503 broker_unavailable` after
 //! their 10 s confirm wait instead of hanging until the alarm clears (the channel's
 //! replacement, which also waits for the alarm, is opened in the background), and
-//! once the alarm clears the same calls are accepted again. Runs on a private node
+//! once the alarm clears the same calls are accepted again. So does a WebSocket
+//! client's `publish` (`broker_unavailable` after the same 10 s). Runs on a private node
 //! (`warren_e2e::broker_node`), never on the shared broker; skipped where RabbitMQ's
 //! server scripts are not installed.
 
@@ -13,8 +14,10 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use warren_e2e::broker_node::BrokerCluster;
+use warren_e2e::client::TestClient;
 use warren_e2e::env::TestEnv;
 use warren_e2e::gateway::{http_post, TestGateway};
+use warren_protocol::{ErrorCode, ServerFrame};
 
 const KEY: &str = "test-http-api-key";
 
@@ -54,17 +57,41 @@ async fn run() {
 
     let (status, answer, _) = post(addr, "/external/chat", external("before")).await;
     assert_eq!(status, 202, "before the alarm: {answer}");
+    let mut client = TestClient::connect(&gw.url()).await;
+    client.publish("before-ws", "chat", json!({"n": 0})).await;
+    client.expect_ack("before-ws").await;
 
     // A memory alarm: RabbitMQ blocks every connection that publishes.
     cluster
         .ctl(0, &["set_vm_memory_high_watermark", "0"])
         .await
         .expect("alarm set");
-    for (path, body) in [
-        ("/external/chat", external("during")),
-        ("/publish", broadcast("during-broadcast")),
-    ] {
-        let (status, answer, took) = post(addr, path, body).await;
+    // A WebSocket client's publish at the same moment: before the gateway has seen
+    // `connection.blocked`, it goes out and its confirm does not come.
+    let ws_publish = async {
+        let started = Instant::now();
+        client.publish("during-ws", "chat", json!({"n": 1})).await;
+        let answer = client.recv_within(Duration::from_secs(30)).await;
+        (answer, started.elapsed())
+    };
+    let ((ws_answer, ws_took), first) =
+        tokio::join!(ws_publish, post(addr, "/external/chat", external("during")));
+    println!("fault_gateway_alarm: a WebSocket publish during the alarm: after {ws_took:?}: {ws_answer:?}");
+    assert!(
+        matches!(&ws_answer, Some(ServerFrame::Error(e))
+            if e.code == ErrorCode::BrokerUnavailable && e.id.as_deref() == Some("during-ws")),
+        "a WebSocket publish during the alarm is answered broker_unavailable: {ws_answer:?}"
+    );
+    assert!(
+        ws_took < Duration::from_secs(15),
+        "in bounded time, not when the alarm clears: {ws_took:?}"
+    );
+    let mut answers = vec![("/external/chat", first)];
+    answers.push((
+        "/publish",
+        post(addr, "/publish", broadcast("during-broadcast")).await,
+    ));
+    for (path, (status, answer, took)) in answers {
         println!("fault_gateway_alarm: {path} during the alarm: {status} after {took:?}: {answer}");
         assert_eq!(status, 503, "{path} during the alarm: {answer}");
         assert_eq!(answer["code"], "broker_unavailable", "{path}: {answer}");
@@ -86,6 +113,8 @@ async fn run() {
         let (status, answer, _) = post(addr, path, body).await;
         assert_eq!(status, 202, "{path} after the alarm: {answer}");
     }
+    client.publish("after-ws", "chat", json!({"n": 2})).await;
+    client.expect_ack("after-ws").await;
     println!(
         "fault_gateway_alarm: accepted again {:?} after the alarm cleared",
         cleared.elapsed()
