@@ -104,6 +104,9 @@ pub struct Broker {
     stream_publisher: Mutex<Option<Channel>>,
     /// When each publisher channel (by id) was opened ([`Broker::retire_nacked`]).
     opened: std::sync::Mutex<HashMap<u16, Instant>>,
+    /// Pooled publisher channels (by id) being replaced right now: one replacement
+    /// however many publishes on a channel fail at once.
+    retiring: std::sync::Mutex<std::collections::HashSet<u16>>,
 }
 
 /// A nacked publisher channel younger than this is kept ([`Broker::retire_nacked`]).
@@ -140,6 +143,7 @@ impl Broker {
             next_control: AtomicUsize::new(0),
             stream_publisher: Mutex::new(None),
             opened: std::sync::Mutex::new(HashMap::new()),
+            retiring: std::sync::Mutex::new(std::collections::HashSet::new()),
         });
         let links = broker.open().await?;
         *broker.links.lock().await = Some(links);
@@ -468,6 +472,14 @@ impl Broker {
             if !links.publishers.iter().any(|c| c.id() == channel.id()) {
                 return; // already replaced
             }
+            let first = self
+                .retiring
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(channel.id());
+            if !first {
+                return; // being replaced
+            }
             links.publish_conn.clone()
         };
         match self.new_channel(&conn, Pool::Publisher).await {
@@ -477,6 +489,10 @@ impl Broker {
             }
             Err(e) => tracing::warn!(error = %e, "cannot open a publisher channel to replace one"),
         }
+        self.retiring
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&channel.id());
         tracing::warn!(
             channel = channel.id(),
             reason,
