@@ -280,14 +280,6 @@ fn taken(shared: &Shared, outcome: Outcome) -> Result<(), Refusal> {
     }
 }
 
-/// Waits up to [`PUBLISH_CONFIRM_WAIT`] for the confirm of a publish on a publisher
-/// channel ([`inbound::Pending::outcome_within`]: without one, or with a nack, the
-/// channel is taken out of use and the caller gets `broker_unavailable` (HTTP 503) at
-/// once).
-async fn confirmed_on_pool(shared: &Shared, pending: inbound::Pending) -> Result<(), Refusal> {
-    taken(shared, pending.outcome_within(&shared.broker).await)
-}
-
 /// `202` naming the call's id and the `message_id` it was published with.
 fn accepted(id: &str, message_id: &str) -> Response {
     let body = serde_json::json!({ "id": id, "message_id": message_id });
@@ -311,7 +303,9 @@ async fn external(
     let message = m.inbound(&id, &channel, None);
     let pending =
         inbound::send(&shared, None, &sender, &message, m.message.get().as_bytes()).await?;
-    confirmed_on_pool(&shared, pending).await?;
+    // At most PUBLISH_CONFIRM_WAIT; without a confirm, or with a nack, the channel is
+    // taken out of use (`Pending::outcome_within`).
+    taken(&shared, pending.outcome_within(&shared.broker).await)?;
     Ok(accepted(&id, &format!("{}:{id}", caller.identity.user)))
 }
 
@@ -490,7 +484,8 @@ async fn publish(
         )
         .await
         .map_err(|e| unavailable(e.to_string()))?;
-    confirmed_on_pool(&shared, inbound::Pending::new(channel, confirm)).await?;
+    let pending = inbound::Pending::new(channel, confirm);
+    taken(&shared, pending.outcome_within(&shared.broker).await)?;
     Ok(accepted(&id, &message_id))
 }
 

@@ -29,13 +29,13 @@ const SLOW_EMPTY_ANSWER: Duration = Duration::from_millis(200);
 
 /// What a passive declare said about a queue, and how long it took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QueueCount {
+pub(crate) struct QueueCount {
     /// `declare-ok`'s message count.
-    pub messages: u32,
+    messages: u32,
     /// `declare-ok`'s consumer count.
-    pub consumers: u32,
+    consumers: u32,
     /// From asking to the answer.
-    pub took: Duration,
+    took: Duration,
 }
 
 impl QueueCount {
@@ -43,7 +43,7 @@ impl QueueCount {
     /// and no consumers that took [`SLOW_EMPTY_ANSWER`] or more, which is what
     /// RabbitMQ says when a busy quorum queue did not answer it in time (a storm of
     /// resumes made the gateway refuse requests with a false `no_service`).
-    pub fn consumers(&self) -> Option<u32> {
+    pub(crate) fn consumers(&self) -> Option<u32> {
         let maybe_timed_out =
             self.messages == 0 && self.consumers == 0 && self.took >= SLOW_EMPTY_ANSWER;
         (!maybe_timed_out).then_some(self.consumers)
