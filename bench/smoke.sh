@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# bench/smoke.sh — a tiny run of every warren-bench scenario, so the tool cannot rot
+# bench/smoke.sh — a tiny run of every warren-bench scenario and of the reply-path
+# probe (warren-bench-reply-path), so the tools cannot rot
 # (part of `./dev test`). Debug builds, 2 clients, one 1-second run per scenario and
 # target, 50 idle sessions: about 20 s once built. Fails when any run fails or
 # completes nothing; the figures themselves are not judged (debug builds, tiny runs).
@@ -23,3 +24,6 @@ timeout 120 target/debug/warren-bench \
   --json target/warren-bench/smoke.json \
   --chart target/warren-bench/smoke.svg \
   --strict
+
+# The reply-path probe (stream against a classic reply queue), a few messages.
+timeout 60 target/debug/warren-bench-reply-path --amqp-uri "$AMQP_ADDR" --messages 20 --runs 1
