@@ -5,8 +5,10 @@
 //! bug) is caught: the session is still cleaned up and the socket closed with 1011.
 //!
 //! The decisions (what is valid, what a session may receive, positions, the delivery
-//! window, heartbeats) are [`crate::session_core`]'s, pure and unit-tested there; this
-//! loop does the IO around them: the socket, the hub, the broker and the metrics.
+//! window, heartbeats) are [`crate::session_core`]'s, pure and unit-tested there; where
+//! a session's messages come from (live, the ring, a stream reader) is
+//! [`crate::outbound`]'s. This loop does the IO around them: the socket, the broker
+//! and the metrics.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -24,15 +26,14 @@ use warren_protocol::{
 
 use crate::auth::{AuthError, Identity};
 use crate::delivery::{self, Incoming};
-use crate::hub::{CatchUp, Membership, Message as HubMessage, Reader};
 use crate::inbound::{self, now_ms_epoch, Outcome, Refusal};
 use crate::limits::{Slot, TokenBucket};
 use crate::metrics;
+use crate::outbound::{Event, Outbound, Step};
 use crate::presence::PresenceEvent;
-use crate::replay::{Handle, Taken};
 use crate::server::{Shared, Upgrade};
 use crate::session::{self, Inflight, Subscriptions, Takeover, TakeoverSignal};
-use crate::session_core::{self as core_, Clock, Due, Errors, Origin, Phase, Positions, Resume};
+use crate::session_core::{self as core_, Clock, Due, Errors, Origin, Phase, Resume};
 use crate::socket::{Received, Socket, SocketError};
 
 /// What a frame handler tells the loop.
@@ -58,46 +59,12 @@ struct Session {
     /// This session's place in the per-user count (`max_connections_per_user`).
     _user_slot: Option<Slot>,
     /// The session's place in the hub (`None` once cleanup took it).
-    stream: Option<StreamOut>,
+    stream: Option<Outbound>,
     /// Deliveries not yet acknowledged by the client.
     inflight: Inflight<()>,
     subs: Subscriptions,
     /// Nothing more is sent (drain).
     cancelled: bool,
-}
-
-/// A session's outbound state: its hub membership, where it
-/// reads from, and the position it has reached.
-struct StreamOut {
-    member: Membership,
-    read: Read,
-    positions: Positions,
-}
-
-/// Where a stream session's messages come from.
-enum Read {
-    /// Pushed by the hub.
-    Live,
-    /// Pulled from the hub's ring (a resume, or the live backlog filled up).
-    Ring,
-    /// A stream reader shared with other sessions behind the ring (crate::replay).
-    Replay(Handle),
-    /// Its own stream reader: it fell behind its shared reader's window.
-    Stream(Box<Reader>),
-}
-
-/// The next outbound event of a session.
-enum Outbound {
-    /// A live message from the hub.
-    Live(Arc<HubMessage>),
-    /// The hub stopped pushing: the live backlog filled up.
-    Lagged,
-    /// Catching up from the ring: pull the next batch.
-    Pull,
-    /// A message from the session's own stream reader (`None`: it failed).
-    Read(Option<Arc<HubMessage>>),
-    /// What the session's shared stream reader gave.
-    Replayed(Taken),
 }
 
 /// Serves one upgraded WebSocket until it closes; `slot` (the peer IP's connection
@@ -216,7 +183,7 @@ fn now_epoch_s() -> u64 {
 
 /// The next outbound event of the session; pending while the delivery window is full
 /// or after a drain.
-async fn next_outbound(session: Option<&mut Session>, window: usize) -> Outbound {
+async fn next_outbound(session: Option<&mut Session>, window: usize) -> Event {
     let Some(s) = session else {
         return std::future::pending().await;
     };
@@ -226,21 +193,7 @@ async fn next_outbound(session: Option<&mut Session>, window: usize) -> Outbound
     if !core_::may_deliver(s.cancelled, s.inflight.len(), window) {
         return std::future::pending().await;
     }
-    match &mut out.read {
-        Read::Live => {
-            tokio::select! {
-                biased;
-                m = out.member.rx.recv() => match m {
-                    Some(m) => Outbound::Live(m),
-                    None => std::future::pending().await,
-                },
-                () = out.member.lagged.notified() => Outbound::Lagged,
-            }
-        }
-        Read::Ring => Outbound::Pull,
-        Read::Replay(h) => Outbound::Replayed(h.next().await),
-        Read::Stream(r) => Outbound::Read(r.next().await.map(Arc::new)),
-    }
+    out.next().await
 }
 
 async fn next_confirm(confirms: Option<&mut Confirms>) -> Option<Confirmed> {
@@ -687,15 +640,7 @@ impl Conn {
             identity,
             expires,
             _user_slot: user_slot,
-            stream: Some(StreamOut {
-                member,
-                read: if resumed { Read::Ring } else { Read::Live },
-                positions: if resumed {
-                    Positions::resumed(hello.position, head)
-                } else {
-                    Positions::fresh()
-                },
-            }),
+            stream: Some(Outbound::new(member, resumed, hello.position, head)),
             inflight: Inflight::default(),
             subs: Subscriptions::default(),
             cancelled: false,
@@ -1079,12 +1024,13 @@ impl Conn {
         }
     }
 
-    /// Sends live messages, switches to catching up when the hub stopped
-    /// pushing, pulls the next batch from the ring, or takes what the session's own
-    /// stream reader read — and writes what it has with one flush.
-    async fn on_stream(&mut self, event: Outbound) -> Flow {
+    /// Writes what the session's outbound flow gives for `event` ([`Outbound::take`]:
+    /// live messages, a batch from the ring, or what a stream reader read, after a
+    /// `session_expired` notice when positions aged out) with one flush, and moves the
+    /// session's position past it.
+    async fn on_stream(&mut self, event: Event) -> Flow {
         let window = usize::from(self.shared.config.delivery_window);
-        let hub = self.shared.hub.clone();
+        let shared = self.shared.clone();
         let Some(s) = self.session.as_mut() else {
             return Flow::Continue;
         };
@@ -1092,112 +1038,19 @@ impl Conn {
             return Flow::Continue;
         };
         let room = core_::batch_room(s.inflight.len(), window);
-        let positions = out.positions;
-        let mut batch: Vec<Arc<HubMessage>> = Vec::new();
-        let mut next_cursor = None;
-        match event {
-            Outbound::Live(m) => {
-                batch.push(m);
-                while batch.len() < room {
-                    match out.member.rx.try_recv() {
-                        Ok(m) => batch.push(m),
-                        Err(_) => break,
-                    }
-                }
-            }
-            Outbound::Lagged => {
-                metrics::add(&self.shared.metrics.stream_lagged, 1);
-                tracing::debug!(
-                    conn = self.id,
-                    "live backlog full; catching up from the ring"
-                );
-                out.read = Read::Ring;
-                return Flow::Continue;
-            }
-            Outbound::Pull => {
-                // What the hub pushed before it stopped comes first.
-                while batch.len() < room {
-                    match out.member.rx.try_recv() {
-                        Ok(m) => batch.push(m),
-                        Err(_) => break,
-                    }
-                }
-                if batch.is_empty() {
-                    let from = out.positions.next();
-                    match hub.catch_up(self.id, from, room) {
-                        CatchUp::Batch(ms, next) => {
-                            batch = ms;
-                            next_cursor = Some(next);
-                        }
-                        CatchUp::Live => out.read = Read::Live,
-                        CatchUp::Behind { from } => {
-                            out.read = Read::Replay(self.shared.replays.join(self.id, from));
-                            out.positions.reader_opened(from);
-                            return Flow::Continue;
-                        }
-                    }
-                }
-            }
-            Outbound::Read(None) | Outbound::Replayed(Taken::Failed | Taken::Wait) => {
-                tracing::warn!(conn = self.id, "outbound stream reader failed");
-                return Flow::Close(CloseCode::BrokerUnavailable, String::new());
-            }
-            Outbound::Replayed(Taken::Behind(_)) => {
-                // The shared reader's window moved past this session (it read too
-                // slowly): read on with a reader of its own.
-                let from = out.positions.next();
-                let names = &self.shared.names;
-                let tag = format!("{}.{}.replay", self.shared.config.node, self.id);
-                let prefetch = self.shared.config.delivery_window;
-                match Reader::open(
-                    &self.shared.broker,
-                    &names.outbound_stream(),
-                    tag,
-                    from,
-                    prefetch,
-                )
-                .await
-                {
-                    Ok(r) => {
-                        metrics::add(&self.shared.metrics.stream_readers, 1);
-                        out.read = Read::Stream(Box::new(r));
-                        out.positions.reader_opened(from);
-                    }
-                    Err(e) => {
-                        tracing::warn!(conn = self.id, error = %e, "cannot read the outbound stream");
-                        return Flow::Close(CloseCode::BrokerUnavailable, e.to_string());
-                    }
-                }
-                return Flow::Continue;
-            }
-            Outbound::Read(Some(m)) | Outbound::Replayed(Taken::Message(m)) => {
-                if let Read::Stream(r) = &mut out.read {
-                    r.settle().await;
-                }
-                let from = out.positions.next();
-                let core_::Read::Next { missed, to_ring } =
-                    out.positions.read(m.offset, hub.holds(m.offset))
-                else {
-                    return Flow::Continue;
-                };
-                if to_ring {
-                    // The ring has everything from here on: the reader is done (a
-                    // shared one is left when its handle drops).
-                    if let Read::Stream(r) = std::mem::replace(&mut out.read, Read::Ring) {
-                        tokio::spawn(r.close());
-                    }
-                }
-                if missed > 0 {
-                    metrics::add(&self.shared.metrics.stream_missed, missed);
-                    let frame = core_::missed_notice(missed, from);
-                    if let Flow::Close(c, r) = self.send(&frame).await {
-                        return Flow::Close(c, r);
-                    }
-                }
-                if to_ring || !hub.wants(self.id, &m) {
-                    return Flow::Continue;
-                }
-                batch.push(m);
+        let positions = out.positions();
+        let (notice, batch, cursor) = match out.take(event, &shared, self.id, room).await {
+            Step::Send {
+                notice,
+                messages,
+                cursor,
+            } => (notice, messages, cursor),
+            Step::Nothing => return Flow::Continue,
+            Step::Failed(why) => return Flow::Close(CloseCode::BrokerUnavailable, why),
+        };
+        if let Some(frame) = notice {
+            if let Flow::Close(c, r) = self.send(&frame).await {
+                return Flow::Close(c, r);
             }
         }
         let mut last = None;
@@ -1218,8 +1071,8 @@ impl Conn {
             }
         }
         if let Some(out) = self.session.as_mut().and_then(|s| s.stream.as_mut()) {
-            if let Some(next) = next_cursor.or(last.map(|o| o + 1)) {
-                out.positions.advance(next);
+            if let Some(next) = cursor.or(last.map(|o| o + 1)) {
+                out.advance(next);
             }
         }
         if batch.is_empty() || self.phase == Phase::Closed {
@@ -1381,10 +1234,7 @@ impl Conn {
         };
         if let Some(out) = s.stream.take() {
             // Nothing to give back: the client resumes from its position anywhere.
-            if let Read::Stream(r) = out.read {
-                tokio::spawn(r.close());
-            }
-            drop(out.member);
+            out.close();
         }
         let unacked = s.inflight.len();
         self.shared.registry.release(&s.id, self.id);

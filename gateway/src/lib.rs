@@ -50,6 +50,7 @@ mod inbound;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
+mod outbound;
 pub mod presence;
 pub mod replay;
 mod server;

@@ -1,0 +1,276 @@
+//! A session's outbound flow: where its messages come from and the position it has
+//! reached. A session is **live** (the hub pushes what it wants), pulls from the hub's
+//! **ring** (a resume, or its live backlog filled up), reads with a stream reader
+//! **shared** with other sessions behind the ring ([`crate::replay`]), or with a reader
+//! of **its own** when it fell out of the shared one's window; and back to the ring,
+//! then live, once it catches up ([`crate::hub`] explains why nothing is lost or sent
+//! twice on the way).
+//!
+//! The connection's loop races [`Outbound::next`] against its socket and timers, hands
+//! what it got to [`Outbound::take`], and frames and writes the [`Step::Send`] it gets
+//! back. Every wait on RabbitMQ — the next message of a reader, and opening a reader of
+//! its own — happens in [`Outbound::next`], so the loop keeps reading the client's
+//! frames and answering its pings meanwhile. What the positions mean (stale, missed,
+//! back to the ring) is [`crate::session_core`]'s, pure and unit-tested there.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use warren_protocol::ServerFrame;
+
+use crate::error::GatewayError;
+use crate::hub::{CatchUp, Membership, Message, Reader};
+use crate::metrics;
+use crate::replay::{Handle, Taken};
+use crate::server::Shared;
+use crate::session_core::{self as core_, Positions};
+
+/// A session's own reader being opened.
+type Opening = Pin<Box<dyn Future<Output = Result<Box<Reader>, GatewayError>> + Send>>;
+
+/// A session's outbound state: its hub membership, where it reads from, and the
+/// position it has reached.
+pub(crate) struct Outbound {
+    member: Membership,
+    read: Read,
+    positions: Positions,
+}
+
+/// Where a session's messages come from.
+enum Read {
+    /// Pushed by the hub.
+    Live,
+    /// Pulled from the hub's ring (a resume, or the live backlog filled up).
+    Ring,
+    /// A stream reader shared with other sessions behind the ring (crate::replay).
+    Replay(Handle),
+    /// Its own stream reader, being opened at this position.
+    Opening(u64, Opening),
+    /// Its own stream reader: it fell behind its shared reader's window.
+    Stream(Box<Reader>),
+}
+
+/// The next outbound event of a session.
+pub(crate) enum Event {
+    /// A live message from the hub.
+    Live(Arc<Message>),
+    /// The hub stopped pushing: the live backlog filled up.
+    Lagged,
+    /// Catching up from the ring: pull the next batch.
+    Pull,
+    /// A message from the session's own stream reader (`None`: it failed).
+    Read(Option<Arc<Message>>),
+    /// What the session's shared stream reader gave.
+    Replayed(Taken),
+    /// The session's own reader, opened at this position (or why it could not be).
+    Opened(u64, Result<Box<Reader>, GatewayError>),
+}
+
+/// What the connection does with an [`Event`].
+pub(crate) enum Step {
+    /// Sends `notice` (a `session_expired`: positions aged out before they were
+    /// read), then `messages` in order; the position then moves to `cursor`, or after
+    /// the last message when `None` (a batch from the ring may be empty and still move
+    /// it past messages that were not this session's).
+    Send {
+        notice: Option<ServerFrame>,
+        messages: Vec<Arc<Message>>,
+        cursor: Option<u64>,
+    },
+    /// Nothing to send yet.
+    Nothing,
+    /// The stream cannot be read: the connection closes with `broker_unavailable`.
+    Failed(String),
+}
+
+impl Outbound {
+    /// A session that joined the hub: live when it is new, catching up from the ring
+    /// when it resumes after `position` (the newest the client had; the ring's `head`
+    /// when it joined tells what the client may have had already).
+    pub(crate) fn new(
+        member: Membership,
+        resumed: bool,
+        position: Option<u64>,
+        head: Option<u64>,
+    ) -> Outbound {
+        Outbound {
+            member,
+            read: if resumed { Read::Ring } else { Read::Live },
+            positions: if resumed {
+                Positions::resumed(position, head)
+            } else {
+                Positions::fresh()
+            },
+        }
+    }
+
+    /// Where the session has reached.
+    pub(crate) fn positions(&self) -> Positions {
+        self.positions
+    }
+
+    /// The session's next event. Cancel-safe: it is raced against the socket, and an
+    /// opening reader or a pending read goes on at the next call.
+    pub(crate) async fn next(&mut self) -> Event {
+        match &mut self.read {
+            Read::Live => {
+                tokio::select! {
+                    biased;
+                    m = self.member.rx.recv() => match m {
+                        Some(m) => Event::Live(m),
+                        None => std::future::pending().await,
+                    },
+                    () = self.member.lagged.notified() => Event::Lagged,
+                }
+            }
+            Read::Ring => Event::Pull,
+            Read::Replay(h) => Event::Replayed(h.next().await),
+            Read::Opening(from, opening) => {
+                let opened = opening.as_mut().await;
+                Event::Opened(*from, opened)
+            }
+            Read::Stream(r) => Event::Read(r.next().await.map(Arc::new)),
+        }
+    }
+
+    /// What to send for `event`, at most `room` messages: those this session may
+    /// receive, in order. `conn` is the connection's id (the hub's key for it).
+    pub(crate) async fn take(
+        &mut self,
+        event: Event,
+        shared: &Shared,
+        conn: u64,
+        room: usize,
+    ) -> Step {
+        let hub = &shared.hub;
+        let mut messages: Vec<Arc<Message>> = Vec::new();
+        let mut cursor = None;
+        let mut notice = None;
+        match event {
+            Event::Live(m) => {
+                messages.push(m);
+                self.pushed(&mut messages, room);
+            }
+            Event::Lagged => {
+                metrics::add(&shared.metrics.stream_lagged, 1);
+                tracing::debug!(conn, "live backlog full; catching up from the ring");
+                self.read = Read::Ring;
+            }
+            Event::Pull => {
+                // What the hub pushed before it stopped comes first.
+                self.pushed(&mut messages, room);
+                if messages.is_empty() {
+                    let from = self.positions.next();
+                    match hub.catch_up(conn, from, room) {
+                        CatchUp::Batch(ms, next) => {
+                            messages = ms;
+                            cursor = Some(next);
+                        }
+                        CatchUp::Live => self.read = Read::Live,
+                        CatchUp::Behind { from } => {
+                            self.read = Read::Replay(shared.replays.join(conn, from));
+                            self.positions.reader_opened(from);
+                        }
+                    }
+                }
+            }
+            Event::Read(None) | Event::Replayed(Taken::Failed | Taken::Wait) => {
+                tracing::warn!(conn, "outbound stream reader failed");
+                return Step::Failed(String::new());
+            }
+            Event::Replayed(Taken::Behind(_)) => {
+                // The shared reader's window moved past this session (it read too
+                // slowly): read on with a reader of its own, opened while the loop
+                // goes on serving the socket.
+                let from = self.positions.next();
+                let broker = shared.broker.clone();
+                let stream = shared.names.outbound_stream();
+                let tag = format!("{}.{}.replay", shared.config.node, conn);
+                let prefetch = shared.config.delivery_window;
+                let opening = async move {
+                    Reader::open(&broker, &stream, tag, from, prefetch)
+                        .await
+                        .map(Box::new)
+                };
+                self.read = Read::Opening(from, Box::pin(opening));
+            }
+            Event::Opened(from, Ok(r)) => {
+                metrics::add(&shared.metrics.stream_readers, 1);
+                self.read = Read::Stream(r);
+                self.positions.reader_opened(from);
+            }
+            Event::Opened(_, Err(e)) => {
+                tracing::warn!(conn, error = %e, "cannot read the outbound stream");
+                return Step::Failed(e.to_string());
+            }
+            Event::Read(Some(m)) | Event::Replayed(Taken::Message(m)) => {
+                if let Read::Stream(r) = &mut self.read {
+                    r.settle().await;
+                }
+                let from = self.positions.next();
+                let core_::Read::Next { missed, to_ring } =
+                    self.positions.read(m.offset, hub.holds(m.offset))
+                else {
+                    return Step::Nothing;
+                };
+                if to_ring {
+                    // The ring has everything from here on: the reader is done (a
+                    // shared one is left when its handle drops).
+                    if let Read::Stream(r) = std::mem::replace(&mut self.read, Read::Ring) {
+                        tokio::spawn(r.close());
+                    }
+                }
+                if missed > 0 {
+                    metrics::add(&shared.metrics.stream_missed, missed);
+                    notice = Some(core_::missed_notice(missed, from));
+                }
+                if !to_ring && hub.wants(conn, &m) {
+                    messages.push(m);
+                }
+            }
+        }
+        if notice.is_none() && messages.is_empty() && cursor.is_none() {
+            return Step::Nothing;
+        }
+        Step::Send {
+            notice,
+            messages,
+            cursor,
+        }
+    }
+
+    /// The session's position moves to `next` (everything before it was sent).
+    pub(crate) fn advance(&mut self, next: u64) {
+        self.positions.advance(next);
+    }
+
+    /// Up to `room` messages the hub pushed, after those in `messages`.
+    fn pushed(&mut self, messages: &mut Vec<Arc<Message>>, room: usize) {
+        while messages.len() < room {
+            match self.member.rx.try_recv() {
+                Ok(m) => messages.push(m),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Leaves the hub and closes the session's own reader, if it has one (one still
+    /// opening is closed once open).
+    pub(crate) fn close(self) {
+        match self.read {
+            Read::Stream(r) => {
+                tokio::spawn(r.close());
+            }
+            Read::Opening(_, opening) => {
+                tokio::spawn(async move {
+                    if let Ok(r) = opening.await {
+                        r.close().await;
+                    }
+                });
+            }
+            Read::Live | Read::Ring | Read::Replay(_) => {}
+        }
+        drop(self.member);
+    }
+}
