@@ -11,15 +11,19 @@
 //!   (`basic.consume` with `x-stream-offset`, prefetch 2,000, one multiple ack per 200;
 //!   `gateway/src/hub.rs`);
 //! - **queue**: an exclusive, server-named classic queue with the same consumer
-//!   settings.
+//!   settings;
+//! - **direct**: RabbitMQ's direct reply-to (`amq.rabbitmq.reply-to`, no queue at all,
+//!   consumed without acks), as the gateway's HTTP API and auth client get their
+//!   answers: what replies that skipped the stream would cost. Nothing keeps such a
+//!   reply when its reader is gone.
 //!
 //! For each message: publish → delivered to the consumer (what a client waiting for
 //! its reply sees) and publish → confirmed (what a service that acknowledges a request
 //! only after its reply is confirmed waits for before it may take the next one). The
-//! two kinds alternate which goes first, `--runs` times; the first tenth of each run
-//! is warm-up. Prints the medians of the runs' p50 and p99 and the difference stream −
-//! queue; exits non-zero when a message is not delivered, or not in order, within
-//! `--timeout-s`.
+//! kinds take turns going first, `--runs` times; the first tenth of each run is
+//! warm-up. Prints the medians of the runs' p50 and p99 and the difference of each
+//! kind from the classic queue; exits non-zero when a message is not delivered, or
+//! not in order, within `--timeout-s`.
 
 use std::time::Duration;
 
@@ -27,12 +31,15 @@ use anyhow::{bail, Context as _};
 use clap::Parser;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use tokio::time::Instant;
+
+/// RabbitMQ's pseudo-queue for direct replies.
+const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
 /// The gateway's hub reader settings (gateway/src/hub.rs: HUB_PREFETCH, ACK_EVERY).
 const PREFETCH: u16 = 2_000;
@@ -69,16 +76,23 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
 enum Kind {
     Stream,
     Queue,
+    Direct,
 }
 
 impl Kind {
+    const ALL: [Kind; 3] = [Kind::Stream, Kind::Queue, Kind::Direct];
+
     fn name(self) -> &'static str {
         match self {
             Kind::Stream => "stream",
             Kind::Queue => "classic queue",
+            Kind::Direct => "direct reply-to",
         }
     }
 }
+
+/// The runs of each kind, in [`Kind::ALL`]'s order.
+type Runs = [Vec<Run>; 3];
 
 /// One figure of a run.
 type Measure = fn(&Run) -> f64;
@@ -125,8 +139,7 @@ async fn main() -> anyhow::Result<()> {
         .await;
     let _ = publisher.close(200, "done".into()).await;
     let _ = reader.close(200, "done".into()).await;
-    let (streams, queues) = outcome?;
-    report(&args, &streams, &queues);
+    report(&args, &outcome?);
     Ok(())
 }
 
@@ -141,14 +154,12 @@ async fn measure(
     publisher: &Connection,
     reader: &Connection,
     stream: &str,
-) -> anyhow::Result<(Vec<Run>, Vec<Run>)> {
-    let (mut streams, mut queues) = (Vec::new(), Vec::new());
+) -> anyhow::Result<Runs> {
+    let mut runs: Runs = Default::default();
     for run in 0..args.runs {
-        let order = if run % 2 == 0 {
-            [Kind::Stream, Kind::Queue]
-        } else {
-            [Kind::Queue, Kind::Stream]
-        };
+        // Each kind goes first in turn.
+        let mut order = Kind::ALL;
+        order.rotate_left(run % Kind::ALL.len());
         for kind in order {
             let r = one_run(args, publisher, reader, stream, kind)
                 .await
@@ -162,24 +173,39 @@ async fn measure(
                 r.confirm_p50,
                 r.confirm_p99
             );
-            match kind {
-                Kind::Stream => streams.push(r),
-                Kind::Queue => queues.push(r),
-            }
+            let i = Kind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+            runs[i].push(r);
         }
     }
-    Ok((streams, queues))
+    Ok(runs)
 }
 
-/// Opens the consumer of one run: the stream from its end, or a fresh reply queue.
+/// Opens the consumer of one run: the stream from its end, a fresh reply queue, or
+/// direct reply-to; and the routing key that reaches it from the default exchange.
 async fn consume(
     reader: &Connection,
+    publisher: &Channel,
     stream: &str,
     kind: Kind,
 ) -> anyhow::Result<(Channel, Consumer, String)> {
     let ch = reader.create_channel().await?;
     ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
     let (queue, consume_args) = match kind {
+        Kind::Direct => {
+            let consumer = ch
+                .basic_consume(
+                    DIRECT_REPLY_TO.into(),
+                    "".into(),
+                    BasicConsumeOptions {
+                        no_ack: true,
+                        ..BasicConsumeOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            let address = direct_address(&ch, publisher).await?;
+            return Ok((ch, consumer, address));
+        }
         Kind::Stream => {
             let mut a = FieldTable::default();
             a.insert(
@@ -214,6 +240,53 @@ async fn consume(
     Ok((ch, consumer, queue))
 }
 
+/// The address RabbitMQ gives `requester`'s direct reply-to consumer: what a request
+/// it publishes carries as `reply_to`, read back from a probe through a scratch queue.
+async fn direct_address(requester: &Channel, other: &Channel) -> anyhow::Result<String> {
+    let probe = other
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    requester
+        .basic_publish(
+            "".into(),
+            probe.name().clone(),
+            BasicPublishOptions::default(),
+            b"probe",
+            BasicProperties::default().with_reply_to(DIRECT_REPLY_TO.into()),
+        )
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = other
+            .basic_get(probe.name().clone(), BasicGetOptions { no_ack: true })
+            .await?;
+        if let Some(m) = got {
+            let _ = other
+                .queue_delete(probe.name().clone(), QueueDeleteOptions::default())
+                .await;
+            return m
+                .delivery
+                .properties
+                .reply_to()
+                .as_ref()
+                .map(|r| r.to_string())
+                .context("the probe came without its reply_to");
+        }
+        if Instant::now() > deadline {
+            bail!("the direct reply-to probe did not arrive");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn one_run(
     args: &Args,
     publisher: &Connection,
@@ -221,8 +294,8 @@ async fn one_run(
     stream: &str,
     kind: Kind,
 ) -> anyhow::Result<Run> {
-    let (rch, mut consumer, queue) = consume(reader, stream, kind).await?;
     let pch = publisher.create_channel().await?;
+    let (rch, mut consumer, queue) = consume(reader, &pch, stream, kind).await?;
     pch.confirm_select(ConfirmSelectOptions::default()).await?;
     let padding = "x".repeat(args.size.saturating_sub(20));
     let warmup = args.messages / 10;
@@ -260,7 +333,7 @@ async fn one_run(
             if seq != n {
                 bail!("expected message {n}, got {seq}");
             }
-            if (n + 1) % ACK_EVERY == 0 {
+            if kind != Kind::Direct && (n + 1) % ACK_EVERY == 0 {
                 d.acker.ack(BasicAckOptions { multiple: true }).await?;
             }
             Ok(took)
@@ -309,15 +382,17 @@ fn median(mut xs: Vec<f64>) -> f64 {
     }
 }
 
-fn report(args: &Args, streams: &[Run], queues: &[Run]) {
+fn report(args: &Args, runs: &Runs) {
     let med = |runs: &[Run], f: Measure| median(runs.iter().map(f).collect());
     println!(
         "Reply path, one {} B message at a time, persistent, publisher confirms; median of {} runs of {} messages (first tenth warm-up)",
         args.size, args.runs, args.messages
     );
     println!();
-    println!("| measure | stream | classic queue | stream − queue | stream ÷ queue |");
-    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| measure | stream | classic queue | direct reply-to | stream − queue | direct − queue |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
     let rows: [(&str, Measure); 4] = [
         ("publish → delivered, p50 µs", |r| r.deliver_p50),
         ("publish → delivered, p99 µs", |r| r.deliver_p99),
@@ -325,11 +400,11 @@ fn report(args: &Args, streams: &[Run], queues: &[Run]) {
         ("publish → confirmed, p99 µs", |r| r.confirm_p99),
     ];
     for (name, f) in rows {
-        let (s, q) = (med(streams, f), med(queues, f));
+        let [s, q, d] = [0, 1, 2].map(|i| med(&runs[i], f));
         println!(
-            "| {name} | {s:.0} | {q:.0} | {:+.0} | {:.2}× |",
+            "| {name} | {s:.0} | {q:.0} | {d:.0} | {:+.0} | {:+.0} |",
             s - q,
-            if q > 0.0 { s / q } else { 0.0 }
+            d - q
         );
     }
 }
