@@ -72,7 +72,7 @@ async fn the_connection_serves_its_client_while_its_own_stream_reader_opens() {
             last = d.seq;
             got.push(d.message.get().to_string());
         }
-        tokio::time::sleep(warren_gateway::replay::STALL * 3).await;
+        tokio::time::sleep(warren_gateway::replay::STALL * 5).await;
         // Acknowledging lets the session read on: it is behind its shared reader and
         // opens one of its own, which takes OPEN_DELAY.
         c.ack_deliveries(last).await;
