@@ -202,12 +202,18 @@ async fn a_position_older_than_the_gateways_memory_is_replayed_from_the_stream()
         .await;
         let subs = vec![sub("all", "chat")];
         let (session, start) = gone(&gw, 1, &subs[0]).await.remove(0);
+        // A live subscriber shows when the gateway has read what is published: the
+        // resume must come after that, when the ring no longer holds its position
+        // (resuming earlier, it would get everything live, from no reader).
+        let mut observer = TestClient::connect(&gw.url()).await;
+        observer.subscribe(subs[0].clone()).await;
         for i in 1..=20 {
             env.publish_out("chat.all", &format!("m{i}"), &i.to_string())
                 .await;
             // Not this session's: filtered out of the replay.
             env.publish_out("chat.group.x", &format!("g{i}"), "0").await;
         }
+        delivers(&mut observer, 20).await;
         let mut c =
             TestClient::connect_with(&gw.url(), resume(&session, start, subs.clone())).await;
         let replayed = delivers(&mut c, 20).await;
@@ -235,11 +241,15 @@ async fn sessions_resuming_from_before_the_ring_share_stream_readers() {
         let subs = vec![sub("all", "chat")];
         let sessions = 30;
         let away = gone(&gw, sessions, &subs[0]).await;
+        // Shows when the gateway has read what is published (see above).
+        let mut observer = TestClient::connect(&gw.url()).await;
+        observer.subscribe(subs[0].clone()).await;
         let n = 40;
         for i in 1..=n {
             env.publish_out("chat.all", &format!("m{i}"), &i.to_string())
                 .await;
         }
+        delivers(&mut observer, n).await;
         let before = metric(&gw, "stream_readers_total").await;
         // All come back at once, from positions the ring no longer holds.
         let back = away.iter().map(|(session, start)| {
