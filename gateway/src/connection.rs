@@ -741,7 +741,12 @@ impl Conn {
                 match res {
                     Ok(confirm) => {
                         self.errors.good();
-                        self.await_confirms(p.id, Origin::Publish, vec![confirm]);
+                        self.await_confirms(
+                            p.id,
+                            Origin::Publish,
+                            vec![confirm],
+                            inbound::CONFIRM_WAIT,
+                        );
                         Flow::Continue
                     }
                     Err(r) => self.refuse(Some(p.id), r).await,
@@ -781,7 +786,12 @@ impl Conn {
                         self.errors.good();
                         let deadline = self.clock.request_deadline(Instant::now(), timeout);
                         let _ = self.requests.insert(r.id.clone(), deadline, ());
-                        self.await_confirms(r.id, Origin::Request, vec![confirm]);
+                        self.await_confirms(
+                            r.id,
+                            Origin::Request,
+                            vec![confirm],
+                            inbound::request_confirm_wait(timeout),
+                        );
                         Flow::Continue
                     }
                     Err(e) => self.refuse(Some(r.id), e).await,
@@ -939,7 +949,13 @@ impl Conn {
 
     /// Awaits the confirms of one frame's publishes in a task of its own, so confirms
     /// are pipelined: many frames are in flight at once on the pooled channels.
-    fn await_confirms(&mut self, id: String, origin: Origin, confirms: Vec<inbound::Pending>) {
+    fn await_confirms(
+        &mut self,
+        id: String,
+        origin: Origin,
+        confirms: Vec<inbound::Pending>,
+        wait: Duration,
+    ) {
         self.pending_confirms += 1;
         let m = &self.shared.metrics;
         metrics::add(&m.publishes, confirms.len() as u64);
@@ -956,7 +972,9 @@ impl Conn {
         let broker = self.shared.broker.clone();
         tokio::spawn(async move {
             let mut outcome = Outcome::Acked;
-            let outcomes = confirms.into_iter().map(|c| c.outcome_within(&broker));
+            let outcomes = confirms
+                .into_iter()
+                .map(|c| c.outcome_waiting(&broker, wait));
             for this in futures_util::future::join_all(outcomes).await {
                 if matches!(outcome, Outcome::Acked) {
                     outcome = this;
@@ -976,6 +994,10 @@ impl Conn {
             .metrics
             .confirms_pending
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if c.origin == Origin::Request && !self.requests.contains(&c.id) {
+            // Already answered: by its reply, or `timeout` at its deadline.
+            return Flow::Continue;
+        }
         let Some(frame) = core_::confirm_answer(&c.id, c.origin, &c.outcome) else {
             return Flow::Continue;
         };
@@ -1205,7 +1227,7 @@ impl Conn {
                     }
                 }
                 self.errors.good();
-                self.await_confirms(id, Origin::Publish, confirms);
+                self.await_confirms(id, Origin::Publish, confirms, inbound::CONFIRM_WAIT);
                 Flow::Continue
             }
             PocAction::Consume => {

@@ -343,6 +343,15 @@ impl Prepared {
 /// library's default `publish_timeout` too.
 pub(crate) const CONFIRM_WAIT: Duration = Duration::from_secs(10);
 
+/// How long a WebSocket request waits for its publish confirm: [`CONFIRM_WAIT`], or
+/// longer than its own timeout (`timeout_ms`). A request is answered by its reply, a
+/// refusal or `timeout` at its deadline, never `broker_unavailable` while its reply
+/// may still come: under a resource alarm that clears within the timeout the request
+/// goes through (before, it was refused at 10 s, and a retry ran it twice).
+pub(crate) fn request_confirm_wait(timeout_ms: u64) -> Duration {
+    CONFIRM_WAIT.max(Duration::from_millis(timeout_ms) + Duration::from_secs(1))
+}
+
 /// A publish on a publisher channel (pooled, or the stream publisher), its confirm
 /// still to come.
 pub(crate) struct Pending {
@@ -376,8 +385,14 @@ impl Pending {
     /// opening its replacement waits for the alarm to clear — and the outcome is
     /// [`Outcome::Unconfirmed`].
     pub(crate) async fn outcome_within(self, broker: &Arc<Broker>) -> Outcome {
+        self.outcome_waiting(broker, CONFIRM_WAIT).await
+    }
+
+    /// [`Pending::outcome_within`], waiting `wait` for the confirm (a request waits
+    /// past its own deadline: [`request_confirm_wait`]).
+    pub(crate) async fn outcome_waiting(self, broker: &Arc<Broker>, wait: Duration) -> Outcome {
         let channel = self.channel.clone();
-        if let Ok(outcome) = tokio::time::timeout(CONFIRM_WAIT, self.outcome(broker)).await {
+        if let Ok(outcome) = tokio::time::timeout(wait, self.outcome(broker)).await {
             return outcome;
         }
         let broker = broker.clone();

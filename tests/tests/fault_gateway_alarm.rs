@@ -4,7 +4,10 @@
 //! their 10 s confirm wait instead of hanging until the alarm clears (the channel's
 //! replacement, which also waits for the alarm, is opened in the background), and
 //! once the alarm clears the same calls are accepted again. So does a WebSocket
-//! client's `publish` (`broker_unavailable` after the same 10 s). Runs on a private node
+//! client's `publish` (`broker_unavailable` after the same 10 s). A WebSocket `request`
+//! made as the alarm starts waits for its confirm up to its own timeout instead: it is
+//! answered by its reply once the alarm clears, not refused while the reply may still
+//! come (a retry would run it twice). Runs on a private node
 //! (`warren_e2e::broker_node`), never on the shared broker; skipped where RabbitMQ's
 //! server scripts are not installed.
 
@@ -17,6 +20,7 @@ use warren_e2e::broker_node::BrokerCluster;
 use warren_e2e::client::TestClient;
 use warren_e2e::env::TestEnv;
 use warren_e2e::gateway::{http_post, TestGateway};
+use warren_e2e::service::DemoProcess;
 use warren_protocol::{ErrorCode, ServerFrame};
 
 const KEY: &str = "test-http-api-key";
@@ -48,6 +52,8 @@ async fn run() {
         c.http_api.enabled = true;
         c.http_api.api_keys = vec![KEY.into()];
         c.http_api.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        // Clients are not read while the alarm lasts: no heartbeat may close them.
+        c.heartbeat_ms = 120_000;
     })
     .await;
     let addr = gw.gateway().http_api_addr().expect("the HTTP API is on");
@@ -60,12 +66,31 @@ async fn run() {
     let mut client = TestClient::connect(&gw.url()).await;
     client.publish("before-ws", "chat", json!({"n": 0})).await;
     client.expect_ack("before-ws").await;
+    // A service answering `echo` on the node, and a client asking it.
+    let _echo = DemoProcess::spawn_on(&uri, &env.namespace, &["--only", "echo"]).await;
+    let mut asker = TestClient::connect(&gw.url()).await;
+    asker
+        .request("rq-before", "echo", Some(10_000), json!({"n": 0}))
+        .await;
+    asker.expect_reply("rq-before").await;
 
     // A memory alarm: RabbitMQ blocks every connection that publishes.
     cluster
         .ctl(0, &["set_vm_memory_high_watermark", "0"])
         .await
         .expect("alarm set");
+    let alarm = Instant::now();
+    // A request at the same moment, with a timeout longer than the alarm lasts.
+    asker
+        .request("rq-during", "echo", Some(60_000), json!({"n": 1}))
+        .await;
+    // Read (answering the gateway's pings) until its answer, and a little after.
+    let answered = tokio::spawn(async move {
+        let answer = asker.recv_within(Duration::from_secs(60)).await;
+        let at = Instant::now();
+        let extra = asker.recv_within(Duration::from_millis(500)).await;
+        (answer, at, extra)
+    });
     // A WebSocket client's publish at the same moment: before the gateway has seen
     // `connection.blocked`, it goes out and its confirm does not come.
     let ws_publish = async {
@@ -119,6 +144,21 @@ async fn run() {
         "fault_gateway_alarm: accepted again {:?} after the alarm cleared",
         cleared.elapsed()
     );
+    // The request made as the alarm started: answered by its reply, and nothing else.
+    let (answer, at, extra) = tokio::time::timeout(Duration::from_secs(30), answered)
+        .await
+        .expect("the request is answered within 30 s of the alarm clearing")
+        .expect("the reading task");
+    println!(
+        "fault_gateway_alarm: the request made as the alarm started: answered after {:?} (the alarm lasted {:?}): {answer:?}",
+        at.duration_since(alarm),
+        cleared.duration_since(alarm)
+    );
+    assert!(
+        matches!(&answer, Some(ServerFrame::Reply(r)) if r.id == "rq-during"),
+        "the request is answered by its reply once the alarm clears: {answer:?}"
+    );
+    assert!(extra.is_none(), "one answer per request: {extra:?}");
     gw.shutdown().await;
     env.cleanup().await;
     cluster.shutdown().await;
