@@ -214,20 +214,7 @@ async fn consume(
             );
             (stream.to_string(), a)
         }
-        Kind::Queue => {
-            let q = ch
-                .queue_declare(
-                    "".into(),
-                    QueueDeclareOptions {
-                        exclusive: true,
-                        auto_delete: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await?;
-            (q.name().to_string(), FieldTable::default())
-        }
+        Kind::Queue => (scratch_queue(&ch).await?, FieldTable::default()),
     };
     let consumer = ch
         .basic_consume(
@@ -240,10 +227,9 @@ async fn consume(
     Ok((ch, consumer, queue))
 }
 
-/// The address RabbitMQ gives `requester`'s direct reply-to consumer: what a request
-/// it publishes carries as `reply_to`, read back from a probe through a scratch queue.
-async fn direct_address(requester: &Channel, other: &Channel) -> anyhow::Result<String> {
-    let probe = other
+/// An exclusive, server-named classic queue on `ch`; its name.
+async fn scratch_queue(ch: &Channel) -> anyhow::Result<String> {
+    let q = ch
         .queue_declare(
             "".into(),
             QueueDeclareOptions {
@@ -254,10 +240,17 @@ async fn direct_address(requester: &Channel, other: &Channel) -> anyhow::Result<
             FieldTable::default(),
         )
         .await?;
+    Ok(q.name().to_string())
+}
+
+/// The address RabbitMQ gives `requester`'s direct reply-to consumer: what a request
+/// it publishes carries as `reply_to`, read back from a probe through a scratch queue.
+async fn direct_address(requester: &Channel, other: &Channel) -> anyhow::Result<String> {
+    let probe = ShortString::from(scratch_queue(other).await?);
     requester
         .basic_publish(
             "".into(),
-            probe.name().clone(),
+            probe.clone(),
             BasicPublishOptions::default(),
             b"probe",
             BasicProperties::default().with_reply_to(DIRECT_REPLY_TO.into()),
@@ -266,11 +259,11 @@ async fn direct_address(requester: &Channel, other: &Channel) -> anyhow::Result<
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let got = other
-            .basic_get(probe.name().clone(), BasicGetOptions { no_ack: true })
+            .basic_get(probe.clone(), BasicGetOptions { no_ack: true })
             .await?;
         if let Some(m) = got {
             let _ = other
-                .queue_delete(probe.name().clone(), QueueDeleteOptions::default())
+                .queue_delete(probe.clone(), QueueDeleteOptions::default())
                 .await;
             return m
                 .delivery
