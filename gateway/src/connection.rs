@@ -974,7 +974,7 @@ impl Conn {
             let mut outcome = Outcome::Acked;
             let outcomes = confirms
                 .into_iter()
-                .map(|c| c.outcome_waiting(&broker, wait));
+                .map(|c| c.outcome_within(&broker, wait));
             for this in futures_util::future::join_all(outcomes).await {
                 if matches!(outcome, Outcome::Acked) {
                     outcome = this;

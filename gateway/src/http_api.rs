@@ -305,7 +305,12 @@ async fn external(
         inbound::send(&shared, None, &sender, &message, m.message.get().as_bytes()).await?;
     // At most PUBLISH_CONFIRM_WAIT; without a confirm, or with a nack, the channel is
     // taken out of use (`Pending::outcome_within`).
-    taken(&shared, pending.outcome_within(&shared.broker).await)?;
+    taken(
+        &shared,
+        pending
+            .outcome_within(&shared.broker, PUBLISH_CONFIRM_WAIT)
+            .await,
+    )?;
     Ok(accepted(&id, &format!("{}:{id}", caller.identity.user)))
 }
 
@@ -485,7 +490,12 @@ async fn publish(
         .await
         .map_err(|e| unavailable(e.to_string()))?;
     let pending = inbound::Pending::new(channel, confirm);
-    taken(&shared, pending.outcome_within(&shared.broker).await)?;
+    taken(
+        &shared,
+        pending
+            .outcome_within(&shared.broker, PUBLISH_CONFIRM_WAIT)
+            .await,
+    )?;
     Ok(accepted(&id, &message_id))
 }
 

@@ -380,17 +380,12 @@ impl Pending {
         outcome
     }
 
-    /// [`Pending::outcome`] within [`CONFIRM_WAIT`]. Without a confirm by then the
-    /// channel is taken out of use too — in the background: under a resource alarm
-    /// opening its replacement waits for the alarm to clear — and the outcome is
+    /// [`Pending::outcome`] within `wait` ([`CONFIRM_WAIT`] for a publish; a request
+    /// waits past its own deadline: [`request_confirm_wait`]). Without a confirm by
+    /// then the channel is taken out of use too — in the background: under a resource
+    /// alarm opening its replacement waits for the alarm to clear — and the outcome is
     /// [`Outcome::Unconfirmed`].
-    pub(crate) async fn outcome_within(self, broker: &Arc<Broker>) -> Outcome {
-        self.outcome_waiting(broker, CONFIRM_WAIT).await
-    }
-
-    /// [`Pending::outcome_within`], waiting `wait` for the confirm (a request waits
-    /// past its own deadline: [`request_confirm_wait`]).
-    pub(crate) async fn outcome_waiting(self, broker: &Arc<Broker>, wait: Duration) -> Outcome {
+    pub(crate) async fn outcome_within(self, broker: &Arc<Broker>, wait: Duration) -> Outcome {
         let channel = self.channel.clone();
         if let Ok(outcome) = tokio::time::timeout(wait, self.outcome(broker)).await {
             return outcome;
