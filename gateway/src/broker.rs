@@ -209,6 +209,8 @@ impl Broker {
                         broker.kick.notify_one();
                     }
                     Event::ConnectionBlocked(reason) if role == "publish" => {
+                        #[cfg(feature = "fault-injection")]
+                        crate::fault::delay(crate::fault::BLOCKED_NOTICE_DELAY_MS).await;
                         tracing::warn!(role, node = %broker.node, %reason, "RabbitMQ blocked publishing");
                         metrics::add(&broker.metrics.broker_blocked, 1);
                         broker.blocked.store(true, Ordering::Release);

@@ -346,11 +346,11 @@ async fn request(
         .begin(call_id)
         .await
         .map_err(|e| Refusal::new(ErrorCode::BrokerUnavailable, e))?;
-    let confirm = prepared
-        .publish(&call.channel, m.message.get().as_bytes())
+    let pending = prepared
+        .publish(call.channel.clone(), m.message.get().as_bytes())
         .await?;
     // The request's timeout bounds its confirm too.
-    let Ok(confirm) = tokio::time::timeout_at(deadline, confirm).await else {
+    let Ok(confirm) = tokio::time::timeout_at(deadline, pending.confirmation()).await else {
         return Err(Refusal::new(
             ErrorCode::Timeout,
             format!("RabbitMQ did not confirm the request within {timeout} ms"),
@@ -479,17 +479,15 @@ async fn publish(
         .map_err(|e| unavailable(e.to_string()))?;
     // Not mandatory: a message no client is subscribed to is dropped, as a broadcast
     // nobody listens to should be.
-    let confirm = channel
-        .basic_publish(
-            ShortString::from(shared.names.outbound_exchange()),
-            routing_key,
-            BasicPublishOptions::default(),
-            m.message.get().as_bytes(),
-            properties,
-        )
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
-    let pending = inbound::Pending::new(channel, confirm);
+    let pending = inbound::Pending::publish(
+        channel,
+        ShortString::from(shared.names.outbound_exchange()),
+        routing_key,
+        BasicPublishOptions::default(),
+        m.message.get().as_bytes().to_vec(),
+        properties,
+    )
+    .await?;
     taken(
         &shared,
         pending

@@ -747,10 +747,6 @@ pub async fn run_reader(
     }
 }
 
-/// Fault injection (tests): [`Reader::open`] takes this many milliseconds longer.
-#[cfg(feature = "fault-injection")]
-pub const FAULT_READER_OPEN_DELAY_MS: &str = "WARREN_FAULT_READER_OPEN_DELAY_MS";
-
 /// A session's own reader of the stream, for a position older than the ring.
 pub struct Reader {
     channel: Channel,
@@ -774,12 +770,7 @@ impl Reader {
         prefetch: u16,
     ) -> Result<Reader, GatewayError> {
         #[cfg(feature = "fault-injection")]
-        if let Some(ms) = std::env::var(FAULT_READER_OPEN_DELAY_MS)
-            .ok()
-            .and_then(|v| v.parse().ok())
-        {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-        }
+        crate::fault::delay(crate::fault::READER_OPEN_DELAY_MS).await;
         let (channel, consumer) =
             consume_stream(broker, stream, &tag, Some(from), prefetch).await?;
         Ok(Reader {

@@ -12,11 +12,13 @@
 //! `warren.tenants` headers exchange instead of `warren.in` (`warren_protocol::tenants`).
 
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::future::BoxFuture;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
+use lapin::{BasicProperties, Channel, Confirmation};
 use warren_protocol::amqp::{
     self, keys, validate_client_headers, validate_dotted, validate_segment, validate_short,
     HeaderError,
@@ -316,24 +318,20 @@ impl Prepared {
     ///
     /// # Errors
     /// `broker_unavailable` when the channel cannot take the publish.
-    pub(crate) async fn publish(
-        self,
-        channel: &Channel,
-        body: &[u8],
-    ) -> Result<PublisherConfirm, Refusal> {
-        channel
-            .basic_publish(
-                ShortString::from(self.exchange),
-                self.key,
-                BasicPublishOptions {
-                    mandatory: true,
-                    immediate: false,
-                },
-                body,
-                self.properties,
-            )
-            .await
-            .map_err(|e| Refusal::new(ErrorCode::BrokerUnavailable, e.to_string()))
+    pub(crate) async fn publish(self, channel: Channel, body: &[u8]) -> Result<Pending, Refusal> {
+        let options = BasicPublishOptions {
+            mandatory: true,
+            immediate: false,
+        };
+        Pending::publish(
+            channel,
+            ShortString::from(self.exchange),
+            self.key,
+            options,
+            body.to_vec(),
+            self.properties,
+        )
+        .await
     }
 }
 
@@ -358,13 +356,53 @@ pub(crate) struct Pending {
     /// The channel it went out on (taken out of use when the confirm is negative or
     /// does not come).
     pub(crate) channel: Channel,
-    confirm: PublisherConfirm,
+    /// The publish's frames being written, then its confirm.
+    confirm: BoxFuture<'static, lapin::Result<Confirmation>>,
 }
 
 impl Pending {
-    /// `confirm`, of a publish on publisher channel `channel`.
-    pub(crate) fn new(channel: Channel, confirm: PublisherConfirm) -> Pending {
-        Pending { channel, confirm }
+    /// Publishes `body` on `channel` and returns at once, the publish handed to lapin
+    /// (so publishes go out in the order they were made) and its confirm to come.
+    ///
+    /// Why not await `basic_publish`: lapin writes nothing on a connection RabbitMQ has
+    /// sent `connection.blocked` (a resource alarm), and `basic_publish` waits until its
+    /// frames are written. The gateway's own flag ([`Broker::publisher`] waits while it
+    /// is set) follows that notice a moment later; a publish in between would wait
+    /// for the alarm to clear, stalling a client's connection and leaving an HTTP
+    /// call unanswered. Here that wait is part of the confirm's, which
+    /// [`Pending::outcome_within`] bounds.
+    ///
+    /// # Errors
+    /// `broker_unavailable` when the channel cannot take the publish.
+    pub(crate) async fn publish(
+        channel: Channel,
+        exchange: ShortString,
+        key: ShortString,
+        options: BasicPublishOptions,
+        body: Vec<u8>,
+        properties: BasicProperties,
+    ) -> Result<Pending, Refusal> {
+        let on = channel.clone();
+        let mut confirm: BoxFuture<'static, _> = Box::pin(async move {
+            on.basic_publish(exchange, key, options, &body, properties)
+                .await?
+                .await
+        });
+        // Polled once here: that hands the frames to lapin, in this call's order; the
+        // rest is awaited through the Pending.
+        match futures_util::poll!(confirm.as_mut()) {
+            Poll::Ready(Err(e)) => Err(Refusal::new(ErrorCode::BrokerUnavailable, e.to_string())),
+            Poll::Ready(done) => Ok(Pending {
+                channel,
+                confirm: Box::pin(std::future::ready(done)),
+            }),
+            Poll::Pending => Ok(Pending { channel, confirm }),
+        }
+    }
+
+    /// The confirm as it came (or the error that took its place).
+    pub(crate) async fn confirmation(self) -> lapin::Result<Confirmation> {
+        self.confirm.await
     }
 
     /// The broker's verdict. A negative confirm also takes the channel out of use (in
@@ -427,8 +465,7 @@ pub(crate) async fn send(
         .publisher()
         .await
         .map_err(|e| Refusal::new(ErrorCode::BrokerUnavailable, e.to_string()))?;
-    let confirm = prepared.publish(&channel, body).await?;
-    Ok(Pending { channel, confirm })
+    prepared.publish(channel, body).await
 }
 
 /// The broker's verdict on a publish.

@@ -30,6 +30,7 @@
 //! - [`listener`]: TCP listeners with a backlog, TCP_NODELAY and a header deadline.
 //! - [`metrics`]: counters rendered at `/metrics` (Prometheus text format).
 //! - [`error`]: the gateway's error type, [`GatewayError`].
+//! - `fault`: delays tests inject (feature `fault-injection` only).
 //!
 //! [`Gateway::start`] connects, declares the topology and binds the listeners;
 //! [`Gateway::shutdown`] drains: stops accepting, tells clients to move, waits
@@ -44,6 +45,8 @@ mod connection;
 pub mod delivery;
 mod direct_reply;
 pub mod error;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod http_api;
 pub mod hub;
 mod inbound;

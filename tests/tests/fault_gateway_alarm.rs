@@ -7,9 +7,18 @@
 //! client's `publish` (`broker_unavailable` after the same 10 s). A WebSocket `request`
 //! made as the alarm starts waits for its confirm up to its own timeout instead: it is
 //! answered by its reply once the alarm clears, not refused while the reply may still
-//! come (a retry would run it twice). Runs on a private node
-//! (`warren_e2e::broker_node`), never on the shared broker; skipped where RabbitMQ's
-//! server scripts are not installed.
+//! come (a retry would run it twice).
+//!
+//! The gateway is made to act on `connection.blocked` seconds late
+//! (`warren_gateway::fault::BLOCKED_NOTICE_DELAY_MS`), so the publishes during the alarm
+//! meet a connection lapin already holds (it writes nothing on a blocked connection)
+//! while the gateway does not know yet: they are answered in the same bounded time,
+//! and the client's connection keeps answering meanwhile (before, such a publish
+//! stalled the connection and left the HTTP call unanswered until the alarm cleared).
+//!
+//! Runs on a private node (`warren_e2e::broker_node`), never on the shared broker;
+//! skipped where RabbitMQ's server scripts are not installed. The fault is injected
+//! through this process's environment: this binary holds one test.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -24,6 +33,10 @@ use warren_e2e::service::DemoProcess;
 use warren_protocol::{ErrorCode, ServerFrame};
 
 const KEY: &str = "test-http-api-key";
+/// How late the gateway acts on `connection.blocked`.
+const NOTICE_DELAY: Duration = Duration::from_secs(6);
+/// When, after the alarm, the publishes are made: within NOTICE_DELAY.
+const PUBLISH_AFTER: Duration = Duration::from_secs(2);
 
 async fn post(addr: SocketAddr, path: &str, body: Value) -> (u16, Value, Duration) {
     let started = Instant::now();
@@ -37,6 +50,10 @@ async fn under_a_resource_alarm_http_publishes_get_a_503_in_bounded_time_and_wor
         println!("fault_gateway_alarm: skipped, RabbitMQ server scripts not installed");
         return;
     }
+    std::env::set_var(
+        warren_gateway::fault::BLOCKED_NOTICE_DELAY_MS,
+        NOTICE_DELAY.as_millis().to_string(),
+    );
     tokio::time::timeout(Duration::from_secs(180), run())
         .await
         .expect("the test finished within its limit");
@@ -91,16 +108,33 @@ async fn run() {
         let extra = asker.recv_within(Duration::from_millis(500)).await;
         (answer, at, extra)
     });
-    // A WebSocket client's publish at the same moment: before the gateway has seen
-    // `connection.blocked`, it goes out and its confirm does not come.
+    // A WebSocket client's publish and an HTTP call, once lapin holds the connection
+    // and before the gateway knows: they go to a pooled channel, and no confirm comes.
+    tokio::time::sleep(PUBLISH_AFTER).await;
     let ws_publish = async {
         let started = Instant::now();
         client.publish("during-ws", "chat", json!({"n": 1})).await;
+        // The connection answers meanwhile.
+        client.ping(7).await;
+        let pong = client.recv_within(Duration::from_secs(3)).await;
+        let pong_took = started.elapsed();
         let answer = client.recv_within(Duration::from_secs(30)).await;
-        (answer, started.elapsed())
+        (pong, pong_took, answer, started.elapsed())
     };
-    let ((ws_answer, ws_took), first) =
-        tokio::join!(ws_publish, post(addr, "/external/chat", external("during")));
+    let http_publish = async {
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            post(addr, "/external/chat", external("during")),
+        )
+        .await
+        .expect("POST /external is answered during the alarm")
+    };
+    let ((pong, pong_took, ws_answer, ws_took), first) = tokio::join!(ws_publish, http_publish);
+    println!("fault_gateway_alarm: a ping beside a publish during the alarm: after {pong_took:?}: {pong:?}");
+    assert!(
+        matches!(pong, Some(ServerFrame::Pong(_))),
+        "the connection answers a ping while its publish waits: {pong:?}"
+    );
     println!("fault_gateway_alarm: a WebSocket publish during the alarm: after {ws_took:?}: {ws_answer:?}");
     assert!(
         matches!(&ws_answer, Some(ServerFrame::Error(e))
@@ -112,10 +146,13 @@ async fn run() {
         "in bounded time, not when the alarm clears: {ws_took:?}"
     );
     let mut answers = vec![("/external/chat", first)];
-    answers.push((
-        "/publish",
-        post(addr, "/publish", broadcast("during-broadcast")).await,
-    ));
+    let during_broadcast = tokio::time::timeout(
+        Duration::from_secs(30),
+        post(addr, "/publish", broadcast("during-broadcast")),
+    )
+    .await
+    .expect("POST /publish is answered during the alarm");
+    answers.push(("/publish", during_broadcast));
     for (path, (status, answer, took)) in answers {
         println!("fault_gateway_alarm: {path} during the alarm: {status} after {took:?}: {answer}");
         assert_eq!(status, 503, "{path} during the alarm: {answer}");

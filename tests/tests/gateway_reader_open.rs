@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use warren_e2e::client::{sub, TestClient};
 use warren_e2e::env::TestEnv;
 use warren_e2e::gateway::TestGateway;
-use warren_gateway::hub::FAULT_READER_OPEN_DELAY_MS;
+use warren_gateway::fault::READER_OPEN_DELAY_MS;
 use warren_protocol::{Hello, ServerFrame};
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -27,10 +27,7 @@ async fn readers(gw: &TestGateway) -> u64 {
 
 #[tokio::test]
 async fn the_connection_serves_its_client_while_its_own_stream_reader_opens() {
-    std::env::set_var(
-        FAULT_READER_OPEN_DELAY_MS,
-        OPEN_DELAY.as_millis().to_string(),
-    );
+    std::env::set_var(READER_OPEN_DELAY_MS, OPEN_DELAY.as_millis().to_string());
     TestEnv::run("stream-reader-open", LIMIT, async |env| {
         let window = 8;
         let gw = TestGateway::start_with(env, |c| {

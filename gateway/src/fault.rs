@@ -1,0 +1,18 @@
+//! Fault injection for tests (feature `fault-injection`): delays named by environment
+//! variables, read where the fault applies. Builds without the feature have none.
+
+use std::time::Duration;
+
+/// [`crate::hub::Reader::open`] takes this many milliseconds longer.
+pub const READER_OPEN_DELAY_MS: &str = "WARREN_FAULT_READER_OPEN_DELAY_MS";
+
+/// The gateway acts on RabbitMQ's `connection.blocked` this many milliseconds after
+/// lapin received it (so publishes meet a connection lapin already holds).
+pub const BLOCKED_NOTICE_DELAY_MS: &str = "WARREN_FAULT_BLOCKED_NOTICE_DELAY_MS";
+
+/// Sleeps for the milliseconds environment variable `var` holds, if any.
+pub async fn delay(var: &str) {
+    if let Some(ms) = std::env::var(var).ok().and_then(|v| v.parse().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
