@@ -135,6 +135,25 @@ struct BrokerNode {
     state: NodeState,
 }
 
+/// Runs a test that starts its own nodes within `limit`; where RabbitMQ's server
+/// scripts are not installed it prints that `name` is skipped instead.
+///
+/// # Panics
+/// When `test` panics or takes longer than `limit`.
+pub async fn with_private_nodes(
+    name: &str,
+    limit: Duration,
+    test: impl std::future::Future<Output = ()>,
+) {
+    if !BrokerCluster::available() {
+        println!("{name}: skipped, RabbitMQ server scripts not installed");
+        return;
+    }
+    tokio::time::timeout(limit, test)
+        .await
+        .expect("the test finished within its limit");
+}
+
 /// One private RabbitMQ node or a cluster of them, stopped and removed on Drop.
 #[derive(Debug)]
 pub struct BrokerCluster {

@@ -19,7 +19,7 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::json;
 use tokio::time::Instant;
-use warren_e2e::broker_node::BrokerCluster;
+use warren_e2e::broker_node::{with_private_nodes, BrokerCluster};
 use warren_e2e::client::TestClient;
 use warren_e2e::env::TestEnv;
 use warren_e2e::gateway::TestGateway;
@@ -31,13 +31,7 @@ const SUSPENDED: Duration = Duration::from_secs(2);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quorum_queue_too_busy_to_count_its_consumers_does_not_make_requests_no_service() {
-    if !BrokerCluster::available() {
-        println!("fault_busy_queue: skipped, RabbitMQ server scripts not installed");
-        return;
-    }
-    tokio::time::timeout(LIMIT, run())
-        .await
-        .expect("the test finished within its limit");
+    with_private_nodes("fault_busy_queue", LIMIT, run()).await;
 }
 
 async fn run() {

@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Connection, ConnectionProperties};
-use warren_e2e::broker_node::BrokerCluster;
+use warren_e2e::broker_node::{with_private_nodes, BrokerCluster};
 use warren_e2e::env::TestEnv;
 use warren_e2e::gateway::TestGateway;
 use warren_e2e::sdk_driver::{envelope, payload, percentile, SdkClient};
@@ -28,13 +28,12 @@ const FAULT_AFTER: usize = 150;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_killed_and_restarted_under_writes_loses_no_acknowledged_write() {
-    if !BrokerCluster::available() {
-        println!("fault_gateway_broker_restart: skipped, RabbitMQ server scripts not installed");
-        return;
-    }
-    tokio::time::timeout(Duration::from_secs(240), run())
-        .await
-        .expect("the test finished within its limit");
+    with_private_nodes(
+        "fault_gateway_broker_restart",
+        Duration::from_secs(240),
+        run(),
+    )
+    .await;
 }
 
 async fn run() {
