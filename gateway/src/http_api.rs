@@ -280,6 +280,16 @@ fn taken(shared: &Shared, outcome: Outcome) -> Result<(), Refusal> {
     }
 }
 
+/// [`taken`] for a publish, once its confirm came: at most [`PUBLISH_CONFIRM_WAIT`];
+/// without a confirm by then, or with a nack, the channel is taken out of use
+/// ([`inbound::Pending::outcome_within`]).
+async fn confirmed(shared: &Shared, pending: inbound::Pending) -> Result<(), Refusal> {
+    let outcome = pending
+        .outcome_within(&shared.broker, PUBLISH_CONFIRM_WAIT)
+        .await;
+    taken(shared, outcome)
+}
+
 /// `202` naming the call's id and the `message_id` it was published with.
 fn accepted(id: &str, message_id: &str) -> Response {
     let body = serde_json::json!({ "id": id, "message_id": message_id });
@@ -303,14 +313,7 @@ async fn external(
     let message = m.inbound(&id, &channel, None);
     let pending =
         inbound::send(&shared, None, &sender, &message, m.message.get().as_bytes()).await?;
-    // At most PUBLISH_CONFIRM_WAIT; without a confirm, or with a nack, the channel is
-    // taken out of use (`Pending::outcome_within`).
-    taken(
-        &shared,
-        pending
-            .outcome_within(&shared.broker, PUBLISH_CONFIRM_WAIT)
-            .await,
-    )?;
+    confirmed(&shared, pending).await?;
     Ok(accepted(&id, &format!("{}:{id}", caller.identity.user)))
 }
 
@@ -488,12 +491,7 @@ async fn publish(
         properties,
     )
     .await?;
-    taken(
-        &shared,
-        pending
-            .outcome_within(&shared.broker, PUBLISH_CONFIRM_WAIT)
-            .await,
-    )?;
+    confirmed(&shared, pending).await?;
     Ok(accepted(&id, &message_id))
 }
 
