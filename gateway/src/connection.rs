@@ -10,6 +10,7 @@
 //! [`crate::outbound`]'s. This loop does the IO around them: the socket, the broker
 //! and the metrics.
 
+use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -712,6 +713,7 @@ impl Conn {
             protocol: PROTOCOL_VERSION,
             notice,
             position,
+            positions: BTreeMap::new(),
         })
     }
 
@@ -1085,6 +1087,7 @@ impl Conn {
                 properties: &m.properties,
                 body: &m.body,
                 position: Some(m.offset),
+                stream: None,
             }) else {
                 return Flow::Continue;
             };

@@ -38,6 +38,9 @@ pub struct Incoming<'a> {
     /// stream carry `<session>/<request id>` as correlation id; the frame gets the
     /// request id alone.
     pub position: Option<u64>,
+    /// The channel stream `position` belongs to (a channel with a retention of its
+    /// own); `None` for the default outbound stream.
+    pub stream: Option<&'a str>,
 }
 
 /// Builds the frame for one message with sequence number `seq`.
@@ -69,6 +72,7 @@ pub fn to_frame(m: Incoming<'_>, seq: u64) -> ServerFrame {
                     message: error_message(m.body),
                     seq: Some(seq),
                     position: m.position,
+                    stream: None,
                 }),
                 None => ServerFrame::Reply(Reply {
                     id,
@@ -82,6 +86,7 @@ pub fn to_frame(m: Incoming<'_>, seq: u64) -> ServerFrame {
         _ => ServerFrame::Deliver(Deliver {
             seq,
             position: m.position,
+            stream: m.stream.map(str::to_string),
             message_id: m
                 .properties
                 .message_id()
@@ -283,6 +288,7 @@ mod tests {
                 properties: &p,
                 body: b"{\"ok\":true}",
                 position: None,
+                stream: None,
             },
             4,
         );
@@ -311,6 +317,7 @@ mod tests {
                 properties: &p,
                 body: b"{\"message\":\"no such ticket\"}",
                 position: None,
+                stream: None,
             },
             9,
         );
@@ -334,6 +341,7 @@ mod tests {
                 properties: &p,
                 body: b"[1,2]",
                 position: None,
+                stream: None,
             },
             1,
         );
@@ -360,6 +368,7 @@ mod tests {
                 properties: &p,
                 body: b"1",
                 position: Some(42),
+                stream: None,
             },
             3,
         );

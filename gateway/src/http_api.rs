@@ -388,6 +388,7 @@ async fn request(
             properties: &answer.properties,
             body: &answer.data,
             position: None,
+            stream: None,
         },
         0,
     );

@@ -59,6 +59,7 @@ fn deliver(size: usize) -> ServerFrame {
     ServerFrame::Deliver(Deliver {
         seq: 98765,
         position: Some(1_234_567),
+        stream: None,
         message_id: "alice:1234".into(),
         channel: "chat".into(),
         routing_key: "chat.group.room-1".into(),

@@ -135,6 +135,13 @@ impl Names {
         format!("{}warren.out.stream", self.prefix)
     }
 
+    /// The stream of a channel with a retention of its own: `warren.out.stream.chat`.
+    /// It is bound to the outbound exchange with `chat.#`, and the outbound stream
+    /// then binds each other channel instead of `#`.
+    pub fn channel_stream(&self, channel: &str) -> String {
+        format!("{}warren.out.stream.{channel}", self.prefix)
+    }
+
     /// Tenant mode: the root **headers** exchange every client write goes to; it
     /// routes by [`H_TENANT`] to the tenant's exchange.
     pub fn tenants_exchange(&self) -> String {

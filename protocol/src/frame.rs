@@ -43,6 +43,11 @@ pub struct Hello {
     /// session may receive after it, then joins the live flow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position: Option<u64>,
+    /// Resuming: the last position received in each channel stream (a channel whose
+    /// retention is its own; see `Deliver::stream`), by channel. `position` is the
+    /// default stream's. A channel stream without an entry is replayed from its start.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub positions: BTreeMap<String, u64>,
     /// The session's subscriptions, re-established before the replay (so nothing
     /// published while the client was away is filtered out). The client sends them as
     /// `subscribe` frames again after `welcome`, which is where refusals are reported.
@@ -88,6 +93,10 @@ pub struct Welcome {
     /// empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position: Option<u64>,
+    /// A new session: the position it starts after in each channel stream that is not
+    /// empty, by channel (name them in `hello.positions`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub positions: BTreeMap<String, u64>,
 }
 
 /// Who receives a message: everyone on the channel, some groups, some users.
@@ -236,6 +245,9 @@ pub struct Error {
     /// Stream position of that refusal (stream outbound only); see `Deliver::position`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position: Option<u64>,
+    /// A `session_expired` about a channel stream: that channel (see `Deliver::stream`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
 }
 
 /// `reply`: the answer to a `request`.
@@ -265,6 +277,11 @@ pub struct Deliver<M = Raw> {
     /// received in `hello.position` is sent everything after it on reconnect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position: Option<u64>,
+    /// The stream `position` belongs to, when the channel has a stream of its own (its
+    /// own retention): the channel's name. Absent: the default outbound stream.
+    /// Positions of different streams are unrelated; the client keeps one per stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
     /// Stable id: the same message redelivered carries the same id.
     pub message_id: String,
     /// Channel the message was published on.
@@ -464,6 +481,7 @@ impl ServerFrame {
             message: message.into(),
             seq: None,
             position: None,
+            stream: None,
         })
     }
 

@@ -410,6 +410,7 @@ impl<C: Codec> ClientCore<C> {
                     client: Some(self.config.client_name.clone()),
                     protocol: Some(PROTOCOL_VERSION),
                     position: self.position.filter(|_| resuming),
+                    positions: Default::default(),
                     subscriptions,
                 }));
             }
