@@ -283,6 +283,28 @@ pub struct ChannelOptions {
     /// `message_ttl_ms`; 0 = none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message_ttl_ms: Option<u64>,
+    /// Retention of this channel's messages to clients by age, when it is not the
+    /// outbound stream's (`stream_max_age`). Either stream setting gives the channel a
+    /// stream of its own, `warren.out.stream.<channel>`, so a busy channel does not
+    /// push a quiet one's history out and a channel can keep its history longer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_max_age: Option<String>,
+    /// Retention of this channel's messages to clients by size, in bytes, when it is
+    /// not the outbound stream's (`stream_max_bytes`); see `stream_max_age`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_max_bytes: Option<u64>,
+}
+
+/// A channel stream: where a channel with a retention of its own keeps what services
+/// send its clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelStream {
+    /// The channel.
+    pub channel: String,
+    /// Retention by age (`x-max-age`).
+    pub max_age: String,
+    /// Retention by size (`x-max-length-bytes`).
+    pub max_bytes: u64,
 }
 
 /// A WebSocket listener: an address, serving every channel or pinned to one.
@@ -619,6 +641,29 @@ impl Config {
         (ttl > 0).then_some(ttl)
     }
 
+    /// The channels with a stream of their own (a `stream_max_age` or
+    /// `stream_max_bytes` in their `[channel_options]`), in the order of `channels`;
+    /// what a channel does not set is the outbound stream's.
+    pub fn channel_streams(&self) -> Vec<ChannelStream> {
+        self.channels
+            .iter()
+            .filter_map(|ch| {
+                let o = self.channel_options.get(ch)?;
+                if o.stream_max_age.is_none() && o.stream_max_bytes.is_none() {
+                    return None;
+                }
+                Some(ChannelStream {
+                    channel: ch.clone(),
+                    max_age: o
+                        .stream_max_age
+                        .clone()
+                        .unwrap_or_else(|| self.stream_max_age.clone()),
+                    max_bytes: o.stream_max_bytes.unwrap_or(self.stream_max_bytes),
+                })
+            })
+            .collect()
+    }
+
     /// Checks the configuration once, at start-up.
     ///
     /// # Errors
@@ -697,6 +742,18 @@ impl Config {
         for name in self.channel_options.keys() {
             if !self.has_channel(name) {
                 return bad(format!("channel_options.{name}: not a configured channel"));
+            }
+            if let Some(age) = &self.channel_options[name].stream_max_age {
+                if !valid_max_age(age) {
+                    return bad(format!(
+                        "channel_options.{name}.stream_max_age `{age}` is not a number followed by Y, M, D, h, m or s (e.g. `7D`)"
+                    ));
+                }
+            }
+            if self.channel_options[name].stream_max_bytes == Some(0) {
+                return bad(format!(
+                    "channel_options.{name}.stream_max_bytes must be at least 1"
+                ));
             }
         }
         if self.max_pending_confirms == 0 {
@@ -1544,6 +1601,35 @@ mod tests {
         assert_eq!(Config::default().message_ttl_of("chat"), None);
         let c = Config::from_toml("[channel_options.nope]\nmessage_ttl_ms = 1\n", "x").unwrap();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn a_channel_with_a_stream_setting_gets_a_stream_of_its_own() {
+        let c = Config::from_toml(
+            "stream_max_age = \"12h\"\n[channel_options.echo]\nstream_max_bytes = 1000\n",
+            "x",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        // What the channel does not set is the outbound stream's.
+        assert_eq!(
+            c.channel_streams(),
+            [ChannelStream {
+                channel: "echo".into(),
+                max_age: "12h".into(),
+                max_bytes: 1000,
+            }]
+        );
+        let c = Config::from_toml("[channel_options.echo]\nmessage_ttl_ms = 5\n", "x").unwrap();
+        assert!(c.channel_streams().is_empty(), "a TTL alone is no stream");
+        let bad_age =
+            Config::from_toml("[channel_options.echo]\nstream_max_age = \"7 days\"\n", "x")
+                .unwrap();
+        let err = bad_age.validate().unwrap_err().to_string();
+        assert!(err.contains("channel_options.echo.stream_max_age"), "{err}");
+        let zero =
+            Config::from_toml("[channel_options.echo]\nstream_max_bytes = 0\n", "x").unwrap();
+        assert!(zero.validate().is_err());
     }
 
     #[test]

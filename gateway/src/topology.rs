@@ -46,6 +46,16 @@ pub enum Declaration {
         /// The binding key.
         key: String,
     },
+    /// A binding that must not exist: removed if it does (the outbound stream's `#`
+    /// once some channel has a stream of its own).
+    Unbinding {
+        /// The queue.
+        queue: String,
+        /// The exchange.
+        exchange: String,
+        /// The binding key.
+        key: String,
+    },
     /// Tenant mode: a queue bound to a headers exchange by `x-match` arguments.
     HeadersBinding {
         /// The queue.
@@ -172,34 +182,47 @@ impl Topology {
                 key: keys::inbound_binding(ch),
             });
         }
+        // The outbound stream takes every channel's messages (`#`), unless some channel
+        // has a stream of its own: a topic binding cannot leave a channel out, so the
+        // outbound stream then binds each other channel, and its `#` is removed.
+        let own = config.channel_streams();
         let stream = names.outbound_stream();
-        d.push(Declaration::Queue {
-            name: stream.clone(),
-            args: vec![
-                ("x-queue-type".into(), QueueArg::Text("stream".into())),
-                (
-                    "x-max-age".into(),
-                    QueueArg::Text(config.stream_max_age.clone()),
-                ),
-                (
-                    "x-max-length-bytes".into(),
-                    QueueArg::Int(i64::try_from(config.stream_max_bytes).unwrap_or(i64::MAX)),
-                ),
-                // Retention drops whole segments: keep them a fraction of the size.
-                (
-                    "x-stream-max-segment-size-bytes".into(),
-                    QueueArg::Int(
-                        i64::try_from((config.stream_max_bytes / 8).clamp(1 << 20, 500 << 20))
-                            .unwrap_or(500 << 20),
-                    ),
-                ),
-            ],
-        });
-        d.push(Declaration::Binding {
-            queue: stream,
-            exchange: names.outbound_exchange(),
-            key: "#".into(),
-        });
+        d.push(stream_queue(
+            stream.clone(),
+            &config.stream_max_age,
+            config.stream_max_bytes,
+        ));
+        for s in &own {
+            d.push(stream_queue(
+                names.channel_stream(&s.channel),
+                &s.max_age,
+                s.max_bytes,
+            ));
+        }
+        if own.is_empty() {
+            d.push(Declaration::Binding {
+                queue: stream,
+                exchange: names.outbound_exchange(),
+                key: "#".into(),
+            });
+        } else {
+            for ch in &config.channels {
+                let queue = match own.iter().find(|s| &s.channel == ch) {
+                    Some(_) => names.channel_stream(ch),
+                    None => stream.clone(),
+                };
+                d.push(Declaration::Binding {
+                    queue,
+                    exchange: names.outbound_exchange(),
+                    key: keys::inbound_binding(ch),
+                });
+            }
+            d.push(Declaration::Unbinding {
+                queue: stream,
+                exchange: names.outbound_exchange(),
+                key: "#".into(),
+            });
+        }
         if config.tenants.enabled {
             push_tenant_topology(&mut d, config, &names);
         }
@@ -352,6 +375,21 @@ impl Topology {
                     .map_err(|e| {
                         GatewayError::amqp(format!("queue.bind {queue} {exchange} {key}"), e)
                     })?,
+                Declaration::Unbinding {
+                    queue,
+                    exchange,
+                    key,
+                } => channel
+                    .queue_unbind(
+                        ShortString::from(queue.as_str()),
+                        ShortString::from(exchange.as_str()),
+                        ShortString::from(key.as_str()),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(|e| {
+                        GatewayError::amqp(format!("queue.unbind {queue} {exchange} {key}"), e)
+                    })?,
                 Declaration::HeadersBinding {
                     queue,
                     exchange,
@@ -411,6 +449,14 @@ impl fmt::Display for Topology {
                     exchange,
                     key,
                 } => writeln!(f, "binding   {queue:<32} <- {exchange} key `{key}`")?,
+                Declaration::Unbinding {
+                    queue,
+                    exchange,
+                    key,
+                } => writeln!(
+                    f,
+                    "unbind    {queue:<32} <- {exchange} key `{key}` (removed if present)"
+                )?,
                 Declaration::HeadersBinding {
                     queue,
                     exchange,
@@ -433,6 +479,28 @@ impl fmt::Display for Topology {
             "# per session: nothing (every gateway reads the outbound stream and fans \
              out in memory; replies reach the stream through the default exchange)"
         )
+    }
+}
+
+/// A stream of messages to clients, retained by `max_age` and `max_bytes`.
+fn stream_queue(name: String, max_age: &str, max_bytes: u64) -> Declaration {
+    Declaration::Queue {
+        name,
+        args: vec![
+            ("x-queue-type".into(), QueueArg::Text("stream".into())),
+            ("x-max-age".into(), QueueArg::Text(max_age.to_string())),
+            (
+                "x-max-length-bytes".into(),
+                QueueArg::Int(i64::try_from(max_bytes).unwrap_or(i64::MAX)),
+            ),
+            // Retention drops whole segments: keep them a fraction of the size.
+            (
+                "x-stream-max-segment-size-bytes".into(),
+                QueueArg::Int(
+                    i64::try_from((max_bytes / 8).clamp(1 << 20, 500 << 20)).unwrap_or(500 << 20),
+                ),
+            ),
+        ],
     }
 }
 
@@ -603,6 +671,7 @@ mod tests {
             "echo".into(),
             crate::config::ChannelOptions {
                 message_ttl_ms: Some(500),
+                ..Default::default()
             },
         );
         let t = Topology::from_config(&config);
@@ -616,6 +685,75 @@ mod tests {
             .unwrap();
         assert!(args.contains(&("x-message-ttl".into(), QueueArg::Int(500))));
         assert!(t.to_string().contains("x-message-ttl=500"));
+    }
+
+    #[test]
+    fn a_channel_with_its_own_retention_gets_its_own_stream_and_the_outbound_stream_the_rest() {
+        let plain = Topology::from_config(&Config::default());
+        let outbound_all = Declaration::Binding {
+            queue: "warren.out.stream".into(),
+            exchange: "warren.out".into(),
+            key: "#".into(),
+        };
+        assert!(plain.declarations.contains(&outbound_all));
+        assert!(!plain.to_string().contains("unbind"));
+
+        let mut config = Config::default();
+        config.channel_options.insert(
+            "voice".into(),
+            crate::config::ChannelOptions {
+                stream_max_age: Some("10m".into()),
+                ..Default::default()
+            },
+        );
+        let t = Topology::from_config(&config);
+        let args = t
+            .declarations
+            .iter()
+            .find_map(|d| match d {
+                Declaration::Queue { name, args } if name == "warren.out.stream.voice" => {
+                    Some(args.clone())
+                }
+                _ => None,
+            })
+            .expect("voice's stream is declared");
+        assert!(args.contains(&("x-queue-type".into(), QueueArg::Text("stream".into()))));
+        assert!(args.contains(&("x-max-age".into(), QueueArg::Text("10m".into()))));
+        // Its size limit is the outbound stream's, as the channel does not set one.
+        assert!(args.contains(&(
+            "x-max-length-bytes".into(),
+            QueueArg::Int(2 * 1024 * 1024 * 1024)
+        )));
+        let bindings: Vec<(String, String)> = t
+            .declarations
+            .iter()
+            .filter_map(|d| match d {
+                Declaration::Binding {
+                    queue,
+                    exchange,
+                    key,
+                } if exchange == "warren.out" => Some((queue.clone(), key.clone())),
+                _ => None,
+            })
+            .collect();
+        let expect = |q: &str, k: &str| (q.to_string(), k.to_string());
+        assert_eq!(
+            bindings,
+            [
+                expect("warren.out.stream", "chat.#"),
+                expect("warren.out.stream.voice", "voice.#"),
+                expect("warren.out.stream", "tickets.#"),
+                expect("warren.out.stream", "echo.#"),
+            ]
+        );
+        assert!(t.declarations.contains(&Declaration::Unbinding {
+            queue: "warren.out.stream".into(),
+            exchange: "warren.out".into(),
+            key: "#".into(),
+        }));
+        assert!(t
+            .to_string()
+            .contains("unbind    warren.out.stream                <- warren.out key `#`"));
     }
 
     #[test]
@@ -676,9 +814,9 @@ mod tests {
         for d in &t.declarations {
             let name = match d {
                 Declaration::Exchange { name, .. } | Declaration::Queue { name, .. } => name,
-                Declaration::Binding { queue, .. } | Declaration::HeadersBinding { queue, .. } => {
-                    queue
-                }
+                Declaration::Binding { queue, .. }
+                | Declaration::Unbinding { queue, .. }
+                | Declaration::HeadersBinding { queue, .. } => queue,
                 Declaration::ExchangeBinding { destination, .. } => destination,
                 Declaration::Tenant { name } => name,
             };
@@ -800,7 +938,8 @@ fn percent_encode(s: &str) -> String {
 impl Topology {
     /// The bindings of the topology that the broker does not have, read through the
     /// management API (`MISMATCH binding <source> -> <destination> (<key or
-    /// arguments>): missing`). Blocking: call it off the async runtime.
+    /// arguments>): missing`), and those it has that must go (the outbound stream's
+    /// `#` when a channel has a stream of its own: `present; should be removed`). Blocking: call it off the async runtime.
     ///
     /// # Errors
     /// [`GatewayError::Config`] when the management API cannot be asked.
@@ -823,6 +962,23 @@ impl Topology {
                     source,
                     args,
                 } => (source, "e", destination, None, args),
+                Declaration::Unbinding {
+                    queue,
+                    exchange,
+                    key,
+                } => {
+                    let found = management.bindings(exchange, "q", queue)?;
+                    if found.iter().any(|(k, _)| k == key) {
+                        out.push(Mismatch {
+                            object: format!("binding {exchange} -> {queue} ({key})"),
+                            difference: "present; should be removed (a channel has a \
+                                         stream of its own, and its messages would be \
+                                         kept twice)"
+                                .into(),
+                        });
+                    }
+                    continue;
+                }
                 _ => continue,
             };
             let found = management.bindings(source, kind, destination)?;
