@@ -100,8 +100,9 @@ pub struct Broker {
     next_publisher: AtomicUsize,
     next_consumer: AtomicUsize,
     next_control: AtomicUsize,
-    /// The channel for publishes to the outbound stream ([`Broker::stream_publisher`]).
-    stream_publisher: Mutex<Option<Channel>>,
+    /// The channels for publishes to the outbound stream, by Warren channel
+    /// ([`Broker::stream_publisher`]).
+    stream_publisher: Mutex<HashMap<String, Channel>>,
     /// When each publisher channel (by id) was opened ([`Broker::retire_nacked`]).
     opened: std::sync::Mutex<HashMap<u16, Instant>>,
     /// Pooled publisher channels (by id) being replaced right now: one replacement
@@ -141,7 +142,7 @@ impl Broker {
             next_publisher: AtomicUsize::new(0),
             next_consumer: AtomicUsize::new(0),
             next_control: AtomicUsize::new(0),
-            stream_publisher: Mutex::new(None),
+            stream_publisher: Mutex::new(HashMap::new()),
             opened: std::sync::Mutex::new(HashMap::new()),
             retiring: std::sync::Mutex::new(std::collections::HashSet::new()),
         });
@@ -406,8 +407,10 @@ impl Broker {
         self.pick(Pool::Publisher).await
     }
 
-    /// The confirm-mode channel for publishes to the outbound stream (`POST /publish`),
-    /// on which nothing else is published; opened when there is none or it closed.
+    /// The confirm-mode channel for publishes to clients of Warren channel `channel`
+    /// (`POST /publish`), on which nothing else is published; opened when there is none
+    /// or it closed. One per Warren channel, as a channel may have a stream of its own
+    /// and one AMQP channel must publish to one stream only.
     ///
     /// Why its own: when a stream's leader changes, RabbitMQ 3.10.8 publishes a
     /// channel's unconfirmed stream messages again numbered by the channel's publish
@@ -419,7 +422,7 @@ impl Broker {
     /// # Errors
     /// [`GatewayError::Unavailable`] or [`GatewayError::Blocked`] when RabbitMQ cannot
     /// take publishes within `broker_wait_ms`.
-    pub async fn stream_publisher(&self) -> Result<Channel, GatewayError> {
+    pub async fn stream_publisher(&self, channel: &str) -> Result<Channel, GatewayError> {
         if self.blocked.load(Ordering::Acquire) {
             self.wait_unblocked().await?;
         }
@@ -428,12 +431,12 @@ impl Broker {
             let links = guard.as_ref().expect("healthy() leaves links in place");
             links.publish_conn.clone()
         };
-        let mut slot = self.stream_publisher.lock().await;
-        if let Some(ch) = slot.as_ref().filter(|c| c.status().connected()) {
+        let mut slots = self.stream_publisher.lock().await;
+        if let Some(ch) = slots.get(channel).filter(|c| c.status().connected()) {
             return Ok(ch.clone());
         }
         let fresh = self.new_channel(&conn, Pool::Publisher).await?;
-        *slot = Some(fresh.clone());
+        slots.insert(channel.to_string(), fresh.clone());
         Ok(fresh)
     }
 
@@ -521,14 +524,12 @@ impl Broker {
         }
     }
 
-    /// Whether `channel` is the stream publisher; if so, it is one no more.
+    /// Whether `channel` is a stream publisher; if so, it is one no more.
     async fn take_stream_publisher(&self, channel: &Channel) -> bool {
-        let mut slot = self.stream_publisher.lock().await;
-        let same = slot.as_ref().is_some_and(|c| c.id() == channel.id());
-        if same {
-            *slot = None;
-        }
-        same
+        let mut slots = self.stream_publisher.lock().await;
+        let before = slots.len();
+        slots.retain(|_, c| c.id() != channel.id());
+        slots.len() != before
     }
 
     /// Closes `channel` once its outstanding confirms came, at most `wait` from now.

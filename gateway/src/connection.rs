@@ -59,8 +59,12 @@ struct Session {
     expires: Option<Instant>,
     /// This session's place in the per-user count (`max_connections_per_user`).
     _user_slot: Option<Slot>,
-    /// The session's place in the hub (`None` once cleanup took it).
-    stream: Option<Outbound>,
+    /// The session's place in each stream's hub, the outbound stream first, as in
+    /// `Shared::streams` (empty once cleanup took them).
+    streams: Vec<Outbound>,
+    /// Which stream [`next_outbound`] looks at first, in turn, so a busy one cannot
+    /// keep another's messages waiting.
+    turn: usize,
     /// Deliveries not yet acknowledged by the client.
     inflight: Inflight<()>,
     subs: Subscriptions,
@@ -182,19 +186,30 @@ fn now_epoch_s() -> u64 {
     now_ms_epoch() / 1000
 }
 
-/// The next outbound event of the session; pending while the delivery window is full
-/// or after a drain.
-async fn next_outbound(session: Option<&mut Session>, window: usize) -> Event {
+/// The next outbound event of the session, and the index of the stream it is from;
+/// pending while the delivery window is full or after a drain.
+async fn next_outbound(session: Option<&mut Session>, window: usize) -> (usize, Event) {
     let Some(s) = session else {
         return std::future::pending().await;
     };
-    let Some(out) = s.stream.as_mut() else {
-        return std::future::pending().await;
-    };
-    if !core_::may_deliver(s.cancelled, s.inflight.len(), window) {
+    if s.streams.is_empty() || !core_::may_deliver(s.cancelled, s.inflight.len(), window) {
         return std::future::pending().await;
     }
-    out.next().await
+    if let [out] = s.streams.as_mut_slice() {
+        return (0, out.next().await);
+    }
+    // Several streams: the first ready wins, starting from a different one each time.
+    // Each `next` is cancel-safe, so the others lose nothing.
+    let start = s.turn % s.streams.len();
+    s.turn = s.turn.wrapping_add(1);
+    let mut nexts: Vec<_> = s
+        .streams
+        .iter_mut()
+        .enumerate()
+        .map(|(i, out)| Box::pin(async move { (i, out.next().await) }))
+        .collect();
+    nexts.rotate_left(start);
+    futures_util::future::select_all(nexts).await.0
 }
 
 async fn next_confirm(confirms: Option<&mut Confirms>) -> Option<Confirmed> {
@@ -278,8 +293,8 @@ impl Conn {
                 msg = self.ws.recv(), if self.pending_confirms < self.shared.config.max_pending_confirms => {
                     Box::pin(self.on_message(msg)).await
                 }
-                o = next_outbound(self.session.as_mut(), usize::from(self.shared.config.delivery_window)) => {
-                    Box::pin(self.on_stream(o)).await
+                (i, o) = next_outbound(self.session.as_mut(), usize::from(self.shared.config.delivery_window)) => {
+                    Box::pin(self.on_stream(i, o)).await
                 }
                 Some(c) = next_confirm(self.confirms.as_mut()) => Box::pin(self.on_confirm(c)).await,
                 () = timer.as_mut() => Box::pin(self.on_timer()).await,
@@ -626,22 +641,40 @@ impl Conn {
             id
         });
         // A resume without a position (the stream was empty when the session opened)
-        // replays from the stream's start.
-        let resume_at = resumed.then(|| core_::resume_from(hello.position));
+        // replays from the stream's start. Each stream has positions of its own.
         let tenant = inbound::tenant_of(&self.shared.config, &identity);
-        let (member, head) = self.shared.hub.join_tenant(self.id, &id, tenant, resume_at);
+        let mut streams = Vec::new();
+        let mut heads = Vec::new();
+        for source in self.shared.streams.all() {
+            let position = match &source.channel {
+                None => hello.position,
+                Some(channel) => hello.positions.get(channel).copied(),
+            };
+            let resume_at = resumed.then(|| core_::resume_from(position));
+            let (member, head) = source.hub.join_tenant(self.id, &id, tenant, resume_at);
+            tracing::debug!(conn = self.id, stream = %source.name, from = ?resume_at, "joined");
+            heads.push((source.channel.clone(), head));
+            streams.push(Outbound::new(
+                source.clone(),
+                member,
+                resumed,
+                position,
+                head,
+            ));
+        }
         if anonymous {
             identity.user = id.clone();
         }
         let user = identity.user.clone();
         let expires = self.expiry_of(&identity);
-        tracing::info!(conn = self.id, session = %id, user = %user, resumed, from = ?resume_at, client = ?hello.client, "session open");
+        tracing::info!(conn = self.id, session = %id, user = %user, resumed, from = ?hello.position, client = ?hello.client, "session open");
         self.session = Some(Session {
             id: id.clone(),
             identity,
             expires,
             _user_slot: user_slot,
-            stream: Some(Outbound::new(member, resumed, hello.position, head)),
+            streams,
+            turn: 0,
             inflight: Inflight::default(),
             subs: Subscriptions::default(),
             cancelled: false,
@@ -653,7 +686,9 @@ impl Conn {
                 tracing::debug!(conn = self.id, code = %r.code.as_str(), "a resumed subscription was refused");
             }
         }
-        let welcome = self.opened(id, resumed, user, notice, if resumed { None } else { head });
+        // A new session starts after each stream's newest message.
+        let heads = heads.into_iter().filter(|_| !resumed);
+        let welcome = self.opened(id, resumed, user, notice, heads);
         if !hello.subscriptions.is_empty() {
             self.subscriptions_changed();
         }
@@ -668,8 +703,19 @@ impl Conn {
         resumed: bool,
         user: String,
         notice: Option<ErrorCode>,
-        position: Option<u64>,
+        heads: impl Iterator<Item = (Option<String>, Option<u64>)>,
     ) -> ServerFrame {
+        let mut position = None;
+        let mut positions = BTreeMap::new();
+        for (channel, head) in heads {
+            match (channel, head) {
+                (None, head) => position = head,
+                (Some(channel), Some(head)) => {
+                    positions.insert(channel, head);
+                }
+                (Some(_), None) => {}
+            }
+        }
         self.phase = Phase::Open;
         if let Some(cap) = &self.upgrade.pre_hello {
             let waited = cap.opened();
@@ -713,7 +759,7 @@ impl Conn {
             protocol: PROTOCOL_VERSION,
             notice,
             position,
-            positions: BTreeMap::new(),
+            positions,
         })
     }
 
@@ -1052,15 +1098,16 @@ impl Conn {
     /// live messages, a batch from the ring, or what a stream reader read, after a
     /// `session_expired` notice when positions aged out) with one flush, and moves the
     /// session's position past it.
-    async fn on_stream(&mut self, event: Event) -> Flow {
+    async fn on_stream(&mut self, index: usize, event: Event) -> Flow {
         let window = usize::from(self.shared.config.delivery_window);
         let shared = self.shared.clone();
         let Some(s) = self.session.as_mut() else {
             return Flow::Continue;
         };
-        let Some(out) = s.stream.as_mut() else {
+        let Some(out) = s.streams.get_mut(index) else {
             return Flow::Continue;
         };
+        let channel = out.channel().map(str::to_string);
         let room = core_::batch_room(s.inflight.len(), window);
         let positions = out.positions();
         let (notice, batch, cursor) = match out.take(event, &shared, self.id, room).await {
@@ -1087,7 +1134,7 @@ impl Conn {
                 properties: &m.properties,
                 body: &m.body,
                 position: Some(m.offset),
-                stream: None,
+                stream: channel.as_deref(),
             }) else {
                 return Flow::Continue;
             };
@@ -1095,7 +1142,7 @@ impl Conn {
                 return Flow::Close(c, r);
             }
         }
-        if let Some(out) = self.session.as_mut().and_then(|s| s.stream.as_mut()) {
+        if let Some(out) = self.session.as_mut().and_then(|s| s.streams.get_mut(index)) {
             if let Some(next) = cursor.or(last.map(|o| o + 1)) {
                 out.advance(next);
             }
@@ -1159,10 +1206,13 @@ impl Conn {
         if changed.is_empty() {
             return Ok(());
         }
-        if on {
-            self.shared.hub.subscribe(self.id, &changed);
-        } else {
-            self.shared.hub.unsubscribe(self.id, &changed);
+        let streams = self.shared.streams.all();
+        for (i, keys) in self.shared.streams.split(&changed) {
+            if on {
+                streams[i].hub.subscribe(self.id, &keys);
+            } else {
+                streams[i].hub.unsubscribe(self.id, &keys);
+            }
         }
         Ok(())
     }
@@ -1257,8 +1307,8 @@ impl Conn {
         let Some(mut s) = self.session.take() else {
             return;
         };
-        if let Some(out) = s.stream.take() {
-            // Nothing to give back: the client resumes from its position anywhere.
+        // Nothing to give back: the client resumes from its positions anywhere.
+        for out in s.streams.drain(..) {
             out.close();
         }
         let unacked = s.inflight.len();

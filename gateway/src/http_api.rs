@@ -478,7 +478,7 @@ async fn publish(
     let unavailable = |e: String| Refusal::new(ErrorCode::BrokerUnavailable, e);
     let channel = shared
         .broker
-        .stream_publisher()
+        .stream_publisher(&m.channel)
         .await
         .map_err(|e| unavailable(e.to_string()))?;
     // Not mandatory: a message no client is subscribed to is dropped, as a broadcast

@@ -61,6 +61,7 @@ pub mod services;
 pub mod session;
 mod session_core;
 mod socket;
+mod streams;
 pub mod topology;
 
 use std::net::SocketAddr;
@@ -69,7 +70,6 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use warren_protocol::amqp::Names;
 
 pub use config::{
     AuthConfig, AuthMode, AuthServiceConfig, Cli, Command, Config, HttpApiConfig, JwtConfig,
@@ -146,25 +146,43 @@ impl Gateway {
         let api_listener = bind_own(config.http_api.listen.filter(|_| config.http_api.enabled))?;
         let admin_listener = bind_own(config.admin_listen)?;
         let (addressed_tx, addressed_rx) = tokio::sync::mpsc::channel(10_000);
-        let hub = hub::Hub::with_tenants(config.hub_buffer_messages, config.tenants.enabled);
-        tokio::spawn(hub::run_reader(
-            hub.clone(),
-            broker.clone(),
-            Names::new(&config.namespace).outbound_stream(),
-            config.node.clone(),
-            config.presence.then_some(addressed_tx),
-            shutdown_rx.clone(),
-        ));
-        // Sessions opened before the reader knows the stream's tail would have no
+        // Each stream (the outbound stream, and each channel's own) read once, by its hub.
+        let streams = streams::Streams::new(&config, |(channel, name)| {
+            let hub = hub::Hub::with_tenants(config.hub_buffer_messages, config.tenants.enabled);
+            tokio::spawn(hub::run_reader(
+                hub.clone(),
+                broker.clone(),
+                name.clone(),
+                config.node.clone(),
+                config.presence.then(|| addressed_tx.clone()),
+                shutdown_rx.clone(),
+            ));
+            let replays = Arc::new(replay::Replays::new(
+                broker.clone(),
+                name.clone(),
+                config.node.clone(),
+                metrics.clone(),
+            ));
+            streams::Source {
+                channel,
+                name,
+                hub,
+                replays,
+            }
+        });
+        drop(addressed_tx);
+        // Sessions opened before a reader knows its stream's tail would have no
         // position to resume from.
-        hub.wait_ready(Duration::from_secs(3)).await;
+        for s in streams.all() {
+            s.hub.wait_ready(Duration::from_secs(3)).await;
+        }
         let shared = Arc::new(Shared::new(
             config,
             verifier,
             broker,
             metrics,
             shutdown_rx,
-            hub,
+            streams,
         ));
         let mut servers = Vec::new();
         let mut listeners = Vec::new();

@@ -25,13 +25,16 @@ use crate::metrics;
 use crate::replay::{Handle, Taken};
 use crate::server::Shared;
 use crate::session_core::{self as core_, Positions};
+use crate::streams::Source;
 
 /// A session's own reader being opened.
 type Opening = Pin<Box<dyn Future<Output = Result<Box<Reader>, GatewayError>> + Send>>;
 
-/// A session's outbound state: its hub membership, where it reads from, and the
-/// position it has reached.
+/// A session's outbound state in one stream: its hub membership, where it reads from,
+/// and the position it has reached.
 pub(crate) struct Outbound {
+    /// The stream (the outbound stream, or a channel's own).
+    source: Arc<Source>,
     member: Membership,
     read: Read,
     positions: Positions,
@@ -89,12 +92,14 @@ impl Outbound {
     /// when it resumes after `position` (the newest the client had; the ring's `head`
     /// when it joined tells what the client may have had already).
     pub(crate) fn new(
+        source: Arc<Source>,
         member: Membership,
         resumed: bool,
         position: Option<u64>,
         head: Option<u64>,
     ) -> Outbound {
         Outbound {
+            source,
             member,
             read: if resumed { Read::Ring } else { Read::Live },
             positions: if resumed {
@@ -103,6 +108,11 @@ impl Outbound {
                 Positions::fresh()
             },
         }
+    }
+
+    /// The channel of the stream followed, `None` for the outbound stream.
+    pub(crate) fn channel(&self) -> Option<&str> {
+        self.source.channel.as_deref()
     }
 
     /// Where the session has reached.
@@ -143,7 +153,8 @@ impl Outbound {
         conn: u64,
         room: usize,
     ) -> Step {
-        let hub = &shared.hub;
+        let source = self.source.clone();
+        let hub = &source.hub;
         let mut messages: Vec<Arc<Message>> = Vec::new();
         let mut cursor = None;
         let mut notice = None;
@@ -169,14 +180,14 @@ impl Outbound {
                         }
                         CatchUp::Live => self.read = Read::Live,
                         CatchUp::Behind { from } => {
-                            self.read = Read::Replay(shared.replays.join(conn, from));
+                            self.read = Read::Replay(source.replays.join(conn, from));
                             self.positions.reader_opened(from);
                         }
                     }
                 }
             }
             Event::Read(None) | Event::Replayed(Taken::Failed | Taken::Wait) => {
-                tracing::warn!(conn, "outbound stream reader failed");
+                tracing::warn!(conn, stream = %self.source.name, "outbound stream reader failed");
                 return Step::Failed(String::new());
             }
             Event::Replayed(Taken::Behind(_)) => {
@@ -185,7 +196,7 @@ impl Outbound {
                 // goes on serving the socket.
                 let from = self.positions.next();
                 let broker = shared.broker.clone();
-                let stream = shared.names.outbound_stream();
+                let stream = self.source.name.clone();
                 let tag = format!("{}.{}.replay", shared.config.node, conn);
                 let prefetch = shared.config.delivery_window;
                 let opening = async move {
@@ -201,7 +212,7 @@ impl Outbound {
                 self.positions.reader_opened(from);
             }
             Event::Opened(_, Err(e)) => {
-                tracing::warn!(conn, error = %e, "cannot read the outbound stream");
+                tracing::warn!(conn, stream = %self.source.name, error = %e, "cannot read the outbound stream");
                 return Step::Failed(e.to_string());
             }
             Event::Read(Some(m)) | Event::Replayed(Taken::Message(m)) => {
@@ -223,7 +234,7 @@ impl Outbound {
                 }
                 if missed > 0 {
                     metrics::add(&shared.metrics.stream_missed, missed);
-                    notice = Some(core_::missed_notice(missed, from));
+                    notice = Some(core_::missed_notice(missed, from, self.channel()));
                 }
                 if !to_ring && hub.wants(conn, &m) {
                     messages.push(m);

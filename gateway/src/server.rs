@@ -88,15 +88,14 @@ pub(crate) struct Shared {
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) tracker: Tracker,
     pub(crate) metrics: Arc<Metrics>,
-    /// The outbound fan-out: the outbound stream read once, shared by the sessions.
-    pub(crate) hub: Arc<crate::hub::Hub>,
+    /// The outbound fan-out: each stream read once by its hub, shared by the sessions;
+    /// with each stream's readers for the sessions behind its hub's ring.
+    pub(crate) streams: crate::streams::Streams,
     /// The service registry's live view (`warren.services`).
     pub(crate) services: crate::services::Services,
     /// The options of a permessage-deflate socket (with the gateway's one deflate
     /// pool), when `permessage_deflate` is on.
     pub(crate) deflate: Option<yawc::Options>,
-    /// Stream readers shared by the sessions behind the ring (crate::replay).
-    pub(crate) replays: Arc<crate::replay::Replays>,
     /// Who is online across the gateways, and whose `client.disconnected` is due.
     presence: std::sync::Mutex<crate::presence::PresenceView>,
     /// This process, in announcements: peers tell a restart of the same node by it.
@@ -116,11 +115,11 @@ impl Shared {
         broker: Arc<Broker>,
         metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
-        hub: Arc<crate::hub::Hub>,
+        streams: crate::streams::Streams,
     ) -> Self {
         let names = Names::new(&config.namespace);
         Shared {
-            hub,
+            streams,
             presence: std::sync::Mutex::new(crate::presence::PresenceView::new(
                 &config.node,
                 Duration::from_millis(config.session_expires_ms),
@@ -134,12 +133,6 @@ impl Shared {
             auth_client: (config.auth.mode == AuthMode::Service)
                 .then(|| AuthClient::new(broker.clone(), &names, &config.auth.service)),
             http_replies: DirectReply::new(broker.clone()),
-            replays: Arc::new(crate::replay::Replays::new(
-                broker.clone(),
-                names.outbound_stream(),
-                config.node.clone(),
-                metrics.clone(),
-            )),
             deflate: config
                 .permessage_deflate
                 .then(|| crate::socket::deflate_options(config.hard_frame_bytes())),

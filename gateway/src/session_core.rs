@@ -576,18 +576,27 @@ impl Positions {
 }
 
 /// The `error` telling a session that retention dropped `missed` positions after the
-/// one it had reached (`from` is the first it asked for).
-pub(crate) fn missed_notice(missed: u64, from: u64) -> ServerFrame {
-    ServerFrame::error(
+/// one it had reached (`from` is the first it asked for) in the outbound stream, or in
+/// the own stream of `channel`.
+pub(crate) fn missed_notice(missed: u64, from: u64, channel: Option<&str>) -> ServerFrame {
+    let stream = match channel {
+        None => "the outbound stream's".to_string(),
+        Some(c) => format!("channel `{c}`'s stream's"),
+    };
+    let mut frame = ServerFrame::error(
         None,
         ErrorCode::SessionExpired,
         format!(
-            "{missed} stream positions after position {} aged out of the \
-             outbound stream's retention before they were replayed; any \
+            "{missed} stream positions after position {} aged out of \
+             {stream} retention before they were replayed; any \
              messages for this session among them were missed",
             from.saturating_sub(1)
         ),
-    )
+    );
+    if let ServerFrame::Error(e) = &mut frame {
+        e.stream = channel.map(str::to_string);
+    }
+    frame
 }
 
 #[cfg(test)]
@@ -1071,10 +1080,21 @@ mod tests {
                 to_ring: false
             }
         );
-        match missed_notice(5, 10) {
+        match missed_notice(5, 10, None) {
             ServerFrame::Error(e) => {
                 assert_eq!(e.code, ErrorCode::SessionExpired);
                 assert!(e.message.starts_with("5 stream positions after position 9"));
+                assert!(e.message.contains("the outbound stream's retention"));
+                assert_eq!(e.stream, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        // In a channel's own stream the notice names it, as its positions are its own.
+        match missed_notice(2, 4, Some("voice")) {
+            ServerFrame::Error(e) => {
+                assert_eq!(e.code, ErrorCode::SessionExpired);
+                assert!(e.message.contains("channel `voice`'s stream's retention"));
+                assert_eq!(e.stream.as_deref(), Some("voice"));
             }
             other => panic!("{other:?}"),
         }

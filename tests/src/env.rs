@@ -255,7 +255,7 @@ impl TestEnv {
     }
 
     /// Deletes the exchanges and queues of the namespace that the gateway's topology
-    /// declares, plus tracked queues. Session queues not tracked expire on their own.
+    /// declares (channel streams included), plus tracked queues. Session queues not tracked expire on their own.
     pub async fn cleanup(self) {
         let ch = match self.conn.create_channel().await {
             Ok(c) => c,
@@ -263,6 +263,7 @@ impl TestEnv {
         };
         let mut queues = vec![self.names.dead_letter_queue(), self.names.outbound_stream()];
         queues.extend(CHANNELS.iter().map(|c| self.names.channel_queue(c)));
+        queues.extend(CHANNELS.iter().map(|c| self.names.channel_stream(c)));
         queues.extend(self.extra_queues.iter().cloned());
         for q in queues {
             if !ch.status().connected() {

@@ -1,0 +1,257 @@
+//! Channel streams: a channel with a retention of its own (`[channel_options.<channel>]
+//! stream_max_age` / `stream_max_bytes`) keeps what services send its clients in a
+//! stream of its own, which each gateway reads once like the outbound stream. Its
+//! positions are its own: a `deliver` names the stream, a client resumes with a
+//! position per stream, on any gateway, and a position that aged out of one stream is
+//! reported for that stream while the others are replayed whole.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use lapin::options::QueueDeclareOptions;
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use warren_e2e::client::{sub, TestClient};
+use warren_e2e::env::{amqp_addr, TestEnv};
+use warren_e2e::gateway::TestGateway;
+use warren_e2e::load::read_stream_ids;
+use warren_gateway::config::{ChannelOptions, Config};
+use warren_protocol::{Deliver, ErrorCode, Hello, ServerFrame};
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+/// `voice` keeps its messages for an hour, in a stream of its own.
+fn voice_for_an_hour(c: &mut Config) {
+    c.channel_options.insert(
+        "voice".into(),
+        ChannelOptions {
+            stream_max_age: Some("1h".into()),
+            ..ChannelOptions::default()
+        },
+    );
+}
+
+async fn delivers(c: &mut TestClient, n: usize) -> Vec<Deliver> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(c.expect_deliver().await);
+    }
+    out
+}
+
+/// The message bodies of the deliveries of `channel`, in order.
+fn texts(ds: &[Deliver], channel: &str) -> Vec<String> {
+    ds.iter()
+        .filter(|d| d.channel == channel)
+        .map(|d| d.message.get().trim_matches('"').to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_channel_with_its_own_retention_is_kept_in_its_own_stream_and_resumed_by_its_own_position(
+) {
+    TestEnv::run("chan-stream", LIMIT, async |env| {
+        // A gateway of the plain topology first: the outbound stream takes every
+        // channel's messages (`#`). The next gateways must take `voice` out of it.
+        TestGateway::start(env).await.shutdown().await;
+        let gw1 = TestGateway::start_with(env, voice_for_an_hour).await;
+        let gw2 = TestGateway::start_with(env, voice_for_an_hour).await;
+        let voice_stream = env.names.channel_stream("voice");
+
+        // Declared with its own retention: the same stream with another age is refused.
+        let mut other_age = FieldTable::default();
+        other_age.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString(LongString::from("stream")),
+        );
+        other_age.insert("x-max-age".into(), AMQPValue::LongString("2h".into()));
+        // The size is the outbound stream's, as voice sets none.
+        other_age.insert(
+            "x-max-length-bytes".into(),
+            AMQPValue::LongLongInt(2 * 1024 * 1024 * 1024),
+        );
+        other_age.insert(
+            "x-stream-max-segment-size-bytes".into(),
+            AMQPValue::LongLongInt(256 * 1024 * 1024),
+        );
+        let refused = env
+            .new_channel()
+            .await
+            .queue_declare(
+                voice_stream.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                other_age,
+            )
+            .await
+            .expect_err("voice's stream has another x-max-age");
+        assert!(format!("{refused}").contains("x-max-age"), "{refused}");
+
+        let subs = vec![sub("c", "chat"), sub("v", "voice")];
+        let mut c = TestClient::connect(&gw1.url()).await;
+        let session = c.session().to_string();
+        for s in &subs {
+            c.subscribe(s.clone()).await;
+        }
+        env.publish_out("chat.all", "c1", "\"c1\"").await;
+        env.publish_out("voice.all", "v1", "\"v1\"").await;
+        let first = delivers(&mut c, 2).await;
+        let chat = first.iter().find(|d| d.channel == "chat").expect("c1");
+        let voice = first.iter().find(|d| d.channel == "voice").expect("v1");
+        assert_eq!(chat.stream, None, "chat is in the outbound stream");
+        assert_eq!(voice.stream.as_deref(), Some("voice"));
+        let (chat_at, voice_at) = (chat.position, voice.position.expect("a position"));
+
+        // Gone without a goodbye; both channels go on.
+        c.abort();
+        for i in 2..=3 {
+            env.publish_out("chat.all", &format!("c{i}"), &format!("\"c{i}\""))
+                .await;
+            env.publish_out("voice.all", &format!("v{i}"), &format!("\"v{i}\""))
+                .await;
+        }
+        let hello = Hello {
+            session: Some(session.clone()),
+            position: chat_at,
+            positions: BTreeMap::from([("voice".to_string(), voice_at)]),
+            subscriptions: subs.clone(),
+            ..Hello::default()
+        };
+        let mut c = TestClient::connect_with(&gw2.url(), hello).await;
+        assert!(c.welcome().resumed);
+        let replayed = delivers(&mut c, 4).await;
+        assert_eq!(texts(&replayed, "chat"), ["c2", "c3"]);
+        assert_eq!(texts(&replayed, "voice"), ["v2", "v3"]);
+        let voice_positions: Vec<u64> = replayed
+            .iter()
+            .filter(|d| d.stream.as_deref() == Some("voice"))
+            .filter_map(|d| d.position)
+            .collect();
+        assert!(
+            voice_positions.windows(2).all(|w| w[0] < w[1]) && voice_positions[0] > voice_at,
+            "voice positions grow from where the client was: {voice_positions:?} after {voice_at}"
+        );
+        c.expect_no_deliver(Duration::from_millis(300)).await;
+
+        // Then live on both.
+        env.publish_out("chat.all", "c4", "\"c4\"").await;
+        env.publish_out("voice.all", "v4", "\"v4\"").await;
+        let live = delivers(&mut c, 2).await;
+        assert_eq!(texts(&live, "chat"), ["c4"]);
+        assert_eq!(texts(&live, "voice"), ["v4"]);
+        let v4 = live
+            .iter()
+            .find(|d| d.channel == "voice")
+            .and_then(|d| d.position);
+
+        // A new session learns where it starts in each stream.
+        let fresh = TestClient::connect(&gw2.url()).await;
+        assert_eq!(fresh.welcome().positions.get("voice").copied(), v4);
+        assert!(fresh.welcome().position.is_some());
+        assert_eq!(fresh.welcome().positions.len(), 1, "only voice has its own");
+
+        // Each message is kept once, in its channel's stream only.
+        let outbound = read_stream_ids(&amqp_addr(), &env.names.outbound_stream())
+            .await
+            .expect("the outbound stream");
+        let voice = read_stream_ids(&amqp_addr(), &voice_stream)
+            .await
+            .expect("voice's stream");
+        let ids = |m: &std::collections::HashMap<String, usize>| {
+            let mut v: Vec<(String, usize)> = m.clone().into_iter().collect();
+            v.sort();
+            v
+        };
+        let once = |p: &str| (1..=4).map(|i| (format!("{p}{i}"), 1)).collect::<Vec<_>>();
+        assert_eq!(ids(&outbound), once("c"));
+        assert_eq!(ids(&voice), once("v"));
+        gw1.shutdown().await;
+        gw2.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_busy_channel_ages_out_of_its_own_stream_only_and_its_sessions_are_told_which() {
+    TestEnv::run("chan-aged", LIMIT, async |env| {
+        // voice: 2 MiB of retention in 1 MiB segments; the outbound stream keeps its 2 GiB.
+        let gw = TestGateway::start_with(env, |c| {
+            c.channel_options.insert(
+                "voice".into(),
+                ChannelOptions {
+                    stream_max_bytes: Some(2 * 1024 * 1024),
+                    ..ChannelOptions::default()
+                },
+            );
+            c.hub_buffer_messages = 10;
+        })
+        .await;
+        let subs = vec![sub("c", "chat"), sub("v", "voice")];
+        let mut c = TestClient::connect(&gw.url()).await;
+        let session = c.session().to_string();
+        for s in &subs {
+            c.subscribe(s.clone()).await;
+        }
+        env.publish_out("chat.all", "c1", "\"c1\"").await;
+        env.publish_out("voice.all", "v1", "\"v1\"").await;
+        let first = delivers(&mut c, 2).await;
+        let chat_at = first.iter().find(|d| d.channel == "chat").unwrap().position;
+        let voice_at = first
+            .iter()
+            .find(|d| d.channel == "voice")
+            .unwrap()
+            .position;
+        c.abort();
+        // 4.7 MiB on voice pushes its oldest segments out; chat is not in that stream.
+        env.publish_out("chat.all", "c2", "\"c2\"").await;
+        let body = format!("\"{}\"", "x".repeat(16 * 1024));
+        for i in 0..300 {
+            env.publish_out("voice.all", &format!("b{i}"), &body).await;
+        }
+        env.publish_out("chat.all", "c3", "\"c3\"").await;
+
+        let hello = Hello {
+            session: Some(session),
+            position: chat_at,
+            positions: voice_at
+                .map(|p| BTreeMap::from([("voice".to_string(), p)]))
+                .unwrap_or_default(),
+            subscriptions: subs,
+            ..Hello::default()
+        };
+        let mut c = TestClient::connect_with(&gw.url(), hello).await;
+        assert!(c.welcome().resumed);
+        let mut expired = Vec::new();
+        let mut got = Vec::new();
+        while let Some(f) = c.recv_within(Duration::from_secs(2)).await {
+            match f {
+                ServerFrame::Error(e) if e.code == ErrorCode::SessionExpired => expired.push(e),
+                ServerFrame::Deliver(d) => got.push(d),
+                _ => {}
+            }
+        }
+        assert_eq!(expired.len(), 1, "one notice, for voice: {expired:?}");
+        assert_eq!(expired[0].stream.as_deref(), Some("voice"));
+        assert!(
+            expired[0].message.contains("channel `voice`'s stream"),
+            "{}",
+            expired[0].message
+        );
+        let missed: u64 = expired[0]
+            .message
+            .split(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("the count comes first");
+        assert!(missed > 0 && missed < 300, "{missed}");
+        // chat's history was not touched by voice's traffic.
+        assert_eq!(texts(&got, "chat"), ["c2", "c3"]);
+        // What voice still retains follows, ending with the newest.
+        let voice: Vec<&Deliver> = got.iter().filter(|d| d.channel == "voice").collect();
+        assert_eq!(voice.last().map(|d| d.message_id.as_str()), Some("b299"));
+        assert!(voice.len() < 300, "{} of 300", voice.len());
+        gw.shutdown().await;
+    })
+    .await;
+}
