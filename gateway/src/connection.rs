@@ -60,8 +60,10 @@ struct Session {
     /// This session's place in the per-user count (`max_connections_per_user`).
     _user_slot: Option<Slot>,
     /// The session's place in each stream's hub, the outbound stream first, as in
-    /// `Shared::streams` (empty once cleanup took them).
-    streams: Vec<Outbound>,
+    /// `Shared::streams` (empty once cleanup took them). A channel stream's is `None`
+    /// until the session subscribes to that channel (or resumes subscribed to it), so
+    /// a session costs nothing in the hubs of channels it does not follow.
+    streams: Vec<Option<Outbound>>,
     /// Which stream [`next_outbound`] looks at first, in turn, so a busy one cannot
     /// keep another's messages waiting.
     turn: usize,
@@ -195,19 +197,25 @@ async fn next_outbound(session: Option<&mut Session>, window: usize) -> (usize, 
     if s.streams.is_empty() || !core_::may_deliver(s.cancelled, s.inflight.len(), window) {
         return std::future::pending().await;
     }
-    if let [out] = s.streams.as_mut_slice() {
-        return (0, out.next().await);
+    if let [Some(out), rest @ ..] = s.streams.as_mut_slice() {
+        if rest.iter().all(Option::is_none) {
+            return (0, out.next().await);
+        }
     }
     // Several streams: the first ready wins, starting from a different one each time.
     // Each `next` is cancel-safe, so the others lose nothing.
-    let start = s.turn % s.streams.len();
-    s.turn = s.turn.wrapping_add(1);
     let mut nexts: Vec<_> = s
         .streams
         .iter_mut()
         .enumerate()
+        .filter_map(|(i, out)| out.as_mut().map(|out| (i, out)))
         .map(|(i, out)| Box::pin(async move { (i, out.next().await) }))
         .collect();
+    if nexts.is_empty() {
+        return std::future::pending().await;
+    }
+    let start = s.turn % nexts.len();
+    s.turn = s.turn.wrapping_add(1);
     nexts.rotate_left(start);
     futures_util::future::select_all(nexts).await.0
 }
@@ -641,26 +649,34 @@ impl Conn {
             id
         });
         // A resume without a position (the stream was empty when the session opened)
-        // replays from the stream's start. Each stream has positions of its own.
+        // replays from the stream's start. Each stream has positions of its own; a
+        // channel stream is joined only by a session subscribed to its channel.
         let tenant = inbound::tenant_of(&self.shared.config, &identity);
         let mut streams = Vec::new();
         let mut heads = Vec::new();
         for source in self.shared.streams.all() {
             let position = match &source.channel {
                 None => hello.position,
-                Some(channel) => hello.positions.get(channel).copied(),
+                Some(channel) if hello.subscriptions.iter().any(|s| &s.channel == channel) => {
+                    hello.positions.get(channel).copied()
+                }
+                Some(_) => {
+                    heads.push((source.channel.clone(), source.hub.head()));
+                    streams.push(None);
+                    continue;
+                }
             };
             let resume_at = resumed.then(|| core_::resume_from(position));
             let (member, head) = source.hub.join_tenant(self.id, &id, tenant, resume_at);
             tracing::debug!(conn = self.id, stream = %source.name, from = ?resume_at, "joined");
             heads.push((source.channel.clone(), head));
-            streams.push(Outbound::new(
+            streams.push(Some(Outbound::new(
                 source.clone(),
                 member,
                 resumed,
                 position,
                 head,
-            ));
+            )));
         }
         if anonymous {
             identity.user = id.clone();
@@ -1104,7 +1120,7 @@ impl Conn {
         let Some(s) = self.session.as_mut() else {
             return Flow::Continue;
         };
-        let Some(out) = s.streams.get_mut(index) else {
+        let Some(Some(out)) = s.streams.get_mut(index) else {
             return Flow::Continue;
         };
         let channel = out.channel().map(str::to_string);
@@ -1142,7 +1158,7 @@ impl Conn {
                 return Flow::Close(c, r);
             }
         }
-        if let Some(out) = self.session.as_mut().and_then(|s| s.streams.get_mut(index)) {
+        if let Some(Some(out)) = self.session.as_mut().and_then(|s| s.streams.get_mut(index)) {
             if let Some(next) = cursor.or(last.map(|o| o + 1)) {
                 out.advance(next);
             }
@@ -1208,10 +1224,19 @@ impl Conn {
         }
         let streams = self.shared.streams.all();
         for (i, keys) in self.shared.streams.split(&changed) {
+            let source = &streams[i];
             if on {
-                streams[i].hub.subscribe(self.id, &keys);
+                if session.streams.get(i).is_some_and(Option::is_none) {
+                    // The first subscription to a channel with a stream of its own: the
+                    // session joins that stream live.
+                    let tenant = inbound::tenant_of(config, &session.identity);
+                    let (member, head) = source.hub.join_tenant(self.id, &session.id, tenant, None);
+                    session.streams[i] =
+                        Some(Outbound::new(source.clone(), member, false, None, head));
+                }
+                source.hub.subscribe(self.id, &keys);
             } else {
-                streams[i].hub.unsubscribe(self.id, &keys);
+                source.hub.unsubscribe(self.id, &keys);
             }
         }
         Ok(())
@@ -1308,7 +1333,7 @@ impl Conn {
             return;
         };
         // Nothing to give back: the client resumes from its positions anywhere.
-        for out in s.streams.drain(..) {
+        for out in s.streams.drain(..).flatten() {
             out.close();
         }
         let unacked = s.inflight.len();

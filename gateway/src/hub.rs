@@ -296,6 +296,12 @@ impl Hub {
         self.lock().next
     }
 
+    /// The position of the newest message read, if any was: where a session that
+    /// joined now would start.
+    pub fn head(&self) -> Option<u64> {
+        self.next_offset().and_then(|n| n.checked_sub(1))
+    }
+
     /// Members (sessions) in the hub.
     pub fn members(&self) -> usize {
         self.lock().members.len()
