@@ -5,17 +5,20 @@
 //! link (bounded by `publish_timeout`) and publishes again — same `message_id` — when
 //! a confirm was lost with the connection; it never drops a message silently.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures_util::future::join_all;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, ErrorKind};
 use tokio::sync::Mutex;
 use tracing::{debug, warn};
-use warren_protocol::amqp::{cc_header, Names, H_CC, H_CHANNEL, H_SESSION, H_SUBJECT, H_USER};
+use warren_protocol::amqp::{
+    cc_header, keys, Names, H_CC, H_CHANNEL, H_SESSION, H_SUBJECT, H_USER,
+};
 
 use crate::error::{Result, ServiceError};
 use crate::handler::Answer;
@@ -96,9 +99,9 @@ pub fn fresh_message_id() -> String {
 }
 
 /// Publishes on confirm-mode channels of the service's current connection, reopened
-/// when the broker closed them or the link moved to a new connection: one for what
-/// goes to the outbound stream (`warren.out`, replies to the stream), one for
-/// everything else ([`Lane`] says why). Cheap to clone; clones share the channels.
+/// when the broker closed them or the link moved to a new connection: one per Warren
+/// channel published to on `warren.out`, one for replies to the outbound stream, one
+/// for everything else ([`Lane`] says why). Cheap to clone; clones share the channels.
 #[derive(Debug, Clone)]
 pub struct Publisher {
     inner: Arc<Inner>,
@@ -107,9 +110,10 @@ pub struct Publisher {
 #[derive(Debug)]
 struct Inner {
     link: Arc<Link>,
-    /// Per [`Lane`]: the channel, the generation of the connection it belongs to, and
-    /// when it was opened.
-    channels: [Mutex<Option<(Channel, u64, Instant)>>; 2],
+    /// Per [`Lane`], created on its first publish and kept: its [`Slot`]. The map's
+    /// lock is held only to look a lane up; a lane's own lock is held while its
+    /// channel opens, so one lane's opening does not hold up publishes on another.
+    lanes: std::sync::Mutex<HashMap<Lane, Slot>>,
     names: Names,
     app_id: String,
     timeout: Duration,
@@ -129,7 +133,7 @@ impl Publisher {
         Publisher {
             inner: Arc::new(Inner {
                 link,
-                channels: [Mutex::new(None), Mutex::new(None)],
+                lanes: std::sync::Mutex::new(HashMap::new()),
                 names,
                 app_id,
                 timeout,
@@ -243,14 +247,14 @@ impl Publisher {
         let mut min_generation = 0;
         let mut attempt = 0u32;
         let mut nacks = 0u32;
+        let lane = Lane::of(&self.inner.names, exchange, routing_key);
         loop {
             attempt += 1;
             let epoch = self.inner.link.up(min_generation, Some(deadline)).await?;
-            let lane = self.lane(exchange, routing_key);
             let mut used = None;
             let once = self.publish_once(
                 &epoch,
-                lane,
+                &lane,
                 &mut used,
                 exchange,
                 routing_key,
@@ -261,7 +265,7 @@ impl Publisher {
                 Ok(result) => result,
                 Err(_) => {
                     if let Some(id) = used {
-                        self.retire(lane, id, epoch.generation, Retire::NoConfirm)
+                        self.retire(&lane, id, epoch.generation, Retire::NoConfirm)
                             .await;
                     }
                     return Err(ServiceError::BrokerUnavailable {
@@ -277,7 +281,7 @@ impl Publisher {
                     // pause, while the deadline allows, on a fresh channel
                     // ([`Retire::Nacked`] says why).
                     if let Some(id) = used {
-                        self.retire(lane, id, epoch.generation, Retire::Nacked)
+                        self.retire(&lane, id, epoch.generation, Retire::Nacked)
                             .await;
                     }
                     nacks += 1;
@@ -328,7 +332,7 @@ impl Publisher {
     async fn publish_once(
         &self,
         epoch: &Epoch,
-        lane: Lane,
+        lane: &Lane,
         used: &mut Option<u16>,
         exchange: &str,
         routing_key: &str,
@@ -363,16 +367,25 @@ impl Publisher {
             .with_app_id(ShortString::from(self.inner.app_id.as_str()))
     }
 
-    /// The lane a publish to `exchange` with `routing_key` goes out on.
-    fn lane(&self, exchange: &str, routing_key: &str) -> Lane {
-        let names = &self.inner.names;
-        let to_stream = exchange == names.outbound_exchange()
-            || (exchange.is_empty() && routing_key == names.outbound_stream());
-        if to_stream {
-            Lane::Stream
-        } else {
-            Lane::Other
+    /// `lane`'s slot, created on the lane's first publish.
+    fn slot(&self, lane: &Lane) -> Slot {
+        let mut lanes = self.inner.lanes.lock().expect("lanes lock");
+        if let Some(slot) = lanes.get(lane) {
+            return slot.clone();
         }
+        let slot = Slot::default();
+        lanes.insert(lane.clone(), slot.clone());
+        slot
+    }
+
+    /// `lane`'s slot if the lane has published before.
+    fn existing_slot(&self, lane: &Lane) -> Option<Slot> {
+        self.inner
+            .lanes
+            .lock()
+            .expect("lanes lock")
+            .get(lane)
+            .cloned()
     }
 
     /// `lane`'s confirm-mode channel on `epoch`'s connection, opened when there is
@@ -380,9 +393,10 @@ impl Publisher {
     async fn channel(
         &self,
         epoch: &Epoch,
-        lane: Lane,
+        lane: &Lane,
     ) -> std::result::Result<Channel, lapin::Error> {
-        let mut guard = self.inner.channels[lane as usize].lock().await;
+        let slot = self.slot(lane);
+        let mut guard = slot.lock().await;
         if let Some((channel, generation, _)) = guard.as_ref() {
             if *generation == epoch.generation && channel.status().connected() {
                 return Ok(channel.clone());
@@ -399,8 +413,11 @@ impl Publisher {
     /// Stops publishing on channel `id` of connection `generation` (see [`Retire`] for
     /// when and why): later publishes open a fresh channel, and this one is closed
     /// once its outstanding confirms came (or after another `publish_timeout`).
-    async fn retire(&self, lane: Lane, id: u16, generation: u64, why: Retire) {
-        let mut guard = self.inner.channels[lane as usize].lock().await;
+    async fn retire(&self, lane: &Lane, id: u16, generation: u64, why: Retire) {
+        let Some(slot) = self.existing_slot(lane) else {
+            return;
+        };
+        let mut guard = slot.lock().await;
         let same = guard.as_ref().is_some_and(|(channel, g, opened)| {
             channel.id() == id
                 && *g == generation
@@ -415,6 +432,7 @@ impl Publisher {
         drop(guard);
         warn!(
             channel = id,
+            lane = ?lane,
             reason = why.reason(),
             "publishing on a new channel from now on"
         );
@@ -426,10 +444,14 @@ impl Publisher {
         });
     }
 
-    /// Closes the publishing channels (waiting, at most 5 s each, for outstanding
-    /// confirms first).
+    /// Closes every lane's publishing channel, all at once, each after waiting (at
+    /// most 5 s) for its outstanding confirms.
     pub(crate) async fn close(&self) {
-        for slot in &self.inner.channels {
+        let slots: Vec<Slot> = {
+            let lanes = self.inner.lanes.lock().expect("lanes lock");
+            lanes.values().cloned().collect()
+        };
+        join_all(slots.into_iter().map(|slot| async move {
             if let Some((channel, _, _)) = slot.lock().await.take() {
                 if channel.status().connected() {
                     let _ =
@@ -438,12 +460,20 @@ impl Publisher {
                     let _ = channel.close(200, ShortString::from("bye")).await;
                 }
             }
-        }
+        }))
+        .await;
     }
 }
 
-/// Which channel a publish goes out on. What goes to the outbound stream has a
-/// channel of its own, on which nothing else is published.
+/// A lane's channel: the channel, the generation of the connection it belongs to,
+/// and when it was opened; `None` until its first publish and after it was retired
+/// or closed.
+type Slot = Arc<Mutex<Option<(Channel, u64, Instant)>>>;
+
+/// Which channel a publish goes out on. An AMQP channel must publish to one stream
+/// only, and to nothing else: so each Warren channel published to on `warren.out` has
+/// a channel of its own, replies to the outbound stream have one, and everything else
+/// shares the last.
 ///
 /// Why: RabbitMQ 3.10.8, when a stream's leader changes, publishes a channel's
 /// unconfirmed stream messages again to the new leader numbered by the *channel's*
@@ -455,13 +485,39 @@ impl Publisher {
 /// graceful stop it confirmed them and stored nothing (`fault_cluster`: 3–4 broadcasts
 /// lost in 2 of 5 runs and in CI, one per announcement before the stop); after a kill
 /// it never confirmed them (`fault_leader_change`: broadcasting stalled). On a
-/// channel that publishes only to the stream the two numbers are the same.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// channel that publishes only to one stream the two numbers are the same.
+///
+/// Why per Warren channel: a channel with a retention of its own has a stream of its
+/// own ([`Names::channel_stream`]), which the outbound stream then no longer receives,
+/// and the library cannot tell which channels those are. One AMQP channel publishing
+/// `chat.all` (outbound stream) and `news.all` (news's stream) would run ahead of both
+/// streams' writers. Several AMQP channels publishing to one stream are fine: each
+/// has a writer of its own. One AMQP channel per Warren channel a service publishes
+/// to is opened and kept for the connection's life (AMQP allows 2,047 per connection
+/// by default).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Lane {
-    /// Everything not for the outbound stream.
-    Other = 0,
-    /// `warren.out`, and replies addressed to the outbound stream.
-    Stream = 1,
+    /// Everything not for a stream: announcements, requests, dead-lettering...
+    Other,
+    /// `warren.out` with routing keys of this Warren channel (`chat.all`,
+    /// `chat.user.<u>`...: [`keys::channel_of`]).
+    Out(String),
+    /// Replies addressed to the outbound stream (default exchange, the stream's name
+    /// as routing key).
+    Replies,
+}
+
+impl Lane {
+    /// The lane of a publish to `exchange` with `routing_key`.
+    fn of(names: &Names, exchange: &str, routing_key: &str) -> Lane {
+        if exchange == names.outbound_exchange() {
+            Lane::Out(keys::channel_of(routing_key).to_string())
+        } else if exchange.is_empty() && routing_key == names.outbound_stream() {
+            Lane::Replies
+        } else {
+            Lane::Other
+        }
+    }
 }
 
 /// Why the publishing channel is left for a fresh one: a channel that shows either
@@ -588,6 +644,56 @@ mod tests {
         assert_eq!(retry_pause(1), Duration::from_millis(100));
         assert_eq!(retry_pause(3), Duration::from_millis(400));
         assert_eq!(retry_pause(20), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn each_warren_channel_publishes_on_a_lane_of_its_own() {
+        let names = Names::new("acme");
+        let out = names.outbound_exchange();
+        let chat = Lane::of(&names, &out, "chat.all");
+        assert_eq!(chat, Lane::Out("chat".into()));
+        assert_eq!(Lane::of(&names, &out, "chat.user.x"), chat);
+        assert_eq!(Lane::of(&names, &out, "chat.group.g"), chat);
+        assert_eq!(Lane::of(&names, &out, "chat.event.ticket.created"), chat);
+        let news = Lane::of(&names, &out, "news.all");
+        assert_ne!(news, chat, "news may have a stream of its own");
+        assert_eq!(news, Lane::Out("news".into()));
+    }
+
+    #[test]
+    fn replies_to_the_outbound_stream_have_a_lane_of_their_own() {
+        let names = Names::new("acme");
+        let replies = Lane::of(&names, "", &names.outbound_stream());
+        assert_eq!(replies, Lane::Replies);
+        let out = names.outbound_exchange();
+        assert_ne!(replies, Lane::of(&names, &out, "chat.all"));
+        assert_ne!(replies, Lane::Other);
+        assert_eq!(
+            Lane::of(&names, "", &Names::new("").outbound_stream()),
+            Lane::Other,
+            "another namespace's stream"
+        );
+    }
+
+    #[test]
+    fn everything_else_shares_the_other_lane() {
+        let names = Names::new("acme");
+        let other = [
+            (names.inbound_exchange(), "chat.all".to_string()),
+            (names.services_exchange(), String::new()),
+            (names.dead_letter_exchange(), "chat".to_string()),
+            (String::new(), names.channel_queue("chat")),
+            (String::new(), "amq.gen-reply".to_string()),
+            // `warren.out` of another namespace.
+            (Names::new("").outbound_exchange(), "chat.all".to_string()),
+        ];
+        for (exchange, key) in &other {
+            assert_eq!(
+                Lane::of(&names, exchange, key),
+                Lane::Other,
+                "{exchange} {key}"
+            );
+        }
     }
 
     #[test]
