@@ -411,19 +411,27 @@ impl<C: Codec> ClientCore<C> {
                 } else {
                     Vec::new()
                 };
-                self.send(&ClientFrame::Hello(Hello {
+                // The channel positions are lent to the frame and taken back once it is
+                // encoded (no copy: a `BTreeMap` clone costs wasm size).
+                let hello = ClientFrame::Hello(Hello {
                     session: self.session.clone(),
                     token: self.token.clone(),
                     client: Some(self.config.client_name.clone()),
                     protocol: Some(PROTOCOL_VERSION),
                     position: self.position.filter(|_| resuming),
                     positions: if resuming {
-                        self.positions.clone()
+                        std::mem::take(&mut self.positions)
                     } else {
                         BTreeMap::new()
                     },
                     subscriptions,
-                }));
+                });
+                self.send(&hello);
+                if let ClientFrame::Hello(h) = hello {
+                    if resuming {
+                        self.positions = h.positions;
+                    }
+                }
             }
         }
         self.finish();
@@ -729,12 +737,10 @@ impl<C: Codec> ClientCore<C> {
         let Some(p) = position else { return };
         match stream {
             None => self.position = Some(self.position.map_or(p, |old| old.max(p))),
-            Some(channel) => match self.positions.get_mut(channel) {
-                Some(old) => *old = (*old).max(p),
-                None => {
-                    self.positions.insert(channel.to_string(), p);
-                }
-            },
+            Some(channel) => {
+                let old = self.positions.entry(channel.to_string()).or_insert(p);
+                *old = (*old).max(p);
+            }
         }
     }
 
