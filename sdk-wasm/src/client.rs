@@ -8,6 +8,8 @@
 //! milliseconds and queues [`Action`]s, which the driver takes with
 //! [`ClientCore::poll_action`] and performs in order.
 
+use std::collections::BTreeMap;
+
 use warren_protocol::registry::should_reconnect;
 use warren_protocol::{
     AckDeliveries, ClientFrame, CloseCode, Deliver, ErrorCode, Hello, Publish, Refresh, Request,
@@ -122,9 +124,12 @@ pub struct ClientCore<C: Codec> {
     /// Consecutive failed attempts since the last stable connection.
     failures: u32,
     session: Option<String>,
-    /// The outbound stream's position of the newest message received (or the one the
-    /// session started after), named in `hello` to resume from there.
+    /// The default outbound stream's position of the newest message received (or the
+    /// one the session started after), named in `hello.position` to resume from there.
     position: Option<u64>,
+    /// The same for each channel stream (a channel with a retention of its own), by
+    /// channel, named in `hello.positions`. Positions of different streams are unrelated.
+    positions: BTreeMap<String, u64>,
     /// The token sent in `hello`: the `token` option, or the last one from `getToken`.
     token: Option<String>,
     /// When the token in force expires (its `exp`, in ms), if it says.
@@ -182,6 +187,7 @@ impl<C: Codec> ClientCore<C> {
             failures: 0,
             session: None,
             position: None,
+            positions: BTreeMap::new(),
             token_exp: None,
             renewal: Renewal::Idle,
             renew_failures: 0,
@@ -393,8 +399,9 @@ impl<C: Codec> ClientCore<C> {
                     deadline: now.saturating_add(self.config.connect_timeout_ms),
                 };
                 self.last_heard = now;
-                // A resume names the last position and the subscriptions, so that a
-                // stream gateway replays what they match before the live flow.
+                // A resume names the last position in each stream and the
+                // subscriptions, so that a stream gateway replays what they match
+                // before the live flow.
                 let resuming = self.session.is_some();
                 let subscriptions = if resuming {
                     self.subscriptions
@@ -404,15 +411,27 @@ impl<C: Codec> ClientCore<C> {
                 } else {
                     Vec::new()
                 };
-                self.send(&ClientFrame::Hello(Hello {
+                // The channel positions are lent to the frame and taken back once it is
+                // encoded (no copy: a `BTreeMap` clone costs wasm size).
+                let hello = ClientFrame::Hello(Hello {
                     session: self.session.clone(),
                     token: self.token.clone(),
                     client: Some(self.config.client_name.clone()),
                     protocol: Some(PROTOCOL_VERSION),
                     position: self.position.filter(|_| resuming),
-                    positions: Default::default(),
+                    positions: if resuming {
+                        std::mem::take(&mut self.positions)
+                    } else {
+                        BTreeMap::new()
+                    },
                     subscriptions,
-                }));
+                });
+                self.send(&hello);
+                if let ClientFrame::Hello(h) = hello {
+                    if resuming {
+                        self.positions = h.positions;
+                    }
+                }
             }
         }
         self.finish();
@@ -574,7 +593,7 @@ impl<C: Codec> ClientCore<C> {
                 }
             }
             ServerFrame::Error(e) => {
-                self.reached(e.position);
+                self.reached(e.stream.as_deref(), e.position);
                 if let Some(seq) = e.seq {
                     self.handled(seq, now);
                 }
@@ -610,7 +629,8 @@ impl<C: Codec> ClientCore<C> {
                 }
             }
             ServerFrame::Reply(r) => {
-                self.reached(r.position);
+                // Replies always come through the default stream.
+                self.reached(None, r.position);
                 if let Some(op) = self.op_of(&r.id) {
                     if self.pending.resolve(op).is_some() {
                         self.outbox.remove(op);
@@ -620,7 +640,7 @@ impl<C: Codec> ClientCore<C> {
                 self.handled(r.seq, now);
             }
             ServerFrame::Deliver(d) => {
-                self.reached(d.position);
+                self.reached(d.stream.as_deref(), d.position);
                 let seq = d.seq;
                 self.deliver(d);
                 self.handled(seq, now);
@@ -668,8 +688,10 @@ impl<C: Codec> ClientCore<C> {
         self.schedule_renewal(now);
         let resumed = w.resumed && asked;
         if !resumed {
-            // A new session starts after the position the gateway names.
+            // A new session starts after the positions the gateway names; those of the
+            // session it replaces (a refused resume) mean nothing to it.
             self.position = w.position;
+            self.positions = w.positions;
         }
         self.report(resumed);
         if asked && !w.resumed {
@@ -709,16 +731,27 @@ impl<C: Codec> ClientCore<C> {
         }
     }
 
-    /// Records the stream position of a frame just received.
-    fn reached(&mut self, position: Option<u64>) {
-        if let Some(p) = position {
-            self.position = Some(self.position.map_or(p, |old| old.max(p)));
+    /// Records the position of a frame just received in `stream` (a channel stream's
+    /// name; `None`: the default stream). The newest position per stream counts.
+    fn reached(&mut self, stream: Option<&str>, position: Option<u64>) {
+        let Some(p) = position else { return };
+        match stream {
+            None => self.position = Some(self.position.map_or(p, |old| old.max(p))),
+            Some(channel) => {
+                let old = self.positions.entry(channel.to_string()).or_insert(p);
+                *old = (*old).max(p);
+            }
         }
     }
 
-    /// The stream position the client would resume from, if it has one.
+    /// The default stream position the client would resume from, if it has one.
     pub fn position(&self) -> Option<u64> {
         self.position
+    }
+
+    /// The channel stream positions the client would resume from, by channel.
+    pub fn positions(&self) -> &BTreeMap<String, u64> {
+        &self.positions
     }
 
     fn deliver(&mut self, d: Deliver<C::Payload>) {

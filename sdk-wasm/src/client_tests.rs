@@ -811,6 +811,132 @@ fn a_resume_names_the_newest_stream_position_and_the_subscriptions() {
     assert_eq!(h.core.position(), Some(90));
 }
 
+/// A `deliver` at `position` in channel stream `stream` (`None`: the default stream).
+fn deliver_at(seq: u64, id: &str, stream: Option<&str>, position: u64) -> Value {
+    let mut d = deliver(seq, id);
+    d["position"] = json!(position);
+    if let Some(stream) = stream {
+        d["stream"] = json!(stream);
+    }
+    d
+}
+
+fn stream_positions(entries: &[(&str, u64)]) -> BTreeMap<String, u64> {
+    entries.iter().map(|(c, p)| (c.to_string(), *p)).collect()
+}
+
+#[test]
+fn each_stream_keeps_its_own_newest_position_and_a_resume_names_them_all() {
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    h.frame(deliver_at(1, "m1", None, 57));
+    h.frame(deliver_at(2, "n1", Some("news"), 3));
+    h.frame(deliver_at(3, "m0", None, 50));
+    h.frame(deliver_at(4, "n0", Some("news"), 2));
+    h.frame(deliver_at(5, "a1", Some("alerts"), 9));
+    // A reply is in the default stream; an error names its stream.
+    h.frame(
+        json!({"type": "reply", "id": "elsewhere", "seq": 6, "position": 60,
+        "message": null}),
+    );
+    h.frame(
+        json!({"type": "error", "code": "session_expired", "stream": "alerts",
+        "message": "aged out", "position": 12}),
+    );
+    assert_eq!(h.core.position(), Some(60), "the default stream's newest");
+    assert_eq!(
+        h.core.positions(),
+        &stream_positions(&[("alerts", 12), ("news", 3)]),
+        "each channel stream's newest, unmixed with the default stream's"
+    );
+    h.take();
+    h.drop_connection();
+    h.core.on_open(h.conn, h.now);
+    let hello = h.sent();
+    assert_eq!(hello[0]["type"], "hello");
+    assert_eq!(hello[0]["session"], "s1");
+    assert_eq!(hello[0]["position"], 60);
+    assert_eq!(hello[0]["positions"], json!({"alerts": 12, "news": 3}));
+}
+
+#[test]
+fn a_new_sessions_channel_stream_positions_are_named_on_resume_without_any_delivery() {
+    let mut h = Harness::new(&URLS);
+    h.core.connect(h.now);
+    let conn = h.conn_after_take();
+    h.core.on_open(conn, h.now);
+    let hello = h.sent();
+    assert!(
+        hello[0].get("positions").is_none(),
+        "a new session names none"
+    );
+    let mut w = h.welcome_frame("s1", false);
+    w["position"] = json!(41);
+    w["positions"] = json!({"news": 7, "alerts": 2});
+    h.frame(w);
+    assert_eq!(
+        h.core.positions(),
+        &stream_positions(&[("alerts", 2), ("news", 7)])
+    );
+    h.take();
+    h.drop_connection();
+    h.core.on_open(h.conn, h.now);
+    let hello = h.sent();
+    assert_eq!(hello[0]["position"], 41);
+    assert_eq!(hello[0]["positions"], json!({"alerts": 2, "news": 7}));
+    // Resumed: the session keeps its positions (a resumed welcome names none; were it
+    // to, they would not be the session's).
+    let mut w = h.welcome_frame("s1", true);
+    w["positions"] = json!({"news": 1});
+    h.frame(w);
+    assert_eq!(
+        h.core.positions(),
+        &stream_positions(&[("alerts", 2), ("news", 7)])
+    );
+}
+
+#[test]
+fn a_refused_resume_replaces_the_channel_stream_positions_with_the_fresh_sessions() {
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    h.frame(deliver_at(1, "m1", None, 57));
+    h.frame(deliver_at(2, "n1", Some("news"), 5));
+    h.frame(deliver_at(3, "a1", Some("alerts"), 9));
+    h.take();
+    h.drop_connection();
+    h.core.on_open(h.conn, h.now);
+    assert_eq!(h.sent()[0]["positions"], json!({"alerts": 9, "news": 5}));
+    // The gateway could not resume s1: s2 starts after its own positions only.
+    let mut w = h.welcome_frame("s2", false);
+    w["position"] = json!(90);
+    w["positions"] = json!({"news": 20});
+    w["notice"] = json!("session_expired");
+    h.frame(w);
+    assert_eq!(h.core.position(), Some(90));
+    assert_eq!(h.core.positions(), &stream_positions(&[("news", 20)]));
+    h.take();
+    h.drop_connection();
+    h.advance(20_000); // the backoff: s1's connection did not stay up
+    h.take();
+    h.core.on_open(h.conn, h.now);
+    let hello = h.sent();
+    assert_eq!(hello[0]["session"], "s2");
+    assert_eq!(hello[0]["position"], 90);
+    assert_eq!(hello[0]["positions"], json!({"news": 20}));
+    // Refused again, by a gateway whose channel streams are empty: none is left.
+    h.frame(h.welcome_frame("s3", false));
+    assert!(h.core.positions().is_empty());
+    h.take();
+    h.drop_connection();
+    h.advance(20_000);
+    h.take();
+    h.core.on_open(h.conn, h.now);
+    let hello = h.sent();
+    assert_eq!(hello[0]["session"], "s3");
+    assert!(hello[0].get("position").is_none());
+    assert!(hello[0].get("positions").is_none());
+}
+
 #[test]
 fn an_expired_session_is_reported_as_a_fresh_session_in_the_state_event() {
     let mut h = Harness::new(&URLS);

@@ -7,6 +7,8 @@
 //! `headers`); for frames to the gateway, the app's envelope (its `message`,
 //! `distribution` and `headers` are copied into the frame untouched).
 
+use std::collections::BTreeMap;
+
 use js_sys::{Object, JSON};
 use warren_protocol::{
     Ack, ClientFrame, DecodeError, Deliver, Drain, Error, ErrorCode, Headers, Limits, Overflow,
@@ -91,6 +93,13 @@ impl Codec for JsCodec {
                     &h.protocol.map_or(JsValue::UNDEFINED, |p| num(p.into())),
                 );
                 set_defined(&o, "position", &h.position.map_or(JsValue::UNDEFINED, num));
+                if !h.positions.is_empty() {
+                    let positions = Object::new();
+                    for (channel, p) in &h.positions {
+                        set(&positions, channel, &num(*p));
+                    }
+                    set(&o, "positions", &positions);
+                }
                 if !h.subscriptions.is_empty() {
                     let subs = js_sys::Array::new();
                     for s in &h.subscriptions {
@@ -200,6 +209,23 @@ fn number_of(v: &JsValue, key: &str) -> Option<u64> {
     get(v, key).as_f64().filter(|n| *n >= 0.0).map(|n| n as u64)
 }
 
+/// A field holding an object of non-negative integers (`welcome.positions`); empty
+/// when absent, entries that are not such numbers left out.
+fn numbers_of(v: &JsValue, key: &str) -> BTreeMap<String, u64> {
+    let o = get(v, key);
+    let mut out = BTreeMap::new();
+    if o.is_object() {
+        for k in Object::keys(o.unchecked_ref::<Object>()).iter() {
+            if let Some(k) = k.as_string() {
+                if let Some(n) = number_of(&o, &k) {
+                    out.insert(k, n);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Reads the fields of a server frame of type `kind`; `None` when a required field is
 /// missing or mistyped (optional ones fall back to their defaults).
 fn decode_fields(kind: &str, v: JsValue) -> Option<ServerFrame<Js>> {
@@ -222,6 +248,7 @@ fn decode_fields(kind: &str, v: JsValue) -> Option<ServerFrame<Js>> {
                 protocol: n("protocol").unwrap_or(1) as u32,
                 notice: s("notice").map(|c| ErrorCode::parse(&c)),
                 position: n("position"),
+                positions: numbers_of(&v, "positions"),
             })
         }
         "ack" => ServerFrame::Ack(Ack { id: s("id")? }),
@@ -231,6 +258,7 @@ fn decode_fields(kind: &str, v: JsValue) -> Option<ServerFrame<Js>> {
             message: s("message").unwrap_or_default(),
             seq: n("seq"),
             position: n("position"),
+            stream: s("stream"),
         }),
         "reply" => ServerFrame::Reply(Reply {
             id: s("id")?,
@@ -242,6 +270,7 @@ fn decode_fields(kind: &str, v: JsValue) -> Option<ServerFrame<Js>> {
         "deliver" => ServerFrame::Deliver(Deliver {
             seq: n("seq")?,
             position: n("position"),
+            stream: s("stream"),
             message_id: s("message_id")?,
             channel: s("channel")?,
             routing_key: s("routing_key")?,
