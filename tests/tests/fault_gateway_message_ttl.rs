@@ -55,6 +55,7 @@ async fn expired_messages_of_a_channel_with_a_ttl_and_expired_requests_land_in_w
             "echo".into(),
             ChannelOptions {
                 message_ttl_ms: Some(300),
+                ..ChannelOptions::default()
             },
         );
     })
