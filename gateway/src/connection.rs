@@ -10,7 +10,6 @@
 //! [`crate::outbound`]'s. This loop does the IO around them: the socket, the broker
 //! and the metrics.
 
-use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,8 +20,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use warren_protocol::{
     decode_client, encode, ClientFrame, CloseCode, Correlator, Distribution, Drain, ErrorCode,
-    Headers, Hello, Limits, Ping, PocAction, PocPacket, Refresh, ServerFrame, Subscribe, Welcome,
-    PROTOCOL_VERSION,
+    Headers, Hello, Limits, Ping, PocAction, PocPacket, Positions, Refresh, ServerFrame, Subscribe,
+    Welcome, PROTOCOL_VERSION,
 };
 
 use crate::auth::{AuthError, Identity};
@@ -658,7 +657,7 @@ impl Conn {
             let position = match &source.channel {
                 None => hello.position,
                 Some(channel) if hello.subscriptions.iter().any(|s| &s.channel == channel) => {
-                    hello.positions.get(channel).copied()
+                    hello.positions.get(channel)
                 }
                 Some(_) => {
                     heads.push((source.channel.clone(), source.hub.head()));
@@ -722,7 +721,7 @@ impl Conn {
         heads: impl Iterator<Item = (Option<String>, Option<u64>)>,
     ) -> ServerFrame {
         let mut position = None;
-        let mut positions = BTreeMap::new();
+        let mut positions = Positions::new();
         for (channel, head) in heads {
             match (channel, head) {
                 (None, head) => position = head,

@@ -11,6 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
 use crate::poc::PocPacket;
+use crate::positions::Positions;
 use crate::registry::ErrorCode;
 
 /// The opaque application payload as raw JSON text, passed through byte for byte.
@@ -46,8 +47,8 @@ pub struct Hello {
     /// Resuming: the last position received in each channel stream (a channel whose
     /// retention is its own; see `Deliver::stream`), by channel. `position` is the
     /// default stream's. A channel stream without an entry is replayed from its start.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub positions: BTreeMap<String, u64>,
+    #[serde(default, skip_serializing_if = "Positions::is_empty")]
+    pub positions: Positions,
     /// The session's subscriptions, re-established before the replay (so nothing
     /// published while the client was away is filtered out). The client sends them as
     /// `subscribe` frames again after `welcome`, which is where refusals are reported.
@@ -95,8 +96,8 @@ pub struct Welcome {
     pub position: Option<u64>,
     /// A new session: the position it starts after in each channel stream that is not
     /// empty, by channel (name them in `hello.positions`).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub positions: BTreeMap<String, u64>,
+    #[serde(default, skip_serializing_if = "Positions::is_empty")]
+    pub positions: Positions,
 }
 
 /// Who receives a message: everyone on the channel, some groups, some users.

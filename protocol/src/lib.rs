@@ -30,6 +30,7 @@ pub mod codec;
 pub mod correlator;
 pub mod frame;
 pub mod poc;
+pub mod positions;
 pub mod registry;
 pub mod services;
 pub mod tenants;
@@ -38,6 +39,7 @@ pub use codec::{decode_client, decode_server, encode, DecodeError};
 pub use correlator::Correlator;
 pub use frame::*;
 pub use poc::{PocAction, PocPacket};
+pub use positions::Positions;
 pub use registry::{CloseCode, ErrorCode};
 
 /// The WebSocket subprotocol every Warren connection negotiates.

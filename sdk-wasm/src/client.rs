@@ -8,12 +8,10 @@
 //! milliseconds and queues [`Action`]s, which the driver takes with
 //! [`ClientCore::poll_action`] and performs in order.
 
-use std::collections::BTreeMap;
-
 use warren_protocol::registry::should_reconnect;
 use warren_protocol::{
-    AckDeliveries, ClientFrame, CloseCode, Deliver, ErrorCode, Hello, Publish, Refresh, Request,
-    ServerFrame, Welcome, PROTOCOL_VERSION,
+    AckDeliveries, ClientFrame, CloseCode, Deliver, ErrorCode, Hello, Positions, Publish, Refresh,
+    Request, ServerFrame, Welcome, PROTOCOL_VERSION,
 };
 
 use crate::action::{Action, State, StateChange};
@@ -129,7 +127,7 @@ pub struct ClientCore<C: Codec> {
     position: Option<u64>,
     /// The same for each channel stream (a channel with a retention of its own), by
     /// channel, named in `hello.positions`. Positions of different streams are unrelated.
-    positions: BTreeMap<String, u64>,
+    positions: Positions,
     /// The token sent in `hello`: the `token` option, or the last one from `getToken`.
     token: Option<String>,
     /// When the token in force expires (its `exp`, in ms), if it says.
@@ -187,7 +185,7 @@ impl<C: Codec> ClientCore<C> {
             failures: 0,
             session: None,
             position: None,
-            positions: BTreeMap::new(),
+            positions: Positions::new(),
             token_exp: None,
             renewal: Renewal::Idle,
             renew_failures: 0,
@@ -412,7 +410,7 @@ impl<C: Codec> ClientCore<C> {
                     Vec::new()
                 };
                 // The channel positions are lent to the frame and taken back once it is
-                // encoded (no copy: a `BTreeMap` clone costs wasm size).
+                // encoded (no copy: a clone costs wasm size).
                 let hello = ClientFrame::Hello(Hello {
                     session: self.session.clone(),
                     token: self.token.clone(),
@@ -422,7 +420,7 @@ impl<C: Codec> ClientCore<C> {
                     positions: if resuming {
                         std::mem::take(&mut self.positions)
                     } else {
-                        BTreeMap::new()
+                        Positions::new()
                     },
                     subscriptions,
                 });
@@ -737,10 +735,7 @@ impl<C: Codec> ClientCore<C> {
         let Some(p) = position else { return };
         match stream {
             None => self.position = Some(self.position.map_or(p, |old| old.max(p))),
-            Some(channel) => {
-                let old = self.positions.entry(channel.to_string()).or_insert(p);
-                *old = (*old).max(p);
-            }
+            Some(channel) => self.positions.raise(channel, p),
         }
     }
 
@@ -750,7 +745,7 @@ impl<C: Codec> ClientCore<C> {
     }
 
     /// The channel stream positions the client would resume from, by channel.
-    pub fn positions(&self) -> &BTreeMap<String, u64> {
+    pub fn positions(&self) -> &Positions {
         &self.positions
     }
 

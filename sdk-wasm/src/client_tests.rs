@@ -821,7 +821,7 @@ fn deliver_at(seq: u64, id: &str, stream: Option<&str>, position: u64) -> Value 
     d
 }
 
-fn stream_positions(entries: &[(&str, u64)]) -> BTreeMap<String, u64> {
+fn stream_positions(entries: &[(&str, u64)]) -> warren_protocol::Positions {
     entries.iter().map(|(c, p)| (c.to_string(), *p)).collect()
 }
 

@@ -5,7 +5,6 @@
 //! position per stream, on any gateway, and a position that aged out of one stream is
 //! reported for that stream while the others are replayed whole.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use lapin::options::QueueDeclareOptions;
@@ -15,7 +14,7 @@ use warren_e2e::env::{amqp_addr, TestEnv};
 use warren_e2e::gateway::TestGateway;
 use warren_e2e::load::read_stream_ids;
 use warren_gateway::config::{ChannelOptions, Config};
-use warren_protocol::{Deliver, ErrorCode, Hello, ServerFrame};
+use warren_protocol::{Deliver, ErrorCode, Hello, Positions, ServerFrame};
 
 const LIMIT: Duration = Duration::from_secs(90);
 
@@ -114,7 +113,7 @@ async fn a_channel_with_its_own_retention_is_kept_in_its_own_stream_and_resumed_
         let hello = Hello {
             session: Some(session.clone()),
             position: chat_at,
-            positions: BTreeMap::from([("voice".to_string(), voice_at)]),
+            positions: Positions::from_iter([("voice".to_string(), voice_at)]),
             subscriptions: subs.clone(),
             ..Hello::default()
         };
@@ -147,7 +146,7 @@ async fn a_channel_with_its_own_retention_is_kept_in_its_own_stream_and_resumed_
 
         // A new session learns where it starts in each stream.
         let fresh = TestClient::connect(&gw2.url()).await;
-        assert_eq!(fresh.welcome().positions.get("voice").copied(), v4);
+        assert_eq!(fresh.welcome().positions.get("voice"), v4);
         assert!(fresh.welcome().position.is_some());
         assert_eq!(fresh.welcome().positions.len(), 1, "only voice has its own");
 
@@ -215,7 +214,7 @@ async fn a_busy_channel_ages_out_of_its_own_stream_only_and_its_sessions_are_tol
             session: Some(session),
             position: chat_at,
             positions: voice_at
-                .map(|p| BTreeMap::from([("voice".to_string(), p)]))
+                .map(|p| Positions::from_iter([("voice".to_string(), p)]))
                 .unwrap_or_default(),
             subscriptions: subs,
             ..Hello::default()

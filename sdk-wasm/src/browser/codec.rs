@@ -7,12 +7,10 @@
 //! `headers`); for frames to the gateway, the app's envelope (its `message`,
 //! `distribution` and `headers` are copied into the frame untouched).
 
-use std::collections::BTreeMap;
-
 use js_sys::{Object, JSON};
 use warren_protocol::{
     Ack, ClientFrame, DecodeError, Deliver, Drain, Error, ErrorCode, Headers, Limits, Overflow,
-    Ping, Reply, ServerFrame, Welcome, SERVER_TYPES,
+    Ping, Positions, Reply, ServerFrame, Welcome, SERVER_TYPES,
 };
 use wasm_bindgen::prelude::*;
 
@@ -95,8 +93,8 @@ impl Codec for JsCodec {
                 set_defined(&o, "position", &h.position.map_or(JsValue::UNDEFINED, num));
                 if !h.positions.is_empty() {
                     let positions = Object::new();
-                    for (channel, p) in &h.positions {
-                        set(&positions, channel, &num(*p));
+                    for (channel, p) in h.positions.iter() {
+                        set(&positions, channel, &num(p));
                     }
                     set(&o, "positions", &positions);
                 }
@@ -211,9 +209,9 @@ fn number_of(v: &JsValue, key: &str) -> Option<u64> {
 
 /// A field holding an object of non-negative integers (`welcome.positions`); empty
 /// when absent, entries that are not such numbers left out.
-fn numbers_of(v: &JsValue, key: &str) -> BTreeMap<String, u64> {
+fn numbers_of(v: &JsValue, key: &str) -> Positions {
     let o = get(v, key);
-    let mut out = BTreeMap::new();
+    let mut out = Positions::new();
     if o.is_object() {
         for k in Object::keys(o.unchecked_ref::<Object>()).iter() {
             if let Some(k) = k.as_string() {
