@@ -7,11 +7,10 @@ use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// A position per channel stream, by channel, sorted by channel; a JSON object such as
-/// `{"voice": 912}`. A short list rather than a map: a few channels at most have a
-/// stream of their own, and in the browser SDK a `BTreeMap` would cost kilobytes of
-/// its size budget.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A position per channel stream, by channel; a JSON object such as `{"voice": 912}`.
+/// A short list rather than a map: a few channels at most have a stream of their own.
+/// Two are equal when they hold the same positions, in any order.
+#[derive(Debug, Clone, Default, Eq)]
 pub struct Positions(Vec<(String, u64)>);
 
 impl Positions {
@@ -22,23 +21,23 @@ impl Positions {
 
     /// The position in `channel`'s stream, if there is one.
     pub fn get(&self, channel: &str) -> Option<u64> {
-        self.find(channel).ok().map(|i| self.0[i].1)
+        self.0.iter().find(|(c, _)| c == channel).map(|(_, p)| *p)
     }
 
     /// Sets the position in `channel`'s stream.
     pub fn insert(&mut self, channel: String, position: u64) {
-        match self.find(&channel) {
-            Ok(i) => self.0[i].1 = position,
-            Err(i) => self.0.insert(i, (channel, position)),
+        match self.0.iter_mut().find(|(c, _)| *c == channel) {
+            Some((_, p)) => *p = position,
+            None => self.0.push((channel, position)),
         }
     }
 
     /// Records `position` in `channel`'s stream unless a newer one is there already:
     /// positions only grow.
     pub fn raise(&mut self, channel: &str, position: u64) {
-        match self.find(channel) {
-            Ok(i) => self.0[i].1 = self.0[i].1.max(position),
-            Err(i) => self.0.insert(i, (channel.to_string(), position)),
+        match self.0.iter_mut().find(|(c, _)| c == channel) {
+            Some((_, p)) => *p = (*p).max(position),
+            None => self.0.push((channel.to_string(), position)),
         }
     }
 
@@ -52,13 +51,15 @@ impl Positions {
         self.0.len()
     }
 
-    /// Each channel and its position, sorted by channel.
+    /// Each channel and its position, in the order they were first recorded.
     pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
         self.0.iter().map(|(c, p)| (c.as_str(), *p))
     }
+}
 
-    fn find(&self, channel: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(c, _)| c.as_str().cmp(channel))
+impl PartialEq for Positions {
+    fn eq(&self, other: &Positions) -> bool {
+        self.len() == other.len() && self.iter().all(|(c, p)| other.get(c) == Some(p))
     }
 }
 
@@ -115,9 +116,11 @@ mod tests {
         assert_eq!(p.len(), 2);
         assert_eq!(
             serde_json::to_string(&p).unwrap(),
-            r#"{"alerts":3,"voice":912}"#,
-            "sorted by channel"
+            r#"{"voice":912,"alerts":3}"#,
+            "in the order received"
         );
+        let same: Positions = serde_json::from_str(r#"{"alerts": 3, "voice": 912}"#).unwrap();
+        assert_eq!(p, same, "equal in any order");
         let mut q = p.clone();
         q.raise("voice", 900);
         assert_eq!(
@@ -129,8 +132,9 @@ mod tests {
         q.raise("chat", 1);
         assert_eq!(
             q.iter().collect::<Vec<_>>(),
-            [("alerts", 3), ("chat", 1), ("voice", 913)]
+            [("voice", 913), ("alerts", 3), ("chat", 1)]
         );
+        assert_ne!(q, p);
         q.insert("voice".into(), 5);
         assert_eq!(q.get("voice"), Some(5), "insert sets");
         assert!(serde_json::from_str::<Positions>(r#"{"voice": -1}"#).is_err());

@@ -15,7 +15,7 @@ use warren_protocol::{
 };
 
 use crate::action::{Action, State, StateChange};
-use crate::codec::Codec;
+use crate::codec::{Codec, JsonCodec};
 use crate::config::{Config, DEAD_AFTER_TENTHS, RENEW_AT_PERCENT, RENEW_MIN_MS, STABLE_AFTER_MS};
 use crate::deadlines::Deadlines;
 use crate::duplicate_filter::DuplicateFilter;
@@ -122,12 +122,6 @@ pub struct ClientCore<C: Codec> {
     /// Consecutive failed attempts since the last stable connection.
     failures: u32,
     session: Option<String>,
-    /// The default outbound stream's position of the newest message received (or the
-    /// one the session started after), named in `hello.position` to resume from there.
-    position: Option<u64>,
-    /// The same for each channel stream (a channel with a retention of its own), by
-    /// channel, named in `hello.positions`. Positions of different streams are unrelated.
-    positions: Positions,
     /// The token sent in `hello`: the `token` option, or the last one from `getToken`.
     token: Option<String>,
     /// When the token in force expires (its `exp`, in ms), if it says.
@@ -184,8 +178,6 @@ impl<C: Codec> ClientCore<C> {
             url_index: 0,
             failures: 0,
             session: None,
-            position: None,
-            positions: Positions::new(),
             token_exp: None,
             renewal: Renewal::Idle,
             renew_failures: 0,
@@ -409,27 +401,16 @@ impl<C: Codec> ClientCore<C> {
                 } else {
                     Vec::new()
                 };
-                // The channel positions are lent to the frame and taken back once it is
-                // encoded (no copy: a clone costs wasm size).
-                let hello = ClientFrame::Hello(Hello {
+                // The codec names the stream positions it recorded (crate::codec).
+                self.send(&ClientFrame::Hello(Hello {
                     session: self.session.clone(),
                     token: self.token.clone(),
                     client: Some(self.config.client_name.clone()),
                     protocol: Some(PROTOCOL_VERSION),
-                    position: self.position.filter(|_| resuming),
-                    positions: if resuming {
-                        std::mem::take(&mut self.positions)
-                    } else {
-                        Positions::new()
-                    },
+                    position: None,
+                    positions: Positions::new(),
                     subscriptions,
-                });
-                self.send(&hello);
-                if let ClientFrame::Hello(h) = hello {
-                    if resuming {
-                        self.positions = h.positions;
-                    }
-                }
+                }));
             }
         }
         self.finish();
@@ -591,7 +572,6 @@ impl<C: Codec> ClientCore<C> {
                 }
             }
             ServerFrame::Error(e) => {
-                self.reached(e.stream.as_deref(), e.position);
                 if let Some(seq) = e.seq {
                     self.handled(seq, now);
                 }
@@ -627,8 +607,6 @@ impl<C: Codec> ClientCore<C> {
                 }
             }
             ServerFrame::Reply(r) => {
-                // Replies always come through the default stream.
-                self.reached(None, r.position);
                 if let Some(op) = self.op_of(&r.id) {
                     if self.pending.resolve(op).is_some() {
                         self.outbox.remove(op);
@@ -638,7 +616,6 @@ impl<C: Codec> ClientCore<C> {
                 self.handled(r.seq, now);
             }
             ServerFrame::Deliver(d) => {
-                self.reached(d.stream.as_deref(), d.position);
                 let seq = d.seq;
                 self.deliver(d);
                 self.handled(seq, now);
@@ -685,12 +662,6 @@ impl<C: Codec> ClientCore<C> {
         self.renew_failures = 0;
         self.schedule_renewal(now);
         let resumed = w.resumed && asked;
-        if !resumed {
-            // A new session starts after the positions the gateway names; those of the
-            // session it replaces (a refused resume) mean nothing to it.
-            self.position = w.position;
-            self.positions = w.positions;
-        }
         self.report(resumed);
         if asked && !w.resumed {
             let why = w.notice.unwrap_or(ErrorCode::SessionExpired);
@@ -727,26 +698,6 @@ impl<C: Codec> ClientCore<C> {
         for op in std::mem::take(&mut self.ready_waiters) {
             self.actions.push(Action::Resolve(op));
         }
-    }
-
-    /// Records the position of a frame just received in `stream` (a channel stream's
-    /// name; `None`: the default stream). The newest position per stream counts.
-    fn reached(&mut self, stream: Option<&str>, position: Option<u64>) {
-        let Some(p) = position else { return };
-        match stream {
-            None => self.position = Some(self.position.map_or(p, |old| old.max(p))),
-            Some(channel) => self.positions.raise(channel, p),
-        }
-    }
-
-    /// The default stream position the client would resume from, if it has one.
-    pub fn position(&self) -> Option<u64> {
-        self.position
-    }
-
-    /// The channel stream positions the client would resume from, by channel.
-    pub fn positions(&self) -> &Positions {
-        &self.positions
     }
 
     fn deliver(&mut self, d: Deliver<C::Payload>) {
@@ -1131,6 +1082,18 @@ fn unknown_channel(channel: &str) -> ClientError {
         ErrorCode::UnknownChannel,
         concat(&["channel `", channel, "` is not served by this client"]),
     )
+}
+
+impl ClientCore<JsonCodec> {
+    /// The outbound stream position a resume would name (the codec keeps it).
+    pub fn position(&self) -> Option<u64> {
+        self.codec.position()
+    }
+
+    /// The channel stream positions a resume would name, by channel.
+    pub fn positions(&self) -> Positions {
+        self.codec.positions()
+    }
 }
 
 #[cfg(test)]

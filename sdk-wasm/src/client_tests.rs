@@ -43,7 +43,7 @@ impl Harness {
 
     fn with(config: Config) -> Self {
         Harness {
-            core: ClientCore::new(config, JsonCodec, 1234),
+            core: ClientCore::new(config, JsonCodec::default(), 1234),
             now: 1_000,
             conn: 0,
             log: Vec::new(),
@@ -846,7 +846,7 @@ fn each_stream_keeps_its_own_newest_position_and_a_resume_names_them_all() {
     assert_eq!(h.core.position(), Some(60), "the default stream's newest");
     assert_eq!(
         h.core.positions(),
-        &stream_positions(&[("alerts", 12), ("news", 3)]),
+        stream_positions(&[("alerts", 12), ("news", 3)]),
         "each channel stream's newest, unmixed with the default stream's"
     );
     h.take();
@@ -876,7 +876,7 @@ fn a_new_sessions_channel_stream_positions_are_named_on_resume_without_any_deliv
     h.frame(w);
     assert_eq!(
         h.core.positions(),
-        &stream_positions(&[("alerts", 2), ("news", 7)])
+        stream_positions(&[("alerts", 2), ("news", 7)])
     );
     h.take();
     h.drop_connection();
@@ -891,7 +891,7 @@ fn a_new_sessions_channel_stream_positions_are_named_on_resume_without_any_deliv
     h.frame(w);
     assert_eq!(
         h.core.positions(),
-        &stream_positions(&[("alerts", 2), ("news", 7)])
+        stream_positions(&[("alerts", 2), ("news", 7)])
     );
 }
 
@@ -913,7 +913,7 @@ fn a_refused_resume_replaces_the_channel_stream_positions_with_the_fresh_session
     w["notice"] = json!("session_expired");
     h.frame(w);
     assert_eq!(h.core.position(), Some(90));
-    assert_eq!(h.core.positions(), &stream_positions(&[("news", 20)]));
+    assert_eq!(h.core.positions(), stream_positions(&[("news", 20)]));
     h.take();
     h.drop_connection();
     h.advance(20_000); // the backoff: s1's connection did not stay up

@@ -109,7 +109,7 @@ impl SdkClient {
     pub fn start(config: Config, seed: u64) -> SdkClient {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(Mutex::new(ClientStats::default()));
-        let core = ClientCore::new(config, JsonCodec, seed);
+        let core = ClientCore::new(config, JsonCodec::default(), seed);
         let task = tokio::spawn(drive(core, rx, stats.clone()));
         let _ = tx.send(Cmd::Connect);
         SdkClient {

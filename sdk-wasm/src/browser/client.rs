@@ -86,7 +86,7 @@ impl Client {
         let seed = (js_sys::Math::random() * 9_007_199_254_740_992.0) as u64 ^ now();
         let inner = Inner {
             get_token: get(&options, "getToken").dyn_into().ok(),
-            core: ClientCore::new(config, JsCodec, seed),
+            core: ClientCore::new(config, JsCodec::default(), seed),
             socket: None,
             timer: None,
             ops: IdMap::default(),

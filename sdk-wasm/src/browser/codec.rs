@@ -7,7 +7,7 @@
 //! `headers`); for frames to the gateway, the app's envelope (its `message`,
 //! `distribution` and `headers` are copied into the frame untouched).
 
-use js_sys::{Object, JSON};
+use js_sys::Object;
 use warren_protocol::{
     Ack, ClientFrame, DecodeError, Deliver, Drain, Error, ErrorCode, Headers, Limits, Overflow,
     Ping, Positions, Reply, ServerFrame, Welcome, SERVER_TYPES,
@@ -58,9 +58,23 @@ fn subscribe_fields(o: &Object, s: &warren_protocol::Subscribe) {
     set_defined(o, "topic", &opt_value(&s.topic));
 }
 
-/// The codec of the wasm build: `JSON.stringify` / `JSON.parse`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct JsCodec;
+/// The codec of the wasm build: `JSON.stringify` / `JSON.parse`. It keeps the client's
+/// stream positions (the [`Codec`] contract) in a JavaScript object shaped as a
+/// `hello` names them (`{position, positions: {<channel>: n}}`), updated by [`parse`]
+/// from each frame decoded and copied into a resuming `hello`: smaller in the wasm
+/// than the same in Rust.
+#[derive(Debug, Clone)]
+pub struct JsCodec {
+    positions: Object,
+}
+
+impl Default for JsCodec {
+    fn default() -> JsCodec {
+        JsCodec {
+            positions: Object::new(),
+        }
+    }
+}
 
 fn str_value(s: &str) -> JsValue {
     JsValue::from_str(s)
@@ -79,6 +93,8 @@ impl Codec for JsCodec {
 
     fn encode(&self, frame: &ClientFrame<Js>) -> Result<String, ClientError> {
         let o = Object::new();
+        // A resuming `hello` names the positions recorded (`stringify` adds them).
+        let mut positions = &JsValue::UNDEFINED;
         set(&o, "type", &str_value(frame.kind()));
         match frame {
             ClientFrame::Hello(h) => {
@@ -90,13 +106,8 @@ impl Codec for JsCodec {
                     "protocol",
                     &h.protocol.map_or(JsValue::UNDEFINED, |p| num(p.into())),
                 );
-                set_defined(&o, "position", &h.position.map_or(JsValue::UNDEFINED, num));
-                if !h.positions.is_empty() {
-                    let positions = Object::new();
-                    for (channel, p) in h.positions.iter() {
-                        set(&positions, channel, &num(p));
-                    }
-                    set(&o, "positions", &positions);
+                if h.session.is_some() {
+                    positions = &self.positions;
                 }
                 if !h.subscriptions.is_empty() {
                     let subs = js_sys::Array::new();
@@ -144,12 +155,9 @@ impl Codec for JsCodec {
                 ))
             }
         }
-        JSON::stringify(&o)
-            .ok()
-            .and_then(|s| s.as_string())
-            .ok_or_else(|| {
-                ClientError::new(ErrorCode::Invalid, "the message cannot be written as JSON")
-            })
+        stringify(&o, positions).as_string().ok_or_else(|| {
+            ClientError::new(ErrorCode::Invalid, "the message cannot be written as JSON")
+        })
     }
 
     fn decode(&self, text: &str) -> Result<ServerFrame<Js>, DecodeError> {
@@ -158,8 +166,11 @@ impl Codec for JsCodec {
             message,
             id: None,
         };
-        let v = JSON::parse(text)
-            .map_err(|_| fail(ErrorCode::Malformed, "a frame is not JSON".into()))?;
+        // Parsed and its stream position recorded in one call (`parse`).
+        let v = parse(&self.positions, text);
+        if v.is_undefined() {
+            return Err(fail(ErrorCode::Malformed, "a frame is not JSON".into()));
+        }
         let kind = text_of(&v, "type").unwrap_or_default();
         if !SERVER_TYPES.contains(&kind.as_str()) {
             return Err(fail(
@@ -182,6 +193,20 @@ impl Codec for JsCodec {
 }
 
 #[wasm_bindgen(inline_js = r#"
+export function parse(o, t) {
+  try {
+    var v = JSON.parse(t), p = v.position, s = v.stream, k = "position";
+    if (v.type == "welcome") v.resumed || (o[k] = p, o.positions = v.positions);
+    else if (p >= 0) {
+      if (s) o = o.positions = o.positions || {}, k = s;
+      o[k] >= p || (o[k] = p);
+    }
+  } catch (_) {}
+  return v;
+}
+export function stringify(f, p) {
+  try { return JSON.stringify(Object.assign(f, p)); } catch (_) {}
+}
 export function tokenExp(t) {
   try {
     const e = JSON.parse(atob(t.split(".")[1].replace(/-/g, "+").replace(/_/g, "/"))).exp;
@@ -190,6 +215,16 @@ export function tokenExp(t) {
 }
 "#)]
 extern "C" {
+    /// `JSON.parse(text)` (`undefined` when it is not JSON), recording the stream
+    /// position the frame carries in `positions` (`{position, positions}`, as a
+    /// `hello` names them): the newest of each stream counts; a welcome that did not
+    /// resume starts over from its own. (A
+    /// frame that is `null` or another non-object value records nothing: reading its
+    /// fields throws, and it is then refused as an unknown frame type.)
+    fn parse(positions: &Object, text: &str) -> JsValue;
+    /// `JSON.stringify(frame)` with the fields of `extra` (`undefined`: none) added;
+    /// `undefined` when it cannot be written as JSON (a `BigInt`, a cycle).
+    fn stringify(frame: &Object, extra: &JsValue) -> JsValue;
     /// The `exp` claim of a JWT's payload (base64url JSON), `-1` when there is none.
     #[wasm_bindgen(js_name = tokenExp)]
     fn token_exp(token: &str) -> f64;
@@ -207,23 +242,6 @@ fn number_of(v: &JsValue, key: &str) -> Option<u64> {
     get(v, key).as_f64().filter(|n| *n >= 0.0).map(|n| n as u64)
 }
 
-/// A field holding an object of non-negative integers (`welcome.positions`); empty
-/// when absent, entries that are not such numbers left out.
-fn numbers_of(v: &JsValue, key: &str) -> Positions {
-    let o = get(v, key);
-    let mut out = Positions::new();
-    if o.is_object() {
-        for k in Object::keys(o.unchecked_ref::<Object>()).iter() {
-            if let Some(k) = k.as_string() {
-                if let Some(n) = number_of(&o, &k) {
-                    out.insert(k, n);
-                }
-            }
-        }
-    }
-    out
-}
-
 /// Reads the fields of a server frame of type `kind`; `None` when a required field is
 /// missing or mistyped (optional ones fall back to their defaults).
 fn decode_fields(kind: &str, v: JsValue) -> Option<ServerFrame<Js>> {
@@ -236,17 +254,20 @@ fn decode_fields(kind: &str, v: JsValue) -> Option<ServerFrame<Js>> {
                 session: s("session")?,
                 resumed: get(&v, "resumed").as_bool().unwrap_or(false),
                 user: s("user").unwrap_or_default(),
-                node: s("node").unwrap_or_default(),
                 heartbeat_ms: n("heartbeat_ms").unwrap_or(0),
                 limits: Limits {
                     max_frame_bytes: number_of(&limits, "max_frame_bytes").unwrap_or(0),
-                    max_subscriptions: number_of(&limits, "max_subscriptions").unwrap_or(0) as u32,
                     delivery_window: number_of(&limits, "delivery_window").unwrap_or(0) as u32,
+                    // Not read by the SDK (the gateway refuses what is over it).
+                    max_subscriptions: 0,
                 },
-                protocol: n("protocol").unwrap_or(1) as u32,
                 notice: s("notice").map(|c| ErrorCode::parse(&c)),
-                position: n("position"),
-                positions: numbers_of(&v, "positions"),
+                // Not read by the SDK, so not decoded (the wasm is smaller): `node`
+                // and `protocol`, and the positions, which the codec keeps (`parse`).
+                node: String::new(),
+                protocol: 1,
+                position: None,
+                positions: Positions::new(),
             })
         }
         "ack" => ServerFrame::Ack(Ack { id: s("id")? }),
@@ -255,20 +276,20 @@ fn decode_fields(kind: &str, v: JsValue) -> Option<ServerFrame<Js>> {
             code: ErrorCode::parse(&s("code").unwrap_or_default()),
             message: s("message").unwrap_or_default(),
             seq: n("seq"),
-            position: n("position"),
-            stream: s("stream"),
+            position: None,
+            stream: None,
         }),
         "reply" => ServerFrame::Reply(Reply {
             id: s("id")?,
             seq: n("seq")?,
-            position: n("position"),
+            position: None,
             headers: Headers::new(),
             message: Js(v.clone()),
         }),
         "deliver" => ServerFrame::Deliver(Deliver {
             seq: n("seq")?,
-            position: n("position"),
-            stream: s("stream"),
+            position: None,
+            stream: None,
             message_id: s("message_id")?,
             channel: s("channel")?,
             routing_key: s("routing_key")?,
