@@ -77,8 +77,11 @@ start_stack() {
   die "warren-stack did not write its state within 60 s"
 }
 say "starting warren-stack (ephemeral ports, own namespace)"
+# voice keeps its messages in a stream of its own (channel streams: a resume names a
+# position per stream).
+printf '[channel_options.voice]\nstream_max_age = "1h"\n' > "$work/gateway.toml"
 start_stack "$state" "$work/stack.log" --channels chat,voice,tickets,echo,silent,nobody \
-  --service-arg=--unanswered=silent
+  --service-arg=--unanswered=silent --gateway-arg=--config="$work/gateway.toml"
 say "starting a second warren-stack in jwt mode (development secret, no leeway)"
 start_stack "$jwt_state" "$work/jwt-stack.log" --auth jwt --jwt-leeway-s 0 --no-service
 

@@ -447,6 +447,151 @@ async fn when_the_first_gateway_is_killed_the_client_continues_on_the_second_url
     post(&format!("{}/gateways/primary/start", control())).await;
 }
 
+/// The texts of the deliveries in `seen` that start with `prefix` and end with `tag`,
+/// in order.
+fn texts_with(seen: &Rc<RefCell<Vec<JsValue>>>, prefix: &str, tag: &str) -> Vec<String> {
+    seen.borrow()
+        .iter()
+        .filter_map(|d| path(d, &["message", "text"]).as_string())
+        .filter(|t| t.starts_with(prefix) && t.ends_with(tag))
+        .collect()
+}
+
+/// Polls `done` every 100 ms for up to 10 s; whether it became true.
+async fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..100 {
+        if done() {
+            return true;
+        }
+        sleep(100).await;
+    }
+    done()
+}
+
+// test.sh gives the stack's `voice` a stream of its own (`[channel_options.voice]`):
+// its positions are unrelated to the outbound stream's, and a resume names both.
+#[wasm_bindgen_test]
+async fn a_resume_replays_what_was_missed_from_the_outbound_stream_and_a_channel_stream() {
+    let primary = url(0, "all");
+    let failover = url(1, "all");
+    let tag = format!("{}", js_sys::Math::random()).replace('.', "");
+    // `a` knows only the primary, so it stays away while the primary is down.
+    let a = client(&format!(
+        r#"{{"urls": ["{primary}"], "reconnect": {{"minDelayMs": 100, "maxDelayMs": 300}}}}"#
+    ));
+    let (on_state, states) = recorder();
+    a.on("state", on_state).expect("on");
+    wait(a.connect()).await.expect("connect a");
+    // Anonymous: the user id is the session id; voice messages are addressed to it.
+    let user = a.session().as_string().expect("a session");
+    // `b` writes through the failover gateway; the demo service relays chat
+    // broadcasts to the channel and voice messages to their direct targets. `b`
+    // follows chat, so once it has a broadcast, that is in the outbound stream.
+    let b = client(&format!(r#"{{"urls": ["{failover}"]}}"#));
+    wait(b.connect()).await.expect("connect b");
+    let (chat_b, b_chat) = recorder();
+    let b_sub = b
+        .subscribe(json(r#"{"channel": "chat"}"#).unchecked_into(), chat_b)
+        .expect("b chat");
+    wait(b_sub.ready()).await.expect("b subscribed");
+    let send = |channel: &str, text: String| {
+        let distribution = if channel == "chat" {
+            r#"{"broadcast": true}"#.to_string()
+        } else {
+            format!(r#"{{"direct": ["{user}"]}}"#)
+        };
+        b.write(
+            json(&format!(
+                r#"{{"channel": "{channel}", "distribution": {distribution}, "message": {{"text": "{text}"}}}}"#
+            ))
+            .unchecked_into(),
+        )
+    };
+    // Before `a` subscribes: never for `a`, not even when it resumes. (A resume that
+    // named no position in voice's stream would replay it from its start, and these.)
+    wait(send("voice", format!("vpre-{tag}")))
+        .await
+        .expect("write vpre");
+    wait(send("chat", format!("cpre-{tag}")))
+        .await
+        .expect("write cpre");
+    assert!(eventually(|| texts_with(&b_chat, "cpre-", &tag).len() == 1).await);
+    sleep(300).await;
+
+    let (chat_a, seen_chat) = recorder();
+    let (voice_a, seen_voice) = recorder();
+    let chat_sub = a
+        .subscribe(json(r#"{"channel": "chat"}"#).unchecked_into(), chat_a)
+        .expect("subscribe chat");
+    let voice_sub = a
+        .subscribe(
+            json(r#"{"channel": "voice", "direct": true}"#).unchecked_into(),
+            voice_a,
+        )
+        .expect("subscribe voice");
+    wait(chat_sub.ready()).await.expect("chat subscribed");
+    wait(voice_sub.ready()).await.expect("voice subscribed");
+    // One of each live, so `a` has a position in both streams.
+    wait(send("chat", format!("c0-{tag}")))
+        .await
+        .expect("write c0");
+    wait(send("voice", format!("v0-{tag}")))
+        .await
+        .expect("write v0");
+    assert!(
+        eventually(|| {
+            texts_with(&seen_chat, "c0-", &tag).len() == 1
+                && texts_with(&seen_voice, "v0-", &tag).len() == 1
+        })
+        .await,
+        "c0 and v0 arrive live"
+    );
+
+    post(&format!("{}/gateways/primary/kill", control())).await;
+    // While `a` is away: three of each (a voice message the service relays after `a`
+    // is back reaches it live; either way once).
+    for i in 1..=3 {
+        wait(send("chat", format!("c{i}-{tag}")))
+            .await
+            .expect("write chat");
+        wait(send("voice", format!("v{i}-{tag}")))
+            .await
+            .expect("write voice");
+    }
+    assert!(
+        eventually(|| texts_with(&b_chat, "c3-", &tag).len() == 1).await,
+        "the chat broadcasts were relayed"
+    );
+    assert!(
+        texts_with(&seen_chat, "c1-", &tag).is_empty(),
+        "a was away: {:?}",
+        texts_with(&seen_chat, "", &tag)
+    );
+
+    post(&format!("{}/gateways/primary/start", control())).await;
+    assert!(
+        eventually(|| {
+            texts_with(&seen_chat, "c", &tag).len() >= 4
+                && texts_with(&seen_voice, "v", &tag).len() >= 4
+        })
+        .await,
+        "a resumed and got what it missed: chat {:?}, voice {:?}",
+        texts_with(&seen_chat, "", &tag),
+        texts_with(&seen_voice, "", &tag)
+    );
+    sleep(500).await;
+    let want = |p: &str| (0..=3).map(|i| format!("{p}{i}-{tag}")).collect::<Vec<_>>();
+    // Every delivery `a` got, other tests' too: only these, in order, once.
+    let all = |seen: &Rc<RefCell<Vec<JsValue>>>| texts_with(seen, "", "");
+    assert_eq!(all(&seen_chat), want("c"), "chat, in order, once");
+    assert_eq!(all(&seen_voice), want("v"), "voice, in order, once");
+    let resumed = states.borrow().last().map(|e| path(e, &["resumed"]));
+    assert_eq!(resumed, Some(JsValue::TRUE), "the session was resumed");
+    assert_eq!(a.session().as_string(), Some(user));
+    a.close();
+    b.close();
+}
+
 // ----- errors as classes, oversized writes, connection failures -----
 
 /// A JSON string literal of `n` bytes of `x` (a message far over the gateway's limit).
