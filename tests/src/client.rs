@@ -387,6 +387,15 @@ impl TestClient {
         .await
     }
 
+    /// Waits for the next `n` `deliver` frames.
+    pub async fn expect_delivers(&mut self, n: usize) -> Vec<Deliver> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(self.expect_deliver().await);
+        }
+        out
+    }
+
     /// Waits for the `reply` to request `id`.
     pub async fn expect_reply(&mut self, id: &str) -> Reply {
         let want = id.to_string();

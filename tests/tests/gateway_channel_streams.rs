@@ -29,12 +29,33 @@ fn voice_for_an_hour(c: &mut Config) {
     );
 }
 
-async fn delivers(c: &mut TestClient, n: usize) -> Vec<Deliver> {
-    let mut out = Vec::new();
-    for _ in 0..n {
-        out.push(c.expect_deliver().await);
+/// A client on `url` subscribed to chat and voice, and what it got of one broadcast
+/// on each: its session, chat's delivery and voice's.
+async fn following_chat_and_voice(
+    env: &TestEnv,
+    url: &str,
+) -> (TestClient, String, Deliver, Deliver) {
+    let mut c = TestClient::connect(url).await;
+    let session = c.session().to_string();
+    for s in subscriptions() {
+        c.subscribe(s).await;
     }
-    out
+    env.publish_out("chat.all", "c1", "\"c1\"").await;
+    env.publish_out("voice.all", "v1", "\"v1\"").await;
+    let first = c.expect_delivers(2).await;
+    let of = |channel: &str| {
+        first
+            .iter()
+            .find(|d| d.channel == channel)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {channel} delivery in {first:?}"))
+    };
+    let (chat, voice) = (of("chat"), of("voice"));
+    (c, session, chat, voice)
+}
+
+fn subscriptions() -> Vec<warren_protocol::Subscribe> {
+    vec![sub("c", "chat"), sub("v", "voice")]
 }
 
 /// The message bodies of the deliveries of `channel`, in order.
@@ -87,17 +108,7 @@ async fn a_channel_with_its_own_retention_is_kept_in_its_own_stream_and_resumed_
             .expect_err("voice's stream has another x-max-age");
         assert!(format!("{refused}").contains("x-max-age"), "{refused}");
 
-        let subs = vec![sub("c", "chat"), sub("v", "voice")];
-        let mut c = TestClient::connect(&gw1.url()).await;
-        let session = c.session().to_string();
-        for s in &subs {
-            c.subscribe(s.clone()).await;
-        }
-        env.publish_out("chat.all", "c1", "\"c1\"").await;
-        env.publish_out("voice.all", "v1", "\"v1\"").await;
-        let first = delivers(&mut c, 2).await;
-        let chat = first.iter().find(|d| d.channel == "chat").expect("c1");
-        let voice = first.iter().find(|d| d.channel == "voice").expect("v1");
+        let (c, session, chat, voice) = following_chat_and_voice(env, &gw1.url()).await;
         assert_eq!(chat.stream, None, "chat is in the outbound stream");
         assert_eq!(voice.stream.as_deref(), Some("voice"));
         let (chat_at, voice_at) = (chat.position, voice.position.expect("a position"));
@@ -114,12 +125,12 @@ async fn a_channel_with_its_own_retention_is_kept_in_its_own_stream_and_resumed_
             session: Some(session.clone()),
             position: chat_at,
             positions: Positions::from_iter([("voice".to_string(), voice_at)]),
-            subscriptions: subs.clone(),
+            subscriptions: subscriptions(),
             ..Hello::default()
         };
         let mut c = TestClient::connect_with(&gw2.url(), hello).await;
         assert!(c.welcome().resumed);
-        let replayed = delivers(&mut c, 4).await;
+        let replayed = c.expect_delivers(4).await;
         assert_eq!(texts(&replayed, "chat"), ["c2", "c3"]);
         assert_eq!(texts(&replayed, "voice"), ["v2", "v3"]);
         let voice_positions: Vec<u64> = replayed
@@ -136,7 +147,7 @@ async fn a_channel_with_its_own_retention_is_kept_in_its_own_stream_and_resumed_
         // Then live on both.
         env.publish_out("chat.all", "c4", "\"c4\"").await;
         env.publish_out("voice.all", "v4", "\"v4\"").await;
-        let live = delivers(&mut c, 2).await;
+        let live = c.expect_delivers(2).await;
         assert_eq!(texts(&live, "chat"), ["c4"]);
         assert_eq!(texts(&live, "voice"), ["v4"]);
         let v4 = live
@@ -186,21 +197,8 @@ async fn a_busy_channel_ages_out_of_its_own_stream_only_and_its_sessions_are_tol
             c.hub_buffer_messages = 10;
         })
         .await;
-        let subs = vec![sub("c", "chat"), sub("v", "voice")];
-        let mut c = TestClient::connect(&gw.url()).await;
-        let session = c.session().to_string();
-        for s in &subs {
-            c.subscribe(s.clone()).await;
-        }
-        env.publish_out("chat.all", "c1", "\"c1\"").await;
-        env.publish_out("voice.all", "v1", "\"v1\"").await;
-        let first = delivers(&mut c, 2).await;
-        let chat_at = first.iter().find(|d| d.channel == "chat").unwrap().position;
-        let voice_at = first
-            .iter()
-            .find(|d| d.channel == "voice")
-            .unwrap()
-            .position;
+        let (c, session, chat, voice) = following_chat_and_voice(env, &gw.url()).await;
+        let (chat_at, voice_at) = (chat.position, voice.position);
         c.abort();
         // 4.7 MiB on voice pushes its oldest segments out; chat is not in that stream.
         env.publish_out("chat.all", "c2", "\"c2\"").await;
@@ -216,7 +214,7 @@ async fn a_busy_channel_ages_out_of_its_own_stream_only_and_its_sessions_are_tol
             positions: voice_at
                 .map(|p| Positions::from_iter([("voice".to_string(), p)]))
                 .unwrap_or_default(),
-            subscriptions: subs,
+            subscriptions: subscriptions(),
             ..Hello::default()
         };
         let mut c = TestClient::connect_with(&gw.url(), hello).await;

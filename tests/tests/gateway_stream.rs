@@ -22,14 +22,6 @@ fn resume(session: &str, position: Option<u64>, subscriptions: Vec<Subscribe>) -
     }
 }
 
-async fn delivers(c: &mut TestClient, n: usize) -> Vec<Deliver> {
-    let mut out = Vec::new();
-    for _ in 0..n {
-        out.push(c.expect_deliver().await);
-    }
-    out
-}
-
 fn texts(ds: &[Deliver]) -> Vec<String> {
     ds.iter().map(|d| d.message.get().to_string()).collect()
 }
@@ -100,9 +92,9 @@ async fn fan_out_follows_subscriptions_and_identity_and_declares_nothing_per_ses
         env.publish_out("chat.event.order.created", "m3", "3").await;
         env.publish_out("chat.group.secret", "m4", "4").await;
         env.publish_out("chat.user.alice", "m5", "5").await;
-        let got_a = delivers(&mut a, 3).await;
+        let got_a = a.expect_delivers(3).await;
         assert_eq!(texts(&got_a), ["1", "3", "5"]);
-        let got_b = delivers(&mut b, 2).await;
+        let got_b = b.expect_delivers(2).await;
         assert_eq!(texts(&got_b), ["1", "2"]);
         a.expect_no_deliver(Duration::from_millis(300)).await;
         b.expect_no_deliver(Duration::from_millis(300)).await;
@@ -177,7 +169,7 @@ async fn a_client_resumes_on_another_gateway_from_its_position_and_misses_nothin
                 .await;
         assert!(c.welcome().resumed);
         assert_eq!(c.session(), session);
-        let replayed = delivers(&mut c, 3).await;
+        let replayed = c.expect_delivers(3).await;
         assert_eq!(
             texts(&replayed),
             ["2", "3", "4"],
@@ -213,10 +205,10 @@ async fn a_position_older_than_the_gateways_memory_is_replayed_from_the_stream()
             // Not this session's: filtered out of the replay.
             env.publish_out("chat.group.x", &format!("g{i}"), "0").await;
         }
-        delivers(&mut observer, 20).await;
+        observer.expect_delivers(20).await;
         let mut c =
             TestClient::connect_with(&gw.url(), resume(&session, start, subs.clone())).await;
-        let replayed = delivers(&mut c, 20).await;
+        let replayed = c.expect_delivers(20).await;
         let want: Vec<String> = (1..=20).map(|i| i.to_string()).collect();
         assert_eq!(texts(&replayed), want);
         env.publish_out("chat.all", "m21", "21").await;
@@ -249,7 +241,7 @@ async fn sessions_resuming_from_before_the_ring_share_stream_readers() {
             env.publish_out("chat.all", &format!("m{i}"), &i.to_string())
                 .await;
         }
-        delivers(&mut observer, n).await;
+        observer.expect_delivers(n).await;
         let before = metric(&gw, "stream_readers_total").await;
         // All come back at once, from positions the ring no longer holds.
         let back = away.iter().map(|(session, start)| {
@@ -257,7 +249,7 @@ async fn sessions_resuming_from_before_the_ring_share_stream_readers() {
             let hello = resume(session, *start, subs.clone());
             async move {
                 let mut c = TestClient::connect_with(&url, hello).await;
-                let got = delivers(&mut c, n).await;
+                let got = c.expect_delivers(n).await;
                 c.expect_no_deliver(Duration::from_millis(200)).await;
                 texts(&got)
             }
