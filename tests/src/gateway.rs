@@ -222,3 +222,42 @@ async fn http_exchange(addr: SocketAddr, head: &str, body: &[u8]) -> (u16, Strin
         .unwrap_or(out);
     (status, body)
 }
+
+/// RabbitMQ's management API (`./dev` enables the plugin): `WARREN_MANAGEMENT_URL`, or
+/// `http://127.0.0.1:15672`.
+pub fn management_url() -> String {
+    std::env::var("WARREN_MANAGEMENT_URL").unwrap_or_else(|_| "http://127.0.0.1:15672".into())
+}
+
+/// Runs `warren-gateway topology <action> <extra...>` in `env`'s namespace with the
+/// configuration file `toml`, and returns what it printed and its exit status.
+///
+/// # Panics
+/// When the binary cannot be found or run, or the file cannot be written.
+pub async fn topology_cli(
+    env: &TestEnv,
+    toml: &str,
+    action: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    use crate::binary::workspace_binary;
+    let bin = tokio::task::spawn_blocking(|| {
+        workspace_binary("warren-gateway", "warren-gateway", &["WARREN_GATEWAY_BIN"])
+    })
+    .await
+    .expect("binary");
+    let config = std::env::temp_dir().join(format!("{}.toml", env.namespace));
+    std::fs::write(&config, toml).expect("write the config");
+    let out = tokio::process::Command::new(bin)
+        .args(["--namespace", &env.namespace, "--amqp-uri"])
+        .arg(amqp_addr())
+        .arg("--config")
+        .arg(&config)
+        .args(["topology", action])
+        .args(extra)
+        .output()
+        .await
+        .expect("run warren-gateway");
+    let _ = std::fs::remove_file(&config);
+    out
+}

@@ -11,7 +11,7 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use warren_e2e::client::{sub, TestClient};
 use warren_e2e::env::{amqp_addr, TestEnv};
-use warren_e2e::gateway::TestGateway;
+use warren_e2e::gateway::{management_url, topology_cli, TestGateway};
 use warren_e2e::load::read_stream_ids;
 use warren_gateway::config::{ChannelOptions, Config};
 use warren_protocol::{Deliver, ErrorCode, Hello, Positions, ServerFrame};
@@ -249,6 +249,47 @@ async fn a_busy_channel_ages_out_of_its_own_stream_only_and_its_sessions_are_tol
         assert_eq!(voice.last().map(|d| d.message_id.as_str()), Some("b299"));
         assert!(voice.len() < 300, "{} of 300", voice.len());
         gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn topology_check_reports_the_outbound_streams_catch_all_binding_until_apply_removes_it() {
+    TestEnv::run("chan-check", LIMIT, async |env| {
+        // A broker set up for one outbound stream: `#` binds every channel to it.
+        TestGateway::start(env).await.shutdown().await;
+        let toml = "[channel_options.voice]\nstream_max_age = \"1h\"\n";
+        let mgmt = management_url();
+        let with_bindings = ["--management-url", mgmt.as_str()];
+        let check = async || topology_cli(env, toml, "check", &with_bindings).await;
+        let text = |out: &std::process::Output| String::from_utf8_lossy(&out.stdout).into_owned();
+
+        let out = check().await;
+        let before = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{before}");
+        let stream = env.names.outbound_stream();
+        let exchange = env.names.outbound_exchange();
+        assert!(
+            before.contains(&format!(
+                "MISMATCH binding {exchange} -> {stream} (#): present; should be removed"
+            )),
+            "{before}"
+        );
+        assert!(
+            before.contains(&format!(
+                "MISMATCH queue {}: missing",
+                env.names.channel_stream("voice")
+            )),
+            "{before}"
+        );
+
+        let out = topology_cli(env, toml, "apply", &[]).await;
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(text(&out).contains("unbind"), "{}", text(&out));
+        let out = check().await;
+        let after = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{after}");
+        assert!(!after.contains("MISMATCH"), "{after}");
     })
     .await;
 }

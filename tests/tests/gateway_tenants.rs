@@ -20,7 +20,7 @@ use lapin::ExchangeKind;
 use serde_json::json;
 use warren_e2e::client::{raw, sub, TestClient};
 use warren_e2e::env::{amqp_addr, TestEnv};
-use warren_e2e::gateway::TestGateway;
+use warren_e2e::gateway::{management_url, TestGateway};
 use warren_gateway::{AuthMode, Config, NoServiceMode, TenantOptions};
 use warren_protocol::amqp::{Names, QueueArg};
 use warren_protocol::tenants::{Tenant, TenantRouting};
@@ -363,32 +363,8 @@ fn tenant_config_toml() -> String {
     )
 }
 
-/// RabbitMQ's management API (`./dev` enables the plugin).
-fn management_url() -> String {
-    std::env::var("WARREN_MANAGEMENT_URL").unwrap_or_else(|_| "http://127.0.0.1:15672".into())
-}
-
 async fn topology_cli_with(env: &TestEnv, action: &str, extra: &[&str]) -> std::process::Output {
-    use warren_e2e::binary::workspace_binary;
-    let bin = tokio::task::spawn_blocking(|| {
-        workspace_binary("warren-gateway", "warren-gateway", &["WARREN_GATEWAY_BIN"])
-    })
-    .await
-    .expect("binary");
-    let config = std::env::temp_dir().join(format!("{}.toml", env.namespace));
-    std::fs::write(&config, tenant_config_toml()).expect("write the config");
-    let out = tokio::process::Command::new(bin)
-        .args(["--namespace", &env.namespace, "--amqp-uri"])
-        .arg(amqp_addr())
-        .arg("--config")
-        .arg(&config)
-        .args(["topology", action])
-        .args(extra)
-        .output()
-        .await
-        .expect("run warren-gateway");
-    let _ = std::fs::remove_file(&config);
-    out
+    warren_e2e::gateway::topology_cli(env, &tenant_config_toml(), action, extra).await
 }
 
 fn stdout(out: &std::process::Output) -> String {
