@@ -243,13 +243,26 @@ async fn a_full_inbound_queue_answers_overloaded_and_other_channels_go_on() {
                 other => panic!("{other:?}"),
             }
         }
-        let metrics = warren_e2e::gateway::http_get(gw.health_addr(), "/metrics").await;
-        let replaced = metrics
-            .lines()
-            .find(|l| l.starts_with("warren_gateway_publisher_channels_replaced_total"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|n| n.parse::<u64>().ok())
-            .expect("the replaced-channels counter");
+        // A nacked channel is retired by a task of its own, after the client's answer:
+        // wait (bounded) for the counter to move, then a little longer, in case more
+        // than the 2 allowed were still on their way.
+        let replaced = async || {
+            let metrics = warren_e2e::gateway::http_get(gw.health_addr(), "/metrics").await;
+            metrics
+                .lines()
+                .find(|l| l.starts_with("warren_gateway_publisher_channels_replaced_total"))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .expect("the replaced-channels counter")
+        };
+        for _ in 0..50 {
+            if replaced().await > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let replaced = replaced().await;
         assert!(
             (1..=2).contains(&replaced),
             "30 refusals replaced {replaced} publisher channels"
