@@ -1130,6 +1130,8 @@ pub struct Overrides {
     #[arg(long, env = "WARREN_QUEUE_TYPE", global = true)]
     pub queue_type: Option<QueueType>,
     /// Outbound stream retention by age, the resume window (x-max-age) [default: 24h].
+    /// A channel can have its own, in a stream of its own: `stream_max_age` /
+    /// `stream_max_bytes` under `[channel_options.<channel>]` in the --config file.
     #[arg(long, env = "WARREN_STREAM_MAX_AGE", global = true)]
     pub stream_max_age: Option<String>,
     /// Outbound stream retention by size, in bytes [default: 2147483648].

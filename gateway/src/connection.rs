@@ -196,13 +196,30 @@ async fn next_outbound(session: Option<&mut Session>, window: usize) -> (usize, 
     if s.streams.is_empty() || !core_::may_deliver(s.cancelled, s.inflight.len(), window) {
         return std::future::pending().await;
     }
-    if let [Some(out), rest @ ..] = s.streams.as_mut_slice() {
-        if rest.iter().all(Option::is_none) {
-            return (0, out.next().await);
+    let mut active = s
+        .streams
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, out)| out.as_mut().map(|out| (i, out)));
+    let first = active.next();
+    let second = active.next();
+    let third = active.next();
+    drop(active);
+    match (first, second, third) {
+        (None, _, _) => return std::future::pending().await,
+        (Some((i, out)), None, _) => return (i, out.next().await),
+        // Two (the outbound stream and one channel stream, the common case): without
+        // allocating; `select!` polls them in random order, so neither starves.
+        (Some((i, a)), Some((j, b)), None) => {
+            return tokio::select! {
+                e = a.next() => (i, e),
+                e = b.next() => (j, e),
+            };
         }
+        _ => {}
     }
-    // Several streams: the first ready wins, starting from a different one each time.
-    // Each `next` is cancel-safe, so the others lose nothing.
+    // More: the first ready wins, starting from a different one each time. Each
+    // `next` is cancel-safe, so the others lose nothing.
     let mut nexts: Vec<_> = s
         .streams
         .iter_mut()
