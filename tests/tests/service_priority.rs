@@ -199,8 +199,17 @@ async fn started(rx: &mut mpsc::UnboundedReceiver<String>, body: &str) {
     }
 }
 
+/// A service in `ns`. Connecting may take longer than the library's default 5 s here:
+/// the five tests of this file start at once, one of them spawning a demo service,
+/// and on a busy 2-core machine RabbitMQ has twice answered a connect with exchange
+/// declares after more than 5 s (two fresh `./dev test` runs); what these tests check
+/// starts after the connect.
 async fn connect(ns: &str) -> Service {
-    Service::connect(&amqp_uri(), Names::new(ns))
+    let config = ServiceConfig {
+        connect_timeout: Duration::from_secs(20),
+        ..ServiceConfig::default()
+    };
+    Service::connect_with(&amqp_uri(), Names::new(ns), config)
         .await
         .expect("service connects")
 }
