@@ -146,6 +146,16 @@ pub struct Config {
     /// would only wait for its timeout), `all` (publishes too: they would wait in the
     /// queue for a service to come back), `off`. Default: `requests`.
     pub no_service: NoServiceMode,
+    /// How replies to WebSocket `request`s come back. `stream` (the default): through
+    /// the outbound stream, so a reply in flight when its gateway dies is replayed to
+    /// the client wherever it resumes, from any service. `direct`: by RabbitMQ's direct
+    /// reply-to, straight to the gateway that sent the request, about 0.4 ms sooner
+    /// (BENCHMARKS.md, "rpc with direct replies"); a reply in flight when that gateway
+    /// dies is lost, and the request is answered only because the SDK sends it again
+    /// when it resumes and the service answers the copy (the Warren service library
+    /// does, from its duplicate window; a service that drops copies unanswered leaves
+    /// the request to time out). Default: `stream`.
+    pub request_replies: RequestReplies,
     /// Tokens, identities, allowed origins.
     pub auth: AuthConfig,
     /// The external HTTP API (`/external`, `/publish`, `/request`); off by default.
@@ -273,6 +283,17 @@ pub enum NoServiceMode {
     Requests,
     /// Requests and publishes.
     All,
+}
+
+/// How replies to WebSocket requests come back (see [`Config::request_replies`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestReplies {
+    /// Through the outbound stream: replayed on resume, from any service.
+    Stream,
+    /// By direct reply-to: sooner; lost with their gateway, recovered only by a
+    /// service that answers the copy the SDK sends again.
+    Direct,
 }
 
 /// Settings of one channel (`[channel_options.chat]`).
@@ -565,6 +586,7 @@ impl Default for Config {
             max_frames_per_s: 10_000,
             max_pending_requests: 1000,
             no_service: NoServiceMode::Requests,
+            request_replies: RequestReplies::Stream,
             stream_max_age: "24h".to_string(),
             stream_max_bytes: 2 * 1024 * 1024 * 1024,
             hub_buffer_messages: 100_000,
@@ -929,7 +951,8 @@ impl Config {
             max_pending_requests,
             stream_max_bytes,
             hub_buffer_messages,
-            no_service
+            no_service,
+            request_replies
         );
         if let Some(v) = &o.stream_max_age {
             self.stream_max_age = v.clone();
@@ -1144,6 +1167,12 @@ pub struct Overrides {
     /// requests, all (publishes too) or off [default: requests].
     #[arg(long, env = "WARREN_NO_SERVICE", global = true)]
     pub no_service: Option<NoServiceMode>,
+    /// How replies to WebSocket requests come back: `stream` (replayed on resume) or
+    /// `direct` (RabbitMQ's direct reply-to: about 0.4 ms sooner, but a reply in
+    /// flight when its gateway dies is recovered only by a service that answers the
+    /// request's copy, as the Warren service library does) [default: stream].
+    #[arg(long, env = "WARREN_REQUEST_REPLIES", global = true)]
+    pub request_replies: Option<RequestReplies>,
     /// Publisher channels in the pool [default: 4].
     #[arg(long, env = "WARREN_PUBLISHER_CHANNELS", global = true)]
     pub publisher_channels: Option<usize>,

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use futures_util::FutureExt;
+use lapin::message::Delivery;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use warren_protocol::{
@@ -25,7 +26,9 @@ use warren_protocol::{
 };
 
 use crate::auth::{AuthError, Identity};
+use crate::config::RequestReplies;
 use crate::delivery::{self, Incoming};
+use crate::direct_reply::DIRECT_REPLY_TO;
 use crate::inbound::{self, now_ms_epoch, Outcome, Refusal};
 use crate::limits::{Slot, TokenBucket};
 use crate::metrics;
@@ -47,6 +50,14 @@ struct Confirmed {
     id: String,
     origin: Origin,
     outcome: Outcome,
+}
+
+/// What a publish's background task reports to its connection: the broker's confirm,
+/// then, for a request with `request_replies = "direct"`, its reply.
+#[derive(Debug)]
+enum Settled {
+    Confirmed(Confirmed),
+    Answered { id: String, answer: Box<Delivery> },
 }
 
 /// The open session of a connection.
@@ -113,6 +124,7 @@ pub(crate) fn serve<S: Send + 'static>(
         confirms: None,
         pending_confirms: 0,
         requests: Correlator::new(),
+        direct_calls: 0,
         takeover: Arc::default(),
         session: None,
         taken_over: false,
@@ -236,7 +248,7 @@ async fn next_outbound(session: Option<&mut Session>, window: usize) -> (usize, 
     futures_util::future::select_all(nexts).await.0
 }
 
-async fn next_confirm(confirms: Option<&mut Confirms>) -> Option<Confirmed> {
+async fn next_confirm(confirms: Option<&mut Confirms>) -> Option<Settled> {
     match confirms {
         Some(c) => c.rx.recv().await,
         None => std::future::pending().await,
@@ -246,8 +258,8 @@ async fn next_confirm(confirms: Option<&mut Confirms>) -> Option<Confirmed> {
 /// Publisher-confirm results of a connection's publishes; created with the first
 /// publish, so connections that never publish do not carry a channel.
 struct Confirms {
-    tx: mpsc::UnboundedSender<Confirmed>,
-    rx: mpsc::UnboundedReceiver<Confirmed>,
+    tx: mpsc::UnboundedSender<Settled>,
+    rx: mpsc::UnboundedReceiver<Settled>,
 }
 
 struct Conn {
@@ -263,6 +275,8 @@ struct Conn {
     confirms: Option<Confirms>,
     pending_confirms: usize,
     requests: Correlator<String, ()>,
+    /// Requests sent with direct reply-to so far: numbers their correlation ids.
+    direct_calls: u64,
     /// Set by a newer connection (or gateway) that resumes this session.
     takeover: Arc<TakeoverSignal>,
     session: Option<Session>,
@@ -320,7 +334,7 @@ impl Conn {
                 (i, o) = next_outbound(self.session.as_mut(), usize::from(self.shared.config.delivery_window)) => {
                     Box::pin(self.on_stream(i, o)).await
                 }
-                Some(c) = next_confirm(self.confirms.as_mut()) => Box::pin(self.on_confirm(c)).await,
+                Some(c) = next_confirm(self.confirms.as_mut()) => Box::pin(self.on_settled(c)).await,
                 () = timer.as_mut() => Box::pin(self.on_timer()).await,
             };
             if let Flow::Close(code, reason) = flow {
@@ -371,7 +385,7 @@ impl Conn {
             }
             let flow = tokio::select! {
                 msg = self.ws.recv() => self.on_message(msg).await,
-                Some(c) = next_confirm(self.confirms.as_mut()) => self.on_confirm(c).await,
+                Some(c) = next_confirm(self.confirms.as_mut()) => self.on_settled(c).await,
                 _ = tokio::time::sleep_until(deadline) => {
                     tracing::info!(
                         conn = self.id,
@@ -849,6 +863,9 @@ impl Conn {
                     }
                     return self.refuse(Some(r.id), refused).await;
                 }
+                if self.shared.config.request_replies == RequestReplies::Direct {
+                    return self.request_direct(r, timeout).await;
+                }
                 let res = self
                     .publish(
                         &r.id,
@@ -1036,19 +1053,7 @@ impl Conn {
         confirms: Vec<inbound::Pending>,
         wait: Duration,
     ) {
-        self.pending_confirms += 1;
-        let m = &self.shared.metrics;
-        metrics::add(&m.publishes, confirms.len() as u64);
-        m.confirms_pending
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tx = self
-            .confirms
-            .get_or_insert_with(|| {
-                let (tx, rx) = mpsc::unbounded_channel();
-                Confirms { tx, rx }
-            })
-            .tx
-            .clone();
+        let tx = self.confirm_pending(confirms.len());
         let broker = self.shared.broker.clone();
         tokio::spawn(async move {
             let mut outcome = Outcome::Acked;
@@ -1060,12 +1065,135 @@ impl Conn {
                     outcome = this;
                 }
             }
-            let _ = tx.send(Confirmed {
+            let _ = tx.send(Settled::Confirmed(Confirmed {
                 id,
                 origin,
                 outcome,
-            });
+            }));
         });
+    }
+
+    /// Counts one frame's `publishes` as awaiting their confirm; returns where its
+    /// task reports.
+    fn confirm_pending(&mut self, publishes: usize) -> mpsc::UnboundedSender<Settled> {
+        self.pending_confirms += 1;
+        let m = &self.shared.metrics;
+        metrics::add(&m.publishes, publishes as u64);
+        m.confirms_pending
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.confirms
+            .get_or_insert_with(|| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                Confirms { tx, rx }
+            })
+            .tx
+            .clone()
+    }
+
+    /// A `request` with `request_replies = "direct"`: published on the direct reply-to
+    /// channel ([`crate::direct_reply`]) with a correlation id of this connection's
+    /// own; its confirm, then its reply, come back through [`Conn::on_settled`].
+    async fn request_direct(&mut self, r: warren_protocol::Request, timeout: u64) -> Flow {
+        let Some(session) = self.session.as_ref() else {
+            return Flow::Continue;
+        };
+        self.direct_calls += 1;
+        let call_id = format!("{}.{}", self.id, self.direct_calls);
+        let message = inbound::Message {
+            id: &r.id,
+            channel: &r.channel,
+            subject: r.subject.as_deref(),
+            distribution: None,
+            headers: &r.headers,
+            publish_target: None,
+            request: Some(inbound::ReplyTo {
+                reply_to: DIRECT_REPLY_TO.to_string(),
+                correlation_id: call_id.clone(),
+                timeout_ms: timeout,
+            }),
+        };
+        let sender = inbound::Sender {
+            identity: &session.identity,
+            session: &session.id,
+        };
+        let body = r.message.get().as_bytes();
+        let sent = inbound::send_direct(
+            &self.shared,
+            self.pinned.as_deref(),
+            &sender,
+            &message,
+            body,
+            call_id,
+        )
+        .await;
+        let (pending, call) = match sent {
+            Ok(sent) => sent,
+            Err(e) => return self.refuse(Some(r.id), e).await,
+        };
+        self.errors.good();
+        let deadline = self.clock.request_deadline(Instant::now(), timeout);
+        let _ = self.requests.insert(r.id.clone(), deadline, ());
+        let tx = self.confirm_pending(1);
+        let shared = self.shared.clone();
+        let id = r.id;
+        tokio::spawn(async move {
+            let outcome = pending
+                .direct_outcome(&shared, inbound::request_confirm_wait(timeout))
+                .await;
+            let acked = matches!(outcome, Outcome::Acked);
+            let confirmed = Confirmed {
+                id: id.clone(),
+                origin: Origin::Request,
+                outcome,
+            };
+            if tx.send(Settled::Confirmed(confirmed)).is_err() || !acked {
+                return;
+            }
+            let answer = tokio::time::timeout(Duration::from_millis(timeout), call.answer());
+            tokio::select! {
+                answer = answer => {
+                    // No answer in time: the connection's own deadline says `timeout`.
+                    if let Ok(Ok(answer)) = answer {
+                        let answer = Box::new(answer);
+                        let _ = tx.send(Settled::Answered { id, answer });
+                    }
+                }
+                // The connection ended: nobody to answer.
+                () = tx.closed() => {}
+            }
+        });
+        Flow::Continue
+    }
+
+    async fn on_settled(&mut self, s: Settled) -> Flow {
+        match s {
+            Settled::Confirmed(c) => self.on_confirm(c).await,
+            Settled::Answered { id, answer } => self.on_answer(id, answer).await,
+        }
+    }
+
+    /// A direct reply to request `id`: sent as the stream's would be, without a
+    /// position (unless the request was answered already, by `timeout`).
+    async fn on_answer(&mut self, id: String, answer: Box<Delivery>) -> Flow {
+        if !self.requests.contains(&id) {
+            return Flow::Continue;
+        }
+        let properties = answer
+            .properties
+            .clone()
+            .with_correlation_id(lapin::types::ShortString::from(id));
+        let Some(frame) = self.frame_of(Incoming {
+            exchange: "",
+            routing_key: answer.routing_key.as_str(),
+            redelivered: false,
+            properties: &properties,
+            body: &answer.data,
+            position: None,
+            stream: None,
+        }) else {
+            return Flow::Continue;
+        };
+        self.send(&frame).await
     }
 
     async fn on_confirm(&mut self, c: Confirmed) -> Flow {

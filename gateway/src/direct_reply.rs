@@ -4,8 +4,9 @@
 //! channel that published it, so no queue is declared for answers. Direct reply-to needs
 //! the publish and the answer consumer on one channel: [`DirectReply`] holds that
 //! channel (re-opened when it dies) and hands each answer to the caller waiting for its
-//! correlation id. Used by the auth service client and the HTTP API's
-//! `POST /request/{channel}`.
+//! correlation id. Used by the auth service client, the HTTP API's
+//! `POST /request/{channel}` and, with `request_replies = "direct"`, WebSocket
+//! `request`s.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -37,14 +38,14 @@ pub(crate) struct DirectReply {
 /// A call in flight: publish the request on `channel` with `correlation_id` = `id` and
 /// `reply_to` = [`DIRECT_REPLY_TO`], then wait for [`Call::answer`]. Dropping it
 /// forgets the call (a late answer is dropped).
-pub(crate) struct Call<'a> {
+pub(crate) struct Call {
     pub(crate) id: String,
     pub(crate) channel: Channel,
     answer: oneshot::Receiver<Delivery>,
-    _forget: Forget<'a>,
+    _forget: Forget,
 }
 
-impl Call<'_> {
+impl Call {
     /// The answer, when it comes (bound it with a timeout).
     ///
     /// # Errors
@@ -69,7 +70,7 @@ impl DirectReply {
     ///
     /// # Errors
     /// When the channel cannot be opened (RabbitMQ is unreachable).
-    pub(crate) async fn begin(&self, id: String) -> Result<Call<'_>, String> {
+    pub(crate) async fn begin(&self, id: String) -> Result<Call, String> {
         let channel = self.channel().await?;
         let (tx, rx) = oneshot::channel();
         self.waiting
@@ -78,7 +79,7 @@ impl DirectReply {
             .insert(id.clone(), tx);
         Ok(Call {
             _forget: Forget {
-                waiting: &self.waiting,
+                waiting: self.waiting.clone(),
                 id: id.clone(),
             },
             id,
@@ -164,12 +165,12 @@ impl DirectReply {
 
 /// Removes a call's waiting entry however it ends (answer, timeout, error), so the map
 /// holds only calls still in flight.
-struct Forget<'a> {
-    waiting: &'a Waiting,
+struct Forget {
+    waiting: Waiting,
     id: String,
 }
 
-impl Drop for Forget<'_> {
+impl Drop for Forget {
     fn drop(&mut self) {
         self.waiting
             .lock()

@@ -28,6 +28,7 @@ use warren_protocol::{Distribution, ErrorCode, Headers};
 use crate::auth::{Action, Identity};
 use crate::broker::Broker;
 use crate::config::{Config, NoServiceMode};
+use crate::direct_reply::Call;
 use crate::metrics;
 use crate::server::Shared;
 
@@ -418,6 +419,23 @@ impl Pending {
         outcome
     }
 
+    /// The verdict on a request sent by [`send_direct`], within `wait`
+    /// ([`request_confirm_wait`]). A negative confirm takes the direct reply-to
+    /// channel out of use ([`DirectReply::retire`](crate::direct_reply::DirectReply::retire)),
+    /// not a pooled one.
+    pub(crate) async fn direct_outcome(self, shared: &Shared, wait: Duration) -> Outcome {
+        let channel = self.channel.clone();
+        let Ok(confirm) = tokio::time::timeout(wait, self.confirm).await else {
+            return Outcome::Unconfirmed;
+        };
+        let outcome = Outcome::of(confirm);
+        if matches!(outcome, Outcome::Nacked) {
+            let linger = Duration::from_millis(shared.config.max_request_timeout_ms);
+            shared.ws_replies.retire(&channel, linger).await;
+        }
+        outcome
+    }
+
     /// [`Pending::outcome`] within `wait` ([`CONFIRM_WAIT`] for a publish; a request
     /// waits past its own deadline: [`request_confirm_wait`]). Without a confirm by
     /// then the channel is taken out of use too — in the background: under a resource
@@ -466,6 +484,36 @@ pub(crate) async fn send(
         .await
         .map_err(|e| Refusal::new(ErrorCode::BrokerUnavailable, e.to_string()))?;
     prepared.publish(channel, body).await
+}
+
+/// Checks `m` ([`prepare`], [`check_service`]), a request, and publishes it on the
+/// channel of WebSocket requests answered by direct reply-to (`request_replies =
+/// "direct"`), under correlation id `call_id` (its `reply_to` is
+/// [`crate::direct_reply::DIRECT_REPLY_TO`]); returns the publish and the call its
+/// reply will answer.
+///
+/// # Errors
+/// As [`prepare`]; `broker_unavailable` when the channel cannot be opened or refuses
+/// the publish.
+pub(crate) async fn send_direct(
+    shared: &Shared,
+    pinned: Option<&str>,
+    sender: &Sender<'_>,
+    m: &Message<'_>,
+    body: &[u8],
+    call_id: String,
+) -> Result<(Pending, Call), Refusal> {
+    let prepared = prepare(shared, pinned, sender, m)?;
+    if let Some(queue) = &prepared.queue {
+        check_service(shared, m.channel, queue, Action::Request).await?;
+    }
+    let call = shared
+        .ws_replies
+        .begin(call_id)
+        .await
+        .map_err(|e| Refusal::new(ErrorCode::BrokerUnavailable, e))?;
+    let pending = prepared.publish(call.channel.clone(), body).await?;
+    Ok((pending, call))
 }
 
 /// The broker's verdict on a publish.

@@ -73,8 +73,8 @@ use tokio::task::JoinHandle;
 
 pub use config::{
     AuthConfig, AuthMode, AuthServiceConfig, Cli, Command, Config, HttpApiConfig, JwtConfig,
-    ListenerConfig, NoServiceMode, Overrides, QueueType, TenantOptions, TenantsConfig,
-    TopologyAction,
+    ListenerConfig, NoServiceMode, Overrides, QueueType, RequestReplies, TenantOptions,
+    TenantsConfig, TopologyAction,
 };
 pub use error::GatewayError;
 pub use topology::Topology;

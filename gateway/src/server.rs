@@ -102,6 +102,9 @@ pub(crate) struct Shared {
     pub(crate) instance: String,
     /// Replies to the HTTP API's requests (direct reply-to; opened at the first).
     pub(crate) http_replies: DirectReply,
+    /// Replies to WebSocket requests with `request_replies = "direct"` (opened at the
+    /// first).
+    pub(crate) ws_replies: DirectReply,
     next_conn: AtomicU64,
     /// Sessions resumed here whose takeover request waits to go out with others
     /// ([`Shared::request_takeover`]).
@@ -133,6 +136,7 @@ impl Shared {
             auth_client: (config.auth.mode == AuthMode::Service)
                 .then(|| AuthClient::new(broker.clone(), &names, &config.auth.service)),
             http_replies: DirectReply::new(broker.clone()),
+            ws_replies: DirectReply::new(broker.clone()),
             deflate: config
                 .permessage_deflate
                 .then(|| crate::socket::deflate_options(config.hard_frame_bytes())),

@@ -1,0 +1,151 @@
+//! `request_replies = "direct"`: replies to WebSocket requests come back by RabbitMQ's
+//! direct reply-to instead of through the outbound stream (sooner: BENCHMARKS.md,
+//! "rpc with direct replies"). A reply reaches only the connection that asked, without
+//! a stream position; a refusal is an `error` with the service's code; a reply after
+//! the request's deadline is dropped. A reply lost with its gateway is answered again
+//! from the request's copy the SDK sends when it resumes, by the Warren service
+//! library's duplicate window.
+
+use std::time::{Duration, Instant};
+
+use warren_e2e::client::TestClient;
+use warren_e2e::env::{ack, next_delivery, TestEnv};
+use warren_e2e::gateway::TestGateway;
+use warren_e2e::sdk_driver::{envelope, payload, GatewayProcess, SdkClient};
+use warren_e2e::service::DemoProcess;
+use warren_gateway::RequestReplies;
+use warren_protocol::{ErrorCode, ServerFrame};
+use warren_sdk::Config;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn a_reply_comes_by_direct_reply_to_to_the_connection_that_asked() {
+    TestEnv::run("direct-reply", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| c.request_replies = RequestReplies::Direct).await;
+        let mut inbound = env.consume_inbound("echo").await;
+        let mut a = TestClient::connect(&gw.url()).await;
+        let mut b = TestClient::connect(&gw.url()).await;
+
+        a.request("q1", "echo", Some(5000), serde_json::json!({"n": 1}))
+            .await;
+        let req = next_delivery(&mut inbound, Duration::from_secs(5)).await;
+        let reply_to = req.properties.reply_to().as_ref().map(|r| r.to_string());
+        assert!(
+            reply_to
+                .as_deref()
+                .is_some_and(|r| r.starts_with("amq.rabbitmq.reply-to")),
+            "the request names direct reply-to, not the outbound stream: {reply_to:?}"
+        );
+        env.reply_to(&req, "{\"ok\":1}", None).await;
+        ack(&req).await;
+        let r = a.expect_reply("q1").await;
+        assert_eq!(r.message.get(), "{\"ok\":1}");
+        assert_eq!(r.position, None, "a direct reply has no stream position");
+        b.expect_no_deliver(Duration::from_millis(300)).await;
+
+        // A refusal comes back the same way, as an error with the service's code.
+        a.request("q2", "echo", Some(5000), serde_json::json!({"n": 2}))
+            .await;
+        let req = next_delivery(&mut inbound, Duration::from_secs(5)).await;
+        env.reply_to(&req, "{\"message\":\"no\"}", Some("rejected"))
+            .await;
+        ack(&req).await;
+        let e = a.expect_error_code(Some("q2"), ErrorCode::Rejected).await;
+        assert_eq!(e.message, "no");
+
+        // A reply after the deadline is dropped: the client got `timeout`, once.
+        a.request("q3", "echo", Some(300), serde_json::json!({"n": 3}))
+            .await;
+        let late = next_delivery(&mut inbound, Duration::from_secs(5)).await;
+        a.expect_error_code(Some("q3"), ErrorCode::Timeout).await;
+        env.reply_to(&late, "{\"late\":true}", None).await;
+        ack(&late).await;
+        if let Some(frame) = a.recv_within(Duration::from_millis(500)).await {
+            assert!(
+                !matches!(frame, ServerFrame::Reply(_) | ServerFrame::Error(_)),
+                "nothing answers q3 after its timeout: {frame:?}"
+            );
+        }
+
+        // Requests from two connections in flight at once each get their own reply.
+        a.request("same", "echo", Some(5000), serde_json::json!({"from": "a"}))
+            .await;
+        b.request("same", "echo", Some(5000), serde_json::json!({"from": "b"}))
+            .await;
+        let first = next_delivery(&mut inbound, Duration::from_secs(5)).await;
+        let second = next_delivery(&mut inbound, Duration::from_secs(5)).await;
+        for req in [&second, &first] {
+            let body = String::from_utf8_lossy(&req.data).to_string();
+            env.reply_to(req, &body, None).await;
+            ack(req).await;
+        }
+        let ra = a.expect_reply("same").await;
+        let rb = b.expect_reply("same").await;
+        assert_eq!(ra.message.get(), "{\"from\":\"a\"}");
+        assert_eq!(rb.message.get(), "{\"from\":\"b\"}");
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_reply_lost_with_its_gateway_comes_from_the_copy_the_sdk_sends_again() {
+    let env = TestEnv::new("direct-reply-kill").await;
+    let tag = &env.namespace[env.namespace.len() - 8..];
+    let args = ["--request-replies", "direct"];
+    let (node_a, node_b) = (format!("gwa-{tag}"), format!("gwb-{tag}"));
+    let (a, b) = tokio::join!(
+        GatewayProcess::spawn(&env.namespace, &node_a, &args),
+        GatewayProcess::spawn(&env.namespace, &node_b, &args),
+    );
+    let (mut a, mut b) = (a, b);
+    // A Warren-library service that takes 1.5 s per request: the gateway that sent
+    // the request is killed while the service works on it.
+    let mut service =
+        DemoProcess::spawn(&env.namespace, &["--only", "echo", "--delay-ms", "1500"]).await;
+    let mut config = Config::new(vec![a.url(), b.url()]);
+    config.token = Some("u1".into());
+    config.backoff = warren_sdk::Backoff::new(50, 500);
+    config.request_timeout_ms = 15_000;
+    let client = SdkClient::start(config, 7);
+    client
+        .ready(Duration::from_secs(20))
+        .await
+        .expect("connects");
+
+    let asked = Instant::now();
+    let reply = client.request(envelope("echo", payload("{\"n\":42}")), None);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.kill().await;
+    let answer = tokio::time::timeout(Duration::from_secs(15), reply)
+        .await
+        .expect("the request resolves within its timeout")
+        .expect("the driver answers")
+        .expect("the request is answered, not failed");
+    let took = asked.elapsed();
+    println!(
+        "gateway_direct_replies: answered after {} ms, on the second gateway",
+        took.as_millis()
+    );
+    assert_eq!(answer.get(), "{\"n\":42}");
+    assert!(
+        took >= Duration::from_millis(1500),
+        "answered only after the service's work ({} ms)",
+        took.as_millis()
+    );
+    let on = client
+        .stats
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .connected_url();
+    assert_eq!(
+        on,
+        Some(b.url()),
+        "the answer came through the second gateway"
+    );
+    client.close().await;
+    service.terminate().await;
+    b.kill().await;
+    env.cleanup().await;
+}
