@@ -1364,6 +1364,14 @@ mod tests {
     }
 
     #[test]
+    fn replies_come_through_the_stream_unless_direct_is_asked_for() {
+        assert_eq!(Config::default().request_replies, RequestReplies::Stream);
+        let c = Config::from_toml("request_replies = \"direct\"", "test").unwrap();
+        assert_eq!(c.request_replies, RequestReplies::Direct);
+        assert!(Config::from_toml("request_replies = \"queue\"", "test").is_err());
+    }
+
+    #[test]
     fn the_example_config_in_the_repo_is_valid() {
         let c =
             Config::from_toml(include_str!("../warren-gateway.example.toml"), "example").unwrap();

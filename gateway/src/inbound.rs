@@ -456,6 +456,25 @@ impl Pending {
     }
 }
 
+/// `m` prepared ([`prepare`]), once [`check_service`] found someone to take it.
+async fn checked(
+    shared: &Shared,
+    pinned: Option<&str>,
+    sender: &Sender<'_>,
+    m: &Message<'_>,
+) -> Result<Prepared, Refusal> {
+    let prepared = prepare(shared, pinned, sender, m)?;
+    let action = if m.request.is_some() {
+        Action::Request
+    } else {
+        Action::Publish
+    };
+    if let Some(queue) = &prepared.queue {
+        check_service(shared, m.channel, queue, action).await?;
+    }
+    Ok(prepared)
+}
+
 /// Checks `m` ([`prepare`], [`check_service`]) and publishes it on a pooled publisher
 /// channel.
 ///
@@ -469,15 +488,7 @@ pub(crate) async fn send(
     m: &Message<'_>,
     body: &[u8],
 ) -> Result<Pending, Refusal> {
-    let prepared = prepare(shared, pinned, sender, m)?;
-    let action = if m.request.is_some() {
-        Action::Request
-    } else {
-        Action::Publish
-    };
-    if let Some(queue) = &prepared.queue {
-        check_service(shared, m.channel, queue, action).await?;
-    }
+    let prepared = checked(shared, pinned, sender, m).await?;
     let channel = shared
         .broker
         .publisher()
@@ -503,10 +514,7 @@ pub(crate) async fn send_direct(
     body: &[u8],
     call_id: String,
 ) -> Result<(Pending, Call), Refusal> {
-    let prepared = prepare(shared, pinned, sender, m)?;
-    if let Some(queue) = &prepared.queue {
-        check_service(shared, m.channel, queue, Action::Request).await?;
-    }
+    let prepared = checked(shared, pinned, sender, m).await?;
     let call = shared
         .ws_replies
         .begin(call_id)
