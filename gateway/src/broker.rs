@@ -204,6 +204,12 @@ impl Broker {
             while let Some(ev) = events.next().await {
                 let Some(broker) = me.upgrade() else { return };
                 match ev {
+                    // lapin reports a channel RabbitMQ closed (a passive declare of a
+                    // missing queue, as `topology check` and the service check make)
+                    // here too; the connection is fine.
+                    Event::Error(e) if crate::error::is_channel_error(&e) => {
+                        tracing::debug!(role, node = %broker.node, error = %e, "RabbitMQ closed a channel");
+                    }
                     Event::Error(e) => {
                         tracing::warn!(role, node = %broker.node, error = %e, "AMQP connection failed");
                         broker.state_tx.send_replace(BrokerState::Disconnected);

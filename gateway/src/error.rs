@@ -81,6 +81,16 @@ impl GatewayError {
     }
 }
 
+/// True when a lapin error is one RabbitMQ closes a channel with (a soft error: 404,
+/// 403, 406, ...), which leaves the connection and its other channels working.
+pub(crate) fn is_channel_error(e: &lapin::Error) -> bool {
+    use lapin::protocol::AMQPErrorKind;
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => matches!(amqp.kind(), AMQPErrorKind::Soft(_)),
+        _ => false,
+    }
+}
+
 /// True when a lapin error is the broker's 404 NOT_FOUND.
 pub(crate) fn is_not_found(e: &lapin::Error) -> bool {
     use lapin::protocol::{AMQPErrorKind, AMQPSoftError};

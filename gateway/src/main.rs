@@ -10,20 +10,27 @@ use warren_gateway::{Cli, Command, Config, Gateway, Topology, TopologyAction};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,lapin=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
     let checking = matches!(
         cli.command,
         Some(Command::Topology {
             action: TopologyAction::Check { .. }
         })
     );
+    // `topology check` probes every object with a passive declare, and RabbitMQ closes
+    // the channel of each one missing: lapin would log each as an error, though a
+    // missing object is what the check reports (on stdout).
+    let logs = if checking {
+        "warn,lapin=off"
+    } else {
+        "info,lapin=warn"
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| logs.into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
     let config = match Config::load(&cli.overrides).context("configuration") {
         Ok(config) => config,
         Err(e) if checking => {

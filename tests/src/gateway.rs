@@ -255,6 +255,8 @@ pub async fn topology_cli(
         .arg(&config)
         .args(["topology", action])
         .args(extra)
+        // Its own default logging, whatever the test runner's.
+        .env_remove("RUST_LOG")
         .output()
         .await
         .expect("run warren-gateway");
