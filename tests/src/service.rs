@@ -88,6 +88,7 @@ pub async fn delete_namespace(namespace: &str) {
         .map(|c| names.channel_queue(c))
         .collect();
     queues.push(names.dead_letter_queue());
+    queues.push(names.outbound_stream());
     for queue in queues {
         if let Ok(ch) = connection.create_channel().await {
             let _ = ch

@@ -768,9 +768,9 @@ fn remove(path: Option<&Path>) {
     }
 }
 
-/// Deletes the exchanges and channel queues of a namespace made up by this run, so
-/// test runs do not pile quorum queues up in the broker. Session queues expire on their
-/// own (`x-expires`). Best effort, bounded in time.
+/// Deletes the exchanges, channel queues and streams (the outbound stream and each
+/// channel's own) of a namespace made up by this run, so test runs do not pile quorum
+/// queues and streams up in the broker. Best effort, bounded in time.
 async fn delete_topology(cli: &Cli, stack: &Shared) {
     use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
     use lapin::{Connection, ConnectionProperties};
@@ -785,12 +785,11 @@ async fn delete_topology(cli: &Cli, stack: &Shared) {
     let work = async {
         let conn = Connection::connect(&cli.amqp_uri, ConnectionProperties::default()).await?;
         let ch = conn.create_channel().await?;
-        let mut queues = vec![names.dead_letter_queue()];
-        queues.extend(
-            cli.channels
-                .split(',')
-                .map(|c| names.channel_queue(c.trim())),
-        );
+        let mut queues = vec![names.dead_letter_queue(), names.outbound_stream()];
+        for c in cli.channels.split(',').map(str::trim) {
+            // Deleting a queue that is not there is not an error.
+            queues.extend([names.channel_queue(c), names.channel_stream(c)]);
+        }
         for q in queues {
             ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
                 .await?;
@@ -800,6 +799,7 @@ async fn delete_topology(cli: &Cli, stack: &Shared) {
             names.outbound_exchange(),
             names.gateways_exchange(),
             names.presence_exchange(),
+            names.services_exchange(),
             names.dead_letter_exchange(),
         ] {
             ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
