@@ -1081,6 +1081,11 @@ impl Conn {
         metrics::add(&m.publishes, publishes as u64);
         m.confirms_pending
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.settled()
+    }
+
+    /// Where background tasks report confirms and direct replies.
+    fn settled(&mut self) -> mpsc::UnboundedSender<Settled> {
         self.confirms
             .get_or_insert_with(|| {
                 let (tx, rx) = mpsc::unbounded_channel();
@@ -1092,8 +1097,13 @@ impl Conn {
 
     /// A `request` with `request_replies = "direct"`: published on the direct reply-to
     /// channel ([`crate::direct_reply`]) with a correlation id of this connection's
-    /// own; its confirm, then its reply, come back through [`Conn::on_settled`].
+    /// own; its confirm (from a task) and its reply (from the answer consumer, as it
+    /// arrives) come back through [`Conn::on_settled`].
     async fn request_direct(&mut self, r: warren_protocol::Request, timeout: u64) -> Flow {
+        if self.session.is_none() {
+            return Flow::Continue;
+        }
+        let to = self.settled();
         let Some(session) = self.session.as_ref() else {
             return Flow::Continue;
         };
@@ -1117,17 +1127,23 @@ impl Conn {
             session: &session.id,
         };
         let body = r.message.get().as_bytes();
+        let id = r.id.clone();
+        let answered = move |answer| {
+            // A connection that ended has nobody to answer.
+            let answer = Box::new(answer);
+            let _ = to.send(Settled::Answered { id, answer });
+        };
         let sent = inbound::send_direct(
             &self.shared,
             self.pinned.as_deref(),
             &sender,
             &message,
             body,
-            call_id,
+            answered,
         )
         .await;
-        let (pending, call) = match sent {
-            Ok(sent) => sent,
+        let pending = match sent {
+            Ok(pending) => pending,
             Err(e) => return self.refuse(Some(r.id), e).await,
         };
         self.errors.good();
@@ -1140,27 +1156,15 @@ impl Conn {
             let outcome = pending
                 .direct_outcome(&shared, inbound::request_confirm_wait(timeout))
                 .await;
-            let acked = matches!(outcome, Outcome::Acked);
+            if !matches!(outcome, Outcome::Acked) {
+                shared.ws_replies.forget(&call_id);
+            }
             let confirmed = Confirmed {
-                id: id.clone(),
+                id,
                 origin: Origin::Request,
                 outcome,
             };
-            if tx.send(Settled::Confirmed(confirmed)).is_err() || !acked {
-                return;
-            }
-            let answer = tokio::time::timeout(Duration::from_millis(timeout), call.answer());
-            tokio::select! {
-                answer = answer => {
-                    // No answer in time: the connection's own deadline says `timeout`.
-                    if let Ok(Ok(answer)) = answer {
-                        let answer = Box::new(answer);
-                        let _ = tx.send(Settled::Answered { id, answer });
-                    }
-                }
-                // The connection ended: nobody to answer.
-                () = tx.closed() => {}
-            }
+            let _ = tx.send(Settled::Confirmed(confirmed));
         });
         Flow::Continue
     }

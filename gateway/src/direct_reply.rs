@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
@@ -24,7 +24,61 @@ use crate::broker::{Broker, NACKED_CHANNEL_MIN_AGE};
 /// The pseudo-queue a request names as `reply_to`.
 pub(crate) const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
-type Waiting = Arc<Mutex<HashMap<String, oneshot::Sender<Delivery>>>>;
+type Waiting = Arc<Mutex<Table>>;
+
+/// How often forwarded calls past their deadline are swept from the table.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Where an answer goes.
+enum Waiter {
+    /// To a [`Call`] that awaits it.
+    Once(oneshot::Sender<Delivery>),
+    /// Handed to a function on arrival, from the consumer's task (no task in between
+    /// waits for it); forgotten once `until` passed.
+    Forward {
+        to: Box<dyn FnOnce(Delivery) + Send>,
+        until: Instant,
+    },
+}
+
+/// The calls in flight, by correlation id.
+struct Table {
+    calls: HashMap<String, Waiter>,
+    swept: Instant,
+}
+
+impl Default for Table {
+    fn default() -> Self {
+        Table {
+            calls: HashMap::new(),
+            swept: Instant::now(),
+        }
+    }
+}
+
+impl Table {
+    /// Adds a forwarded call answered within `within` of `now`, first sweeping those
+    /// past their deadline (at most every [`SWEEP_EVERY`]).
+    fn forward(
+        &mut self,
+        id: String,
+        within: Duration,
+        to: Box<dyn FnOnce(Delivery) + Send>,
+        now: Instant,
+    ) {
+        if now.duration_since(self.swept) >= SWEEP_EVERY {
+            self.calls
+                .retain(|_, w| !matches!(w, Waiter::Forward { until, .. } if *until <= now));
+            self.swept = now;
+        }
+        let until = now + within;
+        self.calls.insert(id, Waiter::Forward { to, until });
+    }
+}
+
+fn lock(waiting: &Waiting) -> std::sync::MutexGuard<'_, Table> {
+    waiting.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// One confirm-mode channel consuming `amq.rabbitmq.reply-to`, and the calls waiting
 /// for their answers.
@@ -73,10 +127,9 @@ impl DirectReply {
     pub(crate) async fn begin(&self, id: String) -> Result<Call, String> {
         let channel = self.channel().await?;
         let (tx, rx) = oneshot::channel();
-        self.waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.clone(), tx);
+        lock(&self.waiting)
+            .calls
+            .insert(id.clone(), Waiter::Once(tx));
         Ok(Call {
             _forget: Forget {
                 waiting: self.waiting.clone(),
@@ -86,6 +139,30 @@ impl DirectReply {
             channel,
             answer: rx,
         })
+    }
+
+    /// Registers a call with correlation id `id` (unique among calls in flight) whose
+    /// answer, if it comes within `within`, is handed to `to` as it arrives; returns
+    /// the channel to publish the request on. No task waits for the answer (the
+    /// WebSocket path: one task switch less per reply); a call not answered in time
+    /// is swept from the table later, and [`DirectReply::forget`] drops one at once.
+    ///
+    /// # Errors
+    /// When the channel cannot be opened (RabbitMQ is unreachable).
+    pub(crate) async fn forward(
+        &self,
+        id: String,
+        within: Duration,
+        to: impl FnOnce(Delivery) + Send + 'static,
+    ) -> Result<Channel, String> {
+        let channel = self.channel().await?;
+        lock(&self.waiting).forward(id, within, Box::new(to), Instant::now());
+        Ok(channel)
+    }
+
+    /// Drops the call `id` (its request was refused: no answer will come).
+    pub(crate) fn forget(&self, id: &str) {
+        lock(&self.waiting).calls.remove(id);
     }
 
     /// Stops sending calls on `channel` after a request on it was nacked, unless it
@@ -148,12 +225,13 @@ impl DirectReply {
                 let Some(id) = d.properties.correlation_id().as_ref() else {
                     continue;
                 };
-                let tx = waiting
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(id.as_str());
-                if let Some(tx) = tx {
-                    let _ = tx.send(d);
+                let waiter = lock(&waiting).calls.remove(id.as_str());
+                match waiter {
+                    Some(Waiter::Once(tx)) => {
+                        let _ = tx.send(d);
+                    }
+                    Some(Waiter::Forward { to, .. }) => to(d),
+                    None => {}
                 }
             }
             tracing::debug!("direct reply-to consumer ended");
@@ -172,9 +250,34 @@ struct Forget {
 
 impl Drop for Forget {
     fn drop(&mut self) {
-        self.waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.id);
+        lock(&self.waiting).calls.remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_calls_past_their_deadline_are_swept_and_others_kept() {
+        let start = Instant::now();
+        let mut table = Table {
+            calls: HashMap::new(),
+            swept: start,
+        };
+        let ms = Duration::from_millis;
+        table.forward("short".into(), ms(100), Box::new(|_| {}), start);
+        table.forward("long".into(), ms(5_000), Box::new(|_| {}), start);
+        let (tx, _rx) = oneshot::channel();
+        table.calls.insert("once".into(), Waiter::Once(tx));
+        // Not a second since the last sweep: nothing is swept yet.
+        table.forward("a".into(), ms(100), Box::new(|_| {}), start + ms(500));
+        assert_eq!(table.calls.len(), 4);
+        // Past "short"'s and "a"'s deadlines and a second on: both go; a `Call`'s
+        // entry stays (its guard removes it).
+        table.forward("b".into(), ms(100), Box::new(|_| {}), start + ms(1_000));
+        let mut left: Vec<&str> = table.calls.keys().map(String::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["b", "long", "once"]);
     }
 }

@@ -28,7 +28,6 @@ use warren_protocol::{Distribution, ErrorCode, Headers};
 use crate::auth::{Action, Identity};
 use crate::broker::Broker;
 use crate::config::{Config, NoServiceMode};
-use crate::direct_reply::Call;
 use crate::metrics;
 use crate::server::Shared;
 
@@ -499,9 +498,10 @@ pub(crate) async fn send(
 
 /// Checks `m` ([`prepare`], [`check_service`]), a request, and publishes it on the
 /// channel of WebSocket requests answered by direct reply-to (`request_replies =
-/// "direct"`), under correlation id `call_id` (its `reply_to` is
-/// [`crate::direct_reply::DIRECT_REPLY_TO`]); returns the publish and the call its
-/// reply will answer.
+/// "direct"`); `m.request` names [`crate::direct_reply::DIRECT_REPLY_TO`] and a
+/// correlation id unique in this gateway. Its reply, if it comes within the request's
+/// timeout, is handed to `answer`
+/// ([`DirectReply::forward`](crate::direct_reply::DirectReply::forward)).
 ///
 /// # Errors
 /// As [`prepare`]; `broker_unavailable` when the channel cannot be opened or refuses
@@ -512,16 +512,24 @@ pub(crate) async fn send_direct(
     sender: &Sender<'_>,
     m: &Message<'_>,
     body: &[u8],
-    call_id: String,
-) -> Result<(Pending, Call), Refusal> {
+    answer: impl FnOnce(lapin::message::Delivery) + Send + 'static,
+) -> Result<Pending, Refusal> {
+    let Some(request) = &m.request else {
+        return Err(Refusal::new(ErrorCode::Internal, "not a request"));
+    };
+    let call_id = request.correlation_id.clone();
+    let within = Duration::from_millis(request.timeout_ms);
     let prepared = checked(shared, pinned, sender, m).await?;
-    let call = shared
+    let channel = shared
         .ws_replies
-        .begin(call_id)
+        .forward(call_id.clone(), within, answer)
         .await
         .map_err(|e| Refusal::new(ErrorCode::BrokerUnavailable, e))?;
-    let pending = prepared.publish(call.channel.clone(), body).await?;
-    Ok((pending, call))
+    let published = prepared.publish(channel, body).await;
+    if published.is_err() {
+        shared.ws_replies.forget(&call_id);
+    }
+    published
 }
 
 /// The broker's verdict on a publish.
