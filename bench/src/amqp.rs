@@ -225,16 +225,21 @@ pub async fn delete_queues(conn: &Connection, queues: &[String]) -> usize {
     deleted
 }
 
-/// Deletes the exchanges and channel queues of a namespace the benchmark made up.
+/// Deletes the exchanges, channel queues and streams (the outbound stream and any
+/// channel's own) of a namespace the benchmark made up.
 pub async fn delete_namespace(conn: &Connection, names: &Names, channels: &[&str]) {
     let mut queues: Vec<String> = channels.iter().map(|c| names.channel_queue(c)).collect();
+    // Deleting a queue that is not there is not an error.
+    queues.extend(channels.iter().map(|c| names.channel_stream(c)));
     queues.push(names.dead_letter_queue());
+    queues.push(names.outbound_stream());
     delete_queues(conn, &queues).await;
     let exchanges = [
         names.inbound_exchange(),
         names.outbound_exchange(),
         names.gateways_exchange(),
         names.presence_exchange(),
+        names.services_exchange(),
         names.dead_letter_exchange(),
     ];
     let wait = Duration::from_secs(10);

@@ -309,6 +309,12 @@ async fn a_priority_worker_announces_the_channels_of_the_gateways_queues_it_work
         c.close().await;
         service.stop().await.expect("stop");
         gw.shutdown().await;
+        // The private queue is the test's own; the namespace's are deleted after it.
+        let _ = env
+            .new_channel()
+            .await
+            .queue_delete(work.as_str().into(), Default::default())
+            .await;
     })
     .await;
 }
