@@ -14,7 +14,8 @@
 # The stack gets two extra channels: `silent`, which the demo service consumes and never
 # answers (timeout test), and `nobody`, which no service consumes (no_service test). A
 # second stack runs in jwt mode (`--auth jwt`, no leeway, no demo service) for the token
-# tests: getToken, renewal on the live connection, expiry with 4004.
+# tests: getToken, renewal on the live connection, expiry with 4004. A third one's
+# gateways answer requests by direct reply-to (`--request-replies direct`).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -48,6 +49,7 @@ say "building the gateway, the demo service and warren-stack"
 work="$(mktemp -d)"
 state="$work/stack.json"
 jwt_state="$work/jwt-stack.json"
+direct_state="$work/direct-stack.json"
 stack_pids=()
 cleanup() {
   for pid in "${stack_pids[@]}"; do
@@ -84,17 +86,20 @@ start_stack "$state" "$work/stack.log" --channels chat,voice,tickets,echo,silent
   --service-arg=--unanswered=silent --gateway-arg=--config="$work/gateway.toml"
 say "starting a second warren-stack in jwt mode (development secret, no leeway)"
 start_stack "$jwt_state" "$work/jwt-stack.log" --auth jwt --jwt-leeway-s 0 --no-service
+say "starting a third warren-stack whose gateways send replies by direct reply-to"
+start_stack "$direct_state" "$work/direct-stack.log" --gateway-arg=--request-replies=direct
 
 # --- 4. browser tests -----------------------------------------------------------------------
 say "wasm-bindgen-test in headless Chromium against the stack"
 (cd "$here" && \
   WARREN_STACK_STATE_JSON="$(cat "$state")" \
   WARREN_JWT_STACK_STATE_JSON="$(cat "$jwt_state")" \
+  WARREN_DIRECT_STACK_STATE_JSON="$(cat "$direct_state")" \
   CHROMEDRIVER="${CHROMEDRIVER:-$(command -v chromedriver)}" \
   WASM_BINDGEN_TEST_TIMEOUT="${WASM_BINDGEN_TEST_TIMEOUT:-120}" \
   CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
   cargo test -p warren-sdk --target wasm32-unknown-unknown --test browser) \
-  || { tail -n 50 "$work/stack.log" "$work/jwt-stack.log" >&2; die "browser tests failed"; }
+  || { tail -n 50 "$work/stack.log" "$work/jwt-stack.log" "$work/direct-stack.log" >&2; die "browser tests failed"; }
 
 # --- 5. the package as an app imports it -------------------------------------------------------
 say "Node: import the built package and call it"

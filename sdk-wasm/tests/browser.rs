@@ -39,18 +39,34 @@ fn path(v: &JsValue, keys: &[&str]) -> JsValue {
     })
 }
 
+/// The third stack's state: its gateways send replies by direct reply-to
+/// (`--request-replies direct`).
+fn direct_stack() -> JsValue {
+    let Some(text) = option_env!("WARREN_DIRECT_STACK_STATE_JSON") else {
+        panic!("run through sdk-wasm/test.sh: WARREN_DIRECT_STACK_STATE_JSON is not set");
+    };
+    JSON::parse(text).expect("state JSON")
+}
+
 /// The URL of gateway `index` (0 primary, 1 failover) for `listener` (`all`, `tickets`, ...).
 fn url(index: u32, listener: &str) -> String {
-    let gateways = path(&stack(), &["gateways"]);
+    url_of(&stack(), index, listener)
+}
+
+/// [`url`] of the stack whose state is `stack`.
+fn url_of(stack: &JsValue, index: u32, listener: &str) -> String {
+    let gateways = path(stack, &["gateways"]);
     path(&Array::from(&gateways).get(index), &["urls", listener])
         .as_string()
         .expect("a gateway URL")
 }
 
 fn control() -> String {
-    path(&stack(), &["control"])
-        .as_string()
-        .expect("control URL")
+    control_of(&stack())
+}
+
+fn control_of(stack: &JsValue) -> String {
+    path(stack, &["control"]).as_string().expect("control URL")
 }
 
 fn json(text: &str) -> JsValue {
@@ -588,6 +604,96 @@ async fn a_resume_replays_what_was_missed_from_the_outbound_stream_and_a_channel
     let resumed = states.borrow().last().map(|e| path(e, &["resumed"]));
     assert_eq!(resumed, Some(JsValue::TRUE), "the session was resumed");
     assert_eq!(a.session().as_string(), Some(user));
+    a.close();
+    b.close();
+}
+
+// test.sh runs a third stack whose gateways answer requests by direct reply-to
+// (`request_replies = "direct"`): a reply comes without a stream position. Requests
+// resolve, and the positions the codec keeps are untouched by such replies: a resume
+// after them replays what was missed and nothing from before the subscription.
+#[wasm_bindgen_test]
+async fn with_direct_replies_requests_resolve_and_a_resume_replays_only_what_was_missed() {
+    let stack = direct_stack();
+    let primary = url_of(&stack, 0, "all");
+    let failover = url_of(&stack, 1, "all");
+    let control = control_of(&stack);
+    let tag = format!("{}", js_sys::Math::random()).replace('.', "");
+    // `a` knows only the primary, so it stays away while the primary is down.
+    let a = client(&format!(
+        r#"{{"urls": ["{primary}"], "reconnect": {{"minDelayMs": 100, "maxDelayMs": 300}}}}"#
+    ));
+    let (on_state, states) = recorder();
+    a.on("state", on_state).expect("on");
+    wait(a.connect()).await.expect("connect a");
+    // `b` writes chat broadcasts through the failover gateway (the demo service relays
+    // them) and follows chat, so once it has one, that is in the outbound stream.
+    let b = client(&format!(r#"{{"urls": ["{failover}"]}}"#));
+    wait(b.connect()).await.expect("connect b");
+    let (chat_b, b_chat) = recorder();
+    let b_sub = b
+        .subscribe(json(r#"{"channel": "chat"}"#).unchecked_into(), chat_b)
+        .expect("b chat");
+    wait(b_sub.ready()).await.expect("b subscribed");
+    let send = |text: String| {
+        b.write(
+            json(&format!(
+                r#"{{"channel": "chat", "distribution": {{"broadcast": true}}, "message": {{"text": "{text}"}}}}"#
+            ))
+            .unchecked_into(),
+        )
+    };
+    // Before `a` subscribes: never for `a` (a resume that named no position would
+    // replay it from the stream's start).
+    wait(send(format!("cpre-{tag}"))).await.expect("write cpre");
+    assert!(eventually(|| texts_with(&b_chat, "cpre-", &tag).len() == 1).await);
+    sleep(300).await;
+
+    let (chat_a, seen) = recorder();
+    let sub = a
+        .subscribe(json(r#"{"channel": "chat"}"#).unchecked_into(), chat_a)
+        .expect("subscribe chat");
+    wait(sub.ready()).await.expect("chat subscribed");
+    wait(send(format!("c0-{tag}"))).await.expect("write c0");
+    assert!(eventually(|| texts_with(&seen, "c0-", &tag).len() == 1).await);
+    // Answered by direct reply-to: the newest frames `a` got carry no position.
+    for n in ["d1", "d2"] {
+        let envelope = format!(r#"{{"channel": "echo", "message": "{n}-{tag}"}}"#);
+        let reply = wait(a.write_and_wait(json(&envelope), None))
+            .await
+            .expect("a direct reply");
+        assert_eq!(reply.as_string(), Some(format!("{n}-{tag}")));
+    }
+
+    post(&format!("{control}/gateways/primary/kill")).await;
+    for i in 1..=2 {
+        wait(send(format!("c{i}-{tag}"))).await.expect("write chat");
+    }
+    assert!(
+        eventually(|| texts_with(&b_chat, "c2-", &tag).len() == 1).await,
+        "the chat broadcasts were relayed"
+    );
+    post(&format!("{control}/gateways/primary/start")).await;
+    assert!(
+        eventually(|| texts_with(&seen, "c", &tag).len() >= 3).await,
+        "a resumed and got what it missed: {:?}",
+        texts_with(&seen, "", &tag)
+    );
+    sleep(500).await;
+    let want: Vec<String> = (0..=2).map(|i| format!("c{i}-{tag}")).collect();
+    assert_eq!(
+        texts_with(&seen, "", ""),
+        want,
+        "in order, once, nothing older"
+    );
+    let resumed = states.borrow().last().map(|e| path(e, &["resumed"]));
+    assert_eq!(resumed, Some(JsValue::TRUE), "the session was resumed");
+    // And requests go on being answered after the resume.
+    let envelope = format!(r#"{{"channel": "echo", "message": "d3-{tag}"}}"#);
+    let reply = wait(a.write_and_wait(json(&envelope), None))
+        .await
+        .expect("a direct reply after the resume");
+    assert_eq!(reply.as_string(), Some(format!("d3-{tag}")));
     a.close();
     b.close();
 }
