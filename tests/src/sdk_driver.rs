@@ -828,6 +828,8 @@ pub struct Load {
     /// (250–10,000 ms, 5,000 ms) instead of the quicker 50–1,000 ms and 3,000 ms the
     /// smaller failover tests use to keep their run short.
     pub sdk_reconnect_defaults: bool,
+    /// Extra arguments for both gateways (e.g. `--request-replies direct`).
+    pub gateway_args: &'static [&'static str],
 }
 
 impl Default for Load {
@@ -841,6 +843,7 @@ impl Default for Load {
             spread_ms: 3_000,
             fault_at_ms: 1_000,
             sdk_reconnect_defaults: false,
+            gateway_args: &[],
         }
     }
 }
@@ -859,8 +862,8 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
     let tag = env.namespace[env.namespace.len() - 8..].to_string();
     let (node_a, node_b) = (format!("gwa-{tag}"), format!("gwb-{tag}"));
     let (a, b) = tokio::join!(
-        GatewayProcess::spawn(&env.namespace, &node_a, &[]),
-        GatewayProcess::spawn(&env.namespace, &node_b, &[]),
+        GatewayProcess::spawn(&env.namespace, &node_a, load.gateway_args),
+        GatewayProcess::spawn(&env.namespace, &node_b, load.gateway_args),
     );
     let (mut a, mut b) = (a, b);
     let on_a = load.clients * 3 / 4;

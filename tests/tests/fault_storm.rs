@@ -35,6 +35,7 @@ async fn a_gateway_killed_under_a_thousand_sessions_all_resume_on_the_other_with
         spread_ms: 4_000,
         fault_at_ms: 1_500,
         sdk_reconnect_defaults: true,
+        ..Load::default()
     };
     let figures = failover_under_load("storm", Fault::Kill, load).await;
     println!("fault_storm: {clients} clients: {figures}");
