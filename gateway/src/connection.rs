@@ -1100,9 +1100,6 @@ impl Conn {
     /// own; its confirm (from a task) and its reply (from the answer consumer, as it
     /// arrives) come back through [`Conn::on_settled`].
     async fn request_direct(&mut self, r: warren_protocol::Request, timeout: u64) -> Flow {
-        if self.session.is_none() {
-            return Flow::Continue;
-        }
         let to = self.settled();
         let Some(session) = self.session.as_ref() else {
             return Flow::Continue;

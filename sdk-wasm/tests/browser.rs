@@ -10,7 +10,7 @@ use std::rc::Rc;
 
 use js_sys::{Array, Function, Promise, Reflect, JSON};
 use warren_sdk::browser::error::is_warren_error;
-use warren_sdk::browser::Client;
+use warren_sdk::browser::{Client, Subscription};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::*;
@@ -473,6 +473,31 @@ fn texts_with(seen: &Rc<RefCell<Vec<JsValue>>>, prefix: &str, tag: &str) -> Vec<
         .collect()
 }
 
+/// A client that knows only `primary` (so it stays away while the primary is down),
+/// reconnecting quickly, connected; and the `state` events it emits.
+async fn primary_only(primary: &str) -> (Client, Rc<RefCell<Vec<JsValue>>>) {
+    let a = client(&format!(
+        r#"{{"urls": ["{primary}"], "reconnect": {{"minDelayMs": 100, "maxDelayMs": 300}}}}"#
+    ));
+    let (on_state, states) = recorder();
+    a.on("state", on_state).expect("on");
+    wait(a.connect()).await.expect("connect a");
+    (a, states)
+}
+
+/// A client of `failover` subscribed to chat (acknowledged by the gateway); its
+/// subscription, and the chat deliveries it receives.
+async fn chat_follower(failover: &str) -> (Client, Subscription, Rc<RefCell<Vec<JsValue>>>) {
+    let b = client(&format!(r#"{{"urls": ["{failover}"]}}"#));
+    wait(b.connect()).await.expect("connect b");
+    let (chat_b, b_chat) = recorder();
+    let b_sub = b
+        .subscribe(json(r#"{"channel": "chat"}"#).unchecked_into(), chat_b)
+        .expect("b chat");
+    wait(b_sub.ready()).await.expect("b subscribed");
+    (b, b_sub, b_chat)
+}
+
 /// Polls `done` every 100 ms for up to 10 s; whether it became true.
 async fn eventually(mut done: impl FnMut() -> bool) -> bool {
     for _ in 0..100 {
@@ -492,24 +517,13 @@ async fn a_resume_replays_what_was_missed_from_the_outbound_stream_and_a_channel
     let failover = url(1, "all");
     let tag = format!("{}", js_sys::Math::random()).replace('.', "");
     // `a` knows only the primary, so it stays away while the primary is down.
-    let a = client(&format!(
-        r#"{{"urls": ["{primary}"], "reconnect": {{"minDelayMs": 100, "maxDelayMs": 300}}}}"#
-    ));
-    let (on_state, states) = recorder();
-    a.on("state", on_state).expect("on");
-    wait(a.connect()).await.expect("connect a");
+    let (a, states) = primary_only(&primary).await;
     // Anonymous: the user id is the session id; voice messages are addressed to it.
     let user = a.session().as_string().expect("a session");
     // `b` writes through the failover gateway; the demo service relays chat
     // broadcasts to the channel and voice messages to their direct targets. `b`
     // follows chat, so once it has a broadcast, that is in the outbound stream.
-    let b = client(&format!(r#"{{"urls": ["{failover}"]}}"#));
-    wait(b.connect()).await.expect("connect b");
-    let (chat_b, b_chat) = recorder();
-    let b_sub = b
-        .subscribe(json(r#"{"channel": "chat"}"#).unchecked_into(), chat_b)
-        .expect("b chat");
-    wait(b_sub.ready()).await.expect("b subscribed");
+    let (b, _b_sub, b_chat) = chat_follower(&failover).await;
     let send = |channel: &str, text: String| {
         let distribution = if channel == "chat" {
             r#"{"broadcast": true}"#.to_string()
@@ -620,21 +634,10 @@ async fn with_direct_replies_requests_resolve_and_a_resume_replays_only_what_was
     let control = control_of(&stack);
     let tag = format!("{}", js_sys::Math::random()).replace('.', "");
     // `a` knows only the primary, so it stays away while the primary is down.
-    let a = client(&format!(
-        r#"{{"urls": ["{primary}"], "reconnect": {{"minDelayMs": 100, "maxDelayMs": 300}}}}"#
-    ));
-    let (on_state, states) = recorder();
-    a.on("state", on_state).expect("on");
-    wait(a.connect()).await.expect("connect a");
+    let (a, states) = primary_only(&primary).await;
     // `b` writes chat broadcasts through the failover gateway (the demo service relays
     // them) and follows chat, so once it has one, that is in the outbound stream.
-    let b = client(&format!(r#"{{"urls": ["{failover}"]}}"#));
-    wait(b.connect()).await.expect("connect b");
-    let (chat_b, b_chat) = recorder();
-    let b_sub = b
-        .subscribe(json(r#"{"channel": "chat"}"#).unchecked_into(), chat_b)
-        .expect("b chat");
-    wait(b_sub.ready()).await.expect("b subscribed");
+    let (b, _b_sub, b_chat) = chat_follower(&failover).await;
     let send = |text: String| {
         b.write(
             json(&format!(

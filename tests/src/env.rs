@@ -170,6 +170,14 @@ impl TestEnv {
             .expect("reply confirm");
     }
 
+    /// As a service would: takes the next request from `inbound` (within 5 s), replies
+    /// `body` (a refusal with code `error`) and acknowledges it.
+    pub async fn answer_next(&self, inbound: &mut Consumer, body: &str, error: Option<&str>) {
+        let req = next_delivery(inbound, Duration::from_secs(5)).await;
+        self.reply_to(&req, body, error).await;
+        ack(&req).await;
+    }
+
     /// Starts consuming the inbound queue of `channel` (`IN_<CHANNEL>`) on a channel of
     /// its own, manual ack.
     pub async fn consume_inbound(&self, channel: &str) -> Consumer {

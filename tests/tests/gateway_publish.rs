@@ -127,10 +127,12 @@ async fn a_request_is_answered_by_the_reply_a_service_sends_to_reply_to() {
     // A refusal comes back as an error with the service's code.
     c.request("q2", "tickets", Some(5_000), json!({"op": "get"}))
         .await;
-    let req = next_delivery(&mut inbound, Duration::from_secs(5)).await;
-    env.reply_to(&req, r#"{"message": "no such ticket"}"#, Some("rejected"))
-        .await;
-    ack(&req).await;
+    env.answer_next(
+        &mut inbound,
+        r#"{"message": "no such ticket"}"#,
+        Some("rejected"),
+    )
+    .await;
     let e = c.expect_error_code(Some("q2"), ErrorCode::Rejected).await;
     assert_eq!(e.message, "no such ticket");
     assert!(e.seq.is_some());

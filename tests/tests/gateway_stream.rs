@@ -136,10 +136,8 @@ async fn a_reply_travels_through_the_stream_to_the_session_that_asked() {
         // A refusal comes back the same way, as an error with the service's code.
         a.request("q2", "echo", Some(5000), serde_json::json!({"n": 2}))
             .await;
-        let req = next_delivery(&mut inbound, Duration::from_secs(5)).await;
-        env.reply_to(&req, "{\"message\":\"no\"}", Some("rejected"))
+        env.answer_next(&mut inbound, "{\"message\":\"no\"}", Some("rejected"))
             .await;
-        ack(&req).await;
         a.expect_error_code(Some("q2"), ErrorCode::Rejected).await;
         gw.shutdown().await;
     })
