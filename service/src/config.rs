@@ -59,6 +59,13 @@ pub struct ServiceConfig {
     /// with [`ServiceError::BrokerUnavailable`](crate::ServiceError::BrokerUnavailable).
     /// Default 10 s.
     pub publish_timeout: Duration,
+    /// A publishing channel unused this long is closed (after its confirms came); the
+    /// next publish on its lane opens it again. The service publishes on one AMQP
+    /// channel per Warren channel it sends to (and one for replies, one for the rest:
+    /// [`Publisher`](crate::Publisher) says why), so without this a service that
+    /// sends to many Warren channels over its life would keep a channel for each, up
+    /// to RabbitMQ's 2,047 per connection. Default 60 s; at least 1 s.
+    pub publish_channel_idle: Duration,
     /// A connection the broker keeps blocked (resource alarm) this long is given up
     /// for the next URI. Default 30 s.
     pub blocked_timeout: Duration,
@@ -89,6 +96,7 @@ impl Default for ServiceConfig {
             max_reconnect_backoff: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(5),
             publish_timeout: Duration::from_secs(10),
+            publish_channel_idle: Duration::from_secs(60),
             blocked_timeout: Duration::from_secs(30),
             announce_interval: Some(Duration::from_secs(2)),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -144,6 +152,13 @@ impl ServiceConfig {
     /// Sets how long a publish may wait for a connection and its confirm.
     pub fn with_publish_timeout(mut self, timeout: Duration) -> Self {
         self.publish_timeout = timeout;
+        self
+    }
+
+    /// Sets how long a publishing channel may stay unused before it is closed (at
+    /// least 1 s).
+    pub fn with_publish_channel_idle(mut self, idle: Duration) -> Self {
+        self.publish_channel_idle = idle.max(Duration::from_secs(1));
         self
     }
 

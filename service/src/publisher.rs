@@ -6,7 +6,7 @@
 //! a confirm was lost with the connection; it never drops a message silently.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -101,7 +101,9 @@ pub fn fresh_message_id() -> String {
 /// Publishes on confirm-mode channels of the service's current connection, reopened
 /// when the broker closed them or the link moved to a new connection: one per Warren
 /// channel published to on `warren.out`, one for replies to the outbound stream, one
-/// for everything else ([`Lane`] says why). Cheap to clone; clones share the channels.
+/// for everything else ([`Lane`] says why). A channel unused for `publish_channel_idle`
+/// is closed and opened again on its lane's next publish. Cheap to clone; clones share
+/// the channels.
 #[derive(Debug, Clone)]
 pub struct Publisher {
     inner: Arc<Inner>,
@@ -113,6 +115,8 @@ struct Inner {
     /// Per [`Lane`], created on its first publish and kept: its [`Slot`]. The map's
     /// lock is held only to look a lane up; a lane's own lock is held while its
     /// channel opens, so one lane's opening does not hold up publishes on another.
+    /// A lane stays in the map once created (its slot empties when its channel is
+    /// closed for being idle), so a publish never holds a slot the map forgot.
     lanes: std::sync::Mutex<HashMap<Lane, Slot>>,
     names: Names,
     app_id: String,
@@ -128,18 +132,22 @@ impl Publisher {
         names: Names,
         app_id: String,
         timeout: Duration,
+        idle: Duration,
         returns: Option<String>,
     ) -> Self {
-        Publisher {
-            inner: Arc::new(Inner {
-                link,
-                lanes: std::sync::Mutex::new(HashMap::new()),
-                names,
-                app_id,
-                timeout,
-                returns,
-            }),
-        }
+        let inner = Arc::new(Inner {
+            link,
+            lanes: std::sync::Mutex::new(HashMap::new()),
+            names,
+            app_id,
+            timeout,
+            returns,
+        });
+        tokio::spawn(close_idle_channels(
+            Arc::downgrade(&inner),
+            idle.max(Duration::from_secs(1)),
+        ));
+        Publisher { inner }
     }
 
     /// Publishes `message` to `warren.out`: ONE publish whose routing key is the first
@@ -397,16 +405,23 @@ impl Publisher {
     ) -> std::result::Result<Channel, lapin::Error> {
         let slot = self.slot(lane);
         let mut guard = slot.lock().await;
-        if let Some((channel, generation, _)) = guard.as_ref() {
-            if *generation == epoch.generation && channel.status().connected() {
-                return Ok(channel.clone());
+        if let Some(open) = guard.as_mut() {
+            if open.generation == epoch.generation && open.channel.status().connected() {
+                open.used = Instant::now();
+                return Ok(open.channel.clone());
             }
         }
         let channel = epoch.connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        *guard = Some((channel.clone(), epoch.generation, Instant::now()));
+        let now = Instant::now();
+        *guard = Some(LaneChannel {
+            channel: channel.clone(),
+            generation: epoch.generation,
+            opened: now,
+            used: now,
+        });
         Ok(channel)
     }
 
@@ -418,15 +433,15 @@ impl Publisher {
             return;
         };
         let mut guard = slot.lock().await;
-        let same = guard.as_ref().is_some_and(|(channel, g, opened)| {
-            channel.id() == id
-                && *g == generation
-                && (why != Retire::Nacked || opened.elapsed() >= NACKED_CHANNEL_MIN_AGE)
+        let same = guard.as_ref().is_some_and(|open| {
+            open.channel.id() == id
+                && open.generation == generation
+                && (why != Retire::Nacked || open.opened.elapsed() >= NACKED_CHANNEL_MIN_AGE)
         });
         if !same {
             return; // already replaced, or too young to tell (Retire::Nacked)
         }
-        let Some((channel, _, _)) = guard.take() else {
+        let Some(open) = guard.take() else {
             return;
         };
         drop(guard);
@@ -436,12 +451,11 @@ impl Publisher {
             reason = why.reason(),
             "publishing on a new channel from now on"
         );
-        let wait = self.inner.timeout;
-        tokio::spawn(async move {
-            // Publishes still waiting on it keep their confirms (or their timeouts).
-            let _ = tokio::time::timeout(wait, channel.wait_for_confirms()).await;
-            let _ = channel.close(200, ShortString::from(why.reason())).await;
-        });
+        tokio::spawn(close_after_confirms(
+            open.channel,
+            self.inner.timeout,
+            why.reason(),
+        ));
     }
 
     /// Closes every lane's publishing channel, all at once, each after waiting (at
@@ -452,23 +466,68 @@ impl Publisher {
             lanes.values().cloned().collect()
         };
         join_all(slots.into_iter().map(|slot| async move {
-            if let Some((channel, _, _)) = slot.lock().await.take() {
-                if channel.status().connected() {
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(5), channel.wait_for_confirms())
-                            .await;
-                    let _ = channel.close(200, ShortString::from("bye")).await;
-                }
+            if let Some(open) = slot.lock().await.take() {
+                close_after_confirms(open.channel, Duration::from_secs(5), "bye").await;
             }
         }))
         .await;
     }
 }
 
-/// A lane's channel: the channel, the generation of the connection it belongs to,
-/// and when it was opened; `None` until its first publish and after it was retired
-/// or closed.
-type Slot = Arc<Mutex<Option<(Channel, u64, Instant)>>>;
+/// A lane's channel; `None` until its first publish and after it was retired or
+/// closed (for being idle, or with the publisher).
+type Slot = Arc<Mutex<Option<LaneChannel>>>;
+
+/// A lane's open channel.
+#[derive(Debug)]
+struct LaneChannel {
+    channel: Channel,
+    /// The generation of the connection it belongs to.
+    generation: u64,
+    opened: Instant,
+    /// When a publish last took it.
+    used: Instant,
+}
+
+/// Closes `channel` once its outstanding confirms came (or after `wait`): publishes
+/// still waiting on it keep their confirms, or their timeouts.
+async fn close_after_confirms(channel: Channel, wait: Duration, reason: &'static str) {
+    if channel.status().connected() {
+        let _ = tokio::time::timeout(wait, channel.wait_for_confirms()).await;
+        let _ = channel.close(200, ShortString::from(reason)).await;
+    }
+}
+
+/// Every `idle / 2`, closes the lanes' channels that no publish took for `idle`
+/// (their lanes open them again when next published on), until the publisher is
+/// gone.
+async fn close_idle_channels(inner: Weak<Inner>, idle: Duration) {
+    let mut tick = tokio::time::interval(idle / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let slots: Vec<(Lane, Slot)> = {
+            let lanes = inner.lanes.lock().expect("lanes lock");
+            lanes.iter().map(|(l, s)| (l.clone(), s.clone())).collect()
+        };
+        for (lane, slot) in slots {
+            let mut guard = slot.lock().await;
+            if guard
+                .as_ref()
+                .is_some_and(|open| open.used.elapsed() >= idle)
+            {
+                if let Some(open) = guard.take() {
+                    debug!(lane = ?lane, channel = open.channel.id(), "closing an idle publishing channel");
+                    tokio::spawn(close_after_confirms(open.channel, inner.timeout, "idle"));
+                }
+            }
+        }
+    }
+}
 
 /// Which channel a publish goes out on. An AMQP channel must publish to one stream
 /// only, and to nothing else: so each Warren channel published to on `warren.out` has
@@ -493,8 +552,8 @@ type Slot = Arc<Mutex<Option<(Channel, u64, Instant)>>>;
 /// `chat.all` (outbound stream) and `news.all` (news's stream) would run ahead of both
 /// streams' writers. Several AMQP channels publishing to one stream are fine: each
 /// has a writer of its own. One AMQP channel per Warren channel a service publishes
-/// to is opened and kept for the connection's life (AMQP allows 2,047 per connection
-/// by default).
+/// to is opened on its first publish and closed once unused for
+/// `publish_channel_idle` (AMQP allows 2,047 per connection by default).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Lane {
     /// Everything not for a stream: announcements, requests, dead-lettering...

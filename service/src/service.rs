@@ -104,6 +104,7 @@ impl Service {
             names.clone(),
             config.app_id.clone(),
             config.publish_timeout,
+            config.publish_channel_idle,
             Some(returns_queue.clone()),
         );
         let stop = watch::Sender::new(false);

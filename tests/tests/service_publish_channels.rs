@@ -1,0 +1,123 @@
+//! The service library's publishing channels over real RabbitMQ: one AMQP channel per
+//! Warren channel it sends to, closed once unused for `publish_channel_idle`, so a
+//! service that sends to many Warren channels over its life does not keep a channel
+//! for each (RabbitMQ allows 2,047 per connection). The broker's own count of the
+//! connection's channels (management API) is the measure.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use warren_e2e::env::amqp_addr;
+use warren_e2e::gateway::management_url;
+use warren_e2e::service::in_fresh_namespace;
+use warren_protocol::amqp::Names;
+use warren_service::{Outgoing, Service, ServiceConfig, Targets};
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+/// The channels RabbitMQ counts on the connection named `name` (`None` until the
+/// management API lists it; its figures are refreshed every 5 s).
+async fn channels_of(name: &str) -> Option<u64> {
+    let uri: lapin::uri::AMQPUri = amqp_addr().parse().expect("AMQP_ADDR");
+    let credentials = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!(
+            "{}:{}",
+            uri.authority.userinfo.username, uri.authority.userinfo.password
+        ),
+    );
+    let url = management_url();
+    let host = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = tokio::net::TcpStream::connect(host)
+        .await
+        .expect("the management API listens");
+    let request = format!(
+        "GET /api/connections?columns=user_provided_name,channels HTTP/1.0\r\nHost: {host}\r\n\
+         Authorization: Basic {credentials}\r\n\r\n"
+    );
+    s.write_all(request.as_bytes()).await.expect("request");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.expect("answer");
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let list: serde_json::Value = serde_json::from_str(body).expect("a JSON list");
+    list.as_array()?
+        .iter()
+        .find(|c| c["user_provided_name"].as_str() == Some(name))
+        .and_then(|c| c["channels"].as_u64())
+}
+
+/// Waits (at most 30 s, polling every 500 ms) until `name`'s channel count satisfies
+/// `ok`, and returns the last count seen.
+async fn channels_until(name: &str, ok: impl Fn(u64) -> bool) -> Option<u64> {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = channels_of(name).await;
+        if seen.is_some_and(&ok) || Instant::now() >= until {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_warren_channel_sent_to_no_more_gives_its_amqp_channel_back() {
+    in_fresh_namespace(LIMIT, |ns| async move {
+        let names = Names::new(&ns);
+        let app = format!("lanes-{ns}");
+        // The connection's name, as the library sets it.
+        let connection = format!("{app} ({})", names.prefix());
+        let config = ServiceConfig::default()
+            .with_app_id(app.clone())
+            .with_publish_channel_idle(Duration::from_secs(2));
+        let service = Service::connect_with(&amqp_addr(), names, config)
+            .await
+            .expect("the service connects");
+        let publisher = service.publisher();
+        let broadcast = |channel: &str| {
+            Outgoing::new(Targets::broadcast(channel), br#"{"text":"hi"}"#.to_vec())
+        };
+
+        // At rest: the announcements' channel only (the registry heartbeat keeps it
+        // in use).
+        let rest = channels_until(&connection, |n| n >= 1)
+            .await
+            .expect("RabbitMQ lists the service's connection");
+
+        // Sending to four Warren channels, again and again (until RabbitMQ's count
+        // is read): a channel each.
+        let sending = async {
+            loop {
+                for channel in ["news", "sport", "weather", "stocks"] {
+                    publisher
+                        .publish(&broadcast(channel))
+                        .await
+                        .expect("confirmed");
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        };
+        let busy = tokio::select! {
+            seen = channels_until(&connection, |n| n >= rest + 4) => seen,
+            () = sending => unreachable!("sends until the count is read"),
+        };
+        println!("service_publish_channels: at rest {rest}, sending {busy:?}");
+        assert_eq!(
+            busy,
+            Some(rest + 4),
+            "one channel per Warren channel sent to"
+        );
+
+        // Sending stopped: 2 s later each of the four is closed.
+        let idle = channels_until(&connection, |n| n <= rest).await;
+        println!("service_publish_channels: idle {idle:?}");
+        assert_eq!(idle, Some(rest), "the idle channels were closed");
+
+        // And sending again opens one again.
+        publisher
+            .publish(&broadcast("news"))
+            .await
+            .expect("confirmed after its channel was closed");
+        service.stop().await.expect("stops");
+    })
+    .await;
+}
