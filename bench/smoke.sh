@@ -3,7 +3,8 @@
 # probe (warren-bench-reply-path), so the tools cannot rot
 # (part of `./dev test`). Debug builds, 2 clients, one 1-second run per scenario and
 # target, 50 idle sessions: about 20 s once built. Fails when any run fails or
-# completes nothing; the figures themselves are not judged (debug builds, tiny runs).
+# completes nothing; the speed figures are not judged (debug builds, tiny runs), the
+# bytes a fan-out delivery costs on the wire are.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -24,6 +25,19 @@ timeout 120 target/debug/warren-bench \
   --json target/warren-bench/smoke.json \
   --chart target/warren-bench/smoke.svg \
   --strict
+
+# The one figure judged here: what the gateway sends per fan-out delivery, counted off
+# the clients' sockets, is at least the 128 B message, and less with deflate.
+python3 - target/warren-bench/smoke.json <<'PY'
+import json, sys
+results = json.load(open(sys.argv[1]))["results"]
+sent = {r["target"]: (r.get("median") or {}).get("gateway_bytes_per_op")
+        for r in results if r["scenario"] == "fanout"}
+plain, deflate = sent.get("gateway"), sent.get("gateway_deflate")
+print(f"bench smoke: gateway bytes sent per fan-out delivery: plain {plain}, deflate {deflate}")
+assert plain is not None and plain >= 128, f"plain: {plain}"
+assert deflate is not None and deflate < plain, f"deflate: {deflate} against {plain}"
+PY
 
 # The reply-path probe (stream against a classic reply queue), a few messages.
 timeout 60 target/debug/warren-bench-reply-path --amqp-uri "$AMQP_ADDR" --messages 20 --runs 1

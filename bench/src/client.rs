@@ -9,6 +9,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -93,7 +94,7 @@ pub enum Compression {
 /// plain one stays inline, as it was before deflate clients existed.
 #[allow(clippy::large_enum_variant)]
 enum Ws {
-    Plain(WebSocketStream<TcpStream>),
+    Plain(WebSocketStream<Tap>),
     Deflate(Box<yawc::WebSocket<Tap>>),
 }
 
@@ -241,8 +242,12 @@ impl GatewayClient {
                 // default): 10,000 idle clients would hold 1.3 GB in this process for
                 // nothing.
                 let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
-                let (ws, _) =
-                    tokio_tungstenite::client_async_with_config(req, stream, Some(config)).await?;
+                let (ws, _) = tokio_tungstenite::client_async_with_config(
+                    req,
+                    Tap::counting(stream),
+                    Some(config),
+                )
+                .await?;
                 Ws::Plain(ws)
             }
             Compression::Deflate => {
@@ -436,14 +441,30 @@ fn check_deflate_response(head: &[u8]) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// A TCP stream that hands a copy of the first bytes it reads, up to the end of the
-/// HTTP response head, to whoever awaits it; after that it only passes bytes through.
+/// Bytes every gateway client of this process has read off its socket: what the
+/// gateway sent, on the wire (compressed, with deflate), WebSocket framing and
+/// handshake included.
+static RECEIVED: AtomicU64 = AtomicU64::new(0);
+
+/// See [`RECEIVED`].
+pub fn bytes_received() -> u64 {
+    RECEIVED.load(Ordering::Relaxed)
+}
+
+/// A TCP stream that counts what it reads ([`RECEIVED`]) and, for a deflate
+/// handshake, hands a copy of the first bytes it reads, up to the end of the HTTP
+/// response head, to whoever awaits it.
 pub(crate) struct Tap {
     inner: TcpStream,
     head: Option<(Vec<u8>, oneshot::Sender<Vec<u8>>)>,
 }
 
 impl Tap {
+    /// A stream that only counts.
+    fn counting(inner: TcpStream) -> Self {
+        Tap { inner, head: None }
+    }
+
     fn new(inner: TcpStream) -> (Self, oneshot::Receiver<Vec<u8>>) {
         let (tx, rx) = oneshot::channel();
         let tap = Tap {
@@ -471,6 +492,7 @@ impl AsyncRead for Tap {
         let this = self.get_mut();
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        RECEIVED.fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
         if let Some((seen, _)) = this.head.as_mut() {
             seen.extend_from_slice(&buf.filled()[before..]);
             if let Some(end) = head_end(seen) {

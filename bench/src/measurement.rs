@@ -102,6 +102,11 @@ pub struct Figures {
     /// CPU the gateway used during the window, percent of one core (gateway runs only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway_cpu_pct: Option<f64>,
+    /// Bytes the gateway sent its clients during the window per operation, as read
+    /// off the clients' sockets: frames (compressed, with deflate) with their
+    /// WebSocket headers (gateway runs only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway_bytes_per_op: Option<f64>,
 }
 
 impl Figures {
@@ -128,13 +133,23 @@ impl Figures {
                 .last()
                 .map_or(f64::NAN, |&us| us as f64 / 1000.0),
             gateway_cpu_pct: None,
+            gateway_bytes_per_op: None,
         }
+    }
+
+    /// Takes in what the gateway used over the window.
+    pub fn add_gateway_use(&mut self, used: Option<crate::scenario::GatewayUse>) {
+        self.gateway_cpu_pct = used.map(|u| u.cpu_pct);
+        self.gateway_bytes_per_op = used
+            .filter(|_| self.ops > 0)
+            .map(|u| u.bytes_received as f64 / self.ops as f64);
     }
 
     /// The median of each figure over several runs, taken figure by figure.
     pub fn median(runs: &[Figures]) -> Figures {
         let med = |f: fn(&Figures) -> f64| median(runs.iter().map(f).collect());
         let cpu: Vec<f64> = runs.iter().filter_map(|r| r.gateway_cpu_pct).collect();
+        let bytes: Vec<f64> = runs.iter().filter_map(|r| r.gateway_bytes_per_op).collect();
         Figures {
             ops: med(|r| r.ops as f64) as u64,
             errors: med(|r| r.errors as f64) as u64,
@@ -143,6 +158,7 @@ impl Figures {
             p99_ms: med(|r| r.p99_ms),
             max_ms: med(|r| r.max_ms),
             gateway_cpu_pct: (!cpu.is_empty()).then(|| median(cpu)),
+            gateway_bytes_per_op: (!bytes.is_empty()).then(|| median(bytes)),
         }
     }
 }

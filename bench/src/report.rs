@@ -274,8 +274,16 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:<8} {:>7}  {:<15} {:>11} {:>9} {:>9} {:>7} {:>8}",
-            "scenario", "clients", "target", "ops/s", "p50 ms", "p99 ms", "errors", "gw cpu%"
+            "{:<8} {:>7}  {:<15} {:>11} {:>9} {:>9} {:>7} {:>8} {:>8}",
+            "scenario",
+            "clients",
+            "target",
+            "ops/s",
+            "p50 ms",
+            "p99 ms",
+            "errors",
+            "gw cpu%",
+            "gw B/op"
         );
         let mut rows: Vec<&ScenarioResult> = self.results.iter().collect();
         rows.sort_by_key(|r| (r.scenario, r.clients, r.target));
@@ -284,7 +292,7 @@ impl Report {
                 Some(m) => {
                     let _ = writeln!(
                         out,
-                        "{:<8} {:>7}  {:<15} {:>11.0} {:>9.2} {:>9.2} {:>7} {:>8}",
+                        "{:<8} {:>7}  {:<15} {:>11.0} {:>9.2} {:>9.2} {:>7} {:>8} {:>8}",
                         r.scenario.name(),
                         r.clients,
                         r.target.name(),
@@ -293,6 +301,8 @@ impl Report {
                         m.p99_ms,
                         m.errors,
                         m.gateway_cpu_pct.map_or("-".into(), |c| format!("{c:.0}")),
+                        m.gateway_bytes_per_op
+                            .map_or("-".into(), |b| format!("{b:.0}")),
                     );
                 }
                 None => {
@@ -512,9 +522,12 @@ impl Report {
         if !deflate.is_empty() {
             let _ = writeln!(
                 out,
-                "\n| scenario | clients | gateway ops/s | gateway+deflate ops/s | ratio | gateway p50 / p99 ms | gateway+deflate p50 / p99 ms | p99 ratio | gateway CPU | gateway+deflate CPU |"
+                "\n| scenario | clients | gateway ops/s | gateway+deflate ops/s | ratio | gateway p50 / p99 ms | gateway+deflate p50 / p99 ms | p99 ratio | gateway CPU | gateway+deflate CPU | gateway bytes sent per op | gateway+deflate |"
             );
-            let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            let _ = writeln!(
+                out,
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            );
         }
         for d in deflate {
             let (s, n) = (d.scenario, d.clients);
@@ -527,7 +540,7 @@ impl Report {
             };
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 s.name(),
                 n,
                 num(g.map(|f| f.throughput), &|v| format!("{v:.0}")),
@@ -539,6 +552,12 @@ impl Report {
                 num(g.and_then(|f| f.gateway_cpu_pct), &|v| format!("{v:.0} %")),
                 num(d.median.and_then(|f| f.gateway_cpu_pct), &|v| format!(
                     "{v:.0} %"
+                )),
+                num(g.and_then(|f| f.gateway_bytes_per_op), &|v| format!(
+                    "{v:.0} B"
+                )),
+                num(d.median.and_then(|f| f.gateway_bytes_per_op), &|v| format!(
+                    "{v:.0} B"
                 )),
             );
         }

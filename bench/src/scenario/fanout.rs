@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use warren_protocol::amqp::keys;
 use warren_protocol::{ClientFrame, ServerFrame, Subscribe};
 
-use super::{join_workers, message, stamp_of, watch_gateway_cpu, SharedEnv, Target, WorkerOutcome};
+use super::{join_workers, message, stamp_of, watch_gateway_use, SharedEnv, Target, WorkerOutcome};
 use crate::amqp::bounded;
 use crate::error::{BenchError, Result};
 use crate::measurement::{now_us, Figures, MeasureWindow, Tally};
@@ -121,7 +121,7 @@ pub async fn run(env: &SharedEnv, target: Target, subscribers: usize) -> Result<
     }
     let window = env.window();
     let _ = progress.window.set(window);
-    let cpu = watch_gateway_cpu(env, target, window);
+    let used = watch_gateway_use(env, target, window);
     let published = if ready == subscribers {
         publish(env, &progress, window).await
     } else {
@@ -136,7 +136,7 @@ pub async fn run(env: &SharedEnv, target: Target, subscribers: usize) -> Result<
         return Err(BenchError::Timeout("subscribers to be ready"));
     }
     let mut figures = Figures::from_tally(tally?, &window);
-    figures.gateway_cpu_pct = cpu.await.ok().flatten();
+    figures.add_gateway_use(used.await.ok().flatten());
     Ok(figures)
 }
 

@@ -202,25 +202,40 @@ pub fn stamp_of(body: &[u8]) -> Option<u64> {
     serde_json::from_slice::<Stamp>(body).ok().map(|s| s.t)
 }
 
-/// Measures the gateway's CPU over the window (percent of one core), in the background.
-pub fn watch_cpu(pid: Option<u32>, window: MeasureWindow) -> JoinHandle<Option<f64>> {
+/// What the gateway used over a measured window.
+#[derive(Debug, Clone, Copy)]
+pub struct GatewayUse {
+    /// CPU, percent of one core.
+    pub cpu_pct: f64,
+    /// Bytes this process's gateway clients read off their sockets
+    /// ([`crate::client::bytes_received`]).
+    pub bytes_received: u64,
+}
+
+/// Measures the gateway's CPU, and the bytes it sent to this process's clients, over
+/// the window, in the background.
+pub fn watch_use(pid: Option<u32>, window: MeasureWindow) -> JoinHandle<Option<GatewayUse>> {
     tokio::spawn(async move {
         let pid = pid?;
         let until = |t: u64| Duration::from_micros(t.saturating_sub(now_us()));
         tokio::time::sleep(until(window.start_us)).await;
         let meter = CpuMeter::start(pid).ok()?;
+        let received = crate::client::bytes_received();
         tokio::time::sleep(until(window.end_us)).await;
-        meter.percent().ok()
+        Some(GatewayUse {
+            cpu_pct: meter.percent().ok()?,
+            bytes_received: crate::client::bytes_received().saturating_sub(received),
+        })
     })
 }
 
-/// Watches the gateway's CPU over `window` when a gateway target is loaded.
-pub fn watch_gateway_cpu(
+/// Watches the gateway's use over `window` when a gateway target is loaded.
+pub fn watch_gateway_use(
     env: &SharedEnv,
     target: Target,
     window: MeasureWindow,
-) -> JoinHandle<Option<f64>> {
-    watch_cpu(
+) -> JoinHandle<Option<GatewayUse>> {
+    watch_use(
         target.is_gateway().then_some(env.gateway_pid).flatten(),
         window,
     )
@@ -245,13 +260,13 @@ where
     F: Future<Output = Result<WorkerOutcome>> + Send + 'static,
 {
     let window = env.window();
-    let cpu = watch_gateway_cpu(env, target, window);
+    let used = watch_gateway_use(env, target, window);
     let handles = (0..clients)
         .map(|i| tokio::spawn(worker(env.clone(), i, window)))
         .collect();
     let (tally, _sessions) = join_workers(handles, env.join_deadline(&window)).await;
     let mut figures = Figures::from_tally(tally?, &window);
-    figures.gateway_cpu_pct = cpu.await.ok().flatten();
+    figures.add_gateway_use(used.await.ok().flatten());
     Ok(figures)
 }
 
