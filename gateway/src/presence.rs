@@ -160,10 +160,16 @@ impl PresenceView {
         None
     }
 
-    /// The session's subscription keys changed (here or on a peer).
-    pub fn subscriptions(&mut self, session: &str, keys: BTreeSet<String>) {
-        if let Some(h) = self.sessions.get_mut(session) {
-            h.keys = keys;
+    /// The session's subscription keys (here or from a peer). Returns whether they
+    /// differ from what the view had (also for a session it does not know).
+    pub fn subscriptions(&mut self, session: &str, keys: BTreeSet<String>) -> bool {
+        match self.sessions.get_mut(session) {
+            Some(h) if h.keys == keys => false,
+            Some(h) => {
+                h.keys = keys;
+                true
+            }
+            None => true,
         }
     }
 
@@ -201,7 +207,8 @@ impl PresenceView {
                 }
             }
             "client.subscriptions" if e.node != self.me => {
-                self.subscriptions(&e.session, e.keys.unwrap_or_default().into_iter().collect());
+                let _ = self
+                    .subscriptions(&e.session, e.keys.unwrap_or_default().into_iter().collect());
             }
             _ => {}
         }
@@ -529,6 +536,20 @@ mod tests {
         assert!(
             !fresh.opened("s2", "bob", None, None),
             "s2 resumed on c is no new connect"
+        );
+    }
+
+    #[test]
+    fn subscriptions_say_whether_they_changed() {
+        let mut v = PresenceView::new("a", GRACE);
+        v.opened("s1", "ada", None, None);
+        let lobby: BTreeSet<String> = ["chat.group.lobby".to_string()].into();
+        assert!(v.subscriptions("s1", lobby.clone()), "new keys");
+        assert!(!v.subscriptions("s1", lobby.clone()), "the same keys again");
+        assert!(v.subscriptions("s1", BTreeSet::new()), "all dropped");
+        assert!(
+            v.subscriptions("s9", lobby),
+            "a session the view does not know"
         );
     }
 

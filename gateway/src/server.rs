@@ -215,14 +215,20 @@ impl Shared {
         });
     }
 
-    /// A session's subscriptions changed: the view and the peers learn it
-    /// (`client.subscriptions`).
+    /// A session's subscriptions may have changed: the view learns them, and the peers
+    /// too (`client.subscriptions`) when they differ from what the view had. A resume
+    /// naming the subscriptions its session had, or a `subscribe` the client sends
+    /// again after it, publishes nothing: in a storm of resumes these were one
+    /// broker message per resume and per subscription, each read by every gateway.
     pub(crate) fn subscriptions_changed(&self, session: &str, user: &str, keys: Vec<String>) {
-        let tenant = {
+        let (changed, tenant) = {
             let mut view = self.presence_view();
-            view.subscriptions(session, keys.iter().cloned().collect());
-            view.tenant_of(session)
+            let changed = view.subscriptions(session, keys.iter().cloned().collect());
+            (changed, view.tenant_of(session))
         };
+        if !changed {
+            return;
+        }
         self.presence(crate::presence::PresenceEvent {
             event: "client.subscriptions".into(),
             session: session.to_string(),

@@ -13,7 +13,7 @@ use warren_e2e::client::{sub, TestClient};
 use warren_e2e::env::TestEnv;
 use warren_e2e::gateway::{http_get, TestGateway};
 use warren_e2e::sdk_driver::GatewayProcess;
-use warren_protocol::{ClientFrame, Hello};
+use warren_protocol::{ClientFrame, Hello, Subscribe};
 
 const LIMIT: Duration = Duration::from_secs(90);
 /// `session_expires_ms` of the tests' gateways: the grace before an unresumed session
@@ -30,11 +30,16 @@ struct Events {
 
 impl Events {
     async fn listen(env: &mut TestEnv) -> Events {
+        Self::listen_to(env, &["client.connected", "client.disconnected"]).await
+    }
+
+    /// Events of the kinds `events` only.
+    async fn listen_to(env: &mut TestEnv, events: &[&str]) -> Events {
         let queue = format!("{}.test-presence", env.namespace);
         let exchange = env.names.presence_exchange();
-        env.bind_queue(&queue, &exchange, "client.connected").await;
-        env.bind_queue(&queue, &exchange, "client.disconnected")
-            .await;
+        for event in events {
+            env.bind_queue(&queue, &exchange, event).await;
+        }
         let consumer = env
             .new_channel()
             .await
@@ -191,6 +196,93 @@ async fn each_session_is_announced_once_across_a_close_a_resume_and_an_expiry() 
     assert_eq!(counts.len(), 6, "{counts:?}");
     gw.shutdown().await;
     env.cleanup().await;
+}
+
+/// `client.subscriptions` says a session's subscriptions changed: a `subscribe` sent
+/// again, or a resume (on this gateway or another) naming the subscriptions the
+/// session had, publishes nothing (in a storm of resumes these were one broker message
+/// per resume and per subscription, each read by every gateway).
+#[tokio::test]
+async fn client_subscriptions_is_published_when_they_change_and_not_when_a_resume_names_them_again()
+{
+    let mut test_env = TestEnv::new("presence-subs").await;
+    let env = &mut test_env;
+    tokio::time::timeout(LIMIT, async {
+        let gw = TestGateway::start_with(env, presence_config).await;
+        let other_node = format!("{}-other", env.namespace);
+        let other = TestGateway::start_with(env, |c| {
+            presence_config(c);
+            c.node = other_node.clone();
+        })
+        .await;
+        let mut events = Events::listen_to(env, &["client.subscriptions"]).await;
+        let lobby = |id: &str| Subscribe {
+            id: id.into(),
+            channel: "chat".into(),
+            groups: vec!["lobby".into()],
+            ..Default::default()
+        };
+
+        let mut ada = TestClient::connect_with(&gw.url(), as_user("ada")).await;
+        let session = ada.session().to_string();
+        ada.subscribe(lobby("s1")).await;
+        let (first, _) = events
+            .wait_for("client.subscriptions", &session, Duration::from_secs(5))
+            .await;
+        assert_eq!(first["keys"], serde_json::json!(["chat.group.lobby"]));
+        // The same subscription again: nothing changed.
+        ada.subscribe(lobby("s2")).await;
+        // Resumed here, then on the other gateway, naming the same subscriptions.
+        let resume = Hello {
+            token: Some("ada".into()),
+            ..ada.resume_hello()
+        };
+        ada.abort();
+        let ada = TestClient::connect_with(&gw.url(), resume.clone()).await;
+        assert!(ada.welcome().resumed);
+        // Let this resume's takeover request reach the other gateway first (one that
+        // came after the next resume would close it: 4502).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        ada.abort();
+        let mut ada = TestClient::connect_with(&other.url(), resume).await;
+        assert!(ada.welcome().resumed);
+        ada.subscribe(lobby("s3")).await;
+        events.collect(Duration::from_millis(500)).await;
+        assert_eq!(
+            events
+                .counts()
+                .get(&(session.clone(), "client.subscriptions".into())),
+            Some(&1),
+            "only the first subscribe changed anything: {:?}",
+            events.seen
+        );
+        // A new group is a change, published by the gateway holding the session.
+        ada.subscribe(Subscribe {
+            id: "s4".into(),
+            channel: "chat".into(),
+            groups: vec!["kitchen".into()],
+            ..Default::default()
+        })
+        .await;
+        events.collect(Duration::from_millis(500)).await;
+        let (_, last, _) = events.seen.last().expect("an event").clone();
+        let mut keys: Vec<&str> = last["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .filter_map(|k| k.as_str())
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["chat.group.kitchen", "chat.group.lobby"]);
+        assert_eq!(last["node"], other_node.as_str());
+        assert_eq!(events.seen.len(), 2, "{:?}", events.seen);
+        ada.close().await;
+        gw.shutdown().await;
+        other.shutdown().await;
+    })
+    .await
+    .expect("the test finished in time");
+    test_env.cleanup().await;
 }
 
 #[tokio::test]
