@@ -33,7 +33,7 @@ use crate::direct_reply::DirectReply;
 use crate::limits::{LimitSettings, Limiter};
 use crate::listener::PeerAddr;
 use crate::metrics::{self, Metrics};
-use crate::session::Registry;
+use crate::session::{Registry, Release};
 
 /// Counts live connections so shutdown can wait for every one to finish.
 #[derive(Debug, Default)]
@@ -108,7 +108,7 @@ pub(crate) struct Shared {
     next_conn: AtomicU64,
     /// Sessions resumed here whose takeover request waits to go out with others
     /// ([`Shared::request_takeover`]).
-    takeovers: std::sync::Mutex<Vec<String>>,
+    takeovers: std::sync::Mutex<Vec<(String, u64)>>,
 }
 
 impl Shared {
@@ -752,6 +752,10 @@ async fn metrics(State(st): State<ListenerState>) -> Response {
 pub(crate) struct TakeoverRequest {
     pub(crate) takeover: String,
     pub(crate) node: String,
+    /// When the client resumed it there, in ms since the epoch (absent from gateways
+    /// older than this field: their requests are always obeyed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) at_ms: Option<u64>,
 }
 
 /// Several takeover requests of one gateway in one message (a reconnect storm resumes
@@ -760,6 +764,9 @@ pub(crate) struct TakeoverRequest {
 pub(crate) struct TakeoverBatch {
     pub(crate) takeovers: Vec<String>,
     pub(crate) node: String,
+    /// `at_ms` of each session, in the same order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) at_ms: Vec<u64>,
 }
 
 /// How long a takeover request waits for others to go out with.
@@ -767,25 +774,33 @@ const TAKEOVER_BATCH_WAIT: Duration = Duration::from_millis(5);
 /// Most sessions in one takeover message (~50 bytes each).
 const TAKEOVER_BATCH_MAX: usize = 1_000;
 
-/// The sessions a `warren.gateways` message asks to release and the node asking, if
-/// it is a takeover request (one session or a batch).
-pub(crate) fn takeovers_in(body: &[u8]) -> Option<(Vec<String>, String)> {
+/// A session another gateway resumed, and when (ms since the epoch), if it says.
+pub(crate) type Resumed = (String, Option<u64>);
+
+/// The sessions a `warren.gateways` message asks to release, each with when it was
+/// resumed (if the asking gateway says), and the node asking, if it is a takeover
+/// request (one session or a batch).
+pub(crate) fn takeovers_in(body: &[u8]) -> Option<(Vec<Resumed>, String)> {
     if let Ok(req) = serde_json::from_slice::<TakeoverRequest>(body) {
-        return Some((vec![req.takeover], req.node));
+        return Some((vec![(req.takeover, req.at_ms)], req.node));
     }
-    serde_json::from_slice::<TakeoverBatch>(body)
-        .ok()
-        .map(|b| (b.takeovers, b.node))
+    serde_json::from_slice::<TakeoverBatch>(body).ok().map(|b| {
+        let mut at = b.at_ms.into_iter();
+        let sessions = b.takeovers.into_iter().map(|s| (s, at.next())).collect();
+        (sessions, b.node)
+    })
 }
 
-/// The message bodies for `sessions` asked by `node`: a single session is sent as a
-/// [`TakeoverRequest`] (what every gateway version reads), more as batches.
-pub(crate) fn takeover_bodies(sessions: Vec<String>, node: &str) -> Vec<String> {
+/// The message bodies for `sessions` (each with when it was resumed) asked by `node`:
+/// a single session is sent as a [`TakeoverRequest`] (what every gateway version
+/// reads), more as batches.
+pub(crate) fn takeover_bodies(sessions: Vec<(String, u64)>, node: &str) -> Vec<String> {
     if sessions.len() == 1 {
-        let takeover = sessions.into_iter().next().unwrap_or_default();
+        let (takeover, at) = sessions.into_iter().next().unwrap_or_default();
         let req = TakeoverRequest {
             takeover,
             node: node.to_string(),
+            at_ms: Some(at),
         };
         return vec![serde_json::to_string(&req).expect("a takeover request serialises")];
     }
@@ -793,8 +808,9 @@ pub(crate) fn takeover_bodies(sessions: Vec<String>, node: &str) -> Vec<String> 
         .chunks(TAKEOVER_BATCH_MAX)
         .map(|chunk| {
             let batch = TakeoverBatch {
-                takeovers: chunk.to_vec(),
+                takeovers: chunk.iter().map(|(s, _)| s.clone()).collect(),
                 node: node.to_string(),
+                at_ms: chunk.iter().map(|(_, at)| *at).collect(),
             };
             serde_json::to_string(&batch).expect("a takeover batch serialises")
         })
@@ -808,7 +824,7 @@ impl Shared {
     pub(crate) fn request_takeover(self: &Arc<Self>, session: &str) {
         let first = {
             let mut pending = self.takeovers.lock().unwrap_or_else(|e| e.into_inner());
-            pending.push(session.to_string());
+            pending.push((session.to_string(), crate::inbound::now_ms_epoch()));
             pending.len() == 1
         };
         if !first {
@@ -849,17 +865,27 @@ pub(crate) async fn listen_for_takeovers(shared: Arc<Shared>) {
     let on = shared.clone();
     listen_fanout(shared, exchange, "takeover", move |body| {
         if let Some((sessions, node)) = takeovers_in(body) {
-            {
-                // One lock for the whole batch.
-                let mut view = on.presence_view();
-                for session in &sessions {
-                    view.taken_over(session, &node);
+            let mine = node == on.config.node;
+            let mut moved = Vec::with_capacity(sessions.len());
+            for (session, at) in &sessions {
+                if !mine {
+                    match on.registry.ask_to_release(session, *at) {
+                        Release::Newer => {
+                            tracing::info!(session = %session, by = %node, "a takeover request older than this gateway's resume of the session; kept");
+                            continue;
+                        }
+                        Release::Asked => {
+                            tracing::info!(session = %session, by = %node, "session resumed on another gateway; releasing it");
+                        }
+                        Release::NotHere => {}
+                    }
                 }
+                moved.push(session);
             }
-            for session in &sessions {
-                if node != on.config.node && on.registry.ask_to_release(session) {
-                    tracing::info!(session = %session, by = %node, "session resumed on another gateway; releasing it");
-                }
+            // One lock for the whole batch.
+            let mut view = on.presence_view();
+            for session in moved {
+                view.taken_over(session, &node);
             }
         } else if let Ok(a) = serde_json::from_slice::<GatewayAnnouncement>(body) {
             let interval = Duration::from_millis(a.interval_ms.unwrap_or(5_000).max(1));
@@ -1135,13 +1161,28 @@ mod tests {
 
     #[test]
     fn one_takeover_keeps_the_single_form_and_many_go_out_in_batches_every_gateway_reads() {
-        let one = takeover_bodies(vec!["s1".into()], "gw-a");
-        assert_eq!(one, vec![r#"{"takeover":"s1","node":"gw-a"}"#.to_string()]);
+        let one = takeover_bodies(vec![("s1".into(), 7)], "gw-a");
+        assert_eq!(
+            one,
+            vec![r#"{"takeover":"s1","node":"gw-a","at_ms":7}"#.to_string()]
+        );
         assert_eq!(
             takeovers_in(one[0].as_bytes()),
-            Some((vec!["s1".to_string()], "gw-a".to_string()))
+            Some((vec![("s1".to_string(), Some(7))], "gw-a".to_string()))
         );
-        let many: Vec<String> = (0..2_500).map(|i| format!("s{i}")).collect();
+        // From a gateway that does not say when: no time.
+        assert_eq!(
+            takeovers_in(br#"{"takeover":"s1","node":"gw-a"}"#),
+            Some((vec![("s1".to_string(), None)], "gw-a".to_string()))
+        );
+        assert_eq!(
+            takeovers_in(br#"{"takeovers":["s1","s2"],"node":"gw-a"}"#),
+            Some((
+                vec![("s1".to_string(), None), ("s2".to_string(), None)],
+                "gw-a".to_string()
+            ))
+        );
+        let many: Vec<(String, u64)> = (0..2_500).map(|i| (format!("s{i}"), i)).collect();
         let bodies = takeover_bodies(many.clone(), "gw-b");
         assert_eq!(bodies.len(), 3, "at most 1,000 sessions a message");
         let mut back = Vec::new();
@@ -1150,7 +1191,9 @@ mod tests {
             assert_eq!(node, "gw-b");
             back.extend(sessions);
         }
-        assert_eq!(back, many, "every session once, in order");
+        let many: Vec<(String, Option<u64>)> =
+            many.into_iter().map(|(s, at)| (s, Some(at))).collect();
+        assert_eq!(back, many, "every session once, in order, with its time");
         assert!(takeovers_in(br#"{"node":"gw-a","instance":"i","state":"up"}"#).is_none());
         assert!(takeover_bodies(Vec::new(), "gw-a").is_empty());
     }

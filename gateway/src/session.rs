@@ -187,10 +187,31 @@ impl TakeoverSignal {
     }
 }
 
-/// Sessions served by this gateway: session id → (connection id, takeover signal).
+/// Sessions served by this gateway: session id → the connection serving it.
 #[derive(Debug, Default)]
 pub struct Registry {
-    sessions: Mutex<HashMap<String, (u64, Arc<TakeoverSignal>)>>,
+    sessions: Mutex<HashMap<String, Held>>,
+}
+
+/// The connection serving a session here.
+#[derive(Debug)]
+struct Held {
+    conn: u64,
+    signal: Arc<TakeoverSignal>,
+    /// When it claimed the session, in ms since the epoch.
+    since_ms: u64,
+}
+
+/// What a takeover request from another gateway did here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// No connection here serves the session.
+    NotHere,
+    /// The connection serving it was asked to give it up (or had been already).
+    Asked,
+    /// The connection serving it claimed it after the other gateway's resume: the
+    /// request is older than the connection it would close, which keeps the session.
+    Newer,
 }
 
 impl Registry {
@@ -202,26 +223,37 @@ impl Registry {
         conn: u64,
         signal: Arc<TakeoverSignal>,
     ) -> Option<Arc<TakeoverSignal>> {
+        let held = Held {
+            conn,
+            signal,
+            since_ms: crate::inbound::now_ms_epoch(),
+        };
         let mut map = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        map.insert(session.to_string(), (conn, signal))
-            .map(|(_, signal)| signal)
+        map.insert(session.to_string(), held).map(|h| h.signal)
     }
 
     /// Forgets `session` if connection `conn` still holds it.
     pub fn release(&self, session: &str, conn: u64) {
         let mut map = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        if map.get(session).is_some_and(|(c, _)| *c == conn) {
+        if map.get(session).is_some_and(|h| h.conn == conn) {
             map.remove(session);
         }
     }
 
-    /// Asks the connection serving `session` here, if any, to give it up (a client
-    /// resumed it on another gateway). True when one was asked.
-    pub fn ask_to_release(&self, session: &str) -> bool {
+    /// Asks the connection serving `session` here, if any, to give it up: a client
+    /// resumed it on another gateway at `resumed_ms` (ms since the epoch; `None` from
+    /// a gateway that does not say). A connection that claimed the session later than
+    /// that is the client's newer one, and keeps it: the request was on its way while
+    /// the client moved again (within the gateways' clock skew, the order is a guess).
+    pub fn ask_to_release(&self, session: &str, resumed_ms: Option<u64>) -> Release {
         let map = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         match map.get(session) {
-            Some((_, signal)) => signal.ask(Takeover),
-            None => false,
+            None => Release::NotHere,
+            Some(h) if resumed_ms.is_some_and(|at| h.since_ms > at) => Release::Newer,
+            Some(h) => {
+                h.signal.ask(Takeover);
+                Release::Asked
+            }
         }
     }
 
@@ -296,6 +328,26 @@ mod tests {
         assert_eq!(r.len(), 1);
         r.release("s", 2);
         assert!(r.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_takeover_request_older_than_the_connection_here_leaves_it_the_session() {
+        let r = Registry::default();
+        let signal = Arc::new(TakeoverSignal::default());
+        let before = crate::inbound::now_ms_epoch();
+        r.claim("s", 1, signal.clone());
+        assert_eq!(r.ask_to_release("t", Some(before)), Release::NotHere);
+        // Resumed elsewhere before this connection claimed it: a stale request.
+        assert_eq!(r.ask_to_release("s", Some(before - 1)), Release::Newer);
+        let none = tokio::time::timeout(Duration::from_millis(20), signal.asked()).await;
+        assert!(none.is_err(), "the connection was not asked");
+        // Resumed elsewhere later, or by a gateway that does not say when: released.
+        let later = crate::inbound::now_ms_epoch() + 1;
+        assert_eq!(r.ask_to_release("s", Some(later)), Release::Asked);
+        assert!(tokio::time::timeout(Duration::from_secs(1), signal.asked())
+            .await
+            .is_ok());
+        assert_eq!(r.ask_to_release("s", None), Release::Asked);
     }
 
     #[tokio::test]

@@ -92,6 +92,73 @@ async fn a_takeover_on_the_same_gateway_delivers_the_held_messages_before_newer_
     env.cleanup().await;
 }
 
+/// A takeover request that was on its way while the client moved on (it resumed on A,
+/// then at once on B, and A's request reached B after B's resume) is older than B's
+/// connection: B keeps the session, where it used to close its client's live
+/// connection with `session_taken`, a code the SDK does not reconnect after. A request
+/// made after B's resume still releases it.
+#[tokio::test]
+async fn a_takeover_request_older_than_the_resume_here_leaves_the_session_alone() {
+    let env = TestEnv::new("gw-takeover-stale").await;
+    let b = TestGateway::start(&env).await;
+    let first = TestClient::connect(&b.url()).await;
+    let session = first.session().to_string();
+    let hello = first.resume_hello();
+    first.abort();
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut live = TestClient::connect_with(&b.url(), hello).await;
+    assert!(live.welcome.as_ref().unwrap().resumed);
+    let takeover = |at_ms: u64| {
+        serde_json::json!({ "takeover": session, "node": "gw-elsewhere", "at_ms": at_ms })
+            .to_string()
+    };
+
+    // Resumed elsewhere before this connection's resume: kept.
+    env.publish(
+        &env.names.gateways_exchange(),
+        "",
+        "stale-takeover",
+        &takeover(before),
+        Default::default(),
+    )
+    .await;
+    assert_eq!(
+        live.expect_close(Duration::from_millis(800)).await,
+        None,
+        "the live connection stays"
+    );
+    live.ping(1).await;
+    assert!(
+        live.recv_within(Duration::from_secs(2)).await.is_some(),
+        "and answers"
+    );
+
+    // Resumed elsewhere after it: released.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    env.publish(
+        &env.names.gateways_exchange(),
+        "",
+        "newer-takeover",
+        &takeover(now),
+        Default::default(),
+    )
+    .await;
+    assert_eq!(
+        live.expect_close(Duration::from_secs(5)).await,
+        Some(CloseCode::SessionTaken.code())
+    );
+    b.shutdown().await;
+    env.cleanup().await;
+}
+
 /// A burst of resumes (a reconnect storm) sends its takeover requests together, as
 /// batches: every stale connection on the other gateway is still released.
 #[tokio::test]
