@@ -230,6 +230,20 @@ async fn client_subscriptions_is_published_when_they_change_and_not_when_a_resum
             .wait_for("client.subscriptions", &session, Duration::from_secs(5))
             .await;
         assert_eq!(first["keys"], serde_json::json!(["chat.group.lobby"]));
+        // The other gateway knows them too (from the events), before the resumes.
+        let peer_knows = async {
+            loop {
+                let body = http_get(other.health_addr(), "/presence?group=lobby").await;
+                let v: serde_json::Value = serde_json::from_str(&body).expect(&body);
+                if v["users"] == serde_json::json!(["ada"]) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), peer_knows)
+            .await
+            .expect("the other gateway learned ada's subscriptions");
         // The same subscription again: nothing changed.
         ada.subscribe(lobby("s2")).await;
         // Resumed here, then on the other gateway, naming the same subscriptions.
@@ -240,9 +254,8 @@ async fn client_subscriptions_is_published_when_they_change_and_not_when_a_resum
         ada.abort();
         let ada = TestClient::connect_with(&gw.url(), resume.clone()).await;
         assert!(ada.welcome().resumed);
-        // Let this resume's takeover request reach the other gateway first (one that
-        // came after the next resume would close it: 4502).
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // At once: this resume's takeover request may reach the other gateway after
+        // the next resume there, which then keeps the session (it is the newer).
         ada.abort();
         let mut ada = TestClient::connect_with(&other.url(), resume).await;
         assert!(ada.welcome().resumed);
