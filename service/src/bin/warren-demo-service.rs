@@ -54,6 +54,10 @@ struct Args {
     /// it fails, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     publish_timeout_ms: u64,
+    /// Close a publishing channel (one per Warren channel sent to) unused this long,
+    /// in milliseconds; the next publish opens it again (at least 1,000).
+    #[arg(long, default_value_t = 60_000)]
+    publish_channel_idle_ms: u64,
     /// Also answer the gateways' `client.auth` requests (gateway `auth.mode =
     /// "service"`) on this channel with the demo authenticator: tokens `user:<name>`
     /// are accepted, `user:blocked` and anything else refused. Development only.
@@ -126,6 +130,7 @@ async fn main() -> anyhow::Result<()> {
         .with_prefetch(args.prefetch)
         .with_queue_type(args.queue_type.clone())
         .with_publish_timeout(Duration::from_millis(args.publish_timeout_ms))
+        .with_publish_channel_idle(Duration::from_millis(args.publish_channel_idle_ms))
         .with_reconnect(!args.no_reconnect);
     for (channel, ms) in &args.message_ttl {
         options.config = options
