@@ -105,27 +105,28 @@ async fn a_takeover_request_older_than_the_resume_here_leaves_the_session_alone(
     let session = first.session().to_string();
     let hello = first.resume_hello();
     first.abort();
-    let before = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as u64;
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as u64
+    };
+    // Another gateway's takeover request for the session, resumed there at `at_ms`.
+    let takeover = async |at_ms: u64| {
+        let body =
+            serde_json::json!({ "takeover": session, "node": "gw-elsewhere", "at_ms": at_ms });
+        let id = format!("takeover-{at_ms}");
+        let exchange = env.names.gateways_exchange();
+        env.publish(&exchange, "", &id, &body.to_string(), Default::default())
+            .await;
+    };
+    let before = now_ms();
     tokio::time::sleep(Duration::from_millis(20)).await;
     let mut live = TestClient::connect_with(&b.url(), hello).await;
     assert!(live.welcome.as_ref().unwrap().resumed);
-    let takeover = |at_ms: u64| {
-        serde_json::json!({ "takeover": session, "node": "gw-elsewhere", "at_ms": at_ms })
-            .to_string()
-    };
 
     // Resumed elsewhere before this connection's resume: kept.
-    env.publish(
-        &env.names.gateways_exchange(),
-        "",
-        "stale-takeover",
-        &takeover(before),
-        Default::default(),
-    )
-    .await;
+    takeover(before).await;
     assert_eq!(
         live.expect_close(Duration::from_millis(800)).await,
         None,
@@ -139,18 +140,7 @@ async fn a_takeover_request_older_than_the_resume_here_leaves_the_session_alone(
 
     // Resumed elsewhere after it: released.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as u64;
-    env.publish(
-        &env.names.gateways_exchange(),
-        "",
-        "newer-takeover",
-        &takeover(now),
-        Default::default(),
-    )
-    .await;
+    takeover(now_ms()).await;
     assert_eq!(
         live.expect_close(Duration::from_secs(5)).await,
         Some(CloseCode::SessionTaken.code())

@@ -216,12 +216,13 @@ async fn client_subscriptions_is_published_when_they_change_and_not_when_a_resum
         })
         .await;
         let mut events = Events::listen_to(env, &["client.subscriptions"]).await;
-        let lobby = |id: &str| Subscribe {
+        let group = |id: &str, group: &str| Subscribe {
             id: id.into(),
             channel: "chat".into(),
-            groups: vec!["lobby".into()],
+            groups: vec![group.into()],
             ..Default::default()
         };
+        let lobby = |id: &str| group(id, "lobby");
 
         let mut ada = TestClient::connect_with(&gw.url(), as_user("ada")).await;
         let session = ada.session().to_string();
@@ -270,13 +271,7 @@ async fn client_subscriptions_is_published_when_they_change_and_not_when_a_resum
             events.seen
         );
         // A new group is a change, published by the gateway holding the session.
-        ada.subscribe(Subscribe {
-            id: "s4".into(),
-            channel: "chat".into(),
-            groups: vec!["kitchen".into()],
-            ..Default::default()
-        })
-        .await;
+        ada.subscribe(group("s4", "kitchen")).await;
         events.collect(Duration::from_millis(500)).await;
         let (_, last, _) = events.seen.last().expect("an event").clone();
         let mut keys: Vec<&str> = last["keys"]

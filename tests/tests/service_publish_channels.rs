@@ -6,9 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warren_e2e::env::amqp_addr;
-use warren_e2e::gateway::management_url;
+use warren_e2e::gateway::{http_get_with, management_url};
 use warren_e2e::service::in_fresh_namespace;
 use warren_protocol::amqp::Names;
 use warren_service::{Outgoing, Service, ServiceConfig, Targets};
@@ -28,18 +27,18 @@ async fn channels_of(name: &str) -> Option<u64> {
     );
     let url = management_url();
     let host = url.trim_start_matches("http://").trim_end_matches('/');
-    let mut s = tokio::net::TcpStream::connect(host)
+    let addr = tokio::net::lookup_host(host)
         .await
-        .expect("the management API listens");
-    let request = format!(
-        "GET /api/connections?columns=user_provided_name,channels HTTP/1.0\r\nHost: {host}\r\n\
-         Authorization: Basic {credentials}\r\n\r\n"
-    );
-    s.write_all(request.as_bytes()).await.expect("request");
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).await.expect("answer");
-    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    let list: serde_json::Value = serde_json::from_str(body).expect("a JSON list");
+        .ok()
+        .and_then(|mut a| a.next())
+        .expect("the management API's address");
+    let (_, _, body) = http_get_with(
+        addr,
+        "/api/connections?columns=user_provided_name,channels",
+        &[("Authorization", &format!("Basic {credentials}"))],
+    )
+    .await;
+    let list: serde_json::Value = serde_json::from_str(&body).expect("a JSON list");
     list.as_array()?
         .iter()
         .find(|c| c["user_provided_name"].as_str() == Some(name))
