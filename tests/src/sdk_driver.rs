@@ -995,10 +995,16 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
             "{} clients never got their probe",
             missing.len()
         );
+        // Pipelined, as the load is: awaiting one confirm at a time made RabbitMQ
+        // write a stream chunk per probe (a 10,000-client storm: RabbitMQ's CPU up to
+        // the kill 7.8 → 2.6 s, the whole run 19 → 9.5 s).
+        let mut confirms = Vec::with_capacity(missing.len());
         for i in missing {
-            let _ = publish(format!("chat.user.u{i}"), format!("probe-{i}"), "0".into())
-                .await
-                .await;
+            confirms
+                .push(publish(format!("chat.user.u{i}"), format!("probe-{i}"), "0".into()).await);
+        }
+        for c in confirms {
+            let _ = c.await;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
