@@ -2,7 +2,8 @@
 # bench/smoke.sh — a tiny run of every warren-bench scenario and of the reply-path
 # probe (warren-bench-reply-path), so the tools cannot rot
 # (part of `./dev test`). Debug builds, 2 clients, one 1-second run per scenario and
-# target, 50 idle sessions: about 20 s once built. Fails when any run fails or
+# target, 50 idle sessions, then idle and rpc again with JWT identity: about 25 s once
+# built. Fails when any run fails or
 # completes nothing; the speed figures are not judged (debug builds, tiny runs), the
 # bytes a fan-out delivery costs on the wire are.
 set -euo pipefail
@@ -38,6 +39,19 @@ print(f"bench smoke: gateway bytes sent per fan-out delivery: plain {plain}, def
 assert plain is not None and plain >= 128, f"plain: {plain}"
 assert deflate is not None and deflate < plain, f"deflate: {deflate} against {plain}"
 PY
+
+# Sessions with JWT identity (--auth-jwt-secret: the started gateway in jwt mode, each
+# client its own signed token; a welcome for another user fails the run).
+timeout 60 target/debug/warren-bench \
+  --amqp-uri "$AMQP_ADDR" \
+  --gateway-bin target/debug/warren-gateway \
+  --service-bin target/debug/warren-demo-service \
+  --stack-log target/warren-bench/smoke-jwt-stack.log \
+  --auth-jwt-secret "bench smoke: an HMAC secret of at least 32 bytes" \
+  --scenarios idle,rpc --targets gateway \
+  --clients 2 --runs 1 --duration 1s --warmup 200ms \
+  --idle-sessions 50 --idle-window 1s \
+  --strict
 
 # The reply-path probe (stream against a classic reply queue), a few messages.
 timeout 60 target/debug/warren-bench-reply-path --amqp-uri "$AMQP_ADDR" --messages 20 --runs 1

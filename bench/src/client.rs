@@ -10,7 +10,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -52,6 +52,8 @@ pub struct GatewayAddr {
     pub url: String,
     /// The resolved address.
     pub addr: SocketAddr,
+    /// The HMAC key each client signs its own token with (`--auth-jwt-secret`).
+    pub jwt: Option<Arc<jsonwebtoken::EncodingKey>>,
 }
 
 impl GatewayAddr {
@@ -75,7 +77,33 @@ impl GatewayAddr {
         Ok(GatewayAddr {
             url: url.to_string(),
             addr,
+            jwt: None,
         })
+    }
+
+    /// Clients of this gateway authenticate with tokens signed with `secret` (HS256).
+    #[must_use]
+    pub fn with_jwt(mut self, secret: Option<&str>) -> Self {
+        self.jwt = secret.map(|s| Arc::new(jsonwebtoken::EncodingKey::from_secret(s.as_bytes())));
+        self
+    }
+
+    /// A token for a user of its own (`bench-<n>`), valid for an hour, and that user;
+    /// `None` without a key.
+    fn token(&self) -> Result<Option<(String, String)>> {
+        static NEXT_USER: AtomicU64 = AtomicU64::new(0);
+        let Some(key) = &self.jwt else {
+            return Ok(None);
+        };
+        let user = format!("bench-{}", NEXT_USER.fetch_add(1, Ordering::Relaxed));
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            + 3_600;
+        let claims = serde_json::json!({ "sub": user, "exp": exp });
+        let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, key)
+            .map_err(|e| BenchError::Config(format!("signing a token: {e}")))?;
+        Ok(Some((token, user)))
     }
 }
 
@@ -254,8 +282,10 @@ impl GatewayClient {
                 Ws::Deflate(Box::new(deflate_handshake(gateway, stream).await?))
             }
         };
+        let signed = gateway.token()?;
         let hello = ClientFrame::<()>::Hello(Hello {
             client: Some(concat!("warren-bench/", env!("CARGO_PKG_VERSION")).into()),
+            token: signed.as_ref().map(|(token, _)| token.clone()),
             ..Hello::default()
         });
         ws.send(encode(&hello)).await?;
@@ -263,6 +293,16 @@ impl GatewayClient {
             ServerFrame::Welcome(w) => w,
             other => return Err(BenchError::Unexpected(encode(&other))),
         };
+        // A gateway that ignored the token (not in jwt mode) would measure something
+        // else than asked.
+        if let Some((_, user)) = signed {
+            if welcome.user != user {
+                return Err(BenchError::Unexpected(format!(
+                    "welcome for user `{}` to a token for `{user}`: is the gateway in jwt mode?",
+                    welcome.user
+                )));
+            }
+        }
         Ok(GatewayClient {
             ws,
             welcome,
@@ -557,6 +597,26 @@ mod tests {
         upgrade: websocket\r\nsec-websocket-accept: x\r\n\
         sec-websocket-extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n\
         sec-websocket-protocol: warren.v1\r\n\r\n";
+
+    #[tokio::test]
+    async fn each_client_signs_a_token_for_a_user_of_its_own() {
+        let secret = "a bench secret of at least thirty-two bytes";
+        let plain = GatewayAddr::resolve("ws://127.0.0.1:1/ws").await.unwrap();
+        assert!(plain.token().unwrap().is_none(), "no key, no token");
+        let gw = plain.with_jwt(Some(secret));
+        let (t1, u1) = gw.token().unwrap().unwrap();
+        let (_, u2) = gw.token().unwrap().unwrap();
+        assert_ne!(u1, u2, "a user per client");
+        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+        v.set_required_spec_claims(&["exp", "sub"]);
+        let claims = jsonwebtoken::decode::<serde_json::Value>(
+            &t1,
+            &jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()),
+            &v,
+        )
+        .expect("verifies with the secret, HS256, exp in the future");
+        assert_eq!(claims.claims["sub"], u1.as_str());
+    }
 
     #[test]
     fn a_deflate_client_insists_on_deflate_and_its_subprotocol() {

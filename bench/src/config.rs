@@ -113,6 +113,12 @@ pub struct Config {
     /// gateway target).
     #[arg(long, value_delimiter = ',', default_value = "gateway,raw")]
     pub targets: Vec<crate::scenario::Target>,
+    /// Sessions authenticate with JSON Web Tokens signed with this HMAC secret (HS256,
+    /// at least 32 bytes), each client as a user of its own (`bench-<n>`, every right);
+    /// a gateway the bench starts runs with `--auth-mode jwt` and this secret. Without
+    /// it the started gateway runs with `auth.mode = "none"` and clients send no token.
+    #[arg(long, env = "WARREN_BENCH_AUTH_JWT_SECRET", hide_env_values = true)]
+    pub auth_jwt_secret: Option<String>,
     /// RabbitMQ Web-STOMP endpoint for the `web-stomp` target (plugin
     /// `rabbitmq_web_stomp`; `./dev` enables it).
     #[arg(long, default_value = "ws://127.0.0.1:15674/ws")]

@@ -69,7 +69,11 @@ impl Stack {
         if let Some(url) = &config.gateway_url {
             return Ok(Stack {
                 namespace: config.namespace.clone().unwrap_or_default(),
-                gateway: Some(GatewayAddr::resolve(url).await?),
+                gateway: Some(
+                    GatewayAddr::resolve(url)
+                        .await?
+                        .with_jwt(config.auth_jwt_secret.as_deref()),
+                ),
                 gateway_pid: config.gateway_pid,
                 owned: false,
                 gateway_proc: None,
@@ -170,6 +174,11 @@ async fn start_gateway(config: &Config, namespace: &str) -> Result<(Process, Gat
         .args(["--listen", "127.0.0.1:0"])
         .args(["--channels", &config.channels().join(",")])
         .args(&config.gateway_args);
+    if let Some(secret) = &config.auth_jwt_secret {
+        // Through the environment: kept out of the process list.
+        cmd.args(["--auth-mode", "jwt"])
+            .env("WARREN_AUTH_JWT_SECRET", secret);
+    }
     if config.loads_deflate() {
         // Only clients that offer it get compression: plain `gateway` clients of the
         // same run stay on the uncompressed socket.
@@ -198,7 +207,9 @@ async fn start_gateway(config: &Config, namespace: &str) -> Result<(Process, Gat
     } else {
         format!("ws://{listen}/ws")
     };
-    let addr = GatewayAddr::resolve(&url).await?;
+    let addr = GatewayAddr::resolve(&url)
+        .await?
+        .with_jwt(config.auth_jwt_secret.as_deref());
     tracing::info!(url = %addr.url, pid = ?child.id(), "gateway ready");
     Ok((Process { what, child }, addr))
 }
