@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # bench/smoke.sh — a tiny run of every warren-bench scenario and of the reply-path
-# probe (warren-bench-reply-path), so the tools cannot rot
-# (part of `./dev test`). Debug builds, 2 clients, one 1-second run per scenario and
-# target, 50 idle sessions, then idle and rpc again with JWT identity: about 25 s once
-# built. Fails when any run fails or
-# completes nothing; the speed figures are not judged (debug builds, tiny runs), the
-# bytes a fan-out delivery costs on the wire are.
+# probe (warren-bench-reply-path), so the tools cannot rot (part of `./dev test`).
+# Debug builds, 2 clients, one 1-second run per scenario and target, 50 idle sessions,
+# then idle and rpc again with JWT identity: about 25 s once built. Fails when any run
+# fails or completes nothing; the speed figures are not judged (debug builds, tiny
+# runs), the bytes a fan-out delivery costs on the wire are.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
