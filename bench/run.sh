@@ -3,8 +3,10 @@
 #
 # Builds the gateway, the demo service and warren-bench in release mode, then runs every
 # scenario (idle with 10,000 sessions; publish, rpc and fanout with 1, 4, 16 and 64
-# clients; each against the gateway and against raw AMQP; median of 5 runs) and writes
-# bench/results/{report.json,table.md,chart.svg}. Takes about 20 minutes on 2 cores.
+# clients; each against the gateway and against raw AMQP, rpc and fanout also against
+# RabbitMQ's Web-STOMP when its plugin listens; median of 5 runs) and writes
+# bench/results/{report.json,table.md,chart.svg}. Takes about 25 minutes on 2 cores
+# (20 without Web-STOMP).
 # Run it on a quiet machine: other load skews every figure.
 #
 # Extra arguments go to warren-bench, e.g. `bench/run.sh --clients 1,8 --runs 3`.
@@ -27,7 +29,13 @@ if [[ $(ulimit -n) != unlimited && $(ulimit -n) -lt 20500 ]]; then
   echo "note: open-file limit is $(ulimit -n); the idle scenario needs ~10,100 per process" >&2
 fi
 
+# RabbitMQ's Web-STOMP (issue 13's baseline for rpc and fan-out) beside raw AMQP when
+# its plugin listens (./dev enables it); `--targets` overrides.
+targets=gateway,raw
+if (exec 3<>/dev/tcp/127.0.0.1/15674) 2>/dev/null; then targets+=,web-stomp; fi
+
 exec target/release/warren-bench \
+  --targets "$targets" \
   --amqp-uri "$AMQP_ADDR" \
   --gateway-bin target/release/warren-gateway \
   --service-bin target/release/warren-demo-service \
