@@ -31,7 +31,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Consumer};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{watch, Notify};
 use warren_protocol::amqp::{topic_matches, H_CC, H_TENANT};
 
 use crate::broker::Broker;
@@ -41,6 +41,73 @@ use crate::error::GatewayError;
 /// Messages a live session may have waiting between the hub and its socket; when they
 /// are full the session falls back to catching up from the ring.
 pub const LIVE_BACKLOG: usize = 64;
+
+/// Room an emptied [`Inbox`] keeps (64 B).
+const INBOX_KEPT: usize = 8;
+
+/// A live session's messages on their way from the hub to its connection: at most
+/// [`LIVE_BACKLOG`]. The hub pushes; a push that finds it full fails, and the session
+/// is told it lagged (it then catches up from the ring).
+///
+/// One small allocation per session (a lock, a queue with no buffer until the first
+/// message, two `Notify`s), where a tokio `mpsc` channel took about 800 B per session
+/// before it carried anything (its cache-padded state and its first 32-slot block).
+#[derive(Debug, Default)]
+pub struct Inbox {
+    queue: Mutex<VecDeque<Arc<Message>>>,
+    /// Woken by each push.
+    pushed: Notify,
+    /// Woken when a push found the inbox full.
+    lagged: Notify,
+}
+
+impl Inbox {
+    fn queue(&self) -> MutexGuard<'_, VecDeque<Arc<Message>>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds `m`; `false` (and `m` dropped) when [`LIVE_BACKLOG`] messages wait.
+    fn push(&self, m: Arc<Message>) -> bool {
+        {
+            let mut q = self.queue();
+            if q.len() >= LIVE_BACKLOG {
+                return false;
+            }
+            q.push_back(m);
+        }
+        self.pushed.notify_one();
+        true
+    }
+
+    /// The oldest waiting message, if any. An emptied queue keeps room for
+    /// [`INBOX_KEPT`] messages and gives back the rest, so a session does not hold the
+    /// room a burst took while a steady flow does not reallocate.
+    pub fn try_recv(&self) -> Option<Arc<Message>> {
+        let mut q = self.queue();
+        let m = q.pop_front();
+        if q.is_empty() && q.capacity() > INBOX_KEPT {
+            q.shrink_to(INBOX_KEPT);
+        }
+        m
+    }
+
+    /// The oldest waiting message, once there is one. Cancel-safe: a message is only
+    /// taken when returned, and a wake-up this future took without returning is passed
+    /// on (`Notify::notify_one` keeps it as a permit).
+    pub async fn recv(&self) -> Arc<Message> {
+        loop {
+            if let Some(m) = self.try_recv() {
+                return m;
+            }
+            self.pushed.notified().await;
+        }
+    }
+
+    /// Resolves when a push found the inbox full.
+    pub async fn lagged(&self) {
+        self.lagged.notified().await;
+    }
+}
 
 /// The hub's reader acknowledges (for credit) once per this many messages; its
 /// prefetch is [`HUB_PREFETCH`].
@@ -172,10 +239,9 @@ pub fn stream_offset(headers: Option<&FieldTable>) -> Option<u64> {
 /// A session as the hub knows it.
 #[derive(Debug)]
 struct Member {
-    /// Where live messages go.
-    tx: mpsc::Sender<Arc<Message>>,
-    /// Woken when the hub stops pushing (the channel filled).
-    lagged: Arc<Notify>,
+    /// Where live messages go; its `lagged` is woken when the hub stops pushing (the
+    /// inbox filled).
+    inbox: Arc<Inbox>,
     /// Pushed to (true) or catching up (false).
     live: bool,
     /// Positions below this are never given to it (it has them already).
@@ -258,10 +324,8 @@ pub struct Hub {
 pub struct Membership {
     hub: Arc<Hub>,
     conn: u64,
-    /// Live messages.
-    pub rx: mpsc::Receiver<Arc<Message>>,
-    /// Woken when the hub stops pushing to this session.
-    pub lagged: Arc<Notify>,
+    /// Live messages, and the signal that the hub stopped pushing to this session.
+    pub inbox: Arc<Inbox>,
 }
 
 impl Drop for Membership {
@@ -329,13 +393,11 @@ impl Hub {
         tenant: Option<&str>,
         from: Option<u64>,
     ) -> (Membership, Option<u64>) {
-        let (tx, rx) = mpsc::channel(LIVE_BACKLOG);
-        let lagged = Arc::new(Notify::new());
+        let inbox = Arc::new(Inbox::default());
         let mut st = self.lock();
         let head = st.next;
         let member = Member {
-            tx,
-            lagged: lagged.clone(),
+            inbox: inbox.clone(),
             live: from.is_none(),
             from: from.or(head).unwrap_or(0),
             keys: HashMap::new(),
@@ -348,8 +410,7 @@ impl Hub {
             Membership {
                 hub: self.clone(),
                 conn,
-                rx,
-                lagged,
+                inbox,
             },
             head.and_then(|n| n.checked_sub(1)),
         )
@@ -444,9 +505,9 @@ impl Hub {
             if !member.live || m.offset < member.from || !member.admits(&m) {
                 continue;
             }
-            if member.tx.try_send(m.clone()).is_err() {
+            if !member.inbox.push(m.clone()) {
                 member.live = false;
-                member.lagged.notify_one();
+                member.inbox.lagged.notify_one();
             }
         }
     }
@@ -847,15 +908,60 @@ mod tests {
     }
 
     #[test]
+    fn an_inbox_keeps_order_holds_its_bound_and_gives_back_a_bursts_room() {
+        let inbox = Inbox::default();
+        for i in 0..LIVE_BACKLOG as u64 {
+            assert!(inbox.push(Arc::new(msg(i, "k"))), "room for {i}");
+        }
+        assert!(!inbox.push(Arc::new(msg(99, "k"))), "full at LIVE_BACKLOG");
+        let got: Vec<u64> = std::iter::from_fn(|| inbox.try_recv())
+            .map(|m| m.offset)
+            .collect();
+        assert_eq!(got, (0..LIVE_BACKLOG as u64).collect::<Vec<_>>());
+        assert!(
+            inbox.queue().capacity() <= INBOX_KEPT,
+            "an emptied inbox keeps room for {INBOX_KEPT}, not the burst's {LIVE_BACKLOG}"
+        );
+        assert_eq!(
+            Inbox::default().queue().capacity(),
+            0,
+            "nothing before a message"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_waiting_inbox_wakes_on_a_push_and_a_dropped_wait_loses_nothing() {
+        let inbox = Arc::new(Inbox::default());
+        let waiting = tokio::spawn({
+            let inbox = inbox.clone();
+            async move { inbox.recv().await.offset }
+        });
+        tokio::task::yield_now().await;
+        assert!(inbox.push(Arc::new(msg(1, "k"))));
+        let got = tokio::time::timeout(Duration::from_secs(5), waiting).await;
+        assert_eq!(got.expect("woken").expect("no panic"), 1);
+
+        // A wait that is woken and then dropped (the connection's select took another
+        // branch) leaves the message queued and the next wait finds it at once.
+        let mut first = Box::pin(inbox.recv());
+        assert!(futures_util::poll!(first.as_mut()).is_pending());
+        assert!(inbox.push(Arc::new(msg(2, "k"))));
+        drop(first);
+        let next = tokio::time::timeout(Duration::from_secs(5), inbox.recv()).await;
+        assert_eq!(next.expect("not lost").offset, 2);
+        assert!(inbox.try_recv().is_none());
+    }
+
+    #[test]
     fn a_live_member_gets_what_its_keys_and_patterns_match_once() {
         let hub = Hub::new(100);
-        let (mut a, _) = hub.join(1, "s1", None);
+        let (a, _) = hub.join(1, "s1", None);
         hub.subscribe(1, &keys(&["chat.all", "chat.event.order.*"]));
         hub.publish(msg(0, "chat.all"));
         hub.publish(msg(1, "chat.group.g"));
         hub.publish(msg(2, "chat.event.order.created"));
         hub.publish(msg(3, "chat.event.user.created"));
-        let got: Vec<u64> = std::iter::from_fn(|| a.rx.try_recv().ok())
+        let got: Vec<u64> = std::iter::from_fn(|| a.inbox.try_recv())
             .map(|m| m.offset)
             .collect();
         assert_eq!(got, vec![0, 2]);
@@ -888,7 +994,7 @@ mod tests {
         hub.publish(tenant_msg(1, "chat.event.x", Some("globex")));
         hub.publish(tenant_msg(2, "chat.all", None));
         let got = |rx: &mut Membership| -> Vec<u64> {
-            std::iter::from_fn(|| rx.rx.try_recv().ok())
+            std::iter::from_fn(|| rx.inbox.try_recv())
                 .map(|m| m.offset)
                 .collect()
         };
@@ -923,8 +1029,8 @@ mod tests {
     #[test]
     fn a_cc_header_routes_one_message_to_every_named_key() {
         let hub = Hub::new(100);
-        let (mut a, _) = hub.join(1, "s1", None);
-        let (mut b, _) = hub.join(2, "s2", None);
+        let (a, _) = hub.join(1, "s1", None);
+        let (b, _) = hub.join(2, "s2", None);
         hub.subscribe(1, &keys(&["chat.user.a"]));
         hub.subscribe(2, &keys(&["chat.user.b"]));
         let mut h = FieldTable::default();
@@ -939,8 +1045,8 @@ mod tests {
             BasicProperties::default().with_headers(h),
             b"1".to_vec(),
         ));
-        assert_eq!(a.rx.try_recv().unwrap().offset, 7);
-        assert_eq!(b.rx.try_recv().unwrap().offset, 7);
+        assert_eq!(a.inbox.try_recv().unwrap().offset, 7);
+        assert_eq!(b.inbox.try_recv().unwrap().offset, 7);
         // Read back from a stream the array is gone; the string header stands in.
         let mut h = FieldTable::default();
         h.insert(H_CC.into(), AMQPValue::LongString("chat.user.b".into()));
@@ -951,15 +1057,15 @@ mod tests {
             BasicProperties::default().with_headers(h),
             b"1".to_vec(),
         ));
-        assert_eq!(a.rx.try_recv().unwrap().offset, 8);
-        assert_eq!(b.rx.try_recv().unwrap().offset, 8);
+        assert_eq!(a.inbox.try_recv().unwrap().offset, 8);
+        assert_eq!(b.inbox.try_recv().unwrap().offset, 8);
     }
 
     #[test]
     fn a_reply_reaches_only_the_session_it_answers() {
         let hub = Hub::new(100);
-        let (mut a, _) = hub.join(1, "s1", None);
-        let (mut b, _) = hub.join(2, "s2", None);
+        let (a, _) = hub.join(1, "s1", None);
+        let (b, _) = hub.join(2, "s2", None);
         let p = BasicProperties::default().with_correlation_id("s2/r1".into());
         hub.publish(Message::new(
             0,
@@ -968,24 +1074,24 @@ mod tests {
             p,
             b"1".to_vec(),
         ));
-        assert!(a.rx.try_recv().is_err());
-        assert_eq!(b.rx.try_recv().unwrap().offset, 0);
+        assert!(a.inbox.try_recv().is_none());
+        assert_eq!(b.inbox.try_recv().unwrap().offset, 0);
     }
 
     #[test]
     fn a_full_member_stops_being_live_and_catches_up_from_the_ring_without_gap_or_duplicate() {
         let hub = Hub::new(10_000);
-        let (mut a, head) = hub.join(1, "s1", None);
+        let (a, head) = hub.join(1, "s1", None);
         assert_eq!(head, None);
         hub.subscribe(1, &keys(&["chat.all"]));
         let total = LIVE_BACKLOG as u64 + 50;
         for i in 0..total {
             hub.publish(msg(i, "chat.all"));
         }
-        let mut got: Vec<u64> = std::iter::from_fn(|| a.rx.try_recv().ok())
+        let mut got: Vec<u64> = std::iter::from_fn(|| a.inbox.try_recv())
             .map(|m| m.offset)
             .collect();
-        assert_eq!(got.len(), LIVE_BACKLOG, "the channel holds its bound");
+        assert_eq!(got.len(), LIVE_BACKLOG, "the inbox holds its bound");
         let mut from = got.last().unwrap() + 1;
         loop {
             match hub.catch_up(1, from, 16) {
@@ -998,7 +1104,7 @@ mod tests {
             }
         }
         hub.publish(msg(total, "chat.all"));
-        got.extend(std::iter::from_fn(|| a.rx.try_recv().ok()).map(|m| m.offset));
+        got.extend(std::iter::from_fn(|| a.inbox.try_recv()).map(|m| m.offset));
         assert_eq!(got, (0..=total).collect::<Vec<_>>());
     }
 
@@ -1033,13 +1139,13 @@ mod tests {
             hub.publish(msg(i, "chat.all"));
         }
         // A client that got up to 9 from a gateway ahead of this one.
-        let (mut a, _) = hub.join(1, "s1", Some(10));
+        let (a, _) = hub.join(1, "s1", Some(10));
         hub.subscribe(1, &keys(&["chat.all"]));
         assert!(matches!(hub.catch_up(1, 10, 10), CatchUp::Live));
         for i in 5..12 {
             hub.publish(msg(i, "chat.all"));
         }
-        let got: Vec<u64> = std::iter::from_fn(|| a.rx.try_recv().ok())
+        let got: Vec<u64> = std::iter::from_fn(|| a.inbox.try_recv())
             .map(|m| m.offset)
             .collect();
         assert_eq!(got, vec![10, 11]);

@@ -127,11 +127,8 @@ impl Outbound {
             Read::Live => {
                 tokio::select! {
                     biased;
-                    m = self.member.rx.recv() => match m {
-                        Some(m) => Event::Live(m),
-                        None => std::future::pending().await,
-                    },
-                    () = self.member.lagged.notified() => Event::Lagged,
+                    m = self.member.inbox.recv() => Event::Live(m),
+                    () = self.member.inbox.lagged() => Event::Lagged,
                 }
             }
             Read::Ring => Event::Pull,
@@ -259,9 +256,9 @@ impl Outbound {
     /// Up to `room` messages the hub pushed, after those in `messages`.
     fn pushed(&mut self, messages: &mut Vec<Arc<Message>>, room: usize) {
         while messages.len() < room {
-            match self.member.rx.try_recv() {
-                Ok(m) => messages.push(m),
-                Err(_) => break,
+            match self.member.inbox.try_recv() {
+                Some(m) => messages.push(m),
+                None => break,
             }
         }
     }
