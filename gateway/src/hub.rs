@@ -4,9 +4,9 @@
 //! or per subscription.
 //!
 //! The hub keeps the newest `hub_buffer_messages` messages (the *ring*). A session is
-//! either **live** — the hub pushes what it wants into its small bounded channel — or
+//! either **live** — the hub pushes what it wants into its small bounded [`Inbox`] — or
 //! **catching up** from a position: it pulls from the ring at its own pace (a resume,
-//! or a slow client whose channel filled), or, when its position is older than the
+//! or a slow client whose inbox filled), or, when its position is older than the
 //! ring, from a stream reader shared with other sessions behind the ring
 //! ([`crate::replay`]; one of its own, [`Reader`], when it falls out of the shared
 //! one's window) until it reaches the ring. The
