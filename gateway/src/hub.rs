@@ -907,6 +907,13 @@ mod tests {
         k.iter().map(|s| s.to_string()).collect()
     }
 
+    /// The offsets waiting in `inbox`, taken in order.
+    fn offsets(inbox: &Inbox) -> Vec<u64> {
+        std::iter::from_fn(|| inbox.try_recv())
+            .map(|m| m.offset)
+            .collect()
+    }
+
     #[test]
     fn an_inbox_keeps_order_holds_its_bound_and_gives_back_a_bursts_room() {
         let inbox = Inbox::default();
@@ -914,9 +921,7 @@ mod tests {
             assert!(inbox.push(Arc::new(msg(i, "k"))), "room for {i}");
         }
         assert!(!inbox.push(Arc::new(msg(99, "k"))), "full at LIVE_BACKLOG");
-        let got: Vec<u64> = std::iter::from_fn(|| inbox.try_recv())
-            .map(|m| m.offset)
-            .collect();
+        let got = offsets(&inbox);
         assert_eq!(got, (0..LIVE_BACKLOG as u64).collect::<Vec<_>>());
         assert!(
             inbox.queue().capacity() <= INBOX_KEPT,
@@ -961,9 +966,7 @@ mod tests {
         hub.publish(msg(1, "chat.group.g"));
         hub.publish(msg(2, "chat.event.order.created"));
         hub.publish(msg(3, "chat.event.user.created"));
-        let got: Vec<u64> = std::iter::from_fn(|| a.inbox.try_recv())
-            .map(|m| m.offset)
-            .collect();
+        let got = offsets(&a.inbox);
         assert_eq!(got, vec![0, 2]);
     }
 
@@ -984,23 +987,18 @@ mod tests {
     #[test]
     fn in_tenant_mode_a_member_gets_only_its_tenants_messages_live_and_catching_up() {
         let hub = Hub::with_tenants(100, true);
-        let (mut acme, _) = hub.join_tenant(1, "s1", Some("acme"), None);
-        let (mut globex, _) = hub.join_tenant(2, "s2", Some("globex"), None);
-        let (mut none, _) = hub.join_tenant(3, "s3", None, None);
+        let (acme, _) = hub.join_tenant(1, "s1", Some("acme"), None);
+        let (globex, _) = hub.join_tenant(2, "s2", Some("globex"), None);
+        let (none, _) = hub.join_tenant(3, "s3", None, None);
         for conn in 1..=3 {
             hub.subscribe(conn, &keys(&["chat.all", "chat.event.#"]));
         }
         hub.publish(tenant_msg(0, "chat.all", Some("acme")));
         hub.publish(tenant_msg(1, "chat.event.x", Some("globex")));
         hub.publish(tenant_msg(2, "chat.all", None));
-        let got = |rx: &mut Membership| -> Vec<u64> {
-            std::iter::from_fn(|| rx.inbox.try_recv())
-                .map(|m| m.offset)
-                .collect()
-        };
-        assert_eq!(got(&mut acme), vec![0]);
-        assert_eq!(got(&mut globex), vec![1]);
-        assert_eq!(got(&mut none), vec![2]);
+        assert_eq!(offsets(&acme.inbox), vec![0]);
+        assert_eq!(offsets(&globex.inbox), vec![1]);
+        assert_eq!(offsets(&none.inbox), vec![2]);
         // A resume catching up from the ring is filtered alike (exact keys and patterns).
         let (_late, _) = hub.join_tenant(4, "s4", Some("acme"), Some(0));
         hub.subscribe(4, &keys(&["chat.all"]));
@@ -1020,10 +1018,10 @@ mod tests {
         }
         // Outside tenant mode nobody is filtered.
         let open = Hub::new(100);
-        let (mut any, _) = open.join_tenant(1, "s1", Some("acme"), None);
+        let (any, _) = open.join_tenant(1, "s1", Some("acme"), None);
         open.subscribe(1, &keys(&["chat.all"]));
         open.publish(tenant_msg(0, "chat.all", Some("globex")));
-        assert_eq!(got(&mut any), vec![0]);
+        assert_eq!(offsets(&any.inbox), vec![0]);
     }
 
     #[test]
@@ -1088,9 +1086,7 @@ mod tests {
         for i in 0..total {
             hub.publish(msg(i, "chat.all"));
         }
-        let mut got: Vec<u64> = std::iter::from_fn(|| a.inbox.try_recv())
-            .map(|m| m.offset)
-            .collect();
+        let mut got = offsets(&a.inbox);
         assert_eq!(got.len(), LIVE_BACKLOG, "the inbox holds its bound");
         let mut from = got.last().unwrap() + 1;
         loop {
@@ -1104,7 +1100,7 @@ mod tests {
             }
         }
         hub.publish(msg(total, "chat.all"));
-        got.extend(std::iter::from_fn(|| a.inbox.try_recv()).map(|m| m.offset));
+        got.extend(offsets(&a.inbox));
         assert_eq!(got, (0..=total).collect::<Vec<_>>());
     }
 
@@ -1145,9 +1141,7 @@ mod tests {
         for i in 5..12 {
             hub.publish(msg(i, "chat.all"));
         }
-        let got: Vec<u64> = std::iter::from_fn(|| a.inbox.try_recv())
-            .map(|m| m.offset)
-            .collect();
+        let got = offsets(&a.inbox);
         assert_eq!(got, vec![10, 11]);
     }
 
