@@ -3,13 +3,15 @@
 #
 # Builds the gateway, the demo service and warren-bench in release mode, then runs every
 # scenario (idle with 10,000 sessions; publish, rpc and fanout with 1, 4, 16 and 64
-# clients; each against the gateway and against raw AMQP, rpc and fanout also against
+# clients, fanout also with 100 subscribers, where issue 13 judges it against
+# Web-STOMP; each against the gateway and against raw AMQP, rpc and fanout also against
 # RabbitMQ's Web-STOMP when its plugin listens; median of 5 runs) and writes
-# bench/results/{report.json,table.md,chart.svg}. Takes about 25 minutes on 2 cores
-# (20 without Web-STOMP).
+# bench/results/{report.json,table.md,chart.svg}. Takes about 27 minutes on 2 cores
+# (21 without Web-STOMP).
 # Run it on a quiet machine: other load skews every figure.
 #
-# Extra arguments go to warren-bench, e.g. `bench/run.sh --clients 1,8 --runs 3`.
+# Extra arguments go to warren-bench, e.g. `bench/run.sh --clients 1,8 --runs 3` (fanout
+# keeps its own counts unless `--fanout-clients` is given too).
 # Five runs per figure: a stall of a few hundred ms now and then (it hits the raw-AMQP
 # runs too) moves one run's p99 a lot; the median of five is steadier than of three.
 # RabbitMQ must be running (AMQP_ADDR, default amqp://127.0.0.1:5672/%2f, guest/guest).
@@ -44,4 +46,5 @@ exec target/release/warren-bench \
   --markdown "$OUT/table.md" \
   --chart "$OUT/chart.svg" \
   --runs 5 \
+  --fanout-clients 1,4,16,64,100 \
   "$@"

@@ -57,6 +57,10 @@ pub struct Config {
     /// Client counts to sweep for publish, rpc and fanout (subscribers), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
     pub clients: Vec<usize>,
+    /// Subscriber counts for fanout alone, comma-separated, in place of `--clients`
+    /// (the standard set adds 100, where issue 13 judges fan-out against Web-STOMP).
+    #[arg(long, value_delimiter = ',')]
+    pub fanout_clients: Option<Vec<usize>>,
     /// Runs per figure; each figure reported is the median of the runs.
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
@@ -194,6 +198,15 @@ impl Config {
         self.targets.iter().any(|t| t.is_gateway())
     }
 
+    /// The client counts `scenario` sweeps: `--fanout-clients` for fanout when given,
+    /// `--clients` otherwise.
+    pub fn clients_of(&self, scenario: ScenarioKind) -> &[usize] {
+        match (&self.fanout_clients, scenario) {
+            (Some(fanout), ScenarioKind::Fanout) => fanout,
+            _ => &self.clients,
+        }
+    }
+
     /// Whether clients offering permessage-deflate are among the targets (the started
     /// gateway must then accept it).
     pub fn loads_deflate(&self) -> bool {
@@ -230,6 +243,13 @@ impl Config {
         }
         if self.clients.is_empty() || self.clients.contains(&0) {
             return Err(Bad("--clients needs counts of at least 1".into()));
+        }
+        if self
+            .fanout_clients
+            .as_ref()
+            .is_some_and(|c| c.is_empty() || c.contains(&0))
+        {
+            return Err(Bad("--fanout-clients needs counts of at least 1".into()));
         }
         if self.window == 0 || self.fanout_window == 0 || self.ack_every == 0 {
             return Err(Bad("windows and --ack-every must be at least 1".into()));
@@ -303,6 +323,26 @@ mod tests {
         assert!(Config::parse_from(["warren-bench", "--runs", "0"])
             .validate()
             .is_err());
+    }
+
+    #[test]
+    fn fanout_sweeps_its_own_subscriber_counts_only_when_given_them() {
+        let c = Config::parse_from(["warren-bench", "--clients", "1,8"]);
+        assert_eq!(c.clients_of(ScenarioKind::Fanout), [1, 8]);
+        let c = Config::parse_from([
+            "warren-bench",
+            "--clients",
+            "1,8",
+            "--fanout-clients",
+            "1,100",
+        ]);
+        assert_eq!(c.clients_of(ScenarioKind::Fanout), [1, 100]);
+        assert_eq!(c.clients_of(ScenarioKind::Rpc), [1, 8]);
+        assert_eq!(c.clients_of(ScenarioKind::Publish), [1, 8]);
+        assert!(c.validate().is_ok());
+        let zero = Config::parse_from(["warren-bench", "--fanout-clients", "0,100"]);
+        let err = zero.validate().unwrap_err().to_string();
+        assert!(err.contains("--fanout-clients"), "{err}");
     }
 
     #[test]

@@ -101,7 +101,7 @@ pub async fn run(config: Config) -> Result<Report> {
         .filter(|t| config.targets.contains(t))
         .filter(|t| t.serves(scenario))
         .collect();
-        for &clients in &config.clients {
+        for &clients in config.clients_of(scenario) {
             let mut results: Vec<ScenarioResult> = targets
                 .iter()
                 .map(|&target| ScenarioResult {
