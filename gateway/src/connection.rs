@@ -645,11 +645,14 @@ impl Conn {
         let mut notice = None;
         let mut resumed = false;
         let mut id = None;
-        match core_::resume_of(hello.session.as_deref(), &owner) {
+        match core_::resume_of(&hello, &owner) {
             Resume::Fresh { notice: why } => {
                 if why == Some(ErrorCode::Forbidden) {
                     tracing::info!(conn = self.id, session = ?hello.session, "resume refused: another user's session");
                     metrics::add(&self.shared.metrics.refused_forbidden, 1);
+                }
+                if why == Some(ErrorCode::Invalid) {
+                    tracing::info!(conn = self.id, session = ?hello.session, position = ?hello.position, "resume refused: a position past 2^53 - 1");
                 }
                 notice = why;
             }

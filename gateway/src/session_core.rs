@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use warren_protocol::amqp::{self, keys, validate_dotted, validate_segment, validate_short};
 use warren_protocol::{
-    CloseCode, ErrorCode, PocAction, PocPacket, ServerFrame, Subscribe, PROTOCOL_VERSION,
+    CloseCode, ErrorCode, Hello, PocAction, PocPacket, ServerFrame, Subscribe, PROTOCOL_VERSION,
 };
 
 use crate::auth::{Action, Identity};
@@ -293,10 +293,25 @@ pub(crate) enum Resume<'a> {
     Resume(&'a str),
 }
 
-pub(crate) fn resume_of<'a>(requested: Option<&'a str>, owner: &str) -> Resume<'a> {
-    let Some(requested) = requested else {
+/// The furthest stream position a client may name: 2^53 − 1, the largest integer a
+/// browser's JSON numbers hold exactly. No stream gets there (9 × 10^15 messages), so
+/// a position past it is corrupt, and resuming after it would read from nowhere.
+pub(crate) const MAX_POSITION: u64 = (1 << 53) - 1;
+
+/// What `hello` opens for `owner` (the verified user; empty for an anonymous
+/// development session): the session it names, unless that is not an id this gateway
+/// issues (`session_expired`), belongs to another user (`forbidden`) or comes with a
+/// position past [`MAX_POSITION`] (`invalid`).
+pub(crate) fn resume_of<'a>(hello: &'a Hello, owner: &str) -> Resume<'a> {
+    let Some(requested) = hello.session.as_deref() else {
         return Resume::Fresh { notice: None };
     };
+    let furthest = hello
+        .positions
+        .iter()
+        .map(|(_, p)| p)
+        .chain(hello.position)
+        .max();
     if validate_segment("session", requested).is_err() || !session::well_formed(requested) {
         // Not an id this gateway could have issued.
         Resume::Fresh {
@@ -305,6 +320,10 @@ pub(crate) fn resume_of<'a>(requested: Option<&'a str>, owner: &str) -> Resume<'
     } else if !session::owned_by(requested, owner) {
         Resume::Fresh {
             notice: Some(ErrorCode::Forbidden),
+        }
+    } else if furthest.is_some_and(|p| p > MAX_POSITION) {
+        Resume::Fresh {
+            notice: Some(ErrorCode::Invalid),
         }
     } else {
         Resume::Resume(requested)
@@ -493,7 +512,8 @@ pub(crate) struct Positions {
 }
 
 /// Where a session that had position `last` resumes: the position after it, or the
-/// stream's start when the client never had one (the stream was empty).
+/// stream's start when the client never had one (the stream was empty). A resumed
+/// session's positions are at most [`MAX_POSITION`] ([`resume_of`]).
 pub(crate) fn resume_from(last: Option<u64>) -> u64 {
     last.map_or(0, |p| p + 1)
 }
@@ -813,18 +833,27 @@ mod tests {
         assert_eq!(code, CloseCode::UnsupportedProtocol);
         assert!(why.contains("is not supported"), "{why}");
 
+        let hello = |session: Option<&str>| Hello {
+            session: session.map(str::to_string),
+            position: Some(41),
+            ..Hello::default()
+        };
         let alice = session::new_session_id("alice");
-        assert_eq!(resume_of(None, "alice"), Resume::Fresh { notice: None });
-        assert_eq!(resume_of(Some(&alice), "alice"), Resume::Resume(&alice));
+        let resuming = hello(Some(&alice));
         assert_eq!(
-            resume_of(Some(&alice), "mallory"),
+            resume_of(&hello(None), "alice"),
+            Resume::Fresh { notice: None }
+        );
+        assert_eq!(resume_of(&resuming, "alice"), Resume::Resume(&alice));
+        assert_eq!(
+            resume_of(&resuming, "mallory"),
             Resume::Fresh {
                 notice: Some(ErrorCode::Forbidden)
             }
         );
         for invented in ["s1", "", "a.b", &"f".repeat(300)] {
             assert_eq!(
-                resume_of(Some(invented), "alice"),
+                resume_of(&hello(Some(invented)), "alice"),
                 Resume::Fresh {
                     notice: Some(ErrorCode::SessionExpired)
                 },
@@ -833,11 +862,38 @@ mod tests {
         }
         // Anonymous development sessions resume among anonymous clients only.
         let anon = session::new_session_id("");
-        assert_eq!(resume_of(Some(&anon), ""), Resume::Resume(&anon));
+        let anonymous = hello(Some(&anon));
+        assert_eq!(resume_of(&anonymous, ""), Resume::Resume(&anon));
         assert!(matches!(
-            resume_of(Some(&anon), "alice"),
+            resume_of(&anonymous, "alice"),
             Resume::Fresh { .. }
         ));
+
+        // Positions up to 2^53 - 1 resume; one past it, in the outbound stream or a
+        // channel stream, is corrupt: a fresh session, and the client is told why.
+        let at = |position: Option<u64>, voice: Option<u64>| {
+            let mut h = hello(Some(&alice));
+            h.position = position;
+            if let Some(p) = voice {
+                h.positions.insert("voice".into(), p);
+            }
+            h
+        };
+        let invalid = Resume::Fresh {
+            notice: Some(ErrorCode::Invalid),
+        };
+        for ok in [at(None, None), at(Some(MAX_POSITION), Some(MAX_POSITION))] {
+            assert_eq!(resume_of(&ok, "alice"), Resume::Resume(&alice), "{ok:?}");
+            assert_eq!(resume_from(ok.position), ok.position.map_or(0, |p| p + 1));
+        }
+        for bad in [
+            at(Some(MAX_POSITION + 1), None),
+            at(Some(u64::MAX), None),
+            at(Some(3), Some(u64::MAX)),
+            at(None, Some(MAX_POSITION + 1)),
+        ] {
+            assert_eq!(resume_of(&bad, "alice"), invalid, "{bad:?}");
+        }
     }
 
     #[test]

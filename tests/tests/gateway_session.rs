@@ -108,6 +108,65 @@ async fn resuming_a_session_that_no_longer_exists_opens_a_fresh_one_with_a_notic
 }
 
 #[tokio::test]
+async fn a_resume_naming_a_position_past_any_stream_opens_a_fresh_session_with_a_notice() {
+    let env = TestEnv::new("farpos").await;
+    let gw = TestGateway::start(&env).await;
+    let mut first = TestClient::connect(&gw.url()).await;
+    first
+        .publish("p0", "chat", serde_json::json!("before"))
+        .await;
+    first.expect_ack("p0").await;
+    let session = first.session().to_string();
+    first.close().await;
+    // 2^53 - 1 is the furthest position a client may name; past it (here in the
+    // outbound stream, then in a channel stream) the positions are corrupt. Until
+    // this was checked, u64::MAX overflowed the resume's arithmetic and cost the
+    // connection (1011; found by gateway_fuzz).
+    let far = (1u64 << 53) - 1;
+    let mut channel_far = resume(&session);
+    channel_far.positions.insert("chat".into(), u64::MAX);
+    for (what, hello) in [
+        (
+            "2^53",
+            Hello {
+                position: Some(far + 1),
+                ..resume(&session)
+            },
+        ),
+        (
+            "u64::MAX",
+            Hello {
+                position: Some(u64::MAX),
+                ..resume(&session)
+            },
+        ),
+        ("u64::MAX in positions", channel_far),
+    ] {
+        let mut c = TestClient::connect_with(&gw.url(), hello).await;
+        let w = c.welcome.clone().unwrap();
+        assert!(!w.resumed, "{what}");
+        assert_ne!(w.session, session, "{what}");
+        assert_eq!(w.notice, Some(ErrorCode::Invalid), "{what}");
+        c.publish("p", "chat", serde_json::json!(1)).await;
+        c.expect_ack("p").await;
+        c.close().await;
+    }
+    // The furthest allowed position resumes.
+    let c = TestClient::connect_with(
+        &gw.url(),
+        Hello {
+            position: Some(far),
+            ..resume(&session)
+        },
+    )
+    .await;
+    assert!(c.welcome.as_ref().unwrap().resumed);
+    c.close().await;
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
 async fn a_first_frame_other_than_hello_opens_an_implicit_session() {
     let env = TestEnv::new("implicit").await;
     let gw = TestGateway::start(&env).await;
