@@ -189,14 +189,16 @@ pub(crate) fn coarse(at: Instant, heartbeat: Duration) -> Instant {
 
 /// When a token valid until `expires_at` (seconds since the epoch) plus `leeway_s`
 /// stops being valid, as an instant; `now_epoch_s` and `now` are the same moment.
+/// `None` also for an expiry too far ahead for the clock to hold (an issuer's "never",
+/// such as `exp` = 2^64 − 1): the token does not expire while the connection lasts.
 pub(crate) fn expiry(
     expires_at: Option<u64>,
     leeway_s: u64,
     now_epoch_s: u64,
     now: Instant,
 ) -> Option<Instant> {
-    let exp = expires_at? + leeway_s;
-    Some(now + Duration::from_secs(exp.saturating_sub(now_epoch_s)))
+    let exp = expires_at?.saturating_add(leeway_s);
+    now.checked_add(Duration::from_secs(exp.saturating_sub(now_epoch_s)))
 }
 
 // ---------------------------------------------------------------------------------
@@ -733,6 +735,9 @@ mod tests {
         assert_eq!(expiry(None, 2, 999, t0), None);
         // A token already past its expiry (and leeway) expires now.
         assert_eq!(expiry(Some(10), 2, 999, t0), Some(t0));
+        // An expiry the clock cannot hold (an issuer's "never") is no deadline.
+        assert_eq!(expiry(Some(u64::MAX), 2, 999, t0), None);
+        assert_eq!(expiry(Some(u64::MAX - 1), 0, 0, t0), None);
         let soon = t0 + ms(300);
         assert_eq!(clock.next_wake(Phase::Open, Some(soon), None), soon);
         // A request sent at 100 ms with a 50 ms timeout: deadline 151 ms, exact.
