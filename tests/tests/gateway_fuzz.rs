@@ -1,0 +1,580 @@
+//! Any input, as a fuzzer sends it: frames of every client type with fields dropped,
+//! swapped for extreme, mistyped or nested values, or added, at `hello` and in an open
+//! session. None may panic the gateway (this is a debug build: integer overflow
+//! panics too), every answer must be a frame of the protocol, a connection the gateway
+//! ends must end with a registry close code (4xxx), and the gateway must keep
+//! serving.
+//!
+//! A gateway in `jwt` mode gets the same for identity: tokens signed with the right
+//! secret whose claims are mutated, tokens that are not tokens, at `hello` and in
+//! `refresh`.
+//!
+//! The frames come from proptest strategies drawn with a fixed seed, so a failure
+//! repeats; `WARREN_FUZZ_SEED=<n>` draws others and `WARREN_FUZZ_FRAMES=<n>` sets how
+//! many frames the open session gets (default 600).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use jsonwebtoken::{encode, EncodingKey, Header};
+use proptest::prelude::*;
+use proptest::strategy::ValueTree;
+use proptest::test_runner::{Config as RunnerConfig, RngAlgorithm, TestRng, TestRunner};
+use serde_json::{json, Map, Value};
+use warren_e2e::client::TestClient;
+use warren_e2e::env::TestEnv;
+use warren_e2e::gateway::TestGateway;
+use warren_gateway::AuthMode;
+use warren_protocol::{ClientFrame, Hello, Ping, Refresh, ServerFrame};
+
+/// Panics anywhere in this process (the gateway runs in it) since the hook was set.
+static PANICS: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts every panic of the process from now on (once for both tests).
+fn count_panics() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let print = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.fetch_add(1, Ordering::SeqCst);
+            print(info);
+        }));
+    });
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Values where parsers and arithmetic break: the edges of each integer width, floats
+/// JSON allows but integers do not, and strings that are empty, huge, wildcards,
+/// separators, reserved names, control characters or another session's id.
+fn leaf(session: String) -> impl Strategy<Value = Value> {
+    let ints = vec![
+        0,
+        1,
+        u64::from(u32::MAX),
+        u64::from(u32::MAX) + 1,
+        1 << 53,
+        (1 << 53) + 1,
+        i64::MAX as u64,
+        u64::MAX - 1,
+        u64::MAX,
+    ];
+    let strings: Vec<String> = vec![
+        String::new(),
+        "chat".into(),
+        "tickets".into(),
+        "echo".into(),
+        "a.b".into(),
+        "a..b".into(),
+        "#".into(),
+        "*".into(),
+        "a.#".into(),
+        ".".into(),
+        " ".into(),
+        "\u{0}".into(),
+        "\u{202e}é🦀".into(),
+        "x-warren-user".into(),
+        "amq.rabbitmq.reply-to".into(),
+        "hello".into(),
+        "publish".into(),
+        "consume".into(),
+        "18446744073709551616".into(),
+        "-1".into(),
+        "a".repeat(300),
+        "é".repeat(5_000),
+        session.clone(),
+        format!("{session}x"),
+        session.chars().rev().collect(),
+    ];
+    prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        prop::sample::select(ints).prop_map(Value::from),
+        prop::sample::select(vec![-1i64, i64::MIN]).prop_map(Value::from),
+        prop::sample::select(vec![0.5f64, -0.0, 1e308, -1e308, 5e-324]).prop_map(Value::from),
+        prop::sample::select(strings).prop_map(Value::from),
+        any::<String>().prop_map(Value::from),
+    ]
+}
+
+/// Any JSON value: leaves, and arrays and objects of them, three levels deep.
+fn value(session: String) -> impl Strategy<Value = Value> {
+    leaf(session.clone()).prop_recursive(3, 24, 4, move |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::btree_map(leaf_key(), inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect::<Map<_, _>>())),
+        ]
+    })
+}
+
+fn leaf_key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::sample::select(vec![
+            "type",
+            "id",
+            "channel",
+            "chat",
+            "session",
+            "position",
+            "positions",
+            "seq",
+            "message",
+            "token",
+            "topic",
+            "",
+        ])
+        .prop_map(str::to_string),
+        any::<String>(),
+    ]
+}
+
+/// A valid frame of every client type, with every optional field set, to mutate.
+fn templates(session: &str) -> Vec<Value> {
+    vec![
+        json!({"type": "hello", "session": session, "protocol": 1, "position": 3,
+               "positions": {"chat": 2}, "client": "fuzz",
+               "subscriptions": [{"id": "s0", "channel": "chat", "groups": ["g"], "topic": "a.*"}]}),
+        json!({"type": "hello", "session": session, "token": "t", "position": 0}),
+        json!({"type": "hello", "session": session, "position": 3}),
+        json!({"type": "hello", "session": session, "positions": {"chat": 2}}),
+        json!({"type": "hello", "protocol": 1}),
+        json!({"type": "publish", "id": "p", "channel": "chat", "subject": "a.b",
+               "distribution": {"broadcast": true, "groups": ["g"], "direct": ["u"]},
+               "headers": {"k": "v"}, "message": {"text": "hi"}}),
+        json!({"type": "request", "id": "r", "channel": "tickets", "subject": "s",
+               "headers": {"k": "v"}, "timeout_ms": 200, "message": [1, 2]}),
+        json!({"type": "subscribe", "id": "s", "channel": "chat", "broadcast": true,
+               "groups": ["g"], "direct": true, "topic": "a.#"}),
+        json!({"type": "unsubscribe", "id": "u", "channel": "chat", "groups": ["g"]}),
+        json!({"type": "ack_deliveries", "seq": 3}),
+        json!({"type": "ping", "ts": 1}),
+        json!({"type": "pong", "ts": 1}),
+        json!({"type": "refresh", "id": "f", "token": "t"}),
+        json!({"id": "q", "distribution": {"broadcast": true, "groups": ["g"]},
+               "channel": {"chat": true, "voice": false}, "packet_action": "publish",
+               "publish_target": "x", "consume_target": ["a.b"], "message": {}}),
+        json!({"channel": {"chat": true}, "packet_action": "consume", "consume_target": ["#"]}),
+    ]
+}
+
+/// One change to a frame: at the `at`-th place in it (the frame itself, then every
+/// value inside, depth first), drop that value, replace it (most often with a single
+/// value, so that the frame around it stays as it was), or add a key beside it.
+#[derive(Debug, Clone)]
+enum Mutation {
+    Drop(prop::sample::Index),
+    Replace(prop::sample::Index, Value),
+    Add(prop::sample::Index, String, Value),
+}
+
+fn mutation(session: String) -> impl Strategy<Value = Mutation> {
+    let index = any::<prop::sample::Index>();
+    prop_oneof![
+        1 => index.clone().prop_map(Mutation::Drop),
+        4 => (index.clone(), leaf(session.clone())).prop_map(|(i, v)| Mutation::Replace(i, v)),
+        1 => (index.clone(), value(session.clone())).prop_map(|(i, v)| Mutation::Replace(i, v)),
+        1 => (index, leaf_key(), value(session)).prop_map(|(i, k, v)| Mutation::Add(i, k, v)),
+    ]
+}
+
+/// Paths to every value in `v` (keys and array indexes), depth first, `v` first.
+fn paths(v: &Value, at: &mut Vec<PathStep>, out: &mut Vec<Vec<PathStep>>) {
+    out.push(at.clone());
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m {
+                at.push(PathStep::Key(k.clone()));
+                paths(child, at, out);
+                at.pop();
+            }
+        }
+        Value::Array(a) => {
+            for (i, child) in a.iter().enumerate() {
+                at.push(PathStep::Index(i));
+                paths(child, at, out);
+                at.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+#[derive(Debug, Clone)]
+enum PathStep {
+    Key(String),
+    Index(usize),
+}
+
+fn at_path<'a>(v: &'a mut Value, path: &[PathStep]) -> Option<&'a mut Value> {
+    path.iter().try_fold(v, |v, step| match step {
+        PathStep::Key(k) => v.get_mut(k.as_str()),
+        PathStep::Index(i) => v.get_mut(*i),
+    })
+}
+
+fn apply(frame: &mut Value, m: &Mutation) {
+    let mut all = Vec::new();
+    paths(frame, &mut Vec::new(), &mut all);
+    let index = match m {
+        Mutation::Drop(i) | Mutation::Replace(i, _) | Mutation::Add(i, _, _) => i,
+    };
+    let path = index.get(&all).clone();
+    match m {
+        Mutation::Replace(_, new) => {
+            if let Some(v) = at_path(frame, &path) {
+                *v = new.clone();
+            }
+        }
+        Mutation::Drop(_) => {
+            let Some((last, parent)) = path.split_last() else {
+                *frame = Value::Null;
+                return;
+            };
+            match (at_path(frame, parent), last) {
+                (Some(Value::Object(m)), PathStep::Key(k)) => {
+                    m.remove(k);
+                }
+                (Some(Value::Array(a)), PathStep::Index(i)) if *i < a.len() => {
+                    a.remove(*i);
+                }
+                _ => {}
+            }
+        }
+        Mutation::Add(_, key, new) => match at_path(frame, &path) {
+            Some(Value::Object(m)) => {
+                m.insert(key.clone(), new.clone());
+            }
+            Some(Value::Array(a)) => a.push(new.clone()),
+            _ => {}
+        },
+    }
+}
+
+/// A frame as the fuzzer sends it: a template of one type with one to three
+/// mutations, or (one in eight) the template as it is.
+fn frame(templates: Vec<Value>, session: String) -> impl Strategy<Value = String> {
+    (
+        prop::sample::select(templates),
+        prop::collection::vec(mutation(session), 1..4),
+        0..8u8,
+    )
+        .prop_map(|(mut frame, mutations, keep)| {
+            if keep != 0 {
+                for m in &mutations {
+                    apply(&mut frame, m);
+                }
+            }
+            frame.to_string()
+        })
+}
+
+/// Draws `n` values of `strategy` with `rng`.
+fn draw<S: Strategy>(strategy: S, rng: TestRng, n: usize) -> Vec<S::Value> {
+    let mut runner = TestRunner::new_with_rng(RunnerConfig::default(), rng);
+    (0..n)
+        .map(|_| {
+            strategy
+                .new_tree(&mut runner)
+                .expect("the strategies never reject")
+                .current()
+        })
+        .collect()
+}
+
+fn rng(seed: u64, stream: u8) -> TestRng {
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    bytes[8] = stream;
+    TestRng::from_seed(RngAlgorithm::ChaCha, &bytes)
+}
+
+/// A connection the gateway ended must have been ended with a registry code.
+fn assert_registry_close(code: Option<u16>, what: &str, frames: &VecDeque<String>) {
+    assert!(
+        code.is_some_and(|c| (4000..5000).contains(&c)),
+        "{what}: the gateway closed with {code:?}, not a registry code; the last frames \
+         sent:\n{}",
+        frames.iter().cloned().collect::<Vec<_>>().join("\n")
+    );
+}
+
+fn assert_no_panic(what: &str, frames: &VecDeque<String>) {
+    assert_eq!(
+        PANICS.load(Ordering::SeqCst),
+        0,
+        "{what}: the gateway panicked; the last frames sent:\n{}",
+        frames.iter().cloned().collect::<Vec<_>>().join("\n")
+    );
+}
+
+/// Pings with `ts` and reads until the pong: every frame on the way must decode (the
+/// test client panics on one that does not). `false` when the gateway closed.
+async fn round_trip(c: &mut TestClient, ts: u64) -> bool {
+    c.send(&ClientFrame::Ping(Ping { ts: Some(ts) })).await;
+    loop {
+        match c.recv_within(Duration::from_secs(10)).await {
+            Some(ServerFrame::Pong(p)) if p.ts == Some(ts) => return true,
+            Some(_) => continue,
+            None => return false,
+        }
+    }
+}
+
+#[tokio::test]
+async fn fuzzed_frames_never_panic_the_gateway_or_end_a_connection_without_a_registry_code() {
+    count_panics();
+    let seed = env_number("WARREN_FUZZ_SEED", 13);
+    let frames = env_number("WARREN_FUZZ_FRAMES", 600) as usize;
+    println!("gateway_fuzz: seed {seed}, {frames} frames in a session");
+    let env = TestEnv::new("fuzz").await;
+    // Bad frames in a row would close the session every 32 frames: allow more, so one
+    // session takes most of the fuzz. The limit itself is tested in gateway_bad_input.
+    let gw = TestGateway::start_with(&env, |c| c.max_consecutive_errors = 10_000).await;
+
+    // A session to resume, with a position in the stream.
+    let mut first = TestClient::connect(&gw.url()).await;
+    first.publish("p0", "chat", json!("before")).await;
+    first.expect_ack("p0").await;
+    let session = first.session().to_string();
+    first.close().await;
+
+    // 1. The first frame of a connection: the hello (resuming that session or not),
+    // or anything else.
+    let hellos = draw(
+        frame(templates(&session)[..5].to_vec(), session.clone()),
+        rng(seed, 1),
+        150,
+    );
+    let firsts = draw(
+        frame(templates(&session), session.clone()),
+        rng(seed, 2),
+        50,
+    );
+    let (mut welcomed, mut resumed, mut refused) = (0, 0, 0);
+    for text in hellos.iter().chain(&firsts) {
+        let sent = VecDeque::from([text.clone()]);
+        let mut c = TestClient::connect_raw(&gw.url()).await;
+        c.send_text(text).await;
+        let got = c.recv_within(Duration::from_secs(10)).await;
+        match got {
+            Some(ServerFrame::Welcome(w)) => {
+                assert!(
+                    round_trip(&mut c, 1).await,
+                    "a welcomed session answers a ping"
+                );
+                welcomed += 1;
+                resumed += usize::from(w.resumed);
+                c.close().await;
+            }
+            Some(ServerFrame::Error(_)) | None => {
+                let code = c.expect_close(Duration::from_secs(10)).await;
+                assert_registry_close(code, "a first frame", &sent);
+                refused += 1;
+            }
+            Some(other) => panic!("{text} as first frame was answered with {other:?}"),
+        }
+        assert_no_panic("a first frame", &sent);
+    }
+    println!(
+        "gateway_fuzz: first frames: {welcomed} welcomed ({resumed} resumed), {refused} refused"
+    );
+    // With `auth.mode = "none"` a first frame other than `hello` opens a session too,
+    // and most broken `hello`s are answered with a fresh session and an error: only
+    // an unsupported protocol version is refused, which few draws are.
+    assert!(resumed > 0, "the fuzz reaches resumes");
+
+    // 2. An open session: every type of frame, mutated. A ping every 20 frames checks
+    // that the connection still answers; a connection the gateway ends is replaced.
+    let texts = draw(
+        frame(templates(&session), session.clone()),
+        rng(seed, 3),
+        frames,
+    );
+    let mut recent: VecDeque<String> = VecDeque::new();
+    let mut c = TestClient::connect(&gw.url()).await;
+    let mut closes = 0;
+    for (n, text) in texts.iter().enumerate() {
+        recent.push_back(text.clone());
+        if recent.len() > 20 {
+            recent.pop_front();
+        }
+        c.send_text(text).await;
+        if n % 20 == 19 || n + 1 == texts.len() {
+            if !round_trip(&mut c, n as u64).await {
+                assert_registry_close(c.close_code, "a session", &recent);
+                closes += 1;
+                c = TestClient::connect(&gw.url()).await;
+            }
+            assert_no_panic("a session", &recent);
+        }
+    }
+    println!("gateway_fuzz: {frames} frames in sessions, {closes} closed by the gateway");
+
+    // 3. The gateway still serves.
+    let mut after = TestClient::connect(&gw.url()).await;
+    after.publish("after", "chat", json!("still works")).await;
+    after.expect_ack("after").await;
+    after.close().await;
+    c.close().await;
+    assert_no_panic("the end", &recent);
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
+const SECRET: &str = "warren-fuzz-secret-of-at-least-32-bytes";
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+}
+
+/// Claims that grant what the gateway reads, to mutate: user, expiry, groups, topics,
+/// channels, tenant.
+fn claims(user: &str, exp: u64) -> Value {
+    json!({"sub": user, "exp": exp, "iat": now_s(), "nbf": now_s() - 10,
+           "groups": ["room-1"], "topics": ["orders.*"], "tenant": "t1",
+           "channels": {"chat": ["publish", "subscribe"], "tickets": ["request"]}})
+}
+
+fn sign(claims: &Value) -> String {
+    encode(
+        &Header::default(),
+        claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("claims sign")
+}
+
+/// A token as the fuzzer sends it: mostly mutated claims signed with the gateway's
+/// secret (an issuer's bug, not an attacker's), otherwise a value that is no token.
+fn token(session: String) -> impl Strategy<Value = String> {
+    let template = claims("fuzz", now_s() + 600);
+    prop_oneof![
+        3 => prop::collection::vec(mutation(session.clone()), 1..4).prop_map(move |ms| {
+            let mut c = template.clone();
+            for m in &ms {
+                apply(&mut c, m);
+            }
+            sign(&c)
+        }),
+        1 => leaf(session).prop_map(|v| match v {
+            Value::String(s) => s,
+            other => other.to_string(),
+        }),
+    ]
+}
+
+async fn connect_jwt(url: &str, token: &str) -> TestClient {
+    TestClient::connect_with(
+        url,
+        Hello {
+            token: Some(token.to_string()),
+            ..Hello::default()
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn fuzzed_tokens_and_claims_never_panic_a_jwt_gateway() {
+    count_panics();
+    let seed = env_number("WARREN_FUZZ_SEED", 13);
+    let env = TestEnv::new("fuzzjwt").await;
+    let gw = TestGateway::start_with(&env, |c| {
+        c.auth.mode = AuthMode::Jwt;
+        c.auth.jwt.secret = Some(SECRET.into());
+        c.auth.jwt.leeway_s = 0;
+        c.max_consecutive_errors = 10_000;
+    })
+    .await;
+    let mut recent = VecDeque::new();
+
+    // An issuer's "never expires" is a token that does not expire: 2^64 - 1 seconds
+    // overflowed the connection's deadline (a panic, also in release builds).
+    for exp in [u64::MAX, u64::MAX - 1, 1 << 53, 9_999_999_999] {
+        let mut c = connect_jwt(&gw.url(), &sign(&claims("forever", exp))).await;
+        assert!(
+            round_trip(&mut c, exp).await,
+            "exp {exp}: the session answers"
+        );
+        c.publish("p", "chat", json!(exp)).await;
+        c.expect_ack("p").await;
+        c.close().await;
+        assert_no_panic(&format!("exp {exp}"), &recent);
+    }
+
+    // 1. `hello` with each token.
+    let tokens = draw(token(String::new()), rng(seed, 4), 150);
+    let (mut welcomed, mut refused) = (0, 0);
+    for t in &tokens {
+        let sent = VecDeque::from([t.clone()]);
+        let mut c = TestClient::connect_raw(&gw.url()).await;
+        c.send(&ClientFrame::Hello(Hello {
+            token: Some(t.clone()),
+            ..Hello::default()
+        }))
+        .await;
+        match c.recv_within(Duration::from_secs(10)).await {
+            Some(ServerFrame::Welcome(_)) => {
+                assert!(
+                    round_trip(&mut c, 1).await,
+                    "a welcomed session answers a ping"
+                );
+                welcomed += 1;
+                c.close().await;
+            }
+            Some(ServerFrame::Error(_)) | None => {
+                let code = c.expect_close(Duration::from_secs(10)).await;
+                assert_registry_close(code, "a token at hello", &sent);
+                refused += 1;
+            }
+            Some(other) => panic!("hello with token {t} was answered with {other:?}"),
+        }
+        assert_no_panic("a token at hello", &sent);
+    }
+    println!("gateway_fuzz: tokens at hello: {welcomed} welcomed, {refused} refused");
+    assert!(welcomed > 0 && refused > 0, "the fuzz reaches both sides");
+
+    // 2. `refresh` in an open session with each token (a refresh naming another user
+    // or tenant is refused; one the gateway cannot verify too).
+    let valid = sign(&claims("fuzz", now_s() + 600));
+    let mut c = connect_jwt(&gw.url(), &valid).await;
+    let refreshes = draw(token(c.session().to_string()), rng(seed, 5), 150);
+    let mut closes = 0;
+    for (n, t) in refreshes.iter().enumerate() {
+        recent.push_back(t.clone());
+        if recent.len() > 10 {
+            recent.pop_front();
+        }
+        c.send(&ClientFrame::Refresh(Refresh {
+            id: format!("r{n}"),
+            token: t.clone(),
+        }))
+        .await;
+        if n % 10 == 9 || n + 1 == refreshes.len() {
+            if !round_trip(&mut c, n as u64).await {
+                assert_registry_close(c.close_code, "a refresh", &recent);
+                closes += 1;
+                c = connect_jwt(&gw.url(), &valid).await;
+            }
+            assert_no_panic("a refresh", &recent);
+        }
+    }
+    println!(
+        "gateway_fuzz: {} refreshes, {closes} closed by the gateway",
+        refreshes.len()
+    );
+    c.close().await;
+    assert_no_panic("the end", &recent);
+    gw.shutdown().await;
+    env.cleanup().await;
+}
