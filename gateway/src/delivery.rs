@@ -180,11 +180,15 @@ pub fn render_headers(table: Option<&FieldTable>) -> Headers {
     out
 }
 
-/// One AMQP value as text: strings as they are, numbers and booleans in decimal,
-/// arrays and tables as JSON.
+/// One AMQP value as text: strings and byte arrays as they are (lossy UTF-8), numbers
+/// and booleans in decimal, arrays and tables as JSON. Every type has its own arm:
+/// a byte array or a decimal once fell through to [`value_json`], which handed it back
+/// here, and the recursion overflowed the stack, aborting the gateway.
 pub fn value_text(v: &AMQPValue) -> String {
     match v {
         AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ByteArray(b) => String::from_utf8_lossy(b.as_slice()).into_owned(),
+        AMQPValue::DecimalValue(d) => decimal_text(d.value, d.scale),
         AMQPValue::ShortString(s) => s.to_string(),
         AMQPValue::Boolean(b) => b.to_string(),
         AMQPValue::ShortShortInt(n) => n.to_string(),
@@ -198,8 +202,20 @@ pub fn value_text(v: &AMQPValue) -> String {
         AMQPValue::Double(n) => n.to_string(),
         AMQPValue::Timestamp(n) => n.to_string(),
         AMQPValue::Void => String::new(),
-        other => value_json(other).to_string(),
+        AMQPValue::FieldArray(_) | AMQPValue::FieldTable(_) => value_json(v).to_string(),
     }
+}
+
+/// `value` ÷ 10^`scale` in decimal: 12345 at scale 2 is `123.45`.
+fn decimal_text(value: u32, scale: u8) -> String {
+    let digits = value.to_string();
+    let scale = usize::from(scale);
+    if scale == 0 {
+        return digits;
+    }
+    let padded = format!("{digits:0>width$}", width = scale + 1);
+    let (whole, fraction) = padded.split_at(padded.len() - scale);
+    format!("{whole}.{fraction}")
 }
 
 fn value_json(v: &AMQPValue) -> serde_json::Value {
@@ -275,6 +291,34 @@ mod tests {
         );
         assert!(!h.contains_key("CC"));
         assert!(!h.contains_key(STREAM_OFFSET), "the position says it");
+    }
+
+    #[test]
+    fn every_amqp_type_renders_as_text_alone_and_inside_tables_and_arrays() {
+        use lapin::types::{ByteArray, DecimalValue};
+        let decimal = |value, scale| AMQPValue::DecimalValue(DecimalValue { scale, value });
+        let bytes = AMQPValue::ByteArray(ByteArray::from(b"raw".to_vec()));
+        let cases = [
+            (bytes.clone(), "raw"),
+            (decimal(12_345, 2), "123.45"),
+            (decimal(7, 3), "0.007"),
+            (decimal(7, 0), "7"),
+            (decimal(u32::MAX, 255), &*format!("0.{:0>255}", u32::MAX)),
+            (AMQPValue::Timestamp(u64::MAX), "18446744073709551615"),
+            (AMQPValue::ShortShortUInt(255), "255"),
+            (AMQPValue::Float(0.5), "0.5"),
+            (AMQPValue::Void, ""),
+        ];
+        for (value, text) in &cases {
+            assert_eq!(value_text(value), *text, "{value:?}");
+        }
+        // Inside an array or a table each becomes JSON (text where JSON has no type).
+        let mut inner = FieldTable::default();
+        inner.insert("b".into(), bytes.clone());
+        inner.insert("d".into(), decimal(15, 1));
+        let array =
+            AMQPValue::FieldArray(vec![bytes, decimal(5, 1), AMQPValue::FieldTable(inner)].into());
+        assert_eq!(value_text(&array), r#"["raw","0.5",{"b":"raw","d":"1.5"}]"#);
     }
 
     #[test]
