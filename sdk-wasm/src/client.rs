@@ -648,7 +648,8 @@ impl<C: Codec> ClientCore<C> {
         let asked = self.session.is_some();
         self.session = Some(w.session);
         self.user = w.user;
-        self.heartbeat_ms = w.heartbeat_ms;
+        // At most 2^40 ms (35 years, a gateway's "never"): deadlines stay in range.
+        self.heartbeat_ms = w.heartbeat_ms.min(1 << 40);
         self.max_frame_bytes = w.limits.max_frame_bytes;
         self.give_up_at = None;
         self.last_failure = None;
@@ -1099,3 +1100,7 @@ impl ClientCore<JsonCodec> {
 #[cfg(test)]
 #[path = "client_tests.rs"]
 mod tests;
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+#[path = "client_fuzz_tests.rs"]
+mod fuzz_tests;

@@ -28,7 +28,7 @@
 //! It holds no logic of its own: it feeds events into the core and performs its actions.
 //!
 //! Tests: unit tests beside each module (`client_tests.rs` drives the core like the
-//! facade does); `tests/browser.rs` runs in headless Chromium against a real stack and
+//! facade does, `client_fuzz_tests.rs` drives it with any input); `tests/browser.rs` runs in headless Chromium against a real stack and
 //! `tests/node/` imports the built npm package; `test.sh` runs them all.
 
 pub mod action;
