@@ -20,6 +20,7 @@ pub mod binary;
 pub mod broker_node;
 pub mod client;
 pub mod env;
+pub mod fuzz;
 pub mod gateway;
 pub mod load;
 pub mod raw_ws;
