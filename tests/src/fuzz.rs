@@ -337,3 +337,14 @@ pub fn header_name() -> impl Strategy<Value = String> {
         1 => any::<String>().prop_map(|s| short(&s)),
     ]
 }
+
+/// Puts `channel` in confirm mode.
+///
+/// # Panics
+/// When the broker refuses.
+pub async fn confirmed(channel: &lapin::Channel) {
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+}

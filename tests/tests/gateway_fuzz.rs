@@ -29,8 +29,8 @@ use serde_json::{json, Value};
 use warren_e2e::client::{sub, TestClient};
 use warren_e2e::env::TestEnv;
 use warren_e2e::fuzz::{
-    amqp_value, apply, assert_no_panic, count_panics, draw, env_number, frame, header_name, leaf,
-    mutation, rng, short, value,
+    amqp_value, apply, assert_no_panic, confirmed, count_panics, draw, env_number, frame,
+    header_name, leaf, mutation, rng, short, value,
 };
 use warren_e2e::gateway::TestGateway;
 use warren_gateway::AuthMode;
@@ -650,13 +650,6 @@ async fn subscribed(url: &str) -> TestClient {
         c.subscribe(s).await;
     }
     c
-}
-
-async fn confirmed(channel: &lapin::Channel) {
-    channel
-        .confirm_select(lapin::options::ConfirmSelectOptions::default())
-        .await
-        .expect("confirm.select");
 }
 
 /// Reads what has arrived (acknowledging it, so the delivery window stays open)
