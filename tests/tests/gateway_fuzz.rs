@@ -11,7 +11,9 @@
 //! publisher): messages with any routing key, headers of every AMQP field type,
 //! properties and bodies, into the outbound stream (as deliveries and as replies) and
 //! onto the exchanges the gateways and services announce on. One panic in the reader
-//! of the outbound stream would stop every session of the gateway.
+//! of the outbound stream would stop every session of the gateway. And its HTTP side:
+//! mutated WebSocket upgrades (every header it reads) and HTTP API calls, as raw
+//! bytes, each answered with a well-formed HTTP status or nothing.
 //!
 //! The frames come from proptest strategies drawn with a fixed seed, so a failure
 //! repeats; `WARREN_FUZZ_SEED=<n>` draws others and `WARREN_FUZZ_FRAMES=<n>` sets how
@@ -669,4 +671,154 @@ async fn drain(c: &mut TestClient) -> usize {
         }
     }
     n
+}
+
+/// Requests to the gateway's HTTP side, to mutate: the WebSocket upgrade (every header
+/// it reads), the HTTP API's three routes, and the read-only endpoints.
+fn http_templates() -> Vec<Value> {
+    let api = |path: &str, body: Value| {
+        json!({"method": "POST", "path": path, "body": body,
+               "headers": {"Authorization": format!("Bearer {HTTP_KEY}"),
+                           "Content-Type": "application/json", "Connection": "close"}})
+    };
+    vec![
+        json!({"method": "GET", "path": "/ws", "body": "",
+               "headers": {"Upgrade": "websocket", "Connection": "Upgrade",
+                           "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                           "Sec-WebSocket-Version": "13",
+                           "Sec-WebSocket-Protocol": "warren.v1, other",
+                           "Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits",
+                           "Origin": "https://app.example.com",
+                           "Cookie": "a=b; warren_token=t", "Authorization": "Bearer t"}}),
+        api(
+            "/publish",
+            json!({"channel": "chat", "broadcast": true, "groups": ["g"],
+                               "users": ["u"], "events": ["e.x"], "id": "i",
+                               "headers": {"k": "v"}, "message": {"m": 1}}),
+        ),
+        api(
+            "/external/chat",
+            json!({"id": "i", "subject": "s.t",
+                                     "distribution": {"broadcast": true}, "headers": {"k": "v"},
+                                     "message": [1]}),
+        ),
+        api(
+            "/request/tickets",
+            json!({"id": "r", "timeout_ms": 100, "message": {"op": "list"}}),
+        ),
+        json!({"method": "GET", "path": "/services", "body": "", "headers": {"Connection": "close"}}),
+        json!({"method": "OPTIONS", "path": "/presence", "body": "",
+               "headers": {"Origin": "https://x", "Access-Control-Request-Method": "GET",
+                           "Connection": "close"}}),
+        json!({"method": "GET", "path": "/healthz", "body": "", "headers": {"Connection": "close"}}),
+    ]
+}
+
+const HTTP_KEY: &str = "fuzz-api-key";
+
+/// `request` (a mutated template) as bytes on the wire; values that are not strings
+/// are written as JSON, and `Content-Length` fits the body unless the fuzz set one.
+fn http_bytes(request: &Value) -> Vec<u8> {
+    let text = |v: Option<&Value>| match v {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => String::new(),
+    };
+    let body = text(request.get("body"));
+    let mut out = format!(
+        "{} {} HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+        text(request.get("method")),
+        text(request.get("path"))
+    );
+    let mut has_length = false;
+    if let Some(Value::Object(headers)) = request.get("headers") {
+        for (k, v) in headers {
+            has_length |= k.eq_ignore_ascii_case("content-length");
+            out.push_str(&format!("{k}: {}\r\n", text(Some(v))));
+        }
+    }
+    if !has_length {
+        out.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    out.push_str("\r\n");
+    out.push_str(&body);
+    out.into_bytes()
+}
+
+/// Sends `bytes` on a fresh connection and reads what comes back: up to the end of the
+/// response's headers, until the peer closes, or until 300 ms pass without more (the
+/// first byte may take 1 s: a request whose `Content-Length` promises more than it
+/// sends gets no answer).
+async fn http_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    if stream.write_all(bytes).await.is_err() {
+        return Vec::new();
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let wait = if got.is_empty() { 1_000 } else { 300 };
+        match tokio::time::timeout(Duration::from_millis(wait), stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {
+                got.extend_from_slice(&buf[..n]);
+                // The status line and headers are what is checked.
+                if got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    return got;
+                }
+            }
+            _ => return got,
+        }
+    }
+}
+
+#[tokio::test]
+async fn fuzzed_http_requests_never_panic_the_gateway() {
+    count_panics();
+    let seed = env_number("WARREN_FUZZ_SEED", 13);
+    let env = TestEnv::new("fuzzhttp").await;
+    let gw = TestGateway::start_with(&env, |c| {
+        c.http_api.enabled = true;
+        c.http_api.api_keys = vec![HTTP_KEY.into()];
+        c.auth.allowed_origins = vec!["https://app.example.com".into()];
+    })
+    .await;
+    let addr = gw.listeners()[0].0;
+    let requests = draw(frame(http_templates(), String::new()), rng(seed, 8), 200);
+    let mut statuses = std::collections::BTreeMap::new();
+    for text in &requests {
+        let request: Value = serde_json::from_str(text).expect("a drawn request is JSON");
+        let answer = http_exchange(addr, &http_bytes(&request)).await;
+        let status = if answer.is_empty() {
+            "none".to_string()
+        } else {
+            assert!(
+                answer.starts_with(b"HTTP/1.1 "),
+                "{request} was answered with {:?}",
+                String::from_utf8_lossy(&answer[..answer.len().min(200)])
+            );
+            String::from_utf8_lossy(&answer[9..12]).into_owned()
+        };
+        *statuses.entry(status).or_insert(0) += 1;
+        assert_no_panic("an HTTP request", &VecDeque::from([text.clone()]));
+    }
+    println!("gateway_fuzz: 200 HTTP requests, answered by status: {statuses:?}");
+    assert!(statuses.len() > 3, "the fuzz reaches several outcomes");
+
+    // The gateway still serves both sides.
+    let answer = http_exchange(addr, &http_bytes(&http_templates()[1])).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 202"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let mut c = TestClient::connect(&gw.url()).await;
+    c.publish("after", "chat", json!("still works")).await;
+    c.expect_ack("after").await;
+    c.close().await;
+    assert_no_panic("the end", &VecDeque::new());
+    gw.shutdown().await;
+    env.cleanup().await;
 }
