@@ -49,7 +49,9 @@ pub struct Config {
     pub delivery_window: u16,
     /// Request timeout when the `request` names none. Default: 10000.
     pub request_timeout_ms: u64,
-    /// Longest request timeout a client may ask for. Default: 300000.
+    /// Longest request timeout a client may ask for (it is the request's AMQP
+    /// expiration too): at most 315360000000, ten years, RabbitMQ's limit.
+    /// Default: 300000.
     pub max_request_timeout_ms: u64,
     /// How long a session whose client went away may be resumed before presence
     /// reports it ended (`client.disconnected` with `expired`). What it missed is
@@ -74,8 +76,9 @@ pub struct Config {
     /// How long a publish waits for RabbitMQ to come back before it fails with
     /// `broker_unavailable`. Default: 5000.
     pub broker_wait_ms: u64,
-    /// Message TTL of every `IN_<CHANNEL>` queue (`x-message-ttl`) in ms; 0 = none.
-    /// Expired messages are dead-lettered to `warren.dead`. Default: 0.
+    /// Message TTL of every `IN_<CHANNEL>` queue (`x-message-ttl`) in ms; 0 = none,
+    /// at most 315360000000 (ten years, RabbitMQ's limit). Expired messages are
+    /// dead-lettered to `warren.dead`. Default: 0.
     pub message_ttl_ms: u64,
     /// Per-channel settings (`[channel_options.<name>]`), e.g. `message_ttl_ms`.
     pub channel_options: std::collections::BTreeMap<String, ChannelOptions>,
@@ -272,6 +275,10 @@ impl Default for HttpApiConfig {
         }
     }
 }
+
+/// The longest queue TTL or message expiration RabbitMQ takes, in ms: ten years
+/// (365-day years). A declare with more is refused (`value_too_large`).
+pub const MAX_TTL_MS: u64 = 315_360_000_000;
 
 /// Which frames get `no_service` (see [`Config::no_service`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
@@ -748,6 +755,30 @@ impl Config {
         }
         if self.request_timeout_ms == 0 || self.request_timeout_ms > self.max_request_timeout_ms {
             return bad("request_timeout_ms must be in 1..=max_request_timeout_ms".into());
+        }
+        // RabbitMQ refuses a longer queue TTL or message expiration (a request's
+        // expiration is its timeout).
+        let ttls = [
+            (
+                "max_request_timeout_ms".to_string(),
+                self.max_request_timeout_ms,
+            ),
+            ("message_ttl_ms".to_string(), self.message_ttl_ms),
+        ]
+        .into_iter()
+        .chain(self.channel_options.iter().filter_map(|(c, o)| {
+            Some((
+                format!("channel_options.{c}.message_ttl_ms"),
+                o.message_ttl_ms?,
+            ))
+        }));
+        for (name, ms) in ttls {
+            if ms > MAX_TTL_MS {
+                return bad(format!(
+                    "{name} must be at most {MAX_TTL_MS} (ten years, RabbitMQ's limit for a \
+                     TTL or an expiration)"
+                ));
+            }
         }
         if self.session_expires_ms == 0 || self.session_expires_ms > u32::MAX as u64 {
             return bad("session_expires_ms must be in 1..=4294967295".into());
@@ -1361,6 +1392,34 @@ mod tests {
         assert_eq!(c.listen[1].channel, None);
         assert_eq!(c.heartbeat_ms, 15_000);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn ttls_and_request_timeouts_stop_at_rabbitmqs_ten_years() {
+        let at = |toml: &str| Config::from_toml(toml, "test").unwrap().validate();
+        let ten_years = MAX_TTL_MS;
+        at(&format!("message_ttl_ms = {ten_years}")).unwrap();
+        at(&format!("max_request_timeout_ms = {ten_years}")).unwrap();
+        for (toml, field) in [
+            (
+                format!("message_ttl_ms = {}", ten_years + 1),
+                "message_ttl_ms",
+            ),
+            (
+                format!("max_request_timeout_ms = {}", i64::MAX),
+                "max_request_timeout_ms",
+            ),
+            (
+                format!("[channel_options.echo]\nmessage_ttl_ms = {}", ten_years + 1),
+                "channel_options.echo.message_ttl_ms",
+            ),
+        ] {
+            let err = at(&toml).unwrap_err().to_string();
+            assert!(
+                err.contains(field) && err.contains("ten years"),
+                "{toml}: {err}"
+            );
+        }
     }
 
     #[test]

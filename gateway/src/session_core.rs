@@ -107,7 +107,9 @@ impl Clock {
     /// `timeout_ms`. `elapsed_ms` truncates: 1 ms more, so a request never times out
     /// before its full timeout has passed.
     pub(crate) fn request_deadline(&self, now: Instant, timeout_ms: u64) -> u64 {
-        self.elapsed_ms(now) + timeout_ms + 1
+        self.elapsed_ms(now)
+            .saturating_add(timeout_ms)
+            .saturating_add(1)
     }
 
     /// How long one write to the client may take before it counts as not reading.
@@ -743,6 +745,7 @@ mod tests {
         // A request sent at 100 ms with a 50 ms timeout: deadline 151 ms, exact.
         let d = clock.request_deadline(t0 + ms(100), 50);
         assert_eq!(d, 151);
+        assert_eq!(clock.request_deadline(t0 + ms(100), u64::MAX), u64::MAX);
         assert_eq!(
             clock.next_wake(Phase::Open, Some(soon), Some(d)),
             t0 + ms(151)
