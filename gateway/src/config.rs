@@ -363,13 +363,17 @@ impl FromStr for ListenerConfig {
     }
 }
 
-/// Whether `age` is a stream `x-max-age`: digits and one unit letter.
+/// Whether `age` is a stream `x-max-age` RabbitMQ takes: a positive number and one
+/// unit letter (it refuses `0s` with `invalid_max_age`).
 fn valid_max_age(age: &str) -> bool {
     let Some(unit) = age.chars().last() else {
         return false;
     };
     let digits = &age[..age.len() - unit.len_utf8()];
-    "YMDhms".contains(unit) && !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+    "YMDhms".contains(unit)
+        && !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && digits.bytes().any(|b| b != b'0')
 }
 
 /// Options of the `outbound = "queues"` mode (a durable queue per session), removed
@@ -785,7 +789,7 @@ impl Config {
         }
         if !valid_max_age(&self.stream_max_age) {
             return bad(format!(
-                "stream_max_age `{}` is not a number followed by Y, M, D, h, m or s (e.g. `24h`)",
+                "stream_max_age `{}` is not a positive number followed by Y, M, D, h, m or s (e.g. `24h`)",
                 self.stream_max_age
             ));
         }
@@ -799,7 +803,7 @@ impl Config {
             if let Some(age) = &self.channel_options[name].stream_max_age {
                 if !valid_max_age(age) {
                     return bad(format!(
-                        "channel_options.{name}.stream_max_age `{age}` is not a number followed by Y, M, D, h, m or s (e.g. `7D`)"
+                        "channel_options.{name}.stream_max_age `{age}` is not a positive number followed by Y, M, D, h, m or s (e.g. `7D`)"
                     ));
                 }
             }
@@ -1725,6 +1729,14 @@ mod tests {
                 .unwrap();
         let err = bad_age.validate().unwrap_err().to_string();
         assert!(err.contains("channel_options.echo.stream_max_age"), "{err}");
+        // RabbitMQ refuses a zero age (`invalid_max_age`).
+        for age in ["0s", "00D"] {
+            let zero = Config::from_toml(&format!("stream_max_age = \"{age}\"\n"), "x").unwrap();
+            let err = zero.validate().unwrap_err().to_string();
+            assert!(err.contains("positive number"), "{age}: {err}");
+        }
+        let ok = Config::from_toml("stream_max_age = \"10s\"\n", "x").unwrap();
+        ok.validate().unwrap();
         let zero =
             Config::from_toml("[channel_options.echo]\nstream_max_bytes = 0\n", "x").unwrap();
         assert!(zero.validate().is_err());

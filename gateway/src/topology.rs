@@ -233,6 +233,8 @@ impl Topology {
     /// exists with the same arguments changes nothing. A queue that already exists with
     /// other arguments (406 PRECONDITION_FAILED, e.g. an `IN_*` queue declared before
     /// TTLs were configured) is kept as it is, with a warning, and the rest goes on.
+    /// One the broker refuses to create (a 406 for an object that does not exist: an
+    /// argument it does not take) is an error with the broker's reason.
     ///
     /// # Errors
     /// [`GatewayError::Amqp`] naming the declaration the broker refused.
@@ -244,6 +246,9 @@ impl Topology {
             let channel = broker.control().await?;
             match self.declare(&channel, decl).await {
                 Err(GatewayError::Amqp { op, source }) if is_precondition_failed(&source) => {
+                    if !self.exists(broker, decl).await? {
+                        return Err(GatewayError::Amqp { op, source });
+                    }
                     tracing::warn!(
                         %op,
                         difference = %broker_text(&source),
@@ -255,6 +260,30 @@ impl Topology {
             }
         }
         Ok(())
+    }
+
+    /// Whether the exchange or queue of `decl` exists (a passive declare on a scratch
+    /// channel); bindings count as existing.
+    async fn exists(&self, broker: &Broker, decl: &Declaration) -> Result<bool, GatewayError> {
+        let passive = match decl {
+            Declaration::Exchange { name, kind } => Declaration::Exchange {
+                name: name.clone(),
+                kind: *kind,
+            },
+            Declaration::Queue { name, .. } => Declaration::Queue {
+                name: name.clone(),
+                args: Vec::new(),
+            },
+            _ => return Ok(true),
+        };
+        let channel = broker.scratch().await?;
+        let found = self.declare_with(&channel, &passive, true).await;
+        let _ = channel.close(200, "checked".into()).await;
+        match found {
+            Ok(()) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Compares the topology with what the broker has, without creating anything:
@@ -270,36 +299,17 @@ impl Topology {
     pub async fn check(&self, broker: &Broker) -> Result<Vec<Mismatch>, GatewayError> {
         let mut out = Vec::new();
         for decl in &self.declarations {
-            let (object, passive) = match decl {
-                Declaration::Exchange { name, kind } => (
-                    format!("exchange {name}"),
-                    Declaration::Exchange {
-                        name: name.clone(),
-                        kind: *kind,
-                    },
-                ),
-                Declaration::Queue { name, .. } => (
-                    format!("queue {name}"),
-                    Declaration::Queue {
-                        name: name.clone(),
-                        args: Vec::new(),
-                    },
-                ),
+            let object = match decl {
+                Declaration::Exchange { name, .. } => format!("exchange {name}"),
+                Declaration::Queue { name, .. } => format!("queue {name}"),
                 _ => continue,
             };
-            let channel = broker.scratch().await?;
-            let exists = self.declare_with(&channel, &passive, true).await;
-            let _ = channel.close(200, "checked".into()).await;
-            match exists {
-                Ok(()) => {}
-                Err(e) if e.is_not_found() => {
-                    out.push(Mismatch {
-                        object,
-                        difference: "missing".into(),
-                    });
-                    continue;
-                }
-                Err(e) => return Err(e),
+            if !self.exists(broker, decl).await? {
+                out.push(Mismatch {
+                    object,
+                    difference: "missing".into(),
+                });
+                continue;
             }
             let channel = broker.scratch().await?;
             let same = self.declare_with(&channel, decl, false).await;

@@ -351,3 +351,55 @@ async fn topology_print_shows_and_topology_apply_declares_what_the_gateway_decla
     );
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn topology_apply_reports_an_argument_the_broker_refuses_with_the_brokers_reason() {
+    use std::sync::Arc;
+    use warren_gateway::broker::Broker;
+    use warren_gateway::metrics::Metrics;
+    use warren_gateway::topology::Declaration;
+    use warren_protocol::amqp::QueueArg;
+    let env = TestEnv::new("topology-refused").await;
+    let config = warren_e2e::gateway::test_config(&env);
+    let broker = Broker::connect(&config, Arc::new(Metrics::default()))
+        .await
+        .expect("connects");
+    let stream = format!("{}refused.stream", env.names.prefix());
+    // RabbitMQ refuses a zero max age (the gateway's config does too); before, apply
+    // took the 406 for "exists with other arguments", went on, and failed at the
+    // binding with a misleading NOT_FOUND for the queue.
+    let topology = warren_gateway::Topology {
+        declarations: vec![
+            Declaration::Queue {
+                name: stream.clone(),
+                args: vec![
+                    ("x-queue-type".into(), QueueArg::Text("stream".into())),
+                    ("x-max-age".into(), QueueArg::Text("0s".into())),
+                ],
+            },
+            Declaration::Binding {
+                queue: stream.clone(),
+                exchange: "amq.topic".into(),
+                key: "#".into(),
+            },
+        ],
+    };
+    let err = topology.apply(&broker).await.unwrap_err().to_string();
+    assert!(err.contains("invalid_max_age"), "{err}");
+    assert!(err.contains(&stream), "names the queue: {err}");
+    // An object that exists with other arguments is still kept, with a warning.
+    let existing = env.names.outbound_stream();
+    let gw = TestGateway::start(&env).await;
+    let other = warren_gateway::Topology {
+        declarations: vec![Declaration::Queue {
+            name: existing,
+            args: vec![
+                ("x-queue-type".into(), QueueArg::Text("stream".into())),
+                ("x-max-age".into(), QueueArg::Text("1s".into())),
+            ],
+        }],
+    };
+    other.apply(&broker).await.expect("kept as it is");
+    gw.shutdown().await;
+    env.cleanup().await;
+}
