@@ -57,12 +57,21 @@ pub enum ServiceError {
 pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
 
 /// Whether a lapin error is the broker refusing a declaration whose arguments differ
-/// from the existing exchange or queue (406 PRECONDITION_FAILED).
+/// from the existing exchange or queue, or that it does not take (406
+/// PRECONDITION_FAILED).
 pub(crate) fn is_precondition_failed(err: &lapin::Error) -> bool {
-    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    is_soft(err, lapin::protocol::AMQPSoftError::PRECONDITIONFAILED)
+}
+
+/// Whether a lapin error is a passive declare finding nothing (404 NOT_FOUND).
+pub(crate) fn is_not_found(err: &lapin::Error) -> bool {
+    is_soft(err, lapin::protocol::AMQPSoftError::NOTFOUND)
+}
+
+fn is_soft(err: &lapin::Error, kind: lapin::protocol::AMQPSoftError) -> bool {
     match err.kind() {
         lapin::ErrorKind::ProtocolError(e) => {
-            *e.kind() == AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+            *e.kind() == lapin::protocol::AMQPErrorKind::Soft(kind)
         }
         _ => false,
     }

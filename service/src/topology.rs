@@ -30,7 +30,7 @@ use warren_protocol::amqp::{
 use warren_protocol::tenants::{Object, QueueSettings, TenantRouting};
 
 use crate::config::ServiceConfig;
-use crate::error::{is_precondition_failed, Result};
+use crate::error::{is_not_found, is_precondition_failed, Result};
 
 /// Declares the inbound and outbound topic exchanges and the service registry's
 /// fanout exchange.
@@ -292,16 +292,24 @@ async fn declare_exchange(connection: &Connection, name: &str, kind: ExchangeKin
             Ok(())
         }
         Err(e) if is_precondition_failed(&e) => {
-            warn!(exchange = name, error = %e, "exchange exists with other settings; using it as it is");
             let ch = connection.create_channel().await?;
             let passive = ExchangeDeclareOptions {
                 passive: true,
                 ..options
             };
-            ch.exchange_declare(name.into(), kind, passive, FieldTable::default())
-                .await?;
-            close(ch).await;
-            Ok(())
+            match ch
+                .exchange_declare(name.into(), kind, passive, FieldTable::default())
+                .await
+            {
+                Ok(()) => {
+                    warn!(exchange = name, error = %e, "exchange exists with other settings; using it as it is");
+                    close(ch).await;
+                    Ok(())
+                }
+                // Not there: the broker refused to create it; its reason says why.
+                Err(missing) if is_not_found(&missing) => Err(e.into()),
+                Err(other) => Err(other.into()),
+            }
         }
         Err(e) => Err(e.into()),
     }
@@ -325,16 +333,25 @@ async fn declare_queue(connection: &Connection, name: &str, arguments: FieldTabl
             Ok(())
         }
         Err(e) if is_precondition_failed(&e) => {
-            warn!(queue = name, error = %e, "queue exists with other arguments; using it as it is");
             let ch = connection.create_channel().await?;
-            ch.queue_declare(
-                name.into(),
-                QueueDeclareOptions::durable().passive(),
-                FieldTable::default(),
-            )
-            .await?;
-            close(ch).await;
-            Ok(())
+            match ch
+                .queue_declare(
+                    name.into(),
+                    QueueDeclareOptions::durable().passive(),
+                    FieldTable::default(),
+                )
+                .await
+            {
+                Ok(_) => {
+                    warn!(queue = name, error = %e, "queue exists with other arguments; using it as it is");
+                    close(ch).await;
+                    Ok(())
+                }
+                // Not there: the broker refused to create it (an argument it does not
+                // take, such as a TTL over ten years); its reason says why.
+                Err(missing) if is_not_found(&missing) => Err(e.into()),
+                Err(other) => Err(other.into()),
+            }
         }
         Err(e) => Err(e.into()),
     }

@@ -139,3 +139,28 @@ async fn an_inbound_message_older_than_the_channel_ttl_is_dead_lettered_not_lost
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_ttl_rabbitmq_refuses_fails_consume_with_rabbitmqs_reason() {
+    in_fresh_namespace(LIMIT, |ns| async move {
+        let names = Names::new(&ns);
+        // Over ten years: RabbitMQ refuses the queue (`value_too_large`). Before, the
+        // library took the 406 for "exists with other arguments", and the passive
+        // declare after it failed with a misleading NOT_FOUND.
+        let too_long = Duration::from_millis(315_360_000_001);
+        let config = ServiceConfig::default().with_message_ttl("chat", too_long);
+        let service = Service::connect_with(&amqp_uri(), names, config)
+            .await
+            .expect("the service connects");
+        let err = service
+            .consume("chat", |_ctx: Context, _msg: Incoming| async move {
+                Ok::<_, HandlerError>(Outcome::Done)
+            })
+            .await
+            .expect_err("RabbitMQ refuses the queue")
+            .to_string();
+        assert!(err.contains("value_too_large"), "{err}");
+        service.stop().await.expect("stops");
+    })
+    .await;
+}
