@@ -9,8 +9,9 @@
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
 use serde_json::{json, Map, Value};
-use warren_protocol::{decode_client, Distribution, Raw};
+use warren_protocol::decode_client;
 
+use super::tests::envelope;
 use super::*;
 use crate::codec::JsonCodec;
 
@@ -232,19 +233,6 @@ fn input() -> impl Strategy<Value = Input> {
     ]
 }
 
-fn envelope(channel: &str) -> Envelope<Raw> {
-    Envelope {
-        channel: channel.into(),
-        subject: None,
-        distribution: Some(Distribution {
-            broadcast: true,
-            ..Distribution::default()
-        }),
-        headers: Default::default(),
-        message: serde_json::value::to_raw_value(&json!({"n": 1})).expect("JSON"),
-    }
-}
-
 /// Reads the core's actions: the socket it opens, and checks that what it sends is a
 /// frame the gateway decodes.
 fn drain(core: &mut ClientCore<JsonCodec>, conn: &mut u64) -> Result<(), TestCaseError> {
@@ -306,10 +294,10 @@ proptest! {
                     }
                 }
                 Input::Write(channel) => {
-                    core.write(envelope(&channel), now);
+                    core.write(envelope(&channel, json!({"n": 1})), now);
                 }
                 Input::Request(timeout) => {
-                    core.request(envelope("chat"), timeout, now);
+                    core.request(envelope("chat", json!({"n": 1})), timeout, now);
                 }
                 Input::Subscribe(channel) => {
                     let _ = core.subscribe(

@@ -13,7 +13,7 @@ fn raw(v: Value) -> Raw {
     serde_json::value::to_raw_value(&v).unwrap()
 }
 
-fn envelope(channel: &str, message: Value) -> Envelope<Raw> {
+pub(super) fn envelope(channel: &str, message: Value) -> Envelope<Raw> {
     Envelope {
         channel: channel.into(),
         subject: None,

@@ -338,13 +338,70 @@ pub fn header_name() -> impl Strategy<Value = String> {
     ]
 }
 
-/// Puts `channel` in confirm mode.
-///
-/// # Panics
-/// When the broker refuses.
-pub async fn confirmed(channel: &lapin::Channel) {
-    channel
-        .confirm_select(lapin::options::ConfirmSelectOptions::default())
-        .await
-        .expect("confirm.select");
+/// Publishes fuzzed messages on a confirm channel of its own connection, opening a
+/// new channel whenever RabbitMQ closed one over a message it refuses.
+pub struct Publisher {
+    connection: lapin::Connection,
+    channel: lapin::Channel,
+    /// Messages RabbitMQ refused (closing the channel).
+    pub refused: usize,
+}
+
+impl Publisher {
+    /// Connects to RabbitMQ at `uri`.
+    ///
+    /// # Panics
+    /// When RabbitMQ cannot be reached.
+    pub async fn connect(uri: &str) -> Publisher {
+        let connection = lapin::Connection::connect(uri, lapin::ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ");
+        let channel = Self::confirm_channel(&connection).await;
+        Publisher {
+            connection,
+            channel,
+            refused: 0,
+        }
+    }
+
+    async fn confirm_channel(connection: &lapin::Connection) -> lapin::Channel {
+        let channel = connection.create_channel().await.expect("channel");
+        channel
+            .confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await
+            .expect("confirm.select");
+        channel
+    }
+
+    /// Publishes and waits for the confirm (or the refusal).
+    pub async fn send(
+        &mut self,
+        exchange: String,
+        key: String,
+        body: &[u8],
+        properties: lapin::BasicProperties,
+    ) {
+        let published = self
+            .channel
+            .basic_publish(
+                ShortString::from(exchange),
+                ShortString::from(key),
+                lapin::options::BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await;
+        if let Ok(confirm) = published {
+            let _ = confirm.await;
+        }
+        if !self.channel.status().connected() {
+            self.refused += 1;
+            self.channel = Self::confirm_channel(&self.connection).await;
+        }
+    }
+
+    /// Closes the connection.
+    pub async fn close(self) {
+        let _ = self.connection.close(200, "bye".into()).await;
+    }
 }

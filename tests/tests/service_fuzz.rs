@@ -11,14 +11,13 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::BasicProperties;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use warren_e2e::fuzz::{
-    amqp_value, assert_no_panic, confirmed, count_panics, draw, env_number, frame, header_name,
-    rng, short,
+    amqp_value, assert_no_panic, count_panics, draw, env_number, frame, header_name, rng, short,
+    Publisher,
 };
 use warren_e2e::service::{amqp_uri, in_fresh_namespace, start_demo, StandInGateway};
 use warren_protocol::amqp::{Names, H_CHANNEL, H_GATEWAY, H_SESSION, H_USER};
@@ -173,12 +172,8 @@ async fn fuzzed_messages_never_panic_a_service_and_it_still_answers() {
             rng(seed, 7),
             messages,
         );
-        let connection = Connection::connect(&amqp_uri(), ConnectionProperties::default())
-            .await
-            .expect("RabbitMQ");
-        let mut channel = connection.create_channel().await.expect("channel");
-        confirmed(&channel).await;
-        let (mut recent, mut refused) = (VecDeque::new(), 0);
+        let mut publisher = Publisher::connect(&amqp_uri()).await;
+        let mut recent = VecDeque::new();
         for (n, m) in drawn.iter().enumerate() {
             recent.push_back(format!("{m:?}"));
             if recent.len() > 20 {
@@ -188,30 +183,17 @@ async fn fuzzed_messages_never_panic_a_service_and_it_still_answers() {
                 Destination::Exchange(key) => (names.inbound_exchange(), key.clone()),
                 Destination::Queue(queue) => (String::new(), queue.clone()),
             };
-            let published = channel
-                .basic_publish(
-                    ShortString::from(exchange),
-                    ShortString::from(key),
-                    BasicPublishOptions::default(),
-                    &m.body,
-                    properties(m),
-                )
-                .await;
-            if let Ok(confirm) = published {
-                let _ = confirm.await;
-            }
-            if !channel.status().connected() {
-                // RabbitMQ refuses a few of these itself (a malformed `CC`).
-                refused += 1;
-                channel = connection.create_channel().await.expect("channel");
-                confirmed(&channel).await;
-            }
+            // RabbitMQ refuses a few of these itself (a malformed `CC`, direct
+            // reply-to from a publisher that does not consume it).
+            publisher.send(exchange, key, &m.body, properties(m)).await;
             if n % 50 == 49 {
                 // Replies to the stand-in's queue are read as they come.
                 while gw.next_reply(Duration::from_millis(100)).await.is_some() {}
                 assert_no_panic("a message to a service", &recent);
             }
         }
+        let refused = publisher.refused;
+        publisher.close().await;
         println!("service_fuzz: {messages} messages ({refused} refused by RabbitMQ)");
         assert!(
             refused < messages / 2,
@@ -225,7 +207,6 @@ async fn fuzzed_messages_never_panic_a_service_and_it_still_answers() {
         let reply = gw.request("tickets", "list", r#"{"op":"list"}"#).await;
         assert_eq!(reply.error, None, "{reply:?}");
         assert_no_panic("the end", &recent);
-        let _ = connection.close(200, "bye".into()).await;
         gw.close().await;
         demo.stop().await.expect("the demo service stops");
     })
