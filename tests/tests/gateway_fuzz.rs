@@ -10,14 +10,16 @@
 //! `refresh`. And what reaches a gateway from RabbitMQ (a broken service, a foreign
 //! publisher): messages with any routing key, headers of every AMQP field type,
 //! properties and bodies, into the outbound stream (as deliveries and as replies) and
-//! onto the exchanges the gateways and services announce on. One panic in the reader
-//! of the outbound stream would stop every session of the gateway. And its HTTP side:
-//! mutated WebSocket upgrades (every header it reads) and HTTP API calls, as raw
-//! bytes, each answered with a well-formed HTTP status or nothing.
+//! onto the exchanges of announcements, takeovers and presence. One panic in the
+//! reader of the outbound stream would stop every session of the gateway; one stack
+//! overflow there did abort the process. And its HTTP side: mutated WebSocket
+//! upgrades (every header it reads) and HTTP API calls, as raw bytes, each answered
+//! with a well-formed HTTP status or nothing.
 //!
 //! The frames come from proptest strategies drawn with a fixed seed, so a failure
-//! repeats; `WARREN_FUZZ_SEED=<n>` draws others and `WARREN_FUZZ_FRAMES=<n>` sets how
-//! many frames the open session gets (default 600).
+//! repeats; `WARREN_FUZZ_SEED=<n>` draws others, `WARREN_FUZZ_FRAMES=<n>` sets how
+//! many frames the open session gets (default 600) and `WARREN_FUZZ_MESSAGES=<n>` how
+//! many messages come from the broker (default 400).
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -352,6 +354,8 @@ enum Destination {
     Gateways,
     /// The exchange services announce on.
     Services(String),
+    /// The exchange gateways publish presence events on (`client.connected`, ...).
+    Presence(String),
 }
 
 #[derive(Debug, Clone)]
@@ -385,6 +389,13 @@ fn broker_message(session: String, templates: Vec<Value>) -> impl Strategy<Value
         1 => Just(Destination::Gateways),
         1 => prop::sample::select(vec!["announce".to_string(), String::new(), "#".into()])
             .prop_map(Destination::Services),
+        1 => prop::sample::select(vec![
+            "client.connected".to_string(),
+            "client.disconnected".into(),
+            "client.subscribed".into(),
+            "client.x".into(),
+        ])
+        .prop_map(Destination::Presence),
     ];
     let id = prop_oneof![
         Just(format!("{session}/r1")),
@@ -431,6 +442,11 @@ fn peer_templates(session: &str) -> Vec<Value> {
         json!({"node": "gw-fuzz", "instance": "i1", "state": "up", "interval_ms": 1000}),
         json!({"presence_snapshot_for": "gw-fuzz"}),
         json!({"presence_snapshot": {"s1": {"user": "u", "node": "gw-fuzz"}}, "to": "gw-fuzz"}),
+        json!({"event": "client.connected", "session": session, "user": "u", "node": "gw-fuzz",
+               "channel": "chat", "reason": "closed", "by": "gw-fuzz", "keys": ["chat.all"],
+               "tenant": "t1"}),
+        json!({"event": "client.disconnected", "session": session, "user": "u",
+               "node": "gw-fuzz", "reason": "gateway_lost"}),
         json!({"event": "up", "name": "echo", "instance": "i1", "channels": ["chat"],
                "version": "1", "interval_ms": 1000}),
         json!({"type": "deliver", "text": "hi"}),
@@ -522,6 +538,7 @@ async fn fuzzed_messages_from_the_broker_never_panic_the_gateway_or_stop_its_del
             Destination::Reply => (String::new(), env.names.outbound_stream()),
             Destination::Gateways => (env.names.gateways_exchange(), String::new()),
             Destination::Services(key) => (env.names.services_exchange(), key.clone()),
+            Destination::Presence(key) => (env.names.presence_exchange(), key.clone()),
         };
         let mut headers = FieldTable::default();
         for (k, v) in &m.headers {
