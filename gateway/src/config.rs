@@ -1187,7 +1187,8 @@ pub struct Overrides {
     /// Type of the IN_<CHANNEL> queues [default: quorum].
     #[arg(long, env = "WARREN_QUEUE_TYPE", global = true)]
     pub queue_type: Option<QueueType>,
-    /// Outbound stream retention by age, the resume window (x-max-age) [default: 24h].
+    /// Outbound stream retention by age, the resume window (x-max-age): a positive
+    /// number and a unit, Y, M, D, h, m or s [default: 24h].
     /// A channel can have its own, in a stream of its own: `stream_max_age` /
     /// `stream_max_bytes` under `[channel_options.<channel>]` in the --config file.
     #[arg(long, env = "WARREN_STREAM_MAX_AGE", global = true)]
@@ -1229,7 +1230,8 @@ pub struct Overrides {
     /// Default request timeout, in ms [default: 10000].
     #[arg(long, env = "WARREN_REQUEST_TIMEOUT_MS", global = true)]
     pub request_timeout_ms: Option<u64>,
-    /// Longest request timeout a client may ask for, in ms [default: 300000].
+    /// Longest request timeout a client may ask for, in ms; at most 315360000000 (ten
+    /// years, RabbitMQ's limit for a message expiration) [default: 300000].
     #[arg(long, env = "WARREN_MAX_REQUEST_TIMEOUT_MS", global = true)]
     pub max_request_timeout_ms: Option<u64>,
     /// How long an unresumed session is kept in presence, in ms [default: 60000].
@@ -1261,8 +1263,9 @@ pub struct Overrides {
     /// How long a publish waits for RabbitMQ to come back, in ms [default: 5000].
     #[arg(long, env = "WARREN_BROKER_WAIT_MS", global = true)]
     pub broker_wait_ms: Option<u64>,
-    /// Message TTL of the IN_<CHANNEL> queues in ms, 0 = none; per channel in the
-    /// file's [channel_options.<name>] [default: 0].
+    /// Message TTL of the IN_<CHANNEL> queues in ms, 0 = none, at most 315360000000
+    /// (ten years, RabbitMQ's limit); per channel in the file's
+    /// [channel_options.<name>] [default: 0].
     #[arg(long, env = "WARREN_MESSAGE_TTL_MS", global = true)]
     pub message_ttl_ms: Option<u64>,
     /// Close a connection that sends no first frame within this many ms [default: 10000].
