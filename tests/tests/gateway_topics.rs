@@ -10,6 +10,7 @@ use serde_json::json;
 use warren_e2e::client::{sub, TestClient};
 use warren_e2e::env::{amqp_addr, TestEnv};
 use warren_e2e::gateway::TestGateway;
+use warren_e2e::sdk_driver::GatewayProcess;
 use warren_e2e::service::start_demo;
 use warren_protocol::amqp::keys;
 use warren_protocol::{Deliver, Hello, Subscribe};
@@ -212,6 +213,38 @@ async fn a_ticket_change_reaches_every_ticket_event_subscriber_of_the_demo_desk(
         clerk.close().await;
         demo.stop().await.unwrap();
         gateway.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_pattern_of_many_hashes_does_not_stall_the_deliveries_of_others() {
+    TestEnv::run("topic-hashes", LIMIT, async |env| {
+        // A gateway process: should matching stall its hub, this test times out and
+        // fails instead of hanging with it.
+        let mut gw = GatewayProcess::spawn(&env.namespace, "gw-hashes", &[]).await;
+        let subscribed = async |pattern: &str| {
+            let mut c = TestClient::connect(&gw.url()).await;
+            c.subscribe(Subscribe {
+                topic: Some(pattern.into()),
+                ..sub("s", "tickets")
+            })
+            .await;
+            c
+        };
+        // Twelve `#`s and a word no key has: matching it against a 30-word key by
+        // trying every split of each `#` took minutes, under the hub's lock, so no
+        // session of the gateway received anything meanwhile.
+        let mut attacker = subscribed(&format!("{}nowhere", "#.".repeat(12))).await;
+        let mut other = subscribed("#").await;
+        let key = format!("tickets.event.{}b", "a.".repeat(30));
+        env.publish_out(&key, "long", r#"{"n":1}"#).await;
+        let d = other.expect_deliver().await;
+        assert_eq!(d.routing_key, key);
+        attacker.expect_no_deliver(QUIET).await;
+        attacker.close().await;
+        other.close().await;
+        gw.kill().await;
     })
     .await;
 }
