@@ -338,6 +338,15 @@ pub fn header_name() -> impl Strategy<Value = String> {
     ]
 }
 
+/// An AMQP header table of `headers`, in order (a later name replaces an earlier one).
+pub fn field_table(headers: &[(String, AMQPValue)]) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (k, v) in headers {
+        table.insert(ShortString::from(k.clone()), v.clone());
+    }
+    table
+}
+
 /// Publishes fuzzed messages on a confirm channel of its own connection, opening a
 /// new channel whenever RabbitMQ closed one over a message it refuses.
 pub struct Publisher {

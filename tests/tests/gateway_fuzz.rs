@@ -25,19 +25,19 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use jsonwebtoken::{encode, EncodingKey, Header};
-use lapin::types::{AMQPValue, ByteArray, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, ByteArray, LongString, ShortString};
 use lapin::BasicProperties;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use warren_e2e::client::{sub, TestClient};
 use warren_e2e::env::TestEnv;
 use warren_e2e::fuzz::{
-    amqp_value, apply, assert_no_panic, count_panics, draw, env_number, frame, header_name, leaf,
-    mutation, rng, short, value, Publisher,
+    amqp_value, apply, assert_no_panic, count_panics, draw, env_number, field_table, frame,
+    header_name, leaf, mutation, rng, short, value, Publisher,
 };
 use warren_e2e::gateway::TestGateway;
 use warren_gateway::AuthMode;
-use warren_protocol::{ClientFrame, Hello, Ping, Refresh, ServerFrame, Subscribe};
+use warren_protocol::{ClientFrame, Hello, Ping, Refresh, ServerFrame, Subscribe, Welcome};
 
 /// A valid frame of every client type, with every optional field set, to mutate.
 fn templates(session: &str) -> Vec<Value> {
@@ -91,6 +91,27 @@ async fn round_trip(c: &mut TestClient, ts: u64) -> bool {
     }
 }
 
+/// What the gateway makes of the first frame `sent` on `c`: a session that answers a
+/// ping (its `welcome`, and the connection closed by the test), or `None` for a refusal
+/// ending the connection with a registry code. Anything else fails the test.
+async fn first_answer(c: &mut TestClient, what: &str, sent: &str) -> Option<Welcome> {
+    let frames = VecDeque::from([sent.to_string()]);
+    let answer = match c.recv_within(Duration::from_secs(10)).await {
+        Some(ServerFrame::Welcome(w)) => {
+            assert!(round_trip(c, 1).await, "a welcomed session answers a ping");
+            Some(w)
+        }
+        Some(ServerFrame::Error(_)) | None => {
+            let code = c.expect_close(Duration::from_secs(10)).await;
+            assert_registry_close(code, what, &frames);
+            None
+        }
+        Some(other) => panic!("{sent} as {what} was answered with {other:?}"),
+    };
+    assert_no_panic(what, &frames);
+    answer
+}
+
 #[tokio::test]
 async fn fuzzed_frames_never_panic_the_gateway_or_end_a_connection_without_a_registry_code() {
     count_panics();
@@ -123,28 +144,16 @@ async fn fuzzed_frames_never_panic_the_gateway_or_end_a_connection_without_a_reg
     );
     let (mut welcomed, mut resumed, mut refused) = (0, 0, 0);
     for text in hellos.iter().chain(&firsts) {
-        let sent = VecDeque::from([text.clone()]);
         let mut c = TestClient::connect_raw(&gw.url()).await;
         c.send_text(text).await;
-        let got = c.recv_within(Duration::from_secs(10)).await;
-        match got {
-            Some(ServerFrame::Welcome(w)) => {
-                assert!(
-                    round_trip(&mut c, 1).await,
-                    "a welcomed session answers a ping"
-                );
+        match first_answer(&mut c, "a first frame", text).await {
+            Some(w) => {
                 welcomed += 1;
                 resumed += usize::from(w.resumed);
                 c.close().await;
             }
-            Some(ServerFrame::Error(_)) | None => {
-                let code = c.expect_close(Duration::from_secs(10)).await;
-                assert_registry_close(code, "a first frame", &sent);
-                refused += 1;
-            }
-            Some(other) => panic!("{text} as first frame was answered with {other:?}"),
+            None => refused += 1,
         }
-        assert_no_panic("a first frame", &sent);
     }
     println!(
         "gateway_fuzz: first frames: {welcomed} welcomed ({resumed} resumed), {refused} refused"
@@ -280,30 +289,19 @@ async fn fuzzed_tokens_and_claims_never_panic_a_jwt_gateway() {
     let tokens = draw(token(String::new()), rng(seed, 4), 150);
     let (mut welcomed, mut refused) = (0, 0);
     for t in &tokens {
-        let sent = VecDeque::from([t.clone()]);
         let mut c = TestClient::connect_raw(&gw.url()).await;
         c.send(&ClientFrame::Hello(Hello {
             token: Some(t.clone()),
             ..Hello::default()
         }))
         .await;
-        match c.recv_within(Duration::from_secs(10)).await {
-            Some(ServerFrame::Welcome(_)) => {
-                assert!(
-                    round_trip(&mut c, 1).await,
-                    "a welcomed session answers a ping"
-                );
+        match first_answer(&mut c, "a token at hello", t).await {
+            Some(_) => {
                 welcomed += 1;
                 c.close().await;
             }
-            Some(ServerFrame::Error(_)) | None => {
-                let code = c.expect_close(Duration::from_secs(10)).await;
-                assert_registry_close(code, "a token at hello", &sent);
-                refused += 1;
-            }
-            Some(other) => panic!("hello with token {t} was answered with {other:?}"),
+            None => refused += 1,
         }
-        assert_no_panic("a token at hello", &sent);
     }
     println!("gateway_fuzz: tokens at hello: {welcomed} welcomed, {refused} refused");
     assert!(welcomed > 0 && refused > 0, "the fuzz reaches both sides");
@@ -497,16 +495,16 @@ async fn fuzzed_messages_from_the_broker_never_panic_the_gateway_or_stop_its_del
         ("text", AMQPValue::LongString(LongString::from("hi")), "hi"),
         ("void", AMQPValue::Void, ""),
     ];
-    let mut headers = FieldTable::default();
-    for (name, value, _) in &every {
-        headers.insert(ShortString::from(*name), value.clone());
-    }
+    let headers: Vec<(String, AMQPValue)> = every
+        .iter()
+        .map(|(name, value, _)| (name.to_string(), value.clone()))
+        .collect();
     env.publish(
         &env.names.outbound_exchange(),
         "chat.all",
         "every-type",
         "{}",
-        headers,
+        field_table(&headers),
     )
     .await;
     let d = c.expect_deliver().await;
@@ -540,11 +538,7 @@ async fn fuzzed_messages_from_the_broker_never_panic_the_gateway_or_stop_its_del
             Destination::Services(key) => (env.names.services_exchange(), key.clone()),
             Destination::Presence(key) => (env.names.presence_exchange(), key.clone()),
         };
-        let mut headers = FieldTable::default();
-        for (k, v) in &m.headers {
-            headers.insert(ShortString::from(k.clone()), v.clone());
-        }
-        let mut props = BasicProperties::default().with_headers(headers);
+        let mut props = BasicProperties::default().with_headers(field_table(&m.headers));
         if let Some(id) = &m.message_id {
             props = props.with_message_id(ShortString::from(id.clone()));
         }

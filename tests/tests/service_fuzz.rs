@@ -11,13 +11,13 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, LongString, ShortString};
 use lapin::BasicProperties;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use warren_e2e::fuzz::{
-    amqp_value, assert_no_panic, count_panics, draw, env_number, frame, header_name, rng, short,
-    Publisher,
+    amqp_value, assert_no_panic, count_panics, draw, env_number, field_table, frame, header_name,
+    rng, short, Publisher,
 };
 use warren_e2e::service::{amqp_uri, in_fresh_namespace, start_demo, StandInGateway};
 use warren_protocol::amqp::{Names, H_CHANNEL, H_GATEWAY, H_SESSION, H_USER};
@@ -123,19 +123,20 @@ fn inbound_message(names: &Names, reply_queue: String) -> impl Strategy<Value = 
 }
 
 fn properties(m: &InboundMessage) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    if m.as_gateway {
-        let s = |v: &str| AMQPValue::LongString(LongString::from(v));
-        headers.insert(H_SESSION.into(), s("fuzz-session"));
-        headers.insert(H_USER.into(), s("fuzz"));
-        headers.insert(H_GATEWAY.into(), s("gw-fuzz"));
-        headers.insert(H_CHANNEL.into(), s("echo"));
-    }
-    for (k, v) in &m.headers {
-        headers.insert(ShortString::from(k.clone()), v.clone());
-    }
+    let gateway = [
+        (H_SESSION, "fuzz-session"),
+        (H_USER, "fuzz"),
+        (H_GATEWAY, "gw-fuzz"),
+        (H_CHANNEL, "echo"),
+    ]
+    .map(|(k, v)| (k.to_string(), AMQPValue::LongString(LongString::from(v))));
+    let headers: Vec<(String, AMQPValue)> = gateway
+        .into_iter()
+        .filter(|_| m.as_gateway)
+        .chain(m.headers.iter().cloned())
+        .collect();
     let mut p = BasicProperties::default()
-        .with_headers(headers)
+        .with_headers(field_table(&headers))
         .with_content_type("application/json".into());
     if let Some(r) = &m.reply_to {
         p = p.with_reply_to(ShortString::from(r.clone()));
