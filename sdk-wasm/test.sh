@@ -80,8 +80,8 @@ start_stack() {
 }
 say "starting warren-stack (ephemeral ports, own namespace)"
 # voice keeps its messages in a stream of its own (channel streams: a resume names a
-# position per stream).
-printf '[channel_options.voice]\nstream_max_age = "1h"\n' > "$work/gateway.toml"
+# position per stream), of 2 MiB, so that a test can age a session's position out of it.
+printf '[channel_options.voice]\nstream_max_age = "1h"\nstream_max_bytes = 2097152\n' > "$work/gateway.toml"
 start_stack "$state" "$work/stack.log" --channels chat,voice,tickets,echo,silent,nobody \
   --service-arg=--unanswered=silent --gateway-arg=--config="$work/gateway.toml"
 say "starting a second warren-stack in jwt mode (development secret, no leeway)"

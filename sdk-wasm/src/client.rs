@@ -575,7 +575,8 @@ impl<C: Codec> ClientCore<C> {
                 if let Some(seq) = e.seq {
                     self.handled(seq, now);
                 }
-                let err = ClientError::new(e.code, e.message);
+                let mut err = ClientError::new(e.code, e.message);
+                err.stream = e.stream;
                 match e.id.as_deref().map(|id| self.op_of(id)) {
                     Some(Some(op)) if matches!(self.renewal, Renewal::Sent { op: o, .. } if o == op) => {
                         self.renewal_failed(

@@ -860,6 +860,39 @@ fn each_stream_keeps_its_own_newest_position_and_a_resume_names_them_all() {
 }
 
 #[test]
+fn a_notice_of_missed_positions_names_the_channel_stream_it_is_about() {
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    h.take();
+    h.frame(
+        json!({"type": "error", "code": "session_expired", "stream": "alerts",
+        "message": "310 stream positions after position 9 aged out", "position": 320}),
+    );
+    h.frame(json!({"type": "error", "code": "session_expired",
+        "message": "12 stream positions after position 40 aged out"}));
+    let notices = errors(&h.take());
+    let about: Vec<_> = notices
+        .iter()
+        .map(|e| (e.code, e.stream.as_deref(), e.message.as_str()))
+        .collect();
+    assert_eq!(
+        about,
+        [
+            (
+                ErrorCode::SessionExpired,
+                Some("alerts"),
+                "310 stream positions after position 9 aged out"
+            ),
+            (
+                ErrorCode::SessionExpired,
+                None,
+                "12 stream positions after position 40 aged out"
+            ),
+        ]
+    );
+}
+
+#[test]
 fn a_new_sessions_channel_stream_positions_are_named_on_resume_without_any_delivery() {
     let mut h = Harness::new(&URLS);
     h.core.connect(h.now);

@@ -1,6 +1,6 @@
 //! The SDK's error: a registry code (from `warren_protocol::ErrorCode`), a message and
 //! the id of the failed operation. In JavaScript it becomes an instance of the
-//! `WarrenError` class with `code`, `message`, `retry` and `id`.
+//! `WarrenError` class with `code`, `message`, `retry`, `id` and `stream`.
 
 use warren_protocol::ErrorCode;
 
@@ -15,6 +15,9 @@ pub struct ClientError {
     /// The frame id of the write or request that failed (`None` for errors not tied to
     /// one: connection failures, `connect()`, events).
     pub id: Option<String>,
+    /// The channel whose own stream a `session_expired` notice is about (`None`: the
+    /// outbound stream, or an error about no stream).
+    pub stream: Option<String>,
 }
 
 impl ClientError {
@@ -24,6 +27,7 @@ impl ClientError {
             code,
             message: message.into(),
             id: None,
+            stream: None,
         }
     }
 

@@ -701,6 +701,132 @@ async fn with_direct_replies_requests_resolve_and_a_resume_replays_only_what_was
     b.close();
 }
 
+// test.sh keeps `voice`'s own stream to 2 MiB (in 1 MiB segments): 300 messages of
+// 16 KiB push its oldest segments out, and a session that was away while they came is
+// told which channel's history it lost, before what is left is replayed.
+#[wasm_bindgen_test]
+async fn a_resume_past_a_channel_streams_retention_is_an_error_event_naming_the_channel() {
+    let primary = url(0, "all");
+    let failover = url(1, "all");
+    let tag = format!("{}", js_sys::Math::random()).replace('.', "");
+    // `a` knows only the primary, so it stays away while the primary is down. Its
+    // `error` events and voice deliveries go to one log, to see which came first.
+    let (a, states) = primary_only(&primary).await;
+    let (log_a, seen_a) = recorder();
+    a.on("error", log_a.clone()).expect("on error");
+    let user_a = a.session().as_string().expect("a session");
+    // `b` is sent a copy of each message (one publish to both users), so once it has
+    // them all they are in the stream, in the stream's order.
+    let b = client(&format!(r#"{{"urls": ["{failover}"]}}"#));
+    wait(b.connect()).await.expect("connect b");
+    let user_b = b.session().as_string().expect("b session");
+    let (voice_b, seen_b) = recorder();
+    let voice = || json(r#"{"channel": "voice", "direct": true}"#).unchecked_into();
+    let b_sub = b.subscribe(voice(), voice_b).expect("b voice");
+    let a_sub = a.subscribe(voice(), log_a).expect("a voice");
+    wait(b_sub.ready()).await.expect("b subscribed");
+    wait(a_sub.ready()).await.expect("a subscribed");
+    let pad = "x".repeat(16 * 1024);
+    let send = |text: String| {
+        b.write(
+            json(&format!(
+                r#"{{"channel": "voice", "distribution": {{"direct": ["{user_a}", "{user_b}"]}}, "message": {{"text": "{text}", "pad": "{pad}"}}}}"#
+            ))
+            .unchecked_into(),
+        )
+    };
+    wait(send(format!("v0-{tag}"))).await.expect("write v0");
+    assert!(
+        eventually(|| texts_with(&seen_a, "v0-", &tag).len() == 1).await,
+        "v0 arrives live, so `a` has a position in voice's stream"
+    );
+
+    post(&format!("{}/gateways/primary/kill", control())).await;
+    for batch in 0..6 {
+        let writes = Array::new();
+        for i in batch * 50..(batch + 1) * 50 {
+            writes.push(&send(format!("big{i}-{tag}")));
+        }
+        wait(Promise::all(&writes)).await.expect("writes acked");
+    }
+    assert!(
+        eventually(|| texts_with(&seen_b, "big", &tag).len() == 300).await,
+        "the 300 were relayed: {} arrived",
+        texts_with(&seen_b, "big", &tag).len()
+    );
+    let in_stream = texts_with(&seen_b, "big", &tag);
+
+    post(&format!("{}/gateways/primary/start", control())).await;
+    let notices = || {
+        seen_a
+            .borrow()
+            .iter()
+            .position(|e| code_of(e) == "session_expired")
+    };
+    assert!(
+        eventually(
+            || notices().is_some() && texts_with(&seen_a, "big", &tag).last() == in_stream.last()
+        )
+        .await,
+        "a resumed, was told, and got the newest: {:?}",
+        messages_of(&seen_a)
+    );
+    sleep(500).await;
+    let log = seen_a.borrow().clone();
+    let expired: Vec<&JsValue> = log
+        .iter()
+        .filter(|e| code_of(e) == "session_expired")
+        .collect();
+    assert_eq!(expired.len(), 1, "one notice: {:?}", messages_of(&seen_a));
+    let notice = expired[0];
+    assert!(is_warren_error(notice), "a WarrenError");
+    let message = path(notice, &["message"]).as_string().unwrap_or_default();
+    assert_eq!(
+        path(notice, &["stream"]).as_string().as_deref(),
+        Some("voice"),
+        "{message}"
+    );
+    assert_eq!(path(notice, &["retry"]), JsValue::FALSE);
+    assert!(message.contains("channel `voice`'s stream"), "{message}");
+    let missed: u64 = message
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("the count comes first");
+    assert!(missed > 0, "{message}");
+    // The notice comes before the replay; what is replayed is the newest part of the
+    // stream, once, in order.
+    let first_replayed = log
+        .iter()
+        .position(|e| {
+            path(e, &["message", "text"])
+                .as_string()
+                .is_some_and(|t| t.starts_with("big"))
+        })
+        .expect("some were replayed");
+    assert!(notices() < Some(first_replayed), "notice first");
+    let replayed = texts_with(&seen_a, "big", &tag);
+    assert!(
+        !replayed.is_empty() && replayed.len() < 300,
+        "{} of 300 replayed",
+        replayed.len()
+    );
+    assert_eq!(
+        replayed,
+        in_stream[300 - replayed.len()..],
+        "the newest, once, in order"
+    );
+    assert_eq!(texts_with(&seen_a, "v0-", &tag).len(), 1, "v0 not again");
+    let resumed = states.borrow().last().map(|e| path(e, &["resumed"]));
+    assert_eq!(
+        resumed,
+        Some(JsValue::TRUE),
+        "the session itself was resumed"
+    );
+    a.close();
+    b.close();
+}
+
 // ----- errors as classes, oversized writes, connection failures -----
 
 /// A JSON string literal of `n` bytes of `x` (a message far over the gateway's limit).

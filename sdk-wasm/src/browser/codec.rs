@@ -277,7 +277,8 @@ fn decode_fields(kind: &str, v: JsValue) -> Option<ServerFrame<Js>> {
             message: s("message").unwrap_or_default(),
             seq: n("seq"),
             position: None,
-            stream: None,
+            // Read: it tells the app which channel a `session_expired` is about.
+            stream: s("stream"),
         }),
         "reply" => ServerFrame::Reply(Reply {
             id: s("id")?,

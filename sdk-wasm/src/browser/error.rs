@@ -1,6 +1,7 @@
 //! Errors as JavaScript sees them: instances of the `WarrenError` class (a real `Error`:
 //! stack, console rendering) with the registry `code`, the `retry` flag and, for writes
-//! and requests, the frame `id`. The class lives in `warren_error.js`, which build.sh
+//! and requests, the frame `id`; for a `session_expired` about a channel's own stream,
+//! that channel (`stream`). The class lives in `warren_error.js`, which build.sh
 //! re-exports from the package entry with `isWarrenError`.
 
 use warren_protocol::ErrorCode;
@@ -14,7 +15,8 @@ extern "C" {
     type JsWarrenError;
 
     #[wasm_bindgen(constructor, js_class = "WarrenError")]
-    fn new(message: &str, code: &str, retry: bool, id: &JsValue) -> JsWarrenError;
+    fn new(message: &str, code: &str, retry: bool, id: &JsValue, stream: &JsValue)
+        -> JsWarrenError;
 
     /// `value instanceof WarrenError` (the package's `isWarrenError`).
     #[wasm_bindgen(js_name = isWarrenError)]
@@ -23,11 +25,15 @@ extern "C" {
 
 /// Builds the JS `WarrenError` for `err`.
 pub fn to_js(err: &ClientError) -> JsValue {
-    let id = err
-        .id
-        .as_deref()
-        .map_or(JsValue::UNDEFINED, JsValue::from_str);
-    JsWarrenError::new(&err.message, err.code.as_str(), err.retry(), &id).into()
+    let text = |s: &Option<String>| s.as_deref().map_or(JsValue::UNDEFINED, JsValue::from_str);
+    JsWarrenError::new(
+        &err.message,
+        err.code.as_str(),
+        err.retry(),
+        &text(&err.id),
+        &text(&err.stream),
+    )
+    .into()
 }
 
 /// A `WarrenError` with code `invalid`, for bad arguments.

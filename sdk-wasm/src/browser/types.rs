@@ -34,6 +34,13 @@ export declare class WarrenError extends Error {
   readonly retry: boolean;
   /** The frame id of the failed `write` / `writeAndWait` (absent for errors not tied to one). */
   readonly id?: string;
+  /**
+   * On a `session_expired` error event after a resume: the channel whose own stream
+   * (`[channel_options]` with a retention of its own) no longer held what this session
+   * missed there. Absent when the outbound stream's retention is the cause, and on
+   * every other error. The message starts with how many positions were missed.
+   */
+  readonly stream?: string;
 }
 
 /** Whether `e` is a `WarrenError` (narrows `unknown` in a `catch`). */

@@ -39,9 +39,12 @@ client.on("error", (e) => {
   const code: ErrorCode = e.code;
   const retry: boolean = e.retry;
   const id: string | undefined = e.id;
+  // The channel whose own stream a `session_expired` notice is about.
+  const stream: string | undefined = e.code === "session_expired" ? e.stream : undefined;
   void code;
   void retry;
   void id;
+  void stream;
 });
 
 try {
