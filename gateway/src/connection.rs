@@ -645,7 +645,21 @@ impl Conn {
         let mut notice = None;
         let mut resumed = false;
         let mut id = None;
-        match core_::resume_of(&hello, &owner) {
+        let resume = match core_::resume_of(&hello, &owner) {
+            Resume::Resume(requested) => {
+                match position_past_tail(&self.shared.clone(), &hello).await {
+                    Some(stream) => {
+                        tracing::warn!(conn = self.id, session = %requested, stream = %stream, position = ?hello.position, positions = ?hello.positions, "resume refused: a position past the stream's tail (the stream was deleted and declared again, or RabbitMQ lost its data)");
+                        Resume::Fresh {
+                            notice: Some(ErrorCode::SessionExpired),
+                        }
+                    }
+                    None => Resume::Resume(requested),
+                }
+            }
+            fresh => fresh,
+        };
+        match resume {
             Resume::Fresh { notice: why } => {
                 if why == Some(ErrorCode::Forbidden) {
                     tracing::info!(conn = self.id, session = ?hello.session, "resume refused: another user's session");
@@ -1497,4 +1511,28 @@ impl Conn {
         }
         tracing::info!(conn = self.id, session = %s.id, unacked, "session closed");
     }
+}
+
+/// The stream (its name) of the first position `hello` names past that stream's
+/// tail ([`Hub::holds_position`](crate::hub::Hub::holds_position)): positions of a
+/// stream that was deleted and declared again, or of another broker. Nothing after
+/// such a position can be replayed: the session is not resumed.
+async fn position_past_tail(shared: &Shared, hello: &Hello) -> Option<String> {
+    for source in shared.streams.all() {
+        let position = match &source.channel {
+            None => hello.position,
+            Some(channel) => hello.positions.get(channel),
+        };
+        let Some(position) = position else {
+            continue;
+        };
+        if !source
+            .hub
+            .holds_position(&shared.broker, &source.name, position)
+            .await
+        {
+            return Some(source.name.clone());
+        }
+    }
+    None
 }

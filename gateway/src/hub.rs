@@ -19,12 +19,22 @@
 //! one reaches only sessions without a tenant); replies, addressed to one session,
 //! are exempt.
 //!
-//! Everything here but [`run_reader`] and [`Reader`] is pure and unit-tested without a
-//! broker.
+//! A stream deleted and declared again (by an operator clearing it, or a broker that
+//! lost its data) starts its positions over at 0, below what the hub and its clients
+//! hold; RabbitMQ would hand a reader asking for an old position nothing until the new
+//! stream reached it. So the reader, when it starts again from a position, first
+//! looks at the stream's tail ([`stream_tail`]): a tail below what the hub read means
+//! the stream was replaced, and the hub starts over ([`Hub::reset`]) from the new
+//! stream's first position, ending its sessions (their positions name the old stream).
+//! A resume naming a position past the tail is likewise not resumed
+//! ([`Hub::holds_position`]).
+//!
+//! Everything here but [`run_reader`], [`stream_tail`], [`Hub::holds_position`] and
+//! [`Reader`] is pure and unit-tested without a broker.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
@@ -118,6 +128,19 @@ const HUB_PREFETCH: u16 = 2000;
 
 /// Bytes of message bodies the ring holds at most, whatever `hub_buffer_messages` says.
 pub const RING_MAX_BYTES: usize = 256 * 1024 * 1024;
+
+/// How long [`stream_tail`] waits for the stream's last chunk to go on before it takes
+/// what came as all there is.
+const TAIL_QUIET: Duration = Duration::from_millis(500);
+
+/// How long a resume naming a position the hub has not read yet waits for the hub to
+/// read it (a client coming from another gateway may be a little ahead of this one)
+/// before the stream's tail is looked at.
+const AHEAD_WAIT: Duration = Duration::from_millis(500);
+
+/// How long a look at the stream's tail answers for other resumes (a storm of resumes
+/// with positions of a replaced stream looks once, not once each).
+const TAIL_FRESH: Duration = Duration::from_secs(1);
 
 /// One message of the outbound stream.
 #[derive(Debug)]
@@ -251,6 +274,9 @@ struct Member {
     /// Tenant mode: the only tenant whose messages it receives (`None`: only
     /// messages without a tenant). `None` outside tenant mode: no filter.
     tenant: Option<Option<String>>,
+    /// The stream was replaced under it ([`Hub::reset`]): its positions name a stream
+    /// that is gone, so it is ended ([`CatchUp::Replaced`]).
+    replaced: bool,
 }
 
 impl Member {
@@ -306,6 +332,11 @@ pub enum CatchUp {
     },
     /// It is at the ring's end and live again.
     Live,
+    /// The stream was deleted and declared again under it ([`Hub::reset`]): nothing
+    /// it holds a position of is left, and the session must end (its client then
+    /// resumes with positions past the new stream's tail and is given a fresh session
+    /// with a `session_expired` notice).
+    Replaced,
 }
 
 /// The in-memory fan-out of the outbound stream.
@@ -317,6 +348,9 @@ pub struct Hub {
     ready: watch::Sender<bool>,
     /// Tenant mode: members receive only their tenant's messages.
     tenants: bool,
+    /// The last look at the stream's tail, when it was taken ([`Hub::holds_position`]);
+    /// the lock makes concurrent resumes share one look.
+    tail: tokio::sync::Mutex<Option<(Instant, Option<u64>)>>,
 }
 
 /// A session's membership in the hub; leaves it when dropped.
@@ -348,6 +382,7 @@ impl Hub {
             max_messages: max_messages.max(1),
             ready: watch::channel(false).0,
             tenants,
+            tail: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -402,6 +437,7 @@ impl Hub {
             from: from.or(head).unwrap_or(0),
             keys: HashMap::new(),
             tenant: self.tenants.then(|| tenant.map(str::to_string)),
+            replaced: false,
         };
         st.members.insert(conn, member);
         add_key(&mut st, conn, &reply_key(session));
@@ -521,6 +557,9 @@ impl Hub {
         let Some(member) = st.members.get(&conn) else {
             return CatchUp::Batch(Vec::new(), from);
         };
+        if member.replaced {
+            return CatchUp::Replaced;
+        }
         let from = from.max(member.from);
         let first = st.ring.front().map(|m| m.offset);
         match (first, st.next) {
@@ -601,6 +640,66 @@ impl Hub {
             .members
             .get(&conn)
             .is_some_and(|member| member.wants(m))
+    }
+
+    /// The stream was deleted and declared again: forgets what was read from the old
+    /// one (the next message read is taken whatever its position) and ends every
+    /// session in the hub: each is told it lagged and then gets [`CatchUp::Replaced`].
+    /// Returns how many sessions there were.
+    pub fn reset(&self) -> usize {
+        let mut st = self.lock();
+        st.ring.clear();
+        st.ring_bytes = 0;
+        st.ring_keys.clear();
+        st.next = None;
+        for m in st.members.values_mut() {
+            m.replaced = true;
+            m.live = false;
+            m.inbox.lagged.notify_one();
+        }
+        st.members.len()
+    }
+
+    /// Whether position `position` of `stream` (this hub's) is one the stream has: a
+    /// resume naming a position past the stream's tail names a stream that was
+    /// replaced (or another broker's), and nothing after it can be replayed. True at
+    /// once when the hub has read it; else after the hub reads it within
+    /// [`AHEAD_WAIT`] (a client from a gateway a little ahead), else when the
+    /// stream's tail has it. When the tail cannot be read, true: the resume goes on
+    /// as it would have.
+    pub(crate) async fn holds_position(
+        &self,
+        broker: &Broker,
+        stream: &str,
+        position: u64,
+    ) -> bool {
+        let read = || self.lock().next.is_some_and(|n| n > position);
+        let deadline = Instant::now() + AHEAD_WAIT;
+        while !read() {
+            if Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if read() {
+            return true;
+        }
+        let mut last = self.tail.lock().await;
+        if let Some((at, tail)) = *last {
+            if at.elapsed() < TAIL_FRESH || tail.is_some_and(|t| t >= position) {
+                return tail.is_some_and(|t| t >= position) || read();
+            }
+        }
+        match stream_tail(broker, stream, position).await {
+            Ok(tail) => {
+                *last = Some((Instant::now(), tail));
+                tail.is_some_and(|t| t >= position)
+            }
+            Err(e) => {
+                tracing::warn!(stream, error = %e, "cannot read the stream's tail; the resume goes on");
+                true
+            }
+        }
     }
 
     /// Whether position `offset` is in the ring (a reader can hand over to it).
@@ -754,7 +853,35 @@ pub async fn run_reader(
         if *shutdown.borrow() {
             return;
         }
-        let from = hub.next_offset();
+        let mut from = hub.next_offset();
+        if let Some(next) = from.filter(|n| *n > 0) {
+            // Starting again after a read: the stream must still hold what was read.
+            let replaced = tokio::select! {
+                r = replaced(&broker, &stream, next - 1) => r,
+                _ = shutdown.changed() => return,
+            };
+            let replaced = match replaced {
+                Ok(r) => r,
+                Err(e) => {
+                    // Not read from before it is known to be the same stream.
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "outbound stream reader cannot start: its tail cannot be read");
+                    let wait = Duration::from_millis((100u64 << attempt.min(5)).min(3000));
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => continue,
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            };
+            if let Some(tail) = replaced {
+                let sessions = hub.reset();
+                tracing::error!(
+                    stream = %stream, read_up_to = next - 1, tail = ?tail, sessions,
+                    "the stream's tail is below what was read from it: it was deleted and declared again, or RabbitMQ lost its data. Reading the new stream from its start; its sessions are closed (4002) and their clients get fresh sessions with a session_expired notice"
+                );
+                from = Some(0);
+            }
+        }
         let tag = format!("{node}.hub");
         let (ch, mut consumer) =
             match consume_stream(&broker, &stream, &tag, from, HUB_PREFETCH).await {
@@ -812,6 +939,75 @@ pub async fn run_reader(
         let _ = ch.close(200, "restart".into()).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Whether `stream` was replaced under a reader that read up to `read_up_to`: its tail
+/// is below that in three looks a second apart (one could catch a replica of a
+/// cluster node that lags its leader for a moment). `Some(tail)` when it was; `None`
+/// when it holds what was read.
+///
+/// # Errors
+/// When the tail cannot be read (the stream is not there yet, the broker is away).
+async fn replaced(
+    broker: &Broker,
+    stream: &str,
+    read_up_to: u64,
+) -> Result<Option<Option<u64>>, GatewayError> {
+    let mut tail = None;
+    for look in 0..3 {
+        if look > 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        match stream_tail(broker, stream, read_up_to).await? {
+            Some(t) if t >= read_up_to => return Ok(None),
+            t => tail = t,
+        }
+    }
+    Ok(Some(tail))
+}
+
+/// The position of the newest message in `stream`, read from its last chunk (`None`:
+/// the stream is empty). Stops reading as soon as a position at or past `at_least`
+/// came (the stream has it), else after [`TAIL_QUIET`] without a message.
+///
+/// # Errors
+/// When the stream cannot be consumed (not there, broker away).
+pub(crate) async fn stream_tail(
+    broker: &Broker,
+    stream: &str,
+    at_least: u64,
+) -> Result<Option<u64>, GatewayError> {
+    let tag = format!("warren.tail.{}", uuid::Uuid::new_v4().simple());
+    let (ch, mut consumer) = consume_stream(broker, stream, &tag, None, HUB_PREFETCH).await?;
+    let mut tail: Option<u64> = None;
+    let mut unacked = 0u32;
+    let read = loop {
+        let d = match tokio::time::timeout(TAIL_QUIET, consumer.next()).await {
+            Err(_) => break Ok(tail),
+            Ok(Some(Ok(d))) => d,
+            Ok(Some(Err(e))) => {
+                break Err(GatewayError::amqp(
+                    format!("reading the tail of {stream}"),
+                    e,
+                ))
+            }
+            // Cancelled by the broker (the stream was deleted meanwhile): no answer.
+            Ok(None) => break Err(GatewayError::Closed),
+        };
+        if let Some(offset) = stream_offset(d.properties.headers().as_ref()) {
+            tail = tail.max(Some(offset));
+        }
+        if tail.is_some_and(|t| t >= at_least) {
+            break Ok(tail);
+        }
+        unacked += 1;
+        if unacked >= ACK_EVERY {
+            let _ = d.acker.ack(BasicAckOptions { multiple: true }).await;
+            unacked = 0;
+        }
+    };
+    let _ = ch.close(200, "tail read".into()).await;
+    read
 }
 
 /// A session's own reader of the stream, for a position older than the ring.
@@ -1096,7 +1292,7 @@ mod tests {
                     from = next;
                 }
                 CatchUp::Live => break,
-                CatchUp::Behind { .. } => panic!("the ring holds everything"),
+                CatchUp::Behind { .. } | CatchUp::Replaced => panic!("the ring holds everything"),
             }
         }
         hub.publish(msg(total, "chat.all"));
@@ -1145,6 +1341,42 @@ mod tests {
         assert_eq!(got, vec![10, 11]);
     }
 
+    #[tokio::test]
+    async fn after_a_reset_the_sessions_end_and_the_new_streams_positions_are_taken_from_0() {
+        let hub = Hub::new(100);
+        for i in 0..5 {
+            hub.publish(msg(i, "chat.all"));
+        }
+        let (live, _) = hub.join(1, "s1", None);
+        let (behind, _) = hub.join(2, "s2", Some(2));
+        for conn in [1, 2] {
+            hub.subscribe(conn, &keys(&["chat.all"]));
+        }
+        assert_eq!(hub.reset(), 2);
+        // Both are told to look, and are then told the stream is gone.
+        for m in [&live, &behind] {
+            tokio::time::timeout(Duration::from_secs(1), m.inbox.lagged())
+                .await
+                .expect("told");
+        }
+        assert!(matches!(hub.catch_up(1, 5, 10), CatchUp::Replaced));
+        assert!(matches!(hub.catch_up(2, 2, 10), CatchUp::Replaced));
+        // The new stream starts over at 0: taken, not dropped as read before, and
+        // pushed to a session that joined after the reset; never to the ended ones.
+        assert_eq!(hub.head(), None);
+        let (fresh, head) = hub.join(3, "s3", None);
+        assert_eq!(head, None);
+        hub.subscribe(3, &keys(&["chat.all"]));
+        for i in 0..3 {
+            hub.publish(msg(i, "chat.all"));
+        }
+        assert_eq!(offsets(&fresh.inbox), vec![0, 1, 2]);
+        assert!(offsets(&live.inbox).is_empty());
+        assert_eq!(hub.head(), Some(2));
+        assert!(hub.holds(0));
+        assert!(matches!(hub.catch_up(3, 0, 10), CatchUp::Batch(..)));
+    }
+
     #[test]
     fn catching_up_by_key_and_by_pattern_gives_the_same_messages_once_in_order() {
         let hub = Hub::new(50);
@@ -1171,7 +1403,7 @@ mod tests {
                         from = next;
                     }
                     CatchUp::Live => return got,
-                    CatchUp::Behind { .. } => panic!("in the ring"),
+                    CatchUp::Behind { .. } | CatchUp::Replaced => panic!("in the ring"),
                 }
             }
         };

@@ -176,6 +176,12 @@ impl Outbound {
                             cursor = Some(next);
                         }
                         CatchUp::Live => self.read = Read::Live,
+                        CatchUp::Replaced => {
+                            return Step::Failed(format!(
+                                "stream {} was deleted and declared again",
+                                self.source.name
+                            ));
+                        }
                         CatchUp::Behind { from } => {
                             self.read = Read::Replay(source.replays.join(conn, from));
                             self.positions.reader_opened(from);

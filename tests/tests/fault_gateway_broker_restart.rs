@@ -3,7 +3,10 @@
 //! requests), re-declares the topology and serves the client's session again; every
 //! write resolves — acknowledged, or refused with the retryable `broker_unavailable` —
 //! none vanishes, and every acknowledged write is in the (quorum) `IN_CHAT` queue
-//! afterwards. Runs on a private node (`warren_e2e::broker_node`), never on the
+//! afterwards. The client also follows chat: what it read of the outbound stream
+//! before the kill it is not given again, and a broadcast after the restart reaches
+//! it once, in the same session (the gateway, reading again from position 3, finds
+//! the same stream, not one deleted and declared again). Runs on a private node (`warren_e2e::broker_node`), never on the
 //! shared broker; skipped where RabbitMQ's server scripts are not installed.
 
 use std::collections::HashSet;
@@ -11,15 +14,17 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
+};
 use lapin::types::{FieldTable, ShortString};
-use lapin::{Connection, ConnectionProperties};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
 use warren_e2e::broker_node::{with_private_nodes, BrokerCluster};
 use warren_e2e::env::TestEnv;
 use warren_e2e::gateway::TestGateway;
 use warren_e2e::sdk_driver::{envelope, payload, percentile, SdkClient};
 use warren_protocol::ErrorCode;
-use warren_sdk::Config;
+use warren_sdk::{Config, SubscribeOptions};
 
 /// Writes in the run (one every 20 ms).
 const WRITES: usize = 600;
@@ -34,6 +39,43 @@ async fn a_broker_killed_and_restarted_under_writes_loses_no_acknowledged_write(
         run(),
     )
     .await;
+}
+
+/// Publishes a broadcast to chat with `message_id` `id` on the node at `uri`, as a
+/// service would, and waits for RabbitMQ's confirm.
+async fn publish_out(uri: &str, env: &TestEnv, id: &str) {
+    let conn = Connection::connect(uri, ConnectionProperties::default())
+        .await
+        .expect("connect to the node");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let confirm = ch
+        .basic_publish(
+            ShortString::from(env.names.outbound_exchange()),
+            ShortString::from("chat.all"),
+            BasicPublishOptions::default(),
+            b"{}",
+            BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_message_id(ShortString::from(id)),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    assert!(confirm.is_ack(), "{id} confirmed");
+    let _ = conn.close(200, "published".into()).await;
+}
+
+/// Waits (up to 30 s) until the client delivered exactly `ids` to the app, in order.
+async fn wait_delivered(client: &SdkClient, ids: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.delivered() != ids && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(client.delivered(), ids, "deliveries, once each, in order");
 }
 
 async fn run() {
@@ -57,6 +99,23 @@ async fn run() {
         .ready(Duration::from_secs(10))
         .await
         .expect("the client connects");
+    // The client follows chat's broadcast and has read the outbound stream's first
+    // three positions: the gateway reads the stream again from position 3 after the
+    // restart and must find it the same stream (not one deleted and declared again:
+    // that would end the session), and the client's resume names position 2.
+    client.subscribe(SubscribeOptions {
+        channel: "chat".into(),
+        broadcast: Some(true),
+        groups: Vec::new(),
+        direct: false,
+        topic: None,
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = ["b0", "b1", "b2"];
+    for id in before {
+        publish_out(&uri, &env, id).await;
+    }
+    wait_delivered(&client, &before).await;
 
     let mut pending = Vec::new();
     let mut killed_at = None;
@@ -75,6 +134,9 @@ async fn run() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (killed_at, restarted_at) = (killed_at.unwrap(), restarted_at.unwrap());
+    // The stream survived the restart, and the gateway delivers from it again.
+    publish_out(&uri, &env, "a0").await;
+    wait_delivered(&client, &["b0", "b1", "b2", "a0"]).await;
     let mut acked = Vec::new();
     let mut refused = Vec::new();
     let mut vanished = 0;

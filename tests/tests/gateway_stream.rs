@@ -452,3 +452,81 @@ async fn a_session_id_never_issued_or_of_another_user_gets_a_fresh_session_with_
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_stream_deleted_and_declared_again_ends_its_sessions_and_old_positions_get_fresh_sessions(
+) {
+    TestEnv::run("stream-replaced", LIMIT, async |env| {
+        let gw = TestGateway::start(env).await;
+        // `a` stays connected; `c` goes away after the same five messages.
+        let mut a = TestClient::connect(&gw.url()).await;
+        let mut c = TestClient::connect(&gw.url()).await;
+        for x in [&mut a, &mut c] {
+            x.subscribe(sub("all", "chat")).await;
+        }
+        for i in 0..5 {
+            env.publish_out("chat.all", &format!("o{i}"), &format!("{i}"))
+                .await;
+        }
+        a.expect_delivers(5).await;
+        let old = c.expect_delivers(5).await;
+        let old_position = old[4].position;
+        assert_eq!(old_position, Some(4));
+        let session = c.session().to_string();
+        c.abort();
+
+        // Deleted (how a stream is emptied) and declared again by a gateway starting
+        // (as by `topology apply`, or by gateways reconnecting to a broker that lost
+        // its data): positions start over at 0.
+        use lapin::options::QueueDeleteOptions;
+        env.channel()
+            .queue_delete(
+                env.names.outbound_stream().as_str().into(),
+                QueueDeleteOptions::default(),
+            )
+            .await
+            .expect("delete the outbound stream");
+        let gw2 = TestGateway::start(env).await;
+
+        // The first gateway's reader finds the new stream's tail below what it had
+        // read: it reads the new stream from its start, and `a`'s session, whose
+        // positions name the old stream, is closed with 4002.
+        assert_eq!(
+            a.expect_close(Duration::from_secs(15)).await,
+            Some(4002),
+            "a live session on the replaced stream is ended"
+        );
+        // A resume naming the old position, on either gateway: a fresh session with a
+        // notice, never a silent wait for the new stream to reach position 4.
+        let mut resumed = Vec::new();
+        for g in [&gw, &gw2] {
+            let r = TestClient::connect_with(
+                &g.url(),
+                resume(&session, old_position, vec![sub("all", "chat")]),
+            )
+            .await;
+            let w = r.welcome();
+            assert!(!w.resumed, "{w:?}");
+            assert_eq!(w.notice, Some(ErrorCode::SessionExpired), "{w:?}");
+            assert_ne!(r.session(), session);
+            resumed.push(r);
+        }
+        // And both gateways deliver what services publish to the new stream, from
+        // its position 0, to the fresh sessions.
+        env.publish_out("chat.all", "n0", "100").await;
+        for r in &mut resumed {
+            let d = r.expect_deliver().await;
+            assert_eq!((d.message_id.as_str(), d.position), ("n0", Some(0)));
+        }
+        // A resume with a position the new stream has is a resume.
+        let r = TestClient::connect_with(
+            &gw.url(),
+            resume(resumed[0].session(), Some(0), vec![sub("all", "chat")]),
+        )
+        .await;
+        assert!(r.welcome().resumed, "{:?}", r.welcome());
+        gw2.shutdown().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
