@@ -138,10 +138,6 @@ const TAIL_QUIET: Duration = Duration::from_millis(500);
 /// before the stream's tail is looked at.
 const AHEAD_WAIT: Duration = Duration::from_millis(500);
 
-/// How long a look at the stream's tail answers for other resumes (a storm of resumes
-/// with positions of a replaced stream looks once, not once each).
-const TAIL_FRESH: Duration = Duration::from_secs(1);
-
 /// One message of the outbound stream.
 #[derive(Debug)]
 pub struct Message {
@@ -665,16 +661,21 @@ impl Hub {
     /// replaced (or another broker's), and nothing after it can be replayed. True at
     /// once when the hub has read it; else after the hub reads it within
     /// [`AHEAD_WAIT`] (a client from a gateway a little ahead), else when the
-    /// stream's tail has it. When the tail cannot be read, true: the resume goes on
-    /// as it would have.
+    /// stream's tail has it. Resumes waiting together share looks at the tail: one
+    /// that began after a resume was asked answers it (a storm of resumes with
+    /// positions of a replaced stream looks about twice a second, not once each).
+    /// When the tail cannot be read, true: the resume goes on as it would have.
     pub(crate) async fn holds_position(
         &self,
         broker: &Broker,
         stream: &str,
         position: u64,
     ) -> bool {
+        // The client had the position before it asked: a look at the tail taken
+        // after this would have seen it.
+        let asked = Instant::now();
         let read = || self.lock().next.is_some_and(|n| n > position);
-        let deadline = Instant::now() + AHEAD_WAIT;
+        let deadline = asked + AHEAD_WAIT;
         while !read() {
             if Instant::now() >= deadline {
                 break;
@@ -685,14 +686,22 @@ impl Hub {
             return true;
         }
         let mut last = self.tail.lock().await;
-        if let Some((at, tail)) = *last {
-            if at.elapsed() < TAIL_FRESH || tail.is_some_and(|t| t >= position) {
-                return tail.is_some_and(|t| t >= position) || read();
+        if read() {
+            return true;
+        }
+        if let Some((looked, tail)) = *last {
+            if tail.is_some_and(|t| t >= position) {
+                return true;
+            }
+            if looked >= asked {
+                // A look that began after this resume was asked did not find it.
+                return false;
             }
         }
+        let looked = Instant::now();
         match stream_tail(broker, stream, position).await {
             Ok(tail) => {
-                *last = Some((Instant::now(), tail));
+                *last = Some((looked, tail));
                 tail.is_some_and(|t| t >= position)
             }
             Err(e) => {
