@@ -131,12 +131,12 @@ pub const RING_MAX_BYTES: usize = 256 * 1024 * 1024;
 
 /// How long [`stream_tail`] waits for the stream's last chunk to go on before it takes
 /// what came as all there is.
-const TAIL_QUIET: Duration = Duration::from_millis(500);
+const TAIL_QUIET: Duration = Duration::from_millis(300);
 
 /// How long a resume naming a position the hub has not read yet waits for the hub to
 /// read it (a client coming from another gateway may be a little ahead of this one)
 /// before the stream's tail is looked at.
-const AHEAD_WAIT: Duration = Duration::from_millis(500);
+const AHEAD_WAIT: Duration = Duration::from_millis(300);
 
 /// One message of the outbound stream.
 #[derive(Debug)]

@@ -151,7 +151,8 @@ async fn a_resume_naming_a_position_past_any_stream_opens_a_fresh_session_with_a
         c.expect_ack("p").await;
         c.close().await;
     }
-    // The furthest allowed position resumes.
+    // The furthest allowed position is not corrupt: it is past this stream's tail
+    // (no stream gets there), so it is refused as such, not as `invalid`.
     let c = TestClient::connect_with(
         &gw.url(),
         Hello {
@@ -160,6 +161,12 @@ async fn a_resume_naming_a_position_past_any_stream_opens_a_fresh_session_with_a
         },
     )
     .await;
+    let w = c.welcome.clone().unwrap();
+    assert!(!w.resumed);
+    assert_eq!(w.notice, Some(ErrorCode::SessionExpired));
+    c.close().await;
+    // And the session itself still resumes.
+    let c = TestClient::connect_with(&gw.url(), resume(&session)).await;
     assert!(c.welcome.as_ref().unwrap().resumed);
     c.close().await;
     gw.shutdown().await;
