@@ -43,6 +43,13 @@ pub enum GatewayError {
         /// The broker's or lapin's error.
         source: lapin::Error,
     },
+    /// RabbitMQ cancelled a consumer the gateway needed an answer from (e.g. its
+    /// queue was deleted meanwhile).
+    #[error("RabbitMQ cancelled the consumer of {what}")]
+    Cancelled {
+        /// What was being read.
+        what: String,
+    },
     /// The broker link was closed by shutdown.
     #[error("the gateway is shutting down")]
     Closed,

@@ -1001,7 +1001,11 @@ pub(crate) async fn stream_tail(
                 ))
             }
             // Cancelled by the broker (the stream was deleted meanwhile): no answer.
-            Ok(None) => break Err(GatewayError::Closed),
+            Ok(None) => {
+                break Err(GatewayError::Cancelled {
+                    what: format!("the tail of {stream}"),
+                })
+            }
         };
         if let Some(offset) = stream_offset(d.properties.headers().as_ref()) {
             tail = tail.max(Some(offset));
