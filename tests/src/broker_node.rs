@@ -345,6 +345,26 @@ impl BrokerCluster {
         self.wait_ready(i).await
     }
 
+    /// Deletes node `i`'s data (its queues, streams, users' state: what a node that
+    /// lost its disk has), so that [`BrokerCluster::start_node`] boots it empty. The
+    /// node must not be running.
+    ///
+    /// # Errors
+    /// When it is running, or its data directory cannot be removed.
+    pub fn wipe_node(&mut self, i: usize) -> Result<(), BrokerNodeError> {
+        let io = |source| BrokerNodeError::Io {
+            what: format!("wiping node {}", self.nodes[i].name),
+            source,
+        };
+        if self.nodes[i].state == NodeState::Running {
+            return Err(io(std::io::Error::other("it is running")));
+        }
+        match std::fs::remove_dir_all(self.nodes[i].dir.join("mnesia")) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(e)),
+            _ => Ok(()),
+        }
+    }
+
     /// Runs `rabbitmqctl -n <node i> <args>` and returns its output.
     ///
     /// # Errors

@@ -6,7 +6,9 @@
 //! afterwards. The client also follows chat: what it read of the outbound stream
 //! before the kill it is not given again, and a broadcast after the restart reaches
 //! it once, in the same session (the gateway, reading again from position 3, finds
-//! the same stream, not one deleted and declared again). Runs on a private node (`warren_e2e::broker_node`), never on the
+//! the same stream, not one deleted and declared again). A second run deletes the
+//! node's data before starting it again: the client is told (`session_expired`, a
+//! fresh session) and then served from the new stream. Runs on a private node (`warren_e2e::broker_node`), never on the
 //! shared broker; skipped where RabbitMQ's server scripts are not installed.
 
 use std::collections::HashSet;
@@ -39,6 +41,83 @@ async fn a_broker_killed_and_restarted_under_writes_loses_no_acknowledged_write(
         run(),
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_broker_that_lost_its_data_gives_the_client_a_fresh_session_with_a_notice() {
+    with_private_nodes(
+        "fault_gateway_broker_restart",
+        Duration::from_secs(240),
+        lost_data(),
+    )
+    .await;
+}
+
+/// The node is SIGKILLed, its data deleted and it boots empty: the gateway declares
+/// its topology again, and its reader finds the new outbound stream's tail below what
+/// it had read. The client's session on the old stream is ended; its resume names a
+/// position the new stream does not have, so it gets a fresh session and a
+/// `session_expired` event instead of a silent wait, and then the next broadcast.
+async fn lost_data() {
+    let mut cluster = BrokerCluster::single().await.expect("a private node boots");
+    let uri = cluster.uri(0);
+    let env = TestEnv::new("gw-broker-wiped").await;
+    let gw = TestGateway::start_with(&env, |c| {
+        c.amqp_uri = vec![uri.clone()];
+        c.broker_wait_ms = 2_000;
+    })
+    .await;
+    let mut config = Config::new(vec![gw.url()]);
+    config.backoff = warren_sdk::Backoff::new(100, 1_000);
+    let client = SdkClient::start(config, 11);
+    client
+        .ready(Duration::from_secs(10))
+        .await
+        .expect("the client connects");
+    client.subscribe(SubscribeOptions {
+        channel: "chat".into(),
+        broadcast: Some(true),
+        groups: Vec::new(),
+        direct: false,
+        topic: None,
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for id in ["b0", "b1", "b2"] {
+        publish_out(&uri, &env, id).await;
+    }
+    wait_delivered(&client, &["b0", "b1", "b2"]).await;
+
+    cluster.kill_node(0).await.expect("node killed");
+    cluster.wipe_node(0).expect("node wiped");
+    cluster.start_node(0).await.expect("node started empty");
+
+    // Told, in a fresh session; then served from the new stream.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let told = || {
+        let s = client.stats.lock().unwrap();
+        let notices = s
+            .errors
+            .iter()
+            .filter(|(e, _)| e.code == ErrorCode::SessionExpired)
+            .count();
+        (notices, s.sessions.iter().collect::<HashSet<_>>().len())
+    };
+    while told().0 == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        told(),
+        (1, 2),
+        "one session_expired event, one fresh session"
+    );
+    // The SDK subscribes the fresh session again; give it a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    publish_out(&uri, &env, "a0").await;
+    wait_delivered(&client, &["b0", "b1", "b2", "a0"]).await;
+    client.close().await;
+    gw.shutdown().await;
+    cluster.shutdown().await;
+    env.cleanup().await;
 }
 
 /// Publishes a broadcast to chat with `message_id` `id` on the node at `uri`, as a
