@@ -862,49 +862,40 @@ pub async fn run_reader(
         if *shutdown.borrow() {
             return;
         }
-        let mut from = hub.next_offset();
-        if let Some(next) = from.filter(|n| *n > 0) {
-            // Starting again after a read: the stream must still hold what was read.
-            let replaced = tokio::select! {
-                r = replaced(&broker, &stream, next - 1) => r,
-                _ = shutdown.changed() => return,
-            };
-            let replaced = match replaced {
-                Ok(r) => r,
-                Err(e) => {
-                    // Not read from before it is known to be the same stream.
-                    attempt += 1;
-                    tracing::warn!(error = %e, attempt, "outbound stream reader cannot start: its tail cannot be read");
-                    let wait = Duration::from_millis((100u64 << attempt.min(5)).min(3000));
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => continue,
-                        _ = shutdown.changed() => return,
-                    }
-                }
-            };
-            if let Some(tail) = replaced {
-                let sessions = hub.reset();
-                tracing::error!(
-                    stream = %stream, read_up_to = next - 1, tail = ?tail, sessions,
-                    "the stream's tail is below what was read from it: it was deleted and declared again, or RabbitMQ lost its data. Reading the new stream from its start; its sessions are closed (4002) and their clients get fresh sessions with a session_expired notice"
-                );
-                from = Some(0);
-            }
-        }
         let tag = format!("{node}.hub");
-        let (ch, mut consumer) =
-            match consume_stream(&broker, &stream, &tag, from, HUB_PREFETCH).await {
-                Ok(x) => x,
-                Err(e) => {
-                    attempt += 1;
-                    tracing::warn!(error = %e, attempt, "outbound stream reader cannot start");
-                    let wait = Duration::from_millis((100u64 << attempt.min(5)).min(3000));
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => continue,
-                        _ = shutdown.changed() => return,
-                    }
+        let start = async {
+            let mut from = hub.next_offset();
+            if let Some(next) = from.filter(|n| *n > 0) {
+                // Starting again after a read: the stream must still hold what was
+                // read (a tail that cannot be read is not read past: tried again).
+                if let Some(tail) = replaced(&broker, &stream, next - 1).await? {
+                    let sessions = hub.reset();
+                    tracing::error!(
+                        stream = %stream, read_up_to = next - 1, tail = ?tail, sessions,
+                        "the stream's tail is below what was read from it: it was deleted and declared again, or RabbitMQ lost its data. Reading the new stream from its start; its sessions are closed (4002) and their clients get fresh sessions with a session_expired notice"
+                    );
+                    from = Some(0);
                 }
-            };
+            }
+            let (ch, consumer) = consume_stream(&broker, &stream, &tag, from, HUB_PREFETCH).await?;
+            Ok::<_, GatewayError>((ch, consumer, from))
+        };
+        let started = tokio::select! {
+            r = start => r,
+            _ = shutdown.changed() => return,
+        };
+        let (ch, mut consumer, from) = match started {
+            Ok(x) => x,
+            Err(e) => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "outbound stream reader cannot start");
+                let wait = Duration::from_millis((100u64 << attempt.min(5)).min(3000));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => continue,
+                    _ = shutdown.changed() => return,
+                }
+            }
+        };
         tracing::info!(stream = %stream, from = ?from, "outbound stream reader started");
         attempt = 0;
         // An empty stream sends nothing for `last`: ready once nothing came for a bit.

@@ -62,30 +62,8 @@ async fn lost_data() {
     let mut cluster = BrokerCluster::single().await.expect("a private node boots");
     let uri = cluster.uri(0);
     let env = TestEnv::new("gw-broker-wiped").await;
-    let gw = TestGateway::start_with(&env, |c| {
-        c.amqp_uri = vec![uri.clone()];
-        c.broker_wait_ms = 2_000;
-    })
-    .await;
-    let mut config = Config::new(vec![gw.url()]);
-    config.backoff = warren_sdk::Backoff::new(100, 1_000);
-    let client = SdkClient::start(config, 11);
-    client
-        .ready(Duration::from_secs(10))
-        .await
-        .expect("the client connects");
-    client.subscribe(SubscribeOptions {
-        channel: "chat".into(),
-        broadcast: Some(true),
-        groups: Vec::new(),
-        direct: false,
-        topic: None,
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    for id in ["b0", "b1", "b2"] {
-        publish_out(&uri, &env, id).await;
-    }
-    wait_delivered(&client, &["b0", "b1", "b2"]).await;
+    let (gw, client) = gateway_and_client(&env, &uri, |_| {}, 11).await;
+    follow_chat(&client, &uri, &env).await;
 
     cluster.kill_node(0).await.expect("node killed");
     cluster.wipe_node(0).expect("node wiped");
@@ -118,6 +96,48 @@ async fn lost_data() {
     gw.shutdown().await;
     cluster.shutdown().await;
     env.cleanup().await;
+}
+
+/// A gateway on the node at `uri` (reconnecting quickly) and a connected SDK client of
+/// it, configured by `tweak`.
+async fn gateway_and_client(
+    env: &TestEnv,
+    uri: &str,
+    tweak: impl FnOnce(&mut Config),
+    seed: u64,
+) -> (TestGateway, SdkClient) {
+    let gw = TestGateway::start_with(env, |c| {
+        c.amqp_uri = vec![uri.to_string()];
+        c.broker_wait_ms = 2_000;
+    })
+    .await;
+    let mut config = Config::new(vec![gw.url()]);
+    config.backoff = warren_sdk::Backoff::new(100, 1_000);
+    tweak(&mut config);
+    let client = SdkClient::start(config, seed);
+    client
+        .ready(Duration::from_secs(10))
+        .await
+        .expect("the client connects");
+    (gw, client)
+}
+
+/// The client subscribes to chat's broadcast and receives b0, b1 and b2, published to
+/// the node at `uri`: it holds positions 0-2 of the outbound stream.
+async fn follow_chat(client: &SdkClient, uri: &str, env: &TestEnv) {
+    client.subscribe(SubscribeOptions {
+        channel: "chat".into(),
+        broadcast: Some(true),
+        groups: Vec::new(),
+        direct: false,
+        topic: None,
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = ["b0", "b1", "b2"];
+    for id in before {
+        publish_out(uri, env, id).await;
+    }
+    wait_delivered(client, &before).await;
 }
 
 /// Publishes a broadcast to chat with `message_id` `id` on the node at `uri`, as a
@@ -163,38 +183,22 @@ async fn run() {
     let uri = cluster.uri(0);
     // The shared broker only lends the namespace here; everything runs on the node.
     let env = TestEnv::new("gw-broker-restart").await;
-    let gw = TestGateway::start_with(&env, |c| {
-        c.amqp_uri = vec![uri.clone()];
-        c.broker_wait_ms = 2_000;
-    })
+    let (gw, client) = gateway_and_client(
+        &env,
+        &uri,
+        |config| {
+            config.token = Some("writer".into());
+            config.request_timeout_ms = 60_000;
+            config.outbox_limit = 10_000;
+        },
+        7,
+    )
     .await;
-    let mut config = Config::new(vec![gw.url()]);
-    config.token = Some("writer".into());
-    config.backoff = warren_sdk::Backoff::new(100, 1_000);
-    config.request_timeout_ms = 60_000;
-    config.outbox_limit = 10_000;
-    let client = SdkClient::start(config, 7);
-    client
-        .ready(Duration::from_secs(10))
-        .await
-        .expect("the client connects");
     // The client follows chat's broadcast and has read the outbound stream's first
     // three positions: the gateway reads the stream again from position 3 after the
     // restart and must find it the same stream (not one deleted and declared again:
     // that would end the session), and the client's resume names position 2.
-    client.subscribe(SubscribeOptions {
-        channel: "chat".into(),
-        broadcast: Some(true),
-        groups: Vec::new(),
-        direct: false,
-        topic: None,
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = ["b0", "b1", "b2"];
-    for id in before {
-        publish_out(&uri, &env, id).await;
-    }
-    wait_delivered(&client, &before).await;
+    follow_chat(&client, &uri, &env).await;
 
     let mut pending = Vec::new();
     let mut killed_at = None;
