@@ -157,6 +157,23 @@ impl Broker {
         *self.topology.lock().unwrap_or_else(|e| e.into_inner()) = Some(topology);
     }
 
+    /// Declares the remembered topology again (idempotent), as after a reconnect: for
+    /// a stream deleted while the gateway reads it. Nothing when none was set.
+    ///
+    /// # Errors
+    /// As [`Topology::apply`].
+    pub async fn declare_topology_again(&self) -> Result<(), GatewayError> {
+        let topology = self
+            .topology
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match topology {
+            Some(t) => t.apply(self).await,
+            None => Ok(()),
+        }
+    }
+
     /// Connects to the URI after the current one, then the others in turn.
     async fn open_connection(
         self: &Arc<Self>,

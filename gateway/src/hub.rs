@@ -889,6 +889,18 @@ pub async fn run_reader(
             Err(e) => {
                 attempt += 1;
                 tracing::warn!(error = %e, attempt, "outbound stream reader cannot start");
+                if e.is_not_found() {
+                    // Deleted (to empty it, by mistake): declared again, so that what
+                    // services publish is kept and delivered again.
+                    match broker.declare_topology_again().await {
+                        Ok(()) => {
+                            tracing::warn!(stream = %stream, "the stream was missing: the topology is declared again")
+                        }
+                        Err(e) => {
+                            tracing::warn!(stream = %stream, error = %e, "the stream is missing and declaring the topology again failed")
+                        }
+                    }
+                }
                 let wait = Duration::from_millis((100u64 << attempt.min(5)).min(3000));
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => continue,

@@ -530,3 +530,43 @@ async fn a_stream_deleted_and_declared_again_ends_its_sessions_and_old_positions
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_deleted_stream_is_declared_again_by_the_gateway_reading_it() {
+    TestEnv::run("stream-redeclared", LIMIT, async |env| {
+        let gw = TestGateway::start(env).await;
+        let mut a = TestClient::connect(&gw.url()).await;
+        a.subscribe(sub("all", "chat")).await;
+        env.publish_out("chat.all", "o0", "0").await;
+        let old = a.expect_deliver().await;
+        use lapin::options::QueueDeleteOptions;
+        env.channel()
+            .queue_delete(
+                env.names.outbound_stream().as_str().into(),
+                QueueDeleteOptions::default(),
+            )
+            .await
+            .expect("delete the outbound stream");
+        // Nobody else declares it: the gateway whose reader lost it does, then finds
+        // it new and ends the session on the old one.
+        assert_eq!(a.expect_close(Duration::from_secs(20)).await, Some(4002));
+        assert!(
+            env.message_count(&env.names.outbound_stream())
+                .await
+                .is_some(),
+            "the outbound stream is there again"
+        );
+        let mut r = TestClient::connect_with(
+            &gw.url(),
+            resume(a.session(), old.position, vec![sub("all", "chat")]),
+        )
+        .await;
+        assert_eq!(r.welcome().notice, Some(ErrorCode::SessionExpired));
+        // What services publish is kept and delivered again.
+        env.publish_out("chat.all", "n0", "1").await;
+        let d = r.expect_deliver().await;
+        assert_eq!((d.message_id.as_str(), d.position), ("n0", Some(0)));
+        gw.shutdown().await;
+    })
+    .await;
+}
