@@ -157,8 +157,8 @@ impl Broker {
         *self.topology.lock().unwrap_or_else(|e| e.into_inner()) = Some(topology);
     }
 
-    /// Declares the remembered topology again (idempotent), as after a reconnect: for
-    /// a stream deleted while the gateway reads it. Nothing when none was set.
+    /// Declares the remembered topology again (idempotent): after every reconnect, and
+    /// for a stream deleted while the gateway reads it. Nothing when none was set.
     ///
     /// # Errors
     /// As [`Topology::apply`].
@@ -672,15 +672,8 @@ impl Broker {
                 Ok(true) => {
                     failures = 0;
                     metrics::add(&self.metrics.broker_reconnects, 1);
-                    let topology = self
-                        .topology
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .clone();
-                    if let Some(t) = topology {
-                        if let Err(e) = t.apply(&self).await {
-                            tracing::warn!(node = %self.node, error = %e, "re-declaring the topology failed");
-                        }
+                    if let Err(e) = self.declare_topology_again().await {
+                        tracing::warn!(node = %self.node, error = %e, "re-declaring the topology failed");
                     }
                     self.state_tx.send_replace(BrokerState::Connected);
                     tracing::info!(node = %self.node, "RabbitMQ connections re-established");

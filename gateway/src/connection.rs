@@ -646,17 +646,15 @@ impl Conn {
         let mut resumed = false;
         let mut id = None;
         let resume = match core_::resume_of(&hello, &owner) {
-            Resume::Resume(requested) => {
-                match position_past_tail(&self.shared.clone(), &hello).await {
-                    Some(stream) => {
-                        tracing::warn!(conn = self.id, session = %requested, stream = %stream, position = ?hello.position, positions = ?hello.positions, "resume refused: a position past the stream's tail (the stream was deleted and declared again, or RabbitMQ lost its data)");
-                        Resume::Fresh {
-                            notice: Some(ErrorCode::SessionExpired),
-                        }
+            Resume::Resume(requested) => match position_past_tail(&self.shared, &hello).await {
+                Some(stream) => {
+                    tracing::warn!(conn = self.id, session = %requested, stream = %stream, position = ?hello.position, positions = ?hello.positions, "resume refused: a position past the stream's tail (the stream was deleted and declared again, or RabbitMQ lost its data)");
+                    Resume::Fresh {
+                        notice: Some(ErrorCode::SessionExpired),
                     }
-                    None => Resume::Resume(requested),
                 }
-            }
+                None => Resume::Resume(requested),
+            },
             fresh => fresh,
         };
         match resume {
