@@ -15,6 +15,12 @@
 //! time the reading process and RabbitMQ spent per message. Prints the medians and
 //! the ratio; exits non-zero if a reader did not get every message, in order, once.
 //!
+//! With `--latency`, it measures instead what the gateway's rpc waits for: one message
+//! at a time, published persistent with confirms over AMQP as a service replies, and
+//! the time from publish to delivery to each client reading the stream's live end
+//! (`next`), the clients taking turns going first. Prints the medians of each run's p50
+//! and p99.
+//!
 //! A workspace of its own (see `Cargo.toml`); `./dev bench-stream-read` enables the
 //! stream plugin, builds it in release mode and runs it.
 
@@ -31,6 +37,8 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use rabbitmq_stream_client::types::OffsetSpecification;
 use rabbitmq_stream_client::Environment;
+
+mod latency;
 
 /// The gateway's hub reader settings (gateway/src/hub.rs: HUB_PREFETCH, ACK_EVERY).
 const HUB_PREFETCH: u16 = 2_000;
@@ -58,6 +66,10 @@ struct Args {
     /// Reads per client; the medians are reported.
     #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// Measure publish → delivered latency of single messages instead of read speed:
+    /// `--messages` becomes the messages per run (1,000 is plenty).
+    #[arg(long)]
+    latency: bool,
     /// Longest one read may take before the run fails.
     #[arg(long, default_value = "60", value_parser = parse_secs)]
     timeout_s: Duration,
@@ -98,8 +110,13 @@ async fn main() -> anyhow::Result<()> {
                 args.stream_host, args.stream_port
             )
         })?;
-    fill(&conn, &stream, args.messages, args.size).await?;
-    let result = compare(&args, &conn, &env, &stream).await;
+    let result = if args.latency {
+        declare(&conn, &stream).await?;
+        latency::compare(&args, &conn, &env, &stream).await
+    } else {
+        fill(&conn, &stream, args.messages, args.size).await?;
+        compare(&args, &conn, &env, &stream).await
+    };
     let ch = conn.create_channel().await?;
     let _ = ch
         .queue_delete(
@@ -203,8 +220,8 @@ where
     })
 }
 
-/// Declares the stream and publishes `n` messages to it, with confirms.
-async fn fill(conn: &Connection, stream: &str, n: u64, size: usize) -> anyhow::Result<()> {
+/// Declares the stream.
+async fn declare(conn: &Connection, stream: &str) -> anyhow::Result<()> {
     let ch = conn.create_channel().await?;
     let mut args = FieldTable::default();
     args.insert(
@@ -225,6 +242,13 @@ async fn fill(conn: &Connection, stream: &str, n: u64, size: usize) -> anyhow::R
     )
     .await
     .context("declaring the stream")?;
+    Ok(())
+}
+
+/// Declares the stream and publishes `n` messages to it, with confirms.
+async fn fill(conn: &Connection, stream: &str, n: u64, size: usize) -> anyhow::Result<()> {
+    declare(conn, stream).await?;
+    let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let body = vec![b'x'; size];
     eprintln!("filling stream {stream} with {n} messages of {size} B");
@@ -289,7 +313,7 @@ async fn read_lapin(conn: &Connection, stream: &str, n: u64) -> anyhow::Result<(
             bail!("lapin: position {at} where {got} was expected");
         }
         got += 1;
-        if got % ACK_EVERY == 0 {
+        if got.is_multiple_of(ACK_EVERY) {
             d.acker.ack(BasicAckOptions { multiple: true }).await?;
         }
     }
