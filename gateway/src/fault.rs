@@ -6,6 +6,10 @@ use std::time::Duration;
 /// [`crate::hub::Reader::open`] takes this many milliseconds longer.
 pub const READER_OPEN_DELAY_MS: &str = "WARREN_FAULT_READER_OPEN_DELAY_MS";
 
+/// The outbound stream's hub reader takes this many milliseconds longer over each
+/// message it reads (so the hub lags the stream).
+pub const HUB_READ_DELAY_MS: &str = "WARREN_FAULT_HUB_READ_DELAY_MS";
+
 /// The gateway acts on RabbitMQ's `connection.blocked` this many milliseconds after
 /// lapin received it (so publishes meet a connection lapin already holds).
 pub const BLOCKED_NOTICE_DELAY_MS: &str = "WARREN_FAULT_BLOCKED_NOTICE_DELAY_MS";

@@ -344,9 +344,48 @@ pub struct Hub {
     ready: watch::Sender<bool>,
     /// Tenant mode: members receive only their tenant's messages.
     tenants: bool,
-    /// The last look at the stream's tail, when it was taken ([`Hub::holds_position`]);
-    /// the lock makes concurrent resumes share one look.
-    tail: tokio::sync::Mutex<Option<(Instant, Option<u64>)>>,
+    /// The last look at the stream's tail ([`Hub::holds_position`]); the lock makes
+    /// concurrent resumes share one look.
+    tail: tokio::sync::Mutex<Option<TailLook>>,
+}
+
+/// One look at a stream's tail ([`stream_tail`]) and what it can answer.
+#[derive(Debug, Clone, Copy)]
+struct TailLook {
+    /// When the look began.
+    began: Instant,
+    /// The highest position seen.
+    tail: Option<u64>,
+    /// Whether the look read to the tail. A look for a position stops at the first
+    /// message at or past it, so its `tail` is then only a lower bound: it proves
+    /// that the stream holds every position up to it, not that it holds no more.
+    complete: bool,
+}
+
+impl TailLook {
+    /// A look that was asked about `at_least` and found `tail`.
+    fn new(began: Instant, at_least: u64, tail: Option<u64>) -> TailLook {
+        TailLook {
+            began,
+            tail,
+            complete: tail.is_none_or(|t| t < at_least),
+        }
+    }
+
+    /// Whether the stream holds `position`, for a resume asked at `asked`, as far as
+    /// this look can tell: `None` when it cannot (a look must be taken). It holds it
+    /// when the look saw it; it does not when the look read to the tail without
+    /// seeing it and began after the resume was asked (the client had the position
+    /// then, so a look taken after would have seen it).
+    fn holds(&self, position: u64, asked: Instant) -> Option<bool> {
+        if self.tail.is_some_and(|t| t >= position) {
+            Some(true)
+        } else if self.complete && self.began >= asked {
+            Some(false)
+        } else {
+            None
+        }
+    }
 }
 
 /// A session's membership in the hub; leaves it when dropped.
@@ -689,19 +728,13 @@ impl Hub {
         if read() {
             return true;
         }
-        if let Some((looked, tail)) = *last {
-            if tail.is_some_and(|t| t >= position) {
-                return true;
-            }
-            if looked >= asked {
-                // A look that began after this resume was asked did not find it.
-                return false;
-            }
+        if let Some(answer) = last.and_then(|look| look.holds(position, asked)) {
+            return answer;
         }
-        let looked = Instant::now();
+        let began = Instant::now();
         match stream_tail(broker, stream, position).await {
             Ok(tail) => {
-                *last = Some((looked, tail));
+                *last = Some(TailLook::new(began, position, tail));
                 tail.is_some_and(|t| t >= position)
             }
             Err(e) => {
@@ -921,6 +954,8 @@ pub async fn run_reader(
                         tracing::warn!("outbound stream reader stopped; restarting");
                         break;
                     };
+                    #[cfg(feature = "fault-injection")]
+                    crate::fault::delay(crate::fault::HUB_READ_DELAY_MS).await;
                     if let Some(m) = Message::from_delivery(&d) {
                         if let (Some(tx), Some(a)) = (&addressed, m.addressed()) {
                             if tx.try_send(a).is_err() {
@@ -1464,5 +1499,35 @@ mod tests {
         let mut h = FieldTable::default();
         h.insert("x-stream-offset".into(), AMQPValue::LongLongInt(42));
         assert_eq!(stream_offset(Some(&h)), Some(42));
+    }
+
+    #[test]
+    fn a_look_at_the_tail_answers_only_what_it_saw() {
+        let asked = Instant::now();
+        let after = asked + Duration::from_millis(5);
+        let before = asked - Duration::from_millis(5);
+        // Asked about 100, it stopped at the first message at or past it: 140 of a
+        // last chunk that may hold more.
+        let stopped = TailLook::new(after, 100, Some(140));
+        assert!(!stopped.complete);
+        assert_eq!(stopped.holds(120, asked), Some(true));
+        assert_eq!(
+            stopped.holds(150, asked),
+            None,
+            "a look that stopped at 140 says nothing of 150: another look must tell"
+        );
+        // Read to the tail: 140 is the newest.
+        let full = TailLook::new(after, 150, Some(140));
+        assert!(full.complete);
+        assert_eq!(full.holds(150, asked), Some(false));
+        assert_eq!(full.holds(140, asked), Some(true));
+        let earlier = TailLook::new(before, 150, Some(140));
+        assert_eq!(
+            earlier.holds(150, asked),
+            None,
+            "a look from before the resume was asked may have missed its position"
+        );
+        let empty = TailLook::new(after, 0, None);
+        assert_eq!(empty.holds(0, asked), Some(false));
     }
 }
