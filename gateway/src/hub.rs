@@ -308,6 +308,9 @@ struct State {
     ring_keys: HashMap<String, VecDeque<u64>>,
     /// The offset after the newest message read (`None` before the first).
     next: Option<u64>,
+    /// How many times the stream was found replaced ([`Hub::reset`]): a look at the
+    /// tail taken before a reset says nothing of the new stream.
+    resets: u64,
     members: HashMap<u64, Member>,
     /// Exact key → members holding it.
     exact: HashMap<String, HashSet<u64>>,
@@ -354,6 +357,8 @@ pub struct Hub {
 struct TailLook {
     /// When the look began.
     began: Instant,
+    /// The hub's resets when it began: the stream it looked at.
+    resets: u64,
     /// The highest position seen.
     tail: Option<u64>,
     /// Whether the look read to the tail. A look for a position stops at the first
@@ -363,22 +368,27 @@ struct TailLook {
 }
 
 impl TailLook {
-    /// A look that was asked about `at_least` and found `tail`.
-    fn new(began: Instant, at_least: u64, tail: Option<u64>) -> TailLook {
+    /// A look begun at `began`, after `resets` resets, that was asked about
+    /// `at_least` and found `tail`.
+    fn new(began: Instant, resets: u64, at_least: u64, tail: Option<u64>) -> TailLook {
         TailLook {
             began,
+            resets,
             tail,
             complete: tail.is_none_or(|t| t < at_least),
         }
     }
 
-    /// Whether the stream holds `position`, for a resume asked at `asked`, as far as
-    /// this look can tell: `None` when it cannot (a look must be taken). It holds it
-    /// when the look saw it; it does not when the look read to the tail without
-    /// seeing it and began after the resume was asked (the client had the position
-    /// then, so a look taken after would have seen it).
-    fn holds(&self, position: u64, asked: Instant) -> Option<bool> {
-        if self.tail.is_some_and(|t| t >= position) {
+    /// Whether the stream holds `position`, for a resume asked at `asked` with the
+    /// hub at `resets` resets, as far as this look can tell: `None` when it cannot
+    /// (a look must be taken). It holds it when the look saw it; it does not when the
+    /// look read to the tail without seeing it and began after the resume was asked
+    /// (the client had the position then, so a look taken after would have seen it).
+    /// A look at a stream replaced since tells nothing.
+    fn holds(&self, position: u64, asked: Instant, resets: u64) -> Option<bool> {
+        if self.resets != resets {
+            None
+        } else if self.tail.is_some_and(|t| t >= position) {
             Some(true)
         } else if self.complete && self.began >= asked {
             Some(false)
@@ -687,6 +697,7 @@ impl Hub {
         st.ring_bytes = 0;
         st.ring_keys.clear();
         st.next = None;
+        st.resets += 1;
         for m in st.members.values_mut() {
             m.replaced = true;
             m.live = false;
@@ -728,13 +739,14 @@ impl Hub {
         if read() {
             return true;
         }
-        if let Some(answer) = last.and_then(|look| look.holds(position, asked)) {
+        let resets = self.lock().resets;
+        if let Some(answer) = last.and_then(|look| look.holds(position, asked, resets)) {
             return answer;
         }
         let began = Instant::now();
         match stream_tail(broker, stream, position).await {
             Ok(tail) => {
-                *last = Some(TailLook::new(began, position, tail));
+                *last = Some(TailLook::new(began, resets, position, tail));
                 tail.is_some_and(|t| t >= position)
             }
             Err(e) => {
@@ -1508,26 +1520,37 @@ mod tests {
         let before = asked - Duration::from_millis(5);
         // Asked about 100, it stopped at the first message at or past it: 140 of a
         // last chunk that may hold more.
-        let stopped = TailLook::new(after, 100, Some(140));
+        let stopped = TailLook::new(after, 0, 100, Some(140));
         assert!(!stopped.complete);
-        assert_eq!(stopped.holds(120, asked), Some(true));
+        assert_eq!(stopped.holds(120, asked, 0), Some(true));
         assert_eq!(
-            stopped.holds(150, asked),
+            stopped.holds(150, asked, 0),
             None,
             "a look that stopped at 140 says nothing of 150: another look must tell"
         );
         // Read to the tail: 140 is the newest.
-        let full = TailLook::new(after, 150, Some(140));
+        let full = TailLook::new(after, 0, 150, Some(140));
         assert!(full.complete);
-        assert_eq!(full.holds(150, asked), Some(false));
-        assert_eq!(full.holds(140, asked), Some(true));
-        let earlier = TailLook::new(before, 150, Some(140));
+        assert_eq!(full.holds(150, asked, 0), Some(false));
+        assert_eq!(full.holds(140, asked, 0), Some(true));
+        let earlier = TailLook::new(before, 0, 150, Some(140));
         assert_eq!(
-            earlier.holds(150, asked),
+            earlier.holds(150, asked, 0),
             None,
             "a look from before the resume was asked may have missed its position"
         );
-        let empty = TailLook::new(after, 0, None);
-        assert_eq!(empty.holds(0, asked), Some(false));
+        let empty = TailLook::new(after, 0, 0, None);
+        assert_eq!(empty.holds(0, asked, 0), Some(false));
+
+        // A look at the stream before it was found replaced says nothing of the new
+        // one: position 120 of the old stream is not one the new stream holds.
+        let hub = Hub::new(10);
+        let before_reset = TailLook::new(after, hub.lock().resets, 100, Some(140));
+        assert_eq!(
+            before_reset.holds(120, asked, hub.lock().resets),
+            Some(true)
+        );
+        hub.reset();
+        assert_eq!(before_reset.holds(120, asked, hub.lock().resets), None);
     }
 }

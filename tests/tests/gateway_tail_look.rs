@@ -1,9 +1,10 @@
 //! Resumes naming positions this gateway's hub has not read yet (clients coming from a
 //! gateway ahead of this one) are checked against the stream's tail, and resumes
-//! waiting together share those looks. A look for one position stops at the first
-//! message at or past it, so what it saw proves nothing about later positions: a
-//! second resume must not be refused on it. Its own test binary: the hub is held
-//! behind through the environment of this process.
+//! waiting together share those looks. What a look saw answers only for the stream
+//! it looked at and for positions up to what it saw: a look for one position stops
+//! at the first message at or past it, and says nothing of later positions, nor of
+//! a stream declared again since. Its own test binary: the hub is held behind
+//! through the environment of this process.
 
 use std::time::Duration;
 
@@ -11,14 +12,25 @@ use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
-use warren_e2e::client::TestClient;
+use warren_e2e::client::{sub, TestClient};
 use warren_e2e::env::TestEnv;
 use warren_e2e::gateway::TestGateway;
 use warren_gateway::fault::HUB_READ_DELAY_MS;
 use warren_protocol::amqp::keys;
-use warren_protocol::Hello;
+use warren_protocol::{ErrorCode, Hello};
 
 const LIMIT: Duration = Duration::from_secs(60);
+/// How long the hub takes over each message (the same in every test of this process).
+const HUB_DELAY_MS: &str = "5000";
+
+/// A resume of `session` that acknowledged `position` of the outbound stream.
+fn resume(session: &str, position: u64) -> Hello {
+    Hello {
+        session: Some(session.into()),
+        position: Some(position),
+        ..Default::default()
+    }
+}
 
 /// Every position in `stream`, read from its start until nothing comes for 500 ms.
 async fn positions(env: &TestEnv, stream: &str) -> Vec<u64> {
@@ -62,7 +74,7 @@ async fn positions(env: &TestEnv, stream: &str) -> Vec<u64> {
 async fn resumes_ahead_of_the_hub_are_not_refused_on_a_look_taken_for_another() {
     // The hub takes 5 s over each message: it reads none of this test's broadcasts
     // while the resumes wait for it (300 ms), so both are checked against the tail.
-    std::env::set_var(HUB_READ_DELAY_MS, "5000");
+    std::env::set_var(HUB_READ_DELAY_MS, HUB_DELAY_MS);
     TestEnv::run("tail-look", LIMIT, async |env| {
         let gw = TestGateway::start(env).await;
         let c = TestClient::connect(&gw.url()).await;
@@ -98,19 +110,14 @@ async fn resumes_ahead_of_the_hub_are_not_refused_on_a_look_taken_for_another() 
         // Two clients of that session come back from a gateway that had read these
         // positions: one that acknowledged the first broadcast, then one that had them
         // all. The second asks while the first one's look is under way or done.
-        let resume = |position| Hello {
-            session: Some(session.clone()),
-            position: Some(position),
-            ..Default::default()
-        };
         let url = gw.url();
         let early = tokio::spawn({
-            let (url, hello) = (url.clone(), resume(first));
+            let (url, hello) = (url.clone(), resume(&session, first));
             async move { TestClient::connect_with(&url, hello).await }
         });
         tokio::time::sleep(Duration::from_millis(100)).await;
         let late = tokio::spawn({
-            let hello = resume(last);
+            let hello = resume(&session, last);
             async move { TestClient::connect_with(&url, hello).await }
         });
         for (what, client) in [("first", early), ("last", late)] {
@@ -124,6 +131,50 @@ async fn resumes_ahead_of_the_hub_are_not_refused_on_a_look_taken_for_another() 
             );
             client.close().await;
         }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_look_at_a_stream_that_was_replaced_since_does_not_resume_into_the_new_one() {
+    std::env::set_var(HUB_READ_DELAY_MS, HUB_DELAY_MS);
+    TestEnv::run("tail-look-replaced", LIMIT, async |env| {
+        let gw = TestGateway::start(env).await;
+        let mut live = TestClient::connect(&gw.url()).await;
+        live.subscribe(sub("all", "chat")).await;
+        let gone = TestClient::connect(&gw.url()).await;
+        let session = gone.session().to_string();
+        gone.close().await;
+
+        // Position 0, which the hub is still taking its 5 s over: a resume naming it
+        // is checked against the stream's tail, and that look is kept.
+        env.publish_out("chat.all", "o0", "0").await;
+        let c = TestClient::connect_with(&gw.url(), resume(&session, 0)).await;
+        assert!(c.welcome().resumed, "the stream holds position 0");
+        c.close().await;
+        assert_eq!(live.expect_deliver().await.position, Some(0));
+
+        // The stream is deleted; the gateway declares it again, finds it new and ends
+        // its sessions on the old one.
+        env.channel()
+            .queue_delete(
+                env.names.outbound_stream().as_str().into(),
+                lapin::options::QueueDeleteOptions::default(),
+            )
+            .await
+            .expect("delete the outbound stream");
+        assert_eq!(live.expect_close(Duration::from_secs(20)).await, Some(4002));
+
+        // Position 0 of the old stream is not in the new, empty one. The look kept
+        // from before said the stream held it; it must not answer for the new one.
+        let c = TestClient::connect_with(&gw.url(), resume(&session, 0)).await;
+        let w = c.welcome();
+        assert!(
+            !w.resumed && w.notice == Some(ErrorCode::SessionExpired),
+            "a position of the replaced stream gets a fresh session with session_expired: {w:?}"
+        );
+        c.close().await;
+        gw.shutdown().await;
     })
     .await;
 }
