@@ -7,16 +7,13 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Connection};
 use rabbitmq_stream_client::types::OffsetSpecification;
 use rabbitmq_stream_client::{Consumer, Environment};
 
-use crate::{Args, ACK_EVERY, HUB_PREFETCH};
+use crate::{consume_lapin, position_of, Args, ACK_EVERY};
 
 /// One run's percentiles of publish → delivered, µs.
 #[derive(Debug, Clone, Copy)]
@@ -41,15 +38,7 @@ impl Reader {
                     .await
                     .context("lapin: the consumer ended")?
                     .context("lapin: a delivery failed")?;
-                let at = match d
-                    .properties
-                    .headers()
-                    .as_ref()
-                    .and_then(|h| h.inner().get("x-stream-offset").cloned())
-                {
-                    Some(AMQPValue::LongLongInt(o)) => o as u64,
-                    other => bail!("lapin: a delivery without x-stream-offset: {other:?}"),
-                };
+                let at = position_of(&d)?;
                 if (at + 1).is_multiple_of(ACK_EVERY) {
                     d.acker.ack(BasicAckOptions { multiple: true }).await?;
                 }
@@ -79,22 +68,7 @@ impl Reader {
 }
 
 async fn open_lapin(conn: &Connection, stream: &str) -> anyhow::Result<Reader> {
-    let ch = conn.create_channel().await?;
-    ch.basic_qos(HUB_PREFETCH, BasicQosOptions::default())
-        .await?;
-    let mut offset = FieldTable::default();
-    offset.insert(
-        "x-stream-offset".into(),
-        AMQPValue::LongString("next".into()),
-    );
-    let consumer = ch
-        .basic_consume(
-            ShortString::from(stream),
-            ShortString::from("bench-stream-latency"),
-            BasicConsumeOptions::default(),
-            offset,
-        )
-        .await?;
+    let (ch, consumer) = consume_lapin(conn, stream, "next").await?;
     Ok(Reader::Lapin(ch, Box::new(consumer)))
 }
 

@@ -276,39 +276,55 @@ async fn fill(conn: &Connection, stream: &str, n: u64, size: usize) -> anyhow::R
     Ok(())
 }
 
-/// Reads the stream from its first position with lapin, as the gateway's hub does.
-async fn read_lapin(conn: &Connection, stream: &str, n: u64) -> anyhow::Result<()> {
+/// A lapin consumer of `stream` from `offset` (`first`, `next`, ...), with the hub's
+/// prefetch, on a channel of its own.
+async fn consume_lapin(
+    conn: &Connection,
+    stream: &str,
+    offset: &str,
+) -> anyhow::Result<(lapin::Channel, lapin::Consumer)> {
     let ch = conn.create_channel().await?;
     ch.basic_qos(HUB_PREFETCH, BasicQosOptions::default())
         .await?;
-    let mut offset = FieldTable::default();
-    offset.insert(
+    let mut args = FieldTable::default();
+    args.insert(
         "x-stream-offset".into(),
-        AMQPValue::LongString("first".into()),
+        AMQPValue::LongString(offset.into()),
     );
-    let mut consumer = ch
+    let consumer = ch
         .basic_consume(
             ShortString::from(stream),
             ShortString::from("bench-stream-read"),
             BasicConsumeOptions::default(),
-            offset,
+            args,
         )
         .await?;
+    Ok((ch, consumer))
+}
+
+/// The stream position RabbitMQ gives a delivery (its `x-stream-offset` header).
+fn position_of(d: &lapin::message::Delivery) -> anyhow::Result<u64> {
+    match d
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-stream-offset").cloned())
+    {
+        Some(AMQPValue::LongLongInt(o)) => Ok(o as u64),
+        other => bail!("lapin: a delivery without x-stream-offset: {other:?}"),
+    }
+}
+
+/// Reads the stream from its first position with lapin, as the gateway's hub does.
+async fn read_lapin(conn: &Connection, stream: &str, n: u64) -> anyhow::Result<()> {
+    let (ch, mut consumer) = consume_lapin(conn, stream, "first").await?;
     let mut got = 0u64;
     while got < n {
         let Some(d) = consumer.next().await else {
             bail!("lapin: the consumer ended after {got} of {n} messages");
         };
         let d = d?;
-        let at = match d
-            .properties
-            .headers()
-            .as_ref()
-            .and_then(|h| h.inner().get("x-stream-offset").cloned())
-        {
-            Some(AMQPValue::LongLongInt(o)) => o as u64,
-            other => bail!("lapin: a delivery without x-stream-offset: {other:?}"),
-        };
+        let at = position_of(&d)?;
         if at != got {
             bail!("lapin: position {at} where {got} was expected");
         }
