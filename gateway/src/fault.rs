@@ -10,6 +10,10 @@ pub const READER_OPEN_DELAY_MS: &str = "WARREN_FAULT_READER_OPEN_DELAY_MS";
 /// message it reads (so the hub lags the stream).
 pub const HUB_READ_DELAY_MS: &str = "WARREN_FAULT_HUB_READ_DELAY_MS";
 
+/// The outbound stream's hub reader, starting again after a read (its consumer
+/// ended), waits this many milliseconds before it looks at the stream.
+pub const HUB_RESTART_DELAY_MS: &str = "WARREN_FAULT_HUB_RESTART_DELAY_MS";
+
 /// The gateway acts on RabbitMQ's `connection.blocked` this many milliseconds after
 /// lapin received it (so publishes meet a connection lapin already holds).
 pub const BLOCKED_NOTICE_DELAY_MS: &str = "WARREN_FAULT_BLOCKED_NOTICE_DELAY_MS";

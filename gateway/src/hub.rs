@@ -233,6 +233,17 @@ impl Message {
         ))
     }
 
+    /// Whether `other` is the same message of the same stream: read at the same
+    /// position, with the same routing key, `message_id` and body. A stream never
+    /// changes what it holds at a position; a stream declared in its place does.
+    pub fn same_as(&self, other: &Message) -> bool {
+        self.offset == other.offset
+            && self.exchange == other.exchange
+            && self.routing_key == other.routing_key
+            && self.properties.message_id() == other.properties.message_id()
+            && self.body == other.body
+    }
+
     /// What it costs in memory, roughly: the body, the keys, and the properties with
     /// their headers (measured at about 1 KiB for a message of a gateway's publish).
     pub(crate) fn size(&self) -> usize {
@@ -438,6 +449,13 @@ impl Hub {
     /// The offset after the newest message read, if any was.
     pub fn next_offset(&self) -> Option<u64> {
         self.lock().next
+    }
+
+    /// The newest message read, while the ring holds it.
+    fn newest(&self) -> Option<Arc<Message>> {
+        let st = self.lock();
+        let newest = st.ring.back()?;
+        (st.next == Some(newest.offset + 1)).then(|| newest.clone())
     }
 
     /// The position of the newest message read, if any was: where a session that
@@ -911,13 +929,16 @@ pub async fn run_reader(
         let start = async {
             let mut from = hub.next_offset();
             if let Some(next) = from.filter(|n| *n > 0) {
+                #[cfg(feature = "fault-injection")]
+                crate::fault::delay(crate::fault::HUB_RESTART_DELAY_MS).await;
                 // Starting again after a read: the stream must still hold what was
                 // read (a tail that cannot be read is not read past: tried again).
-                if let Some(tail) = replaced(&broker, &stream, next - 1).await? {
+                let newest = hub.newest();
+                if let Some(tail) = replaced(&broker, &stream, next - 1, newest.as_deref()).await? {
                     let sessions = hub.reset();
                     tracing::error!(
                         stream = %stream, read_up_to = next - 1, tail = ?tail, sessions,
-                        "the stream's tail is below what was read from it: it was deleted and declared again, or RabbitMQ lost its data. Reading the new stream from its start; its sessions are closed (4002) and their clients get fresh sessions with a session_expired notice"
+                        "the stream no longer holds what was read from it (its tail is below it, or another message is at the last position read): it was deleted and declared again, or RabbitMQ lost its data. Reading the new stream from its start; its sessions are closed (4002) and their clients get fresh sessions with a session_expired notice"
                     );
                     from = Some(0);
                 }
@@ -1005,6 +1026,10 @@ pub async fn run_reader(
 /// cluster node that lags its leader for a moment). `Some(tail)` when it was; `None`
 /// when it holds what was read.
 ///
+/// When the tail has it and the hub still holds `newest`, the message read at
+/// `read_up_to` (its last), the stream must hold that same message there: a stream
+/// declared again that got as many messages before this look holds another.
+///
 /// A replica far behind does not pass for a replaced stream: measured on RabbitMQ
 /// 3.10.8 (2026-12-02, three nodes), a replica restarted after 600 MB were written
 /// without it refused consumers (`PRECONDITION_FAILED`, "does not have a replica on
@@ -1017,6 +1042,7 @@ async fn replaced(
     broker: &Broker,
     stream: &str,
     read_up_to: u64,
+    newest: Option<&Message>,
 ) -> Result<Option<Option<u64>>, GatewayError> {
     let mut tail = None;
     for look in 0..3 {
@@ -1024,11 +1050,47 @@ async fn replaced(
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         match stream_tail(broker, stream, read_up_to).await? {
-            Some(t) if t >= read_up_to => return Ok(None),
+            Some(t) if t >= read_up_to => {
+                let Some(newest) = newest.filter(|m| m.offset == read_up_to) else {
+                    return Ok(None);
+                };
+                return Ok(match message_at(broker, stream, read_up_to).await? {
+                    Some(there) if !there.same_as(newest) => Some(Some(t)),
+                    // The same message, or none to compare (gone to retention).
+                    _ => None,
+                });
+            }
             t => tail = t,
         }
     }
     Ok(Some(tail))
+}
+
+/// The message at `offset` of `stream` (`None` when the stream no longer holds it,
+/// or nothing came within [`TAIL_QUIET`] × 10).
+///
+/// # Errors
+/// When the stream cannot be consumed (not there, broker away).
+async fn message_at(
+    broker: &Broker,
+    stream: &str,
+    offset: u64,
+) -> Result<Option<Message>, GatewayError> {
+    let tag = format!("warren.at.{}", uuid::Uuid::new_v4().simple());
+    let (ch, mut consumer) = consume_stream(broker, stream, &tag, Some(offset), 1).await?;
+    let read = match tokio::time::timeout(TAIL_QUIET * 10, consumer.next()).await {
+        Ok(Some(Ok(d))) => Ok(Message::from_delivery(&d).filter(|m| m.offset == offset)),
+        Ok(Some(Err(e))) => Err(GatewayError::amqp(
+            format!("reading position {offset} of {stream}"),
+            e,
+        )),
+        Ok(None) => Err(GatewayError::Cancelled {
+            what: format!("position {offset} of {stream}"),
+        }),
+        Err(_) => Ok(None),
+    };
+    let _ = ch.close(200, "position read".into()).await;
+    read
 }
 
 /// The position of the newest message in `stream`, read from its last chunk (`None`:
@@ -1552,5 +1614,39 @@ mod tests {
         );
         hub.reset();
         assert_eq!(before_reset.holds(120, asked, hub.lock().resets), None);
+    }
+
+    #[test]
+    fn the_newest_message_read_is_what_a_starting_reader_compares() {
+        let hub = Hub::new(10);
+        assert!(hub.newest().is_none());
+        hub.publish(msg(4, "chat.all"));
+        hub.publish(msg(5, "chat.all"));
+        let newest = hub.newest().expect("the ring holds it");
+        assert_eq!(newest.offset, 5);
+        assert!(newest.same_as(&msg(5, "chat.all")));
+        // Another message at that position: another stream.
+        assert!(!newest.same_as(&msg(5, "chat.group.g")));
+        let other_body = Message::new(
+            5,
+            "warren.out".into(),
+            "chat.all".into(),
+            BasicProperties::default(),
+            b"{\"n\":1}".to_vec(),
+        );
+        assert!(!newest.same_as(&other_body));
+        let other_id = Message::new(
+            5,
+            "warren.out".into(),
+            "chat.all".into(),
+            BasicProperties::default().with_message_id("m5".into()),
+            b"{}".to_vec(),
+        );
+        assert!(!newest.same_as(&other_id));
+        hub.reset();
+        assert!(
+            hub.newest().is_none(),
+            "nothing read from the new stream yet"
+        );
     }
 }

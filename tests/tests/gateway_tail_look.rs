@@ -1,10 +1,15 @@
-//! Resumes naming positions this gateway's hub has not read yet (clients coming from a
-//! gateway ahead of this one) are checked against the stream's tail, and resumes
-//! waiting together share those looks. What a look saw answers only for the stream
-//! it looked at and for positions up to what it saw: a look for one position stops
-//! at the first message at or past it, and says nothing of later positions, nor of
-//! a stream declared again since. Its own test binary: the hub is held behind
-//! through the environment of this process.
+//! What a gateway checks a stream against, with its hub held behind (through the
+//! environment of this process: its own test binary).
+//!
+//! Resumes naming positions the hub has not read yet (clients coming from a gateway
+//! ahead of this one) are checked against the stream's tail, and resumes waiting
+//! together share those looks. What a look saw answers only for the stream it looked
+//! at and for positions up to what it saw: a look for one position stops at the
+//! first message at or past it, and says nothing of later positions, nor of a stream
+//! declared again since.
+//!
+//! A hub reader that starts again checks that the stream still holds what it read:
+//! its tail, and the message at the last position read.
 
 use std::time::Duration;
 
@@ -15,13 +20,21 @@ use lapin::BasicProperties;
 use warren_e2e::client::{sub, TestClient};
 use warren_e2e::env::TestEnv;
 use warren_e2e::gateway::TestGateway;
-use warren_gateway::fault::HUB_READ_DELAY_MS;
+use warren_gateway::fault::{HUB_READ_DELAY_MS, HUB_RESTART_DELAY_MS};
 use warren_protocol::amqp::keys;
 use warren_protocol::{ErrorCode, Hello};
 
 const LIMIT: Duration = Duration::from_secs(60);
-/// How long the hub takes over each message (the same in every test of this process).
+/// How long the hub takes over each message, and waits before it looks at the stream
+/// when it starts again (the same in every test of this process).
 const HUB_DELAY_MS: &str = "5000";
+const RESTART_DELAY_MS: &str = "4000";
+
+/// Holds every hub of this process behind.
+fn hold_hubs() {
+    std::env::set_var(HUB_READ_DELAY_MS, HUB_DELAY_MS);
+    std::env::set_var(HUB_RESTART_DELAY_MS, RESTART_DELAY_MS);
+}
 
 /// A resume of `session` that acknowledged `position` of the outbound stream.
 fn resume(session: &str, position: u64) -> Hello {
@@ -74,7 +87,7 @@ async fn positions(env: &TestEnv, stream: &str) -> Vec<u64> {
 async fn resumes_ahead_of_the_hub_are_not_refused_on_a_look_taken_for_another() {
     // The hub takes 5 s over each message: it reads none of this test's broadcasts
     // while the resumes wait for it (300 ms), so both are checked against the tail.
-    std::env::set_var(HUB_READ_DELAY_MS, HUB_DELAY_MS);
+    hold_hubs();
     TestEnv::run("tail-look", LIMIT, async |env| {
         let gw = TestGateway::start(env).await;
         let c = TestClient::connect(&gw.url()).await;
@@ -137,7 +150,7 @@ async fn resumes_ahead_of_the_hub_are_not_refused_on_a_look_taken_for_another() 
 
 #[tokio::test]
 async fn a_look_at_a_stream_that_was_replaced_since_does_not_resume_into_the_new_one() {
-    std::env::set_var(HUB_READ_DELAY_MS, HUB_DELAY_MS);
+    hold_hubs();
     TestEnv::run("tail-look-replaced", LIMIT, async |env| {
         let gw = TestGateway::start(env).await;
         let mut live = TestClient::connect(&gw.url()).await;
@@ -174,6 +187,42 @@ async fn a_look_at_a_stream_that_was_replaced_since_does_not_resume_into_the_new
             "a position of the replaced stream gets a fresh session with session_expired: {w:?}"
         );
         c.close().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_stream_declared_again_that_passed_the_position_read_is_still_found_replaced() {
+    hold_hubs();
+    TestEnv::run("tail-look-passed", LIMIT, async |env| {
+        let gw = TestGateway::start(env).await;
+        let mut live = TestClient::connect(&gw.url()).await;
+        live.subscribe(sub("all", "chat")).await;
+        env.publish_out("chat.all", "o0", "0").await;
+        assert_eq!(live.expect_deliver().await.position, Some(0));
+
+        // The stream is deleted; another gateway declares it again, and two
+        // broadcasts land in it before this gateway's reader looks (it waits 4 s).
+        // The new stream's tail (1) is past what this gateway read (0): only the
+        // message at position 0 tells that it is another stream.
+        env.channel()
+            .queue_delete(
+                env.names.outbound_stream().as_str().into(),
+                lapin::options::QueueDeleteOptions::default(),
+            )
+            .await
+            .expect("delete the outbound stream");
+        let other = TestGateway::start(env).await;
+        env.publish_out("chat.all", "n0", "1").await;
+        env.publish_out("chat.all", "n1", "2").await;
+        assert_eq!(
+            live.expect_close(Duration::from_secs(20)).await,
+            Some(4002),
+            "the session on the replaced stream is ended, not carried on at position 1 \
+             of the new one (which would skip n0)"
+        );
+        other.shutdown().await;
         gw.shutdown().await;
     })
     .await;
