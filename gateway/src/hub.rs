@@ -23,11 +23,11 @@
 //! lost its data) starts its positions over at 0, below what the hub and its clients
 //! hold; RabbitMQ would hand a reader asking for an old position nothing until the new
 //! stream reached it. So the reader, when it starts again from a position, first
-//! looks at the stream's tail ([`stream_tail`]): a tail below what the hub read means
-//! the stream was replaced, and the hub starts over ([`Hub::reset`]) from the new
-//! stream's first position, ending its sessions (their positions name the old stream).
-//! A resume naming a position past the tail is likewise not resumed
-//! ([`Hub::holds_position`]).
+//! looks at the stream's tail ([`stream_tail`]): a tail below what the hub read, or
+//! another message at the last position it read, means the stream was replaced, and
+//! the hub starts over ([`Hub::reset`]) from the new stream's first position, ending
+//! its sessions (their positions name the old stream). A resume naming a position
+//! past the tail is likewise not resumed ([`Hub::holds_position`]).
 //!
 //! Everything here but [`run_reader`], [`stream_tail`], [`Hub::holds_position`] and
 //! [`Reader`] is pure and unit-tested without a broker.
