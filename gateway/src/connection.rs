@@ -645,6 +645,15 @@ impl Conn {
         let mut notice = None;
         let mut resumed = false;
         let mut id = None;
+        // Each hub's resets when the resume's positions were checked: a reset before
+        // the join below makes them positions of a replaced stream.
+        let checked: Vec<u64> = self
+            .shared
+            .streams
+            .all()
+            .iter()
+            .map(|s| s.hub.resets())
+            .collect();
         let resume = match core_::resume_of(&hello, &owner) {
             Resume::Resume(requested) => match position_past_tail(&self.shared, &hello).await {
                 Some(stream) => {
@@ -699,7 +708,7 @@ impl Conn {
         let tenant = inbound::tenant_of(&self.shared.config, &identity);
         let mut streams = Vec::new();
         let mut heads = Vec::new();
-        for source in self.shared.streams.all() {
+        for (source, checked) in self.shared.streams.all().iter().zip(checked) {
             let position = match &source.channel {
                 None => hello.position,
                 Some(channel) if hello.subscriptions.iter().any(|s| &s.channel == channel) => {
@@ -712,7 +721,10 @@ impl Conn {
                 }
             };
             let resume_at = resumed.then(|| core_::resume_from(position));
-            let (member, head) = source.hub.join_tenant(self.id, &id, tenant, resume_at);
+            let (member, head) =
+                source
+                    .hub
+                    .join_checked(self.id, &id, tenant, resume_at, Some(checked));
             tracing::debug!(conn = self.id, stream = %source.name, from = ?resume_at, "joined");
             heads.push((source.channel.clone(), head));
             streams.push(Some(Outbound::new(

@@ -491,6 +491,27 @@ impl Hub {
         tenant: Option<&str>,
         from: Option<u64>,
     ) -> (Membership, Option<u64>) {
+        self.join_checked(conn, session, tenant, from, None)
+    }
+
+    /// How many times the stream was found replaced ([`Hub::reset`]).
+    pub fn resets(&self) -> u64 {
+        self.lock().resets
+    }
+
+    /// As [`Hub::join_tenant`], for a resume whose positions were checked against the
+    /// stream ([`Hub::holds_position`]) when the hub had `checked` [`Hub::resets`]: a
+    /// reset since then (between that check and this join) means they name the
+    /// replaced stream, and the session ends at once ([`CatchUp::Replaced`]), as the
+    /// sessions in the hub at the reset did.
+    pub fn join_checked(
+        self: &Arc<Self>,
+        conn: u64,
+        session: &str,
+        tenant: Option<&str>,
+        from: Option<u64>,
+        checked: Option<u64>,
+    ) -> (Membership, Option<u64>) {
         let inbox = Arc::new(Inbox::default());
         let mut st = self.lock();
         let head = st.next;
@@ -500,7 +521,7 @@ impl Hub {
             from: from.or(head).unwrap_or(0),
             keys: HashMap::new(),
             tenant: self.tenants.then(|| tenant.map(str::to_string)),
-            replaced: false,
+            replaced: from.is_some() && checked.is_some_and(|c| c != st.resets),
         };
         st.members.insert(conn, member);
         add_key(&mut st, conn, &reply_key(session));
@@ -1648,5 +1669,25 @@ mod tests {
             hub.newest().is_none(),
             "nothing read from the new stream yet"
         );
+    }
+
+    #[test]
+    fn a_resume_checked_before_a_reset_and_joined_after_it_ends_at_once() {
+        let hub = Hub::new(10);
+        hub.publish(msg(7, "chat.all"));
+        let checked = hub.resets();
+        // Between the check and the join the stream is found replaced.
+        hub.reset();
+        let (late, _) = hub.join_checked(1, "s1", None, Some(8), Some(checked));
+        assert!(matches!(hub.catch_up(1, 8, 10), CatchUp::Replaced));
+        // Checked after the reset: a session like any other.
+        let (fresh, _) = hub.join_checked(2, "s2", None, Some(0), Some(hub.resets()));
+        hub.subscribe(2, &keys(&["chat.all"]));
+        hub.publish(msg(0, "chat.all"));
+        assert!(matches!(hub.catch_up(2, 0, 10), CatchUp::Batch(ref b, 1) if b.len() == 1));
+        // A fresh session starts at the head: nothing of the old stream to name.
+        let (head, _) = hub.join_checked(3, "s3", None, None, Some(checked));
+        assert!(hub.lock().members.get(&3).is_some_and(|m| !m.replaced));
+        drop((late, fresh, head));
     }
 }
