@@ -201,6 +201,18 @@ impl TestEnv {
             .map(|m| m.delivery)
     }
 
+    /// Deletes the outbound stream, as an operator emptying it would (gateways that
+    /// read it find it missing or declared again).
+    pub async fn delete_outbound_stream(&self) {
+        self.channel
+            .queue_delete(
+                ShortString::from(self.names.outbound_stream()),
+                QueueDeleteOptions::default(),
+            )
+            .await
+            .expect("delete the outbound stream");
+    }
+
     /// How many messages a queue holds (passive declare on a scratch channel).
     pub async fn message_count(&self, queue: &str) -> Option<u32> {
         let ch = self.new_channel().await;

@@ -39,18 +39,6 @@ async fn gone(gw: &TestGateway, n: usize, s: &Subscribe) -> Vec<(String, Option<
     away
 }
 
-/// Deletes the outbound stream (how a stream is emptied), its bindings with it.
-async fn delete_outbound_stream(env: &TestEnv) {
-    use lapin::options::QueueDeleteOptions;
-    env.channel()
-        .queue_delete(
-            env.names.outbound_stream().as_str().into(),
-            QueueDeleteOptions::default(),
-        )
-        .await
-        .expect("delete the outbound stream");
-}
-
 /// A counter of the gateway's `/metrics`.
 async fn metric(gw: &TestGateway, name: &str) -> u64 {
     let text = warren_e2e::gateway::http_get(gw.health_addr(), "/metrics").await;
@@ -490,7 +478,7 @@ async fn a_stream_deleted_and_declared_again_ends_its_sessions_and_old_positions
         // Deleted (how a stream is emptied) and declared again by a gateway starting
         // (as by `topology apply`, or by gateways reconnecting to a broker that lost
         // its data): positions start over at 0.
-        delete_outbound_stream(env).await;
+        env.delete_outbound_stream().await;
         let gw2 = TestGateway::start(env).await;
 
         // The first gateway's reader finds the new stream's tail below what it had
@@ -544,7 +532,7 @@ async fn a_deleted_stream_is_declared_again_by_the_gateway_reading_it() {
         a.subscribe(sub("all", "chat")).await;
         env.publish_out("chat.all", "o0", "0").await;
         let old = a.expect_deliver().await;
-        delete_outbound_stream(env).await;
+        env.delete_outbound_stream().await;
         // Nobody else declares it: the gateway whose reader lost it does, then finds
         // it new and ends the session on the old one.
         assert_eq!(a.expect_close(Duration::from_secs(20)).await, Some(4002));

@@ -83,6 +83,14 @@ async fn positions(env: &TestEnv, stream: &str) -> Vec<u64> {
     seen
 }
 
+/// A gateway of `env` and a client subscribed to the chat broadcast on it.
+async fn gateway_and_subscriber(env: &TestEnv) -> (TestGateway, TestClient) {
+    let gw = TestGateway::start(env).await;
+    let mut live = TestClient::connect(&gw.url()).await;
+    live.subscribe(sub("all", "chat")).await;
+    (gw, live)
+}
+
 #[tokio::test]
 async fn resumes_ahead_of_the_hub_are_not_refused_on_a_look_taken_for_another() {
     // The hub takes 5 s over each message: it reads none of this test's broadcasts
@@ -152,9 +160,7 @@ async fn resumes_ahead_of_the_hub_are_not_refused_on_a_look_taken_for_another() 
 async fn a_look_at_a_stream_that_was_replaced_since_does_not_resume_into_the_new_one() {
     hold_hubs();
     TestEnv::run("tail-look-replaced", LIMIT, async |env| {
-        let gw = TestGateway::start(env).await;
-        let mut live = TestClient::connect(&gw.url()).await;
-        live.subscribe(sub("all", "chat")).await;
+        let (gw, mut live) = gateway_and_subscriber(env).await;
         let gone = TestClient::connect(&gw.url()).await;
         let session = gone.session().to_string();
         gone.close().await;
@@ -169,13 +175,7 @@ async fn a_look_at_a_stream_that_was_replaced_since_does_not_resume_into_the_new
 
         // The stream is deleted; the gateway declares it again, finds it new and ends
         // its sessions on the old one.
-        env.channel()
-            .queue_delete(
-                env.names.outbound_stream().as_str().into(),
-                lapin::options::QueueDeleteOptions::default(),
-            )
-            .await
-            .expect("delete the outbound stream");
+        env.delete_outbound_stream().await;
         assert_eq!(live.expect_close(Duration::from_secs(20)).await, Some(4002));
 
         // Position 0 of the old stream is not in the new, empty one. The look kept
@@ -196,9 +196,7 @@ async fn a_look_at_a_stream_that_was_replaced_since_does_not_resume_into_the_new
 async fn a_stream_declared_again_that_passed_the_position_read_is_still_found_replaced() {
     hold_hubs();
     TestEnv::run("tail-look-passed", LIMIT, async |env| {
-        let gw = TestGateway::start(env).await;
-        let mut live = TestClient::connect(&gw.url()).await;
-        live.subscribe(sub("all", "chat")).await;
+        let (gw, mut live) = gateway_and_subscriber(env).await;
         env.publish_out("chat.all", "o0", "0").await;
         assert_eq!(live.expect_deliver().await.position, Some(0));
 
@@ -206,13 +204,7 @@ async fn a_stream_declared_again_that_passed_the_position_read_is_still_found_re
         // broadcasts land in it before this gateway's reader looks (it waits 4 s).
         // The new stream's tail (1) is past what this gateway read (0): only the
         // message at position 0 tells that it is another stream.
-        env.channel()
-            .queue_delete(
-                env.names.outbound_stream().as_str().into(),
-                lapin::options::QueueDeleteOptions::default(),
-            )
-            .await
-            .expect("delete the outbound stream");
+        env.delete_outbound_stream().await;
         let other = TestGateway::start(env).await;
         env.publish_out("chat.all", "n0", "1").await;
         env.publish_out("chat.all", "n1", "2").await;
