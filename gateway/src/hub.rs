@@ -1088,29 +1088,25 @@ async fn replaced(
 }
 
 /// The message at `offset` of `stream` (`None` when the stream no longer holds it,
-/// or nothing came within [`TAIL_QUIET`] × 10).
+/// or nothing came within [`TAIL_QUIET`] × 10), read with a [`Reader`] of its own.
 ///
 /// # Errors
-/// When the stream cannot be consumed (not there, broker away).
+/// When the stream cannot be consumed (not there, broker away, the reader ended).
 async fn message_at(
     broker: &Broker,
     stream: &str,
     offset: u64,
 ) -> Result<Option<Message>, GatewayError> {
     let tag = format!("warren.at.{}", uuid::Uuid::new_v4().simple());
-    let (ch, mut consumer) = consume_stream(broker, stream, &tag, Some(offset), 1).await?;
-    let read = match tokio::time::timeout(TAIL_QUIET * 10, consumer.next()).await {
-        Ok(Some(Ok(d))) => Ok(Message::from_delivery(&d).filter(|m| m.offset == offset)),
-        Ok(Some(Err(e))) => Err(GatewayError::amqp(
-            format!("reading position {offset} of {stream}"),
-            e,
-        )),
+    let mut reader = Reader::open(broker, stream, tag, offset, 1).await?;
+    let read = match tokio::time::timeout(TAIL_QUIET * 10, reader.next()).await {
+        Ok(Some(m)) => Ok((m.offset == offset).then_some(m)),
         Ok(None) => Err(GatewayError::Cancelled {
             what: format!("position {offset} of {stream}"),
         }),
         Err(_) => Ok(None),
     };
-    let _ = ch.close(200, "position read".into()).await;
+    reader.close().await;
     read
 }
 
