@@ -189,6 +189,23 @@ pub fn longest_gap_after(times: &[Instant], from: Instant) -> Duration {
 /// The `message_id`s in `stream` with the number of copies of each, read from its
 /// start on the node at `uri` until nothing came for 3 s (at most 30 s in all).
 pub async fn read_stream_ids(uri: &str, stream: &str) -> Result<HashMap<String, usize>, String> {
+    let mut ids = HashMap::new();
+    for (_, id) in read_stream(uri, stream, Duration::from_secs(3)).await? {
+        if let Some(id) = id {
+            *ids.entry(id).or_insert(0) += 1;
+        }
+    }
+    Ok(ids)
+}
+
+/// Every message in `stream`, in order, as its position (`x-stream-offset`) and
+/// `message_id`, read from its start on the node at `uri` until nothing came for
+/// `quiet` (at most 30 s in all).
+pub async fn read_stream(
+    uri: &str,
+    stream: &str,
+    quiet: Duration,
+) -> Result<Vec<(Option<u64>, Option<String>)>, String> {
     use futures_util::StreamExt;
     use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
     use lapin::types::{AMQPValue, FieldTable};
@@ -207,21 +224,31 @@ pub async fn read_stream_ids(uri: &str, stream: &str) -> Result<HashMap<String, 
                 from_start,
             )
             .await?;
-        let mut ids = HashMap::new();
-        while let Ok(Some(delivery)) =
-            tokio::time::timeout(Duration::from_secs(3), consumer.next()).await
-        {
+        let mut read = Vec::new();
+        while let Ok(Some(delivery)) = tokio::time::timeout(quiet, consumer.next()).await {
             let delivery = delivery?;
-            if let Some(id) = delivery.properties.message_id() {
-                *ids.entry(id.to_string()).or_insert(0) += 1;
-            }
+            let position = match delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get("x-stream-offset"))
+            {
+                Some(AMQPValue::LongLongInt(o)) => u64::try_from(*o).ok(),
+                _ => None,
+            };
+            let id = delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|i| i.to_string());
+            read.push((position, id));
             delivery.acker.ack(BasicAckOptions::default()).await?;
         }
         let _ = connection.close(200, "done".into()).await;
-        Ok::<_, lapin::Error>(ids)
+        Ok::<_, lapin::Error>(read)
     };
     match tokio::time::timeout(Duration::from_secs(30), read).await {
-        Ok(Ok(ids)) => Ok(ids),
+        Ok(Ok(read)) => Ok(read),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("not read within 30 s".into()),
     }

@@ -13,13 +13,13 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::options::BasicPublishOptions;
+use lapin::types::ShortString;
 use lapin::BasicProperties;
 use warren_e2e::client::{sub, TestClient};
-use warren_e2e::env::TestEnv;
+use warren_e2e::env::{amqp_addr, TestEnv};
 use warren_e2e::gateway::TestGateway;
+use warren_e2e::load::read_stream;
 use warren_gateway::fault::{HUB_READ_DELAY_MS, HUB_RESTART_DELAY_MS};
 use warren_protocol::amqp::keys;
 use warren_protocol::{ErrorCode, Hello};
@@ -43,44 +43,6 @@ fn resume(session: &str, position: u64) -> Hello {
         position: Some(position),
         ..Default::default()
     }
-}
-
-/// Every position in `stream`, read from its start until nothing comes for 500 ms.
-async fn positions(env: &TestEnv, stream: &str) -> Vec<u64> {
-    let ch = env.new_channel().await;
-    ch.basic_qos(1_000, BasicQosOptions::default())
-        .await
-        .expect("qos");
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-stream-offset".into(),
-        AMQPValue::LongString("first".into()),
-    );
-    let mut consumer = ch
-        .basic_consume(
-            ShortString::from(stream),
-            "t-positions".into(),
-            BasicConsumeOptions::default(),
-            args,
-        )
-        .await
-        .expect("consume the stream");
-    let mut seen = Vec::new();
-    while let Ok(Some(Ok(d))) =
-        tokio::time::timeout(Duration::from_millis(500), consumer.next()).await
-    {
-        match d
-            .properties
-            .headers()
-            .as_ref()
-            .and_then(|h| h.inner().get("x-stream-offset").cloned())
-        {
-            Some(AMQPValue::LongLongInt(o)) => seen.push(o as u64),
-            other => panic!("a stream message without its position: {other:?}"),
-        }
-    }
-    let _ = ch.close(200, "done".into()).await;
-    seen
 }
 
 /// A gateway of `env` and a client subscribed to the chat broadcast on it.
@@ -124,7 +86,16 @@ async fn resumes_ahead_of_the_hub_are_not_refused_on_a_look_taken_for_another() 
         for c in confirms {
             assert!(c.await.expect("confirm").is_ack());
         }
-        let seen = positions(env, &env.names.outbound_stream()).await;
+        let seen: Vec<u64> = read_stream(
+            &amqp_addr(),
+            &env.names.outbound_stream(),
+            Duration::from_millis(500),
+        )
+        .await
+        .expect("read the outbound stream")
+        .into_iter()
+        .map(|(position, _)| position.expect("a stream message carries its position"))
+        .collect();
         assert_eq!(seen.len(), 40, "the stream holds the 40 broadcasts");
         let (first, last) = (seen[0], seen[39]);
 
