@@ -245,11 +245,14 @@ impl Registry {
     /// a gateway that does not say). A connection that claimed the session later than
     /// that is the client's newer one, and keeps it: the request was on its way while
     /// the client moved again (within the gateways' clock skew, the order is a guess).
+    /// So does one that claimed it in the same millisecond: closing it would end the
+    /// client (`4502` is not reconnected), while keeping a connection the client left
+    /// costs only until its heartbeat times out.
     pub fn ask_to_release(&self, session: &str, resumed_ms: Option<u64>) -> Release {
         let map = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         match map.get(session) {
             None => Release::NotHere,
-            Some(h) if resumed_ms.is_some_and(|at| h.since_ms > at) => Release::Newer,
+            Some(h) if resumed_ms.is_some_and(|at| h.since_ms >= at) => Release::Newer,
             Some(h) => {
                 h.signal.ask(Takeover);
                 Release::Asked
@@ -339,6 +342,10 @@ mod tests {
         assert_eq!(r.ask_to_release("t", Some(before)), Release::NotHere);
         // Resumed elsewhere before this connection claimed it: a stale request.
         assert_eq!(r.ask_to_release("s", Some(before - 1)), Release::Newer);
+        // In the same millisecond: which came first cannot be told; the connection
+        // here keeps the session rather than be closed for good.
+        let since = r.sessions.lock().unwrap().get("s").unwrap().since_ms;
+        assert_eq!(r.ask_to_release("s", Some(since)), Release::Newer);
         let none = tokio::time::timeout(Duration::from_millis(20), signal.asked()).await;
         assert!(none.is_err(), "the connection was not asked");
         // Resumed elsewhere later, or by a gateway that does not say when: released.
