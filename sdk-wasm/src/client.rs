@@ -32,7 +32,8 @@ use crate::text::{concat, decimal};
 enum Phase {
     /// `connect()` was never called.
     Idle,
-    /// Waiting for `getToken` call `fetch` before opening a socket; give up at `deadline`.
+    /// Waiting for `getToken` call `fetch` before opening a socket; give up at `deadline`
+    /// (the attempt's, from its start: it carries over to the next two phases).
     Fetching { fetch: u64, deadline: u64 },
     /// Socket `conn` is opening; give up at `deadline`.
     Opening { conn: u64, deadline: u64 },
@@ -382,12 +383,10 @@ impl<C: Codec> ClientCore<C> {
 
     /// The socket of connection `conn` opened: say `hello`.
     pub fn on_open(&mut self, conn: u64, now: u64) {
-        if let Phase::Opening { conn: c, .. } = self.phase {
+        if let Phase::Opening { conn: c, deadline } = self.phase {
             if c == conn {
-                self.phase = Phase::Greeting {
-                    conn,
-                    deadline: now.saturating_add(self.config.connect_timeout_ms),
-                };
+                // Same deadline: it is the attempt's, not the socket's.
+                self.phase = Phase::Greeting { conn, deadline };
                 self.last_heard = now;
                 // A resume names the last position in each stream and the
                 // subscriptions, so that a stream gateway replays what they match
@@ -463,20 +462,20 @@ impl<C: Codec> ClientCore<C> {
     /// retried with backoff (until the token expires: the gateway then closes with
     /// `4004 token_expired` and the reconnect fetches a new one).
     pub fn on_token(&mut self, fetch: u64, token: Result<String, String>, now: u64) {
-        if matches!(self.phase, Phase::Fetching { fetch: f, .. } if f == fetch) {
-            match token {
+        match self.phase {
+            Phase::Fetching { fetch: f, deadline } if f == fetch => match token {
                 Ok(token) => {
                     self.token_exp = self.expiry_ms(&token);
                     self.token = Some(token);
-                    self.open(now);
+                    // The socket gets what is left of the attempt's time.
+                    self.open(deadline);
                 }
                 Err(why) => {
                     self.attempt_failed("getToken failed: ", &why, "");
                     self.lost(now);
                 }
-            }
-        } else if self.renewal == Renewal::Fetching(fetch) {
-            match token {
+            },
+            _ if self.renewal == Renewal::Fetching(fetch) => match token {
                 Ok(token) => {
                     let op = self.next_op();
                     self.renewal = Renewal::Sent {
@@ -493,7 +492,8 @@ impl<C: Codec> ClientCore<C> {
                     true,
                     now,
                 ),
-            }
+            },
+            _ => {}
         }
         self.finish();
     }
@@ -739,31 +739,27 @@ impl<C: Codec> ClientCore<C> {
 
     // ----- connection -----
 
-    /// A new connection attempt: ask `getToken` first, when the app gave one.
+    /// A new connection attempt: ask `getToken` first, when the app gave one. The
+    /// attempt (token, socket, `welcome`) has `connect_timeout_ms` in all.
     fn attempt(&mut self, now: u64) {
+        let deadline = now.saturating_add(self.config.connect_timeout_ms);
         if self.config.fetch_token {
             let fetch = self.next_op();
-            self.phase = Phase::Fetching {
-                fetch,
-                deadline: now.saturating_add(self.config.connect_timeout_ms),
-            };
+            self.phase = Phase::Fetching { fetch, deadline };
             // The state event first: the app sees `connecting` before getToken runs.
             self.report(false);
             self.actions.push(Action::FetchToken(fetch));
         } else {
-            self.open(now);
+            self.open(deadline);
         }
     }
 
-    /// Opens a socket to the current URL.
-    fn open(&mut self, now: u64) {
+    /// Opens a socket to the current URL, to say `hello` and get `welcome` by `deadline`.
+    fn open(&mut self, deadline: u64) {
         self.next_conn += 1;
         let conn = self.next_conn;
         let url = self.url().unwrap_or_default().to_string();
-        self.phase = Phase::Opening {
-            conn,
-            deadline: now.saturating_add(self.config.connect_timeout_ms),
-        };
+        self.phase = Phase::Opening { conn, deadline };
         self.actions.push(Action::Open { conn, url });
         self.report(false);
     }

@@ -261,6 +261,37 @@ fn a_connect_attempt_without_welcome_is_abandoned_after_the_connect_timeout() {
 }
 
 #[test]
+fn one_attempt_has_the_connect_timeout_in_all_for_get_token_opening_and_welcome() {
+    let mut h = Harness::with_get_token();
+    h.core.connect(h.now);
+    let actions = h.take();
+    h.advance(2_000);
+    h.core
+        .on_token(fetches(&actions)[0], Ok("tok".into()), h.now);
+    h.take();
+    h.advance(2_000);
+    h.core.on_open(h.conn, h.now);
+    h.take();
+    h.advance(999);
+    assert!(!h.take().iter().any(|a| matches!(a, Action::Close)));
+    // 5 s after the attempt began, not 5 s after the socket opened.
+    h.advance(1);
+    let actions = h.take();
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::Close)),
+        "{actions:?}"
+    );
+    assert!(errors(&actions)[0]
+        .message
+        .contains("no welcome within 5000 ms"));
+    assert_eq!(
+        fetches(&actions).len(),
+        1,
+        "the next attempt asks getToken again"
+    );
+}
+
+#[test]
 fn events_of_an_abandoned_socket_are_ignored() {
     let mut h = Harness::new(&URLS);
     h.connect("s1", false);

@@ -8,7 +8,8 @@ use crate::text::concat;
 
 /// Default timeout of `write` acks and `writeAndWait` replies: 10 s.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
-/// Default time allowed to one attempt to open a socket and receive `welcome`: 5 s
+/// Default time allowed to one attempt to get a token, open a socket and receive
+/// `welcome`: 5 s
 /// (JS option `handshakeTimeoutMs`).
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// Default number of writes that may wait for a connection: 1000.
@@ -43,8 +44,9 @@ pub struct Config {
     pub backoff: Backoff,
     /// Default deadline of writes and requests.
     pub request_timeout_ms: u64,
-    /// Deadline of ONE connection attempt: the socket opens and the gateway sends
-    /// `welcome` (JS option `handshakeTimeoutMs`); then the next URL is tried.
+    /// Deadline of ONE connection attempt, counted from its start: `getToken` answers
+    /// (when given), the socket opens and the gateway sends `welcome` (JS option
+    /// `handshakeTimeoutMs`); then the next URL is tried.
     pub connect_timeout_ms: u64,
     /// How long `connect()` keeps trying the URL list before it gives up and rejects
     /// with `timeout` (JS option `connectTimeoutMs`). `None` (the default): never give

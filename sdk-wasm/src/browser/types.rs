@@ -70,7 +70,7 @@ export interface ClientOptions {
    * (it keeps trying; each failed attempt is an `error` event naming the URL).
    */
   connectTimeoutMs?: number;
-  /** Deadline of one attempt: the socket opens and the gateway says `welcome`; then the next URL. Default: 5 000 ms. */
+  /** Deadline of one attempt, from its start: `getToken` answers (when given), the socket opens and the gateway says `welcome`; then the next URL. Default: 5 000 ms. */
   handshakeTimeoutMs?: number;
   /** Channels this client may use (e.g. one client per channel port); others are refused
    *  locally with `unknown_channel`. Default: any. */
