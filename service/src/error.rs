@@ -31,6 +31,15 @@ pub enum ServiceError {
     /// A message could not be serialised to JSON.
     #[error("JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// A name that must reach RabbitMQ as it is (a routing key, an exchange or queue
+    /// name, a correlation id) is longer than an AMQP short string.
+    #[error("the {what} is {len} bytes, longer than an AMQP short string (255 bytes)")]
+    TooLongForAmqp {
+        /// What the name is, e.g. `correlation id`.
+        what: &'static str,
+        /// Its length in bytes.
+        len: usize,
+    },
     /// The service was stopped while the operation was waiting.
     #[error("the service is stopped")]
     Stopped,

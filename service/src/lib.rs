@@ -27,6 +27,8 @@
 //!   registry gateways answer `no_service` from).
 //! - `returns`: the returns queue where gateways report messages to users that
 //!   none of them received ([`Service::undelivered`]).
+//! - [`short_string`]: AMQP short strings (ids, tags, names) built from outside data
+//!   without panicking on more than 255 bytes.
 //! - [`topology`]: idempotent declarations of what a service consumes.
 //! - [`config`]: [`ServiceConfig`] and its defaults.
 //! - [`error`]: the error type, [`ServiceError`].
@@ -97,6 +99,7 @@ pub mod priority;
 pub mod publisher;
 mod returns;
 pub mod service;
+pub mod short_string;
 pub mod target;
 pub mod topology;
 
