@@ -15,6 +15,7 @@ use warren_protocol::services::{AnnounceEvent, Announcement};
 
 use crate::config::ServiceConfig;
 use crate::publisher::Publisher;
+use crate::short_string::fitted;
 
 /// How long one announcement may wait for the broker before it is skipped (the next
 /// heartbeat tries again).
@@ -118,7 +119,7 @@ impl Announcer {
         let body = serde_json::to_vec(&announcement).expect("an announcement serialises");
         let properties = BasicProperties::default()
             .with_content_type(ShortString::from("application/json"))
-            .with_app_id(ShortString::from(self.name.as_str()))
+            .with_app_id(fitted(&self.name))
             .with_expiration(ShortString::from(announcement.lifetime_ms().to_string()));
         let publish = self.publisher.publish_confirmed(
             &self.exchange,

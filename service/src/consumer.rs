@@ -3,6 +3,8 @@
 //! and only then acknowledges. A handler error hands the message back (nack with
 //! requeue, after a short backoff) until `max_attempts`, then the message is
 //! dead-lettered to `warren.dead` (and a request is refused with `internal`).
+//! A request whose correlation id does not fit in an AMQP short string cannot be
+//! answered: it is dead-lettered at once, unhandled.
 //!
 //! [`keep_consuming`] runs that loop for the life of the service: when the consumer is
 //! lost with its connection, it waits for the link's next connection, re-declares the
@@ -35,6 +37,7 @@ use crate::incoming::Incoming;
 use crate::link::{Epoch, Link};
 use crate::publisher::{fresh_message_id, Publisher};
 use crate::service::ServiceState;
+use crate::short_string::{exact, fitted, MAX_SHORT_STRING};
 use crate::topology;
 
 /// Wait before handing back a message whose `message_id` is being handled right now
@@ -77,27 +80,24 @@ pub(crate) struct Started {
 }
 
 /// Opens a channel on `epoch`'s connection with the configured prefetch and consumes
-/// `queue` with a fresh consumer tag.
+/// `queue` with a fresh consumer tag (`<app_id>-<channel>-<uuid>`, shortened past 255
+/// bytes: [`fitted`]).
 pub(crate) async fn start(
     epoch: &Epoch,
     queue: &str,
     channel_name: &str,
     config: &ServiceConfig,
 ) -> crate::error::Result<Started> {
+    let queue_name = exact("queue name", queue)?;
+    let tag = consumer_tag(&config.app_id, channel_name);
     let channel = epoch.connection.create_channel().await?;
     channel
         .basic_qos(config.prefetch, BasicQosOptions::default())
         .await?;
-    let tag = format!(
-        "{}-{}-{}",
-        config.app_id,
-        channel_name,
-        uuid::Uuid::new_v4()
-    );
     let consumer = channel
         .basic_consume(
-            ShortString::from(queue),
-            ShortString::from(tag.as_str()),
+            queue_name,
+            tag.clone(),
             lapin::options::BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -108,6 +108,12 @@ pub(crate) async fn start(
         consumer,
         generation: epoch.generation,
     })
+}
+
+/// A fresh consumer tag, `<app_id>-<what>-<uuid>`, shortened past 255 bytes
+/// ([`fitted`]: the hash covers the UUID, so tags stay unique).
+pub(crate) fn consumer_tag(app_id: &str, what: &str) -> ShortString {
+    fitted(&format!("{app_id}-{what}-{}", uuid::Uuid::new_v4()))
 }
 
 /// Why a consumer could not be started again.
@@ -388,6 +394,35 @@ async fn handle<H: Handler>(
     let routing_key = incoming.routing_key.clone();
     let body = incoming.body.clone();
 
+    if let (Some(_), Some(too_long)) = (
+        &reply_to,
+        correlation_id
+            .as_deref()
+            .filter(|c| c.len() > MAX_SHORT_STRING),
+    ) {
+        // A request whose correlation id does not fit in an AMQP short string cannot
+        // be answered: the reply's `correlation_id` is one, and a shortened id (or
+        // none) would match no request of the requester's. Gateways never send one
+        // (they set the `correlation_id` property itself, a short string); only
+        // another publisher setting the `x-warren-request-id` header alone can. So
+        // the request is not handled — running the handler for an answer nobody can
+        // receive would only apply its effects — but parked in `warren.dead` with
+        // the reason, and acknowledged, for an operator to look at.
+        let reason = format!(
+            "the request's correlation id (x-warren-request-id) is {} bytes, longer than an AMQP short string (255): it cannot be replied to",
+            too_long.len()
+        );
+        error!(reason = %reason, "request not handled; dead-lettering it");
+        if let Err(e) = dead_letter(shared, &routing_key, properties, &body, &reason, 0).await {
+            error!(error = %e, "dead-lettering failed; handing the message back");
+            tokio::time::sleep(retry_backoff(delivery_count.saturating_add(1))).await;
+            nack(acker).await;
+            return;
+        }
+        ack(acker).await;
+        return;
+    }
+
     let mut failures_here = 0;
     if let Some(id) = &id {
         let seen = shared
@@ -436,9 +471,10 @@ async fn handle<H: Handler>(
                     .lock()
                     .expect("window lock")
                     .fail(id, Instant::now()),
-                None => failures_here + 1,
+                None => failures_here.saturating_add(1),
             };
-            let attempts = failures.max(delivery_count + 1);
+            // `x-delivery-count` comes with the message: any publisher may set it.
+            let attempts = failures.max(delivery_count.saturating_add(1));
             if attempts < shared.config.max_attempts {
                 let wait = retry_backoff(attempts);
                 warn!(error = %e, attempts, retry_in_ms = wait.as_millis() as u64, "handler failed; handing the message back");
@@ -447,8 +483,15 @@ async fn handle<H: Handler>(
                 return;
             }
             error!(error = %e, attempts, "handler failed too often; dead-lettering the message");
-            if let Err(de) =
-                dead_letter(shared, &routing_key, properties, &body, &e, attempts).await
+            if let Err(de) = dead_letter(
+                shared,
+                &routing_key,
+                properties,
+                &body,
+                &e.to_string(),
+                attempts,
+            )
+            .await
             {
                 error!(error = %de, "dead-lettering failed; handing the message back");
                 tokio::time::sleep(retry_backoff(attempts)).await;
@@ -538,7 +581,7 @@ async fn dead_letter<H>(
     routing_key: &str,
     properties: BasicProperties,
     body: &[u8],
-    error: &HandlerError,
+    reason: &str,
     attempts: u32,
 ) -> crate::error::Result<()> {
     let names = shared.context.names().clone();
@@ -563,7 +606,7 @@ async fn dead_letter<H>(
     }
     let mut headers: FieldTable = properties.headers().clone().unwrap_or_default();
     let text = |s: String| AMQPValue::LongString(LongString::from(s));
-    headers.insert(H_DEAD_REASON.into(), text(error.to_string()));
+    headers.insert(H_DEAD_REASON.into(), text(reason.to_string()));
     headers.insert(H_DEAD_QUEUE.into(), text(shared.queue.clone()));
     headers.insert(H_DEAD_ATTEMPTS.into(), AMQPValue::LongUInt(attempts));
     // No expiration: the request may have had one, the parked copy must stay.
@@ -609,6 +652,17 @@ mod tests {
         assert_eq!(retry_backoff(2), Duration::from_millis(200));
         assert_eq!(retry_backoff(4), Duration::from_millis(800));
         assert_eq!(retry_backoff(50), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn consumer_tags_stay_short_strings_and_unique_whatever_the_names() {
+        let tag = consumer_tag("warren-service", "chat");
+        assert!(tag.as_str().starts_with("warren-service-chat-"), "{tag}");
+        let queue = "q".repeat(255);
+        let a = consumer_tag("warren-service", &queue);
+        let b = consumer_tag("warren-service", &queue);
+        assert!(a.as_str().len() <= MAX_SHORT_STRING);
+        assert_ne!(a, b, "the hash covers the UUID");
     }
 
     #[tokio::test]

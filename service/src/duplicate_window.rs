@@ -120,7 +120,7 @@ impl DuplicateWindow {
             Some(Entry {
                 state: State::InFlight { failures } | State::Failed { failures },
                 ..
-            }) => failures + 1,
+            }) => failures.saturating_add(1),
             _ => 1,
         };
         self.insert(id, State::Failed { failures }, now);

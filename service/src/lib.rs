@@ -75,6 +75,12 @@
 //! backoff) until `max_attempts`, then it is published to `warren.dead` and a request
 //! is refused with `internal`.
 //!
+//! No message content makes the library panic. Ids it derives or builds that would
+//! pass AMQP's 255-byte short strings (a relay's or an event's `message_id`, a
+//! consumer tag) are shortened deterministically ([`short_string::fitted`]); a request
+//! whose correlation id is longer (possible only through the `x-warren-request-id`
+//! header) cannot be answered, so it is parked in `warren.dead` unhandled.
+//!
 //! # Broker loss
 //!
 //! A service is given one AMQP URI or several (the nodes of a cluster). When its

@@ -38,6 +38,7 @@ use crate::handler::{BoxFuture, Context, Handler, HandlerError, Outcome};
 use crate::incoming::Incoming;
 use crate::ladder::{Action, Ladder};
 use crate::link::Epoch;
+use crate::short_string::exact;
 use crate::topology;
 
 /// Pause before the ready counts are read again when a consumed queue had ready
@@ -366,18 +367,15 @@ async fn sleep_until(at: Option<Instant>) {
 
 /// Opens a channel with prefetch 1 and consumes the level's queue.
 async fn open<H>(epoch: &Epoch, level: &Shared<H>) -> Result<Rung> {
+    let queue = exact("queue name", &level.queue)?;
+    // `<app_id>-<queue>-<uuid>`, shortened past 255 bytes (a queue name may have 255).
+    let tag = consumer::consumer_tag(&level.config.app_id, &level.queue);
     let channel = epoch.connection.create_channel().await?;
     channel.basic_qos(1, BasicQosOptions::default()).await?;
-    let tag = format!(
-        "{}-{}-{}",
-        level.config.app_id,
-        level.queue,
-        uuid::Uuid::new_v4()
-    );
     let consumer = channel
         .basic_consume(
-            ShortString::from(level.queue.as_str()),
-            ShortString::from(tag.as_str()),
+            queue,
+            tag,
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )

@@ -24,6 +24,7 @@ use crate::error::{Result, ServiceError};
 use crate::handler::Answer;
 use crate::incoming::Incoming;
 use crate::link::{Epoch, Link};
+use crate::short_string::{exact, fitted};
 use crate::target::{cc_value, Targets, CC_HEADER};
 
 /// AMQP delivery mode of persistent messages.
@@ -40,7 +41,9 @@ pub struct Outgoing {
     /// internals other than the sender's user and session).
     pub headers: BTreeMap<String, String>,
     /// The `message_id`; a fresh UUID when `None`. Set it to something stable when the
-    /// same message may be published again (a retry), so receivers drop the copy.
+    /// same message may be published again (a retry), so receivers drop the copy. One
+    /// longer than 255 bytes is sent shortened ([`fitted`]: a prefix and a hash of the
+    /// whole, the same for the same id).
     pub message_id: Option<String>,
 }
 
@@ -58,7 +61,8 @@ impl Outgoing {
     /// Relays a client's message to `targets`: the body as it came, the client's own
     /// headers, the sender (`x-warren-user`, `x-warren-session`, `x-warren-channel`,
     /// `x-warren-subject`) in headers, and a `message_id` derived from the incoming one,
-    /// so a redelivered incoming message produces a relay with the same id.
+    /// so a redelivered incoming message produces a relay with the same id (shortened
+    /// when it passes 255 bytes: [`fitted`]).
     pub fn relay(incoming: Incoming, targets: Targets) -> Self {
         let mut headers = incoming.headers;
         let sender = [
@@ -152,7 +156,8 @@ impl Publisher {
 
     /// Publishes `message` to `warren.out`: ONE publish whose routing key is the first
     /// target and whose `CC` header lists the others. Waits for the broker's confirm.
-    /// Returns the message's `message_id`.
+    /// Returns the message's `message_id` as sent (an id longer than 255 bytes is
+    /// shortened: [`fitted`]).
     ///
     /// Not mandatory: a message no session is subscribed to is dropped by RabbitMQ, as
     /// a broadcast nobody listens to should be. A message to users is not silently
@@ -166,7 +171,10 @@ impl Publisher {
     pub async fn publish(&self, message: &Outgoing) -> Result<String> {
         let mut keys = message.targets.routing_keys()?;
         let routing_key = keys.remove(0);
-        let message_id = message.message_id.clone().unwrap_or_else(fresh_message_id);
+        let message_id = match &message.message_id {
+            Some(id) => fitted(id).to_string(),
+            None => fresh_message_id(),
+        };
         let mut headers = string_table(&message.headers);
         if let Some(cc) = cc_value(&keys) {
             headers.insert(ShortString::from(CC_HEADER), cc);
@@ -180,7 +188,7 @@ impl Publisher {
         if let Some(returns) = &self.inner.returns {
             if message.targets.has_users() {
                 // Gateways report here a message none of its users received.
-                properties = properties.with_reply_to(ShortString::from(returns.as_str()));
+                properties = properties.with_reply_to(fitted(returns));
             }
         }
         let exchange = self.inner.names.outbound_exchange();
@@ -196,11 +204,14 @@ impl Publisher {
     }
 
     /// Sends `answer` to the queue `reply_to` through the default exchange, with
-    /// `correlation_id` copied and `message_id` as given. Waits for the confirm.
+    /// `correlation_id` copied and `message_id` as given (shortened past 255 bytes:
+    /// [`fitted`]). Waits for the confirm.
     ///
     /// # Errors
-    /// As [`Publisher::publish_confirmed`] (which waits for the broker within the
-    /// publish timeout).
+    /// [`ServiceError::TooLongForAmqp`] for a `correlation_id` longer than 255 bytes:
+    /// a shortened one would match no request, so none is sent. Otherwise as
+    /// [`Publisher::publish_confirmed`] (which waits for the broker within the publish
+    /// timeout).
     pub async fn reply(
         &self,
         reply_to: &str,
@@ -212,7 +223,7 @@ impl Publisher {
             .properties(message_id)
             .with_headers(string_table(&answer.headers));
         if let Some(id) = correlation_id {
-            properties = properties.with_correlation_id(ShortString::from(id));
+            properties = properties.with_correlation_id(exact("correlation id", id)?);
         }
         self.publish_confirmed("", reply_to, &answer.body, properties)
             .await?;
@@ -239,6 +250,8 @@ impl Publisher {
     /// configured `publish_timeout`.
     ///
     /// # Errors
+    /// [`ServiceError::TooLongForAmqp`] for an `exchange` or `routing_key` longer than
+    /// 255 bytes (nothing is published);
     /// [`ServiceError::Nacked`] when the broker still nacks at the deadline;
     /// [`ServiceError::BrokerUnavailable`] when no confirm came within the timeout;
     /// [`ServiceError::Amqp`] when the broker refused the publish itself (e.g. the
@@ -250,6 +263,8 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<()> {
+        let exchange_name = exact("exchange name", exchange)?;
+        let key = exact("routing key", routing_key)?;
         let started = tokio::time::Instant::now();
         let deadline = started + self.inner.timeout;
         let mut min_generation = 0;
@@ -264,8 +279,8 @@ impl Publisher {
                 &epoch,
                 &lane,
                 &mut used,
-                exchange,
-                routing_key,
+                exchange_name.clone(),
+                key.clone(),
                 body,
                 properties.clone(),
             );
@@ -342,8 +357,8 @@ impl Publisher {
         epoch: &Epoch,
         lane: &Lane,
         used: &mut Option<u16>,
-        exchange: &str,
-        routing_key: &str,
+        exchange: ShortString,
+        routing_key: ShortString,
         body: &[u8],
         properties: BasicProperties,
     ) -> std::result::Result<Confirmation, lapin::Error> {
@@ -351,8 +366,8 @@ impl Publisher {
         *used = Some(channel.id());
         channel
             .basic_publish(
-                ShortString::from(exchange),
-                ShortString::from(routing_key),
+                exchange,
+                routing_key,
                 BasicPublishOptions::default(),
                 body,
                 properties,
@@ -362,7 +377,7 @@ impl Publisher {
     }
 
     /// The properties every service message carries: persistent, JSON, `message_id`,
-    /// `timestamp`, `app_id`.
+    /// `timestamp`, `app_id` (the ids shortened past 255 bytes: [`fitted`]).
     fn properties(&self, message_id: &str) -> BasicProperties {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -370,9 +385,9 @@ impl Publisher {
         BasicProperties::default()
             .with_delivery_mode(PERSISTENT)
             .with_content_type(ShortString::from("application/json"))
-            .with_message_id(ShortString::from(message_id))
+            .with_message_id(fitted(message_id))
             .with_timestamp(now)
-            .with_app_id(ShortString::from(self.inner.app_id.as_str()))
+            .with_app_id(fitted(&self.inner.app_id))
     }
 
     /// `lane`'s slot, created on the lane's first publish.
@@ -635,12 +650,13 @@ fn retryable(error: &lapin::Error, connection_up: bool) -> bool {
     ) || error.is_amqp_hard_error()
 }
 
-/// String headers as an AMQP field table of long strings.
+/// String headers as an AMQP field table of long strings (a name longer than 255
+/// bytes shortened: [`fitted`]).
 pub(crate) fn string_table(headers: &BTreeMap<String, String>) -> FieldTable {
     let mut table = FieldTable::default();
     for (k, v) in headers {
         table.insert(
-            ShortString::from(k.as_str()),
+            fitted(k),
             AMQPValue::LongString(LongString::from(v.as_str())),
         );
     }

@@ -17,13 +17,16 @@ use tracing::{debug, warn};
 use warren_protocol::services::Undelivered;
 
 use crate::link::Link;
+use crate::short_string::{exact, fitted};
 
 /// How long the returns queue lives without a consumer.
 const RETURNS_EXPIRE_MS: i64 = 600_000;
 
 /// The returns queue name of `instance` under `prefix` (the namespace prefix).
 pub(crate) fn queue_name(prefix: &str, instance: &str) -> String {
-    format!("{prefix}warren.returns.{instance}")
+    // The instance id starts with the configured `app_id`: shortened past 255 bytes,
+    // the same way for the declaration and the `reply_to` of messages to users.
+    fitted(&format!("{prefix}warren.returns.{instance}")).to_string()
 }
 
 /// Consumes `queue` (declaring it again after every reconnect) and sends each report
@@ -43,8 +46,9 @@ pub(crate) async fn run(
                 "x-expires".into(),
                 AMQPValue::LongLongInt(RETURNS_EXPIRE_MS),
             );
+            let name = exact("queue name", &queue)?;
             ch.queue_declare(
-                ShortString::from(queue.as_str()),
+                name.clone(),
                 QueueDeclareOptions {
                     durable: true,
                     ..Default::default()
@@ -54,7 +58,7 @@ pub(crate) async fn run(
             .await?;
             let mut consumer = ch
                 .basic_consume(
-                    ShortString::from(queue.as_str()),
+                    name,
                     ShortString::from(""),
                     BasicConsumeOptions {
                         no_ack: true,

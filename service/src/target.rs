@@ -5,7 +5,7 @@
 //! still receives the message once.
 
 use lapin::types::{AMQPValue, FieldArray, LongString};
-use warren_protocol::amqp::{keys, validate_segment};
+use warren_protocol::amqp::{keys, validate_segment, validate_short};
 use warren_protocol::Distribution;
 
 use crate::error::{Result, ServiceError};
@@ -131,19 +131,24 @@ impl Targets {
     /// # Errors
     /// [`ServiceError::NoTargets`] when none is named, [`ServiceError::InvalidTarget`]
     /// when the channel, a group, a user or an event name would change routing
-    /// (dots, wildcards, spaces...).
+    /// (dots, wildcards, spaces...), or a routing key would be longer than an AMQP
+    /// short string (255 bytes: e.g. a 128-byte user on a 128-byte channel).
     pub fn routing_keys(&self) -> Result<Vec<String>> {
         validate_segment("channel", &self.channel)?;
         if self.is_empty() {
             return Err(ServiceError::NoTargets);
         }
-        Ok(keys::outbound(
+        let keys = keys::outbound(
             &self.channel,
             self.broadcast,
             &self.groups,
             &self.users,
             &self.events,
-        )?)
+        )?;
+        for key in &keys {
+            validate_short("routing key", key)?;
+        }
+        Ok(keys)
     }
 
     /// The routing key of the one publish and the `CC` header value carrying the
@@ -243,6 +248,19 @@ mod tests {
             Targets::broadcast("ch*t").routing_keys(),
             Err(ServiceError::InvalidTarget(_))
         ));
+    }
+
+    #[test]
+    fn a_routing_key_longer_than_an_amqp_short_string_is_refused() {
+        let channel = "c".repeat(128);
+        let user = "u".repeat(128);
+        assert!(matches!(
+            Targets::user(channel.as_str(), user.as_str()).routing_keys(),
+            Err(ServiceError::InvalidTarget(_))
+        ));
+        assert!(Targets::user(channel.as_str(), "u".repeat(121))
+            .routing_keys()
+            .is_ok());
     }
 
     #[test]

@@ -31,6 +31,7 @@ use warren_protocol::tenants::{Object, QueueSettings, TenantRouting};
 
 use crate::config::ServiceConfig;
 use crate::error::{is_not_found, is_precondition_failed, Result};
+use crate::short_string::exact;
 
 /// Declares the inbound and outbound topic exchanges and the service registry's
 /// fanout exchange.
@@ -117,9 +118,9 @@ pub async fn declare_channel_queue_with(
     declare_queue(connection, &queue, arguments).await?;
     let ch = connection.create_channel().await?;
     ch.queue_bind(
-        ShortString::from(queue.as_str()),
-        ShortString::from(names.inbound_exchange()),
-        ShortString::from(keys::inbound_binding(channel)),
+        exact("queue name", &queue)?,
+        exact("exchange name", &names.inbound_exchange())?,
+        exact("binding key", &keys::inbound_binding(channel))?,
         QueueBindOptions::default(),
         FieldTable::default(),
     )
@@ -162,8 +163,8 @@ pub async fn declare_dead_letter_with(
     .await?;
     let ch = connection.create_channel().await?;
     ch.queue_bind(
-        ShortString::from(queue.as_str()),
-        ShortString::from(exchange.as_str()),
+        exact("queue name", &queue)?,
+        exact("exchange name", &exchange)?,
         // Fanout: the key is ignored; "" as the gateway binds it, so there is one binding.
         ShortString::from(""),
         QueueBindOptions::default(),
@@ -224,7 +225,7 @@ pub async fn ready_counts(connection: &Connection, queues: &[String]) -> Result<
     for queue in queues {
         let declared = ch
             .queue_declare(
-                queue.as_str().into(),
+                exact("queue name", queue)?,
                 QueueDeclareOptions::durable().passive(),
                 FieldTable::default(),
             )
@@ -255,7 +256,7 @@ async fn queue_exists(connection: &Connection, queue: &str) -> Result<bool> {
     let ch = connection.create_channel().await?;
     match ch
         .queue_declare(
-            queue.into(),
+            exact("queue name", queue)?,
             QueueDeclareOptions::durable().passive(),
             FieldTable::default(),
         )
@@ -284,7 +285,12 @@ async fn declare_exchange(connection: &Connection, name: &str, kind: ExchangeKin
         ..ExchangeDeclareOptions::default()
     };
     match ch
-        .exchange_declare(name.into(), kind.clone(), options, FieldTable::default())
+        .exchange_declare(
+            exact("exchange name", name)?,
+            kind.clone(),
+            options,
+            FieldTable::default(),
+        )
         .await
     {
         Ok(()) => {
@@ -298,7 +304,12 @@ async fn declare_exchange(connection: &Connection, name: &str, kind: ExchangeKin
                 ..options
             };
             match ch
-                .exchange_declare(name.into(), kind, passive, FieldTable::default())
+                .exchange_declare(
+                    exact("exchange name", name)?,
+                    kind,
+                    passive,
+                    FieldTable::default(),
+                )
                 .await
             {
                 Ok(()) => {
@@ -325,7 +336,11 @@ async fn declare_queue(connection: &Connection, name: &str, arguments: FieldTabl
     }
     let ch = connection.create_channel().await?;
     match ch
-        .queue_declare(name.into(), QueueDeclareOptions::durable(), arguments)
+        .queue_declare(
+            exact("queue name", name)?,
+            QueueDeclareOptions::durable(),
+            arguments,
+        )
         .await
     {
         Ok(_) => {
@@ -336,7 +351,7 @@ async fn declare_queue(connection: &Connection, name: &str, arguments: FieldTabl
             let ch = connection.create_channel().await?;
             match ch
                 .queue_declare(
-                    name.into(),
+                    exact("queue name", name)?,
                     QueueDeclareOptions::durable().passive(),
                     FieldTable::default(),
                 )
@@ -414,8 +429,8 @@ pub async fn declare_tenant_topology(
             } => {
                 let ch = connection.create_channel().await?;
                 ch.queue_bind(
-                    ShortString::from(queue.as_str()),
-                    ShortString::from(exchange.as_str()),
+                    exact("queue name", &queue)?,
+                    exact("exchange name", &exchange)?,
                     ShortString::from(""),
                     QueueBindOptions::default(),
                     field_table(args),
@@ -430,8 +445,8 @@ pub async fn declare_tenant_topology(
             } => {
                 let ch = connection.create_channel().await?;
                 ch.exchange_bind(
-                    ShortString::from(destination.as_str()),
-                    ShortString::from(source.as_str()),
+                    exact("exchange name", &destination)?,
+                    exact("exchange name", &source)?,
                     ShortString::from(""),
                     ExchangeBindOptions::default(),
                     field_table(args),
@@ -454,11 +469,14 @@ pub async fn declare_tenant_topology(
 /// that channel). Start-up reporting for the tenant topology; the queue is used as it
 /// is either way.
 async fn report_difference(connection: &Connection, queue: &str, arguments: FieldTable) {
+    let Ok(name) = exact("queue name", queue) else {
+        return;
+    };
     let Ok(ch) = connection.create_channel().await else {
         return;
     };
     match ch
-        .queue_declare(queue.into(), QueueDeclareOptions::durable(), arguments)
+        .queue_declare(name, QueueDeclareOptions::durable(), arguments)
         .await
     {
         Ok(_) => close(ch).await,
