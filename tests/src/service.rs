@@ -479,6 +479,18 @@ impl StandInGateway {
             .with_headers(h)
     }
 
+    /// The properties a gateway puts on a client's message on `channel` with frame id
+    /// `frame_id` (no distribution, no request addressing): a start for a test that
+    /// sends what a gateway would not ([`StandInGateway::publish_raw`]).
+    pub fn gateway_properties(&self, channel: &str, frame_id: &str) -> BasicProperties {
+        self.properties(channel, frame_id, None, None)
+    }
+
+    /// Publishes `body` with `properties` as they are to `warren.in` for `channel`.
+    pub async fn publish_raw(&self, channel: &str, body: &[u8], properties: BasicProperties) {
+        self.publish_in(channel, body, properties).await;
+    }
+
     async fn publish_in(&self, channel: &str, body: &[u8], properties: BasicProperties) {
         let confirm = self
             .channel
