@@ -413,10 +413,12 @@ impl PresenceView {
         out
     }
 
-    /// Sessions per gateway (for `GET /presence`).
-    pub fn per_node(&self) -> BTreeMap<String, usize> {
+    /// Sessions per gateway (for `GET /presence`): of one tenant (`Some(None)`: sessions
+    /// without a tenant), or of all (`None`, tenant mode off).
+    pub fn per_node(&self, tenant: Option<Option<&str>>) -> BTreeMap<String, usize> {
         let mut m = BTreeMap::new();
-        for h in self.sessions.values() {
+        let sessions = self.sessions.values();
+        for h in sessions.filter(|h| tenant.is_none_or(|t| h.tenant.as_deref() == t)) {
             *m.entry(h.node.clone()).or_default() += 1;
         }
         m

@@ -634,6 +634,19 @@ async fn presence(
     };
     let identity = match identity {
         Ok(i) => i,
+        // An auth service that did not answer is not a refused token: 503, retryable,
+        // as the WebSocket path's `auth_unavailable`.
+        Err(e @ crate::auth::AuthError::Unavailable(_)) => {
+            return (
+                cors,
+                refusal(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::AuthUnavailable,
+                    e.to_string(),
+                ),
+            )
+                .into_response();
+        }
         Err(e) => {
             metrics::add(&st.shared.metrics.refused_token, 1);
             return (
@@ -654,9 +667,26 @@ async fn presence(
         )
             .into_response()
     };
-    if let Some(c) = &q.channel {
-        if !identity.may(crate::auth::Action::Subscribe, c) {
-            return forbidden(identity.refusal(crate::auth::Action::Subscribe, c));
+    match &q.channel {
+        Some(c) => {
+            if !identity.may(crate::auth::Action::Subscribe, c) {
+                return forbidden(identity.refusal(crate::auth::Action::Subscribe, c));
+            }
+        }
+        // No channel is a question about every channel: only for a caller that may
+        // subscribe to each.
+        None => {
+            let config = &st.shared.config;
+            if let Some(c) = config
+                .channels
+                .iter()
+                .find(|c| !identity.may(crate::auth::Action::Subscribe, c))
+            {
+                return forbidden(format!(
+                    "{}; name a channel it may subscribe to (`?channel=`)",
+                    identity.refusal(crate::auth::Action::Subscribe, c)
+                ));
+            }
         }
     }
     if let Some(g) = &q.group {
@@ -675,7 +705,13 @@ async fn presence(
         let view = st.shared.presence_view();
         (
             view.online(q.channel.as_deref(), q.group.as_deref(), tenant.as_deref()),
-            view.per_node(),
+            view.per_node(
+                st.shared
+                    .config
+                    .tenants
+                    .enabled
+                    .then_some(tenant.as_deref()),
+            ),
         )
     };
     let mut users: Vec<&str> = online.iter().map(|o| o.user.as_str()).collect();

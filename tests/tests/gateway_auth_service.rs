@@ -65,6 +65,15 @@ async fn the_auth_service_admits_refuses_and_its_absence_or_slowness_is_auth_una
         took < Duration::from_millis(TIMEOUT_MS),
         "at once: {took:?}"
     );
+    // `GET /presence` says the same: 503, retryable, not a refused token.
+    let (status, _, body) = warren_e2e::gateway::http_get_with(
+        gw.health_addr(),
+        "/presence?channel=chat",
+        &[("Authorization", "Bearer user:ada")],
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"auth_unavailable\""), "{body}");
 
     // The demo authenticator, on the service library.
     let auth = Service::connect(&amqp_addr(), env.names.clone())

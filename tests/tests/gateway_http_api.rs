@@ -253,6 +253,9 @@ async fn bad_requests_get_a_4xx_status_and_the_registry_code() {
         let _voice = env.consume_inbound("voice").await;
         let ok = json!({"message": {"text": "hi"}}).to_string();
         let oversized = json!({"message": "x".repeat(6000)}).to_string();
+        let long_id =
+            json!({"channel": "chat", "broadcast": true, "id": "i".repeat(129), "message": 1})
+                .to_string();
         let cases: &[Case] = &[
             ("no key", "/external/chat", None, &ok, 401, "unauthorized"),
             (
@@ -412,6 +415,22 @@ async fn bad_requests_get_a_4xx_status_and_the_registry_code() {
                 "/publish",
                 Some(KEY),
                 "{\"channel\":\"chat\",\"groups\":[\"a.b\"],\"message\":1}",
+                400,
+                "invalid",
+            ),
+            (
+                "publish, empty id",
+                "/publish",
+                Some(KEY),
+                "{\"channel\":\"chat\",\"broadcast\":true,\"id\":\"\",\"message\":1}",
+                400,
+                "invalid",
+            ),
+            (
+                "publish, id of 129 bytes",
+                "/publish",
+                Some(KEY),
+                &long_id,
                 400,
                 "invalid",
             ),

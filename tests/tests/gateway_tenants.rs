@@ -601,6 +601,7 @@ async fn presence_and_http_api_publishes_stay_within_a_tenant() {
         .await;
         let addr = gw.listeners()[0].0;
         let mut a1 = login(&gw, "anna", Some("acme")).await;
+        let a2 = login(&gw, "abe", Some("acme")).await;
         let mut g1 = login(&gw, "gus", Some("globex")).await;
         for c in [&mut a1, &mut g1] {
             c.subscribe(sub("s", "chat")).await;
@@ -609,6 +610,19 @@ async fn presence_and_http_api_publishes_stay_within_a_tenant() {
             let v: serde_json::Value = serde_json::from_str(body).expect("JSON");
             serde_json::from_value(v["users"].clone()).expect("a user list")
         };
+        // `per_node` counts the same tenant's sessions only (on any channel).
+        let per_node = async |auth: String| -> serde_json::Value {
+            let (status, _, body) = warren_e2e::gateway::http_get_with(
+                addr,
+                "/presence?channel=chat",
+                &[("Authorization", auth.as_str())],
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+            let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+            v["per_node"].clone()
+        };
+        let node = gw.gateway().config().node.clone();
         let ask = async |auth: String, query: &str| {
             let (status, _, body) = warren_e2e::gateway::http_get_with(
                 addr,
@@ -625,6 +639,8 @@ async fn presence_and_http_api_publishes_stay_within_a_tenant() {
         let gus = format!("Bearer {}", token("gus", Some("globex")));
         assert_eq!(ask(anna.clone(), "").await, ["anna"]);
         assert_eq!(ask(gus.clone(), "").await, ["gus"]);
+        assert_eq!(per_node(anna.clone()).await, json!({ node.as_str(): 2 }));
+        assert_eq!(per_node(gus.clone()).await, json!({ node.as_str(): 1 }));
         // Naming another tenant changes nothing for a token.
         assert_eq!(ask(anna, "&tenant=globex").await, ["anna"]);
         // A backend names the tenant it asks about; without one it sees the sessions
@@ -664,7 +680,7 @@ async fn presence_and_http_api_publishes_stay_within_a_tenant() {
             "{answer}"
         );
 
-        for c in [a1, g1] {
+        for c in [a1, a2, g1] {
             c.close().await;
         }
         gw.shutdown().await;
