@@ -139,6 +139,10 @@ pub struct ClientCore<C: Codec> {
     give_up_at: Option<u64>,
     /// Why the last connection attempt failed, for the give-up error.
     last_failure: Option<String>,
+    /// Why the client stopped for good (`close()`, or a close code that forbids
+    /// reconnecting, until `connect()` starts over): new writes, requests and `ready()`
+    /// are rejected at once with it, since no connection attempt will come.
+    stopped: Option<ClientError>,
     last_heard: u64,
     ack_batch: u64,
     outbox: Outbox,
@@ -187,6 +191,7 @@ impl<C: Codec> ClientCore<C> {
             max_frame_bytes: 0,
             give_up_at: None,
             last_failure: None,
+            stopped: None,
             last_heard: 0,
             pending: Deadlines::default(),
             subscriptions: Subscriptions::default(),
@@ -236,6 +241,7 @@ impl<C: Codec> ClientCore<C> {
         match self.phase {
             Phase::Idle | Phase::Disconnected => {
                 self.failures = 0;
+                self.stopped = None;
                 if self.config.urls.is_empty() {
                     self.actions.push(Action::Error(ClientError::new(
                         ErrorCode::Invalid,
@@ -269,6 +275,7 @@ impl<C: Codec> ClientCore<C> {
         self.phase = Phase::Closed;
         self.report(true);
         let err = ClientError::new(ErrorCode::Closed, "the client was closed");
+        self.stopped = Some(err.clone());
         // Subscriptions not yet in force are rejected too (a no-op for the others).
         for (sub, _) in self.subscriptions.iter() {
             self.ready_waiters.push(sub);
@@ -280,13 +287,15 @@ impl<C: Codec> ClientCore<C> {
     }
 
     /// Operation that resolves once connected (at once when already connected); it is
-    /// rejected when the client is closed or gives up.
+    /// rejected when the client is closed or gives up, at once when it already has.
     pub fn ready(&mut self, _now: u64) -> u64 {
         let op = self.next_op();
-        match self.phase {
-            Phase::Connected { .. } => self.actions.push(Action::Resolve(op)),
-            Phase::Closed => self.reject(op, ErrorCode::Closed, "the client was closed"),
-            _ => self.ready_waiters.push(op),
+        if let Some(err) = &self.stopped {
+            self.actions.push(Action::Reject(op, err.clone()));
+        } else if matches!(self.phase, Phase::Connected { .. }) {
+            self.actions.push(Action::Resolve(op));
+        } else {
+            self.ready_waiters.push(op);
         }
         self.finish();
         op
@@ -295,8 +304,9 @@ impl<C: Codec> ClientCore<C> {
     /// Sends a `publish`; the returned operation resolves on the gateway's `ack` or is
     /// rejected with its error, `too_large` at once when the frame is over the gateway's
     /// `max_frame_bytes` (nothing sent), `timeout` after the request timeout,
-    /// `disconnected` when the outbox is full, `closed` after `close()`. Rejections name
-    /// the frame id; a rejected write is never sent (again).
+    /// `disconnected` when the outbox is full, `closed` after `close()`, at once with the
+    /// close's error after a close code that forbids reconnecting (until `connect()`).
+    /// Rejections name the frame id; a rejected write is never sent (again).
     pub fn write(&mut self, envelope: Envelope<C::Payload>, now: u64) -> u64 {
         let op = self.next_op();
         if let Some(frame) = self.admit(op, &envelope.channel) {
@@ -900,6 +910,7 @@ impl<C: Codec> ClientCore<C> {
         );
         self.actions.push(Action::Error(err.clone()));
         self.fail_everything(&err);
+        self.stopped = Some(err);
     }
 
     fn fail_everything(&mut self, err: &ClientError) {
@@ -937,8 +948,8 @@ impl<C: Codec> ClientCore<C> {
 
     /// Checks a new write; returns its frame id, or rejects it.
     fn admit(&mut self, op: u64, channel: &str) -> Option<String> {
-        let refusal = if self.phase == Phase::Closed {
-            Some(ClientError::new(ErrorCode::Closed, "the client was closed"))
+        let refusal = if let Some(err) = &self.stopped {
+            Some(err.clone())
         } else if channel.is_empty() {
             Some(ClientError::new(
                 ErrorCode::Invalid,
@@ -1017,11 +1028,6 @@ impl<C: Codec> ClientCore<C> {
     fn reject_op(&mut self, op: u64, err: ClientError) {
         let err = err.with_id(self.frame_id(op));
         self.actions.push(Action::Reject(op, err));
-    }
-
-    fn reject(&mut self, op: u64, code: ErrorCode, message: &str) {
-        self.actions
-            .push(Action::Reject(op, ClientError::new(code, message)));
     }
 
     /// Emits `state` when the public state changed.

@@ -360,6 +360,45 @@ fn a_close_code_that_forbids_reconnecting_stops_and_rejects_pending_writes() {
 }
 
 #[test]
+fn after_a_close_code_that_forbids_reconnecting_new_writes_are_rejected_at_once_with_its_error() {
+    for (code, expected) in [
+        (4501, ErrorCode::Unauthorized),
+        (4503, ErrorCode::Unsupported),
+        (4502, ErrorCode::Disconnected),
+    ] {
+        let mut h = Harness::new(&URLS);
+        h.connect("s1", false);
+        h.core.on_close(h.conn, code, h.now);
+        h.take();
+        let w = h.core.write(envelope("chat", json!(1)), h.now);
+        let r = h.core.request(envelope("tickets", json!(2)), None, h.now);
+        let ready = h.core.ready(h.now);
+        let actions = h.take();
+        assert_eq!(
+            Harness::rejections(&actions),
+            vec![(w, expected), (r, expected), (ready, expected)],
+            "{code}: rejected at once, not queued for a connection that never comes"
+        );
+        let err = rejection(&actions, w).unwrap();
+        assert!(err.message.contains(&code.to_string()), "{}", err.message);
+        assert_eq!(err.id, Some(format!("{}{w}", h.core.id_prefix())));
+        assert!(Harness::opens(&actions).is_empty());
+        // connect() starts over: writes wait for the connection again.
+        h.core.connect(h.now);
+        let w = h.core.write(envelope("chat", json!(3)), h.now);
+        assert!(Harness::rejections(&h.take()).is_empty());
+        let conn = h.conn;
+        h.core.on_open(conn, h.now);
+        h.welcome("s2", false);
+        let sent = h.sent();
+        assert_eq!(
+            sent.last().unwrap()["id"],
+            format!("{}{w}", h.core.id_prefix())
+        );
+    }
+}
+
+#[test]
 fn the_going_away_close_code_reconnects() {
     let mut h = Harness::new(&URLS);
     h.connect("s1", false);
