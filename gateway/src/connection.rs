@@ -1004,13 +1004,44 @@ impl Conn {
             return self.refuse(Some(r.id), refused).await;
         }
         let expires = self.expiry_of(&identity);
+        let mut revoked = Vec::new();
         if let Some(s) = self.session.as_mut() {
             s.identity = identity;
             s.expires = expires;
+            revoked = core_::revoked_keys(&s.subs, &s.identity);
         }
         self.errors.good();
         tracing::debug!(conn = self.id, "token refreshed");
+        if !revoked.is_empty() {
+            // The new token's rights are in force from here: what it no longer grants
+            // stops now, and the client is told before the `ack`.
+            tracing::info!(conn = self.id, keys = ?revoked, "subscriptions revoked by a refreshed token");
+            self.unbind(&revoked);
+            self.subscriptions_changed();
+            let message = format!(
+                "the renewed token no longer grants {}: unsubscribed",
+                revoked.join(", ")
+            );
+            let frame = ServerFrame::error(None, ErrorCode::Forbidden, message);
+            if let Flow::Close(c, why) = self.send(&frame).await {
+                return Flow::Close(c, why);
+            }
+        }
         self.send(&ServerFrame::ack(r.id)).await
+    }
+
+    /// Removes `keys` from the session's subscriptions and unbinds them from the hubs.
+    fn unbind(&mut self, keys: &[String]) {
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        for k in keys {
+            session.subs.remove(k);
+        }
+        let streams = self.shared.streams.all();
+        for (i, keys) in self.shared.streams.split(keys) {
+            streams[i].hub.unsubscribe(self.id, &keys);
+        }
     }
 
     /// Sends the `error` for a refused frame; input problems count towards

@@ -5,7 +5,7 @@
 //! Nothing is declared on the broker per session: what a session receives comes from
 //! the outbound stream (`hub.rs`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -97,55 +97,48 @@ impl<T> Inflight<T> {
     }
 }
 
-/// The binding keys a session holds, ref-counted: two subscriptions asking for the
-/// same key bind it once, and it is unbound when the last one goes.
+/// The binding keys a session holds: a set. `subscribe` adds the keys it names and
+/// `unsubscribe` removes them, whichever frames named them before, so that a frame
+/// sent again (a `hello` naming the subscriptions of a resumed session, and the
+/// `subscribe` frames the client sends after it) changes nothing. A client that keeps
+/// several subscriptions sharing a key unbinds it when the last of them goes, as the
+/// SDK does.
 #[derive(Debug, Default)]
 pub struct Subscriptions {
-    counts: HashMap<String, u32>,
+    keys: HashSet<String>,
 }
 
 impl Subscriptions {
-    /// Adds a reference to `key`; true when the key must now be bound.
+    /// Adds `key`; true when the key must now be bound (it was not held).
     pub fn add(&mut self, key: &str) -> bool {
-        let n = self.counts.entry(key.to_string()).or_insert(0);
-        *n += 1;
-        *n == 1
+        !self.keys.contains(key) && self.keys.insert(key.to_string())
     }
 
-    /// Drops a reference to `key`; true when the key must now be unbound (also when it
-    /// was not known here: it may have been bound by an earlier connection).
+    /// Removes `key`; true when the key must now be unbound (also when it was not
+    /// known here: unbinding a key nobody bound is harmless).
     pub fn remove(&mut self, key: &str) -> bool {
-        match self.counts.get_mut(key) {
-            Some(n) if *n > 1 => {
-                *n -= 1;
-                false
-            }
-            Some(_) => {
-                self.counts.remove(key);
-                true
-            }
-            None => true,
-        }
+        self.keys.remove(key);
+        true
     }
 
     /// Whether `key` is held.
     pub fn contains(&self, key: &str) -> bool {
-        self.counts.contains_key(key)
+        self.keys.contains(key)
     }
 
     /// How many distinct keys are held.
     pub fn len(&self) -> usize {
-        self.counts.len()
+        self.keys.len()
     }
 
     /// Whether no key is held.
     pub fn is_empty(&self) -> bool {
-        self.counts.is_empty()
+        self.keys.is_empty()
     }
 
     /// The keys held.
     pub fn keys(&self) -> impl Iterator<Item = &String> {
-        self.counts.keys()
+        self.keys.iter()
     }
 }
 
@@ -310,14 +303,13 @@ mod tests {
     }
 
     #[test]
-    fn a_key_is_bound_once_and_unbound_when_its_last_subscription_goes() {
+    fn a_key_is_bound_once_and_unbound_by_one_removal_however_often_it_was_added() {
         let mut s = Subscriptions::default();
         assert!(s.add("chat.all"));
         assert!(!s.add("chat.all"));
         assert_eq!(s.len(), 1);
-        assert!(!s.remove("chat.all"));
-        assert!(s.contains("chat.all"));
         assert!(s.remove("chat.all"));
+        assert!(!s.contains("chat.all"));
         assert!(s.is_empty());
         assert!(s.remove("chat.group.x"), "unknown keys are unbound anyway");
     }

@@ -227,13 +227,11 @@ impl Errors {
     }
 }
 
-/// Whether a refusal counts towards `too_many_errors`: input problems do, problems of
-/// the broker or the gateway (and limits the client may retry) do not.
+/// Whether a refusal counts towards `too_many_errors`: input problems do; what the
+/// client may retry (problems of the broker or the gateway, limits, no service on the
+/// channel right now: the registry's `retry` codes) does not.
 pub(crate) fn counts_as_bad(code: ErrorCode) -> bool {
-    !matches!(
-        code,
-        ErrorCode::BrokerUnavailable | ErrorCode::Internal | ErrorCode::Overloaded
-    )
+    !code.retry()
 }
 
 /// Whether the session may be given more deliveries: not after a drain, and not while
@@ -426,13 +424,42 @@ pub(crate) fn subscription_keys(
     for k in &out {
         validate_short("binding key", k).map_err(invalid)?;
     }
-    out.dedup();
+    // Each key once, wherever the frame repeats it (`groups: ["a", "b", "a"]`).
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|k| seen.insert(k.clone()));
     Ok(out)
 }
 
-/// Applies `keys` (from [`subscription_keys`]) to the session's subscriptions: adds
-/// them (`on`) within `max` distinct keys, or removes them. Returns the keys whose
-/// first reference was added or last one removed: those the hub must learn.
+/// The keys of `subs` that `identity` may no longer hold (after a `refresh` with
+/// narrower rights): those of a channel without its subscribe right, of a group not
+/// granted, of another user's direct messages, or of a topic outside the granted
+/// patterns — what [`subscription_keys`] would refuse now.
+pub(crate) fn revoked_keys(subs: &Subscriptions, identity: &Identity) -> Vec<String> {
+    let allowed = |key: &str| {
+        let Some((channel, rest)) = key.split_once('.') else {
+            return true;
+        };
+        if !identity.may(Action::Subscribe, channel) {
+            return false;
+        }
+        if let Some(group) = rest.strip_prefix("group.") {
+            identity.may_group(group)
+        } else if let Some(user) = rest.strip_prefix("user.") {
+            user == identity.user
+        } else if let Some(topic) = rest.strip_prefix("event.") {
+            identity.may_topic(topic)
+        } else {
+            true
+        }
+    };
+    let mut out: Vec<String> = subs.keys().filter(|k| !allowed(k)).cloned().collect();
+    out.sort();
+    out
+}
+
+/// Applies `keys` (from [`subscription_keys`], each once) to the session's
+/// subscriptions: adds them (`on`) within `max` distinct keys, or removes them. Returns
+/// the keys added that were not held, or those removed: those the hub must learn.
 pub(crate) fn change_subscriptions(
     subs: &mut Subscriptions,
     keys: &[String],
@@ -769,6 +796,10 @@ mod tests {
         assert!(!counts_as_bad(ErrorCode::BrokerUnavailable));
         assert!(!counts_as_bad(ErrorCode::Overloaded));
         assert!(!counts_as_bad(ErrorCode::Internal));
+        assert!(
+            !counts_as_bad(ErrorCode::NoService),
+            "a service restarting is not the client's mistake"
+        );
         assert!(counts_as_bad(ErrorCode::Invalid));
         assert!(counts_as_bad(ErrorCode::Forbidden));
         assert!(counts_as_bad(ErrorCode::NoRoute));
@@ -1013,11 +1044,11 @@ mod tests {
     }
 
     #[test]
-    fn subscriptions_are_ref_counted_and_bounded_and_the_hub_learns_only_changes() {
+    fn subscriptions_are_a_bounded_set_and_the_hub_learns_only_changes() {
         let mut subs = Subscriptions::default();
         let ab = vec!["a".to_string(), "b".to_string()];
         assert_eq!(change_subscriptions(&mut subs, &ab, true, 3).unwrap(), ab);
-        // Held already: nothing new for the hub, but one more reference.
+        // Held already (a frame sent again): nothing new for the hub.
         let b = vec!["b".to_string()];
         assert!(change_subscriptions(&mut subs, &b, true, 3)
             .unwrap()
@@ -1027,12 +1058,60 @@ mod tests {
         let over = change_subscriptions(&mut subs, &cd, true, 3).unwrap_err();
         assert_eq!(over.code, ErrorCode::Forbidden);
         assert_eq!(subs.len(), 2);
-        // `b` is held twice: the first removal keeps it.
-        assert!(change_subscriptions(&mut subs, &b, false, 3)
-            .unwrap()
-            .is_empty());
+        // One removal unbinds `b`, however many frames added it.
         assert_eq!(change_subscriptions(&mut subs, &b, false, 3).unwrap(), b);
         assert!(!subs.contains("b") && subs.contains("a"));
+    }
+
+    #[test]
+    fn a_refresh_with_narrower_rights_revokes_what_they_no_longer_allow() {
+        let config = Config::default();
+        let mut wide = Identity::unrestricted("alice");
+        wide.groups = vec!["room-1".into(), "room-2".into()];
+        wide.topics = vec!["orders.*".into()];
+        let mut subs = Subscriptions::default();
+        let s = Subscribe {
+            broadcast: Some(true),
+            groups: vec!["room-1".into(), "room-2".into()],
+            direct: true,
+            topic: Some("orders.created".into()),
+            ..sub("chat")
+        };
+        let keys = subscription_keys(&config, None, &s, &wide).unwrap();
+        change_subscriptions(&mut subs, &keys, true, 16).unwrap();
+        assert!(revoked_keys(&subs, &wide).is_empty(), "the same rights");
+        let mut narrower = wide.clone();
+        narrower.groups = vec!["room-2".into()];
+        narrower.topics = vec![];
+        assert_eq!(
+            revoked_keys(&subs, &narrower),
+            ["chat.event.orders.created", "chat.group.room-1"]
+        );
+        let mut no_chat = wide.clone();
+        no_chat.channels = Some(Default::default());
+        assert_eq!(
+            revoked_keys(&subs, &no_chat).len(),
+            5,
+            "every key of the channel"
+        );
+    }
+
+    #[test]
+    fn a_key_a_frame_names_twice_counts_once() {
+        let config = Config::default();
+        let everyone = Identity::unrestricted("alice");
+        let s = Subscribe {
+            groups: vec!["a".into(), "b".into(), "a".into()],
+            ..sub("chat")
+        };
+        let keys = subscription_keys(&config, None, &s, &everyone).unwrap();
+        assert_eq!(keys, ["chat.group.a", "chat.group.b"]);
+        // Within a limit of 2 distinct keys.
+        let mut subs = Subscriptions::default();
+        assert_eq!(
+            change_subscriptions(&mut subs, &keys, true, 2).unwrap(),
+            keys
+        );
     }
 
     #[test]

@@ -224,8 +224,17 @@ async fn presence_is_answered_only_for_a_valid_token_and_what_it_grants() {
             "access-control-allow-origin".into(),
             "https://app.example.com".into()
         )));
+        // No channel asks about every channel: a token with the subscribe right on
+        // each may, bob's (chat and voice only) may not.
+        let everywhere = format!("Bearer {}", token("cyd", json!({"channels": null})));
+        let (status, _, body) =
+            http_get_with(addr, "/presence", &[("Authorization", &everywhere)]).await;
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["users"], json!(["ada"]));
         type Headers<'a> = Vec<(&'a str, &'a str)>;
-        let cases: [(&str, Headers, u16, &str); 5] = [
+        let cases: [(&str, Headers, u16, &str); 6] = [
+            ("/presence", vec![("Authorization", &bob)], 403, "forbidden"),
             ("/presence?channel=chat", vec![], 401, "unauthorized"),
             (
                 "/presence?channel=chat",
@@ -482,6 +491,65 @@ async fn a_refreshed_token_keeps_the_connection_and_session_and_an_expired_one_c
         assert!(e.message.contains("expired"), "{e:?}");
         assert_eq!(c.expect_close(Duration::from_secs(5)).await, Some(4004));
         assert!(started.elapsed() < Duration::from_secs(5));
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+/// A refresh's groups, topics and channel rights replace the old ones at once: what
+/// the new token no longer grants is unsubscribed (the client is told with `error
+/// forbidden` before the `ack`), and what it still grants carries on.
+#[tokio::test]
+async fn a_refresh_with_narrower_rights_stops_what_they_no_longer_grant() {
+    TestEnv::run("auth-refresh-revokes", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, jwt).await;
+        let mut c = TestClient::connect_with(
+            &gw.url(),
+            hello(&token("ada", json!({"groups": ["room-1", "room-2"]}))),
+        )
+        .await;
+        c.subscribe(Subscribe {
+            broadcast: Some(false),
+            groups: vec!["room-1".into(), "room-2".into()],
+            topic: Some("orders.created".into()),
+            ..sub("s1", "chat")
+        })
+        .await;
+        c.subscribe(sub("s2", "voice")).await;
+        // room-1 and the topics go; voice loses its subscribe right.
+        let narrower = token(
+            "ada",
+            json!({"groups": ["room-2"], "topics": [], "channels": {"chat": ["subscribe"]}}),
+        );
+        c.send(&ClientFrame::Refresh(Refresh {
+            id: "r1".into(),
+            token: narrower,
+        }))
+        .await;
+        let e = c.expect_error_code(None, ErrorCode::Forbidden).await;
+        for key in [
+            "chat.group.room-1",
+            "chat.event.orders.created",
+            "voice.all",
+        ] {
+            assert!(e.message.contains(key), "{key} named: {e:?}");
+        }
+        assert!(!e.message.contains("room-2"), "{e:?}");
+        c.expect_ack("r1").await;
+        for (key, id) in [
+            ("chat.group.room-1", "m1"),
+            ("chat.event.orders.created", "m2"),
+            ("voice.all", "m3"),
+            ("chat.group.room-2", "m4"),
+        ] {
+            env.publish_out(key, id, "1").await;
+        }
+        assert_eq!(
+            c.expect_deliver().await.message_id,
+            "m4",
+            "room-2 carries on"
+        );
+        c.expect_no_deliver(QUIET).await;
         gw.shutdown().await;
     })
     .await;

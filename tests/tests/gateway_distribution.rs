@@ -163,38 +163,80 @@ async fn a_cc_publish_reaches_several_groups_in_one_message() {
     env.cleanup().await;
 }
 
+/// Bindings are a set: `unsubscribe` stops what it names, however many `subscribe`
+/// frames named it (a client that shares a binding between subscriptions unbinds it
+/// with the last, as the SDK does), and the same `subscribe` sent again changes
+/// nothing.
 #[tokio::test]
-async fn unsubscribing_stops_deliveries_but_a_shared_key_stays_until_its_last_subscription() {
+async fn unsubscribing_stops_what_it_names_however_often_it_was_subscribed() {
     let env = TestEnv::new("unsubscribe").await;
     let gw = TestGateway::start(&env).await;
     let mut c = user(&gw.url(), "u").await;
     c.subscribe(sub("s1", "chat")).await;
-    c.subscribe(Subscribe {
+    let with_group = Subscribe {
         broadcast: Some(true),
         groups: vec!["g".into()],
         ..sub("s2", "chat")
-    })
-    .await;
-    c.send(&warren_protocol::ClientFrame::Unsubscribe(sub(
-        "u1", "chat",
-    )))
-    .await;
-    c.expect_ack("u1").await;
-    env.publish_out("chat.all", "m1", "1").await;
-    assert_eq!(
-        c.expect_deliver().await.message_id,
-        "m1",
-        "s2 still holds chat.all"
-    );
+    };
+    c.subscribe(with_group.clone()).await;
+    c.subscribe(sub("s3", "chat")).await;
+    // The group alone goes: the broadcast stays.
     c.send(&warren_protocol::ClientFrame::Unsubscribe(Subscribe {
-        broadcast: Some(true),
+        broadcast: Some(false),
         groups: vec!["g".into()],
-        ..sub("u2", "chat")
+        ..sub("u1", "chat")
     }))
     .await;
-    c.expect_ack("u2").await;
+    c.expect_ack("u1").await;
+    env.publish_out("chat.group.g", "m1", "1").await;
     env.publish_out("chat.all", "m2", "2").await;
-    env.publish_out("chat.group.g", "m3", "3").await;
+    assert_eq!(
+        c.expect_deliver().await.message_id,
+        "m2",
+        "the group was unbound, the broadcast was not"
+    );
+    // One unsubscribe of the broadcast, subscribed three times.
+    c.send(&warren_protocol::ClientFrame::Unsubscribe(sub(
+        "u2", "chat",
+    )))
+    .await;
+    c.expect_ack("u2").await;
+    env.publish_out("chat.all", "m3", "3").await;
+    c.expect_no_deliver(QUIET).await;
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
+/// A resume names the session's subscriptions in `hello`, and the SDK sends them
+/// again after `welcome`: one `unsubscribe` still stops them.
+#[tokio::test]
+async fn a_subscription_named_in_a_resume_and_sent_again_stops_at_one_unsubscribe() {
+    let env = TestEnv::new("unsubscribe-resumed").await;
+    let gw = TestGateway::start(&env).await;
+    let mut first = user(&gw.url(), "u").await;
+    let room = Subscribe {
+        broadcast: Some(false),
+        groups: vec!["room-1".into()],
+        ..sub("s1", "chat")
+    };
+    first.subscribe(room.clone()).await;
+    let hello = Hello {
+        token: Some("u".into()),
+        ..first.resume_hello()
+    };
+    first.abort();
+    let mut c = TestClient::connect_with(&gw.url(), hello).await;
+    assert!(c.welcome().resumed, "the session is resumed");
+    c.subscribe(room.clone()).await;
+    env.publish_out("chat.group.room-1", "m1", "1").await;
+    assert_eq!(c.expect_deliver().await.message_id, "m1");
+    c.send(&warren_protocol::ClientFrame::Unsubscribe(Subscribe {
+        id: "u1".into(),
+        ..room
+    }))
+    .await;
+    c.expect_ack("u1").await;
+    env.publish_out("chat.group.room-1", "m2", "2").await;
     c.expect_no_deliver(QUIET).await;
     gw.shutdown().await;
     env.cleanup().await;

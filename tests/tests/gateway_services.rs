@@ -104,6 +104,14 @@ async fn a_stopped_service_gives_no_service_at_once_and_its_return_answers_again
             took < Duration::from_millis(100),
             "no_service took {took:?}"
         );
+        // A client that keeps asking while the service is away is not a misbehaving
+        // one: more `no_service` answers than `max_consecutive_errors` (32) in a row
+        // leave the connection open.
+        for i in 0..40 {
+            let (outcome, _) = ask(&mut c, &format!("again-{i}"), "tickets", 10_000).await;
+            assert_eq!(outcome, Err(ErrorCode::NoService), "request {i}");
+        }
+        assert_eq!(c.close_code, None, "not closed with too_many_errors");
 
         let service = tickets_service(env, Duration::from_millis(500)).await;
         let instance = service.instance().to_string();
