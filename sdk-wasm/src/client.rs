@@ -125,7 +125,8 @@ pub struct ClientCore<C: Codec> {
     session: Option<String>,
     /// The token sent in `hello`: the `token` option, or the last one from `getToken`.
     token: Option<String>,
-    /// When the token in force expires (its `exp`, in ms), if it says.
+    /// When the token in force expires on this client's clock, in ms, if it says
+    /// ([`Codec::token_expiry_ms`]: from its lifetime when it names `iat`).
     token_exp: Option<u64>,
     renewal: Renewal,
     /// Consecutive failed renewals (backoff between them).
@@ -475,7 +476,7 @@ impl<C: Codec> ClientCore<C> {
         match self.phase {
             Phase::Fetching { fetch: f, deadline } if f == fetch => match token {
                 Ok(token) => {
-                    self.token_exp = self.expiry_ms(&token);
+                    self.token_exp = self.codec.token_expiry_ms(&token, now);
                     self.token = Some(token);
                     // The socket gets what is left of the attempt's time.
                     self.open(deadline);
@@ -490,7 +491,7 @@ impl<C: Codec> ClientCore<C> {
                     let op = self.next_op();
                     self.renewal = Renewal::Sent {
                         op,
-                        exp: self.expiry_ms(&token),
+                        exp: self.codec.token_expiry_ms(&token, now),
                     };
                     let id = self.frame_id(op);
                     self.send(&ClientFrame::Refresh(Refresh { id, token }));
@@ -802,10 +803,13 @@ impl<C: Codec> ClientCore<C> {
     }
 
     /// Schedules the renewal of the token in force at [`RENEW_AT_PERCENT`] of its
-    /// remaining lifetime (with `getToken` and a token that names its `exp`).
+    /// remaining lifetime (with `getToken` and a token that names its `exp`). None for a
+    /// token that looks expired already (no `iat`, and this clock is ahead of its
+    /// issuer's): its lifetime is not known, so the gateway's 4004 at its real expiry
+    /// and the reconnect renew it, rather than a renewal every second.
     fn schedule_renewal(&mut self, now: u64) {
         self.renewal = match self.token_exp {
-            Some(exp) if self.config.fetch_token => {
+            Some(exp) if self.config.fetch_token && exp > now => {
                 let wait = exp.saturating_sub(now) * RENEW_AT_PERCENT / 100;
                 Renewal::At(now.saturating_add(wait.max(RENEW_MIN_MS)))
             }
@@ -833,13 +837,6 @@ impl<C: Codec> ClientCore<C> {
             _ if !again => Renewal::Idle,
             _ => Renewal::At(at),
         };
-    }
-
-    /// When `token` expires, in ms since the epoch (its `exp` claim).
-    fn expiry_ms(&self, token: &str) -> Option<u64> {
-        self.codec
-            .token_expiry_s(token)
-            .map(|s| s.saturating_mul(1000))
     }
 
     /// Arms the give-up deadline of `connect()`, unless one is armed.

@@ -1488,6 +1488,67 @@ fn the_token_is_renewed_at_three_quarters_of_its_lifetime_with_a_refresh_on_the_
     assert_eq!(fetches(&h.take()).len(), 1, "the next renewal at {next}");
 }
 
+/// A JWT for `u1` issued at `iat_s` that expires at `exp_s` (seconds).
+fn jwt_issued(iat_s: u64, exp_s: u64) -> String {
+    crate::token::test_jwt(&format!(r#"{{"sub":"u1","iat":{iat_s},"exp":{exp_s}}}"#))
+}
+
+/// Answers the one `getToken` call among `actions` with `token` while connected; returns
+/// the `refresh` frame's id.
+fn answer_renewal(h: &mut Harness, actions: &[Action<Raw>], token: &str) -> String {
+    let asked = fetches(actions);
+    assert_eq!(asked.len(), 1, "one getToken call: {actions:?}");
+    h.core.on_token(asked[0], Ok(token.into()), h.now);
+    let sent = h.sent();
+    assert_eq!(types(&sent), vec!["refresh"]);
+    sent[0]["id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn with_the_browser_clock_ahead_of_the_issuer_renewal_follows_the_tokens_lifetime() {
+    let mut h = Harness::with_get_token();
+    // The browser's clock says 10,000 s; the issuer's said 100 s: 100-second tokens
+    // look long expired here. Renewal still comes at 75 % of their lifetime, 75 s.
+    h.now = 10_000_000;
+    h.core.connect(h.now);
+    let actions = h.take();
+    h.give_token(&actions, &jwt_issued(100, 200));
+    h.welcome("s1", false);
+    h.take();
+    for round in 0..3 {
+        h.idle(74_999);
+        assert!(
+            fetches(&h.take()).is_empty(),
+            "round {round}: not every second"
+        );
+        h.idle(1);
+        let actions = h.take();
+        let issued = 175 + 75 * round;
+        let id = answer_renewal(&mut h, &actions, &jwt_issued(issued, issued + 100));
+        h.frame(json!({"type": "ack", "id": id}));
+        h.take();
+    }
+}
+
+#[test]
+fn a_token_without_iat_that_looks_expired_on_the_browser_clock_is_not_renewed_every_second() {
+    let mut h = Harness::with_get_token();
+    h.now = 10_000_000;
+    h.core.connect(h.now);
+    let actions = h.take();
+    h.give_token(&actions, &jwt(200));
+    h.welcome("s1", false);
+    h.take();
+    for _ in 0..30 {
+        h.idle(1_000);
+    }
+    assert!(fetches(&h.take()).is_empty(), "no renewal loop");
+    // The gateway closes with 4004 when the token really expires; the reconnect asks
+    // getToken for a fresh one.
+    h.core.on_close(h.conn, 4004, h.now);
+    assert_eq!(fetches(&h.take()).len(), 1);
+}
+
 #[test]
 fn a_refused_refresh_is_reported_and_not_repeated_and_expiry_then_reconnects_with_a_fresh_token() {
     let mut h = Harness::with_get_token();

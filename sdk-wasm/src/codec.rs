@@ -17,7 +17,7 @@ use warren_protocol::{
 };
 
 use crate::error::ClientError;
-use crate::token::expiry_s;
+use crate::token::expiry_ms;
 
 /// Text ⇄ frame for one payload representation.
 pub trait Codec {
@@ -39,11 +39,13 @@ pub trait Codec {
     /// A [`DecodeError`] with a registry code when the text is not a known server frame.
     fn decode(&self, text: &str) -> Result<ServerFrame<Self::Payload>, DecodeError>;
 
-    /// The `exp` claim (seconds since the epoch) of a JWT, read without checking its
-    /// signature (to renew it ahead of time); `None` for other tokens. Natively Rust
-    /// ([`expiry_s`]); the browser codec asks the browser (`atob`, `JSON`), smaller.
-    fn token_expiry_s(&self, token: &str) -> Option<u64> {
-        expiry_s(token)
+    /// When a JWT got at `now` expires on the client's clock, in ms: `now` plus its
+    /// lifetime `exp − iat` when it names `iat`, else its `exp` claim; read without
+    /// checking its signature (to renew it ahead of time); `None` for other tokens.
+    /// Natively Rust ([`expiry_ms`]); the browser codec asks the browser (`atob`,
+    /// `JSON`), smaller.
+    fn token_expiry_ms(&self, token: &str, now: u64) -> Option<u64> {
+        expiry_ms(token, now)
     }
 }
 

@@ -1,20 +1,37 @@
-//! Reads a token's expiry, to renew it ahead of time: the `exp` claim of a JSON Web
-//! Token (`header.payload.signature`, the payload base64url JSON). No signature check
-//! (the gateway verifies tokens; the SDK only schedules), no JSON parser: the payload
-//! is scanned for the key `"exp"` followed by `:` and a number. The native codec uses
-//! it; the browser codec asks the browser's `atob` and `JSON` instead (smaller wasm).
+//! Reads a token's expiry, to renew it ahead of time: the `exp` and `iat` claims of a
+//! JSON Web Token (`header.payload.signature`, the payload base64url JSON). No
+//! signature check (the gateway verifies tokens; the SDK only schedules), no JSON
+//! parser: the payload is scanned for the key (`"exp"`) followed by `:` and a number.
+//! The native codec uses it; the browser codec asks the browser's `atob` and `JSON`
+//! instead (smaller wasm).
 
 /// The `exp` claim (seconds since the epoch) of `token`, or `None` when it is not a JWT
 /// with a numeric `exp` (e.g. a plain user id with the gateway's `auth.mode = "none"`).
-/// (Plain index loops: iterator adapters and `str::split` cost kilobytes of wasm here.)
 pub fn expiry_s(token: &str) -> Option<u64> {
+    claim_s(token, b"\"exp\"")
+}
+
+/// When `token` expires on the clock of a client that got it at `now` (ms): `now` plus
+/// its lifetime `exp − iat` when it names `iat` (it was just issued, so a client clock
+/// that is off does not matter), else its `exp`; `None` without a numeric `exp`.
+pub fn expiry_ms(token: &str, now: u64) -> Option<u64> {
+    let exp = expiry_s(token)?;
+    Some(match claim_s(token, b"\"iat\"") {
+        Some(iat) => now.saturating_add(exp.saturating_sub(iat).saturating_mul(1000)),
+        None => exp.saturating_mul(1000),
+    })
+}
+
+/// The numeric claim `key` (quoted, 5 bytes: `"exp"`) of a JWT, in seconds.
+/// (Plain index loops: iterator adapters and `str::split` cost kilobytes of wasm here.)
+fn claim_s(token: &str, key: &[u8; 5]) -> Option<u64> {
     let t = token.as_bytes();
     let start = t.iter().position(|&c| c == b'.')? + 1;
     let len = t[start..].iter().position(|&c| c == b'.')?;
     let p = base64url(&t[start..start + len])?;
     let mut i = 0;
     while i + 5 < p.len() {
-        if &p[i..i + 5] == b"\"exp\"" {
+        if &p[i..i + 5] == key {
             let mut j = skip_space(&p, i + 5);
             if p[j] == b':' {
                 j = skip_space(&p, j + 1);
@@ -110,6 +127,15 @@ mod tests {
             expiry_s(&jwt(r#"{"exp":1767225600.5}"#)),
             Some(1_767_225_600)
         );
+    }
+
+    #[test]
+    fn with_iat_a_token_expires_its_lifetime_after_it_was_got_whatever_the_clock_says() {
+        let token = jwt(r#"{"sub":"ada","iat":100,"exp":160}"#);
+        assert_eq!(expiry_ms(&token, 5_000_000), Some(5_060_000));
+        let no_iat = jwt(r#"{"sub":"ada","exp":160}"#);
+        assert_eq!(expiry_ms(&no_iat, 5_000_000), Some(160_000));
+        assert_eq!(expiry_ms(&jwt(r#"{"iat":100}"#), 5_000_000), None);
     }
 
     #[test]

@@ -186,8 +186,8 @@ impl Codec for JsCodec {
         })
     }
 
-    fn token_expiry_s(&self, token: &str) -> Option<u64> {
-        let exp = token_exp(token);
+    fn token_expiry_ms(&self, token: &str, now: u64) -> Option<u64> {
+        let exp = token_exp(token, now as f64);
         (exp >= 0.0).then_some(exp as u64)
     }
 }
@@ -207,10 +207,10 @@ export function parse(o, t) {
 export function stringify(f, p) {
   try { return JSON.stringify(Object.assign(f, p)); } catch (_) {}
 }
-export function tokenExp(t) {
+export function tokenExp(t, n) {
   try {
-    const e = JSON.parse(atob(t.split(".")[1].replace(/-/g, "+").replace(/_/g, "/"))).exp;
-    return typeof e == "number" && e >= 0 ? Math.floor(e) : -1;
+    const c = JSON.parse(atob(t.split(".")[1].replace(/-/g, "+").replace(/_/g, "/"))), e = c.exp, i = c.iat;
+    return typeof e == "number" && e >= 0 ? Math.floor(typeof i == "number" ? n + (e - i) * 1e3 : e * 1e3) : -1;
   } catch (_) { return -1; }
 }
 "#)]
@@ -225,9 +225,10 @@ extern "C" {
     /// `JSON.stringify(frame)` with the fields of `extra` (`undefined`: none) added;
     /// `undefined` when it cannot be written as JSON (a `BigInt`, a cycle).
     fn stringify(frame: &Object, extra: &JsValue) -> JsValue;
-    /// The `exp` claim of a JWT's payload (base64url JSON), `-1` when there is none.
+    /// When a JWT got at `now` expires, in ms: `now` + (`exp` − `iat`) of its payload
+    /// (base64url JSON), or `exp` without `iat`; `-1` without a numeric `exp`.
     #[wasm_bindgen(js_name = tokenExp)]
-    fn token_exp(token: &str) -> f64;
+    fn token_exp(token: &str, now: f64) -> f64;
 }
 
 /// A string field (`None` when absent or not a string).
