@@ -120,7 +120,8 @@ pub struct Config {
     /// CPU per frame and per connection: fan-out compresses each delivery once per
     /// socket. Default: false.
     pub permessage_deflate: bool,
-    /// Open sessions per user; one more gets `error overloaded` and a close with
+    /// Open sessions per user (in tenant mode, per user of each tenant: user ids need
+    /// be unique only within a tenant); one more gets `error overloaded` and a close with
     /// `4005 rate_limited`. 0 = no limit. Default: 100.
     pub max_connections_per_user: u32,
     /// Frames one connection may send per second (bursts of twice this); beyond it the

@@ -604,18 +604,19 @@ impl Conn {
         };
         // Development mode without a token: the user is the session (set below), and
         // any anonymous client may resume an anonymous session, as before.
+        // In tenant mode a user id is unique within its tenant only: the owner is both.
         let owner = if anonymous {
-            ""
+            String::new()
         } else {
-            identity.user.as_str()
-        }
-        .to_string();
+            let tenant = inbound::tenant_of(config, &identity);
+            session::owner_of(&identity.user, tenant)
+        };
         // Sessions per user, before anything is declared for this one. Anonymous
         // development sessions are each their own user.
         let user_slot = if anonymous {
             None
         } else {
-            match self.shared.limiter.admit_user(&identity.user) {
+            match self.shared.limiter.admit_user(&owner) {
                 Ok(slot) => Some(slot),
                 Err(refused) => {
                     metrics::add(&self.shared.metrics.refused_limit, 1);
@@ -1540,8 +1541,11 @@ impl Conn {
             out.close();
         }
         let unacked = s.inflight.len();
-        self.shared.registry.release(&s.id, self.id);
-        if !self.taken_over {
+        // A connection of this gateway that resumed the session before this one ended
+        // holds it now (this one may have ended on its own, before it saw the
+        // takeover): the session lives on, and presence must not say it left.
+        let released = self.shared.registry.release(&s.id, self.id);
+        if released && !self.taken_over {
             let ended =
                 self.shared
                     .presence_view()

@@ -889,6 +889,9 @@ pub struct Addressed {
     pub message_id: Option<String>,
     /// Its position in the stream.
     pub offset: u64,
+    /// Its `x-warren-tenant` header, if any: in tenant mode it reaches only sessions
+    /// of that tenant.
+    pub tenant: Option<String>,
 }
 
 impl Message {
@@ -920,6 +923,7 @@ impl Message {
             reply_to,
             message_id: self.properties.message_id().as_ref().map(|m| m.to_string()),
             offset: self.offset,
+            tenant: self.tenant.clone(),
         })
     }
 }

@@ -312,9 +312,13 @@ impl PresenceView {
     }
 
     /// Whether `user` has a session anywhere (one whose connection was lost but may
-    /// still be resumed counts: it gets what it missed on resume).
-    pub fn user_online(&self, user: &str) -> bool {
-        self.sessions.values().any(|h| h.user == user)
+    /// still be resumed counts: it gets what it missed on resume); in tenant mode
+    /// (`tenant` is `Some`), a session of that tenant (`Some(None)`: without one), as
+    /// a message of that tenant reaches only those.
+    pub fn user_online(&self, user: &str, tenant: Option<Option<&str>>) -> bool {
+        self.sessions
+            .values()
+            .any(|h| h.user == user && tenant.is_none_or(|t| h.tenant.as_deref() == t))
     }
 
     /// Moves on to `now`: sessions of gateways found dead become away (gone after
@@ -446,6 +450,19 @@ mod tests {
     }
 
     #[test]
+    fn a_user_is_online_for_the_messages_of_its_own_tenant_only() {
+        let mut v = PresenceView::new("a", GRACE);
+        v.opened("s1", "admin", None, Some("globex"));
+        assert!(v.user_online("admin", Some(Some("globex"))));
+        assert!(
+            !v.user_online("admin", Some(Some("acme"))),
+            "acme's admin is not globex's"
+        );
+        assert!(!v.user_online("admin", Some(None)));
+        assert!(v.user_online("admin", None), "tenant mode off: any session");
+    }
+
+    #[test]
     fn a_goodbye_is_published_at_once_and_a_lost_connection_after_the_grace() {
         let t0 = Instant::now();
         let mut v = PresenceView::new("a", GRACE);
@@ -511,7 +528,7 @@ mod tests {
         assert_eq!((from_a[0].0.as_str(), from_a[0].2), ("s1", "gateway_lost"));
         assert!(from_c.is_empty(), "c leaves it to a");
         assert!(a.elected(later) && !c.elected(later));
-        assert!(c.user_online("bob") && !a.user_online("cyd"));
+        assert!(c.user_online("bob", None) && !a.user_online("cyd", None));
         assert!(
             c.online(None, None, None).iter().all(|o| o.session == "s2"),
             "s1 is away"

@@ -971,7 +971,11 @@ pub(crate) async fn report_undelivered(
             if !view.elected(std::time::Instant::now()) {
                 continue;
             }
-            a.users.iter().filter(|u| !view.user_online(u)).collect()
+            let tenant = shared.config.tenants.enabled.then_some(a.tenant.as_deref());
+            a.users
+                .iter()
+                .filter(|u| !view.user_online(u, tenant))
+                .collect()
         };
         if offline.is_empty() {
             continue;

@@ -25,6 +25,16 @@ pub fn owned_by(id: &str, owner: &str) -> bool {
         .is_some_and(|(random, tag)| random.len() == 32 && tag == owner_tag(owner))
 }
 
+/// The owner a session id carries for `user` of `tenant` (tenant mode): user ids need
+/// be unique only within a tenant, so the same user id of two tenants is two owners.
+/// Without a tenant the owner is the user id alone, as before tenants.
+pub fn owner_of(user: &str, tenant: Option<&str>) -> String {
+    match tenant {
+        Some(t) => format!("{t}\0{user}"),
+        None => user.to_string(),
+    }
+}
+
 /// Whether `id` has the shape of an id [`new_session_id`] issues.
 pub fn well_formed(id: &str) -> bool {
     id.split_once('-').is_some_and(|(random, tag)| {
@@ -226,10 +236,18 @@ impl Registry {
     }
 
     /// Forgets `session` if connection `conn` still holds it.
-    pub fn release(&self, session: &str, conn: u64) {
+    ///
+    /// Returns false when another connection of this gateway holds the session now (the
+    /// client resumed it here before `conn` ended): the session lives on.
+    pub fn release(&self, session: &str, conn: u64) -> bool {
         let mut map = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        if map.get(session).is_some_and(|h| h.conn == conn) {
-            map.remove(session);
+        match map.get(session) {
+            Some(h) if h.conn == conn => {
+                map.remove(session);
+                true
+            }
+            Some(_) => false,
+            None => true,
         }
     }
 
@@ -319,9 +337,12 @@ mod tests {
         let r = Registry::default();
         assert!(r.claim("s", 1, Arc::default()).is_none());
         assert!(r.claim("s", 2, Arc::default()).is_some());
-        r.release("s", 1);
+        assert!(
+            !r.release("s", 1),
+            "connection 1 ended after 2 resumed the session here: it lives on"
+        );
         assert_eq!(r.len(), 1);
-        r.release("s", 2);
+        assert!(r.release("s", 2));
         assert!(r.is_empty());
     }
 
@@ -397,6 +418,11 @@ mod tests {
         assert!(owned_by(&id, "ada"));
         assert!(!owned_by(&id, "bob"));
         assert!(!owned_by(&id, ""));
+        let acme = new_session_id(&owner_of("ada", Some("acme")));
+        assert!(owned_by(&acme, &owner_of("ada", Some("acme"))));
+        assert!(!owned_by(&acme, &owner_of("ada", Some("globex"))));
+        assert!(!owned_by(&acme, &owner_of("ada", None)));
+        assert_eq!(owner_of("ada", None), "ada");
         let anonymous = new_session_id("");
         assert!(owned_by(&anonymous, ""));
         assert!(!owned_by(&anonymous, "ada"));

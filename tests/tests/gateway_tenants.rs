@@ -248,6 +248,49 @@ async fn two_tenants_never_see_each_others_broadcasts_or_replies() {
     .await;
 }
 
+/// A user id need be unique only within its tenant: `admin` of acme and `admin` of
+/// globex are two users. One's sessions do not count towards the other's
+/// `max_connections_per_user`, and one may not resume the other's session.
+#[tokio::test]
+async fn the_same_user_id_in_two_tenants_is_two_users() {
+    TestEnv::run("tenant-same-user", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| {
+            tenant_mode(c);
+            c.max_connections_per_user = 1;
+        })
+        .await;
+        let mut globex = login(&gw, "admin", Some("globex")).await;
+        let acme = login(&gw, "admin", Some("acme")).await;
+        assert_eq!(acme.welcome().user, "admin", "acme's admin has a session");
+        // acme's admin names globex's admin's session: a fresh session, and globex's
+        // is untouched.
+        let hello = Hello {
+            token: Some(token("admin", Some("acme"))),
+            ..globex.resume_hello()
+        };
+        acme.close().await;
+        let thief = TestClient::connect_with(&gw.url(), hello).await;
+        let w = thief.welcome();
+        assert!(!w.resumed, "{w:?}");
+        assert_eq!(w.notice, Some(ErrorCode::Forbidden), "{w:?}");
+        assert_ne!(thief.session(), globex.session());
+        globex.ping(1).await;
+        assert!(
+            matches!(
+                globex.recv_within(Duration::from_secs(5)).await,
+                Some(warren_protocol::ServerFrame::Pong(_))
+            ),
+            "globex's admin keeps its connection"
+        );
+        for c in [thief, globex] {
+            c.close().await;
+        }
+        gw.shutdown().await;
+        delete_tenant_topology(env).await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn per_type_queues_get_only_their_type_and_unrouted_writes_get_no_route() {
     TestEnv::run("tenant-types", LIMIT, async |env| {
