@@ -25,6 +25,10 @@ use serde::{Deserialize, Serialize};
 /// Announcement periods a gateway may miss before its peers count it as dead.
 pub const MISSED_ANNOUNCEMENTS: u32 = 3;
 
+/// The `reason` of a snapshot entry whose session is away (its connection was lost,
+/// its leave is due after the grace period unless it is resumed).
+const AWAY: &str = "away";
+
 /// A presence event as published on `warren.presence` (routing key = `event`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PresenceEvent {
@@ -76,6 +80,10 @@ struct Peer {
     down: bool,
     /// The process behind the node name: a new one means the node restarted.
     instance: String,
+    /// Whether the node announced itself. One known only from a peer's snapshot
+    /// (it holds sessions there) counts as alive for a grace period, then as dead;
+    /// it takes no part in the election.
+    heard: bool,
 }
 
 /// The cluster's sessions and gateways as one gateway sees them.
@@ -251,6 +259,7 @@ impl PresenceView {
                 lifetime: interval * MISSED_ANNOUNCEMENTS,
                 down: !up,
                 instance: instance.to_string(),
+                heard: true,
             },
         );
     }
@@ -261,18 +270,19 @@ impl PresenceView {
     }
 
     /// What this view knows of the cluster's sessions, for a gateway that just started
-    /// ([`PresenceView::merge`]).
+    /// ([`PresenceView::merge`]): also those away (`reason: "away"`), whose leave is
+    /// still to be published — perhaps by the gateway that starts, when it is the
+    /// smallest live node name.
     pub fn snapshot(&self) -> Vec<PresenceEvent> {
         self.sessions
             .iter()
-            .filter(|(s, _)| !self.away.contains_key(*s))
             .map(|(session, h)| PresenceEvent {
                 event: "client.connected".into(),
                 session: session.clone(),
                 user: h.user.clone(),
                 node: h.node.clone(),
                 channel: h.channel.clone(),
-                reason: None,
+                reason: self.away.contains_key(session).then(|| AWAY.to_string()),
                 by: None,
                 keys: Some(h.keys.iter().cloned().collect()),
                 tenant: h.tenant.clone(),
@@ -280,17 +290,58 @@ impl PresenceView {
             .collect()
     }
 
-    /// Takes in a peer's [`PresenceView::snapshot`]: sessions this view does not know
-    /// yet (what it knows is as new or newer).
-    pub fn merge(&mut self, snapshot: Vec<PresenceEvent>) {
+    /// Takes in a peer's [`PresenceView::snapshot`] at `now`: sessions this view does
+    /// not know yet (what it knows is as new or newer).
+    ///
+    /// A session the snapshot gives this node was held by this node's previous process
+    /// (it restarted before the peer noticed): that process is dead. A node that holds
+    /// sessions but has not announced itself here counts as alive for a grace period,
+    /// then as dead, so that the leaves of a gateway that died before this one started
+    /// are published (by the smallest live node name) and not kept for ever.
+    pub fn merge(&mut self, snapshot: Vec<PresenceEvent>, now: Instant) {
+        let previous = format!("{}#previous", self.me);
         for e in snapshot {
-            self.sessions.entry(e.session).or_insert_with(|| Held {
-                user: e.user,
-                node: e.node,
-                channel: e.channel,
-                keys: e.keys.unwrap_or_default().into_iter().collect(),
-                tenant: e.tenant,
-            });
+            if self.sessions.contains_key(&e.session) {
+                continue;
+            }
+            if e.reason.as_deref() == Some(AWAY) {
+                self.away.insert(e.session.clone(), now + self.grace);
+            }
+            let node = if e.node == self.me {
+                previous.clone()
+            } else {
+                e.node
+            };
+            self.sessions.insert(
+                e.session,
+                Held {
+                    user: e.user,
+                    node,
+                    channel: e.channel,
+                    keys: e.keys.unwrap_or_default().into_iter().collect(),
+                    tenant: e.tenant,
+                },
+            );
+        }
+        let unheard: BTreeSet<String> = self
+            .sessions
+            .values()
+            .map(|h| &h.node)
+            .filter(|n| **n != self.me && !self.peers.contains_key(*n))
+            .cloned()
+            .collect();
+        for node in unheard {
+            let down = node == previous;
+            self.peers.insert(
+                node,
+                Peer {
+                    last_seen: now,
+                    lifetime: self.grace,
+                    down,
+                    instance: String::new(),
+                    heard: false,
+                },
+            );
         }
     }
 
@@ -306,9 +357,9 @@ impl PresenceView {
     /// speaks for the cluster (leaves of dead gateways, undelivered reports).
     pub fn elected(&self, now: Instant) -> bool {
         self.peers
-            .keys()
-            .filter(|n| self.peer_alive(n, now))
-            .all(|n| *n > self.me)
+            .iter()
+            .filter(|(n, p)| p.heard && self.peer_alive(n, now))
+            .all(|(n, _)| *n > self.me)
     }
 
     /// Whether `user` has a session anywhere (one whose connection was lost but may
@@ -551,11 +602,85 @@ mod tests {
         // A gateway that starts learns the sessions its peers know.
         a.opened("s2", "bob", None, None);
         let mut fresh = PresenceView::new("c", GRACE);
-        fresh.merge(a.snapshot());
+        fresh.merge(a.snapshot(), t0);
         assert!(
             !fresh.opened("s2", "bob", None, None),
             "s2 resumed on c is no new connect"
         );
+    }
+
+    /// Exactly one leave for each session of a dead gateway also when the gateway
+    /// with the smallest node name restarts: the restarted process learns the
+    /// sessions the others keep away (its own earlier process's, or those of a
+    /// gateway that died before it started) and publishes them, and a session given
+    /// back to it under its own name is its previous process's.
+    #[test]
+    fn a_restarted_smallest_gateway_publishes_the_leaves_the_others_wait_for() {
+        let t0 = Instant::now();
+        let minute = Duration::from_secs(60);
+        let leaves = |due: Vec<(String, Held, &'static str)>| -> Vec<(String, &'static str)> {
+            due.into_iter().map(|(s, _, r)| (s, r)).collect()
+        };
+        // c knows a (first process) holding s1, and b holding s2. b dies; a restarts.
+        let mut c = PresenceView::new("c", GRACE);
+        c.on_gateway("a", "first", true, minute, t0);
+        c.on_gateway("b", "first", true, minute, t0);
+        c.on_event(connected("s1", "ada", "a"));
+        c.on_event(connected("s2", "bob", "b"));
+        c.on_gateway("b", "first", false, minute, t0);
+        // The restarted a asks for a snapshot before c heard its new process: s1 still
+        // says node a.
+        let snapshot = c.snapshot();
+        c.on_gateway("a", "second", true, minute, t0);
+        assert!(c.due(t0).is_empty());
+        let mut a = PresenceView::new("a", GRACE);
+        a.on_gateway("c", "first", true, minute, t0);
+        a.merge(snapshot, t0);
+        assert!(a.online(None, None, None).len() == 2, "not away on a yet");
+        // c leaves them to a, the live gateway with the smallest name.
+        let later = t0 + GRACE * 3;
+        a.on_gateway("c", "first", true, minute, later);
+        c.on_gateway("a", "second", true, minute, later);
+        assert!(leaves(c.due(later)).is_empty(), "a is elected, not c");
+        let mut published = leaves(a.due(t0 + GRACE));
+        published.extend(leaves(a.due(later)));
+        published.sort();
+        assert_eq!(
+            published,
+            [
+                ("s1".to_string(), "gateway_lost"),
+                ("s2".to_string(), "gateway_lost")
+            ],
+            "a publishes both, once"
+        );
+        // The events reach c, which forgets them: nothing left to publish anywhere.
+        for (s, node) in [("s1", "a#previous"), ("s2", "b")] {
+            c.on_event(PresenceEvent {
+                event: "client.disconnected".into(),
+                reason: Some("gateway_lost".into()),
+                ..connected(s, "x", node)
+            });
+        }
+        assert!(c.due(later + GRACE).is_empty() && a.due(later + GRACE).is_empty());
+        assert!(c.online(None, None, None).is_empty());
+    }
+
+    #[test]
+    fn a_session_resumed_on_the_restarted_gateway_is_not_left() {
+        let t0 = Instant::now();
+        let minute = Duration::from_secs(60);
+        let mut c = PresenceView::new("c", GRACE);
+        c.on_gateway("a", "first", true, minute, t0);
+        c.on_event(connected("s1", "ada", "a"));
+        let mut a = PresenceView::new("a", GRACE);
+        a.on_gateway("c", "first", true, minute, t0);
+        a.merge(c.snapshot(), t0);
+        assert!(
+            !a.opened("s1", "ada", None, None),
+            "a resume, no new connect"
+        );
+        assert!(a.due(t0 + GRACE * 3).is_empty());
+        assert_eq!(a.online(None, None, None).len(), 1);
     }
 
     #[test]
@@ -608,7 +733,7 @@ mod tests {
         );
         // A gateway that starts learns the tenants from the snapshot.
         let mut fresh = PresenceView::new("gw-c", Duration::from_secs(60));
-        fresh.merge(v.snapshot());
+        fresh.merge(v.snapshot(), Instant::now());
         assert_eq!(users(fresh.online(None, None, Some("globex"))), ["gus"]);
         assert_eq!(fresh.tenant_of("s3").as_deref(), Some("acme"));
     }

@@ -947,7 +947,7 @@ pub(crate) async fn listen_for_takeovers(shared: Arc<Shared>) {
                 }
                 PresenceSync::Snapshot { presence_snapshot, to } if to == on.config.node => {
                     tracing::info!(sessions = presence_snapshot.len(), "presence snapshot from a peer");
-                    on.presence_view().merge(presence_snapshot);
+                    on.presence_view().merge(presence_snapshot, std::time::Instant::now());
                 }
                 _ => {}
             }
