@@ -26,6 +26,11 @@ pub struct ServiceConfig {
     /// Replies up to this size are remembered with their `message_id`, so a re-sent
     /// request gets the same answer without calling the handler. Default 64 KiB.
     pub remember_reply_bytes: usize,
+    /// Most bytes of replies one duplicate window (one per consumed channel or
+    /// priority queue) remembers in all; beyond it the oldest are forgotten (their
+    /// ids are still remembered: a copy is acknowledged, not handled again, and gets
+    /// no reply). Default 64 MiB.
+    pub remember_replies_total_bytes: usize,
     /// `app_id` set on every message the service publishes. Default
     /// `warren-service`.
     pub app_id: String,
@@ -88,6 +93,7 @@ impl Default for ServiceConfig {
             duplicate_ttl: Duration::from_secs(600),
             duplicate_capacity: 100_000,
             remember_reply_bytes: 64 * 1024,
+            remember_replies_total_bytes: 64 * 1024 * 1024,
             app_id: "warren-service".to_string(),
             queue_type: "quorum".to_string(),
             inbound_bounds: warren_protocol::amqp::QueueBounds::INBOUND,

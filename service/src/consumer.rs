@@ -40,9 +40,13 @@ use crate::service::ServiceState;
 use crate::short_string::{exact, fitted, MAX_SHORT_STRING};
 use crate::topology;
 
-/// Wait before handing back a message whose `message_id` is being handled right now
-/// by another delivery.
+/// How often a copy of a message whose `message_id` is being handled right now by
+/// another delivery looks again whether that handling ended.
 const IN_FLIGHT_RETRY: Duration = Duration::from_millis(200);
+
+/// How long a copy waits for the handling of the same `message_id` to end before it is
+/// handed back to the queue.
+const IN_FLIGHT_WAIT: Duration = Duration::from_secs(30);
 
 /// Header on a dead-lettered message: why it was parked.
 pub const H_DEAD_REASON: &str = "x-warren-dead-reason";
@@ -424,17 +428,29 @@ async fn handle<H: Handler>(
     }
 
     let mut failures_here = 0;
-    if let Some(id) = &id {
+    let mut waited = Duration::ZERO;
+    while let Some(id) = &id {
         let seen = shared
             .window
             .lock()
             .expect("window lock")
             .begin(id, Instant::now());
         match seen {
-            Seen::New { failures } => failures_here = failures,
-            Seen::InFlight => {
-                debug!("same message_id in flight; handing this copy back");
+            Seen::New { failures } => {
+                failures_here = failures;
+                break;
+            }
+            Seen::InFlight if waited < IN_FLIGHT_WAIT => {
+                // A copy while the first is being handled (the SDK sent it again, or
+                // RabbitMQ redelivered it after a lost channel): wait for the first's
+                // end here, then answer it as a duplicate or handle it. Handing it back
+                // every 200 ms instead raised its `x-delivery-count` with each return,
+                // which counts as failed attempts.
                 tokio::time::sleep(IN_FLIGHT_RETRY).await;
+                waited += IN_FLIGHT_RETRY;
+            }
+            Seen::InFlight => {
+                debug!("same message_id still in flight; handing this copy back");
                 nack(acker).await;
                 return;
             }
@@ -460,6 +476,13 @@ async fn handle<H: Handler>(
         }
     }
 
+    // Dropped with this future: when its task is aborted mid-way (the consumer was
+    // lost and the handler outlived the grace period), the message is handed back to
+    // the queue and its next copy must be handled, not refused as in flight.
+    let _abandoned = id.as_deref().map(|id| Abandoned {
+        window: &shared.window,
+        id,
+    });
     let context = shared.context.for_message(&incoming);
     let result = catch_panic(shared.handler.handle(context, incoming)).await;
     let outcome = match result {
@@ -555,6 +578,21 @@ async fn handle<H: Handler>(
             .finish(id, remembered, Instant::now());
     }
     ack(acker).await;
+}
+
+/// Marks a handling abandoned in the duplicate window when dropped before it ended
+/// ([`DuplicateWindow::abandon`]; a no-op once it finished or failed).
+struct Abandoned<'a> {
+    window: &'a std::sync::Mutex<DuplicateWindow>,
+    id: &'a str,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut window) = self.window.lock() {
+            window.abandon(self.id);
+        }
+    }
 }
 
 /// Runs the handler's future, turning a panic into [`HandlerError::Panicked`].

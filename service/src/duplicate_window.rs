@@ -48,7 +48,10 @@ struct Entry {
 }
 
 /// Remembers handled `message_id`s for at most `ttl` and at most `capacity` of them,
-/// evicting the oldest first.
+/// evicting the oldest first; the replies it keeps take at most `reply_budget` bytes
+/// (beyond it the oldest replies are forgotten, their ids still remembered: a copy of
+/// such a request is acknowledged, not handled again, and gets no reply, as a reply
+/// too large to remember).
 #[derive(Debug)]
 pub struct DuplicateWindow {
     ttl: Duration,
@@ -57,17 +60,55 @@ pub struct DuplicateWindow {
     /// Insertion order, for eviction. May hold stale pairs (an id re-inserted later);
     /// those are skipped by comparing the timestamp with the entry's.
     order: VecDeque<(String, Instant)>,
+    /// Most bytes of remembered replies.
+    reply_budget: usize,
+    /// Bytes of the replies remembered now.
+    reply_bytes: usize,
+    /// Entries that got a reply, in order, for forgetting replies over the budget
+    /// (stale pairs skipped as in `order`).
+    replies: VecDeque<(String, Instant)>,
+}
+
+/// What a remembered reply costs, roughly: its body, headers and `message_id`.
+fn reply_size(state: &State) -> usize {
+    match state {
+        State::Done(Some(r)) => {
+            let headers: usize = r
+                .answer
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum();
+            r.message_id.len() + r.answer.body.len() + headers
+        }
+        _ => 0,
+    }
 }
 
 impl DuplicateWindow {
-    /// A window remembering ids for `ttl`, at most `capacity` of them (at least 1).
+    /// A window remembering ids for `ttl`, at most `capacity` of them (at least 1),
+    /// and replies without a bound on their bytes ([`DuplicateWindow::with_reply_budget`]).
     pub fn new(ttl: Duration, capacity: usize) -> Self {
         DuplicateWindow {
             ttl,
             capacity: capacity.max(1),
             entries: HashMap::new(),
             order: VecDeque::new(),
+            reply_budget: usize::MAX,
+            reply_bytes: 0,
+            replies: VecDeque::new(),
         }
+    }
+
+    /// Keeps the remembered replies within `bytes` in all.
+    pub fn with_reply_budget(mut self, bytes: usize) -> Self {
+        self.reply_budget = bytes;
+        self
+    }
+
+    /// Bytes of the replies remembered now.
+    pub fn reply_bytes(&self) -> usize {
+        self.reply_bytes
     }
 
     /// How many ids are remembered now.
@@ -128,15 +169,68 @@ impl DuplicateWindow {
         failures
     }
 
+    /// Records that the handling of `id` was given up before it ended (its task was
+    /// aborted: the consumer was lost and the handler outlived the grace period). The
+    /// message goes back to the queue, and its next delivery calls the handler again,
+    /// instead of being handed back as in flight until the ttl. Nothing changes when
+    /// the handling ended (finished or failed).
+    pub fn abandon(&mut self, id: &str) {
+        if let Some(entry) = self.entries.get_mut(id) {
+            if let State::InFlight { failures } = entry.state {
+                entry.state = State::Failed { failures };
+            }
+        }
+    }
+
     /// Forgets `id` (e.g. a delivery that was handed back without being handled).
     pub fn forget(&mut self, id: &str) {
-        self.entries.remove(id);
+        self.remove(id);
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(old) = self.entries.remove(id) {
+            self.reply_bytes -= reply_size(&old.state);
+        }
     }
 
     fn insert(&mut self, id: &str, state: State, now: Instant) {
-        self.entries
-            .insert(id.to_string(), Entry { at: now, state });
+        let size = reply_size(&state);
+        if size > 0 {
+            self.replies.push_back((id.to_string(), now));
+        }
+        self.reply_bytes += size;
+        if let Some(old) = self
+            .entries
+            .insert(id.to_string(), Entry { at: now, state })
+        {
+            self.reply_bytes -= reply_size(&old.state);
+        }
         self.order.push_back((id.to_string(), now));
+        self.forget_replies_over_budget();
+    }
+
+    /// Forgets the oldest replies (not their ids) while they take more than the budget.
+    fn forget_replies_over_budget(&mut self) {
+        while self.reply_bytes > self.reply_budget {
+            let Some((id, at)) = self.replies.pop_front() else {
+                break;
+            };
+            if let Some(entry) = self.entries.get_mut(&id) {
+                if entry.at == at {
+                    self.reply_bytes -= reply_size(&entry.state);
+                    entry.state = State::Done(None);
+                }
+            }
+        }
+        // Stale pairs are dropped when the queue grows too long.
+        if self.replies.len() > 2 * self.capacity + 16 {
+            let entries = &self.entries;
+            self.replies.retain(|(id, at)| {
+                entries
+                    .get(id)
+                    .is_some_and(|e| e.at == *at && reply_size(&e.state) > 0)
+            });
+        }
     }
 
     fn evict(&mut self, now: Instant) {
@@ -149,7 +243,7 @@ impl DuplicateWindow {
                 self.order.pop_front();
             } else if expired || over {
                 let (id, _) = self.order.pop_front().expect("front exists");
-                self.entries.remove(&id);
+                self.remove(&id);
             } else {
                 break;
             }
@@ -231,6 +325,54 @@ mod tests {
         assert_eq!(w.begin("a", t), Seen::New { failures: 2 });
         w.finish("a", None, t);
         assert_eq!(w.begin("a", t), Seen::Done(None));
+    }
+
+    #[test]
+    fn an_abandoned_handling_is_handled_again_and_a_finished_one_is_not() {
+        let mut w = DuplicateWindow::new(Duration::from_secs(600), 10);
+        let t = Instant::now();
+        w.begin("a", t);
+        assert_eq!(w.begin("a", t), Seen::InFlight);
+        w.abandon("a");
+        assert_eq!(w.begin("a", t), Seen::New { failures: 0 });
+        w.finish("a", None, t);
+        w.abandon("a");
+        assert_eq!(w.begin("a", t), Seen::Done(None), "finished: unchanged");
+        w.abandon("unknown");
+        assert_eq!(w.begin("unknown", t), Seen::New { failures: 0 });
+    }
+
+    #[test]
+    fn remembered_replies_stay_within_their_budget_and_their_ids_are_still_known() {
+        // Three replies of 10 bytes each (8 of body, 2 of message_id) in 25 bytes.
+        let mut w = DuplicateWindow::new(Duration::from_secs(60), 100).with_reply_budget(25);
+        let t = Instant::now();
+        for id in ["a", "b", "c"] {
+            w.begin(id, t);
+            w.finish(id, Some(reply("12345678")), t);
+        }
+        assert_eq!(w.reply_bytes(), 20, "the oldest reply was forgotten");
+        assert_eq!(w.begin("a", t), Seen::Done(None), "its id is still known");
+        assert_eq!(w.begin("b", t), Seen::Done(Some(reply("12345678"))));
+        assert_eq!(w.begin("c", t), Seen::Done(Some(reply("12345678"))));
+        // Replies leave the count with their ids.
+        w.forget("b");
+        assert_eq!(w.reply_bytes(), 10);
+        let later = t + Duration::from_secs(61);
+        w.begin("d", later);
+        assert_eq!(w.reply_bytes(), 0, "expired with its id");
+        // Many requests with large replies: the memory stays bounded.
+        let mut big =
+            DuplicateWindow::new(Duration::from_secs(600), 100_000).with_reply_budget(1 << 20);
+        let body = "x".repeat(60 * 1024);
+        for i in 0..1_000 {
+            let id = format!("q{i}");
+            big.begin(&id, t);
+            big.finish(&id, Some(reply(&body)), t);
+            assert!(big.reply_bytes() <= 1 << 20);
+        }
+        assert_eq!(big.len(), 1_000);
+        assert!(big.replies.len() <= 2 * 100_000 + 16);
     }
 
     #[test]

@@ -227,10 +227,10 @@ impl Service {
             publisher: self.publisher.clone(),
             link: self.link.clone(),
             config: self.config.clone(),
-            window: std::sync::Mutex::new(DuplicateWindow::new(
-                self.config.duplicate_ttl,
-                self.config.duplicate_capacity,
-            )),
+            window: std::sync::Mutex::new(
+                DuplicateWindow::new(self.config.duplicate_ttl, self.config.duplicate_capacity)
+                    .with_reply_budget(self.config.remember_replies_total_bytes),
+            ),
             dead_letter_declared: tokio::sync::Mutex::new(None),
         });
         let task = tokio::spawn(consumer::keep_consuming(
@@ -314,10 +314,13 @@ impl Service {
                     publisher: self.publisher.clone(),
                     link: self.link.clone(),
                     config: config.clone(),
-                    window: std::sync::Mutex::new(DuplicateWindow::new(
-                        self.config.duplicate_ttl,
-                        self.config.duplicate_capacity,
-                    )),
+                    window: std::sync::Mutex::new(
+                        DuplicateWindow::new(
+                            self.config.duplicate_ttl,
+                            self.config.duplicate_capacity,
+                        )
+                        .with_reply_budget(self.config.remember_replies_total_bytes),
+                    ),
                     dead_letter_declared: tokio::sync::Mutex::new(None),
                 })
             })

@@ -100,3 +100,57 @@ async fn a_message_failing_max_attempts_times_is_dead_lettered_and_the_request_r
     })
     .await;
 }
+
+/// A copy of a request sent while the first is being handled (the SDK sends a request
+/// again on resume) waits for the first to end instead of being handed back every
+/// 200 ms: each hand-back raised its `x-delivery-count`, which counts as a failed
+/// attempt, so two real failures dead-lettered it (`internal`) instead of five.
+#[tokio::test]
+async fn a_copy_sent_while_the_first_is_handled_waits_and_keeps_its_attempts() {
+    in_fresh_namespace(LIMIT, |ns| async move {
+        let calls = Arc::new(AtomicU32::new(0));
+        let config = ServiceConfig::default().with_prefetch(2);
+        let service = Service::connect_with(&amqp_uri(), Names::new(&ns), config)
+            .await
+            .unwrap();
+        let seen = calls.clone();
+        service
+            .consume("echo", move |_ctx: Context, m: Incoming| {
+                let seen = seen.clone();
+                async move {
+                    match seen.fetch_add(1, Ordering::SeqCst) {
+                        0 => {
+                            tokio::time::sleep(Duration::from_secs(3)).await;
+                            Err(HandlerError::Failed("the first attempt fails".into()))
+                        }
+                        1 => Err(HandlerError::Failed("so does the second".into())),
+                        _ => Ok(Outcome::Reply(Answer::raw(m.body))),
+                    }
+                }
+            })
+            .await
+            .unwrap();
+        let mut gw = StandInGateway::connect(&ns, "alice").await;
+        // The same request twice: the same message_id.
+        for _ in 0..2 {
+            gw.send_request("echo", "r1", r#"{"n":1}"#, Duration::from_secs(30))
+                .await;
+        }
+        for copy in 0..2 {
+            let reply = gw
+                .next_reply(Duration::from_secs(30))
+                .await
+                .unwrap_or_else(|| panic!("reply {copy} within 30 s"));
+            assert_eq!(reply.error, None, "reply {copy}: {:?}", reply.headers);
+            assert_eq!(reply.body, br#"{"n":1}"#);
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            3,
+            "two failures, then the answer; the other copy gets it remembered"
+        );
+        gw.close().await;
+        service.stop().await.unwrap();
+    })
+    .await;
+}
