@@ -48,6 +48,10 @@ enum Flow {
 #[derive(Debug)]
 struct Confirmed {
     id: String,
+    /// For a request: which request of that id ([`Connection::track_request`]), so
+    /// that a late confirm of one that was answered (`timeout`) does not answer a
+    /// newer one the client sent with the same id.
+    serial: u64,
     origin: Origin,
     outcome: Outcome,
 }
@@ -124,6 +128,7 @@ pub(crate) fn serve<S: Send + 'static>(
         confirms: None,
         pending_confirms: 0,
         requests: Correlator::new(),
+        request_serial: 0,
         direct_calls: 0,
         takeover: Arc::default(),
         session: None,
@@ -274,7 +279,10 @@ struct Conn {
     errors: Errors,
     confirms: Option<Confirms>,
     pending_confirms: usize,
-    requests: Correlator<String, ()>,
+    /// Requests awaiting their answer, by id, with their serial number.
+    requests: Correlator<String, u64>,
+    /// The last request's serial number.
+    request_serial: u64,
     /// Requests sent with direct reply-to so far: numbers their correlation ids.
     direct_calls: u64,
     /// Set by a newer connection (or gateway) that resumes this session.
@@ -865,6 +873,7 @@ impl Conn {
                         self.errors.good();
                         self.await_confirms(
                             p.id,
+                            0,
                             Origin::Publish,
                             vec![confirm],
                             inbound::CONFIRM_WAIT,
@@ -909,10 +918,10 @@ impl Conn {
                 match res {
                     Ok(confirm) => {
                         self.errors.good();
-                        let deadline = self.clock.request_deadline(Instant::now(), timeout);
-                        let _ = self.requests.insert(r.id.clone(), deadline, ());
+                        let serial = self.track_request(&r.id, timeout);
                         self.await_confirms(
                             r.id,
+                            serial,
                             Origin::Request,
                             vec![confirm],
                             inbound::request_confirm_wait(timeout),
@@ -1108,6 +1117,7 @@ impl Conn {
     fn await_confirms(
         &mut self,
         id: String,
+        serial: u64,
         origin: Origin,
         confirms: Vec<inbound::Pending>,
         wait: Duration,
@@ -1126,10 +1136,22 @@ impl Conn {
             }
             let _ = tx.send(Settled::Confirmed(Confirmed {
                 id,
+                serial,
                 origin,
                 outcome,
             }));
         });
+    }
+
+    /// Records request `id` as awaiting its answer until its timeout; returns its
+    /// serial number.
+    fn track_request(&mut self, id: &str, timeout_ms: u64) -> u64 {
+        self.request_serial += 1;
+        let deadline = self.clock.request_deadline(Instant::now(), timeout_ms);
+        let _ = self
+            .requests
+            .insert(id.to_string(), deadline, self.request_serial);
+        self.request_serial
     }
 
     /// Counts one frame's `publishes` as awaiting their confirm; returns where its
@@ -1203,8 +1225,7 @@ impl Conn {
             Err(e) => return self.refuse(Some(r.id), e).await,
         };
         self.errors.good();
-        let deadline = self.clock.request_deadline(Instant::now(), timeout);
-        let _ = self.requests.insert(r.id.clone(), deadline, ());
+        let serial = self.track_request(&r.id, timeout);
         let tx = self.confirm_pending(1);
         let shared = self.shared.clone();
         let id = r.id;
@@ -1217,6 +1238,7 @@ impl Conn {
             }
             let confirmed = Confirmed {
                 id,
+                serial,
                 origin: Origin::Request,
                 outcome,
             };
@@ -1262,8 +1284,9 @@ impl Conn {
             .metrics
             .confirms_pending
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        if c.origin == Origin::Request && !self.requests.contains(&c.id) {
-            // Already answered: by its reply, or `timeout` at its deadline.
+        if c.origin == Origin::Request && self.requests.get(&c.id) != Some(&c.serial) {
+            // Already answered: by its reply, or `timeout` at its deadline (and the
+            // pending request of this id, if any, is a newer one).
             return Flow::Continue;
         }
         let Some(frame) = core_::confirm_answer(&c.id, c.origin, &c.outcome) else {
@@ -1277,7 +1300,7 @@ impl Conn {
     }
 
     async fn on_deadlines(&mut self) -> Flow {
-        for (id, ()) in self.requests.expire(self.elapsed_ms()) {
+        for (id, _) in self.requests.expire(self.elapsed_ms()) {
             let frame =
                 ServerFrame::error(Some(id), ErrorCode::Timeout, "no reply before the deadline");
             if let Flow::Close(c, r) = self.send(&frame).await {
@@ -1509,7 +1532,7 @@ impl Conn {
                     }
                 }
                 self.errors.good();
-                self.await_confirms(id, Origin::Publish, confirms, inbound::CONFIRM_WAIT);
+                self.await_confirms(id, 0, Origin::Publish, confirms, inbound::CONFIRM_WAIT);
                 Flow::Continue
             }
             PocAction::Consume => {

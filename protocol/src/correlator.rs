@@ -47,6 +47,11 @@ impl<K: Eq + Hash + Ord + Clone, V> Correlator<K, V> {
         Some(value)
     }
 
+    /// The value of pending request `id`.
+    pub fn get(&self, id: &K) -> Option<&V> {
+        self.pending.get(id).map(|(_, v)| v)
+    }
+
     /// Whether `id` is pending.
     pub fn contains(&self, id: &K) -> bool {
         self.pending.contains_key(id)
@@ -99,7 +104,9 @@ mod tests {
     fn resolved_request_no_longer_expires() {
         let mut c = Correlator::new();
         c.insert("a".to_string(), 100, 1).unwrap();
+        assert_eq!(c.get(&"a".to_string()), Some(&1));
         assert_eq!(c.resolve(&"a".to_string()), Some(1));
+        assert_eq!(c.get(&"a".to_string()), None);
         assert!(c.expire(1_000).is_empty());
         assert!(c.is_empty());
     }
