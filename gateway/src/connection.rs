@@ -1370,9 +1370,14 @@ impl Conn {
         let mut last = None;
         for m in &batch {
             last = Some(m.offset);
+            // A message to several targets arrives by the key this session holds.
+            let routing_key = match &self.session {
+                Some(s) => m.key_for(|k| s.subs.receives(k)),
+                None => m.routing_key.as_str(),
+            };
             let Some(frame) = self.frame_of(Incoming {
                 exchange: m.exchange.as_str(),
-                routing_key: m.routing_key.as_str(),
+                routing_key,
                 redelivered: positions.redelivered(m.offset),
                 properties: &m.properties,
                 body: &m.body,

@@ -169,6 +169,21 @@ fn is_pattern(key: &str) -> bool {
 }
 
 impl Message {
+    /// The routing key a session receives this message by, given which keys it holds
+    /// (`holds`: exact keys and patterns): its routing key when the session holds it,
+    /// else the first of its `CC` keys the session holds. A message to several groups
+    /// reaches a member of the second as that group's, so the client can tell which of
+    /// its subscriptions it is for. A reply keeps its routing key.
+    pub fn key_for(&self, holds: impl Fn(&str) -> bool) -> &str {
+        if self.exchange.is_empty() || self.keys.len() < 2 || holds(&self.routing_key) {
+            return &self.routing_key;
+        }
+        self.keys
+            .iter()
+            .find(|k| holds(k))
+            .map_or(self.routing_key.as_str(), String::as_str)
+    }
+
     /// A message read at `offset`, with the keys that route it.
     pub fn new(
         offset: u64,
@@ -1403,8 +1418,14 @@ mod tests {
             BasicProperties::default().with_headers(h),
             b"1".to_vec(),
         ));
+        let m = b.inbox.try_recv().unwrap();
         assert_eq!(a.inbox.try_recv().unwrap().offset, 8);
-        assert_eq!(b.inbox.try_recv().unwrap().offset, 8);
+        assert_eq!(m.offset, 8);
+        // Each receives it by the key it holds; one holding both, by the routing key.
+        assert_eq!(m.key_for(|k| k == "chat.user.b"), "chat.user.b");
+        assert_eq!(m.key_for(|k| k == "chat.user.a"), "chat.user.a");
+        assert_eq!(m.key_for(|_| true), "chat.user.a");
+        assert_eq!(m.key_for(|_| false), "chat.user.a", "none held: as it is");
     }
 
     #[test]

@@ -136,6 +136,16 @@ impl Subscriptions {
         self.keys.contains(key)
     }
 
+    /// Whether a message with routing key `key` is one of these subscriptions': `key`
+    /// is held, or a held topic pattern matches it.
+    pub fn receives(&self, key: &str) -> bool {
+        self.keys.contains(key)
+            || self.keys.iter().any(|p| {
+                p.split('.').any(|w| w == "*" || w == "#")
+                    && warren_protocol::amqp::topic_matches(p, key)
+            })
+    }
+
     /// How many distinct keys are held.
     pub fn len(&self) -> usize {
         self.keys.len()
@@ -330,6 +340,11 @@ mod tests {
         assert!(!s.contains("chat.all"));
         assert!(s.is_empty());
         assert!(s.remove("chat.group.x"), "unknown keys are unbound anyway");
+        s.add("chat.group.a");
+        s.add("tickets.event.ticket.*");
+        assert!(s.receives("chat.group.a") && !s.receives("chat.group.b"));
+        assert!(s.receives("tickets.event.ticket.created"));
+        assert!(!s.receives("tickets.event.order.created"));
     }
 
     #[test]

@@ -797,6 +797,13 @@ fn a_delivery_is_routed_to_the_subscription_whose_binding_matches() {
     assert_eq!(frames[0]["type"], "unsubscribe");
     assert_eq!(frames[0]["groups"], json!(["r1"]));
     assert_eq!(frames[0]["broadcast"], json!(false));
+    // A room message already on its way when the app unsubscribed reaches no other
+    // subscription of the channel (it went to the broadcast's handler).
+    h.frame(
+        json!({"type": "deliver", "seq": 3, "message_id": "late", "channel": "chat",
+        "routing_key": "chat.group.r1", "message": 3}),
+    );
+    assert!(delivered(&h.take()).is_empty());
 }
 
 // ----- resume -----

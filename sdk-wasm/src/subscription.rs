@@ -142,19 +142,13 @@ impl Subscriptions {
         self.by_id.iter()
     }
 
-    /// The subscriptions a delivery is for: those whose bindings match its routing key,
-    /// or, when none does (a service used a `CC` list), every subscription of its channel.
+    /// The subscriptions a delivery is for: those whose bindings match its routing key
+    /// (a message a service sent to several targets arrives by the key this session
+    /// holds). None for a delivery of a binding no subscription needs any more (it was
+    /// on its way when the app unsubscribed): it goes to no other subscription.
     pub fn targets(&self, channel: &str, routing_key: &str, user: &str) -> Vec<u64> {
-        let exact: Vec<u64> = self
-            .iter()
-            .filter(|(_, s)| s.channel == channel && s.matches(routing_key, user))
-            .map(|(id, _)| id)
-            .collect();
-        if !exact.is_empty() {
-            return exact;
-        }
         self.iter()
-            .filter(|(_, s)| s.channel == channel)
+            .filter(|(_, s)| s.channel == channel && s.matches(routing_key, user))
             .map(|(id, _)| id)
             .collect()
     }
@@ -210,7 +204,10 @@ mod tests {
         assert_eq!(subs.targets("chat", "chat.all", "u"), vec![1]);
         assert_eq!(subs.targets("chat", "chat.group.room-1", "u"), vec![2]);
         assert_eq!(subs.targets("chat", "chat.user.u", "u"), vec![3]);
-        assert_eq!(subs.targets("chat", "chat.other", "u"), vec![1, 2, 3]);
+        assert!(
+            subs.targets("chat", "chat.group.room-9", "u").is_empty(),
+            "a room no subscription holds reaches none (it reached every one)"
+        );
         assert!(subs.targets("voice", "voice.all", "u").is_empty());
     }
 

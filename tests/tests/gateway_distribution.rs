@@ -152,9 +152,17 @@ async fn a_cc_publish_reaches_several_groups_in_one_message() {
         headers,
     )
     .await;
-    assert_eq!(a.expect_deliver().await.message_id, "cc-1");
+    let d = a.expect_deliver().await;
+    assert_eq!(
+        (d.message_id.as_str(), d.routing_key.as_str()),
+        ("cc-1", "chat.group.g1")
+    );
     let d = b.expect_deliver().await;
     assert_eq!(d.message_id, "cc-1");
+    assert_eq!(
+        d.routing_key, "chat.group.g2",
+        "each receives it by the key it holds, so its SDK knows which subscription it is for"
+    );
     assert!(
         !d.headers.contains_key("CC") && !d.headers.contains_key(warren_protocol::amqp::H_CC),
         "routing headers are not passed to clients"
