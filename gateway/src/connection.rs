@@ -1425,17 +1425,32 @@ impl Conn {
         let applied = self.apply_subscription(&s, on);
         self.subscriptions_changed();
         match applied {
-            Ok(()) => {
+            Ok(at) => {
                 self.errors.good();
-                self.send(&ServerFrame::ack(s.id)).await
+                // Where the session is up to in the subscription's stream: the client
+                // keeps it, so a resume does not replay what came before.
+                let (position, stream) = at.map_or((None, None), |(p, s)| (Some(p), s));
+                let ack = warren_protocol::Ack {
+                    id: s.id,
+                    position,
+                    stream,
+                };
+                self.send(&ServerFrame::Ack(ack)).await
             }
             Err(r) => self.refuse(Some(s.id), r).await,
         }
     }
 
     /// Adds (`on`) or removes a subscription, if the session's identity may hold it
-    /// ([`core_::subscription_keys`]); the hub learns the keys that changed.
-    fn apply_subscription(&mut self, s: &Subscribe, on: bool) -> Result<(), Refusal> {
+    /// ([`core_::subscription_keys`]); the hub learns the keys that changed. Returns,
+    /// for a subscription added to a session that is up to date in its stream, the
+    /// stream's newest position read (and its channel, for a channel stream)
+    /// ([`Hub::subscribe_at`](crate::hub::Hub::subscribe_at)).
+    fn apply_subscription(
+        &mut self,
+        s: &Subscribe,
+        on: bool,
+    ) -> Result<Option<(u64, Option<String>)>, Refusal> {
         let config = &self.shared.config;
         let pinned = self.pinned.as_deref();
         let session = self
@@ -1452,8 +1467,9 @@ impl Conn {
         let max = config.max_subscriptions as usize;
         let changed = core_::change_subscriptions(&mut session.subs, &keys, on, max)?;
         if changed.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
+        let mut at = None;
         let streams = self.shared.streams.all();
         for (i, keys) in self.shared.streams.split(&changed) {
             let source = &streams[i];
@@ -1466,12 +1482,14 @@ impl Conn {
                     session.streams[i] =
                         Some(Outbound::new(source.clone(), member, false, None, head));
                 }
-                source.hub.subscribe(self.id, &keys);
+                if let Some(head) = source.hub.subscribe_at(self.id, &keys) {
+                    at = Some((head, source.channel.clone()));
+                }
             } else {
                 source.hub.unsubscribe(self.id, &keys);
             }
         }
-        Ok(())
+        Ok(at)
     }
 
     /// Tells the presence view and the peers the session's subscriptions (once per

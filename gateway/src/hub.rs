@@ -568,6 +568,22 @@ impl Hub {
         }
     }
 
+    /// As [`Hub::subscribe`], and the position of the newest message read when `conn`
+    /// has been sent everything up to it that it wanted: it is live (pushed to), its
+    /// inbox is empty, and the hub has read as far as where it starts. Under the hub's
+    /// lock, as every push: a message up to that position that `conn` wanted was pushed
+    /// to its inbox before, and taken out (and written to its socket) since.
+    pub fn subscribe_at(&self, conn: u64, keys: &[String]) -> Option<u64> {
+        let mut st = self.lock();
+        for k in keys {
+            add_key(&mut st, conn, k);
+        }
+        let head = st.next?.checked_sub(1)?;
+        let member = st.members.get(&conn)?;
+        let sent = member.live && !member.replaced && member.inbox.queue().is_empty();
+        (sent && head.saturating_add(1) >= member.from).then_some(head)
+    }
+
     /// Drops one reference to each of `keys` for `conn`.
     pub fn unsubscribe(&self, conn: u64, keys: &[String]) {
         let mut st = self.lock();
@@ -1443,6 +1459,32 @@ mod tests {
         ));
         assert!(a.inbox.try_recv().is_none());
         assert_eq!(b.inbox.try_recv().unwrap().offset, 0);
+    }
+
+    #[test]
+    fn a_subscription_names_the_head_only_once_everything_before_it_was_taken() {
+        let hub = Hub::new(10_000);
+        assert_eq!(
+            hub.subscribe_at(9, &keys(&["chat.all"])),
+            None,
+            "nothing read yet"
+        );
+        let (a, _) = hub.join(1, "s1", None);
+        hub.subscribe(1, &keys(&["chat.all"]));
+        hub.publish(msg(0, "chat.group.r2"));
+        hub.publish(msg(1, "chat.all"));
+        // m1 waits in the inbox: not sent yet, so no position past it.
+        assert_eq!(hub.subscribe_at(1, &keys(&["chat.group.r2"])), None);
+        assert_eq!(offsets(&a.inbox), [1]);
+        hub.publish(msg(2, "chat.group.r3"));
+        assert_eq!(
+            hub.subscribe_at(1, &keys(&["chat.group.r3"])),
+            Some(2),
+            "everything it wanted up to 2 was taken"
+        );
+        // A member that is not live (it lagged, or catches up) gets none.
+        let (_b, _) = hub.join(2, "s2", Some(0));
+        assert_eq!(hub.subscribe_at(2, &keys(&["chat.all"])), None);
     }
 
     #[test]

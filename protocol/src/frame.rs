@@ -223,10 +223,20 @@ pub struct Ping {
 }
 
 /// `ack`: a `publish`, `subscribe` or `unsubscribe` took effect.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
     /// The id of the acknowledged frame.
     pub id: String,
+    /// For a `subscribe` of a session that is up to date in the subscription's stream:
+    /// the position up to which everything the session may receive there was sent
+    /// before this `ack`. The client keeps it as the newest position received in that
+    /// stream, so a resume does not replay what was published before the subscription.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
+    /// With `position`: the channel whose own stream it is in (absent: the outbound
+    /// stream), as in `deliver`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
 }
 
 /// `error`: a frame failed, or (without `id`) the connection has a problem.
@@ -488,6 +498,9 @@ impl ServerFrame {
 
     /// An `ack` frame for the frame `id`.
     pub fn ack(id: impl Into<String>) -> Self {
-        ServerFrame::Ack(Ack { id: id.into() })
+        ServerFrame::Ack(Ack {
+            id: id.into(),
+            ..Ack::default()
+        })
     }
 }

@@ -1006,6 +1006,23 @@ fn a_new_sessions_channel_stream_positions_are_named_on_resume_without_any_deliv
 }
 
 #[test]
+fn a_subscriptions_ack_position_is_kept_as_the_newest_of_its_stream() {
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    h.frame(json!({"type": "ack", "id": "x", "position": 40}));
+    h.frame(json!({"type": "ack", "id": "y", "position": 9, "stream": "voice"}));
+    h.frame(json!({"type": "ack", "id": "z", "position": 3}));
+    assert_eq!(h.core.position(), Some(40), "the newest, not the last");
+    assert_eq!(h.core.positions(), stream_positions(&[("voice", 9)]));
+    h.take();
+    h.drop_connection();
+    h.core.on_open(h.conn, h.now);
+    let hello = h.sent();
+    assert_eq!(hello[0]["position"], 40);
+    assert_eq!(hello[0]["positions"], json!({"voice": 9}));
+}
+
+#[test]
 fn a_refused_resume_replaces_the_channel_stream_positions_with_the_fresh_sessions() {
     let mut h = Harness::new(&URLS);
     h.connect("s1", false);

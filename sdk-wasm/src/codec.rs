@@ -87,6 +87,7 @@ impl JsonCodec {
             }
             ServerFrame::Deliver(d) => (d.stream.as_deref(), d.position),
             ServerFrame::Reply(m) => (None, m.position),
+            ServerFrame::Ack(a) => (a.stream.as_deref(), a.position),
             ServerFrame::Error(e) => (e.stream.as_deref(), e.position),
             _ => return,
         };

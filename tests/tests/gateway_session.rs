@@ -275,3 +275,61 @@ async fn a_session_resumes_on_another_gateway_with_what_it_had_not_acknowledged(
     failover.shutdown().await;
     env.cleanup().await;
 }
+
+/// A subscription made after the session opened does not bring back, on a resume,
+/// what was published before it: the `ack` of a `subscribe` names where the session
+/// is up to, and the client resumes from there (the SDK keeps it as it keeps a
+/// `deliver`'s position).
+#[tokio::test]
+async fn a_resume_does_not_replay_what_was_published_before_a_subscription() {
+    let env = TestEnv::new("sub-position").await;
+    let gw = TestGateway::start(&env).await;
+    let mut other = TestClient::connect(&gw.url()).await;
+    other
+        .subscribe(Subscribe {
+            id: "o".into(),
+            channel: "chat".into(),
+            groups: vec!["r2".into()],
+            ..Default::default()
+        })
+        .await;
+    let mut c = TestClient::connect(&gw.url()).await;
+    // Published before c subscribes to r2: `other` receiving it shows the gateway read it.
+    env.publish_out("chat.group.r2", "before", "0").await;
+    let before = other.expect_deliver().await.position;
+    assert!(before.is_some());
+    let r2 = Subscribe {
+        id: "s".into(),
+        channel: "chat".into(),
+        groups: vec!["r2".into()],
+        ..Default::default()
+    };
+    c.send(&warren_protocol::ClientFrame::Subscribe(r2.clone()))
+        .await;
+    let ack = c
+        .expect("ack of s", |f| match f {
+            ServerFrame::Ack(a) if a.id == "s" => Some(a.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(ack.position, before, "up to date at the message before it");
+    assert_eq!(ack.stream, None, "the outbound stream");
+    // The connection is lost; the client resumes from the ack's position.
+    let hello = Hello {
+        session: Some(c.session().to_string()),
+        position: ack.position,
+        subscriptions: vec![r2],
+        ..Default::default()
+    };
+    c.abort();
+    let mut c = TestClient::connect_with(&gw.url(), hello).await;
+    assert!(c.welcome().resumed);
+    env.publish_out("chat.group.r2", "after", "1").await;
+    assert_eq!(
+        c.expect_deliver().await.message_id,
+        "after",
+        "the message from before the subscription is not replayed"
+    );
+    gw.shutdown().await;
+    env.cleanup().await;
+}

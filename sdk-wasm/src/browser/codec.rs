@@ -271,7 +271,11 @@ fn decode_fields(kind: &str, v: JsValue) -> Option<ServerFrame<Js>> {
                 positions: Positions::new(),
             })
         }
-        "ack" => ServerFrame::Ack(Ack { id: s("id")? }),
+        // Its position, if any, the codec recorded (`parse`).
+        "ack" => ServerFrame::Ack(Ack {
+            id: s("id")?,
+            ..Ack::default()
+        }),
         "error" => ServerFrame::Error(Error {
             id: s("id"),
             code: ErrorCode::parse(&s("code").unwrap_or_default()),
