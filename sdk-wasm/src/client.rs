@@ -382,7 +382,9 @@ impl<C: Codec> ClientCore<C> {
     /// Removes a subscription; bindings no other subscription needs are unbound.
     pub fn unsubscribe(&mut self, id: u64, _now: u64) {
         if let Some(options) = self.subscriptions.remove(id) {
-            if matches!(self.phase, Phase::Connected { .. }) {
+            // Also while `hello` is on its way: it named the subscription, and the
+            // gateway reads this after it.
+            if matches!(self.phase, Phase::Connected { .. } | Phase::Greeting { .. }) {
                 let op = self.next_op();
                 let frame = options.frame(self.frame_id(op));
                 self.send(&ClientFrame::Unsubscribe(frame));

@@ -806,6 +806,38 @@ fn a_delivery_is_routed_to_the_subscription_whose_binding_matches() {
     assert!(delivered(&h.take()).is_empty());
 }
 
+#[test]
+fn a_subscription_removed_during_the_handshake_is_unbound_after_the_hello_that_named_it() {
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    let room = |g: &str| SubscribeOptions {
+        channel: "chat".into(),
+        groups: vec![g.into()],
+        ..Default::default()
+    };
+    let r1 = h.core.subscribe(room("r1"), h.now).unwrap();
+    h.take();
+    h.drop_connection();
+    h.core.on_open(h.conn, h.now);
+    assert_eq!(h.sent()[0]["subscriptions"][0]["groups"], json!(["r1"]));
+    // A room switch while `hello` is on its way: the gateway binds r1 for this
+    // connection, so the unsubscribe follows the hello at once (the gateway reads it
+    // after the hello); the new room is subscribed after welcome.
+    h.core.unsubscribe(r1, h.now);
+    h.core.subscribe(room("r2"), h.now).unwrap();
+    let frames = h.sent();
+    assert_eq!(types(&frames), vec!["unsubscribe"]);
+    assert_eq!(
+        frames[0]["groups"],
+        json!(["r1"]),
+        "the room hello named goes"
+    );
+    h.frame(h.welcome_frame("s1", true));
+    let frames = h.sent();
+    assert_eq!(types(&frames), vec!["subscribe"]);
+    assert_eq!(frames[0]["groups"], json!(["r2"]));
+}
+
 // ----- resume -----
 
 #[test]
