@@ -631,3 +631,21 @@ impl StandInGateway {
         let _ = self.connection.close(200, "bye".into()).await;
     }
 }
+
+/// The next message in `names`' `warren.dead` queue, taken.
+pub async fn take_parked(names: &Names) -> Option<lapin::message::Delivery> {
+    let conn = Connection::connect(&amqp_uri(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let parked = ch
+        .basic_get(
+            names.dead_letter_queue().as_str().into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+        .map(|m| m.delivery);
+    let _ = conn.close(200, "bye".into()).await;
+    parked
+}

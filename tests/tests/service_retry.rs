@@ -6,9 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::options::BasicGetOptions;
-use lapin::{Connection, ConnectionProperties};
-use warren_e2e::service::{amqp_uri, in_fresh_namespace, StandInGateway};
+use warren_e2e::service::{amqp_uri, in_fresh_namespace, take_parked, StandInGateway};
 use warren_protocol::amqp::Names;
 use warren_service::{Answer, Context, HandlerError, Incoming, Outcome, Service, ServiceConfig};
 
@@ -74,27 +72,12 @@ async fn a_message_failing_max_attempts_times_is_dead_lettered_and_the_request_r
         assert_eq!(reply.error.as_deref(), Some("internal"));
         assert_eq!(calls.load(Ordering::SeqCst), 3);
 
-        let conn = Connection::connect(&amqp_uri(), ConnectionProperties::default())
+        let parked = take_parked(&names)
             .await
-            .unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        let parked = ch
-            .basic_get(
-                names.dead_letter_queue().as_str().into(),
-                BasicGetOptions { no_ack: true },
-            )
-            .await
-            .unwrap()
             .expect("the message waits in warren.dead");
-        assert_eq!(parked.delivery.data, br#"{"poison":true}"#);
-        let headers = parked
-            .delivery
-            .properties
-            .headers()
-            .clone()
-            .unwrap_or_default();
+        assert_eq!(parked.data, br#"{"poison":true}"#);
+        let headers = parked.properties.headers().clone().unwrap_or_default();
         assert!(headers.contains_key("x-warren-dead-reason"));
-        let _ = conn.close(200, "bye".into()).await;
         gw.close().await;
         service.stop().await.unwrap();
     })

@@ -8,11 +8,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeleteOptions};
+use lapin::options::{BasicPublishOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, LongString, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use warren_e2e::service::{
-    amqp_uri, consume_no_ack, declare_exclusive, in_fresh_namespace, start_demo, StandInGateway,
+    amqp_uri, consume_no_ack, declare_exclusive, in_fresh_namespace, start_demo, take_parked,
+    StandInGateway,
 };
 use warren_protocol::amqp::{keys, Names, H_REQUEST_ID};
 use warren_protocol::Distribution;
@@ -28,24 +29,6 @@ fn with_header(properties: BasicProperties, name: &str, value: AMQPValue) -> Bas
     let mut headers = properties.headers().clone().unwrap_or_default();
     headers.insert(ShortString::from(name), value);
     properties.with_headers(headers)
-}
-
-/// The next message in `names`' `warren.dead` queue, taken.
-async fn take_parked(names: &Names) -> Option<lapin::message::Delivery> {
-    let conn = Connection::connect(&amqp_uri(), ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    let parked = ch
-        .basic_get(
-            names.dead_letter_queue().as_str().into(),
-            BasicGetOptions { no_ack: true },
-        )
-        .await
-        .unwrap()
-        .map(|m| m.delivery);
-    let _ = conn.close(200, "bye".into()).await;
-    parked
 }
 
 fn header(delivery: &lapin::message::Delivery, name: &str) -> Option<String> {
