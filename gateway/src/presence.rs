@@ -297,8 +297,10 @@ impl PresenceView {
     /// (it restarted before the peer noticed): that process is dead. A node that holds
     /// sessions but has not announced itself here counts as alive for a grace period,
     /// then as dead, so that the leaves of a gateway that died before this one started
-    /// are published (by the smallest live node name) and not kept for ever.
-    pub fn merge(&mut self, snapshot: Vec<PresenceEvent>, now: Instant) {
+    /// are published (by the smallest live node name) and not kept for ever. Both only
+    /// with `liveness` (gateways announce themselves): without announcements no node is
+    /// ever heard, and every gateway would count every other one dead.
+    pub fn merge(&mut self, snapshot: Vec<PresenceEvent>, now: Instant, liveness: bool) {
         let previous = format!("{}#previous", self.me);
         for e in snapshot {
             if self.sessions.contains_key(&e.session) {
@@ -307,7 +309,7 @@ impl PresenceView {
             if e.reason.as_deref() == Some(AWAY) {
                 self.away.insert(e.session.clone(), now + self.grace);
             }
-            let node = if e.node == self.me {
+            let node = if liveness && e.node == self.me {
                 previous.clone()
             } else {
                 e.node
@@ -322,6 +324,9 @@ impl PresenceView {
                     tenant: e.tenant,
                 },
             );
+        }
+        if !liveness {
+            return;
         }
         let unheard: BTreeSet<String> = self
             .sessions
@@ -602,7 +607,7 @@ mod tests {
         // A gateway that starts learns the sessions its peers know.
         a.opened("s2", "bob", None, None);
         let mut fresh = PresenceView::new("c", GRACE);
-        fresh.merge(a.snapshot(), t0);
+        fresh.merge(a.snapshot(), t0, true);
         assert!(
             !fresh.opened("s2", "bob", None, None),
             "s2 resumed on c is no new connect"
@@ -635,7 +640,7 @@ mod tests {
         assert!(c.due(t0).is_empty());
         let mut a = PresenceView::new("a", GRACE);
         a.on_gateway("c", "first", true, minute, t0);
-        a.merge(snapshot, t0);
+        a.merge(snapshot, t0, true);
         assert!(a.online(None, None, None).len() == 2, "not away on a yet");
         // c leaves them to a, the live gateway with the smallest name.
         let later = t0 + GRACE * 3;
@@ -666,6 +671,21 @@ mod tests {
     }
 
     #[test]
+    fn without_announcements_a_snapshot_makes_no_node_dead() {
+        let t0 = Instant::now();
+        let mut c = PresenceView::new("c", GRACE);
+        c.on_event(connected("s1", "ada", "a"));
+        c.on_event(connected("s2", "bob", "b"));
+        let mut b = PresenceView::new("b", GRACE);
+        b.merge(c.snapshot(), t0, false);
+        assert!(
+            b.due(t0 + GRACE * 5).is_empty(),
+            "a is never heard, and not dead"
+        );
+        assert_eq!(b.online(None, None, None).len(), 2);
+    }
+
+    #[test]
     fn a_session_resumed_on_the_restarted_gateway_is_not_left() {
         let t0 = Instant::now();
         let minute = Duration::from_secs(60);
@@ -674,7 +694,7 @@ mod tests {
         c.on_event(connected("s1", "ada", "a"));
         let mut a = PresenceView::new("a", GRACE);
         a.on_gateway("c", "first", true, minute, t0);
-        a.merge(c.snapshot(), t0);
+        a.merge(c.snapshot(), t0, true);
         assert!(
             !a.opened("s1", "ada", None, None),
             "a resume, no new connect"
@@ -733,7 +753,7 @@ mod tests {
         );
         // A gateway that starts learns the tenants from the snapshot.
         let mut fresh = PresenceView::new("gw-c", Duration::from_secs(60));
-        fresh.merge(v.snapshot(), Instant::now());
+        fresh.merge(v.snapshot(), Instant::now(), true);
         assert_eq!(users(fresh.online(None, None, Some("globex"))), ["gus"]);
         assert_eq!(fresh.tenant_of("s3").as_deref(), Some("acme"));
     }

@@ -299,12 +299,13 @@ pub(crate) fn router(shared: Arc<Shared>, pinned: Option<String>) -> Router {
     let with_api = api.enabled && api.listen.is_none() && pinned.is_none();
     let mut router = Router::new()
         .route("/ws", get(upgrade))
-        .route("/services", get(services).options(preflight))
         .route("/presence", get(presence).options(preflight));
+    // With an admin listener these are served there only (`admin_router`).
     if shared.config.admin_listen.is_none() {
         router = router
             .route("/healthz", get(healthz))
-            .route("/metrics", get(metrics));
+            .route("/metrics", get(metrics))
+            .route("/services", get(services).options(preflight));
     }
     let router = router.with_state(ListenerState {
         shared: shared.clone(),
@@ -947,7 +948,11 @@ pub(crate) async fn listen_for_takeovers(shared: Arc<Shared>) {
                 }
                 PresenceSync::Snapshot { presence_snapshot, to } if to == on.config.node => {
                     tracing::info!(sessions = presence_snapshot.len(), "presence snapshot from a peer");
-                    on.presence_view().merge(presence_snapshot, std::time::Instant::now());
+                    on.presence_view().merge(
+                        presence_snapshot,
+                        std::time::Instant::now(),
+                        on.config.announce_interval_ms > 0,
+                    );
                 }
                 _ => {}
             }

@@ -246,7 +246,7 @@ async fn with_an_admin_listener_metrics_and_health_move_off_the_websocket_listen
     let (status, _, body) = http_get_with(admin, "/healthz", &[]).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!((http_get_with(admin, "/services", &[]).await).0, 200);
-    for path in ["/metrics", "/healthz"] {
+    for path in ["/metrics", "/healthz", "/services"] {
         let (status, _, _) = http_get_with(gw.health_addr(), path, &[]).await;
         assert_eq!(status, 404, "{path} is not on the WebSocket listener");
     }
