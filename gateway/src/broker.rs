@@ -40,6 +40,9 @@ pub enum BrokerState {
     Closed,
 }
 
+/// How long [`Broker::close`] waits for each connection's close-ok.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 impl BrokerState {
     /// Lower-case name for `/healthz`.
     pub fn as_str(self) -> &'static str {
@@ -724,6 +727,9 @@ impl Broker {
             tracing::warn!(node = %self.node, "consuming connection lost; reconnecting");
             Some(self.open_consuming().await?)
         };
+        // Only a new publishing connection is unblocked: RabbitMQ blocks publishers
+        // (a resource alarm), and a new consuming connection says nothing about them.
+        let publisher_replaced = publishing.is_some();
         let mut guard = self.links.lock().await;
         match guard.as_mut() {
             Some(links) => {
@@ -745,23 +751,26 @@ impl Broker {
             }
             None => return Err(GatewayError::Closed),
         }
-        self.blocked.store(false, Ordering::Release);
+        if publisher_replaced {
+            self.blocked.store(false, Ordering::Release);
+        }
         Ok(true)
     }
 
-    /// Closes both connections (after the connections' own cleanup).
+    /// Closes both connections (after the connections' own cleanup), together and
+    /// each within [`CLOSE_WAIT`]: RabbitMQ does not read a connection it blocked (a
+    /// resource alarm), so its close-ok may never come.
     pub async fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.state_tx.send_replace(BrokerState::Closed);
         if let Some(links) = self.links.lock().await.take() {
-            let _ = links
-                .publish_conn
-                .close(200, "gateway shutdown".into())
-                .await;
-            let _ = links
-                .consume_conn
-                .close(200, "gateway shutdown".into())
-                .await;
+            let close = |c: Arc<Connection>| async move {
+                let closing = c.close(200, "gateway shutdown".into());
+                if tokio::time::timeout(CLOSE_WAIT, closing).await.is_err() {
+                    tracing::warn!("a RabbitMQ connection did not close in time; leaving it");
+                }
+            };
+            tokio::join!(close(links.publish_conn), close(links.consume_conn));
         }
     }
 }
