@@ -729,8 +729,16 @@ impl Config {
             if let Err(e) = validate_segment("channel", ch) {
                 return bad(e.to_string());
             }
-            if self.channels[..i].contains(ch) {
-                return bad(format!("channel `{ch}` is listed twice"));
+            // Queue names are upper-cased (`IN_CHAT`): `chat` and `Chat` would share one.
+            if let Some(other) = self.channels[..i]
+                .iter()
+                .find(|c| c.eq_ignore_ascii_case(ch))
+            {
+                return bad(if other == ch {
+                    format!("channel `{ch}` is listed twice")
+                } else {
+                    format!("channels `{other}` and `{ch}` would share one queue (IN_ names are upper case); keep one")
+                });
             }
         }
         if self.listen.is_empty() {
@@ -814,6 +822,9 @@ impl Config {
                 ));
             }
         }
+        if self.stream_max_bytes == 0 {
+            return bad("stream_max_bytes must be at least 1 (it bounds the outbound stream: 0 would keep almost nothing to resume from)".into());
+        }
         if self.max_pending_confirms == 0 {
             return bad("max_pending_confirms must be at least 1".into());
         }
@@ -844,7 +855,11 @@ impl Config {
             if let Err(e) = validate_segment("auth.service.channel", &svc.channel) {
                 return bad(e.to_string());
             }
-            if self.has_channel(&svc.channel) {
+            if self
+                .channels
+                .iter()
+                .any(|c| c.eq_ignore_ascii_case(&svc.channel))
+            {
                 return bad(format!(
                     "auth.service.channel `{}` is a client channel; pick another name",
                     svc.channel
@@ -855,7 +870,55 @@ impl Config {
             }
         }
         self.validate_tenants()?;
+        self.validate_name_lengths()?;
         self.validate_http_api()
+    }
+
+    /// Every exchange, queue and stream name composed from the namespace, channels
+    /// and tenants fits in an AMQP short string (each part is checked on its own, not
+    /// their sum: a long namespace and a long channel made a name RabbitMQ cannot
+    /// take, and start-up failed on a corrupt frame).
+    fn validate_name_lengths(&self) -> Result<(), GatewayError> {
+        let names = warren_protocol::amqp::Names::new(&self.namespace);
+        let mut composed = vec![
+            names.inbound_exchange(),
+            names.outbound_exchange(),
+            names.outbound_stream(),
+            names.gateways_exchange(),
+            names.services_exchange(),
+            names.presence_exchange(),
+            names.dead_letter_exchange(),
+            names.dead_letter_queue(),
+            names.tenants_exchange(),
+            names.channel_queue(&self.auth.service.channel),
+        ];
+        for ch in &self.channels {
+            composed.push(names.channel_queue(ch));
+            composed.push(names.channel_stream(ch));
+        }
+        if self.tenants.enabled {
+            for (tenant, options) in &self.tenants.tenant {
+                composed.push(names.tenant_exchange(tenant));
+                for ch in &self.tenants.channels {
+                    composed.push(names.tenant_queue(ch, tenant, None));
+                    for kind in &options.types {
+                        composed.push(names.tenant_queue(ch, tenant, Some(kind)));
+                    }
+                }
+            }
+        }
+        match composed
+            .iter()
+            .find(|n| n.len() > warren_protocol::amqp::MAX_SHORT_STRING)
+        {
+            Some(n) => Err(GatewayError::Config(format!(
+                "the name `{}…` would be {} bytes; AMQP allows at most {}: shorten the namespace, a channel or a tenant",
+                crate::inbound::truncate(n, 64),
+                n.len(),
+                warren_protocol::amqp::MAX_SHORT_STRING
+            ))),
+            None => Ok(()),
+        }
     }
 
     fn validate_tenants(&self) -> Result<(), GatewayError> {
@@ -1692,6 +1755,37 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+        // Channels differing only in case would share IN_CHAT.
+        let mut c = Config::default();
+        c.channels.push("Chat".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("share one queue"), "{err}");
+        let mut c = Config::default();
+        c.auth.mode = AuthMode::Service;
+        c.auth.service.channel = "CHAT".into();
+        assert!(
+            c.validate().is_err(),
+            "the auth queue would be a client channel's"
+        );
+        // A zero-byte outbound stream keeps nothing to resume from.
+        let c = Config {
+            stream_max_bytes: 0,
+            ..Config::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("stream_max_bytes"));
+        // Each part within its limit, the composed name past AMQP's 255 bytes.
+        let long = "a".repeat(128);
+        let c = Config {
+            namespace: long.clone(),
+            channels: vec![long.clone()],
+            ..Config::default()
+        };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("AMQP allows at most 255"), "{err}");
     }
 
     #[test]
