@@ -118,7 +118,16 @@ struct IpState {
 struct Counts {
     ips: HashMap<IpAddr, IpState>,
     users: HashMap<String, u32>,
+    /// The size of `ips` at which idle addresses are next swept out: twice what the
+    /// last sweep left (at least [`SWEEP_FROM`]), so that addresses with open
+    /// connections, which no sweep removes, do not make every admission a sweep.
+    sweep_at: usize,
+    /// Sweeps so far.
+    sweeps: u64,
 }
+
+/// Tracked addresses from which idle ones are swept out.
+const SWEEP_FROM: usize = 10_000;
 
 /// The per-IP and per-user counts of one gateway.
 #[derive(Debug)]
@@ -186,10 +195,12 @@ impl Limiter {
         let s = self.settings;
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         // Forget addresses with no connection and a full bucket once the map grows.
-        if counts.ips.len() > 10_000 {
+        if counts.ips.len() > counts.sweep_at.max(SWEEP_FROM) {
             counts
                 .ips
                 .retain(|_, st| st.open > 0 || !st.bucket.full(now));
+            counts.sweep_at = counts.ips.len().saturating_mul(2);
+            counts.sweeps += 1;
         }
         let rate = s.new_connections_per_ip_per_s;
         let state = counts.ips.entry(ip).or_insert_with(|| IpState {
@@ -231,6 +242,23 @@ impl Limiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn many_addresses_with_open_connections_do_not_make_every_admission_a_sweep() {
+        let l = Limiter::new(settings(10, 0, 0));
+        let t0 = Instant::now();
+        let slots: Vec<Slot> = (0..40_000u32)
+            .map(|i| {
+                let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+                l.admit_ip(ip, t0).unwrap()
+            })
+            .collect();
+        let sweeps = l.counts.lock().unwrap().sweeps;
+        // Every address holds a connection: each sweep removes nothing, so the next
+        // waits for twice as many (one at 10,001, one at 20,001: 2, not 30,000).
+        assert!(sweeps <= 3, "{sweeps} sweeps");
+        drop(slots);
+    }
 
     fn settings(per_ip: u32, rate: u32, per_user: u32) -> LimitSettings {
         LimitSettings {
