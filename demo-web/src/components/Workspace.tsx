@@ -27,8 +27,11 @@ function ConnectionBanner() {
     tone = "warn";
     text = "Cannot reach any gateway yet; still trying. Is the stack running?";
   } else if (state === "disconnected") {
-    tone = "warn";
-    text = "Offline: trying the next gateway. What you send now is queued and goes out on reconnect.";
+    // The SDK stopped (a close code that forbids reconnecting, e.g. a refused token or
+    // the session taken by another tab, or no gateway answered in time): it does not
+    // reconnect by itself, and what you send now is refused at once.
+    tone = "error";
+    text = "Disconnected: the client stopped (see the error above). Reload the page to connect again.";
   } else if (state === "connecting" && everConnected) {
     tone = "warn";
     text = "Connection lost: reconnecting. What you send now is queued and goes out on reconnect.";
