@@ -146,8 +146,10 @@ printf '\nexport { WarrenError, isWarrenError } from "./%s";\n' "$error_module" 
 # needs lib `esnext.disposable` (TS2550 under `lib: ["ES2023", "DOM"]`). The method
 # stays in the JS (it calls `free()`, which calls `close()`); the declaration goes, so
 # the types compile under any lib from ES2020 on (test.sh checks it with tsc).
-sed -i '/\[Symbol\.dispose\]/d' "$pkg/warren_sdk.d.ts"
-! grep -q 'Symbol.dispose' "$pkg/warren_sdk.d.ts" || die "Symbol.dispose is still declared in warren_sdk.d.ts"
+# Only the declaration line: the JSDoc of `close()` names `[Symbol.dispose]()` too.
+sed -i -E '/^[[:space:]]*\[Symbol\.dispose\]\(\)/d' "$pkg/warren_sdk.d.ts"
+! grep -qE '^[[:space:]]*\[Symbol\.dispose\]\(\)' "$pkg/warren_sdk.d.ts" || die "Symbol.dispose is still declared in warren_sdk.d.ts"
+grep -q 'becomes `disconnected`' "$pkg/warren_sdk.d.ts" || die "the JSDoc of close() lost its end in warren_sdk.d.ts"
 
 # Shorter wording for wasm-bindgen's three console warnings (about 0.1 KB gzipped: their
 # long sentences are the least compressible part of the glue; same meaning), and no

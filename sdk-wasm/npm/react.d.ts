@@ -125,9 +125,10 @@ export interface WarrenSubscriptionStatus {
    * `pending` until the gateway acknowledged the subscription (the SDK's
    * `subscription.ready`; while the client is not connected it stays pending), then
    * `active`; `error` when the SDK or the gateway refused it for good (`forbidden`,
-   * `unknown_channel`, ...) or the client closed first.
+   * `unknown_channel`, ...) or the client closed first; `idle` while `spec` is `null`
+   * (nothing subscribed).
    */
-  status: "pending" | "active" | "error";
+  status: "idle" | "pending" | "active" | "error";
   /** Why it was refused. */
   error: WarrenErrorInfo | null;
 }

@@ -247,22 +247,34 @@ function acquireSubscription(client, key, handler, onStatus, closeDelayMs) {
   };
 }
 
+const IDLE = { status: "idle", error: null };
+const PENDING = { status: "pending", error: null };
+
 /**
  * Subscribes while the component is mounted; `handler` may change on every render (the
- * latest one is called). Pass `null` as `spec` to not subscribe. The status is `pending`
- * until the gateway acknowledged the subscription, then `active` (or `error`).
+ * latest one is called). Pass `null` as `spec` to not subscribe (the status is then
+ * `idle`). The status is `pending` until the gateway acknowledged the subscription, then
+ * `active` (or `error`).
  */
 export function useSubscription(spec, handler) {
   const entry = useEntry("useSubscription");
   const client = useStatus(entry).client;
   const handlerRef = useRef(handler);
-  const [status, setStatus] = useState({ status: "pending", error: null });
+  const key = spec == null ? null : JSON.stringify(spec);
+  const [status, setStatus] = useState(key === null ? IDLE : PENDING);
   useEffect(() => {
     handlerRef.current = handler;
   });
-  const key = spec == null ? null : JSON.stringify(spec);
   useEffect(() => {
-    if (key === null || !client) return undefined;
+    // No spec: nothing is subscribed, and the status says so (not the last spec's).
+    if (key === null) {
+      setStatus(IDLE);
+      return undefined;
+    }
+    if (!client) {
+      setStatus(PENDING);
+      return undefined;
+    }
     return acquireSubscription(client, key, (msg) => handlerRef.current(msg), setStatus, entry.closeDelayMs);
   }, [client, key, entry]);
   return status;
