@@ -253,9 +253,10 @@ impl<C: Codec> ClientCore<C> {
                     self.attempt(now);
                 }
             }
-            Phase::Opening { .. } | Phase::Greeting { .. } | Phase::Waiting { .. } => {
-                self.arm_give_up(now)
-            }
+            Phase::Fetching { .. }
+            | Phase::Opening { .. }
+            | Phase::Greeting { .. }
+            | Phase::Waiting { .. } => self.arm_give_up(now),
             _ => {}
         }
         self.finish();

@@ -1365,6 +1365,35 @@ fn the_give_up_deadline_ends_once_connected() {
 }
 
 #[test]
+fn connect_while_a_token_is_fetched_arms_the_give_up_deadline_too() {
+    let mut config = Config::new(URLS.iter().map(|u| u.to_string()).collect());
+    config.fetch_token = true;
+    config.give_up_after_ms = Some(3_000);
+    let mut h = Harness::with(config);
+    let ready = h.core.ready(h.now);
+    h.core.connect(h.now);
+    let asked = fetches(&h.take());
+    h.core.on_token(asked[0], Ok("t".into()), h.now);
+    h.take();
+    h.core.on_open(h.conn, h.now);
+    h.frame(h.welcome_frame("s1", false));
+    h.take();
+    assert!(resolved(&h.log, ready));
+    // Lost: the next attempt waits for its token, and the app asks to connect (with
+    // its give-up deadline) meanwhile.
+    h.drop_connection();
+    let ready = h.core.ready(h.now);
+    h.core.connect(h.now);
+    h.advance(4_000);
+    h.take();
+    assert_eq!(
+        rejection(&h.log, ready).map(|e| e.code),
+        Some(ErrorCode::Timeout),
+        "given up 3 s after connect(), the token still not there"
+    );
+}
+
+#[test]
 fn a_subscription_the_gateway_refused_for_good_is_not_sent_again_after_reconnecting() {
     let mut h = Harness::new(&URLS);
     h.connect("s1", false);
