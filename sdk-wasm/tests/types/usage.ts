@@ -75,6 +75,11 @@ interface Chat {
 export function useChat(onText: (text: string) => void) {
   return useSubscription<Chat>({ channel: "chat" }, (d) => onText(d.message.text));
 }
+// With no spec nothing is subscribed: the status says `idle` (a comparison with a
+// status the type lacks would not compile).
+export function useMaybeChat(on: boolean): boolean {
+  return useSubscription<Chat>(on ? { channel: "chat" } : null, () => {}).status === "idle";
+}
 export function useChatLoose() {
   // @ts-expect-error: `d.message` is `Chat`, which has no `nope`
   return useSubscription<Chat>({ channel: "chat" }, (d) => d.message.nope);
