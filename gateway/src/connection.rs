@@ -1040,16 +1040,17 @@ impl Conn {
         self.send(&ServerFrame::ack(r.id)).await
     }
 
-    /// Removes `keys` from the session's subscriptions and unbinds them from the hubs.
+    /// Removes `keys` from the session's subscriptions and unbinds them from the hubs
+    /// (an `unsubscribe`, or what a refreshed token no longer grants).
     fn unbind(&mut self, keys: &[String]) {
         let Some(session) = self.session.as_mut() else {
             return;
         };
-        for k in keys {
-            session.subs.remove(k);
-        }
+        let Ok(changed) = core_::change_subscriptions(&mut session.subs, keys, false, 0) else {
+            return; // removing is never refused
+        };
         let streams = self.shared.streams.all();
-        for (i, keys) in self.shared.streams.split(keys) {
+        for (i, keys) in self.shared.streams.split(&changed) {
             streams[i].hub.unsubscribe(self.id, &keys);
         }
     }
@@ -1457,36 +1458,29 @@ impl Conn {
             .session
             .as_mut()
             .ok_or_else(|| Refusal::new(ErrorCode::Internal, "no session"))?;
-        let keys = if on {
-            core_::subscription_keys(config, pinned, s, &session.identity)?
-        } else {
+        if !on {
             // Unsubscribing needs no permission: it only ever removes.
             let anyone = Identity::unrestricted(session.identity.user.clone());
-            core_::subscription_keys(config, pinned, s, &anyone)?
-        };
-        let max = config.max_subscriptions as usize;
-        let changed = core_::change_subscriptions(&mut session.subs, &keys, on, max)?;
-        if changed.is_empty() {
+            let keys = core_::subscription_keys(config, pinned, s, &anyone)?;
+            self.unbind(&keys);
             return Ok(None);
         }
+        let keys = core_::subscription_keys(config, pinned, s, &session.identity)?;
+        let max = config.max_subscriptions as usize;
+        let changed = core_::change_subscriptions(&mut session.subs, &keys, true, max)?;
         let mut at = None;
         let streams = self.shared.streams.all();
         for (i, keys) in self.shared.streams.split(&changed) {
             let source = &streams[i];
-            if on {
-                if session.streams.get(i).is_some_and(Option::is_none) {
-                    // The first subscription to a channel with a stream of its own: the
-                    // session joins that stream live.
-                    let tenant = inbound::tenant_of(config, &session.identity);
-                    let (member, head) = source.hub.join_tenant(self.id, &session.id, tenant, None);
-                    session.streams[i] =
-                        Some(Outbound::new(source.clone(), member, false, None, head));
-                }
-                if let Some(head) = source.hub.subscribe_at(self.id, &keys) {
-                    at = Some((head, source.channel.clone()));
-                }
-            } else {
-                source.hub.unsubscribe(self.id, &keys);
+            if session.streams.get(i).is_some_and(Option::is_none) {
+                // The first subscription to a channel with a stream of its own: the
+                // session joins that stream live.
+                let tenant = inbound::tenant_of(config, &session.identity);
+                let (member, head) = source.hub.join_tenant(self.id, &session.id, tenant, None);
+                session.streams[i] = Some(Outbound::new(source.clone(), member, false, None, head));
+            }
+            if let Some(head) = source.hub.subscribe_at(self.id, &keys) {
+                at = Some((head, source.channel.clone()));
             }
         }
         Ok(at)

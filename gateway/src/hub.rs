@@ -164,7 +164,8 @@ pub fn reply_key(session: &str) -> String {
     format!("\0reply.{session}")
 }
 
-fn is_pattern(key: &str) -> bool {
+/// Whether binding key `key` is a topic pattern (a `*` or `#` word).
+pub(crate) fn is_pattern(key: &str) -> bool {
     key.split('.').any(|w| w == "*" || w == "#")
 }
 
@@ -560,12 +561,9 @@ impl Hub {
         }
     }
 
-    /// Adds index keys for `conn` (ref-counted).
+    /// Adds index keys for `conn` (ref-counted), as [`Hub::subscribe_at`] does.
     pub fn subscribe(&self, conn: u64, keys: &[String]) {
-        let mut st = self.lock();
-        for k in keys {
-            add_key(&mut st, conn, k);
-        }
+        let _ = self.subscribe_at(conn, keys);
     }
 
     /// As [`Hub::subscribe`], and the position of the newest message read when `conn`

@@ -140,10 +140,10 @@ impl Subscriptions {
     /// is held, or a held topic pattern matches it.
     pub fn receives(&self, key: &str) -> bool {
         self.keys.contains(key)
-            || self.keys.iter().any(|p| {
-                p.split('.').any(|w| w == "*" || w == "#")
-                    && warren_protocol::amqp::topic_matches(p, key)
-            })
+            || self
+                .keys
+                .iter()
+                .any(|p| crate::hub::is_pattern(p) && warren_protocol::amqp::topic_matches(p, key))
     }
 
     /// How many distinct keys are held.
