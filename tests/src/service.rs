@@ -649,3 +649,38 @@ pub async fn take_parked(names: &Names) -> Option<lapin::message::Delivery> {
     let _ = conn.close(200, "bye".into()).await;
     parked
 }
+
+/// A service in `namespace` (with `config`) consuming `echo` with `handler`, which is
+/// given how many calls came before this one (0 for the first); returns the service and
+/// the count of calls so far.
+pub async fn counted_echo<F, Fut>(
+    namespace: &str,
+    config: warren_service::ServiceConfig,
+    handler: F,
+) -> (
+    warren_service::Service,
+    std::sync::Arc<std::sync::atomic::AtomicU32>,
+)
+where
+    F: Fn(u32, warren_service::Incoming) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<warren_service::Outcome, warren_service::HandlerError>>
+        + Send
+        + 'static,
+{
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let calls = std::sync::Arc::new(AtomicU32::new(0));
+    let service = warren_service::Service::connect_with(&amqp_uri(), Names::new(namespace), config)
+        .await
+        .expect("the service connects");
+    let seen = calls.clone();
+    service
+        .consume(
+            "echo",
+            move |_ctx: warren_service::Context, m: warren_service::Incoming| {
+                handler(seen.fetch_add(1, Ordering::SeqCst), m)
+            },
+        )
+        .await
+        .expect("the service consumes echo");
+    (service, calls)
+}

@@ -2,36 +2,26 @@
 //! handed back and handled again; after `max_attempts` it is dead-lettered to
 //! `warren.dead` and the request is refused with `internal`.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use warren_e2e::service::{amqp_uri, in_fresh_namespace, take_parked, StandInGateway};
+use warren_e2e::service::{counted_echo, in_fresh_namespace, take_parked, StandInGateway};
 use warren_protocol::amqp::Names;
-use warren_service::{Answer, Context, HandlerError, Incoming, Outcome, Service, ServiceConfig};
+use warren_service::{Answer, HandlerError, Incoming, Outcome, ServiceConfig};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
 #[tokio::test]
 async fn a_failing_handler_gets_the_message_again_and_the_request_still_resolves() {
     in_fresh_namespace(LIMIT, |ns| async move {
-        let calls = Arc::new(AtomicU32::new(0));
-        let service = Service::connect(&amqp_uri(), Names::new(&ns))
-            .await
-            .unwrap();
-        let seen = calls.clone();
-        service
-            .consume("echo", move |_ctx: Context, m: Incoming| {
-                let seen = seen.clone();
-                async move {
-                    if seen.fetch_add(1, Ordering::SeqCst) == 0 {
-                        return Err(HandlerError::Failed("first attempt fails".into()));
-                    }
-                    Ok(Outcome::Reply(Answer::raw(m.body)))
+        let (service, calls) =
+            counted_echo(&ns, ServiceConfig::default(), |n, m: Incoming| async move {
+                if n == 0 {
+                    return Err(HandlerError::Failed("first attempt fails".into()));
                 }
+                Ok(Outcome::Reply(Answer::raw(m.body)))
             })
-            .await
-            .unwrap();
+            .await;
         let mut gw = StandInGateway::connect(&ns, "alice").await;
         let reply = gw.request("echo", "r1", r#"{"n":1}"#).await;
         assert_eq!(reply.error, None);
@@ -50,23 +40,12 @@ async fn a_failing_handler_gets_the_message_again_and_the_request_still_resolves
 #[tokio::test]
 async fn a_message_failing_max_attempts_times_is_dead_lettered_and_the_request_refused() {
     in_fresh_namespace(LIMIT, |ns| async move {
-        let calls = Arc::new(AtomicU32::new(0));
         let config = ServiceConfig::default().with_max_attempts(3);
         let names = Names::new(&ns);
-        let service = Service::connect_with(&amqp_uri(), names.clone(), config)
-            .await
-            .unwrap();
-        let seen = calls.clone();
-        service
-            .consume("echo", move |_ctx: Context, _m: Incoming| {
-                let seen = seen.clone();
-                async move {
-                    seen.fetch_add(1, Ordering::SeqCst);
-                    Err::<Outcome, _>(HandlerError::Failed("always fails".into()))
-                }
-            })
-            .await
-            .unwrap();
+        let (service, calls) = counted_echo(&ns, config, |_, _| async {
+            Err::<Outcome, _>(HandlerError::Failed("always fails".into()))
+        })
+        .await;
         let mut gw = StandInGateway::connect(&ns, "alice").await;
         let reply = gw.request("echo", "r1", r#"{"poison":true}"#).await;
         assert_eq!(reply.error.as_deref(), Some("internal"));
@@ -91,28 +70,18 @@ async fn a_message_failing_max_attempts_times_is_dead_lettered_and_the_request_r
 #[tokio::test]
 async fn a_copy_sent_while_the_first_is_handled_waits_and_keeps_its_attempts() {
     in_fresh_namespace(LIMIT, |ns| async move {
-        let calls = Arc::new(AtomicU32::new(0));
         let config = ServiceConfig::default().with_prefetch(2);
-        let service = Service::connect_with(&amqp_uri(), Names::new(&ns), config)
-            .await
-            .unwrap();
-        let seen = calls.clone();
-        service
-            .consume("echo", move |_ctx: Context, m: Incoming| {
-                let seen = seen.clone();
-                async move {
-                    match seen.fetch_add(1, Ordering::SeqCst) {
-                        0 => {
-                            tokio::time::sleep(Duration::from_secs(3)).await;
-                            Err(HandlerError::Failed("the first attempt fails".into()))
-                        }
-                        1 => Err(HandlerError::Failed("so does the second".into())),
-                        _ => Ok(Outcome::Reply(Answer::raw(m.body))),
-                    }
+        let (service, calls) = counted_echo(&ns, config, |n, m: Incoming| async move {
+            match n {
+                0 => {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    Err(HandlerError::Failed("the first attempt fails".into()))
                 }
-            })
-            .await
-            .unwrap();
+                1 => Err(HandlerError::Failed("so does the second".into())),
+                _ => Ok(Outcome::Reply(Answer::raw(m.body))),
+            }
+        })
+        .await;
         let mut gw = StandInGateway::connect(&ns, "alice").await;
         // The same request twice: the same message_id.
         for _ in 0..2 {

@@ -4,16 +4,15 @@
 //! may panic the service library; each message is handled (or parked) once, and the
 //! service goes on answering.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, LongString, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use warren_e2e::service::{
-    amqp_uri, consume_no_ack, declare_exclusive, in_fresh_namespace, start_demo, take_parked,
-    StandInGateway,
+    amqp_uri, consume_no_ack, counted_echo, declare_exclusive, in_fresh_namespace, start_demo,
+    take_parked, StandInGateway,
 };
 use warren_protocol::amqp::{keys, Names, H_REQUEST_ID};
 use warren_protocol::Distribution;
@@ -83,28 +82,14 @@ async fn a_request_whose_request_id_is_too_long_to_reply_to_is_parked_and_the_ne
 async fn a_failing_request_with_an_x_delivery_count_of_u32_max_is_refused_and_the_next_is_answered()
 {
     in_fresh_namespace(LIMIT, |ns| async move {
-        let calls = Arc::new(AtomicU32::new(0));
-        let service = Service::connect_with(
-            &amqp_uri(),
-            Names::new(&ns),
-            ServiceConfig::default().with_prefetch(1),
-        )
-        .await
-        .unwrap();
-        let seen = calls.clone();
-        service
-            .consume("echo", move |_ctx: Context, m: Incoming| {
-                let seen = seen.clone();
-                async move {
-                    seen.fetch_add(1, Ordering::SeqCst);
-                    if m.body.as_ref() == b"\"fail\"" {
-                        return Err(HandlerError::Failed("asked to fail".into()));
-                    }
-                    Ok(Outcome::Reply(Answer::raw(m.body)))
-                }
-            })
-            .await
-            .unwrap();
+        let config = ServiceConfig::default().with_prefetch(1);
+        let (service, calls) = counted_echo(&ns, config, |_, m: Incoming| async move {
+            if m.body.as_ref() == b"\"fail\"" {
+                return Err(HandlerError::Failed("asked to fail".into()));
+            }
+            Ok(Outcome::Reply(Answer::raw(m.body)))
+        })
+        .await;
         let mut gw = StandInGateway::connect(&ns, "alice").await;
 
         let props = gw
