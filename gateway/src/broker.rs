@@ -105,7 +105,11 @@ pub struct Broker {
     next_control: AtomicUsize,
     /// The channels for publishes to the outbound stream, by Warren channel
     /// ([`Broker::stream_publisher`]).
-    stream_publisher: Mutex<HashMap<String, Channel>>,
+    stream_publisher: std::sync::Mutex<HashMap<String, Channel>>,
+    /// One lock per Warren channel, held while its stream publisher is opened: one
+    /// channel each however many publishes ask at once, and a slow open for one
+    /// channel holds up no other.
+    stream_openers: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// When each publisher channel (by id) was opened ([`Broker::retire_nacked`]).
     opened: std::sync::Mutex<HashMap<u16, Instant>>,
     /// Pooled publisher channels (by id) being replaced right now: one replacement
@@ -145,7 +149,8 @@ impl Broker {
             next_publisher: AtomicUsize::new(0),
             next_consumer: AtomicUsize::new(0),
             next_control: AtomicUsize::new(0),
-            stream_publisher: Mutex::new(HashMap::new()),
+            stream_publisher: std::sync::Mutex::new(HashMap::new()),
+            stream_openers: std::sync::Mutex::new(HashMap::new()),
             opened: std::sync::Mutex::new(HashMap::new()),
             retiring: std::sync::Mutex::new(std::collections::HashSet::new()),
         });
@@ -457,13 +462,38 @@ impl Broker {
             let links = guard.as_ref().expect("healthy() leaves links in place");
             links.publish_conn.clone()
         };
-        let mut slots = self.stream_publisher.lock().await;
-        if let Some(ch) = slots.get(channel).filter(|c| c.status().connected()) {
-            return Ok(ch.clone());
+        if let Some(ch) = self.open_stream_publisher(channel) {
+            return Ok(ch);
         }
-        let fresh = self.new_channel(&conn, Pool::Publisher).await?;
-        slots.insert(channel.to_string(), fresh.clone());
+        let opener = Arc::clone(
+            self.stream_openers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(channel.to_string())
+                .or_default(),
+        );
+        let _opening = opener.lock().await;
+        if let Some(ch) = self.open_stream_publisher(channel) {
+            return Ok(ch); // another publish opened it meanwhile
+        }
+        let fresh = tokio::time::timeout(self.wait, self.new_channel(&conn, Pool::Publisher))
+            .await
+            .map_err(|_| GatewayError::Unavailable)??;
+        self.stream_publisher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(channel.to_string(), fresh.clone());
         Ok(fresh)
+    }
+
+    /// The stream publisher of Warren channel `channel`, if it has one still open.
+    fn open_stream_publisher(&self, channel: &str) -> Option<Channel> {
+        self.stream_publisher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(channel)
+            .filter(|c| c.status().connected())
+            .cloned()
     }
 
     /// Takes publisher channel `channel` (a pooled one or the stream publisher) out of
@@ -486,7 +516,7 @@ impl Broker {
         if !channel.status().connected() {
             return; // closed already: the pool replaces it on its next use
         }
-        if self.take_stream_publisher(channel).await {
+        if self.take_stream_publisher(channel) {
             tracing::warn!(
                 channel = channel.id(),
                 reason,
@@ -551,8 +581,11 @@ impl Broker {
     }
 
     /// Whether `channel` is a stream publisher; if so, it is one no more.
-    async fn take_stream_publisher(&self, channel: &Channel) -> bool {
-        let mut slots = self.stream_publisher.lock().await;
+    fn take_stream_publisher(&self, channel: &Channel) -> bool {
+        let mut slots = self
+            .stream_publisher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let before = slots.len();
         slots.retain(|_, c| c.id() != channel.id());
         slots.len() != before
