@@ -56,7 +56,8 @@ impl MeasureWindow {
 pub struct Tally {
     /// Operations completed inside the window.
     pub ops: u64,
-    /// Operations answered with an error (inside or outside the window).
+    /// Operations answered with an error (inside or outside the window); in fan-out,
+    /// deliveries that never came.
     pub errors: u64,
     /// Latency of each operation completed inside the window, in microseconds.
     pub latencies_us: Vec<u32>,
@@ -89,7 +90,7 @@ impl Tally {
 pub struct Figures {
     /// Operations (acked writes, replies, deliveries) completed in the window.
     pub ops: u64,
-    /// Operations answered with an error.
+    /// Operations answered with an error; in fan-out, deliveries that never came.
     pub errors: u64,
     /// Operations per second.
     pub throughput: f64,

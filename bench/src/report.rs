@@ -422,8 +422,9 @@ impl Report {
         out
     }
 
-    /// Failures worth a non-zero exit in `--strict` mode: failed runs, and runs that
-    /// completed no operation at all.
+    /// Failures worth a non-zero exit in `--strict` mode: failed runs, runs that
+    /// completed no operation at all, and runs with operations that failed (a publish
+    /// or request answered with an error, a fan-out delivery that never came).
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
         for r in &self.results {
@@ -431,6 +432,9 @@ impl Report {
             out.extend(r.failures.iter().map(|f| format!("{what}: {f}")));
             if r.runs.iter().any(|f| f.ops == 0) {
                 out.push(format!("{what}: a run completed no operation"));
+            }
+            if let Some(f) = r.runs.iter().find(|f| f.errors > 0) {
+                out.push(format!("{what}: {} operations failed in a run", f.errors));
             }
         }
         for idle in &self.idle {

@@ -64,6 +64,13 @@ impl Progress {
     fn finished(&self, n: u64) -> bool {
         self.done.load(Ordering::Acquire) && n >= self.published.load(Ordering::Acquire)
     }
+
+    /// How many of what was published a subscriber that stopped waiting after `n`
+    /// deliveries never got: counted as errors, so `--strict` fails a fan-out that
+    /// lost messages instead of reporting the speed of what arrived.
+    fn missed(&self, n: u64) -> u64 {
+        self.published.load(Ordering::Acquire).saturating_sub(n)
+    }
 }
 
 /// Runs the fanout scenario once with `subscribers` subscribers.
@@ -265,6 +272,7 @@ async fn gateway_subscriber(
             c.ack_if_due(cfg.ack_every, true).await?;
         }
     }
+    tally.errors += progress.missed(n);
     let session = c.session().to_string();
     c.close().await;
     Ok(WorkerOutcome {
@@ -329,6 +337,7 @@ async fn stomp_subscriber(
             }
         }
     }
+    tally.errors += progress.missed(n);
     c.close().await;
     Ok(WorkerOutcome {
         tally,
@@ -431,6 +440,7 @@ async fn raw_deliveries(
             unacked = 0;
         }
     }
+    tally.errors += progress.missed(n);
     Ok(WorkerOutcome {
         tally,
         session: None,
