@@ -1556,11 +1556,11 @@ impl Conn {
                 if self.session.is_none() {
                     return Flow::Continue;
                 }
-                for s in core_::poc_subscriptions(&p, &id) {
-                    if let Err(r) = self.apply_subscription(&s, true) {
-                        self.subscriptions_changed();
-                        return self.refuse(Some(id), r).await;
-                    }
+                let refused = core_::poc_subscriptions(&p, &id)
+                    .find_map(|s| self.apply_subscription(&s, true).err());
+                if let Some(r) = refused {
+                    self.subscriptions_changed();
+                    return self.refuse(Some(id), r).await;
                 }
                 self.subscriptions_changed();
                 self.errors.good();

@@ -114,3 +114,57 @@ async fn a_poc_consume_packet_receives_broadcasts_groups_and_direct_messages() {
     gw.shutdown().await;
     env.cleanup().await;
 }
+
+/// A consume packet naming 300 channels × 300 targets with 3,000 groups (about 26 KB)
+/// asks for 90,000 subscriptions of 3,000 groups each. The gateway made them all
+/// before applying the first: gigabytes for one frame, enough to take the process
+/// down. Now they are made one at a time and the first refusal ends the packet.
+#[tokio::test]
+async fn a_poc_consume_packet_naming_huge_combinations_is_refused_at_once() {
+    let env = TestEnv::new("poc-huge").await;
+    let gw = TestGateway::start(&env).await;
+    let mut c = TestClient::connect_raw(&gw.url()).await;
+    let channels: serde_json::Map<String, serde_json::Value> = (0..300)
+        .map(|i| (format!("c{i:03}"), json!(true)))
+        .collect();
+    let targets: Vec<String> = (0..300).map(|i| format!("t{i:03}")).collect();
+    let groups: Vec<String> = (0..3000).map(|i| format!("g{i:04}")).collect();
+    let packet = json!({
+        "id": "poc-huge",
+        "distribution": { "broadcast": false, "multicast": groups, "direct": [] },
+        "channel": channels,
+        "packet_action": "consume",
+        "consume_target": targets
+    });
+    let text = packet.to_string();
+    assert!(
+        text.len() < 64 * 1024,
+        "under max_frame_bytes: {}",
+        text.len()
+    );
+    c.send_text(&text).await;
+    let refused = tokio::time::timeout(
+        Duration::from_secs(5),
+        c.expect_error_code(Some("poc-huge"), ErrorCode::UnknownChannel),
+    )
+    .await;
+    assert!(refused.is_ok(), "no answer within 5 s");
+    // The connection and the gateway go on.
+    let small = json!({
+        "id": "poc-small",
+        "channel": { "chat": true },
+        "packet_action": "consume",
+        "consume_target": []
+    });
+    c.send_text(&small.to_string()).await;
+    c.expect_ack("poc-small").await;
+    let mut other = TestClient::connect_raw(&gw.url()).await;
+    let mut small = small;
+    small["id"] = json!("poc-other");
+    other.send_text(&small.to_string()).await;
+    other.expect_ack("poc-other").await;
+    c.close().await;
+    other.close().await;
+    gw.shutdown().await;
+    env.cleanup().await;
+}
