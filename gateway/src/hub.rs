@@ -335,6 +335,12 @@ struct State {
     ring_keys: HashMap<String, VecDeque<u64>>,
     /// The offset after the newest message read (`None` before the first).
     next: Option<u64>,
+    /// Positions `[start, end)` the reader never read: after it started again, the
+    /// first message it got was past `next` (retention dropped the rest while it was
+    /// away). Kept while the ring holds messages from before them; a session that
+    /// crosses them is told how many it missed ([`CatchUp::Missed`]). The stream's
+    /// positions are contiguous, as [`crate::replay`] takes them to be.
+    gap: Option<(u64, u64)>,
     /// How many times the stream was found replaced ([`Hub::reset`]): a look at the
     /// tail taken before a reset says nothing of the new stream.
     resets: u64,
@@ -358,6 +364,15 @@ pub enum CatchUp {
     },
     /// It is at the ring's end and live again.
     Live,
+    /// Positions `from..to` were dropped by retention before the hub read them (its
+    /// reader started again past them): the session is told it missed `to - from`
+    /// positions, and asks from `to` next time.
+    Missed {
+        /// The first position it missed.
+        from: u64,
+        /// The position after the last one it missed.
+        to: u64,
+    },
     /// The stream was deleted and declared again under it ([`Hub::reset`]): nothing
     /// it holds a position of is left, and the session must end (its client then
     /// resumes with positions past the new stream's tail and is given a fresh session
@@ -608,8 +623,13 @@ impl Hub {
     pub fn publish(&self, m: Message) {
         let m = Arc::new(m);
         let mut st = self.lock();
-        if st.next.is_some_and(|n| m.offset < n) {
-            return; // read again after a reconnect: the ring has it
+        if let Some(n) = st.next {
+            if m.offset < n {
+                return; // read again after a reconnect: the ring has it
+            }
+            if m.offset > n {
+                skipped(&mut st, n, m.offset);
+            }
         }
         st.next = Some(m.offset + 1);
         st.ring_bytes += m.size();
@@ -621,19 +641,8 @@ impl Hub {
                 .push_back(m.offset);
         }
         while st.ring.len() > self.max_messages || st.ring_bytes > RING_MAX_BYTES {
-            let Some(old) = st.ring.pop_front() else {
+            if !evict_oldest(&mut st) {
                 break;
-            };
-            st.ring_bytes -= old.size();
-            for k in &old.keys {
-                if let Some(list) = st.ring_keys.get_mut(k) {
-                    if list.front() == Some(&old.offset) {
-                        list.pop_front();
-                    }
-                    if list.is_empty() {
-                        st.ring_keys.remove(k);
-                    }
-                }
             }
         }
         let mut targets: HashSet<u64> = HashSet::new();
@@ -687,18 +696,34 @@ impl Hub {
             }
             _ => {}
         }
+        // Positions the hub never read: told, not skipped. Before them, the ring is
+        // served only up to where they start.
+        let limit = match st.gap {
+            Some((start, end)) if from >= start && from < end => {
+                return CatchUp::Missed { from, to: end };
+            }
+            Some((start, end)) if from < start => Some((start, end)),
+            _ => None,
+        };
+        let below = |o: u64| limit.is_none_or(|(start, _)| o < start);
         if !member.keys.keys().any(|k| is_pattern(k)) {
             // Exact keys only: the ring's index by key gives the positions at once.
             let mut offsets: Vec<u64> = Vec::new();
             for k in member.keys.keys() {
                 if let Some(list) = st.ring_keys.get(k) {
                     let i = list.partition_point(|o| *o < from);
-                    offsets.extend(list.range(i..).take(max));
+                    offsets.extend(list.range(i..).take_while(|o| below(**o)).take(max));
                 }
             }
             offsets.sort_unstable();
             offsets.dedup();
             offsets.truncate(max);
+            if let (true, Some((start, end))) = (offsets.is_empty(), limit) {
+                return CatchUp::Missed {
+                    from: start,
+                    to: end,
+                };
+            }
             if offsets.is_empty() {
                 let end = st.next.unwrap_or(from).max(from);
                 if let Some(m) = st.members.get_mut(&conn) {
@@ -719,6 +744,9 @@ impl Hub {
                 .collect();
             let next = if offsets.len() >= max {
                 offsets[offsets.len() - 1] + 1
+            } else if let Some((start, _)) = limit {
+                // Everything it wants before the gap: the next call is told of it.
+                start
             } else {
                 // Everything it wants in the ring: the next call finds it at the end.
                 st.next.unwrap_or(from).max(from)
@@ -728,7 +756,7 @@ impl Hub {
         let start = st.ring.partition_point(|m| m.offset < from);
         let mut out = Vec::new();
         let mut next = from;
-        for m in st.ring.range(start..) {
+        for m in st.ring.range(start..).take_while(|m| below(m.offset)) {
             next = m.offset + 1;
             if member.wants(m) {
                 out.push(m.clone());
@@ -736,6 +764,15 @@ impl Hub {
                     return CatchUp::Batch(out, next);
                 }
             }
+        }
+        if let Some((start, end)) = limit {
+            if out.is_empty() {
+                return CatchUp::Missed {
+                    from: start,
+                    to: end,
+                };
+            }
+            return CatchUp::Batch(out, start);
         }
         if out.is_empty() {
             if let Some(m) = st.members.get_mut(&conn) {
@@ -765,6 +802,7 @@ impl Hub {
         st.ring_bytes = 0;
         st.ring_keys.clear();
         st.next = None;
+        st.gap = None;
         st.resets += 1;
         for m in st.members.values_mut() {
             m.replaced = true;
@@ -824,10 +862,14 @@ impl Hub {
         }
     }
 
-    /// Whether position `offset` is in the ring (a reader can hand over to it).
+    /// Whether position `offset` is in the ring (a reader can hand over to it): not
+    /// when it is one the hub never read ([`State::gap`]).
     pub fn holds(&self, offset: u64) -> bool {
         let st = self.lock();
         st.ring.front().is_some_and(|m| m.offset <= offset)
+            && !st
+                .gap
+                .is_some_and(|(start, end)| start <= offset && offset < end)
     }
 
     /// Waits (bounded) until the reader has read the stream's tail once.
@@ -835,6 +877,61 @@ impl Hub {
         let mut rx = self.ready.subscribe();
         let _ = tokio::time::timeout(within, rx.wait_for(|r| *r)).await;
     }
+}
+
+/// The reader, expecting position `start`, got `end`: retention dropped `start..end`
+/// before it read them. The ring keeps what it has but knows of the gap (one at most:
+/// what lies before an older gap's end goes), and every live member that has not
+/// reached `end` stops being live and catches up from `start` at the latest, where it
+/// is told what it missed ([`CatchUp::Missed`]). It has been pushed everything it
+/// wanted before `start`.
+fn skipped(st: &mut State, start: u64, end: u64) {
+    if let Some((_, old_end)) = st.gap.take() {
+        while st.ring.front().is_some_and(|m| m.offset < old_end) {
+            evict_oldest(st);
+        }
+    }
+    if !st.ring.is_empty() {
+        st.gap = Some((start, end));
+    }
+    tracing::warn!(
+        from = start,
+        to = end,
+        "the stream no longer holds positions the hub had not read (retention dropped them while its reader was away); its sessions are told what they missed"
+    );
+    for m in st.members.values_mut() {
+        if m.live && m.from < end {
+            m.from = m.from.max(start);
+            m.live = false;
+            m.inbox.lagged.notify_one();
+        }
+    }
+}
+
+/// Drops the ring's oldest message (and a gap nothing in the ring precedes any
+/// more); `false` when the ring is empty.
+fn evict_oldest(st: &mut State) -> bool {
+    let Some(old) = st.ring.pop_front() else {
+        return false;
+    };
+    st.ring_bytes -= old.size();
+    for k in &old.keys {
+        if let Some(list) = st.ring_keys.get_mut(k) {
+            if list.front() == Some(&old.offset) {
+                list.pop_front();
+            }
+            if list.is_empty() {
+                st.ring_keys.remove(k);
+            }
+        }
+    }
+    if st
+        .gap
+        .is_some_and(|(start, _)| st.ring.front().is_none_or(|m| m.offset >= start))
+    {
+        st.gap = None;
+    }
+    true
 }
 
 fn add_key(st: &mut State, conn: u64, key: &str) {
@@ -1505,7 +1602,9 @@ mod tests {
                     from = next;
                 }
                 CatchUp::Live => break,
-                CatchUp::Behind { .. } | CatchUp::Replaced => panic!("the ring holds everything"),
+                CatchUp::Behind { .. } | CatchUp::Replaced | CatchUp::Missed { .. } => {
+                    panic!("the ring holds everything")
+                }
             }
         }
         hub.publish(msg(total, "chat.all"));
@@ -1590,6 +1689,93 @@ mod tests {
         assert!(matches!(hub.catch_up(3, 0, 10), CatchUp::Batch(..)));
     }
 
+    #[tokio::test]
+    async fn positions_the_reader_never_read_are_reported_to_every_session_not_skipped() {
+        let hub = Hub::new(100);
+        let (live, _) = hub.join(1, "s1", None);
+        let (_behind, _) = hub.join(2, "s2", Some(2));
+        let (_pattern, _) = hub.join(3, "s3", Some(0));
+        hub.subscribe(1, &keys(&["chat.all"]));
+        hub.subscribe(2, &keys(&["chat.all"]));
+        hub.subscribe(3, &keys(&["chat.#"]));
+        for i in 0..5 {
+            hub.publish(msg(i, "chat.all"));
+        }
+        // The reader started again at 5; retention had dropped 5..=8 meanwhile.
+        hub.publish(msg(9, "chat.all"));
+        assert_eq!(offsets(&live.inbox), [0, 1, 2, 3, 4], "9 is not pushed");
+        tokio::time::timeout(Duration::from_secs(1), live.inbox.lagged())
+            .await
+            .expect("the live member is told to catch up");
+        // It had everything up to 4 (whatever position its connection names).
+        for from in [0, 5] {
+            assert!(
+                matches!(
+                    hub.catch_up(1, from, 10),
+                    CatchUp::Missed { from: 5, to: 9 }
+                ),
+                "four missed after 4"
+            );
+        }
+        assert!(matches!(hub.catch_up(1, 9, 10), CatchUp::Batch(ref b, 10) if b.len() == 1));
+        assert!(matches!(hub.catch_up(1, 10, 10), CatchUp::Live));
+        hub.publish(msg(10, "chat.all"));
+        assert_eq!(offsets(&live.inbox), [10]);
+        // Catching up from the ring: what it holds, then the notice, then the rest.
+        let CatchUp::Batch(b, next) = hub.catch_up(2, 2, 10) else {
+            panic!()
+        };
+        assert_eq!(
+            (b.iter().map(|m| m.offset).collect::<Vec<_>>(), next),
+            (vec![2, 3, 4], 5)
+        );
+        assert!(matches!(
+            hub.catch_up(2, 5, 10),
+            CatchUp::Missed { from: 5, to: 9 }
+        ));
+        // By pattern alike.
+        assert!(matches!(hub.catch_up(3, 0, 3), CatchUp::Batch(_, 3)));
+        assert!(matches!(hub.catch_up(3, 3, 10), CatchUp::Batch(ref b, 5) if b.len() == 2));
+        assert!(matches!(
+            hub.catch_up(3, 5, 10),
+            CatchUp::Missed { from: 5, to: 9 }
+        ));
+        // The ring does not claim the positions it never read; a resume inside them
+        // is told what it missed from there.
+        assert!(hub.holds(4) && !hub.holds(5) && !hub.holds(8) && hub.holds(9));
+        let (_resumed, _) = hub.join(4, "s4", Some(7));
+        hub.subscribe(4, &keys(&["chat.all"]));
+        assert!(matches!(
+            hub.catch_up(4, 7, 10),
+            CatchUp::Missed { from: 7, to: 9 }
+        ));
+    }
+
+    #[test]
+    fn a_gap_the_ring_no_longer_reaches_is_the_streams_to_report() {
+        let hub = Hub::new(3);
+        for i in (0..5).chain([9, 10]) {
+            hub.publish(msg(i, "chat.all"));
+        }
+        assert!(hub.lock().gap.is_some(), "4 is still in the ring");
+        hub.publish(msg(11, "chat.all"));
+        assert!(hub.lock().gap.is_none());
+        let (_a, _) = hub.join(1, "s1", Some(6));
+        hub.subscribe(1, &keys(&["chat.all"]));
+        assert!(!hub.holds(6));
+        assert!(matches!(
+            hub.catch_up(1, 6, 10),
+            CatchUp::Behind { from: 6 }
+        ));
+        // A second gap while the first is in the ring: the ring keeps only one.
+        let hub = Hub::new(100);
+        for i in [0, 1, 5, 6, 9] {
+            hub.publish(msg(i, "chat.all"));
+        }
+        assert_eq!(hub.lock().gap, Some((7, 9)));
+        assert!(!hub.holds(1) && !hub.holds(3) && hub.holds(5) && !hub.holds(7));
+    }
+
     #[test]
     fn catching_up_by_key_and_by_pattern_gives_the_same_messages_once_in_order() {
         let hub = Hub::new(50);
@@ -1616,7 +1802,9 @@ mod tests {
                         from = next;
                     }
                     CatchUp::Live => return got,
-                    CatchUp::Behind { .. } | CatchUp::Replaced => panic!("in the ring"),
+                    CatchUp::Behind { .. } | CatchUp::Replaced | CatchUp::Missed { .. } => {
+                        panic!("in the ring")
+                    }
                 }
             }
         };

@@ -176,6 +176,15 @@ impl Outbound {
                             cursor = Some(next);
                         }
                         CatchUp::Live => self.read = Read::Live,
+                        CatchUp::Missed { from, to } => {
+                            // The hub never read these (retention dropped them while
+                            // its reader was away): told, as a reader tells it.
+                            let missed = to - from;
+                            tracing::warn!(conn, stream = %self.source.name, from, missed, "positions the hub never read: the session is told");
+                            metrics::add(&shared.metrics.stream_missed, missed);
+                            notice = Some(core_::missed_notice(missed, from, self.channel()));
+                            cursor = Some(to);
+                        }
                         CatchUp::Replaced => {
                             return Step::Failed(format!(
                                 "stream {} was deleted and declared again",
