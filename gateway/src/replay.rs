@@ -111,6 +111,16 @@ impl Window {
         self.cursors.len()
     }
 
+    /// Whether no session needs what the replay would read next: none reads from it,
+    /// or every one was left behind by [`Window::stalled`] (each reads on with a
+    /// reader of its own once it takes again). A window whose only sessions were left
+    /// behind is never full ([`Window::full`] does not count them), so without this
+    /// its reader would read the stream to its tail and follow it for as long as a
+    /// client that stopped reading stayed connected.
+    pub fn idle(&self) -> bool {
+        self.cursors.values().all(|&c| c < self.base)
+    }
+
     /// Where the replay reads next.
     pub fn next(&self) -> u64 {
         self.next
@@ -264,8 +274,8 @@ impl Replays {
                 loop {
                     // Created before looking, so a session moving on meanwhile wakes it.
                     let moved = replay.moved.notified();
-                    let unused = replay.lock().sessions() == 0;
-                    if unused && self.stop_if_unused(&replay) {
+                    let idle = replay.lock().idle();
+                    if idle && self.stop_if_idle(&replay) {
                         break;
                     }
                     let full = replay.lock().full();
@@ -309,12 +319,13 @@ impl Replays {
         }
     }
 
-    /// Stops `replay` if no session reads from it (checked under the list's lock, so
-    /// nobody joins it meanwhile); whether it stopped.
-    fn stop_if_unused(&self, replay: &Arc<Replay>) -> bool {
+    /// Stops `replay` if no session needs it ([`Window::idle`]; checked under the
+    /// list's lock, so nobody joins it meanwhile); whether it stopped. Sessions left
+    /// behind learn it at their next take ([`Taken::Behind`]).
+    fn stop_if_idle(&self, replay: &Arc<Replay>) -> bool {
         let mut replays = self.replays.lock().unwrap_or_else(|e| e.into_inner());
         let mut w = replay.lock();
-        if w.sessions() > 0 {
+        if !w.idle() {
             return false;
         }
         w.closed = true;
@@ -484,6 +495,38 @@ mod tests {
         }
         assert!(!w.full(), "session 2, left behind, holds nothing back");
         assert_eq!(offset(w.take(1)), 4);
+    }
+
+    #[test]
+    fn a_replay_whose_sessions_were_all_left_behind_reads_no_more() {
+        let mut w = Window::new(0, 4, usize::MAX);
+        assert!(w.idle(), "nobody to read for");
+        w.join(1, 0);
+        w.join(2, 0);
+        assert!(!w.idle());
+        for o in 0..4 {
+            w.push(msg(o));
+        }
+        for _ in 0..4 {
+            w.take(1);
+        }
+        // Session 2 stopped taking: the window stalls and leaves it behind.
+        assert!(w.full());
+        w.stalled();
+        assert!(!w.idle(), "session 1 still reads");
+        // Session 1 reaches the ring and leaves; session 2 never takes again.
+        w.leave(1);
+        assert!(!w.full(), "a session left behind holds nothing back");
+        assert!(
+            w.idle(),
+            "and nothing is read for it: the replay stops instead of following the tail"
+        );
+        for o in 4..100 {
+            w.push(msg(o));
+            assert!(w.idle() && !w.full());
+        }
+        // When it takes again it is sent to a reader of its own.
+        assert!(matches!(w.take(2), Taken::Behind(0)));
     }
 
     #[test]
