@@ -741,6 +741,14 @@ impl Config {
                 });
             }
         }
+        let streams = self.channel_streams().len();
+        if streams > warren_protocol::positions::MAX_POSITIONS {
+            return bad(format!(
+                "{streams} channels have a stream of their own; at most {} may (a client's \
+                 hello names a position in each)",
+                warren_protocol::positions::MAX_POSITIONS
+            ));
+        }
         if self.listen.is_empty() {
             return bad("at least one listener is needed".into());
         }
@@ -1838,6 +1846,28 @@ mod tests {
         let zero =
             Config::from_toml("[channel_options.echo]\nstream_max_bytes = 0\n", "x").unwrap();
         assert!(zero.validate().is_err());
+    }
+
+    #[test]
+    fn at_most_max_positions_channels_have_a_stream_of_their_own() {
+        let config = |n: usize| {
+            let channels: Vec<String> = (0..n).map(|i| format!("\"c{i}\"")).collect();
+            let options: String = (0..n)
+                .map(|i| format!("[channel_options.c{i}]\nstream_max_bytes = 1000000\n"))
+                .collect();
+            Config::from_toml(
+                &format!("channels = [{}]\n{options}", channels.join(",")),
+                "x",
+            )
+            .unwrap()
+        };
+        let max = warren_protocol::positions::MAX_POSITIONS;
+        config(max).validate().unwrap();
+        let err = config(max + 1).validate().unwrap_err().to_string();
+        assert!(
+            err.contains("257 channels have a stream of their own"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -199,6 +199,17 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
+/// Whether `text` is a JSON object whose `type` is `hello` (read alone: the rest of the
+/// frame may be what made it undecodable).
+fn names_hello(text: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Kind<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Option<std::borrow::Cow<'a, str>>,
+    }
+    serde_json::from_str::<Kind>(text).is_ok_and(|k| k.kind.as_deref() == Some("hello"))
+}
+
 /// Seconds since the epoch.
 fn now_epoch_s() -> u64 {
     now_ms_epoch() / 1000
@@ -566,6 +577,14 @@ impl Conn {
                 .await;
         }
         match decode_client(text) {
+            // A `hello` that cannot be read opens nothing: opened from an empty hello
+            // the session would not carry the hello's token (in jwt mode, a 4501 that
+            // stops the client; without auth, an anonymous session for a named user)
+            // nor the resume it asked for. The client may send a correct one before
+            // `hello_timeout_ms`.
+            Err(e) if self.session.is_none() && names_hello(text) => {
+                self.bad(e.id, e.code, e.message).await
+            }
             Err(e) => {
                 if let Flow::Close(c, r) = self.ensure_session(None).await {
                     return Flow::Close(c, r);

@@ -7,6 +7,12 @@ use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// The most entries a [`Positions`] read from JSON may have: more channel streams than
+/// a gateway may be configured with (its configuration refuses more). Each entry is
+/// looked up among the others as it is read, so a `hello` of 64 KiB naming 9,000 short
+/// channels cost about 40 million comparisons before the token was checked.
+pub const MAX_POSITIONS: usize = 256;
+
 /// A position per channel stream, by channel; a JSON object such as `{"voice": 912}`.
 /// A short list rather than a map: a few channels at most have a stream of their own.
 /// Two are equal when they hold the same positions, in any order.
@@ -94,6 +100,9 @@ impl<'de> Deserialize<'de> for Positions {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Positions, A::Error> {
                 let mut out = Positions::new();
                 while let Some((channel, position)) = map.next_entry::<String, u64>()? {
+                    if out.len() == MAX_POSITIONS {
+                        return Err(serde::de::Error::invalid_length(out.len() + 1, &self));
+                    }
                     out.insert(channel, position);
                 }
                 Ok(out)
@@ -106,6 +115,21 @@ impl<'de> Deserialize<'de> for Positions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn at_most_max_positions_entries_are_read() {
+        let object = |n: usize| {
+            let entries: Vec<String> = (0..n).map(|i| format!("\"c{i}\":{i}")).collect();
+            format!("{{{}}}", entries.join(","))
+        };
+        let full: Positions = serde_json::from_str(&object(MAX_POSITIONS)).unwrap();
+        assert_eq!(full.len(), MAX_POSITIONS);
+        let err = serde_json::from_str::<Positions>(&object(MAX_POSITIONS + 1)).unwrap_err();
+        assert!(err.to_string().contains("invalid length 257"), "{err}");
+        // What a 64 KiB hello could name: refused at entry 257, not read whole.
+        let err = serde_json::from_str::<Positions>(&object(9_000)).unwrap_err();
+        assert!(err.to_string().contains("invalid length 257"), "{err}");
+    }
 
     #[test]
     fn positions_read_and_write_a_json_object_and_only_grow_when_raised() {
