@@ -313,15 +313,18 @@ impl Member {
     }
 
     fn wants(&self, m: &Message) -> bool {
-        m.offset >= self.from
-            && self.admits(m)
-            && m.keys.iter().any(|k| {
-                self.keys.contains_key(k)
-                    || self
-                        .keys
-                        .keys()
-                        .any(|p| is_pattern(p) && topic_matches(p, k))
-            })
+        m.offset >= self.from && self.admits(m) && self.holds_key_of(m)
+    }
+
+    /// Whether one of its keys (exact or pattern) routes `m`.
+    fn holds_key_of(&self, m: &Message) -> bool {
+        m.keys.iter().any(|k| {
+            self.keys.contains_key(k)
+                || self
+                    .keys
+                    .keys()
+                    .any(|p| is_pattern(p) && topic_matches(p, k))
+        })
     }
 }
 
@@ -597,9 +600,15 @@ impl Hub {
         (sent && head.saturating_add(1) >= member.from).then_some(head)
     }
 
-    /// Drops one reference to each of `keys` for `conn`.
+    /// Drops one reference to each of `keys` for `conn`. Messages pushed to its inbox
+    /// that none of its keys routes any more are taken out of it: after an
+    /// `unsubscribe` (or a refreshed token no longer granting a key) nothing more of
+    /// that key reaches the session, though up to [`LIVE_BACKLOG`] of them were waiting
+    /// for its socket. Under the hub's lock, as every push; the cost is the
+    /// unsubscribe's, not each delivery's.
     pub fn unsubscribe(&self, conn: u64, keys: &[String]) {
         let mut st = self.lock();
+        let mut removed = false;
         for k in keys {
             let gone = match st.members.get_mut(&conn).and_then(|m| m.keys.get_mut(k)) {
                 Some(n) if *n > 1 => {
@@ -614,7 +623,11 @@ impl Hub {
                     m.keys.remove(k);
                 }
                 unindex(&mut st, conn, k);
+                removed = true;
             }
+        }
+        if let Some(m) = st.members.get(&conn).filter(|_| removed) {
+            m.inbox.queue().retain(|waiting| m.holds_key_of(waiting));
         }
     }
 
@@ -1818,6 +1831,33 @@ mod tests {
             .ring_keys
             .values()
             .all(|l| l.iter().all(|o| *o >= 150)));
+    }
+
+    #[test]
+    fn an_unsubscribe_takes_what_waits_in_the_inbox_for_that_key_out_of_it() {
+        let hub = Hub::new(100);
+        let (a, _) = hub.join(1, "s1", None);
+        hub.subscribe(1, &keys(&["chat.group.g", "chat.all", "chat.event.#"]));
+        hub.subscribe(1, &keys(&["chat.all"]));
+        for (i, k) in ["chat.group.g", "chat.all", "chat.event.x", "chat.group.g"]
+            .into_iter()
+            .enumerate()
+        {
+            hub.publish(msg(i as u64, k));
+        }
+        // One of two references to chat.all: still held, nothing taken out.
+        hub.unsubscribe(1, &keys(&["chat.all", "chat.group.g", "chat.event.#"]));
+        assert_eq!(offsets(&a.inbox), [1], "only what it still holds is left");
+        let p = BasicProperties::default().with_correlation_id("s1/r1".into());
+        hub.publish(Message::new(
+            4,
+            String::new(),
+            "warren.out.stream".into(),
+            p,
+            b"1".to_vec(),
+        ));
+        hub.unsubscribe(1, &keys(&["chat.all"]));
+        assert_eq!(offsets(&a.inbox), [4], "a reply stays");
     }
 
     #[test]
