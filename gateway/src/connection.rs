@@ -1592,6 +1592,12 @@ impl Conn {
     /// RabbitMQ: what the client did not acknowledge is replayed from its position
     /// wherever it resumes.
     async fn cleanup(&mut self) {
+        // Confirms still on their way are no longer this connection's to count off.
+        let left = std::mem::take(&mut self.pending_confirms);
+        self.shared
+            .metrics
+            .confirms_pending
+            .fetch_sub(left as i64, std::sync::atomic::Ordering::Relaxed);
         let Some(mut s) = self.session.take() else {
             return;
         };
