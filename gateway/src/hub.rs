@@ -1154,12 +1154,7 @@ pub async fn run_reader(
                     #[cfg(feature = "fault-injection")]
                     crate::fault::delay(crate::fault::HUB_READ_DELAY_MS).await;
                     if let Some(m) = Message::from_delivery(&d) {
-                        if let (Some(tx), Some(a)) = (&addressed, m.addressed()) {
-                            if tx.try_send(a).is_err() {
-                                tracing::warn!(offset = m.offset, "undelivered-report queue full; not checked");
-                            }
-                        }
-                        hub.publish(m);
+                        take_read(&hub, m, addressed.as_ref());
                     }
                     unacked += 1;
                     // A stream consumer acks only to get more credit: one ack for many.
@@ -1183,6 +1178,25 @@ pub async fn run_reader(
         let _ = ch.close(200, "restart".into()).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A message the hub's reader read: to `addressed` when it is one ([`Message::addressed`])
+/// and the hub had not read it before, then into the hub. A reader started again
+/// begins at the chunk holding the position it asks for, so it reads again messages
+/// the hub has (and dropped by [`Hub::publish`]): they were reported the first time.
+/// Only the reader publishes, so the hub's position does not move between the look
+/// and the publish.
+fn take_read(hub: &Hub, m: Message, addressed: Option<&tokio::sync::mpsc::Sender<Addressed>>) {
+    let new = hub.next_offset().is_none_or(|n| m.offset >= n);
+    if let (true, Some(tx), Some(a)) = (new, addressed, m.addressed()) {
+        if tx.try_send(a).is_err() {
+            tracing::warn!(
+                offset = m.offset,
+                "undelivered-report queue full; not checked"
+            );
+        }
+    }
+    hub.publish(m);
 }
 
 /// Whether `stream` was replaced under a reader that read up to `read_up_to`: its tail
@@ -1858,6 +1872,34 @@ mod tests {
         ));
         hub.unsubscribe(1, &keys(&["chat.all"]));
         assert_eq!(offsets(&a.inbox), [4], "a reply stays");
+    }
+
+    #[test]
+    fn a_message_read_again_after_a_restart_is_not_reported_again() {
+        let hub = Hub::new(100);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(100);
+        let to_user = |offset: u64| {
+            Message::new(
+                offset,
+                "warren.out".into(),
+                "chat.user.bob".into(),
+                BasicProperties::default().with_reply_to("returns".into()),
+                b"{}".to_vec(),
+            )
+        };
+        for i in 0..4 {
+            take_read(&hub, to_user(i), Some(&tx));
+        }
+        // Started again at 4, the reader gets the chunk holding it from 1.
+        for i in 1..6 {
+            take_read(&hub, to_user(i), Some(&tx));
+        }
+        drop(tx);
+        let reported: Vec<u64> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|a| a.offset)
+            .collect();
+        assert_eq!(reported, [0, 1, 2, 3, 4, 5]);
+        assert_eq!(hub.next_offset(), Some(6));
     }
 
     #[test]
