@@ -61,7 +61,12 @@ struct Confirmed {
 #[derive(Debug)]
 enum Settled {
     Confirmed(Confirmed),
-    Answered { id: String, answer: Box<Delivery> },
+    /// A direct reply to request `id`, the one numbered `serial`.
+    Answered {
+        id: String,
+        serial: u64,
+        answer: Box<Delivery>,
+    },
 }
 
 /// The open session of a connection.
@@ -1226,10 +1231,13 @@ impl Conn {
         };
         let body = r.message.get().as_bytes();
         let id = r.id.clone();
+        // The serial track_request gives it below: a late answer to an earlier request
+        // of the same id (answered `timeout`) must not answer this one.
+        let serial = self.request_serial + 1;
         let answered = move |answer| {
             // A connection that ended has nobody to answer.
             let answer = Box::new(answer);
-            let _ = to.send(Settled::Answered { id, answer });
+            let _ = to.send(Settled::Answered { id, serial, answer });
         };
         let sent = inbound::send_direct(
             &self.shared,
@@ -1245,7 +1253,8 @@ impl Conn {
             Err(e) => return self.refuse(Some(r.id), e).await,
         };
         self.errors.good();
-        let serial = self.track_request(&r.id, timeout);
+        let tracked = self.track_request(&r.id, timeout);
+        debug_assert_eq!(tracked, serial);
         let tx = self.confirm_pending(1);
         let shared = self.shared.clone();
         let id = r.id;
@@ -1270,14 +1279,15 @@ impl Conn {
     async fn on_settled(&mut self, s: Settled) -> Flow {
         match s {
             Settled::Confirmed(c) => self.on_confirm(c).await,
-            Settled::Answered { id, answer } => self.on_answer(id, answer).await,
+            Settled::Answered { id, serial, answer } => self.on_answer(id, serial, answer).await,
         }
     }
 
-    /// A direct reply to request `id`: sent as the stream's would be, without a
-    /// position (unless the request was answered already, by `timeout`).
-    async fn on_answer(&mut self, id: String, answer: Box<Delivery>) -> Flow {
-        if !self.requests.contains(&id) {
+    /// A direct reply to request `id` numbered `serial`: sent as the stream's would
+    /// be, without a position (unless that request was answered already, by `timeout`;
+    /// a pending request of the same id is then a newer one).
+    async fn on_answer(&mut self, id: String, serial: u64, answer: Box<Delivery>) -> Flow {
+        if self.requests.get(&id) != Some(&serial) {
             return Flow::Continue;
         }
         let properties = answer
