@@ -244,15 +244,23 @@ impl TestClient {
 
     /// The next frame within `within`; `None` on timeout or close. Answers `ping`.
     pub async fn recv_within(&mut self, within: Duration) -> Option<ServerFrame> {
-        if let Some(f) = self.kept.pop_front() {
-            return Some(f);
-        }
         let deadline = tokio::time::Instant::now() + within;
+        match self.next_by(deadline).await {
+            Next::Frame(f) => Some(f),
+            Next::TimedOut | Next::Closed => None,
+        }
+    }
+
+    /// The next frame by `deadline`, telling a timeout from a closed connection.
+    /// Answers `ping`.
+    async fn next_by(&mut self, deadline: tokio::time::Instant) -> Next {
+        if let Some(f) = self.kept.pop_front() {
+            return Next::Frame(f);
+        }
         loop {
             let msg = match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Err(_) => return None,
-                Ok(None) => return None,
-                Ok(Some(Err(_))) => return None,
+                Err(_) => return Next::TimedOut,
+                Ok(None) | Ok(Some(Err(_))) => return Next::Closed,
                 Ok(Some(Ok(m))) => m,
             };
             match msg {
@@ -272,11 +280,11 @@ impl TestClient {
                     if let Some((seq, p)) = seq_position {
                         self.positions.insert(seq, p);
                     }
-                    return Some(frame);
+                    return Next::Frame(frame);
                 }
                 Message::Close(c) => {
                     self.close_code = Some(c.map(|c| u16::from(c.code)).unwrap_or(1005));
-                    return None;
+                    return Next::Closed;
                 }
                 _ => continue,
             }
@@ -409,24 +417,61 @@ impl TestClient {
         .await
     }
 
-    /// Asserts that no `deliver` arrives within `within` (other frames are kept).
+    /// Asserts that no `deliver` arrives within `within` and that the connection stays
+    /// open meanwhile (other frames are kept).
+    ///
+    /// # Panics
+    /// On a `deliver` (kept from before, or arriving), or when the connection closes.
     pub async fn expect_no_deliver(&mut self, within: Duration) {
+        self.expect_none_of("no delivery", within, |f| {
+            matches!(f, ServerFrame::Deliver(_))
+        })
+        .await;
+    }
+
+    /// Asserts that nothing meant for this connection's requests or subscriptions
+    /// arrives within `within` — no `deliver`, `reply` or `error` — and that the
+    /// connection stays open meanwhile (other frames, such as `pong`, are kept). For "a
+    /// reply reaches only the connection that asked": a stray reply or error fails it.
+    ///
+    /// # Panics
+    /// On such a frame (kept from before, or arriving), or when the connection closes.
+    pub async fn expect_quiet(&mut self, within: Duration) {
+        self.expect_none_of("no delivery, reply or error", within, |f| {
+            matches!(
+                f,
+                ServerFrame::Deliver(_) | ServerFrame::Reply(_) | ServerFrame::Error(_)
+            )
+        })
+        .await;
+    }
+
+    /// Asserts that no frame `unwanted` accepts is kept or arrives within `within`,
+    /// and that the connection is open throughout; keeps the other frames.
+    async fn expect_none_of(
+        &mut self,
+        what: &str,
+        within: Duration,
+        unwanted: impl Fn(&ServerFrame) -> bool,
+    ) {
+        if let Some(f) = self.kept.iter().find(|f| unwanted(f)) {
+            panic!("expected {what}, got {f:?}");
+        }
         let deadline = tokio::time::Instant::now() + within;
+        let mut seen = Vec::new();
         loop {
-            if let Some(d) = self
-                .kept
-                .iter()
-                .find(|f| matches!(f, ServerFrame::Deliver(_)))
-            {
-                panic!("expected no delivery, got {d:?}");
-            }
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.recv_within(left).await {
-                None => return,
-                Some(ServerFrame::Deliver(d)) => panic!("expected no delivery, got {d:?}"),
-                Some(other) => self.kept.push_back(other),
+            match self.next_by(deadline).await {
+                Next::TimedOut => break,
+                Next::Closed => panic!(
+                    "expected {what} on an open connection, but it closed (close code {:?})",
+                    self.close_code
+                ),
+                Next::Frame(f) if unwanted(&f) => panic!("expected {what}, got {f:?}"),
+                Next::Frame(f) => seen.push(f),
             }
         }
+        // `next_by` took the kept frames first: `seen` holds them, then the new ones.
+        self.kept.extend(seen);
     }
 
     /// Waits until the gateway closes the connection; returns the close code.
@@ -481,4 +526,11 @@ impl TestClient {
     pub fn abort(self) {
         drop(self);
     }
+}
+
+/// What [`TestClient::next_by`] got.
+enum Next {
+    Frame(ServerFrame),
+    TimedOut,
+    Closed,
 }
