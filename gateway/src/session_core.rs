@@ -129,16 +129,18 @@ impl Clock {
         request_deadline_ms: Option<u64>,
     ) -> Instant {
         let hb = self.heartbeat;
-        let mut at = self.last_heard + hb * 5 / 2;
-        // Before the session opens nothing may precede `welcome`: no ping then.
-        if phase == Phase::Open {
-            let quiet_since = self.last_heard.min(self.last_sent);
-            at = at.min((self.last_ping + hb).max(quiet_since + hb));
-        }
-        let mut at = coarse(at, hb);
-        if phase == Phase::AwaitingHello {
-            at = at.min(self.started + self.hello_timeout);
-        }
+        // Before the session opens only the `hello` timeout applies (no ping may
+        // precede `welcome`, so no heartbeat is owed either).
+        let mut at = if phase == Phase::AwaitingHello {
+            self.started + self.hello_timeout
+        } else {
+            let mut at = self.last_heard + hb * 5 / 2;
+            if phase == Phase::Open {
+                let quiet_since = self.last_heard.min(self.last_sent);
+                at = at.min((self.last_ping + hb).max(quiet_since + hb));
+            }
+            coarse(at, hb)
+        };
         if let Some(expires) = expires {
             at = at.min(expires);
         }
@@ -149,8 +151,8 @@ impl Clock {
     }
 
     /// What is due at `now`, in order: the `hello` timeout, the token's expiry, the
-    /// heartbeat timeout (nothing heard for 2.5 heartbeats), a ping. A ping is recorded
-    /// as sent.
+    /// heartbeat timeout (nothing heard for 2.5 heartbeats, once the session is open:
+    /// before, the `hello` timeout decides), a ping. A ping is recorded as sent.
     pub(crate) fn due(&mut self, now: Instant, phase: Phase, expires: Option<Instant>) -> Due {
         let hb = self.heartbeat;
         if phase == Phase::AwaitingHello && now.duration_since(self.started) >= self.hello_timeout {
@@ -162,7 +164,7 @@ impl Clock {
         if expires.is_some_and(|e| now >= e) {
             return Due::TokenExpired;
         }
-        if now.duration_since(self.last_heard) >= hb * 5 / 2 {
+        if phase != Phase::AwaitingHello && now.duration_since(self.last_heard) >= hb * 5 / 2 {
             return Due::Close(CloseCode::HeartbeatTimeout, "");
         }
         let idle =
@@ -723,6 +725,36 @@ mod tests {
                 CloseCode::ProtocolViolation,
                 "no hello within hello_timeout_ms"
             )
+        );
+    }
+
+    #[test]
+    fn before_the_session_a_short_heartbeat_does_not_close_a_silent_client_before_the_hello_timeout(
+    ) {
+        // heartbeat_ms 1 s, hello_timeout_ms 10 s: a client silent from the start is a
+        // protocol violation at 10 s (4500, do not reconnect), not a heartbeat timeout
+        // at 2.5 s (4000, reconnect).
+        let t0 = Instant::now();
+        let mut clock = Clock::new(ms(1_000), ms(10_000), t0);
+        assert_eq!(
+            clock.next_wake(Phase::AwaitingHello, None, None),
+            t0 + ms(10_000)
+        );
+        assert_eq!(
+            clock.due(t0 + ms(3_000), Phase::AwaitingHello, None),
+            Due::Nothing
+        );
+        assert_eq!(
+            clock.due(t0 + ms(10_000), Phase::AwaitingHello, None),
+            Due::Close(
+                CloseCode::ProtocolViolation,
+                "no hello within hello_timeout_ms"
+            )
+        );
+        // Open, the heartbeat applies.
+        assert_eq!(
+            clock.due(t0 + ms(3_000), Phase::Open, None),
+            Due::Close(CloseCode::HeartbeatTimeout, "")
         );
     }
 
