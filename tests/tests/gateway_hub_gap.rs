@@ -1,0 +1,120 @@
+//! A hub reader that starts again after its broker connection was lost reads on from
+//! the position after the last one it read. When retention dropped that position
+//! meanwhile, the first message it gets is further on: its live sessions are told how
+//! many positions they missed (`error session_expired`), never skipped past them in
+//! silence. The broker connection is closed with `rabbitmqctl` (the test is skipped
+//! where that tool is not usable); the hub's restart is held back through the
+//! environment of this process (its own test binary) while the stream is filled.
+
+use std::process::Command;
+use std::time::Duration;
+
+use warren_e2e::client::{sub, TestClient};
+use warren_e2e::env::TestEnv;
+use warren_e2e::gateway::TestGateway;
+use warren_gateway::fault::HUB_RESTART_DELAY_MS;
+use warren_protocol::{ErrorCode, ServerFrame};
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+/// Closes the broker connections whose client-provided name mentions `node`; returns
+/// how many were closed, or `None` when rabbitmqctl is not usable here.
+fn close_connections_of(node: &str) -> Option<usize> {
+    let out = Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "--no-table-headers",
+            "-q",
+            "pid",
+            "client_properties",
+        ])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let pids: Vec<String> = text
+        .lines()
+        .filter(|l| l.contains(&format!("warren-gateway {node} ")))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    for pid in &pids {
+        let ok = Command::new("rabbitmqctl")
+            .args(["close_connection", pid, "test: broker connection lost"])
+            .output()
+            .ok()?
+            .status
+            .success();
+        if !ok {
+            return None;
+        }
+    }
+    Some(pids.len())
+}
+
+#[tokio::test]
+async fn positions_retention_dropped_while_the_hub_was_away_are_reported_to_live_sessions() {
+    // The hub waits this long before it reads again: time to publish past retention.
+    std::env::set_var(HUB_RESTART_DELAY_MS, "8000");
+    TestEnv::run("hub-gap", LIMIT, async |env| {
+        // 2 MiB of retention in 1 MiB segments: 4.8 MiB of traffic drops the oldest.
+        let gw = TestGateway::start_with(env, |c| {
+            c.stream_max_bytes = 2 * 1024 * 1024;
+            c.hub_buffer_messages = 10;
+        })
+        .await;
+        let node = gw.gateway().config().node.clone();
+        let mut c = TestClient::connect(&gw.url()).await;
+        c.subscribe(sub("all", "chat")).await;
+        env.publish_out("chat.all", "before", "0").await;
+        let before = c.expect_deliver().await;
+        let before_position = before.position.expect("a position");
+        let closed = tokio::task::spawn_blocking(move || close_connections_of(&node))
+            .await
+            .unwrap();
+        if closed.is_none() {
+            eprintln!("skipped: rabbitmqctl is not usable here");
+            gw.shutdown().await;
+            return;
+        }
+        let body = format!("\"{}\"", "x".repeat(16 * 1024));
+        for i in 0..300 {
+            env.publish_out("chat.all", &format!("b{i}"), &body).await;
+        }
+        // The live client is told what it missed before anything past it comes.
+        // (The hub reads again only after its restart delay.)
+        let e = loop {
+            match c.recv_within(Duration::from_secs(30)).await {
+                Some(ServerFrame::Error(e)) if e.code == ErrorCode::SessionExpired => break e,
+                Some(ServerFrame::Deliver(d)) => panic!("a delivery before any notice: {d:?}"),
+                Some(_) => {}
+                None => panic!("no notice and no delivery"),
+            }
+        };
+        let missed: u64 = e
+            .message
+            .split(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("the count comes first");
+        assert!(missed > 0 && missed < 300, "{missed}: {e:?}");
+        let first = c.expect_deliver().await;
+        assert_eq!(
+            first.position,
+            Some(before_position + 1 + missed),
+            "the count is every position between the last delivery and the next: {e:?}"
+        );
+        let mut last = first.message_id.clone();
+        while let Some(f) = c.recv_within(Duration::from_secs(2)).await {
+            if let ServerFrame::Deliver(d) = f {
+                last = d.message_id.clone();
+            }
+        }
+        assert_eq!(last, "b299", "what is still retained follows");
+        assert_eq!(c.close_code, None, "never closed");
+        c.close().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
