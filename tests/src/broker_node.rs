@@ -135,18 +135,26 @@ struct BrokerNode {
     state: NodeState,
 }
 
-/// Runs a test that starts its own nodes within `limit`; where RabbitMQ's server
-/// scripts are not installed it prints that `name` is skipped instead.
+/// Runs a test that starts its own nodes within `limit`. Where RabbitMQ's server
+/// scripts are not installed it fails saying so, or, with `WARREN_ALLOW_SKIP=1`,
+/// prints that `name` is skipped ([`crate::env::cannot_check`]).
 ///
 /// # Panics
-/// When `test` panics or takes longer than `limit`.
+/// When `test` panics or takes longer than `limit`, or without the server scripts.
 pub async fn with_private_nodes(
     name: &str,
     limit: Duration,
     test: impl std::future::Future<Output = ()>,
 ) {
     if !BrokerCluster::available() {
-        println!("{name}: skipped, RabbitMQ server scripts not installed");
+        crate::env::cannot_check(
+            name,
+            &format!(
+                "RabbitMQ's server scripts are not installed ({} is missing; set \
+                 RABBITMQ_SCRIPTS_DIR)",
+                scripts_dir().join("rabbitmq-server").display()
+            ),
+        );
         return;
     }
     tokio::time::timeout(limit, test)

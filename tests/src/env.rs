@@ -20,6 +20,25 @@ pub fn amqp_addr() -> String {
     std::env::var("AMQP_ADDR").unwrap_or_else(|_| "amqp://127.0.0.1:5672/%2f".to_string())
 }
 
+/// The environment variable that lets a test skip what this machine cannot check:
+/// `WARREN_ALLOW_SKIP=1`. Without it, a test that finds a tool it needs missing (the
+/// RabbitMQ server scripts for private nodes, a usable `rabbitmqctl`) fails.
+pub const ALLOW_SKIP: &str = "WARREN_ALLOW_SKIP";
+
+/// `what` cannot be checked here because `missing`. Fails the test saying so, unless
+/// [`ALLOW_SKIP`] is `1`: then it prints that `what` is skipped, and the caller
+/// returns without checking it.
+///
+/// # Panics
+/// Unless `WARREN_ALLOW_SKIP=1`.
+pub fn cannot_check(what: &str, missing: &str) {
+    if std::env::var(ALLOW_SKIP).as_deref() == Ok("1") {
+        println!("{what}: SKIPPED, {missing} ({ALLOW_SKIP}=1)");
+        return;
+    }
+    panic!("{what} cannot be checked here: {missing} (set {ALLOW_SKIP}=1 to skip it instead)");
+}
+
 /// The channels test gateways serve by default.
 pub const CHANNELS: &[&str] = &["chat", "voice", "tickets", "echo"];
 

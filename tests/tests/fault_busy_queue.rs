@@ -9,7 +9,8 @@
 //! a request sent then is not refused, and its reply arrives once the queue answers
 //! again. Before and after, with no consumer, a request still gets `no_service` at
 //! once. Runs on a private node (`warren_e2e::broker_node`), never on the shared
-//! broker; skipped where RabbitMQ's server scripts are not installed.
+//! broker; fails where RabbitMQ's server scripts are not installed (skipped with
+//! `WARREN_ALLOW_SKIP=1`).
 
 use std::time::Duration;
 

@@ -17,7 +17,8 @@
 //! stalled the connection and left the HTTP call unanswered until the alarm cleared).
 //!
 //! Runs on a private node (`warren_e2e::broker_node`), never on the shared broker;
-//! skipped where RabbitMQ's server scripts are not installed. The fault is injected
+//! fails where RabbitMQ's server scripts are not installed (skipped with
+//! `WARREN_ALLOW_SKIP=1`). The fault is injected
 //! through this process's environment: this binary holds one test.
 
 use std::net::SocketAddr;

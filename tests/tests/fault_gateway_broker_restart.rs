@@ -9,7 +9,8 @@
 //! the same stream, not one deleted and declared again). A second run deletes the
 //! node's data before starting it again: the client is told (`session_expired`, a
 //! fresh session) and then served from the new stream. Runs on a private node (`warren_e2e::broker_node`), never on the
-//! shared broker; skipped where RabbitMQ's server scripts are not installed.
+//! shared broker; fails where RabbitMQ's server scripts are not installed (skipped
+//! with `WARREN_ALLOW_SKIP=1`).
 
 use std::collections::HashSet;
 use std::time::Duration;

@@ -3,56 +3,58 @@
 //! its stream reader carries on from the position after the last message it read, so
 //! nothing is lost; a client that went away meanwhile resumes its session from its
 //! position and gets what it had not acknowledged and what was published meanwhile. The connections are closed from the broker side
-//! with `rabbitmqctl`; the test is skipped where that tool is not usable.
+//! with `rabbitmqctl`; where that tool is not usable the test fails saying so
+//! (`WARREN_ALLOW_SKIP=1` skips it instead).
 
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
 use warren_e2e::client::TestClient;
-use warren_e2e::env::TestEnv;
+use warren_e2e::env::{cannot_check, TestEnv};
 use warren_e2e::gateway::TestGateway;
 use warren_protocol::Subscribe;
 
 /// Closes the broker connections whose client-provided name mentions `node`; returns
-/// how many were closed, or `None` when rabbitmqctl is not usable here.
-fn close_connections_of(node: &str) -> Option<usize> {
-    let out = Command::new("rabbitmqctl")
-        .args([
-            "list_connections",
-            "--no-table-headers",
-            "-q",
-            "pid",
-            "client_properties",
-        ])
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
+/// how many were closed, or why rabbitmqctl is not usable here.
+fn close_connections_of(node: &str) -> Result<usize, String> {
+    let ctl = |args: &[&str]| -> Result<String, String> {
+        let out = Command::new("rabbitmqctl")
+            .args(args)
+            .output()
+            .map_err(|e| format!("`rabbitmqctl {}` did not run: {e}", args.join(" ")))?;
+        if !out.status.success() {
+            return Err(format!(
+                "`rabbitmqctl {}` failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let text = ctl(&[
+        "list_connections",
+        "--no-table-headers",
+        "-q",
+        "pid",
+        "client_properties",
+    ])?;
     let pids: Vec<String> = text
         .lines()
         .filter(|l| l.contains(&format!("warren-gateway {node} ")))
         .filter_map(|l| l.split_whitespace().next().map(str::to_string))
         .collect();
     for pid in &pids {
-        let ok = Command::new("rabbitmqctl")
-            .args(["close_connection", pid, "test: broker connection lost"])
-            .output()
-            .ok()?
-            .status
-            .success();
-        if !ok {
-            return None;
-        }
+        ctl(&["close_connection", pid, "test: broker connection lost"])?;
     }
-    Some(pids.len())
+    Ok(pids.len())
 }
 
 /// A client subscribed to the chat broadcast that received one message (`before`),
 /// then the gateway's broker connections closed from the broker side; `None` when
-/// rabbitmqctl is not usable here (the test is skipped).
+/// rabbitmqctl is not usable here and `WARREN_ALLOW_SKIP=1` (the test is skipped;
+/// without it the test fails).
 async fn subscribed_then_cut(env: &TestEnv, gw: &TestGateway) -> Option<TestClient> {
     let node = gw.gateway().config().node.clone();
     let mut c = TestClient::connect(&gw.url()).await;
@@ -68,11 +70,14 @@ async fn subscribed_then_cut(env: &TestEnv, gw: &TestGateway) -> Option<TestClie
         .await
         .unwrap();
     match closed {
-        None => {
-            eprintln!("skipped: rabbitmqctl is not usable here");
+        Err(why) => {
+            cannot_check(
+                "gateway_broker_loss",
+                &format!("rabbitmqctl is not usable: {why}"),
+            );
             None
         }
-        Some(n) => {
+        Ok(n) => {
             assert_eq!(n, 2, "one publishing and one consuming connection");
             Some(c)
         }

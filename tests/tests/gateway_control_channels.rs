@@ -8,19 +8,29 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use warren_e2e::env::amqp_addr;
+use warren_e2e::env::{amqp_addr, cannot_check};
 use warren_gateway::broker::Broker;
 use warren_gateway::metrics::Metrics;
 use warren_gateway::Config;
 
-/// Open channels of the broker connections whose client name mentions `node`, or
-/// `None` when rabbitmqctl is not usable here.
-fn channels_of(node: &str) -> Option<usize> {
-    let run = |args: &[&str]| {
-        let out = Command::new("rabbitmqctl").args(args).output().ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+/// Open channels of the broker connections whose client name mentions `node`, or why
+/// they cannot be counted here (rabbitmqctl not usable, or it lists no connection of
+/// `node`: a broker other than the one at `AMQP_ADDR`).
+fn channels_of(node: &str) -> Result<usize, String> {
+    let run = |args: &[&str]| -> Result<String, String> {
+        let out = Command::new("rabbitmqctl")
+            .args(args)
+            .output()
+            .map_err(|e| format!("`rabbitmqctl {}` did not run: {e}", args.join(" ")))?;
+        if !out.status.success() {
+            return Err(format!(
+                "`rabbitmqctl {}` failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     };
     let connections = run(&[
         "list_connections",
@@ -35,15 +45,15 @@ fn channels_of(node: &str) -> Option<usize> {
         .filter_map(|l| l.split_whitespace().next())
         .collect();
     if ours.is_empty() {
-        return None;
+        return Err(format!(
+            "rabbitmqctl lists no connection of {node} (is it the broker at AMQP_ADDR?)"
+        ));
     }
     let channels = run(&["list_channels", "--no-table-headers", "-q", "connection"])?;
-    Some(
-        channels
-            .lines()
-            .filter(|l| ours.contains(&l.trim()))
-            .count(),
-    )
+    Ok(channels
+        .lines()
+        .filter(|l| ours.contains(&l.trim()))
+        .count())
 }
 
 /// A gateway's broker connections as `node`, with `publisher_channels` in its pool.
@@ -81,14 +91,19 @@ async fn a_control_channel_is_replaced_after_its_uses_and_the_old_one_closes() {
     );
     // The pool let go of the old channel: it closes once its last user drops it, so
     // the gateway's connections are back to the channels they had before.
-    let Some(before) = channels_of(&config.node) else {
-        eprintln!("rabbitmqctl is not usable here; not checking that the old channel closes");
-        return;
+    let before = match channels_of(&config.node) {
+        Ok(n) => n,
+        Err(why) => {
+            cannot_check("that the replaced control channel closes", &why);
+            broker.close().await;
+            return;
+        }
     };
     drop(first);
     let mut after = before;
     for _ in 0..50 {
-        after = channels_of(&config.node).unwrap_or(before);
+        after = channels_of(&config.node)
+            .unwrap_or_else(|why| panic!("counting the gateway's channels again: {why}"));
         if after < before {
             break;
         }
