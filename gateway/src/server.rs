@@ -2,6 +2,7 @@
 //! `/healthz`, `/metrics`, and the HTTP API when it is on), one per listener, each serving every channel or pinned to one; the
 //! state shared by all connections; the tracker that lets shutdown wait for them.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -109,6 +110,12 @@ pub(crate) struct Shared {
     /// Sessions resumed here whose takeover request waits to go out with others
     /// ([`Shared::request_takeover`]).
     takeovers: std::sync::Mutex<Vec<(String, u64)>>,
+    /// `client.subscriptions` events on their way, by session: the body waiting behind
+    /// the one being published, if any ([`Shared::subscriptions_changed`]).
+    subscription_events: Arc<std::sync::Mutex<HashMap<String, Option<String>>>>,
+    /// How many of the broker listeners ([`listen_exchange`]) have started consuming
+    /// at least once ([`Shared::wait_listening`]).
+    listening: watch::Sender<usize>,
 }
 
 impl Shared {
@@ -141,6 +148,8 @@ impl Shared {
                 .permessage_deflate
                 .then(|| crate::socket::deflate_options(config.hard_frame_bytes())),
             takeovers: std::sync::Mutex::default(),
+            subscription_events: Arc::default(),
+            listening: watch::Sender::new(0),
             config,
             verifier,
             broker,
@@ -226,10 +235,10 @@ impl Shared {
             let changed = view.subscriptions(session, keys.iter().cloned().collect());
             (changed, view.tenant_of(session))
         };
-        if !changed {
+        if !changed || !self.config.presence {
             return;
         }
-        self.presence(crate::presence::PresenceEvent {
+        let event = crate::presence::PresenceEvent {
             event: "client.subscriptions".into(),
             session: session.to_string(),
             user: user.to_string(),
@@ -239,37 +248,97 @@ impl Shared {
             by: None,
             keys: Some(keys),
             tenant,
+        };
+        let body = serde_json::to_string(&event).expect("a presence event serialises");
+        // One publish in flight per session, and only the newest keys wait behind it:
+        // a client toggling a subscription at its frame rate made one broker message
+        // (and a task holding it, for as long as a resource alarm lasted) per frame.
+        {
+            let mut lanes = lock(&self.subscription_events);
+            if let Some(waiting) = lanes.get_mut(session) {
+                *waiting = Some(body);
+                return;
+            }
+            lanes.insert(session.to_string(), None);
+        }
+        let lanes = self.subscription_events.clone();
+        let (broker, exchange) = (self.broker.clone(), self.names.presence_exchange());
+        let session = session.to_string();
+        tokio::spawn(async move {
+            let mut body = body;
+            loop {
+                publish_event(&broker, &exchange, "client.subscriptions", &body).await;
+                let mut lanes = lock(&lanes);
+                match lanes.get_mut(&session).and_then(Option::take) {
+                    Some(next) => body = next,
+                    None => {
+                        lanes.remove(&session);
+                        return;
+                    }
+                }
+            }
         });
+    }
+
+    /// Waits (at most `wait`) until `listeners` broker listeners consume: a gateway
+    /// that serves before its presence listener is bound misses the events its peers'
+    /// sessions publish meanwhile (their subscriptions, for as long as they last).
+    /// Returns whether they all did.
+    pub(crate) async fn wait_listening(&self, listeners: usize, wait: Duration) -> bool {
+        let mut bound = self.listening.subscribe();
+        tokio::time::timeout(wait, bound.wait_for(|n| *n >= listeners))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Publishes a small JSON message without waiting for its confirm.
     pub(crate) fn fire(&self, exchange: String, key: String, body: String) {
         let broker = self.broker.clone();
-        tokio::spawn(async move {
-            let Ok(ch) = broker.publisher().await else {
-                return;
-            };
-            let props = BasicProperties::default()
-                .with_content_type("application/json".into())
-                .with_app_id("warren-gateway".into())
-                .with_message_id(ShortString::from(uuid::Uuid::new_v4().simple().to_string()));
-            match ch
-                .basic_publish(
-                    ShortString::from(exchange),
-                    ShortString::from(key),
-                    BasicPublishOptions::default(),
-                    body.as_bytes(),
-                    props,
-                )
-                .await
-            {
-                Ok(confirm) => {
-                    let _ = confirm.await;
-                }
-                Err(e) => tracing::debug!(error = %e, "event publish failed"),
-            }
-        });
+        tokio::spawn(async move { publish_event(&broker, &exchange, &key, &body).await });
     }
+}
+
+/// How long an event's publish and confirm may take: an event is news, not worth a
+/// task held for a whole resource alarm.
+const EVENT_PUBLISH_WAIT: Duration = Duration::from_secs(30);
+
+/// Publishes event `body` (JSON) to `exchange` with `key` and waits for its confirm
+/// (at most [`EVENT_PUBLISH_WAIT`]); a failure is only logged.
+async fn publish_event(broker: &Broker, exchange: &str, key: &str, body: &str) {
+    let publish = async {
+        let Ok(ch) = broker.publisher().await else {
+            return;
+        };
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_app_id("warren-gateway".into())
+            .with_message_id(ShortString::from(uuid::Uuid::new_v4().simple().to_string()));
+        match ch
+            .basic_publish(
+                ShortString::from(exchange),
+                ShortString::from(key),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                props,
+            )
+            .await
+        {
+            Ok(confirm) => {
+                let _ = confirm.await;
+            }
+            Err(e) => tracing::debug!(error = %e, "event publish failed"),
+        }
+    };
+    if tokio::time::timeout(EVENT_PUBLISH_WAIT, publish)
+        .await
+        .is_err()
+    {
+        tracing::debug!(key, "event publish not confirmed in time");
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// What the WebSocket upgrade request told about the client.
@@ -1110,6 +1179,7 @@ pub(crate) async fn listen_exchange(
     use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
     use lapin::types::FieldTable;
     let mut shutdown = shared.shutdown.clone();
+    let mut counted = false;
     loop {
         let listen = async {
             let ch = shared.broker.consumer_channel().await?;
@@ -1147,6 +1217,9 @@ pub(crate) async fn listen_exchange(
                 )
                 .await
                 .map_err(|e| crate::GatewayError::amqp("basic.consume listener", e))?;
+            if !std::mem::replace(&mut counted, true) {
+                shared.listening.send_modify(|n| *n += 1);
+            }
             while let Some(Ok(d)) = consumer.next().await {
                 on(&d.data);
             }

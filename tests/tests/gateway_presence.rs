@@ -550,3 +550,59 @@ async fn a_gateway_started_later_learns_the_sessions_from_its_peers() {
     first.shutdown().await;
     env.cleanup().await;
 }
+
+/// A client toggling a subscription as fast as it may send frames does not make one
+/// broker message per frame: one `client.subscriptions` publish is in flight per
+/// session and only the newest keys wait behind it; the last event says how the
+/// subscriptions ended.
+#[tokio::test]
+async fn client_subscriptions_events_of_a_session_are_coalesced_and_the_last_is_its_state() {
+    let mut test_env = TestEnv::new("presence-toggle").await;
+    let env = &mut test_env;
+    tokio::time::timeout(LIMIT, async {
+        let gw = TestGateway::start_with(env, |c| {
+            presence_config(c);
+            c.max_frames_per_s = 100_000;
+        })
+        .await;
+        let mut events = Events::listen_to(env, &["client.subscriptions"]).await;
+        let mut ada = TestClient::connect_with(&gw.url(), as_user("ada")).await;
+        let session = ada.session().to_string();
+        let room = Subscribe {
+            id: "room".into(),
+            channel: "chat".into(),
+            groups: vec!["room".into()],
+            ..Default::default()
+        };
+        const TOGGLES: usize = 1_000;
+        for _ in 0..TOGGLES {
+            ada.send(&ClientFrame::Subscribe(room.clone())).await;
+            ada.send(&ClientFrame::Unsubscribe(room.clone())).await;
+        }
+        // Subscribed at the end.
+        ada.subscribe(room.clone()).await;
+        events.collect(Duration::from_secs(2)).await;
+        let mine: Vec<&serde_json::Value> = events
+            .seen
+            .iter()
+            .filter(|(_, v, _)| v["session"] == session.as_str())
+            .map(|(_, v, _)| v)
+            .collect();
+        assert!(
+            !mine.is_empty() && mine.len() < TOGGLES / 2,
+            "{} events for {} changes",
+            mine.len(),
+            2 * TOGGLES + 1
+        );
+        assert_eq!(
+            mine.last().unwrap()["keys"],
+            serde_json::json!(["chat.group.room"]),
+            "the last event is the session's state"
+        );
+        ada.close().await;
+        gw.shutdown().await;
+    })
+    .await
+    .expect("within the limit");
+    test_env.cleanup().await;
+}
