@@ -184,6 +184,14 @@ impl Gateway {
             shutdown_rx,
             streams,
         ));
+        // The broker listeners consume before the gateway serves (its peers' events
+        // meanwhile would be missed).
+        tokio::spawn(server::listen_for_takeovers(shared.clone()));
+        tokio::spawn(server::listen_for_services(shared.clone()));
+        tokio::spawn(server::keep_presence(shared.clone()));
+        if !shared.wait_listening(3, Duration::from_secs(3)).await {
+            tracing::warn!("the broker listeners (takeovers, services, presence) did not start within 3 s; serving anyway");
+        }
         let mut servers = Vec::new();
         let mut listeners = Vec::new();
         for (listener, addr, channel) in bound {
@@ -222,9 +230,6 @@ impl Gateway {
             addr
         });
         let announcer = tokio::spawn(server::announce(shared.clone(), listeners.clone()));
-        tokio::spawn(server::listen_for_takeovers(shared.clone()));
-        tokio::spawn(server::listen_for_services(shared.clone()));
-        tokio::spawn(server::keep_presence(shared.clone()));
         tokio::spawn(server::report_undelivered(shared.clone(), addressed_rx));
         tokio::spawn(
             shared
