@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use lapin::options::BasicConsumeOptions;
 use lapin::types::{FieldTable, ShortString};
 use warren_e2e::client::TestClient;
@@ -61,6 +62,23 @@ async fn connecting_and_disconnecting_clients_are_announced_as_presence_events()
     env.cleanup().await;
 }
 
+/// The next announcement (a message with a `state`) on `events` within `within`;
+/// `None` when none comes. A starting gateway also asks its peers for their sessions
+/// on the same exchange (`presence_snapshot_for`): those are passed over.
+async fn next_announcement(
+    events: &mut lapin::Consumer,
+    within: Duration,
+) -> Option<serde_json::Value> {
+    let until = tokio::time::Instant::now() + within;
+    while let Ok(Some(d)) = tokio::time::timeout_at(until, events.next()).await {
+        let v = json(&d.expect("delivery ok"));
+        if v.get("state").is_some() {
+            return Some(v);
+        }
+    }
+    None
+}
+
 #[tokio::test]
 async fn a_gateway_announces_itself_periodically_and_when_it_stops() {
     let mut env = TestEnv::new("announce").await;
@@ -69,15 +87,36 @@ async fn a_gateway_announces_itself_periodically_and_when_it_stops() {
     let queue = format!("{}.test-gateways", env.namespace);
     let exchange = env.names.gateways_exchange();
     let mut events = listen(&mut env, &queue, &exchange, "").await;
-    let v = json(&next_delivery(&mut events, Duration::from_secs(5)).await);
+    let v = next_announcement(&mut events, Duration::from_secs(5))
+        .await
+        .expect("an announcement within 5 s");
     assert_eq!(v["node"], node.as_str());
     assert_eq!(v["state"], "up");
     assert!(v["listeners"].as_array().is_some_and(|l| !l.is_empty()));
+    // Periodically: more `up`s follow at the 100 ms interval — about 20 in the 2 s
+    // after the first; at least 2 (a gateway that announced only when it started,
+    // or at its default interval of seconds, sends none or one).
+    let window = Duration::from_secs(2);
+    let until = tokio::time::Instant::now() + window;
+    let mut ups = 0;
+    while let Some(v) = next_announcement(&mut events, until - tokio::time::Instant::now()).await {
+        assert_eq!(v["node"], node.as_str());
+        assert_eq!(v["state"], "up", "{v}");
+        ups += 1;
+    }
+    println!("gateway_events: {ups} more `up` announcements in the {window:?} after the first");
+    assert!(
+        ups >= 2,
+        "announced periodically: {ups} `up`s in the {window:?} after the first at a 100 ms interval"
+    );
     gw.shutdown().await;
     let mut last = v;
     while last["state"] == "up" {
-        last = json(&next_delivery(&mut events, Duration::from_secs(5)).await);
+        last = next_announcement(&mut events, Duration::from_secs(5))
+            .await
+            .expect("announcements until the gateway says it is down");
     }
+    assert_eq!(last["node"], node.as_str());
     assert_eq!(last["state"], "down");
     env.cleanup().await;
 }
