@@ -111,11 +111,32 @@ async fn a_warren_channel_sent_to_no_more_gives_its_amqp_channel_back() {
         println!("service_publish_channels: idle {idle:?}");
         assert_eq!(idle, Some(rest), "the idle channels were closed");
 
-        // And sending again opens one again.
+        // And sending again opens one again. Sent again and again while RabbitMQ's
+        // count is read (its figures are refreshed every 5 s, and the channel closes
+        // 2 s after its last use).
         publisher
             .publish(&broadcast("news"))
             .await
             .expect("confirmed after its channel was closed");
+        let sending = async {
+            loop {
+                publisher
+                    .publish(&broadcast("news"))
+                    .await
+                    .expect("confirmed");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        };
+        let again = tokio::select! {
+            seen = channels_until(&connection, |n| n == rest + 1) => seen,
+            () = sending => unreachable!("sends until the count is read"),
+        };
+        println!("service_publish_channels: sending again {again:?}");
+        assert_eq!(
+            again,
+            Some(rest + 1),
+            "sending again opened one channel again"
+        );
         service.stop().await.expect("stops");
     })
     .await;
