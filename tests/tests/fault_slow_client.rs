@@ -68,22 +68,25 @@ async fn a_client_that_does_not_read_cannot_grow_the_gateway_and_catches_up_losi
     // Sample the gateway's memory while the producer floods the session.
     let pid_gw = gw.pid();
     let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    // Every sample must be read: a sampler that read nothing would report 0 KiB, under
+    // any bound.
     let sampling = tokio::spawn(async move {
-        let mut max = 0;
+        let (mut max, mut samples) = (0, 0);
         while stop_rx.try_recv().is_err() {
-            let status =
-                std::fs::read_to_string(format!("/proc/{pid_gw}/status")).unwrap_or_default();
-            if let Some(kib) = status
+            let path = format!("/proc/{pid_gw}/status");
+            let status = std::fs::read_to_string(&path)
+                .map_err(|e| format!("reading {path} (sample {samples}): {e}"))?;
+            let kib = status
                 .lines()
                 .find(|l| l.starts_with("VmRSS:"))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse::<u64>().ok())
-            {
-                max = max.max(kib);
-            }
+                .ok_or_else(|| format!("no VmRSS in {path} (sample {samples}):\n{status}"))?;
+            max = max.max(kib);
+            samples += 1;
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        max
+        Ok::<_, String>((max, samples))
     });
     let ch = env.new_channel().await;
     ch.confirm_select(ConfirmSelectOptions::default())
@@ -117,7 +120,10 @@ async fn a_client_that_does_not_read_cannot_grow_the_gateway_and_catches_up_losi
     // The client still does not read for a while after the flood.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let _ = stop_tx.send(());
-    let max_rss = sampling.await.expect("sampler");
+    let (max_rss, samples) = sampling
+        .await
+        .expect("sampler")
+        .unwrap_or_else(|e| panic!("the gateway's memory could not be sampled: {e}"));
 
     eprintln!(
         "fault_slow_client: flooded after {} ms",
@@ -148,7 +154,8 @@ async fn a_client_that_does_not_read_cannot_grow_the_gateway_and_catches_up_losi
     println!(
         "fault_slow_client: sent {SENT} (flood {flood_ms} ms) delivered {delivered} distinct {} \
          dropped {dropped} in {overflow_frames} overflow frames, lost unreported {}; gateway RSS \
-         baseline {baseline} KiB max {max_rss} KiB (bound {RSS_BOUND_KIB} KiB); run {elapsed} ms",
+         baseline {baseline} KiB max {max_rss} KiB of {samples} samples (bound {RSS_BOUND_KIB} KiB); \
+         run {elapsed} ms",
         ids.len(),
         SENT as i64 - delivered as i64 - dropped as i64,
     );
@@ -167,6 +174,12 @@ async fn a_client_that_does_not_read_cannot_grow_the_gateway_and_catches_up_losi
     assert!(
         lagged.is_some_and(|n| n >= 1),
         "it fell back to catching up: {lagged:?}"
+    );
+    // The samples are of the gateway as it was flooded: at least what it held before.
+    assert!(samples > 0, "the gateway's memory was sampled");
+    assert!(
+        max_rss >= baseline,
+        "the largest sample ({max_rss} KiB) is at least the baseline ({baseline} KiB)"
     );
     assert!(
         max_rss < RSS_BOUND_KIB,
