@@ -644,8 +644,14 @@ pub struct Figures {
     pub deliveries_sent: usize,
     /// Distinct deliveries that reached the app.
     pub deliveries_delivered: usize,
-    /// Deliveries that never reached the app.
+    /// Deliveries that never reached the app of the client they were meant for.
     pub deliveries_lost: usize,
+    /// Distinct deliveries that reached a client they were not meant for (another
+    /// client's direct message or probe); must be 0. Counted per client, so a
+    /// misrouted delivery cannot stand in for a lost one.
+    pub deliveries_misrouted: usize,
+    /// A few of them, as (client, `message_id`).
+    pub misrouted_sample: Vec<(usize, String)>,
     /// Deliveries that reached the app more than once (after the SDK's filter).
     pub deliveries_duplicated: usize,
     /// Clients that were on the faulty gateway.
@@ -715,6 +721,11 @@ impl Figures {
         assert_eq!(self.writes_acked, self.writes_sent, "every write is acked");
         assert_eq!(self.deliveries_lost, 0, "no delivery is lost");
         assert_eq!(
+            self.deliveries_misrouted, 0,
+            "no delivery reaches a client it was not meant for (e.g. {:?})",
+            self.misrouted_sample
+        );
+        assert_eq!(
             self.deliveries_duplicated, 0,
             "no duplicate reaches the app"
         );
@@ -735,7 +746,7 @@ impl std::fmt::Display for Figures {
         write!(
             f,
             "writes: sent {} acked {} delivered {} lost {} duplicated {} (re-sent copies suppressed by message_id: {}); \
-             deliveries: sent {} delivered {} lost {} duplicated {}; \
+             deliveries: sent {} delivered {} lost {} misrouted {} duplicated {}; \
              requests: sent {} resolved {} (failed: {:?}); \
              clients moved {} recovered {}; recovery p50 {} ms p99 {} ms max {} ms; \
              attempts p50 {} p99 {} max {}; from the fault: noticed p50 {} p99 {} ms, \
@@ -752,6 +763,7 @@ impl std::fmt::Display for Figures {
             self.deliveries_sent,
             self.deliveries_delivered,
             self.deliveries_lost,
+            self.deliveries_misrouted,
             self.deliveries_duplicated,
             self.requests_sent,
             self.requests_resolved,
@@ -815,6 +827,14 @@ async fn publish_out(
     .expect("publish")
 }
 
+/// How long [`failover_under_load`]'s clients have, together, for their first
+/// connection (plus 2 ms per client).
+pub const READY_WITHIN: Duration = Duration::from_secs(20);
+/// How long [`failover_under_load`] waits, in all, for every write's ack and every
+/// request's reply after the load (the SDK's request timeout there is 30 s), and for
+/// the service's confirms after the load's spread.
+pub const ANSWERS_WITHIN: Duration = Duration::from_secs(40);
+
 /// Shape of a [`failover_under_load`] run.
 #[derive(Debug, Clone, Copy)]
 pub struct Load {
@@ -861,6 +881,12 @@ impl Default for Load {
 /// `IN_CHAT` and publishing direct and broadcast messages to the clients; `fault` hits
 /// the first gateway `fault_at_ms` into the load. Returns the figures once every
 /// message arrived or 40 s passed.
+///
+/// Every wait is bounded, and the waits on many receivers share one deadline each
+/// (not one bound per receiver, which for 60 clients × 100 writes would add up to
+/// days): the clients' first connection [`READY_WITHIN`] (plus 2 ms per client), the
+/// probes 15 s, the service's confirms [`ANSWERS_WITHIN`] after the load's spread,
+/// the writes' acks and the requests' replies [`ANSWERS_WITHIN`] after the load.
 pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figures {
     use lapin::options::{BasicAckOptions, ConfirmSelectOptions};
     use std::collections::HashSet;
@@ -901,10 +927,16 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
             c
         })
         .collect();
+    let ready_by = Instant::now() + READY_WITHIN + Duration::from_millis(2 * load.clients as u64);
     for c in &clients {
-        c.ready(Duration::from_secs(20))
+        c.ready(ready_by.saturating_duration_since(Instant::now()))
             .await
-            .expect("every client connects");
+            .unwrap_or_else(|e| {
+                panic!(
+                    "every client connects within {:?}: {e:?}",
+                    READY_WITHIN + Duration::from_millis(2 * load.clients as u64)
+                )
+            });
     }
 
     // The stand-in service: counts client writes by message id and body.
@@ -1004,7 +1036,8 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
                 .push(publish(format!("chat.user.u{i}"), format!("probe-{i}"), "0".into()).await);
         }
         for c in confirms {
-            let _ = c.await;
+            // Bounded by the probes' deadline, checked above on the next round.
+            let _ = tokio::time::timeout_at(probe_deadline, c).await;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -1018,12 +1051,29 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
         .enumerate()
         .map(|(i, c)| (i, c, Vec::new()))
         .collect();
+    // Round k carries a broadcast `b-{k}` when this holds.
+    let every = (rounds / load.broadcasts.max(1)).max(1);
+    let broadcast_round = move |k: usize| k.is_multiple_of(every) && k / every < load.broadcasts;
+    // What each client must receive, exactly: its direct messages and the broadcasts
+    // (and its own probe, not counted).
+    let broadcast_ids: Vec<String> = (0..rounds)
+        .filter(|k| broadcast_round(*k))
+        .map(|k| format!("b-{k}"))
+        .collect();
+    let meant_for: Vec<HashSet<String>> = (0..load.clients)
+        .map(|i| {
+            (0..load.directs_per_client)
+                .map(|k| format!("d-{i}-{k}"))
+                .chain(broadcast_ids.iter().cloned())
+                .collect()
+        })
+        .collect();
+    let confirms_by = Instant::now() + Duration::from_millis(load.spread_ms) + ANSWERS_WITHIN;
     let service = {
         let clients_n = load.clients;
         let publish = &publish;
         async move {
             let mut confirms = Vec::new();
-            let every = (rounds / load.broadcasts.max(1)).max(1);
             for k in 0..rounds {
                 if k < load.directs_per_client {
                     for i in 0..clients_n {
@@ -1037,7 +1087,7 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
                         );
                     }
                 }
-                if k % every == 0 && k / every < load.broadcasts {
+                if broadcast_round(k) {
                     confirms.push(
                         publish(
                             "chat.all".into(),
@@ -1050,8 +1100,16 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
                 tokio::time::sleep(pause).await;
             }
             for c in confirms {
+                let confirm = tokio::time::timeout_at(confirms_by, c)
+                    .await
+                    .unwrap_or_else(|_| {
+                        panic!(
+                            "RabbitMQ confirmed the service's messages within {ANSWERS_WITHIN:?} \
+                             of the load's end"
+                        )
+                    });
                 assert!(
-                    c.await.expect("confirm").is_ack(),
+                    confirm.expect("confirm").is_ack(),
                     "broker took the message"
                 );
             }
@@ -1108,9 +1166,11 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
         }
     }
     let writes_sent = write_results.len();
+    // One deadline for every write's ack and every request's reply.
+    let answers_by = tokio::time::Instant::now() + ANSWERS_WITHIN;
     let mut writes_acked = 0;
     for rx in write_results {
-        if let Ok(Ok(Ok(()))) = tokio::time::timeout(Duration::from_secs(40), rx).await {
+        if let Ok(Ok(Ok(()))) = tokio::time::timeout_at(answers_by, rx).await {
             writes_acked += 1;
         }
     }
@@ -1118,7 +1178,7 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
     let mut requests_resolved = 0;
     let mut request_failures: HashMap<String, usize> = HashMap::new();
     for (body, rx) in request_results {
-        let failure = match tokio::time::timeout(Duration::from_secs(40), rx).await {
+        let failure = match tokio::time::timeout_at(answers_by, rx).await {
             Ok(Ok(Ok(reply))) if reply.get() == body => {
                 requests_resolved += 1;
                 continue;
@@ -1137,13 +1197,12 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
     }
 
     // Wait for every message to arrive (bounded).
-    let expected_per_client = load.directs_per_client + load.broadcasts + 1;
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
         let writes_in = seen.lock().unwrap_or_else(|e| e.into_inner()).bodies.len();
-        let all_in = clients.iter().all(|c| {
-            let d = c.delivered();
-            d.iter().collect::<HashSet<_>>().len() >= expected_per_client
+        let all_in = clients.iter().zip(&meant_for).all(|(c, meant)| {
+            let d: HashSet<String> = c.delivered().into_iter().collect();
+            meant.is_subset(&d)
         });
         if (all_in && writes_in >= writes_sent) || Instant::now() >= deadline {
             break;
@@ -1173,22 +1232,33 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
         figures.writes_resent_copies = copies - s.copies.len();
         figures.writes_duplicated = s.bodies.values().filter(|ids| ids.len() > 1).count();
     }
-    figures.deliveries_sent = load.clients * (load.directs_per_client + load.broadcasts);
+    figures.deliveries_sent = meant_for.iter().map(HashSet::len).sum();
     let mut recovery = Vec::new();
     let mut attempts = Vec::new();
     let (mut upgrades, mut welcomes) = (Vec::new(), Vec::new());
     let (mut noticed, mut last_asked) = (Vec::new(), Vec::new());
     let mut errors: HashMap<String, usize> = HashMap::new();
-    for c in &clients {
+    for (i, (c, meant)) in clients.iter().zip(&meant_for).enumerate() {
         let st = c.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let own_probe = format!("probe-{i}");
         let ids: Vec<&String> = st
             .deliveries
             .iter()
             .map(|(id, _)| id)
-            .filter(|id| !id.starts_with("probe-"))
+            .filter(|id| **id != own_probe)
             .collect();
-        let distinct: HashSet<&&String> = ids.iter().collect();
-        figures.deliveries_delivered += distinct.len();
+        let distinct: HashSet<&String> = ids.iter().copied().collect();
+        // Per client: what was meant for it and came, what was meant for it and did
+        // not, and what came but was meant for another.
+        let arrived = meant.iter().filter(|id| distinct.contains(id)).count();
+        figures.deliveries_delivered += arrived;
+        figures.deliveries_lost += meant.len() - arrived;
+        for id in distinct.iter().filter(|id| !meant.contains(**id)) {
+            figures.deliveries_misrouted += 1;
+            if figures.misrouted_sample.len() < 5 {
+                figures.misrouted_sample.push((i, (*id).clone()));
+            }
+        }
         figures.deliveries_duplicated += ids.len() - distinct.len();
         // Was this client on the faulty gateway at the fault?
         let before = st
@@ -1235,9 +1305,6 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
             }
         }
     }
-    figures.deliveries_lost = figures
-        .deliveries_sent
-        .saturating_sub(figures.deliveries_delivered);
     let max = recovery.iter().copied().max().unwrap_or(0);
     figures.recovery_ms = (
         percentile(&mut recovery, 50.0),
