@@ -341,9 +341,14 @@ struct State {
     /// Positions `[start, end)` the reader never read: after it started again, the
     /// first message it got was past `next` (retention dropped the rest while it was
     /// away). Kept while the ring holds messages from before them; a session that
-    /// crosses them is told how many it missed ([`CatchUp::Missed`]). The stream's
-    /// positions are contiguous, as [`crate::replay`] takes them to be.
+    /// crosses them is told how many it missed ([`CatchUp::Missed`]).
     gap: Option<(u64, u64)>,
+    /// The reader started again after a read ([`Hub::reader_started`]): the first new
+    /// message it reads tells whether retention dropped positions meanwhile. Only
+    /// then: a stream's positions are not all messages (RabbitMQ 3.10 begins each
+    /// segment with a bookkeeping chunk of one position that readers never get), so
+    /// a position skipped while reading on is no loss ([`lost_between`]).
+    check_gap: bool,
     /// How many times the stream was found replaced ([`Hub::reset`]): a look at the
     /// tail taken before a reset says nothing of the new stream.
     resets: u64,
@@ -631,6 +636,13 @@ impl Hub {
         }
     }
 
+    /// The reader started again after a read: the first message it reads past what
+    /// the hub has tells whether retention dropped positions meanwhile.
+    pub fn reader_started(&self) {
+        let mut st = self.lock();
+        st.check_gap = st.next.is_some();
+    }
+
     /// Appends a message read from the stream and pushes it to the live members that
     /// want it. A member whose channel is full stops being live and is told so.
     pub fn publish(&self, m: Message) {
@@ -640,7 +652,7 @@ impl Hub {
             if m.offset < n {
                 return; // read again after a reconnect: the ring has it
             }
-            if m.offset > n {
+            if std::mem::take(&mut st.check_gap) && lost_between(n, m.offset) > 0 {
                 skipped(&mut st, n, m.offset);
             }
         }
@@ -893,11 +905,27 @@ impl Hub {
 }
 
 /// The reader, expecting position `start`, got `end`: retention dropped `start..end`
-/// before it read them. The ring keeps what it has but knows of the gap (one at most:
+/// before it read them (told by the first message the reader read when it started
+/// again). The ring keeps what it has but knows of the gap (one at most:
 /// what lies before an older gap's end goes), and every live member that has not
 /// reached `end` stops being live and catches up from `start` at the latest, where it
 /// is told what it missed ([`CatchUp::Missed`]). It has been pushed everything it
 /// wanted before `start`.
+/// How many positions from `from` retention dropped, when a reader asked to start at
+/// `from` got its first message at `first`: none when `first` is `from` or the
+/// position after it. RabbitMQ 3.10 begins each stream segment with a bookkeeping
+/// chunk of one position, which readers are never given, so a reader asked for that
+/// position starts with the next message; a reader asked for a position retention
+/// dropped starts at the first kept segment, whose bookkeeping position comes first.
+/// So a loss always skips two positions or more, and a skip of one is no loss. Also
+/// [`crate::session_core::Positions::read`].
+pub(crate) fn lost_between(from: u64, first: u64) -> u64 {
+    match first.saturating_sub(from) {
+        0 | 1 => 0,
+        n => n,
+    }
+}
+
 fn skipped(st: &mut State, start: u64, end: u64) {
     if let Some((_, old_end)) = st.gap.take() {
         while st.ring.front().is_some_and(|m| m.offset < old_end) {
@@ -1139,6 +1167,7 @@ pub async fn run_reader(
             }
         };
         tracing::info!(stream = %stream, from = ?from, "outbound stream reader started");
+        hub.reader_started();
         attempt = 0;
         // An empty stream sends nothing for `last`: ready once nothing came for a bit.
         let quiet = tokio::time::sleep(Duration::from_millis(300));
@@ -1729,6 +1758,7 @@ mod tests {
             hub.publish(msg(i, "chat.all"));
         }
         // The reader started again at 5; retention had dropped 5..=8 meanwhile.
+        hub.reader_started();
         hub.publish(msg(9, "chat.all"));
         assert_eq!(offsets(&live.inbox), [0, 1, 2, 3, 4], "9 is not pushed");
         tokio::time::timeout(Duration::from_secs(1), live.inbox.lagged())
@@ -1782,6 +1812,9 @@ mod tests {
     fn a_gap_the_ring_no_longer_reaches_is_the_streams_to_report() {
         let hub = Hub::new(3);
         for i in (0..5).chain([9, 10]) {
+            if i == 9 {
+                hub.reader_started();
+            }
             hub.publish(msg(i, "chat.all"));
         }
         assert!(hub.lock().gap.is_some(), "4 is still in the ring");
@@ -1797,10 +1830,40 @@ mod tests {
         // A second gap while the first is in the ring: the ring keeps only one.
         let hub = Hub::new(100);
         for i in [0, 1, 5, 6, 9] {
+            if i == 5 || i == 9 {
+                hub.reader_started();
+            }
             hub.publish(msg(i, "chat.all"));
         }
         assert_eq!(hub.lock().gap, Some((7, 9)));
         assert!(!hub.holds(1) && !hub.holds(3) && hub.holds(5) && !hub.holds(7));
+    }
+
+    #[tokio::test]
+    async fn positions_without_messages_are_no_gap() {
+        // A segment's bookkeeping position (one, never read) while reading on, and
+        // a reader that starts again on one: nobody is told anything is missing.
+        let hub = Hub::new(100);
+        let (live, _) = hub.join(1, "s1", None);
+        hub.subscribe(1, &keys(&["chat.all"]));
+        for i in [0, 1, 2, 4, 5] {
+            hub.publish(msg(i, "chat.all"));
+        }
+        hub.reader_started();
+        hub.publish(msg(7, "chat.all"));
+        // Reading on, a skip of any length is no loss either (retention does not
+        // drop what a reader reads).
+        hub.publish(msg(20, "chat.all"));
+        assert_eq!(offsets(&live.inbox), [0, 1, 2, 4, 5, 7, 20]);
+        assert!(hub.lock().gap.is_none());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), live.inbox.lagged())
+                .await
+                .is_err()
+        );
+        assert_eq!(lost_between(5, 5), 0);
+        assert_eq!(lost_between(5, 6), 0);
+        assert_eq!(lost_between(5, 7), 2);
     }
 
     #[test]

@@ -609,9 +609,10 @@ impl Positions {
         if offset < from {
             return Read::Stale;
         }
-        // The reader starts where it was asked unless retention dropped that.
+        // The reader starts where it was asked unless retention dropped that (or that
+        // position holds no message: one per stream segment does not).
         let missed = if std::mem::take(&mut self.check_gap) {
-            offset - from
+            crate::hub::lost_between(from, offset)
         } else {
             0
         };
@@ -1252,6 +1253,17 @@ mod tests {
         q.reader_opened(100);
         assert_eq!(
             q.read(100, false),
+            Read::Next {
+                missed: 0,
+                to_ring: false
+            }
+        );
+        // Asked for a segment's bookkeeping position (no message): the reader starts
+        // with the next message, and nothing was dropped.
+        let mut r = Positions::fresh();
+        r.reader_opened(65);
+        assert_eq!(
+            r.read(66, false),
             Read::Next {
                 missed: 0,
                 to_ring: false
