@@ -395,9 +395,12 @@ async fn next_frame(ws: &mut Ws) -> Result<ServerFrame> {
     loop {
         let text = ws.next_text().await?;
         match decode_server(text.as_str()?)? {
-            ServerFrame::Ping(Ping { ts }) => {
-                ws.send(encode(&ClientFrame::<()>::Pong(Ping { ts })))
-                    .await?;
+            ServerFrame::Ping(Ping { ts, .. }) => {
+                ws.send(encode(&ClientFrame::<()>::Pong(Ping {
+                    ts,
+                    ..Ping::default()
+                })))
+                .await?;
             }
             frame => return Ok(frame),
         }

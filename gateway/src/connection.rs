@@ -86,6 +86,8 @@ struct Session {
     /// Which stream [`next_outbound`] looks at first, in turn, so a busy one cannot
     /// keep another's messages waiting.
     turn: usize,
+    /// Which joined stream the next `ping` names a position in ([`Conn::ping_position`]).
+    ping_turn: usize,
     /// Deliveries not yet acknowledged by the client.
     inflight: Inflight<()>,
     subs: Subscriptions,
@@ -781,6 +783,7 @@ impl Conn {
             _user_slot: user_slot,
             streams,
             turn: 0,
+            ping_turn: 0,
             inflight: Inflight::default(),
             subs: Subscriptions::default(),
             cancelled: false,
@@ -1347,8 +1350,11 @@ impl Conn {
         match self.clock.due(Instant::now(), self.phase, expires) {
             Due::Nothing => Flow::Continue,
             Due::Ping => {
+                let (position, stream) = self.ping_position().unzip();
                 self.send(&ServerFrame::Ping(Ping {
                     ts: Some(now_ms_epoch()),
+                    position,
+                    stream: stream.flatten(),
                 }))
                 .await
             }
@@ -1513,6 +1519,26 @@ impl Conn {
             }
         }
         Ok(at)
+    }
+
+    /// The position a `ping` names: in one of the session's streams (each in turn),
+    /// the newest read, when everything up to it the session wanted was sent
+    /// ([`Hub::subscribe_at`](crate::hub::Hub::subscribe_at)), with the channel of a
+    /// channel stream. A session that receives nothing for longer than its stream's
+    /// retention keeps a position the stream still holds: its resume then neither
+    /// reads the whole stream for nothing nor reports as missed what it never wanted.
+    fn ping_position(&mut self) -> Option<(u64, Option<String>)> {
+        let s = self.session.as_mut()?;
+        let joined: Vec<usize> = (0..s.streams.len())
+            .filter(|&i| s.streams[i].is_some())
+            .collect();
+        if joined.is_empty() {
+            return None;
+        }
+        s.ping_turn = s.ping_turn.wrapping_add(1);
+        let source = &self.shared.streams.all()[joined[s.ping_turn % joined.len()]];
+        let head = source.hub.subscribe_at(self.id, &[])?;
+        Some((head, source.channel.clone()))
     }
 
     /// Tells the presence view and the peers the session's subscriptions (once per

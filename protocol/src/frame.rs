@@ -215,11 +215,19 @@ pub struct AckDeliveries {
 }
 
 /// `ping` / `pong`, either direction. `pong` echoes the `ts` of its `ping`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ping {
     /// Sender's clock, echoed back, for round-trip measurement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ts: Option<u64>,
+    /// A gateway's `ping` only: the position up to which everything the session may
+    /// receive in a stream was sent (the outbound stream, or `stream`'s), so that a
+    /// session that receives nothing for long keeps a position its stream still holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
+    /// With `position`, for a channel stream: the channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
 }
 
 /// `ack`: a `publish`, `subscribe` or `unsubscribe` took effect.

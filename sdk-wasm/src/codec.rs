@@ -89,6 +89,7 @@ impl JsonCodec {
             ServerFrame::Reply(m) => (None, m.position),
             ServerFrame::Ack(a) => (a.stream.as_deref(), a.position),
             ServerFrame::Error(e) => (e.stream.as_deref(), e.position),
+            ServerFrame::Ping(p) => (p.stream.as_deref(), p.position),
             _ => return,
         };
         let Some(p) = position else { return };

@@ -239,7 +239,11 @@ impl TestClient {
 
     /// Sends `ping`.
     pub async fn ping(&mut self, ts: u64) {
-        self.send(&ClientFrame::Ping(Ping { ts: Some(ts) })).await;
+        self.send(&ClientFrame::Ping(Ping {
+            ts: Some(ts),
+            ..Ping::default()
+        }))
+        .await;
     }
 
     /// The next frame within `within`; `None` on timeout or close. Answers `ping`.

@@ -95,8 +95,14 @@ async fn with_deflate_on_an_offering_client_gets_compressed_frames_and_may_send_
         }
 
         // Frames under 64 bytes go out as they are.
-        ws.send_text(&json(ClientFrame::Ping(Ping { ts: Some(7) })), false)
-            .await;
+        ws.send_text(
+            &json(ClientFrame::Ping(Ping {
+                ts: Some(7),
+                ..Ping::default()
+            })),
+            false,
+        )
+        .await;
         let pong = ws.recv_text(WAIT).await.expect("pong");
         assert!(
             !pong.rsv1,

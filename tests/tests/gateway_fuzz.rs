@@ -81,7 +81,11 @@ fn assert_registry_close(code: Option<u16>, what: &str, frames: &VecDeque<String
 /// Pings with `ts` and reads until the pong: every frame on the way must decode (the
 /// test client panics on one that does not). `false` when the gateway closed.
 async fn round_trip(c: &mut TestClient, ts: u64) -> bool {
-    c.send(&ClientFrame::Ping(Ping { ts: Some(ts) })).await;
+    c.send(&ClientFrame::Ping(Ping {
+        ts: Some(ts),
+        ..Ping::default()
+    }))
+    .await;
     loop {
         match c.recv_within(Duration::from_secs(10)).await {
             Some(ServerFrame::Pong(p)) if p.ts == Some(ts) => return true,

@@ -303,8 +303,14 @@ fn decode_fields(kind: &str, v: JsValue) -> Option<ServerFrame<Js>> {
             headers: Headers::new(),
             message: Js(v.clone()),
         }),
-        "ping" => ServerFrame::Ping(Ping { ts: n("ts") }),
-        "pong" => ServerFrame::Pong(Ping { ts: n("ts") }),
+        "ping" => ServerFrame::Ping(Ping {
+            ts: n("ts"),
+            ..Ping::default()
+        }),
+        "pong" => ServerFrame::Pong(Ping {
+            ts: n("ts"),
+            ..Ping::default()
+        }),
         "drain" => ServerFrame::Drain(Drain {
             reason: s("reason").unwrap_or_default(),
             deadline_ms: n("deadline_ms"),
