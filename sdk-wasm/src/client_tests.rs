@@ -1055,6 +1055,30 @@ fn a_subscriptions_ack_position_is_kept_as_the_newest_of_its_stream() {
 }
 
 #[test]
+fn a_gateway_pings_position_is_kept_as_the_newest_of_its_stream_and_the_pong_answers_it() {
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    h.frame(deliver_at(1, "m1", None, 5));
+    h.frame(json!({"type": "ping", "ts": 1, "position": 300}));
+    h.frame(json!({"type": "ping", "ts": 2, "position": 12, "stream": "voice"}));
+    h.frame(json!({"type": "ping", "ts": 3, "position": 200}));
+    assert_eq!(h.core.position(), Some(300), "the newest, not the last");
+    assert_eq!(h.core.positions(), stream_positions(&[("voice", 12)]));
+    let pongs: Vec<_> = h
+        .sent()
+        .into_iter()
+        .filter(|f| f["type"] == "pong")
+        .collect();
+    assert_eq!(pongs.len(), 3, "{pongs:?}");
+    h.take();
+    h.drop_connection();
+    h.core.on_open(h.conn, h.now);
+    let hello = h.sent();
+    assert_eq!(hello[0]["position"], 300);
+    assert_eq!(hello[0]["positions"], json!({"voice": 12}));
+}
+
+#[test]
 fn a_refused_resume_replaces_the_channel_stream_positions_with_the_fresh_sessions() {
     let mut h = Harness::new(&URLS);
     h.connect("s1", false);
