@@ -31,6 +31,12 @@ const PUBLISHERS: usize = 12;
 const RATE_PER_SEC: u64 = 400;
 /// The fault is injected once this many publishes were confirmed.
 const FAULT_AFTER: usize = 800;
+/// How soon after the node is back (its AMQP port accepts connections) publishes are
+/// confirmed again and the worker runs again. The library's reconnect pause is at most
+/// 2 s (`max_reconnect_backoff`), then it connects, declares its queue and consumes
+/// again; 10 s leaves room for a busy machine and is far below the 60 s a publish may
+/// wait (`publish_timeout`), which would be the only other limit.
+const BACK_WITHIN: Duration = Duration::from_secs(10);
 
 /// How the node is taken down.
 #[derive(Debug, Clone, Copy)]
@@ -257,9 +263,24 @@ async fn restart_run(fault: Fault) {
         duplicated, 0,
         "the duplicate window of one worker lets no copy through"
     );
+    let down_for = up_at.duration_since(fault_at);
     assert!(
-        back.is_some(),
-        "the worker reported running again after the fault"
+        stall <= down_for + BACK_WITHIN,
+        "publishes were confirmed again within {BACK_WITHIN:?} of the node's return (the \
+         longest stall {stall:?}, the node down for {down_for:?})"
+    );
+    let back = back.expect("the worker reported running again after the fault");
+    assert!(
+        back >= down_at,
+        "the worker ran again only once the node had gone down ({:?} after the fault, \
+         down after {:?})",
+        back.duration_since(fault_at),
+        down_at.duration_since(fault_at)
+    );
+    assert!(
+        back <= up_at + BACK_WITHIN,
+        "the worker ran again within {BACK_WITHIN:?} of the node's return ({:?} after it)",
+        back.saturating_duration_since(up_at)
     );
     assert_eq!(worker.state(), warren_service::ServiceState::Running);
 
