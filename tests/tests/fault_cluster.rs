@@ -3,7 +3,10 @@
 //! Under load — two service-library producers and WebSocket clients publishing through
 //! a gateway given all three nodes' URIs — one node is stopped. Every confirmed
 //! message is handled (0 lost, counted by `message_id`); the services and the gateway
-//! that were connected to the stopped node continue on the others.
+//! that were connected to the stopped node continue on the others: every WebSocket
+//! publish is answered, some are confirmed once node 3 is down, few fail
+//! ([`WS_FAILED_MAX`]), and no publisher goes more than [`STALL_MAX`] without a
+//! confirm.
 //!
 //! Layout of the run (node 3 is the one stopped):
 //!
@@ -63,9 +66,25 @@ const PER_PRODUCER: usize = 2_000;
 const TASKS: usize = 8;
 /// Publish rate per producer.
 const RATE_PER_SEC: u64 = 300;
-/// WebSocket clients publishing through the gateway, and messages each.
+/// WebSocket clients publishing through the gateway, and messages each, one every
+/// [`WS_TICK`] at most: 150 take at least 15 s, so they go on well past node 3's stop
+/// (about 2 s in, 3–5 s long; at 40 ms they were done 0.5 s after it in a run here,
+/// too close to test that the gateway's writes go on once the node is down).
 const WS_CLIENTS: usize = 4;
 const PER_WS_CLIENT: usize = 150;
+const WS_TICK: Duration = Duration::from_millis(100);
+/// The most WebSocket publishes that may fail. A client has one publish in flight at a
+/// time: the one in flight when the gateway's node went away may fail (4 of 4 clients
+/// in a run here, `broker_unavailable`). A quorum-queue channel set up while the
+/// queue's leader moves may nack what it is sent until the gateway replaces it, which
+/// it does on a nack once the channel is a second old: at most 1 s of each client's
+/// publishes more. A gateway that refused writes for longer fails this.
+const WS_FAILED_MAX: usize = WS_CLIENTS * (1 + 1_000 / WS_TICK.as_millis() as usize);
+/// The longest a publisher may go without a confirm from the stop on (producers P3 and
+/// P1, the WebSocket clients, the broadcaster). Half the producers' publish timeout
+/// (30 s): the failover is the 3–5 s stop and a reconnect with at most 2 s backoff
+/// (stalls of 0.1–0.3 s in a run here).
+const STALL_MAX: Duration = Duration::from_secs(15);
 /// The node stopped (0-based): node 3.
 const VICTIM: usize = 2;
 /// WebSocket subscribers of the chat broadcast.
@@ -237,6 +256,7 @@ async fn cluster_run() {
     };
     cluster.stop_node(VICTIM).await.expect("node 3 stops");
     let stopped = fault_at.elapsed();
+    let down_at = fault_at + stopped;
 
     load_p3.await.expect("P3 load");
     load_p1.await.expect("P1 load");
@@ -295,10 +315,28 @@ async fn cluster_run() {
         }
     };
     let sent_total = 2 * PER_PRODUCER + WS_CLIENTS * PER_WS_CLIENT;
+    let ws_confirmed = sent_ws.confirmed.lock().unwrap().len();
+    let ws_failed = sent_ws.failed.lock().unwrap().len();
+    let ws_confirmed_after_down = sent_ws
+        .confirm_times
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|at| **at > down_at)
+        .count();
+    let stalls =
+        [("P3", &sent_p3), ("P1", &sent_p1), ("WebSocket", &sent_ws)].map(|(who, sent)| {
+            (
+                who,
+                longest_gap_after(&sent.confirm_times.lock().unwrap(), fault_at),
+            )
+        });
     println!(
         "fault_cluster: cluster boot {:.1} s; sent {sent_total} (P3 {PER_PRODUCER}, P1 {PER_PRODUCER}, \
          WebSocket {}), confirmed {} (P3 {}, P1 {}, WebSocket {}), failed {}, delivered {} distinct, \
          lost {}, duplicated {duplicated} (handled by both workers); node 3 stop took {:.1} s; \
+         WebSocket publishes confirmed {ws_confirmed}, failed {ws_failed} (at most \
+         {WS_FAILED_MAX}), confirmed after node 3 was down {ws_confirmed_after_down}; \
          publish stall P3 {:.2} s, P1 {:.2} s, WebSocket {:.2} s; worker A {}, worker B {}, \
          producer P3 {}; handled after the fault: A {}, B {}",
         boot.as_secs_f64(),
@@ -311,9 +349,9 @@ async fn cluster_run() {
         handled.len(),
         lost.len(),
         stopped.as_secs_f64(),
-        longest_gap_after(&sent_p3.confirm_times.lock().unwrap(), fault_at).as_secs_f64(),
-        longest_gap_after(&sent_p1.confirm_times.lock().unwrap(), fault_at).as_secs_f64(),
-        longest_gap_after(&sent_ws.confirm_times.lock().unwrap(), fault_at).as_secs_f64(),
+        stalls[0].1.as_secs_f64(),
+        stalls[1].1.as_secs_f64(),
+        stalls[2].1.as_secs_f64(),
         back(&states_a),
         back(&states_b),
         back(&states_p3),
@@ -342,6 +380,31 @@ async fn cluster_run() {
         library_failed, 0,
         "service-library publishes wait for the failover instead of failing"
     );
+    assert_eq!(
+        ws_confirmed + ws_failed,
+        WS_CLIENTS * PER_WS_CLIENT,
+        "every WebSocket publish was answered, confirmed or failed"
+    );
+    assert!(
+        ws_confirmed_after_down > 0,
+        "WebSocket publishes through the gateway were confirmed once node 3 was down"
+    );
+    assert!(
+        ws_failed <= WS_FAILED_MAX,
+        "at most {WS_FAILED_MAX} WebSocket publishes fail (the one in flight per client, and \
+         a second of nacks): {ws_failed} did (first {:?})",
+        &failed
+            .iter()
+            .filter(|(id, _)| id.starts_with("ws"))
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    for (who, stall) in stalls {
+        assert!(
+            stall <= STALL_MAX,
+            "{who} went {stall:?} without a confirm after the stop (at most {STALL_MAX:?})"
+        );
+    }
     assert_eq!(worker_a.state(), ServiceState::Running, "worker A runs on");
     assert_eq!(worker_b.state(), ServiceState::Running, "worker B runs on");
     assert!(
@@ -670,9 +733,9 @@ impl Broadcast {
                 unconfirmed,
                 resumes,
                 subscribers_ended,
+                stall: longest_gap_after(&self.sent.confirm_times.lock().unwrap(), fault_at),
             }
         };
-        let stall = longest_gap_after(&self.sent.confirm_times.lock().unwrap(), fault_at);
         let stream_after = stream_status(cluster, 0, names).await;
         println!(
             "fault_cluster: outbound: {BROADCASTS} broadcasts published through the fault, \
@@ -688,7 +751,7 @@ impl Broadcast {
             outbound.positions_twice,
             outbound.unconfirmed_received,
             outbound.resumes,
-            stall.as_secs_f64(),
+            outbound.stall.as_secs_f64(),
             outbound.twice,
             outbound.twice_in_stream,
             stream_after,
@@ -737,6 +800,8 @@ struct Outbound {
     resumes: Vec<usize>,
     /// Whether every subscriber task ended in time.
     subscribers_ended: bool,
+    /// The longest time without a broadcast confirmed, from the stop on.
+    stall: Duration,
 }
 
 impl Outbound {
@@ -757,6 +822,11 @@ impl Outbound {
             self.confirmed_after_stop > 0,
             "broadcasts were still published once node 3 was down (the test covers the \
              leader change)"
+        );
+        assert!(
+            self.stall <= STALL_MAX,
+            "broadcasting went {:?} without a confirm after the stop (at most {STALL_MAX:?})",
+            self.stall
         );
         assert!(
             self.missing.iter().all(|m| *m == 0),
@@ -997,7 +1067,7 @@ async fn ws_session(
 ) -> Option<u16> {
     let mut client = TestClient::connect(&url).await;
     let user = client.session().to_string();
-    let mut tick = tokio::time::interval(Duration::from_millis(40));
+    let mut tick = tokio::time::interval(WS_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let seq = progress.next.load(Ordering::SeqCst);
