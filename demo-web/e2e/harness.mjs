@@ -229,10 +229,11 @@ export async function screenshot(page, name) {
 }
 
 /**
- * Runs `tests` ([{ name, timeoutMs, fn }]) in order; each gets `ctx`. Returns
- * { passed, failed, results }.
+ * Runs `tests` ([{ name, timeoutMs, fn }]) in order; each gets `ctx`. `afterEach(ctx)`
+ * may return what went wrong besides the test's own assertions (a page's uncaught
+ * error), which fails the test too. Returns { passed, failed, results }.
  */
-export async function runTests(tests, ctx, { onFailure } = {}) {
+export async function runTests(tests, ctx, { onFailure, afterEach } = {}) {
   const results = [];
   for (const test of tests) {
     const started = Date.now();
@@ -251,6 +252,8 @@ export async function runTests(tests, ctx, { onFailure } = {}) {
     } finally {
       clearTimeout(timer);
     }
+    const also = afterEach ? afterEach(ctx) : null;
+    if (also && !error) error = new Error(also);
     const ms = Date.now() - started;
     if (error) {
       log(`✗ ${test.name} (${ms} ms)\n    ${String(error.stack ?? error).split("\n").join("\n    ")}`);

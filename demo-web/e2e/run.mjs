@@ -122,9 +122,15 @@ class User {
       user.socketObjects.push(ws);
     });
     page.on("pageerror", (err) => user.errors.push(`pageerror: ${err.message}`));
+    // An HTTP error answering the page's own requests is a bug (the console's "Failed
+    // to load resource" lines say the same without the URL; refused connections are
+    // expected: the tests kill gateways on purpose).
+    page.on("response", (r) => {
+      if (r.status() >= 400) user.errors.push(`HTTP ${r.status()} for ${r.request().method()} ${r.url()}`);
+    });
     page.on("console", (msg) => {
       // Refused sockets are expected: the tests kill gateways on purpose.
-      if (msg.type() === "error" && !/WebSocket connection to .* failed/.test(msg.text())) {
+      if (msg.type() === "error" && !/WebSocket connection to .* failed|^Failed to load resource/.test(msg.text())) {
         user.errors.push(`console: ${msg.text()}`);
       }
     });
@@ -724,7 +730,18 @@ async function main() {
     const only = process.env.E2E_ONLY;
     const selected = only ? tests.filter((t) => t.name.includes(only)) : tests;
     if (only) log(`E2E_ONLY=${only}: running ${selected.length} of ${tests.length} tests`);
+    if (selected.length === 0) throw new Error(`E2E_ONLY=${only} matches no test`);
     summary = await runTests(selected, world, {
+      // A page that threw (or logged an error) during a test fails it, even when
+      // what the test looked at came out right.
+      afterEach(w) {
+        const fresh = w.users.flatMap((u) => {
+          const seen = u.errorsChecked ?? 0;
+          u.errorsChecked = u.errors.length;
+          return u.errors.slice(seen).map((e) => `${u.name}: ${e}`);
+        });
+        return fresh.length > 0 ? `the pages reported errors:\n    ${fresh.slice(0, 10).join("\n    ")}` : null;
+      },
       async onFailure(test) {
         const slug = test.name.replace(/[^a-z0-9]+/gi, "-").slice(0, 40);
         for (const u of world.users) {

@@ -12,14 +12,28 @@ export function httpBase(wsUrl: string): string {
   return wsUrl.replace(/^ws(s?):/, "http$1:").replace(/\/ws\/?$/, "");
 }
 
-let cachedToken: { user: string; token: string; at: number } | null = null;
+let cachedToken: { user: string; token: string; until: number } | null = null;
 
-/** The user's token for the HTTP side: from the stack's token endpoint, else the name. */
+/** When a JWT's `exp` passes, in ms since the epoch; `Infinity` when it has none. */
+function expiresAt(token: string): number {
+  try {
+    const claims = JSON.parse(atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
+    return typeof claims.exp === "number" ? claims.exp * 1000 : Infinity;
+  } catch {
+    return Infinity;
+  }
+}
+
+/**
+ * The user's token for the HTTP side: from the stack's token endpoint, else the name.
+ * Kept for a minute, and never past 5 s before it expires (the stack may issue tokens
+ * that live 20 s): an expired one made every presence poll answer 401.
+ */
 async function tokenFor(user: string): Promise<string> {
   if (!config.control) return user;
-  if (cachedToken && cachedToken.user === user && Date.now() - cachedToken.at < 60_000) return cachedToken.token;
+  if (cachedToken && cachedToken.user === user && Date.now() < cachedToken.until) return cachedToken.token;
   const token = await fetchToken(config.control, user);
-  cachedToken = { user, token, at: Date.now() };
+  cachedToken = { user, token, until: Math.min(Date.now() + 60_000, expiresAt(token) - 5_000) };
   return token;
 }
 
@@ -33,6 +47,9 @@ export async function gatewayGet(path: string, user: string): Promise<unknown> {
       });
       if (res.ok) return await res.json();
       last = new Error(`HTTP ${res.status} from ${httpBase(url)}${path}`);
+      // Refused as this user: another gateway would answer the same. A token that
+      // was refused is not used again.
+      if (res.status === 401) cachedToken = null;
       if (res.status === 401 || res.status === 403) break;
     } catch (err) {
       last = err;
