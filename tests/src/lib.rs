@@ -23,6 +23,7 @@ pub mod env;
 pub mod fuzz;
 pub mod gateway;
 pub mod load;
+pub mod rabbitmqctl;
 pub mod raw_ws;
 pub mod sdk_driver;
 

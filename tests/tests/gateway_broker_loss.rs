@@ -6,7 +6,6 @@
 //! with `rabbitmqctl`; where that tool is not usable the test fails saying so
 //! (`WARREN_ALLOW_SKIP=1` skips it instead).
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
@@ -14,42 +13,6 @@ use warren_e2e::client::TestClient;
 use warren_e2e::env::{cannot_check, TestEnv};
 use warren_e2e::gateway::TestGateway;
 use warren_protocol::Subscribe;
-
-/// Closes the broker connections whose client-provided name mentions `node`; returns
-/// how many were closed, or why rabbitmqctl is not usable here.
-fn close_connections_of(node: &str) -> Result<usize, String> {
-    let ctl = |args: &[&str]| -> Result<String, String> {
-        let out = Command::new("rabbitmqctl")
-            .args(args)
-            .output()
-            .map_err(|e| format!("`rabbitmqctl {}` did not run: {e}", args.join(" ")))?;
-        if !out.status.success() {
-            return Err(format!(
-                "`rabbitmqctl {}` failed ({}): {}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
-    let text = ctl(&[
-        "list_connections",
-        "--no-table-headers",
-        "-q",
-        "pid",
-        "client_properties",
-    ])?;
-    let pids: Vec<String> = text
-        .lines()
-        .filter(|l| l.contains(&format!("warren-gateway {node} ")))
-        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-        .collect();
-    for pid in &pids {
-        ctl(&["close_connection", pid, "test: broker connection lost"])?;
-    }
-    Ok(pids.len())
-}
 
 /// A client subscribed to the chat broadcast that received one message (`before`),
 /// then the gateway's broker connections closed from the broker side; `None` when
@@ -66,9 +29,11 @@ async fn subscribed_then_cut(env: &TestEnv, gw: &TestGateway) -> Option<TestClie
     .await;
     env.publish_out("chat.all", "before", "1").await;
     assert_eq!(c.expect_deliver().await.message_id, "before");
-    let closed = tokio::task::spawn_blocking(move || close_connections_of(&node))
-        .await
-        .unwrap();
+    let closed = tokio::task::spawn_blocking(move || {
+        warren_e2e::rabbitmqctl::close_gateway_connections(&node)
+    })
+    .await
+    .unwrap();
     match closed {
         Err(why) => {
             cannot_check(

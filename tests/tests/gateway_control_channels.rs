@@ -4,7 +4,6 @@
 //! long-lived channel's record grows with everything declared on it (it grew with
 //! every session when the removed `outbound = "queues"` mode declared a queue each).
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,42 +16,17 @@ use warren_gateway::Config;
 /// they cannot be counted here (rabbitmqctl not usable, or it lists no connection of
 /// `node`: a broker other than the one at `AMQP_ADDR`).
 fn channels_of(node: &str) -> Result<usize, String> {
-    let run = |args: &[&str]| -> Result<String, String> {
-        let out = Command::new("rabbitmqctl")
-            .args(args)
-            .output()
-            .map_err(|e| format!("`rabbitmqctl {}` did not run: {e}", args.join(" ")))?;
-        if !out.status.success() {
-            return Err(format!(
-                "`rabbitmqctl {}` failed ({}): {}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
-    let connections = run(&[
-        "list_connections",
-        "--no-table-headers",
-        "-q",
-        "pid",
-        "client_properties",
-    ])?;
-    let ours: Vec<&str> = connections
-        .lines()
-        .filter(|l| l.contains(&format!("warren-gateway {node} ")))
-        .filter_map(|l| l.split_whitespace().next())
-        .collect();
+    let ours = warren_e2e::rabbitmqctl::gateway_connections(node)?;
     if ours.is_empty() {
         return Err(format!(
             "rabbitmqctl lists no connection of {node} (is it the broker at AMQP_ADDR?)"
         ));
     }
-    let channels = run(&["list_channels", "--no-table-headers", "-q", "connection"])?;
+    let channels =
+        warren_e2e::rabbitmqctl::run(&["list_channels", "--no-table-headers", "-q", "connection"])?;
     Ok(channels
         .lines()
-        .filter(|l| ours.contains(&l.trim()))
+        .filter(|l| ours.iter().any(|o| o == l.trim()))
         .count())
 }
 

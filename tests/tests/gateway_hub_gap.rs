@@ -6,7 +6,6 @@
 //! that tool is not usable, unless WARREN_ALLOW_SKIP=1); the hub's restart is held back through the
 //! environment of this process (its own test binary) while the stream is filled.
 
-use std::process::Command;
 use std::time::Duration;
 
 use warren_e2e::client::{sub, TestClient};
@@ -16,42 +15,6 @@ use warren_gateway::fault::HUB_RESTART_DELAY_MS;
 use warren_protocol::{ErrorCode, ServerFrame};
 
 const LIMIT: Duration = Duration::from_secs(90);
-
-/// Closes the broker connections whose client-provided name mentions `node`; returns
-/// how many were closed, or `None` when rabbitmqctl is not usable here.
-fn close_connections_of(node: &str) -> Option<usize> {
-    let out = Command::new("rabbitmqctl")
-        .args([
-            "list_connections",
-            "--no-table-headers",
-            "-q",
-            "pid",
-            "client_properties",
-        ])
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let pids: Vec<String> = text
-        .lines()
-        .filter(|l| l.contains(&format!("warren-gateway {node} ")))
-        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-        .collect();
-    for pid in &pids {
-        let ok = Command::new("rabbitmqctl")
-            .args(["close_connection", pid, "test: broker connection lost"])
-            .output()
-            .ok()?
-            .status
-            .success();
-        if !ok {
-            return None;
-        }
-    }
-    Some(pids.len())
-}
 
 #[tokio::test]
 async fn positions_retention_dropped_while_the_hub_was_away_are_reported_to_live_sessions() {
@@ -70,11 +33,13 @@ async fn positions_retention_dropped_while_the_hub_was_away_are_reported_to_live
         env.publish_out("chat.all", "before", "0").await;
         let before = c.expect_deliver().await;
         let before_position = before.position.expect("a position");
-        let closed = tokio::task::spawn_blocking(move || close_connections_of(&node))
-            .await
-            .unwrap();
-        if closed.is_none() {
-            warren_e2e::env::cannot_check("a hub reader's gap", "rabbitmqctl is not usable");
+        let closed = tokio::task::spawn_blocking(move || {
+            warren_e2e::rabbitmqctl::close_gateway_connections(&node)
+        })
+        .await
+        .unwrap();
+        if let Err(why) = closed {
+            warren_e2e::env::cannot_check("a hub reader's gap", &why);
             gw.shutdown().await;
             return;
         }
