@@ -37,7 +37,9 @@ use warren_e2e::fuzz::{
 };
 use warren_e2e::gateway::TestGateway;
 use warren_gateway::AuthMode;
-use warren_protocol::{ClientFrame, Hello, Ping, Refresh, ServerFrame, Subscribe, Welcome};
+use warren_protocol::{
+    ClientFrame, ErrorCode, Hello, Ping, Refresh, ServerFrame, Subscribe, Welcome,
+};
 
 /// A valid frame of every client type, with every optional field set, to mutate.
 fn templates(session: &str) -> Vec<Value> {
@@ -96,14 +98,26 @@ async fn round_trip(c: &mut TestClient, ts: u64) -> bool {
 }
 
 /// What the gateway makes of the first frame `sent` on `c`: a session that answers a
-/// ping (its `welcome`, and the connection closed by the test), or `None` for a refusal
-/// ending the connection with a registry code. Anything else fails the test.
+/// ping (its `welcome`, and the connection closed by the test), or `None` for a refusal:
+/// ending the connection with a registry code, or a `hello` it cannot read answered
+/// `invalid` with nothing opened (a correct `hello` then opens a session). Anything
+/// else fails the test.
 async fn first_answer(c: &mut TestClient, what: &str, sent: &str) -> Option<Welcome> {
     let frames = VecDeque::from([sent.to_string()]);
     let answer = match c.recv_within(Duration::from_secs(10)).await {
         Some(ServerFrame::Welcome(w)) => {
             assert!(round_trip(c, 1).await, "a welcomed session answers a ping");
             Some(w)
+        }
+        Some(ServerFrame::Error(e)) if e.code == ErrorCode::Invalid && e.id.is_none() => {
+            assert!(e.message.starts_with("hello:"), "{sent}: {e:?}");
+            c.send(&ClientFrame::Hello(Hello::default())).await;
+            match c.recv_within(Duration::from_secs(10)).await {
+                Some(ServerFrame::Welcome(_)) => {}
+                other => panic!("{sent}: after `invalid`, a correct hello got {other:?}"),
+            }
+            assert!(round_trip(c, 1).await, "then the session answers a ping");
+            None
         }
         Some(ServerFrame::Error(_)) | None => {
             let code = c.expect_close(Duration::from_secs(10)).await;
@@ -162,9 +176,9 @@ async fn fuzzed_frames_never_panic_the_gateway_or_end_a_connection_without_a_reg
     println!(
         "gateway_fuzz: first frames: {welcomed} welcomed ({resumed} resumed), {refused} refused"
     );
-    // With `auth.mode = "none"` a first frame other than `hello` opens a session too,
-    // and most broken `hello`s are answered with a fresh session and an error: only
-    // an unsupported protocol version is refused, which few draws are.
+    // With `auth.mode = "none"` a first frame other than `hello` opens a session too;
+    // a `hello` the gateway cannot read is answered `invalid` and opens nothing, and
+    // an unsupported protocol version is refused.
     assert!(resumed > 0, "the fuzz reaches resumes");
 
     // 2. An open session: every type of frame, mutated. A ping every 20 frames checks
