@@ -183,31 +183,46 @@ async fn publish(env: &SharedEnv, progress: &Progress, window: MeasureWindow) ->
     let mut n = 0u64;
     let result = async {
         let ch = bounded(t, "a channel", conn.create_channel()).await?;
-        while window.may_issue(n) {
-            while n.saturating_sub(progress.slowest()) >= cfg.fanout_window as u64 {
-                if !window.may_issue(n) {
-                    return Ok(());
+        // Confirms, waited for before the connection closes: a close right after the
+        // last publishes could beat them to the broker (the raw subscribers then
+        // waited for messages that never came).
+        bounded(
+            t,
+            "publisher confirms",
+            ch.confirm_select(lapin::options::ConfirmSelectOptions::default()),
+        )
+        .await?;
+        let published = async {
+            while window.may_issue(n) {
+                while n.saturating_sub(progress.slowest()) >= cfg.fanout_window as u64 {
+                    if !window.may_issue(n) {
+                        return Ok(());
+                    }
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(50), progress.moved.notified())
+                            .await;
                 }
-                let _ = tokio::time::timeout(Duration::from_millis(50), progress.moved.notified())
-                    .await;
+                n += 1;
+                let body = message(cfg.size, Some(now_us()));
+                let props = BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_message_id(format!("fanout-{n}").into())
+                    .with_content_type("application/json".into());
+                let publish = ch.basic_publish(
+                    exchange.as_str().into(),
+                    key.as_str().into(),
+                    BasicPublishOptions::default(),
+                    body.as_bytes(),
+                    props,
+                );
+                bounded(t, "the fanout publisher's publish", publish).await?;
+                progress.published.store(n, Ordering::Release);
             }
-            n += 1;
-            let body = message(cfg.size, Some(now_us()));
-            let props = BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_message_id(format!("fanout-{n}").into())
-                .with_content_type("application/json".into());
-            let publish = ch.basic_publish(
-                exchange.as_str().into(),
-                key.as_str().into(),
-                BasicPublishOptions::default(),
-                body.as_bytes(),
-                props,
-            );
-            bounded(t, "the fanout publisher's publish", publish).await?;
-            progress.published.store(n, Ordering::Release);
+            Ok::<(), BenchError>(())
         }
-        Ok::<(), BenchError>(())
+        .await;
+        bounded(t, "the fanout publisher's confirms", ch.wait_for_confirms()).await?;
+        published
     }
     .await;
     progress.published.store(n, Ordering::Release);
