@@ -645,12 +645,14 @@ impl Hub {
 
     /// Appends a message read from the stream and pushes it to the live members that
     /// want it. A member whose channel is full stops being live and is told so.
-    pub fn publish(&self, m: Message) {
+    /// Returns whether the message was new to the hub (`false`: read again after the
+    /// reader started over, dropped).
+    pub fn publish(&self, m: Message) -> bool {
         let m = Arc::new(m);
         let mut st = self.lock();
         if let Some(n) = st.next {
             if m.offset < n {
-                return; // read again after a reconnect: the ring has it
+                return false; // read again after a reconnect: the ring has it
             }
             if std::mem::take(&mut st.check_gap) && lost_between(n, m.offset) > 0 {
                 skipped(&mut st, n, m.offset);
@@ -693,6 +695,7 @@ impl Hub {
                 member.inbox.lagged.notify_one();
             }
         }
+        true
     }
 
     /// For a catching-up `conn` at position `from`: up to `max` messages it wants from
@@ -904,13 +907,6 @@ impl Hub {
     }
 }
 
-/// The reader, expecting position `start`, got `end`: retention dropped `start..end`
-/// before it read them (told by the first message the reader read when it started
-/// again). The ring keeps what it has but knows of the gap (one at most:
-/// what lies before an older gap's end goes), and every live member that has not
-/// reached `end` stops being live and catches up from `start` at the latest, where it
-/// is told what it missed ([`CatchUp::Missed`]). It has been pushed everything it
-/// wanted before `start`.
 /// How many positions from `from` retention dropped, when a reader asked to start at
 /// `from` got its first message at `first`: none when `first` is `from` or the
 /// position after it. RabbitMQ 3.10 begins each stream segment with a bookkeeping
@@ -926,6 +922,13 @@ pub(crate) fn lost_between(from: u64, first: u64) -> u64 {
     }
 }
 
+/// The reader, expecting position `start`, got `end`: retention dropped `start..end`
+/// before it read them (told by the first message the reader read when it started
+/// again). The ring keeps what it has but knows of the gap (one at most:
+/// what lies before an older gap's end goes), and every live member that has not
+/// reached `end` stops being live and catches up from `start` at the latest, where it
+/// is told what it missed ([`CatchUp::Missed`]). It has been pushed everything it
+/// wanted before `start`.
 fn skipped(st: &mut State, start: u64, end: u64) {
     if let Some((_, old_end)) = st.gap.take() {
         while st.ring.front().is_some_and(|m| m.offset < old_end) {
@@ -1209,23 +1212,18 @@ pub async fn run_reader(
     }
 }
 
-/// A message the hub's reader read: to `addressed` when it is one ([`Message::addressed`])
-/// and the hub had not read it before, then into the hub. A reader started again
+/// A message the hub's reader read: into the hub, then to `addressed` when it is one
+/// ([`Message::addressed`]) and the hub had not read it before. A reader started again
 /// begins at the chunk holding the position it asks for, so it reads again messages
-/// the hub has (and dropped by [`Hub::publish`]): they were reported the first time.
-/// Only the reader publishes, so the hub's position does not move between the look
-/// and the publish.
+/// the hub has (dropped by [`Hub::publish`]): they were reported the first time.
 fn take_read(hub: &Hub, m: Message, addressed: Option<&tokio::sync::mpsc::Sender<Addressed>>) {
-    let new = hub.next_offset().is_none_or(|n| m.offset >= n);
-    if let (true, Some(tx), Some(a)) = (new, addressed, m.addressed()) {
+    let offset = m.offset;
+    let report = addressed.and_then(|tx| m.addressed().map(|a| (tx, a)));
+    if let (true, Some((tx, a))) = (hub.publish(m), report) {
         if tx.try_send(a).is_err() {
-            tracing::warn!(
-                offset = m.offset,
-                "undelivered-report queue full; not checked"
-            );
+            tracing::warn!(offset, "undelivered-report queue full; not checked");
         }
     }
-    hub.publish(m);
 }
 
 /// Whether `stream` was replaced under a reader that read up to `read_up_to`: its tail
