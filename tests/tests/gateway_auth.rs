@@ -5,27 +5,20 @@
 //! connection task are answered with `invalid`, and a panic that does happen still
 //! cleans up.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use jsonwebtoken::{Algorithm, Header};
 use serde_json::{json, Value};
 use warren_e2e::client::{raw, sub, TestClient};
 use warren_e2e::env::TestEnv;
 use warren_e2e::gateway::{http_get, TestGateway};
+use warren_e2e::jwt::{now, sign, sign_header, SECRET};
 use warren_gateway::{AuthMode, Config};
 use warren_protocol::amqp::keys;
 use warren_protocol::{ClientFrame, ErrorCode, Hello, Publish, Refresh, ServerFrame, Subscribe};
 
-const SECRET: &str = "warren-tests-secret-of-at-least-32-bytes";
 const QUIET: Duration = Duration::from_millis(400);
 const LIMIT: Duration = Duration::from_secs(60);
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 fn jwt(c: &mut Config) {
     c.auth.mode = AuthMode::Jwt;
@@ -53,12 +46,8 @@ fn claims(user: &str, extra: Value) -> Value {
     c
 }
 
-fn sign_with(claims: &Value, alg: Algorithm, secret: &[u8]) -> String {
-    encode(&Header::new(alg), claims, &EncodingKey::from_secret(secret)).unwrap()
-}
-
 fn token(user: &str, extra: Value) -> String {
-    sign_with(&claims(user, extra), Algorithm::HS256, SECRET.as_bytes())
+    sign(&claims(user, extra), SECRET.as_bytes())
 }
 
 fn hello(token: &str) -> Hello {
@@ -116,11 +105,7 @@ async fn forged_expired_and_malformed_tokens_are_refused_before_any_session_exis
             ),
             (
                 "signed with another secret (impersonation)",
-                Some(sign_with(
-                    &good,
-                    Algorithm::HS256,
-                    b"a-secret-the-gateway-does-not-know!!",
-                )),
+                Some(sign(&good, b"a-secret-the-gateway-does-not-know!!")),
             ),
             ("expired", Some(token("bob", json!({"exp": now() - 120})))),
             (
@@ -146,7 +131,11 @@ async fn forged_expired_and_malformed_tokens_are_refused_before_any_session_exis
             ("wrong iss", Some(token("bob", json!({"iss": "mallory"})))),
             (
                 "an algorithm not accepted",
-                Some(sign_with(&good, Algorithm::HS512, SECRET.as_bytes())),
+                Some(sign_header(
+                    Header::new(Algorithm::HS512),
+                    &good,
+                    SECRET.as_bytes(),
+                )),
             ),
             ("not a JWT", Some("definitely.not.a-jwt".into())),
         ];

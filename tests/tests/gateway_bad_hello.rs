@@ -4,17 +4,15 @@
 //! unauthorized` that stops the client for good, without auth an anonymous session for
 //! a client that named its user.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::json;
 use warren_e2e::client::TestClient;
 use warren_e2e::env::TestEnv;
 use warren_e2e::gateway::TestGateway;
+use warren_e2e::jwt::{now, sign, SECRET};
 use warren_gateway::{AuthMode, Config};
 use warren_protocol::{ClientFrame, ErrorCode, Hello, ServerFrame};
-
-const SECRET: &str = "warren-tests-secret-of-at-least-32-bytes";
 
 fn jwt(c: &mut Config) {
     c.auth.mode = AuthMode::Jwt;
@@ -23,18 +21,8 @@ fn jwt(c: &mut Config) {
 }
 
 fn token(user: &str) -> String {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    let claims = json!({"sub": user, "exp": exp, "channels": {"chat": ["subscribe"]}});
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    let claims = json!({"sub": user, "exp": now() + 600, "channels": {"chat": ["subscribe"]}});
+    sign(&claims, SECRET.as_bytes())
 }
 
 /// Sends `bad` as the first frame: answered `invalid` (no id), the connection stays

@@ -24,7 +24,6 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use jsonwebtoken::{encode, EncodingKey, Header};
 use lapin::types::{AMQPValue, ByteArray, LongString, ShortString};
 use lapin::BasicProperties;
 use proptest::prelude::*;
@@ -36,6 +35,7 @@ use warren_e2e::fuzz::{
     header_name, leaf, mutation, rng, short, value, Publisher,
 };
 use warren_e2e::gateway::TestGateway;
+use warren_e2e::jwt::{now as now_s, SECRET};
 use warren_gateway::AuthMode;
 use warren_protocol::{
     ClientFrame, ErrorCode, Hello, Ping, Refresh, ServerFrame, Subscribe, Welcome,
@@ -219,15 +219,6 @@ async fn fuzzed_frames_never_panic_the_gateway_or_end_a_connection_without_a_reg
     env.cleanup().await;
 }
 
-const SECRET: &str = "warren-fuzz-secret-of-at-least-32-bytes";
-
-fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs()
-}
-
 /// Claims that grant what the gateway reads, to mutate: user, expiry, groups, topics,
 /// channels, tenant.
 fn claims(user: &str, exp: u64) -> Value {
@@ -237,12 +228,7 @@ fn claims(user: &str, exp: u64) -> Value {
 }
 
 fn sign(claims: &Value) -> String {
-    encode(
-        &Header::default(),
-        claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("claims sign")
+    warren_e2e::jwt::sign(claims, SECRET.as_bytes())
 }
 
 /// A token as the fuzzer sends it: mostly mutated claims signed with the gateway's

@@ -457,8 +457,7 @@ async fn bad_requests_get_a_4xx_status_and_the_registry_code() {
 #[tokio::test]
 async fn with_accept_jwt_a_token_calls_with_its_user_and_permissions_but_may_not_publish_to_clients(
 ) {
-    use jsonwebtoken::{encode, EncodingKey, Header};
-    const SECRET: &str = "warren-tests-secret-of-at-least-32-bytes";
+    use warren_e2e::jwt::{now, sign, SECRET};
     TestEnv::run("http-jwt", LIMIT, async |env| {
         let gw = TestGateway::start_with(env, |c| {
             api_on(false)(c);
@@ -468,18 +467,8 @@ async fn with_accept_jwt_a_token_calls_with_its_user_and_permissions_but_may_not
         })
         .await;
         let addr = api_addr(&gw);
-        let exp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            + 600;
-        let claims = json!({"sub": "ada", "exp": exp, "channels": {"chat": ["publish"]}});
-        let token = encode(
-            &Header::default(),
-            &claims,
-            &EncodingKey::from_secret(SECRET.as_bytes()),
-        )
-        .unwrap();
+        let claims = json!({"sub": "ada", "exp": now() + 600, "channels": {"chat": ["publish"]}});
+        let token = sign(&claims, SECRET.as_bytes());
         let call = |path: &'static str, body: Value| {
             let token = token.clone();
             async move { http_post(addr, path, Some(&token), body.to_string().as_bytes()).await }

@@ -6,17 +6,18 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use base64::Engine;
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use jsonwebtoken::{Algorithm, Header};
 use serde_json::{json, Value};
 use warren_e2e::client::TestClient;
 use warren_e2e::env::TestEnv;
 use warren_e2e::gateway::TestGateway;
+use warren_e2e::jwt::{now, sign_header};
 use warren_gateway::AuthMode;
 use warren_protocol::{ClientFrame, ErrorCode, Hello, ServerFrame};
 
@@ -41,19 +42,13 @@ fn jwk(kid: &str) -> Value {
 }
 
 fn token(kid: &str, user: &str) -> String {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
     let mut header = Header::new(Algorithm::HS256);
     header.kid = Some(kid.into());
-    encode(
-        &header,
-        &json!({ "sub": user, "exp": exp }),
-        &EncodingKey::from_secret(secret(kid).as_bytes()),
+    sign_header(
+        header,
+        &json!({ "sub": user, "exp": now() + 600 }),
+        secret(kid).as_bytes(),
     )
-    .unwrap()
 }
 
 /// `hello` with `token`: the user on `welcome`, or the error code.

@@ -4,30 +4,22 @@
 //! backlog); an `unsubscribe`, or a refreshed token that no longer grants a group,
 //! must not let those through once the client acknowledges again.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use warren_e2e::client::{sub, TestClient};
 use warren_e2e::env::TestEnv;
 use warren_e2e::gateway::TestGateway;
+use warren_e2e::jwt::{now, sign, SECRET};
 use warren_gateway::{AuthMode, Config};
 use warren_protocol::{ClientFrame, ErrorCode, Hello, Refresh, Subscribe};
 
-const SECRET: &str = "warren-tests-secret-of-at-least-32-bytes";
 /// Long enough for the hub to read what was published and push it to the inbox.
 const SETTLE: Duration = Duration::from_millis(600);
 const QUIET: Duration = Duration::from_millis(500);
 
 /// The revoked key's messages published while the window was full.
 const WAITING: usize = 20;
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 fn jwt(c: &mut Config) {
     c.auth.mode = AuthMode::Jwt;
@@ -44,12 +36,7 @@ fn token(user: &str, groups: &[&str]) -> String {
         "groups": groups, "topics": [],
         "channels": {"chat": ["publish", "subscribe"]}
     });
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    sign(&claims, SECRET.as_bytes())
 }
 
 /// Publishes [`WAITING`] messages to `key` for a client whose window is 2: it gets

@@ -8,9 +8,8 @@
 //! queue type, another exchange kind) and exits non-zero, and creates nothing.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use lapin::options::{
     ExchangeDeclareOptions, ExchangeDeleteOptions, ExchangeUnbindOptions, QueueDeclareOptions,
     QueueDeleteOptions,
@@ -21,13 +20,13 @@ use serde_json::json;
 use warren_e2e::client::{raw, sub, TestClient};
 use warren_e2e::env::{amqp_addr, TestEnv};
 use warren_e2e::gateway::{management_url, TestGateway};
+use warren_e2e::jwt::{now, sign, SECRET};
 use warren_gateway::{AuthMode, Config, NoServiceMode, TenantOptions};
 use warren_protocol::amqp::{Names, QueueArg};
 use warren_protocol::tenants::{Tenant, TenantRouting};
 use warren_protocol::{ClientFrame, ErrorCode, Hello, Publish};
 use warren_service::{Context, HandlerError, Incoming, Outcome, Service, Targets};
 
-const SECRET: &str = "warren-tests-secret-of-at-least-32-bytes";
 const LIMIT: Duration = Duration::from_secs(90);
 /// How long a client waits to be sure nothing (more) arrives.
 const QUIET: Duration = Duration::from_millis(700);
@@ -69,23 +68,14 @@ fn tenant_mode(c: &mut Config) {
 /// A token of `user` in `tenant` (no claim when `None`) that may publish and
 /// subscribe on chat and publish and request on the routed channel.
 fn token(user: &str, tenant: Option<&str>) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
     let mut claims = json!({
-        "sub": user, "exp": now + 600,
+        "sub": user, "exp": now() + 600,
         "channels": {"chat": ["publish", "subscribe"], ROUTED: ["publish", "request"]}
     });
     if let Some(t) = tenant {
         claims["tenant"] = json!(t);
     }
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    sign(&claims, SECRET.as_bytes())
 }
 
 async fn login(gateway: &TestGateway, user: &str, tenant: Option<&str>) -> TestClient {

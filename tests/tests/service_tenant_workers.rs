@@ -9,21 +9,20 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::types::ShortString;
 use serde_json::json;
 use warren_e2e::client::{raw, TestClient};
 use warren_e2e::env::TestEnv;
 use warren_e2e::gateway::{test_config, TestGateway};
+use warren_e2e::jwt::{now, sign, SECRET};
 use warren_e2e::service::{amqp_uri, demo_service_binary, DemoProcess};
 use warren_gateway::broker::Broker;
 use warren_gateway::{AuthMode, Config, Topology};
 use warren_protocol::{ClientFrame, Hello, Request};
 
-const SECRET: &str = "warren-tests-secret-of-at-least-32-bytes";
 const LIMIT: Duration = Duration::from_secs(120);
 
 /// Worker A's and worker B's priority orders, as in the demo file's comments.
@@ -52,17 +51,8 @@ fn demo_config(env: &TestEnv) -> Config {
 }
 
 fn token(user: &str, tenant: &str) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let claims = json!({ "sub": user, "exp": now + 600, "tenant": tenant });
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    let claims = json!({ "sub": user, "exp": now() + 600, "tenant": tenant });
+    sign(&claims, SECRET.as_bytes())
 }
 
 /// Asks on `scan` with type `kind` and returns the worker's answer.
