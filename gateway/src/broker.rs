@@ -100,6 +100,8 @@ pub struct Broker {
     closed: AtomicBool,
     /// Set while RabbitMQ blocks the publishing connection (resource alarm).
     blocked: AtomicBool,
+    /// The largest frame the last connection agreed on ([`Broker::frame_max`]).
+    frame_max: std::sync::atomic::AtomicU32,
     next_publisher: AtomicUsize,
     next_consumer: AtomicUsize,
     next_control: AtomicUsize,
@@ -146,6 +148,7 @@ impl Broker {
             current_uri: AtomicUsize::new(config.amqp_uri.len().saturating_sub(1)),
             closed: AtomicBool::new(false),
             blocked: AtomicBool::new(false),
+            frame_max: std::sync::atomic::AtomicU32::new(0),
             next_publisher: AtomicUsize::new(0),
             next_consumer: AtomicUsize::new(0),
             next_control: AtomicUsize::new(0),
@@ -200,6 +203,8 @@ impl Broker {
                 Ok(conn) => {
                     tracing::info!(uri = %redact(uri), role, node = %self.node, "connected to RabbitMQ");
                     self.current_uri.store(index, Ordering::Release);
+                    self.frame_max
+                        .store(conn.configuration().frame_max(), Ordering::Release);
                     self.watch_events(&conn, role);
                     return Ok(conn);
                 }
@@ -427,6 +432,12 @@ impl Broker {
             }
         }
         Ok(())
+    }
+
+    /// The largest frame RabbitMQ takes on the last connection made (0 before the
+    /// first): a publish's content header (its properties) must fit in one.
+    pub fn frame_max(&self) -> u32 {
+        self.frame_max.load(Ordering::Acquire)
     }
 
     /// A publisher channel (confirm mode) from the pool, round robin.

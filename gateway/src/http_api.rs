@@ -481,6 +481,7 @@ async fn publish(
         .with_message_id(short("message id", message_id.clone())?)
         .with_timestamp(now_ms_epoch() / 1000)
         .with_headers(table);
+    inbound::fits_one_frame(&properties, shared.broker.frame_max())?;
     let unavailable = |e: String| Refusal::new(ErrorCode::BrokerUnavailable, e);
     let channel = shared
         .broker

@@ -455,6 +455,31 @@ impl Pending {
     }
 }
 
+/// Refuses (`too_large`) a message whose properties (headers, the `CC` list) do not
+/// fit in one frame of `frame_max` bytes: RabbitMQ would close the gateway's whole
+/// publishing connection on it (`frame_too_large`), failing every client's writes
+/// on it. The body is split into frames and is not counted.
+///
+/// # Errors
+/// `too_large`, saying how many bytes the properties take and how many fit.
+pub(crate) fn fits_one_frame(properties: &BasicProperties, frame_max: u32) -> Result<(), Refusal> {
+    let encoded = cookie_factory::gen_simple(
+        lapin::protocol::basic::gen_properties(properties),
+        Vec::new(),
+    );
+    // The class, weight and body size before the properties; 8 bytes of frame overhead.
+    let bytes = 12 + encoded.map_or(0, |v| v.len());
+    let frame_max = if frame_max == 0 { 131_072 } else { frame_max };
+    let limit = (frame_max as usize).saturating_sub(8);
+    if bytes > limit {
+        return Err(Refusal::new(
+            ErrorCode::TooLarge,
+            format!("the message's headers and targets take {bytes} bytes; RabbitMQ takes at most {limit} in one frame (frame_max)"),
+        ));
+    }
+    Ok(())
+}
+
 /// `m` prepared ([`prepare`]), once [`check_service`] found someone to take it.
 async fn checked(
     shared: &Shared,
@@ -463,6 +488,7 @@ async fn checked(
     m: &Message<'_>,
 ) -> Result<Prepared, Refusal> {
     let prepared = prepare(shared, pinned, sender, m)?;
+    fits_one_frame(&prepared.properties, shared.broker.frame_max())?;
     let action = if m.request.is_some() {
         Action::Request
     } else {
