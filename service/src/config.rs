@@ -186,3 +186,26 @@ impl ServiceConfig {
         self
     }
 }
+
+/// The instant `timeout` from now; a timeout too long to add (`Duration::MAX`, "no
+/// limit") is about thirty years.
+pub(crate) fn deadline_in(timeout: std::time::Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + std::time::Duration::from_secs(30 * 365 * 24 * 3600))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_timeout_too_long_to_add_is_a_far_deadline_not_a_panic() {
+        let far = deadline_in(std::time::Duration::MAX);
+        assert!(
+            far > tokio::time::Instant::now() + std::time::Duration::from_secs(365 * 24 * 3600)
+        );
+        let near = deadline_in(std::time::Duration::from_secs(1));
+        assert!(near < far);
+    }
+}

@@ -32,7 +32,8 @@ use warren_protocol::ErrorCode;
 
 use crate::config::ServiceConfig;
 use crate::duplicate_window::{DuplicateWindow, RememberedReply, Seen};
-use crate::handler::{Context, Handler, HandlerError, Outcome};
+use crate::error::ServiceError;
+use crate::handler::{Answer, Context, Handler, HandlerError, Outcome};
 use crate::incoming::Incoming;
 use crate::link::{Epoch, Link};
 use crate::publisher::{fresh_message_id, Publisher};
@@ -546,6 +547,45 @@ async fn handle<H: Handler>(
                 .reply(to, correlation_id.as_deref(), &answer, &message_id)
                 .await
             {
+                if refused_for_good(&e) {
+                    // RabbitMQ will never take this reply: handing the message back
+                    // would run the handler again and again. The requester is told.
+                    error!(error = %e, "the reply cannot be published; answering the request `internal` instead");
+                    let refusal = Answer::refusal(
+                        ErrorCode::Internal,
+                        format!("the service's reply could not be published: {e}"),
+                    );
+                    let message_id = fresh_message_id();
+                    if let Err(e) = shared
+                        .publisher
+                        .reply(to, correlation_id.as_deref(), &refusal, &message_id)
+                        .await
+                    {
+                        warn!(error = %e, "the refusal could not be published either; handing the message back");
+                        if let Some(id) = &id {
+                            shared
+                                .window
+                                .lock()
+                                .expect("window lock")
+                                .fail(id, Instant::now());
+                        }
+                        nack(acker).await;
+                        return;
+                    }
+                    if let Some(id) = &id {
+                        let remembered = Some(RememberedReply {
+                            message_id,
+                            answer: refusal,
+                        });
+                        shared.window.lock().expect("window lock").finish(
+                            id,
+                            remembered,
+                            Instant::now(),
+                        );
+                    }
+                    ack(acker).await;
+                    return;
+                }
                 if let Some(id) = &id {
                     let mut window = shared.window.lock().expect("window lock");
                     if rememberable {
@@ -578,6 +618,18 @@ async fn handle<H: Handler>(
             .finish(id, remembered, Instant::now());
     }
     ack(acker).await;
+}
+
+/// Whether a failed reply can never be published (the broker or the library refused
+/// this very message), so that handing its request back would only run the handler
+/// again: not when the broker was unreachable or nacked it.
+fn refused_for_good(e: &ServiceError) -> bool {
+    !matches!(
+        e,
+        ServiceError::BrokerUnavailable { .. }
+            | ServiceError::Nacked { .. }
+            | ServiceError::Stopped
+    )
 }
 
 /// Marks a handling abandoned in the duplicate window when dropped before it ended
@@ -629,7 +681,7 @@ async fn dead_letter<H>(
             .link
             .up(
                 0,
-                Some(tokio::time::Instant::now() + shared.config.publish_timeout),
+                Some(crate::config::deadline_in(shared.config.publish_timeout)),
             )
             .await?;
         if *declared != Some(epoch.generation) {

@@ -40,6 +40,18 @@ pub enum ServiceError {
         /// Its length in bytes.
         len: usize,
     },
+    /// A message whose properties (its headers, the `CC` list of a multicast) do not
+    /// fit in one AMQP frame: RabbitMQ would close the whole connection on it
+    /// (`frame_too_large`), so nothing is published. Send fewer targets per message
+    /// or smaller headers (the body may be as large as RabbitMQ's
+    /// `max_message_size`: it is split into frames).
+    #[error("the message's properties (headers, CC list) take {bytes} bytes; RabbitMQ takes at most {limit} in one frame (frame_max): nothing was published")]
+    TooLarge {
+        /// The encoded size of the content header's payload.
+        bytes: usize,
+        /// What one frame holds for it on this connection.
+        limit: usize,
+    },
     /// The service was stopped while the operation was waiting.
     #[error("the service is stopped")]
     Stopped,

@@ -266,14 +266,24 @@ impl Publisher {
         let exchange_name = exact("exchange name", exchange)?;
         let key = exact("routing key", routing_key)?;
         let started = tokio::time::Instant::now();
-        let deadline = started + self.inner.timeout;
+        let deadline = started
+            .checked_add(self.inner.timeout)
+            .unwrap_or_else(|| crate::config::deadline_in(self.inner.timeout));
         let mut min_generation = 0;
         let mut attempt = 0u32;
         let mut nacks = 0u32;
         let lane = Lane::of(&self.inner.names, exchange, routing_key);
+        let header_bytes = content_header_bytes(&properties);
         loop {
             attempt += 1;
             let epoch = self.inner.link.up(min_generation, Some(deadline)).await?;
+            let limit = header_limit(epoch.connection.configuration().frame_max());
+            if header_bytes > limit {
+                return Err(ServiceError::TooLarge {
+                    bytes: header_bytes,
+                    limit,
+                });
+            }
             let mut used = None;
             let once = self.publish_once(
                 &epoch,
@@ -648,6 +658,24 @@ fn retryable(error: &lapin::Error, connection_up: bool) -> bool {
             | ErrorKind::IOError(_)
             | ErrorKind::MissingHeartbeatError
     ) || error.is_amqp_hard_error()
+}
+
+/// The size of a publish's content header payload (class, weight, body size and the
+/// encoded `properties`): it must fit in one frame, unlike the body.
+pub(crate) fn content_header_bytes(properties: &BasicProperties) -> usize {
+    let encoded = cookie_factory::gen_simple(
+        lapin::protocol::basic::gen_properties(properties),
+        Vec::new(),
+    );
+    // Encoding into a Vec cannot fail; were it to, nothing is refused here.
+    12 + encoded.map_or(0, |v| v.len())
+}
+
+/// What one frame of `frame_max` bytes holds for a content header (its 8 bytes of
+/// frame overhead taken off; RabbitMQ's own default when the connection names none).
+pub(crate) fn header_limit(frame_max: u32) -> usize {
+    let frame_max = if frame_max == 0 { 131_072 } else { frame_max };
+    (frame_max as usize).saturating_sub(8)
 }
 
 /// String headers as an AMQP field table of long strings (a name longer than 255

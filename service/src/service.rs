@@ -209,7 +209,7 @@ impl Service {
         if *self.stop.borrow() {
             return Err(ServiceError::Stopped);
         }
-        let deadline = tokio::time::Instant::now() + self.config.publish_timeout;
+        let deadline = crate::config::deadline_in(self.config.publish_timeout);
         let epoch = self.link.up(0, Some(deadline)).await?;
         let queue = topology::declare_channel_queue_with(
             &epoch.connection,
@@ -295,7 +295,7 @@ impl Service {
                 self.announcer.add_channel(&channel);
             }
         }
-        let deadline = tokio::time::Instant::now() + self.config.publish_timeout;
+        let deadline = crate::config::deadline_in(self.config.publish_timeout);
         let epoch = self.link.up(0, Some(deadline)).await?;
         for queue in &queues {
             topology::declare_work_queue(&epoch.connection, &self.names, queue, &self.config)
@@ -351,7 +351,7 @@ impl Service {
         if *self.stop.borrow() {
             return Err(ServiceError::Stopped);
         }
-        let deadline = tokio::time::Instant::now() + self.config.publish_timeout;
+        let deadline = crate::config::deadline_in(self.config.publish_timeout);
         let epoch = self.link.up(0, Some(deadline)).await?;
         topology::declare_tenant_topology(&epoch.connection, &self.names, routing, &self.config)
             .await
