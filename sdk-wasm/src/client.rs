@@ -792,7 +792,9 @@ impl<C: Codec> ClientCore<C> {
         self.url_index = (self.url_index + 1) % self.config.urls.len().max(1);
         let delay = match self.failures {
             0 => 0,
-            n => self.config.backoff.delay(n - 1, &mut self.rng),
+            // Never 0 after a failure (`minDelayMs: 0`): a URL the browser refuses
+            // at once would otherwise be retried in the same call, for ever.
+            n => self.config.backoff.delay(n - 1, &mut self.rng).max(1),
         };
         self.failures = self.failures.saturating_add(1);
         if delay == 0 {
@@ -884,9 +886,12 @@ impl<C: Codec> ClientCore<C> {
         );
         self.actions.push(Action::Error(err.clone()));
         self.fail_everything(&err);
+        // Until connect(): ready() and writes are rejected at once, not left waiting.
+        self.stopped = Some(err);
     }
 
-    /// The gateway closed with a code that forbids reconnecting.
+    /// The gateway closed with a code that forbids reconnecting: `closed` (not
+    /// retryable) unless the code has an error of its own.
     fn give_up(&mut self, code: u16) {
         self.phase = Phase::Disconnected;
         self.report(false);
@@ -895,8 +900,8 @@ impl<C: Codec> ClientCore<C> {
             Some(CloseCode::UnsupportedProtocol) => {
                 (ErrorCode::Unsupported, "unsupported_protocol")
             }
-            Some(c) => (ErrorCode::Disconnected, c.as_str()),
-            None => (ErrorCode::Disconnected, "unknown"),
+            Some(c) => (ErrorCode::Closed, c.as_str()),
+            None => (ErrorCode::Closed, "unknown"),
         };
         let err = ClientError::new(
             error,

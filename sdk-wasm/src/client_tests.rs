@@ -364,7 +364,9 @@ fn after_a_close_code_that_forbids_reconnecting_new_writes_are_rejected_at_once_
     for (code, expected) in [
         (4501, ErrorCode::Unauthorized),
         (4503, ErrorCode::Unsupported),
-        (4502, ErrorCode::Disconnected),
+        // Not `disconnected` (retryable): the client does not reconnect.
+        (4502, ErrorCode::Closed),
+        (4500, ErrorCode::Closed),
     ] {
         let mut h = Harness::new(&URLS);
         h.connect("s1", false);
@@ -1366,6 +1368,56 @@ fn connect_gives_up_after_the_deadline_and_rejects_what_waits_with_timeout() {
     h.core.connect(h.now);
     assert_eq!(Harness::opens(&h.take()).len(), 1);
     assert!(opened >= 3);
+}
+
+#[test]
+fn after_giving_up_ready_and_writes_are_rejected_at_once_until_connect() {
+    let mut config = Config::new(URLS.iter().map(|u| u.to_string()).collect());
+    config.give_up_after_ms = Some(1_000);
+    let mut h = Harness::with(config);
+    h.core.connect(h.now);
+    h.take();
+    while h.core.state() != State::Disconnected {
+        if h.core.state() == State::Connecting {
+            h.core.on_close(h.conn, 1006, h.now);
+        }
+        h.advance(50);
+        h.take();
+    }
+    let ready = h.core.ready(h.now);
+    let write = h.core.write(envelope("chat", json!(1)), h.now);
+    let actions = h.take();
+    assert_eq!(
+        Harness::rejections(&actions),
+        vec![(ready, ErrorCode::Timeout), (write, ErrorCode::Timeout)],
+        "rejected at once, not left waiting for a connection nobody tries"
+    );
+    h.core.connect(h.now);
+    let ready = h.core.ready(h.now);
+    assert!(Harness::rejections(&h.take()).is_empty(), "connect() starts over");
+    h.connect("s1", false);
+    assert!(resolved(&h.log, ready));
+}
+
+#[test]
+fn a_minimum_delay_of_zero_still_waits_between_failed_attempts() {
+    let mut config = Config::new(URLS.iter().map(|u| u.to_string()).collect());
+    config.backoff = crate::Backoff::new(0, 1_000);
+    let mut h = Harness::with(config);
+    h.core.connect(h.now);
+    assert_eq!(Harness::opens(&h.take()).len(), 1);
+    // Each attempt refused at once, at the same instant (a URL the browser refuses):
+    // the first is tried again at once, the second after a wait.
+    h.core.on_close(h.conn, 1006, h.now);
+    assert_eq!(Harness::opens(&h.take()).len(), 1, "the first retry at once");
+    h.core.on_close(h.conn, 1006, h.now);
+    assert!(
+        Harness::opens(&h.take()).is_empty(),
+        "then a wait, not another attempt in the same call"
+    );
+    assert_eq!(h.core.state(), State::Connecting);
+    h.advance(2_000);
+    assert_eq!(Harness::opens(&h.take()).len(), 1, "and it tries again after the wait");
 }
 
 #[test]

@@ -137,7 +137,8 @@ impl Timer {
     /// Reports [`TICK`] to `dispatch` after `ms`.
     pub fn arm(ms: u64, dispatch: &Dispatch) -> Timer {
         Timer {
-            id: arm(ms as f64, function(dispatch)),
+            // setTimeout takes at most 2^31 - 1 ms; past that it fires at once.
+            id: arm(ms.min(0x7fff_ffff) as f64, function(dispatch)),
         }
     }
 }
