@@ -221,7 +221,14 @@ pub(crate) fn prepare(
         }
     }
     let key = short("routing key", keys::inbound(m.channel, m.subject))?;
-    let message_id = short("message id", format!("{}:{id}", identity.user))?;
+    // A user id is unique only within its tenant: the tenant is part of the id a
+    // service's duplicate window knows the message by (`<tenant>/<user>:<id>`), or
+    // two tenants' `admin` sending `r-1` would be one message to it.
+    let message_id = match tenant_of(&shared.config, identity) {
+        Some(tenant) => format!("{tenant}/{}:{id}", identity.user),
+        None => format!("{}:{id}", identity.user),
+    };
+    let message_id = short("message id", message_id)?;
     validate_client_headers(m.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()))).map_err(
         |e| {
             let code = match e {

@@ -66,11 +66,12 @@ fn tenant_mode(c: &mut Config) {
 }
 
 /// A token of `user` in `tenant` (no claim when `None`) that may publish and
-/// subscribe on chat and publish and request on the routed channel.
+/// subscribe on chat, publish and request on the routed channel, and request on echo.
 fn token(user: &str, tenant: Option<&str>) -> String {
     let mut claims = json!({
         "sub": user, "exp": now() + 600,
-        "channels": {"chat": ["publish", "subscribe"], ROUTED: ["publish", "request"]}
+        "channels": {"chat": ["publish", "subscribe"], ROUTED: ["publish", "request"],
+                     "echo": ["request"]}
     });
     if let Some(t) = tenant {
         claims["tenant"] = json!(t);
@@ -276,6 +277,45 @@ async fn the_same_user_id_in_two_tenants_is_two_users() {
         for c in [thief, globex] {
             c.close().await;
         }
+        gw.shutdown().await;
+        delete_tenant_topology(env).await;
+    })
+    .await;
+}
+
+/// The same user id and request id in two tenants are two requests to a service on a
+/// channel the tenants share: each gets its own answer. The service library's
+/// duplicate window knows a message by its `message_id`, which names the tenant; it
+/// named only `<user>:<id>`, and globex's `admin` got acme's remembered reply.
+#[tokio::test]
+async fn the_same_request_id_of_the_same_user_id_in_two_tenants_is_two_requests() {
+    TestEnv::run("tenant-same-request", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, tenant_mode).await;
+        let service = Service::connect(&amqp_addr(), env.names.clone())
+            .await
+            .expect("the service connects");
+        service
+            .consume("echo", |_ctx: Context, m: Incoming| async move {
+                Outcome::json(&json!({ "tenant": m.tenant() }))
+                    .map_err(|e| HandlerError::Failed(e.to_string()))
+            })
+            .await
+            .expect("consume echo");
+        let mut acme = login(&gw, "admin", Some("acme")).await;
+        let mut globex = login(&gw, "admin", Some("globex")).await;
+        for (client, tenant) in [(&mut acme, "acme"), (&mut globex, "globex")] {
+            client.request("r-1", "echo", Some(10_000), json!({})).await;
+            let reply = client.expect_reply("r-1").await;
+            let reply: serde_json::Value = serde_json::from_str(reply.message.get()).unwrap();
+            assert_eq!(
+                reply["tenant"], tenant,
+                "{tenant}'s admin gets its own answer"
+            );
+        }
+        for c in [acme, globex] {
+            c.close().await;
+        }
+        service.stop().await.expect("the service stops");
         gw.shutdown().await;
         delete_tenant_topology(env).await;
     })
