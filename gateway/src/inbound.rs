@@ -350,9 +350,11 @@ pub(crate) const CONFIRM_WAIT: Duration = Duration::from_secs(10);
 
 /// How long a WebSocket request waits for its publish confirm: [`CONFIRM_WAIT`], or
 /// longer than its own timeout (`timeout_ms`). A request is answered by its reply, a
-/// refusal or `timeout` at its deadline, never `broker_unavailable` while its reply
-/// may still come: under a resource alarm that clears within the timeout the request
-/// goes through (before, it was refused at 10 s, and a retry ran it twice).
+/// refusal or `timeout` at its deadline, not `broker_unavailable` for a late confirm:
+/// under a resource alarm that clears within the timeout the request goes through
+/// (before, it was refused at 10 s, and a retry ran it twice). A channel or
+/// connection that closes before the confirm is still `broker_unavailable` at once
+/// ([`Outcome::Failed`]), though the request may have been routed.
 pub(crate) fn request_confirm_wait(timeout_ms: u64) -> Duration {
     CONFIRM_WAIT.max(Duration::from_millis(timeout_ms) + Duration::from_secs(1))
 }

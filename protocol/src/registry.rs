@@ -71,7 +71,10 @@ error_codes! {
     BrokerUnavailable = "broker_unavailable", retry: true;
     /// Too much in flight on this connection; slow down.
     Overloaded = "overloaded", retry: true;
-    /// The session to resume no longer exists; a fresh session was opened.
+    /// As `welcome.notice`: the session was not resumed and a fresh one was opened (its
+    /// id does not have the shape of one a gateway issues, or a position is past its
+    /// stream's tail). As an `error` without id: positions after the session's aged
+    /// out of a stream's retention before it got them; the session is kept.
     SessionExpired = "session_expired", retry: false;
     /// The service refused the request; `message` says why.
     Rejected = "rejected", retry: false;
@@ -149,7 +152,8 @@ close_codes! {
     RateLimited = 4005, "rate_limited";
     /// The auth service did not answer the `hello`'s token in time; reconnect later.
     AuthUnavailable = 4006, "auth_unavailable";
-    /// The stream cannot be understood (e.g. binary frames when text is required).
+    /// No session was opened within `hello_timeout_ms` of the connection. (A binary
+    /// frame is answered with `error unsupported`; the connection stays open.)
     ProtocolViolation = 4500, "protocol_violation";
     /// The token was refused.
     Unauthorized = 4501, "unauthorized";
