@@ -314,7 +314,10 @@ async fn external(
     let pending =
         inbound::send(&shared, None, &sender, &message, m.message.get().as_bytes()).await?;
     confirmed(&shared, pending).await?;
-    Ok(accepted(&id, &format!("{}:{id}", caller.identity.user)))
+    Ok(accepted(
+        &id,
+        &inbound::message_id(&shared.config, &caller.identity, &id),
+    ))
 }
 
 /// `POST /request/{channel}`: a `request` from outside, answered with the reply.

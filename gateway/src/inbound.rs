@@ -100,6 +100,18 @@ pub(crate) fn tenant_of<'a>(config: &'a Config, identity: &'a Identity) -> Optio
     }
 }
 
+/// The AMQP `message_id` of a client's message `id`: `<user>:<id>`, stable when the
+/// client sends it again, so that services drop the copy. In tenant mode
+/// `<tenant>/<user>:<id>`: a user id is unique only within its tenant, and two
+/// tenants' `admin` sending `r-1` must not be one message to a service's duplicate
+/// window (a tenant name has no `/`).
+pub(crate) fn message_id(config: &Config, identity: &Identity, id: &str) -> String {
+    match tenant_of(config, identity) {
+        Some(tenant) => format!("{tenant}/{}:{id}", identity.user),
+        None => format!("{}:{id}", identity.user),
+    }
+}
+
 /// Whether `channel` is served here (by this gateway, and by the listener if it is
 /// pinned to one channel).
 ///
@@ -221,14 +233,7 @@ pub(crate) fn prepare(
         }
     }
     let key = short("routing key", keys::inbound(m.channel, m.subject))?;
-    // A user id is unique only within its tenant: the tenant is part of the id a
-    // service's duplicate window knows the message by (`<tenant>/<user>:<id>`), or
-    // two tenants' `admin` sending `r-1` would be one message to it.
-    let message_id = match tenant_of(&shared.config, identity) {
-        Some(tenant) => format!("{tenant}/{}:{id}", identity.user),
-        None => format!("{}:{id}", identity.user),
-    };
-    let message_id = short("message id", message_id)?;
+    let message_id = short("message id", message_id(&shared.config, identity, id))?;
     validate_client_headers(m.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()))).map_err(
         |e| {
             let code = match e {
@@ -655,4 +660,39 @@ pub(crate) fn now_ms_epoch() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_id_names_the_tenant_in_tenant_mode_only() {
+        let mut config = Config::default();
+        config.auth.mode = crate::config::AuthMode::Jwt;
+        let mut admin = Identity::unrestricted("admin");
+        admin.tenant = Some("acme".into());
+        assert_eq!(message_id(&config, &admin, "r-1"), "admin:r-1");
+        config.tenants.enabled = true;
+        assert_eq!(message_id(&config, &admin, "r-1"), "acme/admin:r-1");
+        admin.tenant = Some("globex".into());
+        assert_eq!(message_id(&config, &admin, "r-1"), "globex/admin:r-1");
+    }
+
+    #[test]
+    fn properties_that_do_not_fit_one_frame_are_refused_too_large() {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "big".into(),
+            AMQPValue::LongString("h".repeat(200_000).into()),
+        );
+        let big = BasicProperties::default().with_headers(headers);
+        let refusal = fits_one_frame(&big, 131_072).expect_err("200 KB of headers");
+        assert_eq!(refusal.code, ErrorCode::TooLarge);
+        assert!(
+            fits_one_frame(&big, 1_048_576).is_ok(),
+            "a larger frame_max takes it"
+        );
+        assert!(fits_one_frame(&BasicProperties::default(), 0).is_ok());
+    }
 }
