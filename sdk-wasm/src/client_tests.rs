@@ -1394,7 +1394,10 @@ fn after_giving_up_ready_and_writes_are_rejected_at_once_until_connect() {
     );
     h.core.connect(h.now);
     let ready = h.core.ready(h.now);
-    assert!(Harness::rejections(&h.take()).is_empty(), "connect() starts over");
+    assert!(
+        Harness::rejections(&h.take()).is_empty(),
+        "connect() starts over"
+    );
     h.connect("s1", false);
     assert!(resolved(&h.log, ready));
 }
@@ -1409,7 +1412,11 @@ fn a_minimum_delay_of_zero_still_waits_between_failed_attempts() {
     // Each attempt refused at once, at the same instant (a URL the browser refuses):
     // the first is tried again at once, the second after a wait.
     h.core.on_close(h.conn, 1006, h.now);
-    assert_eq!(Harness::opens(&h.take()).len(), 1, "the first retry at once");
+    assert_eq!(
+        Harness::opens(&h.take()).len(),
+        1,
+        "the first retry at once"
+    );
     h.core.on_close(h.conn, 1006, h.now);
     assert!(
         Harness::opens(&h.take()).is_empty(),
@@ -1417,7 +1424,11 @@ fn a_minimum_delay_of_zero_still_waits_between_failed_attempts() {
     );
     assert_eq!(h.core.state(), State::Connecting);
     h.advance(2_000);
-    assert_eq!(Harness::opens(&h.take()).len(), 1, "and it tries again after the wait");
+    assert_eq!(
+        Harness::opens(&h.take()).len(),
+        1,
+        "and it tries again after the wait"
+    );
 }
 
 #[test]
