@@ -327,11 +327,14 @@ pub enum NameError {
         /// Which name.
         what: &'static str,
     },
-    /// The name is longer than [`MAX_NAME_LEN`].
-    #[error("{what} is longer than {MAX_NAME_LEN} bytes")]
+    /// The name is longer than `max` bytes ([`MAX_NAME_LEN`] for a segment, twice
+    /// that for a dotted name).
+    #[error("{what} is longer than {max} bytes")]
     TooLong {
         /// Which name.
         what: &'static str,
+        /// Its limit.
+        max: usize,
     },
     /// A name composed from client input (routing key, message id, binding key) is
     /// longer than an AMQP short string can be.
@@ -466,7 +469,10 @@ pub fn validate_segment(what: &'static str, value: &str) -> Result<(), NameError
         return Err(NameError::Empty { what });
     }
     if value.len() > MAX_NAME_LEN {
-        return Err(NameError::TooLong { what });
+        return Err(NameError::TooLong {
+            what,
+            max: MAX_NAME_LEN,
+        });
     }
     if !value
         .bytes()
@@ -487,7 +493,10 @@ pub fn validate_segment(what: &'static str, value: &str) -> Result<(), NameError
 /// When a segment is invalid or the whole is too long.
 pub fn validate_dotted(what: &'static str, value: &str, pattern: bool) -> Result<(), NameError> {
     if value.len() > 2 * MAX_NAME_LEN {
-        return Err(NameError::TooLong { what });
+        return Err(NameError::TooLong {
+            what,
+            max: 2 * MAX_NAME_LEN,
+        });
     }
     for seg in value.split('.') {
         if pattern && (seg == "*" || seg == "#") {
@@ -587,6 +596,26 @@ pub fn dead_letter_queue_args(queue_type: &str) -> Vec<(&'static str, QueueArg)>
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_too_long_name_says_its_own_limit() {
+        let segment = "a".repeat(MAX_NAME_LEN + 1);
+        let e = validate_segment("group", &segment).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("group is longer than {MAX_NAME_LEN} bytes")
+        );
+        let dotted = ["a".repeat(100), "b".repeat(100)].join(".");
+        assert!(
+            validate_dotted("subject", &dotted, false).is_ok(),
+            "201 bytes"
+        );
+        let dotted = ["a".repeat(128), "b".repeat(128), "c".into()].join(".");
+        let e = validate_dotted("subject", &dotted, false).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("subject is longer than {} bytes", 2 * MAX_NAME_LEN)
+        );
+    }
 
     #[test]
     fn the_channel_of_a_gateway_fed_queue_is_found_and_no_other() {

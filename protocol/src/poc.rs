@@ -46,7 +46,8 @@ pub struct PocPacket<M = Raw> {
     /// any other is refused with `unsupported`. Ignored by `consume`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish_target: Option<String>,
-    /// Topics to consume; empty means everything of the channel.
+    /// Topics to consume; empty means the channel's broadcast, groups and direct
+    /// messages (no topic events).
     #[serde(default)]
     pub consume_target: Vec<String>,
     /// The application message (required for `publish`).
