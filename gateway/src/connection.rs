@@ -569,19 +569,21 @@ impl Conn {
     async fn on_text(&mut self, text: &str) -> Flow {
         let max = self.shared.config.max_frame_bytes;
         if text.len() > max {
+            let why = format!(
+                "frame of {} bytes exceeds max_frame_bytes {max}",
+                text.len()
+            );
+            // An oversized `hello` (a resume naming very many subscriptions) opens
+            // nothing, as one that cannot be read: an empty hello's session would lack
+            // its token (in jwt mode a 4501 that stops the client; without auth an
+            // anonymous session for a named user).
+            if self.session.is_none() && names_hello(text) {
+                return self.bad(None, ErrorCode::TooLarge, why).await;
+            }
             if let Flow::Close(c, r) = self.ensure_session(None).await {
                 return Flow::Close(c, r);
             }
-            return self
-                .bad(
-                    None,
-                    ErrorCode::TooLarge,
-                    format!(
-                        "frame of {} bytes exceeds max_frame_bytes {max}",
-                        text.len()
-                    ),
-                )
-                .await;
+            return self.bad(None, ErrorCode::TooLarge, why).await;
         }
         match decode_client(text) {
             // A `hello` that cannot be read opens nothing: opened from an empty hello

@@ -93,6 +93,43 @@ async fn without_auth_a_hello_that_cannot_be_read_opens_no_anonymous_session() {
     env.cleanup().await;
 }
 
+/// A `hello` over `max_frame_bytes` (a resume naming some 1,900 subscriptions) is
+/// answered `too_large` and opens nothing; a correct one follows. It used to open a
+/// session from an empty hello: in jwt mode a 4501 that stops the client for good.
+/// (Up to 4 KiB over the limit: past that, before a session, the socket is dropped.)
+#[tokio::test]
+async fn a_hello_over_max_frame_bytes_opens_no_session_and_a_correct_one_follows() {
+    let env = TestEnv::new("bad-hello-large").await;
+    let gw = TestGateway::start_with(&env, jwt).await;
+    let t = token("alice");
+    let hello_of = |n: usize| {
+        let subscriptions: Vec<serde_json::Value> = (0..n)
+            .map(|i| json!({"id": format!("s{i:05}"), "channel": "chat"}))
+            .collect();
+        json!({"type": "hello", "token": t, "subscriptions": subscriptions}).to_string()
+    };
+    // Every subscription takes as many bytes: as many as make the limit plus 1,000.
+    let per = hello_of(2).len() - hello_of(1).len();
+    let hello = hello_of((64 * 1024 + 1_000 - hello_of(0).len()) / per + 1);
+    assert!(hello.len() < 64 * 1024 + 2_000, "{} bytes", hello.len());
+    let mut c = TestClient::connect_raw(&gw.url()).await;
+    c.send_text(&hello).await;
+    let e = c.expect_error_code(None, ErrorCode::TooLarge).await;
+    assert!(e.message.contains("max_frame_bytes"), "{e:?}");
+    c.send(&ClientFrame::Hello(Hello {
+        token: Some(t.clone()),
+        ..Default::default()
+    }))
+    .await;
+    match c.recv().await {
+        ServerFrame::Welcome(w) => assert_eq!(w.user, "alice"),
+        other => panic!("expected a welcome, got {other:?}"),
+    }
+    c.close().await;
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
 /// No correct hello in time: closed as any silent client is.
 #[tokio::test]
 async fn a_client_that_never_sends_a_readable_hello_is_closed_at_the_hello_timeout() {
