@@ -115,6 +115,11 @@ pub struct Context {
     names: Names,
     /// The tenant of the message being handled (its `x-warren-tenant`), if any.
     tenant: Option<String>,
+    /// The `message_id` of the message being handled, if it has one: what the
+    /// handler publishes without an id of its own is numbered from it.
+    origin: Option<String>,
+    /// How many messages the handler published so far (without an id of their own).
+    published: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Context {
@@ -123,16 +128,21 @@ impl Context {
             publisher,
             names,
             tenant: None,
+            origin: None,
+            published: Default::default(),
         }
     }
 
-    /// This context while handling `message`: what it publishes carries the message's
-    /// tenant.
+    /// This context while handling `message` (once; a fresh one for each attempt):
+    /// what it publishes carries the message's tenant, and without an id of its own
+    /// the `message_id` `<handled message_id>/<n>` (the n-th publish of the handler).
     pub(crate) fn for_message(&self, message: &Incoming) -> Self {
         Context {
             publisher: self.publisher.clone(),
             names: self.names.clone(),
             tenant: message.tenant().map(str::to_string),
+            origin: message.message_id.clone(),
+            published: Default::default(),
         }
     }
 
@@ -167,6 +177,13 @@ impl Context {
     /// broker's confirm. Returns the `message_id` it carries. In tenant mode it carries
     /// the handled message's tenant, so only that tenant's clients receive it.
     ///
+    /// Its `message_id` is `<handled message's message_id>/<n>` for the handler's n-th
+    /// publish (from 0), or a fresh one when the handled message has none: a handler
+    /// run again (a retry after an error, a redelivery to another worker after a
+    /// crash) publishes the same ids, and clients drop the copies. A handler whose
+    /// publishes differ from one attempt to the next sets its own ids
+    /// ([`Context::send`] with [`Outgoing::with_message_id`]).
+    ///
     /// # Errors
     /// As [`Publisher::publish`].
     pub async fn publish(
@@ -178,11 +195,23 @@ impl Context {
     }
 
     /// Publishes a fully described message and waits for the confirm; with the handled
-    /// message's tenant in `x-warren-tenant` unless `message` names one.
+    /// message's tenant in `x-warren-tenant` unless `message` names one, and without a
+    /// `message_id` of its own one numbered from the handled message's
+    /// ([`Context::publish`]).
     ///
     /// # Errors
     /// As [`Publisher::publish`].
     pub async fn send(&self, message: &Outgoing) -> Result<String, ServiceError> {
+        let numbered = match (&message.message_id, &self.origin) {
+            (None, Some(origin)) => {
+                let n = self
+                    .published
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Some(message.clone().with_message_id(format!("{origin}/{n}")))
+            }
+            _ => None,
+        };
+        let message = numbered.as_ref().unwrap_or(message);
         match self.confined(message) {
             Some(confined) => self.publisher.publish(&confined).await,
             None => self.publisher.publish(message).await,

@@ -106,3 +106,78 @@ async fn a_copy_sent_while_the_first_is_handled_waits_and_keeps_its_attempts() {
     })
     .await;
 }
+
+/// A handler that publishes to clients and then fails is run again; what it publishes
+/// the second time carries the same `message_id` as the first time (numbered from the
+/// handled message's), so a client's SDK drops the copy. It carried a fresh UUID each
+/// time: the client got the message twice.
+#[tokio::test]
+async fn what_a_handler_run_again_publishes_carries_the_same_message_ids() {
+    use serde_json::json;
+    use warren_e2e::client::{sub, TestClient};
+    use warren_e2e::env::TestEnv;
+    use warren_e2e::gateway::TestGateway;
+    use warren_protocol::Hello;
+    use warren_service::{Context, Service, Targets};
+
+    TestEnv::run("service-retry-publish", LIMIT, async |env| {
+        let gw = TestGateway::start(env).await;
+        let service = Service::connect_with(
+            &warren_e2e::service::amqp_uri(),
+            env.names.clone(),
+            ServiceConfig::default(),
+        )
+        .await
+        .expect("the service connects");
+        let attempts = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let seen = attempts.clone();
+        service
+            .consume("echo", move |ctx: Context, m: Incoming| {
+                let seen = seen.clone();
+                async move {
+                    for part in ["first", "second"] {
+                        ctx.publish(&Targets::broadcast("chat"), format!("\"{part}\""))
+                            .await?;
+                    }
+                    if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                        return Err(HandlerError::Failed("fails after publishing".into()));
+                    }
+                    Ok(Outcome::Reply(Answer::raw(m.body)))
+                }
+            })
+            .await
+            .expect("consume echo");
+        let hello = Hello {
+            token: Some("ada".into()),
+            ..Hello::default()
+        };
+        let mut ada = TestClient::connect_with(&gw.url(), hello).await;
+        ada.subscribe(sub("s", "chat")).await;
+        ada.request("r1", "echo", Some(10_000), json!({"n": 1}))
+            .await;
+        let mut ids = Vec::new();
+        for _ in 0..4 {
+            let d = ada.expect_deliver().await;
+            ids.push((d.message.get().to_string(), d.message_id));
+        }
+        ada.expect_reply("r1").await;
+        assert_eq!(attempts.load(Ordering::SeqCst), 2, "run twice");
+        assert_eq!(
+            ids[0], ids[2],
+            "the first publish, twice, with one id: {ids:?}"
+        );
+        assert_eq!(
+            ids[1], ids[3],
+            "the second publish, twice, with one id: {ids:?}"
+        );
+        assert_ne!(ids[0].1, ids[1].1, "two publishes, two ids");
+        assert_eq!(
+            ids[0].1, "ada:r1/0",
+            "numbered from the request's message_id"
+        );
+        ada.close().await;
+        service.stop().await.unwrap();
+        gw.shutdown().await;
+    })
+    .await;
+}
