@@ -311,9 +311,16 @@ async fn external(
         session: &session,
     };
     let message = m.inbound(&id, &channel, None);
-    let pending =
-        inbound::send(&shared, None, &sender, &message, m.message.get().as_bytes()).await?;
-    confirmed(&shared, pending).await?;
+    let sent = async {
+        let pending =
+            inbound::send(&shared, None, &sender, &message, m.message.get().as_bytes()).await?;
+        confirmed(&shared, pending).await
+    };
+    match sent.await {
+        Ok(()) => {}
+        Err(refusal) if refusal.code.retry() => return Ok(refused_naming(refusal, &id)),
+        Err(refusal) => return Err(refusal),
+    }
     Ok(accepted(
         &id,
         &inbound::message_id(&shared.config, &caller.identity, &id),
@@ -485,25 +492,42 @@ async fn publish(
         .with_timestamp(now_ms_epoch() / 1000)
         .with_headers(table);
     inbound::fits_one_frame(&properties, shared.broker.frame_max())?;
-    let unavailable = |e: String| Refusal::new(ErrorCode::BrokerUnavailable, e);
-    let channel = shared
-        .broker
-        .stream_publisher(&m.channel)
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
-    // Not mandatory: a message no client is subscribed to is dropped, as a broadcast
-    // nobody listens to should be.
-    let pending = inbound::Pending::publish(
-        channel,
-        ShortString::from(shared.names.outbound_exchange()),
-        routing_key,
-        BasicPublishOptions::default(),
-        m.message.get().as_bytes().to_vec(),
-        properties,
-    )
-    .await?;
-    confirmed(&shared, pending).await?;
-    Ok(accepted(&id, &message_id))
+    let sent = async {
+        let channel = shared
+            .broker
+            .stream_publisher(&m.channel)
+            .await
+            .map_err(|e| Refusal::new(ErrorCode::BrokerUnavailable, e.to_string()))?;
+        // Not mandatory: a message no client is subscribed to is dropped, as a
+        // broadcast nobody listens to should be.
+        let pending = inbound::Pending::publish(
+            channel,
+            ShortString::from(shared.names.outbound_exchange()),
+            routing_key,
+            BasicPublishOptions::default(),
+            m.message.get().as_bytes().to_vec(),
+            properties,
+        )
+        .await?;
+        confirmed(&shared, pending).await
+    };
+    match sent.await {
+        Ok(()) => Ok(accepted(&id, &message_id)),
+        Err(refusal) => Ok(refused_naming(refusal, &id)),
+    }
+}
+
+/// A refusal worth trying again (`broker_unavailable`, `nacked`, ...) of a call that
+/// has an id, which the body names: a caller that sent none learns the one it was
+/// given, so that trying again with it keeps the `message_id`, and a message that
+/// did reach RabbitMQ is dropped as a copy by its receivers.
+fn refused_naming(refusal: Refusal, id: &str) -> Response {
+    let body = serde_json::json!({
+        "code": refusal.code.as_str(),
+        "message": refusal.message,
+        "id": id,
+    });
+    (status_of(refusal.code), Json(body)).into_response()
 }
 
 #[cfg(test)]

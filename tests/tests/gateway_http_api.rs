@@ -526,3 +526,38 @@ async fn with_accept_jwt_a_token_calls_with_its_user_and_permissions_but_may_not
     })
     .await;
 }
+
+/// A call refused for a reason worth trying again (here `overloaded`: the channel's
+/// queue is full) names the id it was given when the caller sent none, so that trying
+/// again with it keeps the `message_id` (a copy that did reach RabbitMQ is dropped by
+/// its receivers). The body had only code and message: the caller could not.
+#[tokio::test]
+async fn a_retryable_refusal_names_the_id_the_call_was_given() {
+    TestEnv::run("http-retry-id", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| {
+            api_on(false)(c);
+            c.inbound_max_length = 2;
+        })
+        .await;
+        let addr = api_addr(&gw);
+        let mut refused = None;
+        for _ in 0..10 {
+            let (status, answer) = post(addr, "/external/chat", json!({"message": 1})).await;
+            if status != 202 {
+                refused = Some((status, answer));
+                break;
+            }
+        }
+        let (status, answer) = refused.expect("a call past the queue's bound is refused");
+        assert_eq!(status, 429, "{answer}");
+        assert_eq!(answer["code"], "overloaded", "{answer}");
+        let id = answer["id"].as_str().expect("the refusal names the id");
+        assert!(!id.is_empty(), "{answer}");
+        // A refusal not worth trying again names no id (nothing was published).
+        let (status, answer) = post(addr, "/external/nope", json!({"message": 1})).await;
+        assert_eq!(status, 404, "{answer}");
+        assert!(answer.get("id").is_none(), "{answer}");
+        gw.shutdown().await;
+    })
+    .await;
+}
