@@ -12,7 +12,8 @@
 //! - [`config`]: one serde struct with defaults, TOML file → `WARREN_*` env → flags.
 //! - [`topology`]: the exchanges and queues Warren declares, printable and idempotent.
 //! - [`broker`]: two AMQP connections, pooled publisher (confirm) and consumer channels.
-//! - [`presence`]: who is online across gateways; `client.disconnected` exactly once.
+//! - [`presence`]: who is online across gateways; `client.disconnected` once per
+//!   session, published through an ordered outbox at least once (a copy after a retry).
 //! - [`services`]: the service registry's live view; `no_service` at once.
 //! - [`session`]: session ids and ownership, takeover, subscriptions, seq/ack bookkeeping.
 //! - [`http_api`]: the external HTTP API (`/external`, `/publish`, `/request`).
@@ -189,6 +190,7 @@ impl Gateway {
         tokio::spawn(server::listen_for_takeovers(shared.clone()));
         tokio::spawn(server::listen_for_services(shared.clone()));
         tokio::spawn(server::keep_presence(shared.clone()));
+        tokio::spawn(server::publish_presence(shared.clone()));
         if !shared.wait_listening(3, Duration::from_secs(3)).await {
             tracing::warn!("the broker listeners (takeovers, services, presence) did not start within 3 s; serving anyway");
         }
@@ -279,6 +281,7 @@ impl Gateway {
         let _ = self.shutdown_tx.send(true);
         let grace =
             Duration::from_millis(self.shared.config.shutdown_grace_ms) + Duration::from_secs(5);
+        let deadline = tokio::time::Instant::now() + grace;
         if tokio::time::timeout(grace, self.shared.tracker.wait_idle())
             .await
             .is_err()
@@ -292,7 +295,18 @@ impl Gateway {
             let _ = tokio::time::timeout(Duration::from_secs(2), s).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.announcer).await;
-        // Let the last announcement and presence events go out.
+        // The presence events still in the outbox go out within the same grace (the
+        // last announcement too).
+        let flush = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(Duration::from_millis(50));
+        let left = self.shared.outbox.flush(flush).await;
+        if left > 0 {
+            tracing::warn!(
+                left,
+                "presence events not confirmed by RabbitMQ before shutdown; lost"
+            );
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
         self.shared.broker.close().await;
         tracing::info!(node = %self.shared.config.node, "stopped");

@@ -47,6 +47,9 @@ pub struct Metrics {
     pub no_service: AtomicU64,
     /// Messages to users with no session anywhere, reported to their publisher.
     pub undelivered: AtomicU64,
+    /// Presence events dropped from a full outbox (RabbitMQ away for long):
+    /// `client.subscriptions` first, then the oldest.
+    pub presence_dropped: AtomicU64,
     /// Stream outbound: times a session's live backlog filled and it fell back to
     /// catching up from the ring.
     pub stream_lagged: AtomicU64,
@@ -301,6 +304,12 @@ impl Metrics {
             "counter",
             "Messages to users with no session anywhere, reported to their publisher's reply_to.",
             get(&self.undelivered),
+        );
+        metric(
+            "presence_events_dropped_total",
+            "counter",
+            "Presence events dropped from a full outbox while RabbitMQ did not take them.",
+            get(&self.presence_dropped),
         );
         let _ = writeln!(
             out,

@@ -2,7 +2,7 @@
 //! which subscriptions — kept by every gateway from the presence events on
 //! `warren.presence`, the takeover requests and the gateway announcements on
 //! `warren.gateways` — and the decision of who publishes a session's
-//! `client.disconnected`, so that it goes out exactly once:
+//! `client.disconnected`, so that one gateway publishes it, once:
 //!
 //! - a client that closes its WebSocket (a close frame, not after a `drain`): its
 //!   gateway, at once;
@@ -15,9 +15,15 @@
 //!
 //! A resume does not publish `client.connected` again — unless the session had been
 //! announced gone (it came back after its `client.disconnected`), so the events of a
-//! session always alternate. Pure: time is passed in.
+//! session always alternate.
+//!
+//! Also here: the [`Outbox`] that keeps a gateway's presence events, in order, until
+//! RabbitMQ confirmed them (at least once, also across a broker outage), and the
+//! resync of a gateway whose presence listener was away ([`PresenceView::asking`],
+//! [`PresenceView::answer`]): it missed its peers' events meanwhile, and asks each
+//! for what it holds. Pure: time is passed in.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -96,6 +102,9 @@ pub struct PresenceView {
     /// `client.disconnected` is due unless they are resumed first.
     away: HashMap<String, Instant>,
     peers: HashMap<String, Peer>,
+    /// The last resync request ([`PresenceView::asking`]): its id and the sessions
+    /// the view held when it was made.
+    asked: Option<(u64, HashSet<String>)>,
 }
 
 /// One online session in a presence answer.
@@ -118,6 +127,7 @@ impl PresenceView {
             sessions: HashMap::new(),
             away: HashMap::new(),
             peers: HashMap::new(),
+            asked: None,
         }
     }
 
@@ -350,6 +360,49 @@ impl PresenceView {
         }
     }
 
+    /// This gateway asks its peers for their views (request `id`) because its
+    /// presence listener was away (a broker reconnect) and missed their events. Each
+    /// peer's [`PresenceView::answer`] to it is the truth about the sessions that peer
+    /// holds.
+    pub fn asking(&mut self, id: u64) {
+        self.asked = Some((id, self.sessions.keys().cloned().collect()));
+    }
+
+    /// Peer `from`'s view, answering request `asked` ([`PresenceView::asking`]), taken
+    /// in at `now`: the sessions this view held when it asked that the view gives to
+    /// `from` and `from` no longer knows are gone (their `client.disconnected` went
+    /// out while this gateway was not listening); the sessions it does not know are
+    /// added ([`PresenceView::merge`]). A session learnt after the request is kept: the
+    /// answer may be older than its `client.connected`. This gateway's own sessions
+    /// are its own to know: what the peer says of them is ignored.
+    pub fn answer(
+        &mut self,
+        from: &str,
+        asked: u64,
+        snapshot: Vec<PresenceEvent>,
+        now: Instant,
+        liveness: bool,
+    ) {
+        let snapshot: Vec<PresenceEvent> =
+            snapshot.into_iter().filter(|e| e.node != self.me).collect();
+        if let Some((id, known)) = &self.asked {
+            if *id == asked {
+                let listed: HashSet<&str> = snapshot.iter().map(|e| e.session.as_str()).collect();
+                let gone: Vec<String> = known
+                    .iter()
+                    .filter(|s| !listed.contains(s.as_str()))
+                    .filter(|s| self.sessions.get(*s).is_some_and(|h| h.node == from))
+                    .cloned()
+                    .collect();
+                for session in gone {
+                    self.sessions.remove(&session);
+                    self.away.remove(&session);
+                }
+            }
+        }
+        self.merge(snapshot, now, liveness);
+    }
+
     fn peer_alive(&self, node: &str, now: Instant) -> bool {
         node == self.me
             || self
@@ -482,6 +535,151 @@ impl PresenceView {
             *m.entry(h.node.clone()).or_default() += 1;
         }
         m
+    }
+}
+
+/// The most presence events a gateway keeps waiting for RabbitMQ ([`Outbox`]), besides
+/// the few being published.
+pub const OUTBOX_MAX: usize = 100_000;
+
+/// A presence event waiting in the [`Outbox`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    seq: u64,
+    /// Its routing key: the event's name.
+    pub key: String,
+    /// Its session.
+    pub session: String,
+    /// Its `message_id`, the same in every copy published.
+    pub message_id: String,
+    /// The event (JSON).
+    pub body: String,
+}
+
+/// This gateway's presence events on their way to `warren.presence`, oldest first,
+/// until RabbitMQ confirmed them. One task publishes them ([`Outbox::take`] a few at a
+/// time, in order); what it could not get confirmed it gives back
+/// ([`Outbox::settle`]) and publishes again later, first and in the same order — so
+/// each event goes out at least once and a session's events never overtake each other.
+///
+/// A session's `client.subscriptions` waiting here is replaced by a newer one (newest
+/// wins, so at most one waits behind the one being published). Bounded: past `max`
+/// waiting, the oldest `client.subscriptions` is dropped first, else the oldest event.
+#[derive(Debug)]
+pub struct Outbox {
+    max: usize,
+    next: u64,
+    waiting: BTreeMap<u64, Outgoing>,
+    /// Session → its newest waiting event (taken for a newer `client.subscriptions`).
+    newest: HashMap<String, u64>,
+    /// The waiting `client.subscriptions` events (dropped first when full).
+    subscriptions: BTreeSet<u64>,
+    /// Taken and not yet settled.
+    publishing: usize,
+}
+
+const SUBSCRIPTIONS: &str = "client.subscriptions";
+
+impl Outbox {
+    /// An empty outbox keeping at most `max` events waiting.
+    pub fn new(max: usize) -> Self {
+        Outbox {
+            max: max.max(1),
+            next: 0,
+            waiting: BTreeMap::new(),
+            newest: HashMap::new(),
+            subscriptions: BTreeSet::new(),
+            publishing: 0,
+        }
+    }
+
+    /// Queues event `key` of `session` (`message_id`, `body`). Returns the event
+    /// dropped to make room, if the outbox was full.
+    pub fn push(
+        &mut self,
+        key: &str,
+        session: &str,
+        message_id: String,
+        body: String,
+    ) -> Option<Outgoing> {
+        if key == SUBSCRIPTIONS {
+            if let Some(seq) = self.newest.get(session) {
+                if let Some(waiting) = self.waiting.get_mut(seq).filter(|e| e.key == key) {
+                    waiting.body = body;
+                    waiting.message_id = message_id;
+                    return None;
+                }
+            }
+        }
+        let dropped = (self.waiting.len() >= self.max)
+            .then(|| self.drop_one())
+            .flatten();
+        let seq = self.next;
+        self.next += 1;
+        if key == SUBSCRIPTIONS {
+            self.subscriptions.insert(seq);
+        }
+        self.newest.insert(session.to_string(), seq);
+        self.waiting.insert(
+            seq,
+            Outgoing {
+                seq,
+                key: key.to_string(),
+                session: session.to_string(),
+                message_id,
+                body,
+            },
+        );
+        dropped
+    }
+
+    /// Drops the oldest waiting `client.subscriptions`, or else the oldest event.
+    fn drop_one(&mut self) -> Option<Outgoing> {
+        let seq = match self.subscriptions.first() {
+            Some(seq) => *seq,
+            None => *self.waiting.keys().next()?,
+        };
+        self.remove(seq)
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<Outgoing> {
+        let e = self.waiting.remove(&seq)?;
+        self.subscriptions.remove(&seq);
+        if self.newest.get(&e.session) == Some(&seq) {
+            self.newest.remove(&e.session);
+        }
+        Some(e)
+    }
+
+    /// The oldest `n` events waiting, to publish in this order; they are no longer
+    /// waiting until [`Outbox::settle`] gives back what was not confirmed.
+    pub fn take(&mut self, n: usize) -> Vec<Outgoing> {
+        let seqs: Vec<u64> = self.waiting.keys().take(n).copied().collect();
+        let taken: Vec<Outgoing> = seqs.into_iter().filter_map(|s| self.remove(s)).collect();
+        self.publishing += taken.len();
+        taken
+    }
+
+    /// The publish of what [`Outbox::take`] gave ended; `unconfirmed` (in their order)
+    /// wait again, before every event queued since.
+    pub fn settle(&mut self, unconfirmed: Vec<Outgoing>) {
+        self.publishing = 0;
+        for e in unconfirmed {
+            if e.key == SUBSCRIPTIONS {
+                self.subscriptions.insert(e.seq);
+            }
+            self.waiting.insert(e.seq, e);
+        }
+    }
+
+    /// Events waiting or being published.
+    pub fn len(&self) -> usize {
+        self.waiting.len() + self.publishing
+    }
+
+    /// Whether nothing waits or is being published.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -756,5 +954,135 @@ mod tests {
         fresh.merge(v.snapshot(), Instant::now(), true);
         assert_eq!(users(fresh.online(None, None, Some("globex"))), ["gus"]);
         assert_eq!(fresh.tenant_of("s3").as_deref(), Some("acme"));
+    }
+
+    fn keys_of(batch: &[Outgoing]) -> Vec<(String, String, String)> {
+        batch
+            .iter()
+            .map(|e| (e.key.clone(), e.session.clone(), e.body.clone()))
+            .collect()
+    }
+
+    fn ev(key: &str, session: &str, body: &str) -> (String, String, String) {
+        (key.into(), session.into(), body.into())
+    }
+
+    #[test]
+    fn the_outbox_publishes_again_what_was_not_confirmed_first_and_in_order() {
+        let mut o = Outbox::new(100);
+        o.push("client.connected", "s1", "m1".into(), "c1".into());
+        o.push("client.connected", "s2", "m2".into(), "c2".into());
+        o.push("client.disconnected", "s1", "m3".into(), "d1".into());
+        let batch = o.take(2);
+        assert_eq!(o.len(), 3, "taken ones count until settled");
+        o.push("client.disconnected", "s2", "m4".into(), "d2".into());
+        // The first was confirmed, the second not.
+        o.settle(batch.into_iter().skip(1).collect());
+        assert_eq!(
+            keys_of(&o.take(10)),
+            vec![
+                ev("client.connected", "s2", "c2"),
+                ev("client.disconnected", "s1", "d1"),
+                ev("client.disconnected", "s2", "d2"),
+            ]
+        );
+        o.settle(Vec::new());
+        assert!(o.is_empty());
+    }
+
+    #[test]
+    fn a_waiting_client_subscriptions_is_replaced_by_its_sessions_newer_one_and_never_overtakes() {
+        let mut o = Outbox::new(100);
+        o.push("client.connected", "s1", "m1".into(), "c1".into());
+        o.push("client.subscriptions", "s1", "m2".into(), "k1".into());
+        o.push("client.subscriptions", "s1", "m3".into(), "k2".into());
+        assert_eq!(o.len(), 2, "the newer keys replace the waiting ones");
+        let first = o.take(10);
+        // One in flight, the next one waits behind it.
+        o.push("client.subscriptions", "s1", "m4".into(), "k3".into());
+        o.push("client.subscriptions", "s1", "m5".into(), "k4".into());
+        o.push("client.disconnected", "s1", "m6".into(), "d1".into());
+        // After a leave, a later subscriptions event does not jump ahead of it.
+        o.push("client.subscriptions", "s1", "m7".into(), "k5".into());
+        o.settle(first);
+        assert_eq!(
+            keys_of(&o.take(10)),
+            vec![
+                ev("client.connected", "s1", "c1"),
+                ev("client.subscriptions", "s1", "k2"),
+                ev("client.subscriptions", "s1", "k4"),
+                ev("client.disconnected", "s1", "d1"),
+                ev("client.subscriptions", "s1", "k5"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_full_outbox_drops_the_oldest_client_subscriptions_first_then_the_oldest_event() {
+        let mut o = Outbox::new(3);
+        o.push("client.connected", "s1", "m1".into(), "c1".into());
+        o.push("client.subscriptions", "s1", "m2".into(), "k1".into());
+        o.push("client.connected", "s2", "m3".into(), "c2".into());
+        let dropped = o.push("client.connected", "s3", "m4".into(), "c3".into());
+        assert_eq!(dropped.map(|d| d.body), Some("k1".into()));
+        let dropped = o.push("client.connected", "s4", "m5".into(), "c4".into());
+        assert_eq!(dropped.map(|d| d.body), Some("c1".into()));
+        assert_eq!(o.len(), 3);
+        // s1's keys were dropped: new ones are queued afresh, at the end.
+        o.push("client.subscriptions", "s1", "m6".into(), "k2".into());
+        assert_eq!(
+            keys_of(&o.take(10)),
+            vec![
+                ev("client.connected", "s3", "c3"),
+                ev("client.connected", "s4", "c4"),
+                ev("client.subscriptions", "s1", "k2"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_resync_answer_removes_the_sessions_its_peer_no_longer_holds_and_keeps_those_learnt_since()
+    {
+        let mut v = PresenceView::new("b", GRACE);
+        let now = Instant::now();
+        v.on_event(connected("gone", "ada", "a"));
+        v.on_event(connected("kept", "bob", "a"));
+        v.on_event(connected("other", "cy", "c"));
+        v.opened("mine", "dan", None, None);
+        v.asking(7);
+        // Opened on a after a took its snapshot, and heard of first.
+        v.on_event(connected("new", "eve", "a"));
+        // a no longer holds "gone"; it says "mine" is still with b (b knows better).
+        let mut mine_there = connected("mine", "dan", "b");
+        mine_there.reason = None;
+        v.answer(
+            "a",
+            7,
+            vec![
+                connected("kept", "bob", "a"),
+                connected("fresh", "fay", "a"),
+                connected("mine-closed", "gus", "b"),
+                mine_there,
+            ],
+            now,
+            true,
+        );
+        let sessions: BTreeSet<String> = v
+            .online(None, None, None)
+            .into_iter()
+            .map(|o| o.session)
+            .collect();
+        assert_eq!(
+            sessions,
+            ["fresh", "kept", "mine", "new", "other"]
+                .into_iter()
+                .map(String::from)
+                .collect()
+        );
+        assert!(!v.user_online("ada", None));
+        // An answer to an older request removes nothing.
+        v.asking(8);
+        v.answer("a", 7, Vec::new(), now, true);
+        assert!(v.user_online("bob", None));
     }
 }

@@ -2,7 +2,6 @@
 //! `/healthz`, `/metrics`, and the HTTP API when it is on), one per listener, each serving every channel or pinned to one; the
 //! state shared by all connections; the tracker that lets shutdown wait for them.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -110,9 +109,8 @@ pub(crate) struct Shared {
     /// Sessions resumed here whose takeover request waits to go out with others
     /// ([`Shared::request_takeover`]).
     takeovers: std::sync::Mutex<Vec<(String, u64)>>,
-    /// `client.subscriptions` events on their way, by session: the body waiting behind
-    /// the one being published, if any ([`Shared::subscriptions_changed`]).
-    subscription_events: Arc<std::sync::Mutex<HashMap<String, Option<String>>>>,
+    /// This gateway's presence events on their way to RabbitMQ ([`publish_presence`]).
+    pub(crate) outbox: PresenceOutbox,
     /// How many of the broker listeners ([`listen_exchange`]) have started consuming
     /// at least once ([`Shared::wait_listening`]).
     listening: watch::Sender<usize>,
@@ -148,7 +146,7 @@ impl Shared {
                 .permessage_deflate
                 .then(|| crate::socket::deflate_options(config.hard_frame_bytes())),
             takeovers: std::sync::Mutex::default(),
-            subscription_events: Arc::default(),
+            outbox: PresenceOutbox::new(crate::presence::OUTBOX_MAX),
             listening: watch::Sender::new(0),
             config,
             verifier,
@@ -197,14 +195,16 @@ impl Shared {
         self.presence.lock().expect("presence view lock")
     }
 
-    /// Publishes a presence event on `warren.presence` (routing key = its name), in the
-    /// background, when `presence` is on.
+    /// Publishes a presence event on `warren.presence` (routing key = its name) through
+    /// the outbox ([`publish_presence`]): in the background, in order, at least once,
+    /// when `presence` is on.
     pub(crate) fn presence(&self, event: crate::presence::PresenceEvent) {
         if !self.config.presence {
             return;
         }
         let body = serde_json::to_string(&event).expect("a presence event serialises");
-        self.fire(self.names.presence_exchange(), event.event, body);
+        self.outbox
+            .push(&event.event, &event.session, body, &self.metrics);
     }
 
     /// Publishes `client.disconnected` for `session`, which `held` says where it was.
@@ -249,35 +249,10 @@ impl Shared {
             keys: Some(keys),
             tenant,
         };
-        let body = serde_json::to_string(&event).expect("a presence event serialises");
-        // One publish in flight per session, and only the newest keys wait behind it:
-        // a client toggling a subscription at its frame rate made one broker message
-        // (and a task holding it, for as long as a resource alarm lasted) per frame.
-        {
-            let mut lanes = lock(&self.subscription_events);
-            if let Some(waiting) = lanes.get_mut(session) {
-                *waiting = Some(body);
-                return;
-            }
-            lanes.insert(session.to_string(), None);
-        }
-        let lanes = self.subscription_events.clone();
-        let (broker, exchange) = (self.broker.clone(), self.names.presence_exchange());
-        let session = session.to_string();
-        tokio::spawn(async move {
-            let mut body = body;
-            loop {
-                publish_event(&broker, &exchange, "client.subscriptions", &body).await;
-                let mut lanes = lock(&lanes);
-                match lanes.get_mut(&session).and_then(Option::take) {
-                    Some(next) => body = next,
-                    None => {
-                        lanes.remove(&session);
-                        return;
-                    }
-                }
-            }
-        });
+        // One publish in flight per session, and only the newest keys wait behind it
+        // (the outbox replaces a waiting one): a client toggling a subscription at its
+        // frame rate made one broker message per frame.
+        self.presence(event);
     }
 
     /// Waits (at most `wait`) until `listeners` broker listeners consume: a gateway
@@ -299,8 +274,186 @@ impl Shared {
 }
 
 /// How long an event's publish and confirm may take: an event is news, not worth a
-/// task held for a whole resource alarm.
+/// task held for a whole resource alarm. For the presence outbox, how long a batch's
+/// confirms may take before it is published again.
 const EVENT_PUBLISH_WAIT: Duration = Duration::from_secs(30);
+
+/// Presence events published at once by [`publish_presence`] (their confirms awaited
+/// in order).
+const OUTBOX_BATCH: usize = 64;
+
+/// This gateway's presence events on their way ([`crate::presence::Outbox`]), what
+/// wakes [`publish_presence`] and how many are left (for shutdown's flush).
+pub(crate) struct PresenceOutbox {
+    queue: std::sync::Mutex<crate::presence::Outbox>,
+    wake: Notify,
+    left: watch::Sender<usize>,
+}
+
+impl PresenceOutbox {
+    fn new(max: usize) -> Self {
+        PresenceOutbox {
+            queue: std::sync::Mutex::new(crate::presence::Outbox::new(max)),
+            wake: Notify::new(),
+            left: watch::Sender::new(0),
+        }
+    }
+
+    /// Queues event `key` of `session`; a full outbox drops one (logged, counted in
+    /// `warren_gateway_presence_events_dropped_total`).
+    fn push(&self, key: &str, session: &str, body: String, metrics: &Metrics) {
+        let message_id = uuid::Uuid::new_v4().simple().to_string();
+        let (dropped, left) = {
+            let mut q = lock(&self.queue);
+            let dropped = q.push(key, session, message_id, body);
+            (dropped, q.len())
+        };
+        self.left.send_replace(left);
+        self.wake.notify_one();
+        if let Some(d) = dropped {
+            let total = metrics.presence_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            // Once per 10,000 drops: an outage long enough to fill the outbox drops many.
+            if total % 10_000 == 1 {
+                tracing::warn!(
+                    event = %d.key,
+                    session = %d.session,
+                    dropped_total = total,
+                    max = crate::presence::OUTBOX_MAX,
+                    "presence outbox full: an event RabbitMQ has not taken yet is dropped"
+                );
+            }
+        }
+    }
+
+    /// Waits (at most `wait`) until every event was confirmed. Returns how many are
+    /// left.
+    pub(crate) async fn flush(&self, wait: Duration) -> usize {
+        let mut left = self.left.subscribe();
+        let _ = tokio::time::timeout(wait, left.wait_for(|n| *n == 0)).await;
+        let n = *left.borrow();
+        n
+    }
+}
+
+/// Publishes the presence outbox's events, in order, on one publisher channel at a
+/// time ([`OUTBOX_BATCH`] in flight, confirms awaited in order). What was not
+/// confirmed (no channel within `broker_wait_ms`, a lost channel, a nack, no confirm
+/// within [`EVENT_PUBLISH_WAIT`]) is published again, first and in the same order,
+/// after a backoff — so an event RabbitMQ confirmed may go out twice. Ends once the
+/// broker is closed (after shutdown's flush).
+pub(crate) async fn publish_presence(shared: Arc<Shared>) {
+    let exchange = shared.names.presence_exchange();
+    let mut failures: u32 = 0;
+    loop {
+        if shared.broker.state() == BrokerState::Closed {
+            return;
+        }
+        let batch = lock(&shared.outbox.queue).take(OUTBOX_BATCH);
+        if batch.is_empty() {
+            // Woken by a push; looks again now and then for a closed broker.
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), shared.outbox.wake.notified()).await;
+            continue;
+        }
+        let confirmed = publish_in_order(&shared.broker, &exchange, &batch).await;
+        let failed = confirmed < batch.len();
+        let left = {
+            let mut q = lock(&shared.outbox.queue);
+            q.settle(batch.into_iter().skip(confirmed).collect());
+            q.len()
+        };
+        shared.outbox.left.send_replace(left);
+        if !failed {
+            failures = 0;
+            continue;
+        }
+        failures = failures.saturating_add(1);
+        tracing::debug!(
+            left,
+            failures,
+            "presence events not confirmed; publishing them again"
+        );
+        tokio::time::sleep(backoff(failures)).await;
+    }
+}
+
+/// Full-jitter backoff after `failures` failures in a row: up to 100 ms doubled each
+/// time, at most 5 s.
+fn backoff(failures: u32) -> Duration {
+    let cap = (100u64 << failures.min(6)).min(5_000);
+    let random = (uuid::Uuid::new_v4().as_u128() as u64) % cap;
+    Duration::from_millis(random.max(50))
+}
+
+/// Publishes `batch` in order on one publisher channel and awaits the confirms in
+/// order. Returns how many from the start were confirmed: the rest is to be
+/// published again. A channel that nacked or did not confirm is taken out of use.
+async fn publish_in_order(
+    broker: &Arc<Broker>,
+    exchange: &str,
+    batch: &[crate::presence::Outgoing],
+) -> usize {
+    let ch = match broker.publisher().await {
+        Ok(ch) => ch,
+        Err(e) => {
+            tracing::debug!(error = %e, "no publisher channel for presence events");
+            return 0;
+        }
+    };
+    let mut confirms = Vec::with_capacity(batch.len());
+    for e in batch {
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_app_id("warren-gateway".into())
+            .with_message_id(ShortString::from(e.message_id.as_str()));
+        match ch
+            .basic_publish(
+                ShortString::from(exchange),
+                ShortString::from(e.key.as_str()),
+                BasicPublishOptions::default(),
+                e.body.as_bytes(),
+                props,
+            )
+            .await
+        {
+            Ok(confirm) => confirms.push(confirm),
+            Err(err) => {
+                tracing::debug!(error = %err, "presence event publish failed");
+                break;
+            }
+        }
+    }
+    let deadline = tokio::time::Instant::now() + EVENT_PUBLISH_WAIT;
+    let mut confirmed = 0;
+    for confirm in confirms {
+        match tokio::time::timeout_at(deadline, confirm).await {
+            Ok(Ok(c)) if c.is_ack() => confirmed += 1,
+            Ok(Ok(_)) => {
+                let (broker, ch) = (broker.clone(), ch.clone());
+                tokio::spawn(async move { broker.retire_nacked(&ch, EVENT_PUBLISH_WAIT).await });
+                break;
+            }
+            Ok(Err(err)) => {
+                tracing::debug!(error = %err, "presence event not confirmed");
+                break;
+            }
+            Err(_) => {
+                let (broker, ch) = (broker.clone(), ch.clone());
+                tokio::spawn(async move {
+                    broker
+                        .retire_publisher(
+                            &ch,
+                            EVENT_PUBLISH_WAIT,
+                            "a presence event got no confirm in time",
+                        )
+                        .await
+                });
+                break;
+            }
+        }
+    }
+    confirmed
+}
 
 /// Publishes event `body` (JSON) to `exchange` with `key` and waits for its confirm
 /// (at most [`EVENT_PUBLISH_WAIT`]); a failure is only logged.
@@ -956,12 +1109,31 @@ impl Shared {
 pub(crate) enum PresenceSync {
     Request {
         presence_snapshot_for: String,
+        /// A resync's request id ([`crate::presence::PresenceView::asking`]); every
+        /// peer answers it, also with an empty view. Absent at start-up.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        asked: Option<u64>,
     },
     Snapshot {
         presence_snapshot: Vec<crate::presence::PresenceEvent>,
         to: String,
+        /// The answering gateway, with the request's id, when it answers a resync.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        asked: Option<u64>,
     },
 }
+
+/// When a gateway whose presence listener was bound again (after a broker reconnect)
+/// asks its peers for their views, counted from the bind, one wait after the other:
+/// a peer that is not back on RabbitMQ yet answers a later request.
+const RESYNC_ASKS: [Duration; 4] = [
+    Duration::from_millis(300),
+    Duration::from_secs(2),
+    Duration::from_secs(5),
+    Duration::from_secs(10),
+];
 
 /// Listens on `warren.gateways`: takeover requests of other gateways (handed to the
 /// local connection serving the session), their announcements and presence snapshots
@@ -1004,24 +1176,30 @@ pub(crate) async fn listen_for_takeovers(shared: Arc<Shared>) {
             );
         } else if let Ok(sync) = serde_json::from_slice::<PresenceSync>(body) {
             match sync {
-                PresenceSync::Request { presence_snapshot_for: node } if node != on.config.node => {
+                PresenceSync::Request { presence_snapshot_for: node, asked } if node != on.config.node => {
                     let snapshot = on.presence_view().snapshot();
-                    if !snapshot.is_empty() {
+                    if !snapshot.is_empty() || asked.is_some() {
                         let body = serde_json::to_string(&PresenceSync::Snapshot {
                             presence_snapshot: snapshot,
                             to: node,
+                            from: asked.map(|_| on.config.node.clone()),
+                            asked,
                         })
                         .expect("a snapshot serialises");
                         on.fire(on.names.gateways_exchange(), String::new(), body);
                     }
                 }
-                PresenceSync::Snapshot { presence_snapshot, to } if to == on.config.node => {
-                    tracing::info!(sessions = presence_snapshot.len(), "presence snapshot from a peer");
-                    on.presence_view().merge(
-                        presence_snapshot,
-                        std::time::Instant::now(),
-                        on.config.announce_interval_ms > 0,
-                    );
+                PresenceSync::Snapshot { presence_snapshot, to, from, asked } if to == on.config.node => {
+                    tracing::info!(sessions = presence_snapshot.len(), from = ?from, "presence snapshot from a peer");
+                    let now = std::time::Instant::now();
+                    let liveness = on.config.announce_interval_ms > 0;
+                    let mut view = on.presence_view();
+                    match (from, asked) {
+                        (Some(from), Some(asked)) => {
+                            view.answer(&from, asked, presence_snapshot, now, liveness);
+                        }
+                        _ => view.merge(presence_snapshot, now, liveness),
+                    }
                 }
                 _ => {}
             }
@@ -1108,16 +1286,43 @@ struct GatewayAnnouncement {
 pub(crate) async fn keep_presence(shared: Arc<Shared>) {
     let exchange = shared.names.presence_exchange();
     let on = shared.clone();
+    let (bound_tx, mut bound) = watch::channel(0u64);
     let listen = listen_exchange(
         shared.clone(),
         exchange,
         "client.*",
         "presence",
+        move || bound_tx.send_modify(|n| *n += 1),
         move |body| match serde_json::from_slice::<crate::presence::PresenceEvent>(body) {
             Ok(e) => on.presence_view().on_event(e),
             Err(e) => tracing::debug!(error = %e, "not a presence event; ignored"),
         },
     );
+    // Bound again (a broker reconnect): the peers' events meanwhile were missed, a
+    // `client.disconnected` among them would leave its session online here for good.
+    // Their views say what they hold now ([`RESYNC_ASKS`]).
+    let resync = async {
+        let mut seen = 1; // the first bind: the start-up request below
+        let mut id = 0u64;
+        loop {
+            if bound.wait_for(|n| *n > seen).await.is_err() {
+                return std::future::pending().await;
+            }
+            seen = *bound.borrow_and_update();
+            tracing::info!("presence listener bound again; asking the peers for their views");
+            for wait in RESYNC_ASKS {
+                tokio::time::sleep(wait).await;
+                id += 1;
+                shared.presence_view().asking(id);
+                let ask = serde_json::to_string(&PresenceSync::Request {
+                    presence_snapshot_for: shared.config.node.clone(),
+                    asked: Some(id),
+                })
+                .expect("a request serialises");
+                shared.fire(shared.names.gateways_exchange(), String::new(), ask);
+            }
+        }
+    };
     let mut shutdown = shared.shutdown.clone();
     let tick = async {
         // What the peers know of sessions opened before this gateway started (once its
@@ -1125,6 +1330,7 @@ pub(crate) async fn keep_presence(shared: Arc<Shared>) {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let ask = serde_json::to_string(&PresenceSync::Request {
             presence_snapshot_for: shared.config.node.clone(),
+            asked: None,
         })
         .expect("a request serialises");
         shared.fire(shared.names.gateways_exchange(), String::new(), ask);
@@ -1140,6 +1346,7 @@ pub(crate) async fn keep_presence(shared: Arc<Shared>) {
     tokio::select! {
         _ = listen => {}
         _ = tick => {}
+        _ = resync => {}
         // A gateway that stops leaves its sessions to its peers (after its `down`).
         _ = shutdown.wait_for(|s| *s) => {}
     }
@@ -1162,17 +1369,18 @@ pub(crate) async fn listen_fanout(
     what: &'static str,
     on: impl FnMut(&[u8]) + Send,
 ) {
-    listen_exchange(shared, exchange, "", what, on).await;
+    listen_exchange(shared, exchange, "", what, || {}, on).await;
 }
 
 /// Consumes `exchange` (bound with `key`) through an exclusive, server-named queue (no
-/// ack), handing each message's body to `on`. Subscribes again after a broker
-/// reconnect; ends at shutdown.
+/// ack), handing each message's body to `on`; `bound` is called each time it consumes
+/// (again). Subscribes again after a broker reconnect; ends at shutdown.
 pub(crate) async fn listen_exchange(
     shared: Arc<Shared>,
     exchange: String,
     key: &'static str,
     what: &'static str,
+    mut bound: impl FnMut() + Send,
     mut on: impl FnMut(&[u8]) + Send,
 ) {
     use futures_util::StreamExt;
@@ -1220,6 +1428,7 @@ pub(crate) async fn listen_exchange(
             if !std::mem::replace(&mut counted, true) {
                 shared.listening.send_modify(|n| *n += 1);
             }
+            bound();
             while let Some(Ok(d)) = consumer.next().await {
                 on(&d.data);
             }
