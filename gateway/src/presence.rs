@@ -435,6 +435,18 @@ impl PresenceView {
     /// gateway is to publish — its own sessions not resumed in time, and a dead
     /// gateway's when this gateway is the live one with the smallest node name — as
     /// (session, what was held, reason). Dead gateways with nothing left are forgotten.
+    /// This gateway hears nothing at `now` (its broker link is down, or its listeners
+    /// are not bound again yet): its peers' announcements cannot reach it, so their
+    /// silence says nothing of them. The peers it heard do not age meanwhile; without
+    /// this, an outage longer than their lifetime and the grace made the elected
+    /// gateway publish `gateway_lost` for every session of its live peers once
+    /// RabbitMQ was back.
+    pub fn deaf(&mut self, now: Instant) {
+        for p in self.peers.values_mut().filter(|p| p.heard && !p.down) {
+            p.last_seen = p.last_seen.max(now);
+        }
+    }
+
     pub fn due(&mut self, now: Instant) -> Vec<(String, Held, &'static str)> {
         let dead: BTreeSet<String> = self
             .peers
@@ -787,6 +799,35 @@ mod tests {
             c.online(None, None, None).iter().all(|o| o.session == "s2"),
             "s1 is away"
         );
+    }
+
+    #[test]
+    fn a_peer_is_not_judged_dead_while_this_gateway_hears_nothing() {
+        let t0 = Instant::now();
+        let period = Duration::from_millis(100);
+        let mut a = PresenceView::new("a", GRACE);
+        a.on_gateway("b", "1", true, period, t0);
+        a.on_event(connected("s1", "ada", "b"));
+        // A broker outage of three lifetimes and the grace: a is deaf all along.
+        let mut now = t0;
+        while now < t0 + period * 9 + GRACE * 2 {
+            now += period;
+            a.deaf(now);
+            assert!(
+                a.due(now).is_empty(),
+                "s1 is not lost while a hears nothing"
+            );
+        }
+        assert!(a.user_online("ada", None));
+        // Heard again: b announces itself, and s1 stays.
+        a.on_gateway("b", "1", true, period, now);
+        assert!(a.due(now + period).is_empty());
+        // b really gone: three missed announcements and the grace, then published.
+        let later = now + period * 3 + GRACE + period;
+        assert!(a.due(now + period * 3).is_empty(), "away first");
+        let lost = a.due(later);
+        assert_eq!(lost.len(), 1, "{lost:?}");
+        assert_eq!((lost[0].0.as_str(), lost[0].2), ("s1", "gateway_lost"));
     }
 
     #[test]

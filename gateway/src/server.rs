@@ -1337,7 +1337,12 @@ pub(crate) async fn keep_presence(shared: Arc<Shared>) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
             tick.tick().await;
-            let due = shared.presence_view().due(std::time::Instant::now());
+            let now = std::time::Instant::now();
+            // Without RabbitMQ nothing is heard: the peers' silence says nothing.
+            if shared.broker.state() != crate::broker::BrokerState::Connected {
+                shared.presence_view().deaf(now);
+            }
+            let due = shared.presence_view().due(now);
             for (session, held, reason) in due {
                 shared.disconnected(&session, held, reason);
             }

@@ -1,5 +1,6 @@
-//! Presence that survives crashes: `client.connected` / `client.disconnected` exactly
-//! once per session — across a clean close, a lost connection resumed in time, a
+//! Presence that survives crashes: `client.connected` / `client.disconnected` once
+//! per session (at least once after a broker outage: fault_presence_broker_outage) —
+//! across a clean close, a lost connection resumed in time, a
 //! session that expires, and a gateway SIGKILLed (a peer publishes the leaves of its
 //! sessions that were not resumed elsewhere) — and the presence query
 //! (`GET /presence?channel=&group=`).
