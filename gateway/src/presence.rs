@@ -538,11 +538,16 @@ impl PresenceView {
         out
     }
 
-    /// Sessions per gateway (for `GET /presence`): of one tenant (`Some(None)`: sessions
-    /// without a tenant), or of all (`None`, tenant mode off).
+    /// Online sessions per gateway (for `GET /presence`; those [`PresenceView::online`]
+    /// lists, not those away): of one tenant (`Some(None)`: sessions without a
+    /// tenant), or of all (`None`, tenant mode off).
     pub fn per_node(&self, tenant: Option<Option<&str>>) -> BTreeMap<String, usize> {
         let mut m = BTreeMap::new();
-        let sessions = self.sessions.values();
+        let sessions = self
+            .sessions
+            .iter()
+            .filter(|(s, _)| !self.away.contains_key(*s))
+            .map(|(_, h)| h);
         for h in sessions.filter(|h| tenant.is_none_or(|t| h.tenant.as_deref() == t)) {
             *m.entry(h.node.clone()).or_default() += 1;
         }
@@ -798,6 +803,11 @@ mod tests {
         assert!(
             c.online(None, None, None).iter().all(|o| o.session == "s2"),
             "s1 is away"
+        );
+        assert_eq!(
+            c.per_node(None),
+            BTreeMap::from([("c".to_string(), 1)]),
+            "the counts leave out what the list leaves out"
         );
     }
 
