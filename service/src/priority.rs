@@ -130,7 +130,7 @@ pub(crate) async fn keep_consuming<H: Handler>(
                 }
                 let mut declared = Ok(());
                 for level in &levels {
-                    declared = topology::declare_work_queue(
+                    declared = topology::declare_priority_queue(
                         &epoch.connection,
                         &names,
                         &level.queue,

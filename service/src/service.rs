@@ -252,7 +252,9 @@ impl Service {
     /// plain names (not namespaced, producers publish to them through the default
     /// exchange), declared durable with `x-queue-type` = the configured queue type
     /// (quorum by default) and `x-dead-letter-exchange` = `warren.dead` unless they
-    /// exist, in which case they are used as they are.
+    /// exist, in which case they are used as they are. A channel's `IN_<CHANNEL>`
+    /// queue (or a tenant's) in the list is declared as the gateways declare it
+    /// ([`topology::declare_priority_queue`]): bounds, TTL and binding.
     ///
     /// Switching is event-driven: every queue above the one being worked on keeps a
     /// consumer (prefetch 1), so a message arriving there is pushed at once; the lower
@@ -298,7 +300,7 @@ impl Service {
         let deadline = crate::config::deadline_in(self.config.publish_timeout);
         let epoch = self.link.up(0, Some(deadline)).await?;
         for queue in &queues {
-            topology::declare_work_queue(&epoch.connection, &self.names, queue, &self.config)
+            topology::declare_priority_queue(&epoch.connection, &self.names, queue, &self.config)
                 .await?;
         }
         let handler = Arc::new(handler);

@@ -372,6 +372,43 @@ async fn declare_queue(connection: &Connection, name: &str, arguments: FieldTabl
     }
 }
 
+/// Declares a queue of a priority list ([`Service::consume_queues`](crate::Service::consume_queues))
+/// as what it is: a channel's `IN_<CHANNEL>` queue as [`declare_channel_queue_with`]
+/// does (the gateway's bounds and TTL, bound to `warren.in`), a tenant's
+/// `IN_<CHANNEL>.<tenant>[.<type>]` queue with the same arguments (its bindings come
+/// from [`declare_tenant_topology`]), any other queue as [`declare_work_queue`]. A
+/// worker that starts before the gateways so creates the queues the gateways would:
+/// as a plain work queue, an `IN_<CHANNEL>` queue had no length bound and no TTL, and
+/// the gateways then used it as it was.
+///
+/// # Errors
+/// As [`declare_channel_queue_with`] and [`declare_work_queue`].
+pub async fn declare_priority_queue(
+    connection: &Connection,
+    names: &Names,
+    queue: &str,
+    config: &ServiceConfig,
+) -> Result<()> {
+    let Some(channel) = names.channel_of_queue(queue) else {
+        return declare_work_queue(connection, names, queue, config).await;
+    };
+    if queue == names.channel_queue(&channel) {
+        declare_channel_queue_with(connection, names, &channel, config).await?;
+        return Ok(());
+    }
+    if let Err(e) = declare_dead_letter_with(connection, names, &config.queue_type).await {
+        warn!(queue = %names.dead_letter_queue(), error = %e, "cannot declare the dead-letter queue; consuming anyway");
+    }
+    declare_queue(
+        connection,
+        queue,
+        channel_queue_arguments(names, &channel, config),
+    )
+    .await?;
+    debug!(queue, channel, "declared tenant channel queue");
+    Ok(())
+}
+
 /// Declares the tenant topology of `routing` ([`warren_protocol::tenants`]): the root
 /// headers exchange `warren.tenants`, each tenant's headers exchange bound to it by
 /// `x-warren-tenant`, and each tenant's general and per-type queues of the routed

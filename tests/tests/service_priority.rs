@@ -549,3 +549,100 @@ async fn a_worker_whose_connection_drops_mid_switch_consumes_again_by_priority_a
     })
     .await;
 }
+
+/// A worker that starts before any gateway, given a channel's `IN_<CHANNEL>` queue
+/// and a tenant's in its list, declares them as the gateways would: the shared
+/// inbound bounds and dead-lettering (an active declare with exactly those arguments
+/// succeeds; RabbitMQ refuses one that differs), and `IN_CHAT` bound to `warren.in`,
+/// so a client's write reaches the worker. As plain work queues they had no length
+/// bound, and the gateways then used them as they were.
+#[tokio::test]
+async fn a_channel_queue_in_the_list_is_declared_as_the_gateways_declare_it() {
+    use lapin::options::QueueDeclareOptions;
+    use lapin::types::{AMQPValue, FieldTable};
+    in_fresh_namespace(LIMIT, |ns| async move {
+        let names = Names::new(&ns);
+        let channel_queue = names.channel_queue("chat");
+        let tenant_queue = format!("{channel_queue}.acme");
+        let low = format!("{ns}.low");
+        let queues = vec![channel_queue.clone(), tenant_queue.clone(), low.clone()];
+        let (recorder, _rx) = Recorder::new();
+        let service = connect(&ns).await;
+        service
+            .consume_queues(&queues, recorder.handler(Duration::ZERO))
+            .await
+            .expect("consume by priority");
+
+        let connection = Connection::connect(&amqp_uri(), ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ at AMQP_ADDR");
+        let mut expected = FieldTable::default();
+        expected.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        expected.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(names.dead_letter_exchange().into()),
+        );
+        // The shared bounds (warren_protocol::amqp::QueueBounds::INBOUND).
+        expected.insert("x-max-length".into(), AMQPValue::LongLongInt(100_000));
+        expected.insert(
+            "x-max-length-bytes".into(),
+            AMQPValue::LongLongInt(1024 * 1024 * 1024),
+        );
+        expected.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
+        for queue in [&channel_queue, &tenant_queue] {
+            // A refused declare closes its channel: one channel per check.
+            let channel = connection.create_channel().await.expect("channel");
+            channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions::durable(),
+                    expected.clone(),
+                )
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("{queue} has exactly the gateway's inbound arguments: {e}")
+                });
+            let _ = channel.close(200, "checked".into()).await;
+        }
+
+        let channel = connection.create_channel().await.expect("channel");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
+        channel
+            .basic_publish(
+                names.inbound_exchange().as_str().into(),
+                "chat.note".into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                b"written before any gateway",
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_message_id(ShortString::from("early-1")),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirmed");
+        recorder.wait_for(1, Duration::from_secs(20)).await;
+        assert_eq!(recorder.bodies(), strings(&["written before any gateway"]));
+
+        service.stop().await.unwrap();
+        for queue in &queues {
+            let _ = channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = connection.close(200, "done".into()).await;
+    })
+    .await;
+}
