@@ -402,9 +402,13 @@ async fn publish_in_order(
     };
     let mut confirms = Vec::with_capacity(batch.len());
     for e in batch {
+        // Persistent: a durable queue of a service keeps a `client.disconnected` it
+        // has not consumed yet across a broker restart (a transient one was gone, and
+        // the service counted the user online for good).
         let props = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_app_id("warren-gateway".into())
+            .with_delivery_mode(2)
             .with_message_id(ShortString::from(e.message_id.as_str()));
         match ch
             .basic_publish(

@@ -51,12 +51,15 @@ async fn connecting_and_disconnecting_clients_are_announced_as_presence_events()
     let session = c.session().to_string();
     let d = next_delivery(&mut events, Duration::from_secs(5)).await;
     assert_eq!(d.routing_key.as_str(), "client.connected");
+    // Persistent, so a durable queue keeps them across a broker restart.
+    assert_eq!(d.properties.delivery_mode(), &Some(2), "a persistent event");
     let v = json(&d);
     assert_eq!(v["user"], "zoe");
     assert_eq!(v["session"], session.as_str());
     c.close().await;
     let d = next_delivery(&mut events, Duration::from_secs(5)).await;
     assert_eq!(d.routing_key.as_str(), "client.disconnected");
+    assert_eq!(d.properties.delivery_mode(), &Some(2), "a persistent event");
     assert_eq!(json(&d)["session"], session.as_str());
     gw.shutdown().await;
     env.cleanup().await;
