@@ -350,10 +350,9 @@ async fn request(
         timeout_ms: timeout,
     };
     let message = m.inbound(&id, &channel, Some(reply_to));
-    let prepared = inbound::prepare(&shared, None, &sender, &message)?;
-    if let Some(queue) = prepared.queue() {
-        inbound::check_service(&shared, &channel, queue, crate::auth::Action::Request).await?;
-    }
+    // Sized against one frame like every other publish: RabbitMQ would close the
+    // consume connection the request goes out on (the hubs' stream readers with it).
+    let prepared = inbound::checked(&shared, None, &sender, &message).await?;
     let call = shared
         .http_replies
         .begin(call_id)

@@ -494,8 +494,9 @@ pub(crate) fn fits_one_frame(properties: &BasicProperties, frame_max: u32) -> Re
     Ok(())
 }
 
-/// `m` prepared ([`prepare`]), once [`check_service`] found someone to take it.
-async fn checked(
+/// `m` prepared ([`prepare`]) and sized ([`fits_one_frame`]), once [`check_service`]
+/// found someone to take it.
+pub(crate) async fn checked(
     shared: &Shared,
     pinned: Option<&str>,
     sender: &Sender<'_>,

@@ -94,3 +94,43 @@ async fn a_client_publish_with_headers_larger_than_a_frame_is_refused_too_large_
     })
     .await;
 }
+
+/// `POST /request` goes out on the gateway's consume connection (direct reply-to),
+/// the one that carries the hubs' stream readers: a request RabbitMQ cannot take in
+/// one frame would close it and stop every client's deliveries. It is refused 413
+/// like the other writes, and deliveries go on.
+#[tokio::test]
+async fn an_http_request_with_headers_larger_than_a_frame_is_refused_413_and_deliveries_go_on() {
+    TestEnv::run("oversized-request", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, large_frames).await;
+        let addr: SocketAddr = gw.gateway().http_api_addr().expect("the HTTP API is on");
+        // Someone takes chat's requests, so the gateway does not answer no_service.
+        let _service = env.consume_inbound("chat").await;
+        tokio::time::sleep(warren_gateway::services::CONSUMER_CHECK_TTL).await;
+        let mut alice = connect(&gw, "alice").await;
+        alice.subscribe(sub("s", "chat")).await;
+        let headers: serde_json::Map<String, serde_json::Value> = (0..32)
+            .map(|i| (format!("h{i:02}"), json!("h".repeat(4096))))
+            .collect();
+        let body = json!({"id": "r1", "timeout_ms": 2_000, "headers": headers, "message": 1});
+        let (status, answer) = http_post(
+            addr,
+            "/request/chat",
+            Some(KEY),
+            body.to_string().as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 413, "{answer}");
+        assert_eq!(answer["code"], "too_large", "{answer}");
+        // The consume connection is intact: a broadcast still reaches alice.
+        let body = json!({"channel": "chat", "id": "after", "broadcast": true, "message": 2});
+        let (status, answer) =
+            http_post(addr, "/publish", Some(KEY), body.to_string().as_bytes()).await;
+        assert_eq!(status, 202, "{answer}");
+        let d = alice.expect_deliver().await;
+        assert_eq!(d.message.get(), "2");
+        alice.close().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
