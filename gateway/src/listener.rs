@@ -1,7 +1,9 @@
 //! The gateway's TCP listeners: bound with a configurable `listen(2)` backlog (the
 //! default 1,024 overflowed when 5,000–10,000 clients reconnected at once), with
 //! `TCP_NODELAY` on every accepted socket, and a deadline for the request headers so a
-//! client that sends them slowly (slowloris) cannot hold a connection open.
+//! client that sends them slowly (slowloris) cannot hold a connection open — its first
+//! request's, and on a kept-alive HTTP connection each next one's, counted from the
+//! previous response (so an idle kept-alive connection is closed after the same time).
 
 use std::future::Future;
 use std::io;
@@ -32,8 +34,8 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     socket.listen(backlog)
 }
 
-/// A listener whose connections must finish their first request's headers within a
-/// deadline.
+/// A listener whose connections must finish each request's headers within a deadline
+/// ([`HeaderDeadline`]).
 pub struct Deadlined {
     inner: TcpListener,
     header_timeout: Duration,
@@ -41,8 +43,8 @@ pub struct Deadlined {
 }
 
 impl Deadlined {
-    /// Wraps `inner`; `header_timeout` bounds the time to the end of the first request's
-    /// headers, and a WebSocket may send at most `pre_hello_cap` bytes before its
+    /// Wraps `inner`; `header_timeout` bounds the time to the end of each request's
+    /// headers (from the accept, then from the previous response), and a WebSocket may send at most `pre_hello_cap` bytes before its
     /// session opens ([`PreHello`]).
     pub fn new(inner: TcpListener, header_timeout: Duration, pre_hello_cap: usize) -> Deadlined {
         Deadlined {
@@ -145,11 +147,17 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Dead
 }
 
 /// A stream that fails its reads once `deadline` passes before the bytes read so far
-/// contain the end of an HTTP header block (`\r\n\r\n`); after that it is the plain
+/// contain the end of an HTTP header block (`\r\n\r\n`). When a response other than
+/// `101 Switching Protocols` is written, the deadline starts again for the next
+/// request's headers: a kept-alive connection cannot trickle its second request, nor
+/// sit idle, for longer than the first. After a `101` (a WebSocket) it is the plain
 /// stream.
 pub struct HeaderDeadline<T> {
     inner: T,
+    timeout: Duration,
     deadline: Option<Pin<Box<Sleep>>>,
+    /// A `101` was written: the connection is a WebSocket now, never re-armed.
+    upgraded: bool,
     /// How many bytes of `\r\n\r\n` the bytes read so far end with.
     matched: u8,
     /// The pre-`hello` cap of a WebSocket on this connection.
@@ -160,9 +168,33 @@ impl<T> HeaderDeadline<T> {
     fn new(inner: T, timeout: Duration) -> Self {
         HeaderDeadline {
             inner,
+            timeout,
             deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+            upgraded: false,
             matched: 0,
             pre_hello: PreHello::new(usize::MAX),
+        }
+    }
+
+    /// Sees the start of a write: the head of an HTTP/1 response starts the deadline
+    /// for the next request's headers again, except a `101`.
+    fn on_write(&mut self, bytes: &[u8], cx: &mut Context<'_>) {
+        if self.upgraded || self.deadline.is_some() {
+            return;
+        }
+        // `HTTP/1.1 101 ` — hyper writes a response head in one piece, first.
+        let Some(status) = bytes.strip_prefix(b"HTTP/1.").and_then(|r| r.get(2..5)) else {
+            return;
+        };
+        if status == b"101" {
+            self.upgraded = true;
+        } else {
+            self.matched = 0;
+            let mut deadline = Box::pin(tokio::time::sleep(self.timeout));
+            // Wake the connection's task when it passes: an idle connection has no
+            // read in progress to poll it (the task that writes is the one that reads).
+            let _ = deadline.as_mut().poll(cx);
+            self.deadline = Some(deadline);
         }
     }
 
@@ -226,7 +258,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeaderDeadline<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        this.on_write(buf, cx);
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -242,7 +276,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeaderDeadline<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+            this.on_write(first, cx);
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -303,6 +341,60 @@ mod tests {
         let _ = server.read(&mut buf).await.unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
         client.write_all(b"later").await.unwrap();
+        assert_eq!(server.read(&mut buf).await.unwrap(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_response_starts_the_deadline_again_for_the_next_request_but_not_a_101() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = [0u8; 64];
+        // Kept alive after a 200: the next request's headers (or nothing, idle) have
+        // the same time as the first's.
+        let (mut client, server) = tokio::io::duplex(256);
+        let mut server = HeaderDeadline::new(server, Duration::from_millis(100));
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let _ = server.read(&mut buf).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        server
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        assert!(
+            server.read(&mut buf).await.is_ok(),
+            "in time after the response"
+        );
+        server
+            .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .unwrap();
+        let err = server.read(&mut buf).await.unwrap_err();
+        assert_eq!(
+            err.kind(),
+            io::ErrorKind::TimedOut,
+            "idle past the deadline"
+        );
+        // A vectored write of a response head counts too.
+        let (mut client, server) = tokio::io::duplex(256);
+        let mut server = HeaderDeadline::new(server, Duration::from_millis(100));
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let _ = server.read(&mut buf).await.unwrap();
+        let head = io::IoSlice::new(b"HTTP/1.1 200 OK\r\n\r\n");
+        server.write_vectored(&[head]).await.unwrap();
+        let err = server.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        // After a 101 the connection is a WebSocket: no deadline.
+        let (mut client, server) = tokio::io::duplex(256);
+        let mut server = HeaderDeadline::new(server, Duration::from_millis(100));
+        client.write_all(b"GET /ws HTTP/1.1\r\n\r\n").await.unwrap();
+        let _ = server.read(&mut buf).await.unwrap();
+        server
+            .write_all(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+            .await
+            .unwrap();
+        server.write_all(b"HTTP/1.1 200 in a frame").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        client.write_all(b"frame").await.unwrap();
         assert_eq!(server.read(&mut buf).await.unwrap(), 5);
     }
 }

@@ -301,6 +301,74 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     env.cleanup().await;
 }
 
+/// After its first request, a kept-alive HTTP connection has the same time for the
+/// next request's headers (counted from the response): one that trickles its second
+/// request, or sits idle, is closed. Without it any client could hold a socket (and a
+/// file descriptor) for ever with one quick `GET /healthz`.
+#[tokio::test]
+async fn a_kept_alive_connection_that_trickles_or_idles_after_its_first_request_is_disconnected() {
+    let env = TestEnv::new("keepalive").await;
+    let gw = TestGateway::start_with(&env, |c| c.header_read_timeout_ms = 500).await;
+    for trickle in [true, false] {
+        let mut s = tokio::net::TcpStream::connect(gw.health_addr())
+            .await
+            .expect("connect");
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).await.expect("the response");
+        assert!(buf[..n].starts_with(b"HTTP/1.1 "), "{:?}", &buf[..n]);
+        let answered = std::time::Instant::now();
+        if trickle {
+            s.write_all(b"GET /healthz HTTP/1.1\r\n")
+                .await
+                .expect("write");
+        }
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                tokio::select! {
+                    r = s.read(&mut buf) => break r,
+                    () = tokio::time::sleep(Duration::from_millis(100)), if trickle => {
+                        if s.write_all(b"X").await.is_err() {
+                            break Ok(0);
+                        }
+                    }
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("closed within 5 s (trickle: {trickle})"));
+        assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+        assert!(
+            answered.elapsed() >= Duration::from_millis(400),
+            "not before the deadline: {:?}",
+            answered.elapsed()
+        );
+    }
+    // A kept-alive client that asks again in time is served again.
+    let mut s = tokio::net::TcpStream::connect(gw.health_addr())
+        .await
+        .expect("connect");
+    let mut buf = [0u8; 4096];
+    for _ in 0..2 {
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let n = s.read(&mut buf).await.expect("the response");
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // WebSockets are not cut at the deadline.
+    let mut c = TestClient::connect(&gw.url()).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    c.publish("ok", "chat", json!(1)).await;
+    c.expect_ack("ok").await;
+    c.close().await;
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
 #[tokio::test]
 async fn topology_print_shows_and_topology_apply_declares_what_the_gateway_declares() {
     use warren_e2e::binary::workspace_binary;
