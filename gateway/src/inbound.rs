@@ -320,11 +320,6 @@ pub(crate) fn prepare(
 }
 
 impl Prepared {
-    /// The queue the message should land in, if one is configured for it.
-    pub(crate) fn queue(&self) -> Option<&str> {
-        self.queue.as_deref()
-    }
-
     /// Publishes `body` on its exchange through `channel` (a confirm-mode channel),
     /// `mandatory`: an unroutable message comes back as [`Outcome::Returned`].
     ///

@@ -380,7 +380,8 @@ mod tests {
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         let _ = server.read(&mut buf).await.unwrap();
         let head = io::IoSlice::new(b"HTTP/1.1 200 OK\r\n\r\n");
-        server.write_vectored(&[head]).await.unwrap();
+        let written = server.write_vectored(&[head]).await.unwrap();
+        assert_eq!(written, head.len());
         let err = server.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         // After a 101 the connection is a WebSocket: no deadline.
