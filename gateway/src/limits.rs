@@ -68,6 +68,20 @@ impl TokenBucket {
     }
 }
 
+/// The address per-IP limits count a peer under: an IPv4-mapped IPv6 address
+/// (`::ffff:127.0.0.1`, what a dual-stack `[::]` listener sees of an IPv4 peer) as its
+/// IPv4 address, and an IPv6 address by its /64 — one subscriber's network, from
+/// which a client can take any of 2^64 addresses at will.
+pub fn client_address(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(bits))
+        }
+        v4 => v4,
+    }
+}
+
 /// What the limiter is configured with (from [`crate::Config`]); 0 turns a limit off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimitSettings {
@@ -266,6 +280,39 @@ mod tests {
             new_connections_per_ip_per_s: rate,
             connections_per_user: per_user,
         }
+    }
+
+    #[test]
+    fn a_mapped_ipv4_address_counts_as_ipv4_and_ipv6_by_its_64() {
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert_eq!(
+            client_address(mapped),
+            "127.0.0.1".parse::<IpAddr>().unwrap()
+        );
+        assert!(
+            client_address(mapped).is_loopback(),
+            "a local proxy on [::]"
+        );
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_address(a), client_address(b));
+        assert_ne!(client_address(a), client_address(other));
+        assert!(client_address("::1".parse().unwrap()) != client_address(a));
+        let limiter = Limiter::new(settings(2, 0, 0));
+        let now = Instant::now();
+        let _one = limiter.admit_ip(client_address(a), now).unwrap();
+        let _two = limiter.admit_ip(client_address(b), now).unwrap();
+        assert_eq!(
+            limiter.admit_ip(client_address(other), now).map(|_| ()),
+            Ok(()),
+            "another /64"
+        );
+        assert_eq!(
+            limiter.admit_ip(client_address(b), now).map(|_| ()),
+            Err(Refused::ConnectionsPerIp),
+            "a third address of the same /64"
+        );
     }
 
     #[test]

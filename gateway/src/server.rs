@@ -592,11 +592,12 @@ async fn upgrade(
             return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
         }
     }
-    let ip_slot = if config.ip_limits_on_loopback || !peer.ip().is_loopback() {
+    let client = crate::limits::client_address(peer.ip());
+    let ip_slot = if config.ip_limits_on_loopback || !client.is_loopback() {
         match st
             .shared
             .limiter
-            .admit_ip(peer.ip(), std::time::Instant::now())
+            .admit_ip(client, std::time::Instant::now())
         {
             Ok(slot) => Some(slot),
             Err(refused) => {
@@ -605,7 +606,7 @@ async fn upgrade(
                     crate::limits::Refused::ConnectionsPerIp => config.max_connections_per_ip,
                     _ => config.max_new_connections_per_ip_per_s,
                 };
-                tracing::info!(peer = %peer.ip(), "upgrade refused: {}", refused.message(limit));
+                tracing::info!(peer = %client, "upgrade refused: {}", refused.message(limit));
                 return (StatusCode::TOO_MANY_REQUESTS, refused.message(limit)).into_response();
             }
         }
