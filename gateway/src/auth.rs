@@ -390,6 +390,29 @@ impl Verifier {
             .as_ref()
             .map(|r| r.keys.read().unwrap_or_else(|e| e.into_inner()).clone())
             .unwrap_or_default();
+        let unknown = || {
+            AuthError::UnknownKey(
+                header
+                    .kid
+                    .clone()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(64)
+                    .collect(),
+            )
+        };
+        // The token names a kid no held key has. Keys without a kid (the secret, the
+        // PEM files) are still tried, but if none of them verifies the signature the
+        // answer is `UnknownKey`, so that `verify_fetching` fetches `jwks_url` again:
+        // with a kid-less key configured beside it, a key the issuer rotated in was
+        // otherwise refused ("signature does not verify") until a restart.
+        let kid_unheld = header.kid.as_ref().is_some_and(|want| {
+            !self
+                .keys
+                .iter()
+                .chain(remote.iter())
+                .any(|k| k.kid.as_ref() == Some(want))
+        });
         let candidates: Vec<&Key> = self
             .keys
             .iter()
@@ -401,15 +424,7 @@ impl Verifier {
             })
             .collect();
         if candidates.is_empty() {
-            return Err(AuthError::UnknownKey(
-                header
-                    .kid
-                    .clone()
-                    .unwrap_or_default()
-                    .chars()
-                    .take(64)
-                    .collect(),
-            ));
+            return Err(unknown());
         }
         // Only keys whose family matches the header's algorithm: an HS256 token is
         // never checked against an RSA public key used as an HMAC secret.
@@ -418,7 +433,11 @@ impl Verifier {
             .filter(|k| k.algorithms.contains(&header.alg))
             .collect();
         if usable.is_empty() {
-            return Err(AuthError::Algorithm);
+            return Err(if kid_unheld {
+                unknown()
+            } else {
+                AuthError::Algorithm
+            });
         }
         let mut validation = Validation::new(header.alg);
         validation.algorithms = vec![header.alg];
@@ -434,6 +453,8 @@ impl Verifier {
             None => validation.validate_aud = false,
         }
         let mut last = AuthError::Invalid("no key verified the signature".into());
+        // Whether every key tried refused the signature (none got as far as the claims).
+        let mut only_signatures_failed = true;
         for key in usable {
             match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
                 Ok(data) => return identity_of(data.claims),
@@ -445,10 +466,16 @@ impl Verifier {
                         K::InvalidSignature => {
                             AuthError::Invalid("the signature does not verify".into())
                         }
-                        _ => AuthError::Invalid(e.to_string()),
+                        _ => {
+                            only_signatures_failed = false;
+                            AuthError::Invalid(e.to_string())
+                        }
                     };
                 }
             }
+        }
+        if kid_unheld && only_signatures_failed {
+            return Err(unknown());
         }
         Err(last)
     }
@@ -867,6 +894,68 @@ mod tests {
             v.verify(Some(&token), "x"),
             Err(AuthError::UnknownKey("k2".into()))
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_kid_no_key_has_is_unknown_even_beside_a_key_without_a_kid() {
+        // The secret has no kid; k1 comes from a JWKS file. A token naming k2 that the
+        // secret does not verify is `UnknownKey` (which makes `verify_fetching` fetch
+        // `jwks_url` again), not a bad signature or a refused algorithm.
+        let dir = std::env::temp_dir().join(format!("warren-jwks-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("jwks.json");
+        use base64::Engine;
+        let b64 = |s: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let k1_secret = b"the-k1-secret-of-at-least-32-bytes!!";
+        std::fs::write(
+            &path,
+            json!({"keys": [{"kty": "oct", "kid": "k1", "k": b64(k1_secret), "alg": "HS256"}]})
+                .to_string(),
+        )
+        .unwrap();
+        let mut config = jwt_config();
+        config.jwt.jwks_file = Some(path);
+        config.jwt.algorithms = vec!["HS256".into(), "ES256".into()];
+        let v = Verifier::from_config(&config).unwrap();
+        let with_kid = |kid: &str, secret: &[u8], claims: serde_json::Value| {
+            let mut header = Header::new(Algorithm::HS256);
+            header.kid = Some(kid.into());
+            encode(&header, &claims, &EncodingKey::from_secret(secret)).unwrap()
+        };
+        let k1 = with_kid("k1", k1_secret, good(json!({})));
+        assert_eq!(v.verify(Some(&k1), "x").unwrap().user, "ada");
+        let k2 = with_kid(
+            "k2",
+            b"the-k2-secret-of-at-least-32-bytes!!",
+            good(json!({})),
+        );
+        assert_eq!(
+            v.verify(Some(&k2), "x"),
+            Err(AuthError::UnknownKey("k2".into()))
+        );
+        // An allowed algorithm that only a key not yet held could verify (ES256; the
+        // signature is not looked at).
+        let es256 = format!(
+            "{}.{}.c2ln",
+            b64(br#"{"alg":"ES256","typ":"JWT","kid":"k3"}"#),
+            b64(good(json!({})).to_string().as_bytes())
+        );
+        assert_eq!(
+            v.verify(Some(&es256), "x"),
+            Err(AuthError::UnknownKey("k3".into()))
+        );
+        // The kid-less secret is still tried: it verifies a token naming any kid, and
+        // what it then finds wrong with the claims is the answer.
+        let by_secret = with_kid("k9", SECRET.as_bytes(), good(json!({})));
+        assert_eq!(v.verify(Some(&by_secret), "x").unwrap().user, "ada");
+        let expired = with_kid("k9", SECRET.as_bytes(), good(json!({"exp": now() - 3600})));
+        assert_eq!(v.verify(Some(&expired), "x"), Err(AuthError::Expired));
+        let wrong_iss = with_kid("k9", SECRET.as_bytes(), good(json!({"iss": "mallory"})));
+        assert!(matches!(
+            v.verify(Some(&wrong_iss), "x"),
+            Err(AuthError::Invalid(_))
+        ));
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -2,7 +2,8 @@
 //! again when a token names a key id it does not know — at most once per
 //! `jwks_refresh_min_s`, so a flood of unknown key ids cannot make it hammer the
 //! issuer — and keys rotate without a restart. A small HTTP server on loopback plays
-//! the issuer.
+//! the issuer. A key without a kid (a `secret`) configured beside the URL does not
+//! stop the rotation.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,7 +18,7 @@ use serde_json::{json, Value};
 use warren_e2e::client::TestClient;
 use warren_e2e::env::TestEnv;
 use warren_e2e::gateway::TestGateway;
-use warren_e2e::jwt::{now, sign_header};
+use warren_e2e::jwt::{now, sign, sign_header, SECRET};
 use warren_gateway::AuthMode;
 use warren_protocol::{ClientFrame, ErrorCode, Hello, ServerFrame};
 
@@ -51,6 +52,17 @@ fn token(kid: &str, user: &str) -> String {
     )
 }
 
+/// Serves `issuer`'s JWKS document on loopback: its URL, and the server task.
+async fn serve(issuer: &Issuer) -> (String, tokio::task::JoinHandle<std::io::Result<()>>) {
+    let app = Router::new()
+        .route("/.well-known/jwks.json", get(jwks))
+        .with_state(issuer.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/.well-known/jwks.json"), server)
+}
+
 /// `hello` with `token`: the user on `welcome`, or the error code.
 async fn hello(url: &str, token: String) -> Result<String, ErrorCode> {
     let mut c = TestClient::connect_raw(url).await;
@@ -74,15 +86,10 @@ async fn keys_rotate_through_the_jwks_url_and_unknown_kids_fetch_at_most_once_pe
     TestEnv::run("jwks-url", Duration::from_secs(60), async |env| {
         let issuer = Issuer::default();
         issuer.keys.lock().unwrap().push(jwk("k1"));
-        let app = Router::new()
-            .route("/.well-known/jwks.json", get(jwks))
-            .with_state(issuer.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let (jwks_url, server) = serve(&issuer).await;
         let gw = TestGateway::start_with(env, |c| {
             c.auth.mode = AuthMode::Jwt;
-            c.auth.jwt.jwks_url = Some(format!("http://{addr}/.well-known/jwks.json"));
+            c.auth.jwt.jwks_url = Some(jwks_url);
             c.auth.jwt.jwks_refresh_min_s = 2;
         })
         .await;
@@ -119,5 +126,60 @@ async fn keys_rotate_through_the_jwks_url_and_unknown_kids_fetch_at_most_once_pe
         gw.shutdown().await;
         server.abort();
     })
+    .await;
+}
+
+#[tokio::test]
+async fn a_secret_beside_the_jwks_url_does_not_stop_keys_rotating() {
+    TestEnv::run(
+        "jwks-url-and-secret",
+        Duration::from_secs(60),
+        async |env| {
+            let issuer = Issuer::default();
+            issuer.keys.lock().unwrap().push(jwk("k1"));
+            let (jwks_url, server) = serve(&issuer).await;
+            let gw = TestGateway::start_with(env, |c| {
+                c.auth.mode = AuthMode::Jwt;
+                c.auth.jwt.secret = Some(SECRET.into());
+                c.auth.jwt.jwks_url = Some(jwks_url);
+                c.auth.jwt.jwks_refresh_min_s = 1;
+            })
+            .await;
+            let url = gw.url();
+            let fetches = || issuer.fetches.load(Ordering::SeqCst);
+            assert_eq!(fetches(), 1, "fetched at start");
+            let by_secret = sign(
+                &json!({ "sub": "cy", "exp": now() + 600 }),
+                SECRET.as_bytes(),
+            );
+            assert_eq!(hello(&url, by_secret).await, Ok("cy".into()));
+            assert_eq!(hello(&url, token("k1", "ada")).await, Ok("ada".into()));
+            assert_eq!(fetches(), 1, "known keys fetch nothing");
+
+            // The issuer rotates to k2 after the gateway last looked. The secret (no kid)
+            // does not verify k2's tokens; the gateway must fetch the JWKS again and not
+            // refuse them until a restart.
+            tokio::time::sleep(Duration::from_millis(1_100)).await;
+            issuer.keys.lock().unwrap().push(jwk("k2"));
+            assert_eq!(hello(&url, token("k2", "bob")).await, Ok("bob".into()));
+            assert_eq!(fetches(), 2, "one fetch for the new kid");
+            assert_eq!(hello(&url, token("k2", "bob")).await, Ok("bob".into()));
+            assert_eq!(hello(&url, token("k1", "ada")).await, Ok("ada".into()));
+            assert_eq!(fetches(), 2, "held keys fetch nothing");
+
+            // Unknown kids still fetch at most once per interval.
+            let flood = std::time::Instant::now();
+            for i in 0..20 {
+                assert_eq!(
+                    hello(&url, token(&format!("bogus{i}"), "eve")).await,
+                    Err(ErrorCode::Unauthorized)
+                );
+            }
+            let bound = 3 + flood.elapsed().as_secs();
+            assert!(fetches() <= bound, "rate-limited: {} > {bound}", fetches());
+            gw.shutdown().await;
+            server.abort();
+        },
+    )
     .await;
 }
