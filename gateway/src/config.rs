@@ -486,7 +486,8 @@ pub struct JwtConfig {
     /// over 5 s fail.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwks_url: Option<String>,
-    /// Least time between two fetches of `jwks_url`, in seconds. Default: 60.
+    /// Least time between two fetches of `jwks_url`, in seconds (at least 1).
+    /// Default: 60.
     pub jwks_refresh_min_s: u64,
     /// Required `iss`, if set.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -856,6 +857,16 @@ impl Config {
                     "auth.allowed_origins: `{origin}` must start with http:// or https://"
                 ));
             }
+        }
+        if self.auth.mode == AuthMode::Jwt
+            && self.auth.jwt.jwks_url.is_some()
+            && self.auth.jwt.jwks_refresh_min_s == 0
+        {
+            return bad(
+                "auth.jwt.jwks_refresh_min_s must be at least 1 (with 0, every token naming \
+                 an unknown kid, which anyone can send, would fetch jwks_url)"
+                    .into(),
+            );
         }
         crate::auth::Verifier::from_config(&self.auth)?;
         if self.auth.mode == AuthMode::Service {
@@ -1499,6 +1510,28 @@ mod tests {
                 "{toml}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn jwks_refetches_cannot_be_unlimited() {
+        let at = |refresh: u64| {
+            Config::from_toml(
+                &format!(
+                    "[auth]\nmode = \"jwt\"\n[auth.jwt]\n\
+                     jwks_url = \"https://issuer.example/.well-known/jwks.json\"\n\
+                     jwks_refresh_min_s = {refresh}"
+                ),
+                "test",
+            )
+            .unwrap()
+            .validate()
+        };
+        at(1).unwrap();
+        let err = at(0).unwrap_err().to_string();
+        assert!(
+            err.contains("auth.jwt.jwks_refresh_min_s must be at least 1"),
+            "{err}"
+        );
     }
 
     #[test]
