@@ -89,7 +89,9 @@ pub struct Config {
     /// by `net.core.somaxconn`). Default: 4096.
     pub listen_backlog: u32,
     /// A client must finish its HTTP request headers (the WebSocket upgrade) this long
-    /// after connecting, or it is disconnected (slowloris). Default: 10000.
+    /// after connecting, or it is disconnected (slowloris); on a kept-alive HTTP
+    /// connection the next request's, this long after the previous response (an idle
+    /// one is closed then). Default: 10000.
     pub header_read_timeout_ms: u64,
     /// An admin listener (e.g. `127.0.0.1:9090`, loopback for operators and scrapers):
     /// when set, `/healthz`, `/metrics` and `/services` are served there and no longer
@@ -126,10 +128,12 @@ pub struct Config {
     pub max_connections_per_user: u32,
     /// Frames one connection may send per second (bursts of twice this); beyond it the
     /// gateway reads that socket more slowly (nothing is refused, other connections are
-    /// unaffected). 0 = no limit. Default: 10000.
+    /// unaffected). 0 = no limit. Default: 10000. Also the HTTP API calls a second of
+    /// one user's token (`http_api.accept_jwt`; over it `429 overloaded`).
     pub max_frames_per_s: u32,
     /// Requests one connection may have waiting for their reply; one more is answered
-    /// `overloaded`. Default: 1000.
+    /// `overloaded`. Default: 1000. Also the HTTP API calls in progress of one user's
+    /// token.
     pub max_pending_requests: usize,
     /// Retention of the outbound stream by age (`x-max-age`: `Y`, `M`, `D`, `h`, `m`,
     /// `s` units): how far back a resuming client is replayed. What services send to
@@ -1363,7 +1367,8 @@ pub struct Overrides {
     /// listen(2) backlog of each listener [default: 4096].
     #[arg(long, env = "WARREN_LISTEN_BACKLOG", global = true)]
     pub listen_backlog: Option<u32>,
-    /// Time for a client to send its request headers, in ms [default: 10000].
+    /// Time for a client to send each request's headers (on a kept-alive connection
+    /// from the previous response), in ms [default: 10000].
     #[arg(long, env = "WARREN_HEADER_READ_TIMEOUT_MS", global = true)]
     pub header_read_timeout_ms: Option<u64>,
     /// Admin listener for /healthz, /metrics and /services (then not on the WebSocket
@@ -1386,11 +1391,12 @@ pub struct Overrides {
     /// Open sessions per user, 0 = no limit [default: 100].
     #[arg(long, env = "WARREN_MAX_CONNECTIONS_PER_USER", global = true)]
     pub max_connections_per_user: Option<u32>,
-    /// Frames per connection per second before its socket is read more slowly,
-    /// 0 = no limit [default: 10000].
+    /// Frames per connection per second before its socket is read more slowly (and
+    /// HTTP API calls per second of one user's token), 0 = no limit [default: 10000].
     #[arg(long, env = "WARREN_MAX_FRAMES_PER_S", global = true)]
     pub max_frames_per_s: Option<u32>,
-    /// Requests per connection awaiting their reply [default: 1000].
+    /// Requests per connection awaiting their reply (and HTTP API calls in progress of
+    /// one user's token) [default: 1000].
     #[arg(long, env = "WARREN_MAX_PENDING_REQUESTS", global = true)]
     pub max_pending_requests: Option<usize>,
     /// Authentication mode: none (development only) or jwt [default: none].

@@ -100,6 +100,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
 struct Caller {
     identity: Identity,
     by_key: bool,
+    /// A token caller's place among its user's calls in progress, for the call.
+    _slot: Option<crate::limits::CallSlot>,
 }
 
 /// Whether `a` and `b` are equal, in time that does not depend on where they differ
@@ -144,6 +146,7 @@ async fn caller(shared: &Shared, headers: &HeaderMap) -> Result<Caller, Refusal>
         return Ok(Caller {
             identity: Identity::unrestricted(API_USER),
             by_key: true,
+            _slot: None,
         });
     }
     if !api.accept_jwt {
@@ -151,10 +154,26 @@ async fn caller(shared: &Shared, headers: &HeaderMap) -> Result<Caller, Refusal>
         return Err(unauthorized("the API key is not valid"));
     }
     match shared.verifier.verify_fetching(Some(token), "").await {
-        Ok(identity) => Ok(Caller {
-            identity,
-            by_key: false,
-        }),
+        Ok(identity) => {
+            // As much as one more session of the user may do: the HTTP API is no way
+            // around the WebSocket limits.
+            let owner = crate::session::owner_of(
+                &identity.user,
+                inbound::tenant_of(&shared.config, &identity),
+            );
+            let slot = shared
+                .http_calls
+                .admit(&owner, std::time::Instant::now())
+                .map_err(|refused| {
+                    metrics::add(&shared.metrics.refused_limit, 1);
+                    Refusal::new(ErrorCode::Overloaded, refused.message())
+                })?;
+            Ok(Caller {
+                identity,
+                by_key: false,
+                _slot: Some(slot),
+            })
+        }
         Err(e) => {
             metrics::add(&shared.metrics.refused_token, 1);
             Err(unauthorized(&format!(

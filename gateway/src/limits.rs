@@ -3,7 +3,9 @@
 //! client cannot exhaust the gateway or the broker while everyone else is unaffected.
 //!
 //! [`TokenBucket`] is pure (time is passed in) and unit-tested; [`Limiter`] keeps the
-//! per-IP and per-user counts, released by RAII [`Slot`]s when a connection ends.
+//! per-IP and per-user counts, released by RAII [`Slot`]s when a connection ends;
+//! [`CallLimiter`] holds the HTTP API calls made with a user's token to what one
+//! session of that user may do.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -253,6 +255,115 @@ impl Limiter {
     }
 }
 
+/// What a user's token may do over the HTTP API (`http_api.accept_jwt`): as much as
+/// one more WebSocket session of that user — `max_frames_per_s` calls a second
+/// (bursts of twice that) and `max_pending_requests` calls in progress at once. API
+/// keys (backends) are not counted.
+#[derive(Debug)]
+pub struct CallLimiter {
+    rate: u32,
+    in_progress: u32,
+    counts: Arc<Mutex<CallCounts>>,
+}
+
+#[derive(Debug, Default)]
+struct CallCounts {
+    users: HashMap<String, CallState>,
+    /// As [`Counts::sweep_at`].
+    sweep_at: usize,
+}
+
+#[derive(Debug)]
+struct CallState {
+    bucket: TokenBucket,
+    in_progress: u32,
+}
+
+/// Why an HTTP API call was refused ([`CallLimiter::admit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallRefused {
+    /// More calls in the last second than `max_frames_per_s` allows.
+    Rate(u32),
+    /// `max_pending_requests` calls of this user are in progress.
+    InProgress(u32),
+}
+
+impl CallRefused {
+    /// A sentence for the refusal's body.
+    pub fn message(self) -> String {
+        match self {
+            CallRefused::Rate(limit) => format!(
+                "at most {limit} HTTP API calls per second with one user's token \
+                 (max_frames_per_s)"
+            ),
+            CallRefused::InProgress(limit) => format!(
+                "at most {limit} HTTP API calls in progress with one user's token \
+                 (max_pending_requests)"
+            ),
+        }
+    }
+}
+
+/// Holds one call's place in its user's count of calls in progress.
+#[derive(Debug)]
+pub struct CallSlot {
+    counts: Arc<Mutex<CallCounts>>,
+    user: String,
+}
+
+impl Drop for CallSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(state) = counts.users.get_mut(&self.user) {
+            state.in_progress = state.in_progress.saturating_sub(1);
+        }
+    }
+}
+
+impl CallLimiter {
+    /// `rate` calls a second per user, `in_progress` at once; 0 turns a limit off.
+    pub fn new(rate: u32, in_progress: u32) -> CallLimiter {
+        CallLimiter {
+            rate,
+            in_progress,
+            counts: Arc::default(),
+        }
+    }
+
+    /// Admits a call of `user` (its owner key: tenant and user in tenant mode).
+    ///
+    /// # Errors
+    /// [`CallRefused`] naming the limit.
+    pub fn admit(&self, user: &str, now: Instant) -> Result<CallSlot, CallRefused> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if counts.users.len() > counts.sweep_at.max(SWEEP_FROM) {
+            counts
+                .users
+                .retain(|_, st| st.in_progress > 0 || !st.bucket.full(now));
+            counts.sweep_at = counts.users.len().saturating_mul(2);
+        }
+        let rate = self.rate;
+        let state = counts
+            .users
+            .entry(user.to_string())
+            .or_insert_with(|| CallState {
+                bucket: TokenBucket::new(rate, rate.saturating_mul(2), now),
+                in_progress: 0,
+            });
+        if self.in_progress > 0 && state.in_progress >= self.in_progress {
+            return Err(CallRefused::InProgress(self.in_progress));
+        }
+        if rate > 0 && !state.bucket.take(now) {
+            return Err(CallRefused::Rate(rate));
+        }
+        state.in_progress += 1;
+        Ok(CallSlot {
+            counts: self.counts.clone(),
+            user: user.to_string(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,6 +391,30 @@ mod tests {
             new_connections_per_ip_per_s: rate,
             connections_per_user: per_user,
         }
+    }
+
+    #[test]
+    fn a_users_http_calls_are_held_to_a_rate_and_a_number_in_progress() {
+        let t0 = Instant::now();
+        let calls = CallLimiter::new(5, 3);
+        let held: Vec<CallSlot> = (0..3).map(|_| calls.admit("ada", t0).unwrap()).collect();
+        assert_eq!(
+            calls.admit("ada", t0).map(|_| ()),
+            Err(CallRefused::InProgress(3))
+        );
+        assert!(calls.admit("bob", t0).is_ok(), "each user has their own");
+        drop(held);
+        // 3 of the burst of 10 are spent: 7 more, then the rate.
+        for _ in 0..7 {
+            assert!(calls.admit("ada", t0).is_ok());
+        }
+        assert_eq!(
+            calls.admit("ada", t0).map(|_| ()),
+            Err(CallRefused::Rate(5))
+        );
+        assert!(calls.admit("ada", t0 + Duration::from_millis(250)).is_ok());
+        let off = CallLimiter::new(0, 0);
+        assert!((0..10_000).all(|_| off.admit("ada", t0).is_ok()));
     }
 
     #[test]

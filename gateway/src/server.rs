@@ -80,6 +80,8 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) verifier: Verifier,
     pub(crate) limiter: Limiter,
+    /// HTTP API calls made with a user's token ([`crate::limits::CallLimiter`]).
+    pub(crate) http_calls: crate::limits::CallLimiter,
     /// The auth service link, in `auth.mode = "service"`.
     pub(crate) auth_client: Option<AuthClient>,
     pub(crate) names: Names,
@@ -138,6 +140,10 @@ impl Shared {
                 new_connections_per_ip_per_s: config.max_new_connections_per_ip_per_s,
                 connections_per_user: config.max_connections_per_user,
             }),
+            http_calls: crate::limits::CallLimiter::new(
+                config.max_frames_per_s,
+                u32::try_from(config.max_pending_requests).unwrap_or(u32::MAX),
+            ),
             auth_client: (config.auth.mode == AuthMode::Service)
                 .then(|| AuthClient::new(broker.clone(), &names, &config.auth.service)),
             http_replies: DirectReply::new(broker.clone()),

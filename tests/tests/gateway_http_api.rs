@@ -527,6 +527,90 @@ async fn with_accept_jwt_a_token_calls_with_its_user_and_permissions_but_may_not
     .await;
 }
 
+/// A user's token over the HTTP API is held to what one session of that user may
+/// do: `max_pending_requests` calls in progress and `max_frames_per_s` calls a second
+/// (bursts of twice that); over either, 429 `overloaded` naming the limit. Another
+/// user, and the API key, are not held back by it. Without it a token opened as many
+/// requests, each waiting up to `max_request_timeout_ms`, as it liked.
+#[tokio::test]
+async fn a_users_token_is_held_to_the_calls_in_progress_and_the_rate_of_one_session() {
+    use warren_e2e::jwt::{now, sign, SECRET};
+    TestEnv::run("http-jwt-limits", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| {
+            api_on(false)(c);
+            c.auth.mode = warren_gateway::AuthMode::Jwt;
+            c.auth.jwt.secret = Some(SECRET.into());
+            c.http_api.accept_jwt = true;
+            c.max_pending_requests = 2;
+            c.max_frames_per_s = 3;
+        })
+        .await;
+        let addr = api_addr(&gw);
+        let token = |user: &str| {
+            let claims = json!({"sub": user, "exp": now() + 600, "channels": {"voice": ["publish", "request"]}});
+            sign(&claims, SECRET.as_bytes())
+        };
+        let (ada, bob) = (token("ada"), token("bob"));
+        // A service that takes requests and never answers.
+        let _stuck = env.consume_inbound("voice").await;
+        tokio::time::sleep(warren_gateway::services::CONSUMER_CHECK_TTL).await;
+        let body = json!({"timeout_ms": 3_000, "message": 1}).to_string();
+        let waiting: Vec<_> = (0..2)
+            .map(|_| {
+                let (ada, body) = (ada.clone(), body.clone());
+                tokio::spawn(async move {
+                    http_post(addr, "/request/voice", Some(&ada), body.as_bytes()).await
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (status, answer) =
+            http_post(addr, "/request/voice", Some(&ada), body.as_bytes()).await;
+        assert_eq!((status, answer["code"].as_str()), (429, Some("overloaded")), "{answer}");
+        assert!(
+            answer["message"].as_str().unwrap_or_default().contains("max_pending_requests"),
+            "{answer}"
+        );
+        let (status, answer) = http_post(
+            addr,
+            "/external/voice",
+            Some(&bob),
+            json!({"message": 1}).to_string().as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 202, "another user: {answer}");
+        for call in waiting {
+            let (status, answer) = call.await.expect("the call");
+            assert_eq!(status, 504, "{answer}");
+        }
+        // The rate: a burst of 6 (the bucket refilled while the requests waited), then
+        // refused.
+        let publish = json!({"message": 2}).to_string();
+        let mut statuses = Vec::new();
+        for _ in 0..10 {
+            let (status, _) =
+                http_post(addr, "/external/voice", Some(&ada), publish.as_bytes()).await;
+            statuses.push(status);
+        }
+        assert!(statuses.iter().take(3).all(|s| *s == 202), "{statuses:?}");
+        assert!(statuses.contains(&429), "over the rate: {statuses:?}");
+        let (status, answer) =
+            http_post(addr, "/external/voice", Some(&ada), publish.as_bytes()).await;
+        assert_eq!(status, 429, "{answer}");
+        assert!(
+            answer["message"].as_str().unwrap_or_default().contains("max_frames_per_s"),
+            "{answer}"
+        );
+        // The API key is not counted.
+        for _ in 0..10 {
+            let (status, answer) = post(addr, "/external/voice", json!({"message": 3})).await;
+            assert_eq!(status, 202, "{answer}");
+        }
+        gw.shutdown().await;
+    })
+    .await;
+}
+
 /// A call refused for a reason worth trying again (here `overloaded`: the channel's
 /// queue is full) names the id it was given when the caller sent none, so that trying
 /// again with it keeps the `message_id` (a copy that did reach RabbitMQ is dropped by
