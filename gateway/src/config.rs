@@ -109,7 +109,8 @@ pub struct Config {
     /// 0 = no limit. Default: 1000.
     pub max_connections_per_ip: u32,
     /// New connections per client IP address per second (bursts of twice this); more
-    /// are refused with HTTP 429. 0 = no limit. Default: 100.
+    /// are refused with HTTP 429. A `GET /presence` call counts as one. 0 = no limit.
+    /// Default: 100.
     pub max_new_connections_per_ip_per_s: u32,
     /// Whether the per-IP limits also count loopback addresses (a reverse proxy, or
     /// tests and benchmarks on the same machine, all connect from loopback). Default:
@@ -1378,7 +1379,8 @@ pub struct Overrides {
     /// Open connections per client IP address, 0 = no limit [default: 1000].
     #[arg(long, env = "WARREN_MAX_CONNECTIONS_PER_IP", global = true)]
     pub max_connections_per_ip: Option<u32>,
-    /// New connections per IP address per second, 0 = no limit [default: 100].
+    /// New connections (and `GET /presence` calls) per IP address per second,
+    /// 0 = no limit [default: 100].
     #[arg(long, env = "WARREN_MAX_NEW_CONNECTIONS_PER_IP_PER_S", global = true)]
     pub max_new_connections_per_ip_per_s: Option<u32>,
     /// Apply the per-IP limits to loopback addresses too [default: false].

@@ -142,6 +142,22 @@ struct Counts {
     sweeps: u64,
 }
 
+impl Counts {
+    /// The state of `ip` (a full bucket of `rate` when new), once addresses with no
+    /// connection and a full bucket were forgotten if the map grew.
+    fn ip(&mut self, ip: IpAddr, rate: u32, now: Instant) -> &mut IpState {
+        if self.ips.len() > self.sweep_at.max(SWEEP_FROM) {
+            self.ips.retain(|_, st| st.open > 0 || !st.bucket.full(now));
+            self.sweep_at = self.ips.len().saturating_mul(2);
+            self.sweeps += 1;
+        }
+        self.ips.entry(ip).or_insert_with(|| IpState {
+            open: 0,
+            bucket: TokenBucket::new(rate, rate.saturating_mul(2), now),
+        })
+    }
+}
+
 /// Tracked addresses from which idle ones are swept out.
 const SWEEP_FROM: usize = 10_000;
 
@@ -209,20 +225,9 @@ impl Limiter {
     /// [`Refused::ConnectionsPerIp`] or [`Refused::NewConnectionsPerIp`].
     pub fn admit_ip(&self, ip: IpAddr, now: Instant) -> Result<Slot, Refused> {
         let s = self.settings;
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        // Forget addresses with no connection and a full bucket once the map grows.
-        if counts.ips.len() > counts.sweep_at.max(SWEEP_FROM) {
-            counts
-                .ips
-                .retain(|_, st| st.open > 0 || !st.bucket.full(now));
-            counts.sweep_at = counts.ips.len().saturating_mul(2);
-            counts.sweeps += 1;
-        }
         let rate = s.new_connections_per_ip_per_s;
-        let state = counts.ips.entry(ip).or_insert_with(|| IpState {
-            open: 0,
-            bucket: TokenBucket::new(rate, rate.saturating_mul(2), now),
-        });
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let state = counts.ip(ip, rate, now);
         if s.connections_per_ip > 0 && state.open >= s.connections_per_ip {
             return Err(Refused::ConnectionsPerIp);
         }
@@ -234,6 +239,25 @@ impl Limiter {
             counts: self.counts.clone(),
             key: SlotKey::Ip(ip),
         })
+    }
+
+    /// Takes one of `ip`'s new-connection tokens for a request that is no connection
+    /// but costs as much (`GET /presence`: a token to verify, maybe by the auth
+    /// service), without holding a place among its open connections.
+    ///
+    /// # Errors
+    /// [`Refused::NewConnectionsPerIp`].
+    pub fn take_ip(&self, ip: IpAddr, now: Instant) -> Result<(), Refused> {
+        let rate = self.settings.new_connections_per_ip_per_s;
+        if rate == 0 {
+            return Ok(());
+        }
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if counts.ip(ip, rate, now).bucket.take(now) {
+            Ok(())
+        } else {
+            Err(Refused::NewConnectionsPerIp)
+        }
     }
 
     /// Admits a new session of `user`, or refuses it.

@@ -844,6 +844,25 @@ async fn presence(
     let Some(cors) = cors(&st.shared, &headers).map(with_headers) else {
         return origin_refused();
     };
+    // Each call costs a token check (an auth service round trip in that mode) and a
+    // scan of the sessions: it counts as a new connection from its address.
+    let config = &st.shared.config;
+    let client = crate::limits::client_address(peer.ip());
+    if config.ip_limits_on_loopback || !client.is_loopback() {
+        if let Err(refused) = st.shared.limiter.take_ip(client, std::time::Instant::now()) {
+            metrics::add(&st.shared.metrics.refused_limit, 1);
+            let message = refused.message(config.max_new_connections_per_ip_per_s);
+            return (
+                cors,
+                refusal(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    ErrorCode::Overloaded,
+                    message,
+                ),
+            )
+                .into_response();
+        }
+    }
     let token = upgrade_token(&headers, st.shared.config.auth.token_cookie.as_deref());
     let upgrade = Upgrade {
         peer,

@@ -607,3 +607,37 @@ async fn client_subscriptions_events_of_a_session_are_coalesced_and_the_last_is_
     .expect("within the limit");
     test_env.cleanup().await;
 }
+
+/// `GET /presence` costs a token check (an auth service round trip in that mode) and
+/// a scan of every session: each call counts as a new connection from its address,
+/// so one client cannot call it without bound (`429 overloaded` past
+/// `max_new_connections_per_ip_per_s`, bursts of twice that).
+#[tokio::test]
+async fn presence_calls_count_as_new_connections_from_their_address() {
+    let env = TestEnv::new("presence-rate").await;
+    let gw = TestGateway::start_with(&env, |c| {
+        presence_config(c);
+        c.ip_limits_on_loopback = true;
+        c.max_new_connections_per_ip_per_s = 3;
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let (status, _, body) =
+            warren_e2e::gateway::http_get_with(gw.health_addr(), "/presence", &[]).await;
+        if status == 429 {
+            let v: serde_json::Value = serde_json::from_str(&body).expect("a JSON refusal");
+            assert_eq!(v["code"], "overloaded", "{body}");
+        }
+        statuses.push(status);
+    }
+    assert!(statuses[..3].iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(statuses.contains(&429), "{statuses:?}");
+    // The bucket fills again: calls at its rate go through.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (status, _, _) =
+        warren_e2e::gateway::http_get_with(gw.health_addr(), "/presence", &[]).await;
+    assert_eq!(status, 200);
+    gw.shutdown().await;
+    env.cleanup().await;
+}
