@@ -447,7 +447,8 @@ pub struct AuthConfig {
     pub allowed_origins: Vec<String>,
     /// Name of a cookie whose value is taken as the token when `hello` carries none
     /// (for same-site apps). An `Authorization: Bearer` header on the upgrade is
-    /// always read. Default: none.
+    /// always read. Needs `allowed_origins` (a browser sends the cookie whichever
+    /// site opens the socket). Default: none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_cookie: Option<String>,
 }
@@ -862,6 +863,14 @@ impl Config {
                     "auth.allowed_origins: `{origin}` must start with http:// or https://"
                 ));
             }
+        }
+        if self.auth.token_cookie.is_some() && self.auth.allowed_origins.is_empty() {
+            return bad(
+                "auth.token_cookie needs auth.allowed_origins: the browser sends the cookie \
+                 whichever page opens the WebSocket, so without an origin list any site \
+                 could open sessions as the cookie's user"
+                    .into(),
+            );
         }
         if self.auth.mode == AuthMode::Jwt
             && self.auth.jwt.jwks_url.is_some()
@@ -1658,6 +1667,16 @@ mod tests {
         c.apply(&o);
         assert!(c.http_api.enabled);
         assert_eq!(c.http_api.api_keys, ["a", "b"]);
+    }
+
+    #[test]
+    fn a_token_cookie_needs_an_origin_list() {
+        let mut c = Config::default();
+        c.auth.token_cookie = Some("warren_token".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("auth.allowed_origins"), "{e}");
+        c.auth.allowed_origins = vec!["https://app.example.com".into()];
+        assert!(c.validate().is_ok());
     }
 
     #[test]
