@@ -359,6 +359,43 @@ const tests = [
     },
   },
   {
+    name: "joining a room the token does not grant shows the gateway's refusal with its code, and its presence is not asked again",
+    timeoutMs: 60_000,
+    async fn(w) {
+      const [carol] = need(w, "carol");
+      // The join form says which rooms the token grants (its `groups` claim).
+      const hint = carol.testId("group-join-hint");
+      await hint.waitFor();
+      const granted = await hint.getAttribute("data-groups");
+      assert(granted === "room-1,room-2", `the join form names the rooms the token grants (saw ${granted}: ${await hint.textContent()})`);
+      const room = "room-9";
+      const presenceRefusals = () =>
+        carol.errors.filter((e) => e.startsWith("HTTP 403 ") && e.includes(`/presence?channel=chat&group=${room}`));
+      await carol.joinGroup(room);
+      const refusal = carol.testId(`room-group-${room}-refusal`);
+      await refusal.waitFor();
+      const code = await refusal.getAttribute("data-code");
+      const text = (await refusal.textContent()) ?? "";
+      assert(code === "forbidden" && text.startsWith("forbidden: "), `the room shows the refusal's code and message (saw ${code}: ${text})`);
+      assert(text.includes(room), `the refusal names the room (saw ${text})`);
+      // Who is online there: refused (403) once, shown as such, and not polled again.
+      const online = carol.testId("online-refused");
+      await online.waitFor();
+      assert((await online.getAttribute("data-code")) === "forbidden", `the online list shows the presence refusal (saw ${await online.textContent()})`);
+      const asked = presenceRefusals().length;
+      await sleep(5000); // 2.5 poll periods
+      const later = presenceRefusals().length;
+      assert(asked === 1 && later === 1, `the presence of ${room} was refused once and not asked again (403 answers: ${asked}, then ${later} 5 s later)`);
+      await carol.shot("group-refused");
+      // Those 403s are what this test asked for, not page errors.
+      const expected = new Set(presenceRefusals());
+      carol.errors = carol.errors.filter((e) => !expected.has(e));
+      await carol.testId("group-leave").click();
+      assert((await carol.testId(`room-group-${room}`).count()) === 0, `carol left ${room}`);
+      await carol.testId("room-all").click();
+    },
+  },
+  {
     name: "the status bar lists the live services from the gateways' registry",
     timeoutMs: 60_000,
     async fn(w) {

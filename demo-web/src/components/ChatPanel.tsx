@@ -5,11 +5,12 @@
 // the broadcast (`chat.all`), one per joined group (`chat.group.<g>`) and the user's
 // direct messages (`chat.user.<me>`). Our own broadcast and group messages come back to
 // us too; they are matched to the local copy by the `cid` the page puts in each message.
-import { useCallback, useEffect, useReducer, useRef, useState, type FormEvent } from "react";
+import { useCallback, useEffect, useReducer, useRef, useState, type FormEvent, type ReactNode } from "react";
 import { useClient, useSubscription, type WarrenDelivery } from "warren-sdk/react";
 import { OnlineList } from "./Online";
 import { PrivateGroup } from "./PrivateGroup";
 import { checkName } from "../lib/config";
+import { useGrantedGroups } from "../lib/gateway";
 import { clock, header, newId } from "../lib/ids";
 import { toShownError, type ShownError } from "../lib/errors";
 
@@ -185,9 +186,22 @@ function GroupRoom({
       onClick={onOpen}
       icon="#"
       label={group}
-      note={sub.status === "pending" ? "joining…" : sub.status === "error" ? "failed" : null}
+      note={sub.status === "pending" ? "joining…" : sub.status === "error" ? "refused" : null}
       subStatus={sub.status}
-    />
+    >
+      {sub.status === "error" && sub.error && (
+        // The gateway's answer, as the private group example shows it (`forbidden`
+        // for a group the token does not grant).
+        <p
+          className="error-text fineprint"
+          role="alert"
+          data-testid={`room-group-${group}-refusal`}
+          data-code={sub.error.code}
+        >
+          {sub.error.code}: {sub.error.message}
+        </p>
+      )}
+    </RoomButton>
   );
 }
 
@@ -200,6 +214,7 @@ function RoomButton({
   label,
   note,
   subStatus,
+  children,
 }: {
   testId: string;
   active: boolean;
@@ -209,6 +224,8 @@ function RoomButton({
   label: string;
   note?: string | null;
   subStatus?: string;
+  /** Shown under the button (a refusal). */
+  children?: ReactNode;
 }) {
   return (
     <li>
@@ -230,6 +247,7 @@ function RoomButton({
           </span>
         )}
       </button>
+      {children}
     </li>
   );
 }
@@ -240,12 +258,15 @@ function InlineForm({
   testId,
   kind,
   onSubmit,
+  hint,
 }: {
   placeholder: string;
   button: string;
   testId: string;
   kind: string;
   onSubmit: (value: string) => void;
+  /** A line under the form. */
+  hint?: ReactNode;
 }) {
   const [value, setValue] = useState("");
   const [error, setError] = useState<string | null>(null);
@@ -279,6 +300,7 @@ function InlineForm({
         </button>
       </div>
       {error && <p className="error-text small">{error}</p>}
+      {hint}
     </form>
   );
 }
@@ -326,6 +348,7 @@ function MessageRow({ msg, onRetry }: { msg: ChatMessage; onRetry: () => void })
 
 export function ChatPanel({ user, onUnread }: { user: string; onUnread: (n: number) => void }) {
   const client = useClient();
+  const granted = useGrantedGroups(user);
   const [state, dispatch] = useReducer(reducer, initialState);
   const [draft, setDraft] = useState("");
   const listRef = useRef<HTMLOListElement>(null);
@@ -439,6 +462,15 @@ export function ChatPanel({ user, onUnread }: { user: string; onUnread: (n: numb
           testId="group-join"
           kind="room name"
           onSubmit={(g) => dispatch({ type: "join", group: g })}
+          hint={
+            granted && (
+              <p className="muted fineprint" data-testid="group-join-hint" data-groups={granted.join(",")}>
+                {granted.length > 0
+                  ? `Your token grants ${granted.join(", ")}; the gateway refuses other rooms.`
+                  : "Your token grants no room; the gateway refuses every one."}
+              </p>
+            )
+          }
         />
         <h3 className="side-title">Private group</h3>
         <PrivateGroup />

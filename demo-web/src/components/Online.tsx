@@ -1,19 +1,32 @@
 // Who is online in a chat room, from the gateways' presence view (GET /presence).
-import { usePolled } from "../lib/gateway";
+import { usePolledAnswer } from "../lib/gateway";
 
 interface PresenceAnswer {
   users: string[];
 }
 
-/** The users online in `group` of `channel` (or the whole channel), refreshed every 2 s. */
+/**
+ * The users online in `group` of `channel` (or the whole channel), refreshed every 2 s.
+ * A group the user's token does not grant is refused (403 `forbidden`): that is shown,
+ * and not asked again.
+ */
 export function OnlineList({ user, channel, group }: { user: string; channel: string; group?: string }) {
   const query = `/presence?channel=${encodeURIComponent(channel)}${group ? `&group=${encodeURIComponent(group)}` : ""}`;
-  const answer = usePolled<PresenceAnswer>(query, user, 2000);
+  const { value: answer, refused } = usePolledAnswer<PresenceAnswer>(query, user, 2000);
   const users = answer?.users ?? [];
   return (
-    <div className="online" data-testid="online-list" data-count={answer ? users.length : ""}>
+    <div
+      className="online"
+      data-testid="online-list"
+      data-count={answer ? users.length : ""}
+      data-refused={refused?.code ?? ""}
+    >
       <span className="muted small">online:</span>{" "}
-      {answer === null ? (
+      {refused ? (
+        <span className="error-text small" data-testid="online-refused" data-code={refused.code}>
+          not shown: {refused.code}: {refused.message}
+        </span>
+      ) : answer === null ? (
         <span className="muted small">…</span>
       ) : (
         users.map((u) => (
