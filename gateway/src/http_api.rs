@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, StatusCode};
@@ -315,13 +316,21 @@ fn accepted(id: &str, message_id: &str) -> Response {
     (StatusCode::ACCEPTED, Json(body)).into_response()
 }
 
+/// The `{channel}` of a path; a path axum cannot decode (`%FF`) is refused `invalid`
+/// in a JSON body like every other refusal.
+fn channel_of(path: Result<Path<String>, PathRejection>) -> Result<String, Refusal> {
+    path.map(|Path(channel)| channel)
+        .map_err(|e| Refusal::new(ErrorCode::Invalid, e.body_text()))
+}
+
 /// `POST /external/{channel}`: a `publish` from outside.
 async fn external(
     State(shared): State<Arc<Shared>>,
-    Path(channel): Path<String>,
+    channel: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Refusal> {
+    let channel = channel_of(channel)?;
     let (caller, m) = to_services(&shared, &channel, &headers, body).await?;
     let id = m.id.clone().unwrap_or_else(fresh_id);
     let session = format!("http-{}", fresh_id());
@@ -349,10 +358,11 @@ async fn external(
 /// `POST /request/{channel}`: a `request` from outside, answered with the reply.
 async fn request(
     State(shared): State<Arc<Shared>>,
-    Path(channel): Path<String>,
+    channel: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Refusal> {
+    let channel = channel_of(channel)?;
     let (caller, m) = to_services(&shared, &channel, &headers, body).await?;
     let timeout = inbound::request_timeout(&shared.config, m.timeout_ms)?;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout);

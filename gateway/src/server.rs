@@ -838,11 +838,19 @@ async fn presence(
     State(st): State<ListenerState>,
     ConnectInfo(PeerAddr(peer, _)): ConnectInfo<PeerAddr>,
     headers: HeaderMap,
-    axum::extract::Query(q): axum::extract::Query<PresenceQuery>,
+    query: Result<axum::extract::Query<PresenceQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     use warren_protocol::ErrorCode;
     let Some(cors) = cors(&st.shared, &headers).map(with_headers) else {
         return origin_refused();
+    };
+    // A query axum cannot read (a name given twice) is refused in a JSON body too.
+    let q = match query {
+        Ok(axum::extract::Query(q)) => q,
+        Err(e) => {
+            let refused = refusal(StatusCode::BAD_REQUEST, ErrorCode::Invalid, e.body_text());
+            return (cors, refused).into_response();
+        }
     };
     // Each call costs a token check (an auth service round trip in that mode) and a
     // scan of the sessions: it counts as a new connection from its address.

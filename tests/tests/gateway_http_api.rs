@@ -283,6 +283,22 @@ async fn bad_requests_get_a_4xx_status_and_the_registry_code() {
                 "malformed",
             ),
             (
+                "a channel that is not UTF-8",
+                "/external/%FF",
+                Some(KEY),
+                &ok,
+                400,
+                "invalid",
+            ),
+            (
+                "a request's channel that is not UTF-8",
+                "/request/%C3%28",
+                Some(KEY),
+                &ok,
+                400,
+                "invalid",
+            ),
+            (
                 "no message",
                 "/external/chat",
                 Some(KEY),

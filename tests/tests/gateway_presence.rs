@@ -632,6 +632,21 @@ async fn presence_calls_count_as_new_connections_from_their_address() {
         statuses.push(status);
     }
     assert!(statuses[..3].iter().all(|s| *s == 200), "{statuses:?}");
+    // A query it cannot read is refused in a JSON body, as every refusal is (once
+    // the bucket holds a token again).
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (status, _, body) = warren_e2e::gateway::http_get_with(
+        gw.health_addr(),
+        "/presence?channel=chat&channel=voice",
+        &[],
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&body).expect("a JSON refusal");
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (400, Some("invalid")),
+        "{body}"
+    );
     assert!(statuses.contains(&429), "{statuses:?}");
     // The bucket fills again: calls at its rate go through.
     tokio::time::sleep(Duration::from_millis(700)).await;
