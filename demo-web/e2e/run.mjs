@@ -107,7 +107,7 @@ class User {
     this.tokenRequests = 0;
   }
 
-  static async open(world, name, { viaForm = false, viewport = { width: 1280, height: 800 }, base } = {}) {
+  static async open(world, name, { viaForm = false, viewport = { width: 1280, height: 800 }, base, beforeGoto } = {}) {
     const context = await world.browser.newContext({ viewport });
     const page = await context.newPage();
     const user = new User(name, context, page);
@@ -136,6 +136,7 @@ class User {
     });
     const params = new URLSearchParams({ urls: world.urls.join(","), control: world.control });
     if (!viaForm) params.set("user", name);
+    if (beforeGoto) await beforeGoto(page);
     await page.goto(`${base ?? world.pageUrl}/?${params}`);
     if (viaForm) {
       await page.getByTestId("signin-name").fill(name);
@@ -321,6 +322,66 @@ const tests = [
       assert(after.every((st) => st === "connected"), `no state change after connecting (saw ${history.join(" → ")})`);
       await dave.context.close();
       w.users.splice(w.users.indexOf(dave), 1);
+    },
+  },
+  {
+    name: "a client the gateway stops for good shows why in the banner (code: message), and one that cannot start shows the code on the splash",
+    timeoutMs: 60_000,
+    async fn(w) {
+      // The gateways refuse gina's token: her hello goes out with another one (the
+      // page's WebSocket is routed through Playwright to the real gateway), the gateway
+      // answers `unauthorized` and closes with 4501, and the SDK does not reconnect.
+      const isGateway = (url) => w.urls.some((u) => new URL(u).href === url.href);
+      const gina = await User.open(w, "gina", {
+        async beforeGoto(page) {
+          await page.routeWebSocket(isGateway, (ws) => {
+            const server = ws.connectToServer();
+            ws.onMessage((m) => {
+              let frame = null;
+              try {
+                frame = JSON.parse(String(m));
+              } catch {
+                // not JSON: passed on as it is
+              }
+              server.send(frame?.type === "hello" ? JSON.stringify({ ...frame, token: "not-a-valid-token" }) : m);
+            });
+          });
+        },
+      });
+      const banner = gina.testId("connection-banner");
+      await waitFor("gina's client to stop", async () => (await banner.getAttribute("data-state")) === "disconnected", 20_000);
+      const bannerText = (await banner.textContent()) ?? "";
+      const whyEl = gina.testId("connection-banner-error");
+      const why = (await whyEl.count()) > 0 ? ((await whyEl.textContent()) ?? "") : "";
+      assert(
+        (await banner.getAttribute("data-code")) === "unauthorized" && why.startsWith("unauthorized: ") && why.length > "unauthorized: ".length,
+        `the banner says why the client stopped, as code: message (saw: ${bannerText})`,
+      );
+      assert(!bannerText.includes("see the error above"), `the banner points at no error that is not there (saw: ${bannerText})`);
+      await gina.shot("banner-stopped");
+      await gina.context.close();
+      w.users.splice(w.users.indexOf(gina), 1);
+
+      // A client that cannot be created (a gateway URL that is not ws://): the splash.
+      const context = await w.browser.newContext();
+      try {
+        const page = await context.newPage();
+        const errors = [];
+        page.on("pageerror", (err) => errors.push(`pageerror: ${err.message}`));
+        const params = new URLSearchParams({ urls: "localhost:4000", control: w.control, user: "hank" });
+        await page.goto(`${w.pageUrl}/?${params}`);
+        const err = page.getByTestId("sdk-error");
+        await err.waitFor();
+        const text = (await err.textContent()) ?? "";
+        assert(
+          (await err.getAttribute("data-code")) === "invalid" && text.startsWith("invalid: ") && text.includes("localhost:4000"),
+          `the splash shows the error as code: message (saw: ${text})`,
+        );
+        await screenshot(page, "splash-invalid-url");
+        assert(errors.length === 0, `the splash page threw: ${errors.join("; ")}`);
+      } finally {
+        await context.close();
+      }
     },
   },
   {

@@ -27,8 +27,8 @@ function Loading({ status }: { status: WarrenProviderStatus }) {
         {failed ? (
           <>
             <h2>Could not start the Warren client</h2>
-            <p className="error-text" data-testid="sdk-error">
-              {status.lastError?.message ?? "unknown error"}
+            <p className="error-text" data-testid="sdk-error" data-code={status.lastError?.code ?? "unknown"}>
+              {status.lastError ? `${status.lastError.code}: ${status.lastError.message}` : "unknown: no error was reported"}
             </p>
             <button className="btn" onClick={() => window.location.reload()}>
               Reload

@@ -11,7 +11,7 @@ import { StatusBar, useEverConnected } from "./StatusBar";
 type Tab = "chat" | "tickets" | "voice";
 
 function ConnectionBanner() {
-  const { state } = useConnectionState();
+  const { state, lastError } = useConnectionState();
   const everConnected = useEverConnected(state);
   // After a few seconds without any connection, say so plainly.
   const [slow, setSlow] = useState(false);
@@ -31,17 +31,39 @@ function ConnectionBanner() {
     // the session taken by another tab, or no gateway answered in time): it does not
     // reconnect by itself, and what you send now is refused at once.
     tone = "error";
-    text = "Disconnected: the client stopped (see the error above). Reload the page to connect again.";
+    text = "Disconnected: the client stopped.";
   } else if (state === "connecting" && everConnected) {
     tone = "warn";
     text = "Connection lost: reconnecting. What you send now is queued and goes out on reconnect.";
   } else if (state === "closed" || state === "failed") {
     tone = "error";
-    text = "The client is closed. Reload the page to connect again.";
+    text = "The client is closed.";
   }
+  // Stopped for good: say why (the SDK's last error, as the status bar has it).
+  const why = tone === "error" ? lastError : null;
   return (
-    <div className={`banner banner-${tone}`} role="status" data-testid="connection-banner" data-state={state}>
-      {tone !== "error" && <span className="spinner" />} {text}
+    <div
+      className={`banner banner-${tone}`}
+      role="status"
+      data-testid="connection-banner"
+      data-state={state}
+      data-code={why?.code ?? ""}
+    >
+      {tone !== "error" && <span className="spinner" />}
+      {/* One inline run: the banner is a flex row, and loose pieces got gaps between them. */}
+      <span>
+        {text}
+        {why && (
+          <>
+            {" "}
+            <span data-testid="connection-banner-error">
+              {why.code}: {why.message}
+            </span>
+            {/[.!?]$/.test(why.message) ? "" : "."}
+          </>
+        )}
+        {tone === "error" && " Reload the page to connect again."}
+      </span>
     </div>
   );
 }
