@@ -563,10 +563,23 @@ const tests = [
     timeoutMs: 90_000,
     async fn(w) {
       const [ada] = need(w, "ada");
-      // A clean stop: the service's leave reaches the gateways' registry, so a request
-      // is refused at once rather than after its timeout.
-      await control(w.control, "/service/stop");
+      // The page's "Stop" button: a clean stop (SIGTERM), so the service's leave reaches
+      // the gateways' registry and a request is refused at once rather than after its
+      // timeout. (A SIGKILL is the "Kill" button beside it.)
+      const posted = [];
+      const onRequest = (req) => {
+        if (req.method() === "POST" && req.url().startsWith(`${w.control}/service/`)) posted.push(req.url().slice(w.control.length));
+      };
+      ada.page.on("request", onRequest);
+      await ada.testId("demo-controls").click();
+      const row = ada.testId("control-service");
+      await waitFor("the demo service's row to show it running", async () => (await row.getAttribute("data-alive")) === "true");
+      await ada.testId("stop-service").click();
       try {
+        await waitFor("the demo service's row to show it stopped", async () => (await row.getAttribute("data-alive")) === "false", 20_000);
+        assert(posted.join(",") === "/service/stop", `the Stop button asked for a graceful stop (posted: ${posted.join(",") || "nothing"})`);
+        ada.page.off("request", onRequest);
+        await ada.testId("demo-controls").click(); // closes the menu
         await ada.testId("ticket-timeout").selectOption("10000");
         await ada.testId("ticket-title").fill(`Nobody home ${RUN}`);
         const clicked = Date.now();

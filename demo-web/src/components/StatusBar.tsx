@@ -174,9 +174,24 @@ export function StatusBar({ config, user }: { config: PageConfig; user: string }
                   <div className="control-row" data-testid="control-service" data-alive={stack.service.alive ? "true" : "false"}>
                     <span className={`dot ${stack.service.alive ? "dot-connected" : "dot-disconnected"}`} /> demo service{" "}
                     {stack.service.alive ? (
-                      <button className="btn btn-small btn-ghost" onClick={() => void act("Stop service", "/service/kill")} data-testid="stop-service">
-                        Stop
-                      </button>
+                      <>
+                        <button
+                          className="btn btn-small btn-ghost"
+                          onClick={() => void act("Stop service", "/service/stop")}
+                          data-testid="stop-service"
+                          title="SIGTERM: the service leaves the gateways' registry and exits; requests get no_service at once"
+                        >
+                          Stop
+                        </button>
+                        <button
+                          className="btn btn-small btn-ghost"
+                          onClick={() => void act("Kill service", "/service/kill")}
+                          data-testid="kill-service"
+                          title="SIGKILL: no goodbye; requests time out until the registry forgets the service, and its in-memory tickets are lost"
+                        >
+                          Kill
+                        </button>
+                      </>
                     ) : (
                       <button className="btn btn-small" onClick={() => void act("Start service", "/service/start")} data-testid="start-service">
                         Start
