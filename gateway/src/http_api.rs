@@ -138,9 +138,7 @@ async fn caller(shared: &Shared, headers: &HeaderMap) -> Result<Caller, Refusal>
     let token = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+        .and_then(crate::server::bearer)
         .ok_or_else(|| unauthorized("an API key is required: Authorization: Bearer <key>"))?;
     let api = &shared.config.http_api;
     if is_api_key(shared, token) {

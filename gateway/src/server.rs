@@ -744,9 +744,19 @@ pub(crate) fn origin_allowed(allowed: &[String], origin: &str) -> bool {
 
 /// A token carried by the upgrade request itself: `Authorization: Bearer <token>`, or
 /// the configured cookie. `hello.token` takes precedence over both.
+/// The credential of an `Authorization: Bearer <credential>` header value; the scheme
+/// is matched without regard to case (RFC 9110 §11.1: `bearer` is `Bearer`).
+pub(crate) fn bearer(value: &str) -> Option<&str> {
+    let (scheme, credential) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(credential.trim())
+        .filter(|t| !t.is_empty())
+}
+
 fn upgrade_token(headers: &HeaderMap, cookie: Option<&str>) -> Option<String> {
     if let Some(v) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        if let Some(t) = v.strip_prefix("Bearer ").map(str::trim) {
+        if let Some(t) = bearer(v) {
             if !t.is_empty() {
                 return Some(t.to_string());
             }
@@ -1528,6 +1538,17 @@ pub(crate) async fn announce(shared: Arc<Shared>, listeners: Vec<(SocketAddr, Op
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_matched_without_regard_to_case() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer abc "), Some("abc"));
+        assert_eq!(bearer("BEARER  abc"), Some("abc"));
+        assert_eq!(bearer("Bearer "), None);
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearerabc"), None);
+        assert_eq!(bearer(""), None);
+    }
 
     #[test]
     fn one_takeover_keeps_the_single_form_and_many_go_out_in_batches_every_gateway_reads() {
