@@ -38,9 +38,11 @@ async fn resuming_on_another_gateway_releases_the_session_held_by_a_stale_connec
         took.as_millis()
     );
     assert!(fresh.welcome.as_ref().unwrap().resumed);
+    // Not held until the stale connection's heartbeat times out or it closes: the
+    // takeover is a message, not a wait (a busy 2-core machine has room here).
     assert!(
-        took < Duration::from_millis(1_500),
-        "the resume does not wait for the takeover window ({took:?})"
+        took < Duration::from_secs(5),
+        "the resume does not wait for the stale connection ({took:?})"
     );
     let again = fresh.expect_deliver().await;
     assert_eq!(again.message_id, "held", "the held delivery comes again");

@@ -678,8 +678,10 @@ async fn a_panicking_connection_task_still_requeues_cleans_up_and_counts_the_pan
         assert!(again.welcome.as_ref().unwrap().resumed);
         let d = again.expect_deliver().await;
         assert_eq!(d.message_id, "held");
+        // Not held until the panicked connection's heartbeat times out (room for a
+        // busy 2-core machine).
         assert!(
-            started.elapsed() < Duration::from_secs(2),
+            started.elapsed() < Duration::from_secs(5),
             "resumed without waiting for a takeover: {:?}",
             started.elapsed()
         );

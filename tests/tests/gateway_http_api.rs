@@ -184,7 +184,8 @@ async fn request_returns_the_services_reply_or_refusal_and_times_out_when_nothin
             (503, Some("no_service")),
             "{answer}"
         );
-        assert!(started.elapsed() < Duration::from_millis(500));
+        // At once, not after a timeout (a busy 2-core machine has room).
+        assert!(started.elapsed() < Duration::from_millis(2_000));
         // A consumer that never answers: 504 once the timeout passed.
         let _stuck = env.consume_inbound("voice").await;
         tokio::time::sleep(warren_gateway::services::CONSUMER_CHECK_TTL).await;

@@ -100,8 +100,10 @@ async fn a_stopped_service_gives_no_service_at_once_and_its_return_answers_again
             "gateway_services: no_service with nothing ever started: {} ms",
             took.as_millis()
         );
+        // At once, not after the request's 10 s timeout (in memory: ~1 ms; the
+        // bound leaves room for a busy 2-core machine).
         assert!(
-            took < Duration::from_millis(100),
+            took < Duration::from_millis(1_000),
             "no_service took {took:?}"
         );
         // A client that keeps asking while the service is away is not a misbehaving
@@ -143,7 +145,7 @@ async fn a_stopped_service_gives_no_service_at_once_and_its_return_answers_again
             left.as_millis()
         );
         assert!(
-            left < Duration::from_millis(500),
+            left < Duration::from_millis(2_000),
             "the leave took {left:?} to arrive"
         );
         let mut latencies = Vec::new();
@@ -158,7 +160,7 @@ async fn a_stopped_service_gives_no_service_at_once_and_its_return_answers_again
             latencies[2].as_millis(),
             latencies[4].as_millis()
         );
-        assert!(latencies[4] < Duration::from_millis(100), "{latencies:?}");
+        assert!(latencies[4] < Duration::from_millis(1_000), "{latencies:?}");
 
         // The service comes back: requests are answered again as soon as the gateway
         // saw it join (its join follows its consume by a few ms).
@@ -245,7 +247,7 @@ async fn an_instance_that_stops_announcing_is_gone_after_three_missed_heartbeats
         );
         let (outcome, took) = ask(&mut c, "v2", "voice", 10_000).await;
         assert_eq!(outcome, Err(ErrorCode::NoService));
-        assert!(took < Duration::from_millis(100), "{took:?}");
+        assert!(took < Duration::from_millis(1_000), "{took:?}");
         c.close().await;
         gw.shutdown().await;
     })
