@@ -114,7 +114,7 @@ async fn graceful_shutdown_closes_sockets_with_going_away() {
     let url = gw.url();
     let mut a = TestClient::connect(&url).await;
     let mut b = TestClient::connect(&url).await;
-    // A publish in flight when shutdown starts is still answered.
+    // The connections work before the shutdown.
     a.publish("last", "chat", json!(1)).await;
     a.expect_ack("last").await;
     let stop = tokio::spawn(gw.shutdown());

@@ -398,6 +398,12 @@ async fn a_peer_announces_the_sessions_of_a_killed_gateway_gone_once() {
         delay.as_millis()
     );
     assert_eq!(v["reason"], "gateway_lost");
+    // Not before the peer could know (announcements missed since the last one, at
+    // most one interval before the kill) and the grace for a resume elsewhere.
+    assert!(
+        delay >= Duration::from_millis(2 * ANNOUNCE_MS + GRACE_MS),
+        "announced gone too early: {delay:?}"
+    );
     assert_eq!(v["node"], "gw-doomed");
     assert_eq!(v["by"], peer.gateway().config().node.as_str());
 
