@@ -13,13 +13,27 @@ mkdir -p target/warren-bench
 
 cargo build -p warren-gateway -p warren-service -p warren-bench
 
+# The Web-STOMP baseline runs whenever the broker is on this machine (./dev enables the
+# plugin): a smoke run that left it out silently would let its path rot unseen.
+targets=gateway,gateway-deflate,raw
+host=${AMQP_ADDR#*://}; host=${host#*@}; host=${host%%[:/]*}
+if (exec 3<>/dev/tcp/127.0.0.1/15674) 2>/dev/null; then
+  targets+=,web-stomp
+elif [[ $host == 127.0.0.1 || $host == localhost ]]; then
+  echo "bench smoke: RabbitMQ's Web-STOMP plugin does not answer on 127.0.0.1:15674;" \
+    "enable it (rabbitmq-plugins enable rabbitmq_web_stomp; ./dev does)" >&2
+  exit 1
+else
+  echo "bench smoke: RabbitMQ is not on this machine ($host): the web-stomp target is skipped"
+fi
+
 timeout 120 target/debug/warren-bench \
   --amqp-uri "$AMQP_ADDR" \
   --gateway-bin target/debug/warren-gateway \
   --service-bin target/debug/warren-demo-service \
   --stack-log target/warren-bench/smoke-stack.log \
   --scenarios idle,publish,rpc,fanout \
-  --targets "gateway,gateway-deflate,raw$( (exec 3<>/dev/tcp/127.0.0.1/15674) 2>/dev/null && echo ,web-stomp)" \
+  --targets "$targets" \
   --clients 2 --runs 1 --duration 1s --warmup 200ms \
   --idle-sessions 50 --idle-window 1s \
   --json target/warren-bench/smoke.json \

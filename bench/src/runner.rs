@@ -58,7 +58,7 @@ pub async fn run(config: Config) -> Result<Report> {
         config: config.clone(),
         namespace: stack.namespace.clone(),
         fanout_publisher: format!(
-            "raw lapin publisher to {} with key {}.all (persistent, no confirms), \
+            "raw lapin publisher to {} with key {}.all (persistent, with confirms waited for before it closes), \
              at most --fanout-window messages ahead of the slowest subscriber",
             names.outbound_exchange(),
             config.fanout_channel
