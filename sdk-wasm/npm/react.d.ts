@@ -125,7 +125,8 @@ export interface WarrenSubscriptionStatus {
    * `pending` until the gateway acknowledged the subscription (the SDK's
    * `subscription.ready`; while the client is not connected it stays pending), then
    * `active`; `error` when the SDK or the gateway refused it for good (`forbidden`,
-   * `unknown_channel`, ...) or the client closed first; `idle` while `spec` is `null`
+   * `unknown_channel`, ...), the client closed first or stopped trying (e.g.
+   * `unauthorized` after close code 4501); `idle` while `spec` is `null`
    * (nothing subscribed).
    */
   status: "idle" | "pending" | "active" | "error";

@@ -278,10 +278,6 @@ impl<C: Codec> ClientCore<C> {
         self.report(true);
         let err = ClientError::new(ErrorCode::Closed, "the client was closed");
         self.stopped = Some(err.clone());
-        // Subscriptions not yet in force are rejected too (a no-op for the others).
-        for (sub, _) in self.subscriptions.iter() {
-            self.ready_waiters.push(sub);
-        }
         self.fail_everything(&err);
         self.subscriptions.clear();
         self.subscribe_frames.clear();
@@ -924,6 +920,12 @@ impl<C: Codec> ClientCore<C> {
             self.reject_op(op, err.clone());
         }
         self.outbox.clear();
+        // Subscriptions not yet in force are rejected too (a no-op for the others):
+        // a stop must not leave an app showing "subscribing" for ever. They still
+        // stand, and `connect()` sends them again.
+        for (sub, _) in self.subscriptions.iter() {
+            self.ready_waiters.push(sub);
+        }
         for op in std::mem::take(&mut self.ready_waiters) {
             self.actions.push(Action::Reject(op, err.clone()));
         }

@@ -401,6 +401,57 @@ fn after_a_close_code_that_forbids_reconnecting_new_writes_are_rejected_at_once_
 }
 
 #[test]
+fn a_stop_rejects_the_readiness_of_subscriptions_not_yet_in_force() {
+    // Refused for good (4501): a subscription made while connecting was never acked.
+    let mut h = Harness::new(&URLS);
+    h.core.connect(h.now);
+    let sub = h
+        .core
+        .subscribe(
+            SubscribeOptions {
+                channel: "chat".into(),
+                ..Default::default()
+            },
+            h.now,
+        )
+        .unwrap();
+    h.take();
+    h.core.on_close(h.conn, 4501, h.now);
+    assert_eq!(
+        Harness::rejections(&h.take()),
+        vec![(sub, ErrorCode::Unauthorized)]
+    );
+    // Gave up connecting (connectTimeoutMs).
+    let mut config = Config::new(URLS.iter().map(|u| u.to_string()).collect());
+    config.give_up_after_ms = Some(1_000);
+    let mut h = Harness::with(config);
+    h.core.connect(h.now);
+    let sub = h
+        .core
+        .subscribe(
+            SubscribeOptions {
+                channel: "chat".into(),
+                ..Default::default()
+            },
+            h.now,
+        )
+        .unwrap();
+    h.take();
+    let start = h.now;
+    while rejection(&h.log, sub).is_none() && h.now < start + 5_000 {
+        if h.core.state() == State::Connecting {
+            h.core.on_close(h.conn, 1006, h.now);
+        }
+        h.advance(50);
+        h.take();
+    }
+    assert_eq!(
+        rejection(&h.log, sub).map(|e| e.code),
+        Some(ErrorCode::Timeout)
+    );
+}
+
+#[test]
 fn the_going_away_close_code_reconnects() {
     let mut h = Harness::new(&URLS);
     h.connect("s1", false);

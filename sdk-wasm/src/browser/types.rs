@@ -184,8 +184,11 @@ export interface Subscription {
    * Resolves once the gateway acknowledged the subscription (it is in force; deliveries
    * from then on reach the handler). Stays pending while the client is not connected.
    * Rejects with the gateway's refusal when retrying cannot help (`forbidden`,
-   * `unknown_channel`, `invalid`, ...; the subscription is then dropped), and with
-   * `closed` when the client closes first. Never settles after `unsubscribe()`. A
+   * `unknown_channel`, `invalid`, ...; the subscription is then dropped), with
+   * `closed` when the client closes first, and with the stop's error when the client
+   * stops trying (a close code that forbids reconnecting, `connectTimeoutMs` passed;
+   * the subscription still stands and `connect()` sends it again). Never settles
+   * after `unsubscribe()`. A
    * rejection nobody awaits is not reported as unhandled (the `error` event has it too).
    */
   readonly ready: Promise<void>;
