@@ -987,12 +987,21 @@ async fn presence(
     };
     let mut users: Vec<&str> = online.iter().map(|o| o.user.as_str()).collect();
     users.dedup();
+    // A session id is what resumes a session (in `auth.mode = "none"`, for anyone):
+    // a token's holder sees the ids of its own user's sessions only; a backend, all.
+    let sessions: Vec<serde_json::Value> = online
+        .iter()
+        .map(|o| match by_key || o.user == identity.user {
+            true => serde_json::json!({"session": o.session, "user": o.user, "node": o.node}),
+            false => serde_json::json!({"user": o.user, "node": o.node}),
+        })
+        .collect();
     let body = serde_json::json!({
         "node": st.shared.config.node,
         "channel": q.channel,
         "group": q.group,
         "users": users,
-        "sessions": online,
+        "sessions": sessions,
         "per_node": per_node,
     });
     (cors, Json(body)).into_response()

@@ -209,6 +209,21 @@ async fn presence_is_answered_only_for_a_valid_token_and_what_it_grants() {
         assert_eq!(status, 200, "{body}");
         let v: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["users"], json!(["ada"]));
+        // Another user's session id (what resumes a session) is not shown to bob.
+        assert_eq!(v["sessions"][0]["user"], "ada", "{body}");
+        assert!(!body.contains(ada.session()), "{body}");
+        assert!(v["sessions"][0].get("session").is_none(), "{body}");
+        // ada sees her own.
+        let mine = format!("Bearer {}", token("ada", json!({})));
+        let (status, _, body) = http_get_with(
+            addr,
+            "/presence?channel=chat&group=room-1",
+            &[("Authorization", &mine)],
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["sessions"][0]["session"], ada.session(), "{body}");
         assert!(headers.contains(&(
             "access-control-allow-origin".into(),
             "https://app.example.com".into()
@@ -262,6 +277,10 @@ async fn presence_is_answered_only_for_a_valid_token_and_what_it_grants() {
         .await;
         assert_eq!(status, 200, "{body}");
         assert!(body.contains("\"ada\""), "{body}");
+        assert!(
+            body.contains(ada.session()),
+            "a backend sees every id: {body}"
+        );
         for (path, headers, want, code) in cases {
             let (status, _, body) = http_get_with(addr, path, &headers).await;
             assert_eq!(status, want, "{path} {headers:?}: {body}");
