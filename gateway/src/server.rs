@@ -987,11 +987,13 @@ async fn presence(
     };
     let mut users: Vec<&str> = online.iter().map(|o| o.user.as_str()).collect();
     users.dedup();
-    // A session id is what resumes a session (in `auth.mode = "none"`, for anyone):
-    // a token's holder sees the ids of its own user's sessions only; a backend, all.
+    // A session id is an internal handle of another user's connection: a token's
+    // holder sees the ids of its own user's sessions only; a backend, and development
+    // mode (where anyone may be anyone), all.
+    let every_id = by_key || st.shared.config.auth.mode == AuthMode::None;
     let sessions: Vec<serde_json::Value> = online
         .iter()
-        .map(|o| match by_key || o.user == identity.user {
+        .map(|o| match every_id || o.user == identity.user {
             true => serde_json::json!({"session": o.session, "user": o.user, "node": o.node}),
             false => serde_json::json!({"user": o.user, "node": o.node}),
         })
