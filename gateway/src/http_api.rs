@@ -183,14 +183,35 @@ async fn caller(shared: &Shared, headers: &HeaderMap) -> Result<Caller, Refusal>
 }
 
 /// Reads the body (at most `max_body_bytes`) and decodes it.
+///
+/// The body has `header_read_timeout_ms` to arrive, as the headers had: a caller that
+/// trickles it would hold its connection and a task for ever.
 async fn read_json<T: DeserializeOwned>(shared: &Shared, body: Body) -> Result<T, Refusal> {
     let max = shared.config.http_api.max_body_bytes;
-    let bytes = axum::body::to_bytes(body, max).await.map_err(|_| {
-        Refusal::new(
-            ErrorCode::TooLarge,
-            format!("the body is larger than {max} bytes (http_api.max_body_bytes)"),
-        )
-    })?;
+    let wait = shared.config.header_read_timeout_ms;
+    let read =
+        tokio::time::timeout(Duration::from_millis(wait), axum::body::to_bytes(body, max)).await;
+    let bytes = match read {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) if is_over_limit(&e) => {
+            return Err(Refusal::new(
+                ErrorCode::TooLarge,
+                format!("the body is larger than {max} bytes (http_api.max_body_bytes)"),
+            ))
+        }
+        Ok(Err(e)) => {
+            return Err(Refusal::new(
+                ErrorCode::Malformed,
+                format!("the body could not be read: {e}"),
+            ))
+        }
+        Err(_) => {
+            return Err(Refusal::new(
+                ErrorCode::Timeout,
+                format!("the body did not arrive within {wait} ms (header_read_timeout_ms)"),
+            ))
+        }
+    };
     serde_json::from_slice(&bytes).map_err(|e| {
         let code = match e.classify() {
             serde_json::error::Category::Data => ErrorCode::Invalid,
@@ -198,6 +219,18 @@ async fn read_json<T: DeserializeOwned>(shared: &Shared, body: Body) -> Result<T
         };
         Refusal::new(code, e.to_string())
     })
+}
+
+/// Whether reading a body failed because it passed `to_bytes`' limit.
+fn is_over_limit(e: &axum::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// The body of `POST /external/{channel}` and `POST /request/{channel}`.

@@ -662,3 +662,56 @@ async fn a_retryable_refusal_names_the_id_the_call_was_given() {
     })
     .await;
 }
+
+/// A body has `header_read_timeout_ms` to arrive, as the headers had: a caller that
+/// sends its headers and then trickles the body (or stops) is answered `timeout` and
+/// does not hold its connection and a task for ever.
+#[tokio::test]
+async fn a_body_that_does_not_arrive_in_time_is_refused_and_the_connection_freed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    TestEnv::run("http-slow-body", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| {
+            api_on(false)(c);
+            c.header_read_timeout_ms = 500;
+        })
+        .await;
+        let addr = api_addr(&gw);
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let head = format!(
+            "POST /external/chat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"mess"
+        );
+        s.write_all(head.as_bytes()).await.expect("write");
+        let started = std::time::Instant::now();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut buf = [0u8; 1024];
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => answer.extend_from_slice(&buf[..n]),
+                }
+                if answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"}") {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "answered within 10 s: {answer:?}");
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 504"), "{text}");
+        assert!(text.contains("\"code\":\"timeout\""), "{text}");
+        assert!(text.contains("header_read_timeout_ms"), "{text}");
+        assert!(started.elapsed() >= Duration::from_millis(400), "{text}");
+        // An oversized body is still too_large, not unreadable.
+        let (status, answer) =
+            post(addr, "/external/chat", json!({"message": "x".repeat(6000)})).await;
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (413, Some("too_large")),
+            "{answer}"
+        );
+        gw.shutdown().await;
+    })
+    .await;
+}
