@@ -684,3 +684,33 @@ where
         .expect("the service consumes echo");
     (service, calls)
 }
+
+/// The arguments an `IN_<CHANNEL>` queue of namespace `names` has with the default
+/// settings (quorum, dead-lettering to `warren.dead`, the shared inbound bounds
+/// `warren_protocol::amqp::QueueBounds::INBOUND`) and `ttl_ms`, written out: an active
+/// declare with exactly these succeeds on such a queue and RabbitMQ refuses it
+/// (`PRECONDITION_FAILED`) on one that differs (a passive declare cannot show them).
+pub fn expected_inbound_arguments(names: &Names, ttl_ms: Option<i64>) -> FieldTable {
+    let mut expected = FieldTable::default();
+    expected.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    expected.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(names.dead_letter_exchange().into()),
+    );
+    if let Some(ttl) = ttl_ms {
+        expected.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
+    }
+    expected.insert("x-max-length".into(), AMQPValue::LongLongInt(100_000));
+    expected.insert(
+        "x-max-length-bytes".into(),
+        AMQPValue::LongLongInt(1024 * 1024 * 1024),
+    );
+    expected.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    expected
+}

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::types::ShortString;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use warren_e2e::service::{amqp_uri, in_fresh_namespace};
+use warren_e2e::service::{amqp_uri, expected_inbound_arguments, in_fresh_namespace};
 use warren_protocol::amqp::Names;
 use warren_service::{Context, HandlerError, Incoming, Outcome, Service, ServiceConfig};
 
@@ -50,26 +50,7 @@ async fn an_inbound_message_older_than_the_channel_ttl_is_dead_lettered_not_lost
 
         // The queue carries the TTL and the dead-letter exchange (a passive declare
         // cannot show arguments; an active declare with the same ones must succeed).
-        let mut expected = FieldTable::default();
-        expected.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString("quorum".into()),
-        );
-        expected.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(names.dead_letter_exchange().into()),
-        );
-        expected.insert("x-message-ttl".into(), AMQPValue::LongLongInt(300));
-        // The shared bounds (warren_protocol::amqp::QueueBounds::INBOUND).
-        expected.insert("x-max-length".into(), AMQPValue::LongLongInt(100_000));
-        expected.insert(
-            "x-max-length-bytes".into(),
-            AMQPValue::LongLongInt(1024 * 1024 * 1024),
-        );
-        expected.insert(
-            "x-overflow".into(),
-            AMQPValue::LongString("reject-publish".into()),
-        );
+        let expected = expected_inbound_arguments(&names, Some(300));
         channel
             .queue_declare(
                 names.channel_queue("chat").into(),

@@ -559,7 +559,6 @@ async fn a_worker_whose_connection_drops_mid_switch_consumes_again_by_priority_a
 #[tokio::test]
 async fn a_channel_queue_in_the_list_is_declared_as_the_gateways_declare_it() {
     use lapin::options::QueueDeclareOptions;
-    use lapin::types::{AMQPValue, FieldTable};
     in_fresh_namespace(LIMIT, |ns| async move {
         let names = Names::new(&ns);
         let channel_queue = names.channel_queue("chat");
@@ -576,25 +575,7 @@ async fn a_channel_queue_in_the_list_is_declared_as_the_gateways_declare_it() {
         let connection = Connection::connect(&amqp_uri(), ConnectionProperties::default())
             .await
             .expect("RabbitMQ at AMQP_ADDR");
-        let mut expected = FieldTable::default();
-        expected.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString("quorum".into()),
-        );
-        expected.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(names.dead_letter_exchange().into()),
-        );
-        // The shared bounds (warren_protocol::amqp::QueueBounds::INBOUND).
-        expected.insert("x-max-length".into(), AMQPValue::LongLongInt(100_000));
-        expected.insert(
-            "x-max-length-bytes".into(),
-            AMQPValue::LongLongInt(1024 * 1024 * 1024),
-        );
-        expected.insert(
-            "x-overflow".into(),
-            AMQPValue::LongString("reject-publish".into()),
-        );
+        let expected = warren_e2e::service::expected_inbound_arguments(&names, None);
         for queue in [&channel_queue, &tenant_queue] {
             // A refused declare closes its channel: one channel per check.
             let channel = connection.create_channel().await.expect("channel");
