@@ -90,6 +90,19 @@ impl Harness {
         self.core.tick(self.now);
     }
 
+    /// Fails every connection attempt (1006) in 50 ms steps until the client gave up
+    /// (`connectTimeoutMs`: disconnected) or `within_ms` passed.
+    fn fail_until_given_up(&mut self, within_ms: u64) {
+        let end = self.now + within_ms;
+        while self.core.state() != State::Disconnected && self.now < end {
+            if self.core.state() == State::Connecting {
+                self.core.on_close(self.conn, 1006, self.now);
+            }
+            self.advance(50);
+            self.take();
+        }
+    }
+
     fn frame(&mut self, v: Value) {
         self.core.on_text(self.conn, &v.to_string(), self.now);
     }
@@ -437,14 +450,7 @@ fn a_stop_rejects_the_readiness_of_subscriptions_not_yet_in_force() {
         )
         .unwrap();
     h.take();
-    let start = h.now;
-    while rejection(&h.log, sub).is_none() && h.now < start + 5_000 {
-        if h.core.state() == State::Connecting {
-            h.core.on_close(h.conn, 1006, h.now);
-        }
-        h.advance(50);
-        h.take();
-    }
+    h.fail_until_given_up(5_000);
     assert_eq!(
         rejection(&h.log, sub).map(|e| e.code),
         Some(ErrorCode::Timeout)
@@ -1392,13 +1398,7 @@ fn connect_gives_up_after_the_deadline_and_rejects_what_waits_with_timeout() {
     let ready = h.core.ready(h.now);
     let write = h.core.write(envelope("chat", json!(1)), h.now);
     h.take();
-    while rejection(&h.log, ready).is_none() && h.now < start + 10_000 {
-        if h.core.state() == State::Connecting {
-            h.core.on_close(h.conn, 1006, h.now);
-        }
-        h.advance(50);
-        h.take();
-    }
+    h.fail_until_given_up(10_000);
     let err = rejection(&h.log, ready).expect("connect() rejected");
     assert_eq!(err.code, ErrorCode::Timeout);
     assert!(
@@ -1428,13 +1428,7 @@ fn after_giving_up_ready_and_writes_are_rejected_at_once_until_connect() {
     let mut h = Harness::with(config);
     h.core.connect(h.now);
     h.take();
-    while h.core.state() != State::Disconnected {
-        if h.core.state() == State::Connecting {
-            h.core.on_close(h.conn, 1006, h.now);
-        }
-        h.advance(50);
-        h.take();
-    }
+    h.fail_until_given_up(10_000);
     let ready = h.core.ready(h.now);
     let write = h.core.write(envelope("chat", json!(1)), h.now);
     let actions = h.take();
