@@ -119,6 +119,19 @@ impl Harness {
         self.frame(w);
     }
 
+    /// Subscribes to `chat` (its broadcast); the subscription's id.
+    fn subscribe_chat(&mut self) -> u64 {
+        self.core
+            .subscribe(
+                SubscribeOptions {
+                    channel: "chat".into(),
+                    ..Default::default()
+                },
+                self.now,
+            )
+            .unwrap()
+    }
+
     /// Subscribes to the `room-1` group of `chat`.
     fn join_room(&mut self) {
         self.core
@@ -418,16 +431,7 @@ fn a_stop_rejects_the_readiness_of_subscriptions_not_yet_in_force() {
     // Refused for good (4501): a subscription made while connecting was never acked.
     let mut h = Harness::new(&URLS);
     h.core.connect(h.now);
-    let sub = h
-        .core
-        .subscribe(
-            SubscribeOptions {
-                channel: "chat".into(),
-                ..Default::default()
-            },
-            h.now,
-        )
-        .unwrap();
+    let sub = h.subscribe_chat();
     h.take();
     h.core.on_close(h.conn, 4501, h.now);
     assert_eq!(
@@ -439,16 +443,7 @@ fn a_stop_rejects_the_readiness_of_subscriptions_not_yet_in_force() {
     config.give_up_after_ms = Some(1_000);
     let mut h = Harness::with(config);
     h.core.connect(h.now);
-    let sub = h
-        .core
-        .subscribe(
-            SubscribeOptions {
-                channel: "chat".into(),
-                ..Default::default()
-            },
-            h.now,
-        )
-        .unwrap();
+    let sub = h.subscribe_chat();
     h.take();
     h.fail_until_given_up(5_000);
     assert_eq!(
@@ -761,16 +756,7 @@ fn delivered(actions: &[Action<Raw>]) -> Vec<(u64, String)> {
 fn a_redelivered_message_reaches_the_app_once_and_is_still_acknowledged() {
     let mut h = Harness::new(&URLS);
     h.connect("s1", false);
-    let sub = h
-        .core
-        .subscribe(
-            SubscribeOptions {
-                channel: "chat".into(),
-                ..Default::default()
-            },
-            h.now,
-        )
-        .unwrap();
+    let sub = h.subscribe_chat();
     h.take();
     h.frame(deliver(1, "m1"));
     assert_eq!(delivered(&h.take()), vec![(sub, "m1".to_string())]);
@@ -791,15 +777,7 @@ fn a_redelivered_message_reaches_the_app_once_and_is_still_acknowledged() {
 fn deliveries_are_acknowledged_cumulatively_in_batches_and_after_a_short_delay() {
     let mut h = Harness::new(&URLS);
     h.connect("s1", false);
-    h.core
-        .subscribe(
-            SubscribeOptions {
-                channel: "chat".into(),
-                ..Default::default()
-            },
-            h.now,
-        )
-        .unwrap();
+    h.subscribe_chat();
     h.take();
     for seq in 1..=31 {
         h.frame(deliver(seq, &format!("m{seq}")));
@@ -818,16 +796,7 @@ fn deliveries_are_acknowledged_cumulatively_in_batches_and_after_a_short_delay()
 fn a_delivery_is_routed_to_the_subscription_whose_binding_matches() {
     let mut h = Harness::new(&URLS);
     h.connect("s1", false);
-    let all = h
-        .core
-        .subscribe(
-            SubscribeOptions {
-                channel: "chat".into(),
-                ..Default::default()
-            },
-            h.now,
-        )
-        .unwrap();
+    let all = h.subscribe_chat();
     let room = h
         .core
         .subscribe(
