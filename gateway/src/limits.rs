@@ -130,31 +130,59 @@ struct IpState {
     bucket: TokenBucket,
 }
 
-#[derive(Debug, Default)]
-struct Counts {
-    ips: HashMap<IpAddr, IpState>,
-    users: HashMap<String, u32>,
-    /// The size of `ips` at which idle addresses are next swept out: twice what the
-    /// last sweep left (at least [`SWEEP_FROM`]), so that addresses with open
-    /// connections, which no sweep removes, do not make every admission a sweep.
+/// A map from which idle entries are swept out once it grows.
+#[derive(Debug)]
+struct Swept<K, V> {
+    map: HashMap<K, V>,
+    /// The size at which idle entries are next swept out: twice what the last sweep
+    /// left (at least [`SWEEP_FROM`]), so that busy entries, which no sweep removes,
+    /// do not make every insertion a sweep.
     sweep_at: usize,
     /// Sweeps so far.
     sweeps: u64,
+}
+
+impl<K, V> Default for Swept<K, V> {
+    fn default() -> Self {
+        Swept {
+            map: HashMap::new(),
+            sweep_at: 0,
+            sweeps: 0,
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V> Swept<K, V> {
+    /// The entry of `key` (`new()` when absent), once the entries `idle` says are idle
+    /// were forgotten if the map grew.
+    fn entry(&mut self, key: K, idle: impl Fn(&mut V) -> bool, new: impl FnOnce() -> V) -> &mut V {
+        if self.map.len() > self.sweep_at.max(SWEEP_FROM) {
+            self.map.retain(|_, v| !idle(v));
+            self.sweep_at = self.map.len().saturating_mul(2);
+            self.sweeps += 1;
+        }
+        self.map.entry(key).or_insert_with(new)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    ips: Swept<IpAddr, IpState>,
+    users: HashMap<String, u32>,
 }
 
 impl Counts {
     /// The state of `ip` (a full bucket of `rate` when new), once addresses with no
     /// connection and a full bucket were forgotten if the map grew.
     fn ip(&mut self, ip: IpAddr, rate: u32, now: Instant) -> &mut IpState {
-        if self.ips.len() > self.sweep_at.max(SWEEP_FROM) {
-            self.ips.retain(|_, st| st.open > 0 || !st.bucket.full(now));
-            self.sweep_at = self.ips.len().saturating_mul(2);
-            self.sweeps += 1;
-        }
-        self.ips.entry(ip).or_insert_with(|| IpState {
-            open: 0,
-            bucket: TokenBucket::new(rate, rate.saturating_mul(2), now),
-        })
+        self.ips.entry(
+            ip,
+            |st| st.open == 0 && st.bucket.full(now),
+            || IpState {
+                open: 0,
+                bucket: TokenBucket::new(rate, rate.saturating_mul(2), now),
+            },
+        )
     }
 }
 
@@ -186,10 +214,10 @@ impl Drop for Slot {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         match &self.key {
             SlotKey::Ip(ip) => {
-                if let Some(state) = counts.ips.get_mut(ip) {
+                if let Some(state) = counts.ips.map.get_mut(ip) {
                     state.open = state.open.saturating_sub(1);
                     if state.open == 0 && state.bucket.full(Instant::now()) {
-                        counts.ips.remove(ip);
+                        counts.ips.map.remove(ip);
                     }
                 }
             }
@@ -292,9 +320,7 @@ pub struct CallLimiter {
 
 #[derive(Debug, Default)]
 struct CallCounts {
-    users: HashMap<String, CallState>,
-    /// As [`Counts::sweep_at`].
-    sweep_at: usize,
+    users: Swept<String, CallState>,
 }
 
 #[derive(Debug)]
@@ -338,7 +364,7 @@ pub struct CallSlot {
 impl Drop for CallSlot {
     fn drop(&mut self) {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(state) = counts.users.get_mut(&self.user) {
+        if let Some(state) = counts.users.map.get_mut(&self.user) {
             state.in_progress = state.in_progress.saturating_sub(1);
         }
     }
@@ -360,20 +386,15 @@ impl CallLimiter {
     /// [`CallRefused`] naming the limit.
     pub fn admit(&self, user: &str, now: Instant) -> Result<CallSlot, CallRefused> {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if counts.users.len() > counts.sweep_at.max(SWEEP_FROM) {
-            counts
-                .users
-                .retain(|_, st| st.in_progress > 0 || !st.bucket.full(now));
-            counts.sweep_at = counts.users.len().saturating_mul(2);
-        }
         let rate = self.rate;
-        let state = counts
-            .users
-            .entry(user.to_string())
-            .or_insert_with(|| CallState {
+        let state = counts.users.entry(
+            user.to_string(),
+            |st| st.in_progress == 0 && st.bucket.full(now),
+            || CallState {
                 bucket: TokenBucket::new(rate, rate.saturating_mul(2), now),
                 in_progress: 0,
-            });
+            },
+        );
         if self.in_progress > 0 && state.in_progress >= self.in_progress {
             return Err(CallRefused::InProgress(self.in_progress));
         }
@@ -402,7 +423,7 @@ mod tests {
                 l.admit_ip(ip, t0).unwrap()
             })
             .collect();
-        let sweeps = l.counts.lock().unwrap().sweeps;
+        let sweeps = l.counts.lock().unwrap().ips.sweeps;
         // Every address holds a connection: each sweep removes nothing, so the next
         // waits for twice as many (one at 10,001, one at 20,001: 2, not 30,000).
         assert!(sweeps <= 3, "{sweeps} sweeps");
