@@ -598,8 +598,7 @@ async fn upgrade(
             return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
         }
     }
-    let client = crate::limits::client_address(peer.ip());
-    let ip_slot = if config.ip_limits_on_loopback || !client.is_loopback() {
+    let ip_slot = if let Some(client) = limited_address(config, &peer) {
         match st
             .shared
             .limiter
@@ -744,6 +743,16 @@ pub(crate) fn origin_allowed(allowed: &[String], origin: &str) -> bool {
 
 /// A token carried by the upgrade request itself: `Authorization: Bearer <token>`, or
 /// the configured cookie. `hello.token` takes precedence over both.
+/// The address per-IP limits count `peer` under ([`crate::limits::client_address`]);
+/// `None` for a loopback peer unless `ip_limits_on_loopback`.
+fn limited_address(
+    config: &crate::Config,
+    peer: &std::net::SocketAddr,
+) -> Option<std::net::IpAddr> {
+    let client = crate::limits::client_address(peer.ip());
+    (config.ip_limits_on_loopback || !client.is_loopback()).then_some(client)
+}
+
 /// The credential of an `Authorization: Bearer <credential>` header value; the scheme
 /// is matched without regard to case (RFC 9110 §11.1: `bearer` is `Bearer`).
 pub(crate) fn bearer(value: &str) -> Option<&str> {
@@ -865,8 +874,7 @@ async fn presence(
     // Each call costs a token check (an auth service round trip in that mode) and a
     // scan of the sessions: it counts as a new connection from its address.
     let config = &st.shared.config;
-    let client = crate::limits::client_address(peer.ip());
-    if config.ip_limits_on_loopback || !client.is_loopback() {
+    if let Some(client) = limited_address(config, &peer) {
         if let Err(refused) = st.shared.limiter.take_ip(client, std::time::Instant::now()) {
             metrics::add(&st.shared.metrics.refused_limit, 1);
             let message = refused.message(config.max_new_connections_per_ip_per_s);
