@@ -42,7 +42,7 @@ pub struct Config {
     /// Largest text frame accepted; larger ones get `too_large`. Frames beyond
     /// `max(4 × this, 1 MiB)` close the connection with 1009. Default: 65536.
     pub max_frame_bytes: usize,
-    /// Most subscriptions (binding keys) per session. Default: 256.
+    /// Most subscriptions (binding keys) per session; at least 1. Default: 256.
     pub max_subscriptions: u32,
     /// Unacknowledged deliveries in flight per session: the gateway sends no more until
     /// the client acknowledges. Default: 256.
@@ -846,6 +846,13 @@ impl Config {
         if self.max_consecutive_errors == 0 {
             return bad("max_consecutive_errors must be at least 1".into());
         }
+        if self.max_subscriptions == 0 {
+            return bad(
+                "max_subscriptions must be at least 1 (with 0 every subscribe would be refused \
+                 forbidden and the gateway would deliver nothing)"
+                    .into(),
+            );
+        }
         if self.hello_timeout_ms == 0
             || self.max_pending_requests == 0
             || self.header_read_timeout_ms == 0
@@ -1318,7 +1325,7 @@ pub struct Overrides {
     /// Largest text frame accepted, in bytes [default: 65536].
     #[arg(long, env = "WARREN_MAX_FRAME_BYTES", global = true)]
     pub max_frame_bytes: Option<usize>,
-    /// Most subscriptions per session [default: 256].
+    /// Most subscriptions per session, at least 1 [default: 256].
     #[arg(long, env = "WARREN_MAX_SUBSCRIPTIONS", global = true)]
     pub max_subscriptions: Option<u32>,
     /// Unacknowledged deliveries per session [default: 256].
@@ -1667,6 +1674,21 @@ mod tests {
         c.apply(&o);
         assert!(c.http_api.enabled);
         assert_eq!(c.http_api.api_keys, ["a", "b"]);
+    }
+
+    #[test]
+    fn max_subscriptions_of_zero_is_refused_since_no_subscription_could_be_held() {
+        let at = |n: u32| {
+            Config::from_toml(&format!("max_subscriptions = {n}"), "test")
+                .unwrap()
+                .validate()
+        };
+        at(1).unwrap();
+        let err = at(0).unwrap_err().to_string();
+        assert!(
+            err.contains("max_subscriptions must be at least 1"),
+            "{err}"
+        );
     }
 
     #[test]
