@@ -10,7 +10,7 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceConfig {
     /// Messages RabbitMQ hands to one consumer before it acks (basic.qos), and so the
-    /// number of handler calls running at once per channel. Default 1.
+    /// number of handler calls running at once per channel. Default 1; 0 counts as 1.
     pub prefetch: u16,
     /// Handler attempts before a message is dead-lettered. A handler error before
     /// that nacks the message with requeue (after a short backoff), so it is tried
@@ -115,6 +115,13 @@ impl ServiceConfig {
     pub fn with_prefetch(mut self, prefetch: u16) -> Self {
         self.prefetch = prefetch.max(1);
         self
+    }
+
+    /// The prefetch a consumer uses: `prefetch`, at least 1. The field is public, and 0
+    /// (AMQP's "no limit") let RabbitMQ hand the consumer the whole queue while no
+    /// handler could run (no permit): the service held every message and handled none.
+    pub(crate) fn consumer_prefetch(&self) -> u16 {
+        self.prefetch.max(1)
     }
 
     /// Sets the attempts before dead-lettering (at least 1).

@@ -97,7 +97,7 @@ pub(crate) async fn start(
     let tag = consumer_tag(&config.app_id, channel_name);
     let channel = epoch.connection.create_channel().await?;
     channel
-        .basic_qos(config.prefetch, BasicQosOptions::default())
+        .basic_qos(config.consumer_prefetch(), BasicQosOptions::default())
         .await?;
     let consumer = channel
         .basic_consume(
@@ -107,7 +107,7 @@ pub(crate) async fn start(
             FieldTable::default(),
         )
         .await?;
-    info!(channel = channel_name, queue, consumer = %tag, prefetch = config.prefetch, generation = epoch.generation, "consuming");
+    info!(channel = channel_name, queue, consumer = %tag, prefetch = config.consumer_prefetch(), generation = epoch.generation, "consuming");
     Ok(Started {
         channel,
         consumer,
@@ -295,7 +295,9 @@ pub(crate) async fn run<H: Handler>(
     mut stop: watch::Receiver<bool>,
     grace: Duration,
 ) -> LoopEnd {
-    let permits = Arc::new(Semaphore::new(usize::from(shared.config.prefetch)));
+    let permits = Arc::new(Semaphore::new(usize::from(
+        shared.config.consumer_prefetch(),
+    )));
     let mut tasks = JoinSet::new();
     let tag = consumer.tag();
     // Any change of `stop` (or its sender going away) means stop.
@@ -485,7 +487,11 @@ async fn handle<H: Handler>(
         id,
     });
     let context = shared.context.for_message(&incoming);
-    let result = catch_panic(shared.handler.handle(context, incoming)).await;
+    // The call itself inside the caught future: a handler may panic before it returns
+    // its future (a closure's work before `async move`), and that panic, unwinding
+    // this task, left the message neither acked nor nacked and its prefetch slot taken
+    // for good: with the default prefetch of 1 the consumer got nothing more.
+    let result = catch_panic(async { shared.handler.handle(context, incoming).await }).await;
     let outcome = match result {
         Ok(outcome) => outcome,
         Err(e) => {

@@ -4,8 +4,11 @@
 
 use std::time::Duration;
 
-use warren_e2e::service::{in_fresh_namespace, queue_counts, start_demo_with, StandInGateway};
+use warren_e2e::service::{
+    counted_echo, in_fresh_namespace, queue_counts, start_demo_with, StandInGateway,
+};
 use warren_service::demo::{DemoChannel, DemoOptions};
+use warren_service::{Answer, Incoming, Outcome, ServiceConfig};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -56,6 +59,31 @@ async fn a_slow_worker_with_prefetch_one_holds_one_message_at_a_time() {
         }
         gw.close().await;
         demo.stop().await.unwrap();
+    })
+    .await;
+}
+
+/// `prefetch` is a public field, and 0 is AMQP's "no limit": it counts as 1. It used to
+/// let RabbitMQ hand the consumer the whole queue while no handler could run, so the
+/// service held every message unacknowledged and answered none.
+#[tokio::test]
+async fn a_prefetch_of_zero_counts_as_one() {
+    in_fresh_namespace(LIMIT, |ns| async move {
+        let config = ServiceConfig {
+            prefetch: 0,
+            ..ServiceConfig::default()
+        };
+        let (service, _calls) = counted_echo(&ns, config, |_, m: Incoming| async move {
+            Ok(Outcome::Reply(Answer::raw(m.body)))
+        })
+        .await;
+        let mut gw = StandInGateway::connect(&ns, "alice").await;
+        for i in 1..=3 {
+            let reply = gw.request("echo", &format!("r{i}"), &i.to_string()).await;
+            assert_eq!(reply.body, i.to_string().as_bytes());
+        }
+        gw.close().await;
+        service.stop().await.unwrap();
     })
     .await;
 }

@@ -181,3 +181,29 @@ async fn what_a_handler_run_again_publishes_carries_the_same_message_ids() {
     })
     .await;
 }
+
+/// A handler that panics before it returns its future (a closure's work before `async
+/// move`, as `msg.json().unwrap()` would) fails like one whose future panics: the
+/// message is handed back and handled again, and the consumer goes on. The panic used
+/// to unwind the message's task with the message neither acked nor nacked, so with the
+/// default prefetch of 1 the service took nothing more.
+#[tokio::test]
+async fn a_handler_panicking_before_its_future_is_retried_and_the_service_goes_on() {
+    in_fresh_namespace(LIMIT, |ns| async move {
+        let (service, calls) = counted_echo(&ns, ServiceConfig::default(), |n, m: Incoming| {
+            assert!(n > 0, "the first call panics before its future");
+            async move { Ok(Outcome::Reply(Answer::raw(m.body))) }
+        })
+        .await;
+        let mut gw = StandInGateway::connect(&ns, "alice").await;
+        let reply = gw.request("echo", "r1", r#"{"n":1}"#).await;
+        assert_eq!(reply.error, None);
+        assert_eq!(reply.body, br#"{"n":1}"#);
+        let reply = gw.request("echo", "r2", r#"{"n":2}"#).await;
+        assert_eq!(reply.body, br#"{"n":2}"#, "the next request is handled too");
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "panicked, then ok twice");
+        gw.close().await;
+        service.stop().await.unwrap();
+    })
+    .await;
+}
