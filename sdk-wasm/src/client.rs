@@ -916,6 +916,8 @@ impl<C: Codec> ClientCore<C> {
 
     fn fail_everything(&mut self, err: &ClientError) {
         self.give_up_at = None;
+        // A renewal's `getToken` answered after this reports nothing.
+        self.renewal = Renewal::Idle;
         for (op, _) in self.pending.drain_all() {
             self.reject_op(op, err.clone());
         }

@@ -1674,6 +1674,26 @@ fn the_token_is_renewed_at_three_quarters_of_its_lifetime_with_a_refresh_on_the_
     assert_eq!(fetches(&h.take()).len(), 1, "the next renewal at {next}");
 }
 
+/// A renewal's `getToken` still running when the app closes the client (or it stops)
+/// ends quietly: no `error` event and no `refresh` after the close. A failed one used
+/// to be reported as a renewal error on the closed client.
+#[test]
+fn a_renewal_answered_after_close_reports_nothing() {
+    for fails in [true, false] {
+        let mut h = Harness::with_get_token();
+        h.connect_with_token(101);
+        h.idle(75_000);
+        let asked = fetches(&h.take());
+        assert_eq!(asked.len(), 1, "the renewal's getToken");
+        h.core.close(h.now);
+        h.take();
+        let token = if fails { Err("offline".to_string()) } else { Ok(jwt(301)) };
+        h.core.on_token(asked[0], token, h.now);
+        let actions = h.take();
+        assert!(actions.is_empty(), "nothing after close: {actions:?}");
+    }
+}
+
 /// A JWT for `u1` issued at `iat_s` that expires at `exp_s` (seconds).
 fn jwt_issued(iat_s: u64, exp_s: u64) -> String {
     crate::token::test_jwt(&format!(r#"{{"sub":"u1","iat":{iat_s},"exp":{exp_s}}}"#))
