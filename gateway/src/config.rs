@@ -434,7 +434,8 @@ impl QueueType {
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// `none` (development: the token, if given, is the user id, who may do
-    /// everything) or `jwt` (a signed token; see [`JwtConfig`]). Default: `none`.
+    /// everything), `jwt` (a signed token; see [`JwtConfig`]) or `service` (an auth
+    /// service on RabbitMQ answers; see [`AuthServiceConfig`]). Default: `none`.
     pub mode: AuthMode,
     /// Settings of `jwt` mode.
     pub jwt: JwtConfig,
@@ -1205,7 +1206,12 @@ pub fn redact(uri: &str) -> String {
     long_about = "Warren gateway: serves WebSocket clients (protocol warren.v1 at /ws, \
                   health at /healthz) and bridges them to RabbitMQ.\n\n\
                   Settings come from defaults, then the TOML file (--config), then \
-                  WARREN_* environment variables, then flags."
+                  WARREN_* environment variables, then flags. These settings are in the \
+                  file only: auth.token_cookie, [auth.jwt] but its secret \
+                  (--auth-jwt-secret, --auth-jwt-secret-file), [auth.service], \
+                  [tenants] but enabled and default (--tenants, --tenants-default), and \
+                  [channel_options.<channel>]; gateway/warren-gateway.example.toml shows \
+                  every setting with its default."
 )]
 pub struct Cli {
     /// What to do (default: run).
@@ -1221,9 +1227,9 @@ pub struct Cli {
 pub enum Command {
     /// Serve WebSocket clients (the default).
     Run,
-    /// Show or declare the AMQP topology.
+    /// The AMQP topology: print it, apply (declare) it, or check it against a broker.
     Topology {
-        /// `print` or `apply`.
+        /// `print`, `apply` or `check`.
         #[command(subcommand)]
         action: TopologyAction,
     },
@@ -1417,7 +1423,9 @@ pub struct Overrides {
     /// one user's token) [default: 1000].
     #[arg(long, env = "WARREN_MAX_PENDING_REQUESTS", global = true)]
     pub max_pending_requests: Option<usize>,
-    /// Authentication mode: none (development only) or jwt [default: none].
+    /// Authentication mode: none (development only), jwt (a signed token; keys in the
+    /// file's [auth.jwt]) or service (an auth service on RabbitMQ; the file's
+    /// [auth.service]) [default: none].
     #[arg(long, env = "WARREN_AUTH_MODE", global = true)]
     pub auth_mode: Option<AuthMode>,
     /// HMAC secret of jwt mode (at least 32 bytes); the file's auth.jwt.secret.
@@ -1572,6 +1580,128 @@ mod tests {
             Config::from_toml(include_str!("../warren-gateway.example.toml"), "example").unwrap();
         c.validate().unwrap();
         assert_eq!(c.listen.len(), 4);
+    }
+
+    /// Every key path of `value` (`auth.jwt.leeway_s`, `listen.bind`), a name under
+    /// `channel_options` or `tenants.tenant` written `*`.
+    fn key_paths(value: &toml::Value, at: &str, out: &mut std::collections::BTreeSet<String>) {
+        match value {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let k = match at {
+                        "channel_options" | "tenants.tenant" => "*",
+                        _ => k,
+                    };
+                    let path = if at.is_empty() {
+                        k.to_string()
+                    } else {
+                        format!("{at}.{k}")
+                    };
+                    out.insert(path.clone());
+                    key_paths(v, &path, out);
+                }
+            }
+            toml::Value::Array(items) => {
+                for item in items {
+                    key_paths(item, at, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_example_config_shows_every_option_where_uncommenting_it_works() {
+        // A commented-out setting (`# key = value`, `# [table]`), uncommented, is what
+        // a reader gets who uncomments it: it must land in its own table.
+        let setting = |line: &str| {
+            let name = |c: char| c.is_ascii_lowercase() || c == '_';
+            let header = line.starts_with('[')
+                && line.ends_with(']')
+                && line
+                    .trim_matches(['[', ']'])
+                    .chars()
+                    .all(|c| name(c) || c == '.');
+            let key = line
+                .split_once(" = ")
+                .is_some_and(|(k, _)| !k.is_empty() && k.chars().all(name));
+            header || key
+        };
+        let uncommented: Vec<&str> = include_str!("../warren-gateway.example.toml")
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if setting(rest) => rest,
+                _ => l,
+            })
+            .collect();
+        let shown = Config::from_toml(&uncommented.join("\n"), "example, uncommented")
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Every option set, the optional ones too.
+        let mut every = Config::default();
+        every.listen[0].channel = Some("chat".into());
+        every.admin_listen = Some(SocketAddr::from(([127, 0, 0, 1], 9090)));
+        every.auth.token_cookie = Some("c".into());
+        let jwt = &mut every.auth.jwt;
+        jwt.secret = Some("s".into());
+        jwt.secret_file = Some("f".into());
+        jwt.jwks_file = Some("f".into());
+        jwt.jwks_url = Some("https://x".into());
+        jwt.issuer = Some("i".into());
+        jwt.audience = Some("a".into());
+        every.http_api.listen = Some(SocketAddr::from(([127, 0, 0, 1], 4100)));
+        every.tenants.default = Some("acme".into());
+        every.tenants.tenant.insert(
+            "acme".into(),
+            TenantOptions {
+                types: vec!["t".into()],
+            },
+        );
+        every.channel_options.insert(
+            "echo".into(),
+            ChannelOptions {
+                message_ttl_ms: Some(1),
+                stream_max_age: Some("1h".into()),
+                stream_max_bytes: Some(1),
+            },
+        );
+        let paths = |c: &Config| {
+            let mut out = std::collections::BTreeSet::new();
+            key_paths(&toml::Value::try_from(c).unwrap(), "", &mut out);
+            out
+        };
+        let missing: Vec<String> = paths(&every).difference(&paths(&shown)).cloned().collect();
+        assert!(missing.is_empty(), "not in the example: {missing:?}");
+    }
+
+    #[test]
+    fn help_names_every_auth_mode_every_topology_action_and_the_file_only_settings() {
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        let auth = cli
+            .get_arguments()
+            .find(|a| a.get_long() == Some("auth-mode"))
+            .unwrap();
+        let help = auth.get_help().unwrap().to_string();
+        for mode in AuthMode::value_variants() {
+            let name = mode.to_possible_value().unwrap();
+            assert!(help.contains(name.get_name()), "{help}");
+        }
+        let topology = cli.find_subcommand("topology").unwrap();
+        let about = topology.get_about().unwrap().to_string();
+        for action in topology.get_subcommands() {
+            assert!(about.contains(action.get_name()), "{about}");
+        }
+        let long = cli.get_long_about().unwrap().to_string();
+        for file_only in [
+            "auth.token_cookie",
+            "[auth.jwt]",
+            "[auth.service]",
+            "[tenants]",
+            "[channel_options.",
+            "warren-gateway.example.toml",
+        ] {
+            assert!(long.contains(file_only), "{file_only}: {long}");
+        }
     }
 
     #[test]
