@@ -87,8 +87,21 @@ impl IntoResponse for Refusal {
     }
 }
 
-/// The API's routes (served on a listener of its own, or merged into a WebSocket
-/// listener's router).
+/// The API's routes and their methods ([`router`]).
+pub(crate) const ROUTES: &[crate::routes::Route] = &[
+    ("/external/{channel}", "POST"),
+    ("/publish", "POST"),
+    ("/request/{channel}", "POST"),
+];
+
+/// The router of the API's listener of its own: [`router`], and JSON for a request
+/// none of its routes takes.
+pub(crate) fn own_router(shared: Arc<Shared>) -> Router {
+    crate::routes::answer_the_rest(router(shared), ROUTES.to_vec())
+}
+
+/// The API's routes ([`ROUTES`]), merged into a WebSocket listener's router or served
+/// on a listener of their own ([`own_router`]).
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/external/{channel}", post(external))

@@ -27,6 +27,8 @@
 //!   the hub, publishes and their confirms.
 //! - `server`: axum listeners (`/ws`, `/healthz`, `/metrics`, `/services`), shared
 //!   state, announcements.
+//! - `routes`: the routes each listener serves, and the JSON `404` / `405` of the
+//!   requests none of them takes.
 //! - [`limits`]: connections per IP and per user, new connections and frames per second.
 //! - [`listener`]: TCP listeners with a backlog, TCP_NODELAY and a header deadline.
 //! - [`metrics`]: counters rendered at `/metrics` (Prometheus text format).
@@ -57,6 +59,7 @@ pub mod metrics;
 mod outbound;
 pub mod presence;
 pub mod replay;
+mod routes;
 mod server;
 pub mod services;
 pub mod session;
@@ -208,7 +211,7 @@ impl Gateway {
                     &shared,
                     listener,
                     addr,
-                    http_api::router(shared.clone()),
+                    http_api::own_router(shared.clone()),
                 ));
                 Some(addr)
             }

@@ -529,11 +529,17 @@ struct ListenerState {
 pub(crate) fn router(shared: Arc<Shared>, pinned: Option<String>) -> Router {
     let api = &shared.config.http_api;
     let with_api = api.enabled && api.listen.is_none() && pinned.is_none();
+    let mut served = vec![("/ws", "GET"), ("/presence", "GET, OPTIONS")];
     let mut router = Router::new()
         .route("/ws", get(upgrade))
         .route("/presence", get(presence).options(preflight));
     // With an admin listener these are served there only (`admin_router`).
     if shared.config.admin_listen.is_none() {
+        served.extend([
+            ("/healthz", "GET"),
+            ("/metrics", "GET"),
+            ("/services", "GET, OPTIONS"),
+        ]);
         router = router
             .route("/healthz", get(healthz))
             .route("/metrics", get(metrics))
@@ -543,23 +549,31 @@ pub(crate) fn router(shared: Arc<Shared>, pinned: Option<String>) -> Router {
         shared: shared.clone(),
         pinned,
     });
-    if with_api {
+    let router = if with_api {
+        served.extend_from_slice(crate::http_api::ROUTES);
         router.merge(crate::http_api::router(shared))
     } else {
         router
-    }
+    };
+    crate::routes::answer_the_rest(router, served)
 }
 
 /// The admin listener's router (`admin_listen`): `/healthz`, `/metrics`, `/services`.
 pub(crate) fn admin_router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/services", get(services))
         .with_state(ListenerState {
             shared,
             pinned: None,
-        })
+        });
+    let served = vec![
+        ("/healthz", "GET"),
+        ("/metrics", "GET"),
+        ("/services", "GET"),
+    ];
+    crate::routes::answer_the_rest(router, served)
 }
 
 async fn upgrade(
@@ -575,17 +589,21 @@ async fn upgrade(
             let protocol = offers_subprotocol(&parts.headers);
             match yawc::IncomingUpgrade::from_request_parts(&mut parts, &()).await {
                 Ok(incoming) => Upgrader::Deflate(incoming, options.clone(), protocol),
-                Err(status) => return (status, "not a WebSocket upgrade").into_response(),
+                Err(status) => return not_an_upgrade(status, "not a WebSocket upgrade".into()),
             }
         }
         _ => match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
             Ok(ws) => Upgrader::Plain(ws),
-            Err(rejection) => return rejection.into_response(),
+            Err(rejection) => return not_an_upgrade(rejection.status(), rejection.body_text()),
         },
     };
     let headers = &parts.headers;
     if *st.shared.shutdown.borrow() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+        return refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            warren_protocol::ErrorCode::BrokerUnavailable,
+            "the gateway is shutting down; connect to another".into(),
+        );
     }
     let config = &st.shared.config;
     let origin = headers
@@ -595,7 +613,7 @@ async fn upgrade(
         if !origin_allowed(&config.auth.allowed_origins, origin) {
             metrics::add(&st.shared.metrics.refused_origin, 1);
             tracing::info!(origin, "upgrade refused: origin not allowed");
-            return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+            return origin_refused();
         }
     }
     let ip_slot = if let Some(client) = limited_address(config, &peer) {
@@ -612,7 +630,11 @@ async fn upgrade(
                     _ => config.max_new_connections_per_ip_per_s,
                 };
                 tracing::info!(peer = %client, "upgrade refused: {}", refused.message(limit));
-                return (StatusCode::TOO_MANY_REQUESTS, refused.message(limit)).into_response();
+                return refusal(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    warren_protocol::ErrorCode::Overloaded,
+                    refused.message(limit),
+                );
             }
         }
     } else {
@@ -645,6 +667,12 @@ async fn upgrade(
         })
 }
 
+/// A `/ws` request that cannot be upgraded: `status` as the WebSocket library says
+/// (400, 405 for a method other than `GET`, 426), code `invalid`.
+fn not_an_upgrade(status: StatusCode, why: String) -> Response {
+    refusal(status, warren_protocol::ErrorCode::Invalid, why)
+}
+
 /// The two WebSocket libraries' upgrades ([`crate::socket`]).
 enum Upgrader {
     Plain(WebSocketUpgrade),
@@ -666,7 +694,7 @@ fn upgrade_deflate(
         Ok(upgraded) => upgraded,
         Err(e) => {
             tracing::info!(error = %e, "permessage-deflate upgrade refused");
-            return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
+            return not_an_upgrade(StatusCode::BAD_REQUEST, e.to_string());
         }
     };
     if protocol {
@@ -813,8 +841,13 @@ fn cors(shared: &Shared, headers: &HeaderMap) -> Option<Vec<(HeaderName, String)
     ])
 }
 
+/// An `Origin` not in `auth.allowed_origins`: `403 forbidden`.
 fn origin_refused() -> Response {
-    (StatusCode::FORBIDDEN, "origin not allowed").into_response()
+    refusal(
+        StatusCode::FORBIDDEN,
+        warren_protocol::ErrorCode::Forbidden,
+        "the request's Origin is not in auth.allowed_origins".into(),
+    )
 }
 
 /// The CORS preflight of `/presence` and `/services` (a page sending `Authorization`).

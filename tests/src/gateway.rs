@@ -131,17 +131,66 @@ pub async fn http_get_with(
     path: &str,
     headers: &[(&str, &str)],
 ) -> (u16, Vec<(String, String)>, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let mut req = format!("GET {path} HTTP/1.0\r\nHost: x\r\n");
+    http_request(addr, "GET", path, headers).await
+}
+
+/// `method path` without a body, with extra request headers, on a gateway listener
+/// (HTTP/1.0): the status code, the response headers (lower-cased names) and the body.
+///
+/// # Panics
+/// When the listener cannot be reached or the answer is not HTTP.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Vec<(String, String)>, String) {
+    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: x\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.expect("request");
+    http_raw(addr, &req).await
+}
+
+/// Sends `request` (the whole of it, as written) on a new connection to a gateway
+/// listener and reads until the server closes: the status code, the response headers
+/// (lower-cased names) and the body. The request must make the server close after
+/// answering (HTTP/1.0, or `Connection: close`).
+///
+/// # Panics
+/// When the listener cannot be reached or the answer is not HTTP.
+pub async fn http_raw(addr: SocketAddr, request: &str) -> (u16, Vec<(String, String)>, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request.as_bytes()).await.expect("request");
     let mut out = String::new();
     s.read_to_string(&mut out).await.expect("response");
-    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP answer");
+    http_answer(&out)
+}
+
+/// A WebSocket upgrade request for `path` (HTTP/1.1) with extra headers, for
+/// [`http_raw`]; it asks the server to close once it answered, which it does when it
+/// refuses the upgrade (an upgrade that is accepted keeps the connection open).
+pub fn upgrade_request(path: &str, headers: &[(&str, &str)]) -> String {
+    let mut req = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req
+}
+
+/// The status code, the headers (lower-cased names) and the body of an HTTP answer.
+///
+/// # Panics
+/// When `answer` is not HTTP.
+pub fn http_answer(answer: &str) -> (u16, Vec<(String, String)>, String) {
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
     let mut lines = head.lines();
     let status = lines
         .next()

@@ -11,7 +11,7 @@ use jsonwebtoken::{Algorithm, Header};
 use serde_json::{json, Value};
 use warren_e2e::client::{raw, sub, TestClient};
 use warren_e2e::env::TestEnv;
-use warren_e2e::gateway::{http_get, TestGateway};
+use warren_e2e::gateway::{http_get, http_raw, http_request, upgrade_request, TestGateway};
 use warren_e2e::jwt::{now, sign, sign_header, SECRET};
 use warren_gateway::{AuthMode, Config};
 use warren_protocol::amqp::keys;
@@ -265,7 +265,7 @@ async fn presence_is_answered_only_for_a_valid_token_and_what_it_grants() {
                     ("Origin", "https://evil.example.net"),
                 ],
                 403,
-                "",
+                "forbidden",
             ),
         ];
         // A backend with an HTTP API key may ask about any group.
@@ -284,10 +284,9 @@ async fn presence_is_answered_only_for_a_valid_token_and_what_it_grants() {
         for (path, headers, want, code) in cases {
             let (status, _, body) = http_get_with(addr, path, &headers).await;
             assert_eq!(status, want, "{path} {headers:?}: {body}");
-            if !code.is_empty() {
-                let v: Value = serde_json::from_str(&body).unwrap();
-                assert_eq!(v["code"], code, "{path}");
-            }
+            let v: Value = serde_json::from_str(&body)
+                .unwrap_or_else(|e| panic!("{path} {headers:?}: not JSON ({e}): {body:?}"));
+            assert_eq!(v["code"], code, "{path}");
         }
         ada.close().await;
         gw.shutdown().await;
@@ -320,6 +319,26 @@ async fn a_cross_origin_upgrade_is_refused_with_403_and_allowed_origins_connect(
                 "{origin}"
             );
             c.close().await;
+        }
+        // Refused in JSON, as every refusal: the upgrade, and the CORS endpoints.
+        let addr = gw.health_addr();
+        let evil = ("Origin", "https://evil.example.net");
+        let refusals = [
+            http_raw(addr, &upgrade_request("/ws", &[evil])).await,
+            http_request(addr, "GET", "/services", &[evil]).await,
+            http_request(addr, "OPTIONS", "/presence", &[evil]).await,
+            http_request(addr, "OPTIONS", "/services", &[evil]).await,
+        ]
+        .into_iter()
+        .map(|(status, _, body)| (status, body));
+        for (i, (status, body)) in refusals.enumerate() {
+            assert_eq!(status, 403, "{i}: {body}");
+            let v: Value = serde_json::from_str(&body)
+                .unwrap_or_else(|e| panic!("{i}: not JSON ({e}): {body:?}"));
+            assert_eq!(v["code"], "forbidden", "{i}");
+            assert!(v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("allowed_origins")));
         }
         gw.shutdown().await;
     })

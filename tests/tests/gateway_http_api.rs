@@ -11,7 +11,7 @@ use lapin::types::AMQPValue;
 use serde_json::{json, Value};
 use warren_e2e::client::{sub, TestClient};
 use warren_e2e::env::TestEnv;
-use warren_e2e::gateway::{http_post, http_post_text, TestGateway};
+use warren_e2e::gateway::{http_post, http_post_text, http_request, TestGateway};
 use warren_e2e::service::start_demo;
 use warren_gateway::Config;
 use warren_protocol::amqp::{H_CHANNEL, H_GATEWAY, H_SESSION, H_SUBJECT, H_USER};
@@ -466,6 +466,152 @@ async fn bad_requests_get_a_4xx_status_and_the_registry_code() {
         }
         // Nothing of it reached a queue.
         assert!(env.get(&env.names.channel_queue("chat")).await.is_none());
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+/// A request no route takes is refused in JSON as every other: an unknown path `404`
+/// naming the path and the routes served, a served path asked with another method
+/// `405` naming the methods it answers (with `Allow`), a `/ws` request that is not an
+/// upgrade `400` — on a WebSocket listener that serves the API, an admin listener and
+/// the API's own listener.
+#[tokio::test]
+async fn a_request_no_route_takes_is_refused_in_json_on_every_listener() {
+    TestEnv::run("http-no-route", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| {
+            api_on(false)(c);
+            c.admin_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        })
+        .await;
+        let ws = api_addr(&gw);
+        let admin = gw.gateway().admin_addr().expect("an admin listener");
+        let own = TestGateway::start_with(env, api_on(true)).await;
+        let api = api_addr(&own);
+        // What, where, method, path, status, words of the message, the Allow header.
+        type NoRoute<'a> = (
+            &'a str,
+            SocketAddr,
+            &'a str,
+            &'a str,
+            u16,
+            &'a [&'a str],
+            &'a str,
+        );
+        let cases: &[NoRoute] = &[
+            (
+                "unknown path",
+                ws,
+                "GET",
+                "/nope",
+                404,
+                &[
+                    "`/nope`",
+                    "/ws (GET)",
+                    "/presence (GET, OPTIONS)",
+                    "/publish (POST)",
+                ],
+                "",
+            ),
+            (
+                "health moved to the admin listener",
+                ws,
+                "GET",
+                "/healthz",
+                404,
+                &["`/healthz`"],
+                "",
+            ),
+            (
+                "GET on an API route",
+                ws,
+                "GET",
+                "/publish",
+                405,
+                &["`/publish` answers POST, not GET"],
+                "POST",
+            ),
+            (
+                "POST on /ws",
+                ws,
+                "POST",
+                "/ws",
+                405,
+                &["`/ws` answers GET, not POST"],
+                "GET,HEAD",
+            ),
+            (
+                "/ws that is not an upgrade",
+                ws,
+                "GET",
+                "/ws",
+                400,
+                &["upgrade"],
+                "",
+            ),
+            (
+                "unknown path, admin",
+                admin,
+                "GET",
+                "/ws",
+                404,
+                &["`/ws`", "/healthz (GET)", "/services (GET)"],
+                "",
+            ),
+            (
+                "wrong method, admin",
+                admin,
+                "DELETE",
+                "/metrics",
+                405,
+                &["`/metrics` answers GET, not DELETE"],
+                "GET,HEAD",
+            ),
+            (
+                "unknown path, the API's listener",
+                api,
+                "GET",
+                "/ws",
+                404,
+                &[
+                    "`/ws`",
+                    "/external/{channel} (POST)",
+                    "/request/{channel} (POST)",
+                ],
+                "",
+            ),
+            (
+                "wrong method, the API's listener",
+                api,
+                "GET",
+                "/request/echo",
+                405,
+                &["`/request/echo` answers POST, not GET"],
+                "POST",
+            ),
+        ];
+        for (what, addr, method, path, status, words, allow) in cases {
+            let (got, headers, body) = http_request(*addr, method, path, &[]).await;
+            assert_eq!(got, *status, "{what}: {body}");
+            let answer: Value = serde_json::from_str(&body)
+                .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {body:?}"));
+            assert_eq!(answer["code"], "invalid", "{what}: {answer}");
+            let message = answer["message"].as_str().unwrap_or_default();
+            for word in *words {
+                assert!(message.contains(word), "{what}: {word} in {message}");
+            }
+            let header = |name: &str| {
+                headers
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.as_str())
+            };
+            assert_eq!(header("content-type"), Some("application/json"), "{what}");
+            if !allow.is_empty() {
+                assert_eq!(header("allow"), Some(*allow), "{what}");
+            }
+        }
+        own.shutdown().await;
         gw.shutdown().await;
     })
     .await;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use warren_e2e::client::TestClient;
 use warren_e2e::env::TestEnv;
-use warren_e2e::gateway::{http_get, TestGateway};
+use warren_e2e::gateway::{http_get, http_raw, upgrade_request, TestGateway};
 use warren_protocol::{ErrorCode, Hello, ServerFrame};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -44,6 +44,14 @@ async fn connections_per_ip_are_refused_with_429_until_one_closes() {
         }
         let r = TestClient::try_connect_with_headers(&url, &[]).await;
         assert_eq!(r.err(), Some(429), "the fourth connection is refused");
+        // In JSON, as every refusal.
+        let (status, _, body) = http_raw(gw.health_addr(), &upgrade_request("/ws", &[])).await;
+        assert_eq!(status, 429, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(v["code"], "overloaded", "{body}");
+        assert!(v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("max_connections_per_ip")));
         open.pop().unwrap().close().await;
         // The slot is given back when the connection task ends.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -59,7 +67,7 @@ async fn connections_per_ip_are_refused_with_429_until_one_closes() {
         again.publish("p", "chat", json!(1)).await;
         again.expect_ack("p").await;
         let m = http_get(gw.health_addr(), "/metrics").await;
-        assert_eq!(metric(&m, "refused_limit_total"), 1);
+        assert_eq!(metric(&m, "refused_limit_total"), 2);
         for c in open {
             c.close().await;
         }

@@ -8,7 +8,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warren_e2e::client::TestClient;
 use warren_e2e::env::TestEnv;
-use warren_e2e::gateway::{http_get_with, TestGateway};
+use warren_e2e::gateway::{http_answer, http_get_with, upgrade_request, TestGateway};
 use warren_protocol::{ErrorCode, Subscribe};
 
 #[tokio::test]
@@ -128,6 +128,39 @@ async fn graceful_shutdown_closes_sockets_with_going_away() {
     assert!(tokio_tungstenite::connect_async(url.as_str())
         .await
         .is_err());
+    env.cleanup().await;
+}
+
+/// An upgrade in flight when the gateway begins to shut down (its first line came
+/// before, the rest after) is refused `503 broker_unavailable` in JSON, as every
+/// refusal, so that the client tries another gateway.
+#[tokio::test]
+async fn an_upgrade_that_completes_during_shutdown_is_refused_503_in_json() {
+    let env = TestEnv::new("shutdown-upgrade").await;
+    let gw = TestGateway::start(&env).await;
+    let request = upgrade_request("/ws", &[]);
+    let (first, rest) = request.split_at(request.find('\n').unwrap() + 1);
+    let mut s = tokio::net::TcpStream::connect(gw.health_addr())
+        .await
+        .expect("connect");
+    s.write_all(first.as_bytes()).await.expect("request line");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stop = tokio::spawn(gw.shutdown());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.write_all(rest.as_bytes()).await.expect("the rest");
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out))
+        .await
+        .expect("an answer before the header deadline")
+        .expect("read");
+    let (status, _, body) = http_answer(&out);
+    assert_eq!(status, 503, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(v["code"], "broker_unavailable", "{body}");
+    tokio::time::timeout(Duration::from_secs(15), stop)
+        .await
+        .expect("shutdown finishes")
+        .expect("no panic");
     env.cleanup().await;
 }
 
