@@ -133,6 +133,13 @@ pub const RING_MAX_BYTES: usize = 256 * 1024 * 1024;
 /// what came as all there is.
 const TAIL_QUIET: Duration = Duration::from_millis(300);
 
+/// How long [`stream_tail`] reads at most. A look begins at the stream's last chunk,
+/// so what it read by then reaches the tail as it was when the look began; without
+/// this bound, a stream that services publish to more often than every
+/// [`TAIL_QUIET`] would keep a look reading for as long as they publish (the hub's
+/// reader starting again would read nothing meanwhile, resumes would wait).
+const TAIL_LOOK_MAX: Duration = Duration::from_secs(2);
+
 /// How long a resume naming a position the hub has not read yet waits for the hub to
 /// read it (a client coming from another gateway may be a little ahead of this one)
 /// before the stream's tail is looked at.
@@ -1296,7 +1303,8 @@ async fn message_at(
 
 /// The position of the newest message in `stream`, read from its last chunk (`None`:
 /// the stream is empty). Stops reading as soon as a position at or past `at_least`
-/// came (the stream has it), else after [`TAIL_QUIET`] without a message.
+/// came (the stream has it), else after [`TAIL_QUIET`] without a message, and after
+/// [`TAIL_LOOK_MAX`] at most (messages still coming): then the highest position read.
 ///
 /// # Errors
 /// When the stream cannot be consumed (not there, broker away).
@@ -1309,8 +1317,10 @@ pub(crate) async fn stream_tail(
     let (ch, mut consumer) = consume_stream(broker, stream, &tag, None, HUB_PREFETCH).await?;
     let mut tail: Option<u64> = None;
     let mut unacked = 0u32;
+    let deadline = tokio::time::Instant::now() + TAIL_LOOK_MAX;
     let read = loop {
-        let d = match tokio::time::timeout(TAIL_QUIET, consumer.next()).await {
+        let quiet = deadline.min(tokio::time::Instant::now() + TAIL_QUIET);
+        let d = match tokio::time::timeout_at(quiet, consumer.next()).await {
             Err(_) => break Ok(tail),
             Ok(Some(Ok(d))) => d,
             Ok(Some(Err(e))) => {
@@ -1329,7 +1339,7 @@ pub(crate) async fn stream_tail(
         if let Some(offset) = stream_offset(d.properties.headers().as_ref()) {
             tail = tail.max(Some(offset));
         }
-        if tail.is_some_and(|t| t >= at_least) {
+        if tail.is_some_and(|t| t >= at_least) || tokio::time::Instant::now() >= deadline {
             break Ok(tail);
         }
         unacked += 1;

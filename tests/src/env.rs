@@ -120,6 +120,36 @@ impl TestEnv {
         .await;
     }
 
+    /// Publishes `n` messages to `warren.out` with `key` as one burst: every publish is
+    /// sent before any confirm is awaited, so RabbitMQ writes them in chunks of
+    /// several. Their message ids are `<prefix><i>`, their bodies `i`. Waits for the
+    /// confirms.
+    pub async fn publish_out_burst(&self, key: &str, prefix: &str, n: usize) {
+        let mut confirms = Vec::with_capacity(n);
+        for i in 0..n {
+            let props = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_message_id(ShortString::from(format!("{prefix}{i}")))
+                .with_content_type("application/json".into());
+            let confirm = self
+                .channel
+                .basic_publish(
+                    ShortString::from(self.names.outbound_exchange()),
+                    ShortString::from(key),
+                    BasicPublishOptions::default(),
+                    i.to_string().as_bytes(),
+                    props,
+                )
+                .await
+                .expect("publish");
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            let confirm = confirm.await.expect("confirm");
+            assert!(confirm.is_ack(), "broker refused a test publish");
+        }
+    }
+
     /// Publishes to any exchange with headers, waiting for the confirm.
     pub async fn publish(
         &self,

@@ -6,9 +6,13 @@
 
 use std::time::Duration;
 
+use lapin::options::BasicPublishOptions;
+use lapin::types::ShortString;
+use lapin::BasicProperties;
 use warren_e2e::client::{sub, TestClient};
-use warren_e2e::env::{ack, next_delivery, TestEnv};
+use warren_e2e::env::{ack, amqp_addr, next_delivery, TestEnv};
 use warren_e2e::gateway::TestGateway;
+use warren_protocol::amqp::keys;
 use warren_protocol::{Deliver, ErrorCode, Hello, ServerFrame, Subscribe};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -552,6 +556,83 @@ async fn a_deleted_stream_is_declared_again_by_the_gateway_reading_it() {
         env.publish_out("chat.all", "n0", "1").await;
         let d = r.expect_deliver().await;
         assert_eq!((d.message_id.as_str(), d.position), ("n0", Some(0)));
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+/// Publishes a broadcast on `chat` to `exchange` every 50 ms, on a connection of its
+/// own, as a busy service does, until aborted.
+fn publish_every_50ms(exchange: String) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let conn = lapin::Connection::connect(&amqp_addr(), Default::default())
+            .await
+            .expect("RabbitMQ at AMQP_ADDR");
+        let channel = conn.create_channel().await.expect("channel");
+        for i in 0u64.. {
+            channel
+                .basic_publish(
+                    ShortString::from(exchange.as_str()),
+                    ShortString::from(keys::broadcast("chat")),
+                    BasicPublishOptions::default(),
+                    i.to_string().as_bytes(),
+                    BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_message_id(ShortString::from(format!("busy{i}"))),
+                )
+                .await
+                .expect("publish");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_stream_declared_again_that_services_keep_publishing_to_is_still_found_replaced() {
+    TestEnv::run("stream-replaced-busy", LIMIT, async |env| {
+        let gw = TestGateway::start(env).await;
+        // 500 messages, given 2 s to be read, then one that a client gets: the hub has
+        // read up to position 500, which the new stream, at one message every 50 ms,
+        // reaches only after 25 s.
+        env.publish_out_burst("chat.all", "o", 500).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut a = TestClient::connect(&gw.url()).await;
+        a.subscribe(sub("all", "chat")).await;
+        env.publish_out("chat.all", "o500", "500").await;
+        let mut old_position = None;
+        while old_position != Some(500) {
+            old_position = a.expect_deliver().await.position;
+        }
+        let session = a.session().to_string();
+
+        // Deleted and declared again (by the gateway whose reader lost it) while a
+        // service publishes to it more often than a look at its tail waits for quiet.
+        env.delete_outbound_stream().await;
+        let busy = publish_every_50ms(env.names.outbound_exchange());
+        assert_eq!(
+            a.expect_close(Duration::from_secs(15)).await,
+            Some(4002),
+            "the session on the replaced stream is ended although the new stream's last \
+             chunk never goes quiet"
+        );
+        // A resume naming the old position is answered soon, not held until the new
+        // stream reaches it.
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            TestClient::connect_with(
+                &gw.url(),
+                resume(&session, old_position, vec![sub("all", "chat")]),
+            ),
+        )
+        .await
+        .expect("the resume is answered within 5 s");
+        let w = r.welcome();
+        assert!(
+            !w.resumed && w.notice == Some(ErrorCode::SessionExpired),
+            "{w:?}"
+        );
+        busy.abort();
+        r.close().await;
         gw.shutdown().await;
     })
     .await;
