@@ -133,6 +133,14 @@ pub const RING_MAX_BYTES: usize = 256 * 1024 * 1024;
 /// what came as all there is.
 const TAIL_QUIET: Duration = Duration::from_millis(300);
 
+/// The most messages of the ring one [`Hub::catch_up`] of a session with patterns
+/// looks at. Each is matched against every key of the session under the hub's lock,
+/// which every push, join and subscribe of the gateway waits for: a session with 256
+/// patterns that match nothing, catching up from the start of a ring of 100,000
+/// messages, held it for the whole scan. An empty batch with the position reached
+/// sends nothing, and the session's next call goes on from there.
+const CATCH_UP_SCAN: usize = 4096;
+
 /// How long [`stream_tail`] reads at most. A look begins at the stream's last chunk,
 /// so what it read by then reaches the tail as it was when the look began; without
 /// this bound, a stream that services publish to more often than every
@@ -791,7 +799,17 @@ impl Hub {
         let start = st.ring.partition_point(|m| m.offset < from);
         let mut out = Vec::new();
         let mut next = from;
-        for m in st.ring.range(start..).take_while(|m| below(m.offset)) {
+        for (scanned, m) in st
+            .ring
+            .range(start..)
+            .take_while(|m| below(m.offset))
+            .enumerate()
+        {
+            // The hub's lock is held: a session whose patterns match little of a full
+            // ring goes on from `next` at its next call, not in one long scan.
+            if scanned == CATCH_UP_SCAN {
+                return CatchUp::Batch(out, next);
+            }
             next = m.offset + 1;
             if member.wants(m) {
                 out.push(m.clone());
@@ -1814,6 +1832,38 @@ mod tests {
             hub.catch_up(4, 7, 10),
             CatchUp::Missed { from: 7, to: 9 }
         ));
+    }
+
+    #[test]
+    fn a_pattern_catch_up_looks_at_a_bounded_part_of_the_ring_per_call() {
+        let hub = Hub::new(3 * CATCH_UP_SCAN);
+        let (_member, _) = hub.join(1, "s1", Some(0));
+        hub.subscribe(1, &keys(&["tickets.#"]));
+        let total = 2 * CATCH_UP_SCAN as u64 + 10;
+        for i in 0..total {
+            let key = if i == total - 1 {
+                "tickets.x"
+            } else {
+                "chat.all"
+            };
+            hub.publish(msg(i, key));
+        }
+        let scan = CATCH_UP_SCAN as u64;
+        let (mut from, mut calls) = (0, 0);
+        let found = loop {
+            calls += 1;
+            match hub.catch_up(1, from, 10) {
+                CatchUp::Batch(b, next) if b.is_empty() => {
+                    assert_eq!(next, from + scan, "one scan's worth at most");
+                    from = next;
+                }
+                CatchUp::Batch(b, next) => break (b[0].offset, next),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(found, (total - 1, total));
+        assert_eq!(calls, 3);
+        assert!(matches!(hub.catch_up(1, total, 10), CatchUp::Live));
     }
 
     #[test]
