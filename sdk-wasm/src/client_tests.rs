@@ -1687,7 +1687,11 @@ fn a_renewal_answered_after_close_reports_nothing() {
         assert_eq!(asked.len(), 1, "the renewal's getToken");
         h.core.close(h.now);
         h.take();
-        let token = if fails { Err("offline".to_string()) } else { Ok(jwt(301)) };
+        let token = if fails {
+            Err("offline".to_string())
+        } else {
+            Ok(jwt(301))
+        };
         h.core.on_token(asked[0], token, h.now);
         let actions = h.take();
         assert!(actions.is_empty(), "nothing after close: {actions:?}");
