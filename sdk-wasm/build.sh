@@ -35,7 +35,9 @@ if [[ ! -f "$sysroot/lib/rustlib/src/rust/library/Cargo.lock" ]]; then
 fi
 if [[ "$(wasm-bindgen --version 2>/dev/null || true)" != "wasm-bindgen $wasm_bindgen_version" ]]; then
   say "installing wasm-bindgen-cli $wasm_bindgen_version (cargo install, a few minutes)"
-  cargo install --locked wasm-bindgen-cli --version "$wasm_bindgen_version" \
+  # No --locked, as ./dev installs it: the registry mirror lacks a crate of the CLI's
+  # lock file (webpki-roots, for ureq), and `--locked` failed here.
+  cargo install wasm-bindgen-cli --version "$wasm_bindgen_version" \
     || die "cannot install wasm-bindgen-cli $wasm_bindgen_version"
 fi
 # wasm-opt from binaryen's npm package (a recent release: Debian's binaryen 108 corrupts
