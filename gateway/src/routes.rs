@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use axum::extract::MatchedPath;
 use axum::http::{Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
-use axum::{Json, Router};
+use axum::response::Response;
+use axum::Router;
 use warren_protocol::ErrorCode;
 
 /// A route a listener serves: its path pattern and the methods it answers.
@@ -70,8 +70,7 @@ fn method_not_allowed(served: &[Route], method: &Method, path: &str, pattern: &s
 }
 
 fn refusal(status: StatusCode, message: String) -> Response {
-    let body = serde_json::json!({"code": ErrorCode::Invalid.as_str(), "message": message});
-    (status, Json(body)).into_response()
+    crate::server::refusal(status, ErrorCode::Invalid, message)
 }
 
 #[cfg(test)]

@@ -872,7 +872,11 @@ fn with_headers(h: Vec<(HeaderName, String)>) -> HeaderMap {
 }
 
 /// A JSON error body with a registry code.
-fn refusal(status: StatusCode, code: warren_protocol::ErrorCode, message: String) -> Response {
+pub(crate) fn refusal(
+    status: StatusCode,
+    code: warren_protocol::ErrorCode,
+    message: String,
+) -> Response {
     (
         status,
         Json(serde_json::json!({"code": code.as_str(), "message": message})),
