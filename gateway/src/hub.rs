@@ -14,6 +14,10 @@
 //! never accepts a position below the one it asked to start from, so nothing is lost
 //! and nothing is sent twice: positions only grow.
 //!
+//! A message's keys find the live sessions they are for by hash (exact keys) and by
+//! one walk down a trie of the topic patterns held ([`crate::topics`]), so its cost
+//! does not grow with the patterns the gateway's sessions hold.
+//!
 //! In tenant mode ([`Hub::with_tenants`]) a session joins with its tenant and receives
 //! only messages whose `x-warren-tenant` header names that tenant (a message without
 //! one reaches only sessions without a tenant); replies, addressed to one session,
@@ -47,6 +51,7 @@ use warren_protocol::amqp::{topic_matches, H_CC, H_TENANT};
 use crate::broker::Broker;
 use crate::delivery::{stream_reply_id, text_header};
 use crate::error::GatewayError;
+use crate::topics::TopicIndex;
 
 /// Messages a live session may have waiting between the hub and its socket; when they
 /// are full the session falls back to catching up from the ring.
@@ -370,8 +375,8 @@ struct State {
     members: HashMap<u64, Member>,
     /// Exact key → members holding it.
     exact: HashMap<String, HashSet<u64>>,
-    /// Pattern key → members holding it.
-    patterns: HashMap<String, HashSet<u64>>,
+    /// Pattern keys → members holding them, matched by walking a key's words once.
+    patterns: TopicIndex,
 }
 
 /// What a catching-up session gets from [`Hub::catch_up`].
@@ -692,11 +697,7 @@ impl Hub {
             if let Some(set) = st.exact.get(k) {
                 targets.extend(set);
             }
-            for (p, set) in &st.patterns {
-                if topic_matches(p, k) {
-                    targets.extend(set);
-                }
-            }
+            st.patterns.matching(k, &mut targets);
         }
         for conn in targets {
             let Some(member) = st.members.get_mut(&conn) else {
@@ -1010,25 +1011,21 @@ fn add_key(st: &mut State, conn: u64, key: &str) {
     let n = m.keys.entry(key.to_string()).or_insert(0);
     *n += 1;
     if *n == 1 {
-        let index = if is_pattern(key) {
-            &mut st.patterns
+        if is_pattern(key) {
+            st.patterns.insert(key, conn);
         } else {
-            &mut st.exact
-        };
-        index.entry(key.to_string()).or_default().insert(conn);
+            st.exact.entry(key.to_string()).or_default().insert(conn);
+        }
     }
 }
 
 fn unindex(st: &mut State, conn: u64, key: &str) {
-    let index = if is_pattern(key) {
-        &mut st.patterns
-    } else {
-        &mut st.exact
-    };
-    if let Some(set) = index.get_mut(key) {
+    if is_pattern(key) {
+        st.patterns.remove(key, conn);
+    } else if let Some(set) = st.exact.get_mut(key) {
         set.remove(&conn);
         if set.is_empty() {
-            index.remove(key);
+            st.exact.remove(key);
         }
     }
 }
@@ -2027,12 +2024,23 @@ mod tests {
     fn leaving_removes_the_member_from_the_index() {
         let hub = Hub::new(10);
         let (a, _) = hub.join(1, "s1", None);
-        hub.subscribe(1, &keys(&["chat.all", "chat.all"]));
-        hub.unsubscribe(1, &keys(&["chat.all"]));
+        hub.subscribe(
+            1,
+            &keys(&["chat.all", "chat.all", "chat.event.#", "chat.*.x"]),
+        );
+        hub.unsubscribe(1, &keys(&["chat.all", "chat.*.x"]));
         assert_eq!(hub.lock().exact.get("chat.all").map(HashSet::len), Some(1));
+        let (b, _) = hub.join(2, "s2", None);
+        hub.subscribe(2, &keys(&["chat.event.#"]));
         drop(a);
-        assert_eq!(hub.members(), 0);
+        assert_eq!(hub.members(), 1);
+        assert!(!hub.lock().exact.contains_key("chat.all"));
+        // The pattern the other member still holds still routes to it alone.
+        hub.publish(msg(0, "chat.event.y"));
+        assert_eq!(offsets(&b.inbox), [0]);
+        drop(b);
         assert!(hub.lock().exact.is_empty());
+        assert!(hub.lock().patterns.is_empty());
     }
 
     #[test]

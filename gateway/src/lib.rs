@@ -66,6 +66,7 @@ pub mod session;
 mod session_core;
 mod socket;
 mod streams;
+pub mod topics;
 pub mod topology;
 
 use std::net::SocketAddr;
