@@ -136,6 +136,13 @@ pub struct Config {
     /// `overloaded`. Default: 1000. Also the HTTP API calls in progress of one user's
     /// token.
     pub max_pending_requests: usize,
+    /// Stream readers open at once for sessions whose position is older than a hub's
+    /// ring (shared replays and a session's own readers, all streams together): each
+    /// takes an AMQP channel on the consuming connection (RabbitMQ allows 2,047) and up
+    /// to a 16 MiB window. A resume that needs one more waits for one to close, its
+    /// connection served meanwhile; live sessions and resumes within the ring never
+    /// wait. Default: 256.
+    pub max_stream_readers: usize,
     /// Retention of the outbound stream by age (`x-max-age`: `Y`, `M`, `D`, `h`, `m`,
     /// `s` units): how far back a resuming client is replayed. What services send to
     /// clients lands in this one replicated stream, which each gateway reads once and
@@ -605,6 +612,7 @@ impl Default for Config {
             max_connections_per_user: 100,
             max_frames_per_s: 10_000,
             max_pending_requests: 1000,
+            max_stream_readers: 256,
             no_service: NoServiceMode::Requests,
             request_replies: RequestReplies::Stream,
             stream_max_age: "24h".to_string(),
@@ -865,6 +873,13 @@ impl Config {
                     .into(),
             );
         }
+        if self.max_stream_readers == 0 {
+            return bad(
+                "max_stream_readers must be at least 1 (with 0 no session could resume \
+                 from a position older than the hub's ring)"
+                    .into(),
+            );
+        }
         for origin in &self.auth.allowed_origins {
             if !(origin.starts_with("http://") || origin.starts_with("https://")) {
                 return bad(format!(
@@ -1089,6 +1104,7 @@ impl Config {
             max_connections_per_user,
             max_frames_per_s,
             max_pending_requests,
+            max_stream_readers,
             stream_max_bytes,
             hub_buffer_messages,
             no_service,
@@ -1423,6 +1439,11 @@ pub struct Overrides {
     /// one user's token) [default: 1000].
     #[arg(long, env = "WARREN_MAX_PENDING_REQUESTS", global = true)]
     pub max_pending_requests: Option<usize>,
+    /// Stream readers open at once for sessions resuming from before a hub's ring
+    /// (shared and own; each an AMQP channel); one more waits for one to close
+    /// [default: 256].
+    #[arg(long, env = "WARREN_MAX_STREAM_READERS", global = true)]
+    pub max_stream_readers: Option<usize>,
     /// Authentication mode: none (development only), jwt (a signed token; keys in the
     /// file's [auth.jwt]) or service (an auth service on RabbitMQ; the file's
     /// [auth.service]) [default: none].
@@ -1804,6 +1825,18 @@ mod tests {
         c.apply(&o);
         assert!(c.http_api.enabled);
         assert_eq!(c.http_api.api_keys, ["a", "b"]);
+    }
+
+    #[test]
+    fn max_stream_readers_defaults_to_256_and_zero_is_refused() {
+        let at = |text: &str| Config::from_toml(text, "test").unwrap().validate();
+        assert_eq!(Config::default().max_stream_readers, 256);
+        at("max_stream_readers = 1").unwrap();
+        let err = at("max_stream_readers = 0").unwrap_err().to_string();
+        assert!(
+            err.contains("max_stream_readers must be at least 1"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1375,6 +1375,8 @@ pub struct Reader {
     unacked: u16,
     ack_every: u16,
     to_ack: Option<lapin::Acker>,
+    /// The `max_stream_readers` slot it holds while open ([`Reader::holding`]).
+    slot: Option<crate::replay::Slot>,
 }
 
 impl Reader {
@@ -1400,7 +1402,15 @@ impl Reader {
             unacked: 0,
             ack_every: (prefetch / 2).max(1),
             to_ack: None,
+            slot: None,
         })
+    }
+
+    /// The reader, holding `slot` until it is closed or dropped.
+    #[must_use]
+    pub fn holding(mut self, slot: crate::replay::Slot) -> Reader {
+        self.slot = Some(slot);
+        self
     }
 
     /// The next message, `None` when the reader failed.

@@ -58,6 +58,12 @@ pub struct Metrics {
     pub stream_readers: AtomicU64,
     /// Stream outbound: positions that aged out of retention before a session read them.
     pub stream_missed: AtomicU64,
+    /// Stream outbound: readers for sessions behind a ring open now (at most
+    /// `max_stream_readers`).
+    pub stream_readers_open: AtomicI64,
+    /// Stream outbound: times a reader waited for one of the `max_stream_readers` to
+    /// close before it could open.
+    pub stream_reader_waits: AtomicU64,
     /// `error` frames sent to clients, by code (in [`ErrorCode::ALL`] order).
     errors: [AtomicU64; ERROR_SLOTS],
     /// Time from a connection's TCP accept to its `welcome` (sessions opened or
@@ -220,6 +226,21 @@ impl Metrics {
             "counter",
             "Stream readers opened for sessions behind the ring.",
             get(&self.stream_readers),
+        );
+        metric(
+            "stream_readers_open",
+            "gauge",
+            "Stream readers for sessions behind the ring open now (max_stream_readers).",
+            self.stream_readers_open
+                .load(Ordering::Relaxed)
+                .max(0)
+                .to_string(),
+        );
+        metric(
+            "stream_reader_waits_total",
+            "counter",
+            "Stream readers that waited for one of max_stream_readers to close.",
+            get(&self.stream_reader_waits),
         );
         metric(
             "stream_missed_total",

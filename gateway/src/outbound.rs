@@ -211,10 +211,14 @@ impl Outbound {
                 let stream = self.source.name.clone();
                 let tag = format!("{}.{}.replay", shared.config.node, conn);
                 let prefetch = shared.config.delivery_window;
+                let slots = self.source.replays.slots();
                 let opening = async move {
+                    // One of max_stream_readers: waits (the loop serving the socket
+                    // meanwhile) while they are all open.
+                    let slot = slots.take().await;
                     Reader::open(&broker, &stream, tag, from, prefetch)
                         .await
-                        .map(Box::new)
+                        .map(|r| Box::new(r.holding(slot)))
                 };
                 self.read = Read::Opening(from, Box::pin(opening));
             }

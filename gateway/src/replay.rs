@@ -16,6 +16,13 @@
 //! so one slow client cannot hold the others back. A session leaves its replay when it
 //! reaches the ring, as before; a replay with no session left stops.
 //!
+//! Every such reader, shared or a session's own, holds one of the gateway's
+//! `max_stream_readers` slots ([`ReaderSlots`]) while it is open: each is an AMQP
+//! channel on the consuming connection and up to a window of memory, and sessions
+//! name their positions, so without a bound a storm of resumes from scattered old
+//! positions could take every channel RabbitMQ allows that connection. A reader that
+//! finds none free waits for one; its sessions' connections are served meanwhile.
+//!
 //! [`Window`] is pure and unit-tested without a broker.
 
 use std::collections::{HashMap, VecDeque};
@@ -24,7 +31,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::BasicAckOptions;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::broker::Broker;
 use crate::hub::Message;
@@ -197,6 +204,58 @@ impl Window {
     }
 }
 
+/// The gateway's slots for stream readers behind a ring (`max_stream_readers`),
+/// shared by every stream's replays and the sessions' own readers.
+#[derive(Debug)]
+pub struct ReaderSlots {
+    slots: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+}
+
+impl ReaderSlots {
+    /// `max` slots (at least one).
+    pub fn new(max: usize, metrics: Arc<Metrics>) -> Arc<ReaderSlots> {
+        Arc::new(ReaderSlots {
+            slots: Arc::new(Semaphore::new(max.clamp(1, Semaphore::MAX_PERMITS))),
+            metrics,
+        })
+    }
+
+    /// A slot, once one is free (first come, first served).
+    pub async fn take(&self) -> Slot {
+        let permit = match self.slots.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                metrics::add(&self.metrics.stream_reader_waits, 1);
+                // Never closed, so `None` is never seen.
+                self.slots.clone().acquire_owned().await.ok()
+            }
+        };
+        self.metrics
+            .stream_readers_open
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Slot {
+            _permit: permit,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// One of [`ReaderSlots`], held by an open reader; freed when dropped.
+#[derive(Debug)]
+pub struct Slot {
+    _permit: Option<OwnedSemaphorePermit>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.metrics
+            .stream_readers_open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// One shared reader of the stream.
 pub struct Replay {
     window: Mutex<Window>,
@@ -219,15 +278,18 @@ pub struct Replays {
     stream: String,
     node: String,
     metrics: Arc<Metrics>,
+    slots: Arc<ReaderSlots>,
 }
 
 impl Replays {
-    /// No replays yet; they read `stream` through `broker`.
+    /// No replays yet; they read `stream` through `broker`, each holding one of
+    /// `slots` while it reads.
     pub fn new(
         broker: Arc<Broker>,
         stream: String,
         node: String,
         metrics: Arc<Metrics>,
+        slots: Arc<ReaderSlots>,
     ) -> Replays {
         Replays {
             replays: Mutex::new(Vec::new()),
@@ -235,7 +297,13 @@ impl Replays {
             stream,
             node,
             metrics,
+            slots,
         }
+    }
+
+    /// The slots a session's own reader of this stream takes one of too.
+    pub fn slots(&self) -> Arc<ReaderSlots> {
+        self.slots.clone()
     }
 
     /// Session `id` reads from position `from`: it joins a replay that holds or will
@@ -263,8 +331,22 @@ impl Replays {
         Handle { replay, id }
     }
 
-    /// Reads the stream from `from` into `replay` while any session reads from it.
+    /// Reads the stream from `from` into `replay` while any session reads from it,
+    /// once it has a reader slot.
     async fn read(self: Arc<Self>, replay: Arc<Replay>, from: u64) {
+        let take = self.slots.take();
+        tokio::pin!(take);
+        let _slot = loop {
+            // Created before looking, so a session leaving meanwhile wakes it.
+            let moved = replay.moved.notified();
+            if replay.lock().idle() && self.stop_if_idle(&replay) {
+                return; // every session left while it waited
+            }
+            tokio::select! {
+                slot = &mut take => break slot,
+                () = moved => {}
+            }
+        };
         let tag = format!("{}.replay.{from}", self.node);
         match crate::hub::consume_stream(&self.broker, &self.stream, &tag, Some(from), PREFETCH)
             .await
@@ -403,6 +485,35 @@ mod tests {
             Taken::Message(m) => m.offset,
             other => panic!("expected a message, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_reader_past_max_stream_readers_waits_for_one_to_close() {
+        let metrics = Arc::new(Metrics::default());
+        let slots = ReaderSlots::new(1, metrics.clone());
+        let open = || {
+            metrics
+                .stream_readers_open
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let first = slots.take().await;
+        assert_eq!(open(), 1);
+        let mut second = Box::pin(slots.take());
+        assert!(
+            futures_util::poll!(second.as_mut()).is_pending(),
+            "one slot"
+        );
+        let waits = metrics
+            .stream_reader_waits
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(waits, 1);
+        drop(first);
+        let second = tokio::time::timeout(Duration::from_secs(5), second)
+            .await
+            .expect("the freed slot");
+        assert_eq!(open(), 1);
+        drop(second);
+        assert_eq!(open(), 0);
     }
 
     #[test]

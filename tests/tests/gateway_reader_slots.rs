@@ -1,0 +1,127 @@
+//! Stream readers for sessions behind the hub's ring are bounded by
+//! `max_stream_readers`: sessions resuming from positions too far apart to share a
+//! reader, past the bound, wait for one to close, and then get everything, in order,
+//! once. (Each reader is an AMQP channel on the consuming connection; sessions name
+//! their own positions, so without a bound a storm of resumes from scattered old
+//! positions could take every channel RabbitMQ allows that connection.)
+
+use std::time::Duration;
+
+use warren_e2e::client::{sub, TestClient};
+use warren_e2e::env::TestEnv;
+use warren_e2e::gateway::TestGateway;
+use warren_gateway::replay::WINDOW_MESSAGES;
+use warren_protocol::Hello;
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+/// The gateway's metric `name` (its one line).
+async fn metric(gw: &TestGateway, name: &str) -> i64 {
+    let text = warren_e2e::gateway::http_get(gw.health_addr(), "/metrics").await;
+    let prefix = format!("warren_gateway_{name}{{");
+    text.lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// Delivery bodies (numbers) up to and including `last`, acknowledged as they come.
+async fn take_until(c: &mut TestClient, last: usize) -> Vec<usize> {
+    let mut got = Vec::new();
+    loop {
+        let d = c.expect_deliver().await;
+        let n: usize = d.message.get().parse().expect("a number");
+        got.push(n);
+        if got.len() % 50 == 0 || n == last {
+            c.ack_deliveries(d.seq).await;
+        }
+        if n == last {
+            return got;
+        }
+    }
+}
+
+/// Whether `got` is `from..=last` exactly: in order, nothing lost, nothing twice.
+fn exactly(got: &[usize], from: usize, last: usize) -> bool {
+    got.len() == last + 1 - from && got.iter().enumerate().all(|(i, n)| *n == from + i)
+}
+
+#[tokio::test]
+async fn resumes_past_max_stream_readers_wait_for_a_reader_and_lose_nothing() {
+    TestEnv::run("reader-slots", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| {
+            c.hub_buffer_messages = 3;
+            c.max_stream_readers = 1;
+        })
+        .await;
+        let s = sub("all", "chat");
+        let away = |c: TestClient| {
+            let hello = Hello {
+                session: Some(c.session().to_string()),
+                position: c.welcome().position,
+                subscriptions: vec![s.clone()],
+                ..Default::default()
+            };
+            c.abort();
+            hello
+        };
+        // Two sessions away from positions further apart than a shared reader
+        // reaches (it takes sessions up to half its window ahead).
+        let apart = WINDOW_MESSAGES;
+        let mut a = TestClient::connect(&gw.url()).await;
+        a.subscribe(s.clone()).await;
+        let a_hello = away(a);
+        for i in 0..apart {
+            env.publish_out("chat.all", &format!("m{i}"), &i.to_string())
+                .await;
+        }
+        let mut b = TestClient::connect(&gw.url()).await;
+        b.subscribe(s.clone()).await;
+        let b_hello = away(b);
+        for i in apart..2 * apart {
+            env.publish_out("chat.all", &format!("m{i}"), &i.to_string())
+                .await;
+        }
+        assert_eq!(metric(&gw, "stream_readers_open").await, 0);
+
+        // Both back at once: one reader may be open, so one of them waits for it.
+        let mut a = TestClient::connect_with(&gw.url(), a_hello).await;
+        let mut b = TestClient::connect_with(&gw.url(), b_hello).await;
+        assert!(a.welcome().resumed && b.welcome().resumed);
+        let last = 2 * apart - 1;
+        let (got_a, got_b) = tokio::join!(take_until(&mut a, last), take_until(&mut b, last));
+        assert!(
+            exactly(&got_a, 0, last),
+            "session a: everything from its position, in order, once: {} messages from {:?}",
+            got_a.len(),
+            got_a.first()
+        );
+        // b's session began when the hub had read the first batch, or all but its
+        // last few: everything from there.
+        let from_b = got_b.first().copied().unwrap_or(usize::MAX);
+        assert!(
+            from_b <= apart && from_b + 10 >= apart && exactly(&got_b, from_b, last),
+            "session b: everything from its position, in order, once: {} messages from {from_b}",
+            got_b.len()
+        );
+        a.expect_no_deliver(Duration::from_millis(200)).await;
+        b.expect_no_deliver(Duration::from_millis(200)).await;
+
+        let waits = metric(&gw, "stream_reader_waits_total").await;
+        assert!(waits >= 1, "a reader waited for the one slot: {waits}");
+        // Both at the ring: their readers closed.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while metric(&gw, "stream_readers_open").await != 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the readers closed once their sessions reached the ring"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        a.close().await;
+        b.close().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
