@@ -435,6 +435,9 @@ struct TailLook {
     /// message at or past it, so its `tail` is then only a lower bound: it proves
     /// that the stream holds every position up to it, not that it holds no more.
     complete: bool,
+    /// The tail could not be read (RabbitMQ away): the resumes asked before it began
+    /// go on, as the one that looked did.
+    failed: bool,
 }
 
 impl TailLook {
@@ -446,6 +449,18 @@ impl TailLook {
             resets,
             tail,
             complete: tail.is_none_or(|t| t < at_least),
+            failed: false,
+        }
+    }
+
+    /// A look begun at `began`, after `resets` resets, that could not read the tail.
+    fn failed(began: Instant, resets: u64) -> TailLook {
+        TailLook {
+            began,
+            resets,
+            tail: None,
+            complete: false,
+            failed: true,
         }
     }
 
@@ -458,6 +473,8 @@ impl TailLook {
     fn holds(&self, position: u64, asked: Instant, resets: u64) -> Option<bool> {
         if self.resets != resets {
             None
+        } else if self.failed {
+            (self.began >= asked).then_some(true)
         } else if self.tail.is_some_and(|t| t >= position) {
             Some(true)
         } else if self.complete && self.began >= asked {
@@ -874,13 +891,25 @@ impl Hub {
     /// stream's tail has it. Resumes waiting together share looks at the tail: one
     /// that began after a resume was asked answers it (a storm of resumes with
     /// positions of a replaced stream looks about twice a second, not once each).
-    /// When the tail cannot be read, true: the resume goes on as it would have.
+    /// When the tail cannot be read, true: the resume goes on as it would have; so
+    /// do the resumes that waited for that look (RabbitMQ away, each would otherwise
+    /// wait `broker_wait_ms` for a look of its own, one after another).
     pub(crate) async fn holds_position(
         &self,
         broker: &Broker,
         stream: &str,
         position: u64,
     ) -> bool {
+        self.holds_position_by(stream, position, || stream_tail(broker, stream, position))
+            .await
+    }
+
+    /// [`Hub::holds_position`], looking at the tail with `look`.
+    async fn holds_position_by<F, Fut>(&self, stream: &str, position: u64, look: F) -> bool
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<u64>, GatewayError>>,
+    {
         // The client had the position before it asked: a look at the tail taken
         // after this would have seen it.
         let asked = Instant::now();
@@ -904,13 +933,14 @@ impl Hub {
             return answer;
         }
         let began = Instant::now();
-        match stream_tail(broker, stream, position).await {
+        match look().await {
             Ok(tail) => {
                 *last = Some(TailLook::new(began, resets, position, tail));
                 tail.is_some_and(|t| t >= position)
             }
             Err(e) => {
                 tracing::warn!(stream, error = %e, "cannot read the stream's tail; the resume goes on");
+                *last = Some(TailLook::failed(began, resets));
                 true
             }
         }
@@ -2105,6 +2135,27 @@ mod tests {
         );
         hub.reset();
         assert_eq!(before_reset.holds(120, asked, hub.lock().resets), None);
+    }
+
+    #[tokio::test]
+    async fn resumes_waiting_for_a_look_that_failed_go_on_without_a_look_each() {
+        // RabbitMQ away: a look fails after its wait. Six resumes naming a position
+        // the hub has not read, asked together: one look, not six in a row.
+        let hub = Hub::new(10);
+        let looks = std::sync::atomic::AtomicUsize::new(0);
+        let look = || async {
+            looks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Err(GatewayError::Unavailable)
+        };
+        let resumes = (0..6).map(|_| hub.holds_position_by("s", 5, look));
+        let answers = futures_util::future::join_all(resumes).await;
+        assert_eq!(answers, vec![true; 6], "each resume goes on");
+        assert_eq!(looks.load(std::sync::atomic::Ordering::Relaxed), 1);
+
+        // A resume asked after the failed look began needs a look of its own.
+        assert!(hub.holds_position_by("s", 5, look).await);
+        assert_eq!(looks.load(std::sync::atomic::Ordering::Relaxed), 2);
     }
 
     #[test]
