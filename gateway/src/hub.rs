@@ -1266,8 +1266,9 @@ pub async fn run_reader(
 
 /// A message the hub's reader read: into the hub, then to `addressed` when it is one
 /// ([`Message::addressed`]) and the hub had not read it before. A reader started again
-/// begins at the chunk holding the position it asks for, so it reads again messages
-/// the hub has (dropped by [`Hub::publish`]): they were reported the first time.
+/// may read again messages the hub has (it may begin at the chunk holding the position
+/// it asks for; RabbitMQ 3.10.8 was measured starting at the position itself): they
+/// are dropped by [`Hub::publish`], and were reported the first time.
 fn take_read(hub: &Hub, m: Message, addressed: Option<&tokio::sync::mpsc::Sender<Addressed>>) {
     let offset = m.offset;
     let report = addressed.and_then(|tx| m.addressed().map(|a| (tx, a)));
