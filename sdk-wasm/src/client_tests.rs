@@ -1740,6 +1740,30 @@ fn with_the_browser_clock_ahead_of_the_issuer_renewal_follows_the_tokens_lifetim
     }
 }
 
+/// A token provider that caches (Firebase, Auth0) hands out a token issued long ago.
+/// Its renewal was scheduled from its whole lifetime, as if just issued: after its
+/// `exp`, so the gateway closed the session (4004) once per token lifetime.
+#[test]
+fn a_cached_token_half_used_is_renewed_before_its_exp() {
+    let mut h = Harness::with_get_token();
+    // 1,000 s on the browser's clock; the token was issued at 400 s for 1,200 s: 600 s
+    // left. Renewal at 75 % of those, 450 s from now (it was 900 s, past its exp).
+    h.now = 1_000_000;
+    h.core.connect(h.now);
+    let actions = h.take();
+    h.give_token(&actions, &jwt_issued(400, 1_600));
+    h.welcome("s1", false);
+    h.take();
+    h.idle(449_999);
+    assert!(
+        fetches(&h.take()).is_empty(),
+        "not before 75 % of what is left"
+    );
+    h.idle(1);
+    assert_eq!(fetches(&h.take()).len(), 1, "renewed at 1,450 s");
+    assert!(h.now < 1_600_000, "before the token's exp");
+}
+
 #[test]
 fn a_token_without_iat_that_looks_expired_on_the_browser_clock_is_not_renewed_every_second() {
     let mut h = Harness::with_get_token();

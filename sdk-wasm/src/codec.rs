@@ -40,7 +40,8 @@ pub trait Codec {
     fn decode(&self, text: &str) -> Result<ServerFrame<Self::Payload>, DecodeError>;
 
     /// When a JWT got at `now` expires on the client's clock, in ms: `now` plus its
-    /// lifetime `exp − iat` when it names `iat`, else its `exp` claim; read without
+    /// lifetime `exp − iat` when it names `iat` (no later than its `exp` while the
+    /// clock says it is still valid: a cached token), else its `exp` claim; read without
     /// checking its signature (to renew it ahead of time); `None` for other tokens.
     /// Natively Rust ([`expiry_ms`]); the browser codec asks the browser (`atob`,
     /// `JSON`), smaller.

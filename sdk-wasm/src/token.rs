@@ -11,14 +11,25 @@ pub fn expiry_s(token: &str) -> Option<u64> {
     claim_s(token, b"\"exp\"")
 }
 
-/// When `token` expires on the clock of a client that got it at `now` (ms): `now` plus
-/// its lifetime `exp − iat` when it names `iat` (it was just issued, so a client clock
-/// that is off does not matter), else its `exp`; `None` without a numeric `exp`.
+/// When `token` expires on the clock of a client that got it at `now` (ms), else its
+/// `exp`; `None` without a numeric `exp`. With `iat`: `now` plus its lifetime
+/// `exp − iat` (a client clock that is off does not matter), but no later than its
+/// `exp` when this clock says it is still valid: a token provider may hand out a cached
+/// token issued long ago. (A clock so far ahead of the issuer's that the token looks
+/// expired keeps the whole lifetime.)
 pub fn expiry_ms(token: &str, now: u64) -> Option<u64> {
     let exp = expiry_s(token)?;
+    let exp_ms = exp.saturating_mul(1000);
     Some(match claim_s(token, b"\"iat\"") {
-        Some(iat) => now.saturating_add(exp.saturating_sub(iat).saturating_mul(1000)),
-        None => exp.saturating_mul(1000),
+        Some(iat) => {
+            let by_lifetime = now.saturating_add(exp.saturating_sub(iat).saturating_mul(1000));
+            if exp_ms > now {
+                by_lifetime.min(exp_ms)
+            } else {
+                by_lifetime
+            }
+        }
+        None => exp_ms,
     })
 }
 
@@ -136,6 +147,19 @@ mod tests {
         let no_iat = jwt(r#"{"sub":"ada","exp":160}"#);
         assert_eq!(expiry_ms(&no_iat, 5_000_000), Some(160_000));
         assert_eq!(expiry_ms(&jwt(r#"{"iat":100}"#), 5_000_000), None);
+    }
+
+    #[test]
+    fn a_cached_token_expires_at_its_exp_when_the_clock_says_it_is_still_valid() {
+        // Issued at 100 s for 60 s, got from a cache at 130 s: 30 s left, not 60.
+        let token = jwt(r#"{"sub":"ada","iat":100,"exp":160}"#);
+        assert_eq!(expiry_ms(&token, 130_000), Some(160_000));
+        // Just issued: the lifetime, as before.
+        assert_eq!(expiry_ms(&token, 100_000), Some(160_000));
+        // A clock behind the issuer's: the lifetime, the shorter of the two.
+        assert_eq!(expiry_ms(&token, 90_000), Some(150_000));
+        // A clock past `exp`: the lifetime from now.
+        assert_eq!(expiry_ms(&token, 160_000), Some(220_000));
     }
 
     #[test]

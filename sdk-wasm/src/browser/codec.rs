@@ -209,8 +209,8 @@ export function stringify(f, p) {
 }
 export function tokenExp(t, n) {
   try {
-    const c = JSON.parse(atob(t.split(".")[1].replace(/-/g, "+").replace(/_/g, "/"))), e = c.exp, i = c.iat;
-    return typeof e == "number" && e >= 0 ? Math.floor(typeof i == "number" ? n + (e - i) * 1e3 : e * 1e3) : -1;
+    const c = JSON.parse(atob(t.split(".")[1].replace(/-/g, "+").replace(/_/g, "/"))), e = c.exp, i = c.iat, x = e * 1e3;
+    return typeof e == "number" && e >= 0 ? Math.floor(typeof i == "number" ? Math.min(n + (e - i) * 1e3, x > n ? x : 1 / 0) : x) : -1;
   } catch (_) { return -1; }
 }
 "#)]
@@ -226,7 +226,8 @@ extern "C" {
     /// `undefined` when it cannot be written as JSON (a `BigInt`, a cycle).
     fn stringify(frame: &Object, extra: &JsValue) -> JsValue;
     /// When a JWT got at `now` expires, in ms: `now` + (`exp` − `iat`) of its payload
-    /// (base64url JSON), or `exp` without `iat`; `-1` without a numeric `exp`.
+    /// (base64url JSON), no later than `exp` while `now` is before it (a cached token),
+    /// or `exp` without `iat`; `-1` without a numeric `exp` (as `token::expiry_ms`).
     #[wasm_bindgen(js_name = tokenExp)]
     fn token_exp(token: &str, now: f64) -> f64;
 }
