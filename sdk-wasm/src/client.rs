@@ -350,6 +350,8 @@ impl<C: Codec> ClientCore<C> {
     }
 
     /// Adds a subscription (sent now when connected, and again after every reconnect).
+    /// After a stop (a close code that forbids reconnecting, or `give_up_after_ms`), its
+    /// readiness is rejected at once with the stop's error, until `connect()`.
     ///
     /// # Errors
     /// `closed` after `close()`, `unknown_channel` for a channel this client may not use,
@@ -370,6 +372,10 @@ impl<C: Codec> ClientCore<C> {
         let id = self.next_op();
         if matches!(self.phase, Phase::Connected { .. }) {
             self.send_subscribe(id, &options);
+        } else if let Some(err) = &self.stopped {
+            // No attempt will come: its readiness is rejected at once, as the stop
+            // rejected those made before it. It still stands; `connect()` sends it.
+            self.actions.push(Action::Reject(id, err.clone()));
         }
         self.subscriptions.insert(id, options);
         self.finish();

@@ -452,6 +452,44 @@ fn a_stop_rejects_the_readiness_of_subscriptions_not_yet_in_force() {
     );
 }
 
+/// A subscription made after the client stopped trying: its readiness was left pending
+/// until `connect()` (an app showed "subscribing" for ever), while those made before the
+/// stop were rejected.
+#[test]
+fn a_subscription_made_after_a_stop_is_rejected_at_once_and_still_sent_on_connect() {
+    // Refused for good (4501).
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    h.core.on_close(h.conn, 4501, h.now);
+    h.take();
+    let sub = h.subscribe_chat();
+    assert_eq!(
+        Harness::rejections(&h.take()),
+        vec![(sub, ErrorCode::Unauthorized)]
+    );
+    // Gave up connecting (connectTimeoutMs).
+    let mut config = Config::new(URLS.iter().map(|u| u.to_string()).collect());
+    config.give_up_after_ms = Some(1_000);
+    let mut h = Harness::with(config);
+    h.core.connect(h.now);
+    h.take();
+    h.fail_until_given_up(5_000);
+    let sub = h.subscribe_chat();
+    let actions = h.take();
+    assert_eq!(
+        Harness::rejections(&actions),
+        vec![(sub, ErrorCode::Timeout)]
+    );
+    assert!(rejection(&actions, sub)
+        .unwrap()
+        .message
+        .contains("connectTimeoutMs"));
+    // The subscription stands: connect() sends it.
+    let sent = h.connect("s2", false);
+    assert_eq!(types(&sent), vec!["subscribe"]);
+    assert_eq!(sent[0]["channel"], "chat");
+}
+
 #[test]
 fn the_going_away_close_code_reconnects() {
     let mut h = Harness::new(&URLS);

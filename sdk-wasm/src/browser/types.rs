@@ -187,7 +187,8 @@ export interface Subscription {
    * `unknown_channel`, `invalid`, ...; the subscription is then dropped), with
    * `closed` when the client closes first, and with the stop's error when the client
    * stops trying (a close code that forbids reconnecting, `connectTimeoutMs` passed;
-   * the subscription still stands and `connect()` sends it again). Never settles
+   * at once for a subscription made after that; the subscription still stands and
+   * `connect()` sends it again). Never settles
    * after `unsubscribe()`. A
    * rejection nobody awaits is not reported as unhandled (the `error` event has it too).
    */
