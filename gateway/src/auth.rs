@@ -443,7 +443,17 @@ impl Verifier {
         validation.algorithms = vec![header.alg];
         validation.leeway = self.leeway_s;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // jsonwebtoken checks `iss` and `aud` only when a token names them: a token
+        // naming neither (minted for another app by the same issuer key) must not pass
+        // for one that names this gateway's.
+        let mut required = vec!["exp", "sub"];
+        if self.issuer.is_some() {
+            required.push("iss");
+        }
+        if self.audience.is_some() {
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
         match &self.issuer {
             Some(iss) => validation.set_issuer(&[iss]),
             None => validation.iss = None,
@@ -812,6 +822,19 @@ mod tests {
             v.verify(Some(&wrong_iss), "x"),
             Err(AuthError::Invalid(_))
         ));
+        // With an issuer and an audience configured, a token that leaves either out
+        // is not one for this gateway (jsonwebtoken checks them only when present).
+        for claim in ["iss", "aud"] {
+            let mut claims = good(json!({}));
+            claims.as_object_mut().unwrap().remove(claim);
+            assert!(
+                matches!(
+                    v.verify(Some(&sign(claims)), "x"),
+                    Err(AuthError::Invalid(_))
+                ),
+                "a token without `{claim}` passed"
+            );
+        }
         let no_exp = sign(json!({"sub": "ada", "iss": "warren-tests", "aud": "warren"}));
         assert!(matches!(
             v.verify(Some(&no_exp), "x"),
