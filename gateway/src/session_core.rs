@@ -505,7 +505,11 @@ pub(crate) fn check_publish_target(inbound: &str, target: Option<&str>) -> Resul
 ///
 /// Made one at a time, as they are applied: a 26 KB packet flagging 300 channels with
 /// 300 targets and 3,000 groups names 90,000 subscriptions of 3,000 groups each
-/// (gigabytes if made at once), and the first one refused ends the packet.
+/// (gigabytes if made at once), and the first one refused ends the packet. Targets
+/// and groups are taken once each: repeated, they add no key (so nothing is refused)
+/// but 8,000 of each in one 64 KiB packet would make 8,000 subscriptions of 8,000
+/// groups, seconds of work on the connection's thread. Once each, a subscription adds
+/// a key per new target, so `max_subscriptions` ends the packet soon.
 pub(crate) fn poc_subscriptions<'a>(
     p: &'a PocPacket,
     id: &'a str,
@@ -514,18 +518,33 @@ pub(crate) fn poc_subscriptions<'a>(
     let topics: Vec<Option<&'a str>> = if p.consume_target.is_empty() {
         vec![None]
     } else {
-        p.consume_target.iter().map(|t| Some(t.as_str())).collect()
+        once_each(&p.consume_target).into_iter().map(Some).collect()
     };
+    let groups: Vec<String> = once_each(&p.distribution.groups)
+        .into_iter()
+        .map(str::to_string)
+        .collect();
     p.channels().flat_map(move |ch| {
+        let groups = groups.clone();
         topics.clone().into_iter().map(move |topic| Subscribe {
             id: id.to_string(),
             channel: ch.to_string(),
             broadcast: Some(topic.is_none() || p.distribution.broadcast),
-            groups: p.distribution.groups.clone(),
+            groups: groups.clone(),
             direct: true,
             topic: topic.map(str::to_string),
         })
     })
+}
+
+/// `items` without repeats, in their first order.
+fn once_each(items: &[String]) -> Vec<&str> {
+    let mut seen = std::collections::HashSet::new();
+    items
+        .iter()
+        .map(String::as_str)
+        .filter(|i| seen.insert(*i))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------
@@ -1191,6 +1210,23 @@ mod tests {
         assert!(subs
             .iter()
             .all(|s| s.topic.is_none() && s.broadcast == Some(true)));
+
+        // 8,000 repeats of one target and of one group (a 64 KiB packet): each once,
+        // not 8,000 subscriptions of 8,000 groups for each channel.
+        let repeated = PocPacket {
+            consume_target: vec!["x".into(); 8000],
+            distribution: Distribution {
+                broadcast: false,
+                groups: [vec!["g".into(); 8000], vec!["h".into(), "g".into()]].concat(),
+                direct: vec![],
+            },
+            ..whole
+        };
+        let subs: Vec<_> = poc_subscriptions(&repeated, "id3").collect();
+        assert_eq!(subs.len(), 2, "one per flagged channel");
+        assert!(subs
+            .iter()
+            .all(|s| s.groups == ["g", "h"] && s.topic.as_deref() == Some("x")));
     }
 
     #[test]
