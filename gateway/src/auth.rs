@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use warren_protocol::amqp::validate_segment;
@@ -236,6 +236,9 @@ struct RemoteJwks {
     keys: std::sync::RwLock<Arc<Vec<Key>>>,
     last_fetch: std::sync::Mutex<Option<std::time::Instant>>,
     fetches: std::sync::atomic::AtomicU64,
+    /// The last fetch failed (the issuer unreachable, or its answer unreadable): a
+    /// key id not held may be one it would have given.
+    failing: std::sync::atomic::AtomicBool,
 }
 
 /// Turns tokens into identities, as configured.
@@ -299,6 +302,7 @@ impl Verifier {
                     keys: std::sync::RwLock::default(),
                     last_fetch: std::sync::Mutex::default(),
                     fetches: std::sync::atomic::AtomicU64::new(0),
+                    failing: std::sync::atomic::AtomicBool::new(false),
                 });
             }
         }
@@ -329,7 +333,10 @@ impl Verifier {
     /// once more: keys rotate without a restart.
     ///
     /// # Errors
-    /// As [`Verifier::verify`].
+    /// As [`Verifier::verify`]; [`AuthError::Unavailable`] (retryable, not a refused
+    /// token) for a key id not held while `jwks_url` cannot be fetched: at a start
+    /// with the issuer unreachable, every client would otherwise be told its token is
+    /// refused for good (`4501`) until the next fetch.
     pub async fn verify_fetching(
         &self,
         token: Option<&str>,
@@ -340,12 +347,22 @@ impl Verifier {
                 let Some(remote) = &self.remote else {
                     return Err(AuthError::UnknownKey(kid));
                 };
+                let unavailable = |why: &str| {
+                    AuthError::Unavailable(format!(
+                        "the token's key id `{kid}` is not known and the issuer's JWKS \
+                         document {why}; try again later"
+                    ))
+                };
                 if !remote.may_fetch() {
-                    return Err(AuthError::UnknownKey(kid));
+                    return Err(if remote.failing() {
+                        unavailable("could not be fetched at the last try")
+                    } else {
+                        AuthError::UnknownKey(kid)
+                    });
                 }
                 if let Err(e) = remote.fetch().await {
                     tracing::warn!(url = %remote.url, error = %e, "cannot fetch the JWKS document");
-                    return Err(AuthError::UnknownKey(kid));
+                    return Err(unavailable("cannot be fetched"));
                 }
                 self.verify(token, anonymous)
             }
@@ -599,12 +616,35 @@ fn within(family: &[Algorithm], allowed: &[Algorithm]) -> Vec<Algorithm> {
 }
 
 /// The keys of a JWKS document, each with the algorithms its type allows.
+///
+/// A key the gateway cannot use (a key type or curve jsonwebtoken does not model, such
+/// as an X25519 encryption key, or a malformed one) is skipped with a warning: one such
+/// key beside the signing keys must not discard them all.
 fn jwks_keys(text: &[u8], allowed: &[Algorithm]) -> Result<Vec<Key>, String> {
     use jsonwebtoken::jwk::AlgorithmParameters as P;
-    let set: JwkSet = serde_json::from_slice(text).map_err(|e| e.to_string())?;
+    #[derive(Deserialize)]
+    struct Document {
+        keys: Vec<serde_json::Value>,
+    }
+    let document: Document = serde_json::from_slice(text).map_err(|e| e.to_string())?;
     let mut keys = Vec::new();
-    for jwk in &set.keys {
-        let key = DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
+    for (index, value) in document.keys.into_iter().enumerate() {
+        let kid = value.get("kid").and_then(|k| k.as_str()).map(short_kid);
+        let parsed = serde_json::from_value::<Jwk>(value)
+            .map_err(|e| e.to_string())
+            .and_then(|jwk| {
+                DecodingKey::from_jwk(&jwk)
+                    .map(|key| (jwk, key))
+                    .map_err(|e| e.to_string())
+            });
+        let (jwk, key) = match parsed {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(index, ?kid, error = %e, "a JWKS key the gateway cannot use is skipped");
+                continue;
+            }
+        };
+        let jwk = &jwk;
         let family = match &jwk.algorithm {
             P::RSA(_) => RSA,
             P::EllipticCurve(_) => EC,
@@ -620,7 +660,17 @@ fn jwks_keys(text: &[u8], allowed: &[Algorithm]) -> Result<Vec<Key>, String> {
     Ok(keys)
 }
 
+/// At most 64 characters of a key id, for a log line.
+fn short_kid(kid: &str) -> String {
+    kid.chars().take(64).collect()
+}
+
 impl RemoteJwks {
+    /// Whether the last fetch failed.
+    fn failing(&self) -> bool {
+        self.failing.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Whether a fetch may start now (none within `min_interval`); records it if so.
     fn may_fetch(&self) -> bool {
         let mut last = self.last_fetch.lock().unwrap_or_else(|e| e.into_inner());
@@ -633,6 +683,13 @@ impl RemoteJwks {
     }
 
     async fn fetch(&self) -> Result<(), String> {
+        let fetched = self.fetch_keys().await;
+        self.failing
+            .store(fetched.is_err(), std::sync::atomic::Ordering::Relaxed);
+        fetched
+    }
+
+    async fn fetch_keys(&self) -> Result<(), String> {
         self.fetches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let url = self.url.clone();
@@ -888,6 +945,21 @@ mod tests {
             v.verify(Some("not-a-jwt"), "x"),
             Err(AuthError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn a_jwks_key_the_gateway_cannot_use_is_skipped_and_the_others_kept() {
+        let oct = json!({"kty": "oct", "kid": "k1", "alg": "HS256", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA"});
+        let document = json!({"keys": [
+            {"kty": "nonsense", "kid": "x"},
+            {"kty": "RSA", "kid": "no-modulus", "e": "AQAB"},
+            oct,
+        ]});
+        let keys = jwks_keys(document.to_string().as_bytes(), &[Algorithm::HS256]).unwrap();
+        let kids: Vec<_> = keys.iter().map(|k| k.kid.as_deref()).collect();
+        assert_eq!(kids, [Some("k1")]);
+        // Not a JWKS document at all: an error (the fetch failed).
+        assert!(jwks_keys(b"<html>", &[Algorithm::HS256]).is_err());
     }
 
     #[test]

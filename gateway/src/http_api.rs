@@ -35,7 +35,7 @@ use sha2::{Digest, Sha256};
 use warren_protocol::amqp::{self, cc_header, keys, validate_client_headers, HeaderError};
 use warren_protocol::{Distribution, ErrorCode, Headers, Raw, ServerFrame};
 
-use crate::auth::Identity;
+use crate::auth::{AuthError, Identity};
 use crate::delivery::{self, Incoming};
 use crate::direct_reply::DIRECT_REPLY_TO;
 use crate::inbound::{self, now_ms_epoch, short, text, text_array, Outcome, Refusal};
@@ -185,6 +185,10 @@ async fn caller(shared: &Shared, headers: &HeaderMap) -> Result<Caller, Refusal>
                 by_key: false,
                 _slot: Some(slot),
             })
+        }
+        // The issuer's keys could not be fetched: not a refused token (503, retryable).
+        Err(e @ AuthError::Unavailable(_)) => {
+            Err(Refusal::new(ErrorCode::AuthUnavailable, e.to_string()))
         }
         Err(e) => {
             metrics::add(&shared.metrics.refused_token, 1);

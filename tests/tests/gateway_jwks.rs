@@ -5,11 +5,12 @@
 //! the issuer. A key without a kid (a `secret`) configured beside the URL does not
 //! stop the rotation.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use base64::Engine;
@@ -26,11 +27,16 @@ use warren_protocol::{ClientFrame, ErrorCode, Hello, ServerFrame};
 struct Issuer {
     keys: Arc<Mutex<Vec<Value>>>,
     fetches: Arc<AtomicU64>,
+    /// Answers 503 while set.
+    down: Arc<AtomicBool>,
 }
 
-async fn jwks(State(issuer): State<Issuer>) -> Json<Value> {
+async fn jwks(State(issuer): State<Issuer>) -> Result<Json<Value>, StatusCode> {
     issuer.fetches.fetch_add(1, Ordering::SeqCst);
-    Json(json!({ "keys": *issuer.keys.lock().unwrap() }))
+    if issuer.down.load(Ordering::SeqCst) {
+        return Err(StatusCode::SERVICE_UNAVAILABLE);
+    }
+    Ok(Json(json!({ "keys": *issuer.keys.lock().unwrap() })))
 }
 
 fn secret(kid: &str) -> String {
@@ -181,5 +187,61 @@ async fn a_secret_beside_the_jwks_url_does_not_stop_keys_rotating() {
             server.abort();
         },
     )
+    .await;
+}
+
+#[tokio::test]
+async fn an_issuer_unreachable_is_auth_unavailable_not_a_refused_token_and_keys_come_when_it_is_back(
+) {
+    TestEnv::run("jwks-url-down", Duration::from_secs(60), async |env| {
+        let issuer = Issuer::default();
+        issuer.down.store(true, Ordering::SeqCst);
+        // A key the gateway cannot use beside the signing key: skipped, not the
+        // whole document.
+        issuer
+            .keys
+            .lock()
+            .unwrap()
+            .extend([json!({ "kty": "nonsense", "kid": "x" }), jwk("k1")]);
+        let (jwks_url, server) = serve(&issuer).await;
+        let gw = TestGateway::start_with(env, |c| {
+            c.auth.mode = AuthMode::Jwt;
+            c.auth.jwt.jwks_url = Some(jwks_url);
+            c.auth.jwt.jwks_refresh_min_s = 1;
+        })
+        .await;
+        let url = gw.url();
+        assert_eq!(issuer.fetches.load(Ordering::SeqCst), 1, "tried at start");
+        // The keys could not be fetched: retryable (4006), not "do not reconnect".
+        let mut c = TestClient::connect_raw(&url).await;
+        c.send(&ClientFrame::Hello(Hello {
+            token: Some(token("k1", "ada")),
+            ..Default::default()
+        }))
+        .await;
+        match c.recv().await {
+            ServerFrame::Error(e) => assert_eq!(e.code, ErrorCode::AuthUnavailable, "{e:?}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.expect_close(Duration::from_secs(5)).await, Some(4006));
+        // Within the interval: no fetch, the same answer.
+        assert_eq!(
+            hello(&url, token("k1", "ada")).await,
+            Err(ErrorCode::AuthUnavailable)
+        );
+
+        // The issuer is back: after the interval the next token fetches, and passes.
+        issuer.down.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        assert_eq!(hello(&url, token("k1", "ada")).await, Ok("ada".into()));
+        // A key id the issuer does not have is refused as before.
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        assert_eq!(
+            hello(&url, token("k9", "eve")).await,
+            Err(ErrorCode::Unauthorized)
+        );
+        gw.shutdown().await;
+        server.abort();
+    })
     .await;
 }
