@@ -877,11 +877,19 @@ pub(crate) fn refusal(
     code: warren_protocol::ErrorCode,
     message: String,
 ) -> Response {
-    (
+    let mut response = (
         status,
         Json(serde_json::json!({"code": code.as_str(), "message": message})),
     )
-        .into_response()
+        .into_response();
+    // A 401 names the scheme that answers it (RFC 9110), as the HTTP API's do.
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer"),
+        );
+    }
+    response
 }
 
 /// Who is online across the gateways (as this one's view has it), optionally in one

@@ -282,8 +282,15 @@ async fn presence_is_answered_only_for_a_valid_token_and_what_it_grants() {
             "a backend sees every id: {body}"
         );
         for (path, headers, want, code) in cases {
-            let (status, _, body) = http_get_with(addr, path, &headers).await;
+            let (status, got_headers, body) = http_get_with(addr, path, &headers).await;
             assert_eq!(status, want, "{path} {headers:?}: {body}");
+            // A 401 names the scheme to answer it with (RFC 9110), as the HTTP API's do.
+            if status == 401 {
+                assert!(
+                    got_headers.contains(&("www-authenticate".into(), "Bearer".into())),
+                    "{path}: {got_headers:?}"
+                );
+            }
             let v: Value = serde_json::from_str(&body)
                 .unwrap_or_else(|e| panic!("{path} {headers:?}: not JSON ({e}): {body:?}"));
             assert_eq!(v["code"], code, "{path}");
