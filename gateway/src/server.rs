@@ -1336,10 +1336,7 @@ pub(crate) async fn report_undelivered(
                 continue;
             }
             let tenant = shared.config.tenants.enabled.then_some(a.tenant.as_deref());
-            a.users
-                .iter()
-                .filter(|u| !view.user_online(u, tenant))
-                .collect()
+            view.offline_users(&a.users, tenant)
         };
         if offline.is_empty() {
             continue;
