@@ -554,6 +554,14 @@ pub fn identity_of_reply(reply: warren_protocol::auth::AuthReply) -> Result<Iden
 fn identity_of(c: Claims) -> Result<Identity, AuthError> {
     let bad = |what: &str, e: String| AuthError::Invalid(format!("claim `{what}`: {e}"));
     validate_segment("sub", &c.sub).map_err(|e| bad("sub", e.to_string()))?;
+    // The HTTP API keys' user: a token naming it would pass for a backend to services
+    // (`x-warren-user`) and share its message ids (`http-api:<id>`).
+    if c.sub == crate::http_api::API_USER {
+        return Err(bad(
+            "sub",
+            format!("`{}` is the HTTP API keys' user", c.sub),
+        ));
+    }
     for g in &c.groups {
         if g != "*" {
             validate_segment("group", g).map_err(|e| bad("groups", e.to_string()))?;
@@ -892,6 +900,12 @@ mod tests {
                 "a token without `{claim}` passed"
             );
         }
+        // The HTTP API keys' user is no token's.
+        let backend = sign(good(json!({"sub": "http-api"})));
+        assert!(matches!(
+            v.verify(Some(&backend), "x"),
+            Err(AuthError::Invalid(m)) if m.contains("HTTP API")
+        ));
         let no_exp = sign(json!({"sub": "ada", "iss": "warren-tests", "aud": "warren"}));
         assert!(matches!(
             v.verify(Some(&no_exp), "x"),
