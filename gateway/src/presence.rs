@@ -14,8 +14,9 @@
 //!   resumed elsewhere within `session_expires_ms`.
 //!
 //! A resume does not publish `client.connected` again — unless the session had been
-//! announced gone (it came back after its `client.disconnected`), so the events of a
-//! session always alternate.
+//! announced gone (it came back after its `client.disconnected`, or that event reached
+//! the gateway it came back to only after it: [`PresenceView::on_event`]), so the
+//! events of a session always alternate.
 //!
 //! Also here: the [`Outbox`] that keeps a gateway's presence events, in order, until
 //! RabbitMQ confirmed them (at least once, also across a broker outage), and the
@@ -199,8 +200,14 @@ impl PresenceView {
         }
     }
 
-    /// A presence event from the bus (this gateway's own included).
-    pub fn on_event(&mut self, e: PresenceEvent) {
+    /// A presence event from the bus (this gateway's own included). Returns the events
+    /// this gateway is to publish in answer: when a peer announces gone a session that
+    /// was resumed here before the event arrived (the resume published nothing, as the
+    /// view still held it), services would count its user offline while it is online:
+    /// its `client.connected` (and `client.subscriptions`) go out again, so the events
+    /// still alternate and end where the session is.
+    pub fn on_event(&mut self, e: PresenceEvent) -> Vec<PresenceEvent> {
+        let mut again = Vec::new();
         match e.event.as_str() {
             "client.connected" => {
                 // What the view knows already (a resume seen first) is newer.
@@ -222,6 +229,23 @@ impl PresenceView {
                 if !here || e.node == self.me {
                     self.sessions.remove(&e.session);
                     self.away.remove(&e.session);
+                } else if let Some(h) = self.sessions.get(&e.session) {
+                    let event = |event: &str, keys| PresenceEvent {
+                        event: event.into(),
+                        session: e.session.clone(),
+                        user: h.user.clone(),
+                        node: self.me.clone(),
+                        channel: h.channel.clone(),
+                        reason: None,
+                        by: None,
+                        keys,
+                        tenant: h.tenant.clone(),
+                    };
+                    again.push(event("client.connected", None));
+                    if !h.keys.is_empty() {
+                        let keys = h.keys.iter().cloned().collect();
+                        again.push(event("client.subscriptions", Some(keys)));
+                    }
                 }
             }
             "client.subscriptions" if e.node != self.me => {
@@ -230,6 +254,7 @@ impl PresenceView {
             }
             _ => {}
         }
+        again
     }
 
     /// A gateway announcement: `node` (process `instance`) is up (next one due within
@@ -810,6 +835,51 @@ mod tests {
         assert!(v.online(None, None, None).is_empty());
         // It comes back after that: a new connect.
         assert!(v.opened("s1", "ada", None, None));
+    }
+
+    #[test]
+    fn a_session_resumed_here_before_a_peer_announced_it_gone_is_announced_again() {
+        // s1 was b's; b died and a (elected) announces s1 gone, while the client has
+        // just resumed it on c: c's resume published nothing (c's view still held s1),
+        // and a's event arrives at c after it.
+        let mut c = PresenceView::new("c", GRACE);
+        c.on_event(connected("s1", "ada", "b"));
+        assert!(
+            !c.opened("s1", "ada", None, None),
+            "a resume: no new connect"
+        );
+        let keys: BTreeSet<String> = ["chat.all".to_string()].into();
+        assert!(c.subscriptions("s1", keys.clone()));
+        let again = c.on_event(PresenceEvent {
+            event: "client.disconnected".into(),
+            node: "b".into(),
+            by: Some("a".into()),
+            reason: Some("gateway_lost".into()),
+            ..connected("s1", "ada", "b")
+        });
+        // Services saw connected (b), disconnected (a): c says where it is again.
+        let events: Vec<(&str, &str, &str)> = again
+            .iter()
+            .map(|e| (e.event.as_str(), e.session.as_str(), e.node.as_str()))
+            .collect();
+        assert_eq!(
+            events,
+            [
+                ("client.connected", "s1", "c"),
+                ("client.subscriptions", "s1", "c")
+            ]
+        );
+        assert_eq!(again[1].keys, Some(vec!["chat.all".to_string()]));
+        assert!(c.user_online("ada", None), "still online here");
+        // Its own client's goodbye, published by c, is no race: nothing again.
+        assert!(c
+            .on_event(PresenceEvent {
+                event: "client.disconnected".into(),
+                node: "c".into(),
+                ..connected("s1", "ada", "c")
+            })
+            .is_empty());
+        assert!(!c.user_online("ada", None));
     }
 
     #[test]

@@ -1403,7 +1403,12 @@ pub(crate) async fn keep_presence(shared: Arc<Shared>) {
         "presence",
         move || bound_tx.send_modify(|n| *n += 1),
         move |body| match serde_json::from_slice::<crate::presence::PresenceEvent>(body) {
-            Ok(e) => on.presence_view().on_event(e),
+            Ok(e) => {
+                let again = on.presence_view().on_event(e);
+                for event in again {
+                    on.presence(event);
+                }
+            }
             Err(e) => tracing::debug!(error = %e, "not a presence event; ignored"),
         },
     );
