@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/smoke.sh — a tiny run of every warren-bench scenario and of the reply-path
-# probe (warren-bench-reply-path) and the hub's topic bench, so the tools cannot rot
-# (part of `./dev test`).
+# probe (warren-bench-reply-path), so the tools cannot rot (part of `./dev test`; the
+# hub's topic bench, gateway/benches/topics.rs, runs its short form in `cargo test`).
 # Debug builds, 2 clients, one 1-second run per scenario and target, 50 idle sessions,
 # then idle and rpc again with JWT identity: about 25 s once built. Fails when any run
 # fails or completes nothing; the speed figures are not judged (debug builds, tiny
@@ -69,7 +69,3 @@ timeout 60 target/debug/warren-bench \
 
 # The reply-path probe (stream against a classic reply queue), a few messages.
 timeout 60 target/debug/warren-bench-reply-path --amqp-uri "$AMQP_ADDR" --messages 20 --runs 1
-
-# The hub's topic index against trying every pattern: a short debug run (the figures
-# say nothing here); it fails if the two ways find different sessions for a key.
-timeout 120 cargo bench --profile dev -p warren-gateway --bench topics -- --quick

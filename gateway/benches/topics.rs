@@ -7,8 +7,9 @@
 //! `cargo bench -p warren-gateway --bench topics` (release; about 20 s). Each session
 //! holds a pattern of its own (`orders.u<i>.*`, as a per-user subscription), and every
 //! 100th also `orders.#`; each key routes to one session's pattern and the shared
-//! ones. Median of 5 runs per figure. `-- --quick` (bench smoke): one size, one short
-//! run, nothing to read in the figures, but the two ways must find the same sessions.
+//! ones. Median of 5 runs per figure. Run by `cargo test` (without the `--bench` that
+//! `cargo bench` passes) or with `--quick`: one size, one short run, nothing to read in
+//! the figures, but the two ways must find the same sessions.
 
 use std::collections::{HashMap, HashSet};
 use std::hint::black_box;
@@ -51,7 +52,8 @@ fn time(runs: usize, keys: u64, mut one: impl FnMut(u64) -> usize) -> f64 {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick") || !args.iter().any(|a| a == "--bench");
     let (sizes, runs, keys): (&[u64], usize, u64) = if quick {
         (&[1_000], 1, 200)
     } else {
