@@ -59,12 +59,12 @@ pub enum Action<M> {
     /// Close the current socket and forget it (its later events are ignored).
     Close,
     /// Resolve operation `op` (a write's ack, `ready`, or a subscription in force: the
-    /// gateway acknowledged its first `subscribe`).
+    /// gateway acknowledged its `subscribe`, the first time or again after reconnecting).
     Resolve(u64),
     /// Resolve request `op` with the service's reply.
     Reply(u64, M),
-    /// Reject operation `op` (also a subscription the gateway refused for good, or one
-    /// not yet in force when the client closed).
+    /// Reject operation `op` (also a subscription the gateway refused, for good or for
+    /// now, or any subscription when the client stopped or closed).
     Reject(u64, ClientError),
     /// Hand a delivery to the handlers of these subscriptions (usually one).
     Deliver {
@@ -73,6 +73,13 @@ pub enum Action<M> {
         /// The delivery.
         delivery: Deliver<M>,
     },
+    /// Report subscription `op`'s status, without settling its readiness: `pending`
+    /// (`None`: its `subscribe` is on its way, the first time, after every reconnect,
+    /// and after `connect()` restarts a stopped client) or `error` (a refusal retrying
+    /// may fix: it is sent again after the next reconnect). `Resolve` and `Reject` of a
+    /// subscription report `active` and `error`, on every acknowledgement and refusal,
+    /// not only the first (its readiness settles once).
+    SubscriptionStatus(u64, Option<ClientError>),
     /// Emit the `state` event.
     StateChanged(StateChange),
     /// Emit the `error` event (a problem not tied to one operation).

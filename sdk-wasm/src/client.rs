@@ -242,7 +242,13 @@ impl<C: Codec> ClientCore<C> {
         match self.phase {
             Phase::Idle | Phase::Disconnected => {
                 self.failures = 0;
-                self.stopped = None;
+                // After a stop, which rejected every subscription, they are pending
+                // again: the connection sends them.
+                if self.stopped.take().is_some() {
+                    for (sub, _) in self.subscriptions.iter() {
+                        self.actions.push(Action::SubscriptionStatus(sub, None));
+                    }
+                }
                 if self.config.urls.is_empty() {
                     self.actions.push(Action::Error(ClientError::new(
                         ErrorCode::Invalid,
@@ -582,7 +588,7 @@ impl<C: Codec> ClientCore<C> {
                     }
                     if let Some(sub) = self.subscribe_frames.remove(op) {
                         // The subscription is in force: its readiness resolves (the
-                        // first time; later acks after reconnecting are no-ops).
+                        // first time), and its status is `active` (every time).
                         self.actions.push(Action::Resolve(sub));
                     }
                 }
@@ -611,8 +617,14 @@ impl<C: Codec> ClientCore<C> {
                     Some(Some(op)) => {
                         if let Some(sub) = self.subscribe_frames.remove(op) {
                             // A refusal that retrying cannot fix is not sent again after
-                            // reconnecting: the subscription is dropped.
-                            if !err.retry() {
+                            // reconnecting: the subscription is dropped. Another leaves
+                            // its readiness pending. Either way its status is `error`,
+                            // also after a reconnect, long after its readiness settled
+                            // (e.g. a new token no longer grants it).
+                            if err.retry() {
+                                self.actions
+                                    .push(Action::SubscriptionStatus(sub, Some(err.clone())));
+                            } else {
                                 self.subscriptions.forget(sub);
                                 self.actions.push(Action::Reject(sub, err.clone()));
                             }
@@ -928,9 +940,10 @@ impl<C: Codec> ClientCore<C> {
             self.reject_op(op, err.clone());
         }
         self.outbox.clear();
-        // Subscriptions not yet in force are rejected too (a no-op for the others):
-        // a stop must not leave an app showing "subscribing" for ever. They still
-        // stand, and `connect()` sends them again.
+        // Every subscription is rejected too: a stop must not leave an app showing
+        // "subscribing" for ever (the readiness of those in force settled already:
+        // only their status says `error`). They still stand, and `connect()` sends
+        // them again.
         for (sub, _) in self.subscriptions.iter() {
             self.ready_waiters.push(sub);
         }
@@ -1011,6 +1024,7 @@ impl<C: Codec> ClientCore<C> {
     fn send_subscribe(&mut self, sub: u64, options: &SubscribeOptions) {
         let op = self.next_op();
         self.subscribe_frames.insert(op, sub);
+        self.actions.push(Action::SubscriptionStatus(sub, None));
         let frame = options.frame(self.frame_id(op));
         self.send(&ClientFrame::Subscribe(frame));
     }

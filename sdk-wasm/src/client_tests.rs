@@ -1563,6 +1563,116 @@ fn a_subscription_the_gateway_refused_for_good_is_not_sent_again_after_reconnect
     assert_eq!(again[0]["channel"], "voice");
 }
 
+/// The statuses reported for subscription `sub`, in order (`error:<code>` for errors).
+fn sub_statuses(actions: &[Action<Raw>], sub: u64) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::SubscriptionStatus(s, None) if *s == sub => Some("pending".to_string()),
+            Action::SubscriptionStatus(s, Some(e)) if *s == sub => {
+                Some(format!("error:{}", e.code.as_str()))
+            }
+            Action::Resolve(s) if *s == sub => Some("active".to_string()),
+            Action::Reject(s, e) if *s == sub => Some(format!("error:{}", e.code.as_str())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Drops the connection, waits for the next attempt (backoff) and resumes session `s2`;
+/// the frames sent after the `hello`.
+fn reconnect(h: &mut Harness) -> Vec<Value> {
+    let mut actions = h.drop_connection();
+    for _ in 0..1_000 {
+        if !Harness::opens(&actions).is_empty() {
+            break;
+        }
+        h.advance(50);
+        actions = h.take();
+    }
+    h.reopen("s2", true)
+}
+
+/// A subscription's readiness settles once: an app following it kept showing `error`
+/// after `connect()` brought the subscription back, and `active` after the gateway
+/// refused it on a later reconnect. Its status is reported on every change.
+#[test]
+fn a_subscriptions_status_follows_every_acknowledgement_refusal_and_stop() {
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    let sub = h.subscribe_chat();
+    // The statuses reported since `mark` (an index into the log).
+    let since = |h: &mut Harness, mark: usize| {
+        h.take();
+        sub_statuses(&h.log[mark..], sub)
+    };
+    let sent = h.sent();
+    h.frame(json!({"type": "ack", "id": sent[0]["id"]}));
+    assert_eq!(since(&mut h, 0), vec!["pending", "active"]);
+    // Stopped for good (4501): every subscription, in force or not, is in error.
+    let mark = h.log.len();
+    h.core.on_close(h.conn, 4501, h.now);
+    assert_eq!(since(&mut h, mark), vec!["error:unauthorized"]);
+    // connect() starts over: pending at once, active once acknowledged again.
+    let mark = h.log.len();
+    h.core.connect(h.now);
+    assert_eq!(since(&mut h, mark), vec!["pending"]);
+    let again = h.reopen("s2", false);
+    assert_eq!(types(&again), vec!["subscribe"]);
+    h.frame(json!({"type": "ack", "id": again[0]["id"]}));
+    assert_eq!(since(&mut h, mark), vec!["pending", "pending", "active"]);
+    // A retryable refusal after a reconnect: error, then active after the next one.
+    let mark = h.log.len();
+    let again = reconnect(&mut h);
+    h.frame(
+        json!({"type": "error", "id": again[0]["id"], "code": "overloaded", "message": "later"}),
+    );
+    assert_eq!(since(&mut h, mark), vec!["pending", "error:overloaded"]);
+    let mark = h.log.len();
+    let again = reconnect(&mut h);
+    h.frame(json!({"type": "ack", "id": again[0]["id"]}));
+    assert_eq!(since(&mut h, mark), vec!["pending", "active"]);
+    // Refused for good on a later reconnect (the token no longer grants it): error,
+    // and nothing more about it (it is not sent again).
+    let mark = h.log.len();
+    let again = reconnect(&mut h);
+    h.frame(json!({"type": "error", "id": again[0]["id"], "code": "forbidden", "message": "no"}));
+    assert_eq!(since(&mut h, mark), vec!["pending", "error:forbidden"]);
+    let mark = h.log.len();
+    assert!(reconnect(&mut h).is_empty());
+    h.core.on_close(h.conn, 4501, h.now);
+    assert!(since(&mut h, mark).is_empty());
+}
+
+/// Given up (`connectTimeoutMs`): error for subscriptions made before and after the
+/// stop; `connect()` makes them pending again, and active once acknowledged.
+#[test]
+fn a_subscriptions_status_is_error_after_giving_up_and_active_again_after_connect() {
+    let mut config = Config::new(URLS.iter().map(|u| u.to_string()).collect());
+    config.give_up_after_ms = Some(1_000);
+    let mut h = Harness::with(config);
+    h.core.connect(h.now);
+    let before = h.subscribe_chat();
+    h.take();
+    h.fail_until_given_up(5_000);
+    assert_eq!(sub_statuses(&h.log, before), vec!["error:timeout"]);
+    let after = h.subscribe_chat();
+    assert_eq!(sub_statuses(&h.take(), after), vec!["error:timeout"]);
+    let sent = h.connect("s1", false);
+    assert_eq!(types(&sent), vec!["subscribe", "subscribe"]);
+    for f in &sent {
+        h.frame(json!({"type": "ack", "id": f["id"]}));
+    }
+    let actions = h.take();
+    for sub in [before, after] {
+        assert_eq!(
+            sub_statuses(&h.log, sub).last().map(String::as_str),
+            Some("active")
+        );
+        assert!(!sub_statuses(&actions, sub).is_empty());
+    }
+}
+
 // ----- tokens: getToken, renewal, expiry -----
 
 /// A JWT for `u1` that expires at `exp_s` (seconds).

@@ -38,6 +38,8 @@ struct Inner {
     ops: IdMap<(Function, Function)>,
     /// Delivery handlers by subscription id.
     handlers: IdMap<Function>,
+    /// Status listeners (`subscribe`'s third argument) by subscription id.
+    statuses: IdMap<Function>,
     /// `{ state: [...], error: [...], drain: [...] }`: the listeners, kept in JS.
     listeners: JsValue,
     /// The last `error` event (`null` before the first).
@@ -91,6 +93,7 @@ impl Client {
             timer: None,
             ops: IdMap::default(),
             handlers: IdMap::default(),
+            statuses: IdMap::default(),
             listeners: listeners(),
             last_error: JsValue::NULL,
         };
@@ -173,6 +176,7 @@ impl Client {
         &self,
         options: SubscribeOptionsJs,
         handler: Function,
+        on_status: Option<Function>,
     ) -> Result<Subscription, JsValue> {
         let options = parse_subscribe(&options)
             .map_err(|e| invalid(concat(&["invalid subscribe options: ", &e])))?;
@@ -184,6 +188,9 @@ impl Client {
                 .subscribe(options, now())
                 .map_err(|e| to_js(&e))?;
             inner.handlers.insert(id, handler);
+            if let Some(f) = on_status {
+                inner.statuses.insert(id, f);
+            }
             inner
                 .ops
                 .insert(id, (d.get(1).unchecked_into(), d.get(2).unchecked_into()));
@@ -276,6 +283,7 @@ impl Subscription {
             {
                 let mut inner = shared.inner.borrow_mut();
                 inner.handlers.remove(self.id);
+                inner.statuses.remove(self.id);
                 inner.ops.remove(self.id);
                 inner.core.unsubscribe(self.id, now());
             }
@@ -436,6 +444,16 @@ fn perform(shared: &Rc<Shared>, action: Action<Js>) {
                 }
             }
         }
+        Action::SubscriptionStatus(sub, err) => {
+            let listener = shared.inner.borrow().statuses.get(sub).cloned();
+            if let Some(listener) = listener {
+                let (status, err) = match err {
+                    Some(e) => (ERROR, to_js(&e)),
+                    None => (PENDING, JsValue::NULL),
+                };
+                subscription_status(&listener, status, &err);
+            }
+        }
         Action::StateChanged(change) => emit(shared, "state", &state_js(&change)),
         Action::Error(err) => {
             let err = to_js(&err);
@@ -466,15 +484,32 @@ fn perform(shared: &Rc<Shared>, action: Action<Js>) {
     }
 }
 
+/// Settles operation `op` (once: later outcomes of a subscription find no settlers) and
+/// reports the outcome as the status of subscription `op`, if it is one with a status
+/// listener (`active`, or `error`).
 fn settle(shared: &Rc<Shared>, op: u64, outcome: Result<JsValue, JsValue>) {
-    let settlers = shared.inner.borrow_mut().ops.remove(op);
+    let (settlers, listener) = {
+        let mut inner = shared.inner.borrow_mut();
+        (inner.ops.remove(op), inner.statuses.get(op).cloned())
+    };
     if let Some((resolve, reject)) = settlers {
-        let _ = match outcome {
-            Ok(v) => resolve.call1(&JsValue::UNDEFINED, &v),
-            Err(e) => reject.call1(&JsValue::UNDEFINED, &e),
+        let _ = match &outcome {
+            Ok(v) => resolve.call1(&JsValue::UNDEFINED, v),
+            Err(e) => reject.call1(&JsValue::UNDEFINED, e),
         };
     }
+    if let Some(listener) = listener {
+        match &outcome {
+            Ok(_) => subscription_status(&listener, ACTIVE, &JsValue::NULL),
+            Err(e) => subscription_status(&listener, ERROR, e),
+        }
+    }
 }
+
+/// `status` of [`subscription_status`].
+const PENDING: u32 = 0;
+const ACTIVE: u32 = 1;
+const ERROR: u32 = 2;
 
 /// Calls an app handler; an exception is logged, never allowed to break the client.
 fn call(handler: &Function, arg: &JsValue) {
@@ -502,6 +537,11 @@ extern "C" {
         headers: JsValue,
         redelivered: bool,
     ) -> JsValue;
+
+    /// Calls a subscription's status listener with `pending`, `active` or `error`
+    /// (`status` 0, 1, 2) and the error (`null` but for `error`); exceptions are logged.
+    #[wasm_bindgen(js_name = subscriptionStatus)]
+    fn subscription_status(listener: &Function, status: u32, error: &JsValue);
 }
 
 fn delivery_js(d: Deliver<Js>) -> JsValue {

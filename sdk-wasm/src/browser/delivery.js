@@ -6,3 +6,13 @@ export function delivery(message, channel, routingKey, messageId, headers, redel
   const k = routingKey.split(".");
   return { message, channel, routingKey, event: k[1] == "event" && k[2] ? k.pop() : void 0, messageId, headers, redelivered };
 }
+
+// Calls a subscription's status listener (`subscribe`'s `onStatus`): `status` 0, 1, 2 is
+// `pending`, `active`, `error`; `error` the WarrenError of an `error`, else null.
+export function subscriptionStatus(listener, status, error) {
+  try {
+    listener(["pending", "active", "error"][status], error);
+  } catch (e) {
+    console.error(e);
+  }
+}

@@ -150,6 +150,18 @@ export interface DrainEvent {
   deadlineMs: number | null;
 }
 
+/**
+ * Where a subscription stands, as `subscribe`'s `onStatus` hears it on every change
+ * (unlike `ready`, which settles once). It starts `pending`. `pending`: its `subscribe`
+ * is on its way (the first time, again after every reconnect, and when `connect()`
+ * restarts a stopped client). `active`: the gateway acknowledged it. `error` (with the
+ * error): the gateway refused it (for good, e.g. `forbidden` when a new token no
+ * longer grants it: nothing more is heard; or for now, e.g. `overloaded`: sent again
+ * after the next reconnect), or the client stopped (`closed`, a close code that
+ * forbids reconnecting, `connectTimeoutMs` passed).
+ */
+export type SubscriptionStatus = "pending" | "active" | "error";
+
 /** Events of `client.on(...)`. */
 export interface ClientEvents {
   state: StateEvent;
@@ -168,10 +180,15 @@ export interface Client {
   writeAndWait<R = unknown, M = unknown>(envelope: Envelope<M>, options?: WaitOptions): Promise<R>;
   /**
    * Receives messages of a channel. The subscription survives reconnects (it is sent
-   * again after every reconnect); `ready` resolves once the gateway acknowledged it;
-   * call `unsubscribe()` to stop.
+   * again after every reconnect); `ready` resolves once the gateway acknowledged it the
+   * first time; `onStatus`, when given, is called on every change of where it stands,
+   * including after reconnects (see `SubscriptionStatus`); call `unsubscribe()` to stop.
    */
-  subscribe<M = unknown>(options: SubscribeOptions, handler: (delivery: Delivery<M>) => void): Subscription;
+  subscribe<M = unknown>(
+    options: SubscribeOptions,
+    handler: (delivery: Delivery<M>) => void,
+    onStatus?: (status: SubscriptionStatus, error: WarrenError | null) => void,
+  ): Subscription;
   /** Listens to `state`, `error` or `drain`. */
   on<K extends keyof ClientEvents>(event: K, handler: (event: ClientEvents[K]) => void): void;
   /** Removes a listener added with `on`. */

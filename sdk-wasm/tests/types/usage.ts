@@ -68,6 +68,17 @@ new WarrenError();
 const wrong: ErrorCode = "nope";
 void wrong;
 
+// subscribe's onStatus: where the subscription stands, on every change.
+const watched = client.subscribe({ channel: "chat" }, () => {}, (status, error) => {
+  const known: "pending" | "active" | "error" = status;
+  const why: ErrorCode | undefined = error?.code;
+  void known;
+  void why;
+  // @ts-expect-error: not a subscription status
+  void (status === "idle");
+});
+watched.unsubscribe();
+
 // React: useSubscription is generic over the message type.
 interface Chat {
   text: string;
