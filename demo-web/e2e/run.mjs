@@ -30,6 +30,7 @@ import {
   startVite,
   waitFor,
 } from "./harness.mjs";
+import { hooksTests } from "./hooks.mjs";
 
 const STACK_BIN = resolve(WEB_DIR, process.env.WARREN_STACK_BIN || "../target/debug/warren-stack");
 const TOTAL_TIMEOUT_MS = Number(process.env.E2E_TIMEOUT_MS || 600_000);
@@ -795,6 +796,9 @@ const tests = [
     },
   },
 ];
+
+// warren-sdk/react's useSubscription on a page of its own (e2e/hooks.mjs).
+tests.push(...hooksTests);
 
 // ------------------------------------------------------------------------------- main
 

@@ -122,15 +122,19 @@ export declare function useConnectionState(): WarrenConnectionStatus;
 /** What `useSubscription()` returns. */
 export interface WarrenSubscriptionStatus {
   /**
-   * `pending` until the gateway acknowledged the subscription (the SDK's
-   * `subscription.ready`; while the client is not connected it stays pending), then
-   * `active`; `error` when the SDK or the gateway refused it for good (`forbidden`,
-   * `unknown_channel`, ...), the client closed first or stopped trying (e.g.
-   * `unauthorized` after close code 4501); `idle` while `spec` is `null`
-   * (nothing subscribed).
+   * Where the subscription stands now (the SDK's `onStatus` of `client.subscribe`, on
+   * every change, not only the first acknowledgement): `pending` while its subscribe
+   * is on its way (before the first connection, again after every reconnect, and after
+   * `connect()` restarts a stopped client), `active` once the gateway acknowledged it,
+   * `error` when the gateway refused it (`forbidden`, `unknown_channel`, ...; also on
+   * a later reconnect, e.g. when a new token no longer grants it; a retryable refusal
+   * such as `overloaded` is tried again after the next reconnect) or the client stopped
+   * (`closed`, `unauthorized` after close code 4501, `timeout` after
+   * `connectTimeoutMs`), and `active` again once acknowledged after `connect()`;
+   * `idle` while `spec` is `null` (nothing subscribed).
    */
   status: "idle" | "pending" | "active" | "error";
-  /** Why it was refused. */
+  /** Why it is `error` (`null` otherwise). */
   error: WarrenErrorInfo | null;
 }
 

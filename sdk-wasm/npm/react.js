@@ -195,6 +195,10 @@ export function useConnectionState() {
   return { state, url, reconnects, lastError, since };
 }
 
+const IDLE = { status: "idle", error: null };
+const PENDING = { status: "pending", error: null };
+const ACTIVE = { status: "active", error: null };
+
 // Subscriptions are shared per client and spec: components asking for the same spec
 // get one SDK subscription; it is unsubscribed a little after its last user unmounts.
 const subscriptionsByClient = new WeakMap();
@@ -204,25 +208,25 @@ function acquireSubscription(client, key, handler, onStatus, closeDelayMs) {
   if (!byKey) subscriptionsByClient.set(client, (byKey = new Map()));
   let shared = byKey.get(key);
   if (!shared) {
-    shared = { handlers: new Set(), listeners: new Set(), status: { status: "pending", error: null }, timer: null, sub: null };
-    const setStatus = (status) => {
-      shared.status = status;
-      for (const l of shared.listeners) l(status);
-    };
+    shared = { handlers: new Set(), listeners: new Set(), status: PENDING, timer: null, sub: null };
     try {
-      shared.sub = client.subscribe(JSON.parse(key), (msg) => {
-        for (const h of shared.handlers) {
-          try {
-            h(msg);
-          } catch (err) {
-            console.error("warren-sdk/react: subscription handler threw", err);
+      shared.sub = client.subscribe(
+        JSON.parse(key),
+        (msg) => {
+          for (const h of shared.handlers) {
+            try {
+              h(msg);
+            } catch (err) {
+              console.error("warren-sdk/react: subscription handler threw", err);
+            }
           }
-        }
-      });
-      // `pending` until the gateway acknowledged the subscribe (`ready`).
-      shared.sub.ready.then(
-        () => setStatus({ status: "active", error: null }),
-        (err) => setStatus({ status: "error", error: toErrorInfo(err) }),
+        },
+        // Every change, not only the first acknowledgement (`ready` settles once): a
+        // subscription refused after a reconnect, or back after `connect()`.
+        (status, err) => {
+          shared.status = err ? { status, error: toErrorInfo(err) } : status == "active" ? ACTIVE : PENDING;
+          for (const l of shared.listeners) l(shared.status);
+        },
       );
     } catch (err) {
       shared.status = { status: "error", error: toErrorInfo(err) };
@@ -247,14 +251,12 @@ function acquireSubscription(client, key, handler, onStatus, closeDelayMs) {
   };
 }
 
-const IDLE = { status: "idle", error: null };
-const PENDING = { status: "pending", error: null };
-
 /**
  * Subscribes while the component is mounted; `handler` may change on every render (the
- * latest one is called). Pass `null` as `spec` to not subscribe (the status is then
- * `idle`). The status is `pending` until the gateway acknowledged the subscription, then
- * `active` (or `error`).
+ * latest one is called). Pass `null` as `spec` to not subscribe (the status is
+ * then `idle`). The status follows the SDK's `onStatus`: `pending` while (re)subscribing,
+ * `active` once the gateway acknowledged it, `error` when refused or the client stopped,
+ * and `active` again when acknowledged after a reconnect or `connect()`.
  */
 export function useSubscription(spec, handler) {
   const entry = useEntry("useSubscription");

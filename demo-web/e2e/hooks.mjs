@@ -1,0 +1,150 @@
+// Browser tests of warren-sdk/react's useSubscription on a tiny page of its own
+// (e2e/hooks/), built with Vite from the package as an app uses it, against the real
+// stack of run.mjs (jwt mode). run.mjs runs them after the demo page's tests
+// (E2E_ONLY=useSubscription runs only these).
+//
+// - after the client stopped (the gateway refused the token: close code 4501), the
+//   app's `connect()` with a good token makes the subscription `active` again (before:
+//   `error` for ever, the status followed the one-time `ready`);
+// - a subscription the gateway refuses after a reconnect (the new token no longer
+//   grants the room) shows `error` / `forbidden` (before: `active` for ever).
+import { createHmac } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { build, preview } from "vite";
+import react from "@vitejs/plugin-react";
+import { WEB_DIR, assert, control, freePort, log, screenshot, waitFor } from "./harness.mjs";
+
+const PAGE_DIR = join(WEB_DIR, "e2e", "hooks");
+// warren-stack's published DEVELOPMENT secret (`--auth jwt` without `--jwt-secret`):
+// these tests sign tokens the stack's endpoint does not (no `room-1`).
+const DEV_SECRET = "warren-development-secret-change-me!";
+
+const b64 = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+
+/** An HS256 development token for `user` granting `groups`, valid for 5 minutes. */
+function devToken(user, groups) {
+  const now = Math.floor(Date.now() / 1000);
+  const head = `${b64({ alg: "HS256", typ: "JWT" })}.${b64({ sub: user, iat: now, exp: now + 300, groups, topics: [] })}`;
+  return `${head}.${createHmac("sha256", DEV_SECRET).update(head).digest("base64url")}`;
+}
+
+/** A token from the stack's endpoint (grants room-1 and room-2). */
+async function stackToken(w, user) {
+  const res = await fetch(`${w.control}/token`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ user, lifetime_s: 300 }),
+  });
+  assert(res.ok, `the stack's token endpoint answered ${res.status}`);
+  return (await res.json()).token;
+}
+
+/** Builds the page once per run and serves it (vite preview); its URL. */
+async function pageUrl(w) {
+  if (w.hooksPage) return w.hooksPage;
+  const outDir = mkdtempSync(join(tmpdir(), "warren-hooks-page-"));
+  const config = {
+    configFile: false,
+    root: PAGE_DIR,
+    logLevel: "warn",
+    plugins: [react()],
+    // As demo-web/vite.config.ts: the linked package's `react` is the page's.
+    resolve: { dedupe: ["react", "react-dom"] },
+    build: { outDir, emptyOutDir: true, target: "es2022" },
+  };
+  log("building the useSubscription test page (e2e/hooks)");
+  await build(config);
+  const port = await freePort();
+  const server = await preview({ ...config, preview: { host: "127.0.0.1", port, strictPort: true } });
+  w.cleanups.push(async () => {
+    await server.close();
+    rmSync(outDir, { recursive: true, force: true });
+  });
+  w.hooksPage = `http://127.0.0.1:${port}`;
+  return w.hooksPage;
+}
+
+/** A page of its own subscribed to `spec`, with `token` in `window.__token`. */
+async function open(w, name, spec, token) {
+  const url = await pageUrl(w);
+  const context = await w.browser.newContext();
+  const page = await context.newPage();
+  page.setDefaultTimeout(15_000);
+  const errors = [];
+  page.on("pageerror", (err) => errors.push(`pageerror: ${err.message}`));
+  await page.addInitScript((t) => {
+    window.__token = t;
+  }, token);
+  const params = new URLSearchParams({ urls: w.urls.join(","), spec: JSON.stringify(spec) });
+  await page.goto(`${url}/?${params}`);
+  await page.getByTestId("sub").waitFor();
+  const sub = page.getByTestId("sub");
+  const status = async () => `${await sub.getAttribute("data-status")}:${await sub.getAttribute("data-code")}`;
+  const waitStatus = (want, timeoutMs = 20_000) =>
+    waitFor(`${name}'s subscription to be ${want}`, async () => (await status()) === want || null, timeoutMs).catch(async (err) => {
+      const seen = await page.evaluate(() => window.__statuses.join(" → "));
+      throw new Error(`${err.message}; it showed ${seen}`);
+    });
+  return {
+    page,
+    status,
+    waitStatus,
+    close: () => context.close(),
+    checkErrors: () => assert(errors.length === 0, `${name}'s page threw: ${errors.join("; ")}`),
+  };
+}
+
+export const hooksTests = [
+  {
+    name: "useSubscription: after the client stopped (4501), connect() with a good token makes the subscription active again",
+    timeoutMs: 60_000,
+    async fn(w) {
+      const user = "hooks-stop";
+      const p = await open(w, user, { channel: "chat" }, "not-a-valid-token");
+      // The gateway refuses the token and closes with 4501: the client stops.
+      await p.waitStatus("error:unauthorized");
+      const token = await stackToken(w, user);
+      await p.page.evaluate((t) => {
+        window.__token = t;
+        void window.__client.connect();
+      }, token);
+      await p.waitStatus("active:");
+      const seen = await p.page.evaluate(() => window.__statuses);
+      assert(seen.lastIndexOf("active") > seen.indexOf("error:unauthorized"), `active after the error (saw ${seen.join(" → ")})`);
+      await screenshot(p.page, "hooks-active-after-connect");
+      p.checkErrors();
+      await p.close();
+    },
+  },
+  {
+    name: "useSubscription: a room the new token no longer grants is refused on the reconnect and shows error forbidden",
+    timeoutMs: 90_000,
+    async fn(w) {
+      const user = "hooks-revoked";
+      const p = await open(w, user, { channel: "chat", groups: ["room-1"] }, await stackToken(w, user));
+      await p.waitStatus("active:");
+      // The next connection's token no longer grants room-1; the gateway in use dies.
+      await p.page.evaluate((t) => {
+        window.__token = t;
+      }, devToken(user, ["room-2"]));
+      const url = await p.page.evaluate(() => window.__client.url);
+      const index = w.urls.indexOf(url);
+      assert(index >= 0, `the page is on one of the stack's gateways (${url})`);
+      const name = w.gatewayNames[index];
+      log(`killing gateway ${name} (${url})`);
+      await control(w.control, `/gateways/${name}/kill`);
+      try {
+        await p.waitStatus("error:forbidden", 30_000);
+        const state = await p.page.evaluate(() => window.__client.state);
+        assert(state === "connected", `the client reconnected to the other gateway (state ${state})`);
+        await screenshot(p.page, "hooks-refused-after-reconnect");
+      } finally {
+        await control(w.control, `/gateways/${name}/start`);
+      }
+      p.checkErrors();
+      await p.close();
+    },
+  },
+];
