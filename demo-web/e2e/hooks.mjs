@@ -7,7 +7,9 @@
 //   app's `connect()` with a good token makes the subscription `active` again (before:
 //   `error` for ever, the status followed the one-time `ready`);
 // - a subscription the gateway refuses after a reconnect (the new token no longer
-//   grants the room) shows `error` / `forbidden` (before: `active` for ever).
+//   grants the room) shows `error` / `forbidden` (before: `active` for ever);
+// - a delivery handed to the SDK right after a commit, before passive effects ran,
+//   reaches that render's handler (before: the previous render's).
 import { createHmac } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -143,6 +145,34 @@ export const hooksTests = [
       } finally {
         await control(w.control, `/gateways/${name}/start`);
       }
+      p.checkErrors();
+      await p.close();
+    },
+  },
+  {
+    name: "useSubscription: a delivery right after a commit, before passive effects ran, reaches that render's handler",
+    timeoutMs: 60_000,
+    async fn(w) {
+      const user = "hooks-latest";
+      const p = await open(w, user, { channel: "chat" }, await stackToken(w, user));
+      await p.waitStatus("active:");
+      const marker = `latest-handler-${Date.now()}`;
+      // Hold what the gateway sends, write a broadcast, and wait for its delivery.
+      await p.page.evaluate((text) => {
+        window.__gate.hold = true;
+        void window.__client.write({ channel: "chat", distribution: { broadcast: true }, message: { text } }).catch(() => {});
+      }, marker);
+      await waitFor(
+        "the broadcast's delivery to be held",
+        () => p.page.evaluate((text) => window.__gate.frames.some((f) => f.includes('"deliver"') && f.includes(text)), marker),
+        15_000,
+      );
+      // Render 1 commits; a layout effect after the subscriber releases the delivery.
+      await p.page.evaluate(() => window.__bump());
+      const got = await waitFor("the delivery to reach a handler", () =>
+        p.page.evaluate((text) => window.__received.find((r) => r.message?.text === text), marker),
+      );
+      assert(got.render === 1, `the handler of the render just committed got the delivery (got render ${got.render}'s)`);
       p.checkErrors();
       await p.close();
     },

@@ -141,7 +141,8 @@ export interface WarrenSubscriptionStatus {
 /**
  * Subscribes while the component is mounted and calls `handler` for each delivery;
  * `M` is the type of `delivery.message` (the SDK does not check it at run time).
- * `handler` may change on every render (the latest is called); `spec` is compared as
+ * `handler` may change on every render (the latest committed one is called, also for a
+ * delivery right after a commit, before passive effects ran); `spec` is compared as
  * JSON; pass `null` to not subscribe.
  *
  * # Errors

@@ -16,6 +16,7 @@ import {
   createElement,
   useContext,
   useEffect,
+  useInsertionEffect,
   useRef,
   useState,
   useSyncExternalStore,
@@ -253,7 +254,7 @@ function acquireSubscription(client, key, handler, onStatus, closeDelayMs) {
 
 /**
  * Subscribes while the component is mounted; `handler` may change on every render (the
- * latest one is called). Pass `null` as `spec` to not subscribe (the status is
+ * latest committed one is called). Pass `null` as `spec` to not subscribe (the status is
  * then `idle`). The status follows the SDK's `onStatus`: `pending` while (re)subscribing,
  * `active` once the gateway acknowledged it, `error` when refused or the client stopped,
  * and `active` again when acknowledged after a reconnect or `connect()`.
@@ -264,7 +265,9 @@ export function useSubscription(spec, handler) {
   const handlerRef = useRef(handler);
   const key = spec == null ? null : JSON.stringify(spec);
   const [status, setStatus] = useState(key === null ? IDLE : PENDING);
-  useEffect(() => {
+  // Before any effect of this commit, and in the same task as the commit: a delivery
+  // never reaches the handler of an older render (a passive effect ran a task later).
+  useInsertionEffect(() => {
     handlerRef.current = handler;
   });
   useEffect(() => {
