@@ -161,7 +161,11 @@ async fn a_subscription_receives_a_chat_broadcast_relayed_by_the_service() {
     wait(c.connect()).await.expect("connect");
     let (handler, seen) = recorder();
     let sub = c
-        .subscribe(json(r#"{"channel": "chat"}"#).unchecked_into(), handler)
+        .subscribe(
+            json(r#"{"channel": "chat"}"#).unchecked_into(),
+            handler,
+            None,
+        )
         .expect("subscribe");
     wait(sub.ready())
         .await
@@ -228,7 +232,11 @@ async fn a_subscription_is_ready_once_the_gateway_acknowledged_it_and_refusals_r
     let c = client(&format!(r#"{{"urls": {}}}"#, both("all")));
     let (handler, seen) = recorder();
     let sub = c
-        .subscribe(json(r#"{"channel": "chat"}"#).unchecked_into(), handler)
+        .subscribe(
+            json(r#"{"channel": "chat"}"#).unchecked_into(),
+            handler,
+            None,
+        )
         .expect("subscribe");
     let ready = watch(&sub.ready());
     sleep(300).await;
@@ -255,7 +263,7 @@ async fn a_subscription_is_ready_once_the_gateway_acknowledged_it_and_refusals_r
         .expect("connect to the tickets port");
     let (noop, _) = recorder();
     let refused = t
-        .subscribe(json(r#"{"channel": "chat"}"#).unchecked_into(), noop)
+        .subscribe(json(r#"{"channel": "chat"}"#).unchecked_into(), noop, None)
         .expect("subscribe");
     let err = wait(refused.ready()).await.expect_err("refused");
     assert!(is_warren_error(&err), "a WarrenError");
@@ -270,11 +278,53 @@ async fn a_subscription_is_ready_once_the_gateway_acknowledged_it_and_refusals_r
     let n = client(&format!(r#"{{"urls": {}}}"#, both("all")));
     let (noop, _) = recorder();
     let never = n
-        .subscribe(json(r#"{"channel": "chat"}"#).unchecked_into(), noop)
+        .subscribe(json(r#"{"channel": "chat"}"#).unchecked_into(), noop, None)
         .expect("subscribe");
     n.close();
     let err = wait(never.ready()).await.expect_err("closed");
     assert_eq!(code_of(&err), "closed");
+}
+
+/// `subscribe`'s `onStatus` hears every change (`ready` settles once): `pending` when
+/// sent, `active` on the gateway's ack, `error` when the client closes; and `error` for
+/// a refusal.
+#[wasm_bindgen_test]
+async fn on_status_reports_every_change_of_a_subscription() {
+    let strings = |v: &Rc<RefCell<Vec<JsValue>>>| -> Vec<String> {
+        v.borrow().iter().filter_map(|s| s.as_string()).collect()
+    };
+    let c = client(&format!(r#"{{"urls": {}}}"#, both("all")));
+    wait(c.connect()).await.expect("connect");
+    let (noop, _) = recorder();
+    let (on_status, statuses) = recorder();
+    let sub = c
+        .subscribe(
+            json(r#"{"channel": "chat"}"#).unchecked_into(),
+            noop,
+            Some(on_status),
+        )
+        .expect("subscribe");
+    wait(sub.ready()).await.expect("in force");
+    assert_eq!(strings(&statuses), ["pending", "active"]);
+    c.close();
+    assert_eq!(strings(&statuses), ["pending", "active", "error"]);
+
+    let t = client(&format!(r#"{{"urls": {}}}"#, both("tickets")));
+    wait(t.connect())
+        .await
+        .expect("connect to the tickets port");
+    let (noop, _) = recorder();
+    let (on_status, statuses) = recorder();
+    let refused = t
+        .subscribe(
+            json(r#"{"channel": "chat"}"#).unchecked_into(),
+            noop,
+            Some(on_status),
+        )
+        .expect("subscribe");
+    wait(refused.ready()).await.expect_err("refused");
+    assert_eq!(strings(&statuses), ["pending", "error"]);
+    t.close();
 }
 
 /// Waits (up to 5 s) for the delivery of ticket `title` announced as event `event`.
@@ -306,6 +356,7 @@ async fn a_wildcard_topic_subscription_hands_the_app_the_event_name_and_the_full
         .subscribe(
             json(r#"{"channel": "tickets", "topic": "ticket.*"}"#).unchecked_into(),
             handler,
+            None,
         )
         .expect("subscribe");
     sleep(200).await; // the subscription is in place before the ticket changes
@@ -403,7 +454,11 @@ async fn when_the_first_gateway_is_killed_the_client_continues_on_the_second_url
     assert_eq!(c.url().as_string().as_deref(), Some(primary.as_str()));
     let (handler, seen) = recorder();
     let _sub = c
-        .subscribe(json(r#"{"channel": "chat"}"#).unchecked_into(), handler)
+        .subscribe(
+            json(r#"{"channel": "chat"}"#).unchecked_into(),
+            handler,
+            None,
+        )
         .expect("subscribe");
     sleep(200).await;
 
@@ -492,7 +547,11 @@ async fn chat_follower(failover: &str) -> (Client, Subscription, Rc<RefCell<Vec<
     wait(b.connect()).await.expect("connect b");
     let (chat_b, b_chat) = recorder();
     let b_sub = b
-        .subscribe(json(r#"{"channel": "chat"}"#).unchecked_into(), chat_b)
+        .subscribe(
+            json(r#"{"channel": "chat"}"#).unchecked_into(),
+            chat_b,
+            None,
+        )
         .expect("b chat");
     wait(b_sub.ready()).await.expect("b subscribed");
     (b, b_sub, b_chat)
@@ -551,12 +610,17 @@ async fn a_resume_replays_what_was_missed_from_the_outbound_stream_and_a_channel
     let (chat_a, seen_chat) = recorder();
     let (voice_a, seen_voice) = recorder();
     let chat_sub = a
-        .subscribe(json(r#"{"channel": "chat"}"#).unchecked_into(), chat_a)
+        .subscribe(
+            json(r#"{"channel": "chat"}"#).unchecked_into(),
+            chat_a,
+            None,
+        )
         .expect("subscribe chat");
     let voice_sub = a
         .subscribe(
             json(r#"{"channel": "voice", "direct": true}"#).unchecked_into(),
             voice_a,
+            None,
         )
         .expect("subscribe voice");
     wait(chat_sub.ready()).await.expect("chat subscribed");
@@ -642,7 +706,11 @@ async fn with_direct_replies_requests_resolve_and_a_resume_replays_only_what_was
 
     let (chat_a, seen) = recorder();
     let sub = a
-        .subscribe(json(r#"{"channel": "chat"}"#).unchecked_into(), chat_a)
+        .subscribe(
+            json(r#"{"channel": "chat"}"#).unchecked_into(),
+            chat_a,
+            None,
+        )
         .expect("subscribe chat");
     wait(sub.ready()).await.expect("chat subscribed");
     wait(send(format!("c0-{tag}"))).await.expect("write c0");
@@ -710,8 +778,8 @@ async fn a_resume_past_a_channel_streams_retention_is_an_error_event_naming_the_
     let user_b = b.session().as_string().expect("b session");
     let (voice_b, seen_b) = recorder();
     let voice = || json(r#"{"channel": "voice", "direct": true}"#).unchecked_into();
-    let b_sub = b.subscribe(voice(), voice_b).expect("b voice");
-    let a_sub = a.subscribe(voice(), log_a).expect("a voice");
+    let b_sub = b.subscribe(voice(), voice_b, None).expect("b voice");
+    let a_sub = a.subscribe(voice(), log_a, None).expect("a voice");
     wait(b_sub.ready()).await.expect("b subscribed");
     wait(a_sub.ready()).await.expect("a subscribed");
     let pad = "x".repeat(16 * 1024);
