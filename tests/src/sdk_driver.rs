@@ -238,6 +238,9 @@ async fn drive(
                 }
                 // Never asked: this driver's configs carry a static token, no getToken.
                 Action::FetchToken(_) => {}
+                // A subscription's status for an app's view of it: nothing waits on it
+                // here (readiness settles through Resolve and Reject).
+                Action::SubscriptionStatus(..) => {}
                 Action::Close => {
                     wanted = None;
                     if let Some(r) = reader.take() {
