@@ -108,6 +108,21 @@ impl TestGateway {
         self.listeners[0].0
     }
 
+    /// The value of the gateway's metric `name` (`warren_gateway_<name>`, its one
+    /// line) in `/metrics`.
+    ///
+    /// # Panics
+    /// When `/metrics` has no such line.
+    pub async fn metric(&self, name: &str) -> i64 {
+        let text = http_get(self.health_addr(), "/metrics").await;
+        let prefix = format!("warren_gateway_{name}{{");
+        text.lines()
+            .find(|l| l.starts_with(&prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    }
+
     /// The gateway itself.
     pub fn gateway(&self) -> &Gateway {
         self.gateway.as_ref().expect("running")

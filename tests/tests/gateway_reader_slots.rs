@@ -15,17 +15,6 @@ use warren_protocol::Hello;
 
 const LIMIT: Duration = Duration::from_secs(90);
 
-/// The gateway's metric `name` (its one line).
-async fn metric(gw: &TestGateway, name: &str) -> i64 {
-    let text = warren_e2e::gateway::http_get(gw.health_addr(), "/metrics").await;
-    let prefix = format!("warren_gateway_{name}{{");
-    text.lines()
-        .find(|l| l.starts_with(&prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
-}
-
 /// Delivery bodies (numbers) up to and including `last`, acknowledged as they come.
 async fn take_until(c: &mut TestClient, last: usize) -> Vec<usize> {
     let mut got = Vec::new();
@@ -83,7 +72,7 @@ async fn resumes_past_max_stream_readers_wait_for_a_reader_and_lose_nothing() {
             env.publish_out("chat.all", &format!("m{i}"), &i.to_string())
                 .await;
         }
-        assert_eq!(metric(&gw, "stream_readers_open").await, 0);
+        assert_eq!(gw.metric("stream_readers_open").await, 0);
 
         // Both back at once: one reader may be open, so one of them waits for it.
         let mut a = TestClient::connect_with(&gw.url(), a_hello).await;
@@ -108,11 +97,11 @@ async fn resumes_past_max_stream_readers_wait_for_a_reader_and_lose_nothing() {
         a.expect_no_deliver(Duration::from_millis(200)).await;
         b.expect_no_deliver(Duration::from_millis(200)).await;
 
-        let waits = metric(&gw, "stream_reader_waits_total").await;
+        let waits = gw.metric("stream_reader_waits_total").await;
         assert!(waits >= 1, "a reader waited for the one slot: {waits}");
         // Both at the ring: their readers closed.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while metric(&gw, "stream_readers_open").await != 0 {
+        while gw.metric("stream_readers_open").await != 0 {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "the readers closed once their sessions reached the ring"

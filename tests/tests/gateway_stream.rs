@@ -45,13 +45,7 @@ async fn gone(gw: &TestGateway, n: usize, s: &Subscribe) -> Vec<(String, Option<
 
 /// A counter of the gateway's `/metrics`.
 async fn metric(gw: &TestGateway, name: &str) -> u64 {
-    let text = warren_e2e::gateway::http_get(gw.health_addr(), "/metrics").await;
-    let prefix = format!("warren_gateway_{name}{{");
-    text.lines()
-        .find(|l| l.starts_with(&prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
+    u64::try_from(gw.metric(name).await).expect("a counter")
 }
 
 #[tokio::test]
