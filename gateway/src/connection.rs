@@ -652,8 +652,7 @@ impl Conn {
         let user_slot = if anonymous {
             None
         } else {
-            let shared = self.shared.clone();
-            match admit_user(&shared, &hello, &owner).await {
+            match self.shared.limiter.admit_user(&owner) {
                 Ok(slot) => Some(slot),
                 Err(refused) => {
                     metrics::add(&self.shared.metrics.refused_limit, 1);
@@ -1684,38 +1683,4 @@ async fn position_past_tail(shared: &Shared, hello: &Hello) -> Option<String> {
         }
     }
     None
-}
-
-/// A slot for one more session of `owner` (`max_connections_per_user`). At the
-/// limit, a `hello` resuming a session that a connection of this gateway still
-/// holds (its client gone after a network blip, not noticed yet) takes that
-/// connection's slot: the connection is asked to give the session up, as the
-/// resume would ask it anyway, and its slot is waited for (at most a second).
-/// Without this the client was refused (`4005`) until the old connection's
-/// heartbeat timed out.
-async fn admit_user(
-    shared: &Shared,
-    hello: &Hello,
-    owner: &str,
-) -> Result<Slot, crate::limits::Refused> {
-    let refused = match shared.limiter.admit_user(owner) {
-        Ok(slot) => return Ok(slot),
-        Err(refused) => refused,
-    };
-    let Resume::Resume(requested) = core_::resume_of(hello, owner) else {
-        return Err(refused);
-    };
-    let Some(old) = shared.registry.holder(requested) else {
-        return Err(refused);
-    };
-    let _ = old.ask(Takeover);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-    loop {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        match shared.limiter.admit_user(owner) {
-            Ok(slot) => return Ok(slot),
-            Err(refused) if tokio::time::Instant::now() >= deadline => return Err(refused),
-            Err(_) => {}
-        }
-    }
 }

@@ -245,13 +245,6 @@ impl Registry {
         map.insert(session.to_string(), held).map(|h| h.signal)
     }
 
-    /// Where the connection holding `session` (if one of this gateway does) is asked
-    /// to give it up.
-    pub fn holder(&self, session: &str) -> Option<Arc<TakeoverSignal>> {
-        let map = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(session).map(|h| h.signal.clone())
-    }
-
     /// Forgets `session` if connection `conn` still holds it.
     ///
     /// Returns false when another connection of this gateway holds the session now (the
