@@ -226,10 +226,13 @@ impl PresenceView {
                     .get(&e.session)
                     .is_some_and(|h| h.node == self.me)
                     && !self.away.contains_key(&e.session);
+                // This gateway's own `gateway_lost` (`by` it) removed the session
+                // already when published: a resume here since announced it anew.
+                let own = e.by.as_deref() == Some(self.me.as_str());
                 if !here || e.node == self.me {
                     self.sessions.remove(&e.session);
                     self.away.remove(&e.session);
-                } else if let Some(h) = self.sessions.get(&e.session) {
+                } else if let Some(h) = self.sessions.get(&e.session).filter(|_| !own) {
                     let event = |event: &str, keys| PresenceEvent {
                         event: event.into(),
                         session: e.session.clone(),
@@ -880,6 +883,30 @@ mod tests {
             })
             .is_empty());
         assert!(!c.user_online("ada", None));
+
+        // The elected gateway's own gateway_lost, echoed after the client resumed there
+        // (its resume announced the session anew: the view had dropped it): nothing
+        // again.
+        let mut a = PresenceView::new("a", GRACE);
+        a.on_event(connected("s2", "bob", "b"));
+        a.on_event(PresenceEvent {
+            event: "client.disconnected".into(),
+            node: "b".into(),
+            by: Some("a".into()),
+            reason: Some("gateway_lost".into()),
+            ..connected("s2", "bob", "b")
+        });
+        assert!(a.opened("s2", "bob", None, None), "announced anew");
+        assert!(a
+            .on_event(PresenceEvent {
+                event: "client.disconnected".into(),
+                node: "b".into(),
+                by: Some("a".into()),
+                reason: Some("gateway_lost".into()),
+                ..connected("s2", "bob", "b")
+            })
+            .is_empty());
+        assert!(a.user_online("bob", None));
     }
 
     #[test]
