@@ -435,8 +435,9 @@ struct TailLook {
     /// message at or past it, so its `tail` is then only a lower bound: it proves
     /// that the stream holds every position up to it, not that it holds no more.
     complete: bool,
-    /// The tail could not be read (RabbitMQ away): the resumes asked before it began
-    /// go on, as the one that looked did.
+    /// The tail could not be read (RabbitMQ away, not answering within
+    /// `broker_wait_ms`): the resumes asked before it began go on, as the one that
+    /// looked did.
     failed: bool,
 }
 
@@ -940,7 +941,11 @@ impl Hub {
             }
             Err(e) => {
                 tracing::warn!(stream, error = %e, "cannot read the stream's tail; the resume goes on");
-                *last = Some(TailLook::failed(began, resets));
+                // Only RabbitMQ away (a wait of `broker_wait_ms`) answers the others:
+                // a quick failure (the stream being declared again) may not last.
+                if matches!(e, GatewayError::Unavailable) {
+                    *last = Some(TailLook::failed(began, resets));
+                }
                 true
             }
         }
@@ -2157,6 +2162,19 @@ mod tests {
         // A resume asked after the failed look began needs a look of its own.
         assert!(hub.holds_position_by("s", 5, look).await);
         assert_eq!(looks.load(std::sync::atomic::Ordering::Relaxed), 2);
+
+        // A quick failure (not RabbitMQ away: the stream being declared again) is not
+        // taken for the others: each looks again.
+        let hub = Hub::new(10);
+        let quick = std::sync::atomic::AtomicUsize::new(0);
+        let fails = || async {
+            quick.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Err(GatewayError::Closed)
+        };
+        let resumes = (0..3).map(|_| hub.holds_position_by("s", 5, fails));
+        futures_util::future::join_all(resumes).await;
+        assert_eq!(quick.load(std::sync::atomic::Ordering::Relaxed), 3);
     }
 
     #[test]
