@@ -635,6 +635,7 @@ fn jwks_keys(text: &[u8], allowed: &[Algorithm]) -> Result<Vec<Key>, String> {
         keys: Vec<serde_json::Value>,
     }
     let document: Document = serde_json::from_slice(text).map_err(|e| e.to_string())?;
+    let listed = document.keys.len();
     let mut keys = Vec::new();
     for (index, value) in document.keys.into_iter().enumerate() {
         let kid = value.get("kid").and_then(|k| k.as_str()).map(short_kid);
@@ -664,6 +665,11 @@ fn jwks_keys(text: &[u8], allowed: &[Algorithm]) -> Result<Vec<Key>, String> {
             key,
             algorithms: within(family, allowed),
         });
+    }
+    // Keys listed but none usable (a key served broken for a moment): a failed
+    // fetch, so the keys held are kept, not replaced by none.
+    if keys.is_empty() && listed > 0 {
+        return Err(format!("none of its {listed} keys is usable"));
     }
     Ok(keys)
 }
@@ -974,6 +980,11 @@ mod tests {
         assert_eq!(kids, [Some("k1")]);
         // Not a JWKS document at all: an error (the fetch failed).
         assert!(jwks_keys(b"<html>", &[Algorithm::HS256]).is_err());
+        // Keys listed but none usable: an error too, so the keys held are kept.
+        let broken = json!({"keys": [{"kty": "RSA", "kid": "k1", "e": "AQAB"}]});
+        assert!(jwks_keys(broken.to_string().as_bytes(), &[Algorithm::RS256]).is_err());
+        let empty = jwks_keys(br#"{"keys": []}"#, &[Algorithm::RS256]).unwrap();
+        assert!(empty.is_empty());
     }
 
     #[test]
