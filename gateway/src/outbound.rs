@@ -48,8 +48,9 @@ enum Read {
     Ring,
     /// A stream reader shared with other sessions behind the ring (crate::replay).
     Replay(Handle),
-    /// Its own stream reader, being opened at this position.
-    Opening(u64, Opening),
+    /// Its own stream reader, being opened at this position; the notice that the
+    /// session left before it had a reader slot ([`Outbound::close`]).
+    Opening(u64, Opening, Arc<tokio::sync::Notify>),
     /// Its own stream reader: it fell behind its shared reader's window.
     Stream(Box<Reader>),
 }
@@ -133,7 +134,7 @@ impl Outbound {
             }
             Read::Ring => Event::Pull,
             Read::Replay(h) => Event::Replayed(h.next().await),
-            Read::Opening(from, opening) => {
+            Read::Opening(from, opening, _) => {
                 let opened = opening.as_mut().await;
                 Event::Opened(*from, opened)
             }
@@ -212,15 +213,21 @@ impl Outbound {
                 let tag = format!("{}.{}.replay", shared.config.node, conn);
                 let prefetch = shared.config.delivery_window;
                 let slots = self.source.replays.slots();
+                let left = Arc::new(tokio::sync::Notify::new());
+                let leaving = left.clone();
                 let opening = async move {
                     // One of max_stream_readers: waits (the loop serving the socket
-                    // meanwhile) while they are all open.
-                    let slot = slots.take().await;
+                    // meanwhile) while they are all open, unless the session leaves
+                    // meanwhile: then it leaves the queue, opening nothing.
+                    let slot = tokio::select! {
+                        slot = slots.take() => slot,
+                        () = leaving.notified() => return Err(GatewayError::Closed),
+                    };
                     Reader::open(&broker, &stream, tag, from, prefetch)
                         .await
                         .map(|r| Box::new(r.holding(slot)))
                 };
-                self.read = Read::Opening(from, Box::pin(opening));
+                self.read = Read::Opening(from, Box::pin(opening), left);
             }
             Event::Opened(from, Ok(r)) => {
                 metrics::add(&shared.metrics.stream_readers, 1);
@@ -283,13 +290,15 @@ impl Outbound {
     }
 
     /// Leaves the hub and closes the session's own reader, if it has one (one still
-    /// opening is closed once open).
+    /// opening is closed once open; one still waiting for a reader slot leaves the
+    /// queue, so an abandoned session does not open a reader only to close it).
     pub(crate) fn close(self) {
         match self.read {
             Read::Stream(r) => {
                 tokio::spawn(r.close());
             }
-            Read::Opening(_, opening) => {
+            Read::Opening(_, opening, left) => {
+                left.notify_one();
                 tokio::spawn(async move {
                     if let Ok(r) = opening.await {
                         r.close().await;
