@@ -407,17 +407,8 @@ impl Verifier {
             .as_ref()
             .map(|r| r.keys.read().unwrap_or_else(|e| e.into_inner()).clone())
             .unwrap_or_default();
-        let unknown = || {
-            AuthError::UnknownKey(
-                header
-                    .kid
-                    .clone()
-                    .unwrap_or_default()
-                    .chars()
-                    .take(64)
-                    .collect(),
-            )
-        };
+        let unknown =
+            || AuthError::UnknownKey(short_kid(header.kid.as_deref().unwrap_or_default()));
         // The token names a kid no held key has. Keys without a kid (the secret, the
         // PEM files) are still tried, but if none of them verifies the signature the
         // answer is `UnknownKey`, so that `verify_fetching` fetches `jwks_url` again:
@@ -674,7 +665,7 @@ fn jwks_keys(text: &[u8], allowed: &[Algorithm]) -> Result<Vec<Key>, String> {
     Ok(keys)
 }
 
-/// At most 64 characters of a key id, for a log line.
+/// At most 64 characters of a key id, for an error or a log line.
 fn short_kid(kid: &str) -> String {
     kid.chars().take(64).collect()
 }
