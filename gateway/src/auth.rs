@@ -239,6 +239,10 @@ struct RemoteJwks {
     /// The last fetch failed (the issuer unreachable, or its answer unreadable): a
     /// key id not held may be one it would have given.
     failing: std::sync::atomic::AtomicBool,
+    /// Held through a fetch: a token naming the new key that arrives while another
+    /// token's fetch is on its way waits for that fetch and is verified against its
+    /// keys, instead of finding the interval taken and being refused for good.
+    fetch_turn: tokio::sync::Mutex<()>,
 }
 
 /// Turns tokens into identities, as configured.
@@ -303,6 +307,7 @@ impl Verifier {
                     last_fetch: std::sync::Mutex::default(),
                     fetches: std::sync::atomic::AtomicU64::new(0),
                     failing: std::sync::atomic::AtomicBool::new(false),
+                    fetch_turn: tokio::sync::Mutex::new(()),
                 });
             }
         }
@@ -313,6 +318,7 @@ impl Verifier {
     /// and the keys are fetched again when a token needs them.
     pub async fn fetch_remote_keys(&self) {
         if let Some(remote) = &self.remote {
+            let _turn = remote.fetch_turn.lock().await;
             *remote.last_fetch.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some(std::time::Instant::now());
             if let Err(e) = remote.fetch().await {
@@ -353,6 +359,15 @@ impl Verifier {
                          document {why}; try again later"
                     ))
                 };
+                // One fetch at a time. After waiting for one, the keys it brought may
+                // verify this token: at a rotation, every client reconnecting with the
+                // new key's tokens arrives within the first fetch's time, and all but
+                // the first were refused (`4501`, do not reconnect) for the interval.
+                let _turn = remote.fetch_turn.lock().await;
+                match self.verify(token, anonymous) {
+                    Err(AuthError::UnknownKey(_)) => {}
+                    other => return other,
+                }
                 if !remote.may_fetch() {
                     return Err(if remote.failing() {
                         unavailable("could not be fetched at the last try")

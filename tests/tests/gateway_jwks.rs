@@ -29,10 +29,14 @@ struct Issuer {
     fetches: Arc<AtomicU64>,
     /// Answers 503 while set.
     down: Arc<AtomicBool>,
+    /// How long each answer takes, in ms.
+    delay_ms: Arc<AtomicU64>,
 }
 
 async fn jwks(State(issuer): State<Issuer>) -> Result<Json<Value>, StatusCode> {
     issuer.fetches.fetch_add(1, Ordering::SeqCst);
+    let delay = issuer.delay_ms.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(delay)).await;
     if issuer.down.load(Ordering::SeqCst) {
         return Err(StatusCode::SERVICE_UNAVAILABLE);
     }
@@ -239,6 +243,47 @@ async fn an_issuer_unreachable_is_auth_unavailable_not_a_refused_token_and_keys_
         assert_eq!(
             hello(&url, token("k9", "eve")).await,
             Err(ErrorCode::Unauthorized)
+        );
+        gw.shutdown().await;
+        server.abort();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tokens_for_a_rotated_key_that_arrive_during_its_fetch_wait_for_it_and_pass() {
+    TestEnv::run("jwks-url-in-flight", Duration::from_secs(60), async |env| {
+        let issuer = Issuer::default();
+        issuer.keys.lock().unwrap().push(jwk("k1"));
+        let (jwks_url, server) = serve(&issuer).await;
+        let gw = TestGateway::start_with(env, |c| {
+            c.auth.mode = AuthMode::Jwt;
+            c.auth.jwt.jwks_url = Some(jwks_url);
+            c.auth.jwt.jwks_refresh_min_s = 1;
+        })
+        .await;
+        let url = gw.url();
+        assert_eq!(issuer.fetches.load(Ordering::SeqCst), 1, "fetched at start");
+
+        // The issuer rotates to k2 and answers slowly. Every client reconnects with a
+        // k2 token at once, as after a rotation: the first starts a fetch, the others
+        // arrive while it is on its way. None may be told its token is refused.
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        issuer.keys.lock().unwrap().push(jwk("k2"));
+        issuer.delay_ms.store(500, Ordering::SeqCst);
+        let hellos: Vec<_> = (0..8)
+            .map(|i| {
+                let url = url.clone();
+                tokio::spawn(async move { hello(&url, token("k2", &format!("u{i}"))).await })
+            })
+            .collect();
+        for (i, h) in hellos.into_iter().enumerate() {
+            assert_eq!(h.await.unwrap(), Ok(format!("u{i}")), "client {i}");
+        }
+        assert_eq!(
+            issuer.fetches.load(Ordering::SeqCst),
+            2,
+            "one fetch for all of them"
         );
         gw.shutdown().await;
         server.abort();
