@@ -226,10 +226,14 @@ impl PresenceView {
                     .get(&e.session)
                     .is_some_and(|h| h.node == self.me)
                     && !self.away.contains_key(&e.session);
-                // This gateway's own `gateway_lost` (`by` it) removed the session
-                // already when published: a resume here since announced it anew.
-                let own = e.by.as_deref() == Some(self.me.as_str());
-                if !here || e.node == self.me {
+                // This gateway's own event (its `closed` and `expired`, or a
+                // `gateway_lost` it published for a peer: `by` it) removed the session
+                // from the view already when published: one held here now was resumed
+                // here since, and its resume announced it anew. Removing it again hid
+                // a live session from this gateway's presence answers, and when it
+                // ended later nothing was published: services saw it online for good.
+                let own = e.by.as_deref().unwrap_or(&e.node) == self.me;
+                if !here {
                     self.sessions.remove(&e.session);
                     self.away.remove(&e.session);
                 } else if let Some(h) = self.sessions.get(&e.session).filter(|_| !own) {
@@ -816,6 +820,31 @@ mod tests {
     }
 
     #[test]
+    fn an_own_expired_event_echoed_after_a_resume_here_leaves_the_session_in_the_view() {
+        // s1's connection to a was lost; a published `expired` after the grace, and
+        // the client resumed on a (from its positions) before the echo came back.
+        let t0 = Instant::now();
+        let mut v = PresenceView::new("a", GRACE);
+        assert!(v.opened("s1", "ada", None, None));
+        v.ended("s1", false, t0);
+        let due = v.due(t0 + GRACE);
+        assert_eq!((due[0].0.as_str(), due[0].2), ("s1", "expired"));
+        assert!(v.opened("s1", "ada", None, None), "announced anew");
+        let echo = PresenceEvent {
+            event: "client.disconnected".into(),
+            reason: Some("expired".into()),
+            ..connected("s1", "ada", "a")
+        };
+        assert!(v.on_event(echo).is_empty(), "no event again: its own");
+        assert!(v.user_online("ada", None));
+        assert_eq!(v.online(None, None, None).len(), 1);
+        // And its end is published.
+        v.ended("s1", false, t0 + GRACE);
+        let due = v.due(t0 + GRACE * 2);
+        assert_eq!((due[0].0.as_str(), due[0].2), ("s1", "expired"));
+    }
+
+    #[test]
     fn a_resume_within_the_grace_publishes_nothing_here_or_there() {
         let t0 = Instant::now();
         let mut v = PresenceView::new("a", GRACE);
@@ -875,14 +904,20 @@ mod tests {
         assert_eq!(again[1].keys, Some(vec!["chat.all".to_string()]));
         assert!(c.user_online("ada", None), "still online here");
         // Its own client's goodbye, published by c, is no race: nothing again.
-        assert!(c
-            .on_event(PresenceEvent {
-                event: "client.disconnected".into(),
-                node: "c".into(),
-                ..connected("s1", "ada", "c")
-            })
-            .is_empty());
+        let closed = PresenceEvent {
+            event: "client.disconnected".into(),
+            node: "c".into(),
+            reason: Some("closed".into()),
+            ..connected("s1", "ada", "c")
+        };
+        assert!(c.ended("s1", true, Instant::now()).is_some(), "published");
+        assert!(c.on_event(closed.clone()).is_empty());
         assert!(!c.user_online("ada", None));
+        // Nor when the client opened it again here before the echo came back: its
+        // `client.connected` went out after the `closed`, and the view keeps it.
+        assert!(c.opened("s1", "ada", None, None), "announced anew");
+        assert!(c.on_event(closed).is_empty());
+        assert!(c.user_online("ada", None), "the echo leaves it");
 
         // The elected gateway's own gateway_lost, echoed after the client resumed there
         // (its resume announced the session anew: the view had dropped it): nothing
