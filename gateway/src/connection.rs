@@ -198,6 +198,20 @@ pub(crate) fn serve<S: Send + 'static>(
     }
 }
 
+/// Whether `hello` resumes a session that a connection of this gateway still serves
+/// (its client is gone, but it has not noticed yet) and the resume will go on (its
+/// positions are within the streams): the new connection then replaces that one,
+/// which the takeover closes at once, and does not add to the user's sessions. At
+/// `max_connections_per_user` such a client was otherwise refused until the stale
+/// connection's heartbeat timed out (up to 37 s), and the SDK's back-off made it
+/// longer.
+async fn replaces_a_connection(shared: &Shared, hello: &Hello, owner: &str) -> bool {
+    let Resume::Resume(requested) = core_::resume_of(hello, owner) else {
+        return false;
+    };
+    shared.registry.holds(requested) && position_past_tail(shared, hello).await.is_none()
+}
+
 fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic
         .downcast_ref::<&str>()
@@ -649,22 +663,31 @@ impl Conn {
         };
         // Sessions per user, before anything is declared for this one. Anonymous
         // development sessions are each their own user.
+        let mut replacing = false;
         let user_slot = if anonymous {
             None
         } else {
             match self.shared.limiter.admit_user(&owner) {
                 Ok(slot) => Some(slot),
-                Err(refused) => {
-                    metrics::add(&self.shared.metrics.refused_limit, 1);
-                    let message = refused.message(config.max_connections_per_user);
-                    let frame = ServerFrame::error(None, ErrorCode::Overloaded, message.clone());
-                    let _ = self.send(&frame).await;
-                    return Flow::Close(CloseCode::RateLimited, message);
+                Err(_) if replaces_a_connection(&shared, &hello, &owner).await => {
+                    replacing = true;
+                    Some(self.shared.limiter.admit_user_replacing(&owner))
                 }
+                Err(_) => return self.refuse_user_limit().await,
             }
         };
-        self.open_session(hello, identity, owner, anonymous, user_slot)
+        self.open_session(hello, identity, owner, anonymous, user_slot, replacing)
             .await
+    }
+
+    /// Refuses a session over `max_connections_per_user`.
+    async fn refuse_user_limit(&mut self) -> Flow {
+        metrics::add(&self.shared.metrics.refused_limit, 1);
+        let message = crate::limits::Refused::ConnectionsPerUser
+            .message(self.shared.config.max_connections_per_user);
+        let frame = ServerFrame::error(None, ErrorCode::Overloaded, message.clone());
+        let _ = self.send(&frame).await;
+        Flow::Close(CloseCode::RateLimited, message)
     }
 
     /// Opens or resumes a session: nothing is declared on the broker. A resume names its
@@ -678,6 +701,7 @@ impl Conn {
         owner: String,
         anonymous: bool,
         user_slot: Option<Slot>,
+        replacing: bool,
     ) -> Flow {
         let mut notice = None;
         let mut resumed = false;
@@ -704,6 +728,10 @@ impl Conn {
             fresh => fresh,
         };
         match resume {
+            // Admitted over the user's limit to replace the connection serving this
+            // session, which it no longer can (a stream was replaced since the look):
+            // a fresh session would be one more.
+            Resume::Fresh { .. } if replacing => return self.refuse_user_limit().await,
             Resume::Fresh { notice: why } => {
                 if why == Some(ErrorCode::Forbidden) {
                     tracing::info!(conn = self.id, session = ?hello.session, "resume refused: another user's session");

@@ -305,6 +305,18 @@ impl Limiter {
             key: SlotKey::User(user.to_string()),
         })
     }
+
+    /// Admits a session of `user` whatever the limit: one that replaces a connection
+    /// of `user` about to close (a resume taking its session over), so that the count
+    /// stays one place per open connection.
+    pub fn admit_user_replacing(&self, user: &str) -> Slot {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        *counts.users.entry(user.to_string()).or_insert(0) += 1;
+        Slot {
+            counts: self.counts.clone(),
+            key: SlotKey::User(user.to_string()),
+        }
+    }
 }
 
 /// What a user's token may do over the HTTP API (`http_api.accept_jwt`): as much as

@@ -281,6 +281,14 @@ impl Registry {
         }
     }
 
+    /// Whether a connection of this gateway serves `session`.
+    pub fn holds(&self, session: &str) -> bool {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(session)
+    }
+
     /// How many sessions this gateway serves.
     pub fn len(&self) -> usize {
         self.sessions

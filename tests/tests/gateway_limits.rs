@@ -132,6 +132,75 @@ async fn sessions_per_user_are_limited_and_other_users_are_unaffected() {
     .await;
 }
 
+/// A user at `max_connections_per_user` whose client lost a connection without the
+/// gateway noticing (a network gone, not closed) resumes that session on a new one:
+/// the new connection replaces the stale one, which is closed, instead of being
+/// refused until the stale one's heartbeat times out. It adds no session: the user
+/// is still at its limit, and a resume of a session no connection here serves is
+/// refused as a new session would be.
+#[tokio::test]
+async fn a_resume_over_a_stale_connection_at_the_user_limit_replaces_it() {
+    TestEnv::run("limit-user-resume", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| c.max_connections_per_user = 2).await;
+        let url = gw.url();
+        let a1 = TestClient::connect_with(&url, as_user("ada")).await;
+        // a2's network goes: its socket stays open and is no longer read.
+        let mut a2 = TestClient::connect_with(&url, as_user("ada")).await;
+        let hello = Hello {
+            token: Some("ada".into()),
+            ..a2.resume_hello()
+        };
+        let mut again = TestClient::connect_raw(&url).await;
+        again
+            .send(&warren_protocol::ClientFrame::Hello(hello))
+            .await;
+        match again.recv_within(Duration::from_secs(5)).await {
+            Some(ServerFrame::Welcome(w)) => {
+                assert!(w.resumed, "{w:?}");
+                assert_eq!(w.session, a2.session());
+            }
+            other => panic!("expected the resume's welcome, got {other:?}"),
+        }
+        assert!(
+            a2.expect_close(Duration::from_secs(5)).await.is_some(),
+            "the stale connection is closed"
+        );
+        again.ping(1).await;
+        assert!(matches!(
+            again.recv_within(Duration::from_secs(5)).await,
+            Some(ServerFrame::Pong(_))
+        ));
+
+        // Still two sessions: a third is refused.
+        let mut a3 = TestClient::connect_raw(&url).await;
+        a3.send(&warren_protocol::ClientFrame::Hello(as_user("ada")))
+            .await;
+        match a3.recv_within(Duration::from_secs(5)).await {
+            Some(ServerFrame::Error(e)) => assert_eq!(e.code, ErrorCode::Overloaded, "{e:?}"),
+            other => panic!("expected error overloaded, got {other:?}"),
+        }
+        // a1 closes and a new session takes its place; a1's session, which no
+        // connection serves now, may not be resumed over the limit.
+        let gone = Hello {
+            token: Some("ada".into()),
+            ..a1.resume_hello()
+        };
+        a1.close().await;
+        let a4 = TestClient::connect_with(&url, as_user("ada")).await;
+        let mut late = TestClient::connect_raw(&url).await;
+        late.send(&warren_protocol::ClientFrame::Hello(gone)).await;
+        match late.recv_within(Duration::from_secs(5)).await {
+            Some(ServerFrame::Error(e)) => assert_eq!(e.code, ErrorCode::Overloaded, "{e:?}"),
+            other => panic!("expected error overloaded, got {other:?}"),
+        }
+        assert_eq!(late.expect_close(Duration::from_secs(5)).await, Some(4005));
+        again.close().await;
+        a4.close().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_frame_flood_is_throttled_for_the_flooder_only() {
     TestEnv::run("limit-frames", LIMIT, async |env| {
