@@ -93,6 +93,9 @@ struct Session {
     subs: Subscriptions,
     /// Nothing more is sent (drain).
     cancelled: bool,
+    /// The oldest unacknowledged delivery when the window was full at the last ping
+    /// ([`core_::stalled`]).
+    full_at_ping: Option<u64>,
 }
 
 /// Serves one upgraded WebSocket until it closes; `slot` (the peer IP's connection
@@ -817,6 +820,7 @@ impl Conn {
             inflight: Inflight::default(),
             subs: Subscriptions::default(),
             cancelled: false,
+            full_at_ping: None,
         });
         // The subscriptions the client held, before anything is replayed; refusals are
         // reported when the client sends them again as `subscribe` frames.
@@ -1380,6 +1384,7 @@ impl Conn {
         match self.clock.due(Instant::now(), self.phase, expires) {
             Due::Nothing => Flow::Continue,
             Due::Ping => {
+                self.park_if_stalled();
                 let (position, stream) = self.ping_position().unzip();
                 self.send(&ServerFrame::Ping(Ping {
                     ts: Some(now_ms_epoch()),
@@ -1400,6 +1405,41 @@ impl Conn {
                 Flow::Close(CloseCode::TokenExpired, String::new())
             }
             Due::Close(code, why) => Flow::Close(code, why.to_string()),
+        }
+    }
+
+    /// Gives up the session's stream readers behind the ring when its client has
+    /// acknowledged nothing for a whole heartbeat interval with its window full
+    /// ([`core_::stalled`]).
+    fn park_if_stalled(&mut self) {
+        let window = usize::from(self.shared.config.delivery_window);
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        let (park, full) = core_::stalled(
+            s.full_at_ping,
+            s.inflight.first_seq(),
+            s.inflight.len(),
+            window,
+        );
+        s.full_at_ping = full;
+        if !park {
+            return;
+        }
+        let parked = s
+            .streams
+            .iter_mut()
+            .flatten()
+            .map(Outbound::park)
+            .filter(|parked| *parked)
+            .count();
+        if parked > 0 {
+            metrics::add(&self.shared.metrics.stream_reader_parks, parked as u64);
+            tracing::debug!(
+                conn = self.id,
+                parked,
+                "stream readers given up: the client acknowledges nothing"
+            );
         }
     }
 

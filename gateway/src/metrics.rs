@@ -64,6 +64,9 @@ pub struct Metrics {
     /// Stream outbound: times a reader waited for one of the `max_stream_readers` to
     /// close before it could open.
     pub stream_reader_waits: AtomicU64,
+    /// Stream outbound: readers behind the ring given up because their session's
+    /// client acknowledged nothing for a heartbeat interval.
+    pub stream_reader_parks: AtomicU64,
     /// `error` frames sent to clients, by code (in [`ErrorCode::ALL`] order).
     errors: [AtomicU64; ERROR_SLOTS],
     /// Time from a connection's TCP accept to its `welcome` (sessions opened or
@@ -241,6 +244,12 @@ impl Metrics {
             "counter",
             "Stream readers that waited for one of max_stream_readers to close.",
             get(&self.stream_reader_waits),
+        );
+        metric(
+            "stream_reader_parks_total",
+            "counter",
+            "Stream readers given up because their client acknowledged nothing for a heartbeat interval.",
+            get(&self.stream_reader_parks),
         );
         metric(
             "stream_missed_total",

@@ -289,6 +289,36 @@ impl Outbound {
         }
     }
 
+    /// Gives up the stream reader this session reads through behind the ring, if any
+    /// (its own, one still opening or waiting for a slot, or its place in a shared
+    /// replay), because its client acknowledges nothing ([`core_::stalled`]). Its
+    /// position stays: once the client acknowledges, the next read finds it behind
+    /// the ring and reads on from there as any resume would. Returns whether it had
+    /// one.
+    pub(crate) fn park(&mut self) -> bool {
+        match std::mem::replace(&mut self.read, Read::Ring) {
+            Read::Stream(r) => {
+                tokio::spawn(r.close());
+                true
+            }
+            Read::Opening(_, opening, left) => {
+                left.notify_one();
+                tokio::spawn(async move {
+                    if let Ok(r) = opening.await {
+                        r.close().await;
+                    }
+                });
+                true
+            }
+            // Its handle, dropped, leaves the replay; one left with nobody stops.
+            Read::Replay(_) => true,
+            other => {
+                self.read = other;
+                false
+            }
+        }
+    }
+
     /// Leaves the hub and closes the session's own reader, if it has one (one still
     /// opening is closed once open; one still waiting for a reader slot leaves the
     /// queue, so an abandoned session does not open a reader only to close it).

@@ -101,6 +101,11 @@ impl<T> Inflight<T> {
         self.pending.is_empty()
     }
 
+    /// The oldest delivery not acknowledged.
+    pub fn first_seq(&self) -> Option<u64> {
+        self.pending.keys().next().copied()
+    }
+
     /// The last sequence number handed out.
     pub fn last_seq(&self) -> u64 {
         self.last_seq

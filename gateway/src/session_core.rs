@@ -242,6 +242,26 @@ pub(crate) fn may_deliver(cancelled: bool, unacked: usize, window: usize) -> boo
     !cancelled && unacked < window
 }
 
+/// At a heartbeat ping: whether the session gives up its stream readers behind the
+/// ring ([`crate::outbound::Outbound::park`]), and what to remember for the next ping.
+/// `full_at_last` is the oldest delivery not acknowledged when the delivery window
+/// was full at the previous ping; `oldest` is that now. A reader behind the ring
+/// holds one of `max_stream_readers`, and one of a client that stopped acknowledging
+/// (while it still answers pings) was held for as long as it stayed connected: a few
+/// such clients held every slot, and other sessions' resumes waited. Given up when the
+/// window was full at two pings in a row with the same delivery first (nothing
+/// acknowledged for a whole heartbeat interval); opened again from the session's
+/// position once it acknowledges.
+pub(crate) fn stalled(
+    full_at_last: Option<u64>,
+    oldest: Option<u64>,
+    unacked: usize,
+    window: usize,
+) -> (bool, Option<u64>) {
+    let full = oldest.filter(|_| unacked >= window);
+    (full.is_some() && full == full_at_last, full)
+}
+
 /// How many deliveries to write in one batch: what the window has room for (at least
 /// one, as the loop only asks when there is room), at most [`MAX_WRITE_BATCH`].
 pub(crate) fn batch_room(unacked: usize, window: usize) -> usize {
@@ -1323,5 +1343,18 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_session_whose_window_stays_full_between_two_pings_gives_up_its_readers() {
+        // Full with delivery 1 oldest: remembered, nothing given up yet.
+        assert_eq!(stalled(None, Some(1), 4, 4), (false, Some(1)));
+        // Still full, still 1 oldest: a whole interval without an ack.
+        assert_eq!(stalled(Some(1), Some(1), 4, 4), (true, Some(1)));
+        // Full again, but the client acknowledged meanwhile: starts over.
+        assert_eq!(stalled(Some(1), Some(3), 4, 4), (false, Some(3)));
+        // Room in the window: the client reads at its pace; nothing remembered.
+        assert_eq!(stalled(Some(1), Some(1), 3, 4), (false, None));
+        assert_eq!(stalled(None, None, 0, 4), (false, None));
     }
 }

@@ -15,14 +15,15 @@ use warren_protocol::Hello;
 
 const LIMIT: Duration = Duration::from_secs(90);
 
-/// Delivery bodies (numbers) up to and including `last`, acknowledged as they come.
+/// Delivery bodies (numbers) up to and including `last`, acknowledged as they come
+/// (every 8th: within the smallest delivery window used here).
 async fn take_until(c: &mut TestClient, last: usize) -> Vec<usize> {
     let mut got = Vec::new();
     loop {
         let d = c.expect_deliver().await;
         let n: usize = d.message.get().parse().expect("a number");
         got.push(n);
-        if got.len() % 50 == 0 || n == last {
+        if got.len() % 8 == 0 || n == last {
             c.ack_deliveries(d.seq).await;
         }
         if n == last {
@@ -108,6 +109,123 @@ async fn resumes_past_max_stream_readers_wait_for_a_reader_and_lose_nothing() {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        a.close().await;
+        b.close().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+/// A client that stops acknowledging (it still answers pings) gives up its reader
+/// behind the ring after a heartbeat interval with its delivery window full: another
+/// session's resume that waited for the slot then gets everything, and the stalled
+/// client, once it acknowledges, reads on from its position: everything, in order,
+/// once.
+#[tokio::test]
+async fn a_client_that_stops_acknowledging_gives_up_its_reader_slot() {
+    TestEnv::run("reader-slots-stalled", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| {
+            c.hub_buffer_messages = 3;
+            c.max_stream_readers = 1;
+            c.delivery_window = 16;
+            c.heartbeat_ms = 300;
+        })
+        .await;
+        let s = sub("all", "chat");
+        let away = |c: TestClient| {
+            let hello = Hello {
+                session: Some(c.session().to_string()),
+                position: c.welcome().position,
+                subscriptions: vec![s.clone()],
+                ..Default::default()
+            };
+            c.abort();
+            hello
+        };
+        // b leaves first, a after 100 more: a's reader cannot serve b's older
+        // position, so b needs a reader of its own.
+        let mut b = TestClient::connect(&gw.url()).await;
+        b.subscribe(s.clone()).await;
+        let b_hello = away(b);
+        let n = 100;
+        for i in 0..n {
+            env.publish_out("chat.all", &format!("m{i}"), &i.to_string())
+                .await;
+        }
+        let mut a = TestClient::connect(&gw.url()).await;
+        a.subscribe(s.clone()).await;
+        let a_hello = away(a);
+        for i in n..2 * n {
+            env.publish_out("chat.all", &format!("m{i}"), &i.to_string())
+                .await;
+        }
+
+        // a comes back, takes its window's worth and acknowledges nothing, but
+        // answers pings.
+        let mut a = TestClient::connect_with(&gw.url(), a_hello).await;
+        let mut a_got = Vec::new();
+        while a_got.len() < 16 {
+            let d = a.expect_deliver().await;
+            a_got.push(d);
+        }
+        assert_eq!(
+            gw.metric("stream_readers_open").await,
+            1,
+            "a holds the slot"
+        );
+        let (done, mut b_done) = tokio::sync::oneshot::channel::<()>();
+        let stalled = tokio::spawn(async move {
+            while b_done.try_recv().is_err() {
+                if let Some(warren_protocol::ServerFrame::Deliver(d)) =
+                    a.recv_within(Duration::from_millis(100)).await
+                {
+                    a_got.push(d);
+                }
+            }
+            (a, a_got)
+        });
+
+        // b comes back: it gets everything from its position, although a never
+        // acknowledges.
+        let mut b = TestClient::connect_with(&gw.url(), b_hello).await;
+        let last = 2 * n - 1;
+        let got_b = tokio::time::timeout(Duration::from_secs(20), take_until(&mut b, last))
+            .await
+            .expect("b got its messages while a acknowledged nothing");
+        let from_b = got_b.first().copied().unwrap_or(usize::MAX);
+        assert!(
+            from_b == 0 && exactly(&got_b, from_b, last),
+            "session b: everything from its position, in order, once: {} messages from {from_b}",
+            got_b.len()
+        );
+        assert!(
+            gw.metric("stream_reader_waits_total").await >= 1,
+            "b waited"
+        );
+        assert!(
+            gw.metric("stream_reader_parks_total").await >= 1,
+            "a gave its slot up"
+        );
+        let _ = done.send(());
+        let (mut a, a_got) = stalled.await.unwrap();
+        assert_eq!(a_got.len(), 16, "nothing past a's window");
+
+        // a acknowledges at last and reads on from where it was.
+        let mut got_a: Vec<usize> = a_got
+            .iter()
+            .map(|d| d.message.get().parse().expect("a number"))
+            .collect();
+        a.ack_deliveries(a_got.last().unwrap().seq).await;
+        let from_a = got_a[0];
+        if got_a.last() != Some(&last) {
+            got_a.extend(take_until(&mut a, last).await);
+        }
+        assert!(
+            from_a <= n && from_a + 10 >= n && exactly(&got_a, from_a, last),
+            "session a: everything from its position, in order, once: {} messages from {from_a}",
+            got_a.len()
+        );
+        a.expect_no_deliver(Duration::from_millis(200)).await;
         a.close().await;
         b.close().await;
         gw.shutdown().await;
