@@ -668,9 +668,17 @@ async fn upgrade(
 }
 
 /// A `/ws` request that cannot be upgraded: `status` as the WebSocket library says
-/// (400, 405 for a method other than `GET`, 426), code `invalid`.
+/// (400, 405 for a method other than `GET`, 426), code `invalid`. A 405 names the
+/// method `/ws` answers in `Allow`, as RFC 9110 requires (a `HEAD`, which reaches the
+/// `GET` route, had none).
 fn not_an_upgrade(status: StatusCode, why: String) -> Response {
-    refusal(status, warren_protocol::ErrorCode::Invalid, why)
+    let mut response = refusal(status, warren_protocol::ErrorCode::Invalid, why);
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        response
+            .headers_mut()
+            .insert(axum::http::header::ALLOW, HeaderValue::from_static("GET"));
+    }
+    response
 }
 
 /// The two WebSocket libraries' upgrades ([`crate::socket`]).

@@ -611,6 +611,14 @@ async fn a_request_no_route_takes_is_refused_in_json_on_every_listener() {
                 assert_eq!(header("allow"), Some(*allow), "{what}");
             }
         }
+        // HEAD reaches /ws's GET route and cannot be upgraded: 405, saying GET.
+        let (got, headers, _) = http_request(ws, "HEAD", "/ws", &[]).await;
+        assert_eq!(got, 405, "HEAD /ws");
+        let allow = headers
+            .iter()
+            .find(|(k, _)| k == "allow")
+            .map(|(_, v)| v.as_str());
+        assert_eq!(allow, Some("GET"), "HEAD /ws: {headers:?}");
         own.shutdown().await;
         gw.shutdown().await;
     })
