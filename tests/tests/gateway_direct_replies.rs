@@ -6,16 +6,18 @@
 //! from the request's copy the SDK sends when it resumes, by the Warren service
 //! library's duplicate window.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use warren_e2e::client::TestClient;
-use warren_e2e::env::{ack, next_delivery, TestEnv};
+use warren_e2e::env::{ack, amqp_addr, next_delivery, TestEnv};
 use warren_e2e::gateway::TestGateway;
 use warren_e2e::sdk_driver::{envelope, payload, GatewayProcess, SdkClient};
-use warren_e2e::service::DemoProcess;
 use warren_gateway::RequestReplies;
 use warren_protocol::ErrorCode;
 use warren_sdk::Config;
+use warren_service::{Context, HandlerError, Incoming, Outcome, Service};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -99,9 +101,27 @@ async fn a_direct_reply_lost_with_its_gateway_comes_from_the_copy_the_sdk_sends_
     );
     let (mut a, mut b) = (a, b);
     // A Warren-library service that takes 1.5 s per request: the gateway that sent
-    // the request is killed while the service works on it.
-    let mut service =
-        DemoProcess::spawn(&env.namespace, &["--only", "echo", "--delay-ms", "1500"]).await;
+    // the request is killed while the service works on it. It counts what its
+    // handler runs: the copy the SDK sends again must be answered from the library's
+    // duplicate window, not handled a second time.
+    let handled = Arc::new(AtomicU64::new(0));
+    let service = Service::connect(&amqp_addr(), env.names.clone())
+        .await
+        .expect("the service connects");
+    let count = handled.clone();
+    service
+        .consume("echo", move |_ctx: Context, m: Incoming| {
+            let count = count.clone();
+            async move {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                let body: serde_json::Value =
+                    m.json().map_err(|e| HandlerError::Failed(e.to_string()))?;
+                Outcome::json(&body).map_err(|e| HandlerError::Failed(e.to_string()))
+            }
+        })
+        .await
+        .expect("consume echo");
     let mut config = Config::new(vec![a.url(), b.url()]);
     config.token = Some("u1".into());
     config.backoff = warren_sdk::Backoff::new(50, 500);
@@ -142,8 +162,13 @@ async fn a_direct_reply_lost_with_its_gateway_comes_from_the_copy_the_sdk_sends_
         Some(b.url()),
         "the answer came through the second gateway"
     );
+    assert_eq!(
+        handled.load(Ordering::SeqCst),
+        1,
+        "the service handled the request once; the copy was answered from its window"
+    );
     client.close().await;
-    service.terminate().await;
+    service.stop().await.expect("the service stops");
     b.kill().await;
     env.cleanup().await;
 }
