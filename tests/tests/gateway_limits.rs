@@ -20,6 +20,14 @@ fn as_user(name: &str) -> Hello {
     }
 }
 
+/// Waits for the `error overloaded` that refuses `c`'s `hello`.
+async fn expect_overloaded(c: &mut TestClient) {
+    match c.recv_within(Duration::from_secs(5)).await {
+        Some(ServerFrame::Error(e)) => assert_eq!(e.code, ErrorCode::Overloaded, "{e:?}"),
+        other => panic!("expected error overloaded, got {other:?}"),
+    }
+}
+
 fn metric(text: &str, name: &str) -> u64 {
     text.lines()
         .find(|l| l.starts_with(&format!("warren_gateway_{name}{{")))
@@ -116,10 +124,7 @@ async fn sessions_per_user_are_limited_and_other_users_are_unaffected() {
         let mut a3 = TestClient::connect_raw(&url).await;
         a3.send(&warren_protocol::ClientFrame::Hello(as_user("ada")))
             .await;
-        match a3.recv_within(Duration::from_secs(5)).await {
-            Some(ServerFrame::Error(e)) => assert_eq!(e.code, ErrorCode::Overloaded, "{e:?}"),
-            other => panic!("expected error overloaded, got {other:?}"),
-        }
+        expect_overloaded(&mut a3).await;
         assert_eq!(a3.expect_close(Duration::from_secs(5)).await, Some(4005));
         let mut bob = TestClient::connect_with(&url, as_user("bob")).await;
         bob.publish("b", "chat", json!(1)).await;
@@ -175,10 +180,7 @@ async fn a_resume_over_a_stale_connection_at_the_user_limit_replaces_it() {
         let mut a3 = TestClient::connect_raw(&url).await;
         a3.send(&warren_protocol::ClientFrame::Hello(as_user("ada")))
             .await;
-        match a3.recv_within(Duration::from_secs(5)).await {
-            Some(ServerFrame::Error(e)) => assert_eq!(e.code, ErrorCode::Overloaded, "{e:?}"),
-            other => panic!("expected error overloaded, got {other:?}"),
-        }
+        expect_overloaded(&mut a3).await;
         // a1 closes and a new session takes its place; a1's session, which no
         // connection serves now, may not be resumed over the limit.
         let gone = Hello {
@@ -189,10 +191,7 @@ async fn a_resume_over_a_stale_connection_at_the_user_limit_replaces_it() {
         let a4 = TestClient::connect_with(&url, as_user("ada")).await;
         let mut late = TestClient::connect_raw(&url).await;
         late.send(&warren_protocol::ClientFrame::Hello(gone)).await;
-        match late.recv_within(Duration::from_secs(5)).await {
-            Some(ServerFrame::Error(e)) => assert_eq!(e.code, ErrorCode::Overloaded, "{e:?}"),
-            other => panic!("expected error overloaded, got {other:?}"),
-        }
+        expect_overloaded(&mut late).await;
         assert_eq!(late.expect_close(Duration::from_secs(5)).await, Some(4005));
         again.close().await;
         a4.close().await;

@@ -11,7 +11,7 @@ use warren_e2e::client::{sub, TestClient};
 use warren_e2e::env::TestEnv;
 use warren_e2e::gateway::TestGateway;
 use warren_gateway::replay::WINDOW_MESSAGES;
-use warren_protocol::Hello;
+use warren_protocol::{Hello, Subscribe};
 
 const LIMIT: Duration = Duration::from_secs(90);
 
@@ -32,6 +32,19 @@ async fn take_until(c: &mut TestClient, last: usize) -> Vec<usize> {
     }
 }
 
+/// Drops `c`'s connection without a close (a client gone): the `hello` that resumes
+/// its session, subscribed to `s`, from where it started.
+fn away(c: TestClient, s: &Subscribe) -> Hello {
+    let hello = Hello {
+        session: Some(c.session().to_string()),
+        position: c.welcome().position,
+        subscriptions: vec![s.clone()],
+        ..Default::default()
+    };
+    c.abort();
+    hello
+}
+
 /// Whether `got` is `from..=last` exactly: in order, nothing lost, nothing twice.
 fn exactly(got: &[usize], from: usize, last: usize) -> bool {
     got.len() == last + 1 - from && got.iter().enumerate().all(|(i, n)| *n == from + i)
@@ -46,29 +59,19 @@ async fn resumes_past_max_stream_readers_wait_for_a_reader_and_lose_nothing() {
         })
         .await;
         let s = sub("all", "chat");
-        let away = |c: TestClient| {
-            let hello = Hello {
-                session: Some(c.session().to_string()),
-                position: c.welcome().position,
-                subscriptions: vec![s.clone()],
-                ..Default::default()
-            };
-            c.abort();
-            hello
-        };
         // Two sessions away from positions further apart than a shared reader
         // reaches (it takes sessions up to half its window ahead).
         let apart = WINDOW_MESSAGES;
         let mut a = TestClient::connect(&gw.url()).await;
         a.subscribe(s.clone()).await;
-        let a_hello = away(a);
+        let a_hello = away(a, &s);
         for i in 0..apart {
             env.publish_out("chat.all", &format!("m{i}"), &i.to_string())
                 .await;
         }
         let mut b = TestClient::connect(&gw.url()).await;
         b.subscribe(s.clone()).await;
-        let b_hello = away(b);
+        let b_hello = away(b, &s);
         for i in apart..2 * apart {
             env.publish_out("chat.all", &format!("m{i}"), &i.to_string())
                 .await;
@@ -132,21 +135,11 @@ async fn a_client_that_stops_acknowledging_gives_up_its_reader_slot() {
         })
         .await;
         let s = sub("all", "chat");
-        let away = |c: TestClient| {
-            let hello = Hello {
-                session: Some(c.session().to_string()),
-                position: c.welcome().position,
-                subscriptions: vec![s.clone()],
-                ..Default::default()
-            };
-            c.abort();
-            hello
-        };
         // b leaves first, a after 100 more: a's reader cannot serve b's older
         // position, so b needs a reader of its own.
         let mut b = TestClient::connect(&gw.url()).await;
         b.subscribe(s.clone()).await;
-        let b_hello = away(b);
+        let b_hello = away(b, &s);
         let n = 100;
         for i in 0..n {
             env.publish_out("chat.all", &format!("m{i}"), &i.to_string())
@@ -154,7 +147,7 @@ async fn a_client_that_stops_acknowledging_gives_up_its_reader_slot() {
         }
         let mut a = TestClient::connect(&gw.url()).await;
         a.subscribe(s.clone()).await;
-        let a_hello = away(a);
+        let a_hello = away(a, &s);
         for i in n..2 * n {
             env.publish_out("chat.all", &format!("m{i}"), &i.to_string())
                 .await;
