@@ -221,19 +221,23 @@ impl PresenceView {
             }
             "client.disconnected" => {
                 // Unless it is back here already (a resume raced the event).
-                let here = self
+                let held_here = self
                     .sessions
                     .get(&e.session)
-                    .is_some_and(|h| h.node == self.me)
-                    && !self.away.contains_key(&e.session);
+                    .is_some_and(|h| h.node == self.me);
+                let here = held_here && !self.away.contains_key(&e.session);
                 // This gateway's own event (its `closed` and `expired`, or a
                 // `gateway_lost` it published for a peer: `by` it) removed the session
                 // from the view already when published: one held here now was resumed
-                // here since, and its resume announced it anew. Removing it again hid
-                // a live session from this gateway's presence answers, and when it
-                // ended later nothing was published: services saw it online for good.
+                // here since, and its resume announced it anew — even if that
+                // connection is lost again by now (away: its own `expired` is due).
+                // Removing it again hid a live session from this gateway's presence
+                // answers, and when it ended nothing was published: services saw it
+                // online for good.
                 let own = e.by.as_deref().unwrap_or(&e.node) == self.me;
-                if !here {
+                if own && held_here {
+                    // Left as it is.
+                } else if !here {
                     self.sessions.remove(&e.session);
                     self.away.remove(&e.session);
                 } else if let Some(h) = self.sessions.get(&e.session).filter(|_| !own) {
@@ -835,12 +839,24 @@ mod tests {
             reason: Some("expired".into()),
             ..connected("s1", "ada", "a")
         };
-        assert!(v.on_event(echo).is_empty(), "no event again: its own");
+        assert!(
+            v.on_event(echo.clone()).is_empty(),
+            "no event again: its own"
+        );
         assert!(v.user_online("ada", None));
         assert_eq!(v.online(None, None, None).len(), 1);
         // And its end is published.
         v.ended("s1", false, t0 + GRACE);
         let due = v.due(t0 + GRACE * 2);
+        assert_eq!((due[0].0.as_str(), due[0].2), ("s1", "expired"));
+
+        // The same, but the resumed connection is lost again (away) before the echo
+        // of the first `expired` comes back: its own `expired` is still published.
+        assert!(v.opened("s1", "ada", None, None), "announced anew");
+        v.ended("s1", false, t0 + GRACE * 2);
+        assert!(v.on_event(echo).is_empty());
+        let due = v.due(t0 + GRACE * 3);
+        assert_eq!(due.len(), 1, "its end is still due");
         assert_eq!((due[0].0.as_str(), due[0].2), ("s1", "expired"));
     }
 
