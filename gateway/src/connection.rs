@@ -93,9 +93,10 @@ struct Session {
     subs: Subscriptions,
     /// Nothing more is sent (drain).
     cancelled: bool,
-    /// The oldest unacknowledged delivery when the window was full at the last ping
-    /// ([`core_::stalled`]).
-    full_at_ping: Option<u64>,
+    /// The oldest unacknowledged delivery when the window was full at the last stall
+    /// check, and when that check was ([`core_::stalled`]).
+    full_at_check: Option<u64>,
+    checked: Instant,
 }
 
 /// Serves one upgraded WebSocket until it closes; `slot` (the peer IP's connection
@@ -392,11 +393,23 @@ impl Conn {
     /// When the timer must fire next ([`Clock::next_wake`]).
     fn next_wake(&self) -> Instant {
         let expires = self.session.as_ref().and_then(|s| s.expires);
-        self.clock
-            .next_wake(self.phase, expires, self.requests.next_deadline())
+        let wake = self
+            .clock
+            .next_wake(self.phase, expires, self.requests.next_deadline());
+        // While the delivery window is full: the next stall check.
+        let window = usize::from(self.shared.config.delivery_window);
+        match self.session.as_ref() {
+            Some(s) if s.inflight.len() >= window => wake.min(s.checked + self.heartbeat()),
+            _ => wake,
+        }
+    }
+
+    fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.shared.config.heartbeat_ms)
     }
 
     async fn on_timer(&mut self) -> Flow {
+        self.park_if_stalled(Instant::now());
         if let Flow::Close(c, r) = self.on_deadlines().await {
             return Flow::Close(c, r);
         }
@@ -820,7 +833,8 @@ impl Conn {
             inflight: Inflight::default(),
             subs: Subscriptions::default(),
             cancelled: false,
-            full_at_ping: None,
+            full_at_check: None,
+            checked: Instant::now(),
         });
         // The subscriptions the client held, before anything is replayed; refusals are
         // reported when the client sends them again as `subscribe` frames.
@@ -1384,7 +1398,6 @@ impl Conn {
         match self.clock.due(Instant::now(), self.phase, expires) {
             Due::Nothing => Flow::Continue,
             Due::Ping => {
-                self.park_if_stalled();
                 let (position, stream) = self.ping_position().unzip();
                 self.send(&ServerFrame::Ping(Ping {
                     ts: Some(now_ms_epoch()),
@@ -1411,18 +1424,26 @@ impl Conn {
     /// Gives up the session's stream readers behind the ring when its client has
     /// acknowledged nothing for a whole heartbeat interval with its window full
     /// ([`core_::stalled`]).
-    fn park_if_stalled(&mut self) {
+    fn park_if_stalled(&mut self, now: Instant) {
         let window = usize::from(self.shared.config.delivery_window);
+        let heartbeat = self.heartbeat();
         let Some(s) = self.session.as_mut() else {
             return;
         };
+        // Checks a heartbeat apart, on a wake of their own ([`Conn::next_wake`]): a
+        // client that keeps the connection busy (its own pings, publishes) is never
+        // pinged, so the pings could not be the checks.
+        if now < s.checked + heartbeat {
+            return;
+        }
+        s.checked = now;
         let (park, full) = core_::stalled(
-            s.full_at_ping,
+            s.full_at_check,
             s.inflight.first_seq(),
             s.inflight.len(),
             window,
         );
-        s.full_at_ping = full;
+        s.full_at_check = full;
         if !park {
             return;
         }

@@ -242,14 +242,15 @@ pub(crate) fn may_deliver(cancelled: bool, unacked: usize, window: usize) -> boo
     !cancelled && unacked < window
 }
 
-/// At a heartbeat ping: whether the session gives up its stream readers behind the
-/// ring ([`crate::outbound::Outbound::park`]), and what to remember for the next ping.
-/// `full_at_last` is the oldest delivery not acknowledged when the delivery window
-/// was full at the previous ping; `oldest` is that now. A reader behind the ring
+/// At a stall check (a heartbeat interval after the last, while the delivery window
+/// is full): whether the session gives up its stream readers behind the ring
+/// ([`crate::outbound::Outbound::park`]), and what to remember for the next check.
+/// `full_at_last` is the oldest delivery not acknowledged when the window was full at
+/// the previous check; `oldest` is that now. A reader behind the ring
 /// holds one of `max_stream_readers`, and one of a client that stopped acknowledging
 /// (while it still answers pings) was held for as long as it stayed connected: a few
 /// such clients held every slot, and other sessions' resumes waited. Given up when the
-/// window was full at two pings in a row with the same delivery first (nothing
+/// window was full at two checks in a row with the same delivery first (nothing
 /// acknowledged for a whole heartbeat interval); opened again from the session's
 /// position once it acknowledges.
 pub(crate) fn stalled(
@@ -1346,7 +1347,7 @@ mod tests {
     }
 
     #[test]
-    fn a_session_whose_window_stays_full_between_two_pings_gives_up_its_readers() {
+    fn a_session_whose_window_stays_full_between_two_checks_gives_up_its_readers() {
         // Full with delivery 1 oldest: remembered, nothing given up yet.
         assert_eq!(stalled(None, Some(1), 4, 4), (false, Some(1)));
         // Still full, still 1 oldest: a whole interval without an ack.
