@@ -239,17 +239,18 @@ struct RemoteJwks {
     /// The last fetch failed (the issuer unreachable, or its answer unreadable): a
     /// key id not held may be one it would have given.
     failing: std::sync::atomic::AtomicBool,
-    /// Held through a fetch: a token naming the new key that arrives while another
-    /// token's fetch is on its way waits for that fetch and is verified against its
+    /// Held through a fetch, by the fetch itself (not by the token that started it,
+    /// whose request may be dropped meanwhile): a token naming the new key that arrives
+    /// while a fetch is on its way waits for that fetch and is verified against its
     /// keys, instead of finding the interval taken and being refused for good.
-    fetch_turn: tokio::sync::Mutex<()>,
+    fetch_turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Turns tokens into identities, as configured.
 pub struct Verifier {
     mode: AuthMode,
     keys: Vec<Key>,
-    remote: Option<RemoteJwks>,
+    remote: Option<Arc<RemoteJwks>>,
     issuer: Option<String>,
     audience: Option<String>,
     leeway_s: u64,
@@ -299,7 +300,7 @@ impl Verifier {
                         "auth.jwt.jwks_url `{url}` must be an http(s) URL"
                     )));
                 }
-                v.remote = Some(RemoteJwks {
+                v.remote = Some(Arc::new(RemoteJwks {
                     url: url.clone(),
                     allowed: allowed_algorithms(&config.jwt)?,
                     min_interval: std::time::Duration::from_secs(config.jwt.jwks_refresh_min_s),
@@ -307,8 +308,8 @@ impl Verifier {
                     last_fetch: std::sync::Mutex::default(),
                     fetches: std::sync::atomic::AtomicU64::new(0),
                     failing: std::sync::atomic::AtomicBool::new(false),
-                    fetch_turn: tokio::sync::Mutex::new(()),
-                });
+                    fetch_turn: Arc::default(),
+                }));
             }
         }
         Ok(v)
@@ -318,10 +319,10 @@ impl Verifier {
     /// and the keys are fetched again when a token needs them.
     pub async fn fetch_remote_keys(&self) {
         if let Some(remote) = &self.remote {
-            let _turn = remote.fetch_turn.lock().await;
+            let turn = remote.fetch_turn.clone().lock_owned().await;
             *remote.last_fetch.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some(std::time::Instant::now());
-            if let Err(e) = remote.fetch().await {
+            if let Err(e) = remote.fetch(turn).await {
                 tracing::warn!(url = %remote.url, error = %e, "cannot fetch the JWKS document");
             }
         }
@@ -363,19 +364,25 @@ impl Verifier {
                 // verify this token: at a rotation, every client reconnecting with the
                 // new key's tokens arrives within the first fetch's time, and all but
                 // the first were refused (`4501`, do not reconnect) for the interval.
-                let _turn = remote.fetch_turn.lock().await;
+                let before = remote.fetches.load(std::sync::atomic::Ordering::Relaxed);
+                let turn = remote.fetch_turn.clone().lock_owned().await;
                 match self.verify(token, anonymous) {
                     Err(AuthError::UnknownKey(_)) => {}
                     other => return other,
                 }
-                if !remote.may_fetch() {
+                // A fetch ran while this token waited: its answer is this token's
+                // too. Another fetch per waiter would make the tenth wait for ten
+                // fetches of up to 5 s each with the issuer hanging.
+                let waited_for_one =
+                    remote.fetches.load(std::sync::atomic::Ordering::Relaxed) != before;
+                if waited_for_one || !remote.may_fetch() {
                     return Err(if remote.failing() {
                         unavailable("could not be fetched at the last try")
                     } else {
                         AuthError::UnknownKey(kid)
                     });
                 }
-                if let Err(e) = remote.fetch().await {
+                if let Err(e) = remote.fetch(turn).await {
                     tracing::warn!(url = %remote.url, error = %e, "cannot fetch the JWKS document");
                     return Err(unavailable("cannot be fetched"));
                 }
@@ -702,34 +709,39 @@ impl RemoteJwks {
         true
     }
 
-    async fn fetch(&self) -> Result<(), String> {
-        let fetched = self.fetch_keys().await;
-        self.failing
-            .store(fetched.is_err(), std::sync::atomic::Ordering::Relaxed);
-        fetched
-    }
-
-    async fn fetch_keys(&self) -> Result<(), String> {
-        self.fetches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let url = self.url.clone();
-        let body = tokio::task::spawn_blocking(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .timeout_global(Some(std::time::Duration::from_secs(5)))
-                .build()
-                .into();
-            agent
-                .get(&url)
-                .call()
-                .map_err(|e| e.to_string())?
-                .body_mut()
-                .with_config()
-                .limit(1024 * 1024)
-                .read_to_vec()
-                .map_err(|e| e.to_string())
+    /// Fetches the document on a blocking thread, which holds `turn` until the keys
+    /// are stored: a caller whose future is dropped meanwhile (an HTTP client that
+    /// hung up) neither loses the fetch's keys nor frees the turn early, which let the
+    /// next waiter find the interval taken and refuse its token for good.
+    async fn fetch(self: &Arc<Self>, turn: tokio::sync::OwnedMutexGuard<()>) -> Result<(), String> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            let fetched = me.fetch_keys();
+            me.failing
+                .store(fetched.is_err(), std::sync::atomic::Ordering::Relaxed);
+            fetched
         })
         .await
-        .map_err(|e| e.to_string())??;
+        .map_err(|e| e.to_string())?
+    }
+
+    fn fetch_keys(&self) -> Result<(), String> {
+        self.fetches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(std::time::Duration::from_secs(5)))
+            .build()
+            .into();
+        let body = agent
+            .get(&self.url)
+            .call()
+            .map_err(|e| e.to_string())?
+            .body_mut()
+            .with_config()
+            .limit(1024 * 1024)
+            .read_to_vec()
+            .map_err(|e| e.to_string())?;
         let keys = jwks_keys(&body, &self.allowed)?;
         tracing::info!(url = %self.url, keys = keys.len(), "JWKS document fetched");
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
@@ -1021,6 +1033,100 @@ mod tests {
             Err(AuthError::UnknownKey("k2".into()))
         );
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Serves `body` as the JWKS document on loopback with `status` (`200 OK`), each
+    /// answer `delay` late.
+    async fn slow_issuer(status: &'static str, body: String, delay: std::time::Duration) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    tokio::time::sleep(delay).await;
+                    let answer = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        format!("http://{addr}/jwks.json")
+    }
+
+    #[tokio::test]
+    async fn a_fetch_whose_token_gave_up_still_brings_its_keys_to_the_tokens_waiting() {
+        // A token naming a new kid starts a fetch over the HTTP API, and its client
+        // hangs up (its future is dropped) while the issuer answers. The next token
+        // with that kid waits for that fetch and passes; before, the fetch's keys were
+        // lost with the future and the next token found the interval taken: refused
+        // for good.
+        use base64::Engine;
+        let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(SECRET);
+        let body = json!({"keys": [{"kty": "oct", "kid": "k2", "k": k, "alg": "HS256"}]});
+        let delay = std::time::Duration::from_millis(400);
+        let mut config = jwt_config();
+        config.jwt.secret = None;
+        config.jwt.jwks_url = Some(slow_issuer("200 OK", body.to_string(), delay).await);
+        let v = Verifier::from_config(&config).unwrap();
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("k2".into());
+        let key = EncodingKey::from_secret(SECRET.as_bytes());
+        let token = encode(&header, &good(json!({})), &key).unwrap();
+        let gave_up = tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            v.verify_fetching(Some(&token), "x"),
+        )
+        .await;
+        assert!(
+            gave_up.is_err(),
+            "the first caller gave up during the fetch"
+        );
+        assert_eq!(
+            v.verify_fetching(Some(&token), "x").await.unwrap().user,
+            "ada"
+        );
+        assert_eq!(v.remote_fetches(), 1, "one fetch");
+    }
+
+    #[tokio::test]
+    async fn tokens_that_waited_for_a_failed_fetch_are_answered_by_it_not_by_fetches_of_their_own()
+    {
+        // The issuer fails slowly (1.5 s), longer than the interval (1 s). Three tokens
+        // with a new kid at once: one fetch, and all three told the issuer cannot be
+        // reached. Before, each waiter found the interval passed when its turn came and
+        // fetched again: the k-th waited k fetches.
+        let delay = std::time::Duration::from_millis(1_500);
+        let mut config = jwt_config();
+        config.jwt.secret = None;
+        config.jwt.jwks_refresh_min_s = 1;
+        config.jwt.jwks_url = Some(slow_issuer("503 Busy", "{}".into(), delay).await);
+        let v = Verifier::from_config(&config).unwrap();
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("k2".into());
+        let key = EncodingKey::from_secret(SECRET.as_bytes());
+        let token = encode(&header, &good(json!({})), &key).unwrap();
+        let started = std::time::Instant::now();
+        let answers =
+            futures_util::future::join_all((0..3).map(|_| v.verify_fetching(Some(&token), "x")))
+                .await;
+        for a in answers {
+            assert!(matches!(a, Err(AuthError::Unavailable(_))), "{a:?}");
+        }
+        assert_eq!(v.remote_fetches(), 1, "one fetch for the three");
+        assert!(started.elapsed() < delay * 2, "{:?}", started.elapsed());
     }
 
     #[test]
