@@ -679,7 +679,38 @@ fn write_cookie(home: &Path) -> Result<(), BrokerNodeError> {
 
 /// A port free on every interface right now, outside the ranges RabbitMQ's own tools
 /// use (the CLI's distribution ports 35672–35682, the shared broker's ports).
+///
+/// Taken from the 10,000 ports below the kernel's ephemeral range
+/// (`ip_local_port_range`) when one there is free: the node binds it seconds later,
+/// and meanwhile the other tests running beside this one (`./dev test` runs two
+/// binaries at once) open connections whose local ports the kernel picks from the
+/// ephemeral range, so a port probed there could be taken by one of them first.
 fn free_port(taken: &[u16]) -> Result<u16, BrokerNodeError> {
+    let low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    if low > 11_024 {
+        let from = low - 10_000;
+        // No random crate here: the clock's nanoseconds and this process's id vary
+        // enough between tries, runs and the two lanes.
+        let mut seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+            ^ std::process::id().wrapping_mul(2_654_435_761);
+        for _ in 0..200 {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let port = u16::try_from(from + (seed >> 8) % 10_000).unwrap_or(0);
+            let reserved = (35672..=35682).contains(&port)
+                || [4369, 5552, 5672, 15672, 15674, 15692, 25672].contains(&port);
+            if port == 0 || reserved || taken.contains(&port) {
+                continue;
+            }
+            if TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     for _ in 0..100 {
         let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0))
             .map_err(io_err("binding a probe port"))?;
