@@ -717,6 +717,9 @@ impl RemoteJwks {
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
             let _turn = turn;
+            // Failing until it succeeds: a fetch that panics leaves the tokens that
+            // waited for it told to try again (auth_unavailable), not refused.
+            me.failing.store(true, std::sync::atomic::Ordering::Relaxed);
             let fetched = me.fetch_keys();
             me.failing
                 .store(fetched.is_err(), std::sync::atomic::Ordering::Relaxed);
