@@ -228,14 +228,15 @@ impl PresenceView {
                 let here = held_here && !self.away.contains_key(&e.session);
                 // This gateway's own event (its `closed` and `expired`, or a
                 // `gateway_lost` it published for a peer: `by` it) removed the session
-                // from the view already when published: one held here now was resumed
-                // here since, and its resume announced it anew — even if that
-                // connection is lost again by now (away: its own `expired` is due).
-                // Removing it again hid a live session from this gateway's presence
-                // answers, and when it ended nothing was published: services saw it
-                // online for good.
+                // from the view already when published (`due`, `ended`): whatever the
+                // view holds of it now came later — a resume here, announced anew,
+                // even if that connection is lost again by now (away: its own
+                // `expired` is due), or a resume on a peer (its takeover). Removing
+                // it again hid a live session: from this gateway's presence answers,
+                // and when it ended here nothing was published (services saw it online
+                // for good), or when its peer died nobody published `gateway_lost`.
                 let own = e.by.as_deref().unwrap_or(&e.node) == self.me;
-                if own && held_here {
+                if own {
                     // Left as it is.
                 } else if !here {
                     self.sessions.remove(&e.session);
@@ -850,6 +851,21 @@ mod tests {
         let due = v.due(t0 + GRACE * 2);
         assert_eq!((due[0].0.as_str(), due[0].2), ("s1", "expired"));
 
+        // A resume on a peer (its takeover seen) before the echo came back: the view
+        // keeps the session where it is now.
+        assert!(v.opened("s1", "ada", None, None), "announced anew");
+        v.taken_over("s1", "b");
+        assert!(v.on_event(echo.clone()).is_empty());
+        assert!(v.user_online("ada", None), "still held, by b");
+        assert_eq!(v.online(None, None, None)[0].node, "b");
+        v.on_event(PresenceEvent {
+            event: "client.disconnected".into(),
+            node: "b".into(),
+            reason: Some("closed".into()),
+            ..connected("s1", "ada", "b")
+        });
+        assert!(!v.user_online("ada", None), "b's own event removes it");
+
         // The same, but the resumed connection is lost again (away) before the echo
         // of the first `expired` comes back: its own `expired` is still published.
         assert!(v.opened("s1", "ada", None, None), "announced anew");
@@ -938,15 +954,15 @@ mod tests {
         // The elected gateway's own gateway_lost, echoed after the client resumed there
         // (its resume announced the session anew: the view had dropped it): nothing
         // again.
+        let t0 = Instant::now();
+        let period = Duration::from_millis(100);
         let mut a = PresenceView::new("a", GRACE);
+        a.on_gateway("b", "1", true, period, t0);
         a.on_event(connected("s2", "bob", "b"));
-        a.on_event(PresenceEvent {
-            event: "client.disconnected".into(),
-            node: "b".into(),
-            by: Some("a".into()),
-            reason: Some("gateway_lost".into()),
-            ..connected("s2", "bob", "b")
-        });
+        // b dies: away, then a publishes its gateway_lost (and drops it).
+        assert!(a.due(t0 + period * 3).is_empty());
+        let lost = a.due(t0 + period * 3 + GRACE);
+        assert_eq!((lost[0].0.as_str(), lost[0].2), ("s2", "gateway_lost"));
         assert!(a.opened("s2", "bob", None, None), "announced anew");
         assert!(a
             .on_event(PresenceEvent {
