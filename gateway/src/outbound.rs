@@ -297,21 +297,10 @@ impl Outbound {
     /// one.
     pub(crate) fn park(&mut self) -> bool {
         match std::mem::replace(&mut self.read, Read::Ring) {
-            Read::Stream(r) => {
-                tokio::spawn(r.close());
+            held @ (Read::Stream(_) | Read::Opening(..) | Read::Replay(_)) => {
+                let_go(held);
                 true
             }
-            Read::Opening(_, opening, left) => {
-                left.notify_one();
-                tokio::spawn(async move {
-                    if let Ok(r) = opening.await {
-                        r.close().await;
-                    }
-                });
-                true
-            }
-            // Its handle, dropped, leaves the replay; one left with nobody stops.
-            Read::Replay(_) => true,
             other => {
                 self.read = other;
                 false
@@ -323,20 +312,27 @@ impl Outbound {
     /// opening is closed once open; one still waiting for a reader slot leaves the
     /// queue, so an abandoned session does not open a reader only to close it).
     pub(crate) fn close(self) {
-        match self.read {
-            Read::Stream(r) => {
-                tokio::spawn(r.close());
-            }
-            Read::Opening(_, opening, left) => {
-                left.notify_one();
-                tokio::spawn(async move {
-                    if let Ok(r) = opening.await {
-                        r.close().await;
-                    }
-                });
-            }
-            Read::Live | Read::Ring | Read::Replay(_) => {}
-        }
+        let_go(self.read);
         drop(self.member);
+    }
+}
+
+/// Closes the session's own reader, if `read` is one (one still opening is closed
+/// once open; one still waiting for a reader slot leaves the queue). A shared
+/// replay's handle, dropped, leaves the replay; one left with nobody stops.
+fn let_go(read: Read) {
+    match read {
+        Read::Stream(r) => {
+            tokio::spawn(r.close());
+        }
+        Read::Opening(_, opening, left) => {
+            left.notify_one();
+            tokio::spawn(async move {
+                if let Ok(r) = opening.await {
+                    r.close().await;
+                }
+            });
+        }
+        Read::Live | Read::Ring | Read::Replay(_) => {}
     }
 }
