@@ -122,7 +122,10 @@ pub async fn queue_counts(queue: &str) -> (u32, u32) {
     counts
 }
 
-async fn queue_counts_on(connection: &Connection, queue: &str) -> (u32, u32) {
+/// [`queue_counts`] on a connection of the caller's: a test that polls the counts
+/// does not pay a connection handshake (hundreds of milliseconds on a busy broker)
+/// per look.
+pub async fn queue_counts_on(connection: &Connection, queue: &str) -> (u32, u32) {
     let ch = connection.create_channel().await.expect("channel");
     let q = ch
         .queue_declare(

@@ -16,7 +16,8 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use warren_e2e::service::{
-    amqp_uri, consume_no_ack, declare_exclusive, in_fresh_namespace, queue_counts, DemoProcess,
+    amqp_uri, consume_no_ack, declare_exclusive, in_fresh_namespace, queue_counts, queue_counts_on,
+    DemoProcess,
 };
 use warren_protocol::amqp::Names;
 use warren_service::{topology, Context, HandlerError, Incoming, Outcome, Service, ServiceConfig};
@@ -270,10 +271,16 @@ async fn a_message_arriving_in_an_empty_higher_queue_is_taken_right_after_the_cu
         for body in ["low1", "low2", "low3"] {
             producer.publish(&queues[2], body).await;
         }
+        // Long enough to look at the lowest queue while `full1` is handled, on a
+        // 2-core machine busy with other tests.
+        let handling = Duration::from_millis(1500);
+        let counter = Connection::connect(&amqp_uri(), ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ at AMQP_ADDR");
         let (recorder, mut rx) = Recorder::new();
         let service = connect(&ns).await;
         service
-            .consume_queues(&queues, recorder.handler(Duration::from_millis(600)))
+            .consume_queues(&queues, recorder.handler(handling))
             .await
             .expect("consume by priority");
         // Busy on the lowest queue: a message enters the empty middle queue.
@@ -281,20 +288,24 @@ async fn a_message_arriving_in_an_empty_higher_queue_is_taken_right_after_the_cu
         producer.publish(&queues[1], "full1").await;
         // Busy on the middle one: a message enters the empty top queue.
         started(&mut rx, "full1").await;
-        // Only one lower queue at a time: the lowest one's consumer is gone and it
-        // holds nothing (both remaining messages ready for other workers).
-        let deadline = Instant::now() + Duration::from_secs(1);
+        // Only one lower queue at a time: while `full1` is handled, the lowest one's
+        // consumer is gone and it holds nothing (both remaining messages ready for
+        // other workers). Once `full1` is done the worker moves down again, so the
+        // look must begin before that.
+        let full1_done = recorder.handled.lock().unwrap().last().expect("full1").1 + handling;
         loop {
-            let counts = queue_counts(&queues[2]).await;
+            let looked = Instant::now();
+            let counts = queue_counts_on(&counter, &queues[2]).await;
             if counts == (2, 0) {
                 break;
             }
             assert!(
-                Instant::now() < deadline,
-                "the lowest queue released: (ready, consumers) = {counts:?}"
+                looked < full1_done,
+                "the lowest queue released while full1 is handled: (ready, consumers) = {counts:?}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let _ = counter.close(200, "ok".into()).await;
         producer.publish(&queues[0], "delta1").await;
         recorder.wait_for(5, Duration::from_secs(30)).await;
         assert_eq!(
@@ -304,11 +315,11 @@ async fn a_message_arriving_in_an_empty_higher_queue_is_taken_right_after_the_cu
         );
         // Taken as soon as the current message was done, not at a poll 5 s later:
         // the start of `full1` follows the start of `low1` by about one handling
-        // time (600 ms).
+        // time.
         let handled = recorder.handled.lock().unwrap().clone();
         let gap = handled[1].1 - handled[0].1;
         assert!(
-            gap < Duration::from_millis(3000),
+            gap < handling + Duration::from_millis(2400),
             "the switch waited {gap:?}, like a polling worker"
         );
         service.stop().await.unwrap();
