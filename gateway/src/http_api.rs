@@ -525,12 +525,7 @@ async fn publish(
     )?;
     let routing_key = short("routing key", targets.remove(0))?;
     let id = m.id.clone().unwrap_or_else(fresh_id);
-    if id.is_empty() || id.len() > amqp::MAX_NAME_LEN {
-        return Err(invalid(format!(
-            "id must be 1..={} bytes",
-            amqp::MAX_NAME_LEN
-        )));
-    }
+    inbound::check_id(&id)?;
     let message_id = format!("{API_USER}:{id}");
     let mut table = FieldTable::default();
     for (k, v) in &m.headers {

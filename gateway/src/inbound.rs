@@ -112,6 +112,28 @@ pub(crate) fn message_id(config: &Config, identity: &Identity, id: &str) -> Stri
     }
 }
 
+/// Checks the `id` of a message that becomes its `message_id` `<user>:<id>`: 1 to
+/// [`amqp::MAX_NAME_LEN`] bytes and no `:`. A user id may hold a `:`, so without the
+/// second rule user `a` sending `b:c` and user `a:b` sending `c` would be one
+/// `message_id` to a service's duplicate window, which would drop one user's message
+/// as the other's copy, or answer it with the other's reply. Without `:` in the id,
+/// the user is everything before the last `:`.
+///
+/// # Errors
+/// `invalid`.
+pub(crate) fn check_id(id: &str) -> Result<(), Refusal> {
+    if id.is_empty() || id.len() > amqp::MAX_NAME_LEN || id.contains(':') {
+        return Err(Refusal::new(
+            ErrorCode::Invalid,
+            format!(
+                "id must be 1..={} bytes without `:` (it becomes the message_id `<user>:<id>`)",
+                amqp::MAX_NAME_LEN
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Whether `channel` is served here (by this gateway, and by the listener if it is
 /// pinned to one channel).
 ///
@@ -197,12 +219,7 @@ pub(crate) fn prepare(
     m: &Message<'_>,
 ) -> Result<Prepared, Refusal> {
     let id = m.id;
-    if id.is_empty() || id.len() > amqp::MAX_NAME_LEN {
-        return Err(Refusal::new(
-            ErrorCode::Invalid,
-            format!("id must be 1..={} bytes", amqp::MAX_NAME_LEN),
-        ));
-    }
+    check_id(id)?;
     check_channel(&shared.config, pinned, m.channel)?;
     let action = if m.request.is_some() {
         Action::Request
@@ -661,6 +678,16 @@ pub(crate) fn now_ms_epoch() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_id_is_one_to_128_bytes_without_a_colon() {
+        assert!(check_id("r-1").is_ok());
+        assert!(check_id(&"i".repeat(amqp::MAX_NAME_LEN)).is_ok());
+        for bad in ["", "b:c", ":", &"i".repeat(amqp::MAX_NAME_LEN + 1)] {
+            let refusal = check_id(bad).expect_err(bad);
+            assert_eq!(refusal.code, ErrorCode::Invalid, "{bad}");
+        }
+    }
 
     #[test]
     fn a_message_id_names_the_tenant_in_tenant_mode_only() {
