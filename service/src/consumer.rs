@@ -287,7 +287,9 @@ pub(crate) enum LoopEnd {
 
 /// Runs the consume loop until `stop` turns true or the consumer ends. On stop, the
 /// consumer is cancelled and in-flight handlers get `grace` to finish; then the
-/// channel is closed, so RabbitMQ requeues whatever was not acknowledged.
+/// channel is closed, so RabbitMQ requeues whatever was not acknowledged. When the
+/// consumer is lost, the handlers still running finish in the background, however
+/// long they take.
 pub(crate) async fn run<H: Handler>(
     shared: Arc<Shared<H>>,
     channel: Channel,
@@ -331,9 +333,17 @@ pub(crate) async fn run<H: Handler>(
     };
     let queue = shared.queue.clone();
     let cancel = (channel.clone(), tag.clone());
+    let stopped = end == LoopEnd::Stopped;
     let finish = async move {
         let drain = async { while tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(grace, drain).await.is_err() {
+        if !stopped {
+            // Lost: never aborted. A handler cut off at an `await` may have done its
+            // side effects; its copy, redelivered on the next connection, waits in
+            // the duplicate window for this run's end and is answered from it.
+            // Aborted after a grace period, this run was marked failed and the copy
+            // ran the handler a second time.
+            drain.await;
+        } else if tokio::time::timeout(grace, drain).await.is_err() {
             warn!(queue = %queue, "handlers still running after the grace period; their messages go back to the queue");
             tasks.abort_all();
         }
@@ -479,9 +489,9 @@ async fn handle<H: Handler>(
         }
     }
 
-    // Dropped with this future: when its task is aborted mid-way (the consumer was
-    // lost and the handler outlived the grace period), the message is handed back to
-    // the queue and its next copy must be handled, not refused as in flight.
+    // Dropped with this future: when its task is aborted mid-way (the service was
+    // stopped and the handler outlived the grace period), the message is handed back
+    // to the queue and its next copy must be handled, not refused as in flight.
     let _abandoned = id.as_deref().map(|id| Abandoned {
         window: &shared.window,
         id,

@@ -170,7 +170,7 @@ impl DuplicateWindow {
     }
 
     /// Records that the handling of `id` was given up before it ended (its task was
-    /// aborted: the consumer was lost and the handler outlived the grace period). The
+    /// aborted: the service was stopped and the handler outlived the grace period). The
     /// message goes back to the queue, and its next delivery calls the handler again,
     /// instead of being handed back as in flight until the ttl. Nothing changes when
     /// the handling ended (finished or failed).

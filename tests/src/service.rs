@@ -670,9 +670,28 @@ where
         + Send
         + 'static,
 {
+    counted_echo_on(&amqp_uri(), namespace, config, handler).await
+}
+
+/// [`counted_echo`] connected to RabbitMQ at `uri` (e.g. a [`CuttableProxy`]'s).
+pub async fn counted_echo_on<F, Fut>(
+    uri: &str,
+    namespace: &str,
+    config: warren_service::ServiceConfig,
+    handler: F,
+) -> (
+    warren_service::Service,
+    std::sync::Arc<std::sync::atomic::AtomicU32>,
+)
+where
+    F: Fn(u32, warren_service::Incoming) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<warren_service::Outcome, warren_service::HandlerError>>
+        + Send
+        + 'static,
+{
     use std::sync::atomic::{AtomicU32, Ordering};
     let calls = std::sync::Arc::new(AtomicU32::new(0));
-    let service = warren_service::Service::connect_with(&amqp_uri(), Names::new(namespace), config)
+    let service = warren_service::Service::connect_with(uri, Names::new(namespace), config)
         .await
         .expect("the service connects");
     let seen = calls.clone();
@@ -716,4 +735,71 @@ pub fn expected_inbound_arguments(names: &Names, ttl_ms: Option<i64>) -> FieldTa
         AMQPValue::LongString("reject-publish".into()),
     );
     expected
+}
+
+/// A TCP proxy in front of RabbitMQ whose connections can be cut, as a network
+/// failure would: the service's connection drops while RabbitMQ stays up.
+pub struct CuttableProxy {
+    /// The AMQP URI to connect through the proxy.
+    pub uri: String,
+    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl CuttableProxy {
+    /// Listens on loopback, forwarding to RabbitMQ at [`amqp_uri`].
+    pub async fn start() -> CuttableProxy {
+        let upstream_uri = amqp_uri();
+        let (scheme, rest) = upstream_uri.split_once("://").expect("an AMQP URI");
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (credentials, host_port) = match authority.rsplit_once('@') {
+            Some((c, h)) => (format!("{c}@"), h.to_string()),
+            None => (String::new(), authority.to_string()),
+        };
+        let upstream = if host_port.contains(':') {
+            host_port
+        } else {
+            format!("{host_port}:5672")
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> =
+            std::sync::Arc::default();
+        let accept = {
+            let links = links.clone();
+            tokio::spawn(async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    let upstream = upstream.clone();
+                    let link = tokio::spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    links.lock().unwrap().push(link);
+                }
+            })
+        };
+        CuttableProxy {
+            uri: format!("{scheme}://{credentials}127.0.0.1:{port}/{path}"),
+            links,
+            accept,
+        }
+    }
+
+    /// Drops every proxied connection (new ones are still accepted).
+    pub fn cut(&self) {
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+}
+
+impl Drop for CuttableProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
 }

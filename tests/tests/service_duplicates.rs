@@ -1,12 +1,18 @@
 //! Duplicate suppression by `message_id` in the service library, over real RabbitMQ:
 //! a re-sent request is not handled twice and gets the reply it got before; a re-sent
-//! chat message is relayed once.
+//! chat message is relayed once; a handler still running when the service's
+//! connection drops is not run a second time for the copy RabbitMQ redelivers.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use warren_e2e::service::{in_fresh_namespace, start_demo, StandInGateway};
+use tokio::sync::mpsc;
+use warren_e2e::service::{
+    counted_echo_on, in_fresh_namespace, start_demo, CuttableProxy, StandInGateway,
+};
 use warren_protocol::amqp::keys;
 use warren_protocol::Distribution;
+use warren_service::{Answer, Incoming, Outcome, ServiceConfig};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -65,6 +71,54 @@ async fn a_chat_message_sent_twice_with_one_message_id_is_relayed_once() {
         );
         gw.close().await;
         demo.stop().await.unwrap();
+    })
+    .await;
+}
+
+/// The connection of a service handling several requests at a time drops while a
+/// handler works on one for longer than the library's 10 s stop grace. RabbitMQ redelivers the request on the next
+/// connection; the copy waits in the duplicate window for the first run's end and is
+/// answered from it. The first run was aborted 10 s after the loss, marked failed, and
+/// the copy ran the handler a second time: twice for one request.
+#[tokio::test]
+async fn a_handler_running_when_the_connection_drops_is_not_run_again_for_the_copy() {
+    in_fresh_namespace(LIMIT, |ns| async move {
+        let proxy = CuttableProxy::start().await;
+        let (began, mut running) = mpsc::unbounded_channel();
+        let (service, calls) = counted_echo_on(
+            &proxy.uri,
+            &ns,
+            // More than one at a time: with a prefetch of 1 the consume loop, waiting
+            // for the handler's permit, notices the loss only once the handler ends.
+            ServiceConfig::default().with_prefetch(4),
+            move |_, m: Incoming| {
+                let began = began.clone();
+                async move {
+                    let _ = began.send(());
+                    tokio::time::sleep(Duration::from_secs(12)).await;
+                    Ok(Outcome::Reply(Answer::raw(m.body)))
+                }
+            },
+        )
+        .await;
+        let mut gw = StandInGateway::connect(&ns, "alice").await;
+        gw.send_request("echo", "slow-1", r#"{"n":1}"#, Duration::from_secs(45))
+            .await;
+        tokio::time::timeout(Duration::from_secs(10), running.recv())
+            .await
+            .expect("the handler starts within 10 s");
+        proxy.cut();
+        let reply = gw
+            .next_reply(Duration::from_secs(30))
+            .await
+            .expect("answered within 30 s");
+        assert_eq!(reply.correlation_id.as_deref(), Some("slow-1"));
+        assert_eq!(reply.body, br#"{"n":1}"#);
+        // Time for a second run to begin, had the copy been handled.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "handled once");
+        gw.close().await;
+        service.stop().await.unwrap();
     })
     .await;
 }

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use warren_e2e::service::{
     amqp_uri, consume_no_ack, declare_exclusive, in_fresh_namespace, queue_counts, queue_counts_on,
-    DemoProcess,
+    CuttableProxy, DemoProcess,
 };
 use warren_protocol::amqp::Names;
 use warren_service::{topology, Context, HandlerError, Incoming, Outcome, Service, ServiceConfig};
@@ -456,70 +456,6 @@ async fn a_demo_worker_killed_in_the_middle_of_a_switch_loses_nothing_and_answer
         producer.delete(&queues).await;
     })
     .await;
-}
-
-/// A TCP proxy in front of RabbitMQ whose connections can be cut, as a network
-/// failure would: the service's connection drops while RabbitMQ stays up.
-struct CuttableProxy {
-    uri: String,
-    links: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl CuttableProxy {
-    async fn start() -> CuttableProxy {
-        let upstream_uri = amqp_uri();
-        let (scheme, rest) = upstream_uri.split_once("://").expect("an AMQP URI");
-        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let (credentials, host_port) = match authority.rsplit_once('@') {
-            Some((c, h)) => (format!("{c}@"), h.to_string()),
-            None => (String::new(), authority.to_string()),
-        };
-        let upstream = if host_port.contains(':') {
-            host_port
-        } else {
-            format!("{host_port}:5672")
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the proxy");
-        let port = listener.local_addr().expect("proxy address").port();
-        let links: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
-        let accept = {
-            let links = links.clone();
-            tokio::spawn(async move {
-                while let Ok((mut inbound, _)) = listener.accept().await {
-                    let upstream = upstream.clone();
-                    let link = tokio::spawn(async move {
-                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
-                            let _ =
-                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                        }
-                    });
-                    links.lock().unwrap().push(link);
-                }
-            })
-        };
-        CuttableProxy {
-            uri: format!("{scheme}://{credentials}127.0.0.1:{port}/{path}"),
-            links,
-            accept,
-        }
-    }
-
-    /// Drops every proxied connection (new ones are still accepted).
-    fn cut(&self) {
-        for link in self.links.lock().unwrap().drain(..) {
-            link.abort();
-        }
-    }
-}
-
-impl Drop for CuttableProxy {
-    fn drop(&mut self) {
-        self.cut();
-        self.accept.abort();
-    }
 }
 
 #[tokio::test]
