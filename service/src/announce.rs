@@ -47,7 +47,9 @@ impl Announcer {
             name: config.app_id.clone(),
             instance,
             version: config.version.clone(),
-            interval: config.announce_interval,
+            // The field is public: zero, which `with_announce_interval` refuses,
+            // turns announcing off here too (a zero period panicked the task).
+            interval: config.announce_interval.filter(|d| !d.is_zero()),
             channels: watch::Sender::new(BTreeSet::new()),
         }
     }

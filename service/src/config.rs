@@ -15,8 +15,9 @@ pub struct ServiceConfig {
     /// Handler attempts before a message is dead-lettered. A handler error before
     /// that nacks the message with requeue (after a short backoff), so it is tried
     /// again, possibly by another worker. Attempts are counted from the quorum
-    /// queue's `x-delivery-count` header, or per `message_id` in this process for
-    /// classic queues. Default 5.
+    /// queue's `x-delivery-count` header, or in this process for classic queues: per
+    /// `message_id`, or for a message without one per routing key, correlation id and
+    /// body. Default 5.
     pub max_attempts: u32,
     /// How long a handled `message_id` is remembered to suppress duplicates.
     /// Default 10 minutes.
@@ -79,7 +80,7 @@ pub struct ServiceConfig {
     /// adds a channel, a `heartbeat` every period, a `leave` on
     /// [`Service::stop`](crate::Service::stop)). Gateways count the instance gone
     /// after three missed heartbeats. `None` turns announcing off (gateways then fall
-    /// back on the inbound queue's consumer count). Default 2 s.
+    /// back on the inbound queue's consumer count), and so does zero. Default 2 s.
     pub announce_interval: Option<Duration>,
     /// The version the instance announces. Default: the service library's version.
     pub version: String,

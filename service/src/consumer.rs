@@ -440,7 +440,13 @@ async fn handle<H: Handler>(
         return;
     }
 
-    let mut failures_here = 0;
+    // A message without `message_id` is not deduplicated, but its failures are
+    // counted all the same, under a key made of its content: on a classic queue (no
+    // `x-delivery-count`) it was otherwise handed back, and handled again, for ever.
+    // Copies alike in routing key, correlation id and body share the count.
+    let anonymous = id
+        .is_none()
+        .then(|| anonymous_key(&routing_key, correlation_id.as_deref(), &body));
     let mut waited = Duration::ZERO;
     while let Some(id) = &id {
         let seen = shared
@@ -449,10 +455,7 @@ async fn handle<H: Handler>(
             .expect("window lock")
             .begin(id, Instant::now());
         match seen {
-            Seen::New { failures } => {
-                failures_here = failures;
-                break;
-            }
+            Seen::New { .. } => break,
             Seen::InFlight if waited < IN_FLIGHT_WAIT => {
                 // A copy while the first is being handled (the SDK sent it again, or
                 // RabbitMQ redelivered it after a lost channel): wait for the first's
@@ -505,14 +508,12 @@ async fn handle<H: Handler>(
     let outcome = match result {
         Ok(outcome) => outcome,
         Err(e) => {
-            let failures = match &id {
-                Some(id) => shared
-                    .window
-                    .lock()
-                    .expect("window lock")
-                    .fail(id, Instant::now()),
-                None => failures_here.saturating_add(1),
-            };
+            let key = id.as_deref().or(anonymous.as_deref()).unwrap_or_default();
+            let failures = shared
+                .window
+                .lock()
+                .expect("window lock")
+                .fail(key, Instant::now());
             // `x-delivery-count` comes with the message: any publisher may set it.
             let attempts = failures.max(delivery_count.saturating_add(1));
             if attempts < shared.config.max_attempts {
@@ -632,8 +633,20 @@ async fn handle<H: Handler>(
             .lock()
             .expect("window lock")
             .finish(id, remembered, Instant::now());
+    } else if let Some(key) = &anonymous {
+        shared.window.lock().expect("window lock").forget(key);
     }
     ack(acker).await;
+}
+
+/// The duplicate window's key for counting the failures of a message without
+/// `message_id`: a hash of what it carries. It starts with a NUL, which no id a gateway
+/// makes holds.
+fn anonymous_key(routing_key: &str, correlation_id: Option<&str>, body: &[u8]) -> String {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut hasher = DefaultHasher::new();
+    (routing_key, correlation_id, body).hash(&mut hasher);
+    format!("\0anonymous:{:016x}", hasher.finish())
 }
 
 /// Whether a failed reply can never be published (the broker or the library refused

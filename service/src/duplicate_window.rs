@@ -223,7 +223,7 @@ impl DuplicateWindow {
             }
         }
         // Stale pairs are dropped when the queue grows too long.
-        if self.replies.len() > 2 * self.capacity + 16 {
+        if self.replies.len() > self.capacity.saturating_mul(2).saturating_add(16) {
             let entries = &self.entries;
             self.replies.retain(|(id, at)| {
                 entries
@@ -249,7 +249,7 @@ impl DuplicateWindow {
             }
         }
         // Stale pairs behind the front are dropped when the queue grows too long.
-        if self.order.len() > 2 * self.capacity + 16 {
+        if self.order.len() > self.capacity.saturating_mul(2).saturating_add(16) {
             let entries = &self.entries;
             self.order
                 .retain(|(id, at)| entries.get(id).map(|e| e.at) == Some(*at));
@@ -277,6 +277,19 @@ mod tests {
         w.finish("a", None, t);
         assert_eq!(w.begin("a", t), Seen::Done(None));
         assert_eq!(w.begin("b", t), Seen::New { failures: 0 });
+    }
+
+    /// `usize::MAX` ("bounded by the ttl only") overflowed `2 * capacity + 16`: a panic
+    /// under the window's lock in a debug build, which poisoned it for every later
+    /// message.
+    #[test]
+    fn a_capacity_of_usize_max_works() {
+        let mut w = DuplicateWindow::new(Duration::from_secs(60), usize::MAX);
+        let t = Instant::now();
+        assert_eq!(w.begin("a", t), Seen::New { failures: 0 });
+        assert_eq!(w.fail("a", t), 1);
+        w.finish("a", Some(reply("{}")), t);
+        assert_eq!(w.begin("a", t), Seen::Done(Some(reply("{}"))));
     }
 
     #[test]

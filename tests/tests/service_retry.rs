@@ -207,3 +207,54 @@ async fn a_handler_panicking_before_its_future_is_retried_and_the_service_goes_o
     })
     .await;
 }
+
+/// A message without `message_id` on a classic queue (which sets no
+/// `x-delivery-count`) whose handler always fails is dead-lettered after
+/// `max_attempts`, as any other. Its failures were counted by `message_id` only, so it
+/// was handed back and handled again for ever, and with one message at a time
+/// nothing behind it was handled.
+#[tokio::test]
+async fn a_failing_message_without_message_id_on_a_classic_queue_is_dead_lettered() {
+    in_fresh_namespace(LIMIT, |ns| async move {
+        let config = ServiceConfig::default()
+            .with_max_attempts(3)
+            .with_queue_type("classic");
+        let names = Names::new(&ns);
+        let (service, calls) = counted_echo(&ns, config, |_, m: Incoming| async move {
+            if m.body.as_ref() == b"{\"poison\":true}" {
+                return Err(HandlerError::Failed("always fails".into()));
+            }
+            Ok(Outcome::Done)
+        })
+        .await;
+        let gw = StandInGateway::connect(&ns, "alice").await;
+        let anonymous = lapin::BasicProperties::default().with_delivery_mode(2);
+        gw.publish_raw("echo", br#"{"poison":true}"#, anonymous.clone())
+            .await;
+        gw.publish_raw("echo", br#"{"after":true}"#, anonymous)
+            .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let parked = loop {
+            if let Some(parked) = take_parked(&names).await {
+                break parked;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "dead-lettered within 15 s (handler called {} times)",
+                calls.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(parked.data, br#"{"poison":true}"#);
+        // The message behind it is handled, and the poison no more.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            3 + 1,
+            "three attempts, then the next"
+        );
+        gw.close().await;
+        service.stop().await.unwrap();
+    })
+    .await;
+}
