@@ -86,7 +86,7 @@ struct Session {
     /// Which stream [`next_outbound`] looks at first, in turn, so a busy one cannot
     /// keep another's messages waiting.
     turn: usize,
-    /// Which joined stream the next `ping` names a position in ([`Conn::ping_position`]).
+    /// Which stream the next `ping` names a position in ([`Conn::ping_position`]).
     ping_turn: usize,
     /// Deliveries not yet acknowledged by the client.
     inflight: Inflight<()>,
@@ -1612,24 +1612,33 @@ impl Conn {
         Ok(at)
     }
 
-    /// The position a `ping` names: in one of the session's streams (each in turn),
-    /// the newest read, when everything up to it the session wanted was sent
-    /// ([`Hub::subscribe_at`](crate::hub::Hub::subscribe_at)), with the channel of a
-    /// channel stream. A session that receives nothing for longer than its stream's
-    /// retention keeps a position the stream still holds: its resume then neither
-    /// reads the whole stream for nothing nor reports as missed what it never wanted.
+    /// The position a `ping` names, in one stream after the other. In a stream the
+    /// session joined: the newest read, when everything up to it the session wanted
+    /// was sent ([`Hub::subscribe_at`](crate::hub::Hub::subscribe_at)). A session that
+    /// receives nothing for longer than its stream's retention keeps a position the
+    /// stream still holds: its resume then neither reads the whole stream for nothing
+    /// nor reports as missed what it never wanted. In a channel stream it did not join
+    /// (no subscription to that channel): the newest read, as `welcome.positions`
+    /// names it. A client that subscribes to that channel while disconnected resumes
+    /// it from there, as it resumes its other streams from where the outage began;
+    /// with the position its welcome gave, hours before, it was replayed everything
+    /// the channel had sent since, or told `session_expired`.
     fn ping_position(&mut self) -> Option<(u64, Option<String>)> {
         let s = self.session.as_mut()?;
-        let joined: Vec<usize> = (0..s.streams.len())
-            .filter(|&i| s.streams[i].is_some())
-            .collect();
-        if joined.is_empty() {
-            return None;
+        let all = self.shared.streams.all();
+        for _ in 0..all.len() {
+            s.ping_turn = s.ping_turn.wrapping_add(1);
+            let i = s.ping_turn % all.len();
+            let source = &all[i];
+            let at = match s.streams.get(i) {
+                Some(Some(_)) => source.hub.subscribe_at(self.id, &[]),
+                _ => source.hub.head(),
+            };
+            if let Some(at) = at {
+                return Some((at, source.channel.clone()));
+            }
         }
-        s.ping_turn = s.ping_turn.wrapping_add(1);
-        let source = &self.shared.streams.all()[joined[s.ping_turn % joined.len()]];
-        let head = source.hub.subscribe_at(self.id, &[])?;
-        Some((head, source.channel.clone()))
+        None
     }
 
     /// Tells the presence view and the peers the session's subscriptions (once per

@@ -182,6 +182,86 @@ async fn a_channel_with_its_own_retention_is_kept_in_its_own_stream_and_resumed_
     .await;
 }
 
+/// A client that subscribes to a channel with a stream of its own while it is
+/// disconnected resumes that stream from where its outage began, not from the
+/// position its `welcome` gave: the gateway's pings name, in turn, the newest position
+/// of a channel stream the session has no subscription in. (They named only the
+/// session's own streams: the resume replayed everything the channel had sent since
+/// the welcome, hours of it for a long-lived session, or reported it missed.)
+#[tokio::test]
+async fn a_subscription_made_while_disconnected_resumes_its_channel_stream_from_the_outage() {
+    TestEnv::run("chan-stream-new-sub", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| {
+            voice_for_an_hour(c);
+            c.heartbeat_ms = 200;
+        })
+        .await;
+        env.publish_out("voice.all", "v0", "\"v0\"").await;
+        // Not subscribed to voice: its welcome names where voice's stream stands.
+        let mut quiet = TestClient::connect(&gw.url()).await;
+        let session = quiet.session().to_string();
+        let welcomed_at = quiet
+            .welcome()
+            .positions
+            .get("voice")
+            .expect("voice's position");
+        // Voice goes on without it; a listener learns the newest position.
+        let mut listener = TestClient::connect(&gw.url()).await;
+        listener.subscribe(sub("v", "voice")).await;
+        for i in 1..=2 {
+            env.publish_out("voice.all", &format!("v{i}"), &format!("\"v{i}\""))
+                .await;
+        }
+        let newest = listener.expect_delivers(2).await[1]
+            .position
+            .expect("a position");
+        assert!(newest > welcomed_at);
+        // The quiet session's pings bring it up to date in voice.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let pinged = loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(text) = quiet.recv_raw(left).await else {
+                panic!("no ping named voice at {newest} or later within 20 s");
+            };
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            if v["type"] != "ping" {
+                continue;
+            }
+            quiet
+                .send_text(&serde_json::json!({"type": "pong", "ts": v["ts"]}).to_string())
+                .await;
+            if v["stream"] == "voice" {
+                if let Some(p) = v["position"].as_u64().filter(|p| *p >= newest) {
+                    break p;
+                }
+            }
+        };
+        // Its connection is lost; meanwhile the app subscribes to voice.
+        quiet.abort();
+        env.publish_out("voice.all", "v3", "\"v3\"").await;
+        let hello = Hello {
+            session: Some(session),
+            position: None,
+            positions: Positions::from_iter([("voice".to_string(), pinged)]),
+            subscriptions: vec![sub("v", "voice")],
+            ..Hello::default()
+        };
+        let mut back = TestClient::connect_with(&gw.url(), hello).await;
+        assert!(back.welcome().resumed);
+        let replayed = back.expect_delivers(1).await;
+        assert_eq!(
+            texts(&replayed, "voice"),
+            ["v3"],
+            "only what the outage held"
+        );
+        back.expect_no_deliver(Duration::from_millis(300)).await;
+        listener.close().await;
+        back.close().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_busy_channel_ages_out_of_its_own_stream_only_and_its_sessions_are_told_which() {
     TestEnv::run("chan-aged", LIMIT, async |env| {
