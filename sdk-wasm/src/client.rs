@@ -632,7 +632,18 @@ impl<C: Codec> ClientCore<C> {
                         }
                     }
                     Some(None) => {}
-                    None => self.actions.push(Action::Error(err)),
+                    None => {
+                        // A refreshed token revoked subscriptions: the gateway unbound
+                        // them and says so here, before the refresh's `ack`. Sent again,
+                        // each revoked one is refused with its id, dropped and its
+                        // status `error`; the others are acknowledged as they stand.
+                        if err.code == ErrorCode::Forbidden
+                            && matches!(self.renewal, Renewal::Sent { .. })
+                        {
+                            self.resubscribe();
+                        }
+                        self.actions.push(Action::Error(err))
+                    }
                 }
             }
             ServerFrame::Reply(r) => {
@@ -700,15 +711,7 @@ impl<C: Codec> ClientCore<C> {
                 "the session could not be resumed: a fresh session was opened",
             )));
         }
-        let subs: Vec<(u64, SubscribeOptions)> = self
-            .subscriptions
-            .iter()
-            .map(|(id, s)| (id, s.clone()))
-            .collect();
-        self.subscribe_frames.clear();
-        for (id, options) in subs {
-            self.send_subscribe(id, &options);
-        }
+        self.resubscribe();
         // Writes made before this gateway's limit was known are checked against it now.
         let frames: Vec<(u64, String)> = self
             .outbox
@@ -1019,6 +1022,19 @@ impl<C: Codec> ClientCore<C> {
             self.actions.push(Action::Send(text.clone()));
         }
         self.outbox.push(op, text);
+    }
+
+    /// Sends every subscription again (after `welcome`, or a refresh that revoked some).
+    fn resubscribe(&mut self) {
+        let subs: Vec<(u64, SubscribeOptions)> = self
+            .subscriptions
+            .iter()
+            .map(|(id, s)| (id, s.clone()))
+            .collect();
+        self.subscribe_frames.clear();
+        for (id, options) in subs {
+            self.send_subscribe(id, &options);
+        }
     }
 
     fn send_subscribe(&mut self, sub: u64, options: &SubscribeOptions) {

@@ -1846,6 +1846,71 @@ fn a_renewal_answered_after_close_reports_nothing() {
     }
 }
 
+/// A renewed token that no longer grants a subscription: the gateway unbinds it and
+/// says so without an id, before the refresh's `ack`. The SDK sends its subscriptions
+/// again, so the revoked one is refused with its id: its status turns `error` and it
+/// is dropped, while the other is acknowledged as it stands. (It kept showing
+/// `active`, receiving nothing, until the next reconnect.)
+#[test]
+fn subscriptions_a_renewed_token_revokes_turn_error_and_the_others_stay_active() {
+    let mut h = Harness::with_get_token();
+    h.connect_with_token(101);
+    let chat = h.subscribe_chat();
+    let room_1 = SubscribeOptions {
+        channel: "chat".into(),
+        groups: vec!["room-1".into()],
+        ..Default::default()
+    };
+    let room = h.core.subscribe(room_1, h.now).unwrap();
+    for f in h.sent() {
+        h.frame(json!({"type": "ack", "id": f["id"]}));
+    }
+    h.idle(75_000);
+    let actions = h.take();
+    let refresh = answer_renewal(&mut h, &actions, &jwt(301));
+    let mark = h.log.len();
+    h.frame(json!({"type": "error", "code": "forbidden",
+        "message": "the renewed token no longer grants chat.group.room-1: unsubscribed"}));
+    let again = h.sent();
+    assert_eq!(
+        types(&again),
+        vec!["subscribe", "subscribe"],
+        "both sent again"
+    );
+    h.frame(json!({"type": "ack", "id": refresh}));
+    for f in &again {
+        if f["groups"] == json!(["room-1"]) {
+            h.frame(json!({"type": "error", "id": f["id"], "code": "forbidden", "message": "no"}));
+        } else {
+            h.frame(json!({"type": "ack", "id": f["id"]}));
+        }
+    }
+    h.take();
+    assert_eq!(
+        sub_statuses(&h.log[mark..], room),
+        vec!["pending", "error:forbidden"]
+    );
+    assert_eq!(
+        sub_statuses(&h.log[mark..], chat),
+        vec!["pending", "active"]
+    );
+    // Dropped: the next connection subscribes to chat only.
+    let mut actions = h.drop_connection();
+    for _ in 0..1_000 {
+        if let Some(&fetch) = fetches(&actions).first() {
+            h.core.on_token(fetch, Ok(jwt(301)), h.now);
+        } else if !Harness::opens(&actions).is_empty() {
+            break;
+        } else {
+            h.advance(50);
+        }
+        actions = h.take();
+    }
+    let next = h.reopen("s1", true);
+    assert_eq!(types(&next), vec!["subscribe"]);
+    assert!(next[0].get("groups").is_none(), "{next:?}");
+}
+
 /// A JWT for `u1` issued at `iat_s` that expires at `exp_s` (seconds).
 fn jwt_issued(iat_s: u64, exp_s: u64) -> String {
     crate::token::test_jwt(&format!(r#"{{"sub":"u1","iat":{iat_s},"exp":{exp_s}}}"#))
