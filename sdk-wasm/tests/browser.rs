@@ -1185,7 +1185,8 @@ fn jwt_urls() -> String {
 
 /// A `getToken` for `user` that fetches tokens living `lifetime_s` from the jwt stack's
 /// `POST /token`, counting its calls in `globalThis.__tokenCalls[user]`; while
-/// `globalThis.__refuseRenewal[user]` is true it rejects (renewal disabled).
+/// `globalThis.__refuseRenewal[user]` is true it rejects (renewal disabled); the tokens
+/// grant the groups in `globalThis.__tokenGroups[user]` when set.
 fn get_token(user: &str, lifetime_s: u32) -> Function {
     let control = path(&jwt_stack(), &["control"])
         .as_string()
@@ -1200,10 +1201,23 @@ fn get_token(user: &str, lifetime_s: u32) -> Function {
         return fetch("{control}/token", {{
           method: "POST",
           headers: {{ "content-type": "application/json" }},
-          body: JSON.stringify({{ user: "{user}", lifetime_s: {lifetime_s} }}),
+          body: JSON.stringify({{ user: "{user}", lifetime_s: {lifetime_s},
+            groups: (globalThis.__tokenGroups ?? {{}})["{user}"] }}),
         }}).then((r) => r.json()).then((j) => j.token);
         "#
     ))
+}
+
+/// The groups the next tokens of `user` grant.
+fn token_groups(user: &str, groups: &[&str]) {
+    let global = js_sys::global();
+    let mut map = Reflect::get(&global, &"__tokenGroups".into()).unwrap_or_default();
+    if !map.is_object() {
+        map = js_sys::Object::new().into();
+        Reflect::set(&global, &"__tokenGroups".into(), &map).unwrap();
+    }
+    let list: Array = groups.iter().map(|g| JsValue::from_str(g)).collect();
+    Reflect::set(&map, &user.into(), &list).unwrap();
 }
 
 fn token_calls(user: &str) -> u32 {
@@ -1296,6 +1310,62 @@ async fn a_short_lived_token_is_renewed_on_the_live_connection_without_reconnect
     wait(c.write(json(r#"{"channel": "echo", "message": "still here"}"#).unchecked_into()))
         .await
         .expect("the renewed session publishes");
+    c.close();
+}
+
+/// A renewed token that no longer grants a group: the subscription to it turns `error`
+/// (`forbidden`) while the connection stays up, and the one to a group still granted
+/// stays `active`. (It kept showing `active`, receiving nothing, until a reconnect.)
+#[wasm_bindgen_test]
+async fn a_subscription_a_renewed_token_no_longer_grants_turns_error() {
+    let strings = |v: &Rc<RefCell<Vec<JsValue>>>| -> Vec<String> {
+        v.borrow().iter().filter_map(|s| s.as_string()).collect()
+    };
+    let user = unique("revoke");
+    // 4 s tokens: renewed 3 s after each.
+    let c = jwt_client(&user, 4);
+    wait(c.connect()).await.expect("connect");
+    let follow = |group: &str| {
+        let (noop, _) = recorder();
+        let (on_status, statuses) = recorder();
+        let options = json(&format!(r#"{{"channel": "chat", "groups": ["{group}"]}}"#));
+        let sub = c
+            .subscribe(options.unchecked_into(), noop, Some(on_status))
+            .expect("subscribe");
+        (sub, statuses)
+    };
+    let (room_1, room_1_statuses) = follow("room-1");
+    let (room_2, room_2_statuses) = follow("room-2");
+    wait(room_1.ready()).await.expect("room-1 in force");
+    wait(room_2.ready()).await.expect("room-2 in force");
+    token_groups(&user, &["room-2"]);
+    let mut waited = 0;
+    while strings(&room_1_statuses).last().map(String::as_str) != Some("error") {
+        assert!(
+            waited < 10_000,
+            "room-1 in error within 10 s: {:?}",
+            strings(&room_1_statuses)
+        );
+        sleep(100).await;
+        waited += 100;
+    }
+    sleep(500).await;
+    assert_eq!(
+        strings(&room_1_statuses).last().map(String::as_str),
+        Some("error"),
+        "and it stays so"
+    );
+    assert_eq!(
+        strings(&room_2_statuses).last().map(String::as_str),
+        Some("active"),
+        "room-2: {:?}",
+        strings(&room_2_statuses)
+    );
+    assert_eq!(
+        c.state().as_string().as_deref(),
+        Some("connected"),
+        "on the same connection"
+    );
     c.close();
 }
 

@@ -10,6 +10,7 @@
 //! POST /gateways/{name}/start      start it again on the same ports
 //! POST /service/kill|stop|start    the same for the demo service
 //! POST /token {"user": "ada"}      {"token": "..."}: a development token for that user
+//!                                  (`lifetime_s`, `groups`: other than the defaults)
 //! ```
 //!
 //! With `--auth jwt` the gateways verify HS256 tokens signed with a DEVELOPMENT secret
@@ -467,6 +468,9 @@ struct TokenRequest {
     user: String,
     /// Another lifetime than `--token-lifetime-s` (tests of expiry and renewal).
     lifetime_s: Option<u64>,
+    /// Other groups than `room-1` and `room-2`, only among them (tests of a renewed
+    /// token that grants less): never `staff`.
+    groups: Option<Vec<String>>,
 }
 
 /// The claims of a development token.
@@ -475,7 +479,7 @@ struct Claims<'a> {
     sub: &'a str,
     iat: u64,
     exp: u64,
-    groups: [&'a str; 2],
+    groups: Vec<&'a str>,
     topics: [&'a str; 1],
 }
 
@@ -492,6 +496,20 @@ async fn token(State(stack): State<Shared>, Json(request): Json<TokenRequest>) -
         let message = "`user`: 1 to 64 letters, digits, `_`, `-`, `:` or `@`\n";
         return (StatusCode::BAD_REQUEST, message).into_response();
     }
+    let groups: Vec<&str> = match &request.groups {
+        None => DEV_GROUPS.to_vec(),
+        Some(asked) => {
+            let Some(groups) = asked
+                .iter()
+                .map(|g| DEV_GROUPS.iter().copied().find(|d| d == g))
+                .collect::<Option<Vec<&str>>>()
+            else {
+                let message = format!("`groups`: only among {DEV_GROUPS:?}\n");
+                return (StatusCode::BAD_REQUEST, message).into_response();
+            };
+            groups
+        }
+    };
     let Some((key, lifetime_s)) = stack.lock().await.tokens.clone() else {
         return Json(serde_json::json!({ "token": user })).into_response();
     };
@@ -503,7 +521,7 @@ async fn token(State(stack): State<Shared>, Json(request): Json<TokenRequest>) -
         sub: user,
         iat,
         exp,
-        groups: DEV_GROUPS,
+        groups,
         topics: DEV_TOPICS,
     };
     match encode(&Header::new(Algorithm::HS256), &claims, &key) {
