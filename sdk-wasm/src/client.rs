@@ -281,7 +281,7 @@ impl<C: Codec> ClientCore<C> {
             self.actions.push(Action::Close);
         }
         self.phase = Phase::Closed;
-        self.report(true);
+        self.report(false);
         let err = ClientError::new(ErrorCode::Closed, "the client was closed");
         self.stopped = Some(err.clone());
         self.fail_everything(&err);

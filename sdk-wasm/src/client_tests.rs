@@ -512,9 +512,10 @@ fn close_rejects_everything_with_closed_and_stays_closed() {
         Harness::rejections(&actions),
         vec![(w, ErrorCode::Closed), (r, ErrorCode::Closed)]
     );
-    assert!(actions
-        .iter()
-        .any(|a| matches!(a, Action::StateChanged(c) if c.new == State::Disconnected)));
+    // Closing resumes nothing: `resumed` is false.
+    assert!(actions.iter().any(
+        |a| matches!(a, Action::StateChanged(c) if c.new == State::Disconnected && !c.resumed)
+    ));
     assert!(
         actions.iter().any(|a| matches!(a, Action::SetTimer(None))),
         "no timer left behind"
