@@ -296,6 +296,12 @@ async fn next_confirm(confirms: Option<&mut Confirms>) -> Option<Settled> {
     }
 }
 
+/// A `hello` and when the client asked with it (milliseconds since the epoch).
+struct Asked {
+    hello: Hello,
+    at_ms: u64,
+}
+
 /// Publisher-confirm results of a connection's publishes; created with the first
 /// publish, so connections that never publish do not carry a channel.
 struct Confirms {
@@ -647,6 +653,9 @@ impl Conn {
         if self.session.is_some() {
             return Flow::Continue;
         }
+        // When the client asked: a takeover this resume requests elsewhere is dated
+        // by it (see `open_session`).
+        let asked_at_ms = inbound::now_ms_epoch();
         let hello = hello.unwrap_or_default();
         let config = &self.shared.config;
         if let Err((code, why)) = core_::check_protocol(hello.protocol) {
@@ -692,7 +701,11 @@ impl Conn {
                 Err(_) => return self.refuse_user_limit().await,
             }
         };
-        self.open_session(hello, identity, owner, anonymous, user_slot, replacing)
+        let asked = Asked {
+            hello,
+            at_ms: asked_at_ms,
+        };
+        self.open_session(asked, identity, owner, anonymous, user_slot, replacing)
             .await
     }
 
@@ -712,13 +725,17 @@ impl Conn {
     /// these subscriptions and this identity) before the live flow.
     async fn open_session(
         &mut self,
-        hello: Hello,
+        asked: Asked,
         mut identity: Identity,
         owner: String,
         anonymous: bool,
         user_slot: Option<Slot>,
         replacing: bool,
     ) -> Flow {
+        let Asked {
+            hello,
+            at_ms: asked_at_ms,
+        } = asked;
         let mut notice = None;
         let mut resumed = false;
         let mut id = None;
@@ -766,11 +783,17 @@ impl Conn {
                     .shared
                     .registry
                     .claim(requested, self.id, self.takeover.clone());
+                // Dated by when the client asked, not now: a `hello` that waited
+                // (for the auth service, a look at a stream's tail) may have been given
+                // up by its client, which resumed the session on another gateway in
+                // the meantime. That newer connection must stay (it ignores a takeover
+                // dated before it resumed); dated now, it was closed with 4502, which
+                // clients do not reconnect from.
                 match local {
                     Some(old) => {
                         let _ = old.ask(Takeover);
                     }
-                    None => self.shared.request_takeover(requested),
+                    None => self.shared.request_takeover(requested, asked_at_ms),
                 }
                 resumed = true;
                 id = Some(requested.to_string());

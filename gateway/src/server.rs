@@ -1198,12 +1198,13 @@ pub(crate) fn takeover_bodies(sessions: Vec<(String, u64)>, node: &str) -> Vec<S
 
 impl Shared {
     /// Asks every other gateway to release `session` (its consumer is still there
-    /// while a client resumes it here). Requests made within
-    /// [`TAKEOVER_BATCH_WAIT`] of each other go out together.
-    pub(crate) fn request_takeover(self: &Arc<Self>, session: &str) {
+    /// while a client resumes it here), which its client asked for at `at_ms`
+    /// (milliseconds since the epoch). Requests made within [`TAKEOVER_BATCH_WAIT`] of
+    /// each other go out together.
+    pub(crate) fn request_takeover(self: &Arc<Self>, session: &str, at_ms: u64) {
         let first = {
             let mut pending = self.takeovers.lock().unwrap_or_else(|e| e.into_inner());
-            pending.push((session.to_string(), crate::inbound::now_ms_epoch()));
+            pending.push((session.to_string(), at_ms));
             pending.len() == 1
         };
         if !first {

@@ -1,7 +1,9 @@
 //! `auth.mode = "service"` against a real RabbitMQ: the gateway asks an auth service
 //! (`client.auth`) built on the service library — the demo authenticator, or a slow
 //! one — and admits, refuses, or answers `auth_unavailable` (never hangs) when no auth
-//! service runs or it is too slow. Accepted answers are cached for their lifetime.
+//! service runs or it is too slow. Accepted answers are cached for their lifetime. A
+//! `hello` its client gave up on while the auth service was slow does not take the
+//! session from the connection the client resumed it on meanwhile.
 
 use std::time::{Duration, Instant};
 
@@ -147,5 +149,78 @@ async fn the_auth_service_admits_refuses_and_its_absence_or_slowness_is_auth_una
     ada.close().await;
     again.close().await;
     gw.shutdown().await;
+    env.cleanup().await;
+}
+
+/// A client's resume waits on a gateway for a slow auth service; the client gives up
+/// (as the SDK does after its handshake timeout) and resumes the session on another
+/// gateway at once. When the first gateway gets the auth answer, it takes the session
+/// and asks its peers to release it, dated by when the client asked: before the live
+/// resume, so the live connection stays. (Dated when the first gateway was done, it
+/// was closed with 4502 `session_taken`, which clients never reconnect from: the SDK
+/// stopped for good.)
+#[tokio::test]
+async fn a_hello_given_up_while_slow_does_not_take_the_session_from_the_resume_after_it() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let env = TestEnv::new("auth-service-late").await;
+    let slow_node = format!("{}-slow", env.names.prefix().trim_end_matches('.'));
+    let (slow_for, node) = (slow_node.clone(), slow_node.clone());
+    let slow_phase = Arc::new(AtomicBool::new(false));
+    let slow = slow_phase.clone();
+    let auth = Service::connect(&amqp_addr(), env.names.clone())
+        .await
+        .unwrap();
+    auth.authenticate("auth", move |req| {
+        let late = slow.load(Ordering::SeqCst) && req.node == slow_for;
+        async move {
+            if late {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            authenticate(req).await
+        }
+    })
+    .await
+    .unwrap();
+    let patient = |c: &mut Config| {
+        service_mode(c);
+        c.auth.service.timeout_ms = 5_000;
+    };
+    let first = TestGateway::start_with(&env, |c| {
+        patient(c);
+        c.node = node;
+    })
+    .await;
+    let second = TestGateway::start_with(&env, patient).await;
+
+    // A session on the second gateway, whose connection is lost.
+    let ada = admitted(&second.url(), "user:ada").await;
+    let resume = Hello {
+        token: Some("user:ada".into()),
+        ..ada.resume_hello()
+    };
+    ada.abort();
+    // Resuming on the first gateway waits for the auth service; given up after 300 ms.
+    slow_phase.store(true, Ordering::SeqCst);
+    let mut given_up = TestClient::connect_raw(&first.url()).await;
+    given_up.send(&ClientFrame::Hello(resume.clone())).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    given_up.abort();
+    // Resumed on the second gateway at once.
+    let mut live = TestClient::connect_with(&second.url(), resume).await;
+    assert!(live.welcome().resumed, "resumed on the second gateway");
+    // The first gateway gets its answer 2 s after it asked; the live connection stays.
+    assert_eq!(
+        live.expect_close(Duration::from_secs(4)).await,
+        None,
+        "the live connection was not taken"
+    );
+    live.publish("p1", "chat", serde_json::json!("still here"))
+        .await;
+    live.expect_ack("p1").await;
+    live.close().await;
+    auth.stop().await.unwrap();
+    first.shutdown().await;
+    second.shutdown().await;
     env.cleanup().await;
 }
