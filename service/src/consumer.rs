@@ -505,6 +505,8 @@ async fn handle<H: Handler>(
     // this task, left the message neither acked nor nacked and its prefetch slot taken
     // for good: with the default prefetch of 1 the consumer got nothing more.
     let result = catch_panic(async { shared.handler.handle(context, incoming).await }).await;
+    // Kept for a message whose answer cannot be published either (below).
+    let kept_properties = result.is_ok().then(|| properties.clone());
     let outcome = match result {
         Ok(outcome) => outcome,
         Err(e) => {
@@ -578,14 +580,46 @@ async fn handle<H: Handler>(
                         .reply(to, correlation_id.as_deref(), &refusal, &message_id)
                         .await
                     {
-                        warn!(error = %e, "the refusal could not be published either; handing the message back");
-                        if let Some(id) = &id {
-                            shared
-                                .window
-                                .lock()
-                                .expect("window lock")
-                                .fail(id, Instant::now());
+                        // Handing it back at once ran the handler again and again, as
+                        // fast as RabbitMQ redelivered (e.g. the service may not write
+                        // to the default exchange). Counted as a failed attempt instead:
+                        // handed back after a pause, dead-lettered at `max_attempts`.
+                        let key = id.as_deref().or(anonymous.as_deref()).unwrap_or_default();
+                        let failures = shared
+                            .window
+                            .lock()
+                            .expect("window lock")
+                            .fail(key, Instant::now());
+                        let attempts = failures.max(delivery_count.saturating_add(1));
+                        let reason = format!("its answer could not be published: {e}");
+                        // Without kept properties the handler failed and the message
+                        // is parked already: nothing more to do with it.
+                        let parked = match kept_properties {
+                            Some(properties) if attempts >= shared.config.max_attempts => {
+                                error!(error = %e, attempts, "the answer could not be published, too often; dead-lettering the message");
+                                dead_letter(
+                                    shared,
+                                    &routing_key,
+                                    properties,
+                                    &body,
+                                    &reason,
+                                    attempts,
+                                )
+                                .await
+                                .is_ok()
+                            }
+                            Some(_) => false,
+                            None => true,
+                        };
+                        if parked {
+                            if let Some(key) = &anonymous {
+                                shared.window.lock().expect("window lock").forget(key);
+                            }
+                            ack(acker).await;
+                            return;
                         }
+                        warn!(error = %e, attempts, "the refusal could not be published either; handing the message back");
+                        tokio::time::sleep(retry_backoff(attempts)).await;
                         nack(acker).await;
                         return;
                     }

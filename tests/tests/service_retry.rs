@@ -5,7 +5,10 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use warren_e2e::service::{counted_echo, in_fresh_namespace, take_parked, StandInGateway};
+use warren_e2e::rabbitmqctl;
+use warren_e2e::service::{
+    amqp_uri, counted_echo, counted_echo_on, in_fresh_namespace, take_parked, StandInGateway,
+};
 use warren_protocol::amqp::Names;
 use warren_service::{Answer, HandlerError, Incoming, Outcome, ServiceConfig};
 
@@ -255,6 +258,78 @@ async fn a_failing_message_without_message_id_on_a_classic_queue_is_dead_lettere
         );
         gw.close().await;
         service.stop().await.unwrap();
+    })
+    .await;
+}
+
+/// A RabbitMQ user of the test's own, deleted when dropped.
+struct BrokerUser(String);
+
+impl Drop for BrokerUser {
+    fn drop(&mut self) {
+        let _ = rabbitmqctl::run(&["delete_user", &self.0]);
+    }
+}
+
+/// A request whose answer the service cannot publish, nor the `internal` refusal in
+/// its place (here its RabbitMQ user may not write to the default exchange, through
+/// which replies go), counts as a failed attempt: handed back after a pause, and
+/// dead-lettered at `max_attempts`. It was handed back at once and the handler run
+/// again, as fast as RabbitMQ redelivered, for as long as the request lived.
+#[tokio::test]
+async fn a_request_whose_answer_cannot_be_published_is_dead_lettered_after_max_attempts() {
+    in_fresh_namespace(LIMIT, |ns| async move {
+        let user = BrokerUser(format!("{ns}-no-replies"));
+        rabbitmqctl::run(&["add_user", &user.0, "pw"]).expect("add the user");
+        rabbitmqctl::run(&[
+            "set_permissions",
+            "-p",
+            "/",
+            &user.0,
+            ".*",
+            "^(?!amq\\.default$).*",
+            ".*",
+        ])
+        .expect("its permissions");
+        let uri = amqp_uri();
+        let (scheme, rest) = uri.split_once("://").expect("an AMQP URI");
+        let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+        let uri = format!("{scheme}://{}:pw@{host}", user.0);
+        let config = ServiceConfig::default().with_max_attempts(3);
+        let (service, calls) = counted_echo_on(&uri, &ns, config, |_, m: Incoming| async move {
+            Ok(Outcome::Reply(Answer::raw(m.body)))
+        })
+        .await;
+        let names = Names::new(&ns);
+        let gw = StandInGateway::connect(&ns, "alice").await;
+        gw.send_request("echo", "r1", r#"{"n":1}"#, Duration::from_secs(30))
+            .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let parked = loop {
+            if let Some(parked) = take_parked(&names).await {
+                break parked;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "dead-lettered within 15 s (handler called {} times)",
+                calls.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(parked.data, br#"{"n":1}"#);
+        let headers = parked.properties.headers().clone().unwrap_or_default();
+        let reason = match headers.inner().get("x-warren-dead-reason") {
+            Some(lapin::types::AMQPValue::LongString(s)) => {
+                String::from_utf8_lossy(s.as_bytes()).into_owned()
+            }
+            other => format!("{other:?}"),
+        };
+        assert!(reason.contains("could not be published"), "{reason}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "one run per attempt");
+        gw.close().await;
+        service.stop().await.unwrap();
+        drop(user);
     })
     .await;
 }
