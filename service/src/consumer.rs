@@ -447,6 +447,8 @@ async fn handle<H: Handler>(
     let anonymous = id
         .is_none()
         .then(|| anonymous_key(&routing_key, correlation_id.as_deref(), &body));
+    // The duplicate window's key of this message's failures.
+    let key = id.as_deref().or(anonymous.as_deref()).unwrap_or_default();
     let mut waited = Duration::ZERO;
     while let Some(id) = &id {
         let seen = shared
@@ -510,14 +512,7 @@ async fn handle<H: Handler>(
     let outcome = match result {
         Ok(outcome) => outcome,
         Err(e) => {
-            let key = id.as_deref().or(anonymous.as_deref()).unwrap_or_default();
-            let failures = shared
-                .window
-                .lock()
-                .expect("window lock")
-                .fail(key, Instant::now());
-            // `x-delivery-count` comes with the message: any publisher may set it.
-            let attempts = failures.max(delivery_count.saturating_add(1));
+            let attempts = failed_attempt(shared, key, delivery_count);
             if attempts < shared.config.max_attempts {
                 let wait = retry_backoff(attempts);
                 warn!(error = %e, attempts, retry_in_ms = wait.as_millis() as u64, "handler failed; handing the message back");
@@ -584,13 +579,7 @@ async fn handle<H: Handler>(
                         // fast as RabbitMQ redelivered (e.g. the service may not write
                         // to the default exchange). Counted as a failed attempt instead:
                         // handed back after a pause, dead-lettered at `max_attempts`.
-                        let key = id.as_deref().or(anonymous.as_deref()).unwrap_or_default();
-                        let failures = shared
-                            .window
-                            .lock()
-                            .expect("window lock")
-                            .fail(key, Instant::now());
-                        let attempts = failures.max(delivery_count.saturating_add(1));
+                        let attempts = failed_attempt(shared, key, delivery_count);
                         let reason = format!("its answer could not be published: {e}");
                         // Without kept properties the handler failed and the message
                         // is parked already: nothing more to do with it.
@@ -671,6 +660,18 @@ async fn handle<H: Handler>(
         shared.window.lock().expect("window lock").forget(key);
     }
     ack(acker).await;
+}
+
+/// Records a failed attempt at the message whose failures the window counts under
+/// `key`; returns the attempts so far: those counted here, or more when the message's
+/// `x-delivery-count` says so (any publisher may set it).
+fn failed_attempt<H>(shared: &Shared<H>, key: &str, delivery_count: u32) -> u32 {
+    let failures = shared
+        .window
+        .lock()
+        .expect("window lock")
+        .fail(key, Instant::now());
+    failures.max(delivery_count.saturating_add(1))
 }
 
 /// The duplicate window's key for counting the failures of a message without

@@ -236,18 +236,7 @@ async fn a_failing_message_without_message_id_on_a_classic_queue_is_dead_lettere
             .await;
         gw.publish_raw("echo", br#"{"after":true}"#, anonymous)
             .await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        let parked = loop {
-            if let Some(parked) = take_parked(&names).await {
-                break parked;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "dead-lettered within 15 s (handler called {} times)",
-                calls.load(Ordering::SeqCst)
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
+        let parked = parked_within_15_s(&names, &calls).await;
         assert_eq!(parked.data, br#"{"poison":true}"#);
         // The message behind it is handled, and the poison no more.
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -304,18 +293,7 @@ async fn a_request_whose_answer_cannot_be_published_is_dead_lettered_after_max_a
         let gw = StandInGateway::connect(&ns, "alice").await;
         gw.send_request("echo", "r1", r#"{"n":1}"#, Duration::from_secs(30))
             .await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        let parked = loop {
-            if let Some(parked) = take_parked(&names).await {
-                break parked;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "dead-lettered within 15 s (handler called {} times)",
-                calls.load(Ordering::SeqCst)
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
+        let parked = parked_within_15_s(&names, &calls).await;
         assert_eq!(parked.data, br#"{"n":1}"#);
         let headers = parked.properties.headers().clone().unwrap_or_default();
         let reason = match headers.inner().get("x-warren-dead-reason") {
@@ -332,4 +310,24 @@ async fn a_request_whose_answer_cannot_be_published_is_dead_lettered_after_max_a
         drop(user);
     })
     .await;
+}
+
+/// The first message parked in `warren.dead` within 15 s; panics naming the handler's
+/// calls so far when none is.
+async fn parked_within_15_s(
+    names: &Names,
+    calls: &std::sync::atomic::AtomicU32,
+) -> lapin::message::Delivery {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(parked) = take_parked(names).await {
+            return parked;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dead-lettered within 15 s (handler called {} times)",
+            calls.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
