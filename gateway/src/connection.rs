@@ -296,10 +296,10 @@ async fn next_confirm(confirms: Option<&mut Confirms>) -> Option<Settled> {
     }
 }
 
-/// A `hello` and when the client asked with it (milliseconds since the epoch).
+/// A `hello` and when the client asked with it.
 struct Asked {
     hello: Hello,
-    at_ms: u64,
+    at: session::AskedAt,
 }
 
 /// Publisher-confirm results of a connection's publishes; created with the first
@@ -653,9 +653,9 @@ impl Conn {
         if self.session.is_some() {
             return Flow::Continue;
         }
-        // When the client asked: a takeover this resume requests elsewhere is dated
-        // by it (see `open_session`).
-        let asked_at_ms = inbound::now_ms_epoch();
+        // When the client asked: its claim of the session and a takeover it requests
+        // elsewhere are dated by it (see `open_session`).
+        let asked_at = session::AskedAt::now();
         let hello = hello.unwrap_or_default();
         let config = &self.shared.config;
         if let Err((code, why)) = core_::check_protocol(hello.protocol) {
@@ -703,7 +703,7 @@ impl Conn {
         };
         let asked = Asked {
             hello,
-            at_ms: asked_at_ms,
+            at: asked_at,
         };
         self.open_session(asked, identity, owner, anonymous, user_slot, replacing)
             .await
@@ -734,7 +734,7 @@ impl Conn {
     ) -> Flow {
         let Asked {
             hello,
-            at_ms: asked_at_ms,
+            at: asked_at,
         } = asked;
         let mut notice = None;
         let mut resumed = false;
@@ -779,21 +779,29 @@ impl Conn {
                 // A connection of this gateway may still hold it (its client is gone but
                 // it has not noticed yet): it is closed; one of another gateway is asked
                 // to close. Neither holds anything the client needs.
-                let local = self
-                    .shared
-                    .registry
-                    .claim(requested, self.id, self.takeover.clone());
+                let local =
+                    self.shared
+                        .registry
+                        .claim(requested, self.id, self.takeover.clone(), asked_at);
                 // Dated by when the client asked, not now: a `hello` that waited
                 // (for the auth service, a look at a stream's tail) may have been given
-                // up by its client, which resumed the session on another gateway in
-                // the meantime. That newer connection must stay (it ignores a takeover
-                // dated before it resumed); dated now, it was closed with 4502, which
-                // clients do not reconnect from.
+                // up by its client, which resumed the session again, here or on another
+                // gateway, in the meantime. That newer connection must stay (it ignores
+                // a takeover dated before it was asked for, and a claim here refuses
+                // this one); dated now, it was closed with 4502, which clients do not
+                // reconnect from.
                 match local {
-                    Some(old) => {
+                    Ok(Some(old)) => {
                         let _ = old.ask(Takeover);
                     }
-                    None => self.shared.request_takeover(requested, asked_at_ms),
+                    Ok(None) => self.shared.request_takeover(requested, asked_at.epoch_ms),
+                    Err(session::Newer) => {
+                        tracing::info!(conn = self.id, session = %requested, "resume given up: a connection asked for later serves the session here");
+                        return Flow::Close(
+                            CloseCode::SessionTaken,
+                            "a newer connection resumed this session".into(),
+                        );
+                    }
                 }
                 resumed = true;
                 id = Some(requested.to_string());
@@ -801,9 +809,11 @@ impl Conn {
         }
         let id = id.unwrap_or_else(|| {
             let id = session::new_session_id(&owner);
-            self.shared
+            // A fresh id: nobody else holds it.
+            let _ = self
+                .shared
                 .registry
-                .claim(&id, self.id, self.takeover.clone());
+                .claim(&id, self.id, self.takeover.clone(), asked_at);
             id
         });
         // A resume without a position (the stream was empty when the session opened)
@@ -1635,33 +1645,36 @@ impl Conn {
         Ok(at)
     }
 
-    /// The position a `ping` names, in one stream after the other. In a stream the
-    /// session joined: the newest read, when everything up to it the session wanted
-    /// was sent ([`Hub::subscribe_at`](crate::hub::Hub::subscribe_at)). A session that
-    /// receives nothing for longer than its stream's retention keeps a position the
-    /// stream still holds: its resume then neither reads the whole stream for nothing
-    /// nor reports as missed what it never wanted. In a channel stream it did not join
-    /// (no subscription to that channel): the newest read, as `welcome.positions`
-    /// names it. A client that subscribes to that channel while disconnected resumes
-    /// it from there, as it resumes its other streams from where the outage began;
-    /// with the position its welcome gave, hours before, it was replayed everything
-    /// the channel had sent since, or told `session_expired`.
+    /// The position a `ping` names. In a stream the session joined, each in turn: the
+    /// newest read, when everything up to it the session wanted was sent
+    /// ([`Hub::subscribe_at`](crate::hub::Hub::subscribe_at)). A session that receives
+    /// nothing for longer than its stream's retention keeps a position the stream still
+    /// holds: its resume then neither reads the whole stream for nothing nor reports as
+    /// missed what it never wanted. Every other ping, when there are channel streams
+    /// the session did not join (no subscription to their channel), names one of them
+    /// in turn instead: the newest read, as `welcome.positions` names it. A client that
+    /// subscribes to that channel while disconnected resumes it from there, as it
+    /// resumes its other streams from where the outage began; with the position its
+    /// welcome gave, hours before, it was replayed everything the channel had sent
+    /// since, or told `session_expired`. Every other ping, not one in the turn of all
+    /// streams: with many channel streams, the joined ones' pings would come too
+    /// seldom for a short retention.
     fn ping_position(&mut self) -> Option<(u64, Option<String>)> {
         let s = self.session.as_mut()?;
         let all = self.shared.streams.all();
-        for _ in 0..all.len() {
-            s.ping_turn = s.ping_turn.wrapping_add(1);
-            let i = s.ping_turn % all.len();
-            let source = &all[i];
-            let at = match s.streams.get(i) {
-                Some(Some(_)) => source.hub.subscribe_at(self.id, &[]),
-                _ => source.hub.head(),
-            };
-            if let Some(at) = at {
-                return Some((at, source.channel.clone()));
-            }
+        let (joined, other): (Vec<usize>, Vec<usize>) =
+            (0..all.len()).partition(|&i| matches!(s.streams.get(i), Some(Some(_))));
+        s.ping_turn = s.ping_turn.wrapping_add(1);
+        let turn = s.ping_turn;
+        if other.is_empty() || turn % 2 == 0 {
+            let k = if other.is_empty() { turn } else { turn / 2 };
+            let source = &all[*joined.get(k % joined.len().max(1))?];
+            let head = source.hub.subscribe_at(self.id, &[])?;
+            Some((head, source.channel.clone()))
+        } else {
+            let source = &all[other[(turn / 2) % other.len()]];
+            Some((source.hub.head()?, source.channel.clone()))
         }
-        None
     }
 
     /// Tells the presence view and the peers the session's subscriptions (once per

@@ -216,8 +216,36 @@ pub struct Registry {
 struct Held {
     conn: u64,
     signal: Arc<TakeoverSignal>,
-    /// When it claimed the session, in ms since the epoch.
+    /// When its client asked for the session (its `hello` was taken up), in ms since
+    /// the epoch: a takeover request from another gateway is compared with it.
     since_ms: u64,
+    /// The same, on this gateway's monotonic clock: another claim here is compared
+    /// with it (a wall clock set back must not make a new resume look older).
+    asked: std::time::Instant,
+}
+
+/// A session claim refused: a connection of this gateway asked for the session later
+/// serves it ([`Registry::claim`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Newer;
+
+/// When a client asked for a session (its `hello` was taken up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AskedAt {
+    /// On this gateway's monotonic clock.
+    pub at: std::time::Instant,
+    /// In ms since the epoch, as takeovers between gateways date it.
+    pub epoch_ms: u64,
+}
+
+impl AskedAt {
+    /// Now.
+    pub fn now() -> AskedAt {
+        AskedAt {
+            at: std::time::Instant::now(),
+            epoch_ms: crate::inbound::now_ms_epoch(),
+        }
+    }
 }
 
 /// What a takeover request from another gateway did here.
@@ -233,21 +261,34 @@ pub enum Release {
 }
 
 impl Registry {
-    /// Records that connection `conn` serves `session`; returns the takeover signal of
-    /// the connection that served it before, if any.
+    /// Records that connection `conn`, whose client asked for `session` at `asked`,
+    /// serves it; returns the takeover signal of the connection
+    /// that served it before, if any.
+    ///
+    /// # Errors
+    /// [`Newer`] when the connection serving it here was asked for later (or in the
+    /// same millisecond), which keeps it: this one's `hello` waited (for the auth
+    /// service, a look at a stream's tail) while its client gave it up and resumed
+    /// the session again here. Replacing it closed the client's live connection with
+    /// `4502`, which clients do not reconnect from.
     pub fn claim(
         &self,
         session: &str,
         conn: u64,
         signal: Arc<TakeoverSignal>,
-    ) -> Option<Arc<TakeoverSignal>> {
+        asked: AskedAt,
+    ) -> Result<Option<Arc<TakeoverSignal>>, Newer> {
+        let mut map = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(session).is_some_and(|h| h.asked >= asked.at) {
+            return Err(Newer);
+        }
         let held = Held {
             conn,
             signal,
-            since_ms: crate::inbound::now_ms_epoch(),
+            since_ms: asked.epoch_ms,
+            asked: asked.at,
         };
-        let mut map = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        map.insert(session.to_string(), held).map(|h| h.signal)
+        Ok(map.insert(session.to_string(), held).map(|h| h.signal))
     }
 
     /// Forgets `session` if connection `conn` still holds it.
@@ -363,8 +404,14 @@ mod tests {
     #[test]
     fn the_registry_hands_back_the_previous_holder_and_releases_only_its_own() {
         let r = Registry::default();
-        assert!(r.claim("s", 1, Arc::default()).is_none());
-        assert!(r.claim("s", 2, Arc::default()).is_some());
+        assert!(r
+            .claim("s", 1, Arc::default(), AskedAt::now())
+            .unwrap()
+            .is_none());
+        assert!(r
+            .claim("s", 2, Arc::default(), AskedAt::now())
+            .unwrap()
+            .is_some());
         assert!(
             !r.release("s", 1),
             "connection 1 ended after 2 resumed the session here: it lives on"
@@ -374,12 +421,38 @@ mod tests {
         assert!(r.is_empty());
     }
 
+    /// A `hello` that waited claims the session after the client resumed it again
+    /// here: the newer connection keeps it and is not asked to give it up.
+    #[tokio::test]
+    async fn a_claim_asked_for_before_the_connection_holding_the_session_is_refused() {
+        let r = Registry::default();
+        let waited = AskedAt::now();
+        let live = Arc::new(TakeoverSignal::default());
+        let resumed = AskedAt {
+            at: waited.at + Duration::from_millis(1),
+            // A wall clock set back meanwhile changes nothing here.
+            epoch_ms: waited.epoch_ms - 5_000,
+        };
+        r.claim("s", 2, live.clone(), resumed).unwrap();
+        assert_eq!(r.claim("s", 1, Arc::default(), waited).err(), Some(Newer));
+        assert_eq!(r.claim("s", 1, Arc::default(), resumed).err(), Some(Newer));
+        let none = tokio::time::timeout(Duration::from_millis(20), live.asked()).await;
+        assert!(none.is_err(), "the live connection was not asked");
+        assert!(!r.release("s", 1) && r.holds("s"), "still the live one's");
+        // A later one takes it over, as ever.
+        let later = AskedAt {
+            at: resumed.at + Duration::from_millis(1),
+            ..resumed
+        };
+        assert!(r.claim("s", 3, Arc::default(), later).unwrap().is_some());
+    }
+
     #[tokio::test]
     async fn a_takeover_request_older_than_the_connection_here_leaves_it_the_session() {
         let r = Registry::default();
         let signal = Arc::new(TakeoverSignal::default());
         let before = crate::inbound::now_ms_epoch();
-        r.claim("s", 1, signal.clone());
+        r.claim("s", 1, signal.clone(), AskedAt::now()).unwrap();
         assert_eq!(r.ask_to_release("t", Some(before)), Release::NotHere);
         // Resumed elsewhere before this connection claimed it: a stale request.
         assert_eq!(r.ask_to_release("s", Some(before - 1)), Release::Newer);

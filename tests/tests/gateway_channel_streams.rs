@@ -184,8 +184,8 @@ async fn a_channel_with_its_own_retention_is_kept_in_its_own_stream_and_resumed_
 
 /// A client that subscribes to a channel with a stream of its own while it is
 /// disconnected resumes that stream from where its outage began, not from the
-/// position its `welcome` gave: the gateway's pings name, in turn, the newest position
-/// of a channel stream the session has no subscription in. (They named only the
+/// position its `welcome` gave: every other ping of the gateway names, in turn, the
+/// newest position of a channel stream the session has no subscription in. (They named only the
 /// session's own streams: the resume replayed everything the channel had sent since
 /// the welcome, hours of it for a long-lived session, or reported it missed.)
 #[tokio::test]
@@ -193,10 +193,16 @@ async fn a_subscription_made_while_disconnected_resumes_its_channel_stream_from_
     TestEnv::run("chan-stream-new-sub", LIMIT, async |env| {
         let gw = TestGateway::start_with(env, |c| {
             voice_for_an_hour(c);
-            c.heartbeat_ms = 200;
+            // A ping a second: a client is closed after 2.5 s of silence.
+            c.heartbeat_ms = 1_000;
         })
         .await;
+        // A listener on voice; once it has v0, this gateway's reader has read it and a
+        // welcome names voice's position.
+        let mut listener = TestClient::connect(&gw.url()).await;
+        listener.subscribe(sub("v", "voice")).await;
         env.publish_out("voice.all", "v0", "\"v0\"").await;
+        listener.expect_delivers(1).await;
         // Not subscribed to voice: its welcome names where voice's stream stands.
         let mut quiet = TestClient::connect(&gw.url()).await;
         let session = quiet.session().to_string();
@@ -205,37 +211,50 @@ async fn a_subscription_made_while_disconnected_resumes_its_channel_stream_from_
             .positions
             .get("voice")
             .expect("voice's position");
-        // Voice goes on without it; a listener learns the newest position.
-        let mut listener = TestClient::connect(&gw.url()).await;
-        listener.subscribe(sub("v", "voice")).await;
-        for i in 1..=2 {
-            env.publish_out("voice.all", &format!("v{i}"), &format!("\"v{i}\""))
-                .await;
-        }
-        let newest = listener.expect_delivers(2).await[1]
-            .position
-            .expect("a position");
-        assert!(newest > welcomed_at);
-        // The quiet session's pings bring it up to date in voice.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        let pinged = loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let Some(text) = quiet.recv_raw(left).await else {
-                panic!("no ping named voice at {newest} or later within 20 s");
-            };
-            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-            if v["type"] != "ping" {
-                continue;
+        // Voice goes on without it; the listener learns the newest position.
+        // Meanwhile the quiet session answers its pings (a silent client is closed,
+        // and this may take a while on a busy machine) until one names voice at that
+        // position or later.
+        let (newest_tx, newest_rx) = tokio::sync::watch::channel(None::<u64>);
+        let listen = async move {
+            for i in 1..=2 {
+                env.publish_out("voice.all", &format!("v{i}"), &format!("\"v{i}\""))
+                    .await;
             }
-            quiet
-                .send_text(&serde_json::json!({"type": "pong", "ts": v["ts"]}).to_string())
-                .await;
-            if v["stream"] == "voice" {
-                if let Some(p) = v["position"].as_u64().filter(|p| *p >= newest) {
-                    break p;
+            let newest = listener.expect_delivers(2).await[1]
+                .position
+                .expect("a position");
+            assert!(newest > welcomed_at);
+            newest_tx.send_replace(Some(newest));
+            listener
+        };
+        let quiet_pings = async {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let Some(text) = quiet.recv_raw(left).await else {
+                    panic!(
+                        "no ping named voice at {:?} or later within 20 s (closed: {:?})",
+                        *newest_rx.borrow(),
+                        quiet.close_code
+                    );
+                };
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                if v["type"] != "ping" {
+                    continue;
+                }
+                quiet
+                    .send_text(&serde_json::json!({"type": "pong", "ts": v["ts"]}).to_string())
+                    .await;
+                let newest = *newest_rx.borrow();
+                if let (Some(newest), Some(p)) = (newest, v["position"].as_u64()) {
+                    if v["stream"] == "voice" && p >= newest {
+                        break p;
+                    }
                 }
             }
         };
+        let (listener, pinged) = tokio::join!(listen, quiet_pings);
         // Its connection is lost; meanwhile the app subscribes to voice.
         quiet.abort();
         env.publish_out("voice.all", "v3", "\"v3\"").await;
