@@ -601,8 +601,14 @@ async fn handle<H: Handler>(
                             None => true,
                         };
                         if parked {
-                            if let Some(key) = &anonymous {
-                                shared.window.lock().expect("window lock").forget(key);
+                            // Handled for good: a copy of it is acknowledged, not run.
+                            {
+                                let mut window = shared.window.lock().expect("window lock");
+                                match (&id, &anonymous) {
+                                    (Some(id), _) => window.finish(id, None, Instant::now()),
+                                    (None, Some(key)) => window.forget(key),
+                                    (None, None) => {}
+                                }
                             }
                             ack(acker).await;
                             return;

@@ -25,7 +25,10 @@ use crate::returns;
 use crate::topology;
 
 /// How long [`Service::stop`] lets in-flight handlers finish before their messages
-/// are handed back to RabbitMQ.
+/// are handed back to RabbitMQ. Handlers still running when their consumer was lost
+/// (its connection dropped) are never aborted: they finish in the background, their
+/// message's copy waiting for them in the duplicate window, and `stop` does not wait
+/// for them.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// The state of a [`Service`].

@@ -239,7 +239,11 @@ async fn a_failing_message_without_message_id_on_a_classic_queue_is_dead_lettere
         let parked = parked_within_15_s(&names, &calls).await;
         assert_eq!(parked.data, br#"{"poison":true}"#);
         // The message behind it is handled, and the poison no more.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while calls.load(Ordering::SeqCst) < 3 + 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(
             calls.load(Ordering::SeqCst),
             3 + 1,
