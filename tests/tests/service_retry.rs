@@ -309,6 +309,12 @@ async fn a_request_whose_answer_cannot_be_published_is_dead_lettered_after_max_a
         assert!(reason.contains("could not be published"), "{reason}");
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(calls.load(Ordering::SeqCst), 3, "one run per attempt");
+        // Sent again (same message_id): acknowledged, not run nor parked again.
+        gw.send_request("echo", "r1", r#"{"n":1}"#, Duration::from_secs(30))
+            .await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "the copy was not run");
+        assert!(take_parked(&names).await.is_none(), "nor parked again");
         gw.close().await;
         service.stop().await.unwrap();
         drop(user);
