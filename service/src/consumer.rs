@@ -430,7 +430,7 @@ async fn handle<H: Handler>(
             too_long.len()
         );
         error!(reason = %reason, "request not handled; dead-lettering it");
-        if let Err(e) = dead_letter(shared, &routing_key, properties, &body, &reason, 0).await {
+        if let Err(e) = dead_letter(shared, &routing_key, &properties, &body, &reason, 0).await {
             error!(error = %e, "dead-lettering failed; handing the message back");
             tokio::time::sleep(retry_backoff(delivery_count.saturating_add(1))).await;
             nack(acker).await;
@@ -507,8 +507,8 @@ async fn handle<H: Handler>(
     // this task, left the message neither acked nor nacked and its prefetch slot taken
     // for good: with the default prefetch of 1 the consumer got nothing more.
     let result = catch_panic(async { shared.handler.handle(context, incoming).await }).await;
-    // Kept for a message whose answer cannot be published either (below).
-    let kept_properties = result.is_ok().then(|| properties.clone());
+    // Parked by the handler's own failures (its answer is then a refusal).
+    let mut parked_already = false;
     let outcome = match result {
         Ok(outcome) => outcome,
         Err(e) => {
@@ -524,7 +524,7 @@ async fn handle<H: Handler>(
             if let Err(de) = dead_letter(
                 shared,
                 &routing_key,
-                properties,
+                &properties,
                 &body,
                 &e.to_string(),
                 attempts,
@@ -536,6 +536,7 @@ async fn handle<H: Handler>(
                 nack(acker).await;
                 return;
             }
+            parked_already = true;
             Outcome::refuse(
                 ErrorCode::Internal,
                 format!("the service failed to handle this message {attempts} times"),
@@ -581,35 +582,19 @@ async fn handle<H: Handler>(
                         // handed back after a pause, dead-lettered at `max_attempts`.
                         let attempts = failed_attempt(shared, key, delivery_count);
                         let reason = format!("its answer could not be published: {e}");
-                        // Without kept properties the handler failed and the message
-                        // is parked already: nothing more to do with it.
-                        let parked = match kept_properties {
-                            Some(properties) if attempts >= shared.config.max_attempts => {
-                                error!(error = %e, attempts, "the answer could not be published, too often; dead-lettering the message");
-                                dead_letter(
-                                    shared,
-                                    &routing_key,
-                                    properties,
-                                    &body,
-                                    &reason,
-                                    attempts,
-                                )
+                        let parked = if parked_already {
+                            true
+                        } else if attempts >= shared.config.max_attempts {
+                            error!(error = %e, attempts, "the answer could not be published, too often; dead-lettering the message");
+                            dead_letter(shared, &routing_key, &properties, &body, &reason, attempts)
                                 .await
                                 .is_ok()
-                            }
-                            Some(_) => false,
-                            None => true,
+                        } else {
+                            false
                         };
                         if parked {
                             // Handled for good: a copy of it is acknowledged, not run.
-                            {
-                                let mut window = shared.window.lock().expect("window lock");
-                                match (&id, &anonymous) {
-                                    (Some(id), _) => window.finish(id, None, Instant::now()),
-                                    (None, Some(key)) => window.forget(key),
-                                    (None, None) => {}
-                                }
-                            }
+                            handled(shared, id.as_deref(), key, None);
                             ack(acker).await;
                             return;
                         }
@@ -618,17 +603,11 @@ async fn handle<H: Handler>(
                         nack(acker).await;
                         return;
                     }
-                    if let Some(id) = &id {
-                        let remembered = Some(RememberedReply {
-                            message_id,
-                            answer: refusal,
-                        });
-                        shared.window.lock().expect("window lock").finish(
-                            id,
-                            remembered,
-                            Instant::now(),
-                        );
-                    }
+                    let remembered = Some(RememberedReply {
+                        message_id,
+                        answer: refusal,
+                    });
+                    handled(shared, id.as_deref(), key, remembered);
                     ack(acker).await;
                     return;
                 }
@@ -656,16 +635,24 @@ async fn handle<H: Handler>(
             rememberable.then_some(RememberedReply { message_id, answer })
         }
     };
-    if let Some(id) = &id {
-        shared
-            .window
-            .lock()
-            .expect("window lock")
-            .finish(id, remembered, Instant::now());
-    } else if let Some(key) = &anonymous {
-        shared.window.lock().expect("window lock").forget(key);
-    }
+    handled(shared, id.as_deref(), key, remembered);
     ack(acker).await;
+}
+
+/// Records in the duplicate window that the message was handled for good: its
+/// `message_id`, with the reply to re-send to a copy; a message without one has its
+/// failure count (under `key`) forgotten.
+fn handled<H>(
+    shared: &Shared<H>,
+    id: Option<&str>,
+    key: &str,
+    remembered: Option<RememberedReply>,
+) {
+    let mut window = shared.window.lock().expect("window lock");
+    match id {
+        Some(id) => window.finish(id, remembered, Instant::now()),
+        None => window.forget(key),
+    }
 }
 
 /// Records a failed attempt at the message whose failures the window counts under
@@ -739,7 +726,7 @@ where
 async fn dead_letter<H>(
     shared: &Shared<H>,
     routing_key: &str,
-    properties: BasicProperties,
+    properties: &BasicProperties,
     body: &[u8],
     reason: &str,
     attempts: u32,
