@@ -312,6 +312,22 @@ impl TestClient {
         }
     }
 
+    /// The next gateway `ping` by `deadline`, as it came (JSON), answered with its
+    /// `pong`; other frames are skipped. `None` on timeout or close (the close code is
+    /// recorded).
+    pub async fn next_ping(&mut self, deadline: tokio::time::Instant) -> Option<serde_json::Value> {
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let text = self.recv_raw(left).await?;
+            let v: serde_json::Value = serde_json::from_str(&text).expect("a JSON frame");
+            if v["type"] == "ping" {
+                self.send_text(&serde_json::json!({"type": "pong", "ts": v["ts"]}).to_string())
+                    .await;
+                return Some(v);
+            }
+        }
+    }
+
     /// The next frame.
     ///
     /// # Panics

@@ -19,19 +19,12 @@ const LIMIT: Duration = Duration::from_secs(60);
 async fn ping_position(c: &mut TestClient, at_least: u64) -> u64 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let Some(text) = c.recv_raw(left).await else {
+        let Some(v) = c.next_ping(deadline).await else {
             panic!(
                 "no ping naming position {at_least} within 30 s (closed: {:?})",
                 c.close_code
             )
         };
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        if v["type"] != "ping" {
-            continue;
-        }
-        c.send_text(&serde_json::json!({"type": "pong", "ts": v["ts"]}).to_string())
-            .await;
         assert!(v.get("stream").is_none(), "the outbound stream: {v}");
         if let Some(p) = v["position"].as_u64().filter(|p| *p >= at_least) {
             return p;
