@@ -141,6 +141,7 @@ pub(crate) fn serve<S: Send + 'static>(
         requests: Correlator::new(),
         request_serial: 0,
         direct_calls: 0,
+        revoked: Vec::new(),
         takeover: Arc::default(),
         session: None,
         taken_over: false,
@@ -327,6 +328,9 @@ struct Conn {
     request_serial: u64,
     /// Requests sent with direct reply-to so far: numbers their correlation ids.
     direct_calls: u64,
+    /// The keys the last token renewal revoked, each until a `subscribe` naming it is
+    /// refused ([`core_::excused_as_revoked`]).
+    revoked: Vec<String>,
     /// Set by a newer connection (or gateway) that resumes this session.
     takeover: Arc<TakeoverSignal>,
     session: Option<Session>,
@@ -1130,6 +1134,7 @@ impl Conn {
         }
         self.errors.good();
         tracing::debug!(conn = self.id, "token refreshed");
+        self.revoked.clone_from(&revoked);
         if !revoked.is_empty() {
             // The new token's rights are in force from here: what it no longer grants
             // stops now, and the client is told before the `ack`.
@@ -1597,7 +1602,27 @@ impl Conn {
                 };
                 self.send(&ServerFrame::Ack(ack)).await
             }
+            Err(r) if r.code == ErrorCode::Forbidden && self.excused(&s) => {
+                self.send(&ServerFrame::error(Some(s.id), r.code, r.message))
+                    .await
+            }
             Err(r) => self.refuse(Some(s.id), r).await,
+        }
+    }
+
+    /// Whether a refused `subscribe` names a key the last renewal revoked (once each).
+    fn excused(&mut self, s: &Subscribe) -> bool {
+        if self.revoked.is_empty() {
+            return false;
+        }
+        let Some(session) = self.session.as_ref() else {
+            return false;
+        };
+        let anyone = Identity::unrestricted(session.identity.user.clone());
+        let pinned = self.pinned.as_deref();
+        match core_::subscription_keys(&self.shared.config, pinned, s, &anyone) {
+            Ok(keys) => core_::excused_as_revoked(&mut self.revoked, &keys),
+            Err(_) => false,
         }
     }
 

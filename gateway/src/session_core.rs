@@ -236,6 +236,18 @@ pub(crate) fn counts_as_bad(code: ErrorCode) -> bool {
     !code.retry()
 }
 
+/// Whether a `subscribe` refused `forbidden` is excused from `too_many_errors`: it
+/// names a key the last token renewal revoked (`revoked`, from [`revoked_keys`]). The
+/// SDK sends every subscription again after such a renewal, so that each revoked one
+/// is refused with its id; a renewal revoking more subscriptions than
+/// `max_consecutive_errors` must not close the connection for it. Each key is excused
+/// once (it is taken out of `revoked`), so a client repeating the refusal still counts.
+pub(crate) fn excused_as_revoked(revoked: &mut Vec<String>, keys: &[String]) -> bool {
+    let before = revoked.len();
+    revoked.retain(|k| !keys.contains(k));
+    revoked.len() < before
+}
+
 /// Whether the session may be given more deliveries: not after a drain, and not while
 /// `window` of them await acknowledgement.
 pub(crate) fn may_deliver(cancelled: bool, unacked: usize, window: usize) -> bool {
@@ -1357,5 +1369,19 @@ mod tests {
         // Room in the window: the client reads at its pace; nothing remembered.
         assert_eq!(stalled(Some(1), Some(1), 3, 4), (false, None));
         assert_eq!(stalled(None, None, 0, 4), (false, None));
+    }
+    #[test]
+    fn a_refused_subscription_the_renewal_revoked_is_excused_once() {
+        let mut revoked = vec!["chat.group.g1".to_string(), "chat.group.g2".to_string()];
+        let g1 = ["chat.group.g1".to_string()];
+        assert!(excused_as_revoked(&mut revoked, &g1));
+        assert!(!excused_as_revoked(&mut revoked, &g1), "once");
+        assert!(!excused_as_revoked(
+            &mut revoked,
+            &["voice.all".to_string()]
+        ));
+        let both = ["chat.all".to_string(), "chat.group.g2".to_string()];
+        assert!(excused_as_revoked(&mut revoked, &both));
+        assert!(revoked.is_empty());
     }
 }

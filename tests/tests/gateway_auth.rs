@@ -589,6 +589,60 @@ async fn a_refresh_with_narrower_rights_stops_what_they_no_longer_grant() {
     .await;
 }
 
+/// The SDK answers a renewal that revoked subscriptions by sending every subscription
+/// again, so that each revoked one is refused with its id. A token that revokes more
+/// of them than `max_consecutive_errors` (32) must not make those refusals close the
+/// connection with `4003 too_many_errors`: a refused subscription the renewal just
+/// revoked is not a bad frame, once. Other refusals still count.
+#[tokio::test]
+async fn subscriptions_sent_again_after_a_renewal_revoked_them_do_not_close_the_connection() {
+    TestEnv::run("auth-refresh-revokes-many", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, jwt).await;
+        let groups: Vec<String> = (0..40).map(|i| format!("g{i}")).collect();
+        let mut c =
+            TestClient::connect_with(&gw.url(), hello(&token("ada", json!({"groups": groups}))))
+                .await;
+        let each = |i: usize| Subscribe {
+            broadcast: Some(false),
+            groups: vec![format!("g{i}")],
+            ..sub(&format!("s{i}"), "chat")
+        };
+        for i in 0..40 {
+            c.subscribe(each(i)).await;
+        }
+        c.send(&ClientFrame::Refresh(Refresh {
+            id: "r1".into(),
+            token: token("ada", json!({"groups": []})),
+        }))
+        .await;
+        c.expect_error_code(None, ErrorCode::Forbidden).await;
+        c.expect_ack("r1").await;
+        // As the SDK does: every subscription again, each refused with its id.
+        for i in 0..40 {
+            c.send(&ClientFrame::Subscribe(each(i))).await;
+        }
+        for i in 0..40 {
+            let id = format!("s{i}");
+            assert_eq!(
+                c.expect_error(Some(&id)).await.code,
+                ErrorCode::Forbidden,
+                "{id}"
+            );
+        }
+        c.subscribe(sub("ok", "voice")).await;
+        env.publish_out(&keys::broadcast("voice"), "m1", "1").await;
+        assert_eq!(c.expect_deliver().await.message_id, "m1");
+        assert_eq!(c.close_code, None, "still open");
+        // Once each: the same refusals again count, and 32 in a row close with 4003.
+        for i in 0..32 {
+            c.send(&ClientFrame::Subscribe(each(i))).await;
+        }
+        assert_eq!(c.expect_close(Duration::from_secs(5)).await, Some(4003));
+        gw.shutdown().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn composed_names_past_amqp_limits_are_invalid_and_headers_outside_the_allow_list_refused() {
     TestEnv::run("auth-inputs", LIMIT, async |env| {
