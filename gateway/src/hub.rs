@@ -245,6 +245,11 @@ impl Message {
                 }
             }
         }
+        // Each key once: the ring's index by key holds a position once per key, and a
+        // catch-up counts the positions it takes per key (a publisher naming its routing
+        // key again in `CC`, or a key twice, made it stop short and skip the rest).
+        let mut seen = HashSet::new();
+        keys.retain(|k| seen.insert(k.clone()));
         let tenant = text_header(&properties, H_TENANT);
         Message {
             offset,
@@ -749,13 +754,10 @@ impl Hub {
         match (first, st.next) {
             (Some(first), _) if from < first => return CatchUp::Behind { from },
             (None, Some(next)) if from < next => return CatchUp::Behind { from },
-            (None, None) => {
-                if let Some(m) = st.members.get_mut(&conn) {
-                    m.live = true;
-                    m.from = from;
-                }
-                return CatchUp::Live;
-            }
+            // The hub has read nothing yet (its reader has not started, or waits for
+            // RabbitMQ): it starts at the stream's last chunk, maybe past `from`. Read
+            // from `from` meanwhile; the ring takes over where it begins.
+            (None, None) => return CatchUp::Behind { from },
             _ => {}
         }
         // Positions the hub never read: told, not skipped. Before them, the ring is
@@ -1662,6 +1664,59 @@ mod tests {
         assert_eq!(m.key_for(|k| k == "chat.user.a"), "chat.user.a");
         assert_eq!(m.key_for(|_| true), "chat.user.a");
         assert_eq!(m.key_for(|_| false), "chat.user.a", "none held: as it is");
+    }
+
+    #[test]
+    fn a_message_naming_its_key_again_in_cc_does_not_cut_a_catch_up_short() {
+        let hub = Hub::new(1000);
+        let (_a, _) = hub.join(1, "s1", Some(0));
+        hub.subscribe(1, &keys(&["chat.all"]));
+        // Its routing key again, in both forms a publisher may send (as the service
+        // library's and the HTTP API's never do).
+        for i in 0..10 {
+            let mut h = FieldTable::default();
+            h.insert(
+                H_CC.into(),
+                AMQPValue::LongString("chat.all chat.all".into()),
+            );
+            hub.publish(Message::new(
+                i,
+                "warren.out".into(),
+                "chat.all".into(),
+                BasicProperties::default().with_headers(h),
+                b"1".to_vec(),
+            ));
+        }
+        for i in 10..100 {
+            hub.publish(msg(i, "chat.all"));
+        }
+        let mut got = Vec::new();
+        let mut from = 0;
+        loop {
+            match hub.catch_up(1, from, 16) {
+                CatchUp::Batch(ms, next) => {
+                    got.extend(ms.iter().map(|m| m.offset));
+                    from = next;
+                }
+                CatchUp::Live => break,
+                other => panic!("the ring holds everything: {other:?}"),
+            }
+        }
+        assert_eq!(got, (0..100).collect::<Vec<_>>(), "none skipped");
+    }
+
+    #[test]
+    fn a_resume_before_the_hub_read_anything_is_sent_to_the_stream() {
+        // The reader starts at the stream's last chunk: the hub cannot tell what
+        // came between the client's position and there.
+        let hub = Hub::new(100);
+        let (_a, head) = hub.join(1, "s1", Some(1));
+        assert_eq!(head, None);
+        hub.subscribe(1, &keys(&["chat.all"]));
+        assert!(matches!(
+            hub.catch_up(1, 1, 10),
+            CatchUp::Behind { from: 1 }
+        ));
     }
 
     #[test]

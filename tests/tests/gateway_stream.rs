@@ -7,12 +7,12 @@
 use std::time::Duration;
 
 use lapin::options::BasicPublishOptions;
-use lapin::types::ShortString;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
 use warren_e2e::client::{sub, TestClient};
 use warren_e2e::env::{ack, amqp_addr, next_delivery, TestEnv};
 use warren_e2e::gateway::TestGateway;
-use warren_protocol::amqp::keys;
+use warren_protocol::amqp::{keys, H_CC};
 use warren_protocol::{Deliver, ErrorCode, Hello, ServerFrame, Subscribe};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -177,6 +177,46 @@ async fn a_client_resumes_on_another_gateway_from_its_position_and_misses_nothin
         c.expect_no_deliver(Duration::from_millis(300)).await;
         gw1.shutdown().await;
         gw2.shutdown().await;
+    })
+    .await;
+}
+
+/// A service not built on the Warren library sets `CC` and `x-warren-cc` itself
+/// (PROTOCOL.md), and may name the routing key there again. A session resuming from
+/// the gateway's memory past such messages must still get everything after them.
+#[tokio::test]
+async fn a_resume_past_messages_naming_their_key_twice_misses_nothing() {
+    TestEnv::run("stream-cc-twice", LIMIT, async |env| {
+        let gw = TestGateway::start(env).await;
+        let subs = vec![sub("all", "chat")];
+        let (session, start) = gone(&gw, 1, &subs[0]).await.remove(0);
+        let mut observer = TestClient::connect(&gw.url()).await;
+        observer.subscribe(subs[0].clone()).await;
+        // 200 fit the delivery window (256) unacknowledged; the catch-up took 256
+        // entries of the key's index, 60 positions twice, and went live after 196.
+        for i in 0..200 {
+            let mut headers = FieldTable::default();
+            if i < 60 {
+                headers.insert(H_CC.into(), AMQPValue::LongString("chat.all".into()));
+            }
+            env.publish(
+                &env.names.outbound_exchange(),
+                "chat.all",
+                &format!("m{i}"),
+                &i.to_string(),
+                headers,
+            )
+            .await;
+        }
+        // Read by the gateway: the resume is served from its memory.
+        observer.expect_delivers(200).await;
+        let mut c =
+            TestClient::connect_with(&gw.url(), resume(&session, start, subs.clone())).await;
+        let replayed = c.expect_delivers(200).await;
+        let want: Vec<String> = (0..200).map(|i| i.to_string()).collect();
+        assert_eq!(texts(&replayed), want, "none skipped");
+        c.expect_no_deliver(Duration::from_millis(300)).await;
+        gw.shutdown().await;
     })
     .await;
 }

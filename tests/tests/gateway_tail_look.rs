@@ -127,6 +127,57 @@ async fn resumes_ahead_of_the_hub_are_not_refused_on_a_look_taken_for_another() 
     .await;
 }
 
+/// A gateway whose hub has read nothing yet (its reader starts at the stream's last
+/// chunk, and here takes 5 s over it) cannot tell what came between a resuming
+/// client's position and that chunk: it reads from the position instead of going
+/// live there and skipping everything up to the last chunk.
+#[tokio::test]
+async fn a_resume_before_the_hub_read_anything_is_replayed_from_its_position() {
+    hold_hubs();
+    TestEnv::run("tail-look-unread", LIMIT, async |env| {
+        let gw = TestGateway::start(env).await;
+        let c = TestClient::connect(&gw.url()).await;
+        let session = c.session().to_string();
+        c.close().await;
+        gw.shutdown().await;
+        // One at a time, each confirmed: each its own chunk, so the last chunk holds
+        // only the last message.
+        for i in 0..20 {
+            env.publish_out("chat.all", &format!("m{i}"), &i.to_string())
+                .await;
+        }
+        let seen = read_stream(
+            &amqp_addr(),
+            &env.names.outbound_stream(),
+            Duration::from_millis(500),
+        )
+        .await
+        .expect("read the outbound stream");
+        assert_eq!(seen.len(), 20, "the stream holds the 20 broadcasts");
+        let first = seen[0].0.expect("a position");
+
+        // Serves after 3 s without its hub ready.
+        let gw = TestGateway::start(env).await;
+        let hello = Hello {
+            subscriptions: vec![sub("all", "chat")],
+            ..resume(&session, first)
+        };
+        let mut c = TestClient::connect_with(&gw.url(), hello).await;
+        assert!(c.welcome().resumed, "{:?}", c.welcome());
+        let got: Vec<String> = c
+            .expect_delivers(19)
+            .await
+            .into_iter()
+            .map(|d| d.message_id)
+            .collect();
+        let want: Vec<String> = (1..20).map(|i| format!("m{i}")).collect();
+        assert_eq!(got, want, "everything after the position, in order");
+        c.close().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_look_at_a_stream_that_was_replaced_since_does_not_resume_into_the_new_one() {
     hold_hubs();
