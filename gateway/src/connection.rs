@@ -873,6 +873,10 @@ impl Conn {
             full_at_check: None,
             checked: Instant::now(),
         });
+        #[cfg(feature = "fault-injection")]
+        if !resumed && !hello.subscriptions.is_empty() {
+            crate::fault::delay(crate::fault::HELLO_SUBSCRIPTIONS_DELAY_MS).await;
+        }
         // The subscriptions the client held, before anything is replayed; refusals are
         // reported when the client sends them again as `subscribe` frames.
         for s in &hello.subscriptions {
@@ -880,8 +884,20 @@ impl Conn {
                 tracing::debug!(conn = self.id, code = %r.code.as_str(), "a resumed subscription was refused");
             }
         }
-        // A new session starts after each stream's newest message.
-        let heads = heads.into_iter().filter(|_| !resumed);
+        // A new session starts after each stream's newest message, taken once its
+        // subscriptions are in place: a message read between its joining and them
+        // did not reach it, and the welcome must not name a position before it.
+        let heads: Vec<_> = if resumed {
+            Vec::new()
+        } else {
+            let streams = self.shared.streams.all();
+            heads
+                .into_iter()
+                .zip(streams.iter())
+                .map(|((channel, _), source)| (channel, source.hub.head()))
+                .collect()
+        };
+        let heads = heads.into_iter();
         let welcome = self.opened(id, resumed, user, notice, heads);
         if !hello.subscriptions.is_empty() {
             self.subscriptions_changed();

@@ -14,6 +14,10 @@ pub const HUB_READ_DELAY_MS: &str = "WARREN_FAULT_HUB_READ_DELAY_MS";
 /// ended), waits this many milliseconds before it looks at the stream.
 pub const HUB_RESTART_DELAY_MS: &str = "WARREN_FAULT_HUB_RESTART_DELAY_MS";
 
+/// A `hello` that opens a new session with subscriptions waits this many milliseconds
+/// after joining the streams, before its subscriptions are applied.
+pub const HELLO_SUBSCRIPTIONS_DELAY_MS: &str = "WARREN_FAULT_HELLO_SUBSCRIPTIONS_DELAY_MS";
+
 /// The gateway acts on RabbitMQ's `connection.blocked` this many milliseconds after
 /// lapin received it (so publishes meet a connection lapin already holds).
 pub const BLOCKED_NOTICE_DELAY_MS: &str = "WARREN_FAULT_BLOCKED_NOTICE_DELAY_MS";

@@ -5,9 +5,10 @@
 
 use std::time::Duration;
 
-use warren_e2e::client::TestClient;
+use warren_e2e::client::{sub, TestClient};
 use warren_e2e::env::TestEnv;
 use warren_e2e::gateway::TestGateway;
+use warren_gateway::fault::HELLO_SUBSCRIPTIONS_DELAY_MS;
 use warren_protocol::{ErrorCode, Hello, ServerFrame, Subscribe};
 
 fn resume(session: &str) -> Hello {
@@ -85,6 +86,49 @@ async fn unacked_deliveries_come_again_after_a_resume_and_acked_ones_do_not() {
     let mut c = TestClient::connect_with(&gw.url(), again_hello).await;
     c.expect_no_deliver(Duration::from_millis(400)).await;
     c.close().await;
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
+/// A new session whose `hello` names subscriptions (a refused resume's: the SDK sends
+/// them when it resumes) joins the streams, then takes them. A message the gateway
+/// read in between did not reach it: its welcome must name a position at or past that
+/// message, or a later resume would never replay it. (Every `hello` of this process
+/// with subscriptions that opens a new session waits 1 s in between.)
+#[tokio::test]
+async fn a_new_sessions_welcome_position_comes_after_what_its_subscriptions_missed() {
+    std::env::set_var(HELLO_SUBSCRIPTIONS_DELAY_MS, "1000");
+    let env = TestEnv::new("fresh-subs").await;
+    let gw = TestGateway::start(&env).await;
+    let mut observer = TestClient::connect(&gw.url()).await;
+    observer.subscribe(sub("all", "chat")).await;
+    let hello = Hello {
+        subscriptions: vec![sub("all", "chat")],
+        ..resume("gone0001")
+    };
+    let url = gw.url();
+    let connecting = tokio::spawn(async move { TestClient::connect_with(&url, hello).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.publish_out("chat.all", "x", "1").await;
+    let x = observer
+        .expect_deliver()
+        .await
+        .position
+        .expect("a position");
+    let mut c = connecting.await.expect("no panic");
+    let w = c.welcome().clone();
+    assert!(!w.resumed);
+    let at = w.position.expect("the stream has a head");
+    if at < x {
+        // Not past it: then it must come.
+        let d = c.expect_deliver().await;
+        assert_eq!(d.position, Some(x), "welcome at {at}, x at {x}");
+    }
+    env.publish_out("chat.all", "y", "2").await;
+    let y = c.expect_deliver().await;
+    assert_eq!(y.message_id, "y");
+    c.close().await;
+    observer.close().await;
     gw.shutdown().await;
     env.cleanup().await;
 }
