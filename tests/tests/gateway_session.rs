@@ -102,6 +102,9 @@ async fn a_new_sessions_welcome_position_comes_after_what_its_subscriptions_miss
     let gw = TestGateway::start(&env).await;
     let mut observer = TestClient::connect(&gw.url()).await;
     observer.subscribe(sub("all", "chat")).await;
+    // The stream's head before: the position a welcome names, unless it takes x's.
+    env.publish_out("chat.all", "w", "0").await;
+    observer.expect_deliver().await;
     let hello = Hello {
         subscriptions: vec![sub("all", "chat")],
         ..resume("gone0001")
