@@ -899,7 +899,9 @@ impl Conn {
         };
         let heads = heads.into_iter();
         let welcome = self.opened(id, resumed, user, notice, heads);
-        if !hello.subscriptions.is_empty() {
+        // A resume naming none may still change them: the client dropped some while
+        // disconnected (nothing is published when they are as they were).
+        if resumed || !hello.subscriptions.is_empty() {
             self.subscriptions_changed();
         }
         self.send(&welcome).await

@@ -192,8 +192,14 @@ impl PresenceView {
         }
     }
 
-    /// A takeover request: `node` resumed `session`.
+    /// A takeover request: `node` resumed `session`. This gateway's own requests come
+    /// back too, and are nothing new: [`PresenceView::opened`] placed the session here
+    /// already, and a connection of it that ended since (away: its `expired` is due)
+    /// must stay away.
     pub fn taken_over(&mut self, session: &str, node: &str) {
+        if node == self.me {
+            return;
+        }
         self.away.remove(session);
         if let Some(h) = self.sessions.get_mut(session) {
             h.node = node.to_string();
@@ -209,6 +215,9 @@ impl PresenceView {
     pub fn on_event(&mut self, e: PresenceEvent) -> Vec<PresenceEvent> {
         let mut again = Vec::new();
         match e.event.as_str() {
+            // This gateway's own: [`PresenceView::opened`] knew it first, and the
+            // session may have ended here since (its `client.disconnected` on its way).
+            "client.connected" if e.node == self.me => {}
             "client.connected" => {
                 // What the view knows already (a resume seen first) is newer.
                 self.sessions.entry(e.session).or_insert_with(|| Held {
@@ -825,6 +834,44 @@ mod tests {
     }
 
     #[test]
+    fn a_resume_here_lost_before_its_own_takeover_request_came_back_is_still_announced_gone() {
+        let t0 = Instant::now();
+        let mut v = PresenceView::new("a", GRACE);
+        v.on_event(connected("s1", "ada", "b"));
+        assert!(!v.opened("s1", "ada", None, None), "resumed here from b");
+        v.ended("s1", false, t0);
+        // The takeover request this gateway sent for the resume comes back.
+        v.taken_over("s1", "a");
+        let due = v.due(t0 + GRACE);
+        assert_eq!(due.len(), 1, "still away: {due:?}");
+        assert_eq!((due[0].0.as_str(), due[0].2), ("s1", "expired"));
+        assert!(!v.user_online("ada", None));
+    }
+
+    #[test]
+    fn a_session_closed_before_its_own_connected_event_came_back_is_not_held_again() {
+        let t0 = Instant::now();
+        let mut v = PresenceView::new("a", GRACE);
+        assert!(v.opened("s1", "ada", None, None));
+        assert!(
+            v.ended("s1", true, t0).is_some(),
+            "closed: published at once"
+        );
+        assert!(v.on_event(connected("s1", "ada", "a")).is_empty());
+        let closed = PresenceEvent {
+            event: "client.disconnected".into(),
+            reason: Some("closed".into()),
+            ..connected("s1", "ada", "a")
+        };
+        assert!(v.on_event(closed).is_empty());
+        assert!(!v.user_online("ada", None), "gone");
+        assert!(v.online(None, None, None).is_empty());
+        // A peer's is learned as before.
+        v.on_event(connected("s2", "bob", "b"));
+        assert!(v.user_online("bob", None));
+    }
+
+    #[test]
     fn an_own_expired_event_echoed_after_a_resume_here_leaves_the_session_in_the_view() {
         // s1's connection to a was lost; a published `expired` after the grace, and
         // the client resumed on a (from its positions) before the echo came back.
@@ -992,9 +1039,10 @@ mod tests {
         // b misses three announcements; s2 is resumed on c meanwhile.
         let dead_at = t0 + period * 3;
         assert!(a.due(dead_at).is_empty() && c.due(dead_at).is_empty());
-        for v in [&mut a, &mut c] {
-            v.taken_over("s2", "c");
-        }
+        a.taken_over("s2", "c");
+        // c resumed it (its own takeover request, coming back, changes nothing).
+        assert!(!c.opened("s2", "bob", None, None));
+        c.taken_over("s2", "c");
         let later = dead_at + GRACE;
         let from_a = a.due(later);
         let from_c = c.due(later);

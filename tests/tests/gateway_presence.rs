@@ -662,3 +662,113 @@ async fn presence_calls_count_as_new_connections_from_their_address() {
     gw.shutdown().await;
     env.cleanup().await;
 }
+
+/// The users `/presence` on `gw` lists (all channels).
+async fn listed(gw: &TestGateway, query: &str) -> serde_json::Value {
+    let body = http_get(gw.health_addr(), &format!("/presence{query}")).await;
+    let v: serde_json::Value = serde_json::from_str(&body).expect(&body);
+    v["users"].clone()
+}
+
+/// A gateway's own `client.connected` comes back from the bus after the session may
+/// have closed already (a broker round trip, far longer during an outage). It must
+/// not bring the session back into the gateway's view: there it stayed online for
+/// good (presence answers, undelivered reports for its user), as nothing ended it
+/// again.
+#[tokio::test]
+async fn sessions_closed_at_once_are_not_listed_online_by_their_gateway() {
+    TestEnv::run("presence-closed-at-once", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, presence_config).await;
+        for i in 0..50 {
+            let c = TestClient::connect_with(&gw.url(), as_user(&format!("u{i}"))).await;
+            c.close().await;
+        }
+        let settled = async {
+            while listed(&gw, "").await != serde_json::json!([]) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(5), settled)
+            .await
+            .is_err()
+        {
+            panic!("still listed: {}", listed(&gw, "").await);
+        }
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+/// A session resumed on a gateway that did not hold it is announced there by a
+/// takeover request, which comes back to that gateway too. A connection lost before
+/// then (a client that gave the resume up, a proxy dropping the socket) must still be
+/// announced gone after the grace: the request coming back took the session out of
+/// those awaiting their `expired`, and services saw it online for good.
+#[tokio::test]
+async fn a_resume_lost_at_once_on_another_gateway_is_announced_gone_after_the_grace() {
+    let mut env = TestEnv::new("presence-resume-lost").await;
+    let gw = TestGateway::start_with(&env, presence_config).await;
+    let other = TestGateway::start_with(&env, presence_config).await;
+    let mut events = Events::listen(&mut env).await;
+    let mut ada = TestClient::connect_with(&gw.url(), as_user("ada")).await;
+    let session = ada.session().to_string();
+    let mut lobby = sub("s1", "chat");
+    lobby.groups = vec!["lobby".into()];
+    ada.subscribe(lobby).await;
+    events
+        .wait_for("client.connected", &session, Duration::from_secs(5))
+        .await;
+    let resume = Hello {
+        token: Some("ada".into()),
+        ..ada.resume_hello()
+    };
+    ada.abort();
+    let again = TestClient::connect_with(&other.url(), resume).await;
+    assert!(again.welcome().resumed);
+    again.abort();
+    let (v, _) = events
+        .wait_for(
+            "client.disconnected",
+            &session,
+            Duration::from_millis(GRACE_MS + 3_000),
+        )
+        .await;
+    assert_eq!(v["reason"], "expired");
+    for g in [&gw, &other] {
+        assert_eq!(listed(g, "").await, serde_json::json!([]), "{}", g.url());
+    }
+    other.shutdown().await;
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
+/// A resume that names no subscriptions (the client dropped them while disconnected:
+/// the SDK sends no `unsubscribe` then) changes the session's subscriptions: the
+/// groups it left are no longer answered for it.
+#[tokio::test]
+async fn a_resume_naming_no_subscriptions_leaves_the_groups_it_had() {
+    TestEnv::run("presence-resume-none", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, presence_config).await;
+        let mut ada = TestClient::connect_with(&gw.url(), as_user("ada")).await;
+        let mut lobby = sub("s1", "chat");
+        lobby.groups = vec!["lobby".into()];
+        ada.subscribe(lobby).await;
+        assert_eq!(
+            listed(&gw, "?group=lobby").await,
+            serde_json::json!(["ada"])
+        );
+        let resume = Hello {
+            token: Some("ada".into()),
+            subscriptions: Vec::new(),
+            ..ada.resume_hello()
+        };
+        ada.abort();
+        let ada = TestClient::connect_with(&gw.url(), resume).await;
+        assert!(ada.welcome().resumed);
+        assert_eq!(listed(&gw, "?group=lobby").await, serde_json::json!([]));
+        assert_eq!(listed(&gw, "").await, serde_json::json!(["ada"]));
+        ada.close().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
