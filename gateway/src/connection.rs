@@ -1409,6 +1409,7 @@ impl Conn {
             body: &answer.data,
             position: None,
             stream: None,
+            also: &[],
         }) else {
             return Flow::Continue;
         };
@@ -1553,10 +1554,14 @@ impl Conn {
         let mut last = None;
         for m in &batch {
             last = Some(m.offset);
-            // A message to several targets arrives by the key this session holds.
-            let routing_key = match &self.session {
-                Some(s) => m.key_for(|k| s.subs.receives(k)),
-                None => m.routing_key.as_str(),
+            // A message to several targets arrives by the key this session holds, and
+            // names the others it holds.
+            let (routing_key, also) = match &self.session {
+                Some(s) => {
+                    let by = m.key_for(|k| s.subs.receives(k));
+                    (by, m.other_keys(by, |k| s.subs.receives(k)))
+                }
+                None => (m.routing_key.as_str(), Vec::new()),
             };
             let Some(frame) = self.frame_of(Incoming {
                 exchange: m.exchange.as_str(),
@@ -1566,6 +1571,7 @@ impl Conn {
                 body: &m.body,
                 position: Some(m.offset),
                 stream: channel.as_deref(),
+                also: &also,
             }) else {
                 return Flow::Continue;
             };

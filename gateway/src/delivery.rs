@@ -41,6 +41,8 @@ pub struct Incoming<'a> {
     /// The channel stream `position` belongs to (a channel with a retention of its
     /// own); `None` for the default outbound stream.
     pub stream: Option<&'a str>,
+    /// The message's other routing keys the session holds (`deliver.keys`).
+    pub also: &'a [String],
 }
 
 /// Builds the frame for one message with sequence number `seq`.
@@ -87,6 +89,7 @@ pub fn to_frame(m: Incoming<'_>, seq: u64) -> ServerFrame {
             seq,
             position: m.position,
             stream: m.stream.map(str::to_string),
+            keys: m.also.to_vec(),
             message_id: m
                 .properties
                 .message_id()
@@ -333,6 +336,7 @@ mod tests {
                 body: b"{\"ok\":true}",
                 position: None,
                 stream: None,
+                also: &[],
             },
             4,
         );
@@ -362,6 +366,7 @@ mod tests {
                 body: b"{\"message\":\"no such ticket\"}",
                 position: None,
                 stream: None,
+                also: &[],
             },
             9,
         );
@@ -386,6 +391,7 @@ mod tests {
                 body: b"[1,2]",
                 position: None,
                 stream: None,
+                also: &[],
             },
             1,
         );
@@ -413,6 +419,7 @@ mod tests {
                 body: b"1",
                 position: Some(42),
                 stream: None,
+                also: &[],
             },
             3,
         );

@@ -475,6 +475,7 @@ async fn request(
             body: &answer.data,
             position: None,
             stream: None,
+            also: &[],
         },
         0,
     );

@@ -262,6 +262,21 @@ impl Message {
         }
     }
 
+    /// The keys other than `by` that route this message to a session holding `holds`
+    /// (exact keys and patterns): a message a service sent to several targets the
+    /// session receives (a group and its user) is for the subscriptions of each, and
+    /// the client is told them all (`deliver.keys`). Empty for most messages.
+    pub fn other_keys(&self, by: &str, holds: impl Fn(&str) -> bool) -> Vec<String> {
+        if self.exchange.is_empty() || self.keys.len() < 2 {
+            return Vec::new();
+        }
+        self.keys
+            .iter()
+            .filter(|k| k.as_str() != by && holds(k))
+            .cloned()
+            .collect()
+    }
+
     /// A delivery of the outbound stream, if it carries its offset.
     pub fn from_delivery(d: &Delivery) -> Option<Message> {
         let offset = stream_offset(d.properties.headers().as_ref())?;

@@ -63,6 +63,7 @@ fn deliver(size: usize) -> ServerFrame {
         message_id: "alice:1234".into(),
         channel: "chat".into(),
         routing_key: "chat.group.room-1".into(),
+        keys: Vec::new(),
         redelivered: false,
         headers,
         message: RawValue::from_string(payload(size)).unwrap(),

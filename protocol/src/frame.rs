@@ -307,6 +307,11 @@ pub struct Deliver<M = Raw> {
     pub channel: String,
     /// AMQP routing key, e.g. `chat.group.room-1`.
     pub routing_key: String,
+    /// The message's other routing keys this session's subscriptions hold, when a
+    /// service sent it to several targets the session receives (e.g. a group and the
+    /// user): it is for the subscriptions of each. Absent for most messages.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<String>,
     /// True when the broker delivered this message before (it may be a duplicate).
     #[serde(default, skip_serializing_if = "is_false")]
     pub redelivered: bool,

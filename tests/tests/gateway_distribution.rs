@@ -171,6 +171,65 @@ async fn a_cc_publish_reaches_several_groups_in_one_message() {
     env.cleanup().await;
 }
 
+/// A message a service sends to a group and to a user (one publish, `CC`) reaches a
+/// member who is that user once, by one key, and names the other key it holds in
+/// `keys`: an app with a subscription for each (a room and an inbox) gets it in both.
+#[tokio::test]
+async fn a_message_to_a_group_and_its_member_names_both_keys_the_session_holds() {
+    TestEnv::run("cc-keys", Duration::from_secs(60), async |env| {
+        let gw = TestGateway::start(env).await;
+        let mut bob = user(&gw.url(), "bob").await;
+        bob.subscribe(Subscribe {
+            broadcast: Some(false),
+            groups: vec!["room-1".into()],
+            ..sub("room", "chat")
+        })
+        .await;
+        bob.subscribe(Subscribe {
+            broadcast: Some(false),
+            direct: true,
+            ..sub("inbox", "chat")
+        })
+        .await;
+        let mut ann = user(&gw.url(), "ann").await;
+        ann.subscribe(Subscribe {
+            broadcast: Some(false),
+            groups: vec!["room-1".into()],
+            ..sub("room", "chat")
+        })
+        .await;
+        let direct = keys::user("chat", "bob");
+        let mut headers = lapin::types::FieldTable::default();
+        headers.insert(
+            warren_protocol::amqp::H_CC.into(),
+            lapin::types::AMQPValue::LongString(direct.clone().into()),
+        );
+        env.publish(
+            &env.names.outbound_exchange(),
+            &keys::group("chat", "room-1"),
+            "both-1",
+            "1",
+            headers,
+        )
+        .await;
+        let d = bob.expect_deliver().await;
+        assert_eq!(
+            (
+                d.message_id.as_str(),
+                d.routing_key.as_str(),
+                d.keys.clone()
+            ),
+            ("both-1", "chat.group.room-1", vec![direct.clone()])
+        );
+        bob.expect_no_deliver(QUIET).await;
+        let d = ann.expect_deliver().await;
+        assert_eq!(d.routing_key, "chat.group.room-1");
+        assert!(d.keys.is_empty(), "ann holds one key: {d:?}");
+        gw.shutdown().await;
+    })
+    .await;
+}
+
 /// Bindings are a set: `unsubscribe` stops what it names, however many `subscribe`
 /// frames named it (a client that shares a binding between subscriptions unbinds it
 /// with the last, as the SDK does), and the same `subscribe` sent again changes

@@ -300,6 +300,7 @@ fn decode_fields(kind: &str, v: JsValue) -> Option<ServerFrame<Js>> {
             message_id: s("message_id")?,
             channel: s("channel")?,
             routing_key: s("routing_key")?,
+            keys: Vec::new(),
             redelivered: get(&v, "redelivered").as_bool().unwrap_or(false),
             headers: Headers::new(),
             message: Js(v.clone()),
