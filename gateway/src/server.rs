@@ -1269,8 +1269,16 @@ pub(crate) async fn listen_for_takeovers(shared: Arc<Shared>) {
             for (session, at) in &sessions {
                 if !mine {
                     match on.registry.ask_to_release(session, *at) {
-                        Release::Newer => {
+                        Release::Newer { since_ms } => {
                             tracing::info!(session = %session, by = %node, "a takeover request older than this gateway's resume of the session; kept");
+                            // Its gateway's connection is the older one (a `hello` done
+                            // with after its client resumed here): told so, it ends
+                            // without announcing the session gone and places it here.
+                            // Only when strictly newer: two requests of the same time
+                            // would answer each other for ever.
+                            if at.is_some_and(|at| since_ms > at) {
+                                on.request_takeover(session, since_ms);
+                            }
                             continue;
                         }
                         Release::Asked => {

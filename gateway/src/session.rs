@@ -257,7 +257,8 @@ pub enum Release {
     Asked,
     /// The connection serving it claimed it after the other gateway's resume: the
     /// request is older than the connection it would close, which keeps the session.
-    Newer,
+    /// `since_ms`: when that connection's client asked for it.
+    Newer { since_ms: u64 },
 }
 
 impl Registry {
@@ -319,7 +320,9 @@ impl Registry {
         let map = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         match map.get(session) {
             None => Release::NotHere,
-            Some(h) if resumed_ms.is_some_and(|at| h.since_ms >= at) => Release::Newer,
+            Some(h) if resumed_ms.is_some_and(|at| h.since_ms >= at) => Release::Newer {
+                since_ms: h.since_ms,
+            },
             Some(h) => {
                 h.signal.ask(Takeover);
                 Release::Asked
@@ -454,12 +457,19 @@ mod tests {
         let before = crate::inbound::now_ms_epoch();
         r.claim("s", 1, signal.clone(), AskedAt::now()).unwrap();
         assert_eq!(r.ask_to_release("t", Some(before)), Release::NotHere);
-        // Resumed elsewhere before this connection claimed it: a stale request.
-        assert_eq!(r.ask_to_release("s", Some(before - 1)), Release::Newer);
+        let since = r.sessions.lock().unwrap().get("s").unwrap().since_ms;
+        // Resumed elsewhere before this connection claimed it: a stale request, told
+        // when the connection here was asked for.
+        assert_eq!(
+            r.ask_to_release("s", Some(before - 1)),
+            Release::Newer { since_ms: since }
+        );
         // In the same millisecond: which came first cannot be told; the connection
         // here keeps the session rather than be closed for good.
-        let since = r.sessions.lock().unwrap().get("s").unwrap().since_ms;
-        assert_eq!(r.ask_to_release("s", Some(since)), Release::Newer);
+        assert_eq!(
+            r.ask_to_release("s", Some(since)),
+            Release::Newer { since_ms: since }
+        );
         let none = tokio::time::timeout(Duration::from_millis(20), signal.asked()).await;
         assert!(none.is_err(), "the connection was not asked");
         // Resumed elsewhere later, or by a gateway that does not say when: released.

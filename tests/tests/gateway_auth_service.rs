@@ -152,21 +152,11 @@ async fn the_auth_service_admits_refuses_and_its_absence_or_slowness_is_auth_una
     env.cleanup().await;
 }
 
-/// A client's resume waits on a gateway for a slow auth service; the client gives up
-/// (as the SDK does after its handshake timeout) and resumes the session at once on
-/// another gateway, or on the same one. When the auth answer comes, the given-up
-/// `hello` does not take the session from the live connection: a takeover it asks of
-/// its peers is dated by when its client asked, before the live resume, and a claim on
-/// the same gateway yields to the connection asked for later. (Both were done with the
-/// time the `hello` was done with: the live connection was closed with 4502
-/// `session_taken`, which clients never reconnect from, and the SDK stopped for good.)
-#[tokio::test]
-async fn a_hello_given_up_while_slow_does_not_take_the_session_from_the_resume_after_it() {
-    use tokio::sync::mpsc;
-    let env = TestEnv::new("auth-service-late").await;
-    // Token `slow` is answered after 2 s, then reported on `answered`; any other at
-    // once, also while `slow` waits (several at a time). Every token is user ada.
-    let (answered_tx, mut answered) = mpsc::unbounded_channel();
+/// An auth service for the slow-`hello` tests: token `slow` is answered after 2 s, then
+/// reported on the receiver; any other at once, also while `slow` waits (several at a
+/// time). Every token is user ada.
+async fn slow_auth(env: &TestEnv) -> (Service, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let (answered_tx, answered) = tokio::sync::mpsc::unbounded_channel();
     let config = warren_service::ServiceConfig::default().with_prefetch(8);
     let auth = Service::connect_with(&amqp_addr(), env.names.clone(), config)
         .await
@@ -183,31 +173,57 @@ async fn a_hello_given_up_while_slow_does_not_take_the_session_from_the_resume_a
     })
     .await
     .unwrap();
-    let patient = |c: &mut Config| {
-        service_mode(c);
-        c.auth.service.timeout_ms = 5_000;
-    };
-    let first = TestGateway::start_with(&env, patient).await;
-    let second = TestGateway::start_with(&env, patient).await;
-    let as_token = |token: &str, hello: Hello| Hello {
+    (auth, answered)
+}
+
+/// Waits for the auth service as long as [`slow_auth`]'s slow answer takes.
+fn patient(c: &mut Config) {
+    service_mode(c);
+    c.auth.service.timeout_ms = 5_000;
+}
+
+fn as_token(token: &str, hello: Hello) -> Hello {
+    Hello {
         token: Some(token.into()),
         ..hello
-    };
+    }
+}
+
+/// A session on `on` whose connection is lost, a resume of it on `slow_on` that waits
+/// for the auth service and is given up after 300 ms (the socket dropped), and the
+/// resume after it on `on`, live. Returns the session and the live connection.
+async fn given_up_then_resumed(on: &TestGateway, slow_on: &TestGateway) -> (String, TestClient) {
+    let ada = admitted(&on.url(), "t0").await;
+    let session = ada.session().to_string();
+    let resume = ada.resume_hello();
+    ada.abort();
+    let mut given_up = TestClient::connect_raw(&slow_on.url()).await;
+    given_up
+        .send(&ClientFrame::Hello(as_token("slow", resume.clone())))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    given_up.abort();
+    let live = TestClient::connect_with(&on.url(), as_token("t1", resume)).await;
+    assert!(live.welcome().resumed, "resumed");
+    (session, live)
+}
+
+/// A client's resume waits on a gateway for a slow auth service; the client gives up
+/// (as the SDK does after its handshake timeout) and resumes the session at once on
+/// another gateway, or on the same one. When the auth answer comes, the given-up
+/// `hello` does not take the session from the live connection: a takeover it asks of
+/// its peers is dated by when its client asked, before the live resume, and a claim on
+/// the same gateway yields to the connection asked for later. (Both were done with the
+/// time the `hello` was done with: the live connection was closed with 4502
+/// `session_taken`, which clients never reconnect from, and the SDK stopped for good.)
+#[tokio::test]
+async fn a_hello_given_up_while_slow_does_not_take_the_session_from_the_resume_after_it() {
+    let env = TestEnv::new("auth-service-late").await;
+    let (auth, mut answered) = slow_auth(&env).await;
+    let first = TestGateway::start_with(&env, patient).await;
+    let second = TestGateway::start_with(&env, patient).await;
     for (case, slow_on) in [("another gateway", &first), ("the same gateway", &second)] {
-        // A session on the second gateway, whose connection is lost.
-        let ada = admitted(&second.url(), "t0").await;
-        let resume = ada.resume_hello();
-        ada.abort();
-        // A resume waits for the auth service; given up after 300 ms.
-        let mut given_up = TestClient::connect_raw(&slow_on.url()).await;
-        given_up
-            .send(&ClientFrame::Hello(as_token("slow", resume.clone())))
-            .await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        given_up.abort();
-        // Resumed on the second gateway at once.
-        let mut live = TestClient::connect_with(&second.url(), as_token("t1", resume)).await;
-        assert!(live.welcome().resumed, "{case}: resumed");
+        let (_, mut live) = given_up_then_resumed(&second, slow_on).await;
         tokio::time::timeout(Duration::from_secs(5), answered.recv())
             .await
             .expect("the slow answer within 5 s");
@@ -222,6 +238,77 @@ async fn a_hello_given_up_while_slow_does_not_take_the_session_from_the_resume_a
         live.expect_ack("p1").await;
         live.close().await;
     }
+    auth.stop().await.unwrap();
+    first.shutdown().await;
+    second.shutdown().await;
+    env.cleanup().await;
+}
+
+/// The same race with presence on: the given-up `hello` on another gateway is done
+/// with after the live resume, and its connection is gone. That gateway must not
+/// announce the session gone when its grace passes (services saw a live user leave),
+/// nor list it as its own: the gateway holding the session answers its takeover
+/// request, which is older, with one of its own.
+#[tokio::test]
+async fn a_hello_given_up_while_slow_on_another_gateway_does_not_announce_the_session_gone() {
+    use futures_util::StreamExt;
+    use lapin::options::BasicConsumeOptions;
+    use lapin::types::{FieldTable, ShortString};
+    const GRACE_MS: u64 = 1_000;
+    let mut env = TestEnv::new("auth-service-late-presence").await;
+    let (auth, mut answered) = slow_auth(&env).await;
+    let with_presence = |c: &mut Config| {
+        patient(c);
+        c.presence = true;
+        c.session_expires_ms = GRACE_MS;
+    };
+    let first = TestGateway::start_with(&env, with_presence).await;
+    let second = TestGateway::start_with(&env, with_presence).await;
+    let queue = format!("{}.test-gone", env.namespace);
+    let exchange = env.names.presence_exchange();
+    env.bind_queue(&queue, &exchange, "client.disconnected")
+        .await;
+    let mut gone = env
+        .new_channel()
+        .await
+        .basic_consume(
+            ShortString::from(queue),
+            ShortString::from(""),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let (session, mut live) = given_up_then_resumed(&second, &first).await;
+    tokio::time::timeout(Duration::from_secs(5), answered.recv())
+        .await
+        .expect("the slow answer within 5 s");
+    // Past the grace on the first gateway, with room for its events.
+    let until = tokio::time::Instant::now() + Duration::from_millis(GRACE_MS + 2_500);
+    while let Ok(Some(Ok(d))) = tokio::time::timeout_at(until, gone.next()).await {
+        let v: serde_json::Value = serde_json::from_slice(&d.data).expect("JSON event");
+        assert_ne!(
+            v["session"],
+            session.as_str(),
+            "announced gone while live: {v}"
+        );
+    }
+    let (_, _, body) = warren_e2e::gateway::http_get_with(
+        first.health_addr(),
+        "/presence",
+        &[("Authorization", "Bearer t1")],
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&body).expect(&body);
+    assert_eq!(v["users"], serde_json::json!(["ada"]), "{v}");
+    assert_eq!(live.close_code, None);
+    live.publish("p1", "chat", serde_json::json!("still here"))
+        .await;
+    live.expect_ack("p1").await;
+    live.close().await;
     auth.stop().await.unwrap();
     first.shutdown().await;
     second.shutdown().await;
