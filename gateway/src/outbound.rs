@@ -78,7 +78,7 @@ pub(crate) enum Step {
     /// the last message when `None` (a batch from the ring may be empty and still move
     /// it past messages that were not this session's).
     Send {
-        notice: Option<ServerFrame>,
+        notice: Option<Box<ServerFrame>>,
         messages: Vec<Arc<Message>>,
         cursor: Option<u64>,
     },
@@ -183,7 +183,8 @@ impl Outbound {
                             let missed = to - from;
                             tracing::warn!(conn, stream = %self.source.name, from, missed, "positions the hub never read: the session is told");
                             metrics::add(&shared.metrics.stream_missed, missed);
-                            notice = Some(core_::missed_notice(missed, from, self.channel()));
+                            notice =
+                                Some(Box::new(core_::missed_notice(missed, from, self.channel())));
                             cursor = Some(to);
                         }
                         CatchUp::Replaced => {
@@ -257,7 +258,7 @@ impl Outbound {
                 }
                 if missed > 0 {
                     metrics::add(&shared.metrics.stream_missed, missed);
-                    notice = Some(core_::missed_notice(missed, from, self.channel()));
+                    notice = Some(Box::new(core_::missed_notice(missed, from, self.channel())));
                 }
                 if !to_ring && hub.wants(conn, &m) {
                     messages.push(m);
