@@ -35,6 +35,10 @@ use crate::metrics;
 use crate::outbound::{Event, Outbound, Step};
 use crate::presence::PresenceEvent;
 use crate::server::{Shared, Upgrade};
+
+/// How long a `hello` opening a new session waits for a hub that has not read its
+/// stream's tail yet (see [`Conn`]'s `hello`).
+const NEW_SESSION_READY_WAIT: Duration = Duration::from_secs(2);
 use crate::session::{self, Inflight, Subscriptions, Takeover, TakeoverSignal};
 use crate::session_core::{self as core_, Clock, Due, Errors, Origin, Phase, Resume};
 use crate::socket::{Received, Socket, SocketError};
@@ -820,6 +824,16 @@ impl Conn {
                 .claim(&id, self.id, self.takeover.clone(), asked_at);
             id
         });
+        // A new session starts after each stream's newest message: a hub that has not
+        // read its stream's tail yet (its reader is starting, RabbitMQ is slow) cannot
+        // name it, and is waited for a while. Its welcome had no position, so a resume
+        // replayed the whole stream, and the tail the hub read next reached the session
+        // though it came before it.
+        if !resumed {
+            for source in self.shared.streams.all().iter() {
+                source.hub.wait_ready(NEW_SESSION_READY_WAIT).await;
+            }
+        }
         // A resume without a position (the stream was empty when the session opened)
         // replays from the stream's start. Each stream has positions of its own; a
         // channel stream is joined only by a session subscribed to its channel.

@@ -178,6 +178,42 @@ async fn a_resume_before_the_hub_read_anything_is_replayed_from_its_position() {
     .await;
 }
 
+/// A new session on a gateway whose hub has not read the stream's tail yet (it takes
+/// 5 s over the last chunk here) waits for it a while: its welcome names the tail, and
+/// the tail, which came before the session, is not delivered to it. (Its welcome had
+/// no position, so a resume replayed the whole stream.)
+#[tokio::test]
+async fn a_new_session_before_the_hub_read_the_tail_starts_after_it() {
+    hold_hubs();
+    TestEnv::run("tail-look-new", LIMIT, async |env| {
+        let gw = TestGateway::start(env).await;
+        gw.shutdown().await;
+        for i in 0..3 {
+            env.publish_out("chat.all", &format!("o{i}"), &i.to_string())
+                .await;
+        }
+        let seen = read_stream(
+            &amqp_addr(),
+            &env.names.outbound_stream(),
+            Duration::from_millis(500),
+        )
+        .await
+        .expect("read the outbound stream");
+        let last = seen.last().and_then(|(p, _)| *p).expect("a position");
+
+        // Serves after 3 s without its hub ready; the hub reads the tail 5 s in.
+        let gw = TestGateway::start(env).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut c = TestClient::connect(&gw.url()).await;
+        assert_eq!(c.welcome().position, Some(last), "{:?}", c.welcome());
+        c.subscribe(sub("all", "chat")).await;
+        c.expect_no_deliver(Duration::from_secs(2)).await;
+        c.close().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_look_at_a_stream_that_was_replaced_since_does_not_resume_into_the_new_one() {
     hold_hubs();
