@@ -191,7 +191,7 @@ pub(crate) fn serve<S: Send + 'static>(
             // Let the client's close reply arrive so the close handshake completes.
             let _ = tokio::time::timeout(Duration::from_millis(500), async {
                 while let Some(Ok(m)) = conn.ws.recv().await {
-                    if matches!(m, Received::Close) {
+                    if matches!(m, Received::Close(_)) {
                         break;
                     }
                 }
@@ -571,8 +571,8 @@ impl Conn {
             tokio::time::sleep(wait).await;
         }
         match msg {
-            Some(Ok(Received::Close)) => {
-                self.goodbye = self.phase != Phase::Draining;
+            Some(Ok(Received::Close(code))) => {
+                self.goodbye = self.phase != Phase::Draining && core_::is_goodbye(code);
                 self.phase = Phase::Closed;
                 Flow::Continue
             }

@@ -248,6 +248,15 @@ pub(crate) fn excused_as_revoked(revoked: &mut Vec<String>, keys: &[String]) -> 
     revoked.len() < before
 }
 
+/// Whether a client's close frame with `code` ends its session at once (a goodbye:
+/// `client.disconnected closed`). Not with `4000 heartbeat_timeout`: the client gives
+/// up a connection it did not hear from in time, or got no `welcome` on in time, and
+/// resumes its session elsewhere; the session stays for the grace, as for a dropped
+/// connection (a goodbye announced a live session gone, and back when it resumed).
+pub(crate) fn is_goodbye(code: Option<u16>) -> bool {
+    code != Some(CloseCode::HeartbeatTimeout.code())
+}
+
 /// Whether the session may be given more deliveries: not after a drain, and not while
 /// `window` of them await acknowledgement.
 pub(crate) fn may_deliver(cancelled: bool, unacked: usize, window: usize) -> bool {

@@ -41,7 +41,8 @@ pub(crate) enum Received {
     Binary,
     /// A ping or a pong (both libraries answer pings themselves).
     Control,
-    Close,
+    /// A close frame, with its code if it had one.
+    Close(Option<u16>),
 }
 
 /// One connection's WebSocket.
@@ -77,7 +78,7 @@ impl Socket {
                 Ok(Message::Text(t)) => Ok(Received::Text(t)),
                 Ok(Message::Binary(_)) => Ok(Received::Binary),
                 Ok(Message::Ping(_) | Message::Pong(_)) => Ok(Received::Control),
-                Ok(Message::Close(_)) => Ok(Received::Close),
+                Ok(Message::Close(c)) => Ok(Received::Close(c.map(|c| c.code))),
                 Err(e) => Err(e.into()),
             }),
             Socket::Deflate(ws) => match ws.next_frame().await {
@@ -88,7 +89,7 @@ impl Socket {
                         Err(e) => return Some(Err(e.into())),
                     },
                     OpCode::Binary => Received::Binary,
-                    OpCode::Close => Received::Close,
+                    OpCode::Close => Received::Close(frame.close_code().map(u16::from)),
                     _ => Received::Control,
                 })),
                 Err(WebSocketError::ConnectionClosed) => None,

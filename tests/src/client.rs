@@ -520,11 +520,17 @@ impl TestClient {
 
     /// Closes with 1000 and returns the close code the gateway echoes (RFC 6455), if
     /// it answers with a close frame within 2 s.
-    pub async fn close_expecting_echo(mut self) -> Option<u16> {
+    pub async fn close_expecting_echo(self) -> Option<u16> {
+        self.close_with(1000).await
+    }
+
+    /// Closes with `code` and returns the close code the gateway echoes, if it
+    /// answers with a close frame within 2 s.
+    pub async fn close_with(mut self, code: u16) -> Option<u16> {
         use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as Code;
         use tokio_tungstenite::tungstenite::protocol::CloseFrame;
         let frame = CloseFrame {
-            code: Code::Normal,
+            code: Code::from(code),
             reason: "bye".into(),
         };
         self.ws.send(Message::Close(Some(frame))).await.ok()?;

@@ -772,3 +772,61 @@ async fn a_resume_naming_no_subscriptions_leaves_the_groups_it_had() {
     })
     .await;
 }
+
+/// A client that gives up a connection it did not hear from in time (the SDK's
+/// heartbeat or handshake timeout) closes it with `4000 heartbeat_timeout` and resumes
+/// elsewhere: that close is not a goodbye, and the session is announced gone only if
+/// it is not resumed within the grace. A close with 1000 is a goodbye, at once.
+#[tokio::test]
+async fn a_close_with_4000_keeps_the_session_for_the_grace() {
+    let mut env = TestEnv::new("presence-close-4000").await;
+    let gw = TestGateway::start_with(&env, presence_config).await;
+    let mut events = Events::listen(&mut env).await;
+    let ada = TestClient::connect_with(&gw.url(), as_user("ada")).await;
+    let session = ada.session().to_string();
+    let resume = Hello {
+        token: Some("ada".into()),
+        ..ada.resume_hello()
+    };
+    events
+        .wait_for("client.connected", &session, Duration::from_secs(5))
+        .await;
+    let closed = Instant::now();
+    assert_eq!(ada.close_with(4000).await, Some(4000), "echoed");
+    events.collect(Duration::from_millis(GRACE_MS / 2)).await;
+    assert!(
+        !events
+            .seen
+            .iter()
+            .any(|(k, _, _)| k == "client.disconnected"),
+        "not announced gone at once: {:?}",
+        events.seen
+    );
+    // Resumed within the grace: nothing at all.
+    let ada = TestClient::connect_with(&gw.url(), resume.clone()).await;
+    assert!(ada.welcome().resumed);
+    events.collect(Duration::from_millis(GRACE_MS)).await;
+    assert!(
+        !events
+            .seen
+            .iter()
+            .any(|(k, _, _)| k == "client.disconnected"),
+        "{:?}",
+        events.seen
+    );
+    // Not resumed: expired after the grace.
+    let lost = Instant::now();
+    ada.close_with(4000).await;
+    let (v, at) = events
+        .wait_for(
+            "client.disconnected",
+            &session,
+            Duration::from_millis(GRACE_MS + 3_000),
+        )
+        .await;
+    assert_eq!(v["reason"], "expired");
+    assert!(at.duration_since(lost) >= Duration::from_millis(GRACE_MS));
+    assert!(closed.elapsed() >= Duration::from_millis(GRACE_MS));
+    gw.shutdown().await;
+    env.cleanup().await;
+}
