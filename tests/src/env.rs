@@ -303,6 +303,24 @@ impl TestEnv {
         self.extra_queues.push(queue.to_string());
     }
 
+    /// Consumes `queue` (a [`TestEnv::bind_queue`] one) on a channel of its own,
+    /// without acknowledgements.
+    pub async fn consume_no_ack(&self, queue: &str) -> lapin::Consumer {
+        self.new_channel()
+            .await
+            .basic_consume(
+                ShortString::from(queue),
+                ShortString::from(""),
+                lapin::options::BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume")
+    }
+
     /// Removes the binding of `channel`'s inbound queue (`IN_<CHANNEL>` from
     /// `warren.in` with `<channel>.#`): nothing receives that channel's messages any
     /// more, so a publish on it is `no_route`.

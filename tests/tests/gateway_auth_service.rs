@@ -252,8 +252,6 @@ async fn a_hello_given_up_while_slow_does_not_take_the_session_from_the_resume_a
 #[tokio::test]
 async fn a_hello_given_up_while_slow_on_another_gateway_does_not_announce_the_session_gone() {
     use futures_util::StreamExt;
-    use lapin::options::BasicConsumeOptions;
-    use lapin::types::{FieldTable, ShortString};
     const GRACE_MS: u64 = 1_000;
     let mut env = TestEnv::new("auth-service-late-presence").await;
     let (auth, mut answered) = slow_auth(&env).await;
@@ -268,20 +266,7 @@ async fn a_hello_given_up_while_slow_on_another_gateway_does_not_announce_the_se
     let exchange = env.names.presence_exchange();
     env.bind_queue(&queue, &exchange, "client.disconnected")
         .await;
-    let mut gone = env
-        .new_channel()
-        .await
-        .basic_consume(
-            ShortString::from(queue),
-            ShortString::from(""),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
+    let mut gone = env.consume_no_ack(&queue).await;
     let (session, mut live) = given_up_then_resumed(&second, &first).await;
     tokio::time::timeout(Duration::from_secs(5), answered.recv())
         .await

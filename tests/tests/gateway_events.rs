@@ -5,8 +5,6 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::BasicConsumeOptions;
-use lapin::types::{FieldTable, ShortString};
 use warren_e2e::client::TestClient;
 use warren_e2e::env::{next_delivery, TestEnv};
 use warren_e2e::gateway::TestGateway;
@@ -14,19 +12,7 @@ use warren_protocol::Hello;
 
 async fn listen(env: &mut TestEnv, queue: &str, exchange: &str, key: &str) -> lapin::Consumer {
     env.bind_queue(queue, exchange, key).await;
-    env.new_channel()
-        .await
-        .basic_consume(
-            ShortString::from(queue),
-            ShortString::from(""),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume")
+    env.consume_no_ack(queue).await
 }
 
 fn json(d: &lapin::message::Delivery) -> serde_json::Value {

@@ -8,8 +8,6 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use lapin::options::BasicConsumeOptions;
-use lapin::types::{FieldTable, ShortString};
 use warren_e2e::client::{sub, TestClient};
 use warren_e2e::env::TestEnv;
 use warren_e2e::gateway::{http_get, TestGateway};
@@ -41,20 +39,7 @@ impl Events {
         for event in events {
             env.bind_queue(&queue, &exchange, event).await;
         }
-        let consumer = env
-            .new_channel()
-            .await
-            .basic_consume(
-                ShortString::from(queue),
-                ShortString::from(""),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("consume");
+        let consumer = env.consume_no_ack(&queue).await;
         Events {
             consumer,
             seen: Vec::new(),
