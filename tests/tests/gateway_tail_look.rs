@@ -127,6 +127,27 @@ async fn resumes_ahead_of_the_hub_are_not_refused_on_a_look_taken_for_another() 
     .await;
 }
 
+/// Publishes `n` chat broadcasts (message ids `<prefix><i>`) to the test's empty
+/// stream one at a time, each confirmed: each its own chunk, so the last chunk holds
+/// only the last message. Returns their positions.
+async fn chunk_by_chunk(env: &TestEnv, prefix: &str, n: usize) -> Vec<u64> {
+    for i in 0..n {
+        env.publish_out("chat.all", &format!("{prefix}{i}"), &i.to_string())
+            .await;
+    }
+    let seen = read_stream(
+        &amqp_addr(),
+        &env.names.outbound_stream(),
+        Duration::from_millis(500),
+    )
+    .await
+    .expect("read the outbound stream");
+    assert_eq!(seen.len(), n, "the stream holds the {n} broadcasts");
+    seen.into_iter()
+        .map(|(p, _)| p.expect("a stream message carries its position"))
+        .collect()
+}
+
 /// A gateway whose hub has read nothing yet (its reader starts at the stream's last
 /// chunk, and here takes 5 s over it) cannot tell what came between a resuming
 /// client's position and that chunk: it reads from the position instead of going
@@ -140,21 +161,7 @@ async fn a_resume_before_the_hub_read_anything_is_replayed_from_its_position() {
         let session = c.session().to_string();
         c.close().await;
         gw.shutdown().await;
-        // One at a time, each confirmed: each its own chunk, so the last chunk holds
-        // only the last message.
-        for i in 0..20 {
-            env.publish_out("chat.all", &format!("m{i}"), &i.to_string())
-                .await;
-        }
-        let seen = read_stream(
-            &amqp_addr(),
-            &env.names.outbound_stream(),
-            Duration::from_millis(500),
-        )
-        .await
-        .expect("read the outbound stream");
-        assert_eq!(seen.len(), 20, "the stream holds the 20 broadcasts");
-        let first = seen[0].0.expect("a position");
+        let first = chunk_by_chunk(env, "m", 20).await[0];
 
         // Serves after 3 s without its hub ready.
         let gw = TestGateway::start(env).await;
@@ -188,18 +195,7 @@ async fn a_new_session_before_the_hub_read_the_tail_starts_after_it() {
     TestEnv::run("tail-look-new", LIMIT, async |env| {
         let gw = TestGateway::start(env).await;
         gw.shutdown().await;
-        for i in 0..3 {
-            env.publish_out("chat.all", &format!("o{i}"), &i.to_string())
-                .await;
-        }
-        let seen = read_stream(
-            &amqp_addr(),
-            &env.names.outbound_stream(),
-            Duration::from_millis(500),
-        )
-        .await
-        .expect("read the outbound stream");
-        let last = seen.last().and_then(|(p, _)| *p).expect("a position");
+        let last = chunk_by_chunk(env, "o", 3).await[2];
 
         // Serves after 3 s without its hub ready; the hub reads the tail 5 s in.
         let gw = TestGateway::start(env).await;
