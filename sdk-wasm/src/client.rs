@@ -737,9 +737,9 @@ impl<C: Codec> ClientCore<C> {
         if !self.duplicates.first_time(&d.message_id) {
             return;
         }
-        let subscriptions = self
-            .subscriptions
-            .targets(&d.channel, &d.routing_key, &self.user);
+        let subscriptions =
+            self.subscriptions
+                .targets(&d.channel, &d.routing_key, &d.keys, &self.user);
         if !subscriptions.is_empty() {
             self.actions.push(Action::Deliver {
                 subscriptions,

@@ -874,6 +874,69 @@ fn a_delivery_is_routed_to_the_subscription_whose_binding_matches() {
 }
 
 #[test]
+fn a_delivery_naming_other_keys_reaches_each_subscription_of_them_once() {
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    let room = h
+        .core
+        .subscribe(
+            SubscribeOptions {
+                channel: "chat".into(),
+                groups: vec!["r1".into()],
+                ..Default::default()
+            },
+            h.now,
+        )
+        .unwrap();
+    let direct = h
+        .core
+        .subscribe(
+            SubscribeOptions {
+                channel: "chat".into(),
+                direct: true,
+                ..Default::default()
+            },
+            h.now,
+        )
+        .unwrap();
+    h.take();
+    // One publish to the room and to u1 (CC): one deliver, by the room's key, naming
+    // the user's key too. Both subscriptions get it, once each (it reached only the
+    // room's, and its id then kept it from the direct one for good).
+    h.frame(
+        json!({"type": "deliver", "seq": 1, "message_id": "both", "channel": "chat",
+        "routing_key": "chat.group.r1", "keys": ["chat.user.u1"], "message": 1}),
+    );
+    assert_eq!(
+        delivered(&h.take()),
+        vec![(room, "both".to_string()), (direct, "both".to_string())]
+    );
+    // By the user's key, naming the room's: the same two, in their order.
+    h.frame(
+        json!({"type": "deliver", "seq": 2, "message_id": "both2", "channel": "chat",
+        "routing_key": "chat.user.u1", "keys": ["chat.group.r1"], "message": 2}),
+    );
+    assert_eq!(
+        delivered(&h.take()),
+        vec![(room, "both2".to_string()), (direct, "both2".to_string())]
+    );
+    // A key no subscription holds (and one already matched) changes nothing.
+    h.frame(
+        json!({"type": "deliver", "seq": 3, "message_id": "one", "channel": "chat",
+        "routing_key": "chat.group.r1",
+        "keys": ["chat.group.r9", "chat.user.u2", "voice.user.u1", "chat.group.r1"],
+        "message": 3}),
+    );
+    assert_eq!(delivered(&h.take()), vec![(room, "one".to_string())]);
+    // A key of a subscription, on a routing key of none: that subscription only.
+    h.frame(
+        json!({"type": "deliver", "seq": 4, "message_id": "late", "channel": "chat",
+        "routing_key": "chat.group.r9", "keys": ["chat.user.u1"], "message": 4}),
+    );
+    assert_eq!(delivered(&h.take()), vec![(direct, "late".to_string())]);
+}
+
+#[test]
 fn a_subscription_removed_during_the_handshake_is_unbound_after_the_hello_that_named_it() {
     let mut h = Harness::new(&URLS);
     h.connect("s1", false);

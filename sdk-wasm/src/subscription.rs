@@ -42,9 +42,8 @@ pub enum Binding {
 impl SubscribeOptions {
     /// The bindings this subscription needs.
     pub fn bindings(&self) -> Vec<Binding> {
-        let frame = self.frame(String::new());
         let mut out = Vec::new();
-        if frame.wants_broadcast() {
+        if self.wants_broadcast() {
             out.push(Binding::Broadcast);
         }
         out.extend(self.groups.iter().cloned().map(Binding::Group));
@@ -53,6 +52,13 @@ impl SubscribeOptions {
         }
         out.extend(self.topic.iter().cloned().map(Binding::Topic));
         out
+    }
+
+    /// Whether the broadcast is part of this subscription, applying the default (as
+    /// `Subscribe::wants_broadcast`).
+    fn wants_broadcast(&self) -> bool {
+        self.broadcast
+            .unwrap_or(self.groups.is_empty() && !self.direct && self.topic.is_none())
     }
 
     /// The `subscribe` frame body with frame id `id`.
@@ -79,12 +85,15 @@ impl SubscribeOptions {
             .strip_prefix(ch)
             .and_then(|r| r.strip_prefix('.'))
             .unwrap_or_default();
-        self.bindings().iter().any(|b| match b {
-            Binding::Broadcast => rest == "all",
-            Binding::Group(g) => rest.strip_prefix("group.") == Some(g.as_str()),
-            Binding::Direct => rest.strip_prefix("user.") == Some(user),
-            Binding::Topic(p) => topic_matches(&concat(&[ch, ".event.", p]), routing_key),
-        })
+        (rest == "all" && self.wants_broadcast())
+            || rest
+                .strip_prefix("group.")
+                .is_some_and(|g| self.groups.iter().any(|x| x == g))
+            || (self.direct && rest.strip_prefix("user.") == Some(user))
+            || self
+                .topic
+                .as_ref()
+                .is_some_and(|p| topic_matches(&concat(&[ch, ".event.", p]), routing_key))
     }
 }
 
@@ -112,28 +121,33 @@ impl Subscriptions {
     /// bindings no remaining subscription needs (`None` when nothing is to unbind).
     pub fn remove(&mut self, id: u64) -> Option<SubscribeOptions> {
         let gone = self.by_id.remove(id)?;
-        // A plain loop: `flat_map` over the bindings cost 0.75 KB of wasm (0.38 KB gz).
-        let mut still = Vec::new();
-        for (_, s) in self.by_id.iter() {
-            if s.channel == gone.channel {
-                still.extend(s.bindings());
-            }
-        }
+        // Whether another subscription of the channel still needs what `needs` names.
+        // Asked per binding, without collecting the bindings: smaller in the wasm.
+        let held = |needs: &dyn Fn(&SubscribeOptions) -> bool| {
+            self.by_id
+                .iter()
+                .any(|(_, s)| s.channel == gone.channel && needs(s))
+        };
         let mut out = SubscribeOptions {
             channel: gone.channel.clone(),
-            broadcast: Some(false),
+            broadcast: Some(gone.wants_broadcast() && !held(&|s| s.wants_broadcast())),
+            direct: gone.direct && !held(&|s| s.direct),
             ..SubscribeOptions::default()
         };
-        let mut any = false;
-        for b in gone.bindings().into_iter().filter(|b| !still.contains(b)) {
-            any = true;
-            match b {
-                Binding::Broadcast => out.broadcast = Some(true),
-                Binding::Group(g) => out.groups.push(g),
-                Binding::Direct => out.direct = true,
-                Binding::Topic(t) => out.topic = Some(t),
+        for g in &gone.groups {
+            if !held(&|s| s.groups.contains(g)) {
+                out.groups.push(g.clone());
             }
         }
+        if let Some(t) = &gone.topic {
+            if !held(&|s| s.topic.as_ref() == Some(t)) {
+                out.topic = Some(t.clone());
+            }
+        }
+        let any = out.broadcast == Some(true)
+            || !out.groups.is_empty()
+            || out.direct
+            || out.topic.is_some();
         any.then_some(out)
     }
 
@@ -142,13 +156,24 @@ impl Subscriptions {
         self.by_id.iter()
     }
 
-    /// The subscriptions a delivery is for: those whose bindings match its routing key
-    /// (a message a service sent to several targets arrives by the key this session
-    /// holds). None for a delivery of a binding no subscription needs any more (it was
-    /// on its way when the app unsubscribed): it goes to no other subscription.
-    pub fn targets(&self, channel: &str, routing_key: &str, user: &str) -> Vec<u64> {
+    /// The subscriptions a delivery is for, each once, in creation order: those whose
+    /// bindings match its routing key or one of its other `keys` (a message a service
+    /// sent to several targets the session holds, e.g. a group and its user, arrives
+    /// once, by one key, naming the others). None for a delivery of a binding no
+    /// subscription needs any more (it was on its way when the app unsubscribed): it
+    /// goes to no other subscription.
+    pub fn targets(
+        &self,
+        channel: &str,
+        routing_key: &str,
+        keys: &[String],
+        user: &str,
+    ) -> Vec<u64> {
         self.iter()
-            .filter(|(_, s)| s.channel == channel && s.matches(routing_key, user))
+            .filter(|(_, s)| {
+                s.channel == channel
+                    && (s.matches(routing_key, user) || keys.iter().any(|k| s.matches(k, user)))
+            })
             .map(|(id, _)| id)
             .collect()
     }
@@ -201,14 +226,15 @@ mod tests {
                 ..sub("chat", &[])
             },
         );
-        assert_eq!(subs.targets("chat", "chat.all", "u"), vec![1]);
-        assert_eq!(subs.targets("chat", "chat.group.room-1", "u"), vec![2]);
-        assert_eq!(subs.targets("chat", "chat.user.u", "u"), vec![3]);
+        assert_eq!(subs.targets("chat", "chat.all", &[], "u"), vec![1]);
+        assert_eq!(subs.targets("chat", "chat.group.room-1", &[], "u"), vec![2]);
+        assert_eq!(subs.targets("chat", "chat.user.u", &[], "u"), vec![3]);
         assert!(
-            subs.targets("chat", "chat.group.room-9", "u").is_empty(),
+            subs.targets("chat", "chat.group.room-9", &[], "u")
+                .is_empty(),
             "a room no subscription holds reaches none (it reached every one)"
         );
-        assert!(subs.targets("voice", "voice.all", "u").is_empty());
+        assert!(subs.targets("voice", "voice.all", &[], "u").is_empty());
     }
 
     #[test]

@@ -327,6 +327,75 @@ async fn on_status_reports_every_change_of_a_subscription() {
     t.close();
 }
 
+/// A message a service sends to a group and to one of its members in ONE publish (the
+/// demo chat relays a distribution naming both with the user's key in `CC`) reaches
+/// the member's session once, by one key, naming the other (`deliver.keys`): the SDK
+/// hands it to the member's room subscription AND to its direct one, once each (the
+/// direct one never got it, and the message's id then kept it out for good).
+#[wasm_bindgen_test]
+async fn a_message_to_a_group_and_its_member_reaches_both_subscriptions_of_the_member_once() {
+    let tag = format!("{}", js_sys::Math::random()).replace('.', "");
+    let room = format!("room-{tag}");
+    // Anonymous: bob's user id is his session id.
+    let bob = client(&format!(r#"{{"urls": {}}}"#, both("all")));
+    wait(bob.connect()).await.expect("connect bob");
+    let bob_user = bob.session().as_string().expect("bob's session");
+    let (on_room, in_room) = recorder();
+    let (on_direct, in_direct) = recorder();
+    let room_sub = bob
+        .subscribe(
+            json(&format!(r#"{{"channel": "chat", "groups": ["{room}"]}}"#)).unchecked_into(),
+            on_room,
+            None,
+        )
+        .expect("subscribe room");
+    let direct_sub = bob
+        .subscribe(
+            json(r#"{"channel": "chat", "direct": true}"#).unchecked_into(),
+            on_direct,
+            None,
+        )
+        .expect("subscribe direct");
+    wait(room_sub.ready()).await.expect("room subscribed");
+    wait(direct_sub.ready()).await.expect("direct subscribed");
+
+    let ann = client(&format!(r#"{{"urls": {}}}"#, both("all")));
+    wait(ann.connect()).await.expect("connect ann");
+    let text = format!("both-{tag}");
+    wait(
+        ann.write(
+            json(&format!(
+                r#"{{"channel": "chat", "distribution": {{"groups": ["{room}"], "direct": ["{bob_user}"]}}, "message": {{"text": "{text}"}}}}"#
+            ))
+            .unchecked_into(),
+        ),
+    )
+    .await
+    .expect("write");
+    let got = |seen: &Rc<RefCell<Vec<JsValue>>>| texts_with(seen, "both-", &tag).len();
+    assert!(
+        eventually(|| got(&in_room) >= 1 && got(&in_direct) >= 1).await,
+        "both subscriptions got it: room {:?}, direct {:?}",
+        texts_with(&in_room, "", ""),
+        texts_with(&in_direct, "", "")
+    );
+    sleep(500).await;
+    assert_eq!(
+        texts_with(&in_room, "", ""),
+        vec![text.clone()],
+        "room, once"
+    );
+    assert_eq!(
+        texts_with(&in_direct, "", ""),
+        vec![text.clone()],
+        "direct, once"
+    );
+    let id = |seen: &Rc<RefCell<Vec<JsValue>>>| path(&seen.borrow()[0], &["messageId"]);
+    assert_eq!(id(&in_room), id(&in_direct), "one message");
+    bob.close();
+    ann.close();
+}
+
 /// Waits (up to 5 s) for the delivery of ticket `title` announced as event `event`.
 async fn ticket_event(seen: &Rc<RefCell<Vec<JsValue>>>, title: &str, event: &str) -> JsValue {
     let find = || {

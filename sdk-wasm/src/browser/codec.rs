@@ -14,7 +14,7 @@ use warren_protocol::{
 };
 use wasm_bindgen::prelude::*;
 
-use super::object::{get, set, set_defined, to_array};
+use super::object::{get, set, set_defined, str_array, to_array};
 use crate::codec::Codec;
 use crate::error::ClientError;
 use crate::text::concat;
@@ -300,7 +300,8 @@ fn decode_fields(kind: &str, v: JsValue) -> Option<ServerFrame<Js>> {
             message_id: s("message_id")?,
             channel: s("channel")?,
             routing_key: s("routing_key")?,
-            keys: Vec::new(),
+            // Absent or not an array of strings: none.
+            keys: str_array(&v, "keys").unwrap_or_default(),
             redelivered: get(&v, "redelivered").as_bool().unwrap_or(false),
             headers: Headers::new(),
             message: Js(v.clone()),

@@ -121,7 +121,12 @@ export interface SubscribeOptions {
 export interface Delivery<M = unknown> {
   message: M;
   channel: string;
-  /** The full routing key, e.g. `tickets.event.ticket.created`. */
+  /**
+   * The full routing key, e.g. `tickets.event.ticket.created`. A message a service sent
+   * to several targets this session receives (a group and the user, say) arrives once,
+   * by one of their keys: it reaches every subscription of any of them, once each, all
+   * with this same `routingKey` and `messageId`.
+   */
   routingKey: string;
   /** For a topic event (`<channel>.event.<a>.<b>…`): its name, the key's last segment (`created`); `undefined` otherwise. */
   event?: string;
@@ -183,6 +188,8 @@ export interface Client {
    * again after every reconnect); `ready` resolves once the gateway acknowledged it the
    * first time; `onStatus`, when given, is called on every change of where it stands,
    * including after reconnects (see `SubscriptionStatus`); call `unsubscribe()` to stop.
+   * `handler` gets the channel's messages its options match (a message to several
+   * targets, once for each subscription that holds one of them; see `Delivery.routingKey`).
    */
   subscribe<M = unknown>(
     options: SubscribeOptions,
