@@ -219,6 +219,20 @@ impl<C: Codec> ClientCore<C> {
         self.phase == Phase::Closed
     }
 
+    /// The WebSocket close code for the socket an [`Action::Close`] closes, read when
+    /// the driver performs it: `4000 heartbeat_timeout` when the client gave the
+    /// connection up to resume the session elsewhere (no `welcome` in time, nothing
+    /// heard for 2.5 heartbeats, a `drain`), so the gateway keeps the session for the
+    /// resume grace as for a dropped connection; `1000` when it stopped (`close()`, or
+    /// gave up trying): a goodbye, the session ends at once.
+    pub fn close_code(&self) -> u16 {
+        if self.state() == State::Disconnected {
+            1000
+        } else {
+            CloseCode::HeartbeatTimeout.code()
+        }
+    }
+
     /// The session id, once a `welcome` named it.
     pub fn session(&self) -> Option<&str> {
         self.session.as_deref()

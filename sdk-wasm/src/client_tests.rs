@@ -366,6 +366,74 @@ fn a_drain_emits_the_event_and_moves_to_the_next_url_at_once() {
     assert_eq!(h.sent()[0]["session"], "s1");
 }
 
+/// The close code of every `Close` in `actions`, read from the core as the browser
+/// driver reads it: when it performs the action, after the core handled the event.
+fn close_codes(h: &mut Harness) -> Vec<u16> {
+    let mut codes = Vec::new();
+    while let Some(a) = h.core.poll_action() {
+        if let Action::Open { conn, .. } = &a {
+            h.conn = *conn;
+        }
+        if matches!(a, Action::Close) {
+            codes.push(h.core.close_code());
+        }
+    }
+    codes
+}
+
+/// A connection the client gives up to resume elsewhere is closed with 4000
+/// `heartbeat_timeout` (the gateway keeps the session for the resume grace); `close()`
+/// and giving up trying close with 1000 (a goodbye: the session ends at once).
+#[test]
+fn a_connection_given_up_to_resume_elsewhere_closes_with_4000_and_close_with_1000() {
+    // Handshake timeout: no welcome.
+    let mut h = Harness::new(&URLS);
+    h.core.connect(h.now);
+    let conn = h.conn_after_take();
+    h.core.on_open(conn, h.now);
+    h.take();
+    h.now += 5_000;
+    h.core.tick(h.now);
+    assert_eq!(close_codes(&mut h), vec![4000], "handshake timeout");
+    // Heartbeat: nothing heard for 2.5 heartbeats.
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    h.now += 2_500;
+    h.core.tick(h.now);
+    assert_eq!(close_codes(&mut h), vec![4000], "heartbeat dead");
+    assert_eq!(h.core.state(), State::Connecting);
+    // Drain: the gateway goes away, the session moves.
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    h.frame(json!({"type": "drain", "reason": "shutdown", "deadline_ms": 5000}));
+    assert_eq!(close_codes(&mut h), vec![4000], "drain");
+    // The app's close(): goodbye.
+    let mut h = Harness::new(&URLS);
+    h.connect("s1", false);
+    h.core.close(h.now);
+    assert_eq!(close_codes(&mut h), vec![1000], "close()");
+    // close() while a handshake is under way.
+    let mut h = Harness::new(&URLS);
+    h.core.connect(h.now);
+    let conn = h.conn_after_take();
+    h.core.on_open(conn, h.now);
+    h.take();
+    h.core.close(h.now);
+    assert_eq!(close_codes(&mut h), vec![1000], "close() while connecting");
+    // Gave up trying (connectTimeoutMs) with a socket open: it is not resumed.
+    let mut config = Config::new(URLS.iter().map(|u| u.to_string()).collect());
+    config.give_up_after_ms = Some(1_000);
+    let mut h = Harness::with(config);
+    h.core.connect(h.now);
+    let conn = h.conn_after_take();
+    h.core.on_open(conn, h.now);
+    h.take();
+    h.now += 1_000;
+    h.core.tick(h.now);
+    assert_eq!(close_codes(&mut h), vec![1000], "gave up trying");
+    assert_eq!(h.core.state(), State::Disconnected);
+}
+
 #[test]
 fn a_close_code_that_forbids_reconnecting_stops_and_rejects_pending_writes() {
     let mut h = Harness::new(&URLS);

@@ -1103,6 +1103,64 @@ async fn a_gateway_that_never_answers_the_handshake_times_out_and_the_next_url_i
     c.close();
 }
 
+/// Records, from now on, the code of every `close(code)` the page calls on a WebSocket
+/// (`globalThis.__closeCalls`: `[url, code]` pairs), and forgets the earlier ones.
+fn record_close_calls() {
+    let _ = js_sys::eval(
+        r#"
+        if (!globalThis.__closeCalls) {
+          const close = WebSocket.prototype.close;
+          WebSocket.prototype.close = function (...args) {
+            globalThis.__closeCalls.push([this.url, args[0]]);
+            return close.apply(this, args);
+          };
+        }
+        globalThis.__closeCalls = [];
+        "#,
+    );
+}
+
+/// The codes of the `close(code)` calls [`record_close_calls`] saw on sockets to `url`.
+fn close_calls_to(url: &str) -> Vec<u16> {
+    let calls = Reflect::get(&js_sys::global(), &"__closeCalls".into()).unwrap_or_default();
+    Array::from(&calls)
+        .iter()
+        .map(|pair| Array::from(&pair))
+        .filter(|pair| {
+            let to = pair.get(0).as_string().unwrap_or_default();
+            to.starts_with(url) || url.starts_with(&to)
+        })
+        .map(|pair| pair.get(1).as_f64().unwrap_or(-1.0) as u16)
+        .collect()
+}
+
+/// A connection the SDK gives up to resume elsewhere (here: no `welcome` in time) is
+/// closed with 4000 `heartbeat_timeout`, which the gateway does not take for a goodbye
+/// (the session stays for the resume grace); `close()` and giving up trying close with
+/// 1000, a goodbye.
+#[wasm_bindgen_test]
+async fn a_connection_given_up_to_resume_elsewhere_is_closed_with_4000_and_close_with_1000() {
+    record_close_calls();
+    let silent = path(&stack(), &["silent"]).as_string().expect("silent URL");
+    let good = url(1, "all");
+    let c = client(&format!(
+        r#"{{"urls": ["{silent}", "{good}"], "handshakeTimeoutMs": 600}}"#
+    ));
+    wait(c.connect()).await.expect("the second URL works");
+    assert_eq!(close_calls_to(&silent), vec![4000], "handshake timeout");
+    assert_eq!(close_calls_to(&good), Vec::<u16>::new());
+    c.close();
+    assert_eq!(close_calls_to(&good), vec![1000], "close()");
+    record_close_calls();
+    let d = client(&format!(
+        r#"{{"urls": ["{silent}"], "handshakeTimeoutMs": 5000, "connectTimeoutMs": 600}}"#
+    ));
+    let err = wait(d.connect()).await.expect_err("gives up");
+    assert_eq!(code_of(&err), "timeout");
+    assert_eq!(close_calls_to(&silent), vec![1000], "gave up trying");
+    d.close();
+}
+
 #[wasm_bindgen_test]
 async fn a_wrong_path_is_reported_with_its_url_and_the_client_moves_on_to_the_next_url() {
     let good = url(0, "all");

@@ -426,8 +426,14 @@ fn perform(shared: &Rc<Shared>, action: Action<Js>) {
             }
         }
         Action::Close => {
-            let old = shared.inner.borrow_mut().socket.take();
-            drop(old);
+            // 4000 when the core goes on to resume elsewhere, 1000 after `close()`.
+            let (old, code) = {
+                let mut inner = shared.inner.borrow_mut();
+                (inner.socket.take(), inner.core.close_code())
+            };
+            if let Some(socket) = old {
+                socket.close(code);
+            }
         }
         Action::Resolve(op) => settle(shared, op, Ok(JsValue::UNDEFINED)),
         Action::Reply(op, frame) => settle(shared, op, Ok(frame.message())),

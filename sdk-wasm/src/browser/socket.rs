@@ -2,8 +2,9 @@
 //! inline snippet of the package) behind typed Rust handles. Every socket and timer
 //! event (and every `getToken` outcome) goes to ONE JS function per client, the [`Dispatch`] closure, so wasm-bindgen
 //! emits one closure shim for the whole facade (wasm size). Dropping a [`Socket`]
-//! detaches its handlers and closes it, so a replaced connection never reports into the
-//! core again; dropping a [`Timer`] clears it.
+//! detaches its handlers and closes it (with 1000, or the code [`Socket::close`]
+//! names), so a replaced connection never reports into the core again; dropping a
+//! [`Timer`] clears it.
 
 use js_sys::{Array, Function};
 use wasm_bindgen::prelude::*;
@@ -19,7 +20,7 @@ export function openSocket(url, protocol, conn, dispatch) {
   ws.onclose = (e) => dispatch(2, conn, e.code);
   return ws;
 }
-export function closeSocket(ws) { ws.onopen = ws.onmessage = ws.onclose = null; try { ws.close(1000); } catch (_) {} }
+export function closeSocket(ws, code) { ws.onopen = ws.onmessage = ws.onclose = null; try { ws.close(code); } catch (_) {} }
 export function sendText(ws, text) { try { ws.send(text); } catch (_) {} }
 export function arm(ms, dispatch) { return setTimeout(() => dispatch(3, 0), ms); }
 export function disarm(id) { clearTimeout(id); }
@@ -50,7 +51,7 @@ extern "C" {
     fn open_socket(url: &str, protocol: &str, conn: f64, dispatch: &Function) -> JsValue;
 
     #[wasm_bindgen(js_name = closeSocket)]
-    fn close_socket(ws: &JsValue);
+    fn close_socket(ws: &JsValue, code: u16);
 
     #[wasm_bindgen(js_name = sendText)]
     fn send_text(ws: &JsValue, text: &str);
@@ -106,6 +107,9 @@ fn function(dispatch: &Dispatch) -> &Function {
 /// An open (or opening) WebSocket.
 pub struct Socket {
     ws: JsValue,
+    /// The close code it is closed with when dropped (1000 unless [`Socket::close`]
+    /// says otherwise).
+    code: u16,
 }
 
 impl Socket {
@@ -113,18 +117,23 @@ impl Socket {
     /// `None` when the URL is invalid.
     pub fn open(url: &str, protocol: &str, conn: u64, dispatch: &Dispatch) -> Option<Socket> {
         let ws = open_socket(url, protocol, conn as f64, function(dispatch));
-        (!ws.is_null()).then_some(Socket { ws })
+        (!ws.is_null()).then_some(Socket { ws, code: 1000 })
     }
 
     /// Sends a text frame (dropped when the socket is not open: its close event follows).
     pub fn send(&self, text: &str) {
         send_text(&self.ws, text);
     }
+
+    /// Closes it with close `code` (and detaches its handlers).
+    pub fn close(mut self, code: u16) {
+        self.code = code;
+    }
 }
 
 impl Drop for Socket {
     fn drop(&mut self) {
-        close_socket(&self.ws);
+        close_socket(&self.ws, self.code);
     }
 }
 
