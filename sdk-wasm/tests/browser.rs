@@ -1556,3 +1556,57 @@ async fn without_renewal_the_token_expires_with_4004_and_the_client_reconnects_w
         .expect("the fresh token works");
     c.close();
 }
+
+/// The `hello` a resume of session `s1` sends, as the browser codec writes it.
+fn resume_hello(codec: &warren_sdk::browser::codec::JsCodec) -> JsValue {
+    use warren_sdk::codec::Codec;
+    let hello = warren_protocol::ClientFrame::Hello(warren_protocol::Hello {
+        session: Some("s1".into()),
+        ..Default::default()
+    });
+    json(&codec.encode(&hello).expect("hello"))
+}
+
+/// A frame the browser codec refuses never reaches the app, so its stream position is
+/// not recorded: a resume names the position of the last frame that decoded, and the
+/// gateway replays the refused one rather than skipping it.
+#[wasm_bindgen_test]
+fn a_frame_the_codec_refuses_does_not_move_the_stream_positions_a_resume_names() {
+    use warren_sdk::codec::Codec;
+    let codec = warren_sdk::browser::codec::JsCodec::default();
+    let deliver = |seq: u32, position: u32, stream: &str| {
+        format!(
+            r#"{{"type": "deliver", "seq": {seq}, "position": {position}, {stream}
+            "message_id": "m{seq}", "channel": "chat", "routing_key": "chat", "message": 1}}"#
+        )
+    };
+    codec
+        .decode(&deliver(1, 5, ""))
+        .expect("a valid deliver decodes");
+    codec
+        .decode(&deliver(2, 7, r#""stream": "chat","#))
+        .expect("a valid deliver of a channel stream decodes");
+    // Refused: no `message_id`; an unknown frame type; a welcome without a session; a
+    // mistyped `seq`.
+    for bad in [
+        r#"{"type": "deliver", "seq": 3, "position": 9, "channel": "chat", "routing_key": "chat", "message": 1}"#,
+        r#"{"type": "deliver", "seq": 3, "position": 9, "stream": "chat", "channel": "chat", "routing_key": "chat", "message": 1}"#,
+        r#"{"type": "surprise", "position": 11}"#,
+        // A welcome without `session`: a fresh session's would start the positions over.
+        r#"{"type": "welcome", "resumed": false, "position": 1, "positions": {}}"#,
+        r#"{"type": "deliver", "seq": "x", "position": 12, "message_id": "m", "channel": "chat", "routing_key": "chat", "message": 1}"#,
+    ] {
+        assert!(codec.decode(bad).is_err(), "refused: {bad}");
+    }
+    let hello = resume_hello(&codec);
+    assert_eq!(path(&hello, &["position"]).as_f64(), Some(5.0));
+    assert_eq!(path(&hello, &["positions", "chat"]).as_f64(), Some(7.0));
+    // A valid frame still moves them.
+    codec
+        .decode(&deliver(4, 13, ""))
+        .expect("a valid deliver decodes");
+    assert_eq!(
+        path(&resume_hello(&codec), &["position"]).as_f64(),
+        Some(13.0)
+    );
+}

@@ -60,7 +60,7 @@ fn subscribe_fields(o: &Object, s: &warren_protocol::Subscribe) {
 
 /// The codec of the wasm build: `JSON.stringify` / `JSON.parse`. It keeps the client's
 /// stream positions (the [`Codec`] contract) in a JavaScript object shaped as a
-/// `hello` names them (`{position, positions: {<channel>: n}}`), updated by [`parse`]
+/// `hello` names them (`{position, positions: {<channel>: n}}`), updated by [`record`]
 /// from each frame decoded and copied into a resuming `hello`: smaller in the wasm
 /// than the same in Rust.
 #[derive(Debug, Clone)]
@@ -166,8 +166,7 @@ impl Codec for JsCodec {
             message,
             id: None,
         };
-        // Parsed and its stream position recorded in one call (`parse`).
-        let v = parse(&self.positions, text);
+        let v = parse(text);
         if v.is_undefined() {
             return Err(fail(ErrorCode::Malformed, "a frame is not JSON".into()));
         }
@@ -178,12 +177,16 @@ impl Codec for JsCodec {
                 concat(&["unknown frame type `", &kind, "`"]),
             ));
         }
-        decode_fields(&kind, v).ok_or_else(|| {
-            fail(
-                ErrorCode::Invalid,
-                concat(&["`", &kind, "` frame with missing or mistyped fields"]),
-            )
-        })
+        // Only a frame that decoded counts: a refused `deliver` never reached the app,
+        // so a resume must not skip it.
+        decode_fields(&kind, &v)
+            .inspect(|_| record(&self.positions, &v))
+            .ok_or_else(|| {
+                fail(
+                    ErrorCode::Invalid,
+                    concat(&["`", &kind, "` frame with missing or mistyped fields"]),
+                )
+            })
     }
 
     fn token_expiry_ms(&self, token: &str, now: u64) -> Option<u64> {
@@ -193,16 +196,14 @@ impl Codec for JsCodec {
 }
 
 #[wasm_bindgen(inline_js = r#"
-export function parse(o, t) {
-  try {
-    var v = JSON.parse(t), p = v.position, s = v.stream, k = "position";
-    if (v.type == "welcome") v.resumed || (o[k] = p, o.positions = v.positions);
-    else if (p >= 0) {
-      if (s) o = o.positions = o.positions || {}, k = s;
-      o[k] >= p || (o[k] = p);
-    }
-  } catch (_) {}
-  return v;
+export function parse(t) { try { return JSON.parse(t); } catch (_) {} }
+export function record(o, v) {
+  var p = v.position, s = v.stream, k = "position";
+  if (v.type == "welcome") v.resumed || (o[k] = p, o.positions = v.positions);
+  else if (p >= 0) {
+    if (s) o = o.positions = o.positions || {}, k = s;
+    o[k] >= p || (o[k] = p);
+  }
 }
 export function stringify(f, p) {
   try { return JSON.stringify(Object.assign(f, p)); } catch (_) {}
@@ -215,13 +216,13 @@ export function tokenExp(t, n) {
 }
 "#)]
 extern "C" {
-    /// `JSON.parse(text)` (`undefined` when it is not JSON), recording the stream
-    /// position the frame carries in `positions` (`{position, positions}`, as a
-    /// `hello` names them): the newest of each stream counts; a welcome that did not
-    /// resume starts over from its own. (A
-    /// frame that is `null` or another non-object value records nothing: reading its
-    /// fields throws, and it is then refused as an unknown frame type.)
-    fn parse(positions: &Object, text: &str) -> JsValue;
+    /// `JSON.parse(text)` (`undefined` when it is not JSON).
+    fn parse(text: &str) -> JsValue;
+    /// Records the stream position a decoded `frame` carries in `positions`
+    /// (`{position, positions}`, as a `hello` names them): the newest of each stream
+    /// counts; a welcome that did not resume starts over from its own. Called only
+    /// for frames that decoded (a refused one records nothing).
+    fn record(positions: &Object, frame: &JsValue);
     /// `JSON.stringify(frame)` with the fields of `extra` (`undefined`: none) added;
     /// `undefined` when it cannot be written as JSON (a `BigInt`, a cycle).
     fn stringify(frame: &Object, extra: &JsValue) -> JsValue;
@@ -246,15 +247,15 @@ fn number_of(v: &JsValue, key: &str) -> Option<u64> {
 
 /// Reads the fields of a server frame of type `kind`; `None` when a required field is
 /// missing or mistyped (optional ones fall back to their defaults).
-fn decode_fields(kind: &str, v: JsValue) -> Option<ServerFrame<Js>> {
-    let s = |key| text_of(&v, key);
-    let n = |key| number_of(&v, key);
+fn decode_fields(kind: &str, v: &JsValue) -> Option<ServerFrame<Js>> {
+    let s = |key| text_of(v, key);
+    let n = |key| number_of(v, key);
     Some(match kind {
         "welcome" => {
-            let limits = get(&v, "limits");
+            let limits = get(v, "limits");
             ServerFrame::Welcome(Welcome {
                 session: s("session")?,
-                resumed: get(&v, "resumed").as_bool().unwrap_or(false),
+                resumed: get(v, "resumed").as_bool().unwrap_or(false),
                 user: s("user").unwrap_or_default(),
                 heartbeat_ms: n("heartbeat_ms").unwrap_or(0),
                 limits: Limits {
@@ -265,14 +266,14 @@ fn decode_fields(kind: &str, v: JsValue) -> Option<ServerFrame<Js>> {
                 },
                 notice: s("notice").map(|c| ErrorCode::parse(&c)),
                 // Not read by the SDK, so not decoded (the wasm is smaller): `node`
-                // and `protocol`, and the positions, which the codec keeps (`parse`).
+                // and `protocol`, and the positions, which the codec keeps (`record`).
                 node: String::new(),
                 protocol: 1,
                 position: None,
                 positions: Positions::new(),
             })
         }
-        // Its position, if any, the codec recorded (`parse`).
+        // Its position, if any, the codec records (`record`).
         "ack" => ServerFrame::Ack(Ack {
             id: s("id")?,
             ..Ack::default()
@@ -301,8 +302,8 @@ fn decode_fields(kind: &str, v: JsValue) -> Option<ServerFrame<Js>> {
             channel: s("channel")?,
             routing_key: s("routing_key")?,
             // Absent or not an array of strings: none.
-            keys: str_array(&v, "keys").unwrap_or_default(),
-            redelivered: get(&v, "redelivered").as_bool().unwrap_or(false),
+            keys: str_array(v, "keys").unwrap_or_default(),
+            redelivered: get(v, "redelivered").as_bool().unwrap_or(false),
             headers: Headers::new(),
             message: Js(v.clone()),
         }),
