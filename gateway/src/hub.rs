@@ -1519,6 +1519,22 @@ mod tests {
         )
     }
 
+    /// What `conn` catches up from `from`, 16 at a time, until it is live again (the
+    /// ring must hold it all).
+    fn catch_up_from_ring(hub: &Hub, conn: u64, mut from: u64) -> Vec<u64> {
+        let mut got = Vec::new();
+        loop {
+            match hub.catch_up(conn, from, 16) {
+                CatchUp::Batch(ms, next) => {
+                    got.extend(ms.iter().map(|m| m.offset));
+                    from = next;
+                }
+                CatchUp::Live => return got,
+                other => panic!("the ring holds everything: {other:?}"),
+            }
+        }
+    }
+
     fn keys(k: &[&str]) -> Vec<String> {
         k.iter().map(|s| s.to_string()).collect()
     }
@@ -1705,18 +1721,7 @@ mod tests {
         for i in 10..100 {
             hub.publish(msg(i, "chat.all"));
         }
-        let mut got = Vec::new();
-        let mut from = 0;
-        loop {
-            match hub.catch_up(1, from, 16) {
-                CatchUp::Batch(ms, next) => {
-                    got.extend(ms.iter().map(|m| m.offset));
-                    from = next;
-                }
-                CatchUp::Live => break,
-                other => panic!("the ring holds everything: {other:?}"),
-            }
-        }
+        let got = catch_up_from_ring(&hub, 1, 0);
         assert_eq!(got, (0..100).collect::<Vec<_>>(), "none skipped");
     }
 
@@ -1789,19 +1794,7 @@ mod tests {
         }
         let mut got = offsets(&a.inbox);
         assert_eq!(got.len(), LIVE_BACKLOG, "the inbox holds its bound");
-        let mut from = got.last().unwrap() + 1;
-        loop {
-            match hub.catch_up(1, from, 16) {
-                CatchUp::Batch(ms, next) => {
-                    got.extend(ms.iter().map(|m| m.offset));
-                    from = next;
-                }
-                CatchUp::Live => break,
-                CatchUp::Behind { .. } | CatchUp::Replaced | CatchUp::Missed { .. } => {
-                    panic!("the ring holds everything")
-                }
-            }
-        }
+        got.extend(catch_up_from_ring(&hub, 1, got.last().unwrap() + 1));
         hub.publish(msg(total, "chat.all"));
         got.extend(offsets(&a.inbox));
         assert_eq!(got, (0..=total).collect::<Vec<_>>());
