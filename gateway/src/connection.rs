@@ -35,13 +35,13 @@ use crate::metrics;
 use crate::outbound::{Event, Outbound, Step};
 use crate::presence::PresenceEvent;
 use crate::server::{Shared, Upgrade};
+use crate::session::{self, Inflight, Subscriptions, Takeover, TakeoverSignal};
+use crate::session_core::{self as core_, Clock, Due, Errors, Origin, Phase, Resume};
+use crate::socket::{Received, Socket, SocketError};
 
 /// How long a `hello` opening a new session waits for a hub that has not read its
 /// stream's tail yet (see [`Conn`]'s `hello`).
 const NEW_SESSION_READY_WAIT: Duration = Duration::from_secs(2);
-use crate::session::{self, Inflight, Subscriptions, Takeover, TakeoverSignal};
-use crate::session_core::{self as core_, Clock, Due, Errors, Origin, Phase, Resume};
-use crate::socket::{Received, Socket, SocketError};
 
 /// What a frame handler tells the loop.
 enum Flow {
@@ -839,7 +839,6 @@ impl Conn {
         // channel stream is joined only by a session subscribed to its channel.
         let tenant = inbound::tenant_of(&self.shared.config, &identity);
         let mut streams = Vec::new();
-        let mut heads = Vec::new();
         for (source, checked) in self.shared.streams.all().iter().zip(checked) {
             let position = match &source.channel {
                 None => hello.position,
@@ -847,7 +846,6 @@ impl Conn {
                     hello.positions.get(channel)
                 }
                 Some(_) => {
-                    heads.push((source.channel.clone(), source.hub.head()));
                     streams.push(None);
                     continue;
                 }
@@ -858,7 +856,6 @@ impl Conn {
                     .hub
                     .join_checked(self.id, &id, tenant, resume_at, Some(checked));
             tracing::debug!(conn = self.id, stream = %source.name, from = ?resume_at, "joined");
-            heads.push((source.channel.clone(), head));
             streams.push(Some(Outbound::new(
                 source.clone(),
                 member,
@@ -905,10 +902,9 @@ impl Conn {
             Vec::new()
         } else {
             let streams = self.shared.streams.all();
-            heads
-                .into_iter()
-                .zip(streams.iter())
-                .map(|((channel, _), source)| (channel, source.hub.head()))
+            streams
+                .iter()
+                .map(|source| (source.channel.clone(), source.hub.head()))
                 .collect()
         };
         let heads = heads.into_iter();
