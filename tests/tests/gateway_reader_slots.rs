@@ -140,11 +140,21 @@ async fn a_client_that_stops_acknowledging_gives_up_its_reader_slot() {
         let mut b = TestClient::connect(&gw.url()).await;
         b.subscribe(s.clone()).await;
         let b_hello = away(b, &s);
+        // A live subscriber shows when the gateway has read what is published: a's
+        // session must begin after all of it (on a busy machine the hub could still be
+        // 20 and more behind, and a's position with it).
+        let mut observer = TestClient::connect(&gw.url()).await;
+        observer.subscribe(s.clone()).await;
         let n = 100;
         for i in 0..n {
             env.publish_out("chat.all", &format!("m{i}"), &i.to_string())
                 .await;
         }
+        for _ in 0..n {
+            let d = observer.expect_deliver().await;
+            observer.ack_deliveries(d.seq).await;
+        }
+        observer.close().await;
         let mut a = TestClient::connect(&gw.url()).await;
         a.subscribe(s.clone()).await;
         let a_hello = away(a, &s);
