@@ -39,9 +39,10 @@ use crate::session::{self, Inflight, Subscriptions, Takeover, TakeoverSignal};
 use crate::session_core::{self as core_, Clock, Due, Errors, Origin, Phase, Resume};
 use crate::socket::{Received, Socket, SocketError};
 
-/// How long a `hello` opening a new session waits for a hub that has not read its
-/// stream's tail yet (see [`Conn`]'s `hello`).
-const NEW_SESSION_READY_WAIT: Duration = Duration::from_secs(2);
+/// How long a session starting in a stream (a `hello` opening a new session, a first
+/// subscription to a channel with a stream of its own) waits for a hub that has not
+/// read the stream's tail yet (see [`Conn`]'s `hello` and `join_wait`).
+const HUB_READY_WAIT: Duration = Duration::from_secs(2);
 
 /// What a frame handler tells the loop.
 enum Flow {
@@ -831,7 +832,7 @@ impl Conn {
         // though it came before it.
         if !resumed {
             for source in self.shared.streams.all().iter() {
-                source.hub.wait_ready(NEW_SESSION_READY_WAIT).await;
+                source.hub.wait_ready(HUB_READY_WAIT).await;
             }
         }
         // A resume without a position (the stream was empty when the session opened)
@@ -1621,6 +1622,9 @@ impl Conn {
         if self.session.is_none() {
             return Flow::Continue;
         }
+        if on {
+            self.join_wait([s.channel.as_str()]).await;
+        }
         let applied = self.apply_subscription(&s, on);
         self.subscriptions_changed();
         match applied {
@@ -1657,6 +1661,32 @@ impl Conn {
         match core_::subscription_keys(&self.shared.config, pinned, s, &anyone) {
             Ok(keys) => core_::excused_as_revoked(&mut self.revoked, &keys),
             Err(_) => false,
+        }
+    }
+
+    /// Before a first subscription to a channel with a stream of its own, which joins
+    /// that stream live after its newest message: waits a while for a hub that has not
+    /// read the stream's tail yet, as a new session's `hello` does. Without it the
+    /// subscription had no position (a resume replayed the whole stream), and the tail
+    /// the hub read next reached the session though it came before it.
+    async fn join_wait<'c>(&mut self, channels: impl IntoIterator<Item = &'c str>) {
+        let Some(session) = &self.session else {
+            return;
+        };
+        let unjoined: Vec<_> = channels
+            .into_iter()
+            .filter_map(|channel| {
+                let all = self.shared.streams.all().iter().enumerate();
+                all.into_iter()
+                    .find(|(i, source)| {
+                        source.channel.as_deref() == Some(channel)
+                            && session.streams.get(*i).is_some_and(Option::is_none)
+                    })
+                    .map(|(_, source)| source.clone())
+            })
+            .collect();
+        for source in unjoined {
+            source.hub.wait_ready(HUB_READY_WAIT).await;
         }
     }
 
@@ -1806,8 +1836,12 @@ impl Conn {
                 if self.session.is_none() {
                     return Flow::Continue;
                 }
-                let refused = core_::poc_subscriptions(&p, &id)
-                    .find_map(|s| self.apply_subscription(&s, true).err());
+                let subs: Vec<_> = core_::poc_subscriptions(&p, &id).collect();
+                self.join_wait(subs.iter().map(|s| s.channel.as_str()))
+                    .await;
+                let refused = subs
+                    .iter()
+                    .find_map(|s| self.apply_subscription(s, true).err());
                 if let Some(r) = refused {
                     self.subscriptions_changed();
                     return self.refuse(Some(id), r).await;

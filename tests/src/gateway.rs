@@ -30,6 +30,18 @@ pub fn test_config(env: &TestEnv) -> Config {
     }
 }
 
+/// A configuration tweak: `voice` keeps its messages for an hour, in a stream of its
+/// own (a channel stream).
+pub fn voice_for_an_hour(c: &mut Config) {
+    c.channel_options.insert(
+        "voice".into(),
+        warren_gateway::config::ChannelOptions {
+            stream_max_age: Some("1h".into()),
+            ..Default::default()
+        },
+    );
+}
+
 /// A running test gateway.
 pub struct TestGateway {
     gateway: Option<Gateway>,

@@ -11,23 +11,12 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use warren_e2e::client::{sub, TestClient};
 use warren_e2e::env::{amqp_addr, TestEnv};
-use warren_e2e::gateway::{management_url, topology_cli, TestGateway};
+use warren_e2e::gateway::{management_url, topology_cli, voice_for_an_hour, TestGateway};
 use warren_e2e::load::read_stream_ids;
-use warren_gateway::config::{ChannelOptions, Config};
+use warren_gateway::config::ChannelOptions;
 use warren_protocol::{Deliver, ErrorCode, Hello, Positions, ServerFrame};
 
 const LIMIT: Duration = Duration::from_secs(90);
-
-/// `voice` keeps its messages for an hour, in a stream of its own.
-fn voice_for_an_hour(c: &mut Config) {
-    c.channel_options.insert(
-        "voice".into(),
-        ChannelOptions {
-            stream_max_age: Some("1h".into()),
-            ..ChannelOptions::default()
-        },
-    );
-}
 
 /// A client on `url` subscribed to chat and voice, and what it got of one broadcast
 /// on each: its session, chat's delivery and voice's.

@@ -18,11 +18,11 @@ use lapin::types::ShortString;
 use lapin::BasicProperties;
 use warren_e2e::client::{sub, TestClient};
 use warren_e2e::env::{amqp_addr, TestEnv};
-use warren_e2e::gateway::TestGateway;
+use warren_e2e::gateway::{voice_for_an_hour, TestGateway};
 use warren_e2e::load::read_stream;
 use warren_gateway::fault::{HUB_READ_DELAY_MS, HUB_RESTART_DELAY_MS};
 use warren_protocol::amqp::keys;
-use warren_protocol::{ErrorCode, Hello};
+use warren_protocol::{ClientFrame, ErrorCode, Hello, ServerFrame};
 
 const LIMIT: Duration = Duration::from_secs(60);
 /// How long the hub takes over each message, and waits before it looks at the stream
@@ -128,20 +128,31 @@ async fn resumes_ahead_of_the_hub_are_not_refused_on_a_look_taken_for_another() 
 }
 
 /// Publishes `n` chat broadcasts (message ids `<prefix><i>`) to the test's empty
-/// stream one at a time, each confirmed: each its own chunk, so the last chunk holds
-/// only the last message. Returns their positions.
+/// outbound stream one at a time, each confirmed: each its own chunk, so the last
+/// chunk holds only the last message. Returns their positions.
 async fn chunk_by_chunk(env: &TestEnv, prefix: &str, n: usize) -> Vec<u64> {
+    chunk_by_chunk_in(env, "chat", &env.names.outbound_stream(), prefix, n).await
+}
+
+/// As [`chunk_by_chunk`], broadcasts on `channel`, whose messages `stream` keeps.
+async fn chunk_by_chunk_in(
+    env: &TestEnv,
+    channel: &str,
+    stream: &str,
+    prefix: &str,
+    n: usize,
+) -> Vec<u64> {
     for i in 0..n {
-        env.publish_out("chat.all", &format!("{prefix}{i}"), &i.to_string())
-            .await;
+        env.publish_out(
+            &format!("{channel}.all"),
+            &format!("{prefix}{i}"),
+            &i.to_string(),
+        )
+        .await;
     }
-    let seen = read_stream(
-        &amqp_addr(),
-        &env.names.outbound_stream(),
-        Duration::from_millis(500),
-    )
-    .await
-    .expect("read the outbound stream");
+    let seen = read_stream(&amqp_addr(), stream, Duration::from_millis(500))
+        .await
+        .expect("read the outbound stream");
     assert_eq!(seen.len(), n, "the stream holds the {n} broadcasts");
     seen.into_iter()
         .map(|(p, _)| p.expect("a stream message carries its position"))
@@ -203,6 +214,47 @@ async fn a_new_session_before_the_hub_read_the_tail_starts_after_it() {
         let mut c = TestClient::connect(&gw.url()).await;
         assert_eq!(c.welcome().position, Some(last), "{:?}", c.welcome());
         c.subscribe(sub("all", "chat")).await;
+        c.expect_no_deliver(Duration::from_secs(2)).await;
+        c.close().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+/// A first subscription to a channel with a stream of its own, on a gateway whose hub
+/// of that stream has not read its tail yet, waits for it a while, as a new session
+/// does: its `ack` names the tail, and the tail, which came before the subscription,
+/// is not delivered. (It had no position, so a resume replayed the whole stream, and
+/// the tail reached the session when the hub read it.)
+#[tokio::test]
+async fn a_first_subscription_to_a_channel_stream_before_its_hub_read_the_tail_starts_after_it() {
+    hold_hubs();
+    TestEnv::run("tail-look-chan", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, voice_for_an_hour).await;
+        let c = TestClient::connect(&gw.url()).await;
+        let resume = c.resume_hello();
+        c.close().await;
+        gw.shutdown().await;
+        let voice = env.names.channel_stream("voice");
+        let last = chunk_by_chunk_in(env, "voice", &voice, "v", 3).await[2];
+
+        // Serves after 3 s without its hubs ready; they read the tails 5 s in. A resume
+        // does not wait for them; its first voice subscription does.
+        let gw = TestGateway::start_with(env, voice_for_an_hour).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut c = TestClient::connect_with(&gw.url(), resume).await;
+        c.send(&ClientFrame::Subscribe(sub("v", "voice"))).await;
+        let ack = c
+            .expect("ack v", |f| match f {
+                ServerFrame::Ack(a) if a.id == "v" => Some(a.clone()),
+                _ => None,
+            })
+            .await;
+        assert_eq!(
+            (ack.position, ack.stream.as_deref()),
+            (Some(last), Some("voice")),
+            "{ack:?}"
+        );
         c.expect_no_deliver(Duration::from_secs(2)).await;
         c.close().await;
         gw.shutdown().await;
