@@ -106,11 +106,16 @@ impl ServiceView {
         self.instances.retain(|_, e| alive(e, now));
     }
 
-    /// Whether a live instance consumes `channel`.
-    pub fn serves(&self, channel: &str, now: Instant) -> bool {
-        self.instances
-            .values()
-            .any(|e| alive(e, now) && e.announcement.channels.iter().any(|c| c == channel))
+    /// Whether a live instance consumes `queue` of `channel`: one that announces the
+    /// channel and, when it names its queues, that queue (a worker of one tenant does
+    /// not answer for another's).
+    pub fn serves(&self, channel: &str, queue: &str, now: Instant) -> bool {
+        self.instances.values().any(|e| {
+            let a = &e.announcement;
+            alive(e, now)
+                && a.channels.iter().any(|c| c == channel)
+                && (a.queues.is_empty() || a.queues.iter().any(|q| q == queue))
+        })
     }
 
     /// The live instances by service name, sorted.
@@ -170,8 +175,8 @@ impl Services {
             .live(Instant::now())
     }
 
-    /// Whether anything can answer on `channel`: a live instance in the registry, or
-    /// else a consumer on `queue` (a broker that cannot be asked counts as yes: the
+    /// Whether anything can answer on `channel` through `queue`: a live instance in
+    /// the registry ([`ServiceView::serves`]), or else a consumer on `queue` (a broker that cannot be asked counts as yes: the
     /// publish itself then reports what is wrong).
     pub async fn answerable(&self, broker: &Arc<Broker>, channel: &str, queue: &str) -> bool {
         let now = Instant::now();
@@ -179,7 +184,7 @@ impl Services {
             .view
             .lock()
             .expect("service view lock")
-            .serves(channel, now)
+            .serves(channel, queue, now)
         {
             return true;
         }
@@ -277,6 +282,7 @@ mod tests {
             name: "tickets".into(),
             instance: instance.into(),
             channels: channels.iter().map(|c| c.to_string()).collect(),
+            queues: Vec::new(),
             version: "1".into(),
             interval_ms: 1_000,
         }
@@ -309,15 +315,40 @@ mod tests {
     fn an_instance_serves_its_channels_until_it_leaves() {
         let t0 = Instant::now();
         let mut v = ServiceView::default();
-        assert!(!v.serves("tickets", t0));
+        assert!(!v.serves("tickets", "IN_TICKETS", t0));
         v.apply(ann(AnnounceEvent::Join, "a", &["tickets", "chat"]), t0);
         v.apply(ann(AnnounceEvent::Join, "b", &["tickets"]), t0);
-        assert!(v.serves("tickets", t0) && v.serves("chat", t0));
-        assert!(!v.serves("voice", t0));
+        assert!(v.serves("tickets", "IN_TICKETS", t0) && v.serves("chat", "IN_CHAT", t0));
+        assert!(!v.serves("voice", "IN_VOICE", t0));
         v.apply(ann(AnnounceEvent::Leave, "a", &[]), t0);
-        assert!(!v.serves("chat", t0), "a leave removes at once");
-        assert!(v.serves("tickets", t0), "b still serves tickets");
+        assert!(!v.serves("chat", "IN_CHAT", t0), "a leave removes at once");
+        assert!(
+            v.serves("tickets", "IN_TICKETS", t0),
+            "b still serves tickets"
+        );
         assert_eq!(v.live(t0)["tickets"].len(), 1);
+    }
+
+    #[test]
+    fn an_instance_naming_its_queues_serves_only_those() {
+        let t0 = Instant::now();
+        let mut v = ServiceView::default();
+        let mut acme = ann(AnnounceEvent::Join, "acme-worker", &["scan"]);
+        acme.queues = vec!["IN_SCAN.acme.delta".into(), "IN_SCAN.acme.full".into()];
+        v.apply(acme, t0);
+        assert!(v.serves("scan", "IN_SCAN.acme.delta", t0));
+        assert!(v.serves("scan", "IN_SCAN.acme.full", t0));
+        assert!(
+            !v.serves("scan", "IN_SCAN.acme", t0),
+            "not its general queue"
+        );
+        assert!(
+            !v.serves("scan", "IN_SCAN.globex.delta", t0),
+            "not another tenant's"
+        );
+        // One that names none answers for every queue of its channels.
+        v.apply(ann(AnnounceEvent::Join, "any", &["scan"]), t0);
+        assert!(v.serves("scan", "IN_SCAN.globex.delta", t0));
     }
 
     #[test]
@@ -330,8 +361,12 @@ mod tests {
             t0 + Duration::from_millis(900),
         );
         let live_until = t0 + Duration::from_millis(900 + 3_000);
-        assert!(v.serves("tickets", live_until - Duration::from_millis(1)));
-        assert!(!v.serves("tickets", live_until));
+        assert!(v.serves(
+            "tickets",
+            "IN_TICKETS",
+            live_until - Duration::from_millis(1)
+        ));
+        assert!(!v.serves("tickets", "IN_TICKETS", live_until));
         let l = v.live(t0 + Duration::from_millis(1_000));
         assert_eq!(l["tickets"][0].up_ms, 1_000);
         assert_eq!(l["tickets"][0].last_seen_ms, 100);

@@ -51,6 +51,12 @@ pub struct Announcement {
     /// The channels whose `IN_<CHANNEL>` queue the instance consumes.
     #[serde(default)]
     pub channels: Vec<String>,
+    /// The queues the instance consumes, when it names them: then it answers only
+    /// for those (a tenant's `IN_<CHANNEL>.<tenant>[.<type>]`, for one), not for every
+    /// queue of its channels. Absent (older libraries, hand-written announcements):
+    /// the channels alone say.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queues: Vec<String>,
     /// The service's version, free text.
     #[serde(default)]
     pub version: String,

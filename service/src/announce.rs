@@ -30,8 +30,10 @@ pub(crate) struct Announcer {
     instance: String,
     version: String,
     interval: Option<Duration>,
-    /// The channels the instance consumes; a change is announced with a `join`.
-    channels: watch::Sender<BTreeSet<String>>,
+    names: Names,
+    /// The queues the instance consumes, each with its channel; a change is announced
+    /// with a `join`.
+    consumed: watch::Sender<BTreeSet<(String, String)>>,
 }
 
 impl Announcer {
@@ -50,7 +52,8 @@ impl Announcer {
             // The field is public: zero, which `with_announce_interval` refuses,
             // turns announcing off here too (a zero period panicked the task).
             interval: config.announce_interval.filter(|d| !d.is_zero()),
-            channels: watch::Sender::new(BTreeSet::new()),
+            names: names.clone(),
+            consumed: watch::Sender::new(BTreeSet::new()),
         }
     }
 
@@ -65,10 +68,18 @@ impl Announcer {
         format!("{}-{}", config.app_id, &id[..12])
     }
 
-    /// Adds a consumed channel (announced at once with a `join`).
+    /// Adds a consumed channel, through its `IN_<CHANNEL>` queue (announced at once
+    /// with a `join`).
     pub(crate) fn add_channel(&self, channel: &str) {
-        self.channels
-            .send_if_modified(|set| set.insert(channel.to_string()));
+        self.add_queue(channel, &self.names.channel_queue(channel));
+    }
+
+    /// Adds a consumed queue of `channel` (a tenant's, for one; announced at once
+    /// with a `join`). Gateways take an instance that names its queues to answer
+    /// only for those: a worker of one tenant does not for another.
+    pub(crate) fn add_queue(&self, channel: &str, queue: &str) {
+        self.consumed
+            .send_if_modified(|set| set.insert((channel.to_string(), queue.to_string())));
     }
 
     /// Announces `join` now and whenever the channels change, `heartbeat` every
@@ -77,7 +88,7 @@ impl Announcer {
         let Some(interval) = self.interval else {
             return;
         };
-        let mut channels = self.channels.subscribe();
+        let mut channels = self.consumed.subscribe();
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut event = AnnounceEvent::Join;
@@ -104,13 +115,16 @@ impl Announcer {
         }
     }
 
-    /// The announcement of `event` with the instance's current channels.
+    /// The announcement of `event` with the instance's current channels and queues.
     pub(crate) fn announcement(&self, event: AnnounceEvent) -> Announcement {
+        let consumed = self.consumed.borrow();
+        let channels: BTreeSet<&String> = consumed.iter().map(|(c, _)| c).collect();
         Announcement {
             event,
             name: self.name.clone(),
             instance: self.instance.clone(),
-            channels: self.channels.borrow().iter().cloned().collect(),
+            channels: channels.into_iter().cloned().collect(),
+            queues: consumed.iter().map(|(_, q)| q.clone()).collect(),
             version: self.version.clone(),
             interval_ms: self.interval.map_or(0, |d| d.as_millis() as u64),
         }

@@ -297,7 +297,7 @@ impl Service {
         // request for it `no_service`.
         for queue in &queues {
             if let Some(channel) = self.names.channel_of_queue(queue) {
-                self.announcer.add_channel(&channel);
+                self.announcer.add_queue(&channel, queue);
             }
         }
         let deadline = crate::config::deadline_in(self.config.publish_timeout);

@@ -204,6 +204,7 @@ async fn an_instance_that_stops_announcing_is_gone_after_three_missed_heartbeats
             name: "voice-py".into(),
             instance: "voice-py-1".into(),
             channels: vec!["voice".into()],
+            queues: Vec::new(),
             version: "0.1".into(),
             interval_ms: 200,
         };

@@ -19,13 +19,13 @@ use lapin::ExchangeKind;
 use serde_json::json;
 use warren_e2e::client::{raw, sub, TestClient};
 use warren_e2e::env::{amqp_addr, TestEnv};
-use warren_e2e::gateway::{management_url, TestGateway};
+use warren_e2e::gateway::{http_get, management_url, TestGateway};
 use warren_e2e::jwt::{now, sign, SECRET};
 use warren_gateway::{AuthMode, Config, NoServiceMode, TenantOptions};
 use warren_protocol::amqp::{Names, QueueArg};
 use warren_protocol::tenants::{Tenant, TenantRouting};
 use warren_protocol::{ClientFrame, ErrorCode, Hello, Publish};
-use warren_service::{Context, HandlerError, Incoming, Outcome, Service, Targets};
+use warren_service::{Context, HandlerError, Incoming, Outcome, Service, ServiceConfig, Targets};
 
 const LIMIT: Duration = Duration::from_secs(90);
 /// How long a client waits to be sure nothing (more) arrives.
@@ -386,6 +386,122 @@ async fn per_type_queues_get_only_their_type_and_unrouted_writes_get_no_route() 
         for c in [anna, gus, ivan, nobody] {
             c.close().await;
         }
+        gw.shutdown().await;
+        delete_tenant_topology(env).await;
+    })
+    .await;
+}
+
+/// A type or a tenant taken out of the configuration is answered `no_route`, though
+/// its bindings stay on the broker (nothing unbinds them): nothing is acknowledged
+/// into a queue no worker reads any more.
+#[tokio::test]
+async fn a_type_or_tenant_taken_out_of_the_configuration_is_answered_no_route() {
+    TestEnv::run("tenant-removed", LIMIT, async |env| {
+        let no_check = |c: &mut Config| {
+            tenant_mode(c);
+            c.no_service = NoServiceMode::Off;
+        };
+        TestGateway::start_with(env, no_check)
+            .await
+            .shutdown()
+            .await;
+        // acme without its pdf queue, globex gone.
+        let gw = TestGateway::start_with(env, |c| {
+            no_check(c);
+            c.tenants.tenant.remove("globex");
+            if let Some(acme) = c.tenants.tenant.get_mut("acme") {
+                acme.types.clear();
+            }
+        })
+        .await;
+        let mut anna = login(&gw, "anna", Some("acme")).await;
+        let mut gus = login(&gw, "gus", Some("globex")).await;
+        publish_with(&mut anna, "a-pdf", ROUTED, &[("type", "pdf")]).await;
+        anna.expect_error_code(Some("a-pdf"), ErrorCode::NoRoute)
+            .await;
+        publish_with(&mut gus, "g-general", ROUTED, &[]).await;
+        gus.expect_error_code(Some("g-general"), ErrorCode::NoRoute)
+            .await;
+        // What is configured still goes through.
+        publish_with(&mut anna, "a-general", ROUTED, &[]).await;
+        anna.expect_ack("a-general").await;
+
+        let names = &env.names;
+        assert_eq!(
+            drain_ids(env, &names.tenant_queue(ROUTED, "acme", Some("pdf"))).await,
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            drain_ids(env, &names.tenant_queue(ROUTED, "globex", None)).await,
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            drain_ids(env, &names.tenant_queue(ROUTED, "acme", None)).await,
+            ["a-general"]
+        );
+        for c in [anna, gus] {
+            c.close().await;
+        }
+        gw.shutdown().await;
+        delete_tenant_topology(env).await;
+    })
+    .await;
+}
+
+/// A request nobody can answer for its tenant is refused `no_service` at once, though
+/// a worker of another tenant announces the channel: an instance names the queues it
+/// consumes in its announcements, and answers only for those.
+#[tokio::test]
+async fn a_worker_of_one_tenant_does_not_answer_for_another() {
+    TestEnv::run("tenant-no-service", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, tenant_mode).await;
+        let config =
+            ServiceConfig::default().with_announce_interval(Some(Duration::from_millis(500)));
+        let service = Service::connect_with(&amqp_addr(), env.names.clone(), config)
+            .await
+            .expect("the service connects");
+        service
+            .declare_tenants(&routing())
+            .await
+            .expect("the service declares the tenant topology");
+        let globex = env.names.tenant_queue(ROUTED, "globex", None);
+        service
+            .consume_queues(&[globex], |_ctx: Context, _m: Incoming| async move {
+                Outcome::json(&json!({ "ok": true }))
+                    .map_err(|e| HandlerError::Failed(e.to_string()))
+            })
+            .await
+            .expect("consume globex's queue");
+        // The gateway has the instance in its registry.
+        let listed = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let body = http_get(gw.health_addr(), "/services").await;
+            if body.contains(&format!("\"{ROUTED}\"")) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < listed, "never listed: {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        let mut gus = login(&gw, "gus", Some("globex")).await;
+        gus.request("g", ROUTED, Some(5_000), json!({})).await;
+        gus.expect_reply("g").await;
+        let mut anna = login(&gw, "anna", Some("acme")).await;
+        let asked = std::time::Instant::now();
+        anna.request("a", ROUTED, Some(5_000), json!({})).await;
+        let e = anna.expect_error(Some("a")).await;
+        assert_eq!(e.code, ErrorCode::NoService, "{e:?}");
+        assert!(
+            asked.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            asked.elapsed()
+        );
+
+        for c in [anna, gus] {
+            c.close().await;
+        }
+        let _ = service.stop().await;
         gw.shutdown().await;
         delete_tenant_topology(env).await;
     })
