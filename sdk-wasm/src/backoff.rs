@@ -1,8 +1,13 @@
 //! Full-jitter exponential backoff between reconnection attempts, in one small
 //! function (as centrifuge-js does): attempt `n` waits a random time in
-//! `min ..= min(max, min + min·2ⁿ)`.
+//! `min ..= min(max, min + base·2ⁿ)`, where `base` is `min` but at least
+//! [`GROWTH_FLOOR_MS`] (so that `min = 0` still backs off).
 
 use crate::rng::Rng;
+
+/// The smallest base of the growing window: with `min_ms` below it (`minDelayMs: 0`)
+/// the window still doubles from this, instead of staying `0·2ⁿ = 0` for ever.
+pub const GROWTH_FLOOR_MS: u64 = 100;
 
 /// Delay bounds for reconnection attempts, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +41,7 @@ impl Backoff {
     pub fn delay(&self, step: u32, rng: &mut Rng) -> u64 {
         let window = self
             .min_ms
+            .max(GROWTH_FLOOR_MS)
             .saturating_mul(1u64 << step.min(32))
             .min(self.max_ms);
         self.min_ms
@@ -80,6 +86,23 @@ mod tests {
         assert!(delays.len() > 50, "only {} distinct delays", delays.len());
         let spread = delays.last().unwrap() - delays.first().unwrap();
         assert!(spread > 4_000, "spread {spread}");
+    }
+
+    #[test]
+    fn backoff_with_a_minimum_of_zero_still_grows_with_the_step() {
+        let b = Backoff::new(0, 10_000);
+        let mut rng = Rng::new(7);
+        let worst = |step, rng: &mut Rng| (0..500).map(|_| b.delay(step, rng)).max().unwrap();
+        let (w0, w3, w6, w20) = (
+            worst(0, &mut rng),
+            worst(3, &mut rng),
+            worst(6, &mut rng),
+            worst(20, &mut rng),
+        );
+        assert!(w0 <= GROWTH_FLOOR_MS, "step 0: {w0}");
+        assert!(w3 > 4 * GROWTH_FLOOR_MS, "step 3 waits up to 800 ms: {w3}");
+        assert!(w6 > 4_000, "step 6 waits up to 6400 ms: {w6}");
+        assert!((9_000..=10_000).contains(&w20), "capped at max: {w20}");
     }
 
     #[test]

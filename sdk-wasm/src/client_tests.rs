@@ -2191,6 +2191,33 @@ fn a_failed_get_token_during_renewal_is_reported_and_retried() {
 }
 
 #[test]
+fn failed_renewals_with_a_minimum_delay_of_zero_back_off_instead_of_calling_get_token_in_a_loop() {
+    let mut config = Config::new(URLS.iter().map(|u| u.to_string()).collect());
+    config.fetch_token = true;
+    config.backoff = crate::Backoff::new(0, 10_000);
+    let mut h = Harness::with(config);
+    // A token of an hour: renewal at 45 min, then every getToken fails at once.
+    h.connect_with_token(3_601);
+    h.idle(2_700_000);
+    let mut asked = fetches(&h.take());
+    assert_eq!(asked.len(), 1, "the renewal asks getToken");
+    let mut calls = 0;
+    // One simulated second, with the timer firing every millisecond.
+    for _ in 0..1_000 {
+        for fetch in asked {
+            calls += 1;
+            h.core.on_token(fetch, Err("backend down".into()), h.now);
+        }
+        h.advance(1);
+        asked = fetches(&h.take());
+    }
+    assert!(
+        (2..=10).contains(&calls),
+        "{calls} getToken calls in one second of failing renewals"
+    );
+}
+
+#[test]
 fn a_close_with_token_expired_reconnects_with_a_fresh_token_from_get_token_and_resumes() {
     let mut h = Harness::with_get_token();
     h.connect_with_token(101);

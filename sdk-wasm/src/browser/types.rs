@@ -60,7 +60,11 @@ export interface ClientOptions {
    * event; the SDK tries again with the reconnect backoff. Used instead of `token`.
    */
   getToken?: () => Promise<string>;
-  /** Reconnection delays: full-jitter exponential backoff. Defaults: 250 ms / 10 000 ms. */
+  /**
+   * Reconnection (and failed `getToken`) delays: full-jitter exponential backoff, retry n
+   * waits min … min(max, min + base·2ⁿ) ms with base = max(minDelayMs, 100), so 0 still
+   * backs off. Defaults: 250 ms / 10 000 ms.
+   */
   reconnect?: { minDelayMs?: number; maxDelayMs?: number };
   /** Deadline of `write` acks and default deadline of `writeAndWait`. Default: 10 000 ms. */
   requestTimeoutMs?: number;
