@@ -41,9 +41,10 @@ enum Waiter {
     },
 }
 
-/// The calls in flight, by correlation id.
+/// The calls in flight, by correlation id, each with the generation of the channel
+/// its request went out on.
 struct Table {
-    calls: HashMap<String, Waiter>,
+    calls: HashMap<String, (u64, Waiter)>,
     swept: Instant,
 }
 
@@ -62,17 +63,28 @@ impl Table {
     fn forward(
         &mut self,
         id: String,
+        generation: u64,
         within: Duration,
         to: Box<dyn FnOnce(Delivery) + Send>,
         now: Instant,
     ) {
         if now.duration_since(self.swept) >= SWEEP_EVERY {
             self.calls
-                .retain(|_, w| !matches!(w, Waiter::Forward { until, .. } if *until <= now));
+                .retain(|_, (_, w)| !matches!(w, Waiter::Forward { until, .. } if *until <= now));
             self.swept = now;
         }
         let until = now + within;
-        self.calls.insert(id, Waiter::Forward { to, until });
+        self.calls
+            .insert(id, (generation, Waiter::Forward { to, until }));
+    }
+
+    /// The answer consumer of channel `generation` ended: no answer to a request that
+    /// went out on it can come any more. The [`Call`]s awaiting one are told at once
+    /// (their callers answer `broker_unavailable` instead of waiting out their
+    /// timeout); forwarded calls are swept at their deadline as before.
+    fn channel_ended(&mut self, generation: u64) {
+        self.calls
+            .retain(|_, (g, w)| *g != generation || !matches!(w, Waiter::Once(_)));
     }
 }
 
@@ -84,8 +96,10 @@ fn lock(waiting: &Waiting) -> std::sync::MutexGuard<'_, Table> {
 /// for their answers.
 pub(crate) struct DirectReply {
     broker: Arc<Broker>,
-    /// The channel, and when it was opened.
-    channel: tokio::sync::Mutex<Option<(Channel, Instant)>>,
+    /// The channel, when it was opened, and its generation (one more per channel
+    /// opened; channel ids are reused).
+    channel: tokio::sync::Mutex<Option<(Channel, Instant, u64)>>,
+    generations: std::sync::atomic::AtomicU64,
     waiting: Waiting,
 }
 
@@ -116,6 +130,7 @@ impl DirectReply {
         DirectReply {
             broker,
             channel: tokio::sync::Mutex::new(None),
+            generations: std::sync::atomic::AtomicU64::new(0),
             waiting: Arc::default(),
         }
     }
@@ -125,11 +140,11 @@ impl DirectReply {
     /// # Errors
     /// When the channel cannot be opened (RabbitMQ is unreachable).
     pub(crate) async fn begin(&self, id: String) -> Result<Call, String> {
-        let channel = self.channel().await?;
+        let (channel, generation) = self.channel().await?;
         let (tx, rx) = oneshot::channel();
         lock(&self.waiting)
             .calls
-            .insert(id.clone(), Waiter::Once(tx));
+            .insert(id.clone(), (generation, Waiter::Once(tx)));
         Ok(Call {
             _forget: Forget {
                 waiting: self.waiting.clone(),
@@ -155,8 +170,8 @@ impl DirectReply {
         within: Duration,
         to: impl FnOnce(Delivery) + Send + 'static,
     ) -> Result<Channel, String> {
-        let channel = self.channel().await?;
-        lock(&self.waiting).forward(id, within, Box::new(to), Instant::now());
+        let (channel, generation) = self.channel().await?;
+        lock(&self.waiting).forward(id, generation, within, Box::new(to), Instant::now());
         Ok(channel)
     }
 
@@ -174,13 +189,13 @@ impl DirectReply {
     /// ([`Broker::retire_publisher`](crate::broker::Broker::retire_publisher)).
     pub(crate) async fn retire(&self, channel: &Channel, linger: std::time::Duration) {
         let mut guard = self.channel.lock().await;
-        let keep = guard.as_ref().is_none_or(|(c, opened)| {
+        let keep = guard.as_ref().is_none_or(|(c, opened, _)| {
             c.id() != channel.id() || opened.elapsed() < NACKED_CHANNEL_MIN_AGE
         });
         if keep {
             return; // already replaced, or too young to tell
         }
-        let old = guard.take().map(|(c, _)| c);
+        let old = guard.take().map(|(c, _, _)| c);
         drop(guard);
         tracing::warn!(
             channel = channel.id(),
@@ -194,13 +209,13 @@ impl DirectReply {
         }
     }
 
-    /// The request/answer channel, opened (with its answer consumer) when missing or
-    /// dead.
-    async fn channel(&self) -> Result<Channel, String> {
+    /// The request/answer channel and its generation, opened (with its answer
+    /// consumer) when missing or dead.
+    async fn channel(&self) -> Result<(Channel, u64), String> {
         let mut guard = self.channel.lock().await;
-        if let Some((ch, _)) = guard.as_ref() {
+        if let Some((ch, _, generation)) = guard.as_ref() {
             if ch.status().connected() {
-                return Ok(ch.clone());
+                return Ok((ch.clone(), *generation));
             }
         }
         let ch = self.broker.scratch().await.map_err(|e| e.to_string())?;
@@ -220,6 +235,9 @@ impl DirectReply {
             .await
             .map_err(|e| e.to_string())?;
         let waiting = self.waiting.clone();
+        let generation = self
+            .generations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(async move {
             while let Some(Ok(d)) = answers.next().await {
                 let Some(id) = d.properties.correlation_id().as_ref() else {
@@ -227,17 +245,18 @@ impl DirectReply {
                 };
                 let waiter = lock(&waiting).calls.remove(id.as_str());
                 match waiter {
-                    Some(Waiter::Once(tx)) => {
+                    Some((_, Waiter::Once(tx))) => {
                         let _ = tx.send(d);
                     }
-                    Some(Waiter::Forward { to, .. }) => to(d),
+                    Some((_, Waiter::Forward { to, .. })) => to(d),
                     None => {}
                 }
             }
             tracing::debug!("direct reply-to consumer ended");
+            lock(&waiting).channel_ended(generation);
         });
-        *guard = Some((ch.clone(), Instant::now()));
-        Ok(ch)
+        *guard = Some((ch.clone(), Instant::now(), generation));
+        Ok((ch, generation))
     }
 }
 
@@ -266,18 +285,38 @@ mod tests {
             swept: start,
         };
         let ms = Duration::from_millis;
-        table.forward("short".into(), ms(100), Box::new(|_| {}), start);
-        table.forward("long".into(), ms(5_000), Box::new(|_| {}), start);
+        table.forward("short".into(), 0, ms(100), Box::new(|_| {}), start);
+        table.forward("long".into(), 0, ms(5_000), Box::new(|_| {}), start);
         let (tx, _rx) = oneshot::channel();
-        table.calls.insert("once".into(), Waiter::Once(tx));
+        table.calls.insert("once".into(), (0, Waiter::Once(tx)));
         // Not a second since the last sweep: nothing is swept yet.
-        table.forward("a".into(), ms(100), Box::new(|_| {}), start + ms(500));
+        table.forward("a".into(), 0, ms(100), Box::new(|_| {}), start + ms(500));
         assert_eq!(table.calls.len(), 4);
         // Past "short"'s and "a"'s deadlines and a second on: both go; a `Call`'s
         // entry stays (its guard removes it).
-        table.forward("b".into(), ms(100), Box::new(|_| {}), start + ms(1_000));
+        table.forward("b".into(), 0, ms(100), Box::new(|_| {}), start + ms(1_000));
         let mut left: Vec<&str> = table.calls.keys().map(String::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["b", "long", "once"]);
+    }
+
+    #[test]
+    fn the_calls_awaiting_an_answer_on_a_channel_that_ended_are_told_at_once() {
+        let now = Instant::now();
+        let mut table = Table::default();
+        let (old_tx, mut old_rx) = oneshot::channel();
+        let (new_tx, mut new_rx) = oneshot::channel();
+        table.calls.insert("old".into(), (1, Waiter::Once(old_tx)));
+        table.calls.insert("new".into(), (2, Waiter::Once(new_tx)));
+        let long = Duration::from_secs(5);
+        table.forward("forwarded".into(), 1, long, Box::new(|_| {}), now);
+        table.channel_ended(1);
+        assert!(old_rx
+            .try_recv()
+            .is_err_and(|e| e == oneshot::error::TryRecvError::Closed));
+        assert_eq!(new_rx.try_recv(), Err(oneshot::error::TryRecvError::Empty));
+        let mut left: Vec<&str> = table.calls.keys().map(String::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["forwarded", "new"]);
     }
 }

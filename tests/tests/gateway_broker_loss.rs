@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use warren_e2e::client::TestClient;
-use warren_e2e::env::{cannot_check, TestEnv};
-use warren_e2e::gateway::TestGateway;
+use warren_e2e::env::{cannot_check, next_delivery, TestEnv};
+use warren_e2e::gateway::{http_post, TestGateway};
 use warren_protocol::Subscribe;
 
 /// A client subscribed to the chat broadcast that received one message (`before`),
@@ -109,6 +109,56 @@ async fn with_the_outbound_stream_sessions_stay_connected_through_a_broker_conne
     c.expect_no_deliver(Duration::from_millis(400)).await;
     assert_eq!(c.close_code, None, "never closed");
     c.close().await;
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
+/// A `POST /request` waiting for its answer when the gateway loses its broker
+/// connections is answered `503 broker_unavailable` (retryable) at once, not `504`
+/// once its timeout passed: its answer could only have come on the lost channel.
+#[tokio::test]
+async fn an_http_request_awaiting_its_answer_when_the_connection_is_lost_gets_503_at_once() {
+    let env = TestEnv::new("broker-loss-http").await;
+    let gw = TestGateway::start_with(&env, |c| {
+        c.http_api.enabled = true;
+        c.http_api.api_keys = vec!["key".into()];
+    })
+    .await;
+    let addr = gw.gateway().http_api_addr().expect("the HTTP API is on");
+    // A consumer that never answers.
+    let mut stuck = env.consume_inbound("voice").await;
+    tokio::time::sleep(warren_gateway::services::CONSUMER_CHECK_TTL).await;
+    let call = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let body = br#"{"timeout_ms": 20000, "message": {"sdp": "x"}}"#;
+        let answer = http_post(addr, "/request/voice", Some("key"), body).await;
+        (answer, started.elapsed())
+    });
+    // The request is out: the service has it.
+    let _request = next_delivery(&mut stuck, Duration::from_secs(10)).await;
+    let node = gw.gateway().config().node.clone();
+    let closed = tokio::task::spawn_blocking(move || {
+        warren_e2e::rabbitmqctl::close_gateway_connections(&node)
+    })
+    .await
+    .unwrap();
+    if let Err(why) = closed {
+        cannot_check(
+            "gateway_broker_loss",
+            &format!("rabbitmqctl is not usable: {why}"),
+        );
+        call.abort();
+        gw.shutdown().await;
+        env.cleanup().await;
+        return;
+    }
+    let ((status, body), took) = call.await.unwrap();
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("broker_unavailable")),
+        "{body}"
+    );
+    assert!(took < Duration::from_secs(10), "answered after {took:?}");
     gw.shutdown().await;
     env.cleanup().await;
 }
