@@ -250,7 +250,7 @@ impl Message {
         // key again in `CC`, or a key twice, made it stop short and skip the rest).
         let mut seen = HashSet::new();
         keys.retain(|k| seen.insert(k.clone()));
-        let tenant = text_header(&properties, H_TENANT);
+        let tenant = tenant_of(&properties);
         Message {
             offset,
             exchange,
@@ -340,6 +340,17 @@ struct Member {
     /// The stream was replaced under it ([`Hub::reset`]): its positions name a stream
     /// that is gone, so it is ended ([`CatchUp::Replaced`]).
     replaced: bool,
+}
+
+/// The tenant a message names (`x-warren-tenant`, as text). A header that is not text
+/// names a tenant no session has: in tenant mode the message then reaches nobody
+/// (read as no header, it went to the sessions without a tenant).
+fn tenant_of(properties: &BasicProperties) -> Option<String> {
+    let named = properties
+        .headers()
+        .as_ref()
+        .is_some_and(|h| h.inner().contains_key(H_TENANT));
+    named.then(|| text_header(properties, H_TENANT).unwrap_or_else(|| "\0unreadable".into()))
 }
 
 impl Member {
@@ -1654,6 +1665,32 @@ mod tests {
         open.subscribe(1, &keys(&["chat.all"]));
         open.publish(tenant_msg(0, "chat.all", Some("globex")));
         assert_eq!(offsets(&any.inbox), vec![0]);
+    }
+
+    #[test]
+    fn in_tenant_mode_a_tenant_header_that_is_not_text_reaches_no_session_without_a_tenant() {
+        let hub = Hub::with_tenants(100, true);
+        let (acme, _) = hub.join_tenant(1, "s1", Some("acme"), None);
+        let (none, _) = hub.join_tenant(2, "s2", None, None);
+        for conn in 1..=2 {
+            hub.subscribe(conn, &keys(&["chat.all"]));
+        }
+        let with = |offset, value| {
+            let mut h = FieldTable::default();
+            h.insert(H_TENANT.into(), value);
+            Message::new(
+                offset,
+                "warren.out".into(),
+                "chat.all".into(),
+                BasicProperties::default().with_headers(h),
+                b"{}".to_vec(),
+            )
+        };
+        // Bytes are the tenant's name; a number names nobody's.
+        hub.publish(with(0, AMQPValue::ByteArray(b"acme".to_vec().into())));
+        hub.publish(with(1, AMQPValue::LongLongInt(7)));
+        assert_eq!(offsets(&acme.inbox), vec![0]);
+        assert_eq!(offsets(&none.inbox), Vec::<u64>::new());
     }
 
     #[test]

@@ -508,6 +508,41 @@ async fn a_worker_of_one_tenant_does_not_answer_for_another() {
     .await;
 }
 
+/// A service outside the library that sends its tenant header as bytes (Go's and
+/// Java's AMQP clients do for a byte slice) reaches that tenant's sessions, never the
+/// sessions without a tenant (the header was read as absent).
+#[tokio::test]
+async fn a_tenant_header_sent_as_bytes_reaches_that_tenant_only() {
+    TestEnv::run("tenant-bytes", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, tenant_mode).await;
+        let mut anna = login(&gw, "anna", Some("acme")).await;
+        let mut nobody = login(&gw, "nobody", None).await;
+        for c in [&mut anna, &mut nobody] {
+            c.subscribe(sub("s", "chat")).await;
+        }
+        let mut headers = FieldTable::default();
+        headers.insert(
+            warren_protocol::amqp::H_TENANT.into(),
+            AMQPValue::ByteArray(b"acme".to_vec().into()),
+        );
+        env.publish(
+            &env.names.outbound_exchange(),
+            "chat.all",
+            "as-bytes",
+            "{}",
+            headers,
+        )
+        .await;
+        assert_eq!(anna.expect_deliver().await.message_id, "as-bytes");
+        nobody.expect_no_deliver(QUIET).await;
+        for c in [anna, nobody] {
+            c.close().await;
+        }
+        gw.shutdown().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn with_auth_none_every_session_has_the_default_tenant() {
     TestEnv::run("tenant-default", LIMIT, async |env| {
