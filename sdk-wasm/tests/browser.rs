@@ -487,6 +487,40 @@ async fn write_and_wait_rejects_with_timeout_when_no_service_answers() {
     c.close();
 }
 
+/// The deadlines run on a monotonic clock: the wall clock stepping back a minute (NTP,
+/// the user, a VM restore) while a request waits does not keep it pending a minute more.
+/// No gateway answers (the stack's `silent` URL never completes a handshake), so only
+/// the SDK's own deadline can reject it.
+#[wasm_bindgen_test]
+async fn a_wall_clock_stepping_back_does_not_stretch_a_request_deadline() {
+    let silent = path(&stack(), &["silent"]).as_string().expect("silent URL");
+    let c = client(&format!(
+        r#"{{"urls": ["{silent}"], "handshakeTimeoutMs": 60000}}"#
+    ));
+    let _ = watch(&c.connect());
+    let pending = watch(&c.write_and_wait(
+        json(r#"{"channel": "silent", "message": {"clock": "back"}}"#),
+        Some(json(r#"{"timeoutMs": 500}"#).unchecked_into()),
+    ));
+    let started = js_sys::eval("performance.now()").unwrap().as_f64().unwrap();
+    js_sys::eval(
+        "globalThis.__dateNow = Date.now; Date.now = () => globalThis.__dateNow.call(Date) - 60000;",
+    )
+    .unwrap();
+    let settled = eventually(|| pending.borrow().is_some()).await;
+    let elapsed = js_sys::eval("performance.now()").unwrap().as_f64().unwrap() - started;
+    js_sys::eval("Date.now = globalThis.__dateNow;").unwrap();
+    assert!(settled, "still pending {elapsed} ms after a 500 ms timeout");
+    let err = pending
+        .borrow_mut()
+        .take()
+        .unwrap()
+        .expect_err("nobody answers on `silent`");
+    assert_eq!(code_of(&err), "timeout");
+    assert!(elapsed < 1_500.0, "rejected after {elapsed} ms");
+    c.close();
+}
+
 #[wasm_bindgen_test]
 async fn one_client_per_channel_port_serves_its_channel_and_refuses_others_locally() {
     let c = client(&format!(

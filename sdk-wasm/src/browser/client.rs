@@ -14,8 +14,8 @@ use super::codec::{Js, JsCodec};
 use super::error::{invalid, to_js};
 use super::object::{get, opt_bool, opt_str, opt_u64, req_str, set, str_array};
 use super::socket::{
-    deferred, emit_event, get_token, listen, listeners, log_error, Dispatch, Socket, Timer, CLOSE,
-    OPEN, TEXT, TICK, TOKEN, TOKEN_FAILED,
+    clock, deferred, emit_event, get_token, listen, listeners, log_error, Dispatch, Socket, Timer,
+    CLOSE, OPEN, TEXT, TICK, TOKEN, TOKEN_FAILED,
 };
 use super::types::{ClientOptions, EnvelopeJs, SubscribeOptionsJs, WaitOptionsJs};
 use crate::action::{Action, StateChange};
@@ -55,8 +55,9 @@ struct Shared {
     pumping: Cell<bool>,
 }
 
+/// The core's clock: monotonic, in milliseconds since the epoch (see [`clock`]).
 fn now() -> u64 {
-    js_sys::Date::now() as u64
+    clock() as u64
 }
 
 /// A Warren client: one session over one WebSocket at a time, moving along `urls` when

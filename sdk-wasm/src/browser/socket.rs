@@ -25,6 +25,7 @@ export function sendText(ws, text) { try { ws.send(text); } catch (_) {} }
 export function arm(ms, dispatch) { return setTimeout(() => dispatch(3, 0), ms); }
 export function disarm(id) { clearTimeout(id); }
 export function logError(e) { console.error(e); }
+export function clock() { return performance.timeOrigin + performance.now(); }
 export function listeners() { return { state: [], error: [], drain: [] }; }
 export function listen(l, name, f, on) {
   if (!Array.isArray(l[name])) return false;
@@ -76,6 +77,11 @@ extern "C" {
     /// `console.error(value)`.
     #[wasm_bindgen(js_name = logError)]
     pub fn log_error(value: &JsValue);
+
+    /// Milliseconds since the epoch on a monotonic clock (`performance.timeOrigin +
+    /// performance.now()`): unlike `Date.now()`, a step of the wall clock (NTP, the
+    /// user, a VM restore) neither stretches nor expires the client's deadlines.
+    pub fn clock() -> f64;
 }
 
 /// What a socket or the timer reports: `kind` ([`OPEN`], [`TEXT`], [`CLOSE`] or
