@@ -658,6 +658,29 @@ impl Broker {
         Ok(fresh)
     }
 
+    /// A fresh channel on the publishing connection for requests whose answers come
+    /// back on the same channel (direct reply-to). Not on the consuming connection:
+    /// during a resource alarm RabbitMQ stops reading a connection once it publishes,
+    /// and one request sent there stalled every stream reader of the gateway (their
+    /// acknowledgements went unread) until the alarm cleared.
+    ///
+    /// # Errors
+    /// [`GatewayError::Unavailable`] or [`GatewayError::Blocked`] when RabbitMQ cannot
+    /// take publishes within `broker_wait_ms`.
+    pub async fn request_channel(&self) -> Result<Channel, GatewayError> {
+        if self.blocked.load(Ordering::Acquire) {
+            self.wait_unblocked().await?;
+        }
+        let conn = {
+            let guard = self.healthy().await?;
+            let links = guard.as_ref().expect("healthy() leaves links in place");
+            links.publish_conn.clone()
+        };
+        conn.create_channel()
+            .await
+            .map_err(|e| GatewayError::amqp("channel.open", e))
+    }
+
     /// A fresh channel for one operation that may fail with a channel error (a passive
     /// declare of a queue that may be gone). The caller closes it.
     ///

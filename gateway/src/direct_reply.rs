@@ -218,7 +218,11 @@ impl DirectReply {
                 return Ok((ch.clone(), *generation));
             }
         }
-        let ch = self.broker.scratch().await.map_err(|e| e.to_string())?;
+        let ch = self
+            .broker
+            .request_channel()
+            .await
+            .map_err(|e| e.to_string())?;
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(|e| e.to_string())?;

@@ -428,7 +428,7 @@ async fn request(
     };
     let message = m.inbound(&id, &channel, Some(reply_to));
     // Sized against one frame like every other publish: RabbitMQ would close the
-    // consume connection the request goes out on (the hubs' stream readers with it).
+    // connection the request goes out on (every publish of the gateway with it).
     let prepared = inbound::checked(&shared, None, &sender, &message).await?;
     let call = shared
         .http_replies

@@ -7,7 +7,10 @@
 //! client's `publish` (`broker_unavailable` after the same 10 s). A WebSocket `request`
 //! made as the alarm starts waits for its confirm up to its own timeout instead: it is
 //! answered by its reply once the alarm clears, not refused while the reply may still
-//! come (a retry would run it twice).
+//! come (a retry would run it twice). A `POST /request` during the alarm does not stall
+//! the gateway's stream readers: a resume's backlog is read from the stream meanwhile
+//! (the request went out on the connection that reads the streams, which RabbitMQ then
+//! stopped reading).
 //!
 //! The gateway is made to act on `connection.blocked` seconds late
 //! (`warren_gateway::fault::BLOCKED_NOTICE_DELAY_MS`), so the publishes during the alarm
@@ -66,6 +69,8 @@ async fn run() {
         c.http_api.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         // Clients are not read while the alarm lasts: no heartbeat may close them.
         c.heartbeat_ms = 120_000;
+        // A resume past a few messages is read from the broker, not from memory.
+        c.hub_buffer_messages = 4;
     })
     .await;
     let addr = gw.gateway().http_api_addr().expect("the HTTP API is on");
@@ -85,6 +90,16 @@ async fn run() {
         .request("rq-before", "echo", Some(10_000), json!({"n": 0}))
         .await;
     asker.expect_reply("rq-before").await;
+    // A session that goes away before 20 broadcasts: its resume reads them from the
+    // stream (more than the gateway keeps in memory).
+    let late = TestClient::connect(&gw.url()).await;
+    let mut late_hello = late.resume_hello();
+    late_hello.subscriptions = vec![warren_e2e::client::sub("all", "chat")];
+    late.close().await;
+    for i in 0..20 {
+        let (status, answer, _) = post(addr, "/publish", broadcast(&format!("backlog-{i}"))).await;
+        assert_eq!(status, 202, "before the alarm: {answer}");
+    }
 
     // A memory alarm: RabbitMQ blocks every connection that publishes.
     cluster
@@ -125,6 +140,29 @@ async fn run() {
         .expect("POST /external is answered during the alarm")
     };
     let ((pong, pong_took, ws_answer, ws_took), first) = tokio::join!(ws_publish, http_publish);
+    // A `POST /request` during the alarm, then the resume: RabbitMQ stops reading a
+    // connection that publishes, and a request going out on the connection that reads
+    // the streams stalled every stream reader of the gateway until the alarm cleared.
+    let (status, answer, _) = post(
+        addr,
+        "/request/echo",
+        json!({"timeout_ms": 1_000, "message": {"n": 2}}),
+    )
+    .await;
+    println!("fault_gateway_alarm: POST /request during the alarm: {status}: {answer}");
+    let resumed = Instant::now();
+    let mut late = TestClient::connect_with(&gw.url(), late_hello).await;
+    let backlog = tokio::time::timeout(Duration::from_secs(10), late.expect_delivers(20)).await;
+    println!(
+        "fault_gateway_alarm: a resume's 20 messages read from the stream during the alarm: {:?} after {:?}",
+        backlog.as_ref().map(Vec::len),
+        resumed.elapsed()
+    );
+    let backlog = backlog.expect("a resume during the alarm is read from the stream");
+    let ids: Vec<String> = backlog.iter().map(|d| d.message_id.clone()).collect();
+    let want: Vec<String> = (0..20).map(|i| format!("http-api:backlog-{i}")).collect();
+    assert_eq!(ids, want);
+    late.close().await;
     println!("fault_gateway_alarm: a ping beside a publish during the alarm: after {pong_took:?}: {pong:?}");
     assert!(
         matches!(pong, Some(ServerFrame::Pong(_))),
