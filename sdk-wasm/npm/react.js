@@ -264,23 +264,20 @@ export function useSubscription(spec, handler) {
   const client = useStatus(entry).client;
   const handlerRef = useRef(handler);
   const key = spec == null ? null : JSON.stringify(spec);
-  const [status, setStatus] = useState(key === null ? IDLE : PENDING);
+  // The status with the spec and client it is about: a render after `spec` (or the
+  // client) changed returns `idle` / `pending`, never the previous spec's status (the
+  // effect that subscribes runs only after that render).
+  const [state, setState] = useState(null);
   // Before any effect of this commit, and in the same task as the commit: a delivery
   // never reaches the handler of an older render (a passive effect ran a task later).
   useInsertionEffect(() => {
     handlerRef.current = handler;
   });
   useEffect(() => {
-    // No spec: nothing is subscribed, and the status says so (not the last spec's).
-    if (key === null) {
-      setStatus(IDLE);
-      return undefined;
-    }
-    if (!client) {
-      setStatus(PENDING);
-      return undefined;
-    }
-    return acquireSubscription(client, key, (msg) => handlerRef.current(msg), setStatus, entry.closeDelayMs);
+    if (key === null || !client) return undefined;
+    const onStatus = (status) =>
+      setState((s) => (s?.key === key && s.client === client && s.status === status ? s : { key, client, status }));
+    return acquireSubscription(client, key, (msg) => handlerRef.current(msg), onStatus, entry.closeDelayMs);
   }, [client, key, entry]);
-  return status;
+  return key === null ? IDLE : state?.key === key && state.client === client ? state.status : PENDING;
 }

@@ -1,7 +1,8 @@
 // Opens the fresh app in headless Chromium and waits until the page shows `connected`
 // (the app writes the state of warren-sdk/react's useConnectionState into #status), and
 // checks the useSubscription statuses (#sub: pending, then active only once connected;
-// #refused: error with unknown_channel).
+// #refused: error with unknown_channel; #switching: a spec that changes never shows the
+// previous spec's status).
 // Fails on any HTTP error the page meets (e.g. a 403 for the .wasm from Vite's dev
 // server) and prints the page's console. Usage: node connect.mjs URL [TIMEOUT_MS]
 // A fresh profile each run. Run from the app's folder (playwright-core is one of its dev dependencies).
@@ -49,6 +50,23 @@ try {
   for (const selector of ['#sub[data-status="active"]', '#refused[data-status="error"]']) {
     await page.waitForSelector(selector, { state: "attached", timeout: timeoutMs }).catch(() => {});
   }
+  // A spec that changes: the first render after each change says `pending` (`idle` for
+  // null), never the previous spec's status; with spec null, always `idle`.
+  await page
+    .waitForSelector('#switching[data-spec="null"]', { state: "attached", timeout: timeoutMs })
+    .catch(() => {});
+  const renders = ((await page.getAttribute("#switching", "data-renders").catch(() => null)) ?? "")
+    .split(",")
+    .filter(Boolean);
+  if (!renders.some((r) => r.startsWith("null:"))) problems.push(`the switching spec never reached null (${renders})`);
+  renders.forEach((r, i) => {
+    const [spec, status] = r.split(":");
+    const changed = i === 0 || renders[i - 1].split(":")[0] !== spec;
+    if (spec === "null" ? status !== "idle" : changed && status !== "pending") {
+      problems.push(`useSubscription rendered ${r} (render ${i}: ${renders.join(",")})`);
+    }
+  });
+  console.log(`switching spec renders: ${renders.join(",")}`);
   const history = (await page.getAttribute("#sub", "data-history").catch(() => null)) ?? "";
   const refused = [
     await page.getAttribute("#refused", "data-status").catch(() => null),

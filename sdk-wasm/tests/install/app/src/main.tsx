@@ -29,6 +29,23 @@ function Sub({ id, channel }: { id: string; channel: string }) {
   return <p id={id} data-status={status} data-code={error?.code ?? ""} data-history={shown} />;
 }
 
+// useSubscription with a spec that changes (chat, then tickets, then null) each time the
+// last one became active: every render's `spec:status` goes into data-renders. The
+// first render after a change must say `pending` (`idle` for null), not the previous
+// spec's status.
+const renders: string[] = [];
+const SPECS = [{ channel: "chat" }, { channel: "tickets", topic: "ticket.*" }, null];
+function Switching() {
+  const [step, setStep] = useState(0);
+  const spec = SPECS[step];
+  const { status } = useSubscription(spec, () => {});
+  renders.push(`${spec?.channel ?? "null"}:${status}`);
+  useEffect(() => {
+    if (status === "active" && step < SPECS.length - 1) setStep(step + 1);
+  }, [status, step]);
+  return <p id="switching" data-spec={spec?.channel ?? "null"} data-renders={renders.join(",")} />;
+}
+
 // Both entry points' runtime exports resolve (the class the SDK throws is exported).
 if (typeof WarrenError !== "function") throw new Error("warren-sdk exports no WarrenError");
 const urls = (new URLSearchParams(location.search).get("urls") ?? "").split(",").filter(Boolean);
@@ -38,6 +55,7 @@ createRoot(document.getElementById("root")!).render(
       <Status />
       <Sub id="sub" channel="chat" />
       <Sub id="refused" channel="not_served_here" />
+      <Switching />
     </WarrenProvider>
   </StrictMode>,
 );
