@@ -66,6 +66,7 @@ function createEntry(key, options, closeDelayMs, external) {
   let refs = 0;
   let timer = null;
   let everConnected = false;
+  let started = false;
   let client = null;
   const e = {
     closeDelayMs,
@@ -90,6 +91,7 @@ function createEntry(key, options, closeDelayMs, external) {
   const onError = (err) => update({ lastError: toErrorInfo(err) });
   const onDrain = () => update({ lastError: { code: "drain", message: "gateway asked us to move", at: Date.now() } });
   const start = async () => {
+    started = true;
     client = external;
     if (!client) {
       update({ state: "loading" });
@@ -127,7 +129,12 @@ function createEntry(key, options, closeDelayMs, external) {
     refs++;
     clearTimeout(timer);
     timer = null;
-    if (refs == 1 && e.status.state == "idle") start();
+    if (refs == 1 && !started) {
+      // Committed after the sweep below dropped it (a long-suspended render): back in.
+      e.disposed = false;
+      if (!clients.get(key) || clients.get(key).disposed) clients.set(key, e);
+      start();
+    }
   };
   e.release = () => {
     if (--refs > 0 || timer) return;
@@ -136,6 +143,11 @@ function createEntry(key, options, closeDelayMs, external) {
       if (!refs) dispose();
     }, closeDelayMs);
   };
+  // Created during a render: one that never commits (SSR, a discarded Suspense or
+  // transition render) never acquires it, so it leaves the cache after `closeDelayMs`.
+  refs++;
+  e.release();
+  timer?.unref?.();
   return e;
 }
 
