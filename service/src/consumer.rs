@@ -722,7 +722,32 @@ where
     }
 }
 
-/// Publishes the message to the dead-letter exchange with the reason in headers.
+/// The most bytes of a reason a dead-lettered message carries in
+/// [`H_DEAD_REASON`]; a longer one is cut at a character boundary and marked
+/// ([`bounded_reason`]).
+pub const MAX_DEAD_REASON_BYTES: usize = 4096;
+
+/// `reason`, at most [`MAX_DEAD_REASON_BYTES`] bytes: a longer one is cut at a
+/// character boundary and ends with `… (truncated, <n> bytes in all)`. A handler's
+/// error may quote a whole message body; copied as it was into a header, it could pass
+/// the frame size, and the dead-letter publish was refused for good.
+pub(crate) fn bounded_reason(reason: &str) -> std::borrow::Cow<'_, str> {
+    if reason.len() <= MAX_DEAD_REASON_BYTES {
+        return std::borrow::Cow::Borrowed(reason);
+    }
+    let marker = format!("… (truncated, {} bytes in all)", reason.len());
+    let mut end = MAX_DEAD_REASON_BYTES.saturating_sub(marker.len());
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}{marker}", &reason[..end]))
+}
+
+/// Publishes the message to the dead-letter exchange with the reason (bounded:
+/// [`bounded_reason`]) in headers, and the message's own headers. When those make the
+/// publish too large for a frame ([`ServiceError::TooLarge`], which would never
+/// change), it is parked again with the dead-letter headers alone: a message that
+/// cannot be parked was handed back and handled again for ever.
 async fn dead_letter<H>(
     shared: &Shared<H>,
     routing_key: &str,
@@ -751,26 +776,44 @@ async fn dead_letter<H>(
             *declared = Some(epoch.generation);
         }
     }
-    let mut headers: FieldTable = properties.headers().clone().unwrap_or_default();
-    let text = |s: String| AMQPValue::LongString(LongString::from(s));
-    headers.insert(H_DEAD_REASON.into(), text(reason.to_string()));
-    headers.insert(H_DEAD_QUEUE.into(), text(shared.queue.clone()));
-    headers.insert(H_DEAD_ATTEMPTS.into(), AMQPValue::LongUInt(attempts));
-    // No expiration: the request may have had one, the parked copy must stay.
-    let properties = BasicProperties::default()
-        .with_headers(headers)
-        .with_delivery_mode(2)
-        .with_content_type(ShortString::from("application/json"))
-        .with_message_id(
-            properties
-                .message_id()
-                .clone()
-                .unwrap_or_else(|| ShortString::from(fresh_message_id())),
-        );
-    shared
+    let reason = bounded_reason(reason);
+    let message_id = properties
+        .message_id()
+        .clone()
+        .unwrap_or_else(|| ShortString::from(fresh_message_id()));
+    let parked = |headers: FieldTable| {
+        let mut headers = headers;
+        let text = |s: &str| AMQPValue::LongString(LongString::from(s));
+        headers.insert(H_DEAD_REASON.into(), text(&reason));
+        headers.insert(H_DEAD_QUEUE.into(), text(&shared.queue));
+        headers.insert(H_DEAD_ATTEMPTS.into(), AMQPValue::LongUInt(attempts));
+        // No expiration: the request may have had one, the parked copy must stay.
+        BasicProperties::default()
+            .with_headers(headers)
+            .with_delivery_mode(2)
+            .with_content_type(ShortString::from("application/json"))
+            .with_message_id(message_id.clone())
+    };
+    let exchange = names.dead_letter_exchange();
+    let full = parked(properties.headers().clone().unwrap_or_default());
+    match shared
         .publisher
-        .publish_confirmed(&names.dead_letter_exchange(), routing_key, body, properties)
+        .publish_confirmed(&exchange, routing_key, body, full)
         .await
+    {
+        Err(ServiceError::TooLarge { bytes, limit }) => {
+            warn!(
+                bytes,
+                limit,
+                "the message's headers are too large to park it with; parking it without them"
+            );
+            shared
+                .publisher
+                .publish_confirmed(&exchange, routing_key, body, parked(FieldTable::default()))
+                .await
+        }
+        other => other,
+    }
 }
 
 async fn ack(acker: &Acker) {
@@ -810,6 +853,21 @@ mod tests {
         let b = consumer_tag("warren-service", &queue);
         assert!(a.as_str().len() <= MAX_SHORT_STRING);
         assert_ne!(a, b, "the hash covers the UUID");
+    }
+
+    #[test]
+    fn a_long_dead_reason_is_cut_at_a_character_boundary_and_marked() {
+        assert_eq!(bounded_reason("short"), "short");
+        let exact = "a".repeat(MAX_DEAD_REASON_BYTES);
+        assert_eq!(bounded_reason(&exact), exact);
+        let long = "é".repeat(100_000);
+        let bounded = bounded_reason(&long);
+        assert!(bounded.len() <= MAX_DEAD_REASON_BYTES, "{}", bounded.len());
+        assert!(bounded.starts_with("éé"));
+        assert!(
+            bounded.ends_with("… (truncated, 200000 bytes in all)"),
+            "{bounded}"
+        );
     }
 
     #[tokio::test]

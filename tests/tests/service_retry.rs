@@ -341,3 +341,94 @@ async fn parked_within_15_s(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A handler whose error quotes the whole message (here a 40 KB body, about 200 KB of
+/// error text) fails `max_attempts` times: the message is parked in `warren.dead` with
+/// the reason cut short, the request is refused `internal`, and the handler ran
+/// `max_attempts` times. The reason went into a header whole, the dead-letter publish
+/// was too large for a frame, and the message was handed back and handled again every
+/// few seconds, for ever, its requester never answered.
+#[tokio::test]
+async fn a_message_whose_failure_reason_is_huge_is_still_dead_lettered() {
+    in_fresh_namespace(LIMIT, |ns| async move {
+        let config = ServiceConfig::default().with_max_attempts(2);
+        let names = Names::new(&ns);
+        let (service, calls) = counted_echo(&ns, config, |_, m: Incoming| async move {
+            Err::<Outcome, _>(HandlerError::Failed(format!(
+                "bad input {:?}",
+                m.body.to_vec()
+            )))
+        })
+        .await;
+        let mut gw = StandInGateway::connect(&ns, "alice").await;
+        let body = format!(r#"{{"pad":"{}"}}"#, "x".repeat(40 * 1024));
+        gw.send_request("echo", "r1", &body, Duration::from_secs(30))
+            .await;
+        let reply = gw.next_reply(Duration::from_secs(15)).await;
+        let reply = reply.unwrap_or_else(|| {
+            panic!(
+                "a reply within 15 s (handler called {} times)",
+                calls.load(Ordering::SeqCst)
+            )
+        });
+        assert_eq!(
+            reply.error.as_deref(),
+            Some("internal"),
+            "{:?}",
+            reply.headers
+        );
+        let parked = parked_within_15_s(&names, &calls).await;
+        assert_eq!(parked.data, body.as_bytes());
+        let headers = parked.properties.headers().clone().unwrap_or_default();
+        let reason = match headers.inner().get("x-warren-dead-reason") {
+            Some(lapin::types::AMQPValue::LongString(s)) => {
+                String::from_utf8_lossy(s.as_bytes()).into_owned()
+            }
+            other => format!("{other:?}"),
+        };
+        assert!(reason.starts_with("bad input ["), "{reason:.100}");
+        assert!(reason.len() <= 4096, "bounded: {} bytes", reason.len());
+        assert!(reason.contains("truncated"), "marked: {reason:.100}");
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "one run per attempt");
+        gw.close().await;
+        service.stop().await.unwrap();
+    })
+    .await;
+}
+
+/// A failing message whose own headers nearly fill a frame (they fit on the way in;
+/// with the dead-letter headers added they do not) is parked all the same, with the
+/// dead-letter headers alone, after `max_attempts`. The dead-letter publish was
+/// refused as too large, for good, and the message handed back and handled again for
+/// ever.
+#[tokio::test]
+async fn a_failing_message_with_headers_filling_a_frame_is_still_dead_lettered() {
+    in_fresh_namespace(LIMIT, |ns| async move {
+        let config = ServiceConfig::default().with_max_attempts(2);
+        let names = Names::new(&ns);
+        let (service, calls) = counted_echo(&ns, config, |_, _| async move {
+            Err::<Outcome, _>(HandlerError::Failed("fails: ".repeat(300)))
+        })
+        .await;
+        let gw = StandInGateway::connect(&ns, "alice").await;
+        let mut properties = gw.gateway_properties("echo", "big-headers");
+        let mut headers = properties.headers().clone().unwrap_or_default();
+        headers.insert(
+            "x-pad".into(),
+            lapin::types::AMQPValue::LongString("p".repeat(130_000).into()),
+        );
+        properties = properties.with_headers(headers);
+        gw.publish_raw("echo", br#"{"n":1}"#, properties).await;
+        let parked = parked_within_15_s(&names, &calls).await;
+        assert_eq!(parked.data, br#"{"n":1}"#);
+        let headers = parked.properties.headers().clone().unwrap_or_default();
+        assert!(headers.contains_key("x-warren-dead-reason"));
+        assert!(headers.contains_key("x-warren-dead-queue"));
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "one run per attempt");
+        gw.close().await;
+        service.stop().await.unwrap();
+    })
+    .await;
+}
