@@ -291,15 +291,6 @@ impl Service {
             return Err(ServiceError::Stopped);
         }
         let queues = priority::validate_queue_list(queues)?;
-        // Queues the gateway fills (`IN_<CHANNEL>`, a tenant's `IN_<CHANNEL>.<t>[.<type>]`)
-        // are announced as their channel: a lower queue has no consumer while a higher
-        // one is busy, and without the announcement the gateway would answer a
-        // request for it `no_service`.
-        for queue in &queues {
-            if let Some(channel) = self.names.channel_of_queue(queue) {
-                self.announcer.add_queue(&channel, queue);
-            }
-        }
         let deadline = crate::config::deadline_in(self.config.publish_timeout);
         let epoch = self.link.up(0, Some(deadline)).await?;
         for queue in &queues {
@@ -337,6 +328,18 @@ impl Service {
             STOP_GRACE,
         ));
         self.consumers.lock().expect("consumers lock").push(task);
+        // Queues the gateway fills (`IN_<CHANNEL>`, a tenant's `IN_<CHANNEL>.<t>[.<type>]`)
+        // are announced as their channel: a lower queue has no consumer while a higher
+        // one is busy, and without the announcement the gateway would answer a
+        // request for it `no_service`. Only now that they are declared, as `consume`
+        // does: announced before, a worker whose declarations failed went on
+        // announcing channels it never consumed, and gateways held their requests
+        // until they timed out instead of answering `no_service` at once.
+        for queue in &queues {
+            if let Some(channel) = self.names.channel_of_queue(queue) {
+                self.announcer.add_queue(&channel, queue);
+            }
+        }
         Ok(queues)
     }
 

@@ -574,3 +574,73 @@ async fn a_channel_queue_in_the_list_is_declared_as_the_gateways_declare_it() {
     })
     .await;
 }
+
+/// A worker whose `consume_queues` fails (here its queue is another connection's
+/// exclusive queue, so RabbitMQ refuses every declaration of it) and which goes on
+/// running does not announce that queue's channel: only what it does consume. It
+/// announced the channel before the declarations, and went on heartbeating it after
+/// they failed, so gateways held the channel's requests until they timed out instead
+/// of answering `no_service` at once.
+#[tokio::test]
+async fn a_worker_whose_queues_cannot_be_declared_does_not_announce_their_channel() {
+    in_fresh_namespace(LIMIT, |ns| async move {
+        let names = Names::new(&ns);
+        let locked = names.channel_queue("locked");
+        let owner = Connection::connect(&amqp_uri(), ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ at AMQP_ADDR");
+        let owner_channel = owner.create_channel().await.expect("channel");
+        declare_exclusive(&owner_channel, &locked, "the locked queue").await;
+
+        let config =
+            ServiceConfig::default().with_announce_interval(Some(Duration::from_millis(300)));
+        let service = Service::connect_with(&amqp_uri(), names.clone(), config)
+            .await
+            .expect("the service connects");
+        let watcher = Connection::connect(&amqp_uri(), ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ at AMQP_ADDR");
+        let ch = watcher.create_channel().await.expect("channel");
+        let queue = declare_exclusive(&ch, "", "announcements queue").await;
+        ch.queue_bind(
+            queue.as_str().into(),
+            names.services_exchange().as_str().into(),
+            "".into(),
+            lapin::options::QueueBindOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("bind to the services exchange");
+        let mut announcements = consume_no_ack(&ch, &queue, "consume announcements").await;
+
+        let done = |_ctx: Context, _m: Incoming| async { Ok::<_, HandlerError>(Outcome::Done) };
+        let refused = service.consume_queues(&[locked.as_str()], done).await;
+        assert!(refused.is_err(), "the declaration is refused: {refused:?}");
+        service
+            .consume("echo", done)
+            .await
+            .expect("the service consumes echo");
+
+        let mut seen = Vec::new();
+        let until = Instant::now() + Duration::from_secs(2);
+        while let Ok(Some(Ok(d))) = tokio::time::timeout_at(until, announcements.next()).await {
+            let a: serde_json::Value = serde_json::from_slice(&d.data).expect("JSON");
+            seen.push(a["channels"].clone());
+        }
+        assert!(
+            seen.iter()
+                .any(|c| c.as_array().is_some_and(|c| c.iter().any(|c| c == "echo"))),
+            "echo is announced: {seen:?}"
+        );
+        assert!(
+            !seen.iter().any(|c| c
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c == "locked"))),
+            "the channel it could not consume is not announced: {seen:?}"
+        );
+        service.stop().await.unwrap();
+        let _ = watcher.close(200, "bye".into()).await;
+        let _ = owner.close(200, "bye".into()).await;
+    })
+    .await;
+}
