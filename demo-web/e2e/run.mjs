@@ -11,7 +11,7 @@
 // Screenshots of every step land in artifacts/screenshots/ at the repository root;
 // process logs in artifacts/e2e-logs/. Prints `N passed, N failed` and exits non-zero
 // on any failure. Bounded: E2E_TIMEOUT_MS (default 10 min) for the whole run.
-// E2E_ONLY=<part of a test name> runs only the matching tests.
+// E2E_ONLY=<part of a test name> runs only the matching tests (several parts: a|b).
 import { resolve } from "node:path";
 import {
   LOGS_DIR,
@@ -253,6 +253,20 @@ function need(w, ...names) {
   const missing = names.filter((n) => !w[n]);
   if (missing.length > 0) throw new Error(`needs ${missing.join(", ")} from an earlier test, which failed`);
   return names.map((n) => w[n]);
+}
+
+/** Whether `url` (a URL) is one of the stack's gateways: for `page.routeWebSocket`. */
+function gatewayMatcher(w) {
+  return (url) => w.urls.some((u) => new URL(u).href === url.href);
+}
+
+/** A WebSocket frame as JSON, or null (not JSON). */
+function parseFrame(m) {
+  try {
+    return JSON.parse(String(m));
+  } catch {
+    return null;
+  }
 }
 
 const tests = [
@@ -560,6 +574,92 @@ const tests = [
     },
   },
   {
+    name: "opening ticket A then ticket B while A's reply is slow shows and closes B, not A's late reply",
+    timeoutMs: 60_000,
+    async fn(w) {
+      // The page's WebSocket is routed through Playwright: the reply to the `get` of
+      // ticket A is held back until the reply to B's has reached the page, then let
+      // through 300 ms later: A's reply comes last.
+      const getIds = new Map(); // ticket id → the frame id of its `get`
+      const gate = { ticket: null, held: null, bReplied: false, releasedAt: 0 };
+      const tess = await User.open(w, "tess", {
+        async beforeGoto(page) {
+          await page.routeWebSocket(gatewayMatcher(w), (ws) => {
+            const server = ws.connectToServer();
+            ws.onMessage((m) => {
+              const frame = parseFrame(m);
+              if (frame?.type === "request" && frame.message?.op === "get") getIds.set(String(frame.message.id), frame.id);
+              server.send(m);
+            });
+            const release = () => {
+              if (!gate.held) return;
+              const m = gate.held;
+              gate.held = null;
+              ws.send(m);
+              gate.releasedAt = Date.now();
+            };
+            server.onMessage((m) => {
+              const frame = parseFrame(m);
+              if (frame?.type === "reply" && gate.ticket) {
+                if (frame.id === getIds.get(gate.ticket.a) && !gate.releasedAt) {
+                  gate.held = m;
+                  if (gate.bReplied) setTimeout(release, 300);
+                  return;
+                }
+                ws.send(m);
+                if (frame.id === getIds.get(gate.ticket.b)) {
+                  gate.bReplied = true;
+                  setTimeout(release, 300);
+                }
+                return;
+              }
+              ws.send(m);
+            });
+          });
+        },
+      });
+      await tess.waitConnected();
+      await tess.testId("ticket-timeout").selectOption("10000");
+      const create = async (title) => {
+        await tess.testId("ticket-title").fill(title);
+        await tess.testId("ticket-create").click();
+        const result = tess.page.locator('[data-testid="ticket-result"]', { hasText: title });
+        await result.waitFor();
+        const id = await result.getAttribute("data-ticket-id");
+        await tess.page.locator(`[data-testid="ticket-row"][data-ticket-id="${id}"]`).waitFor();
+        return id;
+      };
+      const titleA = `Slow reply A ${RUN}`;
+      const titleB = `Quick reply B ${RUN}`;
+      const a = await create(titleA);
+      const b = await create(titleB);
+      const row = (id) => tess.page.locator(`[data-testid="ticket-row"][data-ticket-id="${id}"]`);
+      gate.ticket = { a, b };
+      await row(a).getByTestId("ticket-open").click();
+      await waitFor("the get of ticket A to be sent", async () => getIds.has(a), 5_000);
+      await row(b).getByTestId("ticket-open").click();
+      await waitFor("A's held reply to reach the page after B's", async () => gate.releasedAt > 0, 10_000);
+      await sleep(1000); // the page has handled A's late reply by now
+      const detail = tess.testId("ticket-detail");
+      const heading = ((await detail.locator("h3").first().textContent().catch(() => "(none)")) ?? "").replace(/\s+/g, " ").trim();
+      const detailId = await detail.getAttribute("data-ticket-id");
+      const active = await tess.page.locator(".ticket-row-active").getAttribute("data-ticket-id");
+      await tess.shot("ticket-late-reply");
+      assert(
+        detailId === b && active === b && heading === `#${b} ${titleB}`,
+        `after opening #${a} then #${b} (A's reply last), the selected row is #${active}, the panel says #${detailId} and shows "${heading}": expected #${b} ${titleB}`,
+      );
+      // Its Close button closes B, and A stays open.
+      await detail.getByTestId("ticket-close").click();
+      await waitFor(`#${b} closed in the list`, async () => (await row(b).getByTestId("ticket-status").textContent()) === "closed", 10_000);
+      await sleep(500);
+      const statusA = await row(a).getByTestId("ticket-status").textContent();
+      assert(statusA === "open", `#${a} is still open (saw ${statusA})`);
+      await tess.context.close();
+      w.users.splice(w.users.indexOf(tess), 1);
+    },
+  },
+  {
     name: "a ticket request fails with no_service at once while the demo service is stopped",
     timeoutMs: 90_000,
     async fn(w) {
@@ -843,7 +943,7 @@ async function main() {
     world.browser = await launchBrowser();
     world.cleanups.push(() => world.browser.close());
     const only = process.env.E2E_ONLY;
-    const selected = only ? tests.filter((t) => t.name.includes(only)) : tests;
+    const selected = only ? tests.filter((t) => only.split("|").some((part) => t.name.includes(part))) : tests;
     if (only) log(`E2E_ONLY=${only}: running ${selected.length} of ${tests.length} tests`);
     if (selected.length === 0) throw new Error(`E2E_ONLY=${only} matches no test`);
     summary = await runTests(selected, world, {

@@ -80,9 +80,17 @@ interface LiveEvent {
   ticket: string;
 }
 
+/**
+ * One kind of request (create, list, open, close) and where its latest run stands.
+ * `run` resolves with the reply, or `undefined` when the request failed, the panel
+ * unmounted, or a later run of the same kind started meanwhile: replies come back in
+ * any order (open #1, then #2, #1's reply slower), and only the latest request's
+ * answer may show (its spinner, its error, its ticket).
+ */
 function useOp<T>() {
   const [op, setOp] = useState<Op<T>>({ status: "idle" });
   const mounted = useRef(true);
+  const latest = useRef(0);
   useEffect(() => {
     mounted.current = true;
     return () => {
@@ -90,14 +98,17 @@ function useOp<T>() {
     };
   }, []);
   const run = useCallback(async (work: () => Promise<T>): Promise<T | undefined> => {
+    const seq = ++latest.current;
+    const current = () => mounted.current && latest.current === seq;
     const started = performance.now();
     setOp({ status: "pending", started });
     try {
       const value = await work();
-      if (mounted.current) setOp({ status: "ok", took: Math.round(performance.now() - started), value });
+      if (!current()) return undefined;
+      setOp({ status: "ok", took: Math.round(performance.now() - started), value });
       return value;
     } catch (err) {
-      if (mounted.current)
+      if (current())
         setOp({ status: "error", took: Math.round(performance.now() - started), error: toShownError(err) });
       return undefined;
     }
@@ -157,6 +168,8 @@ export function TicketsPanel() {
     [client, timeoutMs],
   );
 
+  // An older list reply (e.g. one asked for on focus, answered after the one asked for
+  // after a create) is dropped by runList: it could lack a ticket added since.
   const refresh = useCallback(async () => {
     const body = await runList(() => ask({ op: "list" }));
     if (body !== undefined) setTickets(toTicketList(body));
@@ -192,6 +205,12 @@ export function TicketsPanel() {
   }, []);
   const liveSub = useSubscription({ channel: "tickets", topic: "ticket.*" }, onTicketEvent);
 
+  // The ticket selected now, for replies that come back later.
+  const selectedRef = useRef(selected);
+  selectedRef.current = selected;
+
+  // Only the reply to the latest `get` shows (runDetail drops the others): opening #1
+  // and then #2 while #1's reply is slower shows #2, not #1 under #2's highlighted row.
   const open = useCallback(
     async (id: string) => {
       setSelected(id);
@@ -218,9 +237,10 @@ export function TicketsPanel() {
   const close = async (id: string) => {
     const body = await runClose(() => ask({ op: "close", id }));
     if (body !== undefined) {
+      // Shown only if this ticket is still the one open: another may be by now.
       const t = toTicket(body);
-      if (t) setDetail(t);
-      else void open(id);
+      if (t) setDetail((shown) => (shown && shown.id === t.id ? t : shown));
+      else if (selectedRef.current === id) void open(id);
       void refresh();
     }
   };
