@@ -340,6 +340,54 @@ const tests = [
     },
   },
   {
+    name: "a refusal of the private group staff that may pass (overloaded) shows at once and the join button works again",
+    timeoutMs: 60_000,
+    async fn(w) {
+      // The page's WebSocket is routed through Playwright: each `subscribe` of the group
+      // staff is answered here with the retryable refusal a busy gateway sends
+      // (`overloaded`), instead of reaching the gateway. The SDK then leaves the
+      // subscription's `ready` pending until the next reconnect; its `onStatus` says
+      // `error` at once.
+      const refused = [];
+      const pia = await User.open(w, "pia", {
+        async beforeGoto(page) {
+          await page.routeWebSocket(gatewayMatcher(w), (ws) => {
+            const server = ws.connectToServer();
+            ws.onMessage((m) => {
+              const frame = parseFrame(m);
+              if (frame?.type === "subscribe" && Array.isArray(frame.groups) && frame.groups.includes("staff")) {
+                refused.push(frame.id);
+                ws.send(JSON.stringify({ type: "error", id: frame.id, code: "overloaded", message: "too busy to subscribe staff now (the test's answer)" }));
+                return;
+              }
+              server.send(m);
+            });
+          });
+        },
+      });
+      await pia.waitConnected();
+      const join = pia.testId("staff-join");
+      const shown = async () => {
+        const box = ((await pia.testId("private-group").textContent()) ?? "").trim();
+        const refusal = pia.testId("refusal");
+        const code = (await refusal.count()) > 0 ? await refusal.getAttribute("data-code") : null;
+        const enabled = await join.isEnabled();
+        if (code === "overloaded" && enabled) return true;
+        throw new Error(`the private group shows "${box}", refusal code ${code}, join button ${enabled ? "enabled" : "disabled"}`);
+      };
+      for (const attempt of [1, 2]) {
+        await join.click();
+        await waitFor(`the subscribe of staff (attempt ${attempt}) to be refused`, async () => refused.length === attempt, 5_000);
+        await waitFor(`attempt ${attempt}: the overloaded refusal shown and the join button enabled`, shown, 3_000);
+      }
+      const text = (await pia.testId("refusal").textContent()) ?? "";
+      assert(text.startsWith("overloaded: ") && text.includes("the test's answer"), `the refusal shows code and message (saw ${text})`);
+      await pia.shot("refusal-overloaded");
+      await pia.context.close();
+      w.users.splice(w.users.indexOf(pia), 1);
+    },
+  },
+  {
     name: "a client the gateway stops for good shows why in the banner (code: message), and one that cannot start shows the code on the splash",
     timeoutMs: 60_000,
     async fn(w) {

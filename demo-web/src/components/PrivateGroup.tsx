@@ -2,6 +2,7 @@
 // the private group `staff`; joining it shows the gateway's `forbidden` answer.
 import { useEffect, useRef, useState } from "react";
 import { useClient } from "warren-sdk/react";
+import type { Subscription } from "warren-sdk";
 import { toShownError, type ShownError } from "../lib/errors";
 
 const GROUP = "staff";
@@ -17,28 +18,34 @@ export function PrivateGroup() {
   const tryJoin = () => {
     cleanup.current?.();
     setOutcome({ kind: "waiting" });
-    const sub = client.subscribe({ channel: "chat", groups: [GROUP] }, () => {});
     let asking = true;
+    let sub: Subscription | null = null;
     const done = () => {
       asking = false;
-      sub.unsubscribe();
+      sub?.unsubscribe();
       cleanup.current = null;
     };
-    cleanup.current = done;
-    // `ready` settles with the gateway's answer (also after a reconnect): resolved once
-    // the subscription is in force, rejected with the refusal.
-    sub.ready.then(
-      () => {
-        if (!asking) return;
-        setOutcome({ kind: "accepted" });
-        done();
-      },
-      (err: unknown) => {
-        if (!asking) return;
-        setOutcome({ kind: "refused", error: toShownError(err) });
-        done();
+    const settle = (o: Outcome) => {
+      if (!asking) return;
+      setOutcome(o);
+      done();
+    };
+    // The gateway's answer comes through `onStatus`: `active` once the subscription is
+    // in force, `error` with the refusal. Not `ready` alone: a refusal that may pass
+    // (`overloaded`, `broker_unavailable`, `internal`) leaves `ready` pending until the
+    // next reconnect, and the page said "asking the gateway…" with the button disabled.
+    sub = client.subscribe(
+      { channel: "chat", groups: [GROUP] },
+      () => {},
+      (status, err) => {
+        if (status === "active") settle({ kind: "accepted" });
+        else if (status === "error") settle({ kind: "refused", error: toShownError(err) });
       },
     );
+    // Its outcome comes through onStatus; a rejected `ready` is not left unhandled.
+    sub.ready.catch(() => {});
+    if (asking) cleanup.current = done;
+    else sub.unsubscribe(); // answered while subscribe() ran, before `sub` was set
   };
 
   return (
