@@ -759,7 +759,15 @@ fn load_keys(c: &JwtConfig) -> Result<Vec<Key>, GatewayError> {
     let config_err = |m: String| GatewayError::Config(m);
     let mut keys = Vec::new();
     let secret = match (&c.secret, &c.secret_file) {
-        (Some(s), _) => Some(s.as_bytes().to_vec()),
+        (Some(_), Some(_)) => {
+            return Err(config_err(
+                "auth.jwt.secret and auth.jwt.secret_file are both set (in the \
+                 configuration file, or by --auth-jwt-secret and --auth-jwt-secret-file / \
+                 WARREN_AUTH_JWT_SECRET and WARREN_AUTH_JWT_SECRET_FILE); keep one"
+                    .into(),
+            ))
+        }
+        (Some(s), None) => Some(s.as_bytes().to_vec()),
         (None, Some(path)) => {
             let mut bytes = read(path, "secret_file")?;
             while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
@@ -873,6 +881,14 @@ mod tests {
             c[k] = v.clone();
         }
         c
+    }
+
+    #[test]
+    fn a_secret_and_a_secret_file_both_set_are_refused() {
+        let mut c = jwt_config();
+        c.jwt.secret_file = Some("/run/secret".into());
+        let e = Verifier::from_config(&c).expect_err("refused");
+        assert!(e.to_string().contains("both set"), "{e}");
     }
 
     #[test]

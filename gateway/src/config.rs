@@ -1116,11 +1116,13 @@ impl Config {
         if let Some(mode) = o.auth_mode {
             self.auth.mode = mode;
         }
-        if let Some(secret) = &o.auth_jwt_secret {
-            self.auth.jwt.secret = Some(secret.clone());
-        }
-        if let Some(path) = &o.auth_jwt_secret_file {
-            self.auth.jwt.secret_file = Some(path.clone());
+        // The secret and its file are one setting: either, given by the environment
+        // or a flag, replaces both of the file's (the file's `secret` kept winning,
+        // so a secret rotated through `--auth-jwt-secret-file` was silently ignored).
+        // Both given at once are refused when the keys are loaded.
+        if o.auth_jwt_secret.is_some() || o.auth_jwt_secret_file.is_some() {
+            self.auth.jwt.secret = o.auth_jwt_secret.clone();
+            self.auth.jwt.secret_file = o.auth_jwt_secret_file.clone();
         }
         if !o.allowed_origins.is_empty() {
             self.auth.allowed_origins = o.allowed_origins.clone();
@@ -1919,6 +1921,24 @@ mod tests {
         c.apply(&o);
         assert_eq!(c.hub_buffer_messages, 77, "env beats the file");
         assert_eq!(c.max_subscriptions, 9, "the flag beats env");
+    }
+
+    #[test]
+    fn a_jwt_secret_or_secret_file_given_by_flag_replaces_both_of_the_files() {
+        let file = "[auth.jwt]\nsecret = \"from-the-file-0123456789abcdef01234\"";
+        let mut c = Config::from_toml(file, "x").unwrap();
+        c.apply(&cli(&["--auth-jwt-secret-file", "/run/secret"]).overrides);
+        assert_eq!(c.auth.jwt.secret, None);
+        assert_eq!(c.auth.jwt.secret_file, Some(PathBuf::from("/run/secret")));
+        let file = "[auth.jwt]\nsecret_file = \"/etc/old\"";
+        let mut c = Config::from_toml(file, "x").unwrap();
+        c.apply(&cli(&["--auth-jwt-secret", "new"]).overrides);
+        assert_eq!(c.auth.jwt.secret.as_deref(), Some("new"));
+        assert_eq!(c.auth.jwt.secret_file, None);
+        // Neither given: the file's stay.
+        let mut c = Config::from_toml(file, "x").unwrap();
+        c.apply(&cli(&[]).overrides);
+        assert_eq!(c.auth.jwt.secret_file, Some(PathBuf::from("/etc/old")));
     }
 
     #[test]

@@ -59,6 +59,10 @@ pub enum GatewayError {
     /// RabbitMQ kept publishing blocked (resource alarm) for `broker_wait_ms`.
     #[error("RabbitMQ blocks publishing (resource alarm)")]
     Blocked,
+    /// The RabbitMQ management API could not be asked (`topology check
+    /// --management-url`).
+    #[error("cannot read the RabbitMQ management API at {0}")]
+    Management(String),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {

@@ -8,7 +8,38 @@ use warren_gateway::broker::Broker;
 use warren_gateway::{Cli, Command, Config, Gateway, Topology, TopologyAction};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
+    if let Err(e) = gateway_main().await {
+        eprintln!("error: {}", one_line(&e));
+        std::process::exit(1);
+    }
+}
+
+/// An error and its causes on one line, each once: the gateway's errors name their
+/// cause in their own message already (printed as a chain, each came twice or three
+/// times, and returned from `main` with a backtrace under `RUST_BACKTRACE=1`).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+/// `topology check` cannot tell: exit 2 with the reason.
+fn fail(e: impl Into<anyhow::Error>) -> ! {
+    eprintln!("error: {}", one_line(&e.into()));
+    std::process::exit(2);
+}
+
+async fn gateway_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let checking = matches!(
         cli.command,
@@ -33,10 +64,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let config = match Config::load(&cli.overrides).context("configuration") {
         Ok(config) => config,
-        Err(e) if checking => {
-            eprintln!("error: {e:#}");
-            std::process::exit(2);
-        }
+        Err(e) if checking => fail(e),
         Err(e) => return Err(e),
     };
     match cli.command.unwrap_or(Command::Run) {
@@ -60,21 +88,17 @@ async fn main() -> anyhow::Result<()> {
         } => {
             use warren_gateway::topology::{Declaration, Management};
             let topology = Topology::from_config(&config);
-            let fail = |e: &dyn std::fmt::Display| -> ! {
-                eprintln!("error: {e:#}");
-                std::process::exit(2);
-            };
-            let mismatches = check(&config, &topology).await.unwrap_or_else(|e| fail(&e));
+            let mismatches = check(&config, &topology).await.unwrap_or_else(|e| fail(e));
             let missing_bindings = match &management_url {
                 Some(url) => {
                     let uri = config.amqp_uri.first().cloned().unwrap_or_default();
-                    let management = Management::new(url, &uri).unwrap_or_else(|e| fail(&e));
+                    let management = Management::new(url, &uri).unwrap_or_else(|e| fail(e));
                     let topology = topology.clone();
                     let found =
                         tokio::task::spawn_blocking(move || topology.check_bindings(&management))
                             .await
-                            .unwrap_or_else(|e| fail(&e));
-                    Some(found.unwrap_or_else(|e| fail(&e)))
+                            .unwrap_or_else(|e| fail(e));
+                    Some(found.unwrap_or_else(|e| fail(e)))
                 }
                 None => None,
             };

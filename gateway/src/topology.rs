@@ -859,11 +859,18 @@ impl Management {
     /// `amqp_uri`.
     ///
     /// # Errors
-    /// [`GatewayError::Config`] for an AMQP URI lapin cannot parse.
+    /// [`GatewayError::Config`] for an AMQP URI lapin cannot parse, or a base URL
+    /// that is not `http://` or `https://`.
     pub fn new(base_url: &str, amqp_uri: &str) -> Result<Management, GatewayError> {
         let uri: lapin::uri::AMQPUri = amqp_uri
             .parse()
             .map_err(|e| GatewayError::Config(format!("amqp_uri: {e}")))?;
+        if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+            return Err(GatewayError::Config(format!(
+                "--management-url `{base_url}` must start with http:// or https:// \
+                 (e.g. http://127.0.0.1:15672)"
+            )));
+        }
         Ok(Management {
             base_url: base_url.trim_end_matches('/').to_string(),
             vhost: uri.vhost,
@@ -892,7 +899,13 @@ impl Management {
             percent_encode(source),
             percent_encode(destination)
         );
-        let failed = |e: String| GatewayError::Config(format!("management API ({url}): {e}"));
+        let failed = |e: String| {
+            GatewayError::Management(format!(
+                "{} ({url}): {e}; is the rabbitmq_management plugin enabled, and may the \
+                 AMQP URI's user read bindings?",
+                self.base_url
+            ))
+        };
         let basic = base64::Engine::encode(
             &base64::engine::general_purpose::STANDARD,
             format!("{}:{}", self.user, self.password),

@@ -1,0 +1,127 @@
+//! What `warren-gateway` tells a user who got something wrong, before it connects to
+//! anything (`topology print` reads and checks the whole configuration): one line per
+//! error, each cause once, no backtrace (`RUST_BACKTRACE=1` printed one, and every
+//! cause came twice); a JWT secret or secret file given by flag replaces the file's
+//! (the file's `secret` kept winning over `--auth-jwt-secret-file`), and both set at
+//! once are refused; `topology check --management-url` says what is wrong with the URL.
+
+use std::path::PathBuf;
+use std::process::Output;
+
+use warren_e2e::binary::workspace_binary;
+
+/// A file under the temporary directory holding `text`, removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(name: &str, text: &str) -> TempFile {
+        let dir = std::env::temp_dir().join(format!(
+            "warren-cli-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("temp file");
+        TempFile(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 temp path")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Runs `warren-gateway args` with `RUST_BACKTRACE=1`.
+async fn gateway(args: &[&str]) -> Output {
+    let bin = tokio::task::spawn_blocking(|| {
+        workspace_binary("warren-gateway", "warren-gateway", &["WARREN_GATEWAY_BIN"])
+    })
+    .await
+    .expect("binary");
+    tokio::process::Command::new(bin)
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("WARREN_AUTH_JWT_SECRET")
+        .env_remove("WARREN_AUTH_JWT_SECRET_FILE")
+        .output()
+        .await
+        .expect("run warren-gateway")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn a_configuration_error_is_one_line_with_each_cause_once_and_no_backtrace() {
+    let config = TempFile::new("c.toml", "namespace = \"cli\"\nlisten_adress = \"x\"\n");
+    let out = gateway(&["--config", config.path(), "topology", "print"]).await;
+    let text = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.starts_with("error: "), "{text}");
+    assert_eq!(text.matches("unknown field").count(), 1, "{text}");
+    assert!(text.contains("listen_adress"), "names the key: {text}");
+    assert!(!text.to_lowercase().contains("backtrace"), "{text}");
+}
+
+#[tokio::test]
+async fn a_jwt_secret_file_given_by_flag_replaces_the_files_secret_and_both_are_refused() {
+    let long = "0123456789abcdef0123456789abcdef-in-the-file";
+    let config = TempFile::new(
+        "j.toml",
+        &format!("[auth]\nmode = \"jwt\"\n[auth.jwt]\nsecret = \"{long}\"\n"),
+    );
+    let short = TempFile::new("short", "short\n");
+    let print = ["topology", "print"];
+    let out = gateway(&[&["--config", config.path()][..], &print].concat()).await;
+    assert!(out.status.success(), "the file's secret: {}", stderr(&out));
+    // The flag's file is the secret now: too short.
+    let args = [
+        "--config",
+        config.path(),
+        "--auth-jwt-secret-file",
+        short.path(),
+    ];
+    let out = gateway(&[&args[..], &print].concat()).await;
+    let text = stderr(&out);
+    assert!(!out.status.success(), "the flag's file was ignored: {text}");
+    assert!(text.contains("at least 32 bytes"), "{text}");
+
+    let both = TempFile::new(
+        "both.toml",
+        &format!(
+            "[auth]\nmode = \"jwt\"\n[auth.jwt]\nsecret = \"{long}\"\nsecret_file = \"{}\"\n",
+            short.path()
+        ),
+    );
+    let out = gateway(&[&["--config", both.path()][..], &print].concat()).await;
+    let text = stderr(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("both set"), "{text}");
+}
+
+#[tokio::test]
+async fn topology_check_says_a_management_url_needs_its_scheme() {
+    let out = gateway(&[
+        "--namespace",
+        "cli-check",
+        "--amqp-uri",
+        &warren_e2e::env::amqp_addr(),
+        "topology",
+        "check",
+        "--management-url",
+        "127.0.0.1:15672",
+    ])
+    .await;
+    let text = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("must start with http://"), "{text}");
+    assert!(!text.contains("invalid format"), "{text}");
+}
