@@ -246,7 +246,12 @@ impl Publisher {
     /// may then hold two copies with the same `message_id`, which receivers drop); a
     /// negative confirm (the broker could not take the message, e.g. a quorum queue
     /// electing a new leader while a node shuts down) is published again after a pause
-    /// (100 ms doubling, at most 1 s) on a fresh channel. All of it within the
+    /// (100 ms doubling, at most 1 s) on a fresh channel. When the broker closed the
+    /// publishing channel with a channel error (e.g. `NOT_FOUND` for a missing
+    /// exchange), every publish pending on it failed with that error, though only one
+    /// of them caused it: each is published again once, on a channel of its own, so the
+    /// one that caused it fails with its own error and the others go through (they may
+    /// then be stored twice, with the same `message_id`). All of it within the
     /// configured `publish_timeout`.
     ///
     /// # Errors
@@ -272,6 +277,10 @@ impl Publisher {
         let mut min_generation = 0;
         let mut attempt = 0u32;
         let mut nacks = 0u32;
+        // Whether the next attempt goes on a channel of its own (after a channel
+        // error), and whether one did already.
+        let mut alone = false;
+        let mut tried_alone = false;
         let lane = Lane::of(&self.inner.names, exchange, routing_key);
         let header_bytes = content_header_bytes(&properties);
         loop {
@@ -285,15 +294,29 @@ impl Publisher {
                 });
             }
             let mut used = None;
-            let once = self.publish_once(
-                &epoch,
-                &lane,
-                &mut used,
-                exchange_name.clone(),
-                key.clone(),
-                body,
-                properties.clone(),
-            );
+            let once = async {
+                if std::mem::take(&mut alone) {
+                    publish_alone(
+                        &epoch,
+                        exchange_name.clone(),
+                        key.clone(),
+                        body,
+                        properties.clone(),
+                    )
+                    .await
+                } else {
+                    self.publish_once(
+                        &epoch,
+                        &lane,
+                        &mut used,
+                        exchange_name.clone(),
+                        key.clone(),
+                        body,
+                        properties.clone(),
+                    )
+                    .await
+                }
+            };
             let result = match tokio::time::timeout_at(deadline, once).await {
                 Ok(result) => result,
                 Err(_) => {
@@ -345,6 +368,15 @@ impl Publisher {
                 }
                 Err(e) => {
                     let connection_up = epoch.connection.status().connected();
+                    if connection_up && e.is_amqp_soft_error() && !tried_alone {
+                        // The broker closed the channel: for this publish, or for
+                        // another one pending beside it. Alone on a channel, this one
+                        // goes through or fails with its own error.
+                        warn!(exchange, routing_key, attempt, error = %e, "the broker closed the publishing channel; publishing again once on a channel of its own");
+                        alone = true;
+                        tried_alone = true;
+                        continue;
+                    }
                     if !retryable(&e, connection_up) {
                         return Err(e.into());
                     }
@@ -512,6 +544,38 @@ struct LaneChannel {
     opened: Instant,
     /// When a publish last took it.
     used: Instant,
+}
+
+/// A publish and its confirm on a confirm-mode channel of its own, closed after it
+/// (after a channel error: [`Publisher::publish_confirmed`]).
+async fn publish_alone(
+    epoch: &Epoch,
+    exchange: ShortString,
+    routing_key: ShortString,
+    body: &[u8],
+    properties: BasicProperties,
+) -> std::result::Result<Confirmation, lapin::Error> {
+    let channel = epoch.connection.create_channel().await?;
+    let result = async {
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        channel
+            .basic_publish(
+                exchange,
+                routing_key,
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await?
+            .await
+    }
+    .await;
+    if channel.status().connected() {
+        let _ = channel.close(200, ShortString::from("published")).await;
+    }
+    result
 }
 
 /// Closes `channel` once its outstanding confirms came (or after `wait`): publishes

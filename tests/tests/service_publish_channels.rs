@@ -141,3 +141,101 @@ async fn a_warren_channel_sent_to_no_more_gives_its_amqp_channel_back() {
     })
     .await;
 }
+
+/// A publish the broker refuses (to an exchange that does not exist: RabbitMQ closes
+/// the publishing channel with NOT_FOUND) fails alone: the replies pending on the same
+/// channel are published again on a fresh one, and every request gets its handler's
+/// answer. The channel's close failed every confirm pending on it with the same
+/// error, so those replies were taken for refused ones and the requests answered
+/// `internal` instead.
+#[tokio::test]
+async fn a_refused_publish_does_not_fail_the_replies_pending_beside_it() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    use warren_e2e::service::StandInGateway;
+    use warren_service::{Answer, Context, HandlerError, Incoming, Outcome};
+
+    in_fresh_namespace(LIMIT, |ns| async move {
+        let config = ServiceConfig::default().with_prefetch(10);
+        let service =
+            Service::connect_with(&warren_e2e::service::amqp_uri(), Names::new(&ns), config)
+                .await
+                .expect("the service connects");
+        let missing = format!("{ns}.no-such-exchange");
+        let refused = Arc::new(AtomicU32::new(0));
+        let seen = refused.clone();
+        service
+            .consume("echo", move |ctx: Context, m: Incoming| {
+                let missing = missing.clone();
+                let seen = seen.clone();
+                async move {
+                    let publisher = ctx.publisher().clone();
+                    tokio::spawn(async move {
+                        let properties = lapin::BasicProperties::default();
+                        if publisher
+                            .publish_confirmed(&missing, "x", b"{}", properties)
+                            .await
+                            .is_err()
+                        {
+                            seen.fetch_add(1, Ordering::SeqCst);
+                        }
+                    });
+                    let n: serde_json::Value = serde_json::from_slice(&m.body)
+                        .map_err(|e| HandlerError::Failed(e.to_string()))?;
+                    Ok::<_, HandlerError>(Outcome::Reply(
+                        Answer::json(&serde_json::json!({ "answer": n["n"] })).expect("JSON"),
+                    ))
+                }
+            })
+            .await
+            .expect("consume echo");
+        let mut gw = StandInGateway::connect(&ns, "alice").await;
+        const N: usize = 50;
+        for i in 0..N {
+            gw.send_request(
+                "echo",
+                &format!("r{i}"),
+                &format!(r#"{{"n":{i}}}"#),
+                Duration::from_secs(30),
+            )
+            .await;
+        }
+        let mut internal = Vec::new();
+        for _ in 0..N {
+            let reply = gw
+                .next_reply(Duration::from_secs(30))
+                .await
+                .expect("every request answered within 30 s");
+            let id = reply.correlation_id.clone().unwrap_or_default();
+            if reply.error.is_some() {
+                internal.push((
+                    id,
+                    reply.error.clone(),
+                    String::from_utf8_lossy(&reply.body).into_owned(),
+                ));
+                continue;
+            }
+            let body: serde_json::Value = serde_json::from_slice(&reply.body).expect("JSON");
+            assert_eq!(format!("r{}", body["answer"]), id, "its own answer");
+        }
+        assert!(
+            internal.is_empty(),
+            "{} of {N} requests refused instead of answered: {:?}",
+            internal.len(),
+            internal.first()
+        );
+        // The bad publishes themselves did fail.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while refused.load(Ordering::SeqCst) < N as u32 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            refused.load(Ordering::SeqCst),
+            N as u32,
+            "every bad publish failed"
+        );
+        gw.close().await;
+        service.stop().await.unwrap();
+    })
+    .await;
+}
