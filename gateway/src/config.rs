@@ -25,7 +25,9 @@ pub struct Config {
     /// RabbitMQ URIs, tried in order at connect and reconnect.
     /// Default: `["amqp://127.0.0.1:5672/%2f"]`.
     pub amqp_uri: Vec<String>,
-    /// WebSocket listeners. Default: one on `0.0.0.0:4000` serving every channel.
+    /// WebSocket listeners. Default: one on `127.0.0.1:4000` serving every channel
+    /// (loopback only: other machines are let in by naming an address, e.g.
+    /// `0.0.0.0:4000`, once `auth.mode` checks who connects).
     pub listen: Vec<ListenerConfig>,
     /// The channels this deployment serves. Default: `chat`, `voice`, `tickets`, `echo`.
     pub channels: Vec<String>,
@@ -575,7 +577,7 @@ impl Default for Config {
             node: format!("gw-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
             amqp_uri: vec!["amqp://127.0.0.1:5672/%2f".to_string()],
             listen: vec![ListenerConfig {
-                bind: SocketAddr::from(([0, 0, 0, 0], 4000)),
+                bind: SocketAddr::from(([127, 0, 0, 1], 4000)),
                 channel: None,
             }],
             channels: ["chat", "voice", "tickets", "echo"]
@@ -1306,7 +1308,7 @@ pub struct Overrides {
     #[arg(long, env = "WARREN_AMQP_URI", value_delimiter = ',', global = true)]
     pub amqp_uri: Vec<String>,
     /// Listener `ADDR` or `ADDR=CHANNEL` (pinned to one channel); repeatable
-    /// [default: 0.0.0.0:4000].
+    /// [default: 127.0.0.1:4000, loopback only; 0.0.0.0:4000 lets other machines in].
     #[arg(long, env = "WARREN_LISTEN", value_delimiter = ',', global = true)]
     pub listen: Vec<ListenerConfig>,
     /// Channels served [default: chat,voice,tickets,echo].
@@ -1512,6 +1514,13 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.channels, ["chat", "voice", "tickets", "echo"]);
         assert_eq!(c.listen[0].bind.port(), 4000);
+        // Auth is off by default: nobody beyond this machine gets in by default.
+        assert_eq!(c.auth.mode, AuthMode::None);
+        assert!(
+            c.listen.iter().all(|l| l.bind.ip().is_loopback()),
+            "{:?}",
+            c.listen
+        );
         assert_eq!(c.max_frame_bytes, 65536);
         assert_eq!(c.hard_frame_bytes(), 1024 * 1024);
     }
@@ -1603,6 +1612,13 @@ mod tests {
             Config::from_toml(include_str!("../warren-gateway.example.toml"), "example").unwrap();
         c.validate().unwrap();
         assert_eq!(c.listen.len(), 4);
+        // Without auth, the example lets nobody beyond this machine in.
+        assert_eq!(c.auth.mode, AuthMode::None);
+        assert!(
+            c.listen.iter().all(|l| l.bind.ip().is_loopback()),
+            "{:?}",
+            c.listen
+        );
     }
 
     /// Every key path of `value` (`auth.jwt.leeway_s`, `listen.bind`), a name under
