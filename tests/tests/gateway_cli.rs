@@ -125,3 +125,28 @@ async fn topology_check_says_a_management_url_needs_its_scheme() {
     assert!(text.contains("must start with http://"), "{text}");
     assert!(!text.contains("invalid format"), "{text}");
 }
+
+/// `warren-stack --auth jwt` writes the gateways' configuration file itself: a
+/// `--gateway-arg=--config=…` of the user's is refused at once, saying so (both
+/// gateways exited with "cannot be used multiple times", and the stack failed with
+/// `Error: exit status: …`).
+#[tokio::test]
+async fn warren_stack_refuses_a_second_gateway_config_with_auth_jwt_saying_why() {
+    let bin = tokio::task::spawn_blocking(|| {
+        workspace_binary("warren-e2e", "warren-stack", &["WARREN_STACK_BIN"])
+    })
+    .await
+    .expect("binary");
+    let config = TempFile::new("mine.toml", "heartbeat_ms = 5000\n");
+    let out = tokio::process::Command::new(bin)
+        .args(["--layout", "ephemeral", "--no-service", "--auth", "jwt"])
+        .arg(format!("--gateway-arg=--config={}", config.path()))
+        .args(["--amqp-uri", "amqp://127.0.0.1:1/%2f"])
+        .output()
+        .await
+        .expect("run warren-stack");
+    let text = stderr(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("with --auth jwt"), "{text}");
+    assert!(!text.contains("exit status"), "{text}");
+}

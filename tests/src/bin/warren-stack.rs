@@ -110,7 +110,9 @@ struct Cli {
     /// Path of `warren-demo-service` (default: next to this executable).
     #[arg(long)]
     service_bin: Option<PathBuf>,
-    /// Extra argument for every gateway (repeatable), e.g. `--gateway-arg=--config=x.toml`.
+    /// Extra argument for every gateway (repeatable), e.g. `--gateway-arg=--heartbeat-ms=5000`
+    /// (`--gateway-arg=--config=x.toml` only with `--auth none`: `--auth jwt` writes the
+    /// gateways' configuration file itself).
     #[arg(long, allow_hyphen_values = true)]
     gateway_arg: Vec<String>,
     /// Extra argument for the demo service (repeatable), e.g. `--service-arg=--delay-ms=50`.
@@ -536,13 +538,40 @@ fn write_auth_config(cli: &Cli) -> Result<PathBuf> {
     if cli.jwt_secret.len() < 32 {
         bail!("--jwt-secret must be at least 32 bytes");
     }
+    // The gateway takes one --config: a second one made both gateways exit at once
+    // ("cannot be used multiple times") and the stack fail without saying why.
+    if let Some(given) = cli
+        .gateway_arg
+        .iter()
+        .find(|a| *a == "--config" || a.starts_with("--config="))
+    {
+        bail!(
+            "--gateway-arg={given}: with --auth jwt, warren-stack gives the gateways a \
+             configuration file of its own (auth.mode, the secret); pass settings as \
+             --gateway-arg flags instead (every file setting but [auth], [tenants] and \
+             [channel_options] has one: warren-gateway --help), or use --auth none with \
+             your own file"
+        );
+    }
     let path = std::env::temp_dir().join(format!("warren-stack-{}-auth.toml", std::process::id()));
     let toml = format!(
         "# Written by warren-stack --auth jwt (development secret).\n\
          [auth]\nmode = \"jwt\"\n\n[auth.jwt]\nsecret = {:?}\nleeway_s = {}\n",
         cli.jwt_secret, cli.jwt_leeway_s
     );
-    std::fs::write(&path, toml).with_context(|| format!("writing {}", path.display()))?;
+    // It holds the secret: readable by its owner only.
+    let mut file = std::fs::OpenOptions::new();
+    std::os::unix::fs::OpenOptionsExt::mode(&mut file, 0o600);
+    let _ = std::fs::remove_file(&path);
+    std::io::Write::write_all(
+        &mut file
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?,
+        toml.as_bytes(),
+    )
+    .with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
 }
 
