@@ -1,6 +1,7 @@
 //! The instance's part in the service registry: announcements on `warren.services`
 //! (a `join` at start and whenever the consumed channels change, a `heartbeat` every
-//! [`ServiceConfig::announce_interval`], a `leave` on a clean stop), from which the
+//! [`ServiceConfig::announce_interval`], a `leave` on a clean stop or when the service
+//! fails), from which the
 //! gateways know at once that a channel has nobody to answer (`no_service`).
 
 use std::collections::BTreeSet;
@@ -15,6 +16,7 @@ use warren_protocol::services::{AnnounceEvent, Announcement};
 
 use crate::config::ServiceConfig;
 use crate::publisher::Publisher;
+use crate::service::ServiceState;
 use crate::short_string::fitted;
 
 /// How long one announcement may wait for the broker before it is skipped (the next
@@ -83,11 +85,41 @@ impl Announcer {
     }
 
     /// Announces `join` now and whenever the channels change, `heartbeat` every
-    /// interval, until `stop` turns true. Does nothing when announcing is off.
-    pub(crate) async fn run(self: std::sync::Arc<Self>, mut stop: watch::Receiver<bool>) {
+    /// interval, until `stop` turns true, or until the service fails (then `leave`:
+    /// it consumes nothing any more, and gateways answer `no_service` at once instead
+    /// of letting requests wait for their timeout). Does nothing when announcing is
+    /// off.
+    pub(crate) async fn run(
+        self: std::sync::Arc<Self>,
+        mut stop: watch::Receiver<bool>,
+        mut state: watch::Receiver<ServiceState>,
+    ) {
         let Some(interval) = self.interval else {
             return;
         };
+        let failed = async move {
+            let failed = state.wait_for(|s| matches!(s, ServiceState::Failed(_)));
+            if failed.await.is_err() {
+                // The service is gone without failing: `stop` decides.
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            _ = self.clone().announce_until(interval, stop.clone()) => {}
+            _ = failed => {
+                if !*stop.borrow_and_update() {
+                    debug!("the service failed; announcing leave");
+                    self.announce(AnnounceEvent::Leave).await;
+                }
+            }
+        }
+    }
+
+    async fn announce_until(
+        self: std::sync::Arc<Self>,
+        interval: Duration,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let mut channels = self.consumed.subscribe();
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -118,7 +118,7 @@ impl Service {
             state.clone(),
         ));
         let announcer = Arc::new(Announcer::new(publisher.clone(), &names, &config, instance));
-        let announcing = tokio::spawn(announcer.clone().run(stop.subscribe()));
+        let announcing = tokio::spawn(announcer.clone().run(stop.subscribe(), state.subscribe()));
         let (undelivered, _) = broadcast::channel(1024);
         let returning = tokio::spawn(returns::run(
             link.clone(),

@@ -329,3 +329,48 @@ async fn a_priority_worker_announces_the_channels_of_the_gateways_queues_it_work
     })
     .await;
 }
+
+/// A service that failed (its queue was deleted: it consumes nothing any more)
+/// announces `leave` and no more heartbeats: gateways drop it from their view at once
+/// and answer its channel's requests `no_service` instead of letting them wait for
+/// their timeout (its heartbeats went on while its connection was up).
+#[tokio::test]
+async fn a_service_that_failed_leaves_the_registry() {
+    TestEnv::run("registry-failed", LIMIT, async |env| {
+        let gw = TestGateway::start(env).await;
+        let service = tickets_service(env, Duration::from_millis(300)).await;
+        let instance = service.instance().to_string();
+        wait_view(&gw, "join", |s| {
+            s["tickets-svc"][0]["instance"] == instance.as_str()
+        })
+        .await;
+
+        let queue = env.names.channel_queue("tickets");
+        env.channel()
+            .queue_delete(
+                queue.as_str().into(),
+                lapin::options::QueueDeleteOptions::default(),
+            )
+            .await
+            .expect("delete the service's queue");
+        let state = tokio::time::timeout(Duration::from_secs(10), service.closed())
+            .await
+            .expect("the service fails once its queue is gone");
+        assert!(
+            matches!(state, warren_service::ServiceState::Failed(_)),
+            "{state:?}"
+        );
+        let left = wait_view(&gw, "leave", |s| s.get("tickets-svc").is_none()).await;
+        println!(
+            "gateway_services: a failed service left the view after {} ms",
+            left.as_millis()
+        );
+        // And stays out: no heartbeat brings it back (three intervals and more).
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let v = view(&gw).await;
+        assert!(v["services"].get("tickets-svc").is_none(), "{v}");
+        let _ = service.stop().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
