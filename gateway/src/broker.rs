@@ -671,14 +671,7 @@ impl Broker {
         if self.blocked.load(Ordering::Acquire) {
             self.wait_unblocked().await?;
         }
-        let conn = {
-            let guard = self.healthy().await?;
-            let links = guard.as_ref().expect("healthy() leaves links in place");
-            links.publish_conn.clone()
-        };
-        conn.create_channel()
-            .await
-            .map_err(|e| GatewayError::amqp("channel.open", e))
+        self.fresh_channel(|links| &links.publish_conn).await
     }
 
     /// A fresh channel for one operation that may fail with a channel error (a passive
@@ -687,10 +680,18 @@ impl Broker {
     /// # Errors
     /// When RabbitMQ cannot be reached within `broker_wait_ms`.
     pub async fn scratch(&self) -> Result<Channel, GatewayError> {
+        self.fresh_channel(|links| &links.consume_conn).await
+    }
+
+    /// A fresh channel on the connection `which` picks.
+    async fn fresh_channel(
+        &self,
+        which: impl FnOnce(&Links) -> &Arc<Connection>,
+    ) -> Result<Channel, GatewayError> {
         let conn = {
             let guard = self.healthy().await?;
             let links = guard.as_ref().expect("healthy() leaves links in place");
-            links.consume_conn.clone()
+            which(links).clone()
         };
         conn.create_channel()
             .await

@@ -1,8 +1,8 @@
 //! The instance's part in the service registry: announcements on `warren.services`
 //! (a `join` at start and whenever the consumed channels change, a `heartbeat` every
 //! [`ServiceConfig::announce_interval`], a `leave` on a clean stop or when the service
-//! fails), from which the
-//! gateways know at once that a channel has nobody to answer (`no_service`).
+//! fails), from which the gateways know at once that a channel has nobody to answer
+//! (`no_service`).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
