@@ -936,6 +936,48 @@ impl Config {
     /// and tenants fits in an AMQP short string (each part is checked on its own, not
     /// their sum: a long namespace and a long channel made a name RabbitMQ cannot
     /// take, and start-up failed on a corrupt frame).
+    /// Settings that are set but do nothing, because the feature they belong to is
+    /// off: each a sentence for a warning at start (a `--tenants-default` without
+    /// `--tenants true`, API keys with the HTTP API off, JWT keys no mode reads).
+    pub fn unused_settings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let t = &self.tenants;
+        if !t.enabled && (t.default.is_some() || !t.channels.is_empty() || !t.tenant.is_empty()) {
+            out.push(
+                "[tenants] settings are set but tenants.enabled is false (--tenants true): \
+                 they do nothing"
+                    .to_string(),
+            );
+        }
+        let h = &self.http_api;
+        if !h.enabled && (!h.api_keys.is_empty() || h.listen.is_some() || h.accept_jwt) {
+            out.push(
+                "[http_api] settings are set but http_api.enabled is false \
+                 (--http-api-enabled true): they do nothing"
+                    .to_string(),
+            );
+        }
+        let j = &self.auth.jwt;
+        let keys = j.secret.is_some()
+            || j.secret_file.is_some()
+            || !j.public_key_files.is_empty()
+            || j.jwks_file.is_some()
+            || j.jwks_url.is_some();
+        let read = self.auth.mode == AuthMode::Jwt || (h.enabled && h.accept_jwt);
+        if keys && !read {
+            out.push(format!(
+                "[auth.jwt] keys are set but nothing verifies tokens with them (auth.mode is \
+                 \"{}\", and the HTTP API does not accept_jwt): they do nothing",
+                match self.auth.mode {
+                    AuthMode::None => "none",
+                    AuthMode::Jwt => "jwt",
+                    AuthMode::Service => "service",
+                }
+            ));
+        }
+        out
+    }
+
     fn validate_name_lengths(&self) -> Result<(), GatewayError> {
         let names = warren_protocol::amqp::Names::new(&self.namespace);
         let mut composed = vec![
@@ -1955,6 +1997,25 @@ mod tests {
         let mut c = Config::from_toml(file, "x").unwrap();
         c.apply(&cli(&[]).overrides);
         assert_eq!(c.auth.jwt.secret_file, Some(PathBuf::from("/etc/old")));
+    }
+
+    #[test]
+    fn settings_of_a_feature_that_is_off_are_named() {
+        assert!(Config::default().unused_settings().is_empty());
+        let o = cli(&["--tenants-default", "acme", "--http-api-keys", "k"]).overrides;
+        let mut c = Config::default();
+        c.apply(&o);
+        c.auth.jwt.secret = Some("s".repeat(32));
+        let unused = c.unused_settings();
+        assert_eq!(unused.len(), 3, "{unused:?}");
+        assert!(unused[0].contains("tenants.enabled"), "{unused:?}");
+        assert!(unused[1].contains("http_api.enabled"), "{unused:?}");
+        assert!(unused[2].contains("auth.mode is \"none\""), "{unused:?}");
+        // Each in use: nothing named.
+        c.tenants.enabled = true;
+        c.http_api.enabled = true;
+        c.auth.mode = AuthMode::Jwt;
+        assert!(c.unused_settings().is_empty());
     }
 
     #[test]

@@ -67,6 +67,9 @@ async fn gateway_main() -> anyhow::Result<()> {
         Err(e) if checking => fail(e),
         Err(e) => return Err(e),
     };
+    for unused in config.unused_settings() {
+        tracing::warn!("{unused}");
+    }
     match cli.command.unwrap_or(Command::Run) {
         Command::Topology {
             action: TopologyAction::Print,
