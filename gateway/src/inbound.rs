@@ -211,8 +211,7 @@ pub(crate) async fn check_service(
 ///
 /// # Errors
 /// `invalid` (id, subject, targets, headers, names too long), `unknown_channel`,
-/// `forbidden` (the identity may not, or a reserved header), `no_route` (in tenant
-/// mode, a tenant or type with no queue in the configuration).
+/// `forbidden` (the identity may not, or a reserved header).
 pub(crate) fn prepare(
     shared: &Shared,
     pinned: Option<&str>,
@@ -306,35 +305,18 @@ pub(crate) fn prepare(
         headers.insert(amqp::H_TYPE.into(), text(kind));
         if tenants.channels.iter().any(|c| c == m.channel) {
             exchange = shared.names.tenants_exchange();
-            let typed = !kind.is_empty();
-            let configured = tenants
-                .tenant
-                .get(tenant)
-                .is_some_and(|t| !typed || t.types.iter().any(|k| k == kind));
-            // Refused here, not left to the broker to return: bindings of a tenant or
-            // type taken out of the configuration stay on the broker (nothing unbinds
-            // them), and a write routed by them was acknowledged into a queue no worker
-            // reads any more.
-            if !configured {
-                let what = if typed {
-                    format!("type `{kind}`")
-                } else {
-                    "its writes".to_string()
-                };
-                return Err(Refusal::new(
-                    ErrorCode::NoRoute,
-                    format!(
-                        "tenant `{tenant}` has no queue for {what} on channel `{}` in this \
-                         deployment; it was not delivered",
-                        m.channel
-                    ),
-                ));
-            }
-            queue = Some(
-                shared
-                    .names
-                    .tenant_queue(m.channel, tenant, typed.then_some(kind)),
-            );
+            // The broker decides where a write goes: a tenant or type this gateway's
+            // configuration does not list may still have a queue (services declare
+            // tenants themselves, `Service::declare_tenants`, without a gateway
+            // restart). Only one the configuration lists is checked for a service.
+            queue = tenants.tenant.get(tenant).and_then(|t| {
+                let typed = !kind.is_empty();
+                (!typed || t.types.iter().any(|k| k == kind)).then(|| {
+                    shared
+                        .names
+                        .tenant_queue(m.channel, tenant, typed.then_some(kind))
+                })
+            });
         }
     }
     let mut properties = BasicProperties::default()

@@ -392,63 +392,6 @@ async fn per_type_queues_get_only_their_type_and_unrouted_writes_get_no_route() 
     .await;
 }
 
-/// A type or a tenant taken out of the configuration is answered `no_route`, though
-/// its bindings stay on the broker (nothing unbinds them): nothing is acknowledged
-/// into a queue no worker reads any more.
-#[tokio::test]
-async fn a_type_or_tenant_taken_out_of_the_configuration_is_answered_no_route() {
-    TestEnv::run("tenant-removed", LIMIT, async |env| {
-        let no_check = |c: &mut Config| {
-            tenant_mode(c);
-            c.no_service = NoServiceMode::Off;
-        };
-        TestGateway::start_with(env, no_check)
-            .await
-            .shutdown()
-            .await;
-        // acme without its pdf queue, globex gone.
-        let gw = TestGateway::start_with(env, |c| {
-            no_check(c);
-            c.tenants.tenant.remove("globex");
-            if let Some(acme) = c.tenants.tenant.get_mut("acme") {
-                acme.types.clear();
-            }
-        })
-        .await;
-        let mut anna = login(&gw, "anna", Some("acme")).await;
-        let mut gus = login(&gw, "gus", Some("globex")).await;
-        publish_with(&mut anna, "a-pdf", ROUTED, &[("type", "pdf")]).await;
-        anna.expect_error_code(Some("a-pdf"), ErrorCode::NoRoute)
-            .await;
-        publish_with(&mut gus, "g-general", ROUTED, &[]).await;
-        gus.expect_error_code(Some("g-general"), ErrorCode::NoRoute)
-            .await;
-        // What is configured still goes through.
-        publish_with(&mut anna, "a-general", ROUTED, &[]).await;
-        anna.expect_ack("a-general").await;
-
-        let names = &env.names;
-        assert_eq!(
-            drain_ids(env, &names.tenant_queue(ROUTED, "acme", Some("pdf"))).await,
-            Vec::<String>::new()
-        );
-        assert_eq!(
-            drain_ids(env, &names.tenant_queue(ROUTED, "globex", None)).await,
-            Vec::<String>::new()
-        );
-        assert_eq!(
-            drain_ids(env, &names.tenant_queue(ROUTED, "acme", None)).await,
-            ["a-general"]
-        );
-        for c in [anna, gus] {
-            c.close().await;
-        }
-        gw.shutdown().await;
-        delete_tenant_topology(env).await;
-    })
-    .await;
-}
-
 /// A request nobody can answer for its tenant is refused `no_service` at once, though
 /// a worker of another tenant announces the channel: an instance names the queues it
 /// consumes in its announcements, and answers only for those.
