@@ -698,6 +698,11 @@ impl Broker {
             .map_err(|e| GatewayError::amqp("channel.open", e))
     }
 
+    /// How long an operation waits for RabbitMQ (`broker_wait_ms`).
+    pub(crate) fn wait_limit(&self) -> Duration {
+        self.wait
+    }
+
     /// The current state, without reconnecting.
     pub fn state(&self) -> BrokerState {
         if self.closed.load(Ordering::Acquire) {

@@ -218,26 +218,39 @@ impl DirectReply {
                 return Ok((ch.clone(), *generation));
             }
         }
-        let ch = self
-            .broker
-            .request_channel()
+        // Bounded: the channel is opened on the publishing connection, on which
+        // nothing is written while RabbitMQ blocks it (an alarm the gateway has not
+        // been told of yet), and every call waits behind this lock meanwhile.
+        let open = async {
+            let ch = self
+                .broker
+                .request_channel()
+                .await
+                .map_err(|e| e.to_string())?;
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let answers = ch
+                .basic_consume(
+                    ShortString::from(DIRECT_REPLY_TO),
+                    ShortString::from(""),
+                    BasicConsumeOptions {
+                        no_ack: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((ch, answers))
+        };
+        let (ch, mut answers) = tokio::time::timeout(self.broker.wait_limit(), open)
             .await
-            .map_err(|e| e.to_string())?;
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut answers = ch
-            .basic_consume(
-                ShortString::from(DIRECT_REPLY_TO),
-                ShortString::from(""),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| {
+                "RabbitMQ did not open the request channel in time (unreachable, or \
+                 blocking publishes)"
+                    .to_string()
+            })??;
         let waiting = self.waiting.clone();
         let generation = self
             .generations
