@@ -1163,10 +1163,31 @@ impl Config {
         // The secret and its file are one setting: either, given by the environment
         // or a flag, replaces both of the file's (the file's `secret` kept winning,
         // so a secret rotated through `--auth-jwt-secret-file` was silently ignored).
-        // Both given at once are refused when the keys are loaded.
+        // One from the environment and the other by flag: the flag's, as for every
+        // setting. Both from the same place are refused when the keys are loaded.
         if o.auth_jwt_secret.is_some() || o.auth_jwt_secret_file.is_some() {
-            self.auth.jwt.secret = o.auth_jwt_secret.clone();
-            self.auth.jwt.secret_file = o.auth_jwt_secret_file.clone();
+            let from_env = |var: &str, given: Option<&std::ffi::OsStr>| {
+                given.is_some() && std::env::var_os(var).as_deref() == given
+            };
+            let secret_env = from_env(
+                "WARREN_AUTH_JWT_SECRET",
+                o.auth_jwt_secret.as_deref().map(std::ffi::OsStr::new),
+            );
+            let file_env = from_env(
+                "WARREN_AUTH_JWT_SECRET_FILE",
+                o.auth_jwt_secret_file.as_deref().map(|p| p.as_os_str()),
+            );
+            let (mut secret, mut file) =
+                (o.auth_jwt_secret.clone(), o.auth_jwt_secret_file.clone());
+            if secret.is_some() && file.is_some() && secret_env != file_env {
+                if secret_env {
+                    secret = None;
+                } else {
+                    file = None;
+                }
+            }
+            self.auth.jwt.secret = secret;
+            self.auth.jwt.secret_file = file;
         }
         if !o.allowed_origins.is_empty() {
             self.auth.allowed_origins = o.allowed_origins.clone();
@@ -1997,6 +2018,20 @@ mod tests {
         let mut c = Config::from_toml(file, "x").unwrap();
         c.apply(&cli(&[]).overrides);
         assert_eq!(c.auth.jwt.secret_file, Some(PathBuf::from("/etc/old")));
+        // A secret from the environment and a file by flag: the flag's (a variable no
+        // other test reads, so parallel tests are not disturbed).
+        std::env::set_var("WARREN_AUTH_JWT_SECRET", "from-the-environment");
+        let o = cli(&["--auth-jwt-secret-file", "/run/rotated"]).overrides;
+        let mut c = Config::default();
+        c.apply(&o);
+        std::env::remove_var("WARREN_AUTH_JWT_SECRET");
+        assert_eq!(c.auth.jwt.secret, None);
+        assert_eq!(c.auth.jwt.secret_file, Some(PathBuf::from("/run/rotated")));
+        // Both by flag: kept, and refused when the keys are loaded.
+        let o = cli(&["--auth-jwt-secret", "s", "--auth-jwt-secret-file", "/f"]).overrides;
+        let mut c = Config::default();
+        c.apply(&o);
+        assert!(c.auth.jwt.secret.is_some() && c.auth.jwt.secret_file.is_some());
     }
 
     #[test]

@@ -173,6 +173,10 @@ impl Proc {
         }
         let mut child = Command::new(&self.program)
             .args(&self.args)
+            // The stack's gateways verify the tokens it signs: a secret inherited from
+            // the environment would replace its own.
+            .env_remove("WARREN_AUTH_JWT_SECRET")
+            .env_remove("WARREN_AUTH_JWT_SECRET_FILE")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
