@@ -521,6 +521,43 @@ async fn a_wall_clock_stepping_back_does_not_stretch_a_request_deadline() {
     c.close();
 }
 
+/// A wall clock that went ahead of the monotonic one, as after a laptop sleeps
+/// (`performance.now()` stands still meanwhile on Linux and macOS), is followed: a
+/// request whose deadline passed during the "sleep" is rejected at the client's next
+/// timer (here the handshake's, 1 s in), and a token that expired meanwhile is seen as
+/// expired. (On `performance.now()` alone it stayed pending its whole minute.)
+#[wasm_bindgen_test]
+async fn a_wall_clock_gone_ahead_as_after_a_sleep_is_followed() {
+    let silent = path(&stack(), &["silent"]).as_string().expect("silent URL");
+    let c = client(&format!(
+        r#"{{"urls": ["{silent}"], "handshakeTimeoutMs": 1000}}"#
+    ));
+    let _ = watch(&c.connect());
+    let pending = watch(&c.write_and_wait(
+        json(r#"{"channel": "silent", "message": {"clock": "ahead"}}"#),
+        Some(json(r#"{"timeoutMs": 60000}"#).unchecked_into()),
+    ));
+    let started = js_sys::eval("performance.now()").unwrap().as_f64().unwrap();
+    js_sys::eval(
+        "globalThis.__dateNow = Date.now; Date.now = () => globalThis.__dateNow.call(Date) + 120000;",
+    )
+    .unwrap();
+    let settled = eventually(|| pending.borrow().is_some()).await;
+    let elapsed = js_sys::eval("performance.now()").unwrap().as_f64().unwrap() - started;
+    js_sys::eval("Date.now = globalThis.__dateNow;").unwrap();
+    c.close();
+    assert!(
+        settled,
+        "still pending {elapsed} ms after the clock went two minutes ahead"
+    );
+    let err = pending
+        .borrow_mut()
+        .take()
+        .unwrap()
+        .expect_err("nobody answers on `silent`");
+    assert_eq!(code_of(&err), "timeout");
+}
+
 #[wasm_bindgen_test]
 async fn one_client_per_channel_port_serves_its_channel_and_refuses_others_locally() {
     let c = client(&format!(

@@ -25,7 +25,8 @@ export function sendText(ws, text) { try { ws.send(text); } catch (_) {} }
 export function arm(ms, dispatch) { return setTimeout(() => dispatch(3, 0), ms); }
 export function disarm(id) { clearTimeout(id); }
 export function logError(e) { console.error(e); }
-export function clock() { return performance.timeOrigin + performance.now(); }
+let offset = 0;
+export function clock() { const m = performance.now(); offset = Math.max(offset, Date.now() - m); return m + offset; }
 export function listeners() { return { state: [], error: [], drain: [] }; }
 export function listen(l, name, f, on) {
   if (!Array.isArray(l[name])) return false;
@@ -78,9 +79,13 @@ extern "C" {
     #[wasm_bindgen(js_name = logError)]
     pub fn log_error(value: &JsValue);
 
-    /// Milliseconds since the epoch on a monotonic clock (`performance.timeOrigin +
-    /// performance.now()`): unlike `Date.now()`, a step of the wall clock (NTP, the
-    /// user, a VM restore) neither stretches nor expires the client's deadlines.
+    /// Milliseconds since the epoch that never go back: `performance.now()` plus the
+    /// largest `Date.now() - performance.now()` seen. A wall clock stepped back (NTP,
+    /// the user, a VM restore) does not stretch the client's deadlines; one that went
+    /// ahead of the monotonic clock (a laptop waking: `performance.now()` stands still
+    /// while the machine sleeps on Linux and macOS) is followed, so a token that
+    /// expired meanwhile is seen as expired and renewed. (`performance.now()` alone
+    /// left tokens looking valid after a sleep.)
     pub fn clock() -> f64;
 }
 
