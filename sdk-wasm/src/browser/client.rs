@@ -55,7 +55,7 @@ struct Shared {
     pumping: Cell<bool>,
 }
 
-/// The core's clock: monotonic, in milliseconds since the epoch (see [`clock`]).
+/// The core's clock: milliseconds since the epoch that never go back (see [`clock`]).
 fn now() -> u64 {
     clock() as u64
 }
