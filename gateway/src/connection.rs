@@ -1836,12 +1836,11 @@ impl Conn {
                 if self.session.is_none() {
                     return Flow::Continue;
                 }
-                let subs: Vec<_> = core_::poc_subscriptions(&p, &id).collect();
-                self.join_wait(subs.iter().map(|s| s.channel.as_str()))
-                    .await;
-                let refused = subs
-                    .iter()
-                    .find_map(|s| self.apply_subscription(s, true).err());
+                // The flagged channels, not the subscriptions: made at once, a packet's
+                // combinations can be gigabytes (see `poc_subscriptions`).
+                self.join_wait(p.channels()).await;
+                let refused = core_::poc_subscriptions(&p, &id)
+                    .find_map(|s| self.apply_subscription(&s, true).err());
                 if let Some(r) = refused {
                     self.subscriptions_changed();
                     return self.refuse(Some(id), r).await;
