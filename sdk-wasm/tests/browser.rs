@@ -487,38 +487,50 @@ async fn write_and_wait_rejects_with_timeout_when_no_service_answers() {
     c.close();
 }
 
-/// The deadlines run on a monotonic clock: the wall clock stepping back a minute (NTP,
-/// the user, a VM restore) while a request waits does not keep it pending a minute more.
-/// No gateway answers (the stack's `silent` URL never completes a handshake), so only
-/// the SDK's own deadline can reject it.
-#[wasm_bindgen_test]
-async fn a_wall_clock_stepping_back_does_not_stretch_a_request_deadline() {
+/// A `writeAndWait` of `timeout_ms` on the stack's `silent` URL (no gateway answers,
+/// so only the SDK's own deadline can reject it; `handshake_ms` is the client's next
+/// timer), with `Date.now` shifted by `shift_ms` while it waits: how it ended (if it
+/// did within 10 s) and after how many ms.
+async fn with_the_wall_clock_shifted(
+    shift_ms: i64,
+    handshake_ms: u32,
+    timeout_ms: u32,
+) -> (Option<Result<JsValue, JsValue>>, f64) {
     let silent = path(&stack(), &["silent"]).as_string().expect("silent URL");
     let c = client(&format!(
-        r#"{{"urls": ["{silent}"], "handshakeTimeoutMs": 60000}}"#
+        r#"{{"urls": ["{silent}"], "handshakeTimeoutMs": {handshake_ms}}}"#
     ));
     let _ = watch(&c.connect());
     let pending = watch(&c.write_and_wait(
-        json(r#"{"channel": "silent", "message": {"clock": "back"}}"#),
-        Some(json(r#"{"timeoutMs": 500}"#).unchecked_into()),
+        json(r#"{"channel": "silent", "message": {"clock": "shifted"}}"#),
+        Some(json(&format!(r#"{{"timeoutMs": {timeout_ms}}}"#)).unchecked_into()),
     ));
-    let started = js_sys::eval("performance.now()").unwrap().as_f64().unwrap();
-    js_sys::eval(
-        "globalThis.__dateNow = Date.now; Date.now = () => globalThis.__dateNow.call(Date) - 60000;",
-    )
+    let now = || js_sys::eval("performance.now()").unwrap().as_f64().unwrap();
+    let started = now();
+    js_sys::eval(&format!(
+        "globalThis.__dateNow = Date.now; \
+         Date.now = () => globalThis.__dateNow.call(Date) + ({shift_ms});"
+    ))
     .unwrap();
-    let settled = eventually(|| pending.borrow().is_some()).await;
-    let elapsed = js_sys::eval("performance.now()").unwrap().as_f64().unwrap() - started;
+    let _ = eventually(|| pending.borrow().is_some()).await;
+    let elapsed = now() - started;
     js_sys::eval("Date.now = globalThis.__dateNow;").unwrap();
-    assert!(settled, "still pending {elapsed} ms after a 500 ms timeout");
-    let err = pending
-        .borrow_mut()
-        .take()
-        .unwrap()
-        .expect_err("nobody answers on `silent`");
+    c.close();
+    let outcome = pending.borrow_mut().take();
+    (outcome, elapsed)
+}
+
+/// The deadlines' clock never goes back: the wall clock stepping back a minute (NTP,
+/// the user, a VM restore) while a request waits does not keep it pending a minute
+/// more.
+#[wasm_bindgen_test]
+async fn a_wall_clock_stepping_back_does_not_stretch_a_request_deadline() {
+    let (outcome, elapsed) = with_the_wall_clock_shifted(-60_000, 60_000, 500).await;
+    let outcome =
+        outcome.unwrap_or_else(|| panic!("still pending {elapsed} ms after a 500 ms timeout"));
+    let err = outcome.expect_err("nobody answers on `silent`");
     assert_eq!(code_of(&err), "timeout");
     assert!(elapsed < 1_500.0, "rejected after {elapsed} ms");
-    c.close();
 }
 
 /// A wall clock that went ahead of the monotonic one, as after a laptop sleeps
@@ -528,33 +540,11 @@ async fn a_wall_clock_stepping_back_does_not_stretch_a_request_deadline() {
 /// expired. (On `performance.now()` alone it stayed pending its whole minute.)
 #[wasm_bindgen_test]
 async fn a_wall_clock_gone_ahead_as_after_a_sleep_is_followed() {
-    let silent = path(&stack(), &["silent"]).as_string().expect("silent URL");
-    let c = client(&format!(
-        r#"{{"urls": ["{silent}"], "handshakeTimeoutMs": 1000}}"#
-    ));
-    let _ = watch(&c.connect());
-    let pending = watch(&c.write_and_wait(
-        json(r#"{"channel": "silent", "message": {"clock": "ahead"}}"#),
-        Some(json(r#"{"timeoutMs": 60000}"#).unchecked_into()),
-    ));
-    let started = js_sys::eval("performance.now()").unwrap().as_f64().unwrap();
-    js_sys::eval(
-        "globalThis.__dateNow = Date.now; Date.now = () => globalThis.__dateNow.call(Date) + 120000;",
-    )
-    .unwrap();
-    let settled = eventually(|| pending.borrow().is_some()).await;
-    let elapsed = js_sys::eval("performance.now()").unwrap().as_f64().unwrap() - started;
-    js_sys::eval("Date.now = globalThis.__dateNow;").unwrap();
-    c.close();
-    assert!(
-        settled,
-        "still pending {elapsed} ms after the clock went two minutes ahead"
-    );
-    let err = pending
-        .borrow_mut()
-        .take()
-        .unwrap()
-        .expect_err("nobody answers on `silent`");
+    let (outcome, elapsed) = with_the_wall_clock_shifted(120_000, 1_000, 60_000).await;
+    let outcome = outcome.unwrap_or_else(|| {
+        panic!("still pending {elapsed} ms after the clock went two minutes ahead")
+    });
+    let err = outcome.expect_err("nobody answers on `silent`");
     assert_eq!(code_of(&err), "timeout");
 }
 
