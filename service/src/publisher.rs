@@ -406,16 +406,7 @@ impl Publisher {
     ) -> std::result::Result<Confirmation, lapin::Error> {
         let channel = self.channel(epoch, lane).await?;
         *used = Some(channel.id());
-        channel
-            .basic_publish(
-                exchange,
-                routing_key,
-                BasicPublishOptions::default(),
-                body,
-                properties,
-            )
-            .await?
-            .await
+        publish_and_confirm(&channel, exchange, routing_key, body, properties).await
     }
 
     /// The properties every service message carries: persistent, JSON, `message_id`,
@@ -546,6 +537,26 @@ struct LaneChannel {
     used: Instant,
 }
 
+/// One publish on `channel` (in confirm mode) and its confirm.
+async fn publish_and_confirm(
+    channel: &Channel,
+    exchange: ShortString,
+    routing_key: ShortString,
+    body: &[u8],
+    properties: BasicProperties,
+) -> std::result::Result<Confirmation, lapin::Error> {
+    channel
+        .basic_publish(
+            exchange,
+            routing_key,
+            BasicPublishOptions::default(),
+            body,
+            properties,
+        )
+        .await?
+        .await
+}
+
 /// A publish and its confirm on a confirm-mode channel of its own, closed after it
 /// (after a channel error: [`Publisher::publish_confirmed`]).
 async fn publish_alone(
@@ -560,16 +571,7 @@ async fn publish_alone(
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        channel
-            .basic_publish(
-                exchange,
-                routing_key,
-                BasicPublishOptions::default(),
-                body,
-                properties,
-            )
-            .await?
-            .await
+        publish_and_confirm(&channel, exchange, routing_key, body, properties).await
     }
     .await;
     if channel.status().connected() {
