@@ -12,10 +12,11 @@ use warren_protocol::{Deliver, Error as ErrorFrame, ErrorCode, Headers, Raw, Rep
 /// The header RabbitMQ puts on every stream delivery: the message's offset.
 pub(crate) const STREAM_OFFSET: &str = "x-stream-offset";
 
-/// A text header of `properties` (a long or short string, or a byte array: what Go's
-/// and Java's AMQP clients send for bytes), e.g. `x-warren-tenant`.
-pub(crate) fn text_header(properties: &BasicProperties, name: &str) -> Option<String> {
-    match properties.headers().as_ref()?.inner().get(name)? {
+/// A header value as text (a long or short string, or a byte array: what Go's and
+/// Java's AMQP clients send for bytes), e.g. `x-warren-tenant`'s; `None` for another
+/// type.
+pub(crate) fn text_value(value: &AMQPValue) -> Option<String> {
+    match value {
         AMQPValue::LongString(t) => Some(String::from_utf8_lossy(t.as_bytes()).into_owned()),
         AMQPValue::ShortString(t) => Some(t.to_string()),
         AMQPValue::ByteArray(t) => Some(String::from_utf8_lossy(t.as_slice()).into_owned()),

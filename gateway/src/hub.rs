@@ -49,7 +49,7 @@ use tokio::sync::{watch, Notify};
 use warren_protocol::amqp::{topic_matches, H_CC, H_TENANT};
 
 use crate::broker::Broker;
-use crate::delivery::{stream_reply_id, text_header};
+use crate::delivery::{stream_reply_id, text_value};
 use crate::error::GatewayError;
 use crate::topics::TopicIndex;
 
@@ -346,11 +346,8 @@ struct Member {
 /// names a tenant no session has: in tenant mode the message then reaches nobody
 /// (read as no header, it went to the sessions without a tenant).
 fn tenant_of(properties: &BasicProperties) -> Option<String> {
-    let named = properties
-        .headers()
-        .as_ref()
-        .is_some_and(|h| h.inner().contains_key(H_TENANT));
-    named.then(|| text_header(properties, H_TENANT).unwrap_or_else(|| "\0unreadable".into()))
+    let value = properties.headers().as_ref()?.inner().get(H_TENANT)?;
+    Some(text_value(value).unwrap_or_else(|| "\0unreadable".into()))
 }
 
 impl Member {
