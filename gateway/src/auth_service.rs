@@ -7,8 +7,10 @@
 //! auth service ever started, nothing is bound and the answer is `auth_unavailable` at
 //! once), `expiration` = the timeout (an unanswered request does not linger), and
 //! `reply_to` = RabbitMQ's direct reply-to pseudo-queue `amq.rabbitmq.reply-to`, so no
-//! queue is declared for the answers. Accepted answers are cached by token until their
-//! `expires_at`.
+//! queue is declared for the answers. Accepted answers are cached until their
+//! `expires_at`, by everything the service was asked except the gateway's name and the
+//! client's port: token, session, Origin and client IP. A refusal the service bases
+//! on any of them therefore holds for a cached token too.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -33,7 +35,7 @@ pub struct AuthClient {
     timeout: Duration,
     cache_entries: usize,
     replies: DirectReply,
-    cache: Mutex<HashMap<String, Identity>>,
+    cache: Mutex<HashMap<CacheKey, Identity>>,
 }
 
 impl std::fmt::Debug for AuthClient {
@@ -50,6 +52,25 @@ fn now_s() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
+
+/// What an answer is cached by: the request without the gateway's name and the
+/// client's port (a reconnect comes from a new port), so that the service's decision
+/// on Origin, address or session is not reused for another.
+fn cache_key(request: &AuthRequest) -> CacheKey {
+    let ip = request.remote_addr.as_deref().map(|a| {
+        a.parse::<std::net::SocketAddr>()
+            .map_or_else(|_| a.to_string(), |s| s.ip().to_string())
+    });
+    (
+        request.token.clone(),
+        request.session.clone(),
+        ip,
+        request.origin.clone(),
+    )
+}
+
+/// Token, session, client IP and Origin.
+type CacheKey = (String, Option<String>, Option<String>, Option<String>);
 
 impl AuthClient {
     /// A client for the auth service configured in `config`.
@@ -71,10 +92,10 @@ impl AuthClient {
     /// it does not answer within the timeout or none is running, [`AuthError::Invalid`]
     /// for an answer that cannot be used.
     pub async fn ask(&self, request: AuthRequest) -> Result<Identity, AuthError> {
-        if let Some(hit) = self.cached(&request.token) {
+        let key = cache_key(&request);
+        if let Some(hit) = self.cached(&key) {
             return Ok(hit);
         }
-        let token = request.token.clone();
         let reply = tokio::time::timeout(self.timeout, self.round_trip(request))
             .await
             .map_err(|_| {
@@ -84,21 +105,21 @@ impl AuthClient {
         if identity.expires_at.is_some_and(|e| e <= now_s()) {
             return Err(AuthError::Expired);
         }
-        self.remember(token, &identity);
+        self.remember(key, &identity);
         Ok(identity)
     }
 
-    fn cached(&self, token: &str) -> Option<Identity> {
+    fn cached(&self, key: &CacheKey) -> Option<Identity> {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        let hit = cache.get(token)?.clone();
+        let hit = cache.get(key)?.clone();
         if hit.expires_at.is_some_and(|e| e > now_s()) {
             return Some(hit);
         }
-        cache.remove(token);
+        cache.remove(key);
         None
     }
 
-    fn remember(&self, token: String, identity: &Identity) {
+    fn remember(&self, key: CacheKey, identity: &Identity) {
         if identity.expires_at.is_none() || self.cache_entries == 0 {
             return; // without an expiry an answer is not reused
         }
@@ -110,7 +131,7 @@ impl AuthClient {
                 cache.clear();
             }
         }
-        cache.insert(token, identity.clone());
+        cache.insert(key, identity.clone());
     }
 
     async fn round_trip(&self, request: AuthRequest) -> Result<AuthReply, AuthError> {

@@ -1,7 +1,8 @@
 //! `auth.mode = "service"` against a real RabbitMQ: the gateway asks an auth service
 //! (`client.auth`) built on the service library — the demo authenticator, or a slow
 //! one — and admits, refuses, or answers `auth_unavailable` (never hangs) when no auth
-//! service runs or it is too slow. Accepted answers are cached for their lifetime. A
+//! service runs or it is too slow. Accepted answers are cached for their lifetime, by
+//! token, session, Origin and client IP (not reused for another Origin). A
 //! `hello` its client gave up on while the auth service was slow does not take the
 //! session from the connection the client resumed it on meanwhile.
 
@@ -148,6 +149,84 @@ async fn the_auth_service_admits_refuses_and_its_absence_or_slowness_is_auth_una
 
     ada.close().await;
     again.close().await;
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
+/// Sends `hello` with `token` on a WebSocket opened with `Origin: origin`; the first
+/// frame the gateway answers.
+async fn hello_from(url: &str, origin: &str, token: &str) -> ServerFrame {
+    let mut c = TestClient::try_connect_with_headers(url, &[("Origin", origin)])
+        .await
+        .expect("upgrade");
+    c.send(&ClientFrame::Hello(Hello {
+        token: Some(token.into()),
+        ..Default::default()
+    }))
+    .await;
+    let first = c.recv_within(Duration::from_secs(10)).await;
+    c.abort();
+    first.expect("an answer to hello")
+}
+
+/// The auth service is asked with the client's Origin and address so that it can
+/// refuse by them. An answer it gave for one Origin is not reused for another: the
+/// cache is by token, session, Origin and client IP. (Cached by token alone, a token
+/// admitted from the app's origin was admitted from any other until its `expires_at`.)
+#[tokio::test]
+async fn a_cached_answer_is_not_reused_for_another_origin() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let mut env = TestEnv::new("auth-service-origin").await;
+    env.track_queue(env.names.channel_queue("auth"));
+    let asked = Arc::new(AtomicUsize::new(0));
+    let auth = Service::connect(&amqp_addr(), env.names.clone())
+        .await
+        .unwrap();
+    let counter = asked.clone();
+    auth.authenticate("auth", move |req| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if req.origin.as_deref() != Some("https://app.example.com") {
+                return AuthReply::deny("not from the app");
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            AuthReply {
+                expires_at: Some(now + 600),
+                ..AuthReply::allow("ada")
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let gw = TestGateway::start_with(&env, service_mode).await;
+    let url = gw.url();
+
+    let app = "https://app.example.com";
+    for round in 0..2 {
+        match hello_from(&url, app, "t-ada").await {
+            ServerFrame::Welcome(w) => assert_eq!(w.user, "ada"),
+            other => panic!("round {round}: expected welcome, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        1,
+        "the second hello from the app was answered from the cache"
+    );
+    match hello_from(&url, "https://evil.example", "t-ada").await {
+        ServerFrame::Error(e) => {
+            assert_eq!(e.code, ErrorCode::Unauthorized, "{e:?}");
+            assert!(e.message.contains("not from the app"), "{e:?}");
+        }
+        other => panic!("another origin: expected a refusal, got {other:?}"),
+    }
+    assert_eq!(asked.load(Ordering::SeqCst), 2, "the service was asked");
+
+    auth.stop().await.unwrap();
     gw.shutdown().await;
     env.cleanup().await;
 }
