@@ -157,7 +157,7 @@ impl Broker {
             opened: std::sync::Mutex::new(HashMap::new()),
             retiring: std::sync::Mutex::new(std::collections::HashSet::new()),
         });
-        let links = broker.open().await?;
+        let links = broker.open_at_start(config.broker_start_wait_ms).await?;
         *broker.links.lock().await = Some(links);
         broker.state_tx.send_replace(BrokerState::Connected);
         Ok(broker)
@@ -264,9 +264,55 @@ impl Broker {
         });
     }
 
+    /// [`Broker::open`], tried again while RabbitMQ is unreachable (not yet started,
+    /// or restarting) for up to `wait_ms`, saying so at each attempt. A refused login
+    /// or another error fails at once.
+    async fn open_at_start(self: &Arc<Self>, wait_ms: u64) -> Result<Links, GatewayError> {
+        let started = Instant::now();
+        let wait = Duration::from_millis(wait_ms);
+        for attempt in 1u32.. {
+            let e = match self.open().await {
+                Ok(links) => return Ok(links),
+                Err(e) if e.is_unreachable() => e,
+                Err(e) => return Err(e),
+            };
+            let left = wait.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                if wait_ms == 0 {
+                    return Err(e);
+                }
+                return Err(GatewayError::StartWait {
+                    waited_ms: wait_ms,
+                    source: Box::new(e),
+                });
+            }
+            let pause = Duration::from_millis(250u64 << attempt.min(3)).min(left);
+            tracing::warn!(
+                node = %self.node,
+                attempt,
+                error = %e,
+                "RabbitMQ is not reachable yet; trying again in {} ms (giving up {} s after \
+                 start, broker_start_wait_ms)",
+                pause.as_millis(),
+                wait.as_secs()
+            );
+            tokio::time::sleep(pause).await;
+        }
+        unreachable!("the attempts never run out")
+    }
+
     async fn open(self: &Arc<Self>) -> Result<Links, GatewayError> {
         let (publish_conn, publishers, controls) = self.open_publishing().await?;
-        let (consume_conn, consumers) = self.open_consuming().await?;
+        let (consume_conn, consumers) = match self.open_consuming().await {
+            Ok(opened) => opened,
+            Err(e) => {
+                // Not left open behind a start that tries again.
+                let _ = publish_conn
+                    .close(0, "consuming connection failed".into())
+                    .await;
+                return Err(e);
+            }
+        };
         Ok(Links {
             publish_conn: Arc::new(publish_conn),
             consume_conn: Arc::new(consume_conn),

@@ -78,6 +78,10 @@ pub struct Config {
     /// How long a publish waits for RabbitMQ to come back before it fails with
     /// `broker_unavailable`. Default: 5000.
     pub broker_wait_ms: u64,
+    /// How long the gateway (every command) keeps trying to reach RabbitMQ when it
+    /// starts, for RabbitMQ starting beside it; 0 = fail at the first refusal. A refused
+    /// login fails at once. Default: 30000.
+    pub broker_start_wait_ms: u64,
     /// Message TTL of every `IN_<CHANNEL>` queue (`x-message-ttl`) in ms; 0 = none,
     /// at most 315360000000 (ten years, RabbitMQ's limit). Expired messages are
     /// dead-lettered to `warren.dead`. Default: 0.
@@ -599,6 +603,7 @@ impl Default for Config {
             presence: true,
             max_pending_confirms: 1024,
             broker_wait_ms: 5_000,
+            broker_start_wait_ms: 30_000,
             message_ttl_ms: 0,
             channel_options: std::collections::BTreeMap::new(),
             hello_timeout_ms: 10_000,
@@ -1135,6 +1140,7 @@ impl Config {
             presence,
             max_pending_confirms,
             broker_wait_ms,
+            broker_start_wait_ms,
             message_ttl_ms,
             hello_timeout_ms,
             inbound_max_length,
@@ -1456,6 +1462,10 @@ pub struct Overrides {
     /// How long a publish waits for RabbitMQ to come back, in ms [default: 5000].
     #[arg(long, env = "WARREN_BROKER_WAIT_MS", global = true)]
     pub broker_wait_ms: Option<u64>,
+    /// How long to keep trying to reach RabbitMQ at start, in ms, for a broker starting
+    /// beside the gateway; 0 = fail at once [default: 30000].
+    #[arg(long, env = "WARREN_BROKER_START_WAIT_MS", global = true)]
+    pub broker_start_wait_ms: Option<u64>,
     /// Message TTL of the IN_<CHANNEL> queues in ms, 0 = none, at most 315360000000
     /// (ten years, RabbitMQ's limit); per channel in the file's
     /// [channel_options.<name>] [default: 0].

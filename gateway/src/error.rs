@@ -35,6 +35,15 @@ pub enum GatewayError {
         /// The last error.
         source: lapin::Error,
     },
+    /// At start, RabbitMQ stayed unreachable for `broker_start_wait_ms`.
+    #[error("RabbitMQ was not reachable within broker_start_wait_ms ({waited_ms} ms)")]
+    StartWait {
+        /// The wait, in ms.
+        waited_ms: u64,
+        /// The last attempt's error.
+        #[source]
+        source: Box<GatewayError>,
+    },
     /// An AMQP operation failed.
     #[error("AMQP {op} failed: {source}")]
     Amqp {
@@ -74,6 +83,18 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
+    /// Whether this is RabbitMQ not (yet) listening or answering (a socket error),
+    /// which waiting can cure, unlike a refused login or a missing vhost.
+    pub(crate) fn is_unreachable(&self) -> bool {
+        match self {
+            GatewayError::Connect { source, .. } => matches!(
+                source.kind(),
+                lapin::ErrorKind::IOError(_) | lapin::ErrorKind::MissingHeartbeatError
+            ),
+            _ => false,
+        }
+    }
+
     /// Wraps a lapin error with the name of the operation that failed.
     pub(crate) fn amqp(op: impl Into<String>, source: lapin::Error) -> Self {
         GatewayError::Amqp {

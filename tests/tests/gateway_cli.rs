@@ -150,3 +150,125 @@ async fn warren_stack_refuses_a_second_gateway_config_with_auth_jwt_saying_why()
     assert!(text.contains("with --auth jwt"), "{text}");
     assert!(!text.contains("exit status"), "{text}");
 }
+
+/// `amqp_addr()` with its host and port replaced by `127.0.0.1:port`, and the
+/// `host:port` it named.
+fn amqp_addr_on(port: u16) -> (String, String) {
+    let addr = warren_e2e::env::amqp_addr();
+    let authority_start = addr.find("//").map_or(0, |i| i + 2);
+    let authority_end = addr[authority_start..]
+        .find('/')
+        .map_or(addr.len(), |i| authority_start + i);
+    let host_start = addr[authority_start..authority_end]
+        .rfind('@')
+        .map_or(authority_start, |i| authority_start + i + 1);
+    let real = addr[host_start..authority_end].to_string();
+    let moved = format!(
+        "{}127.0.0.1:{port}{}",
+        &addr[..host_start],
+        &addr[authority_end..]
+    );
+    (moved, real)
+}
+
+/// A loopback port nothing listens on (bound, then released).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// RabbitMQ starting beside the gateway (a compose file, a machine's boot): the
+/// gateway keeps trying for `broker_start_wait_ms`, saying so at each attempt, and
+/// serves once RabbitMQ answers; when it never does, it exits 1 naming the wait. (It
+/// exited at the first refused connection.)
+#[tokio::test]
+async fn the_gateway_waits_for_rabbitmq_starting_beside_it() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let env = warren_e2e::env::TestEnv::new("start-wait").await;
+    let bin = tokio::task::spawn_blocking(|| {
+        workspace_binary("warren-gateway", "warren-gateway", &["WARREN_GATEWAY_BIN"])
+    })
+    .await
+    .expect("binary");
+    let port = free_port();
+    let (uri, real) = amqp_addr_on(port);
+    let mut gw = tokio::process::Command::new(&bin)
+        .args(["--amqp-uri", &uri, "--namespace", &env.namespace])
+        .args(["--node", "gw-start-wait", "--listen", "127.0.0.1:0"])
+        .args(["--broker-start-wait-ms", "30000"])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start warren-gateway");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(
+        gw.try_wait().expect("status").is_none(),
+        "the gateway waits for RabbitMQ instead of exiting"
+    );
+    // RabbitMQ "starts": a forwarder to the real broker on the port.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("the port is still free");
+    let forwarder = tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                return;
+            };
+            let real = real.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&real).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    let mut stdout = tokio::io::BufReader::new(gw.stdout.take().expect("stdout")).lines();
+    let listening = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Ok(Some(line)) = stdout.next_line().await {
+            if line.starts_with("LISTENING ") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    gw.start_kill().expect("kill");
+    let _ = gw.wait().await;
+    let mut log = String::new();
+    gw.stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut log)
+        .await
+        .expect("stderr");
+    assert_eq!(listening, Ok(true), "serves once RabbitMQ answers: {log}");
+    assert!(log.contains("RabbitMQ is not reachable yet"), "{log}");
+    forwarder.abort();
+
+    // Never answering: exit 1 once the wait is over, naming it.
+    let started = Instant::now();
+    let out = tokio::process::Command::new(&bin)
+        .args(["--amqp-uri", &amqp_addr_on(free_port()).0])
+        .args(["--namespace", &env.namespace, "--listen", "127.0.0.1:0"])
+        .args(["--broker-start-wait-ms", "1200"])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .await
+        .expect("run warren-gateway");
+    let took = started.elapsed();
+    let text = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        took >= Duration::from_millis(1_200) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    let last = text.lines().last().unwrap_or_default();
+    assert!(last.starts_with("error: "), "{text}");
+    assert!(last.contains("broker_start_wait_ms (1200 ms)"), "{text}");
+    assert!(last.contains("cannot connect to RabbitMQ"), "{text}");
+    env.cleanup().await;
+}
