@@ -501,23 +501,24 @@ impl PresenceView {
             .collect()
     }
 
-    /// Moves on to `now`: sessions of gateways found dead become away (gone after
-    /// `grace` unless resumed), and returns the `client.disconnected` events this
-    /// gateway is to publish — its own sessions not resumed in time, and a dead
-    /// gateway's when this gateway is the live one with the smallest node name — as
-    /// (session, what was held, reason). Dead gateways with nothing left are forgotten.
     /// This gateway hears nothing at `now` (its broker link is down, or its listeners
-    /// are not bound again yet): its peers' announcements cannot reach it, so their
-    /// silence says nothing of them. The peers it heard do not age meanwhile; without
-    /// this, an outage longer than their lifetime and the grace made the elected
-    /// gateway publish `gateway_lost` for every session of its live peers once
-    /// RabbitMQ was back.
+    /// are not bound again yet, or a resource alarm blocks publishing — its peers'
+    /// too): its peers' announcements cannot reach it, so their silence says nothing
+    /// of them. The peers it heard do not age meanwhile; without this, an outage (or
+    /// an alarm) longer than their lifetime and the grace made the elected gateway
+    /// publish `gateway_lost` for every session of its live peers once RabbitMQ was
+    /// back.
     pub fn deaf(&mut self, now: Instant) {
         for p in self.peers.values_mut().filter(|p| p.heard && !p.down) {
             p.last_seen = p.last_seen.max(now);
         }
     }
 
+    /// Moves on to `now`: sessions of gateways found dead become away (gone after
+    /// `grace` unless resumed), and returns the `client.disconnected` events this
+    /// gateway is to publish — its own sessions not resumed in time, and a dead
+    /// gateway's when this gateway is the live one with the smallest node name — as
+    /// (session, what was held, reason). Dead gateways with nothing left are forgotten.
     pub fn due(&mut self, now: Instant) -> Vec<(String, Held, &'static str)> {
         let dead: BTreeSet<String> = self
             .peers

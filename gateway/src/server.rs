@@ -1469,11 +1469,8 @@ pub(crate) async fn keep_presence(shared: Arc<Shared>) {
         loop {
             tick.tick().await;
             let now = std::time::Instant::now();
-            // Without RabbitMQ nothing is heard: the peers' silence says nothing.
-            if shared.broker.state() != crate::broker::BrokerState::Connected {
-                shared.presence_view().deaf(now);
-            }
-            let due = shared.presence_view().due(now);
+            let hears = hears_peers(shared.broker.state(), shared.broker.is_blocked());
+            let due = presence_tick(&mut shared.presence_view(), hears, now);
             for (session, held, reason) in due {
                 shared.disconnected(&session, held, reason);
             }
@@ -1486,6 +1483,29 @@ pub(crate) async fn keep_presence(shared: Arc<Shared>) {
         // A gateway that stops leaves its sessions to its peers (after its `down`).
         _ = shutdown.wait_for(|s| *s) => {}
     }
+}
+
+/// Whether this gateway can hear its peers' announcements: not without RabbitMQ, and
+/// not while RabbitMQ blocks its publishing (a memory or disk alarm): an alarm blocks
+/// every publisher of the cluster, so its peers cannot announce themselves either.
+/// Judged by their silence, every gateway counted every peer dead during an alarm
+/// longer than three announcement periods and, elected, published `gateway_lost` for
+/// all their sessions once it cleared.
+fn hears_peers(state: crate::broker::BrokerState, blocked: bool) -> bool {
+    state == crate::broker::BrokerState::Connected && !blocked
+}
+
+/// Moves `view` on to `now` ([`PresenceView::due`]); a gateway that `hears` nothing
+/// ([`hears_peers`]) does not age its peers meanwhile ([`PresenceView::deaf`]).
+fn presence_tick(
+    view: &mut crate::presence::PresenceView,
+    hears: bool,
+    now: std::time::Instant,
+) -> Vec<(String, crate::presence::Held, &'static str)> {
+    if !hears {
+        view.deaf(now);
+    }
+    view.due(now)
 }
 
 /// Keeps the service registry's view from the announcements on `warren.services`.
@@ -1621,6 +1641,46 @@ pub(crate) async fn announce(shared: Arc<Shared>, listeners: Vec<(SocketAddr, Op
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resource_alarm_longer_than_a_peers_lifetime_and_the_grace_loses_none_of_its_sessions() {
+        use crate::broker::BrokerState;
+        use crate::presence::{PresenceEvent, PresenceView};
+        let t0 = std::time::Instant::now();
+        let period = Duration::from_millis(100);
+        let grace = Duration::from_secs(1);
+        let mut a = PresenceView::new("a", grace);
+        a.on_gateway("b", "1", true, period, t0);
+        a.on_event(PresenceEvent {
+            event: "client.connected".into(),
+            session: "s1".into(),
+            user: "ada".into(),
+            node: "b".into(),
+            channel: None,
+            reason: None,
+            by: None,
+            keys: None,
+            tenant: None,
+        });
+        // A memory alarm: connected, publishing blocked, b silent for three lifetimes
+        // and twice the grace.
+        let blocked = hears_peers(BrokerState::Connected, true);
+        let mut now = t0;
+        while now < t0 + period * 9 + grace * 2 {
+            now += period;
+            let due = presence_tick(&mut a, blocked, now);
+            assert!(
+                due.is_empty(),
+                "nothing of b is lost during the alarm: {due:?}"
+            );
+        }
+        assert!(a.user_online("ada", None));
+        // The alarm clears: b announces itself again, and s1 stays.
+        let hears = hears_peers(BrokerState::Connected, false);
+        a.on_gateway("b", "1", true, period, now);
+        assert!(presence_tick(&mut a, hears, now + period).is_empty());
+        assert!(a.user_online("ada", None));
+    }
 
     #[test]
     fn the_bearer_scheme_is_matched_without_regard_to_case() {
