@@ -2,7 +2,9 @@
 //! anything is installed, started or built: run here with a `PATH` holding only the
 //! few tools the help needs (no apt-get, cargo, rabbitmqctl). `./dev bench --help` and
 //! `./dev bench-stream-read --help` installed packages, started RabbitMQ and built in
-//! release mode before the help reached the benchmark.
+//! release mode before the help reached the benchmark. Then `./dev` with stub commands
+//! (apt, cargo, rabbitmq-plugins, the demo's binaries) and a TCP listener for a running
+//! broker: what it installs, builds, starts and says.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -61,4 +63,396 @@ fn dev_help_of_every_command_prints_at_once_without_installing_or_building() {
         );
     }
     let _ = std::fs::remove_dir_all(path);
+}
+
+/// `./dev` run with a `PATH` of stub commands: apt's, Rust's, Node's and RabbitMQ's
+/// tools answer as on a machine where everything is installed (save the Debian
+/// packages named in `STUB_MISSING_DEBS`), and `sudo`, `cargo` and `rabbitmq-plugins`
+/// write what they were asked into `log/`. A TCP listener stands for a running broker.
+struct Stubbed {
+    dir: PathBuf,
+    broker: std::net::TcpListener,
+}
+
+const STUBS: &[(&str, &str)] = &[
+    ("id", r#"[ "$1" = -u ] && { echo 1000; exit 0; }; exit 1"#),
+    (
+        "sudo",
+        r#"echo "$*" >>"$STUB_LOG/sudo"; case $1 in rabbitmq*) exec "$@";; esac; exit 0"#,
+    ),
+    (
+        "dpkg-query",
+        r#"for a; do pkg=$a; done
+case " $STUB_MISSING_DEBS " in *" $pkg "*) exit 1;; esac
+printf 'install ok installed'"#,
+    ),
+    ("node", "echo v22.12.0"),
+    ("npm", "exit 0"),
+    ("curl", "exit 7"),
+    ("rustc", "echo 'rustc 1.95.0 (stub)'"),
+    (
+        "rustup",
+        r#"case $1 in target) echo wasm32-unknown-unknown;; component) printf 'rustfmt\nclippy\n';; esac"#,
+    ),
+    (
+        "cargo",
+        r#"echo "$*" >>"$STUB_LOG/cargo"
+[ "$1" = build ] && [ -n "${STUB_CARGO_BUILD_FAILS:-}" ] && exit 1
+exit 0"#,
+    ),
+    ("rabbitmqctl", "exit 0"),
+    (
+        "rabbitmq-plugins",
+        r#"echo "$*" >>"$STUB_LOG/rabbitmq-plugins"
+echo "Error: stub broker refuses to enable $2" >&2; exit 2"#,
+    ),
+];
+
+impl Stubbed {
+    fn new() -> Stubbed {
+        let dir = bare_path();
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).expect("bin dir");
+        std::fs::create_dir_all(dir.join("log")).expect("log dir");
+        for tool in [
+            "awk", "cat", "dirname", "sed", "grep", "head", "tr", "df", "seq", "sleep", "rm",
+            "mkdir", "wc", "python3", "flock", "env", "setsid", "tee", "tail", "chmod", "sh",
+            "bash", "hostname",
+        ] {
+            let found = ["/usr/bin", "/bin"]
+                .iter()
+                .map(|d| Path::new(d).join(tool))
+                .find(|p| p.exists())
+                .unwrap_or_else(|| panic!("{tool} is not installed"));
+            std::os::unix::fs::symlink(found, bin.join(tool)).expect("link");
+        }
+        for (name, body) in STUBS {
+            write_script(&bin.join(name), body);
+        }
+        // This machine's node, as its plugins file says: both plugins enabled.
+        std::fs::write(
+            dir.join("enabled_plugins"),
+            "[rabbitmq_management,rabbitmq_web_stomp].\n",
+        )
+        .expect("plugins file");
+        let broker = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        Stubbed { dir, broker }
+    }
+
+    /// `./dev ARGS` with the stubs, AMQP_ADDR at the listener, and `envs`.
+    fn command(&self, args: &[&str], envs: &[(&str, &str)]) -> Command {
+        let dev = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dev");
+        let mut command = Command::new("/bin/bash");
+        command
+            .arg(dev)
+            .args(args)
+            .env_clear()
+            .env("PATH", self.dir.join("bin"))
+            .env("HOME", &self.dir)
+            .env("STUB_LOG", self.dir.join("log"))
+            .env(
+                "AMQP_ADDR",
+                format!(
+                    "amqp://127.0.0.1:{}/%2f",
+                    self.broker.local_addr().expect("addr").port()
+                ),
+            )
+            .env(
+                "RABBITMQ_ENABLED_PLUGINS_FILE",
+                self.dir.join("enabled_plugins"),
+            )
+            .stdin(std::process::Stdio::null());
+        for (k, v) in envs {
+            command.env(k, v);
+        }
+        command
+    }
+
+    fn run(&self, args: &[&str], envs: &[(&str, &str)]) -> (bool, String, String) {
+        let out = self.command(args, envs).output().expect("run ./dev");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The lines the stub `name` logged (empty when it never ran).
+    fn log(&self, name: &str) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("log").join(name))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Stubbed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn write_script(path: &Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).expect("write stub");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+#[test]
+fn dev_demo_with_a_broker_answering_installs_no_rabbitmq_server() {
+    let stubs = Stubbed::new();
+    // The build fails on purpose: the demo stops right after its setup.
+    let (_, stdout, stderr) = stubs.run(
+        &["demo"],
+        &[
+            ("STUB_MISSING_DEBS", "rabbitmq-server"),
+            ("STUB_CARGO_BUILD_FAILS", "1"),
+        ],
+    );
+    assert!(
+        stubs
+            .log("cargo")
+            .iter()
+            .any(|l| l.starts_with("build --release")),
+        "the setup did not reach the build:\n{stdout}\n{stderr}"
+    );
+    let sudo = stubs.log("sudo");
+    assert!(
+        !sudo.iter().any(|l| l.contains("rabbitmq-server")),
+        "./dev demo installed or started rabbitmq-server though a broker answers: {sudo:#?}"
+    );
+}
+
+#[test]
+fn dev_test_setup_with_a_broker_answering_installs_rabbitmq_server_with_its_service_held() {
+    let stubs = Stubbed::new();
+    let (ok, stdout, stderr) = stubs.run(
+        &["test", "setup"],
+        &[("STUB_MISSING_DEBS", "rabbitmq-server")],
+    );
+    assert!(ok, "./dev test setup failed:\n{stdout}\n{stderr}");
+    let sudo = stubs.log("sudo");
+    let at = |what: &dyn Fn(&String) -> bool| sudo.iter().position(what);
+    let install = at(&|l| l.contains("apt-get install") && l.contains("rabbitmq-server"))
+        .unwrap_or_else(|| panic!("the fault tests' rabbitmq-server was not installed: {sudo:#?}"));
+    let held = at(&|l| l.contains("exit 101") && l.contains("/usr/sbin/policy-rc.d"));
+    let released = at(&|l| l.contains("rm -f") && l.contains("/usr/sbin/policy-rc.d"));
+    assert!(
+        held.is_some_and(|h| h < install) && released.is_some_and(|r| r > install),
+        "rabbitmq-server was installed with its service free to start on the taken port: {sudo:#?}"
+    );
+    assert!(
+        !sudo.iter().any(|l| l.contains("rabbitmq-server -detached")),
+        "a second broker was started: {sudo:#?}"
+    );
+}
+
+#[test]
+fn dev_test_setup_stops_at_once_when_a_plugin_cannot_be_enabled() {
+    let stubs = Stubbed::new();
+    std::fs::write(
+        stubs.dir.join("enabled_plugins"),
+        "[rabbitmq_management].\n",
+    )
+    .expect("plugins file");
+    let (ok, stdout, stderr) = stubs.run(&["test", "setup"], &[]);
+    assert!(
+        !ok,
+        "./dev test setup passed with a plugin refused:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("rabbitmq_web_stomp")
+            && stderr.contains("stub broker refuses to enable rabbitmq_web_stomp"),
+        "the failure names neither the plugin nor rabbitmq-plugins' output:\n{stdout}\n{stderr}"
+    );
+}
+
+#[test]
+fn dev_test_cargo_test_alone_builds_the_binaries_first() {
+    let stubs = Stubbed::new();
+    // The stub cargo lists no test binary, so the step fails after the build.
+    let (_, stdout, stderr) = stubs.run(&["test", "cargo-test"], &[]);
+    let cargo = stubs.log("cargo");
+    let bins = cargo.iter().position(|l| l == "build --workspace --bins");
+    let tests = cargo.iter().position(|l| l.starts_with("test --workspace"));
+    assert!(
+        tests.is_some() && bins.is_some_and(|b| Some(b) < tests),
+        "cargo-test ran without building the binaries first: {cargo:#?}\n{stdout}\n{stderr}"
+    );
+}
+
+#[test]
+fn dev_unknown_command_says_it_is_unknown() {
+    let path = bare_path();
+    let out = Command::new("/bin/bash")
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dev"))
+        .arg("nosuch")
+        .env_clear()
+        .env("PATH", &path)
+        .output()
+        .expect("run ./dev");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("unknown command `nosuch`") && stderr.contains("Usage: ./dev"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(path);
+}
+
+#[test]
+fn dev_demo_help_says_rabbitmq_keeps_running() {
+    let path = bare_path();
+    let out = Command::new("/bin/bash")
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dev"))
+        .args(["demo", "--help"])
+        .env_clear()
+        .env("PATH", &path)
+        .output()
+        .expect("run ./dev");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("RabbitMQ it started keeps running")
+            && !stdout.contains("stops everything"),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(path);
+}
+
+/// The names of the environment variables the tests' library and tests read: the
+/// literals given to `env::var`, `var_os` and `env_number`, and every `"WARREN_…"`
+/// literal of tests/src (binary lookups take lists of them).
+fn env_vars_the_tests_read() -> std::collections::BTreeSet<String> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut names = std::collections::BTreeSet::new();
+    for dir in ["src", "tests"] {
+        for entry in std::fs::read_dir(root.join(dir)).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("read source");
+            for (at, _) in text.match_indices('"') {
+                let rest = &text[at + 1..];
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                if name.len() < 3 || !rest[name.len()..].starts_with('"') {
+                    continue;
+                }
+                let before = &text[..at];
+                let read = ["var(", "var_os(", "env_number("]
+                    .iter()
+                    .any(|f| before.ends_with(f));
+                if read || (dir == "src" && name.starts_with("WARREN_")) {
+                    names.insert(name);
+                }
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn dev_help_and_readme_name_every_environment_variable_the_tests_read() {
+    let names = env_vars_the_tests_read();
+    assert!(names.contains("WARREN_MANAGEMENT_URL"), "{names:?}");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README");
+    let development = readme
+        .split("\n## Development\n")
+        .nth(1)
+        .expect("README has a Development section");
+    let development = development.split("\n## ").next().unwrap_or(development);
+    let path = bare_path();
+    let help = Command::new("/bin/bash")
+        .arg(root.join("dev"))
+        .arg("help")
+        .env_clear()
+        .env("PATH", &path)
+        .output()
+        .expect("run ./dev");
+    let help = String::from_utf8_lossy(&help.stdout);
+    let _ = std::fs::remove_dir_all(path);
+    for name in &names {
+        assert!(
+            development.contains(name.as_str()),
+            "README's Development section does not name {name}"
+        );
+        assert!(
+            help.contains(name.as_str()),
+            "./dev help does not name {name}"
+        );
+    }
+}
+
+#[test]
+fn dev_demo_tenants_uses_amqp_addr_and_stops_at_once_when_a_gateway_exits() {
+    let stubs = Stubbed::new();
+    let release = stubs.dir.join("target/release");
+    std::fs::create_dir_all(&release).expect("target dir");
+    write_script(
+        &release.join("warren-gateway"),
+        r#"echo "$*" >>"$STUB_LOG/gateway"
+if [ -n "${STUB_GATEWAY_FAILS:-}" ]; then echo "gateway stub: cannot reach the broker" >&2; exit 1; fi
+echo READY; exec sleep 30"#,
+    );
+    write_script(
+        &release.join("warren-demo-service"),
+        r#"echo "$*" >>"$STUB_LOG/service"; exec sleep 30"#,
+    );
+    let target = stubs.dir.join("target");
+    let target = target.to_str().expect("utf-8 path");
+    let uri = format!(
+        "--amqp-uri amqp://127.0.0.1:{}/%2f ",
+        stubs.broker.local_addr().expect("addr").port()
+    );
+
+    // A gateway that exits: the demo stops at once, with its log.
+    let started = std::time::Instant::now();
+    let (ok, stdout, stderr) = stubs.run(
+        &["demo-tenants"],
+        &[("CARGO_TARGET_DIR", target), ("STUB_GATEWAY_FAILS", "1")],
+    );
+    assert!(!ok, "{stdout}\n{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "./dev demo-tenants waited {:?} for a gateway that had exited",
+        started.elapsed()
+    );
+    assert!(
+        stderr.contains("gateway stub: cannot reach the broker") && stderr.contains(".err"),
+        "the gateway's error is not shown, nor its log file named:\n{stdout}\n{stderr}"
+    );
+
+    // Gateways that start: every gateway and worker is given AMQP_ADDR.
+    let _ = std::fs::remove_file(stubs.dir.join("log/gateway"));
+    let _ = std::fs::remove_file(stubs.dir.join("log/service"));
+    let mut demo = stubs
+        .command(&["demo-tenants"], &[("CARGO_TARGET_DIR", target)])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run ./dev");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while (stubs.log("gateway").len() < 2 || stubs.log("service").len() < 2)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = Command::new("/bin/kill")
+        .args(["-TERM", &demo.id().to_string()])
+        .status();
+    let _ = demo.wait();
+    let (gateways, workers) = (stubs.log("gateway"), stubs.log("service"));
+    assert_eq!(
+        (gateways.len(), workers.len()),
+        (2, 2),
+        "{gateways:#?} {workers:#?}"
+    );
+    for args in gateways.iter().chain(&workers) {
+        assert!(args.contains(&uri), "started without {uri}: {args}");
+    }
 }
