@@ -127,8 +127,18 @@ async fn gateway_main() -> anyhow::Result<()> {
                 mismatches.len()
             );
             let _ = match &missing_bindings {
-                Some(missing) => {
-                    writeln!(out, "{} of {bindings} bindings are missing", missing.len())
+                Some(found) => {
+                    let missing = found.iter().filter(|m| m.difference == "missing").count();
+                    let extra = found.len() - missing;
+                    if extra == 0 {
+                        writeln!(out, "{missing} of {bindings} bindings are missing")
+                    } else {
+                        writeln!(
+                            out,
+                            "{missing} of {bindings} bindings are missing, and {extra} present \
+                             should be removed"
+                        )
+                    }
                 }
                 None => writeln!(
                     out,

@@ -892,13 +892,46 @@ impl Management {
         kind: &str,
         destination: &str,
     ) -> Result<Vec<FoundBinding>, GatewayError> {
-        let url = format!(
-            "{}/api/bindings/{}/e/{}/{kind}/{}",
-            self.base_url,
+        let path = format!(
+            "bindings/{}/e/{}/{kind}/{}",
             percent_encode(&self.vhost),
             percent_encode(source),
             percent_encode(destination)
         );
+        Ok(self
+            .list(&path)?
+            .iter()
+            .map(|b| {
+                let key = b["routing_key"].as_str().unwrap_or_default().to_string();
+                let args = b["arguments"].as_object().cloned().unwrap_or_default();
+                (key, args)
+            })
+            .collect())
+    }
+
+    /// The queues exchange `source` binds, each with the binding's routing key.
+    /// Blocking.
+    fn queues_bound_from(&self, source: &str) -> Result<Vec<(String, String)>, GatewayError> {
+        let path = format!(
+            "exchanges/{}/{}/bindings/source",
+            percent_encode(&self.vhost),
+            percent_encode(source)
+        );
+        Ok(self
+            .list(&path)?
+            .iter()
+            .filter(|b| b["destination_type"].as_str() == Some("queue"))
+            .map(|b| {
+                let text = |k: &str| b[k].as_str().unwrap_or_default().to_string();
+                (text("destination"), text("routing_key"))
+            })
+            .collect())
+    }
+
+    /// The JSON list at `/api/<path>`; empty when the API answers 404 (the object
+    /// does not exist: reported on its own). Blocking.
+    fn list(&self, path: &str) -> Result<Vec<serde_json::Value>, GatewayError> {
+        let url = format!("{}/api/{path}", self.base_url);
         let failed = |e: String| {
             GatewayError::Management(format!(
                 "{} ({url}): {e}; is the rabbitmq_management plugin enabled, and may the \
@@ -918,8 +951,6 @@ impl Management {
             .map_err(|e| failed(e.to_string()))?;
         match response.status().as_u16() {
             200 => {}
-            // The exchange or the destination does not exist: no binding (the missing
-            // object is reported on its own).
             404 => return Ok(Vec::new()),
             status => return Err(failed(format!("HTTP {status}"))),
         }
@@ -929,18 +960,57 @@ impl Management {
             .map_err(|e| failed(e.to_string()))?;
         let body: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| failed(e.to_string()))?;
-        Ok(body
-            .as_array()
-            .map(|list| {
-                list.iter()
-                    .map(|b| {
-                        let key = b["routing_key"].as_str().unwrap_or_default().to_string();
-                        let args = b["arguments"].as_object().cloned().unwrap_or_default();
-                        (key, args)
-                    })
-                    .collect()
+        Ok(match body {
+            serde_json::Value::Array(list) => list,
+            _ => Vec::new(),
+        })
+    }
+}
+
+impl Topology {
+    /// Bindings from the outbound exchange to a channel's own stream that this
+    /// topology does not declare: left by a `[channel_options.<channel>]` retention
+    /// since taken out of the configuration (`apply` cannot see them over AMQP). Each
+    /// such channel's messages are still written to that stream, which no gateway
+    /// reads, until the stream is deleted.
+    fn stale_stream_bindings(
+        &self,
+        management: &Management,
+    ) -> Result<Vec<Mismatch>, GatewayError> {
+        // The outbound stream's bindings name the exchange and the streams' prefix.
+        let Some((exchange, prefix)) = self.declarations.iter().find_map(|d| match d {
+            Declaration::Binding {
+                queue,
+                exchange,
+                key,
+            }
+            | Declaration::Unbinding {
+                queue,
+                exchange,
+                key,
+            } if key == "#" => Some((exchange, format!("{queue}."))),
+            _ => None,
+        }) else {
+            return Ok(Vec::new());
+        };
+        let declared = |queue: &str, key: &str| {
+            self.declarations.iter().any(|d| {
+                matches!(d, Declaration::Binding { queue: q, exchange: e, key: k }
+                    if q == queue && e == exchange && k == key)
             })
-            .unwrap_or_default())
+        };
+        Ok(management
+            .queues_bound_from(exchange)?
+            .into_iter()
+            .filter(|(queue, key)| queue.starts_with(&prefix) && !declared(queue, key))
+            .map(|(queue, key)| Mismatch {
+                object: format!("binding {exchange} -> {queue} ({key})"),
+                difference: "present; should be removed (no configured channel has this \
+                             stream of its own: its messages are still written to it, and no \
+                             gateway reads them; delete the stream once they are not needed)"
+                    .into(),
+            })
+            .collect())
     }
 }
 
@@ -961,13 +1031,15 @@ fn percent_encode(s: &str) -> String {
 impl Topology {
     /// The bindings of the topology that the broker does not have, read through the
     /// management API (`MISMATCH binding <source> -> <destination> (<key or
-    /// arguments>): missing`), and those it has that must go (the outbound stream's
-    /// `#` when a channel has a stream of its own: `present; should be removed`). Blocking: call it off the async runtime.
+    /// arguments>): missing`), and those it has that must go (`present; should be
+    /// removed`): the outbound stream's `#` when a channel has a stream of its own, and
+    /// a binding to a channel's own stream that the configuration no longer declares.
+    /// Blocking: call it off the async runtime.
     ///
     /// # Errors
     /// [`GatewayError::Config`] when the management API cannot be asked.
     pub fn check_bindings(&self, management: &Management) -> Result<Vec<Mismatch>, GatewayError> {
-        let mut out = Vec::new();
+        let mut out = self.stale_stream_bindings(management)?;
         for decl in &self.declarations {
             let (source, kind, destination, key, args) = match decl {
                 Declaration::Binding {

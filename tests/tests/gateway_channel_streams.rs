@@ -377,6 +377,36 @@ async fn topology_check_reports_the_outbound_streams_catch_all_binding_until_app
         let after = text(&out);
         assert_eq!(out.status.code(), Some(0), "{after}");
         assert!(!after.contains("MISMATCH"), "{after}");
+
+        // And back: voice's settings are taken out. `apply` restores the `#`, but
+        // cannot see voice's binding over AMQP: voice's messages would still be
+        // written to its stream, which no gateway reads. `check` names the binding
+        // (it said nothing: only declared bindings were compared) and counts it apart
+        // from the missing ones, until the stream is deleted.
+        let voice = env.names.channel_stream("voice");
+        let plain = async || topology_cli(env, "", "check", &with_bindings).await;
+        let out = topology_cli(env, "", "apply", &[]).await;
+        assert!(out.status.success(), "{}", text(&out));
+        let out = plain().await;
+        let back = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{back}");
+        assert!(
+            back.contains(&format!(
+                "MISMATCH binding {exchange} -> {voice} (voice.#): present; should be removed"
+            )),
+            "{back}"
+        );
+        assert!(
+            back.contains("0 of ")
+                && back.contains("bindings are missing, and 1 present should be removed"),
+            "{back}"
+        );
+        env.channel()
+            .queue_delete(voice.as_str().into(), Default::default())
+            .await
+            .expect("delete voice's stream");
+        let out = plain().await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     })
     .await;
 }
