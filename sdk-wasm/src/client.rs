@@ -424,28 +424,7 @@ impl<C: Codec> ClientCore<C> {
                 // Same deadline: it is the attempt's, not the socket's.
                 self.phase = Phase::Greeting { conn, deadline };
                 self.last_heard = now;
-                // A resume names the last position in each stream and the
-                // subscriptions, so that a stream gateway replays what they match
-                // before the live flow.
-                let resuming = self.session.is_some();
-                let subscriptions = if resuming {
-                    self.subscriptions
-                        .iter()
-                        .map(|(id, o)| o.frame(concat(&["r", &decimal(id)])))
-                        .collect()
-                } else {
-                    Vec::new()
-                };
-                // The codec names the stream positions it recorded (crate::codec).
-                self.send(&ClientFrame::Hello(Hello {
-                    session: self.session.clone(),
-                    token: self.token.clone(),
-                    client: Some(self.config.client_name.clone()),
-                    protocol: Some(PROTOCOL_VERSION),
-                    position: None,
-                    positions: Positions::new(),
-                    subscriptions,
-                }));
+                self.hello(true);
             }
         }
         self.finish();
@@ -647,14 +626,28 @@ impl<C: Codec> ClientCore<C> {
                     }
                     Some(None) => {}
                     None => {
-                        // A refreshed token revoked subscriptions: the gateway unbound
-                        // them and says so here, before the refresh's `ack`. Sent again,
-                        // each revoked one is refused with its id, dropped and its
-                        // status `error`; the others are acknowledged as they stand.
-                        if err.code == ErrorCode::Forbidden
-                            && matches!(self.renewal, Renewal::Sent { .. })
-                        {
-                            self.resubscribe();
+                        match err.code {
+                            // A refreshed token revoked subscriptions: the gateway
+                            // unbound them and says so here, before the refresh's `ack`.
+                            // Sent again, each revoked one is refused with its id,
+                            // dropped and its status `error`; the others are
+                            // acknowledged as they stand.
+                            ErrorCode::Forbidden
+                                if matches!(self.renewal, Renewal::Sent { .. }) =>
+                            {
+                                self.resubscribe()
+                            }
+                            // A `hello` over the gateway's max_frame_bytes (thousands of
+                            // distinct subscriptions) opened nothing: the resume goes on
+                            // without them (what they matched meanwhile is not
+                            // replayed); they are sent again after welcome, as always.
+                            // (Refused again, it is said again, until the gateway's
+                            // max_consecutive_errors closes with 4003 and the client
+                            // reconnects with backoff, each refusal an `error` event.)
+                            ErrorCode::TooLarge if matches!(self.phase, Phase::Greeting { .. }) => {
+                                self.hello(false)
+                            }
+                            _ => {}
                         }
                         self.actions.push(Action::Error(err))
                     }
@@ -1036,6 +1029,40 @@ impl<C: Codec> ClientCore<C> {
             self.actions.push(Action::Send(text.clone()));
         }
         self.outbox.push(op, text);
+    }
+
+    /// Says `hello`. A resume names the last position in each stream and, `with` them,
+    /// the subscriptions, so that a stream gateway replays what they match before the
+    /// live flow: identical ones once (the gateway's bindings are a set, and nothing
+    /// reads these ids), or thousands of components on one room made a `hello` over
+    /// `max_frame_bytes`, refused for ever. The codec names the stream positions it
+    /// recorded (crate::codec).
+    fn hello(&mut self, with: bool) {
+        let mut subscriptions = Vec::new();
+        if with && self.session.is_some() {
+            for (id, o) in self.subscriptions.iter() {
+                if self
+                    .subscriptions
+                    .iter()
+                    .find(|(_, p)| *p == o)
+                    .is_some_and(|(j, _)| j == id)
+                {
+                    // `r<id>` (smaller in the wasm than `concat`).
+                    let mut r = decimal(id);
+                    r.insert(0, 'r');
+                    subscriptions.push(o.frame(r));
+                }
+            }
+        }
+        self.send(&ClientFrame::Hello(Hello {
+            session: self.session.clone(),
+            token: self.token.clone(),
+            client: Some(self.config.client_name.clone()),
+            protocol: Some(PROTOCOL_VERSION),
+            position: None,
+            positions: Positions::new(),
+            subscriptions,
+        }));
     }
 
     /// Sends every subscription again (after `welcome`, or a refresh that revoked some).

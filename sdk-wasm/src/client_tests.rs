@@ -1436,6 +1436,99 @@ fn writes_queued_before_the_limit_was_known_are_checked_against_it_on_welcome() 
     );
 }
 
+/// Drops the connection and reopens it; the resume `hello` as sent, and the actions.
+fn resume_hello(h: &mut Harness) -> (String, Vec<Action<Raw>>) {
+    h.drop_connection();
+    h.core.on_open(h.conn, h.now);
+    let actions = h.take();
+    let hello = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Send(t) if t.contains("\"hello\"") => Some(t.clone()),
+            _ => None,
+        })
+        .expect("a hello");
+    (hello, actions)
+}
+
+#[test]
+fn a_resume_names_identical_subscriptions_once_and_fits_in_max_frame_bytes() {
+    let mut h = Harness::new(&URLS);
+    h.max_frame_bytes = 65_536;
+    h.connect("s1", false);
+    // Thousands of components listening to one room, and two to the broadcast: each
+    // named in `hello`, 3,002 frames made it 150 KB, refused (`too_large`) for ever.
+    for _ in 0..3_000 {
+        h.join_room();
+    }
+    let first = h.subscribe_chat();
+    h.subscribe_chat();
+    h.take();
+    let (text, actions) = resume_hello(&mut h);
+    assert!(text.len() <= 65_536, "a hello of {} B", text.len());
+    let hello: Value = serde_json::from_str(&text).unwrap();
+    let subs = hello["subscriptions"].as_array().unwrap();
+    assert_eq!(subs.len(), 2, "one frame per distinct subscription");
+    assert_eq!(subs[0]["groups"], json!(["room-1"]));
+    assert_eq!(subs[1]["channel"], "chat");
+    assert_eq!(subs[1]["id"], format!("r{first}"));
+    assert!(errors(&actions).is_empty());
+    // Each subscription is still sent after welcome, for its own ack and status.
+    h.welcome("s1", true);
+    let frames = h.sent();
+    assert_eq!(
+        frames.iter().filter(|f| f["type"] == "subscribe").count(),
+        3_002
+    );
+}
+
+#[test]
+fn a_resume_hello_refused_as_too_large_is_said_again_without_the_subscriptions() {
+    let mut h = Harness::new(&URLS);
+    h.max_frame_bytes = 4_096;
+    h.connect("s1", false);
+    for room in 0..200 {
+        h.core
+            .subscribe(
+                SubscribeOptions {
+                    channel: "chat".into(),
+                    groups: vec![format!("room-{room}")],
+                    ..Default::default()
+                },
+                h.now,
+            )
+            .unwrap();
+    }
+    h.take();
+    // 200 distinct rooms: one frame each is still too many for this gateway.
+    let (text, _) = resume_hello(&mut h);
+    assert!(text.len() > 4_096);
+    h.frame(json!({"type": "error", "code": "too_large",
+        "message": "frame of 9000 bytes exceeds max_frame_bytes 4096"}));
+    let actions = h.take();
+    let hellos: Vec<Value> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send(t) => Some(serde_json::from_str(t).unwrap()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(types(&hellos), vec!["hello"], "said again at once, once");
+    assert_eq!(hellos[0]["session"], "s1", "still a resume");
+    assert!(hellos[0].get("subscriptions").is_none());
+    let errs = errors(&actions);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].code, ErrorCode::TooLarge, "the app is told");
+    // The session resumes, and every subscription is sent again after welcome.
+    h.welcome("s1", true);
+    let frames = h.sent();
+    assert_eq!(
+        frames.iter().filter(|f| f["type"] == "subscribe").count(),
+        200
+    );
+    assert_eq!(h.core.state(), State::Connected);
+}
+
 #[test]
 fn a_write_the_gateway_answered_with_an_error_is_rejected_and_never_sent_again() {
     let mut h = Harness::new(&URLS);
