@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 use warren_protocol::amqp::validate_segment;
@@ -1446,11 +1447,11 @@ pub struct Overrides {
     #[arg(long, env = "WARREN_ANNOUNCE_INTERVAL_MS", global = true)]
     pub announce_interval_ms: Option<u64>,
     /// Publish presence events on warren.presence [default: true].
-    #[arg(long, env = "WARREN_PRESENCE", global = true)]
+    #[arg(long, env = "WARREN_PRESENCE", global = true, value_parser = BoolishValueParser::new())]
     pub presence: Option<bool>,
     /// Multi-tenant routing on or off (`[tenants] enabled`; the tenants, their types
     /// and the routed channels are set in the file) [default: false].
-    #[arg(long, env = "WARREN_TENANTS", global = true)]
+    #[arg(long, env = "WARREN_TENANTS", global = true, value_parser = BoolishValueParser::new())]
     pub tenants: Option<bool>,
     /// The tenant of every session with auth mode `none` (`[tenants] default`).
     #[arg(long, env = "WARREN_TENANTS_DEFAULT", global = true)]
@@ -1499,11 +1500,11 @@ pub struct Overrides {
     #[arg(long, env = "WARREN_MAX_NEW_CONNECTIONS_PER_IP_PER_S", global = true)]
     pub max_new_connections_per_ip_per_s: Option<u32>,
     /// Apply the per-IP limits to loopback addresses too [default: false].
-    #[arg(long, env = "WARREN_IP_LIMITS_ON_LOOPBACK", global = true)]
+    #[arg(long, env = "WARREN_IP_LIMITS_ON_LOOPBACK", global = true, value_parser = BoolishValueParser::new())]
     pub ip_limits_on_loopback: Option<bool>,
     /// Negotiate WebSocket compression (permessage-deflate) with clients that offer it;
     /// no context is kept between messages [default: false].
-    #[arg(long, env = "WARREN_PERMESSAGE_DEFLATE", global = true)]
+    #[arg(long, env = "WARREN_PERMESSAGE_DEFLATE", global = true, value_parser = BoolishValueParser::new())]
     pub permessage_deflate: Option<bool>,
     /// Open sessions per user, 0 = no limit [default: 100].
     #[arg(long, env = "WARREN_MAX_CONNECTIONS_PER_USER", global = true)]
@@ -1548,7 +1549,7 @@ pub struct Overrides {
     pub allowed_origins: Vec<String>,
     /// Serve the external HTTP API (POST /external/{channel}, /publish,
     /// /request/{channel}) [default: false].
-    #[arg(long, env = "WARREN_HTTP_API_ENABLED", global = true)]
+    #[arg(long, env = "WARREN_HTTP_API_ENABLED", global = true, value_parser = BoolishValueParser::new())]
     pub http_api_enabled: Option<bool>,
     /// Address of the HTTP API's own listener [default: beside /ws on every listener
     /// serving all channels].
@@ -1566,7 +1567,7 @@ pub struct Overrides {
     pub http_api_keys: Vec<String>,
     /// Accept tokens verified as auth.mode = "jwt" does on the HTTP API, with their
     /// permissions [default: false].
-    #[arg(long, env = "WARREN_HTTP_API_ACCEPT_JWT", global = true)]
+    #[arg(long, env = "WARREN_HTTP_API_ACCEPT_JWT", global = true, value_parser = BoolishValueParser::new())]
     pub http_api_accept_jwt: Option<bool>,
     /// Largest HTTP API request body, in bytes [default: 65536].
     #[arg(long, env = "WARREN_HTTP_API_MAX_BODY_BYTES", global = true)]

@@ -39,8 +39,52 @@ fn fail(e: impl Into<anyhow::Error>) -> ! {
     std::process::exit(2);
 }
 
+/// Parses the command line and the `WARREN_*` environment, or exits (2) with clap's
+/// message. An invalid value that came from an environment variable is named as that
+/// variable: clap names only the flag, which the user did not type.
+fn parse_cli() -> Cli {
+    let e = match Cli::try_parse() {
+        Ok(cli) => return cli,
+        Err(e) => e,
+    };
+    let mut text = e.render().to_string();
+    if let Some(clap::error::ContextValue::String(shown)) =
+        e.get(clap::error::ContextKind::InvalidArg)
+    {
+        if let Some(env) = env_source(shown) {
+            text = text.replacen(
+                &format!("'{shown}'"),
+                &format!("environment variable {env} (flag '{shown}')"),
+                1,
+            );
+        }
+    }
+    eprint!("{text}");
+    std::process::exit(e.exit_code());
+}
+
+/// The environment variable an invalid value of `shown` (clap's `--flag <VALUE>`)
+/// came from: the flag's variable, when it is set and the flag is not on the command
+/// line.
+fn env_source(shown: &str) -> Option<String> {
+    let long = shown.strip_prefix("--")?.split([' ', '=']).next()?;
+    let on_line = std::env::args_os().skip(1).any(|a| {
+        let a = a.to_string_lossy();
+        a == format!("--{long}") || a.starts_with(&format!("--{long}="))
+    });
+    if on_line {
+        return None;
+    }
+    let command = <Cli as clap::CommandFactory>::command();
+    let arg = command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))?;
+    let env = arg.get_env()?.to_string_lossy().into_owned();
+    std::env::var_os(&env).is_some().then_some(env)
+}
+
 async fn gateway_main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     let checking = matches!(
         cli.command,
         Some(Command::Topology {

@@ -272,3 +272,56 @@ async fn the_gateway_waits_for_rabbitmq_starting_beside_it() {
     assert!(last.contains("cannot connect to RabbitMQ"), "{text}");
     env.cleanup().await;
 }
+
+/// Runs `warren-gateway topology print` with `env` set and `args` before it.
+async fn print_with(env: &[(&str, &str)], args: &[&str]) -> Output {
+    let bin = tokio::task::spawn_blocking(|| {
+        workspace_binary("warren-gateway", "warren-gateway", &["WARREN_GATEWAY_BIN"])
+    })
+    .await
+    .expect("binary");
+    tokio::process::Command::new(bin)
+        .args(args)
+        .args(["topology", "print"])
+        .envs(env.iter().copied())
+        .env_remove("WARREN_AUTH_JWT_SECRET")
+        .env_remove("WARREN_AUTH_JWT_SECRET_FILE")
+        .output()
+        .await
+        .expect("run warren-gateway")
+}
+
+/// An invalid value from a `WARREN_*` variable is reported under that variable's
+/// name (clap named only the flag, which the user had not typed); one on the command
+/// line is the flag's. On/off settings take `1`/`0`, `yes`/`no`, `on`/`off` too, as
+/// environment variables usually do (only `true`/`false` were taken).
+#[tokio::test]
+async fn an_invalid_environment_value_is_named_as_its_variable_and_booleans_take_1_and_0() {
+    let out = print_with(&[("WARREN_HEARTBEAT_MS", "abc")], &[]).await;
+    let text = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("invalid value 'abc' for environment variable WARREN_HEARTBEAT_MS"),
+        "{text}"
+    );
+    let out = print_with(&[("WARREN_HEARTBEAT_MS", "abc")], &["--heartbeat-ms=x"]).await;
+    let text = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("invalid value 'x' for '--heartbeat-ms"),
+        "{text}"
+    );
+    assert!(!text.contains("environment variable"), "{text}");
+
+    for (value, ok) in [("1", true), ("off", true), ("yes", true), ("maybe", false)] {
+        let out = print_with(&[("WARREN_PRESENCE", value)], &[]).await;
+        let text = stderr(&out);
+        assert_eq!(out.status.success(), ok, "WARREN_PRESENCE={value}: {text}");
+        if !ok {
+            assert!(
+                text.contains("environment variable WARREN_PRESENCE"),
+                "{text}"
+            );
+        }
+    }
+}
