@@ -24,13 +24,22 @@
 //! [`PresenceView::answer`]): it missed its peers' events meanwhile, and asks each
 //! for what it holds. Pure: time is passed in.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 /// Announcement periods a gateway may miss before its peers count it as dead.
 pub const MISSED_ANNOUNCEMENTS: u32 = 3;
+
+/// How long past the grace period a session announced gone is remembered
+/// ([`PresenceView::merge`] skips it): a snapshot a peer took before it heard the
+/// leave arrives within a moment, this bounds a slow one.
+pub const TOMBSTONE_MARGIN: Duration = Duration::from_secs(30);
+
+/// The most sessions announced gone a view remembers (the oldest are forgotten
+/// first): a storm of leaves does not grow it without bound.
+pub const TOMBSTONES_MAX: usize = 100_000;
 
 /// The `reason` of a snapshot entry whose session is away (its connection was lost,
 /// its leave is due after the grace period unless it is resumed).
@@ -106,6 +115,12 @@ pub struct PresenceView {
     /// The last resync request ([`PresenceView::asking`]): its id and the sessions
     /// the view held when it was made.
     asked: Option<(u64, HashSet<String>)>,
+    /// Sessions announced gone recently, until when they are remembered
+    /// ([`TOMBSTONE_MARGIN`]), and the same oldest first (at most
+    /// [`TOMBSTONES_MAX`]): a peer's snapshot taken before it heard the leave does not
+    /// bring them back.
+    gone: HashMap<String, Instant>,
+    gone_order: VecDeque<(String, Instant)>,
 }
 
 /// One online session in a presence answer.
@@ -129,7 +144,37 @@ impl PresenceView {
             away: HashMap::new(),
             peers: HashMap::new(),
             asked: None,
+            gone: HashMap::new(),
+            gone_order: VecDeque::new(),
         }
+    }
+
+    /// `session` was announced gone at `now`: remembered until the grace period and
+    /// [`TOMBSTONE_MARGIN`] passed.
+    fn bury(&mut self, session: &str, now: Instant) {
+        let until = now + self.grace + TOMBSTONE_MARGIN;
+        self.gone.insert(session.to_string(), until);
+        self.gone_order.push_back((session.to_string(), until));
+        self.forget_gone(now);
+    }
+
+    /// Forgets the sessions announced gone whose time passed, and the oldest past
+    /// [`TOMBSTONES_MAX`].
+    fn forget_gone(&mut self, now: Instant) {
+        while let Some((session, until)) = self.gone_order.front() {
+            if *until > now && self.gone_order.len() <= TOMBSTONES_MAX {
+                break;
+            }
+            if self.gone.get(session) == Some(until) {
+                self.gone.remove(session);
+            }
+            self.gone_order.pop_front();
+        }
+    }
+
+    /// Whether `session` was announced gone recently ([`PresenceView::bury`]).
+    fn buried(&self, session: &str, now: Instant) -> bool {
+        self.gone.get(session).is_some_and(|until| *until > now)
     }
 
     /// A session opened or was resumed here. Returns whether `client.connected` is to
@@ -142,6 +187,7 @@ impl PresenceView {
         tenant: Option<&str>,
     ) -> bool {
         self.away.remove(session);
+        self.gone.remove(session);
         match self.sessions.get_mut(session) {
             Some(h) => {
                 h.node = self.me.clone();
@@ -173,6 +219,7 @@ impl PresenceView {
         }
         if goodbye {
             self.away.remove(session);
+            self.bury(session, now);
             return self.sessions.remove(session);
         }
         self.away.insert(session.to_string(), now + self.grace);
@@ -211,14 +258,18 @@ impl PresenceView {
     /// was resumed here before the event arrived (the resume published nothing, as the
     /// view still held it), services would count its user offline while it is online:
     /// its `client.connected` (and `client.subscriptions`) go out again, so the events
-    /// still alternate and end where the session is.
-    pub fn on_event(&mut self, e: PresenceEvent) -> Vec<PresenceEvent> {
+    /// still alternate and end where the session is. A leave is remembered for a while
+    /// (taken in at `now`), so that a peer's snapshot older than it does not bring the
+    /// session back ([`PresenceView::merge`]).
+    pub fn on_event(&mut self, e: PresenceEvent, now: Instant) -> Vec<PresenceEvent> {
         let mut again = Vec::new();
         match e.event.as_str() {
             // This gateway's own: [`PresenceView::opened`] knew it first, and the
             // session may have ended here since (its `client.disconnected` on its way).
             "client.connected" if e.node == self.me => {}
             "client.connected" => {
+                // A new connect (a session's events alternate): no longer gone.
+                self.gone.remove(&e.session);
                 // What the view knows already (a resume seen first) is newer.
                 self.sessions.entry(e.session).or_insert_with(|| Held {
                     user: e.user,
@@ -250,6 +301,7 @@ impl PresenceView {
                 } else if !here {
                     self.sessions.remove(&e.session);
                     self.away.remove(&e.session);
+                    self.bury(&e.session, now);
                 } else if let Some(h) = self.sessions.get(&e.session).filter(|_| !own) {
                     let event = |event: &str, keys| PresenceEvent {
                         event: event.into(),
@@ -347,7 +399,10 @@ impl PresenceView {
     }
 
     /// Takes in a peer's [`PresenceView::snapshot`] at `now`: sessions this view does
-    /// not know yet (what it knows is as new or newer).
+    /// not know yet (what it knows is as new or newer), but not those it saw announced
+    /// gone within the grace period and [`TOMBSTONE_MARGIN`]: the peer took its
+    /// snapshot before it heard the leave, and the session, added back, stayed online
+    /// here for good (its user never offline, and a `gateway_lost` for it later).
     ///
     /// A session the snapshot gives this node was held by this node's previous process
     /// (it restarted before the peer noticed): that process is dead. A node that holds
@@ -358,8 +413,10 @@ impl PresenceView {
     /// ever heard, and every gateway would count every other one dead.
     pub fn merge(&mut self, snapshot: Vec<PresenceEvent>, now: Instant, liveness: bool) {
         let previous = format!("{}#previous", self.me);
+        self.forget_gone(now);
         for e in snapshot {
-            if self.sessions.contains_key(&e.session) {
+            // Known already, or announced gone since the peer took its snapshot.
+            if self.sessions.contains_key(&e.session) || self.buried(&e.session, now) {
                 continue;
             }
             if e.reason.as_deref() == Some(AWAY) {
@@ -443,6 +500,7 @@ impl PresenceView {
                 for session in gone {
                     self.sessions.remove(&session);
                     self.away.remove(&session);
+                    self.bury(&session, now);
                 }
             }
         }
@@ -559,9 +617,11 @@ impl PresenceView {
             }
             self.away.remove(&session);
             if let Some(h) = self.sessions.remove(&session) {
+                self.bury(&session, now);
                 out.push((session, h, reason));
             }
         }
+        self.forget_gone(now);
         let holding: BTreeSet<&String> = self.sessions.values().map(|h| &h.node).collect();
         self.peers.retain(|n, p| {
             holding.contains(n) || !p.down && now.duration_since(p.last_seen) < p.lifetime * 4
@@ -838,7 +898,7 @@ mod tests {
     fn a_resume_here_lost_before_its_own_takeover_request_came_back_is_still_announced_gone() {
         let t0 = Instant::now();
         let mut v = PresenceView::new("a", GRACE);
-        v.on_event(connected("s1", "ada", "b"));
+        v.on_event(connected("s1", "ada", "b"), Instant::now());
         assert!(!v.opened("s1", "ada", None, None), "resumed here from b");
         v.ended("s1", false, t0);
         // The takeover request this gateway sent for the resume comes back.
@@ -858,17 +918,19 @@ mod tests {
             v.ended("s1", true, t0).is_some(),
             "closed: published at once"
         );
-        assert!(v.on_event(connected("s1", "ada", "a")).is_empty());
+        assert!(v
+            .on_event(connected("s1", "ada", "a"), Instant::now())
+            .is_empty());
         let closed = PresenceEvent {
             event: "client.disconnected".into(),
             reason: Some("closed".into()),
             ..connected("s1", "ada", "a")
         };
-        assert!(v.on_event(closed).is_empty());
+        assert!(v.on_event(closed, Instant::now()).is_empty());
         assert!(!v.user_online("ada", None), "gone");
         assert!(v.online(None, None, None).is_empty());
         // A peer's is learned as before.
-        v.on_event(connected("s2", "bob", "b"));
+        v.on_event(connected("s2", "bob", "b"), Instant::now());
         assert!(v.user_online("bob", None));
     }
 
@@ -889,7 +951,7 @@ mod tests {
             ..connected("s1", "ada", "a")
         };
         assert!(
-            v.on_event(echo.clone()).is_empty(),
+            v.on_event(echo.clone(), Instant::now()).is_empty(),
             "no event again: its own"
         );
         assert!(v.user_online("ada", None));
@@ -903,22 +965,25 @@ mod tests {
         // keeps the session where it is now.
         assert!(v.opened("s1", "ada", None, None), "announced anew");
         v.taken_over("s1", "b");
-        assert!(v.on_event(echo.clone()).is_empty());
+        assert!(v.on_event(echo.clone(), Instant::now()).is_empty());
         assert!(v.user_online("ada", None), "still held, by b");
         assert_eq!(v.online(None, None, None)[0].node, "b");
-        v.on_event(PresenceEvent {
-            event: "client.disconnected".into(),
-            node: "b".into(),
-            reason: Some("closed".into()),
-            ..connected("s1", "ada", "b")
-        });
+        v.on_event(
+            PresenceEvent {
+                event: "client.disconnected".into(),
+                node: "b".into(),
+                reason: Some("closed".into()),
+                ..connected("s1", "ada", "b")
+            },
+            Instant::now(),
+        );
         assert!(!v.user_online("ada", None), "b's own event removes it");
 
         // The same, but the resumed connection is lost again (away) before the echo
         // of the first `expired` comes back: its own `expired` is still published.
         assert!(v.opened("s1", "ada", None, None), "announced anew");
         v.ended("s1", false, t0 + GRACE * 2);
-        assert!(v.on_event(echo).is_empty());
+        assert!(v.on_event(echo, Instant::now()).is_empty());
         let due = v.due(t0 + GRACE * 3);
         assert_eq!(due.len(), 1, "its end is still due");
         assert_eq!((due[0].0.as_str(), due[0].2), ("s1", "expired"));
@@ -939,11 +1004,14 @@ mod tests {
         v.on_gateway("b", "1", true, Duration::from_secs(5), t0);
         assert!(v.due(t0 + GRACE).is_empty());
         // The client closes on b: b's event removes it everywhere.
-        v.on_event(PresenceEvent {
-            event: "client.disconnected".into(),
-            node: "b".into(),
-            ..connected("s1", "ada", "b")
-        });
+        v.on_event(
+            PresenceEvent {
+                event: "client.disconnected".into(),
+                node: "b".into(),
+                ..connected("s1", "ada", "b")
+            },
+            Instant::now(),
+        );
         assert!(v.online(None, None, None).is_empty());
         // It comes back after that: a new connect.
         assert!(v.opened("s1", "ada", None, None));
@@ -955,20 +1023,23 @@ mod tests {
         // just resumed it on c: c's resume published nothing (c's view still held s1),
         // and a's event arrives at c after it.
         let mut c = PresenceView::new("c", GRACE);
-        c.on_event(connected("s1", "ada", "b"));
+        c.on_event(connected("s1", "ada", "b"), Instant::now());
         assert!(
             !c.opened("s1", "ada", None, None),
             "a resume: no new connect"
         );
         let keys: BTreeSet<String> = ["chat.all".to_string()].into();
         assert!(c.subscriptions("s1", keys.clone()));
-        let again = c.on_event(PresenceEvent {
-            event: "client.disconnected".into(),
-            node: "b".into(),
-            by: Some("a".into()),
-            reason: Some("gateway_lost".into()),
-            ..connected("s1", "ada", "b")
-        });
+        let again = c.on_event(
+            PresenceEvent {
+                event: "client.disconnected".into(),
+                node: "b".into(),
+                by: Some("a".into()),
+                reason: Some("gateway_lost".into()),
+                ..connected("s1", "ada", "b")
+            },
+            Instant::now(),
+        );
         // Services saw connected (b), disconnected (a): c says where it is again.
         let events: Vec<(&str, &str, &str)> = again
             .iter()
@@ -991,12 +1062,12 @@ mod tests {
             ..connected("s1", "ada", "c")
         };
         assert!(c.ended("s1", true, Instant::now()).is_some(), "published");
-        assert!(c.on_event(closed.clone()).is_empty());
+        assert!(c.on_event(closed.clone(), Instant::now()).is_empty());
         assert!(!c.user_online("ada", None));
         // Nor when the client opened it again here before the echo came back: its
         // `client.connected` went out after the `closed`, and the view keeps it.
         assert!(c.opened("s1", "ada", None, None), "announced anew");
-        assert!(c.on_event(closed).is_empty());
+        assert!(c.on_event(closed, Instant::now()).is_empty());
         assert!(c.user_online("ada", None), "the echo leaves it");
 
         // The elected gateway's own gateway_lost, echoed after the client resumed there
@@ -1006,20 +1077,23 @@ mod tests {
         let period = Duration::from_millis(100);
         let mut a = PresenceView::new("a", GRACE);
         a.on_gateway("b", "1", true, period, t0);
-        a.on_event(connected("s2", "bob", "b"));
+        a.on_event(connected("s2", "bob", "b"), Instant::now());
         // b dies: away, then a publishes its gateway_lost (and drops it).
         assert!(a.due(t0 + period * 3).is_empty());
         let lost = a.due(t0 + period * 3 + GRACE);
         assert_eq!((lost[0].0.as_str(), lost[0].2), ("s2", "gateway_lost"));
         assert!(a.opened("s2", "bob", None, None), "announced anew");
         assert!(a
-            .on_event(PresenceEvent {
-                event: "client.disconnected".into(),
-                node: "b".into(),
-                by: Some("a".into()),
-                reason: Some("gateway_lost".into()),
-                ..connected("s2", "bob", "b")
-            })
+            .on_event(
+                PresenceEvent {
+                    event: "client.disconnected".into(),
+                    node: "b".into(),
+                    by: Some("a".into()),
+                    reason: Some("gateway_lost".into()),
+                    ..connected("s2", "bob", "b")
+                },
+                Instant::now()
+            )
             .is_empty());
         assert!(a.user_online("bob", None));
     }
@@ -1032,8 +1106,8 @@ mod tests {
         let mut c = PresenceView::new("c", GRACE);
         for v in [&mut a, &mut c] {
             v.on_gateway("b", "1", true, period, t0);
-            v.on_event(connected("s1", "ada", "b"));
-            v.on_event(connected("s2", "bob", "b"));
+            v.on_event(connected("s1", "ada", "b"), Instant::now());
+            v.on_event(connected("s2", "bob", "b"), Instant::now());
         }
         a.on_gateway("c", "1", true, Duration::from_secs(60), t0);
         c.on_gateway("a", "1", true, Duration::from_secs(60), t0);
@@ -1069,7 +1143,7 @@ mod tests {
         let period = Duration::from_millis(100);
         let mut a = PresenceView::new("a", GRACE);
         a.on_gateway("b", "1", true, period, t0);
-        a.on_event(connected("s1", "ada", "b"));
+        a.on_event(connected("s1", "ada", "b"), Instant::now());
         // A broker outage of three lifetimes and the grace: a is deaf all along.
         let mut now = t0;
         while now < t0 + period * 9 + GRACE * 2 {
@@ -1098,7 +1172,7 @@ mod tests {
         let minute = Duration::from_secs(60);
         let mut a = PresenceView::new("a", GRACE);
         a.on_gateway("b", "first", true, minute, t0);
-        a.on_event(connected("s1", "ada", "b"));
+        a.on_event(connected("s1", "ada", "b"), Instant::now());
         // b restarts under the same name: s1 was the first process's.
         a.on_gateway("b", "second", true, minute, t0);
         assert!(a.due(t0).is_empty(), "not resumed within the grace yet");
@@ -1131,8 +1205,8 @@ mod tests {
         let mut c = PresenceView::new("c", GRACE);
         c.on_gateway("a", "first", true, minute, t0);
         c.on_gateway("b", "first", true, minute, t0);
-        c.on_event(connected("s1", "ada", "a"));
-        c.on_event(connected("s2", "bob", "b"));
+        c.on_event(connected("s1", "ada", "a"), Instant::now());
+        c.on_event(connected("s2", "bob", "b"), Instant::now());
         c.on_gateway("b", "first", false, minute, t0);
         // The restarted a asks for a snapshot before c heard its new process: s1 still
         // says node a.
@@ -1161,11 +1235,14 @@ mod tests {
         );
         // The events reach c, which forgets them: nothing left to publish anywhere.
         for (s, node) in [("s1", "a#previous"), ("s2", "b")] {
-            c.on_event(PresenceEvent {
-                event: "client.disconnected".into(),
-                reason: Some("gateway_lost".into()),
-                ..connected(s, "x", node)
-            });
+            c.on_event(
+                PresenceEvent {
+                    event: "client.disconnected".into(),
+                    reason: Some("gateway_lost".into()),
+                    ..connected(s, "x", node)
+                },
+                Instant::now(),
+            );
         }
         assert!(c.due(later + GRACE).is_empty() && a.due(later + GRACE).is_empty());
         assert!(c.online(None, None, None).is_empty());
@@ -1175,8 +1252,8 @@ mod tests {
     fn without_announcements_a_snapshot_makes_no_node_dead() {
         let t0 = Instant::now();
         let mut c = PresenceView::new("c", GRACE);
-        c.on_event(connected("s1", "ada", "a"));
-        c.on_event(connected("s2", "bob", "b"));
+        c.on_event(connected("s1", "ada", "a"), Instant::now());
+        c.on_event(connected("s2", "bob", "b"), Instant::now());
         let mut b = PresenceView::new("b", GRACE);
         b.merge(c.snapshot(), t0, false);
         assert!(
@@ -1192,7 +1269,7 @@ mod tests {
         let minute = Duration::from_secs(60);
         let mut c = PresenceView::new("c", GRACE);
         c.on_gateway("a", "first", true, minute, t0);
-        c.on_event(connected("s1", "ada", "a"));
+        c.on_event(connected("s1", "ada", "a"), Instant::now());
         let mut a = PresenceView::new("a", GRACE);
         a.on_gateway("c", "first", true, minute, t0);
         a.merge(c.snapshot(), t0, true);
@@ -1202,6 +1279,69 @@ mod tests {
         );
         assert!(a.due(t0 + GRACE * 3).is_empty());
         assert_eq!(a.online(None, None, None).len(), 1);
+    }
+
+    fn left(session: &str, user: &str, node: &str, reason: &str) -> PresenceEvent {
+        PresenceEvent {
+            event: "client.disconnected".into(),
+            reason: Some(reason.into()),
+            ..connected(session, user, node)
+        }
+    }
+
+    #[test]
+    fn a_snapshot_taken_before_its_peer_heard_a_leave_does_not_bring_the_session_back() {
+        let t0 = Instant::now();
+        let a_moment = Duration::from_millis(300);
+        // b answers with what it holds before the leave of s1 reached it.
+        let mut b = PresenceView::new("b", GRACE);
+        b.on_event(connected("s1", "ada", "a"), t0);
+        b.on_event(connected("s2", "bob", "a"), t0);
+        let stale = b.snapshot();
+        let mut c = PresenceView::new("c", GRACE);
+        c.on_event(connected("s1", "ada", "a"), t0);
+        c.on_event(left("s1", "ada", "a", "closed"), t0);
+        c.merge(stale.clone(), t0 + a_moment, true);
+        assert!(
+            !c.user_online("ada", None),
+            "s1 left; the snapshot is older"
+        );
+        assert!(c.user_online("bob", None), "the rest is taken in");
+        // The same through a resync answer.
+        c.asking(1);
+        c.answer("b", 1, stale.clone(), t0 + a_moment, true);
+        assert!(!c.user_online("ada", None), "nor through an answer");
+        // Its own leaves too: a goodbye here, an expiry here.
+        let mut d = PresenceView::new("a", GRACE);
+        d.opened("s1", "ada", None, None);
+        d.opened("s2", "bob", None, None);
+        assert!(d.ended("s1", true, t0).is_some());
+        d.ended("s2", false, t0);
+        assert_eq!(d.due(t0 + GRACE).len(), 1, "s2 expired");
+        d.merge(stale.clone(), t0 + GRACE + a_moment, false);
+        assert!(d.online(None, None, None).is_empty(), "neither comes back");
+        // A session that connects again after its leave is online again.
+        c.on_event(connected("s1", "ada", "a"), t0 + a_moment);
+        assert!(c.user_online("ada", None));
+        assert!(d.opened("s1", "ada", None, None), "announced anew");
+        // A leave is remembered for the grace period and the margin only.
+        let mut e = PresenceView::new("c", GRACE);
+        e.on_event(left("s1", "ada", "a", "closed"), t0);
+        e.merge(stale, t0 + GRACE + TOMBSTONE_MARGIN, true);
+        assert!(e.user_online("ada", None), "forgotten by then");
+    }
+
+    #[test]
+    fn the_sessions_remembered_gone_are_bounded() {
+        let t0 = Instant::now();
+        let mut v = PresenceView::new("c", GRACE);
+        for i in 0..TOMBSTONES_MAX + 10 {
+            v.on_event(left(&format!("s{i}"), "ada", "a", "closed"), t0);
+        }
+        assert_eq!(v.gone.len(), TOMBSTONES_MAX, "the oldest forgotten");
+        assert!(!v.buried("s0", t0) && v.buried("s10", t0));
+        v.due(t0 + GRACE + TOMBSTONE_MARGIN);
+        assert!(v.gone.is_empty() && v.gone_order.is_empty(), "all expired");
     }
 
     #[test]
@@ -1241,10 +1381,13 @@ mod tests {
         let mut v = PresenceView::new("gw-a", Duration::from_secs(60));
         assert!(v.opened("s1", "anna", None, Some("acme")));
         assert!(v.opened("s2", "gus", None, Some("globex")));
-        v.on_event(PresenceEvent {
-            tenant: Some("acme".into()),
-            ..connected("s3", "arne", "gw-b")
-        });
+        v.on_event(
+            PresenceEvent {
+                tenant: Some("acme".into()),
+                ..connected("s3", "arne", "gw-b")
+            },
+            Instant::now(),
+        );
         let users = |o: Vec<Online>| o.into_iter().map(|o| o.user).collect::<Vec<_>>();
         assert_eq!(users(v.online(None, None, Some("acme"))), ["anna", "arne"]);
         assert_eq!(users(v.online(None, None, Some("globex"))), ["gus"]);
@@ -1348,13 +1491,13 @@ mod tests {
     {
         let mut v = PresenceView::new("b", GRACE);
         let now = Instant::now();
-        v.on_event(connected("gone", "ada", "a"));
-        v.on_event(connected("kept", "bob", "a"));
-        v.on_event(connected("other", "cy", "c"));
+        v.on_event(connected("gone", "ada", "a"), Instant::now());
+        v.on_event(connected("kept", "bob", "a"), Instant::now());
+        v.on_event(connected("other", "cy", "c"), Instant::now());
         v.opened("mine", "dan", None, None);
         v.asking(7);
         // Opened on a after a took its snapshot, and heard of first.
-        v.on_event(connected("new", "eve", "a"));
+        v.on_event(connected("new", "eve", "a"), Instant::now());
         // a no longer holds "gone"; it says "mine" is still with b (b knows better).
         let mut mine_there = connected("mine", "dan", "b");
         mine_there.reason = None;

@@ -1421,7 +1421,7 @@ pub(crate) async fn keep_presence(shared: Arc<Shared>) {
         move || bound_tx.send_modify(|n| *n += 1),
         move |body| match serde_json::from_slice::<crate::presence::PresenceEvent>(body) {
             Ok(e) => {
-                let again = on.presence_view().on_event(e);
+                let again = on.presence_view().on_event(e, std::time::Instant::now());
                 for event in again {
                     on.presence(event);
                 }
@@ -1651,17 +1651,20 @@ mod tests {
         let grace = Duration::from_secs(1);
         let mut a = PresenceView::new("a", grace);
         a.on_gateway("b", "1", true, period, t0);
-        a.on_event(PresenceEvent {
-            event: "client.connected".into(),
-            session: "s1".into(),
-            user: "ada".into(),
-            node: "b".into(),
-            channel: None,
-            reason: None,
-            by: None,
-            keys: None,
-            tenant: None,
-        });
+        a.on_event(
+            PresenceEvent {
+                event: "client.connected".into(),
+                session: "s1".into(),
+                user: "ada".into(),
+                node: "b".into(),
+                channel: None,
+                reason: None,
+                by: None,
+                keys: None,
+                tenant: None,
+            },
+            t0,
+        );
         // A memory alarm: connected, publishing blocked, b silent for three lifetimes
         // and twice the grace.
         let blocked = hears_peers(BrokerState::Connected, true);
