@@ -321,7 +321,15 @@ impl PresenceView {
                     }
                 }
             }
-            "client.subscriptions" if e.node != self.me => {
+            // Only from the gateway holding the session: a late one from the gateway
+            // it was resumed away from (here or on a peer) is older than its keys.
+            "client.subscriptions"
+                if e.node != self.me
+                    && self
+                        .sessions
+                        .get(&e.session)
+                        .is_some_and(|h| h.node == e.node) =>
+            {
                 let _ = self
                     .subscriptions(&e.session, e.keys.unwrap_or_default().into_iter().collect());
             }
@@ -1342,6 +1350,40 @@ mod tests {
         assert!(!v.buried("s0", t0) && v.buried("s10", t0));
         v.due(t0 + GRACE + TOMBSTONE_MARGIN);
         assert!(v.gone.is_empty() && v.gone_order.is_empty(), "all expired");
+    }
+
+    #[test]
+    fn a_late_client_subscriptions_from_a_sessions_previous_gateway_is_ignored() {
+        let t0 = Instant::now();
+        let lobby: BTreeSet<String> = ["chat.group.lobby".to_string()].into();
+        let kitchen = vec!["chat.group.kitchen".to_string()];
+        let subscriptions = |node: &str, keys: &[String]| PresenceEvent {
+            event: "client.subscriptions".into(),
+            keys: Some(keys.to_vec()),
+            ..connected("s1", "ada", node)
+        };
+        // s1 moved from b to c; b's last keys arrive after.
+        let mut a = PresenceView::new("a", GRACE);
+        a.on_event(connected("s1", "ada", "b"), t0);
+        a.taken_over("s1", "c");
+        a.on_event(subscriptions("c", &["chat.group.lobby".to_string()]), t0);
+        a.on_event(subscriptions("b", &kitchen), t0);
+        let groups = |v: &PresenceView, g| v.online(None, Some(g), None).len();
+        assert_eq!(
+            (groups(&a, "lobby"), groups(&a, "kitchen")),
+            (1, 0),
+            "c's keys stay"
+        );
+        // Resumed here from b: b's late keys do not overwrite this gateway's.
+        let mut c = PresenceView::new("c", GRACE);
+        c.on_event(connected("s1", "ada", "b"), t0);
+        assert!(!c.opened("s1", "ada", None, None));
+        c.subscriptions("s1", lobby);
+        c.on_event(subscriptions("b", &kitchen), t0);
+        assert_eq!((groups(&c, "lobby"), groups(&c, "kitchen")), (1, 0));
+        // The holder's own change is taken.
+        a.on_event(subscriptions("c", &kitchen), t0);
+        assert_eq!((groups(&a, "lobby"), groups(&a, "kitchen")), (0, 1));
     }
 
     #[test]
