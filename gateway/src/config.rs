@@ -150,6 +150,12 @@ pub struct Config {
     /// connection served meanwhile; live sessions and resumes within the ring never
     /// wait. Default: 256.
     pub max_stream_readers: usize,
+    /// Sessions of one user reading behind a hub's ring at once (in a shared replay or
+    /// with a reader of their own), so that one user's sessions, resuming from
+    /// scattered old positions and reading slowly, cannot hold every one of
+    /// `max_stream_readers`. One more waits for one of them to reach the ring or
+    /// leave, its connection served meanwhile. Default: 32.
+    pub max_stream_readers_per_user: usize,
     /// Retention of the outbound stream by age (`x-max-age`: `Y`, `M`, `D`, `h`, `m`,
     /// `s` units): how far back a resuming client is replayed. What services send to
     /// clients lands in this one replicated stream, which each gateway reads once and
@@ -621,6 +627,7 @@ impl Default for Config {
             max_frames_per_s: 10_000,
             max_pending_requests: 1000,
             max_stream_readers: 256,
+            max_stream_readers_per_user: 32,
             no_service: NoServiceMode::Requests,
             request_replies: RequestReplies::Stream,
             stream_max_age: "24h".to_string(),
@@ -878,6 +885,13 @@ impl Config {
             return bad(
                 "hello_timeout_ms, header_read_timeout_ms, listen_backlog and \
                  max_pending_requests must be at least 1"
+                    .into(),
+            );
+        }
+        if self.max_stream_readers_per_user == 0 {
+            return bad(
+                "max_stream_readers_per_user must be at least 1 (with 0 no session could \
+                 resume from a position older than the hub's ring)"
                     .into(),
             );
         }
@@ -1156,6 +1170,7 @@ impl Config {
             max_frames_per_s,
             max_pending_requests,
             max_stream_readers,
+            max_stream_readers_per_user,
             stream_max_bytes,
             hub_buffer_messages,
             no_service,
@@ -1522,6 +1537,10 @@ pub struct Overrides {
     /// [default: 256].
     #[arg(long, env = "WARREN_MAX_STREAM_READERS", global = true)]
     pub max_stream_readers: Option<usize>,
+    /// Sessions of one user reading behind a hub's ring at once; one more waits for
+    /// one of them [default: 32].
+    #[arg(long, env = "WARREN_MAX_STREAM_READERS_PER_USER", global = true)]
+    pub max_stream_readers_per_user: Option<usize>,
     /// Authentication mode: none (development only), jwt (a signed token; keys in the
     /// file's [auth.jwt]) or service (an auth service on RabbitMQ; the file's
     /// [auth.service]) [default: none].
@@ -1927,6 +1946,15 @@ mod tests {
         let err = at("max_stream_readers = 0").unwrap_err().to_string();
         assert!(
             err.contains("max_stream_readers must be at least 1"),
+            "{err}"
+        );
+        assert_eq!(Config::default().max_stream_readers_per_user, 32);
+        at("max_stream_readers_per_user = 1").unwrap();
+        let err = at("max_stream_readers_per_user = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("max_stream_readers_per_user must be at least 1"),
             "{err}"
         );
     }

@@ -839,6 +839,12 @@ impl Conn {
         // replays from the stream's start. Each stream has positions of its own; a
         // channel stream is joined only by a session subscribed to its channel.
         let tenant = inbound::tenant_of(&self.shared.config, &identity);
+        // An anonymous development session is its own user (below).
+        let reader_user: Arc<str> = if anonymous {
+            session::owner_of(&id, tenant).into()
+        } else {
+            owner.as_str().into()
+        };
         let mut streams = Vec::new();
         for (source, checked) in self.shared.streams.all().iter().zip(checked) {
             let position = match &source.channel {
@@ -863,6 +869,7 @@ impl Conn {
                 resumed,
                 position,
                 head,
+                reader_user.clone(),
             )));
         }
         if anonymous {
@@ -1725,7 +1732,15 @@ impl Conn {
                 // session joins that stream live.
                 let tenant = inbound::tenant_of(config, &session.identity);
                 let (member, head) = source.hub.join_tenant(self.id, &session.id, tenant, None);
-                session.streams[i] = Some(Outbound::new(source.clone(), member, false, None, head));
+                let user = session::owner_of(&session.identity.user, tenant).into();
+                session.streams[i] = Some(Outbound::new(
+                    source.clone(),
+                    member,
+                    false,
+                    None,
+                    head,
+                    user,
+                ));
             }
             if let Some(head) = source.hub.subscribe_at(self.id, &keys) {
                 at = Some((head, source.channel.clone()));

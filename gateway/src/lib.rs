@@ -153,7 +153,11 @@ impl Gateway {
         let (addressed_tx, addressed_rx) = tokio::sync::mpsc::channel(10_000);
         // Each stream (the outbound stream, and each channel's own) read once, by its hub.
         // Readers for sessions behind a ring, all streams together.
-        let reader_slots = replay::ReaderSlots::new(config.max_stream_readers, metrics.clone());
+        let reader_slots = replay::ReaderSlots::new(
+            config.max_stream_readers,
+            config.max_stream_readers_per_user,
+            metrics.clone(),
+        );
         let streams = streams::Streams::new(&config, |(channel, name)| {
             let hub = hub::Hub::with_tenants(config.hub_buffer_messages, config.tenants.enabled);
             tokio::spawn(hub::run_reader(

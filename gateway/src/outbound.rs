@@ -22,13 +22,15 @@ use warren_protocol::ServerFrame;
 use crate::error::GatewayError;
 use crate::hub::{CatchUp, Membership, Message, Reader};
 use crate::metrics;
-use crate::replay::{Handle, Taken};
+use crate::replay::{Handle, Share, Taken};
 use crate::server::Shared;
 use crate::session_core::{self as core_, Positions};
 use crate::streams::Source;
 
 /// A session's own reader being opened.
 type Opening = Pin<Box<dyn Future<Output = Result<Box<Reader>, GatewayError>> + Send>>;
+/// A session waiting for one of its user's shares of the readers behind the ring.
+type Sharing = Pin<Box<dyn Future<Output = Share> + Send>>;
 
 /// A session's outbound state in one stream: its hub membership, where it reads from,
 /// and the position it has reached.
@@ -38,6 +40,11 @@ pub(crate) struct Outbound {
     member: Membership,
     read: Read,
     positions: Positions,
+    /// Whose share of the readers behind the ring the session takes
+    /// (`max_stream_readers_per_user`).
+    user: Arc<str>,
+    /// That share, held while the session reads behind the ring.
+    share: Option<Share>,
 }
 
 /// Where a session's messages come from.
@@ -46,6 +53,9 @@ enum Read {
     Live,
     /// Pulled from the hub's ring (a resume, or the live backlog filled up).
     Ring,
+    /// Behind the ring, waiting for one of its user's shares
+    /// (`max_stream_readers_per_user`) before it joins a shared reader.
+    Waiting(Sharing),
     /// A stream reader shared with other sessions behind the ring (crate::replay).
     Replay(Handle),
     /// Its own stream reader, being opened at this position; the notice that the
@@ -67,6 +77,8 @@ pub(crate) enum Event {
     Read(Option<Arc<Message>>),
     /// What the session's shared stream reader gave.
     Replayed(Taken),
+    /// One of its user's shares: the session may read behind the ring.
+    Shared(Share),
     /// The session's own reader, opened at this position (or why it could not be).
     Opened(u64, Result<Box<Reader>, GatewayError>),
 }
@@ -92,16 +104,20 @@ impl Outbound {
     /// A session that joined the hub: live when it is new, catching up from the ring
     /// when it resumes after `position` (the newest the client had; the ring's `head`
     /// when it joined tells what the client may have had already).
+    /// `user` names whose share of the readers behind the ring it takes.
     pub(crate) fn new(
         source: Arc<Source>,
         member: Membership,
         resumed: bool,
         position: Option<u64>,
         head: Option<u64>,
+        user: Arc<str>,
     ) -> Outbound {
         Outbound {
             source,
             member,
+            user,
+            share: None,
             read: if resumed { Read::Ring } else { Read::Live },
             positions: if resumed {
                 Positions::resumed(position, head)
@@ -133,6 +149,7 @@ impl Outbound {
                 }
             }
             Read::Ring => Event::Pull,
+            Read::Waiting(sharing) => Event::Shared(sharing.as_mut().await),
             Read::Replay(h) => Event::Replayed(h.next().await),
             Read::Opening(from, opening, _) => {
                 let opened = opening.as_mut().await;
@@ -194,8 +211,17 @@ impl Outbound {
                             ));
                         }
                         CatchUp::Behind { from } => {
-                            self.read = Read::Replay(source.replays.join(conn, from));
-                            self.positions.reader_opened(from);
+                            // One of the user's shares first: one user's sessions
+                            // cannot hold every reader.
+                            let slots = source.replays.slots();
+                            match self.share.take().or_else(|| slots.try_share(&self.user)) {
+                                Some(share) => self.behind(share, conn, from),
+                                None => {
+                                    tracing::debug!(conn, stream = %self.source.name, "behind the ring: waits for one of its user's shares");
+                                    self.read =
+                                        Read::Waiting(Box::pin(slots.share(self.user.clone())));
+                                }
+                            }
                         }
                     }
                 }
@@ -229,6 +255,11 @@ impl Outbound {
                         .map(|r| Box::new(r.holding(slot)))
                 };
                 self.read = Read::Opening(from, Box::pin(opening), left);
+            }
+            Event::Shared(share) => {
+                // Nothing was sent while it waited: it reads on from where it was.
+                let from = self.positions.next();
+                self.behind(share, conn, from);
             }
             Event::Opened(from, Ok(r)) => {
                 metrics::add(&shared.metrics.stream_readers, 1);
@@ -265,6 +296,10 @@ impl Outbound {
                 }
             }
         }
+        if matches!(self.read, Read::Live | Read::Ring) {
+            // At the ring (or live): no longer behind it.
+            self.share = None;
+        }
         if notice.is_none() && messages.is_empty() && cursor.is_none() {
             return Step::Nothing;
         }
@@ -273,6 +308,13 @@ impl Outbound {
             messages,
             cursor,
         }
+    }
+
+    /// Behind the ring with `share`: joins a shared reader at `from`.
+    fn behind(&mut self, share: Share, conn: u64, from: u64) {
+        self.share = Some(share);
+        self.read = Read::Replay(self.source.replays.join(conn, from));
+        self.positions.reader_opened(from);
     }
 
     /// The session's position moves to `next` (everything before it was sent).
@@ -300,6 +342,7 @@ impl Outbound {
         match std::mem::replace(&mut self.read, Read::Ring) {
             held @ (Read::Stream(_) | Read::Opening(..) | Read::Replay(_)) => {
                 let_go(held);
+                self.share = None;
                 true
             }
             other => {
@@ -334,6 +377,6 @@ fn let_go(read: Read) {
                 }
             });
         }
-        Read::Live | Read::Ring | Read::Replay(_) => {}
+        Read::Live | Read::Ring | Read::Waiting(_) | Read::Replay(_) => {}
     }
 }

@@ -207,20 +207,100 @@ impl Window {
 }
 
 /// The gateway's slots for stream readers behind a ring (`max_stream_readers`),
-/// shared by every stream's replays and the sessions' own readers.
+/// shared by every stream's replays and the sessions' own readers; and each user's
+/// share of the sessions reading behind a ring (`max_stream_readers_per_user`).
+///
+/// A session holds a [`Share`] of its user while it reads behind a ring (in a
+/// replay, or with a reader of its own), and each reader holds a [`Slot`]. A reader
+/// is opened for a session that holds a share (a replay by the first session that
+/// needs it), so one user's sessions open at most their share of the slots: a user's
+/// sessions resuming from scattered old positions and reading slowly could otherwise
+/// hold every slot, and every other user's resume would wait.
 #[derive(Debug)]
 pub struct ReaderSlots {
     slots: Arc<Semaphore>,
     metrics: Arc<Metrics>,
+    shares: Arc<Shares>,
+}
+
+/// Sessions reading behind a ring, per user.
+#[derive(Debug)]
+struct Shares {
+    per_user: usize,
+    held: Mutex<HashMap<Arc<str>, usize>>,
+    /// A share was given back: sessions waiting for one look again.
+    freed: Notify,
+}
+
+/// One of a user's `max_stream_readers_per_user`, held by a session while it reads
+/// behind a ring; given back when dropped.
+#[derive(Debug)]
+pub struct Share {
+    shares: Arc<Shares>,
+    user: Arc<str>,
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let mut held = self.shares.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = held.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.user);
+            }
+        }
+        drop(held);
+        self.shares.freed.notify_waiters();
+    }
 }
 
 impl ReaderSlots {
-    /// `max` slots (at least one).
-    pub fn new(max: usize, metrics: Arc<Metrics>) -> Arc<ReaderSlots> {
+    /// `max` slots (at least one), `per_user` shares for each user (at least one).
+    pub fn new(max: usize, per_user: usize, metrics: Arc<Metrics>) -> Arc<ReaderSlots> {
         Arc::new(ReaderSlots {
             slots: Arc::new(Semaphore::new(max.clamp(1, Semaphore::MAX_PERMITS))),
             metrics,
+            shares: Arc::new(Shares {
+                per_user: per_user.max(1),
+                held: Mutex::new(HashMap::new()),
+                freed: Notify::new(),
+            }),
         })
+    }
+
+    /// One of `user`'s shares, if one is free now.
+    pub fn try_share(&self, user: &Arc<str>) -> Option<Share> {
+        let mut held = self.shares.held.lock().unwrap_or_else(|e| e.into_inner());
+        let n = held.entry(user.clone()).or_default();
+        if *n >= self.shares.per_user {
+            return None;
+        }
+        *n += 1;
+        Some(Share {
+            shares: self.shares.clone(),
+            user: user.clone(),
+        })
+    }
+
+    /// One of `user`'s shares, once one is free (counted in
+    /// `stream_reader_waits_total`). Cancel-safe: dropped while waiting, it holds
+    /// nothing.
+    pub fn share(
+        self: &Arc<Self>,
+        user: Arc<str>,
+    ) -> impl std::future::Future<Output = Share> + Send + 'static {
+        let me = self.clone();
+        async move {
+            metrics::add(&me.metrics.stream_reader_waits, 1);
+            loop {
+                // Created before looking, so a share given back meanwhile wakes it.
+                let freed = me.shares.freed.notified();
+                if let Some(share) = me.try_share(&user) {
+                    return share;
+                }
+                freed.await;
+            }
+        }
     }
 
     /// A slot, once one is free (first come, first served).
@@ -492,7 +572,7 @@ mod tests {
     #[tokio::test]
     async fn a_reader_past_max_stream_readers_waits_for_one_to_close() {
         let metrics = Arc::new(Metrics::default());
-        let slots = ReaderSlots::new(1, metrics.clone());
+        let slots = ReaderSlots::new(1, 1, metrics.clone());
         let open = || {
             metrics
                 .stream_readers_open
@@ -516,6 +596,35 @@ mod tests {
         assert_eq!(open(), 1);
         drop(second);
         assert_eq!(open(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_user_holds_at_most_its_share_and_waits_for_one_of_its_own_given_back() {
+        let slots = ReaderSlots::new(8, 2, Arc::new(Metrics::default()));
+        let (mallory, alice): (Arc<str>, Arc<str>) = ("mallory".into(), "alice".into());
+        let first = slots.try_share(&mallory).expect("a share");
+        let _second = slots.try_share(&mallory).expect("a second");
+        assert!(slots.try_share(&mallory).is_none(), "two per user");
+        let theirs = slots
+            .try_share(&alice)
+            .expect("another user's share is free");
+        let mut third = Box::pin(slots.share(mallory.clone()));
+        assert!(futures_util::poll!(third.as_mut()).is_pending());
+        drop(theirs);
+        assert!(
+            futures_util::poll!(third.as_mut()).is_pending(),
+            "another user's share given back is not mallory's"
+        );
+        drop(first);
+        let third = tokio::time::timeout(Duration::from_secs(5), third)
+            .await
+            .expect("the share given back");
+        // A wait given up holds nothing.
+        drop(Box::pin(slots.share(alice.clone())));
+        let _a = slots.try_share(&alice).expect("alice's first");
+        let _b = slots.try_share(&alice).expect("alice's second");
+        drop(third);
+        assert!(slots.try_share(&mallory).is_some());
     }
 
     #[test]

@@ -240,3 +240,83 @@ async fn a_client_that_stops_acknowledging_gives_up_its_reader_slot() {
     })
     .await;
 }
+
+/// One user's sessions read behind the ring at most `max_stream_readers_per_user` at a
+/// time: a second session of mallory's, resuming while her first takes its window
+/// and acknowledges nothing, waits for her share; alice's resume, at the same time,
+/// does not, and gets everything. Once mallory's first session leaves, her second
+/// gets everything, in order, once. (Without the share, one user's sessions resuming
+/// from scattered old positions and reading slowly held every reader, and every other
+/// user's resume waited.)
+#[tokio::test]
+async fn a_user_reads_behind_the_ring_within_its_share_and_another_user_does_not_wait() {
+    TestEnv::run("reader-slots-share", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| {
+            c.hub_buffer_messages = 3;
+            c.max_stream_readers_per_user = 1;
+            c.delivery_window = 16;
+        })
+        .await;
+        let s = sub("all", "chat");
+        let leave = async |user: &str| {
+            let mut c = TestClient::connect_with(
+                &gw.url(),
+                Hello {
+                    token: Some(user.into()),
+                    ..Default::default()
+                },
+            )
+            .await;
+            c.subscribe(s.clone()).await;
+            Hello {
+                token: Some(user.into()),
+                ..away(c, &s)
+            }
+        };
+        let mallory_1 = leave("mallory").await;
+        let mallory_2 = leave("mallory").await;
+        let alice = leave("alice").await;
+        let n = 100;
+        for i in 0..n {
+            env.publish_out("chat.all", &format!("m{i}"), &i.to_string())
+                .await;
+        }
+        let last = n - 1;
+
+        // mallory's first session takes its window and acknowledges nothing.
+        let mut m1 = TestClient::connect_with(&gw.url(), mallory_1).await;
+        for _ in 0..16 {
+            m1.expect_deliver().await;
+        }
+        // Her second waits for her share; alice's resume does not.
+        let mut m2 = TestClient::connect_with(&gw.url(), mallory_2).await;
+        let mut a = TestClient::connect_with(&gw.url(), alice).await;
+        let got_a = tokio::time::timeout(Duration::from_secs(20), take_until(&mut a, last))
+            .await
+            .expect("alice got her messages while mallory's share was taken");
+        assert!(
+            exactly(&got_a, 0, last),
+            "alice: {} from {:?}",
+            got_a.len(),
+            got_a.first()
+        );
+        m2.expect_no_deliver(Duration::from_millis(500)).await;
+
+        // mallory's first session leaves: her second reads on.
+        m1.close().await;
+        let got_m2 = tokio::time::timeout(Duration::from_secs(20), take_until(&mut m2, last))
+            .await
+            .expect("mallory's second session read on once her first left");
+        assert!(
+            exactly(&got_m2, 0, last),
+            "mallory's second: {} from {:?}",
+            got_m2.len(),
+            got_m2.first()
+        );
+        assert!(gw.metric("stream_reader_waits_total").await >= 1);
+        a.close().await;
+        m2.close().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
