@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# bench/smoke.sh — a tiny run of every warren-bench scenario and of the reply-path
-# probe (warren-bench-reply-path), so the tools cannot rot (part of `./dev test`; the
+# bench/smoke.sh — a tiny run of every warren-bench scenario, of the reply-path probe
+# (warren-bench-reply-path) and of the priority-switch bench (warren-bench-priority), so
+# the tools cannot rot (part of `./dev test`; the
 # hub's topic bench, gateway/benches/topics.rs, runs its short form in `cargo test`).
 # Debug builds, 2 clients, one 1-second run per scenario and target, 50 idle sessions,
 # then idle and rpc again with JWT identity: about 25 s once built. Fails when any run
@@ -69,3 +70,7 @@ timeout 60 target/debug/warren-bench \
 
 # The reply-path probe (stream against a classic reply queue), a few messages.
 timeout 60 target/debug/warren-bench-reply-path --amqp-uri "$AMQP_ADDR" --messages 20 --runs 1
+
+# The priority-switch bench (Service::consume_queues against simulated polling), a few
+# trials: about 1 s.
+timeout 60 target/debug/warren-bench-priority --amqp-uri "$AMQP_ADDR" --trials 5 --work-ms 50 --poll-ms 500
