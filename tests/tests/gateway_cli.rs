@@ -40,6 +40,11 @@ impl Drop for TempFile {
 
 /// Runs `warren-gateway args` with `RUST_BACKTRACE=1`.
 async fn gateway(args: &[&str]) -> Output {
+    gateway_with(&[("RUST_BACKTRACE", "1")], args).await
+}
+
+/// Runs `warren-gateway args` with `env` set (and no JWT secret from the caller's).
+async fn gateway_with(env: &[(&str, &str)], args: &[&str]) -> Output {
     let bin = tokio::task::spawn_blocking(|| {
         workspace_binary("warren-gateway", "warren-gateway", &["WARREN_GATEWAY_BIN"])
     })
@@ -47,7 +52,7 @@ async fn gateway(args: &[&str]) -> Output {
     .expect("binary");
     tokio::process::Command::new(bin)
         .args(args)
-        .env("RUST_BACKTRACE", "1")
+        .envs(env.iter().copied())
         .env_remove("WARREN_AUTH_JWT_SECRET")
         .env_remove("WARREN_AUTH_JWT_SECRET_FILE")
         .output()
@@ -273,22 +278,9 @@ async fn the_gateway_waits_for_rabbitmq_starting_beside_it() {
     env.cleanup().await;
 }
 
-/// Runs `warren-gateway topology print` with `env` set and `args` before it.
+/// Runs `warren-gateway args topology print` with `env` set.
 async fn print_with(env: &[(&str, &str)], args: &[&str]) -> Output {
-    let bin = tokio::task::spawn_blocking(|| {
-        workspace_binary("warren-gateway", "warren-gateway", &["WARREN_GATEWAY_BIN"])
-    })
-    .await
-    .expect("binary");
-    tokio::process::Command::new(bin)
-        .args(args)
-        .args(["topology", "print"])
-        .envs(env.iter().copied())
-        .env_remove("WARREN_AUTH_JWT_SECRET")
-        .env_remove("WARREN_AUTH_JWT_SECRET_FILE")
-        .output()
-        .await
-        .expect("run warren-gateway")
+    gateway_with(env, &[args, &["topology", "print"]].concat()).await
 }
 
 /// An invalid value from a `WARREN_*` variable is reported under that variable's
