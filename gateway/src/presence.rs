@@ -121,6 +121,8 @@ pub struct PresenceView {
     /// bring them back.
     gone: HashMap<String, Instant>,
     gone_order: VecDeque<(String, Instant)>,
+    /// Whether a peer's snapshot was taken in ([`PresenceView::merge`]).
+    merged: bool,
 }
 
 /// One online session in a presence answer.
@@ -146,6 +148,7 @@ impl PresenceView {
             asked: None,
             gone: HashMap::new(),
             gone_order: VecDeque::new(),
+            merged: false,
         }
     }
 
@@ -422,6 +425,7 @@ impl PresenceView {
     pub fn merge(&mut self, snapshot: Vec<PresenceEvent>, now: Instant, liveness: bool) {
         let previous = format!("{}#previous", self.me);
         self.forget_gone(now);
+        self.merged = true;
         for e in snapshot {
             // Known already, or announced gone since the peer took its snapshot.
             if self.sessions.contains_key(&e.session) || self.buried(&e.session, now) {
@@ -469,6 +473,12 @@ impl PresenceView {
                 },
             );
         }
+    }
+
+    /// Whether a peer's snapshot was taken in: the view knows the sessions opened
+    /// before this gateway started.
+    pub fn merged(&self) -> bool {
+        self.merged
     }
 
     /// This gateway asks its peers for their views (request `id`) because its

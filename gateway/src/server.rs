@@ -1342,10 +1342,21 @@ pub(crate) async fn listen_for_takeovers(shared: Arc<Shared>) {
 /// `{"undelivered": true, "message_id", "users", "keys", "position", "node"}` through
 /// the default exchange, `correlation_id` = the message's `message_id`, header
 /// `x-warren-undelivered`.
+///
+/// Not before the view is synced ([`presence_synced`]); the messages meanwhile wait.
 pub(crate) async fn report_undelivered(
     shared: Arc<Shared>,
     mut addressed: tokio::sync::mpsc::Receiver<crate::hub::Addressed>,
 ) {
+    let start = std::time::Instant::now();
+    let interval = Duration::from_millis(shared.config.announce_interval_ms);
+    loop {
+        let merged = shared.presence_view().merged();
+        if presence_synced(start.elapsed(), interval, merged) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     while let Some(a) = addressed.recv().await {
         let offline: Vec<&String> = {
             let view = shared.presence_view();
@@ -1393,6 +1404,20 @@ pub(crate) async fn report_undelivered(
                 .await;
         }
     }
+}
+
+/// How long a gateway that starts waits for a peer's snapshot before it takes its
+/// view as all there is (a lone gateway gets none).
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(1);
+
+/// Whether the presence view of a gateway that started `since` ago can judge who is
+/// offline: it took in a peer's snapshot (or waited [`SNAPSHOT_WAIT`] for one), and
+/// one announcement period (`interval`) passed, so it heard its live peers and knows
+/// whether it is the elected one. Before, a gateway that started had heard no peer
+/// (elected) and held no session of theirs: it reported messages to users online on
+/// its peers as undelivered.
+fn presence_synced(since: Duration, interval: Duration, merged: bool) -> bool {
+    (merged || since >= SNAPSHOT_WAIT) && since >= interval
 }
 
 /// A gateway's announcement on `warren.gateways`, as peers read it.
@@ -1683,6 +1708,37 @@ mod tests {
         a.on_gateway("b", "1", true, period, now);
         assert!(presence_tick(&mut a, hears, now + period).is_empty());
         assert!(a.user_online("ada", None));
+    }
+
+    #[test]
+    fn undelivered_reports_wait_for_a_snapshot_and_one_announcement_period() {
+        let ms = Duration::from_millis;
+        let period = ms(200);
+        assert!(!presence_synced(ms(0), period, false), "at start");
+        assert!(
+            !presence_synced(ms(100), period, true),
+            "peers not heard yet"
+        );
+        assert!(
+            presence_synced(ms(200), period, true),
+            "snapshot and a period"
+        );
+        assert!(
+            !presence_synced(ms(900), period, false),
+            "waiting for a snapshot"
+        );
+        assert!(
+            presence_synced(SNAPSHOT_WAIT, period, false),
+            "a lone gateway"
+        );
+        assert!(
+            !presence_synced(ms(1_500), ms(5_000), true),
+            "a long period"
+        );
+        assert!(
+            presence_synced(SNAPSHOT_WAIT, ms(0), false),
+            "no announcements"
+        );
     }
 
     #[test]

@@ -491,6 +491,68 @@ async fn a_direct_message_to_a_user_with_no_session_is_reported_to_the_service()
     .await;
 }
 
+/// A gateway that starts reads the outbound stream from its last chunk: the messages
+/// in it were published before it started, and were reported (or delivered) then.
+/// Before, the new gateway — elected while it had heard no peer, its view empty until
+/// the snapshot came — reported them again, naming users who had received them.
+#[tokio::test]
+async fn a_gateway_that_starts_does_not_report_the_messages_published_before_it() {
+    use warren_service::{Outgoing, Service, Targets};
+    TestEnv::run("presence-undelivered-start", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, presence_config).await;
+        let service = Service::connect(&warren_e2e::service::amqp_uri(), env.names.clone())
+            .await
+            .expect("service");
+        let mut reports = service.undelivered();
+        let mut ada = TestClient::connect_with(&gw.url(), as_user("ada")).await;
+        let mut s = sub("d", "chat");
+        s.direct = true;
+        ada.send(&ClientFrame::Subscribe(s)).await;
+        ada.expect_ack("d").await;
+        let publisher = service.publisher();
+        let send = |user: &str| {
+            Outgoing::new(
+                Targets::on("chat").with_user(user),
+                serde_json::to_vec(&user).unwrap(),
+            )
+        };
+        publisher.publish(&send("ada")).await.expect("publish");
+        ada.expect_deliver().await;
+        publisher.publish(&send("zed")).await.expect("publish");
+        let report = tokio::time::timeout(Duration::from_secs(10), reports.recv())
+            .await
+            .expect("a report within 10 s")
+            .expect("report");
+        assert_eq!(report.users, ["zed"]);
+
+        let second = TestGateway::start_with(env, presence_config).await;
+        let again = tokio::time::timeout(Duration::from_secs(2), reports.recv()).await;
+        assert!(
+            again.is_err(),
+            "no report for what was published before the second gateway started: {again:?}"
+        );
+        // Messages published since are reported, once.
+        let id = publisher.publish(&send("zed")).await.expect("publish");
+        let report = tokio::time::timeout(Duration::from_secs(10), reports.recv())
+            .await
+            .expect("a report within 10 s")
+            .expect("report");
+        assert_eq!(report.message_id.as_deref(), Some(id.as_str()));
+        assert_eq!(report.users, ["zed"]);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), reports.recv())
+                .await
+                .is_err(),
+            "one report per message"
+        );
+        ada.close().await;
+        service.stop().await.expect("stop");
+        second.shutdown().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_gateway_started_later_learns_the_sessions_from_its_peers() {
     let mut env = TestEnv::new("presence-snapshot").await;
