@@ -150,6 +150,9 @@ impl Stubbed {
             .env("PATH", self.dir.join("bin"))
             .env("HOME", &self.dir)
             .env("STUB_LOG", self.dir.join("log"))
+            // Never the checkout's .dev: a real `./dev test` may be using it (its
+            // cargo-test step lists the test binaries there, which this test runs in).
+            .env("WARREN_DEV_STATE_DIR", self.dir.join("state"))
             .env(
                 "AMQP_ADDR",
                 format!(
@@ -279,6 +282,13 @@ fn dev_test_cargo_test_alone_builds_the_binaries_first() {
     assert!(
         tests.is_some() && bins.is_some_and(|b| Some(b) < tests),
         "cargo-test ran without building the binaries first: {cargo:#?}\n{stdout}\n{stderr}"
+    );
+    // Its list of test binaries went to the test's own state directory, not to the
+    // checkout's .dev, where a real `./dev test` running this test keeps its lists
+    // (they were emptied under it, and its fault tests skipped).
+    assert!(
+        stubs.dir.join("state/test-lanes").is_dir(),
+        "{stdout}\n{stderr}"
     );
 }
 
