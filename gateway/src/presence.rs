@@ -87,6 +87,28 @@ pub struct Held {
     pub keys: BTreeSet<String>,
     /// Its tenant (tenant mode).
     pub tenant: Option<String>,
+    /// The gateways it was resumed away from (the latest [`LEFT_MAX`]): their
+    /// `client.subscriptions` for it are older than its keys.
+    pub left: Vec<String>,
+}
+
+/// Gateways a session was resumed away from that the view remembers.
+const LEFT_MAX: usize = 4;
+
+impl Held {
+    /// The session is on `node` now (a takeover, a resume here, or its new gateway's
+    /// `client.subscriptions` seen before the takeover request).
+    fn moved_to(&mut self, node: &str) {
+        if self.node == node {
+            return;
+        }
+        let from = std::mem::replace(&mut self.node, node.to_string());
+        self.left.retain(|n| n != node && *n != from);
+        self.left.push(from);
+        if self.left.len() > LEFT_MAX {
+            self.left.remove(0);
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -193,7 +215,7 @@ impl PresenceView {
         self.gone.remove(session);
         match self.sessions.get_mut(session) {
             Some(h) => {
-                h.node = self.me.clone();
+                h.moved_to(&self.me);
                 false
             }
             None => {
@@ -205,6 +227,7 @@ impl PresenceView {
                         channel: channel.map(str::to_string),
                         keys: BTreeSet::new(),
                         tenant: tenant.map(str::to_string),
+                        left: Vec::new(),
                     },
                 );
                 true
@@ -252,7 +275,7 @@ impl PresenceView {
         }
         self.away.remove(session);
         if let Some(h) = self.sessions.get_mut(session) {
-            h.node = node.to_string();
+            h.moved_to(node);
         }
     }
 
@@ -280,6 +303,7 @@ impl PresenceView {
                     channel: e.channel,
                     keys: BTreeSet::new(),
                     tenant: e.tenant,
+                    left: Vec::new(),
                 });
             }
             "client.disconnected" => {
@@ -324,17 +348,17 @@ impl PresenceView {
                     }
                 }
             }
-            // Only from the gateway holding the session: a late one from the gateway
-            // it was resumed away from (here or on a peer) is older than its keys.
-            "client.subscriptions"
-                if e.node != self.me
-                    && self
-                        .sessions
-                        .get(&e.session)
-                        .is_some_and(|h| h.node == e.node) =>
-            {
-                let _ = self
-                    .subscriptions(&e.session, e.keys.unwrap_or_default().into_iter().collect());
+            // Not from a gateway the session was resumed away from (here or on a
+            // peer): a late one of those is older than its keys. One from a gateway
+            // not known to hold it is from where it was resumed, before that gateway's
+            // takeover request (they travel apart): it holds the session now.
+            "client.subscriptions" if e.node != self.me => {
+                if let Some(h) = self.sessions.get_mut(&e.session) {
+                    if !h.left.contains(&e.node) {
+                        h.moved_to(&e.node);
+                        h.keys = e.keys.unwrap_or_default().into_iter().collect();
+                    }
+                }
             }
             _ => {}
         }
@@ -447,6 +471,7 @@ impl PresenceView {
                     channel: e.channel,
                     keys: e.keys.unwrap_or_default().into_iter().collect(),
                     tenant: e.tenant,
+                    left: Vec::new(),
                 },
             );
         }
@@ -1394,6 +1419,18 @@ mod tests {
         // The holder's own change is taken.
         a.on_event(subscriptions("c", &kitchen), t0);
         assert_eq!((groups(&a, "lobby"), groups(&a, "kitchen")), (0, 1));
+        // The new gateway's keys before its takeover request (they travel apart):
+        // taken, and the session is on that gateway; the takeover then changes
+        // nothing, and the old gateway's late keys are ignored. (They were dropped as
+        // not the holder's, and the view kept b's keys.)
+        let mut d = PresenceView::new("d", GRACE);
+        d.on_event(connected("s1", "ada", "b"), t0);
+        d.on_event(subscriptions("b", &kitchen), t0);
+        d.on_event(subscriptions("c", &["chat.group.lobby".to_string()]), t0);
+        d.taken_over("s1", "c");
+        d.on_event(subscriptions("b", &kitchen), t0);
+        assert_eq!((groups(&d, "lobby"), groups(&d, "kitchen")), (1, 0));
+        assert_eq!(d.online(None, Some("lobby"), None)[0].node, "c");
     }
 
     #[test]
