@@ -1198,9 +1198,6 @@ pub async fn run_reader(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut attempt = 0u32;
-    // The first start reads the stream's last chunk: messages published before the
-    // gateway started, reported (or delivered) then — not reported again.
-    let mut first = true;
     loop {
         if *shutdown.borrow() {
             return;
@@ -1257,8 +1254,6 @@ pub async fn run_reader(
         tracing::info!(stream = %stream, from = ?from, "outbound stream reader started");
         hub.reader_started();
         attempt = 0;
-        let mut before_start = (std::mem::take(&mut first) && from.is_none())
-            .then(|| InitialChunk::new(tokio::time::Instant::now()));
         // An empty stream sends nothing for `last`: ready once nothing came for a bit.
         let quiet = tokio::time::sleep(Duration::from_millis(300));
         tokio::pin!(quiet);
@@ -1273,12 +1268,7 @@ pub async fn run_reader(
                     #[cfg(feature = "fault-injection")]
                     crate::fault::delay(crate::fault::HUB_READ_DELAY_MS).await;
                     if let Some(m) = Message::from_delivery(&d) {
-                        let now = tokio::time::Instant::now();
-                        let old = before_start.as_mut().is_some_and(|c| c.holds(now));
-                        if !old {
-                            before_start = None;
-                        }
-                        take_read(&hub, m, addressed.as_ref().filter(|_| !old));
+                        take_read(&hub, m, addressed.as_ref());
                     }
                     unacked += 1;
                     // A stream consumer acks only to get more credit: one ack for many.
@@ -1301,35 +1291,6 @@ pub async fn run_reader(
         }
         let _ = ch.close(200, "restart".into()).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// The stream's last chunk as the reader's first start reads it (from `last`): the
-/// messages that come at once, without a pause of [`TAIL_QUIET`], within
-/// [`TAIL_LOOK_MAX`] — the same bounds [`stream_tail`] reads the last chunk by. They
-/// were published before the gateway started, and are not reported undelivered: the
-/// gateways running then did, and users that got them may be gone by now. A message
-/// published within those bounds of the start is taken for one of them.
-struct InitialChunk {
-    until: tokio::time::Instant,
-    quiet: tokio::time::Instant,
-}
-
-impl InitialChunk {
-    fn new(start: tokio::time::Instant) -> Self {
-        InitialChunk {
-            until: start + TAIL_LOOK_MAX,
-            quiet: start + TAIL_QUIET,
-        }
-    }
-
-    /// Whether a message read at `now` is one of the chunk's.
-    fn holds(&mut self, now: tokio::time::Instant) -> bool {
-        if now >= self.until || now >= self.quiet {
-            return false;
-        }
-        self.quiet = now + TAIL_QUIET;
-        true
     }
 }
 
@@ -1555,25 +1516,6 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_initial_chunk_is_what_comes_at_once_after_the_first_start() {
-        let t0 = tokio::time::Instant::now();
-        let ms = Duration::from_millis;
-        let mut c = InitialChunk::new(t0);
-        assert!(c.holds(t0 + ms(5)) && c.holds(t0 + ms(250)) && c.holds(t0 + ms(500)));
-        assert!(!c.holds(t0 + ms(500) + TAIL_QUIET), "after a pause: new");
-        let mut busy = InitialChunk::new(t0);
-        let mut at = t0;
-        while busy.holds(at) {
-            at += ms(100);
-        }
-        assert_eq!(at, t0 + TAIL_LOOK_MAX, "never past the look's bound");
-        assert!(
-            !InitialChunk::new(t0).holds(t0 + TAIL_QUIET),
-            "nothing at once"
-        );
-    }
 
     fn msg(offset: u64, key: &str) -> Message {
         Message::new(

@@ -1348,61 +1348,88 @@ pub(crate) async fn report_undelivered(
     shared: Arc<Shared>,
     mut addressed: tokio::sync::mpsc::Receiver<crate::hub::Addressed>,
 ) {
+    // Until the view is synced, what comes waits here (the channel is bounded and
+    // filled without waiting: left in it, messages beyond its room were dropped).
     let start = std::time::Instant::now();
     let interval = Duration::from_millis(shared.config.announce_interval_ms);
-    loop {
-        let merged = shared.presence_view().merged();
-        if presence_synced(start.elapsed(), interval, merged) {
-            break;
+    let mut held = std::collections::VecDeque::new();
+    let mut dropped = 0u64;
+    while !presence_synced(start.elapsed(), interval, shared.presence_view().merged()) {
+        tokio::select! {
+            a = addressed.recv() => match a {
+                Some(a) => {
+                    if held.len() >= HELD_WHILE_SYNCING {
+                        held.pop_front();
+                        dropped += 1;
+                    }
+                    held.push_back(a);
+                }
+                None => break,
+            },
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if dropped > 0 {
+        tracing::warn!(dropped, "messages to users not judged for undelivered reports: more came while the presence view synced than it holds");
+    }
+    for a in held {
+        report_one(&shared, a).await;
     }
     while let Some(a) = addressed.recv().await {
-        let offline: Vec<&String> = {
-            let view = shared.presence_view();
-            if !view.elected(std::time::Instant::now()) {
-                continue;
-            }
-            let tenant = shared.config.tenants.enabled.then_some(a.tenant.as_deref());
-            view.offline_users(&a.users, tenant)
-        };
-        if offline.is_empty() {
-            continue;
+        report_one(&shared, a).await;
+    }
+}
+
+/// Messages to users held while a gateway that starts syncs its presence view.
+const HELD_WHILE_SYNCING: usize = 100_000;
+
+/// Reports `a` to its publisher when this gateway is the elected one and none of its
+/// users has a session.
+async fn report_one(shared: &Shared, a: crate::hub::Addressed) {
+    let offline: Vec<&String> = {
+        let view = shared.presence_view();
+        if !view.elected(std::time::Instant::now()) {
+            return;
         }
-        crate::metrics::add(&shared.metrics.undelivered, 1);
-        tracing::info!(users = ?offline, message_id = ?a.message_id, "message to users with no session; reported to its publisher");
-        let body = serde_json::to_string(&warren_protocol::services::Undelivered {
-            undelivered: true,
-            message_id: a.message_id.clone(),
-            users: offline.into_iter().cloned().collect(),
-            keys: a.keys,
-            position: Some(a.offset),
-            node: shared.config.node.clone(),
-        })
-        .expect("a report serialises");
-        let mut headers = lapin::types::FieldTable::default();
-        headers.insert(
-            ShortString::from(warren_protocol::amqp::H_UNDELIVERED),
-            lapin::types::AMQPValue::Boolean(true),
-        );
-        let mut props = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_app_id("warren-gateway".into())
-            .with_headers(headers);
-        if let Some(id) = &a.message_id {
-            props = props.with_correlation_id(ShortString::from(id.as_str()));
-        }
-        if let Ok(ch) = shared.broker.publisher().await {
-            let _ = ch
-                .basic_publish(
-                    ShortString::from(""),
-                    ShortString::from(a.reply_to.as_str()),
-                    BasicPublishOptions::default(),
-                    body.as_bytes(),
-                    props,
-                )
-                .await;
-        }
+        let tenant = shared.config.tenants.enabled.then_some(a.tenant.as_deref());
+        view.offline_users(&a.users, tenant)
+    };
+    if offline.is_empty() {
+        return;
+    }
+    crate::metrics::add(&shared.metrics.undelivered, 1);
+    tracing::info!(users = ?offline, message_id = ?a.message_id, "message to users with no session; reported to its publisher");
+    let body = serde_json::to_string(&warren_protocol::services::Undelivered {
+        undelivered: true,
+        message_id: a.message_id.clone(),
+        users: offline.into_iter().cloned().collect(),
+        keys: a.keys,
+        position: Some(a.offset),
+        node: shared.config.node.clone(),
+    })
+    .expect("a report serialises");
+    let mut headers = lapin::types::FieldTable::default();
+    headers.insert(
+        ShortString::from(warren_protocol::amqp::H_UNDELIVERED),
+        lapin::types::AMQPValue::Boolean(true),
+    );
+    let mut props = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_app_id("warren-gateway".into())
+        .with_headers(headers);
+    if let Some(id) = &a.message_id {
+        props = props.with_correlation_id(ShortString::from(id.as_str()));
+    }
+    if let Ok(ch) = shared.broker.publisher().await {
+        let _ = ch
+            .basic_publish(
+                ShortString::from(""),
+                ShortString::from(a.reply_to.as_str()),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                props,
+            )
+            .await;
     }
 }
 
