@@ -78,7 +78,7 @@ const STUBS: &[(&str, &str)] = &[
     ("id", r#"[ "$1" = -u ] && { echo 1000; exit 0; }; exit 1"#),
     (
         "sudo",
-        r#"echo "$*" >>"$STUB_LOG/sudo"; case $1 in rabbitmq*) exec "$@";; esac; exit 0"#,
+        r#"echo "$*" >>"$STUB_LOG/sudo"; case $1 in rabbitmq*|sh) exec "$@";; esac; exit 0"#,
     ),
     (
         "dpkg-query",
@@ -117,7 +117,7 @@ impl Stubbed {
         for tool in [
             "awk", "cat", "dirname", "sed", "grep", "head", "tr", "df", "seq", "sleep", "rm",
             "mkdir", "wc", "python3", "flock", "env", "setsid", "tee", "tail", "chmod", "sh",
-            "bash", "hostname",
+            "bash", "hostname", "mv",
         ] {
             let found = ["/usr/bin", "/bin"]
                 .iter()
@@ -153,6 +153,7 @@ impl Stubbed {
             // Never the checkout's .dev: a real `./dev test` may be using it (its
             // cargo-test step lists the test binaries there, which this test runs in).
             .env("WARREN_DEV_STATE_DIR", self.dir.join("state"))
+            .env("WARREN_DEV_POLICY_RC_D", self.dir.join("policy-rc.d"))
             .env(
                 "AMQP_ADDR",
                 format!(
@@ -239,16 +240,46 @@ fn dev_test_setup_with_a_broker_answering_installs_rabbitmq_server_with_its_serv
     let at = |what: &dyn Fn(&String) -> bool| sudo.iter().position(what);
     let install = at(&|l| l.contains("apt-get install") && l.contains("rabbitmq-server"))
         .unwrap_or_else(|| panic!("the fault tests' rabbitmq-server was not installed: {sudo:#?}"));
-    let held = at(&|l| l.contains("exit 101") && l.contains("/usr/sbin/policy-rc.d"));
-    let released = at(&|l| l.contains("rm -f") && l.contains("/usr/sbin/policy-rc.d"));
+    let policy = stubs.dir.join("policy-rc.d").display().to_string();
+    let held = at(&|l| l.contains("exit 101") && l.contains(&policy));
+    let released = at(&|l| l.contains("rm -f") && l.contains(&policy));
     assert!(
         held.is_some_and(|h| h < install) && released.is_some_and(|r| r > install),
         "rabbitmq-server was installed with its service free to start on the taken port: {sudo:#?}"
     );
     assert!(
+        !stubs.dir.join("policy-rc.d").exists(),
+        "the hold was taken away after the install"
+    );
+    assert!(
         !sudo.iter().any(|l| l.contains("rabbitmq-server -detached")),
         "a second broker was started: {sudo:#?}"
     );
+}
+
+/// A policy-rc.d that ./dev wrote for an install it was interrupted in (Ctrl-C) would
+/// hold every package's service for good, and the next such install set it aside as
+/// the machine's own, losing that one: the next setup takes it away and puts the
+/// machine's own back.
+#[test]
+fn dev_setup_takes_away_a_policy_rc_d_an_interrupted_install_left() {
+    let stubs = Stubbed::new();
+    let policy = stubs.dir.join("policy-rc.d");
+    let own = "#!/bin/sh\nexit 0 # the machine's own\n";
+    std::fs::write(
+        &policy,
+        "#!/bin/sh\n# written by warren ./dev for one install; removed after it\nexit 101\n",
+    )
+    .expect("leftover");
+    std::fs::write(stubs.dir.join("policy-rc.d.dev-saved"), own).expect("saved");
+    let (ok, stdout, stderr) = stubs.run(&["test", "setup"], &[]);
+    assert!(ok, "./dev test setup failed:\n{stdout}\n{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&policy).ok().as_deref(),
+        Some(own),
+        "the machine's own policy-rc.d is back"
+    );
+    assert!(!stubs.dir.join("policy-rc.d.dev-saved").exists());
 }
 
 #[test]
