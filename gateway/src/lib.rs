@@ -306,6 +306,16 @@ impl Gateway {
             let _ = tokio::time::timeout(Duration::from_secs(2), s).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.announcer).await;
+        // With no live peer to announce them gone after the grace, this gateway does,
+        // now: else services counted the users of sessions that never come back online
+        // for good.
+        let alone = self
+            .shared
+            .presence_view()
+            .left_alone(std::time::Instant::now());
+        for (session, held) in alone {
+            self.shared.disconnected(&session, held, "gateway_lost");
+        }
         // The presence events still in the outbox go out within the same grace (the
         // last announcement too).
         let flush = deadline

@@ -602,6 +602,35 @@ impl PresenceView {
             .collect()
     }
 
+    /// At a graceful shutdown, its connections closed: this gateway's sessions, taken
+    /// out of the view (remembered gone), when no peer it heard is alive at `now`.
+    /// A live peer publishes their `gateway_lost` after the grace unless they resume
+    /// there; with none, nobody did, and services counted their users online for good
+    /// (a lone gateway's restart: those that resume on the new process are announced
+    /// connected again, so the events still alternate).
+    pub fn left_alone(&mut self, now: Instant) -> Vec<(String, Held)> {
+        if self
+            .peers
+            .iter()
+            .any(|(n, p)| *n != self.me && p.heard && self.peer_alive(n, now))
+        {
+            return Vec::new();
+        }
+        let own: Vec<String> = self
+            .sessions
+            .iter()
+            .filter(|(_, h)| h.node == self.me)
+            .map(|(s, _)| s.clone())
+            .collect();
+        own.into_iter()
+            .filter_map(|s| {
+                self.away.remove(&s);
+                self.bury(&s, now);
+                self.sessions.remove(&s).map(|h| (s, h))
+            })
+            .collect()
+    }
+
     /// This gateway hears nothing at `now` (its broker link is down, or its listeners
     /// are not bound again yet, or a resource alarm blocks publishing — its peers'
     /// too): its peers' announcements cannot reach it, so their silence says nothing
@@ -1431,6 +1460,29 @@ mod tests {
         d.on_event(subscriptions("b", &kitchen), t0);
         assert_eq!((groups(&d, "lobby"), groups(&d, "kitchen")), (1, 0));
         assert_eq!(d.online(None, Some("lobby"), None)[0].node, "c");
+    }
+
+    #[test]
+    fn a_gateway_that_stops_announces_its_sessions_only_with_no_live_peer() {
+        let t0 = Instant::now();
+        let period = Duration::from_secs(5);
+        let mut a = PresenceView::new("a", GRACE);
+        a.opened("s1", "ada", None, None);
+        a.on_event(connected("s2", "bob", "b"), t0);
+        a.on_gateway("b", "1", true, period, t0);
+        assert!(
+            a.left_alone(t0).is_empty(),
+            "b announces them after the grace"
+        );
+        // b stopped announcing long ago: only a's own session, once.
+        let later = t0 + period * 10;
+        let gone = a.left_alone(later);
+        assert_eq!(
+            gone.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(),
+            ["s1"]
+        );
+        assert!(a.left_alone(later).is_empty());
+        assert!(!a.user_online("ada", None));
     }
 
     #[test]

@@ -565,6 +565,65 @@ async fn a_gateway_that_starts_does_not_report_the_messages_published_before_it(
     .await;
 }
 
+/// A lone gateway's graceful restart: with no live peer to announce its sessions gone
+/// after the grace, it does as it stops (`gateway_lost`); a session resumed on the new
+/// process is announced connected again. (Nothing was published: a session that never
+/// came back stayed online for services for good, and one that did was announced
+/// connected twice in a row.)
+#[tokio::test]
+async fn a_lone_gateway_that_stops_announces_its_sessions_gone() {
+    let mut env = TestEnv::new("presence-lone-stop").await;
+    let solo = |c: &mut warren_gateway::Config| {
+        presence_config(c);
+        c.node = "gw-solo".into();
+    };
+    let gw = TestGateway::start_with(&env, solo).await;
+    let mut events = Events::listen(&mut env).await;
+    let ada = TestClient::connect_with(&gw.url(), as_user("ada")).await;
+    let bob = TestClient::connect_with(&gw.url(), as_user("bob")).await;
+    let (a, b) = (ada.session().to_string(), bob.session().to_string());
+    for s in [&a, &b] {
+        events
+            .wait_for("client.connected", s, Duration::from_secs(5))
+            .await;
+    }
+    let resume = ada.resume_hello();
+    gw.shutdown().await;
+    ada.abort();
+    bob.abort();
+    for s in [&a, &b] {
+        let (v, _) = events
+            .wait_for("client.disconnected", s, Duration::from_secs(5))
+            .await;
+        assert_eq!(v["reason"], "gateway_lost", "{v}");
+    }
+    // The new process: ada comes back, bob does not.
+    let again = TestGateway::start_with(&env, solo).await;
+    let ada = TestClient::connect_with(
+        &again.url(),
+        Hello {
+            token: Some("ada".into()),
+            ..resume
+        },
+    )
+    .await;
+    assert!(ada.welcome().resumed);
+    events.collect(Duration::from_millis(500)).await;
+    let counts = events.counts();
+    assert_eq!(
+        counts.get(&(a.clone(), "client.connected".into())),
+        Some(&2),
+        "connected, gone, connected: {counts:?}"
+    );
+    assert_eq!(
+        counts.get(&(b.clone(), "client.disconnected".into())),
+        Some(&1)
+    );
+    ada.close().await;
+    again.shutdown().await;
+    env.cleanup().await;
+}
+
 #[tokio::test]
 async fn a_gateway_started_later_learns_the_sessions_from_its_peers() {
     let mut env = TestEnv::new("presence-snapshot").await;
