@@ -472,23 +472,31 @@ async fn a_direct_message_to_a_user_with_no_session_is_reported_to_the_service()
             .await
             .expect("publish");
         ada.expect_deliver().await;
-        let report = tokio::time::timeout(Duration::from_secs(10), reports.recv())
-            .await
-            .expect("a report within 10 s")
-            .expect("report");
-        assert_eq!(report.message_id.as_deref(), Some(id.as_str()));
-        assert_eq!(report.users, ["zed"]);
-        assert!(
-            tokio::time::timeout(Duration::from_millis(500), reports.recv())
-                .await
-                .is_err(),
-            "one report per message"
-        );
+        one_report_naming_zed(&mut reports, &id).await;
         ada.close().await;
         service.stop().await.expect("stop");
         gw.shutdown().await;
     })
     .await;
+}
+
+/// Waits for the report of message `id`, naming zed alone, and no other after it.
+async fn one_report_naming_zed(
+    reports: &mut tokio::sync::broadcast::Receiver<warren_protocol::services::Undelivered>,
+    id: &str,
+) {
+    let report = tokio::time::timeout(Duration::from_secs(10), reports.recv())
+        .await
+        .expect("a report within 10 s")
+        .expect("report");
+    assert_eq!(report.message_id.as_deref(), Some(id));
+    assert_eq!(report.users, ["zed"]);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), reports.recv())
+            .await
+            .is_err(),
+        "one report per message"
+    );
 }
 
 /// A gateway that starts reads the outbound stream from its last chunk: the messages
@@ -545,18 +553,7 @@ async fn a_gateway_that_starts_does_not_report_the_messages_published_before_it(
         );
         // Messages published since are reported, once.
         let id = publisher.publish(&send("zed")).await.expect("publish");
-        let report = tokio::time::timeout(Duration::from_secs(10), reports.recv())
-            .await
-            .expect("a report within 10 s")
-            .expect("report");
-        assert_eq!(report.message_id.as_deref(), Some(id.as_str()));
-        assert_eq!(report.users, ["zed"]);
-        assert!(
-            tokio::time::timeout(Duration::from_millis(500), reports.recv())
-                .await
-                .is_err(),
-            "one report per message"
-        );
+        one_report_naming_zed(&mut reports, &id).await;
         ada.close().await;
         service.stop().await.expect("stop");
         second.shutdown().await;
