@@ -424,18 +424,10 @@ async fn a_peer_announces_the_sessions_of_a_killed_gateway_gone_once() {
 
 #[tokio::test]
 async fn a_direct_message_to_a_user_with_no_session_is_reported_to_the_service() {
-    use warren_service::{Outgoing, Service, Targets};
+    use warren_service::{Outgoing, Targets};
     TestEnv::run("presence-undelivered", LIMIT, async |env| {
         let gw = TestGateway::start_with(env, presence_config).await;
-        let service = Service::connect(&warren_e2e::service::amqp_uri(), env.names.clone())
-            .await
-            .expect("service");
-        let mut reports = service.undelivered();
-        let mut ada = TestClient::connect_with(&gw.url(), as_user("ada")).await;
-        let mut s = sub("d", "chat");
-        s.direct = true;
-        ada.send(&ClientFrame::Subscribe(s)).await;
-        ada.expect_ack("d").await;
+        let (service, mut reports, mut ada) = ada_and_a_reporting_service(env, &gw).await;
         let publisher = service.publisher();
         let send = |users: &[&str]| {
             let mut t = Targets::on("chat");
@@ -480,6 +472,29 @@ async fn a_direct_message_to_a_user_with_no_session_is_reported_to_the_service()
     .await;
 }
 
+/// A service listening for undelivered reports, and ada on `gw` subscribed to her
+/// direct messages on `chat`.
+async fn ada_and_a_reporting_service(
+    env: &TestEnv,
+    gw: &TestGateway,
+) -> (
+    warren_service::Service,
+    tokio::sync::broadcast::Receiver<warren_protocol::services::Undelivered>,
+    TestClient,
+) {
+    let service =
+        warren_service::Service::connect(&warren_e2e::service::amqp_uri(), env.names.clone())
+            .await
+            .expect("service");
+    let reports = service.undelivered();
+    let mut ada = TestClient::connect_with(&gw.url(), as_user("ada")).await;
+    let mut s = sub("d", "chat");
+    s.direct = true;
+    ada.send(&ClientFrame::Subscribe(s)).await;
+    ada.expect_ack("d").await;
+    (service, reports, ada)
+}
+
 /// Waits for the report of message `id`, naming zed alone, and no other after it.
 async fn one_report_naming_zed(
     reports: &mut tokio::sync::broadcast::Receiver<warren_protocol::services::Undelivered>,
@@ -509,22 +524,14 @@ async fn one_report_naming_zed(
 /// already. The second gateway's name sorts first, so it is the elected one.
 #[tokio::test]
 async fn a_gateway_that_starts_does_not_report_the_messages_published_before_it() {
-    use warren_service::{Outgoing, Service, Targets};
+    use warren_service::{Outgoing, Targets};
     TestEnv::run("presence-undelivered-start", LIMIT, async |env| {
         let gw = TestGateway::start_with(env, |c| {
             presence_config(c);
             c.node = "gw-b".into();
         })
         .await;
-        let service = Service::connect(&warren_e2e::service::amqp_uri(), env.names.clone())
-            .await
-            .expect("service");
-        let mut reports = service.undelivered();
-        let mut ada = TestClient::connect_with(&gw.url(), as_user("ada")).await;
-        let mut s = sub("d", "chat");
-        s.direct = true;
-        ada.send(&ClientFrame::Subscribe(s)).await;
-        ada.expect_ack("d").await;
+        let (service, mut reports, mut ada) = ada_and_a_reporting_service(env, &gw).await;
         let publisher = service.publisher();
         let send = |user: &str| {
             Outgoing::new(
