@@ -13,7 +13,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export AMQP_ADDR=${AMQP_ADDR:-amqp://127.0.0.1:5672/%2f}
 mkdir -p target/warren-bench
 
-cargo build -p warren-gateway -p warren-service -p warren-bench
+# The same build as ./dev test's bins step (the workspace's binaries and tests): after
+# it nothing is rebuilt; a narrower one resolves other features and rebuilt lapin, serde
+# and the gateway (48 s).
+cargo build --workspace --bins --tests
 
 # The Web-STOMP baseline runs whenever the broker is on this machine (./dev enables the
 # plugin): a smoke run that left it out silently would let its path rot unseen.

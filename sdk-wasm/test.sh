@@ -45,7 +45,9 @@ say "native unit tests of the core"
 
 # --- 3. stack ---------------------------------------------------------------------------
 say "building the gateway, the demo service and warren-stack"
-(cd "$root" && cargo build -p warren-gateway -p warren-service -p warren-e2e --bins)
+# The same build as ./dev test's bins step (the workspace's binaries and tests): a
+# narrower one resolves other features and builds lapin, serde and the gateway again.
+(cd "$root" && cargo build --workspace --bins --tests)
 work="$(mktemp -d)"
 state="$work/stack.json"
 jwt_state="$work/jwt-stack.json"

@@ -308,7 +308,9 @@ fn dev_test_cargo_test_alone_builds_the_binaries_first() {
     // The stub cargo lists no test binary, so the step fails after the build.
     let (_, stdout, stderr) = stubs.run(&["test", "cargo-test"], &[]);
     let cargo = stubs.log("cargo");
-    let bins = cargo.iter().position(|l| l == "build --workspace --bins");
+    let bins = cargo
+        .iter()
+        .position(|l| l == "build --workspace --bins --tests");
     let tests = cargo.iter().position(|l| l.starts_with("test --workspace"));
     assert!(
         tests.is_some() && bins.is_some_and(|b| Some(b) < tests),
@@ -495,5 +497,30 @@ echo READY; exec sleep 30"#,
     );
     for args in gateways.iter().chain(&workers) {
         assert!(args.contains(&uri), "started without {uri}: {args}");
+    }
+}
+
+/// `sdk-wasm/test.sh` and `bench/smoke.sh` build what they start with the very command of
+/// `./dev test`'s bins step: a narrower build resolves other features, so after the bins
+/// step they compiled lapin, serde and the gateway again (48 s in bench smoke) and
+/// replaced the binaries the other steps had tested.
+#[test]
+fn the_scripts_build_what_the_bins_step_built() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dev = std::fs::read_to_string(root.join("dev")).unwrap();
+    let build = dev
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("step bins "))
+        .expect("./dev has no bins step");
+    for script in ["sdk-wasm/test.sh", "bench/smoke.sh"] {
+        let text = std::fs::read_to_string(root.join(script)).unwrap();
+        let builds: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#') && l.contains("cargo build"))
+            .collect();
+        assert!(
+            !builds.is_empty() && builds.iter().all(|l| l.contains(build)),
+            "{script} builds otherwise than the bins step (`{build}`): {builds:#?}"
+        );
     }
 }
