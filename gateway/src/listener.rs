@@ -176,8 +176,11 @@ impl<T> HeaderDeadline<T> {
         }
     }
 
-    /// Sees the start of a write: the head of an HTTP/1 response starts the deadline
-    /// for the next request's headers again, except a `101`.
+    /// Sees the start of a write: the head of a final HTTP/1 response starts the
+    /// deadline for the next request's headers again. Not a `101` (a WebSocket now),
+    /// nor another `1xx`: a `100 Continue` answers `Expect: 100-continue` before the
+    /// request's body is read and its handler runs, and a deadline armed there cut
+    /// the connection under a handler taking longer (its response lost).
     fn on_write(&mut self, bytes: &[u8], cx: &mut Context<'_>) {
         if self.upgraded || self.deadline.is_some() {
             return;
@@ -188,6 +191,8 @@ impl<T> HeaderDeadline<T> {
         };
         if status == b"101" {
             self.upgraded = true;
+        } else if status.starts_with(b"1") {
+            // Informational: the final response is still to come.
         } else {
             self.matched = 0;
             let mut deadline = Box::pin(tokio::time::sleep(self.timeout));

@@ -833,6 +833,67 @@ async fn a_retryable_refusal_names_the_id_the_call_was_given() {
     .await;
 }
 
+/// A call sent with `Expect: 100-continue` (curl's habit for larger bodies) is
+/// answered however long its handler takes: the `100 Continue` the gateway writes
+/// before reading the body used to start the next request's header deadline, which
+/// then cut the connection under the handler and lost the answer.
+#[tokio::test]
+async fn a_call_that_expects_100_continue_gets_its_answer_after_the_header_deadline() {
+    use tokio::io::AsyncWriteExt;
+    TestEnv::run("http-expect", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| {
+            api_on(false)(c);
+            c.header_read_timeout_ms = 500;
+        })
+        .await;
+        let demo = warren_e2e::service::start_demo_with(
+            &env.namespace,
+            warren_service::demo::DemoOptions {
+                delay: Duration::from_millis(1500),
+                ..Default::default()
+            },
+        )
+        .await;
+        let mut s = tokio::net::TcpStream::connect(api_addr(&gw))
+            .await
+            .expect("connect");
+        let body = r#"{"timeout_ms":10000,"message":{"n":1}}"#;
+        let head = format!(
+            "POST /request/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\
+             Expect: 100-continue\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await.expect("write");
+        let interim = read_until(&mut s, b"\r\n\r\n").await;
+        assert!(interim.starts_with("HTTP/1.1 100"), "{interim:?}");
+        s.write_all(body.as_bytes()).await.expect("write the body");
+        // The demo service answers after 1.5 s: three header deadlines later.
+        let answer = read_until(&mut s, br#""n":1"#).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "no answer: {answer:?}");
+        demo.stop().await.expect("the demo service stops");
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+/// What `s` sends until `end` (at most 10 s, or until it closes).
+async fn read_until(s: &mut tokio::net::TcpStream, end: &[u8]) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while !got.windows(end.len()).any(|w| w == end) {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&got).into_owned()
+}
+
 /// A body has `header_read_timeout_ms` to arrive, as the headers had: a caller that
 /// sends its headers and then trickles the body (or stops) is answered `timeout` and
 /// does not hold its connection and a task for ever.
