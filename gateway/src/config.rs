@@ -13,6 +13,10 @@ use warren_protocol::amqp::validate_segment;
 
 use crate::error::GatewayError;
 
+/// The largest `max_frame_bytes` accepted: 64 MiB (RabbitMQ's `max_message_size` is
+/// 128 MiB by default, and a frame is at most 4x `max_frame_bytes` before it closes).
+pub const MAX_FRAME_BYTES_LIMIT: usize = 64 * 1024 * 1024;
+
 /// Everything the gateway can be told. Every field has a default (see [`Default`]), so
 /// a TOML file only names what it changes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,7 +47,8 @@ pub struct Config {
     /// all for 2.5× this long is closed with `heartbeat_timeout`. Default: 15000.
     pub heartbeat_ms: u64,
     /// Largest text frame accepted; larger ones get `too_large`. Frames beyond
-    /// `max(4 × this, 1 MiB)` close the connection with 1009. Default: 65536.
+    /// `max(4 × this, 1 MiB)` close the connection with 1009. 1024 to 64 MiB.
+    /// Default: 65536.
     pub max_frame_bytes: usize,
     /// Most subscriptions (binding keys) per session; at least 1. Default: 256.
     pub max_subscriptions: u32,
@@ -77,7 +82,7 @@ pub struct Config {
     /// gateway stops reading that client's socket until confirms come back. Default: 1024.
     pub max_pending_confirms: usize,
     /// How long a publish waits for RabbitMQ to come back before it fails with
-    /// `broker_unavailable`. Default: 5000.
+    /// `broker_unavailable`; at least 100. Default: 5000.
     pub broker_wait_ms: u64,
     /// How long the gateway (every command) keeps trying to reach RabbitMQ when it
     /// starts, for RabbitMQ starting beside it; 0 = fail at the first refusal. A refused
@@ -802,6 +807,24 @@ impl Config {
         if self.max_frame_bytes < 1024 {
             return bad("max_frame_bytes must be at least 1024".into());
         }
+        // The hard cap is 4x, and the pre-`hello` cap adds 4 KiB: near usize::MAX those
+        // wrapped, and every frame was refused.
+        if self.max_frame_bytes > MAX_FRAME_BYTES_LIMIT {
+            return bad(format!(
+                "max_frame_bytes must be at most {MAX_FRAME_BYTES_LIMIT} (64 MiB; RabbitMQ \
+                 refuses larger messages by default)"
+            ));
+        }
+        // Opening a channel is a round trip to RabbitMQ: with a wait shorter than that,
+        // every operation that opens one (direct replies, the auth service, the HTTP
+        // API's calls) failed with broker_unavailable while RabbitMQ was up.
+        if self.broker_wait_ms < 100 {
+            return bad(
+                "broker_wait_ms must be at least 100 (shorter, even opening a channel \
+                 on a healthy RabbitMQ would fail with broker_unavailable)"
+                    .into(),
+            );
+        }
         if self.delivery_window == 0 {
             return bad("delivery_window must be at least 1".into());
         }
@@ -1433,7 +1456,7 @@ pub struct Overrides {
     /// Idle time before the gateway pings, in ms [default: 15000].
     #[arg(long, env = "WARREN_HEARTBEAT_MS", global = true)]
     pub heartbeat_ms: Option<u64>,
-    /// Largest text frame accepted, in bytes [default: 65536].
+    /// Largest text frame accepted, in bytes, 1024 to 64 MiB [default: 65536].
     #[arg(long, env = "WARREN_MAX_FRAME_BYTES", global = true)]
     pub max_frame_bytes: Option<usize>,
     /// Most subscriptions per session, at least 1 [default: 256].
@@ -1957,6 +1980,26 @@ mod tests {
             err.contains("max_stream_readers_per_user must be at least 1"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_max_frame_bytes_that_would_overflow_and_a_broker_wait_shorter_than_a_round_trip_are_refused(
+    ) {
+        let at = |text: &str| Config::from_toml(text, "test").unwrap().validate();
+        at(&format!("max_frame_bytes = {MAX_FRAME_BYTES_LIMIT}")).unwrap();
+        for too_big in [MAX_FRAME_BYTES_LIMIT + 1, 1 << 40, i64::MAX as usize] {
+            let err = at(&format!("max_frame_bytes = {too_big}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("max_frame_bytes must be at most"), "{err}");
+        }
+        at("broker_wait_ms = 100").unwrap();
+        for short in [0, 1, 99] {
+            let err = at(&format!("broker_wait_ms = {short}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("broker_wait_ms must be at least 100"), "{err}");
+        }
     }
 
     #[test]
