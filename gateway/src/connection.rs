@@ -1470,7 +1470,11 @@ impl Conn {
     /// ([`Clock::due`]).
     async fn on_tick(&mut self) -> Flow {
         let expires = self.session.as_ref().and_then(|s| s.expires);
-        match self.clock.due(Instant::now(), self.phase, expires) {
+        let now = Instant::now();
+        if self.pending_confirms >= self.shared.config.max_pending_confirms {
+            self.clock.not_reading(now);
+        }
+        match self.clock.due(now, self.phase, expires) {
             Due::Nothing => Flow::Continue,
             Due::Ping => {
                 let (position, stream) = self.ping_position().unzip();

@@ -22,6 +22,10 @@ pub const HELLO_SUBSCRIPTIONS_DELAY_MS: &str = "WARREN_FAULT_HELLO_SUBSCRIPTIONS
 /// lapin received it (so publishes meet a connection lapin already holds).
 pub const BLOCKED_NOTICE_DELAY_MS: &str = "WARREN_FAULT_BLOCKED_NOTICE_DELAY_MS";
 
+/// A client publish's confirm is taken this many milliseconds late (as under a
+/// resource alarm, RabbitMQ holding confirms back).
+pub const CONFIRM_DELAY_MS: &str = "WARREN_FAULT_CONFIRM_DELAY_MS";
+
 /// Sleeps for the milliseconds environment variable `var` holds, if any.
 pub async fn delay(var: &str) {
     if let Some(ms) = std::env::var(var).ok().and_then(|v| v.parse().ok()) {

@@ -440,6 +440,8 @@ impl Pending {
     /// why), so the client's next try goes out on a fresh one.
     pub(crate) async fn outcome(self, broker: &Arc<Broker>) -> Outcome {
         let outcome = Outcome::of(self.confirm.await);
+        #[cfg(feature = "fault-injection")]
+        crate::fault::delay(crate::fault::CONFIRM_DELAY_MS).await;
         if matches!(outcome, Outcome::Nacked) {
             let broker = broker.clone();
             let channel = self.channel;

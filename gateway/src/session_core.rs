@@ -150,6 +150,15 @@ impl Clock {
         at
     }
 
+    /// The socket is not being read at `now` (backpressure: too many publishes await
+    /// their confirms): what the client sent meanwhile, its pings and pongs included,
+    /// waits unread, so its silence says nothing until reading resumes. Before, a
+    /// client kept waiting longer than 2.5 heartbeats for confirms RabbitMQ held back
+    /// was closed with `heartbeat_timeout` while it kept answering.
+    pub(crate) fn not_reading(&mut self, now: Instant) {
+        self.last_heard = self.last_heard.max(now);
+    }
+
     /// What is due at `now`, in order: the `hello` timeout, the token's expiry, the
     /// heartbeat timeout (nothing heard for 2.5 heartbeats, once the session is open:
     /// before, the `hello` timeout decides), a ping. A ping is recorded as sent.
@@ -816,6 +825,34 @@ mod tests {
         // Open, the heartbeat applies.
         assert_eq!(
             clock.due(t0 + ms(3_000), Phase::Open, None),
+            Due::Close(CloseCode::HeartbeatTimeout, "")
+        );
+    }
+
+    #[test]
+    fn a_client_not_read_for_backpressure_is_timed_out_only_once_reading_resumes() {
+        let t0 = Instant::now();
+        let mut clock = Clock::new(HB, HELLO, t0);
+        clock.heard(t0);
+        // Not read for four heartbeats (confirms held back), checked as the timer does.
+        let mut at = t0;
+        while at < t0 + HB * 4 {
+            at += HB / 4;
+            clock.not_reading(at);
+            let due = clock.due(at, Phase::Open, None);
+            assert_ne!(
+                due,
+                Due::Close(CloseCode::HeartbeatTimeout, ""),
+                "at {at:?}"
+            );
+        }
+        // Read again: silent for 2.5 heartbeats from then, it is closed.
+        assert_ne!(
+            clock.due(at + HB * 2, Phase::Open, None),
+            Due::Close(CloseCode::HeartbeatTimeout, "")
+        );
+        assert_eq!(
+            clock.due(at + HB * 5 / 2, Phase::Open, None),
             Due::Close(CloseCode::HeartbeatTimeout, "")
         );
     }
