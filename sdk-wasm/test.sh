@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the browser SDK:
-#   1. native unit tests of the sans-IO core (cargo test -p warren-sdk);
+#   1. native unit tests of the sans-IO core (cargo test -p warren-sdk; left out when
+#      ./dev test ran them in its cargo-test step, which sets WARREN_SDK_NATIVE_TESTED=1);
 #   2. the npm package build (build.sh, which prints the gzipped size);
 #   3. wasm-bindgen-test in headless Chromium against a REAL stack (two gateways, the demo
 #      service, RabbitMQ at AMQP_ADDR) started here with `warren-stack`;
@@ -37,8 +38,13 @@ fi
 command -v node >/dev/null && command -v npm >/dev/null || die "node and npm are required"
 
 # --- 1. native core ----------------------------------------------------------------------
-say "native unit tests of the core"
-(cd "$root" && cargo test -p warren-sdk)
+if [[ ${WARREN_SDK_NATIVE_TESTED:-} == 1 ]]; then
+  # ./dev test ran them in its cargo-test step, with the workspace's tests.
+  say "native unit tests of the core: run by ./dev test's cargo-test step"
+else
+  say "native unit tests of the core"
+  (cd "$root" && cargo test -p warren-sdk)
+fi
 
 # --- 2. package -------------------------------------------------------------------------
 "$here/build.sh"
