@@ -131,7 +131,8 @@ const ACK_EVERY: u32 = 200;
 /// Unacknowledged messages the hub's reader may hold.
 const HUB_PREFETCH: u16 = 2000;
 
-/// Bytes of message bodies the ring holds at most, whatever `hub_buffer_messages` says.
+/// Bytes of messages ([`Message::size`]: bodies, headers, keys) the ring holds at
+/// most, whatever `hub_buffer_messages` says.
 pub const RING_MAX_BYTES: usize = 256 * 1024 * 1024;
 
 /// How long [`stream_tail`] waits for the stream's last chunk to go on before it takes
@@ -176,6 +177,9 @@ pub struct Message {
     keys: Vec<String>,
     /// Its `x-warren-tenant` header, if any.
     tenant: Option<String>,
+    /// What it costs in memory ([`Message::size`]), measured once when it is read:
+    /// the ring and the replay windows add and take away the same amount.
+    size: usize,
 }
 
 /// The index key that routes a reply to its session: not a valid routing key of any
@@ -251,6 +255,17 @@ impl Message {
         let mut seen = HashSet::new();
         keys.retain(|k| seen.insert(k.clone()));
         let tenant = tenant_of(&properties);
+        let size = std::mem::size_of::<Message>()
+            + MESSAGE_OVERHEAD
+            + body.len()
+            + exchange.len()
+            + routing_key.len()
+            + keys
+                .iter()
+                .map(|k| std::mem::size_of::<String>() + k.len())
+                .sum::<usize>()
+            + tenant.as_ref().map_or(0, String::len)
+            + properties_bytes(&properties);
         Message {
             offset,
             exchange,
@@ -259,6 +274,7 @@ impl Message {
             body,
             keys,
             tenant,
+            size,
         }
     }
 
@@ -300,14 +316,75 @@ impl Message {
             && self.body == other.body
     }
 
-    /// What it costs in memory, roughly: the body, the keys, and the properties with
-    /// their headers (measured at about 1 KiB for a message of a gateway's publish).
+    /// What it costs in memory, roughly: the body, the routing key and the keys
+    /// parsed from the headers, the properties' strings, and the headers as they are
+    /// held (each entry, nested tables and arrays included; a `CC` key counts in the
+    /// header and again among the keys, as it is held twice), plus
+    /// [`MESSAGE_OVERHEAD`]. What bounds the ring ([`RING_MAX_BYTES`]) and the replay
+    /// windows (`crate::replay::WINDOW_BYTES`): headers of up to 128 KiB are the
+    /// publisher's to choose, and a fixed guess for them let a ring of such messages
+    /// hold a hundred times its bound.
     pub(crate) fn size(&self) -> usize {
-        self.body.len()
-            + self.routing_key.len()
-            + self.keys.iter().map(String::len).sum::<usize>()
-            + std::mem::size_of::<Message>()
-            + 512
+        self.size
+    }
+}
+
+/// What a message costs beyond what [`Message::size`] measures: its `Arc`, the
+/// ring's slot and index entries, allocator rounding.
+const MESSAGE_OVERHEAD: usize = 512;
+
+/// The bytes `properties` hold beyond their inline size: the short strings and the
+/// headers ([`headers_bytes`]).
+fn properties_bytes(p: &BasicProperties) -> usize {
+    let strings = [
+        p.content_type(),
+        p.content_encoding(),
+        p.correlation_id(),
+        p.reply_to(),
+        p.expiration(),
+        p.message_id(),
+        p.kind(),
+        p.user_id(),
+        p.app_id(),
+        p.cluster_id(),
+    ];
+    strings
+        .into_iter()
+        .flatten()
+        .map(|s| s.as_str().len())
+        .sum::<usize>()
+        + p.headers().as_ref().map_or(0, headers_bytes)
+}
+
+/// The bytes a header table holds: each entry's key and value, inline and on the
+/// heap, nested tables and arrays included. Walked with a stack of its own, not by
+/// recursion: a 128 KiB header may nest thousands of tables deep.
+fn headers_bytes(table: &FieldTable) -> usize {
+    let entry = std::mem::size_of::<(ShortString, AMQPValue)>();
+    let mut bytes = 0;
+    let mut values: Vec<&AMQPValue> = Vec::new();
+    let mut tables = vec![table];
+    loop {
+        if let Some(v) = values.pop() {
+            match v {
+                AMQPValue::ShortString(s) => bytes += s.as_str().len(),
+                AMQPValue::LongString(s) => bytes += s.as_bytes().len(),
+                AMQPValue::ByteArray(b) => bytes += b.as_slice().len(),
+                AMQPValue::FieldArray(a) => {
+                    bytes += std::mem::size_of_val(a.as_slice());
+                    values.extend(a.as_slice());
+                }
+                AMQPValue::FieldTable(t) => tables.push(t),
+                _ => {}
+            }
+        } else if let Some(t) = tables.pop() {
+            for (k, v) in t.inner() {
+                bytes += entry + k.as_str().len();
+                values.push(v);
+            }
+        } else {
+            return bytes;
+        }
     }
 }
 
@@ -441,6 +518,8 @@ pub enum CatchUp {
 pub struct Hub {
     state: Mutex<State>,
     max_messages: usize,
+    /// Bytes ([`Message::size`]) the ring holds at most: [`RING_MAX_BYTES`].
+    max_bytes: usize,
     /// Whether the reader has caught up with the stream's tail once (start-up).
     ready: watch::Sender<bool>,
     /// Tenant mode: members receive only their tenant's messages.
@@ -541,6 +620,7 @@ impl Hub {
         Arc::new(Hub {
             state: Mutex::new(State::default()),
             max_messages: max_messages.max(1),
+            max_bytes: RING_MAX_BYTES,
             ready: watch::channel(false).0,
             tenants,
             tail: tokio::sync::Mutex::new(None),
@@ -733,7 +813,7 @@ impl Hub {
                 .or_default()
                 .push_back(m.offset);
         }
-        while st.ring.len() > self.max_messages || st.ring_bytes > RING_MAX_BYTES {
+        while st.ring.len() > self.max_messages || st.ring_bytes > self.max_bytes {
             if !evict_oldest(&mut st) {
                 break;
             }
@@ -2326,5 +2406,91 @@ mod tests {
         let (head, _) = hub.join_checked(3, "s3", None, None, Some(checked));
         assert!(hub.lock().members.get(&3).is_some_and(|m| !m.replaced));
         drop((late, fresh, head));
+    }
+
+    /// A message to `chat.all` whose headers hold `header` bytes (`x-trace`).
+    fn with_header(offset: u64, header: usize) -> Message {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "x-trace".into(),
+            AMQPValue::LongString(vec![b'h'; header].into()),
+        );
+        Message::new(
+            offset,
+            "warren.out".into(),
+            "chat.all".into(),
+            BasicProperties::default().with_headers(headers),
+            b"{}".to_vec(),
+        )
+    }
+
+    #[test]
+    fn a_messages_size_counts_its_headers_nested_ones_and_cc_keys_twice() {
+        const K: usize = 1024;
+        let plain = msg(0, "chat.all").size();
+        let big = with_header(1, 100 * K).size();
+        assert!(big >= 100 * K, "a 100 KiB header: {big}");
+        assert!(big < plain + 101 * K, "counted once: {big}");
+        // Inside an array inside a table.
+        let mut inner = FieldTable::default();
+        inner.insert(
+            "blob".into(),
+            AMQPValue::ByteArray(vec![0u8; 50 * K].into()),
+        );
+        let array = vec![
+            AMQPValue::FieldTable(inner),
+            AMQPValue::ShortString("x".repeat(200).into()),
+        ];
+        let mut headers = FieldTable::default();
+        headers.insert("x-nested".into(), AMQPValue::FieldArray(array.into()));
+        let nested = Message::new(
+            2,
+            "warren.out".into(),
+            "chat.all".into(),
+            BasicProperties::default().with_headers(headers),
+            b"{}".to_vec(),
+        );
+        assert!(nested.size() >= plain + 50 * K + 200);
+        // `x-warren-cc` is held as the header and again as the keys parsed from it.
+        let cc: Vec<String> = (0..100).map(|i| format!("chat.user.u{i:04}")).collect();
+        let cc = cc.join(" ");
+        let mut headers = FieldTable::default();
+        headers.insert(H_CC.into(), AMQPValue::LongString(cc.clone().into()));
+        let to_many = Message::new(
+            3,
+            "warren.out".into(),
+            "chat.all".into(),
+            BasicProperties::default().with_headers(headers),
+            b"{}".to_vec(),
+        );
+        assert_eq!(to_many.keys.len(), 101);
+        assert!(to_many.size() >= plain + 2 * cc.len());
+    }
+
+    #[test]
+    fn the_ring_holds_its_byte_bound_with_messages_of_large_headers() {
+        const K: usize = 1024;
+        let mut hub = Hub::new(1000);
+        Arc::get_mut(&mut hub).expect("one owner").max_bytes = 1024 * K;
+        for o in 0..40 {
+            hub.publish(with_header(o, 100 * K));
+        }
+        let st = hub.lock();
+        assert!(st.ring_bytes <= 1024 * K, "{} bytes held", st.ring_bytes);
+        assert!(
+            (8..=10).contains(&st.ring.len()),
+            "about ten 100 KiB messages in 1 MiB, not {}",
+            st.ring.len()
+        );
+        assert_eq!(
+            st.ring.back().map(|m| m.offset),
+            Some(39),
+            "the newest kept"
+        );
+        drop(st);
+        // What eviction takes away is what was added: nothing left when all go.
+        let mut st = hub.lock();
+        while evict_oldest(&mut st) {}
+        assert_eq!(st.ring_bytes, 0);
     }
 }

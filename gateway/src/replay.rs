@@ -772,4 +772,34 @@ mod tests {
         w.push(msg(1));
         assert!(w.full());
     }
+
+    #[test]
+    fn the_byte_bound_counts_the_headers_of_the_messages() {
+        let big = |offset: u64| {
+            let mut headers = lapin::types::FieldTable::default();
+            headers.insert(
+                "x-trace".into(),
+                lapin::types::AMQPValue::LongString(vec![b'h'; 100 * 1024].into()),
+            );
+            Arc::new(Message::new(
+                offset,
+                "warren.out".into(),
+                "chat.all".into(),
+                BasicProperties::default().with_headers(headers),
+                b"{}".to_vec(),
+            ))
+        };
+        let mut w = Window::new(0, 1000, 1024 * 1024);
+        w.join(1, 0);
+        let mut read = 0;
+        while !w.full() {
+            assert!(read < 20, "a 1 MiB window holds about ten 100 KiB headers");
+            w.push(big(read));
+            read += 1;
+        }
+        assert!(read >= 9, "{read}");
+        // A session that passed them all lets the window make room again.
+        while matches!(w.take(1), Taken::Message(_)) {}
+        assert!(!w.full());
+    }
 }
