@@ -715,7 +715,7 @@ fn upgrade_deflate(
         match socket.await {
             Ok(ws) => {
                 metrics::add(&st.shared.metrics.deflate_connections, 1);
-                let socket = crate::socket::Socket::Deflate(Box::new(ws));
+                let socket = crate::socket::Socket::Deflate(Box::new(ws), false);
                 crate::connection::serve(socket, st.shared, st.pinned, upgrade, ip_slot).await;
             }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),

@@ -52,7 +52,10 @@ pub(crate) enum Received {
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Socket {
     Plain(WebSocket),
-    Deflate(Box<HttpWebSocket>),
+    /// With whether yawc closed it already: on a frame it refuses (too large, not
+    /// UTF-8, a protocol error) yawc queues a close frame of its own, with its error's
+    /// text as the reason; a second close frame would break RFC 6455.
+    Deflate(Box<HttpWebSocket>, bool),
 }
 
 /// The yawc options of every deflate socket of a gateway (one shared pool).
@@ -81,7 +84,7 @@ impl Socket {
                 Ok(Message::Close(c)) => Ok(Received::Close(c.map(|c| c.code))),
                 Err(e) => Err(e.into()),
             }),
-            Socket::Deflate(ws) => match ws.next_frame().await {
+            Socket::Deflate(ws, closed) => match ws.next_frame().await {
                 Ok(frame) => Some(Ok(match frame.opcode() {
                     // yawc checked the UTF-8 (`with_utf8`).
                     OpCode::Text => match Utf8Bytes::try_from(frame.into_payload()) {
@@ -93,7 +96,10 @@ impl Socket {
                     _ => Received::Control,
                 })),
                 Err(WebSocketError::ConnectionClosed) => None,
-                Err(e) => Some(Err(e.into())),
+                Err(e) => {
+                    *closed = true;
+                    Some(Err(e.into()))
+                }
             },
         }
     }
@@ -102,7 +108,7 @@ impl Socket {
     pub(crate) async fn send(&mut self, text: Utf8Bytes) -> Result<(), SocketError> {
         match self {
             Socket::Plain(ws) => ws.send(Message::Text(text)).await?,
-            Socket::Deflate(ws) => ws.send(text_frame(text)).await?,
+            Socket::Deflate(ws, _) => ws.send(text_frame(text)).await?,
         }
         Ok(())
     }
@@ -111,7 +117,7 @@ impl Socket {
     pub(crate) async fn feed(&mut self, text: Utf8Bytes) -> Result<(), SocketError> {
         match self {
             Socket::Plain(ws) => ws.feed(Message::Text(text)).await?,
-            Socket::Deflate(ws) => ws.feed(text_frame(text)).await?,
+            Socket::Deflate(ws, _) => ws.feed(text_frame(text)).await?,
         }
         Ok(())
     }
@@ -120,7 +126,7 @@ impl Socket {
     pub(crate) async fn flush(&mut self) -> Result<(), SocketError> {
         match self {
             Socket::Plain(ws) => SinkExt::flush(ws).await?,
-            Socket::Deflate(ws) => {
+            Socket::Deflate(ws, _) => {
                 // yawc writes what it owes the peer (a close echo, a pong) when it is
                 // polled for room to send, not on a flush.
                 std::future::poll_fn(|cx| ws.as_mut().poll_ready_unpin(cx)).await?;
@@ -130,7 +136,8 @@ impl Socket {
         Ok(())
     }
 
-    /// Sends a close frame with `code` and `reason`.
+    /// Sends a close frame with `code` and `reason`; on a deflate socket yawc closed
+    /// already, writes out yawc's close instead (same code, yawc's reason).
     pub(crate) async fn close(
         &mut self,
         code: u16,
@@ -144,7 +151,8 @@ impl Socket {
                 };
                 ws.send(Message::Close(Some(frame))).await?;
             }
-            Socket::Deflate(ws) => ws.send(Frame::close(code.into(), reason)).await?,
+            Socket::Deflate(_, true) => self.flush().await?,
+            Socket::Deflate(ws, false) => ws.send(Frame::close(code.into(), reason)).await?,
         }
         Ok(())
     }

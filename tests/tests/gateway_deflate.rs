@@ -195,6 +195,13 @@ async fn a_compressed_frame_that_inflates_past_the_hard_limit_closes_with_1009()
             }
         };
         assert_eq!(close.close_code(), Some(1009));
+        // One close frame: the WebSocket library's (it closes a frame it refuses
+        // itself); a second, the gateway's, broke RFC 6455.
+        let after = ws.recv(Duration::from_millis(500)).await;
+        assert!(
+            after.as_ref().is_none_or(|f| f.opcode != CLOSE),
+            "a second close frame: {after:?}"
+        );
         // The gateway goes on serving.
         let mut c = TestClient::connect(&gw.url()).await;
         c.ping(1).await;
