@@ -1074,13 +1074,16 @@ impl Hub {
 }
 
 /// How many positions from `from` retention dropped, when a reader asked to start at
-/// `from` got its first message at `first`: none when `first` is `from` or the
-/// position after it. RabbitMQ 3.10 begins each stream segment with a bookkeeping
-/// chunk of one position, which readers are never given, so a reader asked for that
-/// position starts with the next message; a reader asked for a position retention
-/// dropped starts at the first kept segment, whose bookkeeping position comes first.
-/// So a loss always skips two positions or more, and a skip of one is no loss. Also
-/// [`crate::session_core::Positions::read`].
+/// `from` got its first message at `first` (or, reading on, got `first` next after
+/// the message before `from`): none when `first` is `from` or the position after it.
+/// RabbitMQ 3.10 begins each stream segment with a bookkeeping chunk of one position,
+/// which readers are never given, so a reader asked for that position, or reading
+/// into a new segment, gets the next message; a reader asked for a position
+/// retention dropped, or overtaken by retention while it read, goes on at the first
+/// kept segment, whose bookkeeping position comes first. So a loss always skips two
+/// positions or more, and a skip of one is no loss. Also
+/// [`crate::session_core::Positions::read`], which checks every read of a session's
+/// stream reader with it.
 pub(crate) fn lost_between(from: u64, first: u64) -> u64 {
     match first.saturating_sub(from) {
         0 | 1 => 0,

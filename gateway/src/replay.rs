@@ -157,6 +157,13 @@ impl Window {
     /// consumer may start at the beginning of the chunk holding its offset: the
     /// stream protocol's do; RabbitMQ 3.10.8 was measured starting an AMQP consumer
     /// at the offset itself, so this is a guard).
+    ///
+    /// One past where it reads is taken as it comes: retention may have deleted the
+    /// segments ahead of a slow replay, which then goes on at the first one kept.
+    /// Each session takes every message in order, so its next take after the jump
+    /// tells it what it missed ([`crate::session_core::Positions::read`] checks
+    /// every message against the session's position), as the first message of a
+    /// replay started past retention does.
     pub fn push(&mut self, m: Arc<Message>) {
         if m.offset < self.next {
             return;
@@ -801,5 +808,55 @@ mod tests {
         // A session that passed them all lets the window make room again.
         while matches!(w.take(1), Taken::Message(_)) {}
         assert!(!w.full());
+    }
+
+    #[test]
+    fn each_session_reading_a_shared_window_across_a_jump_of_its_stream_is_told_what_it_missed() {
+        use crate::session_core::{Positions, Read};
+        let mut w = Window::new(10, 100, usize::MAX);
+        let mut sessions = Vec::new();
+        for (id, from) in [(1, 10), (2, 12)] {
+            assert!(w.join(id, from));
+            let mut p = Positions::resumed(Some(from - 1), None);
+            p.reader_opened(from);
+            sessions.push((id, p));
+        }
+        // 14 begins a segment (no message); then the replay read slowly, retention
+        // deleted the segments ahead of it, and it went on at 40.
+        for o in [10, 11, 12, 13, 15, 40, 41] {
+            w.push(msg(o));
+        }
+        // A session joining at a position inside the jump.
+        assert!(w.join(3, 20));
+        let mut p = Positions::resumed(Some(19), None);
+        p.reader_opened(20);
+        sessions.push((3, p));
+        let mut told = Vec::new();
+        for (id, p) in &mut sessions {
+            let mut got = Vec::new();
+            while let Taken::Message(m) = w.take(*id) {
+                match p.read(m.offset, false) {
+                    Read::Next { missed, .. } => got.push((m.offset, missed)),
+                    Read::Stale => panic!("a window gives nothing below a cursor"),
+                }
+            }
+            told.push(got);
+        }
+        assert_eq!(
+            told,
+            [
+                vec![
+                    (10, 0),
+                    (11, 0),
+                    (12, 0),
+                    (13, 0),
+                    (15, 0),
+                    (40, 24),
+                    (41, 0)
+                ],
+                vec![(12, 0), (13, 0), (15, 0), (40, 24), (41, 0)],
+                vec![(40, 20), (41, 0)],
+            ]
+        );
     }
 }

@@ -608,9 +608,6 @@ pub(crate) struct Positions {
     /// The position after the last message sent (or skipped as not this session's);
     /// `None` until the first.
     cursor: Option<u64>,
-    /// The next message of a just-opened reader shows whether retention dropped
-    /// positions the session needed.
-    check_gap: bool,
     /// A resume: positions below this were read before the client came back, so the
     /// client may have had them already (`redelivered`).
     replay_until: Option<u64>,
@@ -650,7 +647,6 @@ impl Positions {
     pub(crate) fn resumed(last: Option<u64>, head: Option<u64>) -> Positions {
         Positions {
             cursor: Some(resume_from(last)),
-            check_gap: false,
             replay_until: head.map(|h| h + 1),
         }
     }
@@ -666,26 +662,30 @@ impl Positions {
         self.replay_until.is_some_and(|r| offset < r)
     }
 
-    /// The session's own stream reader was opened at `from` (older than the ring).
+    /// The session's stream reader (its own, or a shared one) was opened at `from`
+    /// (older than the ring).
     pub(crate) fn reader_opened(&mut self, from: u64) {
         self.cursor = Some(from);
-        self.check_gap = true;
     }
 
-    /// A message at `offset` came from the session's own reader; `ring_holds`: the
-    /// hub's ring has that position.
+    /// A message at `offset` came from the session's stream reader (its own, or a
+    /// shared one: each gives every message of the stream, in order); `ring_holds`:
+    /// the hub's ring has that position.
+    ///
+    /// Every read is checked against the session's cursor, not only a reader's first:
+    /// a reader starts where it was asked unless retention dropped that, and one that
+    /// reads slowly while retention deletes the segments ahead of it goes on at the
+    /// first segment kept. Either way the positions skipped are missed, and counted.
+    /// A skip of one is a segment's bookkeeping position, which holds no message
+    /// ([`crate::hub::lost_between`]). A cursor moved on by other paths
+    /// ([`Positions::advance`], a batch from the ring) only makes reads below it
+    /// [`Read::Stale`], and the read that reaches it is counted from it.
     pub(crate) fn read(&mut self, offset: u64, ring_holds: bool) -> Read {
         let from = self.next();
         if offset < from {
             return Read::Stale;
         }
-        // The reader starts where it was asked unless retention dropped that (or that
-        // position holds no message: one per stream segment does not).
-        let missed = if std::mem::take(&mut self.check_gap) {
-            crate::hub::lost_between(from, offset)
-        } else {
-            0
-        };
+        let missed = crate::hub::lost_between(from, offset);
         // From the ring the session reads this message again.
         self.cursor = Some(if ring_holds { offset } else { offset + 1 });
         Read::Next {
@@ -1402,6 +1402,48 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_reader_overtaken_by_retention_while_reading_reports_each_jump_and_a_cursor_moved_on_is_no_loss(
+    ) {
+        let next = |missed| Read::Next {
+            missed,
+            to_ring: false,
+        };
+        let mut p = Positions::resumed(Some(9), None);
+        p.reader_opened(10);
+        assert_eq!(p.read(10, false), next(0));
+        assert_eq!(p.read(11, false), next(0));
+        // 12 begins a segment: its bookkeeping position holds no message.
+        assert_eq!(p.read(13, false), next(0));
+        // The client read slowly; retention deleted the segments after the one being
+        // read, and the reader went on at the first kept segment (50 its bookkeeping
+        // position): 14..=50 were missed, though this is not the reader's first read.
+        assert_eq!(p.read(51, false), next(37));
+        assert_eq!(p.next(), 52);
+        assert_eq!(p.read(52, false), next(0));
+        // Moved on by other paths: below the cursor is stale, reaching it is no loss,
+        // nor is a bookkeeping position just past it.
+        p.advance(60);
+        assert_eq!(p.read(55, false), Read::Stale);
+        assert_eq!(p.read(61, false), next(0));
+        // Handed over to the ring at 70 (read again from there) ...
+        assert_eq!(
+            p.read(70, true),
+            Read::Next {
+                missed: 8,
+                to_ring: true
+            }
+        );
+        assert_eq!(p.next(), 70);
+        // ... which served it up to 90 before it fell behind again: a new reader
+        // starts early, and reading on from 90 is no loss.
+        p.advance(90);
+        p.reader_opened(90);
+        assert_eq!(p.read(70, false), Read::Stale);
+        assert_eq!(p.read(90, false), next(0));
+        assert_eq!(p.read(91, false), next(0));
     }
 
     #[test]
