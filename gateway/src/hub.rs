@@ -602,6 +602,29 @@ pub struct Membership {
     pub inbox: Arc<Inbox>,
 }
 
+impl Membership {
+    /// Resolves once the hub found the stream replaced under this session
+    /// ([`Hub::reset`]). For a session reading behind the ring (waiting for a share or
+    /// a reader slot, or reading with a stream reader): without it such a session
+    /// opened its reader on the new stream at its old position and heard nothing,
+    /// for as long as the new stream took to get there. Takes the hub's `lagged`
+    /// wake-ups meanwhile, which mean nothing to a session that is not live.
+    pub async fn replaced(&self) {
+        loop {
+            let replaced = self
+                .hub
+                .lock()
+                .members
+                .get(&self.conn)
+                .is_some_and(|m| m.replaced);
+            if replaced {
+                return;
+            }
+            self.inbox.lagged().await;
+        }
+    }
+}
+
 impl Drop for Membership {
     fn drop(&mut self) {
         self.hub.leave(self.conn);

@@ -81,6 +81,9 @@ pub(crate) enum Event {
     Shared(Share),
     /// The session's own reader, opened at this position (or why it could not be).
     Opened(u64, Result<Box<Reader>, GatewayError>),
+    /// The hub found the stream deleted and declared again while the session read
+    /// behind its ring: its positions name the old stream.
+    Replaced,
 }
 
 /// What the connection does with an [`Event`].
@@ -149,13 +152,24 @@ impl Outbound {
                 }
             }
             Read::Ring => Event::Pull,
-            Read::Waiting(sharing) => Event::Shared(sharing.as_mut().await),
-            Read::Replay(h) => Event::Replayed(h.next().await),
-            Read::Opening(from, opening, _) => {
-                let opened = opening.as_mut().await;
-                Event::Opened(*from, opened)
-            }
-            Read::Stream(r) => Event::Read(r.next().await.map(Arc::new)),
+            // Behind the ring, the hub pushes nothing: a stream replaced meanwhile is
+            // heard of here.
+            Read::Waiting(sharing) => tokio::select! {
+                share = sharing.as_mut() => Event::Shared(share),
+                () = self.member.replaced() => Event::Replaced,
+            },
+            Read::Replay(h) => tokio::select! {
+                taken = h.next() => Event::Replayed(taken),
+                () = self.member.replaced() => Event::Replaced,
+            },
+            Read::Opening(from, opening, _) => tokio::select! {
+                opened = opening.as_mut() => Event::Opened(*from, opened),
+                () = self.member.replaced() => Event::Replaced,
+            },
+            Read::Stream(r) => tokio::select! {
+                m = r.next() => Event::Read(m.map(Arc::new)),
+                () = self.member.replaced() => Event::Replaced,
+            },
         }
     }
 
@@ -204,12 +218,7 @@ impl Outbound {
                                 Some(Box::new(core_::missed_notice(missed, from, self.channel())));
                             cursor = Some(to);
                         }
-                        CatchUp::Replaced => {
-                            return Step::Failed(format!(
-                                "stream {} was deleted and declared again",
-                                self.source.name
-                            ));
-                        }
+                        CatchUp::Replaced => return self.replaced(),
                         CatchUp::Behind { from } => {
                             // One of the user's shares first: one user's sessions
                             // cannot hold every reader.
@@ -256,6 +265,7 @@ impl Outbound {
                 };
                 self.read = Read::Opening(from, Box::pin(opening), left);
             }
+            Event::Replaced => return self.replaced(),
             Event::Shared(share) => {
                 // Nothing was sent while it waited: it reads on from where it was.
                 let from = self.positions.next();
@@ -308,6 +318,14 @@ impl Outbound {
             messages,
             cursor,
         }
+    }
+
+    /// The stream was deleted and declared again: the session ends (4002).
+    fn replaced(&self) -> Step {
+        Step::Failed(format!(
+            "stream {} was deleted and declared again",
+            self.source.name
+        ))
     }
 
     /// Behind the ring with `share`: joins a shared reader at `from`.

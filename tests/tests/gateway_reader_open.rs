@@ -12,6 +12,8 @@ use warren_gateway::fault::READER_OPEN_DELAY_MS;
 use warren_protocol::{Hello, ServerFrame};
 
 const LIMIT: Duration = Duration::from_secs(90);
+/// The gateway's `delivery_window`.
+const WINDOW: u16 = 8;
 /// How long opening the session's own reader is made to take.
 const OPEN_DELAY: Duration = Duration::from_secs(3);
 
@@ -25,55 +27,62 @@ async fn readers(gw: &TestGateway) -> u64 {
         .unwrap_or_else(|| panic!("no stream_readers_total in {text}"))
 }
 
+/// A session resumed behind the ring, past more than a shared reader's window, that
+/// took its first window and stalled until the shared reader dropped what it still
+/// needs, then acknowledged: its own reader is opening (OPEN_DELAY). With what it got.
+async fn opening_its_own_reader(env: &TestEnv, gw: &TestGateway) -> (TestClient, Vec<String>) {
+    let s = sub("all", "chat");
+    let (session, position) = {
+        let mut c = TestClient::connect(&gw.url()).await;
+        c.subscribe(s.clone()).await;
+        let away = (c.session().to_string(), c.welcome().position);
+        c.abort();
+        away
+    };
+    // More than a shared reader's window holds.
+    let n = warren_gateway::replay::WINDOW_MESSAGES + 200;
+    for i in 0..n {
+        env.publish_out("chat.all", &format!("m{i}"), &i.to_string())
+            .await;
+    }
+    let mut c = TestClient::connect_with(
+        &gw.url(),
+        Hello {
+            session: Some(session),
+            position,
+            subscriptions: vec![s],
+            ..Default::default()
+        },
+    )
+    .await;
+    // Take the first window and stall until the shared reader has dropped what
+    // this session still needs (it waits 1 s for its slowest session).
+    let mut got = Vec::new();
+    let mut last = 0;
+    while got.len() < usize::from(WINDOW) {
+        let d = c.expect_deliver().await;
+        last = d.seq;
+        got.push(d.message.get().to_string());
+    }
+    tokio::time::sleep(warren_gateway::replay::STALL * 5).await;
+    // Acknowledging lets the session read on: it is behind its shared reader and
+    // opens one of its own, which takes OPEN_DELAY.
+    c.ack_deliveries(last).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    (c, got)
+}
+
 #[tokio::test]
 async fn the_connection_serves_its_client_while_its_own_stream_reader_opens() {
     std::env::set_var(READER_OPEN_DELAY_MS, OPEN_DELAY.as_millis().to_string());
     TestEnv::run("stream-reader-open", LIMIT, async |env| {
-        let window = 8;
         let gw = TestGateway::start_with(env, |c| {
             c.hub_buffer_messages = 3;
-            c.delivery_window = window;
+            c.delivery_window = WINDOW;
         })
         .await;
-        let s = sub("all", "chat");
-        let (session, position) = {
-            let mut c = TestClient::connect(&gw.url()).await;
-            c.subscribe(s.clone()).await;
-            let away = (c.session().to_string(), c.welcome().position);
-            c.abort();
-            away
-        };
-        // More than a shared reader's window holds.
-        let n = warren_gateway::replay::WINDOW_MESSAGES + 200;
-        for i in 0..n {
-            env.publish_out("chat.all", &format!("m{i}"), &i.to_string())
-                .await;
-        }
         let before = readers(&gw).await;
-        let mut c = TestClient::connect_with(
-            &gw.url(),
-            Hello {
-                session: Some(session),
-                position,
-                subscriptions: vec![s],
-                ..Default::default()
-            },
-        )
-        .await;
-        // Take the first window and stall until the shared reader has dropped what
-        // this session still needs (it waits 1 s for its slowest session).
-        let mut got = Vec::new();
-        let mut last = 0;
-        while got.len() < usize::from(window) {
-            let d = c.expect_deliver().await;
-            last = d.seq;
-            got.push(d.message.get().to_string());
-        }
-        tokio::time::sleep(warren_gateway::replay::STALL * 5).await;
-        // Acknowledging lets the session read on: it is behind its shared reader and
-        // opens one of its own, which takes OPEN_DELAY.
-        c.ack_deliveries(last).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (mut c, mut got) = opening_its_own_reader(env, &gw).await;
         let asked = Instant::now();
         c.ping(7).await;
         c.publish("w1", "chat", serde_json::json!({"text": "still here"}))
@@ -101,12 +110,12 @@ async fn the_connection_serves_its_client_while_its_own_stream_reader_opens() {
             "the client waited for the reader: pong after {pong:?}, ack after {acked:?}"
         );
         // Then everything, in order, once.
+        let n = warren_gateway::replay::WINDOW_MESSAGES + 200;
         while got.len() < n {
             let d = c.expect_deliver().await;
             got.push(d.message.get().to_string());
-            last = d.seq;
-            if got.len() % usize::from(window) == 0 {
-                c.ack_deliveries(last).await;
+            if got.len() % usize::from(WINDOW) == 0 {
+                c.ack_deliveries(d.seq).await;
             }
         }
         let want: Vec<String> = (0..n).map(|i| i.to_string()).collect();
@@ -117,6 +126,37 @@ async fn the_connection_serves_its_client_while_its_own_stream_reader_opens() {
             2,
             "one shared reader, then one of the session's own"
         );
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+/// A session behind the ring whose own reader is still opening when the stream is
+/// deleted and declared again ends with 4002, as a live one does. Before, it went on
+/// waiting: its reader then opened on the new stream at the old position and heard
+/// nothing (until the new stream got there), the connection open and silent.
+#[tokio::test]
+async fn a_session_whose_reader_opens_while_the_stream_is_replaced_is_ended() {
+    std::env::set_var(READER_OPEN_DELAY_MS, OPEN_DELAY.as_millis().to_string());
+    TestEnv::run("stream-reader-replaced", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| {
+            c.hub_buffer_messages = 3;
+            c.delivery_window = WINDOW;
+        })
+        .await;
+        let (mut c, _) = opening_its_own_reader(env, &gw).await;
+        // Meanwhile the stream is deleted and declared again (by a gateway starting).
+        env.delete_outbound_stream().await;
+        let gw2 = TestGateway::start(env).await;
+        let started = Instant::now();
+        let closed = c.expect_close(Duration::from_secs(15)).await;
+        println!("closed with {closed:?} after {:?}", started.elapsed());
+        assert_eq!(
+            closed,
+            Some(4002),
+            "the session stayed open on the replaced stream"
+        );
+        gw2.shutdown().await;
         gw.shutdown().await;
     })
     .await;
