@@ -993,15 +993,17 @@ impl Hub {
     }
 
     /// The stream was deleted and declared again: forgets what was read from the old
-    /// one (the next message read is taken whatever its position) and ends every
-    /// session in the hub: each is told it lagged and then gets [`CatchUp::Replaced`].
-    /// Returns how many sessions there were.
+    /// one and reads the new one from its start (position 0 next, until a message
+    /// is read: a reader that fails before its first message starts again there,
+    /// not at the new stream's last chunk, which lost what came before it), and ends
+    /// every session in the hub: each is told it lagged and then gets
+    /// [`CatchUp::Replaced`]. Returns how many sessions there were.
     pub fn reset(&self) -> usize {
         let mut st = self.lock();
         st.ring.clear();
         st.ring_bytes = 0;
         st.ring_keys.clear();
-        st.next = None;
+        st.next = Some(0);
         st.gap = None;
         st.resets += 1;
         for m in st.members.values_mut() {
@@ -2001,6 +2003,9 @@ mod tests {
         }
         assert!(matches!(hub.catch_up(1, 5, 10), CatchUp::Replaced));
         assert!(matches!(hub.catch_up(2, 2, 10), CatchUp::Replaced));
+        // The new stream is read from its start, also by a reader that starts again
+        // before its first message.
+        assert_eq!(hub.next_offset(), Some(0));
         // The new stream starts over at 0: taken, not dropped as read before, and
         // pushed to a session that joined after the reset; never to the ended ones.
         assert_eq!(hub.head(), None);
