@@ -146,6 +146,39 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Dead
     }
 }
 
+/// What a write to an HTTP/1 connection starts with.
+#[derive(Debug, PartialEq, Eq)]
+enum Written {
+    /// `101 Switching Protocols`: a WebSocket from here on.
+    Upgrade,
+    /// The head of a final response (`2xx`–`5xx`).
+    Final,
+    /// Not a response head (a body), or only informational ones (`100 Continue`).
+    Other,
+}
+
+/// What `bytes`, the start of a write, hold: hyper writes a response head in one piece,
+/// first; an informational head may come with the final one in the same write (a
+/// `100 Continue` and a handler that answered at once), so the heads after one are
+/// looked at too.
+fn written(mut bytes: &[u8]) -> Written {
+    loop {
+        let Some(status) = bytes.strip_prefix(b"HTTP/1.").and_then(|r| r.get(2..5)) else {
+            return Written::Other;
+        };
+        if status == b"101" {
+            return Written::Upgrade;
+        }
+        if !status.starts_with(b"1") {
+            return Written::Final;
+        }
+        match bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+            Some(end) => bytes = &bytes[end + 4..],
+            None => return Written::Other,
+        }
+    }
+}
+
 /// A stream that fails its reads once `deadline` passes before the bytes read so far
 /// contain the end of an HTTP header block (`\r\n\r\n`). When a response other than
 /// `101 Switching Protocols` is written, the deadline starts again for the next
@@ -185,21 +218,18 @@ impl<T> HeaderDeadline<T> {
         if self.upgraded || self.deadline.is_some() {
             return;
         }
-        // `HTTP/1.1 101 ` — hyper writes a response head in one piece, first.
-        let Some(status) = bytes.strip_prefix(b"HTTP/1.").and_then(|r| r.get(2..5)) else {
-            return;
-        };
-        if status == b"101" {
-            self.upgraded = true;
-        } else if status.starts_with(b"1") {
-            // Informational: the final response is still to come.
-        } else {
-            self.matched = 0;
-            let mut deadline = Box::pin(tokio::time::sleep(self.timeout));
-            // Wake the connection's task when it passes: an idle connection has no
-            // read in progress to poll it (the task that writes is the one that reads).
-            let _ = deadline.as_mut().poll(cx);
-            self.deadline = Some(deadline);
+        match written(bytes) {
+            Written::Upgrade => self.upgraded = true,
+            Written::Other => {}
+            Written::Final => {
+                self.matched = 0;
+                let mut deadline = Box::pin(tokio::time::sleep(self.timeout));
+                // Wake the connection's task when it passes: an idle connection has
+                // no read in progress to poll it (the task that writes is the one
+                // that reads).
+                let _ = deadline.as_mut().poll(cx);
+                self.deadline = Some(deadline);
+            }
         }
     }
 
@@ -296,6 +326,23 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeaderDeadline<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_final_response_head_is_seen_also_behind_a_100_continue_in_the_same_write() {
+        assert_eq!(written(b"HTTP/1.1 200 OK\r\n\r\n"), Written::Final);
+        assert_eq!(written(b"HTTP/1.1 404 Not Found\r\n\r\n"), Written::Final);
+        assert_eq!(
+            written(b"HTTP/1.1 101 Switching Protocols\r\n\r\n"),
+            Written::Upgrade
+        );
+        assert_eq!(written(b"HTTP/1.1 100 Continue\r\n\r\n"), Written::Other);
+        assert_eq!(
+            written(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 400 Bad Request\r\n\r\n{}"),
+            Written::Final
+        );
+        assert_eq!(written(b"HTTP/1.1 100 Continue\r\n"), Written::Other);
+        assert_eq!(written(b"{\"id\":1}"), Written::Other);
+    }
 
     #[test]
     fn the_pre_hello_cap_counts_only_a_websocket_before_its_session_opens() {

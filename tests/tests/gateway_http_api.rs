@@ -877,6 +877,46 @@ async fn a_call_that_expects_100_continue_gets_its_answer_after_the_header_deadl
     .await;
 }
 
+/// A call with `Expect: 100-continue` and its body sent at once, answered at once (a
+/// body that is not JSON): the `100 Continue` and the answer go out in one write, and
+/// the header deadline still starts for the next request: an idle connection is
+/// closed. Before, the write was taken for the `100` alone and the connection could
+/// sit idle for ever.
+#[tokio::test]
+async fn after_a_100_continue_and_an_answer_written_together_an_idle_connection_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    TestEnv::run("http-expect-idle", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| {
+            api_on(false)(c);
+            c.header_read_timeout_ms = 500;
+        })
+        .await;
+        let mut s = tokio::net::TcpStream::connect(api_addr(&gw))
+            .await
+            .expect("connect");
+        let body = "not json";
+        let call = format!(
+            "POST /publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\
+             Expect: 100-continue\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(call.as_bytes()).await.expect("write");
+        let answer = read_until(&mut s, b"HTTP/1.1 400").await;
+        assert!(answer.contains("HTTP/1.1 400"), "{answer:?}");
+        // Idle now: closed within the header deadline (0.5 s), not kept for ever.
+        let started = std::time::Instant::now();
+        let rest = read_until(&mut s, b"never sent").await;
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the idle connection was kept for {:?}: {rest:?}",
+            started.elapsed()
+        );
+        gw.shutdown().await;
+    })
+    .await;
+}
+
 /// What `s` sends until `end` (at most 10 s, or until it closes).
 async fn read_until(s: &mut tokio::net::TcpStream, end: &[u8]) -> String {
     use tokio::io::AsyncReadExt;
