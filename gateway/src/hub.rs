@@ -360,32 +360,47 @@ fn properties_bytes(p: &BasicProperties) -> usize {
 /// heap, nested tables and arrays included. Walked with a stack of its own, not by
 /// recursion: a 128 KiB header may nest thousands of tables deep.
 fn headers_bytes(table: &FieldTable) -> usize {
-    let entry = std::mem::size_of::<(ShortString, AMQPValue)>();
-    let mut bytes = 0;
-    let mut values: Vec<&AMQPValue> = Vec::new();
-    let mut tables = vec![table];
-    loop {
-        if let Some(v) = values.pop() {
-            match v {
-                AMQPValue::ShortString(s) => bytes += s.as_str().len(),
-                AMQPValue::LongString(s) => bytes += s.as_bytes().len(),
-                AMQPValue::ByteArray(b) => bytes += b.as_slice().len(),
-                AMQPValue::FieldArray(a) => {
-                    bytes += std::mem::size_of_val(a.as_slice());
-                    values.extend(a.as_slice());
-                }
-                AMQPValue::FieldTable(t) => tables.push(t),
-                _ => {}
+    /// What `v` holds itself; a table or an array goes on `nested`.
+    fn value<'a>(v: &'a AMQPValue, nested: &mut Vec<&'a AMQPValue>) -> usize {
+        match v {
+            AMQPValue::ShortString(s) => s.as_str().len(),
+            AMQPValue::LongString(s) => s.as_bytes().len(),
+            AMQPValue::ByteArray(b) => b.as_slice().len(),
+            AMQPValue::FieldArray(a) => {
+                nested.push(v);
+                std::mem::size_of_val(a.as_slice())
             }
-        } else if let Some(t) = tables.pop() {
-            for (k, v) in t.inner() {
-                bytes += entry + k.as_str().len();
-                values.push(v);
+            AMQPValue::FieldTable(_) => {
+                nested.push(v);
+                0
             }
-        } else {
-            return bytes;
+            _ => 0,
         }
     }
+    let entry = std::mem::size_of::<(ShortString, AMQPValue)>();
+    // Nested tables and arrays, walked with a stack of their own (a header can nest
+    // thousands deep); empty, it allocates nothing, as for most messages.
+    let mut nested: Vec<&AMQPValue> = Vec::new();
+    let mut bytes = 0;
+    for (k, v) in table.inner() {
+        bytes += entry + k.as_str().len() + value(v, &mut nested);
+    }
+    while let Some(v) = nested.pop() {
+        match v {
+            AMQPValue::FieldArray(a) => {
+                for x in a.as_slice() {
+                    bytes += value(x, &mut nested);
+                }
+            }
+            AMQPValue::FieldTable(t) => {
+                for (k, x) in t.inner() {
+                    bytes += entry + k.as_str().len() + value(x, &mut nested);
+                }
+            }
+            _ => {}
+        }
+    }
+    bytes
 }
 
 /// The `x-stream-offset` header RabbitMQ puts on every stream delivery.
@@ -607,10 +622,14 @@ impl Membership {
     /// ([`Hub::reset`]). For a session reading behind the ring (waiting for a share or
     /// a reader slot, or reading with a stream reader): without it such a session
     /// opened its reader on the new stream at its old position and heard nothing,
-    /// for as long as the new stream took to get there. Takes the hub's `lagged`
-    /// wake-ups meanwhile, which mean nothing to a session that is not live.
+    /// for as long as the new stream took to get there. Waits for the hub's `lagged`
+    /// wake-up first (a reset gives one, kept as a permit when nobody waits), so that
+    /// the hub's lock is taken only then, not on every wait of a session behind the
+    /// ring; other wake-ups mean nothing to a session that is not live. A reset
+    /// before the session went behind the ring was told by [`Hub::catch_up`].
     pub async fn replaced(&self) {
         loop {
+            self.inbox.lagged().await;
             let replaced = self
                 .hub
                 .lock()
@@ -620,7 +639,6 @@ impl Membership {
             if replaced {
                 return;
             }
-            self.inbox.lagged().await;
         }
     }
 }
