@@ -811,8 +811,7 @@ impl Config {
         // wrapped, and every frame was refused.
         if self.max_frame_bytes > MAX_FRAME_BYTES_LIMIT {
             return bad(format!(
-                "max_frame_bytes must be at most {MAX_FRAME_BYTES_LIMIT} (64 MiB; RabbitMQ \
-                 refuses larger messages by default)"
+                "max_frame_bytes must be at most {MAX_FRAME_BYTES_LIMIT} (64 MiB)"
             ));
         }
         // Opening a channel is a round trip to RabbitMQ: with a wait shorter than that,
@@ -1498,7 +1497,8 @@ pub struct Overrides {
     /// [default: 1024].
     #[arg(long, env = "WARREN_MAX_PENDING_CONFIRMS", global = true)]
     pub max_pending_confirms: Option<usize>,
-    /// How long a publish waits for RabbitMQ to come back, in ms [default: 5000].
+    /// How long a publish waits for RabbitMQ to come back, in ms, at least 100
+    /// [default: 5000].
     #[arg(long, env = "WARREN_BROKER_WAIT_MS", global = true)]
     pub broker_wait_ms: Option<u64>,
     /// How long to keep trying to reach RabbitMQ at start, in ms, for a broker starting
