@@ -29,8 +29,12 @@ async fn readers(gw: &TestGateway) -> u64 {
 
 /// A session resumed behind the ring, past more than a shared reader's window, that
 /// took its first window and stalled until the shared reader dropped what it still
-/// needs, then acknowledged: its own reader is opening (OPEN_DELAY). With what it got.
-async fn opening_its_own_reader(env: &TestEnv, gw: &TestGateway) -> (TestClient, Vec<String>) {
+/// needs, then acknowledged: its own reader is opening (OPEN_DELAY). With what it got
+/// and when it acknowledged.
+async fn opening_its_own_reader(
+    env: &TestEnv,
+    gw: &TestGateway,
+) -> (TestClient, Vec<String>, Instant) {
     let s = sub("all", "chat");
     let (session, position) = {
         let mut c = TestClient::connect(&gw.url()).await;
@@ -68,8 +72,9 @@ async fn opening_its_own_reader(env: &TestEnv, gw: &TestGateway) -> (TestClient,
     // Acknowledging lets the session read on: it is behind its shared reader and
     // opens one of its own, which takes OPEN_DELAY.
     c.ack_deliveries(last).await;
+    let acked = Instant::now();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    (c, got)
+    (c, got, acked)
 }
 
 #[tokio::test]
@@ -82,7 +87,7 @@ async fn the_connection_serves_its_client_while_its_own_stream_reader_opens() {
         })
         .await;
         let before = readers(&gw).await;
-        let (mut c, mut got) = opening_its_own_reader(env, &gw).await;
+        let (mut c, mut got, _) = opening_its_own_reader(env, &gw).await;
         let asked = Instant::now();
         c.ping(7).await;
         c.publish("w1", "chat", serde_json::json!({"text": "still here"}))
@@ -144,10 +149,22 @@ async fn a_session_whose_reader_opens_while_the_stream_is_replaced_is_ended() {
             c.delivery_window = WINDOW;
         })
         .await;
-        let (mut c, _) = opening_its_own_reader(env, &gw).await;
-        // Meanwhile the stream is deleted and declared again (by a gateway starting).
+        let (mut c, _, acked) = opening_its_own_reader(env, &gw).await;
+        // Meanwhile the stream is deleted and declared again (by a gateway starting),
+        // before the reader opens: else the reader would fail on the missing stream,
+        // which closes the session too and proves nothing.
         env.delete_outbound_stream().await;
-        let gw2 = TestGateway::start(env).await;
+        let stream = env.names.outbound_stream();
+        let (gw2, declared) = tokio::join!(TestGateway::start(env), async {
+            while env.message_count(&stream).await.is_none() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            acked.elapsed()
+        });
+        assert!(
+            declared < OPEN_DELAY,
+            "declared again {declared:?} after the ack, once the reader had opened"
+        );
         let started = Instant::now();
         let closed = c.expect_close(Duration::from_secs(15)).await;
         println!("closed with {closed:?} after {:?}", started.elapsed());
