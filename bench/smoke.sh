@@ -15,7 +15,8 @@ mkdir -p target/warren-bench
 
 # The same build as ./dev test's bins step (the workspace's binaries and tests): after
 # it nothing is rebuilt; a narrower one resolves other features and rebuilt lapin, serde
-# and the gateway (48 s).
+# and the gateway (48 s). Run alone, it builds the tests too (minutes the first time),
+# and the gateway it runs carries the tests' fault-injection hooks (unused here).
 cargo build --workspace --bins --tests
 
 # The Web-STOMP baseline runs whenever the broker is on this machine (./dev enables the
