@@ -35,6 +35,12 @@ fn api_on(own_listener: bool) -> impl FnOnce(&mut Config) {
     }
 }
 
+/// The HTTP API on the WebSocket listener, with a header (and body) deadline of 0.5 s.
+fn api_with_short_header_deadline(c: &mut Config) {
+    api_on(false)(c);
+    c.header_read_timeout_ms = 500;
+}
+
 fn api_addr(gw: &TestGateway) -> SocketAddr {
     gw.gateway().http_api_addr().expect("the HTTP API is on")
 }
@@ -841,11 +847,7 @@ async fn a_retryable_refusal_names_the_id_the_call_was_given() {
 async fn a_call_that_expects_100_continue_gets_its_answer_after_the_header_deadline() {
     use tokio::io::AsyncWriteExt;
     TestEnv::run("http-expect", LIMIT, async |env| {
-        let gw = TestGateway::start_with(env, |c| {
-            api_on(false)(c);
-            c.header_read_timeout_ms = 500;
-        })
-        .await;
+        let gw = TestGateway::start_with(env, api_with_short_header_deadline).await;
         let demo = warren_e2e::service::start_demo_with(
             &env.namespace,
             warren_service::demo::DemoOptions {
@@ -886,11 +888,7 @@ async fn a_call_that_expects_100_continue_gets_its_answer_after_the_header_deadl
 async fn after_a_100_continue_and_an_answer_written_together_an_idle_connection_is_closed() {
     use tokio::io::AsyncWriteExt;
     TestEnv::run("http-expect-idle", LIMIT, async |env| {
-        let gw = TestGateway::start_with(env, |c| {
-            api_on(false)(c);
-            c.header_read_timeout_ms = 500;
-        })
-        .await;
+        let gw = TestGateway::start_with(env, api_with_short_header_deadline).await;
         let mut s = tokio::net::TcpStream::connect(api_addr(&gw))
             .await
             .expect("connect");
@@ -941,11 +939,7 @@ async fn read_until(s: &mut tokio::net::TcpStream, end: &[u8]) -> String {
 async fn a_body_that_does_not_arrive_in_time_is_refused_and_the_connection_freed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     TestEnv::run("http-slow-body", LIMIT, async |env| {
-        let gw = TestGateway::start_with(env, |c| {
-            api_on(false)(c);
-            c.header_read_timeout_ms = 500;
-        })
-        .await;
+        let gw = TestGateway::start_with(env, api_with_short_header_deadline).await;
         let addr = api_addr(&gw);
         let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let head = format!(
