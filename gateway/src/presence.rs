@@ -143,6 +143,19 @@ pub struct PresenceView {
     /// bring them back.
     gone: HashMap<String, Instant>,
     gone_order: VecDeque<(String, Instant)>,
+    /// Sessions announced `gateway_lost` (by this view's gateway or a peer), each with
+    /// the node that held them, and the same oldest first (at most
+    /// [`TOMBSTONES_MAX`]), until they connect again or end otherwise: a gateway cut
+    /// off from RabbitMQ for longer than its lifetime and the grace, whose sessions
+    /// stayed open, is told which of them its peers announced gone while it was away
+    /// ([`PresenceView::lost_of`]); its listening queue did not outlive its connection.
+    lost: HashMap<String, (String, u64)>,
+    lost_order: VecDeque<(String, u64)>,
+    lost_seq: u64,
+    /// This gateway's sessions announced connected again (or forgotten, away) since
+    /// its last outage ([`PresenceView::answer`]): each peer's answer may name them,
+    /// and each is dealt with once.
+    announced_again: HashSet<String>,
     /// Whether a peer's snapshot was taken in ([`PresenceView::merge`]).
     merged: bool,
 }
@@ -170,8 +183,69 @@ impl PresenceView {
             asked: None,
             gone: HashMap::new(),
             gone_order: VecDeque::new(),
+            lost: HashMap::new(),
+            lost_order: VecDeque::new(),
+            lost_seq: 0,
+            announced_again: HashSet::new(),
             merged: false,
         }
+    }
+
+    /// `session`, held by `node`, was announced `gateway_lost`.
+    fn lose(&mut self, session: &str, node: &str) {
+        self.lost_seq += 1;
+        let seq = self.lost_seq;
+        self.lost
+            .insert(session.to_string(), (node.to_string(), seq));
+        self.lost_order.push_back((session.to_string(), seq));
+        while self.lost_order.len() > TOMBSTONES_MAX {
+            if let Some((oldest, seq)) = self.lost_order.pop_front() {
+                // Unless it was announced lost again since (queued twice).
+                if self.lost.get(&oldest).is_some_and(|(_, s)| *s == seq) {
+                    self.lost.remove(&oldest);
+                }
+            }
+        }
+    }
+
+    /// The sessions of `node` announced `gateway_lost` that have not connected again
+    /// since, for `node`'s resync ([`PresenceView::answer`]).
+    pub fn lost_of(&self, node: &str) -> Vec<String> {
+        let mut sessions: Vec<String> = self
+            .lost
+            .iter()
+            .filter(|(_, (n, _))| n == node)
+            .map(|(s, _)| s.clone())
+            .collect();
+        sessions.sort();
+        sessions
+    }
+
+    /// The events that announce `session`, held here, connected again after a peer
+    /// announced it gone: `client.connected`, and `client.subscriptions` when it has
+    /// any.
+    fn connected_again(&mut self, session: &str) -> Vec<PresenceEvent> {
+        let Some(h) = self.sessions.get(session) else {
+            return Vec::new();
+        };
+        self.announced_again.insert(session.to_string());
+        let event = |event: &str, keys| PresenceEvent {
+            event: event.into(),
+            session: session.to_string(),
+            user: h.user.clone(),
+            node: self.me.clone(),
+            channel: h.channel.clone(),
+            reason: None,
+            by: None,
+            keys,
+            tenant: h.tenant.clone(),
+        };
+        let mut again = vec![event("client.connected", None)];
+        if !h.keys.is_empty() {
+            let keys = h.keys.iter().cloned().collect();
+            again.push(event("client.subscriptions", Some(keys)));
+        }
+        again
     }
 
     /// `session` was announced gone at `now`: remembered until the grace period and
@@ -213,6 +287,7 @@ impl PresenceView {
     ) -> bool {
         self.away.remove(session);
         self.gone.remove(session);
+        self.lost.remove(session);
         match self.sessions.get_mut(session) {
             Some(h) => {
                 h.moved_to(&self.me);
@@ -239,6 +314,7 @@ impl PresenceView {
     /// (publish `client.disconnected` now: returns it). Otherwise the session is away
     /// until resumed or `grace` passed ([`PresenceView::due`]).
     pub fn ended(&mut self, session: &str, goodbye: bool, now: Instant) -> Option<Held> {
+        self.announced_again.remove(session);
         let held = self.sessions.get(session)?;
         if held.node != self.me {
             return None; // resumed elsewhere already
@@ -289,6 +365,16 @@ impl PresenceView {
     /// session back ([`PresenceView::merge`]).
     pub fn on_event(&mut self, e: PresenceEvent, now: Instant) -> Vec<PresenceEvent> {
         let mut again = Vec::new();
+        match (e.event.as_str(), e.reason.as_deref()) {
+            ("client.connected", _) => {
+                self.lost.remove(&e.session);
+            }
+            ("client.disconnected", Some("gateway_lost")) => self.lose(&e.session, &e.node),
+            ("client.disconnected", _) => {
+                self.lost.remove(&e.session);
+            }
+            _ => {}
+        }
         match e.event.as_str() {
             // This gateway's own: [`PresenceView::opened`] knew it first, and the
             // session may have ended here since (its `client.disconnected` on its way).
@@ -329,23 +415,8 @@ impl PresenceView {
                     self.sessions.remove(&e.session);
                     self.away.remove(&e.session);
                     self.bury(&e.session, now);
-                } else if let Some(h) = self.sessions.get(&e.session).filter(|_| !own) {
-                    let event = |event: &str, keys| PresenceEvent {
-                        event: event.into(),
-                        session: e.session.clone(),
-                        user: h.user.clone(),
-                        node: self.me.clone(),
-                        channel: h.channel.clone(),
-                        reason: None,
-                        by: None,
-                        keys,
-                        tenant: h.tenant.clone(),
-                    };
-                    again.push(event("client.connected", None));
-                    if !h.keys.is_empty() {
-                        let keys = h.keys.iter().cloned().collect();
-                        again.push(event("client.subscriptions", Some(keys)));
-                    }
+                } else {
+                    again = self.connected_again(&e.session);
                 }
             }
             // Not from a gateway the session was resumed away from (here or on a
@@ -382,6 +453,11 @@ impl PresenceView {
         }
         if let Some(old) = self.peers.get(node) {
             if !old.instance.is_empty() && old.instance != instance {
+                // The earlier process's sessions died with it: none is announced
+                // connected again.
+                let earlier = format!("{node}#");
+                self.lost
+                    .retain(|_, (n, _)| n != node && !n.starts_with(&earlier));
                 let gone = format!("{node}#{}", old.instance);
                 for h in self.sessions.values_mut().filter(|h| h.node == node) {
                     h.node = gone.clone();
@@ -520,15 +596,41 @@ impl PresenceView {
     /// out while this gateway was not listening); the sessions it does not know are
     /// added ([`PresenceView::merge`]). A session learnt after the request is kept: the
     /// answer may be older than its `client.connected`. This gateway's own sessions
-    /// are its own to know: what the peer says of them is ignored.
+    /// are its own to know: what the peer says of them is ignored, except `lost`
+    /// ([`PresenceView::lost_of`]): those of them announced `gateway_lost` while this
+    /// gateway was cut off (its peers counted it dead) and not connected again since.
+    /// Returns the events to publish for them: `client.connected` (and
+    /// `client.subscriptions`) for each still open here, once however many peers name
+    /// it, so that services count its user online again. One whose connection was lost
+    /// meanwhile (away) is forgotten instead: its leave went out, and its `expired`
+    /// would be a second one; resumed here, it is a new connect.
     pub fn answer(
         &mut self,
         from: &str,
         asked: u64,
         snapshot: Vec<PresenceEvent>,
+        lost: &[String],
         now: Instant,
         liveness: bool,
-    ) {
+    ) -> Vec<PresenceEvent> {
+        let mut again = Vec::new();
+        for session in lost {
+            // Each peer names it, perhaps before it heard what this gateway did.
+            let mine = self
+                .sessions
+                .get(session)
+                .is_some_and(|h| h.node == self.me);
+            if !mine || self.announced_again.contains(session) {
+                continue;
+            }
+            if self.away.remove(session).is_some() {
+                self.sessions.remove(session);
+                self.bury(session, now);
+                self.announced_again.insert(session.clone());
+                continue;
+            }
+            again.extend(self.connected_again(session));
+        }
         let snapshot: Vec<PresenceEvent> =
             snapshot.into_iter().filter(|e| e.node != self.me).collect();
         if let Some((id, known)) = &self.asked {
@@ -548,6 +650,7 @@ impl PresenceView {
             }
         }
         self.merge(snapshot, now, liveness);
+        again
     }
 
     fn peer_alive(&self, node: &str, now: Instant) -> bool {
@@ -639,6 +742,8 @@ impl PresenceView {
     /// publish `gateway_lost` for every session of its live peers once RabbitMQ was
     /// back.
     pub fn deaf(&mut self, now: Instant) {
+        // A new outage: what was announced again may be announced gone again.
+        self.announced_again.clear();
         for p in self.peers.values_mut().filter(|p| p.heard && !p.down) {
             p.last_seen = p.last_seen.max(now);
         }
@@ -690,6 +795,9 @@ impl PresenceView {
             self.away.remove(&session);
             if let Some(h) = self.sessions.remove(&session) {
                 self.bury(&session, now);
+                if reason == "gateway_lost" {
+                    self.lose(&session, &h.node);
+                }
                 out.push((session, h, reason));
             }
         }
@@ -1381,7 +1489,7 @@ mod tests {
         assert!(c.user_online("bob", None), "the rest is taken in");
         // The same through a resync answer.
         c.asking(1);
-        c.answer("b", 1, stale.clone(), t0 + a_moment, true);
+        c.answer("b", 1, stale.clone(), &[], t0 + a_moment, true);
         assert!(!c.user_online("ada", None), "nor through an answer");
         // Its own leaves too: a goodbye here, an expiry here.
         let mut d = PresenceView::new("a", GRACE);
@@ -1651,6 +1759,7 @@ mod tests {
                 connected("mine-closed", "gus", "b"),
                 mine_there,
             ],
+            &[],
             now,
             true,
         );
@@ -1669,7 +1778,94 @@ mod tests {
         assert!(!v.user_online("ada", None));
         // An answer to an older request removes nothing.
         v.asking(8);
-        v.answer("a", 7, Vec::new(), now, true);
+        v.answer("a", 7, Vec::new(), &[], now, true);
         assert!(v.user_online("bob", None));
+    }
+
+    #[test]
+    fn a_gateway_cut_off_is_told_which_of_its_sessions_were_announced_lost() {
+        // n holds s1 (open, subscribed) and s2; n is cut off from RabbitMQ. a, elected,
+        // counts it dead and announces both gone; b hears that.
+        let t0 = Instant::now();
+        let period = Duration::from_millis(100);
+        let mut a = PresenceView::new("a", GRACE);
+        let mut b = PresenceView::new("b", GRACE);
+        for v in [&mut a, &mut b] {
+            v.on_gateway("n", "1", true, period, t0);
+            v.on_event(connected("s1", "ada", "n"), t0);
+            v.on_event(connected("s2", "bob", "n"), t0);
+        }
+        assert!(a.due(t0 + period * 3).is_empty());
+        let lost = a.due(t0 + period * 3 + GRACE);
+        assert_eq!(lost.len(), 2);
+        assert_eq!(a.lost_of("n"), ["s1", "s2"]);
+        for (session, h, reason) in lost {
+            let e = PresenceEvent {
+                event: "client.disconnected".into(),
+                reason: Some(reason.into()),
+                by: Some("a".into()),
+                ..connected(&session, &h.user, &h.node)
+            };
+            b.on_event(e, t0 + period * 3 + GRACE);
+        }
+        assert_eq!(b.lost_of("n"), ["s1", "s2"]);
+        assert!(b.lost_of("a").is_empty());
+
+        // n kept both open; s2's connection was lost meanwhile (its `expired` due).
+        let mut n = PresenceView::new("n", GRACE);
+        assert!(n.opened("s1", "ada", None, None));
+        assert!(n.subscriptions("s1", ["chat.all".to_string()].into()));
+        assert!(n.opened("s2", "bob", None, None));
+        let back = t0 + period * 3 + GRACE * 2;
+        n.deaf(back);
+        assert!(n.ended("s2", false, back).is_none(), "away");
+        n.asking(1);
+        let again = n.answer("a", 1, a.snapshot(), &a.lost_of("n"), back, true);
+        let events: Vec<(&str, &str, &str)> = again
+            .iter()
+            .map(|e| (e.event.as_str(), e.session.as_str(), e.node.as_str()))
+            .collect();
+        assert_eq!(
+            events,
+            [
+                ("client.connected", "s1", "n"),
+                ("client.subscriptions", "s1", "n")
+            ]
+        );
+        assert_eq!(again[1].keys, Some(vec!["chat.all".to_string()]));
+        // s2's leave went out: its own `expired` would be a second one.
+        assert!(n.due(back + GRACE).is_empty(), "no second leave for s2");
+        assert!(n.opened("s2", "bob", None, None), "resumed: a new connect");
+        // b answers the same: announced once.
+        assert!(n
+            .answer("b", 1, b.snapshot(), &b.lost_of("n"), back, true)
+            .is_empty());
+        // The peers hear s1 again: no longer lost.
+        for v in [&mut a, &mut b] {
+            v.on_event(connected("s1", "ada", "n"), back);
+            assert_eq!(v.lost_of("n"), ["s2"]);
+            v.on_event(connected("s2", "bob", "n"), back);
+            assert!(v.lost_of("n").is_empty());
+        }
+        // Cut off again later and announced lost again: announced again.
+        n.deaf(back + GRACE * 4);
+        let again = n.answer("a", 2, Vec::new(), &["s1".into()], back + GRACE * 4, true);
+        assert_eq!(again.len(), 2);
+
+        // A node that comes back as another process: its earlier sessions are dead.
+        a.on_event(
+            PresenceEvent {
+                event: "client.disconnected".into(),
+                reason: Some("gateway_lost".into()),
+                by: Some("a".into()),
+                ..connected("s3", "cy", "n")
+            },
+            back,
+        );
+        assert_eq!(a.lost_of("n"), ["s3"]);
+        a.on_gateway("n", "1", true, period, back);
+        assert_eq!(a.lost_of("n"), ["s3"], "the same process: kept");
+        a.on_gateway("n", "2", true, period, back);
+        assert!(a.lost_of("n").is_empty());
     }
 }

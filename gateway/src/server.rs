@@ -1243,6 +1243,11 @@ pub(crate) enum PresenceSync {
         from: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         asked: Option<u64>,
+        /// In a resync's answer, the asking gateway's sessions announced
+        /// `gateway_lost` and not connected again since
+        /// ([`crate::presence::PresenceView::lost_of`]).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        lost: Vec<String>,
     },
 }
 
@@ -1306,28 +1311,45 @@ pub(crate) async fn listen_for_takeovers(shared: Arc<Shared>) {
         } else if let Ok(sync) = serde_json::from_slice::<PresenceSync>(body) {
             match sync {
                 PresenceSync::Request { presence_snapshot_for: node, asked } if node != on.config.node => {
-                    let snapshot = on.presence_view().snapshot();
+                    let (snapshot, lost) = {
+                        let view = on.presence_view();
+                        let lost = if asked.is_some() { view.lost_of(&node) } else { Vec::new() };
+                        (view.snapshot(), lost)
+                    };
                     if !snapshot.is_empty() || asked.is_some() {
                         let body = serde_json::to_string(&PresenceSync::Snapshot {
                             presence_snapshot: snapshot,
                             to: node,
                             from: asked.map(|_| on.config.node.clone()),
                             asked,
+                            lost,
                         })
                         .expect("a snapshot serialises");
                         on.fire(on.names.gateways_exchange(), String::new(), body);
                     }
                 }
-                PresenceSync::Snapshot { presence_snapshot, to, from, asked } if to == on.config.node => {
-                    tracing::info!(sessions = presence_snapshot.len(), from = ?from, "presence snapshot from a peer");
+                PresenceSync::Snapshot { presence_snapshot, to, from, asked, lost } if to == on.config.node => {
+                    tracing::info!(sessions = presence_snapshot.len(), lost = lost.len(), from = ?from, "presence snapshot from a peer");
                     let now = std::time::Instant::now();
                     let liveness = on.config.announce_interval_ms > 0;
-                    let mut view = on.presence_view();
-                    match (from, asked) {
-                        (Some(from), Some(asked)) => {
-                            view.answer(&from, asked, presence_snapshot, now, liveness);
+                    let again = {
+                        let mut view = on.presence_view();
+                        match (from, asked) {
+                            (Some(from), Some(asked)) => {
+                                view.answer(&from, asked, presence_snapshot, &lost, now, liveness)
+                            }
+                            _ => {
+                                view.merge(presence_snapshot, now, liveness);
+                                Vec::new()
+                            }
                         }
-                        _ => view.merge(presence_snapshot, now, liveness),
+                    };
+                    let sessions = again.iter().filter(|e| e.event == "client.connected").count();
+                    if sessions > 0 {
+                        tracing::warn!(sessions, "a peer announced sessions held here gone while this gateway was cut off from RabbitMQ: they are announced connected again");
+                    }
+                    for event in again {
+                        on.presence(event);
                     }
                 }
                 _ => {}

@@ -743,6 +743,8 @@ pub struct CuttableProxy {
     /// The AMQP URI to connect through the proxy.
     pub uri: String,
     links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    /// While set, new connections are closed at once ([`CuttableProxy::hold_off`]).
+    refusing: std::sync::Arc<std::sync::atomic::AtomicBool>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -767,10 +769,15 @@ impl CuttableProxy {
         let port = listener.local_addr().expect("proxy address").port();
         let links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> =
             std::sync::Arc::default();
+        let refusing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let accept = {
             let links = links.clone();
+            let refusing = refusing.clone();
             tokio::spawn(async move {
                 while let Ok((mut inbound, _)) = listener.accept().await {
+                    if refusing.load(std::sync::atomic::Ordering::SeqCst) {
+                        continue; // dropped: closed at once
+                    }
                     let upstream = upstream.clone();
                     let link = tokio::spawn(async move {
                         if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
@@ -785,7 +792,18 @@ impl CuttableProxy {
         CuttableProxy {
             uri: format!("{scheme}://{credentials}127.0.0.1:{port}/{path}"),
             links,
+            refusing,
             accept,
+        }
+    }
+
+    /// Cuts every proxied connection and, until `false`, closes new ones at once: the
+    /// client is cut off from RabbitMQ (`true`) or may reach it again (`false`).
+    pub fn hold_off(&self, refusing: bool) {
+        self.refusing
+            .store(refusing, std::sync::atomic::Ordering::SeqCst);
+        if refusing {
+            self.cut();
         }
     }
 

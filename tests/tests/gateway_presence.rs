@@ -952,3 +952,109 @@ async fn a_close_with_4000_keeps_the_session_for_the_grace() {
     gw.shutdown().await;
     env.cleanup().await;
 }
+
+/// A gateway cut off from RabbitMQ (its clients still connected to it) for longer than
+/// its lifetime and the grace: its peer counts it dead and announces its sessions
+/// `gateway_lost`. Its listening queue went with its connection, so it never heard
+/// that; before, its sessions stayed offline for every service and every peer's
+/// presence answer while their clients were connected. Now the peer's answer to its
+/// resync names them, and it announces them connected again, with their
+/// subscriptions, once.
+#[tokio::test]
+async fn a_gateway_cut_off_announces_its_sessions_again_that_a_peer_announced_lost() {
+    let mut env = TestEnv::new("presence-cut-off").await;
+    let proxy = warren_e2e::service::CuttableProxy::start().await;
+    let peer = TestGateway::start_with(&env, presence_config).await;
+    let cut = TestGateway::start_with(&env, |c| {
+        presence_config(c);
+        c.amqp_uri = vec![proxy.uri.clone()];
+    })
+    .await;
+    let mut events = Events::listen(&mut env).await;
+    // Each must have heard the other announce itself.
+    tokio::time::sleep(Duration::from_millis(ANNOUNCE_MS * 3)).await;
+    let mut ada = TestClient::connect_with(&cut.url(), as_user("ada")).await;
+    let session = ada.session().to_string();
+    let mut lobby = sub("s1", "chat");
+    lobby.groups = vec!["lobby".into()];
+    ada.subscribe(lobby).await;
+    events
+        .wait_for("client.connected", &session, Duration::from_secs(5))
+        .await;
+    let in_lobby = "?channel=chat&group=lobby";
+    let until = Instant::now() + Duration::from_secs(5);
+    while listed(&peer, in_lobby).await == serde_json::json!([]) {
+        assert!(
+            Instant::now() < until,
+            "the peer never listed ada in the lobby"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    proxy.hold_off(true);
+    let (v, _) = events
+        .wait_for(
+            "client.disconnected",
+            &session,
+            Duration::from_millis(ANNOUNCE_MS * 3 + GRACE_MS + 5_000),
+        )
+        .await;
+    assert_eq!(v["reason"], "gateway_lost", "{v}");
+    assert_eq!(v["by"], peer.gateway().config().node.as_str(), "{v}");
+    assert_eq!(listed(&peer, "").await, serde_json::json!([]));
+
+    proxy.hold_off(false);
+    let back = Instant::now();
+    let within = Duration::from_secs(30);
+    loop {
+        let connects = events
+            .seen
+            .iter()
+            .filter(|(k, v, _)| k == "client.connected" && v["session"] == session.as_str())
+            .count();
+        if connects == 2 {
+            break;
+        }
+        assert!(
+            back.elapsed() < within,
+            "ada was not announced connected again within {within:?} of the gateway's \
+             return; seen {:?}",
+            events.counts()
+        );
+        events.collect(Duration::from_millis(100)).await;
+    }
+    println!(
+        "gateway_presence: a cut-off gateway's session announced connected again {} ms after it could reach RabbitMQ",
+        back.elapsed().as_millis()
+    );
+    // With its subscriptions: the peer answers for it in the lobby again.
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let users = listed(&peer, in_lobby).await;
+        if users.to_string().contains("ada") {
+            break;
+        }
+        assert!(Instant::now() < until, "not in the peer's lobby: {users}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Once: connected, gateway_lost, connected.
+    events.collect(Duration::from_secs(3)).await;
+    let order: Vec<&str> = events
+        .seen
+        .iter()
+        .filter(|(_, v, _)| v["session"] == session.as_str())
+        .map(|(k, _, _)| k.as_str())
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "client.connected",
+            "client.disconnected",
+            "client.connected"
+        ]
+    );
+    ada.close().await;
+    cut.shutdown().await;
+    peer.shutdown().await;
+    env.cleanup().await;
+}
