@@ -478,17 +478,13 @@ struct State {
     ring_keys: HashMap<String, VecDeque<u64>>,
     /// The offset after the newest message read (`None` before the first).
     next: Option<u64>,
-    /// Positions `[start, end)` the reader never read: after it started again, the
-    /// first message it got was past `next` (retention dropped the rest while it was
-    /// away). Kept while the ring holds messages from before them; a session that
-    /// crosses them is told how many it missed ([`CatchUp::Missed`]).
+    /// Positions `[start, end)` the reader never read: a message it got was two
+    /// positions or more past `next` ([`lost_between`]). Retention dropped the rest
+    /// before the reader got there: while it was away (it started again), or as it
+    /// overtook a reader that lagged the stream, which RabbitMQ then moves on to the
+    /// first segment kept. Kept while the ring holds messages from before them; a
+    /// session that crosses them is told how many it missed ([`CatchUp::Missed`]).
     gap: Option<(u64, u64)>,
-    /// The reader started again after a read ([`Hub::reader_started`]): the first new
-    /// message it reads tells whether retention dropped positions meanwhile. Only
-    /// then: a stream's positions are not all messages (RabbitMQ 3.10 begins each
-    /// segment with a bookkeeping chunk of one position that readers never get), so
-    /// a position skipped while reading on is no loss ([`lost_between`]).
-    check_gap: bool,
     /// How many times the stream was found replaced ([`Hub::reset`]): a look at the
     /// tail taken before a reset says nothing of the new stream.
     resets: u64,
@@ -513,7 +509,7 @@ pub enum CatchUp {
     /// It is at the ring's end and live again.
     Live,
     /// Positions `from..to` were dropped by retention before the hub read them (its
-    /// reader started again past them): the session is told it missed `to - from`
+    /// reader started again, or was moved on, past them): the session is told it missed `to - from`
     /// positions, and asks from `to` next time.
     Missed {
         /// The first position it missed.
@@ -823,13 +819,6 @@ impl Hub {
         }
     }
 
-    /// The reader started again after a read: the first message it reads past what
-    /// the hub has tells whether retention dropped positions meanwhile.
-    pub fn reader_started(&self) {
-        let mut st = self.lock();
-        st.check_gap = st.next.is_some();
-    }
-
     /// Appends a message read from the stream and pushes it to the live members that
     /// want it. A member whose channel is full stops being live and is told so.
     /// Returns whether the message was new to the hub (`false`: read again after the
@@ -841,7 +830,7 @@ impl Hub {
             if m.offset < n {
                 return false; // read again after a reconnect: the ring has it
             }
-            if std::mem::take(&mut st.check_gap) && lost_between(n, m.offset) > 0 {
+            if lost_between(n, m.offset) > 0 {
                 skipped(&mut st, n, m.offset);
             }
         }
@@ -1124,9 +1113,9 @@ impl Hub {
 /// into a new segment, gets the next message; a reader asked for a position
 /// retention dropped, or overtaken by retention while it read, goes on at the first
 /// kept segment, whose bookkeeping position comes first. So a loss always skips two
-/// positions or more, and a skip of one is no loss. Also
-/// [`crate::session_core::Positions::read`], which checks every read of a session's
-/// stream reader with it.
+/// positions or more, and a skip of one is no loss. Every read of the hub's reader
+/// ([`Hub::publish`]) and of a session's ([`crate::session_core::Positions::read`]) is
+/// checked with it.
 pub(crate) fn lost_between(from: u64, first: u64) -> u64 {
     match first.saturating_sub(from) {
         0 | 1 => 0,
@@ -1135,8 +1124,8 @@ pub(crate) fn lost_between(from: u64, first: u64) -> u64 {
 }
 
 /// The reader, expecting position `start`, got `end`: retention dropped `start..end`
-/// before it read them (told by the first message the reader read when it started
-/// again). The ring keeps what it has but knows of the gap (one at most:
+/// before it read them (while the reader was away, or overtaking it as it lagged the
+/// stream). The ring keeps what it has but knows of the gap (one at most:
 /// what lies before an older gap's end goes), and every live member that has not
 /// reached `end` stops being live and catches up from `start` at the latest, where it
 /// is told what it missed ([`CatchUp::Missed`]). It has been pushed everything it
@@ -1153,7 +1142,7 @@ fn skipped(st: &mut State, start: u64, end: u64) {
     tracing::warn!(
         from = start,
         to = end,
-        "the stream no longer holds positions the hub had not read (retention dropped them while its reader was away); its sessions are told what they missed"
+        "the stream no longer holds positions the hub had not read (retention dropped them while its reader was away or lagged the stream); its sessions are told what they missed"
     );
     for m in st.members.values_mut() {
         if m.live && m.from < end {
@@ -1378,7 +1367,6 @@ pub async fn run_reader(
             }
         };
         tracing::info!(stream = %stream, from = ?from, "outbound stream reader started");
-        hub.reader_started();
         attempt = 0;
         // An empty stream sends nothing for `last`: ready once nothing came for a bit.
         let quiet = tokio::time::sleep(Duration::from_millis(300));
@@ -2053,7 +2041,6 @@ mod tests {
             hub.publish(msg(i, "chat.all"));
         }
         // The reader started again at 5; retention had dropped 5..=8 meanwhile.
-        hub.reader_started();
         hub.publish(msg(9, "chat.all"));
         assert_eq!(offsets(&live.inbox), [0, 1, 2, 3, 4], "9 is not pushed");
         tokio::time::timeout(Duration::from_secs(1), live.inbox.lagged())
@@ -2139,9 +2126,6 @@ mod tests {
     fn a_gap_the_ring_no_longer_reaches_is_the_streams_to_report() {
         let hub = Hub::new(3);
         for i in (0..5).chain([9, 10]) {
-            if i == 9 {
-                hub.reader_started();
-            }
             hub.publish(msg(i, "chat.all"));
         }
         assert!(hub.lock().gap.is_some(), "4 is still in the ring");
@@ -2157,9 +2141,6 @@ mod tests {
         // A second gap while the first is in the ring: the ring keeps only one.
         let hub = Hub::new(100);
         for i in [0, 1, 5, 6, 9] {
-            if i == 5 || i == 9 {
-                hub.reader_started();
-            }
             hub.publish(msg(i, "chat.all"));
         }
         assert_eq!(hub.lock().gap, Some((7, 9)));
@@ -2168,20 +2149,15 @@ mod tests {
 
     #[tokio::test]
     async fn positions_without_messages_are_no_gap() {
-        // A segment's bookkeeping position (one, never read) while reading on, and
-        // a reader that starts again on one: nobody is told anything is missing.
+        // A segment's bookkeeping position (one, never read), also where a reader
+        // starts again: nobody is told anything is missing.
         let hub = Hub::new(100);
         let (live, _) = hub.join(1, "s1", None);
         hub.subscribe(1, &keys(&["chat.all"]));
-        for i in [0, 1, 2, 4, 5] {
+        for i in [0, 1, 2, 4, 5, 7] {
             hub.publish(msg(i, "chat.all"));
         }
-        hub.reader_started();
-        hub.publish(msg(7, "chat.all"));
-        // Reading on, a skip of any length is no loss either (retention does not
-        // drop what a reader reads).
-        hub.publish(msg(20, "chat.all"));
-        assert_eq!(offsets(&live.inbox), [0, 1, 2, 4, 5, 7, 20]);
+        assert_eq!(offsets(&live.inbox), [0, 1, 2, 4, 5, 7]);
         assert!(hub.lock().gap.is_none());
         assert!(
             tokio::time::timeout(Duration::from_millis(50), live.inbox.lagged())
@@ -2191,6 +2167,27 @@ mod tests {
         assert_eq!(lost_between(5, 5), 0);
         assert_eq!(lost_between(5, 6), 0);
         assert_eq!(lost_between(5, 7), 2);
+    }
+
+    #[tokio::test]
+    async fn a_reader_overtaken_by_retention_while_reading_on_is_a_gap() {
+        // RabbitMQ moves a reader that retention overtook to the first segment kept:
+        // the hub reads on from 20 after 7, and its live member is told.
+        let hub = Hub::new(100);
+        let (live, _) = hub.join(1, "s1", None);
+        hub.subscribe(1, &keys(&["chat.all"]));
+        for i in [0, 1, 2, 4, 5, 7, 20] {
+            hub.publish(msg(i, "chat.all"));
+        }
+        assert_eq!(offsets(&live.inbox), [0, 1, 2, 4, 5, 7], "20 is not pushed");
+        assert_eq!(hub.lock().gap, Some((8, 20)));
+        tokio::time::timeout(Duration::from_secs(1), live.inbox.lagged())
+            .await
+            .expect("the live member is told to catch up");
+        assert!(matches!(
+            hub.catch_up(1, 8, 10),
+            CatchUp::Missed { from: 8, to: 20 }
+        ));
     }
 
     #[test]

@@ -36,6 +36,71 @@ pub fn sub(id: &str, channel: &str) -> Subscribe {
     }
 }
 
+/// What [`skips_told`] found in a session's frames.
+#[derive(Debug)]
+pub struct Told {
+    /// Deliveries.
+    pub delivered: usize,
+    /// The counts of the `session_expired` notices, in order.
+    pub notices: Vec<u64>,
+    /// The message id of the last delivery.
+    pub last: String,
+}
+
+/// Checks a session's `frames` (of its outbound stream), received after the delivery
+/// at position `from`: deliveries come in order, once, and every skip of two positions
+/// or more is told, with its size, by a `session_expired` just before the delivery
+/// after it (a skip of one is a stream segment's first position, which readers never
+/// get). Panics saying what was not so; any other error frame fails too.
+pub fn skips_told(from: u64, frames: &[ServerFrame]) -> Told {
+    let count_of = |message: &str| -> u64 {
+        message
+            .split(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("the count comes first: {message}"))
+    };
+    let mut at = from;
+    let mut told: Option<u64> = None;
+    let mut seen = Told {
+        delivered: 0,
+        notices: Vec::new(),
+        last: String::new(),
+    };
+    for f in frames {
+        match f {
+            ServerFrame::Error(e) if e.code == ErrorCode::SessionExpired => {
+                assert_eq!(e.stream, None, "{e:?}");
+                assert!(told.is_none(), "two notices in a row: {e:?}");
+                told = Some(count_of(&e.message));
+                seen.notices.extend(told);
+            }
+            ServerFrame::Deliver(d) => {
+                let p = d.position.expect("a position");
+                assert!(p > at, "in order, once: {p} after {at}");
+                let skipped = p - at - 1;
+                match told.take() {
+                    Some(n) => assert_eq!(
+                        n, skipped,
+                        "the count is the positions between {at} and {p}"
+                    ),
+                    None => assert!(
+                        skipped <= 1,
+                        "{skipped} positions skipped between {at} and {p} ({}), not told",
+                        d.message_id
+                    ),
+                }
+                at = p;
+                seen.delivered += 1;
+                seen.last = d.message_id.clone();
+            }
+            ServerFrame::Error(e) => panic!("{e:?}"),
+            _ => {}
+        }
+    }
+    seen
+}
+
 /// A connected test client.
 pub struct TestClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,

@@ -125,6 +125,18 @@ impl TestEnv {
     /// several. Their message ids are `<prefix><i>`, their bodies `i`. Waits for the
     /// confirms.
     pub async fn publish_out_burst(&self, key: &str, prefix: &str, n: usize) {
+        self.publish_out_burst_of(key, prefix, n, |i| i.to_string().into_bytes())
+            .await;
+    }
+
+    /// [`TestEnv::publish_out_burst`] with the bodies `body(i)`.
+    pub async fn publish_out_burst_of(
+        &self,
+        key: &str,
+        prefix: &str,
+        n: usize,
+        body: impl Fn(usize) -> Vec<u8>,
+    ) {
         let mut confirms = Vec::with_capacity(n);
         for i in 0..n {
             let props = BasicProperties::default()
@@ -137,7 +149,7 @@ impl TestEnv {
                     ShortString::from(self.names.outbound_exchange()),
                     ShortString::from(key),
                     BasicPublishOptions::default(),
-                    i.to_string().as_bytes(),
+                    &body(i),
                     props,
                 )
                 .await

@@ -7,21 +7,12 @@
 
 use std::time::Duration;
 
-use warren_e2e::client::{sub, TestClient};
+use warren_e2e::client::{skips_told, sub, TestClient, Told};
 use warren_e2e::env::TestEnv;
 use warren_e2e::gateway::TestGateway;
-use warren_protocol::{ErrorCode, ServerFrame};
+use warren_protocol::ServerFrame;
 
 const LIMIT: Duration = Duration::from_secs(90);
-
-/// The count a `session_expired` notice begins with.
-fn count_of(message: &str) -> u64 {
-    message
-        .split(' ')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("the count comes first: {message}"))
-}
 
 #[tokio::test]
 async fn a_slow_session_whose_own_reader_retention_overtakes_is_told_what_it_missed() {
@@ -90,42 +81,11 @@ async fn a_slow_session_whose_own_reader_retention_overtakes_is_told_what_it_mis
 
         // Every skip of two positions or more is told, with its size, just before
         // the delivery after it; a skip of one is a segment's first position.
-        let mut at = first.position.expect("a position");
-        let mut told: Option<u64> = None;
-        let mut notices = Vec::new();
-        let mut delivered = 0;
-        let mut last = String::new();
-        for f in &frames {
-            match f {
-                ServerFrame::Error(e) if e.code == ErrorCode::SessionExpired => {
-                    assert_eq!(e.stream, None, "{e:?}");
-                    assert!(told.is_none(), "two notices in a row: {e:?}");
-                    told = Some(count_of(&e.message));
-                    notices.extend(told);
-                }
-                ServerFrame::Deliver(d) => {
-                    let p = d.position.expect("a position");
-                    assert!(p > at, "in order, once: {p} after {at}");
-                    let skipped = p - at - 1;
-                    match told.take() {
-                        Some(n) => assert_eq!(
-                            n, skipped,
-                            "the count is the positions between {at} and {p}"
-                        ),
-                        None => assert!(
-                            skipped <= 1,
-                            "{skipped} positions skipped between {at} and {p} ({}), not told",
-                            d.message_id
-                        ),
-                    }
-                    at = p;
-                    delivered += 1;
-                    last = d.message_id.clone();
-                }
-                ServerFrame::Error(e) => panic!("{e:?}"),
-                _ => {}
-            }
-        }
+        let Told {
+            delivered,
+            notices,
+            last,
+        } = skips_told(first.position.expect("a position"), &frames);
         eprintln!("{delivered} delivered; positions missed, as told: {notices:?}");
         assert_eq!(last, "b299", "read to the stream's end");
         assert!(
