@@ -172,14 +172,40 @@ impl Report {
         out
     }
 
+    /// The client counts from `from` up at which scenario `s` ran through the gateway
+    /// or against `baseline` (when the baseline ran at all) and has no figures: every
+    /// run failed. A target judged at every client count is not met
+    /// there; left out, a count whose runs all failed made a target "met".
+    fn without_figures(&self, s: ScenarioKind, baseline: Target, from: usize) -> Vec<usize> {
+        let ran = |t: Target| {
+            self.results
+                .iter()
+                .any(|r| r.scenario == s && r.target == t)
+        };
+        if !ran(baseline) {
+            return Vec::new();
+        }
+        let mut counts: Vec<usize> = self
+            .results
+            .iter()
+            .filter(|r| r.scenario == s && (r.target == Target::Gateway || r.target == baseline))
+            .filter(|r| r.clients >= from && r.median.is_none())
+            .map(|r| r.clients)
+            .collect();
+        counts.sort_unstable();
+        counts.dedup();
+        counts
+    }
+
     fn check_targets(&self) -> Vec<TargetCheck> {
         let mut checks = Vec::new();
         for s in [ScenarioKind::Rpc, ScenarioKind::Fanout] {
             let ratios: Vec<&Ratio> = self.ratios.iter().filter(|r| r.scenario == s).collect();
+            let missing = self.without_figures(s, Target::Raw, 1);
             let judge = |ok: &dyn Fn(&Ratio) -> bool| {
-                if ratios.is_empty() {
+                if ratios.is_empty() && missing.is_empty() {
                     Verdict::NotEvaluated
-                } else if ratios.iter().all(|r| ok(r)) {
+                } else if missing.is_empty() && ratios.iter().all(|r| ok(r)) {
                     Verdict::Met
                 } else {
                     Verdict::NotMet
@@ -189,6 +215,7 @@ impl Report {
                 ratios
                     .iter()
                     .map(|r| format!("{}c: {:.2}x", r.clients, f(r)))
+                    .chain(missing.iter().map(|c| format!("{c}c: no figures")))
                     .collect::<Vec<_>>()
                     .join(", ")
             };
@@ -269,14 +296,18 @@ impl Report {
             } else {
                 String::new()
             };
+            let missing = self.without_figures(s, Target::WebStomp, from);
             checks.push(TargetCheck {
                 requirement: format!("{} throughput >= {factor} x Web-STOMP{at}", s.name()),
                 measured: ratios
                     .iter()
                     .map(|(c, x)| format!("{c}c: {x:.2}x"))
+                    .chain(missing.iter().map(|c| format!("{c}c: no figures")))
                     .collect::<Vec<_>>()
                     .join(", "),
-                verdict: if judged.is_empty() {
+                verdict: if !missing.is_empty() {
+                    Verdict::NotMet
+                } else if judged.is_empty() {
                     Verdict::NotEvaluated
                 } else if judged.iter().all(|x| *x >= factor) {
                     Verdict::Met
@@ -442,6 +473,9 @@ impl Report {
             out.extend(idle.failures.iter().map(|f| format!("{what}: {f}")));
             if idle.runs.iter().any(|f| f.opened < f.requested) {
                 out.push(format!("{what}: not every session opened"));
+            }
+            if idle.runs.iter().any(|f| f.held < f.opened) {
+                out.push(format!("{what}: not every session was held"));
             }
         }
         out
@@ -723,6 +757,59 @@ mod tests {
         assert_eq!(r.targets[2].verdict, Verdict::NotEvaluated, "no fanout");
         assert!(r.table().contains("gw/raw"));
         assert!(r.markdown().contains("| rpc | 4 | 400 | 1000 | 0.40× |"));
+    }
+
+    #[test]
+    fn a_client_count_whose_runs_all_failed_is_not_met() {
+        let failed = |scenario, target, clients| ScenarioResult {
+            scenario,
+            target,
+            clients,
+            runs: Vec::new(),
+            median: None,
+            failures: vec!["timed out".into()],
+        };
+        let r = report(
+            vec![
+                result(ScenarioKind::Rpc, Target::Gateway, 1, figures(600.0, 3.0)),
+                result(ScenarioKind::Rpc, Target::Raw, 1, figures(1000.0, 2.0)),
+                failed(ScenarioKind::Rpc, Target::Gateway, 64),
+                result(ScenarioKind::Rpc, Target::Raw, 64, figures(1000.0, 2.0)),
+                result(ScenarioKind::Rpc, Target::WebStomp, 1, figures(500.0, 2.0)),
+                failed(ScenarioKind::Rpc, Target::WebStomp, 64),
+                result(ScenarioKind::Rpc, Target::Gateway, 4, figures(600.0, 3.0)),
+            ],
+            None,
+        );
+        let find = |requirement: &str| {
+            r.targets
+                .iter()
+                .find(|t| t.requirement == requirement)
+                .unwrap_or_else(|| panic!("{requirement}: {:?}", r.targets))
+        };
+        let raw = find("rpc throughput >= 0.5 x raw AMQP");
+        assert_eq!(raw.verdict, Verdict::NotMet, "{raw:?}");
+        assert_eq!(raw.measured, "1c: 0.60x, 64c: no figures");
+        let stomp = find("rpc throughput >= 1 x Web-STOMP");
+        assert_eq!(stomp.verdict, Verdict::NotMet, "{stomp:?}");
+        assert_eq!(stomp.measured, "1c: 1.20x, 64c: no figures");
+        // A gateway-only count (no baseline ran there) is no missing figure; without
+        // any baseline run there is nothing to judge.
+        let gateway_only = report(
+            vec![result(
+                ScenarioKind::Fanout,
+                Target::Gateway,
+                4,
+                figures(1.0, 1.0),
+            )],
+            None,
+        );
+        assert_eq!(
+            gateway_only.targets[2].verdict,
+            Verdict::NotEvaluated,
+            "{:?}",
+            gateway_only.targets[2]
+        );
     }
 
     #[test]

@@ -187,13 +187,17 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("| measure | p50 | p99 | max |");
     println!("|---|---|---|---|");
+    let polling = format!(
+        "{} polling (simulated): arrival → taken",
+        seconds(args.poll_ms)
+    );
     for (name, samples) in [
         ("event-driven: arrival → taken", &mut taken),
         (
             "event-driven: end of the current message → taken",
             &mut after_current,
         ),
-        ("5 s polling (simulated): arrival → taken", &mut polled),
+        (polling.as_str(), &mut polled),
     ] {
         samples.sort();
         println!(
@@ -229,4 +233,9 @@ fn show(d: Duration) -> String {
     } else {
         format!("{:.0} ms", d.as_secs_f64() * 1000.0)
     }
+}
+
+/// `ms` milliseconds as the row label says it: "5 s", "0.5 s".
+fn seconds(ms: u64) -> String {
+    format!("{} s", ms as f64 / 1000.0)
 }

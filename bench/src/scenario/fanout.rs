@@ -1,9 +1,10 @@
 //! fanout: one publisher, N subscribers of a channel's broadcast. The publisher is a raw
-//! AMQP (lapin) client publishing to `<ns>.warren.out` with key `<channel>.all`, as a
-//! backend service would, in both modes. Through the gateway each subscriber is a
-//! WebSocket client subscribed to the broadcast (the gateway fans the outbound stream
-//! out to it); raw, each subscriber is a lapin consumer of its own bound queue, bounded
-//! and expiring. The publisher stays at most `--fanout-window`
+//! AMQP (lapin) client publishing with key `<channel>.all`, as a backend service would:
+//! to `<ns>.warren.out` through the gateway, to `<ns>.warren.out.baseline` (a topic
+//! exchange of the baselines' own, not bound to the outbound stream) for raw AMQP and
+//! Web-STOMP. Through the gateway each subscriber is a WebSocket client subscribed to
+//! the broadcast (the gateway fans the outbound stream out to it); raw, each
+//! subscriber is a lapin consumer of its own bound queue, bounded and expiring. The publisher stays at most `--fanout-window`
 //! messages ahead of the slowest subscriber (closed loop), so the figures measure
 //! sustained delivery rather than queue build-up. Latency is end to end: the publish
 //! time is stamped in the message.
@@ -73,19 +74,32 @@ impl Progress {
     }
 }
 
+/// The exchange `target`'s publisher publishes to and its subscribers are bound to:
+/// the gateways' outbound exchange for a gateway, an exchange of the baselines' own
+/// for raw AMQP and Web-STOMP. On the outbound exchange, a baseline's messages were
+/// also written to the outbound stream (bound to it with `#`) and read by the
+/// gateway's hub, on the same two cores: work the gateway's run needs and the
+/// baselines' do not, which slowed the baselines and flattered the ratios.
+fn exchange_of(env: &SharedEnv, target: Target) -> String {
+    match target {
+        Target::Gateway | Target::GatewayDeflate => env.names.outbound_exchange(),
+        Target::Raw | Target::WebStomp => format!("{}.baseline", env.names.outbound_exchange()),
+    }
+}
+
 /// Runs the fanout scenario once with `subscribers` subscribers.
 ///
 /// # Errors
 /// When a subscriber cannot subscribe, or the publisher cannot publish.
 pub async fn run(env: &SharedEnv, target: Target, subscribers: usize) -> Result<Figures> {
     let cfg = &env.config;
-    let outbound = env.names.outbound_exchange();
+    let exchange = exchange_of(env, target);
     tokio::time::timeout(
         cfg.op_timeout,
-        crate::amqp::ensure_exchange(&env.amqp, &outbound),
+        crate::amqp::ensure_exchange(&env.amqp, &exchange),
     )
     .await
-    .map_err(|_| BenchError::Timeout("the outbound exchange"))??;
+    .map_err(|_| BenchError::Timeout("the fan-out exchange"))??;
     let progress = Arc::new(Progress {
         received: (0..subscribers).map(|_| AtomicU64::new(0)).collect(),
         moved: Notify::new(),
@@ -130,7 +144,7 @@ pub async fn run(env: &SharedEnv, target: Target, subscribers: usize) -> Result<
     let _ = progress.window.set(window);
     let used = watch_gateway_use(env, target, window);
     let published = if ready == subscribers {
-        publish(env, &progress, window).await
+        publish(env, &progress, window, &exchange).await
     } else {
         Ok(0)
     };
@@ -174,11 +188,15 @@ async fn clean_up(progress: &Progress, wait: Duration) {
 
 /// The raw AMQP publisher: stamps each message, keeps at most `--fanout-window` ahead of
 /// the slowest subscriber. Returns how many it published.
-async fn publish(env: &SharedEnv, progress: &Progress, window: MeasureWindow) -> Result<u64> {
+async fn publish(
+    env: &SharedEnv,
+    progress: &Progress,
+    window: MeasureWindow,
+    exchange: &str,
+) -> Result<u64> {
     let cfg = &env.config;
     let t = cfg.op_timeout;
     let conn = env.connect_load("warren-bench-fanout-publisher").await?;
-    let exchange = env.names.outbound_exchange();
     let key = keys::broadcast(&cfg.fanout_channel);
     let mut n = 0u64;
     let result = async {
@@ -209,7 +227,7 @@ async fn publish(env: &SharedEnv, progress: &Progress, window: MeasureWindow) ->
                     .with_message_id(format!("fanout-{n}").into())
                     .with_content_type("application/json".into());
                 let publish = ch.basic_publish(
-                    exchange.as_str().into(),
+                    exchange.into(),
                     key.as_str().into(),
                     BasicPublishOptions::default(),
                     body.as_bytes(),
@@ -297,7 +315,7 @@ async fn gateway_subscriber(
 }
 
 /// A Web-STOMP subscriber: STOMP 1.2 over RabbitMQ's WebSocket endpoint, subscribed
-/// to the broadcast key on the outbound exchange (the plugin declares an exclusive
+/// to the broadcast key on the baselines' exchange (the plugin declares an exclusive
 /// queue per subscription), `ack:auto` as Web-STOMP apps usually run it.
 async fn stomp_subscriber(
     env: &SharedEnv,
@@ -310,7 +328,7 @@ async fn stomp_subscriber(
     let mut c = StompClient::connect(&cfg.web_stomp_url, cfg.op_timeout).await?;
     let destination = format!(
         "/exchange/{}/{}",
-        env.names.outbound_exchange(),
+        exchange_of(env, Target::WebStomp),
         keys::broadcast(&cfg.fanout_channel)
     );
     let id = format!("sub-{i}");
@@ -418,7 +436,7 @@ async fn raw_deliveries(
     bounded(t, "the subscriber's queue", declare).await?;
     let bind = ch.queue_bind(
         queue.into(),
-        env.names.outbound_exchange().into(),
+        exchange_of(env, Target::Raw).into(),
         keys::broadcast(&cfg.fanout_channel).into(),
         QueueBindOptions::default(),
         FieldTable::default(),
