@@ -819,6 +819,22 @@ impl Hub {
         }
     }
 
+    /// The position the hub's reader expected, when a message at `offset` would skip
+    /// two positions or more past it ([`lost_between`]): to be looked at
+    /// ([`retention_took`]) before [`Hub::publish`] counts it a gap.
+    pub fn skip_before(&self, offset: u64) -> Option<u64> {
+        self.lock().next.filter(|n| lost_between(*n, offset) > 0)
+    }
+
+    /// The positions before `offset` the reader skipped held no message (the stream
+    /// still holds positions before them: [`retention_took`]): no gap.
+    pub fn no_gap_before(&self, offset: u64) {
+        let mut st = self.lock();
+        if st.next.is_some_and(|n| n <= offset) {
+            st.next = Some(offset);
+        }
+    }
+
     /// Appends a message read from the stream and pushes it to the live members that
     /// want it. A member whose channel is full stops being live and is told so.
     /// Returns whether the message was new to the hub (`false`: read again after the
@@ -1113,7 +1129,9 @@ impl Hub {
 /// into a new segment, gets the next message; a reader asked for a position
 /// retention dropped, or overtaken by retention while it read, goes on at the first
 /// kept segment, whose bookkeeping position comes first. So a loss always skips two
-/// positions or more, and a skip of one is no loss. Every read of the hub's reader
+/// positions or more, and a skip of one is no loss. A skip of two or more is a loss
+/// only if [`retention_took`] says so: offsets a stream-protocol consumer stores take
+/// positions too. Every read of the hub's reader
 /// ([`Hub::publish`]) and of a session's ([`crate::session_core::Positions::read`]) is
 /// checked with it.
 pub(crate) fn lost_between(from: u64, first: u64) -> u64 {
@@ -1382,6 +1400,11 @@ pub async fn run_reader(
                     #[cfg(feature = "fault-injection")]
                     crate::fault::delay(crate::fault::HUB_READ_DELAY_MS).await;
                     if let Some(m) = Message::from_delivery(&d) {
+                        if let Some(from) = hub.skip_before(m.offset) {
+                            if !retention_took(&broker, &stream, from).await {
+                                hub.no_gap_before(m.offset);
+                            }
+                        }
                         take_read(&hub, m, addressed.as_ref());
                     }
                     unacked += 1;
@@ -1466,6 +1489,29 @@ async fn replaced(
         }
     }
     Ok(Some(tail))
+}
+
+/// Whether retention may have taken position `from` of `stream` and after, which a
+/// reader skipped (two positions or more, [`lost_between`]): unless the stream's first
+/// message is at or before `from`. Positions hold more than messages: RabbitMQ 3.10
+/// begins each segment with one, and each offset a stream-protocol consumer stores on
+/// the stream (server-side offset tracking) takes one, so two stores with no message
+/// between them are a skip of two, which readers are never given and nobody missed.
+/// Retention deletes whole segments from the start, so positions at or after the
+/// first message it kept were not deleted. When the look fails or times out, taken
+/// as a loss: told, never hidden.
+pub(crate) async fn retention_took(broker: &Broker, stream: &str, from: u64) -> bool {
+    let tag = format!("warren.first.{}", uuid::Uuid::new_v4().simple());
+    let first = async {
+        let mut reader = Reader::open(broker, stream, tag, 0, 1).await?;
+        let first = tokio::time::timeout(TAIL_QUIET * 10, reader.next()).await;
+        reader.close().await;
+        Ok::<_, GatewayError>(first.ok().flatten().map(|m| m.offset))
+    };
+    match first.await {
+        Ok(Some(first)) => first > from,
+        Ok(None) | Err(_) => true,
+    }
 }
 
 /// The message at `offset` of `stream` (`None` when the stream no longer holds it,

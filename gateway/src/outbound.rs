@@ -285,11 +285,19 @@ impl Outbound {
                     r.settle().await;
                 }
                 let from = self.positions.next();
-                let core_::Read::Next { missed, to_ring } =
-                    self.positions.read(m.offset, hub.holds(m.offset))
+                let core_::Read::Next {
+                    mut missed,
+                    to_ring,
+                } = self.positions.read(m.offset, hub.holds(m.offset))
                 else {
                     return Step::Nothing;
                 };
+                // Positions that hold no message (stored offsets) are no loss.
+                if missed > 0
+                    && !crate::hub::retention_took(&shared.broker, &source.name, from).await
+                {
+                    missed = 0;
+                }
                 if to_ring {
                     // The ring has everything from here on: the reader is done (a
                     // shared one is left when its handle drops).

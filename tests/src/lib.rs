@@ -30,3 +30,4 @@ pub mod raw_ws;
 pub mod sdk_driver;
 
 pub mod service;
+pub mod stream_protocol;

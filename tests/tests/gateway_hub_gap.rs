@@ -11,6 +11,7 @@ use std::time::Duration;
 use warren_e2e::client::{sub, TestClient};
 use warren_e2e::env::TestEnv;
 use warren_e2e::gateway::TestGateway;
+use warren_e2e::stream_protocol::{stream_addr, StreamConnection};
 use warren_gateway::fault::HUB_RESTART_DELAY_MS;
 use warren_protocol::{ErrorCode, ServerFrame};
 
@@ -128,4 +129,83 @@ async fn a_live_session_reading_across_segments_misses_nothing_and_is_told_nothi
         gw.shutdown().await;
     })
     .await;
+}
+
+/// A stream-protocol consumer with server-side offset tracking on the outbound stream
+/// (an audit reader, say): each offset it stores takes a stream position that holds
+/// no message, so two stores with no message between them are a skip of two. The gap
+/// checks took that for retention's: a live session was told `session_expired` for
+/// positions nobody missed, and so was a resume read from the stream across them.
+#[tokio::test]
+async fn offsets_a_stream_consumer_stores_in_the_stream_are_no_loss() {
+    TestEnv::run("hub-tracking", LIMIT, async |env| {
+        // A ring of two: the resume below reads from the stream, not from memory.
+        let gw = TestGateway::start_with(env, |c| c.hub_buffer_messages = 2).await;
+        let mut c = TestClient::connect(&gw.url()).await;
+        c.subscribe(sub("all", "chat")).await;
+        // Says when the hub has read what was published.
+        let mut watcher = TestClient::connect(&gw.url()).await;
+        watcher.subscribe(sub("all", "chat")).await;
+        env.publish_out("chat.all", "m0", "0").await;
+        let m0 = c.expect_deliver().await;
+        c.ack_deliveries(m0.seq).await;
+        let hello = c.resume_hello();
+        let m0_at = m0.position.expect("a position");
+
+        let stream = env.names.outbound_stream();
+        let mut tracking = StreamConnection::open(&stream_addr()).await;
+        two_stores(&mut tracking, &stream, 0).await;
+        env.publish_out("chat.all", "m1", "1").await;
+        // Live: the next frame is m1, with no notice before it.
+        let frame = c.recv_within(Duration::from_secs(10)).await;
+        let Some(ServerFrame::Deliver(m1)) = frame else {
+            panic!("m1 came live, nothing before it; got {frame:?}");
+        };
+        let m1_at = m1.position.expect("a position");
+        assert!(
+            m1_at >= m0_at + 3,
+            "the two stores took positions between m0 ({m0_at}) and m1 ({m1_at})"
+        );
+
+        // A resume from m0, behind the ring: read from the stream across the stores.
+        c.abort();
+        two_stores(&mut tracking, &stream, 1).await;
+        for id in ["m2", "m3", "m4"] {
+            env.publish_out("chat.all", id, "2").await;
+        }
+        let read: Vec<String> = watcher
+            .expect_delivers(5)
+            .await
+            .into_iter()
+            .map(|d| d.message_id)
+            .collect();
+        assert_eq!(
+            read,
+            ["m0", "m1", "m2", "m3", "m4"],
+            "the hub read them all"
+        );
+        let mut c = TestClient::connect_with(&gw.url(), hello).await;
+        assert!(c.welcome().resumed);
+        let mut got = Vec::new();
+        while let Some(f) = c.recv_within(Duration::from_secs(2)).await {
+            match f {
+                ServerFrame::Deliver(d) => got.push(d.message_id.clone()),
+                ServerFrame::Error(e) => panic!("{e:?} after {got:?}"),
+                _ => {}
+            }
+        }
+        assert_eq!(got, ["m1", "m2", "m3", "m4"]);
+        c.close().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+/// Stores offsets `from` and `from + 1` of consumer `audit` on `stream`, apart in
+/// time: two stores sent together share one position.
+async fn two_stores(tracking: &mut StreamConnection, stream: &str, from: u64) {
+    for offset in [from, from + 1] {
+        tracking.store_offset("audit", stream, offset).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
