@@ -40,7 +40,7 @@ timeout 120 target/debug/warren-bench \
   --stack-log target/warren-bench/smoke-stack.log \
   --scenarios idle,publish,rpc,fanout \
   --targets "$targets" \
-  --clients 2 --runs 1 --duration 1s --warmup 200ms \
+  --clients 2 --runs 1 --duration 1s --warmup 500ms \
   --idle-sessions 50 --idle-window 1s \
   --json target/warren-bench/smoke.json \
   --chart target/warren-bench/smoke.svg \
@@ -68,7 +68,7 @@ timeout 60 target/debug/warren-bench \
   --stack-log target/warren-bench/smoke-jwt-stack.log \
   --auth-jwt-secret "bench smoke: an HMAC secret of at least 32 bytes" \
   --scenarios idle,rpc --targets gateway \
-  --clients 2 --runs 1 --duration 1s --warmup 200ms \
+  --clients 2 --runs 1 --duration 1s --warmup 500ms \
   --idle-sessions 50 --idle-window 1s \
   --strict
 

@@ -47,6 +47,12 @@ pub enum BenchError {
     /// Something took longer than the scenario allows.
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
+    /// A client finished its set-up after the measured window opened, which would
+    /// then count set-up time as load ([`crate::measurement::MeasureWindow::set_up`]).
+    #[error(
+        "a client's set-up ended {0} ms after the measured window opened: raise --warmup          (set-up is not measured)"
+    )]
+    SetupOverran(u64),
     /// Drawing the chart failed.
     #[error("chart {path}: {why}")]
     Chart {

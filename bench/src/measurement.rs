@@ -40,6 +40,22 @@ impl MeasureWindow {
         }
     }
 
+    /// A client finished its set-up (connected, subscribed, its channel ready): it
+    /// must have before the window opens, or the window would count set-up time as
+    /// load and divide by it.
+    ///
+    /// # Errors
+    /// [`crate::error::BenchError::SetupOverran`] when the window is open already.
+    pub fn set_up(&self) -> crate::error::Result<()> {
+        let now = now_us();
+        if now >= self.start_us {
+            return Err(crate::error::BenchError::SetupOverran(
+                (now - self.start_us) / 1000,
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether a client that issued `issued` operations may issue another now.
     pub fn may_issue(&self, issued: u64) -> bool {
         issued < self.per_client_limit && now_us() < self.end_us
@@ -209,6 +225,17 @@ mod tests {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
         assert!(median(vec![]).is_nan());
+    }
+
+    #[test]
+    fn a_set_up_that_ends_after_the_window_opened_fails_the_run() {
+        let later = MeasureWindow::starting_in(Duration::from_secs(60), Duration::from_secs(1), 0);
+        assert!(later.set_up().is_ok());
+        let open = MeasureWindow::starting_in(Duration::ZERO, Duration::from_secs(1), 0);
+        assert!(matches!(
+            open.set_up(),
+            Err(crate::error::BenchError::SetupOverran(_))
+        ));
     }
 
     #[test]

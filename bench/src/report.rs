@@ -945,12 +945,14 @@ mod tests {
         let plain = IdleFigures {
             requested: 100,
             opened: 100,
+            held: 100,
             rss_per_session_bytes: 7.0 * 1024.0,
             ..IdleFigures::default()
         };
         let deflate = IdleFigures {
             rss_per_session_bytes: 9.0 * 1024.0,
             opened: 99,
+            held: 99,
             ..plain
         };
         for (target, m) in [(Target::Gateway, plain), (Target::GatewayDeflate, deflate)] {
@@ -971,6 +973,15 @@ mod tests {
         );
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["idle"][1]["target"], "gateway_deflate");
+        // Sessions dropped during the hold are a problem too.
+        r.idle[0].runs[0].held = 90;
+        assert_eq!(
+            r.problems(),
+            vec![
+                "idle gateway: not every session was held".to_string(),
+                "idle gateway+deflate: not every session opened".to_string()
+            ]
+        );
     }
 
     #[test]

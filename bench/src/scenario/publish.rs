@@ -63,6 +63,7 @@ async fn gateway_client(
     let cfg = &env.config;
     let (mut c, setup) = env.gateway_client(target, i).await?;
     drop(setup);
+    window.set_up()?;
     let body = RawValue::from_string(message(cfg.size, None))?;
     let mut tally = Tally::default();
     let (mut issued, mut inflight) = (0u64, 0usize);
@@ -147,6 +148,7 @@ async fn raw_publishes(
     )
     .await?;
     drop(setup);
+    window.set_up()?;
     let exchange = env.names.inbound_exchange();
     // Message ids unique to this run: the service's duplicate window remembers ids, and
     // a reused one would be answered from that memory instead of handled again.

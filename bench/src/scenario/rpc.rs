@@ -51,6 +51,7 @@ async fn gateway_client(
     let cfg = &env.config;
     let (mut c, setup) = env.gateway_client(target, i).await?;
     drop(setup);
+    window.set_up()?;
     let body = RawValue::from_string(message(cfg.size, None))?;
     let mut tally = Tally::default();
     let mut issued = 0u64;
@@ -142,6 +143,7 @@ async fn raw_requests(
     )
     .await?;
     drop(setup);
+    window.set_up()?;
     let exchange = env.names.inbound_exchange();
     // Message ids unique to this run: the service's duplicate window remembers ids, and
     // a reused one would be answered from that memory instead of handled again.
@@ -216,6 +218,7 @@ async fn stomp_client(env: SharedEnv, i: usize, window: MeasureWindow) -> Result
     let setup = env.setup_permit().await;
     let mut c = StompClient::connect(&cfg.web_stomp_url, t).await?;
     drop(setup);
+    window.set_up()?;
     let destination = format!(
         "/exchange/{}/{}",
         env.names.inbound_exchange(),
