@@ -311,6 +311,17 @@ impl TestClient {
         .await;
     }
 
+    /// Reads frames until none comes for `quiet` (or the connection closes),
+    /// acknowledging each delivery as it comes, and appends them to `frames`.
+    pub async fn read_on_acking(&mut self, quiet: Duration, frames: &mut Vec<ServerFrame>) {
+        while let Some(f) = self.recv_within(quiet).await {
+            if let ServerFrame::Deliver(d) = &f {
+                self.ack_deliveries(d.seq).await;
+            }
+            frames.push(f);
+        }
+    }
+
     /// The next frame within `within`; `None` on timeout or close. Answers `ping`.
     pub async fn recv_within(&mut self, within: Duration) -> Option<ServerFrame> {
         let deadline = tokio::time::Instant::now() + within;

@@ -13,7 +13,6 @@ use warren_e2e::client::{skips_told, sub, TestClient, Told};
 use warren_e2e::env::TestEnv;
 use warren_e2e::gateway::TestGateway;
 use warren_gateway::fault::HUB_READ_DELAY_MS;
-use warren_protocol::ServerFrame;
 
 const LIMIT: Duration = Duration::from_secs(90);
 /// Messages in the burst: more than the hub reader's prefetch (2,000) and the
@@ -45,12 +44,7 @@ async fn a_live_session_is_told_what_retention_took_from_under_the_hubs_reader()
 
         // The client reads on, acknowledging as it goes.
         let mut frames = Vec::new();
-        while let Some(f) = c.recv_within(Duration::from_secs(5)).await {
-            if let ServerFrame::Deliver(d) = &f {
-                c.ack_deliveries(d.seq).await;
-            }
-            frames.push(f);
-        }
+        c.read_on_acking(Duration::from_secs(5), &mut frames).await;
         let Told {
             delivered,
             notices,

@@ -72,12 +72,7 @@ async fn a_slow_session_whose_own_reader_retention_overtakes_is_told_what_it_mis
         }
         // The client reads on, acknowledging as it goes.
         c.ack_deliveries(seqs[15]).await;
-        while let Some(f) = c.recv_within(Duration::from_secs(3)).await {
-            if let ServerFrame::Deliver(d) = &f {
-                c.ack_deliveries(d.seq).await;
-            }
-            frames.push(f);
-        }
+        c.read_on_acking(Duration::from_secs(3), &mut frames).await;
 
         // Every skip of two positions or more is told, with its size, just before
         // the delivery after it; a skip of one is a segment's first position.
