@@ -1502,14 +1502,16 @@ async fn replaced(
 /// as a loss: told, never hidden.
 pub(crate) async fn retention_took(broker: &Broker, stream: &str, from: u64) -> bool {
     let tag = format!("warren.first.{}", uuid::Uuid::new_v4().simple());
-    let first = async {
-        let mut reader = Reader::open(broker, stream, tag, 0, 1).await?;
-        let first = tokio::time::timeout(TAIL_QUIET * 10, reader.next()).await;
-        reader.close().await;
-        Ok::<_, GatewayError>(first.ok().flatten().map(|m| m.offset))
+    // Each step bounded: the hub's reader and the session wait for the look.
+    let bound = TAIL_QUIET * 10;
+    let open = tokio::time::timeout(bound, Reader::open(broker, stream, tag, 0, 1)).await;
+    let Ok(Ok(mut reader)) = open else {
+        return true;
     };
-    match first.await {
-        Ok(Some(first)) => first > from,
+    let first = tokio::time::timeout(bound, reader.next()).await;
+    let _ = tokio::time::timeout(bound, reader.close()).await;
+    match first {
+        Ok(Some(first)) => first.offset > from,
         Ok(None) | Err(_) => true,
     }
 }

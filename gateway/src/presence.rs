@@ -154,7 +154,8 @@ pub struct PresenceView {
     lost_seq: u64,
     /// This gateway's sessions announced connected again (or forgotten, away) since
     /// its last outage ([`PresenceView::answer`]): each peer's answer may name them,
-    /// and each is dealt with once.
+    /// and each is dealt with once, also when its connection is lost or it is resumed
+    /// between two answers. Cleared at the next outage ([`PresenceView::deaf`]).
     announced_again: HashSet<String>,
     /// Whether a peer's snapshot was taken in ([`PresenceView::merge`]).
     merged: bool,
@@ -314,7 +315,6 @@ impl PresenceView {
     /// (publish `client.disconnected` now: returns it). Otherwise the session is away
     /// until resumed or `grace` passed ([`PresenceView::due`]).
     pub fn ended(&mut self, session: &str, goodbye: bool, now: Instant) -> Option<Held> {
-        self.announced_again.remove(session);
         let held = self.sessions.get(session)?;
         if held.node != self.me {
             return None; // resumed elsewhere already
@@ -369,7 +369,13 @@ impl PresenceView {
             ("client.connected", _) => {
                 self.lost.remove(&e.session);
             }
-            ("client.disconnected", Some("gateway_lost")) => self.lose(&e.session, &e.node),
+            // Its own, echoed: [`PresenceView::due`] remembered it when publishing.
+            ("client.disconnected", Some("gateway_lost"))
+                if e.by.as_deref() != Some(self.me.as_str()) =>
+            {
+                self.lose(&e.session, &e.node)
+            }
+            ("client.disconnected", Some("gateway_lost")) => {}
             ("client.disconnected", _) => {
                 self.lost.remove(&e.session);
             }
@@ -1840,6 +1846,18 @@ mod tests {
         assert!(n
             .answer("b", 1, b.snapshot(), &b.lost_of("n"), back, true)
             .is_empty());
+        // s1's connection is lost after it was announced again, and a later answer
+        // (sent before its peer heard the announcement) names it once more: it stays
+        // away, and its `expired` is due after the grace, not forgotten.
+        assert!(n.ended("s1", false, back).is_none(), "away");
+        assert!(n
+            .answer("b", 2, Vec::new(), &["s1".into()], back, true)
+            .is_empty());
+        let expired = n.due(back + GRACE);
+        assert_eq!(expired.len(), 1, "{expired:?}");
+        assert_eq!((expired[0].0.as_str(), expired[0].2), ("s1", "expired"));
+        assert!(n.opened("s1", "ada", None, None), "back: a new connect");
+        assert!(n.subscriptions("s1", ["chat.all".to_string()].into()));
         // The peers hear s1 again: no longer lost.
         for v in [&mut a, &mut b] {
             v.on_event(connected("s1", "ada", "n"), back);
@@ -1853,11 +1871,12 @@ mod tests {
         assert_eq!(again.len(), 2);
 
         // A node that comes back as another process: its earlier sessions are dead.
+        // (a's own gateway_lost, echoed, was remembered when a published it.)
         a.on_event(
             PresenceEvent {
                 event: "client.disconnected".into(),
                 reason: Some("gateway_lost".into()),
-                by: Some("a".into()),
+                by: Some("b".into()),
                 ..connected("s3", "cy", "n")
             },
             back,

@@ -186,12 +186,18 @@ async fn offsets_a_stream_consumer_stores_in_the_stream_are_no_loss() {
         );
         let mut c = TestClient::connect_with(&gw.url(), hello).await;
         assert!(c.welcome().resumed);
+        // Opening a stream reader and looking at the stream take a while on a busy
+        // machine: up to 10 s for each frame, and 1 s more after the last.
         let mut got = Vec::new();
-        while let Some(f) = c.recv_within(Duration::from_secs(2)).await {
+        let mut wait = Duration::from_secs(10);
+        while let Some(f) = c.recv_within(wait).await {
             match f {
                 ServerFrame::Deliver(d) => got.push(d.message_id.clone()),
                 ServerFrame::Error(e) => panic!("{e:?} after {got:?}"),
                 _ => {}
+            }
+            if got.len() == 4 {
+                wait = Duration::from_secs(1);
             }
         }
         assert_eq!(got, ["m1", "m2", "m3", "m4"]);
