@@ -129,10 +129,10 @@ impl Stubbed {
         for (name, body) in STUBS {
             write_script(&bin.join(name), body);
         }
-        // This machine's node, as its plugins file says: both plugins enabled.
+        // This machine's node, as its plugins file says: the plugins enabled.
         std::fs::write(
             dir.join("enabled_plugins"),
-            "[rabbitmq_management,rabbitmq_web_stomp].\n",
+            "[rabbitmq_management,rabbitmq_web_stomp,rabbitmq_stream].\n",
         )
         .expect("plugins file");
         let broker = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
