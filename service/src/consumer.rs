@@ -494,10 +494,13 @@ async fn handle<H: Handler>(
         }
     }
 
-    // Dropped with this future: when its task is aborted mid-way (the service was
-    // stopped and the handler outlived the grace period), the message is handed back
-    // to the queue and its next copy must be handled, not refused as in flight.
-    let _abandoned = id.as_deref().map(|id| Abandoned {
+    // Holds the id in flight until this handling ends: dropped with this future, after
+    // the message was handed back (a failed attempt is counted with the id still held,
+    // so that a copy waits for the hand-back instead of running beside the redelivered
+    // message) or when its task is aborted mid-way (the service was stopped and the
+    // handler outlived the grace period); its next copy is then handled, not refused
+    // as in flight.
+    let _held = id.as_deref().map(|id| Held {
         window: &shared.window,
         id,
     });
@@ -624,7 +627,7 @@ async fn handle<H: Handler>(
                         );
                     } else {
                         warn!(error = %e, "reply failed; handing the message back");
-                        window.fail(id, Instant::now());
+                        window.fail_held(id, Instant::now());
                     }
                 } else {
                     warn!(error = %e, "reply failed; handing the message back");
@@ -663,7 +666,7 @@ fn failed_attempt<H>(shared: &Shared<H>, key: &str, delivery_count: u32) -> u32 
         .window
         .lock()
         .expect("window lock")
-        .fail(key, Instant::now());
+        .fail_held(key, Instant::now());
     failures.max(delivery_count.saturating_add(1))
 }
 
@@ -689,17 +692,17 @@ fn refused_for_good(e: &ServiceError) -> bool {
     )
 }
 
-/// Marks a handling abandoned in the duplicate window when dropped before it ended
-/// ([`DuplicateWindow::abandon`]; a no-op once it finished or failed).
-struct Abandoned<'a> {
+/// Releases a handling's id in the duplicate window when dropped
+/// ([`DuplicateWindow::release`]; a no-op once it finished).
+struct Held<'a> {
     window: &'a std::sync::Mutex<DuplicateWindow>,
     id: &'a str,
 }
 
-impl Drop for Abandoned<'_> {
+impl Drop for Held<'_> {
     fn drop(&mut self) {
         if let Ok(mut window) = self.window.lock() {
-            window.abandon(self.id);
+            window.release(self.id);
         }
     }
 }

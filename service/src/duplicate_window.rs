@@ -169,12 +169,32 @@ impl DuplicateWindow {
         failures
     }
 
-    /// Records that the handling of `id` was given up before it ended (its task was
-    /// aborted: the service was stopped and the handler outlived the grace period). The
-    /// message goes back to the queue, and its next delivery calls the handler again,
-    /// instead of being handed back as in flight until the ttl. Nothing changes when
-    /// the handling ended (finished or failed).
-    pub fn abandon(&mut self, id: &str) {
+    /// Records a failed attempt at `id` while its delivery is still held (it waits out
+    /// its backoff, or is being dead-lettered): `id` stays in flight, so a copy keeps
+    /// waiting, until [`DuplicateWindow::release`] once the delivery is handed back (or
+    /// [`DuplicateWindow::finish`]). Marked failed at once, a copy started meanwhile and
+    /// ran beside the redelivered message. Returns the number of failures so far. An id
+    /// not in flight (e.g. the key a message without `message_id` is counted under) is
+    /// recorded failed, as by [`DuplicateWindow::fail`].
+    pub fn fail_held(&mut self, id: &str, now: Instant) -> u32 {
+        if let Some(Entry {
+            state: State::InFlight { failures },
+            ..
+        }) = self.entries.get_mut(id)
+        {
+            *failures = failures.saturating_add(1);
+            return *failures;
+        }
+        self.fail(id, now)
+    }
+
+    /// Records that the handling of `id` ended without an answer and its delivery was
+    /// handed back ([`DuplicateWindow::fail_held`]), or was given up before it ended
+    /// (its task was aborted: the service was stopped and the handler outlived the grace
+    /// period): the next delivery calls the handler again, instead of being handed back
+    /// as in flight until the ttl. Nothing changes when the handling finished or failed.
+    /// Only the handling that holds `id` in flight may call it.
+    pub fn release(&mut self, id: &str) {
         if let Some(entry) = self.entries.get_mut(id) {
             if let State::InFlight { failures } = entry.state {
                 entry.state = State::Failed { failures };
@@ -341,18 +361,35 @@ mod tests {
     }
 
     #[test]
-    fn an_abandoned_handling_is_handled_again_and_a_finished_one_is_not() {
+    fn a_released_handling_is_handled_again_and_a_finished_one_is_not() {
         let mut w = DuplicateWindow::new(Duration::from_secs(600), 10);
         let t = Instant::now();
         w.begin("a", t);
         assert_eq!(w.begin("a", t), Seen::InFlight);
-        w.abandon("a");
+        w.release("a");
         assert_eq!(w.begin("a", t), Seen::New { failures: 0 });
         w.finish("a", None, t);
-        w.abandon("a");
+        w.release("a");
         assert_eq!(w.begin("a", t), Seen::Done(None), "finished: unchanged");
-        w.abandon("unknown");
+        w.release("unknown");
         assert_eq!(w.begin("unknown", t), Seen::New { failures: 0 });
+    }
+
+    #[test]
+    fn a_failure_counted_while_held_keeps_copies_waiting_until_released() {
+        let mut w = DuplicateWindow::new(Duration::from_secs(600), 10);
+        let t = Instant::now();
+        w.begin("a", t);
+        assert_eq!(w.fail_held("a", t), 1);
+        assert_eq!(w.begin("a", t), Seen::InFlight, "its backoff: still held");
+        w.release("a");
+        assert_eq!(w.begin("a", t), Seen::New { failures: 1 });
+        assert_eq!(w.fail_held("a", t), 2);
+        w.release("a");
+        assert_eq!(w.begin("a", t), Seen::New { failures: 2 });
+        // A key not in flight (a message without message_id) is counted as failed.
+        assert_eq!(w.fail_held("\0anonymous", t), 1);
+        assert_eq!(w.fail_held("\0anonymous", t), 2);
     }
 
     #[test]

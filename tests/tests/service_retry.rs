@@ -110,6 +110,72 @@ async fn a_copy_sent_while_the_first_is_handled_waits_and_keeps_its_attempts() {
     .await;
 }
 
+/// Two copies of one request, each handed back after failures, are never handled at
+/// the same time. A copy that started while a failed handling waited out its backoff
+/// was marked given up when that handling's task ended (its guard for an aborted task
+/// fired on the copy's mark): the first copy, redelivered, then ran beside it, and the
+/// requester got two answers from two runs.
+#[tokio::test]
+async fn copies_of_a_failing_request_are_never_handled_at_once() {
+    use std::sync::atomic::AtomicU32;
+    use std::sync::Arc;
+    in_fresh_namespace(LIMIT, |ns| async move {
+        let config = ServiceConfig::default()
+            .with_prefetch(2)
+            .with_max_attempts(10);
+        let running = Arc::new(AtomicU32::new(0));
+        let most = Arc::new(AtomicU32::new(0));
+        let (now, top) = (running.clone(), most.clone());
+        let (service, calls) = counted_echo(&ns, config, move |n, m: Incoming| {
+            let (now, top) = (now.clone(), top.clone());
+            async move {
+                let at_once = now.fetch_add(1, Ordering::SeqCst) + 1;
+                top.fetch_max(at_once, Ordering::SeqCst);
+                // Three failures (the third's backoff is 400 ms, two of the waiting
+                // copy's looks), then a slow answer.
+                let outcome = if n < 3 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Err(HandlerError::Failed(format!("attempt {n} fails")))
+                } else {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    Ok(Outcome::Reply(Answer::raw(m.body)))
+                };
+                now.fetch_sub(1, Ordering::SeqCst);
+                outcome
+            }
+        })
+        .await;
+        let mut gw = StandInGateway::connect(&ns, "alice").await;
+        for _ in 0..2 {
+            gw.send_request("echo", "r1", r#"{"n":1}"#, Duration::from_secs(30))
+                .await;
+        }
+        for copy in 0..2 {
+            let reply = gw
+                .next_reply(Duration::from_secs(30))
+                .await
+                .unwrap_or_else(|| panic!("reply {copy} within 30 s"));
+            assert_eq!(reply.error, None, "reply {copy}: {:?}", reply.headers);
+            assert_eq!(reply.body, br#"{"n":1}"#);
+        }
+        // Let a run started late end before counting.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(
+            most.load(Ordering::SeqCst),
+            1,
+            "the handler ran for both copies at once"
+        );
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            4,
+            "three failures, then the answer; the other copy gets it remembered"
+        );
+        gw.close().await;
+        service.stop().await.unwrap();
+    })
+    .await;
+}
+
 /// A handler that publishes to clients and then fails is run again; what it publishes
 /// the second time carries the same `message_id` as the first time (numbered from the
 /// handled message's), so a client's SDK drops the copy. It carried a fresh UUID each
