@@ -14,8 +14,10 @@
 //! When the connection (or a channel) is lost, everything not acknowledged is
 //! requeued by RabbitMQ; the loop waits for the link's next connection, declares the
 //! queues again and starts from the top, keeping the duplicate windows. A handler still
-//! running on the lost connection finishes in the background (its ack fails, the copy
-//! redelivered is recognised by the duplicate window).
+//! running then finishes first (its ack fails when its connection is gone, and the copy
+//! redelivered is recognised by the duplicate window; its channel is closed after it,
+//! so that with the connection still up its message is acknowledged, not handed back),
+//! and the next message is handled after it, never beside it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -114,6 +116,9 @@ pub(crate) async fn keep_consuming<H: Handler>(
     let mut next = Some(first);
     let mut min_generation = 0;
     let mut failures = 0u32;
+    // The handler a lost run left running: the next run starts once it ended (one
+    // handler run at a time, across runs too).
+    let mut previous: Option<JoinHandle<()>> = None;
     loop {
         let epoch = match next.take() {
             Some(epoch) => epoch,
@@ -158,9 +163,25 @@ pub(crate) async fn keep_consuming<H: Handler>(
                 epoch
             }
         };
+        if let Some(handler) = previous.take() {
+            debug!("waiting for the handler still running from the lost consumer");
+            tokio::select! {
+                _ = handler => {}
+                _ = stop.changed() => return,
+            }
+        }
         ladder.reset();
         let since = Instant::now();
-        match run(&levels, &epoch, &mut ladder, stop.clone(), grace).await {
+        match run(
+            &levels,
+            &epoch,
+            &mut ladder,
+            stop.clone(),
+            grace,
+            &mut previous,
+        )
+        .await
+        {
             LoopEnd::Stopped => return,
             LoopEnd::Lost(reason) => {
                 if since.elapsed() < Duration::from_secs(1) {
@@ -187,12 +208,15 @@ pub(crate) async fn keep_consuming<H: Handler>(
 
 /// The loop on one connection: carries out the ladder's actions, hands the highest
 /// held delivery to the handler, reports deliveries and handler ends to the ladder.
+/// Lost with a handler running, it leaves in `previous` the task that lets the handler
+/// end and then closes its level's channel.
 async fn run<H: Handler>(
     levels: &Levels<H>,
     epoch: &Epoch,
     ladder: &mut Ladder,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
+    previous: &mut Option<JoinHandle<()>>,
 ) -> LoopEnd {
     let queues: Vec<String> = levels.iter().map(|l| l.queue.clone()).collect();
     let mut rungs: Vec<Option<Rung>> = (0..levels.len()).map(|_| None).collect();
@@ -332,9 +356,27 @@ async fn run<H: Handler>(
             info!(queues = ?queues, "priority consumer stopped");
         }
         LoopEnd::Lost(_) => {
-            // The handler in progress (if any) finishes in the background.
-            for rung in rungs.into_iter().flatten() {
-                tokio::spawn(close(rung));
+            // The handler in progress (if any) finishes in the background, and its
+            // level's channel is closed only then: with the connection still up (a
+            // consumer cancelled by RabbitMQ, its queue deleted), closing it at once
+            // handed its message back while the handler ran, to another worker's
+            // handler too, and the handler's ack was lost.
+            let busy_level = busy.as_ref().map(|(level, _)| *level);
+            let mut busy_rung = None;
+            for (level, slot) in rungs.iter_mut().enumerate() {
+                if Some(level) == busy_level {
+                    busy_rung = slot.take();
+                } else if let Some(rung) = slot.take() {
+                    tokio::spawn(close(rung));
+                }
+            }
+            if let Some((_, task)) = busy.take() {
+                *previous = Some(tokio::spawn(async move {
+                    let _ = task.await;
+                    if let Some(rung) = busy_rung {
+                        close(rung).await;
+                    }
+                }));
             }
         }
     }

@@ -497,6 +497,96 @@ async fn a_worker_whose_connection_drops_mid_switch_consumes_again_by_priority_a
     .await;
 }
 
+/// One handler run at a time holds when a consumer is lost: the worker consumes again
+/// at once (its connection is up; RabbitMQ cancelled a consumer, its queue deleted),
+/// and the message it takes first waits for the handler still running, whose message
+/// is not handed back (below) to wait in the duplicate window for it.
+#[tokio::test]
+async fn a_worker_losing_a_consumer_handles_the_next_message_after_the_one_in_progress() {
+    in_fresh_namespace(LIMIT, |ns| async move {
+        let queues = queue_list(&ns);
+        let producer = Producer::connect(&ns, &queues).await;
+        producer.publish(&queues[2], "low1").await;
+        let (recorder, mut rx) = Recorder::new();
+        let service = connect(&ns).await;
+        service
+            .consume_queues(&queues, recorder.handler(Duration::from_secs(3)))
+            .await
+            .expect("consume by priority");
+        started(&mut rx, "low1").await;
+        // The worker's standing consumer of the middle queue is cancelled; then a
+        // message comes to the top queue, which the worker consumes again at once.
+        producer
+            .channel
+            .queue_delete(queues[1].as_str().into(), QueueDeleteOptions::default())
+            .await
+            .expect("delete the middle queue");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        producer.publish(&queues[0], "delta1").await;
+        recorder.wait_for(2, Duration::from_secs(30)).await;
+        let handled = recorder.handled.lock().unwrap().clone();
+        assert_eq!(recorder.bodies(), strings(&["low1", "delta1"]));
+        let gap = handled[1].1 - handled[0].1;
+        assert!(
+            gap >= Duration::from_secs(3),
+            "delta1 began {gap:?} after low1, whose handler takes 3 s: two at once"
+        );
+        // delta1's handler ends; nothing else is handled.
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        assert_eq!(recorder.bodies(), strings(&["low1", "delta1"]));
+        for queue in &queues {
+            assert_eq!(queue_counts(queue).await.0, 0, "{queue}: all acknowledged");
+        }
+        service.stop().await.unwrap();
+        producer.delete(&queues).await;
+    })
+    .await;
+}
+
+/// A worker whose consumer RabbitMQ cancels (its queue deleted), its connection still
+/// up, keeps the message in progress until its handler acknowledges it. Its channel
+/// was closed at once: the message went back to its queue while the handler ran, and
+/// another worker handled it too.
+#[tokio::test]
+async fn a_worker_losing_a_consumer_keeps_the_message_in_progress_from_other_workers() {
+    in_fresh_namespace(LIMIT, |ns| async move {
+        let queues = queue_list(&ns);
+        let producer = Producer::connect(&ns, &queues).await;
+        producer.publish(&queues[2], "low1").await;
+        let (recorder, mut rx) = Recorder::new();
+        let first = connect(&ns).await;
+        first
+            .consume_queues(&queues, recorder.handler(Duration::from_secs(3)))
+            .await
+            .expect("consume by priority");
+        started(&mut rx, "low1").await;
+        // A second worker on the lowest queue only, idle.
+        let second = connect(&ns).await;
+        second
+            .consume_queues(&queues[2..], recorder.handler(Duration::from_millis(50)))
+            .await
+            .expect("consume the lowest queue");
+        // The first worker's consumer of the top queue is cancelled.
+        producer
+            .channel
+            .queue_delete(queues[0].as_str().into(), QueueDeleteOptions::default())
+            .await
+            .expect("delete the top queue");
+        // The first handler ends after 3 s; time for a copy to be handled after it.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(
+            recorder.bodies(),
+            strings(&["low1"]),
+            "low1 handled by both workers"
+        );
+        assert_eq!(queue_counts(&queues[2]).await.0, 0, "low1 acknowledged");
+        first.stop().await.unwrap();
+        second.stop().await.unwrap();
+        producer.delete(&queues).await;
+    })
+    .await;
+}
+
 /// A worker that starts before any gateway, given a channel's `IN_<CHANNEL>` queue
 /// and a tenant's in its list, declares them as the gateways would: the shared
 /// inbound bounds and dead-lettering (an active declare with exactly those arguments
