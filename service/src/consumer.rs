@@ -73,8 +73,6 @@ pub(crate) struct Shared<H> {
     pub(crate) link: Arc<Link>,
     pub(crate) config: ServiceConfig,
     pub(crate) window: Mutex<DuplicateWindow>,
-    /// The connection generation on which the dead-letter topology was declared.
-    pub(crate) dead_letter_declared: tokio::sync::Mutex<Option<u64>>,
 }
 
 /// A consumer started on one connection.
@@ -760,25 +758,20 @@ async fn dead_letter<H>(
     attempts: u32,
 ) -> crate::error::Result<()> {
     let names = shared.context.names().clone();
-    {
-        let mut declared = shared.dead_letter_declared.lock().await;
-        let epoch = shared
-            .link
-            .up(
-                0,
-                Some(crate::config::deadline_in(shared.config.publish_timeout)),
-            )
-            .await?;
-        if *declared != Some(epoch.generation) {
-            topology::declare_dead_letter_with(
-                &epoch.connection,
-                &names,
-                &shared.config.queue_type,
-            )
-            .await?;
-            *declared = Some(epoch.generation);
-        }
-    }
+    // Declared before every parked message, not once per connection: `warren.dead`
+    // deleted meanwhile (an operator emptying it) left the fanout exchange with no
+    // queue, and RabbitMQ confirmed the message unroutable: acknowledged and lost.
+    // Parking is rare (a message that failed `max_attempts` times); the declares are
+    // three round trips.
+    let epoch = shared
+        .link
+        .up(
+            0,
+            Some(crate::config::deadline_in(shared.config.publish_timeout)),
+        )
+        .await?;
+    topology::declare_dead_letter_with(&epoch.connection, &names, &shared.config.queue_type)
+        .await?;
     let reason = bounded_reason(reason);
     let message_id = properties
         .message_id()

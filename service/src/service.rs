@@ -234,7 +234,6 @@ impl Service {
                 DuplicateWindow::new(self.config.duplicate_ttl, self.config.duplicate_capacity)
                     .with_reply_budget(self.config.remember_replies_total_bytes),
             ),
-            dead_letter_declared: tokio::sync::Mutex::new(None),
         });
         let task = tokio::spawn(consumer::keep_consuming(
             shared,
@@ -317,7 +316,6 @@ impl Service {
                         )
                         .with_reply_budget(self.config.remember_replies_total_bytes),
                     ),
-                    dead_letter_declared: tokio::sync::Mutex::new(None),
                 })
             })
             .collect();

@@ -75,6 +75,18 @@ pub async fn start_demo_with(namespace: &str, options: DemoOptions) -> DemoHandl
     .expect("the demo service starts")
 }
 
+/// Deletes `queue` (as an operator would, with whatever it holds).
+pub async fn delete_queue(queue: &str) {
+    let connection = Connection::connect(&amqp_uri(), ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ at AMQP_ADDR");
+    let ch = connection.create_channel().await.expect("channel");
+    ch.queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("delete {queue}: {e}"));
+    let _ = connection.close(200, "deleted".into()).await;
+}
+
 /// Deletes what a test namespace declared on the broker: the channel queues, the
 /// dead-letter queue and the three exchanges. Best effort.
 pub async fn delete_namespace(namespace: &str) {

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use warren_e2e::rabbitmqctl;
 use warren_e2e::service::{
-    amqp_uri, counted_echo, counted_echo_on, in_fresh_namespace, take_parked, StandInGateway,
+    amqp_uri, counted_echo, counted_echo_on, delete_queue, in_fresh_namespace, take_parked,
+    StandInGateway,
 };
 use warren_protocol::amqp::Names;
 use warren_service::{Answer, HandlerError, Incoming, Outcome, ServiceConfig};
@@ -60,6 +61,35 @@ async fn a_message_failing_max_attempts_times_is_dead_lettered_and_the_request_r
         assert_eq!(parked.data, br#"{"poison":true}"#);
         let headers = parked.properties.headers().clone().unwrap_or_default();
         assert!(headers.contains_key("x-warren-dead-reason"));
+        gw.close().await;
+        service.stop().await.unwrap();
+    })
+    .await;
+}
+
+/// `warren.dead` deleted while the service runs (an operator "emptying" it) is declared
+/// again before the next message is parked there. It was declared once per connection:
+/// the next parked message went to the fanout exchange with no queue bound, RabbitMQ
+/// confirmed it (unroutable, not mandatory), and it was acknowledged and gone.
+#[tokio::test]
+async fn a_message_parked_after_warren_dead_was_deleted_is_still_kept() {
+    in_fresh_namespace(LIMIT, |ns| async move {
+        let config = ServiceConfig::default().with_max_attempts(1);
+        let names = Names::new(&ns);
+        let (service, _calls) = counted_echo(&ns, config, |_, _| async {
+            Err::<Outcome, _>(HandlerError::Failed("always fails".into()))
+        })
+        .await;
+        let mut gw = StandInGateway::connect(&ns, "alice").await;
+        let reply = gw.request("echo", "r1", r#"{"poison":1}"#).await;
+        assert_eq!(reply.error.as_deref(), Some("internal"));
+        let parked = take_parked(&names).await.expect("r1 waits in warren.dead");
+        assert_eq!(parked.data, br#"{"poison":1}"#);
+        delete_queue(&names.dead_letter_queue()).await;
+        let reply = gw.request("echo", "r2", r#"{"poison":2}"#).await;
+        assert_eq!(reply.error.as_deref(), Some("internal"));
+        let parked = take_parked(&names).await.expect("r2 waits in warren.dead");
+        assert_eq!(parked.data, br#"{"poison":2}"#);
         gw.close().await;
         service.stop().await.unwrap();
     })
