@@ -108,12 +108,14 @@ impl ServiceView {
 
     /// Whether a live instance consumes `queue` of `channel`: one that announces the
     /// channel and, when it names its queues, that queue (a worker of one tenant does
-    /// not answer for another's).
+    /// not answer for another's). Channels compare without case, as their queues are
+    /// named (`Tickets` and `tickets` share `IN_TICKETS`; a priority worker announces
+    /// the channel of its queue, lower case).
     pub fn serves(&self, channel: &str, queue: &str, now: Instant) -> bool {
         self.instances.values().any(|e| {
             let a = &e.announcement;
             alive(e, now)
-                && a.channels.iter().any(|c| c == channel)
+                && a.channels.iter().any(|c| c.eq_ignore_ascii_case(channel))
                 && (a.queues.is_empty() || a.queues.iter().any(|q| q == queue))
         })
     }
@@ -327,6 +329,18 @@ mod tests {
             "b still serves tickets"
         );
         assert_eq!(v.live(t0)["tickets"].len(), 1);
+    }
+
+    #[test]
+    fn a_channel_configured_in_upper_case_is_served_by_its_queue_s_worker() {
+        let t0 = Instant::now();
+        let mut v = ServiceView::default();
+        // A priority worker announces the channel of its queue, lower case.
+        let mut worker = ann(AnnounceEvent::Join, "w", &["tickets"]);
+        worker.queues = vec!["IN_TICKETS".into()];
+        v.apply(worker, t0);
+        assert!(v.serves("Tickets", "IN_TICKETS", t0));
+        assert!(!v.serves("Voice", "IN_VOICE", t0));
     }
 
     #[test]
