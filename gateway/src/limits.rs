@@ -73,14 +73,15 @@ impl TokenBucket {
 /// The address per-IP limits count a peer under: an IPv4-mapped IPv6 address
 /// (`::ffff:127.0.0.1`, what a dual-stack `[::]` listener sees of an IPv4 peer) as its
 /// IPv4 address, and an IPv6 address by its /64 — one subscriber's network, from
-/// which a client can take any of 2^64 addresses at will.
+/// which a client can take any of 2^64 addresses at will. The loopback `::1` stays
+/// itself, so that it is still known as loopback (cut to `::`, it was not).
 pub fn client_address(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
-        IpAddr::V6(v6) => {
+        IpAddr::V6(v6) if !v6.is_loopback() => {
             let bits = u128::from(v6) & !((1u128 << 64) - 1);
             IpAddr::V6(std::net::Ipv6Addr::from(bits))
         }
-        v4 => v4,
+        other => other,
     }
 }
 
@@ -491,6 +492,10 @@ mod tests {
         assert_eq!(client_address(a), client_address(b));
         assert_ne!(client_address(a), client_address(other));
         assert!(client_address("::1".parse().unwrap()) != client_address(a));
+        assert!(
+            client_address("::1".parse().unwrap()).is_loopback(),
+            "IPv6 loopback is still loopback"
+        );
         let limiter = Limiter::new(settings(2, 0, 0));
         let now = Instant::now();
         let _one = limiter.admit_ip(client_address(a), now).unwrap();

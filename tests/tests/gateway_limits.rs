@@ -85,6 +85,35 @@ async fn connections_per_ip_are_refused_with_429_until_one_closes() {
     .await;
 }
 
+/// Per-IP limits skip loopback peers (a reverse proxy on the same machine) also over
+/// IPv6: `::1` was cut to its /64 (`::`) before the loopback check, so every client
+/// behind a proxy connecting over `[::1]` counted as one address and was refused 429.
+#[tokio::test]
+async fn per_ip_limits_skip_an_ipv6_loopback_peer() {
+    TestEnv::run("limit-ip6-loopback", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| {
+            c.listen[0].bind = "[::1]:0".parse().expect("address");
+            c.max_connections_per_ip = 2;
+            c.max_new_connections_per_ip_per_s = 0;
+        })
+        .await;
+        let url = gw.url();
+        assert!(url.starts_with("ws://[::1]:"), "{url}");
+        let mut open = Vec::new();
+        for i in 0..4 {
+            match TestClient::try_connect_with_headers(&url, &[]).await {
+                Ok(c) => open.push(c),
+                Err(status) => panic!("connection {i} over [::1] refused: HTTP {status}"),
+            }
+        }
+        for c in open {
+            c.close().await;
+        }
+        gw.shutdown().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn new_connections_per_ip_per_second_are_rate_limited() {
     TestEnv::run("limit-rate", LIMIT, async |env| {
