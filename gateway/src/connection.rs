@@ -674,13 +674,12 @@ impl Conn {
         let token = hello.token.clone().or_else(|| self.upgrade.token.take());
         let anonymous = token.is_none();
         let shared = self.shared.clone();
+        // Only a session this gateway could have issued is named to the auth service
+        // (and keys its answer cache); any other opens a fresh session below. Passed as
+        // sent, ever new strings of up to a frame each filled the cache.
+        let asked_session = hello.session.as_deref().filter(|s| session::well_formed(s));
         let verified = shared
-            .authenticate(
-                token.as_deref(),
-                "anonymous",
-                hello.session.as_deref(),
-                &self.upgrade,
-            )
+            .authenticate(token.as_deref(), "anonymous", asked_session, &self.upgrade)
             .await;
         let identity = match verified {
             Ok(identity) => identity,

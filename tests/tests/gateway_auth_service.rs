@@ -231,6 +231,66 @@ async fn a_cached_answer_is_not_reused_for_another_origin() {
     env.cleanup().await;
 }
 
+/// A `session` in a `hello` that this gateway could not have issued (any string a
+/// client sends) is neither sent to the auth service nor part of the answer cache's
+/// key: the hello opens a fresh session anyway. Each such hello was asked about and
+/// cached under its session, so one token with ever new 10 KiB strings filled the
+/// cache (10,000 entries) with them and then emptied it for everyone.
+#[tokio::test]
+async fn a_session_the_gateway_could_not_have_issued_is_not_sent_to_the_auth_service() {
+    use std::sync::{Arc, Mutex};
+    let mut env = TestEnv::new("auth-service-session").await;
+    env.track_queue(env.names.channel_queue("auth"));
+    let seen: Arc<Mutex<Vec<Option<usize>>>> = Arc::default();
+    let auth = Service::connect(&amqp_addr(), env.names.clone())
+        .await
+        .unwrap();
+    let record = seen.clone();
+    auth.authenticate("auth", move |req| {
+        record
+            .lock()
+            .unwrap()
+            .push(req.session.as_ref().map(String::len));
+        async move {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            AuthReply {
+                expires_at: Some(now + 600),
+                ..AuthReply::allow("ada")
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let gw = TestGateway::start_with(&env, service_mode).await;
+    for filler in ['x', 'y', 'z'] {
+        let mut c = TestClient::try_connect_with_headers(&gw.url(), &[])
+            .await
+            .expect("upgrade");
+        c.send(&ClientFrame::Hello(Hello {
+            token: Some("t-ada".into()),
+            session: Some(filler.to_string().repeat(10_000)),
+            ..Default::default()
+        }))
+        .await;
+        match c.recv_within(Duration::from_secs(10)).await {
+            Some(ServerFrame::Welcome(w)) => assert_eq!(w.user, "ada"),
+            other => panic!("{filler}: expected welcome, got {other:?}"),
+        }
+        c.abort();
+    }
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![None],
+        "asked once, without the made-up sessions; then answered from the cache"
+    );
+    auth.stop().await.unwrap();
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
 /// An auth service for the slow-`hello` tests: token `slow` is answered after 2 s, then
 /// reported on the receiver; any other at once, also while `slow` waits (several at a
 /// time). Every token is user ada.
