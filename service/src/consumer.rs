@@ -73,6 +73,9 @@ pub(crate) struct Shared<H> {
     pub(crate) link: Arc<Link>,
     pub(crate) config: ServiceConfig,
     pub(crate) window: Mutex<DuplicateWindow>,
+    /// Whether a message failing `max_attempts` times is parked in `warren.dead` (and
+    /// the queue declared dead-lettering there), or dropped (the auth channel).
+    pub(crate) dead_letters: topology::DeadLetters,
 }
 
 /// A consumer started on one connection.
@@ -162,11 +165,12 @@ async fn restart<H>(
             }
         }
     } else {
-        topology::declare_channel_queue_with(
+        topology::declare_channel_queue_as(
             &epoch.connection,
             names,
             &shared.channel,
             &shared.config,
+            shared.dead_letters,
         )
         .await
         .map_err(Restart::Failed)?;
@@ -757,6 +761,10 @@ async fn dead_letter<H>(
     reason: &str,
     attempts: u32,
 ) -> crate::error::Result<()> {
+    if shared.dead_letters == topology::DeadLetters::Dropped {
+        warn!(queue = %shared.queue, reason, "message dropped, not parked: this channel's messages carry credentials");
+        return Ok(());
+    }
     let names = shared.context.names().clone();
     // Declared before every parked message, not once per connection: `warren.dead`
     // deleted meanwhile (an operator emptying it) left the fanout exchange with no

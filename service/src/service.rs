@@ -22,7 +22,7 @@ use crate::link::{self, Link};
 use crate::priority::{self, SharedHandler};
 use crate::publisher::Publisher;
 use crate::returns;
-use crate::topology;
+use crate::topology::{self, DeadLetters};
 
 /// How long [`Service::stop`] lets in-flight handlers finish before their messages
 /// are handed back to RabbitMQ. Handlers still running when their consumer was lost
@@ -209,16 +209,27 @@ impl Service {
     /// When the channel name is invalid, the service has no connection within the
     /// publish timeout, or a declaration or `basic.consume` fails.
     pub async fn consume<H: Handler>(&self, channel: &str, handler: H) -> Result<String> {
+        self.consume_as(channel, handler, DeadLetters::Parked).await
+    }
+
+    /// [`Service::consume`], with what becomes of a message that expires or fails.
+    async fn consume_as<H: Handler>(
+        &self,
+        channel: &str,
+        handler: H,
+        dead_letters: DeadLetters,
+    ) -> Result<String> {
         if *self.stop.borrow() {
             return Err(ServiceError::Stopped);
         }
         let deadline = crate::config::deadline_in(self.config.publish_timeout);
         let epoch = self.link.up(0, Some(deadline)).await?;
-        let queue = topology::declare_channel_queue_with(
+        let queue = topology::declare_channel_queue_as(
             &epoch.connection,
             &self.names,
             channel,
             &self.config,
+            dead_letters,
         )
         .await?;
         let started = consumer::start(&epoch, &queue, channel, &self.config).await?;
@@ -234,6 +245,7 @@ impl Service {
                 DuplicateWindow::new(self.config.duplicate_ttl, self.config.duplicate_capacity)
                     .with_reply_budget(self.config.remember_replies_total_bytes),
             ),
+            dead_letters,
         });
         let task = tokio::spawn(consumer::keep_consuming(
             shared,
@@ -316,6 +328,7 @@ impl Service {
                         )
                         .with_reply_budget(self.config.remember_replies_total_bytes),
                     ),
+                    dead_letters: DeadLetters::Parked,
                 })
             })
             .collect();
@@ -381,23 +394,29 @@ impl Service {
     {
         use warren_protocol::auth::{AuthReply, AuthRequest, AUTH_SUBJECT};
         let authenticator = Arc::new(authenticator);
-        self.consume(channel, move |_ctx: Context, msg: crate::Incoming| {
-            let authenticator = authenticator.clone();
-            async move {
-                if msg.subject.as_deref() != Some(AUTH_SUBJECT) {
-                    let key = msg.routing_key.clone();
-                    return Ok::<_, crate::HandlerError>(Outcome::refuse(
-                        warren_protocol::ErrorCode::Invalid,
-                        format!("unknown routing key `{key}`"),
-                    ));
+        // Its requests carry the clients' tokens: one that expires unanswered, or that
+        // the authenticator fails on, is dropped, not parked in `warren.dead`.
+        self.consume_as(
+            channel,
+            move |_ctx: Context, msg: crate::Incoming| {
+                let authenticator = authenticator.clone();
+                async move {
+                    if msg.subject.as_deref() != Some(AUTH_SUBJECT) {
+                        let key = msg.routing_key.clone();
+                        return Ok::<_, crate::HandlerError>(Outcome::refuse(
+                            warren_protocol::ErrorCode::Invalid,
+                            format!("unknown routing key `{key}`"),
+                        ));
+                    }
+                    let reply = match serde_json::from_slice::<AuthRequest>(&msg.body) {
+                        Ok(request) => authenticator(request).await,
+                        Err(e) => AuthReply::deny(format!("not an auth request: {e}")),
+                    };
+                    Outcome::json(&reply).map_err(|e| crate::HandlerError::Failed(e.to_string()))
                 }
-                let reply = match serde_json::from_slice::<AuthRequest>(&msg.body) {
-                    Ok(request) => authenticator(request).await,
-                    Err(e) => AuthReply::deny(format!("not an auth request: {e}")),
-                };
-                Outcome::json(&reply).map_err(|e| crate::HandlerError::Failed(e.to_string()))
-            }
-        })
+            },
+            DeadLetters::Dropped,
+        )
         .await
     }
 

@@ -67,16 +67,19 @@ pub async fn declare_channel_queue(
 /// `x-dead-letter-exchange` = `names`' `warren.dead`, and `x-message-ttl`
 /// (milliseconds, a 64-bit integer) when the channel has a TTL.
 pub fn channel_queue_arguments(names: &Names, channel: &str, config: &ServiceConfig) -> FieldTable {
+    field_table(channel_queue_argument_list(names, channel, config))
+}
+
+fn channel_queue_argument_list(
+    names: &Names,
+    channel: &str,
+    config: &ServiceConfig,
+) -> Vec<(&'static str, QueueArg)> {
     let ttl_ms = config
         .message_ttls
         .get(channel)
         .map(|ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
-    field_table(inbound_queue_args(
-        names,
-        &config.queue_type,
-        ttl_ms,
-        config.inbound_bounds,
-    ))
+    inbound_queue_args(names, &config.queue_type, ttl_ms, config.inbound_bounds)
 }
 
 /// Turns the protocol crate's plain-data queue arguments into an AMQP field table.
@@ -106,16 +109,44 @@ pub async fn declare_channel_queue_with(
     channel: &str,
     config: &ServiceConfig,
 ) -> Result<String> {
+    declare_channel_queue_as(connection, names, channel, config, DeadLetters::Parked).await
+}
+
+/// What becomes of a message that expires in a channel's queue (or that its handler
+/// fails on `max_attempts` times).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DeadLetters {
+    /// Parked in `warren.dead` for inspection.
+    Parked,
+    /// Dropped: the auth channel's requests carry the clients' tokens, which must not
+    /// wait in a queue anyone with access may read.
+    Dropped,
+}
+
+/// [`declare_channel_queue_with`], the queue without `x-dead-letter-exchange` for
+/// [`DeadLetters::Dropped`].
+pub(crate) async fn declare_channel_queue_as(
+    connection: &Connection,
+    names: &Names,
+    channel: &str,
+    config: &ServiceConfig,
+    dead_letters: DeadLetters,
+) -> Result<String> {
     validate_segment("channel", channel)?;
     let queue = names.channel_queue(channel);
-    // Expired (and rejected) messages go there: make sure it exists first. Not fatal:
-    // a classic `warren.dead` whose node is down answers 404 to any declaration, and
-    // that must not keep the service from consuming on the surviving nodes.
-    if let Err(e) = declare_dead_letter_with(connection, names, &config.queue_type).await {
-        warn!(queue = %names.dead_letter_queue(), error = %e, "cannot declare the dead-letter queue; consuming anyway");
+    let mut arguments = channel_queue_argument_list(names, channel, config);
+    if dead_letters == DeadLetters::Parked {
+        // Expired (and rejected) messages go there: make sure it exists first. Not
+        // fatal: a classic `warren.dead` whose node is down answers 404 to any
+        // declaration, and that must not keep the service from consuming on the
+        // surviving nodes.
+        if let Err(e) = declare_dead_letter_with(connection, names, &config.queue_type).await {
+            warn!(queue = %names.dead_letter_queue(), error = %e, "cannot declare the dead-letter queue; consuming anyway");
+        }
+    } else {
+        arguments.retain(|(key, _)| *key != "x-dead-letter-exchange");
     }
-    let arguments = channel_queue_arguments(names, channel, config);
-    declare_queue(connection, &queue, arguments).await?;
+    declare_queue(connection, &queue, field_table(arguments)).await?;
     let ch = connection.create_channel().await?;
     ch.queue_bind(
         exact("queue name", &queue)?,

@@ -291,6 +291,44 @@ async fn a_session_the_gateway_could_not_have_issued_is_not_sent_to_the_auth_ser
     env.cleanup().await;
 }
 
+/// A request to the auth service carries the client's token: one that expires
+/// unanswered (the auth service stopped, its queue left) is dropped, not parked in
+/// `warren.dead` with the token for anyone who may read that queue. `IN_AUTH` was
+/// declared as every channel's queue, dead-lettering what expires.
+#[tokio::test]
+async fn an_auth_request_nobody_answered_is_not_parked_with_its_token() {
+    let mut env = TestEnv::new("auth-service-expired").await;
+    env.track_queue(env.names.channel_queue("auth"));
+    let auth = Service::connect(&amqp_addr(), env.names.clone())
+        .await
+        .unwrap();
+    auth.authenticate("auth", authenticate).await.unwrap();
+    auth.stop().await.unwrap();
+    let gw = TestGateway::start_with(&env, service_mode).await;
+    let token = "user:ada-secret-4f2b";
+    let (e, _, _) = refused(&gw.url(), token).await;
+    assert_eq!(e.code, ErrorCode::AuthUnavailable, "{e:?}");
+    // The request expires `timeout_ms` after it was sent.
+    tokio::time::sleep(Duration::from_millis(TIMEOUT_MS + 2_000)).await;
+    let mut parked = Vec::new();
+    while let Some(m) = warren_e2e::service::take_parked(&env.names).await {
+        parked.push(String::from_utf8_lossy(&m.data).to_string());
+    }
+    assert!(
+        parked.iter().all(|body| !body.contains(token)),
+        "the token waits in warren.dead: {parked:?}"
+    );
+    assert_eq!(
+        warren_e2e::service::queue_counts(&env.names.channel_queue("auth"))
+            .await
+            .0,
+        0,
+        "nor in IN_AUTH"
+    );
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
 /// An auth service for the slow-`hello` tests: token `slow` is answered after 2 s, then
 /// reported on the receiver; any other at once, also while `slow` waits (several at a
 /// time). Every token is user ada.
