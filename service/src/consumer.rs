@@ -778,8 +778,14 @@ async fn dead_letter<H>(
             Some(crate::config::deadline_in(shared.config.publish_timeout)),
         )
         .await?;
-    topology::declare_dead_letter_with(&epoch.connection, &names, &shared.config.queue_type)
-        .await?;
+    // Not fatal, as when consuming: a classic `warren.dead` whose node is down answers
+    // 404 to any declaration; the publish below then fails or not on its own.
+    if let Err(e) =
+        topology::declare_dead_letter_with(&epoch.connection, &names, &shared.config.queue_type)
+            .await
+    {
+        warn!(queue = %names.dead_letter_queue(), error = %e, "cannot declare the dead-letter queue; parking anyway");
+    }
     let reason = bounded_reason(reason);
     let message_id = properties
         .message_id()

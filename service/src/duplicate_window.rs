@@ -180,10 +180,15 @@ impl DuplicateWindow {
         if let Some(Entry {
             state: State::InFlight { failures },
             ..
-        }) = self.entries.get_mut(id)
+        }) = self.entries.get(id)
         {
-            *failures = failures.saturating_add(1);
-            return *failures;
+            // Inserted again, as `fail` does: the ttl counts from the latest failure,
+            // not from the first attempt (an id retried for longer than the ttl in all
+            // was evicted in flight, its count lost and a copy let in beside it).
+            let failures = failures.saturating_add(1);
+            self.insert(id, State::InFlight { failures }, now);
+            self.evict(now);
+            return failures;
         }
         self.fail(id, now)
     }
@@ -387,6 +392,13 @@ mod tests {
         assert_eq!(w.fail_held("a", t), 2);
         w.release("a");
         assert_eq!(w.begin("a", t), Seen::New { failures: 2 });
+        // The ttl counts from the latest failure: held and failing for longer than
+        // the ttl in all, the id is still known.
+        let mut w = DuplicateWindow::new(Duration::from_secs(10), 10);
+        w.begin("a", t);
+        assert_eq!(w.fail_held("a", t + Duration::from_secs(8)), 1);
+        assert_eq!(w.fail_held("a", t + Duration::from_secs(16)), 2);
+        assert_eq!(w.begin("a", t + Duration::from_secs(17)), Seen::InFlight);
         // A key not in flight (a message without message_id) is counted as failed.
         assert_eq!(w.fail_held("\0anonymous", t), 1);
         assert_eq!(w.fail_held("\0anonymous", t), 2);

@@ -73,7 +73,8 @@
 //! acknowledged without calling the handler again, and a request gets its remembered
 //! reply again. A handler error hands the message back (nack with requeue, after a
 //! backoff) until `max_attempts`, then it is published to `warren.dead` and a request
-//! is refused with `internal`.
+//! is refused with `internal` (on the queue of [`Service::authenticate`], whose
+//! requests carry clients' tokens, it is dropped instead).
 //!
 //! No message content makes the library panic. Ids it derives or builds that would
 //! pass AMQP's 255-byte short strings (a relay's or an event's `message_id`, a

@@ -370,6 +370,18 @@ async fn run<H: Handler>(
                     tokio::spawn(close(rung));
                 }
             }
+            // Cancelled, so that the slot the handler's ack frees is not filled with a
+            // message that its closing would hand back (marked redelivered).
+            if let Some(rung) = busy_rung
+                .as_mut()
+                .filter(|r| !r.cancelled && r.channel.status().connected())
+            {
+                rung.cancelled = true;
+                let cancel = rung
+                    .channel
+                    .basic_cancel(rung.consumer.tag(), BasicCancelOptions::default());
+                let _ = tokio::time::timeout(Duration::from_secs(5), cancel).await;
+            }
             if let Some((_, task)) = busy.take() {
                 *previous = Some(tokio::spawn(async move {
                     let _ = task.await;

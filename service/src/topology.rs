@@ -9,7 +9,9 @@
 //! The arguments of an `IN_<CHANNEL>` queue ([`channel_queue_arguments`]) come from
 //! `warren_protocol::amqp::inbound_queue_args`, shared with the gateway:
 //! `x-queue-type` (`quorum` by default), `x-dead-letter-exchange` = the namespace's
-//! `warren.dead` (expired messages are parked in the `warren.dead` queue) and, for a
+//! `warren.dead` (expired messages are parked in the `warren.dead` queue; not for the
+//! queue of [`Service::authenticate`](crate::Service::authenticate), whose requests
+//! carry clients' tokens) and, for a
 //! channel with a message TTL, `x-message-ttl` (integer milliseconds). Given the same
 //! TTLs, the service and the gateways declare identical queues.
 //!
