@@ -100,6 +100,59 @@ async fn a_publish_nothing_is_bound_to_gets_no_route() {
     env.cleanup().await;
 }
 
+/// Answers to `n` publishes of `c`: acks, `no_route` errors, other errors.
+async fn answers(c: &mut TestClient, n: usize) -> (usize, usize, usize) {
+    let (mut acks, mut no_route, mut other) = (0, 0, 0);
+    while acks + no_route + other < n {
+        match c.recv_within(Duration::from_secs(20)).await {
+            Some(warren_protocol::ServerFrame::Ack(_)) => acks += 1,
+            Some(warren_protocol::ServerFrame::Error(e)) if e.code == ErrorCode::NoRoute => {
+                no_route += 1
+            }
+            Some(warren_protocol::ServerFrame::Error(_)) => other += 1,
+            Some(_) => {}
+            None => break,
+        }
+    }
+    (acks, no_route, other)
+}
+
+/// KNOWN BUG, not fixed (README, Guarantees): routed and
+/// unroutable publishes sharing a publisher channel get each other's answers now and
+/// then. lapin 4.12 hands a `basic.return` to whichever publisher confirm completes
+/// next on the channel, and RabbitMQ may confirm several publishes in one multiple
+/// ack: measured 74 of 3,000 unroutable publishes acked (lost in silence) and 74 of
+/// 3,000 routed ones answered `no_route`, one publisher channel, two clients.
+#[tokio::test]
+#[ignore = "known bug: lapin attaches a return to another publish's confirm; fails today"]
+async fn routed_and_unroutable_publishes_on_one_channel_get_their_own_answers() {
+    let env = TestEnv::new("no-route-mixed").await;
+    let gw = TestGateway::start_with(&env, |c| c.publisher_channels = 1).await;
+    env.unbind_inbound("voice").await;
+    let mut x = TestClient::connect(&gw.url()).await;
+    let mut y = TestClient::connect(&gw.url()).await;
+    const N: usize = 3_000;
+    let routed = async {
+        for i in 0..N {
+            x.publish(&format!("x{i}"), "chat", json!(i)).await;
+        }
+        answers(&mut x, N).await
+    };
+    let unroutable = async {
+        for i in 0..N {
+            y.publish(&format!("y{i}"), "voice", json!(i)).await;
+        }
+        answers(&mut y, N).await
+    };
+    let (routed, unroutable) = tokio::join!(routed, unroutable);
+    assert_eq!(routed, (N, 0, 0), "routed: acks, no_route, other");
+    assert_eq!(unroutable, (0, N, 0), "unroutable: acks, no_route, other");
+    x.close().await;
+    y.close().await;
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
 #[tokio::test]
 async fn a_request_is_answered_by_the_reply_a_service_sends_to_reply_to() {
     let env = TestEnv::new("request-reply").await;
