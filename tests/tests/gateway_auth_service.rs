@@ -153,6 +153,18 @@ async fn the_auth_service_admits_refuses_and_its_absence_or_slowness_is_auth_una
     env.cleanup().await;
 }
 
+/// The auth service's answer admitting ada until ten minutes from now.
+fn ada_for_ten_minutes() -> AuthReply {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    AuthReply {
+        expires_at: Some(now + 600),
+        ..AuthReply::allow("ada")
+    }
+}
+
 /// Sends `hello` with `token` on a WebSocket opened with `Origin: origin`; the first
 /// frame the gateway answers.
 async fn hello_from(url: &str, origin: &str, token: &str) -> ServerFrame {
@@ -190,14 +202,7 @@ async fn a_cached_answer_is_not_reused_for_another_origin() {
             if req.origin.as_deref() != Some("https://app.example.com") {
                 return AuthReply::deny("not from the app");
             }
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs();
-            AuthReply {
-                expires_at: Some(now + 600),
-                ..AuthReply::allow("ada")
-            }
+            ada_for_ten_minutes()
         }
     })
     .await
@@ -251,16 +256,7 @@ async fn a_session_the_gateway_could_not_have_issued_is_not_sent_to_the_auth_ser
             .lock()
             .unwrap()
             .push(req.session.as_ref().map(String::len));
-        async move {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs();
-            AuthReply {
-                expires_at: Some(now + 600),
-                ..AuthReply::allow("ada")
-            }
-        }
+        async move { ada_for_ten_minutes() }
     })
     .await
     .unwrap();
