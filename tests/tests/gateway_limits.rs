@@ -90,6 +90,13 @@ async fn connections_per_ip_are_refused_with_429_until_one_closes() {
 /// behind a proxy connecting over `[::1]` counted as one address and was refused 429.
 #[tokio::test]
 async fn per_ip_limits_skip_an_ipv6_loopback_peer() {
+    if let Err(e) = std::net::TcpListener::bind("[::1]:0") {
+        warren_e2e::env::cannot_check(
+            "per-IP limits for an IPv6 loopback peer",
+            &format!("this machine has no IPv6 loopback ({e})"),
+        );
+        return;
+    }
     TestEnv::run("limit-ip6-loopback", LIMIT, async |env| {
         let gw = TestGateway::start_with(env, |c| {
             c.listen[0].bind = "[::1]:0".parse().expect("address");
