@@ -928,6 +928,40 @@ impl Management {
             .collect())
     }
 
+    /// Checks that `base_url` is RabbitMQ's management API (`GET /api/overview`
+    /// answers 200), so that a 404 later means an object that does not exist. Another
+    /// web server there (a wrong port, a reverse proxy's prefix) answering 404 to
+    /// everything made every binding "missing". Blocking.
+    fn probe(&self) -> Result<(), GatewayError> {
+        let url = format!("{}/api/overview", self.base_url);
+        let basic = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("{}:{}", self.user, self.password),
+        );
+        let answer = self
+            .agent
+            .get(&url)
+            .header("Authorization", &format!("Basic {basic}"))
+            .call();
+        match answer.map(|r| r.status().as_u16()) {
+            Ok(200) => Ok(()),
+            Ok(401) => Err(GatewayError::Management(format!(
+                "{} (GET {url}): HTTP 401, the AMQP URI's user and password were refused",
+                self.base_url
+            ))),
+            Ok(status) => Err(GatewayError::Management(format!(
+                "{} (GET {url} answered HTTP {status}): this is not RabbitMQ's management \
+                 API; give its base URL, e.g. http://127.0.0.1:15672 (without /api), with \
+                 the rabbitmq_management plugin enabled",
+                self.base_url
+            ))),
+            Err(e) => Err(GatewayError::Management(format!(
+                "{} ({url}): {e}; is the rabbitmq_management plugin enabled?",
+                self.base_url
+            ))),
+        }
+    }
+
     /// The JSON list at `/api/<path>`; empty when the API answers 404 (the object
     /// does not exist: reported on its own). Blocking.
     fn list(&self, path: &str) -> Result<Vec<serde_json::Value>, GatewayError> {
@@ -1039,6 +1073,7 @@ impl Topology {
     /// # Errors
     /// [`GatewayError::Config`] when the management API cannot be asked.
     pub fn check_bindings(&self, management: &Management) -> Result<Vec<Mismatch>, GatewayError> {
+        management.probe()?;
         let mut out = self.stale_stream_bindings(management)?;
         for decl in &self.declarations {
             let (source, kind, destination, key, args) = match decl {

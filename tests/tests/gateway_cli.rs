@@ -131,6 +131,44 @@ async fn topology_check_says_a_management_url_needs_its_scheme() {
     assert!(!text.contains("invalid format"), "{text}");
 }
 
+/// A `--management-url` that is not RabbitMQ's management API exits 2 saying so: here
+/// a web server answering 404 to everything (another service on that port, a reverse
+/// proxy's wrong prefix). Each 404 was taken for "this binding does not exist": every
+/// binding was listed missing and the check exited 1, as if the broker differed.
+#[tokio::test]
+async fn topology_check_says_a_management_url_that_is_not_the_api() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    let out = gateway(&[
+        "--namespace",
+        "cli-check-404",
+        "--amqp-uri",
+        &warren_e2e::env::amqp_addr(),
+        "topology",
+        "check",
+        "--management-url",
+        &url,
+    ])
+    .await;
+    let text = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("not RabbitMQ's management API"), "{text}");
+}
+
 /// `warren-stack --auth jwt` writes the gateways' configuration file itself: a
 /// `--gateway-arg=--config=…` of the user's is refused at once, saying so (both
 /// gateways exited with "cannot be used multiple times", and the stack failed with
