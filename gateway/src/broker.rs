@@ -180,7 +180,7 @@ impl Broker {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         match topology {
-            Some(t) => t.apply(self).await,
+            Some(t) => t.apply(self).await.map(|_kept| ()),
             None => Ok(()),
         }
     }

@@ -1367,7 +1367,8 @@ pub enum Command {
 pub enum TopologyAction {
     /// Print what would be declared, without connecting.
     Print,
-    /// Connect and declare the topology, then exit.
+    /// Connect and declare the topology, then exit (1 naming each object that exists
+    /// with other arguments, kept as it is: RabbitMQ cannot change them).
     Apply,
     /// Compare the configuration's topology with a live broker, creating nothing.
     #[command(

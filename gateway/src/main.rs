@@ -126,9 +126,27 @@ async fn gateway_main() -> anyhow::Result<()> {
         } => {
             let broker = Broker::connect(&config, std::sync::Arc::new(Default::default())).await?;
             let topology = Topology::from_config(&config);
-            topology.apply(&broker).await?;
+            let kept = topology.apply(&broker).await?;
             broker.close().await;
-            let _ = writeln!(std::io::stdout(), "{topology}applied");
+            if kept.is_empty() {
+                let _ = writeln!(std::io::stdout(), "{topology}applied");
+            } else {
+                // RabbitMQ cannot change a queue's or exchange's arguments: `apply &&
+                // deploy` must not go on as if it had.
+                let _ = write!(std::io::stdout(), "{topology}");
+                let mut err = std::io::stderr().lock();
+                for k in &kept {
+                    let _ = writeln!(err, "KEPT {k}");
+                }
+                let _ = writeln!(
+                    err,
+                    "error: {} object(s) exist with other arguments and were kept as they \
+                     are (RabbitMQ cannot change them); delete and apply again, or change \
+                     the configuration back (`topology check` lists every difference)",
+                    kept.len()
+                );
+                std::process::exit(1);
+            }
         }
         Command::Topology {
             action: TopologyAction::Check { management_url },

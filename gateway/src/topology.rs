@@ -236,9 +236,13 @@ impl Topology {
     /// One the broker refuses to create (a 406 for an object that does not exist: an
     /// argument it does not take) is an error with the broker's reason.
     ///
+    /// Returns what was kept as it is: each such declaration and the broker's text
+    /// on how it differs.
+    ///
     /// # Errors
     /// [`GatewayError::Amqp`] naming the declaration the broker refused.
-    pub async fn apply(&self, broker: &Broker) -> Result<(), GatewayError> {
+    pub async fn apply(&self, broker: &Broker) -> Result<Vec<String>, GatewayError> {
+        let mut kept = Vec::new();
         for decl in &self.declarations {
             if matches!(decl, Declaration::Tenant { .. }) {
                 continue;
@@ -255,11 +259,12 @@ impl Topology {
                         "the broker has this object with other arguments or another kind; \
                          kept it as it is (`warren-gateway topology check` lists every difference)"
                     );
+                    kept.push(format!("{op}: {}", broker_text(&source)));
                 }
                 other => other?,
             }
         }
-        Ok(())
+        Ok(kept)
     }
 
     /// Whether the exchange or queue of `decl` exists (a passive declare on a scratch

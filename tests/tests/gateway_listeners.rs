@@ -500,7 +500,33 @@ async fn topology_apply_reports_an_argument_the_broker_refuses_with_the_brokers_
             ],
         }],
     };
-    other.apply(&broker).await.expect("kept as it is");
+    let kept = other.apply(&broker).await.expect("kept as it is");
+    assert_eq!(kept.len(), 1, "{kept:?}");
     gw.shutdown().await;
+    env.cleanup().await;
+}
+
+/// `topology apply` with a configuration the broker's objects differ from (a new
+/// stream retention: RabbitMQ cannot change a queue's arguments) exits 1 naming what
+/// it kept as it is. It printed `applied` and exited 0, so `apply && deploy` went on
+/// against a broker that still differed.
+#[tokio::test]
+async fn topology_apply_exits_1_naming_what_the_broker_kept_as_it_is() {
+    let env = TestEnv::new("topology-apply-kept").await;
+    let same = warren_e2e::gateway::topology_cli(&env, "", "apply", &[]).await;
+    assert!(
+        same.status.success(),
+        "{}",
+        String::from_utf8_lossy(&same.stderr)
+    );
+    assert!(String::from_utf8_lossy(&same.stdout).ends_with("applied\n"));
+    let out =
+        warren_e2e::gateway::topology_cli(&env, "stream_max_age = \"1h\"\n", "apply", &[]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("KEPT"), "{err}");
+    assert!(err.contains(&env.names.outbound_stream()), "{err}");
+    assert!(err.contains("x-max-age"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("applied"));
     env.cleanup().await;
 }
