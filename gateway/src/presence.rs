@@ -1024,6 +1024,14 @@ mod tests {
 
     const GRACE: Duration = Duration::from_secs(10);
 
+    /// Each event's name, session and node, in order.
+    fn event_session_node(events: &[PresenceEvent]) -> Vec<(&str, &str, &str)> {
+        events
+            .iter()
+            .map(|e| (e.event.as_str(), e.session.as_str(), e.node.as_str()))
+            .collect()
+    }
+
     fn connected(session: &str, user: &str, node: &str) -> PresenceEvent {
         PresenceEvent {
             event: "client.connected".into(),
@@ -1227,10 +1235,7 @@ mod tests {
             Instant::now(),
         );
         // Services saw connected (b), disconnected (a): c says where it is again.
-        let events: Vec<(&str, &str, &str)> = again
-            .iter()
-            .map(|e| (e.event.as_str(), e.session.as_str(), e.node.as_str()))
-            .collect();
+        let events = event_session_node(&again);
         assert_eq!(
             events,
             [
@@ -1827,10 +1832,7 @@ mod tests {
         assert!(n.ended("s2", false, back).is_none(), "away");
         n.asking(1);
         let again = n.answer("a", 1, a.snapshot(), &a.lost_of("n"), back, true);
-        let events: Vec<(&str, &str, &str)> = again
-            .iter()
-            .map(|e| (e.event.as_str(), e.session.as_str(), e.node.as_str()))
-            .collect();
+        let events = event_session_node(&again);
         assert_eq!(
             events,
             [

@@ -821,6 +821,20 @@ async fn sessions_closed_at_once_are_not_listed_online_by_their_gateway() {
     .await;
 }
 
+/// ada, connected to `gw` and subscribed to chat's lobby group, once her
+/// `client.connected` was announced; and her session.
+async fn ada_in_the_lobby(gw: &TestGateway, events: &mut Events) -> (TestClient, String) {
+    let mut ada = TestClient::connect_with(&gw.url(), as_user("ada")).await;
+    let session = ada.session().to_string();
+    let mut lobby = sub("s1", "chat");
+    lobby.groups = vec!["lobby".into()];
+    ada.subscribe(lobby).await;
+    events
+        .wait_for("client.connected", &session, Duration::from_secs(5))
+        .await;
+    (ada, session)
+}
+
 /// A session resumed on a gateway that did not hold it is announced there by a
 /// takeover request, which comes back to that gateway too. A connection lost before
 /// then (a client that gave the resume up, a proxy dropping the socket) must still be
@@ -832,14 +846,7 @@ async fn a_resume_lost_at_once_on_another_gateway_is_announced_gone_after_the_gr
     let gw = TestGateway::start_with(&env, presence_config).await;
     let other = TestGateway::start_with(&env, presence_config).await;
     let mut events = Events::listen(&mut env).await;
-    let mut ada = TestClient::connect_with(&gw.url(), as_user("ada")).await;
-    let session = ada.session().to_string();
-    let mut lobby = sub("s1", "chat");
-    lobby.groups = vec!["lobby".into()];
-    ada.subscribe(lobby).await;
-    events
-        .wait_for("client.connected", &session, Duration::from_secs(5))
-        .await;
+    let (mut ada, session) = ada_in_the_lobby(&gw, &mut events).await;
     let resume = Hello {
         token: Some("ada".into()),
         ..ada.resume_hello()
@@ -973,14 +980,7 @@ async fn a_gateway_cut_off_announces_its_sessions_again_that_a_peer_announced_lo
     let mut events = Events::listen(&mut env).await;
     // Each must have heard the other announce itself.
     tokio::time::sleep(Duration::from_millis(ANNOUNCE_MS * 3)).await;
-    let mut ada = TestClient::connect_with(&cut.url(), as_user("ada")).await;
-    let session = ada.session().to_string();
-    let mut lobby = sub("s1", "chat");
-    lobby.groups = vec!["lobby".into()];
-    ada.subscribe(lobby).await;
-    events
-        .wait_for("client.connected", &session, Duration::from_secs(5))
-        .await;
+    let (mut ada, session) = ada_in_the_lobby(&cut, &mut events).await;
     let in_lobby = "?channel=chat&group=lobby";
     let until = Instant::now() + Duration::from_secs(5);
     while listed(&peer, in_lobby).await == serde_json::json!([]) {
