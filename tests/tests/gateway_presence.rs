@@ -846,7 +846,7 @@ async fn a_resume_lost_at_once_on_another_gateway_is_announced_gone_after_the_gr
     let gw = TestGateway::start_with(&env, presence_config).await;
     let other = TestGateway::start_with(&env, presence_config).await;
     let mut events = Events::listen(&mut env).await;
-    let (mut ada, session) = ada_in_the_lobby(&gw, &mut events).await;
+    let (ada, session) = ada_in_the_lobby(&gw, &mut events).await;
     let resume = Hello {
         token: Some("ada".into()),
         ..ada.resume_hello()
@@ -980,7 +980,7 @@ async fn a_gateway_cut_off_announces_its_sessions_again_that_a_peer_announced_lo
     let mut events = Events::listen(&mut env).await;
     // Each must have heard the other announce itself.
     tokio::time::sleep(Duration::from_millis(ANNOUNCE_MS * 3)).await;
-    let (mut ada, session) = ada_in_the_lobby(&cut, &mut events).await;
+    let (ada, session) = ada_in_the_lobby(&cut, &mut events).await;
     let in_lobby = "?channel=chat&group=lobby";
     let until = Instant::now() + Duration::from_secs(5);
     while listed(&peer, in_lobby).await == serde_json::json!([]) {
