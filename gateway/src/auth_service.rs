@@ -148,27 +148,29 @@ impl AuthClient {
             .with_expiration(ShortString::from(self.timeout.as_millis().to_string()));
         let confirm = call
             .channel
-            .basic_publish(
+            .publish(
                 ShortString::from(self.exchange.as_str()),
                 ShortString::from(self.key.as_str()),
                 BasicPublishOptions {
                     mandatory: true,
                     immediate: false,
                 },
-                &body,
+                body,
                 props,
             )
             .await
             .map_err(|e| unavailable(e.to_string()))?;
-        match Outcome::of(confirm.await) {
+        match confirm.await {
             Outcome::Acked => {}
             Outcome::Returned => return Err(unavailable("no auth service is running".into())),
             Outcome::Nacked => {
-                self.replies.retire(&call.channel, self.timeout).await;
+                self.replies
+                    .retire(call.channel.channel(), self.timeout)
+                    .await;
                 return Err(unavailable("the broker refused the request".into()));
             }
             Outcome::Failed(e) => return Err(unavailable(e)),
-            // Not produced by `Outcome::of`; the call's own timeout bounds the wait.
+            // Not produced by a confirm; the call's own timeout bounds the wait.
             Outcome::Unconfirmed => return Err(unavailable("no confirm in time".into())),
         }
         let answer = call.answer().await.map_err(unavailable)?;

@@ -25,6 +25,7 @@ use lapin::{Channel, Connection, ConnectionProperties, Event};
 use tokio::sync::{watch, Mutex, Notify};
 
 use crate::config::{redact, Config};
+use crate::confirms::Publisher;
 use crate::error::GatewayError;
 use crate::metrics::{self, Metrics};
 use crate::topology::Topology;
@@ -64,7 +65,7 @@ enum Pool {
 struct Links {
     publish_conn: Arc<Connection>,
     consume_conn: Arc<Connection>,
-    publishers: Vec<Channel>,
+    publishers: Vec<Publisher>,
     consumers: Vec<Channel>,
     controls: Vec<Channel>,
 }
@@ -72,6 +73,48 @@ struct Links {
 impl Links {
     fn intact(&self) -> bool {
         self.publish_conn.status().connected() && self.consume_conn.status().connected()
+    }
+}
+
+/// A channel pool's element: a consumer channel, or a publisher channel with its
+/// confirms' driver.
+trait Pooled: Clone {
+    const POOL: Pool;
+    fn channel(&self) -> &Channel;
+    fn wrap(channel: Channel) -> Self;
+    fn slots(links: &Links) -> (&Arc<Connection>, &Vec<Self>);
+    fn slots_mut(links: &mut Links) -> (&Arc<Connection>, &mut Vec<Self>);
+}
+
+impl Pooled for Publisher {
+    const POOL: Pool = Pool::Publisher;
+    fn channel(&self) -> &Channel {
+        Publisher::channel(self)
+    }
+    fn wrap(channel: Channel) -> Self {
+        Publisher::new(channel)
+    }
+    fn slots(links: &Links) -> (&Arc<Connection>, &Vec<Self>) {
+        (&links.publish_conn, &links.publishers)
+    }
+    fn slots_mut(links: &mut Links) -> (&Arc<Connection>, &mut Vec<Self>) {
+        (&links.publish_conn, &mut links.publishers)
+    }
+}
+
+impl Pooled for Channel {
+    const POOL: Pool = Pool::Consumer;
+    fn channel(&self) -> &Channel {
+        self
+    }
+    fn wrap(channel: Channel) -> Self {
+        channel
+    }
+    fn slots(links: &Links) -> (&Arc<Connection>, &Vec<Self>) {
+        (&links.consume_conn, &links.consumers)
+    }
+    fn slots_mut(links: &mut Links) -> (&Arc<Connection>, &mut Vec<Self>) {
+        (&links.consume_conn, &mut links.consumers)
     }
 }
 
@@ -107,7 +150,7 @@ pub struct Broker {
     next_control: AtomicUsize,
     /// The channels for publishes to the outbound stream, by Warren channel
     /// ([`Broker::stream_publisher`]).
-    stream_publisher: std::sync::Mutex<HashMap<String, Channel>>,
+    stream_publisher: std::sync::Mutex<HashMap<String, Publisher>>,
     /// One lock per Warren channel, held while its stream publisher is opened: one
     /// channel each however many publishes ask at once, and a slow open for one
     /// channel holds up no other.
@@ -324,12 +367,12 @@ impl Broker {
 
     async fn open_publishing(
         self: &Arc<Self>,
-    ) -> Result<(Connection, Vec<Channel>, Vec<Channel>), GatewayError> {
+    ) -> Result<(Connection, Vec<Publisher>, Vec<Channel>), GatewayError> {
         let conn = self.open_connection("publish").await?;
         let mut publishers = Vec::with_capacity(self.publisher_channels);
         let mut controls = Vec::with_capacity(self.publisher_channels);
         for _ in 0..self.publisher_channels {
-            publishers.push(self.new_channel(&conn, Pool::Publisher).await?);
+            publishers.push(self.new_publisher(&conn).await?);
             controls.push(
                 conn.create_channel()
                     .await
@@ -346,6 +389,14 @@ impl Broker {
             consumers.push(self.new_channel(&conn, Pool::Consumer).await?);
         }
         Ok((conn, consumers))
+    }
+
+    /// A publisher channel (confirm mode) on `conn`, its confirms matched to their
+    /// returns ([`Publisher`]).
+    async fn new_publisher(&self, conn: &Connection) -> Result<Publisher, GatewayError> {
+        Ok(Publisher::new(
+            self.new_channel(conn, Pool::Publisher).await?,
+        ))
     }
 
     async fn new_channel(&self, conn: &Connection, pool: Pool) -> Result<Channel, GatewayError> {
@@ -403,55 +454,48 @@ impl Broker {
         }
     }
 
-    async fn pick(&self, pool: Pool) -> Result<Channel, GatewayError> {
-        if pool == Pool::Publisher && self.blocked.load(Ordering::Acquire) {
+    async fn pick<T: Pooled>(&self) -> Result<T, GatewayError> {
+        if T::POOL == Pool::Publisher && self.blocked.load(Ordering::Acquire) {
             self.wait_unblocked().await?;
         }
-        let counter = match pool {
+        let counter = match T::POOL {
             Pool::Publisher => &self.next_publisher,
             Pool::Consumer => &self.next_consumer,
         };
         let (i, conn) = {
             let guard = self.healthy().await?;
             let links = guard.as_ref().expect("healthy() leaves links in place");
-            let (conn, channels) = match pool {
-                Pool::Publisher => (&links.publish_conn, &links.publishers),
-                Pool::Consumer => (&links.consume_conn, &links.consumers),
-            };
+            let (conn, channels) = T::slots(links);
             let i = counter.fetch_add(1, Ordering::Relaxed) % channels.len();
-            if channels[i].status().connected() {
+            if channels[i].channel().status().connected() {
                 return Ok(channels[i].clone());
             }
             (i, conn.clone())
         };
         // Replace the closed channel without holding the links.
-        tracing::debug!(?pool, index = i, "replacing a closed channel");
-        let fresh = self.new_channel(&conn, pool).await?;
-        self.put_in_pool(pool, &conn, fresh.clone(), |j, c| {
-            j == i && !c.status().connected()
+        tracing::debug!(pool = ?T::POOL, index = i, "replacing a closed channel");
+        let fresh = T::wrap(self.new_channel(&conn, T::POOL).await?);
+        self.put_in_pool(&conn, fresh.clone(), |j, c: &T| {
+            j == i && !c.channel().status().connected()
         })
         .await;
         Ok(fresh)
     }
 
-    /// Puts `fresh` in the place of the first channel of `pool` that `stale` picks (by
-    /// index and channel), unless the pool now belongs to another connection than
+    /// Puts `fresh` in the place of the first channel of its pool that `stale` picks
+    /// (by index and channel), unless the pool now belongs to another connection than
     /// `conn`.
-    async fn put_in_pool(
+    async fn put_in_pool<T: Pooled>(
         &self,
-        pool: Pool,
         conn: &Arc<Connection>,
-        fresh: Channel,
-        stale: impl Fn(usize, &Channel) -> bool,
+        fresh: T,
+        stale: impl Fn(usize, &T) -> bool,
     ) {
         let mut guard = self.links.lock().await;
         let Some(links) = guard.as_mut() else {
             return;
         };
-        let (current, channels) = match pool {
-            Pool::Publisher => (&links.publish_conn, &mut links.publishers),
-            Pool::Consumer => (&links.consume_conn, &mut links.consumers),
-        };
+        let (current, channels) = T::slots_mut(links);
         if !Arc::ptr_eq(current, conn) {
             return;
         }
@@ -491,8 +535,8 @@ impl Broker {
     /// # Errors
     /// [`GatewayError::Unavailable`] or [`GatewayError::Blocked`] when RabbitMQ cannot
     /// take publishes within `broker_wait_ms`.
-    pub async fn publisher(&self) -> Result<Channel, GatewayError> {
-        self.pick(Pool::Publisher).await
+    pub async fn publisher(&self) -> Result<Publisher, GatewayError> {
+        self.pick::<Publisher>().await
     }
 
     /// The confirm-mode channel for publishes to clients of Warren channel `channel`
@@ -510,7 +554,7 @@ impl Broker {
     /// # Errors
     /// [`GatewayError::Unavailable`] or [`GatewayError::Blocked`] when RabbitMQ cannot
     /// take publishes within `broker_wait_ms`.
-    pub async fn stream_publisher(&self, channel: &str) -> Result<Channel, GatewayError> {
+    pub async fn stream_publisher(&self, channel: &str) -> Result<Publisher, GatewayError> {
         if self.blocked.load(Ordering::Acquire) {
             self.wait_unblocked().await?;
         }
@@ -533,7 +577,7 @@ impl Broker {
         if let Some(ch) = self.open_stream_publisher(channel) {
             return Ok(ch); // another publish opened it meanwhile
         }
-        let fresh = tokio::time::timeout(self.wait, self.new_channel(&conn, Pool::Publisher))
+        let fresh = tokio::time::timeout(self.wait, self.new_publisher(&conn))
             .await
             .map_err(|_| GatewayError::Unavailable)??;
         self.stream_publisher
@@ -544,12 +588,12 @@ impl Broker {
     }
 
     /// The stream publisher of Warren channel `channel`, if it has one still open.
-    fn open_stream_publisher(&self, channel: &str) -> Option<Channel> {
+    fn open_stream_publisher(&self, channel: &str) -> Option<Publisher> {
         self.stream_publisher
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(channel)
-            .filter(|c| c.status().connected())
+            .filter(|c| c.channel().status().connected())
             .cloned()
     }
 
@@ -587,7 +631,11 @@ impl Broker {
             let Some(links) = guard.as_ref() else {
                 return;
             };
-            if !links.publishers.iter().any(|c| c.id() == channel.id()) {
+            if !links
+                .publishers
+                .iter()
+                .any(|c| c.channel().id() == channel.id())
+            {
                 return; // already replaced
             }
             let first = self
@@ -600,10 +648,12 @@ impl Broker {
             }
             links.publish_conn.clone()
         };
-        match self.new_channel(&conn, Pool::Publisher).await {
+        match self.new_publisher(&conn).await {
             Ok(fresh) => {
-                self.put_in_pool(Pool::Publisher, &conn, fresh, |_, c| c.id() == channel.id())
-                    .await;
+                self.put_in_pool(&conn, fresh, |_, c: &Publisher| {
+                    c.channel().id() == channel.id()
+                })
+                .await;
             }
             Err(e) => tracing::warn!(error = %e, "cannot open a publisher channel to replace one"),
         }
@@ -644,7 +694,7 @@ impl Broker {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let before = slots.len();
-        slots.retain(|_, c| c.id() != channel.id());
+        slots.retain(|_, c| c.channel().id() != channel.id());
         slots.len() != before
     }
 
@@ -662,7 +712,7 @@ impl Broker {
     /// # Errors
     /// When RabbitMQ cannot be reached within `broker_wait_ms`.
     pub async fn consumer_channel(&self) -> Result<Channel, GatewayError> {
-        self.pick(Pool::Consumer).await
+        self.pick::<Channel>().await
     }
 
     /// A control channel (round robin), for declarations and bindings that cannot

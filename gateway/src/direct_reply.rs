@@ -20,6 +20,7 @@ use lapin::Channel;
 use tokio::sync::oneshot;
 
 use crate::broker::{Broker, NACKED_CHANNEL_MIN_AGE};
+use crate::confirms::Publisher;
 
 /// The pseudo-queue a request names as `reply_to`.
 pub(crate) const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -98,7 +99,7 @@ pub(crate) struct DirectReply {
     broker: Arc<Broker>,
     /// The channel, when it was opened, and its generation (one more per channel
     /// opened; channel ids are reused).
-    channel: tokio::sync::Mutex<Option<(Channel, Instant, u64)>>,
+    channel: tokio::sync::Mutex<Option<(Publisher, Instant, u64)>>,
     generations: std::sync::atomic::AtomicU64,
     waiting: Waiting,
 }
@@ -108,7 +109,7 @@ pub(crate) struct DirectReply {
 /// forgets the call (a late answer is dropped).
 pub(crate) struct Call {
     pub(crate) id: String,
-    pub(crate) channel: Channel,
+    pub(crate) channel: Publisher,
     answer: oneshot::Receiver<Delivery>,
     _forget: Forget,
 }
@@ -169,7 +170,7 @@ impl DirectReply {
         id: String,
         within: Duration,
         to: impl FnOnce(Delivery) + Send + 'static,
-    ) -> Result<Channel, String> {
+    ) -> Result<Publisher, String> {
         let (channel, generation) = self.channel().await?;
         lock(&self.waiting).forward(id, generation, within, Box::new(to), Instant::now());
         Ok(channel)
@@ -190,7 +191,7 @@ impl DirectReply {
     pub(crate) async fn retire(&self, channel: &Channel, linger: std::time::Duration) {
         let mut guard = self.channel.lock().await;
         let keep = guard.as_ref().is_none_or(|(c, opened, _)| {
-            c.id() != channel.id() || opened.elapsed() < NACKED_CHANNEL_MIN_AGE
+            c.channel().id() != channel.id() || opened.elapsed() < NACKED_CHANNEL_MIN_AGE
         });
         if keep {
             return; // already replaced, or too young to tell
@@ -204,17 +205,20 @@ impl DirectReply {
         if let Some(old) = old {
             tokio::spawn(async move {
                 tokio::time::sleep(linger).await;
-                let _ = old.close(200, "a request was nacked".into()).await;
+                let _ = old
+                    .channel()
+                    .close(200, "a request was nacked".into())
+                    .await;
             });
         }
     }
 
     /// The request/answer channel and its generation, opened (with its answer
     /// consumer) when missing or dead.
-    async fn channel(&self) -> Result<(Channel, u64), String> {
+    async fn channel(&self) -> Result<(Publisher, u64), String> {
         let mut guard = self.channel.lock().await;
         if let Some((ch, _, generation)) = guard.as_ref() {
-            if ch.status().connected() {
+            if ch.channel().status().connected() {
                 return Ok((ch.clone(), *generation));
             }
         }
@@ -272,6 +276,7 @@ impl DirectReply {
             tracing::debug!("direct reply-to consumer ended");
             lock(&waiting).channel_ended(generation);
         });
+        let ch = Publisher::new(ch);
         *guard = Some((ch.clone(), Instant::now(), generation));
         Ok((ch, generation))
     }

@@ -436,21 +436,20 @@ async fn request(
         .await
         .map_err(|e| Refusal::new(ErrorCode::BrokerUnavailable, e))?;
     let pending = prepared
-        .publish(call.channel.clone(), m.message.get().as_bytes())
+        .publish(&call.channel, m.message.get().as_bytes())
         .await?;
     // The request's timeout bounds its confirm too.
-    let Ok(confirm) = tokio::time::timeout_at(deadline, pending.confirmation()).await else {
+    let Ok(outcome) = tokio::time::timeout_at(deadline, pending.verdict()).await else {
         return Err(Refusal::new(
             ErrorCode::Timeout,
             format!("RabbitMQ did not confirm the request within {timeout} ms"),
         ));
     };
-    let outcome = Outcome::of(confirm);
     if matches!(outcome, Outcome::Nacked) {
         shared
             .http_replies
             .retire(
-                &call.channel,
+                call.channel.channel(),
                 Duration::from_millis(shared.config.max_request_timeout_ms),
             )
             .await;
@@ -573,7 +572,7 @@ async fn publish(
         // Not mandatory: a message no client is subscribed to is dropped, as a
         // broadcast nobody listens to should be.
         let pending = inbound::Pending::publish(
-            channel,
+            &channel,
             ShortString::from(shared.names.outbound_exchange()),
             routing_key,
             BasicPublishOptions::default(),

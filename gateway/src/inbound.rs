@@ -12,13 +12,11 @@
 //! `warren.tenants` headers exchange instead of `warren.in` (`warren_protocol::tenants`).
 
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::future::BoxFuture;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::{BasicProperties, Channel};
 use warren_protocol::amqp::{
     self, keys, validate_client_headers, validate_dotted, validate_segment, validate_short,
     HeaderError,
@@ -28,6 +26,7 @@ use warren_protocol::{Distribution, ErrorCode, Headers};
 use crate::auth::{Action, Identity};
 use crate::broker::Broker;
 use crate::config::{Config, NoServiceMode};
+use crate::confirms::{Confirm, Publisher};
 use crate::metrics;
 use crate::server::Shared;
 
@@ -346,7 +345,11 @@ impl Prepared {
     ///
     /// # Errors
     /// `broker_unavailable` when the channel cannot take the publish.
-    pub(crate) async fn publish(self, channel: Channel, body: &[u8]) -> Result<Pending, Refusal> {
+    pub(crate) async fn publish(
+        self,
+        channel: &Publisher,
+        body: &[u8],
+    ) -> Result<Pending, Refusal> {
         let options = BasicPublishOptions {
             mandatory: true,
             immediate: false,
@@ -386,8 +389,9 @@ pub(crate) struct Pending {
     /// The channel it went out on (taken out of use when the confirm is negative or
     /// does not come).
     pub(crate) channel: Channel,
-    /// The publish's frames being written, then its confirm.
-    confirm: BoxFuture<'static, lapin::Result<Confirmation>>,
+    /// The publish's frames being written, then its confirm matched to its return
+    /// ([`Publisher`]).
+    confirm: Confirm,
 }
 
 impl Pending {
@@ -405,33 +409,25 @@ impl Pending {
     /// # Errors
     /// `broker_unavailable` when the channel cannot take the publish.
     pub(crate) async fn publish(
-        channel: Channel,
+        channel: &Publisher,
         exchange: ShortString,
         key: ShortString,
         options: BasicPublishOptions,
         body: Vec<u8>,
         properties: BasicProperties,
     ) -> Result<Pending, Refusal> {
-        let on = channel.clone();
-        let mut confirm: BoxFuture<'static, _> = Box::pin(async move {
-            on.basic_publish(exchange, key, options, &body, properties)
-                .await?
-                .await
-        });
-        // Polled once here: that hands the frames to lapin, in this call's order; the
-        // rest is awaited through the Pending.
-        match futures_util::poll!(confirm.as_mut()) {
-            Poll::Ready(Err(e)) => Err(Refusal::new(ErrorCode::BrokerUnavailable, e.to_string())),
-            Poll::Ready(done) => Ok(Pending {
-                channel,
-                confirm: Box::pin(std::future::ready(done)),
-            }),
-            Poll::Pending => Ok(Pending { channel, confirm }),
-        }
+        let confirm = channel
+            .publish(exchange, key, options, body, properties)
+            .await
+            .map_err(|e| Refusal::new(ErrorCode::BrokerUnavailable, e.to_string()))?;
+        Ok(Pending {
+            channel: channel.channel().clone(),
+            confirm,
+        })
     }
 
-    /// The confirm as it came (or the error that took its place).
-    pub(crate) async fn confirmation(self) -> lapin::Result<Confirmation> {
+    /// The broker's verdict, as it came.
+    pub(crate) async fn verdict(self) -> Outcome {
         self.confirm.await
     }
 
@@ -439,7 +435,7 @@ impl Pending {
     /// the background; [`Broker::retire_nacked`] says when, [`Broker::retire_publisher`]
     /// why), so the client's next try goes out on a fresh one.
     pub(crate) async fn outcome(self, broker: &Arc<Broker>) -> Outcome {
-        let outcome = Outcome::of(self.confirm.await);
+        let outcome = self.confirm.await;
         #[cfg(feature = "fault-injection")]
         crate::fault::delay(crate::fault::CONFIRM_DELAY_MS).await;
         if matches!(outcome, Outcome::Nacked) {
@@ -456,10 +452,9 @@ impl Pending {
     /// not a pooled one.
     pub(crate) async fn direct_outcome(self, shared: &Shared, wait: Duration) -> Outcome {
         let channel = self.channel.clone();
-        let Ok(confirm) = tokio::time::timeout(wait, self.confirm).await else {
+        let Ok(outcome) = tokio::time::timeout(wait, self.confirm).await else {
             return Outcome::Unconfirmed;
         };
-        let outcome = Outcome::of(confirm);
         if matches!(outcome, Outcome::Nacked) {
             let linger = Duration::from_millis(shared.config.max_request_timeout_ms);
             shared.ws_replies.retire(&channel, linger).await;
@@ -552,7 +547,7 @@ pub(crate) async fn send(
         .publisher()
         .await
         .map_err(|e| Refusal::new(ErrorCode::BrokerUnavailable, e.to_string()))?;
-    prepared.publish(channel, body).await
+    prepared.publish(&channel, body).await
 }
 
 /// Checks `m` ([`prepare`], [`check_service`]), a request, and publishes it on the
@@ -584,7 +579,7 @@ pub(crate) async fn send_direct(
         .forward(call_id.clone(), within, answer)
         .await
         .map_err(|e| Refusal::new(ErrorCode::BrokerUnavailable, e))?;
-    let published = prepared.publish(channel, body).await;
+    let published = prepared.publish(&channel, body).await;
     if published.is_err() {
         shared.ws_replies.forget(&call_id);
     }
@@ -607,16 +602,6 @@ pub(crate) enum Outcome {
 }
 
 impl Outcome {
-    /// The outcome of one publisher confirm.
-    pub(crate) fn of(confirm: lapin::Result<Confirmation>) -> Outcome {
-        match confirm {
-            Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => Outcome::Acked,
-            Ok(Confirmation::Ack(Some(_))) | Ok(Confirmation::Nack(Some(_))) => Outcome::Returned,
-            Ok(Confirmation::Nack(None)) => Outcome::Nacked,
-            Err(e) => Outcome::Failed(e.to_string()),
-        }
-    }
-
     /// What to tell the client; `None` when the broker took the message.
     pub(crate) fn refusal(&self) -> Option<Refusal> {
         Some(match self {

@@ -44,6 +44,7 @@ pub mod auth;
 pub mod auth_service;
 pub mod broker;
 pub mod config;
+pub mod confirms;
 mod connection;
 pub mod delivery;
 mod direct_reply;

@@ -30,6 +30,7 @@ use crate::broker::{Broker, BrokerState};
 use crate::config::AuthMode;
 use crate::config::Config;
 use crate::direct_reply::DirectReply;
+use crate::inbound::Outcome;
 use crate::limits::{LimitSettings, Limiter};
 use crate::listener::PeerAddr;
 use crate::metrics::{self, Metrics};
@@ -417,11 +418,11 @@ async fn publish_in_order(
             .with_delivery_mode(2)
             .with_message_id(ShortString::from(e.message_id.as_str()));
         match ch
-            .basic_publish(
+            .publish(
                 ShortString::from(exchange),
                 ShortString::from(e.key.as_str()),
                 BasicPublishOptions::default(),
-                e.body.as_bytes(),
+                e.body.as_bytes().to_vec(),
                 props,
             )
             .await
@@ -437,18 +438,19 @@ async fn publish_in_order(
     let mut confirmed = 0;
     for confirm in confirms {
         match tokio::time::timeout_at(deadline, confirm).await {
-            Ok(Ok(c)) if c.is_ack() => confirmed += 1,
-            Ok(Ok(_)) => {
-                let (broker, ch) = (broker.clone(), ch.clone());
+            // Not mandatory: an event no service listens to is acked.
+            Ok(Outcome::Acked | Outcome::Returned) => confirmed += 1,
+            Ok(Outcome::Nacked) => {
+                let (broker, ch) = (broker.clone(), ch.channel().clone());
                 tokio::spawn(async move { broker.retire_nacked(&ch, EVENT_PUBLISH_WAIT).await });
                 break;
             }
-            Ok(Err(err)) => {
-                tracing::debug!(error = %err, "presence event not confirmed");
+            Ok(outcome) => {
+                tracing::debug!(?outcome, "presence event not confirmed");
                 break;
             }
             Err(_) => {
-                let (broker, ch) = (broker.clone(), ch.clone());
+                let (broker, ch) = (broker.clone(), ch.channel().clone());
                 tokio::spawn(async move {
                     broker
                         .retire_publisher(
@@ -477,11 +479,11 @@ async fn publish_event(broker: &Broker, exchange: &str, key: &str, body: &str) {
             .with_app_id("warren-gateway".into())
             .with_message_id(ShortString::from(uuid::Uuid::new_v4().simple().to_string()));
         match ch
-            .basic_publish(
+            .publish(
                 ShortString::from(exchange),
                 ShortString::from(key),
                 BasicPublishOptions::default(),
-                body.as_bytes(),
+                body.as_bytes().to_vec(),
                 props,
             )
             .await
@@ -1443,12 +1445,13 @@ async fn report_one(shared: &Shared, a: crate::hub::Addressed) {
         props = props.with_correlation_id(ShortString::from(id.as_str()));
     }
     if let Ok(ch) = shared.broker.publisher().await {
+        // Its confirm is not awaited: the report is best effort.
         let _ = ch
-            .basic_publish(
+            .publish(
                 ShortString::from(""),
                 ShortString::from(a.reply_to.as_str()),
                 BasicPublishOptions::default(),
-                body.as_bytes(),
+                body.into_bytes(),
                 props,
             )
             .await;

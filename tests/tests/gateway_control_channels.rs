@@ -102,26 +102,31 @@ async fn a_retired_publisher_channel_leaves_the_pool_and_closes() {
     let pool: Vec<u16> = {
         let a = broker.publisher().await.expect("publisher channel");
         let b = broker.publisher().await.expect("publisher channel");
-        vec![a.id(), b.id()]
+        vec![a.channel().id(), b.channel().id()]
     };
     let stuck = broker.publisher().await.expect("publisher channel");
+    let stuck = stuck.channel();
     assert!(pool.contains(&stuck.id()), "round robin over the pool");
     broker
         .retire_publisher(
-            &stuck,
+            stuck,
             Duration::from_secs(2),
             "a publish got no confirm in time",
         )
         .await;
     for _ in 0..6 {
         let ch = broker.publisher().await.expect("publisher channel");
-        assert_ne!(ch.id(), stuck.id(), "the retired channel is not handed out");
-        assert!(ch.status().connected());
+        assert_ne!(
+            ch.channel().id(),
+            stuck.id(),
+            "the retired channel is not handed out"
+        );
+        assert!(ch.channel().status().connected());
     }
     // Retiring it again (a second publish timing out on it) changes nothing.
     broker
         .retire_publisher(
-            &stuck,
+            stuck,
             Duration::from_secs(2),
             "a publish got no confirm in time",
         )
