@@ -13,23 +13,26 @@
 //! Each return a confirm carries is recorded by its `message_id` (every gateway
 //! publish that can be returned has one), and a publish is decided only once it and
 //! every earlier publish on the channel are confirmed: by then its own return, if
-//! any, has reached one of the confirms seen. (A return waits in lapin's queue for
-//! the next confirm to complete; counting the returns ahead of it shows it is taken
-//! by the time every publish up to its own has completed, and lapin completes them
-//! in the order the driver sees them.) A publish confirmed while an earlier one is
+//! any, has reached one of the confirms completed. (A return waits in lapin's queue
+//! for the next confirm to complete; counting the returns ahead of it shows it is
+//! taken by the time every publish up to its own has completed.) So before deciding,
+//! the driver records every confirm completed so far ([`settle`]), under the lock
+//! that publishes hold from taking their tag until they reach the driver. A publish
+//! whose own return was seen is told at once. One confirmed while an earlier one is
 //! still out waits at most [`HOLD`] for it, then is decided on what was seen (a
-//! quorum queue failing over must not hold up every later answer on the channel).
+//! quorum queue failing over must not hold up every later answer on the channel),
+//! and a publish without a confirm for [`STUCK`] no longer holds up later ones.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use futures_util::FutureExt;
 use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
 use lapin::Confirmation;
@@ -43,9 +46,6 @@ use crate::inbound::Outcome;
 /// channel before it is decided without them. Confirms come within milliseconds
 /// unless RabbitMQ is failing a queue over or blocking publishes.
 pub const HOLD: Duration = Duration::from_secs(1);
-
-/// Returns recorded for no waiting publish kept at most; past this they are dropped.
-const STRAY_RETURNS: usize = 10_000;
 
 /// A confirm-mode channel and the task that matches its confirms to their returns.
 /// Every publish on the channel must go through [`Publisher::publish`]: a confirm
@@ -178,11 +178,7 @@ async fn drive(
             take(&mut ledger, &mut confirms, e);
         }
         let now = Instant::now();
-        if let Some(done) = std::future::poll_fn(|cx| sweep(&mut confirms, cx)).now_or_never() {
-            for (seq, confirm) in done {
-                ledger.resolve(seq, confirm, now);
-            }
-        }
+        settle(&mut confirms, &mut ledger, now);
         for (reply, outcome) in ledger.decide(now) {
             let _ = reply.send(outcome);
         }
@@ -198,12 +194,12 @@ fn take(
     e: Entry,
 ) {
     let Entry { id, confirm, reply } = e;
-    let seq = ledger.push(id, reply);
+    let seq = ledger.push(id, reply, Instant::now());
     confirms.push(Box::pin(async move { (seq, confirm.await) }));
 }
 
-/// Every confirm complete now, in the order lapin completed them (the ready queue of
-/// `FuturesUnordered` is first in, first out); pending while there is none.
+/// Some confirms complete now; pending while there is none. (`FuturesUnordered` may
+/// also yield with some still to poll: [`settle`] is the sweep that misses none.)
 fn sweep<F>(confirms: &mut FuturesUnordered<F>, cx: &mut Context<'_>) -> Poll<Vec<F::Output>>
 where
     F: Future,
@@ -219,6 +215,42 @@ where
     }
 }
 
+/// Records every confirm complete by now. `FuturesUnordered` answers pending also
+/// when it yields (it wakes itself first) with confirms still to poll; a waker that
+/// notes being woken tells the two apart, and the sweep goes on until a poll left
+/// nothing ready and nothing woke it meanwhile.
+fn settle(
+    confirms: &mut FuturesUnordered<Confirming>,
+    ledger: &mut Ledger<oneshot::Sender<Outcome>>,
+    now: Instant,
+) {
+    let woken = Arc::new(Woken(AtomicBool::new(false)));
+    let waker = std::task::Waker::from(woken.clone());
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        woken.0.store(false, Ordering::SeqCst);
+        match confirms.poll_next_unpin(&mut cx) {
+            Poll::Ready(Some((seq, confirm))) => ledger.resolve(seq, confirm, now),
+            Poll::Ready(None) => return,
+            Poll::Pending if woken.0.load(Ordering::SeqCst) => {}
+            Poll::Pending => return,
+        }
+    }
+}
+
+/// A waker that only notes that it was woken.
+struct Woken(AtomicBool);
+
+impl std::task::Wake for Woken {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 /// How a confirm came, its carried return set aside.
 #[derive(Debug, Clone, PartialEq)]
 enum Came {
@@ -231,7 +263,8 @@ struct Waiting<T> {
     id: Option<String>,
     /// Taken when decided.
     reply: Option<T>,
-    came: Option<(Came, Instant)>,
+    came: Option<Came>,
+    published: Instant,
 }
 
 /// The publishes of one channel in delivery tag order, and the returns seen, by
@@ -239,31 +272,58 @@ struct Waiting<T> {
 struct Ledger<T> {
     /// The sequence number of `waiting`'s first entry.
     first: u64,
+    /// From the first undecided publish on.
     waiting: VecDeque<Waiting<T>>,
-    returned: HashMap<String, u32>,
+    /// The first publish not confirmed yet: every one before is confirmed, decided or
+    /// given up waiting for ([`STUCK`]).
+    next: u64,
+    /// Publishes confirmed while an earlier one was out, with when they stop waiting.
+    held: VecDeque<(Instant, u64)>,
+    /// Publishes whose confirm was given up waiting for, decided when it comes.
+    stuck: HashMap<u64, (Option<String>, T)>,
+    /// Verdicts of stuck publishes whose confirm came.
+    late: Vec<(T, Outcome)>,
+    /// Returns seen and not yet matched, by message id: for each, the sequence number
+    /// before which its publish was made (the publishes made when it was seen).
+    returned: HashMap<String, VecDeque<u64>>,
+    /// The same returns in the order seen, to drop those whose publish was decided
+    /// without them.
+    seen: VecDeque<(u64, String)>,
 }
+
+/// How long a publish without a confirm holds up the verdicts of later ones before it
+/// is set aside (and decided when its confirm comes). Callers give up sooner
+/// ([`crate::inbound::CONFIRM_WAIT`]) and take the channel out of use; this bounds what
+/// a confirm that never comes costs the channel.
+const STUCK: Duration = Duration::from_secs(60);
 
 impl<T> Default for Ledger<T> {
     fn default() -> Self {
         Ledger {
             first: 0,
             waiting: VecDeque::new(),
+            next: 0,
+            held: VecDeque::new(),
+            stuck: HashMap::new(),
+            late: Vec::new(),
             returned: HashMap::new(),
+            seen: VecDeque::new(),
         }
     }
 }
 
 impl<T> Ledger<T> {
     fn is_empty(&self) -> bool {
-        self.waiting.is_empty()
+        self.waiting.is_empty() && self.stuck.is_empty() && self.late.is_empty()
     }
 
-    /// A publish made, its confirm to come; its sequence number.
-    fn push(&mut self, id: Option<String>, reply: T) -> u64 {
+    /// A publish made at `now`, its confirm to come; its sequence number.
+    fn push(&mut self, id: Option<String>, reply: T, now: Instant) -> u64 {
         self.waiting.push_back(Waiting {
             id,
             reply: Some(reply),
             came: None,
+            published: now,
         });
         self.first + self.waiting.len() as u64 - 1
     }
@@ -278,97 +338,157 @@ impl<T> Ledger<T> {
             Err(e) => (Came::Failed(e.to_string()), None),
         };
         if let Some(id) = carried.and_then(|r| r.delivery.properties.message_id().clone()) {
-            self.record_return(id.to_string());
+            let before = self.first + self.waiting.len() as u64;
+            self.returned
+                .entry(id.to_string())
+                .or_default()
+                .push_back(before);
+            self.seen.push_back((before, id.to_string()));
         }
-        let Some(i) = seq.checked_sub(self.first) else {
+        if let Some((id, reply)) = self.stuck.remove(&seq) {
+            let outcome = self.verdict(id.as_deref(), &came);
+            self.late.push((reply, outcome));
+            return;
+        }
+        let Some(w) = seq
+            .checked_sub(self.first)
+            .and_then(|i| self.waiting.get_mut(i as usize))
+        else {
             return;
         };
-        if let Some(w) = self.waiting.get_mut(i as usize) {
-            w.came = Some((came, now));
+        w.came = Some(came);
+        if seq > self.next {
+            self.held.push_back((now + HOLD, seq));
         }
     }
 
-    fn record_return(&mut self, id: String) {
-        if self.returned.len() >= STRAY_RETURNS {
-            tracing::warn!(
-                returns = self.returned.len(),
-                "returned messages matched no publish waiting on their channel; dropped"
-            );
-            self.returned.clear();
+    /// Takes a return seen for `id`, if any.
+    fn take_return(&mut self, id: &str) -> bool {
+        let Some(bounds) = self.returned.get_mut(id) else {
+            return false;
+        };
+        bounds.pop_front();
+        if bounds.is_empty() {
+            self.returned.remove(id);
         }
-        *self.returned.entry(id).or_default() += 1;
+        true
     }
 
-    /// When the first publish confirmed but held for an earlier one stops waiting.
+    fn verdict(&mut self, id: Option<&str>, came: &Came) -> Outcome {
+        let own_return = id.is_some_and(|id| self.take_return(id));
+        match came {
+            Came::Failed(e) => Outcome::Failed(e.clone()),
+            _ if own_return => Outcome::Returned,
+            Came::Ack => Outcome::Acked,
+            Came::Nack => Outcome::Nacked,
+        }
+    }
+
+    /// When the first publish held for an earlier one, or the first one without a
+    /// confirm, stops waiting.
     fn next_deadline(&self) -> Option<Instant> {
-        let mut earlier_out = false;
-        let mut next: Option<Instant> = None;
-        for w in &self.waiting {
-            if w.reply.is_none() {
-                continue;
-            }
-            match &w.came {
-                None => earlier_out = true,
-                Some((_, at)) if earlier_out => {
-                    let until = *at + HOLD;
-                    next = Some(next.map_or(until, |n| n.min(until)));
-                }
-                Some(_) => {}
-            }
+        let held = self.held.front().map(|(at, _)| *at);
+        let stuck = self
+            .next
+            .checked_sub(self.first)
+            .and_then(|i| self.waiting.get(i as usize))
+            .map(|w| w.published + STUCK);
+        match (held, stuck) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
-        next
+    }
+
+    /// Decides publish `i` (an index in `waiting`), confirmed, unless it was already.
+    fn decide_at(&mut self, i: usize, out: &mut Vec<(T, Outcome)>) {
+        let Some(w) = self.waiting.get_mut(i) else {
+            return;
+        };
+        let (Some(reply), Some(came)) = (w.reply.take(), w.came.clone()) else {
+            return;
+        };
+        let id = w.id.take();
+        out.push((reply, self.verdict(id.as_deref(), &came)));
     }
 
     /// The publishes that can be told now, with their verdicts: each confirmed one
-    /// whose earlier publishes are all confirmed, or that waited [`HOLD`] for them.
+    /// whose earlier publishes are all confirmed, each whose own return was seen, and
+    /// each that waited [`HOLD`] for an earlier one.
     fn decide(&mut self, now: Instant) -> Vec<(T, Outcome)> {
-        let mut out = Vec::new();
-        let mut earlier_out = false;
-        for w in self.waiting.iter_mut() {
+        let mut out = std::mem::take(&mut self.late);
+        // In order, up to the first publish not confirmed.
+        while let Some(i) = self.next.checked_sub(self.first).map(|i| i as usize) {
+            let Some(w) = self.waiting.get_mut(i) else {
+                break;
+            };
+            if w.came.is_some() {
+                self.decide_at(i, &mut out);
+            } else if now >= w.published + STUCK {
+                tracing::warn!(
+                    id = w.id.as_deref().unwrap_or(""),
+                    "a publish got no confirm in {} s; later publishes on its channel no \
+                     longer wait for it",
+                    STUCK.as_secs()
+                );
+                let id = w.id.take();
+                let reply = w.reply.take().expect("undecided until confirmed");
+                w.came = Some(Came::Failed("set aside".into()));
+                self.stuck.insert(self.next, (id, reply));
+            } else {
+                break;
+            }
+            self.next += 1;
+        }
+        // Held ones: their own return seen, or waited long enough.
+        let mut still = VecDeque::with_capacity(self.held.len());
+        while let Some((until, seq)) = self.held.pop_front() {
+            let Some(i) = seq.checked_sub(self.first).map(|i| i as usize) else {
+                continue;
+            };
+            let Some(w) = self.waiting.get(i) else {
+                continue;
+            };
             if w.reply.is_none() {
                 continue;
             }
-            let Some((came, at)) = &w.came else {
-                earlier_out = true;
-                continue;
-            };
-            if earlier_out && now < *at + HOLD {
-                continue;
-            }
-            if earlier_out {
-                tracing::debug!(
-                    id = w.id.as_deref().unwrap_or(""),
-                    "a publish decided while an earlier one on its channel waits for its confirm"
-                );
-            }
-            let own_return = w.id.as_ref().is_some_and(|id| {
-                let Some(n) = self.returned.get_mut(id) else {
-                    return false;
-                };
-                *n -= 1;
-                if *n == 0 {
-                    self.returned.remove(id);
+            let own_return =
+                w.id.as_ref()
+                    .is_some_and(|id| self.returned.contains_key(id));
+            if own_return || now >= until {
+                if !own_return {
+                    tracing::debug!(
+                        id = w.id.as_deref().unwrap_or(""),
+                        "a publish decided while an earlier one on its channel waits for its confirm"
+                    );
                 }
-                true
-            });
-            let outcome = match came {
-                Came::Failed(e) => Outcome::Failed(e.clone()),
-                _ if own_return => Outcome::Returned,
-                Came::Ack => Outcome::Acked,
-                Came::Nack => Outcome::Nacked,
-            };
-            out.push((w.reply.take().expect("undecided"), outcome));
+                self.decide_at(i, &mut out);
+            } else {
+                still.push_back((until, seq));
+            }
         }
+        self.held = still;
         while self.waiting.front().is_some_and(|w| w.reply.is_none()) {
             self.waiting.pop_front();
             self.first += 1;
         }
-        if self.waiting.is_empty() && !self.returned.is_empty() {
-            tracing::warn!(
-                returns = self.returned.len(),
-                "returned messages matched no publish waiting on their channel"
-            );
-            self.returned.clear();
+        // Returns whose publish can only have been one decided already.
+        while let Some((before, _)) = self.seen.front() {
+            if *before > self.first {
+                break;
+            }
+            let (before, id) = self.seen.pop_front().expect("front");
+            if let Some(bounds) = self.returned.get_mut(&id) {
+                if bounds.front() == Some(&before) {
+                    tracing::warn!(
+                        id,
+                        "a returned message matched no publish waiting on its channel"
+                    );
+                    bounds.pop_front();
+                    if bounds.is_empty() {
+                        self.returned.remove(&id);
+                    }
+                }
+            }
         }
         out
     }
@@ -389,11 +509,11 @@ mod tests {
         Some(m)
     }
 
-    fn ledger(ids: &[&str]) -> Ledger<&'static str> {
+    fn ledger(ids: &[&str], now: Instant) -> Ledger<&'static str> {
         let mut l = Ledger::default();
         for id in ids {
             let label: &'static str = Box::leak(id.to_string().into_boxed_str());
-            l.push(Some(id.to_string()), label);
+            l.push(Some(id.to_string()), label, now);
         }
         l
     }
@@ -403,7 +523,7 @@ mod tests {
         // routed, then unroutable: the routed one's ack completed first, with the
         // unroutable one's return; the unroutable one's ack came bare.
         let now = Instant::now();
-        let mut l = ledger(&["routed", "unroutable"]);
+        let mut l = ledger(&["routed", "unroutable"], now);
         l.resolve(0, Ok(Confirmation::Ack(returning("unroutable"))), now);
         l.resolve(1, Ok(Confirmation::Ack(None)), now);
         let got = l.decide(now);
@@ -412,7 +532,7 @@ mod tests {
             matches!(got[1], ("unroutable", Outcome::Returned)),
             "{got:?}"
         );
-        assert!(l.is_empty() && l.returned.is_empty());
+        assert!(l.is_empty() && l.returned.is_empty() && l.seen.is_empty());
     }
 
     #[test]
@@ -420,7 +540,7 @@ mod tests {
         // The later publish's bare ack is seen before the earlier one's, which
         // carries the later one's return.
         let now = Instant::now();
-        let mut l = ledger(&["a", "b"]);
+        let mut l = ledger(&["a", "b"], now);
         l.resolve(1, Ok(Confirmation::Ack(None)), now);
         assert!(l.decide(now).is_empty(), "b waits for a");
         assert_eq!(l.next_deadline(), Some(now + HOLD));
@@ -431,34 +551,54 @@ mod tests {
     }
 
     #[test]
+    fn a_publish_whose_own_return_was_seen_is_told_at_once() {
+        let now = Instant::now();
+        let mut l = ledger(&["a", "b"], now);
+        l.resolve(1, Ok(Confirmation::Ack(returning("b"))), now);
+        assert!(matches!(l.decide(now)[..], [("b", Outcome::Returned)]));
+        l.resolve(0, Ok(Confirmation::Ack(None)), now);
+        assert!(matches!(l.decide(now)[..], [("a", Outcome::Acked)]));
+        assert!(l.is_empty());
+    }
+
+    #[test]
     fn a_held_publish_is_decided_after_the_hold() {
         let now = Instant::now();
-        let mut l = ledger(&["a", "b", "c"]);
+        let mut l = ledger(&["a", "b", "c"], now);
         l.resolve(1, Ok(Confirmation::Nack(None)), now);
-        l.resolve(
-            2,
-            Err(lapin::ErrorKind::InvalidChannelState(
-                lapin::ChannelState::Closed,
-                "basic.publish",
-            )
-            .into()),
-            now,
-        );
+        let closed =
+            lapin::ErrorKind::InvalidChannelState(lapin::ChannelState::Closed, "basic.publish");
+        l.resolve(2, Err(closed.into()), now);
         assert!(l.decide(now + HOLD / 2).is_empty());
         let got = l.decide(now + HOLD);
         assert!(matches!(got[0], ("b", Outcome::Nacked)), "{got:?}");
         assert!(matches!(got[1], ("c", Outcome::Failed(_))), "{got:?}");
         assert!(!l.is_empty(), "a still waits");
-        assert_eq!(l.next_deadline(), None);
+        assert_eq!(l.next_deadline(), Some(now + STUCK));
         l.resolve(0, Ok(Confirmation::Ack(None)), now + HOLD);
         assert!(matches!(l.decide(now + HOLD)[..], [("a", Outcome::Acked)]));
         assert!(l.is_empty());
     }
 
     #[test]
+    fn a_publish_without_a_confirm_is_set_aside_and_told_when_it_comes() {
+        let now = Instant::now();
+        let mut l = ledger(&["a", "b"], now);
+        l.resolve(1, Ok(Confirmation::Ack(None)), now);
+        let later = now + STUCK;
+        let got = l.decide(later);
+        assert!(matches!(got[..], [("b", Outcome::Acked)]), "{got:?}");
+        assert!(l.waiting.is_empty(), "nothing waits behind a");
+        assert_eq!(l.next_deadline(), None);
+        l.resolve(0, Ok(Confirmation::Ack(returning("a"))), later);
+        assert!(matches!(l.decide(later)[..], [("a", Outcome::Returned)]));
+        assert!(l.is_empty());
+    }
+
+    #[test]
     fn returns_swapped_between_two_unroutable_publishes_return_both() {
         let now = Instant::now();
-        let mut l = ledger(&["x", "x", "y"]);
+        let mut l = ledger(&["x", "x", "y"], now);
         l.resolve(2, Ok(Confirmation::Ack(returning("x"))), now);
         l.resolve(0, Ok(Confirmation::Ack(returning("y"))), now);
         l.resolve(1, Ok(Confirmation::Ack(None)), now);
@@ -470,11 +610,14 @@ mod tests {
     }
 
     #[test]
-    fn a_stray_return_is_dropped_once_the_channel_has_nothing_waiting() {
+    fn a_stray_return_is_dropped_once_every_publish_before_it_is_decided() {
         let now = Instant::now();
-        let mut l = ledger(&["a"]);
+        let mut l = ledger(&["a", "b"], now);
         l.resolve(0, Ok(Confirmation::Ack(returning("gone"))), now);
         assert!(matches!(l.decide(now)[..], [("a", Outcome::Acked)]));
-        assert!(l.returned.is_empty());
+        assert!(!l.returned.is_empty(), "b may still be its publish");
+        l.resolve(1, Ok(Confirmation::Ack(None)), now);
+        assert!(matches!(l.decide(now)[..], [("b", Outcome::Acked)]));
+        assert!(l.returned.is_empty() && l.seen.is_empty());
     }
 }
