@@ -155,6 +155,7 @@ async fn drive(
     let mut ledger: Ledger<oneshot::Sender<Outcome>> = Ledger::default();
     let mut confirms = FuturesUnordered::new();
     let mut open = true;
+    let mut completed = Vec::new();
     while open || !ledger.is_empty() {
         let hold = ledger.next_deadline();
         tokio::select! {
@@ -162,12 +163,9 @@ async fn drive(
                 Some(e) => take(&mut ledger, &mut confirms, e),
                 None => open = false,
             },
-            done = std::future::poll_fn(|cx| sweep(&mut confirms, cx)) => {
-                let now = Instant::now();
-                for (seq, confirm) in done {
-                    ledger.resolve(seq, confirm, now);
-                }
-            }
+            // Recorded below, once every publish made by now is in the ledger: a
+            // return is kept for the publishes made before it was seen.
+            done = std::future::poll_fn(|cx| sweep(&mut confirms, cx)) => completed = done,
             () = tokio::time::sleep_until(hold.unwrap_or_else(Instant::now)), if hold.is_some() => {}
         }
         let order = order.upgrade();
@@ -178,6 +176,9 @@ async fn drive(
             take(&mut ledger, &mut confirms, e);
         }
         let now = Instant::now();
+        for (seq, confirm) in completed.drain(..) {
+            ledger.resolve(seq, confirm, now);
+        }
         settle(&mut confirms, &mut ledger, now);
         for (reply, outcome) in ledger.decide(now) {
             let _ = reply.send(outcome);
@@ -404,7 +405,10 @@ impl<T> Ledger<T> {
         let Some(w) = self.waiting.get_mut(i) else {
             return;
         };
-        let (Some(reply), Some(came)) = (w.reply.take(), w.came.clone()) else {
+        let Some(came) = w.came.clone() else {
+            return;
+        };
+        let Some(reply) = w.reply.take() else {
             return;
         };
         let id = w.id.take();
@@ -432,7 +436,8 @@ impl<T> Ledger<T> {
                 );
                 let id = w.id.take();
                 let reply = w.reply.take().expect("undecided until confirmed");
-                w.came = Some(Came::Failed("set aside".into()));
+                // Decided here: its verdict is sent when its confirm comes.
+                w.came = Some(Came::Ack);
                 self.stuck.insert(self.next, (id, reply));
             } else {
                 break;
@@ -472,8 +477,9 @@ impl<T> Ledger<T> {
             self.first += 1;
         }
         // Returns whose publish can only have been one decided already.
+        let undecided = self.stuck.keys().copied().fold(self.first, u64::min);
         while let Some((before, _)) = self.seen.front() {
-            if *before > self.first {
+            if *before > undecided {
                 break;
             }
             let (before, id) = self.seen.pop_front().expect("front");
@@ -593,6 +599,19 @@ mod tests {
         l.resolve(0, Ok(Confirmation::Ack(returning("a"))), later);
         assert!(matches!(l.decide(later)[..], [("a", Outcome::Returned)]));
         assert!(l.is_empty());
+    }
+
+    #[test]
+    fn a_return_for_a_publish_set_aside_is_kept_for_it() {
+        let now = Instant::now();
+        let later = now + STUCK;
+        let mut l = ledger(&["a", "b"], now);
+        assert!(l.decide(later).is_empty(), "a set aside");
+        l.resolve(1, Ok(Confirmation::Ack(returning("a"))), later);
+        assert!(matches!(l.decide(later)[..], [("b", Outcome::Acked)]));
+        l.resolve(0, Ok(Confirmation::Ack(None)), later);
+        assert!(matches!(l.decide(later)[..], [("a", Outcome::Returned)]));
+        assert!(l.is_empty() && l.returned.is_empty());
     }
 
     #[test]
