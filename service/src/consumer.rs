@@ -182,15 +182,17 @@ async fn restart<H>(
 
 /// Runs the consume loop for the life of the service: on a lost consumer, waits for
 /// the link to be up (on a newer connection when the old one died), starts again,
-/// and goes on. Returns when `stop` turns true, the link is closed, or the queue was
-/// deleted (then the service turns [`ServiceState::Failed`]).
+/// and goes on. Returns when `halt` turns true (the service stopped or failed), the
+/// link is closed, or the queue was deleted: then the service turns
+/// [`ServiceState::Failed`] and `halt` stops its other consumers too.
 pub(crate) async fn keep_consuming<H: Handler>(
     shared: Arc<Shared<H>>,
     first: Started,
-    mut stop: watch::Receiver<bool>,
+    halt: watch::Sender<bool>,
     state: watch::Sender<ServiceState>,
     grace: Duration,
 ) {
+    let mut stop = halt.subscribe();
     let mut next = Some(first);
     let mut generation = 0;
     let mut min_generation = 0;
@@ -222,6 +224,7 @@ pub(crate) async fn keep_consuming<H: Handler>(
                                 false
                             }
                         });
+                        halt.send_replace(true);
                         return;
                     }
                     Err(Restart::Failed(e)) => {
@@ -691,6 +694,7 @@ fn refused_for_good(e: &ServiceError) -> bool {
         ServiceError::BrokerUnavailable { .. }
             | ServiceError::Nacked { .. }
             | ServiceError::Stopped
+            | ServiceError::Failed(_)
     )
 }
 

@@ -55,6 +55,10 @@ pub enum ServiceError {
     /// The service was stopped while the operation was waiting.
     #[error("the service is stopped")]
     Stopped,
+    /// The service has failed ([`ServiceState::Failed`](crate::ServiceState::Failed),
+    /// the reason): it consumes nothing any more.
+    #[error("the service has failed: {0}")]
+    Failed(String),
     /// No AMQP URI was given.
     #[error("no AMQP URI given")]
     NoUri,

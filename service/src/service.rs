@@ -41,7 +41,9 @@ pub enum ServiceState {
     /// Publishes wait meanwhile (bounded by `publish_timeout`).
     Reconnecting(String),
     /// The service cannot go on (connection lost with reconnection disabled, or a
-    /// consumed queue deleted); the reason. The process should restart the service.
+    /// consumed queue deleted); the reason. Every consumer has stopped, as on
+    /// [`Service::stop`] (handlers in progress get [`STOP_GRACE`]), and `consume`
+    /// answers [`ServiceError::Failed`]. The process should restart the service.
     Failed(String),
     /// Stopped on request.
     Stopped,
@@ -55,6 +57,8 @@ pub struct Service {
     config: ServiceConfig,
     publisher: Publisher,
     stop: watch::Sender<bool>,
+    /// Turns true on `stop` or when a consumer fails the service: every consumer ends.
+    halt: watch::Sender<bool>,
     state: watch::Sender<ServiceState>,
     consumers: Mutex<Vec<JoinHandle<()>>>,
     supervisor: Mutex<Option<JoinHandle<()>>>,
@@ -133,6 +137,7 @@ impl Service {
             config,
             publisher,
             stop,
+            halt: watch::Sender::new(false),
             state,
             consumers: Mutex::new(Vec::new()),
             supervisor: Mutex::new(Some(supervisor)),
@@ -199,6 +204,18 @@ impl Service {
         self.state.subscribe()
     }
 
+    /// `Ok` unless the service was stopped or has failed: a consumer started then
+    /// would never run.
+    fn check_live(&self) -> Result<()> {
+        if *self.stop.borrow() {
+            return Err(ServiceError::Stopped);
+        }
+        match &*self.state.borrow() {
+            ServiceState::Failed(reason) => Err(ServiceError::Failed(reason.clone())),
+            _ => Ok(()),
+        }
+    }
+
     /// Declares the `IN_<CHANNEL>` queue of `channel` (bound to `warren.in` with
     /// `<channel>.#`, with the channel's TTL when configured) and consumes it with
     /// `handler`, `prefetch` messages at a time, acknowledging each after the handler
@@ -219,9 +236,7 @@ impl Service {
         handler: H,
         dead_letters: DeadLetters,
     ) -> Result<String> {
-        if *self.stop.borrow() {
-            return Err(ServiceError::Stopped);
-        }
+        self.check_live()?;
         let deadline = crate::config::deadline_in(self.config.publish_timeout);
         let epoch = self.link.up(0, Some(deadline)).await?;
         let queue = topology::declare_channel_queue_as(
@@ -250,7 +265,7 @@ impl Service {
         let task = tokio::spawn(consumer::keep_consuming(
             shared,
             started,
-            self.stop.subscribe(),
+            self.halt.clone(),
             self.state.clone(),
             STOP_GRACE,
         ));
@@ -298,9 +313,7 @@ impl Service {
         queues: &[S],
         handler: H,
     ) -> Result<Vec<String>> {
-        if *self.stop.borrow() {
-            return Err(ServiceError::Stopped);
-        }
+        self.check_live()?;
         let queues = priority::validate_queue_list(queues)?;
         let deadline = crate::config::deadline_in(self.config.publish_timeout);
         let epoch = self.link.up(0, Some(deadline)).await?;
@@ -335,7 +348,7 @@ impl Service {
         let task = tokio::spawn(priority::keep_consuming(
             levels,
             epoch,
-            self.stop.subscribe(),
+            self.halt.subscribe(),
             STOP_GRACE,
         ));
         self.consumers.lock().expect("consumers lock").push(task);
@@ -429,6 +442,7 @@ impl Service {
     /// None today (closing is best effort); kept for compatibility.
     pub async fn stop(self) -> Result<()> {
         let _ = self.stop.send(true);
+        self.halt.send_replace(true);
         let tasks = std::mem::take(&mut *self.consumers.lock().expect("consumers lock"));
         for task in tasks {
             if let Err(e) = task.await {

@@ -374,3 +374,81 @@ async fn a_service_that_failed_leaves_the_registry() {
     })
     .await;
 }
+
+/// A service that failed consumes nothing any more, as README says: its other
+/// channels' consumers stop too (before, they went on handling requests while the
+/// instance had announced `leave`, so gateways answered that channel `no_service`
+/// and its requests were still taken), and `consume` on it is refused.
+#[tokio::test]
+async fn a_service_that_failed_stops_consuming_its_other_channels() {
+    TestEnv::run("registry-failed-all", LIMIT, async |env| {
+        let handled = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counted = handled.clone();
+        let counting = move |_ctx: Context, m: Incoming| {
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok::<_, HandlerError>(Outcome::Reply(Answer::raw(m.body)))
+            }
+        };
+        let service = tickets_service(env, Duration::from_millis(300)).await;
+        let chat = service
+            .consume("chat", counting)
+            .await
+            .expect("consume chat");
+        let (_, consumers) = warren_e2e::service::queue_counts(&chat).await;
+        assert_eq!(consumers, 1, "chat is consumed");
+
+        env.channel()
+            .queue_delete(
+                env.names.channel_queue("tickets").as_str().into(),
+                lapin::options::QueueDeleteOptions::default(),
+            )
+            .await
+            .expect("delete the tickets queue");
+        let state = tokio::time::timeout(Duration::from_secs(10), service.closed())
+            .await
+            .expect("the service fails once its queue is gone");
+        assert!(
+            matches!(state, warren_service::ServiceState::Failed(_)),
+            "{state:?}"
+        );
+        // Its chat consumer is gone (bounded: it ends as on `stop`).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (_, consumers) = warren_e2e::service::queue_counts(&chat).await;
+            if consumers == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the failed service still consumes {chat} ({consumers} consumers)"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // A message for chat waits in its queue, unhandled.
+        env.channel()
+            .basic_publish(
+                "".into(),
+                chat.as_str().into(),
+                BasicPublishOptions::default(),
+                b"{}",
+                BasicProperties::default(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(env.message_count(&chat).await, Some(1));
+        assert_eq!(handled.load(std::sync::atomic::Ordering::SeqCst), 0);
+        // And nothing new is consumed on it.
+        let refused = service.consume("voice", echo).await;
+        assert!(
+            matches!(refused, Err(warren_service::ServiceError::Failed(_))),
+            "{refused:?}"
+        );
+        let _ = service.stop().await;
+    })
+    .await;
+}
