@@ -10,6 +10,9 @@
 //! with `rejected`. A plain publish (not a request) is applied all the same, without
 //! an answer.
 //!
+//! In tenant mode each tenant has a desk of its own (the request's `x-warren-tenant`):
+//! one tenant's users never see, get or close another's tickets.
+//!
 //! Every change is also announced to clients as a topic event whose message is the
 //! ticket: `tickets.event.ticket.created` and `tickets.event.ticket.closed`
 //! ([`EVENT_CREATED`], [`EVENT_CLOSED`]), so a page subscribed with `ticket.*` updates
@@ -193,12 +196,36 @@ impl TicketBook {
     }
 }
 
-/// The tickets handler: a [`TicketBook`] shared by all deliveries. After a change it
-/// publishes the change's event (best effort: the change stands when the event cannot
-/// be published, and clients reload the list when they reconnect).
+/// The tickets handler: a [`TicketBook`] per tenant (one for messages without a
+/// tenant), shared by all deliveries. After a change it publishes the change's event
+/// (best effort: the change stands when the event cannot be published, and clients
+/// reload the list when they reconnect); the service library gives the event the
+/// request's tenant.
 #[derive(Debug, Clone, Default)]
 pub struct Desk {
-    book: Arc<Mutex<TicketBook>>,
+    books: Arc<Mutex<BTreeMap<Option<String>, TicketBook>>>,
+}
+
+impl Desk {
+    /// Applies one request (raw JSON) sent by `user` of `tenant` to that tenant's book.
+    ///
+    /// # Errors
+    /// As [`TicketBook::apply`].
+    pub fn apply(
+        &self,
+        tenant: Option<&str>,
+        message: &[u8],
+        user: Option<&str>,
+    ) -> Result<Applied, Refusal> {
+        let mut books = self
+            .books
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        books
+            .entry(tenant.map(str::to_string))
+            .or_default()
+            .apply(message, user)
+    }
 }
 
 impl Handler for Desk {
@@ -207,12 +234,9 @@ impl Handler for Desk {
         ctx: Context,
         message: Incoming,
     ) -> BoxFuture<'static, Result<Outcome, HandlerError>> {
-        let book = self.book.clone();
+        let desk = self.clone();
         Box::pin(async move {
-            let result = book
-                .lock()
-                .map_err(|_| HandlerError::Failed("ticket book poisoned".into()))?
-                .apply(&message.body, message.user.as_deref());
+            let result = desk.apply(message.tenant(), &message.body, message.user.as_deref());
             match result {
                 Ok(applied) => {
                     if let Some(event) = applied.event {
@@ -312,6 +336,35 @@ mod tests {
             let r = apply(&mut book, bad).unwrap_err();
             assert_eq!(r.code, ErrorCode::Invalid, "{bad}");
         }
+    }
+
+    #[test]
+    fn each_tenant_has_a_desk_of_its_own() {
+        let desk = Desk::default();
+        let create = br#"{"op":"create","title":"acme's printer"}"#;
+        let made = desk.apply(Some("acme"), create, Some("ada")).unwrap();
+        assert_eq!(made.answer["id"], 1);
+        let list = |tenant| {
+            desk.apply(tenant, br#"{"op":"list"}"#, None)
+                .unwrap()
+                .answer
+        };
+        assert_eq!(list(Some("globex"))["tickets"], serde_json::json!([]));
+        assert_eq!(list(None)["tickets"], serde_json::json!([]));
+        let r = desk.apply(Some("globex"), br#"{"op":"close","id":1}"#, None);
+        assert_eq!(r.unwrap_err().code, ErrorCode::Rejected);
+        assert_eq!(list(Some("acme"))["tickets"][0]["status"], "open");
+        // globex numbers its own tickets from 1.
+        let theirs = desk.apply(Some("globex"), create, None).unwrap();
+        assert_eq!(theirs.answer["id"], 1);
+        // Clones share the desks.
+        assert_eq!(
+            desk.clone()
+                .apply(Some("acme"), br#"{"op":"get","id":1}"#, None)
+                .unwrap()
+                .answer["created_by"],
+            "ada"
+        );
     }
 
     #[test]
