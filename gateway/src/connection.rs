@@ -1908,12 +1908,19 @@ impl Conn {
 /// The stream (its name) of the first position `hello` names past that stream's
 /// tail ([`Hub::holds_position`](crate::hub::Hub::holds_position)): positions of a
 /// stream that was deleted and declared again, or of another broker. Nothing after
-/// such a position can be replayed: the session is not resumed.
+/// such a position can be replayed: the session is not resumed. A channel stream's
+/// position counts only when `hello` subscribes to its channel, as only then is it
+/// read from (clients hold a position of every channel stream, from `welcome` and
+/// pings): a replaced channel stream does not refuse the resumes of sessions that
+/// do not follow it.
 async fn position_past_tail(shared: &Shared, hello: &Hello) -> Option<String> {
     for source in shared.streams.all() {
         let position = match &source.channel {
             None => hello.position,
-            Some(channel) => hello.positions.get(channel),
+            Some(channel) if hello.subscriptions.iter().any(|s| &s.channel == channel) => {
+                hello.positions.get(channel)
+            }
+            Some(_) => None,
         };
         let Some(position) = position else {
             continue;

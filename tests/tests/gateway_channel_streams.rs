@@ -410,3 +410,84 @@ async fn topology_check_reports_the_outbound_streams_catch_all_binding_until_app
     })
     .await;
 }
+
+/// Clients hold a position of every channel stream (from `welcome` and pings), also
+/// of those they do not follow. When one such stream is deleted and declared again
+/// (how its retention is changed), a session that does not follow it resumes as
+/// before, with what it missed on its other streams. Before, every resume naming
+/// the old position was refused: a fresh session with `session_expired`, and chat's
+/// messages of the outage were never replayed.
+#[tokio::test]
+async fn a_replaced_channel_stream_does_not_refuse_the_resume_of_a_session_not_following_it() {
+    TestEnv::run("chan-stream-replaced", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, voice_for_an_hour).await;
+        // Once a voice listener has v0, this gateway's reader has read it, and a
+        // welcome names voice's position.
+        let mut listener = TestClient::connect(&gw.url()).await;
+        listener.subscribe(sub("v", "voice")).await;
+        env.publish_out("voice.all", "v0", "\"v0\"").await;
+        listener.expect_delivers(1).await;
+        let mut c = TestClient::connect(&gw.url()).await;
+        let voice_at = c
+            .welcome()
+            .positions
+            .get("voice")
+            .expect("welcome names voice's position");
+        c.subscribe(sub("c", "chat")).await;
+        env.publish_out("chat.all", "c1", "\"c1\"").await;
+        let c1 = c.expect_delivers(1).await.remove(0);
+        let session = c.session().to_string();
+        c.abort();
+        listener.abort();
+
+        // Voice's stream is deleted and declared again by a gateway starting: its
+        // positions start over, below the one `c` holds.
+        env.new_channel()
+            .await
+            .queue_delete(
+                env.names.channel_stream("voice").as_str().into(),
+                Default::default(),
+            )
+            .await
+            .expect("delete voice's stream");
+        let gw2 = TestGateway::start_with(env, voice_for_an_hour).await;
+        env.publish_out("chat.all", "c2", "\"c2\"").await;
+
+        let hello = Hello {
+            session: Some(session.clone()),
+            position: c1.position,
+            positions: Positions::from_iter([("voice".to_string(), voice_at)]),
+            subscriptions: vec![sub("c", "chat")],
+            ..Hello::default()
+        };
+        let mut back = TestClient::connect_with(&gw2.url(), hello).await;
+        assert!(back.welcome().resumed, "{:?}", back.welcome());
+        assert_eq!(back.welcome().notice, None, "{:?}", back.welcome());
+        assert_eq!(back.session(), session);
+        let replayed = back.expect_delivers(1).await;
+        assert_eq!(texts(&replayed, "chat"), ["c2"], "what the outage held");
+        back.expect_no_deliver(Duration::from_millis(300)).await;
+
+        // Following voice, the old position is still refused: nothing after it can
+        // be replayed from the new stream.
+        let hello = Hello {
+            session: Some(session),
+            position: c1.position,
+            positions: Positions::from_iter([("voice".to_string(), voice_at)]),
+            subscriptions: vec![sub("c", "chat"), sub("v", "voice")],
+            ..Hello::default()
+        };
+        let refused = TestClient::connect_with(&gw2.url(), hello).await;
+        assert!(!refused.welcome().resumed, "{:?}", refused.welcome());
+        assert_eq!(
+            refused.welcome().notice,
+            Some(ErrorCode::SessionExpired),
+            "{:?}",
+            refused.welcome()
+        );
+        back.close().await;
+        gw2.shutdown().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
