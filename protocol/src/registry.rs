@@ -35,9 +35,14 @@ macro_rules! error_codes {
                 match self { $(ErrorCode::$variant => $retry,)* ErrorCode::Unknown => false }
             }
 
-            /// Parses a wire name; unknown names give [`ErrorCode::Unknown`].
+            /// Parses a wire name; unknown names give [`ErrorCode::Unknown`]. (Looked
+            /// up through [`ErrorCode::as_str`], so the SDK's wasm holds the names once.)
             pub fn parse(name: &str) -> ErrorCode {
-                match name { $($name => ErrorCode::$variant,)* _ => ErrorCode::Unknown }
+                Self::ALL
+                    .iter()
+                    .copied()
+                    .find(|c| c.as_str() == name)
+                    .unwrap_or(ErrorCode::Unknown)
             }
         }
     };

@@ -1054,6 +1054,7 @@ impl<C: Codec> ClientCore<C> {
                 }
             }
         }
+        let named = !subscriptions.is_empty();
         self.send(&ClientFrame::Hello(Hello {
             session: self.session.clone(),
             token: self.token.clone(),
@@ -1063,6 +1064,18 @@ impl<C: Codec> ClientCore<C> {
             positions: Positions::new(),
             subscriptions,
         }));
+        // Over the known max_frame_bytes: said without them at once, as after a
+        // `too_large` (a gateway drops a `hello` over 4 KiB past its limit without an
+        // answer, and the client sent the same `hello` for ever).
+        let over = match self.actions.last() {
+            Some(Action::Send(text)) if named => self.oversized(text),
+            _ => None,
+        };
+        if let Some(err) = over {
+            self.actions.pop();
+            self.actions.push(Action::Error(err));
+            self.hello(false)
+        }
     }
 
     /// Sends every subscription again (after `welcome`, or a refresh that revoked some).
