@@ -804,6 +804,89 @@ async fn a_resume_replays_what_was_missed_from_the_outbound_stream_and_a_channel
     b.close();
 }
 
+// A resume whose `hello` would be far over the gateway's max_frame_bytes (64 KiB):
+// 250 distinct subscriptions of three long groups each (about 110 KB), 105 bindings.
+// A gateway drops a `hello` more than 4 KiB over its limit without an answer: the
+// client sent the same one on every attempt and never got its session back. Now it
+// says `hello` without them (an `error` event `too_large`), resumes, and subscribes
+// again after `welcome`.
+#[wasm_bindgen_test]
+async fn a_resume_whose_hello_would_be_over_max_frame_bytes_resumes_and_subscribes_again() {
+    let primary = url(0, "all");
+    let tag = format!("{}", js_sys::Math::random()).replace('.', "");
+    let (a, states) = primary_only(&primary).await;
+    let (on_error, errors) = recorder();
+    a.on("error", on_error).expect("on error");
+    let session = a.session().as_string().expect("a session");
+    // Group names of 128 characters, the most a name may have.
+    let group = |n: usize| format!("{tag}{}{n:03}", "g".repeat(125 - tag.len()));
+    let (on_first, first) = recorder();
+    let mut subs = Vec::new();
+    for i in 0..250 {
+        let groups = [group(i % 50), group(50 + i / 50), group(55 + (i * 7) % 50)];
+        let options = json(&format!(
+            r#"{{"channel": "chat", "groups": ["{}", "{}", "{}"]}}"#,
+            groups[0], groups[1], groups[2]
+        ));
+        let on = if i == 0 {
+            on_first.clone()
+        } else {
+            recorder().0
+        };
+        subs.push(
+            a.subscribe(options.unchecked_into(), on, None)
+                .expect("subscribe"),
+        );
+    }
+    for sub in &subs {
+        wait(sub.ready()).await.expect("subscribed");
+    }
+
+    post(&format!("{}/gateways/primary/kill", control())).await;
+    post(&format!("{}/gateways/primary/start", control())).await;
+    assert!(
+        eventually(|| {
+            states
+                .borrow()
+                .iter()
+                .filter(|e| path(e, &["resumed"]) == JsValue::TRUE)
+                .count()
+                >= 1
+        })
+        .await,
+        "resumed within 10 s of the restart; errors: {:?}",
+        errors.borrow().iter().map(code_of).collect::<Vec<_>>()
+    );
+    assert_eq!(a.session().as_string(), Some(session), "the same session");
+    assert!(
+        errors.borrow().iter().any(|e| code_of(e) == "too_large"),
+        "the app was told: {:?}",
+        errors.borrow().iter().map(code_of).collect::<Vec<_>>()
+    );
+    // Subscribed again after `welcome`: a message to the first subscription's group
+    // reaches it.
+    let (b, _b_sub, _) = chat_follower(&url(1, "all")).await;
+    let text = format!("big-{tag}");
+    wait(
+        b.write(
+            json(&format!(
+                r#"{{"channel": "chat", "distribution": {{"groups": ["{}"]}}, "message": {{"text": "{text}"}}}}"#,
+                group(0)
+            ))
+            .unchecked_into(),
+        ),
+    )
+    .await
+    .expect("write");
+    assert!(
+        eventually(|| texts_with(&first, "big-", &tag).len() == 1).await,
+        "delivered to the subscription after the resume: {:?}",
+        texts_with(&first, "", "")
+    );
+    a.close();
+    b.close();
+}
+
 // test.sh runs a third stack whose gateways answer requests by direct reply-to
 // (`request_replies = "direct"`): a reply comes without a stream position. Requests
 // resolve, and the positions the codec keeps are untouched by such replies: a resume
