@@ -904,14 +904,15 @@ impl Conn {
         }
         // A new session starts after each stream's newest message, taken once its
         // subscriptions are in place: a message read between its joining and them
-        // did not reach it, and the welcome must not name a position before it.
+        // did not reach it, and the welcome must not name a position before it. Nor
+        // past one read since that waits in its inbox, sent after the welcome.
         let heads: Vec<_> = if resumed {
             Vec::new()
         } else {
             let streams = self.shared.streams.all();
             streams
                 .iter()
-                .map(|source| (source.channel.clone(), source.hub.head()))
+                .map(|source| (source.channel.clone(), source.hub.welcome_head(self.id)))
                 .collect()
         };
         let heads = heads.into_iter();

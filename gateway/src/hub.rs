@@ -686,6 +686,25 @@ impl Hub {
         self.next_offset().and_then(|n| n.checked_sub(1))
     }
 
+    /// The position a fresh session's `welcome` names for this stream: the newest
+    /// message read, or, while messages for `conn` still wait in its inbox, the one
+    /// before the first of them. The `welcome` goes out before them: a client whose
+    /// connection is lost in between resumes from there and gets them, instead of
+    /// from a position past them. `None`: nothing before it (a resume without a
+    /// position replays from the stream's start).
+    pub fn welcome_head(&self, conn: u64) -> Option<u64> {
+        let st = self.lock();
+        let head = st.next?.checked_sub(1)?;
+        let first = st
+            .members
+            .get(&conn)
+            .and_then(|m| m.inbox.queue().front().map(|f| f.offset));
+        match first {
+            Some(first) => first.checked_sub(1).map(|p| p.min(head)),
+            None => Some(head),
+        }
+    }
+
     /// Members (sessions) in the hub.
     pub fn members(&self) -> usize {
         self.lock().members.len()
@@ -1976,6 +1995,30 @@ mod tests {
         // A member that is not live (it lagged, or catches up) gets none.
         let (_b, _) = hub.join(2, "s2", Some(0));
         assert_eq!(hub.subscribe_at(2, &keys(&["chat.all"])), None);
+    }
+
+    #[test]
+    fn a_welcome_names_no_position_past_a_message_still_waiting_in_the_inbox() {
+        let hub = Hub::new(10_000);
+        hub.publish(msg(0, "chat.all"));
+        hub.publish(msg(1, "chat.group.r1"));
+        let (a, _) = hub.join(1, "s1", None);
+        assert_eq!(hub.welcome_head(1), Some(1), "nothing waits: the head");
+        hub.subscribe(1, &keys(&["chat.all"]));
+        // Read between the subscription and the welcome: not sent yet.
+        hub.publish(msg(2, "chat.group.r2"));
+        hub.publish(msg(3, "chat.all"));
+        hub.publish(msg(4, "chat.all"));
+        assert_eq!(hub.head(), Some(4));
+        assert_eq!(hub.welcome_head(1), Some(2), "the one before m3");
+        assert_eq!(offsets(&a.inbox), [3, 4]);
+        assert_eq!(hub.welcome_head(1), Some(4), "taken: the head again");
+        // The stream's first message waiting: no position (replay from the start).
+        let hub = Hub::new(10_000);
+        let (_b, _) = hub.join(2, "s2", None);
+        hub.subscribe(2, &keys(&["chat.all"]));
+        hub.publish(msg(0, "chat.all"));
+        assert_eq!(hub.welcome_head(2), None);
     }
 
     #[test]
