@@ -229,6 +229,20 @@ mod tests {
         assert_eq!(p.channels().collect::<Vec<_>>(), vec!["voice"]);
         assert_eq!(p.distribution.groups, vec!["g1".to_string()]);
         assert_eq!(p.message.unwrap().get(), r#"{"k":1}"#);
+        // `null` is a message, as in a `publish` frame; only an absent one is none.
+        let null = r#"{"channel":{"chat":true},"packet_action":"publish","message":null}"#;
+        let ClientFrame::Poc(p) = decode_client(null).unwrap() else {
+            panic!("not a poc packet")
+        };
+        assert_eq!(
+            p.message.map(|m| m.get().to_string()).as_deref(),
+            Some("null")
+        );
+        let absent = r#"{"channel":{"chat":true},"packet_action":"consume"}"#;
+        let ClientFrame::Poc(p) = decode_client(absent).unwrap() else {
+            panic!("not a poc packet")
+        };
+        assert!(p.message.is_none());
     }
 
     #[test]

@@ -50,9 +50,25 @@ pub struct PocPacket<M = Raw> {
     /// messages (no topic events).
     #[serde(default)]
     pub consume_target: Vec<String>,
-    /// The application message (required for `publish`).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The application message (required for `publish`): any JSON, `null` too
+    /// (`None` only when the field is absent).
+    #[serde(
+        default = "Option::default",
+        deserialize_with = "present",
+        bound(deserialize = "M: Deserialize<'de>"),
+        skip_serializing_if = "Option::is_none"
+    )]
     pub message: Option<M>,
+}
+
+/// A field that is there, whatever its value: `null` is `M`'s `null`, not `None`
+/// (serde's `Option` takes `null` for absent).
+fn present<'de, D, M>(de: D) -> Result<Option<M>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    M: Deserialize<'de>,
+{
+    M::deserialize(de).map(Some)
 }
 
 impl<M> PocPacket<M> {
