@@ -54,8 +54,9 @@ enum Read {
     /// Pulled from the hub's ring (a resume, or the live backlog filled up).
     Ring,
     /// Behind the ring, waiting for one of its user's shares
-    /// (`max_stream_readers_per_user`) before it joins a shared reader.
-    Waiting(Sharing),
+    /// (`max_stream_readers_per_user`) before it joins a shared reader at this
+    /// position (the hub's: past what it served the session live).
+    Waiting(u64, Sharing),
     /// A stream reader shared with other sessions behind the ring (crate::replay).
     Replay(Handle),
     /// Its own stream reader, being opened at this position; the notice that the
@@ -77,8 +78,9 @@ pub(crate) enum Event {
     Read(Option<Arc<Message>>),
     /// What the session's shared stream reader gave.
     Replayed(Taken),
-    /// One of its user's shares: the session may read behind the ring.
-    Shared(Share),
+    /// One of its user's shares: the session may read behind the ring, from this
+    /// position.
+    Shared(u64, Share),
     /// The session's own reader, opened at this position (or why it could not be).
     Opened(u64, Result<Box<Reader>, GatewayError>),
     /// The hub found the stream deleted and declared again while the session read
@@ -154,8 +156,8 @@ impl Outbound {
             Read::Ring => Event::Pull,
             // Behind the ring, the hub pushes nothing: a stream replaced meanwhile is
             // heard of here.
-            Read::Waiting(sharing) => tokio::select! {
-                share = sharing.as_mut() => Event::Shared(share),
+            Read::Waiting(from, sharing) => tokio::select! {
+                share = sharing.as_mut() => Event::Shared(*from, share),
                 () = self.member.replaced() => Event::Replaced,
             },
             Read::Replay(h) => tokio::select! {
@@ -227,8 +229,10 @@ impl Outbound {
                                 Some(share) => self.behind(share, conn, from),
                                 None => {
                                     tracing::debug!(conn, stream = %self.source.name, "behind the ring: waits for one of its user's shares");
-                                    self.read =
-                                        Read::Waiting(Box::pin(slots.share(self.user.clone())));
+                                    self.read = Read::Waiting(
+                                        from,
+                                        Box::pin(slots.share(self.user.clone())),
+                                    );
                                 }
                             }
                         }
@@ -266,9 +270,12 @@ impl Outbound {
                 self.read = Read::Opening(from, Box::pin(opening), left);
             }
             Event::Replaced => return self.replaced(),
-            Event::Shared(share) => {
-                // Nothing was sent while it waited: it reads on from where it was.
-                let from = self.positions.next();
+            Event::Shared(from, share) => {
+                // Nothing was sent while it waited: it reads on from where the hub
+                // said, as with a share at once. Not from its own cursor, which lies
+                // before what the hub served it live when a gap raised its start (or
+                // is 0 for a session that was sent nothing): a reader opened there read
+                // for nothing, and told the session more positions missed than were.
                 self.behind(share, conn, from);
             }
             Event::Opened(from, Ok(r)) => {
@@ -403,6 +410,6 @@ fn let_go(read: Read) {
                 }
             });
         }
-        Read::Live | Read::Ring | Read::Waiting(_) | Read::Replay(_) => {}
+        Read::Live | Read::Ring | Read::Waiting(..) | Read::Replay(_) => {}
     }
 }
