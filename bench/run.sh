@@ -23,6 +23,8 @@ OUT=${BENCH_OUT:-bench/results}
 mkdir -p "$OUT" target/warren-bench
 
 cargo build --release -p warren-gateway -p warren-service -p warren-bench
+# Where that build put the binaries (CARGO_TARGET_DIR, relative to here, or ./target).
+bin=${CARGO_TARGET_DIR:-target}/release
 
 # 10,000 sessions need 10,000+ descriptors in warren-bench and in the gateway it starts
 # (which inherits the limit); warren-bench raises its soft limit to the hard one too.
@@ -36,11 +38,11 @@ fi
 targets=gateway,raw
 if (exec 3<>/dev/tcp/127.0.0.1/15674) 2>/dev/null; then targets+=,web-stomp; fi
 
-exec target/release/warren-bench \
+exec "$bin/warren-bench" \
   --targets "$targets" \
   --amqp-uri "$AMQP_ADDR" \
-  --gateway-bin target/release/warren-gateway \
-  --service-bin target/release/warren-demo-service \
+  --gateway-bin "$bin/warren-gateway" \
+  --service-bin "$bin/warren-demo-service" \
   --stack-log target/warren-bench/stack.log \
   --json "$OUT/report.json" \
   --markdown "$OUT/table.md" \

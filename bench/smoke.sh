@@ -18,6 +18,8 @@ mkdir -p target/warren-bench
 # and the gateway (48 s). Run alone, it builds the tests too (minutes the first time),
 # and the gateway it runs carries the tests' fault-injection hooks (unused here).
 cargo build --workspace --bins --tests
+# Where that build put the binaries (CARGO_TARGET_DIR, relative to here, or ./target).
+bin=${CARGO_TARGET_DIR:-target}/debug
 
 # The Web-STOMP baseline runs whenever the broker is on this machine (./dev enables the
 # plugin): a smoke run that left it out silently would let its path rot unseen.
@@ -33,10 +35,10 @@ else
   echo "bench smoke: RabbitMQ is not on this machine ($host): the web-stomp target is skipped"
 fi
 
-timeout 120 target/debug/warren-bench \
+timeout 120 "$bin/warren-bench" \
   --amqp-uri "$AMQP_ADDR" \
-  --gateway-bin target/debug/warren-gateway \
-  --service-bin target/debug/warren-demo-service \
+  --gateway-bin "$bin/warren-gateway" \
+  --service-bin "$bin/warren-demo-service" \
   --stack-log target/warren-bench/smoke-stack.log \
   --scenarios idle,publish,rpc,fanout \
   --targets "$targets" \
@@ -61,10 +63,10 @@ PY
 
 # Sessions with JWT identity (--auth-jwt-secret: the started gateway in jwt mode, each
 # client its own signed token; a welcome for another user fails the run).
-timeout 60 target/debug/warren-bench \
+timeout 60 "$bin/warren-bench" \
   --amqp-uri "$AMQP_ADDR" \
-  --gateway-bin target/debug/warren-gateway \
-  --service-bin target/debug/warren-demo-service \
+  --gateway-bin "$bin/warren-gateway" \
+  --service-bin "$bin/warren-demo-service" \
   --stack-log target/warren-bench/smoke-jwt-stack.log \
   --auth-jwt-secret "bench smoke: an HMAC secret of at least 32 bytes" \
   --scenarios idle,rpc --targets gateway \
@@ -73,8 +75,8 @@ timeout 60 target/debug/warren-bench \
   --strict
 
 # The reply-path probe (stream against a classic reply queue), a few messages.
-timeout 60 target/debug/warren-bench-reply-path --amqp-uri "$AMQP_ADDR" --messages 20 --runs 1
+timeout 60 "$bin/warren-bench-reply-path" --amqp-uri "$AMQP_ADDR" --messages 20 --runs 1
 
 # The priority-switch bench (Service::consume_queues against simulated polling), a few
 # trials: about 1 s.
-timeout 60 target/debug/warren-bench-priority --amqp-uri "$AMQP_ADDR" --trials 5 --work-ms 50 --poll-ms 500
+timeout 60 "$bin/warren-bench-priority" --amqp-uri "$AMQP_ADDR" --trials 5 --work-ms 50 --poll-ms 500

@@ -15,11 +15,17 @@ pub fn run(args: &[&str]) -> Result<String, String> {
         .output()
         .map_err(|e| format!("`rabbitmqctl {}` did not run: {e}", args.join(" ")))?;
     if !out.status.success() {
+        // Debian's wrapper says why it refuses (not root nor rabbitmq) on stdout.
+        let said = if out.stderr.is_empty() {
+            &out.stdout
+        } else {
+            &out.stderr
+        };
         return Err(format!(
             "`rabbitmqctl {}` failed ({}): {}",
             args.join(" "),
             out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
+            String::from_utf8_lossy(said).trim()
         ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
