@@ -9,9 +9,10 @@
 //! into a bounded window ([`Window`]); every session takes the messages at or after its
 //! own cursor at its own pace. The window keeps what it read, like the hub's ring, so
 //! sessions that resume a little later join it too; when it is full, the messages
-//! every session has passed make room. When the window is full and the slowest
-//! session makes no progress for [`STALL`], the replay drops the older half anyway:
-//! sessions left behind get
+//! every session has passed make room. When the window stays full for [`STALL`] and
+//! its slowest session took nothing in that time, or less than half a window while
+//! another waited at the window's end for more ([`Period`]), the replay drops the
+//! older half anyway: sessions left behind get
 //! [`Taken::Behind`] and read on with a reader of their own ([`crate::hub::Reader`]),
 //! so one slow client cannot hold the others back. A session leaves its replay when it
 //! reaches the ring, as before; a replay with no session left stops.
@@ -41,8 +42,8 @@ use crate::metrics::{self, Metrics};
 pub const WINDOW_MESSAGES: usize = 2048;
 /// Bytes (roughly, [`Message::size`]) a replay's window holds at most.
 pub const WINDOW_BYTES: usize = 16 * 1024 * 1024;
-/// How long a full window waits for its slowest session before dropping its oldest
-/// half.
+/// The period over which a full window watches its slowest session before dropping
+/// its oldest half ([`Period`]).
 pub const STALL: Duration = Duration::from_secs(1);
 /// Unacknowledged messages a replay's consumer may hold; it acknowledges (for credit)
 /// every half of it.
@@ -177,10 +178,7 @@ impl Window {
     /// session has passed made what room they can.
     pub fn full(&mut self) -> bool {
         // Sessions the window already left behind hold nothing back.
-        let slowest = (self.cursors.values().copied())
-            .filter(|&c| c >= self.base)
-            .min()
-            .unwrap_or(self.next);
+        let slowest = self.slowest();
         while self.at_capacity() && self.messages.front().is_some_and(|m| m.offset < slowest) {
             self.drop_oldest();
         }
@@ -199,6 +197,26 @@ impl Window {
         }
     }
 
+    /// Whether a session has taken everything the window read and waits for more: with
+    /// the window full, the slowest session holds it back.
+    pub fn holds_back(&self) -> bool {
+        self.cursors.values().any(|&c| c >= self.next)
+    }
+
+    /// Messages it holds.
+    pub(crate) fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    /// The slowest cursor of the sessions not left behind (where the replay reads
+    /// next when there are none).
+    pub fn slowest(&self) -> u64 {
+        (self.cursors.values().copied())
+            .filter(|&c| c >= self.base)
+            .min()
+            .unwrap_or(self.next)
+    }
+
     /// The window stayed full for [`STALL`]: drops its older half though sessions
     /// still need it. They get [`Taken::Behind`] and no longer hold the window.
     pub fn stalled(&mut self) {
@@ -210,6 +228,30 @@ impl Window {
     /// The consumer failed: sessions get what was read, then [`Taken::Failed`].
     pub fn fail(&mut self) {
         self.failed = true;
+    }
+}
+
+/// A period of [`STALL`] over which a reader watches its full window, from the first
+/// time it found it full: at its end the window drops its older half when its
+/// slowest session holds the others back ([`Period::holds_back`]). Pure.
+#[derive(Debug, Clone, Copy)]
+pub struct Period {
+    /// When it began.
+    pub start: tokio::time::Instant,
+    /// The slowest cursor then ([`Window::slowest`]).
+    pub slowest: u64,
+    /// Whether a session waited at the window's end in it ([`Window::holds_back`]).
+    pub held: bool,
+}
+
+impl Period {
+    /// Whether the slowest session, now at `slowest`, held the others back over the
+    /// period: it took nothing, or less than `half` a window while another waited at
+    /// the end for more. (A slowest session taking a little every second held the
+    /// others to its pace: only one that took nothing at all was left behind.)
+    pub fn holds_back(&self, slowest: u64, half: u64) -> bool {
+        let progress = slowest.saturating_sub(self.slowest);
+        progress == 0 || (self.held && progress < half)
     }
 }
 
@@ -442,6 +484,8 @@ impl Replays {
         {
             Ok((channel, mut consumer)) => {
                 let mut unacked = 0u16;
+                // The period of STALL the full window is watched over.
+                let mut period: Option<Period> = None;
                 loop {
                     // Created before looking, so a session moving on meanwhile wakes it.
                     let moved = replay.moved.notified();
@@ -449,16 +493,34 @@ impl Replays {
                     if idle && self.stop_if_idle(&replay) {
                         break;
                     }
-                    let full = replay.lock().full();
+                    let (full, held, slowest) = {
+                        let mut w = replay.lock();
+                        (w.full(), w.holds_back(), w.slowest())
+                    };
+                    if let Some(p) = period.as_mut() {
+                        p.held |= held;
+                    }
                     if full {
-                        if tokio::time::timeout(STALL, moved).await.is_err() {
+                        let now = tokio::time::Instant::now();
+                        let p = *period.get_or_insert(Period {
+                            start: now,
+                            slowest,
+                            held,
+                        });
+                        let end = p.start + STALL;
+                        let decide =
+                            now >= end || tokio::time::timeout_at(end, moved).await.is_err();
+                        if decide {
+                            period = None;
                             let mut w = replay.lock();
-                            if w.full() {
+                            let now_slowest = w.slowest();
+                            let half = w.len() as u64 / 2;
+                            if w.full() && p.holds_back(now_slowest, half) {
                                 w.stalled();
+                                drop(w);
+                                // The sessions it left behind learn it at their next take.
+                                replay.added.notify_waiters();
                             }
-                            drop(w);
-                            // The sessions it left behind learn it at their next take.
-                            replay.added.notify_waiters();
                         }
                         continue;
                     }
@@ -724,6 +786,43 @@ mod tests {
         }
         assert!(!w.full(), "session 2, left behind, holds nothing back");
         assert_eq!(offset(w.take(1)), 4);
+    }
+
+    #[test]
+    fn a_slowest_session_holds_the_others_back_when_it_took_nothing_or_little_while_one_waited() {
+        let p = |held| Period {
+            start: tokio::time::Instant::now(),
+            slowest: 100,
+            held,
+        };
+        assert!(p(false).holds_back(100, 1024), "took nothing");
+        assert!(p(true).holds_back(100, 1024));
+        assert!(p(true).holds_back(140, 1024), "a little, another waiting");
+        assert!(!p(false).holds_back(140, 1024), "a little, nobody waiting");
+        assert!(!p(true).holds_back(1200, 1024), "half a window or more");
+    }
+
+    #[test]
+    fn a_session_that_took_everything_is_held_back_by_a_full_window() {
+        let mut w = Window::new(0, 4, usize::MAX);
+        assert!(w.join(1, 0) && w.join(2, 0));
+        for o in 0..4 {
+            w.push(msg(o));
+        }
+        assert!(w.full());
+        assert!(!w.holds_back(), "both still have messages to take");
+        for _ in 0..4 {
+            offset(w.take(1));
+        }
+        assert!(w.full(), "2 has taken nothing");
+        assert!(w.holds_back(), "1 waits at the end");
+        w.stalled();
+        assert!(!w.full());
+        assert!(matches!(w.take(2), Taken::Behind(0)));
+        assert!(
+            w.holds_back(),
+            "1 still waits for the reader, now with room"
+        );
     }
 
     #[test]

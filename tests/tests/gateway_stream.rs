@@ -362,6 +362,80 @@ async fn a_session_too_slow_for_its_shared_reader_reads_on_with_its_own_without_
     .await;
 }
 
+/// As above, but the slow session keeps taking a little: a window of deliveries every
+/// half second. It made progress, so the shared reader never stalled, and the fast
+/// session got the messages past the window at the slow one's pace (200: 12.5 s).
+/// Now a session waiting at the end of a full window for a second makes the window
+/// drop its older half, as a slowest one without progress does. Measured by how far
+/// the slow session got, not by time: the fast one must finish before the slow one
+/// takes what the window held back from it.
+#[tokio::test]
+async fn a_slow_session_taking_a_little_each_second_does_not_hold_its_shared_reader_back() {
+    TestEnv::run("stream-replay-pace", LIMIT, async |env| {
+        let window = 8;
+        let gw = TestGateway::start_with(env, |c| {
+            c.hub_buffer_messages = 3;
+            c.delivery_window = window;
+        })
+        .await;
+        let subs = vec![sub("all", "chat")];
+        let away = gone(&gw, 2, &subs[0]).await;
+        let n = warren_gateway::replay::WINDOW_MESSAGES + 200;
+        for i in 0..n {
+            env.publish_out("chat.all", &format!("m{i}"), &i.to_string())
+                .await;
+        }
+        let want: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+        let mut fast =
+            TestClient::connect_with(&gw.url(), resume(&away[0].0, away[0].1, subs.clone())).await;
+        let mut slow =
+            TestClient::connect_with(&gw.url(), resume(&away[1].0, away[1].1, subs.clone())).await;
+        let slow_got = std::sync::atomic::AtomicUsize::new(0);
+        let fast_done = std::sync::atomic::AtomicBool::new(false);
+        let fast_reads = async {
+            let mut got = Vec::new();
+            while got.len() < n {
+                let d = fast.expect_deliver().await;
+                got.push(d.message.get().to_string());
+                if got.len() % usize::from(window) == 0 {
+                    fast.ack_deliveries(d.seq).await;
+                }
+            }
+            let slow_at = slow_got.load(std::sync::atomic::Ordering::SeqCst);
+            fast_done.store(true, std::sync::atomic::Ordering::SeqCst);
+            (got, slow_at)
+        };
+        // A window of deliveries every half second until the fast one is done, then at
+        // once.
+        let slow_reads = async {
+            let mut got = Vec::new();
+            while got.len() < n {
+                let d = slow.expect_deliver().await;
+                got.push(d.message.get().to_string());
+                slow_got.store(got.len(), std::sync::atomic::Ordering::SeqCst);
+                if got.len() % usize::from(window) == 0 {
+                    if !fast_done.load(std::sync::atomic::Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    slow.ack_deliveries(d.seq).await;
+                }
+            }
+            got
+        };
+        let ((fast_got, slow_at), slow_got_all) = tokio::join!(fast_reads, slow_reads);
+        assert_eq!(fast_got, want, "the fast session got everything, in order");
+        assert!(
+            slow_at < 150,
+            "the fast session finished only once the slow one had taken {slow_at} messages: it \
+             was held to the slow one's pace"
+        );
+        assert_eq!(slow_got_all, want, "the slow one misses nothing");
+        slow.expect_no_deliver(Duration::from_millis(200)).await;
+        gw.shutdown().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_slow_client_catches_up_from_its_position_without_loss_or_duplicate() {
     TestEnv::run("stream-slow", LIMIT, async |env| {
