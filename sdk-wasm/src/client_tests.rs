@@ -133,6 +133,23 @@ impl Harness {
     }
 
     /// Subscribes to the `room-1` group of `chat`.
+    /// Subscribes to `n` distinct chat rooms (`room-0` …) and takes what that did.
+    fn join_rooms(&mut self, n: usize) {
+        for room in 0..n {
+            self.core
+                .subscribe(
+                    SubscribeOptions {
+                        channel: "chat".into(),
+                        groups: vec![format!("room-{room}")],
+                        ..Default::default()
+                    },
+                    self.now,
+                )
+                .unwrap();
+        }
+        self.take();
+    }
+
     fn join_room(&mut self) {
         self.core
             .subscribe(
@@ -1487,19 +1504,7 @@ fn a_resume_hello_refused_as_too_large_is_said_again_without_the_subscriptions()
     // Welcomed by a gateway with a larger limit than the one it resumes on.
     let mut h = Harness::new(&URLS);
     h.connect("s1", false);
-    for room in 0..200 {
-        h.core
-            .subscribe(
-                SubscribeOptions {
-                    channel: "chat".into(),
-                    groups: vec![format!("room-{room}")],
-                    ..Default::default()
-                },
-                h.now,
-            )
-            .unwrap();
-    }
-    h.take();
+    h.join_rooms(200);
     // 200 distinct rooms: one frame each is still too many for this gateway.
     let (text, _) = resume_hello(&mut h);
     assert!(text.len() > 4_096 && text.contains("room-199"));
@@ -1534,19 +1539,7 @@ fn a_resume_hello_over_the_known_max_frame_bytes_is_said_without_the_subscriptio
     let mut h = Harness::new(&URLS);
     h.max_frame_bytes = 4_096;
     h.connect("s1", false);
-    for room in 0..200 {
-        h.core
-            .subscribe(
-                SubscribeOptions {
-                    channel: "chat".into(),
-                    groups: vec![format!("room-{room}")],
-                    ..Default::default()
-                },
-                h.now,
-            )
-            .unwrap();
-    }
-    h.take();
+    h.join_rooms(200);
     // A gateway drops a `hello` more than 4 KiB over its limit without an answer:
     // sent, it would have been sent again on every attempt, for ever.
     let (text, actions) = resume_hello(&mut h);

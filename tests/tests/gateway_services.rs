@@ -330,6 +330,25 @@ async fn a_priority_worker_announces_the_channels_of_the_gateways_queues_it_work
     .await;
 }
 
+/// Deletes the tickets queue `service` consumes; waits (bounded) for the service to
+/// turn `Failed`.
+async fn fail_by_deleting_tickets(env: &TestEnv, service: &Service) {
+    env.channel()
+        .queue_delete(
+            env.names.channel_queue("tickets").as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .expect("delete the service's queue");
+    let state = tokio::time::timeout(Duration::from_secs(10), service.closed())
+        .await
+        .expect("the service fails once its queue is gone");
+    assert!(
+        matches!(state, warren_service::ServiceState::Failed(_)),
+        "{state:?}"
+    );
+}
+
 /// A service that failed (its queue was deleted: it consumes nothing any more)
 /// announces `leave` and no more heartbeats: gateways drop it from their view at once
 /// and answer its channel's requests `no_service` instead of letting them wait for
@@ -345,21 +364,7 @@ async fn a_service_that_failed_leaves_the_registry() {
         })
         .await;
 
-        let queue = env.names.channel_queue("tickets");
-        env.channel()
-            .queue_delete(
-                queue.as_str().into(),
-                lapin::options::QueueDeleteOptions::default(),
-            )
-            .await
-            .expect("delete the service's queue");
-        let state = tokio::time::timeout(Duration::from_secs(10), service.closed())
-            .await
-            .expect("the service fails once its queue is gone");
-        assert!(
-            matches!(state, warren_service::ServiceState::Failed(_)),
-            "{state:?}"
-        );
+        fail_by_deleting_tickets(env, &service).await;
         let left = wait_view(&gw, "leave", |s| s.get("tickets-svc").is_none()).await;
         println!(
             "gateway_services: a failed service left the view after {} ms",
@@ -399,20 +404,7 @@ async fn a_service_that_failed_stops_consuming_its_other_channels() {
         let (_, consumers) = warren_e2e::service::queue_counts(&chat).await;
         assert_eq!(consumers, 1, "chat is consumed");
 
-        env.channel()
-            .queue_delete(
-                env.names.channel_queue("tickets").as_str().into(),
-                lapin::options::QueueDeleteOptions::default(),
-            )
-            .await
-            .expect("delete the tickets queue");
-        let state = tokio::time::timeout(Duration::from_secs(10), service.closed())
-            .await
-            .expect("the service fails once its queue is gone");
-        assert!(
-            matches!(state, warren_service::ServiceState::Failed(_)),
-            "{state:?}"
-        );
+        fail_by_deleting_tickets(env, &service).await;
         // Its chat consumer is gone (bounded: it ends as on `stop`).
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {

@@ -304,25 +304,54 @@ async fn sessions_resuming_from_before_the_ring_share_stream_readers() {
     .await;
 }
 
+/// The delivery window of the shared-reader pace tests.
+const WINDOW: u16 = 8;
+
+/// Two chat sessions gone from a gateway with a ring of 3 messages and a delivery
+/// window of [`WINDOW`], and more messages published since than a shared reader's
+/// window holds.
+struct GonePastAWindow {
+    gw: TestGateway,
+    /// The sessions: id and position.
+    away: Vec<(String, Option<u64>)>,
+    subs: Vec<Subscribe>,
+    /// The messages' bodies, in order.
+    want: Vec<String>,
+}
+
+async fn two_gone_past_a_window(env: &TestEnv) -> GonePastAWindow {
+    let gw = TestGateway::start_with(env, |c| {
+        c.hub_buffer_messages = 3;
+        c.delivery_window = WINDOW;
+    })
+    .await;
+    let subs = vec![sub("all", "chat")];
+    let away = gone(&gw, 2, &subs[0]).await;
+    let n = warren_gateway::replay::WINDOW_MESSAGES + 200;
+    for i in 0..n {
+        env.publish_out("chat.all", &format!("m{i}"), &i.to_string())
+            .await;
+    }
+    let want = (0..n).map(|i| i.to_string()).collect();
+    GonePastAWindow {
+        gw,
+        away,
+        subs,
+        want,
+    }
+}
+
 #[tokio::test]
 async fn a_session_too_slow_for_its_shared_reader_reads_on_with_its_own_without_loss() {
     TestEnv::run("stream-replay-behind", LIMIT, async |env| {
-        let window = 8;
-        let gw = TestGateway::start_with(env, |c| {
-            c.hub_buffer_messages = 3;
-            c.delivery_window = window;
-        })
-        .await;
-        let subs = vec![sub("all", "chat")];
-        let away = gone(&gw, 2, &subs[0]).await;
-        // More than a shared reader's window holds.
-        let n = warren_gateway::replay::WINDOW_MESSAGES + 200;
-        for i in 0..n {
-            env.publish_out("chat.all", &format!("m{i}"), &i.to_string())
-                .await;
-        }
+        let GonePastAWindow {
+            gw,
+            away,
+            subs,
+            want,
+        } = two_gone_past_a_window(env).await;
+        let (window, n) = (WINDOW, want.len());
         let before = metric(&gw, "stream_readers_total").await;
-        let want: Vec<String> = (0..n).map(|i| i.to_string()).collect();
         let read_all = async |c: &mut TestClient| {
             let mut got = Vec::new();
             while got.len() < n {
@@ -365,27 +394,21 @@ async fn a_session_too_slow_for_its_shared_reader_reads_on_with_its_own_without_
 /// As above, but the slow session keeps taking a little: a window of deliveries every
 /// half second. It made progress, so the shared reader never stalled, and the fast
 /// session got the messages past the window at the slow one's pace (200: 12.5 s).
-/// Now a session waiting at the end of a full window for a second makes the window
-/// drop its older half, as a slowest one without progress does. Measured by how far
+/// Now a window full for a second whose slowest session took less than half of it
+/// while another waited for more drops its older half, as when the slowest took
+/// nothing. Measured by how far
 /// the slow session got, not by time: the fast one must finish before the slow one
 /// takes what the window held back from it.
 #[tokio::test]
 async fn a_slow_session_taking_a_little_each_second_does_not_hold_its_shared_reader_back() {
     TestEnv::run("stream-replay-pace", LIMIT, async |env| {
-        let window = 8;
-        let gw = TestGateway::start_with(env, |c| {
-            c.hub_buffer_messages = 3;
-            c.delivery_window = window;
-        })
-        .await;
-        let subs = vec![sub("all", "chat")];
-        let away = gone(&gw, 2, &subs[0]).await;
-        let n = warren_gateway::replay::WINDOW_MESSAGES + 200;
-        for i in 0..n {
-            env.publish_out("chat.all", &format!("m{i}"), &i.to_string())
-                .await;
-        }
-        let want: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+        let GonePastAWindow {
+            gw,
+            away,
+            subs,
+            want,
+        } = two_gone_past_a_window(env).await;
+        let (window, n) = (WINDOW, want.len());
         let mut fast =
             TestClient::connect_with(&gw.url(), resume(&away[0].0, away[0].1, subs.clone())).await;
         let mut slow =
