@@ -150,6 +150,18 @@ impl Harness {
         self.take();
     }
 
+    /// The resumed session's `welcome`: every one of `n` rooms is subscribed again,
+    /// and the client is connected.
+    fn welcomed_back_with_rooms(&mut self, n: usize) {
+        self.welcome("s1", true);
+        let frames = self.sent();
+        assert_eq!(
+            frames.iter().filter(|f| f["type"] == "subscribe").count(),
+            n
+        );
+        assert_eq!(self.core.state(), State::Connected);
+    }
+
     fn join_room(&mut self) {
         self.core
             .subscribe(
@@ -1525,13 +1537,7 @@ fn a_resume_hello_refused_as_too_large_is_said_again_without_the_subscriptions()
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert_eq!(errs[0].code, ErrorCode::TooLarge, "the app is told");
     // The session resumes, and every subscription is sent again after welcome.
-    h.welcome("s1", true);
-    let frames = h.sent();
-    assert_eq!(
-        frames.iter().filter(|f| f["type"] == "subscribe").count(),
-        200
-    );
-    assert_eq!(h.core.state(), State::Connected);
+    h.welcomed_back_with_rooms(200);
 }
 
 #[test]
@@ -1555,13 +1561,7 @@ fn a_resume_hello_over_the_known_max_frame_bytes_is_said_without_the_subscriptio
     let errs = errors(&actions);
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert_eq!(errs[0].code, ErrorCode::TooLarge, "the app is told");
-    h.welcome("s1", true);
-    let frames = h.sent();
-    assert_eq!(
-        frames.iter().filter(|f| f["type"] == "subscribe").count(),
-        200
-    );
-    assert_eq!(h.core.state(), State::Connected);
+    h.welcomed_back_with_rooms(200);
 }
 
 #[test]

@@ -308,18 +308,19 @@ async fn sessions_resuming_from_before_the_ring_share_stream_readers() {
 const WINDOW: u16 = 8;
 
 /// Two chat sessions gone from a gateway with a ring of 3 messages and a delivery
-/// window of [`WINDOW`], and more messages published since than a shared reader's
-/// window holds.
-struct GonePastAWindow {
+/// window of [`WINDOW`], more messages published since than a shared reader's window
+/// holds, and the two resumed: `fast` first, then `slow`.
+struct ResumedPastAWindow {
     gw: TestGateway,
-    /// The sessions: id and position.
-    away: Vec<(String, Option<u64>)>,
-    subs: Vec<Subscribe>,
+    fast: TestClient,
+    slow: TestClient,
     /// The messages' bodies, in order.
     want: Vec<String>,
+    /// The gateway's `stream_readers_total` before the two resumed.
+    readers_before: u64,
 }
 
-async fn two_gone_past_a_window(env: &TestEnv) -> GonePastAWindow {
+async fn two_resumed_past_a_window(env: &TestEnv) -> ResumedPastAWindow {
     let gw = TestGateway::start_with(env, |c| {
         c.hub_buffer_messages = 3;
         c.delivery_window = WINDOW;
@@ -332,26 +333,33 @@ async fn two_gone_past_a_window(env: &TestEnv) -> GonePastAWindow {
         env.publish_out("chat.all", &format!("m{i}"), &i.to_string())
             .await;
     }
-    let want = (0..n).map(|i| i.to_string()).collect();
-    GonePastAWindow {
+    let readers_before = metric(&gw, "stream_readers_total").await;
+    let resumed = async |(session, position): &(String, Option<u64>)| {
+        TestClient::connect_with(&gw.url(), resume(session, *position, subs.clone())).await
+    };
+    let fast = resumed(&away[0]).await;
+    let slow = resumed(&away[1]).await;
+    ResumedPastAWindow {
+        fast,
+        slow,
+        want: (0..n).map(|i| i.to_string()).collect(),
+        readers_before,
         gw,
-        away,
-        subs,
-        want,
     }
 }
 
 #[tokio::test]
 async fn a_session_too_slow_for_its_shared_reader_reads_on_with_its_own_without_loss() {
     TestEnv::run("stream-replay-behind", LIMIT, async |env| {
-        let GonePastAWindow {
+        let ResumedPastAWindow {
             gw,
-            away,
-            subs,
+            mut fast,
+            slow,
             want,
-        } = two_gone_past_a_window(env).await;
+            readers_before: before,
+        } = two_resumed_past_a_window(env).await;
         let (window, n) = (WINDOW, want.len());
-        let before = metric(&gw, "stream_readers_total").await;
+        // `slow` takes its first window of deliveries and then reads nothing.
         let read_all = async |c: &mut TestClient| {
             let mut got = Vec::new();
             while got.len() < n {
@@ -363,11 +371,6 @@ async fn a_session_too_slow_for_its_shared_reader_reads_on_with_its_own_without_
             }
             got
         };
-        let mut fast =
-            TestClient::connect_with(&gw.url(), resume(&away[0].0, away[0].1, subs.clone())).await;
-        // This one takes its first window of deliveries and then reads nothing.
-        let slow =
-            TestClient::connect_with(&gw.url(), resume(&away[1].0, away[1].1, subs.clone())).await;
         assert_eq!(
             read_all(&mut fast).await,
             want,
@@ -396,23 +399,19 @@ async fn a_session_too_slow_for_its_shared_reader_reads_on_with_its_own_without_
 /// session got the messages past the window at the slow one's pace (200: 12.5 s).
 /// Now a window full for a second whose slowest session took less than half of it
 /// while another waited for more drops its older half, as when the slowest took
-/// nothing. Measured by how far
-/// the slow session got, not by time: the fast one must finish before the slow one
-/// takes what the window held back from it.
+/// nothing. Measured by how far the slow session got, not by time: the fast one
+/// must finish before the slow one takes what the window held back from it.
 #[tokio::test]
 async fn a_slow_session_taking_a_little_each_second_does_not_hold_its_shared_reader_back() {
     TestEnv::run("stream-replay-pace", LIMIT, async |env| {
-        let GonePastAWindow {
+        let ResumedPastAWindow {
             gw,
-            away,
-            subs,
+            mut fast,
+            mut slow,
             want,
-        } = two_gone_past_a_window(env).await;
+            ..
+        } = two_resumed_past_a_window(env).await;
         let (window, n) = (WINDOW, want.len());
-        let mut fast =
-            TestClient::connect_with(&gw.url(), resume(&away[0].0, away[0].1, subs.clone())).await;
-        let mut slow =
-            TestClient::connect_with(&gw.url(), resume(&away[1].0, away[1].1, subs.clone())).await;
         let slow_got = std::sync::atomic::AtomicUsize::new(0);
         let fast_done = std::sync::atomic::AtomicBool::new(false);
         let fast_reads = async {
