@@ -372,7 +372,7 @@ impl Broker {
         let mut publishers = Vec::with_capacity(self.publisher_channels);
         let mut controls = Vec::with_capacity(self.publisher_channels);
         for _ in 0..self.publisher_channels {
-            publishers.push(self.new_publisher(&conn).await?);
+            publishers.push(self.new_pooled::<Publisher>(&conn).await?);
             controls.push(
                 conn.create_channel()
                     .await
@@ -386,17 +386,16 @@ impl Broker {
         let conn = self.open_connection("consume").await?;
         let mut consumers = Vec::with_capacity(self.consumer_channels);
         for _ in 0..self.consumer_channels {
-            consumers.push(self.new_channel(&conn, Pool::Consumer).await?);
+            consumers.push(self.new_pooled::<Channel>(&conn).await?);
         }
         Ok((conn, consumers))
     }
 
-    /// A publisher channel (confirm mode) on `conn`, its confirms matched to their
-    /// returns ([`Publisher`]).
-    async fn new_publisher(&self, conn: &Connection) -> Result<Publisher, GatewayError> {
-        Ok(Publisher::new(
-            self.new_channel(conn, Pool::Publisher).await?,
-        ))
+    /// A fresh element of pool `T` on `conn`: a consumer channel, or a publisher
+    /// channel (confirm mode) with its confirms matched to their returns
+    /// ([`Publisher`]).
+    async fn new_pooled<T: Pooled>(&self, conn: &Connection) -> Result<T, GatewayError> {
+        Ok(T::wrap(self.new_channel(conn, T::POOL).await?))
     }
 
     async fn new_channel(&self, conn: &Connection, pool: Pool) -> Result<Channel, GatewayError> {
@@ -474,7 +473,7 @@ impl Broker {
         };
         // Replace the closed channel without holding the links.
         tracing::debug!(pool = ?T::POOL, index = i, "replacing a closed channel");
-        let fresh = T::wrap(self.new_channel(&conn, T::POOL).await?);
+        let fresh: T = self.new_pooled(&conn).await?;
         self.put_in_pool(&conn, fresh.clone(), |j, c: &T| {
             j == i && !c.channel().status().connected()
         })
@@ -577,7 +576,7 @@ impl Broker {
         if let Some(ch) = self.open_stream_publisher(channel) {
             return Ok(ch); // another publish opened it meanwhile
         }
-        let fresh = tokio::time::timeout(self.wait, self.new_publisher(&conn))
+        let fresh = tokio::time::timeout(self.wait, self.new_pooled::<Publisher>(&conn))
             .await
             .map_err(|_| GatewayError::Unavailable)??;
         self.stream_publisher
@@ -648,7 +647,7 @@ impl Broker {
             }
             links.publish_conn.clone()
         };
-        match self.new_publisher(&conn).await {
+        match self.new_pooled::<Publisher>(&conn).await {
             Ok(fresh) => {
                 self.put_in_pool(&conn, fresh, |_, c: &Publisher| {
                     c.channel().id() == channel.id()

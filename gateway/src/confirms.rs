@@ -483,17 +483,12 @@ impl<T> Ledger<T> {
                 break;
             }
             let (before, id) = self.seen.pop_front().expect("front");
-            if let Some(bounds) = self.returned.get_mut(&id) {
-                if bounds.front() == Some(&before) {
-                    tracing::warn!(
-                        id,
-                        "a returned message matched no publish waiting on its channel"
-                    );
-                    bounds.pop_front();
-                    if bounds.is_empty() {
-                        self.returned.remove(&id);
-                    }
-                }
+            if self.returned.get(&id).and_then(VecDeque::front) == Some(&before) {
+                tracing::warn!(
+                    id,
+                    "a returned message matched no publish waiting on its channel"
+                );
+                self.take_return(&id);
             }
         }
         out

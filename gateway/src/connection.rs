@@ -846,15 +846,9 @@ impl Conn {
         };
         let mut streams = Vec::new();
         for (source, checked) in self.shared.streams.all().iter().zip(checked) {
-            let position = match &source.channel {
-                None => hello.position,
-                Some(channel) if hello.subscriptions.iter().any(|s| &s.channel == channel) => {
-                    hello.positions.get(channel)
-                }
-                Some(_) => {
-                    streams.push(None);
-                    continue;
-                }
+            let Some(position) = core_::followed_position(&hello, source.channel.as_deref()) else {
+                streams.push(None);
+                continue;
             };
             let resume_at = resumed.then(|| core_::resume_from(position));
             let (member, head) =
@@ -1916,14 +1910,8 @@ impl Conn {
 /// do not follow it.
 async fn position_past_tail(shared: &Shared, hello: &Hello) -> Option<String> {
     for source in shared.streams.all() {
-        let position = match &source.channel {
-            None => hello.position,
-            Some(channel) if hello.subscriptions.iter().any(|s| &s.channel == channel) => {
-                hello.positions.get(channel)
-            }
-            Some(_) => None,
-        };
-        let Some(position) = position else {
+        let Some(Some(position)) = core_::followed_position(hello, source.channel.as_deref())
+        else {
             continue;
         };
         if !source

@@ -493,20 +493,26 @@ impl Replays {
                     if idle && self.stop_if_idle(&replay) {
                         break;
                     }
-                    let (full, held, slowest) = {
+                    // The period is watched from the first time the window is full;
+                    // each look costs a pass over the cursors only until a session
+                    // was seen waiting at the end.
+                    let watched = {
                         let mut w = replay.lock();
-                        (w.full(), w.holds_back(), w.slowest())
+                        let full = w.full();
+                        if full && period.is_none() {
+                            period = Some(Period {
+                                start: tokio::time::Instant::now(),
+                                slowest: w.slowest(),
+                                held: false,
+                            });
+                        }
+                        if let Some(p) = period.as_mut() {
+                            p.held = p.held || w.holds_back();
+                        }
+                        period.filter(|_| full)
                     };
-                    if let Some(p) = period.as_mut() {
-                        p.held |= held;
-                    }
-                    if full {
+                    if let Some(p) = watched {
                         let now = tokio::time::Instant::now();
-                        let p = *period.get_or_insert(Period {
-                            start: now,
-                            slowest,
-                            held,
-                        });
                         let end = p.start + STALL;
                         let decide =
                             now >= end || tokio::time::timeout_at(end, moved).await.is_err();

@@ -613,6 +613,20 @@ pub(crate) struct Positions {
     replay_until: Option<u64>,
 }
 
+/// The position `hello` names in the stream of `channel` (`None`: the outbound
+/// stream), or `None` when the session does not follow that stream: a channel stream
+/// none of its subscriptions names is not read from (it is joined at the session's
+/// first subscription to the channel). The inner `None`: no position named.
+pub(crate) fn followed_position(hello: &Hello, channel: Option<&str>) -> Option<Option<u64>> {
+    match channel {
+        None => Some(hello.position),
+        Some(channel) if hello.subscriptions.iter().any(|s| s.channel == channel) => {
+            Some(hello.positions.get(channel))
+        }
+        Some(_) => None,
+    }
+}
+
 /// Where a session that had position `last` resumes: the position after it, or the
 /// stream's start when the client never had one (the stream was empty). A resumed
 /// session's positions are at most [`MAX_POSITION`] ([`resume_of`]).
@@ -1307,6 +1321,33 @@ mod tests {
         assert!(subs
             .iter()
             .all(|s| s.groups == ["g", "h"] && s.topic.as_deref() == Some("x")));
+    }
+
+    #[test]
+    fn a_channel_streams_position_counts_only_when_the_hello_subscribes_to_its_channel() {
+        let mut h = Hello {
+            position: Some(7),
+            ..Hello::default()
+        };
+        h.positions.insert("voice".into(), 3);
+        assert_eq!(followed_position(&h, None), Some(Some(7)));
+        assert_eq!(followed_position(&h, Some("voice")), None, "not followed");
+        h.subscriptions.push(Subscribe {
+            id: "v".into(),
+            channel: "voice".into(),
+            ..Subscribe::default()
+        });
+        assert_eq!(followed_position(&h, Some("voice")), Some(Some(3)));
+        h.subscriptions.push(Subscribe {
+            id: "c".into(),
+            channel: "chat".into(),
+            ..Subscribe::default()
+        });
+        assert_eq!(
+            followed_position(&h, Some("chat")),
+            Some(None),
+            "no position named"
+        );
     }
 
     #[test]
