@@ -538,6 +538,41 @@ pub struct Hub {
     /// The last look at the stream's tail ([`Hub::holds_position`]); the lock makes
     /// concurrent resumes share one look.
     tail: tokio::sync::Mutex<Option<TailLook>>,
+    /// The last look at the stream's first message ([`Hub::retention_took`]); the
+    /// lock makes the sessions that found a gap together share one look.
+    first: tokio::sync::Mutex<Option<FirstLook>>,
+}
+
+/// One look at a stream's first message ([`first_position`]) and what it can answer.
+#[derive(Debug, Clone, Copy)]
+struct FirstLook {
+    /// When the look began.
+    began: Instant,
+    /// The hub's resets when it began: the stream it looked at.
+    resets: u64,
+    /// The first message's position; `None` when the look failed or found none.
+    first: Option<u64>,
+}
+
+impl FirstLook {
+    /// Whether retention took positions from `from` on, for a gap found at `asked`
+    /// with the hub at `resets` resets, as far as this look can tell: `None` when it
+    /// cannot (a look must be taken). Retention only ever moves the first message
+    /// forward, so a look that found it past `from` answers yes for good; any other
+    /// answer only holds for gaps found before the look began. A look at a stream
+    /// replaced since tells nothing.
+    fn took(&self, from: u64, asked: Instant, resets: u64) -> Option<bool> {
+        if self.resets != resets {
+            None
+        } else if self.first.is_some_and(|f| f > from) {
+            Some(true)
+        } else if self.began >= asked {
+            // A failed look, or none found: taken as a loss, told, never hidden.
+            Some(self.first.is_none_or(|f| f > from))
+        } else {
+            None
+        }
+    }
 }
 
 /// One look at a stream's tail ([`stream_tail`]) and what it can answer.
@@ -661,6 +696,7 @@ impl Hub {
             ready: watch::channel(false).0,
             tenants,
             tail: tokio::sync::Mutex::new(None),
+            first: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -840,13 +876,13 @@ impl Hub {
 
     /// The position the hub's reader expected, when a message at `offset` would skip
     /// two positions or more past it ([`lost_between`]): to be looked at
-    /// ([`retention_took`]) before [`Hub::publish`] counts it a gap.
+    /// ([`Hub::retention_took`]) before [`Hub::publish`] counts it a gap.
     pub fn skip_before(&self, offset: u64) -> Option<u64> {
         self.lock().next.filter(|n| lost_between(*n, offset) > 0)
     }
 
     /// The positions before `offset` the reader skipped held no message (the stream
-    /// still holds positions before them: [`retention_took`]): no gap.
+    /// still holds positions before them: [`Hub::retention_took`]): no gap.
     pub fn no_gap_before(&self, offset: u64) {
         let mut st = self.lock();
         if st.next.is_some_and(|n| n <= offset) {
@@ -1123,6 +1159,39 @@ impl Hub {
         }
     }
 
+    /// Whether retention took positions of `stream` from `from` on: a reader that
+    /// skipped from `from` to a later position skipped messages only when the
+    /// stream's first message is now past `from` ([`first_position`]). Sessions that
+    /// found a gap together (a storm of resumes from positions retention took) share
+    /// looks: one that began after a gap was found answers it, so they take two
+    /// looks, not one reader each on the broker. A failed look is taken as a loss.
+    pub(crate) async fn retention_took(&self, broker: &Broker, stream: &str, from: u64) -> bool {
+        self.retention_took_by(from, || first_position(broker, stream))
+            .await
+    }
+
+    /// [`Hub::retention_took`], looking at the first message with `look`.
+    async fn retention_took_by<F, Fut>(&self, from: u64, look: F) -> bool
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Option<u64>>,
+    {
+        let asked = Instant::now();
+        let mut last = self.first.lock().await;
+        let resets = self.lock().resets;
+        if let Some(answer) = last.and_then(|l| l.took(from, asked, resets)) {
+            return answer;
+        }
+        let began = Instant::now();
+        let first = look().await;
+        *last = Some(FirstLook {
+            began,
+            resets,
+            first,
+        });
+        first.is_none_or(|f| f > from)
+    }
+
     /// Whether position `offset` is in the ring (a reader can hand over to it): not
     /// when it is one the hub never read ([`State::gap`]).
     pub fn holds(&self, offset: u64) -> bool {
@@ -1149,7 +1218,7 @@ impl Hub {
 /// retention dropped, or overtaken by retention while it read, goes on at the first
 /// kept segment, whose bookkeeping position comes first. So a loss always skips two
 /// positions or more, and a skip of one is no loss. A skip of two or more is a loss
-/// only if [`retention_took`] says so: offsets a stream-protocol consumer stores take
+/// only if [`Hub::retention_took`] says so: offsets a stream-protocol consumer stores take
 /// positions too. Every read of the hub's reader
 /// ([`Hub::publish`]) and of a session's ([`crate::session_core::Positions::read`]) is
 /// checked with it.
@@ -1420,7 +1489,7 @@ pub async fn run_reader(
                     crate::fault::delay(crate::fault::HUB_READ_DELAY_MS).await;
                     if let Some(m) = Message::from_delivery(&d) {
                         if let Some(from) = hub.skip_before(m.offset) {
-                            if !retention_took(&broker, &stream, from).await {
+                            if !hub.retention_took(&broker, &stream, from).await {
                                 hub.no_gap_before(m.offset);
                             }
                         }
@@ -1510,29 +1579,25 @@ async fn replaced(
     Ok(Some(tail))
 }
 
-/// Whether retention may have taken position `from` of `stream` and after, which a
-/// reader skipped (two positions or more, [`lost_between`]): unless the stream's first
-/// message is at or before `from`. Positions hold more than messages: RabbitMQ 3.10
-/// begins each segment with one, and each offset a stream-protocol consumer stores on
-/// the stream (server-side offset tracking) takes one, so two stores with no message
-/// between them are a skip of two, which readers are never given and nobody missed.
-/// Retention deletes whole segments from the start, so positions at or after the
-/// first message it kept were not deleted. When the look fails or times out, taken
-/// as a loss: told, never hidden.
-pub(crate) async fn retention_took(broker: &Broker, stream: &str, from: u64) -> bool {
+/// The position of `stream`'s first message, which says whether retention took
+/// positions a reader skipped ([`Hub::retention_took`]). Positions hold more than
+/// messages: RabbitMQ 3.10 begins each segment with one, and each offset a
+/// stream-protocol consumer stores on the stream (server-side offset tracking) takes
+/// one, so two stores with no message between them are a skip of two, which readers
+/// are never given and nobody missed. Retention deletes whole segments from the
+/// start, so positions at or after the first message it kept were not deleted.
+/// `None` when the look fails or times out, or the stream holds no message.
+async fn first_position(broker: &Broker, stream: &str) -> Option<u64> {
     let tag = format!("warren.first.{}", uuid::Uuid::new_v4().simple());
-    // Each step bounded: the hub's reader and the session wait for the look.
+    // Each step bounded: the hub's reader and the sessions wait for the look.
     let bound = TAIL_QUIET * 10;
     let open = tokio::time::timeout(bound, Reader::open(broker, stream, tag, 0, 1)).await;
     let Ok(Ok(mut reader)) = open else {
-        return true;
+        return None;
     };
     let first = tokio::time::timeout(bound, reader.next()).await;
     let _ = tokio::time::timeout(bound, reader.close()).await;
-    match first {
-        Ok(Some(first)) => first.offset > from,
-        Ok(None) | Err(_) => true,
-    }
+    first.ok().flatten().map(|m| m.offset)
 }
 
 /// The message at `offset` of `stream` (`None` when the stream no longer holds it,
@@ -2489,6 +2554,54 @@ mod tests {
         let resumes = (0..3).map(|_| hub.holds_position_by("s", 5, fails));
         futures_util::future::join_all(resumes).await;
         assert_eq!(quick.load(std::sync::atomic::Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn sessions_that_found_a_gap_together_share_looks_at_the_first_message() {
+        use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+        // A storm of resumes from positions retention took: every session's reader
+        // skips from its position to the first message kept, all at once. Twenty
+        // gaps found together take one look, not twenty readers on the broker.
+        let hub = Hub::new(10);
+        let looks = AtomicUsize::new(0);
+        let first_at = |at: Option<u64>| {
+            let looks = &looks;
+            move || async move {
+                looks.fetch_add(1, Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                at
+            }
+        };
+        let gaps = (0..20).map(|i| hub.retention_took_by(100 + i, first_at(Some(500))));
+        let answers = futures_util::future::join_all(gaps).await;
+        assert_eq!(answers, vec![true; 20], "retention took 100..500");
+        assert_eq!(looks.load(Relaxed), 1);
+
+        // Retention only moves the first message forward: a gap from before it is
+        // answered without a look, however old the look is.
+        assert!(hub.retention_took_by(300, first_at(Some(500))).await);
+        assert_eq!(looks.load(Relaxed), 1);
+
+        // A gap from past the first message (positions that held no message) needs
+        // a look that began after it was found: six found together take two.
+        let gaps = (0..6).map(|_| hub.retention_took_by(600, first_at(Some(500))));
+        let answers = futures_util::future::join_all(gaps).await;
+        assert_eq!(answers, vec![false; 6], "no message was lost after 500");
+        assert_eq!(looks.load(Relaxed), 3);
+
+        // A failed look is a loss for the gaps found before it began; a gap found
+        // after it looks again.
+        let gaps = (0..4).map(|_| hub.retention_took_by(600, first_at(None)));
+        let answers = futures_util::future::join_all(gaps).await;
+        assert_eq!(answers, vec![true; 4], "told, never hidden");
+        assert_eq!(looks.load(Relaxed), 5);
+        assert!(!hub.retention_took_by(600, first_at(Some(500))).await);
+        assert_eq!(looks.load(Relaxed), 6);
+
+        // A look at the stream before it was found replaced says nothing of the new one.
+        hub.reset();
+        assert!(!hub.retention_took_by(300, first_at(Some(0))).await);
+        assert_eq!(looks.load(Relaxed), 7);
     }
 
     #[test]

@@ -300,9 +300,7 @@ impl Outbound {
                     return Step::Nothing;
                 };
                 // Positions that hold no message (stored offsets) are no loss.
-                if missed > 0
-                    && !crate::hub::retention_took(&shared.broker, &source.name, from).await
-                {
+                if missed > 0 && !hub.retention_took(&shared.broker, &source.name, from).await {
                     missed = 0;
                 }
                 if to_ring {

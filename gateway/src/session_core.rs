@@ -692,7 +692,7 @@ impl Positions {
     /// first segment kept. Either way the positions skipped are missed, and counted.
     /// A skip of one is a segment's bookkeeping position, which holds no message
     /// ([`crate::hub::lost_between`]); the caller looks at the stream before it reports
-    /// a longer one ([`crate::hub::retention_took`]). A cursor moved on by other paths
+    /// a longer one ([`crate::hub::Hub::retention_took`]). A cursor moved on by other paths
     /// ([`Positions::advance`], a batch from the ring) only makes reads below it
     /// [`Read::Stale`], and the read that reaches it is counted from it.
     pub(crate) fn read(&mut self, offset: u64, ring_holds: bool) -> Read {
