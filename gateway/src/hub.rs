@@ -541,6 +541,8 @@ pub struct Hub {
     /// The last look at the stream's first message ([`Hub::retention_took`]); the
     /// lock makes the sessions that found a gap together share one look.
     first: tokio::sync::Mutex<Option<FirstLook>>,
+    /// Since when its reader has not been reading the stream (`None`: it is).
+    not_reading_since: Mutex<Option<Instant>>,
 }
 
 /// One look at a stream's first message ([`first_position`]) and what it can answer.
@@ -697,6 +699,7 @@ impl Hub {
             tenants,
             tail: tokio::sync::Mutex::new(None),
             first: tokio::sync::Mutex::new(None),
+            not_reading_since: Mutex::new(Some(Instant::now())),
         })
     }
 
@@ -1202,6 +1205,28 @@ impl Hub {
                 .is_some_and(|(start, end)| start <= offset && offset < end)
     }
 
+    /// Its reader started (`true`) or stopped reading the stream.
+    fn set_reading(&self, reading: bool) {
+        let mut since = self
+            .not_reading_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match (reading, *since) {
+            (true, _) => *since = None,
+            (false, None) => *since = Some(Instant::now()),
+            (false, Some(_)) => {}
+        }
+    }
+
+    /// How long its reader has not been reading the stream (`None`: it is reading),
+    /// for `/healthz`: sessions get nothing of the stream meanwhile.
+    pub fn not_reading_for(&self) -> Option<Duration> {
+        self.not_reading_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|since| since.elapsed())
+    }
+
     /// Waits (bounded) until the reader has read the stream's tail once.
     pub async fn wait_ready(&self, within: Duration) {
         let mut rx = self.ready.subscribe();
@@ -1451,6 +1476,7 @@ pub async fn run_reader(
         let (ch, mut consumer, from) = match started {
             Ok(x) => x,
             Err(e) => {
+                hub.set_reading(false);
                 attempt += 1;
                 tracing::warn!(error = %e, attempt, "outbound stream reader cannot start");
                 if e.is_not_found() {
@@ -1473,6 +1499,7 @@ pub async fn run_reader(
             }
         };
         tracing::info!(stream = %stream, from = ?from, "outbound stream reader started");
+        hub.set_reading(true);
         attempt = 0;
         // An empty stream sends nothing for `last`: ready once nothing came for a bit.
         let quiet = tokio::time::sleep(Duration::from_millis(300));
@@ -1514,6 +1541,7 @@ pub async fn run_reader(
                 }
             }
         }
+        hub.set_reading(false);
         let _ = ch.close(200, "restart".into()).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -1084,16 +1084,34 @@ async fn services(State(st): State<ListenerState>, headers: HeaderMap) -> Respon
     (cors, Json(body)).into_response()
 }
 
+/// How long a stream's reader may not be reading before `/healthz` answers 503.
+pub(crate) const READER_DOWN_GRACE: Duration = Duration::from_secs(10);
+
 async fn healthz(State(st): State<ListenerState>) -> Response {
     let broker = st.shared.broker.state();
     let shutting_down = *st.shared.shutdown.borrow();
-    let ok = broker == BrokerState::Connected && !shutting_down;
+    // Streams whose reader has not been reading for a while (a restart takes well
+    // under a second; after a broker outage, a few): their sessions get nothing.
+    let not_read: Vec<&str> = st
+        .shared
+        .streams
+        .all()
+        .iter()
+        .filter(|s| {
+            s.hub
+                .not_reading_for()
+                .is_some_and(|d| d >= READER_DOWN_GRACE)
+        })
+        .map(|s| s.name.as_str())
+        .collect();
+    let ok = broker == BrokerState::Connected && !shutting_down && not_read.is_empty();
     let body = serde_json::json!({
         "status": if ok { "ok" } else if shutting_down { "draining" } else { "degraded" },
         "node": st.shared.config.node,
         "namespace": st.shared.config.namespace,
         "broker": broker.as_str(),
         "broker_blocked": st.shared.broker.is_blocked(),
+        "streams_not_read": not_read,
         "connections": st.shared.tracker.active(),
         "sessions": st.shared.registry.len(),
         "confirms_pending": st.shared.metrics.confirms_pending.load(std::sync::atomic::Ordering::Relaxed).max(0),

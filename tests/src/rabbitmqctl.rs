@@ -61,3 +61,54 @@ pub fn close_gateway_connections(node: &str) -> Result<usize, String> {
     }
     Ok(pids.len())
 }
+
+/// A RabbitMQ user of a test's own (password `pw`, on vhost `/`), deleted when
+/// dropped.
+pub struct BrokerUser(String);
+
+impl BrokerUser {
+    /// Adds user `name` with the `configure`, `write` and `read` permission patterns.
+    ///
+    /// # Errors
+    /// As [`run`] (a broker this machine's `rabbitmqctl` does not reach: in Docker,
+    /// elsewhere).
+    pub fn add(name: &str, permissions: [&str; 3]) -> Result<BrokerUser, String> {
+        run(&["add_user", name, "pw"])?;
+        let user = BrokerUser(name.to_owned());
+        user.permit(permissions)?;
+        Ok(user)
+    }
+
+    /// Sets its `configure`, `write` and `read` permission patterns.
+    ///
+    /// # Errors
+    /// As [`run`].
+    pub fn permit(&self, [configure, write, read]: [&str; 3]) -> Result<(), String> {
+        run(&[
+            "set_permissions",
+            "-p",
+            "/",
+            &self.0,
+            configure,
+            write,
+            read,
+        ])
+        .map(drop)
+    }
+
+    /// AMQP URI `uri` (without credentials) with this user's name and password.
+    ///
+    /// # Panics
+    /// When `uri` has no scheme.
+    pub fn uri(&self, uri: &str) -> String {
+        let (scheme, rest) = uri.split_once("://").expect("an AMQP URI");
+        let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+        format!("{scheme}://{}:pw@{host}", self.0)
+    }
+}
+
+impl Drop for BrokerUser {
+    fn drop(&mut self) {
+        let _ = run(&["delete_user", &self.0]);
+    }
+}

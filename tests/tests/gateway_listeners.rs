@@ -7,8 +7,10 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warren_e2e::client::TestClient;
-use warren_e2e::env::TestEnv;
+use warren_e2e::env::{amqp_addr, cannot_check, TestEnv};
 use warren_e2e::gateway::{http_answer, http_get_with, upgrade_request, TestGateway};
+use warren_e2e::rabbitmqctl::BrokerUser;
+use warren_protocol::amqp::Names;
 use warren_protocol::{ErrorCode, Subscribe};
 
 #[tokio::test]
@@ -103,6 +105,54 @@ async fn healthz_reports_the_broker_status_as_json() {
     assert_eq!(v["status"], "ok");
     assert_eq!(v["broker"], "connected");
     assert_eq!(v["namespace"], env.namespace.as_str());
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
+/// `/healthz` answers 503 while a stream's reader cannot read it, though RabbitMQ is
+/// connected: its sessions would get nothing, and a load balancer should send
+/// clients to a gateway that delivers. Here the gateway's RabbitMQ user may not read
+/// the outbound stream until the test grants it; then the reader starts and
+/// `/healthz` answers 200 again. It answered 200 all along.
+#[tokio::test]
+async fn healthz_is_503_while_a_stream_is_not_read() {
+    let env = TestEnv::new("healthz-unread").await;
+    let stream = Names::new(&env.namespace).outbound_stream();
+    let not_the_stream = format!("^(?!{}$).*", stream.replace('.', "\\."));
+    let user = match BrokerUser::add(
+        &format!("{}-no-read", env.namespace),
+        [".*", ".*", &not_the_stream],
+    ) {
+        Ok(user) => user,
+        Err(e) => {
+            env.cleanup().await;
+            return cannot_check("a stream not read in /healthz", &e);
+        }
+    };
+    let gw = TestGateway::start_with(&env, |c| c.amqp_uri = vec![user.uri(&amqp_addr())]).await;
+    let addr = gw.health_addr();
+    let health = |want: u16| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, _, body) = http_get_with(addr, "/healthz", &[]).await;
+            if status == want || tokio::time::Instant::now() >= deadline {
+                let body: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+                return (status, body);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let (status, body) = health(503).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(body["broker"], "connected");
+    assert_eq!(body["streams_not_read"], json!([stream]));
+
+    user.permit([".*", ".*", ".*"]).expect("read granted");
+    let (status, body) = health(200).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["streams_not_read"], json!([]));
     gw.shutdown().await;
     env.cleanup().await;
 }

@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use warren_e2e::rabbitmqctl;
+use warren_e2e::rabbitmqctl::BrokerUser;
 use warren_e2e::service::{
     amqp_uri, counted_echo, counted_echo_on, delete_queue, in_fresh_namespace, take_parked,
     StandInGateway,
@@ -351,15 +351,6 @@ async fn a_failing_message_without_message_id_on_a_classic_queue_is_dead_lettere
     .await;
 }
 
-/// A RabbitMQ user of the test's own, deleted when dropped.
-struct BrokerUser(String);
-
-impl Drop for BrokerUser {
-    fn drop(&mut self) {
-        let _ = rabbitmqctl::run(&["delete_user", &self.0]);
-    }
-}
-
 /// A request whose answer the service cannot publish, nor the `internal` refusal in
 /// its place (here its RabbitMQ user may not write to the default exchange, through
 /// which replies go), counts as a failed attempt: handed back after a pause, and
@@ -368,25 +359,18 @@ impl Drop for BrokerUser {
 #[tokio::test]
 async fn a_request_whose_answer_cannot_be_published_is_dead_lettered_after_max_attempts() {
     in_fresh_namespace(LIMIT, |ns| async move {
-        let user = BrokerUser(format!("{ns}-no-replies"));
-        if let Err(e) = rabbitmqctl::run(&["add_user", &user.0, "pw"]) {
+        let permissions = [".*", "^(?!amq\\.default$).*", ".*"];
+        let user = match BrokerUser::add(&format!("{ns}-no-replies"), permissions) {
+            Ok(user) => user,
             // A broker this machine's rabbitmqctl does not reach (in Docker, elsewhere).
-            return warren_e2e::env::cannot_check("a request whose answer cannot be published", &e);
-        }
-        rabbitmqctl::run(&[
-            "set_permissions",
-            "-p",
-            "/",
-            &user.0,
-            ".*",
-            "^(?!amq\\.default$).*",
-            ".*",
-        ])
-        .expect("its permissions");
-        let uri = amqp_uri();
-        let (scheme, rest) = uri.split_once("://").expect("an AMQP URI");
-        let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-        let uri = format!("{scheme}://{}:pw@{host}", user.0);
+            Err(e) => {
+                return warren_e2e::env::cannot_check(
+                    "a request whose answer cannot be published",
+                    &e,
+                )
+            }
+        };
+        let uri = user.uri(&amqp_uri());
         let config = ServiceConfig::default().with_max_attempts(3);
         let (service, calls) = counted_echo_on(&uri, &ns, config, |_, m: Incoming| async move {
             Ok(Outcome::Reply(Answer::raw(m.body)))
