@@ -38,10 +38,12 @@ pub struct Config {
     pub channels: Vec<String>,
     /// Type of the `IN_<CHANNEL>` queues. Default: `quorum`.
     pub queue_type: QueueType,
-    /// Publisher channels (in confirm mode) in the pool. Default: 4.
+    /// Publisher channels (in confirm mode) in the pool, at most
+    /// [`MAX_PUBLISHER_CHANNELS`]. Default: 4.
     pub publisher_channels: usize,
     /// Channels that carry the gateway's own consumers (registry, presence,
-    /// announcements). Default: 4.
+    /// announcements); with `max_stream_readers` at most [`MAX_CONSUMING_CHANNELS`].
+    /// Default: 4.
     pub consumer_channels: usize,
     /// The gateway pings a connection silent for this long; a client heard from not at
     /// all for 2.5× this long is closed with `heartbeat_timeout`. Default: 15000.
@@ -307,9 +309,20 @@ impl Default for HttpApiConfig {
     }
 }
 
-/// The longest queue TTL or message expiration RabbitMQ takes, in ms: ten years
-/// (365-day years). A declare with more is refused (`value_too_large`).
-pub const MAX_TTL_MS: u64 = 315_360_000_000;
+pub use warren_protocol::amqp::MAX_TTL_MS;
+
+/// Most `publisher_channels`: each takes two of the publishing connection's AMQP
+/// channels (RabbitMQ allows 2,047 per connection), and direct replies, the auth
+/// service and the HTTP API open theirs there too.
+pub const MAX_PUBLISHER_CHANNELS: usize = 512;
+
+/// Most `consumer_channels` + `max_stream_readers`: they share the consuming
+/// connection's 2,047 AMQP channels with the hubs' readers and their looks at a
+/// stream's tail and first message.
+pub const MAX_CONSUMING_CHANNELS: usize = 1792;
+
+/// Most `auth.jwt.leeway_s` (a day).
+pub const MAX_JWT_LEEWAY_S: u64 = 86_400;
 
 /// Which frames get `no_service` (see [`Config::no_service`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
@@ -527,7 +540,7 @@ pub struct JwtConfig {
     /// Required `aud`, if set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audience: Option<String>,
-    /// Clock skew allowed on `exp` and `nbf`, in seconds. Default: 30.
+    /// Clock skew allowed on `exp` and `nbf`, in seconds, at most 86400. Default: 30.
     pub leeway_s: u64,
 }
 
@@ -801,6 +814,30 @@ impl Config {
         if self.publisher_channels == 0 || self.consumer_channels == 0 {
             return bad("publisher_channels and consumer_channels must be at least 1".into());
         }
+        // Past RabbitMQ's channels per connection, start-up failed on a channel.open
+        // naming no option (or, far past, the pool's allocation panicked), and resumes
+        // failed in a storm when a reader could not get a channel.
+        if self.publisher_channels > MAX_PUBLISHER_CHANNELS {
+            return bad(format!(
+                "publisher_channels is {}; at most {MAX_PUBLISHER_CHANNELS}: each takes two \
+                 of the publishing connection's AMQP channels (RabbitMQ allows 2047), and \
+                 direct replies and the HTTP API need some",
+                self.publisher_channels
+            ));
+        }
+        if self
+            .consumer_channels
+            .saturating_add(self.max_stream_readers)
+            > MAX_CONSUMING_CHANNELS
+        {
+            return bad(format!(
+                "consumer_channels ({}) + max_stream_readers ({}) is more than \
+                 {MAX_CONSUMING_CHANNELS}: each takes one of the consuming connection's AMQP \
+                 channels (RabbitMQ allows 2047), and the streams' own readers need some",
+                self.consumer_channels, self.max_stream_readers
+            ));
+        }
+        self.validate_listen_addresses()?;
         if self.heartbeat_ms < 100 {
             return bad("heartbeat_ms must be at least 100".into());
         }
@@ -828,7 +865,11 @@ impl Config {
             return bad("delivery_window must be at least 1".into());
         }
         if self.request_timeout_ms == 0 || self.request_timeout_ms > self.max_request_timeout_ms {
-            return bad("request_timeout_ms must be in 1..=max_request_timeout_ms".into());
+            return bad(format!(
+                "request_timeout_ms ({}) must be in 1..=max_request_timeout_ms ({}): lower \
+                 request_timeout_ms or raise max_request_timeout_ms",
+                self.request_timeout_ms, self.max_request_timeout_ms
+            ));
         }
         // RabbitMQ refuses a longer queue TTL or message expiration (a request's
         // expiration is its timeout).
@@ -949,6 +990,15 @@ impl Config {
                     .into(),
             );
         }
+        // jsonwebtoken subtracts the leeway from the time: past it, every token was
+        // refused as expired (and debug builds panicked on each).
+        if self.auth.jwt.leeway_s > MAX_JWT_LEEWAY_S {
+            return bad(format!(
+                "auth.jwt.leeway_s is {}; at most {MAX_JWT_LEEWAY_S} (a day): it allows \
+                 for clock skew, it cannot turn expiry off",
+                self.auth.jwt.leeway_s
+            ));
+        }
         crate::auth::Verifier::from_config(&self.auth)?;
         if self.auth.mode == AuthMode::Service {
             let svc = &self.auth.service;
@@ -972,6 +1022,34 @@ impl Config {
         self.validate_tenants()?;
         self.validate_name_lengths()?;
         self.validate_http_api()
+    }
+
+    /// No two listeners (WebSocket, admin, HTTP API) name one address: the second
+    /// failed to bind only after start-up had connected to RabbitMQ, with an error that
+    /// blamed another process. Port 0 (any free port) may repeat.
+    fn validate_listen_addresses(&self) -> Result<(), GatewayError> {
+        let named = self
+            .listen
+            .iter()
+            .map(|l| ("listen", l.bind))
+            .chain(self.admin_listen.map(|a| ("admin_listen", a)))
+            .chain(
+                self.http_api
+                    .listen
+                    .filter(|_| self.http_api.enabled)
+                    .map(|a| ("http_api.listen", a)),
+            )
+            .filter(|(_, addr)| addr.port() != 0);
+        let mut seen: Vec<(&str, SocketAddr)> = Vec::new();
+        for (name, addr) in named {
+            if let Some((first, _)) = seen.iter().find(|(_, a)| *a == addr) {
+                return Err(GatewayError::Config(format!(
+                    "{name} {addr} is also {first}'s address: each listener needs one of its own"
+                )));
+            }
+            seen.push((name, addr));
+        }
+        Ok(())
     }
 
     /// Every exchange, queue and stream name composed from the namespace, channels
@@ -1447,10 +1525,11 @@ pub struct Overrides {
     /// request's copy, as the Warren service library does) [default: stream].
     #[arg(long, env = "WARREN_REQUEST_REPLIES", global = true)]
     pub request_replies: Option<RequestReplies>,
-    /// Publisher channels in the pool [default: 4].
+    /// Publisher channels in the pool, at most 512 [default: 4].
     #[arg(long, env = "WARREN_PUBLISHER_CHANNELS", global = true)]
     pub publisher_channels: Option<usize>,
-    /// Channels carrying the gateway's own consumers [default: 4].
+    /// Channels carrying the gateway's own consumers; with max_stream_readers at most
+    /// 1792 [default: 4].
     #[arg(long, env = "WARREN_CONSUMER_CHANNELS", global = true)]
     pub consumer_channels: Option<usize>,
     /// Idle time before the gateway pings, in ms [default: 15000].
@@ -1557,8 +1636,8 @@ pub struct Overrides {
     #[arg(long, env = "WARREN_MAX_PENDING_REQUESTS", global = true)]
     pub max_pending_requests: Option<usize>,
     /// Stream readers open at once for sessions resuming from before a hub's ring
-    /// (shared and own; each an AMQP channel); one more waits for one to close
-    /// [default: 256].
+    /// (shared and own; each an AMQP channel; with consumer_channels at most 1792); one
+    /// more waits for one to close [default: 256].
     #[arg(long, env = "WARREN_MAX_STREAM_READERS", global = true)]
     pub max_stream_readers: Option<usize>,
     /// Sessions of one user reading behind a hub's ring at once; one more waits for
@@ -1598,8 +1677,9 @@ pub struct Overrides {
     /// serving all channels].
     #[arg(long, env = "WARREN_HTTP_API_LISTEN", global = true)]
     pub http_api_listen: Option<SocketAddr>,
-    /// HTTP API keys (Authorization: Bearer <key>); repeatable, comma-separated in the
-    /// environment, which keeps them out of the process list [default: none].
+    /// HTTP API keys (Authorization: Bearer <key>); repeatable, or comma-separated
+    /// (on the command line too: a key cannot hold a comma); the environment keeps
+    /// them out of the process list [default: none].
     #[arg(
         long,
         env = "WARREN_HTTP_API_KEYS",
@@ -1729,6 +1809,10 @@ mod tests {
             Config::from_toml(include_str!("../warren-gateway.example.toml"), "example").unwrap();
         c.validate().unwrap();
         assert_eq!(c.listen.len(), 4);
+        // Two gateways started from copies of it get node names of their own.
+        let other =
+            Config::from_toml(include_str!("../warren-gateway.example.toml"), "example").unwrap();
+        assert_ne!(c.node, other.node);
         // Without auth, the example lets nobody beyond this machine in.
         assert_eq!(c.auth.mode, AuthMode::None);
         assert!(
@@ -1938,6 +2022,103 @@ mod tests {
             .tenant
             .insert("acme".into(), TenantOptions::default());
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn channel_pools_past_rabbitmqs_channels_per_connection_are_refused_naming_the_option() {
+        let mut c = Config {
+            publisher_channels: MAX_PUBLISHER_CHANNELS,
+            ..Config::default()
+        };
+        c.validate().unwrap();
+        c.publisher_channels = MAX_PUBLISHER_CHANNELS + 1;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("publisher_channels"));
+        // Far past it, the pool's allocation panicked at start.
+        c.publisher_channels = 1 << 60;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("publisher_channels"));
+
+        let mut c = Config::default();
+        c.max_stream_readers = MAX_CONSUMING_CHANNELS - c.consumer_channels;
+        c.validate().unwrap();
+        c.max_stream_readers += 1;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("max_stream_readers") && e.contains("consumer_channels"),
+            "{e}"
+        );
+        c.max_stream_readers = usize::MAX;
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn a_jwt_leeway_past_a_day_is_refused() {
+        let mut c = Config::default();
+        c.auth.jwt.leeway_s = MAX_JWT_LEEWAY_S;
+        c.validate().unwrap();
+        // Past the epoch's seconds, jsonwebtoken's `now - leeway` wrapped: every
+        // token was refused as expired.
+        c.auth.jwt.leeway_s = 10_000_000_000;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("auth.jwt.leeway_s"));
+    }
+
+    #[test]
+    fn two_listeners_on_one_address_are_refused_naming_both() {
+        let ws = SocketAddr::from(([127, 0, 0, 1], 4000));
+        let mut c = Config::default();
+        assert_eq!(c.listen[0].bind, ws);
+        c.admin_listen = Some(ws);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("admin_listen") && e.contains("listen"), "{e}");
+
+        let mut c = Config::default();
+        c.listen.push(ListenerConfig {
+            bind: ws,
+            channel: Some("voice".into()),
+        });
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("127.0.0.1:4000"));
+
+        let mut c = Config::default();
+        c.http_api.enabled = true;
+        c.http_api.api_keys = vec!["k-1".into()];
+        c.admin_listen = Some(SocketAddr::from(([127, 0, 0, 1], 9090)));
+        c.http_api.listen = c.admin_listen;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("http_api.listen") && e.contains("admin_listen"),
+            "{e}"
+        );
+
+        // Port 0 (any free port) may repeat: tests bind several that way.
+        let mut c = Config::default();
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        c.listen[0].bind = any;
+        c.admin_listen = Some(any);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn a_request_timeout_over_its_maximum_is_refused_with_both_values() {
+        let o = cli(&["--max-request-timeout-ms", "5000"]).overrides;
+        let mut c = Config::default();
+        c.apply(&o);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("10000") && e.contains("5000"), "{e}");
     }
 
     #[test]

@@ -1320,6 +1320,14 @@ pub(crate) async fn listen_for_takeovers(shared: Arc<Shared>) {
                 view.taken_over(session, &node);
             }
         } else if let Ok(a) = serde_json::from_slice::<GatewayAnnouncement>(body) {
+            if a.node == on.config.node && a.instance != on.instance {
+                // Each takes the other's takeover requests and announcements for its
+                // own, and ignores them: resumed sessions are not released.
+                tracing::error!(
+                    node = %a.node, other_instance = %a.instance,
+                    "another gateway runs with this gateway's node name: give each gateway a node name of its own (--node, WARREN_NODE)"
+                );
+            }
             let interval = Duration::from_millis(a.interval_ms.unwrap_or(5_000).max(1));
             on.presence_view().on_gateway(
                 &a.node,

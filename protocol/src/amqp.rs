@@ -517,6 +517,10 @@ pub enum QueueArg {
     Int(i64),
 }
 
+/// The longest queue TTL or message expiration RabbitMQ takes, in ms: ten years
+/// (365-day years). A declare with more is refused (`value_too_large`).
+pub const MAX_TTL_MS: u64 = 315_360_000_000;
+
 /// The arguments of an inbound channel queue (`IN_<CHANNEL>`): its type (`quorum` or
 /// `classic`), dead-lettering of expired and rejected messages to `warren.dead`, and
 /// the channel's message TTL when it has one. The gateway and the service library both

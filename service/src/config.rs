@@ -47,7 +47,7 @@ pub struct ServiceConfig {
     /// (`x-message-ttl`; the queue dead-letters to `warren.dead`, so an expired message
     /// is parked in the `warren.dead` queue, not silently gone). Must match the
     /// gateways' `message_ttl_ms` for the channel (a queue that exists is used as it
-    /// is). Default: none.
+    /// is); 0 is none, as there. Default: none.
     pub message_ttls: BTreeMap<String, Duration>,
     /// Re-establish a lost connection (to the next URI of the list, with backoff), then
     /// re-declare the topology and restart the consumers. When `false`, a lost

@@ -80,7 +80,10 @@ fn channel_queue_argument_list(
     let ttl_ms = config
         .message_ttls
         .get(channel)
-        .map(|ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        .map(|ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+        // 0 is no TTL, as the gateway's `message_ttl_ms = 0`: `x-message-ttl = 0` would
+        // dead-letter every message not handed to a consumer at once.
+        .filter(|ms| *ms > 0);
     inbound_queue_args(names, &config.queue_type, ttl_ms, config.inbound_bounds)
 }
 
@@ -590,5 +593,11 @@ mod tests {
         );
         let voice = channel_queue_arguments(&names, "voice", &config);
         assert_eq!(get(&voice, "x-message-ttl"), None, "no TTL for voice");
+        // A TTL of 0 is none, as the gateway's: the arguments are the gateway's.
+        let zero = ServiceConfig::default().with_message_ttl("echo", Duration::ZERO);
+        assert_eq!(
+            channel_queue_arguments(&names, "echo", &zero),
+            channel_queue_arguments(&names, "echo", &ServiceConfig::default())
+        );
     }
 }

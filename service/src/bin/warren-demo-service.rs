@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Parser;
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
-use warren_protocol::amqp::Names;
+use warren_protocol::amqp::{Names, MAX_TTL_MS};
 use warren_protocol::tenants::{Tenant, TenantRouting};
 use warren_service::demo::{self, DemoChannel, DemoHandle, DemoOptions};
 use warren_service::ServiceState;
@@ -43,11 +43,16 @@ struct Args {
     prefetch: u16,
     /// `x-queue-type` of the IN_<CHANNEL> queues when this service declares them
     /// first (an existing queue is used as it is).
-    #[arg(long, default_value = "quorum", value_parser = ["quorum", "classic"])]
+    #[arg(
+        long,
+        env = "WARREN_QUEUE_TYPE",
+        default_value = "quorum",
+        value_parser = ["quorum", "classic"]
+    )]
     queue_type: String,
     /// Message TTL of a channel's inbound queue when this service declares it first,
-    /// as CHANNEL=MILLISECONDS (repeatable); expired messages are dead-lettered to
-    /// `warren.dead`. Must match the gateways' setting.
+    /// as CHANNEL=MILLISECONDS (repeatable; 0 for none, at most ten years); expired
+    /// messages are dead-lettered to `warren.dead`. Must match the gateways' setting.
     #[arg(long = "message-ttl", value_name = "CHANNEL=MS", value_parser = parse_ttl)]
     message_ttl: Vec<(String, u64)>,
     /// How long a publish or reply may wait for RabbitMQ (reconnect + confirm) before
@@ -326,6 +331,12 @@ fn parse_ttl(s: &str) -> Result<(String, u64), String> {
     let ms = ms
         .parse::<u64>()
         .map_err(|e| format!("`{ms}` is not a number of milliseconds: {e}"))?;
+    // RabbitMQ refuses a longer TTL: the service would retry its declare for ever.
+    if ms > MAX_TTL_MS {
+        return Err(format!(
+            "{ms} ms is more than {MAX_TTL_MS} (ten years, RabbitMQ's longest TTL)"
+        ));
+    }
     Ok((channel.to_string(), ms))
 }
 
@@ -348,5 +359,34 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ttl_is_milliseconds_up_to_ten_years() {
+        assert_eq!(parse_ttl("echo=0"), Ok(("echo".into(), 0)));
+        assert_eq!(
+            parse_ttl(&format!("echo={MAX_TTL_MS}")),
+            Ok(("echo".into(), MAX_TTL_MS))
+        );
+        // RabbitMQ refuses more: the service retried its declare for ever.
+        let e = parse_ttl(&format!("echo={}", MAX_TTL_MS + 1)).unwrap_err();
+        assert!(e.contains("ten years"), "{e}");
+        assert!(parse_ttl("echo").is_err());
+    }
+
+    #[test]
+    fn the_queue_type_is_read_from_the_environment_the_gateway_reads() {
+        // The only test here that touches the environment.
+        std::env::set_var("WARREN_QUEUE_TYPE", "classic");
+        let args = Args::try_parse_from(["warren-demo-service"]).unwrap();
+        std::env::remove_var("WARREN_QUEUE_TYPE");
+        assert_eq!(args.queue_type, "classic");
+        let args = Args::try_parse_from(["warren-demo-service"]).unwrap();
+        assert_eq!(args.queue_type, "quorum");
     }
 }
