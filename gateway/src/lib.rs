@@ -290,6 +290,8 @@ impl Gateway {
     /// AMQP connections. Clients resume elsewhere from their stream position.
     pub async fn shutdown(self) {
         tracing::info!(node = %self.shared.config.node, "shutting down");
+        // The listeners stop now: the peers heard until then.
+        let heard_until = std::time::Instant::now();
         let _ = self.shutdown_tx.send(true);
         let grace =
             Duration::from_millis(self.shared.config.shutdown_grace_ms) + Duration::from_secs(5);
@@ -313,7 +315,7 @@ impl Gateway {
         let alone = self
             .shared
             .presence_view()
-            .left_alone(std::time::Instant::now());
+            .left_alone(heard_until, std::time::Instant::now());
         for (session, held) in alone {
             self.shared.disconnected(&session, held, "gateway_lost");
         }

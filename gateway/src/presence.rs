@@ -712,16 +712,20 @@ impl PresenceView {
     }
 
     /// At a graceful shutdown, its connections closed: this gateway's sessions, taken
-    /// out of the view (remembered gone), when no peer it heard is alive at `now`.
-    /// A live peer publishes their `gateway_lost` after the grace unless they resume
-    /// there; with none, nobody did, and services counted their users online for good
-    /// (a lone gateway's restart: those that resume on the new process are announced
-    /// connected again, so the events still alternate).
-    pub fn left_alone(&mut self, now: Instant) -> Vec<(String, Held)> {
+    /// out of the view (remembered gone) at `now`, when no peer it heard was alive at
+    /// `heard_until`, when the shutdown began: its listeners stopped then, so its
+    /// peers' announcements no longer reach it, and their silence since says nothing
+    /// of them (after a drain longer than their lifetime, a gateway beside live peers
+    /// took itself for alone and announced every session gone, those its clients
+    /// resumed on a peer too). A live peer publishes their `gateway_lost` after the
+    /// grace unless they resume there; with none, nobody did, and services counted
+    /// their users online for good (a lone gateway's restart: those that resume on the
+    /// new process are announced connected again, so the events still alternate).
+    pub fn left_alone(&mut self, heard_until: Instant, now: Instant) -> Vec<(String, Held)> {
         if self
             .peers
             .iter()
-            .any(|(n, p)| *n != self.me && p.heard && self.peer_alive(n, now))
+            .any(|(n, p)| *n != self.me && p.heard && self.peer_alive(n, heard_until))
         {
             return Vec::new();
         }
@@ -1590,17 +1594,20 @@ mod tests {
         a.on_event(connected("s2", "bob", "b"), t0);
         a.on_gateway("b", "1", true, period, t0);
         assert!(
-            a.left_alone(t0).is_empty(),
+            a.left_alone(t0, t0).is_empty(),
             "b announces them after the grace"
         );
-        // b stopped announcing long ago: only a's own session, once.
+        // A drain longer than b's lifetime: a stopped hearing b when it began, and
+        // b's silence since says nothing of it.
         let later = t0 + period * 10;
-        let gone = a.left_alone(later);
+        assert!(a.left_alone(t0, later).is_empty());
+        // b stopped announcing long before the shutdown: only a's own session, once.
+        let gone = a.left_alone(later, later);
         assert_eq!(
             gone.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(),
             ["s1"]
         );
-        assert!(a.left_alone(later).is_empty());
+        assert!(a.left_alone(later, later).is_empty());
         assert!(!a.user_online("ada", None));
     }
 

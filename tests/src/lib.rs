@@ -13,6 +13,7 @@
 //! - [`raw_ws`]: a WebSocket client framed by hand, to see RSV1 and compressed bytes.
 //! - [`load`]: confirmed publish load, state logs and figures for fault tests.
 //! - [`gateway`]: starts an in-process gateway on `127.0.0.1:0`.
+//! - [`presence`]: presence events as services see them, short presence timers.
 //! - [`jwt`]: signed test tokens and the clock their claims count in.
 //! - [`service`]: starts the demo service in-process or as a child process (to
 //!   SIGKILL it), and a raw-lapin stand-in gateway for service tests.
@@ -25,6 +26,7 @@ pub mod fuzz;
 pub mod gateway;
 pub mod jwt;
 pub mod load;
+pub mod presence;
 pub mod rabbitmqctl;
 pub mod raw_ws;
 pub mod sdk_driver;

@@ -1,0 +1,101 @@
+//! A gateway that drains beside a live peer announces none of its sessions gone: its
+//! clients resume on the peer, which announces those that do not resume. Its own test
+//! binary: the confirm delay that makes the drain last is injected through the
+//! environment of this process.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use warren_e2e::client::TestClient;
+use warren_e2e::env::TestEnv;
+use warren_e2e::gateway::TestGateway;
+use warren_e2e::presence::{as_user, listed, presence_config, Events, ANNOUNCE_MS, GRACE_MS};
+use warren_gateway::fault::CONFIRM_DELAY_MS;
+use warren_protocol::Hello;
+
+/// How late each confirm is taken: longer than a peer's lifetime (3 × [`ANNOUNCE_MS`]).
+const CONFIRM_DELAY: Duration = Duration::from_millis(1_500);
+
+/// Its listeners stop when the drain begins; after a drain longer than its peers'
+/// lifetime (three announcement intervals: here a confirm held back), it took itself
+/// for alone and announced every session gone, those resumed on the peer too: a leave
+/// and a join again for every user of a gateway drained while RabbitMQ held confirms
+/// back.
+#[tokio::test]
+async fn a_gateway_draining_beside_a_live_peer_announces_no_session_gone() {
+    let mut env = TestEnv::new("presence-drain-peer").await;
+    std::env::set_var(CONFIRM_DELAY_MS, CONFIRM_DELAY.as_millis().to_string());
+    let draining = |c: &mut warren_gateway::Config| {
+        presence_config(c);
+        c.shutdown_grace_ms = 3_000;
+    };
+    let gw = TestGateway::start_with(&env, draining).await;
+    let other = TestGateway::start_with(&env, presence_config).await;
+    let mut events = Events::listen(&mut env).await;
+    let ada = TestClient::connect_with(&gw.url(), as_user("ada")).await;
+    let mut bob = TestClient::connect_with(&gw.url(), as_user("bob")).await;
+    let (a, b) = (ada.session().to_string(), bob.session().to_string());
+    for s in [&a, &b] {
+        events
+            .wait_for("client.connected", s, Duration::from_secs(5))
+            .await;
+    }
+    // Each has heard the other.
+    tokio::time::sleep(Duration::from_millis(ANNOUNCE_MS * 3)).await;
+    // bob's publish awaits its confirm: the drain lasts until it comes.
+    // (Read before the drain begins: a drain with no confirm pending reads nothing
+    // more, and the client sends again what was not acknowledged.)
+    bob.publish("held", "chat", json!({"n": 1})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let resume = Hello {
+        token: Some("ada".into()),
+        ..ada.resume_hello()
+    };
+    let drained = Instant::now();
+    let stop = tokio::spawn(gw.shutdown());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    ada.abort();
+    let again = TestClient::connect_with(&other.url(), resume).await;
+    assert!(again.welcome().resumed);
+    tokio::time::timeout(Duration::from_secs(15), stop)
+        .await
+        .expect("the drain ends")
+        .expect("no panic");
+    let took = drained.elapsed();
+    assert!(
+        took > Duration::from_millis(ANNOUNCE_MS * 3),
+        "the drain outlasted the peer's lifetime: {:?}",
+        drained.elapsed()
+    );
+    bob.abort();
+    // bob did not resume: the peer announces him gone after the grace.
+    let (v, _) = events
+        .wait_for(
+            "client.disconnected",
+            &b,
+            Duration::from_millis(GRACE_MS + 5_000),
+        )
+        .await;
+    assert_eq!(v["reason"], "gateway_lost", "{v}");
+    events.collect(Duration::from_millis(500)).await;
+    let counts = events.counts();
+    assert_eq!(
+        counts.get(&(a.clone(), "client.disconnected".into())),
+        None,
+        "ada resumed on the peer: {counts:?}"
+    );
+    assert_eq!(
+        counts.get(&(a.clone(), "client.connected".into())),
+        Some(&1),
+        "{counts:?}"
+    );
+    assert_eq!(
+        counts.get(&(b.clone(), "client.disconnected".into())),
+        Some(&1),
+        "{counts:?}"
+    );
+    assert_eq!(listed(&other, "").await.as_array().map(Vec::len), Some(1));
+    again.close().await;
+    other.shutdown().await;
+    env.cleanup().await;
+}
