@@ -146,13 +146,93 @@ error_module="$(cd "$pkg" && find snippets -name warren_error.js | head -n1)"
 [[ -n "$error_module" ]] || die "wasm-bindgen did not emit snippets/**/warren_error.js"
 printf '\nexport { WarrenError, isWarrenError } from "./%s";\n' "$error_module" >> "$pkg/warren_sdk.js"
 
-# TypeScript: wasm-bindgen declares `[Symbol.dispose](): void` on its classes, which
-# needs lib `esnext.disposable` (TS2550 under `lib: ["ES2023", "DOM"]`). The method
-# stays in the JS (it calls `free()`, which calls `close()`); the declaration goes, so
-# the types compile under any lib from ES2020 on (test.sh checks it with tsc).
-# Only the declaration line: the JSDoc of `close()` names `[Symbol.dispose]()` too.
-sed -i -E '/^[[:space:]]*\[Symbol\.dispose\]\(\)/d' "$pkg/warren_sdk.d.ts"
-! grep -qE '^[[:space:]]*\[Symbol\.dispose\]\(\)' "$pkg/warren_sdk.d.ts" || die "Symbol.dispose is still declared in warren_sdk.d.ts"
+# TypeScript, types only (the JS and the wasm are untouched); the build fails when a
+# wasm-bindgen upgrade changes what is patched, so it is looked at again:
+# - `InitOutput` (what `init()` / `initSync()` resolve with) listed the wasm's exports
+#   by wasm-bindgen's names (`memory`, `client_new`, ...), which the renaming above
+#   replaced: it becomes opaque (`unknown`), and warren_sdk_bg.wasm.d.ts, which declared
+#   the same names as the .wasm's ES module exports, declares none.
+# - `[Symbol.dispose](): void` (wasm-bindgen's, on Client and Subscription) stays, so
+#   `using client = new Client(...)` compiles; it needs `Symbol.dispose` and the global
+#   `Disposable`, which only lib `esnext.disposable` declares: the .d.ts declares both
+#   as @types/node does (the same declarations as the lib's, so they merge with it), and
+#   compiles under any lib from ES2020 on (test.sh checks it with tsc, lib ES2023 + DOM).
+# - `writeAndWait` takes a `RequestEnvelope` (an Envelope without `distribution`: a
+#   request goes to the service alone, and the SDK does not send one).
+# - Under `exactOptionalPropertyTypes`, the optional fields of the options and
+#   envelopes accept `undefined`, which the SDK reads as absent.
+node -e '
+const fs = require("fs");
+const [dts, wasmDts] = process.argv.slice(1);
+const fail = (m) => { console.error("[sdk-wasm] error: .d.ts: " + m); process.exit(1); };
+let ts = fs.readFileSync(dts, "utf8");
+const swap = (from, to) => {
+  const n = typeof from === "string" ? ts.split(from).length - 1 : (ts.match(new RegExp(from.source, "g")) || []).length;
+  if (n !== 1) fail("expected one " + from + ", found " + n);
+  ts = ts.replace(from, to);
+};
+swap(/export interface InitOutput \{\n[^}]*\n\}\n/,
+  "/** What `init()` and `initSync()` resolve with: the wasm module'"'"'s exports, renamed by the build (not an API). */\nexport type InitOutput = unknown;\n");
+if ((ts.match(/^\s*\[Symbol\.dispose\]\(\): void;$/gm) || []).length !== 2) fail("expected [Symbol.dispose]() on Client and Subscription");
+ts += `
+declare global {
+    // As lib esnext.disposable (and @types/node) declare them, for apps whose lib lacks it.
+    interface SymbolConstructor {
+        readonly dispose: unique symbol;
+    }
+    interface Disposable {
+        [Symbol.dispose](): void;
+    }
+}
+`;
+swap("writeAndWait<R = unknown, M = unknown>(envelope: Envelope<M>, options?: WaitOptions): Promise<R>;",
+  "writeAndWait<R = unknown, M = unknown>(envelope: RequestEnvelope<M>, options?: WaitOptions): Promise<R>;");
+swap("/** Options of `writeAndWait`. */", `/**
+ * A request (\`writeAndWait\`): an \`Envelope\` without \`distribution\`, since a request
+ * goes to the service alone (the SDK sends no distribution with it).
+ */
+export interface RequestEnvelope<M = unknown> {
+    /** Channel, e.g. \`"tickets"\`. */
+    channel: string;
+    /** Optional subject: routed with key \`<channel>.<subject>\`. */
+    subject?: string;
+    /** Extra string headers passed to the service. */
+    headers?: Record<string, string>;
+    /** The application message (any JSON value). */
+    message: M;
+}
+
+/** Options of \`writeAndWait\`. */`);
+swap("reconnect?: { minDelayMs?: number; maxDelayMs?: number };",
+  "reconnect?: { minDelayMs?: number | undefined; maxDelayMs?: number | undefined } | undefined;");
+const optional = {
+  ClientOptions: ["token", "getToken", "requestTimeoutMs", "connectTimeoutMs", "handshakeTimeoutMs", "channels", "outboxLimit"],
+  Distribution: ["broadcast", "groups", "direct"],
+  Envelope: ["subject", "distribution", "headers"],
+  RequestEnvelope: ["subject", "headers"],
+  WaitOptions: ["timeoutMs"],
+  SubscribeOptions: ["broadcast", "groups", "direct", "topic"],
+};
+for (const [name, fields] of Object.entries(optional)) {
+  const m = new RegExp("export interface " + name + "(<[^>]*>)? \\{\\n[\\s\\S]*?\\n\\}\\n").exec(ts);
+  if (!m) fail("no interface " + name);
+  let block = m[0];
+  for (const f of fields) {
+    const re = new RegExp("^(\\s*" + f + "\\?: )(.+);$", "m");
+    const fm = re.exec(block);
+    if (!fm) fail(name + " has no optional " + f);
+    block = block.replace(re, (_, head, type) => head + (type.includes("=>") ? "(" + type + ")" : type) + " | undefined;");
+  }
+  ts = ts.slice(0, m.index) + block + ts.slice(m.index + m[0].length);
+}
+fs.writeFileSync(dts, ts);
+if (!/^export const memory: WebAssembly\.Memory;$/m.test(fs.readFileSync(wasmDts, "utf8"))) fail("warren_sdk_bg.wasm.d.ts has no memory export");
+fs.writeFileSync(wasmDts, `/* tslint:disable */
+/* eslint-disable */
+// The .wasm'"'"'s exports have short names given by the build (not an API): use the JS module.
+export {};
+`);
+' "$pkg/warren_sdk.d.ts" "$pkg/warren_sdk_bg.wasm.d.ts" || die "could not patch the TypeScript declarations"
 grep -q 'becomes `disconnected`' "$pkg/warren_sdk.d.ts" || die "the JSDoc of close() lost its end in warren_sdk.d.ts"
 
 # Shorter wording for wasm-bindgen's three console warnings (about 0.1 KB gzipped: their

@@ -11,7 +11,10 @@ import init, {
 } from "warren-sdk";
 import { useSubscription, type WarrenDelivery } from "warren-sdk/react";
 
-await init();
+// What init() resolves with is the wasm's exports, renamed by the build: opaque.
+const initOutput = await init();
+// @ts-expect-error: InitOutput lists no export names (`memory` is renamed at build time)
+void initOutput.memory;
 
 const client = new Client({ urls: ["ws://localhost:4000/ws"], connectTimeoutMs: 10_000 });
 
@@ -46,6 +49,32 @@ client.on("error", (e) => {
   void id;
   void stream;
 });
+
+// A request goes to the service alone: it has no distribution.
+// @ts-expect-error: `distribution` is not part of a request
+void client.writeAndWait({ channel: "tickets", distribution: { broadcast: true }, message: {} });
+void client.write({ channel: "chat", distribution: { broadcast: true }, message: {} });
+
+// exactOptionalPropertyTypes: an optional field the SDK reads as absent takes `undefined`.
+const maybe: string | undefined = undefined;
+const loose = new Client({
+  urls: ["ws://localhost:4000/ws"],
+  token: maybe,
+  getToken: undefined,
+  reconnect: { minDelayMs: undefined, maxDelayMs: 500 },
+  connectTimeoutMs: undefined,
+  channels: undefined,
+});
+void loose.write({ channel: "chat", subject: maybe, headers: undefined, distribution: { groups: undefined }, message: 1 });
+void loose.writeAndWait({ channel: "tickets", subject: maybe, message: 1 }, { timeoutMs: undefined });
+loose.subscribe({ channel: "chat", topic: maybe, groups: undefined }, () => {});
+
+// `using` (explicit resource management) disposes of the client at the end of the block,
+// also under a lib without esnext.disposable (the package declares Symbol.dispose).
+{
+  using scoped = new Client({ urls: ["ws://localhost:4000/ws"] });
+  void scoped.state;
+}
 
 try {
   await client.writeAndWait<{ id: number }>({ channel: "tickets", message: { op: "create" } });
