@@ -21,7 +21,7 @@
 // (node_modules/@types): an `import ... from "react"` would be resolved from this file's
 // real folder, which has no node_modules when the package is installed as a link
 // (`npm install ./sdk-wasm/pkg`), and the types would fail with TS2307.
-import type { Client, Delivery, ErrorCode } from "./warren_sdk.js";
+import type { Client, Delivery, ErrorCode, InitInput } from "./warren_sdk.js";
 
 /** The options `new Client(options)` takes. */
 export type WarrenClientOptions = ConstructorParameters<typeof Client>[0];
@@ -153,5 +153,18 @@ export declare function useSubscription<M = unknown>(
   handler: (delivery: WarrenDelivery<M>) => void,
 ): WarrenSubscriptionStatus;
 
-/** Initialises the wasm module once per page; later calls return the same promise. */
-export declare function initWarren(): Promise<void>;
+/**
+ * Initialises the wasm module once per page; later calls return the same promise,
+ * whatever they pass (a failure lets the next call try again). The provider calls it
+ * without an argument (the .wasm next to the module); where the wasm must be given
+ * (Node, Vitest, a custom URL), call it first, before rendering the provider, and
+ * instead of `init()`:
+ *
+ * ```ts
+ * await initWarren(await readFile(new URL(import.meta.resolve("warren-sdk/warren_sdk_bg.wasm"))));
+ * ```
+ *
+ * @param moduleOrPath Where the wasm is, as `init({ module_or_path })` takes it: a URL,
+ * a `Response`, the bytes, a `WebAssembly.Module` (or a promise of one).
+ */
+export declare function initWarren(moduleOrPath?: InitInput | Promise<InitInput>): Promise<void>;

@@ -1,3 +1,4 @@
+"use client";
 /**
  * @file React bindings for the Warren SDK (`warren-sdk/react`): a provider that owns one
  * client per configuration, and hooks for the client, subscriptions and connection state.
@@ -29,13 +30,15 @@ const DEFAULT_CLOSE_DELAY_MS = 200;
 let initPromise = null;
 
 /**
- * Initialises the wasm module once; later calls return the same promise (a failure
- * lets the next call try again).
+ * Initialises the wasm module once; later calls return the same promise, whatever they
+ * pass (a failure lets the next call try again). `moduleOrPath`: where the wasm is, as
+ * `init({ module_or_path })` takes it (a URL, a `Response`, the bytes, a
+ * `WebAssembly.Module`); by default the .wasm next to the module.
  * @returns {Promise<void>}
  */
-export function initWarren() {
+export function initWarren(moduleOrPath) {
   if (!initPromise) {
-    initPromise = init().then(() => {});
+    initPromise = init({ module_or_path: moduleOrPath }).then(() => {});
     initPromise.catch(() => (initPromise = null));
   }
   return initPromise;

@@ -3,6 +3,8 @@
 // exactly as the README's Node instructions say (ESM: no `require`).
 // With WARREN_STACK_STATE (the warren-stack state file) it also talks to real gateways;
 // Node 20 needs `--experimental-websocket` for the global WebSocket.
+// warren-sdk/react's tests, first: they initialise the wasm with initWarren.
+import "./react.test.mjs";
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";

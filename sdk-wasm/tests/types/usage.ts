@@ -9,12 +9,19 @@ import init, {
   type StateEvent,
   type Delivery,
 } from "warren-sdk";
-import { useSubscription, type WarrenDelivery } from "warren-sdk/react";
+import {
+  initWarren,
+  useSubscription,
+  type WarrenDelivery,
+} from "warren-sdk/react";
 
 // What init() resolves with is the wasm's exports, renamed by the build: opaque.
 const initOutput = await init();
 // @ts-expect-error: InitOutput lists no export names (`memory` is renamed at build time)
 void initOutput.memory;
+// The React bindings' init, with where the wasm is (as init({ module_or_path })).
+await initWarren(new URL("warren_sdk_bg.wasm", import.meta.url));
+await initWarren();
 
 const client = new Client({ urls: ["ws://localhost:4000/ws"], connectTimeoutMs: 10_000 });
 
