@@ -9,7 +9,12 @@
 // - a subscription the gateway refuses after a reconnect (the new token no longer
 //   grants the room) shows `error` / `forbidden` (before: `active` for ever);
 // - a delivery handed to the SDK right after a commit, before passive effects ran,
-//   reaches that render's handler (before: the previous render's).
+//   reaches that render's handler (before: the previous render's);
+// - new provider options (another user's token) keep the children mounted, with their
+//   state, until the new client exists, and the fallback does not come back (before: one
+//   commit rendered the fallback, the tree unmounted and a counter went back to 0);
+// - a provider given a client renders its children from the first render (before: the
+//   fallback until an effect had run).
 import { createHmac } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -98,7 +103,78 @@ async function open(w, name, spec, token) {
   };
 }
 
+/** The `mode=keep` page (a counter under a provider whose options carry `token`), or another mode's. */
+async function openKeep(w, name, token, mode = "keep") {
+  const url = await pageUrl(w);
+  const context = await w.browser.newContext();
+  const page = await context.newPage();
+  page.setDefaultTimeout(15_000);
+  const errors = [];
+  page.on("pageerror", (err) => errors.push(`pageerror: ${err.message}`));
+  await page.addInitScript((t) => {
+    window.__token = t;
+  }, token);
+  const params = new URLSearchParams({ urls: w.urls.join(","), mode });
+  await page.goto(`${url}/?${params}`);
+  await page.getByTestId("counter").waitFor();
+  return {
+    page,
+    close: () => context.close(),
+    checkErrors: () => assert(errors.length === 0, `${name}'s page threw: ${errors.join("; ")}`),
+  };
+}
+
 export const hooksTests = [
+  {
+    name: "WarrenProvider: given a client, the children render from the first render, never the fallback",
+    timeoutMs: 30_000,
+    async fn(w) {
+      const p = await openKeep(w, "hooks-external", await stackToken(w, "hooks-external"), "external");
+      await p.page.getByTestId("counter").click();
+      const fallbacks = await p.page.evaluate(() => window.__fallbacks);
+      assert(fallbacks === 0, `the fallback was mounted ${fallbacks} times with a client given`);
+      await waitFor("the given client to connect", () => p.page.evaluate(() => window.__client?.state === "connected"));
+      p.checkErrors();
+      await p.close();
+    },
+  },
+  {
+    name: "WarrenProvider: new options (another token) keep the children and their state; the fallback does not come back",
+    timeoutMs: 60_000,
+    async fn(w) {
+      const p = await openKeep(w, "hooks-keep", await stackToken(w, "hooks-keep"));
+      const counter = p.page.getByTestId("counter");
+      for (let i = 0; i < 3; i++) await counter.click();
+      assert((await counter.getAttribute("data-count")) === "3", "the counter was clicked to 3");
+      await waitFor("the first client to connect", () =>
+        p.page.evaluate(() => window.__clients.length === 1 && window.__clients[0].state === "connected"),
+      );
+      // The counter's element, marked: a remount would render a new one.
+      await p.page.evaluate(() => {
+        document.querySelector('[data-testid="counter"]').__kept = true;
+      });
+      const fallbacksBefore = await p.page.evaluate(() => window.__fallbacks);
+      const other = await stackToken(w, "hooks-keep-2");
+      await p.page.evaluate((t) => window.__setToken(t), other);
+      await waitFor("the counter to be rendered with a second client, connected", () =>
+        p.page.evaluate(() => window.__clients.length === 2 && window.__clients[1].state === "connected"),
+      );
+      const after = await p.page.evaluate(() => {
+        const el = document.querySelector('[data-testid="counter"]');
+        return { count: el?.getAttribute("data-count"), kept: el?.__kept === true, fallbacks: window.__fallbacks };
+      });
+      await screenshot(p.page, "hooks-options-change-keeps-state");
+      assert(after.fallbacks === fallbacksBefore, `the fallback was mounted again (${after.fallbacks - fallbacksBefore} times) on the options change`);
+      assert(after.count === "3", `the counter kept its state (shows ${after.count})`);
+      assert(after.kept, "the counter's element is the one from before the options change (no remount)");
+      // The previous client is closed once the children moved to the new one.
+      await waitFor("the first client to be closed", () =>
+        p.page.evaluate(() => window.__clients[0].state === "disconnected"),
+      );
+      p.checkErrors();
+      await p.close();
+    },
+  },
   {
     name: "useSubscription: after the client stopped (4501), connect() with a good token makes the subscription active again",
     timeoutMs: 60_000,

@@ -86,19 +86,28 @@ export interface WarrenProviderProps {
    * identity: keep it stable (module scope, `useCallback` or `useMemo`), since another
    * function means another client.
    */
-  options?: WarrenClientOptions;
-  /** Use this client instead of creating one; the provider neither connects nor closes it. */
-  client?: Client;
+  options?: WarrenClientOptions | undefined;
+  /**
+   * Use this client instead of creating one (from the first render); the provider
+   * neither connects nor closes it.
+   */
+  client?: Client | undefined;
   /** How long an unused client is kept before it is closed; default 200 ms. */
-  closeDelayMs?: number;
-  /** Rendered until the client exists (wasm loading, or failed). */
-  fallback?: React.ReactNode | ((status: WarrenProviderStatus) => React.ReactNode);
-  children?: React.ReactNode;
+  closeDelayMs?: number | undefined;
+  /**
+   * Rendered until the first client exists (wasm loading), and when a client could not
+   * be created (`failed`). When `options` change, the children stay mounted with the
+   * previous client until the new one exists: the fallback does not come back.
+   */
+  fallback?: React.ReactNode | ((status: WarrenProviderStatus) => React.ReactNode) | undefined;
+  children?: React.ReactNode | undefined;
 }
 
 /**
  * Creates (or reuses) one client for `options`, connects it, and provides it to the
- * hooks below. Children render once the client exists.
+ * hooks below. Children render once the client exists; when `options` (or `client`)
+ * change they stay mounted, with the previous client (kept open) until the new one
+ * exists, which then replaces it (the previous one is closed).
  */
 export declare function WarrenProvider(props: WarrenProviderProps): React.ReactNode;
 

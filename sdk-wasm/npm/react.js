@@ -74,7 +74,15 @@ function createEntry(key, options, closeDelayMs, external) {
   const e = {
     closeDelayMs,
     disposed: false,
-    status: { client: null, state: "idle", url: null, reconnects: 0, lastError: null, since: Date.now() },
+    // A client passed in is there from the first render (its events from the mount on).
+    status: {
+      client: external,
+      state: external ? external.state : "idle",
+      url: external?.url ?? null,
+      reconnects: 0,
+      lastError: null,
+      since: Date.now(),
+    },
     subscribe: (l) => (listeners.add(l), () => listeners.delete(l)),
     getSnapshot: () => e.status,
   };
@@ -184,14 +192,28 @@ const useStatus = (entry) => useSyncExternalStore(entry.subscribe, entry.getSnap
 /**
  * Owns one client for `options` (or wraps the given `client`) and connects it.
  * Children render once the client exists (before it is connected: writes made while
- * connecting are queued by the SDK); until then `fallback` renders.
+ * connecting are queued by the SDK); until then `fallback` renders. When `options`
+ * (or `client`) change, the children stay mounted with the previous client, kept open,
+ * until the new one exists; then they get the new one and the previous one is closed.
+ * `fallback` renders again only when the new client could not be created (`failed`).
  */
 export function WarrenProvider({ options, client, closeDelayMs, fallback, children }) {
   const entry = entryFor(options, client, closeDelayMs ?? DEFAULT_CLOSE_DELAY_MS);
   useEffect(() => (entry.acquire(), entry.release), [entry]);
   const status = useStatus(entry);
-  if (!status.client) return (typeof fallback == "function" ? fallback(status) : fallback) ?? null;
-  return createElement(WarrenContext.Provider, { value: entry }, children);
+  // The entry the children were last committed with (set in an effect: a render that
+  // never commits changes nothing).
+  const shown = useRef(null);
+  const ready = status.client ? entry : status.state == "failed" ? null : shown.current;
+  // Holds the shown entry (its client stays open) until the children move on.
+  useEffect(() => {
+    shown.current = ready;
+    if (!ready) return undefined;
+    ready.acquire();
+    return ready.release;
+  }, [ready]);
+  if (!ready) return (typeof fallback == "function" ? fallback(status) : fallback) ?? null;
+  return createElement(WarrenContext.Provider, { value: ready }, children);
 }
 
 function useEntry(hook) {

@@ -8,12 +8,22 @@
 //   __bump()     renders again with a new handler (render number + 1)
 //   __gate       holds the page's incoming WebSocket frames while `hold` is true;
 //                `release()` hands them to the SDK, synchronously
-import { StrictMode, useEffect, useLayoutEffect, useState } from "react";
+// With `mode=keep`, a page for the provider's options change instead: a counter (state
+// of its own) under a WarrenProvider whose options carry `token`, and
+//   __setToken(t)  gives the provider new options (another token)
+//   __clients      every client the counter was rendered with, in order
+//   __fallbacks    how many times the provider's fallback was mounted
+// With `mode=external`, the counter under a provider given a client the page made.
+import { StrictMode, useEffect, useLayoutEffect, useMemo, useState } from "react";
 import { createRoot } from "react-dom/client";
-import { WarrenProvider, useClient, useSubscription } from "warren-sdk/react";
+import { Client } from "warren-sdk";
+import { WarrenProvider, initWarren, useClient, useSubscription } from "warren-sdk/react";
 
 type Page = {
   __token?: string;
+  __setToken?: (token: string) => void;
+  __clients: unknown[];
+  __fallbacks: number;
   __client?: unknown;
   __statuses: string[];
   __received: { render: number; message: unknown }[];
@@ -23,6 +33,8 @@ type Page = {
 const w = window as unknown as Page;
 w.__statuses = [];
 w.__received = [];
+w.__clients = [];
+w.__fallbacks = 0;
 
 // Every WebSocket of the page, with its `onmessage` behind the gate (the SDK sets
 // `onmessage`; frames held while `hold` reach it in order on `release()`).
@@ -104,8 +116,61 @@ function App() {
   );
 }
 
+function Counter() {
+  const client = useClient();
+  const [count, setCount] = useState(0);
+  useEffect(() => {
+    w.__client = client;
+    if (!w.__clients.includes(client)) w.__clients.push(client);
+  }, [client]);
+  return (
+    <button data-testid="counter" data-count={count} onClick={() => setCount((c) => c + 1)}>
+      {count}
+    </button>
+  );
+}
+
+function Fallback() {
+  useEffect(() => {
+    w.__fallbacks++;
+  }, []);
+  return <p data-testid="fallback">loading</p>;
+}
+
+function KeepApp() {
+  const [token, setToken] = useState(w.__token ?? "");
+  useEffect(() => {
+    w.__setToken = setToken;
+  }, []);
+  const keepOptions = useMemo(
+    () => ({ urls: options.urls, token, reconnect: options.reconnect }),
+    [token],
+  );
+  return (
+    <WarrenProvider options={keepOptions} fallback={<Fallback />}>
+      <Counter />
+    </WarrenProvider>
+  );
+}
+
+const mode = query.get("mode");
+let external: Client | null = null;
+if (mode === "external") {
+  await initWarren();
+  external = new Client({ urls: options.urls, token: w.__token ?? "" });
+  void external.connect();
+}
+
 createRoot(document.getElementById("root")!).render(
   <StrictMode>
-    <App />
+    {mode === "keep" ? (
+      <KeepApp />
+    ) : external ? (
+      <WarrenProvider client={external} fallback={<Fallback />}>
+        <Counter />
+      </WarrenProvider>
+    ) : (
+      <App />
+    )}
   </StrictMode>,
 );

@@ -13,6 +13,7 @@ import {
   initWarren,
   useSubscription,
   type WarrenDelivery,
+  type WarrenProviderProps,
 } from "warren-sdk/react";
 
 // What init() resolves with is the wasm's exports, renamed by the build: opaque.
@@ -75,6 +76,8 @@ const loose = new Client({
 void loose.write({ channel: "chat", subject: maybe, headers: undefined, distribution: { groups: undefined }, message: 1 });
 void loose.writeAndWait({ channel: "tickets", subject: maybe, message: 1 }, { timeoutMs: undefined });
 loose.subscribe({ channel: "chat", topic: maybe, groups: undefined }, () => {});
+const providerProps: WarrenProviderProps = { options: undefined, client: undefined, closeDelayMs: undefined, fallback: undefined };
+void providerProps;
 
 // `using` (explicit resource management) disposes of the client at the end of the block,
 // also under a lib without esnext.disposable (the package declares Symbol.dispose).
