@@ -6,8 +6,9 @@
 //! "Nobody can answer" takes two witnesses, so a service that does not announce still
 //! counts: no live instance in the registry **and** no consumer on the channel's
 //! `IN_<CHANNEL>` queue (read with a passive declare on a scratch channel, at most once per
-//! [`CONSUMER_CHECK_TTL`] per channel, and only when the registry has nobody). A
-//! count of zero RabbitMQ was slow to give is not a witness ([`QueueCount::consumers`]).
+//! [`CONSUMER_CHECK_TTL`] per channel, and only when the registry has nobody; requests
+//! asking together share looks). A count of zero RabbitMQ was slow to give is not a
+//! witness ([`QueueCount::consumers`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -151,7 +152,29 @@ fn alive(e: &Entry, now: Instant) -> bool {
 #[derive(Debug, Default)]
 pub struct Services {
     view: Mutex<ServiceView>,
-    consumers: Mutex<HashMap<String, (Instant, u32)>>,
+    /// The last look at each queue's consumers; its lock makes the requests that ask
+    /// together share one look.
+    consumers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<ConsumerLook>>>>>,
+}
+
+/// One look at a queue's consumer count ([`consumer_count`]).
+#[derive(Debug, Clone, Copy)]
+struct ConsumerLook {
+    /// When it began.
+    began: Instant,
+    /// What it found (`None`: the broker could not say).
+    count: Option<u32>,
+}
+
+impl ConsumerLook {
+    /// Whether something consumes the queue, for a request asked at `asked`, as far
+    /// as this look tells at `now`: a look that began after the request was asked
+    /// answers it, and a count it found is trusted for [`CONSUMER_CHECK_TTL`]. A
+    /// broker that could not say counts as yes.
+    fn answers(&self, asked: Instant, now: Instant) -> Option<bool> {
+        let fresh = self.count.is_some() && now.duration_since(self.began) < CONSUMER_CHECK_TTL;
+        (self.began >= asked || fresh).then(|| self.count.is_none_or(|c| c > 0))
+    }
 }
 
 impl Services {
@@ -190,24 +213,36 @@ impl Services {
         {
             return true;
         }
-        if let Some((at, count)) = self
+        self.consumed_by(queue, now, || consumer_count(broker, queue))
+            .await
+    }
+
+    /// Whether something consumes `queue`, for a request asked at `asked`, looking at
+    /// its consumers with `look` unless a look answers it ([`ConsumerLook::answers`]).
+    /// Requests that ask while a look is under way wait for it, then take one more
+    /// look together: a storm of requests on a channel nobody announces (a service
+    /// that does not, or none started yet) opened a scratch channel each, as many as
+    /// RabbitMQ allows on the connection.
+    async fn consumed_by<F, Fut>(&self, queue: &str, asked: Instant, look: F) -> bool
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Option<u32>>,
+    {
+        let slot = self
             .consumers
             .lock()
             .expect("consumer cache lock")
-            .get(queue)
-        {
-            if now.duration_since(*at) < CONSUMER_CHECK_TTL {
-                return *count > 0;
-            }
+            .entry(queue.to_string())
+            .or_default()
+            .clone();
+        let mut last = slot.lock().await;
+        if let Some(answer) = last.and_then(|l| l.answers(asked, Instant::now())) {
+            return answer;
         }
-        let Some(count) = consumer_count(broker, queue).await else {
-            return true;
-        };
-        self.consumers
-            .lock()
-            .expect("consumer cache lock")
-            .insert(queue.to_string(), (Instant::now(), count));
-        count > 0
+        let began = Instant::now();
+        let count = look().await;
+        *last = Some(ConsumerLook { began, count });
+        count.is_none_or(|c| c > 0)
     }
 }
 
@@ -386,5 +421,51 @@ mod tests {
         assert_eq!(l["tickets"][0].last_seen_ms, 100);
         v.expire(live_until);
         assert!(v.live(live_until).is_empty());
+    }
+
+    #[tokio::test]
+    async fn requests_asking_together_share_looks_at_the_consumers() {
+        use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+        let services = Services::default();
+        let looks = AtomicUsize::new(0);
+        let found = |count: Option<u32>| {
+            let looks = &looks;
+            move || async move {
+                looks.fetch_add(1, Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                count
+            }
+        };
+        // Fifty requests on a channel nobody announces, asked together: one look (each
+        // opened a scratch channel of its own before).
+        let asked = Instant::now();
+        let requests =
+            (0..50).map(|_| services.consumed_by("IN_ECHO", Instant::now(), found(Some(0))));
+        let answers = futures_util::future::join_all(requests).await;
+        assert_eq!(answers, vec![false; 50]);
+        assert_eq!(looks.load(Relaxed), 1);
+        // A count found is trusted for CONSUMER_CHECK_TTL.
+        let now = Instant::now();
+        assert!(!services.consumed_by("IN_ECHO", now, found(Some(1))).await);
+        assert_eq!(looks.load(Relaxed), 1);
+        // Past it, looked at again.
+        tokio::time::sleep(CONSUMER_CHECK_TTL).await;
+        let now = Instant::now();
+        assert!(services.consumed_by("IN_ECHO", now, found(Some(1))).await);
+        assert_eq!(looks.load(Relaxed), 2);
+        // A broker that cannot say counts as yes, for the requests asked before the
+        // look began only: one asked while it was under way looks again.
+        tokio::time::sleep(CONSUMER_CHECK_TTL).await;
+        let first = services.consumed_by("IN_ECHO", Instant::now(), found(None));
+        let later = async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let now = Instant::now();
+            services.consumed_by("IN_ECHO", now, found(None)).await
+        };
+        assert_eq!(tokio::join!(first, later), (true, true));
+        assert_eq!(looks.load(Relaxed), 4);
+        // Each queue has looks of its own.
+        assert!(!services.consumed_by("IN_CHAT", asked, found(Some(0))).await);
+        assert_eq!(looks.load(Relaxed), 5);
     }
 }
