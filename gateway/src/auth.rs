@@ -524,17 +524,21 @@ impl Verifier {
 /// The identity an auth service's reply grants.
 ///
 /// # Errors
-/// [`AuthError::Denied`] for a refusal, [`AuthError::Invalid`] for a reply that
-/// accepts without a valid user or names an unknown right.
+/// [`AuthError::Denied`] for a refusal; [`AuthError::Unavailable`] for a reply that
+/// accepts without a valid user or names an unknown right: the auth service failing
+/// (a broken or newer release), not the token refused, so the client tries again
+/// later instead of stopping for good (`unauthorized` and 4501 before).
 pub fn identity_of_reply(reply: warren_protocol::auth::AuthReply) -> Result<Identity, AuthError> {
     if !reply.allow {
         return Err(AuthError::Denied(
             reply.reason.unwrap_or_else(|| "no reason given".into()),
         ));
     }
+    let unusable =
+        |why: String| AuthError::Unavailable(format!("its answer cannot be used: {why}"));
     let user = reply
         .user
-        .ok_or_else(|| AuthError::Invalid("the auth service accepted without a user".into()))?;
+        .ok_or_else(|| unusable("it accepted without a user".into()))?;
     let channels = match reply.channels {
         None => None,
         Some(map) => {
@@ -544,7 +548,7 @@ pub fn identity_of_reply(reply: warren_protocol::auth::AuthReply) -> Result<Iden
                     .iter()
                     .map(|r| serde_json::from_value(serde_json::Value::String(r.clone())))
                     .collect::<Result<Vec<ClaimRight>, _>>()
-                    .map_err(|e| AuthError::Invalid(format!("channels.{channel}: {e}")))?;
+                    .map_err(|e| unusable(format!("channels.{channel}: {e}")))?;
                 out.insert(channel, rights);
             }
             Some(out)

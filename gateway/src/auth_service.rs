@@ -89,8 +89,8 @@ impl AuthClient {
     ///
     /// # Errors
     /// [`AuthError::Denied`] when the service refuses, [`AuthError::Unavailable`] when
-    /// it does not answer within the timeout or none is running, [`AuthError::Invalid`]
-    /// for an answer that cannot be used.
+    /// it does not answer within the timeout, none is running, or its answer cannot
+    /// be used ([`identity_of_reply`]).
     pub async fn ask(&self, request: AuthRequest) -> Result<Identity, AuthError> {
         let key = cache_key(&request);
         if let Some(hit) = self.cached(&key) {
@@ -174,10 +174,9 @@ impl AuthClient {
             Outcome::Unconfirmed => return Err(unavailable("no confirm in time".into())),
         }
         let answer = call.answer().await.map_err(unavailable)?;
-        Ok(
-            serde_json::from_slice::<AuthReply>(&answer.data).unwrap_or_else(|e| {
-                AuthReply::deny(format!("the auth service's answer is not valid: {e}"))
-            }),
-        )
+        // An answer that is not one is the auth service failing, not the token
+        // refused: the client tries again later (refused, it stopped for good).
+        serde_json::from_slice::<AuthReply>(&answer.data)
+            .map_err(|e| unavailable(format!("the auth service's answer is not valid: {e}")))
     }
 }

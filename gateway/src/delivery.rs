@@ -70,8 +70,13 @@ pub fn to_frame(m: Incoming<'_>, seq: u64) -> ServerFrame {
             match error {
                 Some(code) => ServerFrame::Error(ErrorFrame {
                     id: Some(id),
+                    // A code the gateway does not know, or one only the SDK gives (an
+                    // app told `closed` takes its client for stopped, and retries a
+                    // `disconnected`), is the service's refusal: `rejected`.
                     code: match ErrorCode::parse(&code) {
-                        ErrorCode::Unknown => ErrorCode::Rejected,
+                        ErrorCode::Unknown | ErrorCode::Disconnected | ErrorCode::Closed => {
+                            ErrorCode::Rejected
+                        }
                         c => c,
                     },
                     message: error_message(m.body),
@@ -348,6 +353,38 @@ mod tests {
         };
         assert_eq!((r.id.as_str(), r.seq), ("r1", 4));
         assert_eq!(r.message.get(), "{\"ok\":true}");
+    }
+
+    #[test]
+    fn a_service_code_unknown_or_only_the_sdks_is_rejected() {
+        let refusal = |code: &str| {
+            let mut t = FieldTable::default();
+            t.insert(
+                H_ERROR.into(),
+                AMQPValue::LongString(LongString::from(code)),
+            );
+            let p = props()
+                .with_correlation_id(ShortString::from("r3"))
+                .with_headers(t);
+            let incoming = Incoming {
+                exchange: "",
+                routing_key: "q",
+                redelivered: false,
+                properties: &p,
+                body: b"\"no\"",
+                position: None,
+                stream: None,
+                also: &[],
+            };
+            match to_frame(incoming, 1) {
+                ServerFrame::Error(e) => e.code,
+                f => panic!("{f:?}"),
+            }
+        };
+        for code in ["closed", "disconnected", "no_such_code"] {
+            assert_eq!(refusal(code), ErrorCode::Rejected, "{code}");
+        }
+        assert_eq!(refusal("overloaded"), ErrorCode::Overloaded);
     }
 
     #[test]

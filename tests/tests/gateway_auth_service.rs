@@ -153,6 +153,49 @@ async fn the_auth_service_admits_refuses_and_its_absence_or_slowness_is_auth_una
     env.cleanup().await;
 }
 
+/// An answer the gateway cannot use (it admits without a user, or names a right
+/// this gateway does not know: a broken or newer auth service) is the auth service
+/// failing: `auth_unavailable` and 4006, and the client tries again later. Before, it
+/// was `unauthorized` and 4501, and the SDK stopped for good though no token was
+/// refused.
+#[tokio::test]
+async fn an_answer_the_gateway_cannot_use_is_auth_unavailable_not_a_refusal() {
+    let mut env = TestEnv::new("auth-service-unusable").await;
+    env.track_queue(env.names.channel_queue("auth"));
+    let auth = Service::connect(&amqp_addr(), env.names.clone())
+        .await
+        .unwrap();
+    auth.authenticate("auth", |request| async move {
+        match request.token.as_str() {
+            "no-user" => AuthReply {
+                allow: true,
+                ..AuthReply::default()
+            },
+            "new-right" => AuthReply {
+                channels: Some([("chat".to_string(), vec!["teleport".to_string()])].into()),
+                ..AuthReply::allow("ada")
+            },
+            _ => AuthReply::allow("ada"),
+        }
+    })
+    .await
+    .unwrap();
+    let gw = TestGateway::start_with(&env, service_mode).await;
+    for token in ["no-user", "new-right"] {
+        let (e, close, _) = refused(&gw.url(), token).await;
+        assert_eq!(e.code, ErrorCode::AuthUnavailable, "{token}: {e:?}");
+        assert!(e.message.contains("cannot be used"), "{token}: {e:?}");
+        assert_eq!(close, Some(4006), "{token}");
+    }
+    // The same auth service's usable answers admit.
+    let ada = admitted(&gw.url(), "other").await;
+    assert_eq!(ada.welcome.as_ref().unwrap().user, "ada");
+    ada.close().await;
+    auth.stop().await.unwrap();
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
 /// The auth service's answer admitting ada until ten minutes from now.
 fn ada_for_ten_minutes() -> AuthReply {
     let now = std::time::SystemTime::now()
