@@ -129,6 +129,10 @@ struct Peer {
 pub struct PresenceView {
     me: String,
     grace: Duration,
+    /// How long a node this gateway has not heard from yet counts as alive: the grace
+    /// period, or this gateway's own announcement lifetime when longer
+    /// ([`PresenceView::expecting_announcements`]).
+    unheard_lifetime: Duration,
     sessions: HashMap<String, Held>,
     /// Sessions whose connection ended without a goodbye: when their
     /// `client.disconnected` is due unless they are resumed first.
@@ -178,6 +182,7 @@ impl PresenceView {
         PresenceView {
             me: me.to_string(),
             grace,
+            unheard_lifetime: grace,
             sessions: HashMap::new(),
             away: HashMap::new(),
             peers: HashMap::new(),
@@ -247,6 +252,18 @@ impl PresenceView {
             again.push(event("client.subscriptions", Some(keys)));
         }
         again
+    }
+
+    /// Gateways announce themselves every `interval` (this one's
+    /// `announce_interval_ms`, which its peers are expected to share): a node a peer's
+    /// snapshot names, not heard from yet, counts as alive for three intervals when
+    /// that is longer than the grace period. With the grace alone, a gateway that
+    /// started beside peers announcing less often than every half grace took them for
+    /// dead before their first announcement, and published `gateway_lost` for every
+    /// session they held.
+    pub fn expecting_announcements(mut self, interval: Duration) -> Self {
+        self.unheard_lifetime = self.grace.max(interval * MISSED_ANNOUNCEMENTS);
+        self
     }
 
     /// `session` was announced gone at `now`: remembered until the grace period and
@@ -573,7 +590,7 @@ impl PresenceView {
                 node,
                 Peer {
                     last_seen: now,
-                    lifetime: self.grace,
+                    lifetime: self.unheard_lifetime,
                     down,
                     instance: String::new(),
                     heard: false,
@@ -1441,6 +1458,29 @@ mod tests {
         }
         assert!(c.due(later + GRACE).is_empty() && a.due(later + GRACE).is_empty());
         assert!(c.online(None, None, None).is_empty());
+    }
+
+    #[test]
+    fn a_node_named_by_a_snapshot_lives_for_three_announcements_before_it_is_heard() {
+        // Peers announce every 10 s, sessions are kept 1 s: c starts, takes in a's
+        // sessions from b's snapshot, and has not heard a yet.
+        let t0 = Instant::now();
+        let interval = Duration::from_secs(10);
+        let grace = Duration::from_secs(1);
+        let mut b = PresenceView::new("b", grace);
+        b.on_event(connected("s1", "ada", "a"), t0);
+        let mut c = PresenceView::new("c", grace).expecting_announcements(interval);
+        c.merge(b.snapshot(), t0, true);
+        for later in [t0 + grace * 3, t0 + interval * 2] {
+            assert!(c.due(later).is_empty(), "a may announce itself yet");
+            assert_eq!(c.online(None, None, None).len(), 1);
+        }
+        // Silent for three intervals, then the grace: dead, its session gone.
+        let dead = t0 + interval * MISSED_ANNOUNCEMENTS + Duration::from_millis(1);
+        assert!(c.due(dead).is_empty(), "away first");
+        let gone = c.due(dead + grace);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].2, "gateway_lost");
     }
 
     #[test]

@@ -131,10 +131,13 @@ impl Shared {
         let names = Names::new(&config.namespace);
         Shared {
             streams,
-            presence: std::sync::Mutex::new(crate::presence::PresenceView::new(
-                &config.node,
-                Duration::from_millis(config.session_expires_ms),
-            )),
+            presence: std::sync::Mutex::new(
+                crate::presence::PresenceView::new(
+                    &config.node,
+                    Duration::from_millis(config.session_expires_ms),
+                )
+                .expecting_announcements(Duration::from_millis(config.announce_interval_ms)),
+            ),
             names: names.clone(),
             limiter: Limiter::new(LimitSettings {
                 connections_per_ip: config.max_connections_per_ip,
