@@ -467,8 +467,10 @@ impl Conn {
                     break;
                 }
             };
-            if let Flow::Close(..) = flow {
-                break;
+            // The connection's own reason to close (too many errors, a slow consumer)
+            // is its close code, not the drain's 1001.
+            if let Flow::Close(code, reason) = flow {
+                return (Some(code), reason);
             }
         }
         if self.phase == Phase::Closed {

@@ -1,7 +1,10 @@
-//! A gateway that drains beside a live peer announces none of its sessions gone: its
-//! clients resume on the peer, which announces those that do not resume. Its own test
-//! binary: the confirm delay that makes the drain last is injected through the
-//! environment of this process.
+//! A drain that lasts because RabbitMQ holds confirms back. Its own test binary: the
+//! confirm delay is injected through the environment of this process.
+//!
+//! - A gateway that drains beside a live peer announces none of its sessions gone:
+//!   its clients resume on the peer, which announces those that do not resume.
+//! - A connection that ends for its own reason during the drain (too many errors)
+//!   is closed with that reason's code, not the drain's 1001.
 
 use std::time::{Duration, Instant};
 
@@ -97,5 +100,41 @@ async fn a_gateway_draining_beside_a_live_peer_announces_no_session_gone() {
     assert_eq!(listed(&other, "").await.as_array().map(Vec::len), Some(1));
     again.close().await;
     other.shutdown().await;
+    env.cleanup().await;
+}
+
+/// A client that sends unreadable frames while its connection drains (its publish
+/// awaiting a held confirm) is closed with `4003 too_many_errors`, as at any other
+/// time. The drain closed it with `1001 going_away` whatever ended it, so a client
+/// stuck sending bad frames reconnected as if the gateway had only moved.
+#[tokio::test]
+async fn a_connection_ending_for_its_own_reason_during_a_drain_gets_its_own_close_code() {
+    std::env::set_var(CONFIRM_DELAY_MS, CONFIRM_DELAY.as_millis().to_string());
+    let env = TestEnv::new("drain-own-close").await;
+    let gw = TestGateway::start_with(&env, |c| {
+        c.max_consecutive_errors = 3;
+        c.shutdown_grace_ms = 5_000;
+    })
+    .await;
+    let mut client = TestClient::connect(&gw.url()).await;
+    client.publish("held", "chat", json!({"n": 1})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stop = tokio::spawn(gw.shutdown());
+    match client.recv_within(Duration::from_secs(5)).await {
+        Some(warren_protocol::ServerFrame::Drain(_)) => {}
+        other => panic!("expected drain, got {other:?}"),
+    }
+    for _ in 0..3 {
+        client.send_text("{").await;
+    }
+    assert_eq!(
+        client.expect_close(Duration::from_secs(5)).await,
+        Some(4003),
+        "too_many_errors, not going_away"
+    );
+    tokio::time::timeout(Duration::from_secs(15), stop)
+        .await
+        .expect("the drain ends")
+        .expect("no panic");
     env.cleanup().await;
 }
