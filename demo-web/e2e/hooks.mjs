@@ -73,8 +73,11 @@ async function pageUrl(w) {
   return w.hooksPage;
 }
 
-/** A page of its own subscribed to `spec`, with `token` in `window.__token`. */
-async function open(w, name, spec, token) {
+/**
+ * A page of its own (a fresh browser context) at the hooks page with the query `params`,
+ * `token` in `window.__token`; the errors it throws are collected in `errors`.
+ */
+async function openPage(w, name, token, params) {
   const url = await pageUrl(w);
   const context = await w.browser.newContext();
   const page = await context.newPage();
@@ -84,8 +87,18 @@ async function open(w, name, spec, token) {
   await page.addInitScript((t) => {
     window.__token = t;
   }, token);
-  const params = new URLSearchParams({ urls: w.urls.join(","), spec: JSON.stringify(spec) });
-  await page.goto(`${url}/?${params}`);
+  await page.goto(`${url}/?${new URLSearchParams(params)}`);
+  return {
+    page,
+    close: () => context.close(),
+    checkErrors: () => assert(errors.length === 0, `${name}'s page threw: ${errors.join("; ")}`),
+  };
+}
+
+/** A page of its own subscribed to `spec`, with `token` in `window.__token`. */
+async function open(w, name, spec, token) {
+  const opened = await openPage(w, name, token, { urls: w.urls.join(","), spec: JSON.stringify(spec) });
+  const { page } = opened;
   await page.getByTestId("sub").waitFor();
   const sub = page.getByTestId("sub");
   const status = async () => `${await sub.getAttribute("data-status")}:${await sub.getAttribute("data-code")}`;
@@ -94,34 +107,14 @@ async function open(w, name, spec, token) {
       const seen = await page.evaluate(() => window.__statuses.join(" → "));
       throw new Error(`${err.message}; it showed ${seen}`);
     });
-  return {
-    page,
-    status,
-    waitStatus,
-    close: () => context.close(),
-    checkErrors: () => assert(errors.length === 0, `${name}'s page threw: ${errors.join("; ")}`),
-  };
+  return { ...opened, status, waitStatus };
 }
 
 /** The `mode=keep` page (a counter under a provider whose options carry `token`), or another mode's. */
 async function openKeep(w, name, token, mode = "keep") {
-  const url = await pageUrl(w);
-  const context = await w.browser.newContext();
-  const page = await context.newPage();
-  page.setDefaultTimeout(15_000);
-  const errors = [];
-  page.on("pageerror", (err) => errors.push(`pageerror: ${err.message}`));
-  await page.addInitScript((t) => {
-    window.__token = t;
-  }, token);
-  const params = new URLSearchParams({ urls: w.urls.join(","), mode });
-  await page.goto(`${url}/?${params}`);
-  await page.getByTestId("counter").waitFor();
-  return {
-    page,
-    close: () => context.close(),
-    checkErrors: () => assert(errors.length === 0, `${name}'s page threw: ${errors.join("; ")}`),
-  };
+  const opened = await openPage(w, name, token, { urls: w.urls.join(","), mode });
+  await opened.page.getByTestId("counter").waitFor();
+  return opened;
 }
 
 export const hooksTests = [
