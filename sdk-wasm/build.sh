@@ -191,16 +191,7 @@ swap("/** Options of `writeAndWait`. */", `/**
  * A request (\`writeAndWait\`): an \`Envelope\` without \`distribution\`, since a request
  * goes to the service alone (the SDK sends no distribution with it).
  */
-export interface RequestEnvelope<M = unknown> {
-    /** Channel, e.g. \`"tickets"\`. */
-    channel: string;
-    /** Optional subject: routed with key \`<channel>.<subject>\`. */
-    subject?: string;
-    /** Extra string headers passed to the service. */
-    headers?: Record<string, string>;
-    /** The application message (any JSON value). */
-    message: M;
-}
+export type RequestEnvelope<M = unknown> = Omit<Envelope<M>, "distribution">;
 
 /** Options of \`writeAndWait\`. */`);
 swap("reconnect?: { minDelayMs?: number; maxDelayMs?: number };",
@@ -209,7 +200,6 @@ const optional = {
   ClientOptions: ["token", "getToken", "requestTimeoutMs", "connectTimeoutMs", "handshakeTimeoutMs", "channels", "outboxLimit"],
   Distribution: ["broadcast", "groups", "direct"],
   Envelope: ["subject", "distribution", "headers"],
-  RequestEnvelope: ["subject", "headers"],
   WaitOptions: ["timeoutMs"],
   SubscribeOptions: ["broadcast", "groups", "direct", "topic"],
 };

@@ -525,9 +525,11 @@ impl Verifier {
 ///
 /// # Errors
 /// [`AuthError::Denied`] for a refusal; [`AuthError::Unavailable`] for a reply that
-/// accepts without a valid user or names an unknown right: the auth service failing
-/// (a broken or newer release), not the token refused, so the client tries again
-/// later instead of stopping for good (`unauthorized` and 4501 before).
+/// accepts without a user or names an unknown right: the auth service failing (a
+/// broken or newer release), not the token refused, so the client tries again later
+/// instead of stopping for good (`unauthorized` and 4501 before). A user, groups or
+/// tenant the gateway does not accept (a reserved user, a name with characters it
+/// refuses) stay [`AuthError::Invalid`], a refusal, as in a token.
 pub fn identity_of_reply(reply: warren_protocol::auth::AuthReply) -> Result<Identity, AuthError> {
     if !reply.allow {
         return Err(AuthError::Denied(

@@ -1024,9 +1024,10 @@ impl Config {
         self.validate_http_api()
     }
 
-    /// No two listeners (WebSocket, admin, HTTP API) name one address: the second
-    /// failed to bind only after start-up had connected to RabbitMQ, with an error that
-    /// blamed another process. Port 0 (any free port) may repeat.
+    /// No two listeners (WebSocket, admin, HTTP API) name one address, or one port on
+    /// overlapping addresses (`0.0.0.0` or `[::]` take the port on every address): the
+    /// second failed to bind only after start-up had connected to RabbitMQ, with an
+    /// error that blamed another process. Port 0 (any free port) may repeat.
     fn validate_listen_addresses(&self) -> Result<(), GatewayError> {
         let named = self
             .listen
@@ -1042,7 +1043,13 @@ impl Config {
             .filter(|(_, addr)| addr.port() != 0);
         let mut seen: Vec<(&str, SocketAddr)> = Vec::new();
         for (name, addr) in named {
-            if let Some((first, _)) = seen.iter().find(|(_, a)| *a == addr) {
+            let overlaps = |a: &SocketAddr| {
+                a.port() == addr.port()
+                    && (a.ip() == addr.ip()
+                        || a.ip().is_unspecified()
+                        || addr.ip().is_unspecified())
+            };
+            if let Some((first, _)) = seen.iter().find(|(_, a)| overlaps(a)) {
                 return Err(GatewayError::Config(format!(
                     "{name} {addr} is also {first}'s address: each listener needs one of its own"
                 )));
@@ -2103,6 +2110,20 @@ mod tests {
             e.contains("http_api.listen") && e.contains("admin_listen"),
             "{e}"
         );
+
+        // A wildcard address takes the port on every address.
+        let mut c = Config::default();
+        c.listen[0].bind = SocketAddr::from(([0, 0, 0, 0], 4000));
+        c.admin_listen = Some(ws);
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("admin_listen"));
+        c.admin_listen = Some("[::]:4000".parse().unwrap());
+        assert!(c.validate().is_err());
+        c.admin_listen = Some(SocketAddr::from(([127, 0, 0, 1], 4001)));
+        c.validate().unwrap();
 
         // Port 0 (any free port) may repeat: tests bind several that way.
         let mut c = Config::default();

@@ -879,13 +879,13 @@ impl Hub {
 
     /// The position the hub's reader expected, when a message at `offset` would skip
     /// two positions or more past it ([`lost_between`]): to be looked at
-    /// ([`Hub::retention_took`]) before [`Hub::publish`] counts it a gap.
+    /// ([`Hub::retention_took_now`]) before [`Hub::publish`] counts it a gap.
     pub fn skip_before(&self, offset: u64) -> Option<u64> {
         self.lock().next.filter(|n| lost_between(*n, offset) > 0)
     }
 
     /// The positions before `offset` the reader skipped held no message (the stream
-    /// still holds positions before them: [`Hub::retention_took`]): no gap.
+    /// still holds positions before them: [`Hub::retention_took_now`]): no gap.
     pub fn no_gap_before(&self, offset: u64) {
         let mut st = self.lock();
         if st.next.is_some_and(|n| n <= offset) {
@@ -1171,6 +1171,32 @@ impl Hub {
     pub(crate) async fn retention_took(&self, broker: &Broker, stream: &str, from: u64) -> bool {
         self.retention_took_by(from, || first_position(broker, stream))
             .await
+    }
+
+    /// [`Hub::retention_took`] for the hub's own reader: a look of its own, never
+    /// waiting behind a session's (the live flow of every session waits for this
+    /// one; a session's look under way may not answer it, so waiting doubled that
+    /// wait when RabbitMQ was slow). What it finds answers the sessions' gaps found
+    /// before it began.
+    pub(crate) async fn retention_took_now(
+        &self,
+        broker: &Broker,
+        stream: &str,
+        from: u64,
+    ) -> bool {
+        let resets = self.lock().resets;
+        let began = Instant::now();
+        let first = first_position(broker, stream).await;
+        if let Ok(mut last) = self.first.try_lock() {
+            if last.is_none_or(|l| l.began < began) {
+                *last = Some(FirstLook {
+                    began,
+                    resets,
+                    first,
+                });
+            }
+        }
+        first.is_none_or(|f| f > from)
     }
 
     /// [`Hub::retention_took`], looking at the first message with `look`.
@@ -1516,7 +1542,7 @@ pub async fn run_reader(
                     crate::fault::delay(crate::fault::HUB_READ_DELAY_MS).await;
                     if let Some(m) = Message::from_delivery(&d) {
                         if let Some(from) = hub.skip_before(m.offset) {
-                            if !hub.retention_took(&broker, &stream, from).await {
+                            if !hub.retention_took_now(&broker, &stream, from).await {
                                 hub.no_gap_before(m.offset);
                             }
                         }
