@@ -290,8 +290,7 @@ impl Gateway {
     /// AMQP connections. Clients resume elsewhere from their stream position.
     pub async fn shutdown(self) {
         tracing::info!(node = %self.shared.config.node, "shutting down");
-        // The listeners stop now: the peers heard until then.
-        let heard_until = std::time::Instant::now();
+        let began = std::time::Instant::now();
         let _ = self.shutdown_tx.send(true);
         let grace =
             Duration::from_millis(self.shared.config.shutdown_grace_ms) + Duration::from_secs(5);
@@ -311,11 +310,18 @@ impl Gateway {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.announcer).await;
         // With no live peer to announce them gone after the grace, this gateway does,
         // now: else services counted the users of sessions that never come back online
-        // for good.
-        let alone = self
-            .shared
-            .presence_view()
-            .left_alone(heard_until, std::time::Instant::now());
+        // for good. Its peers were heard through the drain (their `down` when the whole
+        // deployment stops, their takeovers of sessions resumed there), unless RabbitMQ
+        // was away or blocked: then as they were when the drain began.
+        let now = std::time::Instant::now();
+        let broker = &self.shared.broker;
+        let heard_until = if server::hears_peers(broker.state(), broker.is_blocked()) {
+            now
+        } else {
+            began
+        };
+        let alone = self.shared.presence_view().left_alone(heard_until, now);
+        self.shared.done_hearing.send_replace(true);
         for (session, held) in alone {
             self.shared.disconnected(&session, held, "gateway_lost");
         }

@@ -730,11 +730,11 @@ impl PresenceView {
 
     /// At a graceful shutdown, its connections closed: this gateway's sessions, taken
     /// out of the view (remembered gone) at `now`, when no peer it heard was alive at
-    /// `heard_until`, when the shutdown began: its listeners stopped then, so its
-    /// peers' announcements no longer reach it, and their silence since says nothing
-    /// of them (after a drain longer than their lifetime, a gateway beside live peers
-    /// took itself for alone and announced every session gone, those its clients
-    /// resumed on a peer too). A live peer publishes their `gateway_lost` after the
+    /// `heard_until`: the last moment it could hear them (its peers' silence since
+    /// says nothing of them; after a drain longer than their lifetime during which it
+    /// did not hear them, a gateway beside live peers took itself for alone and
+    /// announced every session gone, those its clients resumed on a peer too). A peer
+    /// that announced `down` (the whole deployment stopping) is not alive. A live peer publishes their `gateway_lost` after the
     /// grace unless they resume there; with none, nobody did, and services counted
     /// their users online for good (a lone gateway's restart: those that resume on the
     /// new process are announced connected again, so the events still alternate).

@@ -89,6 +89,10 @@ pub(crate) struct Shared {
     pub(crate) broker: Arc<Broker>,
     pub(crate) registry: Registry,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// Set when a shutdown no longer needs to hear its peers (their announcements and
+    /// takeover requests on `warren.gateways`), once it has decided whether it is left
+    /// alone: the listener on that exchange goes on through the drain until then.
+    pub(crate) done_hearing: watch::Sender<bool>,
     pub(crate) tracker: Tracker,
     pub(crate) metrics: Arc<Metrics>,
     /// The outbound fan-out: each stream read once by its hub, shared by the sessions;
@@ -163,6 +167,7 @@ impl Shared {
             broker,
             registry: Registry::default(),
             shutdown,
+            done_hearing: watch::channel(false).0,
             tracker: Tracker::default(),
             metrics,
             services: crate::services::Services::default(),
@@ -1290,7 +1295,11 @@ const RESYNC_ASKS: [Duration; 4] = [
 pub(crate) async fn listen_for_takeovers(shared: Arc<Shared>) {
     let exchange = shared.names.gateways_exchange();
     let on = shared.clone();
-    listen_fanout(shared, exchange, "takeover", move |body| {
+    // Heard through a drain, until the gateway knows whether it is left alone: its
+    // peers' `down` (the whole deployment stopping) and takeovers of its sessions
+    // resumed on a peer decide which sessions it announces gone.
+    let until = shared.done_hearing.subscribe();
+    listen_exchange(shared, exchange, "", "takeover", until, || {}, move |body| {
         if let Some((sessions, node)) = takeovers_in(body) {
             let mine = node == on.config.node;
             let mut moved = Vec::with_capacity(sessions.len());
@@ -1524,6 +1533,7 @@ pub(crate) async fn keep_presence(shared: Arc<Shared>) {
         exchange,
         "client.*",
         "presence",
+        shared.shutdown.clone(),
         move || bound_tx.send_modify(|n| *n += 1),
         move |body| match serde_json::from_slice::<crate::presence::PresenceEvent>(body) {
             Ok(e) => {
@@ -1597,7 +1607,7 @@ pub(crate) async fn keep_presence(shared: Arc<Shared>) {
 /// Judged by their silence, every gateway counted every peer dead during an alarm
 /// longer than three announcement periods and, elected, published `gateway_lost` for
 /// all their sessions once it cleared.
-fn hears_peers(state: crate::broker::BrokerState, blocked: bool) -> bool {
+pub(crate) fn hears_peers(state: crate::broker::BrokerState, blocked: bool) -> bool {
     state == crate::broker::BrokerState::Connected && !blocked
 }
 
@@ -1631,24 +1641,26 @@ pub(crate) async fn listen_fanout(
     what: &'static str,
     on: impl FnMut(&[u8]) + Send,
 ) {
-    listen_exchange(shared, exchange, "", what, || {}, on).await;
+    let until = shared.shutdown.clone();
+    listen_exchange(shared, exchange, "", what, until, || {}, on).await;
 }
 
 /// Consumes `exchange` (bound with `key`) through an exclusive, server-named queue (no
 /// ack), handing each message's body to `on`; `bound` is called each time it consumes
-/// (again). Subscribes again after a broker reconnect; ends at shutdown.
+/// (again). Subscribes again after a broker reconnect; ends when `until` is set (the
+/// shutdown, for most).
 pub(crate) async fn listen_exchange(
     shared: Arc<Shared>,
     exchange: String,
     key: &'static str,
     what: &'static str,
+    mut until: watch::Receiver<bool>,
     mut bound: impl FnMut() + Send,
     mut on: impl FnMut(&[u8]) + Send,
 ) {
     use futures_util::StreamExt;
     use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
     use lapin::types::FieldTable;
-    let mut shutdown = shared.shutdown.clone();
     let mut counted = false;
     loop {
         let listen = async {
@@ -1702,11 +1714,11 @@ pub(crate) async fn listen_exchange(
                     tracing::debug!(error = %e, what, "listener failed; retrying");
                 }
             }
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = until.wait_for(|s| *s) => return,
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = until.wait_for(|s| *s) => return,
         }
     }
 }

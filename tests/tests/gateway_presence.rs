@@ -720,6 +720,47 @@ async fn sessions_closed_at_once_are_not_listed_online_by_their_gateway() {
     .await;
 }
 
+/// Every gateway stopping together (the whole deployment shut down) announces each
+/// of its sessions gone, once: each hears the others' `down` through its drain. Each
+/// judged its peers alive as they were when its drain began, when all were: nobody
+/// announced anything, and services counted every user online for good.
+#[tokio::test]
+async fn gateways_stopping_together_announce_each_session_gone_once() {
+    let mut env = TestEnv::new("presence-all-stop").await;
+    let a = TestGateway::start_with(&env, presence_config).await;
+    let b = TestGateway::start_with(&env, presence_config).await;
+    let mut events = Events::listen(&mut env).await;
+    let ada = TestClient::connect_with(&a.url(), as_user("ada")).await;
+    let bob = TestClient::connect_with(&b.url(), as_user("bob")).await;
+    let sessions = [ada.session().to_string(), bob.session().to_string()];
+    for s in &sessions {
+        events
+            .wait_for("client.connected", s, Duration::from_secs(5))
+            .await;
+    }
+    // Each has heard the other.
+    tokio::time::sleep(Duration::from_millis(ANNOUNCE_MS * 3)).await;
+    tokio::join!(a.shutdown(), b.shutdown());
+    ada.abort();
+    bob.abort();
+    for s in &sessions {
+        let (v, _) = events
+            .wait_for("client.disconnected", s, Duration::from_secs(5))
+            .await;
+        assert_eq!(v["reason"], "gateway_lost", "{v}");
+    }
+    events.collect(Duration::from_millis(500)).await;
+    let counts = events.counts();
+    for s in &sessions {
+        assert_eq!(
+            counts.get(&(s.clone(), "client.disconnected".into())),
+            Some(&1),
+            "{counts:?}"
+        );
+    }
+    env.cleanup().await;
+}
+
 /// ada, connected to `gw` and subscribed to chat's lobby group, once her
 /// `client.connected` was announced; and her session.
 async fn ada_in_the_lobby(gw: &TestGateway, events: &mut Events) -> (TestClient, String) {
