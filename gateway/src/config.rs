@@ -1050,8 +1050,13 @@ impl Config {
                         || addr.ip().is_unspecified())
             };
             if let Some((first, _)) = seen.iter().find(|(_, a)| overlaps(a)) {
+                let hint = if name == "http_api.listen" && *first == "listen" {
+                    " (leave http_api.listen out to serve the API beside /ws)"
+                } else {
+                    ""
+                };
                 return Err(GatewayError::Config(format!(
-                    "{name} {addr} is also {first}'s address: each listener needs one of its own"
+                    "{name} {addr} is also {first}'s address: each listener needs one of its own{hint}"
                 )));
             }
             seen.push((name, addr));
@@ -1205,15 +1210,8 @@ impl Config {
         if api.max_body_bytes < 1024 {
             return bad("max_body_bytes must be at least 1024");
         }
+        // An address another listener has is refused by `validate_listen_addresses`.
         match api.listen {
-            Some(addr)
-                if self
-                    .listen
-                    .iter()
-                    .any(|l| l.bind == addr && addr.port() != 0) =>
-            {
-                bad("listen is a WebSocket listener's address; leave it out to serve the API there")
-            }
             None if self.listen.iter().all(|l| l.channel.is_some()) => bad(
                 "no listen address and no WebSocket listener serving all channels to serve it on",
             ),

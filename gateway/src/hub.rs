@@ -569,11 +569,17 @@ impl FirstLook {
         } else if self.first.is_some_and(|f| f > from) {
             Some(true)
         } else if self.began >= asked {
-            // A failed look, or none found: taken as a loss, told, never hidden.
-            Some(self.first.is_none_or(|f| f > from))
+            Some(self.says_taken(from))
         } else {
             None
         }
+    }
+
+    /// What this look says of positions from `from` on when it answers: taken when
+    /// the first message is past them, and when the look failed or found none (a
+    /// loss told, never hidden).
+    fn says_taken(&self, from: u64) -> bool {
+        self.first.is_none_or(|f| f > from)
     }
 }
 
@@ -1186,17 +1192,17 @@ impl Hub {
     ) -> bool {
         let resets = self.lock().resets;
         let began = Instant::now();
-        let first = first_position(broker, stream).await;
+        let look = FirstLook {
+            began,
+            resets,
+            first: first_position(broker, stream).await,
+        };
         if let Ok(mut last) = self.first.try_lock() {
             if last.is_none_or(|l| l.began < began) {
-                *last = Some(FirstLook {
-                    began,
-                    resets,
-                    first,
-                });
+                *last = Some(look);
             }
         }
-        first.is_none_or(|f| f > from)
+        look.says_taken(from)
     }
 
     /// [`Hub::retention_took`], looking at the first message with `look`.
@@ -1212,13 +1218,13 @@ impl Hub {
             return answer;
         }
         let began = Instant::now();
-        let first = look().await;
-        *last = Some(FirstLook {
+        let taken = FirstLook {
             began,
             resets,
-            first,
-        });
-        first.is_none_or(|f| f > from)
+            first: look().await,
+        };
+        *last = Some(taken);
+        taken.says_taken(from)
     }
 
     /// Whether position `offset` is in the ring (a reader can hand over to it): not
