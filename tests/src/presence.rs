@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use warren_protocol::Hello;
 
+use crate::client::TestClient;
 use crate::env::TestEnv;
 use crate::gateway::{http_get, TestGateway};
 
@@ -81,6 +82,24 @@ impl Events {
         }
     }
 
+    /// `user` connected to `gw`, once its `client.connected` was announced; and its
+    /// session.
+    pub async fn connected(&mut self, gw: &TestGateway, user: &str) -> (TestClient, String) {
+        let client = TestClient::connect_with(&gw.url(), as_user(user)).await;
+        let session = client.session().to_string();
+        self.wait_for("client.connected", &session, Duration::from_secs(5))
+            .await;
+        (client, session)
+    }
+
+    /// How many `event`s `session` got.
+    pub fn count(&self, session: &str, event: &str) -> usize {
+        self.seen
+            .iter()
+            .filter(|(k, v, _)| k == event && v["session"] == session)
+            .count()
+    }
+
     /// How many of each event every session got.
     pub fn counts(&self) -> BTreeMap<(String, String), usize> {
         let mut m = BTreeMap::new();
@@ -98,6 +117,12 @@ pub fn as_user(user: &str) -> Hello {
         token: Some(user.into()),
         ..Default::default()
     }
+}
+
+/// Waits until gateways started with [`presence_config`] have heard one another
+/// (three announcement intervals).
+pub async fn peers_heard() {
+    tokio::time::sleep(Duration::from_millis(ANNOUNCE_MS * 3)).await;
 }
 
 /// Presence on, with short timers ([`ANNOUNCE_MS`], [`GRACE_MS`]).

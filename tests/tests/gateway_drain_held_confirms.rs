@@ -12,7 +12,7 @@ use serde_json::json;
 use warren_e2e::client::TestClient;
 use warren_e2e::env::TestEnv;
 use warren_e2e::gateway::TestGateway;
-use warren_e2e::presence::{as_user, listed, presence_config, Events, ANNOUNCE_MS, GRACE_MS};
+use warren_e2e::presence::{listed, peers_heard, presence_config, Events, ANNOUNCE_MS, GRACE_MS};
 use warren_gateway::fault::CONFIRM_DELAY_MS;
 use warren_protocol::Hello;
 
@@ -35,16 +35,9 @@ async fn a_gateway_draining_beside_a_live_peer_announces_no_session_gone() {
     let gw = TestGateway::start_with(&env, draining).await;
     let other = TestGateway::start_with(&env, presence_config).await;
     let mut events = Events::listen(&mut env).await;
-    let ada = TestClient::connect_with(&gw.url(), as_user("ada")).await;
-    let mut bob = TestClient::connect_with(&gw.url(), as_user("bob")).await;
-    let (a, b) = (ada.session().to_string(), bob.session().to_string());
-    for s in [&a, &b] {
-        events
-            .wait_for("client.connected", s, Duration::from_secs(5))
-            .await;
-    }
-    // Each has heard the other.
-    tokio::time::sleep(Duration::from_millis(ANNOUNCE_MS * 3)).await;
+    let (ada, a) = events.connected(&gw, "ada").await;
+    let (mut bob, b) = events.connected(&gw, "bob").await;
+    peers_heard().await;
     // bob's publish awaits its confirm: the drain lasts until it comes.
     // (Read before the drain begins: a drain with no confirm pending reads nothing
     // more, and the client sends again what was not acknowledged.)
@@ -83,20 +76,12 @@ async fn a_gateway_draining_beside_a_live_peer_announces_no_session_gone() {
     events.collect(Duration::from_millis(500)).await;
     let counts = events.counts();
     assert_eq!(
-        counts.get(&(a.clone(), "client.disconnected".into())),
-        None,
+        events.count(&a, "client.disconnected"),
+        0,
         "ada resumed on the peer: {counts:?}"
     );
-    assert_eq!(
-        counts.get(&(a.clone(), "client.connected".into())),
-        Some(&1),
-        "{counts:?}"
-    );
-    assert_eq!(
-        counts.get(&(b.clone(), "client.disconnected".into())),
-        Some(&1),
-        "{counts:?}"
-    );
+    assert_eq!(events.count(&a, "client.connected"), 1, "{counts:?}");
+    assert_eq!(events.count(&b, "client.disconnected"), 1, "{counts:?}");
     assert_eq!(listed(&other, "").await.as_array().map(Vec::len), Some(1));
     again.close().await;
     other.shutdown().await;

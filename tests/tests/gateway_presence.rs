@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use warren_e2e::client::{sub, TestClient};
 use warren_e2e::env::TestEnv;
 use warren_e2e::gateway::{http_get, TestGateway};
-use warren_e2e::presence::{as_user, listed, presence_config, Events, ANNOUNCE_MS, GRACE_MS};
+use warren_e2e::presence::{
+    as_user, listed, peers_heard, presence_config, Events, ANNOUNCE_MS, GRACE_MS,
+};
 use warren_e2e::sdk_driver::GatewayProcess;
 use warren_protocol::{ClientFrame, Hello, Subscribe};
 
@@ -730,16 +732,10 @@ async fn gateways_stopping_together_announce_each_session_gone_once() {
     let a = TestGateway::start_with(&env, presence_config).await;
     let b = TestGateway::start_with(&env, presence_config).await;
     let mut events = Events::listen(&mut env).await;
-    let ada = TestClient::connect_with(&a.url(), as_user("ada")).await;
-    let bob = TestClient::connect_with(&b.url(), as_user("bob")).await;
-    let sessions = [ada.session().to_string(), bob.session().to_string()];
-    for s in &sessions {
-        events
-            .wait_for("client.connected", s, Duration::from_secs(5))
-            .await;
-    }
-    // Each has heard the other.
-    tokio::time::sleep(Duration::from_millis(ANNOUNCE_MS * 3)).await;
+    let (ada, sa) = events.connected(&a, "ada").await;
+    let (bob, sb) = events.connected(&b, "bob").await;
+    let sessions = [sa, sb];
+    peers_heard().await;
     tokio::join!(a.shutdown(), b.shutdown());
     ada.abort();
     bob.abort();
@@ -750,12 +746,12 @@ async fn gateways_stopping_together_announce_each_session_gone_once() {
         assert_eq!(v["reason"], "gateway_lost", "{v}");
     }
     events.collect(Duration::from_millis(500)).await;
-    let counts = events.counts();
     for s in &sessions {
         assert_eq!(
-            counts.get(&(s.clone(), "client.disconnected".into())),
-            Some(&1),
-            "{counts:?}"
+            events.count(s, "client.disconnected"),
+            1,
+            "{:?}",
+            events.counts()
         );
     }
     env.cleanup().await;
