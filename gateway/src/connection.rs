@@ -817,6 +817,22 @@ impl Conn {
                 id = Some(requested.to_string());
             }
         }
+        // A new session starts after each stream's newest message: a hub that has not
+        // read its stream's tail yet (its reader is starting, RabbitMQ is slow) cannot
+        // name it, and is waited for a while. A welcome without a position would have
+        // the session replay its stream from the start on resume (a day of retention
+        // by default): a session that would follow such a stream is not opened here.
+        if !resumed {
+            if let Some(stream) = unready_stream(&self.shared, &hello).await {
+                let why = format!("this gateway is not reading {stream} yet (it is starting, or RabbitMQ is slow or refuses it): try again, or another gateway");
+                tracing::warn!(conn = self.id, stream = %stream, "new session refused: its stream is not read yet");
+                let frame = ServerFrame::error(None, ErrorCode::BrokerUnavailable, why.clone());
+                if let Flow::Close(c, r) = self.send(&frame).await {
+                    return Flow::Close(c, r);
+                }
+                return Flow::Close(CloseCode::BrokerUnavailable, why);
+            }
+        }
         let id = id.unwrap_or_else(|| {
             let id = session::new_session_id(&owner);
             // A fresh id: nobody else holds it.
@@ -826,16 +842,6 @@ impl Conn {
                 .claim(&id, self.id, self.takeover.clone(), asked_at);
             id
         });
-        // A new session starts after each stream's newest message: a hub that has not
-        // read its stream's tail yet (its reader is starting, RabbitMQ is slow) cannot
-        // name it, and is waited for a while. Its welcome had no position, so a resume
-        // replayed the whole stream, and the tail the hub read next reached the session
-        // though it came before it.
-        if !resumed {
-            for source in self.shared.streams.all().iter() {
-                source.hub.wait_ready(HUB_READY_WAIT).await;
-            }
-        }
         // A resume without a position (the stream was empty when the session opened)
         // replays from the stream's start. Each stream has positions of its own; a
         // channel stream is joined only by a session subscribed to its channel.
@@ -1900,6 +1906,26 @@ impl Conn {
         }
         tracing::info!(conn = self.id, session = %s.id, unacked, "session closed");
     }
+}
+
+/// The name of a stream a new session opened by `hello` would follow (the outbound
+/// stream, and the channel streams of the channels it subscribes to) whose hub has
+/// not read its tail within [`HUB_READY_WAIT`]. Every hub is waited for, so that the
+/// `welcome` names a position in each stream.
+async fn unready_stream(shared: &Shared, hello: &Hello) -> Option<String> {
+    let until = Instant::now() + HUB_READY_WAIT;
+    let mut unready = None;
+    for source in shared.streams.all().iter() {
+        let ready = source
+            .hub
+            .wait_ready(until.saturating_duration_since(Instant::now()))
+            .await;
+        let followed = core_::followed_position(hello, source.channel.as_deref()).is_some();
+        if !ready && followed && unready.is_none() {
+            unready = Some(source.name.clone());
+        }
+    }
+    unready
 }
 
 /// The stream (its name) of the first position `hello` names past that stream's

@@ -1259,10 +1259,12 @@ impl Hub {
             .map(|since| since.elapsed())
     }
 
-    /// Waits (bounded) until the reader has read the stream's tail once.
-    pub async fn wait_ready(&self, within: Duration) {
+    /// Waits (bounded) until the reader has read the stream's tail once (or found the
+    /// stream empty). Returns whether it has.
+    pub async fn wait_ready(&self, within: Duration) -> bool {
         let mut rx = self.ready.subscribe();
-        let _ = tokio::time::timeout(within, rx.wait_for(|r| *r)).await;
+        let waited = tokio::time::timeout(within, rx.wait_for(|r| *r)).await;
+        matches!(waited, Ok(Ok(_)))
     }
 }
 

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use warren_e2e::client::TestClient;
+use warren_e2e::client::{sub, TestClient};
 use warren_e2e::env::{amqp_addr, cannot_check, TestEnv};
 use warren_e2e::gateway::{http_answer, http_get_with, upgrade_request, TestGateway};
 use warren_e2e::rabbitmqctl::BrokerUser;
 use warren_protocol::amqp::Names;
-use warren_protocol::{ErrorCode, Subscribe};
+use warren_protocol::{ClientFrame, ErrorCode, Hello, ServerFrame, Subscribe};
 
 #[tokio::test]
 async fn one_connection_serves_every_channel() {
@@ -153,6 +153,72 @@ async fn healthz_is_503_while_a_stream_is_not_read() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "ok");
     assert_eq!(body["streams_not_read"], json!([]));
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
+/// Every session follows the outbound stream. While the gateway cannot read it (its
+/// RabbitMQ user may not), a `hello` opening a new session is answered
+/// `broker_unavailable` and closed with 4002 after the 2 s wait, so the client tries
+/// again: opened, its `welcome` named no position, and a resume replayed the whole
+/// stream (a day by default) to it. Once the stream is read, a new session opens,
+/// starting after the stream's newest message.
+#[tokio::test]
+async fn a_new_session_is_not_opened_while_its_stream_is_not_read() {
+    let env = TestEnv::new("unread-hello").await;
+    let stream = Names::new(&env.namespace).outbound_stream();
+    let not_the_stream = format!("^(?!{}$).*", stream.replace('.', "\\."));
+    let user = match BrokerUser::add(
+        &format!("{}-no-read-hello", env.namespace),
+        [".*", ".*", &not_the_stream],
+    ) {
+        Ok(user) => user,
+        Err(e) => {
+            env.cleanup().await;
+            return cannot_check("a new session while its stream is not read", &e);
+        }
+    };
+    let gw = TestGateway::start_with(&env, |c| c.amqp_uri = vec![user.uri(&amqp_addr())]).await;
+    // Already in the stream when the session opens: not for it.
+    env.publish_out("chat.all", "before", "1").await;
+
+    let mut c = TestClient::connect_raw(&gw.url()).await;
+    c.send(&ClientFrame::Hello(Hello {
+        subscriptions: vec![sub("s", "chat")],
+        ..Hello::default()
+    }))
+    .await;
+    let e = c
+        .expect_error_code(None, ErrorCode::BrokerUnavailable)
+        .await;
+    assert!(e.message.contains(&stream), "{}", e.message);
+    assert_eq!(c.expect_close(Duration::from_secs(5)).await, Some(4002));
+
+    user.permit([".*", ".*", ".*"]).expect("read granted");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let welcome = loop {
+        let mut c = TestClient::connect_raw(&gw.url()).await;
+        c.send(&ClientFrame::Hello(Hello {
+            subscriptions: vec![sub("s", "chat")],
+            ..Hello::default()
+        }))
+        .await;
+        match c.recv().await {
+            ServerFrame::Welcome(w) => break (c, w),
+            ServerFrame::Error(e) if e.code == ErrorCode::BrokerUnavailable => {
+                assert!(tokio::time::Instant::now() < deadline, "never opened");
+            }
+            other => panic!("expected welcome, got {other:?}"),
+        }
+    };
+    let (mut c, welcome) = welcome;
+    assert!(welcome.position.is_some(), "{welcome:?}");
+    c.expect_no_deliver(Duration::from_millis(500)).await;
+    env.publish_out("chat.all", "after", "2").await;
+    let d = c.expect_deliver().await;
+    assert_eq!(d.message_id, "after");
+    assert!(d.position > welcome.position);
+    c.close().await;
     gw.shutdown().await;
     env.cleanup().await;
 }
