@@ -96,8 +96,8 @@ pub struct Config {
     pub message_ttl_ms: u64,
     /// Per-channel settings (`[channel_options.<name>]`), e.g. `message_ttl_ms`.
     pub channel_options: std::collections::BTreeMap<String, ChannelOptions>,
-    /// A connection that has not sent `hello` (or another first frame) this long
-    /// after the upgrade is closed. Default: 10000.
+    /// A connection that has opened no session this long after the upgrade (no
+    /// `hello`, or only unreadable ones) is closed with 4500. Default: 10000.
     pub hello_timeout_ms: u64,
     /// Pending connections the kernel queues per listener (`listen(2)` backlog, capped
     /// by `net.core.somaxconn`). Default: 4096.
@@ -1595,7 +1595,8 @@ pub struct Overrides {
     /// [channel_options.<name>] [default: 0].
     #[arg(long, env = "WARREN_MESSAGE_TTL_MS", global = true)]
     pub message_ttl_ms: Option<u64>,
-    /// Close a connection that sends no first frame within this many ms [default: 10000].
+    /// Close (4500) a connection that has opened no session within this many ms
+    /// [default: 10000].
     #[arg(long, env = "WARREN_HELLO_TIMEOUT_MS", global = true)]
     pub hello_timeout_ms: Option<u64>,
     /// Most messages per IN_<CHANNEL> queue, 0 = no bound [default: 100000].
