@@ -22,7 +22,7 @@ use warren_e2e::env::{amqp_addr, TestEnv};
 use warren_e2e::gateway::{http_get, management_url, TestGateway};
 use warren_e2e::jwt::{now, sign, SECRET};
 use warren_gateway::{AuthMode, Config, NoServiceMode, TenantOptions};
-use warren_protocol::amqp::{Names, QueueArg};
+use warren_protocol::amqp::{Names, QueueArg, H_TENANT, H_USER};
 use warren_protocol::tenants::{Tenant, TenantRouting};
 use warren_protocol::{ClientFrame, ErrorCode, Hello, Publish};
 use warren_service::{Context, HandlerError, Incoming, Outcome, Service, ServiceConfig, Targets};
@@ -851,6 +851,83 @@ async fn presence_and_http_api_publishes_stay_within_a_tenant() {
         for c in [a1, a2, g1] {
             c.close().await;
         }
+        gw.shutdown().await;
+        delete_tenant_topology(env).await;
+    })
+    .await;
+}
+
+/// The HTTP API's writes in tenant mode: an API key has no tenant of its own, so its
+/// `POST /external` is refused `403 forbidden`; a token (`http_api.accept_jwt`) writes
+/// as its user in its tenant, to that tenant's queue, with the tenant in the
+/// `message_id` and `x-warren-tenant`; a token without a tenant is refused 403.
+#[tokio::test]
+async fn http_api_writes_go_to_the_callers_tenant_only() {
+    TestEnv::run("tenant-http-writes", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| {
+            tenant_mode(c);
+            // Nothing consumes the tenant queues here: writes are not refused for it.
+            c.no_service = NoServiceMode::Off;
+            c.http_api.enabled = true;
+            c.http_api.api_keys = vec![KEY.into()];
+            c.http_api.accept_jwt = true;
+        })
+        .await;
+        let addr = gw.listeners()[0].0;
+        let post = async |credential: String, id: &str| {
+            warren_e2e::gateway::http_post(
+                addr,
+                &format!("/external/{ROUTED}"),
+                Some(credential.as_str()),
+                json!({"id": id, "message": {"id": id}})
+                    .to_string()
+                    .as_bytes(),
+            )
+            .await
+        };
+        let (status, answer) = post(KEY.into(), "by-key").await;
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (403, Some("forbidden")),
+            "{answer}"
+        );
+        let (status, answer) = post(token("anna", Some("acme")), "by-anna").await;
+        assert_eq!(status, 202, "{answer}");
+        let (status, answer) = post(token("nobody", None), "by-nobody").await;
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (403, Some("forbidden")),
+            "{answer}"
+        );
+
+        let names = &env.names;
+        let d = env
+            .get(&names.tenant_queue(ROUTED, "acme", None))
+            .await
+            .expect("anna's write is in acme's queue");
+        let p = &d.properties;
+        assert_eq!(
+            p.message_id().as_ref().map(|s| s.as_str()),
+            Some("acme/anna:by-anna")
+        );
+        let h = p.headers().as_ref().expect("headers").inner();
+        let text = |k: &str| match h.get(k) {
+            Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+            other => panic!("{k}: {other:?}"),
+        };
+        assert_eq!(text(H_TENANT), "acme");
+        assert_eq!(text(H_USER), "anna");
+        // Nothing else anywhere: not in globex's queue, not in the untenanted one.
+        assert!(drain_ids(env, &names.tenant_queue(ROUTED, "acme", None))
+            .await
+            .is_empty());
+        assert!(drain_ids(env, &names.tenant_queue(ROUTED, "globex", None))
+            .await
+            .is_empty());
+        assert_eq!(
+            env.message_count(&names.channel_queue(ROUTED)).await,
+            Some(0)
+        );
         gw.shutdown().await;
         delete_tenant_topology(env).await;
     })
