@@ -795,13 +795,13 @@ impl PresenceView {
         }
         let elected = self.elected(now);
         let mut out = Vec::new();
-        let due: Vec<String> = self
+        let due: Vec<(String, Instant)> = self
             .away
             .iter()
             .filter(|(_, at)| **at <= now)
-            .map(|(s, _)| s.clone())
+            .map(|(s, at)| (s.clone(), *at))
             .collect();
-        for session in due {
+        for (session, at) in due {
             let Some(h) = self.sessions.get(&session) else {
                 self.away.remove(&session);
                 continue;
@@ -815,7 +815,8 @@ impl PresenceView {
                 self.away.remove(&session);
                 continue;
             };
-            if reason == "gateway_lost" && !elected {
+            let published_elsewhere = reason == "gateway_lost" && !elected;
+            if published_elsewhere && now < at + self.unheard_lifetime * 2 {
                 // The elected peer publishes; the event removes it here too.
                 continue;
             }
@@ -825,7 +826,15 @@ impl PresenceView {
                 if reason == "gateway_lost" {
                     self.lose(&session, &h.node);
                 }
-                out.push((session, h, reason));
+                if published_elsewhere {
+                    // Its event never came (this gateway's listener was away when it
+                    // went out, or no peer lived to publish it): forgotten here, not
+                    // listed online for good. Two lifetimes leave time for a peer
+                    // elected after the first one died to publish it.
+                    tracing::info!(session = %session, node = %h.node, "a dead gateway's session forgotten: its gateway_lost never came");
+                } else {
+                    out.push((session, h, reason));
+                }
             }
         }
         self.forget_gone(now);
@@ -1458,6 +1467,47 @@ mod tests {
         }
         assert!(c.due(later + GRACE).is_empty() && a.due(later + GRACE).is_empty());
         assert!(c.online(None, None, None).is_empty());
+    }
+
+    /// A gateway that is not elected waits for the elected one's `gateway_lost` for
+    /// a dead peer's sessions, counting their users as having a session meanwhile.
+    /// When the event never comes (this gateway's listener was away when it went
+    /// out), the sessions are forgotten two lifetimes later, unpublished: kept, their
+    /// users counted online for good, and published late (after the session was
+    /// resumed, or never reported undelivered to) once this gateway is elected.
+    #[test]
+    fn a_dead_gateways_session_whose_event_never_came_is_forgotten_unpublished() {
+        let t0 = Instant::now();
+        let minute = Duration::from_secs(60);
+        let mut c = PresenceView::new("c", GRACE);
+        c.on_gateway("a", "first", true, minute, t0);
+        c.on_gateway("b", "first", true, minute, t0);
+        c.on_event(connected("s2", "bob", "b"), t0);
+        c.on_gateway("b", "first", false, minute, t0);
+        let mut at = t0;
+        while at < t0 + GRACE * 3 {
+            c.on_gateway("a", "first", true, minute, at);
+            assert!(c.due(at).is_empty(), "a is elected, not c");
+            assert!(c.user_online("bob", None), "waiting for a's event");
+            at += GRACE / 2;
+        }
+        c.on_gateway("a", "first", true, minute, at);
+        assert!(c.due(at).is_empty(), "never published by c");
+        assert!(!c.user_online("bob", None), "forgotten");
+        assert!(c.sessions.is_empty() && c.away.is_empty());
+        // a's event, late after all, changes nothing.
+        c.on_event(
+            PresenceEvent {
+                event: "client.disconnected".into(),
+                reason: Some("gateway_lost".into()),
+                ..connected("s2", "bob", "b")
+            },
+            at,
+        );
+        assert!(c.sessions.is_empty() && c.due(at + GRACE).is_empty());
+        // Were a to die now, c, elected, has nothing of b's left to publish.
+        c.on_gateway("a", "first", false, minute, at);
+        assert!(c.due(at + minute).is_empty());
     }
 
     #[test]
