@@ -262,7 +262,7 @@ impl Message {
             + routing_key.len()
             + keys
                 .iter()
-                .map(|k| std::mem::size_of::<String>() + k.len())
+                .map(|k| std::mem::size_of::<String>() + KEY_INDEX_OVERHEAD + 2 * k.len())
                 .sum::<usize>()
             + tenant.as_ref().map_or(0, String::len)
             + properties_bytes(&properties);
@@ -330,8 +330,20 @@ impl Message {
 }
 
 /// What a message costs beyond what [`Message::size`] measures: its `Arc`, the
-/// ring's slot and index entries, allocator rounding.
+/// ring's slot, allocator rounding.
 const MESSAGE_OVERHEAD: usize = 512;
+
+/// What each of a message's keys costs the ring's index by key beyond the key's bytes
+/// (counted again, for the index's copy): the map's slot (the key's `String`, its
+/// list of positions, the table's control byte, spare room) and the key's position
+/// in the list. A message to thousands of users (`CC`) has as many keys: counted as
+/// 512 B a message, its ring took three times its byte bound.
+const KEY_INDEX_OVERHEAD: usize = 96;
+
+/// Above this capacity, the ring's index by key is shrunk once it is mostly empty
+/// ([`evict_oldest`]): a burst of messages to many users grew it, and a hash table
+/// keeps its size when emptied.
+const RING_KEYS_KEPT: usize = 4096;
 
 /// The bytes `properties` hold beyond their inline size: the short strings and the
 /// headers ([`headers_bytes`]).
@@ -1089,7 +1101,7 @@ impl Hub {
         let mut st = self.lock();
         st.ring.clear();
         st.ring_bytes = 0;
-        st.ring_keys.clear();
+        st.ring_keys = HashMap::new();
         st.next = Some(0);
         st.gap = None;
         st.resets += 1;
@@ -1334,6 +1346,10 @@ fn evict_oldest(st: &mut State) -> bool {
                 st.ring_keys.remove(k);
             }
         }
+    }
+    let (len, capacity) = (st.ring_keys.len(), st.ring_keys.capacity());
+    if capacity > RING_KEYS_KEPT && len < capacity / 4 {
+        st.ring_keys.shrink_to(len * 2);
     }
     if st
         .gap
@@ -2777,6 +2793,36 @@ mod tests {
         );
         assert_eq!(to_many.keys.len(), 101);
         assert!(to_many.size() >= plain + 2 * cc.len());
+        // And each key's entry in the ring's index by key.
+        assert!(to_many.size() >= plain + 3 * cc.len() + 100 * KEY_INDEX_OVERHEAD);
+    }
+
+    /// A message to many users indexes as many keys; once it left the ring, the
+    /// index gives the room back instead of keeping its peak for good.
+    #[test]
+    fn the_ring_index_shrinks_once_a_message_to_many_users_left() {
+        let hub = Hub::new(2);
+        let cc: Vec<String> = (0..50_000).map(|i| format!("chat.user.u{i:05}")).collect();
+        let mut headers = FieldTable::default();
+        headers.insert(H_CC.into(), AMQPValue::LongString(cc.join(" ").into()));
+        hub.publish(Message::new(
+            0,
+            "warren.out".into(),
+            "chat.all".into(),
+            BasicProperties::default().with_headers(headers),
+            b"{}".to_vec(),
+        ));
+        assert!(hub.lock().ring_keys.capacity() > 50_000);
+        hub.publish(msg(1, "chat.all"));
+        hub.publish(msg(2, "chat.all"));
+        let st = hub.lock();
+        assert_eq!(st.ring.len(), 2);
+        assert_eq!(st.ring_keys.len(), 1);
+        assert!(
+            st.ring_keys.capacity() <= RING_KEYS_KEPT,
+            "capacity {} for one key",
+            st.ring_keys.capacity()
+        );
     }
 
     #[test]
