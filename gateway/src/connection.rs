@@ -900,7 +900,7 @@ impl Conn {
         // The subscriptions the client held, before anything is replayed; refusals are
         // reported when the client sends them again as `subscribe` frames.
         for s in &hello.subscriptions {
-            if let Err(r) = self.apply_subscription(s, true) {
+            if let Err(r) = self.apply_subscription(s, true, true) {
                 tracing::debug!(conn = self.id, code = %r.code.as_str(), "a resumed subscription was refused");
             }
         }
@@ -1638,7 +1638,7 @@ impl Conn {
         if on {
             self.join_wait([s.channel.as_str()]).await;
         }
-        let applied = self.apply_subscription(&s, on);
+        let applied = self.apply_subscription(&s, on, false);
         self.subscriptions_changed();
         match applied {
             Ok(at) => {
@@ -1704,14 +1704,18 @@ impl Conn {
     }
 
     /// Adds (`on`) or removes a subscription, if the session's identity may hold it
-    /// ([`core_::subscription_keys`]); the hub learns the keys that changed. Returns,
-    /// for a subscription added to a session that is up to date in its stream, the
-    /// stream's newest position read (and its channel, for a channel stream)
-    /// ([`Hub::subscribe_at`](crate::hub::Hub::subscribe_at)).
+    /// ([`core_::subscription_keys`]); the hub learns the keys that changed. One the
+    /// client `held` (named in its `hello`) gets what its keys had since the
+    /// session's position; one added now only what comes next, also when the session
+    /// catches up from before ([`Hub::subscribe_at`](crate::hub::Hub::subscribe_at)).
+    /// Returns, for a subscription added now to a session that is up to date in its
+    /// stream, the stream's newest position read (and its channel, for a channel
+    /// stream).
     fn apply_subscription(
         &mut self,
         s: &Subscribe,
         on: bool,
+        held: bool,
     ) -> Result<Option<(u64, Option<String>)>, Refusal> {
         let config = &self.shared.config;
         let pinned = self.pinned.as_deref();
@@ -1748,7 +1752,9 @@ impl Conn {
                     user,
                 ));
             }
-            if let Some(head) = source.hub.subscribe_at(self.id, &keys) {
+            if held {
+                source.hub.subscribe(self.id, &keys);
+            } else if let Some(head) = source.hub.subscribe_at(self.id, &keys) {
                 at = Some((head, source.channel.clone()));
             }
         }
@@ -1861,7 +1867,7 @@ impl Conn {
                 // combinations can be gigabytes (see `poc_subscriptions`).
                 self.join_wait(p.channels()).await;
                 let refused = core_::poc_subscriptions(&p, &id)
-                    .find_map(|s| self.apply_subscription(&s, true).err());
+                    .find_map(|s| self.apply_subscription(&s, true, false).err());
                 if let Some(r) = refused {
                     self.subscriptions_changed();
                     return self.refuse(Some(id), r).await;

@@ -436,14 +436,26 @@ struct Member {
     live: bool,
     /// Positions below this are never given to it (it has them already).
     from: u64,
-    /// Its index keys, ref-counted (two subscriptions may share one).
-    keys: HashMap<String, u32>,
+    /// Its index keys, ref-counted (two subscriptions may share one), each with the
+    /// position it holds from ([`Held`]).
+    keys: HashMap<String, Held>,
     /// Tenant mode: the only tenant whose messages it receives (`None`: only
     /// messages without a tenant). `None` outside tenant mode: no filter.
     tenant: Option<Option<String>>,
     /// The stream was replaced under it ([`Hub::reset`]): its positions name a stream
     /// that is gone, so it is ended ([`CatchUp::Replaced`]).
     replaced: bool,
+}
+
+/// One of a session's index keys.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    /// How many of its subscriptions hold it.
+    refs: u32,
+    /// Messages of this key below this position are not the session's: it subscribed
+    /// when the hub had read up to here ([`Hub::subscribe_at`]). 0 for a key it held
+    /// when it resumed, whose messages since its position it wants.
+    since: u64,
 }
 
 /// The tenant a message names (`x-warren-tenant`, as text). A header that is not text
@@ -468,14 +480,14 @@ impl Member {
         m.offset >= self.from && self.admits(m) && self.holds_key_of(m)
     }
 
-    /// Whether one of its keys (exact or pattern) routes `m`.
+    /// Whether one of its keys (exact or pattern) routes `m`, held since before `m`.
     fn holds_key_of(&self, m: &Message) -> bool {
         m.keys.iter().any(|k| {
-            self.keys.contains_key(k)
+            self.keys.get(k).is_some_and(|h| h.since <= m.offset)
                 || self
                     .keys
-                    .keys()
-                    .any(|p| is_pattern(p) && topic_matches(p, k))
+                    .iter()
+                    .any(|(p, h)| h.since <= m.offset && is_pattern(p) && topic_matches(p, k))
         })
     }
 }
@@ -822,7 +834,7 @@ impl Hub {
             replaced: from.is_some() && checked.is_some_and(|c| c != st.resets),
         };
         st.members.insert(conn, member);
-        add_key(&mut st, conn, &reply_key(session));
+        add_key(&mut st, conn, &reply_key(session), 0);
         drop(st);
         (
             Membership {
@@ -843,20 +855,29 @@ impl Hub {
         }
     }
 
-    /// Adds index keys for `conn` (ref-counted), as [`Hub::subscribe_at`] does.
+    /// Adds index keys for `conn` (ref-counted) that it held before it joined: a
+    /// resumed session's subscriptions, whose messages since its position it wants
+    /// (caught up with, as what it missed).
     pub fn subscribe(&self, conn: u64, keys: &[String]) {
-        let _ = self.subscribe_at(conn, keys);
-    }
-
-    /// As [`Hub::subscribe`], and the position of the newest message read when `conn`
-    /// has been sent everything up to it that it wanted: it is live (pushed to), its
-    /// inbox is empty, and the hub has read as far as where it starts. Under the hub's
-    /// lock, as every push: a message up to that position that `conn` wanted was pushed
-    /// to its inbox before, and taken out (and written to its socket) since.
-    pub fn subscribe_at(&self, conn: u64, keys: &[String]) -> Option<u64> {
         let mut st = self.lock();
         for k in keys {
-            add_key(&mut st, conn, k);
+            add_key(&mut st, conn, k, 0);
+        }
+    }
+
+    /// Adds index keys for `conn` (ref-counted) subscribed now: their messages the hub
+    /// read before are not its, also when it catches up from a position before them
+    /// (it fell behind, or is still catching up after a resume). Returns the position
+    /// of the newest message read when `conn` has been sent everything up to it that
+    /// it wanted: it is live (pushed to), its inbox is empty, and the hub has read as
+    /// far as where it starts. Under the hub's lock, as every push: a message up to
+    /// that position that `conn` wanted was pushed to its inbox before, and taken out
+    /// (and written to its socket) since.
+    pub fn subscribe_at(&self, conn: u64, keys: &[String]) -> Option<u64> {
+        let mut st = self.lock();
+        let since = st.next.unwrap_or(0);
+        for k in keys {
+            add_key(&mut st, conn, k, since);
         }
         let head = st.next?.checked_sub(1)?;
         let member = st.members.get(&conn)?;
@@ -875,8 +896,8 @@ impl Hub {
         let mut removed = false;
         for k in keys {
             let gone = match st.members.get_mut(&conn).and_then(|m| m.keys.get_mut(k)) {
-                Some(n) if *n > 1 => {
-                    *n -= 1;
+                Some(h) if h.refs > 1 => {
+                    h.refs -= 1;
                     false
                 }
                 Some(_) => true,
@@ -998,8 +1019,9 @@ impl Hub {
         if !member.keys.keys().any(|k| is_pattern(k)) {
             // Exact keys only: the ring's index by key gives the positions at once.
             let mut offsets: Vec<u64> = Vec::new();
-            for k in member.keys.keys() {
+            for (k, held) in &member.keys {
                 if let Some(list) = st.ring_keys.get(k) {
+                    let from = from.max(held.since);
                     let i = list.partition_point(|o| *o < from);
                     offsets.extend(list.range(i..).take_while(|o| below(**o)).take(max));
                 }
@@ -1360,13 +1382,17 @@ fn evict_oldest(st: &mut State) -> bool {
     true
 }
 
-fn add_key(st: &mut State, conn: u64, key: &str) {
+/// Adds one reference to `key` for `conn`, held from position `since` when new.
+fn add_key(st: &mut State, conn: u64, key: &str, since: u64) {
     let Some(m) = st.members.get_mut(&conn) else {
         return;
     };
-    let n = m.keys.entry(key.to_string()).or_insert(0);
-    *n += 1;
-    if *n == 1 {
+    let held = m
+        .keys
+        .entry(key.to_string())
+        .or_insert(Held { refs: 0, since });
+    held.refs += 1;
+    if held.refs == 1 {
         if is_pattern(key) {
             st.patterns.insert(key, conn);
         } else {
@@ -2012,6 +2038,57 @@ mod tests {
         hub.publish(with(1, AMQPValue::LongLongInt(7)));
         assert_eq!(offsets(&acme.inbox), vec![0]);
         assert_eq!(offsets(&none.inbox), Vec::<u64>::new());
+    }
+
+    /// A key subscribed now is not caught up with from before: a session that fell
+    /// behind (its inbox filled), dropped that subscription (emptying its inbox) and
+    /// took another, catching up from its last delivery, got the new key's messages
+    /// the hub read before the subscribe, at positions below those its client already
+    /// held. Exact keys (the ring's index), patterns (the scan) and a reader of its
+    /// own alike; a key held at resume still gets what it had since its position.
+    #[test]
+    fn a_key_subscribed_while_catching_up_gets_nothing_from_before_it() {
+        let hub = Hub::new(1000);
+        let (a, _) = hub.join(1, "s1", None);
+        let (p, _) = hub.join(2, "s2", None);
+        hub.subscribe_at(1, &keys(&["chat.group.a"]));
+        hub.subscribe_at(2, &keys(&["chat.group.a"]));
+        hub.publish(msg(0, "chat.group.a"));
+        assert_eq!((offsets(&a.inbox), offsets(&p.inbox)), (vec![0], vec![0]));
+        for o in 1..=10 {
+            hub.publish(msg(o, "chat.group.b"));
+        }
+        let burst = 11..11 + LIVE_BACKLOG as u64 + 1;
+        for o in burst.clone() {
+            hub.publish(msg(o, "chat.group.a"));
+        }
+        for (conn, new) in [(1, "chat.group.b"), (2, "chat.group.*")] {
+            hub.unsubscribe(conn, &keys(&["chat.group.a"]));
+            assert_eq!(hub.subscribe_at(conn, &keys(&[new])), None, "behind");
+            assert!(!hub.wants(conn, &msg(5, "chat.group.b")), "{new}");
+            assert!(hub.wants(conn, &msg(200, "chat.group.b")), "{new}");
+        }
+        assert!(offsets(&a.inbox).is_empty() && offsets(&p.inbox).is_empty());
+        for conn in [1, 2] {
+            assert_eq!(
+                catch_up_from_ring(&hub, conn, 1),
+                Vec::<u64>::new(),
+                "session {conn}: b's messages came before its subscription"
+            );
+        }
+        let next = burst.end;
+        hub.publish(msg(next, "chat.group.b"));
+        assert_eq!(
+            (offsets(&a.inbox), offsets(&p.inbox)),
+            (vec![next], vec![next])
+        );
+        // A key held at resume gets what it had since the session's position.
+        let (_r, _) = hub.join(3, "s3", Some(1));
+        hub.subscribe(3, &keys(&["chat.group.b"]));
+        assert!(hub.wants(3, &msg(5, "chat.group.b")));
+        let mut want: Vec<u64> = (1..=10).collect();
+        want.push(next);
+        assert_eq!(catch_up_from_ring(&hub, 3, 1), want);
     }
 
     #[test]
