@@ -109,6 +109,22 @@ async fn healthz_reports_the_broker_status_as_json() {
     env.cleanup().await;
 }
 
+/// A gateway whose RabbitMQ user may do everything but read the outbound stream (the
+/// user, to grant it later, and the stream's name); why not when the user cannot be
+/// added.
+async fn not_reading_the_stream(
+    env: &TestEnv,
+) -> Result<(BrokerUser, TestGateway, String), String> {
+    let stream = Names::new(&env.namespace).outbound_stream();
+    let not_the_stream = format!("^(?!{}$).*", stream.replace('.', "\\."));
+    let user = BrokerUser::add(
+        &format!("{}-no-read", env.namespace),
+        [".*", ".*", &not_the_stream],
+    )?;
+    let gw = TestGateway::start_with(env, |c| c.amqp_uri = vec![user.uri(&amqp_addr())]).await;
+    Ok((user, gw, stream))
+}
+
 /// `/healthz` answers 503 while a stream's reader cannot read it, though RabbitMQ is
 /// connected: its sessions would get nothing, and a load balancer should send
 /// clients to a gateway that delivers. Here the gateway's RabbitMQ user may not read
@@ -117,19 +133,13 @@ async fn healthz_reports_the_broker_status_as_json() {
 #[tokio::test]
 async fn healthz_is_503_while_a_stream_is_not_read() {
     let env = TestEnv::new("healthz-unread").await;
-    let stream = Names::new(&env.namespace).outbound_stream();
-    let not_the_stream = format!("^(?!{}$).*", stream.replace('.', "\\."));
-    let user = match BrokerUser::add(
-        &format!("{}-no-read", env.namespace),
-        [".*", ".*", &not_the_stream],
-    ) {
-        Ok(user) => user,
+    let (user, gw, stream) = match not_reading_the_stream(&env).await {
+        Ok(x) => x,
         Err(e) => {
             env.cleanup().await;
             return cannot_check("a stream not read in /healthz", &e);
         }
     };
-    let gw = TestGateway::start_with(&env, |c| c.amqp_uri = vec![user.uri(&amqp_addr())]).await;
     let addr = gw.health_addr();
     let health = |want: u16| async move {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -166,19 +176,13 @@ async fn healthz_is_503_while_a_stream_is_not_read() {
 #[tokio::test]
 async fn a_new_session_is_not_opened_while_its_stream_is_not_read() {
     let env = TestEnv::new("unread-hello").await;
-    let stream = Names::new(&env.namespace).outbound_stream();
-    let not_the_stream = format!("^(?!{}$).*", stream.replace('.', "\\."));
-    let user = match BrokerUser::add(
-        &format!("{}-no-read-hello", env.namespace),
-        [".*", ".*", &not_the_stream],
-    ) {
-        Ok(user) => user,
+    let (user, gw, stream) = match not_reading_the_stream(&env).await {
+        Ok(x) => x,
         Err(e) => {
             env.cleanup().await;
             return cannot_check("a new session while its stream is not read", &e);
         }
     };
-    let gw = TestGateway::start_with(&env, |c| c.amqp_uri = vec![user.uri(&amqp_addr())]).await;
     // Already in the stream when the session opens: not for it.
     env.publish_out("chat.all", "before", "1").await;
 
