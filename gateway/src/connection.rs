@@ -447,20 +447,27 @@ impl Conn {
             });
             let _ = self.send(&drain).await;
         }
+        // A direct reply (`request_replies = "direct"`) is in no stream to replay where
+        // the client resumes: the replies to requests in flight are waited for too.
+        let direct = self.shared.config.request_replies == RequestReplies::Direct;
         loop {
             // With a stream, what the client has not acknowledged is replayed from its
             // position wherever it resumes: only confirms are waited for.
-            let settled = self.pending_confirms == 0;
+            let settled = self.pending_confirms == 0 && (!direct || self.requests.is_empty());
             if settled || self.phase == Phase::Closed {
                 break;
             }
+            let wake = self.next_wake();
             let flow = tokio::select! {
                 msg = self.ws.recv() => self.on_message(msg).await,
                 Some(c) = next_confirm(self.confirms.as_mut()) => self.on_settled(c).await,
+                // A request whose own deadline passes is answered `timeout` as ever.
+                () = tokio::time::sleep_until(wake), if direct => self.on_deadlines().await,
                 _ = tokio::time::sleep_until(deadline) => {
                     tracing::info!(
                         conn = self.id,
                         pending_confirms = self.pending_confirms,
+                        direct_replies_pending = if direct { self.requests.len() } else { 0 },
                         unacked = self.session.as_ref().map_or(0, |s| s.inflight.len()),
                         "drain deadline passed"
                     );

@@ -172,3 +172,46 @@ async fn a_direct_reply_lost_with_its_gateway_comes_from_the_copy_the_sdk_sends_
     b.kill().await;
     env.cleanup().await;
 }
+
+/// A gateway that drains waits (within `shutdown_grace_ms`) for the direct replies to
+/// the requests in flight: RabbitMQ keeps no copy of them to replay where the client
+/// resumes. It closed as soon as the confirms were in, and the reply was lost: the
+/// SDK's copy of the request got an answer only from a Warren service's duplicate
+/// window, and only for a reply small enough to be remembered.
+#[tokio::test]
+async fn a_draining_gateway_waits_for_the_direct_replies_to_its_requests() {
+    TestEnv::run("direct-reply-drain", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| c.request_replies = RequestReplies::Direct).await;
+        let mut inbound = env.consume_inbound("echo").await;
+        let mut a = TestClient::connect(&gw.url()).await;
+        a.request("q1", "echo", Some(10_000), serde_json::json!({"n": 1}))
+            .await;
+        // A request whose own deadline passes during the drain is answered `timeout`.
+        a.request("q2", "echo", Some(400), serde_json::json!({"n": 2}))
+            .await;
+        let req = next_delivery(&mut inbound, Duration::from_secs(5)).await;
+        let _unanswered = next_delivery(&mut inbound, Duration::from_secs(5)).await;
+        let started = Instant::now();
+        let stop = tokio::spawn(gw.shutdown());
+        a.expect("drain", |f| {
+            matches!(f, warren_protocol::ServerFrame::Drain(_)).then_some(())
+        })
+        .await;
+        a.expect_error_code(Some("q2"), ErrorCode::Timeout).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        env.reply_to(&req, "{\"ok\":1}", None).await;
+        ack(&req).await;
+        let r = a.expect_reply("q1").await;
+        assert_eq!(r.message.get(), "{\"ok\":1}");
+        assert_eq!(a.expect_close(Duration::from_secs(5)).await, Some(1001));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "not the whole grace"
+        );
+        tokio::time::timeout(Duration::from_secs(10), stop)
+            .await
+            .expect("shutdown ends")
+            .expect("no panic");
+    })
+    .await;
+}
