@@ -213,6 +213,11 @@ impl Services {
         {
             return true;
         }
+        // RabbitMQ away: not asked. A look waited `broker_wait_ms` for it, and then the
+        // publish as long again before it was refused `broker_unavailable`.
+        if broker.state() != crate::broker::BrokerState::Connected {
+            return true;
+        }
         self.consumed_by(queue, now, || consumer_count(broker, queue))
             .await
     }

@@ -23,8 +23,9 @@ use lapin::options::{
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use warren_e2e::broker_node::{with_private_nodes, BrokerCluster};
+use warren_e2e::client::TestClient;
 use warren_e2e::env::TestEnv;
-use warren_e2e::gateway::TestGateway;
+use warren_e2e::gateway::{http_get_with, TestGateway};
 use warren_e2e::sdk_driver::{envelope, payload, SdkClient};
 use warren_protocol::ErrorCode;
 use warren_sdk::{Config, SubscribeOptions};
@@ -62,6 +63,57 @@ async fn a_broker_that_lost_its_data_gives_the_client_a_fresh_session_with_a_not
         lost_data(),
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_request_while_the_broker_is_away_is_refused_after_one_broker_wait() {
+    with_private_nodes(
+        "fault_gateway_broker_restart",
+        Duration::from_secs(120),
+        request_while_away(),
+    )
+    .await;
+}
+
+/// With RabbitMQ away, a `request` on a channel no service announces is refused
+/// `broker_unavailable` after one `broker_wait_ms`, as the README says: the gateway
+/// no longer first waits as long to ask RabbitMQ whether anything consumes the
+/// channel's queue (2 × `broker_wait_ms` before).
+async fn request_while_away() {
+    const WAIT: Duration = Duration::from_secs(3);
+    let mut cluster = BrokerCluster::single().await.expect("a private node boots");
+    let uri = cluster.uri(0);
+    let env = TestEnv::new("gw-broker-away-request").await;
+    let gw = TestGateway::start_with(&env, |c| {
+        c.amqp_uri = vec![uri.clone()];
+        c.broker_wait_ms = WAIT.as_millis() as u64;
+    })
+    .await;
+    let mut c = TestClient::connect(&gw.url()).await;
+    cluster.stop_node(0).await.expect("node stopped");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, _, body) = http_get_with(gw.health_addr(), "/healthz", &[]).await;
+        if !body.contains("\"broker\":\"connected\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the gateway notices: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let asked = Instant::now();
+    c.request("r", "echo", Some(30_000), serde_json::json!(1))
+        .await;
+    c.expect_error_code(Some("r"), ErrorCode::BrokerUnavailable)
+        .await;
+    let took = asked.elapsed();
+    assert!(
+        took >= WAIT - Duration::from_millis(100) && took < WAIT + WAIT / 2,
+        "refused after {took:?}, for a broker_wait_ms of {WAIT:?}"
+    );
+    c.close().await;
+    gw.shutdown().await;
+    cluster.shutdown().await;
+    env.cleanup().await;
 }
 
 /// The node is SIGKILLed, its data deleted and it boots empty: the gateway declares
