@@ -1705,8 +1705,10 @@ impl Conn {
                     .map(|(_, source)| source.clone())
             })
             .collect();
+        // One wait for them all: a POC `consume` may flag every channel.
+        let until = Instant::now() + HUB_READY_WAIT;
         for source in unjoined {
-            source.hub.wait_ready(HUB_READY_WAIT).await;
+            source.hub.wait_ready(until).await;
         }
     }
 
@@ -1929,10 +1931,7 @@ async fn unready_stream(shared: &Shared, hello: &Hello) -> Option<String> {
     let until = Instant::now() + HUB_READY_WAIT;
     let mut unready = None;
     for source in shared.streams.all().iter() {
-        let ready = source
-            .hub
-            .wait_ready(until.saturating_duration_since(Instant::now()))
-            .await;
+        let ready = source.hub.wait_ready(until).await;
         let followed = core_::followed_position(hello, source.channel.as_deref()).is_some();
         if !ready && followed && unready.is_none() {
             unready = Some(source.name.clone());

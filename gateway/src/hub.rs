@@ -1293,11 +1293,12 @@ impl Hub {
             .map(|since| since.elapsed())
     }
 
-    /// Waits (bounded) until the reader has read the stream's tail once (or found the
-    /// stream empty). Returns whether it has.
-    pub async fn wait_ready(&self, within: Duration) -> bool {
+    /// Waits, until `until` at most, for the reader to have read the stream's tail once
+    /// (or found the stream empty). Returns whether it has. A deadline, not a
+    /// duration: waits for several hubs share one.
+    pub async fn wait_ready(&self, until: tokio::time::Instant) -> bool {
         let mut rx = self.ready.subscribe();
-        let waited = tokio::time::timeout(within, rx.wait_for(|r| *r)).await;
+        let waited = tokio::time::timeout_at(until, rx.wait_for(|r| *r)).await;
         matches!(waited, Ok(Ok(_)))
     }
 }

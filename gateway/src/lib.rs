@@ -185,9 +185,10 @@ impl Gateway {
         });
         drop(addressed_tx);
         // Sessions opened before a reader knows its stream's tail would have no
-        // position to resume from.
+        // position to resume from: 3 s for all readers together.
+        let until = tokio::time::Instant::now() + Duration::from_secs(3);
         for s in streams.all() {
-            s.hub.wait_ready(Duration::from_secs(3)).await;
+            s.hub.wait_ready(until).await;
         }
         let shared = Arc::new(Shared::new(
             config,

@@ -2,7 +2,7 @@
 //! (a listener pinned to one channel refuses frames for another with
 //! `unknown_channel`); `/healthz`; graceful shutdown closing sockets with 1001.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -10,6 +10,7 @@ use warren_e2e::client::{sub, TestClient};
 use warren_e2e::env::{amqp_addr, cannot_check, TestEnv};
 use warren_e2e::gateway::{http_answer, http_get_with, upgrade_request, TestGateway};
 use warren_e2e::rabbitmqctl::BrokerUser;
+use warren_gateway::config::ChannelOptions;
 use warren_protocol::amqp::Names;
 use warren_protocol::{ClientFrame, ErrorCode, Hello, ServerFrame, Subscribe};
 
@@ -223,6 +224,67 @@ async fn a_new_session_is_not_opened_while_its_stream_is_not_read() {
     assert_eq!(d.message_id, "after");
     assert!(d.position > welcome.position);
     c.close().await;
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
+/// Waits for streams whose tail is not read yet share one deadline: a gateway whose
+/// RabbitMQ user may read none of its three streams (the outbound stream and two
+/// channel streams) starts after one 3 s wait, not one per stream (9 s), and a
+/// `hello` subscribing to both channels is refused after one 2 s wait.
+#[tokio::test]
+async fn waits_for_streams_not_read_share_one_deadline() {
+    let env = TestEnv::new("unread-many").await;
+    let names = Names::new(&env.namespace);
+    let streams = [
+        names.outbound_stream(),
+        names.channel_stream("voice"),
+        names.channel_stream("tickets"),
+    ];
+    let any_of = streams
+        .iter()
+        .map(|s| s.replace('.', "\\."))
+        .collect::<Vec<_>>()
+        .join("|");
+    let user = match BrokerUser::add(
+        &format!("{}-no-read-any", env.namespace),
+        [".*", ".*", &format!("^(?!({any_of})$).*")],
+    ) {
+        Ok(user) => user,
+        Err(e) => {
+            env.cleanup().await;
+            return cannot_check("waits for streams not read", &e);
+        }
+    };
+    let started = Instant::now();
+    let gw = TestGateway::start_with(&env, |c| {
+        c.amqp_uri = vec![user.uri(&amqp_addr())];
+        for channel in ["voice", "tickets"] {
+            c.channel_options.insert(
+                channel.into(),
+                ChannelOptions {
+                    stream_max_age: Some("1h".into()),
+                    ..ChannelOptions::default()
+                },
+            );
+        }
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(6), "started after {took:?}");
+
+    let mut c = TestClient::connect_raw(&gw.url()).await;
+    let asked = Instant::now();
+    c.send(&ClientFrame::Hello(Hello {
+        subscriptions: vec![sub("v", "voice"), sub("t", "tickets")],
+        ..Hello::default()
+    }))
+    .await;
+    c.expect_error_code(None, ErrorCode::BrokerUnavailable)
+        .await;
+    let took = asked.elapsed();
+    assert!(took < Duration::from_millis(3500), "refused after {took:?}");
+    assert_eq!(c.expect_close(Duration::from_secs(5)).await, Some(4002));
     gw.shutdown().await;
     env.cleanup().await;
 }
