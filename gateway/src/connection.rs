@@ -753,6 +753,22 @@ impl Conn {
             hello,
             at: asked_at,
         } = asked;
+        // A subscription the identity may not hold (rights narrowed since, a crafted
+        // `hello`) is refused below: its channel's stream is not followed for it (not
+        // joined, which read that stream from the session's position, a day by default,
+        // for nothing; not waited for; its position not checked).
+        let pinned = self.pinned.as_deref();
+        let followed = Hello {
+            subscriptions: hello
+                .subscriptions
+                .iter()
+                .filter(|s| {
+                    core_::subscription_keys(&self.shared.config, pinned, s, &identity).is_ok()
+                })
+                .cloned()
+                .collect(),
+            ..hello.clone()
+        };
         let mut notice = None;
         let mut resumed = false;
         let mut id = None;
@@ -766,7 +782,7 @@ impl Conn {
             .map(|s| s.hub.resets())
             .collect();
         let resume = match core_::resume_of(&hello, &owner) {
-            Resume::Resume(requested) => match position_past_tail(&self.shared, &hello).await {
+            Resume::Resume(requested) => match position_past_tail(&self.shared, &followed).await {
                 Some(stream) => {
                     tracing::warn!(conn = self.id, session = %requested, stream = %stream, position = ?hello.position, positions = ?hello.positions, "resume refused: a position past the stream's tail (the stream was deleted and declared again, or RabbitMQ lost its data)");
                     Resume::Fresh {
@@ -830,7 +846,7 @@ impl Conn {
         // the session replay its stream from the start on resume (a day of retention
         // by default): a session that would follow such a stream is not opened here.
         if !resumed {
-            if let Some(stream) = unready_stream(&self.shared, &hello).await {
+            if let Some(stream) = unready_stream(&self.shared, &followed).await {
                 let why = format!("this gateway is not reading {stream} yet (it is starting, or RabbitMQ is slow or refuses it): try again, or another gateway");
                 tracing::warn!(conn = self.id, stream = %stream, "new session refused: its stream is not read yet");
                 let frame = ServerFrame::error(None, ErrorCode::BrokerUnavailable, why.clone());
@@ -852,8 +868,11 @@ impl Conn {
         // A resume without a position (the stream was empty when the session opened)
         // replays from the stream's start. Each stream has positions of its own; a
         // channel stream is joined only by a session subscribed to its channel.
+        // An anonymous development session is its own user.
+        if anonymous {
+            identity.user = id.clone();
+        }
         let tenant = inbound::tenant_of(&self.shared.config, &identity);
-        // An anonymous development session is its own user (below).
         let reader_user: Arc<str> = if anonymous {
             session::owner_of(&id, tenant).into()
         } else {
@@ -861,7 +880,8 @@ impl Conn {
         };
         let mut streams = Vec::new();
         for (source, checked) in self.shared.streams.all().iter().zip(checked) {
-            let Some(position) = core_::followed_position(&hello, source.channel.as_deref()) else {
+            let Some(position) = core_::followed_position(&followed, source.channel.as_deref())
+            else {
                 streams.push(None);
                 continue;
             };
@@ -879,9 +899,6 @@ impl Conn {
                 head,
                 reader_user.clone(),
             )));
-        }
-        if anonymous {
-            identity.user = id.clone();
         }
         let user = identity.user.clone();
         let expires = self.expiry_of(&identity);

@@ -12,8 +12,10 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use warren_e2e::client::{sub, TestClient};
 use warren_e2e::env::{amqp_addr, TestEnv};
 use warren_e2e::gateway::{management_url, topology_cli, voice_for_an_hour, TestGateway};
+use warren_e2e::jwt::{now, sign, SECRET};
 use warren_e2e::load::read_stream_ids;
 use warren_gateway::config::ChannelOptions;
+use warren_gateway::AuthMode;
 use warren_protocol::{Deliver, ErrorCode, Hello, Positions, ServerFrame};
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -487,6 +489,61 @@ async fn a_replaced_channel_stream_does_not_refuse_the_resume_of_a_session_not_f
         );
         back.close().await;
         gw2.shutdown().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+/// A resume naming a subscription its token does not grant (rights narrowed since,
+/// or a crafted `hello`) is refused that subscription, and the channel's stream is
+/// not joined for it: the session read that stream from its start (a day by
+/// default) with a stream reader of its own, for nothing.
+#[tokio::test]
+async fn a_resume_refused_a_channel_does_not_read_its_stream() {
+    TestEnv::run("cs-refused-resume", LIMIT, async |env| {
+        // In the voice stream before the gateway starts: not in its memory, read from
+        // the stream by a session that resumes from the stream's start.
+        let first = TestGateway::start_with(env, voice_for_an_hour).await;
+        for id in ["v1", "v2", "v3"] {
+            env.publish_out("voice.all", id, "1").await;
+        }
+        first.shutdown().await;
+        let gw = TestGateway::start_with(env, |c| {
+            voice_for_an_hour(c);
+            c.auth.mode = AuthMode::Jwt;
+            c.auth.jwt.secret = Some(SECRET.into());
+        })
+        .await;
+        env.publish_out("chat.all", "c1", "1").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let token = sign(
+            &serde_json::json!({"sub": "ada", "exp": now() + 600,
+                                "channels": {"chat": ["subscribe"]}}),
+            SECRET.as_bytes(),
+        );
+        let hello = Hello {
+            token: Some(token.clone()),
+            ..Hello::default()
+        };
+        let c = TestClient::connect_with(&gw.url(), hello).await;
+        assert!(c.welcome().position.is_some(), "{:?}", c.welcome());
+        let mut resume = c.resume_hello();
+        c.abort();
+        resume.token = Some(token);
+        resume.subscriptions = vec![sub("c", "chat"), sub("v", "voice")];
+        let before = gw.metric("stream_readers_total").await;
+        let mut r = TestClient::connect_with(&gw.url(), resume).await;
+        assert!(r.welcome().resumed);
+        r.expect_no_deliver(Duration::from_millis(700)).await;
+        assert_eq!(
+            gw.metric("stream_readers_total").await,
+            before,
+            "no reader of the voice stream for a refused subscription"
+        );
+        // Its subscription to chat stands.
+        env.publish_out("chat.all", "c2", "2").await;
+        assert_eq!(r.expect_deliver().await.message_id, "c2");
+        r.close().await;
         gw.shutdown().await;
     })
     .await;
