@@ -458,8 +458,10 @@ impl Conn {
                 break;
             }
             let wake = self.next_wake();
+            // As outside a drain: not read while `max_pending_confirms` are pending.
+            let room = self.pending_confirms < self.shared.config.max_pending_confirms;
             let flow = tokio::select! {
-                msg = self.ws.recv() => self.on_message(msg).await,
+                msg = self.ws.recv(), if room => self.on_message(msg).await,
                 Some(c) = next_confirm(self.confirms.as_mut()) => self.on_settled(c).await,
                 // A request whose own deadline passes is answered `timeout` as ever.
                 () = tokio::time::sleep_until(wake), if direct => self.on_deadlines().await,

@@ -14,7 +14,7 @@ use warren_e2e::env::TestEnv;
 use warren_e2e::gateway::TestGateway;
 use warren_e2e::presence::{listed, peers_heard, presence_config, Events, ANNOUNCE_MS, GRACE_MS};
 use warren_gateway::fault::CONFIRM_DELAY_MS;
-use warren_protocol::Hello;
+use warren_protocol::{Hello, ServerFrame};
 
 /// How late each confirm is taken: longer than a peer's lifetime (3 × [`ANNOUNCE_MS`]).
 const CONFIRM_DELAY: Duration = Duration::from_millis(1_500);
@@ -122,4 +122,50 @@ async fn a_connection_ending_for_its_own_reason_during_a_drain_gets_its_own_clos
         .expect("the drain ends")
         .expect("no panic");
     env.cleanup().await;
+}
+
+/// A draining connection is read only while fewer than `max_pending_confirms` of its
+/// writes await their confirms, as outside a drain: a client publishing on through
+/// the drain (an SDK flushing its outbox) had every write read and published, as
+/// many as its frame rate allows in `shutdown_grace_ms`. What is not read is sent
+/// again by the client where it resumes.
+#[tokio::test]
+async fn a_draining_connection_is_read_only_while_confirms_have_room() {
+    TestEnv::run(
+        "drain-pending-bound",
+        Duration::from_secs(60),
+        async |env| {
+            std::env::set_var(CONFIRM_DELAY_MS, CONFIRM_DELAY.as_millis().to_string());
+            let gw = TestGateway::start_with(env, |c| {
+                c.max_pending_confirms = 1;
+                c.shutdown_grace_ms = 5_000;
+            })
+            .await;
+            let mut c = TestClient::connect(&gw.url()).await;
+            c.publish("p0", "chat", json!(0)).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let stop = tokio::spawn(gw.shutdown());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            for i in 1..=5 {
+                c.publish(&format!("p{i}"), "chat", json!(i)).await;
+            }
+            let mut acked = Vec::new();
+            while let Some(f) = c.recv_within(Duration::from_secs(10)).await {
+                match f {
+                    ServerFrame::Ack(a) => acked.push(a.id),
+                    ServerFrame::Drain(_) => {}
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert_eq!(c.expect_close(Duration::from_secs(1)).await, Some(1001));
+            assert_eq!(acked, ["p0"], "one write pending at a time, then closed");
+            tokio::time::timeout(Duration::from_secs(15), stop)
+                .await
+                .expect("the drain ends")
+                .expect("no panic");
+            let inbound = env.names.channel_queue("chat");
+            assert_eq!(env.message_count(&inbound).await, Some(1));
+        },
+    )
+    .await;
 }
