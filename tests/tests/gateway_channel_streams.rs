@@ -526,7 +526,6 @@ async fn a_resume_refused_a_channel_does_not_read_its_stream() {
             ..Hello::default()
         };
         let c = TestClient::connect_with(&gw.url(), hello).await;
-        assert!(c.welcome().position.is_some(), "{:?}", c.welcome());
         let mut resume = c.resume_hello();
         c.abort();
         resume.token = Some(token);

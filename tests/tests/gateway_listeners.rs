@@ -271,7 +271,7 @@ async fn waits_for_streams_not_read_share_one_deadline() {
     })
     .await;
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(6), "started after {took:?}");
+    assert!(took < Duration::from_secs(7), "started after {took:?}");
 
     let mut c = TestClient::connect_raw(&gw.url()).await;
     let asked = Instant::now();
@@ -283,7 +283,7 @@ async fn waits_for_streams_not_read_share_one_deadline() {
     c.expect_error_code(None, ErrorCode::BrokerUnavailable)
         .await;
     let took = asked.elapsed();
-    assert!(took < Duration::from_millis(3500), "refused after {took:?}");
+    assert!(took < Duration::from_millis(4500), "refused after {took:?}");
     assert_eq!(c.expect_close(Duration::from_secs(5)).await, Some(4002));
     gw.shutdown().await;
     env.cleanup().await;
