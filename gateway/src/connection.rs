@@ -457,14 +457,19 @@ impl Conn {
             if settled || self.phase == Phase::Closed {
                 break;
             }
-            let wake = self.next_wake();
+            // Only the requests' deadlines: the heartbeat and stall times `next_wake`
+            // also names are not moved on during a drain, and once past would wake it
+            // on every turn.
+            let due = self.requests.next_deadline().map(|d| self.clock.at_ms(d));
             // As outside a drain: not read while `max_pending_confirms` are pending.
             let room = self.pending_confirms < self.shared.config.max_pending_confirms;
             let flow = tokio::select! {
                 msg = self.ws.recv(), if room => self.on_message(msg).await,
                 Some(c) = next_confirm(self.confirms.as_mut()) => self.on_settled(c).await,
                 // A request whose own deadline passes is answered `timeout` as ever.
-                () = tokio::time::sleep_until(wake), if direct => self.on_deadlines().await,
+                () = tokio::time::sleep_until(due.unwrap_or(deadline)), if direct && due.is_some() => {
+                    self.on_deadlines().await
+                }
                 _ = tokio::time::sleep_until(deadline) => {
                     tracing::info!(
                         conn = self.id,
@@ -926,7 +931,7 @@ impl Conn {
         // The subscriptions the client held, before anything is replayed; refusals are
         // reported when the client sends them again as `subscribe` frames.
         for s in &hello.subscriptions {
-            if let Err(r) = self.apply_subscription(s, true, true) {
+            if let Err(r) = self.apply_subscription(s, true, resumed) {
                 tracing::debug!(conn = self.id, code = %r.code.as_str(), "a resumed subscription was refused");
             }
         }

@@ -823,7 +823,9 @@ impl PresenceView {
             self.away.remove(&session);
             if let Some(h) = self.sessions.remove(&session) {
                 self.bury(&session, now);
-                if reason == "gateway_lost" {
+                // Not recorded as announced lost when nobody announced it here: a
+                // resync's answer would tell its gateway (alive, cut off meanwhile) so.
+                if reason == "gateway_lost" && !published_elsewhere {
                     self.lose(&session, &h.node);
                 }
                 if published_elsewhere {
@@ -1495,6 +1497,9 @@ mod tests {
         assert!(c.due(at).is_empty(), "never published by c");
         assert!(!c.user_online("bob", None), "forgotten");
         assert!(c.sessions.is_empty() && c.away.is_empty());
+        // Nobody announced it here: a resync's answer to b (alive after all, cut off
+        // meanwhile) does not tell it so.
+        assert!(c.lost_of("b").is_empty());
         // a's event, late after all, changes nothing.
         c.on_event(
             PresenceEvent {

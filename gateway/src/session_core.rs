@@ -103,6 +103,11 @@ impl Clock {
         now.saturating_duration_since(self.started).as_millis() as u64
     }
 
+    /// The instant `ms` milliseconds after the connection started ([`Clock::elapsed_ms`]).
+    pub(crate) fn at_ms(&self, ms: u64) -> Instant {
+        self.started + Duration::from_millis(ms)
+    }
+
     /// The deadline, on [`Clock::elapsed_ms`]'s base, of a request sent now with
     /// `timeout_ms`. `elapsed_ms` truncates: 1 ms more, so a request never times out
     /// before its full timeout has passed.
@@ -145,7 +150,7 @@ impl Clock {
             at = at.min(expires);
         }
         if let Some(d) = request_deadline_ms {
-            at = at.min(self.started + Duration::from_millis(d));
+            at = at.min(self.at_ms(d));
         }
         at
     }

@@ -187,7 +187,7 @@ async fn a_draining_gateway_waits_for_the_direct_replies_to_its_requests() {
         a.request("q1", "echo", Some(10_000), serde_json::json!({"n": 1}))
             .await;
         // A request whose own deadline passes during the drain is answered `timeout`.
-        a.request("q2", "echo", Some(400), serde_json::json!({"n": 2}))
+        a.request("q2", "echo", Some(1_000), serde_json::json!({"n": 2}))
             .await;
         let req = next_delivery(&mut inbound, Duration::from_secs(5)).await;
         let _unanswered = next_delivery(&mut inbound, Duration::from_secs(5)).await;
@@ -207,6 +207,71 @@ async fn a_draining_gateway_waits_for_the_direct_replies_to_its_requests() {
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "not the whole grace"
+        );
+        tokio::time::timeout(Duration::from_secs(10), stop)
+            .await
+            .expect("shutdown ends")
+            .expect("no panic");
+    })
+    .await;
+}
+
+/// CPU time this thread has used (user + system), from `/proc/thread-self/stat`: a
+/// `#[tokio::test]` runs its runtime, the gateway it starts included, on a thread of
+/// its own, beside the other tests of this binary.
+fn cpu_used() -> Duration {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("/proc/thread-self/stat");
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .expect("stat fields")
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+/// A drain waiting for a direct reply wakes for the request's deadline only. It woke
+/// for every time the connection's timer names, and those it does not move on during
+/// a drain (here the token's expiry) once past woke it on every turn: a core spun
+/// until the drain ended, on every such connection at once.
+#[tokio::test]
+async fn a_drain_waiting_for_a_direct_reply_does_not_spin() {
+    TestEnv::run("direct-reply-drain-idle", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| {
+            c.request_replies = RequestReplies::Direct;
+            c.auth.mode = warren_gateway::AuthMode::Jwt;
+            c.auth.jwt.secret = Some(warren_e2e::jwt::SECRET.into());
+            c.auth.jwt.leeway_s = 0;
+            c.shutdown_grace_ms = 4_000;
+        })
+        .await;
+        let mut inbound = env.consume_inbound("echo").await;
+        let token = warren_e2e::jwt::sign(
+            &serde_json::json!({"sub": "ada", "exp": warren_e2e::jwt::now() + 2}),
+            warren_e2e::jwt::SECRET.as_bytes(),
+        );
+        let hello = warren_protocol::Hello {
+            token: Some(token),
+            ..Default::default()
+        };
+        let mut a = TestClient::connect_with(&gw.url(), hello).await;
+        a.request("q", "echo", Some(30_000), serde_json::json!(1))
+            .await;
+        let _unanswered = next_delivery(&mut inbound, Duration::from_secs(5)).await;
+        let stop = tokio::spawn(gw.shutdown());
+        a.expect("drain", |f| {
+            matches!(f, warren_protocol::ServerFrame::Drain(_)).then_some(())
+        })
+        .await;
+        // The token expires 2 s after it was made; the drain lasts its 4 s grace.
+        let (cpu, wall) = (cpu_used(), Instant::now());
+        assert_eq!(a.expect_close(Duration::from_secs(10)).await, Some(1001));
+        let (cpu, wall) = (cpu_used() - cpu, wall.elapsed());
+        assert!(wall > Duration::from_secs(2), "the drain waited: {wall:?}");
+        assert!(
+            cpu < wall / 3,
+            "{cpu:?} of CPU in {wall:?} of a drain waiting for a reply"
         );
         tokio::time::timeout(Duration::from_secs(10), stop)
             .await
