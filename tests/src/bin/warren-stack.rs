@@ -489,17 +489,28 @@ struct Claims<'a> {
     topics: [&'a str; 1],
 }
 
-/// `POST /token`: a development token for `user` (`--auth jwt`), or the user name itself
-/// (`--auth none`, where the token is the user id).
-async fn token(State(stack): State<Shared>, Json(request): Json<TokenRequest>) -> Response {
-    let user = request.user.trim();
+/// Why `POST /token` refuses `user`: a name the gateways would refuse too, told at
+/// sign-in rather than as a client stopped with `unauthorized`.
+fn token_user(user: &str) -> Result<(), &'static str> {
     let valid = !user.is_empty()
         && user.len() <= 64
         && user
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_-:@".contains(&b));
     if !valid {
-        let message = "`user`: 1 to 64 letters, digits, `_`, `-`, `:` or `@`\n";
+        return Err("`user`: 1 to 64 letters, digits, `_`, `-`, `:` or `@`\n");
+    }
+    if user == warren_gateway::http_api::API_USER {
+        return Err("`user`: `http-api` is the HTTP API keys' user, which no token may name\n");
+    }
+    Ok(())
+}
+
+/// `POST /token`: a development token for `user` (`--auth jwt`), or the user name itself
+/// (`--auth none`, where the token is the user id).
+async fn token(State(stack): State<Shared>, Json(request): Json<TokenRequest>) -> Response {
+    let user = request.user.trim();
+    if let Err(message) = token_user(user) {
         return (StatusCode::BAD_REQUEST, message).into_response();
     }
     let groups: Vec<&str> = match &request.groups {
@@ -522,7 +533,7 @@ async fn token(State(stack): State<Shared>, Json(request): Json<TokenRequest>) -
     let iat = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let exp = iat + request.lifetime_s.unwrap_or(lifetime_s);
+    let exp = iat.saturating_add(request.lifetime_s.unwrap_or(lifetime_s));
     let claims = Claims {
         sub: user,
         iat,
@@ -869,4 +880,18 @@ async fn delete_topology(cli: &Cli, stack: &Shared) {
 #[tokio::main]
 async fn main() -> Result<()> {
     run(Cli::parse()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_users_the_gateway_would_refuse_are_refused_at_sign_in() {
+        assert!(token_user("ada").is_ok());
+        assert!(token_user("a:b@c_d-e").is_ok());
+        for bad in ["", "a b", "ä", "http-api", &"x".repeat(65)] {
+            assert!(token_user(bad).is_err(), "{bad:?}");
+        }
+    }
 }
