@@ -751,6 +751,38 @@ const tests = [
     },
   },
   {
+    name: "a failed demo control shows why next to the kill button, with the stack's own words",
+    timeoutMs: 30_000,
+    async fn(w) {
+      // The stack's control API is answered here with a failure it sends (a gateway
+      // that did not start in time), instead of killing the gateway. The page showed a
+      // failure only inside the collapsed "Demo controls", as "HTTP 500" alone.
+      const [ada] = need(w, "ada");
+      const why = "did not print READY within 60s (the test's answer)";
+      const kills = `${w.control}/gateways/*/kill`;
+      await ada.page.route(kills, (route) =>
+        route.fulfill({ status: 500, contentType: "text/plain", body: `${why}\n`, headers: { "access-control-allow-origin": "*" } }),
+      );
+      try {
+        await ada.testId("kill-gateway").click();
+        const failure = ada.testId("control-failure");
+        await failure.waitFor({ state: "visible", timeout: 10_000 });
+        const text = (await failure.textContent()) ?? "";
+        assert(text.includes(`HTTP 500: ${why}`), `the failure says why (got ${JSON.stringify(text)})`);
+        const state = await control(w.control, "/state");
+        assert(state.gateways.every((g) => g.alive), "nothing was killed");
+        await ada.shot("control-failure");
+      } finally {
+        await ada.page.unroute(kills);
+        // The refusal answered here is the test's, not a page bug (the HTTP error
+        // check after each test).
+        const seen = ada.errorsChecked ?? 0;
+        const answered = (e) => e.startsWith("HTTP 500 for POST ") && e.endsWith("/kill");
+        ada.errors.splice(seen, ada.errors.length - seen, ...ada.errors.slice(seen).filter((e) => !answered(e)));
+      }
+    },
+  },
+  {
     name: "voice signalling: a call rings, is answered and hung up",
     timeoutMs: 60_000,
     async fn(w) {

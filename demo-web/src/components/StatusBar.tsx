@@ -79,7 +79,11 @@ function useStack(control: string | null) {
   const post = useCallback(
     async (path: string) => {
       const res = await fetch(`${control}${path}`, { method: "POST" });
-      if (!res.ok) throw new Error(`${path}: HTTP ${res.status}`);
+      if (!res.ok) {
+        // The stack says why (e.g. a gateway that did not print READY in time).
+        const why = (await res.text().catch(() => "")).trim();
+        throw new Error(`${path}: HTTP ${res.status}${why ? `: ${why}` : ""}`);
+      }
       await refresh();
     },
     [control, refresh],
@@ -92,7 +96,7 @@ export function StatusBar({ config, user }: { config: PageConfig; user: string }
   const everConnected = useEverConnected(state);
   const { stack, error: controlError, post } = useStack(config.control);
   const [busy, setBusy] = useState<string | null>(null);
-  const [notice, setNotice] = useState<string | null>(null);
+  const [notice, setNotice] = useState<{ text: string; failed: boolean } | null>(null);
   const index = url ? config.urls.indexOf(url) : -1;
   const role = index === 0 ? "primary" : index > 0 ? `failover ${index}` : null;
   const current = gatewayFor(url, stack);
@@ -103,9 +107,9 @@ export function StatusBar({ config, user }: { config: PageConfig; user: string }
     setNotice(null);
     try {
       await post(path);
-      setNotice(`${label}: done`);
+      setNotice({ text: `${label}: done`, failed: false });
     } catch (err) {
-      setNotice(`${label} failed: ${err instanceof Error ? err.message : String(err)}`);
+      setNotice({ text: `${label} failed: ${err instanceof Error ? err.message : String(err)}`, failed: true });
     } finally {
       setBusy(null);
     }
@@ -151,6 +155,11 @@ export function StatusBar({ config, user }: { config: PageConfig; user: string }
               {busy?.startsWith("Kill") ? <span className="spinner spinner-light" /> : null}
               Kill {target ? `${target.name} ` : ""}gateway
             </button>
+            {notice?.failed && (
+              <span className="error-text small" role="alert" data-testid="control-failure">
+                {notice.text}
+              </span>
+            )}
             <details className="controls-menu">
               <summary data-testid="demo-controls">Demo controls</summary>
               <div className="controls-popover">
@@ -199,7 +208,7 @@ export function StatusBar({ config, user }: { config: PageConfig; user: string }
                     )}
                   </div>
                 )}
-                {notice && <p className="small muted">{notice}</p>}
+                {notice && !notice.failed && <p className="small muted">{notice.text}</p>}
               </div>
             </details>
           </>
