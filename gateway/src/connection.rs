@@ -872,9 +872,6 @@ impl Conn {
                 .claim(&id, self.id, self.takeover.clone(), asked_at);
             id
         });
-        // A resume without a position (the stream was empty when the session opened)
-        // replays from the stream's start. Each stream has positions of its own; a
-        // channel stream is joined only by a session subscribed to its channel.
         // An anonymous development session is its own user.
         if anonymous {
             identity.user = id.clone();
@@ -885,6 +882,9 @@ impl Conn {
         } else {
             owner.as_str().into()
         };
+        // A resume without a position (the stream was empty when the session opened)
+        // replays from the stream's start. Each stream has positions of its own; a
+        // channel stream is joined only by a session subscribed to its channel.
         let mut streams = Vec::new();
         for (source, checked) in self.shared.streams.all().iter().zip(checked) {
             let Some(position) = core_::followed_position(&followed, source.channel.as_deref())
