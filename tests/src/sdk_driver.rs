@@ -419,7 +419,13 @@ async fn open(url: &str) -> Option<WebSocketStream<MaybeTlsStream<TcpStream>>> {
 
 /// User + system CPU time of process `pid` in ms (`/proc/<pid>/stat`), 0 if unknown.
 fn cpu_ms(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    stat_cpu_ms(&format!("/proc/{pid}/stat"))
+}
+
+/// User + system CPU time in ms that a `/proc` `stat` file reports (a process's, or
+/// `/proc/thread-self/stat` for the calling thread), 0 if unknown.
+pub fn stat_cpu_ms(path: &str) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(path) else {
         return 0;
     };
     // Fields after the command name (which may hold spaces) start at field 3.

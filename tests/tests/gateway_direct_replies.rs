@@ -216,19 +216,13 @@ async fn a_draining_gateway_waits_for_the_direct_replies_to_its_requests() {
     .await;
 }
 
-/// CPU time this thread has used (user + system), from `/proc/thread-self/stat`: a
-/// `#[tokio::test]` runs its runtime, the gateway it starts included, on a thread of
-/// its own, beside the other tests of this binary.
+/// CPU time this thread has used (user + system): a `#[tokio::test]` runs its
+/// runtime, the gateway it starts included, on a thread of its own, beside the other
+/// tests of this binary.
 fn cpu_used() -> Duration {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("/proc/thread-self/stat");
-    let fields: Vec<&str> = stat
-        .rsplit_once(") ")
-        .expect("stat fields")
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    Duration::from_millis(ticks * 10)
+    Duration::from_millis(warren_e2e::sdk_driver::stat_cpu_ms(
+        "/proc/thread-self/stat",
+    ))
 }
 
 /// A drain waiting for a direct reply wakes for the request's deadline only. It woke
