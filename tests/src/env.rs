@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
     QueueDeleteOptions,
 };
@@ -272,6 +272,33 @@ impl TestEnv {
             )
             .await
             .expect("delete the outbound stream");
+    }
+
+    /// The message id of the first message the outbound stream still keeps (what
+    /// retention has not deleted), read with a one-message consumer from the
+    /// stream's start; `None` when the stream is empty or cannot be read.
+    pub async fn outbound_stream_first_id(&self) -> Option<String> {
+        let ch = self.new_channel().await;
+        ch.basic_qos(1, BasicQosOptions::default()).await.ok()?;
+        let mut from_start = FieldTable::default();
+        from_start.insert("x-stream-offset".into(), AMQPValue::LongLongInt(0));
+        let mut consumer = ch
+            .basic_consume(
+                ShortString::from(self.names.outbound_stream()),
+                "warren-e2e-first".into(),
+                BasicConsumeOptions::default(),
+                from_start,
+            )
+            .await
+            .ok()?;
+        let first = tokio::time::timeout(Duration::from_secs(2), consumer.next()).await;
+        let _ = ch.close(200, "done".into()).await;
+        let delivery = first.ok()??.ok()?;
+        delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.to_string())
     }
 
     /// How many messages a queue holds (passive declare on a scratch channel).
