@@ -204,7 +204,9 @@ struct Claims {
     exp: u64,
     #[serde(default)]
     groups: Vec<String>,
-    #[serde(default)]
+    /// Absent: every right; `null` is refused, not taken for absent (an issuer
+    /// writing it means no rights).
+    #[serde(default, deserialize_with = "warren_protocol::auth::present")]
     channels: Option<BTreeMap<String, Vec<ClaimRight>>>,
     #[serde(default)]
     topics: Vec<String>,
@@ -917,6 +919,27 @@ mod tests {
         assert!(id.may_group("room-1"));
         assert!(!id.may_group("room-2"));
         assert!(id.expires_at.is_some());
+    }
+
+    #[test]
+    fn channels_null_is_refused_not_taken_for_every_right() {
+        let v = Verifier::from_config(&jwt_config()).unwrap();
+        let everything = sign(good(json!({})));
+        assert!(v
+            .verify(Some(&everything), "x")
+            .unwrap()
+            .may(Action::Request, "admin"));
+        let nothing = sign(good(json!({"channels": {}})));
+        assert!(!v
+            .verify(Some(&nothing), "x")
+            .unwrap()
+            .may(Action::Request, "admin"));
+        let null = sign(good(json!({"channels": null})));
+        let verified = v.verify(Some(&null), "x");
+        assert!(
+            matches!(verified, Err(AuthError::Invalid(_))),
+            "channels: null gave {verified:?}"
+        );
     }
 
     #[test]

@@ -46,7 +46,13 @@ pub struct AuthReply {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub topics: Vec<String>,
     /// Per-channel rights (`publish`, `request`, `subscribe`); absent: every right.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `null` is not absent: an answer with `"channels": null` is not valid
+    /// ([`present`]), as a service meaning "no rights" may write it.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub channels: Option<BTreeMap<String, Vec<String>>>,
     /// The user's tenant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -77,5 +83,36 @@ impl AuthReply {
             reason: Some(reason.into()),
             ..AuthReply::default()
         }
+    }
+}
+
+/// Deserializes a field whose absence means something (it is `None` then, with
+/// `#[serde(default)]`) as present: `null` is refused, not taken for absent. For
+/// rights, where absent means every right and an issuer writing `null` means none.
+///
+/// # Errors
+/// When the value is `null` or not a `T`.
+pub fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_null_is_not_every_right() {
+        let absent: AuthReply = serde_json::from_str(r#"{"allow":true,"user":"ada"}"#).unwrap();
+        assert_eq!(absent.channels, None);
+        let none: AuthReply =
+            serde_json::from_str(r#"{"allow":true,"user":"ada","channels":{}}"#).unwrap();
+        assert_eq!(none.channels, Some(BTreeMap::new()));
+        let null =
+            serde_json::from_str::<AuthReply>(r#"{"allow":true,"user":"ada","channels":null}"#);
+        assert!(null.is_err(), "null taken for absent: {null:?}");
     }
 }
