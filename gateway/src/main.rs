@@ -40,13 +40,17 @@ fn fail(e: impl Into<anyhow::Error>) -> ! {
 }
 
 /// Parses the command line and the `WARREN_*` environment, or exits (2) with clap's
-/// message. An invalid value that came from an environment variable is named as that
+/// message (`--help` and `--version`: printed to stdout, exit 0). An invalid value that came from an environment variable is named as that
 /// variable: clap names only the flag, which the user did not type.
 fn parse_cli() -> Cli {
     let e = match Cli::try_parse() {
         Ok(cli) => return cli,
         Err(e) => e,
     };
+    if !e.use_stderr() {
+        // `--help` and `--version`: to stdout, exit 0 (`--help | less` shows it).
+        e.exit();
+    }
     let mut text = e.render().to_string();
     if let Some(clap::error::ContextValue::String(shown)) =
         e.get(clap::error::ContextKind::InvalidArg)

@@ -65,6 +65,22 @@ fn stderr(o: &Output) -> String {
 }
 
 #[tokio::test]
+async fn help_and_version_go_to_stdout_and_exit_0() {
+    for flag in ["--help", "--version"] {
+        let out = gateway(&[flag]).await;
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{flag}: {}", stderr(&out));
+        assert_eq!(stderr(&out), "", "{flag} writes nothing to stderr");
+        let expected = if flag == "--help" {
+            "WARREN_HEARTBEAT_MS"
+        } else {
+            "warren-gateway"
+        };
+        assert!(text.contains(expected), "{flag} printed to stdout: {text}");
+    }
+}
+
+#[tokio::test]
 async fn a_configuration_error_is_one_line_with_each_cause_once_and_no_backtrace() {
     let config = TempFile::new("c.toml", "namespace = \"cli\"\nlisten_adress = \"x\"\n");
     let out = gateway(&["--config", config.path(), "topology", "print"]).await;
