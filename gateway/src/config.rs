@@ -74,8 +74,8 @@ pub struct Config {
     /// On shutdown, how long connections may take to finish pending confirms.
     /// Default: 5000.
     pub shutdown_grace_ms: u64,
-    /// Period of the gateway's announcement on `warren.gateways`; 0 turns it off.
-    /// Default: 5000.
+    /// Period of the gateway's announcement on `warren.gateways`; 0 turns it off,
+    /// otherwise at least 100. Default: 5000.
     pub announce_interval_ms: u64,
     /// Publish `client.connected` / `client.disconnected` on `warren.presence`.
     /// Default: true.
@@ -841,6 +841,16 @@ impl Config {
         if self.heartbeat_ms < 100 {
             return bad("heartbeat_ms must be at least 100".into());
         }
+        // Peers count a gateway dead three periods after its last announcement: with
+        // a few ms, ordinary scheduling delays made them count each other dead (their
+        // sessions away, `gateway_lost` for live ones).
+        if (1..100).contains(&self.announce_interval_ms) {
+            return bad(format!(
+                "announce_interval_ms must be 0 (off) or at least 100, not {} (peers count \
+                 a gateway dead three periods after its last announcement)",
+                self.announce_interval_ms
+            ));
+        }
         if self.max_frame_bytes < 1024 {
             return bad("max_frame_bytes must be at least 1024".into());
         }
@@ -1565,7 +1575,8 @@ pub struct Overrides {
     /// Time to finish pending confirms on shutdown, in ms [default: 5000].
     #[arg(long, env = "WARREN_SHUTDOWN_GRACE_MS", global = true)]
     pub shutdown_grace_ms: Option<u64>,
-    /// Announcement period on warren.gateways, in ms; 0 = off [default: 5000].
+    /// Announcement period on warren.gateways, in ms; 0 = off, else at least 100
+    /// [default: 5000].
     #[arg(long, env = "WARREN_ANNOUNCE_INTERVAL_MS", global = true)]
     pub announce_interval_ms: Option<u64>,
     /// Publish presence events on warren.presence [default: true].
@@ -2194,6 +2205,17 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("max_frame_bytes must be at most"), "{err}");
+        }
+        at("announce_interval_ms = 0").unwrap();
+        at("announce_interval_ms = 100").unwrap();
+        for short in [1, 5, 99] {
+            let err = at(&format!("announce_interval_ms = {short}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("announce_interval_ms must be 0 (off) or at least 100"),
+                "{err}"
+            );
         }
         at("broker_wait_ms = 100").unwrap();
         for short in [0, 1, 99] {
