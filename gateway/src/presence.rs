@@ -137,6 +137,10 @@ pub struct PresenceView {
     /// Sessions whose connection ended without a goodbye: when their
     /// `client.disconnected` is due unless they are resumed first.
     away: HashMap<String, Instant>,
+    /// Those of `away` made away because their gateway was found dead, with the same
+    /// deadline (an entry whose deadline no longer matches `away`'s is stale): when
+    /// their gateway is heard again (it was late, not dead) they are online again.
+    away_with_node: HashMap<String, Instant>,
     peers: HashMap<String, Peer>,
     /// The last resync request ([`PresenceView::asking`]): its id and the sessions
     /// the view held when it was made.
@@ -185,6 +189,7 @@ impl PresenceView {
             unheard_lifetime: grace,
             sessions: HashMap::new(),
             away: HashMap::new(),
+            away_with_node: HashMap::new(),
             peers: HashMap::new(),
             asked: None,
             gone: HashMap::new(),
@@ -788,9 +793,32 @@ impl PresenceView {
             .filter(|n| !self.peer_alive(n, now))
             .cloned()
             .collect();
+        // Away only because their gateway was found dead, which is heard again (late
+        // announcements, a broker link that flapped): online again. Otherwise they
+        // stayed out of `/presence` until the grace ran out, and were announced
+        // `gateway_lost` if it looked dead again just then.
+        let mut back = Vec::new();
+        self.away_with_node.retain(|session, at| {
+            if self.away.get(session) != Some(at) {
+                return false;
+            }
+            let held_alive = self
+                .sessions
+                .get(session)
+                .is_some_and(|h| !dead.contains(&h.node));
+            if held_alive {
+                back.push(session.clone());
+            }
+            !held_alive
+        });
+        for session in back {
+            self.away.remove(&session);
+        }
         for (session, h) in &self.sessions {
             if dead.contains(&h.node) && !self.away.contains_key(session) {
-                self.away.insert(session.clone(), now + self.grace);
+                let at = now + self.grace;
+                self.away.insert(session.clone(), at);
+                self.away_with_node.insert(session.clone(), at);
             }
         }
         let elected = self.elected(now);
@@ -1358,6 +1386,48 @@ mod tests {
             BTreeMap::from([("c".to_string(), 1)]),
             "the counts leave out what the list leaves out"
         );
+    }
+
+    #[test]
+    fn a_gateway_heard_again_after_it_was_found_dead_has_its_sessions_online_again() {
+        let t0 = Instant::now();
+        let period = Duration::from_millis(100);
+        let mut a = PresenceView::new("a", GRACE);
+        a.on_gateway("b", "1", true, period, t0);
+        a.on_event(connected("s1", "ada", "b"), t0);
+        // b misses three announcements: s1 is away.
+        assert!(a.due(t0 + period * 3).is_empty());
+        assert!(
+            a.online(None, None, None).is_empty(),
+            "away while b looks dead"
+        );
+        // b announces itself again: it was late, not dead.
+        let back = t0 + period * 4;
+        a.on_gateway("b", "1", true, period, back);
+        assert!(a.due(back).is_empty());
+        assert_eq!(a.online(None, None, None).len(), 1, "s1 online again");
+        assert_eq!(a.per_node(None), BTreeMap::from([("b".to_string(), 1)]));
+        assert!(
+            a.snapshot().iter().all(|e| e.reason.is_none()),
+            "not sent as away"
+        );
+        // b announcing on time, the grace passes: nothing is published for s1.
+        let mut now = back;
+        while now < back + GRACE + period * 2 {
+            now += period;
+            a.on_gateway("b", "1", true, period, now);
+            assert!(a.due(now).is_empty(), "s1 is b's and b lives");
+        }
+        // A session whose connection was lost on a live peer (away from a snapshot)
+        // stays away when its gateway is heard: only the dead gateway's are back.
+        let mut c = PresenceView::new("c", GRACE);
+        c.on_gateway("b", "1", true, period, t0);
+        let mut away = connected("s2", "bob", "b");
+        away.reason = Some(AWAY.into());
+        c.merge(vec![away], t0, true);
+        c.on_gateway("b", "1", true, period, t0 + period);
+        assert!(c.due(t0 + period).is_empty());
+        assert!(c.online(None, None, None).is_empty(), "s2 still away");
     }
 
     #[test]
