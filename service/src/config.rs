@@ -11,6 +11,10 @@ use std::time::Duration;
 pub struct ServiceConfig {
     /// Messages RabbitMQ hands to one consumer before it acks (basic.qos), and so the
     /// number of handler calls running at once per channel. Default 1; 0 counts as 1.
+    /// Handlers still running when their consumer was lost count too: the consumer
+    /// started again on the next connection runs only as many beside them as this
+    /// leaves free, until they end or for at most 60 s (a hung handler must not leave
+    /// the channel unconsumed for ever).
     pub prefetch: u16,
     /// Handler attempts before a message is dead-lettered. A handler error before
     /// that nacks the message with requeue (after a short backoff), so it is tried

@@ -11,7 +11,10 @@
 //! queue and consumes again, with the same handler and duplicate window (so a message
 //! redelivered after the reconnect is recognised). Handlers still running on the lost
 //! channel finish in the background; their acks fail and RabbitMQ redelivers, and the
-//! duplicate window answers the copy.
+//! duplicate window answers the copy. They keep their slots meanwhile: the consumer
+//! keeps one set of `prefetch` slots across reconnects ([`Slots`]), so the new consumer
+//! runs no more handlers beside them than `prefetch` allows, for at most
+//! [`LOST_HANDLERS_WAIT`].
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -48,6 +51,13 @@ const IN_FLIGHT_RETRY: Duration = Duration::from_millis(200);
 /// How long a copy waits for the handling of the same `message_id` to end before it is
 /// handed back to the queue.
 const IN_FLIGHT_WAIT: Duration = Duration::from_secs(30);
+
+/// How long a consumer started again after a lost one leaves the slots still taken by
+/// the lost consumer's handlers to them. Until those handlers end, the new consumer
+/// runs only as many handlers as `prefetch` leaves free (none with a prefetch of 1);
+/// after this wait, handlers still running from the lost consumer are no longer
+/// counted, so a hung handler does not leave the consumer deaf for ever.
+pub(crate) const LOST_HANDLERS_WAIT: Duration = Duration::from_secs(60);
 
 /// Header on a dead-lettered message: why it was parked.
 pub const H_DEAD_REASON: &str = "x-warren-dead-reason";
@@ -193,6 +203,7 @@ pub(crate) async fn keep_consuming<H: Handler>(
     grace: Duration,
 ) {
     let mut stop = halt.subscribe();
+    let slots = Slots::new(shared.config.consumer_prefetch());
     let mut next = Some(first);
     let mut generation = 0;
     let mut min_generation = 0;
@@ -249,6 +260,7 @@ pub(crate) async fn keep_consuming<H: Handler>(
         let since = tokio::time::Instant::now();
         match run(
             shared.clone(),
+            &slots,
             started.channel,
             started.consumer,
             stop.clone(),
@@ -290,21 +302,68 @@ pub(crate) enum LoopEnd {
     Lost(String),
 }
 
-/// Runs the consume loop until `stop` turns true or the consumer ends. On stop, the
-/// consumer is cancelled and in-flight handlers get `grace` to finish; then the
-/// channel is closed, so RabbitMQ requeues whatever was not acknowledged. When the
-/// consumer is lost, the handlers still running finish in the background, however
-/// long they take.
+/// The handler slots of one consumer, `prefetch` of them, kept across reconnects: a
+/// handler of a lost consumer still running holds its slot, so the consumer started
+/// again runs no more than `prefetch` handlers in all. A fresh set per consumer run let
+/// the new consumer run `prefetch` handlers beside the lost one's.
+pub(crate) struct Slots {
+    semaphore: Arc<Semaphore>,
+}
+
+impl Slots {
+    fn new(prefetch: u16) -> Self {
+        Slots {
+            semaphore: Arc::new(Semaphore::new(usize::from(prefetch.max(1)))),
+        }
+    }
+}
+
+/// The slots one consumer run's handlers hold: how many, and whether they were given
+/// up ([`LOST_HANDLERS_WAIT`]: the run was lost and its handlers outlived the wait).
+#[derive(Default)]
+struct Ledger {
+    held: usize,
+    given_up: bool,
+}
+
+/// One handler's slot: released when its handling ends, or forgotten then when its
+/// run's slots were given up (they were added back to the consumer's slots already).
+struct Slot {
+    permit: Option<OwnedSemaphorePermit>,
+    ledger: Arc<Mutex<Ledger>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut ledger = self.ledger.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(permit) = self.permit.take() {
+            if ledger.given_up {
+                permit.forget();
+            } else {
+                ledger.held -= 1;
+                drop(permit);
+            }
+        }
+    }
+}
+
+/// Runs the consume loop until `stop` turns true or the consumer ends, taking one of
+/// `slots` for each delivery it handles. On stop, the consumer is cancelled and
+/// in-flight handlers get `grace` to finish; then the channel is closed, so RabbitMQ
+/// requeues whatever was not acknowledged. When the consumer is lost, the handlers
+/// still running finish in the background, however long they take; they keep their
+/// slots for at most [`LOST_HANDLERS_WAIT`], then the consumer's slots are made whole
+/// again without them.
 pub(crate) async fn run<H: Handler>(
     shared: Arc<Shared<H>>,
+    slots: &Slots,
     channel: Channel,
     mut consumer: Consumer,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
 ) -> LoopEnd {
-    let permits = Arc::new(Semaphore::new(usize::from(
-        shared.config.consumer_prefetch(),
-    )));
+    let permits = slots.semaphore.clone();
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
     let mut tasks = JoinSet::new();
     let tag = consumer.tag();
     // Any change of `stop` (or its sender going away) means stop.
@@ -323,7 +382,12 @@ pub(crate) async fn run<H: Handler>(
         match next {
             Some(Ok(delivery)) => {
                 let shared = shared.clone();
-                tasks.spawn(process(shared, delivery, permit));
+                ledger.lock().unwrap_or_else(|e| e.into_inner()).held += 1;
+                let slot = Slot {
+                    permit: Some(permit),
+                    ledger: ledger.clone(),
+                };
+                tasks.spawn(process(shared, delivery, slot));
             }
             Some(Err(e)) => {
                 error!(queue = %shared.queue, error = %e, "consumer failed");
@@ -369,17 +433,38 @@ pub(crate) async fn run<H: Handler>(
     } else {
         // Lost: consume again at once; the handlers still running finish in the
         // background (their acks go to a dead channel, RabbitMQ redelivers, and the
-        // duplicate window answers the copy).
-        tokio::spawn(finish);
+        // duplicate window answers the copy). They keep their slots, so the next run
+        // handles no more beside them than the prefetch allows, until they end or
+        // `LOST_HANDLERS_WAIT` passed: then their slots are handed to the next run
+        // (and forgotten as they end).
+        let permits = permits.clone();
+        let queue = shared.queue.clone();
+        tokio::spawn(async move {
+            let mut finish = std::pin::pin!(finish);
+            tokio::select! {
+                _ = &mut finish => return,
+                _ = tokio::time::sleep(LOST_HANDLERS_WAIT) => {}
+            }
+            {
+                let mut ledger = ledger.lock().unwrap_or_else(|e| e.into_inner());
+                ledger.given_up = true;
+                if ledger.held > 0 {
+                    warn!(queue = %queue, handlers = ledger.held, waited_s = LOST_HANDLERS_WAIT.as_secs(), "handlers of a lost consumer still running; no longer counted against the prefetch");
+                    permits.add_permits(ledger.held);
+                }
+            }
+            finish.await;
+        });
     }
     end
 }
 
-/// Handles one delivery, from duplicate check to acknowledgement.
-pub(crate) async fn process<H: Handler>(
+/// Handles one delivery, from duplicate check to acknowledgement, holding `_slot` (the
+/// handler's slot of the prefetch) until it ends.
+pub(crate) async fn process<H: Handler, S: Send>(
     shared: Arc<Shared<H>>,
     mut delivery: Delivery,
-    _permit: OwnedSemaphorePermit,
+    _slot: S,
 ) {
     let body = Bytes::from(std::mem::take(&mut delivery.data));
     let incoming = Incoming::from_parts(
@@ -881,6 +966,47 @@ mod tests {
         assert!(
             bounded.ends_with("… (truncated, 200000 bytes in all)"),
             "{bounded}"
+        );
+    }
+
+    /// The slots a lost run's handlers held past `LOST_HANDLERS_WAIT` are added back at
+    /// once and forgotten as those handlers end: the consumer has `prefetch` slots
+    /// again, not more.
+    #[test]
+    fn slots_given_up_are_made_whole_once_and_not_twice() {
+        let slots = Slots::new(2);
+        let ledger = Arc::new(Mutex::new(Ledger::default()));
+        let take = || {
+            let permit = slots.semaphore.clone().try_acquire_owned().expect("a slot");
+            ledger.lock().unwrap().held += 1;
+            Slot {
+                permit: Some(permit),
+                ledger: ledger.clone(),
+            }
+        };
+        let (first, second) = (take(), take());
+        assert_eq!(slots.semaphore.available_permits(), 0);
+        drop(first);
+        assert_eq!(
+            slots.semaphore.available_permits(),
+            1,
+            "released as it ends"
+        );
+        {
+            let mut ledger = ledger.lock().unwrap();
+            ledger.given_up = true;
+            slots.semaphore.add_permits(ledger.held);
+        }
+        assert_eq!(
+            slots.semaphore.available_permits(),
+            2,
+            "given up: whole again"
+        );
+        drop(second);
+        assert_eq!(
+            slots.semaphore.available_permits(),
+            2,
+            "forgotten, not released"
         );
     }
 

@@ -4,8 +4,13 @@
 
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use lapin::BasicProperties;
 use warren_e2e::service::{
-    counted_echo, in_fresh_namespace, queue_counts, start_demo_with, StandInGateway,
+    counted_echo, counted_echo_on, in_fresh_namespace, queue_counts, start_demo_with,
+    CuttableProxy, StandInGateway,
 };
 use warren_service::demo::{DemoChannel, DemoOptions};
 use warren_service::{Answer, Incoming, Outcome, ServiceConfig};
@@ -82,6 +87,82 @@ async fn a_prefetch_of_zero_counts_as_one() {
             let reply = gw.request("echo", &format!("r{i}"), &i.to_string()).await;
             assert_eq!(reply.body, i.to_string().as_bytes());
         }
+        gw.close().await;
+        service.stop().await.unwrap();
+    })
+    .await;
+}
+
+/// The prefetch bounds the handler calls running at once across a lost consumer too.
+/// The handlers of the lost consumer go on in the background; the consumer started
+/// again on the next connection used to take `prefetch` fresh slots at once, and ran
+/// the messages RabbitMQ handed back beside them: three calls at once with a prefetch
+/// of 2. Messages without `message_id`, so a copy is not held back by the duplicate
+/// window.
+#[tokio::test]
+async fn the_prefetch_still_bounds_the_handlers_after_a_lost_consumer() {
+    in_fresh_namespace(LIMIT, |ns| async move {
+        let proxy = CuttableProxy::start().await;
+        let running = Arc::new(AtomicU32::new(0));
+        let most = Arc::new(AtomicU32::new(0));
+        let (service, calls) = counted_echo_on(
+            &proxy.uri,
+            &ns,
+            ServiceConfig::default().with_prefetch(2),
+            {
+                let running = running.clone();
+                let most = most.clone();
+                move |_, m: Incoming| {
+                    let running = running.clone();
+                    let most = most.clone();
+                    async move {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        let secs: u64 = String::from_utf8_lossy(&m.body).parse().unwrap_or(1);
+                        tokio::time::sleep(Duration::from_secs(secs)).await;
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        Ok(Outcome::Done)
+                    }
+                }
+            },
+        )
+        .await;
+        let gw = StandInGateway::connect(&ns, "alice").await;
+        // No `message_id`: the gateway's headers only.
+        let headers = gw
+            .gateway_properties("echo", "unused")
+            .headers()
+            .clone()
+            .unwrap_or_default();
+        for secs in ["2", "6"] {
+            let properties = BasicProperties::default().with_headers(headers.clone());
+            gw.publish_raw("echo", secs.as_bytes(), properties).await;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while running.load(Ordering::SeqCst) < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "both handlers start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Lost at once: the 2 s call ends, the consumer notices the loss and starts
+        // again while the 6 s call still runs; RabbitMQ hands both messages back.
+        proxy.cut();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while calls.load(Ordering::SeqCst) < 4 || running.load(Ordering::SeqCst) > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "both copies handled within 30 s ({} calls)",
+                calls.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            most.load(Ordering::SeqCst),
+            2,
+            "at most `prefetch` handler calls at once"
+        );
         gw.close().await;
         service.stop().await.unwrap();
     })
