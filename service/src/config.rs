@@ -34,7 +34,10 @@ pub struct ServiceConfig {
     /// Most bytes of replies one duplicate window (one per consumed channel or
     /// priority queue) remembers in all; beyond it the oldest are forgotten (their
     /// ids are still remembered: a copy is acknowledged, not handled again, and gets
-    /// no reply). Default 64 MiB.
+    /// no reply). A reply that could not be published yet (its request handed back to
+    /// be answered by the copy) pushed out that way is not: its copy is handled again.
+    /// A reply larger than this is not remembered, as one larger than
+    /// `remember_reply_bytes`. Default 64 MiB.
     pub remember_replies_total_bytes: usize,
     /// `app_id` set on every message the service publishes. Default
     /// `warren-service`.

@@ -577,6 +577,8 @@ async fn handle<H: Handler>(
                         nack(acker).await;
                         return;
                     }
+                    // A reply kept unsent is now sent: remembered as any other.
+                    shared.window.lock().expect("window lock").sent(id);
                 }
                 ack(acker).await;
                 return;
@@ -649,7 +651,13 @@ async fn handle<H: Handler>(
         }
         (Outcome::Reply(answer), Some(to)) => {
             let message_id = fresh_message_id();
-            let rememberable = answer.body.len() <= shared.config.remember_reply_bytes;
+            // Within both bounds: a reply larger than the whole budget was remembered
+            // only to be forgotten at once.
+            let rememberable = answer.body.len()
+                <= shared
+                    .config
+                    .remember_reply_bytes
+                    .min(shared.config.remember_replies_total_bytes);
             if let Err(e) = shared
                 .publisher
                 .reply(to, correlation_id.as_deref(), &answer, &message_id)
@@ -708,11 +716,13 @@ async fn handle<H: Handler>(
                     let mut window = shared.window.lock().expect("window lock");
                     if rememberable {
                         // The handler ran: keep its answer, so the redelivered message
-                        // re-sends it instead of running the handler a second time.
+                        // re-sends it instead of running the handler a second time
+                        // (or runs it again, should the answer be pushed out over the
+                        // reply budget before that).
                         warn!(error = %e, "reply failed; handing the message back (its answer is kept)");
-                        window.finish(
+                        window.finish_unsent(
                             id,
-                            Some(RememberedReply { message_id, answer }),
+                            RememberedReply { message_id, answer },
                             Instant::now(),
                         );
                     } else {

@@ -36,9 +36,20 @@ pub enum Seen {
 
 #[derive(Debug, Clone)]
 enum State {
-    InFlight { failures: u32 },
-    Failed { failures: u32 },
+    InFlight {
+        failures: u32,
+    },
+    Failed {
+        failures: u32,
+    },
     Done(Option<RememberedReply>),
+    /// Handled, but its reply could not be published yet: a copy re-sends it. Never
+    /// turned into `Done(None)` over the reply budget (the copy would be acknowledged
+    /// unanswered): it is forgotten as `Failed`, so the copy runs the handler again.
+    Unsent {
+        reply: RememberedReply,
+        failures: u32,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -51,7 +62,9 @@ struct Entry {
 /// evicting the oldest first; the replies it keeps take at most `reply_budget` bytes
 /// (beyond it the oldest replies are forgotten, their ids still remembered: a copy of
 /// such a request is acknowledged, not handled again, and gets no reply, as a reply
-/// too large to remember).
+/// too large to remember). A reply not sent yet ([`DuplicateWindow::finish_unsent`])
+/// forgotten that way takes its id's handled mark with it: the next copy is handled
+/// again, since nothing else would ever answer it.
 #[derive(Debug)]
 pub struct DuplicateWindow {
     ttl: Duration,
@@ -72,7 +85,7 @@ pub struct DuplicateWindow {
 /// What a remembered reply costs, roughly: its body, headers and `message_id`.
 fn reply_size(state: &State) -> usize {
     match state {
-        State::Done(Some(r)) => {
+        State::Done(Some(r)) | State::Unsent { reply: r, .. } => {
             let headers: usize = r
                 .answer
                 .headers
@@ -130,13 +143,17 @@ impl DuplicateWindow {
                 ..
             }) => Seen::Done(reply.clone()),
             Some(Entry {
+                state: State::Unsent { reply, .. },
+                ..
+            }) => Seen::Done(Some(reply.clone())),
+            Some(Entry {
                 state: State::InFlight { .. },
                 ..
             }) => Seen::InFlight,
             Some(entry) => {
                 let failures = match entry.state {
                     State::Failed { failures } | State::InFlight { failures } => failures,
-                    State::Done(_) => 0,
+                    State::Done(_) | State::Unsent { .. } => 0,
                 };
                 entry.state = State::InFlight { failures };
                 Seen::New { failures }
@@ -152,6 +169,33 @@ impl DuplicateWindow {
     pub fn finish(&mut self, id: &str, reply: Option<RememberedReply>, now: Instant) {
         self.insert(id, State::Done(reply), now);
         self.evict(now);
+    }
+
+    /// Records that `id` was handled but its `reply` could not be published yet (the
+    /// delivery is handed back): the next copy re-sends it ([`Seen::Done`]) and then
+    /// calls [`DuplicateWindow::sent`]. Pushed out over the reply budget before that, the
+    /// id counts as failed, not handled: the next copy calls the handler again.
+    pub fn finish_unsent(&mut self, id: &str, reply: RememberedReply, now: Instant) {
+        let failures = match self.entries.get(id) {
+            Some(Entry {
+                state: State::InFlight { failures } | State::Failed { failures },
+                ..
+            }) => *failures,
+            _ => 0,
+        };
+        self.insert(id, State::Unsent { reply, failures }, now);
+        self.evict(now);
+    }
+
+    /// Records that the reply kept unsent for `id` ([`DuplicateWindow::finish_unsent`])
+    /// was published: `id` is handled, with that reply remembered. Nothing changes for
+    /// an id in any other state.
+    pub fn sent(&mut self, id: &str) {
+        if let Some(entry) = self.entries.get_mut(id) {
+            if let State::Unsent { reply, .. } = &entry.state {
+                entry.state = State::Done(Some(reply.clone()));
+            }
+        }
     }
 
     /// Records that handling `id` failed; the next delivery calls the handler again.
@@ -243,7 +287,12 @@ impl DuplicateWindow {
             if let Some(entry) = self.entries.get_mut(&id) {
                 if entry.at == at {
                     self.reply_bytes -= reply_size(&entry.state);
-                    entry.state = State::Done(None);
+                    entry.state = match entry.state {
+                        // Never sent: acknowledging its copy unanswered would leave the
+                        // requester without a reply for good; it is handled again.
+                        State::Unsent { failures, .. } => State::Failed { failures },
+                        _ => State::Done(None),
+                    };
                 }
             }
         }
@@ -435,6 +484,37 @@ mod tests {
         }
         assert_eq!(big.len(), 1_000);
         assert!(big.replies.len() <= 2 * 100_000 + 16);
+    }
+
+    /// A reply kept unsent was forgotten over the budget as any other, and its id stayed
+    /// handled: the copy was acknowledged without a reply and never answered.
+    #[test]
+    fn an_unsent_reply_pushed_out_over_the_budget_is_handled_again_not_acknowledged() {
+        // Replies of 10 bytes each (8 of body, 2 of message_id) in 15 bytes.
+        let mut w = DuplicateWindow::new(Duration::from_secs(60), 100).with_reply_budget(15);
+        let t = Instant::now();
+        w.begin("a", t);
+        w.finish_unsent("a", reply("12345678"), t);
+        assert_eq!(w.begin("a", t), Seen::Done(Some(reply("12345678"))));
+        w.begin("b", t);
+        w.finish("b", Some(reply("12345678")), t);
+        assert_eq!(w.reply_bytes(), 10);
+        assert_eq!(w.begin("a", t), Seen::New { failures: 0 }, "handled again");
+        // Sent before it was pushed out: remembered as any sent reply.
+        w.begin("c", t);
+        w.finish_unsent("c", reply("12345678"), t);
+        w.sent("c");
+        assert_eq!(w.begin("c", t), Seen::Done(Some(reply("12345678"))));
+        w.begin("d", t);
+        w.finish("d", Some(reply("12345678")), t);
+        assert_eq!(w.begin("c", t), Seen::Done(None), "sent: acknowledged");
+        // Failures counted before are kept.
+        w.begin("e", t);
+        assert_eq!(w.fail_held("e", t), 1);
+        w.finish_unsent("e", reply("12345678"), t);
+        w.begin("f", t);
+        w.finish("f", Some(reply("12345678")), t);
+        assert_eq!(w.begin("e", t), Seen::New { failures: 1 });
     }
 
     #[test]

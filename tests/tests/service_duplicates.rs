@@ -122,3 +122,68 @@ async fn a_handler_running_when_the_connection_drops_is_not_run_again_for_the_co
     })
     .await;
 }
+
+/// A reply that could not be published (the connection was lost) is kept so that the
+/// redelivered request re-sends it. Kept within `remember_replies_total_bytes`, a newer
+/// reply pushed it out, and its id stayed remembered as handled without a reply: the
+/// copy was acknowledged unanswered and the client never got one. Not yet sent, it
+/// must be sent, or the handler run again.
+#[tokio::test]
+async fn a_reply_not_yet_sent_is_not_forgotten_over_the_reply_budget() {
+    in_fresh_namespace(LIMIT, |ns| async move {
+        let proxy = CuttableProxy::start().await;
+        let config = ServiceConfig {
+            // One reply of these (36 bytes of message_id, 7 of body) fits, two do not.
+            remember_replies_total_bytes: 60,
+            publish_timeout: Duration::from_secs(1),
+            ..ServiceConfig::default().with_prefetch(2)
+        };
+        let (service, calls) =
+            counted_echo_on(&proxy.uri, &ns, config, |_, m: Incoming| async move {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                Ok(Outcome::Reply(Answer::raw(m.body)))
+            })
+            .await;
+        let mut gw = StandInGateway::connect(&ns, "alice").await;
+        for i in 1..=2 {
+            gw.send_request(
+                "echo",
+                &format!("budget-{i}"),
+                &format!(r#"{{"n":{i}}}"#),
+                Duration::from_secs(45),
+            )
+            .await;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while calls.load(Ordering::SeqCst) < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "both handlers start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Cut off until both replies failed to publish (3 s of handling, 1 s of
+        // publish timeout), then back.
+        proxy.hold_off(true);
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        proxy.hold_off(false);
+        let mut answered = Vec::new();
+        while answered.len() < 2 {
+            let reply = gw
+                .next_reply(Duration::from_secs(30))
+                .await
+                .unwrap_or_else(|| {
+                    panic!("both requests answered within 30 s; answered: {answered:?}")
+                });
+            let id = reply.correlation_id.clone().expect("a correlation id");
+            let i = id.trim_start_matches("budget-");
+            assert_eq!(reply.body, format!(r#"{{"n":{i}}}"#).as_bytes());
+            if !answered.contains(&id) {
+                answered.push(id);
+            }
+        }
+        gw.close().await;
+        service.stop().await.unwrap();
+    })
+    .await;
+}
