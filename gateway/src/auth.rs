@@ -230,13 +230,20 @@ struct Key {
     algorithms: Vec<Algorithm>,
 }
 
-/// Keys from `auth.jwt.jwks_url`, fetched again on an unknown `kid` (rate-limited).
+/// Keys from `auth.jwt.jwks_url`, fetched again on an unknown `kid` and when older
+/// than `max_age` (both rate-limited).
 struct RemoteJwks {
     url: String,
     allowed: Vec<Algorithm>,
     min_interval: std::time::Duration,
+    /// Past this age the keys held are fetched again (in the background): a key the
+    /// issuer removed stops verifying. Only an unknown `kid` fetched before, and a
+    /// leaked key withdrawn from the document kept verifying until a restart.
+    max_age: std::time::Duration,
     keys: std::sync::RwLock<Arc<Vec<Key>>>,
     last_fetch: std::sync::Mutex<Option<std::time::Instant>>,
+    /// When the keys held were fetched (the last fetch that succeeded).
+    fetched_at: std::sync::Mutex<Option<std::time::Instant>>,
     fetches: std::sync::atomic::AtomicU64,
     /// The last fetch failed (the issuer unreachable, or its answer unreadable): a
     /// key id not held may be one it would have given.
@@ -306,8 +313,10 @@ impl Verifier {
                     url: url.clone(),
                     allowed: allowed_algorithms(&config.jwt)?,
                     min_interval: std::time::Duration::from_secs(config.jwt.jwks_refresh_min_s),
+                    max_age: std::time::Duration::from_secs(config.jwt.jwks_max_age_s),
                     keys: std::sync::RwLock::default(),
                     last_fetch: std::sync::Mutex::default(),
+                    fetched_at: std::sync::Mutex::default(),
                     fetches: std::sync::atomic::AtomicU64::new(0),
                     failing: std::sync::atomic::AtomicBool::new(false),
                     fetch_turn: Arc::default(),
@@ -339,7 +348,10 @@ impl Verifier {
 
     /// As [`Verifier::verify`], but a token naming a key id that no key has makes the
     /// gateway fetch `jwks_url` again (at most once per `jwks_refresh_min_s`) and try
-    /// once more: keys rotate without a restart.
+    /// once more: keys rotate without a restart. Keys held longer than
+    /// `jwks_max_age_s` are fetched again in the background (same limit) while they
+    /// still verify this token: a key the issuer removed stops verifying once that
+    /// fetch is in.
     ///
     /// # Errors
     /// As [`Verifier::verify`]; [`AuthError::Unavailable`] (retryable, not a refused
@@ -351,6 +363,9 @@ impl Verifier {
         token: Option<&str>,
         anonymous: &str,
     ) -> Result<Identity, AuthError> {
+        if let Some(remote) = &self.remote {
+            remote.refresh_if_stale();
+        }
         match self.verify(token, anonymous) {
             Err(AuthError::UnknownKey(kid)) => {
                 let Some(remote) = &self.remote else {
@@ -717,6 +732,28 @@ impl RemoteJwks {
         true
     }
 
+    /// Starts a fetch in the background if the keys held are older than `max_age`, no
+    /// fetch is on its way and the rate limit allows one. The keys held verify until
+    /// the fetch replaces them; a failed fetch keeps them.
+    fn refresh_if_stale(self: &Arc<Self>) {
+        let fetched_at = *self.fetched_at.lock().unwrap_or_else(|e| e.into_inner());
+        if fetched_at.is_some_and(|t| t.elapsed() < self.max_age) {
+            return;
+        }
+        let Ok(turn) = self.fetch_turn.clone().try_lock_owned() else {
+            return; // a fetch is on its way
+        };
+        if !self.may_fetch() {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.fetch(turn).await {
+                tracing::warn!(url = %me.url, error = %e, "cannot fetch the JWKS document again; the keys held are kept");
+            }
+        });
+    }
+
     /// Fetches the document on a blocking thread, which holds `turn` until the keys
     /// are stored: a caller whose future is dropped meanwhile (an HTTP client that
     /// hung up) neither loses the fetch's keys nor frees the turn early, which let the
@@ -754,8 +791,15 @@ impl RemoteJwks {
             .read_to_vec()
             .map_err(|e| e.to_string())?;
         let keys = jwks_keys(&body, &self.allowed)?;
+        // An issuer answering `{"keys": []}` for a moment (a deploy, a broken cache)
+        // refused every client until the next fetch: a failed fetch, the keys held kept.
+        if keys.is_empty() {
+            return Err("the document lists no keys".into());
+        }
         tracing::info!(url = %self.url, keys = keys.len(), "JWKS document fetched");
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+        *self.fetched_at.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(std::time::Instant::now());
         Ok(())
     }
 }
@@ -827,7 +871,7 @@ fn load_keys(c: &JwtConfig) -> Result<Vec<Key>, GatewayError> {
         keys.extend(found);
     }
     if keys.is_empty() && c.jwks_url.is_some() {
-        return Ok(keys); // all from the URL, fetched at start and on unknown kids
+        return Ok(keys); // all from the URL, fetched at start, on unknown kids and when old
     }
     if keys.is_empty() {
         return Err(config_err(
@@ -1086,12 +1130,21 @@ mod tests {
     /// Serves `body` as the JWKS document on loopback with `status` (`200 OK`), each
     /// answer `delay` late.
     async fn slow_issuer(status: &'static str, body: String, delay: std::time::Duration) -> String {
+        issuer(status, Arc::new(std::sync::Mutex::new(body)), delay).await
+    }
+
+    /// As [`slow_issuer`], serving whatever `body` holds at each request.
+    async fn issuer(
+        status: &'static str,
+        body: Arc<std::sync::Mutex<String>>,
+        delay: std::time::Duration,
+    ) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             while let Ok((mut s, _)) = listener.accept().await {
-                let body = body.clone();
+                let body = body.lock().unwrap().clone();
                 tokio::spawn(async move {
                     let mut request = Vec::new();
                     let mut buf = [0u8; 1024];
@@ -1147,6 +1200,88 @@ mod tests {
             "ada"
         );
         assert_eq!(v.remote_fetches(), 1, "one fetch");
+    }
+
+    /// A JWKS document of HMAC keys (all with the test secret), one per kid.
+    fn hmac_jwks(kids: &[&str]) -> String {
+        use base64::Engine;
+        let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(SECRET);
+        let keys: Vec<_> = kids
+            .iter()
+            .map(|kid| json!({"kty": "oct", "kid": kid, "k": k, "alg": "HS256"}))
+            .collect();
+        json!({ "keys": keys }).to_string()
+    }
+
+    fn token_with_kid(kid: &str) -> String {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(kid.into());
+        encode(
+            &header,
+            &good(json!({})),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_key_removed_from_the_jwks_stops_verifying_once_the_keys_are_older_than_their_max_age(
+    ) {
+        // The issuer publishes {k1, k2}; k2 leaks and is removed. Clients keep using
+        // k1, so no unknown kid makes the gateway fetch again: before, k2's tokens
+        // verified until a restart.
+        let body = Arc::new(std::sync::Mutex::new(hmac_jwks(&["k1", "k2"])));
+        let mut config = jwt_config();
+        config.jwt.secret = None;
+        config.jwt.jwks_refresh_min_s = 1;
+        config.jwt.jwks_max_age_s = 1;
+        config.jwt.jwks_url = Some(issuer("200 OK", body.clone(), std::time::Duration::ZERO).await);
+        let v = Verifier::from_config(&config).unwrap();
+        v.fetch_remote_keys().await;
+        let (k1, k2) = (token_with_kid("k1"), token_with_kid("k2"));
+        assert_eq!(v.verify_fetching(Some(&k2), "x").await.unwrap().user, "ada");
+        *body.lock().unwrap() = hmac_jwks(&["k1"]);
+        tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+        // The keys held are past their age: the next token starts a fetch in the
+        // background; k2 is refused once it is in.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let refused = loop {
+            match v.verify_fetching(Some(&k2), "x").await {
+                Ok(_) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                other => break other,
+            }
+        };
+        assert_eq!(refused, Err(AuthError::UnknownKey("k2".into())));
+        assert_eq!(v.verify_fetching(Some(&k1), "x").await.unwrap().user, "ada");
+        assert_eq!(v.remote_fetches(), 2, "one fetch at start, one when old");
+    }
+
+    #[tokio::test]
+    async fn a_jwks_document_listing_no_keys_is_a_failed_fetch_and_the_keys_held_are_kept() {
+        // An issuer answering {"keys": []} for a moment wiped every key: every client
+        // refused until the next fetch.
+        let body = Arc::new(std::sync::Mutex::new(hmac_jwks(&["k1"])));
+        let mut config = jwt_config();
+        config.jwt.secret = None;
+        config.jwt.jwks_refresh_min_s = 1;
+        config.jwt.jwks_url = Some(issuer("200 OK", body.clone(), std::time::Duration::ZERO).await);
+        let v = Verifier::from_config(&config).unwrap();
+        v.fetch_remote_keys().await;
+        let k1 = token_with_kid("k1");
+        assert_eq!(v.verify_fetching(Some(&k1), "x").await.unwrap().user, "ada");
+        *body.lock().unwrap() = r#"{"keys": []}"#.into();
+        tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+        // An unknown kid fetches the (empty) document again: a failed fetch, so that
+        // token is told to try again later, and k1 still verifies.
+        let unknown = v.verify_fetching(Some(&token_with_kid("k9")), "x").await;
+        assert_eq!(v.remote_fetches(), 2);
+        assert_eq!(v.verify_fetching(Some(&k1), "x").await.unwrap().user, "ada");
+        assert!(
+            matches!(unknown, Err(AuthError::Unavailable(_))),
+            "{unknown:?}"
+        );
     }
 
     #[tokio::test]

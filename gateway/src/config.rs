@@ -525,15 +525,23 @@ pub struct JwtConfig {
     /// not in the document is refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwks_file: Option<PathBuf>,
-    /// A JWKS document fetched over HTTP(S) at start and fetched again when a token
-    /// names a `kid` it does not hold (at most once per `jwks_refresh_min_s`), so the
-    /// issuer can rotate keys without a gateway restart. Bodies over 1 MiB and fetches
-    /// over 5 s fail.
+    /// A JWKS document fetched over HTTP(S) at start, fetched again when a token
+    /// names a `kid` it does not hold and when the keys held are older than
+    /// `jwks_max_age_s` (each at most once per `jwks_refresh_min_s`), so the issuer can
+    /// rotate keys, and withdraw one, without a gateway restart. Bodies over 1 MiB and
+    /// fetches over 5 s fail, and so does a document listing no keys: the keys held
+    /// are kept.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwks_url: Option<String>,
     /// Least time between two fetches of `jwks_url`, in seconds (at least 1).
     /// Default: 60.
     pub jwks_refresh_min_s: u64,
+    /// Most age of the keys fetched from `jwks_url`, in seconds (at least 1): a token
+    /// verified after it makes the gateway fetch the document again in the background
+    /// (the keys held verify meanwhile), so a key the issuer removed stops verifying
+    /// within about this time, or `jwks_refresh_min_s` if that is longer.
+    /// Default: 300.
+    pub jwks_max_age_s: u64,
     /// Required `iss`, if set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
@@ -554,6 +562,7 @@ impl Default for JwtConfig {
             jwks_file: None,
             jwks_url: None,
             jwks_refresh_min_s: 60,
+            jwks_max_age_s: 300,
             issuer: None,
             audience: None,
             leeway_s: 30,
@@ -997,6 +1006,16 @@ impl Config {
             return bad(
                 "auth.jwt.jwks_refresh_min_s must be at least 1 (with 0, every token naming \
                  an unknown kid, which anyone can send, would fetch jwks_url)"
+                    .into(),
+            );
+        }
+        if self.auth.mode == AuthMode::Jwt
+            && self.auth.jwt.jwks_url.is_some()
+            && self.auth.jwt.jwks_max_age_s == 0
+        {
+            return bad(
+                "auth.jwt.jwks_max_age_s must be at least 1 (the most age, in seconds, of the \
+                 keys fetched from jwks_url before they are fetched again)"
                     .into(),
             );
         }
@@ -1808,6 +1827,29 @@ mod tests {
         let err = at(0).unwrap_err().to_string();
         assert!(
             err.contains("auth.jwt.jwks_refresh_min_s must be at least 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn jwks_keys_have_a_most_age_of_at_least_a_second() {
+        let at = |age: u64| {
+            Config::from_toml(
+                &format!(
+                    "[auth]\nmode = \"jwt\"\n[auth.jwt]\n\
+                     jwks_url = \"https://issuer.example/.well-known/jwks.json\"\n\
+                     jwks_max_age_s = {age}"
+                ),
+                "test",
+            )
+            .unwrap()
+            .validate()
+        };
+        assert_eq!(JwtConfig::default().jwks_max_age_s, 300);
+        at(1).unwrap();
+        let err = at(0).unwrap_err().to_string();
+        assert!(
+            err.contains("auth.jwt.jwks_max_age_s must be at least 1"),
             "{err}"
         );
     }
