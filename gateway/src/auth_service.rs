@@ -27,6 +27,7 @@ use crate::broker::Broker;
 use crate::config::AuthServiceConfig;
 use crate::direct_reply::{DirectReply, DIRECT_REPLY_TO};
 use crate::inbound::Outcome;
+use crate::server::normal_origin;
 
 /// The link to the auth service: requests and their answers over direct reply-to.
 pub struct AuthClient {
@@ -55,7 +56,9 @@ fn now_s() -> u64 {
 
 /// What an answer is cached by: the request without the gateway's name and the
 /// client's port (a reconnect comes from a new port), so that the service's decision
-/// on Origin, address or session is not reused for another.
+/// on Origin, address or session is not reused for another. The Origin as the gateway
+/// compares it ([`normal_origin`]): variants of one origin (`https://APP.example.com//`)
+/// made an entry each, as many as an attacker with one valid token cared to send.
 fn cache_key(request: &AuthRequest) -> CacheKey {
     let ip = request.remote_addr.as_deref().map(|a| {
         a.parse::<std::net::SocketAddr>()
@@ -65,7 +68,7 @@ fn cache_key(request: &AuthRequest) -> CacheKey {
         request.token.clone(),
         request.session.clone(),
         ip,
-        request.origin.clone(),
+        request.origin.as_deref().map(normal_origin),
     )
 }
 
@@ -178,5 +181,41 @@ impl AuthClient {
         // refused: the client tries again later (refused, it stopped for good).
         serde_json::from_slice::<AuthReply>(&answer.data)
             .map_err(|e| unavailable(format!("the auth service's answer is not valid: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(origin: &str, remote_addr: &str) -> AuthRequest {
+        AuthRequest {
+            token: "t".into(),
+            session: None,
+            remote_addr: Some(remote_addr.into()),
+            origin: Some(origin.into()),
+            node: "gw-1".into(),
+        }
+    }
+
+    #[test]
+    fn origins_differing_only_by_trailing_slashes_or_case_share_one_cache_entry() {
+        let one = cache_key(&request("https://app.example.com", "203.0.113.7:1"));
+        for variant in [
+            "https://app.example.com/",
+            "https://app.example.com////",
+            "HTTPS://App.Example.COM",
+            "https://APP.example.com//",
+        ] {
+            assert_eq!(
+                cache_key(&request(variant, "203.0.113.7:2")),
+                one,
+                "{variant}"
+            );
+        }
+        assert_ne!(
+            cache_key(&request("https://other.example.com", "203.0.113.7:1")),
+            one
+        );
     }
 }

@@ -519,7 +519,9 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub(crate) struct Upgrade {
     /// The peer's address.
     pub(crate) peer: SocketAddr,
-    /// The `Origin` header, if any.
+    /// The `Origin` header, if any, as [`normal_origin`] writes it (no trailing `/`,
+    /// lowercase; at most [`MAX_ORIGIN_BYTES`]): the auth service is told it and its
+    /// answers are cached by it.
     pub(crate) origin: Option<String>,
     /// A token from `Authorization: Bearer` or the configured cookie.
     pub(crate) token: Option<String>,
@@ -620,6 +622,11 @@ async fn upgrade(
         .get(ORIGIN)
         .map(|v| v.to_str().unwrap_or("\u{fffd}"));
     if let Some(origin) = origin {
+        if origin.len() > MAX_ORIGIN_BYTES {
+            metrics::add(&st.shared.metrics.refused_origin, 1);
+            tracing::info!(bytes = origin.len(), "upgrade refused: origin too long");
+            return origin_too_long();
+        }
         if !origin_allowed(&config.auth.allowed_origins, origin) {
             metrics::add(&st.shared.metrics.refused_origin, 1);
             tracing::info!(origin, "upgrade refused: origin not allowed");
@@ -653,7 +660,7 @@ async fn upgrade(
     pre_hello.watch();
     let upgrade = Upgrade {
         peer,
-        origin: origin.map(str::to_string),
+        origin: origin.map(normal_origin),
         token: upgrade_token(headers, config.auth.token_cookie.as_deref()),
         pre_hello: Some(pre_hello),
     };
@@ -759,6 +766,17 @@ fn header_lists(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &
         .flat_map(|v| v.split(','))
 }
 
+/// Most bytes of an `Origin` header (a browser's is `scheme://host[:port]`): a longer
+/// one is refused. Each distinct Origin was an auth service cache entry of its size,
+/// so one valid token and upgrades with hundreds of KiB of `/` took gigabytes.
+pub(crate) const MAX_ORIGIN_BYTES: usize = 1024;
+
+/// `origin` as [`origin_allowed`] compares it: without trailing `/`, in lowercase.
+/// Origins differing only so are one origin (and one auth service cache entry).
+pub(crate) fn normal_origin(origin: &str) -> String {
+    origin.trim_end_matches('/').to_ascii_lowercase()
+}
+
 /// Whether `origin` may open a WebSocket: `allowed` empty allows all; otherwise an
 /// exact entry, or an entry `scheme://*.domain[:port]` that matches any subdomain of
 /// `domain` (not `domain` itself).
@@ -766,9 +784,9 @@ pub(crate) fn origin_allowed(allowed: &[String], origin: &str) -> bool {
     if allowed.is_empty() {
         return true;
     }
-    let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+    let origin = normal_origin(origin);
     allowed.iter().any(|a| {
-        let a = a.trim_end_matches('/').to_ascii_lowercase();
+        let a = normal_origin(a);
         if a == origin {
             return true;
         }
@@ -840,23 +858,30 @@ struct PresenceQuery {
 }
 
 /// `Access-Control-*` headers for a browser page on an allowed origin (the demo page
-/// polls `/presence` and `/services`); `None` for an origin not allowed (answer
-/// [`origin_refused`]).
-fn cors(shared: &Shared, headers: &HeaderMap) -> Option<Vec<(HeaderName, String)>> {
+/// polls `/presence` and `/services`).
+///
+/// # Errors
+/// What makes the refusal to answer, for an origin not allowed ([`origin_refused`]) or
+/// too long ([`origin_too_long`]).
+fn cors(shared: &Shared, headers: &HeaderMap) -> Result<HeaderMap, fn() -> Response> {
     let Some(origin) = headers
         .get(ORIGIN)
         .map(|v| v.to_str().unwrap_or("\u{fffd}"))
     else {
-        return Some(Vec::new());
+        return Ok(HeaderMap::new());
     };
+    if origin.len() > MAX_ORIGIN_BYTES {
+        metrics::add(&shared.metrics.refused_origin, 1);
+        return Err(origin_too_long);
+    }
     if !origin_allowed(&shared.config.auth.allowed_origins, origin) {
         metrics::add(&shared.metrics.refused_origin, 1);
-        return None;
+        return Err(origin_refused);
     }
-    Some(vec![
+    Ok(with_headers(vec![
         (ACCESS_CONTROL_ALLOW_ORIGIN, origin.to_string()),
         (VARY, "Origin".to_string()),
-    ])
+    ]))
 }
 
 /// An `Origin` not in `auth.allowed_origins`: `403 forbidden`.
@@ -868,15 +893,31 @@ fn origin_refused() -> Response {
     )
 }
 
+/// An `Origin` over [`MAX_ORIGIN_BYTES`]: `403 forbidden`, as an origin not allowed.
+fn origin_too_long() -> Response {
+    refusal(
+        StatusCode::FORBIDDEN,
+        warren_protocol::ErrorCode::Forbidden,
+        format!("the request's Origin is longer than {MAX_ORIGIN_BYTES} bytes"),
+    )
+}
+
 /// The CORS preflight of `/presence` and `/services` (a page sending `Authorization`).
 async fn preflight(State(st): State<ListenerState>, headers: HeaderMap) -> Response {
-    let Some(mut h) = cors(&st.shared, &headers) else {
-        return origin_refused();
+    let mut h = match cors(&st.shared, &headers) {
+        Ok(h) => h,
+        Err(refused) => return refused(),
     };
-    h.push((ACCESS_CONTROL_ALLOW_METHODS, "GET".into()));
-    h.push((ACCESS_CONTROL_ALLOW_HEADERS, "authorization".into()));
-    h.push((ACCESS_CONTROL_MAX_AGE, "600".into()));
-    (StatusCode::NO_CONTENT, with_headers(h)).into_response()
+    h.insert(
+        ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET"),
+    );
+    h.insert(
+        ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("authorization"),
+    );
+    h.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    (StatusCode::NO_CONTENT, h).into_response()
 }
 
 fn with_headers(h: Vec<(HeaderName, String)>) -> HeaderMap {
@@ -923,8 +964,9 @@ async fn presence(
     query: Result<axum::extract::Query<PresenceQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     use warren_protocol::ErrorCode;
-    let Some(cors) = cors(&st.shared, &headers).map(with_headers) else {
-        return origin_refused();
+    let cors = match cors(&st.shared, &headers) {
+        Ok(h) => h,
+        Err(refused) => return refused(),
     };
     // A query axum cannot read (a name given twice) is refused in a JSON body too.
     let q = match query {
@@ -958,7 +1000,7 @@ async fn presence(
         origin: headers
             .get(ORIGIN)
             .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
+            .map(normal_origin),
         token: token.clone(),
         pre_hello: None,
     };
@@ -1082,8 +1124,9 @@ async fn presence(
 
 /// The service registry's live view: instances by service name, with their channels.
 async fn services(State(st): State<ListenerState>, headers: HeaderMap) -> Response {
-    let Some(cors) = cors(&st.shared, &headers).map(with_headers) else {
-        return origin_refused();
+    let cors = match cors(&st.shared, &headers) {
+        Ok(h) => h,
+        Err(refused) => return refused(),
     };
     let body = serde_json::json!({
         "node": st.shared.config.node,

@@ -515,3 +515,85 @@ async fn a_hello_given_up_while_slow_on_another_gateway_does_not_announce_the_se
     second.shutdown().await;
     env.cleanup().await;
 }
+
+/// An upgrade (or `/presence`) whose `Origin` is over 1 KiB is refused (`403
+/// forbidden`), and an Origin's variants (trailing `/`, case) are one origin: one cached
+/// answer, and the auth service is told it as the gateway compares it. Before, each
+/// variant was a cache entry of its own size: one valid token and upgrades with
+/// hundreds of KiB of `/` took gigabytes, and a full cache sent everyone back to the
+/// auth service.
+#[tokio::test]
+async fn a_long_origin_is_refused_and_the_variants_of_an_origin_share_one_cached_answer() {
+    use std::sync::{Arc, Mutex};
+    let mut env = TestEnv::new("auth-service-long-origin").await;
+    env.track_queue(env.names.channel_queue("auth"));
+    let origins = Arc::new(Mutex::new(Vec::new()));
+    let auth = Service::connect(&amqp_addr(), env.names.clone())
+        .await
+        .unwrap();
+    let told = origins.clone();
+    auth.authenticate("auth", move |req| {
+        told.lock().unwrap().push(req.origin.clone());
+        async move { ada_for_ten_minutes() }
+    })
+    .await
+    .unwrap();
+    let gw = TestGateway::start_with(&env, service_mode).await;
+    let url = gw.url();
+
+    let long = format!("https://app.example.com{}", "/".repeat(4096));
+    assert_eq!(
+        TestClient::try_connect_with_headers(&url, &[("Origin", &long)])
+            .await
+            .err(),
+        Some(403),
+        "a 4 KiB Origin is refused, not upgraded"
+    );
+    let addr = gw.health_addr();
+    let origin = ("Origin", long.as_str());
+    let bearer = ("Authorization", "Bearer t-ada");
+    let refusals = [
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            warren_e2e::gateway::http_raw(
+                addr,
+                &warren_e2e::gateway::upgrade_request("/ws", &[origin, bearer]),
+            ),
+        )
+        .await
+        .expect("the upgrade is answered and closed, not upgraded"),
+        warren_e2e::gateway::http_request(addr, "GET", "/presence", &[origin, bearer]).await,
+    ];
+    for (i, (status, _, body)) in refusals.into_iter().enumerate() {
+        assert_eq!(status, 403, "{i}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["code"], "forbidden", "{i}");
+        assert!(
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("longer than 1024 bytes")),
+            "{i}: {body}"
+        );
+    }
+    assert!(origins.lock().unwrap().is_empty(), "nobody asked about it");
+
+    for variant in [
+        "https://app.example.com",
+        "https://app.example.com/",
+        "https://APP.Example.com//",
+    ] {
+        match hello_from(&url, variant, "t-ada").await {
+            ServerFrame::Welcome(w) => assert_eq!(w.user, "ada"),
+            other => panic!("{variant}: expected welcome, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        *origins.lock().unwrap(),
+        vec![Some("https://app.example.com".to_string())],
+        "asked once, with the Origin as the gateway compares it"
+    );
+
+    auth.stop().await.unwrap();
+    gw.shutdown().await;
+    env.cleanup().await;
+}
