@@ -2,7 +2,9 @@
 //! `prefetch` at a time), suppresses duplicates, calls the handler, sends its reply,
 //! and only then acknowledges. A handler error hands the message back (nack with
 //! requeue, after a short backoff) until `max_attempts`, then the message is
-//! dead-lettered to `warren.dead` (and a request is refused with `internal`).
+//! dead-lettered to `warren.dead` (and a request is refused with `internal`). A reply
+//! that cannot be published counts as a failed attempt the same way, unless the
+//! duplicate window keeps it for the redelivered copy to re-send.
 //! A request whose correlation id does not fit in an AMQP short string cannot be
 //! answered: it is dead-lettered at once, unhandled.
 //!
@@ -663,7 +665,8 @@ async fn handle<H: Handler>(
                 .reply(to, correlation_id.as_deref(), &answer, &message_id)
                 .await
             {
-                if refused_for_good(&e) {
+                // What failed, counted as a failed attempt below.
+                let failure = if refused_for_good(&e) {
                     // RabbitMQ will never take this reply: handing the message back
                     // would run the handler again and again. The requester is told.
                     error!(error = %e, "the reply cannot be published; answering the request `internal` instead");
@@ -672,66 +675,70 @@ async fn handle<H: Handler>(
                         format!("the service's reply could not be published: {e}"),
                     );
                     let message_id = fresh_message_id();
-                    if let Err(e) = shared
+                    match shared
                         .publisher
                         .reply(to, correlation_id.as_deref(), &refusal, &message_id)
                         .await
                     {
-                        // Handing it back at once ran the handler again and again, as
-                        // fast as RabbitMQ redelivered (e.g. the service may not write
-                        // to the default exchange). Counted as a failed attempt instead:
-                        // handed back after a pause, dead-lettered at `max_attempts`.
-                        let attempts = failed_attempt(shared, key, delivery_count);
-                        let reason = format!("its answer could not be published: {e}");
-                        let parked = if parked_already {
-                            true
-                        } else if attempts >= shared.config.max_attempts {
-                            error!(error = %e, attempts, "the answer could not be published, too often; dead-lettering the message");
-                            dead_letter(shared, &routing_key, &properties, &body, &reason, attempts)
-                                .await
-                                .is_ok()
-                        } else {
-                            false
-                        };
-                        if parked {
-                            // Handled for good: a copy of it is acknowledged, not run.
-                            handled(shared, id.as_deref(), key, None);
+                        Ok(()) => {
+                            let remembered = Some(RememberedReply {
+                                message_id,
+                                answer: refusal,
+                            });
+                            handled(shared, id.as_deref(), key, remembered);
                             ack(acker).await;
                             return;
                         }
-                        warn!(error = %e, attempts, "the refusal could not be published either; handing the message back");
-                        tokio::time::sleep(retry_backoff(attempts)).await;
-                        nack(acker).await;
-                        return;
+                        Err(e) => {
+                            warn!(error = %e, "the refusal could not be published either");
+                            e
+                        }
                     }
-                    let remembered = Some(RememberedReply {
-                        message_id,
-                        answer: refusal,
-                    });
-                    handled(shared, id.as_deref(), key, remembered);
+                } else if let (Some(id), true) = (&id, rememberable) {
+                    // The handler ran: keep its answer, so the redelivered message
+                    // re-sends it instead of running the handler a second time (or
+                    // runs it again, should the answer be pushed out over the reply
+                    // budget before that). Not a failed attempt: the handler is not
+                    // run again.
+                    warn!(error = %e, "reply failed; handing the message back (its answer is kept)");
+                    shared.window.lock().expect("window lock").finish_unsent(
+                        id,
+                        RememberedReply { message_id, answer },
+                        Instant::now(),
+                    );
+                    nack(acker).await;
+                    return;
+                } else {
+                    // Nothing keeps the answer (too large to remember, or no
+                    // `message_id`): the handler runs again when it comes back.
+                    e
+                };
+                // Handing it back at once ran the handler again and again, as fast as
+                // RabbitMQ redelivered (e.g. the service may not write to the default
+                // exchange, or the broker nacks every reply for now). Counted as a
+                // failed attempt instead: handed back after a pause, dead-lettered at
+                // `max_attempts`.
+                let attempts = failed_attempt(shared, key, delivery_count);
+                let reason = format!("its answer could not be published: {failure}");
+                let parked = if parked_already {
+                    true
+                } else if attempts >= shared.config.max_attempts {
+                    error!(error = %failure, attempts, "the answer could not be published, too often; dead-lettering the message");
+                    dead_letter(shared, &routing_key, &properties, &body, &reason, attempts)
+                        .await
+                        .is_ok()
+                } else {
+                    false
+                };
+                if parked {
+                    // Handled for good: a copy of it is acknowledged, not run.
+                    handled(shared, id.as_deref(), key, None);
                     ack(acker).await;
                     return;
                 }
-                if let Some(id) = &id {
-                    let mut window = shared.window.lock().expect("window lock");
-                    if rememberable {
-                        // The handler ran: keep its answer, so the redelivered message
-                        // re-sends it instead of running the handler a second time
-                        // (or runs it again, should the answer be pushed out over the
-                        // reply budget before that).
-                        warn!(error = %e, "reply failed; handing the message back (its answer is kept)");
-                        window.finish_unsent(
-                            id,
-                            RememberedReply { message_id, answer },
-                            Instant::now(),
-                        );
-                    } else {
-                        warn!(error = %e, "reply failed; handing the message back");
-                        window.fail_held(id, Instant::now());
-                    }
-                } else {
-                    warn!(error = %e, "reply failed; handing the message back");
-                }
+                let wait = retry_backoff(attempts);
+                warn!(error = %failure, attempts, retry_in_ms = wait.as_millis() as u64, "the answer could not be published; handing the message back");
+                tokio::time::sleep(wait).await;
                 nack(acker).await;
                 return;
             }

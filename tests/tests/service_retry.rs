@@ -515,3 +515,93 @@ async fn a_failing_message_with_headers_filling_a_frame_is_still_dead_lettered()
     })
     .await;
 }
+
+/// A request whose reply RabbitMQ keeps refusing for now (here its reply queue is full
+/// and rejects publishes: a nack, a transient failure) and which the duplicate window
+/// cannot answer later (its reply is too large to remember, or it has no `message_id`)
+/// counts as a failed attempt: handed back after a pause, dead-lettered at
+/// `max_attempts`. It was handed back at once, and the handler run again on every
+/// redelivery, with no limit.
+#[tokio::test]
+async fn a_request_whose_reply_is_refused_for_now_and_not_remembered_is_dead_lettered_after_max_attempts(
+) {
+    in_fresh_namespace(LIMIT, |ns| async move {
+        reply_refused_for_now(&ns, true).await;
+    })
+    .await;
+}
+
+/// As above, for a request without `message_id`.
+#[tokio::test]
+async fn a_request_without_message_id_whose_reply_is_refused_for_now_is_dead_lettered_after_max_attempts(
+) {
+    in_fresh_namespace(LIMIT, |ns| async move {
+        reply_refused_for_now(&ns, false).await;
+    })
+    .await;
+}
+
+async fn reply_refused_for_now(ns: &str, with_message_id: bool) {
+    use lapin::options::QueueDeclareOptions;
+    use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+    use lapin::{BasicProperties, Connection, ConnectionProperties};
+
+    let config = ServiceConfig {
+        remember_reply_bytes: 0,
+        publish_timeout: Duration::from_millis(500),
+        ..ServiceConfig::default().with_max_attempts(3)
+    };
+    let (service, calls) = counted_echo(ns, config, |_, m: Incoming| async move {
+        Ok(Outcome::Reply(Answer::raw(m.body)))
+    })
+    .await;
+    let names = Names::new(ns);
+    // A reply queue that takes nothing: every reply is nacked.
+    let connection = Connection::connect(&amqp_uri(), ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let channel = connection.create_channel().await.expect("channel");
+    let full = format!("{}test.full-replies", names.prefix());
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-max-length".into(), AMQPValue::LongLongInt(0));
+    arguments.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString(LongString::from("reject-publish")),
+    );
+    channel
+        .queue_declare(
+            ShortString::from(full.as_str()),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..QueueDeclareOptions::default()
+            },
+            arguments,
+        )
+        .await
+        .expect("declare the full reply queue");
+    let gw = StandInGateway::connect(ns, "alice").await;
+    let gateway = gw.gateway_properties("echo", "r1");
+    let mut properties = BasicProperties::default()
+        .with_headers(gateway.headers().clone().unwrap_or_default())
+        .with_reply_to(ShortString::from(full.as_str()))
+        .with_correlation_id(ShortString::from("r1"));
+    if with_message_id {
+        properties = properties.with_message_id(gateway.message_id().clone().expect("an id"));
+    }
+    gw.publish_raw("echo", br#"{"n":1}"#, properties).await;
+    let parked = parked_within_15_s(&names, &calls).await;
+    assert_eq!(parked.data, br#"{"n":1}"#);
+    let headers = parked.properties.headers().clone().unwrap_or_default();
+    let reason = match headers.inner().get("x-warren-dead-reason") {
+        Some(lapin::types::AMQPValue::LongString(s)) => {
+            String::from_utf8_lossy(s.as_bytes()).into_owned()
+        }
+        other => format!("{other:?}"),
+    };
+    assert!(reason.contains("could not be published"), "{reason}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "one run per attempt");
+    gw.close().await;
+    let _ = connection.close(200, "bye".into()).await;
+    service.stop().await.unwrap();
+}
