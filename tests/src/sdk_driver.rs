@@ -458,6 +458,19 @@ async fn session_open_buckets(addr: SocketAddr) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// A gateway's `stream_readers_total` (every stream reader it opened for sessions),
+/// read from its `/metrics`; `None` when it does not answer within 10 s.
+async fn stream_readers_total(addr: SocketAddr) -> Option<i64> {
+    let read = crate::gateway::http_get(addr, "/metrics");
+    let text = tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with("warren_gateway_stream_readers_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// Sessions opened between two readings of [`session_open_buckets`], and the bucket
 /// bounds that hold their p50 and p99.
 fn open_quantiles(before: &[(String, u64)], after: &[(String, u64)]) -> (u64, String, String) {
@@ -667,6 +680,15 @@ pub struct Figures {
     pub moved: usize,
     /// Of those, clients connected again (to the other gateway) afterwards.
     pub recovered: usize,
+    /// Of those, clients whose every `welcome` named one session: resumed, not
+    /// given a fresh one.
+    pub resumed: usize,
+    /// Moved clients that got a `drain` event (a drained gateway told them to move).
+    pub drained: usize,
+    /// Stream readers the surviving gateway opened from the fault to the end
+    /// (`stream_readers_total`): its sessions resumed from its memory or through
+    /// shared readers, not one reader each.
+    pub stream_readers_opened: i64,
     /// Time from the fault to the client's next `connected`, p50 / p99 / max, in ms.
     pub recovery_ms: (u64, u64, u64),
     /// `writeAndWait` requests started (a stand-in service replies 300 ms after it
@@ -674,6 +696,10 @@ pub struct Figures {
     pub requests_sent: usize,
     /// Requests resolved with their own reply.
     pub requests_resolved: usize,
+    /// Of those, requests sent before the fault and resolved after it: in flight
+    /// across it (the stand-in service holds the replies to requests it took before
+    /// the fault until the fault happened).
+    pub requests_across_fault: usize,
     /// Requests that did not resolve with their own reply, by outcome (the SDK's
     /// error code, `wrong reply` or `no outcome`).
     pub request_failures: Vec<(String, usize)>,
@@ -747,6 +773,10 @@ impl Figures {
             self.requests_resolved, self.requests_sent,
             "every pending writeAndWait resolves with its reply"
         );
+        assert!(
+            self.requests_expected == 0 || self.requests_across_fault > 0,
+            "requests were in flight across the fault"
+        );
     }
 }
 
@@ -756,8 +786,8 @@ impl std::fmt::Display for Figures {
             f,
             "writes: sent {} acked {} delivered {} lost {} duplicated {} (re-sent copies suppressed by message_id: {}); \
              deliveries: sent {} delivered {} lost {} misrouted {} duplicated {}; \
-             requests: sent {} resolved {} (failed: {:?}); \
-             clients moved {} recovered {}; recovery p50 {} ms p99 {} ms max {} ms; \
+             requests: sent {} resolved {} (across the fault {}; failed: {:?}); \
+             clients moved {} recovered {} (resumed {}, told to drain {}; stream readers opened {}); recovery p50 {} ms p99 {} ms max {} ms; \
              attempts p50 {} p99 {} max {}; from the fault: noticed p50 {} p99 {} ms, \
              last socket asked p50 {} p99 {} ms; \
              last attempt: upgrade p50 {} ms p99 {} ms, welcome p50 {} ms p99 {} ms; \
@@ -776,9 +806,13 @@ impl std::fmt::Display for Figures {
             self.deliveries_duplicated,
             self.requests_sent,
             self.requests_resolved,
+            self.requests_across_fault,
             self.request_failures,
             self.moved,
             self.recovered,
+            self.resumed,
+            self.drained,
+            self.stream_readers_opened,
             self.recovery_ms.0,
             self.recovery_ms.1,
             self.recovery_ms.2,
@@ -970,7 +1004,10 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
         }
     });
 
-    // The stand-in request handler: replies 300 ms after taking a request, then acks.
+    // The stand-in request handler: replies 300 ms after taking a request, then acks;
+    // a request taken before the fault is answered only once the fault happened, so
+    // that requests are in flight across it.
+    let (fault_tx, fault_rx) = tokio::sync::watch::channel(false);
     let responder_ch = env.new_channel().await;
     let mut requests_in = responder_ch
         .basic_consume(
@@ -984,8 +1021,10 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
     let responder = tokio::spawn(async move {
         while let Some(Ok(d)) = requests_in.next().await {
             let ch = responder_ch.clone();
+            let mut fault = fault_rx.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(300)).await;
+                let _ = fault.wait_for(|happened| *happened).await;
                 if let (Some(reply_to), Some(corr)) = (
                     d.properties.reply_to().clone(),
                     d.properties.correlation_id().clone(),
@@ -1131,10 +1170,10 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
             if k % request_every == 0 && k / request_every < load.requests_per_client {
                 for (i, c, _) in writer_states.iter() {
                     let body = format!("{{\"r\":{i},\"k\":{k}}}");
-                    request_results.push((
-                        body.clone(),
-                        c.request(envelope("tickets", payload(&body)), Some(30_000)),
-                    ));
+                    let rx = c.request(envelope("tickets", payload(&body)), Some(30_000));
+                    // When it settles, for the requests in flight across the fault.
+                    let settled = tokio::spawn(async move { (rx.await, Instant::now()) });
+                    request_results.push((body, Instant::now(), settled));
                 }
             }
             if k < load.writes_per_client {
@@ -1150,10 +1189,12 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
     };
     let mut fault_at = None;
     let mut open_before = Vec::new();
+    let mut readers_before = None;
     let mut cpu_before = 0;
     let faulty = async {
         tokio::time::sleep(Duration::from_millis(load.fault_at_ms)).await;
         open_before = session_open_buckets(b.addr).await;
+        readers_before = stream_readers_total(b.addr).await;
         cpu_before = cpu_ms(b.pid);
         let at = Instant::now();
         tracing::info!(?fault, "injecting the fault");
@@ -1165,6 +1206,7 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
             Fault::Terminate => a.signal_term(),
         }
         fault_at = Some(at);
+        let _ = fault_tx.send(true);
     };
     // Which clients were on the faulty gateway right before the fault.
     tokio::join!(service, clients_side, faulty);
@@ -1186,15 +1228,23 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
     let requests_sent = request_results.len();
     let mut requests_resolved = 0;
     let mut request_failures: HashMap<String, usize> = HashMap::new();
-    for (body, rx) in request_results {
-        let failure = match tokio::time::timeout_at(answers_by, rx).await {
-            Ok(Ok(Ok(reply))) if reply.get() == body => {
+    let mut requests_across_fault = 0;
+    for (body, sent, settled) in request_results {
+        let abort = settled.abort_handle();
+        let failure = match tokio::time::timeout_at(answers_by, settled).await {
+            Ok(Ok((Ok(Ok(reply)), at))) if reply.get() == body => {
                 requests_resolved += 1;
+                if sent < fault_at && at > fault_at {
+                    requests_across_fault += 1;
+                }
                 continue;
             }
-            Ok(Ok(Ok(_))) => "wrong reply".to_string(),
-            Ok(Ok(Err(e))) => e.code.as_str().to_string(),
-            Ok(Err(_)) | Err(_) => "no outcome".to_string(),
+            Ok(Ok((Ok(Ok(_)), _))) => "wrong reply".to_string(),
+            Ok(Ok((Ok(Err(e)), _))) => e.code.as_str().to_string(),
+            Ok(Ok((Err(_), _))) | Ok(Err(_)) | Err(_) => {
+                abort.abort();
+                "no outcome".to_string()
+            }
         };
         *request_failures.entry(failure).or_insert(0) += 1;
     }
@@ -1221,6 +1271,7 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
     // Late redeliveries would show up as duplicates: give them a moment.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let open_after = session_open_buckets(b.addr).await;
+    let readers_after = stream_readers_total(b.addr).await;
     let cpu_after = cpu_ms(b.pid);
 
     let mut figures = Figures {
@@ -1228,6 +1279,7 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
         writes_acked,
         requests_sent,
         requests_resolved,
+        requests_across_fault,
         request_failures: request_failures.into_iter().collect(),
         writes_expected: load.clients * load.writes_per_client,
         requests_expected: load.clients * load.requests_per_client,
@@ -1277,8 +1329,14 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
             .find(|(s, at, _)| *s == State::Connected && *at < fault_at);
         if before.is_some_and(|(_, _, url)| url.as_deref() == Some(a.url().as_str())) {
             figures.moved += 1;
+            if st.drains > 0 {
+                figures.drained += 1;
+            }
             if let Some(at) = st.connected_after(fault_at) {
                 figures.recovered += 1;
+                if st.sessions.windows(2).all(|w| w[0] == w[1]) && st.sessions.len() >= 2 {
+                    figures.resumed += 1;
+                }
                 recovery.push(at.duration_since(fault_at).as_millis() as u64);
                 // Each failed attempt is an `error` event naming its URL.
                 let failed = st
@@ -1335,6 +1393,10 @@ pub async fn failover_under_load(label: &str, fault: Fault, load: Load) -> Figur
     figures.noticed_ms = p50_p99(&mut noticed);
     figures.last_asked_ms = p50_p99(&mut last_asked);
     figures.gateway_open = open_quantiles(&open_before, &open_after);
+    figures.stream_readers_opened = match (readers_before, readers_after) {
+        (Some(before), Some(after)) => after - before,
+        _ => panic!("the surviving gateway's /metrics answers stream_readers_total"),
+    };
     figures.gateway_cpu_ms = cpu_after.saturating_sub(cpu_before);
     figures.upgrade_ms = p50_p99(&mut upgrades);
     figures.welcome_ms = p50_p99(&mut welcomes);

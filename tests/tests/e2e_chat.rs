@@ -110,6 +110,7 @@ async fn chat_broadcast_group_and_direct_messages_reach_exactly_their_recipients
         say(&mut bob, "p3", "psst carol", to_carol).await;
         let d = receive(&mut carol, "psst carol").await;
         assert_eq!(d.headers.get(H_USER).map(String::as_str), Some("bob"));
+        carol.expect_no_deliver(QUIET).await;
         alice.expect_no_deliver(QUIET).await;
         bob.expect_no_deliver(QUIET).await;
         dave.expect_no_deliver(QUIET).await;
@@ -162,6 +163,7 @@ async fn voice_signalling_relayed_by_the_demo_reaches_only_the_called_user() {
         assert_eq!(message["type"], "call");
         assert_eq!(d.headers.get(H_USER).map(String::as_str), Some("alice"));
         bob.ack_deliveries(d.seq).await;
+        bob.expect_no_deliver(QUIET).await;
         carol.expect_no_deliver(QUIET).await;
         alice.expect_no_deliver(QUIET).await;
         for c in [alice, bob, carol] {

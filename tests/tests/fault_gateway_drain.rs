@@ -16,6 +16,14 @@ async fn draining_a_gateway_under_load_loses_nothing() {
     );
     assert!(figures.moved > 0, "clients were on the drained gateway");
     assert_eq!(figures.recovered, figures.moved, "every client moved");
+    assert_eq!(
+        figures.drained, figures.moved,
+        "every client on the drained gateway was told to move by a drain"
+    );
+    assert_eq!(
+        figures.resumed, figures.recovered,
+        "every client resumed its session"
+    );
     // Told to move by `drain`, a client reconnects at once (p99 386 ms in the README's
     // run); 2 s, twice the kill test's bound, is well inside the 5 s the drained
     // gateway gives its clients (`shutdown_grace_ms`) before it closes their sockets.

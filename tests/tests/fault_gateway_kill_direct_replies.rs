@@ -19,6 +19,10 @@ async fn with_direct_replies_killing_a_gateway_under_load_still_resolves_every_r
     assert!(figures.moved > 0, "clients were on the killed gateway");
     assert_eq!(figures.recovered, figures.moved, "every client recovered");
     assert_eq!(
+        figures.resumed, figures.recovered,
+        "every client resumed its session"
+    );
+    assert_eq!(
         figures.requests_resolved, figures.requests_sent,
         "every pending writeAndWait resolves with its own reply"
     );

@@ -42,6 +42,17 @@ async fn a_gateway_killed_under_a_thousand_sessions_all_resume_on_the_other_with
     figures.assert_nothing_lost_or_duplicated();
     assert!(figures.moved > 0, "clients were on the killed gateway");
     assert_eq!(figures.recovered, figures.moved, "every client recovered");
+    assert_eq!(
+        figures.resumed, figures.recovered,
+        "every client resumed its session"
+    );
+    // From the surviving gateway's memory: not a stream reader per session.
+    assert!(
+        figures.stream_readers_opened <= 2,
+        "{} stream readers opened for {} resumes",
+        figures.stream_readers_opened,
+        figures.moved
+    );
     assert!(
         figures.gateway_open.0 >= figures.moved as u64,
         "the surviving gateway's accept → welcome histogram counted every resume ({})",

@@ -135,6 +135,17 @@ async fn a_direct_reply_lost_with_its_gateway_comes_from_the_copy_the_sdk_sends_
     let asked = Instant::now();
     let reply = client.request(envelope("echo", payload("{\"n\":42}")), None);
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let on_a = client
+        .stats
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .connected_url();
+    assert_eq!(
+        on_a,
+        Some(a.url()),
+        "the request went out through the first gateway"
+    );
+    let killed = tokio::time::Instant::now();
     a.kill().await;
     let answer = tokio::time::timeout(Duration::from_secs(15), reply)
         .await
@@ -152,16 +163,16 @@ async fn a_direct_reply_lost_with_its_gateway_comes_from_the_copy_the_sdk_sends_
         "answered only after the service's work ({} ms)",
         took.as_millis()
     );
-    let on = client
-        .stats
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .connected_url();
+    let (on, moved) = {
+        let stats = client.stats.lock().unwrap_or_else(|e| e.into_inner());
+        (stats.connected_url(), stats.connected_after(killed))
+    };
     assert_eq!(
         on,
         Some(b.url()),
         "the answer came through the second gateway"
     );
+    assert!(moved.is_some(), "the client connected again after the kill");
     assert_eq!(
         handled.load(Ordering::SeqCst),
         1,
