@@ -304,11 +304,7 @@ impl Verifier {
         if config.mode == AuthMode::Jwt {
             v.keys = load_keys(&config.jwt)?;
             if let Some(url) = &config.jwt.jwks_url {
-                if !(url.starts_with("https://") || url.starts_with("http://")) {
-                    return Err(GatewayError::Config(format!(
-                        "auth.jwt.jwks_url `{url}` must be an http(s) URL"
-                    )));
-                }
+                check_jwks_url(url)?;
                 v.remote = Some(Arc::new(RemoteJwks {
                     url: url.clone(),
                     allowed: allowed_algorithms(&config.jwt)?,
@@ -710,6 +706,37 @@ fn jwks_keys(text: &[u8], allowed: &[Algorithm]) -> Result<Vec<Key>, String> {
     Ok(keys)
 }
 
+/// Refuses a `jwks_url` that is not `https://`, unless its host is loopback
+/// (`127.0.0.1`, `::1`, `localhost`): over plain HTTP anyone on the path could serve
+/// the keys, and so sign tokens the gateway accepts.
+fn check_jwks_url(url: &str) -> Result<(), GatewayError> {
+    let bad = |why: &str| GatewayError::Config(format!("auth.jwt.jwks_url `{url}` {why}"));
+    let uri: axum::http::Uri = url
+        .parse()
+        .map_err(|e| bad(&format!("is not a URL: {e}")))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| bad("names no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    match uri.scheme_str().map(str::to_ascii_lowercase).as_deref() {
+        Some("https") => Ok(()),
+        Some("http")
+            if host.eq_ignore_ascii_case("localhost")
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback()) =>
+        {
+            Ok(())
+        }
+        Some("http") => Err(bad(
+            "must be https:// (plain http:// only to a loopback host: 127.0.0.1, ::1, \
+             localhost): over http anyone on the path could replace the issuer's keys",
+        )),
+        _ => Err(bad("must be an https:// URL")),
+    }
+}
+
 /// At most 64 characters of a key id, for an error or a log line.
 fn short_kid(kid: &str) -> String {
     kid.chars().take(64).collect()
@@ -777,14 +804,27 @@ impl RemoteJwks {
     fn fetch_keys(&self) -> Result<(), String> {
         self.fetches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Redirects stay on https (a redirect to http:// fails); from a loopback
+        // http:// URL none is followed: the key set is not fetched over plain HTTP
+        // from anywhere else.
+        let https = self
+            .url
+            .get(..8)
+            .is_some_and(|s| s.eq_ignore_ascii_case("https://"));
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(std::time::Duration::from_secs(5)))
+            .https_only(https)
+            .max_redirects(if https { 10 } else { 0 })
             .build()
             .into();
-        let body = agent
-            .get(&self.url)
-            .call()
-            .map_err(|e| e.to_string())?
+        let mut response = agent.get(&self.url).call().map_err(|e| e.to_string())?;
+        if response.status().is_redirection() {
+            return Err(format!(
+                "answered {} (a redirect; none is followed from an http:// jwks_url)",
+                response.status()
+            ));
+        }
+        let body = response
             .body_mut()
             .with_config()
             .limit(1024 * 1024)
@@ -1372,6 +1412,83 @@ mod tests {
             Err(AuthError::Invalid(_))
         ));
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_jwks_url_must_be_https_unless_its_host_is_loopback() {
+        let at = |url: &str| {
+            let mut config = jwt_config();
+            config.jwt.jwks_url = Some(url.into());
+            Verifier::from_config(&config)
+        };
+        for (url, why) in [
+            (
+                "http://issuer.example/.well-known/jwks.json",
+                "must be https://",
+            ),
+            ("http://10.0.0.1/jwks.json", "must be https://"),
+            (
+                "http://localhost.evil.example/jwks.json",
+                "must be https://",
+            ),
+            (
+                "http://127.0.0.1.evil.example/jwks.json",
+                "must be https://",
+            ),
+            ("ftp://issuer.example/jwks.json", "must be an https:// URL"),
+            ("issuer.example/jwks.json", "auth.jwt.jwks_url"),
+        ] {
+            let e = at(url).expect_err(url).to_string();
+            assert!(
+                e.contains(why) && e.contains("auth.jwt.jwks_url"),
+                "{url}: {e}"
+            );
+        }
+        for url in [
+            "https://issuer.example/.well-known/jwks.json",
+            "HTTPS://issuer.example/jwks.json",
+            "http://127.0.0.1:8080/jwks.json",
+            "http://127.0.0.2/jwks.json",
+            "http://localhost/jwks.json",
+            "http://LOCALHOST:9000/jwks.json",
+            "http://[::1]:8080/jwks.json",
+        ] {
+            at(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_redirect_from_an_http_jwks_url_is_not_followed() {
+        // The loopback issuer redirects to a document with the token's key: over
+        // plain HTTP the keys would come from wherever the redirect points.
+        let elsewhere = issuer(
+            "200 OK",
+            Arc::new(std::sync::Mutex::new(hmac_jwks(&["k1"]))),
+            std::time::Duration::ZERO,
+        )
+        .await;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let answer = format!(
+                    "HTTP/1.1 302 Found\r\nlocation: {elsewhere}\r\n\
+                     content-length: 0\r\nconnection: close\r\n\r\n"
+                );
+                let _ = s.write_all(answer.as_bytes()).await;
+            }
+        });
+        let mut config = jwt_config();
+        config.jwt.secret = None;
+        config.jwt.jwks_url = Some(format!("http://{addr}/jwks.json"));
+        let v = Verifier::from_config(&config).unwrap();
+        v.fetch_remote_keys().await;
+        assert_eq!(v.remote_fetches(), 1);
+        let answer = v.verify(Some(&token_with_kid("k1")), "x");
+        assert_eq!(answer, Err(AuthError::UnknownKey("k1".into())));
     }
 
     #[test]

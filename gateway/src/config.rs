@@ -525,12 +525,13 @@ pub struct JwtConfig {
     /// not in the document is refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwks_file: Option<PathBuf>,
-    /// A JWKS document fetched over HTTP(S) at start, fetched again when a token
+    /// A JWKS document fetched at start, fetched again when a token
     /// names a `kid` it does not hold and when the keys held are older than
     /// `jwks_max_age_s` (each at most once per `jwks_refresh_min_s`), so the issuer can
     /// rotate keys, and withdraw one, without a gateway restart. Bodies over 1 MiB and
     /// fetches over 5 s fail, and so does a document listing no keys: the keys held
-    /// are kept.
+    /// are kept. An `https://` URL (redirects stay on https), or `http://` to a
+    /// loopback host (`127.0.0.1`, `::1`, `localhost`; no redirect followed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwks_url: Option<String>,
     /// Least time between two fetches of `jwks_url`, in seconds (at least 1).
