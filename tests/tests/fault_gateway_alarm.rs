@@ -150,6 +150,10 @@ async fn run() {
     )
     .await;
     println!("fault_gateway_alarm: POST /request during the alarm: {status}: {answer}");
+    // The gateway knows of the alarm by now (the calls above were refused for it):
+    // refused at once, not left to its timeout.
+    assert_eq!(status, 503, "POST /request during the alarm: {answer}");
+    assert_eq!(answer["code"], "broker_unavailable", "{answer}");
     let resumed = Instant::now();
     let mut late = TestClient::connect_with(&gw.url(), late_hello).await;
     let backlog = tokio::time::timeout(Duration::from_secs(10), late.expect_delivers(20)).await;

@@ -33,7 +33,8 @@ fn jwt(c: &mut Config) {
     c.auth.token_cookie = Some("warren_token".into());
 }
 
-/// Claims for `user` valid for ten minutes, with `extra` merged in.
+/// Claims for `user` valid for ten minutes, with `extra` merged in (a `null` in
+/// `extra` leaves that claim out: a token's `null` claim is refused).
 fn claims(user: &str, extra: Value) -> Value {
     let mut c = json!({
         "sub": user, "exp": now() + 600, "iss": "warren-tests", "aud": "warren",
@@ -41,7 +42,11 @@ fn claims(user: &str, extra: Value) -> Value {
         "channels": {"chat": ["publish", "subscribe"], "tickets": ["request"], "voice": ["subscribe"]}
     });
     for (k, v) in extra.as_object().unwrap() {
-        c[k] = v.clone();
+        if v.is_null() {
+            c.as_object_mut().unwrap().remove(k);
+        } else {
+            c[k] = v.clone();
+        }
     }
     c
 }
