@@ -12,6 +12,10 @@
 //! announces the new state on a watch channel. Callers never reconnect themselves and
 //! never queue behind a reconnect: they wait on that watch channel, bounded by
 //! `broker_wait_ms`, and then fail with [`GatewayError::Unavailable`].
+//!
+//! Every connection attempt (TCP, TLS, AMQP handshake and the connection's channels)
+//! is bounded by `amqp_connect_timeout_ms`: a RabbitMQ address that takes the TCP
+//! connection and never answers counts as unreachable, and the next URI is tried.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -20,7 +24,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::options::{BasicQosOptions, ConfirmSelectOptions};
+use lapin::tcp::{AsyncTcpStream, OwnedTLSConfig};
 use lapin::types::LongString;
+use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Channel, Connection, ConnectionProperties, Event};
 use tokio::sync::{watch, Mutex, Notify};
 
@@ -130,6 +136,8 @@ pub struct Broker {
     consumer_channels: usize,
     delivery_window: u16,
     wait: Duration,
+    /// Bound of one connection attempt to one URI (`amqp_connect_timeout_ms`).
+    connect_timeout: Duration,
     metrics: Arc<Metrics>,
     /// Held only briefly (to take or replace a channel), never across a reconnect.
     links: Mutex<Option<Links>>,
@@ -183,6 +191,7 @@ impl Broker {
             consumer_channels: config.consumer_channels,
             delivery_window: config.delivery_window,
             wait: Duration::from_millis(config.broker_wait_ms),
+            connect_timeout: Duration::from_millis(config.amqp_connect_timeout_ms),
             metrics,
             links: Mutex::new(None),
             topology: std::sync::Mutex::new(None),
@@ -228,7 +237,8 @@ impl Broker {
         }
     }
 
-    /// Connects to the URI after the current one, then the others in turn.
+    /// Connects to the URI after the current one, then the others in turn, each within
+    /// `amqp_connect_timeout_ms`.
     async fn open_connection(
         self: &Arc<Self>,
         role: &'static str,
@@ -242,7 +252,7 @@ impl Broker {
             let props = ConnectionProperties::default().with_connection_name(LongString::from(
                 format!("warren-gateway {} {role}", self.node),
             ));
-            match Connection::connect(uri, props).await {
+            match connect_within(uri, props, self.connect_timeout).await {
                 Ok(conn) => {
                     tracing::info!(uri = %redact(uri), role, node = %self.node, "connected to RabbitMQ");
                     self.current_uri.store(index, Ordering::Release);
@@ -288,7 +298,7 @@ impl Broker {
                         broker.state_tx.send_replace(BrokerState::Disconnected);
                         broker.kick.notify_one();
                     }
-                    Event::ConnectionBlocked(reason) if role == "publish" => {
+                    Event::ConnectionBlocked(reason) if role == PUBLISH => {
                         #[cfg(feature = "fault-injection")]
                         crate::fault::delay(crate::fault::BLOCKED_NOTICE_DELAY_MS).await;
                         tracing::warn!(role, node = %broker.node, %reason, "RabbitMQ blocked publishing");
@@ -296,7 +306,7 @@ impl Broker {
                         broker.blocked.store(true, Ordering::Release);
                         broker.state_tx.send_modify(|_| {});
                     }
-                    Event::ConnectionUnblocked if role == "publish" => {
+                    Event::ConnectionUnblocked if role == PUBLISH => {
                         tracing::info!(role, node = %broker.node, "RabbitMQ unblocked publishing");
                         broker.blocked.store(false, Ordering::Release);
                         broker.state_tx.send_modify(|_| {});
@@ -349,10 +359,10 @@ impl Broker {
         let (consume_conn, consumers) = match self.open_consuming().await {
             Ok(opened) => opened,
             Err(e) => {
-                // Not left open behind a start that tries again.
-                let _ = publish_conn
-                    .close(0, "consuming connection failed".into())
-                    .await;
+                // Not left open behind a start that tries again (bounded: RabbitMQ may
+                // not answer).
+                let closing = publish_conn.close(0, "consuming connection failed".into());
+                let _ = tokio::time::timeout(CLOSE_WAIT, closing).await;
                 return Err(e);
             }
         };
@@ -368,27 +378,56 @@ impl Broker {
     async fn open_publishing(
         self: &Arc<Self>,
     ) -> Result<(Connection, Vec<Publisher>, Vec<Channel>), GatewayError> {
-        let conn = self.open_connection("publish").await?;
-        let mut publishers = Vec::with_capacity(self.publisher_channels);
-        let mut controls = Vec::with_capacity(self.publisher_channels);
-        for _ in 0..self.publisher_channels {
-            publishers.push(self.new_pooled::<Publisher>(&conn).await?);
-            controls.push(
-                conn.create_channel()
-                    .await
-                    .map_err(|e| GatewayError::amqp("channel.open", e))?,
-            );
-        }
+        let conn = self.open_connection(PUBLISH).await?;
+        let channels = async {
+            let mut publishers = Vec::with_capacity(self.publisher_channels);
+            let mut controls = Vec::with_capacity(self.publisher_channels);
+            for _ in 0..self.publisher_channels {
+                publishers.push(self.new_pooled::<Publisher>(&conn).await?);
+                controls.push(
+                    conn.create_channel()
+                        .await
+                        .map_err(|e| GatewayError::amqp("channel.open", e))?,
+                );
+            }
+            Ok((publishers, controls))
+        };
+        // On failure the connection (and the channels opened) are dropped: lapin closes
+        // a connection whose last handle goes.
+        let (publishers, controls) = self.channels_within(PUBLISH, channels).await?;
         Ok((conn, publishers, controls))
     }
 
     async fn open_consuming(self: &Arc<Self>) -> Result<(Connection, Vec<Channel>), GatewayError> {
-        let conn = self.open_connection("consume").await?;
-        let mut consumers = Vec::with_capacity(self.consumer_channels);
-        for _ in 0..self.consumer_channels {
-            consumers.push(self.new_pooled::<Channel>(&conn).await?);
-        }
+        let conn = self.open_connection(CONSUME).await?;
+        let channels = async {
+            let mut consumers = Vec::with_capacity(self.consumer_channels);
+            for _ in 0..self.consumer_channels {
+                consumers.push(self.new_pooled::<Channel>(&conn).await?);
+            }
+            Ok(consumers)
+        };
+        let consumers = self.channels_within(CONSUME, channels).await?;
         Ok((conn, consumers))
+    }
+
+    /// `opening` (a new connection's channels), within `amqp_connect_timeout_ms`; past
+    /// it RabbitMQ counts as unreachable, as for a connection that does not open.
+    async fn channels_within<T>(
+        &self,
+        role: &'static str,
+        opening: impl std::future::Future<Output = Result<T, GatewayError>>,
+    ) -> Result<T, GatewayError> {
+        match tokio::time::timeout(self.connect_timeout, opening).await {
+            Ok(opened) => opened,
+            Err(_) => {
+                tracing::warn!(role, node = %self.node, "RabbitMQ did not open the connection's channels in time");
+                Err(GatewayError::Connect {
+                    uris: redact(&self.uris[self.current_uri.load(Ordering::Acquire)]),
+                    source: timed_out(self.connect_timeout, "opening the connection's channels"),
+                })
+            }
+        }
     }
 
     /// A fresh element of pool `T` on `conn`: a consumer channel, or a publisher
@@ -843,8 +882,17 @@ impl Broker {
                 Ok(true) => {
                     failures = 0;
                     metrics::add(&self.metrics.broker_reconnects, 1);
-                    if let Err(e) = self.declare_topology_again().await {
-                        tracing::warn!(node = %self.node, error = %e, "re-declaring the topology failed");
+                    // Bounded: a RabbitMQ that stops answering here must not stop
+                    // the supervisor for good.
+                    let limit = self.connect_timeout.max(self.wait);
+                    match tokio::time::timeout(limit, self.declare_topology_again()).await {
+                        Ok(Err(e)) => {
+                            tracing::warn!(node = %self.node, error = %e, "re-declaring the topology failed");
+                        }
+                        Err(_) => {
+                            tracing::warn!(node = %self.node, "re-declaring the topology did not finish in time");
+                        }
+                        Ok(Ok(())) => {}
                     }
                     self.state_tx.send_replace(BrokerState::Connected);
                     tracing::info!(node = %self.node, "RabbitMQ connections re-established");
@@ -939,6 +987,138 @@ impl Broker {
                 }
             };
             tokio::join!(close(links.publish_conn), close(links.consume_conn));
+        }
+    }
+}
+
+/// The role of the publishing connection (its name in logs and in RabbitMQ).
+const PUBLISH: &str = "publish";
+/// The role of the consuming connection.
+const CONSUME: &str = "consume";
+
+/// The error of an attempt that did not finish within `limit`: an IO error (timed
+/// out), so that it counts as unreachable ([`GatewayError::is_unreachable`]).
+fn timed_out(limit: Duration, what: &str) -> lapin::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!(
+            "{what}: no answer within amqp_connect_timeout_ms ({} ms)",
+            limit.as_millis()
+        ),
+    )
+    .into()
+}
+
+/// One connection attempt to `uri` (TCP, TLS, AMQP handshake), within `limit`.
+///
+/// lapin's own connect has no time limit (the URI's `connection_timeout` bounds only
+/// its blocking connect, not the async one), and its IO thread waits for the server's
+/// answer to the protocol header for ever. So the socket is opened here, a duplicate
+/// of it kept ([`Attempt`]), and an attempt that runs out of time is shut down: lapin's
+/// IO thread sees the socket close and ends, instead of one thread and one socket
+/// left behind per attempt on a server that never answers.
+///
+/// # Errors
+/// lapin's error, or an IO error (timed out) when `limit` passed.
+async fn connect_within(
+    uri: &str,
+    props: ConnectionProperties,
+    limit: Duration,
+) -> Result<Connection, lapin::Error> {
+    let parsed: AMQPUri = uri
+        .parse()
+        .map_err(|e: String| lapin::Error::from(std::io::Error::other(e)))?;
+    let runtime = lapin::runtime::default_runtime()?;
+    let attempt = Arc::new(Attempt::default());
+    let socket = attempt.clone();
+    // The closure inline: its argument types come from `runtime`'s, which gives the
+    // plain stream's type (a tokio socket).
+    let connecting = Connection::connector(
+        parsed,
+        runtime,
+        async move |uri: AMQPUri, runtime| {
+            if socket.given_up.load(Ordering::Acquire) {
+                return Err(timed_out(limit, "connecting"));
+            }
+            let host = uri.authority.host.clone();
+            let addrs: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), uri.authority.port))
+                    .await?
+                    .collect();
+            let stream = AsyncTcpStream::connect(&runtime, addrs).await?;
+            if let AsyncTcpStream::Plain(plain) = &stream {
+                socket.hold(plain.get_ref())?;
+            }
+            Ok(match uri.scheme {
+                AMQPScheme::AMQPS => {
+                    stream
+                        .into_tls(&host, OwnedTLSConfig::default().as_ref())
+                        .await?
+                }
+                AMQPScheme::AMQP => stream,
+            })
+        },
+        props,
+    );
+    match tokio::time::timeout(limit, connecting).await {
+        Ok(result) => {
+            attempt.settle();
+            result
+        }
+        Err(_) => {
+            attempt.give_up();
+            Err(timed_out(limit, "connecting"))
+        }
+    }
+}
+
+/// The socket of one connection attempt ([`connect_within`]): a duplicate of its
+/// descriptor, to shut the socket down if the attempt is given up.
+#[derive(Default)]
+struct Attempt {
+    socket: std::sync::Mutex<Option<std::net::TcpStream>>,
+    /// The attempt ran out of time: lapin's IO thread may not connect again.
+    given_up: AtomicBool,
+    /// The attempt finished: nothing more is kept.
+    settled: AtomicBool,
+}
+
+impl Attempt {
+    /// Keeps a duplicate of `stream`'s socket, unless the attempt finished; shuts it
+    /// down at once if the attempt was given up meanwhile.
+    fn hold(&self, stream: &tokio::net::TcpStream) -> std::io::Result<()> {
+        #[cfg(unix)]
+        {
+            use std::os::fd::AsFd;
+            let mut slot = self.socket.lock().unwrap_or_else(|e| e.into_inner());
+            if self.settled.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            let copy = std::net::TcpStream::from(stream.as_fd().try_clone_to_owned()?);
+            if self.given_up.load(Ordering::Acquire) {
+                let _ = copy.shutdown(std::net::Shutdown::Both);
+                return Err(std::io::ErrorKind::TimedOut.into());
+            }
+            *slot = Some(copy);
+        }
+        #[cfg(not(unix))]
+        let _ = stream;
+        Ok(())
+    }
+
+    /// The attempt finished (either way): the duplicate is let go.
+    fn settle(&self) {
+        self.settled.store(true, Ordering::Release);
+        self.socket.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// The attempt ran out of time: its socket is shut down, which ends lapin's IO
+    /// thread, and it may not connect again.
+    fn give_up(&self) {
+        self.given_up.store(true, Ordering::Release);
+        let held = self.socket.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(socket) = held {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
         }
     }
 }

@@ -90,6 +90,11 @@ pub struct Config {
     /// starts, for RabbitMQ starting beside it; 0 = fail at the first refusal. A refused
     /// login fails at once. Default: 30000.
     pub broker_start_wait_ms: u64,
+    /// How long one attempt to connect to one RabbitMQ URI may take (TCP, TLS, the AMQP
+    /// handshake, and opening the connection's channels); past it the URI counts as
+    /// unreachable and the next is tried. Bounds a reconnect too. At least 100.
+    /// Default: 10000.
+    pub amqp_connect_timeout_ms: u64,
     /// Message TTL of every `IN_<CHANNEL>` queue (`x-message-ttl`) in ms; 0 = none,
     /// at most 315360000000 (ten years, RabbitMQ's limit). Expired messages are
     /// dead-lettered to `warren.dead`. Default: 0.
@@ -639,6 +644,7 @@ impl Default for Config {
             max_pending_confirms: 1024,
             broker_wait_ms: 5_000,
             broker_start_wait_ms: 30_000,
+            amqp_connect_timeout_ms: 10_000,
             message_ttl_ms: 0,
             channel_options: std::collections::BTreeMap::new(),
             hello_timeout_ms: 10_000,
@@ -878,6 +884,15 @@ impl Config {
             return bad(
                 "broker_wait_ms must be at least 100 (shorter, even opening a channel \
                  on a healthy RabbitMQ would fail with broker_unavailable)"
+                    .into(),
+            );
+        }
+        // A RabbitMQ that takes the TCP connection and never answers held the
+        // gateway's start, or its reconnects, for good; the bound is a few round trips.
+        if self.amqp_connect_timeout_ms < 100 {
+            return bad(
+                "amqp_connect_timeout_ms must be at least 100 (shorter, even a healthy \
+                 RabbitMQ could not finish the handshake in time)"
                     .into(),
             );
         }
@@ -1291,6 +1306,7 @@ impl Config {
             max_pending_confirms,
             broker_wait_ms,
             broker_start_wait_ms,
+            amqp_connect_timeout_ms,
             message_ttl_ms,
             hello_timeout_ms,
             inbound_max_length,
@@ -1621,6 +1637,11 @@ pub struct Overrides {
     /// beside the gateway; 0 = fail at once [default: 30000].
     #[arg(long, env = "WARREN_BROKER_START_WAIT_MS", global = true)]
     pub broker_start_wait_ms: Option<u64>,
+    /// How long one connection attempt to one RabbitMQ URI may take (TCP, TLS, AMQP
+    /// handshake, channels) before the next URI is tried, in ms, at least 100
+    /// [default: 10000].
+    #[arg(long, env = "WARREN_AMQP_CONNECT_TIMEOUT_MS", global = true)]
+    pub amqp_connect_timeout_ms: Option<u64>,
     /// Message TTL of the IN_<CHANNEL> queues in ms, 0 = none, at most 315360000000
     /// (ten years, RabbitMQ's limit); per channel in the file's
     /// [channel_options.<name>] [default: 0].
@@ -2266,6 +2287,16 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("broker_wait_ms must be at least 100"), "{err}");
+        }
+        at("amqp_connect_timeout_ms = 100").unwrap();
+        for short in [0, 1, 99] {
+            let err = at(&format!("amqp_connect_timeout_ms = {short}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("amqp_connect_timeout_ms must be at least 100"),
+                "{err}"
+            );
         }
     }
 
