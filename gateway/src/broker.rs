@@ -15,7 +15,9 @@
 //!
 //! Every connection attempt (TCP, TLS, AMQP handshake and the connection's channels)
 //! is bounded by `amqp_connect_timeout_ms`: a RabbitMQ address that takes the TCP
-//! connection and never answers counts as unreachable, and the next URI is tried.
+//! connection and never answers counts as unreachable, and the next URI is tried. The
+//! supervisor runs until [`Broker::close`], so that connections lost while the
+//! gateway drains come back for what the drain still publishes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -857,12 +859,14 @@ impl Broker {
 
     /// The supervisor: re-establishes lost connections — woken by connection errors
     /// and callers that found a connection down, and every `period` anyway — and
-    /// re-declares the topology after each reconnect. Ends at shutdown.
-    pub async fn supervise(
-        self: Arc<Self>,
-        period: Duration,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
-    ) {
+    /// re-declares the topology after each reconnect. Ends when the broker is closed
+    /// ([`Broker::close`]), not at the start of shutdown: the drain still publishes
+    /// (pending confirms, presence events, the last announcement). `gateway` is the
+    /// gateway's shutdown flag: the flag set does not end the supervisor, its sender
+    /// gone (a gateway dropped without its shutdown, which never closes the broker)
+    /// does.
+    pub async fn supervise(self: Arc<Self>, period: Duration, mut gateway: watch::Receiver<bool>) {
+        let mut state = self.state_tx.subscribe();
         let mut failures: u32 = 0;
         loop {
             let pause = if failures == 0 {
@@ -873,7 +877,8 @@ impl Broker {
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 _ = self.kick.notified(), if failures == 0 => {}
-                _ = shutdown.wait_for(|s| *s) => return,
+                _ = state.wait_for(|s| *s == BrokerState::Closed) => return,
+                Err(_) = gateway.changed() => return,
             }
             if self.closed.load(Ordering::Acquire) {
                 return;

@@ -246,6 +246,8 @@ impl Gateway {
         });
         let announcer = tokio::spawn(server::announce(shared.clone(), listeners.clone()));
         tokio::spawn(server::report_undelivered(shared.clone(), addressed_rx));
+        // Runs until the broker is closed, at the end of the drain, which still
+        // publishes (pending confirms, presence events, the last announcement).
         tokio::spawn(
             shared
                 .broker

@@ -1,0 +1,72 @@
+//! A gateway that drains (graceful shutdown) still needs RabbitMQ: pending confirms,
+//! the presence events of its sessions, its last announcement. RabbitMQ connections
+//! lost during the drain are re-established, so what the drain publishes still goes
+//! out within the shutdown grace. The connections are closed from the broker side
+//! with `rabbitmqctl`; where that tool is not usable the test fails saying so
+//! (`WARREN_ALLOW_SKIP=1` skips it instead).
+
+use std::time::Duration;
+
+use warren_e2e::client::TestClient;
+use warren_e2e::env::{cannot_check, TestEnv};
+use warren_e2e::gateway::TestGateway;
+use warren_e2e::presence::{as_user, presence_config, Events};
+use warren_gateway::{NoServiceMode, RequestReplies};
+
+#[tokio::test]
+async fn connections_lost_while_the_gateway_drains_come_back_for_its_last_presence_events() {
+    let mut env = TestEnv::new("drain-broker-loss").await;
+    let gw = TestGateway::start_with(&env, |c| {
+        presence_config(c);
+        // The drain waits for the replies to requests in flight (up to the grace):
+        // it lasts while the connections are cut.
+        c.request_replies = RequestReplies::Direct;
+        c.no_service = NoServiceMode::Off;
+        c.shutdown_grace_ms = 4_000;
+    })
+    .await;
+    let node = gw.gateway().config().node.clone();
+    let mut events = Events::listen(&mut env).await;
+    let mut ada = TestClient::connect_with(&gw.url(), as_user("ada")).await;
+    let session = ada.session().to_string();
+    events
+        .wait_for("client.connected", &session, Duration::from_secs(5))
+        .await;
+    // A request nobody answers holds the drain; it begins, then RabbitMQ drops both
+    // of the gateway's connections.
+    ada.request("r", "chat", Some(5_000), serde_json::json!({}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let draining = tokio::spawn(gw.shutdown());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let closed = tokio::task::spawn_blocking(move || {
+        warren_e2e::rabbitmqctl::close_gateway_connections(&node)
+    })
+    .await
+    .unwrap();
+    match closed {
+        Err(why) => {
+            cannot_check(
+                "gateway_drain_broker_loss",
+                &format!("rabbitmqctl is not usable: {why}"),
+            );
+            ada.abort();
+            let _ = draining.await;
+            env.cleanup().await;
+            return;
+        }
+        Ok(n) => assert_eq!(n, 2, "one publishing and one consuming connection"),
+    }
+    // A lone gateway announces its sessions gone as it stops (`gateway_lost`): that
+    // publish comes after the connections were lost, and still arrives.
+    let (v, _) = events
+        .wait_for("client.disconnected", &session, Duration::from_secs(15))
+        .await;
+    assert_eq!(v["reason"], "gateway_lost", "{v}");
+    ada.abort();
+    tokio::time::timeout(Duration::from_secs(15), draining)
+        .await
+        .expect("the drain ends")
+        .unwrap();
+    env.cleanup().await;
+}
