@@ -153,7 +153,7 @@ pub struct Broker {
     closed: AtomicBool,
     /// Set while RabbitMQ blocks the publishing connection (resource alarm).
     blocked: AtomicBool,
-    /// The largest frame the last connection agreed on ([`Broker::frame_max`]).
+    /// The largest frame the publishing connection agreed on ([`Broker::frame_max`]).
     frame_max: std::sync::atomic::AtomicU32,
     next_publisher: AtomicUsize,
     next_consumer: AtomicUsize,
@@ -258,8 +258,12 @@ impl Broker {
                 Ok(conn) => {
                     tracing::info!(uri = %redact(uri), role, node = %self.node, "connected to RabbitMQ");
                     self.current_uri.store(index, Ordering::Release);
-                    self.frame_max
-                        .store(conn.configuration().frame_max(), Ordering::Release);
+                    // Publishes are checked against it, and they go out on the
+                    // publishing connection only.
+                    if role == PUBLISH {
+                        self.frame_max
+                            .store(conn.configuration().frame_max(), Ordering::Release);
+                    }
                     self.watch_events(&conn, role);
                     return Ok(conn);
                 }
@@ -564,8 +568,9 @@ impl Broker {
         Ok(())
     }
 
-    /// The largest frame RabbitMQ takes on the last connection made (0 before the
-    /// first): a publish's content header (its properties) must fit in one.
+    /// The largest frame RabbitMQ takes on the publishing connection (0 before the
+    /// first), where every publish goes: a publish's content header (its properties)
+    /// must fit in one.
     pub fn frame_max(&self) -> u32 {
         self.frame_max.load(Ordering::Acquire)
     }
