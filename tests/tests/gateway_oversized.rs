@@ -95,10 +95,10 @@ async fn a_client_publish_with_headers_larger_than_a_frame_is_refused_too_large_
     .await;
 }
 
-/// `POST /request` goes out on the gateway's consume connection (direct reply-to),
-/// the one that carries the hubs' stream readers: a request RabbitMQ cannot take in
-/// one frame would close it and stop every client's deliveries. It is refused 413
-/// like the other writes, and deliveries go on.
+/// `POST /request` goes out on a channel of the gateway's publishing connection
+/// (direct reply-to): a request RabbitMQ cannot take in one frame would close that
+/// connection and fail every client's writes in flight. It is refused 413 like the
+/// other writes, and publishing and deliveries go on.
 #[tokio::test]
 async fn an_http_request_with_headers_larger_than_a_frame_is_refused_413_and_deliveries_go_on() {
     TestEnv::run("oversized-request", LIMIT, async |env| {
@@ -122,7 +122,7 @@ async fn an_http_request_with_headers_larger_than_a_frame_is_refused_413_and_del
         .await;
         assert_eq!(status, 413, "{answer}");
         assert_eq!(answer["code"], "too_large", "{answer}");
-        // The consume connection is intact: a broadcast still reaches alice.
+        // Both connections are intact: a broadcast is published and reaches alice.
         let body = json!({"channel": "chat", "id": "after", "broadcast": true, "message": 2});
         let (status, answer) =
             http_post(addr, "/publish", Some(KEY), body.to_string().as_bytes()).await;
