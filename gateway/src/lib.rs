@@ -96,6 +96,9 @@ pub struct Gateway {
     http_api: Option<SocketAddr>,
     admin: Option<SocketAddr>,
     servers: Vec<JoinHandle<()>>,
+    /// The admin listener's server and what stops it: it serves through the drain
+    /// (`/healthz` answers 503 `draining`, `/metrics` can be scraped) and stops last.
+    admin_server: Option<(watch::Sender<bool>, JoinHandle<()>)>,
     announcer: JoinHandle<()>,
 }
 
@@ -211,7 +214,7 @@ impl Gateway {
         let mut listeners = Vec::new();
         for (listener, addr, channel) in bound {
             let app = server::router(shared.clone(), channel.clone());
-            servers.push(serve(&shared, listener, addr, app));
+            servers.push(serve(&shared, shared.shutdown.clone(), listener, addr, app));
             tracing::info!(%addr, channel = channel.as_deref().unwrap_or("*"), node = %shared.config.node, "listening");
             listeners.push((addr, channel));
         }
@@ -219,6 +222,7 @@ impl Gateway {
             Some((listener, addr)) => {
                 servers.push(serve(
                     &shared,
+                    shared.shutdown.clone(),
                     listener,
                     addr,
                     http_api::own_router(shared.clone()),
@@ -234,13 +238,17 @@ impl Gateway {
         if let Some(addr) = http_api {
             tracing::info!(%addr, "HTTP API listening");
         }
+        let mut admin_server = None;
         let admin = admin_listener.map(|(listener, addr)| {
-            servers.push(serve(
+            let (stop, stopped) = watch::channel(false);
+            let server = serve(
                 &shared,
+                stopped,
                 listener,
                 addr,
                 server::admin_router(shared.clone()),
-            ));
+            );
+            admin_server = Some((stop, server));
             tracing::info!(%addr, "admin listener (/healthz, /metrics, /services)");
             addr
         });
@@ -261,6 +269,7 @@ impl Gateway {
             http_api,
             admin,
             servers,
+            admin_server,
             announcer,
         })
     }
@@ -341,19 +350,23 @@ impl Gateway {
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Some((stop, server)) = self.admin_server {
+            let _ = stop.send(true);
+            let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+        }
         self.shared.broker.close().await;
         tracing::info!(node = %self.shared.config.node, "stopped");
     }
 }
 
-/// Serves `app` on `listener` (with the header deadline) until shutdown.
+/// Serves `app` on `listener` (with the header deadline) until `stop` turns true.
 fn serve(
     shared: &Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
     app: axum::Router,
 ) -> JoinHandle<()> {
-    let mut stop = shared.shutdown.clone();
     let header_timeout = Duration::from_millis(shared.config.header_read_timeout_ms);
     // A hello (or a POC client's first packet) is one frame: at most max_frame_bytes,
     // plus room for WebSocket framing, before the session opens.

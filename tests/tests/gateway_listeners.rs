@@ -474,6 +474,51 @@ async fn with_an_admin_listener_metrics_and_health_move_off_the_websocket_listen
     env.cleanup().await;
 }
 
+/// Through a drain the WebSocket listeners stop accepting, but the admin listener
+/// serves on until the drain ends: `/healthz` says `draining` (a load balancer's check
+/// sees why), `/metrics` can be scraped.
+#[tokio::test]
+async fn the_admin_listener_answers_draining_through_the_drain() {
+    let env = TestEnv::new("admin-drain").await;
+    let gw = TestGateway::start_with(&env, |c| {
+        c.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.shutdown_grace_ms = 3_000;
+    })
+    .await;
+    let admin = gw.gateway().admin_addr().expect("an admin listener");
+    let ws = gw.health_addr();
+    // A client that stays keeps the drain open for its grace.
+    let mut c = TestClient::connect(&gw.url()).await;
+    c.publish("ok", "chat", json!(1)).await;
+    c.expect_ack("ok").await;
+    let drain = tokio::spawn(gw.shutdown());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!drain.is_finished(), "the drain waits for the client");
+    assert!(
+        tokio::net::TcpStream::connect(admin).await.is_ok(),
+        "the admin listener accepts during the drain"
+    );
+    let (status, _, body) = http_get_with(admin, "/healthz", &[]).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"draining\""), "{body}");
+    let (status, _, _) = http_get_with(admin, "/metrics", &[]).await;
+    assert_eq!(status, 200, "metrics during the drain");
+    assert!(
+        tokio::net::TcpStream::connect(ws).await.is_err(),
+        "the WebSocket listener stopped accepting"
+    );
+    tokio::time::timeout(Duration::from_secs(15), drain)
+        .await
+        .expect("the drain ends")
+        .expect("shutdown");
+    assert!(
+        tokio::net::TcpStream::connect(admin).await.is_err(),
+        "the admin listener stops once the drain is over"
+    );
+    drop(c);
+    env.cleanup().await;
+}
+
 #[tokio::test]
 async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     let env = TestEnv::new("slowloris").await;
