@@ -304,7 +304,7 @@ impl Verifier {
         if config.mode == AuthMode::Jwt {
             v.keys = load_keys(&config.jwt)?;
             if let Some(url) = &config.jwt.jwks_url {
-                check_jwks_url(url)?;
+                check_jwks_url(url, config.jwt.jwks_allow_http)?;
                 v.remote = Some(Arc::new(RemoteJwks {
                     url: url.clone(),
                     allowed: allowed_algorithms(&config.jwt)?,
@@ -707,9 +707,10 @@ fn jwks_keys(text: &[u8], allowed: &[Algorithm]) -> Result<Vec<Key>, String> {
 }
 
 /// Refuses a `jwks_url` that is not `https://`, unless its host is loopback
-/// (`127.0.0.1`, `::1`, `localhost`): over plain HTTP anyone on the path could serve
-/// the keys, and so sign tokens the gateway accepts.
-fn check_jwks_url(url: &str) -> Result<(), GatewayError> {
+/// (`127.0.0.1`, `::1`, `localhost`) or `allow_http` (`auth.jwt.jwks_allow_http`, with
+/// a warning): over plain HTTP anyone on the path could serve the keys, and so sign
+/// tokens the gateway accepts.
+fn check_jwks_url(url: &str, allow_http: bool) -> Result<(), GatewayError> {
     let bad = |why: &str| GatewayError::Config(format!("auth.jwt.jwks_url `{url}` {why}"));
     let uri: axum::http::Uri = url
         .parse()
@@ -729,9 +730,14 @@ fn check_jwks_url(url: &str) -> Result<(), GatewayError> {
         {
             Ok(())
         }
+        Some("http") if allow_http => {
+            tracing::warn!(url, "auth.jwt.jwks_url is plain http:// (jwks_allow_http): anyone on the path to it could replace the issuer's keys and sign tokens this gateway accepts");
+            Ok(())
+        }
         Some("http") => Err(bad(
             "must be https:// (plain http:// only to a loopback host: 127.0.0.1, ::1, \
-             localhost): over http anyone on the path could replace the issuer's keys",
+             localhost, or with auth.jwt.jwks_allow_http = true): over http anyone on the \
+             path could replace the issuer's keys",
         )),
         _ => Err(bad("must be an https:// URL")),
     }
@@ -1455,6 +1461,17 @@ mod tests {
         ] {
             at(url).unwrap_or_else(|e| panic!("{url}: {e}"));
         }
+        // Allowed on purpose (an issuer on a private network without TLS): plain http
+        // anywhere, but still only http or https.
+        let allowed = |url: &str| {
+            let mut config = jwt_config();
+            config.jwt.jwks_url = Some(url.into());
+            config.jwt.jwks_allow_http = true;
+            Verifier::from_config(&config)
+        };
+        allowed("http://keycloak.internal:8080/certs").expect("allowed by jwks_allow_http");
+        let e = allowed("ftp://issuer.example/jwks.json").expect_err("ftp");
+        assert!(e.to_string().contains("must be an https:// URL"), "{e}");
     }
 
     #[tokio::test]

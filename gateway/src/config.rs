@@ -548,6 +548,11 @@ pub struct JwtConfig {
     /// within about this time, or `jwks_refresh_min_s` if that is longer.
     /// Default: 300.
     pub jwks_max_age_s: u64,
+    /// Allow a plain `http://` `jwks_url` to a host that is not loopback (an issuer
+    /// inside a private network without TLS): anyone on the path could then replace
+    /// the keys, and so sign tokens the gateway accepts. Logged as a warning at start.
+    /// Default: false.
+    pub jwks_allow_http: bool,
     /// Required `iss`, if set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
@@ -569,6 +574,7 @@ impl Default for JwtConfig {
             jwks_url: None,
             jwks_refresh_min_s: 60,
             jwks_max_age_s: 300,
+            jwks_allow_http: false,
             issuer: None,
             audience: None,
             leeway_s: 30,
