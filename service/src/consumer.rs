@@ -697,17 +697,22 @@ async fn handle<H: Handler>(
                 } else if let (Some(id), true) = (&id, rememberable) {
                     // The handler ran: keep its answer, so the redelivered message
                     // re-sends it instead of running the handler a second time (or
-                    // runs it again, should the answer be pushed out over the reply
-                    // budget before that). Not a failed attempt: the handler is not
-                    // run again.
-                    warn!(error = %e, "reply failed; handing the message back (its answer is kept)");
-                    shared.window.lock().expect("window lock").finish_unsent(
+                    // runs it again, a failed attempt counted, should the answer be
+                    // pushed out over the reply budget before that). Not a failed
+                    // attempt: the handler is not run again.
+                    let kept = shared.window.lock().expect("window lock").finish_unsent(
                         id,
                         RememberedReply { message_id, answer },
                         Instant::now(),
                     );
-                    nack(acker).await;
-                    return;
+                    if kept {
+                        warn!(error = %e, "reply failed; handing the message back (its answer is kept)");
+                        nack(acker).await;
+                        return;
+                    }
+                    // Larger than the whole reply budget with its headers and id:
+                    // nothing keeps it, as below.
+                    e
                 } else {
                     // Nothing keeps the answer (too large to remember, or no
                     // `message_id`): the handler runs again when it comes back.

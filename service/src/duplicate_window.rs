@@ -174,8 +174,12 @@ impl DuplicateWindow {
     /// Records that `id` was handled but its `reply` could not be published yet (the
     /// delivery is handed back): the next copy re-sends it ([`Seen::Done`]) and then
     /// calls [`DuplicateWindow::sent`]. Pushed out over the reply budget before that, the
-    /// id counts as failed, not handled: the next copy calls the handler again.
-    pub fn finish_unsent(&mut self, id: &str, reply: RememberedReply, now: Instant) {
+    /// id counts as failed (one more failure), not handled: the next copy calls the
+    /// handler again. Returns whether the reply is kept: not when it alone, as the
+    /// window counts it (body, headers, `message_id`), takes more than the whole
+    /// budget; then nothing changes, and the caller counts a failed attempt.
+    #[must_use]
+    pub fn finish_unsent(&mut self, id: &str, reply: RememberedReply, now: Instant) -> bool {
         let failures = match self.entries.get(id) {
             Some(Entry {
                 state: State::InFlight { failures } | State::Failed { failures },
@@ -183,8 +187,13 @@ impl DuplicateWindow {
             }) => *failures,
             _ => 0,
         };
-        self.insert(id, State::Unsent { reply, failures }, now);
+        let unsent = State::Unsent { reply, failures };
+        if reply_size(&unsent) > self.reply_budget {
+            return false;
+        }
+        self.insert(id, unsent, now);
         self.evict(now);
+        true
     }
 
     /// Records that the reply kept unsent for `id` ([`DuplicateWindow::finish_unsent`])
@@ -289,8 +298,13 @@ impl DuplicateWindow {
                     self.reply_bytes -= reply_size(&entry.state);
                     entry.state = match entry.state {
                         // Never sent: acknowledging its copy unanswered would leave the
-                        // requester without a reply for good; it is handled again.
-                        State::Unsent { failures, .. } => State::Failed { failures },
+                        // requester without a reply for good; it is handled again, and
+                        // its failed reply counts as a failed attempt (towards
+                        // `max_attempts`: a reply that never goes out ends in
+                        // `warren.dead`, not in a loop).
+                        State::Unsent { failures, .. } => State::Failed {
+                            failures: failures.saturating_add(1),
+                        },
                         _ => State::Done(None),
                     };
                 }
@@ -494,15 +508,19 @@ mod tests {
         let mut w = DuplicateWindow::new(Duration::from_secs(60), 100).with_reply_budget(15);
         let t = Instant::now();
         w.begin("a", t);
-        w.finish_unsent("a", reply("12345678"), t);
+        assert!(w.finish_unsent("a", reply("12345678"), t));
         assert_eq!(w.begin("a", t), Seen::Done(Some(reply("12345678"))));
         w.begin("b", t);
         w.finish("b", Some(reply("12345678")), t);
         assert_eq!(w.reply_bytes(), 10);
-        assert_eq!(w.begin("a", t), Seen::New { failures: 0 }, "handled again");
+        assert_eq!(
+            w.begin("a", t),
+            Seen::New { failures: 1 },
+            "handled again, its failed reply counted"
+        );
         // Sent before it was pushed out: remembered as any sent reply.
         w.begin("c", t);
-        w.finish_unsent("c", reply("12345678"), t);
+        assert!(w.finish_unsent("c", reply("12345678"), t));
         w.sent("c");
         assert_eq!(w.begin("c", t), Seen::Done(Some(reply("12345678"))));
         w.begin("d", t);
@@ -511,10 +529,18 @@ mod tests {
         // Failures counted before are kept.
         w.begin("e", t);
         assert_eq!(w.fail_held("e", t), 1);
-        w.finish_unsent("e", reply("12345678"), t);
+        assert!(w.finish_unsent("e", reply("12345678"), t));
         w.begin("f", t);
         w.finish("f", Some(reply("12345678")), t);
-        assert_eq!(w.begin("e", t), Seen::New { failures: 1 });
+        assert_eq!(w.begin("e", t), Seen::New { failures: 2 });
+        // A reply larger than the whole budget as the window counts it (its 2 bytes of
+        // message_id too) is not kept, and nothing changes: the caller counts a
+        // failed attempt.
+        w.begin("g", t);
+        assert!(!w.finish_unsent("g", reply("1234567890123456"), t));
+        assert_eq!(w.fail_held("g", t), 1);
+        w.release("g");
+        assert_eq!(w.begin("g", t), Seen::New { failures: 1 });
     }
 
     #[test]
