@@ -301,7 +301,7 @@ impl Broker {
                     }
                     Event::Error(e) => {
                         tracing::warn!(role, node = %broker.node, error = %e, "AMQP connection failed");
-                        broker.state_tx.send_replace(BrokerState::Disconnected);
+                        broker.set_state(BrokerState::Disconnected);
                         broker.kick.notify_one();
                     }
                     Event::ConnectionBlocked(reason) if role == PUBLISH => {
@@ -484,11 +484,7 @@ impl Broker {
                     return Ok(guard);
                 }
             }
-            self.state_tx.send_if_modified(|s| {
-                let changed = *s == BrokerState::Connected;
-                *s = BrokerState::Disconnected;
-                changed
-            });
+            self.set_state(BrokerState::Disconnected);
             self.kick.notify_one();
             state.borrow_and_update();
             let woke = tokio::time::timeout_at(deadline, state.changed()).await;
@@ -904,16 +900,12 @@ impl Broker {
                         }
                         Ok(Ok(())) => {}
                     }
-                    self.state_tx.send_replace(BrokerState::Connected);
+                    self.set_state(BrokerState::Connected);
                     tracing::info!(node = %self.node, "RabbitMQ connections re-established");
                 }
                 Ok(false) => {
                     failures = 0;
-                    self.state_tx.send_if_modified(|s| {
-                        let changed = *s != BrokerState::Connected;
-                        *s = BrokerState::Connected;
-                        changed
-                    });
+                    self.set_state(BrokerState::Connected);
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
@@ -940,7 +932,7 @@ impl Broker {
         if publish_ok && consume_ok {
             return Ok(false);
         }
-        self.state_tx.send_replace(BrokerState::Disconnected);
+        self.set_state(BrokerState::Disconnected);
         let publishing = if publish_ok {
             None
         } else {
@@ -981,6 +973,20 @@ impl Broker {
             self.blocked.store(false, Ordering::Release);
         }
         Ok(true)
+    }
+
+    /// Moves the state to `new`, telling its watchers when it changed, unless the
+    /// broker was closed: it stays [`BrokerState::Closed`] (the supervisor runs through
+    /// the drain, and a reconnect finishing after [`Broker::close`], or a connection's
+    /// error as it closes, said `Connected` or `Disconnected` with no links).
+    fn set_state(&self, new: BrokerState) {
+        self.state_tx.send_if_modified(|s| {
+            if *s == BrokerState::Closed || *s == new {
+                return false;
+            }
+            *s = new;
+            true
+        });
     }
 
     /// Closes both connections (after the connections' own cleanup), together and
