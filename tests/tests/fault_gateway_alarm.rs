@@ -90,6 +90,7 @@ async fn run() {
         .request("rq-before", "echo", Some(10_000), json!({"n": 0}))
         .await;
     asker.expect_reply("rq-before").await;
+    let mut short = TestClient::connect(&gw.url()).await;
     // A session that goes away before 20 broadcasts: its resume reads them from the
     // stream (more than the gateway keeps in memory).
     let late = TestClient::connect(&gw.url()).await;
@@ -111,6 +112,15 @@ async fn run() {
     asker
         .request("rq-during", "echo", Some(60_000), json!({"n": 1}))
         .await;
+    // And one whose timeout (3 s) runs out while the alarm lasts: `timeout`, not a
+    // refusal, as its reply may still come.
+    short
+        .request("rq-short", "echo", Some(3_000), json!({"n": 3}))
+        .await;
+    let timed_out = tokio::spawn(async move {
+        let answer = short.recv_within(Duration::from_secs(20)).await;
+        (answer, Instant::now())
+    });
     // Read (answering the gateway's pings) until its answer, and a little after.
     let answered = tokio::spawn(async move {
         let answer = asker.recv_within(Duration::from_secs(60)).await;
@@ -217,6 +227,21 @@ async fn run() {
     println!(
         "fault_gateway_alarm: accepted again {:?} after the alarm cleared",
         cleared.elapsed()
+    );
+    // The request whose timeout ran out during the alarm: told `timeout` once it did.
+    let (short_answer, short_at) = timed_out.await.expect("the reading task");
+    println!(
+        "fault_gateway_alarm: a request with a 3 s timeout during the alarm: after {:?}: {short_answer:?}",
+        short_at.duration_since(alarm)
+    );
+    assert!(
+        matches!(&short_answer, Some(ServerFrame::Error(e))
+            if e.code == ErrorCode::Timeout && e.id.as_deref() == Some("rq-short")),
+        "a request whose timeout runs out during the alarm gets timeout: {short_answer:?}"
+    );
+    assert!(
+        short_at.duration_since(alarm) < Duration::from_secs(10),
+        "told when its timeout ran out, not when the alarm cleared"
     );
     // The request made as the alarm started: answered by its reply, and nothing else.
     let (answer, at, extra) = tokio::time::timeout(Duration::from_secs(30), answered)
