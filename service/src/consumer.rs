@@ -328,6 +328,27 @@ struct Ledger {
     given_up: bool,
 }
 
+impl Ledger {
+    /// A handler of the run takes `permit`: its slot, counted here.
+    fn take(ledger: &Arc<Mutex<Ledger>>, permit: OwnedSemaphorePermit) -> Slot {
+        ledger.lock().unwrap_or_else(|e| e.into_inner()).held += 1;
+        Slot {
+            permit: Some(permit),
+            ledger: ledger.clone(),
+        }
+    }
+
+    /// The run's handlers no longer count against the prefetch: the slots they hold
+    /// are added back to `semaphore` at once, and forgotten as they end. Returns how
+    /// many were.
+    fn give_up(ledger: &Mutex<Ledger>, semaphore: &Semaphore) -> usize {
+        let mut ledger = ledger.lock().unwrap_or_else(|e| e.into_inner());
+        ledger.given_up = true;
+        semaphore.add_permits(ledger.held);
+        ledger.held
+    }
+}
+
 /// One handler's slot: released when its handling ends, or forgotten then when its
 /// run's slots were given up (they were added back to the consumer's slots already).
 struct Slot {
@@ -384,11 +405,7 @@ pub(crate) async fn run<H: Handler>(
         match next {
             Some(Ok(delivery)) => {
                 let shared = shared.clone();
-                ledger.lock().unwrap_or_else(|e| e.into_inner()).held += 1;
-                let slot = Slot {
-                    permit: Some(permit),
-                    ledger: ledger.clone(),
-                };
+                let slot = Ledger::take(&ledger, permit);
                 tasks.spawn(process(shared, delivery, slot));
             }
             Some(Err(e)) => {
@@ -447,13 +464,9 @@ pub(crate) async fn run<H: Handler>(
                 _ = &mut finish => return,
                 _ = tokio::time::sleep(LOST_HANDLERS_WAIT) => {}
             }
-            {
-                let mut ledger = ledger.lock().unwrap_or_else(|e| e.into_inner());
-                ledger.given_up = true;
-                if ledger.held > 0 {
-                    warn!(queue = %queue, handlers = ledger.held, waited_s = LOST_HANDLERS_WAIT.as_secs(), "handlers of a lost consumer still running; no longer counted against the prefetch");
-                    permits.add_permits(ledger.held);
-                }
+            let held = Ledger::give_up(&ledger, &permits);
+            if held > 0 {
+                warn!(queue = %queue, handlers = held, waited_s = LOST_HANDLERS_WAIT.as_secs(), "handlers of a lost consumer still running; no longer counted against the prefetch");
             }
             finish.await;
         });
@@ -1000,11 +1013,7 @@ mod tests {
         let ledger = Arc::new(Mutex::new(Ledger::default()));
         let take = || {
             let permit = slots.semaphore.clone().try_acquire_owned().expect("a slot");
-            ledger.lock().unwrap().held += 1;
-            Slot {
-                permit: Some(permit),
-                ledger: ledger.clone(),
-            }
+            Ledger::take(&ledger, permit)
         };
         let (first, second) = (take(), take());
         assert_eq!(slots.semaphore.available_permits(), 0);
@@ -1014,11 +1023,11 @@ mod tests {
             1,
             "released as it ends"
         );
-        {
-            let mut ledger = ledger.lock().unwrap();
-            ledger.given_up = true;
-            slots.semaphore.add_permits(ledger.held);
-        }
+        assert_eq!(
+            Ledger::give_up(&ledger, &slots.semaphore),
+            1,
+            "one still held"
+        );
         assert_eq!(
             slots.semaphore.available_permits(),
             2,
