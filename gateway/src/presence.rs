@@ -143,8 +143,8 @@ pub struct PresenceView {
     away_with_node: HashMap<String, Instant>,
     peers: HashMap<String, Peer>,
     /// The last resync request ([`PresenceView::asking`]): its id and the sessions
-    /// the view held when it was made.
-    asked: Option<(u64, HashSet<String>)>,
+    /// the view held when it was made, each with the node it held it on then.
+    asked: Option<(u64, HashMap<String, String>)>,
     /// Sessions announced gone recently, until when they are remembered
     /// ([`TOMBSTONE_MARGIN`]), and the same oldest first (at most
     /// [`TOMBSTONES_MAX`]): a peer's snapshot taken before it heard the leave does not
@@ -615,16 +615,78 @@ impl PresenceView {
     /// peer's [`PresenceView::answer`] to it is the truth about the sessions that peer
     /// holds.
     pub fn asking(&mut self, id: u64) {
-        self.asked = Some((id, self.sessions.keys().cloned().collect()));
+        let known = self
+            .sessions
+            .iter()
+            .map(|(s, h)| (s.clone(), h.node.clone()))
+            .collect();
+        self.asked = Some((id, known));
+    }
+
+    /// The sessions this view saw announced gone that a gateway asking for a resync
+    /// may still hold ([`PresenceView::told_gone`]): those announced gone within the
+    /// grace period and [`TOMBSTONE_MARGIN`], and those announced `gateway_lost` that
+    /// have not connected again since (at most [`TOMBSTONES_MAX`] each), sorted.
+    pub fn tombstones(&self, now: Instant) -> Vec<String> {
+        let recent = self
+            .gone
+            .iter()
+            .filter(|(_, until)| **until > now)
+            .map(|(s, _)| s);
+        let sessions: BTreeSet<&String> = recent.chain(self.lost.keys()).collect();
+        sessions.into_iter().cloned().collect()
+    }
+
+    /// Peer's [`PresenceView::tombstones`], answering request `asked`
+    /// ([`PresenceView::asking`]), taken in at `now` before its snapshot
+    /// ([`PresenceView::answer`]): the sessions this view held for a peer when it asked,
+    /// and still holds there, that the peer saw announced gone are gone (their
+    /// `client.disconnected` went out while this gateway was not listening). An answer
+    /// only removes those it gives to the answering peer: without this, a dead
+    /// gateway's session whose `gateway_lost` went out meanwhile stayed here — its
+    /// user online, listed by `GET /presence` — and once this gateway judged that
+    /// gateway dead, being the smallest live node, it published `gateway_lost` a second
+    /// time. This gateway's own sessions are its own to know (`lost`, in
+    /// [`PresenceView::answer`]); one it learnt of after asking is kept.
+    pub fn told_gone(&mut self, asked: u64, gone: &[String], now: Instant) {
+        let Some((id, known)) = &self.asked else {
+            return;
+        };
+        if *id != asked {
+            return;
+        }
+        let gone: Vec<String> = gone
+            .iter()
+            .filter(|s| {
+                let then = known.get(*s);
+                self.sessions
+                    .get(*s)
+                    .is_some_and(|h| h.node != self.me && then == Some(&h.node))
+            })
+            .cloned()
+            .collect();
+        for session in gone {
+            self.sessions.remove(&session);
+            self.away.remove(&session);
+            self.away_with_node.remove(&session);
+            self.bury(&session, now);
+        }
     }
 
     /// Peer `from`'s view, answering request `asked` ([`PresenceView::asking`]), taken
     /// in at `now`: the sessions this view held when it asked that the view gives to
     /// `from` and `from` no longer knows are gone (their `client.disconnected` went
     /// out while this gateway was not listening); the sessions it does not know are
-    /// added ([`PresenceView::merge`]). A session learnt after the request is kept: the
-    /// answer may be older than its `client.connected`. This gateway's own sessions
-    /// are its own to know: what the peer says of them is ignored, except `lost`
+    /// added ([`PresenceView::merge`]; those the peer saw announced gone are taken out
+    /// first, [`PresenceView::told_gone`]). A session it held when it asked that the
+    /// answer gives to another node was resumed there meanwhile (its takeover went out
+    /// while this gateway was not listening): it takes that node, and the keys and
+    /// channel the answer gives it, as what this view knew is older than the outage
+    /// (left on the node it had left, a live session was announced `gateway_lost`
+    /// when that node died). A session learnt after the request is kept, and so is one that moved
+    /// since: the answer may be older than its `client.connected` or its takeover; nor
+    /// is one taken back to a node it was resumed away from. This gateway's own
+    /// sessions are its own to know: what the peer says of them is ignored, except `lost`
     /// ([`PresenceView::lost_of`]): those of them announced `gateway_lost` while this
     /// gateway was cut off (its peers counted it dead) and not connected again since.
     /// Returns the events to publish for them: `client.connected` (and
@@ -665,11 +727,35 @@ impl PresenceView {
             if *id == asked {
                 let listed: HashSet<&str> = snapshot.iter().map(|e| e.session.as_str()).collect();
                 let gone: Vec<String> = known
-                    .iter()
+                    .keys()
                     .filter(|s| !listed.contains(s.as_str()))
                     .filter(|s| self.sessions.get(*s).is_some_and(|h| h.node == from))
                     .cloned()
                     .collect();
+                for e in &snapshot {
+                    let Some(h) = self.sessions.get_mut(&e.session) else {
+                        continue;
+                    };
+                    let then = known.get(&e.session);
+                    if h.node == e.node
+                        || h.node == self.me
+                        || then != Some(&h.node)
+                        || h.left.contains(&e.node)
+                    {
+                        continue;
+                    }
+                    h.moved_to(&e.node);
+                    h.user.clone_from(&e.user);
+                    h.channel.clone_from(&e.channel);
+                    h.keys = e.keys.iter().flatten().cloned().collect();
+                    h.tenant.clone_from(&e.tenant);
+                    self.away_with_node.remove(&e.session);
+                    if e.reason.as_deref() == Some(AWAY) {
+                        self.away.insert(e.session.clone(), now + self.grace);
+                    } else {
+                        self.away.remove(&e.session);
+                    }
+                }
                 for session in gone {
                     self.sessions.remove(&session);
                     self.away.remove(&session);
@@ -2060,5 +2146,117 @@ mod tests {
         assert_eq!(a.lost_of("n"), ["s3"], "the same process: kept");
         a.on_gateway("n", "2", true, period, back);
         assert!(a.lost_of("n").is_empty());
+    }
+
+    #[test]
+    fn a_dead_peers_session_announced_gone_while_this_gateway_was_cut_off_is_not_announced_again() {
+        // a < b < d; d holds s1. a's broker link is down while d dies: b, elected (a
+        // looks dead to it), announces s1 gateway_lost, which a never hears.
+        let t0 = Instant::now();
+        let period = Duration::from_millis(100);
+        let mut a = PresenceView::new("a", GRACE);
+        let mut b = PresenceView::new("b", GRACE);
+        a.on_gateway("b", "1", true, period, t0);
+        a.on_gateway("d", "1", true, period, t0);
+        b.on_gateway("d", "1", true, period, t0);
+        a.on_event(connected("s1", "ada", "d"), t0);
+        b.on_event(connected("s1", "ada", "d"), t0);
+        let mut now = t0;
+        let mut from_b = Vec::new();
+        while now < t0 + period * 9 + GRACE {
+            now += period;
+            a.deaf(now);
+            assert!(a.due(now).is_empty(), "a hears nothing");
+            from_b.extend(b.due(now));
+        }
+        assert_eq!(from_b.len(), 1, "{from_b:?}");
+        assert_eq!((from_b[0].0.as_str(), from_b[0].2), ("s1", "gateway_lost"));
+        // a is back and resyncs: b no longer lists s1, and says it saw it gone.
+        a.asking(1);
+        a.told_gone(1, &b.tombstones(now), now);
+        a.answer("b", 1, b.snapshot(), &b.lost_of("a"), now, true);
+        assert!(!a.user_online("ada", None), "s1 is gone");
+        assert!(a.online(None, None, None).is_empty());
+        // b announcing, d silent: a, the smallest live node, publishes nothing for s1.
+        let back = now;
+        while now < back + period * 3 + GRACE * 2 {
+            now += period;
+            a.on_gateway("b", "1", true, period, now);
+            assert!(a.due(now).is_empty(), "s1's leave went out already");
+            assert!(!a.user_online("ada", None));
+        }
+        // A gateway_lost that is no longer recent enough to be remembered gone is
+        // still told: it has not connected again since.
+        assert_eq!(b.tombstones(now + GRACE * 10), ["s1"]);
+    }
+
+    #[test]
+    fn a_session_resumed_elsewhere_while_this_gateway_was_cut_off_is_not_announced_lost_with_its_old_gateway(
+    ) {
+        // a < b < c < d; d holds s1. a's broker link is down while s1 is resumed on c
+        // (its takeover never reaches a) and d dies.
+        let t0 = Instant::now();
+        let period = Duration::from_millis(100);
+        let mut a = PresenceView::new("a", GRACE);
+        let mut b = PresenceView::new("b", GRACE);
+        let mut c = PresenceView::new("c", GRACE);
+        for v in [&mut a, &mut b, &mut c] {
+            for n in ["b", "c", "d"] {
+                v.on_gateway(n, "1", true, period, t0);
+            }
+            v.on_event(connected("s1", "ada", "d"), t0);
+        }
+        assert!(!c.opened("s1", "ada", Some("chat"), None), "a resume");
+        assert!(c.subscriptions("s1", ["chat.all".to_string()].into()));
+        for v in [&mut b, &mut c] {
+            v.taken_over("s1", "c");
+            v.on_event(
+                PresenceEvent {
+                    event: "client.subscriptions".into(),
+                    keys: Some(vec!["chat.all".into()]),
+                    ..connected("s1", "ada", "c")
+                },
+                t0,
+            );
+        }
+        let mut now = t0;
+        while now < t0 + period * 9 + GRACE {
+            now += period;
+            a.deaf(now);
+            assert!(a.due(now).is_empty(), "a hears nothing");
+            for v in [&mut b, &mut c] {
+                for n in ["b", "c"] {
+                    v.on_gateway(n, "1", true, period, now);
+                }
+                assert!(v.due(now).is_empty(), "s1 lives on c");
+            }
+        }
+        // a is back and resyncs: b and c give s1 to c.
+        a.asking(1);
+        for (from, v) in [("b", &b), ("c", &c)] {
+            a.told_gone(1, &v.tombstones(now), now);
+            a.answer(from, 1, v.snapshot(), &v.lost_of("a"), now, true);
+        }
+        let online = a.online(Some("chat"), None, None);
+        assert_eq!(online.len(), 1, "{online:?}");
+        assert_eq!(
+            (online[0].session.as_str(), online[0].node.as_str()),
+            ("s1", "c")
+        );
+        // b and c announcing, d silent: nobody's session is lost.
+        let back = now;
+        while now < back + period * 3 + GRACE * 2 {
+            now += period;
+            for n in ["b", "c"] {
+                a.on_gateway(n, "1", true, period, now);
+            }
+            assert!(a.due(now).is_empty(), "s1 lives on c");
+            assert!(a.user_online("ada", None));
+        }
+        // An answer older than what this gateway learnt since does not move it back.
+        a.asking(2);
+        a.taken_over("s1", "b");
+        a.answer("c", 2, c.snapshot(), &[], now, true);
+        assert_eq!(a.online(None, None, None)[0].node, "b");
     }
 }

@@ -1319,6 +1319,11 @@ pub(crate) enum PresenceSync {
         /// ([`crate::presence::PresenceView::lost_of`]).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         lost: Vec<String>,
+        /// In a resync's answer, the sessions the answering gateway saw announced gone
+        /// recently ([`crate::presence::PresenceView::tombstones`]): the asker forgets
+        /// those it still holds for another node. Absent from older gateways' answers.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        gone: Vec<String>,
     },
 }
 
@@ -1394,10 +1399,14 @@ pub(crate) async fn listen_for_takeovers(shared: Arc<Shared>) {
         } else if let Ok(sync) = serde_json::from_slice::<PresenceSync>(body) {
             match sync {
                 PresenceSync::Request { presence_snapshot_for: node, asked } if node != on.config.node => {
-                    let (snapshot, lost) = {
+                    let (snapshot, lost, gone) = {
                         let view = on.presence_view();
-                        let lost = if asked.is_some() { view.lost_of(&node) } else { Vec::new() };
-                        (view.snapshot(), lost)
+                        let (lost, gone) = if asked.is_some() {
+                            (view.lost_of(&node), view.tombstones(std::time::Instant::now()))
+                        } else {
+                            (Vec::new(), Vec::new())
+                        };
+                        (view.snapshot(), lost, gone)
                     };
                     if !snapshot.is_empty() || asked.is_some() {
                         let body = serde_json::to_string(&PresenceSync::Snapshot {
@@ -1406,19 +1415,21 @@ pub(crate) async fn listen_for_takeovers(shared: Arc<Shared>) {
                             from: asked.map(|_| on.config.node.clone()),
                             asked,
                             lost,
+                            gone,
                         })
                         .expect("a snapshot serialises");
                         on.fire(on.names.gateways_exchange(), String::new(), body);
                     }
                 }
-                PresenceSync::Snapshot { presence_snapshot, to, from, asked, lost } if to == on.config.node => {
-                    tracing::info!(sessions = presence_snapshot.len(), lost = lost.len(), from = ?from, "presence snapshot from a peer");
+                PresenceSync::Snapshot { presence_snapshot, to, from, asked, lost, gone } if to == on.config.node => {
+                    tracing::info!(sessions = presence_snapshot.len(), lost = lost.len(), gone = gone.len(), from = ?from, "presence snapshot from a peer");
                     let now = std::time::Instant::now();
                     let liveness = on.config.announce_interval_ms > 0;
                     let again = {
                         let mut view = on.presence_view();
                         match (from, asked) {
                             (Some(from), Some(asked)) => {
+                                view.told_gone(asked, &gone, now);
                                 view.answer(&from, asked, presence_snapshot, &lost, now, liveness)
                             }
                             _ => {
