@@ -430,6 +430,15 @@ pub async fn next_delivery(consumer: &mut Consumer, within: Duration) -> Deliver
         .expect("delivery ok")
 }
 
+/// The text of header `name` of a raw delivery (a long string as text, any other
+/// value as its debug form); `None` when it has no such header.
+pub fn header_text(delivery: &Delivery, name: &str) -> Option<String> {
+    match delivery.properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        other => Some(format!("{other:?}")),
+    }
+}
+
 /// Acks a raw delivery.
 pub async fn ack(d: &Delivery) {
     d.acker.ack(BasicAckOptions::default()).await.expect("ack");

@@ -62,6 +62,24 @@ pub fn close_gateway_connections(node: &str) -> Result<usize, String> {
     Ok(pids.len())
 }
 
+/// [`close_gateway_connections`] from async code (on a blocking thread): how many it
+/// closed, or `None` when `rabbitmqctl` is not usable here, after
+/// [`cannot_check`](crate::env::cannot_check) said so for `what` (it fails the test
+/// unless skips are allowed).
+pub async fn cut_gateway_connections(what: &str, node: &str) -> Option<usize> {
+    let node = node.to_owned();
+    let closed = tokio::task::spawn_blocking(move || close_gateway_connections(&node))
+        .await
+        .expect("the rabbitmqctl task");
+    match closed {
+        Ok(n) => Some(n),
+        Err(why) => {
+            crate::env::cannot_check(what, &format!("rabbitmqctl is not usable: {why}"));
+            None
+        }
+    }
+}
+
 /// A RabbitMQ user of a test's own (password `pw`, on vhost `/`), deleted when
 /// dropped.
 pub struct BrokerUser(String);

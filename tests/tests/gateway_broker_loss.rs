@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use serde_json::json;
 use warren_e2e::client::TestClient;
-use warren_e2e::env::{cannot_check, next_delivery, TestEnv};
+use warren_e2e::env::{next_delivery, TestEnv};
 use warren_e2e::gateway::{http_post, TestGateway};
+use warren_e2e::rabbitmqctl::cut_gateway_connections;
 use warren_protocol::Subscribe;
 
 /// A client subscribed to the chat broadcast that received one message (`before`),
@@ -29,20 +30,9 @@ async fn subscribed_then_cut(env: &TestEnv, gw: &TestGateway) -> Option<TestClie
     .await;
     env.publish_out("chat.all", "before", "1").await;
     assert_eq!(c.expect_deliver().await.message_id, "before");
-    let closed = tokio::task::spawn_blocking(move || {
-        warren_e2e::rabbitmqctl::close_gateway_connections(&node)
-    })
-    .await
-    .unwrap();
-    match closed {
-        Err(why) => {
-            cannot_check(
-                "gateway_broker_loss",
-                &format!("rabbitmqctl is not usable: {why}"),
-            );
-            None
-        }
-        Ok(n) => {
+    match cut_gateway_connections("gateway_broker_loss", &node).await {
+        None => None,
+        Some(n) => {
             assert_eq!(n, 2, "one publishing and one consuming connection");
             Some(c)
         }
@@ -137,16 +127,10 @@ async fn an_http_request_awaiting_its_answer_when_the_connection_is_lost_gets_50
     // The request is out: the service has it.
     let _request = next_delivery(&mut stuck, Duration::from_secs(10)).await;
     let node = gw.gateway().config().node.clone();
-    let closed = tokio::task::spawn_blocking(move || {
-        warren_e2e::rabbitmqctl::close_gateway_connections(&node)
-    })
-    .await
-    .unwrap();
-    if let Err(why) = closed {
-        cannot_check(
-            "gateway_broker_loss",
-            &format!("rabbitmqctl is not usable: {why}"),
-        );
+    if cut_gateway_connections("gateway_broker_loss", &node)
+        .await
+        .is_none()
+    {
         call.abort();
         gw.shutdown().await;
         env.cleanup().await;

@@ -8,9 +8,10 @@
 use std::time::Duration;
 
 use warren_e2e::client::TestClient;
-use warren_e2e::env::{cannot_check, TestEnv};
+use warren_e2e::env::TestEnv;
 use warren_e2e::gateway::TestGateway;
 use warren_e2e::presence::{as_user, presence_config, Events};
+use warren_e2e::rabbitmqctl::cut_gateway_connections;
 use warren_gateway::{NoServiceMode, RequestReplies};
 
 #[tokio::test]
@@ -40,23 +41,14 @@ async fn connections_lost_while_the_gateway_drains_come_back_for_its_last_presen
     tokio::time::sleep(Duration::from_millis(300)).await;
     let draining = tokio::spawn(gw.shutdown());
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let closed = tokio::task::spawn_blocking(move || {
-        warren_e2e::rabbitmqctl::close_gateway_connections(&node)
-    })
-    .await
-    .unwrap();
-    match closed {
-        Err(why) => {
-            cannot_check(
-                "gateway_drain_broker_loss",
-                &format!("rabbitmqctl is not usable: {why}"),
-            );
+    match cut_gateway_connections("gateway_drain_broker_loss", &node).await {
+        None => {
             ada.abort();
             let _ = draining.await;
             env.cleanup().await;
             return;
         }
-        Ok(n) => assert_eq!(n, 2, "one publishing and one consuming connection"),
+        Some(n) => assert_eq!(n, 2, "one publishing and one consuming connection"),
     }
     // The client goes, which ends the drain. A lone gateway announces its sessions
     // gone as it stops (`gateway_lost`): that publish comes after the connections

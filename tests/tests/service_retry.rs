@@ -5,6 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use warren_e2e::env::header_text;
 use warren_e2e::rabbitmqctl::BrokerUser;
 use warren_e2e::service::{
     amqp_uri, counted_echo, counted_echo_on, delete_queue, in_fresh_namespace, take_parked,
@@ -382,13 +383,7 @@ async fn a_request_whose_answer_cannot_be_published_is_dead_lettered_after_max_a
             .await;
         let parked = parked_within_15_s(&names, &calls).await;
         assert_eq!(parked.data, br#"{"n":1}"#);
-        let headers = parked.properties.headers().clone().unwrap_or_default();
-        let reason = match headers.inner().get("x-warren-dead-reason") {
-            Some(lapin::types::AMQPValue::LongString(s)) => {
-                String::from_utf8_lossy(s.as_bytes()).into_owned()
-            }
-            other => format!("{other:?}"),
-        };
+        let reason = header_text(&parked, "x-warren-dead-reason").unwrap_or_default();
         assert!(reason.contains("could not be published"), "{reason}");
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(calls.load(Ordering::SeqCst), 3, "one run per attempt");
@@ -462,13 +457,7 @@ async fn a_message_whose_failure_reason_is_huge_is_still_dead_lettered() {
         );
         let parked = parked_within_15_s(&names, &calls).await;
         assert_eq!(parked.data, body.as_bytes());
-        let headers = parked.properties.headers().clone().unwrap_or_default();
-        let reason = match headers.inner().get("x-warren-dead-reason") {
-            Some(lapin::types::AMQPValue::LongString(s)) => {
-                String::from_utf8_lossy(s.as_bytes()).into_owned()
-            }
-            other => format!("{other:?}"),
-        };
+        let reason = header_text(&parked, "x-warren-dead-reason").unwrap_or_default();
         assert!(reason.starts_with("bad input ["), "{reason:.100}");
         assert!(reason.len() <= 4096, "bounded: {} bytes", reason.len());
         assert!(reason.contains("truncated"), "marked: {reason:.100}");
@@ -591,13 +580,7 @@ async fn reply_refused_for_now(ns: &str, with_message_id: bool) {
     gw.publish_raw("echo", br#"{"n":1}"#, properties).await;
     let parked = parked_within_15_s(&names, &calls).await;
     assert_eq!(parked.data, br#"{"n":1}"#);
-    let headers = parked.properties.headers().clone().unwrap_or_default();
-    let reason = match headers.inner().get("x-warren-dead-reason") {
-        Some(lapin::types::AMQPValue::LongString(s)) => {
-            String::from_utf8_lossy(s.as_bytes()).into_owned()
-        }
-        other => format!("{other:?}"),
-    };
+    let reason = header_text(&parked, "x-warren-dead-reason").unwrap_or_default();
     assert!(reason.contains("could not be published"), "{reason}");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(calls.load(Ordering::SeqCst), 3, "one run per attempt");

@@ -10,6 +10,7 @@ use std::time::Duration;
 use lapin::options::{BasicPublishOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, LongString, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
+use warren_e2e::env::header_text;
 use warren_e2e::service::{
     amqp_uri, consume_no_ack, counted_echo, declare_exclusive, in_fresh_namespace, start_demo,
     take_parked, StandInGateway,
@@ -28,13 +29,6 @@ fn with_header(properties: BasicProperties, name: &str, value: AMQPValue) -> Bas
     let mut headers = properties.headers().clone().unwrap_or_default();
     headers.insert(ShortString::from(name), value);
     properties.with_headers(headers)
-}
-
-fn header(delivery: &lapin::message::Delivery, name: &str) -> Option<String> {
-    match delivery.properties.headers().as_ref()?.inner().get(name)? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        other => Some(format!("{other:?}")),
-    }
 }
 
 #[tokio::test]
@@ -68,7 +62,7 @@ async fn a_request_whose_request_id_is_too_long_to_reply_to_is_parked_and_the_ne
             .await
             .expect("the request waits in warren.dead");
         assert_eq!(parked.data, br#"{"n":1}"#);
-        let reason = header(&parked, "x-warren-dead-reason").unwrap();
+        let reason = header_text(&parked, "x-warren-dead-reason").unwrap();
         assert!(reason.contains("correlation id"), "{reason}");
         assert!(take_parked(&gw.names).await.is_none(), "parked once");
 
