@@ -1837,20 +1837,23 @@ mod tests {
         }
     }
 
+    /// A jwt configuration with a `jwks_url` and `setting` (one `key = value` line of
+    /// `[auth.jwt]`), validated.
+    fn jwks_with(setting: &str) -> Result<(), GatewayError> {
+        Config::from_toml(
+            &format!(
+                "[auth]\nmode = \"jwt\"\n[auth.jwt]\n\
+                 jwks_url = \"https://issuer.example/.well-known/jwks.json\"\n{setting}"
+            ),
+            "test",
+        )
+        .unwrap()
+        .validate()
+    }
+
     #[test]
     fn jwks_refetches_cannot_be_unlimited() {
-        let at = |refresh: u64| {
-            Config::from_toml(
-                &format!(
-                    "[auth]\nmode = \"jwt\"\n[auth.jwt]\n\
-                     jwks_url = \"https://issuer.example/.well-known/jwks.json\"\n\
-                     jwks_refresh_min_s = {refresh}"
-                ),
-                "test",
-            )
-            .unwrap()
-            .validate()
-        };
+        let at = |refresh: u64| jwks_with(&format!("jwks_refresh_min_s = {refresh}"));
         at(1).unwrap();
         let err = at(0).unwrap_err().to_string();
         assert!(
@@ -1861,18 +1864,7 @@ mod tests {
 
     #[test]
     fn jwks_keys_have_a_most_age_of_at_least_a_second() {
-        let at = |age: u64| {
-            Config::from_toml(
-                &format!(
-                    "[auth]\nmode = \"jwt\"\n[auth.jwt]\n\
-                     jwks_url = \"https://issuer.example/.well-known/jwks.json\"\n\
-                     jwks_max_age_s = {age}"
-                ),
-                "test",
-            )
-            .unwrap()
-            .validate()
-        };
+        let at = |age: u64| jwks_with(&format!("jwks_max_age_s = {age}"));
         assert_eq!(JwtConfig::default().jwks_max_age_s, 300);
         at(1).unwrap();
         let err = at(0).unwrap_err().to_string();

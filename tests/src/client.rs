@@ -101,6 +101,19 @@ pub fn skips_told(from: u64, frames: &[ServerFrame]) -> Told {
     seen
 }
 
+/// `count` headers `h00`, `h01`, … of `len` bytes each, as a frame's `headers`: with
+/// enough of them, more than an AMQP frame holds.
+pub fn big_headers(count: usize, len: usize) -> serde_json::Map<String, serde_json::Value> {
+    (0..count)
+        .map(|i| {
+            (
+                format!("h{i:02}"),
+                serde_json::Value::String("h".repeat(len)),
+            )
+        })
+        .collect()
+}
+
 /// A connected test client.
 pub struct TestClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,

@@ -127,12 +127,7 @@ impl TestGateway {
     /// When `/metrics` has no such line.
     pub async fn metric(&self, name: &str) -> i64 {
         let text = http_get(self.health_addr(), "/metrics").await;
-        let prefix = format!("warren_gateway_{name}{{");
-        text.lines()
-            .find(|l| l.starts_with(&prefix))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {text}"))
+        metric_in(&text, name).unwrap_or_else(|| panic!("no {name} in {text}"))
     }
 
     /// The gateway itself.
@@ -229,6 +224,16 @@ pub fn http_answer(answer: &str) -> (u16, Vec<(String, String)>, String) {
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
     (status, headers, body.to_string())
+}
+
+/// The value of metric `name` (`warren_gateway_<name>`, its one line) in a gateway's
+/// `/metrics` text; `None` when it has no such line.
+pub fn metric_in(text: &str, name: &str) -> Option<i64> {
+    let prefix = format!("warren_gateway_{name}{{");
+    text.lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 /// `GET path` on a gateway listener (HTTP/1.0); the response body.

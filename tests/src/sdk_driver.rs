@@ -440,15 +440,21 @@ pub fn stat_cpu_ms(path: &str) -> u64 {
     ticks * 10
 }
 
-/// The cumulative buckets of a gateway's `session_open_seconds` histogram, read from
-/// its `/metrics` (served on the main listener without `admin_listen`): `(le, count)`,
-/// empty when it does not answer within 10 s.
-async fn session_open_buckets(addr: SocketAddr) -> Vec<(String, u64)> {
+/// A gateway's `/metrics` text (served on the main listener without
+/// `admin_listen`); empty when it does not answer within 10 s.
+async fn metrics_text(addr: SocketAddr) -> String {
     let read = crate::gateway::http_get(addr, "/metrics");
-    let text = tokio::time::timeout(Duration::from_secs(10), read)
+    tokio::time::timeout(Duration::from_secs(10), read)
         .await
-        .unwrap_or_default();
-    text.lines()
+        .unwrap_or_default()
+}
+
+/// The cumulative buckets of a gateway's `session_open_seconds` histogram
+/// ([`metrics_text`]): `(le, count)`, empty when it does not answer.
+async fn session_open_buckets(addr: SocketAddr) -> Vec<(String, u64)> {
+    metrics_text(addr)
+        .await
+        .lines()
         .filter(|l| l.starts_with("warren_gateway_session_open_seconds_bucket"))
         .filter_map(|l| {
             let le = l.split("le=\"").nth(1)?.split('"').next()?.to_string();
@@ -458,17 +464,10 @@ async fn session_open_buckets(addr: SocketAddr) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// A gateway's `stream_readers_total` (every stream reader it opened for sessions),
-/// read from its `/metrics`; `None` when it does not answer within 10 s.
+/// A gateway's `stream_readers_total` (every stream reader it opened for sessions,
+/// [`metrics_text`]); `None` when it does not answer.
 async fn stream_readers_total(addr: SocketAddr) -> Option<i64> {
-    let read = crate::gateway::http_get(addr, "/metrics");
-    let text = tokio::time::timeout(Duration::from_secs(10), read)
-        .await
-        .ok()?;
-    text.lines()
-        .find(|l| l.starts_with("warren_gateway_stream_readers_total"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+    crate::gateway::metric_in(&metrics_text(addr).await, "stream_readers_total")
 }
 
 /// Sessions opened between two readings of [`session_open_buckets`], and the bucket

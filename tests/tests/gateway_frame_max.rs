@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use warren_e2e::client::TestClient;
+use warren_e2e::client::{big_headers, TestClient};
 use warren_e2e::env::{amqp_addr, TestEnv};
 use warren_e2e::gateway::TestGateway;
 use warren_protocol::{ErrorCode, Hello};
@@ -32,9 +32,7 @@ async fn publishes_are_sized_against_the_publishing_connections_frame_max() {
         };
         let mut mallory = TestClient::connect_with(&gw.url(), hello).await;
         // About 16 KB of headers: more than an 8 KiB frame, less than a 128 KiB one.
-        let headers: serde_json::Map<String, serde_json::Value> = (0..8)
-            .map(|i| (format!("h{i:02}"), json!("h".repeat(2000))))
-            .collect();
+        let headers = big_headers(8, 2000);
         let frame = json!({"type": "publish", "id": "p1", "channel": "chat",
                            "headers": headers, "message": 1});
         mallory.send_text(&frame.to_string()).await;

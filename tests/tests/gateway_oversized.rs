@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::json;
-use warren_e2e::client::{sub, TestClient};
+use warren_e2e::client::{big_headers, sub, TestClient};
 use warren_e2e::env::TestEnv;
 use warren_e2e::gateway::{http_post, TestGateway};
 use warren_gateway::Config;
@@ -75,9 +75,7 @@ async fn a_client_publish_with_headers_larger_than_a_frame_is_refused_too_large_
         alice.subscribe(sub("s", "chat")).await;
         // As many headers as a client may send (32), each as long as it may be (4 KiB):
         // more than one frame once the gateway's own headers are added.
-        let headers: serde_json::Map<String, serde_json::Value> = (0..32)
-            .map(|i| (format!("h{i:02}"), json!("h".repeat(4096))))
-            .collect();
+        let headers = big_headers(32, 4096);
         let frame = json!({"type": "publish", "id": "p1", "channel": "chat",
                            "headers": headers, "message": 1});
         mallory.send_text(&frame.to_string()).await;
@@ -109,9 +107,7 @@ async fn an_http_request_with_headers_larger_than_a_frame_is_refused_413_and_del
         tokio::time::sleep(warren_gateway::services::CONSUMER_CHECK_TTL).await;
         let mut alice = connect(&gw, "alice").await;
         alice.subscribe(sub("s", "chat")).await;
-        let headers: serde_json::Map<String, serde_json::Value> = (0..32)
-            .map(|i| (format!("h{i:02}"), json!("h".repeat(4096))))
-            .collect();
+        let headers = big_headers(32, 4096);
         let body = json!({"id": "r1", "timeout_ms": 2_000, "headers": headers, "message": 1});
         let (status, answer) = http_post(
             addr,
