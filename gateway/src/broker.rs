@@ -150,6 +150,9 @@ pub struct Broker {
     kick: Notify,
     /// Index of the URI the last connection was made to.
     current_uri: AtomicUsize,
+    /// When a connection attempt to each URI (by index) last failed, cleared when one
+    /// succeeds: such a URI is tried after the others for [`FAILED_URI_LAST_FOR`].
+    uri_failed: std::sync::Mutex<Vec<Option<Instant>>>,
     closed: AtomicBool,
     /// Set while RabbitMQ blocks the publishing connection (resource alarm).
     blocked: AtomicBool,
@@ -170,6 +173,24 @@ pub struct Broker {
     /// Pooled publisher channels (by id) being replaced right now: one replacement
     /// however many publishes on a channel fail at once.
     retiring: std::sync::Mutex<std::collections::HashSet<u16>>,
+}
+
+/// How long a URI whose connection attempt failed is tried after the others: the
+/// consuming connection, opened right after the publishing one passed over a frozen
+/// address, does not wait `amqp_connect_timeout_ms` on it again.
+const FAILED_URI_LAST_FOR: Duration = Duration::from_secs(30);
+
+/// The order in which to try the URIs (by index; `failed.len()` of them): from `first`
+/// on in turn, those that failed within [`FAILED_URI_LAST_FOR`] before `now` after the
+/// others, in the same turn.
+fn attempt_order(first: usize, failed: &[Option<Instant>], now: Instant) -> Vec<usize> {
+    let n = failed.len();
+    let recently = |i: &usize| {
+        failed[*i].is_some_and(|at| now.saturating_duration_since(at) < FAILED_URI_LAST_FOR)
+    };
+    let (fine, failed): (Vec<usize>, Vec<usize>) =
+        (0..n).map(|k| (first + k) % n).partition(|i| !recently(i));
+    fine.into_iter().chain(failed).collect()
 }
 
 /// A nacked publisher channel younger than this is kept ([`Broker::retire_nacked`]).
@@ -200,6 +221,7 @@ impl Broker {
             state_tx,
             kick: Notify::new(),
             current_uri: AtomicUsize::new(config.amqp_uri.len().saturating_sub(1)),
+            uri_failed: std::sync::Mutex::new(vec![None; config.amqp_uri.len()]),
             closed: AtomicBool::new(false),
             blocked: AtomicBool::new(false),
             frame_max: std::sync::atomic::AtomicU32::new(0),
@@ -240,7 +262,8 @@ impl Broker {
     }
 
     /// Connects to the URI after the current one, then the others in turn, each within
-    /// `amqp_connect_timeout_ms`.
+    /// `amqp_connect_timeout_ms`; URIs that failed in the last [`FAILED_URI_LAST_FOR`]
+    /// are tried after the others ([`attempt_order`]).
     async fn open_connection(
         self: &Arc<Self>,
         role: &'static str,
@@ -248,8 +271,8 @@ impl Broker {
         let mut last = None;
         let n = self.uris.len();
         let first = (self.current_uri.load(Ordering::Acquire) + 1) % n;
-        for k in 0..n {
-            let index = (first + k) % n;
+        let order = attempt_order(first, &self.lock_uri_failed(), Instant::now());
+        for index in order {
             let uri = &self.uris[index];
             let props = ConnectionProperties::default().with_connection_name(LongString::from(
                 format!("warren-gateway {} {role}", self.node),
@@ -258,6 +281,7 @@ impl Broker {
                 Ok(conn) => {
                     tracing::info!(uri = %redact(uri), role, node = %self.node, "connected to RabbitMQ");
                     self.current_uri.store(index, Ordering::Release);
+                    self.lock_uri_failed()[index] = None;
                     // Publishes are checked against it, and they go out on the
                     // publishing connection only.
                     if role == PUBLISH {
@@ -269,6 +293,7 @@ impl Broker {
                 }
                 Err(e) => {
                     tracing::warn!(uri = %redact(uri), role, error = %e, "RabbitMQ connection failed");
+                    self.lock_uri_failed()[index] = Some(Instant::now());
                     last = Some(e);
                 }
             }
@@ -282,6 +307,10 @@ impl Broker {
                 .join(", "),
             source: last.expect("at least one URI is configured"),
         })
+    }
+
+    fn lock_uri_failed(&self) -> std::sync::MutexGuard<'_, Vec<Option<Instant>>> {
+        self.uri_failed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Follows a connection's events: errors wake the supervisor, `connection.blocked`
@@ -1136,5 +1165,32 @@ impl Attempt {
         if let Some(socket) = held {
             let _ = socket.shutdown(std::net::Shutdown::Both);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris_that_failed_lately_are_tried_after_the_others() {
+        let now = Instant::now();
+        let lately = Some(now - Duration::from_secs(1));
+        let long_ago = now.checked_sub(FAILED_URI_LAST_FOR * 2);
+        assert_eq!(attempt_order(1, &[None, None, None], now), vec![1, 2, 0]);
+        // The consuming connection, right after the publishing one passed over a
+        // frozen first address, starts at the next URI: the frozen one goes last.
+        assert_eq!(attempt_order(0, &[lately, None], now), vec![1, 0]);
+        assert_eq!(attempt_order(2, &[None, None, lately], now), vec![0, 1, 2]);
+        assert_eq!(
+            attempt_order(0, &[lately, lately, None], now),
+            vec![2, 0, 1]
+        );
+        // A failure long ago no longer counts.
+        if long_ago.is_some() {
+            assert_eq!(attempt_order(0, &[long_ago, None], now), vec![0, 1]);
+        }
+        // Every URI is still tried when all failed.
+        assert_eq!(attempt_order(1, &[lately, lately], now), vec![1, 0]);
     }
 }

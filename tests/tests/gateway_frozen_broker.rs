@@ -3,9 +3,15 @@
 //! `amqp_connect_timeout_ms`, and the next `amqp_uri` is tried, at start and at every
 //! reconnect. An attempt given up leaves no lapin IO thread (nor socket) behind.
 //!
-//! The stand-in is a `std::net::TcpListener` that never accepts: the kernel completes
-//! the TCP handshake into its backlog, and nothing ever answers the AMQP header.
+//! The stand-in is a `std::net::TcpListener` whose connections are accepted, counted
+//! and held, and never answered: nothing ever answers the AMQP header.
+//!
+//! An address that failed is tried after the others for a while: the consuming
+//! connection, opened right after the publishing one passed over the frozen address,
+//! and a reconnect soon after, do not wait on it again.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -42,6 +48,24 @@ async fn lapin_io_threads_down_to(most: usize, within: Duration) -> usize {
     }
 }
 
+/// A frozen RabbitMQ address: takes TCP connections and never answers. Its URI, and
+/// how many connections were made to it.
+fn frozen_address() -> (String, Arc<AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let uri = format!("amqp://guest:guest@{}/%2f", listener.local_addr().unwrap());
+    let made = Arc::new(AtomicUsize::new(0));
+    let counted = made.clone();
+    // Ends with the test process (blocked in accept).
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept() {
+            counted.fetch_add(1, Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+    (uri, made)
+}
+
 /// Publishes `id` until it is acknowledged (the gateway may be reconnecting: then
 /// the publish fails with `broker_unavailable`), within `within`.
 async fn published(c: &mut TestClient, id: &str, within: Duration) {
@@ -65,9 +89,7 @@ async fn published(c: &mut TestClient, id: &str, within: Duration) {
 #[tokio::test]
 async fn a_broker_address_that_never_answers_is_passed_over_for_the_next_one() {
     TestEnv::run("frozen-broker", Duration::from_secs(90), async |env| {
-        // Never accepts, never answers: the TCP handshake completes in the backlog.
-        let frozen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let frozen_uri = format!("amqp://guest:guest@{}/%2f", frozen.local_addr().unwrap());
+        let (frozen_uri, frozen_tried) = frozen_address();
         // The test's own connection to RabbitMQ (TestEnv) has one IO thread.
         let before = lapin_io_threads();
         let started = tokio::time::Instant::now();
@@ -81,10 +103,17 @@ async fn a_broker_address_that_never_answers_is_passed_over_for_the_next_one() {
         .await
         .expect("the gateway starts though the first amqp_uri never answers");
         eprintln!("started in {:?}", started.elapsed());
+        // The publishing connection tried it first; the consuming one, opened next,
+        // went to the healthy address first.
+        assert_eq!(
+            frozen_tried.load(Ordering::SeqCst),
+            1,
+            "start waited on the frozen address more than once"
+        );
         let mut c = TestClient::connect(&gw.url()).await;
         published(&mut c, "p", Duration::from_secs(10)).await;
-        // Both attempts on the frozen address were given up, and their IO threads
-        // ended: only the gateway's two connections' are left.
+        // The attempt on the frozen address was given up, and its IO thread ended:
+        // only the gateway's two connections' are left.
         let left = lapin_io_threads_down_to(before + 2, Duration::from_secs(10)).await;
         assert_eq!(
             left,
@@ -92,12 +121,17 @@ async fn a_broker_address_that_never_answers_is_passed_over_for_the_next_one() {
             "lapin IO threads of attempts given up are left behind"
         );
 
-        // A reconnect tries the frozen address first (the one after the current),
-        // then comes back on the healthy one.
+        // A reconnect soon after comes back on the healthy address without waiting on
+        // the frozen one, which failed a moment ago (it would be next in turn).
         let node = gw.gateway().config().node.clone();
         if let Some(n) = cut_gateway_connections("gateway_frozen_broker (reconnect)", &node).await {
             assert_eq!(n, 2, "one publishing and one consuming connection");
             published(&mut c, "after-loss", Duration::from_secs(20)).await;
+            assert_eq!(
+                frozen_tried.load(Ordering::SeqCst),
+                1,
+                "the reconnect waited on the frozen address that had just failed"
+            );
             let left = lapin_io_threads_down_to(before + 2, Duration::from_secs(10)).await;
             assert_eq!(
                 left,
@@ -107,7 +141,6 @@ async fn a_broker_address_that_never_answers_is_passed_over_for_the_next_one() {
         }
         c.close().await;
         gw.shutdown().await;
-        drop(frozen);
     })
     .await;
 }
