@@ -61,13 +61,13 @@ export interface WarrenErrorInfo {
 export interface WarrenConnectionStatus {
   /** Current state. */
   state: WarrenConnectionState;
-  /** Gateway URL of the current (or last) connection, once known. */
+  /** The gateway in use, or the one tried next (as `client.url`): after a drop, the next URL. `null` until known. */
   url: string | null;
   /** How many times the client connected again after its first connection. */
   reconnects: number;
   /** The last error the client reported, if any. */
   lastError: WarrenErrorInfo | null;
-  /** When `state` last changed (ms since the epoch). */
+  /** When `state` last changed (ms since the epoch), by the SDK's `state` event or the bindings (`loading`, `failed`, `closed`). */
   since: number;
 }
 
@@ -120,7 +120,7 @@ export declare function WarrenProvider(props: WarrenProviderProps): React.ReactN
 export declare function useClient(): Client;
 
 /**
- * Connection state, current gateway URL, reconnect count and last error; re-renders on
+ * Connection state, gateway URL, reconnect count and last error; re-renders on
  * every change.
  *
  * # Errors

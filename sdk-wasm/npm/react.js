@@ -87,11 +87,13 @@ function createEntry(key, options, closeDelayMs, external) {
     getSnapshot: () => e.status,
   };
   const update = (patch) => {
+    // `since`: when `state` last changed, by the client's `state` event or the bindings.
+    if (patch.state && patch.state != e.status.state) patch.since = Date.now();
     e.status = { ...e.status, ...patch };
     for (const l of listeners) l();
   };
   const onState = (ev) => {
-    const patch = { state: ev.newState, since: Date.now() };
+    const patch = { state: ev.newState };
     if (ev.url) patch.url = ev.url;
     if (ev.newState == "connected") {
       if (everConnected) patch.reconnects = e.status.reconnects + 1;
@@ -227,7 +229,7 @@ export function useClient() {
   return useStatus(useEntry("useClient")).client;
 }
 
-/** Connection state, current gateway URL, reconnect count and last error. */
+/** Connection state, gateway URL (in use, or tried next), reconnect count and last error. */
 export function useConnectionState() {
   const { state, url, reconnects, lastError, since } = useStatus(useEntry("useConnectionState"));
   return { state, url, reconnects, lastError, since };

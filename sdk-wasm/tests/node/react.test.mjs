@@ -51,3 +51,239 @@ test("warren_sdk_bg.wasm.d.ts declares only exports the .wasm has", async () => 
   const missing = declared.filter((n) => !exported.has(n));
   assert.deepEqual(missing, [], `declared but not exported: ${missing.join(", ")}`);
 });
+
+// ---------------------------------------------------------------------------------------
+// The bindings' own logic against a stub client (no wasm, no gateway): react.js from the
+// source folder, loaded as `react.js?stub`, sees a stub `./warren_sdk.js` whose Client the
+// tests drive, and a stand-in for `react` that runs hooks without a renderer (this folder
+// has `react` but no renderer). The stand-in renders synchronously: an update re-renders
+// its component, then runs the effects whose dependencies changed.
+// ---------------------------------------------------------------------------------------
+
+/** The SDK's Client as react.js uses it: events, `connect()` settled by the test, subscriptions. */
+class StubClient {
+  static made = [];
+  /** Thrown by the next constructor call (a client that cannot be created). */
+  static failNext = null;
+  constructor(options) {
+    if (StubClient.failNext) {
+      const err = StubClient.failNext;
+      StubClient.failNext = null;
+      throw err;
+    }
+    this.state = "disconnected";
+    this.url = options.urls[0];
+    this.listeners = new Map();
+    this.subs = [];
+    this.connecting = new Promise((resolve, reject) => (this.connectSettles = { resolve, reject }));
+    StubClient.made.push(this);
+  }
+  on(event, f) {
+    if (!this.listeners.has(event)) this.listeners.set(event, new Set());
+    this.listeners.get(event).add(f);
+  }
+  off(event, f) {
+    this.listeners.get(event)?.delete(f);
+  }
+  emit(event, arg) {
+    for (const f of this.listeners.get(event) ?? []) f(arg);
+  }
+  /** A `state` event, as the SDK emits it. */
+  to(newState) {
+    const oldState = this.state;
+    this.state = newState;
+    this.emit("state", { oldState, newState, url: this.url });
+  }
+  connect() {
+    return this.connecting;
+  }
+  close() {}
+  subscribe(spec, handler, onStatus) {
+    const sub = { spec, handler, onStatus, unsubscribe() {} };
+    this.subs.push(sub);
+    return sub;
+  }
+}
+
+const fakeReact = (() => {
+  let current = null;
+  const dirty = new Set();
+  let flushing = false;
+  const schedule = (c) => {
+    dirty.add(c);
+    if (flushing) return;
+    flushing = true;
+    try {
+      for (const next of dirty) {
+        dirty.delete(next);
+        if (!next.dead) next.render();
+      }
+    } finally {
+      flushing = false;
+    }
+  };
+  const slot = (make) => {
+    const c = current;
+    const i = c.i++;
+    if (!(i in c.hooks)) c.hooks[i] = make(c);
+    return c.hooks[i];
+  };
+  const effect = (run, deps) => {
+    const h = slot(() => ({}));
+    if (!deps || !h.deps || deps.some((d, i) => !Object.is(d, h.deps[i]))) {
+      h.deps = deps;
+      h.run = run;
+      current.effects.push(h);
+    }
+  };
+  return {
+    createContext: () => ({ Provider: "Provider" }),
+    createElement: (type, props, ...children) => ({ type, props: { ...props, children } }),
+    useContext: () => current.context,
+    useRef: (value) => slot(() => ({ current: value })),
+    useState: (init) => {
+      const h = slot((c) => {
+        const h = { value: typeof init == "function" ? init() : init };
+        h.set = (v) => {
+          v = typeof v == "function" ? v(h.value) : v;
+          if (!Object.is(v, h.value)) (h.value = v), schedule(c);
+        };
+        return h;
+      });
+      return [h.value, h.set];
+    },
+    useEffect: effect,
+    useInsertionEffect: effect,
+    useSyncExternalStore: (subscribe, getSnapshot) => {
+      const h = slot(() => ({}));
+      if (h.subscribe !== subscribe) {
+        h.cleanup?.();
+        h.subscribe = subscribe;
+        const c = current;
+        h.cleanup = subscribe(() => schedule(c));
+      }
+      return getSnapshot();
+    },
+    /** A component rendering `fn`; `update()` renders it, `unmount()` runs its cleanups. */
+    component(fn) {
+      const c = { hooks: [], context: null, dead: false };
+      c.render = () => {
+        current = c;
+        c.i = 0;
+        c.effects = [];
+        try {
+          c.out = fn();
+        } finally {
+          current = null;
+        }
+        for (const h of c.effects) {
+          if (typeof h.cleanup == "function") h.cleanup();
+          h.cleanup = h.run();
+        }
+        c.rendered?.();
+      };
+      c.update = () => schedule(c);
+      c.unmount = () => {
+        c.dead = true;
+        for (const h of c.hooks) if (typeof h.cleanup == "function") h.cleanup();
+      };
+      return c;
+    },
+  };
+})();
+globalThis.warrenTestStubs = { react: fakeReact, init: async () => {}, Client: StubClient };
+
+const stubModule = (names) =>
+  "data:text/javascript," +
+  encodeURIComponent(`const s = globalThis.warrenTestStubs; ${names}`);
+register(
+  "data:text/javascript," +
+    encodeURIComponent(`const stubs = {
+      react: ${JSON.stringify(
+        stubModule(
+          "export const { createContext, createElement, useContext, useEffect, useInsertionEffect, useRef, useState, useSyncExternalStore } = s.react;",
+        ),
+      )},
+      "./warren_sdk.js": ${JSON.stringify(stubModule("export default s.init; export const Client = s.Client;"))},
+    };
+    export async function resolve(spec, ctx, next) {
+      return ctx.parentURL?.endsWith("react.js?stub") && stubs[spec]
+        ? { url: stubs[spec], shortCircuit: true }
+        : next(spec, ctx);
+    }`),
+);
+const stubbed = await import(new URL("../../npm/react.js?stub", import.meta.url).href);
+
+/**
+ * Renders `hook` in a child of `<WarrenProvider {...props}>` (the child renders once the
+ * provider provides a client, as its children do). `seen`: what every render of the
+ * child returned; `fallbacks`: the status of every call to `fallback`.
+ */
+function mount(props, hook) {
+  const seen = [];
+  const fallbacks = [];
+  const child = fakeReact.component(() => {
+    const value = hook();
+    seen.push(value);
+    return value;
+  });
+  const provider = fakeReact.component(() =>
+    stubbed.WarrenProvider({ closeDelayMs: 0, fallback: (status) => (fallbacks.push(status), null), ...props }),
+  );
+  provider.rendered = () => {
+    const entry = provider.out?.type == "Provider" ? provider.out.props.value : null;
+    if (entry && entry !== child.context) {
+      child.context = entry;
+      child.update();
+    }
+  };
+  provider.update();
+  return {
+    seen,
+    fallbacks,
+    child,
+    unmount() {
+      child.unmount();
+      provider.unmount();
+    },
+  };
+}
+
+/** Lets promises settle and timers of 0 ms run. */
+const settle = () => new Promise((resolve) => setTimeout(resolve, 5));
+
+test("useConnectionState().since changes with every state, the bindings' own (loading, failed, closed) included", async () => {
+  const realNow = Date.now;
+  let t = 0;
+  Date.now = () => (t += 1000);
+  try {
+    const m = mount({ options: { urls: ["ws://since.test/ws"] } }, () => stubbed.useConnectionState());
+    await settle();
+    StubClient.made.at(-1).to("connecting");
+    StubClient.made.at(-1).to("connected");
+    m.unmount();
+    await settle();
+    const log = [...m.fallbacks, ...m.seen, m.child.context.getSnapshot()];
+    const changes = log.filter((s, i) => i == 0 || s.state != log[i - 1].state);
+    assert.deepEqual(
+      changes.map((s) => s.state),
+      ["idle", "loading", "connecting", "connected", "closed"],
+    );
+    for (let i = 1; i < changes.length; i++) {
+      assert.ok(changes[i].since > changes[i - 1].since, `since of ${changes[i].state} after ${changes[i - 1].state}`);
+    }
+    // The same state again is no change: `since` stays.
+    const connecting = log.filter((s) => s.state == "connecting");
+    assert.ok(connecting.every((s) => s.since == connecting[0].since));
+
+    StubClient.failNext = new Error("no wasm here");
+    const failed = mount({ options: { urls: ["ws://since-failed.test/ws"] } }, () => null);
+    await settle();
+    const [idle, loading, last] = [failed.fallbacks[0], failed.fallbacks[1], failed.fallbacks.at(-1)];
+    assert.deepEqual([idle.state, loading.state, last.state], ["idle", "loading", "failed"]);
+    assert.ok(idle.since < loading.since && loading.since < last.since);
+    failed.unmount();
+  } finally {
+    Date.now = realNow;
+  }
+});
