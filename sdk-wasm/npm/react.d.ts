@@ -133,8 +133,12 @@ export interface WarrenSubscriptionStatus {
   /**
    * Where the subscription stands now (the SDK's `onStatus` of `client.subscribe`, on
    * every change, not only the first acknowledgement): `pending` while its subscribe
-   * is on its way (before the first connection, again after every reconnect, and after
-   * `connect()` restarts a stopped client), `active` once the gateway acknowledged it,
+   * is on its way (before the first connection, from every drop of the connection until
+   * the reconnect's resubscribe is acknowledged, and after `connect()` restarts a
+   * stopped client; `onStatus` itself says nothing at a drop, only `pending` at the
+   * resubscribe, so the hook turns `active` into `pending` while the client is not
+   * `connected`),
+   * `active` once the gateway acknowledged it,
    * `error` when the gateway refused it (`forbidden`, `unknown_channel`, ...; also on
    * a later reconnect, e.g. when a new token no longer grants it; a retryable refusal
    * such as `overloaded` is tried again after the next reconnect) or the client stopped

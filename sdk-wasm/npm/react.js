@@ -296,11 +296,12 @@ function acquireSubscription(client, key, handler, onStatus, closeDelayMs) {
  * latest committed one is called). Pass `null` as `spec` to not subscribe (the status is
  * then `idle`). The status follows the SDK's `onStatus`: `pending` while (re)subscribing,
  * `active` once the gateway acknowledged it, `error` when refused or the client stopped,
- * and `active` again when acknowledged after a reconnect or `connect()`.
+ * and `active` again when acknowledged after a reconnect or `connect()`; `active` only
+ * while connected (`pending` from a drop on, which `onStatus` does not report).
  */
 export function useSubscription(spec, handler) {
   const entry = useEntry("useSubscription");
-  const client = useStatus(entry).client;
+  const { client, state: connection } = useStatus(entry);
   const handlerRef = useRef(handler);
   const key = spec == null ? null : JSON.stringify(spec);
   // The status with the spec and client it is about: a render after `spec` (or the
@@ -318,5 +319,8 @@ export function useSubscription(spec, handler) {
       setState((s) => (s?.key === key && s.client === client && s.status === status ? s : { key, client, status }));
     return acquireSubscription(client, key, (msg) => handlerRef.current(msg), onStatus, entry.closeDelayMs);
   }, [client, key, entry]);
-  return key === null ? IDLE : state?.key === key && state.client === client ? state.status : PENDING;
+  const status = key === null ? IDLE : state?.key === key && state.client === client ? state.status : PENDING;
+  // The SDK reports nothing for a subscription when the connection drops, only `pending`
+  // again at the resubscribe after the reconnect: until then its `active` is stale.
+  return status === ACTIVE && connection != "connected" ? PENDING : status;
 }

@@ -287,3 +287,27 @@ test("useConnectionState().since changes with every state, the bindings' own (lo
     Date.now = realNow;
   }
 });
+
+test("useSubscription says pending, not active, from a drop of the connection until the subscription is acknowledged again", async () => {
+  const m = mount({ options: { urls: ["ws://drop.test/ws"] } }, () => ({
+    connection: stubbed.useConnectionState().state,
+    subscription: stubbed.useSubscription({ channel: "chat" }, () => {}).status,
+  }));
+  await settle();
+  const client = StubClient.made.at(-1);
+  const [sub] = client.subs;
+  assert.deepEqual(m.seen.at(-1), { connection: "connecting", subscription: "pending" });
+  client.to("connected");
+  sub.onStatus("active");
+  assert.deepEqual(m.seen.at(-1), { connection: "connected", subscription: "active" });
+  // The connection drops: the SDK reports the state, and nothing for the subscription.
+  client.to("connecting");
+  assert.deepEqual(m.seen.at(-1), { connection: "connecting", subscription: "pending" });
+  client.to("connected");
+  sub.onStatus("pending");
+  assert.deepEqual(m.seen.at(-1), { connection: "connected", subscription: "pending" });
+  sub.onStatus("active");
+  assert.deepEqual(m.seen.at(-1), { connection: "connected", subscription: "active" });
+  m.unmount();
+  await settle();
+});
