@@ -123,7 +123,9 @@ function createEntry(key, options, closeDelayMs, external) {
     // A client passed in may already be connected: start from what it says.
     everConnected = client.state == "connected";
     update({ client, state: external ? client.state : "connecting", url: client.url ?? null });
-    if (!external) client.connect().catch((err) => e.disposed || onError(err));
+    // A give-up rejects connect() with the error its `error` event recorded already.
+    const recorded = ({ code, message }, last = e.status.lastError) => code == last?.code && message == last.message;
+    if (!external) client.connect().catch((err) => e.disposed || recorded(toErrorInfo(err)) || onError(err));
   };
   const dispose = () => {
     e.disposed = true;

@@ -311,3 +311,27 @@ test("useSubscription says pending, not active, from a drop of the connection un
   m.unmount();
   await settle();
 });
+
+test("a give-up is recorded once: connect()'s rejection repeats the error event's error", async () => {
+  const m = mount({ options: { urls: ["ws://give-up.test/ws"] } }, () => stubbed.useConnectionState().lastError);
+  await settle();
+  const client = StubClient.made.at(-1);
+  // As the SDK does: an `error` event, then connect() rejects with an equal WarrenError.
+  const giveUp = () => Object.assign(new Error("gave up after 100 ms (connectTimeoutMs); last: none"), { code: "timeout" });
+  client.emit("error", giveUp());
+  client.connectSettles.reject(giveUp());
+  await settle();
+  const recorded = [...new Set(m.seen.filter(Boolean))];
+  assert.equal(recorded.length, 1);
+  assert.equal(recorded[0].code, "timeout");
+  m.unmount();
+
+  // A rejection that no `error` event reported is recorded.
+  const other = mount({ options: { urls: ["ws://reject.test/ws"] } }, () => stubbed.useConnectionState().lastError);
+  await settle();
+  StubClient.made.at(-1).connectSettles.reject(Object.assign(new Error("closed"), { code: "closed" }));
+  await settle();
+  assert.equal(other.seen.at(-1)?.code, "closed");
+  other.unmount();
+  await settle();
+});
