@@ -10,8 +10,8 @@ pub const READER_OPEN_DELAY_MS: &str = "WARREN_FAULT_READER_OPEN_DELAY_MS";
 /// message it reads (so the hub lags the stream).
 pub const HUB_READ_DELAY_MS: &str = "WARREN_FAULT_HUB_READ_DELAY_MS";
 
-/// The outbound stream's hub reader, starting again after a read (its consumer
-/// ended), waits this many milliseconds before it looks at the stream.
+/// A stream's hub reader, starting again after its consumer ended, waits this many
+/// milliseconds before it looks at the stream.
 pub const HUB_RESTART_DELAY_MS: &str = "WARREN_FAULT_HUB_RESTART_DELAY_MS";
 
 /// A `hello` that opens a new session with subscriptions waits this many milliseconds

@@ -229,22 +229,17 @@ impl Message {
             let headers = properties.headers().as_ref().map(|h| h.inner());
             // A stream drops the `CC` array; `x-warren-cc` carries the same keys.
             match headers.and_then(|h| h.get("CC")) {
+                // Strings as any client sends them: long, short, or bytes (Go's and
+                // Java's AMQP clients send `[]byte` / `byte[]` as a byte array).
                 Some(AMQPValue::FieldArray(cc)) => {
-                    for v in cc.as_slice() {
-                        match v {
-                            AMQPValue::LongString(s) => keys.push(s.to_string()),
-                            AMQPValue::ShortString(s) => keys.push(s.to_string()),
-                            _ => {}
-                        }
-                    }
+                    keys.extend(cc.as_slice().iter().filter_map(crate::delivery::text_value));
                 }
                 _ => {
-                    if let Some(AMQPValue::LongString(cc)) = headers.and_then(|h| h.get(H_CC)) {
-                        keys.extend(
-                            String::from_utf8_lossy(cc.as_bytes())
-                                .split_ascii_whitespace()
-                                .map(str::to_string),
-                        );
+                    if let Some(cc) = headers
+                        .and_then(|h| h.get(H_CC))
+                        .and_then(crate::delivery::text_value)
+                    {
+                        keys.extend(cc.split_ascii_whitespace().map(str::to_string));
                     }
                 }
             }
@@ -740,6 +735,17 @@ impl Hub {
     /// The offset after the newest message read, if any was.
     pub fn next_offset(&self) -> Option<u64> {
         self.lock().next
+    }
+
+    /// Where its reader starts reading: after the last position read; `None` (the
+    /// stream's last chunk) at the first start. A hub that became ready having read
+    /// nothing took the stream for empty ([`run_reader`]'s quiet start), and its
+    /// sessions joined live from there: a reader starting again then reads from the
+    /// stream's start, since all the stream holds came after. From its last chunk, it
+    /// skipped in silence what services published in earlier chunks while it was away.
+    pub(crate) fn start_from(&self) -> Option<u64> {
+        let next = self.lock().next;
+        next.or_else(|| (*self.ready.borrow()).then_some(0))
     }
 
     /// The newest message read, while the ring holds it.
@@ -1521,16 +1527,20 @@ pub async fn run_reader(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut attempt = 0u32;
+    // Whether a reader of this hub started before: the next start is a restart.
+    let mut started_before = false;
     loop {
         if *shutdown.borrow() {
             return;
         }
         let tag = format!("{node}.hub");
         let start = async {
-            let mut from = hub.next_offset();
-            if let Some(next) = from.filter(|n| *n > 0) {
-                #[cfg(feature = "fault-injection")]
+            let mut from = hub.start_from();
+            #[cfg(feature = "fault-injection")]
+            if started_before {
                 crate::fault::delay(crate::fault::HUB_RESTART_DELAY_MS).await;
+            }
+            if let Some(next) = from.filter(|n| *n > 0) {
                 // Starting again after a read: the stream must still hold what was
                 // read (a tail that cannot be read is not read past: tried again).
                 let newest = hub.newest();
@@ -1575,7 +1585,8 @@ pub async fn run_reader(
                 }
             }
         };
-        tracing::info!(stream = %stream, from = ?from, "outbound stream reader started");
+        tracing::info!(stream = %stream, from = ?from, restart = started_before, "outbound stream reader started");
+        started_before = true;
         hub.set_reading(true);
         attempt = 0;
         // An empty stream sends nothing for `last`: ready once nothing came for a bit.
@@ -2090,6 +2101,63 @@ mod tests {
         let mut want: Vec<u64> = (1..=10).collect();
         want.push(next);
         assert_eq!(catch_up_from_ring(&hub, 3, 1), want);
+    }
+
+    #[test]
+    fn a_cc_header_sent_as_bytes_routes_as_a_string_does() {
+        let hub = Hub::new(100);
+        let (a, _) = hub.join(1, "s1", None);
+        let (b, _) = hub.join(2, "s2", None);
+        let (c, _) = hub.join(3, "s3", None);
+        hub.subscribe(1, &keys(&["chat.user.a"]));
+        hub.subscribe(2, &keys(&["chat.user.b"]));
+        hub.subscribe(3, &keys(&["chat.user.c"]));
+        // As a service in Go or Java sends it: `x-warren-cc` as a byte array.
+        let mut h = FieldTable::default();
+        h.insert(
+            H_CC.into(),
+            AMQPValue::ByteArray(b"chat.user.b chat.user.c".to_vec().into()),
+        );
+        hub.publish(Message::new(
+            7,
+            "warren.out".into(),
+            "chat.user.a".into(),
+            BasicProperties::default().with_headers(h),
+            b"1".to_vec(),
+        ));
+        for inbox in [&a.inbox, &b.inbox, &c.inbox] {
+            assert_eq!(inbox.try_recv().unwrap().offset, 7);
+        }
+        // `CC` itself, its keys as byte arrays.
+        let mut h = FieldTable::default();
+        h.insert(
+            "CC".into(),
+            AMQPValue::FieldArray(
+                vec![AMQPValue::ByteArray(b"chat.user.c".to_vec().into())].into(),
+            ),
+        );
+        hub.publish(Message::new(
+            8,
+            "warren.out".into(),
+            "chat.user.a".into(),
+            BasicProperties::default().with_headers(h),
+            b"1".to_vec(),
+        ));
+        assert_eq!(c.inbox.try_recv().unwrap().offset, 8);
+    }
+
+    #[test]
+    fn a_reader_starting_again_before_it_read_anything_reads_from_the_start_once_ready() {
+        let hub = Hub::new(100);
+        // The first start reads the stream's last chunk.
+        assert_eq!(hub.start_from(), None);
+        // Ready having read nothing (the stream looked empty): sessions joined live
+        // from there, so everything the stream holds at a restart is new to them.
+        hub.ready.send_replace(true);
+        assert_eq!(hub.start_from(), Some(0));
+        // Once it read, after the last position read.
+        hub.publish(msg(5, "chat.all"));
+        assert_eq!(hub.start_from(), Some(6));
     }
 
     #[test]

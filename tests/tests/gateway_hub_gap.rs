@@ -84,6 +84,49 @@ async fn positions_retention_dropped_while_the_hub_was_away_are_reported_to_live
     .await;
 }
 
+/// A hub that started on an empty stream became ready having read nothing, and its
+/// sessions joined live. Its reader, starting again after its broker connection was
+/// lost, reads from the stream's start: what services published meanwhile, in
+/// several chunks, all reaches the live session. It started at the stream's last
+/// chunk, and skipped the others in silence, for good (the client's position moved
+/// past them).
+#[tokio::test]
+async fn a_hub_that_had_read_nothing_misses_nothing_published_while_its_reader_was_away() {
+    std::env::set_var(HUB_RESTART_DELAY_MS, "8000");
+    TestEnv::run("hub-empty-restart", LIMIT, async |env| {
+        let gw = TestGateway::start(env).await;
+        let node = gw.gateway().config().node.clone();
+        let mut c = TestClient::connect(&gw.url()).await;
+        c.subscribe(sub("all", "chat")).await;
+        if cut_gateway_connections("a hub reader that had read nothing", &node)
+            .await
+            .is_none()
+        {
+            gw.shutdown().await;
+            return;
+        }
+        // One confirmed publish after another: a chunk each. (The hub reads again
+        // only after its restart delay.)
+        for i in 0..3 {
+            env.publish_out("chat.all", &format!("v{i}"), "0").await;
+        }
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            match c.recv_within(Duration::from_secs(30)).await {
+                Some(ServerFrame::Deliver(d)) => got.push(d.message_id.clone()),
+                Some(ServerFrame::Error(e)) => panic!("after {got:?}: {e:?}"),
+                Some(_) => {}
+                None => panic!("only {got:?} of v0, v1, v2 arrived"),
+            }
+        }
+        assert_eq!(got, ["v0", "v1", "v2"]);
+        c.expect_quiet(Duration::from_millis(300)).await;
+        c.close().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
+
 /// A live session reading on across stream segments is told nothing is missing: each
 /// segment RabbitMQ starts begins with a position that holds no message, which the
 /// reader skips (the hub's gap check reported every one of them as retention loss).
