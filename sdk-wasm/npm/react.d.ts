@@ -138,11 +138,12 @@ export interface WarrenSubscriptionStatus {
    * stopped client; `onStatus` itself says nothing at a drop, only `pending` at the
    * resubscribe, so the hook turns `active` into `pending` while the client is not
    * `connected`), `active` once the gateway acknowledged it, `error` when the gateway
-   * refused it (`forbidden`, `unknown_channel`, ...; also on a later reconnect, e.g. when a new token no longer grants it; a retryable refusal
-   * such as `overloaded` is tried again after the next reconnect) or the client stopped
-   * (`closed`, `unauthorized` after close code 4501, `timeout` after
-   * `connectTimeoutMs`), and `active` again once acknowledged after `connect()`;
-   * `idle` while `spec` is `null` (nothing subscribed).
+   * refused it (`forbidden`, `unknown_channel`, ...; also on a later reconnect, e.g.
+   * when a new token no longer grants it; a retryable refusal such as `overloaded` is
+   * tried again after the next reconnect) or the client stopped (`closed`,
+   * `unauthorized` after close code 4501, `timeout` after `connectTimeoutMs`), and
+   * `active` again once acknowledged after `connect()`; `idle` while `spec` is `null`
+   * (nothing subscribed).
    */
   status: "idle" | "pending" | "active" | "error";
   /** Why it is `error` (`null` otherwise). */
