@@ -311,7 +311,9 @@ pub fn management_url() -> String {
 }
 
 /// Runs `warren-gateway topology <action> <extra...>` in `env`'s namespace with the
-/// configuration file `toml`, and returns what it printed and its exit status.
+/// configuration file `toml`, and returns what it printed and its exit status. It
+/// runs without `RUST_LOG` and `WARREN_MANAGEMENT_URL` from the test's environment, so
+/// `check` compares bindings only when `extra` passes `--management-url`.
 ///
 /// # Panics
 /// When the binary cannot be found or run, or the file cannot be written.
@@ -338,6 +340,10 @@ pub async fn topology_cli(
         .args(extra)
         // Its own default logging, whatever the test runner's.
         .env_remove("RUST_LOG")
+        // `topology check` reads `--management-url` from this variable, which users
+        // export for the tests when the broker is elsewhere (see `management_url`):
+        // only `extra` decides whether bindings are compared.
+        .env_remove("WARREN_MANAGEMENT_URL")
         .output()
         .await
         .expect("run warren-gateway");
