@@ -363,6 +363,69 @@ fn dev_demo_help_says_rabbitmq_keeps_running() {
     let _ = std::fs::remove_dir_all(path);
 }
 
+/// The benchmarks' binaries are where cargo puts them: under `CARGO_TARGET_DIR` when it
+/// is set. `./dev bench-stream-read` built into it and then ran, or said "not built
+/// yet" for, `bench/stream-read/target/release/`'s binary, which was not there; `./dev
+/// bench --help` looked in `target/release/` for warren-bench alike. The stub cargo
+/// writes the binary it is asked to build under `$CARGO_TARGET_DIR/release`.
+#[test]
+fn dev_benchmarks_run_and_show_the_help_of_the_binaries_in_cargo_target_dir() {
+    let stubs = Stubbed::new();
+    write_script(
+        &stubs.dir.join("bin/cargo"),
+        r#"echo "$*" >>"$STUB_LOG/cargo"
+[ "$1" = build ] || exit 0
+mkdir -p "$CARGO_TARGET_DIR/release"
+bin=$CARGO_TARGET_DIR/release/warren-bench-stream-read
+printf '#!/bin/sh\ncase "$1" in --help) echo "stream-read stub usage: --messages N";; *) echo "stream-read stub ran: $*";; esac\n' >"$bin"
+chmod +x "$bin""#,
+    );
+    let target = stubs.dir.join("target");
+    let target_env = ("CARGO_TARGET_DIR", target.to_str().expect("utf-8 path"));
+    // A broker at an address other than 127.0.0.1 or localhost: `./dev` checks no
+    // plugin of this machine's RabbitMQ for it (the stream protocol's port 5552 here).
+    let broker = std::net::TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    let amqp = format!(
+        "amqp://127.0.0.2:{}/%2f",
+        broker.local_addr().expect("addr").port()
+    );
+    let envs = [target_env, ("AMQP_ADDR", amqp.as_str())];
+
+    let (ok, stdout, stderr) = stubs.run(&["bench-stream-read", "--help"], &envs);
+    assert!(ok && stdout.contains("not built yet"), "{stdout}\n{stderr}");
+
+    let (ok, stdout, stderr) = stubs.run(&["bench-stream-read", "--messages", "5"], &envs);
+    assert!(
+        stubs
+            .log("cargo")
+            .contains(&"build --release --quiet".to_string()),
+        "{:#?}",
+        stubs.log("cargo")
+    );
+    assert!(
+        ok && stdout.contains("stream-read stub ran: --messages 5"),
+        "./dev bench-stream-read did not run the binary it built:\n{stdout}\n{stderr}"
+    );
+
+    let (ok, stdout, stderr) = stubs.run(&["bench-stream-read", "--help"], &envs);
+    assert!(
+        ok && stdout.contains("stream-read stub usage: --messages N")
+            && !stdout.contains("not built yet"),
+        "{stdout}\n{stderr}"
+    );
+
+    write_script(
+        &target.join("release/warren-bench"),
+        r#"echo "warren-bench stub usage: --targets""#,
+    );
+    let (ok, stdout, stderr) = stubs.run(&["bench", "--help"], &envs);
+    assert!(
+        ok && stdout.contains("warren-bench stub usage: --targets")
+            && !stdout.contains("not built yet"),
+        "{stdout}\n{stderr}"
+    );
+}
+
 /// The names of the environment variables the tests' library and tests read: the
 /// literals given to `env::var`, `var_os` and `env_number`, and every `"WARREN_…"`
 /// literal of tests/src (binary lookups take lists of them).
