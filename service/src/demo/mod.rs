@@ -302,4 +302,24 @@ mod tests {
         }
         assert!("fax".parse::<DemoChannel>().is_err());
     }
+
+    /// The form service/README.md shows: the fields one sets, the rest from `Default`
+    /// (every channel, no delay, none of the extras).
+    #[test]
+    fn demo_options_take_the_fields_not_given_from_default() {
+        let options = DemoOptions {
+            channels: vec![DemoChannel::Echo],
+            delay: Duration::from_millis(5),
+            ..Default::default()
+        };
+        assert_eq!(options.channels, [DemoChannel::Echo]);
+        assert_eq!(options.delay, Duration::from_millis(5));
+        assert_eq!(options.config.app_id, "warren-demo-service");
+        assert!(options.auth_channel.is_none() && options.tenants.is_none());
+        assert!(options.priority_queues.is_empty() && options.unanswered.is_empty());
+
+        let default = DemoOptions::default();
+        assert_eq!(default.channels, DemoChannel::ALL);
+        assert_eq!(default.delay, Duration::ZERO);
+    }
 }
