@@ -56,7 +56,7 @@ pub(crate) enum Origin {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Due {
     Nothing,
-    /// Send a `ping` (the connection has been quiet one way for a heartbeat).
+    /// Send a `ping` (a heartbeat after the last one).
     Ping,
     /// The token expired without a `refresh`: say so, then close with 4xxx.
     TokenExpired,
@@ -122,8 +122,8 @@ impl Clock {
         (self.heartbeat * 5 / 2).max(Duration::from_secs(1))
     }
 
-    /// When the timer must fire next: the heartbeat timeout, the next ping (only once
-    /// the connection has been quiet one way for a heartbeat), the `hello` timeout, the
+    /// When the timer must fire next: the heartbeat timeout, the next ping (a heartbeat
+    /// after the last one, whatever the traffic), the `hello` timeout, the
     /// token's expiry or the earliest request deadline (`request_deadline_ms`, on
     /// [`Clock::elapsed_ms`]'s base). Heartbeat work is rounded to a coarse grid
     /// ([`coarse`]); the other deadlines are exact.
@@ -141,8 +141,7 @@ impl Clock {
         } else {
             let mut at = self.last_heard + hb * 5 / 2;
             if phase == Phase::Open {
-                let quiet_since = self.last_heard.min(self.last_sent);
-                at = at.min((self.last_ping + hb).max(quiet_since + hb));
+                at = at.min(self.last_ping + hb);
             }
             coarse(at, hb)
         };
@@ -166,7 +165,8 @@ impl Clock {
 
     /// What is due at `now`, in order: the `hello` timeout, the token's expiry, the
     /// heartbeat timeout (nothing heard for 2.5 heartbeats, once the session is open:
-    /// before, the `hello` timeout decides), a ping. A ping is recorded as sent.
+    /// before, the `hello` timeout decides), a ping (a heartbeat after the last one,
+    /// once the session is open). A ping is recorded as sent.
     pub(crate) fn due(&mut self, now: Instant, phase: Phase, expires: Option<Instant>) -> Due {
         let hb = self.heartbeat;
         if phase == Phase::AwaitingHello && now.duration_since(self.started) >= self.hello_timeout {
@@ -181,9 +181,13 @@ impl Clock {
         if phase != Phase::AwaitingHello && now.duration_since(self.last_heard) >= hb * 5 / 2 {
             return Due::Close(CloseCode::HeartbeatTimeout, "");
         }
-        let idle =
-            now.duration_since(self.last_heard) >= hb || now.duration_since(self.last_sent) >= hb;
-        if idle && phase == Phase::Open && now.duration_since(self.last_ping) >= hb {
+        // Once a heartbeat, quiet or busy: a ping carries a stream position
+        // (`ping_position`), which a busy session needs as much as a quiet one for the
+        // streams its deliveries do not cover (a channel stream it is not subscribed
+        // in). Pinged only when quiet, a session receiving and acknowledging a
+        // delivery a heartbeat never learnt those positions: a resume replayed such a
+        // stream from its `welcome`, or found it aged out.
+        if phase == Phase::Open && now.duration_since(self.last_ping) >= hb {
             self.last_ping = now;
             return Due::Ping;
         }
@@ -878,17 +882,16 @@ mod tests {
     }
 
     #[test]
-    fn an_open_session_is_pinged_once_per_heartbeat_of_quiet_and_closed_after_two_and_a_half_silent(
-    ) {
+    fn an_open_session_is_pinged_once_per_heartbeat_and_closed_after_two_and_a_half_silent() {
         let t0 = Instant::now();
         let mut clock = Clock::new(HB, HELLO, t0);
-        // Traffic both ways: nothing due.
+        // Traffic both ways, within the first heartbeat: nothing due.
         clock.heard(t0 + ms(600));
         clock.sent(t0 + ms(600));
         assert_eq!(clock.due(t0 + ms(900), Phase::Open, None), Due::Nothing);
-        // The next wake is a heartbeat after the connection went quiet, on the grid.
+        // The next wake is a heartbeat after the last ping (the start), on the grid.
         let wake = clock.next_wake(Phase::Open, None, None);
-        assert!(wake >= t0 + ms(1_600) && wake < t0 + ms(1_600) + HB / 32 + ms(1));
+        assert!(wake >= t0 + HB && wake < t0 + HB + HB / 32 + ms(1));
         // Quiet one way (the client sends, the gateway does not): a ping, once.
         clock.heard(t0 + ms(1_500));
         assert_eq!(clock.due(t0 + ms(1_650), Phase::Open, None), Due::Ping);
@@ -906,6 +909,25 @@ mod tests {
             draining.due(t0 + ms(1_200), Phase::Draining, None),
             Due::Nothing
         );
+    }
+
+    #[test]
+    fn a_busy_session_is_pinged_once_per_heartbeat_too() {
+        // Deliveries out and acknowledgements in every 100 ms, never quiet either
+        // way: still a ping (with its stream position) once per heartbeat.
+        let t0 = Instant::now();
+        let mut clock = Clock::new(HB, HELLO, t0);
+        let mut pings = Vec::new();
+        for step in 1..=100u64 {
+            let now = t0 + ms(step * 100);
+            clock.sent(now);
+            clock.heard(now);
+            if clock.due(now, Phase::Open, None) == Due::Ping {
+                pings.push(step * 100);
+            }
+            assert!(clock.next_wake(Phase::Open, None, None) <= now + HB + HB / 32);
+        }
+        assert_eq!(pings, (1..=10).map(|k| k * 1_000).collect::<Vec<u64>>());
     }
 
     #[test]

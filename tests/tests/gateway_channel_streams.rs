@@ -264,6 +264,84 @@ async fn a_subscription_made_while_disconnected_resumes_its_channel_stream_from_
     .await;
 }
 
+/// A busy session, never quiet either way (a delivery out and its acknowledgement in
+/// every 150 ms), is pinged once a heartbeat too, and its pings name the channel
+/// streams it has no subscription in: what a resume after a subscription made while
+/// disconnected starts from (the test above). Pinged only after a heartbeat of
+/// quiet, it never learnt them.
+#[tokio::test]
+async fn a_busy_session_is_pinged_the_positions_of_the_streams_it_does_not_follow() {
+    TestEnv::run("chan-stream-busy-ping", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| {
+            voice_for_an_hour(c);
+            c.heartbeat_ms = 1_000;
+        })
+        .await;
+        let mut listener = TestClient::connect(&gw.url()).await;
+        listener.subscribe(sub("v", "voice")).await;
+        let mut busy = TestClient::connect(&gw.url()).await;
+        busy.subscribe(sub("c", "chat")).await;
+        for i in 0..2 {
+            env.publish_out("voice.all", &format!("v{i}"), "0").await;
+        }
+        let newest = listener.expect_delivers(2).await[1]
+            .position
+            .expect("a position");
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let chatter = async {
+            for i in 0..100 {
+                if *stop_rx.borrow() {
+                    break;
+                }
+                env.publish_out("chat.all", &format!("c{i}"), "0").await;
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        };
+        let watch = async {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(12);
+            let mut delivered = 0u32;
+            let pinged = loop {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let Some(text) = busy.recv_raw(left).await else {
+                    break None;
+                };
+                let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+                match v["type"].as_str() {
+                    Some("deliver") => {
+                        delivered += 1;
+                        busy.ack_deliveries(v["seq"].as_u64().expect("a seq")).await;
+                    }
+                    Some("ping") => {
+                        busy.send_text(
+                            &serde_json::json!({"type": "pong", "ts": v["ts"]}).to_string(),
+                        )
+                        .await;
+                        if v["stream"] == "voice" && v["position"].as_u64() >= Some(newest) {
+                            break Some(v);
+                        }
+                    }
+                    _ => {}
+                }
+            };
+            stop_tx.send_replace(true);
+            (pinged, delivered)
+        };
+        let ((pinged, delivered), ()) = tokio::join!(watch, chatter);
+        assert!(
+            pinged.is_some(),
+            "no ping named voice at {newest} or later within 12 s, after {delivered} deliveries"
+        );
+        assert!(
+            delivered >= 5,
+            "the session was busy: {delivered} deliveries"
+        );
+        listener.close().await;
+        busy.close().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_busy_channel_ages_out_of_its_own_stream_only_and_its_sessions_are_told_which() {
     TestEnv::run("chan-aged", LIMIT, async |env| {
