@@ -4,7 +4,7 @@
 //! these definitions; nothing else decides.
 //!
 //! Close codes follow a range rule so that a client that does not know a code still
-//! does the right thing: 4000–4499 reconnect, 4500–4999 do not.
+//! does the right thing: 4000–4499 reconnect, 4500–4999 do not (nor does 1000).
 
 use serde::{Deserialize, Serialize};
 
@@ -89,9 +89,11 @@ error_codes! {
     Nacked = "nacked", retry: true;
     /// A bug or unexpected condition in the gateway.
     Internal = "internal", retry: true;
-    /// SDK only: the operation needs a connection and the client is not connected.
+    /// SDK only: the operation needs a connection and the client is not connected; also
+    /// the `error` event of every failed connection attempt.
     Disconnected = "disconnected", retry: true;
-    /// SDK only: the client was closed by the application.
+    /// SDK only: the client was closed by the application, or stopped after a close
+    /// code that forbids reconnecting (1000, 4500–4999).
     Closed = "closed", retry: false;
 }
 

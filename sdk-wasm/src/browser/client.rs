@@ -130,7 +130,7 @@ impl Client {
 
     /// Resolves when the client is connected (at once if it is); rejects with `closed`
     /// after `close()`, and at once with the close's error after a close code that
-    /// forbids reconnecting (4500–4999), until `connect()` starts over.
+    /// forbids reconnecting (1000, 4500–4999), until `connect()` starts over.
     #[wasm_bindgen(unchecked_return_type = "Promise<void>")]
     pub fn ready(&self) -> Promise {
         settle_with(&self.shared, |core, now| core.ready(now))
