@@ -28,6 +28,12 @@ pub const CONSUMER_CHECK_TTL: Duration = Duration::from_millis(250);
 /// (`rabbit_quorum_queue:stat/2`). An empty answer that took this long may be that.
 const SLOW_EMPTY_ANSWER: Duration = Duration::from_millis(200);
 
+/// How long a look at a queue's consumers may take ([`Services::answerable`]): past
+/// it the broker cannot say, which counts as a consumer. A connection that stays open
+/// while RabbitMQ answers nothing (a frozen node) held the request, and the WebSocket
+/// connection's loop that handles it, until the AMQP heartbeat gave the connection up.
+const CONSUMER_LOOK_LIMIT: Duration = Duration::from_secs(1);
+
 /// What a passive declare said about a queue, and how long it took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct QueueCount {
@@ -245,7 +251,9 @@ impl Services {
             return answer;
         }
         let began = Instant::now();
-        let count = look().await;
+        let count = tokio::time::timeout(CONSUMER_LOOK_LIMIT, look())
+            .await
+            .unwrap_or(None);
         *last = Some(ConsumerLook { began, count });
         count.is_none_or(|c| c > 0)
     }
@@ -472,5 +480,19 @@ mod tests {
         // Each queue has looks of its own.
         assert!(!services.consumed_by("IN_CHAT", asked, found(Some(0))).await);
         assert_eq!(looks.load(Relaxed), 5);
+    }
+
+    #[tokio::test]
+    async fn a_look_the_broker_never_answers_is_given_up_and_counts_as_a_consumer() {
+        let services = Services::default();
+        let started = Instant::now();
+        let never = || std::future::pending::<Option<u32>>();
+        let answered = tokio::time::timeout(
+            CONSUMER_LOOK_LIMIT * 3,
+            services.consumed_by("IN_ECHO", Instant::now(), never),
+        )
+        .await;
+        assert_eq!(answered, Ok(true), "the request waited for the look");
+        assert!(started.elapsed() >= CONSUMER_LOOK_LIMIT);
     }
 }
