@@ -980,6 +980,8 @@ impl Conn {
             }
         }
         self.phase = Phase::Open;
+        // The `hello` was accepted: a row of bad frames before it ends here.
+        self.errors.good();
         if let Some(cap) = &self.upgrade.pre_hello {
             let waited = cap.opened();
             self.shared.metrics.session_open.observe(waited);
@@ -1899,6 +1901,20 @@ impl Conn {
                 // The flagged channels, not the subscriptions: made at once, a packet's
                 // combinations can be gigabytes (see `poc_subscriptions`).
                 self.join_wait(p.channels()).await;
+                // All of them checked first: applied whole, or not at all.
+                let checked = self.session.as_ref().map(|session| {
+                    core_::check_subscriptions(
+                        &self.shared.config,
+                        self.pinned.as_deref(),
+                        &session.identity,
+                        &session.subs,
+                        core_::poc_subscriptions(&p, &id),
+                        self.shared.config.max_subscriptions as usize,
+                    )
+                });
+                if let Some(Err(r)) = checked {
+                    return self.refuse(Some(id), r).await;
+                }
                 let refused = core_::poc_subscriptions(&p, &id)
                     .find_map(|s| self.apply_subscription(&s, true, false).err());
                 if let Some(r) = refused {

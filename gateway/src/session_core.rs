@@ -531,15 +531,45 @@ pub(crate) fn change_subscriptions(
     if on {
         let new = keys.iter().filter(|k| !subs.contains(k)).count();
         if subs.len() + new > max {
-            return Err(Refusal::new(
-                ErrorCode::Forbidden,
-                format!("a session may hold at most {max} subscriptions"),
-            ));
+            return Err(too_many_subscriptions(max));
         }
         Ok(keys.iter().filter(|k| subs.add(k)).cloned().collect())
     } else {
         Ok(keys.iter().filter(|k| subs.remove(k)).cloned().collect())
     }
+}
+
+fn too_many_subscriptions(max: usize) -> Refusal {
+    Refusal::new(
+        ErrorCode::Forbidden,
+        format!("a session may hold at most {max} subscriptions"),
+    )
+}
+
+/// Whether every one of `each` (a POC `consume` packet's subscriptions,
+/// [`poc_subscriptions`]) may be held, all together on top of `subs`: the identity may
+/// hold each ([`subscription_keys`]) and their keys fit within `max` distinct keys.
+/// Checked before any is applied, so that a packet is applied whole or not at all:
+/// refused part-way, the subscriptions applied before the refusal stayed, and
+/// delivered for a packet the client was told failed. Stops at the first refusal
+/// (a packet's combinations can be gigabytes); holds at most `max` keys meanwhile.
+pub(crate) fn check_subscriptions(
+    config: &Config,
+    pinned: Option<&str>,
+    identity: &Identity,
+    subs: &Subscriptions,
+    each: impl Iterator<Item = Subscribe>,
+    max: usize,
+) -> Result<(), Refusal> {
+    let mut new = std::collections::HashSet::new();
+    for s in each {
+        for k in subscription_keys(config, pinned, &s, identity)? {
+            if !subs.contains(&k) && new.insert(k) && subs.len() + new.len() > max {
+                return Err(too_many_subscriptions(max));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A POC packet's `publish_target`: absent or empty, or the gateway's own inbound
@@ -1216,6 +1246,34 @@ mod tests {
         let mut any_topic = alice.clone();
         any_topic.topics = vec!["#".into()];
         assert_eq!(refused(&bad_topic, None, &any_topic), ErrorCode::Invalid);
+    }
+
+    #[test]
+    fn a_poc_packets_subscriptions_are_checked_together_before_any_is_applied() {
+        let config = Config::default();
+        let alice = Identity::unrestricted("alice");
+        let mut subs = Subscriptions::default();
+        subs.add(&keys::broadcast("chat"));
+        let topic = |t: &str| Subscribe {
+            topic: Some(t.into()),
+            ..sub("chat")
+        };
+        let check = |each: Vec<Subscribe>, max| {
+            check_subscriptions(&config, None, &alice, &subs, each.into_iter(), max)
+        };
+        assert!(check(vec![topic("ok"), topic("fine")], 3).is_ok());
+        // The second is invalid: the packet is refused before the first is applied.
+        let refused = check(vec![topic("ok"), topic("bad topic!")], 10).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Invalid);
+        // Together over `max` distinct keys (one held already; a key named twice
+        // counts once), though each alone fits.
+        assert!(check(vec![topic("a"), topic("a"), topic("b")], 3).is_ok());
+        let over = check(vec![topic("a"), topic("b"), topic("c")], 3).unwrap_err();
+        assert_eq!(over.code, ErrorCode::Forbidden);
+        assert_eq!(over.message, "a session may hold at most 3 subscriptions");
+        // A channel not served: its own code.
+        let unknown = check(vec![topic("a"), sub("nope")], 10).unwrap_err();
+        assert_eq!(unknown.code, ErrorCode::UnknownChannel);
     }
 
     #[test]

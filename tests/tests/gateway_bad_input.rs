@@ -77,6 +77,34 @@ async fn too_many_bad_frames_in_a_row_close_the_connection_with_too_many_errors(
     env.cleanup().await;
 }
 
+/// A `hello` that opens the session is an accepted frame: it ends a row of bad
+/// frames before it (unreadable `hello`s, answered and waited past), as PROTOCOL.md's
+/// 4003 row says. The row went on, and the session's first refused frame could close
+/// it.
+#[tokio::test]
+async fn a_hello_that_opens_the_session_ends_the_row_of_bad_frames_before_it() {
+    let env = TestEnv::new("hello-resets").await;
+    let gw = TestGateway::start_with(&env, |c| c.max_consecutive_errors = 4).await;
+    let mut c = TestClient::connect_raw(&gw.url()).await;
+    for _ in 0..3 {
+        c.send_text(r#"{"type":"hello","position":"nope"}"#).await;
+        c.expect_error_code(None, ErrorCode::Invalid).await;
+    }
+    c.send_text(r#"{"type":"hello"}"#).await;
+    let welcome = c.recv_raw(Duration::from_secs(5)).await.expect("a welcome");
+    assert!(welcome.contains(r#""type":"welcome""#), "{welcome}");
+    for _ in 0..3 {
+        c.send_text("{nope").await;
+        c.expect_error_code(None, ErrorCode::Malformed).await;
+    }
+    c.publish("ok", "chat", json!(1)).await;
+    c.expect_ack("ok").await;
+    assert_eq!(c.close_code, None);
+    c.close().await;
+    gw.shutdown().await;
+    env.cleanup().await;
+}
+
 #[tokio::test]
 async fn a_frame_beyond_the_hard_cap_closes_with_message_too_big() {
     let env = TestEnv::new("hard-cap").await;

@@ -135,6 +135,18 @@ async fn a_poc_consume_packet_with_a_consume_target_list_receives_the_matching_e
     TestEnv::run("topics-poc", LIMIT, async |env| {
         let gateway = TestGateway::start(env).await;
         let mut poc = connect(&gateway, "312423dsa").await;
+        // A packet with a target that cannot be a topic is refused whole: its valid
+        // target is not subscribed either (it was, and delivered, before).
+        let refused = json!({
+            "id": "poc-refused",
+            "distribution": { "broadcast": false, "multicast": [], "direct": [] },
+            "channel": { "voice": false, "chat": false, "tickets": true },
+            "packet_action": "consume",
+            "consume_target": ["ticket.created", "bad topic!"]
+        });
+        poc.send_text(&refused.to_string()).await;
+        let e = poc.expect_error(Some("poc-refused")).await;
+        assert_eq!(e.code, warren_protocol::ErrorCode::Invalid, "{e:?}");
         let packet = json!({
             "id": "poc-topics",
             "distribution": { "broadcast": false, "multicast": [], "direct": [] },
@@ -147,8 +159,9 @@ async fn a_poc_consume_packet_with_a_consume_target_list_receives_the_matching_e
 
         publish_events(env).await;
 
-        // The two listed topics, not `ticket.created` and not the broadcast (the
-        // packet's `broadcast` is false and its list is not empty).
+        // The two listed topics, not `ticket.created` (only the refused packet named
+        // it) and not the broadcast (the packet's `broadcast` is false and its list is
+        // not empty).
         assert_eq!(
             received_keys(&mut poc, 2).await,
             event_keys(&["ticket.closed", "user.renamed"])
