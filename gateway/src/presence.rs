@@ -109,6 +109,16 @@ impl Held {
             self.left.remove(0);
         }
     }
+
+    /// `node` is a gateway the session was resumed away from (or never served it):
+    /// its `client.subscriptions` for the session are older than its keys.
+    fn left_by(&mut self, node: &str) {
+        self.left.retain(|n| n != node);
+        self.left.push(node.to_string());
+        if self.left.len() > LEFT_MAX {
+            self.left.remove(0);
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -374,6 +384,30 @@ impl PresenceView {
         self.away.remove(session);
         if let Some(h) = self.sessions.get_mut(session) {
             h.moved_to(node);
+        }
+    }
+
+    /// A takeover request of `node` for `session`, held here, refused: this gateway's
+    /// connection of it was asked for later (`node`'s `hello` waited while its client
+    /// gave it up and resumed here) and keeps it; `node`'s connection ends when it
+    /// hears this gateway's takeover request. `node`'s `client.subscriptions` for it
+    /// are older than its keys here: ignored, as those of a gateway the session was
+    /// resumed away from; one that came first (they travel apart) moved the session
+    /// to `node`, which it is taken back from. Without this, such an event placed the
+    /// session on `node` for good: this gateway's own takeover request changes
+    /// nothing here, and when its connection ended here nothing was published (not
+    /// held here), its user listed online for good, here on `node`, elsewhere here.
+    pub fn refused(&mut self, session: &str, node: &str) {
+        if node == self.me {
+            return;
+        }
+        let me = self.me.clone();
+        if let Some(h) = self.sessions.get_mut(session) {
+            if h.node == node {
+                h.moved_to(&me);
+            } else {
+                h.left_by(node);
+            }
         }
     }
 
@@ -1834,6 +1868,50 @@ mod tests {
         d.on_event(subscriptions("b", &kitchen), t0);
         assert_eq!((groups(&d, "lobby"), groups(&d, "kitchen")), (1, 0));
         assert_eq!(d.online(None, Some("lobby"), None)[0].node, "c");
+    }
+
+    /// A gateway whose `hello` for a session waited (slow auth) while its client
+    /// resumed the session here claims it after, and announces its takeover and keys:
+    /// its request is refused here as older, and its keys do not move the session
+    /// there, before or after the refusal, so that the session's end here is
+    /// announced. (They moved it to `n` for good: `ended` found it not held here and
+    /// published nothing.)
+    #[test]
+    fn a_refused_takeovers_subscriptions_leave_the_session_here() {
+        let t0 = Instant::now();
+        let subscriptions = |node: &str| PresenceEvent {
+            event: "client.subscriptions".into(),
+            keys: Some(vec!["chat.group.lobby".to_string()]),
+            ..connected("s1", "ada", node)
+        };
+        for keys_first in [false, true] {
+            let mut g = PresenceView::new("g", GRACE);
+            g.on_event(connected("s1", "ada", "a"), t0);
+            assert!(!g.opened("s1", "ada", None, None));
+            if keys_first {
+                g.on_event(subscriptions("n"), t0);
+                g.refused("s1", "n");
+            } else {
+                g.refused("s1", "n");
+                g.on_event(subscriptions("n"), t0);
+            }
+            assert_eq!(
+                g.online(None, None, None)[0].node,
+                "g",
+                "keys first: {keys_first}"
+            );
+            assert!(g.ended("s1", false, t0).is_none());
+            let due: Vec<(String, &str)> = g
+                .due(t0 + GRACE)
+                .into_iter()
+                .map(|(s, _, r)| (s, r))
+                .collect();
+            assert_eq!(
+                due,
+                [("s1".to_string(), "expired")],
+                "keys first: {keys_first}"
+            );
+        }
     }
 
     #[test]

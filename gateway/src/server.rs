@@ -1351,6 +1351,7 @@ pub(crate) async fn listen_for_takeovers(shared: Arc<Shared>) {
         if let Some((sessions, node)) = takeovers_in(body) {
             let mine = node == on.config.node;
             let mut moved = Vec::with_capacity(sessions.len());
+            let mut refused = Vec::new();
             for (session, at) in &sessions {
                 if !mine {
                     match on.registry.ask_to_release(session, *at) {
@@ -1364,6 +1365,9 @@ pub(crate) async fn listen_for_takeovers(shared: Arc<Shared>) {
                             if at.is_some_and(|at| since_ms > at) {
                                 on.request_takeover(session, since_ms);
                             }
+                            // Its `client.subscriptions` for the session do not move
+                            // the session there in the view.
+                            refused.push(session);
                             continue;
                         }
                         Release::Asked => {
@@ -1378,6 +1382,9 @@ pub(crate) async fn listen_for_takeovers(shared: Arc<Shared>) {
             let mut view = on.presence_view();
             for session in moved {
                 view.taken_over(session, &node);
+            }
+            for session in refused {
+                view.refused(session, &node);
             }
         } else if let Ok(a) = serde_json::from_slice::<GatewayAnnouncement>(body) {
             if a.node == on.config.node && a.instance != on.instance {
