@@ -983,6 +983,12 @@ impl Hub {
             }
             if !member.inbox.push(m.clone()) {
                 member.live = false;
+                // Everything it wanted before `m` is in its inbox (or was taken out by an
+                // unsubscribe): its catch-up starts at `m`, not at its last delivery,
+                // which may be hours back when its other keys are quiet (read from
+                // the stream for nothing, and told `session_expired` for positions it
+                // missed none of when retention had dropped them).
+                member.from = member.from.max(m.offset);
                 member.inbox.lagged.notify_one();
             }
         }
@@ -2144,6 +2150,31 @@ mod tests {
             b"1".to_vec(),
         ));
         assert_eq!(c.inbox.try_recv().unwrap().offset, 8);
+    }
+
+    #[test]
+    fn a_live_member_whose_full_inbox_an_unsubscribe_emptied_catches_up_from_the_overflow() {
+        let hub = Hub::new(10);
+        let (a, _) = hub.join(1, "s", None);
+        hub.subscribe_at(1, &keys(&["chat.all", "chat.group.b"]));
+        hub.publish(msg(0, "chat.all"));
+        assert_eq!(offsets(&a.inbox), vec![0]); // its position: 0, then chat.all is quiet
+        for o in 1..=100 {
+            hub.publish(msg(o, "chat.group.x")); // the ring moves past 1
+        }
+        let burst = 101..=101 + LIVE_BACKLOG as u64;
+        for o in burst.clone() {
+            hub.publish(msg(o, "chat.group.b")); // the last push finds the inbox full
+        }
+        hub.unsubscribe(1, &keys(&["chat.group.b"])); // what waited is taken out
+        assert!(offsets(&a.inbox).is_empty());
+        // Its catch-up from its position after 0 starts at the overflow, in the
+        // ring: not `Behind` (a stream reader from position 1).
+        match hub.catch_up(1, 1, 16) {
+            CatchUp::Behind { from } => panic!("behind the ring from {from}"),
+            CatchUp::Live | CatchUp::Batch(..) => {}
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
