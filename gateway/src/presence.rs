@@ -90,6 +90,11 @@ pub struct Held {
     /// The gateways it was resumed away from (the latest [`LEFT_MAX`]): their
     /// `client.subscriptions` for it are older than its keys.
     pub left: Vec<String>,
+    /// The last `client.subscriptions` ignored as from a gateway of `left`, since the
+    /// holder's last keys: the session's, if that gateway's takeover request comes
+    /// next (resumed back there, its keys travel apart from its takeover request and
+    /// often come first).
+    parked: Option<(String, BTreeSet<String>)>,
 }
 
 /// Gateways a session was resumed away from that the view remembers.
@@ -101,6 +106,11 @@ impl Held {
     fn moved_to(&mut self, node: &str) {
         if self.node == node {
             return;
+        }
+        if let Some((parked_by, keys)) = self.parked.take() {
+            if parked_by == node {
+                self.keys = keys;
+            }
         }
         let from = std::mem::replace(&mut self.node, node.to_string());
         self.left.retain(|n| n != node && *n != from);
@@ -336,6 +346,7 @@ impl PresenceView {
                         keys: BTreeSet::new(),
                         tenant: tenant.map(str::to_string),
                         left: Vec::new(),
+                        parked: None,
                     },
                 );
                 true
@@ -364,8 +375,12 @@ impl PresenceView {
     /// differ from what the view had (also for a session it does not know).
     pub fn subscriptions(&mut self, session: &str, keys: BTreeSet<String>) -> bool {
         match self.sessions.get_mut(session) {
-            Some(h) if h.keys == keys => false,
+            Some(h) if h.keys == keys => {
+                h.parked = None;
+                false
+            }
             Some(h) => {
+                h.parked = None;
                 h.keys = keys;
                 true
             }
@@ -403,6 +418,9 @@ impl PresenceView {
         }
         let me = self.me.clone();
         if let Some(h) = self.sessions.get_mut(session) {
+            if h.parked.as_ref().is_some_and(|(n, _)| n == node) {
+                h.parked = None;
+            }
             if h.node == node {
                 h.moved_to(&me);
             } else {
@@ -452,6 +470,7 @@ impl PresenceView {
                     keys: BTreeSet::new(),
                     tenant: e.tenant,
                     left: Vec::new(),
+                    parked: None,
                 });
             }
             "client.disconnected" => {
@@ -487,9 +506,16 @@ impl PresenceView {
             // takeover request (they travel apart): it holds the session now.
             "client.subscriptions" if e.node != self.me => {
                 if let Some(h) = self.sessions.get_mut(&e.session) {
-                    if !h.left.contains(&e.node) {
+                    let keys = e.keys.unwrap_or_default().into_iter().collect();
+                    if h.left.contains(&e.node) {
+                        // Late, or its own resume back there before its takeover
+                        // request: kept for the latter (it dropped the session's new
+                        // keys, and the view kept those of the gateway it left).
+                        h.parked = Some((e.node, keys));
+                    } else {
                         h.moved_to(&e.node);
-                        h.keys = e.keys.unwrap_or_default().into_iter().collect();
+                        h.parked = None;
+                        h.keys = keys;
                     }
                 }
             }
@@ -610,6 +636,7 @@ impl PresenceView {
                     keys: e.keys.unwrap_or_default().into_iter().collect(),
                     tenant: e.tenant,
                     left: Vec::new(),
+                    parked: None,
                 },
             );
         }
@@ -719,7 +746,8 @@ impl PresenceView {
     /// (left on the node it had left, a live session was announced `gateway_lost`
     /// when that node died). A session learnt after the request is kept, and so is one that moved
     /// since: the answer may be older than its `client.connected` or its takeover; nor
-    /// is one taken back to a node it was resumed away from. This gateway's own
+    /// is one taken back to a node it was resumed away from, unless that node's own
+    /// answer says it holds it (resumed back there). This gateway's own
     /// sessions are its own to know: what the peer says of them is ignored, except `lost`
     /// ([`PresenceView::lost_of`]): those of them announced `gateway_lost` while this
     /// gateway was cut off (its peers counted it dead) and not connected again since.
@@ -771,10 +799,12 @@ impl PresenceView {
                         continue;
                     };
                     let then = known.get(&e.session);
+                    // A gateway the session left that reports holding it was
+                    // resumed again (its answer is newer than what this view knew).
                     if h.node == e.node
                         || h.node == self.me
                         || then != Some(&h.node)
-                        || h.left.contains(&e.node)
+                        || (h.left.contains(&e.node) && e.node != from)
                     {
                         continue;
                     }
@@ -1911,6 +1941,63 @@ mod tests {
                 [("s1".to_string(), "expired")],
                 "keys first: {keys_first}"
             );
+        }
+    }
+
+    /// A session resumed back on a gateway it left, with other subscriptions: that
+    /// gateway's keys often come before its takeover request (they travel apart), and
+    /// they are the session's once the takeover comes; after a resync, the gateway's
+    /// own answer places the session there. (The keys were dropped as late, the view
+    /// kept the other gateway's; and every answer naming the gateway was skipped.)
+    #[test]
+    fn a_session_resumed_back_on_a_gateway_it_left_takes_that_gateways_keys_and_node() {
+        let t0 = Instant::now();
+        let subscriptions = |node: &str, group: &str| PresenceEvent {
+            event: "client.subscriptions".into(),
+            keys: Some(vec![format!("chat.group.{group}")]),
+            ..connected("s1", "ada", node)
+        };
+        let groups = |v: &PresenceView, g| v.online(None, Some(g), None).len();
+        let mut c = PresenceView::new("c", GRACE);
+        c.on_event(connected("s1", "ada", "a"), t0);
+        c.taken_over("s1", "b");
+        c.on_event(subscriptions("b", "kitchen"), t0);
+        c.on_event(subscriptions("a", "lobby"), t0);
+        assert_eq!((groups(&c, "lobby"), groups(&c, "kitchen")), (0, 1));
+        c.taken_over("s1", "a");
+        assert_eq!((groups(&c, "lobby"), groups(&c, "kitchen")), (1, 0));
+        assert_eq!(c.online(None, None, None)[0].node, "a");
+        // A late one from the gateway it left, then the holder's keys: the holder's.
+        let mut d = PresenceView::new("d", GRACE);
+        d.on_event(connected("s1", "ada", "a"), t0);
+        d.taken_over("s1", "b");
+        d.on_event(subscriptions("a", "lobby"), t0);
+        d.on_event(subscriptions("b", "kitchen"), t0);
+        d.taken_over("s1", "a");
+        assert_eq!((groups(&d, "lobby"), groups(&d, "kitchen")), (0, 1));
+
+        // g missed the resume back on a (its listener was away): a and b both say a.
+        let snapshot = |node: &str| {
+            vec![PresenceEvent {
+                keys: Some(vec!["chat.group.lobby".into()]),
+                ..connected("s1", "ada", node)
+            }]
+        };
+        for a_first in [false, true] {
+            let mut g = PresenceView::new("g", GRACE);
+            g.on_event(connected("s1", "ada", "a"), t0);
+            g.taken_over("s1", "b");
+            g.asking(1);
+            let mut answers = [("b", snapshot("a")), ("a", snapshot("a"))];
+            if a_first {
+                answers.reverse();
+            }
+            for (from, snap) in answers {
+                g.answer(from, 1, snap, &[], t0, false);
+            }
+            let online = g.online(None, Some("lobby"), None);
+            assert_eq!(online.len(), 1, "a first: {a_first}");
+            assert_eq!(online[0].node, "a", "a first: {a_first}");
         }
     }
 
