@@ -95,6 +95,11 @@ struct Session {
     ping_turn: usize,
     /// Deliveries not yet acknowledged by the client.
     inflight: Inflight<()>,
+    /// Direct replies (`request_replies = "direct"`) that came while the delivery
+    /// window was full: sent, in order, as acknowledgements make room. Each is still
+    /// a pending request (answered by its reply or its `timeout`), so
+    /// `max_pending_requests` bounds them.
+    held_answers: std::collections::VecDeque<(String, u64, Box<Delivery>)>,
     subs: Subscriptions,
     /// Nothing more is sent (drain).
     cancelled: bool,
@@ -919,6 +924,7 @@ impl Conn {
             turn: 0,
             ping_turn: 0,
             inflight: Inflight::default(),
+            held_answers: std::collections::VecDeque::new(),
             subs: Subscriptions::default(),
             cancelled: false,
             full_at_check: None,
@@ -1121,7 +1127,7 @@ impl Conn {
                     let acked = s.inflight.ack_upto(a.seq);
                     metrics::add(&self.shared.metrics.client_acks, acked.len() as u64);
                 }
-                Flow::Continue
+                self.send_held_answers().await
             }
             // Neither resets the count of bad frames in a row: a flood of pings
             // between bad frames must not keep a misbehaving client connected.
@@ -1450,6 +1456,45 @@ impl Conn {
         if self.requests.get(&id) != Some(&serial) {
             return Flow::Continue;
         }
+        // Within the delivery window, as stream deliveries are: a client that never
+        // acknowledges was sent every reply, each kept in `inflight` for the life of
+        // the connection.
+        let window = usize::from(self.shared.config.delivery_window);
+        if let Some(s) = self.session.as_mut() {
+            if s.inflight.len() >= window || !s.held_answers.is_empty() {
+                s.held_answers.push_back((id, serial, answer));
+                return Flow::Continue;
+            }
+        }
+        self.send_answer(id, answer).await
+    }
+
+    /// The direct replies held while the window was full ([`Conn::on_answer`]), as
+    /// far as it now has room; those whose request ended meanwhile (its `timeout`
+    /// went out) are dropped.
+    async fn send_held_answers(&mut self) -> Flow {
+        let window = usize::from(self.shared.config.delivery_window);
+        loop {
+            let Some(s) = self.session.as_mut() else {
+                return Flow::Continue;
+            };
+            if s.inflight.len() >= window {
+                return Flow::Continue;
+            }
+            let Some((id, serial, answer)) = s.held_answers.pop_front() else {
+                return Flow::Continue;
+            };
+            if self.requests.get(&id) != Some(&serial) {
+                continue;
+            }
+            if let Flow::Close(c, r) = self.send_answer(id, answer).await {
+                return Flow::Close(c, r);
+            }
+        }
+    }
+
+    /// Sends a direct reply to request `id` as a `reply` (or `error`) frame.
+    async fn send_answer(&mut self, id: String, answer: Box<Delivery>) -> Flow {
         let properties = answer
             .properties
             .clone()

@@ -89,6 +89,64 @@ async fn a_reply_comes_by_direct_reply_to_to_the_connection_that_asked() {
     .await;
 }
 
+/// Direct replies count against the delivery window, as stream deliveries do: a
+/// client that does not acknowledge gets `delivery_window` of them, and the rest as
+/// it acknowledges, in order. (Each was sent at once and kept in the connection's
+/// list of unacknowledged deliveries for its whole life: memory without bound for a
+/// client that never acknowledges.)
+#[tokio::test]
+async fn direct_replies_wait_for_room_in_the_delivery_window() {
+    TestEnv::run("direct-reply-window", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| {
+            c.request_replies = RequestReplies::Direct;
+            c.delivery_window = 2;
+        })
+        .await;
+        let mut inbound = env.consume_inbound("echo").await;
+        let mut a = TestClient::connect(&gw.url()).await;
+        for i in 0..5 {
+            a.request(
+                &format!("q{i}"),
+                "echo",
+                Some(20_000),
+                serde_json::json!({"n": i}),
+            )
+            .await;
+        }
+        for _ in 0..5 {
+            let req = next_delivery(&mut inbound, Duration::from_secs(5)).await;
+            let body = String::from_utf8_lossy(&req.data).to_string();
+            env.reply_to(&req, &body, None).await;
+            ack(&req).await;
+        }
+        // The replies until nothing more comes for a while: their ids and last seq.
+        async fn replies(c: &mut TestClient) -> (Vec<String>, u64) {
+            let (mut ids, mut seq) = (Vec::new(), 0);
+            while let Some(f) = c.recv_within(Duration::from_millis(700)).await {
+                match f {
+                    warren_protocol::ServerFrame::Reply(r) => {
+                        ids.push(r.id.clone());
+                        seq = r.seq;
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            (ids, seq)
+        }
+        let (first, seq) = replies(&mut a).await;
+        assert_eq!(first, ["q0", "q1"], "the window holds two");
+        a.ack_deliveries(seq).await;
+        let (next, seq) = replies(&mut a).await;
+        assert_eq!(next, ["q2", "q3"]);
+        a.ack_deliveries(seq).await;
+        let (last, _) = replies(&mut a).await;
+        assert_eq!(last, ["q4"]);
+        a.close().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_direct_reply_lost_with_its_gateway_comes_from_the_copy_the_sdk_sends_again() {
     let env = TestEnv::new("direct-reply-kill").await;
