@@ -95,6 +95,10 @@ pub struct Held {
     /// next (resumed back there, its keys travel apart from its takeover request and
     /// often come first).
     parked: Option<(String, BTreeSet<String>)>,
+    /// When `node` names an earlier process of a gateway that restarted under its name
+    /// (`a#previous`, `a#<instance>`: dead, apart from the live `a`): that gateway's
+    /// node name, which its `client.disconnected` names.
+    restarted: Option<String>,
 }
 
 /// Gateways a session was resumed away from that the view remembers.
@@ -112,11 +116,35 @@ impl Held {
                 self.keys = keys;
             }
         }
+        self.restarted = None;
         let from = std::mem::replace(&mut self.node, node.to_string());
         self.left.retain(|n| n != node && *n != from);
         self.left.push(from);
         if self.left.len() > LEFT_MAX {
             self.left.remove(0);
+        }
+    }
+
+    /// The node name of the gateway that holds it (held it last): `node`, or, when
+    /// that names an earlier process of a restarted gateway, the gateway's name.
+    pub fn node_name(&self) -> &str {
+        self.restarted.as_deref().unwrap_or(&self.node)
+    }
+
+    /// Its `client.disconnected` (`reason`), published by gateway `me`: `by` it when
+    /// another gateway (or an earlier process of `me`) held it.
+    pub fn disconnected(self, session: &str, reason: &str, me: &str) -> PresenceEvent {
+        let by = (self.node != me).then(|| me.to_string());
+        PresenceEvent {
+            event: "client.disconnected".into(),
+            session: session.to_string(),
+            node: self.node_name().to_string(),
+            user: self.user,
+            channel: self.channel,
+            reason: Some(reason.to_string()),
+            by,
+            keys: None,
+            tenant: self.tenant,
         }
     }
 
@@ -347,6 +375,7 @@ impl PresenceView {
                         tenant: tenant.map(str::to_string),
                         left: Vec::new(),
                         parked: None,
+                        restarted: None,
                     },
                 );
                 true
@@ -471,6 +500,7 @@ impl PresenceView {
                     tenant: e.tenant,
                     left: Vec::new(),
                     parked: None,
+                    restarted: None,
                 });
             }
             "client.disconnected" => {
@@ -549,6 +579,7 @@ impl PresenceView {
                 let gone = format!("{node}#{}", old.instance);
                 for h in self.sessions.values_mut().filter(|h| h.node == node) {
                     h.node = gone.clone();
+                    h.restarted = Some(node.to_string());
                 }
                 self.peers.insert(
                     gone,
@@ -622,10 +653,10 @@ impl PresenceView {
             if e.reason.as_deref() == Some(AWAY) {
                 self.away.insert(e.session.clone(), now + self.grace);
             }
-            let node = if liveness && e.node == self.me {
-                previous.clone()
+            let (node, restarted) = if liveness && e.node == self.me {
+                (previous.clone(), Some(self.me.clone()))
             } else {
-                e.node
+                (e.node, None)
             };
             self.sessions.insert(
                 e.session,
@@ -637,6 +668,7 @@ impl PresenceView {
                     tenant: e.tenant,
                     left: Vec::new(),
                     parked: None,
+                    restarted,
                 },
             );
         }
@@ -1004,7 +1036,7 @@ impl PresenceView {
                 // Not recorded as announced lost when nobody announced it here: a
                 // resync's answer would tell its gateway (alive, cut off meanwhile) so.
                 if reason == "gateway_lost" && !published_elsewhere {
-                    self.lose(&session, &h.node);
+                    self.lose(&session, h.node_name());
                 }
                 if published_elsewhere {
                     // Its event never came (this gateway's listener was away when it
@@ -1622,6 +1654,10 @@ mod tests {
         let due = a.due(t0 + GRACE);
         assert_eq!(due.len(), 1);
         assert_eq!((due[0].0.as_str(), due[0].2), ("s1", "gateway_lost"));
+        // Its event names the gateway that held it, b, not its earlier process.
+        let (s, held, reason) = due.into_iter().next().unwrap();
+        let e = held.disconnected(&s, reason, "a");
+        assert_eq!((e.node.as_str(), e.by.as_deref()), ("b", Some("a")));
         // A gateway that starts learns the sessions its peers know.
         a.opened("s2", "bob", None, None);
         let mut fresh = PresenceView::new("c", GRACE);
@@ -1665,27 +1701,33 @@ mod tests {
         a.on_gateway("c", "first", true, minute, later);
         c.on_gateway("a", "second", true, minute, later);
         assert!(leaves(c.due(later)).is_empty(), "a is elected, not c");
-        let mut published = leaves(a.due(t0 + GRACE));
-        published.extend(leaves(a.due(later)));
-        published.sort();
+        let mut due = a.due(t0 + GRACE);
+        due.extend(a.due(later));
+        let mut events: Vec<PresenceEvent> = due
+            .into_iter()
+            .map(|(s, held, reason)| held.disconnected(&s, reason, "a"))
+            .collect();
+        events.sort_by(|x, y| x.session.cmp(&y.session));
+        let published: Vec<(&str, &str, &str, Option<&str>)> = events
+            .iter()
+            .map(|e| {
+                let reason = e.reason.as_deref().unwrap_or_default();
+                (e.session.as_str(), reason, e.node.as_str(), e.by.as_deref())
+            })
+            .collect();
+        // Each names the gateway that held it last: s1 a (its earlier process), not a
+        // node that never was ("a#previous").
         assert_eq!(
             published,
             [
-                ("s1".to_string(), "gateway_lost"),
-                ("s2".to_string(), "gateway_lost")
+                ("s1", "gateway_lost", "a", Some("a")),
+                ("s2", "gateway_lost", "b", Some("a"))
             ],
             "a publishes both, once"
         );
         // The events reach c, which forgets them: nothing left to publish anywhere.
-        for (s, node) in [("s1", "a#previous"), ("s2", "b")] {
-            c.on_event(
-                PresenceEvent {
-                    event: "client.disconnected".into(),
-                    reason: Some("gateway_lost".into()),
-                    ..connected(s, "x", node)
-                },
-                Instant::now(),
-            );
+        for e in events {
+            c.on_event(e, Instant::now());
         }
         assert!(c.due(later + GRACE).is_empty() && a.due(later + GRACE).is_empty());
         assert!(c.online(None, None, None).is_empty());

@@ -222,21 +222,12 @@ impl Shared {
             .push(&event.event, &event.session, body, &self.metrics);
     }
 
-    /// Publishes `client.disconnected` for `session`, which `held` says where it was.
+    /// Publishes `client.disconnected` for `session`, which `held` says where it was
+    /// (naming its gateway's node name, also for an earlier process of a gateway that
+    /// restarted: [`crate::presence::Held::disconnected`]).
     pub(crate) fn disconnected(&self, session: &str, held: crate::presence::Held, reason: &str) {
-        let by = (held.node != self.config.node).then(|| self.config.node.clone());
         tracing::info!(session, user = %held.user, node = %held.node, reason, "client.disconnected");
-        self.presence(crate::presence::PresenceEvent {
-            event: "client.disconnected".into(),
-            session: session.to_string(),
-            user: held.user,
-            node: held.node,
-            channel: held.channel,
-            reason: Some(reason.to_string()),
-            by,
-            keys: None,
-            tenant: held.tenant,
-        });
+        self.presence(held.disconnected(session, reason, &self.config.node));
     }
 
     /// A session's subscriptions may have changed: the view learns them, and the peers
