@@ -211,8 +211,12 @@ pub struct PresenceView {
     /// This gateway's sessions announced connected again (or forgotten, away) since
     /// its last outage ([`PresenceView::answer`]): each peer's answer may name them,
     /// and each is dealt with once, also when its connection is lost or it is resumed
-    /// between two answers. Cleared at the next outage ([`PresenceView::deaf`]).
-    announced_again: HashSet<String>,
+    /// between two answers. Cleared at the next outage ([`PresenceView::deaf`]); each
+    /// forgotten after the grace period and [`TOMBSTONE_MARGIN`] (the value: until
+    /// when), by then the resync that may name it is over: a session announced
+    /// again because a peer's leave raced its resume here (no outage) was otherwise
+    /// kept until the next outage, however many there were meanwhile.
+    announced_again: HashMap<String, Instant>,
     /// Whether a peer's snapshot was taken in ([`PresenceView::merge`]).
     merged: bool,
 }
@@ -245,7 +249,7 @@ impl PresenceView {
             lost: HashMap::new(),
             lost_order: VecDeque::new(),
             lost_seq: 0,
-            announced_again: HashSet::new(),
+            announced_again: HashMap::new(),
             merged: false,
         }
     }
@@ -283,11 +287,12 @@ impl PresenceView {
     /// The events that announce `session`, held here, connected again after a peer
     /// announced it gone: `client.connected`, and `client.subscriptions` when it has
     /// any.
-    fn connected_again(&mut self, session: &str) -> Vec<PresenceEvent> {
+    fn connected_again(&mut self, session: &str, now: Instant) -> Vec<PresenceEvent> {
         let Some(h) = self.sessions.get(session) else {
             return Vec::new();
         };
-        self.announced_again.insert(session.to_string());
+        let until = now + self.grace + TOMBSTONE_MARGIN;
+        self.announced_again.insert(session.to_string(), until);
         let event = |event: &str, keys| PresenceEvent {
             event: event.into(),
             session: session.to_string(),
@@ -527,7 +532,7 @@ impl PresenceView {
                     self.away.remove(&e.session);
                     self.bury(&e.session, now);
                 } else {
-                    again = self.connected_again(&e.session);
+                    again = self.connected_again(&e.session, now);
                 }
             }
             // Not from a gateway the session was resumed away from (here or on a
@@ -804,16 +809,17 @@ impl PresenceView {
                 .sessions
                 .get(session)
                 .is_some_and(|h| h.node == self.me);
-            if !mine || self.announced_again.contains(session) {
+            if !mine || self.announced_again.contains_key(session) {
                 continue;
             }
             if self.away.remove(session).is_some() {
                 self.sessions.remove(session);
                 self.bury(session, now);
-                self.announced_again.insert(session.clone());
+                let until = now + self.grace + TOMBSTONE_MARGIN;
+                self.announced_again.insert(session.clone(), until);
                 continue;
             }
-            again.extend(self.connected_again(session));
+            again.extend(self.connected_again(session, now));
         }
         let snapshot: Vec<PresenceEvent> =
             snapshot.into_iter().filter(|e| e.node != self.me).collect();
@@ -1050,6 +1056,7 @@ impl PresenceView {
             }
         }
         self.forget_gone(now);
+        self.announced_again.retain(|_, until| *until > now);
         let holding: BTreeSet<&String> = self.sessions.values().map(|h| &h.node).collect();
         self.peers.retain(|n, p| {
             holding.contains(n) || !p.down && now.duration_since(p.last_seen) < p.lifetime * 4
@@ -1451,6 +1458,36 @@ mod tests {
         assert!(v.online(None, None, None).is_empty());
         // It comes back after that: a new connect.
         assert!(v.opened("s1", "ada", None, None));
+    }
+
+    /// A session announced connected again (a peer's leave raced its resume here) is
+    /// remembered as such only while a resync may still name it: without an outage
+    /// in between, every such race was kept, and the record grew without bound.
+    #[test]
+    fn sessions_announced_again_are_forgotten_after_a_while() {
+        let t0 = Instant::now();
+        let mut c = PresenceView::new("c", GRACE);
+        for i in 0..100 {
+            let s = format!("s{i}");
+            c.on_event(connected(&s, "ada", "b"), t0);
+            assert!(!c.opened(&s, "ada", None, None));
+            let again = c.on_event(
+                PresenceEvent {
+                    event: "client.disconnected".into(),
+                    by: Some("a".into()),
+                    reason: Some("gateway_lost".into()),
+                    ..connected(&s, "ada", "b")
+                },
+                t0,
+            );
+            assert_eq!(again.len(), 1, "announced again");
+            assert!(c.ended(&s, true, t0).is_some(), "and closed");
+        }
+        assert_eq!(c.announced_again.len(), 100);
+        c.due(t0 + GRACE);
+        assert_eq!(c.announced_again.len(), 100, "a resync may still name them");
+        c.due(t0 + GRACE + TOMBSTONE_MARGIN);
+        assert_eq!(c.announced_again.len(), 0);
     }
 
     #[test]
