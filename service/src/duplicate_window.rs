@@ -322,6 +322,9 @@ impl DuplicateWindow {
     }
 
     fn evict(&mut self, now: Instant) {
+        // Ids in flight put back at the end in this call: each once at most; when
+        // only those are left over the capacity, the window holds more for now.
+        let mut kept = 0;
         while let Some((id, at)) = self.order.front() {
             let current = self.entries.get(id).map(|e| e.at);
             let stale = current != Some(*at);
@@ -331,7 +334,27 @@ impl DuplicateWindow {
                 self.order.pop_front();
             } else if expired || over {
                 let (id, _) = self.order.pop_front().expect("front exists");
-                self.remove(&id);
+                let len = self.entries.len();
+                let in_flight = self
+                    .entries
+                    .get_mut(&id)
+                    .filter(|e| matches!(e.state, State::InFlight { .. }));
+                match in_flight {
+                    // Never forgotten while its handler runs (longer than the ttl, or
+                    // while a hundred thousand other ids went by): a copy would then
+                    // run the handler beside it. Counted from now again; as many of
+                    // them as handlers run at once (the prefetch).
+                    Some(entry) if kept < len => {
+                        entry.at = now;
+                        self.order.push_back((id, now));
+                        kept += 1;
+                    }
+                    Some(entry) => {
+                        self.order.push_front((id, entry.at));
+                        break;
+                    }
+                    None => self.remove(&id),
+                }
             } else {
                 break;
             }
@@ -354,6 +377,32 @@ mod tests {
             message_id: "r1".into(),
             answer: Answer::raw(text.as_bytes().to_vec()),
         }
+    }
+
+    #[test]
+    fn an_id_in_flight_is_not_forgotten_past_the_ttl_or_over_the_capacity() {
+        let t = Instant::now();
+        let s = Duration::from_secs;
+        let mut w = DuplicateWindow::new(s(10), 2);
+        assert_eq!(w.begin("slow", t), Seen::New { failures: 0 });
+        // Its handler runs longer than the ttl: a copy still waits for it.
+        assert_eq!(w.begin("slow", t + s(11)), Seen::InFlight);
+        // Other ids go by, more than the window holds: still in flight.
+        for id in ["a", "b", "c"] {
+            assert_eq!(w.begin(id, t + s(12)), Seen::New { failures: 0 });
+            w.finish(id, None, t + s(12));
+        }
+        assert_eq!(w.begin("slow", t + s(13)), Seen::InFlight);
+        // Once finished, its copy is a duplicate.
+        w.finish("slow", None, t + s(14));
+        assert_eq!(w.begin("slow", t + s(15)), Seen::Done(None));
+        // More in flight than the window holds: kept all, and evicting ends.
+        let mut w = DuplicateWindow::new(s(10), 1);
+        for id in ["x", "y", "z"] {
+            assert_eq!(w.begin(id, t), Seen::New { failures: 0 });
+        }
+        assert_eq!(w.len(), 3);
+        assert_eq!(w.begin("x", t + s(20)), Seen::InFlight);
     }
 
     #[test]
