@@ -282,8 +282,12 @@ impl Service {
     /// exchange), declared durable with `x-queue-type` = the configured queue type
     /// (quorum by default) and `x-dead-letter-exchange` = `warren.dead` unless they
     /// exist, in which case they are used as they are. A channel's `IN_<CHANNEL>`
-    /// queue (or a tenant's) in the list is declared as the gateways declare it
-    /// ([`topology::declare_priority_queue`]): bounds, TTL and binding.
+    /// queue in the list is declared as the gateways declare it
+    /// ([`topology::declare_priority_queue`]): bounds, TTL and binding to `warren.in`.
+    /// A tenant's queue gets the same arguments but no binding: its bindings come from
+    /// [`Service::declare_tenants`] (or a gateway serving the tenant), so call that
+    /// first; a tenant queue declared again after it was deleted receives nothing
+    /// until they are declared again.
     ///
     /// Switching is event-driven: every queue above the one being worked on keeps a
     /// consumer (prefetch 1), so a message arriving there is pushed at once; the lower
