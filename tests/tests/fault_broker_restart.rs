@@ -89,21 +89,17 @@ async fn blocked_run() {
     let config = ServiceConfig::default().with_publish_timeout(Duration::from_secs(2));
     let tally = Arc::new(Tally::default());
     let worker = start_worker(&broker.uri(0), &names, &config, &tally).await;
-    let publisher = worker.publisher();
-    let exchange = names.inbound_exchange();
-    let publish = |id: &str| {
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_message_id(ShortString::from(id));
-        let publisher = publisher.clone();
-        let exchange = exchange.clone();
-        async move {
-            publisher
-                .publish_confirmed(&exchange, "chat.blocked", b"{}", properties)
-                .await
-        }
-    };
+    let publish = |id: &'static str| persistent(&worker, &names, "chat.blocked", id);
     publish("before").await.expect("confirmed before the alarm");
+    // Another service, stopped during the alarm: its lane's channel is open (it
+    // published a moment ago), and RabbitMQ never answers that channel's close while
+    // it blocks the connection. `stop` waited for it until the alarm cleared.
+    let other_names = Names::new(&format!("{ns}-other"));
+    let other = start_worker(&broker.uri(0), &other_names, &config, &Arc::default()).await;
+    let other_publish = |id: &'static str| persistent(&other, &other_names, "chat.other", id);
+    other_publish("other-before")
+        .await
+        .expect("the other service's publish is confirmed before the alarm");
 
     broker
         .ctl(0, &["set_vm_memory_high_watermark", "0"])
@@ -112,6 +108,20 @@ async fn blocked_run() {
     let t0 = Instant::now();
     let blocked = publish("during").await;
     let waited = t0.elapsed();
+    assert!(
+        other_publish("other-during").await.is_err(),
+        "the other service's publish is blocked too"
+    );
+    let stopping = Instant::now();
+    let stopped = tokio::time::timeout(Duration::from_secs(60), other.stop()).await;
+    assert!(
+        stopped.is_ok(),
+        "Service::stop returned while RabbitMQ blocked the connection"
+    );
+    println!(
+        "fault_broker_restart[Blocked]: a service stopped during the alarm in {:.1} s",
+        stopping.elapsed().as_secs_f64()
+    );
     broker
         .ctl(0, &["set_vm_memory_high_watermark", "0.4"])
         .await
@@ -161,6 +171,23 @@ async fn blocked_run() {
     assert!(all_handled, "every confirmed message was handled");
     worker.stop().await.expect("worker stops");
     broker.shutdown().await;
+}
+
+/// Publishes `{}` persistent with `message_id` = `id` on `service`'s publisher to the
+/// inbound exchange of `names`, and waits for its confirm.
+async fn persistent(
+    service: &Service,
+    names: &Names,
+    routing_key: &str,
+    id: &str,
+) -> Result<(), warren_service::ServiceError> {
+    let properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_message_id(ShortString::from(id));
+    service
+        .publisher()
+        .publish_confirmed(&names.inbound_exchange(), routing_key, b"{}", properties)
+        .await
 }
 
 async fn restart_run(fault: Fault) {
