@@ -96,8 +96,8 @@ struct Session {
     /// Deliveries not yet acknowledged by the client.
     inflight: Inflight<()>,
     /// Direct replies (`request_replies = "direct"`) that came while the delivery
-    /// window was full: sent, in order, as acknowledgements make room. Each is still
-    /// a pending request (answered by its reply or its `timeout`), so
+    /// window was full: sent, in order, as acknowledgements make room. Those whose
+    /// request timed out are dropped ([`Conn::prune_held_answers`]), so
     /// `max_pending_requests` bounds them.
     held_answers: std::collections::VecDeque<(String, u64, Box<Delivery>)>,
     subs: Subscriptions,
@@ -1460,13 +1460,36 @@ impl Conn {
         // acknowledges was sent every reply, each kept in `inflight` for the life of
         // the connection.
         let window = usize::from(self.shared.config.delivery_window);
+        self.prune_held_answers();
         if let Some(s) = self.session.as_mut() {
             if s.inflight.len() >= window || !s.held_answers.is_empty() {
                 s.held_answers.push_back((id, serial, answer));
+                self.shared
+                    .metrics
+                    .direct_replies_held
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Flow::Continue;
             }
         }
         self.send_answer(id, answer).await
+    }
+
+    /// Drops the held direct replies whose request is no longer pending (its `timeout`
+    /// went out): held ones are then at most the pending requests. Kept until an
+    /// acknowledgement came, a client that never sent one had them pile up.
+    fn prune_held_answers(&mut self) {
+        let requests = &self.requests;
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        let before = s.held_answers.len();
+        s.held_answers
+            .retain(|(id, serial, _)| requests.get(id) == Some(serial));
+        let dropped = before - s.held_answers.len();
+        self.shared
+            .metrics
+            .direct_replies_held
+            .fetch_sub(dropped as i64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The direct replies held while the window was full ([`Conn::on_answer`]), as
@@ -1484,6 +1507,10 @@ impl Conn {
             let Some((id, serial, answer)) = s.held_answers.pop_front() else {
                 return Flow::Continue;
             };
+            self.shared
+                .metrics
+                .direct_replies_held
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             if self.requests.get(&id) != Some(&serial) {
                 continue;
             }
@@ -1536,7 +1563,11 @@ impl Conn {
     }
 
     async fn on_deadlines(&mut self) -> Flow {
-        for (id, _) in self.requests.expire(self.elapsed_ms()) {
+        let expired = self.requests.expire(self.elapsed_ms());
+        if !expired.is_empty() {
+            self.prune_held_answers();
+        }
+        for (id, _) in expired {
             let frame =
                 ServerFrame::error(Some(id), ErrorCode::Timeout, "no reply before the deadline");
             if let Flow::Close(c, r) = self.send(&frame).await {
@@ -1986,6 +2017,10 @@ impl Conn {
         let Some(mut s) = self.session.take() else {
             return;
         };
+        self.shared.metrics.direct_replies_held.fetch_sub(
+            s.held_answers.len() as i64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         // Nothing to give back: the client resumes from its positions anywhere.
         for out in s.streams.drain(..).flatten() {
             out.close();

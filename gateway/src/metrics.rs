@@ -19,6 +19,8 @@ pub struct Metrics {
     pub publishes: AtomicU64,
     /// Client frames whose broker confirm is awaited.
     pub confirms_pending: AtomicI64,
+    /// Direct replies held until their client's delivery window has room.
+    pub direct_replies_held: AtomicI64,
     /// Times an AMQP connection was re-established.
     pub broker_reconnects: AtomicU64,
     /// Times RabbitMQ blocked a connection (resource alarm).
@@ -214,6 +216,15 @@ impl Metrics {
             "gauge",
             "Client frames awaiting their broker confirm.",
             self.confirms_pending
+                .load(Ordering::Relaxed)
+                .max(0)
+                .to_string(),
+        );
+        metric(
+            "direct_replies_held",
+            "gauge",
+            "Direct replies (request_replies = \"direct\") held until their client's delivery window has room.",
+            self.direct_replies_held
                 .load(Ordering::Relaxed)
                 .max(0)
                 .to_string(),

@@ -147,6 +147,43 @@ async fn direct_replies_wait_for_room_in_the_delivery_window() {
     .await;
 }
 
+/// Direct replies held for a full window are dropped when their request times out:
+/// a client that never acknowledges, sending request after request, does not make
+/// the gateway hold one reply more per request (they were dropped only at the next
+/// acknowledgement, which never came).
+#[tokio::test]
+async fn held_direct_replies_of_requests_that_timed_out_are_dropped() {
+    TestEnv::run("direct-reply-held", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| {
+            c.request_replies = RequestReplies::Direct;
+            c.delivery_window = 1;
+        })
+        .await;
+        let mut inbound = env.consume_inbound("echo").await;
+        let mut a = TestClient::connect(&gw.url()).await;
+        for i in 0..6 {
+            let id = format!("q{i}");
+            a.request(&id, "echo", Some(300), serde_json::json!({"n": i}))
+                .await;
+            env.answer_next(&mut inbound, "{}", None).await;
+            if i == 0 {
+                a.expect_reply(&id).await; // the window's one place, never acknowledged
+            } else {
+                a.expect_error_code(Some(&id), ErrorCode::Timeout).await;
+            }
+        }
+        let metrics = warren_e2e::gateway::http_get(gw.health_addr(), "/metrics").await;
+        assert_eq!(
+            warren_e2e::gateway::metric_in(&metrics, "direct_replies_held"),
+            Some(0),
+            "replies of requests that timed out are still held"
+        );
+        a.close().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_direct_reply_lost_with_its_gateway_comes_from_the_copy_the_sdk_sends_again() {
     let env = TestEnv::new("direct-reply-kill").await;
