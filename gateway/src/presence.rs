@@ -548,9 +548,13 @@ impl PresenceView {
                         // keys, and the view kept those of the gateway it left).
                         h.parked = Some((e.node, keys));
                     } else {
+                        let from = h.node.clone();
                         h.moved_to(&e.node);
-                        h.parked = None;
-                        h.keys = keys;
+                        let old = std::mem::replace(&mut h.keys, keys);
+                        // The keys of the gateway it moved from, kept should it come
+                        // back next ([`PresenceView::refused`]: an older resume's keys
+                        // came before this gateway refused its takeover).
+                        h.parked = (from != e.node).then_some((from, old));
                     }
                 }
             }
@@ -1997,6 +2001,7 @@ mod tests {
             let mut g = PresenceView::new("g", GRACE);
             g.on_event(connected("s1", "ada", "a"), t0);
             assert!(!g.opened("s1", "ada", None, None));
+            g.subscriptions("s1", ["chat.group.kitchen".to_string()].into());
             if keys_first {
                 g.on_event(subscriptions("n"), t0);
                 g.refused("s1", "n");
@@ -2007,6 +2012,12 @@ mod tests {
             assert_eq!(
                 g.online(None, None, None)[0].node,
                 "g",
+                "keys first: {keys_first}"
+            );
+            // With its own keys, not the refused resume's.
+            assert_eq!(g.online(None, Some("kitchen"), None).len(), 1);
+            assert!(
+                g.online(None, Some("lobby"), None).is_empty(),
                 "keys first: {keys_first}"
             );
             assert!(g.ended("s1", false, t0).is_none());
