@@ -125,13 +125,20 @@ async fn a_broker_address_that_never_answers_is_passed_over_for_the_next_one() {
         // the frozen one, which failed a moment ago (it would be next in turn).
         let node = gw.gateway().config().node.clone();
         if let Some(n) = cut_gateway_connections("gateway_frozen_broker (reconnect)", &node).await {
+            let since_start = started.elapsed();
             assert_eq!(n, 2, "one publishing and one consuming connection");
             published(&mut c, "after-loss", Duration::from_secs(20)).await;
-            assert_eq!(
-                frozen_tried.load(Ordering::SeqCst),
-                1,
-                "the reconnect waited on the frozen address that had just failed"
-            );
+            // "A moment ago" is 30 s: on a machine so busy that the cut came later, the
+            // frozen address is next in turn again, as designed.
+            if since_start < Duration::from_secs(25) {
+                assert_eq!(
+                    frozen_tried.load(Ordering::SeqCst),
+                    1,
+                    "the reconnect waited on the frozen address that had just failed"
+                );
+            } else {
+                eprintln!("the cut came {since_start:?} after the start: not counted");
+            }
             let left = lapin_io_threads_down_to(before + 2, Duration::from_secs(10)).await;
             assert_eq!(
                 left,
