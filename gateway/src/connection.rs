@@ -1620,9 +1620,8 @@ impl Conn {
         let Some(s) = self.session.as_mut() else {
             return;
         };
-        // Checks a heartbeat apart, on a wake of their own ([`Conn::next_wake`]): a
-        // client that keeps the connection busy (its own pings, publishes) is never
-        // pinged, so the pings could not be the checks.
+        // Checks a heartbeat apart, on a wake of their own ([`Conn::next_wake`]), not
+        // tied to the pings' timing.
         if now < s.checked + heartbeat {
             return;
         }
