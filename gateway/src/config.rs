@@ -45,8 +45,9 @@ pub struct Config {
     /// announcements); with `max_stream_readers` at most [`MAX_CONSUMING_CHANNELS`].
     /// Default: 4.
     pub consumer_channels: usize,
-    /// The gateway pings a connection silent for this long; a client heard from not at
-    /// all for 2.5× this long is closed with `heartbeat_timeout`. Default: 15000.
+    /// The gateway pings each open session this often, quiet or busy (the pings carry
+    /// stream positions); a client heard from not at all for 2.5× this long is closed
+    /// with `heartbeat_timeout`. Default: 15000.
     pub heartbeat_ms: u64,
     /// Largest text frame accepted; larger ones get `too_large`. Frames beyond
     /// `max(4 × this, 1 MiB)` close the connection with 1009. 1024 to 64 MiB.
@@ -1589,7 +1590,7 @@ pub struct Overrides {
     /// 1792 [default: 4].
     #[arg(long, env = "WARREN_CONSUMER_CHANNELS", global = true)]
     pub consumer_channels: Option<usize>,
-    /// Idle time before the gateway pings, in ms [default: 15000].
+    /// How often the gateway pings each session, quiet or busy, in ms [default: 15000].
     #[arg(long, env = "WARREN_HEARTBEAT_MS", global = true)]
     pub heartbeat_ms: Option<u64>,
     /// Largest text frame accepted, in bytes, 1024 to 64 MiB [default: 65536].
