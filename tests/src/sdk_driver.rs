@@ -735,6 +735,21 @@ pub struct Figures {
 }
 
 impl Figures {
+    /// Asserts that the fault moved clients (`fault`: which gateway, "killed",
+    /// "drained"), and that every one of them came back and resumed its session.
+    ///
+    /// # Panics
+    ///
+    /// When any of those does not hold.
+    pub fn assert_every_client_moved_and_resumed(&self, fault: &str) {
+        assert!(self.moved > 0, "clients were on the {fault} gateway");
+        assert_eq!(self.recovered, self.moved, "every client recovered");
+        assert_eq!(
+            self.resumed, self.recovered,
+            "every client resumed its session"
+        );
+    }
+
     /// Asserts what every failover run guarantees: the load was real (at least 5,000
     /// deliveries, and 5,000 writes and some requests unless the load has none), no write was lost, duplicated or left unacked, no
     /// delivery was lost or reached the app twice, and every `writeAndWait` in flight

@@ -10,12 +10,7 @@ async fn killing_a_gateway_under_load_loses_nothing_and_clients_move_within_a_se
     let figures = failover_under_load("gw-kill", Fault::Kill, Load::default()).await;
     println!("fault_gateway_kill: {figures}");
     figures.assert_nothing_lost_or_duplicated();
-    assert!(figures.moved > 0, "clients were on the killed gateway");
-    assert_eq!(figures.recovered, figures.moved, "every client recovered");
-    assert_eq!(
-        figures.resumed, figures.recovered,
-        "every client resumed its session"
-    );
+    figures.assert_every_client_moved_and_resumed("killed");
     assert!(
         figures.recovery_ms.2 <= 1_000,
         "every client recovered within 1 s (max {} ms)",
