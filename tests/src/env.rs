@@ -443,3 +443,15 @@ pub fn header_text(delivery: &Delivery, name: &str) -> Option<String> {
 pub async fn ack(d: &Delivery) {
     d.acker.ack(BasicAckOptions::default()).await.expect("ack");
 }
+
+/// Waits, checking every `every`, until `done` holds.
+///
+/// # Panics
+/// With `what` when it does not hold within `within`.
+pub async fn wait_until(what: &str, within: Duration, every: Duration, done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(every).await;
+    }
+}

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use warren_e2e::env::wait_until;
 use warren_e2e::service::{
     counted_echo_on, in_fresh_namespace, start_demo, CuttableProxy, StandInGateway,
 };
@@ -154,14 +155,13 @@ async fn a_reply_not_yet_sent_is_not_forgotten_over_the_reply_budget() {
             )
             .await;
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while calls.load(Ordering::SeqCst) < 2 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "both handlers start"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_until(
+            "both handlers start",
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || calls.load(Ordering::SeqCst) >= 2,
+        )
+        .await;
         // Cut off until both replies failed to publish (3 s of handling, 1 s of
         // publish timeout), then back.
         proxy.hold_off(true);

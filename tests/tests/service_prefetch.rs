@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use lapin::BasicProperties;
+use warren_e2e::env::wait_until;
 use warren_e2e::service::{
     counted_echo, counted_echo_on, in_fresh_namespace, queue_counts, start_demo_with,
     CuttableProxy, StandInGateway,
@@ -138,14 +139,13 @@ async fn the_prefetch_still_bounds_the_handlers_after_a_lost_consumer() {
             let properties = BasicProperties::default().with_headers(headers.clone());
             gw.publish_raw("echo", secs.as_bytes(), properties).await;
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while running.load(Ordering::SeqCst) < 2 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "both handlers start"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_until(
+            "both handlers start",
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || running.load(Ordering::SeqCst) >= 2,
+        )
+        .await;
         // Lost at once: the 2 s call ends, the consumer notices the loss and starts
         // again while the 6 s call still runs; RabbitMQ hands both messages back.
         proxy.cut();
