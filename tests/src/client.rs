@@ -283,6 +283,24 @@ impl TestClient {
         .await;
     }
 
+    /// Publishes `id` on `channel` with `headers` too large for one AMQP frame
+    /// ([`big_headers`]) and expects its `error too_large`.
+    ///
+    /// # Panics
+    /// When another error, or none, comes.
+    pub async fn expect_publish_too_large(
+        &mut self,
+        id: &str,
+        channel: &str,
+        headers: serde_json::Map<String, serde_json::Value>,
+    ) {
+        let frame = serde_json::json!({"type": "publish", "id": id, "channel": channel,
+                                       "headers": headers, "message": 1});
+        self.send_text(&frame.to_string()).await;
+        let e = self.expect_error(Some(id)).await;
+        assert_eq!(e.code, ErrorCode::TooLarge, "{e:?}");
+    }
+
     /// Sends `subscribe` and waits for its `ack`.
     pub async fn subscribe(&mut self, s: Subscribe) {
         let id = s.id.clone();

@@ -9,7 +9,7 @@ use serde_json::json;
 use warren_e2e::client::{big_headers, TestClient};
 use warren_e2e::env::{amqp_addr, TestEnv};
 use warren_e2e::gateway::TestGateway;
-use warren_protocol::{ErrorCode, Hello};
+use warren_protocol::Hello;
 
 /// `amqp_addr()` with `query` added.
 fn with_query(query: &str) -> String {
@@ -32,12 +32,9 @@ async fn publishes_are_sized_against_the_publishing_connections_frame_max() {
         };
         let mut mallory = TestClient::connect_with(&gw.url(), hello).await;
         // About 16 KB of headers: more than an 8 KiB frame, less than a 128 KiB one.
-        let headers = big_headers(8, 2000);
-        let frame = json!({"type": "publish", "id": "p1", "channel": "chat",
-                           "headers": headers, "message": 1});
-        mallory.send_text(&frame.to_string()).await;
-        let e = mallory.expect_error(Some("p1")).await;
-        assert_eq!(e.code, ErrorCode::TooLarge, "{e:?}");
+        mallory
+            .expect_publish_too_large("p1", "chat", big_headers(8, 2000))
+            .await;
         // The publishing connection is intact: the next publish goes out.
         mallory.publish("p2", "chat", json!(2)).await;
         mallory.expect_ack("p2").await;
