@@ -49,6 +49,20 @@ fn subscriptions() -> Vec<warren_protocol::Subscribe> {
     vec![sub("c", "chat"), sub("v", "voice")]
 }
 
+/// A gateway whose `voice` channel has a stream of its own (an hour of retention),
+/// pinging once a second (a client is closed after 2.5 s of silence), and a
+/// listener subscribed to voice.
+async fn voice_pinged_every_second(env: &TestEnv) -> (TestGateway, TestClient) {
+    let gw = TestGateway::start_with(env, |c| {
+        voice_for_an_hour(c);
+        c.heartbeat_ms = 1_000;
+    })
+    .await;
+    let mut listener = TestClient::connect(&gw.url()).await;
+    listener.subscribe(sub("v", "voice")).await;
+    (gw, listener)
+}
+
 /// The message bodies of the deliveries of `channel`, in order.
 fn texts(ds: &[Deliver], channel: &str) -> Vec<String> {
     ds.iter()
@@ -182,16 +196,9 @@ async fn a_channel_with_its_own_retention_is_kept_in_its_own_stream_and_resumed_
 #[tokio::test]
 async fn a_subscription_made_while_disconnected_resumes_its_channel_stream_from_the_outage() {
     TestEnv::run("chan-stream-new-sub", LIMIT, async |env| {
-        let gw = TestGateway::start_with(env, |c| {
-            voice_for_an_hour(c);
-            // A ping a second: a client is closed after 2.5 s of silence.
-            c.heartbeat_ms = 1_000;
-        })
-        .await;
-        // A listener on voice; once it has v0, this gateway's reader has read it and a
-        // welcome names voice's position.
-        let mut listener = TestClient::connect(&gw.url()).await;
-        listener.subscribe(sub("v", "voice")).await;
+        let (gw, mut listener) = voice_pinged_every_second(env).await;
+        // Once the listener has v0, this gateway's reader has read it and a welcome
+        // names voice's position.
         env.publish_out("voice.all", "v0", "\"v0\"").await;
         listener.expect_delivers(1).await;
         // Not subscribed to voice: its welcome names where voice's stream stands.
@@ -272,13 +279,7 @@ async fn a_subscription_made_while_disconnected_resumes_its_channel_stream_from_
 #[tokio::test]
 async fn a_busy_session_is_pinged_the_positions_of_the_streams_it_does_not_follow() {
     TestEnv::run("chan-stream-busy-ping", LIMIT, async |env| {
-        let gw = TestGateway::start_with(env, |c| {
-            voice_for_an_hour(c);
-            c.heartbeat_ms = 1_000;
-        })
-        .await;
-        let mut listener = TestClient::connect(&gw.url()).await;
-        listener.subscribe(sub("v", "voice")).await;
+        let (gw, mut listener) = voice_pinged_every_second(env).await;
         let mut busy = TestClient::connect(&gw.url()).await;
         busy.subscribe(sub("c", "chat")).await;
         for i in 0..2 {
