@@ -427,24 +427,30 @@ async fn request(
         timeout_ms: timeout,
     };
     let message = m.inbound(&id, &channel, Some(reply_to));
-    // Sized against one frame like every other publish: RabbitMQ would close the
-    // connection the request goes out on (every publish of the gateway with it).
-    let prepared = inbound::checked(&shared, None, &sender, &message).await?;
-    let call = shared
-        .http_replies
-        .begin(call_id)
-        .await
-        .map_err(|e| Refusal::new(ErrorCode::BrokerUnavailable, e))?;
-    let pending = prepared
-        .publish(&call.channel, m.message.get().as_bytes())
-        .await?;
-    // The request's timeout bounds its confirm too.
-    let Ok(outcome) = tokio::time::timeout_at(deadline, pending.verdict()).await else {
+    let sent = async {
+        // Sized against one frame like every other publish: RabbitMQ would close the
+        // connection the request goes out on (every publish of the gateway with it).
+        let prepared = inbound::checked(&shared, None, &sender, &message).await?;
+        let call = shared
+            .http_replies
+            .begin(call_id)
+            .await
+            .map_err(|e| Refusal::new(ErrorCode::BrokerUnavailable, e))?;
+        let pending = prepared
+            .publish(&call.channel, m.message.get().as_bytes())
+            .await?;
+        Ok::<_, Refusal>((call, pending.verdict().await))
+    };
+    // The request's timeout bounds the whole call: its checks (a look at the queue's
+    // consumers), the channel it goes out on, its confirm and its reply. A half-opened
+    // channel given up here is closed by lapin when dropped.
+    let Ok(sent) = tokio::time::timeout_at(deadline, sent).await else {
         return Err(Refusal::new(
             ErrorCode::Timeout,
-            format!("RabbitMQ did not confirm the request within {timeout} ms"),
+            format!("RabbitMQ did not take the request within {timeout} ms"),
         ));
     };
+    let (call, outcome) = sent?;
     if matches!(outcome, Outcome::Nacked) {
         shared
             .http_replies

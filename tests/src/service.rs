@@ -757,7 +757,32 @@ pub struct CuttableProxy {
     links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     /// While set, new connections are closed at once ([`CuttableProxy::hold_off`]).
     refusing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// While set, no byte is passed on either way ([`CuttableProxy::freeze`]).
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
     accept: tokio::task::JoinHandle<()>,
+}
+
+/// Passes `from`'s bytes on to `to`, holding them while `frozen`; returns when either
+/// side closes.
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while frozen.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl CuttableProxy {
@@ -782,19 +807,26 @@ impl CuttableProxy {
         let links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> =
             std::sync::Arc::default();
         let refusing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let accept = {
             let links = links.clone();
             let refusing = refusing.clone();
+            let frozen = frozen.clone();
             tokio::spawn(async move {
-                while let Ok((mut inbound, _)) = listener.accept().await {
+                while let Ok((inbound, _)) = listener.accept().await {
                     if refusing.load(std::sync::atomic::Ordering::SeqCst) {
                         continue; // dropped: closed at once
                     }
                     let upstream = upstream.clone();
+                    let frozen = frozen.clone();
                     let link = tokio::spawn(async move {
-                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
-                            let _ =
-                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        if let Ok(outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                            let (in_read, in_write) = inbound.into_split();
+                            let (out_read, out_write) = outbound.into_split();
+                            tokio::select! {
+                                () = forward(in_read, out_write, frozen.clone()) => {}
+                                () = forward(out_read, in_write, frozen) => {}
+                            }
                         }
                     });
                     links.lock().unwrap().push(link);
@@ -805,8 +837,17 @@ impl CuttableProxy {
             uri: format!("{scheme}://{credentials}127.0.0.1:{port}/{path}"),
             links,
             refusing,
+            frozen,
             accept,
         }
+    }
+
+    /// Holds every byte either way until `false`, connections kept open: to its
+    /// clients RabbitMQ stops answering (a frozen node, a stalled network), and no
+    /// connection is seen to drop until their heartbeats give it up.
+    pub fn freeze(&self, frozen: bool) {
+        self.frozen
+            .store(frozen, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Cuts every proxied connection and, until `false`, closes new ones at once: the

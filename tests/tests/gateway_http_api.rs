@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use warren_e2e::client::{sub, TestClient};
 use warren_e2e::env::TestEnv;
 use warren_e2e::gateway::{http_post, http_post_text, http_request, TestGateway};
-use warren_e2e::service::start_demo;
+use warren_e2e::service::{start_demo, CuttableProxy};
 use warren_gateway::Config;
 use warren_protocol::amqp::{H_CHANNEL, H_GATEWAY, H_SESSION, H_SUBJECT, H_USER};
 use warren_protocol::{Hello, Subscribe};
@@ -243,6 +243,44 @@ async fn request_returns_the_services_reply_or_refusal_and_times_out_when_nothin
         assert_eq!(status, 422, "{answer}");
         assert_eq!(answer["code"], "rejected");
         demo.stop().await.unwrap();
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+/// A RabbitMQ that stops answering (a frozen node, a stalled network) does not hold
+/// `POST /request` past its own `timeout_ms`: the look at the queue's consumers, the
+/// channel the request goes out on and its confirm all count against it.
+#[tokio::test]
+async fn a_request_to_a_rabbitmq_that_stopped_answering_ends_at_its_own_timeout() {
+    TestEnv::run("http-request-frozen", LIMIT, async |env| {
+        let proxy = CuttableProxy::start().await;
+        let uri = proxy.uri.clone();
+        let gw = TestGateway::start_with(env, move |c| {
+            api_on(false)(c);
+            c.amqp_uri = vec![uri];
+        })
+        .await;
+        let addr = api_addr(&gw);
+        let _consumer = env.consume_inbound("voice").await;
+        proxy.freeze(true);
+        let started = tokio::time::Instant::now();
+        let (status, answer) = post(
+            addr,
+            "/request/voice",
+            json!({"timeout_ms": 1_000, "message": {"sdp": "x"}}),
+        )
+        .await;
+        let took = started.elapsed();
+        proxy.freeze(false);
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (504, Some("timeout")),
+            "{answer}"
+        );
+        // Before, the look (1 s) and the channel's opening (`broker_wait_ms`, 5 s)
+        // came on top: 503 `broker_unavailable` after about 6 s.
+        assert!(took < Duration::from_millis(2_500), "{took:?}");
         gw.shutdown().await;
     })
     .await;
