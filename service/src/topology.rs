@@ -77,14 +77,24 @@ fn channel_queue_argument_list(
     channel: &str,
     config: &ServiceConfig,
 ) -> Vec<(&'static str, QueueArg)> {
-    let ttl_ms = config
+    inbound_queue_args(
+        names,
+        &config.queue_type,
+        message_ttl_ms(config, channel),
+        config.inbound_bounds,
+    )
+}
+
+/// `channel`'s message TTL in whole milliseconds, `None` for none. A TTL of 0 ms (or
+/// under 1 ms) is no TTL, as the gateway's `message_ttl_ms = 0`: `x-message-ttl = 0`
+/// would dead-letter every message not handed to a consumer at once. The `IN_<CHANNEL>`
+/// queues and the tenant queues both take it from here.
+fn message_ttl_ms(config: &ServiceConfig, channel: &str) -> Option<u64> {
+    config
         .message_ttls
         .get(channel)
         .map(|ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
-        // 0 is no TTL, as the gateway's `message_ttl_ms = 0`: `x-message-ttl = 0` would
-        // dead-letter every message not handed to a consumer at once.
-        .filter(|ms| *ms > 0);
-    inbound_queue_args(names, &config.queue_type, ttl_ms, config.inbound_bounds)
+        .filter(|ms| *ms > 0)
 }
 
 /// Turns the protocol crate's plain-data queue arguments into an AMQP field table.
@@ -473,13 +483,7 @@ pub async fn declare_tenant_topology(
         message_ttl_ms: routing
             .channels
             .iter()
-            .filter_map(|c| {
-                let ttl = config.message_ttls.get(c)?;
-                Some((
-                    c.clone(),
-                    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
-                ))
-            })
+            .filter_map(|c| Some((c.clone(), message_ttl_ms(config, c)?)))
             .collect(),
         bounds: config.inbound_bounds,
     };

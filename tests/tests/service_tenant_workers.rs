@@ -22,6 +22,7 @@ use warren_e2e::service::{amqp_uri, demo_service_binary, DemoProcess};
 use warren_gateway::broker::Broker;
 use warren_gateway::{AuthMode, Config, Topology};
 use warren_protocol::{ClientFrame, Hello, Request};
+use warren_service::{Service, ServiceConfig};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -182,6 +183,51 @@ async fn two_workers_share_two_tenants_from_the_gateways_own_tenant_file() {
         assert!(b.terminate().await, "worker B stops cleanly");
         gw.shutdown().await;
         delete_tenant_topology(env, &config).await;
+    })
+    .await;
+}
+
+/// A TTL of 0 ms (`--message-ttl scan=0`, "0 for none") is no TTL on the tenant queues
+/// too, as on the `IN_<CHANNEL>` queues and in the gateway: `x-message-ttl = 0` would
+/// dead-letter every message not taken at once, and the gateway's check would see a
+/// difference.
+#[tokio::test]
+async fn a_zero_ttl_declares_the_tenant_queues_without_a_ttl() {
+    TestEnv::run("tenant-zero-ttl", LIMIT, async |env| {
+        let config = demo_config(env);
+        for ttl in [Duration::ZERO, Duration::from_micros(500)] {
+            let service = Service::connect_with(
+                &amqp_uri(),
+                env.names.clone(),
+                ServiceConfig::default().with_message_ttl("scan", ttl),
+            )
+            .await
+            .expect("connect the service");
+            let queues = service
+                .declare_tenants(&config.tenants.routing())
+                .await
+                .expect("declare the tenant topology");
+            assert!(!queues.is_empty());
+            service.stop().await.expect("stop the service");
+
+            let broker = Broker::connect(&config, Arc::new(Default::default()))
+                .await
+                .expect("connect");
+            let mismatches = Topology::from_config(&config)
+                .check(&broker)
+                .await
+                .expect("check");
+            broker.close().await;
+            let tenant_mismatches: Vec<_> = mismatches
+                .iter()
+                .filter(|m| m.object.contains("warren.tenant") || m.object.contains("IN_SCAN."))
+                .collect();
+            assert!(
+                tenant_mismatches.is_empty(),
+                "a TTL of {ttl:?} declared the tenant queues otherwise than the gateway: {tenant_mismatches:?}"
+            );
+            delete_tenant_topology(env, &config).await;
+        }
     })
     .await;
 }
