@@ -93,13 +93,24 @@ fn lock(waiting: &Waiting) -> std::sync::MutexGuard<'_, Table> {
     waiting.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// What [`DirectReply`] holds behind its lock.
+#[derive(Default)]
+struct Slot {
+    /// The channel, when it was opened, and its generation (one more per channel
+    /// opened; channel ids are reused).
+    open: Option<(Publisher, Instant, u64)>,
+    /// When the last attempt to open it failed, and why: the callers that were
+    /// already waiting then share that outcome instead of each waiting out an attempt
+    /// of its own behind the lock (`broker_wait_ms` each, one after the other).
+    failed: Option<(Instant, String)>,
+}
+
 /// One confirm-mode channel consuming `amq.rabbitmq.reply-to`, and the calls waiting
 /// for their answers.
 pub(crate) struct DirectReply {
     broker: Arc<Broker>,
-    /// The channel, when it was opened, and its generation (one more per channel
-    /// opened; channel ids are reused).
-    channel: tokio::sync::Mutex<Option<(Publisher, Instant, u64)>>,
+    /// The channel and the last failed attempt to open one.
+    channel: tokio::sync::Mutex<Slot>,
     generations: std::sync::atomic::AtomicU64,
     waiting: Waiting,
 }
@@ -130,7 +141,7 @@ impl DirectReply {
     pub(crate) fn new(broker: Arc<Broker>) -> DirectReply {
         DirectReply {
             broker,
-            channel: tokio::sync::Mutex::new(None),
+            channel: tokio::sync::Mutex::default(),
             generations: std::sync::atomic::AtomicU64::new(0),
             waiting: Arc::default(),
         }
@@ -190,13 +201,13 @@ impl DirectReply {
     /// ([`Broker::retire_publisher`](crate::broker::Broker::retire_publisher)).
     pub(crate) async fn retire(&self, channel: &Channel, linger: std::time::Duration) {
         let mut guard = self.channel.lock().await;
-        let keep = guard.as_ref().is_none_or(|(c, opened, _)| {
+        let keep = guard.open.as_ref().is_none_or(|(c, opened, _)| {
             c.channel().id() != channel.id() || opened.elapsed() < NACKED_CHANNEL_MIN_AGE
         });
         if keep {
             return; // already replaced, or too young to tell
         }
-        let old = guard.take().map(|(c, _, _)| c);
+        let old = guard.open.take().map(|(c, _, _)| c);
         drop(guard);
         tracing::warn!(
             channel = channel.id(),
@@ -215,11 +226,22 @@ impl DirectReply {
 
     /// The request/answer channel and its generation, opened (with its answer
     /// consumer) when missing or dead.
+    ///
+    /// # Errors
+    /// When it cannot be opened within `broker_wait_ms`; also, at once, when an
+    /// attempt to open it failed while this call waited for the lock (the calls that
+    /// came together share one attempt, each answered within `broker_wait_ms`).
     async fn channel(&self) -> Result<(Publisher, u64), String> {
+        let asked = Instant::now();
         let mut guard = self.channel.lock().await;
-        if let Some((ch, _, generation)) = guard.as_ref() {
+        if let Some((ch, _, generation)) = guard.open.as_ref() {
             if ch.channel().status().connected() {
                 return Ok((ch.clone(), *generation));
+            }
+        }
+        if let Some((at, e)) = &guard.failed {
+            if *at >= asked {
+                return Err(e.clone());
             }
         }
         // Bounded: the channel is opened on the publishing connection, on which
@@ -248,13 +270,21 @@ impl DirectReply {
                 .map_err(|e| e.to_string())?;
             Ok::<_, String>((ch, answers))
         };
-        let (ch, mut answers) = tokio::time::timeout(self.broker.wait_limit(), open)
+        let opened = tokio::time::timeout(self.broker.wait_limit(), open)
             .await
             .map_err(|_| {
                 "RabbitMQ did not open the request channel in time (unreachable, or \
                  blocking publishes)"
                     .to_string()
-            })??;
+            })
+            .and_then(|r| r);
+        let (ch, mut answers) = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                guard.failed = Some((Instant::now(), e.clone()));
+                return Err(e);
+            }
+        };
         let waiting = self.waiting.clone();
         let generation = self
             .generations
@@ -277,7 +307,8 @@ impl DirectReply {
             lock(&waiting).channel_ended(generation);
         });
         let ch = Publisher::new(ch);
-        *guard = Some((ch.clone(), Instant::now(), generation));
+        guard.open = Some((ch.clone(), Instant::now(), generation));
+        guard.failed = None;
         Ok((ch, generation))
     }
 }

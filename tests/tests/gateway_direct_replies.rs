@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use warren_e2e::client::TestClient;
 use warren_e2e::env::{ack, amqp_addr, next_delivery, TestEnv};
-use warren_e2e::gateway::TestGateway;
+use warren_e2e::gateway::{http_get_with, TestGateway};
 use warren_e2e::sdk_driver::{envelope, payload, GatewayProcess, SdkClient};
-use warren_gateway::RequestReplies;
+use warren_e2e::service::CuttableProxy;
+use warren_gateway::{NoServiceMode, RequestReplies};
 use warren_protocol::ErrorCode;
 use warren_sdk::Config;
 use warren_service::{Context, HandlerError, Incoming, Outcome, Service};
@@ -377,6 +378,79 @@ async fn a_drain_waiting_for_a_direct_reply_does_not_spin() {
             .await
             .expect("shutdown ends")
             .expect("no panic");
+    })
+    .await;
+}
+
+/// With RabbitMQ unreachable, requests that many sessions send at once are each
+/// refused `broker_unavailable` within about `broker_wait_ms`: the callers waiting to
+/// open the request channel share one attempt's outcome. Before, the opening was
+/// serialised behind a lock and each caller waited for its own attempt after the
+/// ones before it: the k-th was refused after about k × `broker_wait_ms` (the sixth
+/// here after 6 s), its connection reading nothing meanwhile.
+#[tokio::test]
+async fn requests_sent_together_while_rabbitmq_is_unreachable_are_refused_within_broker_wait_ms() {
+    TestEnv::run("direct-reply-unreachable", LIMIT, async |env| {
+        const SESSIONS: usize = 6;
+        let proxy = CuttableProxy::start().await;
+        let uri = proxy.uri.clone();
+        let gw = TestGateway::start_with(env, move |c| {
+            c.request_replies = RequestReplies::Direct;
+            c.amqp_uri = vec![uri];
+            c.broker_wait_ms = 1_000;
+            // No look at the queue's consumers: only the request channel is waited for.
+            c.no_service = NoServiceMode::Off;
+        })
+        .await;
+        let mut inbound = env.consume_inbound("echo").await;
+        let mut clients = Vec::new();
+        for _ in 0..SESSIONS {
+            clients.push(TestClient::connect(&gw.url()).await);
+        }
+        // The request channel opened and answering, then cut with the connection: the
+        // requests below open it again.
+        clients[0]
+            .request("warm", "echo", Some(5_000), serde_json::json!(0))
+            .await;
+        env.answer_next(&mut inbound, "{}", None).await;
+        clients[0].expect_reply("warm").await;
+        proxy.hold_off(true);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, _, body) = http_get_with(gw.health_addr(), "/healthz", &[]).await;
+            if !body.contains("\"broker\":\"connected\"") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the gateway notices: {body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let sent = Instant::now();
+        for (i, c) in clients.iter_mut().enumerate() {
+            c.request(&format!("q{i}"), "echo", Some(20_000), serde_json::json!(i))
+                .await;
+        }
+        let answered = futures_util::future::join_all(clients.iter_mut().enumerate().map(
+            |(i, c)| async move {
+                let e = tokio::time::timeout(
+                    Duration::from_secs(15),
+                    c.expect_error_code(Some(&format!("q{i}")), ErrorCode::BrokerUnavailable),
+                )
+                .await
+                .expect("an answer");
+                (e, sent.elapsed())
+            },
+        ))
+        .await;
+        let took: Vec<u128> = answered.iter().map(|(_, t)| t.as_millis()).collect();
+        println!("gateway_direct_replies: broker_unavailable after {took:?} ms");
+        for (e, t) in &answered {
+            assert!(
+                *t < Duration::from_millis(2_500),
+                "refused after {t:?} ({took:?} ms): {e:?}"
+            );
+        }
+        proxy.hold_off(false);
+        gw.shutdown().await;
     })
     .await;
 }
