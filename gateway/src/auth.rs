@@ -201,6 +201,8 @@ pub enum AuthError {
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
+    /// With a fraction too (RFC 7519's NumericDate), taken down to its second.
+    #[serde(deserialize_with = "warren_protocol::auth::numeric_date")]
     exp: u64,
     #[serde(default)]
     groups: Vec<String>,
@@ -420,6 +422,14 @@ impl Verifier {
             AuthMode::None => {
                 let user = token.unwrap_or(anonymous);
                 validate_segment("token", user).map_err(|e| AuthError::Invalid(e.to_string()))?;
+                // Reserved as in the other modes ([`identity_of`]): its message ids
+                // (`http-api:<id>`) would meet the HTTP API's in services' duplicate
+                // windows.
+                if user == crate::http_api::API_USER {
+                    return Err(AuthError::Invalid(format!(
+                        "`{user}` is the HTTP API keys' user"
+                    )));
+                }
                 Ok(Identity::unrestricted(user))
             }
             AuthMode::Jwt => self.verify_jwt(token.ok_or(AuthError::Missing)?),
@@ -692,10 +702,19 @@ fn jwks_keys(text: &[u8], allowed: &[Algorithm]) -> Result<Vec<Key>, String> {
             P::OctetKeyPair(_) => ED,
             P::OctetKey(_) => HMAC,
         };
+        let algorithms = within(family, allowed);
+        if algorithms.is_empty() {
+            tracing::warn!(
+                index,
+                kid = ?jwk.common.key_id,
+                ?allowed,
+                "a JWKS key verifies none of auth.jwt.algorithms: tokens signed with it are refused"
+            );
+        }
         keys.push(Key {
             kid: jwk.common.key_id.clone(),
             key,
-            algorithms: within(family, allowed),
+            algorithms,
         });
     }
     // Keys listed but none usable (a key served broken for a moment): a failed
@@ -1472,6 +1491,14 @@ mod tests {
         allowed("http://keycloak.internal:8080/certs").expect("allowed by jwks_allow_http");
         let e = allowed("ftp://issuer.example/jwks.json").expect_err("ftp");
         assert!(e.to_string().contains("must be an https:// URL"), "{e}");
+    }
+
+    #[test]
+    fn the_http_api_keys_user_is_nobodys_token_in_none_mode_either() {
+        let v = Verifier::from_config(&AuthConfig::default()).unwrap();
+        assert_eq!(v.verify(Some("ada"), "x").unwrap().user, "ada");
+        let e = v.verify(Some(crate::http_api::API_USER), "x").unwrap_err();
+        assert!(matches!(e, AuthError::Invalid(_)), "{e:?}");
     }
 
     #[tokio::test]

@@ -58,8 +58,13 @@ pub struct AuthReply {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
     /// Until when the answer holds (seconds since the epoch): the gateway caches it
-    /// that long and closes the session then unless the client sends `refresh`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// that long and closes the session then unless the client sends `refresh`. A
+    /// number with a fraction is taken down to its second ([`numeric_date`]).
+    #[serde(
+        default,
+        deserialize_with = "optional_numeric_date",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub expires_at: Option<u64>,
     /// Why the token was refused, for the client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -100,9 +105,78 @@ where
     T::deserialize(d).map(Some)
 }
 
+/// Deserializes a NumericDate (RFC 7519, section 2: seconds since the epoch, where
+/// "non-integer values can be represented"), as an issuer writing `time.time() + 600`
+/// or `Date.now() / 1000 + 600` sends it: an integer, or a finite number ≥ 0 taken down
+/// to its second (an expiry never later than the issuer's).
+///
+/// # Errors
+/// When the value is not a number, is negative, or is past `u64::MAX`.
+pub fn numeric_date<'de, D>(d: D) -> Result<u64, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Seconds;
+    impl serde::de::Visitor<'_> for Seconds {
+        type Value = u64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a NumericDate (seconds since 1970, a number ≥ 0)")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::custom("a NumericDate before 1970"))
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<u64, E> {
+            // `as` takes a finite number ≥ 0 down to its whole part.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            if v.is_finite() && v >= 0.0 && v < u64::MAX as f64 {
+                Ok(v as u64)
+            } else {
+                Err(E::custom("a NumericDate out of range"))
+            }
+        }
+    }
+    d.deserialize_any(Seconds)
+}
+
+/// [`numeric_date`] for an optional field (`null` or absent: `None`).
+///
+/// # Errors
+/// As [`numeric_date`].
+pub fn optional_numeric_date<'de, D>(d: D) -> Result<Option<u64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    struct Date(#[serde(deserialize_with = "numeric_date")] u64);
+    Ok(Option::<Date>::deserialize(d)?.map(|Date(s)| s))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_expiry_with_a_fraction_is_taken_down_to_its_second() {
+        let reply = |exp: &str| {
+            serde_json::from_str::<AuthReply>(&format!(
+                r#"{{"allow":true,"user":"ada","expires_at":{exp}}}"#
+            ))
+            .map(|r| r.expires_at)
+        };
+        assert_eq!(reply("1767225600").unwrap(), Some(1_767_225_600));
+        assert_eq!(reply("1767225600.9").unwrap(), Some(1_767_225_600));
+        assert_eq!(reply("1767225600.0").unwrap(), Some(1_767_225_600));
+        assert_eq!(reply("1.7672256e9").unwrap(), Some(1_767_225_600));
+        assert_eq!(reply("null").unwrap(), None);
+        for bad in ["-1", "-0.5", "1e30", "\"soon\"", "true"] {
+            assert!(reply(bad).is_err(), "{bad} accepted");
+        }
+        let absent: AuthReply = serde_json::from_str(r#"{"allow":true,"user":"ada"}"#).unwrap();
+        assert_eq!(absent.expires_at, None);
+    }
 
     #[test]
     fn channels_null_is_not_every_right() {

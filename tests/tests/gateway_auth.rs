@@ -535,6 +535,37 @@ async fn a_refreshed_token_keeps_the_connection_and_session_and_an_expired_one_c
     .await;
 }
 
+/// RFC 7519's NumericDate may have a fraction (`time.time() + 600` in Python,
+/// `Date.now() / 1000 + 600` in JavaScript): such a token is accepted, on `hello` and
+/// on `refresh`, and still closes the connection when it expires.
+#[tokio::test]
+async fn a_token_whose_exp_has_a_fraction_is_accepted_and_closes_the_connection_when_it_expires() {
+    TestEnv::run("auth-fraction", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, jwt).await;
+        let url = gw.url();
+        #[allow(clippy::cast_precision_loss)]
+        let exp = |s: f64| json!({ "exp": now() as f64 + s });
+        let mut c = TestClient::connect_with(&url, hello(&token("ada", exp(600.5)))).await;
+        assert_eq!(c.welcome.as_ref().map(|w| w.user.as_str()), Some("ada"));
+        c.send(&ClientFrame::Refresh(Refresh {
+            id: "r1".into(),
+            token: token("ada", exp(900.25)),
+        }))
+        .await;
+        c.expect_ack("r1").await;
+        c.close().await;
+
+        let started = std::time::Instant::now();
+        let mut c = TestClient::connect_with(&url, hello(&token("ada", exp(2.5)))).await;
+        let e = c.expect_error_code(None, ErrorCode::Unauthorized).await;
+        assert!(e.message.contains("expired"), "{e:?}");
+        assert_eq!(c.expect_close(Duration::from_secs(5)).await, Some(4004));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        gw.shutdown().await;
+    })
+    .await;
+}
+
 /// A refresh's groups, topics and channel rights replace the old ones at once: what
 /// the new token no longer grants is unsubscribed (the client is told with `error
 /// forbidden` before the `ack`), and what it still grants carries on.
