@@ -839,7 +839,9 @@ impl<C: Codec> ClientCore<C> {
     fn schedule_renewal(&mut self, now: u64) {
         self.renewal = match self.token_exp {
             Some(exp) if self.config.fetch_token && exp > now => {
-                let wait = exp.saturating_sub(now) * RENEW_AT_PERCENT / 100;
+                // Divided first: an `exp` of `Number.MAX_SAFE_INTEGER` (an issuer's "never")
+                // would overflow the product.
+                let wait = exp.saturating_sub(now) / 100 * RENEW_AT_PERCENT;
                 Renewal::At(now.saturating_add(wait.max(RENEW_MIN_MS)))
             }
             _ => Renewal::Idle,

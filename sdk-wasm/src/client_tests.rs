@@ -2082,6 +2082,19 @@ fn the_token_is_renewed_at_three_quarters_of_its_lifetime_with_a_refresh_on_the_
     assert_eq!(fetches(&h.take()).len(), 1, "the next renewal at {next}");
 }
 
+/// An issuer's "never" (an `exp` far in the future: here the most digits the native
+/// codec reads; the browser's reads `Number.MAX_SAFE_INTEGER` too) is renewed at 75 %
+/// of its lifetime like any token: not early, and with no overflow (debug builds
+/// panicked; the browser build wrapped to any time, a renewal every second in a band).
+#[test]
+fn a_token_that_never_expires_is_not_renewed_early() {
+    let mut h = Harness::with_get_token();
+    h.connect_with_token(999_999_999_999_999);
+    h.idle(3_600_000);
+    assert!(fetches(&h.take()).is_empty());
+    assert_eq!(h.core.state(), State::Connected);
+}
+
 /// A renewal's `getToken` still running when the app closes the client (or it stops)
 /// ends quietly: no `error` event and no `refresh` after the close. A failed one used
 /// to be reported as a renewal error on the closed client.
