@@ -1,9 +1,10 @@
 //! The gateway's link to RabbitMQ: two AMQP connections per gateway (one for
 //! publishing, one for consuming, so that broker flow control on publishers never
-//! stalls deliveries), a pool of publisher channels in confirm mode, a few channels
-//! shared by every session's consumer, and control channels for declarations and
-//! bindings (as many as publisher channels, so sessions do not queue behind one). Never one
-//! connection (or channel) per client.
+//! stalls deliveries), a pool of publisher channels in confirm mode, a few consumer
+//! channels shared by the gateway's own listeners (takeovers, services, presence),
+//! scratch channels for the stream readers, and control channels for declarations and
+//! bindings (as many as publisher channels, so sessions do not queue behind one). Never
+//! one connection (or channel) per client.
 //!
 //! Failures are noticed from lapin's connection events (errors, `connection.blocked`)
 //! and by polling the connection status. Only the supervisor task reconnects: it opens
@@ -777,7 +778,9 @@ impl Broker {
         });
     }
 
-    /// A channel to start a session consumer on, shared with other sessions.
+    /// A consumer channel (round robin) for the gateway's own listeners (takeovers,
+    /// services, presence), shared between them; stream readers take
+    /// [`Broker::scratch`] channels of their own.
     ///
     /// # Errors
     /// When RabbitMQ cannot be reached within `broker_wait_ms`.
