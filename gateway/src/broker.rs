@@ -544,7 +544,7 @@ impl Broker {
         };
         // Replace the closed channel without holding the links.
         tracing::debug!(pool = ?T::POOL, index = i, "replacing a closed channel");
-        let fresh: T = self.new_pooled(&conn).await?;
+        let fresh: T = self.within_wait(self.new_pooled(&conn)).await?;
         self.put_in_pool(&conn, fresh.clone(), |j, c: &T| {
             j == i && !c.channel().status().connected()
         })
@@ -812,10 +812,13 @@ impl Broker {
             }
             (i, links.publish_conn.clone(), recycle)
         };
-        let fresh = conn
-            .create_channel()
-            .await
-            .map_err(|e| GatewayError::amqp("channel.open", e))?;
+        let fresh = self
+            .within_wait(async {
+                conn.create_channel()
+                    .await
+                    .map_err(|e| GatewayError::amqp("channel.open", e))
+            })
+            .await?;
         let mut guard = self.links.lock().await;
         if let Some(links) = guard.as_mut() {
             if Arc::ptr_eq(&links.publish_conn, &conn)
@@ -862,9 +865,26 @@ impl Broker {
             let links = guard.as_ref().expect("healthy() leaves links in place");
             which(links).clone()
         };
-        conn.create_channel()
+        self.within_wait(async {
+            conn.create_channel()
+                .await
+                .map_err(|e| GatewayError::amqp("channel.open", e))
+        })
+        .await
+    }
+
+    /// `open` (a channel's opening), given up after `broker_wait_ms` as
+    /// [`GatewayError::Unavailable`]: on a connection that stays open while RabbitMQ
+    /// answers nothing (a frozen node, a stalled network) it would wait until lapin's
+    /// heartbeat gives the connection up, a minute or more. A channel whose opening
+    /// is given up closes when lapin drops it.
+    async fn within_wait<T>(
+        &self,
+        open: impl std::future::Future<Output = Result<T, GatewayError>>,
+    ) -> Result<T, GatewayError> {
+        tokio::time::timeout(self.wait, open)
             .await
-            .map_err(|e| GatewayError::amqp("channel.open", e))
+            .map_err(|_| GatewayError::Unavailable)?
     }
 
     /// How long an operation waits for RabbitMQ (`broker_wait_ms`).

@@ -145,3 +145,49 @@ async fn a_retired_publisher_channel_leaves_the_pool_and_closes() {
     );
     broker.close().await;
 }
+
+/// A RabbitMQ that stops answering while its connections stay open (a frozen node, a
+/// stalled network) does not hold a channel's opening past `broker_wait_ms`: the
+/// caller (a stream reader starting, a request's channel) is told RabbitMQ is
+/// unavailable, instead of waiting until the AMQP heartbeat gives the connection up
+/// (a minute or more).
+#[tokio::test]
+async fn opening_a_channel_on_a_frozen_connection_is_given_up_after_broker_wait_ms() {
+    let proxy = warren_e2e::service::CuttableProxy::start().await;
+    let config = Config {
+        amqp_uri: vec![proxy.uri.clone()],
+        node: "t-frozen-channel-open".into(),
+        broker_wait_ms: 1_000,
+        ..Config::default()
+    };
+    let broker = Broker::connect(&config, Arc::new(Metrics::default()))
+        .await
+        .expect("RabbitMQ through the proxy");
+    broker
+        .scratch()
+        .await
+        .expect("a scratch channel while it answers");
+    proxy.freeze(true);
+    // Before, each waited until lapin's heartbeat gave the connection up: the outer
+    // 10 s bound fails the test.
+    let limit = Duration::from_secs(10);
+    let started = std::time::Instant::now();
+    let scratch = tokio::time::timeout(limit, broker.scratch())
+        .await
+        .expect("a scratch channel's opening ends");
+    let took = started.elapsed();
+    assert!(scratch.is_err(), "no channel opened on a frozen connection");
+    assert!(took < Duration::from_millis(3_000), "scratch: {took:?}");
+    let started = std::time::Instant::now();
+    let request = tokio::time::timeout(limit, broker.request_channel())
+        .await
+        .expect("a request channel's opening ends");
+    let took = started.elapsed();
+    assert!(request.is_err(), "no channel opened on a frozen connection");
+    assert!(
+        took < Duration::from_millis(3_000),
+        "request channel: {took:?}"
+    );
+    proxy.freeze(false);
+    broker.close().await;
+}
