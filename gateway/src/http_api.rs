@@ -378,6 +378,9 @@ async fn external(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Refusal> {
+    // Counted before the shutdown check in `caller`: a call that passed it is waited
+    // for by a shutdown (`Gateway::shutdown`).
+    let _call = shared.api_calls.enter();
     let channel = channel_of(channel)?;
     let (caller, m) = to_services(&shared, &channel, &headers, body).await?;
     let id = m.id.clone().unwrap_or_else(fresh_id);
@@ -410,6 +413,9 @@ async fn request(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Refusal> {
+    // Counted before the shutdown check in `caller`: a call that passed it is waited
+    // for by a shutdown (`Gateway::shutdown`).
+    let _call = shared.api_calls.enter();
     let channel = channel_of(channel)?;
     let (caller, m) = to_services(&shared, &channel, &headers, body).await?;
     let timeout = inbound::request_timeout(&shared.config, m.timeout_ms)?;
@@ -506,6 +512,9 @@ async fn publish(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Refusal> {
+    // Counted before the shutdown check in `caller`: a call that passed it is waited
+    // for by a shutdown (`Gateway::shutdown`).
+    let _call = shared.api_calls.enter();
     let caller = caller(&shared, &headers).await?;
     if !caller.by_key {
         return Err(Refusal::new(

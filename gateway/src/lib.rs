@@ -37,8 +37,9 @@
 //!
 //! [`Gateway::start`] connects, declares the topology and binds the listeners;
 //! [`Gateway::shutdown`] drains: stops accepting, tells clients to move, waits
-//! (bounded) for their pending confirms and closes them with 1001 (going away); what
-//! a client did not acknowledge is replayed from its position wherever it resumes.
+//! (bounded) for their pending confirms and for the HTTP API calls in progress, and
+//! closes them with 1001 (going away); what a client did not acknowledge is replayed
+//! from its position wherever it resumes.
 
 pub mod auth;
 pub mod auth_service;
@@ -297,9 +298,10 @@ impl Gateway {
     }
 
     /// Graceful shutdown (drain): stop accepting, stop sending deliveries, send
-    /// `drain`, let every client leave while pending confirms finish (up to
-    /// `shutdown_grace_ms`), close the sockets with 1001 (going away), then close the
-    /// AMQP connections. Clients resume elsewhere from their stream position.
+    /// `drain`, let every client leave while pending confirms finish and the HTTP API
+    /// calls in progress end (up to `shutdown_grace_ms`), close the sockets with 1001
+    /// (going away), then close the AMQP connections. Clients resume elsewhere from
+    /// their stream position.
     pub async fn shutdown(self) {
         tracing::info!(node = %self.shared.config.node, "shutting down");
         let began = std::time::Instant::now();
@@ -307,13 +309,26 @@ impl Gateway {
         let grace =
             Duration::from_millis(self.shared.config.shutdown_grace_ms) + Duration::from_secs(5);
         let deadline = tokio::time::Instant::now() + grace;
-        if tokio::time::timeout(grace, self.shared.tracker.wait_idle())
-            .await
-            .is_err()
-        {
+        // The HTTP API calls in progress finish as a WebSocket connection's drain does,
+        // within `shutdown_grace_ms`: a request's reply, a publish's confirm (new calls
+        // are not taken: the listeners stop accepting, and one that got in is refused
+        // `broker_unavailable`). They had only the servers' 2 s below, then the broker
+        // their answers need was closed under them.
+        let calls_grace = Duration::from_millis(self.shared.config.shutdown_grace_ms);
+        let (connections, calls) = tokio::join!(
+            tokio::time::timeout(grace, self.shared.tracker.wait_idle()),
+            tokio::time::timeout(calls_grace, self.shared.api_calls.wait_idle()),
+        );
+        if connections.is_err() {
             tracing::warn!(
                 left = self.shared.tracker.active(),
                 "connections still open after the grace period"
+            );
+        }
+        if calls.is_err() {
+            tracing::warn!(
+                left = self.shared.api_calls.active(),
+                "HTTP API calls still in progress after the grace period"
             );
         }
         for s in self.servers {

@@ -94,6 +94,9 @@ pub(crate) struct Shared {
     /// alone: the listener on that exchange goes on through the drain until then.
     pub(crate) done_hearing: watch::Sender<bool>,
     pub(crate) tracker: Tracker,
+    /// The HTTP API calls in progress: a shutdown waits for them (within
+    /// `shutdown_grace_ms`) before it closes the broker their answers need.
+    pub(crate) api_calls: Tracker,
     pub(crate) metrics: Arc<Metrics>,
     /// The outbound fan-out: each stream read once by its hub, shared by the sessions;
     /// with each stream's readers for the sessions behind its hub's ring.
@@ -169,6 +172,7 @@ impl Shared {
             shutdown,
             done_hearing: watch::channel(false).0,
             tracker: Tracker::default(),
+            api_calls: Tracker::default(),
             metrics,
             services: crate::services::Services::default(),
             instance: uuid::Uuid::new_v4().simple().to_string(),

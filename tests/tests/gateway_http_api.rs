@@ -10,7 +10,7 @@ use std::time::Duration;
 use lapin::types::AMQPValue;
 use serde_json::{json, Value};
 use warren_e2e::client::{sub, TestClient};
-use warren_e2e::env::TestEnv;
+use warren_e2e::env::{ack, next_delivery, TestEnv};
 use warren_e2e::gateway::{http_post, http_post_text, http_request, TestGateway};
 use warren_e2e::service::{start_demo, CuttableProxy};
 use warren_gateway::Config;
@@ -1015,6 +1015,136 @@ async fn a_body_that_does_not_arrive_in_time_is_refused_and_the_connection_freed
             "{answer}"
         );
         gw.shutdown().await;
+    })
+    .await;
+}
+
+/// Whether a call made now would be served: `None` when the listener no longer takes
+/// connections, else the status line of its answer (or what it sent: nothing, when
+/// the connection was closed unanswered).
+async fn a_new_call(addr: SocketAddr) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let body = json!({"message": 1}).to_string();
+    let head = format!(
+        "POST /request/voice HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Authorization: Bearer {KEY}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = s.write_all(head.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    Some(answer.lines().next().unwrap_or_default().to_string())
+}
+
+/// A gateway shutting down waits for the HTTP API calls in progress, as for its
+/// WebSocket connections (within `shutdown_grace_ms`): a `POST /request` whose service
+/// answers 3 s in, 2.5 s into the shutdown, gets its reply, and the shutdown ends
+/// then. Before, only WebSocket connections were waited for: with none, the servers
+/// were given 2 s, then the broker was closed under the call, answered
+/// `503 broker_unavailable` ("the answer channel closed") for a request the service
+/// handled anyway. A call made once the shutdown began is not taken.
+#[tokio::test]
+async fn a_shutdown_waits_for_the_http_api_calls_in_progress() {
+    TestEnv::run("http-request-drain", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| {
+            api_on(false)(c);
+            c.shutdown_grace_ms = 5_000;
+        })
+        .await;
+        let addr = api_addr(&gw);
+        let mut inbound = env.consume_inbound("voice").await;
+        let asked = tokio::time::Instant::now();
+        let call = tokio::spawn(async move {
+            let answer = post(
+                addr,
+                "/request/voice",
+                json!({"timeout_ms": 10_000, "message": {"sdp": "x"}}),
+            )
+            .await;
+            (answer, asked.elapsed())
+        });
+        let req = next_delivery(&mut inbound, Duration::from_secs(5)).await;
+        tokio::time::sleep_until(asked + Duration::from_millis(500)).await;
+        let stopping = tokio::time::Instant::now();
+        let stop = tokio::spawn(async move {
+            gw.shutdown().await;
+            stopping.elapsed()
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let refused = a_new_call(addr).await;
+        assert!(
+            refused
+                .as_deref()
+                .is_none_or(|line| !line.contains(" 200 ")),
+            "a call made during the shutdown is not taken: {refused:?}"
+        );
+        tokio::time::sleep_until(asked + Duration::from_secs(3)).await;
+        env.reply_to(&req, "{\"answer\":42}", None).await;
+        ack(&req).await;
+        let ((status, answer), took) = call.await.expect("the call ends");
+        let stopped = tokio::time::timeout(Duration::from_secs(15), stop)
+            .await
+            .expect("shutdown ends")
+            .expect("no panic");
+        println!(
+            "gateway_http_api: the reply answered {} ms after the call, the shutdown \
+             ended {} ms after it began; a new call during it: {refused:?}",
+            took.as_millis(),
+            stopped.as_millis()
+        );
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["message"], json!({"answer": 42}));
+        assert!(
+            stopped < Duration::from_secs(5),
+            "the shutdown ends within its grace: {stopped:?}"
+        );
+    })
+    .await;
+}
+
+/// The wait for the HTTP API calls in progress is bounded by `shutdown_grace_ms`: a
+/// request whose reply does not come (its own timeout 30 s) holds a shutdown for that
+/// grace, then for the 2 s its server is given to finish as before, no longer; the
+/// broker then closes under it (`503 broker_unavailable`).
+#[tokio::test]
+async fn a_shutdown_waits_for_the_http_api_calls_only_within_its_grace() {
+    TestEnv::run("http-request-drain-grace", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| {
+            api_on(false)(c);
+            c.shutdown_grace_ms = 1_000;
+        })
+        .await;
+        let addr = api_addr(&gw);
+        let mut inbound = env.consume_inbound("voice").await;
+        let call = tokio::spawn(async move {
+            post(
+                addr,
+                "/request/voice",
+                json!({"timeout_ms": 30_000, "message": {"sdp": "x"}}),
+            )
+            .await
+        });
+        let _unanswered = next_delivery(&mut inbound, Duration::from_secs(5)).await;
+        let stopping = tokio::time::Instant::now();
+        gw.shutdown().await;
+        let stopped = stopping.elapsed();
+        let (status, answer) = call.await.expect("the call ends");
+        println!(
+            "gateway_http_api: a shutdown with an unanswered call ended after {} ms",
+            stopped.as_millis()
+        );
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (503, Some("broker_unavailable")),
+            "{answer}"
+        );
+        assert!(
+            stopped >= Duration::from_millis(900) && stopped < Duration::from_millis(4_000),
+            "the call held the shutdown for its grace and its server's 2 s, no longer: \
+             {stopped:?}"
+        );
     })
     .await;
 }
