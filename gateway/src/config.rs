@@ -1234,6 +1234,17 @@ impl Config {
                 ));
             }
         }
+        // With auth.mode = "none" no token carries a tenant: `default` is the only tenant
+        // a session (or an HTTP API write) can have, and without one every write would
+        // be refused `forbidden` ("has no tenant"). The other modes take it from tokens.
+        if self.auth.mode == AuthMode::None && t.default.is_none() {
+            return bad(
+                "auth.mode = \"none\" needs tenants.default (--tenants-default): no token \
+                 carries a tenant in that mode, so without a default tenant every write \
+                 would be refused `forbidden`"
+                    .into(),
+            );
+        }
         if t.type_header.is_empty() {
             return bad("type_header is empty".into());
         }
@@ -2101,6 +2112,35 @@ mod tests {
         c.tenants
             .tenant
             .insert("acme".into(), TenantOptions::default());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn tenant_mode_with_auth_none_needs_a_default_tenant() {
+        let mut c = Config::default();
+        assert_eq!(c.auth.mode, AuthMode::None);
+        c.tenants.enabled = true;
+        c.tenants.channels = vec!["chat".into()];
+        c.tenants
+            .tenant
+            .insert("acme".into(), TenantOptions::default());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("tenants.default") && e.contains("--tenants-default"),
+            "{e}"
+        );
+        // Also with no routed channel: every write of a session without a tenant is
+        // refused in tenant mode, not only the routed ones.
+        c.tenants.channels.clear();
+        assert!(c.validate().is_err());
+        c.tenants.default = Some("acme".into());
+        c.validate().unwrap();
+        // In the other modes the tenant comes from the token.
+        c.tenants.default = None;
+        c.auth.mode = AuthMode::Jwt;
+        c.auth.jwt.secret = Some("s".repeat(32));
+        c.validate().unwrap();
+        c.auth.mode = AuthMode::Service;
         c.validate().unwrap();
     }
 
