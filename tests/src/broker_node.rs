@@ -32,6 +32,9 @@
 //! - Clustering: nodes 2 and 3 `stop_app`, `join_cluster <node 1>`, `start_app`. A
 //!   quorum queue declared afterwards has a member on each node.
 //! - `guest`/`guest` can log in from loopback only, which is where the tests connect.
+//! - [`BrokerCluster::start_with_tls`]: each node also listens for AMQPS on
+//!   `127.0.0.1:<free port>` ([`BrokerCluster::tls_port`]) with the caller's
+//!   certificate files; clients present no certificate (`verify_none`).
 //! - Drop stops every node (`rabbitmqctl stop` in parallel, SIGKILL after 20 s) and
 //!   removes the run directory; a run whose test process died without dropping is
 //!   swept (its beams killed, its directory removed) by the next run's start.
@@ -127,6 +130,8 @@ struct BrokerNode {
     name: String,
     amqp_port: u16,
     dist_port: u16,
+    /// The AMQPS listener's port, with [`BrokerCluster::start_with_tls`].
+    tls_port: Option<u16>,
     dir: PathBuf,
     /// The `rabbitmq-server` script (the beam's parent).
     child: Option<Child>,
@@ -162,6 +167,18 @@ pub async fn with_private_nodes(
         .expect("the test finished within its limit");
 }
 
+/// The certificate files of a TLS listener ([`BrokerCluster::start_with_tls`]), in
+/// PEM, readable by the nodes (they run as the test's user).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The CA certificate(s) RabbitMQ sends with its own (`ssl_options.cacertfile`).
+    pub cacertfile: PathBuf,
+    /// The server's certificate (`ssl_options.certfile`).
+    pub certfile: PathBuf,
+    /// The server's private key, unencrypted (`ssl_options.keyfile`).
+    pub keyfile: PathBuf,
+}
+
 /// One private RabbitMQ node or a cluster of them, stopped and removed on Drop.
 #[derive(Debug)]
 pub struct BrokerCluster {
@@ -194,6 +211,26 @@ impl BrokerCluster {
     /// [`BrokerNodeError::NotInstalled`] without RabbitMQ; otherwise the first node
     /// that failed to boot or join, with its log.
     pub async fn start(size: usize) -> Result<BrokerCluster, BrokerNodeError> {
+        BrokerCluster::start_nodes(size, None).await
+    }
+
+    /// As [`BrokerCluster::start`], each node also listening for AMQPS on a port of
+    /// its own ([`BrokerCluster::tls_port`]) with the certificate files `tls`; clients
+    /// are not asked for a certificate.
+    ///
+    /// # Errors
+    /// As [`BrokerCluster::start`].
+    pub async fn start_with_tls(
+        size: usize,
+        tls: &TlsFiles,
+    ) -> Result<BrokerCluster, BrokerNodeError> {
+        BrokerCluster::start_nodes(size, Some(tls)).await
+    }
+
+    async fn start_nodes(
+        size: usize,
+        tls: Option<&TlsFiles>,
+    ) -> Result<BrokerCluster, BrokerNodeError> {
         assert!(size >= 1, "a cluster has at least one node");
         let scripts = scripts_dir();
         if !scripts.join("rabbitmq-server").exists() {
@@ -222,6 +259,25 @@ impl BrokerCluster {
             taken.push(amqp_port);
             let dist_port = free_port(&taken)?;
             taken.push(dist_port);
+            let (tls_port, tls_conf) = match tls {
+                Some(files) => {
+                    let port = free_port(&taken)?;
+                    taken.push(port);
+                    let conf = format!(
+                        "listeners.ssl.default = 127.0.0.1:{port}\n\
+                         ssl_options.cacertfile = {}\n\
+                         ssl_options.certfile = {}\n\
+                         ssl_options.keyfile = {}\n\
+                         ssl_options.verify = verify_none\n\
+                         ssl_options.fail_if_no_peer_cert = false\n",
+                        files.cacertfile.display(),
+                        files.certfile.display(),
+                        files.keyfile.display()
+                    );
+                    (Some(port), conf)
+                }
+                None => (None, String::new()),
+            };
             let name = format!("warren-f{}-{i}@localhost", cluster.run);
             let dir = cluster.dir.join(format!("n{i}"));
             for sub in ["mnesia", "log"] {
@@ -238,7 +294,8 @@ impl BrokerCluster {
                      loopback_users.guest = true\n\
                      log.console = true\n\
                      log.console.level = warning\n\
-                     log.file.level = info\n"
+                     log.file.level = info\n\
+                     {tls_conf}"
                 ),
             )
             .map_err(io_err("writing rabbitmq.conf"))?;
@@ -246,6 +303,7 @@ impl BrokerCluster {
                 name,
                 amqp_port,
                 dist_port,
+                tls_port,
                 dir,
                 child: None,
                 beam: None,
@@ -289,6 +347,11 @@ impl BrokerCluster {
     /// The AMQP port of node `i`.
     pub fn amqp_port(&self, i: usize) -> u16 {
         self.nodes[i].amqp_port
+    }
+
+    /// The AMQPS port of node `i`, when started with [`BrokerCluster::start_with_tls`].
+    pub fn tls_port(&self, i: usize) -> Option<u16> {
+        self.nodes[i].tls_port
     }
 
     /// The state of node `i`.
