@@ -21,6 +21,12 @@ use warren_protocol::ErrorCode;
 use warren_service::{Answer, Context, HandlerError, Incoming, Outcome, Service, ServiceConfig};
 
 const LIMIT: Duration = Duration::from_secs(90);
+/// A heartbeat interval long enough that expiry (three intervals: 30 s) cannot be what
+/// takes an instance out of the view within [`LEAVE_BOUND`]: only its `leave` can.
+const LONG_INTERVAL: Duration = Duration::from_secs(10);
+/// How soon a `leave` empties the view (in memory: a broker round trip, a few ms; the
+/// bound leaves room for a busy 2-core machine and is far below the expiry).
+const LEAVE_BOUND: Duration = Duration::from_millis(1_500);
 
 async fn echo(_ctx: Context, m: Incoming) -> Result<Outcome, HandlerError> {
     Ok(Outcome::Reply(Answer::raw(m.body)))
@@ -115,7 +121,9 @@ async fn a_stopped_service_gives_no_service_at_once_and_its_return_answers_again
         }
         assert_eq!(c.close_code, None, "not closed with too_many_errors");
 
-        let service = tickets_service(env, Duration::from_millis(500)).await;
+        // Heartbeats every 10 s: the gateway would drop a silent instance only after
+        // 30 s, so the view can empty within the bound below by the leave alone.
+        let service = tickets_service(env, LONG_INTERVAL).await;
         let instance = service.instance().to_string();
         let joined = wait_view(&gw, "join", |s| {
             s["tickets-svc"][0]["instance"] == instance.as_str()
@@ -145,8 +153,9 @@ async fn a_stopped_service_gives_no_service_at_once_and_its_return_answers_again
             left.as_millis()
         );
         assert!(
-            left < Duration::from_millis(2_000),
-            "the leave took {left:?} to arrive"
+            left < LEAVE_BOUND,
+            "the leave took {left:?} to arrive (expiry alone: {:?})",
+            LONG_INTERVAL * 3
         );
         let mut latencies = Vec::new();
         for i in 0..5 {
@@ -164,7 +173,7 @@ async fn a_stopped_service_gives_no_service_at_once_and_its_return_answers_again
 
         // The service comes back: requests are answered again as soon as the gateway
         // saw it join (its join follows its consume by a few ms).
-        let service = tickets_service(env, Duration::from_millis(500)).await;
+        let service = tickets_service(env, LONG_INTERVAL).await;
         let back = Instant::now();
         let rejoined = wait_view(&gw, "rejoin", |s| {
             s["tickets-svc"][0]["channels"] == json!(["tickets"])
@@ -357,23 +366,68 @@ async fn fail_by_deleting_tickets(env: &TestEnv, service: &Service) {
 async fn a_service_that_failed_leaves_the_registry() {
     TestEnv::run("registry-failed", LIMIT, async |env| {
         let gw = TestGateway::start(env).await;
-        let service = tickets_service(env, Duration::from_millis(300)).await;
+        // Heartbeats every 4 s: expiry (12 s) cannot empty the view within
+        // `LEAVE_BOUND`, only the failed service's `leave` can.
+        let interval = Duration::from_secs(4);
+        let service = tickets_service(env, interval).await;
+        // A second channel, whose queue stays: the one its requests are asked on once
+        // the service failed (deleting `tickets` to fail it leaves no queue there, and
+        // requests to a missing queue are refused `no_route`).
+        let chat = service.consume("chat", echo).await.expect("consume chat");
         let instance = service.instance().to_string();
         wait_view(&gw, "join", |s| {
             s["tickets-svc"][0]["instance"] == instance.as_str()
+                && s["tickets-svc"][0]["channels"] == json!(["chat", "tickets"])
         })
         .await;
+        let mut c = TestClient::connect(&gw.url()).await;
+        let (outcome, _) = ask(&mut c, "live", "chat", 10_000).await;
+        assert_eq!(outcome, Ok(()), "the live service answers");
 
         fail_by_deleting_tickets(env, &service).await;
         let left = wait_view(&gw, "leave", |s| s.get("tickets-svc").is_none()).await;
         println!(
-            "gateway_services: a failed service left the view after {} ms",
-            left.as_millis()
+            "gateway_services: a failed service left the view after {} ms (expiry alone: {} ms)",
+            left.as_millis(),
+            (interval * 3).as_millis()
         );
-        // And stays out: no heartbeat brings it back (three intervals and more).
-        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        assert!(
+            left < LEAVE_BOUND,
+            "the failed service's leave took {left:?} to arrive (expiry alone: {:?})",
+            interval * 3
+        );
+        // Its chat consumer ends too (bounded: as on `stop`); then, with the instance
+        // out of the view and nothing consuming, chat's requests are refused at once,
+        // not let through to wait for their timeout as while it was listed.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (_, consumers) = warren_e2e::service::queue_counts(&chat).await;
+            if consumers == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the failed service still consumes {chat}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (outcome, took) = ask(&mut c, "failed", "chat", 10_000).await;
+        assert_eq!(outcome, Err(ErrorCode::NoService), "after {took:?}");
+        assert!(
+            took < Duration::from_millis(1_000),
+            "no_service took {took:?}"
+        );
+        // And stays out: no heartbeat brings it back (one interval and more).
+        tokio::time::sleep(interval + Duration::from_millis(1_500)).await;
         let v = view(&gw).await;
         assert!(v["services"].get("tickets-svc").is_none(), "{v}");
+        let (outcome, took) = ask(&mut c, "still-failed", "chat", 10_000).await;
+        assert_eq!(outcome, Err(ErrorCode::NoService), "after {took:?}");
+        assert!(
+            took < Duration::from_millis(1_000),
+            "no_service took {took:?}"
+        );
+        c.close().await;
         let _ = service.stop().await;
         gw.shutdown().await;
     })
