@@ -255,6 +255,13 @@ async fn an_instance_that_stops_announcing_is_gone_after_three_missed_heartbeats
             after >= Duration::from_millis(1_000),
             "gone too early: {after:?} ({gone:?})"
         );
+        // And not much later: its lifetime (1 s) after its last announcement, with
+        // room for a busy machine, not whenever the view happens to be looked at.
+        let lifetime = Duration::from_millis(announcement.lifetime_ms());
+        assert!(
+            after < lifetime + Duration::from_millis(1_500),
+            "gone too late: {after:?} after its last announcement (lifetime {lifetime:?}; {gone:?})"
+        );
         let (outcome, took) = ask(&mut c, "v2", "voice", 10_000).await;
         assert_eq!(outcome, Err(ErrorCode::NoService));
         assert!(took < Duration::from_millis(1_000), "{took:?}");
