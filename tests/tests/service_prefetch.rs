@@ -71,7 +71,9 @@ async fn a_slow_worker_with_prefetch_one_holds_one_message_at_a_time() {
 
 /// `prefetch` is a public field, and 0 is AMQP's "no limit": it counts as 1. It used to
 /// let RabbitMQ hand the consumer the whole queue while no handler could run, so the
-/// service held every message unacknowledged and answered none.
+/// service held every message unacknowledged and answered none. Three requests at
+/// once to a slow handler: one is taken, the other two stay ready in the queue, and
+/// no two calls ever run together (a prefetch of 1, not unlimited).
 #[tokio::test]
 async fn a_prefetch_of_zero_counts_as_one() {
     in_fresh_namespace(LIMIT, |ns| async move {
@@ -79,15 +81,69 @@ async fn a_prefetch_of_zero_counts_as_one() {
             prefetch: 0,
             ..ServiceConfig::default()
         };
-        let (service, _calls) = counted_echo(&ns, config, |_, m: Incoming| async move {
-            Ok(Outcome::Reply(Answer::raw(m.body)))
+        let running = Arc::new(AtomicU32::new(0));
+        let most = Arc::new(AtomicU32::new(0));
+        let (service, calls) = counted_echo(&ns, config, {
+            let running = running.clone();
+            let most = most.clone();
+            move |_, m: Incoming| {
+                let running = running.clone();
+                let most = most.clone();
+                async move {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(1_500)).await;
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    Ok(Outcome::Reply(Answer::raw(m.body)))
+                }
+            }
         })
         .await;
         let mut gw = StandInGateway::connect(&ns, "alice").await;
         for i in 1..=3 {
-            let reply = gw.request("echo", &format!("r{i}"), &i.to_string()).await;
+            gw.send_request(
+                "echo",
+                &format!("r{i}"),
+                &i.to_string(),
+                Duration::from_secs(30),
+            )
+            .await;
+        }
+        wait_until(
+            "the first handler starts",
+            Duration::from_secs(10),
+            Duration::from_millis(10),
+            || running.load(Ordering::SeqCst) >= 1,
+        )
+        .await;
+        // While the first is handled (1.5 s), the other two stay ready in the queue:
+        // unlimited, RabbitMQ would have handed all three to the consumer.
+        let queue = gw.names.channel_queue("echo");
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(1_200);
+        loop {
+            let (ready, consumers) = queue_counts(&queue).await;
+            assert_eq!(consumers, 1);
+            if ready == 2 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "one message held, two ready (now {ready} ready, {} calls)",
+                calls.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "one message taken");
+        for i in 1..=3 {
+            let reply = gw
+                .next_reply(Duration::from_secs(15))
+                .await
+                .expect("every request is answered");
+            assert_eq!(reply.correlation_id, Some(format!("r{i}")), "in order");
             assert_eq!(reply.body, i.to_string().as_bytes());
         }
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        assert_eq!(most.load(Ordering::SeqCst), 1, "one handler call at a time");
         gw.close().await;
         service.stop().await.unwrap();
     })
