@@ -700,26 +700,63 @@ async fn presence_calls_count_as_new_connections_from_their_address() {
 /// again.
 #[tokio::test]
 async fn sessions_closed_at_once_are_not_listed_online_by_their_gateway() {
-    TestEnv::run("presence-closed-at-once", LIMIT, async |env| {
-        let gw = TestGateway::start_with(env, presence_config).await;
-        for i in 0..50 {
-            let c = TestClient::connect_with(&gw.url(), as_user(&format!("u{i}"))).await;
-            c.close().await;
+    let mut env = TestEnv::new("presence-closed-at-once").await;
+    let gw = TestGateway::start_with(&env, presence_config).await;
+    let mut events = Events::listen(&mut env).await;
+    let mut sessions = Vec::new();
+    for i in 0..50 {
+        let c = TestClient::connect_with(&gw.url(), as_user(&format!("u{i}"))).await;
+        sessions.push(c.session().to_string());
+        c.close().await;
+    }
+    // Every session's `client.connected` came back from the bus (to this listener,
+    // and so, about then, to the gateway's own): the late echoes the view must not
+    // take a closed session back from are in.
+    for s in &sessions {
+        events
+            .wait_for("client.connected", s, Duration::from_secs(10))
+            .await;
+        events
+            .wait_for("client.disconnected", s, Duration::from_secs(10))
+            .await;
+    }
+    let settled = async {
+        while listed(&gw, "").await != serde_json::json!([]) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let settled = async {
-            while listed(&gw, "").await != serde_json::json!([]) {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        };
-        if tokio::time::timeout(Duration::from_secs(5), settled)
-            .await
-            .is_err()
-        {
-            panic!("still listed: {}", listed(&gw, "").await);
-        }
-        gw.shutdown().await;
-    })
-    .await;
+    };
+    if tokio::time::timeout(Duration::from_secs(5), settled)
+        .await
+        .is_err()
+    {
+        panic!("still listed: {}", listed(&gw, "").await);
+    }
+    // And it stays so: no echo heard late brings a session back (five announcement
+    // intervals).
+    let empty = Instant::now();
+    while empty.elapsed() < Duration::from_millis(ANNOUNCE_MS * 5) {
+        let users = listed(&gw, "").await;
+        assert_eq!(
+            users,
+            serde_json::json!([]),
+            "listed again {:?} after the listing emptied",
+            empty.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for s in &sessions {
+        assert_eq!(
+            (
+                events.count(s, "client.connected"),
+                events.count(s, "client.disconnected")
+            ),
+            (1, 1),
+            "{s}: {:?}",
+            events.counts()
+        );
+    }
+    gw.shutdown().await;
+    env.cleanup().await;
 }
 
 /// Every gateway stopping together (the whole deployment shut down) announces each
