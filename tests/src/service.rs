@@ -151,21 +151,107 @@ pub async fn queue_counts_on(connection: &Connection, queue: &str) -> (u32, u32)
     (q.message_count(), q.consumer_count())
 }
 
-/// Waits (at most `within`) until a consumer of `queue` holds every message: none
-/// ready, exactly `consumers` consumers. Panics when that does not happen in time.
+/// Waits (at most `within`) until a consumer of `queue` holds what was sent to it:
+/// none ready, exactly `consumers` consumers, and at least one message delivered and
+/// not acknowledged yet ([`queue_unacknowledged`]). No ready message alone cannot
+/// tell: the queue holds none before the message reached it either. The management
+/// API refreshes its figures every 5 s, so this can take as long. Panics when that
+/// does not happen in time.
 pub async fn wait_until_held(queue: &str, consumers: u32, within: Duration) {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let (ready, now) = queue_counts(queue).await;
-        if ready == 0 && now == consumers {
+        let held = if ready == 0 && now == consumers {
+            queue_unacknowledged(queue).await
+        } else {
+            None
+        };
+        if held.is_some_and(|n| n >= 1) {
             return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{queue}: {ready} ready, {now} consumers after {within:?}"
+            "{queue}: {ready} ready, {held:?} unacknowledged, {now} consumers after {within:?}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The messages of `queue` delivered to consumers and not acknowledged yet, as
+/// RabbitMQ's management API ([`crate::gateway::management_url`], the credentials of
+/// [`amqp_uri`]) reports them; `None` while it does not list the queue. Its figures
+/// are refreshed every 5 s (`collect_statistics_interval`): a look can be that late.
+///
+/// # Panics
+/// When the management API cannot be reached or refuses the look.
+pub async fn queue_unacknowledged(queue: &str) -> Option<u64> {
+    let uri: lapin::uri::AMQPUri = amqp_uri().parse().expect("AMQP_ADDR");
+    let credentials = base64(
+        format!(
+            "{}:{}",
+            uri.authority.userinfo.username, uri.authority.userinfo.password
+        )
+        .as_bytes(),
+    );
+    let url = crate::gateway::management_url();
+    let host = url.trim_start_matches("http://").trim_end_matches('/');
+    let addr = tokio::net::lookup_host(host)
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+        .unwrap_or_else(|| panic!("the management API's address ({url})"));
+    let path = format!(
+        "/api/queues/{}/{}",
+        percent_encoded(&uri.vhost),
+        percent_encoded(queue)
+    );
+    let (status, _, body) = crate::gateway::http_get_with(
+        addr,
+        &path,
+        &[("Authorization", &format!("Basic {credentials}"))],
+    )
+    .await;
+    match status {
+        200 => {}
+        404 => return None,
+        _ => panic!("the management API at {url} answered GET {path} with {status}: {body}"),
+    }
+    let v: serde_json::Value = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {body}"));
+    v["messages_unacknowledged"].as_u64()
+}
+
+/// `text` with every byte but the URL-safe ones (`A-Z a-z 0-9 - . _ ~`) as `%XX`.
+fn percent_encoded(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Standard base64 with padding (for an HTTP `Authorization: Basic` header).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// The path of the `warren-demo-service` binary: `WARREN_DEMO_SERVICE_BIN` (or

@@ -33,7 +33,9 @@ async fn a_worker_killed_before_acking_is_replaced_and_the_clients_request_still
             )
             .await;
 
-        // Wait until the stuck worker holds the message (none ready, one consumer).
+        // Wait until the stuck worker holds the message: delivered to it and not
+        // acknowledged (none ready, one consumer; no ready message alone holds before
+        // the request reached the queue too).
         wait_until_held(
             &env.names.channel_queue("tickets"),
             1,
