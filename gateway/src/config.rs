@@ -1248,6 +1248,18 @@ impl Config {
         if t.type_header.is_empty() {
             return bad("type_header is empty".into());
         }
+        // Clients send the type in this header: one the gateway refuses on every write
+        // (`x-...`, a reserved name, other characters) would make the per-type queues
+        // unreachable. The protocol crate's own allow-list decides.
+        if let Err(e) = warren_protocol::amqp::validate_client_headers(std::iter::once((
+            t.type_header.as_str(),
+            "",
+        ))) {
+            return bad(format!(
+                "type_header `{}` is a header clients may not send ({e})",
+                t.type_header
+            ));
+        }
         Ok(())
     }
 
@@ -2113,6 +2125,40 @@ mod tests {
             .tenant
             .insert("acme".into(), TenantOptions::default());
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn a_type_header_clients_may_not_send_is_refused() {
+        let mut c = Config::default();
+        c.tenants.enabled = true;
+        c.tenants.default = Some("acme".into());
+        c.tenants.channels = vec!["chat".into()];
+        c.tenants.tenant.insert(
+            "acme".into(),
+            TenantOptions {
+                types: vec!["pdf".into()],
+            },
+        );
+        for ok in ["type", "doc-kind", "App.Type_2"] {
+            c.tenants.type_header = ok.into();
+            c.validate().unwrap();
+        }
+        for refused in [
+            "x-type",
+            "X-Kind",
+            "priority",
+            "content_type",
+            "CC",
+            "a b",
+            "ty/pe",
+        ] {
+            c.tenants.type_header = refused.into();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(
+                e.contains("type_header") && e.contains(refused),
+                "{refused}: {e}"
+            );
+        }
     }
 
     #[test]
