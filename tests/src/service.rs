@@ -186,13 +186,13 @@ pub async fn wait_until_held(queue: &str, consumers: u32, within: Duration) {
 /// When the management API cannot be reached or refuses the look.
 pub async fn queue_unacknowledged(queue: &str) -> Option<u64> {
     let uri: lapin::uri::AMQPUri = amqp_uri().parse().expect("AMQP_ADDR");
-    let credentials = base64(
-        format!(
+    let credentials = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(format!(
             "{}:{}",
             uri.authority.userinfo.username, uri.authority.userinfo.password
-        )
-        .as_bytes(),
-    );
+        ))
+    };
     let url = crate::gateway::management_url();
     let host = url.trim_start_matches("http://").trim_end_matches('/');
     let addr = tokio::net::lookup_host(host)
@@ -223,35 +223,12 @@ pub async fn queue_unacknowledged(queue: &str) -> Option<u64> {
 
 /// `text` with every byte but the URL-safe ones (`A-Z a-z 0-9 - . _ ~`) as `%XX`.
 fn percent_encoded(text: &str) -> String {
-    text.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
-/// Standard base64 with padding (for an HTTP `Authorization: Basic` header).
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(text, UNRESERVED).to_string()
 }
 
 /// The path of the `warren-demo-service` binary: `WARREN_DEMO_SERVICE_BIN` (or
