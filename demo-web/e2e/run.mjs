@@ -314,6 +314,24 @@ const tests = [
       await dave.waitConnected();
       assert(dave.tokenRequests >= 2, `sign-in and connect fetched tokens (saw ${dave.tokenRequests})`);
       const before = dave.tokenRequests;
+      // What dave's page sends and gets on its socket: the renewal must be a `refresh`
+      // carrying the new token, and the gateway must accept it (`ack`), not only a fetch.
+      const refreshes = [];
+      const acked = new Set();
+      for (const ws of dave.socketObjects) {
+        ws.on("framesent", (frame) => {
+          try {
+            const f = JSON.parse(String(frame.payload));
+            if (f.type === "refresh") refreshes.push(f);
+          } catch (_) {}
+        });
+        ws.on("framereceived", (frame) => {
+          try {
+            const f = JSON.parse(String(frame.payload));
+            if (f.type === "ack") acked.add(f.id);
+          } catch (_) {}
+        });
+      }
       await dave.testId("staff-join").click();
       await dave.testId("refusal").waitFor();
       const code = await dave.testId("refusal").getAttribute("data-code");
@@ -328,6 +346,10 @@ const tests = [
         (TOKEN_LIFETIME_S + 5) * 1000,
         250,
       );
+      await waitFor("dave's refresh to be sent and acknowledged", async () => refreshes.some((f) => acked.has(f.id)), 5_000, 100);
+      const [refresh] = refreshes;
+      const claims = JSON.parse(Buffer.from(refresh.token.split(".")[1], "base64url").toString());
+      assert(claims.sub === "dave", `the refresh carries a token for dave (saw sub ${claims.sub})`);
       await sleep(1000);
       assert((await dave.connectionState()) === "connected", "still connected after the renewal");
       const sockets = dave.sockets.filter((s) => w.urls.includes(s));
