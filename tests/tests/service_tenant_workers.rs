@@ -14,9 +14,11 @@ use std::time::Duration;
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::types::ShortString;
 use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use warren_e2e::binary::child_command;
 use warren_e2e::client::{raw, TestClient};
 use warren_e2e::env::TestEnv;
-use warren_e2e::gateway::{test_config, TestGateway};
+use warren_e2e::gateway::{http_get, test_config, TestGateway};
 use warren_e2e::jwt::{now, sign, SECRET};
 use warren_e2e::service::{amqp_uri, demo_service_binary, DemoProcess};
 use warren_gateway::broker::Broker;
@@ -228,6 +230,116 @@ async fn a_zero_ttl_declares_the_tenant_queues_without_a_ttl() {
             );
             delete_tenant_topology(env, &config).await;
         }
+    })
+    .await;
+}
+
+/// The settings of the gateway file that decide queue names and arguments (namespace,
+/// queue type, TTLs, length bounds) are the workers' too: a worker started with only
+/// `--tenants-file` (no `--namespace`, `--queue-type` or `--message-ttl`) serves the
+/// queues of a gateway configured from the same file, declared as it declares them.
+/// The worker read only `[tenants]`: it consumed un-namespaced queues, and no request
+/// was answered.
+#[tokio::test]
+async fn a_worker_takes_the_namespace_and_queue_settings_of_the_tenants_file() {
+    TestEnv::run("tenant-file-settings", LIMIT, async |env| {
+        let demo = std::fs::read_to_string(demo_file()).expect("read the demo file");
+        let text = format!(
+            "namespace = \"{}\"\nqueue_type = \"classic\"\nmessage_ttl_ms = 300000\n\
+             inbound_max_length = 5000\ninbound_max_bytes = 10485760\n\
+             {demo}\n[channel_options.scan]\nmessage_ttl_ms = 600000\n",
+            env.namespace
+        );
+        let path = std::env::temp_dir().join(format!("{}.tenants.toml", env.namespace));
+        std::fs::write(&path, &text).expect("write the tenants file");
+        let from_file = Config::from_toml(&text, "tenants file").expect("the file parses");
+        assert_eq!(from_file.namespace, env.namespace);
+        // The test gateway configured as the file says.
+        let mut config = demo_config(env);
+        config.namespace = from_file.namespace;
+        config.queue_type = from_file.queue_type;
+        config.message_ttl_ms = from_file.message_ttl_ms;
+        config.channel_options = from_file.channel_options;
+        config.inbound_max_length = from_file.inbound_max_length;
+        config.inbound_max_bytes = from_file.inbound_max_bytes;
+
+        // Only the file: no namespace or queue settings from flags or the environment.
+        let binary = tokio::task::spawn_blocking(demo_service_binary)
+            .await
+            .unwrap();
+        let mut worker = child_command(&binary, "WARREN_TEST_SERVICE_LOG")
+            .env_remove("WARREN_NAMESPACE")
+            .env_remove("WARREN_QUEUE_TYPE")
+            .env_remove("WARREN_TENANTS_FILE")
+            .env_remove("QUEUE_PRIORITY")
+            .args(["--amqp-uri", &amqp_uri(), "--tenants-file"])
+            .arg(&path)
+            .args(["--queue-priority", WORKER_A])
+            .spawn()
+            .expect("spawn warren-demo-service");
+        let mut lines = BufReader::new(worker.stdout.take().expect("piped stdout")).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.trim() == "READY" {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert!(matches!(ready, Ok(true)), "the worker printed READY");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+        let gw = TestGateway::start_with(env, |c| *c = config.clone()).await;
+        // The gateway learns of the worker from its next heartbeat (every 2 s). A
+        // worker in another namespace is never listed: the requests below then fail.
+        let listed = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !http_get(gw.health_addr(), "/services")
+            .await
+            .contains("\"scan\"")
+            && tokio::time::Instant::now() < listed
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let hello = Hello {
+            token: Some(token("anna", "acme")),
+            ..Hello::default()
+        };
+        let mut anna = TestClient::connect_with(&gw.url(), hello).await;
+        for kind in ["delta", "full"] {
+            let answer = ask(&mut anna, &format!("acme-{kind}"), kind).await;
+            assert_eq!(answer["tenant"], "acme", "{answer}");
+            assert_eq!(
+                answer["queue"],
+                env.names.tenant_queue("scan", "acme", Some(kind)),
+                "{answer}"
+            );
+        }
+        anna.close().await;
+
+        // Declared as the gateway declares them: queue type, TTL, bounds.
+        let broker = Broker::connect(&config, Arc::new(Default::default()))
+            .await
+            .expect("connect");
+        let mismatches = Topology::from_config(&config)
+            .check(&broker)
+            .await
+            .expect("check");
+        broker.close().await;
+        let tenant_mismatches: Vec<_> = mismatches
+            .iter()
+            .filter(|m| m.object.contains("warren.tenant") || m.object.contains("IN_SCAN."))
+            .collect();
+        assert!(
+            tenant_mismatches.is_empty(),
+            "the worker declared the tenant queues otherwise than the gateway: {tenant_mismatches:?}"
+        );
+
+        let _ = worker.start_kill();
+        let _ = worker.wait().await;
+        gw.shutdown().await;
+        delete_tenant_topology(env, &config).await;
+        let _ = std::fs::remove_file(&path);
     })
     .await;
 }

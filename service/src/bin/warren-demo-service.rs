@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Parser;
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
-use warren_protocol::amqp::{Names, MAX_TTL_MS};
+use warren_protocol::amqp::{validate_segment, Names, QueueBounds, MAX_TTL_MS};
 use warren_protocol::tenants::{Tenant, TenantRouting};
 use warren_service::demo::{self, DemoChannel, DemoHandle, DemoOptions};
 use warren_service::ServiceState;
@@ -29,9 +29,10 @@ struct Args {
         default_value = "amqp://127.0.0.1:5672/%2f"
     )]
     amqp_uri: Vec<String>,
-    /// Namespace prefix of every exchange and queue name (empty for none).
-    #[arg(long, env = "WARREN_NAMESPACE", default_value = "")]
-    namespace: String,
+    /// Namespace prefix of every exchange and queue name (empty for none). Default:
+    /// the `--tenants-file`'s `namespace`, else none.
+    #[arg(long, env = "WARREN_NAMESPACE")]
+    namespace: Option<String>,
     /// Wait this many milliseconds in every handler (simulates a slow or stuck worker).
     #[arg(long, default_value_t = 0)]
     delay_ms: u64,
@@ -42,17 +43,18 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     prefetch: u16,
     /// `x-queue-type` of the IN_<CHANNEL> queues when this service declares them
-    /// first (an existing queue is used as it is).
+    /// first (an existing queue is used as it is). Default: the `--tenants-file`'s
+    /// `queue_type`, else quorum.
     #[arg(
         long,
         env = "WARREN_QUEUE_TYPE",
-        default_value = "quorum",
         value_parser = ["quorum", "classic"]
     )]
-    queue_type: String,
+    queue_type: Option<String>,
     /// Message TTL of a channel's inbound queue when this service declares it first,
     /// as CHANNEL=MILLISECONDS (repeatable; 0 for none, at most ten years); expired
     /// messages are dead-lettered to `warren.dead`. Must match the gateways' setting.
+    /// Replaces, for that channel, the TTL a `--tenants-file` gives it.
     #[arg(long = "message-ttl", value_name = "CHANNEL=MS", value_parser = parse_ttl)]
     message_ttl: Vec<(String, u64)>,
     /// How long a publish or reply may wait for RabbitMQ (reconnect + confirm) before
@@ -80,8 +82,13 @@ struct Args {
     #[arg(long, env = "QUEUE_PRIORITY", value_name = "QUEUES")]
     queue_priority: Option<String>,
     /// A gateway configuration file whose `[tenants]` section (routed channels,
-    /// tenants and their message types) this service declares at start — the file the
-    /// gateways read, so the two cannot drift. With it, a `--queue-priority` entry
+    /// tenants and their message types; `enabled = true` required) this service
+    /// declares at start — the file the gateways read, so the two cannot drift. The
+    /// file's settings that decide queue names and arguments are taken too:
+    /// `namespace`, `queue_type`, `message_ttl_ms` and `[channel_options.<channel>]
+    /// message_ttl_ms`, `inbound_max_length`, `inbound_max_bytes`; `--namespace`,
+    /// `--queue-type` (or their environment variables) and `--message-ttl` win over the
+    /// file, as over the gateway's file. With it, a `--queue-priority` entry
     /// `TENANT/TYPE` names that tenant's queue of that type and `TENANT/` its general
     /// queue (on the one routed channel; `CHANNEL/TENANT/TYPE` when there are several),
     /// and an entry the section does not define stops the start-up.
@@ -130,28 +137,71 @@ async fn main() -> anyhow::Result<()> {
             options.channels.clear();
         }
     }
+    // A flag (or its environment variable) wins over the gateway file, which wins over
+    // the default: as the gateway's own flags and variables win over its file.
+    let file = match &args.tenants_file {
+        Some(path) => Some((path, read_gateway_file(path)?)),
+        None => None,
+    };
+    let gateway_file = file.as_ref().map(|(_, f)| f);
+    let namespace = args
+        .namespace
+        .clone()
+        .or_else(|| gateway_file.and_then(|f| f.namespace.clone()))
+        .unwrap_or_default();
+    let queue_type = args
+        .queue_type
+        .clone()
+        .or_else(|| gateway_file.and_then(|f| f.queue_type.clone()))
+        .unwrap_or_else(|| "quorum".to_string());
     options.config = options
         .config
         .with_prefetch(args.prefetch)
-        .with_queue_type(args.queue_type.clone())
+        .with_queue_type(queue_type)
         .with_publish_timeout(Duration::from_millis(args.publish_timeout_ms))
         .with_publish_channel_idle(Duration::from_millis(args.publish_channel_idle_ms))
         .with_reconnect(!args.no_reconnect);
-    for (channel, ms) in &args.message_ttl {
-        options.config = options
-            .config
-            .with_message_ttl(channel.clone(), Duration::from_millis(*ms));
-    }
-    let names = Names::new(&args.namespace);
-    if let Some(path) = &args.tenants_file {
-        let routing = read_tenants(path)?;
+    let names = Names::new(&namespace);
+    if let Some((path, file)) = &file {
+        let routing = file.routing(path)?;
         options.priority_queues = options
             .priority_queues
             .iter()
             .map(|entry| resolve_queue(entry, &routing, &names, path))
             .collect::<anyhow::Result<_>>()?;
-        info!(tenants = routing.tenants.len(), queues = ?options.priority_queues, "tenant topology from {}", path.display());
+        options.config.inbound_bounds = file.bounds();
+        // The gateways' TTL of every channel whose queue this service may declare.
+        let mut channels: std::collections::BTreeSet<String> = routing
+            .channels
+            .iter()
+            .chain(&file.channels)
+            .chain(file.channel_options.keys())
+            .chain(options.auth_channel.iter())
+            .chain(&options.unanswered)
+            .cloned()
+            .collect();
+        channels.extend(options.channels.iter().map(|c| c.name().to_string()));
+        channels.extend(
+            options
+                .priority_queues
+                .iter()
+                .filter_map(|q| names.channel_of_queue(q)),
+        );
+        for channel in channels {
+            let ms = file.message_ttl_of(&channel);
+            if ms > 0 {
+                options.config = options
+                    .config
+                    .with_message_ttl(channel, Duration::from_millis(ms));
+            }
+        }
+        info!(namespace = %namespace, queue_type = %options.config.queue_type, tenants = routing.tenants.len(), queues = ?options.priority_queues, "tenant topology from {}", path.display());
         options.tenants = Some(routing);
+    }
+    for (channel, ms) in &args.message_ttl {
+        options.config = options
+            .config
+            .with_message_ttl(channel.clone(), Duration::from_millis(*ms));
     }
     let uris = args
         .amqp_uri
@@ -231,16 +281,35 @@ async fn serve(
     }
 }
 
-/// The `[tenants]` section of a gateway configuration file, as far as a service needs
-/// it (the rest of the file is ignored).
+/// A gateway configuration file, as far as a service needs it: what decides the names
+/// and arguments of the queues the gateways declare, and the `[tenants]` section (the
+/// rest of the file is ignored). Absent keys have the gateway's defaults.
 #[derive(Debug, Default, serde::Deserialize)]
-struct TenantsFile {
+struct GatewayFile {
+    namespace: Option<String>,
+    queue_type: Option<String>,
+    #[serde(default)]
+    channels: Vec<String>,
+    #[serde(default)]
+    message_ttl_ms: u64,
+    #[serde(default)]
+    channel_options: std::collections::BTreeMap<String, ChannelOptions>,
+    inbound_max_length: Option<u64>,
+    inbound_max_bytes: Option<u64>,
     #[serde(default)]
     tenants: TenantsSection,
 }
 
+/// `[channel_options.<channel>]`: only its TTL decides a queue argument.
+#[derive(Debug, Default, serde::Deserialize)]
+struct ChannelOptions {
+    message_ttl_ms: Option<u64>,
+}
+
 #[derive(Debug, Default, serde::Deserialize)]
 struct TenantsSection {
+    #[serde(default)]
+    enabled: bool,
     #[serde(default)]
     channels: Vec<String>,
     #[serde(default)]
@@ -253,35 +322,98 @@ struct TenantTypes {
     types: Vec<String>,
 }
 
-/// Reads the tenant routing of a gateway configuration file (tenants in name order,
-/// as the gateway declares them).
-fn read_tenants(path: &std::path::Path) -> anyhow::Result<TenantRouting> {
+/// Reads a gateway configuration file and checks the settings a service takes from it.
+fn read_gateway_file(path: &std::path::Path) -> anyhow::Result<GatewayFile> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-    let file: TenantsFile =
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let routing = TenantRouting {
-        channels: file.tenants.channels,
-        tenants: file
-            .tenants
-            .tenant
-            .into_iter()
-            .map(|(name, t)| Tenant {
-                name,
-                types: t.types,
-            })
-            .collect(),
-    };
-    routing
-        .validate()
-        .map_err(|e| anyhow::anyhow!("{}: [tenants]: {e}", path.display()))?;
-    if routing.channels.is_empty() || routing.tenants.is_empty() {
-        anyhow::bail!(
-            "{}: [tenants] names no routed channel or no tenant",
-            path.display()
-        );
+    parse_gateway_file(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+fn parse_gateway_file(text: &str) -> anyhow::Result<GatewayFile> {
+    let file: GatewayFile = toml::from_str(text)?;
+    if let Some(namespace) = file.namespace.as_deref().filter(|n| !n.is_empty()) {
+        for segment in namespace.split('.') {
+            validate_segment("namespace", segment)?;
+        }
     }
-    Ok(routing)
+    if let Some(kind) = file.queue_type.as_deref() {
+        if !matches!(kind, "quorum" | "classic") {
+            anyhow::bail!("queue_type `{kind}` is not quorum or classic");
+        }
+    }
+    // RabbitMQ refuses a longer TTL: the service would retry its declare for ever.
+    let ttls = std::iter::once(("message_ttl_ms".to_string(), file.message_ttl_ms)).chain(
+        file.channel_options.iter().filter_map(|(c, o)| {
+            Some((
+                format!("channel_options.{c}.message_ttl_ms"),
+                o.message_ttl_ms?,
+            ))
+        }),
+    );
+    for (key, ms) in ttls {
+        if ms > MAX_TTL_MS {
+            anyhow::bail!(
+                "{key} = {ms} is more than {MAX_TTL_MS} (ten years, RabbitMQ's longest TTL)"
+            );
+        }
+    }
+    Ok(file)
+}
+
+impl GatewayFile {
+    /// The tenant routing (tenants in name order, as the gateway declares them).
+    fn routing(&self, path: &std::path::Path) -> anyhow::Result<TenantRouting> {
+        if !self.tenants.enabled {
+            anyhow::bail!(
+                "{}: [tenants] enabled is not true: the gateways reading this file do not route by tenant",
+                path.display()
+            );
+        }
+        let routing = TenantRouting {
+            channels: self.tenants.channels.clone(),
+            tenants: self
+                .tenants
+                .tenant
+                .iter()
+                .map(|(name, t)| Tenant {
+                    name: name.clone(),
+                    types: t.types.clone(),
+                })
+                .collect(),
+        };
+        routing
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{}: [tenants]: {e}", path.display()))?;
+        if routing.channels.is_empty() || routing.tenants.is_empty() {
+            anyhow::bail!(
+                "{}: [tenants] names no routed channel or no tenant",
+                path.display()
+            );
+        }
+        Ok(routing)
+    }
+
+    /// `channel`'s message TTL in ms as the gateway takes it (0: none): its
+    /// `[channel_options]` one, else `message_ttl_ms`.
+    fn message_ttl_of(&self, channel: &str) -> u64 {
+        self.channel_options
+            .get(channel)
+            .and_then(|o| o.message_ttl_ms)
+            .unwrap_or(self.message_ttl_ms)
+    }
+
+    /// The inbound queues' length bounds (0 turns one off), the gateway's defaults for
+    /// what the file does not set.
+    fn bounds(&self) -> QueueBounds {
+        QueueBounds {
+            max_length: self
+                .inbound_max_length
+                .unwrap_or(QueueBounds::INBOUND.max_length),
+            max_bytes: self
+                .inbound_max_bytes
+                .unwrap_or(QueueBounds::INBOUND.max_bytes),
+        }
+    }
 }
 
 /// A `--queue-priority` entry as a queue name: `TENANT/TYPE`, `TENANT/` or
@@ -385,8 +517,44 @@ mod tests {
         std::env::set_var("WARREN_QUEUE_TYPE", "classic");
         let args = Args::try_parse_from(["warren-demo-service"]).unwrap();
         std::env::remove_var("WARREN_QUEUE_TYPE");
-        assert_eq!(args.queue_type, "classic");
+        assert_eq!(args.queue_type.as_deref(), Some("classic"));
+        // Unset: the tenants file's, else quorum (in `main`).
         let args = Args::try_parse_from(["warren-demo-service"]).unwrap();
-        assert_eq!(args.queue_type, "quorum");
+        assert_eq!(args.queue_type, None);
+    }
+
+    #[test]
+    fn a_gateway_file_gives_the_queue_settings_the_gateway_takes_from_it() {
+        let file = parse_gateway_file(
+            "namespace = \"prod\"\nqueue_type = \"classic\"\nmessage_ttl_ms = 300\n\
+             inbound_max_length = 7\nlisten = \"127.0.0.1:4000\"\n\
+             [channel_options.scan]\nmessage_ttl_ms = 0\nstream_max_bytes = 5\n\
+             [tenants]\nenabled = true\nchannels = [\"scan\"]\n[tenants.tenant.acme]\n",
+        )
+        .unwrap();
+        assert_eq!(file.namespace.as_deref(), Some("prod"));
+        assert_eq!(file.queue_type.as_deref(), Some("classic"));
+        assert_eq!(file.message_ttl_of("chat"), 300);
+        assert_eq!(file.message_ttl_of("scan"), 0, "the channel's own wins");
+        assert_eq!(
+            file.bounds(),
+            QueueBounds {
+                max_length: 7,
+                max_bytes: QueueBounds::INBOUND.max_bytes
+            }
+        );
+        let path = std::path::Path::new("g.toml");
+        assert_eq!(file.routing(path).unwrap().channels, ["scan"]);
+
+        let e = parse_gateway_file("queue_type = \"stream\"\n").unwrap_err();
+        assert!(e.to_string().contains("queue_type"), "{e}");
+        let e = parse_gateway_file("namespace = \"a b\"\n").unwrap_err();
+        assert!(e.to_string().contains("namespace"), "{e}");
+        let e = parse_gateway_file(&format!("message_ttl_ms = {}\n", MAX_TTL_MS + 1)).unwrap_err();
+        assert!(e.to_string().contains("message_ttl_ms"), "{e}");
+        let off = parse_gateway_file("[tenants]\nchannels = [\"scan\"]\n[tenants.tenant.acme]\n")
+            .unwrap();
+        let e = off.routing(path).unwrap_err().to_string();
+        assert!(e.contains("enabled"), "{e}");
     }
 }
