@@ -770,6 +770,31 @@ impl Config {
             .collect()
     }
 
+    /// What serving clients needs beyond [`Config::validate`], checked when the gateway
+    /// starts ([`crate::Gateway::start`]), not by `topology` commands: a file for
+    /// `topology apply` is often run with the default `auth.mode` though the gateways
+    /// reading it verify tokens.
+    ///
+    /// # Errors
+    /// [`GatewayError::Config`] naming the problem.
+    pub fn check_to_serve(&self) -> Result<(), GatewayError> {
+        // With auth.mode = "none" no token carries a tenant: `default` is the only tenant
+        // a session (or an HTTP API write) can have, and without one every write would
+        // be refused `forbidden` ("has no tenant"). The other modes take it from tokens.
+        if self.tenants.enabled
+            && self.auth.mode == AuthMode::None
+            && self.tenants.default.is_none()
+        {
+            return Err(GatewayError::Config(
+                "tenants: auth.mode = \"none\" needs tenants.default (--tenants-default): no \
+                 token carries a tenant in that mode, so without a default tenant every write \
+                 would be refused `forbidden`"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks the configuration once, at start-up.
     ///
     /// # Errors
@@ -1233,17 +1258,6 @@ impl Config {
                     t.tenant.keys().collect::<Vec<_>>()
                 ));
             }
-        }
-        // With auth.mode = "none" no token carries a tenant: `default` is the only tenant
-        // a session (or an HTTP API write) can have, and without one every write would
-        // be refused `forbidden` ("has no tenant"). The other modes take it from tokens.
-        if self.auth.mode == AuthMode::None && t.default.is_none() {
-            return bad(
-                "auth.mode = \"none\" needs tenants.default (--tenants-default): no token \
-                 carries a tenant in that mode, so without a default tenant every write \
-                 would be refused `forbidden`"
-                    .into(),
-            );
         }
         if t.type_header.is_empty() {
             return bad("type_header is empty".into());
@@ -2170,7 +2184,9 @@ mod tests {
         c.tenants
             .tenant
             .insert("acme".into(), TenantOptions::default());
-        let e = c.validate().unwrap_err().to_string();
+        // Valid for `topology` commands; refused to serve.
+        c.validate().unwrap();
+        let e = c.check_to_serve().unwrap_err().to_string();
         assert!(
             e.contains("tenants.default") && e.contains("--tenants-default"),
             "{e}"
@@ -2178,16 +2194,17 @@ mod tests {
         // Also with no routed channel: every write of a session without a tenant is
         // refused in tenant mode, not only the routed ones.
         c.tenants.channels.clear();
-        assert!(c.validate().is_err());
+        assert!(c.check_to_serve().is_err());
         c.tenants.default = Some("acme".into());
-        c.validate().unwrap();
+        c.check_to_serve().unwrap();
         // In the other modes the tenant comes from the token.
         c.tenants.default = None;
         c.auth.mode = AuthMode::Jwt;
         c.auth.jwt.secret = Some("s".repeat(32));
         c.validate().unwrap();
+        c.check_to_serve().unwrap();
         c.auth.mode = AuthMode::Service;
-        c.validate().unwrap();
+        c.check_to_serve().unwrap();
     }
 
     #[test]

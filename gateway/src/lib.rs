@@ -113,6 +113,7 @@ impl Gateway {
     /// topology, [`GatewayError::Bind`] when a listener address is taken.
     pub async fn start(config: Config) -> Result<Gateway, GatewayError> {
         config.validate()?;
+        config.check_to_serve()?;
         let verifier = auth::Verifier::from_config(&config.auth)?;
         verifier.fetch_remote_keys().await;
         if config.auth.mode == AuthMode::None

@@ -526,7 +526,7 @@ async fn topology_cli(env: &TestEnv, action: &str) -> std::process::Output {
 /// The tenant configuration of [`topology_cli`].
 fn tenant_config_toml() -> String {
     format!(
-        "[tenants]\nenabled = true\ndefault = \"acme\"\nchannels = [\"{ROUTED}\"]\n\
+        "[tenants]\nenabled = true\nchannels = [\"{ROUTED}\"]\n\
          [tenants.tenant.acme]\ntypes = [\"pdf\"]\n[tenants.tenant.globex]\n"
     )
 }
