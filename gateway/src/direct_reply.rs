@@ -229,8 +229,9 @@ impl DirectReply {
     ///
     /// # Errors
     /// When it cannot be opened within `broker_wait_ms`; also, at once, when an
-    /// attempt to open it failed while this call waited for the lock (the calls that
-    /// came together share one attempt, each answered within `broker_wait_ms`).
+    /// attempt to open it failed while this call waited for the lock and RabbitMQ is
+    /// still not connected, or blocks publishes (the calls that came together share
+    /// one attempt, each answered within `broker_wait_ms`).
     async fn channel(&self) -> Result<(Publisher, u64), String> {
         let asked = Instant::now();
         let mut guard = self.channel.lock().await;
@@ -239,8 +240,12 @@ impl DirectReply {
                 return Ok((ch.clone(), *generation));
             }
         }
+        // Shared only while RabbitMQ is still away or blocking publishes: a call that
+        // came as the connections were back tries again.
         if let Some((at, e)) = &guard.failed {
-            if *at >= asked {
+            let away = self.broker.state() != crate::broker::BrokerState::Connected
+                || self.broker.is_blocked();
+            if *at >= asked && away {
                 return Err(e.clone());
             }
         }
