@@ -1140,8 +1140,10 @@ async fn a_shutdown_waits_for_the_http_api_calls_only_within_its_grace() {
             (503, Some("broker_unavailable")),
             "{answer}"
         );
+        // Its grace (1 s) and its server's 2 s, about 3.1 s here; the ceiling leaves a
+        // busy 2-core machine room and stays far below the call's own 30 s.
         assert!(
-            stopped >= Duration::from_millis(900) && stopped < Duration::from_millis(4_000),
+            stopped >= Duration::from_millis(900) && stopped < Duration::from_millis(8_000),
             "the call held the shutdown for its grace and its server's 2 s, no longer: \
              {stopped:?}"
         );
