@@ -959,6 +959,9 @@ async fn presence(
     query: Result<axum::extract::Query<PresenceQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     use warren_protocol::ErrorCode;
+    // Waited for by a shutdown as the HTTP API's calls are: with `auth.mode =
+    // "service"` it asks the auth service over RabbitMQ.
+    let _call = st.shared.api_calls.enter();
     let cors = match cors(&st.shared, &headers) {
         Ok(h) => h,
         Err(refused) => return refused(),
