@@ -825,8 +825,9 @@ pub struct CuttableProxy {
     accept: tokio::task::JoinHandle<()>,
 }
 
-/// Passes `from`'s bytes on to `to`, holding them while `frozen`; returns when either
-/// side closes.
+/// Passes `from`'s bytes on to `to`, holding them while `frozen`; at `from`'s end (or
+/// an error either side) shuts `to` down for writing, as `copy_bidirectional` does, and
+/// returns: the other way goes on until its own end.
 async fn forward(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
@@ -836,16 +837,17 @@ async fn forward(
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
         while frozen.load(std::sync::atomic::Ordering::SeqCst) {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         if to.write_all(&buf[..n]).await.is_err() {
-            return;
+            break;
         }
     }
+    let _ = to.shutdown().await;
 }
 
 impl CuttableProxy {
@@ -886,10 +888,10 @@ impl CuttableProxy {
                         if let Ok(outbound) = tokio::net::TcpStream::connect(&upstream).await {
                             let (in_read, in_write) = inbound.into_split();
                             let (out_read, out_write) = outbound.into_split();
-                            tokio::select! {
-                                () = forward(in_read, out_write, frozen.clone()) => {}
-                                () = forward(out_read, in_write, frozen) => {}
-                            }
+                            tokio::join!(
+                                forward(in_read, out_write, frozen.clone()),
+                                forward(out_read, in_write, frozen)
+                            );
                         }
                     });
                     links.lock().unwrap().push(link);
