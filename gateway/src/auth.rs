@@ -704,11 +704,11 @@ fn jwks_keys(text: &[u8], allowed: &[Algorithm]) -> Result<Vec<Key>, String> {
         };
         let algorithms = within(family, allowed);
         if algorithms.is_empty() {
-            tracing::warn!(
+            tracing::debug!(
                 index,
                 kid = ?jwk.common.key_id,
                 ?allowed,
-                "a JWKS key verifies none of auth.jwt.algorithms: tokens signed with it are refused"
+                "a JWKS key verifies none of auth.jwt.algorithms"
             );
         }
         keys.push(Key {
@@ -721,6 +721,15 @@ fn jwks_keys(text: &[u8], allowed: &[Algorithm]) -> Result<Vec<Key>, String> {
     // fetch, so the keys held are kept, not replaced by none.
     if keys.is_empty() && listed > 0 {
         return Err(format!("none of its {listed} keys is usable"));
+    }
+    // The issuer's keys are RSA and the default HS256 is all that is allowed, say.
+    if !keys.is_empty() && keys.iter().all(|k| k.algorithms.is_empty()) {
+        tracing::warn!(
+            keys = keys.len(),
+            ?allowed,
+            "no key of the JWKS verifies any of auth.jwt.algorithms: every token signed \
+             with them is refused (list the issuer's algorithms, e.g. RS256)"
+        );
     }
     Ok(keys)
 }
