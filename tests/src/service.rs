@@ -6,7 +6,7 @@
 //! Helpers panic with a clear message instead of returning errors: they run in tests.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -267,12 +267,39 @@ impl DemoProcess {
         let binary = tokio::task::spawn_blocking(demo_service_binary)
             .await
             .expect("binary lookup");
-        let mut child = child_command(&binary, "WARREN_TEST_SERVICE_LOG")
+        let mut command = child_command(&binary, "WARREN_TEST_SERVICE_LOG");
+        command
             .arg("--amqp-uri")
             .arg(amqp_uri)
             .arg("--namespace")
             .arg(namespace)
-            .args(args)
+            .args(args);
+        DemoProcess::ready(command, &binary).await
+    }
+
+    /// `warren-demo-service --amqp-uri <the tests' RabbitMQ> <args>`, with no namespace,
+    /// queue type, tenants file or queue priority from the test's environment either:
+    /// what `args` say (or a file they name) is all it is told. Waits for `READY` as
+    /// [`DemoProcess::spawn`] does.
+    pub async fn spawn_told_only(args: &[&str]) -> DemoProcess {
+        let binary = tokio::task::spawn_blocking(demo_service_binary)
+            .await
+            .expect("binary lookup");
+        let mut command = child_command(&binary, "WARREN_TEST_SERVICE_LOG");
+        command
+            .env_remove("WARREN_NAMESPACE")
+            .env_remove("WARREN_QUEUE_TYPE")
+            .env_remove("WARREN_TENANTS_FILE")
+            .env_remove("QUEUE_PRIORITY")
+            .arg("--amqp-uri")
+            .arg(amqp_uri())
+            .args(args);
+        DemoProcess::ready(command, &binary).await
+    }
+
+    /// Spawns `command` and waits (at most 30 s) until it prints `READY`.
+    async fn ready(mut command: tokio::process::Command, binary: &Path) -> DemoProcess {
+        let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {}: {e}", binary.display()));
         let pid = child.id().expect("the child has a pid");

@@ -14,14 +14,13 @@ use std::time::Duration;
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::types::ShortString;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use warren_e2e::binary::child_command;
 use warren_e2e::client::{raw, TestClient};
 use warren_e2e::env::TestEnv;
 use warren_e2e::gateway::{http_get, test_config, TestGateway};
 use warren_e2e::jwt::{now, sign, SECRET};
 use warren_e2e::service::{amqp_uri, demo_service_binary, DemoProcess};
 use warren_gateway::broker::Broker;
+use warren_gateway::topology::Mismatch;
 use warren_gateway::{AuthMode, Config, Topology};
 use warren_protocol::{ClientFrame, Hello, Request};
 use warren_service::{Service, ServiceConfig};
@@ -72,6 +71,25 @@ async fn ask(client: &mut TestClient, id: &str, kind: &str) -> serde_json::Value
         .await;
     let reply = client.expect_reply(id).await;
     serde_json::from_str(reply.message.get()).unwrap()
+}
+
+/// What `topology check` finds different from `config`'s topology: all of it, and
+/// the part about the tenant objects (`warren.tenant*`, `IN_SCAN.*`).
+async fn differences(config: &Config) -> (Vec<Mismatch>, Vec<Mismatch>) {
+    let broker = Broker::connect(config, Arc::new(Default::default()))
+        .await
+        .expect("connect");
+    let mismatches = Topology::from_config(config)
+        .check(&broker)
+        .await
+        .expect("check");
+    broker.close().await;
+    let tenant = mismatches
+        .iter()
+        .filter(|m| m.object.contains("warren.tenant") || m.object.contains("IN_SCAN."))
+        .cloned()
+        .collect();
+    (mismatches, tenant)
 }
 
 async fn delete_tenant_topology(env: &TestEnv, config: &Config) {
@@ -134,18 +152,7 @@ async fn two_workers_share_two_tenants_from_the_gateways_own_tenant_file() {
             &["--tenants-file", file, "--queue-priority", WORKER_B],
         )
         .await;
-        let broker = Broker::connect(&config, Arc::new(Default::default()))
-            .await
-            .expect("connect");
-        let mismatches = Topology::from_config(&config)
-            .check(&broker)
-            .await
-            .expect("check");
-        broker.close().await;
-        let tenant_mismatches: Vec<_> = mismatches
-            .iter()
-            .filter(|m| m.object.contains("warren.tenant") || m.object.contains("IN_SCAN."))
-            .collect();
+        let (mismatches, tenant_mismatches) = differences(&config).await;
         assert!(
             tenant_mismatches.is_empty(),
             "the workers declared another tenant topology: {tenant_mismatches:?}"
@@ -212,18 +219,7 @@ async fn a_zero_ttl_declares_the_tenant_queues_without_a_ttl() {
             assert!(!queues.is_empty());
             service.stop().await.expect("stop the service");
 
-            let broker = Broker::connect(&config, Arc::new(Default::default()))
-                .await
-                .expect("connect");
-            let mismatches = Topology::from_config(&config)
-                .check(&broker)
-                .await
-                .expect("check");
-            broker.close().await;
-            let tenant_mismatches: Vec<_> = mismatches
-                .iter()
-                .filter(|m| m.object.contains("warren.tenant") || m.object.contains("IN_SCAN."))
-                .collect();
+            let (_, tenant_mismatches) = differences(&config).await;
             assert!(
                 tenant_mismatches.is_empty(),
                 "a TTL of {ttl:?} declared the tenant queues otherwise than the gateway: {tenant_mismatches:?}"
@@ -264,31 +260,14 @@ async fn a_worker_takes_the_namespace_and_queue_settings_of_the_tenants_file() {
         config.inbound_max_bytes = from_file.inbound_max_bytes;
 
         // Only the file: no namespace or queue settings from flags or the environment.
-        let binary = tokio::task::spawn_blocking(demo_service_binary)
-            .await
-            .unwrap();
-        let mut worker = child_command(&binary, "WARREN_TEST_SERVICE_LOG")
-            .env_remove("WARREN_NAMESPACE")
-            .env_remove("WARREN_QUEUE_TYPE")
-            .env_remove("WARREN_TENANTS_FILE")
-            .env_remove("QUEUE_PRIORITY")
-            .args(["--amqp-uri", &amqp_uri(), "--tenants-file"])
-            .arg(&path)
-            .args(["--queue-priority", WORKER_A])
-            .spawn()
-            .expect("spawn warren-demo-service");
-        let mut lines = BufReader::new(worker.stdout.take().expect("piped stdout")).lines();
-        let ready = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.trim() == "READY" {
-                    return true;
-                }
-            }
-            false
-        })
+        let path_text = path.to_str().expect("a UTF-8 path");
+        let mut worker = DemoProcess::spawn_told_only(&[
+            "--tenants-file",
+            path_text,
+            "--queue-priority",
+            WORKER_A,
+        ])
         .await;
-        assert!(matches!(ready, Ok(true)), "the worker printed READY");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
         let gw = TestGateway::start_with(env, |c| *c = config.clone()).await;
         // The gateway learns of the worker from its next heartbeat (every 2 s). A
@@ -318,25 +297,13 @@ async fn a_worker_takes_the_namespace_and_queue_settings_of_the_tenants_file() {
         anna.close().await;
 
         // Declared as the gateway declares them: queue type, TTL, bounds.
-        let broker = Broker::connect(&config, Arc::new(Default::default()))
-            .await
-            .expect("connect");
-        let mismatches = Topology::from_config(&config)
-            .check(&broker)
-            .await
-            .expect("check");
-        broker.close().await;
-        let tenant_mismatches: Vec<_> = mismatches
-            .iter()
-            .filter(|m| m.object.contains("warren.tenant") || m.object.contains("IN_SCAN."))
-            .collect();
+        let (_, tenant_mismatches) = differences(&config).await;
         assert!(
             tenant_mismatches.is_empty(),
             "the worker declared the tenant queues otherwise than the gateway: {tenant_mismatches:?}"
         );
 
-        let _ = worker.start_kill();
-        let _ = worker.wait().await;
+        worker.kill().await;
         gw.shutdown().await;
         delete_tenant_topology(env, &config).await;
         let _ = std::fs::remove_file(&path);
