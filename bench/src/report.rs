@@ -147,11 +147,12 @@ impl Report {
     fn deflate_ratio(&self, s: ScenarioKind, clients: usize) -> Option<Ratio> {
         let plain = self.median_of(s, Target::Gateway, clients)?;
         let deflate = self.median_of(s, Target::GatewayDeflate, clients)?;
+        let (throughput, p99) = ratio_of(&deflate, &plain)?;
         Some(Ratio {
             scenario: s,
             clients,
-            throughput: deflate.throughput / plain.throughput,
-            p99: deflate.p99_ms / plain.p99_ms,
+            throughput,
+            p99,
         })
     }
 
@@ -161,115 +162,93 @@ impl Report {
             if let (Some(g), Some(raw)) =
                 (r.median, self.median_of(r.scenario, Target::Raw, r.clients))
             {
-                out.push(Ratio {
-                    scenario: r.scenario,
-                    clients: r.clients,
-                    throughput: g.throughput / raw.throughput,
-                    p99: g.p99_ms / raw.p99_ms,
-                });
+                if let Some((throughput, p99)) = ratio_of(&g, &raw) {
+                    out.push(Ratio {
+                        scenario: r.scenario,
+                        clients: r.clients,
+                        throughput,
+                        p99,
+                    });
+                }
             }
         }
         out
     }
 
-    /// The client counts from `from` up at which scenario `s` ran through the gateway
-    /// or against `baseline` (when the baseline ran at all) and has no figures: every
-    /// run failed. A target judged at every client count is not met
-    /// there; left out, a count whose runs all failed made a target "met".
-    fn without_figures(&self, s: ScenarioKind, baseline: Target, from: usize) -> Vec<usize> {
-        let ran = |t: Target| {
+    /// Per client count from `from` up at which scenario `s` ran through the gateway
+    /// or against `baseline` (when the baseline ran at all): the gateway/baseline
+    /// ratios, when there are figures to judge by, and what stands against the count
+    /// (no figures, failed runs, failed operations), which makes a target judged
+    /// there not met. A count only one side ran at, with nothing against it, is left
+    /// out (nothing to compare).
+    fn standings(&self, s: ScenarioKind, baseline: Target, from: usize) -> Vec<Standing> {
+        let of = |t: Target, clients: usize| {
             self.results
                 .iter()
-                .any(|r| r.scenario == s && r.target == t)
+                .find(|r| r.scenario == s && r.target == t && r.clients == clients)
         };
-        if !ran(baseline) {
+        if !self
+            .results
+            .iter()
+            .any(|r| r.scenario == s && r.target == baseline)
+        {
             return Vec::new();
         }
         let mut counts: Vec<usize> = self
             .results
             .iter()
             .filter(|r| r.scenario == s && (r.target == Target::Gateway || r.target == baseline))
-            .filter(|r| r.clients >= from && r.median.is_none())
+            .filter(|r| r.clients >= from)
             .map(|r| r.clients)
             .collect();
         counts.sort_unstable();
         counts.dedup();
-        counts
+        let mut out = Vec::new();
+        for clients in counts {
+            let (g, b) = (of(Target::Gateway, clients), of(baseline, clients));
+            let mut faults = Vec::new();
+            for r in [g, b].into_iter().flatten() {
+                faults.extend(r.faults());
+            }
+            let ratio = match (g.and_then(|r| r.median), b.and_then(|r| r.median)) {
+                (Some(g), Some(b)) => {
+                    let ratio = ratio_of(&g, &b);
+                    if ratio.is_none() {
+                        faults.push(format!("{} completed nothing", baseline.name()));
+                    }
+                    ratio
+                }
+                _ => None,
+            };
+            if ratio.is_none() && faults.is_empty() {
+                continue;
+            }
+            out.push(Standing {
+                clients,
+                ratio,
+                faults,
+            });
+        }
+        out
     }
 
     fn check_targets(&self) -> Vec<TargetCheck> {
         let mut checks = Vec::new();
         for s in [ScenarioKind::Rpc, ScenarioKind::Fanout] {
-            let ratios: Vec<&Ratio> = self.ratios.iter().filter(|r| r.scenario == s).collect();
-            let missing = self.without_figures(s, Target::Raw, 1);
-            let judge = |ok: &dyn Fn(&Ratio) -> bool| {
-                if ratios.is_empty() && missing.is_empty() {
-                    Verdict::NotEvaluated
-                } else if missing.is_empty() && ratios.iter().all(|r| ok(r)) {
-                    Verdict::Met
-                } else {
-                    Verdict::NotMet
-                }
-            };
-            let list = |f: &dyn Fn(&Ratio) -> f64| {
-                ratios
-                    .iter()
-                    .map(|r| format!("{}c: {:.2}x", r.clients, f(r)))
-                    .chain(missing.iter().map(|c| format!("{c}c: no figures")))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
+            let standings = self.standings(s, Target::Raw, 1);
             checks.push(TargetCheck {
                 requirement: format!("{} throughput >= 0.5 x raw AMQP", s.name()),
-                measured: list(&|r| r.throughput),
-                verdict: judge(&|r| r.throughput >= 0.5),
+                measured: describe(&standings, |(t, _)| t),
+                verdict: judge(&standings, |(t, _)| t >= 0.5),
             });
             checks.push(TargetCheck {
                 requirement: format!("{} p99 latency <= 2 x raw AMQP", s.name()),
-                measured: list(&|r| r.p99),
-                verdict: judge(&|r| r.p99 <= 2.0),
+                measured: describe(&standings, |(_, p)| p),
+                verdict: judge(&standings, |(_, p)| p <= 2.0),
             });
         }
         // The targets are the plain gateway's (deflate sessions are reported beside it).
-        let idle = self.idle_median(Target::Gateway);
-        checks.push(match idle {
-            Some(m) if m.opened > 0 => TargetCheck {
-                requirement: "gateway memory <= 8 KiB per idle session".into(),
-                measured: format!(
-                    "{:.1} KiB per session ({} sessions)",
-                    m.rss_per_session_bytes / 1024.0,
-                    m.opened
-                ),
-                verdict: if m.rss_per_session_bytes <= 8.0 * 1024.0 {
-                    Verdict::Met
-                } else {
-                    Verdict::NotMet
-                },
-            },
-            _ => TargetCheck {
-                requirement: "gateway memory <= 8 KiB per idle session".into(),
-                measured: "no idle run".into(),
-                verdict: Verdict::NotEvaluated,
-            },
-        });
-        checks.push(match idle {
-            Some(m) => TargetCheck {
-                requirement: "10,000 idle sessions held with the gateway < 5 % of one core".into(),
-                measured: format!("{} sessions held, {:.2} % CPU", m.held, m.idle_cpu_pct),
-                verdict: if m.requested < 10_000 {
-                    Verdict::NotEvaluated
-                } else if m.held >= 10_000 && m.idle_cpu_pct < 5.0 {
-                    Verdict::Met
-                } else {
-                    Verdict::NotMet
-                },
-            },
-            None => TargetCheck {
-                requirement: "10,000 idle sessions held with the gateway < 5 % of one core".into(),
-                measured: "no idle run".into(),
-                verdict: Verdict::NotEvaluated,
-            },
-        });
+        checks.extend(self.idle_checks());
         // Issue 13: rpc at least as fast as Web-STOMP at every client count, fan-out
         // at least twice as fast at 100 subscribers (with one subscriber there is no
         // fan-out to speak of: counts below 100 are shown, not judged).
@@ -277,45 +256,86 @@ impl Report {
             (ScenarioKind::Rpc, 1.0, 1),
             (ScenarioKind::Fanout, 2.0, FANOUT_JUDGED_FROM),
         ] {
-            let ratios: Vec<(usize, f64)> = self
-                .results
+            let shown = self.standings(s, Target::WebStomp, 1);
+            let judged: Vec<Standing> = shown
                 .iter()
-                .filter(|r| r.scenario == s && r.target == Target::WebStomp)
-                .filter_map(|r| {
-                    let g = self.median_of(s, Target::Gateway, r.clients)?;
-                    Some((r.clients, g.throughput / r.median?.throughput))
-                })
-                .collect();
-            let judged: Vec<f64> = ratios
-                .iter()
-                .filter(|(c, _)| *c >= from)
-                .map(|(_, x)| *x)
+                .filter(|x| x.clients >= from)
+                .cloned()
                 .collect();
             let at = if from > 1 {
                 format!(" at >= {from} subscribers")
             } else {
                 String::new()
             };
-            let missing = self.without_figures(s, Target::WebStomp, from);
             checks.push(TargetCheck {
                 requirement: format!("{} throughput >= {factor} x Web-STOMP{at}", s.name()),
-                measured: ratios
-                    .iter()
-                    .map(|(c, x)| format!("{c}c: {x:.2}x"))
-                    .chain(missing.iter().map(|c| format!("{c}c: no figures")))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                verdict: if !missing.is_empty() {
-                    Verdict::NotMet
-                } else if judged.is_empty() {
-                    Verdict::NotEvaluated
-                } else if judged.iter().all(|x| *x >= factor) {
+                measured: describe(&shown, |(t, _)| t),
+                verdict: judge(&judged, |(t, _)| t >= factor),
+            });
+        }
+        checks
+    }
+
+    /// The idle targets, judged by the plain gateway's sessions (deflate sessions are
+    /// reported beside them). A run that failed leaves the median of fewer runs than
+    /// asked: not met.
+    fn idle_checks(&self) -> Vec<TargetCheck> {
+        let result = self.idle.iter().find(|i| i.target == Target::Gateway);
+        let failed = result.and_then(|i| failed_runs(i.runs.len(), i.failures.len()));
+        let idle = self.idle_median(Target::Gateway);
+        let mut checks = Vec::new();
+        checks.push(match idle {
+            Some(m) if m.opened > 0 => TargetCheck {
+                requirement: "gateway memory <= 8 KiB per idle session".into(),
+                measured: format!(
+                    "{:.1} KiB per session ({} sessions){}",
+                    m.rss_per_session_bytes / 1024.0,
+                    m.opened,
+                    failed.as_ref().map_or(String::new(), |f| format!("; {f}"))
+                ),
+                verdict: if failed.is_none() && m.rss_per_session_bytes <= 8.0 * 1024.0 {
                     Verdict::Met
                 } else {
                     Verdict::NotMet
                 },
-            });
-        }
+            },
+            _ => TargetCheck {
+                requirement: "gateway memory <= 8 KiB per idle session".into(),
+                measured: failed.clone().unwrap_or_else(|| "no idle run".into()),
+                verdict: if failed.is_some() {
+                    Verdict::NotMet
+                } else {
+                    Verdict::NotEvaluated
+                },
+            },
+        });
+        checks.push(match idle {
+            Some(m) => TargetCheck {
+                requirement: "10,000 idle sessions held with the gateway < 5 % of one core".into(),
+                measured: format!(
+                    "{} sessions held, {:.2} % CPU{}",
+                    m.held,
+                    m.idle_cpu_pct,
+                    failed.as_ref().map_or(String::new(), |f| format!("; {f}"))
+                ),
+                verdict: if m.requested < 10_000 {
+                    Verdict::NotEvaluated
+                } else if failed.is_none() && m.held >= 10_000 && m.idle_cpu_pct < 5.0 {
+                    Verdict::Met
+                } else {
+                    Verdict::NotMet
+                },
+            },
+            None => TargetCheck {
+                requirement: "10,000 idle sessions held with the gateway < 5 % of one core".into(),
+                measured: failed.clone().unwrap_or_else(|| "no idle run".into()),
+                verdict: if failed.is_some() {
+                    Verdict::NotMet
+                } else {
+                    Verdict::NotEvaluated
+                },
+            },
+        });
         checks
     }
 
@@ -354,6 +374,17 @@ impl Report {
                         m.gateway_bytes_per_op
                             .map_or("-".into(), |b| format!("{b:.0}")),
                     );
+                    if !r.failures.is_empty() {
+                        let _ = writeln!(
+                            out,
+                            "{:<8} {:>7}  median of {} of {} runs; failed: {}",
+                            "",
+                            "",
+                            r.runs.len(),
+                            r.runs.len() + r.failures.len(),
+                            r.failures[0]
+                        );
+                    }
                 }
                 None => {
                     let _ = writeln!(
@@ -376,19 +407,15 @@ impl Report {
                 }
             }
             if r.target == Target::WebStomp {
-                if let (Some(g), Some(w)) = (
-                    self.median_of(r.scenario, Target::Gateway, r.clients),
-                    r.median,
-                ) {
+                if let Some((throughput, p99)) = self
+                    .median_of(r.scenario, Target::Gateway, r.clients)
+                    .zip(r.median)
+                    .and_then(|(g, w)| ratio_of(&g, &w))
+                {
                     let _ = writeln!(
                         out,
                         "{:<8} {:>7}  {:<15} {:>10.2}x {:>9} {:>8.2}x",
-                        "",
-                        "",
-                        "gw/stomp",
-                        g.throughput / w.throughput,
-                        "",
-                        g.p99_ms / w.p99_ms
+                        "", "", "gw/stomp", throughput, "", p99
                     );
                 }
             }
@@ -429,6 +456,15 @@ impl Report {
                         m.idle_cpu_pct,
                         m.broker_rss_per_session_bytes / 1024.0
                     );
+                    if !idle.failures.is_empty() {
+                        let _ = writeln!(
+                            out,
+                            "  median of {} of {} runs; failed: {}",
+                            idle.runs.len(),
+                            idle.runs.len() + idle.failures.len(),
+                            idle.failures[0]
+                        );
+                    }
                 }
                 None => {
                     let _ = writeln!(
@@ -481,6 +517,30 @@ impl Report {
         out
     }
 
+    /// `rpc gateway 64c: 1 of 5 runs` for each result whose median is of fewer runs
+    /// than asked (of none: `0 of 5`).
+    fn fewer_runs(&self) -> Vec<String> {
+        let results = self.results.iter().map(|r| {
+            (
+                format!("{} {} {}c", r.scenario.name(), r.target.name(), r.clients),
+                r.runs.len(),
+                r.failures.len(),
+            )
+        });
+        let idle = self.idle.iter().map(|i| {
+            (
+                format!("idle {}", i.target.name()),
+                i.runs.len(),
+                i.failures.len(),
+            )
+        });
+        results
+            .chain(idle)
+            .filter(|(_, _, failed)| *failed > 0)
+            .map(|(what, ok, failed)| format!("{what}: {ok} of {} runs", ok + failed))
+            .collect()
+    }
+
     /// The report as Markdown tables, for BENCHMARKS.md.
     pub fn markdown(&self) -> String {
         let mut out = String::new();
@@ -502,6 +562,14 @@ impl Report {
             c.fanout_window,
             c.responder,
         );
+        let short = self.fewer_runs();
+        if !short.is_empty() {
+            let _ = writeln!(
+                out,
+                "Medians of fewer runs (the others failed; such a count is not judged met): {}.\n",
+                short.join(", ")
+            );
+        }
         let _ = writeln!(
             out,
             "| scenario | clients | gateway ops/s | raw ops/s | ratio | gateway p50 / p99 ms | raw p50 / p99 ms | p99 ratio | gateway CPU |"
@@ -642,11 +710,11 @@ impl Report {
             for (clients, g, w) in pairs {
                 let _ = writeln!(
                     out,
-                    "| {} | {:.0} | {:.0} | {:.2}× | {:.2} / {:.2} | {:.2} / {:.2} |",
+                    "| {} | {:.0} | {:.0} | {} | {:.2} / {:.2} | {:.2} / {:.2} |",
                     clients,
                     g.throughput,
                     w.throughput,
-                    g.throughput / w.throughput,
+                    ratio_of(&g, &w).map_or("–".into(), |(x, _)| format!("{x:.2}×")),
                     g.p50_ms,
                     g.p99_ms,
                     w.p50_ms,
@@ -677,6 +745,80 @@ impl Report {
         }
         std::fs::write(path, serde_json::to_string_pretty(self)?)?;
         Ok(())
+    }
+}
+
+/// Gateway figure / baseline figure (throughput, p99), when the baseline completed
+/// something to divide by: a baseline with no operations (or no throughput) has no
+/// ratio, rather than an infinite one that would meet every target.
+fn ratio_of(gateway: &Figures, baseline: &Figures) -> Option<(f64, f64)> {
+    let throughput = gateway.throughput / baseline.throughput;
+    (baseline.ops > 0 && baseline.throughput > 0.0 && throughput.is_finite())
+        .then(|| (throughput, gateway.p99_ms / baseline.p99_ms))
+}
+
+/// One client count as a target sees it: the gateway/baseline ratios (throughput,
+/// p99) when there are any, and what stands against the count.
+#[derive(Debug, Clone)]
+struct Standing {
+    clients: usize,
+    ratio: Option<(f64, f64)>,
+    faults: Vec<String>,
+}
+
+/// `12c: 0.60x` per count, with what stands against it in brackets.
+fn describe(standings: &[Standing], pick: impl Fn((f64, f64)) -> f64) -> String {
+    standings
+        .iter()
+        .map(|x| {
+            let ratio = x
+                .ratio
+                .map_or_else(|| "no figures".to_string(), |r| format!("{:.2}x", pick(r)));
+            if x.faults.is_empty() {
+                format!("{}c: {ratio}", x.clients)
+            } else {
+                format!("{}c: {ratio} ({})", x.clients, x.faults.join("; "))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Met when every count has a ratio that is `ok` and nothing against it; nothing to
+/// judge is not evaluated.
+fn judge(standings: &[Standing], ok: impl Fn((f64, f64)) -> bool) -> Verdict {
+    if standings.is_empty() {
+        Verdict::NotEvaluated
+    } else if standings
+        .iter()
+        .all(|x| x.faults.is_empty() && x.ratio.is_some_and(&ok))
+    {
+        Verdict::Met
+    } else {
+        Verdict::NotMet
+    }
+}
+
+/// `k of N runs failed`, when some did.
+fn failed_runs(ok: usize, failed: usize) -> Option<String> {
+    (failed > 0).then(|| format!("{failed} of {} runs failed", ok + failed))
+}
+
+impl ScenarioResult {
+    /// What stands against judging a target by this result: runs that failed (the
+    /// median is of fewer runs than asked, or of none) and failed operations.
+    fn faults(&self) -> Vec<String> {
+        let who = self.target.name();
+        let mut out = Vec::new();
+        if let Some(f) = failed_runs(self.runs.len(), self.failures.len()) {
+            out.push(format!("{who}: {f}"));
+        } else if self.median.is_none() {
+            out.push(format!("{who}: no runs"));
+        }
+        if let Some(m) = self.median.filter(|m| m.errors > 0) {
+            out.push(format!("{who}: {} errors", m.errors));
+        }
+        out
     }
 }
 
@@ -789,10 +931,16 @@ mod tests {
         };
         let raw = find("rpc throughput >= 0.5 x raw AMQP");
         assert_eq!(raw.verdict, Verdict::NotMet, "{raw:?}");
-        assert_eq!(raw.measured, "1c: 0.60x, 64c: no figures");
+        assert_eq!(
+            raw.measured,
+            "1c: 0.60x, 64c: no figures (gateway: 1 of 1 runs failed)"
+        );
         let stomp = find("rpc throughput >= 1 x Web-STOMP");
         assert_eq!(stomp.verdict, Verdict::NotMet, "{stomp:?}");
-        assert_eq!(stomp.measured, "1c: 1.20x, 64c: no figures");
+        assert_eq!(
+            stomp.measured,
+            "1c: 1.20x, 64c: no figures (gateway: 1 of 1 runs failed; web-stomp: 1 of 1 runs failed)"
+        );
         // A gateway-only count (no baseline ran there) is no missing figure; without
         // any baseline run there is nothing to judge.
         let gateway_only = report(
@@ -1011,5 +1159,144 @@ mod tests {
         let r = report(Vec::new(), Some(small));
         assert_eq!(r.targets[5].verdict, Verdict::NotEvaluated);
         assert!(r.problems().is_empty());
+    }
+
+    fn find<'a>(r: &'a Report, requirement: &str) -> &'a TargetCheck {
+        r.targets
+            .iter()
+            .find(|t| t.requirement == requirement)
+            .unwrap_or_else(|| panic!("{requirement}: {:?}", r.targets))
+    }
+
+    #[test]
+    fn a_client_count_with_failed_operations_is_not_met() {
+        // Gateway rpc requests answered with an error (a timeout among them) have no
+        // latency sample: the figures of what succeeded alone would meet the target.
+        let gateway = Figures {
+            errors: 7,
+            ..figures(900.0, 2.0)
+        };
+        let r = report(
+            vec![
+                result(ScenarioKind::Rpc, Target::Gateway, 4, gateway),
+                result(ScenarioKind::Rpc, Target::Raw, 4, figures(1000.0, 2.0)),
+            ],
+            None,
+        );
+        for requirement in [
+            "rpc throughput >= 0.5 x raw AMQP",
+            "rpc p99 latency <= 2 x raw AMQP",
+        ] {
+            let t = find(&r, requirement);
+            assert_eq!(t.verdict, Verdict::NotMet, "{t:?}");
+            assert!(t.measured.contains("7 errors"), "{t:?}");
+        }
+        // The baseline's errors count as well (a fan-out message a Web-STOMP
+        // subscriber never got).
+        let stomp = Figures {
+            errors: 3,
+            ..figures(100.0, 2.0)
+        };
+        let r = report(
+            vec![
+                result(
+                    ScenarioKind::Fanout,
+                    Target::Gateway,
+                    100,
+                    figures(1000.0, 2.0),
+                ),
+                result(ScenarioKind::Fanout, Target::WebStomp, 100, stomp),
+            ],
+            None,
+        );
+        let t = find(
+            &r,
+            "fanout throughput >= 2 x Web-STOMP at >= 100 subscribers",
+        );
+        assert_eq!(t.verdict, Verdict::NotMet, "{t:?}");
+        assert_eq!(t.measured, "100c: 10.00x (web-stomp: 3 errors)");
+    }
+
+    #[test]
+    fn a_median_of_fewer_runs_than_asked_is_not_met() {
+        let mut one_of_five = result(ScenarioKind::Rpc, Target::Gateway, 4, figures(900.0, 2.0));
+        one_of_five.failures = vec!["timed out waiting for a reply".into(); 4];
+        let r = report(
+            vec![
+                one_of_five,
+                result(ScenarioKind::Rpc, Target::Raw, 4, figures(1000.0, 2.0)),
+            ],
+            None,
+        );
+        let t = find(&r, "rpc throughput >= 0.5 x raw AMQP");
+        assert_eq!(t.verdict, Verdict::NotMet, "{t:?}");
+        assert_eq!(t.measured, "4c: 0.90x (gateway: 4 of 5 runs failed)");
+        assert!(r.table().contains("median of 1 of 5 runs"), "{}", r.table());
+        assert!(
+            r.markdown().contains("rpc gateway 4c: 1 of 5 runs"),
+            "{}",
+            r.markdown()
+        );
+        // Idle runs alike.
+        let idle = IdleFigures {
+            requested: 10_000,
+            opened: 10_000,
+            held: 10_000,
+            rss_per_session_bytes: 7.0 * 1024.0,
+            idle_cpu_pct: 1.0,
+            ..IdleFigures::default()
+        };
+        let mut r = report(Vec::new(), Some(idle));
+        r.idle[0].failures = vec!["the gateway did not start".into(); 2];
+        r.conclude();
+        assert_eq!(r.targets[4].verdict, Verdict::NotMet, "{:?}", r.targets[4]);
+        assert!(r.targets[4].measured.contains("2 of 3 runs failed"));
+        assert_eq!(r.targets[5].verdict, Verdict::NotMet, "{:?}", r.targets[5]);
+        // Every idle run failed: not met either (it was "not evaluated").
+        r.idle[0].runs.clear();
+        r.idle[0].median = None;
+        r.conclude();
+        assert_eq!(r.targets[4].verdict, Verdict::NotMet, "{:?}", r.targets[4]);
+        assert_eq!(r.targets[5].verdict, Verdict::NotMet, "{:?}", r.targets[5]);
+    }
+
+    #[test]
+    fn a_baseline_that_completed_nothing_meets_no_target() {
+        let none = Figures {
+            ops: 0,
+            throughput: 0.0,
+            p99_ms: f64::NAN,
+            ..Figures::default()
+        };
+        let r = report(
+            vec![
+                result(
+                    ScenarioKind::Fanout,
+                    Target::Gateway,
+                    100,
+                    figures(1000.0, 2.0),
+                ),
+                result(ScenarioKind::Fanout, Target::WebStomp, 100, none),
+                result(ScenarioKind::Rpc, Target::Gateway, 4, figures(1000.0, 2.0)),
+                result(ScenarioKind::Rpc, Target::Raw, 4, none),
+            ],
+            None,
+        );
+        let t = find(
+            &r,
+            "fanout throughput >= 2 x Web-STOMP at >= 100 subscribers",
+        );
+        assert_eq!(t.verdict, Verdict::NotMet, "{t:?}");
+        assert_eq!(t.measured, "100c: no figures (web-stomp completed nothing)");
+        for requirement in [
+            "rpc throughput >= 0.5 x raw AMQP",
+            "rpc p99 latency <= 2 x raw AMQP",
+        ] {
+            let t = find(&r, requirement);
+            assert_eq!(t.verdict, Verdict::NotMet, "{t:?}");
+        }
+        assert!(r.ratios.is_empty(), "no infinite ratio: {:?}", r.ratios);
+        assert!(!r.table().contains("inf"), "{}", r.table());
+        assert!(!r.markdown().contains("inf"), "{}", r.markdown());
     }
 }
