@@ -48,7 +48,15 @@ pub struct IdleResult {
     /// Why runs failed, if any did.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<String>,
+    /// Whether every run started from a freshly started gateway: not when the bench
+    /// loads a gateway it did not start (`--gateway-url`), whose memory freed by
+    /// earlier work can hide what sessions cost.
+    pub gateway_restarted: bool,
 }
+
+/// The idle targets are set for 10,000 sessions: a smaller run (bench smoke's 50) is
+/// reported, not judged.
+pub const IDLE_JUDGED_AT: usize = 10_000;
 
 /// Gateway figure divided by the raw-AMQP figure for one scenario and client count.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -277,66 +285,113 @@ impl Report {
     }
 
     /// The idle targets, judged by the plain gateway's sessions (deflate sessions are
-    /// reported beside them). A run that failed leaves the median of fewer runs than
-    /// asked: not met.
+    /// reported beside them), only on a run of the full 10,000 sessions in which
+    /// every session opened and was held: figures of a partial run say little of what
+    /// 10,000 cost. A failed run leaves the median of fewer runs than asked: not met.
     fn idle_checks(&self) -> Vec<TargetCheck> {
         let result = self.idle.iter().find(|i| i.target == Target::Gateway);
         let failed = result.and_then(|i| failed_runs(i.runs.len(), i.failures.len()));
+        let short = result.and_then(|i| {
+            i.runs
+                .iter()
+                .enumerate()
+                .find(|(_, r)| r.opened < r.requested || r.held < r.opened)
+                .map(|(n, r)| {
+                    format!(
+                        "run {}: {} of {} sessions opened, {} held",
+                        n + 1,
+                        r.opened,
+                        r.requested,
+                        r.held
+                    )
+                })
+        });
+        let restarted = result.is_none_or(|i| i.gateway_restarted);
         let idle = self.idle_median(Target::Gateway);
-        let mut checks = Vec::new();
-        checks.push(match idle {
-            Some(m) if m.opened > 0 => TargetCheck {
-                requirement: "gateway memory <= 8 KiB per idle session".into(),
-                measured: format!(
-                    "{:.1} KiB per session ({} sessions){}",
-                    m.rss_per_session_bytes / 1024.0,
-                    m.opened,
-                    failed.as_ref().map_or(String::new(), |f| format!("; {f}"))
+        let check = |requirement: &str, judge: &dyn Fn(&IdleFigures) -> (String, Verdict)| {
+            let (measured, verdict) = match (idle, &failed) {
+                (None, Some(f)) => (f.clone(), Verdict::NotMet),
+                (None, None) => ("no idle run".to_string(), Verdict::NotEvaluated),
+                (Some(m), _) if m.requested < IDLE_JUDGED_AT => (
+                    format!(
+                        "{} sessions asked for: judged at {IDLE_JUDGED_AT}",
+                        m.requested
+                    ),
+                    Verdict::NotEvaluated,
                 ),
-                verdict: if failed.is_none() && m.rss_per_session_bytes <= 8.0 * 1024.0 {
-                    Verdict::Met
+                (Some(_), _) if short.is_some() => {
+                    (short.clone().unwrap_or_default(), Verdict::NotMet)
+                }
+                (Some(m), Some(f)) => (format!("{}; {f}", judge(&m).0), Verdict::NotMet),
+                (Some(m), None) => judge(&m),
+            };
+            TargetCheck {
+                requirement: requirement.into(),
+                measured,
+                verdict,
+            }
+        };
+        let at_most = |ok: bool| if ok { Verdict::Met } else { Verdict::NotMet };
+        vec![
+            check("gateway memory <= 8 KiB per idle session", &|m| {
+                let per = m.rss_per_session_bytes;
+                let text = format!(
+                    "{:.1} KiB per session ({} sessions)",
+                    per / 1024.0,
+                    m.opened
+                );
+                if !restarted {
+                    (
+                        format!("{text}; the gateway was not restarted for the run (--gateway-url): not judged"),
+                        Verdict::NotEvaluated,
+                    )
+                } else if per.is_nan() || per <= 0.0 {
+                    (
+                        format!("{text}: the gateway's RSS did not grow, nothing to judge"),
+                        Verdict::NotEvaluated,
+                    )
                 } else {
-                    Verdict::NotMet
+                    (text, at_most(per <= 8.0 * 1024.0))
+                }
+            }),
+            check(
+                "10,000 idle sessions held with the gateway < 5 % of one core",
+                &|m| {
+                    (
+                        format!("{} sessions held, {:.2} % CPU", m.held, m.idle_cpu_pct),
+                        at_most(m.idle_cpu_pct < 5.0),
+                    )
                 },
-            },
-            _ => TargetCheck {
-                requirement: "gateway memory <= 8 KiB per idle session".into(),
-                measured: failed.clone().unwrap_or_else(|| "no idle run".into()),
-                verdict: if failed.is_some() {
-                    Verdict::NotMet
+            ),
+            check("10,000 idle sessions set up at >= 5,000 sessions/s", &|m| {
+                (
+                    format!("{:.0} sessions/s", m.setup_rate),
+                    at_most(m.setup_rate >= 5_000.0),
+                )
+            }),
+            check("RabbitMQ memory <= 1 KiB per idle session", &|m| {
+                let per = m.broker_rss_per_session_bytes;
+                if per.is_nan() {
+                    (
+                        "not measured (RabbitMQ is not on this machine)".into(),
+                        Verdict::NotEvaluated,
+                    )
+                } else if per < 0.0 {
+                    (
+                        format!(
+                            "RabbitMQ's RSS fell by {:.2} KiB per session: nothing to judge",
+                            -per / 1024.0
+                        ),
+                        Verdict::NotEvaluated,
+                    )
                 } else {
-                    Verdict::NotEvaluated
-                },
-            },
-        });
-        checks.push(match idle {
-            Some(m) => TargetCheck {
-                requirement: "10,000 idle sessions held with the gateway < 5 % of one core".into(),
-                measured: format!(
-                    "{} sessions held, {:.2} % CPU{}",
-                    m.held,
-                    m.idle_cpu_pct,
-                    failed.as_ref().map_or(String::new(), |f| format!("; {f}"))
-                ),
-                verdict: if m.requested < 10_000 {
-                    Verdict::NotEvaluated
-                } else if failed.is_none() && m.held >= 10_000 && m.idle_cpu_pct < 5.0 {
-                    Verdict::Met
-                } else {
-                    Verdict::NotMet
-                },
-            },
-            None => TargetCheck {
-                requirement: "10,000 idle sessions held with the gateway < 5 % of one core".into(),
-                measured: failed.clone().unwrap_or_else(|| "no idle run".into()),
-                verdict: if failed.is_some() {
-                    Verdict::NotMet
-                } else {
-                    Verdict::NotEvaluated
-                },
-            },
-        });
-        checks
+                    (
+                        format!("{:.2} KiB per session", per / 1024.0),
+                        at_most(per <= 1024.0),
+                    )
+                }
+            }),
+        ]
     }
 
     /// The report as plain-text tables (also used in BENCHMARKS.md).
@@ -868,6 +923,7 @@ mod tests {
                     runs: vec![m],
                     median: Some(m),
                     failures: Vec::new(),
+                    gateway_restarted: true,
                 })
                 .collect(),
             ratios: Vec::new(),
@@ -1091,16 +1147,16 @@ mod tests {
             .contains("| fanout | 4 | 1000 | 800 | 0.80× | 0.00 / 2.00 | 0.00 / 3.00 | 1.50× |"));
         // An idle entry per gateway target; the targets judge the plain one's.
         let plain = IdleFigures {
-            requested: 100,
-            opened: 100,
-            held: 100,
+            requested: 10_000,
+            opened: 10_000,
+            held: 10_000,
             rss_per_session_bytes: 7.0 * 1024.0,
             ..IdleFigures::default()
         };
         let deflate = IdleFigures {
             rss_per_session_bytes: 9.0 * 1024.0,
-            opened: 99,
-            held: 99,
+            opened: 9_999,
+            held: 9_999,
             ..plain
         };
         for (target, m) in [(Target::Gateway, plain), (Target::GatewayDeflate, deflate)] {
@@ -1109,12 +1165,13 @@ mod tests {
                 runs: vec![m],
                 median: Some(m),
                 failures: Vec::new(),
+                gateway_restarted: true,
             });
         }
         r.conclude();
         assert_eq!(r.targets[4].verdict, Verdict::Met, "7 KiB plain");
-        assert!(r.table().contains("idle (gateway+deflate): 99 of 100"));
-        assert!(r.markdown().contains("| gateway+deflate | 100 | 99 |"));
+        assert!(r.table().contains("idle (gateway+deflate): 9999 of 10000"));
+        assert!(r.markdown().contains("| gateway+deflate | 10000 | 9999 |"));
         assert_eq!(
             r.problems(),
             vec!["idle gateway+deflate: not every session opened".to_string()]
@@ -1298,5 +1355,128 @@ mod tests {
         assert!(r.ratios.is_empty(), "no infinite ratio: {:?}", r.ratios);
         assert!(!r.table().contains("inf"), "{}", r.table());
         assert!(!r.markdown().contains("inf"), "{}", r.markdown());
+    }
+
+    fn full_idle() -> IdleFigures {
+        IdleFigures {
+            requested: 10_000,
+            opened: 10_000,
+            held: 10_000,
+            setup_rate: 7_000.0,
+            rss_per_session_bytes: 7.5 * 1024.0,
+            idle_cpu_pct: 1.5,
+            broker_rss_per_session_bytes: 0.2 * 1024.0,
+            ..IdleFigures::default()
+        }
+    }
+
+    #[test]
+    fn idle_targets_are_judged_only_on_every_one_of_10_000_sessions_open() {
+        // 2,000 of 10,000 opened: what 2,000 cost says little of 10,000.
+        let partial = IdleFigures {
+            opened: 2_000,
+            held: 2_000,
+            ..full_idle()
+        };
+        let r = report(Vec::new(), Some(partial));
+        for t in &r.targets[4..6] {
+            assert_eq!(t.verdict, Verdict::NotMet, "{t:?}");
+            assert!(
+                t.measured.contains("2000 of 10000 sessions opened"),
+                "{t:?}"
+            );
+        }
+        // All opened, some dropped during the hold.
+        let dropped = IdleFigures {
+            held: 9_000,
+            ..full_idle()
+        };
+        let r = report(Vec::new(), Some(dropped));
+        assert_eq!(r.targets[4].verdict, Verdict::NotMet, "{:?}", r.targets[4]);
+        // bench smoke's 50 sessions: reported, not judged, and no problem for --strict.
+        let smoke = IdleFigures {
+            requested: 50,
+            opened: 50,
+            held: 50,
+            ..full_idle()
+        };
+        let r = report(Vec::new(), Some(smoke));
+        for t in &r.targets[4..8] {
+            assert_eq!(t.verdict, Verdict::NotEvaluated, "{t:?}");
+        }
+        assert!(r.problems().is_empty());
+    }
+
+    #[test]
+    fn a_gateway_rss_that_did_not_grow_is_not_judged_met() {
+        for per in [-2.0 * 1024.0, 0.0, f64::NAN] {
+            let fell = IdleFigures {
+                rss_per_session_bytes: per,
+                ..full_idle()
+            };
+            let r = report(Vec::new(), Some(fell));
+            assert_eq!(
+                r.targets[4].verdict,
+                Verdict::NotEvaluated,
+                "{per}: {:?}",
+                r.targets[4]
+            );
+        }
+    }
+
+    #[test]
+    fn idle_memory_is_not_judged_on_a_gateway_the_bench_did_not_restart() {
+        let mut r = report(Vec::new(), Some(full_idle()));
+        assert_eq!(r.targets[4].verdict, Verdict::Met);
+        r.idle[0].gateway_restarted = false;
+        r.conclude();
+        assert_eq!(
+            r.targets[4].verdict,
+            Verdict::NotEvaluated,
+            "{:?}",
+            r.targets[4]
+        );
+        assert!(r.targets[4].measured.contains("not restarted"));
+    }
+
+    #[test]
+    fn set_up_rate_and_broker_memory_are_judged() {
+        let r = report(Vec::new(), Some(full_idle()));
+        let setup = find(&r, "10,000 idle sessions set up at >= 5,000 sessions/s");
+        assert_eq!(setup.verdict, Verdict::Met, "{setup:?}");
+        assert_eq!(setup.measured, "7000 sessions/s");
+        let broker = find(&r, "RabbitMQ memory <= 1 KiB per idle session");
+        assert_eq!(broker.verdict, Verdict::Met, "{broker:?}");
+        let slow = IdleFigures {
+            setup_rate: 4_000.0,
+            broker_rss_per_session_bytes: 2.0 * 1024.0,
+            ..full_idle()
+        };
+        let r = report(Vec::new(), Some(slow));
+        let setup = find(&r, "10,000 idle sessions set up at >= 5,000 sessions/s");
+        assert_eq!(setup.verdict, Verdict::NotMet, "{setup:?}");
+        let broker = find(&r, "RabbitMQ memory <= 1 KiB per idle session");
+        assert_eq!(broker.verdict, Verdict::NotMet, "{broker:?}");
+        // RabbitMQ on another machine: its memory is not measured.
+        let remote = IdleFigures {
+            broker_rss_per_session_bytes: f64::NAN,
+            ..full_idle()
+        };
+        let r = report(Vec::new(), Some(remote));
+        let broker = find(&r, "RabbitMQ memory <= 1 KiB per idle session");
+        assert_eq!(broker.verdict, Verdict::NotEvaluated, "{broker:?}");
+        // A partial run judges neither.
+        let partial = IdleFigures {
+            opened: 2_000,
+            held: 2_000,
+            ..full_idle()
+        };
+        let r = report(Vec::new(), Some(partial));
+        for requirement in [
+            "10,000 idle sessions set up at >= 5,000 sessions/s",
+            "RabbitMQ memory <= 1 KiB per idle session",
+        ] {
+            assert_eq!(find(&r, requirement).verdict, Verdict::NotMet);
+        }
     }
 }

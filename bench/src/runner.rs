@@ -194,8 +194,9 @@ async fn run_once(
     }
 }
 
-/// Each idle run starts from a freshly started gateway (when the benchmark owns it), so
-/// memory freed by earlier runs does not hide what sessions cost. `target` is which
+/// Each idle run starts from a freshly started gateway (when the benchmark owns it; not
+/// with `--gateway-url`, which the result records), so memory freed by earlier runs
+/// does not hide what sessions cost. `target` is which
 /// gateway clients the sessions are: plain or deflate.
 async fn run_idle(
     config: &Config,
@@ -205,10 +206,17 @@ async fn run_idle(
 ) -> IdleResult {
     let mut runs: Vec<IdleFigures> = Vec::new();
     let mut failures = Vec::new();
+    let mut gateway_restarted = true;
     for run in 1..=config.runs {
-        if let Err(e) = stack.restart_gateway().await {
-            failures.push(e.to_string());
-            break;
+        match stack.restart_gateway().await {
+            Ok(restarted) => gateway_restarted &= restarted,
+            Err(e) => {
+                // This run and those after it did not run: each is a failed run, so
+                // the report says of how many of those asked the median is.
+                let e = e.to_string();
+                failures.extend((run..=config.runs).map(|_| e.clone()));
+                break;
+            }
         }
         let env = env_of(stack);
         match idle::run(&env, target, config.idle_sessions).await {
@@ -241,5 +249,6 @@ async fn run_idle(
         median: (!runs.is_empty()).then(|| IdleFigures::median(&runs)),
         runs,
         failures,
+        gateway_restarted,
     }
 }

@@ -32,7 +32,8 @@ pub struct IdleFigures {
     pub rss_after_kib: u64,
     /// Gateway RSS after every session closed again, KiB.
     pub rss_closed_kib: u64,
-    /// (after − before) / opened, bytes.
+    /// (after − before) / opened, bytes: negative when the RSS fell (the report then
+    /// judges nothing by it), NaN when no session opened.
     pub rss_per_session_bytes: f64,
     /// Gateway CPU while idle, percent of one core.
     pub idle_cpu_pct: f64,
@@ -169,17 +170,33 @@ pub async fn run(env: &SharedEnv, target: Target, sessions: usize) -> Result<Idl
         rss_before_kib,
         rss_after_kib,
         rss_closed_kib,
-        rss_per_session_bytes: if opened > 0 {
-            (rss_after_kib.saturating_sub(rss_before_kib) * 1024) as f64 / opened as f64
-        } else {
-            f64::NAN
-        },
+        rss_per_session_bytes: per_session_bytes(rss_before_kib, rss_after_kib, opened),
         idle_cpu_pct,
         broker_rss_per_session_bytes: match (broker_before_kib, broker_after_kib) {
-            (Some(before), Some(after)) if opened > 0 => {
-                (after as f64 - before as f64) * 1024.0 / opened as f64
-            }
+            (Some(before), Some(after)) => per_session_bytes(before, after, opened),
             _ => f64::NAN,
         },
     })
+}
+
+/// RSS growth from `before_kib` to `after_kib` per session of `opened`, in bytes, with
+/// its sign: a fall is reported as one (not as 0 B, which would read as free
+/// sessions). NaN when no session opened.
+fn per_session_bytes(before_kib: u64, after_kib: u64, opened: usize) -> f64 {
+    if opened == 0 {
+        return f64::NAN;
+    }
+    (after_kib as f64 - before_kib as f64) * 1024.0 / opened as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn growth_per_session_keeps_its_sign() {
+        assert_eq!(per_session_bytes(1_000, 1_080, 10), 8.0 * 1024.0);
+        assert_eq!(per_session_bytes(1_000, 900, 10), -10.0 * 1024.0);
+        assert!(per_session_bytes(1_000, 2_000, 0).is_nan());
+    }
 }
