@@ -44,6 +44,15 @@ use crate::socket::{Received, Socket, SocketError};
 /// read the stream's tail yet (see [`Conn`]'s `hello` and `join_wait`).
 const HUB_READY_WAIT: Duration = Duration::from_secs(2);
 
+/// `refresh` frames taken up per connection: one a second, in bursts of
+/// [`REFRESH_BURST`]; one past them is answered `overloaded` without its token being
+/// verified. A client renews its token at most every second or so (the SDK at 75 % of
+/// its lifetime, a second at the least, and after a failure on its backoff); a
+/// `refresh` costs a signature check (an RSA one some tens of µs), and a flood of them
+/// at `max_frames_per_s` took a core per connection.
+const REFRESHES_PER_S: u32 = 1;
+const REFRESH_BURST: u32 = 5;
+
 /// What a frame handler tells the loop.
 enum Flow {
     Continue,
@@ -152,6 +161,7 @@ pub(crate) fn serve<S: Send + 'static>(
         request_serial: 0,
         direct_calls: 0,
         revoked: Vec::new(),
+        refreshes: TokenBucket::new(REFRESHES_PER_S, REFRESH_BURST, std::time::Instant::now()),
         takeover: Arc::default(),
         session: None,
         taken_over: false,
@@ -341,6 +351,8 @@ struct Conn {
     /// The keys the last token renewal revoked, each until a `subscribe` naming it is
     /// refused ([`core_::excused_as_revoked`]).
     revoked: Vec<String>,
+    /// The `refresh` frames it may still send now ([`REFRESHES_PER_S`]).
+    refreshes: TokenBucket,
     /// Set by a newer connection (or gateway) that resumes this session.
     takeover: Arc<TakeoverSignal>,
     session: Option<Session>,
@@ -1183,6 +1195,11 @@ impl Conn {
         else {
             return Flow::Continue;
         };
+        if !self.refreshes.take(std::time::Instant::now()) {
+            let message = "too many refreshes (one a second, in bursts of 5): send it again \
+                           in a second";
+            return self.bad(Some(r.id), ErrorCode::Overloaded, message).await;
+        }
         let shared = self.shared.clone();
         let verified = shared
             .authenticate(Some(&r.token), &current, Some(&session), &self.upgrade)

@@ -452,3 +452,54 @@ async fn subscriptions_are_bounded_per_session_also_across_resumes() {
     })
     .await;
 }
+
+/// A `refresh` costs a signature check: one a second per connection is taken up, in
+/// bursts of five; one past them is answered `overloaded` without being verified (a
+/// flood of them at `max_frames_per_s` took a core per connection). A second later, a
+/// refresh is taken up again.
+#[tokio::test]
+async fn refreshes_past_one_a_second_in_bursts_of_five_are_refused_overloaded_unverified() {
+    TestEnv::run("limits-refresh", LIMIT, async |env| {
+        let gw = TestGateway::start(env).await;
+        let mut c = TestClient::connect_with(&gw.url(), as_user("ada")).await;
+        let refresh = |id: &str| {
+            warren_protocol::ClientFrame::Refresh(warren_protocol::Refresh {
+                id: id.into(),
+                token: "ada".into(),
+            })
+        };
+        // Sent together: the burst is taken up, what comes past it is not.
+        for i in 0..10 {
+            c.send(&refresh(&format!("r{i}"))).await;
+        }
+        let mut overloaded = 0;
+        for i in 0..10 {
+            let id = format!("r{i}");
+            let answer = c
+                .expect(&format!("ack or error for {id}"), |f| match f {
+                    ServerFrame::Ack(a) if a.id == id => Some(None),
+                    ServerFrame::Error(e) if e.id.as_deref() == Some(id.as_str()) => {
+                        Some(Some(e.code))
+                    }
+                    _ => None,
+                })
+                .await;
+            match answer {
+                None => assert!(i < 6, "{id} taken up past the burst"),
+                Some(code) => {
+                    assert_eq!(code, ErrorCode::Overloaded, "{id}");
+                    overloaded += 1;
+                }
+            }
+        }
+        // Five, or six when a second passed while they were handled.
+        assert!((4..=5).contains(&overloaded), "{overloaded} refused");
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        c.send(&refresh("again")).await;
+        c.expect_ack("again").await;
+        assert_eq!(c.close_code, None);
+        c.close().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
