@@ -73,7 +73,7 @@ pub struct Tally {
     /// Operations completed inside the window.
     pub ops: u64,
     /// Operations answered with an error (inside or outside the window); in fan-out,
-    /// deliveries that never came.
+    /// messages that never came (published − distinct messages received).
     pub errors: u64,
     /// Latency of each operation completed inside the window, in microseconds.
     pub latencies_us: Vec<u32>,
@@ -104,9 +104,10 @@ impl Tally {
 /// The figures of one run of one scenario against one target.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Figures {
-    /// Operations (acked writes, replies, deliveries) completed in the window.
+    /// Operations (acked writes, replies, distinct fan-out messages) completed in the
+    /// window.
     pub ops: u64,
-    /// Operations answered with an error; in fan-out, deliveries that never came.
+    /// Operations answered with an error; in fan-out, messages that never came.
     pub errors: u64,
     /// Operations per second.
     pub throughput: f64,

@@ -7,7 +7,8 @@
 //! subscriber is a lapin consumer of its own bound queue, bounded and expiring. The publisher stays at most `--fanout-window`
 //! messages ahead of the slowest subscriber (closed loop), so the figures measure
 //! sustained delivery rather than queue build-up. Latency is end to end: the publish
-//! time is stamped in the message.
+//! time is stamped in the message, with the publish number: subscribers count distinct
+//! messages, not deliveries.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -25,7 +26,10 @@ use tokio::task::JoinHandle;
 use warren_protocol::amqp::keys;
 use warren_protocol::{ClientFrame, ServerFrame, Subscribe};
 
-use super::{join_workers, message, stamp_of, watch_gateway_use, SharedEnv, Target, WorkerOutcome};
+use super::{
+    join_workers, numbered_message, stamp_and_number_of, watch_gateway_use, SharedEnv, Target,
+    WorkerOutcome,
+};
 use crate::amqp::bounded;
 use crate::error::{BenchError, Result};
 use crate::measurement::{now_us, Figures, MeasureWindow, Tally};
@@ -61,16 +65,88 @@ impl Progress {
             .unwrap_or(0)
     }
 
-    /// Whether subscriber `i`, having received `n`, has everything there will be.
-    fn finished(&self, n: u64) -> bool {
-        self.done.load(Ordering::Acquire) && n >= self.published.load(Ordering::Acquire)
+    /// Whether a subscriber that got `got` has everything there will be.
+    fn finished(&self, got: &Received) -> bool {
+        self.done.load(Ordering::Acquire)
+            && got.distinct() >= self.published.load(Ordering::Acquire)
     }
 
-    /// How many of what was published a subscriber that stopped waiting after `n`
-    /// deliveries never got: counted as errors, so `--strict` fails a fan-out that
-    /// lost messages instead of reporting the speed of what arrived.
-    fn missed(&self, n: u64) -> u64 {
-        self.published.load(Ordering::Acquire).saturating_sub(n)
+    /// How many of what was published a subscriber that stopped waiting with `got`
+    /// never got: counted as errors, so `--strict` fails a fan-out that lost messages
+    /// instead of reporting the speed of what arrived.
+    fn missed(&self, got: &Received) -> u64 {
+        got.missed(self.published.load(Ordering::Acquire))
+    }
+
+    /// Subscriber `i` has now got `got`: wakes the publisher.
+    fn moved_on(&self, i: usize, got: &Received) {
+        self.received[i].store(got.distinct(), Ordering::Release);
+        self.moved.notify_one();
+    }
+}
+
+/// The distinct messages one subscriber got, by publish number (the `"n"` the
+/// publisher writes in each body, from 1): a duplicate delivery (a redelivery) is not
+/// counted again, neither in the throughput nor against the messages that never came,
+/// so it can neither inflate the one nor hide the other.
+#[derive(Debug, Default)]
+struct Received {
+    /// Bit `n - 1` set: publish number `n` came.
+    seen: Vec<u64>,
+    distinct: u64,
+}
+
+impl Received {
+    /// Publish numbers above this are not the publisher's (it would take days to get
+    /// there): ignored rather than grown into.
+    const MAX: u64 = 1 << 32;
+
+    /// Notes a delivery of publish number `n`; whether it is one not seen before.
+    fn note(&mut self, n: u64) -> bool {
+        if n == 0 || n > Self::MAX {
+            return false;
+        }
+        let (word, bit) = (((n - 1) / 64) as usize, (n - 1) % 64);
+        if self.seen.len() <= word {
+            self.seen.resize(word + 1, 0);
+        }
+        if self.seen[word] & (1 << bit) != 0 {
+            return false;
+        }
+        self.seen[word] |= 1 << bit;
+        self.distinct += 1;
+        true
+    }
+
+    /// Distinct publish numbers seen.
+    fn distinct(&self) -> u64 {
+        self.distinct
+    }
+
+    /// How many of publish numbers 1..=`published` never came.
+    fn missed(&self, published: u64) -> u64 {
+        published.saturating_sub(self.distinct)
+    }
+
+    /// Takes in one delivery of `body` completed at `done`: a message not seen before
+    /// counts (its latency, when inside the window); a duplicate, or a body without a
+    /// publish number, does not.
+    fn deliver(
+        &mut self,
+        body: &[u8],
+        done: u64,
+        window: Option<&MeasureWindow>,
+        tally: &mut Tally,
+    ) -> bool {
+        match stamp_and_number_of(body) {
+            Some((stamp, n)) if self.note(n) => {
+                if let Some(w) = window {
+                    tally.record(w, stamp, done);
+                }
+                true
+            }
+            _ => false,
+        }
     }
 }
 
@@ -221,7 +297,7 @@ async fn publish(
                             .await;
                 }
                 n += 1;
-                let body = message(cfg.size, Some(now_us()));
+                let body = numbered_message(cfg.size, n, now_us());
                 let props = BasicProperties::default()
                     .with_delivery_mode(2)
                     .with_message_id(format!("fanout-{n}").into())
@@ -286,26 +362,22 @@ async fn gateway_subscriber(
     drop(setup);
     let _ = ready.send(()).await;
     let mut tally = Tally::default();
-    let mut n = 0u64;
-    while !progress.finished(n) && now_us() < give_up_at(env, progress) {
+    let mut got = Received::default();
+    while !progress.finished(&got) && now_us() < give_up_at(env, progress) {
         let frame = match tokio::time::timeout(Duration::from_millis(200), c.recv()).await {
             Ok(f) => f?,
             Err(_) => continue,
         };
         if let ServerFrame::Deliver(d) = frame {
             let done = now_us();
-            n += 1;
-            progress.received[i].store(n, Ordering::Release);
-            progress.moved.notify_one();
-            if let (Some(w), Some(t)) =
-                (progress.window.get(), stamp_of(d.message.get().as_bytes()))
-            {
-                tally.record(w, t, done);
+            let body = d.message.get().as_bytes();
+            if got.deliver(body, done, progress.window.get(), &mut tally) {
+                progress.moved_on(i, &got);
             }
             c.ack_if_due(cfg.ack_every, true).await?;
         }
     }
-    tally.errors += progress.missed(n);
+    tally.errors += progress.missed(&got);
     let session = c.session().to_string();
     c.close().await;
     Ok(WorkerOutcome {
@@ -354,23 +426,19 @@ async fn stomp_subscriber(
     drop(setup);
     let _ = ready.send(()).await;
     let mut tally = Tally::default();
-    let mut n = 0u64;
-    while !progress.finished(n) && now_us() < give_up_at(env, progress) {
+    let mut got = Received::default();
+    while !progress.finished(&got) && now_us() < give_up_at(env, progress) {
         let frame = match tokio::time::timeout(Duration::from_millis(200), c.recv()).await {
             Ok(f) => f?,
             Err(_) => continue,
         };
-        if frame.command == "MESSAGE" {
-            let done = now_us();
-            n += 1;
-            progress.received[i].store(n, Ordering::Release);
-            progress.moved.notify_one();
-            if let (Some(w), Some(t)) = (progress.window.get(), stamp_of(&frame.body)) {
-                tally.record(w, t, done);
-            }
+        if frame.command == "MESSAGE"
+            && got.deliver(&frame.body, now_us(), progress.window.get(), &mut tally)
+        {
+            progress.moved_on(i, &got);
         }
     }
-    tally.errors += progress.missed(n);
+    tally.errors += progress.missed(&got);
     c.close().await;
     Ok(WorkerOutcome {
         tally,
@@ -452,19 +520,16 @@ async fn raw_deliveries(
     drop(setup);
     let _ = ready.send(()).await;
     let mut tally = Tally::default();
-    let (mut n, mut unacked) = (0u64, 0u64);
-    while !progress.finished(n) && now_us() < give_up_at(env, progress) {
+    let mut got = Received::default();
+    let mut unacked = 0u64;
+    while !progress.finished(&got) && now_us() < give_up_at(env, progress) {
         let d = match tokio::time::timeout(Duration::from_millis(200), deliveries.next()).await {
             Ok(Some(d)) => d?,
             Ok(None) => return Err(BenchError::Closed),
             Err(_) => continue,
         };
-        let done = now_us();
-        n += 1;
-        progress.received[i].store(n, Ordering::Release);
-        progress.moved.notify_one();
-        if let (Some(w), Some(stamp)) = (progress.window.get(), stamp_of(&d.data)) {
-            tally.record(w, stamp, done);
+        if got.deliver(&d.data, now_us(), progress.window.get(), &mut tally) {
+            progress.moved_on(i, &got);
         }
         unacked += 1;
         if unacked >= cfg.ack_every {
@@ -473,9 +538,57 @@ async fn raw_deliveries(
             unacked = 0;
         }
     }
-    tally.errors += progress.missed(n);
+    tally.errors += progress.missed(&got);
     Ok(WorkerOutcome {
         tally,
         session: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicates_count_neither_as_messages_nor_against_the_missed_ones() {
+        let window = MeasureWindow {
+            start_us: 0,
+            end_us: u64::MAX,
+            per_client_limit: u64::MAX,
+        };
+        let (mut got, mut tally) = (Received::default(), Tally::default());
+        // 10 published; 1..=8 came, then 3 and 5 again (redelivered): 9 and 10 never.
+        let new: Vec<bool> = (1..=8)
+            .chain([3, 5])
+            .map(|n| {
+                let body = numbered_message(128, n, 100);
+                got.deliver(body.as_bytes(), 200, Some(&window), &mut tally)
+            })
+            .collect();
+        assert_eq!(
+            new,
+            [true, true, true, true, true, true, true, true, false, false]
+        );
+        assert_eq!(got.distinct(), 8);
+        assert_eq!(tally.ops, 8, "duplicates are not operations");
+        assert_eq!(got.missed(10), 2);
+        // A body without a publish number is not counted either.
+        assert!(!got.deliver(b"{\"t\":1}", 200, Some(&window), &mut tally));
+        assert_eq!(got.distinct(), 8);
+        // The subscriber is not finished at 8 of 10, whatever it was delivered.
+        let progress = Progress {
+            received: vec![AtomicU64::new(0)],
+            moved: Notify::new(),
+            published: AtomicU64::new(10),
+            done: AtomicBool::new(true),
+            window: OnceLock::new(),
+            cleanups: Mutex::new(Vec::new()),
+        };
+        assert!(!progress.finished(&got));
+        assert_eq!(progress.missed(&got), 2);
+        got.note(9);
+        got.note(10);
+        assert!(progress.finished(&got));
+        assert_eq!(progress.missed(&got), 0);
+    }
 }

@@ -185,21 +185,37 @@ pub fn message(size: usize, stamp: Option<u64>) -> String {
         Some(t) => format!("{{\"t\":{t},\"pad\":\""),
         None => "{\"pad\":\"".to_string(),
     };
+    padded(size, head)
+}
+
+/// A fan-out message of about `size` bytes: the stamp `"t"` as in [`message`] and
+/// `"n"`, the publish number (from 1), so a subscriber tells messages apart whatever
+/// its protocol passes on of the message's properties.
+pub fn numbered_message(size: usize, n: u64, stamp: u64) -> String {
+    padded(size, format!("{{\"t\":{stamp},\"n\":{n},\"pad\":\""))
+}
+
+/// Reads the `"t"` stamp and `"n"` publish number of a [`numbered_message`].
+pub fn stamp_and_number_of(body: &[u8]) -> Option<(u64, u64)> {
+    #[derive(serde::Deserialize)]
+    struct Numbered {
+        t: u64,
+        n: u64,
+    }
+    serde_json::from_slice::<Numbered>(body)
+        .ok()
+        .map(|m| (m.t, m.n))
+}
+
+/// `head` (an open JSON object whose last member is an open `"pad"` string) padded
+/// and closed to about `size` bytes.
+fn padded(size: usize, head: String) -> String {
     let pad = size.saturating_sub(head.len() + 2);
     let mut s = String::with_capacity(head.len() + pad + 2);
     s.push_str(&head);
     s.extend(std::iter::repeat_n('x', pad));
     s.push_str("\"}");
     s
-}
-
-/// Reads the `"t"` stamp of a message made by [`message`].
-pub fn stamp_of(body: &[u8]) -> Option<u64> {
-    #[derive(serde::Deserialize)]
-    struct Stamp {
-        t: u64,
-    }
-    serde_json::from_slice::<Stamp>(body).ok().map(|s| s.t)
 }
 
 /// What the gateway used over a measured window.
@@ -356,8 +372,12 @@ mod tests {
     fn messages_have_the_asked_size_and_carry_their_stamp() {
         let m = message(128, Some(42));
         assert_eq!(m.len(), 128);
-        assert_eq!(stamp_of(m.as_bytes()), Some(42));
+        assert!(m.starts_with("{\"t\":42,"), "{m}");
         assert_eq!(message(64, None).len(), 64);
         assert!(serde_json::from_str::<serde_json::Value>(&message(3, None)).is_ok());
+        let m = numbered_message(128, 7, 42);
+        assert_eq!(m.len(), 128);
+        assert_eq!(stamp_and_number_of(m.as_bytes()), Some((42, 7)));
+        assert_eq!(stamp_and_number_of(message(128, Some(42)).as_bytes()), None);
     }
 }
