@@ -1274,6 +1274,38 @@ impl Conn {
 
     /// Validates and publishes one message to the inbound exchange ([`inbound::send`]);
     /// returns the publish with its confirm to come.
+    /// The checks [`Conn::publish`] runs before publishing (a POC packet's channels,
+    /// all checked before the first is published).
+    async fn checked_publish(
+        &mut self,
+        id: &str,
+        channel: &str,
+        distribution: &Distribution,
+        publish_target: Option<&str>,
+    ) -> Result<(), Refusal> {
+        let session = self
+            .session
+            .as_ref()
+            .ok_or_else(|| Refusal::new(ErrorCode::Internal, "no session"))?;
+        let headers = Headers::new();
+        let message = inbound::Message {
+            id,
+            channel,
+            subject: None,
+            distribution: Some(distribution),
+            headers: &headers,
+            publish_target,
+            request: None,
+        };
+        let sender = inbound::Sender {
+            identity: &session.identity,
+            session: &session.id,
+        };
+        inbound::checked(&self.shared, self.pinned.as_deref(), &sender, &message)
+            .await
+            .map(drop)
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn publish(
         &mut self,
@@ -1958,6 +1990,16 @@ impl Conn {
                 let inbound = self.shared.names.inbound_exchange();
                 if let Err(r) = core_::check_publish_target(&inbound, p.publish_target.as_deref()) {
                     return self.refuse(Some(id), r).await;
+                }
+                // Every channel checked first: a packet refused (a channel not served,
+                // not granted) publishes nothing, as PROTOCOL.md says of any frame.
+                for ch in &channels {
+                    let checked = self
+                        .checked_publish(&id, ch, &p.distribution, p.publish_target.as_deref())
+                        .await;
+                    if let Err(r) = checked {
+                        return self.refuse(Some(id), r).await;
+                    }
                 }
                 let mut confirms = Vec::new();
                 for ch in &channels {

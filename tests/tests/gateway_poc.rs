@@ -168,3 +168,42 @@ async fn a_poc_consume_packet_naming_huge_combinations_is_refused_at_once() {
     gw.shutdown().await;
     env.cleanup().await;
 }
+
+/// A packet refused on one of its channels (one the gateway does not serve) publishes
+/// on none of them: the client is told the packet failed, and no service gets a copy.
+#[tokio::test]
+async fn a_poc_publish_packet_refused_on_one_channel_publishes_on_none() {
+    let env = TestEnv::new("poc-whole").await;
+    let gw = TestGateway::start(&env).await;
+    let mut c = TestClient::connect_raw(&gw.url()).await;
+    let packet = json!({
+        "id": "poc-4",
+        "channel": { "chat": true, "zz-not-served": true },
+        "packet_action": "publish",
+        "message": { "hello": "poc" }
+    });
+    c.send_text(&packet.to_string()).await;
+    let e = c.expect_error(Some("poc-4")).await;
+    assert_eq!(e.code, ErrorCode::UnknownChannel, "{e:?}");
+    // A packet on chat alone after it, acknowledged once RabbitMQ has it: the only
+    // message in the queue. (Before, the refused packet's copy on chat was there too.)
+    let mut marker = packet.clone();
+    marker["id"] = json!("poc-5");
+    marker["channel"] = json!({ "chat": true });
+    c.send_text(&marker.to_string()).await;
+    c.expect_ack("poc-5").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let queue = env.names.channel_queue("chat");
+    let mut ids = Vec::new();
+    while let Some(d) = env.get(&queue).await {
+        ids.push(d.properties.message_id().as_ref().map(ToString::to_string));
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert!(
+        ids[0].as_deref().is_some_and(|m| m.ends_with("poc-5")),
+        "{ids:?}"
+    );
+    c.close().await;
+    gw.shutdown().await;
+    env.cleanup().await;
+}
