@@ -7,7 +7,7 @@
  * <WarrenProvider options={{ urls: ["ws://localhost:4000/ws", "ws://localhost:5000/ws"], token: "ada" }}
  *                 fallback={<p>Loading…</p>}>
  * // or, with tokens from your backend (renewed before they expire):
- * const getToken = useCallback(() => fetch("/api/warren-token").then((r) => r.text()), []);
+ * const getToken = useCallback(() => fetch("/api/warren-token").then((r) => (r.ok ? r.text() : Promise.reject(new Error(`HTTP ${r.status}`)))), []);
  * <WarrenProvider options={{ urls, getToken }}>
  *   <Chat />
  * </WarrenProvider>

@@ -29,7 +29,7 @@ const client = new Client({ urls: ["ws://localhost:4000/ws"], connectTimeoutMs: 
 // Tokens from the app's backend, renewed by the SDK; getToken returns a promise of a string.
 const renewing = new Client({
   urls: ["ws://localhost:4000/ws"],
-  getToken: () => fetch("/api/warren-token").then((r) => r.text()),
+  getToken: () => fetch("/api/warren-token").then((r) => (r.ok ? r.text() : Promise.reject(new Error(`HTTP ${r.status}`)))),
 });
 void renewing;
 // @ts-expect-error getToken must return a promise of a string, not a string
