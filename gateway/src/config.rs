@@ -527,8 +527,9 @@ pub struct JwtConfig {
     pub secret_file: Option<PathBuf>,
     /// PEM files of RSA, EC (P-256/P-384) or Ed25519 public keys.
     pub public_key_files: Vec<PathBuf>,
-    /// A JWKS document (`{"keys": [...]}`); a token's `kid` picks the key, and a `kid`
-    /// not in the document is refused.
+    /// A JWKS document (`{"keys": [...]}`); a token's `kid` picks the key. A `kid`
+    /// no key holds is tried against the keys without one (the secret, the PEM files,
+    /// JWKs without a `kid`) and refused when none of them verifies the token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwks_file: Option<PathBuf>,
     /// A JWKS document fetched at start, fetched again when a token
