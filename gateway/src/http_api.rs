@@ -451,10 +451,26 @@ async fn request(
     // consumers), the channel it goes out on, its confirm and its reply. A half-opened
     // channel given up here is closed by lapin when dropped.
     let Ok(sent) = tokio::time::timeout_at(deadline, sent).await else {
-        return Err(Refusal::new(
-            ErrorCode::Timeout,
-            format!("RabbitMQ did not take the request within {timeout} ms"),
-        ));
+        // What it waited for, when the gateway knows: RabbitMQ away, or blocking
+        // publishes (a resource alarm), is `broker_unavailable` as for any publish.
+        let broker = &shared.broker;
+        let known = if broker.is_blocked() {
+            Some(crate::GatewayError::Blocked)
+        } else if broker.state() != crate::broker::BrokerState::Connected {
+            Some(crate::GatewayError::Unavailable)
+        } else {
+            None
+        };
+        return Err(match known {
+            Some(e) => Refusal::new(
+                ErrorCode::BrokerUnavailable,
+                format!("{e} (the request was not sent within its {timeout} ms)"),
+            ),
+            None => Refusal::new(
+                ErrorCode::Timeout,
+                format!("RabbitMQ did not take the request within {timeout} ms"),
+            ),
+        });
     };
     let (call, outcome) = sent?;
     if matches!(outcome, Outcome::Nacked) {
