@@ -277,23 +277,20 @@ impl DemoProcess {
         DemoProcess::ready(command, &binary).await
     }
 
-    /// `warren-demo-service --amqp-uri <the tests' RabbitMQ> <args>`, with no namespace,
-    /// queue type, tenants file or queue priority from the test's environment either:
-    /// what `args` say (or a file they name) is all it is told. Waits for `READY` as
-    /// [`DemoProcess::spawn`] does.
+    /// `warren-demo-service --amqp-uri <the tests' RabbitMQ> <args>`, with none of the
+    /// test's `WARREN_*` variables (nor `QUEUE_PRIORITY`): what `args` say (or a file
+    /// they name) is all it is told. Waits for `READY` as [`DemoProcess::spawn`] does.
     pub async fn spawn_told_only(args: &[&str]) -> DemoProcess {
         let binary = tokio::task::spawn_blocking(demo_service_binary)
             .await
             .expect("binary lookup");
         let mut command = child_command(&binary, "WARREN_TEST_SERVICE_LOG");
-        command
-            .env_remove("WARREN_NAMESPACE")
-            .env_remove("WARREN_QUEUE_TYPE")
-            .env_remove("WARREN_TENANTS_FILE")
-            .env_remove("QUEUE_PRIORITY")
-            .arg("--amqp-uri")
-            .arg(amqp_uri())
-            .args(args);
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("WARREN_") || name == "QUEUE_PRIORITY" {
+                command.env_remove(name);
+            }
+        }
+        command.arg("--amqp-uri").arg(amqp_uri()).args(args);
         DemoProcess::ready(command, &binary).await
     }
 
