@@ -14,12 +14,13 @@
 //! `accept_jwt` a token the gateway's verifier accepts). Every refusal is a JSON body
 //! `{"code": "<registry code>", "message": "..."}` with the status of [`status_of`].
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -39,6 +40,7 @@ use crate::auth::{AuthError, Identity};
 use crate::delivery::{self, Incoming};
 use crate::direct_reply::DIRECT_REPLY_TO;
 use crate::inbound::{self, now_ms_epoch, short, text, text_array, Outcome, Refusal};
+use crate::listener::PeerAddr;
 use crate::metrics;
 use crate::server::Shared;
 
@@ -140,14 +142,38 @@ pub(crate) fn is_api_key(shared: &Shared, token: &str) -> bool {
 }
 
 /// Authenticates a call by its `Authorization: Bearer` header.
-async fn caller(shared: &Shared, headers: &HeaderMap) -> Result<Caller, Refusal> {
-    let unauthorized = |m: &str| Refusal::new(ErrorCode::Unauthorized, m);
+///
+/// A credential refused costs the peer's address one of its
+/// `max_new_connections_per_ip_per_s` (as a new connection would); once they are
+/// spent, its calls are refused `429 overloaded` before their credential is looked at,
+/// so keys cannot be guessed faster than that. An accepted credential costs nothing.
+async fn caller(shared: &Shared, headers: &HeaderMap, peer: SocketAddr) -> Result<Caller, Refusal> {
     if *shared.shutdown.borrow() {
         return Err(Refusal::new(
             ErrorCode::BrokerUnavailable,
             "the gateway is shutting down",
         ));
     }
+    let address = crate::server::limited_address(&shared.config, &peer);
+    if let Some(ip) = address {
+        if let Err(refused) = shared.limiter.may_present_credential(ip, Instant::now()) {
+            metrics::add(&shared.metrics.refused_limit, 1);
+            let limit = shared.config.max_new_connections_per_ip_per_s;
+            return Err(Refusal::new(
+                ErrorCode::Overloaded,
+                format!(
+                    "too many refused credentials from this address: {}",
+                    refused.message(limit)
+                ),
+            ));
+        }
+    }
+    let unauthorized = |m: &str| {
+        if let Some(ip) = address {
+            shared.limiter.credential_refused(ip, Instant::now());
+        }
+        Refusal::new(ErrorCode::Unauthorized, m)
+    };
     let token = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -332,9 +358,10 @@ async fn to_services(
     shared: &Shared,
     channel: &str,
     headers: &HeaderMap,
+    peer: SocketAddr,
     body: Body,
 ) -> Result<(Caller, ToServices), Refusal> {
-    let caller = caller(shared, headers).await?;
+    let caller = caller(shared, headers, peer).await?;
     inbound::check_channel(&shared.config, None, channel)?;
     Ok((caller, read_json(shared, body).await?))
 }
@@ -374,6 +401,7 @@ fn channel_of(path: Result<Path<String>, PathRejection>) -> Result<String, Refus
 /// `POST /external/{channel}`: a `publish` from outside.
 async fn external(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(PeerAddr(peer, _)): ConnectInfo<PeerAddr>,
     channel: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
@@ -382,7 +410,7 @@ async fn external(
     // for by a shutdown (`Gateway::shutdown`).
     let _call = shared.api_calls.enter();
     let channel = channel_of(channel)?;
-    let (caller, m) = to_services(&shared, &channel, &headers, body).await?;
+    let (caller, m) = to_services(&shared, &channel, &headers, peer, body).await?;
     let id = m.id.clone().unwrap_or_else(fresh_id);
     let session = format!("http-{}", fresh_id());
     let sender = inbound::Sender {
@@ -409,6 +437,7 @@ async fn external(
 /// `POST /request/{channel}`: a `request` from outside, answered with the reply.
 async fn request(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(PeerAddr(peer, _)): ConnectInfo<PeerAddr>,
     channel: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
@@ -417,7 +446,7 @@ async fn request(
     // for by a shutdown (`Gateway::shutdown`).
     let _call = shared.api_calls.enter();
     let channel = channel_of(channel)?;
-    let (caller, m) = to_services(&shared, &channel, &headers, body).await?;
+    let (caller, m) = to_services(&shared, &channel, &headers, peer, body).await?;
     let timeout = inbound::request_timeout(&shared.config, m.timeout_ms)?;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout);
     let id = m.id.clone().unwrap_or_else(fresh_id);
@@ -525,13 +554,14 @@ async fn request(
 /// token's user may not speak for a service).
 async fn publish(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(PeerAddr(peer, _)): ConnectInfo<PeerAddr>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Refusal> {
     // Counted before the shutdown check in `caller`: a call that passed it is waited
     // for by a shutdown (`Gateway::shutdown`).
     let _call = shared.api_calls.enter();
-    let caller = caller(&shared, &headers).await?;
+    let caller = caller(&shared, &headers, peer).await?;
     if !caller.by_key {
         return Err(Refusal::new(
             ErrorCode::Forbidden,

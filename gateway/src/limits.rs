@@ -63,6 +63,12 @@ impl TokenBucket {
         Some(Duration::from_secs_f64(-self.tokens / self.rate))
     }
 
+    /// Whether a token is there now (none is taken).
+    fn has_one(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= 1.0
+    }
+
     /// Whether the bucket is full (nothing to remember about it).
     fn full(&mut self, now: Instant) -> bool {
         self.refill(now);
@@ -129,6 +135,9 @@ impl Refused {
 struct IpState {
     open: u32,
     bucket: TokenBucket,
+    /// Credentials refused to this address (the HTTP API's keys and tokens), at the
+    /// new-connection rate: guessing is as slow as connecting.
+    refused: TokenBucket,
 }
 
 /// A map from which idle entries are swept out once it grows.
@@ -178,10 +187,11 @@ impl Counts {
     fn ip(&mut self, ip: IpAddr, rate: u32, now: Instant) -> &mut IpState {
         self.ips.entry(
             ip,
-            |st| st.open == 0 && st.bucket.full(now),
+            |st| st.open == 0 && st.bucket.full(now) && st.refused.full(now),
             || IpState {
                 open: 0,
                 bucket: TokenBucket::new(rate, rate.saturating_mul(2), now),
+                refused: TokenBucket::new(rate, rate.saturating_mul(2), now),
             },
         )
     }
@@ -287,6 +297,36 @@ impl Limiter {
         } else {
             Err(Refused::NewConnectionsPerIp)
         }
+    }
+
+    /// Whether `ip` may present a credential now: refused when its refused
+    /// credentials ([`Limiter::credential_refused`]) spent their budget, before the
+    /// credential is even looked at, so that guessing keys goes no faster than
+    /// `new_connections_per_ip_per_s`. A credential accepted costs nothing.
+    ///
+    /// # Errors
+    /// [`Refused::NewConnectionsPerIp`].
+    pub fn may_present_credential(&self, ip: IpAddr, now: Instant) -> Result<(), Refused> {
+        let rate = self.settings.new_connections_per_ip_per_s;
+        if rate == 0 {
+            return Ok(());
+        }
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if counts.ip(ip, rate, now).refused.has_one(now) {
+            Ok(())
+        } else {
+            Err(Refused::NewConnectionsPerIp)
+        }
+    }
+
+    /// Counts a credential refused to `ip` ([`Limiter::may_present_credential`]).
+    pub fn credential_refused(&self, ip: IpAddr, now: Instant) {
+        let rate = self.settings.new_connections_per_ip_per_s;
+        if rate == 0 {
+            return;
+        }
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts.ip(ip, rate, now).refused.take(now);
     }
 
     /// Admits a new session of `user`, or refuses it.

@@ -804,7 +804,7 @@ pub(crate) fn origin_allowed(allowed: &[String], origin: &str) -> bool {
 /// the configured cookie. `hello.token` takes precedence over both.
 /// The address per-IP limits count `peer` under ([`crate::limits::client_address`]);
 /// `None` for a loopback peer unless `ip_limits_on_loopback`.
-fn limited_address(
+pub(crate) fn limited_address(
     config: &crate::Config,
     peer: &std::net::SocketAddr,
 ) -> Option<std::net::IpAddr> {

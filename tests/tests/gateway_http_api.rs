@@ -1150,3 +1150,53 @@ async fn a_shutdown_waits_for_the_http_api_calls_only_within_its_grace() {
     })
     .await;
 }
+
+/// Guessing API keys goes no faster than `max_new_connections_per_ip_per_s`: each key
+/// refused costs the caller's address one of them, and once they are spent its calls
+/// are refused `429 overloaded` before their key is looked at, the right key too. A
+/// key accepted costs nothing, and the address may try again once its tokens refill.
+#[tokio::test]
+async fn guessed_api_keys_are_refused_at_the_new_connection_rate_of_their_address() {
+    TestEnv::run("http-key-guessing", LIMIT, async |env| {
+        // One a second, in bursts of two.
+        let gw = TestGateway::start_with(env, |c| {
+            api_on(false)(c);
+            c.ip_limits_on_loopback = true;
+            c.max_new_connections_per_ip_per_s = 1;
+        })
+        .await;
+        let addr = api_addr(&gw);
+        let body = json!({"message": {"n": 1}}).to_string();
+        let post = |key: String| {
+            let body = body.clone();
+            async move { http_post(addr, "/external/chat", Some(&key), body.as_bytes()).await }
+        };
+        // Accepted keys cost nothing: more calls than the burst all pass.
+        for i in 0..6 {
+            let (status, answer) = post(KEY.into()).await;
+            assert_eq!(status, 202, "call {i}: {answer}");
+        }
+        let mut statuses = Vec::new();
+        for i in 0..10 {
+            let (status, answer) = post(format!("guess-{i}")).await;
+            if status == 429 {
+                assert_eq!(answer["code"], "overloaded", "{answer}");
+            }
+            statuses.push(status);
+        }
+        let refused = statuses.iter().filter(|s| **s == 401).count();
+        let limited = statuses.iter().filter(|s| **s == 429).count();
+        // The burst of two, and one more if a second passed while they were tried.
+        assert!((2..=4).contains(&refused), "{statuses:?}");
+        assert_eq!(refused + limited, 10, "{statuses:?}");
+        // Spent: the right key is not looked at either.
+        let (status, answer) = post(KEY.into()).await;
+        assert_eq!(status, 429, "{answer}");
+        // A token refills in a second.
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        let (status, answer) = post(KEY.into()).await;
+        assert_eq!(status, 202, "{answer}");
+        gw.shutdown().await;
+    })
+    .await;
+}
