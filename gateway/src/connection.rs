@@ -1274,15 +1274,15 @@ impl Conn {
 
     /// Validates and publishes one message to the inbound exchange ([`inbound::send`]);
     /// returns the publish with its confirm to come.
-    /// The checks [`Conn::publish`] runs before publishing (a POC packet's channels,
-    /// all checked before the first is published).
+    /// A POC packet's publish on `channel`, checked as [`Conn::publish`] checks one
+    /// (all of a packet's channels are, before the first is published).
     async fn checked_publish(
         &mut self,
         id: &str,
         channel: &str,
         distribution: &Distribution,
         publish_target: Option<&str>,
-    ) -> Result<(), Refusal> {
+    ) -> Result<inbound::Prepared, Refusal> {
         let session = self
             .session
             .as_ref()
@@ -1301,9 +1301,7 @@ impl Conn {
             identity: &session.identity,
             session: &session.id,
         };
-        inbound::checked(&self.shared, self.pinned.as_deref(), &sender, &message)
-            .await
-            .map(drop)
+        inbound::checked(&self.shared, self.pinned.as_deref(), &sender, &message).await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1993,29 +1991,20 @@ impl Conn {
                 }
                 // Every channel checked first: a packet refused (a channel not served,
                 // not granted) publishes nothing, as PROTOCOL.md says of any frame.
+                let mut checked = Vec::with_capacity(channels.len());
                 for ch in &channels {
-                    let checked = self
+                    let prepared = self
                         .checked_publish(&id, ch, &p.distribution, p.publish_target.as_deref())
                         .await;
-                    if let Err(r) = checked {
-                        return self.refuse(Some(id), r).await;
+                    match prepared {
+                        Ok(prepared) => checked.push(prepared),
+                        Err(r) => return self.refuse(Some(id), r).await,
                     }
                 }
                 let mut confirms = Vec::new();
-                for ch in &channels {
-                    match self
-                        .publish(
-                            &id,
-                            ch,
-                            None,
-                            Some(&p.distribution),
-                            &Headers::new(),
-                            message.get().as_bytes(),
-                            None,
-                            p.publish_target.as_deref(),
-                        )
-                        .await
-                    {
+                for prepared in checked {
+                    let body = message.get().as_bytes();
+                    match inbound::send_prepared(&self.shared, prepared, body).await {
                         Ok(c) => confirms.push(c),
                         Err(r) => {
                             // Already-sent copies still get confirmed; the client is told

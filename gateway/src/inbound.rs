@@ -542,6 +542,19 @@ pub(crate) async fn send(
     body: &[u8],
 ) -> Result<Pending, Refusal> {
     let prepared = checked(shared, pinned, sender, m).await?;
+    send_prepared(shared, prepared, body).await
+}
+
+/// Publishes a message already [`checked`] on a pooled publisher channel.
+///
+/// # Errors
+/// `broker_unavailable` when RabbitMQ does not come back within `broker_wait_ms` or
+/// refuses the publish.
+pub(crate) async fn send_prepared(
+    shared: &Shared,
+    prepared: Prepared,
+    body: &[u8],
+) -> Result<Pending, Refusal> {
     let channel = shared
         .broker
         .publisher()
