@@ -280,6 +280,17 @@ impl Limiter {
         })
     }
 
+    /// `ask` of `ip`'s state (its buckets refilled at `new_connections_per_ip_per_s`);
+    /// `true` when that rate is 0 (no limit).
+    fn ip_bucket(&self, ip: IpAddr, now: Instant, ask: impl FnOnce(&mut IpState) -> bool) -> bool {
+        let rate = self.settings.new_connections_per_ip_per_s;
+        if rate == 0 {
+            return true;
+        }
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        ask(counts.ip(ip, rate, now))
+    }
+
     /// Takes one of `ip`'s new-connection tokens for a request that is no connection
     /// but costs as much (`GET /presence`: a token to verify, maybe by the auth
     /// service), without holding a place among its open connections.
@@ -287,16 +298,9 @@ impl Limiter {
     /// # Errors
     /// [`Refused::NewConnectionsPerIp`].
     pub fn take_ip(&self, ip: IpAddr, now: Instant) -> Result<(), Refused> {
-        let rate = self.settings.new_connections_per_ip_per_s;
-        if rate == 0 {
-            return Ok(());
-        }
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if counts.ip(ip, rate, now).bucket.take(now) {
-            Ok(())
-        } else {
-            Err(Refused::NewConnectionsPerIp)
-        }
+        self.ip_bucket(ip, now, |st| st.bucket.take(now))
+            .then_some(())
+            .ok_or(Refused::NewConnectionsPerIp)
     }
 
     /// Whether `ip` may present a credential now: refused when its refused
@@ -307,26 +311,14 @@ impl Limiter {
     /// # Errors
     /// [`Refused::NewConnectionsPerIp`].
     pub fn may_present_credential(&self, ip: IpAddr, now: Instant) -> Result<(), Refused> {
-        let rate = self.settings.new_connections_per_ip_per_s;
-        if rate == 0 {
-            return Ok(());
-        }
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if counts.ip(ip, rate, now).refused.has_one(now) {
-            Ok(())
-        } else {
-            Err(Refused::NewConnectionsPerIp)
-        }
+        self.ip_bucket(ip, now, |st| st.refused.has_one(now))
+            .then_some(())
+            .ok_or(Refused::NewConnectionsPerIp)
     }
 
     /// Counts a credential refused to `ip` ([`Limiter::may_present_credential`]).
     pub fn credential_refused(&self, ip: IpAddr, now: Instant) {
-        let rate = self.settings.new_connections_per_ip_per_s;
-        if rate == 0 {
-            return;
-        }
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        counts.ip(ip, rate, now).refused.take(now);
+        self.ip_bucket(ip, now, |st| st.refused.take(now));
     }
 
     /// Admits a new session of `user`, or refuses it.
