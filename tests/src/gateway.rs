@@ -115,6 +115,26 @@ impl TestGateway {
         format!("ws://{addr}/ws")
     }
 
+    /// Waits (at most 10 s) until `/healthz` no longer says the broker is connected:
+    /// the gateway noticed RabbitMQ is away.
+    ///
+    /// # Panics
+    /// When it still says so after 10 s.
+    pub async fn wait_broker_away(&self) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let (_, _, body) = http_get_with(self.health_addr(), "/healthz", &[]).await;
+            if !body.contains("\"broker\":\"connected\"") {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the gateway notices: {body}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// The `/healthz` URL of the first listener.
     pub fn health_addr(&self) -> SocketAddr {
         self.listeners[0].0

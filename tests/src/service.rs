@@ -123,6 +123,31 @@ pub async fn delete_namespace(namespace: &str) {
     let _ = connection.close(200, "cleanup".into()).await;
 }
 
+/// Waits (looking every 50 ms) until `queue`'s counts, (ready, consumers) as
+/// [`queue_counts`] reads them, satisfy `ok`.
+///
+/// # Panics
+/// With `what` and the last counts when they do not within `within`.
+pub async fn wait_for_counts(
+    queue: &str,
+    within: Duration,
+    what: &str,
+    ok: impl Fn(u32, u32) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let (ready, consumers) = queue_counts(queue).await;
+        if ok(ready, consumers) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} ({queue}: {ready} ready, {consumers} consumers after {within:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Messages ready (not delivered to a consumer) in `queue`, and its consumers, read
 /// with a passive declare (no management plugin needed).
 pub async fn queue_counts(queue: &str) -> (u32, u32) {

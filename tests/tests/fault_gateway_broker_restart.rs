@@ -25,7 +25,7 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use warren_e2e::broker_node::{with_private_nodes, BrokerCluster};
 use warren_e2e::client::TestClient;
 use warren_e2e::env::TestEnv;
-use warren_e2e::gateway::{http_get_with, TestGateway};
+use warren_e2e::gateway::TestGateway;
 use warren_e2e::sdk_driver::{envelope, payload, SdkClient};
 use warren_protocol::ErrorCode;
 use warren_sdk::{Config, SubscribeOptions};
@@ -91,15 +91,7 @@ async fn request_while_away() {
     .await;
     let mut c = TestClient::connect(&gw.url()).await;
     cluster.stop_node(0).await.expect("node stopped");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, _, body) = http_get_with(gw.health_addr(), "/healthz", &[]).await;
-        if !body.contains("\"broker\":\"connected\"") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the gateway notices: {body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    gw.wait_broker_away().await;
     let asked = Instant::now();
     c.request("r", "echo", Some(30_000), serde_json::json!(1))
         .await;

@@ -66,6 +66,17 @@ async fn login(url: &str, user: &str) -> TestClient {
     TestClient::connect_with(url, hello(&token(user, json!({})))).await
 }
 
+/// Opens a session with `token`, which expires within 3 s: the gateway says it
+/// expired (`error unauthorized`) and closes with 4004 then, within 5 s of the start.
+async fn closed_4004_at_expiry(url: &str, token: &str) {
+    let started = std::time::Instant::now();
+    let mut c = TestClient::connect_with(url, hello(token)).await;
+    let e = c.expect_error_code(None, ErrorCode::Unauthorized).await;
+    assert!(e.message.contains("expired"), "{e:?}");
+    assert_eq!(c.expect_close(Duration::from_secs(5)).await, Some(4004));
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
 /// Sends `hello` with `token`; the gateway must answer `error unauthorized` and close
 /// with 4501, never `welcome`.
 async fn expect_refused_hello(url: &str, token: Option<String>, what: &str) {
@@ -523,13 +534,7 @@ async fn a_refreshed_token_keeps_the_connection_and_session_and_an_expired_one_c
         c.close().await;
 
         // Without a refresh, the connection closes at exp with 4004.
-        let started = std::time::Instant::now();
-        let mut c =
-            TestClient::connect_with(&url, hello(&token("ada", json!({"exp": now() + 2})))).await;
-        let e = c.expect_error_code(None, ErrorCode::Unauthorized).await;
-        assert!(e.message.contains("expired"), "{e:?}");
-        assert_eq!(c.expect_close(Duration::from_secs(5)).await, Some(4004));
-        assert!(started.elapsed() < Duration::from_secs(5));
+        closed_4004_at_expiry(&url, &token("ada", json!({"exp": now() + 2}))).await;
         gw.shutdown().await;
     })
     .await;
@@ -555,12 +560,7 @@ async fn a_token_whose_exp_has_a_fraction_is_accepted_and_closes_the_connection_
         c.expect_ack("r1").await;
         c.close().await;
 
-        let started = std::time::Instant::now();
-        let mut c = TestClient::connect_with(&url, hello(&token("ada", exp(2.5)))).await;
-        let e = c.expect_error_code(None, ErrorCode::Unauthorized).await;
-        assert!(e.message.contains("expired"), "{e:?}");
-        assert_eq!(c.expect_close(Duration::from_secs(5)).await, Some(4004));
-        assert!(started.elapsed() < Duration::from_secs(5));
+        closed_4004_at_expiry(&url, &token("ada", exp(2.5))).await;
         gw.shutdown().await;
     })
     .await;

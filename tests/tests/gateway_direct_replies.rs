@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use warren_e2e::client::TestClient;
 use warren_e2e::env::{ack, amqp_addr, next_delivery, TestEnv};
-use warren_e2e::gateway::{http_get_with, TestGateway};
+use warren_e2e::gateway::TestGateway;
 use warren_e2e::sdk_driver::{envelope, payload, GatewayProcess, SdkClient};
 use warren_e2e::service::CuttableProxy;
 use warren_gateway::{NoServiceMode, RequestReplies};
@@ -415,15 +415,7 @@ async fn requests_sent_together_while_rabbitmq_is_unreachable_are_refused_within
         env.answer_next(&mut inbound, "{}", None).await;
         clients[0].expect_reply("warm").await;
         proxy.hold_off(true);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let (_, _, body) = http_get_with(gw.health_addr(), "/healthz", &[]).await;
-            if !body.contains("\"broker\":\"connected\"") {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the gateway notices: {body}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        gw.wait_broker_away().await;
         let sent = Instant::now();
         for (i, c) in clients.iter_mut().enumerate() {
             c.request(&format!("q{i}"), "echo", Some(20_000), serde_json::json!(i))

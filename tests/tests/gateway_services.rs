@@ -71,6 +71,14 @@ async fn wait_view(
     }
 }
 
+/// Waits (at most 5 s) until nothing consumes `queue` (a failed service's consumer
+/// ends as on `stop`).
+async fn consumers_gone(queue: &str) {
+    let within = Duration::from_secs(5);
+    let what = "the failed service still consumes it";
+    warren_e2e::service::wait_for_counts(queue, within, what, |_, consumers| consumers == 0).await;
+}
+
 /// Sends a request and returns what came back (reply or error code) and how long it took.
 async fn ask(
     c: &mut TestClient,
@@ -406,18 +414,7 @@ async fn a_service_that_failed_leaves_the_registry() {
         // Its chat consumer ends too (bounded: as on `stop`); then, with the instance
         // out of the view and nothing consuming, chat's requests are refused at once,
         // not let through to wait for their timeout as while it was listed.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let (_, consumers) = warren_e2e::service::queue_counts(&chat).await;
-            if consumers == 0 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the failed service still consumes {chat}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        consumers_gone(&chat).await;
         let (outcome, took) = ask(&mut c, "failed", "chat", 10_000).await;
         assert_eq!(outcome, Err(ErrorCode::NoService), "after {took:?}");
         assert!(
@@ -467,18 +464,7 @@ async fn a_service_that_failed_stops_consuming_its_other_channels() {
 
         fail_by_deleting_tickets(env, &service).await;
         // Its chat consumer is gone (bounded: it ends as on `stop`).
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let (_, consumers) = warren_e2e::service::queue_counts(&chat).await;
-            if consumers == 0 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the failed service still consumes {chat} ({consumers} consumers)"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        consumers_gone(&chat).await;
         // A message for chat waits in its queue, unhandled.
         env.channel()
             .basic_publish(

@@ -10,13 +10,28 @@ use std::sync::Arc;
 use lapin::BasicProperties;
 use warren_e2e::env::wait_until;
 use warren_e2e::service::{
-    counted_echo, counted_echo_on, in_fresh_namespace, queue_counts, start_demo_with,
+    counted_echo, counted_echo_on, in_fresh_namespace, start_demo_with, wait_for_counts,
     CuttableProxy, StandInGateway,
 };
 use warren_service::demo::{DemoChannel, DemoOptions};
 use warren_service::{Answer, Incoming, Outcome, ServiceConfig};
 
 const LIMIT: Duration = Duration::from_secs(60);
+
+/// Waits (at most `within`) until `queue`'s one consumer holds one of three requests
+/// and the other two are ready.
+async fn one_held_two_ready(queue: &str, within: Duration) {
+    wait_for_counts(
+        queue,
+        within,
+        "one message held, two ready",
+        |ready, consumers| {
+            assert_eq!(consumers, 1);
+            ready == 2
+        },
+    )
+    .await;
+}
 
 #[tokio::test]
 async fn a_slow_worker_with_prefetch_one_holds_one_message_at_a_time() {
@@ -42,19 +57,7 @@ async fn a_slow_worker_with_prefetch_one_holds_one_message_at_a_time() {
         }
         let queue = gw.names.channel_queue("echo");
         // While the first is handled (3 s), the other two stay ready.
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(2500);
-        loop {
-            let (ready, consumers) = queue_counts(&queue).await;
-            assert_eq!(consumers, 1);
-            if ready == 2 {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "one message held, two ready (now {ready} ready)"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        one_held_two_ready(&queue, Duration::from_millis(2500)).await;
         for i in 1..=3 {
             let reply = gw
                 .next_reply(Duration::from_secs(15))
@@ -119,20 +122,7 @@ async fn a_prefetch_of_zero_counts_as_one() {
         // While the first is handled (1.5 s), the other two stay ready in the queue:
         // unlimited, RabbitMQ would have handed all three to the consumer.
         let queue = gw.names.channel_queue("echo");
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(1_200);
-        loop {
-            let (ready, consumers) = queue_counts(&queue).await;
-            assert_eq!(consumers, 1);
-            if ready == 2 {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "one message held, two ready (now {ready} ready, {} calls)",
-                calls.load(Ordering::SeqCst)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        one_held_two_ready(&queue, Duration::from_millis(1_200)).await;
         assert_eq!(calls.load(Ordering::SeqCst), 1, "one message taken");
         for i in 1..=3 {
             let reply = gw
