@@ -910,6 +910,20 @@ impl Broker {
         self.blocked.load(Ordering::Acquire)
     }
 
+    /// What keeps a publish from going out right now, when the gateway knows it:
+    /// RabbitMQ blocking the publishing connection (a resource alarm), else RabbitMQ
+    /// not connected. `None` when connected and not blocked (a publish that still
+    /// stalls meets something the gateway has not been told of).
+    pub fn known_obstacle(&self) -> Option<GatewayError> {
+        if self.is_blocked() {
+            Some(GatewayError::Blocked)
+        } else if self.state() != BrokerState::Connected {
+            Some(GatewayError::Unavailable)
+        } else {
+            None
+        }
+    }
+
     /// The supervisor: re-establishes lost connections — woken by connection errors
     /// and callers that found a connection down, and every `period` anyway — and
     /// re-declares the topology after each reconnect. Ends when the broker is closed

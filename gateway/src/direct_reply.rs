@@ -243,9 +243,7 @@ impl DirectReply {
         // Shared only while RabbitMQ is still away or blocking publishes: a call that
         // came as the connections were back tries again.
         if let Some((at, e)) = &guard.failed {
-            let away = self.broker.state() != crate::broker::BrokerState::Connected
-                || self.broker.is_blocked();
-            if *at >= asked && away {
+            if *at >= asked && self.broker.known_obstacle().is_some() {
                 return Err(e.clone());
             }
         }

@@ -482,15 +482,7 @@ async fn request(
     let Ok(sent) = tokio::time::timeout_at(deadline, sent).await else {
         // What it waited for, when the gateway knows: RabbitMQ away, or blocking
         // publishes (a resource alarm), is `broker_unavailable` as for any publish.
-        let broker = &shared.broker;
-        let known = if broker.is_blocked() {
-            Some(crate::GatewayError::Blocked)
-        } else if broker.state() != crate::broker::BrokerState::Connected {
-            Some(crate::GatewayError::Unavailable)
-        } else {
-            None
-        };
-        return Err(match known {
+        return Err(match shared.broker.known_obstacle() {
             Some(e) => Refusal::new(
                 ErrorCode::BrokerUnavailable,
                 format!("{e} (the request was not sent within its {timeout} ms)"),
