@@ -28,6 +28,7 @@ pub mod jwt;
 pub mod load;
 pub mod presence;
 pub mod rabbitmqctl;
+pub mod raw_amqp;
 pub mod raw_ws;
 pub mod sdk_driver;
 
