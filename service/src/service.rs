@@ -1,7 +1,7 @@
 //! A running service: a link to RabbitMQ (one connection at a time, from a list of
 //! URIs, re-established when lost), a publisher, and one consumer per channel it
 //! serves. Start with [`Service::connect`], add handlers with [`Service::consume`],
-//! stop with [`Service::stop`].
+//! stop with [`Service::stop`] (or by dropping the service, which does not wait).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -50,7 +50,17 @@ pub enum ServiceState {
 }
 
 /// A service connected to RabbitMQ.
+///
+/// Dropping it without [`Service::stop`] stops it too, without waiting: every consumer
+/// is halted as on `stop` (its consumer cancelled, in-flight handlers given
+/// [`STOP_GRACE`] in the background, what is not acknowledged going back to the
+/// queue), the supervisor (no reconnect any more), the announcer and the returns
+/// consumer end, the state turns [`ServiceState::Stopped`], and `leave` is announced
+/// in the background when a tokio runtime is there to run it. The connection closes
+/// once nothing uses it any more (a [`Publisher`] taken from the service keeps it).
+/// Call `stop` to wait for all of that.
 #[derive(Debug)]
+#[must_use = "dropping a Service stops it: its consumers stop consuming"]
 pub struct Service {
     link: Arc<Link>,
     names: Names,
@@ -445,7 +455,7 @@ impl Service {
     /// # Errors
     /// None today (closing is best effort); kept for compatibility.
     pub async fn stop(self) -> Result<()> {
-        let _ = self.stop.send(true);
+        self.stop.send_replace(true);
         self.halt.send_replace(true);
         let tasks = std::mem::take(&mut *self.consumers.lock().expect("consumers lock"));
         for task in tasks {
@@ -468,5 +478,33 @@ impl Service {
         }
         info!("service stopped");
         Ok(())
+    }
+}
+
+/// Stops the service without waiting (see [`Service`]). The consumers hold the `halt`
+/// sender themselves (one that finds its queue deleted halts the others): without
+/// this they went on consuming after the drop, and at the next connection loss nobody
+/// reconnected, so the service never consumed again nor turned `Failed`.
+impl Drop for Service {
+    fn drop(&mut self) {
+        // True already after `stop` (which announced `leave` itself): nothing to add.
+        let stopped = self.stop.send_replace(true);
+        self.halt.send_replace(true);
+        if stopped {
+            return;
+        }
+        self.state.send_replace(ServiceState::Stopped);
+        let announcing = self.announcing.lock().map(|mut a| a.take()).ok().flatten();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let announcer = self.announcer.clone();
+            runtime.spawn(async move {
+                // After the announcer's last `join` or heartbeat, not before it.
+                if let Some(task) = announcing {
+                    let _ = task.await;
+                }
+                announcer.leave().await;
+            });
+        }
+        info!("service dropped without stop; stopping");
     }
 }
