@@ -58,7 +58,17 @@ const IN_FLIGHT_WAIT: Duration = Duration::from_secs(30);
 /// the lost consumer's handlers to them. Until those handlers end, the new consumer
 /// runs only as many handlers as `prefetch` leaves free (none with a prefetch of 1);
 /// after this wait, handlers still running from the lost consumer are no longer
-/// counted, so a hung handler does not leave the consumer deaf for ever.
+/// counted, and the new consumer takes deliveries again.
+///
+/// That does not free it from a hung handler's own message: RabbitMQ redelivered it
+/// with the lost channel, and its copy finds the `message_id` still in flight, waits
+/// [`IN_FLIGHT_WAIT`] (30 s) in a slot, is handed back, comes again (a returned message
+/// is delivered before those behind it) and waits again, for as long as the handler
+/// hangs. With a prefetch of 1 the consumer thus handles nothing else meanwhile; a
+/// larger prefetch leaves it the other slots. Each hand-back raises the copy's
+/// `x-delivery-count`, which counts as failed attempts: should the handler end without
+/// an answer, the copy runs it again, and its first failure may already park it in
+/// `warren.dead`.
 pub(crate) const LOST_HANDLERS_WAIT: Duration = Duration::from_secs(60);
 
 /// Header on a dead-lettered message: why it was parked.
