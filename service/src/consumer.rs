@@ -598,8 +598,28 @@ async fn handle<H: Handler>(
                         .reply(to, correlation_id.as_deref(), &r.answer, &r.message_id)
                         .await
                     {
-                        warn!(error = %e, "re-sending the remembered reply failed; handing the message back");
-                        nack(acker).await;
+                        // A failed attempt, as a first reply that failed: handed back at
+                        // once, the copy came straight back and its reply was sent again
+                        // (on a fresh publishing channel each time) as fast as RabbitMQ
+                        // redelivered, for as long as the reply failed. The reply stays
+                        // kept for the next copy meanwhile.
+                        let failures = shared.window.lock().expect("window lock").fail_resend(id);
+                        let attempts = attempts_so_far(failures, delivery_count);
+                        let original = Original {
+                            routing_key: &routing_key,
+                            properties: &properties,
+                            body: &body,
+                        };
+                        unpublished(
+                            shared,
+                            acker,
+                            Some(id.as_str()),
+                            key,
+                            &original,
+                            attempts,
+                            &e,
+                        )
+                        .await;
                         return;
                     }
                     // A reply kept unsent is now sent: remembered as any other.
@@ -741,33 +761,32 @@ async fn handle<H: Handler>(
                     // `message_id`): the handler runs again when it comes back.
                     e
                 };
-                // Handing it back at once ran the handler again and again, as fast as
-                // RabbitMQ redelivered (e.g. the service may not write to the default
-                // exchange, or the broker nacks every reply for now). Counted as a
-                // failed attempt instead: handed back after a pause, dead-lettered at
-                // `max_attempts`.
-                let attempts = failed_attempt(shared, key, delivery_count);
-                let reason = format!("its answer could not be published: {failure}");
-                let parked = if parked_already {
-                    true
-                } else if attempts >= shared.config.max_attempts {
-                    error!(error = %failure, attempts, "the answer could not be published, too often; dead-lettering the message");
-                    dead_letter(shared, &routing_key, &properties, &body, &reason, attempts)
-                        .await
-                        .is_ok()
-                } else {
-                    false
-                };
-                if parked {
+                if parked_already {
                     // Handled for good: a copy of it is acknowledged, not run.
                     handled(shared, id.as_deref(), key, None);
                     ack(acker).await;
                     return;
                 }
-                let wait = retry_backoff(attempts);
-                warn!(error = %failure, attempts, retry_in_ms = wait.as_millis() as u64, "the answer could not be published; handing the message back");
-                tokio::time::sleep(wait).await;
-                nack(acker).await;
+                // Handing it back at once ran the handler again and again, as fast as
+                // RabbitMQ redelivered (e.g. the service may not write to the default
+                // exchange, or the broker nacks every reply for now). Counted as a
+                // failed attempt instead.
+                let attempts = failed_attempt(shared, key, delivery_count);
+                let original = Original {
+                    routing_key: &routing_key,
+                    properties: &properties,
+                    body: &body,
+                };
+                unpublished(
+                    shared,
+                    acker,
+                    id.as_deref(),
+                    key,
+                    &original,
+                    attempts,
+                    &failure,
+                )
+                .await;
                 return;
             }
             rememberable.then_some(RememberedReply { message_id, answer })
@@ -793,6 +812,57 @@ fn handled<H>(
     }
 }
 
+/// What a dead-lettered message is parked with: the delivery's routing key,
+/// properties and body.
+struct Original<'a> {
+    routing_key: &'a str,
+    properties: &'a BasicProperties,
+    body: &'a [u8],
+}
+
+/// Ends the delivery of a request whose answer could not be published (`failure`),
+/// first or re-sent, counted as a failed attempt (`attempts` so far): parked in
+/// `warren.dead` and acknowledged at `max_attempts` (a copy of it is then acknowledged
+/// unanswered, `id` handled for good), else handed back after [`retry_backoff`].
+async fn unpublished<H>(
+    shared: &Shared<H>,
+    acker: &Acker,
+    id: Option<&str>,
+    key: &str,
+    original: &Original<'_>,
+    attempts: u32,
+    failure: &ServiceError,
+) {
+    if attempts >= shared.config.max_attempts {
+        error!(error = %failure, attempts, "the answer could not be published, too often; dead-lettering the message");
+        let reason = format!("its answer could not be published: {failure}");
+        let parked = dead_letter(
+            shared,
+            original.routing_key,
+            original.properties,
+            original.body,
+            &reason,
+            attempts,
+        )
+        .await;
+        if parked.is_ok() {
+            handled(shared, id, key, None);
+            ack(acker).await;
+            return;
+        }
+    }
+    let wait = retry_backoff(attempts);
+    warn!(error = %failure, attempts, retry_in_ms = wait.as_millis() as u64, "the answer could not be published; handing the message back");
+    tokio::time::sleep(wait).await;
+    nack(acker).await;
+}
+
+/// The attempts at a message so far: `failures` counted in this process, or more when
+/// its `x-delivery-count` says so (any publisher may set it).
+fn attempts_so_far(failures: u32, delivery_count: u32) -> u32 {
+    failures.max(delivery_count.saturating_add(1))
+}
+
 /// Records a failed attempt at the message whose failures the window counts under
 /// `key`; returns the attempts so far: those counted here, or more when the message's
 /// `x-delivery-count` says so (any publisher may set it).
@@ -802,7 +872,7 @@ fn failed_attempt<H>(shared: &Shared<H>, key: &str, delivery_count: u32) -> u32 
         .lock()
         .expect("window lock")
         .fail_held(key, Instant::now());
-    failures.max(delivery_count.saturating_add(1))
+    attempts_so_far(failures, delivery_count)
 }
 
 /// The duplicate window's key for counting the failures of a message without

@@ -207,6 +207,27 @@ impl DuplicateWindow {
         }
     }
 
+    /// Records that re-sending the reply remembered for `id` failed ([`Seen::Done`]; the
+    /// copy is handed back): the reply stays, kept as unsent
+    /// ([`DuplicateWindow::finish_unsent`]), so the next copy re-sends it and, should it
+    /// be pushed out over the reply budget first, runs the handler again rather than
+    /// being taken for answered. Returns the failed attempts so far, counting on from
+    /// those before the reply was kept. An id in any other state (forgotten meanwhile)
+    /// is left as it is, and this failure counted alone.
+    pub fn fail_resend(&mut self, id: &str) -> u32 {
+        let Some(entry) = self.entries.get_mut(id) else {
+            return 1;
+        };
+        let (reply, failures) = match &entry.state {
+            State::Done(Some(reply)) => (reply.clone(), 1),
+            State::Unsent { reply, failures } => (reply.clone(), failures.saturating_add(1)),
+            _ => return 1,
+        };
+        // In place: the same reply (its bytes counted already) and the same age.
+        entry.state = State::Unsent { reply, failures };
+        failures
+    }
+
     /// Records that handling `id` failed; the next delivery calls the handler again.
     /// Returns the number of failures so far.
     pub fn fail(&mut self, id: &str, now: Instant) -> u32 {
@@ -590,6 +611,37 @@ mod tests {
         assert_eq!(w.fail_held("g", t), 1);
         w.release("g");
         assert_eq!(w.begin("g", t), Seen::New { failures: 1 });
+    }
+
+    /// A remembered reply whose re-send failed stays for the next copy and counts its
+    /// failures (a backoff, `warren.dead` at `max_attempts`): the copy was handed back
+    /// at once, uncounted, as fast as RabbitMQ redelivered it.
+    #[test]
+    fn a_failed_re_send_keeps_the_reply_and_counts_the_failures() {
+        let mut w = DuplicateWindow::new(Duration::from_secs(60), 100).with_reply_budget(15);
+        let t = Instant::now();
+        // Kept unsent after one failed handling: the re-sends count on from it.
+        w.begin("a", t);
+        assert_eq!(w.fail_held("a", t), 1);
+        w.release("a");
+        w.begin("a", t);
+        assert!(w.finish_unsent("a", reply("12345678"), t));
+        assert_eq!(w.fail_resend("a"), 2);
+        assert_eq!(w.fail_resend("a"), 3);
+        assert_eq!(w.begin("a", t), Seen::Done(Some(reply("12345678"))));
+        assert_eq!(w.reply_bytes(), 10, "the same reply, counted once");
+        // Sent at last: remembered as any sent reply.
+        w.sent("a");
+        assert_eq!(w.begin("a", t), Seen::Done(Some(reply("12345678"))));
+        // A reply sent before whose re-send failed is unsent again: pushed out over
+        // the budget, its copy is handled again, not acknowledged unanswered.
+        assert_eq!(w.fail_resend("a"), 1);
+        w.begin("b", t);
+        w.finish("b", Some(reply("12345678")), t);
+        assert_eq!(w.begin("a", t), Seen::New { failures: 2 });
+        // Nothing to keep: this failure alone, and nothing changes.
+        assert_eq!(w.fail_resend("gone"), 1);
+        assert_eq!(w.begin("gone", t), Seen::New { failures: 0 });
     }
 
     #[test]

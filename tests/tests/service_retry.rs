@@ -515,7 +515,7 @@ async fn a_failing_message_with_headers_filling_a_frame_is_still_dead_lettered()
 async fn a_request_whose_reply_is_refused_for_now_and_not_remembered_is_dead_lettered_after_max_attempts(
 ) {
     in_fresh_namespace(LIMIT, |ns| async move {
-        reply_refused_for_now(&ns, true).await;
+        reply_refused_for_now(&ns, true, false).await;
     })
     .await;
 }
@@ -525,18 +525,35 @@ async fn a_request_whose_reply_is_refused_for_now_and_not_remembered_is_dead_let
 async fn a_request_without_message_id_whose_reply_is_refused_for_now_is_dead_lettered_after_max_attempts(
 ) {
     in_fresh_namespace(LIMIT, |ns| async move {
-        reply_refused_for_now(&ns, false).await;
+        reply_refused_for_now(&ns, false, false).await;
     })
     .await;
 }
 
-async fn reply_refused_for_now(ns: &str, with_message_id: bool) {
+/// As above, for a request whose reply the duplicate window keeps: the handler runs
+/// once, and each redelivered copy re-sends the kept reply. A failed re-send counts as
+/// a failed attempt (a backoff, `warren.dead` at `max_attempts`): the copy was handed
+/// back at once, and redelivered and re-sent (a fresh publishing channel each time)
+/// as fast as the broker went, until the request expired.
+#[tokio::test]
+async fn a_request_whose_kept_reply_cannot_be_re_sent_is_dead_lettered_after_max_attempts() {
+    in_fresh_namespace(LIMIT, |ns| async move {
+        reply_refused_for_now(&ns, true, true).await;
+    })
+    .await;
+}
+
+/// A request (with or without `message_id`) on `echo` whose every reply RabbitMQ
+/// refuses for now; `remembered`: whether the duplicate window keeps its reply (then
+/// the handler runs once, else once per attempt). Checks it is parked in `warren.dead`
+/// after the 3 attempts the service is given, within 15 s.
+async fn reply_refused_for_now(ns: &str, with_message_id: bool, remembered: bool) {
     use lapin::options::QueueDeclareOptions;
     use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
     use lapin::{BasicProperties, Connection, ConnectionProperties};
 
     let config = ServiceConfig {
-        remember_reply_bytes: 0,
+        remember_reply_bytes: if remembered { 1024 } else { 0 },
         publish_timeout: Duration::from_millis(500),
         ..ServiceConfig::default().with_max_attempts(3)
     };
@@ -582,8 +599,25 @@ async fn reply_refused_for_now(ns: &str, with_message_id: bool) {
     assert_eq!(parked.data, br#"{"n":1}"#);
     let reason = header_text(&parked, "x-warren-dead-reason").unwrap_or_default();
     assert!(reason.contains("could not be published"), "{reason}");
+    // A number header's text is e.g. `LongUInt(3)`.
+    let number = |name: &str| {
+        let text = header_text(&parked, name).unwrap_or_default();
+        let digits: String = text.chars().filter(char::is_ascii_digit).collect();
+        digits.parse::<u32>().ok()
+    };
+    assert_eq!(number("x-warren-dead-attempts"), Some(3));
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(calls.load(Ordering::SeqCst), 3, "one run per attempt");
+    if remembered {
+        // Parked at the third attempt (above): delivered three times in all, not
+        // once per failed re-send for as long as the request lived.
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "run once, its reply re-sent"
+        );
+    } else {
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "one run per attempt");
+    }
     gw.close().await;
     let _ = connection.close(200, "bye".into()).await;
     service.stop().await.unwrap();

@@ -58,8 +58,9 @@ struct Args {
     #[arg(long = "message-ttl", value_name = "CHANNEL=MS", value_parser = parse_ttl)]
     message_ttl: Vec<(String, u64)>,
     /// How long a publish or reply may wait for RabbitMQ (reconnect + confirm) before
-    /// it fails, in milliseconds.
-    #[arg(long, default_value_t = 10_000)]
+    /// it fails, in milliseconds; at least 100 (a shorter one fails publishes before
+    /// RabbitMQ can confirm them).
+    #[arg(long, default_value_t = 10_000, value_parser = parse_publish_timeout)]
     publish_timeout_ms: u64,
     /// Close a publishing channel (one per Warren channel sent to) unused this long,
     /// in milliseconds; the next publish opens it again (at least 1,000).
@@ -472,6 +473,24 @@ fn parse_ttl(s: &str) -> Result<(String, u64), String> {
     Ok((channel.to_string(), ms))
 }
 
+/// The shortest `--publish-timeout-ms`. With 0, every publish and reply failed at
+/// once, confirmed or not: nothing was answered, and a request whose reply was kept for
+/// its next copy was handed back and redelivered in a loop.
+const MIN_PUBLISH_TIMEOUT_MS: u64 = 100;
+
+/// Parses `--publish-timeout-ms`: milliseconds, at least [`MIN_PUBLISH_TIMEOUT_MS`].
+fn parse_publish_timeout(s: &str) -> Result<u64, String> {
+    let ms = s
+        .parse::<u64>()
+        .map_err(|e| format!("`{s}` is not a number of milliseconds: {e}"))?;
+    if ms < MIN_PUBLISH_TIMEOUT_MS {
+        return Err(format!(
+            "{ms} ms is too short to wait for a publish's confirm: at least {MIN_PUBLISH_TIMEOUT_MS}"
+        ));
+    }
+    Ok(ms)
+}
+
 /// Resolves on SIGTERM or Ctrl-C.
 async fn shutdown_signal() {
     let ctrl_c = async {
@@ -509,6 +528,26 @@ mod tests {
         let e = parse_ttl(&format!("echo={}", MAX_TTL_MS + 1)).unwrap_err();
         assert!(e.contains("ten years"), "{e}");
         assert!(parse_ttl("echo").is_err());
+    }
+
+    #[test]
+    fn a_publish_timeout_below_100_ms_is_refused() {
+        let parse = |ms: &str| {
+            Args::try_parse_from(["warren-demo-service", "--publish-timeout-ms", ms])
+                .map(|a| a.publish_timeout_ms)
+        };
+        for ms in ["0", "99"] {
+            let e = parse(ms).unwrap_err().to_string();
+            assert!(e.contains("at least 100"), "{ms}: {e}");
+        }
+        assert_eq!(parse("100").unwrap(), 100);
+        assert!(parse("soon").is_err());
+        let args = Args::try_parse_from(["warren-demo-service"]).unwrap();
+        assert_eq!(args.publish_timeout_ms, 10_000, "the default");
+        let help = <Args as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("at least 100"), "{help}");
     }
 
     #[test]
