@@ -23,6 +23,22 @@ pub struct RawProperties {
     pub persistent: bool,
     /// `headers`: (name, long-string value) pairs, the names any bytes up to 255.
     pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// More `headers`: (name, value) pairs, the value written as it is (its type
+    /// octet first), e.g. [`nested_arrays`].
+    pub raw_headers: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// A field value of arrays nested `depth` deep (5 bytes a level), the innermost empty.
+pub fn nested_arrays(depth: usize) -> Vec<u8> {
+    let mut v = b"A\0\0\0\0".to_vec();
+    for _ in 1..depth {
+        let mut outer = Vec::with_capacity(v.len() + 5);
+        outer.push(b'A');
+        outer.extend_from_slice(&u32::try_from(v.len()).expect("an array").to_be_bytes());
+        outer.extend_from_slice(&v);
+        v = outer;
+    }
+    v
 }
 
 fn short(out: &mut Vec<u8>, s: &[u8]) {
@@ -155,13 +171,17 @@ async fn publish_unbounded(
     // The content header: flags in the spec's order, then the properties set.
     let mut flags = 0u16;
     let mut fields = Vec::new();
-    if !props.headers.is_empty() {
+    if !props.headers.is_empty() || !props.raw_headers.is_empty() {
         flags |= 1 << 13;
         let mut table = Vec::new();
         for (name, value) in &props.headers {
             short(&mut table, name);
             table.push(b'S');
             long(&mut table, value);
+        }
+        for (name, value) in &props.raw_headers {
+            short(&mut table, name);
+            table.extend_from_slice(value);
         }
         long(&mut fields, &table);
     }

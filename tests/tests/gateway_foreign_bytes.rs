@@ -33,6 +33,7 @@ async fn messages_whose_short_strings_are_not_utf8_do_not_stop_the_outbound_stre
             correlation_id: Some(b"\xFF\xFE".to_vec()),
             persistent: true,
             headers: vec![(b"x-\xE2\x82".to_vec(), b"value".to_vec())],
+            ..RawProperties::default()
         };
         for (props, body) in [(&cut_id, b"2"), (&cut_header, b"3")] {
             let acked = raw_amqp::publish(
@@ -56,6 +57,40 @@ async fn messages_whose_short_strings_are_not_utf8_do_not_stop_the_outbound_stre
         }
         assert_eq!(ids, ["cut-\u{FFFD}", "header", "after"]);
         assert_eq!(c.close_code, None, "never closed");
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+/// A header of arrays nested 20,000 deep (100 KB, within one frame) on a message every
+/// gateway reads from a queue (its announcements; presence events, registry
+/// announcements and direct replies are read the same way): lapin's parser recursed
+/// once a level on its IO thread, whose stack overflowed, and the process aborted:
+/// every gateway at once. Nesting past 64 levels is skipped (read as empty).
+#[tokio::test]
+async fn a_header_nested_deeper_than_anyone_writes_does_not_bring_the_gateway_down() {
+    TestEnv::run("foreign-bytes-deep", LIMIT, async |env| {
+        let gw = TestGateway::start(env).await;
+        let props = RawProperties {
+            message_id: Some(b"deep".to_vec()),
+            raw_headers: vec![(b"x".to_vec(), raw_amqp::nested_arrays(20_000))],
+            ..RawProperties::default()
+        };
+        let acked = raw_amqp::publish(
+            &raw_amqp::host_port(&amqp_addr()),
+            &env.names.gateways_exchange(),
+            "",
+            &props,
+            b"{}",
+        )
+        .await;
+        assert!(acked, "RabbitMQ takes the message");
+        // The gateway still reads what it reads from RabbitMQ, and serves clients.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut c = TestClient::connect(&gw.url()).await;
+        c.subscribe(sub("all", "chat")).await;
+        env.publish_out("chat.all", "after", "1").await;
+        assert_eq!(c.expect_deliver().await.message_id, "after");
         gw.shutdown().await;
     })
     .await;

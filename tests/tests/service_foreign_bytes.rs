@@ -21,6 +21,7 @@ async fn a_request_whose_short_strings_are_not_utf8_does_not_stop_the_service() 
             correlation_id: Some(b"\xFF".to_vec()),
             persistent: true,
             headers: vec![(b"x-\xE2\x82".to_vec(), b"value".to_vec())],
+            ..RawProperties::default()
         };
         let acked = raw_amqp::publish(
             &raw_amqp::host_port(&amqp_uri()),

@@ -251,8 +251,46 @@ pub fn parse_long_string<I: ParsableInput>(i: I) -> ParserResult<I, LongString> 
     .parse(i)
 }
 
+// Warren: field tables and arrays nested deeper than this are skipped whole (their
+// length says how far) and read as empty. Each level is a recursion on lapin's IO
+// thread: a header of arrays nested 20,000 deep (5 bytes a level, within one frame)
+// overflowed its stack and aborted the process. (Upstream: no limit.)
+const MAX_NESTING: u32 = 64;
+
+std::thread_local! {
+    static NESTING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// One level deeper while it lives; `None` past [`MAX_NESTING`].
+struct Nested;
+
+impl Nested {
+    fn enter() -> Option<Nested> {
+        NESTING.with(|n| {
+            let depth = n.get();
+            (depth < MAX_NESTING).then(|| {
+                n.set(depth + 1);
+                Nested
+            })
+        })
+    }
+}
+
+impl Drop for Nested {
+    fn drop(&mut self) {
+        NESTING.with(|n| n.set(n.get().saturating_sub(1)));
+    }
+}
+
 /// Parse a [FieldArray](../type.FieldArray.html)
 pub fn parse_field_array<I: ParsableInput>(i: I) -> ParserResult<I, FieldArray> {
+    let Some(_nested) = Nested::enter() else {
+        return context(
+            "parse_field_array",
+            map(flat_map(parse_long_uint, take), |_| FieldArray::default()),
+        )
+        .parse(i);
+    };
     context(
         "parse_field_array",
         map_parser(
@@ -277,6 +315,13 @@ pub fn parse_timestamp<I: ParsableInput>(i: I) -> ParserResult<I, Timestamp> {
 
 /// Parse a [FieldTable](../type.FieldTable.html)
 pub fn parse_field_table<I: ParsableInput>(i: I) -> ParserResult<I, FieldTable> {
+    let Some(_nested) = Nested::enter() else {
+        return context(
+            "parse_field_table",
+            map(flat_map(parse_long_uint, take), |_| FieldTable::default()),
+        )
+        .parse(i);
+    };
     context(
         "parse_field_table",
         map_parser(
