@@ -1424,7 +1424,16 @@ impl Conn {
             return Flow::Continue;
         };
         self.direct_calls += 1;
-        let call_id = format!("{}.{}", self.id, self.direct_calls);
+        // Not guessable: every WebSocket direct request shares one reply-to address,
+        // which each service it reaches learns, and the answer consumer matches a
+        // reply by its correlation id alone. `<connection>.<count>` (both counted from
+        // 1) let a service answer other users' requests to other services.
+        let call_id = format!(
+            "{}.{}.{}",
+            self.id,
+            self.direct_calls,
+            uuid::Uuid::new_v4().simple()
+        );
         let message = inbound::Message {
             id: &r.id,
             channel: &r.channel,

@@ -22,6 +22,64 @@ use warren_service::{Context, HandlerError, Incoming, Outcome, Service};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
+/// A service that got one request learns the direct reply-to address every WebSocket
+/// request of the gateway shares; the correlation ids it sees must not let it answer
+/// other users' requests to other services. They were `<connection>.<count>`, both
+/// counted from 1: the echo service, having seen `7.1`, answered bob's request to
+/// `tickets` as `8.1`.
+#[tokio::test]
+async fn a_service_cannot_answer_another_users_request_by_guessing_its_correlation_id() {
+    TestEnv::run("direct-reply-guess", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| c.request_replies = RequestReplies::Direct).await;
+        let mut echo = env.consume_inbound("echo").await;
+        let mut tickets = env.consume_inbound("tickets").await;
+        let mut a = TestClient::connect(&gw.url()).await;
+        let mut b = TestClient::connect(&gw.url()).await;
+        a.request("q1", "echo", Some(5000), serde_json::json!({"n": 1}))
+            .await;
+        let seen = next_delivery(&mut echo, Duration::from_secs(5)).await;
+        b.request("q1", "tickets", Some(5000), serde_json::json!({"n": 2}))
+            .await;
+        // bob's request is out (its call registered), unanswered by tickets.
+        let bobs = next_delivery(&mut tickets, Duration::from_secs(5)).await;
+        // The echo service guesses bob's call from ada's.
+        let ada_call = seen
+            .properties
+            .correlation_id()
+            .as_ref()
+            .expect("a correlation id")
+            .to_string();
+        let ada_conn: u64 = ada_call
+            .split('.')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("a connection number first");
+        let reply_to = seen.properties.reply_to().clone().expect("reply_to");
+        for guess in (1..=3).flat_map(|k| (1..=2).map(move |n| format!("{}.{n}", ada_conn + k))) {
+            let props = lapin::BasicProperties::default()
+                .with_correlation_id(guess.as_str().into())
+                .with_message_id(uuid::Uuid::new_v4().simple().to_string().into());
+            env.channel()
+                .basic_publish(
+                    "".into(),
+                    reply_to.clone(),
+                    lapin::options::BasicPublishOptions::default(),
+                    b"{\"forged\":true}",
+                    props,
+                )
+                .await
+                .expect("publish")
+                .await
+                .expect("confirm");
+        }
+        b.expect_quiet(Duration::from_millis(500)).await;
+        ack(&seen).await;
+        ack(&bobs).await;
+        gw.shutdown().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_reply_comes_by_direct_reply_to_to_the_connection_that_asked() {
     TestEnv::run("direct-reply", LIMIT, async |env| {
