@@ -103,7 +103,7 @@ pub fn to_frame(m: Incoming<'_>, seq: u64) -> ServerFrame {
                 .message_id()
                 .as_ref()
                 .map(|id| id.to_string())
-                .unwrap_or_else(|| stable_id(m.routing_key, m.body)),
+                .unwrap_or_else(|| stable_id(m.routing_key, m.body, m.stream, m.position)),
             channel: keys::channel_of(m.routing_key).to_string(),
             routing_key: m.routing_key.to_string(),
             redelivered: m.redelivered,
@@ -155,17 +155,32 @@ fn error_message(body: &[u8]) -> String {
 }
 
 /// A stable id for a message published without `message_id`: FNV-1a over the routing
-/// key and the body, so a redelivery carries the same id.
-pub fn stable_id(routing_key: &str, body: &[u8]) -> String {
+/// key, the body and, when read from a stream, its stream and position, so a
+/// redelivery (a replay, on any gateway) carries the same id and two messages alike
+/// published one after the other do not: over the key and the body alone, the second
+/// `{"type":"refresh"}` a producer that sets no `message_id` sent to bob was dropped
+/// by the SDK as a copy of the first.
+pub fn stable_id(
+    routing_key: &str,
+    body: &[u8],
+    stream: Option<&str>,
+    position: Option<u64>,
+) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in routing_key
-        .as_bytes()
-        .iter()
-        .chain(std::iter::once(&0u8))
-        .chain(body)
-    {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    eat(routing_key.as_bytes());
+    eat(&[0]);
+    eat(body);
+    if let Some(position) = position {
+        eat(&[0]);
+        eat(stream.unwrap_or_default().as_bytes());
+        eat(&[0]);
+        eat(&position.to_le_bytes());
     }
     format!("h:{h:016x}")
 }
@@ -259,10 +274,15 @@ mod tests {
 
     #[test]
     fn a_message_without_id_gets_the_same_stable_id_each_time() {
-        let a = stable_id("chat.all", b"{\"x\":1}");
-        assert_eq!(a, stable_id("chat.all", b"{\"x\":1}"));
-        assert_ne!(a, stable_id("chat.all", b"{\"x\":2}"));
-        assert_ne!(a, stable_id("chat.al", b"l{\"x\":1}"));
+        let id = |key, body, stream, position| stable_id(key, body, stream, position);
+        let a = id("chat.all", b"{\"x\":1}", None, Some(7));
+        assert_eq!(a, id("chat.all", b"{\"x\":1}", None, Some(7)));
+        assert_ne!(a, id("chat.all", b"{\"x\":2}", None, Some(7)));
+        assert_ne!(a, id("chat.al", b"l{\"x\":1}", None, Some(7)));
+        // The same message published twice: two positions, two ids.
+        assert_ne!(a, id("chat.all", b"{\"x\":1}", None, Some(8)));
+        assert_ne!(a, id("chat.all", b"{\"x\":1}", Some("chat"), Some(7)));
+        assert_ne!(a, id("chat.all", b"{\"x\":1}", None, None));
     }
 
     #[test]

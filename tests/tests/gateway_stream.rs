@@ -181,6 +181,60 @@ async fn a_client_resumes_on_another_gateway_from_its_position_and_misses_nothin
     .await;
 }
 
+/// A producer that sets no `message_id` (most AMQP clients by default) publishing the
+/// same message twice: two deliveries with two ids, which a replay on another gateway
+/// carries again. The id was a hash of the routing key and the body alone, the same
+/// for both, and the SDK dropped the second as a copy of the first.
+#[tokio::test]
+async fn the_same_message_published_twice_without_message_id_gets_two_ids_kept_on_replay() {
+    TestEnv::run("stream-no-id", LIMIT, async |env| {
+        let gw1 = TestGateway::start(env).await;
+        let gw2 = TestGateway::start(env).await;
+        let subs = vec![sub("all", "chat")];
+        let mut c = TestClient::connect(&gw1.url()).await;
+        let session = c.session().to_string();
+        c.subscribe(subs[0].clone()).await;
+        env.publish_out("chat.all", "m0", "0").await;
+        let position = c.expect_deliver().await.position.expect("a position");
+        for _ in 0..2 {
+            env.channel()
+                .basic_publish(
+                    ShortString::from(env.names.outbound_exchange()),
+                    ShortString::from("chat.all"),
+                    BasicPublishOptions::default(),
+                    b"{\"type\":\"refresh\"}",
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .expect("publish")
+                .await
+                .expect("confirm");
+        }
+        let live: Vec<String> = c
+            .expect_delivers(2)
+            .await
+            .into_iter()
+            .map(|d| d.message_id)
+            .collect();
+        assert_ne!(live[0], live[1], "two messages, two ids");
+        c.abort();
+        let mut c =
+            TestClient::connect_with(&gw2.url(), resume(&session, Some(position), subs.clone()))
+                .await;
+        assert!(c.welcome().resumed);
+        let replayed: Vec<String> = c
+            .expect_delivers(2)
+            .await
+            .into_iter()
+            .map(|d| d.message_id)
+            .collect();
+        assert_eq!(replayed, live, "a replay carries the ids they had");
+        gw1.shutdown().await;
+        gw2.shutdown().await;
+    })
+    .await;
+}
+
 /// A service not built on the Warren library sets `CC` and `x-warren-cc` itself
 /// (PROTOCOL.md), and may name the routing key there again. A session resuming from
 /// the gateway's memory past such messages must still get everything after them.
