@@ -483,9 +483,12 @@ impl Pending {
 }
 
 /// Refuses (`too_large`) a message whose properties (headers, the `CC` list) do not
-/// fit in one frame of `frame_max` bytes: RabbitMQ would close the gateway's whole
-/// publishing connection on it (`frame_too_large`), failing every client's writes
-/// on it. The body is split into frames and is not counted.
+/// fit in one frame of `frame_max` bytes with room for what RabbitMQ adds on delivery
+/// ([`warren_protocol::amqp::content_header_limit`]): RabbitMQ would close the
+/// gateway's whole publishing connection on a frame too large (`frame_too_large`),
+/// failing every client's writes on it, and a frame filled to the byte grew past
+/// `frame_max` on its way to the gateways' stream readers, which then stopped for
+/// good. The body is split into frames and is not counted.
 ///
 /// # Errors
 /// `too_large`, saying how many bytes the properties take and how many fit.
@@ -496,12 +499,11 @@ pub(crate) fn fits_one_frame(properties: &BasicProperties, frame_max: u32) -> Re
     );
     // The class, weight and body size before the properties; 8 bytes of frame overhead.
     let bytes = 12 + encoded.map_or(0, |v| v.len());
-    let frame_max = if frame_max == 0 { 131_072 } else { frame_max };
-    let limit = (frame_max as usize).saturating_sub(8);
+    let limit = warren_protocol::amqp::content_header_limit(frame_max);
     if bytes > limit {
         return Err(Refusal::new(
             ErrorCode::TooLarge,
-            format!("the message's headers and targets take {bytes} bytes; RabbitMQ takes at most {limit} in one frame (frame_max)"),
+            format!("the message's headers and targets take {bytes} bytes; at most {limit} fit in one frame (frame_max) with room for what RabbitMQ adds on delivery"),
         ));
     }
     Ok(())

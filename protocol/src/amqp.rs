@@ -7,8 +7,11 @@
 //! - Outbound exchange `warren.out` (topic): services publish with `chat.all`
 //!   (broadcast), `chat.group.<g>` (multicast), `chat.user.<u>` (direct) or
 //!   `chat.event.<name>` (topic subscriptions).
-//! - Each session owns queue `warren.session.<id>`, bound to `warren.out` with the keys
-//!   of its subscriptions; replies to requests are sent to it by the default exchange.
+//! - What services publish there lands in the outbound stream `warren.out.stream`
+//!   (bound with `#`; a channel with a retention of its own has a stream of its own),
+//!   which each gateway reads once and fans out to its sessions in memory: sessions
+//!   own no queue. Replies to requests go to the same stream, named as `reply_to`,
+//!   through the default exchange.
 //!
 //! Every name can carry a namespace prefix (`<ns>.warren.in`), so several deployments
 //! or parallel tests can share a vhost.
@@ -361,6 +364,25 @@ pub enum NameError {
 /// Longest channel, group, user, subject segment or session id accepted.
 pub const MAX_NAME_LEN: usize = 128;
 
+/// What one content-header frame holds for a message Warren publishes (its headers and
+/// other properties), on a connection with `frame_max` (0: RabbitMQ's default,
+/// 131,072): the frame's 8 bytes of overhead and [`delivery_headroom`] taken off.
+pub fn content_header_limit(frame_max: u32) -> usize {
+    let frame_max = if frame_max == 0 { 131_072 } else { frame_max } as usize;
+    frame_max.saturating_sub(8 + delivery_headroom(frame_max))
+}
+
+/// Room left in a content-header frame for the headers RabbitMQ adds when it delivers
+/// (`x-stream-offset` to a stream's readers, `x-delivery-count` to a quorum queue's
+/// redelivery, `x-death` once dead-lettered): 4 KiB, an eighth of smaller frames. A
+/// message that filled its frame took more than `frame_max` once delivered, and lapin
+/// gives up a connection on a frame over `frame_max`: the gateways' outbound stream
+/// reader (which meets the message again at every reconnect) or a service's consumer
+/// stopped for good.
+pub fn delivery_headroom(frame_max: usize) -> usize {
+    (frame_max / 8).min(4096)
+}
+
 /// Longest AMQP short string (routing keys, message ids, correlation ids, queue names).
 pub const MAX_SHORT_STRING: usize = 255;
 
@@ -636,6 +658,17 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
+    }
+
+    #[test]
+    fn a_content_header_leaves_room_for_what_rabbitmq_adds_on_delivery() {
+        // x-stream-offset is 25 bytes (29 without headers before), x-delivery-count 26.
+        assert_eq!(content_header_limit(131_072), 131_072 - 8 - 4096);
+        assert_eq!(content_header_limit(0), content_header_limit(131_072));
+        assert_eq!(content_header_limit(1_048_576), 1_048_576 - 8 - 4096);
+        // RabbitMQ's smallest frame_max: an eighth of it.
+        assert_eq!(content_header_limit(4096), 4096 - 8 - 512);
+        assert_eq!(content_header_limit(4), 0);
     }
 
     #[test]

@@ -286,7 +286,9 @@ impl Publisher {
         loop {
             attempt += 1;
             let epoch = self.inner.link.up(min_generation, Some(deadline)).await?;
-            let limit = header_limit(epoch.connection.configuration().frame_max());
+            let limit = warren_protocol::amqp::content_header_limit(
+                epoch.connection.configuration().frame_max(),
+            );
             if header_bytes > limit {
                 return Err(ServiceError::TooLarge {
                     bytes: header_bytes,
@@ -735,13 +737,6 @@ pub(crate) fn content_header_bytes(properties: &BasicProperties) -> usize {
     );
     // Encoding into a Vec cannot fail; were it to, nothing is refused here.
     12 + encoded.map_or(0, |v| v.len())
-}
-
-/// What one frame of `frame_max` bytes holds for a content header (its 8 bytes of
-/// frame overhead taken off; RabbitMQ's own default when the connection names none).
-pub(crate) fn header_limit(frame_max: u32) -> usize {
-    let frame_max = if frame_max == 0 { 131_072 } else { frame_max };
-    (frame_max as usize).saturating_sub(8)
 }
 
 /// String headers as an AMQP field table of long strings (a name longer than 255

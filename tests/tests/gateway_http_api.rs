@@ -1200,3 +1200,67 @@ async fn guessed_api_keys_are_refused_at_the_new_connection_rate_of_their_addres
     })
     .await;
 }
+
+/// A publish whose headers and targets fill their frame to within the bytes RabbitMQ
+/// adds on delivery (`x-stream-offset`, 25 bytes) is refused `too_large`: accepted,
+/// it reached the gateways' stream readers as a frame over `frame_max`, which lapin
+/// refuses by dropping the connection, and met again at every reconnect, it stopped
+/// every delivery from the outbound stream for good. Sized with the byte counts the
+/// refusals name: many users' keys (`CC`), the last user's id lengthened a character
+/// (two bytes: `CC` and `x-warren-cc`) at a time.
+#[tokio::test]
+async fn a_publish_filling_its_frame_to_within_what_rabbitmq_adds_is_refused_too_large() {
+    TestEnv::run("http-publish-frame", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| {
+            api_on(false)(c);
+            c.http_api.max_body_bytes = 256 * 1024;
+        })
+        .await;
+        let addr = api_addr(&gw);
+        let mut c = TestClient::connect(&gw.url()).await;
+        c.subscribe(sub("all", "chat")).await;
+        let users = |n: usize, last_extra: usize| -> Vec<String> {
+            let mut u: Vec<String> = (0..n).map(|i| format!("u{i:05}")).collect();
+            if let Some(last) = u.last_mut() {
+                last.push_str(&"x".repeat(last_extra));
+            }
+            u
+        };
+        let publish = |users: Vec<String>| {
+            json!({"channel": "chat", "id": "big", "users": users, "message": 1})
+        };
+        let refused_bytes = |answer: &Value| -> usize {
+            let m = answer["message"].as_str().unwrap_or_default();
+            m.split("take ")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("a byte count: {answer}"))
+        };
+        // Over any limit: what 4,000 and 3,999 users take.
+        let (status, a) = post(addr, "/publish", publish(users(4_000, 0))).await;
+        assert_eq!(status, 413, "{a}");
+        let n1 = refused_bytes(&a);
+        let (_, b) = post(addr, "/publish", publish(users(3_999, 0))).await;
+        let per_user = n1 - refused_bytes(&b);
+        // Within RabbitMQ's 25 bytes of the frame (131,072 with its 8 bytes of overhead).
+        let target = 131_072 - 8 - 12;
+        let k = 4_000 - (n1 - target).div_ceil(per_user);
+        let short = target - (n1 - (4_000 - k) * per_user);
+        let (status, answer) = post(addr, "/publish", publish(users(k, short / 2))).await;
+        assert_eq!(status, 413, "refused: {answer}");
+        assert_eq!(answer["code"], "too_large", "{answer}");
+        assert!(refused_bytes(&answer) + 1 >= target, "{answer}");
+        // The stream flows on.
+        let (status, answer) = post(
+            addr,
+            "/publish",
+            json!({"channel": "chat", "id": "after", "broadcast": true, "message": 2}),
+        )
+        .await;
+        assert_eq!(status, 202, "{answer}");
+        assert_eq!(c.expect_deliver().await.message_id, "http-api:after");
+        gw.shutdown().await;
+    })
+    .await;
+}
