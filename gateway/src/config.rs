@@ -13,6 +13,9 @@ use warren_protocol::amqp::validate_segment;
 
 use crate::error::GatewayError;
 
+/// The largest `max_delivery_bytes` accepted: RabbitMQ's `max_message_size` default.
+pub const MAX_DELIVERY_BYTES_LIMIT: usize = 128 * 1024 * 1024;
+
 /// The largest `max_frame_bytes` accepted: 64 MiB (RabbitMQ's `max_message_size` is
 /// 128 MiB by default, and a frame is at most 4x `max_frame_bytes` before it closes).
 pub const MAX_FRAME_BYTES_LIMIT: usize = 64 * 1024 * 1024;
@@ -53,6 +56,12 @@ pub struct Config {
     /// `max(4 × this, 1 MiB)` close the connection with 1009. 1024 to 64 MiB.
     /// Default: 65536.
     pub max_frame_bytes: usize,
+    /// Largest message body delivered to a client (a service's publish or reply); one
+    /// over it is not sent: the session gets `error too_large` in its place, with its
+    /// `seq` and stream position (a reply's with the request's id). Each receiving
+    /// socket holds its own copy of a delivery until it is written: a 16 MiB broadcast
+    /// to 1,000 sessions would take 16 GB or more. 1024 to 128 MiB. Default: 1048576.
+    pub max_delivery_bytes: usize,
     /// Most subscriptions (binding keys) per session; at least 1. Default: 256.
     pub max_subscriptions: u32,
     /// Unacknowledged deliveries in flight per session: the gateway sends no more until
@@ -640,6 +649,7 @@ impl Default for Config {
             consumer_channels: 4,
             heartbeat_ms: 15_000,
             max_frame_bytes: 64 * 1024,
+            max_delivery_bytes: 1024 * 1024,
             max_subscriptions: 256,
             delivery_window: 256,
             request_timeout_ms: 10_000,
@@ -902,6 +912,13 @@ impl Config {
         }
         if self.max_frame_bytes < 1024 {
             return bad("max_frame_bytes must be at least 1024".into());
+        }
+        if !(1024..=MAX_DELIVERY_BYTES_LIMIT).contains(&self.max_delivery_bytes) {
+            return bad(format!(
+                "max_delivery_bytes must be 1024 to {MAX_DELIVERY_BYTES_LIMIT} (128 MiB, \
+                 RabbitMQ's largest message), not {}",
+                self.max_delivery_bytes
+            ));
         }
         // The hard cap is 4x, and the pre-`hello` cap adds 4 KiB: near usize::MAX those
         // wrapped, and every frame was refused.
@@ -1339,6 +1356,7 @@ impl Config {
             consumer_channels,
             heartbeat_ms,
             max_frame_bytes,
+            max_delivery_bytes,
             max_subscriptions,
             delivery_window,
             request_timeout_ms,
@@ -1634,6 +1652,10 @@ pub struct Overrides {
     /// Largest text frame accepted, in bytes, 1024 to 64 MiB [default: 65536].
     #[arg(long, env = "WARREN_MAX_FRAME_BYTES", global = true)]
     pub max_frame_bytes: Option<usize>,
+    /// Largest message body delivered to a client, in bytes, 1024 to 128 MiB; one over
+    /// it reaches the session as `error too_large` [default: 1048576].
+    #[arg(long, env = "WARREN_MAX_DELIVERY_BYTES", global = true)]
+    pub max_delivery_bytes: Option<usize>,
     /// Most subscriptions per session, at least 1 [default: 256].
     #[arg(long, env = "WARREN_MAX_SUBSCRIPTIONS", global = true)]
     pub max_subscriptions: Option<u32>,
@@ -1822,6 +1844,7 @@ mod tests {
             c.listen
         );
         assert_eq!(c.max_frame_bytes, 65536);
+        assert_eq!(c.max_delivery_bytes, 1024 * 1024);
         assert_eq!(c.hard_frame_bytes(), 1024 * 1024);
     }
 
@@ -2372,6 +2395,14 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("max_frame_bytes must be at most"), "{err}");
+        }
+        at(&format!("max_delivery_bytes = {MAX_DELIVERY_BYTES_LIMIT}")).unwrap();
+        at("max_delivery_bytes = 1024").unwrap();
+        for bad in [0, 1023, MAX_DELIVERY_BYTES_LIMIT + 1] {
+            let err = at(&format!("max_delivery_bytes = {bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("max_delivery_bytes must be 1024 to"), "{err}");
         }
         at("announce_interval_ms = 0").unwrap();
         at("announce_interval_ms = 100").unwrap();

@@ -1783,7 +1783,13 @@ impl Conn {
         let s = self.session.as_mut()?;
         let seq = s.inflight.push(());
         metrics::add(&self.shared.metrics.deliveries, 1);
-        let frame = delivery::to_frame(m, seq);
+        let max = self.shared.config.max_delivery_bytes;
+        // Counted with the errors sent, by code (`/metrics`).
+        let frame = if m.body.len() > max {
+            delivery::too_large(m, seq, max)
+        } else {
+            delivery::to_frame(m, seq)
+        };
         if let ServerFrame::Reply(r) = &frame {
             self.requests.resolve(&r.id);
         }

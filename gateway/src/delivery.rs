@@ -48,19 +48,48 @@ pub struct Incoming<'a> {
     pub also: &'a [String],
 }
 
-/// Builds the frame for one message with sequence number `seq`.
-pub fn to_frame(m: Incoming<'_>, seq: u64) -> ServerFrame {
-    let headers = render_headers(m.properties.headers().as_ref());
-    let message = raw_body(m.body);
-    let correlation = m.properties.correlation_id().as_ref().map(|c| {
+/// The request id a reply answers (`None` for any other message): its correlation id,
+/// without the session a stream reply's carries ([`stream_correlation`]).
+fn reply_id(m: &Incoming<'_>) -> Option<String> {
+    if !m.exchange.is_empty() {
+        return None;
+    }
+    m.properties.correlation_id().as_ref().map(|c| {
         let c = c.as_str();
         match m.position {
             Some(_) => stream_reply_id(c).map_or(c, |(_, id)| id).to_string(),
             None => c.to_string(),
         }
-    });
-    match correlation {
-        Some(id) if m.exchange.is_empty() => {
+    })
+}
+
+/// The frame sent in place of a message whose body is over `max` bytes
+/// (`max_delivery_bytes`): `error too_large` with its `seq` and stream position, so
+/// the client acknowledges it and a resume goes on after it; a reply's names the
+/// request's id, which fails with it.
+pub fn too_large(m: Incoming<'_>, seq: u64, max: usize) -> ServerFrame {
+    let id = reply_id(&m);
+    let what = if id.is_some() { "reply" } else { "message" };
+    ServerFrame::Error(ErrorFrame {
+        id,
+        code: ErrorCode::TooLarge,
+        message: format!(
+            "a {what} of {} bytes on {} was not delivered: over max_delivery_bytes ({max})",
+            m.body.len(),
+            m.routing_key
+        ),
+        seq: Some(seq),
+        position: m.position,
+        stream: m.stream.map(str::to_string),
+    })
+}
+
+/// Builds the frame for one message with sequence number `seq`.
+pub fn to_frame(m: Incoming<'_>, seq: u64) -> ServerFrame {
+    let headers = render_headers(m.properties.headers().as_ref());
+    let message = raw_body(m.body);
+    match reply_id(&m) {
+        Some(id) => {
             let error = m
                 .properties
                 .headers()

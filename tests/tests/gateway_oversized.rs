@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use serde_json::json;
 use warren_e2e::client::{big_headers, sub, TestClient};
-use warren_e2e::env::TestEnv;
+use warren_e2e::env::{ack, next_delivery, TestEnv};
 use warren_e2e::gateway::{http_post, TestGateway};
 use warren_gateway::Config;
-use warren_protocol::Hello;
+use warren_protocol::{ErrorCode, Hello};
 
 const LIMIT: Duration = Duration::from_secs(60);
 const KEY: &str = "test-http-api-key";
@@ -123,6 +123,50 @@ async fn an_http_request_with_headers_larger_than_a_frame_is_refused_413_and_del
         let d = alice.expect_deliver().await;
         assert_eq!(d.message.get(), "2");
         alice.close().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+/// A message body over `max_delivery_bytes` that a service publishes or replies is
+/// not sent: each session it was for gets `error too_large` in its place, with its
+/// `seq` and stream position (the next delivery follows it), a reply's with the
+/// request's id. Sent, every receiving socket held a copy of it until written: a
+/// 16 MiB broadcast to 1,000 sessions, 16 GB or more.
+#[tokio::test]
+async fn a_message_over_max_delivery_bytes_reaches_its_sessions_as_too_large_in_its_place() {
+    TestEnv::run("oversized-delivery", LIMIT, async |env| {
+        let gw = TestGateway::start_with(env, |c| c.max_delivery_bytes = 64 * 1024).await;
+        let mut a = connect(&gw, "ada").await;
+        let mut b = connect(&gw, "bob").await;
+        for c in [&mut a, &mut b] {
+            c.subscribe(sub("all", "chat")).await;
+        }
+        let big = format!("\"{}\"", "x".repeat(100 * 1024));
+        env.publish_out("chat.all", "big", &big).await;
+        env.publish_out("chat.all", "after", "1").await;
+        for c in [&mut a, &mut b] {
+            let e = c.expect_error_code(None, ErrorCode::TooLarge).await;
+            assert!(e.message.contains("max_delivery_bytes"), "{e:?}");
+            let (seq, position) = (e.seq.expect("a seq"), e.position.expect("a position"));
+            let next = c.expect_deliver().await;
+            assert_eq!(next.message_id, "after");
+            assert_eq!(next.seq, seq + 1, "counted as a delivery");
+            assert_eq!(next.position, Some(position + 1), "in its place");
+            c.ack_deliveries(next.seq).await;
+        }
+        // A reply over it fails its request, by id.
+        let mut inbound = env.consume_inbound("echo").await;
+        a.request("q1", "echo", Some(5_000), json!({"n": 1})).await;
+        let req = next_delivery(&mut inbound, Duration::from_secs(5)).await;
+        env.reply_to(&req, &big, None).await;
+        ack(&req).await;
+        let e = a.expect_error_code(Some("q1"), ErrorCode::TooLarge).await;
+        assert!(e.message.contains("reply"), "{e:?}");
+        // Smaller ones go on as ever.
+        a.request("q2", "echo", Some(5_000), json!({"n": 2})).await;
+        env.answer_next(&mut inbound, "{\"ok\":2}", None).await;
+        assert_eq!(a.expect_reply("q2").await.message.get(), "{\"ok\":2}");
         gw.shutdown().await;
     })
     .await;
