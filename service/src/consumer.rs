@@ -525,6 +525,12 @@ async fn handle<H: Handler>(
     let delivery_count = incoming.delivery_count;
     let routing_key = incoming.routing_key.clone();
     let body = incoming.body.clone();
+    // What a dead-lettered message is parked with.
+    let original = Original {
+        routing_key: &routing_key,
+        properties: &properties,
+        body: &body,
+    };
 
     if let (Some(_), Some(too_long)) = (
         &reply_to,
@@ -605,11 +611,6 @@ async fn handle<H: Handler>(
                         // kept for the next copy meanwhile.
                         let failures = shared.window.lock().expect("window lock").fail_resend(id);
                         let attempts = attempts_so_far(failures, delivery_count);
-                        let original = Original {
-                            routing_key: &routing_key,
-                            properties: &properties,
-                            body: &body,
-                        };
                         unpublished(
                             shared,
                             acker,
@@ -772,11 +773,6 @@ async fn handle<H: Handler>(
                 // exchange, or the broker nacks every reply for now). Counted as a
                 // failed attempt instead.
                 let attempts = failed_attempt(shared, key, delivery_count);
-                let original = Original {
-                    routing_key: &routing_key,
-                    properties: &properties,
-                    body: &body,
-                };
                 unpublished(
                     shared,
                     acker,

@@ -118,112 +118,102 @@ pub async fn publish(
     props: &RawProperties,
     body: &[u8],
 ) -> bool {
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        publish_unbounded(addr, exchange, routing_key, props, body),
-    )
-    .await
-    .expect("RabbitMQ answered within 10 s")
-}
+    let publish = async {
+        let mut s = TcpStream::connect(addr)
+            .await
+            .expect("RabbitMQ's AMQP port");
+        s.write_all(b"AMQP\x00\x00\x09\x01").await.expect("write");
+        expect(&mut s, 10, 10).await; // connection.start
+        let mut a = Vec::new();
+        a.extend_from_slice(&0u32.to_be_bytes()); // client-properties: empty table
+        short(&mut a, b"PLAIN");
+        long(&mut a, b"\0guest\0guest");
+        short(&mut a, b"en_US");
+        send(&mut s, 1, 0, &method(10, 11, &a)).await;
+        let tune = expect(&mut s, 10, 30).await;
+        let mut a = Vec::new();
+        a.extend_from_slice(&tune[0..2]); // channel-max
+        a.extend_from_slice(&tune[2..6]); // frame-max
+        a.extend_from_slice(&0u16.to_be_bytes()); // no heartbeats
+        send(&mut s, 1, 0, &method(10, 31, &a)).await;
+        let mut a = Vec::new();
+        short(&mut a, b"/");
+        short(&mut a, b"");
+        a.push(0);
+        send(&mut s, 1, 0, &method(10, 40, &a)).await;
+        expect(&mut s, 10, 41).await;
+        send(&mut s, 1, 1, &method(20, 10, &[0])).await; // channel.open, reserved ""
+        expect(&mut s, 20, 11).await;
+        send(&mut s, 1, 1, &method(85, 10, &[0])).await; // confirm.select, no-wait off
+        expect(&mut s, 85, 11).await;
 
-async fn publish_unbounded(
-    addr: &str,
-    exchange: &str,
-    routing_key: &str,
-    props: &RawProperties,
-    body: &[u8],
-) -> bool {
-    let mut s = TcpStream::connect(addr)
-        .await
-        .expect("RabbitMQ's AMQP port");
-    s.write_all(b"AMQP\x00\x00\x09\x01").await.expect("write");
-    expect(&mut s, 10, 10).await; // connection.start
-    let mut a = Vec::new();
-    a.extend_from_slice(&0u32.to_be_bytes()); // client-properties: empty table
-    short(&mut a, b"PLAIN");
-    long(&mut a, b"\0guest\0guest");
-    short(&mut a, b"en_US");
-    send(&mut s, 1, 0, &method(10, 11, &a)).await;
-    let tune = expect(&mut s, 10, 30).await;
-    let mut a = Vec::new();
-    a.extend_from_slice(&tune[0..2]); // channel-max
-    a.extend_from_slice(&tune[2..6]); // frame-max
-    a.extend_from_slice(&0u16.to_be_bytes()); // no heartbeats
-    send(&mut s, 1, 0, &method(10, 31, &a)).await;
-    let mut a = Vec::new();
-    short(&mut a, b"/");
-    short(&mut a, b"");
-    a.push(0);
-    send(&mut s, 1, 0, &method(10, 40, &a)).await;
-    expect(&mut s, 10, 41).await;
-    send(&mut s, 1, 1, &method(20, 10, &[0])).await; // channel.open, reserved ""
-    expect(&mut s, 20, 11).await;
-    send(&mut s, 1, 1, &method(85, 10, &[0])).await; // confirm.select, no-wait off
-    expect(&mut s, 85, 11).await;
+        let mut a = Vec::new();
+        a.extend_from_slice(&0u16.to_be_bytes());
+        short(&mut a, exchange.as_bytes());
+        short(&mut a, routing_key.as_bytes());
+        a.push(0); // neither mandatory nor immediate
+        send(&mut s, 1, 1, &method(60, 40, &a)).await;
 
-    let mut a = Vec::new();
-    a.extend_from_slice(&0u16.to_be_bytes());
-    short(&mut a, exchange.as_bytes());
-    short(&mut a, routing_key.as_bytes());
-    a.push(0); // neither mandatory nor immediate
-    send(&mut s, 1, 1, &method(60, 40, &a)).await;
-
-    // The content header: flags in the spec's order, then the properties set.
-    let mut flags = 0u16;
-    let mut fields = Vec::new();
-    if !props.headers.is_empty() || !props.raw_headers.is_empty() {
-        flags |= 1 << 13;
-        let mut table = Vec::new();
-        for (name, value) in &props.headers {
-            short(&mut table, name);
-            table.push(b'S');
-            long(&mut table, value);
+        // The content header: flags in the spec's order, then the properties set.
+        let mut flags = 0u16;
+        let mut fields = Vec::new();
+        if !props.headers.is_empty() || !props.raw_headers.is_empty() {
+            flags |= 1 << 13;
+            let mut table = Vec::new();
+            for (name, value) in &props.headers {
+                short(&mut table, name);
+                table.push(b'S');
+                long(&mut table, value);
+            }
+            for (name, value) in &props.raw_headers {
+                short(&mut table, name);
+                table.extend_from_slice(value);
+            }
+            long(&mut fields, &table);
         }
-        for (name, value) in &props.raw_headers {
-            short(&mut table, name);
-            table.extend_from_slice(value);
+        if props.persistent {
+            flags |= 1 << 12;
+            fields.push(2);
         }
-        long(&mut fields, &table);
-    }
-    if props.persistent {
-        flags |= 1 << 12;
-        fields.push(2);
-    }
-    if let Some(id) = &props.correlation_id {
-        flags |= 1 << 10;
-        short(&mut fields, id);
-    }
-    if let Some(id) = &props.message_id {
-        flags |= 1 << 7;
-        short(&mut fields, id);
-    }
-    let mut h = Vec::new();
-    h.extend_from_slice(&60u16.to_be_bytes());
-    h.extend_from_slice(&0u16.to_be_bytes());
-    h.extend_from_slice(&(body.len() as u64).to_be_bytes());
-    h.extend_from_slice(&flags.to_be_bytes());
-    h.extend_from_slice(&fields);
-    send(&mut s, 2, 1, &h).await;
-    send(&mut s, 3, 1, body).await;
+        if let Some(id) = &props.correlation_id {
+            flags |= 1 << 10;
+            short(&mut fields, id);
+        }
+        if let Some(id) = &props.message_id {
+            flags |= 1 << 7;
+            short(&mut fields, id);
+        }
+        let mut h = Vec::new();
+        h.extend_from_slice(&60u16.to_be_bytes());
+        h.extend_from_slice(&0u16.to_be_bytes());
+        h.extend_from_slice(&(body.len() as u64).to_be_bytes());
+        h.extend_from_slice(&flags.to_be_bytes());
+        h.extend_from_slice(&fields);
+        send(&mut s, 2, 1, &h).await;
+        send(&mut s, 3, 1, body).await;
 
-    let acked = loop {
-        match recv_method(&mut s).await {
-            (60, 80, _) => break true,   // basic.ack
-            (60, 120, _) => break false, // basic.nack
-            (20, 40, args) => panic!(
-                "RabbitMQ closed the channel: {}",
-                String::from_utf8_lossy(&args)
-            ),
-            _ => {}
-        }
+        let acked = loop {
+            match recv_method(&mut s).await {
+                (60, 80, _) => break true,   // basic.ack
+                (60, 120, _) => break false, // basic.nack
+                (20, 40, args) => panic!(
+                    "RabbitMQ closed the channel: {}",
+                    String::from_utf8_lossy(&args)
+                ),
+                _ => {}
+            }
+        };
+        let mut a = Vec::new();
+        a.extend_from_slice(&200u16.to_be_bytes());
+        short(&mut a, b"bye");
+        a.extend_from_slice(&[0, 0, 0, 0]);
+        send(&mut s, 1, 0, &method(10, 50, &a)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), expect(&mut s, 10, 51)).await;
+        acked
     };
-    let mut a = Vec::new();
-    a.extend_from_slice(&200u16.to_be_bytes());
-    short(&mut a, b"bye");
-    a.extend_from_slice(&[0, 0, 0, 0]);
-    send(&mut s, 1, 0, &method(10, 50, &a)).await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), expect(&mut s, 10, 51)).await;
-    acked
+    tokio::time::timeout(Duration::from_secs(10), publish)
+        .await
+        .expect("RabbitMQ answered within 10 s")
 }
 
 /// `host:port` of an `amqp://` URI such as [`crate::env::amqp_addr`]'s.
