@@ -348,10 +348,7 @@ impl Gateway {
         } else {
             began
         };
-        let alone = self
-            .shared
-            .presence_view()
-            .left_alone(heard_until, began, now);
+        let alone = self.shared.presence_view().left_alone(heard_until, now);
         self.shared.done_hearing.send_replace(true);
         for (session, held) in alone {
             self.shared.disconnected(&session, held, "gateway_lost");

@@ -881,18 +881,6 @@ impl PresenceView {
                 .is_some_and(|p| !p.down && now.duration_since(p.last_seen) < p.lifetime)
     }
 
-    /// Whether `node` is a peer this view knew that had announced itself `down`, or
-    /// stopped announcing for its lifetime, by `at`.
-    fn gone_before(&self, node: &str, at: Instant) -> bool {
-        self.peers.get(node).is_some_and(|p| {
-            if p.down {
-                p.last_seen <= at
-            } else {
-                at.saturating_duration_since(p.last_seen) >= p.lifetime
-            }
-        })
-    }
-
     /// Whether this gateway is the live one with the smallest node name: the one that
     /// speaks for the cluster (leaves of dead gateways, undelivered reports).
     pub fn elected(&self, now: Instant) -> bool {
@@ -937,10 +925,8 @@ impl PresenceView {
             .collect()
     }
 
-    /// At a graceful shutdown, its connections closed: this gateway's sessions, and
-    /// those of peers that stopped or died before its drain `began` (announced by
-    /// nobody else otherwise), taken out of the view (remembered gone) at `now`, when
-    /// no peer it heard was alive at
+    /// At a graceful shutdown, its connections closed: this gateway's sessions, taken
+    /// out of the view (remembered gone) at `now`, when no peer it heard was alive at
     /// `heard_until`: the last moment it could hear them (its peers' silence since
     /// says nothing of them; after a drain longer than their lifetime during which it
     /// did not hear them, a gateway beside live peers took itself for alone and
@@ -949,12 +935,7 @@ impl PresenceView {
     /// grace unless they resume there; with none, nobody did, and services counted
     /// their users online for good (a lone gateway's restart: those that resume on the
     /// new process are announced connected again, so the events still alternate).
-    pub fn left_alone(
-        &mut self,
-        heard_until: Instant,
-        began: Instant,
-        now: Instant,
-    ) -> Vec<(String, Held)> {
+    pub fn left_alone(&mut self, heard_until: Instant, now: Instant) -> Vec<(String, Held)> {
         if self
             .peers
             .iter()
@@ -962,19 +943,13 @@ impl PresenceView {
         {
             return Vec::new();
         }
-        // Its own, and those of the peers it knew that had stopped or died before its
-        // drain `began` (their grace not over yet: they left them to a live peer, and
-        // nobody else is left to announce them). A peer stopping during the drain
-        // took this one for gone and announces its own. Not those of nodes it never
-        // knew: without announcements (`announce_interval_ms = 0`) it cannot tell a
-        // dead peer from a live one.
-        let gone: Vec<String> = self
+        let own: Vec<String> = self
             .sessions
             .iter()
-            .filter(|(_, h)| h.node == self.me || self.gone_before(&h.node, began))
+            .filter(|(_, h)| h.node == self.me)
             .map(|(s, _)| s.clone())
             .collect();
-        gone.into_iter()
+        own.into_iter()
             .filter_map(|s| {
                 self.away.remove(&s);
                 self.bury(&s, now);
@@ -2125,98 +2100,21 @@ mod tests {
         a.on_event(connected("s2", "bob", "b"), t0);
         a.on_gateway("b", "1", true, period, t0);
         assert!(
-            a.left_alone(t0, t0, t0).is_empty(),
+            a.left_alone(t0, t0).is_empty(),
             "b announces them after the grace"
         );
         // A drain longer than b's lifetime: a stopped hearing b when it began, and
         // b's silence since says nothing of it.
         let later = t0 + period * 10;
-        assert!(a.left_alone(t0, t0, later).is_empty());
-        // b stopped announcing long before the shutdown: a's own session and b's,
-        // which nobody else is left to announce, once.
-        let gone = a.left_alone(later, later, later);
-        let mut names = gone.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>();
-        names.sort();
-        assert_eq!(names, ["s1", "s2"]);
-        assert!(a.left_alone(later, later, later).is_empty());
-        assert!(!a.user_online("ada", None));
-        assert!(!a.user_online("bob", None));
-    }
-
-    #[test]
-    fn a_gateway_that_stops_within_the_grace_of_a_stopped_peer_announces_the_peers_sessions_too() {
-        let t0 = Instant::now();
-        let period = Duration::from_secs(5);
-        let mut a = PresenceView::new("a", GRACE);
-        a.opened("s1", "ada", None, None);
-        a.on_gateway("b", "1", true, period, t0);
-        a.on_gateway("c", "1", true, period, t0);
-        a.on_event(connected("s2", "bob", "b"), t0);
-        a.on_event(connected("s3", "cy", "c"), t0);
-        // b stops (its clients away, left to a, the live peer), and a's next tick
-        // starts their grace.
-        let t1 = t0 + Duration::from_secs(1);
-        a.on_gateway("b", "1", false, period, t1);
-        assert!(a.due(t1).is_empty(), "within the grace");
-        // c is alive: it announces b's sessions after the grace, not a.
-        assert!(a.left_alone(t1, t1, t1).is_empty());
-        // c stops too; then a, within b's grace: nobody is left to announce bob's
-        // and cy's sessions but a.
-        let t2 = t1 + Duration::from_secs(1);
-        a.on_gateway("c", "1", false, period, t2);
-        let t3 = t2 + Duration::from_secs(1);
-        let mut gone = a
-            .left_alone(t3, t3, t3)
-            .into_iter()
-            .map(|(s, h)| (s, h.node))
-            .collect::<Vec<_>>();
-        gone.sort();
-        assert_eq!(
-            gone,
-            [
-                ("s1".to_string(), "a".to_string()),
-                ("s2".to_string(), "b".to_string()),
-                ("s3".to_string(), "c".to_string())
-            ]
-        );
-        for user in ["ada", "bob", "cy"] {
-            assert!(!a.user_online(user, None), "{user}");
-        }
-    }
-
-    #[test]
-    fn a_peer_stopping_during_the_drain_announces_its_own_sessions() {
-        let t0 = Instant::now();
-        let period = Duration::from_secs(5);
-        let mut a = PresenceView::new("a", GRACE);
-        a.opened("s1", "ada", None, None);
-        a.on_gateway("b", "1", true, period, t0);
-        a.on_event(connected("s2", "bob", "b"), t0);
-        // The whole deployment stops: a's drain began at t1, b's `down` came after.
-        let t1 = t0 + Duration::from_secs(1);
-        let t2 = t1 + Duration::from_millis(100);
-        a.on_gateway("b", "1", false, period, t2);
-        let gone = a.left_alone(t2, t1, t2);
-        assert_eq!(
-            gone.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(),
-            ["s1"],
-            "b, stopping alone too, announces bob's"
-        );
-    }
-
-    #[test]
-    fn without_announcements_a_stopping_gateway_announces_only_its_own_sessions() {
-        let t0 = Instant::now();
-        let mut a = PresenceView::new("a", GRACE);
-        a.opened("s1", "ada", None, None);
-        // A peer's session, its gateway never announced (announce_interval_ms = 0).
-        a.on_event(connected("s2", "bob", "b"), t0);
-        let gone = a.left_alone(t0, t0, t0);
+        assert!(a.left_alone(t0, later).is_empty());
+        // b stopped announcing long before the shutdown: only a's own session, once.
+        let gone = a.left_alone(later, later);
         assert_eq!(
             gone.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(),
             ["s1"]
         );
-        assert!(a.user_online("bob", None));
+        assert!(a.left_alone(later, later).is_empty());
+        assert!(!a.user_online("ada", None));
     }
 
     #[test]

@@ -794,46 +794,6 @@ async fn gateways_stopping_together_announce_each_session_gone_once() {
     env.cleanup().await;
 }
 
-/// Gateways stopped one after the other (b, then a within the grace b's sessions
-/// got): a, stopping alone, announces b's sessions that were not resumed as well
-/// as its own. b left them to a, a live peer then; a took itself for alone at its
-/// stop but announced only its own, and services counted bob online for good.
-#[tokio::test]
-async fn a_gateway_stopped_after_its_peer_within_the_grace_announces_the_peers_sessions_gone() {
-    let mut env = TestEnv::new("presence-one-then-other").await;
-    // A grace longer than the test: nothing is announced by a's timers.
-    let long_grace = |c: &mut warren_gateway::Config| {
-        presence_config(c);
-        c.session_expires_ms = 60_000;
-    };
-    let a = TestGateway::start_with(&env, long_grace).await;
-    let b = TestGateway::start_with(&env, long_grace).await;
-    let mut events = Events::listen(&mut env).await;
-    let (ada, sa) = events.connected(&a, "ada").await;
-    let (bob, sb) = events.connected(&b, "bob").await;
-    peers_heard().await;
-    b.shutdown().await;
-    bob.abort();
-    a.shutdown().await;
-    ada.abort();
-    for s in [&sa, &sb] {
-        let (v, _) = events
-            .wait_for("client.disconnected", s, Duration::from_secs(5))
-            .await;
-        assert_eq!(v["reason"], "gateway_lost", "{v}");
-    }
-    events.collect(Duration::from_millis(500)).await;
-    for s in [&sa, &sb] {
-        assert_eq!(
-            events.count(s, "client.disconnected"),
-            1,
-            "{:?}",
-            events.counts()
-        );
-    }
-    env.cleanup().await;
-}
-
 /// ada, connected to `gw` and subscribed to chat's lobby group, once her
 /// `client.connected` was announced; and her session.
 async fn ada_in_the_lobby(gw: &TestGateway, events: &mut Events) -> (TestClient, String) {
