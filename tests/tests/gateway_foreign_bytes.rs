@@ -35,7 +35,21 @@ async fn messages_whose_short_strings_are_not_utf8_do_not_stop_the_outbound_stre
             headers: vec![(b"x-\xE2\x82".to_vec(), b"value".to_vec())],
             ..RawProperties::default()
         };
-        for (props, body) in [(&cut_id, b"2"), (&cut_header, b"3")] {
+        // 255 bytes (a short string's most), cut in the middle of a character: read
+        // with U+FFFD (3 bytes) it was 257, and lapin's reader panicked.
+        let mut long = vec![b'a'; 254];
+        long.push(0xC3);
+        let cut_at_the_limit = RawProperties {
+            message_id: Some(long.clone()),
+            persistent: true,
+            headers: vec![(long, b"value".to_vec())],
+            ..RawProperties::default()
+        };
+        for (props, body) in [
+            (&cut_id, b"2"),
+            (&cut_header, b"3"),
+            (&cut_at_the_limit, b"5"),
+        ] {
             let acked = raw_amqp::publish(
                 &raw_amqp::host_port(&amqp_addr()),
                 &env.names.outbound_exchange(),
@@ -48,14 +62,18 @@ async fn messages_whose_short_strings_are_not_utf8_do_not_stop_the_outbound_stre
         }
         env.publish_out("chat.all", "after", "4").await;
         let mut ids = Vec::new();
-        while ids.len() < 3 {
+        while ids.len() < 4 {
             match c.recv_within(Duration::from_secs(10)).await {
                 Some(ServerFrame::Deliver(d)) => ids.push(d.message_id),
                 Some(_) => {}
                 None => panic!("delivered so far: {ids:?}"),
             }
         }
-        assert_eq!(ids, ["cut-\u{FFFD}", "header", "after"]);
+        assert_eq!(
+            ids,
+            ["cut-\u{FFFD}", "header", &"a".repeat(254), "after"],
+            "invalid sequences read as U+FFFD, within 255 bytes"
+        );
         assert_eq!(c.close_code, None, "never closed");
         gw.shutdown().await;
     })

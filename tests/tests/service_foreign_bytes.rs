@@ -23,15 +23,28 @@ async fn a_request_whose_short_strings_are_not_utf8_does_not_stop_the_service() 
             headers: vec![(b"x-\xE2\x82".to_vec(), b"value".to_vec())],
             ..RawProperties::default()
         };
-        let acked = raw_amqp::publish(
-            &raw_amqp::host_port(&amqp_uri()),
-            &names.inbound_exchange(),
-            &keys::inbound("echo", None),
-            &props,
-            b"{\"text\":\"cut\"}",
-        )
-        .await;
-        assert!(acked, "RabbitMQ takes the request");
+        // 255 bytes cut in the middle of a character: 257 read with U+FFFD.
+        let mut long = b"ada:".to_vec();
+        long.extend(std::iter::repeat_n(b'a', 250));
+        long.push(0xC3);
+        let at_the_limit = RawProperties {
+            message_id: Some(long.clone()),
+            correlation_id: Some(long.clone()),
+            persistent: true,
+            headers: vec![(long, b"value".to_vec())],
+            ..RawProperties::default()
+        };
+        for props in [&props, &at_the_limit] {
+            let acked = raw_amqp::publish(
+                &raw_amqp::host_port(&amqp_uri()),
+                &names.inbound_exchange(),
+                &keys::inbound("echo", None),
+                props,
+                b"{\"text\":\"cut\"}",
+            )
+            .await;
+            assert!(acked, "RabbitMQ takes the request");
+        }
         let mut gw = StandInGateway::connect(&ns, "bob").await;
         let reply = gw.request("echo", "after", "{\"text\":\"after\"}").await;
         assert_eq!(reply.error, None);

@@ -224,7 +224,20 @@ fn make_str<I: Input<Item = u8>>(i: I) -> Result<String, std::string::FromUtf8Er
     let bytes: Vec<u8> = i.iter_elements().collect();
     Ok(match String::from_utf8(bytes) {
         Ok(s) => s,
-        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        Err(e) => {
+            let mut s = String::from_utf8_lossy(e.as_bytes()).into_owned();
+            // U+FFFD takes 3 bytes: a 255-byte id cut in the middle of a character
+            // reads back longer than a short string may be (`ShortString::from`
+            // panics on it). Shortened at a character boundary.
+            if s.len() > 255 {
+                let mut end = 255;
+                while !s.is_char_boundary(end) {
+                    end -= 1;
+                }
+                s.truncate(end);
+            }
+            s
+        }
     })
 }
 
