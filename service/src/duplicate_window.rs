@@ -208,24 +208,22 @@ impl DuplicateWindow {
     }
 
     /// Records that re-sending the reply remembered for `id` failed ([`Seen::Done`]; the
-    /// copy is handed back): the reply stays, kept as unsent
-    /// ([`DuplicateWindow::finish_unsent`]), so the next copy re-sends it and, should it
-    /// be pushed out over the reply budget first, runs the handler again rather than
-    /// being taken for answered. Returns the failed attempts so far, counting on from
-    /// those before the reply was kept. An id in any other state (forgotten meanwhile)
-    /// is left as it is, and this failure counted alone.
+    /// copy is handed back), and returns the failed attempts so far that the window
+    /// knows of. A reply kept unsent ([`DuplicateWindow::finish_unsent`]) counts on
+    /// from its failures before. A reply that was sent once stays as it is, counted
+    /// alone (the message's `x-delivery-count` counts its copies): kept as unsent, it
+    /// could be pushed out over the reply budget and its next copy would run the
+    /// handler a second time. An id in any other state (forgotten meanwhile) is left as
+    /// it is, and this failure counted alone.
     pub fn fail_resend(&mut self, id: &str) -> u32 {
         let Some(entry) = self.entries.get_mut(id) else {
             return 1;
         };
-        let (reply, failures) = match &entry.state {
-            State::Done(Some(reply)) => (reply.clone(), 1),
-            State::Unsent { reply, failures } => (reply.clone(), failures.saturating_add(1)),
-            _ => return 1,
+        let State::Unsent { failures, .. } = &mut entry.state else {
+            return 1;
         };
-        // In place: the same reply (its bytes counted already) and the same age.
-        entry.state = State::Unsent { reply, failures };
-        failures
+        *failures = failures.saturating_add(1);
+        *failures
     }
 
     /// Records that handling `id` failed; the next delivery calls the handler again.
@@ -633,12 +631,13 @@ mod tests {
         // Sent at last: remembered as any sent reply.
         w.sent("a");
         assert_eq!(w.begin("a", t), Seen::Done(Some(reply("12345678"))));
-        // A reply sent before whose re-send failed is unsent again: pushed out over
-        // the budget, its copy is handled again, not acknowledged unanswered.
+        // A reply sent before whose re-send failed stays a sent one: pushed out over
+        // the budget, its copy is acknowledged unanswered, never handled a second time.
         assert_eq!(w.fail_resend("a"), 1);
+        assert_eq!(w.fail_resend("a"), 1, "counted by x-delivery-count instead");
         w.begin("b", t);
         w.finish("b", Some(reply("12345678")), t);
-        assert_eq!(w.begin("a", t), Seen::New { failures: 2 });
+        assert_eq!(w.begin("a", t), Seen::Done(None));
         // Nothing to keep: this failure alone, and nothing changes.
         assert_eq!(w.fail_resend("gone"), 1);
         assert_eq!(w.begin("gone", t), Seen::New { failures: 0 });
