@@ -1272,8 +1272,23 @@ impl Conn {
         }
     }
 
-    /// Validates and publishes one message to the inbound exchange ([`inbound::send`]);
-    /// returns the publish with its confirm to come.
+    /// `message` checked as this session's ([`inbound::checked`]), ready to publish.
+    // `&mut self`: `Conn` is not `Sync`, so a future holding `&Conn` is not `Send`.
+    async fn check(
+        &mut self,
+        message: &inbound::Message<'_>,
+    ) -> Result<inbound::Prepared, Refusal> {
+        let session = self
+            .session
+            .as_ref()
+            .ok_or_else(|| Refusal::new(ErrorCode::Internal, "no session"))?;
+        let sender = inbound::Sender {
+            identity: &session.identity,
+            session: &session.id,
+        };
+        inbound::checked(&self.shared, self.pinned.as_deref(), &sender, message).await
+    }
+
     /// A POC packet's publish on `channel`, checked as [`Conn::publish`] checks one
     /// (all of a packet's channels are, before the first is published).
     async fn checked_publish(
@@ -1283,12 +1298,8 @@ impl Conn {
         distribution: &Distribution,
         publish_target: Option<&str>,
     ) -> Result<inbound::Prepared, Refusal> {
-        let session = self
-            .session
-            .as_ref()
-            .ok_or_else(|| Refusal::new(ErrorCode::Internal, "no session"))?;
         let headers = Headers::new();
-        let message = inbound::Message {
+        self.check(&inbound::Message {
             id,
             channel,
             subject: None,
@@ -1296,14 +1307,12 @@ impl Conn {
             headers: &headers,
             publish_target,
             request: None,
-        };
-        let sender = inbound::Sender {
-            identity: &session.identity,
-            session: &session.id,
-        };
-        inbound::checked(&self.shared, self.pinned.as_deref(), &sender, &message).await
+        })
+        .await
     }
 
+    /// Validates and publishes one message to the inbound exchange; returns the
+    /// publish with its confirm to come.
     #[allow(clippy::too_many_arguments)]
     async fn publish(
         &mut self,
@@ -1336,18 +1345,8 @@ impl Conn {
             publish_target,
             request,
         };
-        let sender = inbound::Sender {
-            identity: &session.identity,
-            session: &session.id,
-        };
-        inbound::send(
-            &self.shared,
-            self.pinned.as_deref(),
-            &sender,
-            &message,
-            body,
-        )
-        .await
+        let prepared = self.check(&message).await?;
+        inbound::send_prepared(&self.shared, prepared, body).await
     }
 
     /// Awaits the confirms of one frame's publishes in a task of its own, so confirms
